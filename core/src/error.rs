@@ -1,0 +1,132 @@
+//! Named errors whose kinds the bindings map one-to-one to their own error types.
+
+use std::fmt;
+use std::time::Duration;
+
+/// What went wrong, in a form a binding can map without parsing text.
+///
+/// The numbers are stable: the C ABI exposes them as its status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The caller passed something unusable (empty name, bad TTL, bad endpoint, oversized info).
+    InvalidArgument = 1,
+    /// etcd could not be reached, or the connection broke.
+    Connection = 3,
+    /// An operation did not finish within the configured timeout.
+    Timeout = 4,
+    /// etcd rejected the credentials or the permission.
+    Auth = 5,
+    /// Something asked for does not exist (a lease, a registration).
+    NotFound = 6,
+    /// The registry (or the handle) was closed.
+    Closed = 7,
+    /// Anything else: an unexpected answer from etcd or a bug.
+    Internal = 9,
+}
+
+impl ErrorKind {
+    /// A short lowercase name, e.g. `"timeout"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid argument",
+            ErrorKind::Connection => "connection",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Auth => "authentication",
+            ErrorKind::NotFound => "not found",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Internal => "internal",
+        }
+    }
+}
+
+/// The error of every fallible call of this crate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct Error {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.as_str(), self.message)
+    }
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Creates an error of `kind` with a human-readable message.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// The kind, for mapping to a binding's error type.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The message without the kind prefix.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    pub(crate) fn closed() -> Self {
+        Error::new(ErrorKind::Closed, "the registry is closed")
+    }
+
+    pub(crate) fn timeout(what: &str, after: Duration) -> Self {
+        Error::new(
+            ErrorKind::Timeout,
+            format!("{what} did not finish within {after:?} (context deadline exceeded)"),
+        )
+    }
+}
+
+impl From<etcd_client::Error> for Error {
+    fn from(err: etcd_client::Error) -> Self {
+        use etcd_client::Error as E;
+        let kind = match &err {
+            E::GRpcStatus(status) => kind_of_status(status),
+            E::TransportError(_) | E::IoError(_) => ErrorKind::Connection,
+            E::InvalidArgs(_) | E::InvalidUri(_) | E::EndpointError(_) => {
+                ErrorKind::InvalidArgument
+            }
+            E::LeaseKeepAliveError(msg) if msg.contains("not found") => ErrorKind::NotFound,
+            E::LeaseKeepAliveError(_) | E::WatchError(_) => ErrorKind::Connection,
+            _ => ErrorKind::Internal,
+        };
+        let message = match &err {
+            E::GRpcStatus(status) => status.message().to_string(),
+            other => other.to_string(),
+        };
+        Error::new(kind, message)
+    }
+}
+
+fn kind_of_status(status: &tonic::Status) -> ErrorKind {
+    use tonic::Code;
+    let message = status.message();
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
+        Code::InvalidArgument if message.contains("authentication failed") => ErrorKind::Auth,
+        Code::FailedPrecondition if message.contains("authentication") => ErrorKind::Auth,
+        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
+            ErrorKind::InvalidArgument
+        }
+        Code::DeadlineExceeded => ErrorKind::Timeout,
+        Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Connection,
+        Code::NotFound => ErrorKind::NotFound,
+        // tonic reports transport failures of a call (connection refused, reset) as Unknown.
+        Code::Unknown if !message.starts_with("etcdserver:") => ErrorKind::Connection,
+        _ => ErrorKind::Internal,
+    }
+}

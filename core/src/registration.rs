@@ -1,0 +1,390 @@
+//! One registration's state machine and status events.
+//!
+//! ```text
+//!             register()
+//!                 │
+//!                 ▼
+//!          ┌─ Registering ──(attempt fails: Failed, Retrying…)──┐
+//!          │      │ key put                                    │
+//!          │      ▼                                            │
+//!          │  Registered ◄──(Reregistered)── Retrying ◄────────┘
+//!          │      │  keep-alive lost (KeepAliveLost, Retrying…) ▲
+//!          │      └─────────────────────────────────────────────┘
+//!          ▼
+//!    Unregistered  (from any state, on unregister() or close(); the last event)
+//! ```
+//!
+//! Every event of a registration is emitted by the one task that owns its lease, so events of a
+//! registration are totally ordered, and none follows `Unregistered`.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::Info;
+
+/// A service node: its name and its info.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Node {
+    /// The node's name, unique within its service.
+    pub name: String,
+    /// What the node tells about itself (address, version …).
+    pub info: Info,
+}
+
+impl Node {
+    /// A node with a name and info.
+    pub fn new(name: impl Into<String>, info: Info) -> Self {
+        Node {
+            name: name.into(),
+            info,
+        }
+    }
+}
+
+/// Where a registration stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RegistrationState {
+    /// Not registered yet: the first attempt is under way or being retried.
+    Registering,
+    /// The key is in etcd and its lease is kept alive.
+    Registered,
+    /// The key was registered, then the lease or the connection was lost; retrying.
+    Retrying,
+    /// Unregistered by the caller or by `close()`; final.
+    Unregistered,
+}
+
+impl RegistrationState {
+    /// Lowercase name, as the bindings show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationState::Registering => "registering",
+            RegistrationState::Registered => "registered",
+            RegistrationState::Retrying => "retrying",
+            RegistrationState::Unregistered => "unregistered",
+        }
+    }
+}
+
+/// A change of a registration, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusEvent {
+    /// The key was put for the first time.
+    Registered {
+        /// The lease the key is attached to.
+        lease_id: i64,
+    },
+    /// The first attempt failed (before any registration): the reason, e.g. an auth error.
+    /// Retrying events follow.
+    Failed {
+        /// Why.
+        error: Error,
+    },
+    /// A registered node lost its keep-alive (etcd down, partition, lease expired).
+    KeepAliveLost {
+        /// Why.
+        error: Error,
+    },
+    /// The next attempt comes after `delay`.
+    Retrying {
+        /// 1 for the first retry after a failure, counting up until success.
+        attempt: u32,
+        /// How long until the attempt.
+        delay: Duration,
+        /// The failure that made the retry necessary.
+        error: Error,
+    },
+    /// The key is back after a loss.
+    Reregistered {
+        /// The lease the key is attached to now (the old one if it survived).
+        lease_id: i64,
+    },
+    /// The registration ended; the last event.
+    Unregistered,
+}
+
+impl StatusEvent {
+    /// Lowercase name of the event kind.
+    pub fn kind_str(&self) -> &'static str {
+        match self {
+            StatusEvent::Registered { .. } => "registered",
+            StatusEvent::Failed { .. } => "failed",
+            StatusEvent::KeepAliveLost { .. } => "keepalive_lost",
+            StatusEvent::Retrying { .. } => "retrying",
+            StatusEvent::Reregistered { .. } => "reregistered",
+            StatusEvent::Unregistered => "unregistered",
+        }
+    }
+}
+
+/// Events buffered for a registration nobody has subscribed to yet.
+const UNSUBSCRIBED_BUFFER: usize = 256;
+
+pub(crate) struct RegShared {
+    pub(crate) id: u64,
+    pub(crate) service: String,
+    pub(crate) node: Node,
+    pub(crate) key: String,
+    pub(crate) value: String,
+    pub(crate) ttl_secs: i64,
+    inner: Mutex<RegInner>,
+    changed: watch::Sender<()>,
+}
+
+struct RegInner {
+    state: RegistrationState,
+    registered_once: bool,
+    error_before_first: Option<Error>,
+    lease_id: Option<i64>,
+    /// Events before the first subscription (so the first subscriber misses none).
+    pending: Option<VecDeque<StatusEvent>>,
+    subscribers: Vec<mpsc::UnboundedSender<StatusEvent>>,
+}
+
+impl RegShared {
+    pub(crate) fn new(
+        id: u64,
+        service: String,
+        node: Node,
+        key: String,
+        value: String,
+        ttl_secs: i64,
+    ) -> Self {
+        RegShared {
+            id,
+            service,
+            node,
+            key,
+            value,
+            ttl_secs,
+            inner: Mutex::new(RegInner {
+                state: RegistrationState::Registering,
+                registered_once: false,
+                error_before_first: None,
+                lease_id: None,
+                pending: Some(VecDeque::new()),
+                subscribers: Vec::new(),
+            }),
+            changed: watch::channel(()).0,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, RegInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn state(&self) -> RegistrationState {
+        self.lock().state
+    }
+
+    /// Applies an event to the state and hands it to the subscribers. Called only by the task
+    /// that owns the registration's lease.
+    pub(crate) fn emit(&self, event: StatusEvent) {
+        let mut inner = self.lock();
+        if inner.state == RegistrationState::Unregistered {
+            return;
+        }
+        match &event {
+            StatusEvent::Registered { lease_id } | StatusEvent::Reregistered { lease_id } => {
+                inner.state = RegistrationState::Registered;
+                inner.registered_once = true;
+                inner.lease_id = Some(*lease_id);
+            }
+            StatusEvent::Failed { error } => {
+                inner.error_before_first = Some(error.clone());
+            }
+            StatusEvent::KeepAliveLost { .. } => {
+                inner.state = RegistrationState::Retrying;
+                inner.lease_id = None;
+            }
+            StatusEvent::Retrying { error, .. } => {
+                if inner.registered_once {
+                    inner.state = RegistrationState::Retrying;
+                } else {
+                    inner.error_before_first = Some(error.clone());
+                }
+            }
+            StatusEvent::Unregistered => {
+                inner.state = RegistrationState::Unregistered;
+                inner.lease_id = None;
+            }
+        }
+        let last = matches!(event, StatusEvent::Unregistered);
+        if let Some(pending) = inner.pending.as_mut() {
+            if pending.len() == UNSUBSCRIBED_BUFFER {
+                pending.pop_front();
+            }
+            pending.push_back(event);
+        } else {
+            inner
+                .subscribers
+                .retain(|tx| tx.send(event.clone()).is_ok());
+        }
+        if last {
+            // Dropping the senders ends every subscription after the Unregistered event.
+            inner.subscribers.clear();
+        }
+        drop(inner);
+        self.changed.send_replace(());
+    }
+
+    /// The event that fits a successful put, given where the registration stood.
+    pub(crate) fn registered(&self, lease_id: i64) {
+        let (state, once) = {
+            let inner = self.lock();
+            (inner.state, inner.registered_once)
+        };
+        match state {
+            RegistrationState::Registered | RegistrationState::Unregistered => {
+                // Already registered (a repeated put), or gone: nothing to tell.
+                self.lock().lease_id = Some(lease_id);
+            }
+            _ if once => self.emit(StatusEvent::Reregistered { lease_id }),
+            _ => self.emit(StatusEvent::Registered { lease_id }),
+        }
+    }
+
+    /// A failure of an attempt: `Failed` the first time before any registration, and
+    /// `KeepAliveLost` when a registered node loses its lease.
+    pub(crate) fn attempt_failed(&self, error: &Error) {
+        let (state, first_error) = {
+            let inner = self.lock();
+            (inner.state, inner.error_before_first.is_none())
+        };
+        match state {
+            RegistrationState::Registering if first_error => self.emit(StatusEvent::Failed {
+                error: error.clone(),
+            }),
+            RegistrationState::Registered => self.emit(StatusEvent::KeepAliveLost {
+                error: error.clone(),
+            }),
+            _ => {}
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<StatusEvent> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = self.lock();
+        if let Some(pending) = inner.pending.take() {
+            for event in pending {
+                let _ = tx.send(event);
+            }
+        }
+        if inner.state != RegistrationState::Unregistered {
+            inner.subscribers.push(tx);
+        }
+        rx
+    }
+
+    pub(crate) async fn wait_registered(&self, timeout: Duration) -> Result<()> {
+        let mut changed = self.changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            {
+                let inner = self.lock();
+                if inner.registered_once {
+                    return Ok(());
+                }
+                if inner.state == RegistrationState::Unregistered {
+                    return Err(Error::new(
+                        ErrorKind::Closed,
+                        "unregistered before the first registration",
+                    ));
+                }
+                if let Some(error) = &inner.error_before_first {
+                    return Err(error.clone());
+                }
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::closed()),
+                Err(_) => return Err(Error::timeout("the first registration", timeout)),
+            }
+        }
+    }
+
+    pub(crate) fn lease_id(&self) -> Option<i64> {
+        self.lock().lease_id
+    }
+}
+
+/// The handle of one registered node. Cheap to clone; dropping it does not unregister (the
+/// registration lives until [`Registration::unregister`] or [`Registry::close`](crate::Registry::close)).
+#[derive(Clone)]
+pub struct Registration {
+    pub(crate) shared: Arc<RegShared>,
+    pub(crate) registry: crate::Registry,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("id", &self.shared.id)
+            .field("key", &self.shared.key)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Registration {
+    /// An id unique within the process.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// The service name as given.
+    pub fn service(&self) -> &str {
+        &self.shared.service
+    }
+
+    /// The node as given.
+    pub fn node(&self) -> &Node {
+        &self.shared.node
+    }
+
+    /// The etcd key, `<base_path>/<service>/<node>`.
+    pub fn key(&self) -> &str {
+        &self.shared.key
+    }
+
+    /// The lease TTL in whole seconds, as granted by this library (etcd may raise it to its
+    /// minimum).
+    pub fn ttl_secs(&self) -> i64 {
+        self.shared.ttl_secs
+    }
+
+    /// The current state.
+    pub fn state(&self) -> RegistrationState {
+        self.shared.state()
+    }
+
+    /// The lease the key is attached to while registered.
+    pub fn lease_id(&self) -> Option<i64> {
+        self.shared.lease_id()
+    }
+
+    /// Status events. The first subscriber receives every event since `register` (the oldest
+    /// dropped past 256 unread ones); later subscribers receive the events from now on. The
+    /// stream ends after `Unregistered`.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<StatusEvent> {
+        self.shared.subscribe()
+    }
+
+    /// Waits until the node has been registered once. Fails at once with the error of the last
+    /// failed attempt if attempts failed and none succeeded yet (retries go on in the
+    /// background), with a `Timeout` error after `timeout`, or with `Closed` when unregistered.
+    pub async fn wait_registered(&self, timeout: Duration) -> Result<()> {
+        self.shared.wait_registered(timeout).await
+    }
+
+    /// Deletes the key at once and stops keeping it alive; revokes the lease when no other key
+    /// uses it. Idempotent. After it returns no event of this registration follows. An error
+    /// means etcd could not be told (the key then disappears when its lease expires).
+    pub async fn unregister(&self) -> Result<()> {
+        self.registry.unregister_id(self.shared.id).await
+    }
+}

@@ -1,0 +1,362 @@
+//! The registry: one etcd connection, the lease groups, the registrations and the watches.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
+
+use crate::config::Config;
+use crate::conn::Connection;
+use crate::error::{Error, ErrorKind, Result};
+use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
+use crate::keys::{encode_info, node_key, service_prefix};
+use crate::registration::{Node, RegShared, Registration};
+use crate::watch::{self, Watch, WatchSetup};
+
+/// etcd's default `--max-request-bytes` (1.5 MiB); a put of a key and value larger than this
+/// (less some room for the request's other fields) is refused.
+pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
+const REQUEST_OVERHEAD: usize = 512;
+/// etcd's largest lease TTL, in seconds.
+pub const MAX_TTL_SECS: u64 = 9_000_000_000;
+
+/// Ids of registrations and watches, unique within the process.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Registers service nodes in etcd and discovers them. Cheap to clone: clones share one etcd
+/// connection, one lease per TTL and every registration.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("endpoints", &self.inner.config.endpoints)
+            .field("base_path", &self.inner.config.base_path)
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+struct Inner {
+    config: Config,
+    conn: Arc<Connection>,
+    handle: Handle,
+    pid: u32,
+    closed: AtomicBool,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    groups: HashMap<i64, GroupHandle>,
+    registrations: HashMap<u64, Arc<RegShared>>,
+    by_key: HashMap<String, u64>,
+    watches: HashMap<u64, AbortHandle>,
+}
+
+impl Registry {
+    /// Creates a registry on the current tokio runtime. Checks the configuration but does not
+    /// dial: etcd may be down now; every operation connects when it needs to, and registrations
+    /// retry until it is up.
+    pub async fn connect(config: Config) -> Result<Registry> {
+        Registry::new_in(config, Handle::current())
+    }
+
+    /// Like [`Registry::connect`], on the runtime of `handle` (bindings pass the global one).
+    pub fn new_in(config: Config, handle: Handle) -> Result<Registry> {
+        let endpoints = config.validate()?;
+        let conn = Arc::new(Connection::new(
+            endpoints,
+            config.credentials(),
+            config.timeout,
+        ));
+        // Dial in the background, so the first operation finds a warm connection.
+        let warm = conn.clone();
+        handle.spawn(async move {
+            if let Err(e) = warm.client().await {
+                tracing::debug!(error = %e, "first connection attempt failed; operations will retry");
+            }
+        });
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                config,
+                conn,
+                handle,
+                pid: std::process::id(),
+                closed: AtomicBool::new(false),
+                state: Mutex::new(State::default()),
+            }),
+        })
+    }
+
+    /// The configuration this registry was made with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether [`Registry::close`] has been called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::SeqCst)
+    }
+
+    fn check_open(&self) -> Result<()> {
+        if self.inner.pid != std::process::id() {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "this registry was created before fork(); create a new one in the child process",
+            ));
+        }
+        if self.is_closed() {
+            return Err(Error::closed());
+        }
+        Ok(())
+    }
+
+    /// The key a node is registered under: `<base_path>/<service>/<node>`.
+    pub fn node_key(&self, service: &str, node: &str) -> String {
+        node_key(&self.inner.config.base_path, service, node)
+    }
+
+    /// Registers `node` under `service` with a lease of `ttl`, and returns at once: the
+    /// registration proceeds in the background and retries with backoff until it succeeds, then
+    /// keeps the lease alive and re-registers after any loss, until unregistered.
+    ///
+    /// All registrations of one TTL share one lease. The TTL is rounded up to whole seconds, and
+    /// etcd raises a TTL below its minimum (about 2 s with default settings) to that minimum.
+    /// Registering a node that this registry already holds replaces the older registration
+    /// (which ends with `Unregistered`; the key stays).
+    pub fn register(&self, service: &str, node: Node, ttl: Duration) -> Result<Registration> {
+        self.check_open()?;
+        validate_name("service", service)?;
+        validate_name("node", &node.name)?;
+        let ttl_secs = validate_ttl(ttl)?;
+        if node.info.keys().any(String::is_empty) {
+            return Err(Error::invalid("info keys must not be empty"));
+        }
+        let key = self.node_key(service, &node.name);
+        let value = encode_info(&node.info);
+        if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
+            return Err(Error::invalid(format!(
+                "node info is too large: {} bytes, etcd accepts at most about {} per request",
+                key.len() + value.len(),
+                MAX_REQUEST_BYTES - REQUEST_OVERHEAD
+            )));
+        }
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let reg = Arc::new(RegShared::new(
+            id,
+            service.to_string(),
+            node,
+            key.clone(),
+            value,
+            ttl_secs,
+        ));
+        let mut state = self.state();
+        // Checked again under the lock, so that close() cannot miss this registration.
+        self.check_open()?;
+        if let Some(old_id) = state.by_key.insert(key, id) {
+            if let Some(old) = state.registrations.remove(&old_id) {
+                if let Some(group) = state.groups.get(&old.ttl_secs) {
+                    let _ = group.tx.send(GroupCmd::Remove {
+                        id: old_id,
+                        keep_key: true,
+                        done: None,
+                    });
+                }
+            }
+        }
+        let conn = self.inner.conn.clone();
+        let (min, max) = (self.inner.config.backoff_min, self.inner.config.backoff_max);
+        let handle = &self.inner.handle;
+        let group = state
+            .groups
+            .entry(ttl_secs)
+            .or_insert_with(|| LeaseGroup::spawn(handle, ttl_secs, conn, min, max));
+        group
+            .tx
+            .send(GroupCmd::Add(reg.clone()))
+            .map_err(|_| Error::closed())?;
+        state.registrations.insert(id, reg.clone());
+        Ok(Registration {
+            shared: reg,
+            registry: self.clone(),
+        })
+    }
+
+    pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
+        let (tx, done_rx) = {
+            let mut state = self.state();
+            let Some(reg) = state.registrations.remove(&id) else {
+                return Ok(());
+            };
+            if state.by_key.get(&reg.key) == Some(&id) {
+                state.by_key.remove(&reg.key);
+            }
+            let Some(group) = state.groups.get(&reg.ttl_secs) else {
+                return Ok(());
+            };
+            let (done_tx, done_rx) = oneshot::channel();
+            let _ = group.tx.send(GroupCmd::Remove {
+                id,
+                keep_key: false,
+                done: Some(done_tx),
+            });
+            (group.tx.clone(), done_rx)
+        };
+        drop(tx);
+        // The group answers after the key is deleted (or the delete failed within the timeout).
+        done_rx.await.unwrap_or(Ok(()))
+    }
+
+    /// Lists a service's nodes in one range request. An unknown service gives an empty list.
+    /// A value that is not a JSON object keeps its node, with empty info (and is logged).
+    pub async fn list(&self, service: &str) -> Result<Vec<Node>> {
+        self.check_open()?;
+        validate_name("service", service)?;
+        let prefix = service_prefix(&self.inner.config.base_path, service);
+        let listing = watch::fetch(&self.inner.conn, &prefix).await?;
+        Ok(listing.nodes.into_iter().map(|(n, _)| n).collect())
+    }
+
+    /// Watches a service: lists it (failing if etcd cannot be reached now), then follows every
+    /// change. See [`Watch`].
+    pub async fn watch(&self, service: &str) -> Result<Watch> {
+        self.check_open()?;
+        validate_name("service", service)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let setup = WatchSetup {
+            id,
+            service: service.to_string(),
+            prefix: service_prefix(&self.inner.config.base_path, service),
+            conn: self.inner.conn.clone(),
+            backoff: (self.inner.config.backoff_min, self.inner.config.backoff_max),
+            registry: self.clone(),
+        };
+        let watch = watch::start(setup, &self.inner.handle).await?;
+        let mut state = self.state();
+        if self.is_closed() {
+            watch.cancel();
+            return Err(Error::closed());
+        }
+        state.watches.insert(id, watch.task_handle());
+        Ok(watch)
+    }
+
+    pub(crate) fn forget_watch(&self, id: u64) {
+        self.state().watches.remove(&id);
+    }
+
+    /// The leases held now, one per distinct TTL in use.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.state()
+            .groups
+            .values()
+            .map(|g| g.lease.load(Ordering::SeqCst))
+            .filter(|l| *l != 0)
+            .collect()
+    }
+
+    /// How many registrations are active.
+    pub fn registration_count(&self) -> usize {
+        self.state().registrations.len()
+    }
+
+    /// Unregisters everything (revoking the leases, which deletes every key at once), stops the
+    /// watches, and returns when done. Idempotent; every later call fails with `Closed`.
+    pub async fn close(&self) -> Result<()> {
+        if self.inner.closed.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (groups, watches) = {
+            let mut state = self.state();
+            state.registrations.clear();
+            state.by_key.clear();
+            (
+                state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
+                state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
+            )
+        };
+        for watch in watches {
+            watch.abort();
+        }
+        let mut pending = Vec::new();
+        for group in groups {
+            let (done_tx, done_rx) = oneshot::channel();
+            if group.tx.send(GroupCmd::Close { done: done_tx }).is_ok() {
+                pending.push(done_rx);
+            }
+        }
+        for done in pending {
+            let _ = done.await;
+        }
+        self.inner.conn.reset().await;
+        Ok(())
+    }
+}
+
+impl Watch {
+    fn task_handle(&self) -> AbortHandle {
+        self.abort_handle()
+    }
+}
+
+fn validate_name(what: &str, name: &str) -> Result<()> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid(format!("{what} name must not be empty")));
+    }
+    if name == "." || name == ".." {
+        return Err(Error::invalid(format!("{what} name must not be {name:?}")));
+    }
+    if name.contains('\0') {
+        return Err(Error::invalid(format!("{what} name must not contain NUL")));
+    }
+    Ok(())
+}
+
+fn validate_ttl(ttl: Duration) -> Result<i64> {
+    if ttl.is_zero() {
+        return Err(Error::invalid("ttl must be greater than zero"));
+    }
+    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    if secs > MAX_TTL_SECS {
+        return Err(Error::invalid(format!(
+            "ttl {ttl:?} is larger than etcd's maximum of {MAX_TTL_SECS} s"
+        )));
+    }
+    Ok(secs as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_rounds_up_and_is_bounded() {
+        assert!(validate_ttl(Duration::ZERO).is_err());
+        assert_eq!(validate_ttl(Duration::from_millis(1)).unwrap(), 1);
+        assert_eq!(validate_ttl(Duration::from_millis(2500)).unwrap(), 3);
+        assert_eq!(validate_ttl(Duration::from_secs(30)).unwrap(), 30);
+        assert!(validate_ttl(Duration::from_secs(MAX_TTL_SECS + 1)).is_err());
+        assert!(validate_ttl(Duration::MAX).is_err());
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_name("service", "").is_err());
+        assert!(validate_name("service", "  ").is_err());
+        assert!(validate_name("service", "..").is_err());
+        assert!(validate_name("service", "a\0b").is_err());
+        assert!(validate_name("service", "api/v1").is_ok());
+    }
+}

@@ -1,0 +1,95 @@
+//! The one global tokio runtime that the C library and the Python module share.
+//!
+//! Rust programs that already run tokio do not need it: [`Registry`](crate::Registry) runs on
+//! whatever runtime it is created in. Bindings call [`handle`] and [`block_on`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use tokio::runtime::{Handle, Runtime};
+
+use crate::error::{Error, ErrorKind, Result};
+
+/// Environment variable that sets the worker count of the global runtime.
+pub const THREADS_ENV: &str = "ETCD_REGISTRY_THREADS";
+/// Default worker count: a service embedding this library does not want a thread per core.
+pub const DEFAULT_THREADS: usize = 2;
+
+static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
+static GLOBAL: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+
+/// Sets the worker count of the global runtime. Takes effect only before the runtime is first
+/// used; returns false when it is already running (its worker count then stays as it is).
+pub fn set_worker_threads(threads: usize) -> bool {
+    REQUESTED_THREADS.store(threads.clamp(1, 64), Ordering::SeqCst);
+    !is_started()
+}
+
+/// Whether the global runtime has been created in this process.
+pub fn is_started() -> bool {
+    matches!(&*lock(), Some((pid, _)) if *pid == std::process::id())
+}
+
+fn lock() -> std::sync::MutexGuard<'static, Option<(u32, &'static Runtime)>> {
+    GLOBAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn worker_threads() -> usize {
+    match REQUESTED_THREADS.load(Ordering::SeqCst) {
+        0 => std::env::var(THREADS_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .map_or(DEFAULT_THREADS, |n| n.min(64)),
+        n => n,
+    }
+}
+
+/// The global runtime, created on first use.
+///
+/// After `fork()` the child has none of the parent's threads, so the parent's runtime is dead
+/// there: it is leaked (dropping it would wait for threads that do not exist) and a fresh one is
+/// created for the child. Objects created before the fork stay bound to the dead runtime and
+/// refuse use with [`ErrorKind::Closed`] (see [`Registry`](crate::Registry)).
+pub fn runtime() -> Result<&'static Runtime> {
+    let mut global = lock();
+    let pid = std::process::id();
+    if let Some((owner, rt)) = *global {
+        if owner == pid {
+            return Ok(rt);
+        }
+    }
+    let threads = worker_threads();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .thread_name("etcd-registry")
+        .enable_all()
+        .build()
+        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start runtime: {e}")))?;
+    let rt: &'static Runtime = Box::leak(Box::new(rt));
+    tracing::debug!(threads, "started the global etcd-registry runtime");
+    *global = Some((pid, rt));
+    Ok(rt)
+}
+
+/// A handle to the global runtime.
+pub fn handle() -> Result<Handle> {
+    Ok(runtime()?.handle().clone())
+}
+
+/// Runs `future` to completion on the global runtime, blocking this thread.
+///
+/// Refuses, instead of panicking, when called from inside a tokio runtime (a blocking call on a
+/// runtime thread would stall it).
+pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
+    if Handle::try_current().is_ok() {
+        return Err(Error::new(
+            ErrorKind::InvalidArgument,
+            "a blocking etcd-registry call was made from inside an async runtime; use the async API there",
+        ));
+    }
+    Ok(runtime()?.block_on(future))
+}

@@ -1,0 +1,402 @@
+//! A service's live node set, kept by a watch that resumes after disconnects and resyncs after
+//! compaction. It never stops by itself: only `cancel()`, dropping it, or closing the registry
+//! end it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use etcd_client::{EventType, WatchOptions};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+
+use crate::backoff;
+use crate::conn::Connection;
+use crate::error::{Error, ErrorKind, Result};
+use crate::keys::{decode_info, node_name_of};
+use crate::registration::Node;
+
+/// What happened to a watched service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WatchEventKind {
+    /// A node appeared (including the nodes present when the watch started).
+    Added,
+    /// A node's info changed.
+    Updated,
+    /// A node disappeared (unregistered, or its lease expired).
+    Removed,
+    /// The watch missed history (compaction while disconnected), re-listed the service and
+    /// emitted the difference as Added/Updated/Removed events just before this one. `node` is
+    /// `None`.
+    Resynced,
+}
+
+impl WatchEventKind {
+    /// Lowercase name, as the bindings show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WatchEventKind::Added => "added",
+            WatchEventKind::Updated => "updated",
+            WatchEventKind::Removed => "removed",
+            WatchEventKind::Resynced => "resynced",
+        }
+    }
+}
+
+/// One change of a watched service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// What happened.
+    pub kind: WatchEventKind,
+    /// The node concerned (for `Removed`, its last known info); `None` for `Resynced`.
+    pub node: Option<Node>,
+    /// The etcd revision of the change.
+    pub revision: i64,
+}
+
+#[derive(Default)]
+pub(crate) struct WatchState {
+    nodes: BTreeMap<String, Node>,
+    revision: i64,
+}
+
+/// A watch on one service: ordered events and the live node set.
+pub struct Watch {
+    pub(crate) id: u64,
+    service: String,
+    state: Arc<Mutex<WatchState>>,
+    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<WatchEvent>>,
+    task: AbortHandle,
+    registry: crate::Registry,
+}
+
+impl std::fmt::Debug for Watch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watch")
+            .field("id", &self.id)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+fn lock(state: &Mutex<WatchState>) -> MutexGuard<'_, WatchState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Watch {
+    /// An id unique within the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The service watched.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// The live node set now, sorted by name.
+    pub fn nodes(&self) -> Vec<Node> {
+        lock(&self.state).nodes.values().cloned().collect()
+    }
+
+    /// The last etcd revision the live set reflects.
+    pub fn revision(&self) -> i64 {
+        lock(&self.state).revision
+    }
+
+    /// The next event, in order; `None` once the watch is cancelled or its registry closed.
+    /// The first events are one `Added` per node present when the watch started.
+    pub async fn next(&self) -> Option<WatchEvent> {
+        self.events.lock().await.recv().await
+    }
+
+    /// The next event if one is ready, without waiting. `Err(())` when the watch has ended.
+    #[allow(clippy::result_unit_err)]
+    pub fn try_next(&self) -> std::result::Result<Option<WatchEvent>, ()> {
+        let Ok(mut events) = self.events.try_lock() else {
+            return Ok(None);
+        };
+        match events.try_recv() {
+            Ok(event) => Ok(Some(event)),
+            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
+            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        }
+    }
+
+    /// Stops the watch. Events already delivered stay readable; then `next()` returns `None`.
+    pub fn cancel(&self) {
+        self.task.abort();
+        self.registry.forget_watch(self.id);
+    }
+
+    /// Whether the watch has ended (cancelled, or its registry closed).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    pub(crate) fn abort_handle(&self) -> AbortHandle {
+        self.task.clone()
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.cancel();
+    }
+}
+
+/// A service's nodes with their mod revisions, and the revision of the listing.
+pub(crate) struct Listing {
+    pub(crate) nodes: Vec<(Node, i64)>,
+    pub(crate) revision: i64,
+}
+
+/// Lists the direct children of `prefix` in one range request. Values that are not JSON objects
+/// keep their node with empty info, and are logged.
+pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
+    let key = prefix.to_string();
+    let resp = conn
+        .call("listing nodes", |mut c| async move {
+            c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+        })
+        .await?;
+    let revision = resp.header().map_or(0, |h| h.revision());
+    let nodes = resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| node_of(prefix, kv.key(), kv.value()).map(|n| (n, kv.mod_revision())))
+        .collect();
+    Ok(Listing { nodes, revision })
+}
+
+fn node_of(prefix: &str, key: &[u8], value: &[u8]) -> Option<Node> {
+    let key = std::str::from_utf8(key).ok()?;
+    let name = node_name_of(prefix, key)?;
+    let info = decode_info(value).unwrap_or_else(|problem| {
+        tracing::warn!(key, problem = %problem.0, "node value is not a JSON object of strings; listing the node with empty info");
+        Default::default()
+    });
+    Some(Node::new(name, info))
+}
+
+pub(crate) struct WatchSetup {
+    pub(crate) id: u64,
+    pub(crate) service: String,
+    pub(crate) prefix: String,
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) backoff: (Duration, Duration),
+    pub(crate) registry: crate::Registry,
+}
+
+/// Lists the service, then spawns the task that follows it.
+pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) -> Result<Watch> {
+    let listing = fetch(&setup.conn, &setup.prefix).await?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut state = WatchState {
+        nodes: BTreeMap::new(),
+        revision: listing.revision,
+    };
+    for (node, mod_revision) in listing.nodes {
+        state.nodes.insert(node.name.clone(), node.clone());
+        let _ = tx.send(WatchEvent {
+            kind: WatchEventKind::Added,
+            node: Some(node),
+            revision: mod_revision,
+        });
+    }
+    let state = Arc::new(Mutex::new(state));
+    let follower = Follower {
+        prefix: setup.prefix,
+        conn: setup.conn,
+        backoff: setup.backoff,
+        state: state.clone(),
+        tx,
+    };
+    let task = handle.spawn(follower.run()).abort_handle();
+    Ok(Watch {
+        id: setup.id,
+        service: setup.service,
+        state,
+        events: tokio::sync::Mutex::new(rx),
+        task,
+        registry: setup.registry,
+    })
+}
+
+struct Follower {
+    prefix: String,
+    conn: Arc<Connection>,
+    backoff: (Duration, Duration),
+    state: Arc<Mutex<WatchState>>,
+    tx: mpsc::UnboundedSender<WatchEvent>,
+}
+
+enum StreamEnd {
+    Compacted(i64),
+    Failed(Error),
+}
+
+impl Follower {
+    async fn run(self) {
+        let mut attempt = 0u32;
+        loop {
+            let end = self.follow(&mut attempt).await;
+            let error = match end {
+                StreamEnd::Compacted(compact) => {
+                    tracing::info!(prefix = %self.prefix, compact, "watch fell behind a compaction; re-listing");
+                    match self.resync().await {
+                        Ok(()) => {
+                            attempt = 0;
+                            continue;
+                        }
+                        Err(e) => e,
+                    }
+                }
+                StreamEnd::Failed(e) => e,
+            };
+            if self.tx.is_closed() {
+                return;
+            }
+            if matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+                self.conn.reset().await;
+            }
+            attempt = attempt.saturating_add(1);
+            let delay = backoff::delay(attempt, self.backoff.0, self.backoff.1);
+            tracing::warn!(prefix = %self.prefix, attempt, ?delay, %error, "watch interrupted, resuming");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Follows the service from the last revision seen + 1 until the stream fails.
+    async fn follow(&self, attempt: &mut u32) -> StreamEnd {
+        let start = lock(&self.state).revision + 1;
+        let key = self.prefix.clone();
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(start)
+            .with_progress_notify();
+        let mut stream = match self
+            .conn
+            .call("starting a watch", |mut c| async move {
+                c.watch(key, Some(options)).await
+            })
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => return StreamEnd::Failed(e),
+        };
+        loop {
+            let resp = match stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) => {
+                    return StreamEnd::Failed(Error::new(
+                        ErrorKind::Connection,
+                        "the watch stream was closed by etcd",
+                    ))
+                }
+                Err(e) => return StreamEnd::Failed(e.into()),
+            };
+            if resp.compact_revision() > 0 {
+                return StreamEnd::Compacted(resp.compact_revision());
+            }
+            if resp.canceled() {
+                return StreamEnd::Failed(Error::new(
+                    ErrorKind::Connection,
+                    format!("etcd cancelled the watch: {}", resp.cancel_reason()),
+                ));
+            }
+            if resp.created() {
+                *attempt = 0;
+                continue;
+            }
+            if resp.events().is_empty() {
+                // A progress notification: everything up to this revision has been seen.
+                if let Some(h) = resp.header() {
+                    let mut state = lock(&self.state);
+                    state.revision = state.revision.max(h.revision());
+                }
+                continue;
+            }
+            for event in resp.events() {
+                let Some(kv) = event.kv() else { continue };
+                let Some(name) = std::str::from_utf8(kv.key())
+                    .ok()
+                    .and_then(|k| node_name_of(&self.prefix, k))
+                else {
+                    continue;
+                };
+                let revision = kv.mod_revision();
+                let mut state = lock(&self.state);
+                state.revision = state.revision.max(revision);
+                let out = match event.event_type() {
+                    EventType::Put => {
+                        let node = node_of(&self.prefix, kv.key(), kv.value())
+                            .unwrap_or_else(|| Node::new(name, Default::default()));
+                        let kind = match state.nodes.insert(name.to_string(), node.clone()) {
+                            Some(old) if old == node => None,
+                            Some(_) => Some(WatchEventKind::Updated),
+                            None => Some(WatchEventKind::Added),
+                        };
+                        kind.map(|kind| WatchEvent {
+                            kind,
+                            node: Some(node),
+                            revision,
+                        })
+                    }
+                    EventType::Delete => state.nodes.remove(name).map(|node| WatchEvent {
+                        kind: WatchEventKind::Removed,
+                        node: Some(node),
+                        revision,
+                    }),
+                };
+                drop(state);
+                if let Some(out) = out {
+                    if self.tx.send(out).is_err() {
+                        return StreamEnd::Failed(Error::closed());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Re-lists the service and emits the difference to the live set, then `Resynced`.
+    async fn resync(&self) -> Result<()> {
+        let listing = fetch(&self.conn, &self.prefix).await?;
+        let fresh: BTreeMap<String, Node> = listing
+            .nodes
+            .into_iter()
+            .map(|(n, _)| (n.name.clone(), n))
+            .collect();
+        let revision = listing.revision;
+        let mut events = Vec::new();
+        {
+            let mut state = lock(&self.state);
+            for (name, node) in &state.nodes {
+                if !fresh.contains_key(name) {
+                    events.push((WatchEventKind::Removed, Some(node.clone())));
+                }
+            }
+            for (name, node) in &fresh {
+                match state.nodes.get(name) {
+                    None => events.push((WatchEventKind::Added, Some(node.clone()))),
+                    Some(old) if old != node => {
+                        events.push((WatchEventKind::Updated, Some(node.clone())))
+                    }
+                    Some(_) => {}
+                }
+            }
+            events.push((WatchEventKind::Resynced, None));
+            state.nodes = fresh;
+            state.revision = revision;
+        }
+        for (kind, node) in events {
+            let _ = self.tx.send(WatchEvent {
+                kind,
+                node,
+                revision,
+            });
+        }
+        Ok(())
+    }
+}

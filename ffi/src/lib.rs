@@ -1,0 +1,1 @@
+//! C ABI over etcd-registry (in progress).
