@@ -1,0 +1,1 @@
+//! Python module over etcd-registry (in progress).
