@@ -328,7 +328,9 @@ fn validate_ttl(ttl: Duration) -> Result<i64> {
     if ttl.is_zero() {
         return Err(Error::invalid("ttl must be greater than zero"));
     }
-    let secs = ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let secs = ttl
+        .as_secs()
+        .saturating_add(u64::from(ttl.subsec_nanos() > 0));
     if secs > MAX_TTL_SECS {
         return Err(Error::invalid(format!(
             "ttl {ttl:?} is larger than etcd's maximum of {MAX_TTL_SECS} s"

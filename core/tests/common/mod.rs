@@ -1,0 +1,93 @@
+//! Shared helpers of the core's integration tests. Every test starts its own real etcd through
+//! the harness; nothing is mocked.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use etcd_harness::EtcdCluster;
+use etcd_registry::{Config, Info, Node, StatusEvent};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::time::Instant;
+
+/// Generous upper bound for anything that should happen "soon": tests poll, never sleep.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "etcd_registry=debug".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn etcd() -> EtcdCluster {
+    init_logs();
+    EtcdCluster::start_single().expect("start etcd")
+}
+
+pub fn etcd_with_proxy() -> EtcdCluster {
+    init_logs();
+    EtcdCluster::builder()
+        .proxy(true)
+        .start()
+        .expect("start etcd behind a proxy")
+}
+
+/// A configuration with quick retries, so recovery tests stay short.
+pub fn config(etcd: &EtcdCluster, base: &str) -> Config {
+    Config::new(etcd.endpoints(), base)
+        .with_timeout(Duration::from_secs(2))
+        .with_backoff(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+pub fn info(pairs: &[(&str, &str)]) -> Info {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+pub fn node(name: &str, pairs: &[(&str, &str)]) -> Node {
+    Node::new(name, info(pairs))
+}
+
+/// Polls `check` until it returns true, failing the test after `DEADLINE`.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads events until one matches, returning it and everything read before it.
+pub async fn wait_event(
+    events: &mut UnboundedReceiver<StatusEvent>,
+    what: &str,
+    matches: impl Fn(&StatusEvent) -> bool,
+) -> (StatusEvent, Vec<StatusEvent>) {
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout(DEADLINE, events.recv()).await {
+            Ok(Some(event)) if matches(&event) => return (event, seen),
+            Ok(Some(event)) => seen.push(event),
+            Ok(None) => panic!("event stream ended while waiting for {what}; saw {seen:?}"),
+            Err(_) => panic!("timed out waiting for {what}; saw {seen:?}"),
+        }
+    }
+}
+
+/// Runs blocking harness work off the async threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}

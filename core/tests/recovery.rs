@@ -1,0 +1,315 @@
+//! Faults injected for real: etcd down at start, killed and restarted, partitioned past the TTL,
+//! paused, leases revoked and keys deleted behind the library's back, a process that dies.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use etcd_registry::{ErrorKind, RegistrationState, Registry, StatusEvent};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_at_connect_and_register_then_it_starts() {
+    let etcd = Arc::new(etcd());
+    etcd.stop(0).unwrap();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[("a", "1")]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    let (failed, _) = wait_event(&mut events, "failed", |e| {
+        matches!(e, StatusEvent::Failed { .. })
+    })
+    .await;
+    let StatusEvent::Failed { error } = failed else {
+        unreachable!()
+    };
+    assert!(
+        matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout),
+        "{error}"
+    );
+    wait_event(&mut events, "a retry", |e| {
+        matches!(e, StatusEvent::Retrying { .. })
+    })
+    .await;
+    assert_eq!(reg.state(), RegistrationState::Registering);
+
+    let e = etcd.clone();
+    blocking(move || e.start(0).unwrap()).await;
+    wait_event(&mut events, "registered", |e| {
+        matches!(e, StatusEvent::Registered { .. })
+    })
+    .await;
+    assert_eq!(etcd.get_prefix("/s/").unwrap().len(), 1);
+    assert_eq!(
+        registry.list("api").await.unwrap(),
+        vec![node("n1", &[("a", "1")])]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backoff_doubles_with_jitter_while_etcd_is_down() {
+    let etcd = etcd();
+    etcd.stop(0).unwrap();
+    let registry = Registry::connect(
+        config(&etcd, "/s").with_backoff(Duration::from_millis(100), Duration::from_millis(800)),
+    )
+    .await
+    .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    let mut delays = Vec::new();
+    while delays.len() < 6 {
+        let (event, _) = wait_event(&mut events, "retrying", |e| {
+            matches!(e, StatusEvent::Retrying { .. })
+        })
+        .await;
+        if let StatusEvent::Retrying { attempt, delay, .. } = event {
+            assert_eq!(attempt as usize, delays.len() + 1);
+            delays.push(delay);
+        }
+    }
+    for (i, delay) in delays.iter().enumerate() {
+        let base = Duration::from_millis(100 * (1 << i)).min(Duration::from_millis(800));
+        assert!(
+            *delay <= base && *delay >= base.mul_f64(0.8),
+            "attempt {}: {delay:?}",
+            i + 1
+        );
+    }
+    assert_eq!(
+        reg.state(),
+        RegistrationState::Registering,
+        "never gives up"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_and_restarted_within_the_ttl_keeps_the_lease() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(10))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let lease = reg.lease_id().unwrap();
+    let mut events = reg.subscribe();
+
+    let e = etcd.clone();
+    blocking(move || {
+        e.kill(0).unwrap();
+        e.restart(0).unwrap();
+    })
+    .await;
+    let (lost, _) = wait_event(&mut events, "keep-alive lost", |e| {
+        matches!(e, StatusEvent::KeepAliveLost { .. })
+    })
+    .await;
+    assert!(matches!(lost, StatusEvent::KeepAliveLost { .. }));
+    let (back, between) = wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    })
+    .await;
+    assert!(
+        between
+            .iter()
+            .all(|e| matches!(e, StatusEvent::Retrying { .. })),
+        "{between:?}"
+    );
+    assert_eq!(
+        back,
+        StatusEvent::Reregistered { lease_id: lease },
+        "the old lease survived the restart"
+    );
+    assert_eq!(
+        etcd.get_prefix("/s/").unwrap().len(),
+        1,
+        "no duplicate keys"
+    );
+    assert_eq!(etcd.lease_list().unwrap(), vec![lease]);
+    assert_eq!(reg.state(), RegistrationState::Registered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_longer_than_the_ttl_gets_a_new_lease_and_every_key_back() {
+    let etcd = Arc::new(etcd_with_proxy());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let regs: Vec<_> = (0..3)
+        .map(|i| {
+            registry
+                .register("api", node(&format!("n{i}"), &[]), Duration::from_secs(2))
+                .unwrap()
+        })
+        .collect();
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    let old_lease = regs[0].lease_id().unwrap();
+    let mut events = regs[0].subscribe();
+
+    etcd.partition().unwrap();
+    wait_event(&mut events, "keep-alive lost", |e| {
+        matches!(e, StatusEvent::KeepAliveLost { .. })
+    })
+    .await;
+    // The lease expires on the server while the client cannot reach it.
+    eventually("the lease to expire in etcd", || {
+        let e = etcd.clone();
+        async move { blocking(move || e.lease_count().unwrap() == 0).await }
+    })
+    .await;
+    etcd.heal().unwrap();
+
+    let (back, _) = wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    })
+    .await;
+    let StatusEvent::Reregistered { lease_id } = back else {
+        unreachable!()
+    };
+    assert_ne!(lease_id, old_lease, "a new lease after the old one expired");
+    eventually("all three keys back on one lease", || {
+        let e = etcd.clone();
+        async move {
+            blocking(move || {
+                e.get_prefix("/s/").unwrap().len() == 3 && e.lease_count().unwrap() == 1
+            })
+            .await
+        }
+    })
+    .await;
+    for reg in &regs {
+        assert_eq!(reg.state(), RegistrationState::Registered);
+        assert_eq!(reg.lease_id(), Some(lease_id));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_server_is_detected_and_the_node_recovers() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(2))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let mut events = reg.subscribe();
+    etcd.pause(0).unwrap();
+    // No hang: the unanswered keep-alive is noticed while the server is frozen.
+    wait_event(&mut events, "keep-alive lost", |e| {
+        matches!(e, StatusEvent::KeepAliveLost { .. })
+    })
+    .await;
+    etcd.resume(0).unwrap();
+    wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    })
+    .await;
+    eventually("the key back", || {
+        let e = etcd.clone();
+        async move { blocking(move || e.get_prefix("/s/").unwrap().len() == 1).await }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_deleted_by_someone_else_is_put_back() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[("v", "1")]), Duration::from_secs(3))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
+    eventually("the key to be put back", || {
+        let e = etcd.clone();
+        async move {
+            blocking(move || e.get("/s/api/n1").unwrap().as_deref() == Some(r#"{"v":"1"}"#)).await
+        }
+    })
+    .await;
+    assert_eq!(reg.state(), RegistrationState::Registered);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_revoked_by_someone_else_is_replaced() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(3))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let old = reg.lease_id().unwrap();
+    let mut events = reg.subscribe();
+    etcd.lease_revoke(old).unwrap();
+    let (back, _) = wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    })
+    .await;
+    assert!(matches!(back, StatusEvent::Reregistered { lease_id } if lease_id != old));
+    eventually("the key back on a new lease", || {
+        let e = etcd.clone();
+        async move {
+            blocking(move || {
+                e.get_prefix("/s/").unwrap().len() == 1 && e.lease_count().unwrap() == 1
+            })
+            .await
+        }
+    })
+    .await;
+}
+
+/// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_within_the_ttl`.
+#[test]
+fn child_process_registers_and_waits_to_be_killed() {
+    let Ok(endpoints) = std::env::var("ETCD_REGISTRY_TEST_CHILD") else {
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let config = etcd_registry::Config::new(endpoints.split(','), "/s");
+        let registry = Registry::connect(config).await.unwrap();
+        let reg = registry
+            .register("api", node("doomed", &[]), Duration::from_secs(2))
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        println!("REGISTERED");
+        std::future::pending::<()>().await;
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_dies_without_close_loses_its_keys_within_the_ttl() {
+    use std::io::{BufRead, BufReader};
+    let etcd = Arc::new(etcd());
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_registers_and_waits_to_be_killed",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("ETCD_REGISTRY_TEST_CHILD", etcd.endpoints().join(","))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let registered = blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|l| l.contains("REGISTERED"))
+    })
+    .await;
+    assert!(registered, "the child registered");
+    assert_eq!(etcd.get_prefix("/s/").unwrap().len(), 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    eventually("the dead process's key to expire", || {
+        let e = etcd.clone();
+        async move { blocking(move || e.get_prefix("/s/").unwrap().is_empty()).await }
+    })
+    .await;
+}

@@ -1,0 +1,460 @@
+//! Registering, listing and unregistering against a real etcd: the wire format, validation,
+//! leases shared per TTL, authentication and timeouts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use etcd_harness::EtcdCluster;
+use etcd_registry::{
+    Config, ErrorKind, Node, RegistrationState, Registry, StatusEvent, MAX_REQUEST_BYTES,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_lists_and_unregisters_in_the_go_wire_format() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/services")).await.unwrap();
+    let reg = registry
+        .register(
+            "api",
+            node(
+                "node-1",
+                &[("version", "1.0.0"), ("address", "10.0.0.5:8080")],
+            ),
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(reg.state(), RegistrationState::Registered);
+
+    // What another service (the Go library, etcdctl) reads.
+    let stored = etcd.get_prefix("/services/").unwrap();
+    assert_eq!(
+        stored,
+        vec![(
+            "/services/api/node-1".to_string(),
+            r#"{"address":"10.0.0.5:8080","version":"1.0.0"}"#.to_string()
+        )]
+    );
+    let lease = reg.lease_id().expect("a lease while registered");
+    assert_eq!(etcd.lease_list().unwrap(), vec![lease]);
+
+    let nodes = registry.list("api").await.unwrap();
+    assert_eq!(
+        nodes,
+        vec![node(
+            "node-1",
+            &[("version", "1.0.0"), ("address", "10.0.0.5:8080")]
+        )]
+    );
+    assert!(registry.list("unknown").await.unwrap().is_empty());
+
+    reg.unregister().await.unwrap();
+    assert!(
+        etcd.get_prefix("/services/").unwrap().is_empty(),
+        "key deleted at once"
+    );
+    assert!(
+        etcd.lease_list().unwrap().is_empty(),
+        "lease revoked with its last key"
+    );
+    assert_eq!(reg.state(), RegistrationState::Unregistered);
+    reg.unregister().await.unwrap();
+    registry.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_arrive_in_order_and_end_with_unregistered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    let (first, before) = wait_event(&mut events, "registered", |e| {
+        matches!(e, StatusEvent::Registered { .. })
+    })
+    .await;
+    assert!(before.is_empty(), "nothing before registered: {before:?}");
+    assert_eq!(
+        first,
+        StatusEvent::Registered {
+            lease_id: reg.lease_id().unwrap()
+        }
+    );
+    reg.unregister().await.unwrap();
+    assert_eq!(events.recv().await, Some(StatusEvent::Unregistered));
+    assert_eq!(events.recv().await, None, "no event after unregistered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_joined_like_go_path_join() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "//services//"))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("a/b", node("10.0.0.1/x", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(reg.key(), "/services/a-b/10.0.0.1-x");
+    assert_eq!(
+        etcd.get_prefix("/services/").unwrap(),
+        vec![("/services/a-b/10.0.0.1-x".to_string(), "{}".to_string())]
+    );
+    let listed = registry.list("a/b").await.unwrap();
+    assert_eq!(listed, vec![node("10.0.0.1-x", &[])]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_what_the_go_library_wrote_and_survives_garbage() {
+    let etcd = etcd();
+    etcd.put("/services/api/go-node", r#"{"version":"1.0.0"}"#)
+        .unwrap();
+    etcd.put("/services/api/empty", "").unwrap();
+    etcd.put("/services/api/garbage", "not json {").unwrap();
+    etcd.put("/services/api/array", "[1,2]").unwrap();
+    etcd.put("/services/api/deeper/child", "{}").unwrap();
+    etcd.put("/services/api2/other", "{}").unwrap();
+    let registry = Registry::connect(config(&etcd, "/services")).await.unwrap();
+    let mut nodes = registry.list("api").await.unwrap();
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(
+        nodes,
+        vec![
+            node("array", &[]),
+            node("empty", &[]),
+            node("garbage", &[]),
+            node("go-node", &[("version", "1.0.0")]),
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input_is_rejected_at_once() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let kind = |r: etcd_registry::Result<_>| r.map(|_| ()).unwrap_err().kind();
+    assert_eq!(
+        kind(registry.register("", node("n", &[]), ttl)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(registry.register("api", node("", &[]), ttl)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(registry.register("api", node("n", &[]), Duration::ZERO)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind(registry.register("api", node("n", &[]), Duration::from_secs(u64::MAX))),
+        ErrorKind::InvalidArgument
+    );
+    let huge = "x".repeat(MAX_REQUEST_BYTES);
+    let err = registry
+        .register("api", node("n", &[("blob", &huge)]), ttl)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    assert!(err.to_string().contains("too large"), "{err}");
+    assert_eq!(
+        registry.list("").await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        registry.watch("").await.unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+
+    for endpoints in [
+        vec![],
+        vec!["no-port".to_string()],
+        vec!["h:notaport".to_string()],
+    ] {
+        let err = Registry::connect(Config::new(endpoints.clone(), "/s"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{endpoints:?}");
+    }
+    assert!(
+        etcd.get_prefix("/s/").unwrap().is_empty(),
+        "nothing was written"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_lease_per_ttl_and_close_removes_everything() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let mut regs = Vec::new();
+    for (i, ttl) in [5, 5, 5, 7, 7].into_iter().enumerate() {
+        regs.push(
+            registry
+                .register("api", node(&format!("n{i}"), &[]), Duration::from_secs(ttl))
+                .unwrap(),
+        );
+    }
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    assert_eq!(etcd.get_prefix("/s/api/").unwrap().len(), 5);
+    assert_eq!(etcd.lease_count().unwrap(), 2, "one lease per distinct TTL");
+    assert_eq!(registry.lease_ids().len(), 2);
+
+    // Unregistering one of three keys keeps the shared lease for the other two.
+    regs[0].unregister().await.unwrap();
+    assert_eq!(etcd.get_prefix("/s/api/").unwrap().len(), 4);
+    assert_eq!(etcd.lease_count().unwrap(), 2);
+
+    let mut events = regs[1].subscribe();
+    registry.close().await.unwrap();
+    assert!(
+        etcd.get_prefix("/s/").unwrap().is_empty(),
+        "every key gone at close"
+    );
+    assert_eq!(
+        etcd.lease_count().unwrap(),
+        0,
+        "every lease revoked at close"
+    );
+    let (_, _) = wait_event(&mut events, "unregistered", |e| {
+        *e == StatusEvent::Unregistered
+    })
+    .await;
+    for reg in &regs {
+        assert_eq!(reg.state(), RegistrationState::Unregistered);
+    }
+
+    registry.close().await.unwrap();
+    let err = registry
+        .register("api", node("late", &[]), Duration::from_secs(5))
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Closed);
+    assert_eq!(
+        registry.list("api").await.unwrap_err().kind(),
+        ErrorKind::Closed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_the_same_node_again_replaces_the_old_registration() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let old = registry
+        .register("api", node("n1", &[("v", "1")]), Duration::from_secs(5))
+        .unwrap();
+    old.wait_registered(DEADLINE).await.unwrap();
+    let new = registry
+        .register("api", node("n1", &[("v", "2")]), Duration::from_secs(9))
+        .unwrap();
+    new.wait_registered(DEADLINE).await.unwrap();
+    eventually("the old registration to end", || async {
+        old.state() == RegistrationState::Unregistered
+    })
+    .await;
+    eventually("only the new value and lease", || async {
+        etcd.get_prefix("/s/").unwrap()
+            == vec![("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())]
+            && etcd.lease_count().unwrap() == 1
+    })
+    .await;
+    assert_eq!(registry.registration_count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_registrations_from_16_tasks_share_one_lease() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let registry = registry.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut regs = Vec::new();
+            for i in 0..(1000 / 16 + 1) {
+                let n = t * 63 + i;
+                if n >= 1000 {
+                    break;
+                }
+                regs.push(
+                    registry
+                        .register(
+                            "bulk",
+                            node(&format!("n{n:04}"), &[("i", &n.to_string())]),
+                            Duration::from_secs(10),
+                        )
+                        .unwrap(),
+                );
+            }
+            for reg in &regs {
+                reg.wait_registered(DEADLINE).await.unwrap();
+            }
+            regs
+        }));
+    }
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    assert_eq!(all.len(), 1000);
+    let nodes = registry.list("bulk").await.unwrap();
+    assert_eq!(nodes.len(), 1000);
+    assert_eq!(
+        etcd.lease_count().unwrap(),
+        1,
+        "1000 keys of one TTL hold one lease"
+    );
+    registry.close().await.unwrap();
+    assert!(etcd.get_prefix("/s/").unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_against_a_server_without_auth_still_register() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("user", "secret"))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(registry.list("api").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
+    init_logs();
+    let etcd = Arc::new(EtcdCluster::builder().auth_token_ttl(2).start().unwrap());
+    etcd.enable_auth("svc", "right").unwrap();
+
+    let good = Registry::connect(config(&etcd, "/s").with_credentials("svc", "right"))
+        .await
+        .unwrap();
+    let reg = good
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let watch = good.watch("api").await.unwrap();
+
+    // Idle past the token TTL: the token expires and must be renewed transparently.
+    let idle_until = tokio::time::Instant::now() + Duration::from_secs(4);
+    let mut events = reg.subscribe();
+    // The first subscriber gets the history so far.
+    assert!(matches!(
+        events.try_recv(),
+        Ok(StatusEvent::Registered { .. })
+    ));
+    tokio::time::sleep_until(idle_until).await;
+    assert_eq!(
+        good.list("api").await.unwrap().len(),
+        1,
+        "list after the token expired"
+    );
+    let reg2 = good
+        .register("api", node("n2", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg2.wait_registered(DEADLINE).await.unwrap();
+    eventually("the watch to see n2 after token expiry", || async {
+        watch.nodes().iter().any(|n| n.name == "n2")
+    })
+    .await;
+    let during_idle = events.try_recv();
+    assert!(
+        during_idle.is_err(),
+        "no loss of n1 while idle: {during_idle:?}"
+    );
+
+    let bad = Registry::connect(config(&etcd, "/s").with_credentials("svc", "wrong"))
+        .await
+        .unwrap();
+    let reg = bad
+        .register("api", node("intruder", &[]), Duration::from_secs(5))
+        .unwrap();
+    let err = reg.wait_registered(DEADLINE).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains("authentication"), "{err}");
+    let err = bad.list("api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    // Retries are paced by the backoff: a handful of attempts, not a flood.
+    let mut events = reg.subscribe();
+    let (retry, _) = wait_event(&mut events, "a retry", |e| {
+        matches!(e, StatusEvent::Retrying { .. })
+    })
+    .await;
+    if let StatusEvent::Retrying { delay, error, .. } = retry {
+        assert!(delay >= Duration::from_millis(160), "{delay:?}");
+        assert_eq!(error.kind(), ErrorKind::Auth);
+    }
+    let keys = etcd
+        .etcdctl_as(
+            Some("root:right"),
+            &["get", "/s/", "--prefix", "--keys-only"],
+        )
+        .unwrap();
+    assert!(!keys.contains("intruder"), "{keys}");
+    bad.close().await.unwrap();
+    good.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_endpoint_gives_a_timeout_and_keeps_retrying() {
+    init_logs();
+    // A listener that never answers: connections hang like a black-holed host.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = silent.local_addr().unwrap().to_string();
+    let registry = Registry::connect(
+        Config::new([endpoint], "/s")
+            .with_timeout(Duration::from_secs(1))
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    let err = reg.wait_registered(DEADLINE).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("deadline exceeded"), "{err}");
+    let (failed, _) = wait_event(&mut events, "failed", |e| {
+        matches!(e, StatusEvent::Failed { .. })
+    })
+    .await;
+    assert!(matches!(failed, StatusEvent::Failed { error } if error.kind() == ErrorKind::Timeout));
+    // Retries continue in the background.
+    wait_event(&mut events, "second retry", |e| {
+        matches!(e, StatusEvent::Retrying { attempt: 2, .. })
+    })
+    .await;
+    assert_eq!(reg.state(), RegistrationState::Registering);
+    let err = registry.list("api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    drop(silent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_registered_times_out_while_etcd_is_down() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    // Registered once: waiting again succeeds at once, whatever happens later.
+    etcd.kill(0).unwrap();
+    reg.wait_registered(Duration::from_millis(1)).await.unwrap();
+    let node = Node::new("n2", Default::default());
+    let reg2 = registry
+        .register("api", node, Duration::from_secs(5))
+        .unwrap();
+    let err = reg2
+        .wait_registered(Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::Timeout | ErrorKind::Connection),
+        "{err}"
+    );
+}

@@ -1,0 +1,178 @@
+//! Watching a service: ordered events, the live set, resume after disconnects, resync after
+//! compaction.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use etcd_registry::{Registry, Watch, WatchEvent, WatchEventKind};
+
+async fn next(watch: &Watch) -> WatchEvent {
+    tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .expect("an event in time")
+        .expect("the watch is alive")
+}
+
+fn names(watch: &Watch) -> Vec<String> {
+    watch.nodes().into_iter().map(|n| n.name).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_then_added_updated_removed_in_order() {
+    let etcd = etcd();
+    etcd.put("/s/api/existing", r#"{"v":"0"}"#).unwrap();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    assert_eq!(names(&watch), vec!["existing"]);
+    let first = next(&watch).await;
+    assert_eq!(first.kind, WatchEventKind::Added);
+    assert_eq!(first.node, Some(node("existing", &[("v", "0")])));
+
+    let reg = registry
+        .register("api", node("n1", &[("v", "1")]), Duration::from_secs(5))
+        .unwrap();
+    let added = next(&watch).await;
+    assert_eq!(
+        (added.kind, added.node.clone()),
+        (WatchEventKind::Added, Some(node("n1", &[("v", "1")])))
+    );
+    assert!(added.revision > first.revision);
+
+    etcd.put("/s/api/existing", r#"{"v":"2"}"#).unwrap();
+    let updated = next(&watch).await;
+    assert_eq!(
+        (updated.kind, updated.node.clone()),
+        (
+            WatchEventKind::Updated,
+            Some(node("existing", &[("v", "2")]))
+        )
+    );
+    assert!(updated.revision > added.revision);
+
+    reg.unregister().await.unwrap();
+    let removed = next(&watch).await;
+    assert_eq!(removed.kind, WatchEventKind::Removed);
+    assert_eq!(removed.node.unwrap().name, "n1");
+    assert_eq!(names(&watch), vec!["existing"]);
+    assert_eq!(watch.revision(), removed.revision);
+
+    // Other services and deeper keys are not this service's nodes.
+    etcd.put("/s/api2/x", "{}").unwrap();
+    etcd.put("/s/api/deeper/x", "{}").unwrap();
+    etcd.put("/s/api/last", "{}").unwrap();
+    let last = next(&watch).await;
+    assert_eq!(last.node.unwrap().name, "last");
+
+    watch.cancel();
+    assert!(tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .unwrap()
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_after_a_restart_without_losing_or_repeating_events() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    etcd.put("/s/api/a", "{}").unwrap();
+    assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+
+    let e = etcd.clone();
+    blocking(move || {
+        e.kill(0).unwrap();
+        e.restart(0).unwrap();
+        e.put("/s/api/b", "{}").unwrap();
+        e.delete("/s/api/a").unwrap();
+    })
+    .await;
+    let b = next(&watch).await;
+    assert_eq!(
+        (b.kind, b.node.unwrap().name),
+        (WatchEventKind::Added, "b".to_string())
+    );
+    let a = next(&watch).await;
+    assert_eq!(
+        (a.kind, a.node.unwrap().name),
+        (WatchEventKind::Removed, "a".to_string())
+    );
+    assert_eq!(names(&watch), vec!["b"]);
+    assert!(watch.try_next().unwrap().is_none(), "nothing repeated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resyncs_after_compaction_while_disconnected() {
+    let etcd = Arc::new(etcd_with_proxy());
+    etcd.put("/s/api/stays", "{}").unwrap();
+    etcd.put("/s/api/goes", "{}").unwrap();
+    etcd.put("/s/api/changes", r#"{"v":"1"}"#).unwrap();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    }
+
+    etcd.partition().unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        // Changes the watcher cannot see, then history compacted past them.
+        e.delete("/s/api/goes").unwrap();
+        e.put("/s/api/changes", r#"{"v":"2"}"#).unwrap();
+        e.put("/s/api/new", "{}").unwrap();
+        e.put("/s/api/new", r#"{"v":"x"}"#).unwrap();
+        e.compact_to_latest().unwrap();
+    })
+    .await;
+    etcd.heal().unwrap();
+
+    let mut diff = Vec::new();
+    loop {
+        let event = next(&watch).await;
+        if event.kind == WatchEventKind::Resynced {
+            assert!(event.node.is_none());
+            break;
+        }
+        diff.push((event.kind, event.node.unwrap()));
+    }
+    diff.sort_by(|a, b| a.1.name.cmp(&b.1.name));
+    assert_eq!(
+        diff,
+        vec![
+            (WatchEventKind::Updated, node("changes", &[("v", "2")])),
+            (WatchEventKind::Removed, node("goes", &[])),
+            (WatchEventKind::Added, node("new", &[("v", "x")])),
+        ]
+    );
+    assert_eq!(
+        watch.nodes(),
+        registry.list("api").await.unwrap(),
+        "live set equals a fresh listing"
+    );
+
+    // And it keeps following afterwards.
+    etcd.put("/s/api/after", "{}").unwrap();
+    let after = next(&watch).await;
+    assert_eq!(
+        (after.kind, after.node.unwrap().name),
+        (WatchEventKind::Added, "after".to_string())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_ends_every_watch() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    registry.close().await.unwrap();
+    assert!(tokio::time::timeout(DEADLINE, watch.next())
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        registry.watch("api").await.unwrap_err().kind(),
+        etcd_registry::ErrorKind::Closed
+    );
+}
