@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The main job in one command: starts a throwaway etcd (free loopback port, temporary data
+# directory), registers three nodes, discovers them by listing and watching, and cleans up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh demo
+cargo build -q -p etcd-harness -p etcd-registry --example demo
+exec target/debug/etcd-harness run -- target/debug/examples/demo
