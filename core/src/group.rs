@@ -239,9 +239,11 @@ impl LeaseGroup {
             .filter(|m| !attached.contains(m.key.as_bytes()))
             .cloned()
             .collect();
-        self.put_all(&client, lease, &missing).await?;
+        let refused = self.put_all(&client, lease, &missing).await?;
         for member in self.members.values() {
-            member.registered(lease);
+            if !refused.contains(&member.id) {
+                member.registered(lease);
+            }
         }
         Ok(pair)
     }
@@ -285,7 +287,14 @@ impl LeaseGroup {
     /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`]. A member whose own
     /// put is refused (too large for this server, no permission for its key) is told so and
     /// retried at the next check; a transport failure fails the whole attempt.
-    async fn put_all(&self, client: &Client, lease: i64, members: &[Arc<RegShared>]) -> Result<()> {
+    /// Returns the ids of the members whose put was refused.
+    async fn put_all(
+        &self,
+        client: &Client,
+        lease: i64,
+        members: &[Arc<RegShared>],
+    ) -> Result<HashSet<u64>> {
+        let mut refused = HashSet::new();
         for chunk in members.chunks(MAX_TXN_OPS) {
             let ops: Vec<TxnOp> = chunk
                 .iter()
@@ -306,19 +315,18 @@ impl LeaseGroup {
                 .await;
             match result {
                 Ok(_) => {}
-                Err(e) if chunk.len() > 1 && is_per_key(&e) => {
+                Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
                     for member in chunk {
-                        self.put_one(client, lease, member).await?;
+                        if !self.put_one(client, lease, member).await? {
+                            refused.insert(member.id);
+                        }
                     }
-                }
-                Err(e) if is_per_key(&e) => {
-                    chunk[0].attempt_failed(&e);
                 }
                 Err(e) => return Err(e),
             }
         }
-        Ok(())
+        Ok(refused)
     }
 
     /// Puts one key; a per-key refusal is reported to its registration only.

@@ -458,3 +458,44 @@ async fn wait_registered_times_out_while_etcd_is_down() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_refused_by_etcd_does_not_hold_back_the_others_on_its_lease() {
+    init_logs();
+    let etcd = EtcdCluster::start_single().unwrap();
+    etcd.enable_auth("root", "rootpw").unwrap();
+    let ctl = |args: &[&str]| etcd.etcdctl_as(Some("root:rootpw"), args).unwrap();
+    ctl(&["role", "add", "limited"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "limited",
+        "readwrite",
+        "/s/ok/",
+        "--prefix",
+    ]);
+    ctl(&["user", "add", "svc:pw"]);
+    ctl(&["user", "grant-role", "svc", "limited"]);
+
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("svc", "pw"))
+        .await
+        .unwrap();
+    let forbidden = registry
+        .register("forbidden", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let allowed = registry
+        .register("ok", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    allowed.wait_registered(DEADLINE).await.unwrap();
+    let err = forbidden.wait_registered(DEADLINE).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert!(err.to_string().contains("permission denied"), "{err}");
+    assert_eq!(forbidden.state(), RegistrationState::Registering);
+    assert_eq!(allowed.state(), RegistrationState::Registered);
+    let keys = ctl(&["get", "/s/", "--prefix", "--keys-only"]);
+    assert!(
+        keys.contains("/s/ok/n1") && !keys.contains("forbidden"),
+        "{keys}"
+    );
+    registry.close().await.unwrap();
+}
