@@ -1,1 +1,45 @@
-//! C ABI over etcd-registry (in progress).
+//! C ABI over the `etcd-registry` core: `libetcd_registry.so` / `libetcd_registry.a` and the
+//! header `include/etcd_registry.h` generated from these sources by cbindgen (see
+//! `ffi/cbindgen.toml`, whose preamble states the threading rules and the shutdown order).
+//!
+//! This crate holds no registry logic: it converts arguments, maps errors to status codes,
+//! and routes the core's events to C callbacks (on one library-owned thread, `dispatch`) or to
+//! a pull queue (`etcd_registry_next_event`). Conventions follow rustls-ffi: opaque handles,
+//! `etcd_registry_<type>_<verb>` names, a status enum with fixed numbers, out-parameters written
+//! only on success, every `_free` accepting NULL, and every exported body inside a panic guard.
+
+#![allow(clippy::missing_safety_doc)] // Each function's contract is in its doc comment / the header.
+
+mod config;
+mod dispatch;
+mod events;
+mod handle;
+mod log;
+mod node_list;
+mod status;
+mod strings;
+
+pub use config::*;
+pub use events::{
+    etcd_registry_event, etcd_registry_event_type, etcd_registry_status_callback,
+    etcd_registry_status_event, etcd_registry_status_kind, etcd_registry_watch_callback,
+    etcd_registry_watch_event, etcd_registry_watch_kind, ETCD_REGISTRY_EVENT_TYPE_STATUS,
+    ETCD_REGISTRY_EVENT_TYPE_WATCH, ETCD_REGISTRY_STATUS_KIND_FAILED,
+    ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST, ETCD_REGISTRY_STATUS_KIND_REGISTERED,
+    ETCD_REGISTRY_STATUS_KIND_REREGISTERED, ETCD_REGISTRY_STATUS_KIND_RETRYING,
+    ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, ETCD_REGISTRY_WATCH_KIND_ADDED,
+    ETCD_REGISTRY_WATCH_KIND_REMOVED, ETCD_REGISTRY_WATCH_KIND_RESYNCED,
+    ETCD_REGISTRY_WATCH_KIND_UPDATED,
+};
+pub use handle::*;
+pub use log::*;
+pub use node_list::*;
+pub use status::*;
+
+use std::ffi::c_char;
+
+/// The library's version, e.g. "0.1.0". Static storage; never NULL.
+#[no_mangle]
+pub extern "C" fn etcd_registry_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

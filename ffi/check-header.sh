@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Regenerates include/etcd_registry.h from ffi/src with the pinned cbindgen and fails if the
+# committed header differs. CI runs it; `--update` rewrites the header instead.
+#
+#   cargo install cbindgen --version 0.29.4 --locked
+set -euo pipefail
+
+CBINDGEN_VERSION=0.29.4
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+header="$root/include/etcd_registry.h"
+cbindgen="${CBINDGEN:-cbindgen}"
+
+if ! command -v "$cbindgen" >/dev/null 2>&1; then
+    echo "check-header: cbindgen not found; install it with" >&2
+    echo "  cargo install cbindgen --version $CBINDGEN_VERSION --locked" >&2
+    exit 2
+fi
+found="$("$cbindgen" --version | awk '{print $2}')"
+if [ "$found" != "$CBINDGEN_VERSION" ]; then
+    echo "check-header: cbindgen $found found, $CBINDGEN_VERSION required (the output differs between versions)" >&2
+    exit 2
+fi
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+# --quiet: cbindgen warns about every private static it skips, which is expected here.
+(cd "$here" && "$cbindgen" --quiet --config cbindgen.toml --crate etcd-registry-ffi \
+    --output "$tmp/etcd_registry.h" .)
+
+if [ "${1:-}" = "--update" ]; then
+    mkdir -p "$(dirname "$header")"
+    cp "$tmp/etcd_registry.h" "$header"
+    echo "check-header: wrote $header"
+    exit 0
+fi
+
+if ! diff -u "$header" "$tmp/etcd_registry.h"; then
+    echo "check-header: include/etcd_registry.h is stale; run ffi/check-header.sh --update and commit it" >&2
+    exit 1
+fi
+echo "check-header: include/etcd_registry.h is up to date"

@@ -1,0 +1,267 @@
+//! `etcd_registry_config`: what `etcd_registry_connect` needs, built with setters.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use registry::{Config, TlsConfig};
+
+use crate::handle::{out, write_out};
+use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
+use crate::strings::{optional, required};
+
+/// Base path used when `etcd_registry_config_set_base_path` is not called.
+pub const DEFAULT_BASE_PATH: &str = "/services";
+
+/// Opaque configuration of a registry. Created by `etcd_registry_config_new`, freed by
+/// `etcd_registry_config_free`. `etcd_registry_connect` copies what it needs, so the config can
+/// be freed (or reused) right after. Not thread-safe: do not modify one config from two
+/// threads at once.
+///
+/// Defaults: no endpoints (at least one is required), base path "/services", no credentials,
+/// timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
+/// variable `ETCD_REGISTRY_THREADS` or 2, no TLS.
+#[allow(non_camel_case_types)]
+pub struct etcd_registry_config {
+    pub(crate) config: Config,
+    pub(crate) runtime_threads: Option<usize>,
+}
+
+impl etcd_registry_config {
+    fn new() -> Self {
+        etcd_registry_config {
+            config: Config::new(Vec::<String>::new(), DEFAULT_BASE_PATH),
+            runtime_threads: None,
+        }
+    }
+}
+
+/// Gives mutable access to a config argument.
+///
+/// # Safety
+/// `config` is NULL or a live pointer from `etcd_registry_config_new`, not used concurrently.
+unsafe fn config_mut<'a>(
+    config: *mut etcd_registry_config,
+) -> FfiResult<&'a mut etcd_registry_config> {
+    // SAFETY: per the caller's contract.
+    unsafe { config.as_mut() }.ok_or_else(|| Failure::null("config"))
+}
+
+fn split_endpoints(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Creates a configuration with the defaults. Free it with `etcd_registry_config_free`.
+///
+/// `*out_config` is written only on success.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_new(
+    out_config: *mut *mut etcd_registry_config,
+) -> etcd_registry_status {
+    guard(|| {
+        let slot = out(out_config, "out_config")?;
+        write_out(slot, Box::into_raw(Box::new(etcd_registry_config::new())));
+        Ok(())
+    })
+}
+
+/// Frees a configuration. NULL is allowed (and does nothing).
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_free(config: *mut etcd_registry_config) {
+    if config.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: a non-NULL pointer from etcd_registry_config_new, freed once (caller's contract).
+        drop(unsafe { Box::from_raw(config) });
+        Ok(())
+    });
+}
+
+/// Replaces the endpoints with a comma-separated list, e.g. "10.0.0.1:2379,10.0.0.2:2379".
+/// Each is `host:port` or `http://host:port`; spaces around items and empty items are ignored.
+/// INVALID_ARGUMENT when the list holds no endpoint. Endpoints are checked in detail by
+/// `etcd_registry_connect`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_endpoints(
+    config: *mut etcd_registry_config,
+    endpoints: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for both pointers.
+        let config = unsafe { config_mut(config) }?;
+        let list = unsafe { required(endpoints, "endpoints") }?;
+        let parsed = split_endpoints(list);
+        if parsed.is_empty() {
+            return Err(Failure::invalid(format!(
+                "no endpoint in {list:?}: expected host:port[,host:port…]"
+            )));
+        }
+        config.config.endpoints = parsed;
+        Ok(())
+    })
+}
+
+/// Appends one endpoint (`host:port` or `http://host:port`). INVALID_ARGUMENT when empty.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_add_endpoint(
+    config: *mut etcd_registry_config,
+    endpoint: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for both pointers.
+        let config = unsafe { config_mut(config) }?;
+        let endpoint = unsafe { required(endpoint, "endpoint") }?.trim();
+        if endpoint.is_empty() {
+            return Err(Failure::invalid("endpoint must not be empty"));
+        }
+        config.config.endpoints.push(endpoint.to_string());
+        Ok(())
+    })
+}
+
+/// Sets the prefix of every key: nodes live at `<base_path>/<service>/<node>` (joined and
+/// cleaned like Go's `path.Join`, so it interoperates with go.lumeweb.com/etcd-registry).
+/// Default "/services". An empty string is allowed (keys then start with the service name).
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_base_path(
+    config: *mut etcd_registry_config,
+    base_path: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for both pointers.
+        let config = unsafe { config_mut(config) }?;
+        config.config.base_path = unsafe { required(base_path, "base_path") }?.to_string();
+        Ok(())
+    })
+}
+
+/// Sets the credentials for an etcd with authentication enabled. `password` may be NULL (an
+/// empty password). A NULL or empty `username` removes the credentials.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_credentials(
+    config: *mut etcd_registry_config,
+    username: *const c_char,
+    password: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let config = unsafe { config_mut(config) }?;
+        let username = unsafe { optional(username, "username") }?.unwrap_or("");
+        let password = unsafe { optional(password, "password") }?.unwrap_or("");
+        if username.is_empty() {
+            config.config.username = None;
+            config.config.password = None;
+        } else {
+            config.config.username = Some(username.to_string());
+            config.config.password = Some(password.to_string());
+        }
+        Ok(())
+    })
+}
+
+/// Sets the timeout of connecting and of each etcd call, in milliseconds (default 10000).
+/// INVALID_ARGUMENT for 0.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_timeout_ms(
+    config: *mut etcd_registry_config,
+    timeout_ms: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let config = unsafe { config_mut(config) }?;
+        if timeout_ms == 0 {
+            return Err(Failure::invalid("timeout must be greater than zero"));
+        }
+        config.config.timeout = Duration::from_millis(timeout_ms);
+        Ok(())
+    })
+}
+
+/// Sets the retry delays of registrations and watches after a failure: `min_ms` doubling up to
+/// `max_ms` (defaults 1000 and 30000), each shortened by up to 20 % at random. Retries never
+/// stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_backoff_ms(
+    config: *mut etcd_registry_config,
+    min_ms: u64,
+    max_ms: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let config = unsafe { config_mut(config) }?;
+        if min_ms == 0 || max_ms < min_ms {
+            return Err(Failure::invalid(format!(
+                "backoff must satisfy 0 < min_ms <= max_ms (got {min_ms}, {max_ms})"
+            )));
+        }
+        config.config.backoff_min = Duration::from_millis(min_ms);
+        config.config.backoff_max = Duration::from_millis(max_ms);
+        Ok(())
+    })
+}
+
+/// Sets the worker count (1 to 64) of the library's one global runtime. It only takes effect if
+/// the runtime has not started yet, i.e. before the first `etcd_registry_connect` of the process;
+/// later it is ignored (with a warning in the log). Without it, the environment variable
+/// `ETCD_REGISTRY_THREADS` decides, else 2.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_runtime_threads(
+    config: *mut etcd_registry_config,
+    threads: u32,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let config = unsafe { config_mut(config) }?;
+        if !(1..=64).contains(&threads) {
+            return Err(Failure::invalid(format!(
+                "runtime threads must be between 1 and 64 (got {threads})"
+            )));
+        }
+        config.runtime_threads = Some(threads as usize);
+        Ok(())
+    })
+}
+
+/// Sets the TLS files (PEM paths): the CA that signed etcd's certificate, and for mutual TLS the
+/// client certificate and key. Each may be NULL (unset).
+///
+/// This build of the library talks plain HTTP/2 only: `etcd_registry_connect` fails with
+/// INVALID_ARGUMENT when any TLS file is set, rather than silently connecting without TLS.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_tls_files(
+    config: *mut etcd_registry_config,
+    ca_file: *const c_char,
+    cert_file: *const c_char,
+    key_file: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let config = unsafe { config_mut(config) }?;
+        let path = |p: Option<&str>| p.map(PathBuf::from);
+        config.config.tls = TlsConfig {
+            ca_file: path(unsafe { optional(ca_file, "ca_file") }?),
+            cert_file: path(unsafe { optional(cert_file, "cert_file") }?),
+            key_file: path(unsafe { optional(key_file, "key_file") }?),
+        };
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_split_on_commas() {
+        assert_eq!(
+            split_endpoints(" a:1, ,http://b:2 ,"),
+            vec!["a:1".to_string(), "http://b:2".to_string()]
+        );
+        assert!(split_endpoints(" , ").is_empty());
+    }
+}

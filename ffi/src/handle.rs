@@ -1,0 +1,690 @@
+//! `etcd_registry`: the registry handle and every call made on it.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use registry::{runtime, Info, Node, Registration, RegistrationState, Registry, Watch};
+use tokio::runtime::Handle;
+use tokio::task::AbortHandle;
+
+use crate::config::etcd_registry_config;
+use crate::dispatch;
+use crate::events::{
+    etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
+    Payload, PullQueue, Pulled, Sink, Sub, UserData,
+};
+use crate::node_list::etcd_registry_node_list;
+use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
+use crate::strings::{optional, required};
+
+/// Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
+#[allow(non_camel_case_types)]
+pub type etcd_registry_state = u32;
+/// Not registered yet: the first attempt is under way or being retried.
+pub const ETCD_REGISTRY_STATE_REGISTERING: etcd_registry_state = 1;
+/// The key is in etcd and its lease is kept alive.
+pub const ETCD_REGISTRY_STATE_REGISTERED: etcd_registry_state = 2;
+/// The key was registered, then the lease or the connection was lost; retrying.
+pub const ETCD_REGISTRY_STATE_RETRYING: etcd_registry_state = 3;
+/// Ended: replaced by a newer registration of the same node.
+pub const ETCD_REGISTRY_STATE_UNREGISTERED: etcd_registry_state = 4;
+
+/// Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an
+/// event comes or the registry is closed).
+pub const ETCD_REGISTRY_WAIT_FOREVER: u64 = 0xFFFF_FFFF_FFFF_FFFF;
+
+/// Waits longer than this are cut to it (a year: effectively forever, and far from overflow).
+const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Opaque registry handle: one etcd connection (made lazily), its registrations and watches.
+/// Created by `etcd_registry_connect`, closed by `etcd_registry_close`, freed by
+/// `etcd_registry_free`. Every call on it is thread-safe, except `etcd_registry_free`, which
+/// must be the last call on it.
+#[allow(non_camel_case_types)]
+pub struct etcd_registry {
+    registry: Registry,
+    runtime: Handle,
+    queue: Arc<PullQueue>,
+    state: Mutex<HandleState>,
+}
+
+#[derive(Default)]
+struct HandleState {
+    closed: bool,
+    registrations: HashMap<u64, RegEntry>,
+    watches: HashMap<u64, WatchEntry>,
+}
+
+struct RegEntry {
+    registration: Registration,
+    sub: Arc<Sub>,
+    forwarder: AbortHandle,
+}
+
+struct WatchEntry {
+    watch: Arc<Watch>,
+    sub: Arc<Sub>,
+    forwarder: AbortHandle,
+}
+
+/// An out-parameter, checked for NULL before anything else happens and written only on success.
+pub(crate) struct Out<T>(NonNull<T>);
+
+pub(crate) fn out<T>(ptr: *mut T, what: &str) -> FfiResult<Out<T>> {
+    NonNull::new(ptr)
+        .map(Out)
+        .ok_or_else(|| Failure::null(what))
+}
+
+pub(crate) fn write_out<T: Copy>(slot: Out<T>, value: T) {
+    // SAFETY: non-NULL, and the caller promised a writable, aligned T.
+    unsafe { slot.0.as_ptr().write(value) }
+}
+
+/// # Safety
+/// `registry` is NULL or a live handle from `etcd_registry_connect`.
+unsafe fn handle<'a>(registry: *const etcd_registry) -> FfiResult<&'a etcd_registry> {
+    // SAFETY: per the caller's contract.
+    unsafe { registry.as_ref() }.ok_or_else(|| Failure::null("registry"))
+}
+
+/// Blocking calls wait on the library's runtime; on one of its own threads (possible only from
+/// the log callback) that would stall it, so they are refused before anything changes.
+fn ensure_can_block() -> FfiResult {
+    if Handle::try_current().is_ok() {
+        return Err(Failure::invalid(
+            "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback)",
+        ));
+    }
+    Ok(())
+}
+
+fn block_on<F: std::future::Future>(future: F) -> FfiResult<F::Output> {
+    runtime::block_on(future).map_err(Failure::from)
+}
+
+fn duration_ms(ms: u64) -> Duration {
+    Duration::from_millis(ms).min(MAX_WAIT)
+}
+
+/// Parses info JSON: NULL is no info; otherwise a JSON object whose values are all strings.
+fn parse_info(json: Option<&str>) -> FfiResult<Info> {
+    let Some(json) = json else {
+        return Ok(Info::new());
+    };
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(Failure::invalid(format!(
+            "info_json must be a JSON object of strings, got {value}"
+        )));
+    };
+    map.into_iter()
+        .map(|(key, value)| match value {
+            serde_json::Value::String(s) => Ok((key, s)),
+            other => Err(Failure::invalid(format!(
+                "info_json: the value of {key:?} must be a string, got {other}"
+            ))),
+        })
+        .collect()
+}
+
+fn state_code(state: RegistrationState) -> etcd_registry_state {
+    match state {
+        RegistrationState::Registering => ETCD_REGISTRY_STATE_REGISTERING,
+        RegistrationState::Registered => ETCD_REGISTRY_STATE_REGISTERED,
+        RegistrationState::Retrying => ETCD_REGISTRY_STATE_RETRYING,
+        RegistrationState::Unregistered => ETCD_REGISTRY_STATE_UNREGISTERED,
+    }
+}
+
+impl etcd_registry {
+    fn lock(&self) -> MutexGuard<'_, HandleState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The state, if the registry is still open.
+    fn open(&self) -> FfiResult<MutexGuard<'_, HandleState>> {
+        let state = self.lock();
+        if state.closed {
+            return Err(Failure::closed());
+        }
+        Ok(state)
+    }
+
+    fn sink(
+        &self,
+        status: etcd_registry_status_callback,
+        watch: etcd_registry_watch_callback,
+        user_data: *mut c_void,
+    ) -> FfiResult<Sink> {
+        let user_data = UserData(user_data);
+        let sink = match (status, watch) {
+            (Some(cb), _) => Sink::Status(cb, user_data),
+            (_, Some(cb)) => Sink::Watch(cb, user_data),
+            (None, None) => return Ok(Sink::Pull(self.queue.clone())),
+        };
+        dispatch::ensure_started()?;
+        Ok(sink)
+    }
+
+    /// Stops delivering the events of `subs`; returns once none of their callbacks runs (unless
+    /// called from the callback thread).
+    fn cancel(&self, subs: &[Arc<Sub>]) {
+        let (pulled, called): (Vec<_>, Vec<_>) = subs
+            .iter()
+            .cloned()
+            .partition(|s| matches!(s.sink, Sink::Pull(_)));
+        self.queue.cancel(&pulled);
+        dispatch::cancel(&called);
+    }
+
+    /// Marks the handle closed and stops every delivery; returns false if it already was.
+    fn shut(&self) -> bool {
+        let (registrations, watches) = {
+            let mut state = self.lock();
+            if state.closed {
+                return false;
+            }
+            state.closed = true;
+            (
+                std::mem::take(&mut state.registrations),
+                std::mem::take(&mut state.watches),
+            )
+        };
+        let subs: Vec<Arc<Sub>> = registrations
+            .values()
+            .map(|r| r.sub.clone())
+            .chain(watches.values().map(|w| w.sub.clone()))
+            .collect();
+        self.cancel(&subs);
+        self.queue.close();
+        for entry in registrations.values() {
+            entry.forwarder.abort();
+        }
+        for entry in watches.values() {
+            entry.forwarder.abort();
+            entry.watch.cancel();
+        }
+        true
+    }
+}
+
+/// Creates a registry from `config` (which is copied: free it whenever you like). Checks the
+/// configuration but does not dial: etcd may be down now; every operation connects when it needs
+/// to, and registrations retry until it is up. Starts the library's global runtime on first use.
+///
+/// INVALID_ARGUMENT for a bad configuration (no endpoint, malformed endpoint, TLS files …).
+/// `*out_registry` is written only on success; free it with `etcd_registry_free`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_connect(
+    config: *const etcd_registry_config,
+    out_registry: *mut *mut etcd_registry,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let config = unsafe { config.as_ref() }.ok_or_else(|| Failure::null("config"))?;
+        let slot = out(out_registry, "out_registry")?;
+        if let Some(threads) = config.runtime_threads {
+            if !runtime::set_worker_threads(threads) {
+                tracing::warn!(
+                    threads,
+                    "runtime_threads ignored: the etcd-registry runtime is already running"
+                );
+            }
+        }
+        let runtime = runtime::handle()?;
+        let registry = Registry::new_in(config.config.clone(), runtime.clone())?;
+        let handle = etcd_registry {
+            registry,
+            runtime,
+            queue: Arc::new(PullQueue::new()),
+            state: Mutex::new(HandleState::default()),
+        };
+        write_out(slot, Box::into_raw(Box::new(handle)));
+        Ok(())
+    })
+}
+
+/// Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
+/// `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
+/// up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
+/// the registration proceeds in the background, retrying with backoff until it succeeds, then
+/// keeps the lease alive and re-registers after any loss, until unregistered or closed.
+///
+/// Status events go to `callback` with `user_data` on the library's callback thread; with a
+/// NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
+/// comment). Registering a node this registry already holds replaces the older registration
+/// (which gets UNREGISTERED).
+///
+/// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
+/// object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
+/// written only on success.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn etcd_registry_register(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    node: *const c_char,
+    info_json: *const c_char,
+    ttl_ms: u64,
+    callback: etcd_registry_status_callback,
+    user_data: *mut c_void,
+    out_registration_id: *mut u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?;
+        let node = unsafe { required(node, "node") }?;
+        let info = parse_info(unsafe { optional(info_json, "info_json") }?)?;
+        let slot = out(out_registration_id, "out_registration_id")?;
+        let sink = this.sink(callback, None, user_data)?;
+        // The lock is held until the subscription is recorded, so close() cannot miss it.
+        let mut state = this.open()?;
+        let registration = this.registry.register(
+            service,
+            Node::new(node, info),
+            Duration::from_millis(ttl_ms),
+        )?;
+        let id = registration.id();
+        let sub = Arc::new(Sub::new(id, service, Some(node), sink));
+        let mut events = registration.subscribe();
+        let forwarded = sub.clone();
+        let forwarder = this
+            .runtime
+            .spawn(async move {
+                while let Some(event) = events.recv().await {
+                    forwarded.deliver(Payload::Status(event));
+                }
+            })
+            .abort_handle();
+        state.registrations.insert(
+            id,
+            RegEntry {
+                registration,
+                sub,
+                forwarder,
+            },
+        );
+        write_out(slot, id);
+        Ok(())
+    })
+}
+
+/// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
+/// other registration uses it. Once it returns, the registration's callback is not running and
+/// will never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
+/// `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
+/// itself). Blocks until etcd answers or the configured timeout passes.
+///
+/// NOT_FOUND when `registration_id` is not a registration of this registry (or was already
+/// unregistered); CLOSED after `etcd_registry_close`; CONNECTION or TIMEOUT when etcd could not
+/// be told — the registration is gone from the library all the same, and the key disappears when
+/// its lease expires.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_unregister(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        ensure_can_block()?;
+        let entry = this
+            .open()?
+            .registrations
+            .remove(&registration_id)
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        this.cancel(std::slice::from_ref(&entry.sub));
+        entry.forwarder.abort();
+        block_on(entry.registration.unregister())??;
+        Ok(())
+    })
+}
+
+/// Waits up to `timeout_ms` until the registration has been registered once. Returns OK at once
+/// if it has been; fails at once with the error of the last failed attempt (e.g. AUTH,
+/// CONNECTION) if attempts failed and none succeeded yet — retries go on in the background; with
+/// TIMEOUT when the time runs out; with CLOSED when the registration ended first.
+/// NOT_FOUND for an unknown id. Do not call it from a callback with a long timeout: it holds up
+/// every other callback meanwhile.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_wait_registered(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    timeout_ms: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        ensure_can_block()?;
+        let registration = this
+            .open()?
+            .registrations
+            .get(&registration_id)
+            .map(|e| e.registration.clone())
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        block_on(registration.wait_registered(duration_ms(timeout_ms)))??;
+        Ok(())
+    })
+}
+
+/// Writes where the registration stands now (`ETCD_REGISTRY_STATE_*`) to
+/// `*out_state`. NOT_FOUND for an unknown id, CLOSED after close. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_registration_state(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    out_state: *mut etcd_registry_state,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_state, "out_state")?;
+        let state = this
+            .open()?
+            .registrations
+            .get(&registration_id)
+            .map(|e| e.registration.state())
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        write_out(slot, state_code(state));
+        Ok(())
+    })
+}
+
+/// Writes the etcd lease the registration's key is attached to now to `*out_lease_id`, or 0
+/// while it is not registered. NOT_FOUND for an unknown id, CLOSED after close. Does not block.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_registration_lease_id(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    out_lease_id: *mut i64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_lease_id, "out_lease_id")?;
+        let lease = this
+            .open()?
+            .registrations
+            .get(&registration_id)
+            .map(|e| e.registration.lease_id().unwrap_or(0))
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        write_out(slot, lease);
+        Ok(())
+    })
+}
+
+/// Lists a service's nodes in one etcd request (an unknown service gives an empty list). Blocks
+/// until etcd answers or the configured timeout passes (TIMEOUT / CONNECTION).
+/// `*out_node_list` is written only on success; free it with `etcd_registry_node_list_free`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_list(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    out_node_list: *mut *mut etcd_registry_node_list,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?;
+        let slot = out(out_node_list, "out_node_list")?;
+        ensure_can_block()?;
+        drop(this.open()?);
+        let nodes = block_on(this.registry.list(service))??;
+        write_out(
+            slot,
+            Box::into_raw(Box::new(etcd_registry_node_list::new(nodes))),
+        );
+        Ok(())
+    })
+}
+
+/// Watches a service: lists it (failing with CONNECTION/TIMEOUT if etcd cannot be reached now),
+/// then follows every change, resuming after disconnects and re-listing after compaction, until
+/// `etcd_registry_unwatch` or close. The first events are one ADDED per node present.
+///
+/// Events go to `callback` with `user_data` on the library's callback thread; with a NULL
+/// callback they are queued for `etcd_registry_next_event`. `*out_watch_id` (never 0) is written
+/// only on success.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_watch(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    callback: etcd_registry_watch_callback,
+    user_data: *mut c_void,
+    out_watch_id: *mut u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?;
+        let slot = out(out_watch_id, "out_watch_id")?;
+        ensure_can_block()?;
+        let sink = this.sink(None, callback, user_data)?;
+        drop(this.open()?);
+        let watch = Arc::new(block_on(this.registry.watch(service))??);
+        let mut state = match this.open() {
+            Ok(state) => state,
+            Err(closed) => {
+                watch.cancel();
+                return Err(closed);
+            }
+        };
+        let id = watch.id();
+        let sub = Arc::new(Sub::new(id, service, None, sink));
+        let (followed, forwarded) = (watch.clone(), sub.clone());
+        let forwarder = this
+            .runtime
+            .spawn(async move {
+                while let Some(event) = followed.next().await {
+                    forwarded.deliver(Payload::Watch(event));
+                }
+            })
+            .abort_handle();
+        state.watches.insert(
+            id,
+            WatchEntry {
+                watch,
+                sub,
+                forwarder,
+            },
+        );
+        write_out(slot, id);
+        Ok(())
+    })
+}
+
+/// Stops a watch. Once it returns, the watch's callback is not running and will never be called
+/// again, so `user_data` may be freed; allowed from inside that callback. Does not block on etcd.
+/// NOT_FOUND for an unknown (or already stopped) id, CLOSED after close.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_unwatch(
+    registry: *mut etcd_registry,
+    watch_id: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let entry = this.open()?.watches.remove(&watch_id).ok_or_else(|| {
+            Failure::new(
+                etcd_registry_status::NotFound,
+                format!("no watch {watch_id} on this registry"),
+            )
+        })?;
+        this.cancel(std::slice::from_ref(&entry.sub));
+        entry.forwarder.abort();
+        entry.watch.cancel();
+        Ok(())
+    })
+}
+
+/// The live node set of a watch now (what its events have built up so far), as a node list.
+/// Does not talk to etcd. NOT_FOUND for an unknown id, CLOSED after close. `*out_node_list` is
+/// written only on success; free it with `etcd_registry_node_list_free`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_watch_nodes(
+    registry: *mut etcd_registry,
+    watch_id: u64,
+    out_node_list: *mut *mut etcd_registry_node_list,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_node_list, "out_node_list")?;
+        let nodes = this
+            .open()?
+            .watches
+            .get(&watch_id)
+            .map(|e| e.watch.nodes())
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no watch {watch_id} on this registry"),
+                )
+            })?;
+        write_out(
+            slot,
+            Box::into_raw(Box::new(etcd_registry_node_list::new(nodes))),
+        );
+        Ok(())
+    })
+}
+
+/// Takes the next queued event of this registry's registrations and watches made with a NULL
+/// callback, in order per registration/watch, waiting up to `timeout_ms` (0: do not wait;
+/// `ETCD_REGISTRY_WAIT_FOREVER`: no limit). TIMEOUT when none came in time; CLOSED once the
+/// registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
+/// another thread). `*out_event` is written only on success; free it with
+/// `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_next_event(
+    registry: *mut etcd_registry,
+    timeout_ms: u64,
+    out_event: *mut *mut etcd_registry_event,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_event, "out_event")?;
+        let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
+        match this.queue.pop(timeout) {
+            Pulled::Event(sub, payload) => {
+                let event = Box::new(OwnedEvent::new(&sub, &payload));
+                write_out(slot, Box::into_raw(event).cast::<etcd_registry_event>());
+                Ok(())
+            }
+            Pulled::TimedOut => Err(Failure::new(
+                etcd_registry_status::Timeout,
+                format!("no event within {timeout_ms} ms"),
+            )),
+            Pulled::Closed => Err(Failure::closed()),
+        }
+    })
+}
+
+/// Frees an event from `etcd_registry_next_event`. NULL is allowed.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_event) {
+    if event.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: every etcd_registry_event handed out is the first field of a boxed
+        // #[repr(C)] OwnedEvent (see etcd_registry_next_event); freed once per the contract.
+        drop(unsafe { Box::from_raw(event.cast::<OwnedEvent>()) });
+        Ok(())
+    });
+}
+
+/// Closes the registry: stops every callback and the pull queue (once it returns, no callback of
+/// this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
+/// stops the watches, then revokes the leases (which deletes every registered key at once) and
+/// returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
+/// Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+/// handle stays valid until `etcd_registry_free`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        ensure_can_block()?;
+        if this.shut() {
+            block_on(this.registry.close())??;
+        }
+        Ok(())
+    })
+}
+
+/// Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
+/// it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
+/// call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
+    if registry.is_null() {
+        return;
+    }
+    let _ = guard(|| {
+        // SAFETY: a handle from etcd_registry_connect, freed once (caller's contract).
+        let this = unsafe { Box::from_raw(registry) };
+        if this.shut() {
+            let core = this.registry.clone();
+            if ensure_can_block().is_ok() {
+                let _ = block_on(core.close());
+            } else {
+                this.runtime.spawn(async move {
+                    let _ = core.close().await;
+                });
+            }
+        }
+        drop(this);
+        Ok(())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn info_must_be_an_object_of_strings() {
+        assert!(parse_info(None).unwrap().is_empty());
+        assert_eq!(parse_info(Some(r#"{"a":"1","b":""}"#)).unwrap().len(), 2);
+        for bad in [
+            "",
+            "[]",
+            "\"x\"",
+            "{",
+            r#"{"a":1}"#,
+            r#"{"a":null}"#,
+            r#"{"a":{}}"#,
+        ] {
+            let err = parse_info(Some(bad)).unwrap_err();
+            assert_eq!(err.status, etcd_registry_status::InvalidArgument, "{bad}");
+        }
+    }
+}

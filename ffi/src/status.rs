@@ -1,0 +1,314 @@
+//! Status codes, the thread-local last error, and the panic boundary every exported function
+//! runs in.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Once;
+
+use registry::{Error, ErrorKind};
+
+/// What a fallible call did. The numbers are fixed and never reused; new codes may be added.
+///
+/// The text of the last failure on the calling thread is available from
+/// `etcd_registry_last_error_message()`.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
+pub enum etcd_registry_status {
+    /// Success. Out-parameters have been written.
+    Ok = 0,
+    /// An argument was unusable: empty name, TTL of 0, malformed endpoint, info that is not a
+    /// JSON object of strings, unknown value, a blocking call from a library thread …
+    InvalidArgument = 1,
+    /// A required pointer argument was NULL.
+    NullPointer = 2,
+    /// etcd could not be reached, or the connection broke.
+    Connection = 3,
+    /// The operation did not finish in time (or, for `etcd_registry_next_event`, no event came).
+    Timeout = 4,
+    /// etcd rejected the credentials or the permission.
+    Auth = 5,
+    /// No such registration or watch on this registry (never existed or already ended).
+    NotFound = 6,
+    /// The registry is closed.
+    Closed = 7,
+    /// A bug inside the library panicked; the call was abandoned. Please report it.
+    Panic = 8,
+    /// Anything else: an unexpected answer from etcd, or a bug.
+    Internal = 9,
+    /// A string argument was not valid UTF-8.
+    InvalidUtf8 = 10,
+}
+
+impl etcd_registry_status {
+    pub(crate) fn from_kind(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::InvalidArgument => etcd_registry_status::InvalidArgument,
+            ErrorKind::Connection => etcd_registry_status::Connection,
+            ErrorKind::Timeout => etcd_registry_status::Timeout,
+            ErrorKind::Auth => etcd_registry_status::Auth,
+            ErrorKind::NotFound => etcd_registry_status::NotFound,
+            ErrorKind::Closed => etcd_registry_status::Closed,
+            _ => etcd_registry_status::Internal,
+        }
+    }
+
+    /// A short lowercase name, e.g. "timeout".
+    pub(crate) fn name(self) -> &'static CStr {
+        match self {
+            etcd_registry_status::Ok => c"ok",
+            etcd_registry_status::InvalidArgument => c"invalid argument",
+            etcd_registry_status::NullPointer => c"null pointer",
+            etcd_registry_status::Connection => c"connection",
+            etcd_registry_status::Timeout => c"timeout",
+            etcd_registry_status::Auth => c"authentication",
+            etcd_registry_status::NotFound => c"not found",
+            etcd_registry_status::Closed => c"closed",
+            etcd_registry_status::Panic => c"panic",
+            etcd_registry_status::Internal => c"internal",
+            etcd_registry_status::InvalidUtf8 => c"invalid utf-8",
+        }
+    }
+
+    fn from_u32(value: u32) -> Option<Self> {
+        use etcd_registry_status as S;
+        [
+            S::Ok,
+            S::InvalidArgument,
+            S::NullPointer,
+            S::Connection,
+            S::Timeout,
+            S::Auth,
+            S::NotFound,
+            S::Closed,
+            S::Panic,
+            S::Internal,
+            S::InvalidUtf8,
+        ]
+        .into_iter()
+        .find(|s| *s as u32 == value)
+    }
+}
+
+/// A failed call: its status and the message `etcd_registry_last_error_message` will return.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub(crate) status: etcd_registry_status,
+    pub(crate) message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(status: etcd_registry_status, message: impl Into<String>) -> Self {
+        Failure {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Failure::new(etcd_registry_status::InvalidArgument, message)
+    }
+
+    pub(crate) fn null(what: &str) -> Self {
+        Failure::new(
+            etcd_registry_status::NullPointer,
+            format!("{what} must not be NULL"),
+        )
+    }
+
+    pub(crate) fn closed() -> Self {
+        Failure::new(etcd_registry_status::Closed, "the registry is closed")
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure {
+            status: etcd_registry_status::from_kind(err.kind()),
+            message: err.to_string(),
+        }
+    }
+}
+
+pub(crate) type FfiResult<T = ()> = Result<T, Failure>;
+
+thread_local! {
+    /// The message of the last status-returning call on this thread ("" after a success).
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    // A message never contains NUL in practice; if it does, keep the text before it.
+    let text = message.split('\0').next().unwrap_or_default();
+    let c = CString::new(text).unwrap_or_default();
+    let _ = LAST_ERROR.try_with(|slot| *slot.borrow_mut() = c);
+}
+
+fn clear_last_error() {
+    let _ = LAST_ERROR.try_with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if !slot.as_bytes().is_empty() {
+            *slot = CString::default();
+        }
+    });
+}
+
+static PANIC_HOOK: Once = Once::new();
+
+/// The library never prints: a panic (a bug) is logged through `tracing` instead of written to
+/// stderr by the default hook. This hook belongs to the copy of the Rust standard library inside
+/// this library, so it does not affect other Rust code in the process.
+fn install_panic_hook() {
+    PANIC_HOOK.call_once(|| {
+        std::panic::set_hook(Box::new(|info| {
+            let location = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(%location, "panic: {}", panic_message(info.payload()));
+        }));
+    });
+}
+
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic payload".to_string()
+    }
+}
+
+/// Runs the body of a status-returning exported function: turns a panic into
+/// `ETCD_REGISTRY_STATUS_PANIC`, a failure into its status, and records the message.
+pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> etcd_registry_status {
+    install_panic_hook();
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => {
+            clear_last_error();
+            etcd_registry_status::Ok
+        }
+        Ok(Err(failure)) => {
+            set_last_error(&failure.message);
+            failure.status
+        }
+        Err(payload) => {
+            set_last_error(&format!(
+                "internal panic (a bug in etcd-registry): {}",
+                panic_message(payload.as_ref())
+            ));
+            etcd_registry_status::Panic
+        }
+    }
+}
+
+/// Runs the body of an exported function that returns a value instead of a status (accessors):
+/// a panic gives `fallback`. The last error is left as it is.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    install_panic_hook();
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// The message of the last failed call on the calling thread, or "" when the last
+/// status-returning call on this thread succeeded. Never NULL.
+///
+/// The string belongs to the library and stays valid until the next status-returning call on
+/// the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).
+/// Thread-local: hosts whose code can move between OS threads between two calls (Go) must read
+/// it in the same native call as the failing function, or use the copy variant from that call.
+#[no_mangle]
+pub extern "C" fn etcd_registry_last_error_message() -> *const c_char {
+    guard_value(c"".as_ptr(), || {
+        LAST_ERROR
+            .try_with(|slot| slot.borrow().as_ptr())
+            .unwrap_or(c"".as_ptr())
+    })
+}
+
+/// Copies the last error message of the calling thread into `buffer` (of `capacity` bytes),
+/// truncated if needed and always NUL-terminated when `capacity > 0`, like `snprintf`.
+///
+/// Returns the length of the full message in bytes (without the NUL): a return value of
+/// `capacity` or more means the copy was truncated. `buffer` may be NULL when `capacity` is 0,
+/// to ask for the length. Does not change the last error.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_last_error_copy(
+    buffer: *mut c_char,
+    capacity: usize,
+) -> usize {
+    guard_value(0, || {
+        LAST_ERROR
+            .try_with(|slot| {
+                let slot = slot.borrow();
+                let bytes = slot.as_bytes();
+                if !buffer.is_null() && capacity > 0 {
+                    let n = bytes.len().min(capacity - 1);
+                    // SAFETY: the caller promises `buffer` has `capacity` writable bytes; we
+                    // write n + 1 <= capacity of them.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buffer, n);
+                        *buffer.add(n) = 0;
+                    }
+                }
+                bytes.len()
+            })
+            .unwrap_or(0)
+    })
+}
+
+/// A short lowercase name of a status ("ok", "timeout", "not found" …), or "unknown" for a
+/// number this version does not know. Static storage; never NULL.
+#[no_mangle]
+pub extern "C" fn etcd_registry_status_name(status: u32) -> *const c_char {
+    guard_value(c"unknown".as_ptr(), || {
+        etcd_registry_status::from_u32(status)
+            .map_or(c"unknown", etcd_registry_status::name)
+            .as_ptr()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_becomes_the_panic_status_with_a_message() {
+        let status = guard(|| panic!("boom"));
+        assert_eq!(status, etcd_registry_status::Panic);
+        let msg = unsafe { std::ffi::CStr::from_ptr(etcd_registry_last_error_message()) };
+        assert!(msg.to_str().unwrap().contains("boom"), "{msg:?}");
+        assert_eq!(guard(|| Ok(())), etcd_registry_status::Ok);
+        let msg = unsafe { std::ffi::CStr::from_ptr(etcd_registry_last_error_message()) };
+        assert!(msg.is_empty());
+    }
+
+    #[test]
+    fn statuses_match_the_core_error_kinds() {
+        for (kind, status) in [
+            (ErrorKind::InvalidArgument, 1),
+            (ErrorKind::Connection, 3),
+            (ErrorKind::Timeout, 4),
+            (ErrorKind::Auth, 5),
+            (ErrorKind::NotFound, 6),
+            (ErrorKind::Closed, 7),
+            (ErrorKind::Internal, 9),
+        ] {
+            assert_eq!(etcd_registry_status::from_kind(kind) as u32, status);
+        }
+    }
+
+    #[test]
+    fn copy_truncates_like_snprintf() {
+        let _ = guard(|| Err(Failure::invalid("abcdef")));
+        let mut buf = [1 as c_char; 4];
+        let n = unsafe { etcd_registry_last_error_copy(buf.as_mut_ptr(), buf.len()) };
+        assert_eq!(n, 6);
+        assert_eq!(buf, [b'a' as c_char, b'b' as c_char, b'c' as c_char, 0]);
+        assert_eq!(
+            unsafe { etcd_registry_last_error_copy(std::ptr::null_mut(), 0) },
+            6
+        );
+    }
+}

@@ -1,0 +1,767 @@
+/*
+ * etcd_registry.h — service registration and discovery on etcd, C ABI of the Rust
+ * etcd-registry library (libetcd_registry.so / libetcd_registry.a).
+ *
+ *   cc app.c $(pkg-config --cflags --libs etcd_registry)            # shared library
+ *   cc app.c $(pkg-config --static --cflags --libs etcd_registry)   # static library
+ *
+ * CONVENTIONS
+ *   - Every symbol starts with etcd_registry_ / ETCD_REGISTRY_. Handles are opaque; each is
+ *     created by one function and freed by its _free function, which accepts NULL.
+ *   - Fallible functions return etcd_registry_status (fixed numbers, OK = 0). Out-parameters
+ *     are written only when OK is returned. The text of the last failure on the calling thread
+ *     is etcd_registry_last_error_message() (valid until the next status-returning call on
+ *     that thread) or etcd_registry_last_error_copy() into your buffer.
+ *   - Strings in are NUL-terminated UTF-8: NULL gives ETCD_REGISTRY_STATUS_NULL_POINTER,
+ *     invalid UTF-8 ETCD_REGISTRY_STATUS_INVALID_UTF8; never a crash. Strings out are owned by
+ *     the library; each function says how long they live.
+ *   - Node info goes in and out as a JSON object of strings: {"address":"10.0.0.5:8080"}.
+ *   - No panic crosses the boundary: a bug inside the library gives ETCD_REGISTRY_STATUS_PANIC.
+ *   - The library never prints. Its logs go to etcd_registry_set_log_callback, if set.
+ *
+ * THREADS
+ *   - All functions are thread-safe, except that one etcd_registry_config must not be changed
+ *     from two threads at once, and etcd_registry_free must be the last call on its handle.
+ *   - The library runs one global runtime of 2 threads (etcd_registry_config_set_runtime_threads
+ *     or the environment variable ETCD_REGISTRY_THREADS, before the first connect) plus one
+ *     callback thread named "etcd-reg-events", all started on first use.
+ *   - Blocking calls (list, watch, unregister, wait_registered, close) wait for etcd at most the
+ *     configured timeout (default 10 s).
+ *   - After fork(), a child must not use handles created before the fork (they return
+ *     ETCD_REGISTRY_STATUS_CLOSED); it may create new ones.
+ *
+ * CALLBACKS (status callbacks of registrations, event callbacks of watches)
+ *   - All are called on the one library callback thread, which is not one of your threads and
+ *     not a runtime thread: one call at a time in the whole process (they never overlap), and
+ *     in order for each registration or watch. Keep them short: a slow callback delays all
+ *     others.
+ *   - The event pointer and every string in it are valid only until the callback returns.
+ *   - A callback may call any library function (list, register, unregister, unwatch, close …):
+ *     calls from the callback thread never wait for a callback, so they cannot deadlock. It
+ *     must not throw C++ exceptions or longjmp out.
+ *   - Once etcd_registry_unregister / etcd_registry_unwatch / etcd_registry_close has returned,
+ *     the callback of that registration / watch (all of them, for close) is not running and
+ *     will never be called again: free user_data then. Events not yet delivered are dropped.
+ *     Calling them from inside the very callback is allowed: they return without waiting for
+ *     it, and it is not called again after it returns. Called from another thread, they wait
+ *     for a running call of that callback to return, so do not hold a lock there that the
+ *     callback takes.
+ *   - A registration that ends without being asked to (replaced by a newer registration of the
+ *     same node) gets ETCD_REGISTRY_STATUS_KIND_UNREGISTERED as its last call.
+ *
+ * PULL INSTEAD OF CALLBACKS (for hosts that cannot take calls on foreign threads, e.g. Go)
+ *   - Pass a NULL callback to etcd_registry_register / etcd_registry_watch: their events are
+ *     queued on the registry instead, in the same order, and etcd_registry_next_event(registry,
+ *     timeout_ms, &event) takes the next one of any such registration or watch (event->event_type
+ *     says which; event->status.registration_id / event->watch.watch_id says whose). Free each
+ *     event with etcd_registry_event_free. The queue is unbounded: if you pass NULL, pull.
+ *   - etcd_registry_next_event returns ETCD_REGISTRY_STATUS_TIMEOUT when nothing came in time,
+ *     and ETCD_REGISTRY_STATUS_CLOSED once etcd_registry_close has been called (also waking a
+ *     call that is waiting), so a host can run one pulling thread that exits on CLOSED.
+ *   - After unregister/unwatch of an id returns, no event of that id is queued any more and the
+ *     queued ones are dropped; only a next_event call that had already taken one may return it.
+ *
+ * SHUTDOWN ORDER
+ *   1. etcd_registry_close(registry): stops every callback and the pull queue (waking
+ *      next_event with CLOSED), stops the watches, revokes the leases (deleting every key
+ *      registered through this handle at once) and returns.
+ *   2. Wait until your threads have left every call on this registry (e.g. the pulling thread
+ *      has seen CLOSED), then free user_data of its callbacks.
+ *   3. etcd_registry_free(registry). (free also closes, if you skipped step 1.)
+ *   Node lists and events are independent of the registry and may be freed before or after.
+ *   The global runtime and the callback thread stay until the process exits.
+ */
+
+
+#ifndef ETCD_REGISTRY_H
+#define ETCD_REGISTRY_H
+
+/* Generated by cbindgen 0.29.4 from ffi/src (ffi/cbindgen.toml). Do not edit: run ffi/check-header.sh --update. */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/**
+ * Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an
+ * event comes or the registry is closed).
+ */
+#define ETCD_REGISTRY_WAIT_FOREVER 18446744073709551615ull
+
+/**
+ * What a fallible call did. The numbers are fixed and never reused; new codes may be added.
+ *
+ * The text of the last failure on the calling thread is available from
+ * `etcd_registry_last_error_message()`.
+ */
+enum etcd_registry_status
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Success. Out-parameters have been written.
+     */
+    ETCD_REGISTRY_STATUS_OK = 0,
+    /**
+     * An argument was unusable: empty name, TTL of 0, malformed endpoint, info that is not a
+     * JSON object of strings, unknown value, a blocking call from a library thread …
+     */
+    ETCD_REGISTRY_STATUS_INVALID_ARGUMENT = 1,
+    /**
+     * A required pointer argument was NULL.
+     */
+    ETCD_REGISTRY_STATUS_NULL_POINTER = 2,
+    /**
+     * etcd could not be reached, or the connection broke.
+     */
+    ETCD_REGISTRY_STATUS_CONNECTION = 3,
+    /**
+     * The operation did not finish in time (or, for `etcd_registry_next_event`, no event came).
+     */
+    ETCD_REGISTRY_STATUS_TIMEOUT = 4,
+    /**
+     * etcd rejected the credentials or the permission.
+     */
+    ETCD_REGISTRY_STATUS_AUTH = 5,
+    /**
+     * No such registration or watch on this registry (never existed or already ended).
+     */
+    ETCD_REGISTRY_STATUS_NOT_FOUND = 6,
+    /**
+     * The registry is closed.
+     */
+    ETCD_REGISTRY_STATUS_CLOSED = 7,
+    /**
+     * A bug inside the library panicked; the call was abandoned. Please report it.
+     */
+    ETCD_REGISTRY_STATUS_PANIC = 8,
+    /**
+     * Anything else: an unexpected answer from etcd, or a bug.
+     */
+    ETCD_REGISTRY_STATUS_INTERNAL = 9,
+    /**
+     * A string argument was not valid UTF-8.
+     */
+    ETCD_REGISTRY_STATUS_INVALID_UTF8 = 10,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum etcd_registry_status etcd_registry_status;
+#else
+typedef uint32_t etcd_registry_status;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * Opaque registry handle: one etcd connection (made lazily), its registrations and watches.
+ * Created by `etcd_registry_connect`, closed by `etcd_registry_close`, freed by
+ * `etcd_registry_free`. Every call on it is thread-safe, except `etcd_registry_free`, which
+ * must be the last call on it.
+ */
+typedef struct etcd_registry etcd_registry;
+
+/**
+ * Opaque configuration of a registry. Created by `etcd_registry_config_new`, freed by
+ * `etcd_registry_config_free`. `etcd_registry_connect` copies what it needs, so the config can
+ * be freed (or reused) right after. Not thread-safe: do not modify one config from two
+ * threads at once.
+ *
+ * Defaults: no endpoints (at least one is required), base path "/services", no credentials,
+ * timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
+ * variable `ETCD_REGISTRY_THREADS` or 2, no TLS.
+ */
+typedef struct etcd_registry_config etcd_registry_config;
+
+/**
+ * Opaque, immutable list of nodes (from `etcd_registry_list` or `etcd_registry_watch_nodes`),
+ * sorted by name. Every string it hands out is owned by the list and valid until
+ * `etcd_registry_node_list_free`. Safe to read from several threads at once.
+ */
+typedef struct etcd_registry_node_list etcd_registry_node_list;
+
+/**
+ * Kind of an `etcd_registry_status_event`; one of the `ETCD_REGISTRY_STATUS_KIND_*` values.
+ */
+typedef uint32_t etcd_registry_status_kind;
+
+/**
+ * A change of a registration. Every pointer in it is owned by the library: in a callback it
+ * is valid until the callback returns; from `etcd_registry_next_event` until
+ * `etcd_registry_event_free`. Copy what you keep.
+ */
+typedef struct etcd_registry_status_event {
+    /**
+     * What happened: one of `ETCD_REGISTRY_STATUS_KIND_*`.
+     */
+    etcd_registry_status_kind kind;
+    /**
+     * The id `etcd_registry_register` returned.
+     */
+    uint64_t registration_id;
+    /**
+     * The service name, as registered. Never NULL.
+     */
+    const char *service;
+    /**
+     * The node name, as registered. Never NULL.
+     */
+    const char *node;
+    /**
+     * RETRYING: the attempt number, 1 for the first retry after a failure. Otherwise 0.
+     */
+    uint32_t attempt;
+    /**
+     * RETRYING: milliseconds until that attempt. Otherwise 0.
+     */
+    uint64_t delay_ms;
+    /**
+     * FAILED, KEEPALIVE_LOST, RETRYING: the kind of the failure (CONNECTION, TIMEOUT, AUTH,
+     * NOT_FOUND for an expired lease …). Otherwise `ETCD_REGISTRY_STATUS_OK`.
+     */
+    etcd_registry_status error_status;
+    /**
+     * FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure. Otherwise NULL.
+     */
+    const char *error_message;
+    /**
+     * REGISTERED, REREGISTERED: the etcd lease the key is attached to. Otherwise 0.
+     */
+    int64_t lease_id;
+} etcd_registry_status_event;
+
+/**
+ * Called with each status event of one registration. See the header's top comment for the
+ * thread and the guarantees.
+ */
+typedef void (*etcd_registry_status_callback)(const struct etcd_registry_status_event *event,
+                                              void *user_data);
+
+/**
+ * Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
+ */
+typedef uint32_t etcd_registry_state;
+
+/**
+ * Kind of an `etcd_registry_watch_event`; one of the `ETCD_REGISTRY_WATCH_KIND_*` values.
+ */
+typedef uint32_t etcd_registry_watch_kind;
+
+/**
+ * A change of a watched service. Pointers as in `etcd_registry_status_event`.
+ */
+typedef struct etcd_registry_watch_event {
+    /**
+     * What happened: one of `ETCD_REGISTRY_WATCH_KIND_*`.
+     */
+    etcd_registry_watch_kind kind;
+    /**
+     * The id `etcd_registry_watch` returned.
+     */
+    uint64_t watch_id;
+    /**
+     * The service watched. Never NULL.
+     */
+    const char *service;
+    /**
+     * The node concerned; NULL for RESYNCED.
+     */
+    const char *node_name;
+    /**
+     * The node's info as a JSON object of strings (for REMOVED its last known info); NULL for
+     * RESYNCED.
+     */
+    const char *info_json;
+    /**
+     * The etcd revision of the change.
+     */
+    int64_t revision;
+} etcd_registry_watch_event;
+
+/**
+ * Called with each event of one watch. See the header's top comment for the thread and the
+ * guarantees.
+ */
+typedef void (*etcd_registry_watch_callback)(const struct etcd_registry_watch_event *event,
+                                             void *user_data);
+
+/**
+ * Which member of an `etcd_registry_event` is meaningful; one of `ETCD_REGISTRY_EVENT_TYPE_*`.
+ */
+typedef uint32_t etcd_registry_event_type;
+
+/**
+ * An event taken from the pull queue by `etcd_registry_next_event`. `event_type` says which of
+ * `status` and `watch` is meaningful; the other is zeroed. Free it with
+ * `etcd_registry_event_free`; its strings live until then.
+ */
+typedef struct etcd_registry_event {
+    /**
+     * `ETCD_REGISTRY_EVENT_TYPE_STATUS` or `ETCD_REGISTRY_EVENT_TYPE_WATCH`.
+     */
+    etcd_registry_event_type event_type;
+    /**
+     * The status event, when `event_type` is STATUS.
+     */
+    struct etcd_registry_status_event status;
+    /**
+     * The watch event, when `event_type` is WATCH.
+     */
+    struct etcd_registry_watch_event watch;
+} etcd_registry_event;
+
+/**
+ * Severity of a log message; one of the `ETCD_REGISTRY_LOG_*` values.
+ */
+typedef uint32_t etcd_registry_log_level;
+
+/**
+ * Receives one log message. `target` is the Rust module that logged (e.g.
+ * "etcd_registry::group"), `message` the formatted text; both are valid only during the call.
+ */
+typedef void (*etcd_registry_log_callback)(etcd_registry_log_level level,
+                                           const char *target,
+                                           const char *message,
+                                           void *user_data);
+
+/**
+ * The key was put for the first time (`lease_id` is set).
+ */
+#define ETCD_REGISTRY_STATUS_KIND_REGISTERED 1
+
+/**
+ * The first attempt failed before any registration (`error_status`, `error_message`); RETRYING
+ * events follow.
+ */
+#define ETCD_REGISTRY_STATUS_KIND_FAILED 2
+
+/**
+ * A registered node lost its keep-alive: etcd down, partitioned, the lease expired or was
+ * revoked (`error_status`, `error_message`). RETRYING events follow.
+ */
+#define ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST 3
+
+/**
+ * The next attempt comes in `delay_ms` (`attempt` counts from 1; `error_*` say why).
+ */
+#define ETCD_REGISTRY_STATUS_KIND_RETRYING 4
+
+/**
+ * The key is back after a loss (`lease_id` is set: the old lease if it survived).
+ */
+#define ETCD_REGISTRY_STATUS_KIND_REREGISTERED 5
+
+/**
+ * The registration ended without the caller asking for it: a newer registration of the same
+ * node on the same registry replaced it (the key stays, owned by the newer one). Always the
+ * last event of a registration. Not sent for `etcd_registry_unregister` or
+ * `etcd_registry_close`: once those return, no event of the registration is delivered at all.
+ */
+#define ETCD_REGISTRY_STATUS_KIND_UNREGISTERED 6
+
+/**
+ * A node appeared. The first events of a watch are one ADDED per node present when it started.
+ */
+#define ETCD_REGISTRY_WATCH_KIND_ADDED 1
+
+/**
+ * A node's info changed.
+ */
+#define ETCD_REGISTRY_WATCH_KIND_UPDATED 2
+
+/**
+ * A node disappeared (unregistered, or its lease expired); `info_json` is its last info.
+ */
+#define ETCD_REGISTRY_WATCH_KIND_REMOVED 3
+
+/**
+ * The watch missed history (etcd compacted it while disconnected), re-listed the service and
+ * sent the difference as ADDED/UPDATED/REMOVED just before this event. `node_name` and
+ * `info_json` are NULL.
+ */
+#define ETCD_REGISTRY_WATCH_KIND_RESYNCED 4
+
+/**
+ * A status event of a registration: read `event->status`.
+ */
+#define ETCD_REGISTRY_EVENT_TYPE_STATUS 1
+
+/**
+ * A watch event: read `event->watch`.
+ */
+#define ETCD_REGISTRY_EVENT_TYPE_WATCH 2
+
+/**
+ * Not registered yet: the first attempt is under way or being retried.
+ */
+#define ETCD_REGISTRY_STATE_REGISTERING 1
+
+/**
+ * The key is in etcd and its lease is kept alive.
+ */
+#define ETCD_REGISTRY_STATE_REGISTERED 2
+
+/**
+ * The key was registered, then the lease or the connection was lost; retrying.
+ */
+#define ETCD_REGISTRY_STATE_RETRYING 3
+
+/**
+ * Ended: replaced by a newer registration of the same node.
+ */
+#define ETCD_REGISTRY_STATE_UNREGISTERED 4
+
+/**
+ * No logs at all.
+ */
+#define ETCD_REGISTRY_LOG_OFF 0
+
+/**
+ * Errors: something failed that the library cannot repair by itself.
+ */
+#define ETCD_REGISTRY_LOG_ERROR 1
+
+/**
+ * Warnings: failures the library retries (etcd down, keep-alive lost …).
+ */
+#define ETCD_REGISTRY_LOG_WARN 2
+
+/**
+ * Notable events (lease expired and replaced, watch resynced …).
+ */
+#define ETCD_REGISTRY_LOG_INFO 3
+
+/**
+ * Details useful when debugging.
+ */
+#define ETCD_REGISTRY_LOG_DEBUG 4
+
+/**
+ * Everything.
+ */
+#define ETCD_REGISTRY_LOG_TRACE 5
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The library's version, e.g. "0.1.0". Static storage; never NULL.
+ */
+const char *etcd_registry_version(void);
+
+/**
+ * Creates a configuration with the defaults. Free it with `etcd_registry_config_free`.
+ *
+ * `*out_config` is written only on success.
+ */
+etcd_registry_status etcd_registry_config_new(struct etcd_registry_config **out_config);
+
+/**
+ * Frees a configuration. NULL is allowed (and does nothing).
+ */
+void etcd_registry_config_free(struct etcd_registry_config *config);
+
+/**
+ * Replaces the endpoints with a comma-separated list, e.g. "10.0.0.1:2379,10.0.0.2:2379".
+ * Each is `host:port` or `http://host:port`; spaces around items and empty items are ignored.
+ * INVALID_ARGUMENT when the list holds no endpoint. Endpoints are checked in detail by
+ * `etcd_registry_connect`.
+ */
+etcd_registry_status etcd_registry_config_set_endpoints(struct etcd_registry_config *config,
+                                                        const char *endpoints);
+
+/**
+ * Appends one endpoint (`host:port` or `http://host:port`). INVALID_ARGUMENT when empty.
+ */
+etcd_registry_status etcd_registry_config_add_endpoint(struct etcd_registry_config *config,
+                                                       const char *endpoint);
+
+/**
+ * Sets the prefix of every key: nodes live at `<base_path>/<service>/<node>` (joined and
+ * cleaned like Go's `path.Join`, so it interoperates with go.lumeweb.com/etcd-registry).
+ * Default "/services". An empty string is allowed (keys then start with the service name).
+ */
+etcd_registry_status etcd_registry_config_set_base_path(struct etcd_registry_config *config,
+                                                        const char *base_path);
+
+/**
+ * Sets the credentials for an etcd with authentication enabled. `password` may be NULL (an
+ * empty password). A NULL or empty `username` removes the credentials.
+ */
+etcd_registry_status etcd_registry_config_set_credentials(struct etcd_registry_config *config,
+                                                          const char *username,
+                                                          const char *password);
+
+/**
+ * Sets the timeout of connecting and of each etcd call, in milliseconds (default 10000).
+ * INVALID_ARGUMENT for 0.
+ */
+etcd_registry_status etcd_registry_config_set_timeout_ms(struct etcd_registry_config *config,
+                                                         uint64_t timeout_ms);
+
+/**
+ * Sets the retry delays of registrations and watches after a failure: `min_ms` doubling up to
+ * `max_ms` (defaults 1000 and 30000), each shortened by up to 20 % at random. Retries never
+ * stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms.
+ */
+etcd_registry_status etcd_registry_config_set_backoff_ms(struct etcd_registry_config *config,
+                                                         uint64_t min_ms,
+                                                         uint64_t max_ms);
+
+/**
+ * Sets the worker count (1 to 64) of the library's one global runtime. It only takes effect if
+ * the runtime has not started yet, i.e. before the first `etcd_registry_connect` of the process;
+ * later it is ignored (with a warning in the log). Without it, the environment variable
+ * `ETCD_REGISTRY_THREADS` decides, else 2.
+ */
+etcd_registry_status etcd_registry_config_set_runtime_threads(struct etcd_registry_config *config,
+                                                              uint32_t threads);
+
+/**
+ * Sets the TLS files (PEM paths): the CA that signed etcd's certificate, and for mutual TLS the
+ * client certificate and key. Each may be NULL (unset).
+ *
+ * This build of the library talks plain HTTP/2 only: `etcd_registry_connect` fails with
+ * INVALID_ARGUMENT when any TLS file is set, rather than silently connecting without TLS.
+ */
+etcd_registry_status etcd_registry_config_set_tls_files(struct etcd_registry_config *config,
+                                                        const char *ca_file,
+                                                        const char *cert_file,
+                                                        const char *key_file);
+
+/**
+ * Creates a registry from `config` (which is copied: free it whenever you like). Checks the
+ * configuration but does not dial: etcd may be down now; every operation connects when it needs
+ * to, and registrations retry until it is up. Starts the library's global runtime on first use.
+ *
+ * INVALID_ARGUMENT for a bad configuration (no endpoint, malformed endpoint, TLS files …).
+ * `*out_registry` is written only on success; free it with `etcd_registry_free`.
+ */
+etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *config,
+                                           struct etcd_registry **out_registry);
+
+/**
+ * Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
+ * `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
+ * up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
+ * the registration proceeds in the background, retrying with backoff until it succeeds, then
+ * keeps the lease alive and re-registers after any loss, until unregistered or closed.
+ *
+ * Status events go to `callback` with `user_data` on the library's callback thread; with a
+ * NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
+ * comment). Registering a node this registry already holds replaces the older registration
+ * (which gets UNREGISTERED).
+ *
+ * INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
+ * object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
+ * written only on success.
+ */
+etcd_registry_status etcd_registry_register(struct etcd_registry *registry,
+                                            const char *service,
+                                            const char *node,
+                                            const char *info_json,
+                                            uint64_t ttl_ms,
+                                            etcd_registry_status_callback callback,
+                                            void *user_data,
+                                            uint64_t *out_registration_id);
+
+/**
+ * Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
+ * other registration uses it. Once it returns, the registration's callback is not running and
+ * will never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
+ * `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
+ * itself). Blocks until etcd answers or the configured timeout passes.
+ *
+ * NOT_FOUND when `registration_id` is not a registration of this registry (or was already
+ * unregistered); CLOSED after `etcd_registry_close`; CONNECTION or TIMEOUT when etcd could not
+ * be told — the registration is gone from the library all the same, and the key disappears when
+ * its lease expires.
+ */
+etcd_registry_status etcd_registry_unregister(struct etcd_registry *registry,
+                                              uint64_t registration_id);
+
+/**
+ * Waits up to `timeout_ms` until the registration has been registered once. Returns OK at once
+ * if it has been; fails at once with the error of the last failed attempt (e.g. AUTH,
+ * CONNECTION) if attempts failed and none succeeded yet — retries go on in the background; with
+ * TIMEOUT when the time runs out; with CLOSED when the registration ended first.
+ * NOT_FOUND for an unknown id. Do not call it from a callback with a long timeout: it holds up
+ * every other callback meanwhile.
+ */
+etcd_registry_status etcd_registry_wait_registered(struct etcd_registry *registry,
+                                                   uint64_t registration_id,
+                                                   uint64_t timeout_ms);
+
+/**
+ * Writes where the registration stands now (`ETCD_REGISTRY_STATE_*`) to
+ * `*out_state`. NOT_FOUND for an unknown id, CLOSED after close. Does not block.
+ */
+etcd_registry_status etcd_registry_registration_state(struct etcd_registry *registry,
+                                                      uint64_t registration_id,
+                                                      etcd_registry_state *out_state);
+
+/**
+ * Writes the etcd lease the registration's key is attached to now to `*out_lease_id`, or 0
+ * while it is not registered. NOT_FOUND for an unknown id, CLOSED after close. Does not block.
+ */
+etcd_registry_status etcd_registry_registration_lease_id(struct etcd_registry *registry,
+                                                         uint64_t registration_id,
+                                                         int64_t *out_lease_id);
+
+/**
+ * Lists a service's nodes in one etcd request (an unknown service gives an empty list). Blocks
+ * until etcd answers or the configured timeout passes (TIMEOUT / CONNECTION).
+ * `*out_node_list` is written only on success; free it with `etcd_registry_node_list_free`.
+ */
+etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
+                                        const char *service,
+                                        struct etcd_registry_node_list **out_node_list);
+
+/**
+ * Watches a service: lists it (failing with CONNECTION/TIMEOUT if etcd cannot be reached now),
+ * then follows every change, resuming after disconnects and re-listing after compaction, until
+ * `etcd_registry_unwatch` or close. The first events are one ADDED per node present.
+ *
+ * Events go to `callback` with `user_data` on the library's callback thread; with a NULL
+ * callback they are queued for `etcd_registry_next_event`. `*out_watch_id` (never 0) is written
+ * only on success.
+ */
+etcd_registry_status etcd_registry_watch(struct etcd_registry *registry,
+                                         const char *service,
+                                         etcd_registry_watch_callback callback,
+                                         void *user_data,
+                                         uint64_t *out_watch_id);
+
+/**
+ * Stops a watch. Once it returns, the watch's callback is not running and will never be called
+ * again, so `user_data` may be freed; allowed from inside that callback. Does not block on etcd.
+ * NOT_FOUND for an unknown (or already stopped) id, CLOSED after close.
+ */
+etcd_registry_status etcd_registry_unwatch(struct etcd_registry *registry, uint64_t watch_id);
+
+/**
+ * The live node set of a watch now (what its events have built up so far), as a node list.
+ * Does not talk to etcd. NOT_FOUND for an unknown id, CLOSED after close. `*out_node_list` is
+ * written only on success; free it with `etcd_registry_node_list_free`.
+ */
+etcd_registry_status etcd_registry_watch_nodes(struct etcd_registry *registry,
+                                               uint64_t watch_id,
+                                               struct etcd_registry_node_list **out_node_list);
+
+/**
+ * Takes the next queued event of this registry's registrations and watches made with a NULL
+ * callback, in order per registration/watch, waiting up to `timeout_ms` (0: do not wait;
+ * `ETCD_REGISTRY_WAIT_FOREVER`: no limit). TIMEOUT when none came in time; CLOSED once the
+ * registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
+ * another thread). `*out_event` is written only on success; free it with
+ * `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+ */
+etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
+                                              uint64_t timeout_ms,
+                                              struct etcd_registry_event **out_event);
+
+/**
+ * Frees an event from `etcd_registry_next_event`. NULL is allowed.
+ */
+void etcd_registry_event_free(struct etcd_registry_event *event);
+
+/**
+ * Closes the registry: stops every callback and the pull queue (once it returns, no callback of
+ * this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
+ * stops the watches, then revokes the leases (which deletes every registered key at once) and
+ * returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
+ * Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+ * handle stays valid until `etcd_registry_free`.
+ */
+etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
+
+/**
+ * Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
+ * it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
+ * call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
+ */
+void etcd_registry_free(struct etcd_registry *registry);
+
+/**
+ * Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL
+ * callback or `ETCD_REGISTRY_LOG_OFF` turns forwarding off. Without a callback the library
+ * logs nothing anywhere. Messages from the library's dependencies (gRPC, HTTP/2) are forwarded
+ * at WARN and ERROR only.
+ *
+ * The callback may be called from any thread (the library's runtime threads, the callback
+ * thread, or a thread of yours inside a library call), but never by two threads at once. It
+ * must not call into the library (such calls work, but their logs are dropped; and
+ * blocking calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns,
+ * the previous callback is not running and will not be called again.
+ *
+ * INVALID_ARGUMENT for an unknown level or when called from inside the log callback.
+ */
+etcd_registry_status etcd_registry_set_log_callback(etcd_registry_log_callback callback,
+                                                    etcd_registry_log_level max_level,
+                                                    void *user_data);
+
+/**
+ * The number of nodes; 0 for a NULL list.
+ */
+size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
+
+/**
+ * The name of node `index`, or NULL when `list` is NULL or `index` is out of range.
+ */
+const char *etcd_registry_node_list_name(const struct etcd_registry_node_list *list, size_t index);
+
+/**
+ * The info of node `index` as a JSON object of strings with sorted keys (e.g.
+ * `{"address":"10.0.0.5:8080"}`, `{}` when it has none), or NULL when `list` is NULL or `index`
+ * is out of range.
+ */
+const char *etcd_registry_node_list_info_json(const struct etcd_registry_node_list *list,
+                                              size_t index);
+
+/**
+ * One info value of node `index` (e.g. key "address"), or NULL when the node has no such key,
+ * `index` is out of range, or an argument is NULL or not UTF-8. A value that contains NUL
+ * characters is returned with U+FFFD in their place (the JSON form has them exactly).
+ */
+const char *etcd_registry_node_list_info_value(const struct etcd_registry_node_list *list,
+                                               size_t index,
+                                               const char *key);
+
+/**
+ * Frees a node list and every string it handed out. NULL is allowed.
+ */
+void etcd_registry_node_list_free(struct etcd_registry_node_list *list);
+
+/**
+ * The message of the last failed call on the calling thread, or "" when the last
+ * status-returning call on this thread succeeded. Never NULL.
+ *
+ * The string belongs to the library and stays valid until the next status-returning call on
+ * the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).
+ * Thread-local: hosts whose code can move between OS threads between two calls (Go) must read
+ * it in the same native call as the failing function, or use the copy variant from that call.
+ */
+const char *etcd_registry_last_error_message(void);
+
+/**
+ * Copies the last error message of the calling thread into `buffer` (of `capacity` bytes),
+ * truncated if needed and always NUL-terminated when `capacity > 0`, like `snprintf`.
+ *
+ * Returns the length of the full message in bytes (without the NUL): a return value of
+ * `capacity` or more means the copy was truncated. `buffer` may be NULL when `capacity` is 0,
+ * to ask for the length. Does not change the last error.
+ */
+size_t etcd_registry_last_error_copy(char *buffer, size_t capacity);
+
+/**
+ * A short lowercase name of a status ("ok", "timeout", "not found" …), or "unknown" for a
+ * number this version does not know. Static storage; never NULL.
+ */
+const char *etcd_registry_status_name(uint32_t status);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* ETCD_REGISTRY_H */
