@@ -1,0 +1,56 @@
+"""Service registration and discovery on etcd that survives outages.
+
+::
+
+    import etcd_registry
+
+    with etcd_registry.Registry(["127.0.0.1:2379"]) as reg:
+        handle = reg.register("api", "node-1", {"address": "10.0.0.5:8080"}, ttl=30.0)
+        handle.wait(timeout=5.0)
+        for node in reg.list("api"):
+            print(node.name, node.info)
+
+A thin layer over the Rust core ``etcd-registry``: registrations keep their lease alive and
+re-register after any outage, with backoff, until unregistered; watches resume after
+disconnects. See ``python/README.md``.
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    AuthError,
+    ClosedError,
+    InternalError,
+    InvalidArgument,
+    NotFoundError,
+    RegistryConnectionError,
+    RegistryError,
+    RegistryTimeoutError,
+)
+from ._native import (
+    Node,
+    Registration,
+    Registry,
+    StatusEvent,
+    Watch,
+    WatchEvent,
+    __version__,
+)
+
+__all__ = [
+    "Registry",
+    "Registration",
+    "Watch",
+    "Node",
+    "WatchEvent",
+    "StatusEvent",
+    "RegistryError",
+    "InvalidArgument",
+    "RegistryConnectionError",
+    "RegistryTimeoutError",
+    "AuthError",
+    "NotFoundError",
+    "ClosedError",
+    "InternalError",
+    "__version__",
+]

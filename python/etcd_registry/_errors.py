@@ -1,0 +1,71 @@
+"""The exceptions of etcd_registry.
+
+Every one derives from :class:`RegistryError`, and the native module maps each error kind of
+the core to exactly one of them (``python/src/errors.rs``). Where a built-in exception means the
+same thing, the class derives from it too, so ``except TimeoutError`` or ``except ValueError``
+work as a Python programmer expects.
+"""
+
+from __future__ import annotations
+
+import builtins
+
+__all__ = [
+    "RegistryError",
+    "InvalidArgument",
+    "RegistryConnectionError",
+    "RegistryTimeoutError",
+    "AuthError",
+    "NotFoundError",
+    "ClosedError",
+    "InternalError",
+]
+
+
+class RegistryError(Exception):
+    """Base of every error raised by etcd_registry."""
+
+    #: The core's error kind, e.g. ``"timeout"``.
+    kind: str = "internal"
+
+
+class InvalidArgument(RegistryError, ValueError):
+    """An unusable argument: empty name, bad TTL, malformed endpoint, oversized info."""
+
+    kind = "invalid argument"
+
+
+class RegistryConnectionError(RegistryError, builtins.ConnectionError):
+    """etcd could not be reached, or the connection broke. Also a built-in ``ConnectionError``."""
+
+    kind = "connection"
+
+
+class RegistryTimeoutError(RegistryError, builtins.TimeoutError):
+    """An etcd operation did not finish in time. Also a built-in ``TimeoutError``."""
+
+    kind = "timeout"
+
+
+class AuthError(RegistryError):
+    """etcd rejected the credentials, or the user lacks a permission."""
+
+    kind = "authentication"
+
+
+class NotFoundError(RegistryError):
+    """Something asked for does not exist (a lease, a registration)."""
+
+    kind = "not found"
+
+
+class ClosedError(RegistryError):
+    """The registry was closed, or the object was created before ``fork()``."""
+
+    kind = "closed"
+
+
+class InternalError(RegistryError):
+    """An unexpected answer from etcd, or a bug."""
+
+    kind = "internal"

@@ -1,0 +1,168 @@
+"""Type stubs of the native module (checked against it by mypy's stubtest)."""
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from types import TracebackType
+from typing import Final, Literal, Optional
+
+from typing_extensions import Self
+
+__version__: Final[str]
+_LOG: Final[int]
+_CALL: Final[int]
+
+RegistrationState = Literal["registering", "registered", "retrying", "unregistered"]
+StatusKind = Literal["registered", "failed", "keepalive_lost", "retrying", "reregistered", "unregistered"]
+WatchEventKind = Literal["added", "updated", "removed", "resynced"]
+
+class Node:
+    """A service node: its name and its info."""
+
+    def __new__(cls, name: str, info: Optional[Mapping[str, str]] = None) -> Self: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def info(self) -> dict[str, str]:
+        """A new dict on every access."""
+    def __eq__(self, other: object) -> bool: ...
+    def __ne__(self, other: object) -> bool: ...
+    def __hash__(self) -> int: ...
+
+class WatchEvent:
+    """One change of a watched service."""
+
+    @property
+    def kind(self) -> WatchEventKind: ...
+    @property
+    def node(self) -> Optional[Node]:
+        """The node (for "removed", its last known info); None for "resynced"."""
+    @property
+    def revision(self) -> int: ...
+
+class StatusEvent:
+    """A change of a registration, as passed to ``on_status``."""
+
+    @property
+    def kind(self) -> StatusKind: ...
+    @property
+    def service(self) -> str: ...
+    @property
+    def node_name(self) -> str: ...
+    @property
+    def attempt(self) -> Optional[int]:
+        """For "retrying": 1 for the first retry after a failure, counting up."""
+    @property
+    def delay(self) -> Optional[float]:
+        """For "retrying": seconds until the attempt."""
+    @property
+    def error(self) -> Optional[BaseException]:
+        """For "failed", "keepalive_lost" and "retrying": why (a RegistryError)."""
+    @property
+    def lease_id(self) -> Optional[int]:
+        """For "registered" and "reregistered": the lease of the key."""
+
+class Registration:
+    """One registered node, returned by :meth:`Registry.register`."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def node(self) -> Node: ...
+    @property
+    def key(self) -> str: ...
+    @property
+    def ttl(self) -> int:
+        """The lease TTL in whole seconds."""
+    @property
+    def state(self) -> RegistrationState: ...
+    @property
+    def lease_id(self) -> Optional[int]: ...
+    def wait(self, timeout: Optional[float] = None) -> bool:
+        """True once registered, False if ``timeout`` seconds pass first.
+
+        Raises the error of the failed attempts if attempts failed before any success (retries
+        go on in the background), ``ClosedError`` if unregistered before that.
+        """
+    def wait_async(self, timeout: Optional[float] = None) -> Awaitable[bool]: ...
+    def unregister(self) -> None:
+        """Deletes the key and stops keeping it alive. Idempotent."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+class Watch:
+    """A watch on one service: its live node set and its events, in order."""
+
+    @property
+    def service(self) -> str: ...
+    @property
+    def revision(self) -> int: ...
+    @property
+    def closed(self) -> bool: ...
+    def nodes(self) -> list[Node]: ...
+    def next_event(self, timeout: Optional[float] = None) -> Optional[WatchEvent]:
+        """The next event; None on timeout or once the watch has ended."""
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> WatchEvent: ...
+    def __aiter__(self) -> Self: ...
+    def __anext__(self) -> Awaitable[WatchEvent]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+class Registry:
+    """Registers service nodes in etcd and discovers them."""
+
+    def __new__(
+        cls,
+        endpoints: Sequence[str],
+        base_path: str = "/services",
+        username: Optional[str] = None,
+        password: Optional[str] = None,
+        timeout: float = 10.0,
+        *,
+        backoff_min: float = 1.0,
+        backoff_max: float = 30.0,
+    ) -> Self: ...
+    @property
+    def endpoints(self) -> list[str]: ...
+    @property
+    def base_path(self) -> str: ...
+    @property
+    def closed(self) -> bool: ...
+    def register(
+        self,
+        service: str,
+        node: str,
+        info: Optional[Mapping[str, str]] = None,
+        ttl: float = 10.0,
+        on_status: Optional[Callable[[StatusEvent], object]] = None,
+    ) -> Registration: ...
+    def list(self, service: str) -> list[Node]: ...
+    def list_async(self, service: str) -> Awaitable[list[Node]]: ...
+    def watch(
+        self, service: str, on_event: Optional[Callable[[WatchEvent], object]] = None
+    ) -> Watch: ...
+    def watch_async(
+        self, service: str, on_event: Optional[Callable[[WatchEvent], object]] = None
+    ) -> Awaitable[Watch]: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> bool: ...
+
+def _take(timeout: float) -> Optional[list[tuple[object, ...]]]: ...
+def _stop_dispatch() -> None: ...
+def _set_log_level(level: int) -> None: ...

@@ -1,0 +1,97 @@
+//! asyncio support: `pyo3_async_runtimes`' generic bridge on the core's global runtime.
+//!
+//! Not `pyo3_async_runtimes::tokio`: it keeps the runtime it was given forever, which after
+//! `fork()` is the parent's dead one, so an awaited call in the child would never finish. The
+//! core's `runtime::handle()` makes a fresh runtime in a forked child.
+
+use std::any::Any;
+use std::cell::OnceCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use pyo3::prelude::*;
+use pyo3_async_runtimes::generic::{self, ContextExt, Runtime};
+use pyo3_async_runtimes::TaskLocals;
+
+use crate::errors;
+
+pub(crate) struct GlobalRuntime;
+
+tokio::task_local! {
+    static TASK_LOCALS: OnceCell<TaskLocals>;
+}
+
+fn handle() -> tokio::runtime::Handle {
+    // `future_into_py` below has made sure the runtime can be had.
+    registry::runtime::handle().expect("the etcd-registry runtime was started before")
+}
+
+/// tokio's join error and handle, in the bridge's terms.
+pub(crate) struct JoinError(tokio::task::JoinError);
+
+impl generic::JoinError for JoinError {
+    fn is_panic(&self) -> bool {
+        self.0.is_panic()
+    }
+
+    fn into_panic(self) -> Box<dyn Any + Send + 'static> {
+        self.0.into_panic()
+    }
+}
+
+pub(crate) struct JoinHandle(tokio::task::JoinHandle<()>);
+
+impl Future for JoinHandle {
+    type Output = Result<(), JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map_err(JoinError)
+    }
+}
+
+impl Runtime for GlobalRuntime {
+    type JoinError = JoinError;
+    type JoinHandle = JoinHandle;
+
+    fn spawn<F>(fut: F) -> Self::JoinHandle
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        JoinHandle(handle().spawn(fut))
+    }
+
+    fn spawn_blocking<F>(f: F) -> Self::JoinHandle
+    where
+        F: FnOnce() + Send + 'static,
+    {
+        JoinHandle(handle().spawn_blocking(f))
+    }
+}
+
+impl ContextExt for GlobalRuntime {
+    fn scope<F, R>(locals: TaskLocals, fut: F) -> Pin<Box<dyn Future<Output = R> + Send>>
+    where
+        F: Future<Output = R> + Send + 'static,
+    {
+        let cell = OnceCell::new();
+        let _ = cell.set(locals);
+        Box::pin(TASK_LOCALS.scope(cell, fut))
+    }
+
+    fn get_task_locals() -> Option<TaskLocals> {
+        TASK_LOCALS
+            .try_with(|cell| cell.get().cloned())
+            .unwrap_or_default()
+    }
+}
+
+/// An awaitable that resolves to what `fut` produces, run on the global runtime.
+pub(crate) fn future_into_py<'py, F, T>(py: Python<'py>, fut: F) -> PyResult<Bound<'py, PyAny>>
+where
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
+    registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
+    generic::future_into_py::<GlobalRuntime, F, T>(py, fut)
+}

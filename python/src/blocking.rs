@@ -1,0 +1,93 @@
+//! Blocking calls from Python threads: the GIL is released while the core works, and the
+//! thread comes back every [`SLICE`] to run Python's signal handlers, so Ctrl-C interrupts any
+//! wait with `KeyboardInterrupt` (dropping the future, which the core's futures allow).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use crate::errors;
+
+/// How long a blocking call stays away from Python at a time.
+const SLICE: Duration = Duration::from_millis(100);
+
+/// Runs `future` to completion on the core's global runtime, on this thread. With a deadline,
+/// returns `None` once it has passed (the future is dropped).
+pub(crate) fn run<F>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    future: F,
+) -> PyResult<Option<F::Output>>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let mut future = std::pin::pin!(future);
+    loop {
+        let slice = match deadline {
+            Some(deadline) => deadline
+                .saturating_duration_since(Instant::now())
+                .min(SLICE),
+            None => SLICE,
+        };
+        let step = py.detach(|| {
+            // The timer must be made inside the runtime, hence the async block.
+            registry::runtime::block_on(async {
+                tokio::time::timeout(slice, future.as_mut()).await
+            })
+        });
+        match step.map_err(|e| errors::to_py_err(py, e))? {
+            Ok(output) => return Ok(Some(output)),
+            Err(_elapsed) => {
+                py.check_signals()?;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
+            }
+        }
+    }
+}
+
+/// Like [`run`] without a deadline, for the core's fallible calls.
+pub(crate) fn call<F, T>(py: Python<'_>, future: F) -> PyResult<T>
+where
+    F: Future<Output = registry::Result<T>> + Send,
+    T: Send,
+{
+    match run(py, None, future)? {
+        Some(result) => result.map_err(|e| errors::to_py_err(py, e)),
+        None => unreachable!("no deadline was given"),
+    }
+}
+
+/// Seconds from Python as a positive duration (`what` names the argument in the error).
+pub(crate) fn positive_seconds(py: Python<'_>, what: &str, seconds: f64) -> PyResult<Duration> {
+    match Duration::try_from_secs_f64(seconds) {
+        Ok(d) if !d.is_zero() => Ok(d),
+        _ => Err(errors::invalid(
+            py,
+            format!("{what} must be a positive number of seconds, got {seconds}"),
+        )),
+    }
+}
+
+/// A timeout from Python: `None` waits forever, `0` only checks. Too large to represent is
+/// forever too.
+pub(crate) fn timeout(py: Python<'_>, seconds: Option<f64>) -> PyResult<Option<Duration>> {
+    let Some(seconds) = seconds else {
+        return Ok(None);
+    };
+    if seconds.is_nan() || seconds < 0.0 {
+        return Err(errors::invalid(
+            py,
+            format!("timeout must be None or a number of seconds >= 0, got {seconds}"),
+        ));
+    }
+    Ok(Duration::try_from_secs_f64(seconds).ok())
+}
+
+/// The deadline `timeout` from now, if there is one that can be represented.
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}

@@ -1,0 +1,178 @@
+//! `Registration`: one registered node.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use registry::{ErrorKind, Registration};
+
+use crate::asyncio;
+use crate::blocking;
+use crate::dispatch::{self, Item};
+use crate::errors::{self, Answer};
+use crate::fork::ForkBound;
+use crate::types::{PyNode, StatusContext};
+
+/// Delivers the registration's status events to `callback` on the dispatch thread.
+pub(crate) fn forward_status(
+    py: Python<'_>,
+    reg: &Registration,
+    context: StatusContext,
+    callback: Arc<Py<PyAny>>,
+) -> PyResult<()> {
+    let handle = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
+    let mut events = reg.subscribe();
+    let context = Arc::new(context);
+    handle.spawn(async move {
+        // Ends after `Unregistered`, the last event.
+        while let Some(event) = events.recv().await {
+            dispatch::push(Item::Status {
+                callback: callback.clone(),
+                context: context.clone(),
+                event,
+            });
+        }
+    });
+    Ok(())
+}
+
+/// Waits for the first registration: `Ok(true)` once registered, `Ok(false)` when `timeout`
+/// passes first, the error of the failed attempts otherwise (see the core's
+/// `Registration::wait_registered`).
+async fn wait_registered(reg: Registration, timeout: Option<Duration>) -> registry::Result<bool> {
+    // Without a timeout, wait in long chunks (tokio's timer cannot take "forever").
+    const CHUNK: Duration = Duration::from_secs(3600);
+    let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
+    loop {
+        let start = tokio::time::Instant::now();
+        let chunk = match deadline {
+            Some(deadline) => deadline.saturating_duration_since(start),
+            None => CHUNK,
+        };
+        match reg.wait_registered(chunk).await {
+            Ok(()) => return Ok(true),
+            // The wait's own timeout, not an attempt that timed out (which returns before).
+            Err(e) if e.kind() == ErrorKind::Timeout && start.elapsed() >= chunk => {
+                if deadline.is_some() {
+                    return Ok(false);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// One registered node, returned by `Registry.register()`.
+#[pyclass(frozen, module = "etcd_registry._native", name = "Registration")]
+pub(crate) struct PyRegistration {
+    inner: ForkBound<Registration>,
+}
+
+impl PyRegistration {
+    pub(crate) fn new(reg: Registration) -> Self {
+        PyRegistration {
+            inner: ForkBound::new(reg),
+        }
+    }
+
+    fn core(&self, py: Python<'_>) -> PyResult<&Registration> {
+        self.inner.get(py, "Registration")
+    }
+}
+
+#[pymethods]
+impl PyRegistration {
+    /// The service name as given.
+    #[getter]
+    fn service(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.core(py)?.service().to_owned())
+    }
+
+    /// The node as given.
+    #[getter]
+    fn node(&self, py: Python<'_>) -> PyResult<PyNode> {
+        Ok(self.core(py)?.node().clone().into())
+    }
+
+    /// The etcd key: `<base_path>/<service>/<node>`.
+    #[getter]
+    fn key(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.core(py)?.key().to_owned())
+    }
+
+    /// The lease TTL in whole seconds.
+    #[getter]
+    fn ttl(&self, py: Python<'_>) -> PyResult<i64> {
+        Ok(self.core(py)?.ttl_secs())
+    }
+
+    /// `"registering"`, `"registered"`, `"retrying"` or `"unregistered"`.
+    #[getter]
+    fn state(&self, py: Python<'_>) -> PyResult<&'static str> {
+        Ok(self.core(py)?.state().as_str())
+    }
+
+    /// The lease the key is attached to while registered.
+    #[getter]
+    fn lease_id(&self, py: Python<'_>) -> PyResult<Option<i64>> {
+        Ok(self.core(py)?.lease_id())
+    }
+
+    /// True once registered, False if `timeout` seconds pass first (`None`: no limit).
+    #[pyo3(signature = (timeout=None))]
+    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let timeout = blocking::timeout(py, timeout)?;
+        let reg = self.core(py)?.clone();
+        blocking::call(py, wait_registered(reg, timeout))
+    }
+
+    /// `wait()` for asyncio.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_async<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let timeout = blocking::timeout(py, timeout)?;
+        let reg = self.core(py)?.clone();
+        asyncio::future_into_py(py, async move {
+            Ok(Answer(wait_registered(reg, timeout).await))
+        })
+    }
+
+    /// Deletes the key and stops keeping it alive. Idempotent.
+    fn unregister(&self, py: Python<'_>) -> PyResult<()> {
+        let reg = self.core(py)?;
+        blocking::call(py, reg.unregister())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let _ = (exc_type, exc_value, traceback);
+        self.unregister(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        match self.inner.here() {
+            Some(reg) => format!(
+                "Registration(key={:?}, state={:?})",
+                reg.key(),
+                reg.state().as_str()
+            ),
+            None => "Registration(<created before fork>)".into(),
+        }
+    }
+}

@@ -1,0 +1,228 @@
+//! `Registry`: the Python face of the core's registry.
+
+use std::sync::Arc;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use registry::{Config, Node};
+
+use crate::asyncio;
+use crate::blocking::{self, positive_seconds};
+use crate::errors::{self, Answer};
+use crate::fork::ForkBound;
+use crate::registration::{self, PyRegistration};
+use crate::types::{info_from_py, PyNode, StatusContext};
+use crate::watch::PyWatch;
+
+/// Registers service nodes in etcd and discovers them.
+#[pyclass(frozen, module = "etcd_registry._native", name = "Registry")]
+pub(crate) struct PyRegistry {
+    inner: ForkBound<registry::Registry>,
+}
+
+fn callback_or_none(
+    py: Python<'_>,
+    what: &str,
+    callback: Option<Py<PyAny>>,
+) -> PyResult<Option<Arc<Py<PyAny>>>> {
+    match callback {
+        Some(cb) if cb.bind(py).is_none() => Ok(None),
+        Some(cb) if cb.bind(py).is_callable() => Ok(Some(Arc::new(cb))),
+        Some(cb) => Err(PyTypeError::new_err(format!(
+            "{what} must be callable or None, not {}",
+            cb.bind(py).get_type().name()?
+        ))),
+        None => Ok(None),
+    }
+}
+
+fn nodes(nodes: Vec<Node>) -> Vec<PyNode> {
+    nodes.into_iter().map(PyNode::from).collect()
+}
+
+/// Starts the package's dispatch thread (callbacks and logs), once per process.
+fn ensure_dispatcher(py: Python<'_>) -> PyResult<()> {
+    py.import("etcd_registry._dispatch")?
+        .call_method0("ensure_started")?;
+    Ok(())
+}
+
+impl PyRegistry {
+    fn core(&self, py: Python<'_>) -> PyResult<&registry::Registry> {
+        self.inner.get(py, "Registry")
+    }
+}
+
+#[pymethods]
+impl PyRegistry {
+    #[new]
+    #[pyo3(signature = (endpoints, base_path="/services", username=None, password=None, timeout=10.0, *, backoff_min=1.0, backoff_max=30.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        endpoints: Vec<String>,
+        base_path: &str,
+        username: Option<String>,
+        password: Option<String>,
+        timeout: f64,
+        backoff_min: f64,
+        backoff_max: f64,
+    ) -> PyResult<Self> {
+        let mut config = Config::new(endpoints, base_path)
+            .with_timeout(positive_seconds(py, "timeout", timeout)?)
+            .with_backoff(
+                positive_seconds(py, "backoff_min", backoff_min)?,
+                positive_seconds(py, "backoff_max", backoff_max)?,
+            );
+        config.username = username;
+        config.password = password;
+        ensure_dispatcher(py)?;
+        let handle = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
+        let core =
+            registry::Registry::new_in(config, handle).map_err(|e| errors::to_py_err(py, e))?;
+        Ok(PyRegistry {
+            inner: ForkBound::new(core),
+        })
+    }
+
+    /// The endpoints as given.
+    #[getter]
+    fn endpoints(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        Ok(self.core(py)?.config().endpoints.clone())
+    }
+
+    /// The prefix of every key.
+    #[getter]
+    fn base_path(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.core(py)?.config().base_path.clone())
+    }
+
+    /// Whether `close()` was called (always true in a child process forked after creation).
+    #[getter]
+    fn closed(&self) -> bool {
+        !self.inner.is_home() || self.inner_closed()
+    }
+
+    /// Registers `node` under `service` and returns at once; see `Registration`.
+    #[pyo3(signature = (service, node, info=None, ttl=10.0, on_status=None))]
+    fn register(
+        &self,
+        py: Python<'_>,
+        service: &str,
+        node: &str,
+        info: Option<&Bound<'_, PyAny>>,
+        ttl: f64,
+        on_status: Option<Py<PyAny>>,
+    ) -> PyResult<PyRegistration> {
+        let core = self.core(py)?;
+        let info = info_from_py(info)?;
+        let on_status = callback_or_none(py, "on_status", on_status)?;
+        let ttl = positive_seconds(py, "ttl", ttl)?;
+        let reg = core
+            .register(service, Node::new(node, info), ttl)
+            .map_err(|e| errors::to_py_err(py, e))?;
+        if let Some(callback) = on_status {
+            let context = StatusContext {
+                service: service.to_owned(),
+                node: node.to_owned(),
+            };
+            registration::forward_status(py, &reg, context, callback)?;
+        }
+        Ok(PyRegistration::new(reg))
+    }
+
+    /// The nodes of `service` now.
+    fn list(&self, py: Python<'_>, service: &str) -> PyResult<Vec<PyNode>> {
+        let core = self.core(py)?;
+        blocking::call(py, core.list(service)).map(nodes)
+    }
+
+    /// `list()` for asyncio.
+    fn list_async<'py>(&self, py: Python<'py>, service: String) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core(py)?.clone();
+        asyncio::future_into_py(py, async move {
+            Ok(Answer(core.list(&service).await.map(nodes)))
+        })
+    }
+
+    /// Watches `service`: lists it, then follows every change. See `Watch`.
+    #[pyo3(signature = (service, on_event=None))]
+    fn watch(
+        &self,
+        py: Python<'_>,
+        service: &str,
+        on_event: Option<Py<PyAny>>,
+    ) -> PyResult<PyWatch> {
+        let core = self.core(py)?;
+        let on_event = callback_or_none(py, "on_event", on_event)?;
+        let watch = blocking::call(py, core.watch(service))?;
+        PyWatch::new(watch, on_event).map_err(|e| errors::to_py_err(py, e))
+    }
+
+    /// `watch()` for asyncio.
+    #[pyo3(signature = (service, on_event=None))]
+    fn watch_async<'py>(
+        &self,
+        py: Python<'py>,
+        service: String,
+        on_event: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.core(py)?.clone();
+        let on_event = callback_or_none(py, "on_event", on_event)?;
+        asyncio::future_into_py(py, async move {
+            let watch = match core.watch(&service).await {
+                Ok(watch) => PyWatch::new(watch, on_event),
+                Err(e) => Err(e),
+            };
+            Ok(Answer(watch))
+        })
+    }
+
+    /// Unregisters everything (deleting the keys), stops the watches. Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if !self.inner.is_home() {
+            // A forked child must not unregister the parent's nodes; the copy is just dropped.
+            return Ok(());
+        }
+        let core = self.core(py)?;
+        blocking::call(py, core.close())
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        let Some(core) = self.inner.here() else {
+            return "Registry(<created before fork>)".into();
+        };
+        let config = core.config();
+        format!(
+            "Registry(endpoints={:?}, base_path={:?}, closed={})",
+            config.endpoints,
+            config.base_path,
+            if self.inner_closed() { "True" } else { "False" }
+        )
+    }
+}
+
+impl PyRegistry {
+    fn inner_closed(&self) -> bool {
+        self.inner.here().is_some_and(|core| core.is_closed())
+    }
+}

@@ -1,0 +1,270 @@
+//! Value types: nodes, watch events, status events, and node info from Python.
+
+use std::collections::BTreeMap;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyMapping, PyString};
+
+use registry::{Info, StatusEvent, WatchEvent};
+
+use crate::errors;
+
+/// Node info from Python: `None` or a mapping of `str` to `str`; anything else is a `TypeError`.
+pub(crate) fn info_from_py(info: Option<&Bound<'_, PyAny>>) -> PyResult<Info> {
+    let Some(info) = info.filter(|i| !i.is_none()) else {
+        return Ok(Info::new());
+    };
+    let items = if let Ok(dict) = info.cast::<PyDict>() {
+        dict.items()
+    } else if let Ok(mapping) = info.cast::<PyMapping>() {
+        mapping.items()?
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "info must be a mapping of str to str, not {}",
+            type_name(info)
+        )));
+    };
+    let mut out = BTreeMap::new();
+    for item in items.iter() {
+        let (key, value): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+        let Ok(key) = key.cast::<PyString>() else {
+            return Err(PyTypeError::new_err(format!(
+                "info keys must be str, got {}",
+                type_name(&key)
+            )));
+        };
+        let key = key.to_cow()?.into_owned();
+        let Ok(value) = value.cast::<PyString>() else {
+            return Err(PyTypeError::new_err(format!(
+                "info value for {key:?} must be str, not {}",
+                type_name(&value)
+            )));
+        };
+        out.insert(key, value.to_cow()?.into_owned());
+    }
+    Ok(out)
+}
+
+fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn repr_str(s: &str) -> String {
+    // Python-style quoting is close enough to Rust's debug quoting for names and info values.
+    format!("'{}'", s.escape_debug().to_string().replace('\'', "\\'"))
+}
+
+fn repr_info(info: &Info) -> String {
+    let items: Vec<String> = info
+        .iter()
+        .map(|(k, v)| format!("{}: {}", repr_str(k), repr_str(v)))
+        .collect();
+    format!("{{{}}}", items.join(", "))
+}
+
+/// A service node: its `name` and its `info` (a new `dict[str, str]` on every access).
+#[pyclass(frozen, eq, hash, module = "etcd_registry._native", name = "Node")]
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PyNode {
+    #[pyo3(get)]
+    name: String,
+    info: Info,
+}
+
+impl From<registry::Node> for PyNode {
+    fn from(node: registry::Node) -> Self {
+        PyNode {
+            name: node.name,
+            info: node.info,
+        }
+    }
+}
+
+#[pymethods]
+impl PyNode {
+    #[new]
+    #[pyo3(signature = (name, info=None))]
+    fn new(name: String, info: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        Ok(PyNode {
+            name,
+            info: info_from_py(info)?,
+        })
+    }
+
+    #[getter]
+    fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.info.clone().into_pyobject(py)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Node(name={}, info={})",
+            repr_str(&self.name),
+            repr_info(&self.info)
+        )
+    }
+}
+
+/// One change of a watched service.
+#[pyclass(frozen, module = "etcd_registry._native", name = "WatchEvent")]
+pub(crate) struct PyWatchEvent {
+    /// `"added"`, `"updated"`, `"removed"` or `"resynced"`.
+    #[pyo3(get)]
+    kind: &'static str,
+    /// The node (for `"removed"`, its last known info); `None` for `"resynced"`.
+    #[pyo3(get)]
+    node: Option<PyNode>,
+    /// The etcd revision of the change.
+    #[pyo3(get)]
+    revision: i64,
+}
+
+impl From<WatchEvent> for PyWatchEvent {
+    fn from(event: WatchEvent) -> Self {
+        PyWatchEvent {
+            kind: event.kind.as_str(),
+            node: event.node.map(PyNode::from),
+            revision: event.revision,
+        }
+    }
+}
+
+#[pymethods]
+impl PyWatchEvent {
+    fn __repr__(&self) -> String {
+        let node = match &self.node {
+            Some(node) => node.__repr__(),
+            None => "None".into(),
+        };
+        format!(
+            "WatchEvent(kind={}, node={node}, revision={})",
+            repr_str(self.kind),
+            self.revision
+        )
+    }
+}
+
+/// Which registration a status event belongs to.
+pub(crate) struct StatusContext {
+    pub(crate) service: String,
+    pub(crate) node: String,
+}
+
+/// A change of a registration, as passed to `on_status`.
+#[pyclass(frozen, module = "etcd_registry._native", name = "StatusEvent")]
+pub(crate) struct PyStatusEvent {
+    /// `"registered"`, `"failed"`, `"keepalive_lost"`, `"retrying"`, `"reregistered"` or
+    /// `"unregistered"`.
+    #[pyo3(get)]
+    kind: &'static str,
+    /// The service of the registration.
+    #[pyo3(get)]
+    service: String,
+    /// The node name of the registration.
+    #[pyo3(get)]
+    node_name: String,
+    /// For `"retrying"`: 1 for the first retry after a failure, counting up.
+    #[pyo3(get)]
+    attempt: Option<u32>,
+    /// For `"retrying"`: seconds until the attempt.
+    #[pyo3(get)]
+    delay: Option<f64>,
+    /// For `"failed"`, `"keepalive_lost"` and `"retrying"`: why, as an exception instance.
+    #[pyo3(get)]
+    error: Option<Py<PyAny>>,
+    /// For `"registered"` and `"reregistered"`: the lease the key is attached to.
+    #[pyo3(get)]
+    lease_id: Option<i64>,
+}
+
+impl PyStatusEvent {
+    pub(crate) fn new(py: Python<'_>, context: &StatusContext, event: StatusEvent) -> Self {
+        let kind = event.kind_str();
+        let mut out = PyStatusEvent {
+            kind,
+            service: context.service.clone(),
+            node_name: context.node.clone(),
+            attempt: None,
+            delay: None,
+            error: None,
+            lease_id: None,
+        };
+        let exception = |e| errors::to_py_err(py, e).into_value(py).into_any();
+        match event {
+            StatusEvent::Registered { lease_id } | StatusEvent::Reregistered { lease_id } => {
+                out.lease_id = Some(lease_id);
+            }
+            StatusEvent::Failed { error } | StatusEvent::KeepAliveLost { error } => {
+                out.error = Some(exception(error));
+            }
+            StatusEvent::Retrying {
+                attempt,
+                delay,
+                error,
+            } => {
+                out.attempt = Some(attempt);
+                out.delay = Some(delay.as_secs_f64());
+                out.error = Some(exception(error));
+            }
+            StatusEvent::Unregistered => {}
+        }
+        out
+    }
+}
+
+#[pymethods]
+impl PyStatusEvent {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let mut parts = vec![
+            format!("kind={}", repr_str(self.kind)),
+            format!("service={}", repr_str(&self.service)),
+            format!("node_name={}", repr_str(&self.node_name)),
+        ];
+        if let Some(attempt) = self.attempt {
+            parts.push(format!("attempt={attempt}"));
+        }
+        if let Some(delay) = self.delay {
+            parts.push(format!("delay={delay:.3}"));
+        }
+        if let Some(lease_id) = self.lease_id {
+            parts.push(format!("lease_id={lease_id}"));
+        }
+        if let Some(error) = &self.error {
+            let repr = error
+                .bind(py)
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_else(|_| "?".into());
+            parts.push(format!("error={repr}"));
+        }
+        format!("StatusEvent({})", parts.join(", "))
+    }
+
+    /// A line for people, e.g. `api/node-1: retrying in 1.0s (attempt 1): connection: …`.
+    fn __str__(&self, py: Python<'_>) -> String {
+        let who = format!("{}/{}", self.service, self.node_name);
+        let error = self
+            .error
+            .as_ref()
+            .and_then(|e| e.bind(py).str().ok())
+            .map(|s| s.to_string())
+            .unwrap_or_default();
+        match self.kind {
+            "registered" | "reregistered" => match self.lease_id {
+                Some(lease) => format!("{who}: {} (lease {lease:x})", self.kind),
+                None => format!("{who}: {}", self.kind),
+            },
+            "retrying" => format!(
+                "{who}: retrying in {:.1}s (attempt {}): {error}",
+                self.delay.unwrap_or_default(),
+                self.attempt.unwrap_or_default()
+            ),
+            "failed" | "keepalive_lost" => format!("{who}: {}: {error}", self.kind),
+            other => format!("{who}: {other}"),
+        }
+    }
+}
