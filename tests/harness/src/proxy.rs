@@ -1,0 +1,255 @@
+//! A fault-injecting TCP proxy on std threads.
+//!
+//! One accept thread per proxy, two copy threads per connection. While
+//! *partitioned* (blackholed) every byte in both directions is silently
+//! dropped and new connections are accepted but never reach the upstream —
+//! from the client's side this looks like a real network partition (no RST,
+//! no FIN, just silence). On heal the blackholed connections are closed so
+//! clients reconnect, and new connections are forwarded normally.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+const COPY_STACK: usize = 128 * 1024;
+const BUF: usize = 16 * 1024;
+
+struct Conn {
+    client: TcpStream,
+    upstream: Option<TcpStream>,
+    blackholed: AtomicBool,
+    closed: AtomicBool,
+    finished: AtomicUsize,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let _ = self.client.shutdown(Shutdown::Both);
+        if let Some(u) = &self.upstream {
+            let _ = u.shutdown(Shutdown::Both);
+        }
+    }
+
+    fn expected_directions(&self) -> usize {
+        if self.upstream.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// One direction finished cleanly; when all have, the connection is done.
+    fn direction_done(&self) {
+        if self.finished.fetch_add(1, Ordering::SeqCst) + 1 >= self.expected_directions() {
+            self.close();
+        }
+    }
+}
+
+struct State {
+    upstream: SocketAddr,
+    partitioned: AtomicBool,
+    stopped: AtomicBool,
+    conns: Mutex<Vec<Arc<Conn>>>,
+}
+
+/// A running proxy `listen_addr -> upstream`. Stops (and closes every
+/// connection) on drop.
+pub(crate) struct Proxy {
+    addr: SocketAddr,
+    state: Arc<State>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Start a proxy on a fresh loopback port forwarding to `upstream`.
+    pub(crate) fn start(upstream: SocketAddr) -> io::Result<Proxy> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let state = Arc::new(State {
+            upstream,
+            partitioned: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            conns: Mutex::new(Vec::new()),
+        });
+        let st = state.clone();
+        let accept = thread::Builder::new()
+            .name(format!("etcd-proxy-{}", addr.port()))
+            .stack_size(COPY_STACK)
+            .spawn(move || accept_loop(listener, st))?;
+        Ok(Proxy {
+            addr,
+            state,
+            accept: Some(accept),
+        })
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Blackhole: drop all traffic on existing and new connections.
+    pub(crate) fn partition(&self) {
+        let conns = self.state.conns.lock().unwrap();
+        self.state.partitioned.store(true, Ordering::SeqCst);
+        for c in conns.iter() {
+            c.blackholed.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// Resume forwarding for new connections; close every blackholed one.
+    pub(crate) fn heal(&self) {
+        let mut conns = self.state.conns.lock().unwrap();
+        self.state.partitioned.store(false, Ordering::SeqCst);
+        for c in conns.iter() {
+            if c.blackholed.load(Ordering::SeqCst) {
+                c.close();
+            }
+        }
+        conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+    }
+
+    /// Close every current connection (both sides).
+    pub(crate) fn reset(&self) {
+        let mut conns = self.state.conns.lock().unwrap();
+        for c in conns.iter() {
+            c.close();
+        }
+        conns.clear();
+    }
+
+    pub(crate) fn is_partitioned(&self) -> bool {
+        self.state.partitioned.load(Ordering::SeqCst)
+    }
+
+    /// Number of connections currently tracked (open, forwarding or blackholed).
+    pub(crate) fn connection_count(&self) -> usize {
+        let mut conns = self.state.conns.lock().unwrap();
+        conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+        conns.len()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.state.stopped.store(true, Ordering::SeqCst);
+        // Wake the accept thread.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(500));
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        self.reset();
+    }
+}
+
+fn accept_loop(listener: TcpListener, state: Arc<State>) {
+    for stream in listener.incoming() {
+        if state.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let Ok(client) = stream else { continue };
+        let _ = client.set_nodelay(true);
+        let upstream = if state.partitioned.load(Ordering::SeqCst) {
+            None
+        } else {
+            match TcpStream::connect_timeout(&state.upstream, Duration::from_secs(1)) {
+                Ok(u) => {
+                    let _ = u.set_nodelay(true);
+                    Some(u)
+                }
+                // Upstream is down: drop the client, like a refused connection.
+                Err(_) => continue,
+            }
+        };
+        let conn = {
+            let mut conns = state.conns.lock().unwrap();
+            conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+            let conn = Arc::new(Conn {
+                client,
+                upstream,
+                blackholed: AtomicBool::new(state.partitioned.load(Ordering::SeqCst)),
+                closed: AtomicBool::new(false),
+                finished: AtomicUsize::new(0),
+            });
+            conns.push(conn.clone());
+            conn
+        };
+        if let Err(_e) = spawn_copies(&conn) {
+            conn.close();
+        }
+    }
+}
+
+fn spawn_copies(conn: &Arc<Conn>) -> io::Result<()> {
+    let client_r = conn.client.try_clone()?;
+    match &conn.upstream {
+        Some(up) => {
+            let up_r = up.try_clone()?;
+            let up_w = up.try_clone()?;
+            let client_w = conn.client.try_clone()?;
+            let c1 = conn.clone();
+            thread::Builder::new()
+                .stack_size(COPY_STACK)
+                .spawn(move || copy(client_r, Some(up_w), &c1, true))?;
+            let c2 = conn.clone();
+            thread::Builder::new()
+                .stack_size(COPY_STACK)
+                .spawn(move || copy(up_r, Some(client_w), &c2, false))?;
+        }
+        None => {
+            let c1 = conn.clone();
+            thread::Builder::new()
+                .stack_size(COPY_STACK)
+                .spawn(move || copy(client_r, None, &c1, true))?;
+        }
+    }
+    Ok(())
+}
+
+/// Copy `src -> dst` until EOF/error, discarding data while blackholed.
+fn copy(mut src: TcpStream, mut dst: Option<TcpStream>, conn: &Conn, from_client: bool) {
+    let mut buf = vec![0u8; BUF];
+    loop {
+        match src.read(&mut buf) {
+            Ok(0) => {
+                if conn.blackholed.load(Ordering::SeqCst) {
+                    if from_client {
+                        // The client went away: nothing left to keep open.
+                        conn.close();
+                    }
+                    // Upstream EOF while partitioned: the client must not see it.
+                    return;
+                }
+                if let Some(d) = &dst {
+                    let _ = d.shutdown(Shutdown::Write);
+                }
+                conn.direction_done();
+                return;
+            }
+            Ok(n) => {
+                if conn.blackholed.load(Ordering::SeqCst) {
+                    continue;
+                }
+                if let Some(d) = dst.as_mut() {
+                    if d.write_all(&buf[..n]).is_err() {
+                        if !conn.blackholed.load(Ordering::SeqCst) {
+                            conn.close();
+                        }
+                        return;
+                    }
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                if !conn.blackholed.load(Ordering::SeqCst) || from_client {
+                    conn.close();
+                }
+                return;
+            }
+        }
+    }
+}
