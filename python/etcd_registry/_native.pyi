@@ -1,19 +1,36 @@
 """Type stubs of the native module (checked against it by mypy's stubtest)."""
 
+import builtins
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Final, Literal, Optional
+from typing import Any, Final, Literal, Optional, final
 
 from typing_extensions import Self
+
+__all__ = [
+    "Node",
+    "Registration",
+    "Registry",
+    "StatusEvent",
+    "Watch",
+    "WatchEvent",
+    "_CALL",
+    "_LOG",
+    "__version__",
+    "_set_log_level",
+    "_stop_dispatch",
+    "_take",
+]
 
 __version__: Final[str]
 _LOG: Final[int]
 _CALL: Final[int]
 
-RegistrationState = Literal["registering", "registered", "retrying", "unregistered"]
-StatusKind = Literal["registered", "failed", "keepalive_lost", "retrying", "reregistered", "unregistered"]
-WatchEventKind = Literal["added", "updated", "removed", "resynced"]
+_RegistrationState = Literal["registering", "registered", "retrying", "unregistered"]
+_StatusKind = Literal["registered", "failed", "keepalive_lost", "retrying", "reregistered", "unregistered"]
+_WatchEventKind = Literal["added", "updated", "removed", "resynced"]
 
+@final
 class Node:
     """A service node: its name and its info."""
 
@@ -23,26 +40,28 @@ class Node:
     @property
     def info(self) -> dict[str, str]:
         """A new dict on every access."""
-    def __eq__(self, other: object) -> bool: ...
-    def __ne__(self, other: object) -> bool: ...
+    def __eq__(self, other: object, /) -> bool: ...
+    def __ne__(self, other: object, /) -> bool: ...
     def __hash__(self) -> int: ...
 
+@final
 class WatchEvent:
     """One change of a watched service."""
 
     @property
-    def kind(self) -> WatchEventKind: ...
+    def kind(self) -> _WatchEventKind: ...
     @property
     def node(self) -> Optional[Node]:
         """The node (for "removed", its last known info); None for "resynced"."""
     @property
     def revision(self) -> int: ...
 
+@final
 class StatusEvent:
     """A change of a registration, as passed to ``on_status``."""
 
     @property
-    def kind(self) -> StatusKind: ...
+    def kind(self) -> _StatusKind: ...
     @property
     def service(self) -> str: ...
     @property
@@ -60,6 +79,7 @@ class StatusEvent:
     def lease_id(self) -> Optional[int]:
         """For "registered" and "reregistered": the lease of the key."""
 
+@final
 class Registration:
     """One registered node, returned by :meth:`Registry.register`."""
 
@@ -73,7 +93,7 @@ class Registration:
     def ttl(self) -> int:
         """The lease TTL in whole seconds."""
     @property
-    def state(self) -> RegistrationState: ...
+    def state(self) -> _RegistrationState: ...
     @property
     def lease_id(self) -> Optional[int]: ...
     def wait(self, timeout: Optional[float] = None) -> bool:
@@ -93,6 +113,7 @@ class Registration:
         traceback: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class Watch:
     """A watch on one service: its live node set and its events, in order."""
 
@@ -118,6 +139,7 @@ class Watch:
         traceback: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class Registry:
     """Registers service nodes in etcd and discovers them."""
 
@@ -133,7 +155,7 @@ class Registry:
         backoff_max: float = 30.0,
     ) -> Self: ...
     @property
-    def endpoints(self) -> list[str]: ...
+    def endpoints(self) -> builtins.list[str]: ...
     @property
     def base_path(self) -> str: ...
     @property
@@ -146,8 +168,8 @@ class Registry:
         ttl: float = 10.0,
         on_status: Optional[Callable[[StatusEvent], object]] = None,
     ) -> Registration: ...
-    def list(self, service: str) -> list[Node]: ...
-    def list_async(self, service: str) -> Awaitable[list[Node]]: ...
+    def list(self, service: str) -> builtins.list[Node]: ...
+    def list_async(self, service: str) -> Awaitable[builtins.list[Node]]: ...
     def watch(
         self, service: str, on_event: Optional[Callable[[WatchEvent], object]] = None
     ) -> Watch: ...
@@ -163,6 +185,6 @@ class Registry:
         traceback: Optional[TracebackType],
     ) -> bool: ...
 
-def _take(timeout: float) -> Optional[list[tuple[object, ...]]]: ...
+def _take(timeout: float) -> Optional[builtins.list[tuple[Any, ...]]]: ...
 def _stop_dispatch() -> None: ...
 def _set_log_level(level: int) -> None: ...

@@ -53,6 +53,16 @@ impl PyRegistry {
     fn core(&self, py: Python<'_>) -> PyResult<&registry::Registry> {
         self.inner.get(py, "Registry")
     }
+
+    /// The core registry if it is not closed: async calls fail at once rather than in the
+    /// awaitable.
+    fn open(&self, py: Python<'_>) -> PyResult<&registry::Registry> {
+        let core = self.core(py)?;
+        if core.is_closed() {
+            return Err(errors::closed(py, "the registry is closed"));
+        }
+        Ok(core)
+    }
 }
 
 #[pymethods]
@@ -141,7 +151,7 @@ impl PyRegistry {
 
     /// `list()` for asyncio.
     fn list_async<'py>(&self, py: Python<'py>, service: String) -> PyResult<Bound<'py, PyAny>> {
-        let core = self.core(py)?.clone();
+        let core = self.open(py)?.clone();
         asyncio::future_into_py(py, async move {
             Ok(Answer(core.list(&service).await.map(nodes)))
         })
@@ -169,7 +179,7 @@ impl PyRegistry {
         service: String,
         on_event: Option<Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let core = self.core(py)?.clone();
+        let core = self.open(py)?.clone();
         let on_event = callback_or_none(py, "on_event", on_event)?;
         asyncio::future_into_py(py, async move {
             let watch = match core.watch(&service).await {

@@ -1,0 +1,214 @@
+"""Fixtures: real etcd servers from the shared harness (tests/harness, `etcd-harness serve`).
+
+Nothing is mocked and no port is fixed: every etcd runs on free loopback ports chosen by the
+harness. A session-wide etcd serves the tests that do not hurt it; tests that kill, pause,
+partition or reconfigure etcd get their own (`fresh_etcd`, `proxied_etcd`, `etcd_factory`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import pytest
+
+import etcd_registry
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples" / "python"
+#: Generous bound for anything that should happen "soon"; tests poll, never sleep.
+DEADLINE = 30.0
+
+
+def harness_binary() -> str:
+    explicit = os.environ.get("ETCD_HARNESS_BIN")
+    if explicit:
+        return explicit
+    target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+    path = target / "debug" / "etcd-harness"
+    if not path.exists():
+        pytest.exit(f"{path} is missing: run `cargo build -p etcd-harness` (python/run-tests.sh does)", 2)
+    return str(path)
+
+
+class Etcd:
+    """One `etcd-harness serve` process: a real etcd (cluster) and its control commands."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [harness_binary(), "serve", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            self.proc.wait(timeout=10)
+            raise RuntimeError(f"etcd-harness serve {' '.join(args)} exited with {self.proc.returncode}")
+        info = json.loads(line)
+        if not info.get("ok", True):
+            raise RuntimeError(f"etcd-harness failed: {info}")
+        self.endpoints: List[str] = info["endpoints"]
+        self.direct_endpoints: List[str] = info["direct_endpoints"]
+        self.control: str = info["control"]
+        self._lock = threading.Lock()
+
+    @property
+    def env_endpoints(self) -> str:
+        return ",".join(self.endpoints)
+
+    def cmd(self, *words: Any) -> Any:
+        """Runs one harness command and returns its value; a failed command raises."""
+        line = " ".join(str(w) for w in words)
+        with self._lock:
+            assert self.proc.stdin is not None and self.proc.stdout is not None
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+            answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"etcd-harness died during {line!r}")
+        reply = json.loads(answer)
+        if not reply["ok"]:
+            raise RuntimeError(f"etcd-harness {line!r}: {reply['error']}")
+        return reply.get("value")
+
+    def get_prefix(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in self.cmd("get-prefix", prefix)}
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                assert self.proc.stdin is not None
+                self.proc.stdin.close()
+                self.proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+@pytest.fixture(scope="session")
+def etcd() -> Iterator[Etcd]:
+    server = Etcd()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def etcd_factory() -> Iterator[Callable[..., Etcd]]:
+    """Starts etcds of the test's own (arguments as for `etcd-harness serve`)."""
+    started: list[Etcd] = []
+
+    def start(*args: str) -> Etcd:
+        server = Etcd(*args)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
+
+
+@pytest.fixture
+def fresh_etcd(etcd_factory: Callable[..., Etcd]) -> Etcd:
+    """An etcd of this test's own, to kill and restart."""
+    return etcd_factory()
+
+
+@pytest.fixture
+def proxied_etcd(etcd_factory: Callable[..., Etcd]) -> Etcd:
+    """An etcd behind the harness's TCP proxy, to partition and heal."""
+    return etcd_factory("--proxy")
+
+
+@pytest.fixture
+def base_path() -> str:
+    """A key prefix of this test's own on the shared etcd."""
+    return f"/pytest/{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def registry(etcd: Etcd, base_path: str) -> Iterator[etcd_registry.Registry]:
+    reg = etcd_registry.Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
+    yield reg
+    reg.close()
+
+
+def quick_registry(server: Etcd, base_path: str = "/s", **kwargs: Any) -> etcd_registry.Registry:
+    """A registry with short timeouts and quick retries, so recovery tests stay short."""
+    kwargs.setdefault("timeout", 2.0)
+    kwargs.setdefault("backoff_min", 0.2)
+    kwargs.setdefault("backoff_max", 2.0)
+    return etcd_registry.Registry(server.endpoints, base_path=base_path, **kwargs)
+
+
+def eventually(what: str, check: Callable[[], Any], deadline: float = DEADLINE) -> Any:
+    """Polls `check` until it returns something truthy, which is returned; fails after `deadline`."""
+    end = time.monotonic() + deadline
+    last: Any = None
+    while True:
+        try:
+            last = check()
+        except Exception as exc:  # noqa: BLE001 - keep polling through transient errors
+            last = exc
+        else:
+            if last:
+                return last
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}; last result: {last!r}")
+        time.sleep(0.05)
+
+
+class Recorder:
+    """A callback that records what it is given, for assertions from the test thread."""
+
+    def __init__(self) -> None:
+        self.items: list[Any] = []
+        self.threads: set[str] = set()
+        self._cond = threading.Condition()
+
+    def __call__(self, item: Any) -> None:
+        with self._cond:
+            self.items.append(item)
+            self.threads.add(threading.current_thread().name)
+            self._cond.notify_all()
+
+    def kinds(self) -> list[str]:
+        with self._cond:
+            return [i.kind for i in self.items]
+
+    def wait_for(self, what: str, predicate: Callable[[Any], bool], start: int = 0) -> int:
+        """Waits for an item matching `predicate` at index >= `start`; returns its index."""
+        end = time.monotonic() + DEADLINE
+        with self._cond:
+            while True:
+                for i in range(start, len(self.items)):
+                    if predicate(self.items[i]):
+                        return i
+                left = end - time.monotonic()
+                if left <= 0:
+                    pytest.fail(f"timed out waiting for {what}; got {self.items!r}")
+                self._cond.wait(left)
+
+    def wait_kind(self, kind: str, start: int = 0) -> int:
+        return self.wait_for(repr(kind), lambda i: i.kind == kind, start)
+
+
+def run_python(code_or_path: str, *args: str, env: Optional[dict[str, str]] = None, timeout: float = 60.0,
+               **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """Runs a Python script (a path, or code with `-c`) in a fresh interpreter."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    argv = [sys.executable, code_or_path, *args] if code_or_path.endswith(".py") else [sys.executable, "-c", code_or_path, *args]
+    return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, **kwargs)
+

@@ -1,0 +1,298 @@
+"""The synchronous API against a real etcd: register, wait, list, unregister, close, and the
+errors a user meets."""
+
+from __future__ import annotations
+
+import json
+import socket
+from collections import OrderedDict
+from typing import Iterator
+
+import pytest
+
+import etcd_registry
+from etcd_registry import (
+    AuthError,
+    ClosedError,
+    InvalidArgument,
+    Node,
+    Registry,
+    RegistryConnectionError,
+    RegistryError,
+    RegistryTimeoutError,
+)
+
+from conftest import DEADLINE, Etcd, eventually
+
+
+def test_register_wait_list_unregister(registry: Registry, etcd: Etcd, base_path: str) -> None:
+    handle = registry.register("api", "node-1", {"address": "10.0.0.5:8080", "zone": "a"}, ttl=30.0)
+    assert handle.state in ("registering", "registered")
+    assert handle.wait(timeout=DEADLINE) is True
+    assert handle.state == "registered"
+    assert handle.key == f"{base_path}/api/node-1"
+    assert handle.service == "api"
+    assert handle.node == Node("node-1", {"address": "10.0.0.5:8080", "zone": "a"})
+    assert handle.ttl == 30
+    assert isinstance(handle.lease_id, int)
+
+    # What etcd holds is the Go library's wire format: a JSON object of strings.
+    stored = etcd.get_prefix(f"{base_path}/api/")
+    assert json.loads(stored[f"{base_path}/api/node-1"]) == {"address": "10.0.0.5:8080", "zone": "a"}
+
+    nodes = registry.list("api")
+    assert [n.name for n in nodes] == ["node-1"]
+    assert nodes[0].info == {"address": "10.0.0.5:8080", "zone": "a"}
+    assert registry.list("other") == []
+
+    handle.unregister()
+    assert handle.state == "unregistered"
+    assert registry.list("api") == []
+    assert etcd.get_prefix(f"{base_path}/api/") == {}
+    handle.unregister()  # idempotent
+
+
+def test_context_managers_unregister_and_close(etcd: Etcd, base_path: str) -> None:
+    with Registry(etcd.endpoints, base_path=base_path) as reg:
+        with reg.register("api", "a", {"k": "v"}) as first:
+            assert first.wait(DEADLINE)
+            assert [n.name for n in reg.list("api")] == ["a"]
+        assert first.state == "unregistered"
+        assert reg.list("api") == []
+        second = reg.register("api", "b")
+        assert second.wait(DEADLINE)
+        assert not reg.closed
+    # close() on exit unregisters everything.
+    assert reg.closed
+    assert second.state == "unregistered"
+    assert etcd.get_prefix(f"{base_path}/") == {}
+
+
+def test_info_may_be_any_mapping_or_none(registry: Registry) -> None:
+    a = registry.register("api", "a", OrderedDict(x="1"))
+    b = registry.register("api", "b")
+    c = registry.register("api", "c", None)
+    for handle in (a, b, c):
+        assert handle.wait(DEADLINE)
+    assert {n.name: n.info for n in registry.list("api")} == {"a": {"x": "1"}, "b": {}, "c": {}}
+
+
+def test_reregistering_a_node_replaces_it(registry: Registry) -> None:
+    old = registry.register("api", "n", {"v": "1"})
+    assert old.wait(DEADLINE)
+    new = registry.register("api", "n", {"v": "2"})
+    assert new.wait(DEADLINE)
+    eventually("the old registration to end", lambda: old.state == "unregistered")
+    assert [n.info for n in registry.list("api")] == [{"v": "2"}]
+
+
+def test_node_value_type() -> None:
+    node = Node("n1", {"a": "b"})
+    assert node.name == "n1"
+    assert node.info == {"a": "b"}
+    node.info["a"] = "changed"  # a copy: the node is immutable
+    assert node.info == {"a": "b"}
+    assert node == Node("n1", {"a": "b"})
+    assert node != Node("n1", {"a": "c"})
+    assert len({node, Node("n1", {"a": "b"})}) == 1
+    assert repr(node) == "Node(name='n1', info={'a': 'b'})"
+    assert Node("x").info == {}
+
+
+def test_wrong_argument_types_are_type_errors(registry: Registry) -> None:
+    with pytest.raises(TypeError, match="info value for \"k\" must be str, not int"):
+        registry.register("api", "n", {"k": 1})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="info keys must be str"):
+        registry.register("api", "n", {1: "v"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError, match="mapping"):
+        registry.register("api", "n", ["k", "v"])  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        registry.register(42, "n")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        registry.register("api", None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_status must be callable"):
+        registry.register("api", "n", on_status="print")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="on_event must be callable"):
+        registry.watch("api", on_event=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        registry.list(None)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        Registry("127.0.0.1:2379")  # type: ignore[arg-type]  # a str is not a list of endpoints
+    with pytest.raises(TypeError):
+        Node("n", {"k": b"v"})  # type: ignore[dict-item]
+    assert registry.list("api") == [], "nothing was registered by the failed calls"
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda r: r.register("", "n"),
+        lambda r: r.register("api", "  "),
+        lambda r: r.register("api", ".."),
+        lambda r: r.register("api", "n", ttl=0),
+        lambda r: r.register("api", "n", ttl=-1.0),
+        lambda r: r.register("api", "n", ttl=float("nan")),
+        lambda r: r.register("api", "n", ttl=1e12),
+        lambda r: r.register("api", "n", {"": "v"}),
+        lambda r: r.register("api", "n", {"big": "x" * 2_000_000}),
+        lambda r: r.list(""),
+        lambda r: r.watch(""),
+    ],
+    ids=["empty service", "blank node", "dot-dot", "zero ttl", "negative ttl", "nan ttl", "huge ttl",
+         "empty info key", "oversized info", "list empty", "watch empty"],
+)
+def test_invalid_arguments(registry: Registry, call) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArgument) as info:
+        call(registry)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, RegistryError)
+    assert info.value.kind == "invalid argument"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"endpoints": []},
+        {"endpoints": ["localhost"]},
+        {"endpoints": ["ftp://h:1"]},
+        {"endpoints": ["h:1"], "timeout": 0},
+        {"endpoints": ["h:1"], "timeout": -1},
+        {"endpoints": ["h:1"], "backoff_min": 2.0, "backoff_max": 1.0},
+        {"endpoints": ["h:1"], "password": "secret"},
+    ],
+    ids=["no endpoints", "no port", "bad scheme", "zero timeout", "negative timeout", "backoff", "password alone"],
+)
+def test_invalid_configuration(kwargs) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidArgument):
+        Registry(**kwargs)
+
+
+def test_wait_timeout_semantics(registry: Registry) -> None:
+    handle = registry.register("api", "n")
+    with pytest.raises(InvalidArgument):
+        handle.wait(timeout=-1)
+    assert handle.wait(timeout=None) is True
+    # Registered once: waiting again answers at once, also with a zero timeout.
+    assert handle.wait(timeout=0) is True
+    handle.unregister()
+    assert handle.wait(timeout=0) is True
+
+
+def test_wait_returns_false_on_timeout_while_first_attempt_hangs() -> None:
+    # A listener that never answers: the first attempt hangs until the call timeout (60 s),
+    # so wait() runs out first.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host, port = silent.getsockname()
+        with Registry([f"{host}:{port}"], timeout=60.0) as reg:
+            handle = reg.register("api", "n")
+            assert handle.wait(timeout=0.3) is False
+            assert handle.state == "registering"
+
+
+def test_unreachable_etcd_is_a_connection_error_and_retries_go_on() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host, port = s.getsockname()
+    # Nothing listens on `port` now.
+    with Registry([f"{host}:{port}"], timeout=2.0, backoff_min=0.1, backoff_max=0.2) as reg:
+        with pytest.raises(RegistryConnectionError) as info:
+            reg.list("api")
+        assert isinstance(info.value, ConnectionError)
+        assert isinstance(info.value, RegistryError)
+        handle = reg.register("api", "n")
+        with pytest.raises(ConnectionError):
+            handle.wait(timeout=DEADLINE)
+        assert handle.state == "registering", "retries go on in the background"
+
+
+def test_silent_etcd_is_a_timeout_error() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        host, port = silent.getsockname()
+        with Registry([f"{host}:{port}"], timeout=0.5) as reg:
+            with pytest.raises(RegistryTimeoutError) as info:
+                reg.list("api")
+            assert isinstance(info.value, TimeoutError)
+            assert isinstance(info.value, RegistryError)
+            assert info.value.kind == "timeout"
+
+
+@pytest.fixture
+def auth_etcd(etcd_factory) -> Iterator[Etcd]:  # type: ignore[no-untyped-def]
+    server = etcd_factory()
+    server.cmd("enable-auth", "svc", "s3cret")
+    yield server
+
+
+def test_auth_success_and_wrong_password(auth_etcd: Etcd) -> None:
+    with Registry(auth_etcd.endpoints, username="svc", password="s3cret", timeout=5.0) as reg:
+        handle = reg.register("api", "n", {"a": "b"})
+        assert handle.wait(DEADLINE)
+        assert [n.name for n in reg.list("api")] == ["n"]
+    with Registry(auth_etcd.endpoints, username="svc", password="wrong", timeout=5.0) as reg:
+        handle = reg.register("api", "n")
+        with pytest.raises(AuthError) as info:
+            handle.wait(DEADLINE)
+        assert isinstance(info.value, RegistryError)
+        with pytest.raises(AuthError):
+            reg.list("api")
+
+
+def test_every_call_after_close_raises_closed_error(etcd: Etcd, base_path: str) -> None:
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    handle = reg.register("api", "n")
+    assert handle.wait(DEADLINE)
+    watch = reg.watch("api")
+    reg.close()
+    reg.close()  # idempotent
+    assert reg.closed
+    for call in (
+        lambda: reg.register("api", "m"),
+        lambda: reg.list("api"),
+        lambda: reg.watch("api"),
+        lambda: reg.list_async("api"),
+        lambda: reg.watch_async("api"),
+    ):
+        with pytest.raises(ClosedError) as info:
+            call()
+        assert isinstance(info.value, RegistryError)
+        assert info.value.kind == "closed"
+    # Its objects end too: the registration is unregistered, the watch is over.
+    assert handle.state == "unregistered"
+    handle.unregister()
+    eventually("the watch to end", lambda: watch.closed)
+    assert all(e.kind == "added" for e in watch), "iteration ends after close"
+    with pytest.raises(ClosedError):
+        watch.nodes()
+    with reg:  # entering a closed registry is allowed, closing again is a no-op
+        pass
+
+
+def test_exception_hierarchy() -> None:
+    for cls in (
+        etcd_registry.InvalidArgument,
+        etcd_registry.RegistryConnectionError,
+        etcd_registry.RegistryTimeoutError,
+        etcd_registry.AuthError,
+        etcd_registry.NotFoundError,
+        etcd_registry.ClosedError,
+        etcd_registry.InternalError,
+    ):
+        assert issubclass(cls, RegistryError)
+    assert issubclass(InvalidArgument, ValueError)
+    assert issubclass(RegistryTimeoutError, TimeoutError)
+    assert issubclass(RegistryConnectionError, ConnectionError)
+    assert set(etcd_registry.__all__) <= set(dir(etcd_registry))
+
+
+def test_reprs(registry: Registry) -> None:
+    assert repr(registry).startswith("Registry(endpoints=[")
+    handle = registry.register("api", "n")
+    assert handle.wait(DEADLINE)
+    assert repr(handle) == f'Registration(key="{handle.key}", state="registered")'
+    with registry.watch("api") as watch:
+        assert repr(watch) == 'Watch(service="api", closed=False)'
+    assert isinstance(etcd_registry.__version__, str)
