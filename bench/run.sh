@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The benchmark: every layer (raw etcd-client floor, Rust core, C, Python, Go) against its own
+# throwaway etcd. Prints one table per measurement and writes bench/results/latest.json,
+# bench/results/latest.svg and BENCHMARKS.md. BENCH_QUICK=1 for a ~1 minute run.
+# Never fails because a target was missed; a binding that is not built is skipped.
+# Extra arguments go to the orchestrator (e.g. --phases latency).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+export CARGO_TERM_COLOR=never
+OUT="$CARGO_TARGET_DIR/bench"
+mkdir -p "$OUT/logs"
+
+bash scripts/setup.sh demo   # protoc and etcd, if missing
+
+echo "bench: building the orchestrator and the Rust drivers (release)"
+cargo build --release -q -p etcd-registry-bench
+BENCH="$CARGO_TARGET_DIR/release/etcd-registry-bench"
+
+args=()
+skip() { # layer, reason
+  echo "skipped: $1 not built ($2)"
+  args+=(--skip "$1=$2")
+}
+
+# ---- C: bench/c/driver.c against the static library and include/etcd_registry.h
+build_c() {
+  [ -f bench/c/driver.c ] || { skip c "no bench/c/driver.c"; return; }
+  [ -f include/etcd_registry.h ] || { skip c "include/etcd_registry.h missing"; return; }
+  if ! cargo build --release -q -p etcd-registry-ffi >"$OUT/logs/c-build.log" 2>&1; then
+    skip c "cargo build -p etcd-registry-ffi failed, see $OUT/logs/c-build.log"; return
+  fi
+  local lib="$CARGO_TARGET_DIR/release/libetcd_registry.a"
+  [ -f "$lib" ] || { skip c "$lib missing"; return; }
+  if ! ${CC:-cc} -O2 -std=c11 -Wall -Iinclude -o "$OUT/c-driver" bench/c/driver.c "$lib" \
+       -lpthread -ldl -lm >>"$OUT/logs/c-build.log" 2>&1; then
+    skip c "compiling bench/c/driver.c failed, see $OUT/logs/c-build.log"; return
+  fi
+  args+=(--layer "c=$OUT/c-driver")
+}
+
+# ---- Python: bench/python/driver.py with the installed etcd_registry module
+build_python() {
+  local py=${PYTHON:-python3}
+  [ -f bench/python/driver.py ] || { skip python "no bench/python/driver.py"; return; }
+  if ! "$py" -c "import etcd_registry" >/dev/null 2>&1; then
+    skip python "the etcd_registry module is not installed"; return
+  fi
+  args+=(--layer "python=$py $ROOT/bench/python/driver.py")
+}
+
+# ---- Go: bench/go/driver.go against the go/ package
+build_go() {
+  [ -f bench/go/driver.go ] || { skip go "no bench/go/driver.go"; return; }
+  [ -d go ] || { skip go "no go/ package"; return; }
+  command -v go >/dev/null 2>&1 || { skip go "go is not installed"; return; }
+  if ! (cd bench/go && go build -o "$OUT/go-driver" .) >"$OUT/logs/go-build.log" 2>&1; then
+    skip go "go build of bench/go failed, see $OUT/logs/go-build.log"; return
+  fi
+  args+=(--layer "go=$OUT/go-driver")
+}
+
+build_c
+build_python
+build_go
+
+exec "$BENCH" run --log-dir "$OUT/logs" --out bench/results --markdown BENCHMARKS.md "${args[@]}" "$@"

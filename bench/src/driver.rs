@@ -1,0 +1,703 @@
+//! The two Rust drivers, `raw` (plain `etcd-client`, the floor) and `core` (the `etcd-registry`
+//! crate), speaking the driver protocol of `bench/README.md` on stdin/stdout. The C, Python and
+//! Go drivers speak the same protocol.
+//!
+//! Usage: `etcd-registry-bench driver raw|core ENDPOINTS BASE_PATH`.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_client::{
+    Client, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
+use registry::{Config, Node, Registration, RegistrationState, Registry, WatchEventKind};
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+type Info = BTreeMap<String, String>;
+type Reply = Result<Value, String>;
+
+/// Untimed operations before every timed series.
+const WARMUP: usize = 3;
+/// Longest wait for one operation of a timed series.
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn main(args: &[String]) -> i32 {
+    let [layer, endpoints, base] = args else {
+        eprintln!("usage: etcd-registry-bench driver raw|core ENDPOINTS BASE_PATH");
+        return 2;
+    };
+    let endpoints: Vec<String> = endpoints
+        .split(',')
+        .filter(|e| !e.is_empty())
+        .map(str::to_string)
+        .collect();
+    let mut driver = match layer.as_str() {
+        "raw" => Driver::Raw(Raw {
+            endpoints,
+            base: base.clone(),
+            hold: None,
+        }),
+        "core" => Driver::Core(Core {
+            endpoints,
+            base: base.clone(),
+            hold: None,
+        }),
+        other => {
+            eprintln!("unknown layer {other:?}: raw or core");
+            return 2;
+        }
+    };
+    emit(json!({"ready": true}));
+    // Created at the first command, so that the thread count at `ready` is the bare process.
+    let mut runtime: Option<tokio::runtime::Runtime> = None;
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        let words: Vec<&str> = line.split_whitespace().collect();
+        if words.is_empty() {
+            continue;
+        }
+        if words[0] == "quit" {
+            break;
+        }
+        let rt = runtime.get_or_insert_with(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime")
+        });
+        let reply = rt.block_on(driver.handle(&words));
+        emit(reply.unwrap_or_else(|e| json!({ "error": e })));
+    }
+    if let Some(rt) = runtime {
+        rt.block_on(driver.release());
+    }
+    0
+}
+
+/// One JSON line on stdout (Rust's stdout is line-buffered, so each line is flushed).
+fn emit(v: Value) {
+    println!("{v}");
+}
+
+fn unix_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn node_info(k: usize) -> Info {
+    [
+        (
+            "address".to_string(),
+            format!("10.0.{}.{}:8080", k / 256 % 256, k % 256),
+        ),
+        ("version".to_string(), "1.0.0".to_string()),
+    ]
+    .into()
+}
+
+fn arg<T: std::str::FromStr>(words: &[&str], i: usize, what: &str) -> Result<T, String> {
+    words
+        .get(i)
+        .ok_or_else(|| format!("{}: missing {what}", words[0]))?
+        .parse()
+        .map_err(|_| format!("{}: bad {what} {:?}", words[0], words[i]))
+}
+
+/// Lag in microseconds of a watched node whose info carries `t` (unix ns at the put).
+fn lag_of(info: &Info, now_ns: u128) -> Option<f64> {
+    let t: u128 = info.get("t")?.parse().ok()?;
+    Some(now_ns.saturating_sub(t) as f64 / 1000.0)
+}
+
+async fn within<T>(what: &str, fut: impl std::future::Future<Output = T>) -> Result<T, String> {
+    tokio::time::timeout(OP_TIMEOUT, fut)
+        .await
+        .map_err(|_| format!("{what}: no result within {OP_TIMEOUT:?}"))
+}
+
+enum Driver {
+    Raw(Raw),
+    Core(Core),
+}
+
+impl Driver {
+    async fn handle(&mut self, words: &[&str]) -> Reply {
+        match (words[0], self) {
+            ("list", Driver::Raw(d)) => {
+                d.list(arg(words, 1, "service")?, arg(words, 2, "n")?).await
+            }
+            ("list", Driver::Core(d)) => {
+                d.list(arg(words, 1, "service")?, arg(words, 2, "n")?).await
+            }
+            ("register_visible", Driver::Raw(d)) => {
+                d.register_visible(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    arg(words, 3, "ttl")?,
+                )
+                .await
+            }
+            ("register_visible", Driver::Core(d)) => {
+                d.register_visible(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    arg(words, 3, "ttl")?,
+                )
+                .await
+            }
+            ("watch", Driver::Raw(d)) => {
+                d.watch(arg(words, 1, "service")?, arg(words, 2, "n")?)
+                    .await
+            }
+            ("watch", Driver::Core(d)) => {
+                d.watch(arg(words, 1, "service")?, arg(words, 2, "n")?)
+                    .await
+            }
+            ("hold", Driver::Raw(d)) => {
+                d.hold(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    arg(words, 3, "ttl")?,
+                )
+                .await
+            }
+            ("hold", Driver::Core(d)) => {
+                d.hold(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    arg(words, 3, "ttl")?,
+                )
+                .await
+            }
+            ("state", Driver::Raw(d)) => Ok(d.state()),
+            ("state", Driver::Core(d)) => Ok(d.state()),
+            ("release", d) => {
+                d.release().await;
+                Ok(json!({"released": true}))
+            }
+            (other, _) => Err(format!("unknown command {other:?}")),
+        }
+    }
+
+    async fn release(&mut self) {
+        match self {
+            Driver::Raw(d) => d.release().await,
+            Driver::Core(d) => d.release().await,
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------ raw
+
+/// The floor: what a program does with `etcd-client` alone. A registration is one put on a
+/// lease granted once per TTL (as the core shares one lease per TTL), kept alive every TTL/3;
+/// a listing is one range request decoded into (name, info) like the core's; after any loss it
+/// retries every 100 ms (the core backs off 1 s doubling to 30 s).
+struct Raw {
+    endpoints: Vec<String>,
+    base: String,
+    hold: Option<RawHold>,
+}
+
+struct RawHold {
+    state: Arc<Mutex<RawState>>,
+    keeper: JoinHandle<()>,
+    ttl: i64,
+}
+
+struct RawState {
+    client: Client,
+    lease: Option<i64>,
+    keys: Vec<(String, String)>,
+    healthy: bool,
+}
+
+fn raw_options() -> ConnectOptions {
+    // The core's connection settings: HTTP/2 pings while streams are open.
+    ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_keep_alive(Duration::from_secs(7), Duration::from_secs(3))
+        .with_keep_alive_while_idle(false)
+}
+
+async fn raw_connect(endpoints: &[String]) -> Result<Client, String> {
+    Client::connect(endpoints, Some(raw_options()))
+        .await
+        .map_err(|e| format!("connect: {e}"))
+}
+
+async fn raw_list(c: &mut Client, prefix: &str) -> Result<Vec<(String, Info)>, String> {
+    let resp = c
+        .get(prefix, Some(GetOptions::new().with_prefix()))
+        .await
+        .map_err(|e| format!("get: {e}"))?;
+    Ok(resp
+        .kvs()
+        .iter()
+        .filter_map(|kv| {
+            let name = kv.key_str().ok()?.strip_prefix(prefix)?;
+            if name.is_empty() || name.contains('/') {
+                return None;
+            }
+            let info: Info = serde_json::from_slice(kv.value()).unwrap_or_default();
+            Some((name.to_string(), info))
+        })
+        .collect())
+}
+
+fn lock(state: &Mutex<RawState>) -> std::sync::MutexGuard<'_, RawState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Raw {
+    fn prefix(&self, service: &str) -> String {
+        format!("{}/{service}/", self.base.trim_end_matches('/'))
+    }
+
+    async fn list(&mut self, service: String, n: usize) -> Reply {
+        let prefix = self.prefix(&service);
+        let mut c = raw_connect(&self.endpoints).await?;
+        let mut samples = Vec::with_capacity(n);
+        let mut nodes = 0;
+        for i in 0..WARMUP + n {
+            let t0 = Instant::now();
+            let listing = within("list", raw_list(&mut c, &prefix)).await??;
+            let took = t0.elapsed();
+            nodes = listing.len();
+            if i >= WARMUP {
+                samples.push(us(took));
+            }
+        }
+        Ok(json!({"us": samples, "nodes": nodes}))
+    }
+
+    async fn register_visible(&mut self, service: String, n: usize, ttl: i64) -> Reply {
+        let prefix = self.prefix(&service);
+        let mut a = raw_connect(&self.endpoints).await?;
+        let mut b = raw_connect(&self.endpoints).await?;
+        let lease = a
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| format!("grant: {e}"))?
+            .id();
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..WARMUP + n {
+            let name = format!("n{i}");
+            let value = serde_json::to_string(&node_info(i)).unwrap_or_default();
+            let t0 = Instant::now();
+            a.put(
+                format!("{prefix}{name}"),
+                value,
+                Some(PutOptions::new().with_lease(lease)),
+            )
+            .await
+            .map_err(|e| format!("put: {e}"))?;
+            within("register_visible", async {
+                loop {
+                    if raw_list(&mut b, &prefix)
+                        .await?
+                        .iter()
+                        .any(|(n, _)| *n == name)
+                    {
+                        return Ok::<(), String>(());
+                    }
+                }
+            })
+            .await??;
+            if i >= WARMUP {
+                samples.push(us(t0.elapsed()));
+            }
+        }
+        let _ = a.lease_revoke(lease).await;
+        Ok(json!({ "us": samples }))
+    }
+
+    async fn watch(&mut self, service: String, n: usize) -> Reply {
+        let prefix = self.prefix(&service);
+        let mut c = raw_connect(&self.endpoints).await?;
+        let mut stream = c
+            .watch(prefix.as_str(), Some(WatchOptions::new().with_prefix()))
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
+        loop {
+            let m = within("watch creation", stream.message())
+                .await?
+                .map_err(|e| format!("watch: {e}"))?
+                .ok_or("watch stream closed")?;
+            if m.created() {
+                break;
+            }
+        }
+        emit(json!({"ready": true}));
+        let mut samples = Vec::with_capacity(n);
+        let mut warm = false;
+        while samples.len() < n {
+            let m = within("watch event", stream.message())
+                .await?
+                .map_err(|e| format!("watch: {e}"))?
+                .ok_or("watch stream closed")?;
+            let now = unix_ns();
+            for ev in m.events() {
+                if ev.event_type() != EventType::Put {
+                    continue;
+                }
+                let Some(kv) = ev.kv() else { continue };
+                let info: Info = serde_json::from_slice(kv.value()).unwrap_or_default();
+                if info.contains_key("warm") && !warm {
+                    warm = true;
+                    emit(json!({"warm": true}));
+                } else if let Some(lag) = lag_of(&info, now) {
+                    samples.push(lag);
+                }
+            }
+        }
+        Ok(json!({ "us": samples }))
+    }
+
+    async fn hold(&mut self, service: String, n: usize, ttl: i64) -> Reply {
+        let prefix = self.prefix(&service);
+        if self.hold.is_none() {
+            let mut client = raw_connect(&self.endpoints).await?;
+            let lease = client
+                .lease_grant(ttl, None)
+                .await
+                .map_err(|e| format!("grant: {e}"))?
+                .id();
+            let state = Arc::new(Mutex::new(RawState {
+                client,
+                lease: Some(lease),
+                keys: Vec::new(),
+                healthy: true,
+            }));
+            let keeper = tokio::spawn(raw_keeper(state.clone(), self.endpoints.clone(), ttl));
+            self.hold = Some(RawHold { state, keeper, ttl });
+        }
+        let hold = self.hold.as_ref().ok_or("no hold")?;
+        if hold.ttl != ttl {
+            return Err("raw driver: one TTL per hold session".into());
+        }
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let (mut client, lease, k) = {
+                let st = lock(&hold.state);
+                (
+                    st.client.clone(),
+                    st.lease.ok_or("no lease")?,
+                    st.keys.len(),
+                )
+            };
+            let key = format!("{prefix}n{k}");
+            let value = serde_json::to_string(&node_info(k)).unwrap_or_default();
+            within(
+                "put",
+                client.put(
+                    key.clone(),
+                    value.clone(),
+                    Some(PutOptions::new().with_lease(lease)),
+                ),
+            )
+            .await?
+            .map_err(|e| format!("put: {e}"))?;
+            lock(&hold.state).keys.push((key, value));
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        let total = lock(&hold.state).keys.len();
+        Ok(json!({"ms": ms, "registered": total}))
+    }
+
+    fn state(&self) -> Value {
+        let (registered, total) = match &self.hold {
+            None => (0, 0),
+            Some(h) => {
+                let st = lock(&h.state);
+                (if st.healthy { st.keys.len() } else { 0 }, st.keys.len())
+            }
+        };
+        json!({"registered": registered, "total": total})
+    }
+
+    async fn release(&mut self) {
+        if let Some(hold) = self.hold.take() {
+            hold.keeper.abort();
+            let (mut client, lease) = {
+                let st = lock(&hold.state);
+                (st.client.clone(), st.lease)
+            };
+            if let Some(lease) = lease {
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), client.lease_revoke(lease)).await;
+            }
+        }
+    }
+}
+
+/// Keeps the raw lease alive; after a loss, retries every 100 ms: keeps the lease if it
+/// survived (putting back missing keys), else grants a new one and puts every key again.
+async fn raw_keeper(state: Arc<Mutex<RawState>>, endpoints: Vec<String>, ttl: i64) {
+    loop {
+        let error = raw_keep_alive(&state, ttl).await;
+        tracing_free_log(&format!("raw keep-alive lost: {error}"));
+        lock(&state).healthy = false;
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match tokio::time::timeout(Duration::from_secs(5), raw_recover(&state, &endpoints, ttl))
+                .await
+            {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => tracing_free_log(&format!("raw recovery failed: {e}")),
+                Err(_) => tracing_free_log("raw recovery timed out"),
+            }
+        }
+        lock(&state).healthy = true;
+    }
+}
+
+fn tracing_free_log(msg: &str) {
+    eprintln!("[raw] {msg}");
+}
+
+async fn raw_keep_alive(state: &Mutex<RawState>, ttl: i64) -> String {
+    let (mut client, lease) = {
+        let st = lock(state);
+        (st.client.clone(), st.lease)
+    };
+    let Some(lease) = lease else {
+        return "no lease".into();
+    };
+    let (mut keeper, mut stream) = match client.lease_keep_alive(lease).await {
+        Ok(pair) => pair,
+        Err(e) => return e.to_string(),
+    };
+    let ttl = Duration::from_secs(ttl.max(1) as u64);
+    let period = (ttl / 3).max(Duration::from_millis(500));
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut last = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                if let Err(e) = keeper.keep_alive().await {
+                    return e.to_string();
+                }
+            }
+            m = stream.message() => match m {
+                Ok(Some(r)) if r.ttl() > 0 => last = tokio::time::Instant::now(),
+                Ok(Some(_)) => {
+                    lock(state).lease = None;
+                    return "lease expired".into();
+                }
+                Ok(None) => return "keep-alive stream closed".into(),
+                Err(e) => return e.to_string(),
+            },
+            _ = tokio::time::sleep_until(last + ttl) => return "no keep-alive answer for the TTL".into(),
+        }
+    }
+}
+
+async fn raw_recover(
+    state: &Mutex<RawState>,
+    endpoints: &[String],
+    ttl: i64,
+) -> Result<(), String> {
+    let mut client = raw_connect(endpoints).await?;
+    let (lease, keys) = {
+        let st = lock(state);
+        (st.lease, st.keys.clone())
+    };
+    let mut attached = std::collections::HashSet::new();
+    let mut live = None;
+    if let Some(id) = lease {
+        let r = client
+            .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+            .await
+            .map_err(|e| format!("ttl: {e}"))?;
+        if r.ttl() > 0 {
+            live = Some(id);
+            attached.extend(r.keys().iter().cloned());
+        }
+    }
+    let lease = match live {
+        Some(id) => id,
+        None => client
+            .lease_grant(ttl, None)
+            .await
+            .map_err(|e| format!("grant: {e}"))?
+            .id(),
+    };
+    let missing: Vec<&(String, String)> = keys
+        .iter()
+        .filter(|(k, _)| !attached.contains(k.as_bytes()))
+        .collect();
+    for chunk in missing.chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(k, v)| {
+                TxnOp::put(
+                    k.as_str(),
+                    v.as_str(),
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+            })
+            .collect();
+        client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .map_err(|e| format!("txn: {e}"))?;
+    }
+    let mut st = lock(state);
+    st.client = client;
+    st.lease = Some(lease);
+    Ok(())
+}
+
+// ----------------------------------------------------------------------------------- core
+
+/// The Rust core, with its default configuration, on a 2-worker runtime of the driver's own
+/// (the size of the global runtime the C and Python bindings share).
+struct Core {
+    endpoints: Vec<String>,
+    base: String,
+    hold: Option<(Registry, Vec<Registration>)>,
+}
+
+impl Core {
+    async fn registry(&self) -> Result<Registry, String> {
+        Registry::connect(Config::new(self.endpoints.clone(), self.base.clone()))
+            .await
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    async fn list(&mut self, service: String, n: usize) -> Reply {
+        let r = self.registry().await?;
+        let mut samples = Vec::with_capacity(n);
+        let mut nodes = 0;
+        for i in 0..WARMUP + n {
+            let t0 = Instant::now();
+            let listing = within("list", r.list(&service))
+                .await?
+                .map_err(|e| format!("list: {e}"))?;
+            let took = t0.elapsed();
+            nodes = listing.len();
+            if i >= WARMUP {
+                samples.push(us(took));
+            }
+        }
+        let _ = r.close().await;
+        Ok(json!({"us": samples, "nodes": nodes}))
+    }
+
+    async fn register_visible(&mut self, service: String, n: usize, ttl: u64) -> Reply {
+        let a = self.registry().await?;
+        let b = self.registry().await?;
+        let mut regs = Vec::with_capacity(WARMUP + n);
+        let mut samples = Vec::with_capacity(n);
+        for i in 0..WARMUP + n {
+            let name = format!("n{i}");
+            let t0 = Instant::now();
+            let reg = a
+                .register(
+                    &service,
+                    Node::new(name.clone(), node_info(i)),
+                    Duration::from_secs(ttl),
+                )
+                .map_err(|e| format!("register: {e}"))?;
+            regs.push(reg);
+            within("register_visible", async {
+                loop {
+                    let nodes = b.list(&service).await.map_err(|e| format!("list: {e}"))?;
+                    if nodes.iter().any(|n| n.name == name) {
+                        return Ok::<(), String>(());
+                    }
+                }
+            })
+            .await??;
+            if i >= WARMUP {
+                samples.push(us(t0.elapsed()));
+            }
+        }
+        let _ = a.close().await;
+        let _ = b.close().await;
+        Ok(json!({ "us": samples }))
+    }
+
+    async fn watch(&mut self, service: String, n: usize) -> Reply {
+        let r = self.registry().await?;
+        let w = r.watch(&service).await.map_err(|e| format!("watch: {e}"))?;
+        emit(json!({"ready": true}));
+        let mut samples = Vec::with_capacity(n);
+        let mut warm = false;
+        while samples.len() < n {
+            let ev = within("watch event", w.next())
+                .await?
+                .ok_or("watch ended")?;
+            let now = unix_ns();
+            if !matches!(ev.kind, WatchEventKind::Added | WatchEventKind::Updated) {
+                continue;
+            }
+            let Some(node) = ev.node else { continue };
+            if node.info.contains_key("warm") && !warm {
+                warm = true;
+                emit(json!({"warm": true}));
+            } else if let Some(lag) = lag_of(&node.info, now) {
+                samples.push(lag);
+            }
+        }
+        drop(w);
+        let _ = r.close().await;
+        Ok(json!({ "us": samples }))
+    }
+
+    async fn hold(&mut self, service: String, n: usize, ttl: u64) -> Reply {
+        if self.hold.is_none() {
+            self.hold = Some((self.registry().await?, Vec::new()));
+        }
+        let (registry, regs) = self.hold.as_mut().ok_or("no hold")?;
+        let start = regs.len();
+        let t0 = Instant::now();
+        for k in start..start + n {
+            let reg = registry
+                .register(
+                    &service,
+                    Node::new(format!("n{k}"), node_info(k)),
+                    Duration::from_secs(ttl),
+                )
+                .map_err(|e| format!("register: {e}"))?;
+            regs.push(reg);
+        }
+        for reg in &regs[start..] {
+            reg.wait_registered(Duration::from_secs(120))
+                .await
+                .map_err(|e| format!("wait_registered: {e}"))?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3;
+        Ok(json!({"ms": ms, "registered": regs.len()}))
+    }
+
+    fn state(&self) -> Value {
+        let (registered, total) = match &self.hold {
+            None => (0, 0),
+            Some((_, regs)) => (
+                regs.iter()
+                    .filter(|r| r.state() == RegistrationState::Registered)
+                    .count(),
+                regs.len(),
+            ),
+        };
+        json!({"registered": registered, "total": total})
+    }
+
+    async fn release(&mut self) {
+        if let Some((registry, _)) = self.hold.take() {
+            let _ = registry.close().await;
+        }
+    }
+}

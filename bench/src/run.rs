@@ -1,0 +1,617 @@
+//! The orchestrator: starts etcd through the harness, runs every layer's driver through the
+//! measurements (interleaving layers, several rounds), and hands the results to the report.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use etcd_harness::EtcdCluster;
+use serde_json::{json, Value};
+
+use crate::child::{num, samples, Driver, Layer, Res};
+use crate::direct::Direct;
+use crate::report::{self, Pct, Recovery, Results};
+use crate::{stats, sysinfo};
+
+/// Base path of every key the benchmark writes.
+pub const BASE: &str = "/bench";
+/// TTL of the register → visible registrations (long enough never to expire during a run).
+const REGISTER_TTL: u64 = 30;
+/// Longest wait for a driver's reply to one command.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Iterations and durations, full or quick (`BENCH_QUICK=1`).
+pub struct Settings {
+    pub quick: bool,
+    pub rounds: usize,
+    /// (nodes in the service, timed lists per round).
+    pub list: Vec<(usize, usize)>,
+    pub register_iters: usize,
+    pub watch_events: usize,
+    pub watch_gap: Duration,
+    pub bulk_ttl: u64,
+    pub window: Duration,
+    pub recovery_rounds: usize,
+    pub recovery_nodes: usize,
+    pub short_outage: Duration,
+    pub long_ttl: u64,
+    pub short_ttl: u64,
+    pub long_outage: Duration,
+    pub recovery_timeout: Duration,
+}
+
+impl Settings {
+    fn new(quick: bool) -> Settings {
+        let full = !quick;
+        Settings {
+            quick,
+            rounds: if full { 5 } else { 3 },
+            list: if full {
+                vec![(1, 200), (100, 200), (1000, 50), (10000, 15)]
+            } else {
+                vec![(1, 50), (100, 50), (1000, 15), (10000, 5)]
+            },
+            register_iters: if full { 100 } else { 30 },
+            watch_events: if full { 200 } else { 50 },
+            watch_gap: Duration::from_millis(3),
+            bulk_ttl: 6,
+            window: Duration::from_secs(if full { 10 } else { 4 }),
+            recovery_rounds: if full { 2 } else { 1 },
+            recovery_nodes: 100,
+            short_outage: Duration::from_secs(5),
+            long_ttl: 10,
+            short_ttl: 3,
+            long_outage: Duration::from_secs(6),
+            recovery_timeout: Duration::from_secs(45),
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "quick": self.quick,
+            "rounds": self.rounds,
+            "list_sizes_and_iterations": self.list,
+            "register_visible_iterations": self.register_iters,
+            "watch_events": self.watch_events,
+            "watch_put_gap_ms": self.watch_gap.as_millis() as u64,
+            "bulk_ttl_s": self.bulk_ttl,
+            "idle_window_s": self.window.as_secs_f64(),
+            "recovery_rounds": self.recovery_rounds,
+            "recovery_nodes": self.recovery_nodes,
+            "short_outage_s": self.short_outage.as_secs_f64(),
+            "short_outage_ttl_s": self.long_ttl,
+            "long_outage_s": self.long_outage.as_secs_f64(),
+            "long_outage_ttl_s": self.short_ttl,
+        })
+    }
+}
+
+fn known_layer(name: &str, command: Vec<String>) -> Layer {
+    let (label, target) = match name {
+        "raw" => ("raw etcd-client (floor)", None),
+        "core" => ("Rust core", None),
+        "c" => ("C library", Some(1.10)),
+        "python" => ("Python", Some(1.5)),
+        "go" => ("Go", Some(1.3)),
+        other => (other, None),
+    };
+    Layer {
+        name: name.to_string(),
+        label: label.to_string(),
+        command,
+        target_ratio: target,
+    }
+}
+
+const USAGE: &str = "usage: etcd-registry-bench [run] [--quick] [--layer NAME=COMMAND]... \
+[--skip NAME=REASON]... [--phases latency,bulk,recovery] [--out DIR] [--markdown FILE] [--log-dir DIR]";
+
+pub fn main(args: &[String]) -> i32 {
+    let mut quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "etcd-registry-bench".into());
+    let mut layers = vec![
+        known_layer("raw", vec![exe.clone(), "driver".into(), "raw".into()]),
+        known_layer("core", vec![exe, "driver".into(), "core".into()]),
+    ];
+    let mut skipped: Vec<(String, String)> = Vec::new();
+    let mut phases = vec!["latency".to_string(), "bulk".into(), "recovery".into()];
+    let mut out_dir = PathBuf::from("bench/results");
+    let mut markdown = PathBuf::from("BENCHMARKS.md");
+    let mut log_dir = std::env::temp_dir().join("etcd-registry-bench-logs");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| -> Option<String> {
+            let v = it.next().cloned();
+            if v.is_none() {
+                eprintln!("{name} needs a value\n{USAGE}");
+            }
+            v
+        };
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--layer" => {
+                let Some(v) = value("--layer") else { return 2 };
+                let Some((name, cmd)) = v.split_once('=') else {
+                    eprintln!("--layer NAME=COMMAND\n{USAGE}");
+                    return 2;
+                };
+                let cmd = cmd.split_whitespace().map(str::to_string).collect();
+                layers.push(known_layer(name, cmd));
+            }
+            "--skip" => {
+                let Some(v) = value("--skip") else { return 2 };
+                let (name, reason) = v.split_once('=').unwrap_or((v.as_str(), "not built"));
+                skipped.push((name.to_string(), reason.to_string()));
+            }
+            "--phases" => {
+                let Some(v) = value("--phases") else { return 2 };
+                phases = v.split(',').map(str::to_string).collect();
+            }
+            "--out" => match value("--out") {
+                Some(v) => out_dir = v.into(),
+                None => return 2,
+            },
+            "--markdown" => match value("--markdown") {
+                Some(v) => markdown = v.into(),
+                None => return 2,
+            },
+            "--log-dir" => match value("--log-dir") {
+                Some(v) => log_dir = v.into(),
+                None => return 2,
+            },
+            "run" => {}
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                return 2;
+            }
+        }
+    }
+    let settings = Settings::new(quick);
+    let started = Instant::now();
+    let mut results = Results {
+        machine: sysinfo::machine(),
+        settings: settings.to_json(),
+        date_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        layers: layers.clone(),
+        skipped,
+        latency: BTreeMap::new(),
+        bulk: BTreeMap::new(),
+        recovery: BTreeMap::new(),
+        errors: Vec::new(),
+        duration_s: 0.0,
+        phases: phases.clone(),
+    };
+    let mut bench = Bench {
+        settings,
+        layers,
+        log_dir,
+        results: &mut results,
+    };
+    if let Err(e) = bench.run(&phases) {
+        eprintln!("benchmark aborted: {e}");
+        bench.results.errors.push(format!("aborted: {e}"));
+    }
+    results.duration_s = started.elapsed().as_secs_f64();
+    for table in report::tables(&results) {
+        println!("\n{table}");
+    }
+    println!();
+    for (name, reason) in &results.skipped {
+        println!("skipped: {name} not built ({reason})");
+    }
+    if !results.errors.is_empty() {
+        println!("\nerrors during the run:");
+        for e in &results.errors {
+            println!("  - {}", e.replace('\n', "\n    "));
+        }
+    }
+    if let Err(e) = report::write_all(&results, &out_dir, &markdown) {
+        eprintln!("writing the results: {e}");
+        return 1;
+    }
+    println!(
+        "\nwrote {}, {} and {} in {:.0} s",
+        out_dir.join("latest.json").display(),
+        out_dir.join("latest.svg").display(),
+        markdown.display(),
+        results.duration_s
+    );
+    0
+}
+
+struct Bench<'a> {
+    settings: Settings,
+    layers: Vec<Layer>,
+    log_dir: PathBuf,
+    results: &'a mut Results,
+}
+
+fn progress(msg: &str) {
+    eprintln!("[bench] {msg}");
+}
+
+fn nodes_value(k: usize) -> String {
+    json!({
+        "address": format!("10.1.{}.{}:8080", k / 256 % 256, k % 256),
+        "version": "1.4.2",
+        "zone": format!("zone-{}", k % 3),
+    })
+    .to_string()
+}
+
+fn prefix(service: &str) -> String {
+    format!("{BASE}/{service}/")
+}
+
+impl Bench<'_> {
+    fn run(&mut self, phases: &[String]) -> Res<()> {
+        let wants = |p: &str| phases.iter().any(|x| x == p);
+        if wants("latency") || wants("bulk") {
+            progress("starting etcd");
+            let etcd = EtcdCluster::builder()
+                .start()
+                .map_err(|e| format!("starting etcd: {e}"))?;
+            let mut direct = Direct::new(etcd.direct_endpoints())?;
+            if wants("latency") {
+                self.latency(&etcd, &mut direct)?;
+            }
+            if wants("bulk") {
+                self.bulk(&etcd, &mut direct);
+            }
+        }
+        if wants("recovery") {
+            self.recovery()?;
+        }
+        Ok(())
+    }
+
+    fn error(&mut self, e: String) {
+        eprintln!("[bench] error: {e}");
+        self.results.errors.push(e);
+    }
+
+    // ------------------------------------------------------------------------ latency
+
+    fn latency(&mut self, etcd: &EtcdCluster, direct: &mut Direct) -> Res<()> {
+        progress("filling the listed services");
+        for &(size, _) in &self.settings.list {
+            let kvs: Vec<(String, String)> = (0..size)
+                .map(|k| {
+                    (
+                        format!("{}n{k:05}", prefix(&format!("list-{size}"))),
+                        nodes_value(k),
+                    )
+                })
+                .collect();
+            direct.put_many(&kvs)?;
+        }
+        let n = self.layers.len();
+        for round in 0..self.settings.rounds {
+            for i in 0..n {
+                // Interleaved: each round starts with the next layer.
+                let layer = self.layers[(i + round) % n].clone();
+                progress(&format!(
+                    "latency round {}/{}: {}",
+                    round + 1,
+                    self.settings.rounds,
+                    layer.name
+                ));
+                if let Err(e) = self.latency_round(etcd, direct, &layer, round) {
+                    self.error(format!("latency round {round} of {}: {e}", layer.name));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
+        let pct = match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
+            (Some(p50), Some(p99)) => Some(Pct {
+                p50,
+                p99,
+                n: us.len(),
+            }),
+            _ => None,
+        };
+        let rounds = self.settings.rounds;
+        let slot = self
+            .results
+            .latency
+            .entry(measurement.to_string())
+            .or_default()
+            .entry(layer.to_string())
+            .or_insert_with(|| vec![None; rounds]);
+        if round < slot.len() {
+            slot[round] = pct;
+        }
+    }
+
+    fn latency_round(
+        &mut self,
+        etcd: &EtcdCluster,
+        direct: &mut Direct,
+        layer: &Layer,
+        round: usize,
+    ) -> Res<()> {
+        let mut d = Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir)?;
+        for (size, iters) in self.settings.list.clone() {
+            let r = d.call(&format!("list list-{size} {iters}"), REPLY_TIMEOUT);
+            match r.and_then(|v| {
+                let got = num(&v, "nodes")? as usize;
+                if got != size {
+                    return Err(format!("listed {got} nodes of {size}"));
+                }
+                samples(&v)
+            }) {
+                Ok(us) => self.record(&format!("list_{size}"), &layer.name, round, &us),
+                Err(e) => self.error(format!("{} list {size}: {e}", layer.name)),
+            }
+        }
+        let service = format!("rv-{}-{round}", layer.name);
+        let cmd = format!(
+            "register_visible {service} {} {REGISTER_TTL}",
+            self.settings.register_iters
+        );
+        match d.call(&cmd, REPLY_TIMEOUT).and_then(|v| samples(&v)) {
+            Ok(us) => self.record("register_visible", &layer.name, round, &us),
+            Err(e) => self.error(format!("{} register_visible: {e}", layer.name)),
+        }
+        let _ = direct.delete_prefix(&prefix(&service));
+        let service = format!("wl-{}-{round}", layer.name);
+        let watched = self.watch_lag(&mut d, direct, &service);
+        let _ = direct.delete_prefix(&prefix(&service));
+        match watched {
+            Ok(us) => self.record("watch_lag", &layer.name, round, &us),
+            Err(e) => {
+                self.error(format!("{} watch: {e}", layer.name));
+                return Ok(()); // the driver may be stuck in the watch: dropped (killed) here
+            }
+        }
+        d.quit(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// The driver watches `service`; we put one warm-up node, wait until it has seen it, then
+    /// put the timed nodes, each carrying the unix time (ns) taken just before its put.
+    fn watch_lag(&mut self, d: &mut Driver, direct: &mut Direct, service: &str) -> Res<Vec<f64>> {
+        let n = self.settings.watch_events;
+        d.call(&format!("watch {service} {n}"), Duration::from_secs(30))?;
+        direct.put(&format!("{}warm", prefix(service)), r#"{"warm":"1"}"#)?;
+        d.recv(Duration::from_secs(30))?;
+        for i in 0..n {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let value = json!({ "t": t.to_string() }).to_string();
+            direct.put(&format!("{}w{i:04}", prefix(service)), &value)?;
+            std::thread::sleep(self.settings.watch_gap);
+        }
+        samples(&d.recv(Duration::from_secs(60))?)
+    }
+
+    // --------------------------------------------------------------- bulk and footprint
+
+    fn bulk(&mut self, etcd: &EtcdCluster, direct: &mut Direct) {
+        for layer in self.layers.clone() {
+            progress(&format!("bulk registration and footprint: {}", layer.name));
+            let mut fields = BTreeMap::new();
+            let r = self.bulk_layer(etcd, direct, &layer, &mut fields);
+            if let Err(e) = r {
+                self.error(format!("{} bulk/footprint: {e}", layer.name));
+                fields.insert("error".to_string(), json!(e));
+            }
+            let _ = direct.delete_prefix(&prefix(&format!("fp-{}", layer.name)));
+            self.results.bulk.insert(layer.name.clone(), fields);
+        }
+    }
+
+    fn bulk_layer(
+        &mut self,
+        etcd: &EtcdCluster,
+        direct: &mut Direct,
+        layer: &Layer,
+        f: &mut BTreeMap<String, Value>,
+    ) -> Res<()> {
+        let settle = Duration::from_millis(300);
+        let service = format!("fp-{}", layer.name);
+        let ttl = self.settings.bulk_ttl;
+        let leases_before = etcd.lease_count().map_err(|e| e.to_string())?;
+        let mut d = Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let pid = d.pid();
+        let sample = |f: &mut BTreeMap<String, Value>, at: &str| {
+            std::thread::sleep(settle);
+            if let Some((threads, rss)) = sysinfo::threads_rss(pid) {
+                f.insert(format!("threads_{at}"), json!(threads));
+                f.insert(format!("rss_kib_{at}"), json!(rss));
+            }
+        };
+        sample(f, "start");
+        let one = d.call(&format!("hold {service} 1 {ttl}"), REPLY_TIMEOUT)?;
+        sample(f, "1");
+        let rest = d.call(&format!("hold {service} 999 {ttl}"), REPLY_TIMEOUT)?;
+        f.insert(
+            "register_1000_ms".into(),
+            json!(num(&one, "ms")? + num(&rest, "ms")?),
+        );
+        sample(f, "1000");
+        let keys = direct.count(&prefix(&service))?;
+        f.insert("keys_1000".into(), json!(keys));
+        let leases = etcd.lease_count().map_err(|e| e.to_string())?;
+        f.insert(
+            "leases_1000".into(),
+            json!(leases.saturating_sub(leases_before)),
+        );
+        // Idle: keep-alive traffic seen by etcd and the driver's CPU, over the window.
+        let endpoint = etcd.direct_endpoint(0);
+        let m0 = sysinfo::grpc_received(&endpoint)?;
+        let c0 = sysinfo::cpu_ticks(pid).ok_or("no /proc stat")?;
+        let t0 = Instant::now();
+        std::thread::sleep(self.settings.window);
+        let m1 = sysinfo::grpc_received(&endpoint)?;
+        let c1 = sysinfo::cpu_ticks(pid).ok_or("no /proc stat")?;
+        let secs = t0.elapsed().as_secs_f64();
+        f.insert("window_s".into(), json!(secs));
+        f.insert("keepalive_per_s".into(), json!((m1.0 - m0.0) / secs));
+        f.insert("lease_checks_per_s".into(), json!((m1.1 - m0.1) / secs));
+        f.insert("requests_per_s".into(), json!((m1.2 - m0.2) / secs));
+        f.insert(
+            "idle_cpu_percent".into(),
+            json!((c1 - c0) as f64 / sysinfo::clock_ticks() / secs * 100.0),
+        );
+        let more = d.call(&format!("hold {service} 9000 {ttl}"), REPLY_TIMEOUT)?;
+        f.insert("register_9000_more_ms".into(), json!(num(&more, "ms")?));
+        sample(f, "10000");
+        let leases = etcd.lease_count().map_err(|e| e.to_string())?;
+        f.insert(
+            "leases_10000".into(),
+            json!(leases.saturating_sub(leases_before)),
+        );
+        f.insert("keys_10000".into(), json!(direct.count(&prefix(&service))?));
+        d.call("release", REPLY_TIMEOUT)?;
+        d.quit(Duration::from_secs(10));
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------------ recovery
+
+    fn recovery(&mut self) -> Res<()> {
+        progress("starting etcd behind a proxy for the recovery runs");
+        let etcd = EtcdCluster::builder()
+            .proxy(true)
+            .start()
+            .map_err(|e| format!("starting etcd: {e}"))?;
+        let mut direct = Direct::new(etcd.direct_endpoints())?;
+        let mut drivers: Vec<Driver> = Vec::new();
+        for layer in self.layers.clone() {
+            match Driver::spawn(&layer, &etcd.endpoints(), BASE, &self.log_dir) {
+                Ok(d) => drivers.push(d),
+                Err(e) => self.error(format!("{} recovery: {e}", layer.name)),
+            }
+        }
+        for round in 0..self.settings.recovery_rounds {
+            for scenario in ["restart", "partition"] {
+                progress(&format!(
+                    "recovery round {}/{}: {scenario}",
+                    round + 1,
+                    self.settings.recovery_rounds
+                ));
+                let r = self.recovery_run(&etcd, &mut direct, &mut drivers, scenario, round);
+                if let Err(e) = r {
+                    self.error(format!("recovery {scenario}: {e}"));
+                    if !etcd.is_running(0) {
+                        etcd.restart(0)
+                            .map_err(|e| format!("restarting etcd: {e}"))?;
+                    }
+                    etcd.heal().map_err(|e| e.to_string())?;
+                }
+                for d in &mut drivers {
+                    if let Err(e) = d.call("release", REPLY_TIMEOUT) {
+                        self.results.errors.push(format!("release: {e}"));
+                    }
+                }
+            }
+        }
+        for d in drivers {
+            d.quit(Duration::from_secs(10));
+        }
+        Ok(())
+    }
+
+    fn recovery_run(
+        &mut self,
+        etcd: &EtcdCluster,
+        direct: &mut Direct,
+        drivers: &mut [Driver],
+        scenario: &str,
+        round: usize,
+    ) -> Res<()> {
+        let s = &self.settings;
+        let (ttl, outage) = match scenario {
+            "restart" => (s.long_ttl, s.short_outage),
+            _ => (s.short_ttl, s.long_outage),
+        };
+        let n = s.recovery_nodes;
+        let services: Vec<String> = drivers
+            .iter()
+            .map(|d| format!("rec-{scenario}-{}-{round}", d.layer))
+            .collect();
+        for (d, service) in drivers.iter_mut().zip(&services) {
+            d.call(&format!("hold {service} {n} {ttl}"), REPLY_TIMEOUT)?;
+        }
+        let down = Instant::now();
+        match scenario {
+            "restart" => etcd.kill(0).map_err(|e| format!("kill: {e}"))?,
+            _ => etcd.partition().map_err(|e| format!("partition: {e}"))?,
+        }
+        std::thread::sleep(outage.saturating_sub(down.elapsed()));
+        // What each layer believes just before etcd is back, and (partition) whether the
+        // lease really expired meanwhile.
+        let mut believed = Vec::new();
+        for d in drivers.iter_mut() {
+            let v = d.call("state", Duration::from_secs(10))?;
+            believed.push(num(&v, "registered")? as usize);
+        }
+        let mut keys_left = Vec::new();
+        if scenario == "partition" {
+            for service in &services {
+                keys_left.push(direct.count(&prefix(service)).ok());
+            }
+        }
+        match scenario {
+            "restart" => etcd.restart(0).map_err(|e| format!("restart: {e}"))?,
+            _ => etcd.heal().map_err(|e| format!("heal: {e}"))?,
+        }
+        let back = Instant::now();
+        let outage_s = (back - down).as_secs_f64();
+        let mut visible: Vec<Option<f64>> = vec![None; drivers.len()];
+        let mut registered: Vec<Option<f64>> = vec![None; drivers.len()];
+        while back.elapsed() < s.recovery_timeout {
+            for (i, d) in drivers.iter_mut().enumerate() {
+                if visible[i].is_none()
+                    && direct.count(&prefix(&services[i])).ok() == Some(n as i64)
+                {
+                    visible[i] = Some(back.elapsed().as_secs_f64());
+                }
+                if registered[i].is_none() {
+                    let v = d.call("state", Duration::from_secs(10))?;
+                    if num(&v, "registered")? as usize == n {
+                        registered[i] = Some(back.elapsed().as_secs_f64());
+                    }
+                }
+            }
+            if visible.iter().all(Option::is_some) && registered.iter().all(Option::is_some) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for (i, d) in drivers.iter().enumerate() {
+            let rec = Recovery {
+                outage_s,
+                ttl_s: ttl,
+                visible_s: visible[i],
+                registered_s: registered[i],
+                registered_during_outage: believed[i],
+                keys_left_at_heal: keys_left.get(i).copied().flatten(),
+            };
+            let rounds = s.recovery_rounds;
+            let slot = self
+                .results
+                .recovery
+                .entry(scenario.to_string())
+                .or_default()
+                .entry(d.layer.clone())
+                .or_insert_with(|| vec![None; rounds]);
+            if round < slot.len() {
+                slot[round] = Some(rec);
+            }
+        }
+        for service in &services {
+            let _ = direct.delete_prefix(&prefix(service));
+        }
+        Ok(())
+    }
+}

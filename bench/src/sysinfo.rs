@@ -1,0 +1,131 @@
+//! What the orchestrator reads from the system: a driver's threads, memory and CPU from
+//! /proc, etcd's /metrics, and the machine the run is on.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+/// Threads and resident memory (KiB) of a process.
+pub fn threads_rss(pid: u32) -> Option<(u64, u64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))?
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()
+    };
+    Some((field("Threads:")?, field("VmRSS:")?))
+}
+
+/// User + system CPU time of a process, in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After "pid (comm)": state is field 3, utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`, 100 on Linux).
+pub fn clock_ticks() -> f64 {
+    command_output("getconf", &["CLK_TCK"])
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+fn command_output(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    if s.trim().is_empty() {
+        s = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    out.status.success().then(|| s.trim().to_string())
+}
+
+/// gRPC messages etcd has received: (LeaseKeepAlive, LeaseTimeToLive, all methods), from the
+/// `grpc_server_msg_received_total` counters of `http://ENDPOINT/metrics`.
+pub fn grpc_received(endpoint: &str) -> Result<(f64, f64, f64), String> {
+    let mut s = TcpStream::connect(endpoint).map_err(|e| format!("metrics: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("metrics: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("metrics: {e}"))?;
+    let (mut keepalive, mut ttl, mut total) = (0.0, 0.0, 0.0);
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+            continue;
+        };
+        let value: f64 = rest
+            .rsplit(' ')
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        total += value;
+        if rest.contains("grpc_method=\"LeaseKeepAlive\"") {
+            keepalive += value;
+        } else if rest.contains("grpc_method=\"LeaseTimeToLive\"") {
+            ttl += value;
+        }
+    }
+    Ok((keepalive, ttl, total))
+}
+
+/// The machine the run is on.
+pub fn machine() -> Value {
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or("unknown".to_string(), |(_, v)| v.trim().to_string());
+    let meminfo = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let os_release = fs::read_to_string("/etc/os-release").unwrap_or_default();
+    let os = os_release
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map_or("Linux".to_string(), |v| v.trim_matches('"').to_string());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let nproc = command_output("nproc", &[])
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let etcd = etcd_harness::etcd_binary()
+        .ok()
+        .and_then(|p| command_output(&p.display().to_string(), &["--version"]))
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "unknown".into());
+    json!({
+        "nproc": nproc,
+        "cpu": cpu,
+        "memory_gib": (mem_gib * 10.0).round() / 10.0,
+        "os": format!("{os}, kernel {kernel}"),
+        "rustc": command_output("rustc", &["--version"]).unwrap_or_else(|| "unknown".into()),
+        "go": command_output("go", &["version"]).unwrap_or_else(|| "not installed".into()),
+        "python": command_output(&python, &["--version"]).unwrap_or_else(|| "not installed".into()),
+        "etcd": etcd,
+        "commit": command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_default(),
+    })
+}
