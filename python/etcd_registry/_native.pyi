@@ -111,7 +111,7 @@ class Registration:
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],
         traceback: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Watch:
@@ -137,7 +137,7 @@ class Watch:
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],
         traceback: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> None: ...
 
 @final
 class Registry:
@@ -183,7 +183,7 @@ class Registry:
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],
         traceback: Optional[TracebackType],
-    ) -> bool: ...
+    ) -> None: ...
 
 def _take(timeout: float) -> Optional[builtins.list[tuple[Any, ...]]]: ...
 def _stop_dispatch() -> None: ...

@@ -159,10 +159,9 @@ impl PyRegistration {
         exc_type: Option<&Bound<'_, PyType>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
-        self.unregister(py)?;
-        Ok(false)
+        self.unregister(py)
     }
 
     fn __repr__(&self) -> String {

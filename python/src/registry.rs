@@ -211,10 +211,9 @@ impl PyRegistry {
         exc_type: Option<&Bound<'_, PyType>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<bool> {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
-        self.close(py)?;
-        Ok(false)
+        self.close(py)
     }
 
     fn __repr__(&self) -> String {

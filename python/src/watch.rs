@@ -178,10 +178,9 @@ impl PyWatch {
         exc_type: Option<&Bound<'_, PyType>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) -> bool {
+    ) {
         let _ = (exc_type, exc_value, traceback);
         self.close();
-        false
     }
 
     fn __repr__(&self) -> String {

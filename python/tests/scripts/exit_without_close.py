@@ -1,0 +1,26 @@
+"""Registers, watches and lists, then exits without close(): the interpreter must neither hang
+nor crash with the runtime, a registration, a callback watch and the callback thread alive.
+
+Usage: exit_without_close.py BASE_PATH INDEX MODE (MODE: end | exit | raise | thread)
+"""
+
+import os
+import sys
+import threading
+
+import etcd_registry
+
+base_path, index, mode = sys.argv[1], sys.argv[2], sys.argv[3]
+reg = etcd_registry.Registry(os.environ["ETCD_ENDPOINTS"].split(","), base_path=base_path)
+handle = reg.register("api", f"n{index}", {"i": index}, ttl=5.0, on_status=lambda event: None)
+watch = reg.watch("api", on_event=lambda event: None)
+assert handle.wait(30.0)
+assert any(node.name == f"n{index}" for node in reg.list("api"))
+print("ok", flush=True)
+if mode == "exit":
+    sys.exit(3)
+elif mode == "raise":
+    raise RuntimeError("exiting through an exception")
+elif mode == "thread":
+    # Another thread is blocked in the library (GIL released) when the interpreter exits.
+    threading.Thread(target=lambda: reg.watch("api").next_event(None), daemon=True).start()

@@ -1,0 +1,40 @@
+"""Blocks in a library call until SIGINT: prints "waiting", then on KeyboardInterrupt prints
+"interrupted" and exits 0.
+
+Usage: interrupt.py MODE (MODE: wait | list | iterate). `wait` and `list` talk to a silent
+server (accepts connections, never answers); `iterate` reads a watch on $ETCD_ENDPOINTS that
+gets no events.
+"""
+
+import os
+import socket
+import sys
+
+import etcd_registry
+
+mode = sys.argv[1]
+silent = socket.socket()
+silent.bind(("127.0.0.1", 0))
+silent.listen(16)
+host, port = silent.getsockname()
+if mode == "iterate":
+    endpoints = os.environ["ETCD_ENDPOINTS"].split(",")
+else:
+    endpoints = [f"{host}:{port}"]
+reg = etcd_registry.Registry(endpoints, base_path="/interrupt", timeout=300.0)
+watch = reg.watch("nothing-here") if mode == "iterate" else None
+handle = reg.register("api", "n") if mode == "wait" else None
+print("waiting", flush=True)
+try:
+    if handle is not None:
+        handle.wait(timeout=300.0)
+    elif watch is not None:
+        for event in watch:
+            pass
+    else:
+        reg.list("api")
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+    sys.exit(0)
+print("not interrupted", flush=True)
+sys.exit(1)

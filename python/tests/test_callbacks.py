@@ -1,0 +1,156 @@
+"""Status callbacks and logs: order, the library thread, callbacks that raise or re-enter."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import pytest
+
+from etcd_registry import ClosedError, Registration, Registry, RegistryError, StatusEvent
+
+from conftest import DEADLINE, Etcd, Recorder, eventually
+
+
+def test_status_events_in_order_on_the_library_thread(registry: Registry) -> None:
+    recorder = Recorder()
+    handle = registry.register("api", "n", on_status=recorder)
+    recorder.wait_kind("registered")
+    lease_id = handle.lease_id
+    handle.unregister()
+    recorder.wait_kind("unregistered")
+    assert recorder.kinds() == ["registered", "unregistered"]
+    registered: StatusEvent = recorder.items[0]
+    assert (registered.service, registered.node_name) == ("api", "n")
+    assert registered.lease_id is not None and registered.lease_id == lease_id
+    assert registered.error is None and registered.attempt is None and registered.delay is None
+    assert "registered" in str(registered) and "api/n" in str(registered)
+    assert repr(registered).startswith("StatusEvent(kind='registered'")
+    assert recorder.threads == {"etcd_registry-dispatch"}
+    assert threading.current_thread().name not in recorder.threads
+
+
+def test_a_raising_callback_is_logged_and_deliveries_go_on(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    def explode(event: StatusEvent) -> None:
+        seen.append(event.kind)
+        raise ValueError(f"boom on {event.kind}")
+
+    caplog.set_level(logging.ERROR, logger="etcd_registry")
+    handle = registry.register("api", "n", on_status=explode)
+    eventually("the registered event", lambda: "registered" in seen)
+    handle.unregister()
+    eventually("the unregistered event after the raise", lambda: "unregistered" in seen)
+    # Other callbacks are still served too.
+    recorder = Recorder()
+    registry.register("api", "m", on_status=recorder)
+    recorder.wait_kind("registered")
+
+    def logged_failures() -> list[logging.LogRecord]:
+        found = [r for r in caplog.records if r.name == "etcd_registry" and r.exc_info]
+        return found if len(found) >= 2 else []
+
+    failures = eventually("both failures to be logged", logged_failures)
+    assert any("boom on registered" in str(r.exc_info[1]) for r in failures if r.exc_info)
+    assert all(r.levelno == logging.ERROR for r in failures)
+
+
+def test_callbacks_may_call_back_into_the_library(registry: Registry) -> None:
+    listed: list[list[str]] = []
+    unregistered = threading.Event()
+    handles: dict[str, Registration] = {}
+
+    def on_status(event: StatusEvent) -> None:
+        if event.kind == "registered":
+            # Re-entrant calls from the callback thread: no deadlock.
+            listed.append([n.name for n in registry.list("api")])
+            with registry.watch("api") as w:
+                listed.append([n.name for n in w.nodes()])
+            handles["n"].unregister()
+            other = registry.register("api", "other")
+            other.wait(DEADLINE)
+            other.unregister()
+        elif event.kind == "unregistered":
+            unregistered.set()
+
+    handles["n"] = registry.register("api", "n", on_status=on_status)
+    assert unregistered.wait(DEADLINE), "the unregistered event came after the callback unregistered"
+    assert listed == [["n"], ["n"]]
+    assert handles["n"].state == "unregistered"
+    assert registry.list("api") == []
+
+
+def test_a_callback_may_close_the_registry(etcd: Etcd, base_path: str) -> None:
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    errors: list[BaseException] = []
+
+    def on_status(event: StatusEvent) -> None:
+        if event.kind == "registered":
+            reg.close()
+            try:
+                reg.list("api")
+            except ClosedError as exc:
+                errors.append(exc)
+
+    reg.register("api", "n", on_status=on_status)
+    eventually("the callback to close the registry", lambda: reg.closed and errors)
+    assert etcd.get_prefix(f"{base_path}/") == {}
+
+
+def test_a_slow_callback_delays_only_deliveries(registry: Registry) -> None:
+    release = threading.Event()
+    recorder = Recorder()
+
+    def slow(event: StatusEvent) -> None:
+        release.wait(DEADLINE)
+        recorder(event)
+
+    handle = registry.register("api", "slow", on_status=slow)
+    # The library itself goes on: the registration completes and calls answer.
+    assert handle.wait(DEADLINE)
+    assert [n.name for n in registry.list("api")] == ["slow"]
+    release.set()
+    recorder.wait_kind("registered")
+
+
+def test_failed_then_retrying_events_carry_the_error() -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host, port = s.getsockname()
+    recorder = Recorder()
+    with Registry([f"{host}:{port}"], timeout=1.0, backoff_min=0.1, backoff_max=0.2) as reg:
+        reg.register("api", "n", on_status=recorder)
+        recorder.wait_for("the second retry", lambda e: e.kind == "retrying" and e.attempt == 2)
+    recorder.wait_kind("unregistered")
+    kinds = recorder.kinds()
+    assert kinds[0] == "failed"
+    assert kinds[1:3] == ["retrying", "retrying"]
+    assert kinds[-1] == "unregistered"
+    failed, retrying = recorder.items[0], recorder.items[1]
+    assert isinstance(failed.error, ConnectionError) and isinstance(failed.error, RegistryError)
+    assert retrying.attempt == 1 and retrying.delay is not None and 0 < retrying.delay <= 1.0
+    assert isinstance(retrying.error, RegistryError)
+    assert "retrying in" in str(retrying)
+
+
+def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> None:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host, port = s.getsockname()
+    caplog.set_level(logging.DEBUG, logger="etcd_registry")
+    with Registry([f"{host}:{port}"], timeout=1.0, backoff_min=0.1, backoff_max=0.2) as reg:
+        reg.register("api", "n")
+        record = eventually(
+            "a retry warning from the core",
+            lambda: next((r for r in caplog.records
+                          if r.name == "etcd_registry" and "retrying" in r.getMessage()), None),
+        )
+    assert record.levelno in (logging.WARNING, logging.DEBUG)
+    assert "attempt=" in record.getMessage()

@@ -1,0 +1,61 @@
+"""The examples in examples/python run against a real etcd and print what they promise."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from conftest import DEADLINE, EXAMPLES, Etcd, run_python
+
+
+def test_basic(etcd: Etcd) -> None:
+    result = run_python(str(EXAMPLES / "basic.py"), env={"ETCD_ENDPOINTS": etcd.env_endpoints})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "state: registered" in lines
+    assert "found: node-1 {'address': '10.0.0.5:8080', 'version': '1.4.2'}" in lines
+    assert "after unregister: []" in lines
+    assert any(line.startswith("status: api/node-1: registered") for line in lines)
+
+
+def test_watch(etcd: Etcd) -> None:
+    result = run_python(str(EXAMPLES / "watch.py"), env={"ETCD_ENDPOINTS": etcd.env_endpoints})
+    assert result.returncode == 0, result.stderr
+    kinds = [line.split()[0] for line in result.stdout.splitlines()
+             if line.split() and line.split()[0] in ("added", "updated", "removed")]
+    assert kinds == ["added", "added", "updated", "removed", "added", "removed"], result.stdout
+    assert "live now: [('node-2', '10.0.0.2:8080')]" in result.stdout
+    assert "listed from asyncio: []" in result.stdout
+
+
+def test_retry_demo_survives_an_etcd_restart(fresh_etcd: Etcd) -> None:
+    env = dict(os.environ, ETCD_ENDPOINTS=fresh_etcd.env_endpoints)
+    proc = subprocess.Popen([sys.executable, str(EXAMPLES / "retry_demo.py"), "--ttl", "5"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+
+    def read_until(fragment: str) -> None:
+        assert proc.stdout is not None
+        while True:
+            line = proc.stdout.readline()
+            assert line, f"the demo ended before {fragment!r}: {seen}"
+            seen.append(line.strip())
+            if fragment in line:
+                return
+
+    try:
+        read_until(" registered")
+        fresh_etcd.cmd("restart", 0)
+        read_until("re-registered")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = seen + out.splitlines()
+    assert any(line.endswith("keep-alive lost, retrying in 1s") for line in lines), lines
+    assert lines[-1] == "closed", (lines, err)
+    assert proc.returncode == 0, err

@@ -1,0 +1,94 @@
+"""Whole processes: exit without close(), Ctrl-C in blocking calls, fork()."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import DEADLINE, Etcd, run_python
+
+SCRIPTS = Path(__file__).parent / "scripts"
+RUNS = 100
+PARALLEL = 10
+CRASH_MARKERS = ("panicked", "Fatal Python error", "Segmentation fault", "core dumped", "PanicException")
+
+
+def test_exiting_without_close_never_hangs_or_crashes(etcd: Etcd) -> None:
+    base_path = f"/exit-{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, ETCD_ENDPOINTS=etcd.env_endpoints)
+    modes = ["end", "exit", "raise", "thread"]
+    expected_codes = {"end": 0, "exit": 3, "raise": 1, "thread": 0}
+    failures: list[str] = []
+    for batch in range(0, RUNS, PARALLEL):
+        procs = []
+        for i in range(batch, batch + PARALLEL):
+            mode = modes[i % len(modes)]
+            argv = [sys.executable, str(SCRIPTS / "exit_without_close.py"), base_path, str(i), mode]
+            procs.append((i, mode, subprocess.Popen(argv, env=env, stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, text=True)))
+        for i, mode, proc in procs:
+            try:
+                out, err = proc.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+                failures.append(f"run {i} ({mode}) hung at exit")
+                continue
+            if proc.returncode != expected_codes[mode] or out.strip() != "ok":
+                failures.append(f"run {i} ({mode}) exited {proc.returncode}, out={out!r}, err={err[-500:]!r}")
+            elif any(marker in err for marker in CRASH_MARKERS):
+                failures.append(f"run {i} ({mode}) printed {err[-500:]!r}")
+    assert not failures, "\n".join(failures[:10])
+
+
+def main_thread_sleeping(pid: int) -> bool:
+    """Whether the process's main thread sleeps (blocked in the library, GIL released)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state == "S"
+
+
+@pytest.mark.parametrize("mode", ["wait", "list", "iterate"])
+def test_ctrl_c_interrupts_a_blocking_call(etcd: Etcd, mode: str) -> None:
+    env = dict(os.environ, ETCD_ENDPOINTS=etcd.env_endpoints)
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "interrupt.py"), mode], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "waiting"
+        # Send Ctrl-C once the main thread is blocked inside the call.
+        deadline = time.monotonic() + DEADLINE
+        while not main_thread_sleeping(proc.pid):
+            assert time.monotonic() < deadline, "the script never blocked"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=DEADLINE)  # far below the call's 300 s
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.strip() == "interrupted", (out, err)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None:
+    result = run_python(str(SCRIPTS / "fork_child.py"), f"/fork-{uuid.uuid4().hex[:8]}",
+                        env={"ETCD_ENDPOINTS": etcd.env_endpoints}, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert "child: list -> ClosedError" in lines
+    assert "child: wait -> ClosedError" in lines
+    assert "child: next -> ClosedError" in lines
+    assert "child: new registry works" in lines
+    assert lines[-1] == "parent: ok"
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr

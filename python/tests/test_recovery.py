@@ -1,0 +1,87 @@
+"""Recovery as a Python user sees it: etcd restarted, etcd down at first, an outage longer than
+the TTL. Each test has an etcd of its own to break."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from etcd_registry import RegistryError
+
+from conftest import DEADLINE, Etcd, Recorder, eventually, quick_registry
+
+
+def test_registration_comes_back_after_etcd_restarts(fresh_etcd: Etcd) -> None:
+    with quick_registry(fresh_etcd) as reg:
+        recorder = Recorder()
+        handle = reg.register("api", "n1", {"address": "10.0.0.1:80"}, ttl=10.0, on_status=recorder)
+        assert handle.wait(DEADLINE)
+        lease = handle.lease_id
+        fresh_etcd.cmd("restart", 0)  # SIGKILL, then start again on the same data
+
+        lost = recorder.wait_kind("keepalive_lost")
+        back = recorder.wait_kind("reregistered", lost)
+        between = recorder.kinds()[lost + 1 : back]
+        assert between and set(between) == {"retrying"}, between
+        assert isinstance(recorder.items[lost].error, RegistryError)
+        assert handle.state == "registered"
+        assert handle.lease_id == lease, "the lease survived the restart"
+        stored = fresh_etcd.get_prefix("/s/api/")
+        assert {k: json.loads(v) for k, v in stored.items()} == {"/s/api/n1": {"address": "10.0.0.1:80"}}
+        assert [n.name for n in reg.list("api")] == ["n1"]
+
+
+def test_an_outage_longer_than_the_ttl_gets_the_node_back(proxied_etcd: Etcd) -> None:
+    with quick_registry(proxied_etcd) as reg:
+        recorder = Recorder()
+        handles = [reg.register("api", f"n{i}", ttl=2.0, on_status=recorder if i == 0 else None)
+                   for i in range(3)]
+        for handle in handles:
+            assert handle.wait(DEADLINE)
+        old_lease = handles[0].lease_id
+
+        proxied_etcd.cmd("partition")  # the client hears nothing from etcd from now on
+        lost = recorder.wait_kind("keepalive_lost")
+        # Meanwhile etcd expires the lease and deletes the keys.
+        eventually("the lease to expire in etcd", lambda: proxied_etcd.cmd("lease-count") == 0)
+        assert proxied_etcd.get_prefix("/s/") == {}
+        assert handles[0].state == "retrying"
+        proxied_etcd.cmd("heal")
+
+        recorder.wait_kind("reregistered", lost)
+        eventually("every key back", lambda: len(proxied_etcd.get_prefix("/s/api/")) == 3)
+        assert proxied_etcd.cmd("lease-count") == 1, "the keys share one new lease"
+        assert handles[0].lease_id != old_lease
+        for handle in handles:
+            assert handle.state == "registered"
+            assert handle.lease_id == handles[0].lease_id
+        assert sorted(n.name for n in reg.list("api")) == ["n0", "n1", "n2"]
+
+
+def test_etcd_down_at_registration_then_it_starts(fresh_etcd: Etcd) -> None:
+    fresh_etcd.cmd("kill", 0)
+    with quick_registry(fresh_etcd) as reg:
+        recorder = Recorder()
+        handle = reg.register("api", "n1", ttl=5.0, on_status=recorder)
+        # The first attempt fails: wait() says why at once; retries go on.
+        with pytest.raises((ConnectionError, TimeoutError)):
+            handle.wait(DEADLINE)
+        recorder.wait_for("a retry", lambda e: e.kind == "retrying")
+        assert handle.state == "registering"
+        fresh_etcd.cmd("start", 0)
+        recorder.wait_kind("registered")
+        assert handle.wait(0) is True
+        assert handle.state == "registered"
+        assert list(fresh_etcd.get_prefix("/s/api/")) == ["/s/api/n1"]
+
+
+def test_a_lease_revoked_behind_the_librarys_back_is_replaced(fresh_etcd: Etcd) -> None:
+    with quick_registry(fresh_etcd) as reg:
+        recorder = Recorder()
+        handle = reg.register("api", "n1", ttl=5.0, on_status=recorder)
+        assert handle.wait(DEADLINE)
+        fresh_etcd.cmd("lease-revoke", handle.lease_id)
+        recorder.wait_kind("reregistered")
+        assert list(fresh_etcd.get_prefix("/s/api/")) == ["/s/api/n1"]
+        assert handle.state == "registered"

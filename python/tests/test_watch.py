@@ -1,0 +1,142 @@
+"""Watches: the live set, ordered events by iteration, callback and `next_event`, and their end."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from etcd_registry import ClosedError, Node, Registry, WatchEvent
+
+from conftest import DEADLINE, Etcd, Recorder, eventually
+
+
+def next_event(watch, what: str) -> WatchEvent:  # type: ignore[no-untyped-def]
+    event = watch.next_event(timeout=DEADLINE)
+    assert event is not None, f"no {what} event within {DEADLINE} s"
+    return event
+
+
+def test_snapshot_then_added_updated_removed_in_order(registry: Registry) -> None:
+    first = registry.register("api", "a", {"v": "1"})
+    assert first.wait(DEADLINE)
+    with registry.watch("api") as watch:
+        assert watch.service == "api"
+        assert watch.nodes() == [Node("a", {"v": "1"})]
+        # The nodes present at the start come first, as "added".
+        event = next_event(watch, "initial")
+        assert (event.kind, event.node) == ("added", Node("a", {"v": "1"}))
+
+        second = registry.register("api", "b", {"v": "1"})
+        event = next_event(watch, "added")
+        assert (event.kind, event.node) == ("added", Node("b", {"v": "1"}))
+        assert event.revision > 0
+
+        updated = registry.register("api", "b", {"v": "2"})  # replaces the registration
+        event = next_event(watch, "updated")
+        assert (event.kind, event.node) == ("updated", Node("b", {"v": "2"}))
+
+        first.unregister()
+        event = next_event(watch, "removed")
+        assert (event.kind, event.node) == ("removed", Node("a", {"v": "1"}))
+        assert watch.nodes() == [Node("b", {"v": "2"})]
+        assert watch.revision >= event.revision
+        assert watch.next_event(timeout=0.05) is None, "nothing else happened"
+        del second, updated
+    assert watch.closed
+    assert watch.next_event(timeout=0) is None
+    with pytest.raises(ClosedError):
+        watch.nodes()
+
+
+def test_iteration_blocks_until_an_event_and_ends_on_close(registry: Registry) -> None:
+    watch = registry.watch("api")
+    seen: list[WatchEvent] = []
+    done = threading.Event()
+
+    def consume() -> None:
+        for event in watch:  # blocks with the GIL released
+            seen.append(event)
+        done.set()
+
+    consumer = threading.Thread(target=consume)
+    consumer.start()
+    handle = registry.register("api", "n")
+    eventually("the consumer to see the node", lambda: [e.kind for e in seen] == ["added"])
+    handle.unregister()
+    eventually("the removal", lambda: [e.kind for e in seen] == ["added", "removed"])
+    watch.close()
+    watch.close()  # idempotent
+    assert done.wait(DEADLINE), "iteration ended after close()"
+    consumer.join()
+    assert list(watch) == []
+
+
+def test_registry_close_ends_iteration(etcd: Etcd, base_path: str) -> None:
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    watch = reg.watch("api")
+    done = threading.Event()
+
+    def consume() -> None:
+        list(watch)
+        done.set()
+
+    threading.Thread(target=consume).start()
+    reg.close()
+    assert done.wait(DEADLINE)
+    assert watch.closed
+
+
+def test_on_event_callback_gets_every_event_in_order_on_the_library_thread(registry: Registry) -> None:
+    recorder = Recorder()
+    watch = registry.watch("api", on_event=recorder)
+    with pytest.raises(RuntimeError, match="on_event"):
+        next(iter(watch))
+    handles = [registry.register("api", f"n{i}") for i in range(5)]
+    for handle in handles:
+        handle.unregister()
+    recorder.wait_for("ten events", lambda _: len(recorder.items) >= 10)
+    kinds = [(e.kind, e.node.name) for e in recorder.items]
+    for i in range(5):
+        assert kinds.index(("added", f"n{i}")) < kinds.index(("removed", f"n{i}"))
+    revisions = [e.revision for e in recorder.items]
+    assert revisions == sorted(revisions), "events arrive in revision order"
+    assert recorder.threads == {"etcd_registry-dispatch"}
+    watch.close()
+    registry.register("api", "after-close").wait(DEADLINE)
+    # A later watch sees the new node, the closed one got nothing more.
+    with registry.watch("api") as check:
+        assert [n.name for n in check.nodes()] == ["after-close"]
+    assert len(recorder.items) == 10
+
+
+def test_a_callback_watch_lives_on_without_its_python_object(registry: Registry) -> None:
+    recorder = Recorder()
+    registry.watch("api", on_event=recorder)  # the Watch object is dropped at once
+    registry.register("api", "n")
+    recorder.wait_kind("added")
+
+
+def test_two_services_do_not_mix(registry: Registry) -> None:
+    with registry.watch("api") as api, registry.watch("api2") as api2:
+        registry.register("api2", "x")
+        event = next_event(api2, "added")
+        assert event.node is not None and event.node.name == "x"
+        assert api.next_event(timeout=0.2) is None
+        assert api.nodes() == []
+
+
+def test_watch_resumes_after_etcd_restarts(fresh_etcd: Etcd) -> None:
+    with Registry(fresh_etcd.endpoints, timeout=2.0, backoff_min=0.2, backoff_max=1.0) as reg:
+        with reg.watch("api") as watch:
+            fresh_etcd.cmd("put", "/services/api/a", '{"v":"1"}')
+            assert next_event(watch, "added").node == Node("a", {"v": "1"})
+            fresh_etcd.cmd("kill", 0)
+            fresh_etcd.cmd("start", 0)
+            fresh_etcd.cmd("put", "/services/api/b", '{"v":"1"}')
+            fresh_etcd.cmd("delete", "/services/api/a")
+            event = next_event(watch, "added after the restart")
+            assert (event.kind, event.node) == ("added", Node("b", {"v": "1"}))
+            event = next_event(watch, "removed after the restart")
+            assert (event.kind, event.node) == ("removed", Node("a", {"v": "1"}))
+            assert watch.nodes() == [Node("b", {"v": "1"})]
