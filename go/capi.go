@@ -1,0 +1,327 @@
+package etcdregistry
+
+// Every call into the C library goes through this file: C types stay here, the rest of the
+// package sees Go values. The header's rules (include/etcd_registry.h) that matter here:
+// out-parameters are written only on success; strings handed out live until the list or event
+// is freed (so they are copied before); the last error message is thread-local (so shims.h
+// copies it inside the same native call).
+
+/*
+#cgo CFLAGS: -I${SRCDIR}/../include
+#include <stdlib.h>
+#include "shims.h"
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+	"unsafe"
+)
+
+// cRegistry is the library's opaque registry handle, for the files that hold one.
+type cRegistry = C.etcd_registry
+
+// cResult turns a status and the message copied by the shim into an error, freeing the copy.
+func cResult(op string, status C.etcd_registry_status, msg *C.char) error {
+	if msg != nil {
+		defer C.free(unsafe.Pointer(msg))
+	}
+	if status == statusOK {
+		return nil
+	}
+	text := ""
+	if msg != nil {
+		text = C.GoString(msg)
+	}
+	return errorOfStatus(op, uint32(status), text)
+}
+
+// cStrings converts Go strings to C strings; free them with freeCStrings. A NUL byte inside
+// one would silently cut it short in C, so it is an invalid argument instead.
+func cStrings(op string, values ...string) ([]*C.char, error) {
+	for _, v := range values {
+		if strings.IndexByte(v, 0) >= 0 {
+			return nil, invalidArgument(op, "strings must not contain NUL bytes")
+		}
+	}
+	out := make([]*C.char, len(values))
+	for i, v := range values {
+		out[i] = C.CString(v)
+	}
+	return out, nil
+}
+
+func freeCStrings(values []*C.char) {
+	for _, v := range values {
+		C.free(unsafe.Pointer(v))
+	}
+}
+
+// durationMs is d in whole milliseconds, rounded up (the library counts milliseconds).
+func durationMs(d time.Duration) uint64 {
+	return uint64((d + time.Millisecond - 1) / time.Millisecond)
+}
+
+// cConnect builds a configuration from cfg (already validated) and creates the registry. It
+// does not dial.
+func cConnect(cfg Config) (*C.etcd_registry, error) {
+	const op = "new registry"
+	var config *C.etcd_registry_config
+	var msg *C.char
+	if err := cResult(op, C.goer_config_new(&config, &msg), msg); err != nil {
+		return nil, err
+	}
+	defer C.etcd_registry_config_free(config)
+
+	for _, endpoint := range cfg.Endpoints {
+		cs, err := cStrings(op, endpoint)
+		if err != nil {
+			return nil, err
+		}
+		status := C.goer_config_add_endpoint(config, cs[0], &msg)
+		freeCStrings(cs)
+		if err := cResult(op, status, msg); err != nil {
+			return nil, err
+		}
+	}
+	cs, err := cStrings(op, cfg.BasePath, cfg.Username, cfg.Password)
+	if err != nil {
+		return nil, err
+	}
+	defer freeCStrings(cs)
+	if err := cResult(op, C.goer_config_set_base_path(config, cs[0], &msg), msg); err != nil {
+		return nil, err
+	}
+	if cfg.Username != "" {
+		if err := cResult(op, C.goer_config_set_credentials(config, cs[1], cs[2], &msg), msg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.Timeout > 0 {
+		status := C.goer_config_set_timeout_ms(config, C.uint64_t(durationMs(cfg.Timeout)), &msg)
+		if err := cResult(op, status, msg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.BackoffMin > 0 || cfg.BackoffMax > 0 {
+		status := C.goer_config_set_backoff_ms(config, C.uint64_t(durationMs(cfg.BackoffMin)),
+			C.uint64_t(durationMs(cfg.BackoffMax)), &msg)
+		if err := cResult(op, status, msg); err != nil {
+			return nil, err
+		}
+	}
+	var registry *C.etcd_registry
+	if err := cResult(op, C.goer_connect(config, &registry, &msg), msg); err != nil {
+		return nil, err
+	}
+	return registry, nil
+}
+
+func cRegister(p *C.etcd_registry, service, node, infoJSON string, ttl time.Duration) (uint64, error) {
+	const op = "register"
+	cs, err := cStrings(op, service, node, infoJSON)
+	if err != nil {
+		return 0, err
+	}
+	defer freeCStrings(cs)
+	var id C.uint64_t
+	var msg *C.char
+	status := C.goer_register(p, cs[0], cs[1], cs[2], C.uint64_t(durationMs(ttl)), &id, &msg)
+	if err := cResult(op, status, msg); err != nil {
+		return 0, err
+	}
+	return uint64(id), nil
+}
+
+func cUnregister(p *C.etcd_registry, id uint64) error {
+	var msg *C.char
+	return cResult("unregister", C.goer_unregister(p, C.uint64_t(id), &msg), msg)
+}
+
+func cRegistrationState(p *C.etcd_registry, id uint64) (State, error) {
+	var state C.etcd_registry_state
+	var msg *C.char
+	if err := cResult("registration state", C.goer_registration_state(p, C.uint64_t(id), &state, &msg), msg); err != nil {
+		return 0, err
+	}
+	switch state {
+	case C.ETCD_REGISTRY_STATE_REGISTERING:
+		return StateRegistering, nil
+	case C.ETCD_REGISTRY_STATE_REGISTERED:
+		return StateRegistered, nil
+	case C.ETCD_REGISTRY_STATE_RETRYING:
+		return StateRetrying, nil
+	default:
+		return StateUnregistered, nil
+	}
+}
+
+func cRegistrationLeaseID(p *C.etcd_registry, id uint64) (int64, error) {
+	var lease C.int64_t
+	var msg *C.char
+	if err := cResult("lease id", C.goer_registration_lease_id(p, C.uint64_t(id), &lease, &msg), msg); err != nil {
+		return 0, err
+	}
+	return int64(lease), nil
+}
+
+func cList(p *C.etcd_registry, service string) ([]Node, error) {
+	const op = "list"
+	cs, err := cStrings(op, service)
+	if err != nil {
+		return nil, err
+	}
+	defer freeCStrings(cs)
+	var list *C.etcd_registry_node_list
+	var msg *C.char
+	if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
+		return nil, err
+	}
+	return takeNodeList(list), nil
+}
+
+func cWatch(p *C.etcd_registry, service string) (uint64, error) {
+	const op = "watch"
+	cs, err := cStrings(op, service)
+	if err != nil {
+		return 0, err
+	}
+	defer freeCStrings(cs)
+	var id C.uint64_t
+	var msg *C.char
+	if err := cResult(op, C.goer_watch(p, cs[0], &id, &msg), msg); err != nil {
+		return 0, err
+	}
+	return uint64(id), nil
+}
+
+func cUnwatch(p *C.etcd_registry, id uint64) error {
+	var msg *C.char
+	return cResult("unwatch", C.goer_unwatch(p, C.uint64_t(id), &msg), msg)
+}
+
+func cWatchNodes(p *C.etcd_registry, id uint64) ([]Node, error) {
+	var list *C.etcd_registry_node_list
+	var msg *C.char
+	if err := cResult("watch nodes", C.goer_watch_nodes(p, C.uint64_t(id), &list, &msg), msg); err != nil {
+		return nil, err
+	}
+	return takeNodeList(list), nil
+}
+
+// takeNodeList copies a node list into Go values and frees it. Never nil.
+func takeNodeList(list *C.etcd_registry_node_list) []Node {
+	defer C.etcd_registry_node_list_free(list)
+	n := int(C.etcd_registry_node_list_len(list))
+	nodes := make([]Node, 0, n)
+	for i := 0; i < n; i++ {
+		name := C.etcd_registry_node_list_name(list, C.size_t(i))
+		info := C.etcd_registry_node_list_info_json(list, C.size_t(i))
+		nodes = append(nodes, Node{Name: goString(name), Info: decodeInfo(goString(info))})
+	}
+	return nodes
+}
+
+// cClose closes the registry (see the header's shutdown order); the handle stays valid.
+func cClose(p *C.etcd_registry) error {
+	var msg *C.char
+	return cResult("close", C.goer_close(p, &msg), msg)
+}
+
+// cFree frees the registry: the last call on it.
+func cFree(p *C.etcd_registry) {
+	C.etcd_registry_free(p)
+}
+
+// pulled is one event taken from the registry's pull queue, copied into Go values.
+type pulled struct {
+	watch  bool   // a watch event (else a status event)
+	id     uint64 // registration or watch id
+	status StatusEvent
+	event  WatchEvent
+}
+
+// waitForever is ETCD_REGISTRY_WAIT_FOREVER: next_event waits until an event or close.
+const waitForever = ^uint64(0)
+
+// cNextEvent takes the next queued event. The error is the library's: ErrTimeout when none
+// came in time, ErrClosed once the registry is closed.
+func cNextEvent(p *C.etcd_registry, timeoutMs uint64) (pulled, error) {
+	var ev *C.etcd_registry_event
+	var msg *C.char
+	if err := cResult("next event", C.goer_next_event(p, C.uint64_t(timeoutMs), &ev, &msg), msg); err != nil {
+		return pulled{}, err
+	}
+	defer C.etcd_registry_event_free(ev)
+	if ev.event_type == C.ETCD_REGISTRY_EVENT_TYPE_WATCH {
+		w := &ev.watch
+		out := WatchEvent{
+			Type:     WatchEventType(w.kind),
+			Service:  goString(w.service),
+			Node:     Node{Name: goString(w.node_name), Info: decodeInfo(goString(w.info_json))},
+			Revision: int64(w.revision),
+		}
+		if out.Type == WatchResynced {
+			out.Node = Node{}
+		}
+		return pulled{watch: true, id: uint64(w.watch_id), event: out}, nil
+	}
+	s := &ev.status
+	out := StatusEvent{
+		Kind:    StatusKind(s.kind),
+		Service: goString(s.service),
+		Node:    goString(s.node),
+		Attempt: int(s.attempt),
+		Delay:   time.Duration(s.delay_ms) * time.Millisecond,
+		LeaseID: int64(s.lease_id),
+	}
+	if s.error_status != statusOK {
+		out.Err = errorOfStatus(out.Kind.op(), uint32(s.error_status), goString(s.error_message))
+	}
+	return pulled{id: uint64(s.registration_id), status: out}, nil
+}
+
+// Log levels of the library (ETCD_REGISTRY_LOG_*).
+const (
+	logOff   = 0
+	logError = 1
+	logWarn  = 2
+	logInfo  = 3
+	logDebug = 4
+	logTrace = 5
+)
+
+// cSetLog installs the log trampoline with handle as its user data, or turns forwarding off
+// for logOff. Once it returns, the previous callback is not running and will not run again.
+func cSetLog(maxLevel uint32, handle uintptr) error {
+	var msg *C.char
+	return cResult("set logger", C.goer_set_log(C.etcd_registry_log_level(maxLevel), C.uintptr_t(handle), &msg), msg)
+}
+
+// goString is C.GoString that maps NULL to "".
+func goString(s *C.char) string {
+	if s == nil {
+		return ""
+	}
+	return C.GoString(s)
+}
+
+// encodeInfo is the info as the library takes it: a JSON object of strings.
+func encodeInfo(info map[string]string) string {
+	if len(info) == 0 {
+		return "{}"
+	}
+	b, _ := json.Marshal(info) // a map[string]string always marshals
+	return string(b)
+}
+
+// decodeInfo reads the library's JSON object of strings; never nil.
+func decodeInfo(s string) map[string]string {
+	info := map[string]string{}
+	if s != "" {
+		_ = json.Unmarshal([]byte(s), &info) // the library hands out valid objects of strings
+	}
+	return info
+}

@@ -1,0 +1,53 @@
+// Package etcdregistry registers service nodes in etcd and discovers them. It is a drop-in
+// replacement for go.lumeweb.com/etcd-registry (same NewEtcdRegistry, Node, RegisterNode and
+// GetServiceNodes, same key layout <basePath>/<service>/<node> with a JSON info value), built
+// through cgo on the Rust etcd-registry library (libetcd_registry, include/etcd_registry.h).
+// An existing service changes only its import path:
+//
+//	import etcdregistry "github.com/etcd-registry/etcd-registry/go"
+//
+//	reg, err := etcdregistry.NewEtcdRegistry([]string{"localhost:2379"}, "/services", "", "", 10*time.Second)
+//	done, errChan, err := reg.RegisterNode(ctx, "my-service",
+//		etcdregistry.Node{Name: "node1", Info: map[string]string{"version": "1.0.0"}}, 30*time.Second)
+//	select {
+//	case <-done: // first registration landed
+//	case err := <-errChan: // it failed (retries go on) or ctx ended
+//	}
+//	nodes, err := reg.GetServiceNodes("my-service")
+//
+// Unlike the library it replaces, a registration never gives up: it keeps its lease alive and
+// re-registers after any outage, with backoff (1 s doubling to 30 s), until its context ends.
+// Beyond the old API: Register (status events, state, lease), UnregisterNode, WatchService
+// (change events and the live node set), Close (unregisters everything), SetLogger (the
+// library's logs into log/slog) and New (backoff and the rest of the configuration).
+//
+// # Errors
+//
+// Every error is an *Error with a Code; errors.Is works with the sentinels ErrInvalidArgument,
+// ErrConnection, ErrTimeout, ErrAuth, ErrNotFound, ErrClosed and ErrInternal, and a timeout
+// also matches context.DeadlineExceeded (its text says "context deadline exceeded"). An
+// authentication failure says "authentication".
+//
+// # Building
+//
+// The package links the Rust library statically, so a Go program needs no LD_LIBRARY_PATH.
+// Build the library first, from the repository root, then use the go command as usual:
+//
+//	cargo build -p etcd-registry-ffi   # target/debug/libetcd_registry.a, linked by default
+//	cd go && go build ./... && go test ./...
+//
+// Build tags select another library: etcd_registry_release links target/release (after
+// cargo build --release -p etcd-registry-ffi); etcd_registry_system uses pkg-config --static
+// etcd_registry (after ffi/install.sh --prefix DIR --static and
+// PKG_CONFIG_PATH=DIR/lib/pkgconfig). cgo must be enabled (CGO_ENABLED=1, a C compiler).
+//
+// # Threads and lifetimes
+//
+// The library runs its own threads. Events come to Go through its pull queue: one goroutine
+// per registry waits in etcd_registry_next_event and hands each event to the goroutine of its
+// registration or watch, so no foreign thread calls into Go for them and C holds no Go pointer.
+// Only the optional log forwarding is a callback, with a runtime/cgo.Handle as its user data
+// and a recover() in the exported trampoline. A registry is closed by a finalizer when it is
+// unreachable and has no running registration or watch, but call Close: it is what deletes the
+// keys at once.
+package etcdregistry

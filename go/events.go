@@ -1,0 +1,141 @@
+package etcdregistry
+
+import "time"
+
+// Node is one registered instance of a service: a name unique within the service and free
+// string information (address, version …).
+type Node struct {
+	Name string
+	Info map[string]string
+}
+
+// StatusKind says what happened to a registration. The registration state machine, the same
+// in every language of this library:
+//
+//	Register ─► registering ──► registered ◄────────────────┐
+//	              │  ▲              │ keep-alive lost         │ re-registered
+//	      failed, │  │ retrying     ▼                         │
+//	     retrying └──┘           retrying ────────────────────┘
+//	any state ── ctx ends / Unregister / Close / replaced ──► unregistered (the last event)
+type StatusKind int
+
+// The kinds of StatusEvent (their numbers are the C library's).
+const (
+	// StatusRegistered: the key was put for the first time (LeaseID is set).
+	StatusRegistered StatusKind = 1
+	// StatusFailed: the first attempt failed before any registration (Err); Retrying follows.
+	StatusFailed StatusKind = 2
+	// StatusKeepAliveLost: a registered node lost its keep-alive: etcd down, partitioned, the
+	// lease expired or was revoked (Err). Retrying follows.
+	StatusKeepAliveLost StatusKind = 3
+	// StatusRetrying: the next attempt comes after Delay (Attempt counts from 1; Err says why).
+	StatusRetrying StatusKind = 4
+	// StatusReregistered: the key is back after a loss (LeaseID: the old lease if it survived).
+	StatusReregistered StatusKind = 5
+	// StatusUnregistered: the registration ended; always the last event. Err is the error the
+	// registration's error channel got (ctx.Err(), ErrUnregistered, ErrClosed, ErrReplaced).
+	StatusUnregistered StatusKind = 6
+)
+
+func (k StatusKind) String() string {
+	switch k {
+	case StatusRegistered:
+		return "registered"
+	case StatusFailed:
+		return "failed"
+	case StatusKeepAliveLost:
+		return "keepalive_lost"
+	case StatusRetrying:
+		return "retrying"
+	case StatusReregistered:
+		return "reregistered"
+	case StatusUnregistered:
+		return "unregistered"
+	default:
+		return "unknown"
+	}
+}
+
+// op names the step whose failure an event reports, for the error's Op.
+func (k StatusKind) op() string {
+	if k == StatusKeepAliveLost {
+		return "keep-alive"
+	}
+	return "register"
+}
+
+// StatusEvent is one change of a registration, in order.
+type StatusEvent struct {
+	Kind    StatusKind
+	Service string
+	Node    string
+	Attempt int           // Retrying: 1 for the first retry after a failure
+	Delay   time.Duration // Retrying: time until that attempt
+	Err     error         // Failed, KeepAliveLost, Retrying: why (an *Error); Unregistered: how it ended
+	LeaseID int64         // Registered, Reregistered: the etcd lease of the key
+}
+
+// State is where a registration stands.
+type State int
+
+// Registration states.
+const (
+	StateRegistering  State = 1 // not registered yet: the first attempt is under way or retried
+	StateRegistered   State = 2 // the key is in etcd and its lease is kept alive
+	StateRetrying     State = 3 // registered once, then lost; retrying
+	StateUnregistered State = 4 // ended (ctx, Unregister, Close, or replaced)
+)
+
+func (s State) String() string {
+	switch s {
+	case StateRegistering:
+		return "registering"
+	case StateRegistered:
+		return "registered"
+	case StateRetrying:
+		return "retrying"
+	case StateUnregistered:
+		return "unregistered"
+	default:
+		return "unknown"
+	}
+}
+
+// WatchEventType says how a watched service changed.
+type WatchEventType int
+
+// The kinds of WatchEvent (their numbers are the C library's).
+const (
+	// WatchAdded: a node appeared. A watch starts with one Added per node present.
+	WatchAdded WatchEventType = 1
+	// WatchUpdated: a node's info changed.
+	WatchUpdated WatchEventType = 2
+	// WatchRemoved: a node disappeared (unregistered or expired); Node.Info is its last info.
+	WatchRemoved WatchEventType = 3
+	// WatchResynced: the watch missed history (compacted while disconnected), re-listed the
+	// service and sent the difference as Added/Updated/Removed just before. Node is empty.
+	WatchResynced WatchEventType = 4
+)
+
+func (t WatchEventType) String() string {
+	switch t {
+	case WatchAdded:
+		return "added"
+	case WatchUpdated:
+		return "updated"
+	case WatchRemoved:
+		return "removed"
+	case WatchResynced:
+		return "resynced"
+	default:
+		return "unknown"
+	}
+}
+
+// WatchEvent is one change of a watched service.
+type WatchEvent struct {
+	Type     WatchEventType
+	Service  string
+	Node     Node  // the node concerned; empty for Resynced
+	Revision int64 // the etcd revision of the change
+}

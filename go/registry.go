@@ -1,0 +1,222 @@
+package etcdregistry
+
+import (
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Config is the full configuration of a registry; NewEtcdRegistry covers the common part.
+type Config struct {
+	// Endpoints of the etcd cluster, "host:port" or "http://host:port". At least one.
+	Endpoints []string
+	// BasePath prefixes every key: nodes live at <BasePath>/<service>/<node>, joined like
+	// path.Join. May be empty (keys then start with the service name).
+	BasePath string
+	// Username and Password for an etcd with authentication; an empty Username means none.
+	// Given to an etcd without authentication, they are ignored (with a warning in the log).
+	Username, Password string
+	// Timeout of connecting and of each etcd call. 0 means 10 s.
+	Timeout time.Duration
+	// BackoffMin and BackoffMax bound the retry delays of registrations and watches after a
+	// failure: BackoffMin doubling up to BackoffMax, each shortened by up to 20 % at random.
+	// 0 means 1 s and 30 s.
+	BackoffMin, BackoffMax time.Duration
+}
+
+const (
+	defaultBackoffMin = time.Second
+	defaultBackoffMax = 30 * time.Second
+)
+
+// EtcdRegistry registers nodes of services in etcd and discovers them. All methods are safe
+// for concurrent use. It holds one etcd connection (made when first needed) and one lease per
+// distinct TTL. Close it when done: Close unregisters everything at once. A registry that is no
+// longer referenced, and has no running registration or watch, is closed by the garbage
+// collector as a safety net.
+type EtcdRegistry struct {
+	h *handle
+}
+
+// handle owns the C registry. The EtcdRegistry users see wraps it so that the goroutine pulling
+// events (which references only the handle) does not keep the EtcdRegistry alive: when nothing
+// else does, its finalizer closes the handle, which ends that goroutine.
+type handle struct {
+	// life guards ptr: every C call holds the read lock; close frees ptr under the write lock,
+	// so no call is inside the library when it is freed.
+	life sync.RWMutex
+	ptr  *cRegistry // nil once freed
+
+	mu            sync.Mutex
+	closing       bool                      // guarded by mu; no new goroutine after it is set
+	registrations map[nodeKey]*Registration // guarded by mu: the live registration of each node
+	goroutines    sync.WaitGroup            // registration and watch goroutines; Add under mu
+
+	closed    chan struct{} // closed once the C registry is closed
+	closeOnce sync.Once
+	closeErr  error
+
+	dispatchOnce    sync.Once
+	dispatchStarted bool
+	dispatchDone    chan struct{}
+	routes          *routes
+}
+
+type nodeKey struct{ service, node string }
+
+// NewEtcdRegistry creates a registry. It fails only on bad arguments (no endpoint, an empty
+// endpoint, defaultTimeout <= 0); it does not dial, so etcd may be down now: every operation
+// connects when it needs to, and registrations retry until etcd is up. username may be empty
+// (no authentication). defaultTimeout bounds connecting and each etcd call.
+func NewEtcdRegistry(endpoints []string, basePath, username, password string, defaultTimeout time.Duration) (*EtcdRegistry, error) {
+	if defaultTimeout <= 0 {
+		return nil, invalidArgument("new registry", "default timeout must be greater than zero")
+	}
+	return New(Config{
+		Endpoints: endpoints,
+		BasePath:  basePath,
+		Username:  username,
+		Password:  password,
+		Timeout:   defaultTimeout,
+	})
+}
+
+// New creates a registry from a full configuration. Like NewEtcdRegistry, it does not dial.
+func New(cfg Config) (*EtcdRegistry, error) {
+	const op = "new registry"
+	if len(cfg.Endpoints) == 0 {
+		return nil, invalidArgument(op, "no etcd endpoints")
+	}
+	for _, e := range cfg.Endpoints {
+		if strings.TrimSpace(e) == "" {
+			return nil, invalidArgument(op, "empty etcd endpoint")
+		}
+	}
+	if cfg.Timeout < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 {
+		return nil, invalidArgument(op, "durations must not be negative")
+	}
+	if cfg.BackoffMin > 0 || cfg.BackoffMax > 0 {
+		if cfg.BackoffMin == 0 {
+			cfg.BackoffMin = min(defaultBackoffMin, cfg.BackoffMax)
+		}
+		if cfg.BackoffMax == 0 {
+			cfg.BackoffMax = max(defaultBackoffMax, cfg.BackoffMin)
+		}
+	}
+	p, err := cConnect(cfg)
+	if err != nil {
+		return nil, err
+	}
+	r := &EtcdRegistry{h: &handle{
+		ptr:           p,
+		registrations: map[nodeKey]*Registration{},
+		closed:        make(chan struct{}),
+		dispatchDone:  make(chan struct{}),
+		routes:        newRoutes(),
+	}}
+	runtime.SetFinalizer(r, finalizeRegistry)
+	return r, nil
+}
+
+// finalized counts registries closed by the garbage collector (for the tests).
+var finalized atomic.Int64
+
+func finalizeRegistry(r *EtcdRegistry) {
+	h := r.h
+	// Closing waits for etcd (revoking leases); never block the finalizer goroutine on it.
+	go func() {
+		_ = h.close()
+		finalized.Add(1)
+	}()
+}
+
+// Close unregisters every node of this registry (their keys are deleted at once), stops its
+// watches and releases it. Registrations still running end with ErrClosed on their error
+// channels. Close is idempotent and safe to call concurrently: the first call returns the error
+// of revoking the leases (if etcd could not be told, the keys expire with their TTL), later
+// calls return nil. Any other use afterwards returns an error matching ErrClosed.
+func (r *EtcdRegistry) Close() error {
+	err := r.h.close()
+	runtime.KeepAlive(r)
+	return err
+}
+
+// GetServiceNodes lists the nodes of a service, sorted by name, in one etcd request. An empty
+// service name is an error; a service without nodes gives an empty slice and no error.
+func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
+	if service == "" {
+		return nil, invalidArgument("list", "service name must not be empty")
+	}
+	var nodes []Node
+	err := r.h.use("list", func(p *cRegistry) error {
+		var err error
+		nodes, err = cList(p, service)
+		return err
+	})
+	runtime.KeepAlive(r)
+	if err != nil {
+		return nil, err
+	}
+	return nodes, nil
+}
+
+// use runs f with the C registry, or fails with ErrClosed once it is freed.
+func (h *handle) use(op string, f func(p *cRegistry) error) error {
+	h.life.RLock()
+	defer h.life.RUnlock()
+	if h.ptr == nil {
+		return closedError(op)
+	}
+	return f(h.ptr)
+}
+
+// track registers a new goroutine of the registry, unless the registry is closing.
+func (h *handle) track() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing {
+		return false
+	}
+	h.goroutines.Add(1)
+	return true
+}
+
+// close follows the header's shutdown order: close the C registry (which stops the pull queue
+// and revokes the leases), let every goroutine of the registry leave, then free it.
+func (h *handle) close() error {
+	first := false
+	h.closeOnce.Do(func() {
+		first = true
+		h.mu.Lock()
+		h.closing = true
+		h.mu.Unlock()
+		// ptr is only ever cleared below, by this one call.
+		h.closeErr = cClose(h.ptr)
+		close(h.closed)
+		h.dispatchOnce.Do(func() {}) // no dispatcher can start after this
+		h.goroutines.Wait()
+		if h.dispatchStarted {
+			<-h.dispatchDone
+		}
+		h.life.Lock()
+		cFree(h.ptr)
+		h.ptr = nil
+		h.life.Unlock()
+	})
+	if first {
+		return h.closeErr
+	}
+	return nil
+}
+
+// isClosed reports whether close has begun.
+func (h *handle) isClosed() bool {
+	select {
+	case <-h.closed:
+		return true
+	default:
+		return false
+	}
+}

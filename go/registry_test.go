@@ -1,0 +1,830 @@
+package etcdregistry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"reflect"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestNewEtcdRegistryRejectsBadArguments(t *testing.T) {
+	cases := []struct {
+		name      string
+		endpoints []string
+		timeout   time.Duration
+	}{
+		{"no endpoints", nil, time.Second},
+		{"empty endpoint", []string{""}, time.Second},
+		{"blank endpoint", []string{"127.0.0.1:2379", "  "}, time.Second},
+		{"NUL in endpoint", []string{"127.0.0.1:2379\x00"}, time.Second},
+		{"malformed endpoint", []string{"http://[::1"}, time.Second},
+		{"zero timeout", []string{"127.0.0.1:2379"}, 0},
+		{"negative timeout", []string{"127.0.0.1:2379"}, -time.Second},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r, err := NewEtcdRegistry(c.endpoints, "/services", "", "", c.timeout)
+			if err == nil {
+				r.Close()
+				t.Fatal("no error")
+			}
+			if !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("error %v does not match ErrInvalidArgument", err)
+			}
+		})
+	}
+}
+
+func TestNewEtcdRegistryDoesNotDial(t *testing.T) {
+	// Nothing listens there: creating the registry must still work.
+	r, err := NewEtcdRegistry([]string{unusedAddress(t)}, "/services", "", "", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("close without any registration: %v", err)
+	}
+}
+
+// unusedAddress is a loopback address nothing listens on (the port was free a moment ago).
+func unusedAddress(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+func TestRegisterNodeRejectsBadInput(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	ctx := context.Background()
+	node := Node{Name: "n1"}
+	cases := []struct {
+		name    string
+		ctx     context.Context
+		service string
+		node    Node
+		ttl     time.Duration
+	}{
+		{"empty service", ctx, "", node, time.Minute},
+		{"empty node name", ctx, "svc", Node{}, time.Minute},
+		{"zero ttl", ctx, "svc", node, 0},
+		{"negative ttl", ctx, "svc", node, -time.Second},
+		{"nil context", nil, "svc", node, time.Minute},
+		{"NUL in name", ctx, "svc", Node{Name: "a\x00b"}, time.Minute},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			done, errs, err := r.RegisterNode(c.ctx, c.service, c.node, c.ttl)
+			if !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("got %v, want an error matching ErrInvalidArgument", err)
+			}
+			if done != nil || errs != nil {
+				t.Fatal("channels returned with an error")
+			}
+		})
+	}
+	if _, err := r.GetServiceNodes(""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("GetServiceNodes(\"\"): got %v, want ErrInvalidArgument", err)
+	}
+	if err := r.UnregisterNode(ctx, "", "n1"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("UnregisterNode with empty service: %v", err)
+	}
+	if _, err := r.WatchService(ctx, ""); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("WatchService(\"\"): %v", err)
+	}
+}
+
+func TestRegisterListAndKeyLayout(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	info := map[string]string{"version": "1.0.0", "address": "10.0.0.5:8080"}
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "node1", Info: info}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Node{{Name: "node1", Info: info}}
+	if !reflect.DeepEqual(nodes, want) {
+		t.Fatalf("listed %+v, want %+v", nodes, want)
+	}
+	// The old library's layout: <base>/<service>/<node> holding the info as JSON.
+	kv := shared.getPrefix(t, "/services/"+service+"/")
+	var stored map[string]string
+	if err := json.Unmarshal([]byte(kv["/services/"+service+"/node1"]), &stored); err != nil {
+		t.Fatalf("stored value %q: %v", kv, err)
+	}
+	if !reflect.DeepEqual(stored, info) {
+		t.Fatalf("stored %v, want %v", stored, info)
+	}
+}
+
+func TestGetServiceNodesOfUnknownServiceIsEmpty(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	nodes, err := r.GetServiceNodes(serviceName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if nodes == nil || len(nodes) != 0 {
+		t.Fatalf("got %#v, want an empty slice", nodes)
+	}
+}
+
+func TestConcurrentRegisterAndList(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	var wg sync.WaitGroup
+	failures := make(chan error, 10)
+	for i := range 5 {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			name := fmt.Sprintf("node-%d", i)
+			done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: name, Info: map[string]string{"i": fmt.Sprint(i)}}, 30*time.Second)
+			if err != nil {
+				failures <- err
+				return
+			}
+			select {
+			case <-done:
+			case err := <-errs:
+				failures <- fmt.Errorf("%s: %w", name, err)
+			case <-time.After(waitLimit):
+				failures <- fmt.Errorf("%s: not registered in time", name)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if _, err := r.GetServiceNodes(service); err != nil {
+				failures <- err
+			}
+		}()
+	}
+	wg.Wait()
+	close(failures)
+	for err := range failures {
+		t.Error(err)
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"node-0", "node-1", "node-2", "node-3", "node-4"}
+	if got := nodeNames(nodes); !slices.Equal(got, want) {
+		t.Fatalf("listed %v, want %v", got, want)
+	}
+	for _, n := range nodes {
+		if n.Info["i"] != strings.TrimPrefix(n.Name, "node-") {
+			t.Fatalf("node %s has info %v", n.Name, n.Info)
+		}
+	}
+}
+
+func TestHundredSequentialRegistrations(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	var want []string
+	for i := range 100 {
+		name := fmt.Sprintf("node-%03d", i)
+		want = append(want, name)
+		done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: name}, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, done, errs)
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := nodeNames(nodes); !slices.Equal(got, want) {
+		t.Fatalf("listed %d nodes %v, want the 100 registered", len(got), got)
+	}
+}
+
+func TestCancelUnregistersAtOnce(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done, errs, err := r.RegisterNode(ctx, service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	key := "/services/" + service + "/node1"
+	if _, ok := shared.getPrefix(t, key)[key]; !ok {
+		t.Fatal("key missing after registration")
+	}
+
+	cancel()
+	if err := recvErr(t, errs); err != context.Canceled {
+		t.Fatalf("error channel got %v, want context.Canceled", err)
+	}
+	// The key is gone at once, long before its 30 s lease would expire.
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys left after cancel: %v", kv)
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 0 {
+		t.Fatalf("listed %v, %v after cancel", nodes, err)
+	}
+}
+
+func TestAlreadyCancelledContext(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	done, errs, err := r.RegisterNode(ctx, service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, errs); err != context.Canceled {
+		t.Fatalf("got %v, want context.Canceled", err)
+	}
+	select {
+	case <-done:
+		t.Fatal("done closed for a cancelled context")
+	default:
+	}
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys: %v", kv)
+	}
+}
+
+// The context ends while etcd is down, so the first registration lands (when etcd is back)
+// after it ended: done stays open, ctx.Err() is sent and no key is left.
+func TestContextEndsBeforeFirstRegistration(t *testing.T) {
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: time.Second,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: 400 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	h.do(t, "stop 0")
+	ctx, cancel := context.WithCancel(context.Background())
+	g, err := r.Register(ctx, "svc", Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, g.Errors()); err == nil || errors.Is(err, context.Canceled) {
+		t.Fatalf("first error %v, want a failed attempt", err)
+	}
+	cancel()
+	h.do(t, "start 0")
+	for err := range drain(g.Errors(), g.Events()) {
+		if err == context.Canceled {
+			break
+		}
+	}
+	select {
+	case <-g.Done():
+		t.Fatal("done closed after ctx ended")
+	default:
+	}
+	if g.State() != StateUnregistered {
+		t.Fatalf("state %v", g.State())
+	}
+	if kv := h.getPrefix(t, "/services/"); len(kv) != 0 {
+		t.Fatalf("keys left: %v", kv)
+	}
+}
+
+// drain yields the errors of errs until the registration's events channel is closed.
+func drain(errs <-chan error, events <-chan StatusEvent) func(func(error) bool) {
+	return func(yield func(error) bool) {
+		for range events {
+		}
+		for {
+			select {
+			case err := <-errs:
+				if !yield(err) {
+					return
+				}
+			default:
+				return
+			}
+		}
+	}
+}
+
+// A server that accepts connections and never answers: the first attempt fails after the
+// 1 s timeout with an error matching context.DeadlineExceeded.
+func TestUnreachableEndpointTimesOut(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close() // never accepts: the kernel completes the handshake, nobody answers
+	r, err := NewEtcdRegistry([]string{l.Addr().String()}, "/services", "", "", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, errs, err := r.RegisterNode(ctx, "svc", Node{Name: "node1"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		checkDeadlineExceeded(t, err)
+	case <-done:
+		t.Fatal("registered with a server that never answers")
+	case <-time.After(waitLimit):
+		t.Fatal("no error came")
+	}
+	_, err = r.GetServiceNodes("svc")
+	checkDeadlineExceeded(t, err)
+	cancel()
+	for err := range drain(errs, r.mustRegistration(t, "svc", "node1").Events()) {
+		if err == context.Canceled {
+			return
+		}
+	}
+	t.Fatal("context.Canceled not sent")
+}
+
+func checkDeadlineExceeded(t *testing.T, err error) {
+	t.Helper()
+	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("error %v does not match context.DeadlineExceeded and ErrTimeout", err)
+	}
+	if !strings.Contains(err.Error(), "context deadline exceeded") {
+		t.Fatalf("error text %q does not say context deadline exceeded", err)
+	}
+}
+
+// mustRegistration finds the live registration of a node (test helper).
+func (r *EtcdRegistry) mustRegistration(t *testing.T, service, node string) *Registration {
+	t.Helper()
+	r.h.mu.Lock()
+	defer r.h.mu.Unlock()
+	g := r.h.registrations[nodeKey{service, node}]
+	if g == nil {
+		t.Fatalf("no registration of %s/%s", service, node)
+	}
+	return g
+}
+
+// With a 1 ms timeout etcd cannot answer in time: every failure is a timeout, and the
+// registration keeps retrying until its context ends.
+func TestOneMillisecondTimeout(t *testing.T) {
+	r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	service := serviceName(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done, errs, err := r.RegisterNode(ctx, service, Node{Name: "node1"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-errs:
+		checkDeadlineExceeded(t, err)
+	case <-done:
+		t.Log("etcd answered within 1 ms")
+	case <-time.After(waitLimit):
+		t.Fatal("nothing happened")
+	}
+	if _, err := r.GetServiceNodes(service); err != nil {
+		checkDeadlineExceeded(t, err)
+	}
+}
+
+func TestCredentialsAgainstServerWithoutAuth(t *testing.T) {
+	r, err := NewEtcdRegistry(shared.endpoints, "/services", "username", "password", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("listed %v, %v", nodes, err)
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	h := newHarness(t)
+	h.do(t, "enable-auth root rootpw")
+
+	wrong, err := NewEtcdRegistry(h.endpoints, "/services", "root", "wrong", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer wrong.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	_, errs, err := wrong.RegisterNode(ctx, "svc", Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = recvErr(t, errs)
+	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "authentication") {
+		t.Fatalf("got %v, want an authentication error", err)
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Code != CodeAuth {
+		t.Fatalf("errors.As: %#v", e)
+	}
+	if _, err := wrong.GetServiceNodes("svc"); !errors.Is(err, ErrAuth) {
+		t.Fatalf("list with wrong password: %v", err)
+	}
+
+	right := newRegistryWithCredentials(t, h.endpoints, "root", "rootpw")
+	done, errs, err := right.RegisterNode(t.Context(), "svc", Node{Name: "node2"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	nodes, err := right.GetServiceNodes("svc")
+	if err != nil || !slices.Equal(nodeNames(nodes), []string{"node2"}) {
+		t.Fatalf("listed %v, %v", nodes, err)
+	}
+}
+
+func newRegistryWithCredentials(t *testing.T, endpoints []string, user, password string) *EtcdRegistry {
+	t.Helper()
+	r, err := NewEtcdRegistry(endpoints, "/services", user, password, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r
+}
+
+func TestUseAfterClose(t *testing.T) {
+	r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	w, err := r.WatchService(t.Context(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := recvErr(t, errs); !errors.Is(err, ErrClosed) {
+		t.Fatalf("registration ended with %v, want ErrClosed", err)
+	}
+	// Close revoked the lease: the key is gone at once.
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys left after Close: %v", kv)
+	}
+	for range w.Events() { // closed by Close
+	}
+	checks := map[string]error{}
+	_, _, checks["RegisterNode"] = r.RegisterNode(t.Context(), service, Node{Name: "n"}, time.Minute)
+	_, checks["GetServiceNodes"] = r.GetServiceNodes(service)
+	checks["UnregisterNode"] = r.UnregisterNode(t.Context(), service, "node1")
+	_, checks["WatchService"] = r.WatchService(t.Context(), service)
+	_, checks["Watch.Nodes"] = w.Nodes()
+	for name, err := range checks {
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("%s after Close: got %v, want ErrClosed", name, err)
+		}
+	}
+	if err := w.Close(); err != nil {
+		t.Fatalf("Watch.Close after Close: %v", err)
+	}
+}
+
+func TestConcurrentClose(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	var regs []<-chan error
+	for i := range 3 {
+		done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: fmt.Sprint(i)}, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, done, errs)
+		regs = append(regs, errs)
+	}
+	var wg sync.WaitGroup
+	for range 10 {
+		wg.Add(2)
+		go func() { defer wg.Done(); _ = r.Close() }()
+		go func() { defer wg.Done(); _, _ = r.GetServiceNodes(service) }()
+	}
+	wg.Wait()
+	for _, errs := range regs {
+		if err := recvErr(t, errs); !errors.Is(err, ErrClosed) {
+			t.Fatalf("got %v, want ErrClosed", err)
+		}
+	}
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys left after Close: %v", kv)
+	}
+}
+
+func TestUnregisterNode(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	if err := r.UnregisterNode(t.Context(), service, "node1"); err != nil {
+		t.Fatal(err)
+	}
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys left: %v", kv)
+	}
+	if err := recvErr(t, errs); !errors.Is(err, ErrUnregistered) || !errors.Is(err, ErrClosed) {
+		t.Fatalf("registration ended with %v, want ErrUnregistered", err)
+	}
+	if err := r.UnregisterNode(t.Context(), service, "node1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second UnregisterNode: %v, want ErrNotFound", err)
+	}
+	if err := r.UnregisterNode(t.Context(), service, "never-registered"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("UnregisterNode of an unknown node: %v, want ErrNotFound", err)
+	}
+}
+
+func TestRegistrationEventsStateAndUnregister(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	g, err := r.Register(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := waitStatus(t, g.Events(), StatusRegistered)
+	if ev.LeaseID == 0 || ev.Service != service || ev.Node != "node1" {
+		t.Fatalf("registered event %+v", ev)
+	}
+	<-g.Done()
+	if g.State() != StateRegistered || g.LeaseID() != ev.LeaseID {
+		t.Fatalf("state %v lease %x, want registered on %x", g.State(), g.LeaseID(), ev.LeaseID)
+	}
+	if err := g.Unregister(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	last := waitStatus(t, g.Events(), StatusUnregistered)
+	if !errors.Is(last.Err, ErrUnregistered) {
+		t.Fatalf("last event %+v", last)
+	}
+	if _, ok := <-g.Events(); ok {
+		t.Fatal("events not closed after unregistered")
+	}
+	if g.State() != StateUnregistered || g.LeaseID() != 0 {
+		t.Fatalf("state %v lease %d after unregister", g.State(), g.LeaseID())
+	}
+	if err := g.Unregister(t.Context()); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second Unregister: %v", err)
+	}
+}
+
+func TestRegisteringAgainReplaces(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	first, err := r.Register(t.Context(), service, Node{Name: "node1", Info: map[string]string{"v": "1"}}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, first.Done(), first.Errors())
+	second, err := r.Register(t.Context(), service, Node{Name: "node1", Info: map[string]string{"v": "2"}}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, second.Done(), second.Errors())
+	if err := recvErr(t, first.Errors()); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("first registration ended with %v, want ErrReplaced", err)
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 1 || nodes[0].Info["v"] != "2" {
+		t.Fatalf("listed %v, %v", nodes, err)
+	}
+	// UnregisterNode reaches the newer registration.
+	if err := r.UnregisterNode(t.Context(), service, "node1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, second.Errors()); !errors.Is(err, ErrUnregistered) {
+		t.Fatalf("second registration ended with %v", err)
+	}
+}
+
+func TestWatchService(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "a", Info: map[string]string{"v": "1"}}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+
+	w, err := r.WatchService(t.Context(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	added := waitWatch(t, w, WatchAdded, "a") // present when the watch started
+	if added.Node.Info["v"] != "1" || added.Revision == 0 || added.Service != service {
+		t.Fatalf("added event %+v", added)
+	}
+
+	ctxB, cancelB := context.WithCancel(context.Background())
+	doneB, errsB, err := r.RegisterNode(ctxB, service, Node{Name: "b"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, doneB, errsB)
+	waitWatch(t, w, WatchAdded, "b")
+
+	// The same node registered again with new info: updated.
+	doneA2, errsA2, err := r.RegisterNode(t.Context(), service, Node{Name: "a", Info: map[string]string{"v": "2"}}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, doneA2, errsA2)
+	if ev := waitWatch(t, w, WatchUpdated, "a"); ev.Node.Info["v"] != "2" {
+		t.Fatalf("updated event %+v", ev)
+	}
+
+	cancelB()
+	removed := waitWatch(t, w, WatchRemoved, "b")
+	if removed.Revision <= added.Revision {
+		t.Fatalf("revisions do not grow: %d then %d", added.Revision, removed.Revision)
+	}
+	nodes, err := w.Nodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 1 || nodes[0].Name != "a" || nodes[0].Info["v"] != "2" {
+		t.Fatalf("live set %+v", nodes)
+	}
+
+	// A key written by someone else is seen too.
+	shared.do(t, "put /services/"+service+"/external {\"x\":\"y\"}")
+	if ev := waitWatch(t, w, WatchAdded, "external"); ev.Node.Info["x"] != "y" {
+		t.Fatalf("external node %+v", ev)
+	}
+	shared.do(t, "delete /services/"+service+"/external")
+	waitWatch(t, w, WatchRemoved, "external")
+
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range w.Events() { // closed
+	}
+	if _, err := w.Nodes(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Nodes after Close: %v", err)
+	}
+}
+
+func TestWatchEndsWithItsContext(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	ctx, cancel := context.WithCancel(context.Background())
+	w, err := r.WatchService(ctx, serviceName(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	for range w.Events() {
+	}
+	if _, err := w.Nodes(); !errors.Is(err, ErrClosed) {
+		t.Fatalf("Nodes after cancel: %v", err)
+	}
+}
+
+// etcd killed and restarted under a registration: the status events report the lost
+// keep-alive and the retries, then the re-registration, and the node is listed again.
+func TestRecoversFromEtcdRestart(t *testing.T) {
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * time.Second,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	g, err := r.Register(t.Context(), "svc", Node{Name: "localhost:50000"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, g.Events(), StatusRegistered)
+
+	h.do(t, "kill 0")
+	lost := waitStatus(t, g.Events(), StatusKeepAliveLost)
+	if lost.Err == nil {
+		t.Fatalf("keep-alive lost without an error: %+v", lost)
+	}
+	retrying := waitStatus(t, g.Events(), StatusRetrying)
+	if retrying.Attempt < 1 || retrying.Delay <= 0 || retrying.Err == nil {
+		t.Fatalf("retrying event %+v", retrying)
+	}
+	eventually(t, "the state is retrying", func() bool { return g.State() == StateRetrying })
+
+	h.do(t, "start 0")
+	back := waitStatus(t, g.Events(), StatusReregistered)
+	if back.LeaseID == 0 {
+		t.Fatalf("reregistered event %+v", back)
+	}
+	eventually(t, "the node is listed again", func() bool {
+		nodes, err := r.GetServiceNodes("svc")
+		return err == nil && slices.Equal(nodeNames(nodes), []string{"localhost:50000"})
+	})
+	if g.State() != StateRegistered {
+		t.Fatalf("state %v after re-registration", g.State())
+	}
+	// errChan is for failures before the first registration only.
+	select {
+	case err := <-g.Errors():
+		t.Fatalf("error channel got %v after the first registration", err)
+	default:
+	}
+}
+
+// A registration keeps its registry alive: dropping every reference to the registry does not
+// end it, and its context still unregisters it.
+func TestRegistrationKeepsRegistryAlive(t *testing.T) {
+	service := serviceName(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done, errs := func() (<-chan struct{}, <-chan error) {
+		r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		done, errs, err := r.RegisterNode(ctx, service, Node{Name: "node1"}, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return done, errs
+	}()
+	waitDone(t, done, errs)
+	for range 3 {
+		runtime.GC()
+	}
+	key := "/services/" + service + "/node1"
+	if _, ok := shared.getPrefix(t, key)[key]; !ok {
+		t.Fatal("registration gone after GC")
+	}
+	cancel()
+	if err := recvErr(t, errs); err != context.Canceled {
+		t.Fatalf("got %v", err)
+	}
+	if kv := shared.getPrefix(t, key); len(kv) != 0 {
+		t.Fatalf("key left: %v", kv)
+	}
+}
+
+// An unreferenced registry without registrations is closed by its finalizer.
+func TestFinalizerClosesUnreachableRegistry(t *testing.T) {
+	before := finalized.Load()
+	func() {
+		r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Use it, so the pulling goroutine runs too.
+		w, err := r.WatchService(context.Background(), serviceName(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+	}()
+	eventually(t, "the registry is finalized", func() bool {
+		runtime.GC()
+		return finalized.Load() > before
+	})
+}

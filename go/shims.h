@@ -1,0 +1,133 @@
+/*
+ * shims.h — thin C wrappers the Go package calls instead of the library functions.
+ *
+ * Each wrapper makes one library call and, when it fails, copies the error message in the same
+ * native call: the message is thread-local, and a goroutine may run on another OS thread by
+ * its next cgo call. The copy is malloc'd; the Go side frees it. Registrations and watches are
+ * made with a NULL callback (events are pulled with etcd_registry_next_event), so C never holds
+ * a Go pointer; the only callback is the log trampoline, whose user data is a runtime/cgo.Handle.
+ */
+#ifndef GO_ETCD_REGISTRY_SHIMS_H
+#define GO_ETCD_REGISTRY_SHIMS_H
+
+#include <stdint.h>
+#include <stdlib.h>
+
+#include <etcd_registry.h>
+
+static inline char *goer_error_copy(etcd_registry_status status) {
+    if (status == ETCD_REGISTRY_STATUS_OK) return NULL;
+    size_t len = etcd_registry_last_error_copy(NULL, 0);
+    char *buf = malloc(len + 1);
+    if (buf != NULL) etcd_registry_last_error_copy(buf, len + 1);
+    return buf;
+}
+
+#define GOER_CALL(call)                              \
+    do {                                             \
+        etcd_registry_status status_ = (call);       \
+        *err = goer_error_copy(status_);             \
+        return status_;                              \
+    } while (0)
+
+static inline etcd_registry_status goer_config_new(etcd_registry_config **out, char **err) {
+    GOER_CALL(etcd_registry_config_new(out));
+}
+
+static inline etcd_registry_status goer_config_add_endpoint(etcd_registry_config *config,
+                                                            const char *endpoint, char **err) {
+    GOER_CALL(etcd_registry_config_add_endpoint(config, endpoint));
+}
+
+static inline etcd_registry_status goer_config_set_base_path(etcd_registry_config *config,
+                                                             const char *base_path, char **err) {
+    GOER_CALL(etcd_registry_config_set_base_path(config, base_path));
+}
+
+static inline etcd_registry_status goer_config_set_credentials(etcd_registry_config *config,
+                                                               const char *username,
+                                                               const char *password, char **err) {
+    GOER_CALL(etcd_registry_config_set_credentials(config, username, password));
+}
+
+static inline etcd_registry_status goer_config_set_timeout_ms(etcd_registry_config *config,
+                                                              uint64_t timeout_ms, char **err) {
+    GOER_CALL(etcd_registry_config_set_timeout_ms(config, timeout_ms));
+}
+
+static inline etcd_registry_status goer_config_set_backoff_ms(etcd_registry_config *config,
+                                                              uint64_t min_ms, uint64_t max_ms,
+                                                              char **err) {
+    GOER_CALL(etcd_registry_config_set_backoff_ms(config, min_ms, max_ms));
+}
+
+static inline etcd_registry_status goer_connect(const etcd_registry_config *config,
+                                                etcd_registry **out, char **err) {
+    GOER_CALL(etcd_registry_connect(config, out));
+}
+
+static inline etcd_registry_status goer_register(etcd_registry *registry, const char *service,
+                                                 const char *node, const char *info_json,
+                                                 uint64_t ttl_ms, uint64_t *out_id, char **err) {
+    GOER_CALL(etcd_registry_register(registry, service, node, info_json, ttl_ms, NULL, NULL,
+                                     out_id));
+}
+
+static inline etcd_registry_status goer_unregister(etcd_registry *registry, uint64_t id,
+                                                   char **err) {
+    GOER_CALL(etcd_registry_unregister(registry, id));
+}
+
+static inline etcd_registry_status goer_registration_state(etcd_registry *registry, uint64_t id,
+                                                           etcd_registry_state *out, char **err) {
+    GOER_CALL(etcd_registry_registration_state(registry, id, out));
+}
+
+static inline etcd_registry_status goer_registration_lease_id(etcd_registry *registry,
+                                                              uint64_t id, int64_t *out,
+                                                              char **err) {
+    GOER_CALL(etcd_registry_registration_lease_id(registry, id, out));
+}
+
+static inline etcd_registry_status goer_list(etcd_registry *registry, const char *service,
+                                             etcd_registry_node_list **out, char **err) {
+    GOER_CALL(etcd_registry_list(registry, service, out));
+}
+
+static inline etcd_registry_status goer_watch(etcd_registry *registry, const char *service,
+                                              uint64_t *out_id, char **err) {
+    GOER_CALL(etcd_registry_watch(registry, service, NULL, NULL, out_id));
+}
+
+static inline etcd_registry_status goer_unwatch(etcd_registry *registry, uint64_t id,
+                                                char **err) {
+    GOER_CALL(etcd_registry_unwatch(registry, id));
+}
+
+static inline etcd_registry_status goer_watch_nodes(etcd_registry *registry, uint64_t id,
+                                                    etcd_registry_node_list **out, char **err) {
+    GOER_CALL(etcd_registry_watch_nodes(registry, id, out));
+}
+
+static inline etcd_registry_status goer_next_event(etcd_registry *registry, uint64_t timeout_ms,
+                                                   etcd_registry_event **out, char **err) {
+    GOER_CALL(etcd_registry_next_event(registry, timeout_ms, out));
+}
+
+static inline etcd_registry_status goer_close(etcd_registry *registry, char **err) {
+    GOER_CALL(etcd_registry_close(registry));
+}
+
+/* Defined in log_trampoline.c: forwards one log message to the Go logger behind the handle. */
+void goer_log_trampoline(etcd_registry_log_level level, const char *target, const char *message,
+                         void *user_data);
+
+/* The handle travels as an integer through C's void *user_data; C never dereferences it. */
+static inline etcd_registry_status goer_set_log(etcd_registry_log_level max_level,
+                                                uintptr_t handle, char **err) {
+    if (max_level == ETCD_REGISTRY_LOG_OFF)
+        GOER_CALL(etcd_registry_set_log_callback(NULL, ETCD_REGISTRY_LOG_OFF, NULL));
+    GOER_CALL(etcd_registry_set_log_callback(goer_log_trampoline, max_level, (void *)handle));
+}
+
+#endif
