@@ -11,6 +11,12 @@ import sys
 import etcd_registry
 
 
+def say(line: str) -> None:
+    """One write per line: the status callback prints from the library's thread."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def main() -> int:
     endpoints = os.environ.get("ETCD_ENDPOINTS", "127.0.0.1:2379").split(",")
     with etcd_registry.Registry(endpoints, base_path="/services", timeout=10.0) as reg:
@@ -19,7 +25,7 @@ def main() -> int:
             "node-1",
             {"address": "10.0.0.5:8080", "version": "1.4.2"},
             ttl=30.0,
-            on_status=lambda event: print("status:", event, flush=True),
+            on_status=lambda event: say(f"status: {event}"),
         )
         try:
             if not handle.wait(timeout=5.0):
@@ -28,12 +34,12 @@ def main() -> int:
         except etcd_registry.RegistryError as exc:
             print(f"registration failed: {exc}", file=sys.stderr)
             return 1
-        print("state:", handle.state)
+        say(f"state: {handle.state}")
         for node in reg.list("api"):
-            print("found:", node.name, node.info)
+            say(f"found: {node.name} {node.info}")
         handle.unregister()
-        print("state:", handle.state)
-        print("after unregister:", [node.name for node in reg.list("api")])
+        say(f"state: {handle.state}")
+        say(f"after unregister: {[node.name for node in reg.list('api')]}")
     # Leaving the `with` block closed the registry: everything it registered is gone.
     return 0
 

@@ -24,6 +24,12 @@ import time
 import etcd_registry
 
 
+def say(line: str) -> None:
+    """One write per line: callbacks print from the library's thread, main() from its own."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 class StatusPrinter:
     """An `on_status` callback: one line per event. It runs on the library's callback thread."""
 
@@ -46,7 +52,7 @@ class StatusPrinter:
             line = "re-registered"
         else:
             line = event.kind
-        print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+        say(f"{time.strftime('%H:%M:%S')} {line}")
 
 
 def main() -> int:
@@ -62,13 +68,13 @@ def main() -> int:
     with etcd_registry.Registry(endpoints, timeout=3.0) as reg:
         reg.register("retry-demo", f"node-{os.getpid()}", {"pid": str(os.getpid())},
                      ttl=args.ttl, on_status=StatusPrinter())
-        print(f"running{'' if args.seconds else ' until Ctrl-C'}; restart etcd to see the retries", flush=True)
+        say(f"running{'' if args.seconds else ' until Ctrl-C'}; restart etcd to see the retries")
         try:
             # Sleeping on an Event keeps the main thread responsive to Ctrl-C.
             threading.Event().wait(args.seconds)
         except KeyboardInterrupt:
             pass
-    print("closed", flush=True)
+    say("closed")
     return 0
 
 

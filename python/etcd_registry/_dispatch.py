@@ -16,7 +16,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Optional
+from typing import Any, Optional
 
 from . import _native
 
@@ -29,6 +29,8 @@ _IDLE_WAKE = 1.0
 #: Python levels of the core's TRACE, DEBUG, INFO, WARN and ERROR.
 _LEVELS = (5, logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR)
 _OFF = logging.CRITICAL + 10
+#: How long interpreter exit waits for queued callbacks.
+_EXIT_GRACE = 2.0
 
 _lock = threading.Lock()
 _thread: Optional[threading.Thread] = None
@@ -45,22 +47,29 @@ def _sync_log_level() -> None:
         _native._set_log_level(level)
 
 
+def _deliver(item: tuple[Any, ...]) -> None:
+    if item[0] == _native._LOG:
+        logger.log(item[1], "%s", item[2])
+        return
+    callback, event = item[1], item[2]
+    try:
+        callback(event)
+    except BaseException:  # noqa: BLE001 - a callback must never stop deliveries
+        logger.exception("etcd_registry callback %r raised on %r", callback, event)
+
+
 def _run() -> None:
     while True:
         batch = _native._take(_IDLE_WAKE)
         if batch is None:
             return
         for item in batch:
-            if item[0] == _native._LOG:
-                logger.log(item[1], "%s", item[2])
-                continue
-            callback, event = item[1], item[2]
             try:
-                callback(event)
-            except BaseException:  # noqa: BLE001 - a callback must never stop deliveries
-                logger.exception("etcd_registry callback %r raised on %r", callback, event)
-            # Don't keep the last event alive until the next batch.
-            del callback, event
+                _deliver(item)
+            except BaseException:  # noqa: BLE001 - e.g. a logging handler that raises
+                pass
+            # Don't keep a delivered event alive until the next one.
+            del item
         del batch
         _sync_log_level()
 
@@ -79,13 +88,17 @@ def ensure_started() -> None:
 
 
 def _stop() -> None:
-    """At interpreter exit: ends the thread (pending deliveries are dropped)."""
+    """At interpreter exit: delivers what is queued (e.g. the "unregistered" events of a
+    registry closed just before), then ends the thread. A callback that takes longer than
+    `_EXIT_GRACE` is left behind (a daemon thread) and later deliveries are dropped."""
     _native._set_log_level(_OFF)
-    _native._stop_dispatch()
     thread = _thread
-    if thread is not None and _thread_pid == os.getpid() and thread is not threading.current_thread():
-        # A callback still running gets a moment; a stuck one is left behind (daemon thread).
-        thread.join(timeout=2.0)
+    if thread is None or _thread_pid != os.getpid() or thread is threading.current_thread():
+        _native._stop_dispatch(drain=False)
+        return
+    _native._stop_dispatch(drain=True)
+    thread.join(timeout=_EXIT_GRACE)
+    _native._stop_dispatch(drain=False)
 
 
 def _after_fork_in_child() -> None:

@@ -10,7 +10,7 @@
 //! not exist in the child.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub(crate) enum Item {
     },
     Watch {
         callback: Arc<Py<PyAny>>,
+        /// Cleared by `Watch.close()`: events still queued are then dropped, not delivered.
+        active: Arc<AtomicBool>,
         event: registry::WatchEvent,
     },
 }
@@ -52,6 +54,9 @@ struct State {
     items: VecDeque<Item>,
     logs: usize,
     dropped_logs: u64,
+    /// Interpreter exit: deliver what is queued, then stop.
+    draining: bool,
+    /// Stopped: nothing more is delivered.
     stopped: bool,
 }
 
@@ -110,15 +115,18 @@ pub(crate) fn push(item: Item) {
     queue.ready.notify_one();
 }
 
-/// Waits up to `timeout` for items and takes them; `None` once stopped.
+/// Waits up to `timeout` for items and takes them; `None` once stopped, or drained.
 fn take_batch(timeout: Duration) -> Option<(Vec<Item>, u64)> {
     let queue = queue();
     let state = queue.lock();
     let (mut state, _) = queue
         .ready
-        .wait_timeout_while(state, timeout, |s| s.items.is_empty() && !s.stopped)
+        .wait_timeout_while(state, timeout, |s| {
+            s.items.is_empty() && !s.stopped && !s.draining
+        })
         .unwrap_or_else(|p| p.into_inner());
-    if state.stopped {
+    if state.stopped || (state.draining && state.items.is_empty()) {
+        state.stopped = true;
         return None;
     }
     let n = state.items.len().min(MAX_BATCH);
@@ -162,7 +170,10 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
                 let event = PyStatusEvent::new(py, &context, event);
                 (CALL, callback.clone_ref(py), event).into_pyobject(py)?
             }
-            Item::Watch { callback, event } => {
+            Item::Watch { active, .. } if !active.load(Ordering::SeqCst) => continue,
+            Item::Watch {
+                callback, event, ..
+            } => {
                 let event = PyWatchEvent::from(event);
                 (CALL, callback.clone_ref(py), event).into_pyobject(py)?
             }
@@ -172,14 +183,21 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
     Ok(Some(out))
 }
 
-/// Stops the dispatcher: `_take` returns `None` from now on, and later items are dropped.
+/// Stops the dispatcher. With `drain`, `_take` first hands out what is queued (callbacks of a
+/// registry closed just before exit still run), then returns `None`; without, it returns `None`
+/// at once and queued items are dropped.
 #[pyfunction]
-pub(crate) fn _stop_dispatch() {
+#[pyo3(signature = (drain=false))]
+pub(crate) fn _stop_dispatch(drain: bool) {
     let queue = queue();
     let mut state = queue.lock();
-    state.stopped = true;
-    state.items.clear();
-    state.logs = 0;
+    if drain {
+        state.draining = true;
+    } else {
+        state.stopped = true;
+        state.items.clear();
+        state.logs = 0;
+    }
     drop(state);
     queue.ready.notify_all();
 }

@@ -23,6 +23,8 @@ pub(crate) struct PyWatch {
     /// Events go to a callback instead of the iterator.
     has_callback: bool,
     closed: AtomicBool,
+    /// Shared with the queued callback deliveries: false once closed.
+    active: Arc<AtomicBool>,
 }
 
 impl PyWatch {
@@ -32,12 +34,15 @@ impl PyWatch {
     pub(crate) fn new(watch: Watch, callback: Option<Arc<Py<PyAny>>>) -> registry::Result<Self> {
         let watch = Arc::new(watch);
         let has_callback = callback.is_some();
+        let active = Arc::new(AtomicBool::new(true));
         if let Some(callback) = callback {
             let events = watch.clone();
+            let active = active.clone();
             registry::runtime::handle()?.spawn(async move {
                 while let Some(event) = events.next().await {
                     dispatch::push(Item::Watch {
                         callback: callback.clone(),
+                        active: active.clone(),
                         event,
                     });
                 }
@@ -47,6 +52,7 @@ impl PyWatch {
             inner: ForkBound::new(watch),
             has_callback,
             closed: AtomicBool::new(false),
+            active,
         })
     }
 
@@ -159,8 +165,9 @@ impl PyWatch {
         })
     }
 
-    /// Stops the watch. Idempotent.
+    /// Stops the watch; no callback runs for it after this returns. Idempotent.
     fn close(&self) {
+        self.active.store(false, Ordering::SeqCst);
         if !self.closed.swap(true, Ordering::SeqCst) {
             if let Some(watch) = self.inner.here() {
                 watch.cancel();
