@@ -1,0 +1,119 @@
+// The Go interop program (see tests/interop/README.md).
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	etcdregistry "github.com/etcd-registry/etcd-registry/go"
+)
+
+type jsonNode struct {
+	Name string            `json:"name"`
+	Info map[string]string `json:"info"`
+}
+
+func dump(nodes []etcdregistry.Node) {
+	out := make([]jsonNode, 0, len(nodes))
+	for _, n := range nodes {
+		info := n.Info
+		if info == nil {
+			info = map[string]string{}
+		}
+		out = append(out, jsonNode{n.Name, info})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	b, err := json.Marshal(out)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(string(b))
+}
+
+func main() {
+	args := os.Args[1:]
+	base := os.Getenv("ETCD_BASE_PATH")
+	if base == "" {
+		base = "/services"
+	}
+	reg, err := etcdregistry.NewEtcdRegistry(strings.Split(os.Getenv("ETCD_ENDPOINTS"), ","), base, "", "", 5*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer reg.Close()
+	if len(args) == 0 {
+		log.Fatal("usage: cli register|list|watch ...")
+	}
+	switch args[0] {
+	case "register":
+		var info map[string]string
+		if err := json.Unmarshal([]byte(args[3]), &info); err != nil {
+			log.Fatal(err)
+		}
+		ttl, err := strconv.Atoi(args[4])
+		if err != nil {
+			log.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done, errs, err := reg.RegisterNode(ctx, args[1], etcdregistry.Node{Name: args[2], Info: info}, time.Duration(ttl)*time.Second)
+		if err != nil {
+			log.Fatal(err)
+		}
+		select {
+		case <-done:
+		case err := <-errs:
+			log.Fatal(err)
+		case <-time.After(30 * time.Second):
+			log.Fatal("not registered in time")
+		}
+		fmt.Println("registered")
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		if err := reg.UnregisterNode(context.Background(), args[1], args[2]); err != nil {
+			log.Fatal(err)
+		}
+		cancel()
+	case "list":
+		nodes, err := reg.GetServiceNodes(args[1])
+		if err != nil {
+			log.Fatal(err)
+		}
+		dump(nodes)
+	case "watch":
+		count, err := strconv.Atoi(args[2])
+		if err != nil {
+			log.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		w, err := reg.WatchService(ctx, args[1])
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer w.Close()
+		for {
+			nodes, err := w.Nodes()
+			if err != nil {
+				log.Fatal(err)
+			}
+			if len(nodes) >= count {
+				dump(nodes)
+				return
+			}
+			select {
+			case <-w.Events():
+			case <-ctx.Done():
+				log.Fatal("watch timed out")
+			}
+		}
+	default:
+		log.Fatal("usage: cli register|list|watch ...")
+	}
+}

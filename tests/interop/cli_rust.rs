@@ -1,0 +1,50 @@
+//! The Rust interop program (see tests/interop/README.md).
+
+use std::io::Read;
+use std::time::Duration;
+
+use etcd_registry::{Config, Info, Node, Registry};
+
+fn print_nodes(mut nodes: Vec<Node>) {
+    nodes.sort_by(|a, b| a.name.cmp(&b.name));
+    let json: Vec<serde_json::Value> = nodes
+        .into_iter()
+        .map(|n| serde_json::json!({"name": n.name, "info": n.info}))
+        .collect();
+    println!("{}", serde_json::Value::Array(json));
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let endpoints = std::env::var("ETCD_ENDPOINTS")?;
+    let base = std::env::var("ETCD_BASE_PATH").unwrap_or_else(|_| "/services".into());
+    let registry = Registry::connect(
+        Config::new(endpoints.split(','), base).with_timeout(Duration::from_secs(5)),
+    )
+    .await?;
+    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+        ["register", service, node, info, ttl] => {
+            let info: Info = serde_json::from_str(info)?;
+            let reg = registry.register(service, Node::new(*node, info), Duration::from_secs(ttl.parse()?))?;
+            reg.wait_registered(Duration::from_secs(30)).await?;
+            println!("registered");
+            tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
+            reg.unregister().await?;
+        }
+        ["list", service] => print_nodes(registry.list(service).await?),
+        ["watch", service, count] => {
+            let count: usize = count.parse()?;
+            let watch = registry.watch(service).await?;
+            while watch.nodes().len() < count {
+                tokio::time::timeout(Duration::from_secs(30), watch.next())
+                    .await?
+                    .ok_or("watch ended")?;
+            }
+            print_nodes(watch.nodes());
+        }
+        _ => return Err("usage: cli register|list|watch ...".into()),
+    }
+    registry.close().await?;
+    Ok(())
+}
