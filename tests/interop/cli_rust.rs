@@ -23,10 +23,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Config::new(endpoints.split(','), base).with_timeout(Duration::from_secs(5)),
     )
     .await?;
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["register", service, node, info, ttl] => {
             let info: Info = serde_json::from_str(info)?;
-            let reg = registry.register(service, Node::new(*node, info), Duration::from_secs(ttl.parse()?))?;
+            let reg = registry.register(
+                service,
+                Node::new(*node, info),
+                Duration::from_secs(ttl.parse()?),
+            )?;
             reg.wait_registered(Duration::from_secs(30)).await?;
             println!("registered");
             tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
