@@ -181,14 +181,19 @@ def test_wait_timeout_semantics(registry: Registry) -> None:
 def test_wait_returns_false_on_timeout_while_first_attempt_hangs() -> None:
     # A listener that never answers: the first attempt hangs until the call timeout (60 s),
     # so wait() runs out first.
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        host, port = silent.getsockname()
-        with Registry([f"{host}:{port}"], timeout=60.0) as reg:
-            handle = reg.register("api", "n")
-            assert handle.wait(timeout=0.3) is False
-            assert handle.state == "registering"
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    host, port = silent.getsockname()
+    reg = Registry([f"{host}:{port}"], timeout=60.0)
+    try:
+        handle = reg.register("api", "n")
+        assert handle.wait(timeout=0.3) is False
+        assert handle.state == "registering"
+    finally:
+        # Refuse the pending connection, so that close() need not wait for the attempt.
+        silent.close()
+        reg.close()
 
 
 def test_unreachable_etcd_is_a_connection_error_and_retries_go_on() -> None:

@@ -82,16 +82,21 @@ def test_async_errors_are_the_same_exceptions() -> None:
 
 
 def test_wait_async_times_out_with_false() -> None:
-    with socket.socket() as silent:
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        host, port = silent.getsockname()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    host, port = silent.getsockname()
+    reg = Registry([f"{host}:{port}"], timeout=60.0)
 
-        async def main() -> bool:
-            with Registry([f"{host}:{port}"], timeout=60.0) as reg:
-                return await reg.register("api", "n").wait_async(timeout=0.2)
+    async def main() -> bool:
+        return await reg.register("api", "n").wait_async(timeout=0.2)
 
+    try:
         assert run(main()) is False
+    finally:
+        # Refuse the pending connection, so that close() need not wait for the attempt.
+        silent.close()
+        reg.close()
 
 
 def test_cancelling_an_awaited_call_leaves_the_registry_usable(registry: Registry) -> None:
