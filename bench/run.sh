@@ -24,17 +24,30 @@ skip() { # layer, reason
   args+=(--skip "$1=$2")
 }
 
+# The release build of the C library (libetcd_registry.a), which the C and Go drivers link.
+ffi_state=""
+build_ffi() {
+  if [ -z "$ffi_state" ]; then
+    ffi_state=failed
+    if [ -f ffi/Cargo.toml ]; then
+      echo "bench: building the C library (release)"
+      cargo build --release -q -p etcd-registry-ffi >"$OUT/logs/ffi-build.log" 2>&1 && ffi_state=ok
+    fi
+  fi
+  [ "$ffi_state" = ok ]
+}
+
 # ---- C: bench/c/driver.c against the static library and include/etcd_registry.h
 build_c() {
   [ -f bench/c/driver.c ] || { skip c "no bench/c/driver.c"; return; }
   [ -f include/etcd_registry.h ] || { skip c "include/etcd_registry.h missing"; return; }
-  if ! cargo build --release -q -p etcd-registry-ffi >"$OUT/logs/c-build.log" 2>&1; then
-    skip c "cargo build -p etcd-registry-ffi failed, see $OUT/logs/c-build.log"; return
+  if ! build_ffi; then
+    skip c "cargo build --release -p etcd-registry-ffi failed, see $OUT/logs/ffi-build.log"; return
   fi
   local lib="$CARGO_TARGET_DIR/release/libetcd_registry.a"
   [ -f "$lib" ] || { skip c "$lib missing"; return; }
   if ! ${CC:-cc} -O2 -std=c11 -Wall -Iinclude -o "$OUT/c-driver" bench/c/driver.c "$lib" \
-       -lpthread -ldl -lm >>"$OUT/logs/c-build.log" 2>&1; then
+       -lpthread -ldl -lm >"$OUT/logs/c-build.log" 2>&1; then
     skip c "compiling bench/c/driver.c failed, see $OUT/logs/c-build.log"; return
   fi
   args+=(--layer "c=$OUT/c-driver")
@@ -56,18 +69,24 @@ build_python() {
     args+=(--layer "python=env PYTHONPATH=$site $py $ROOT/bench/python/driver.py")
   elif "$py" -c "import etcd_registry" >/dev/null 2>&1; then
     echo "bench: release build of the Python module failed (see $OUT/logs/python-build.log); using the installed one"
-    args+=(--layer "python=$py $ROOT/bench/python/driver.py")
+    args+=(--layer "python=$py $ROOT/bench/python/driver.py"
+           --label "python=Python (installed module, build profile unknown)")
   else
     skip python "the etcd_registry module neither builds nor is installed, see $OUT/logs/python-build.log"
   fi
 }
 
-# ---- Go: bench/go/driver.go against the go/ package
+# ---- Go: bench/go/driver.go against the go/ package, linking the release C library
 build_go() {
   [ -f bench/go/driver.go ] || { skip go "no bench/go/driver.go"; return; }
-  [ -d go ] || { skip go "no go/ package"; return; }
+  [ -f go/go.mod ] || { skip go "no go/ package"; return; }
   command -v go >/dev/null 2>&1 || { skip go "go is not installed"; return; }
-  if ! (cd bench/go && go build -o "$OUT/go-driver" .) >"$OUT/logs/go-build.log" 2>&1; then
+  if ! build_ffi; then
+    skip go "cargo build --release -p etcd-registry-ffi failed, see $OUT/logs/ffi-build.log"; return
+  fi
+  echo "bench: building the Go driver"
+  if ! (cd bench/go && CGO_ENABLED=1 go build -tags etcd_registry_release -o "$OUT/go-driver" .) \
+       >"$OUT/logs/go-build.log" 2>&1; then
     skip go "go build of bench/go failed, see $OUT/logs/go-build.log"; return
   fi
   args+=(--layer "go=$OUT/go-driver")

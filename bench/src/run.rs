@@ -104,7 +104,7 @@ fn known_layer(name: &str, command: Vec<String>) -> Layer {
 }
 
 const USAGE: &str = "usage: etcd-registry-bench [run] [--quick] [--layer NAME=COMMAND]... \
-[--skip NAME=REASON]... [--phases latency,bulk,recovery] [--out DIR] [--markdown FILE] [--log-dir DIR]";
+[--label NAME=LABEL]... [--skip NAME=REASON]... [--phases latency,bulk,recovery] [--out DIR] [--markdown FILE] [--log-dir DIR]";
 
 pub fn main(args: &[String]) -> i32 {
     let mut quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -139,6 +139,16 @@ pub fn main(args: &[String]) -> i32 {
                 };
                 let cmd = cmd.split_whitespace().map(str::to_string).collect();
                 layers.push(known_layer(name, cmd));
+            }
+            "--label" => {
+                let Some(v) = value("--label") else { return 2 };
+                let Some((name, label)) = v.split_once('=') else {
+                    eprintln!("--label NAME=LABEL\n{USAGE}");
+                    return 2;
+                };
+                for l in layers.iter_mut().filter(|l| l.name == name) {
+                    l.label = label.to_string();
+                }
             }
             "--skip" => {
                 let Some(v) = value("--skip") else { return 2 };
