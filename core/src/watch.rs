@@ -270,7 +270,13 @@ impl Follower {
 
     /// Follows the service from the last revision seen + 1 until the stream fails.
     async fn follow(&self, attempt: &mut u32) -> StreamEnd {
-        let start = lock(&self.state).revision + 1;
+        // Resume AT the last revision reflected, not after it. etcd accepts a watch that starts
+        // exactly at the compaction revision, yet the compaction has already dropped the
+        // deletions made in that revision: resuming at last + 1 == compaction revision would
+        // lose them silently. One revision earlier turns that case into a compaction error (and
+        // a resync); the last revision's own events come again and change nothing (a put of an
+        // identical node and a delete of an absent one emit no event).
+        let start = lock(&self.state).revision.max(1);
         let key = self.prefix.clone();
         let options = WatchOptions::new()
             .with_prefix()
