@@ -268,7 +268,7 @@ impl Follower {
         }
     }
 
-    /// Follows the service from the last revision seen + 1 until the stream fails.
+    /// Follows the service from the last revision seen (again, see below) until the stream fails.
     async fn follow(&self, attempt: &mut u32) -> StreamEnd {
         // Resume AT the last revision reflected, not after it. etcd accepts a watch that starts
         // exactly at the compaction revision, yet the compaction has already dropped the
