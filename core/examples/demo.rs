@@ -20,7 +20,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             ("version".to_string(), "1.0.0".to_string()),
         ]
         .into();
-        let reg = registry.register("api", Node::new(format!("node-{i}"), info), Duration::from_secs(10))?;
+        let reg = registry.register(
+            "api",
+            Node::new(format!("node-{i}"), info),
+            Duration::from_secs(10),
+        )?;
         let mut events = reg.subscribe();
         reg.wait_registered(Duration::from_secs(10)).await?;
         if let Some(StatusEvent::Registered { lease_id }) = events.recv().await {
@@ -49,7 +53,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             _ => break,
         }
     }
-    println!("live set: {:?}", watch.nodes().into_iter().map(|n| n.name).collect::<Vec<_>>());
+    println!(
+        "live set: {:?}",
+        watch
+            .nodes()
+            .into_iter()
+            .map(|n| n.name)
+            .collect::<Vec<_>>()
+    );
     println!("leases held: {} (one per TTL)", registry.lease_ids().len());
 
     registry.close().await?;
