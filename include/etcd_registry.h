@@ -221,7 +221,8 @@ typedef struct etcd_registry_status_event {
      */
     etcd_registry_status error_status;
     /**
-     * FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure. Otherwise NULL.
+     * FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure (its kind is
+     * `error_status`). Otherwise NULL.
      */
     const char *error_message;
     /**
@@ -735,7 +736,8 @@ void etcd_registry_node_list_free(struct etcd_registry_node_list *list);
 
 /**
  * The message of the last failed call on the calling thread, or "" when the last
- * status-returning call on this thread succeeded. Never NULL.
+ * status-returning call on this thread succeeded. Never NULL. It does not repeat the status
+ * (`etcd_registry_status_name` gives that), e.g. "node name must not be empty".
  *
  * The string belongs to the library and stays valid until the next status-returning call on
  * the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).

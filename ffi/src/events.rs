@@ -77,7 +77,8 @@ pub struct etcd_registry_status_event {
     /// FAILED, KEEPALIVE_LOST, RETRYING: the kind of the failure (CONNECTION, TIMEOUT, AUTH,
     /// NOT_FOUND for an expired lease …). Otherwise `ETCD_REGISTRY_STATUS_OK`.
     pub error_status: etcd_registry_status,
-    /// FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure. Otherwise NULL.
+    /// FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure (its kind is
+    /// `error_status`). Otherwise NULL.
     pub error_message: *const c_char,
     /// REGISTERED, REREGISTERED: the etcd lease the key is attached to. Otherwise 0.
     pub lease_id: i64,
@@ -282,7 +283,7 @@ fn error_text(event: &StatusEvent) -> Option<String> {
     match event {
         StatusEvent::Failed { error }
         | StatusEvent::KeepAliveLost { error }
-        | StatusEvent::Retrying { error, .. } => Some(error.to_string()),
+        | StatusEvent::Retrying { error, .. } => Some(error.message().to_string()),
         _ => None,
     }
 }

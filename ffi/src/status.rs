@@ -126,7 +126,7 @@ impl From<Error> for Failure {
     fn from(err: Error) -> Self {
         Failure {
             status: etcd_registry_status::from_kind(err.kind()),
-            message: err.to_string(),
+            message: err.message().to_string(),
         }
     }
 }
@@ -212,7 +212,8 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 /// The message of the last failed call on the calling thread, or "" when the last
-/// status-returning call on this thread succeeded. Never NULL.
+/// status-returning call on this thread succeeded. Never NULL. It does not repeat the status
+/// (`etcd_registry_status_name` gives that), e.g. "node name must not be empty".
 ///
 /// The string belongs to the library and stays valid until the next status-returning call on
 /// the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).

@@ -1,0 +1,55 @@
+// example.cpp — the RAII wrapper in use: register two nodes, list them, watch the service.
+//
+//   ETCD_ENDPOINTS=127.0.0.1:2379 ./example
+#include "etcd_registry.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <thread>
+
+int main() {
+    using namespace std::chrono_literals;
+    const char *env = std::getenv("ETCD_ENDPOINTS");
+    std::string endpoints = env != nullptr && *env != '\0' ? env : "127.0.0.1:2379";
+    try {
+        etcdreg::Registry registry(etcdreg::Config().endpoints(endpoints).base_path("/services"));
+
+        auto on_status = [](const etcdreg::StatusEvent &e) {
+            if (e.kind == ETCD_REGISTRY_STATUS_KIND_REGISTERED)
+                std::cout << "registered " << e.service << "/" << e.node << "\n";
+        };
+        auto first = registry.register_node("cpp-api", "node-1", R"({"address":"10.0.0.5:8080"})", 10s, on_status);
+        registry.wait_registered(first, 5s);
+
+        std::atomic<int> added{0};
+        auto watch = registry.watch("cpp-api", [&added](const etcdreg::WatchEvent &e) {
+            if (e.kind == ETCD_REGISTRY_WATCH_KIND_ADDED) {
+                std::cout << "watch: added " << e.node_name << " " << e.info_json << "\n";
+                added++;
+            }
+        });
+        auto second = registry.register_node("cpp-api", "node-2", R"({"address":"10.0.0.6:8080"})", 10s, on_status);
+        registry.wait_registered(second, 5s);
+        for (int i = 0; i < 200 && added < 2; i++) std::this_thread::sleep_for(50ms);
+
+        for (const auto &node : registry.list("cpp-api", {"address"}))
+            std::cout << "list: " << node.name << " address=" << node.info.at("address") << "\n";
+
+        registry.unwatch(watch);  // after this the lambda (and `added`) are no longer used
+        registry.unregister(first);
+
+        try {
+            registry.register_node("cpp-api", "", "{}", 10s, on_status);
+        } catch (const etcdreg::Error &e) {
+            std::cout << "expected error: " << e.what() << " (status " << e.status() << ")\n";
+        }
+        registry.close();
+        std::cout << "done (" << added << " added)\n";
+        return added == 2 ? 0 : 1;
+    } catch (const etcdreg::Error &e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 1;
+    }
+}
