@@ -3,6 +3,7 @@ package etcdregistry
 import (
 	"context"
 	"errors"
+	"strings"
 )
 
 // Code is the kind of an *Error: what went wrong, independent of the message text.
@@ -63,9 +64,14 @@ func (e *Error) Error() string {
 	if e.Op != "" {
 		s += e.Op + ": "
 	}
-	s += e.Code.String()
-	if e.Message != "" {
-		s += ": " + e.Message
+	// The kind always shows, once: the library's message often names it already.
+	switch kind := e.Code.String(); {
+	case e.Message == "":
+		s += kind
+	case strings.Contains(e.Message, kind):
+		s += e.Message
+	default:
+		s += kind + ": " + e.Message
 	}
 	return s
 }

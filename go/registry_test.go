@@ -365,6 +365,7 @@ func TestUnreachableEndpointTimesOut(t *testing.T) {
 
 func checkDeadlineExceeded(t *testing.T, err error) {
 	t.Helper()
+	t.Logf("error: %v", err)
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
 		t.Fatalf("error %v does not match context.DeadlineExceeded and ErrTimeout", err)
 	}
@@ -447,6 +448,7 @@ func TestAuthentication(t *testing.T) {
 		t.Fatal(err)
 	}
 	err = recvErr(t, errs)
+	t.Logf("error: %v", err)
 	if !errors.Is(err, ErrAuth) || !strings.Contains(err.Error(), "authentication") {
 		t.Fatalf("got %v, want an authentication error", err)
 	}
@@ -827,4 +829,31 @@ func TestFinalizerClosesUnreachableRegistry(t *testing.T) {
 		runtime.GC()
 		return finalized.Load() > before
 	})
+}
+
+// History compacted while the watch was cut off: it re-lists, reports the difference and then
+// WatchResynced.
+func TestWatchResyncsAfterCompaction(t *testing.T) {
+	h := newHarness(t, "--proxy")
+	h.do(t, "put /services/svc/goes {}")
+	h.do(t, "put /services/svc/stays {}")
+	r := newRegistry(t, h.endpoints)
+	w, err := r.WatchService(t.Context(), "svc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	waitWatch(t, w, WatchAdded, "goes")
+	waitWatch(t, w, WatchAdded, "stays")
+
+	h.do(t, "partition")
+	h.do(t, "delete /services/svc/goes") // the harness talks to etcd directly
+	h.do(t, "compact")
+	h.do(t, "heal")
+	waitWatch(t, w, WatchRemoved, "goes")
+	waitWatch(t, w, WatchResynced, "")
+	nodes, err := w.Nodes()
+	if err != nil || !slices.Equal(nodeNames(nodes), []string{"stays"}) {
+		t.Fatalf("live set %v, %v", nodes, err)
+	}
 }

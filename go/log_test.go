@@ -1,0 +1,148 @@
+package etcdregistry
+
+import (
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// captureHandler keeps every record it is given.
+type captureHandler struct {
+	mu      sync.Mutex
+	records []slog.Record
+}
+
+func (h *captureHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *captureHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *captureHandler) WithGroup(string) slog.Handler            { return h }
+func (h *captureHandler) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	h.records = append(h.records, r.Clone())
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *captureHandler) find(match func(slog.Record) bool) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.records {
+		if match(r) {
+			return true
+		}
+	}
+	return false
+}
+
+func attr(r slog.Record, key string) string {
+	value := ""
+	r.Attrs(func(a slog.Attr) bool {
+		if a.Key == key {
+			value = a.Value.String()
+			return false
+		}
+		return true
+	})
+	return value
+}
+
+// Credentials given to an etcd without authentication are dropped with a warning, which
+// reaches the slog logger with the library's module as "target".
+func TestLogsGoToSlog(t *testing.T) {
+	capture := &captureHandler{}
+	if err := SetLogger(slog.New(capture)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = SetLogger(nil) })
+	r := newRegistryWithCredentials(t, shared.endpoints, "someone", "secret")
+	done, errs, err := r.RegisterNode(t.Context(), serviceName(t), Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	eventually(t, "a warning is logged", func() bool {
+		return capture.find(func(r slog.Record) bool {
+			return r.Level == slog.LevelWarn && strings.HasPrefix(attr(r, "target"), "etcd_registry")
+		})
+	})
+	if !capture.find(func(r slog.Record) bool { return r.Level < slog.LevelInfo }) {
+		t.Error("no debug or trace record, though the handler wants every level")
+	}
+
+	// Off: nothing more arrives.
+	if err := SetLogger(nil); err != nil {
+		t.Fatal(err)
+	}
+	capture.mu.Lock()
+	n := len(capture.records)
+	capture.mu.Unlock()
+	if _, err := r.GetServiceNodes("svc"); err != nil {
+		t.Fatal(err)
+	}
+	capture.mu.Lock()
+	defer capture.mu.Unlock()
+	if len(capture.records) != n {
+		t.Fatalf("%d records after SetLogger(nil)", len(capture.records)-n)
+	}
+}
+
+// levelHandler wants only records of min and above.
+type levelHandler struct {
+	captureHandler
+	min slog.Level
+}
+
+func (h *levelHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= h.min }
+
+func TestLoggerLevelFiltersInTheLibrary(t *testing.T) {
+	capture := &levelHandler{min: slog.LevelWarn}
+	if err := SetLogger(slog.New(capture)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = SetLogger(nil) })
+	r := newRegistry(t, shared.endpoints)
+	done, errs, err := r.RegisterNode(t.Context(), serviceName(t), Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	if capture.find(func(r slog.Record) bool { return r.Level < slog.LevelWarn }) {
+		t.Fatal("records below warn were forwarded")
+	}
+}
+
+// panicHandler panics on every record.
+type panicHandler struct{ calls atomic.Int64 }
+
+func (h *panicHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *panicHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *panicHandler) WithGroup(string) slog.Handler            { return h }
+func (h *panicHandler) Handle(context.Context, slog.Record) error {
+	h.calls.Add(1)
+	panic("handler bug")
+}
+
+// A panicking handler loses its messages but neither crashes the process nor disturbs the
+// library: the trampoline recovers.
+func TestPanickingLogHandlerIsContained(t *testing.T) {
+	h := &panicHandler{}
+	if err := SetLogger(slog.New(h)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = SetLogger(nil) })
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	eventually(t, "the handler is called", func() bool { return h.calls.Load() > 0 })
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("listed %v, %v", nodes, err)
+	}
+}
