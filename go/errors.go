@@ -64,11 +64,11 @@ func (e *Error) Error() string {
 	if e.Op != "" {
 		s += e.Op + ": "
 	}
-	// The kind always shows, once: the library's message often names it already.
+	// The kind always shows, once: the library's timeout messages already end with it.
 	switch kind := e.Code.String(); {
 	case e.Message == "":
 		s += kind
-	case strings.Contains(e.Message, kind):
+	case e.Code == CodeTimeout && strings.Contains(e.Message, kind):
 		s += e.Message
 	default:
 		s += kind + ": " + e.Message
