@@ -139,7 +139,7 @@ func finalizeRegistry(r *EtcdRegistry) {
 // calls return nil. Any other use afterwards returns an error matching ErrClosed.
 func (r *EtcdRegistry) Close() error {
 	err := r.h.close()
-	runtime.KeepAlive(r)
+	runtime.SetFinalizer(r, nil)
 	return err
 }
 
