@@ -1,13 +1,17 @@
-"""The library's own thread, which runs callbacks and forwards the core's logs to ``logging``.
+"""The library's own threads: one runs callbacks and forwards the core's logs to
+``logging``, one resolves the asyncio futures of awaited calls.
 
-The native module queues status events, watch events and log records from its runtime threads;
-this thread takes them and, holding the GIL only while it does, calls ``on_status`` and
-``on_event`` callbacks in order and logs through the ``etcd_registry`` logger. An exception in
-a callback is logged and the next delivery goes on. A callback may call back into the library:
-the runtime never waits for this thread.
+The native module queues status events, watch events, log records and asyncio results from its
+runtime threads (which never touch Python); these threads take them, holding the GIL only while
+they handle them. The callback thread calls ``on_status`` and ``on_event`` callbacks in order
+and logs through the ``etcd_registry`` logger; an exception in a callback is logged and the next
+delivery goes on, and a callback may call back into the library: the runtime never waits for
+this thread. The asyncio thread only hands results to event loops (``call_soon_threadsafe``), so
+a slow callback never holds up an ``await``.
 
-It is a daemon thread started with the first Registry of a process (again in a forked child),
-and stopped at interpreter exit before finalization, so it never meets a finalizing interpreter.
+They are daemon threads started with the first Registry of a process (again in a forked child)
+and stopped at interpreter exit, before finalization, so that they never meet a finalizing
+interpreter.
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ _OFF = logging.CRITICAL + 10
 _EXIT_GRACE = 2.0
 
 _lock = threading.Lock()
-_thread: Optional[threading.Thread] = None
-_thread_pid: Optional[int] = None
+_threads: list[threading.Thread] = []
+_threads_pid: Optional[int] = None
 _level: Optional[int] = None
 
 
@@ -74,39 +78,51 @@ def _run() -> None:
         _sync_log_level()
 
 
+def _complete() -> None:
+    while _native._complete(_IDLE_WAKE):
+        pass
+
+
 def ensure_started() -> None:
-    """Starts the thread in this process if it is not running."""
-    global _thread, _thread_pid
+    """Starts the threads in this process if they are not running."""
+    global _threads, _threads_pid
+    pid = os.getpid()
+    if _threads_pid == pid and all(t.is_alive() for t in _threads):
+        return
     with _lock:
-        pid = os.getpid()
-        if _thread is not None and _thread_pid == pid and _thread.is_alive():
+        if _threads_pid == pid and all(t.is_alive() for t in _threads):
             return
         _sync_log_level()
-        thread = threading.Thread(target=_run, name="etcd_registry-dispatch", daemon=True)
-        thread.start()
-        _thread, _thread_pid = thread, pid
+        threads = [
+            threading.Thread(target=_run, name="etcd_registry-dispatch", daemon=True),
+            threading.Thread(target=_complete, name="etcd_registry-asyncio", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        _threads, _threads_pid = threads, pid
 
 
 def _stop() -> None:
-    """At interpreter exit: delivers what is queued (e.g. the "unregistered" events of a
-    registry closed just before), then ends the thread. A callback that takes longer than
+    """At interpreter exit: delivers the queued callbacks (e.g. the "unregistered" events of a
+    registry closed just before), then ends the threads. A callback that takes longer than
     `_EXIT_GRACE` is left behind (a daemon thread) and later deliveries are dropped."""
     _native._set_log_level(_OFF)
-    thread = _thread
-    if thread is None or _thread_pid != os.getpid() or thread is threading.current_thread():
-        _native._stop_dispatch(drain=False)
-        return
-    _native._stop_dispatch(drain=True)
-    thread.join(timeout=_EXIT_GRACE)
+    mine = _threads_pid == os.getpid() and threading.current_thread() not in _threads
+    if mine and _threads:
+        _native._stop_dispatch(drain=True)
+        _threads[0].join(timeout=_EXIT_GRACE)
     _native._stop_dispatch(drain=False)
+    if mine:
+        for thread in _threads[1:]:
+            thread.join(timeout=_EXIT_GRACE)
 
 
 def _after_fork_in_child() -> None:
-    """The thread does not exist in a forked child; the next Registry starts a new one."""
-    global _lock, _thread, _thread_pid, _level
+    """The threads do not exist in a forked child; the next Registry starts new ones."""
+    global _lock, _threads, _threads_pid, _level
     _lock = threading.Lock()
-    _thread = None
-    _thread_pid = None
+    _threads = []
+    _threads_pid = None
     _level = None
 
 

@@ -1,8 +1,12 @@
 //! asyncio support: `pyo3_async_runtimes`' generic bridge on the core's global runtime.
 //!
-//! Not `pyo3_async_runtimes::tokio`: it keeps the runtime it was given forever, which after
-//! `fork()` is the parent's dead one, so an awaited call in the child would never finish. The
-//! core's `runtime::handle()` makes a fresh runtime in a forked child.
+//! Not `pyo3_async_runtimes::tokio`, for two reasons:
+//! - it keeps the runtime it was given forever, which after `fork()` is the parent's dead one,
+//!   so an awaited call in the child would never finish; the core's `runtime::handle()` makes a
+//!   fresh runtime in a forked child;
+//! - it resolves the asyncio future from a runtime thread attached to the interpreter, which
+//!   at interpreter exit can meet finalization and crash the process. Here that step runs on the
+//!   package's asyncio thread instead (see `dispatch`), which stops before finalization.
 
 use std::any::Any;
 use std::cell::OnceCell;
@@ -14,6 +18,7 @@ use pyo3::prelude::*;
 use pyo3_async_runtimes::generic::{self, ContextExt, Runtime};
 use pyo3_async_runtimes::TaskLocals;
 
+use crate::dispatch::{self, Item, Lane};
 use crate::errors;
 
 pub(crate) struct GlobalRuntime;
@@ -40,13 +45,18 @@ impl generic::JoinError for JoinError {
     }
 }
 
-pub(crate) struct JoinHandle(tokio::task::JoinHandle<()>);
+/// A spawned task, or work handed to the asyncio thread (already done as far as the bridge is
+/// concerned: it never waits for that).
+pub(crate) struct JoinHandle(Option<tokio::task::JoinHandle<()>>);
 
 impl Future for JoinHandle {
     type Output = Result<(), JoinError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.0).poll(cx).map_err(JoinError)
+        match &mut self.0 {
+            Some(task) => Pin::new(task).poll(cx).map_err(JoinError),
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -58,14 +68,17 @@ impl Runtime for GlobalRuntime {
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        JoinHandle(handle().spawn(fut))
+        JoinHandle(Some(handle().spawn(fut)))
     }
 
+    /// The bridge resolves asyncio futures here, attached to the interpreter: done on the
+    /// package's asyncio thread, never on a runtime thread.
     fn spawn_blocking<F>(f: F) -> Self::JoinHandle
     where
         F: FnOnce() + Send + 'static,
     {
-        JoinHandle(handle().spawn_blocking(f))
+        dispatch::push(Lane::Asyncio, Item::Run(Box::new(f)));
+        JoinHandle(None)
     }
 }
 
@@ -93,5 +106,8 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
+    // The thread that resolves the future (started with the first Registry; again after fork).
+    py.import("etcd_registry._dispatch")?
+        .call_method0("ensure_started")?;
     generic::future_into_py::<GlobalRuntime, F, T>(py, fut)
 }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
+use crate::dispatch;
 use crate::errors;
 
 /// How long a blocking call stays away from Python at a time.

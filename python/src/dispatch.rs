@@ -1,15 +1,24 @@
-//! Hands callbacks and log records from the runtime's threads to one Python thread.
+//! Hands work from the runtime's threads to Python threads owned by the package.
 //!
-//! Runtime threads never touch Python: they push items on this queue, and a daemon thread owned
-//! by the package (`etcd_registry/_dispatch.py`) takes them, calls the callbacks and logs the
-//! records, holding the GIL only while it does. So a callback may block or call back into the
-//! library without stalling the runtime, and interpreter shutdown never finds a runtime thread
-//! waiting for the GIL.
+//! Runtime threads never touch Python: they push items on a queue, and daemon threads started by
+//! `etcd_registry/_dispatch.py` take them, holding the GIL only while they handle them. Two
+//! queues ("lanes"), each with its thread:
 //!
-//! After `fork()` the child gets a fresh queue: the parent's may be locked by a thread that does
+//! - callbacks: `on_status` and `on_event` calls and log records, in order. A callback may block
+//!   or call back into the library without stalling the runtime.
+//! - asyncio: resolving the asyncio futures of awaited calls (a non-blocking
+//!   `call_soon_threadsafe`), apart from the callbacks so that a slow callback, or one waiting
+//!   for an awaited call, never holds up an `await`.
+//!
+//! Both threads stop at interpreter exit (`_stop_dispatch`, from an `atexit` handler), before
+//! finalization; nothing is handed to Python after that. So no thread ever attaches to a
+//! finalizing interpreter, which CPython answers with crashes or killed threads.
+//!
+//! After `fork()` the child gets fresh queues: the parent's may be locked by a thread that does
 //! not exist in the child.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,10 +29,16 @@ use pyo3::types::PyTuple;
 use crate::types::{PyStatusEvent, PyWatchEvent, StatusContext};
 
 /// Log records waiting beyond this many are dropped (and counted) rather than piling up while
-/// the dispatch thread is busy in a slow callback.
+/// the callback thread is busy in a slow callback.
 const MAX_PENDING_LOGS: usize = 10_000;
-/// Items handed to Python per call of `take`.
+/// Items handled per wake-up.
 const MAX_BATCH: usize = 256;
+
+#[derive(Clone, Copy)]
+pub(crate) enum Lane {
+    Callbacks = 0,
+    Asyncio = 1,
+}
 
 pub(crate) enum Item {
     Log {
@@ -41,6 +56,8 @@ pub(crate) enum Item {
         active: Arc<AtomicBool>,
         event: registry::WatchEvent,
     },
+    /// Runs attached to the interpreter, on the asyncio lane's thread.
+    Run(Box<dyn FnOnce() + Send>),
 }
 
 struct Queue {
@@ -54,19 +71,38 @@ struct State {
     items: VecDeque<Item>,
     logs: usize,
     dropped_logs: u64,
-    /// Interpreter exit: deliver what is queued, then stop.
+    /// Interpreter exit: hand out what is queued, then stop.
     draining: bool,
-    /// Stopped: nothing more is delivered.
+    /// Stopped: nothing more is handed out.
     stopped: bool,
 }
 
-static CURRENT: AtomicPtr<Queue> = AtomicPtr::new(std::ptr::null_mut());
+static LANES: [AtomicPtr<Queue>; 2] = [
+    AtomicPtr::new(std::ptr::null_mut()),
+    AtomicPtr::new(std::ptr::null_mut()),
+];
 
-/// This process's queue.
-fn queue() -> &'static Queue {
+/// Set at interpreter exit (by `_stop_dispatch`): from then on nothing may attach to the
+/// interpreter, which may be finalizing.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Whether this thread stopped the lanes: the thread that runs the `atexit` handlers.
+    static STOPPED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread must no longer attach to the interpreter: it is exiting, and this is
+/// not the thread running its exit handlers (which may still use the library).
+pub(crate) fn must_not_attach() -> bool {
+    EXITING.load(Ordering::SeqCst) && !STOPPED_HERE.with(|s| s.get())
+}
+
+/// This process's queue of `lane`.
+fn queue(lane: Lane) -> &'static Queue {
+    let slot = &LANES[lane as usize];
     let pid = std::process::id();
     loop {
-        let current = CURRENT.load(Ordering::Acquire);
+        let current = slot.load(Ordering::Acquire);
         // SAFETY: queues are leaked, never freed, once published.
         if let Some(queue) = unsafe { current.as_ref() } {
             if queue.pid == pid {
@@ -79,7 +115,7 @@ fn queue() -> &'static Queue {
             ready: Condvar::new(),
         }));
         // The parent's queue is leaked on purpose: see the module docs.
-        if CURRENT
+        if slot
             .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
         {
@@ -93,14 +129,54 @@ impl Queue {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Waits up to `timeout` for items and takes them; `None` once stopped, or drained.
+    fn take(&self, timeout: Duration) -> Option<(Vec<Item>, u64)> {
+        let state = self.lock();
+        let (mut state, _) = self
+            .ready
+            .wait_timeout_while(state, timeout, |s| {
+                s.items.is_empty() && !s.stopped && !s.draining
+            })
+            .unwrap_or_else(|p| p.into_inner());
+        if state.stopped || (state.draining && state.items.is_empty()) {
+            state.stopped = true;
+            return None;
+        }
+        let n = state.items.len().min(MAX_BATCH);
+        let batch: Vec<Item> = state.items.drain(..n).collect();
+        let logs = batch
+            .iter()
+            .filter(|i| matches!(i, Item::Log { .. }))
+            .count();
+        state.logs -= logs;
+        let dropped = std::mem::take(&mut state.dropped_logs);
+        Some((batch, dropped))
+    }
+
+    fn stop(&self, drain: bool) {
+        let mut state = self.lock();
+        let dropped = if drain {
+            state.draining = true;
+            VecDeque::new()
+        } else {
+            state.stopped = true;
+            state.logs = 0;
+            std::mem::take(&mut state.items)
+        };
+        drop(state);
+        self.ready.notify_all();
+        drop(dropped);
+    }
 }
 
-/// Queues an item for the dispatch thread. Dropped once the dispatcher has stopped (the
-/// interpreter is exiting).
-pub(crate) fn push(item: Item) {
-    let queue = queue();
+/// Queues an item for its lane's thread. Dropped once that has stopped (the interpreter is
+/// exiting).
+pub(crate) fn push(lane: Lane, item: Item) {
+    let queue = queue(lane);
     let mut state = queue.lock();
     if state.stopped {
+        drop(state);
         return;
     }
     if matches!(item, Item::Log { .. }) {
@@ -115,31 +191,6 @@ pub(crate) fn push(item: Item) {
     queue.ready.notify_one();
 }
 
-/// Waits up to `timeout` for items and takes them; `None` once stopped, or drained.
-fn take_batch(timeout: Duration) -> Option<(Vec<Item>, u64)> {
-    let queue = queue();
-    let state = queue.lock();
-    let (mut state, _) = queue
-        .ready
-        .wait_timeout_while(state, timeout, |s| {
-            s.items.is_empty() && !s.stopped && !s.draining
-        })
-        .unwrap_or_else(|p| p.into_inner());
-    if state.stopped || (state.draining && state.items.is_empty()) {
-        state.stopped = true;
-        return None;
-    }
-    let n = state.items.len().min(MAX_BATCH);
-    let batch: Vec<Item> = state.items.drain(..n).collect();
-    let logs = batch
-        .iter()
-        .filter(|i| matches!(i, Item::Log { .. }))
-        .count();
-    state.logs -= logs;
-    let dropped = std::mem::take(&mut state.dropped_logs);
-    Some((batch, dropped))
-}
-
 /// Item kinds as the dispatch thread sees them: `(LOG, level, message)` or
 /// `(CALL, callback, event)`.
 pub(crate) const LOG: u8 = 0;
@@ -150,7 +201,8 @@ pub(crate) const CALL: u8 = 1;
 #[pyfunction]
 pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTuple>>>> {
     let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
-    let Some((batch, dropped)) = py.detach(|| take_batch(timeout)) else {
+    let queue = queue(Lane::Callbacks);
+    let Some((batch, dropped)) = py.detach(|| queue.take(timeout)) else {
         return Ok(None);
     };
     let mut out = Vec::with_capacity(batch.len() + 1);
@@ -171,6 +223,8 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
                 (CALL, callback.clone_ref(py), event).into_pyobject(py)?
             }
             Item::Watch { active, .. } if !active.load(Ordering::SeqCst) => continue,
+            // Never queued on this lane.
+            Item::Run(_) => continue,
             Item::Watch {
                 callback, event, ..
             } => {
@@ -183,21 +237,39 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
     Ok(Some(out))
 }
 
-/// Stops the dispatcher. With `drain`, `_take` first hands out what is queued (callbacks of a
-/// registry closed just before exit still run), then returns `None`; without, it returns `None`
-/// at once and queued items are dropped.
+/// Waits (GIL released) up to `timeout` seconds for asyncio work and does it; `False` once
+/// stopped.
+#[pyfunction]
+pub(crate) fn _complete(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
+    let queue = queue(Lane::Asyncio);
+    let Some((batch, _)) = py.detach(|| queue.take(timeout)) else {
+        return false;
+    };
+    for item in batch {
+        if let Item::Run(work) = item {
+            // The bridge's work does not panic; if it did, the next one still runs.
+            let _ = catch_unwind(AssertUnwindSafe(work));
+        }
+    }
+    true
+}
+
+/// Stops the lanes at interpreter exit, in two steps. With `drain`, the callback lane first
+/// hands out what is queued (the callbacks of a registry closed just before exit still run, and
+/// may still use the library), then `_take` returns `None`. Without, both lanes stop at once,
+/// queued items are dropped, and from then on threads other than this one never attach to the
+/// interpreter again (see `must_not_attach`). Asyncio work is never drained: the event loops
+/// are done.
 #[pyfunction]
 #[pyo3(signature = (drain=false))]
 pub(crate) fn _stop_dispatch(drain: bool) {
-    let queue = queue();
-    let mut state = queue.lock();
+    STOPPED_HERE.with(|s| s.set(true));
     if drain {
-        state.draining = true;
-    } else {
-        state.stopped = true;
-        state.items.clear();
-        state.logs = 0;
+        queue(Lane::Callbacks).stop(true);
+        return;
     }
-    drop(state);
-    queue.ready.notify_all();
+    EXITING.store(true, Ordering::SeqCst);
+    queue(Lane::Callbacks).stop(false);
+    queue(Lane::Asyncio).stop(false);
 }

@@ -15,7 +15,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use crate::dispatch::{self, Item};
+use crate::dispatch::{self, Item, Lane};
 
 /// How many tracing levels are on: 0 none, 1 ERROR, 2 +WARN, 3 +INFO, 4 +DEBUG, 5 +TRACE.
 static ENABLED: AtomicUsize = AtomicUsize::new(0);
@@ -94,10 +94,13 @@ impl Subscriber for Forwarder {
             message.push_str(&text.fields);
             message.push(')');
         }
-        dispatch::push(Item::Log {
-            level: python_level(event.metadata().level()),
-            message,
-        });
+        dispatch::push(
+            Lane::Callbacks,
+            Item::Log {
+                level: python_level(event.metadata().level()),
+                message,
+            },
+        );
     }
 
     fn enter(&self, _: &Id) {}

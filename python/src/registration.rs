@@ -10,7 +10,7 @@ use registry::{ErrorKind, Registration};
 
 use crate::asyncio;
 use crate::blocking;
-use crate::dispatch::{self, Item};
+use crate::dispatch::{self, Item, Lane};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
 use crate::types::{PyNode, StatusContext};
@@ -28,11 +28,14 @@ pub(crate) fn forward_status(
     handle.spawn(async move {
         // Ends after `Unregistered`, the last event.
         while let Some(event) = events.recv().await {
-            dispatch::push(Item::Status {
-                callback: callback.clone(),
-                context: context.clone(),
-                event,
-            });
+            dispatch::push(
+                Lane::Callbacks,
+                Item::Status {
+                    callback: callback.clone(),
+                    context: context.clone(),
+                    event,
+                },
+            );
         }
     });
     Ok(())

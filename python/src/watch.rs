@@ -11,7 +11,7 @@ use registry::Watch;
 
 use crate::asyncio;
 use crate::blocking;
-use crate::dispatch::{self, Item};
+use crate::dispatch::{self, Item, Lane};
 use crate::errors;
 use crate::fork::ForkBound;
 use crate::types::{PyNode, PyWatchEvent};
@@ -40,11 +40,14 @@ impl PyWatch {
             let active = active.clone();
             registry::runtime::handle()?.spawn(async move {
                 while let Some(event) = events.next().await {
-                    dispatch::push(Item::Watch {
-                        callback: callback.clone(),
-                        active: active.clone(),
-                        event,
-                    });
+                    dispatch::push(
+                        Lane::Callbacks,
+                        Item::Watch {
+                            callback: callback.clone(),
+                            active: active.clone(),
+                            event,
+                        },
+                    );
                 }
             });
         }

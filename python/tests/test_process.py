@@ -23,8 +23,8 @@ CRASH_MARKERS = ("panicked", "Fatal Python error", "Segmentation fault", "core d
 def test_exiting_without_close_never_hangs_or_crashes(etcd: Etcd) -> None:
     base_path = f"/exit-{uuid.uuid4().hex[:8]}"
     env = dict(os.environ, ETCD_ENDPOINTS=etcd.env_endpoints)
-    modes = ["end", "exit", "raise", "thread"]
-    expected_codes = {"end": 0, "exit": 3, "raise": 1, "thread": 0}
+    modes = ["end", "exit", "raise", "thread", "async"]
+    expected_codes = {"end": 0, "exit": 3, "raise": 1, "thread": 0, "async": 0}
     failures: list[str] = []
     for batch in range(0, RUNS, PARALLEL):
         procs = []
