@@ -4,7 +4,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -120,16 +119,9 @@ func New(cfg Config) (*EtcdRegistry, error) {
 	return r, nil
 }
 
-// finalized counts registries closed by the garbage collector (for the tests).
-var finalized atomic.Int64
-
 func finalizeRegistry(r *EtcdRegistry) {
-	h := r.h
 	// Closing waits for etcd (revoking leases); never block the finalizer goroutine on it.
-	go func() {
-		_ = h.close()
-		finalized.Add(1)
-	}()
+	go r.h.close()
 }
 
 // Close unregisters every node of this registry (their keys are deleted at once), stops its

@@ -778,11 +778,12 @@ func TestRecoversFromEtcdRestart(t *testing.T) {
 }
 
 // A registration keeps its registry alive: dropping every reference to the registry does not
-// end it, and its context still unregisters it.
-func TestRegistrationKeepsRegistryAlive(t *testing.T) {
+// end it, and its context still unregisters it. Then nothing references the registry any more,
+// and its finalizer closes it.
+func TestRegistrationKeepsRegistryAliveThenFinalizerClosesIt(t *testing.T) {
 	service := serviceName(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	done, errs := func() (<-chan struct{}, <-chan error) {
+	h, done, errs := func() (*handle, <-chan struct{}, <-chan error) {
 		r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -791,14 +792,14 @@ func TestRegistrationKeepsRegistryAlive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return done, errs
+		return r.h, done, errs // the handle does not keep the EtcdRegistry reachable
 	}()
 	waitDone(t, done, errs)
 	for range 3 {
 		runtime.GC()
 	}
 	key := "/services/" + service + "/node1"
-	if _, ok := shared.getPrefix(t, key)[key]; !ok {
+	if _, ok := shared.getPrefix(t, key)[key]; !ok || h.isClosed() {
 		t.Fatal("registration gone after GC")
 	}
 	cancel()
@@ -808,12 +809,15 @@ func TestRegistrationKeepsRegistryAlive(t *testing.T) {
 	if kv := shared.getPrefix(t, key); len(kv) != 0 {
 		t.Fatalf("key left: %v", kv)
 	}
+	eventually(t, "the finalizer closes the registry", func() bool {
+		runtime.GC()
+		return h.isClosed()
+	})
 }
 
-// An unreferenced registry without registrations is closed by its finalizer.
+// An unreferenced registry whose watch has stopped is closed by its finalizer.
 func TestFinalizerClosesUnreachableRegistry(t *testing.T) {
-	before := finalized.Load()
-	func() {
+	h := func() *handle {
 		r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
@@ -824,36 +828,16 @@ func TestFinalizerClosesUnreachableRegistry(t *testing.T) {
 			t.Fatal(err)
 		}
 		w.Close()
+		return r.h
 	}()
 	eventually(t, "the registry is finalized", func() bool {
 		runtime.GC()
-		return finalized.Load() > before
+		return h.isClosed()
 	})
-}
-
-// History compacted while the watch was cut off: it re-lists, reports the difference and then
-// WatchResynced.
-func TestWatchResyncsAfterCompaction(t *testing.T) {
-	h := newHarness(t, "--proxy")
-	h.do(t, "put /services/svc/goes {}")
-	h.do(t, "put /services/svc/stays {}")
-	r := newRegistry(t, h.endpoints)
-	w, err := r.WatchService(t.Context(), "svc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Close()
-	waitWatch(t, w, WatchAdded, "goes")
-	waitWatch(t, w, WatchAdded, "stays")
-
-	h.do(t, "partition")
-	h.do(t, "delete /services/svc/goes") // the harness talks to etcd directly
-	h.do(t, "compact")
-	h.do(t, "heal")
-	waitWatch(t, w, WatchRemoved, "goes")
-	waitWatch(t, w, WatchResynced, "")
-	nodes, err := w.Nodes()
-	if err != nil || !slices.Equal(nodeNames(nodes), []string{"stays"}) {
-		t.Fatalf("live set %v, %v", nodes, err)
-	}
+	// The close finishes (the pulling goroutine leaves, the C registry is freed).
+	eventually(t, "the registry is freed", func() bool {
+		h.life.RLock()
+		defer h.life.RUnlock()
+		return h.ptr == nil
+	})
 }
