@@ -34,9 +34,19 @@ where
         };
         let step = py.detach(|| {
             // The timer must be made inside the runtime, hence the async block.
-            registry::runtime::block_on(async {
+            let step = registry::runtime::block_on(async {
                 tokio::time::timeout(slice, future.as_mut()).await
-            })
+            });
+            if dispatch::must_not_attach() {
+                // A daemon thread while the interpreter exits (other threads were joined before
+                // the exit handlers ran). Attaching now could meet finalization, which kills
+                // the thread in the middle of Rust code or crashes; wait for the process to end
+                // instead, as CPython 3.14 itself does with such threads.
+                loop {
+                    std::thread::park();
+                }
+            }
+            step
         });
         match step.map_err(|e| errors::to_py_err(py, e))? {
             Ok(output) => return Ok(Some(output)),
