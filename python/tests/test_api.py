@@ -293,7 +293,10 @@ def test_exception_hierarchy() -> None:
     assert set(etcd_registry.__all__) <= set(dir(etcd_registry))
 
 
-def test_reprs(registry: Registry) -> None:
+def test_properties_and_reprs(registry: Registry, etcd: Etcd, base_path: str) -> None:
+    assert registry.endpoints == etcd.endpoints
+    assert registry.base_path == base_path
+    assert not registry.closed
     assert repr(registry).startswith("Registry(endpoints=[")
     handle = registry.register("api", "n")
     assert handle.wait(DEADLINE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Optional
 
 import pytest
 
@@ -140,3 +141,26 @@ def test_watch_resumes_after_etcd_restarts(fresh_etcd: Etcd) -> None:
             event = next_event(watch, "removed after the restart")
             assert (event.kind, event.node) == ("removed", Node("a", {"v": "1"}))
             assert watch.nodes() == [Node("b", {"v": "1"})]
+
+
+def test_a_watch_that_missed_compacted_history_resyncs(proxied_etcd: Etcd) -> None:
+    with Registry(proxied_etcd.endpoints, timeout=2.0, backoff_min=0.2, backoff_max=1.0) as reg:
+        proxied_etcd.cmd("put", "/services/api/stays", '{"v":"1"}')
+        proxied_etcd.cmd("put", "/services/api/goes", '{"v":"1"}')
+        with reg.watch("api") as watch:
+            assert {e.node.name for e in (next_event(watch, "initial"), next_event(watch, "initial")) if e.node} == {
+                "stays", "goes"}
+            proxied_etcd.cmd("partition")
+            # While the watch hears nothing, history changes and is compacted away.
+            proxied_etcd.cmd("delete", "/services/api/goes")
+            proxied_etcd.cmd("put", "/services/api/stays", '{"v":"2"}')
+            proxied_etcd.cmd("put", "/services/api/new", '{"v":"1"}')
+            proxied_etcd.cmd("compact")
+            proxied_etcd.cmd("heal")
+            seen: list[tuple[str, Optional[str]]] = []
+            while not seen or seen[-1][0] != "resynced":
+                event = next_event(watch, "resync")
+                seen.append((event.kind, event.node.name if event.node else None))
+            assert sorted(seen[:-1]) == [("added", "new"), ("removed", "goes"), ("updated", "stays")]
+            assert seen[-1] == ("resynced", None)
+            assert watch.nodes() == [Node("new", {"v": "1"}), Node("stays", {"v": "2"})]
