@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -332,6 +333,9 @@ int main(int argc, char **argv) {
     }
     g_endpoints = argv[1];
     g_base = argv[2];
+    /* Off by default: the driver behaves like a program that leaves SIGPIPE alone. */
+    const char *ignore = getenv("BENCH_IGNORE_SIGPIPE");
+    if (ignore && strcmp(ignore, "1") == 0) signal(SIGPIPE, SIG_IGN);
     puts("{\"ready\":true}");
     fflush(stdout);
     char line[1024];

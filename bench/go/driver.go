@@ -13,8 +13,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/signal"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	etcdregistry "github.com/etcd-registry/etcd-registry/go"
@@ -217,6 +219,10 @@ func main() {
 		if e != "" {
 			endpoints = append(endpoints, e)
 		}
+	}
+	// Off by default: the driver behaves like a program that leaves SIGPIPE alone.
+	if os.Getenv("BENCH_IGNORE_SIGPIPE") == "1" {
+		signal.Ignore(syscall.SIGPIPE)
 	}
 	d := &driver{endpoints: endpoints, base: os.Args[2]}
 	emit(map[string]any{"ready": true})

@@ -75,6 +75,22 @@ impl Driver {
         Ok(driver)
     }
 
+    /// How the driver ended, if it has.
+    pub fn exit_status(&mut self) -> Option<String> {
+        // Give a process that is being killed a moment to be reaped.
+        for _ in 0..10 {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.to_string());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

@@ -19,7 +19,7 @@ pub struct Pct {
 }
 
 /// One recovery run of one layer. Times in seconds from etcd reachable again.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Recovery {
     pub outage_s: f64,
     pub ttl_s: u64,
@@ -27,6 +27,8 @@ pub struct Recovery {
     pub registered_s: Option<f64>,
     pub registered_during_outage: usize,
     pub keys_left_at_heal: Option<i64>,
+    /// Why the layer's run ended early (e.g. its driver died), if it did.
+    pub failure: Option<String>,
 }
 
 pub struct Results {
@@ -254,7 +256,8 @@ fn bulk_table(r: &Results) -> String {
         .and_then(Value::as_f64)
         .unwrap_or(0.0);
     format!(
-        "### Registering 1 000 nodes of one TTL ({ttl} s)\n\nTime from the first register call until all 1 000 are registered; then, idle for {window:.0} s, what etcd received (its `grpc_server_msg_received_total`).\n\n{}",
+        "### Registering 1 000 nodes of one TTL ({ttl} s)\n\nEach layer on its own etcd. Time from the first register call until all 1 000 are registered (one layer at a time); then, every layer idle at once for {window:.0} s, what its etcd received (`grpc_server_msg_received_total`). Expected keep-alives: one per TTL/3 = {:.2}/s, whatever the number of nodes.\n\n{}",
+        3.0 / ttl.max(1) as f64,
         table(
             &[
                 "layer",
@@ -272,6 +275,12 @@ fn bulk_table(r: &Results) -> String {
 fn footprint_table(r: &Results) -> String {
     let mut rows = Vec::new();
     let mib = |v: f64| format!("{:.1} MiB", v / 1024.0);
+    let big = r
+        .settings
+        .get("big_registrations")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let not_quick = || "— (not in quick runs)".to_string();
     for layer in &r.layers {
         let Some(f) = r.bulk.get(&layer.name) else {
             continue;
@@ -285,23 +294,38 @@ fn footprint_table(r: &Results) -> String {
             started,
             opt(fnum(f, "rss_kib_start"), mib),
             opt(fnum(f, "rss_kib_1"), mib),
-            opt(fnum(f, "rss_kib_10000"), mib),
-            opt(fnum(f, "leases_10000"), |v| {
-                format!("{v:.0} {}", mark(v == 1.0))
-            }),
+            if big == 0 {
+                not_quick()
+            } else {
+                opt(fnum(f, "rss_kib_big"), mib)
+            },
+            if big == 0 {
+                not_quick()
+            } else {
+                opt(fnum(f, "leases_big"), |v| {
+                    format!("{v:.0} {}", mark(v == 1.0))
+                })
+            },
             opt(fnum(f, "idle_cpu_percent"), |v| format!("{v:.2} %")),
         ]);
     }
+    let big_label = if big == 0 {
+        "10 000".to_string()
+    } else {
+        thousands(big)
+    };
+    let rss_big = format!("RSS, {big_label} registrations");
+    let leases_big = format!("leases for {big_label} (target 1)");
     format!(
-        "### Footprint of the driver process\n\nThreads started by the layer (threads of the bare process → with a registry and 1 registration), resident memory, and CPU while idle with 1 000 registrations kept alive.\n\n{}",
+        "### Footprint of the driver process\n\nThreads started by the layer (threads of the bare process → with a registry and 1 registration), resident memory, and CPU while idle with 1 000 registrations kept alive (every layer idle at once, each on its own etcd).\n\n{}",
         table(
             &[
                 "layer",
                 "threads started",
                 "RSS bare",
                 "RSS, 1 registration",
-                "RSS, 10 000",
-                "leases for 10 000 (target 1)",
+                &rss_big,
+                &leases_big,
                 "idle CPU"
             ],
             &rows
@@ -309,10 +333,29 @@ fn footprint_table(r: &Results) -> String {
     )
 }
 
+/// 10000 → "10 000".
+fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Median over the runs that did not fail; `None` if every run failed or one never recovered.
 fn recovery_summary(rounds: &[Option<Recovery>], f: fn(&Recovery) -> Option<f64>) -> Option<f64> {
-    let v: Vec<f64> = rounds.iter().flatten().filter_map(f).collect();
-    if v.len() < rounds.iter().flatten().count() {
-        return None; // a round never recovered
+    let ok: Vec<&Recovery> = rounds
+        .iter()
+        .flatten()
+        .filter(|x| x.failure.is_none())
+        .collect();
+    let v: Vec<f64> = ok.iter().filter_map(|x| f(x)).collect();
+    if v.len() < ok.len() {
+        return None; // a run never recovered
     }
     median(&v)
 }
@@ -321,14 +364,33 @@ fn recovery_table(r: &Results) -> String {
     let mut rows = Vec::new();
     let secs = |v: f64| format!("{v:.2} s");
     let never = |rounds: &[Option<Recovery>], f: fn(&Recovery) -> Option<f64>| -> String {
-        if rounds.iter().flatten().count() == 0 {
+        let runs: Vec<&Recovery> = rounds.iter().flatten().collect();
+        let failed: Vec<&str> = runs.iter().filter_map(|x| x.failure.as_deref()).collect();
+        if runs.is_empty() {
             return "—".into();
         }
-        recovery_summary(rounds, f).map_or("not within the timeout".into(), secs)
+        if failed.len() == runs.len() {
+            return format!("✗ {}", failed[0]);
+        }
+        let base = recovery_summary(rounds, f).map_or("not within the timeout".into(), secs);
+        if failed.is_empty() {
+            base
+        } else {
+            format!(
+                "{base}; ✗ {} in {} of {} runs",
+                failed[0],
+                failed.len(),
+                runs.len()
+            )
+        }
     };
     // Whether the layer still reported its nodes registered at the end of the outage.
     let stale = |rounds: &[Option<Recovery>]| -> String {
-        let runs: Vec<&Recovery> = rounds.iter().flatten().collect();
+        let runs: Vec<&Recovery> = rounds
+            .iter()
+            .flatten()
+            .filter(|x| x.failure.is_none())
+            .collect();
         if runs.is_empty() {
             return "—".into();
         }
@@ -409,8 +471,39 @@ pub fn tables(r: &Results) -> Vec<String> {
     }
     if !r.recovery.is_empty() {
         out.push(recovery_table(r));
+        if let Some(note) = sigpipe_note(r) {
+            out.push(note);
+        }
     }
     out
+}
+
+/// Explains drivers killed by SIGPIPE, and says whether this run let the drivers ignore it.
+fn sigpipe_note(r: &Results) -> Option<String> {
+    let ignored = r.settings["drivers_ignore_sigpipe"].as_bool() == Some(true);
+    let mut died: Vec<&str> = r
+        .recovery
+        .values()
+        .flat_map(|by_layer| by_layer.iter())
+        .filter(|(_, runs)| {
+            runs.iter()
+                .flatten()
+                .any(|x| x.failure.as_deref().is_some_and(|f| f.contains("SIGPIPE")))
+        })
+        .map(|(layer, _)| layer.as_str())
+        .collect();
+    died.sort_unstable();
+    died.dedup();
+    if ignored {
+        return Some("> This run set `BENCH_IGNORE_SIGPIPE=1`: the C and Go drivers ignore SIGPIPE (the Python interpreter always does), so their recovery could be measured. Without it, the library's SIGPIPE kills C and Go hosts when etcd goes away (a default run shows it).\n".into());
+    }
+    if died.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "> **Killed by SIGPIPE: {}.** When etcd goes away, the library's runtime threads write to the dead connection and the kernel sends SIGPIPE to the process; a host program that leaves SIGPIPE at its default action (as C programs and every Go program do) is killed. The Python interpreter ignores SIGPIPE, and Rust programs do too, so the same library survives there. Until the library blocks or ignores SIGPIPE on its own threads, `BENCH_IGNORE_SIGPIPE=1 bench/run.sh` makes the C and Go drivers ignore it, to measure their recovery anyway.\n",
+        died.join(", ")
+    ))
 }
 
 fn to_json(r: &Results) -> Value {
@@ -441,13 +534,14 @@ fn to_json(r: &Results) -> Value {
                 json!({
                     "visible_s": recovery_summary(rounds, |x| x.visible_s),
                     "registered_s": recovery_summary(rounds, |x| x.registered_s),
-                    "rounds": rounds.iter().map(|x| x.map(|x| json!({
+                    "rounds": rounds.iter().map(|x| x.as_ref().map(|x| json!({
                         "outage_s": x.outage_s,
                         "ttl_s": x.ttl_s,
                         "visible_s": x.visible_s,
                         "registered_s": x.registered_s,
                         "registered_during_outage": x.registered_during_outage,
                         "keys_left_at_heal": x.keys_left_at_heal,
+                        "failure": x.failure,
                     }))).collect::<Vec<_>>(),
                 }),
             );
@@ -651,8 +745,8 @@ const METHOD: &str = "## How each number is measured\n\n\
 - **register → visible**: from the register call until a *second* client of the same layer lists the service and finds the node (listing again at once until it does). 3 untimed warm-ups first.\n\
 - **list**: one `list` call of a service of 1, 100, 1 000 or 10 000 nodes (values ~70 bytes of JSON), 3 untimed warm-ups first.\n\
 - **watch lag**: the orchestrator puts a node whose info carries the wall-clock time (ns) taken just before the put; the layer's watch (iterator or callback) computes now − that time on delivery. One put every 3 ms plus the put's own time.\n\
-- **1 000 nodes of one TTL**: register 1 and then 999 more (each call, then wait until every registration is confirmed); leases held is the difference in etcd's lease list; then idle for the window: keep-alives/s and all gRPC messages/s are differences of etcd's `grpc_server_msg_received_total` (LeaseKeepAlive, LeaseTimeToLive, all methods; nothing else talks to that etcd meanwhile). Expected keep-alives: one per TTL/3.\n\
-- **footprint**: `/proc/PID/status` (Threads, VmRSS) of the driver process: bare (after start-up and imports), with a registry and 1 registration, with 10 000; idle CPU is utime+stime from `/proc/PID/stat` over the window. The Rust drivers create a 2-worker tokio runtime at their first command (the size of the global runtime the C and Python bindings share).\n\
+- **1 000 nodes of one TTL**: each layer gets its own etcd, so that etcd's counters and lease list belong to that layer alone. Register 1 node and then 999 more (the calls, then waiting until every registration is confirmed), one layer at a time; leases held is the growth of etcd's lease list. Then every layer idles at once for the window: keep-alives/s, lease checks/s and all gRPC messages/s are differences of that etcd's `grpc_server_msg_received_total` (LeaseKeepAlive, LeaseTimeToLive, all methods).\n\
+- **footprint**: `/proc/PID/status` (Threads, VmRSS) of the driver process: bare (after start-up and imports, before any registry), with a registry and 1 registration, and (full runs) with 10 000 registrations of one TTL (the last 9 000 registered by every layer at once); idle CPU is utime+stime from `/proc/PID/stat` over the idle window. The Rust drivers create a 2-worker tokio runtime at their first command (the size of the global runtime the C and Python bindings share).\n\
 - **recovery**: every layer holds its nodes at once through one TCP proxy (the harness's). “Visible” polls etcd directly (every 20 ms) until the layer's service has all its keys again; “registered” polls the layer's own registration states. Both are measured from the moment etcd answers again (restart healthy, or proxy healed).\n\
 - Targets are checked on the medians (ratios on the p50); a missed target is shown ✗ and never fails the run.\n";
 

@@ -31,6 +31,8 @@ pub struct Settings {
     pub watch_gap: Duration,
     pub bulk_ttl: u64,
     pub window: Duration,
+    /// Registrations for the memory and lease count at scale (not in quick runs).
+    pub big: usize,
     pub recovery_rounds: usize,
     pub recovery_nodes: usize,
     pub short_outage: Duration,
@@ -56,6 +58,7 @@ impl Settings {
             watch_gap: Duration::from_millis(3),
             bulk_ttl: 6,
             window: Duration::from_secs(if full { 10 } else { 4 }),
+            big: if full { 10_000 } else { 0 },
             recovery_rounds: if full { 2 } else { 1 },
             recovery_nodes: 100,
             short_outage: Duration::from_secs(5),
@@ -76,12 +79,14 @@ impl Settings {
             "watch_put_gap_ms": self.watch_gap.as_millis() as u64,
             "bulk_ttl_s": self.bulk_ttl,
             "idle_window_s": self.window.as_secs_f64(),
+            "big_registrations": self.big,
             "recovery_rounds": self.recovery_rounds,
             "recovery_nodes": self.recovery_nodes,
             "short_outage_s": self.short_outage.as_secs_f64(),
             "short_outage_ttl_s": self.long_ttl,
             "long_outage_s": self.long_outage.as_secs_f64(),
             "long_outage_ttl_s": self.short_ttl,
+            "drivers_ignore_sigpipe": std::env::var("BENCH_IGNORE_SIGPIPE").is_ok_and(|v| v == "1"),
         })
     }
 }
@@ -241,7 +246,9 @@ struct Bench<'a> {
 }
 
 fn progress(msg: &str) {
-    eprintln!("[bench] {msg}");
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let t = START.get_or_init(Instant::now).elapsed().as_secs_f64();
+    eprintln!("[bench {t:6.1}s] {msg}");
 }
 
 fn nodes_value(k: usize) -> String {
@@ -260,17 +267,17 @@ fn prefix(service: &str) -> String {
 impl Bench<'_> {
     fn run(&mut self, phases: &[String]) -> Res<()> {
         let wants = |p: &str| phases.iter().any(|x| x == p);
-        if wants("latency") || wants("bulk") {
+        if wants("latency") {
             progress("starting etcd");
             let etcd = EtcdCluster::builder()
                 .start()
                 .map_err(|e| format!("starting etcd: {e}"))?;
             let mut direct = Direct::new(etcd.direct_endpoints())?;
-            if wants("latency") {
-                self.latency(&etcd, &mut direct)?;
-            }
-            if wants("bulk") {
-                self.bulk(&etcd, &mut direct);
+            self.latency(&etcd, &mut direct)?;
+        }
+        if wants("bulk") {
+            if let Err(e) = self.bulk() {
+                self.error(format!("bulk/footprint: {e}"));
             }
         }
         if wants("recovery") {
@@ -405,89 +412,105 @@ impl Bench<'_> {
 
     // --------------------------------------------------------------- bulk and footprint
 
-    fn bulk(&mut self, etcd: &EtcdCluster, direct: &mut Direct) {
+    /// One etcd per layer, so that etcd's counters and lease list belong to one layer while
+    /// every layer idles at once. The timed registration of 1 000 nodes runs one layer at a
+    /// time; the idle window and the 9 000 further registrations run for all layers at once.
+    fn bulk(&mut self) -> Res<()> {
+        progress("bulk registration and footprint: starting one etcd per layer");
+        let mut slots: Vec<Slot> = Vec::new();
         for layer in self.layers.clone() {
-            progress(&format!("bulk registration and footprint: {}", layer.name));
-            let mut fields = BTreeMap::new();
-            let r = self.bulk_layer(etcd, direct, &layer, &mut fields);
-            if let Err(e) = r {
-                self.error(format!("{} bulk/footprint: {e}", layer.name));
-                fields.insert("error".to_string(), json!(e));
+            let etcd = EtcdCluster::builder()
+                .start()
+                .map_err(|e| format!("starting etcd: {e}"))?;
+            let direct = Direct::new(etcd.direct_endpoints())?;
+            let mut slot = Slot {
+                service: format!("fp-{}", layer.name),
+                layer,
+                etcd,
+                direct,
+                driver: None,
+                f: BTreeMap::new(),
+                leases_before: 0,
+            };
+            match slot.start(&self.log_dir) {
+                Ok(()) => {}
+                Err(e) => self.slot_failed(&mut slot, e),
             }
-            let _ = direct.delete_prefix(&prefix(&format!("fp-{}", layer.name)));
-            self.results.bulk.insert(layer.name.clone(), fields);
+            slots.push(slot);
         }
-    }
-
-    fn bulk_layer(
-        &mut self,
-        etcd: &EtcdCluster,
-        direct: &mut Direct,
-        layer: &Layer,
-        f: &mut BTreeMap<String, Value>,
-    ) -> Res<()> {
-        let settle = Duration::from_millis(300);
-        let service = format!("fp-{}", layer.name);
         let ttl = self.settings.bulk_ttl;
-        let leases_before = etcd.lease_count().map_err(|e| e.to_string())?;
-        let mut d = Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir)?;
-        let pid = d.pid();
-        let sample = |f: &mut BTreeMap<String, Value>, at: &str| {
-            std::thread::sleep(settle);
-            if let Some((threads, rss)) = sysinfo::threads_rss(pid) {
-                f.insert(format!("threads_{at}"), json!(threads));
-                f.insert(format!("rss_kib_{at}"), json!(rss));
+        for slot in &mut slots {
+            if slot.driver.is_none() {
+                continue;
             }
-        };
-        sample(f, "start");
-        let one = d.call(&format!("hold {service} 1 {ttl}"), REPLY_TIMEOUT)?;
-        sample(f, "1");
-        let rest = d.call(&format!("hold {service} 999 {ttl}"), REPLY_TIMEOUT)?;
-        f.insert(
-            "register_1000_ms".into(),
-            json!(num(&one, "ms")? + num(&rest, "ms")?),
-        );
-        sample(f, "1000");
-        let keys = direct.count(&prefix(&service))?;
-        f.insert("keys_1000".into(), json!(keys));
-        let leases = etcd.lease_count().map_err(|e| e.to_string())?;
-        f.insert(
-            "leases_1000".into(),
-            json!(leases.saturating_sub(leases_before)),
-        );
-        // Idle: keep-alive traffic seen by etcd and the driver's CPU, over the window.
-        let endpoint = etcd.direct_endpoint(0);
-        let m0 = sysinfo::grpc_received(&endpoint)?;
-        let c0 = sysinfo::cpu_ticks(pid).ok_or("no /proc stat")?;
+            progress(&format!(
+                "bulk registration of 1 000 nodes: {}",
+                slot.layer.name
+            ));
+            if let Err(e) = slot.register_1000(ttl) {
+                self.slot_failed(slot, e);
+            }
+        }
+        progress("idle window, every layer at once");
+        let mut before = Vec::new();
+        for slot in &mut slots {
+            before.push(slot.idle_counters().ok());
+        }
         let t0 = Instant::now();
         std::thread::sleep(self.settings.window);
-        let m1 = sysinfo::grpc_received(&endpoint)?;
-        let c1 = sysinfo::cpu_ticks(pid).ok_or("no /proc stat")?;
         let secs = t0.elapsed().as_secs_f64();
-        f.insert("window_s".into(), json!(secs));
-        f.insert("keepalive_per_s".into(), json!((m1.0 - m0.0) / secs));
-        f.insert("lease_checks_per_s".into(), json!((m1.1 - m0.1) / secs));
-        f.insert("requests_per_s".into(), json!((m1.2 - m0.2) / secs));
-        f.insert(
-            "idle_cpu_percent".into(),
-            json!((c1 - c0) as f64 / sysinfo::clock_ticks() / secs * 100.0),
-        );
-        let more = d.call(&format!("hold {service} 9000 {ttl}"), REPLY_TIMEOUT)?;
-        f.insert("register_9000_more_ms".into(), json!(num(&more, "ms")?));
-        sample(f, "10000");
-        let leases = etcd.lease_count().map_err(|e| e.to_string())?;
-        f.insert(
-            "leases_10000".into(),
-            json!(leases.saturating_sub(leases_before)),
-        );
-        f.insert("keys_10000".into(), json!(direct.count(&prefix(&service))?));
-        d.call("release", REPLY_TIMEOUT)?;
-        d.quit(Duration::from_secs(10));
+        for (slot, before) in slots.iter_mut().zip(before) {
+            if let (Some(before), Ok(after)) = (before, slot.idle_counters()) {
+                slot.record_idle(before, after, secs);
+            }
+        }
+        let more = self.settings.big.saturating_sub(1000);
+        if more > 0 {
+            progress(&format!(
+                "registering {more} more nodes, every layer at once"
+            ));
+            for slot in &mut slots {
+                let service = slot.service.clone();
+                if let Some(d) = slot.driver.as_mut() {
+                    if let Err(e) = d.send(&format!("hold {service} {more} {ttl}")) {
+                        self.slot_failed(slot, e);
+                    }
+                }
+            }
+            for slot in &mut slots {
+                if let Err(e) = slot.after_big() {
+                    self.slot_failed(slot, e);
+                }
+            }
+        }
+        for slot in &mut slots {
+            if let Some(d) = slot.driver.as_mut() {
+                let _ = d.send("release");
+            }
+        }
+        for mut slot in slots {
+            if let Some(mut d) = slot.driver.take() {
+                if let Err(e) = d.recv(REPLY_TIMEOUT) {
+                    self.results.errors.push(format!("release: {e}"));
+                }
+                d.quit(Duration::from_secs(10));
+            }
+            self.results.bulk.insert(slot.layer.name.clone(), slot.f);
+        }
         Ok(())
+    }
+
+    fn slot_failed(&mut self, slot: &mut Slot, e: String) {
+        self.error(format!("{} bulk/footprint: {e}", slot.layer.name));
+        slot.f.insert("error".to_string(), json!(e));
+        slot.driver = None; // killed on drop
     }
 
     // ------------------------------------------------------------------------ recovery
 
+    /// Every layer holds its nodes at once through one proxy; etcd is killed and restarted, or
+    /// partitioned past the TTL and healed. A driver that dies is recorded as such (and started
+    /// again for the next run); the other layers' runs go on.
     fn recovery(&mut self) -> Res<()> {
         progress("starting etcd behind a proxy for the recovery runs");
         let etcd = EtcdCluster::builder()
@@ -495,13 +518,8 @@ impl Bench<'_> {
             .start()
             .map_err(|e| format!("starting etcd: {e}"))?;
         let mut direct = Direct::new(etcd.direct_endpoints())?;
-        let mut drivers: Vec<Driver> = Vec::new();
-        for layer in self.layers.clone() {
-            match Driver::spawn(&layer, &etcd.endpoints(), BASE, &self.log_dir) {
-                Ok(d) => drivers.push(d),
-                Err(e) => self.error(format!("{} recovery: {e}", layer.name)),
-            }
-        }
+        let mut drivers: Vec<(Layer, Option<Driver>)> =
+            self.layers.iter().map(|l| (l.clone(), None)).collect();
         for round in 0..self.settings.recovery_rounds {
             for scenario in ["restart", "partition"] {
                 progress(&format!(
@@ -509,24 +527,44 @@ impl Bench<'_> {
                     round + 1,
                     self.settings.recovery_rounds
                 ));
+                for (layer, slot) in &mut drivers {
+                    if slot.as_mut().is_some_and(|d| !d.alive()) {
+                        *slot = None;
+                    }
+                    if slot.is_none() {
+                        match Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir) {
+                            Ok(d) => *slot = Some(d),
+                            Err(e) => {
+                                self.results
+                                    .errors
+                                    .push(format!("{} recovery: {e}", layer.name));
+                            }
+                        }
+                    }
+                }
                 let r = self.recovery_run(&etcd, &mut direct, &mut drivers, scenario, round);
                 if let Err(e) = r {
                     self.error(format!("recovery {scenario}: {e}"));
-                    if !etcd.is_running(0) {
-                        etcd.restart(0)
-                            .map_err(|e| format!("restarting etcd: {e}"))?;
-                    }
-                    etcd.heal().map_err(|e| e.to_string())?;
                 }
-                for d in &mut drivers {
-                    if let Err(e) = d.call("release", REPLY_TIMEOUT) {
-                        self.results.errors.push(format!("release: {e}"));
+                if !etcd.is_running(0) {
+                    etcd.restart(0)
+                        .map_err(|e| format!("restarting etcd: {e}"))?;
+                }
+                etcd.heal().map_err(|e| e.to_string())?;
+                for (_, slot) in &mut drivers {
+                    if let Some(d) = slot.as_mut() {
+                        if let Err(e) = d.call("release", REPLY_TIMEOUT) {
+                            self.results.errors.push(format!("release: {e}"));
+                            *slot = None;
+                        }
                     }
                 }
             }
         }
-        for d in drivers {
-            d.quit(Duration::from_secs(10));
+        for (_, slot) in drivers {
+            if let Some(d) = slot {
+                d.quit(Duration::from_secs(10));
+            }
         }
         Ok(())
     }
@@ -535,7 +573,7 @@ impl Bench<'_> {
         &mut self,
         etcd: &EtcdCluster,
         direct: &mut Direct,
-        drivers: &mut [Driver],
+        drivers: &mut [(Layer, Option<Driver>)],
         scenario: &str,
         round: usize,
     ) -> Res<()> {
@@ -545,12 +583,34 @@ impl Bench<'_> {
             _ => (s.short_ttl, s.long_outage),
         };
         let n = s.recovery_nodes;
+        let count = drivers.len();
         let services: Vec<String> = drivers
             .iter()
-            .map(|d| format!("rec-{scenario}-{}-{round}", d.layer))
+            .map(|(l, _)| format!("rec-{scenario}-{}-{round}", l.name))
             .collect();
-        for (d, service) in drivers.iter_mut().zip(&services) {
-            d.call(&format!("hold {service} {n} {ttl}"), REPLY_TIMEOUT)?;
+        let mut failure: Vec<Option<String>> = drivers
+            .iter()
+            .map(|(_, d)| d.is_none().then(|| "driver not running".to_string()))
+            .collect();
+        // A failed call: the layer's run ends here, its driver is dropped (killed if alive).
+        let fail = |failure: &mut Vec<Option<String>>,
+                    slot: &mut Option<Driver>,
+                    i: usize,
+                    at: &str,
+                    e: String| {
+            let why = slot
+                .as_mut()
+                .and_then(Driver::exit_status)
+                .map_or(e, |st| format!("driver died ({st})"));
+            failure[i] = Some(format!("{at}: {why}"));
+            *slot = None;
+        };
+        for (i, (_, slot)) in drivers.iter_mut().enumerate() {
+            if let Some(d) = slot.as_mut() {
+                if let Err(e) = d.call(&format!("hold {} {n} {ttl}", services[i]), REPLY_TIMEOUT) {
+                    fail(&mut failure, slot, i, "registering", e);
+                }
+            }
         }
         let down = Instant::now();
         match scenario {
@@ -560,15 +620,19 @@ impl Bench<'_> {
         std::thread::sleep(outage.saturating_sub(down.elapsed()));
         // What each layer believes just before etcd is back, and (partition) whether the
         // lease really expired meanwhile.
-        let mut believed = Vec::new();
-        for d in drivers.iter_mut() {
-            let v = d.call("state", Duration::from_secs(10))?;
-            believed.push(num(&v, "registered")? as usize);
+        let mut believed = vec![0usize; count];
+        for (i, (_, slot)) in drivers.iter_mut().enumerate() {
+            if let Some(d) = slot.as_mut() {
+                match d.call("state", Duration::from_secs(10)) {
+                    Ok(v) => believed[i] = num(&v, "registered").unwrap_or(0.0) as usize,
+                    Err(e) => fail(&mut failure, slot, i, "during the outage", e),
+                }
+            }
         }
-        let mut keys_left = Vec::new();
+        let mut keys_left = vec![None; count];
         if scenario == "partition" {
-            for service in &services {
-                keys_left.push(direct.count(&prefix(service)).ok());
+            for (i, service) in services.iter().enumerate() {
+                keys_left[i] = direct.count(&prefix(service)).ok();
             }
         }
         match scenario {
@@ -577,43 +641,58 @@ impl Bench<'_> {
         }
         let back = Instant::now();
         let outage_s = (back - down).as_secs_f64();
-        let mut visible: Vec<Option<f64>> = vec![None; drivers.len()];
-        let mut registered: Vec<Option<f64>> = vec![None; drivers.len()];
+        let mut visible: Vec<Option<f64>> = vec![None; count];
+        let mut registered: Vec<Option<f64>> = vec![None; count];
         while back.elapsed() < s.recovery_timeout {
-            for (i, d) in drivers.iter_mut().enumerate() {
+            for (i, (_, slot)) in drivers.iter_mut().enumerate() {
+                if failure[i].is_some() {
+                    continue;
+                }
                 if visible[i].is_none()
                     && direct.count(&prefix(&services[i])).ok() == Some(n as i64)
                 {
                     visible[i] = Some(back.elapsed().as_secs_f64());
                 }
                 if registered[i].is_none() {
-                    let v = d.call("state", Duration::from_secs(10))?;
-                    if num(&v, "registered")? as usize == n {
-                        registered[i] = Some(back.elapsed().as_secs_f64());
+                    let Some(d) = slot.as_mut() else { continue };
+                    match d.call("state", Duration::from_secs(10)) {
+                        Ok(v) if num(&v, "registered").unwrap_or(0.0) as usize == n => {
+                            registered[i] = Some(back.elapsed().as_secs_f64());
+                        }
+                        Ok(_) => {}
+                        Err(e) => fail(&mut failure, slot, i, "after the outage", e),
                     }
                 }
             }
-            if visible.iter().all(Option::is_some) && registered.iter().all(Option::is_some) {
+            let done = (0..count)
+                .all(|i| failure[i].is_some() || (visible[i].is_some() && registered[i].is_some()));
+            if done {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        for (i, d) in drivers.iter().enumerate() {
+        let rounds = s.recovery_rounds;
+        for (i, (layer, _)) in drivers.iter().enumerate() {
+            if let Some(f) = &failure[i] {
+                self.results
+                    .errors
+                    .push(format!("{} recovery {scenario}: {f}", layer.name));
+            }
             let rec = Recovery {
                 outage_s,
                 ttl_s: ttl,
                 visible_s: visible[i],
                 registered_s: registered[i],
                 registered_during_outage: believed[i],
-                keys_left_at_heal: keys_left.get(i).copied().flatten(),
+                keys_left_at_heal: keys_left[i],
+                failure: failure[i].clone(),
             };
-            let rounds = s.recovery_rounds;
             let slot = self
                 .results
                 .recovery
                 .entry(scenario.to_string())
                 .or_default()
-                .entry(d.layer.clone())
+                .entry(layer.name.clone())
                 .or_insert_with(|| vec![None; rounds]);
             if round < slot.len() {
                 slot[round] = Some(rec);
@@ -622,6 +701,115 @@ impl Bench<'_> {
         for service in &services {
             let _ = direct.delete_prefix(&prefix(service));
         }
+        Ok(())
+    }
+}
+/// One layer's driver and etcd during the bulk phase, and what was measured.
+struct Slot {
+    layer: Layer,
+    service: String,
+    etcd: EtcdCluster,
+    direct: Direct,
+    driver: Option<Driver>,
+    f: BTreeMap<String, Value>,
+    leases_before: usize,
+}
+
+/// (keep-alives, lease checks, all gRPC messages received by etcd, driver CPU ticks).
+type Counters = ((f64, f64, f64), u64);
+
+impl Slot {
+    fn driver(&mut self) -> Res<&mut Driver> {
+        self.driver
+            .as_mut()
+            .ok_or_else(|| "driver not running".to_string())
+    }
+
+    fn sample(&mut self, at: &str) {
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(pid) = self.driver.as_ref().map(Driver::pid) else {
+            return;
+        };
+        if let Some((threads, rss)) = sysinfo::threads_rss(pid) {
+            self.f.insert(format!("threads_{at}"), json!(threads));
+            self.f.insert(format!("rss_kib_{at}"), json!(rss));
+        }
+    }
+
+    fn leases(&self) -> Res<usize> {
+        let now = self.etcd.lease_count().map_err(|e| e.to_string())?;
+        Ok(now.saturating_sub(self.leases_before))
+    }
+
+    fn start(&mut self, log_dir: &std::path::Path) -> Res<()> {
+        self.leases_before = self.etcd.lease_count().map_err(|e| e.to_string())?;
+        self.driver = Some(Driver::spawn(
+            &self.layer,
+            &self.etcd.endpoints(),
+            BASE,
+            log_dir,
+        )?);
+        self.sample("start");
+        Ok(())
+    }
+
+    fn register_1000(&mut self, ttl: u64) -> Res<()> {
+        let service = self.service.clone();
+        let one = self
+            .driver()?
+            .call(&format!("hold {service} 1 {ttl}"), REPLY_TIMEOUT)?;
+        self.sample("1");
+        let rest = self
+            .driver()?
+            .call(&format!("hold {service} 999 {ttl}"), REPLY_TIMEOUT)?;
+        self.f.insert(
+            "register_1000_ms".into(),
+            json!(num(&one, "ms")? + num(&rest, "ms")?),
+        );
+        self.sample("1000");
+        let keys = self.direct.count(&prefix(&service))?;
+        self.f.insert("keys_1000".into(), json!(keys));
+        let leases = self.leases()?;
+        self.f.insert("leases_1000".into(), json!(leases));
+        Ok(())
+    }
+
+    fn idle_counters(&mut self) -> Res<Counters> {
+        let pid = self.driver()?.pid();
+        let metrics = sysinfo::grpc_received(&self.etcd.direct_endpoint(0))?;
+        let cpu = sysinfo::cpu_ticks(pid).ok_or("no /proc stat")?;
+        Ok((metrics, cpu))
+    }
+
+    fn record_idle(&mut self, before: Counters, after: Counters, secs: f64) {
+        let ((k0, t0, a0), c0) = before;
+        let ((k1, t1, a1), c1) = after;
+        self.f.insert("window_s".into(), json!(secs));
+        self.f
+            .insert("keepalive_per_s".into(), json!((k1 - k0) / secs));
+        self.f
+            .insert("lease_checks_per_s".into(), json!((t1 - t0) / secs));
+        self.f
+            .insert("requests_per_s".into(), json!((a1 - a0) / secs));
+        self.f.insert(
+            "idle_cpu_percent".into(),
+            json!(c1.saturating_sub(c0) as f64 / sysinfo::clock_ticks() / secs * 100.0),
+        );
+    }
+
+    /// Reads the answer to the `hold` of the big registration already sent, then samples.
+    fn after_big(&mut self) -> Res<()> {
+        let Some(d) = self.driver.as_mut() else {
+            return Ok(());
+        };
+        let more = d.recv(REPLY_TIMEOUT)?;
+        self.f
+            .insert("register_big_more_ms".into(), json!(num(&more, "ms")?));
+        self.sample("big");
+        let leases = self.leases()?;
+        self.f.insert("leases_big".into(), json!(leases));
+        let keys = self.direct.count(&prefix(&self.service))?;
+        self.f.insert("keys_big".into(), json!(keys));
         Ok(())
     }
 }
