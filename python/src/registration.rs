@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyType;
+use tokio::sync::watch;
 
 use registry::{ErrorKind, Registration};
 
@@ -15,16 +16,20 @@ use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
 use crate::types::{PyNode, StatusContext};
 
-/// Delivers the registration's status events to `callback` on the dispatch thread.
+/// Ends when a status forwarder has queued its registration's last event (see [`forwarded`]).
+pub(crate) type Forwarded = watch::Receiver<()>;
+
+/// Queues the registration's status events for `callback` (run by the callback thread).
 pub(crate) fn forward_status(
     py: Python<'_>,
     reg: &Registration,
     context: StatusContext,
     callback: Arc<Py<PyAny>>,
-) -> PyResult<()> {
+) -> PyResult<Forwarded> {
     let handle = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
     let mut events = reg.subscribe();
     let context = Arc::new(context);
+    let (done, forwarded) = watch::channel(());
     handle.spawn(async move {
         // Ends after `Unregistered`, the last event.
         while let Some(event) = events.recv().await {
@@ -37,8 +42,17 @@ pub(crate) fn forward_status(
                 },
             );
         }
+        drop(done);
     });
-    Ok(())
+    Ok(forwarded)
+}
+
+/// Waits until a forwarder has queued the `"unregistered"` event, so that `unregister()` and
+/// `close()` return with it queued (a process exiting right after still delivers it). Bounded,
+/// in case the core never ended the subscription.
+pub(crate) async fn forwarded(mut forwarded: Forwarded) {
+    let all_sent = async { while forwarded.changed().await.is_ok() {} };
+    let _ = tokio::time::timeout(Duration::from_secs(5), all_sent).await;
 }
 
 /// Waits for the first registration: `Ok(true)` once registered, `Ok(false)` when `timeout`
@@ -71,12 +85,15 @@ async fn wait_registered(reg: Registration, timeout: Option<Duration>) -> regist
 #[pyclass(frozen, module = "etcd_registry._native", name = "Registration")]
 pub(crate) struct PyRegistration {
     inner: ForkBound<Registration>,
+    /// With `on_status`: ends once the last event is queued.
+    forwarded: Option<Forwarded>,
 }
 
 impl PyRegistration {
-    pub(crate) fn new(reg: Registration) -> Self {
+    pub(crate) fn new(reg: Registration, forwarded: Option<Forwarded>) -> Self {
         PyRegistration {
             inner: ForkBound::new(reg),
+            forwarded,
         }
     }
 
@@ -148,7 +165,14 @@ impl PyRegistration {
     /// Deletes the key and stops keeping it alive. Idempotent.
     fn unregister(&self, py: Python<'_>) -> PyResult<()> {
         let reg = self.core(py)?;
-        blocking::call(py, reg.unregister())
+        let forwarded = self.forwarded.clone();
+        blocking::call(py, async move {
+            let result = reg.unregister().await;
+            if let Some(forwarded) = forwarded {
+                self::forwarded(forwarded).await;
+            }
+            result
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -1,6 +1,6 @@
 //! `Registry`: the Python face of the core's registry.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -12,7 +12,7 @@ use crate::asyncio;
 use crate::blocking::{self, positive_seconds};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
-use crate::registration::{self, PyRegistration};
+use crate::registration::{self, Forwarded, PyRegistration};
 use crate::types::{info_from_py, PyNode, StatusContext};
 use crate::watch::PyWatch;
 
@@ -20,6 +20,8 @@ use crate::watch::PyWatch;
 #[pyclass(frozen, module = "etcd_registry._native", name = "Registry")]
 pub(crate) struct PyRegistry {
     inner: ForkBound<registry::Registry>,
+    /// The status forwarders still running (see `registration::forwarded`).
+    forwarders: Mutex<Vec<Forwarded>>,
 }
 
 fn callback_or_none(
@@ -94,6 +96,7 @@ impl PyRegistry {
             registry::Registry::new_in(config, handle).map_err(|e| errors::to_py_err(py, e))?;
         Ok(PyRegistry {
             inner: ForkBound::new(core),
+            forwarders: Mutex::new(Vec::new()),
         })
     }
 
@@ -133,14 +136,22 @@ impl PyRegistry {
         let reg = core
             .register(service, Node::new(node, info), ttl)
             .map_err(|e| errors::to_py_err(py, e))?;
-        if let Some(callback) = on_status {
-            let context = StatusContext {
-                service: service.to_owned(),
-                node: node.to_owned(),
-            };
-            registration::forward_status(py, &reg, context, callback)?;
-        }
-        Ok(PyRegistration::new(reg))
+        let forwarded = match on_status {
+            Some(callback) => {
+                let context = StatusContext {
+                    service: service.to_owned(),
+                    node: node.to_owned(),
+                };
+                let forwarded = registration::forward_status(py, &reg, context, callback)?;
+                let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
+                // Forget the forwarders that are done (their sender is gone).
+                forwarders.retain(|f| f.has_changed().is_ok());
+                forwarders.push(forwarded.clone());
+                Some(forwarded)
+            }
+            None => None,
+        };
+        Ok(PyRegistration::new(reg, forwarded))
     }
 
     /// The nodes of `service` now.
@@ -197,7 +208,15 @@ impl PyRegistry {
             return Ok(());
         }
         let core = self.core(py)?;
-        blocking::call(py, core.close())
+        let forwarders =
+            std::mem::take(&mut *self.forwarders.lock().unwrap_or_else(|p| p.into_inner()));
+        blocking::call(py, async move {
+            let result = core.close().await;
+            for forwarder in forwarders {
+                registration::forwarded(forwarder).await;
+            }
+            result
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
