@@ -24,8 +24,9 @@ else:
 reg = etcd_registry.Registry(endpoints, base_path="/interrupt", timeout=300.0)
 watch = reg.watch("nothing-here") if mode == "iterate" else None
 handle = reg.register("api", "n") if mode == "wait" else None
-print("waiting", flush=True)
 try:
+    # Inside the try: a Ctrl-C that comes early is still a KeyboardInterrupt here.
+    print("waiting", flush=True)
     if handle is not None:
         handle.wait(timeout=300.0)
     elif watch is not None:
