@@ -33,13 +33,16 @@ if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
     (cd "$repo" && cargo build --quiet -p etcd-harness)
 fi
 export ETCD_HARNESS_BIN="${ETCD_HARNESS_BIN:-$CARGO_TARGET_DIR/debug/etcd-harness}"
+# Keep mypy's cache out of the source tree.
+export MYPY_CACHE_DIR="${MYPY_CACHE_DIR:-$CARGO_TARGET_DIR/mypy-cache}"
 need_module pytest pytest
 need_module mypy mypy
 
 # Run from the repository root: from python/ the source tree would shadow the installed package.
 cd "$repo"
 echo "== mypy stubtest etcd_registry"
-"$PYTHON" -m mypy.stubtest etcd_registry --allowlist "$here/stubtest-allowlist.txt"
+# (from the target dir: stubtest writes its cache to the working directory)
+(cd "$CARGO_TARGET_DIR" && "$PYTHON" -m mypy.stubtest etcd_registry --allowlist "$here/stubtest-allowlist.txt")
 echo "== mypy (examples and tests type-check against the stubs)"
 "$PYTHON" -m mypy --no-error-summary --ignore-missing-imports \
     "$repo/examples/python" "$here/tests"
