@@ -574,7 +574,7 @@ fn esc(s: &str) -> String {
 pub fn svg(r: &Results) -> String {
     const W: f64 = 760.0;
     const LABEL_W: f64 = 190.0;
-    const VALUE_W: f64 = 150.0;
+    const VALUE_W: f64 = 200.0;
     const ROW: f64 = 20.0;
     const TITLE: f64 = 26.0;
     const GAP: f64 = 14.0;
@@ -598,7 +598,7 @@ pub fn svg(r: &Results) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="10" y="20" font-size="15" font-weight="bold">etcd-registry: latency per layer (bar: p50, light: p99; medians of rounds)</text>"##
+        r##"<text x="10" y="20" font-size="15" font-weight="bold">etcd-registry: latency per layer (dark: p50, light: p99; medians of rounds; ×: p50 vs floor)</text>"##
     );
     let _ = writeln!(
         s,
@@ -653,13 +653,18 @@ pub fn svg(r: &Results) -> String {
                         r##"<rect x="{LABEL_W}" y="{:.1}" width="{w50:.1}" height="14" fill="{color}"/>"##,
                         row_y + 2.0
                     );
+                    let vs_floor = match x.ratio_p50 {
+                        Some(r) if layer.name != FLOOR => format!("  (×{r:.2})"),
+                        _ => String::new(),
+                    };
                     let _ = writeln!(
                         s,
-                        r##"<text x="{:.1}" y="{:.1}">{} / {}</text>"##,
+                        r##"<text x="{:.1}" y="{:.1}">{} / {}{}</text>"##,
                         LABEL_W + w99.max(w50) + 6.0,
                         row_y + 13.0,
                         ms(x.p50),
-                        ms(x.p99)
+                        ms(x.p99),
+                        esc(&vs_floor)
                     );
                 }
                 None => {

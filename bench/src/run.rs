@@ -47,7 +47,7 @@ impl Settings {
         let full = !quick;
         Settings {
             quick,
-            rounds: if full { 5 } else { 3 },
+            rounds: if full { 7 } else { 3 },
             list: if full {
                 vec![(1, 200), (100, 200), (1000, 50), (10000, 15)]
             } else {
