@@ -20,7 +20,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import Any, Optional
+from typing import Optional
 
 from . import _native
 
@@ -51,7 +51,8 @@ def _sync_log_level() -> None:
         _native._set_log_level(level)
 
 
-def _deliver(item: tuple[Any, ...]) -> None:
+def _deliver(item: tuple) -> None:
+    """One item from ``_native._take``: ``(_LOG, level, message)`` or ``(_CALL, callback, event)``."""
     if item[0] == _native._LOG:
         logger.log(item[1], "%s", item[2])
         return
