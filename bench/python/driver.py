@@ -8,12 +8,25 @@ Uses the blocking API the way a Python service would: ``Registry.list``, ``regis
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-import etcd_registry
+if TYPE_CHECKING:
+    import etcd_registry
+
+# Imported at the first command, not at start-up, so that the footprint of the bare process
+# (threads, memory) is the interpreter's and what the module adds shows up as the layer's.
+_lib: Any = None
+
+
+def lib() -> Any:
+    global _lib
+    if _lib is None:
+        _lib = importlib.import_module("etcd_registry")
+    return _lib
 
 WARMUP = 3
 TIMEOUT = 30.0
@@ -36,7 +49,8 @@ class Driver:
         self.regs: list[etcd_registry.Registration] = []
 
     def registry(self) -> etcd_registry.Registry:
-        return etcd_registry.Registry(self.endpoints, self.base)
+        registry: etcd_registry.Registry = lib().Registry(self.endpoints, self.base)
+        return registry
 
     def list(self, service: str, n: int) -> dict[str, Any]:
         samples = []

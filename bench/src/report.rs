@@ -286,7 +286,7 @@ fn footprint_table(r: &Results) -> String {
             continue;
         };
         let started = match (fnum(f, "threads_start"), fnum(f, "threads_1")) {
-            (Some(a), Some(b)) => format!("{:.0} (→ {b:.0})", b - a),
+            (Some(a), Some(b)) => format!("+{:.0} ({a:.0} → {b:.0})", b - a),
             _ => "—".into(),
         };
         rows.push(vec![
@@ -598,7 +598,7 @@ pub fn svg(r: &Results) -> String {
     let _ = writeln!(s, r##"<rect width="100%" height="100%" fill="#ffffff"/>"##);
     let _ = writeln!(
         s,
-        r##"<text x="10" y="20" font-size="15" font-weight="bold">etcd-registry: latency per layer (dark: p50, light: p99; medians of rounds; ×: p50 vs floor)</text>"##
+        r##"<text x="10" y="20" font-size="14" font-weight="bold">etcd-registry latency per layer: dark p50, light p99 (medians of rounds), × p50 vs floor</text>"##
     );
     let _ = writeln!(
         s,
@@ -751,7 +751,7 @@ const METHOD: &str = "## How each number is measured\n\n\
 - **list**: one `list` call of a service of 1, 100, 1 000 or 10 000 nodes (values ~70 bytes of JSON), 3 untimed warm-ups first.\n\
 - **watch lag**: the orchestrator puts a node whose info carries the wall-clock time (ns) taken just before the put; the layer's watch (iterator or callback) computes now − that time on delivery. One put every 3 ms plus the put's own time.\n\
 - **1 000 nodes of one TTL**: each layer gets its own etcd, so that etcd's counters and lease list belong to that layer alone. Register 1 node and then 999 more (the calls, then waiting until every registration is confirmed), one layer at a time; leases held is the growth of etcd's lease list. Then every layer idles at once for the window: keep-alives/s, lease checks/s and all gRPC messages/s are differences of that etcd's `grpc_server_msg_received_total` (LeaseKeepAlive, LeaseTimeToLive, all methods).\n\
-- **footprint**: `/proc/PID/status` (Threads, VmRSS) of the driver process: bare (after start-up and imports, before any registry), with a registry and 1 registration, and (full runs) with 10 000 registrations of one TTL (the last 9 000 registered by every layer at once); idle CPU is utime+stime from `/proc/PID/stat` over the idle window. The Rust drivers create a 2-worker tokio runtime at their first command (the size of the global runtime the C and Python bindings share).\n\
+- **footprint**: `/proc/PID/status` (Threads, VmRSS) of the driver process: bare (the process started, before the library is used: the Python driver imports the module at its first command), with a registry and 1 registration, and (full runs) with 10 000 registrations of one TTL (the last 9 000 registered by every layer at once); idle CPU is utime+stime from `/proc/PID/stat` over the idle window. The Rust drivers create a 2-worker tokio runtime at their first command (the size of the global runtime the C and Python bindings share).\n\
 - **recovery**: every layer holds its nodes at once through one TCP proxy (the harness's). “Visible” polls etcd directly (every 20 ms) until the layer's service has all its keys again; “registered” polls the layer's own registration states. Both are measured from the moment etcd answers again (restart healthy, or proxy healed).\n\
 - Targets are checked on the medians (ratios on the p50); a missed target is shown ✗ and never fails the run.\n";
 
