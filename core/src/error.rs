@@ -117,7 +117,12 @@ fn kind_of_status(status: &tonic::Status) -> ErrorKind {
     let message = status.message();
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
-        Code::InvalidArgument if message.contains("authentication failed") => ErrorKind::Auth,
+        Code::InvalidArgument
+            if message.contains("authentication failed")
+                || message.contains("user name is empty") =>
+        {
+            ErrorKind::Auth
+        }
         Code::FailedPrecondition if message.contains("authentication") => ErrorKind::Auth,
         Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
             ErrorKind::InvalidArgument

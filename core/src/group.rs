@@ -9,7 +9,7 @@ use std::time::Duration;
 use etcd_client::{
     Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::backoff;
@@ -50,6 +50,9 @@ pub(crate) struct LeaseGroup {
     members: BTreeMap<u64, Arc<RegShared>>,
     lease: Option<i64>,
     lease_shared: Arc<AtomicI64>,
+    /// Set when the registry closes, so that an attempt in flight (which may wait for a
+    /// silent etcd up to the timeout, several times) is abandoned at once.
+    closing: watch::Receiver<bool>,
 }
 
 /// Why the keep-alive loop ended.
@@ -75,6 +78,7 @@ impl LeaseGroup {
         conn: Arc<Connection>,
         backoff_min: Duration,
         backoff_max: Duration,
+        closing: watch::Receiver<bool>,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         let lease = Arc::new(AtomicI64::new(0));
@@ -87,6 +91,7 @@ impl LeaseGroup {
             members: BTreeMap::new(),
             lease: None,
             lease_shared: lease.clone(),
+            closing,
         };
         handle.spawn(group.run());
         GroupHandle { tx, lease }
@@ -111,7 +116,16 @@ impl LeaseGroup {
                     },
                 }
             }
-            let error = match self.establish().await {
+            let mut closing = self.closing.clone();
+            let established = tokio::select! {
+                result = self.establish() => Some(result),
+                _ = closing.wait_for(|closing| *closing) => None,
+            };
+            let Some(established) = established else {
+                self.close_now().await;
+                return;
+            };
+            let error = match established {
                 Ok((keeper, stream)) => {
                     attempt = 0;
                     match self.maintain(keeper, stream).await {
@@ -504,6 +518,26 @@ impl LeaseGroup {
         match result {
             Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    /// The registry is closing while an attempt was in flight: close, then answer whatever
+    /// commands are queued.
+    async fn close_now(&mut self) {
+        self.close().await;
+        self.rx.close();
+        while let Some(cmd) = self.rx.recv().await {
+            match cmd {
+                GroupCmd::Add(reg) => reg.emit(StatusEvent::Unregistered),
+                GroupCmd::Remove { done, .. } => {
+                    if let Some(done) = done {
+                        let _ = done.send(Ok(()));
+                    }
+                }
+                GroupCmd::Close { done } => {
+                    let _ = done.send(());
+                }
+            }
         }
     }
 

@@ -378,6 +378,7 @@ impl Registration {
     /// failed attempt if attempts failed and none succeeded yet (retries go on in the
     /// background), with a `Timeout` error after `timeout`, or with `Closed` when unregistered.
     pub async fn wait_registered(&self, timeout: Duration) -> Result<()> {
+        self.registry.check_same_process()?;
         self.shared.wait_registered(timeout).await
     }
 

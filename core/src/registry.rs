@@ -50,6 +50,7 @@ struct Inner {
     handle: Handle,
     pid: u32,
     closed: AtomicBool,
+    closing: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
 }
 
@@ -91,6 +92,7 @@ impl Registry {
                 handle,
                 pid: std::process::id(),
                 closed: AtomicBool::new(false),
+                closing: tokio::sync::watch::channel(false).0,
                 state: Mutex::new(State::default()),
             }),
         })
@@ -110,13 +112,20 @@ impl Registry {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    fn check_open(&self) -> Result<()> {
+    /// Objects made before `fork()` belong to the parent's runtime, whose threads the child
+    /// does not have: using them would hang, so they refuse.
+    pub(crate) fn check_same_process(&self) -> Result<()> {
         if self.inner.pid != std::process::id() {
             return Err(Error::new(
                 ErrorKind::Closed,
                 "this registry was created before fork(); create a new one in the child process",
             ));
         }
+        Ok(())
+    }
+
+    fn check_open(&self) -> Result<()> {
+        self.check_same_process()?;
         if self.is_closed() {
             return Err(Error::closed());
         }
@@ -179,10 +188,11 @@ impl Registry {
         let conn = self.inner.conn.clone();
         let (min, max) = (self.inner.config.backoff_min, self.inner.config.backoff_max);
         let handle = &self.inner.handle;
+        let closing = self.inner.closing.subscribe();
         let group = state
             .groups
             .entry(ttl_secs)
-            .or_insert_with(|| LeaseGroup::spawn(handle, ttl_secs, conn, min, max));
+            .or_insert_with(|| LeaseGroup::spawn(handle, ttl_secs, conn, min, max, closing));
         group
             .tx
             .send(GroupCmd::Add(reg.clone()))
@@ -195,6 +205,7 @@ impl Registry {
     }
 
     pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
+        self.check_same_process()?;
         let (tx, done_rx) = {
             let mut state = self.state();
             let Some(reg) = state.registrations.remove(&id) else {
@@ -278,6 +289,7 @@ impl Registry {
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
+        self.inner.closing.send_replace(true);
         let (groups, watches) = {
             let mut state = self.state();
             state.registrations.clear();

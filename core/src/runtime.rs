@@ -4,8 +4,7 @@
 //! whatever runtime it is created in. Bindings call [`handle`] and [`block_on`].
 
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicUsize, Ordering};
 
 use tokio::runtime::{Handle, Runtime};
 
@@ -17,7 +16,13 @@ pub const THREADS_ENV: &str = "ETCD_REGISTRY_THREADS";
 pub const DEFAULT_THREADS: usize = 2;
 
 static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
-static GLOBAL: Mutex<Option<(u32, &'static Runtime)>> = Mutex::new(None);
+// The runtime and the process it belongs to. Lock-free on purpose: a lock held by another
+// thread at fork() would stay locked forever in the child.
+static RUNTIME: AtomicPtr<Runtime> = AtomicPtr::new(std::ptr::null_mut());
+static RUNTIME_PID: AtomicU32 = AtomicU32::new(0);
+// The process whose thread is creating (or created) the runtime; a stale value left by the
+// parent is taken over by a forked child.
+static CREATOR_PID: AtomicU32 = AtomicU32::new(0);
 
 /// Sets the worker count of the global runtime. Takes effect only before the runtime is first
 /// used; returns false when it is already running (its worker count then stays as it is).
@@ -28,13 +33,7 @@ pub fn set_worker_threads(threads: usize) -> bool {
 
 /// Whether the global runtime has been created in this process.
 pub fn is_started() -> bool {
-    matches!(&*lock(), Some((pid, _)) if *pid == std::process::id())
-}
-
-fn lock() -> std::sync::MutexGuard<'static, Option<(u32, &'static Runtime)>> {
-    GLOBAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    RUNTIME_PID.load(Ordering::Acquire) == std::process::id()
 }
 
 fn worker_threads() -> usize {
@@ -55,24 +54,46 @@ fn worker_threads() -> usize {
 /// created for the child. Objects created before the fork stay bound to the dead runtime and
 /// refuse use with [`ErrorKind::Closed`] (see [`Registry`](crate::Registry)).
 pub fn runtime() -> Result<&'static Runtime> {
-    let mut global = lock();
     let pid = std::process::id();
-    if let Some((owner, rt)) = *global {
-        if owner == pid {
-            return Ok(rt);
+    loop {
+        if RUNTIME_PID.load(Ordering::Acquire) == pid {
+            // SAFETY: RUNTIME was stored (leaked, never freed) before RUNTIME_PID was released.
+            return Ok(unsafe { &*RUNTIME.load(Ordering::Acquire) });
         }
+        let creator = CREATOR_PID.load(Ordering::Acquire);
+        if creator == pid {
+            // Another thread of this process is building it.
+            std::thread::yield_now();
+            continue;
+        }
+        if CREATOR_PID
+            .compare_exchange(creator, pid, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            continue;
+        }
+        let threads = worker_threads();
+        let built = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("etcd-registry")
+            .enable_all()
+            .build();
+        let rt = match built {
+            Ok(rt) => rt,
+            Err(e) => {
+                CREATOR_PID.store(0, Ordering::Release);
+                return Err(Error::new(
+                    ErrorKind::Internal,
+                    format!("cannot start runtime: {e}"),
+                ));
+            }
+        };
+        let rt: &'static Runtime = Box::leak(Box::new(rt));
+        RUNTIME.store(std::ptr::from_ref(rt).cast_mut(), Ordering::Release);
+        RUNTIME_PID.store(pid, Ordering::Release);
+        tracing::debug!(threads, "started the global etcd-registry runtime");
+        return Ok(rt);
     }
-    let threads = worker_threads();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
-        .thread_name("etcd-registry")
-        .enable_all()
-        .build()
-        .map_err(|e| Error::new(ErrorKind::Internal, format!("cannot start runtime: {e}")))?;
-    let rt: &'static Runtime = Box::leak(Box::new(rt));
-    tracing::debug!(threads, "started the global etcd-registry runtime");
-    *global = Some((pid, rt));
-    Ok(rt)
 }
 
 /// A handle to the global runtime.

@@ -104,9 +104,13 @@ impl Watch {
         lock(&self.state).revision
     }
 
-    /// The next event, in order; `None` once the watch is cancelled or its registry closed.
+    /// The next event, in order; `None` once the watch is cancelled or its registry closed (or
+    /// in a child process after `fork()`).
     /// The first events are one `Added` per node present when the watch started.
     pub async fn next(&self) -> Option<WatchEvent> {
+        if self.registry.check_same_process().is_err() {
+            return None;
+        }
         self.events.lock().await.recv().await
     }
 

@@ -366,6 +366,10 @@ async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
         "no loss of n1 while idle: {during_idle:?}"
     );
 
+    let anonymous = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let err = anonymous.list("api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+
     let bad = Registry::connect(config(&etcd, "/s").with_credentials("svc", "wrong"))
         .await
         .unwrap();
@@ -498,4 +502,30 @@ async fn a_key_refused_by_etcd_does_not_hold_back_the_others_on_its_lease() {
         "{keys}"
     );
     registry.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_an_attempt_stuck_on_a_silent_etcd() {
+    init_logs();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = silent.local_addr().unwrap().to_string();
+    // Each call may wait 60 s for this etcd; close must not.
+    let registry =
+        Registry::connect(Config::new([endpoint], "/s").with_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    tokio::time::timeout(Duration::from_secs(30), registry.close())
+        .await
+        .expect("close returned while the attempt was still waiting for etcd")
+        .unwrap();
+    assert_eq!(reg.state(), RegistrationState::Unregistered);
+    wait_event(&mut events, "unregistered", |e| {
+        *e == StatusEvent::Unregistered
+    })
+    .await;
+    drop(silent);
 }
