@@ -2,8 +2,10 @@
  * etcd_registry.h — service registration and discovery on etcd, C ABI of the Rust
  * etcd-registry library (libetcd_registry.so / libetcd_registry.a).
  *
- *   cc app.c $(pkg-config --cflags --libs etcd_registry)            # shared library
- *   cc app.c $(pkg-config --static --cflags --libs etcd_registry)   # static library
+ *   ffi/install.sh --prefix DIR [--static]    # libraries, this header, etcd_registry.pc
+ *   cc app.c $(pkg-config --cflags --libs etcd_registry)
+ *
+ * links the shared library (with an rpath to DIR/lib), or with --static the archive.
  *
  * CONVENTIONS
  *   - Every symbol starts with etcd_registry_ / ETCD_REGISTRY_. Handles are opaque; each is
@@ -27,8 +29,9 @@
  *     callback thread named "etcd-reg-events", all started on first use.
  *   - Blocking calls (list, watch, unregister, wait_registered, close) wait for etcd at most the
  *     configured timeout (default 10 s).
- *   - After fork(), a child must not use handles created before the fork (they return
- *     ETCD_REGISTRY_STATUS_CLOSED); it may create new ones.
+ *   - After fork(), handles created before the fork refuse every call in the child with
+ *     ETCD_REGISTRY_STATUS_CLOSED (close and free do nothing there: the registrations remain
+ *     the parent's, which keeps them). The child may create new handles.
  *
  * CALLBACKS (status callbacks of registrations, event callbacks of watches)
  *   - All are called on the one library callback thread, which is not one of your threads and
@@ -673,7 +676,8 @@ void etcd_registry_event_free(struct etcd_registry_event *event);
  * stops the watches, then revokes the leases (which deletes every registered key at once) and
  * returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
  * Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
- * handle stays valid until `etcd_registry_free`.
+ * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
+ * freeing a handle created by the parent does nothing: the registrations stay the parent's.
  */
 etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
 

@@ -52,6 +52,33 @@ fn lock() -> MutexGuard<'static, State> {
     DISPATCHER.state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+thread_local! {
+    /// The dispatcher's lock, held by the thread calling fork() from the prepare handler until
+    /// the parent and child handlers (see `crate::fork`).
+    static HELD_ACROSS_FORK: std::cell::RefCell<Option<MutexGuard<'static, State>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// fork() prepare handler: no other thread may hold the lock while the process is copied, or
+/// the child would inherit it locked forever.
+pub(crate) fn before_fork() {
+    let guard = lock();
+    let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// fork() parent and child handler. In the child the callback thread does not exist: what was
+/// queued or running belongs to the parent; `ensure_started` starts a new thread when needed.
+pub(crate) fn after_fork(in_child: bool) {
+    let Ok(Some(mut guard)) = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take()) else {
+        return;
+    };
+    if in_child {
+        guard.queue.clear();
+        guard.running = None;
+    }
+    drop(guard);
+}
+
 /// Whether the calling thread is the callback thread (i.e. we are inside a callback).
 pub(crate) fn on_dispatcher_thread() -> bool {
     ON_DISPATCHER.try_with(Cell::get).unwrap_or(false)
@@ -64,9 +91,6 @@ pub(crate) fn ensure_started() -> FfiResult {
     if state.pid == pid {
         return Ok(());
     }
-    // A fork child inherits the queue but not the thread; what was queued belongs to the parent.
-    state.queue.clear();
-    state.running = None;
     std::thread::Builder::new()
         .name(THREAD_NAME.to_string())
         .spawn(run)
@@ -106,7 +130,9 @@ pub(crate) fn cancel(subs: &[Arc<Sub>]) {
         .into_iter()
         .partition(|(sub, _)| !sub.is_cancelled());
     state.queue = keep;
-    if !on_dispatcher_thread() {
+    // After fork() the child has no callback thread: nothing runs, so there is nothing to wait for.
+    let thread_alive = state.pid == std::process::id();
+    if thread_alive && !on_dispatcher_thread() {
         while state
             .running
             .as_ref()

@@ -47,6 +47,10 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct etcd_registry {
     registry: Registry,
     runtime: Handle,
+    /// The process that created it: after fork() a child must not touch the parent's
+    /// registrations (its runtime and threads are not there, and a close would revoke the
+    /// parent's leases).
+    pid: u32,
     queue: Arc<PullQueue>,
     state: Mutex<HandleState>,
 }
@@ -146,8 +150,18 @@ impl etcd_registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The state, if the registry is still open.
+    fn forked(&self) -> bool {
+        self.pid != std::process::id()
+    }
+
+    /// The state, if the registry is still open (and usable in this process).
     fn open(&self) -> FfiResult<MutexGuard<'_, HandleState>> {
+        if self.forked() {
+            return Err(Failure::new(
+                etcd_registry_status::Closed,
+                "this registry was created before fork(); create a new one in the child process",
+            ));
+        }
         let state = self.lock();
         if state.closed {
             return Err(Failure::closed());
@@ -228,6 +242,7 @@ pub unsafe extern "C" fn etcd_registry_connect(
         // SAFETY: caller's contract.
         let config = unsafe { config.as_ref() }.ok_or_else(|| Failure::null("config"))?;
         let slot = out(out_registry, "out_registry")?;
+        crate::fork::install_handlers();
         if let Some(threads) = config.runtime_threads {
             if !runtime::set_worker_threads(threads) {
                 tracing::warn!(
@@ -241,6 +256,7 @@ pub unsafe extern "C" fn etcd_registry_connect(
         let handle = etcd_registry {
             registry,
             runtime,
+            pid: std::process::id(),
             queue: Arc::new(PullQueue::new()),
             state: Mutex::new(HandleState::default()),
         };
@@ -591,6 +607,9 @@ pub unsafe extern "C" fn etcd_registry_next_event(
         // SAFETY: caller's contract.
         let this = unsafe { handle(registry) }?;
         let slot = out(out_event, "out_event")?;
+        if this.forked() {
+            return Err(Failure::closed());
+        }
         let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
         match this.queue.pop(timeout) {
             Pulled::Event(sub, payload) => {
@@ -626,12 +645,18 @@ pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_even
 /// stops the watches, then revokes the leases (which deletes every registered key at once) and
 /// returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
 /// Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
-/// handle stays valid until `etcd_registry_free`.
+/// handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
+/// freeing a handle created by the parent does nothing: the registrations stay the parent's.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> etcd_registry_status {
     guard(|| {
         // SAFETY: caller's contract.
         let this = unsafe { handle(registry) }?;
+        if this.forked() {
+            // The registrations are the parent's: nothing to stop here, and nothing of the
+            // parent's (its locks included) may be touched. Every call already refuses.
+            return Ok(());
+        }
         ensure_can_block()?;
         if this.shut() {
             block_on(this.registry.close())??;
@@ -651,6 +676,11 @@ pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
     let _ = guard(|| {
         // SAFETY: a handle from etcd_registry_connect, freed once (caller's contract).
         let this = unsafe { Box::from_raw(registry) };
+        if this.forked() {
+            // Leaked, not dropped: dropping would touch the parent's tasks and locks.
+            std::mem::forget(this);
+            return Ok(());
+        }
         if this.shut() {
             let core = this.registry.clone();
             if ensure_can_block().is_ok() {

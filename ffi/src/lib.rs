@@ -13,6 +13,7 @@
 mod config;
 mod dispatch;
 mod events;
+mod fork;
 mod handle;
 mod log;
 mod node_list;

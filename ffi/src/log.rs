@@ -64,6 +64,29 @@ thread_local! {
     static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
+type SinkGuard = std::sync::MutexGuard<'static, Option<(LogFn, UserData)>>;
+
+thread_local! {
+    /// The sink's lock, held by the thread calling fork() between the atfork handlers.
+    static HELD_ACROSS_FORK: std::cell::RefCell<Option<SinkGuard>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// fork() prepare handler (see `crate::fork`): waits for a running log callback, so that the
+/// child does not inherit the sink locked. A fork from inside the log callback already holds it.
+pub(crate) fn before_fork() {
+    if IN_CALLBACK.try_with(Cell::get).unwrap_or(true) {
+        return;
+    }
+    let guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
+}
+
+/// fork() parent and child handler.
+pub(crate) fn after_fork() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take());
+}
+
 fn level_number(level: &Level) -> usize {
     match *level {
         Level::ERROR => 1,
@@ -213,6 +236,7 @@ pub unsafe extern "C" fn etcd_registry_set_log_callback(
                 "etcd_registry_set_log_callback cannot be called from inside the log callback",
             ));
         }
+        crate::fork::install_handlers();
         let installed =
             *INSTALLED.get_or_init(|| tracing::subscriber::set_global_default(Forwarder).is_ok());
         if !installed {

@@ -13,6 +13,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdbool.h>
@@ -21,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1064,6 +1066,80 @@ static void test_keepalive_lost_and_reregistered_when_etcd_restarts(void) {
     recorder_destroy(&rec);
 }
 
+/* The child of a fork() must not touch the parent's registrations: their handles refuse use
+ * (CLOSED), closing or freeing them there leaves etcd alone, and new handles work. */
+static int forked_child(etcd_registry *parents) {
+    int bad = 0;
+    etcd_registry_node_list *list = NULL;
+    etcd_registry_event *event = NULL;
+    uint64_t id = 0;
+    bad |= etcd_registry_list(parents, "forked", &list) != ETCD_REGISTRY_STATUS_CLOSED;
+    bad |= etcd_registry_register(parents, "forked", "x", NULL, 5000, NULL, NULL, &id) != ETCD_REGISTRY_STATUS_CLOSED;
+    bad |= etcd_registry_next_event(parents, 0, &event) != ETCD_REGISTRY_STATUS_CLOSED;
+    bad |= etcd_registry_close(parents) != ETCD_REGISTRY_STATUS_OK;
+    etcd_registry_free(parents);
+    etcd_registry *own = connect_etcd();
+    if (own == NULL) return 1;
+    recorder rec;
+    recorder_init(&rec);
+    bad |= etcd_registry_register(own, "forked", "child", NULL, 5000, on_status, &rec, &id) != ETCD_REGISTRY_STATUS_OK;
+    bad |= etcd_registry_wait_registered(own, id, (uint64_t)(10000 * slow)) != ETCD_REGISTRY_STATUS_OK;
+    bad |= !WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_REGISTERED, "child", 0) >= 0, 10 * slow);
+    bad |= count_nodes(own, "forked") != 2;
+    bad |= etcd_registry_close(own) != ETCD_REGISTRY_STATUS_OK;
+    etcd_registry_free(own);
+    return bad;
+}
+
+static void test_fork_child_leaves_the_parent_registrations_alone(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder rec;
+    recorder_init(&rec);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register(r, "forked", "parent", NULL, 5000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    int result[2];
+    REQUIRE(pipe(result) == 0);
+    fflush(NULL);
+    pid_t child = fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        /* The verdict goes through the pipe: under valgrind the exit code of the child is
+         * valgrind's, which counts the parent's memory the child inherited (and must leave
+         * alone) as leaked. */
+        char verdict = (char)forked_child(r);
+        ssize_t written = write(result[1], &verdict, 1);
+        _exit(written == 1 ? 0 : 1);
+    }
+    close(result[1]);
+    int status = 0;
+    if (!WAIT_FOR(waitpid(child, &status, WNOHANG) == child, 60 * slow)) {
+        fprintf(stderr, "    the fork child did not finish: killing it\n");
+        kill(child, SIGKILL);
+        waitpid(child, &status, 0);
+        current_failed = 1;
+    }
+    char verdict = 1;
+    CHECK(read(result[0], &verdict, 1) == 1); /* the child has exited: this does not block */
+    close(result[0]);
+    CHECK(verdict == 0);
+    CHECK(WIFEXITED(status)); /* not killed by a signal */
+#ifdef HAVE_VALGRIND
+    if (!RUNNING_ON_VALGRIND)
+#endif
+        CHECK(WEXITSTATUS(status) == 0);
+    /* The parent's registration is untouched: still registered, its key still there. */
+    uint32_t state = 0;
+    CHECK_OK(etcd_registry_registration_state(r, id, &state));
+    CHECK(state == ETCD_REGISTRY_STATE_REGISTERED);
+    CHECK(count_nodes(r, "forked") == 1);
+    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST, NULL, 0) < 0);
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+    recorder_destroy(&rec);
+}
+
 /* Log messages, recorded. */
 typedef struct {
     pthread_mutex_t mu;
@@ -1223,6 +1299,7 @@ static const test_case tests[] = {
     TEST(test_use_after_close_and_double_close),
     TEST(test_free_without_close_unregisters),
     TEST(test_1000_registrations_from_8_threads),
+    TEST(test_fork_child_leaves_the_parent_registrations_alone),
     TEST(test_log_callback),
     TEST(test_runtime_threads_setting),
     TEST(test_keepalive_lost_and_reregistered_when_etcd_restarts),
