@@ -550,12 +550,14 @@ etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *co
  * `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
  * up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
  * the registration proceeds in the background, retrying with backoff until it succeeds, then
- * keeps the lease alive and re-registers after any loss, until unregistered or closed.
+ * keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
+ * is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the Go library does).
  *
  * Status events go to `callback` with `user_data` on the library's callback thread; with a
  * NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
- * comment). Registering a node this registry already holds replaces the older registration
- * (which gets UNREGISTERED).
+ * comment). The first event may come before this function has returned: events carry the
+ * registration id. Registering a node this registry already holds replaces the older
+ * registration (which gets UNREGISTERED).
  *
  * INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
  * object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
@@ -628,7 +630,8 @@ etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
  * `etcd_registry_unwatch` or close. The first events are one ADDED per node present.
  *
  * Events go to `callback` with `user_data` on the library's callback thread; with a NULL
- * callback they are queued for `etcd_registry_next_event`. `*out_watch_id` (never 0) is written
+ * callback they are queued for `etcd_registry_next_event`. The first events may come before
+ * this function has returned: events carry the watch id. `*out_watch_id` (never 0) is written
  * only on success.
  */
 etcd_registry_status etcd_registry_watch(struct etcd_registry *registry,
@@ -695,7 +698,8 @@ void etcd_registry_free(struct etcd_registry *registry);
  * at WARN and ERROR only.
  *
  * The callback may be called from any thread (the library's runtime threads, the callback
- * thread, or a thread of yours inside a library call), but never by two threads at once. It
+ * thread, or a thread of yours inside a library call), but never by two threads at once: keep
+ * it short and do not wait in it for other threads, which may be waiting to log. It
  * must not call into the library (such calls work, but their logs are dropped; and
  * blocking calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns,
  * the previous callback is not running and will not be called again.

@@ -269,12 +269,14 @@ pub unsafe extern "C" fn etcd_registry_connect(
 /// `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
 /// up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
 /// the registration proceeds in the background, retrying with backoff until it succeeds, then
-/// keeps the lease alive and re-registers after any loss, until unregistered or closed.
+/// keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
+/// is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the Go library does).
 ///
 /// Status events go to `callback` with `user_data` on the library's callback thread; with a
 /// NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
-/// comment). Registering a node this registry already holds replaces the older registration
-/// (which gets UNREGISTERED).
+/// comment). The first event may come before this function has returned: events carry the
+/// registration id. Registering a node this registry already holds replaces the older
+/// registration (which gets UNREGISTERED).
 ///
 /// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
 /// object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
@@ -485,7 +487,8 @@ pub unsafe extern "C" fn etcd_registry_list(
 /// `etcd_registry_unwatch` or close. The first events are one ADDED per node present.
 ///
 /// Events go to `callback` with `user_data` on the library's callback thread; with a NULL
-/// callback they are queued for `etcd_registry_next_event`. `*out_watch_id` (never 0) is written
+/// callback they are queued for `etcd_registry_next_event`. The first events may come before
+/// this function has returned: events carry the watch id. `*out_watch_id` (never 0) is written
 /// only on success.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_watch(

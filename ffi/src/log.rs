@@ -213,7 +213,8 @@ impl Visit for TextVisitor {
 /// at WARN and ERROR only.
 ///
 /// The callback may be called from any thread (the library's runtime threads, the callback
-/// thread, or a thread of yours inside a library call), but never by two threads at once. It
+/// thread, or a thread of yours inside a library call), but never by two threads at once: keep
+/// it short and do not wait in it for other threads, which may be waiting to log. It
 /// must not call into the library (such calls work, but their logs are dropped; and
 /// blocking calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns,
 /// the previous callback is not running and will not be called again.
