@@ -771,20 +771,29 @@ static void test_calls_from_inside_callbacks(void) {
 }
 
 /* Closes its registry from inside a callback. */
+typedef struct {
+    etcd_registry *registry;
+    atomic_int status;
+    atomic_bool done;
+} closer;
+
 static void close_from_callback(const etcd_registry_status_event *e, void *user_data) {
     if (e->kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
-    etcd_registry **registry = user_data;
-    etcd_registry_close(*registry);
+    closer *c = user_data;
+    atomic_store(&c->status, etcd_registry_close(c->registry));
+    atomic_store(&c->done, true);
 }
 
 static void test_close_from_inside_a_callback(void) {
-    etcd_registry *r = connect_etcd();
-    REQUIRE(r != NULL);
+    closer c = {.registry = connect_etcd(), .status = -1};
+    REQUIRE(c.registry != NULL);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "closing", "n1", NULL, 10000, close_from_callback, &r, &id));
-    CHECK(WAIT_FOR(is_closed(r), 10 * slow));
+    REQUIRE_OK(etcd_registry_register(c.registry, "closing", "n1", NULL, 10000, close_from_callback, &c, &id));
+    REQUIRE(WAIT_FOR(atomic_load(&c.done), 10 * slow)); /* else it may still run: no free */
+    CHECK(atomic_load(&c.status) == ETCD_REGISTRY_STATUS_OK);
+    CHECK(is_closed(c.registry));
     CHECK(count_nodes_fresh("closing") == 0);
-    etcd_registry_free(r);
+    etcd_registry_free(c.registry); /* the callback has left close: free is the last call */
 }
 
 static void test_pull_api(void) {
