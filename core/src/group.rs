@@ -392,11 +392,11 @@ impl LeaseGroup {
                     }
                     Some(GroupCmd::Add(reg)) => {
                         self.members.insert(reg.id, reg.clone());
-                        let client = match self.conn.client().await {
-                            Ok(c) => c,
-                            Err(e) => return Exit::Lost(e),
+                        let put = async {
+                            let client = self.conn.client().await?;
+                            self.put_one(&client, lease, &reg).await
                         };
-                        match self.put_one(&client, lease, &reg).await {
+                        match before_loss(lost_at, ttl, put).await {
                             Ok(true) => reg.registered(lease),
                             Ok(false) => {}
                             Err(e) => return Exit::Lost(e),
@@ -416,7 +416,7 @@ impl LeaseGroup {
                     if let Err(e) = keeper.keep_alive().await {
                         return Exit::Lost(e.into());
                     }
-                    if let Err(e) = self.repair(lease).await {
+                    if let Err(e) = before_loss(lost_at, ttl, self.repair(lease)).await {
                         return Exit::Lost(e);
                     }
                 }
@@ -429,9 +429,7 @@ impl LeaseGroup {
                     Ok(None) => return Exit::Lost(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
                     Err(e) => return Exit::Lost(e.into()),
                 },
-                _ = tokio::time::sleep_until(lost_at) => {
-                    return Exit::Lost(Error::new(ErrorKind::Timeout, format!("no keep-alive answer for {ttl:?} (context deadline exceeded)")));
-                }
+                _ = tokio::time::sleep_until(lost_at) => return Exit::Lost(unanswered(ttl)),
             }
         }
     }
@@ -563,6 +561,25 @@ impl LeaseGroup {
             member.emit(StatusEvent::Unregistered);
         }
     }
+}
+
+/// Runs a call of the keep-alive loop, but no longer than the lease can live without an answer:
+/// a call stuck on a silent etcd must not keep the loop from noticing the loss.
+async fn before_loss<T>(
+    lost_at: Instant,
+    ttl: Duration,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::time::timeout_at(lost_at, call)
+        .await
+        .unwrap_or_else(|_| Err(unanswered(ttl)))
+}
+
+fn unanswered(ttl: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!("no keep-alive answer for {ttl:?} (context deadline exceeded)"),
+    )
 }
 
 /// A refusal that concerns one key and not the connection.

@@ -76,6 +76,7 @@ pub fn runtime() -> Result<&'static Runtime> {
         let built = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
             .thread_name("etcd-registry")
+            .on_thread_start(block_sigpipe)
             .enable_all()
             .build();
         let rt = match built {
@@ -113,4 +114,17 @@ pub fn block_on<F: Future>(future: F) -> Result<F::Output> {
         ));
     }
     Ok(runtime()?.block_on(future))
+}
+
+/// Blocks SIGPIPE on the runtime's threads. Writing to a connection etcd has closed raises it,
+/// and a C or Go host (unlike Rust and Python programs) does not ignore it: the process would
+/// die. Blocked, the write fails with EPIPE instead, which the connection handles.
+fn block_sigpipe() {
+    // SAFETY: plain signal-mask calls on the current thread with a properly initialized set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
 }

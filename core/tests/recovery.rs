@@ -313,3 +313,36 @@ async fn a_process_that_dies_without_close_loses_its_keys_within_the_ttl() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_is_noticed_within_the_ttl_even_with_a_long_call_timeout() {
+    let etcd = Arc::new(etcd_with_proxy());
+    // Calls may wait a minute for etcd; the lease lives 2 s without an answer. The loss must be
+    // reported while the partition lasts, not after a stuck call gives up.
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(2))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let mut events = reg.subscribe();
+    etcd.partition().unwrap();
+    let lost = tokio::time::timeout(
+        Duration::from_secs(30),
+        wait_event(&mut events, "keep-alive lost", |e| {
+            matches!(e, StatusEvent::KeepAliveLost { .. })
+        }),
+    )
+    .await;
+    assert!(
+        lost.is_ok(),
+        "the loss was not reported during a 30 s partition"
+    );
+    assert_eq!(reg.state(), RegistrationState::Retrying);
+    etcd.heal().unwrap();
+    wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    })
+    .await;
+}
