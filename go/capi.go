@@ -317,11 +317,61 @@ func encodeInfo(info map[string]string) string {
 	return string(b)
 }
 
-// decodeInfo reads the library's JSON object of strings; never nil.
+// decodeInfo reads the library's JSON object of strings; never nil. Listing a large service
+// decodes one object per node, so the compact form the library writes (no whitespace, and
+// usually no escapes) is read directly; anything else goes through encoding/json.
 func decodeInfo(s string) map[string]string {
+	if info, ok := decodePlainObject(s); ok {
+		return info
+	}
 	info := map[string]string{}
 	if s != "" {
 		_ = json.Unmarshal([]byte(s), &info) // the library hands out valid objects of strings
 	}
 	return info
+}
+
+// decodePlainObject parses {"k":"v",...} with no whitespace and no escape sequences; ok is
+// false for anything else.
+func decodePlainObject(s string) (map[string]string, bool) {
+	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' || strings.IndexByte(s, '\\') >= 0 {
+		return nil, false
+	}
+	info := make(map[string]string, 4)
+	if s == "{}" {
+		return info, true
+	}
+	i := 1
+	readString := func() (string, bool) {
+		if i >= len(s) || s[i] != '"' {
+			return "", false
+		}
+		end := strings.IndexByte(s[i+1:], '"')
+		if end < 0 {
+			return "", false
+		}
+		v := s[i+1 : i+1+end]
+		i += end + 2
+		return v, true
+	}
+	for {
+		key, ok := readString()
+		if !ok || i >= len(s) || s[i] != ':' {
+			return nil, false
+		}
+		i++
+		value, ok := readString()
+		if !ok || i >= len(s) {
+			return nil, false
+		}
+		info[key] = value
+		switch s[i] {
+		case '}':
+			return info, i == len(s)-1
+		case ',':
+			i++
+		default:
+			return nil, false
+		}
+	}
 }
