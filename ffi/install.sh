@@ -5,13 +5,14 @@
 #
 #   DIR/include/etcd_registry.h
 #   DIR/lib/libetcd_registry.a   and (unless --static) DIR/lib/libetcd_registry.so
-#   DIR/lib/pkgconfig/etcd_registry.pc
+#   DIR/lib/pkgconfig/etcd_registry.pc and etcd_registry-static.pc
 #
 # Then:  PKG_CONFIG_PATH=DIR/lib/pkgconfig cc app.c $(pkg-config --cflags --libs etcd_registry)
 #
 # By default the program links the shared library, found at run time through an rpath to
 # DIR/lib. With --static only the archive is installed, so the same command links it into the
-# program (the .pc then lists the system libraries the Rust code needs).
+# program (the .pc then lists the system libraries the Rust code needs). The package
+# etcd_registry-static always links the archive: $(pkg-config --cflags --libs etcd_registry-static).
 set -euo pipefail
 
 prefix=""
@@ -26,7 +27,7 @@ while [ $# -gt 0 ]; do
         --profile=*) profile="${1#--profile=}"; shift ;;
         --static) static=1; shift ;;
         --no-build) build=0; shift ;;
-        -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
         *) echo "install.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -79,6 +80,20 @@ Version: $version
 Cflags: -I\${includedir}
 Libs: $libs_line
 Libs.private: $private_line
+PC
+
+# Links the archive whatever else is installed: cc app.c $(pkg-config --cflags --libs etcd_registry-static)
+cat > "$prefix/lib/pkgconfig/etcd_registry-static.pc" <<PC
+prefix=$prefix
+exec_prefix=\${prefix}
+libdir=\${exec_prefix}/lib
+includedir=\${prefix}/include
+
+Name: etcd_registry-static
+Description: etcd_registry, linked statically
+Version: $version
+Cflags: -I\${includedir}
+Libs: \${libdir}/libetcd_registry.a $system_libs
 PC
 
 echo "installed etcd_registry $version ($profile$( [ "$static" = 1 ] && echo ", static only")) into $prefix"

@@ -5,7 +5,8 @@
  *   ffi/install.sh --prefix DIR [--static]    # libraries, this header, etcd_registry.pc
  *   cc app.c $(pkg-config --cflags --libs etcd_registry)
  *
- * links the shared library (with an rpath to DIR/lib), or with --static the archive.
+ * links the shared library (with an rpath to DIR/lib), or with --static the archive; the
+ * package etcd_registry-static always links the archive.
  *
  * CONVENTIONS
  *   - Every symbol starts with etcd_registry_ / ETCD_REGISTRY_. Handles are opaque; each is

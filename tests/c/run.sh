@@ -92,7 +92,11 @@ PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
     sh -c 'cc examples/c/basic.c -o "$1" $(pkg-config --cflags --libs etcd_registry)' _ "$build/basic-pc-shared"
 PKG_CONFIG_PATH="$static_prefix/lib/pkgconfig" \
     sh -c 'cc examples/c/basic.c -o "$1" $(pkg-config --cflags --libs etcd_registry)' _ "$build/basic-pc-static"
-if ldd "$build/basic-pc-static" | grep -q libetcd_registry; then fail "--static install linked the shared library"; fi
+PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
+    sh -c 'cc examples/c/basic.c -o "$1" $(pkg-config --cflags --libs etcd_registry-static)' _ "$build/basic-pc-archive"
+for exe in basic-pc-static basic-pc-archive; do
+    if ldd "$build/$exe" | grep -q libetcd_registry; then fail "$exe linked the shared library"; fi
+done
 ldd "$build/basic-pc-shared" | grep -q "$prefix/lib/libetcd_registry.so" || fail "shared install did not link $prefix/lib"
 
 command -v cmake >/dev/null || fail "cmake is not installed"
@@ -104,6 +108,7 @@ step "examples"
 "$harness" run -- "$build/basic" | sed 's/^/    /'
 "$harness" run -- "$build/basic-pc-shared" >/dev/null
 "$harness" run -- "$build/basic-pc-static" >/dev/null
+"$harness" run -- "$build/basic-pc-archive" >/dev/null
 "$harness" run -- "$build/cpp/example" | sed 's/^/    /'
 step "retry demo (etcd killed and started again)"
 "$harness" run -- tests/c/retry-demo.sh "$build/retry_demo"

@@ -1226,10 +1226,7 @@ static void test_auth(void) {
     etcd_registry *anonymous = connect_etcd();
     REQUIRE(anonymous != NULL);
     etcd_registry_node_list *list = NULL;
-    /* etcd answers a request without a user with "user name is empty" (gRPC InvalidArgument),
-     * which the core reports as an invalid argument for now; either way the call fails. */
-    etcd_registry_status s = etcd_registry_list(anonymous, "authed", &list);
-    CHECK(s == ETCD_REGISTRY_STATUS_AUTH || s == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(etcd_registry_list(anonymous, "authed", &list), ETCD_REGISTRY_STATUS_AUTH);
     CHECK(list == NULL);
     etcd_registry_free(anonymous);
 
