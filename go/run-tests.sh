@@ -51,6 +51,6 @@ trap 'rm -rf "$bin"' EXIT
 "$ETCD_HARNESS_BIN" run -- "$bin/basic" | sed 's/^/    /'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/basic"
 step "retry example (etcd killed and started again)"
-"$ETCD_HARNESS_BIN" run -- examples/go/retry/check.sh "$bin/retry" || fail "examples/go/retry"
+"$ETCD_HARNESS_BIN" run -- tests/retry-demo-check.sh "Registered node localhost:50000" "re-registered node localhost:50000" "Closed" -- "$bin/retry" -duration 120s || fail "examples/go/retry"
 
 step "Go: all passed"

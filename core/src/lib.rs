@@ -34,6 +34,7 @@ mod conn;
 mod error;
 mod group;
 pub mod keys;
+pub mod log;
 mod registration;
 mod registry;
 pub mod runtime;

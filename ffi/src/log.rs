@@ -6,11 +6,9 @@
 
 use std::cell::Cell;
 use std::ffi::{c_char, c_void};
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
 use tracing::{Event, Level, Metadata, Subscriber};
@@ -145,11 +143,9 @@ impl Subscriber for Forwarder {
             return;
         }
         let metadata = event.metadata();
-        let mut text = TextVisitor::default();
-        event.record(&mut text);
         let level = level_number(metadata.level()) as etcd_registry_log_level;
         let target = to_c(metadata.target());
-        let message = to_c(&text.finish());
+        let message = to_c(&registry::log::event_text(event));
         let sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((callback, user_data)) = *sink {
             let _ = IN_CALLBACK.try_with(|c| c.set(true));
@@ -163,48 +159,6 @@ impl Subscriber for Forwarder {
     fn enter(&self, _span: &Id) {}
 
     fn exit(&self, _span: &Id) {}
-}
-
-/// Formats an event's fields as `message key=value key=value`.
-#[derive(Default)]
-struct TextVisitor {
-    message: String,
-    fields: String,
-}
-
-impl TextVisitor {
-    fn finish(self) -> String {
-        match (self.message.is_empty(), self.fields.is_empty()) {
-            (_, true) => self.message,
-            (true, false) => self.fields,
-            (false, false) => format!("{} {}", self.message, self.fields),
-        }
-    }
-
-    fn field(&mut self, name: &str, value: std::fmt::Arguments<'_>) {
-        if !self.fields.is_empty() {
-            self.fields.push(' ');
-        }
-        let _ = write!(self.fields, "{name}={value}");
-    }
-}
-
-impl Visit for TextVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
-            self.message.push_str(value);
-        } else {
-            self.field(field.name(), format_args!("{value:?}"));
-        }
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-        } else {
-            self.field(field.name(), format_args!("{value:?}"));
-        }
-    }
 }
 
 /// Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL

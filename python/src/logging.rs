@@ -5,11 +5,9 @@
 //! check before any formatting. Records are queued for the dispatch thread, never logged from
 //! a runtime thread (see `dispatch`).
 
-use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use pyo3::prelude::*;
-use tracing::field::{Field, Visit};
 use tracing::level_filters::LevelFilter;
 use tracing::span::{Attributes, Id, Record};
 use tracing::subscriber::Interest;
@@ -83,17 +81,7 @@ impl Subscriber for Forwarder {
     fn record_follows_from(&self, _: &Id, _: &Id) {}
 
     fn event(&self, event: &Event<'_>) {
-        let mut text = Text::default();
-        event.record(&mut text);
-        let mut message = text.message;
-        if !text.fields.is_empty() {
-            if !message.is_empty() {
-                message.push(' ');
-            }
-            message.push('(');
-            message.push_str(&text.fields);
-            message.push(')');
-        }
+        let message = registry::log::event_text(event);
         dispatch::push(
             Lane::Callbacks,
             Item::Log {
@@ -106,30 +94,6 @@ impl Subscriber for Forwarder {
     fn enter(&self, _: &Id) {}
 
     fn exit(&self, _: &Id) {}
-}
-
-/// `message` and then `key=value, …` for the other fields.
-#[derive(Default)]
-struct Text {
-    message: String,
-    fields: String,
-}
-
-impl Visit for Text {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.record_debug(field, &format_args!("{value}"));
-    }
-
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == "message" {
-            let _ = write!(self.message, "{value:?}");
-            return;
-        }
-        if !self.fields.is_empty() {
-            self.fields.push_str(", ");
-        }
-        let _ = write!(self.fields, "{}={value:?}", field.name());
-    }
 }
 
 /// Installs the forwarder as this library's `tracing` subscriber (the extension module has its

@@ -111,6 +111,6 @@ step "examples"
 "$harness" run -- "$build/basic-pc-archive" >/dev/null
 "$harness" run -- "$build/cpp/example" | sed 's/^/    /'
 step "retry demo (etcd killed and started again)"
-"$harness" run -- tests/c/retry-demo.sh "$build/retry_demo"
+"$harness" run -- tests/retry-demo-check.sh "registered (lease" "re-registered (lease" "closed: lease revoked" -- "$build/retry_demo" 120
 
 step "C ABI: all passed"
