@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"reflect"
 	"runtime"
@@ -83,6 +84,8 @@ func TestRegisterNodeRejectsBadInput(t *testing.T) {
 		{"negative ttl", ctx, "svc", node, -time.Second},
 		{"nil context", nil, "svc", node, time.Minute},
 		{"NUL in name", ctx, "svc", Node{Name: "a\x00b"}, time.Minute},
+		{"ttl beyond etcd's maximum", ctx, "svc", node, time.Duration(math.MaxInt64)},
+		{"info larger than etcd accepts", ctx, "svc", Node{Name: "n1", Info: map[string]string{"big": strings.Repeat("x", 2<<20)}}, time.Minute},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -525,6 +525,19 @@ static void test_register_argument_errors(void) {
     CHECK_STATUS(REG("argerr", "..", NULL, 1000), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(REG("argerr", "n", NULL, 0), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(etcd_registry_last_error_message(), "ttl") != NULL);
+    CHECK_STATUS(REG("argerr", "n", NULL, UINT64_MAX), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    {
+        /* Info larger than etcd accepts in one request (1.5 MiB). */
+        size_t len = 2u << 20;
+        char *big = malloc(len + 16);
+        REQUIRE(big != NULL);
+        memcpy(big, "{\"big\":\"", 8);
+        memset(big + 8, 'x', len);
+        memcpy(big + 8 + len, "\"}", 3);
+        CHECK_STATUS(REG("argerr", "n", big, 1000), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+        CHECK(strstr(etcd_registry_last_error_message(), "too large") != NULL);
+        free(big);
+    }
     const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "null", "{\"a\":1}", "{\"a\":null}",
                               "{\"a\":{\"b\":\"c\"}}", "{\"a\":[\"x\"]}", "{\"\":\"empty key\"}"};
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
