@@ -14,6 +14,8 @@ mod config;
 mod dispatch;
 mod events;
 mod fork;
+#[cfg(test)]
+mod fuzz;
 mod handle;
 mod log;
 mod node_list;
