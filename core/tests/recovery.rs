@@ -131,6 +131,10 @@ async fn killed_and_restarted_within_the_ttl_keeps_the_lease() {
     );
     assert_eq!(etcd.lease_list().unwrap(), vec![lease]);
     assert_eq!(reg.state(), RegistrationState::Registered);
+    record(
+        "2a. etcd killed (SIGKILL) and restarted within the TTL",
+        "re-registered on the same lease (leases survive restarts), one key",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,6 +207,7 @@ async fn a_paused_server_is_detected_and_the_node_recovers() {
     })
     .await;
     etcd.resume(0).unwrap();
+    let resumed = tokio::time::Instant::now();
     wait_event(&mut events, "re-registered", |e| {
         matches!(e, StatusEvent::Reregistered { .. })
     })
@@ -212,6 +217,10 @@ async fn a_paused_server_is_detected_and_the_node_recovers() {
         async move { blocking(move || e.get_prefix("/s/").unwrap().len() == 1).await }
     })
     .await;
+    record(
+        "4. etcd paused (SIGSTOP) past the TTL, then resumed",
+        &format!("key back {} after SIGCONT", secs_since(resumed)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,6 +232,7 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
         .unwrap();
     reg.wait_registered(DEADLINE).await.unwrap();
     assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
+    let deleted = tokio::time::Instant::now();
     eventually("the key to be put back", || {
         let e = etcd.clone();
         async move {
@@ -231,6 +241,10 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
     })
     .await;
     assert_eq!(reg.state(), RegistrationState::Registered);
+    record(
+        "6a. key deleted by someone else (TTL 3s)",
+        &format!("put back after {}", secs_since(deleted)),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,6 +258,7 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
     let old = reg.lease_id().unwrap();
     let mut events = reg.subscribe();
     etcd.lease_revoke(old).unwrap();
+    let revoked = tokio::time::Instant::now();
     let (back, _) = wait_event(&mut events, "re-registered", |e| {
         matches!(e, StatusEvent::Reregistered { .. })
     })
@@ -259,6 +274,10 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
         }
     })
     .await;
+    record(
+        "6b. lease revoked by someone else (TTL 3s)",
+        &format!("new lease, key back after {}", secs_since(revoked)),
+    );
 }
 
 /// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_within_the_ttl`.

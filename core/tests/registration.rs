@@ -400,6 +400,10 @@ async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
     assert!(!keys.contains("intruder"), "{keys}");
     bad.close().await.unwrap();
     good.close().await.unwrap();
+    record(
+        "7. auth: token TTL 2s idled past; wrong password",
+        "register, list, watch work after expiry; wrong password: auth error, backoff-paced retries",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

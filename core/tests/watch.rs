@@ -127,6 +127,7 @@ async fn resyncs_after_compaction_while_disconnected() {
     })
     .await;
     etcd.heal().unwrap();
+    let healed = tokio::time::Instant::now();
 
     let mut diff = Vec::new();
     loop {
@@ -150,6 +151,13 @@ async fn resyncs_after_compaction_while_disconnected() {
         watch.nodes(),
         registry.list("api").await.unwrap(),
         "live set equals a fresh listing"
+    );
+    record(
+        "5. compaction while a watcher is disconnected",
+        &format!(
+            "resynced {} after the network came back",
+            secs_since(healed)
+        ),
     );
 
     // And it keeps following afterwards.

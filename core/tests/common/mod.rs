@@ -91,3 +91,24 @@ pub async fn wait_event(
 pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
+
+/// Adds a row to the fault-scenario summary that `scripts/test.sh` prints at the end, when
+/// `SURVIVAL_SUMMARY` names a file. Called by a test once everything it checks has held.
+pub fn record(scenario: &str, recovery: &str) {
+    use std::io::Write;
+    let Ok(path) = std::env::var("SURVIVAL_SUMMARY") else {
+        return;
+    };
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(file, "{scenario}\tpass\t{recovery}");
+    }
+}
+
+/// How long `since` is ago, as the summary shows it.
+pub fn secs_since(since: tokio::time::Instant) -> String {
+    format!("{:.2}s", since.elapsed().as_secs_f64())
+}
