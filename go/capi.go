@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -211,15 +212,32 @@ func cWatchNodes(p *C.etcd_registry, id uint64) ([]Node, error) {
 	return takeNodeList(list), nil
 }
 
-// takeNodeList copies a node list into Go values and frees it. Never nil.
+// takeNodeList copies a node list into Go values and frees it. Never nil. The list is read
+// through its flat entry array (two native calls for the whole list, none per node).
 func takeNodeList(list *C.etcd_registry_node_list) []Node {
 	defer C.etcd_registry_node_list_free(list)
 	n := int(C.etcd_registry_node_list_len(list))
-	nodes := make([]Node, 0, n)
-	for i := 0; i < n; i++ {
-		name := C.etcd_registry_node_list_name(list, C.size_t(i))
-		info := C.etcd_registry_node_list_info_json(list, C.size_t(i))
-		nodes = append(nodes, Node{Name: goString(name), Info: decodeInfo(goString(info))})
+	nodes := make([]Node, n)
+	if n == 0 {
+		return nodes
+	}
+	entries := unsafe.Slice(C.etcd_registry_node_list_entries(list), n)
+	for i := range entries {
+		e := &entries[i]
+		info := make(map[string]string, int(e.info_len))
+		exact := true
+		if e.info_len > 0 {
+			for _, kv := range unsafe.Slice(e.info, int(e.info_len)) {
+				key, value := C.GoString(kv.key), C.GoString(kv.value)
+				exact = exact && !strings.ContainsRune(key, utf8.RuneError) && !strings.ContainsRune(value, utf8.RuneError)
+				info[key] = value
+			}
+		}
+		if !exact {
+			// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
+			info = decodeInfo(goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))))
+		}
+		nodes[i] = Node{Name: C.GoString(e.name), Info: info}
 	}
 	return nodes
 }

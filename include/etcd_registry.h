@@ -179,7 +179,7 @@ typedef struct etcd_registry_config etcd_registry_config;
 
 /**
  * Opaque, immutable list of nodes (from `etcd_registry_list` or `etcd_registry_watch_nodes`),
- * sorted by name. Every string it hands out is owned by the list and valid until
+ * sorted by name. Every string and array it hands out is owned by the list and valid until
  * `etcd_registry_node_list_free`. Safe to read from several threads at once.
  */
 typedef struct etcd_registry_node_list etcd_registry_node_list;
@@ -328,6 +328,38 @@ typedef void (*etcd_registry_log_callback)(etcd_registry_log_level level,
                                            const char *target,
                                            const char *message,
                                            void *user_data);
+
+/**
+ * One info entry of a node: see `etcd_registry_node_list_entries`.
+ */
+typedef struct etcd_registry_info_entry {
+    /**
+     * The key, e.g. "address".
+     */
+    const char *key;
+    /**
+     * Its value, e.g. "10.0.0.5:8080".
+     */
+    const char *value;
+} etcd_registry_info_entry;
+
+/**
+ * One node of a list: see `etcd_registry_node_list_entries`.
+ */
+typedef struct etcd_registry_node_entry {
+    /**
+     * The node's name.
+     */
+    const char *name;
+    /**
+     * Its info, `info_len` entries sorted by key; NULL when `info_len` is 0.
+     */
+    const struct etcd_registry_info_entry *info;
+    /**
+     * The number of info entries.
+     */
+    size_t info_len;
+} etcd_registry_node_entry;
 
 /**
  * The key was put for the first time (`lease_id` is set).
@@ -715,6 +747,22 @@ etcd_registry_status etcd_registry_set_log_callback(etcd_registry_log_callback c
  * The number of nodes; 0 for a NULL list.
  */
 size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
+
+/**
+ * All nodes at once, as an array of `etcd_registry_node_list_len(list)` entries sorted by name,
+ * each with its name and its info entries (sorted by key): the fastest way to read a whole
+ * list. NULL when `list` is NULL or empty. The array and its strings are owned by the list and
+ * valid until `etcd_registry_node_list_free`. NUL characters in a name, key or value are
+ * returned as U+FFFD (the JSON form has them exactly).
+ *
+ * ```c
+ * const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
+ * for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)
+ *     for (size_t j = 0; j < nodes[i].info_len; j++)
+ *         printf("%s %s=%s\n", nodes[i].name, nodes[i].info[j].key, nodes[i].info[j].value);
+ * ```
+ */
+const struct etcd_registry_node_entry *etcd_registry_node_list_entries(const struct etcd_registry_node_list *list);
 
 /**
  * The name of node `index`, or NULL when `list` is NULL or `index` is out of range.

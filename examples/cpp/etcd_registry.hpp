@@ -87,7 +87,7 @@ struct WatchEvent {
 struct Node {
     std::string name;
     std::string info_json;
-    std::map<std::string, std::string> info;  // only the keys asked for in list(service, keys)
+    std::map<std::string, std::string> info;  // the same info, key by key
 };
 
 class Config {
@@ -162,10 +162,10 @@ class Registry {
         detail::check(etcd_registry_wait_registered(registry_.get(), id, static_cast<uint64_t>(timeout.count())));
     }
 
-    std::vector<Node> list(const std::string &service, const std::vector<std::string> &keys = {}) {
+    std::vector<Node> list(const std::string &service) {
         etcd_registry_node_list *raw = nullptr;
         detail::check(etcd_registry_list(registry_.get(), service.c_str(), &raw));
-        return nodes_of(raw, keys);
+        return nodes_of(raw);
     }
 
     uint64_t watch(const std::string &service, WatchCallback callback) {
@@ -185,10 +185,10 @@ class Registry {
         release(watch_callbacks_, id);
     }
 
-    std::vector<Node> watch_nodes(uint64_t id, const std::vector<std::string> &keys = {}) {
+    std::vector<Node> watch_nodes(uint64_t id) {
         etcd_registry_node_list *raw = nullptr;
         detail::check(etcd_registry_watch_nodes(registry_.get(), id, &raw));
-        return nodes_of(raw, keys);
+        return nodes_of(raw);
     }
 
     // Unregisters everything (revoking the leases) and stops the watches. Idempotent.
@@ -238,17 +238,16 @@ class Registry {
         // `owned` (if still set) is destroyed here, outside the lock.
     }
 
-    static std::vector<Node> nodes_of(etcd_registry_node_list *raw, const std::vector<std::string> &keys) {
+    static std::vector<Node> nodes_of(etcd_registry_node_list *raw) {
         std::unique_ptr<etcd_registry_node_list, detail::NodeListFree> list(raw);
+        const size_t len = etcd_registry_node_list_len(list.get());
+        const etcd_registry_node_entry *entries = etcd_registry_node_list_entries(list.get());
         std::vector<Node> nodes;
-        for (size_t i = 0; i < etcd_registry_node_list_len(list.get()); i++) {
-            Node node{detail::str(etcd_registry_node_list_name(list.get(), i)),
-                      detail::str(etcd_registry_node_list_info_json(list.get(), i)),
-                      {}};
-            for (const auto &key : keys) {
-                const char *value = etcd_registry_node_list_info_value(list.get(), i, key.c_str());
-                if (value != nullptr) node.info[key] = value;
-            }
+        nodes.reserve(len);
+        for (size_t i = 0; i < len; i++) {
+            Node node{entries[i].name, detail::str(etcd_registry_node_list_info_json(list.get(), i)), {}};
+            for (size_t j = 0; j < entries[i].info_len; j++)
+                node.info.emplace(entries[i].info[j].key, entries[i].info[j].value);
             nodes.push_back(std::move(node));
         }
         return nodes;

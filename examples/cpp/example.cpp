@@ -34,7 +34,7 @@ int main() {
         registry.wait_registered(second, 5s);
         for (int i = 0; i < 200 && added < 2; i++) std::this_thread::sleep_for(50ms);
 
-        for (const auto &node : registry.list("cpp-api", {"address"}))
+        for (const auto &node : registry.list("cpp-api"))
             std::cout << "list: " << node.name << " address=" << node.info.at("address") << "\n";
 
         registry.unwatch(watch);  // after this the lambda (and `added`) are no longer used

@@ -1,52 +1,156 @@
 //! `etcd_registry_node_list`: a snapshot of a service's nodes with their info.
+//!
+//! Every string of the list lives in one buffer (`arena`), written once when the list is made;
+//! the flat arrays handed out by `etcd_registry_node_list_entries` point into it. The JSON form
+//! of a node's info is made only when it is asked for.
 
-use std::collections::BTreeMap;
 use std::ffi::{c_char, CString};
+use std::sync::OnceLock;
 
-use registry::Node;
+use registry::{keys::Info, Node};
 
 use crate::status::guard_value;
 use crate::strings::{required, to_c};
 
 /// Opaque, immutable list of nodes (from `etcd_registry_list` or `etcd_registry_watch_nodes`),
-/// sorted by name. Every string it hands out is owned by the list and valid until
+/// sorted by name. Every string and array it hands out is owned by the list and valid until
 /// `etcd_registry_node_list_free`. Safe to read from several threads at once.
 #[allow(non_camel_case_types)]
 pub struct etcd_registry_node_list {
-    nodes: Vec<NodeOut>,
+    /// Every name, key and value, each NUL-terminated. Never changed after `new`, so the
+    /// pointers into it stay valid. Only read through those pointers.
+    #[allow(dead_code)]
+    arena: Box<[u8]>,
+    entries: Box<[etcd_registry_node_entry]>,
+    /// The info entries of all nodes, node after node; each node's run is sorted by key.
+    infos: Box<[etcd_registry_info_entry]>,
+    /// The info as etcd gave it, for the JSON form (which keeps NUL characters exactly).
+    sources: Box<[Info]>,
+    json: Box<[OnceLock<CString>]>,
 }
 
-struct NodeOut {
-    name: CString,
-    info_json: CString,
-    values: BTreeMap<String, CString>,
+/// One node of a list: see `etcd_registry_node_list_entries`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct etcd_registry_node_entry {
+    /// The node's name.
+    pub name: *const c_char,
+    /// Its info, `info_len` entries sorted by key; NULL when `info_len` is 0.
+    pub info: *const etcd_registry_info_entry,
+    /// The number of info entries.
+    pub info_len: usize,
+}
+
+/// One info entry of a node: see `etcd_registry_node_list_entries`.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+pub struct etcd_registry_info_entry {
+    /// The key, e.g. "address".
+    pub key: *const c_char,
+    /// Its value, e.g. "10.0.0.5:8080".
+    pub value: *const c_char,
+}
+
+// SAFETY: the raw pointers point into buffers the list owns and never changes after `new`; the
+// list is read-only apart from the `OnceLock`s, which are thread-safe.
+unsafe impl Send for etcd_registry_node_list {}
+// SAFETY: as above.
+unsafe impl Sync for etcd_registry_node_list {}
+
+/// Appends `text` and a NUL to `arena`, NUL characters inside it becoming U+FFFD (as
+/// [`to_c`] does), and returns where it starts.
+fn push(arena: &mut Vec<u8>, text: &str) -> usize {
+    let start = arena.len();
+    if text.as_bytes().contains(&0) {
+        arena.extend_from_slice(text.replace('\0', "\u{FFFD}").as_bytes());
+    } else {
+        arena.extend_from_slice(text.as_bytes());
+    }
+    arena.push(0);
+    start
 }
 
 impl etcd_registry_node_list {
     pub(crate) fn new(mut nodes: Vec<Node>) -> Self {
-        nodes.sort_by(|a, b| a.name.cmp(&b.name));
-        etcd_registry_node_list {
-            nodes: nodes
-                .into_iter()
-                .map(|node| NodeOut {
-                    name: to_c(&node.name),
-                    info_json: to_c(&registry::keys::encode_info(&node.info)),
-                    values: node
-                        .info
+        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let size = nodes
+            .iter()
+            .map(|n| {
+                n.name.len()
+                    + 1
+                    + n.info
                         .iter()
-                        .map(|(k, v)| (k.clone(), to_c(v)))
-                        .collect(),
-                })
-                .collect(),
+                        .map(|(k, v)| k.len() + v.len() + 2)
+                        .sum::<usize>()
+            })
+            .sum();
+        let info_count = nodes.iter().map(|n| n.info.len()).sum();
+        // Offsets first: the arena may still grow (a NUL replaced by U+FFFD takes 3 bytes).
+        let mut arena = Vec::with_capacity(size);
+        let mut names = Vec::with_capacity(nodes.len());
+        let mut pairs = Vec::with_capacity(info_count);
+        for node in &nodes {
+            names.push(push(&mut arena, &node.name));
+            for (key, value) in &node.info {
+                let key = push(&mut arena, key);
+                pairs.push((key, push(&mut arena, value)));
+            }
         }
+        let arena = arena.into_boxed_slice();
+        let at = |offset: usize| arena[offset..].as_ptr().cast::<c_char>();
+        let infos: Box<[etcd_registry_info_entry]> = pairs
+            .into_iter()
+            .map(|(key, value)| etcd_registry_info_entry {
+                key: at(key),
+                value: at(value),
+            })
+            .collect();
+        let mut next = 0;
+        let entries = nodes
+            .iter()
+            .zip(names)
+            .map(|(node, name)| {
+                let len = node.info.len();
+                let info = if len == 0 {
+                    std::ptr::null()
+                } else {
+                    infos[next..].as_ptr()
+                };
+                next += len;
+                etcd_registry_node_entry {
+                    name: at(name),
+                    info,
+                    info_len: len,
+                }
+            })
+            .collect();
+        let json = nodes.iter().map(|_| OnceLock::new()).collect();
+        etcd_registry_node_list {
+            entries,
+            infos,
+            sources: nodes.into_iter().map(|n| n.info).collect(),
+            json,
+            arena,
+        }
+    }
+
+    fn infos_of(&self, entry: &etcd_registry_node_entry) -> &[etcd_registry_info_entry] {
+        if entry.info_len == 0 {
+            return &[];
+        }
+        // SAFETY: `info` points at `info_len` entries of `self.infos`.
+        let start = unsafe { entry.info.offset_from(self.infos.as_ptr()) } as usize;
+        &self.infos[start..start + entry.info_len]
     }
 }
 
 /// # Safety
 /// `list` is NULL or a live list.
-unsafe fn node<'a>(list: *const etcd_registry_node_list, index: usize) -> Option<&'a NodeOut> {
+unsafe fn list_ref<'a>(
+    list: *const etcd_registry_node_list,
+) -> Option<&'a etcd_registry_node_list> {
     // SAFETY: per the caller's contract.
-    unsafe { list.as_ref() }?.nodes.get(index)
+    unsafe { list.as_ref() }
 }
 
 /// The number of nodes; 0 for a NULL list.
@@ -55,7 +159,34 @@ pub unsafe extern "C" fn etcd_registry_node_list_len(
     list: *const etcd_registry_node_list,
 ) -> usize {
     // SAFETY: caller's contract.
-    guard_value(0, || unsafe { list.as_ref() }.map_or(0, |l| l.nodes.len()))
+    guard_value(0, || {
+        unsafe { list_ref(list) }.map_or(0, |l| l.entries.len())
+    })
+}
+
+/// All nodes at once, as an array of `etcd_registry_node_list_len(list)` entries sorted by name,
+/// each with its name and its info entries (sorted by key): the fastest way to read a whole
+/// list. NULL when `list` is NULL or empty. The array and its strings are owned by the list and
+/// valid until `etcd_registry_node_list_free`. NUL characters in a name, key or value are
+/// returned as U+FFFD (the JSON form has them exactly).
+///
+/// ```c
+/// const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
+/// for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)
+///     for (size_t j = 0; j < nodes[i].info_len; j++)
+///         printf("%s %s=%s\n", nodes[i].name, nodes[i].info[j].key, nodes[i].info[j].value);
+/// ```
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_node_list_entries(
+    list: *const etcd_registry_node_list,
+) -> *const etcd_registry_node_entry {
+    guard_value(std::ptr::null(), || {
+        // SAFETY: caller's contract.
+        match unsafe { list_ref(list) } {
+            Some(l) if !l.entries.is_empty() => l.entries.as_ptr(),
+            _ => std::ptr::null(),
+        }
+    })
 }
 
 /// The name of node `index`, or NULL when `list` is NULL or `index` is out of range.
@@ -66,7 +197,9 @@ pub unsafe extern "C" fn etcd_registry_node_list_name(
 ) -> *const c_char {
     guard_value(std::ptr::null(), || {
         // SAFETY: caller's contract.
-        unsafe { node(list, index) }.map_or(std::ptr::null(), |n| n.name.as_ptr())
+        unsafe { list_ref(list) }
+            .and_then(|l| l.entries.get(index))
+            .map_or(std::ptr::null(), |e| e.name)
     })
 }
 
@@ -80,7 +213,15 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_json(
 ) -> *const c_char {
     guard_value(std::ptr::null(), || {
         // SAFETY: caller's contract.
-        unsafe { node(list, index) }.map_or(std::ptr::null(), |n| n.info_json.as_ptr())
+        let Some(l) = (unsafe { list_ref(list) }) else {
+            return std::ptr::null();
+        };
+        match (l.sources.get(index), l.json.get(index)) {
+            (Some(info), Some(json)) => json
+                .get_or_init(|| to_c(&registry::keys::encode_info(info)))
+                .as_ptr(),
+            _ => std::ptr::null(),
+        }
     })
 }
 
@@ -95,14 +236,18 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_value(
 ) -> *const c_char {
     guard_value(std::ptr::null(), || {
         // SAFETY: caller's contract for both pointers.
-        let (Some(node), Ok(key)) = (unsafe { node(list, index) }, unsafe {
-            required(key, "key")
-        }) else {
+        let (Some(l), Ok(key)) = (unsafe { list_ref(list) }, unsafe { required(key, "key") })
+        else {
             return std::ptr::null();
         };
-        node.values
-            .get(key)
-            .map_or(std::ptr::null(), |v| v.as_ptr())
+        let Some((entry, info)) = l.entries.get(index).zip(l.sources.get(index)) else {
+            return std::ptr::null();
+        };
+        // Keys are found by their text as etcd gave it (sorted like `info`), not by the C form.
+        match info.keys().position(|k| k == key) {
+            Some(at) => l.infos_of(entry)[at].value,
+            None => std::ptr::null(),
+        }
     })
 }
 
@@ -116,4 +261,78 @@ pub unsafe extern "C" fn etcd_registry_node_list_free(list: *mut etcd_registry_n
         // SAFETY: a list from this library, freed once (caller's contract).
         drop(unsafe { Box::from_raw(list) });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn text<'a>(ptr: *const c_char) -> &'a str {
+        assert!(!ptr.is_null());
+        // SAFETY: a string of a live list in these tests.
+        unsafe { CStr::from_ptr(ptr) }.to_str().unwrap()
+    }
+
+    fn node(name: &str, info: &[(&str, &str)]) -> Node {
+        Node::new(
+            name,
+            info.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn entries_accessors_and_json_agree() {
+        let list = etcd_registry_node_list::new(vec![
+            node("b", &[("version", "2"), ("address", "10.0.0.2:80")]),
+            node("a", &[]),
+            node("c\0x", &[("k\0", "v\0w")]),
+        ]);
+        let p: *const etcd_registry_node_list = &list;
+        // SAFETY: `p` is live for the whole test.
+        unsafe {
+            assert_eq!(etcd_registry_node_list_len(p), 3);
+            let entries = std::slice::from_raw_parts(etcd_registry_node_list_entries(p), 3);
+            let names: Vec<_> = entries.iter().map(|e| text(e.name)).collect();
+            assert_eq!(names, ["a", "b", "c\u{FFFD}x"]);
+            assert_eq!(entries[0].info_len, 0);
+            assert!(entries[0].info.is_null());
+            let b = std::slice::from_raw_parts(entries[1].info, entries[1].info_len);
+            let b: Vec<_> = b.iter().map(|e| (text(e.key), text(e.value))).collect();
+            assert_eq!(b, [("address", "10.0.0.2:80"), ("version", "2")]);
+            assert_eq!(text(etcd_registry_node_list_name(p, 1)), "b");
+            assert_eq!(
+                text(etcd_registry_node_list_info_json(p, 1)),
+                r#"{"address":"10.0.0.2:80","version":"2"}"#
+            );
+            assert_eq!(text(etcd_registry_node_list_info_json(p, 0)), "{}");
+            assert_eq!(
+                text(etcd_registry_node_list_info_json(p, 2)),
+                r#"{"k\u0000":"v\u0000w"}"#
+            );
+            let version = c"version";
+            assert_eq!(
+                text(etcd_registry_node_list_info_value(p, 1, version.as_ptr())),
+                "2"
+            );
+            assert!(etcd_registry_node_list_info_value(p, 0, version.as_ptr()).is_null());
+            assert!(etcd_registry_node_list_info_value(p, 3, version.as_ptr()).is_null());
+            assert!(etcd_registry_node_list_name(p, 3).is_null());
+            assert!(etcd_registry_node_list_info_json(p, 3).is_null());
+        }
+    }
+
+    #[test]
+    fn empty_and_null_lists() {
+        let list = etcd_registry_node_list::new(Vec::new());
+        // SAFETY: a live list, and NULL.
+        unsafe {
+            assert_eq!(etcd_registry_node_list_len(&list), 0);
+            assert!(etcd_registry_node_list_entries(&list).is_null());
+            assert!(etcd_registry_node_list_entries(std::ptr::null()).is_null());
+            assert_eq!(etcd_registry_node_list_len(std::ptr::null()), 0);
+        }
+    }
 }

@@ -161,6 +161,8 @@ static long count_nodes(etcd_registry *registry, const char *service) {
     etcd_registry_node_list *list = NULL;
     if (etcd_registry_list(registry, service, &list) != ETCD_REGISTRY_STATUS_OK) return -1;
     long n = (long)etcd_registry_node_list_len(list);
+    /* The flat array agrees: NULL exactly when the list is empty. */
+    if ((etcd_registry_node_list_entries(list) == NULL) != (n == 0)) n = -2;
     etcd_registry_node_list_free(list);
     return n;
 }
@@ -432,6 +434,7 @@ static void test_node_list_accessors_on_null(void) {
     CHECK(etcd_registry_node_list_name(NULL, 0) == NULL);
     CHECK(etcd_registry_node_list_info_json(NULL, 0) == NULL);
     CHECK(etcd_registry_node_list_info_value(NULL, 0, "k") == NULL);
+    CHECK(etcd_registry_node_list_entries(NULL) == NULL);
 }
 
 static void test_null_registry_everywhere(void) {
@@ -488,6 +491,13 @@ static void test_register_list_unregister(void) {
     CHECK(etcd_registry_node_list_name(list, 1) == NULL);
     CHECK(etcd_registry_node_list_info_json(list, 1) == NULL);
     CHECK(etcd_registry_node_list_info_value(list, 1, "address") == NULL);
+    /* The same node through the flat array. */
+    const etcd_registry_node_entry *entries = etcd_registry_node_list_entries(list);
+    REQUIRE(entries != NULL);
+    CHECK(strcmp(entries[0].name, "node-1") == 0);
+    REQUIRE(entries[0].info_len == 2);
+    CHECK(strcmp(entries[0].info[0].key, "address") == 0 && strcmp(entries[0].info[0].value, "10.0.0.5:8080") == 0);
+    CHECK(strcmp(entries[0].info[1].key, "zone") == 0 && strcmp(entries[0].info[1].value, "eu") == 0);
     etcd_registry_node_list_free(list);
 
     /* The key is where the Go library puts it: <base>/<service>/<node>. */
