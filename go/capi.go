@@ -213,7 +213,8 @@ func cWatchNodes(p *C.etcd_registry, id uint64) ([]Node, error) {
 }
 
 // takeNodeList copies a node list into Go values and frees it. Never nil. The list is read
-// through its flat entry array (two native calls for the whole list, none per node).
+// through its flat entry array: two native calls for the whole list, none per node, and one
+// copy per node (the library lays a node's name, keys and values out one after the other).
 func takeNodeList(list *C.etcd_registry_node_list) []Node {
 	defer C.etcd_registry_node_list_free(list)
 	n := int(C.etcd_registry_node_list_len(list))
@@ -221,25 +222,48 @@ func takeNodeList(list *C.etcd_registry_node_list) []Node {
 	if n == 0 {
 		return nodes
 	}
-	entries := unsafe.Slice(C.etcd_registry_node_list_entries(list), n)
-	for i := range entries {
-		e := &entries[i]
-		info := make(map[string]string, int(e.info_len))
-		exact := true
-		if e.info_len > 0 {
-			for _, kv := range unsafe.Slice(e.info, int(e.info_len)) {
-				key, value := C.GoString(kv.key), C.GoString(kv.value)
-				exact = exact && !strings.ContainsRune(key, utf8.RuneError) && !strings.ContainsRune(value, utf8.RuneError)
-				info[key] = value
-			}
-		}
-		if !exact {
-			// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
-			info = decodeInfo(goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))))
-		}
-		nodes[i] = Node{Name: C.GoString(e.name), Info: info}
+	for i, e := range unsafe.Slice(C.etcd_registry_node_list_entries(list), n) {
+		nodes[i] = nodeOfEntry(list, i, &e)
 	}
 	return nodes
+}
+
+// nodeOfEntry copies node i of a list: its strings in one piece, then cut at the NULs.
+func nodeOfEntry(list *C.etcd_registry_node_list, i int, e *C.etcd_registry_node_entry) Node {
+	infoLen := int(e.info_len)
+	base := unsafe.Pointer(e.name)
+	last := base // the node's last string: its last value, or its name
+	if infoLen > 0 {
+		last = unsafe.Pointer(unsafe.Slice(e.info, infoLen)[infoLen-1].value)
+	}
+	span := int(uintptr(last) - uintptr(base))
+	for *(*byte)(unsafe.Add(base, span)) != 0 {
+		span++
+	}
+	all := strings.Clone(unsafe.String((*byte)(base), span))
+	next := func() string {
+		cut := strings.IndexByte(all, 0)
+		if cut < 0 {
+			s := all
+			all = ""
+			return s
+		}
+		s := all[:cut]
+		all = all[cut+1:]
+		return s
+	}
+	node := Node{Name: next(), Info: make(map[string]string, infoLen)}
+	exact := true
+	for j := 0; j < infoLen; j++ {
+		key, value := next(), next()
+		exact = exact && !strings.ContainsRune(key, utf8.RuneError) && !strings.ContainsRune(value, utf8.RuneError)
+		node.Info[key] = value
+	}
+	if !exact {
+		// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
+		node.Info = decodeInfo(goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))))
+	}
+	return node
 }
 
 // cClose closes the registry (see the header's shutdown order); the handle stays valid.

@@ -138,6 +138,41 @@ func TestRegisterListAndKeyLayout(t *testing.T) {
 	}
 }
 
+// Values written by other programs are read exactly, whatever they hold: NUL characters,
+// U+FFFD, non-ASCII, no info at all; a value that is not an object keeps its node listed.
+func TestGetServiceNodesReadsEveryValueExactly(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	values := map[string]string{
+		"a-plain": `{"address":"10.0.0.5:8080","version":"1.0.0"}`,
+		"b-empty": ``,
+		"c-nul":   `{"k":"v\u0000w","x\u0000":"y"}`,
+		"d-utf8":  `{"é":"☃ \ufffd","zone":"eu"}`,
+		"e-array": `[1,2]`,
+		"f-num":   `{"port":8080}`,
+		"g-space": ` { "a" : "b" } `,
+	}
+	for name, value := range values {
+		shared.do(t, "put /services/"+service+"/"+name+" "+value)
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Node{
+		{Name: "a-plain", Info: map[string]string{"address": "10.0.0.5:8080", "version": "1.0.0"}},
+		{Name: "b-empty", Info: map[string]string{}},
+		{Name: "c-nul", Info: map[string]string{"k": "v\x00w", "x\x00": "y"}},
+		{Name: "d-utf8", Info: map[string]string{"é": "☃ \ufffd", "zone": "eu"}},
+		{Name: "e-array", Info: map[string]string{}},
+		{Name: "f-num", Info: map[string]string{"port": "8080"}},
+		{Name: "g-space", Info: map[string]string{"a": "b"}},
+	}
+	if !reflect.DeepEqual(nodes, want) {
+		t.Fatalf("listed %q\nwant     %q", nodes, want)
+	}
+}
+
 func TestGetServiceNodesOfUnknownServiceIsEmpty(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	nodes, err := r.GetServiceNodes(serviceName(t))

@@ -83,6 +83,10 @@ pub fn decode_info(value: &[u8]) -> Result<Info, DecodeProblem> {
     if value.iter().all(u8::is_ascii_whitespace) {
         return Ok(Info::new());
     }
+    // The usual case, an object of strings, decodes straight into the map.
+    if let Ok(info) = serde_json::from_slice::<Info>(value) {
+        return Ok(info);
+    }
     let parsed: serde_json::Value = serde_json::from_slice(value)
         .map_err(|e| DecodeProblem(format!("value is not JSON: {e}")))?;
     match parsed {

@@ -4,7 +4,7 @@
 //! the flat arrays handed out by `etcd_registry_node_list_entries` point into it. The JSON form
 //! of a node's info is made only when it is asked for.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
 use std::sync::OnceLock;
 
 use registry::{keys::Info, Node};
@@ -24,8 +24,9 @@ pub struct etcd_registry_node_list {
     entries: Box<[etcd_registry_node_entry]>,
     /// The info entries of all nodes, node after node; each node's run is sorted by key.
     infos: Box<[etcd_registry_info_entry]>,
-    /// The info as etcd gave it, for the JSON form (which keeps NUL characters exactly).
-    sources: Box<[Info]>,
+    /// The info as etcd gave it, of the (rare) nodes whose info has NUL characters, which the
+    /// entries show as U+FFFD and the JSON form keeps exactly; sorted by node index.
+    exact: Vec<(usize, Info)>,
     json: Box<[OnceLock<CString>]>,
 }
 
@@ -125,13 +126,41 @@ impl etcd_registry_node_list {
             })
             .collect();
         let json = nodes.iter().map(|_| OnceLock::new()).collect();
+        let exact = nodes
+            .into_iter()
+            .enumerate()
+            .filter(|(_, n)| {
+                n.info
+                    .iter()
+                    .any(|(k, v)| k.as_bytes().contains(&0) || v.as_bytes().contains(&0))
+            })
+            .map(|(i, n)| (i, n.info))
+            .collect();
         etcd_registry_node_list {
             entries,
             infos,
-            sources: nodes.into_iter().map(|n| n.info).collect(),
+            exact,
             json,
             arena,
         }
+    }
+
+    /// The JSON form of node `index`'s info.
+    fn encode(&self, index: usize, entry: &etcd_registry_node_entry) -> CString {
+        if let Ok(at) = self.exact.binary_search_by_key(&index, |(i, _)| *i) {
+            return to_c(&registry::keys::encode_info(&self.exact[at].1));
+        }
+        // SAFETY: every pointer of an entry points at a NUL-terminated string of the arena,
+        // copied from a `&str`, so valid UTF-8.
+        let text = |p: *const c_char| unsafe {
+            std::str::from_utf8_unchecked(CStr::from_ptr(p).to_bytes())
+        };
+        let info: std::collections::BTreeMap<&str, &str> = self
+            .infos_of(entry)
+            .iter()
+            .map(|e| (text(e.key), text(e.value)))
+            .collect();
+        to_c(&serde_json::to_string(&info).expect("a map of strings always serializes"))
     }
 
     fn infos_of(&self, entry: &etcd_registry_node_entry) -> &[etcd_registry_info_entry] {
@@ -169,6 +198,10 @@ pub unsafe extern "C" fn etcd_registry_node_list_len(
 /// list. NULL when `list` is NULL or empty. The array and its strings are owned by the list and
 /// valid until `etcd_registry_node_list_free`. NUL characters in a name, key or value are
 /// returned as U+FFFD (the JSON form has them exactly).
+///
+/// A node's strings lie one after the other in memory: its name, then key 1, value 1, key 2,
+/// value 2 … in the order of `info`, each followed by its NUL. A binding may copy a node's
+/// strings in one piece, from `name` to the NUL of its last value.
 ///
 /// ```c
 /// const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
@@ -216,10 +249,8 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_json(
         let Some(l) = (unsafe { list_ref(list) }) else {
             return std::ptr::null();
         };
-        match (l.sources.get(index), l.json.get(index)) {
-            (Some(info), Some(json)) => json
-                .get_or_init(|| to_c(&registry::keys::encode_info(info)))
-                .as_ptr(),
+        match (l.entries.get(index), l.json.get(index)) {
+            (Some(entry), Some(json)) => json.get_or_init(|| l.encode(index, entry)).as_ptr(),
             _ => std::ptr::null(),
         }
     })
@@ -240,14 +271,15 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_value(
         else {
             return std::ptr::null();
         };
-        let Some((entry, info)) = l.entries.get(index).zip(l.sources.get(index)) else {
+        let Some(entry) = l.entries.get(index) else {
             return std::ptr::null();
         };
-        // Keys are found by their text as etcd gave it (sorted like `info`), not by the C form.
-        match info.keys().position(|k| k == key) {
-            Some(at) => l.infos_of(entry)[at].value,
-            None => std::ptr::null(),
-        }
+        // A key with a NUL character (shown with U+FFFD) cannot be asked for from C.
+        l.infos_of(entry)
+            .iter()
+            // SAFETY: a NUL-terminated string of the arena.
+            .find(|e| unsafe { CStr::from_ptr(e.key) }.to_bytes() == key.as_bytes())
+            .map_or(std::ptr::null(), |e| e.value)
     })
 }
 
@@ -266,7 +298,6 @@ pub unsafe extern "C" fn etcd_registry_node_list_free(list: *mut etcd_registry_n
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CStr;
 
     fn text<'a>(ptr: *const c_char) -> &'a str {
         assert!(!ptr.is_null());
@@ -302,6 +333,18 @@ mod tests {
             let b = std::slice::from_raw_parts(entries[1].info, entries[1].info_len);
             let b: Vec<_> = b.iter().map(|e| (text(e.key), text(e.value))).collect();
             assert_eq!(b, [("address", "10.0.0.2:80"), ("version", "2")]);
+            // The documented layout: name, key 1, value 1 … one after the other.
+            for e in entries.iter().filter(|e| e.info_len > 0) {
+                let mut next = e.name.add(CStr::from_ptr(e.name).to_bytes().len() + 1);
+                for kv in std::slice::from_raw_parts(e.info, e.info_len) {
+                    assert_eq!(kv.key, next);
+                    assert_eq!(
+                        kv.value,
+                        kv.key.add(CStr::from_ptr(kv.key).to_bytes().len() + 1)
+                    );
+                    next = kv.value.add(CStr::from_ptr(kv.value).to_bytes().len() + 1);
+                }
+            }
             assert_eq!(text(etcd_registry_node_list_name(p, 1)), "b");
             assert_eq!(
                 text(etcd_registry_node_list_info_json(p, 1)),
