@@ -755,6 +755,10 @@ size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
  * valid until `etcd_registry_node_list_free`. NUL characters in a name, key or value are
  * returned as U+FFFD (the JSON form has them exactly).
  *
+ * A node's strings lie one after the other in memory: its name, then key 1, value 1, key 2,
+ * value 2 … in the order of `info`, each followed by its NUL. A binding may copy a node's
+ * strings in one piece, from `name` to the NUL of its last value.
+ *
  * ```c
  * const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
  * for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)

@@ -19,6 +19,11 @@ pub const BASE: &str = "/bench";
 const REGISTER_TTL: u64 = 30;
 /// Longest wait for a driver's reply to one command.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Each layer's lists and registrations of a round are split into this many chunks, alternated
+/// with the same chunks run by a floor driver beside it: the ratio compares runs seconds apart.
+const CHUNKS: usize = 5;
+/// The floor's layer name.
+const FLOOR: &str = "raw";
 
 /// Iterations and durations, full or quick (`BENCH_QUICK=1`).
 pub struct Settings {
@@ -194,6 +199,7 @@ pub fn main(args: &[String]) -> i32 {
         layers: layers.clone(),
         skipped,
         latency: BTreeMap::new(),
+        paired_floor: BTreeMap::new(),
         bulk: BTreeMap::new(),
         recovery: BTreeMap::new(),
         errors: Vec::new(),
@@ -264,6 +270,17 @@ fn prefix(service: &str) -> String {
     format!("{BASE}/{service}/")
 }
 
+fn pct(us: &[f64]) -> Option<Pct> {
+    match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
+        (Some(p50), Some(p99)) => Some(Pct {
+            p50,
+            p99,
+            n: us.len(),
+        }),
+        _ => None,
+    }
+}
+
 impl Bench<'_> {
     fn run(&mut self, phases: &[String]) -> Res<()> {
         let wants = |p: &str| phases.iter().any(|x| x == p);
@@ -326,14 +343,6 @@ impl Bench<'_> {
     }
 
     fn record(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
-        let pct = match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
-            (Some(p50), Some(p99)) => Some(Pct {
-                p50,
-                p99,
-                n: us.len(),
-            }),
-            _ => None,
-        };
         let rounds = self.settings.rounds;
         let slot = self
             .results
@@ -343,8 +352,51 @@ impl Bench<'_> {
             .entry(layer.to_string())
             .or_insert_with(|| vec![None; rounds]);
         if round < slot.len() {
-            slot[round] = pct;
+            slot[round] = pct(us);
         }
+    }
+
+    /// The floor's samples taken in alternation with `layer`'s.
+    fn record_floor(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
+        let rounds = self.settings.rounds;
+        let slot = self
+            .results
+            .paired_floor
+            .entry(measurement.to_string())
+            .or_default()
+            .entry(layer.to_string())
+            .or_insert_with(|| vec![None; rounds]);
+        if round < slot.len() {
+            slot[round] = pct(us);
+        }
+    }
+
+    /// Runs `cmd(chunk, iterations)` CHUNKS times on the layer's driver and, when there is one,
+    /// on the floor driver beside it, alternating which goes first; returns both sample sets.
+    fn chunked(
+        layer: &mut Driver,
+        mut floor: Option<&mut Driver>,
+        iters: usize,
+        cmd: impl Fn(usize, usize, bool) -> String,
+    ) -> Res<(Vec<f64>, Vec<f64>)> {
+        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        let chunks = CHUNKS.min(iters.max(1));
+        for c in 0..chunks {
+            let n = iters / chunks + usize::from(c < iters % chunks);
+            for turn in 0..2 {
+                let floor_turn = (turn + c) % 2 == 0;
+                match (&mut floor, floor_turn) {
+                    (Some(f), true) => {
+                        theirs.extend(samples(&f.call(&cmd(c, n, true), REPLY_TIMEOUT)?)?)
+                    }
+                    (_, false) => {
+                        mine.extend(samples(&layer.call(&cmd(c, n, false), REPLY_TIMEOUT)?)?)
+                    }
+                    (None, true) => {}
+                }
+            }
+        }
+        Ok((mine, theirs))
     }
 
     fn latency_round(
@@ -355,29 +407,57 @@ impl Bench<'_> {
         round: usize,
     ) -> Res<()> {
         let mut d = Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let floor_layer = self.layers.iter().find(|l| l.name == FLOOR).cloned();
+        let mut floor = match floor_layer {
+            Some(f) if layer.name != FLOOR => {
+                Some(Driver::spawn(&f, &etcd.endpoints(), BASE, &self.log_dir)?)
+            }
+            _ => None,
+        };
         for (size, iters) in self.settings.list.clone() {
-            let r = d.call(&format!("list list-{size} {iters}"), REPLY_TIMEOUT);
-            match r.and_then(|v| {
-                let got = num(&v, "nodes")? as usize;
-                if got != size {
-                    return Err(format!("listed {got} nodes of {size}"));
+            let listed = Self::chunked(&mut d, floor.as_mut(), iters, |_, n, _| {
+                format!("list list-{size} {n}")
+            });
+            match listed {
+                Ok((us, floor_us)) => {
+                    self.record(&format!("list_{size}"), &layer.name, round, &us);
+                    if !floor_us.is_empty() {
+                        self.record_floor(&format!("list_{size}"), &layer.name, round, &floor_us);
+                    }
                 }
-                samples(&v)
-            }) {
-                Ok(us) => self.record(&format!("list_{size}"), &layer.name, round, &us),
                 Err(e) => self.error(format!("{} list {size}: {e}", layer.name)),
             }
         }
-        let service = format!("rv-{}-{round}", layer.name);
-        let cmd = format!(
-            "register_visible {service} {} {REGISTER_TTL}",
-            self.settings.register_iters
+        let service = |c: usize, floor: bool| {
+            format!(
+                "rv-{}-{round}-{c}{}",
+                layer.name,
+                if floor { "-floor" } else { "" }
+            )
+        };
+        let registered = Self::chunked(
+            &mut d,
+            floor.as_mut(),
+            self.settings.register_iters,
+            |c, n, floor| format!("register_visible {} {n} {REGISTER_TTL}", service(c, floor)),
         );
-        match d.call(&cmd, REPLY_TIMEOUT).and_then(|v| samples(&v)) {
-            Ok(us) => self.record("register_visible", &layer.name, round, &us),
+        for c in 0..CHUNKS {
+            for f in [false, true] {
+                let _ = direct.delete_prefix(&prefix(&service(c, f)));
+            }
+        }
+        match registered {
+            Ok((us, floor_us)) => {
+                self.record("register_visible", &layer.name, round, &us);
+                if !floor_us.is_empty() {
+                    self.record_floor("register_visible", &layer.name, round, &floor_us);
+                }
+            }
             Err(e) => self.error(format!("{} register_visible: {e}", layer.name)),
         }
-        let _ = direct.delete_prefix(&prefix(&service));
+        if let Some(f) = floor {
+            f.quit(Duration::from_secs(10));
+        }
         let service = format!("wl-{}-{round}", layer.name);
         let watched = self.watch_lag(&mut d, direct, &service);
         let _ = direct.delete_prefix(&prefix(&service));

@@ -17,17 +17,24 @@ use crate::strings::{required, to_c};
 /// `etcd_registry_node_list_free`. Safe to read from several threads at once.
 #[allow(non_camel_case_types)]
 pub struct etcd_registry_node_list {
-    /// Every name, key and value, each NUL-terminated. Never changed after `new`, so the
-    /// pointers into it stay valid. Only read through those pointers.
-    #[allow(dead_code)]
-    arena: Box<[u8]>,
     entries: Box<[etcd_registry_node_entry]>,
-    /// The info entries of all nodes, node after node; each node's run is sorted by key.
-    infos: Box<[etcd_registry_info_entry]>,
+    /// What each entry points into, never changed after `new` (so the pointers stay valid).
+    /// Small buffers, one or two per node: allocators reuse those from list to list, where one
+    /// large buffer tends to go back to the kernel when freed and be faulted in again.
+    storage: Box<[NodeStorage]>,
     /// The info as etcd gave it, of the (rare) nodes whose info has NUL characters, which the
     /// entries show as U+FFFD and the JSON form keeps exactly; sorted by node index.
     exact: Vec<(usize, Info)>,
-    json: Box<[OnceLock<CString>]>,
+    /// The JSON forms, made when first asked for.
+    json: OnceLock<Box<[OnceLock<CString>]>>,
+}
+
+struct NodeStorage {
+    /// The name, then each key and value, each followed by a NUL. Only read through the
+    /// entries' pointers.
+    #[allow(dead_code)]
+    strings: Box<[u8]>,
+    infos: Box<[etcd_registry_info_entry]>,
 }
 
 /// One node of a list: see `etcd_registry_node_list_entries`.
@@ -58,118 +65,111 @@ unsafe impl Send for etcd_registry_node_list {}
 // SAFETY: as above.
 unsafe impl Sync for etcd_registry_node_list {}
 
-/// Appends `text` and a NUL to `arena`, NUL characters inside it becoming U+FFFD (as
-/// [`to_c`] does), and returns where it starts.
-fn push(arena: &mut Vec<u8>, text: &str) -> usize {
-    let start = arena.len();
+/// Appends `text` and a NUL to `buf`, NUL characters inside it becoming U+FFFD (as [`to_c`]
+/// does), and returns where it starts.
+fn push(buf: &mut Vec<u8>, text: &str) -> usize {
+    let start = buf.len();
     if text.as_bytes().contains(&0) {
-        arena.extend_from_slice(text.replace('\0', "\u{FFFD}").as_bytes());
+        buf.extend_from_slice(text.replace('\0', "\u{FFFD}").as_bytes());
     } else {
-        arena.extend_from_slice(text.as_bytes());
+        buf.extend_from_slice(text.as_bytes());
     }
-    arena.push(0);
+    buf.push(0);
     start
+}
+
+impl NodeStorage {
+    fn new(node: &Node) -> (NodeStorage, bool) {
+        let size = node.name.len()
+            + 1
+            + node
+                .info
+                .iter()
+                .map(|(k, v)| k.len() + v.len() + 2)
+                .sum::<usize>();
+        let mut buf = Vec::with_capacity(size);
+        push(&mut buf, &node.name);
+        for (key, value) in &node.info {
+            push(&mut buf, key);
+            push(&mut buf, value);
+        }
+        let replaced = buf.len() != size;
+        let strings = buf.into_boxed_slice();
+        // Every NUL in the buffer ends one string (those inside were replaced): the name, then
+        // key, value, key, value …
+        let mut starts = std::iter::once(0)
+            .chain(
+                strings
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| **b == 0)
+                    .map(|(i, _)| i + 1),
+            )
+            .skip(1)
+            .map(|offset| strings[offset..].as_ptr().cast::<c_char>());
+        let mut infos = Vec::with_capacity(node.info.len());
+        for _ in 0..node.info.len() {
+            let (Some(key), Some(value)) = (starts.next(), starts.next()) else {
+                break;
+            };
+            infos.push(etcd_registry_info_entry { key, value });
+        }
+        let infos = infos.into_boxed_slice();
+        (NodeStorage { strings, infos }, replaced)
+    }
+
+    fn entry(&self) -> etcd_registry_node_entry {
+        etcd_registry_node_entry {
+            name: self.strings.as_ptr().cast(),
+            info: if self.infos.is_empty() {
+                std::ptr::null()
+            } else {
+                self.infos.as_ptr()
+            },
+            info_len: self.infos.len(),
+        }
+    }
 }
 
 impl etcd_registry_node_list {
     pub(crate) fn new(mut nodes: Vec<Node>) -> Self {
         nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        let size = nodes
-            .iter()
-            .map(|n| {
-                n.name.len()
-                    + 1
-                    + n.info
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len() + 2)
-                        .sum::<usize>()
-            })
-            .sum();
-        let info_count = nodes.iter().map(|n| n.info.len()).sum();
-        // Offsets first: the arena may still grow (a NUL replaced by U+FFFD takes 3 bytes).
-        let mut arena = Vec::with_capacity(size);
-        let mut names = Vec::with_capacity(nodes.len());
-        let mut pairs = Vec::with_capacity(info_count);
-        for node in &nodes {
-            names.push(push(&mut arena, &node.name));
-            for (key, value) in &node.info {
-                let key = push(&mut arena, key);
-                pairs.push((key, push(&mut arena, value)));
-            }
-        }
-        let arena = arena.into_boxed_slice();
-        let at = |offset: usize| arena[offset..].as_ptr().cast::<c_char>();
-        let infos: Box<[etcd_registry_info_entry]> = pairs
-            .into_iter()
-            .map(|(key, value)| etcd_registry_info_entry {
-                key: at(key),
-                value: at(value),
-            })
-            .collect();
-        let mut next = 0;
-        let entries = nodes
-            .iter()
-            .zip(names)
-            .map(|(node, name)| {
-                let len = node.info.len();
-                let info = if len == 0 {
-                    std::ptr::null()
-                } else {
-                    infos[next..].as_ptr()
-                };
-                next += len;
-                etcd_registry_node_entry {
-                    name: at(name),
-                    info,
-                    info_len: len,
-                }
-            })
-            .collect();
-        let json = nodes.iter().map(|_| OnceLock::new()).collect();
-        let exact = nodes
+        let mut exact = Vec::new();
+        let storage: Box<[NodeStorage]> = nodes
             .into_iter()
             .enumerate()
-            .filter(|(_, n)| {
-                n.info
-                    .iter()
-                    .any(|(k, v)| k.as_bytes().contains(&0) || v.as_bytes().contains(&0))
+            .map(|(i, node)| {
+                let (storage, replaced) = NodeStorage::new(&node);
+                if replaced {
+                    exact.push((i, node.info));
+                }
+                storage
             })
-            .map(|(i, n)| (i, n.info))
             .collect();
         etcd_registry_node_list {
-            entries,
-            infos,
+            entries: storage.iter().map(NodeStorage::entry).collect(),
+            storage,
             exact,
-            json,
-            arena,
+            json: OnceLock::new(),
         }
     }
 
     /// The JSON form of node `index`'s info.
-    fn encode(&self, index: usize, entry: &etcd_registry_node_entry) -> CString {
+    fn encode(&self, index: usize) -> CString {
         if let Ok(at) = self.exact.binary_search_by_key(&index, |(i, _)| *i) {
             return to_c(&registry::keys::encode_info(&self.exact[at].1));
         }
-        // SAFETY: every pointer of an entry points at a NUL-terminated string of the arena,
-        // copied from a `&str`, so valid UTF-8.
+        // SAFETY: every pointer of an entry points at a NUL-terminated string copied from a
+        // `&str` with no NUL inside (else the node would be in `exact`), so valid UTF-8.
         let text = |p: *const c_char| unsafe {
             std::str::from_utf8_unchecked(CStr::from_ptr(p).to_bytes())
         };
-        let info: std::collections::BTreeMap<&str, &str> = self
-            .infos_of(entry)
+        let info: std::collections::BTreeMap<&str, &str> = self.storage[index]
+            .infos
             .iter()
             .map(|e| (text(e.key), text(e.value)))
             .collect();
         to_c(&serde_json::to_string(&info).expect("a map of strings always serializes"))
-    }
-
-    fn infos_of(&self, entry: &etcd_registry_node_entry) -> &[etcd_registry_info_entry] {
-        if entry.info_len == 0 {
-            return &[];
-        }
-        // SAFETY: `info` points at `info_len` entries of `self.infos`.
-        let start = unsafe { entry.info.offset_from(self.infos.as_ptr()) } as usize;
-        &self.infos[start..start + entry.info_len]
     }
 }
 
@@ -249,10 +249,13 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_json(
         let Some(l) = (unsafe { list_ref(list) }) else {
             return std::ptr::null();
         };
-        match (l.entries.get(index), l.json.get(index)) {
-            (Some(entry), Some(json)) => json.get_or_init(|| l.encode(index, entry)).as_ptr(),
-            _ => std::ptr::null(),
+        if index >= l.entries.len() {
+            return std::ptr::null();
         }
+        let table = l
+            .json
+            .get_or_init(|| l.entries.iter().map(|_| OnceLock::new()).collect());
+        table[index].get_or_init(|| l.encode(index)).as_ptr()
     })
 }
 
@@ -271,13 +274,13 @@ pub unsafe extern "C" fn etcd_registry_node_list_info_value(
         else {
             return std::ptr::null();
         };
-        let Some(entry) = l.entries.get(index) else {
+        let Some(node) = l.storage.get(index) else {
             return std::ptr::null();
         };
         // A key with a NUL character (shown with U+FFFD) cannot be asked for from C.
-        l.infos_of(entry)
+        node.infos
             .iter()
-            // SAFETY: a NUL-terminated string of the arena.
+            // SAFETY: a NUL-terminated string of the node's storage.
             .find(|e| unsafe { CStr::from_ptr(e.key) }.to_bytes() == key.as_bytes())
             .map_or(std::ptr::null(), |e| e.value)
     })
