@@ -240,6 +240,21 @@ impl Registry {
         Ok(listing.nodes.into_iter().map(|(n, _)| n).collect())
     }
 
+    /// Lists a service like [`Registry::list`], handing each node to `f` as borrowed text — its
+    /// name, and its info as (key, value) pairs sorted by key — instead of building [`Node`]s:
+    /// for bindings that copy the nodes into their own form anyway.
+    pub async fn list_with<T>(
+        &self,
+        service: &str,
+        f: impl FnMut(&str, &[(&str, &str)]) -> T,
+    ) -> Result<Vec<T>> {
+        self.check_open()?;
+        validate_name("service", service)?;
+        let prefix = service_prefix(&self.inner.config.base_path, service);
+        let resp = watch::fetch_raw(&self.inner.conn, &prefix).await?;
+        Ok(watch::each_node(&resp, &prefix, f))
+    }
+
     /// Watches a service: lists it (failing if etcd cannot be reached now), then follows every
     /// change. See [`Watch`].
     pub async fn watch(&self, service: &str) -> Result<Watch> {

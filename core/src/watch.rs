@@ -158,13 +158,7 @@ pub(crate) struct Listing {
 /// Lists the direct children of `prefix` in one range request. Values that are not JSON objects
 /// keep their node with empty info, and are logged.
 pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
-    let key = prefix.to_string();
-    let resp = conn
-        .call("listing nodes", |mut c| async move {
-            c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
-                .await
-        })
-        .await?;
+    let resp = fetch_raw(conn, prefix).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
     let nodes = resp
         .kvs()
@@ -172,6 +166,50 @@ pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
         .filter_map(|kv| node_of(prefix, kv.key(), kv.value()).map(|n| (n, kv.mod_revision())))
         .collect();
     Ok(Listing { nodes, revision })
+}
+
+/// Every key under `prefix`, in one range request.
+pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
+    let key = prefix.to_string();
+    conn.call("listing nodes", |mut c| async move {
+        c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+            .await
+    })
+    .await
+}
+
+/// Hands each direct child of `prefix` in `resp` to `f` as borrowed text: its name and its info
+/// as (key, value) pairs sorted by key, decoded as [`node_of`] does.
+pub(crate) fn each_node<T>(
+    resp: &etcd_client::GetResponse,
+    prefix: &str,
+    mut f: impl FnMut(&str, &[(&str, &str)]) -> T,
+) -> Vec<T> {
+    let mut out = Vec::with_capacity(resp.kvs().len());
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for kv in resp.kvs() {
+        let Some(name) = std::str::from_utf8(kv.key())
+            .ok()
+            .and_then(|key| node_name_of(prefix, key))
+        else {
+            continue;
+        };
+        pairs.clear();
+        // The usual value, an object of strings without escapes, is read in place.
+        if let Ok(map) =
+            serde_json::from_slice::<std::collections::BTreeMap<&str, &str>>(kv.value())
+        {
+            pairs.extend(map);
+            out.push(f(name, &pairs));
+            continue;
+        }
+        let info = node_of(prefix, kv.key(), kv.value())
+            .map(|n| n.info)
+            .unwrap_or_default();
+        let owned: Vec<(&str, &str)> = info.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        out.push(f(name, &owned));
+    }
+    out
 }
 
 fn node_of(prefix: &str, key: &[u8], value: &[u8]) -> Option<Node> {

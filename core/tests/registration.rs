@@ -133,6 +133,45 @@ async fn lists_what_the_go_library_wrote_and_survives_garbage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_with_reads_every_value_as_list_does() {
+    let etcd = etcd();
+    for (name, value) in [
+        ("plain", r#"{"b":"2","a":"1"}"#),
+        ("escaped", r#"{"k":"v\"q\u0000","\u00e9":"x"}"#),
+        ("utf8", r#"{"é":"☃"}"#),
+        ("number", r#"{"port":8080}"#),
+        ("duplicate", r#"{"k":"1","k":"2"}"#),
+        ("spaces", r#" { "a" : "b" } "#),
+        ("empty", ""),
+        ("garbage", "not json {"),
+        ("array", "[1,2]"),
+    ] {
+        etcd.put(&format!("/services/api/{name}"), value).unwrap();
+    }
+    etcd.put("/services/api/deeper/child", "{}").unwrap();
+    let registry = Registry::connect(config(&etcd, "/services")).await.unwrap();
+    let mut want = registry.list("api").await.unwrap();
+    want.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(want.len(), 9);
+    let mut got = registry
+        .list_with("api", |name, info| {
+            assert!(
+                info.windows(2).all(|w| w[0].0 < w[1].0),
+                "info sorted by key"
+            );
+            let info = info.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+            Node::new(name, info.collect())
+        })
+        .await
+        .unwrap();
+    got.sort_by(|a, b| a.name.cmp(&b.name));
+    assert_eq!(got, want);
+    let escaped = got.iter().find(|n| n.name == "escaped").unwrap();
+    assert_eq!(escaped.info["k"], "v\"q\0");
+    assert_eq!(escaped.info["é"], "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_input_is_rejected_at_once() {
     let etcd = etcd();
     let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();

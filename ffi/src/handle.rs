@@ -16,7 +16,7 @@ use crate::events::{
     etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
     Payload, PullQueue, Pulled, Sink, Sub, UserData,
 };
-use crate::node_list::etcd_registry_node_list;
+use crate::node_list::{etcd_registry_node_list, NodeStorage};
 use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
 use crate::strings::{optional, required};
 
@@ -473,10 +473,10 @@ pub unsafe extern "C" fn etcd_registry_list(
         let slot = out(out_node_list, "out_node_list")?;
         ensure_can_block()?;
         drop(this.open()?);
-        let nodes = block_on(this.registry.list(service))??;
+        let parts = block_on(this.registry.list_with(service, NodeStorage::new))??;
         write_out(
             slot,
-            Box::into_raw(Box::new(etcd_registry_node_list::new(nodes))),
+            Box::into_raw(Box::new(etcd_registry_node_list::from_parts(parts))),
         );
         Ok(())
     })

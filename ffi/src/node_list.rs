@@ -29,7 +29,7 @@ pub struct etcd_registry_node_list {
     json: OnceLock<Box<[OnceLock<CString>]>>,
 }
 
-struct NodeStorage {
+pub(crate) struct NodeStorage {
     /// The name, then each key and value, each followed by a NUL. Only read through the
     /// entries' pointers.
     #[allow(dead_code)]
@@ -79,17 +79,18 @@ fn push(buf: &mut Vec<u8>, text: &str) -> usize {
 }
 
 impl NodeStorage {
-    fn new(node: &Node) -> (NodeStorage, bool) {
-        let size = node.name.len()
+    /// A node's storage from its name and info (pairs sorted by key), and its info as given
+    /// when it holds NUL characters (see `exact`).
+    pub(crate) fn new(name: &str, info: &[(&str, &str)]) -> (NodeStorage, Option<Info>) {
+        let size = name.len()
             + 1
-            + node
-                .info
+            + info
                 .iter()
                 .map(|(k, v)| k.len() + v.len() + 2)
                 .sum::<usize>();
         let mut buf = Vec::with_capacity(size);
-        push(&mut buf, &node.name);
-        for (key, value) in &node.info {
+        push(&mut buf, name);
+        for (key, value) in info {
             push(&mut buf, key);
             push(&mut buf, value);
         }
@@ -107,15 +108,26 @@ impl NodeStorage {
             )
             .skip(1)
             .map(|offset| strings[offset..].as_ptr().cast::<c_char>());
-        let mut infos = Vec::with_capacity(node.info.len());
-        for _ in 0..node.info.len() {
+        let mut infos = Vec::with_capacity(info.len());
+        for _ in 0..info.len() {
             let (Some(key), Some(value)) = (starts.next(), starts.next()) else {
                 break;
             };
             infos.push(etcd_registry_info_entry { key, value });
         }
         let infos = infos.into_boxed_slice();
-        (NodeStorage { strings, infos }, replaced)
+        let exact = replaced.then(|| {
+            info.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        });
+        (NodeStorage { strings, infos }, exact)
+    }
+
+    /// The name as stored (without its NUL).
+    fn name(&self) -> &[u8] {
+        let end = self.strings.iter().position(|b| *b == 0).unwrap_or(0);
+        &self.strings[..end]
     }
 
     fn entry(&self) -> etcd_registry_node_entry {
@@ -132,16 +144,33 @@ impl NodeStorage {
 }
 
 impl etcd_registry_node_list {
-    pub(crate) fn new(mut nodes: Vec<Node>) -> Self {
-        nodes.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    /// A list of `nodes`, in any order.
+    pub(crate) fn new(nodes: Vec<Node>) -> Self {
+        Self::from_parts(
+            nodes
+                .iter()
+                .map(|n| {
+                    let info: Vec<(&str, &str)> = n
+                        .info
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    NodeStorage::new(&n.name, &info)
+                })
+                .collect(),
+        )
+    }
+
+    /// A list of nodes made by [`NodeStorage::new`], in any order.
+    pub(crate) fn from_parts(mut parts: Vec<(NodeStorage, Option<Info>)>) -> Self {
+        parts.sort_by(|a, b| a.0.name().cmp(b.0.name()));
         let mut exact = Vec::new();
-        let storage: Box<[NodeStorage]> = nodes
+        let storage: Box<[NodeStorage]> = parts
             .into_iter()
             .enumerate()
-            .map(|(i, node)| {
-                let (storage, replaced) = NodeStorage::new(&node);
-                if replaced {
-                    exact.push((i, node.info));
+            .map(|(i, (storage, info))| {
+                if let Some(info) = info {
+                    exact.push((i, info));
                 }
                 storage
             })
