@@ -17,7 +17,6 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 )
 
@@ -241,6 +240,8 @@ func nodeOfEntry(list *C.etcd_registry_node_list, i int, e *C.etcd_registry_node
 		span++
 	}
 	all := strings.Clone(unsafe.String((*byte)(base), span))
+	// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
+	exact := !strings.Contains(all, "\uFFFD")
 	next := func() string {
 		cut := strings.IndexByte(all, 0)
 		if cut < 0 {
@@ -253,14 +254,11 @@ func nodeOfEntry(list *C.etcd_registry_node_list, i int, e *C.etcd_registry_node
 		return s
 	}
 	node := Node{Name: next(), Info: make(map[string]string, infoLen)}
-	exact := true
 	for j := 0; j < infoLen; j++ {
 		key, value := next(), next()
-		exact = exact && !strings.ContainsRune(key, utf8.RuneError) && !strings.ContainsRune(value, utf8.RuneError)
 		node.Info[key] = value
 	}
-	if !exact {
-		// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
+	if !exact && infoLen > 0 {
 		node.Info = decodeInfo(goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))))
 	}
 	return node
