@@ -270,6 +270,25 @@ fn prefix(service: &str) -> String {
     format!("{BASE}/{service}/")
 }
 
+/// Stores one round's percentiles of `us` under measurement → layer.
+fn put_round(
+    table: &mut BTreeMap<String, BTreeMap<String, Vec<Option<Pct>>>>,
+    rounds: usize,
+    measurement: &str,
+    layer: &str,
+    round: usize,
+    us: &[f64],
+) {
+    let slot = table
+        .entry(measurement.to_string())
+        .or_default()
+        .entry(layer.to_string())
+        .or_insert_with(|| vec![None; rounds]);
+    if round < slot.len() {
+        slot[round] = pct(us);
+    }
+}
+
 fn pct(us: &[f64]) -> Option<Pct> {
     match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
         (Some(p50), Some(p99)) => Some(Pct {
@@ -344,31 +363,27 @@ impl Bench<'_> {
 
     fn record(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
         let rounds = self.settings.rounds;
-        let slot = self
-            .results
-            .latency
-            .entry(measurement.to_string())
-            .or_default()
-            .entry(layer.to_string())
-            .or_insert_with(|| vec![None; rounds]);
-        if round < slot.len() {
-            slot[round] = pct(us);
-        }
+        put_round(
+            &mut self.results.latency,
+            rounds,
+            measurement,
+            layer,
+            round,
+            us,
+        );
     }
 
     /// The floor's samples taken in alternation with `layer`'s.
     fn record_floor(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
         let rounds = self.settings.rounds;
-        let slot = self
-            .results
-            .paired_floor
-            .entry(measurement.to_string())
-            .or_default()
-            .entry(layer.to_string())
-            .or_insert_with(|| vec![None; rounds]);
-        if round < slot.len() {
-            slot[round] = pct(us);
-        }
+        put_round(
+            &mut self.results.paired_floor,
+            rounds,
+            measurement,
+            layer,
+            round,
+            us,
+        );
     }
 
     /// Runs `cmd(chunk, iterations)` CHUNKS times on the layer's driver and, when there is one,
