@@ -1,8 +1,8 @@
 //! `etcd_registry_node_list`: a snapshot of a service's nodes with their info.
 //!
-//! Every string of the list lives in one buffer (`arena`), written once when the list is made;
-//! the flat arrays handed out by `etcd_registry_node_list_entries` point into it. The JSON form
-//! of a node's info is made only when it is asked for.
+//! Each node's strings live in one buffer of its own (name, key, value, key, value …), written
+//! once when the list is made; the flat array handed out by `etcd_registry_node_list_entries`
+//! points into those buffers. The JSON form of a node's info is made only when asked for.
 
 use std::ffi::{c_char, CStr, CString};
 use std::sync::OnceLock;
