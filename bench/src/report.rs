@@ -61,7 +61,8 @@ pub const MEASUREMENTS: &[(&str, &str)] = &[
 ];
 
 const WATCH_P99_TARGET_US: f64 = 5000.0;
-const FLOOR: &str = "raw";
+/// The floor's layer name.
+pub const FLOOR: &str = "raw";
 
 /// Medians over the rounds of one layer's p50, p99, and of its per-round ratios to the floor.
 #[derive(Debug, Clone, Copy)]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::child::{num, samples, Driver, Layer, Res};
 use crate::direct::Direct;
-use crate::report::{self, Pct, Recovery, Results};
+use crate::report::{self, Pct, Recovery, Results, FLOOR};
 use crate::{stats, sysinfo};
 
 /// Base path of every key the benchmark writes.
@@ -22,8 +22,6 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Each layer's lists and registrations of a round are split into this many chunks, alternated
 /// with the same chunks run by a floor driver beside it: the ratio compares runs seconds apart.
 const CHUNKS: usize = 5;
-/// The floor's layer name.
-const FLOOR: &str = "raw";
 
 /// Iterations and durations, full or quick (`BENCH_QUICK=1`).
 pub struct Settings {
@@ -289,6 +287,9 @@ fn put_round(
     }
 }
 
+/// A layer's samples of one measurement and round, and those of the floor run beside it.
+type Samples = (Vec<f64>, Vec<f64>);
+
 fn pct(us: &[f64]) -> Option<Pct> {
     match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
         (Some(p50), Some(p99)) => Some(Pct {
@@ -373,27 +374,27 @@ impl Bench<'_> {
         );
     }
 
-    /// The floor's samples taken in alternation with `layer`'s.
-    fn record_floor(&mut self, measurement: &str, layer: &str, round: usize, us: &[f64]) {
-        let rounds = self.settings.rounds;
-        put_round(
-            &mut self.results.paired_floor,
-            rounds,
-            measurement,
-            layer,
-            round,
-            us,
-        );
+    /// Records a layer's samples of a round and those of the floor run beside it (if any).
+    fn record_pair(&mut self, measurement: &str, layer: &str, round: usize, pair: &Samples) {
+        let (us, floor_us) = pair;
+        self.record(measurement, layer, round, us);
+        if !floor_us.is_empty() {
+            let rounds = self.settings.rounds;
+            let table = &mut self.results.paired_floor;
+            put_round(table, rounds, measurement, layer, round, floor_us);
+        }
     }
 
-    /// Runs `cmd(chunk, iterations)` CHUNKS times on the layer's driver and, when there is one,
-    /// on the floor driver beside it, alternating which goes first; returns both sample sets.
+    /// Runs `cmd(chunk, iterations, on_floor)` CHUNKS times on the layer's driver and, when
+    /// there is one, on the floor driver beside it, alternating which goes first; `reply` checks
+    /// each answer and takes its samples. Returns the layer's samples and the floor's.
     fn chunked(
         layer: &mut Driver,
         mut floor: Option<&mut Driver>,
         iters: usize,
         cmd: impl Fn(usize, usize, bool) -> String,
-    ) -> Res<(Vec<f64>, Vec<f64>)> {
+        reply: impl Fn(&Value) -> Res<Vec<f64>>,
+    ) -> Res<Samples> {
         let (mut mine, mut theirs) = (Vec::new(), Vec::new());
         let chunks = CHUNKS.min(iters.max(1));
         for c in 0..chunks {
@@ -402,10 +403,10 @@ impl Bench<'_> {
                 let floor_turn = (turn + c) % 2 == 0;
                 match (&mut floor, floor_turn) {
                     (Some(f), true) => {
-                        theirs.extend(samples(&f.call(&cmd(c, n, true), REPLY_TIMEOUT)?)?)
+                        theirs.extend(reply(&f.call(&cmd(c, n, true), REPLY_TIMEOUT)?)?)
                     }
                     (_, false) => {
-                        mine.extend(samples(&layer.call(&cmd(c, n, false), REPLY_TIMEOUT)?)?)
+                        mine.extend(reply(&layer.call(&cmd(c, n, false), REPLY_TIMEOUT)?)?)
                     }
                     (None, true) => {}
                 }
@@ -430,16 +431,21 @@ impl Bench<'_> {
             _ => None,
         };
         for (size, iters) in self.settings.list.clone() {
-            let listed = Self::chunked(&mut d, floor.as_mut(), iters, |_, n, _| {
-                format!("list list-{size} {n}")
-            });
-            match listed {
-                Ok((us, floor_us)) => {
-                    self.record(&format!("list_{size}"), &layer.name, round, &us);
-                    if !floor_us.is_empty() {
-                        self.record_floor(&format!("list_{size}"), &layer.name, round, &floor_us);
+            let listed = Self::chunked(
+                &mut d,
+                floor.as_mut(),
+                iters,
+                |_, n, _| format!("list list-{size} {n}"),
+                |v| {
+                    let got = num(v, "nodes")? as usize;
+                    if got != size {
+                        return Err(format!("listed {got} nodes of {size}"));
                     }
-                }
+                    samples(v)
+                },
+            );
+            match listed {
+                Ok(pair) => self.record_pair(&format!("list_{size}"), &layer.name, round, &pair),
                 Err(e) => self.error(format!("{} list {size}: {e}", layer.name)),
             }
         }
@@ -455,6 +461,7 @@ impl Bench<'_> {
             floor.as_mut(),
             self.settings.register_iters,
             |c, n, floor| format!("register_visible {} {n} {REGISTER_TTL}", service(c, floor)),
+            samples,
         );
         for c in 0..CHUNKS {
             for f in [false, true] {
@@ -462,12 +469,7 @@ impl Bench<'_> {
             }
         }
         match registered {
-            Ok((us, floor_us)) => {
-                self.record("register_visible", &layer.name, round, &us);
-                if !floor_us.is_empty() {
-                    self.record_floor("register_visible", &layer.name, round, &floor_us);
-                }
-            }
+            Ok(pair) => self.record_pair("register_visible", &layer.name, round, &pair),
             Err(e) => self.error(format!("{} register_visible: {e}", layer.name)),
         }
         if let Some(f) = floor {
