@@ -13,7 +13,7 @@ use tokio::task::AbortHandle;
 use crate::backoff;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::keys::{decode_info, node_name_of};
+use crate::keys::{decode_info, node_name_of, Info};
 use crate::registration::Node;
 
 /// What happened to a watched service.
@@ -188,10 +188,10 @@ pub(crate) fn each_node<T>(
     let mut out = Vec::with_capacity(resp.kvs().len());
     let mut pairs: Vec<(&str, &str)> = Vec::new();
     for kv in resp.kvs() {
-        let Some(name) = std::str::from_utf8(kv.key())
-            .ok()
-            .and_then(|key| node_name_of(prefix, key))
-        else {
+        let Some(key) = std::str::from_utf8(kv.key()).ok() else {
+            continue;
+        };
+        let Some(name) = node_name_of(prefix, key) else {
             continue;
         };
         pairs.clear();
@@ -203,9 +203,7 @@ pub(crate) fn each_node<T>(
             out.push(f(name, &pairs));
             continue;
         }
-        let info = node_of(prefix, kv.key(), kv.value())
-            .map(|n| n.info)
-            .unwrap_or_default();
+        let info = info_of(key, kv.value());
         let owned: Vec<(&str, &str)> = info.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         out.push(f(name, &owned));
     }
@@ -215,11 +213,15 @@ pub(crate) fn each_node<T>(
 fn node_of(prefix: &str, key: &[u8], value: &[u8]) -> Option<Node> {
     let key = std::str::from_utf8(key).ok()?;
     let name = node_name_of(prefix, key)?;
-    let info = decode_info(value).unwrap_or_else(|problem| {
+    Some(Node::new(name, info_of(key, value)))
+}
+
+/// The info of the node at `key`: empty, and logged, when its value is not a JSON object.
+fn info_of(key: &str, value: &[u8]) -> Info {
+    decode_info(value).unwrap_or_else(|problem| {
         tracing::warn!(key, problem = %problem.0, "node value is not a JSON object of strings; listing the node with empty info");
         Default::default()
-    });
-    Some(Node::new(name, info))
+    })
 }
 
 pub(crate) struct WatchSetup {

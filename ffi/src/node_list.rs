@@ -66,16 +66,14 @@ unsafe impl Send for etcd_registry_node_list {}
 unsafe impl Sync for etcd_registry_node_list {}
 
 /// Appends `text` and a NUL to `buf`, NUL characters inside it becoming U+FFFD (as [`to_c`]
-/// does), and returns where it starts.
-fn push(buf: &mut Vec<u8>, text: &str) -> usize {
-    let start = buf.len();
+/// does).
+fn push(buf: &mut Vec<u8>, text: &str) {
     if text.as_bytes().contains(&0) {
         buf.extend_from_slice(text.replace('\0', "\u{FFFD}").as_bytes());
     } else {
         buf.extend_from_slice(text.as_bytes());
     }
     buf.push(0);
-    start
 }
 
 impl NodeStorage {
@@ -98,16 +96,10 @@ impl NodeStorage {
         let strings = buf.into_boxed_slice();
         // Every NUL in the buffer ends one string (those inside were replaced): the name, then
         // key, value, key, value …
-        let mut starts = std::iter::once(0)
-            .chain(
-                strings
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, b)| **b == 0)
-                    .map(|(i, _)| i + 1),
-            )
+        let mut starts = strings
+            .split(|b| *b == 0)
             .skip(1)
-            .map(|offset| strings[offset..].as_ptr().cast::<c_char>());
+            .map(|s| s.as_ptr().cast::<c_char>());
         let mut infos = Vec::with_capacity(info.len());
         for _ in 0..info.len() {
             let (Some(key), Some(value)) = (starts.next(), starts.next()) else {
