@@ -140,6 +140,9 @@ struct RegInner {
     registered_once: bool,
     error_before_first: Option<Error>,
     lease_id: Option<i64>,
+    /// Failed attempts since the last registration: the number a `Retrying` event carries. Kept
+    /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
+    attempts: u32,
     /// Events before the first subscription (so the first subscriber misses none).
     pending: Option<VecDeque<StatusEvent>>,
     subscribers: Vec<mpsc::UnboundedSender<StatusEvent>>,
@@ -166,6 +169,7 @@ impl RegShared {
                 registered_once: false,
                 error_before_first: None,
                 lease_id: None,
+                attempts: 0,
                 pending: Some(VecDeque::new()),
                 subscribers: Vec::new(),
             }),
@@ -183,16 +187,17 @@ impl RegShared {
 
     /// Applies an event to the state and hands it to the subscribers. Called only by the task
     /// that owns the registration's lease.
-    pub(crate) fn emit(&self, event: StatusEvent) {
+    pub(crate) fn emit(&self, mut event: StatusEvent) {
         let mut inner = self.lock();
         if inner.state == RegistrationState::Unregistered {
             return;
         }
-        match &event {
+        match &mut event {
             StatusEvent::Registered { lease_id } | StatusEvent::Reregistered { lease_id } => {
                 inner.state = RegistrationState::Registered;
                 inner.registered_once = true;
                 inner.lease_id = Some(*lease_id);
+                inner.attempts = 0;
             }
             StatusEvent::Failed { error } => {
                 inner.error_before_first = Some(error.clone());
@@ -201,7 +206,11 @@ impl RegShared {
                 inner.state = RegistrationState::Retrying;
                 inner.lease_id = None;
             }
-            StatusEvent::Retrying { error, .. } => {
+            StatusEvent::Retrying { error, attempt, .. } => {
+                // The group counts its own attempts (they set the backoff); the event carries
+                // this registration's count.
+                inner.attempts = inner.attempts.saturating_add(1);
+                *attempt = inner.attempts;
                 if inner.registered_once {
                     inner.state = RegistrationState::Retrying;
                 } else {

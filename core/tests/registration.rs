@@ -572,3 +572,48 @@ async fn close_does_not_wait_for_an_attempt_stuck_on_a_silent_etcd() {
     .await;
     drop(silent);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_registration_counts_its_own_attempts_from_one() {
+    init_logs();
+    // A port nobody listens on: every attempt fails at once with "connection refused".
+    let endpoint = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let registry = Registry::connect(
+        Config::new([endpoint], "/s")
+            .with_timeout(Duration::from_secs(1))
+            .with_backoff(Duration::from_millis(100), Duration::from_millis(400)),
+    )
+    .await
+    .unwrap();
+    let first = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut first_events = first.subscribe();
+    wait_event(&mut first_events, "second retry of n1", |e| {
+        matches!(e, StatusEvent::Retrying { attempt: 2, .. })
+    })
+    .await;
+    // The others join the same lease group while it is backing off after its second failure.
+    for name in ["n2", "n3"] {
+        let reg = registry
+            .register("api", node(name, &[]), Duration::from_secs(5))
+            .unwrap();
+        let mut events = reg.subscribe();
+        let mut attempts = Vec::new();
+        while attempts.len() < 2 {
+            let (event, _) = wait_event(&mut events, "a retry", |e| {
+                matches!(e, StatusEvent::Retrying { .. })
+            })
+            .await;
+            if let StatusEvent::Retrying { attempt, .. } = event {
+                attempts.push(attempt);
+            }
+        }
+        assert_eq!(attempts, [1, 2], "retry attempts of {name}");
+    }
+    // etcd was never there: closing can only give up on deleting, which is not this test's subject.
+    let _ = registry.close().await;
+}
