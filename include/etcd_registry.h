@@ -710,8 +710,9 @@ void etcd_registry_event_free(struct etcd_registry_event *event);
  * Closes the registry: stops every callback and the pull queue (once it returns, no callback of
  * this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
  * stops the watches, then revokes the leases (which deletes every registered key at once) and
- * returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
- * Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+ * returns when etcd has answered or the timeout passed. Idempotent: a second close, from any
+ * thread, waits until the first has finished and no callback of this registry runs, then
+ * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
  * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
  * freeing a handle created by the parent does nothing: the registrations stay the parent's.
  */

@@ -7,7 +7,7 @@ use std::time::Duration;
 use registry::{Config, TlsConfig};
 
 use crate::handle::{out, write_out};
-use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
+use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
 
 /// Base path used when `etcd_registry_config_set_base_path` is not called.
@@ -75,10 +75,9 @@ pub unsafe extern "C" fn etcd_registry_config_free(config: *mut etcd_registry_co
     if config.is_null() {
         return;
     }
-    let _ = guard(|| {
+    guard_value((), || {
         // SAFETY: a non-NULL pointer from etcd_registry_config_new, freed once (caller's contract).
         drop(unsafe { Box::from_raw(config) });
-        Ok(())
     });
 }
 

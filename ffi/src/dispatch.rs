@@ -146,6 +146,10 @@ pub(crate) fn cancel(subs: &[Arc<Sub>]) {
     }
     drop(state);
     drop(dropped);
+    // The callbacks are done: what they did happens before the caller frees their data.
+    for user_data in subs.iter().filter_map(|sub| sub.user_data()) {
+        crate::tsan::acquire(user_data);
+    }
 }
 
 fn run() {

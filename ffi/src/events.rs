@@ -190,15 +190,27 @@ impl Sub {
         let event = OwnedEvent::new(self, payload);
         match (&self.sink, payload) {
             (Sink::Status(callback, user_data), Payload::Status(_)) => {
+                crate::tsan::acquire(user_data.0);
                 // SAFETY: the host gave this function pointer for exactly this use; the event
                 // and its strings live until the call returns.
                 unsafe { callback(&event.public.status, user_data.0) }
+                crate::tsan::release(user_data.0);
             }
             (Sink::Watch(callback, user_data), Payload::Watch(_)) => {
+                crate::tsan::acquire(user_data.0);
                 // SAFETY: as above.
                 unsafe { callback(&event.public.watch, user_data.0) }
+                crate::tsan::release(user_data.0);
             }
             _ => {}
+        }
+    }
+
+    /// The host's `user_data`, for a callback subscription.
+    pub(crate) fn user_data(&self) -> Option<*mut c_void> {
+        match &self.sink {
+            Sink::Status(_, user_data) | Sink::Watch(_, user_data) => Some(user_data.0),
+            Sink::Pull(_) => None,
         }
     }
 }

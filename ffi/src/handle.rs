@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use registry::{runtime, Info, Node, Registration, RegistrationState, Registry, Watch};
@@ -17,7 +17,7 @@ use crate::events::{
     Payload, PullQueue, Pulled, Sink, Sub, UserData,
 };
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
-use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
+use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
 
 /// Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
@@ -53,11 +53,18 @@ pub struct etcd_registry {
     pid: u32,
     queue: Arc<PullQueue>,
     state: Mutex<HandleState>,
+    /// Signalled when the close in progress has finished (`HandleState::close_finished`).
+    close_finished: Condvar,
 }
 
 #[derive(Default)]
 struct HandleState {
     closed: bool,
+    /// The close that set `closed` has returned from the core: every later close waits for it.
+    close_finished: bool,
+    /// The subscriptions cancelled by that close: a later close waits until none of their
+    /// callbacks runs (one may still run when the first close was made from a callback).
+    closed_subs: Vec<Arc<Sub>>,
     registrations: HashMap<u64, RegEntry>,
     watches: HashMap<u64, WatchEntry>,
 }
@@ -175,6 +182,10 @@ impl etcd_registry {
         watch: etcd_registry_watch_callback,
         user_data: *mut c_void,
     ) -> FfiResult<Sink> {
+        if status.is_some() || watch.is_some() {
+            // What the host did to `user_data` before this call happens before the callbacks.
+            crate::tsan::release(user_data);
+        }
         let user_data = UserData(user_data);
         let sink = match (status, watch) {
             (Some(cb), _) => Sink::Status(cb, user_data),
@@ -214,6 +225,7 @@ impl etcd_registry {
             .map(|r| r.sub.clone())
             .chain(watches.values().map(|w| w.sub.clone()))
             .collect();
+        self.lock().closed_subs = subs.clone();
         self.cancel(&subs);
         self.queue.close();
         for entry in registrations.values() {
@@ -224,6 +236,34 @@ impl etcd_registry {
             entry.watch.cancel();
         }
         true
+    }
+
+    /// Closes the registry, or waits for the close another thread (or a callback) started:
+    /// whoever calls, it returns only once the core's close has finished and no callback of this
+    /// registry runs, so the caller may free `user_data` and the handle. On the callback thread a
+    /// second close cannot wait (the running callback is the caller itself) and returns at once.
+    fn close_and_wait(&self) -> FfiResult {
+        if self.shut() {
+            let result = block_on(self.registry.close());
+            self.lock().close_finished = true;
+            self.close_finished.notify_all();
+            return result?.map_err(Failure::from);
+        }
+        if dispatch::on_dispatcher_thread() {
+            return Ok(());
+        }
+        let mut state = self.lock();
+        while !state.close_finished {
+            state = self
+                .close_finished
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let subs = state.closed_subs.clone();
+        drop(state);
+        // Cancelled already: this only waits for a callback of theirs that is still running.
+        self.cancel(&subs);
+        Ok(())
     }
 }
 
@@ -259,6 +299,7 @@ pub unsafe extern "C" fn etcd_registry_connect(
             pid: std::process::id(),
             queue: Arc::new(PullQueue::new()),
             state: Mutex::new(HandleState::default()),
+            close_finished: Condvar::new(),
         };
         write_out(slot, Box::into_raw(Box::new(handle)));
         Ok(())
@@ -635,19 +676,19 @@ pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_even
     if event.is_null() {
         return;
     }
-    let _ = guard(|| {
+    guard_value((), || {
         // SAFETY: every etcd_registry_event handed out is the first field of a boxed
         // #[repr(C)] OwnedEvent (see etcd_registry_next_event); freed once per the contract.
         drop(unsafe { Box::from_raw(event.cast::<OwnedEvent>()) });
-        Ok(())
     });
 }
 
 /// Closes the registry: stops every callback and the pull queue (once it returns, no callback of
 /// this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
 /// stops the watches, then revokes the leases (which deletes every registered key at once) and
-/// returns when etcd has answered or the timeout passed. Idempotent: a second close returns OK.
-/// Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+/// returns when etcd has answered or the timeout passed. Idempotent: a second close, from any
+/// thread, waits until the first has finished and no callback of this registry runs, then
+/// returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
 /// handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
 /// freeing a handle created by the parent does nothing: the registrations stay the parent's.
 #[no_mangle]
@@ -661,10 +702,7 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
             return Ok(());
         }
         ensure_can_block()?;
-        if this.shut() {
-            block_on(this.registry.close())??;
-        }
-        Ok(())
+        this.close_and_wait()
     })
 }
 
@@ -676,26 +714,23 @@ pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
     if registry.is_null() {
         return;
     }
-    let _ = guard(|| {
+    guard_value((), || {
         // SAFETY: a handle from etcd_registry_connect, freed once (caller's contract).
         let this = unsafe { Box::from_raw(registry) };
         if this.forked() {
             // Leaked, not dropped: dropping would touch the parent's tasks and locks.
             std::mem::forget(this);
-            return Ok(());
+            return;
         }
-        if this.shut() {
+        if ensure_can_block().is_ok() {
+            let _ = this.close_and_wait();
+        } else if this.shut() {
             let core = this.registry.clone();
-            if ensure_can_block().is_ok() {
-                let _ = block_on(core.close());
-            } else {
-                this.runtime.spawn(async move {
-                    let _ = core.close().await;
-                });
-            }
+            this.runtime.spawn(async move {
+                let _ = core.close().await;
+            });
         }
         drop(this);
-        Ok(())
     });
 }
 

@@ -21,6 +21,7 @@ mod log;
 mod node_list;
 mod status;
 mod strings;
+mod tsan;
 
 pub use config::*;
 pub use events::{

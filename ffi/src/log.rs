@@ -151,7 +151,9 @@ impl Subscriber for Forwarder {
             let _ = IN_CALLBACK.try_with(|c| c.set(true));
             // SAFETY: the host registered this callback for this purpose; the strings live until
             // it returns.
+            crate::tsan::acquire(user_data.0);
             unsafe { callback(level, target.as_ptr(), message.as_ptr(), user_data.0) };
+            crate::tsan::release(user_data.0);
             let _ = IN_CALLBACK.try_with(|c| c.set(false));
         }
     }
@@ -201,7 +203,12 @@ pub unsafe extern "C" fn etcd_registry_set_log_callback(
             ));
         }
         {
+            crate::tsan::release(user_data);
             let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
+            // The lock is held while the callback runs: the old one has returned.
+            if let Some((_, old)) = sink.take() {
+                crate::tsan::acquire(old.0);
+            }
             *sink = callback.map(|cb| (cb, UserData(user_data)));
             let level = if sink.is_some() { max_level } else { 0 };
             MAX_LEVEL.store(level as usize, Ordering::SeqCst);

@@ -4,7 +4,8 @@
 #   1. builds libetcd_registry and the harness (cargo build -p etcd-registry-ffi -p etcd-harness)
 #   2. ffi/check-header.sh: include/etcd_registry.h is what cbindgen 0.29.4 generates
 #   3. compiles the C test suite and the C examples with gcc -Werror against the static library
-#   4. runs the C test suite under `etcd-harness run`
+#   4. runs the C test suite under `etcd-harness run`, then again built with AddressSanitizer
+#      and with ThreadSanitizer (the test program instrumented, see tests/c/tsan.supp)
 #   5. runs it again under valgrind: no error, and no block of the library left allocated
 #      after every registry is freed, except the process-wide state in tests/c/valgrind.supp
 #   6. installs into a temporary prefix with ffi/install.sh, builds examples/cpp with CMake
@@ -50,12 +51,13 @@ gcc "${cflags[@]}" tests/c/test_etcd_registry.c "${static_libs[@]}" -o "$build/t
 gcc "${cflags[@]}" examples/c/basic.c "${static_libs[@]}" -o "$build/basic"
 gcc "${cflags[@]}" examples/c/retry_demo.c "${static_libs[@]}" -o "$build/retry_demo"
 
-# Runs the suite (under $1...), and checks the final line as well as the exit code.
+# run_suite NAME BINARY [WRAPPER...]: runs the suite binary (under the wrapper) against etcd,
+# and checks the final line as well as the exit code.
 run_suite() {
-    local log="$build/$1.log"
-    shift
+    local log="$build/$1.log" binary="$2"
+    shift 2
     set +e
-    "$harness" run -- "$@" "$build/test_etcd_registry" "${filters[@]}" 2>&1 | tee "$log"
+    "$harness" run -- "$@" "$binary" "${filters[@]}" 2>&1 | tee "$log"
     local rc=${PIPESTATUS[0]}
     set -e
     [ "$rc" -eq 0 ] || return 1
@@ -63,7 +65,25 @@ run_suite() {
 }
 
 step "C tests against etcd"
-run_suite tests || fail "C tests"
+run_suite tests "$build/test_etcd_registry" || fail "C tests"
+
+step "C tests built with AddressSanitizer"
+# The test program is instrumented; the library is not, but every allocation goes through the
+# sanitizer's malloc, so a use after free of host data (user_data freed while a callback still
+# runs) or of memory the library handed out is caught. Leaks are valgrind's job below.
+gcc "${cflags[@]}" -fsanitize=address -fno-omit-frame-pointer tests/c/test_etcd_registry.c \
+    "${static_libs[@]}" -o "$build/test_etcd_registry_asan"
+ASAN_OPTIONS=detect_leaks=0 run_suite asan "$build/test_etcd_registry_asan" \
+    || fail "C tests under AddressSanitizer (see $build/asan.log)"
+
+step "C tests built with ThreadSanitizer"
+# Linked against the shared library, whose own (uninstrumented) accesses are suppressed by
+# tests/c/tsan.supp; the library announces the happens-before edges it guarantees for
+# user_data (ffi/src/tsan.rs), so a race left is one in the host's use of the API.
+gcc "${cflags[@]}" -fsanitize=thread tests/c/test_etcd_registry.c -L"$lib" -letcd_registry \
+    -Wl,-rpath,"$lib" -lpthread -o "$build/test_etcd_registry_tsan"
+TSAN_OPTIONS="suppressions=$root/tests/c/tsan.supp halt_on_error=1" run_suite tsan "$build/test_etcd_registry_tsan" \
+    || fail "C tests under ThreadSanitizer (see $build/tsan.log)"
 
 if [ "$valgrind" = 1 ]; then
     command -v valgrind >/dev/null || fail "valgrind is not installed (apt-get install valgrind, or --no-valgrind)"
@@ -74,7 +94,7 @@ if [ "$valgrind" = 1 ]; then
     # asynchronous teardown before exiting (see wait_for_library_teardown). The fork test's
     # child is silenced: it inherits the parent's memory and must leave it alone, so its exit
     # leak check would list all of it; the child reports its checks to the parent instead.
-    ETCD_REGISTRY_TEST_SLOWDOWN=10 run_suite valgrind \
+    ETCD_REGISTRY_TEST_SLOWDOWN=10 run_suite valgrind "$build/test_etcd_registry" \
         valgrind --quiet --error-exitcode=99 --fair-sched=yes --child-silent-after-fork=yes \
         --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all \
         --suppressions="$root/tests/c/valgrind.supp" --num-callers=40 \
