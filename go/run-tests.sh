@@ -5,7 +5,8 @@
 #      the debug profile the C suite builds too: target/debug/libetcd_registry.a is what the
 #      package links by default)
 #   2. gofmt and go vet, for the package and the examples
-#   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve)
+#   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve),
+#      then go vet and go test -race in go/grpcresolver (a module of its own: it needs grpc-go)
 #   4. builds the examples (examples/go), runs basic under `etcd-harness run`, and the retry
 #      example while etcd is killed and started again
 #
@@ -42,6 +43,8 @@ unformatted="$(gofmt -l go examples/go)"
 
 step "go test -race against etcd"
 (cd go && go test -race -count=1 -timeout 6m "$@" ./...) || fail "go test"
+step "go/grpcresolver: go vet, go test -race (real gRPC servers and clients)"
+(cd go/grpcresolver && go vet ./... && go test -race -count=1 -timeout 6m "$@" ./...) || fail "go/grpcresolver"
 
 step "examples"
 bin="$(mktemp -d)"

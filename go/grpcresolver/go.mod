@@ -15,4 +15,5 @@ require (
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
+// The package of this checkout (build the Rust library first: see ../README.md).
 replace github.com/etcd-registry/etcd-registry/go => ../
