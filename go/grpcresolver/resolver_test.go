@@ -14,11 +14,13 @@ import (
 	"github.com/etcd-registry/etcd-registry/go/grpcresolver"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/status"
 )
 
 const waitLimit = 30 * time.Second // an upper bound for anything to happen; never a measure
@@ -404,6 +406,36 @@ func TestResolverReportsEtcdDown(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no state after etcd came back")
 		}
+	}
+}
+
+// What a gRPC client sees of it: calls made while etcd is down fail at once with the error,
+// and once etcd is back they reach the server.
+func TestClientWhileEtcdDown(t *testing.T) {
+	h := newHarness(t)
+	reg := newRegistry(t, h)
+	_, addr := startServer(t)
+	register(t, reg, "svc", "n1", map[string]string{"address": addr})
+	h.do(t, "stop 0")
+	conn := newClient(t, newBuilder(t, reg), "svc")
+	_, err := call(t.Context(), conn)
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), `watching service "svc"`) {
+		t.Fatalf("call with etcd down: %v; want Unavailable, saying why", err)
+	}
+	h.do(t, "start 0")
+	deadline := time.Now().Add(waitLimit)
+	for {
+		got, err := call(t.Context(), conn)
+		if err == nil {
+			if got != addr {
+				t.Fatalf("call reached %s, want %s", got, addr)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls still fail after etcd came back: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond) // a poll interval, not a wait for something
 	}
 }
 
