@@ -353,6 +353,8 @@ func TestResolverStates(t *testing.T) {
 	cc := newRecordingConn()
 	build(t, newBuilder(t, reg), "etcd-registry:///"+service, cc)
 	checkState(t, cc.nextState(t), a) // b has no address, c's is under another key
+	waitWarning(t, `service "states": node "b" is skipped: its info has no "address"`)
+	waitWarning(t, `service "states": node "c" is skipped`)
 
 	d := etcdregistry.Node{Name: "d", Info: map[string]string{"address": "127.0.0.1:1004"}}
 	gd := register(t, reg, service, d.Name, d.Info)
