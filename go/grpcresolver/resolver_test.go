@@ -559,3 +559,16 @@ func TestBadTargets(t *testing.T) {
 		}
 	}
 }
+
+// Another scheme and another info key, through a real client.
+func TestCustomSchemeAndAddressKey(t *testing.T) {
+	h := newHarness(t)
+	reg := newRegistry(t, h)
+	_, addr := startServer(t)
+	register(t, reg, "svc", "n1", map[string]string{"grpc": addr, "address": "127.0.0.1:1"})
+	b := newBuilder(t, reg, grpcresolver.WithScheme("etcd-b"), grpcresolver.WithAddressKey("grpc"))
+	conn := newClient(t, b, "svc") // etcd-b:///svc
+	if got := servedBy(t, conn, 3); got[addr] != 3 {
+		t.Fatalf("calls went to %v, want %s", got, addr)
+	}
+}
