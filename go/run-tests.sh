@@ -5,9 +5,10 @@
 #      the debug profile the C suite builds too: target/debug/libetcd_registry.a is what the
 #      package links by default)
 #   2. gofmt and go vet, for the package and the examples
-#   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve)
+#   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve),
+#      then go vet and go test -race in go/grpcresolver (a module of its own: it needs grpc-go)
 #   4. builds the examples (examples/go), runs basic under `etcd-harness run`, and the retry
-#      example while etcd is killed and started again
+#      example while etcd is killed and started again; then the grpc example (examples/go/grpc)
 #
 #   go/run-tests.sh [extra go test arguments, e.g. -run Watch -v]
 #
@@ -42,6 +43,8 @@ unformatted="$(gofmt -l go examples/go)"
 
 step "go test -race against etcd"
 (cd go && go test -race -count=1 -timeout 6m "$@" ./...) || fail "go test"
+step "go/grpcresolver: go vet, go test -race (real gRPC servers and clients)"
+(cd go/grpcresolver && go vet ./... && go test -race -count=1 -timeout 6m "$@" ./...) || fail "go/grpcresolver"
 
 step "examples"
 bin="$(mktemp -d)"
@@ -52,5 +55,10 @@ trap 'rm -rf "$bin"' EXIT
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/basic"
 step "retry example (etcd killed and started again)"
 "$ETCD_HARNESS_BIN" run -- tests/retry-demo-check.sh "Registered node localhost:50000" "re-registered node localhost:50000" "Closed" -- "$bin/retry" -duration 120s || fail "examples/go/retry"
+
+step "grpc example (examples/go/grpc, a module of its own: servers and a client via grpcresolver)"
+(cd examples/go/grpc && go vet ./... && go build -o "$bin/grpc" .) || fail "building examples/go/grpc"
+"$ETCD_HARNESS_BIN" run -- "$bin/grpc" | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/grpc"
 
 step "Go: all passed"
