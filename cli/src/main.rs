@@ -14,8 +14,14 @@ use etcd_registry::{
     Config, Error, ErrorKind, Info, Node, Registry, StatusEvent, TlsConfig, WatchEvent,
     WatchEventKind,
 };
-use serde_json::json;
 use tokio::signal::unix::{signal, SignalKind};
+
+/// The fields of a JSON line, in the order given (`"event"` or `"name"` first).
+macro_rules! obj {
+    ($($key:literal : $value:expr),* $(,)?) => {
+        &[$(($key, serde_json::json!($value))),*][..]
+    };
+}
 
 /// Success (and for `watch`/`register`, stopped by SIGINT or SIGTERM after cleaning up).
 const EXIT_OK: u8 = 0;
@@ -370,7 +376,7 @@ impl From<io::Error> for Step {
 
 async fn list(registry: &Registry, service: &str, out: &mut Output) -> Result<(), Step> {
     for node in registry.list(service).await? {
-        out.line(json!({"name": node.name, "info": node.info}), || {
+        out.line(obj!("name": node.name, "info": node.info), || {
             format!("{}{}", node.name, info_text(&node.info))
         })?;
     }
@@ -379,7 +385,7 @@ async fn list(registry: &Registry, service: &str, out: &mut Output) -> Result<()
 
 async fn services(registry: &Registry, out: &mut Output) -> Result<(), Step> {
     for name in registry.services().await? {
-        out.line(json!({"service": name}), || name.clone())?;
+        out.line(obj!("service": name), || name.clone())?;
     }
     Ok(())
 }
@@ -405,13 +411,13 @@ fn print_watch_event(event: &WatchEvent, out: &mut Output) -> io::Result<()> {
     let kind = event.kind.as_str();
     match &event.node {
         Some(node) => out.line(
-            json!({"event": kind, "name": node.name, "info": node.info, "revision": event.revision}),
+            obj!("event": kind, "name": node.name, "info": node.info, "revision": event.revision),
             || match event.kind {
                 WatchEventKind::Removed => format!("{kind} {}", node.name),
                 _ => format!("{kind} {}{}", node.name, info_text(&node.info)),
             },
         ),
-        None => out.line(json!({"event": kind, "revision": event.revision}), || {
+        None => out.line(obj!("event": kind, "revision": event.revision), || {
             kind.to_string()
         }),
     }
@@ -489,15 +495,15 @@ fn print_status_event(
     let kind = event.kind_str();
     match event {
         StatusEvent::Registered { lease_id } => out.line(
-            json!({"event": kind, "key": key, "lease_id": lease_id, "ttl": ttl_secs}),
+            obj!("event": kind, "key": key, "lease_id": lease_id, "ttl": ttl_secs),
             || format!("registered {key} lease={lease_id} ttl={ttl_secs}s"),
         ),
         StatusEvent::Failed { error } => out.line(
-            json!({"event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()}),
+            obj!("event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()),
             || format!("failed: {error}"),
         ),
         StatusEvent::KeepAliveLost { error } => out.line(
-            json!({"event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()}),
+            obj!("event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()),
             || format!("keep-alive lost: {error}"),
         ),
         StatusEvent::Retrying {
@@ -505,13 +511,13 @@ fn print_status_event(
             delay,
             error,
         } => out.line(
-            json!({
+            obj!(
                 "event": kind,
                 "attempt": attempt,
                 "delay_ms": delay.as_millis() as u64,
                 "error": error.to_string(),
                 "error_kind": error.kind().as_str(),
-            }),
+            ),
             || {
                 format!(
                     "retrying in {:.1}s (attempt {attempt}): {error}",
@@ -520,10 +526,10 @@ fn print_status_event(
             },
         ),
         StatusEvent::Reregistered { lease_id } => out.line(
-            json!({"event": kind, "key": key, "lease_id": lease_id}),
+            obj!("event": kind, "key": key, "lease_id": lease_id),
             || format!("re-registered {key} lease={lease_id}"),
         ),
-        StatusEvent::Unregistered => out.line(json!({"event": kind, "key": key}), || {
+        StatusEvent::Unregistered => out.line(obj!("event": kind, "key": key), || {
             format!("unregistered {key}")
         }),
     }
@@ -574,10 +580,18 @@ impl Output {
         }
     }
 
-    fn line(&mut self, json: serde_json::Value, text: impl FnOnce() -> String) -> io::Result<()> {
+    fn line(
+        &mut self,
+        fields: &[(&str, serde_json::Value)],
+        text: impl FnOnce() -> String,
+    ) -> io::Result<()> {
         let mut lock = self.stdout.lock();
         if self.json {
-            writeln!(lock, "{json}")?;
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
+                .collect();
+            writeln!(lock, "{{{}}}", fields.join(","))?;
         } else {
             writeln!(lock, "{}", text())?;
         }

@@ -225,6 +225,12 @@ fn list_prints_nodes_as_text_and_json() {
 
     let js = run(&mut at(&etcd), &["list", "api", "--json"]);
     assert_eq!(js.code, 0, "{}", js.stderr);
+    assert!(
+        js.stdout
+            .starts_with(r#"{"name":"node-1","info":{"address":"#),
+        "the name comes first: {}",
+        js.stdout
+    );
     assert_eq!(
         json_lines(&js.stdout),
         vec![
@@ -294,6 +300,11 @@ fn watch_prints_one_line_per_event_until_interrupted() {
     let mut js = Running::start(&mut at(&etcd), &["watch", "api", "--json"]);
     let mut text = Running::start(&mut at(&etcd), &["watch", "api"]);
     let added = js.expect_event("added");
+    assert!(
+        js.seen[0].starts_with(r#"{"event":"added","name":"n1","info":{"v":"1"},"revision":"#),
+        "{}",
+        js.seen[0]
+    );
     assert_eq!(added["name"], "n1");
     assert_eq!(added["info"], json!({"v": "1"}));
     assert!(added["revision"].as_i64().unwrap() > 0);
@@ -683,4 +694,29 @@ fn help_explains_commands_exit_statuses_and_environment() {
         "{}",
         version.stdout
     );
+}
+
+#[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    let etcd = etcd();
+    etcd.put("/services/api/n1", "{}").unwrap();
+    // `etcd-registry watch api | head -1`
+    let mut child = at(&etcd)
+        .args(["watch", "api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "added n1\n");
+    // The reader is gone; the next event cannot be written.
+    etcd.put("/services/api/n2", "{}").unwrap();
+    let code = wait_exit(&mut child, &["watch", "api"]);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!((code, stderr.as_str()), (0, ""));
 }
