@@ -35,7 +35,7 @@ const EXIT_UNREACHABLE: u8 = 3;
 const EXIT_AUTH: u8 = 4;
 
 const AFTER_HELP: &str = "\
-Output:
+Output formats:
   One line per node, event or service. With --json, one JSON object per line:
     list      {\"name\":\"node-1\",\"info\":{\"address\":\"10.0.0.5:8080\"}}
     watch     {\"event\":\"added\",\"name\":\"node-1\",\"info\":{…},\"revision\":7}
@@ -77,7 +77,7 @@ struct Cli {
     conn: ConnArgs,
 
     /// Print one JSON object per line instead of text.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Output")]
     json: bool,
 
     #[command(subcommand)]
@@ -136,6 +136,7 @@ struct ConnArgs {
         long,
         env = "ETCD_REGISTRY_TIMEOUT",
         default_value = "5s",
+        value_name = "DURATION",
         value_parser = parse_duration,
         global = true
     )]
@@ -147,6 +148,7 @@ struct ConnArgs {
         long,
         env = "ETCD_REGISTRY_BACKOFF_MIN",
         default_value = "1s",
+        value_name = "DURATION",
         value_parser = parse_duration,
         global = true
     )]
@@ -157,6 +159,7 @@ struct ConnArgs {
         long,
         env = "ETCD_REGISTRY_BACKOFF_MAX",
         default_value = "30s",
+        value_name = "DURATION",
         value_parser = parse_duration,
         global = true
     )]
@@ -169,6 +172,7 @@ struct ConnArgs {
         env = "ETCD_REGISTRY_LOG",
         default_value = "error",
         value_name = "LEVEL",
+        help_heading = "Output",
         global = true
     )]
     log: String,
@@ -183,25 +187,37 @@ enum Command {
         /// The service.
         service: String,
     },
-    /// Print the nodes of a service, then every change, one line per event, until interrupted.
+    /// Print the nodes of a service, then every change, one line per event, until interrupted
     ///
-    /// Lines: `added NAME KEY=VALUE…` (one per node present at the start, then for each new
-    /// node), `updated NAME KEY=VALUE…`, `removed NAME`, and `resynced` after the watch
-    /// re-listed the service because etcd compacted the history it missed. Disconnections are
-    /// resumed without losing or repeating events. Exits 0 on SIGINT or SIGTERM.
+    /// Lines:
+    ///   added NAME KEY=VALUE…     a node present at the start, or a new one
+    ///   updated NAME KEY=VALUE…   a node's info changed
+    ///   removed NAME              a node unregistered, or its lease expired
+    ///   resynced                  etcd compacted history the watch missed while
+    ///                             disconnected; it re-listed and printed the difference
+    /// Disconnections are resumed without losing or repeating events.
+    /// Exits 0 on SIGINT (Ctrl-C) or SIGTERM.
+    #[command(verbatim_doc_comment)]
     Watch {
         /// The service.
         service: String,
     },
-    /// Register a node and keep it registered until interrupted, printing status events.
+    /// Register a node and keep it registered until interrupted, printing status events
     ///
-    /// Puts <base-path>/<service>/<node> with the info as a JSON object, on a lease of --ttl
-    /// that is kept alive. Whatever happens to etcd or the network (restarts, partitions, an
-    /// expired lease), the node is registered again, retrying with backoff without giving up.
-    /// Lines: `registered KEY lease=ID`, `failed: ERROR`, `keep-alive lost: ERROR`,
-    /// `retrying in DELAY (attempt N): ERROR`, `re-registered lease=ID`, `unregistered KEY`.
-    /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0. If etcd
-    /// rejects the credentials it exits 4 at once.
+    /// Puts <base-path>/<service>/<node>, its info as a JSON object, on a lease of --ttl kept
+    /// alive. Whatever happens to etcd or the network (restarts, partitions, an expired lease),
+    /// the node is registered again, retrying with backoff without giving up.
+    ///
+    /// Lines:
+    ///   registered KEY lease=ID ttl=Ns
+    ///   failed: ERROR                           the first attempt failed; retries follow
+    ///   keep-alive lost: ERROR
+    ///   retrying in DELAY (attempt N): ERROR
+    ///   re-registered KEY lease=ID
+    ///   unregistered KEY                        the last line
+    /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0.
+    /// If etcd rejects the credentials it exits 4 at once.
+    #[command(verbatim_doc_comment)]
     Register {
         /// The service.
         service: String,
@@ -211,7 +227,7 @@ enum Command {
         #[arg(value_name = "KEY=VALUE", value_parser = parse_pair)]
         info: Vec<(String, String)>,
         /// Lease TTL (rounded up to whole seconds; etcd raises it to its minimum of about 2 s).
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
         ttl: Duration,
     },
     /// Print the names of the services under the base path that have nodes, one per line.
