@@ -494,7 +494,7 @@ async fn register(
         Step::Etcd(Error::new(
             e.kind(),
             format!(
-                "{} (the key is deleted when its lease expires, within {} s)",
+                "{}; the key disappears when its lease expires, within {} s",
                 e.message(),
                 registration.ttl_secs()
             ),

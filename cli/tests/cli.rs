@@ -720,3 +720,40 @@ fn watch_ends_quietly_when_its_reader_goes_away() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!((code, stderr.as_str()), (0, ""));
 }
+
+#[test]
+fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
+    let etcd = etcd();
+    etcd.kill(0).unwrap();
+    // etcd is down when the node is registered: the attempts fail and retry.
+    let mut reg = Running::start(&mut at(&etcd), &["register", "api", "n1", "--ttl", "3s"]);
+    reg.expect("failed", |l| l.starts_with("failed: connection: "));
+    reg.expect("retrying", |l| l.starts_with("retrying in "));
+    etcd.start(0).unwrap();
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/api/n1 ")
+    });
+    assert!(etcd.get("/services/api/n1").unwrap().is_some());
+
+    // Interrupted while etcd is down: the key cannot be deleted now, and the program says so.
+    etcd.kill(0).unwrap();
+    reg.expect("keep-alive lost", |l| l.starts_with("keep-alive lost: "));
+    reg.signal(libc::SIGINT);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 3, "stderr: {stderr}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("unregistered /services/api/n1")
+    );
+    assert!(
+        stderr.contains("the key disappears when its lease expires, within 3 s"),
+        "{stderr:?}"
+    );
+    // And it does: nothing keeps the lease alive any more.
+    etcd.start(0).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while etcd.get("/services/api/n1").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the key outlived its lease");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
