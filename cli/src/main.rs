@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use etcd_registry::{
-    Config, Error, ErrorKind, Info, Node, Registry, StatusEvent, TlsConfig, WatchEvent,
-    WatchEventKind,
+    Config, Error, ErrorKind, Info, Node, Registry, StatusEvent, WatchEvent, WatchEventKind,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -314,11 +313,9 @@ fn config_of(args: &ConnArgs) -> Result<Config, Failure> {
     };
     config.username = args.user.clone();
     config.password = password;
-    config.tls = TlsConfig {
-        ca_file: args.cacert.clone(),
-        cert_file: args.cert.clone(),
-        key_file: args.key.clone(),
-    };
+    config.tls.ca_file = args.cacert.clone();
+    config.tls.cert_file = args.cert.clone();
+    config.tls.key_file = args.key.clone();
     Ok(config)
 }
 
@@ -393,7 +390,7 @@ impl From<io::Error> for Step {
 async fn list(registry: &Registry, service: &str, out: &mut Output) -> Result<(), Step> {
     for node in registry.list(service).await? {
         out.line(obj!("name": node.name, "info": node.info), || {
-            format!("{}{}", node.name, info_text(&node.info))
+            format!("{}{}", quote(&node.name), info_text(&node.info))
         })?;
     }
     Ok(())
@@ -401,7 +398,7 @@ async fn list(registry: &Registry, service: &str, out: &mut Output) -> Result<()
 
 async fn services(registry: &Registry, out: &mut Output) -> Result<(), Step> {
     for name in registry.services().await? {
-        out.line(obj!("service": name), || name.clone())?;
+        out.line(obj!("service": name), || quote(&name))?;
     }
     Ok(())
 }
@@ -429,8 +426,8 @@ fn print_watch_event(event: &WatchEvent, out: &mut Output) -> io::Result<()> {
         Some(node) => out.line(
             obj!("event": kind, "name": node.name, "info": node.info, "revision": event.revision),
             || match event.kind {
-                WatchEventKind::Removed => format!("{kind} {}", node.name),
-                _ => format!("{kind} {}{}", node.name, info_text(&node.info)),
+                WatchEventKind::Removed => format!("{kind} {}", quote(&node.name)),
+                _ => format!("{kind} {}{}", quote(&node.name), info_text(&node.info)),
             },
         ),
         None => out.line(obj!("event": kind, "revision": event.revision), || {
