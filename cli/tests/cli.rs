@@ -757,3 +757,31 @@ fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
         thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn watch_prints_the_difference_and_resynced_after_a_compaction_it_missed() {
+    let etcd = EtcdCluster::builder()
+        .proxy(true)
+        .start()
+        .expect("etcd behind a proxy");
+    etcd.put("/services/api/stays", "{}").unwrap();
+    etcd.put("/services/api/goes", "{}").unwrap();
+    let mut watch = Running::start(&mut at(&etcd), &["watch", "api"]);
+    watch.expect("added goes", |l| l == "added goes");
+    watch.expect("added stays", |l| l == "added stays");
+
+    // Changes the watcher cannot see, then their history compacted away.
+    etcd.partition().unwrap();
+    etcd.delete("/services/api/goes").unwrap();
+    etcd.put("/services/api/new", r#"{"v":"x"}"#).unwrap();
+    etcd.compact_to_latest().unwrap();
+    etcd.heal().unwrap();
+
+    watch.expect("resynced", |l| l == "resynced");
+    let mut diff: Vec<String> = watch.seen[2..watch.seen.len() - 1].to_vec();
+    diff.sort();
+    assert_eq!(diff, ["added new v=x", "removed goes"]);
+    watch.signal(libc::SIGINT);
+    let (code, rest, stderr) = watch.finish();
+    assert_eq!((code, rest.len(), stderr.as_str()), (0, 0, ""));
+}
