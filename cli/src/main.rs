@@ -50,7 +50,8 @@ Exit status:
   1  etcd answered with an error, or another failure at run time
   2  usage error: unknown flag, missing or bad argument (empty name, KEY=VALUE without '=',
      --ttl 0, malformed endpoint, password without user)
-  3  etcd unreachable: connection refused or broken, or no answer within --timeout
+  3  etcd unreachable: connection refused or broken, or no answer within --timeout; also
+     `register` interrupted while etcd is down (its key goes when the lease expires)
   4  authentication failed or permission denied (`register` exits at once instead of retrying)
 
 Environment:
