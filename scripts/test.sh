@@ -28,7 +28,7 @@ step() {
 
 step "rust format" cargo fmt --all -- --check
 step "rust lint" cargo clippy --all-targets -- -D warnings
-step "rust tests (core, harness, ffi)" cargo test
+step "rust tests (core, harness, ffi, cli)" cargo test
 step "c abi (header check, C tests, valgrind, C++ example)" bash tests/c/run.sh
 step "python" bash python/run-tests.sh
 step "go" bash go/run-tests.sh

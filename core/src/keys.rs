@@ -121,6 +121,23 @@ pub fn node_name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     (!name.is_empty() && !name.contains('/')).then_some(name)
 }
 
+/// The prefix under which every service lives: the cleaned base path with a trailing '/' (none
+/// for an empty base path, whose keys start with the service name).
+pub fn base_prefix(base_path: &str) -> String {
+    let mut prefix = go_path_join(&[base_path]);
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        prefix.push('/');
+    }
+    prefix
+}
+
+/// The service name of `key` under `base_prefix` (see [`base_prefix`]) when the key is a node of
+/// that service, i.e. `<base_prefix><service>/<node>` with neither part empty nor containing '/'.
+pub fn service_name_of<'a>(base_prefix: &str, key: &'a str) -> Option<&'a str> {
+    let (service, node) = key.strip_prefix(base_prefix)?.split_once('/')?;
+    (!service.is_empty() && !node.is_empty() && !node.contains('/')).then_some(service)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,5 +205,29 @@ mod tests {
         assert_eq!(node_name_of("/s/api/", "/s/api/n1/x"), None);
         assert_eq!(node_name_of("/s/api/", "/s/api/"), None);
         assert_eq!(node_name_of("/s/api/", "/s/api2/n1"), None);
+    }
+
+    #[test]
+    fn service_names_are_those_with_a_direct_node() {
+        assert_eq!(base_prefix("/services"), "/services/");
+        assert_eq!(base_prefix("/services//"), "/services/");
+        assert_eq!(base_prefix("/"), "/");
+        assert_eq!(base_prefix(""), "");
+        let p = base_prefix("/s");
+        assert_eq!(service_name_of(&p, "/s/api/n1"), Some("api"));
+        assert_eq!(
+            service_name_of(&p, &node_key("/s", "a/b", "n")),
+            Some("a-b")
+        );
+        assert_eq!(service_name_of(&p, "/s/api/n1/deeper"), None);
+        assert_eq!(service_name_of(&p, "/s/api/"), None);
+        assert_eq!(service_name_of(&p, "/s/api"), None);
+        assert_eq!(service_name_of(&p, "/s//n1"), None);
+        assert_eq!(service_name_of(&p, "/other/api/n1"), None);
+        assert_eq!(service_name_of("", &node_key("", "api", "n1")), Some("api"));
+        assert_eq!(
+            service_name_of("/", &node_key("/", "api", "n1")),
+            Some("api")
+        );
     }
 }

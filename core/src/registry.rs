@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
-use crate::keys::{encode_info, node_key, service_prefix};
+use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix};
 use crate::registration::{Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchSetup};
 
@@ -253,6 +253,40 @@ impl Registry {
         let prefix = service_prefix(&self.inner.config.base_path, service);
         let resp = watch::fetch_raw(&self.inner.conn, &prefix).await?;
         Ok(watch::each_node(&resp, &prefix, f))
+    }
+
+    /// The names of the services under the base path that have at least one node (the names
+    /// as they appear in keys, so a '/' given at registration reads as '-'), sorted and without
+    /// duplicates. One range request for keys only: no values are transferred.
+    pub async fn services(&self) -> Result<Vec<String>> {
+        self.check_open()?;
+        let prefix = base_prefix(&self.inner.config.base_path);
+        let key = prefix.clone();
+        let resp = self
+            .inner
+            .conn
+            .call("listing services", |mut c| async move {
+                let options = etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_keys_only();
+                c.get(key, Some(options)).await
+            })
+            .await?;
+        let mut names: Vec<String> = Vec::new();
+        for kv in resp.kvs() {
+            let Ok(key) = std::str::from_utf8(kv.key()) else {
+                continue;
+            };
+            // Keys come sorted, so the nodes of one service are adjacent.
+            if let Some(name) = service_name_of(&prefix, key) {
+                if names.last().map(String::as_str) != Some(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Watches a service: lists it (failing if etcd cannot be reached now), then follows every

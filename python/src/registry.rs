@@ -160,6 +160,13 @@ impl PyRegistry {
         blocking::call(py, core.list(service)).map(nodes)
     }
 
+    /// The names of the services under the base path that have nodes, sorted (one keys-only
+    /// request; a '/' given at registration reads as '-').
+    fn services(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let core = self.core(py)?;
+        blocking::call(py, core.services())
+    }
+
     /// `list()` for asyncio.
     fn list_async<'py>(&self, py: Python<'py>, service: String) -> PyResult<Bound<'py, PyAny>> {
         let core = self.open(py)?.clone();

@@ -304,3 +304,15 @@ def test_properties_and_reprs(registry: Registry, etcd: Etcd, base_path: str) ->
     with registry.watch("api") as watch:
         assert repr(watch) == 'Watch(service="api", closed=False)'
     assert isinstance(etcd_registry.__version__, str)
+
+
+def test_services_names_each_service_with_nodes(registry: Registry, etcd: Etcd, base_path: str) -> None:
+    assert registry.services() == []
+    handles = [registry.register(s, n, {}, ttl=30.0) for s, n in [("web", "a"), ("api", "a"), ("api", "b")]]
+    for handle in handles:
+        assert handle.wait(timeout=DEADLINE)
+    etcd.cmd("put", f"{base_path}/a/b/n1", "{}")  # deeper than a node: no service "a"
+    etcd.cmd("put", f"{base_path}/a-b/n1", "{}")
+    assert registry.services() == ["a-b", "api", "web"]
+    handles[0].unregister()
+    assert registry.services() == ["a-b", "api"]

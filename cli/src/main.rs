@@ -1,0 +1,792 @@
+//! `etcd-registry`: list, watch and register service nodes in etcd from a shell, in the wire
+//! format of the etcd-registry library (and go.lumeweb.com/etcd-registry).
+//!
+//! Every rule (names, TTLs, endpoints, retries) lives in the library; this program only turns
+//! flags into a `Config`, calls the library, and prints lines.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use etcd_registry::{
+    Config, Error, ErrorKind, Info, Node, Registry, StatusEvent, WatchEvent, WatchEventKind,
+};
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The fields of a JSON line, in the order given (`"event"` or `"name"` first).
+macro_rules! obj {
+    ($($key:literal : $value:expr),* $(,)?) => {
+        &[$(($key, serde_json::json!($value))),*][..]
+    };
+}
+
+/// Success (and for `watch`/`register`, stopped by SIGINT or SIGTERM after cleaning up).
+const EXIT_OK: u8 = 0;
+/// etcd answered with an error, or any other failure at run time.
+const EXIT_ERROR: u8 = 1;
+/// Bad command line or bad argument (clap's own code for usage errors).
+const EXIT_USAGE: u8 = 2;
+/// etcd could not be reached: connection refused or broken, or no answer within --timeout.
+const EXIT_UNREACHABLE: u8 = 3;
+/// etcd rejected the credentials or the permission.
+const EXIT_AUTH: u8 = 4;
+
+const AFTER_HELP: &str = "\
+Output formats:
+  One line per node, event or service. With --json, one JSON object per line:
+    list      {\"name\":\"node-1\",\"info\":{\"address\":\"10.0.0.5:8080\"}}
+    watch     {\"event\":\"added\",\"name\":\"node-1\",\"info\":{…},\"revision\":7}
+              (event: added | updated | removed | resynced)
+    register  {\"event\":\"registered\",\"key\":\"/services/api/node-1\",\"lease_id\":…}
+              (event: registered | failed | keepalive_lost | retrying | reregistered | unregistered)
+    services  {\"service\":\"api\"}
+  Errors go to stderr as one line: `etcd-registry: <kind>: <message>`.
+
+Exit status:
+  0  success; `watch` and `register` exit 0 when stopped by SIGINT (Ctrl-C) or SIGTERM,
+     after unregistering. `list` of a service without nodes prints nothing and exits 0.
+  1  etcd answered with an error, or another failure at run time
+  2  usage error: unknown flag, missing or bad argument (empty name, KEY=VALUE without '=',
+     --ttl 0, malformed endpoint, password without user)
+  3  etcd unreachable: connection refused or broken, or no answer within --timeout; also
+     `register` interrupted while etcd is down (its key goes when the lease expires)
+  4  authentication failed or permission denied (`register` exits at once instead of retrying)
+
+Environment:
+  Every connection option can come from the variable named in its help. The password is
+  better given through ETCD_PASSWORD or --password-file than on the command line, where other
+  users can see it. Logs of the library go to stderr at the level of --log (ETCD_REGISTRY_LOG).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "etcd-registry",
+    version,
+    about = "Register, list and watch service nodes in etcd",
+    long_about = "Register, list and watch service nodes in etcd.\n\n\
+        Nodes live under <base-path>/<service>/<node>, their value a JSON object of string \
+        to string (the info), as written by the etcd-registry libraries and \
+        go.lumeweb.com/etcd-registry.",
+    after_help = "Run `etcd-registry --help` for the output formats, exit status and environment.",
+    after_long_help = AFTER_HELP,
+    propagate_version = true
+)]
+struct Cli {
+    #[command(flatten)]
+    conn: ConnArgs,
+
+    /// Print one JSON object per line instead of text.
+    #[arg(long, global = true, help_heading = "Output")]
+    json: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
+struct ConnArgs {
+    /// etcd endpoints, comma-separated: host:port or http://host:port.
+    #[arg(
+        long,
+        env = "ETCD_ENDPOINTS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:2379",
+        global = true
+    )]
+    endpoints: Vec<String>,
+
+    /// Prefix of every key.
+    #[arg(
+        long,
+        env = "ETCD_REGISTRY_BASE_PATH",
+        default_value = "/services",
+        global = true
+    )]
+    base_path: String,
+
+    /// User name, for an etcd with authentication enabled.
+    #[arg(long, env = "ETCD_USERNAME", global = true)]
+    user: Option<String>,
+
+    /// Password of --user. Prefer ETCD_PASSWORD or --password-file: arguments are visible to
+    /// other users.
+    #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true, global = true)]
+    password: Option<String>,
+
+    /// Read the password from this file (one trailing newline is ignored); wins over --password.
+    #[arg(long, env = "ETCD_PASSWORD_FILE", value_name = "FILE", global = true)]
+    password_file: Option<PathBuf>,
+
+    /// TLS: PEM file of the certificate authority that signed etcd's certificate.
+    #[arg(long, env = "ETCD_CACERT", value_name = "FILE", global = true)]
+    cacert: Option<PathBuf>,
+
+    /// TLS: PEM file of the client certificate, for mutual TLS.
+    #[arg(long, env = "ETCD_CERT", value_name = "FILE", global = true)]
+    cert: Option<PathBuf>,
+
+    /// TLS: PEM file of the client key, for mutual TLS.
+    #[arg(long, env = "ETCD_KEY", value_name = "FILE", global = true)]
+    key: Option<PathBuf>,
+
+    /// Timeout of connecting and of each etcd call (e.g. 5s, 500ms, 1m).
+    #[arg(
+        long,
+        env = "ETCD_REGISTRY_TIMEOUT",
+        default_value = "5s",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        global = true
+    )]
+    timeout: Duration,
+
+    /// First retry delay of `register` and `watch` after a failure; doubles up to
+    /// --backoff-max.
+    #[arg(
+        long,
+        env = "ETCD_REGISTRY_BACKOFF_MIN",
+        default_value = "1s",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        global = true
+    )]
+    backoff_min: Duration,
+
+    /// Longest retry delay.
+    #[arg(
+        long,
+        env = "ETCD_REGISTRY_BACKOFF_MAX",
+        default_value = "30s",
+        value_name = "DURATION",
+        value_parser = parse_duration,
+        global = true
+    )]
+    backoff_max: Duration,
+
+    /// Log level of the library on stderr: off, error, warn, info, debug, trace (or a
+    /// tracing filter such as etcd_registry=debug).
+    #[arg(
+        long,
+        env = "ETCD_REGISTRY_LOG",
+        default_value = "error",
+        value_name = "LEVEL",
+        help_heading = "Output",
+        global = true
+    )]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the nodes of a service, one per line: NAME KEY=VALUE…
+    ///
+    /// One range request. A service without nodes prints nothing and exits 0.
+    List {
+        /// The service.
+        service: String,
+    },
+    /// Print the nodes of a service, then every change, one line per event, until interrupted
+    ///
+    /// Lines:
+    ///   added NAME KEY=VALUE…     a node present at the start, or a new one
+    ///   updated NAME KEY=VALUE…   a node's info changed
+    ///   removed NAME              a node unregistered, or its lease expired
+    ///   resynced                  etcd compacted history the watch missed while
+    ///                             disconnected; it re-listed and printed the difference
+    /// Disconnections are resumed without losing or repeating events.
+    /// Exits 0 on SIGINT (Ctrl-C) or SIGTERM.
+    #[command(verbatim_doc_comment)]
+    Watch {
+        /// The service.
+        service: String,
+    },
+    /// Register a node and keep it registered until interrupted, printing status events
+    ///
+    /// Puts <base-path>/<service>/<node>, its info as a JSON object, on a lease of --ttl kept
+    /// alive. Whatever happens to etcd or the network (restarts, partitions, an expired lease),
+    /// the node is registered again, retrying with backoff without giving up.
+    ///
+    /// Lines:
+    ///   registered KEY lease=ID ttl=Ns
+    ///   failed: ERROR                           the first attempt failed; retries follow
+    ///   keep-alive lost: ERROR
+    ///   retrying in DELAY (attempt N): ERROR
+    ///   re-registered KEY lease=ID
+    ///   unregistered KEY                        the last line
+    /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0.
+    /// If etcd rejects the credentials it exits 4 at once.
+    #[command(verbatim_doc_comment)]
+    Register {
+        /// The service.
+        service: String,
+        /// The node's name, unique within the service.
+        node: String,
+        /// The node's info, e.g. address=10.0.0.5:8080 version=1.2.
+        #[arg(value_name = "KEY=VALUE", value_parser = parse_pair)]
+        info: Vec<(String, String)>,
+        /// Lease TTL (rounded up to whole seconds; etcd raises it to its minimum of about 2 s).
+        #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Duration,
+    },
+    /// Print the names of the services under the base path that have nodes, one per line.
+    ///
+    /// One range request for keys only. Names are as they appear in keys: a '/' given at
+    /// registration reads as '-'.
+    Services,
+}
+
+/// A failure to report: the exit status and the message for stderr.
+#[derive(Debug)]
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// An error of the library, with the endpoints named when etcd could not be reached.
+    fn from_error(err: &Error, endpoints: &[String]) -> Self {
+        let code = exit_code(err.kind());
+        let mut message = err.to_string();
+        if code == EXIT_UNREACHABLE {
+            message.push_str(&format!(" (endpoints: {})", endpoints.join(",")));
+        }
+        Failure::new(code, message)
+    }
+}
+
+fn exit_code(kind: ErrorKind) -> u8 {
+    match kind {
+        ErrorKind::InvalidArgument => EXIT_USAGE,
+        ErrorKind::Connection | ErrorKind::Timeout => EXIT_UNREACHABLE,
+        ErrorKind::Auth => EXIT_AUTH,
+        _ => EXIT_ERROR,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.conn.log);
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("etcd-registry: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_ERROR);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(failure) => {
+            eprintln!("etcd-registry: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_logs(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .try_init();
+}
+
+/// The library's configuration from the flags and environment.
+fn config_of(args: &ConnArgs) -> Result<Config, Failure> {
+    let mut config = Config::new(args.endpoints.iter().cloned(), args.base_path.clone())
+        .with_timeout(args.timeout)
+        .with_backoff(args.backoff_min, args.backoff_max);
+    let password = match &args.password_file {
+        Some(path) => Some(read_password(path)?),
+        None => args.password.clone(),
+    };
+    config.username = args.user.clone();
+    config.password = password;
+    config.tls.ca_file = args.cacert.clone();
+    config.tls.cert_file = args.cert.clone();
+    config.tls.key_file = args.key.clone();
+    Ok(config)
+}
+
+fn read_password(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::new(
+            EXIT_USAGE,
+            format!("cannot read the password file {}: {e}", path.display()),
+        )
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
+}
+
+async fn run(cli: Cli) -> Result<(), Failure> {
+    let config = config_of(&cli.conn)?;
+    let endpoints = config.endpoints.clone();
+    let fail = |e: Error| Failure::from_error(&e, &endpoints);
+    let registry = Registry::connect(config).await.map_err(fail)?;
+    let mut out = Output::new(cli.json);
+    let result = match cli.command {
+        Command::List { service } => list(&registry, &service, &mut out).await,
+        Command::Services => services(&registry, &mut out).await,
+        Command::Watch { service } => watch(&registry, &service, &mut out).await,
+        Command::Register {
+            service,
+            node,
+            info,
+            ttl,
+        } => register(&registry, &service, &node, info, ttl, &mut out).await,
+    };
+    let closed = registry.close().await;
+    match result {
+        Ok(()) | Err(Step::OutputClosed) => closed.map_err(fail),
+        Err(Step::Etcd(e)) => Err(fail(e)),
+        Err(Step::Fail(f)) => Err(f),
+        Err(Step::Output(e)) => Err(Failure::new(
+            EXIT_ERROR,
+            format!("cannot write to stdout: {e}"),
+        )),
+    }
+}
+
+/// How a command ended early.
+enum Step {
+    /// An error of the library.
+    Etcd(Error),
+    /// Anything else, already with its exit status.
+    Fail(Failure),
+    /// Whoever read stdout went away (`| head -1`): a normal end.
+    OutputClosed,
+    /// Writing to stdout failed otherwise.
+    Output(io::Error),
+}
+
+impl From<Error> for Step {
+    fn from(err: Error) -> Self {
+        Step::Etcd(err)
+    }
+}
+
+impl From<io::Error> for Step {
+    fn from(err: io::Error) -> Self {
+        if err.kind() == io::ErrorKind::BrokenPipe {
+            Step::OutputClosed
+        } else {
+            Step::Output(err)
+        }
+    }
+}
+
+async fn list(registry: &Registry, service: &str, out: &mut Output) -> Result<(), Step> {
+    for node in registry.list(service).await? {
+        out.line(obj!("name": node.name, "info": node.info), || {
+            format!("{}{}", quote(&node.name), info_text(&node.info))
+        })?;
+    }
+    Ok(())
+}
+
+async fn services(registry: &Registry, out: &mut Output) -> Result<(), Step> {
+    for name in registry.services().await? {
+        out.line(obj!("service": name), || quote(&name))?;
+    }
+    Ok(())
+}
+
+async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(), Step> {
+    let mut stop = Interrupt::new()?;
+    let watch = tokio::select! {
+        watch = registry.watch(service) => watch?,
+        _ = stop.recv() => return Ok(()),
+    };
+    loop {
+        tokio::select! {
+            event = watch.next() => match event {
+                Some(event) => print_watch_event(&event, out)?,
+                None => return Ok(()),
+            },
+            _ = stop.recv() => return Ok(()),
+        }
+    }
+}
+
+fn print_watch_event(event: &WatchEvent, out: &mut Output) -> io::Result<()> {
+    let kind = event.kind.as_str();
+    match &event.node {
+        Some(node) => out.line(
+            obj!("event": kind, "name": node.name, "info": node.info, "revision": event.revision),
+            || match event.kind {
+                WatchEventKind::Removed => format!("{kind} {}", quote(&node.name)),
+                _ => format!("{kind} {}{}", quote(&node.name), info_text(&node.info)),
+            },
+        ),
+        None => out.line(obj!("event": kind, "revision": event.revision), || {
+            kind.to_string()
+        }),
+    }
+}
+
+async fn register(
+    registry: &Registry,
+    service: &str,
+    node: &str,
+    pairs: Vec<(String, String)>,
+    ttl: Duration,
+    out: &mut Output,
+) -> Result<(), Step> {
+    let mut stop = Interrupt::new()?;
+    let mut info = Info::new();
+    for (key, value) in pairs {
+        if info.insert(key.clone(), value).is_some() {
+            return Err(Step::Fail(Failure::new(
+                EXIT_USAGE,
+                format!("info key {key:?} is given twice"),
+            )));
+        }
+    }
+    let registration = registry.register(service, Node::new(node, info), ttl)?;
+    let key = registration.key().to_string();
+    let mut events = registration.subscribe();
+    // The registration is the point: a reader that went away does not end it.
+    let mut print = |event: &StatusEvent| {
+        let _ = print_status_event(event, &key, registration.ttl_secs(), out);
+    };
+    let mut auth_error = None;
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                Some(event) => {
+                    print(&event);
+                    if let StatusEvent::Failed { error } = &event {
+                        if error.kind() == ErrorKind::Auth {
+                            auth_error = Some(error.clone());
+                            break;
+                        }
+                    }
+                }
+                None => break,
+            },
+            _ = stop.recv() => break,
+        }
+    }
+    let unregistered = registration.unregister().await;
+    // The rest of the events, down to `unregistered` (the stream ends after it).
+    while let Some(event) = events.recv().await {
+        print(&event);
+    }
+    if let Some(error) = auth_error {
+        return Err(Step::Etcd(error));
+    }
+    unregistered.map_err(|e| {
+        Step::Etcd(Error::new(
+            e.kind(),
+            format!(
+                "{}; the key disappears when its lease expires, within {} s",
+                e.message(),
+                registration.ttl_secs()
+            ),
+        ))
+    })
+}
+
+fn print_status_event(
+    event: &StatusEvent,
+    key: &str,
+    ttl_secs: i64,
+    out: &mut Output,
+) -> io::Result<()> {
+    let kind = event.kind_str();
+    match event {
+        StatusEvent::Registered { lease_id } => out.line(
+            obj!("event": kind, "key": key, "lease_id": lease_id, "ttl": ttl_secs),
+            || format!("registered {key} lease={lease_id} ttl={ttl_secs}s"),
+        ),
+        StatusEvent::Failed { error } => out.line(
+            obj!("event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()),
+            || format!("failed: {error}"),
+        ),
+        StatusEvent::KeepAliveLost { error } => out.line(
+            obj!("event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()),
+            || format!("keep-alive lost: {error}"),
+        ),
+        StatusEvent::Retrying {
+            attempt,
+            delay,
+            error,
+        } => out.line(
+            obj!(
+                "event": kind,
+                "attempt": attempt,
+                "delay_ms": delay.as_millis() as u64,
+                "error": error.to_string(),
+                "error_kind": error.kind().as_str(),
+            ),
+            || {
+                format!(
+                    "retrying in {:.1}s (attempt {attempt}): {error}",
+                    delay.as_secs_f64()
+                )
+            },
+        ),
+        StatusEvent::Reregistered { lease_id } => out.line(
+            obj!("event": kind, "key": key, "lease_id": lease_id),
+            || format!("re-registered {key} lease={lease_id}"),
+        ),
+        StatusEvent::Unregistered => out.line(obj!("event": kind, "key": key), || {
+            format!("unregistered {key}")
+        }),
+    }
+}
+
+/// SIGINT or SIGTERM; installed before anything that can wait, so neither kills the program
+/// before it has cleaned up.
+struct Interrupt {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupt {
+    fn new() -> Result<Self, Step> {
+        let install = |kind| {
+            signal(kind).map_err(|e| {
+                Step::Fail(Failure::new(
+                    EXIT_ERROR,
+                    format!("cannot handle signals: {e}"),
+                ))
+            })
+        };
+        Ok(Interrupt {
+            int: install(SignalKind::interrupt())?,
+            term: install(SignalKind::terminate())?,
+        })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+/// Lines on stdout, flushed one by one (a reader of `watch` sees each event at once).
+struct Output {
+    json: bool,
+    stdout: io::Stdout,
+}
+
+impl Output {
+    fn new(json: bool) -> Self {
+        Output {
+            json,
+            stdout: io::stdout(),
+        }
+    }
+
+    fn line(
+        &mut self,
+        fields: &[(&str, serde_json::Value)],
+        text: impl FnOnce() -> String,
+    ) -> io::Result<()> {
+        let mut lock = self.stdout.lock();
+        if self.json {
+            let fields: Vec<String> = fields
+                .iter()
+                .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
+                .collect();
+            writeln!(lock, "{{{}}}", fields.join(","))?;
+        } else {
+            writeln!(lock, "{}", text())?;
+        }
+        lock.flush()
+    }
+}
+
+/// ` key=value key=value`, sorted by key; values quoted when they would not read back as one
+/// word.
+fn info_text(info: &Info) -> String {
+    info.iter()
+        .map(|(k, v)| format!(" {}={}", quote(k), quote(v)))
+        .collect()
+}
+
+fn quote(text: &str) -> String {
+    let plain = !text.is_empty()
+        && !text
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '"' | '\\' | '=' | '\''));
+    if plain {
+        text.to_string()
+    } else {
+        format!("{text:?}")
+    }
+}
+
+/// `30`, `30s`, `1.5s`, `500ms`, `2m`, `1h`: a non-negative duration (seconds by default).
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let not_a_duration = || format!("{text:?} is not a duration (e.g. 30s, 500ms, 2m)");
+    if number.is_empty() {
+        return Err(not_a_duration());
+    }
+    let scale = match unit.trim() {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {text:?}: use ms, s, m or h (e.g. 30s)"
+            ))
+        }
+    };
+    let value: f64 = number.parse().map_err(|_| not_a_duration())?;
+    Duration::try_from_secs_f64(value * scale).map_err(|_| format!("{text:?} is out of range"))
+}
+
+/// `KEY=VALUE`, split at the first '='; the key must not be empty, the value may.
+fn parse_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some(("", _)) => Err(format!("{text:?} has an empty KEY")),
+        Some((key, value)) => Ok((key.to_string(), value.to_string())),
+        None => Err(format!(
+            "{text:?} is not KEY=VALUE (info is given as pairs such as address=10.0.0.5:8080)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("etcd-registry").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        for bad in ["", "s", "-1", "1x", "1e400", "abc", "1.2.3"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pairs() {
+        assert_eq!(
+            parse_pair("address=10.0.0.5:8080").unwrap(),
+            ("address".into(), "10.0.0.5:8080".into())
+        );
+        assert_eq!(parse_pair("a=b=c").unwrap(), ("a".into(), "b=c".into()));
+        assert_eq!(parse_pair("empty=").unwrap(), ("empty".into(), "".into()));
+        assert!(parse_pair("=x").is_err());
+        assert!(parse_pair("novalue").is_err());
+    }
+
+    #[test]
+    fn flags_fill_the_configuration() {
+        let cli = parse(&[
+            "--endpoints",
+            "a:1,b:2",
+            "--base-path",
+            "/x",
+            "--user",
+            "u",
+            "--password",
+            "p",
+            "--cacert",
+            "/ca.pem",
+            "--cert",
+            "/c.pem",
+            "--key",
+            "/k.pem",
+            "--timeout",
+            "2s",
+            "--backoff-min",
+            "100ms",
+            "--backoff-max",
+            "1s",
+            "list",
+            "api",
+        ])
+        .unwrap();
+        let config = config_of(&cli.conn).unwrap();
+        assert_eq!(config.endpoints, ["a:1", "b:2"]);
+        assert_eq!(config.base_path, "/x");
+        assert_eq!(config.username.as_deref(), Some("u"));
+        assert_eq!(config.password.as_deref(), Some("p"));
+        assert_eq!(config.tls.ca_file, Some(PathBuf::from("/ca.pem")));
+        assert_eq!(config.tls.cert_file, Some(PathBuf::from("/c.pem")));
+        assert_eq!(config.tls.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(config.timeout, Duration::from_secs(2));
+        assert_eq!(config.backoff_min, Duration::from_millis(100));
+        assert_eq!(config.backoff_max, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn global_flags_go_after_the_command_too() {
+        let cli = parse(&["list", "api", "--json", "--endpoints", "h:9"]).unwrap();
+        assert!(cli.json);
+        assert_eq!(cli.conn.endpoints, ["h:9"]);
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors_with_status_2() {
+        for args in [
+            &[][..],
+            &["list"],
+            &["register", "api"],
+            &["register", "api", "n1", "noequals"],
+            &["register", "api", "n1", "--ttl", "soon"],
+            &["bogus"],
+        ] {
+            let err = parse(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn error_kinds_map_to_documented_statuses() {
+        assert_eq!(exit_code(ErrorKind::InvalidArgument), 2);
+        assert_eq!(exit_code(ErrorKind::Connection), 3);
+        assert_eq!(exit_code(ErrorKind::Timeout), 3);
+        assert_eq!(exit_code(ErrorKind::Auth), 4);
+        assert_eq!(exit_code(ErrorKind::Internal), 1);
+        assert_eq!(exit_code(ErrorKind::NotFound), 1);
+    }
+
+    #[test]
+    fn info_text_quotes_only_what_needs_it() {
+        let info: Info = [("a", "1"), ("b", "two words"), ("c", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(info_text(&info), r#" a=1 b="two words" c="""#);
+    }
+}

@@ -1,0 +1,787 @@
+//! The `etcd-registry` program, run as a user runs it, against real etcd servers started by the
+//! harness: output (text and JSON), signals, an etcd restart under `register`, bad input and
+//! exit statuses.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use etcd_harness::EtcdCluster;
+use serde_json::{json, Value};
+
+/// Generous bound for anything that should happen soon: the tests poll, never sleep.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every variable the program reads; removed so the caller's environment (the harness exports
+/// ETCD_ENDPOINTS) never leaks into a test.
+const ENV: &[&str] = &[
+    "ETCD_ENDPOINTS",
+    "ETCD_REGISTRY_BASE_PATH",
+    "ETCD_USERNAME",
+    "ETCD_PASSWORD",
+    "ETCD_PASSWORD_FILE",
+    "ETCD_CACERT",
+    "ETCD_CERT",
+    "ETCD_KEY",
+    "ETCD_REGISTRY_TIMEOUT",
+    "ETCD_REGISTRY_BACKOFF_MIN",
+    "ETCD_REGISTRY_BACKOFF_MAX",
+    "ETCD_REGISTRY_LOG",
+];
+
+fn etcd() -> EtcdCluster {
+    EtcdCluster::start_single().expect("start etcd")
+}
+
+/// The program with a clean environment, short timeouts and quick retries.
+fn program(endpoints: &str) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcd-registry"));
+    for var in ENV {
+        cmd.env_remove(var);
+    }
+    cmd.env("ETCD_ENDPOINTS", endpoints)
+        .env("ETCD_REGISTRY_TIMEOUT", "2s")
+        .env("ETCD_REGISTRY_BACKOFF_MIN", "200ms")
+        .env("ETCD_REGISTRY_BACKOFF_MAX", "1s");
+    cmd
+}
+
+fn at(etcd: &EtcdCluster) -> Command {
+    program(&etcd.endpoints().join(","))
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs to completion (killed and failed after `DEADLINE`).
+fn run(cmd: &mut Command, args: &[&str]) -> Run {
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn etcd-registry");
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(stdout)), read(Box::new(stderr)));
+    let code = wait_exit(&mut child, args);
+    Run {
+        code,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+fn wait_exit(child: &mut Child, what: &[&str]) -> i32 {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status
+                .code()
+                .unwrap_or_else(|| panic!("{what:?} died by a signal: {status}"));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what:?} did not exit within {DEADLINE:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A long-running invocation (`watch`, `register`) whose stdout is read line by line.
+struct Running {
+    child: Child,
+    lines: Receiver<String>,
+    seen: Vec<String>,
+    args: Vec<String>,
+    stderr: thread::JoinHandle<String>,
+}
+
+impl Running {
+    fn start(cmd: &mut Command, args: &[&str]) -> Running {
+        let mut child = cmd
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn etcd-registry");
+        let (tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut stderr = child.stderr.take().unwrap();
+        let stderr = thread::spawn(move || {
+            let mut s = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+            s
+        });
+        Running {
+            child,
+            lines,
+            seen: Vec::new(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            stderr,
+        }
+    }
+
+    /// Reads lines until one matches, returning it; fails after `DEADLINE` or at end of output.
+    fn expect(&mut self, what: &str, matches: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if matches(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!(
+                    "{:?}: no line {what} ({e}); lines so far: {:#?}",
+                    self.args, self.seen
+                ),
+            }
+        }
+    }
+
+    /// Like `expect`, for `--json` output: the next object whose "event" is `event`.
+    fn expect_event(&mut self, event: &str) -> Value {
+        let line = self.expect(&format!("with event {event:?}"), |line| {
+            serde_json::from_str::<Value>(line).expect("a JSON object per line")["event"] == event
+        });
+        serde_json::from_str(&line).unwrap()
+    }
+
+    fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        assert_eq!(
+            unsafe { libc::kill(self.child.id() as libc::pid_t, sig) },
+            0
+        );
+    }
+
+    /// Waits for the exit, then returns the status, the rest of stdout and stderr.
+    fn finish(mut self) -> (i32, Vec<String>, String) {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        let code = wait_exit(&mut self.child, &args);
+        let rest: Vec<String> = self.lines.iter().collect();
+        (code, rest, self.stderr.join().unwrap())
+    }
+}
+
+fn json_lines(stdout: &str) -> Vec<Value> {
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn list_prints_nodes_as_text_and_json() {
+    let etcd = etcd();
+    etcd.put(
+        "/services/api/node-1",
+        r#"{"address":"10.0.0.5:8080","version":"1.0"}"#,
+    )
+    .unwrap();
+    etcd.put("/services/api/node-2", r#"{"note":"two words"}"#)
+        .unwrap();
+    etcd.put("/services/api2/other", "{}").unwrap();
+    etcd.put("/elsewhere/api/node-9", r#"{"a":"b"}"#).unwrap();
+
+    let text = run(&mut at(&etcd), &["list", "api"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert_eq!(
+        text.stdout,
+        "node-1 address=10.0.0.5:8080 version=1.0\nnode-2 note=\"two words\"\n"
+    );
+    assert_eq!(text.stderr, "");
+
+    let js = run(&mut at(&etcd), &["list", "api", "--json"]);
+    assert_eq!(js.code, 0, "{}", js.stderr);
+    assert!(
+        js.stdout
+            .starts_with(r#"{"name":"node-1","info":{"address":"#),
+        "the name comes first: {}",
+        js.stdout
+    );
+    assert_eq!(
+        json_lines(&js.stdout),
+        vec![
+            json!({"name": "node-1", "info": {"address": "10.0.0.5:8080", "version": "1.0"}}),
+            json!({"name": "node-2", "info": {"note": "two words"}}),
+        ]
+    );
+
+    // A service without nodes: nothing, and success.
+    let none = run(&mut at(&etcd), &["list", "nosuch"]);
+    assert_eq!(
+        (none.code, none.stdout.as_str()),
+        (0, ""),
+        "{}",
+        none.stderr
+    );
+
+    // The base path from the environment, then from the flag (which wins).
+    let env = run(
+        at(&etcd).env("ETCD_REGISTRY_BASE_PATH", "/elsewhere"),
+        &["list", "api"],
+    );
+    assert_eq!((env.code, env.stdout.as_str()), (0, "node-9 a=b\n"));
+    let flag = run(
+        at(&etcd).env("ETCD_REGISTRY_BASE_PATH", "/nothing"),
+        &["--base-path", "/elsewhere", "list", "api"],
+    );
+    assert_eq!((flag.code, flag.stdout.as_str()), (0, "node-9 a=b\n"));
+}
+
+#[test]
+fn services_prints_the_services_under_the_base_path() {
+    let etcd = etcd();
+    for key in [
+        "/services/web/n1",
+        "/services/api/n1",
+        "/services/api/n2",
+        "/services/a-b/x",
+        "/services/not-a-node",
+        "/other/zzz/n1",
+    ] {
+        etcd.put(key, "{}").unwrap();
+    }
+    let text = run(&mut at(&etcd), &["services"]);
+    assert_eq!(text.code, 0, "{}", text.stderr);
+    assert_eq!(text.stdout, "a-b\napi\nweb\n");
+
+    let js = run(&mut at(&etcd), &["--json", "services"]);
+    assert_eq!(
+        json_lines(&js.stdout),
+        vec![
+            json!({"service": "a-b"}),
+            json!({"service": "api"}),
+            json!({"service": "web"})
+        ]
+    );
+
+    let empty = run(&mut at(&etcd), &["--base-path", "/empty", "services"]);
+    assert_eq!((empty.code, empty.stdout.as_str()), (0, ""));
+}
+
+#[test]
+fn watch_prints_one_line_per_event_until_interrupted() {
+    let etcd = etcd();
+    etcd.put("/services/api/n1", r#"{"v":"1"}"#).unwrap();
+
+    let mut js = Running::start(&mut at(&etcd), &["watch", "api", "--json"]);
+    let mut text = Running::start(&mut at(&etcd), &["watch", "api"]);
+    let added = js.expect_event("added");
+    assert!(
+        js.seen[0].starts_with(r#"{"event":"added","name":"n1","info":{"v":"1"},"revision":"#),
+        "{}",
+        js.seen[0]
+    );
+    assert_eq!(added["name"], "n1");
+    assert_eq!(added["info"], json!({"v": "1"}));
+    assert!(added["revision"].as_i64().unwrap() > 0);
+    text.expect("added n1", |l| l == "added n1 v=1");
+
+    etcd.put("/services/api/n2", r#"{"v":"2"}"#).unwrap();
+    let added = js.expect_event("added");
+    assert_eq!(
+        (added["name"].as_str(), &added["info"]),
+        (Some("n2"), &json!({"v": "2"}))
+    );
+    text.expect("added n2", |l| l == "added n2 v=2");
+
+    etcd.put("/services/api/n1", r#"{"v":"1b"}"#).unwrap();
+    let updated = js.expect_event("updated");
+    assert_eq!(
+        (updated["name"].as_str(), &updated["info"]),
+        (Some("n1"), &json!({"v": "1b"}))
+    );
+    text.expect("updated n1", |l| l == "updated n1 v=1b");
+
+    // Another service is not reported.
+    etcd.put("/services/api2/x", "{}").unwrap();
+    etcd.delete("/services/api/n2").unwrap();
+    let removed = js.expect_event("removed");
+    assert_eq!(removed["name"], "n2");
+    text.expect("removed n2", |l| l == "removed n2");
+    assert!(
+        !js.seen
+            .iter()
+            .chain(&text.seen)
+            .any(|l| l.contains("api2") || l.contains("\"x\"")),
+        "{:?} {:?}",
+        js.seen,
+        text.seen
+    );
+
+    js.signal(libc::SIGINT);
+    text.signal(libc::SIGTERM);
+    for running in [js, text] {
+        let (code, rest, stderr) = running.finish();
+        assert_eq!(code, 0, "stderr: {stderr}");
+        assert!(rest.is_empty(), "{rest:?}");
+        assert_eq!(stderr, "");
+    }
+}
+
+#[test]
+fn register_stays_until_interrupted_then_the_key_is_gone() {
+    let etcd = etcd();
+    let mut reg = Running::start(
+        &mut at(&etcd),
+        &[
+            "register",
+            "api",
+            "node-1",
+            "address=10.0.0.5:8080",
+            "version=2",
+            "--ttl",
+            "10s",
+        ],
+    );
+    let line = reg.expect("registered", |l| l.starts_with("registered "));
+    assert!(
+        line.starts_with("registered /services/api/node-1 lease=") && line.ends_with(" ttl=10s"),
+        "{line}"
+    );
+    // What any client of the wire format reads.
+    assert_eq!(
+        etcd.get_prefix("/services/").unwrap(),
+        vec![(
+            "/services/api/node-1".to_string(),
+            r#"{"address":"10.0.0.5:8080","version":"2"}"#.to_string()
+        )]
+    );
+    assert_eq!(etcd.lease_list().unwrap().len(), 1);
+    let listed = run(&mut at(&etcd), &["list", "api"]);
+    assert_eq!(listed.stdout, "node-1 address=10.0.0.5:8080 version=2\n");
+
+    reg.signal(libc::SIGINT);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(rest, vec!["unregistered /services/api/node-1".to_string()]);
+    assert!(
+        etcd.get_prefix("/services/").unwrap().is_empty(),
+        "key deleted"
+    );
+    assert!(etcd.lease_list().unwrap().is_empty(), "lease revoked");
+
+    // The same with --json and SIGTERM.
+    let mut reg = Running::start(
+        &mut at(&etcd),
+        &["--json", "register", "web", "n/1", "--ttl", "5"],
+    );
+    let registered = reg.expect_event("registered");
+    assert_eq!(registered["key"], "/services/web/n-1");
+    assert!(registered["lease_id"].as_i64().unwrap() > 0);
+    assert_eq!(
+        etcd.get("/services/web/n-1").unwrap().as_deref(),
+        Some("{}")
+    );
+    reg.signal(libc::SIGTERM);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(
+        rest.iter()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect::<Vec<_>>(),
+        vec![json!({"event": "unregistered", "key": "/services/web/n-1"})]
+    );
+    assert_eq!(etcd.get("/services/web/n-1").unwrap(), None);
+}
+
+#[test]
+fn register_reports_an_etcd_restart_and_comes_back() {
+    let etcd = etcd();
+    let mut reg = Running::start(
+        &mut at(&etcd),
+        &["register", "api", "n1", "a=1", "--ttl", "3s", "--json"],
+    );
+    let first = reg.expect_event("registered");
+
+    etcd.kill(0).unwrap();
+    let lost = reg.expect_event("keepalive_lost");
+    assert!(
+        lost["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{lost}"
+    );
+    let retrying = reg.expect_event("retrying");
+    assert!(retrying["attempt"].as_u64().unwrap() >= 1, "{retrying}");
+    assert!(retrying["delay_ms"].as_u64().is_some(), "{retrying}");
+
+    etcd.start(0).unwrap();
+    let back = reg.expect_event("reregistered");
+    assert_eq!(back["key"], "/services/api/n1");
+    assert!(
+        back["lease_id"].as_i64().unwrap() > 0,
+        "{back} after {first}"
+    );
+    assert_eq!(
+        etcd.get("/services/api/n1").unwrap().as_deref(),
+        Some(r#"{"a":"1"}"#)
+    );
+
+    // The human lines of the same story.
+    let mut text = Running::start(&mut at(&etcd), &["register", "web", "n1", "--ttl", "3s"]);
+    text.expect("registered", |l| {
+        l.starts_with("registered /services/web/n1 lease=")
+    });
+    etcd.kill(0).unwrap();
+    text.expect("keep-alive lost", |l| l.starts_with("keep-alive lost: "));
+    text.expect("retrying", |l| {
+        l.starts_with("retrying in ") && l.contains("(attempt ")
+    });
+    etcd.start(0).unwrap();
+    text.expect("re-registered", |l| {
+        l.starts_with("re-registered /services/web/n1 lease=")
+    });
+
+    for running in [reg, text] {
+        running.signal(libc::SIGINT);
+        let (code, rest, stderr) = running.finish();
+        assert_eq!(code, 0, "stderr: {stderr}");
+        assert!(
+            rest.last().is_some_and(|l| l.contains("unregistered")),
+            "{rest:?}"
+        );
+    }
+    assert!(etcd.get_prefix("/services/").unwrap().is_empty());
+}
+
+#[test]
+fn bad_input_exits_2_with_a_message() {
+    let nowhere = format!("127.0.0.1:{}", closed_port());
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "Usage:"),
+        (&["list"], "<SERVICE>"),
+        (&["register", "api"], "<NODE>"),
+        (&["register", "api", "n1", "address"], "is not KEY=VALUE"),
+        (&["register", "api", "n1", "=x"], "empty KEY"),
+        (
+            &["register", "api", "n1", "--ttl", "soon"],
+            "not a duration",
+        ),
+        (
+            &["register", "api", "n1", "--ttl", "0"],
+            "ttl must be greater than zero",
+        ),
+        (
+            &["register", "api", "n1", "a=1", "a=2"],
+            "\"a\" is given twice",
+        ),
+        (&["register", "", "n1"], "service name must not be empty"),
+        (&["list", ""], "service name must not be empty"),
+        (
+            &["--endpoints", "no port", "list", "api"],
+            "malformed endpoint",
+        ),
+        (
+            &["--password", "p", "list", "api"],
+            "password was given without a username",
+        ),
+        (
+            &["--timeout", "0", "list", "api"],
+            "timeout must be greater than zero",
+        ),
+        (
+            &[
+                "--password-file",
+                "/nonexistent/pw",
+                "--user",
+                "u",
+                "list",
+                "api",
+            ],
+            "cannot read the password file",
+        ),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ];
+    for (args, message) in cases {
+        let out = run(&mut program(&nowhere), args);
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+        assert!(out.stderr.contains(message), "{args:?}: {:?}", out.stderr);
+        assert_eq!(out.stdout, "", "{args:?}");
+    }
+}
+
+#[test]
+fn unreachable_etcd_exits_3_and_names_the_endpoint() {
+    let nowhere = format!("127.0.0.1:{}", closed_port());
+    for args in [
+        &["list", "api"][..],
+        &["services"],
+        &["watch", "api"],
+        &["--json", "list", "api"],
+    ] {
+        let out = run(&mut program(&nowhere), args);
+        assert_eq!(out.code, 3, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("etcd-registry: "),
+            "{:?}",
+            out.stderr
+        );
+        assert!(out.stderr.contains(&nowhere), "{args:?}: {:?}", out.stderr);
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {:?}", out.stderr);
+        assert_eq!(out.stdout, "");
+    }
+
+    // A server that accepts connections and never answers: the timeout, same status.
+    let etcd = EtcdCluster::builder()
+        .proxy(true)
+        .start()
+        .expect("etcd behind a proxy");
+    etcd.partition().unwrap();
+    let out = run(&mut at(&etcd), &["--timeout", "1s", "list", "api"]);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("timeout"), "{:?}", out.stderr);
+}
+
+#[test]
+fn credentials_from_flags_environment_or_file_and_auth_failure_exits_4() {
+    let etcd = etcd();
+    etcd.enable_auth("svc", "s3cret").unwrap();
+    etcd.put("/services/api/n1", "{}").unwrap();
+
+    let env = run(
+        at(&etcd)
+            .env("ETCD_USERNAME", "svc")
+            .env("ETCD_PASSWORD", "s3cret"),
+        &["list", "api"],
+    );
+    assert_eq!(
+        (env.code, env.stdout.as_str()),
+        (0, "n1\n"),
+        "{}",
+        env.stderr
+    );
+
+    let file = etcd.base_dir().join("password");
+    std::fs::write(&file, "s3cret\n").unwrap();
+    let from_file = run(
+        &mut at(&etcd),
+        &[
+            "--user",
+            "svc",
+            "--password-file",
+            file.to_str().unwrap(),
+            "list",
+            "api",
+        ],
+    );
+    assert_eq!(
+        (from_file.code, from_file.stdout.as_str()),
+        (0, "n1\n"),
+        "{}",
+        from_file.stderr
+    );
+
+    let wrong = run(
+        at(&etcd)
+            .env("ETCD_USERNAME", "svc")
+            .env("ETCD_PASSWORD", "wrong"),
+        &["list", "api"],
+    );
+    assert_eq!(wrong.code, 4, "{}", wrong.stderr);
+    assert!(
+        wrong.stderr.contains("authentication"),
+        "{:?}",
+        wrong.stderr
+    );
+    assert!(
+        !wrong.stderr.contains("wrong"),
+        "the password is not echoed: {:?}",
+        wrong.stderr
+    );
+
+    // register does not retry forever on bad credentials: it says so and exits 4.
+    let reg = run(
+        at(&etcd)
+            .env("ETCD_USERNAME", "svc")
+            .env("ETCD_PASSWORD", "wrong"),
+        &["register", "api", "n2"],
+    );
+    assert_eq!(reg.code, 4, "{}", reg.stderr);
+    assert!(
+        reg.stdout.starts_with("failed: authentication"),
+        "{:?}",
+        reg.stdout
+    );
+    assert!(
+        reg.stdout
+            .trim_end()
+            .ends_with("unregistered /services/api/n2"),
+        "{:?}",
+        reg.stdout
+    );
+
+    // No credentials at all.
+    let none = run(&mut at(&etcd), &["list", "api"]);
+    assert_eq!(none.code, 4, "{}", none.stderr);
+}
+
+#[test]
+fn help_explains_commands_exit_statuses_and_environment() {
+    let nowhere = format!("127.0.0.1:{}", closed_port());
+    let help = run(&mut program(&nowhere), &["--help"]);
+    assert_eq!(help.code, 0);
+    for needle in [
+        "list",
+        "watch",
+        "register",
+        "services",
+        "--endpoints",
+        "ETCD_ENDPOINTS",
+        "ETCD_REGISTRY_BASE_PATH",
+        "ETCD_USERNAME",
+        "--password-file",
+        "--cacert",
+        "--json",
+        "Exit status",
+        "etcd unreachable",
+        "authentication failed",
+    ] {
+        assert!(
+            help.stdout.contains(needle),
+            "--help lacks {needle:?}:\n{}",
+            help.stdout
+        );
+    }
+    assert!(
+        !help.stdout.contains("[env: ETCD_PASSWORD="),
+        "password values stay hidden"
+    );
+
+    let reg = run(&mut program(&nowhere), &["register", "--help"]);
+    assert_eq!(reg.code, 0);
+    for needle in ["KEY=VALUE", "--ttl", "SIGINT", "re-registered"] {
+        assert!(
+            reg.stdout.contains(needle),
+            "register --help lacks {needle:?}"
+        );
+    }
+    let version = run(&mut program(&nowhere), &["--version"]);
+    assert_eq!(version.code, 0);
+    assert!(
+        version.stdout.starts_with("etcd-registry "),
+        "{}",
+        version.stdout
+    );
+}
+
+#[test]
+fn watch_ends_quietly_when_its_reader_goes_away() {
+    let etcd = etcd();
+    etcd.put("/services/api/n1", "{}").unwrap();
+    // `etcd-registry watch api | head -1`
+    let mut child = at(&etcd)
+        .args(["watch", "api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first, "added n1\n");
+    // The reader is gone; the next event cannot be written.
+    etcd.put("/services/api/n2", "{}").unwrap();
+    let code = wait_exit(&mut child, &["watch", "api"]);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}
+
+#[test]
+fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
+    let etcd = etcd();
+    etcd.kill(0).unwrap();
+    // etcd is down when the node is registered: the attempts fail and retry.
+    let mut reg = Running::start(&mut at(&etcd), &["register", "api", "n1", "--ttl", "3s"]);
+    reg.expect("failed", |l| l.starts_with("failed: connection: "));
+    reg.expect("retrying", |l| l.starts_with("retrying in "));
+    etcd.start(0).unwrap();
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/api/n1 ")
+    });
+    assert!(etcd.get("/services/api/n1").unwrap().is_some());
+
+    // Interrupted while etcd is down: the key cannot be deleted now, and the program says so.
+    etcd.kill(0).unwrap();
+    reg.expect("keep-alive lost", |l| l.starts_with("keep-alive lost: "));
+    reg.signal(libc::SIGINT);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 3, "stderr: {stderr}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("unregistered /services/api/n1")
+    );
+    assert!(
+        stderr.contains("the key disappears when its lease expires, within 3 s"),
+        "{stderr:?}"
+    );
+    // And it does: nothing keeps the lease alive any more.
+    etcd.start(0).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    while etcd.get("/services/api/n1").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the key outlived its lease");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn watch_prints_the_difference_and_resynced_after_a_compaction_it_missed() {
+    let etcd = EtcdCluster::builder()
+        .proxy(true)
+        .start()
+        .expect("etcd behind a proxy");
+    etcd.put("/services/api/stays", "{}").unwrap();
+    etcd.put("/services/api/goes", "{}").unwrap();
+    let mut watch = Running::start(&mut at(&etcd), &["watch", "api"]);
+    watch.expect("added goes", |l| l == "added goes");
+    watch.expect("added stays", |l| l == "added stays");
+
+    // Changes the watcher cannot see, then their history compacted away.
+    etcd.partition().unwrap();
+    etcd.delete("/services/api/goes").unwrap();
+    etcd.put("/services/api/new", r#"{"v":"x"}"#).unwrap();
+    etcd.compact_to_latest().unwrap();
+    etcd.heal().unwrap();
+
+    watch.expect("resynced", |l| l == "resynced");
+    let mut diff: Vec<String> = watch.seen[2..watch.seen.len() - 1].to_vec();
+    diff.sort();
+    assert_eq!(diff, ["added new v=x", "removed goes"]);
+    watch.signal(libc::SIGINT);
+    let (code, rest, stderr) = watch.finish();
+    assert_eq!((code, rest.len(), stderr.as_str()), (0, 0, ""));
+}
