@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The etcd-version compatibility subset of the Rust core's tests.
-#   scripts/etcd-compat.sh VERSION   runs the subset against etcd VERSION (3.4|3.5|3.6|3.7; the
-#                                    harness gets it through ETCD_VERSION, see
-#                                    scripts/etcd-version.sh)
+#   scripts/etcd-compat.sh VERSION   runs the harness's own tests and the subset against etcd
+#                                    VERSION (3.4|3.5|3.6|3.7; the harness gets it through
+#                                    ETCD_VERSION, see scripts/etcd-version.sh)
 #   scripts/etcd-compat.sh table     prints the version × scenario table from the rows the tests
 #                                    wrote to $ETCD_VERSIONS_SUMMARY
 # Each test of the subset, once everything it checks has held, appends "VERSION<TAB>SCENARIO"
@@ -42,8 +42,13 @@ case "${1:-}" in
   version=$1
   # Resolve (install or build) the binary once, before the tests start in parallel.
   bash scripts/etcd-version.sh "$version" >/dev/null || exit 1
-  ETCD_VERSION=$version exec cargo test -p etcd-registry \
-    --test registration --test recovery --test watch -- --exact "${TESTS[@]}"
+  export ETCD_VERSION=$version
+  status=0
+  # The harness itself on this version: kill, pause, proxy, 3 members, auth, compaction.
+  cargo test -p etcd-harness --test harness --test versions || status=1
+  cargo test -p etcd-registry \
+    --test registration --test recovery --test watch -- --exact "${TESTS[@]}" || status=1
+  exit $status
   ;;
 table)
   file=${ETCD_VERSIONS_SUMMARY:-target/etcd-versions.tsv}

@@ -42,7 +42,7 @@ for v in 3.4 3.6 3.7; do
   step "etcd $v compatibility subset" bash scripts/etcd-compat.sh "$v"
 done
 echo
-echo "=== etcd versions: scenario x version (pass = that test passed against that etcd)"
+echo "=== etcd versions: scenario x version (pass: its test passed on that etcd; FAIL: failed or did not run)"
 bash scripts/etcd-compat.sh table
 
 echo

@@ -714,11 +714,30 @@ impl EtcdCluster {
             Duration::from_secs(2),
         )?;
         if code != 200 {
+            // etcd 3.6+ wants credentials for Status once auth is on: ask etcdctl, as root.
+            if body.contains("user name is empty") && self.root_password.lock().unwrap().is_some() {
+                return self.status_as_root(i);
+            }
             return Err(io::Error::other(format!(
                 "status of member {i}: HTTP {code}: {body}"
             )));
         }
         serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// [`status`](Self::status) through `etcdctl endpoint status` as root (same fields, with
+    /// numbers as numbers).
+    fn status_as_root(&self, i: usize) -> io::Result<Value> {
+        let endpoint = format!("--endpoints={}", self.direct_endpoint(i));
+        let out = self.etcdctl(&[&endpoint, "endpoint", "status", "-w", "json"])?;
+        let v: Value = serde_json::from_str(out.trim())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}: {out}")))?;
+        v.get(0)
+            .and_then(|s| s.get("Status"))
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no Status in {out}"))
+            })
     }
 
     /// Current store revision (from the first live member's status).

@@ -19,6 +19,9 @@ use std::sync::OnceLock;
 /// The script that knows where each etcd version comes from.
 const VERSION_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/etcd-version.sh");
 
+/// The versions `ETCD_VERSION` may name.
+const KNOWN: [&str; 4] = ["3.4", "3.5", "3.6", "3.7"];
+
 struct Chosen {
     path: PathBuf,
     /// `"3.5.1"`, from the first line of `etcd --version` (`etcd Version: 3.5.1`).
@@ -42,6 +45,12 @@ fn chosen() -> io::Result<&'static Chosen> {
 fn choose() -> io::Result<Chosen> {
     let wanted = std::env::var("ETCD_VERSION").ok().filter(|v| !v.is_empty());
     let bin_set = std::env::var_os("ETCD_BIN").is_some_and(|v| !v.is_empty());
+    if let Some(v) = wanted.as_deref().filter(|v| !KNOWN.contains(v)) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ETCD_VERSION={v} is not one of {}", KNOWN.join("|")),
+        ));
+    }
     let path = match &wanted {
         Some(v) if !bin_set => from_script(v)?,
         _ => crate::util::find_binary("etcd", "ETCD_BIN")?,
