@@ -55,7 +55,7 @@ case "$version" in
   flock 9
   if ! matches "$bin" || [ "$src/go.sum" -nt "$bin" ] || [ "$src/main.go" -nt "$bin" ]; then
     echo "etcd-version: building etcd $version from the Go module proxy into $out" >&2
-    (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -o "$bin.tmp" . >&2)
+    (cd "$src" && GOFLAGS=-mod=readonly go build -trimpath -buildvcs=false -o "$bin.tmp" . >&2)
     mv -f "$bin.tmp" "$bin"
   fi
   ;;
