@@ -2,6 +2,8 @@
 # The benchmark: every layer (raw etcd-client floor, Rust core, C, Python, Go) against its own
 # throwaway etcd. Prints one table per measurement and writes bench/results/latest.json,
 # bench/results/latest.svg and BENCHMARKS.md. BENCH_QUICK=1 for a ~1 minute run.
+# ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd (default 3.5, see scripts/etcd-version.sh); the
+# version that ran is recorded under machine.etcd in latest.json and in BENCHMARKS.md.
 # Never fails because a target was missed; a binding that is not built is skipped.
 # Extra arguments go to the orchestrator (e.g. --phases latency).
 set -euo pipefail

@@ -8,6 +8,8 @@ export CARGO_TERM_COLOR=never
 # The fault tests add a row each to this file as they pass; printed at the end.
 export SURVIVAL_SUMMARY="$PWD/target/survival-summary.tsv"
 mkdir -p target && rm -f "$SURVIVAL_SUMMARY"
+# The tests of the etcd-version compatibility subset add a row each (version, scenario) here.
+export ETCD_VERSIONS_SUMMARY="$PWD/target/etcd-versions.tsv" && rm -f "$ETCD_VERSIONS_SUMMARY"
 
 bash scripts/setup.sh test || { echo "setup failed"; exit 1; }
 
@@ -35,6 +37,13 @@ step "go" bash go/run-tests.sh
 if [ -f tests/interop/run.sh ]; then
   step "cross-language interop and faults" bash tests/interop/run.sh
 fi
+# etcd versions: everything above ran on 3.5; the compatibility subset runs on 3.4, 3.6 and 3.7.
+for v in 3.4 3.6 3.7; do
+  step "etcd $v compatibility subset" bash scripts/etcd-compat.sh "$v"
+done
+echo
+echo "=== etcd versions: scenario x version (pass: its test passed on that etcd; FAIL: failed or did not run)"
+bash scripts/etcd-compat.sh table
 
 echo
 echo "=== fault scenarios (real etcd): scenario | result | recovery"

@@ -84,6 +84,15 @@ pub fn grpc_received(endpoint: &str) -> Result<(f64, f64, f64), String> {
     Ok((keepalive, ttl, total))
 }
 
+/// The etcd server the harness starts for every layer (`ETCD_VERSION` or `ETCD_BIN` choose
+/// it, default 3.5): "3.5.1 (/path/to/etcd)", from its `etcd --version`.
+pub fn etcd_description() -> String {
+    match (etcd_harness::etcd_version(), etcd_harness::etcd_binary()) {
+        (Ok(v), Ok(p)) => format!("{v} ({})", p.display()),
+        (Err(e), _) | (_, Err(e)) => format!("unknown ({e})"),
+    }
+}
+
 /// The machine the run is on.
 pub fn machine() -> Value {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -112,11 +121,7 @@ pub fn machine() -> Value {
         .and_then(|s| s.parse::<u64>().ok())
         .unwrap_or(0);
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let etcd = etcd_harness::etcd_binary()
-        .ok()
-        .and_then(|p| command_output(&p.display().to_string(), &["--version"]))
-        .and_then(|s| s.lines().next().map(str::to_string))
-        .unwrap_or_else(|| "unknown".into());
+    let etcd = etcd_description();
     json!({
         "nproc": nproc,
         "cpu": cpu,
@@ -128,4 +133,18 @@ pub fn machine() -> Value {
         "etcd": etcd,
         "commit": command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    /// The version recorded with the results is the one the harness starts (needs etcd, as
+    /// every test here does).
+    #[test]
+    fn the_etcd_version_is_recorded() {
+        let machine = super::machine();
+        let etcd = machine["etcd"].as_str().unwrap();
+        let version = etcd_harness::etcd_version().unwrap();
+        assert!(version.starts_with("3."), "{version}");
+        assert!(etcd.starts_with(&format!("{version} (")), "{etcd}");
+    }
 }

@@ -135,6 +135,7 @@ async fn killed_and_restarted_within_the_ttl_keeps_the_lease() {
         "2a. etcd killed (SIGKILL) and restarted within the TTL",
         "re-registered on the same lease (leases survive restarts), one key",
     );
+    record_version("kill -9 + restart: same lease kept");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,6 +190,7 @@ async fn a_partition_longer_than_the_ttl_gets_a_new_lease_and_every_key_back() {
         assert_eq!(reg.state(), RegistrationState::Registered);
         assert_eq!(reg.lease_id(), Some(lease_id));
     }
+    record_version("partition past the TTL: new lease, keys back");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,6 +280,7 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
         "6b. lease revoked by someone else (TTL 3s)",
         &format!("new lease, key back after {}", secs_since(revoked)),
     );
+    record_version("lease revoked by someone else: replaced");
 }
 
 /// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_within_the_ttl`.

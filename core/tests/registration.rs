@@ -63,6 +63,7 @@ async fn registers_lists_and_unregisters_in_the_go_wire_format() {
     assert_eq!(reg.state(), RegistrationState::Unregistered);
     reg.unregister().await.unwrap();
     registry.close().await.unwrap();
+    record_version("register, list, unregister (wire format)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -276,6 +277,7 @@ async fn one_lease_per_ttl_and_close_removes_everything() {
         registry.list("api").await.unwrap_err().kind(),
         ErrorKind::Closed
     );
+    record_version("one shared lease per TTL; close revokes");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -443,6 +445,7 @@ async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
         "7. auth: token TTL 2s idled past; wrong password",
         "register, list, watch work after expiry; wrong password: auth error, backoff-paced retries",
     );
+    record_version("auth: token expiry, wrong password");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

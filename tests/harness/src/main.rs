@@ -27,7 +27,8 @@ USAGE:
   etcd-harness serve [--members N] [--proxy] [--auth-token-ttl S]
       Start the cluster and print ONE JSON line:
         {\"ok\":true,\"endpoints\":[..],\"direct_endpoints\":[..],\"control\":SOCKET,
-         \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR}
+         \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,
+         \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd)
       then read commands from stdin, one per line, answering each with one
       JSON line. EOF on stdin (or `quit`) shuts everything down, exit 0.
   etcd-harness run [--members N] [--proxy] [--auth-token-ttl S] -- CMD ARGS...
@@ -373,6 +374,7 @@ fn serve(args: &[String]) -> ExitCode {
         "members": cluster.len(),
         "proxy": cluster.has_proxy(),
         "base_dir": cluster.base_dir(),
+        "etcd_version": etcd_harness::etcd_version().ok(),
     }));
     thread::Builder::new()
         .name("stdin".into())
