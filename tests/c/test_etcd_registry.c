@@ -1302,6 +1302,10 @@ static void wait_for_library_teardown(void) {
 
 /* ---------------------------------------------------------------- tests: updating info in place */
 
+/* The TTL of the nodes under test: long enough that the lease outlives a machine slowed down by
+ * valgrind and other load (these tests check that an update keeps the lease). */
+static uint64_t update_ttl_ms(void) { return (uint64_t)(10000 * slow); }
+
 /* Whether etcd holds `json` under `key`, read through the harness (not through the library). */
 static bool etcd_value_is(const char *key, const char *json) {
     const char *bin = getenv("ETCD_HARNESS_BIN");
@@ -1341,7 +1345,7 @@ static bool events_until_marker(etcd_registry *r, etcd_registry *watcher, const 
                                 const char *marker, const char *node, node_events *out) {
     memset(out, 0, sizeof *out);
     uint64_t id = 0;
-    if (etcd_registry_register(r, service, marker, NULL, 10000, NULL, NULL, &id) != ETCD_REGISTRY_STATUS_OK)
+    if (etcd_registry_register(r, service, marker, NULL, update_ttl_ms(), NULL, NULL, &id) != ETCD_REGISTRY_STATUS_OK)
         return false;
     double deadline = now_s() + 30 * slow;
     while (now_s() < deadline) {
@@ -1391,7 +1395,7 @@ static void test_update_in_place(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "upd", "n1", "{\"v\":\"1\"}", 10000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register(r, "upd", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     int64_t lease = 0, lease_after = 0;
     CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease));
@@ -1452,7 +1456,7 @@ static void test_update_while_etcd_is_down_lands_when_it_returns(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "updown", "n1", "{\"v\":\"1\"}", 10000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register(r, "updown", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry *w = start_watcher("updown");
     REQUIRE(w != NULL);
@@ -1509,7 +1513,7 @@ static void test_concurrent_updates_end_with_the_last_one(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "updmany", "n1", "{\"w\":\"-\"}", 10000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register(r, "updmany", "n1", "{\"w\":\"-\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry *w = start_watcher("updmany");
     REQUIRE(w != NULL);
