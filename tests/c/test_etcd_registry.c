@@ -1592,10 +1592,10 @@ static const test_case tests[] = {
     TEST(test_log_callback),
     TEST(test_runtime_threads_setting),
     TEST(test_keepalive_lost_and_reregistered_when_etcd_restarts),
-    TEST(test_auth),
     TEST(test_update_in_place),
     TEST(test_update_while_etcd_is_down_lands_when_it_returns),
     TEST(test_concurrent_updates_end_with_the_last_one),
+    TEST(test_auth), /* last: it turns auth on in the shared etcd for good */
 };
 
 int main(int argc, char **argv) {
