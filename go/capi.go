@@ -135,6 +135,17 @@ func cRegister(p *C.etcd_registry, service, node, infoJSON string, ttl time.Dura
 	return uint64(id), nil
 }
 
+func cUpdate(p *C.etcd_registry, id uint64, infoJSON string) error {
+	const op = "update"
+	cs, err := cStrings(op, infoJSON)
+	if err != nil {
+		return err
+	}
+	defer freeCStrings(cs)
+	var msg *C.char
+	return cResult(op, C.goer_update(p, C.uint64_t(id), cs[0], &msg), msg)
+}
+
 func cUnregister(p *C.etcd_registry, id uint64) error {
 	var msg *C.char
 	return cResult("unregister", C.goer_unregister(p, C.uint64_t(id), &msg), msg)

@@ -35,6 +35,10 @@ const (
 	// StatusUnregistered: the registration ended; always the last event. Err is the error the
 	// registration's error channel got (ctx.Err(), ErrUnregistered, ErrClosed, ErrReplaced).
 	StatusUnregistered StatusKind = 6
+	// StatusUpdated: the info given to Update is in etcd (LeaseID is set). Several updates made
+	// before one put could land (etcd down, or quick succession) give one StatusUpdated, for
+	// the newest. It does not change the state.
+	StatusUpdated StatusKind = 7
 )
 
 func (k StatusKind) String() string {
@@ -51,6 +55,8 @@ func (k StatusKind) String() string {
 		return "reregistered"
 	case StatusUnregistered:
 		return "unregistered"
+	case StatusUpdated:
+		return "updated"
 	default:
 		return "unknown"
 	}
@@ -72,7 +78,7 @@ type StatusEvent struct {
 	Attempt int           // Retrying: 1 for the first retry after a failure
 	Delay   time.Duration // Retrying: time until that attempt
 	Err     error         // Failed, KeepAliveLost, Retrying: why (an *Error); Unregistered: how it ended
-	LeaseID int64         // Registered, Reregistered: the etcd lease of the key
+	LeaseID int64         // Registered, Reregistered, Updated: the etcd lease of the key
 }
 
 // State is where a registration stands.

@@ -189,6 +189,27 @@ func (g *Registration) LeaseID() int64 {
 	return lease
 }
 
+// Update replaces the node's info: the key is put again on the same lease with one put,
+// without unregistering. It returns at once, like Register; a StatusUpdated event follows once
+// the new info is in etcd (watchers see one WatchUpdated). Made while etcd is down, the info is
+// put when etcd is back, never lost; updates apply in the order they were made, so after
+// concurrent updates etcd holds the last one (intermediate ones may be skipped).
+//
+// ErrInvalidArgument for an empty info key or info too large for etcd, ErrNotFound once the
+// registration has ended (ErrClosed after Close).
+func (g *Registration) Update(info map[string]string) error {
+	const op = "update"
+	if g.ended() {
+		if g.r.h.isClosed() {
+			return closedError(op)
+		}
+		return &Error{Code: CodeNotFound, Op: op, Message: "the registration has already ended"}
+	}
+	err := g.r.h.use(op, func(p *cRegistry) error { return cUpdate(p, g.id, encodeInfo(info)) })
+	runtime.KeepAlive(g)
+	return err
+}
+
 // Unregister deletes the node's key at once and ends the registration (ErrUnregistered on its
 // error channel). ErrNotFound if it has already ended (ErrClosed after Close). If ctx ends
 // first, Unregister returns ctx.Err() and the deletion goes on.

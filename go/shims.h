@@ -73,6 +73,11 @@ static inline etcd_registry_status goer_register(etcd_registry *registry, const 
                                      out_id));
 }
 
+static inline etcd_registry_status goer_update(etcd_registry *registry, uint64_t id,
+                                               const char *info_json, char **err) {
+    GOER_CALL(etcd_registry_update(registry, id, info_json));
+}
+
 static inline etcd_registry_status goer_unregister(etcd_registry *registry, uint64_t id,
                                                    char **err) {
     GOER_CALL(etcd_registry_unregister(registry, id));

@@ -230,7 +230,7 @@ typedef struct etcd_registry_status_event {
      */
     const char *error_message;
     /**
-     * REGISTERED, REREGISTERED: the etcd lease the key is attached to. Otherwise 0.
+     * REGISTERED, REREGISTERED, UPDATED: the etcd lease the key is attached to. Otherwise 0.
      */
     int64_t lease_id;
 } etcd_registry_status_event;
@@ -395,6 +395,13 @@ typedef struct etcd_registry_node_entry {
  * `etcd_registry_close`: once those return, no event of the registration is delivered at all.
  */
 #define ETCD_REGISTRY_STATUS_KIND_UNREGISTERED 6
+
+/**
+ * The info given to `etcd_registry_update` is in etcd (`lease_id` is set). Several updates
+ * made before one put could land (etcd down, or quick succession) give one UPDATED, for the
+ * newest. Does not change the state.
+ */
+#define ETCD_REGISTRY_STATUS_KIND_UPDATED 7
 
 /**
  * A node appeared. The first events of a watch are one ADDED per node present when it started.
@@ -604,6 +611,26 @@ etcd_registry_status etcd_registry_register(struct etcd_registry *registry,
                                             etcd_registry_status_callback callback,
                                             void *user_data,
                                             uint64_t *out_registration_id);
+
+/**
+ * Replaces the info of a registration with `info_json` (a JSON object of strings, as
+ * `etcd_registry_register` takes it; pass "{}" for none): the key is put again on the same
+ * lease with one put, without unregistering. Returns at once, like `etcd_registry_register`:
+ * the put goes through the registration's background task, and a
+ * `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event follows once it has landed (watchers see
+ * one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd is down the new info is kept and put when
+ * it is back; it is never lost. Updates of one registration apply in the order they were made:
+ * after concurrent updates, or several during an outage, etcd ends with the last one
+ * (intermediate ones may be skipped). Does not block, so it may be called from any callback.
+ *
+ * INVALID_ARGUMENT for info that is not a JSON object of strings, has an empty key, or is too
+ * large for etcd; NULL_POINTER for a NULL `info_json`; INVALID_UTF8; NOT_FOUND when
+ * `registration_id` is not a registration of this registry (unknown, unregistered, or replaced
+ * by a newer registration of the same node); CLOSED after `etcd_registry_close`.
+ */
+etcd_registry_status etcd_registry_update(struct etcd_registry *registry,
+                                          uint64_t registration_id,
+                                          const char *info_json);
 
 /**
  * Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no

@@ -543,6 +543,10 @@ fn print_status_event(
             obj!("event": kind, "key": key, "lease_id": lease_id),
             || format!("re-registered {key} lease={lease_id}"),
         ),
+        StatusEvent::Updated { lease_id } => out.line(
+            obj!("event": kind, "key": key, "lease_id": lease_id),
+            || format!("updated {key} lease={lease_id}"),
+        ),
         StatusEvent::Unregistered => out.line(obj!("event": kind, "key": key), || {
             format!("unregistered {key}")
         }),

@@ -32,6 +32,10 @@ pub(crate) enum GroupCmd {
     Close {
         done: oneshot::Sender<()>,
     },
+    /// The member's info changed: put it (at once when connected, else at the next attempt).
+    Update {
+        id: u64,
+    },
 }
 
 /// What the registry keeps of a group.
@@ -199,6 +203,8 @@ impl LeaseGroup {
                 let _ = done.send(());
                 Flow::Stop
             }
+            // The next attempt puts every member whose info etcd does not have yet.
+            GroupCmd::Update { .. } => Flow::Continue,
         }
     }
 
@@ -247,10 +253,12 @@ impl LeaseGroup {
                 (id, pair, HashSet::new())
             }
         };
+        // Keys missing from the lease, and keys whose info was updated since their last put
+        // (e.g. while etcd was down).
         let missing: Vec<Arc<RegShared>> = self
             .members
             .values()
-            .filter(|m| !attached.contains(m.key.as_bytes()))
+            .filter(|m| !attached.contains(m.key.as_bytes()) || m.stale())
             .cloned()
             .collect();
         let refused = self.put_all(&client, lease, &missing).await?;
@@ -310,12 +318,15 @@ impl LeaseGroup {
     ) -> Result<HashSet<u64>> {
         let mut refused = HashSet::new();
         for chunk in members.chunks(MAX_TXN_OPS) {
+            let mut generations = Vec::with_capacity(chunk.len());
             let ops: Vec<TxnOp> = chunk
                 .iter()
                 .map(|m| {
+                    let (value, generation) = m.value();
+                    generations.push(generation);
                     TxnOp::put(
                         m.key.clone(),
-                        m.value.clone(),
+                        value,
                         Some(PutOptions::new().with_lease(lease)),
                     )
                 })
@@ -328,7 +339,11 @@ impl LeaseGroup {
                 })
                 .await;
             match result {
-                Ok(_) => {}
+                Ok(_) => {
+                    for (member, generation) in chunk.iter().zip(generations) {
+                        member.landed(generation);
+                    }
+                }
                 Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
                     for member in chunk {
@@ -346,7 +361,8 @@ impl LeaseGroup {
     /// Puts one key; a per-key refusal is reported to its registration only.
     async fn put_one(&self, client: &Client, lease: i64, member: &Arc<RegShared>) -> Result<bool> {
         let mut c = client.clone();
-        let (key, value) = (member.key.clone(), member.value.clone());
+        let key = member.key.clone();
+        let (value, generation) = member.value();
         let result = self
             .conn
             .with_timeout("registering a key", async move {
@@ -355,7 +371,10 @@ impl LeaseGroup {
             })
             .await;
         match result {
-            Ok(_) => Ok(true),
+            Ok(_) => {
+                member.landed(generation);
+                Ok(true)
+            }
             Err(e) if is_per_key(&e) => {
                 tracing::warn!(key = %member.key, error = %e, "etcd refused the key");
                 member.attempt_failed(&e);
@@ -411,6 +430,23 @@ impl LeaseGroup {
                             return Exit::Empty;
                         }
                     }
+                    Some(GroupCmd::Update { id }) => {
+                        // Not stale: a put since the update (an earlier Update command's, which
+                        // read the newest info) already carried it.
+                        let Some(reg) = self.members.get(&id).filter(|m| m.stale()).cloned() else {
+                            continue;
+                        };
+                        let put = async {
+                            let client = self.conn.client().await?;
+                            self.put_one(&client, lease, &reg).await
+                        };
+                        match before_loss(lost_at, ttl, put).await {
+                            Ok(true) => reg.registered(lease),
+                            Ok(false) => {}
+                            // The next attempt puts it, as the member is still stale.
+                            Err(e) => return Exit::Lost(e),
+                        }
+                    }
                 },
                 _ = ticker.tick() => {
                     if let Err(e) = keeper.keep_alive().await {
@@ -450,20 +486,24 @@ impl LeaseGroup {
                 ))
             }
             Ok(Some(keys)) => {
-                let missing: Vec<Arc<RegShared>> = self
+                // Keys deleted by someone else, and updated info whose put was refused.
+                let to_put: Vec<Arc<RegShared>> = self
                     .members
                     .values()
-                    .filter(|m| !keys.contains(m.key.as_bytes()))
+                    .filter(|m| !keys.contains(m.key.as_bytes()) || m.stale())
                     .cloned()
                     .collect();
-                if missing.is_empty() {
-                    return Ok(());
+                let missing = to_put
+                    .iter()
+                    .filter(|m| !keys.contains(m.key.as_bytes()))
+                    .count();
+                if missing > 0 {
+                    tracing::warn!(
+                        count = missing,
+                        "keys missing from their lease (deleted by someone else?); putting them back"
+                    );
                 }
-                tracing::warn!(
-                    count = missing.len(),
-                    "keys missing from their lease (deleted by someone else?); putting them back"
-                );
-                for member in &missing {
+                for member in &to_put {
                     if self.put_one(&client, lease, member).await? {
                         member.registered(lease);
                     }
@@ -535,6 +575,7 @@ impl LeaseGroup {
                 GroupCmd::Close { done } => {
                     let _ = done.send(());
                 }
+                GroupCmd::Update { .. } => {}
             }
         }
     }

@@ -14,8 +14,20 @@
 //!    Unregistered  (from any state, on unregister() or close(); the last event)
 //! ```
 //!
+//! `Updated` does not change the state: it follows the put that carried the newest info given to
+//! [`Registration::update`] into etcd (after `Registered`/`Reregistered` when that put was the
+//! registration itself).
+//!
 //! Every event of a registration is emitted by the one task that owns its lease, so events of a
 //! registration are totally ordered, and none follows `Unregistered`.
+//!
+//! The registration's current info is the one source of every put of its key: the first
+//! registration, re-registration after an outage, putting back a deleted key, and an update. Each
+//! update raises a generation counter; the lease's task records the generation of each put that
+//! lands, and puts the key again whenever that is older than the current one. All puts of a key
+//! run one after the other in that task, each reading the info when it is sent, so a put of an
+//! older info never follows a newer one, and an update made while etcd is down is put when it
+//! comes back.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -103,6 +115,13 @@ pub enum StatusEvent {
         /// The lease the key is attached to now (the old one if it survived).
         lease_id: i64,
     },
+    /// The info given to [`Registration::update`] is in etcd. Several updates made before one
+    /// put could land (while etcd was down, or in quick succession) give one `Updated`, for the
+    /// newest.
+    Updated {
+        /// The lease the key is attached to.
+        lease_id: i64,
+    },
     /// The registration ended; the last event.
     Unregistered,
 }
@@ -116,6 +135,7 @@ impl StatusEvent {
             StatusEvent::KeepAliveLost { .. } => "keepalive_lost",
             StatusEvent::Retrying { .. } => "retrying",
             StatusEvent::Reregistered { .. } => "reregistered",
+            StatusEvent::Updated { .. } => "updated",
             StatusEvent::Unregistered => "unregistered",
         }
     }
@@ -127,15 +147,22 @@ const UNSUBSCRIBED_BUFFER: usize = 256;
 pub(crate) struct RegShared {
     pub(crate) id: u64,
     pub(crate) service: String,
-    pub(crate) node: Node,
     pub(crate) key: String,
-    pub(crate) value: String,
     pub(crate) ttl_secs: i64,
     inner: Mutex<RegInner>,
     changed: watch::Sender<()>,
 }
 
 struct RegInner {
+    /// The node with its current info, and that info encoded: what every put of the key writes.
+    node: Node,
+    value: String,
+    /// 0 for the info given to `register`, one more for each `update`.
+    generation: u64,
+    /// The generation of the last put that landed in etcd.
+    landed: Option<u64>,
+    /// The newest generation an `Updated` event (or the first registration) has told about.
+    announced: u64,
     state: RegistrationState,
     registered_once: bool,
     error_before_first: Option<Error>,
@@ -160,11 +187,14 @@ impl RegShared {
         RegShared {
             id,
             service,
-            node,
             key,
-            value,
             ttl_secs,
             inner: Mutex::new(RegInner {
+                node,
+                value,
+                generation: 0,
+                landed: None,
+                announced: 0,
                 state: RegistrationState::Registering,
                 registered_once: false,
                 error_before_first: None,
@@ -183,6 +213,36 @@ impl RegShared {
 
     pub(crate) fn state(&self) -> RegistrationState {
         self.lock().state
+    }
+
+    pub(crate) fn node(&self) -> Node {
+        self.lock().node.clone()
+    }
+
+    /// The value to put now and its generation.
+    pub(crate) fn value(&self) -> (String, u64) {
+        let inner = self.lock();
+        (inner.value.clone(), inner.generation)
+    }
+
+    /// Whether etcd may hold an older info than the current one (or none yet).
+    pub(crate) fn stale(&self) -> bool {
+        let inner = self.lock();
+        inner.landed != Some(inner.generation)
+    }
+
+    /// Records that a put of `generation` landed.
+    pub(crate) fn landed(&self, generation: u64) {
+        let mut inner = self.lock();
+        inner.landed = Some(inner.landed.map_or(generation, |g| g.max(generation)));
+    }
+
+    /// Replaces the info (already checked and encoded); the lease's task puts it.
+    pub(crate) fn set_info(&self, info: Info, value: String) {
+        let mut inner = self.lock();
+        inner.node.info = info;
+        inner.value = value;
+        inner.generation += 1;
     }
 
     /// Applies an event to the state and hands it to the subscribers. Called only by the task
@@ -217,6 +277,7 @@ impl RegShared {
                     inner.error_before_first = Some(error.clone());
                 }
             }
+            StatusEvent::Updated { .. } => {}
             StatusEvent::Unregistered => {
                 inner.state = RegistrationState::Unregistered;
                 inner.lease_id = None;
@@ -241,7 +302,9 @@ impl RegShared {
         self.changed.send_replace(());
     }
 
-    /// The event that fits a successful put, given where the registration stood.
+    /// The events that fit a successful put (recorded with [`RegShared::landed`]) or a key
+    /// found in place, given where the registration stood: `Registered` or `Reregistered`, then
+    /// `Updated` when info given to `update` has landed since the last one.
     pub(crate) fn registered(&self, lease_id: i64) {
         let (state, once) = {
             let inner = self.lock();
@@ -254,6 +317,19 @@ impl RegShared {
             }
             _ if once => self.emit(StatusEvent::Reregistered { lease_id }),
             _ => self.emit(StatusEvent::Registered { lease_id }),
+        }
+        let update_landed = {
+            let mut inner = self.lock();
+            match inner.landed {
+                Some(landed) if landed > inner.announced => {
+                    inner.announced = landed;
+                    true
+                }
+                _ => false,
+            }
+        };
+        if update_landed {
+            self.emit(StatusEvent::Updated { lease_id });
         }
     }
 
@@ -350,9 +426,9 @@ impl Registration {
         &self.shared.service
     }
 
-    /// The node as given.
-    pub fn node(&self) -> &Node {
-        &self.shared.node
+    /// The node, with its current info (as given to `register`, or to the last `update`).
+    pub fn node(&self) -> Node {
+        self.shared.node()
     }
 
     /// The etcd key, `<base_path>/<service>/<node>`.
@@ -389,6 +465,21 @@ impl Registration {
     pub async fn wait_registered(&self, timeout: Duration) -> Result<()> {
         self.registry.check_same_process()?;
         self.shared.wait_registered(timeout).await
+    }
+
+    /// Replaces the node's info: the key is put again, on the same lease, with one put. Returns
+    /// at once, like [`Registry::register`](crate::Registry::register): the put goes through the
+    /// registration's lease task, and an `Updated` status event follows once it has landed
+    /// (watchers see one `Updated` watch event). While etcd is down the new info is kept and put
+    /// when it is back, before or with the re-registration; it is never lost. Updates of one
+    /// registration are applied in the order they were made: after concurrent updates, or
+    /// several during an outage, etcd ends with the last one (intermediate ones may be skipped).
+    ///
+    /// `InvalidArgument` for info as `register` refuses it (an empty key, too large for etcd);
+    /// `NotFound` once the registration has ended (unregistered, or replaced by a newer
+    /// registration of the same node); `Closed` after [`Registry::close`](crate::Registry::close).
+    pub fn update(&self, info: Info) -> Result<()> {
+        self.registry.update_reg(&self.shared, info)
     }
 
     /// Deletes the key at once and stops keeping it alive; revokes the lease when no other key

@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
-use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix};
+use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix, Info};
 use crate::registration::{Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchSetup};
 
@@ -150,18 +150,8 @@ impl Registry {
         validate_name("service", service)?;
         validate_name("node", &node.name)?;
         let ttl_secs = validate_ttl(ttl)?;
-        if node.info.keys().any(String::is_empty) {
-            return Err(Error::invalid("info keys must not be empty"));
-        }
         let key = self.node_key(service, &node.name);
-        let value = encode_info(&node.info);
-        if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
-            return Err(Error::invalid(format!(
-                "node info is too large: {} bytes, etcd accepts at most about {} per request",
-                key.len() + value.len(),
-                MAX_REQUEST_BYTES - REQUEST_OVERHEAD
-            )));
-        }
+        let value = encode_checked(&key, &node.info)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let reg = Arc::new(RegShared::new(
             id,
@@ -202,6 +192,31 @@ impl Registry {
             shared: reg,
             registry: self.clone(),
         })
+    }
+
+    /// [`Registration::update`]: checks and records the new info, then asks the lease's task to
+    /// put it. Under the state lock, so that it is ordered with `unregister` and `close`: a
+    /// registration still listed here has not been sent its `Remove` yet.
+    pub(crate) fn update_reg(&self, reg: &Arc<RegShared>, info: Info) -> Result<()> {
+        self.check_open()?;
+        let value = encode_checked(&reg.key, &info)?;
+        let state = self.state();
+        self.check_open()?;
+        let current = state.registrations.get(&reg.id);
+        let Some(group) = current
+            .filter(|r| Arc::ptr_eq(r, reg))
+            .and_then(|_| state.groups.get(&reg.ttl_secs))
+        else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                "the registration has ended (unregistered, or replaced by a newer registration of the same node)",
+            ));
+        };
+        reg.set_info(info, value);
+        group
+            .tx
+            .send(GroupCmd::Update { id: reg.id })
+            .map_err(|_| Error::closed())
     }
 
     pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
@@ -383,6 +398,22 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
         return Err(Error::invalid(format!("{what} name must not contain NUL")));
     }
     Ok(())
+}
+
+/// The value of a node's info, checked as `register` and `update` take it.
+fn encode_checked(key: &str, info: &Info) -> Result<String> {
+    if info.keys().any(String::is_empty) {
+        return Err(Error::invalid("info keys must not be empty"));
+    }
+    let value = encode_info(info);
+    if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
+        return Err(Error::invalid(format!(
+            "node info is too large: {} bytes, etcd accepts at most about {} per request",
+            key.len() + value.len(),
+            MAX_REQUEST_BYTES - REQUEST_OVERHEAD
+        )));
+    }
+    Ok(value)
 }
 
 fn validate_ttl(ttl: Duration) -> Result<i64> {

@@ -33,6 +33,10 @@ pub const ETCD_REGISTRY_STATUS_KIND_REREGISTERED: etcd_registry_status_kind = 5;
 /// last event of a registration. Not sent for `etcd_registry_unregister` or
 /// `etcd_registry_close`: once those return, no event of the registration is delivered at all.
 pub const ETCD_REGISTRY_STATUS_KIND_UNREGISTERED: etcd_registry_status_kind = 6;
+/// The info given to `etcd_registry_update` is in etcd (`lease_id` is set). Several updates
+/// made before one put could land (etcd down, or quick succession) give one UPDATED, for the
+/// newest. Does not change the state.
+pub const ETCD_REGISTRY_STATUS_KIND_UPDATED: etcd_registry_status_kind = 7;
 
 /// Kind of an `etcd_registry_watch_event`; one of the `ETCD_REGISTRY_WATCH_KIND_*` values.
 #[allow(non_camel_case_types)]
@@ -80,7 +84,7 @@ pub struct etcd_registry_status_event {
     /// FAILED, KEEPALIVE_LOST, RETRYING: a readable description of the failure (its kind is
     /// `error_status`). Otherwise NULL.
     pub error_message: *const c_char,
-    /// REGISTERED, REREGISTERED: the etcd lease the key is attached to. Otherwise 0.
+    /// REGISTERED, REREGISTERED, UPDATED: the etcd lease the key is attached to. Otherwise 0.
     pub lease_id: i64,
 }
 
@@ -281,6 +285,11 @@ fn status_of(event: &StatusEvent) -> etcd_registry_status_event {
         },
         StatusEvent::Reregistered { lease_id } => etcd_registry_status_event {
             kind: ETCD_REGISTRY_STATUS_KIND_REREGISTERED,
+            lease_id: *lease_id,
+            ..empty
+        },
+        StatusEvent::Updated { lease_id } => etcd_registry_status_event {
+            kind: ETCD_REGISTRY_STATUS_KIND_UPDATED,
             lease_id: *lease_id,
             ..empty
         },

@@ -78,6 +78,11 @@ proptest! {
             );
             if s == etcd_registry_status::Ok {
                 prop_assert!(id != 0);
+                // An update takes the same text as register's info.
+                let s = etcd_registry_update(registry, id, info.as_ptr());
+                prop_assert!(s == etcd_registry_status::Ok || expected_failure(s), "{:?}", s);
+                let s = etcd_registry_update(registry, id, c"{\"v\":\"2\"}".as_ptr());
+                prop_assert_eq!(s, etcd_registry_status::Ok);
             } else {
                 prop_assert!(expected_failure(s), "{:?}", s);
                 prop_assert_eq!(id, 0, "out-parameter written on failure");

@@ -374,6 +374,46 @@ pub unsafe extern "C" fn etcd_registry_register(
     })
 }
 
+/// Replaces the info of a registration with `info_json` (a JSON object of strings, as
+/// `etcd_registry_register` takes it; pass "{}" for none): the key is put again on the same
+/// lease with one put, without unregistering. Returns at once, like `etcd_registry_register`:
+/// the put goes through the registration's background task, and a
+/// `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event follows once it has landed (watchers see
+/// one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd is down the new info is kept and put when
+/// it is back; it is never lost. Updates of one registration apply in the order they were made:
+/// after concurrent updates, or several during an outage, etcd ends with the last one
+/// (intermediate ones may be skipped). Does not block, so it may be called from any callback.
+///
+/// INVALID_ARGUMENT for info that is not a JSON object of strings, has an empty key, or is too
+/// large for etcd; NULL_POINTER for a NULL `info_json`; INVALID_UTF8; NOT_FOUND when
+/// `registration_id` is not a registration of this registry (unknown, unregistered, or replaced
+/// by a newer registration of the same node); CLOSED after `etcd_registry_close`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_update(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    info_json: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let info = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
+        let registration = this
+            .open()?
+            .registrations
+            .get(&registration_id)
+            .map(|e| e.registration.clone())
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        registration.update(info)?;
+        Ok(())
+    })
+}
+
 /// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
 /// other registration uses it. Once it returns, the registration's callback is not running and
 /// will never be called again (its queued events are dropped, no UNREGISTERED event is sent), so

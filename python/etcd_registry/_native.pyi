@@ -28,7 +28,9 @@ _LOG: Final[int]
 _CALL: Final[int]
 
 _RegistrationState = Literal["registering", "registered", "retrying", "unregistered"]
-_StatusKind = Literal["registered", "failed", "keepalive_lost", "retrying", "reregistered", "unregistered"]
+_StatusKind = Literal[
+    "registered", "failed", "keepalive_lost", "retrying", "reregistered", "updated", "unregistered"
+]
 _WatchEventKind = Literal["added", "updated", "removed", "resynced"]
 
 @final
@@ -78,7 +80,7 @@ class StatusEvent:
         """For "failed", "keepalive_lost" and "retrying": why (a RegistryError)."""
     @property
     def lease_id(self) -> Optional[int]:
-        """For "registered" and "reregistered": the lease of the key."""
+        """For "registered", "reregistered" and "updated": the lease of the key."""
 
 @final
 class Registration:
@@ -87,7 +89,8 @@ class Registration:
     @property
     def service(self) -> str: ...
     @property
-    def node(self) -> Node: ...
+    def node(self) -> Node:
+        """The node with its current info (as registered, or as last updated)."""
     @property
     def key(self) -> str: ...
     @property
@@ -104,6 +107,15 @@ class Registration:
         go on in the background), ``ClosedError`` if unregistered before that.
         """
     def wait_async(self, timeout: Optional[float] = None) -> Awaitable[bool]: ...
+    def update(self, info: Optional[Mapping[str, str]]) -> None:
+        """Replaces the node's info: one put on the same lease, without unregistering.
+
+        Returns at once, like ``register``; a ``"updated"`` status event follows once the new
+        info is in etcd. Made while etcd is down, it is put when etcd is back, never lost;
+        concurrent updates end with the last one in etcd. Raises ``InvalidArgument`` for an
+        empty key or oversized info, ``TypeError`` for anything but a mapping of str to str,
+        ``NotFoundError`` once unregistered (or replaced), ``ClosedError`` after close.
+        """
     def unregister(self) -> None:
         """Deletes the key and stops keeping it alive. Idempotent."""
     def __enter__(self) -> Self: ...

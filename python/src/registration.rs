@@ -14,7 +14,7 @@ use crate::blocking;
 use crate::dispatch::{self, Item, Lane};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
-use crate::types::{PyNode, StatusContext};
+use crate::types::{info_from_py, PyNode, StatusContext};
 
 /// Ends when a status forwarder has queued its registration's last event (see [`forwarded`]).
 pub(crate) type Forwarded = watch::Receiver<()>;
@@ -110,10 +110,20 @@ impl PyRegistration {
         Ok(self.core(py)?.service().to_owned())
     }
 
-    /// The node as given.
+    /// The node, with its current info (as given to `register`, or to the last `update`).
     #[getter]
     fn node(&self, py: Python<'_>) -> PyResult<PyNode> {
-        Ok(self.core(py)?.node().clone().into())
+        Ok(self.core(py)?.node().into())
+    }
+
+    /// Replaces the node's info with one put on the same lease; returns at once (see the core's
+    /// `Registration::update`). An `"updated"` status event follows once it is in etcd.
+    #[pyo3(signature = (info))]
+    fn update(&self, py: Python<'_>, info: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let info = info_from_py(info)?;
+        self.core(py)?
+            .update(info)
+            .map_err(|e| errors::to_py_err(py, e))
     }
 
     /// The etcd key: `<base_path>/<service>/<node>`.

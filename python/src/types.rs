@@ -157,8 +157,8 @@ pub(crate) struct StatusContext {
 /// A change of a registration, as passed to `on_status`.
 #[pyclass(frozen, module = "etcd_registry._native", name = "StatusEvent")]
 pub(crate) struct PyStatusEvent {
-    /// `"registered"`, `"failed"`, `"keepalive_lost"`, `"retrying"`, `"reregistered"` or
-    /// `"unregistered"`.
+    /// `"registered"`, `"failed"`, `"keepalive_lost"`, `"retrying"`, `"reregistered"`,
+    /// `"updated"` or `"unregistered"`.
     #[pyo3(get)]
     kind: &'static str,
     /// The service of the registration.
@@ -176,7 +176,7 @@ pub(crate) struct PyStatusEvent {
     /// For `"failed"`, `"keepalive_lost"` and `"retrying"`: why, as an exception instance.
     #[pyo3(get)]
     error: Option<Py<PyAny>>,
-    /// For `"registered"` and `"reregistered"`: the lease the key is attached to.
+    /// For `"registered"`, `"reregistered"` and `"updated"`: the lease the key is attached to.
     #[pyo3(get)]
     lease_id: Option<i64>,
 }
@@ -195,7 +195,9 @@ impl PyStatusEvent {
         };
         let exception = |e| errors::to_py_err(py, e).into_value(py).into_any();
         match event {
-            StatusEvent::Registered { lease_id } | StatusEvent::Reregistered { lease_id } => {
+            StatusEvent::Registered { lease_id }
+            | StatusEvent::Reregistered { lease_id }
+            | StatusEvent::Updated { lease_id } => {
                 out.lease_id = Some(lease_id);
             }
             StatusEvent::Failed { error } | StatusEvent::KeepAliveLost { error } => {
@@ -254,7 +256,7 @@ impl PyStatusEvent {
             .map(|s| s.to_string())
             .unwrap_or_default();
         match self.kind {
-            "registered" | "reregistered" => match self.lease_id {
+            "registered" | "reregistered" | "updated" => match self.lease_id {
                 Some(lease) => format!("{who}: {} (lease {lease:x})", self.kind),
                 None => format!("{who}: {}", self.kind),
             },

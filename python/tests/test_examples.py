@@ -16,6 +16,8 @@ def test_basic(etcd: Etcd) -> None:
     lines = result.stdout.splitlines()
     assert "state: registered" in lines
     assert "found: node-1 {'address': '10.0.0.5:8080', 'version': '1.4.2'}" in lines
+    assert "after update: node-1 {'address': '10.0.0.5:8080', 'version': '1.4.3'}" in lines
+    assert any(line.startswith("status: api/node-1: updated") for line in lines)
     assert "after unregister: []" in lines
     assert any(line.startswith("status: api/node-1: registered") for line in lines)
 

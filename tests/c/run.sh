@@ -115,9 +115,9 @@ PKG_CONFIG_PATH="$static_prefix/lib/pkgconfig" \
 PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
     sh -c 'cc examples/c/basic.c -o "$1" $(pkg-config --cflags --libs etcd_registry-static)' _ "$build/basic-pc-archive"
 for exe in basic-pc-static basic-pc-archive; do
-    if ldd "$build/$exe" | grep -q libetcd_registry; then fail "$exe linked the shared library"; fi
+    if ldd "$build/$exe" | grep libetcd_registry >/dev/null; then fail "$exe linked the shared library"; fi
 done
-ldd "$build/basic-pc-shared" | grep -q "$prefix/lib/libetcd_registry.so" || fail "shared install did not link $prefix/lib"
+ldd "$build/basic-pc-shared" | grep "$prefix/lib/libetcd_registry.so" >/dev/null || fail "shared install did not link $prefix/lib"
 
 command -v cmake >/dev/null || fail "cmake is not installed"
 rm -rf "$build/cpp"

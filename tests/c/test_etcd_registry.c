@@ -445,6 +445,7 @@ static void test_null_registry_everywhere(void) {
     etcd_registry_event *event = NULL;
     CHECK_STATUS(etcd_registry_register(NULL, "s", "n", NULL, 1000, NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_unregister(NULL, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update(NULL, 1, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_wait_registered(NULL, 1, 10), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_registration_state(NULL, 1, &state), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_registration_lease_id(NULL, 1, &lease), ETCD_REGISTRY_STATUS_NULL_POINTER);
@@ -1401,6 +1402,265 @@ static void wait_for_library_teardown(void) {
 #endif
 }
 
+/* ---------------------------------------------------------------- tests: updating info in place */
+
+/* The TTL of the nodes under test: long enough that the lease outlives a machine slowed down by
+ * valgrind and other load (these tests check that an update keeps the lease). */
+static uint64_t update_ttl_ms(void) { return (uint64_t)(10000 * slow); }
+
+/* Whether etcd holds `json` under `key`, read through the harness (not through the library). */
+static bool etcd_value_is(const char *key, const char *json) {
+    const char *bin = getenv("ETCD_HARNESS_BIN");
+    const char *sock = getenv("ETCD_HARNESS_CONTROL");
+    if (bin == NULL || sock == NULL) return false;
+    char shell[1024], reply[4096], want[1024];
+    snprintf(shell, sizeof shell, "\"%s\" ctl \"%s\" get %s", bin, sock, key);
+    FILE *p = popen(shell, "r");
+    if (p == NULL) return false;
+    size_t n = fread(reply, 1, sizeof reply - 1, p);
+    reply[n] = '\0';
+    pclose(p);
+    /* The reply is JSON: the value is a string with its quotes escaped. */
+    size_t w = (size_t)snprintf(want, sizeof want, "\"value\":\"");
+    for (const char *c = json; *c != '\0' && w < sizeof want - 4; c++) {
+        if (*c == '"' || *c == '\\') want[w++] = '\\';
+        want[w++] = *c;
+    }
+    want[w++] = '"';
+    want[w] = '\0';
+    bool ok = strstr(reply, want) != NULL;
+    if (!ok) fprintf(stderr, "    etcd %s: %s (want %s)\n", key, reply, json);
+    return ok;
+}
+
+/* Watch events of one node, as a pull-mode watcher saw them. */
+typedef struct {
+    int count;
+    uint32_t kinds[512];
+    char infos[512][96];
+} node_events;
+
+/* Registers `marker` under `service` on `r` (the same TTL as the nodes under test, so after
+ * every put asked for before it) and takes the events of `watcher` (pull mode) until the
+ * marker's ADDED, keeping those of `node`. False on a timeout. */
+static bool events_until_marker(etcd_registry *r, etcd_registry *watcher, const char *service,
+                                const char *marker, const char *node, node_events *out) {
+    memset(out, 0, sizeof *out);
+    uint64_t id = 0;
+    if (etcd_registry_register(r, service, marker, NULL, update_ttl_ms(), NULL, NULL, &id) != ETCD_REGISTRY_STATUS_OK)
+        return false;
+    double deadline = now_s() + 30 * slow;
+    while (now_s() < deadline) {
+        etcd_registry_event *event = NULL;
+        if (etcd_registry_next_event(watcher, 100, &event) != ETCD_REGISTRY_STATUS_OK) continue;
+        const etcd_registry_watch_event *e = &event->watch;
+        bool done = false;
+        if (event->event_type == ETCD_REGISTRY_EVENT_TYPE_WATCH && e->node_name != NULL) {
+            if (e->kind == ETCD_REGISTRY_WATCH_KIND_ADDED && strcmp(e->node_name, marker) == 0) {
+                done = true;
+            } else if (strcmp(e->node_name, node) == 0 && out->count < 512) {
+                out->kinds[out->count] = e->kind;
+                snprintf(out->infos[out->count], sizeof out->infos[0], "%s", e->info_json);
+                out->count++;
+            }
+        }
+        etcd_registry_event_free(event);
+        if (done) return true;
+    }
+    return false;
+}
+
+/* Starts a pull-mode watch of `service` on a second registry and takes its first event. */
+static etcd_registry *start_watcher(const char *service) {
+    etcd_registry *w = connect_etcd();
+    if (w == NULL) return NULL;
+    uint64_t watch = 0;
+    etcd_registry_event *event = NULL;
+    if (etcd_registry_watch(w, service, NULL, NULL, &watch) != ETCD_REGISTRY_STATUS_OK ||
+        etcd_registry_next_event(w, (uint64_t)(10000 * slow), &event) != ETCD_REGISTRY_STATUS_OK) {
+        etcd_registry_free(w);
+        return NULL;
+    }
+    etcd_registry_event_free(event);
+    return w;
+}
+
+static int count_kind(recorder *r, uint32_t kind) {
+    int n = 0;
+    for (int i = find_event(r, kind, NULL, 0); i >= 0; i = find_event(r, kind, NULL, i + 1)) n++;
+    return n;
+}
+
+static void test_update_in_place(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder rec;
+    recorder_init(&rec);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register(r, "upd", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    int64_t lease = 0, lease_after = 0;
+    CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease));
+    etcd_registry *w = start_watcher("upd");
+    REQUIRE(w != NULL);
+
+    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"2\",\"zone\":\"b\"}"));
+    CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED, "n1", 0) >= 0, 10 * slow));
+    CHECK(etcd_value_is("/ctest/upd/n1", "{\"v\":\"2\",\"zone\":\"b\"}"));
+    CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease_after));
+    CHECK(lease_after == lease); /* the same lease */
+    uint32_t state = 0;
+    CHECK_OK(etcd_registry_registration_state(r, id, &state));
+    CHECK(state == ETCD_REGISTRY_STATE_REGISTERED);
+    node_events *seen = calloc(1, sizeof *seen);
+    REQUIRE(seen != NULL);
+    CHECK(events_until_marker(r, w, "upd", "marker", "n1", seen));
+    CHECK(seen->count == 1); /* exactly one event for one update */
+    CHECK(seen->count >= 1 && seen->kinds[0] == ETCD_REGISTRY_WATCH_KIND_UPDATED &&
+          strcmp(seen->infos[0], "{\"v\":\"2\",\"zone\":\"b\"}") == 0);
+    CHECK(count_kind(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED) == 1);
+
+    /* Bad input: a status, and the value in etcd unchanged. */
+    CHECK_STATUS(etcd_registry_update(NULL, id, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update(r, id, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"\xff\"}"), ETCD_REGISTRY_STATUS_INVALID_UTF8);
+    const char *bad_json[] = {"", "{", "[1,2]", "null", "{\"a\":1}", "{\"\":\"empty key\"}"};
+    for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++)
+        CHECK_STATUS(etcd_registry_update(r, id, bad_json[i]), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    {
+        size_t len = 2u << 20;
+        char *big = malloc(len + 16);
+        REQUIRE(big != NULL);
+        memcpy(big, "{\"big\":\"", 8);
+        memset(big + 8, 'x', len);
+        memcpy(big + 8 + len, "\"}", 3);
+        CHECK_STATUS(etcd_registry_update(r, id, big), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+        CHECK(strstr(etcd_registry_last_error_message(), "too large") != NULL);
+        free(big);
+    }
+    CHECK_STATUS(etcd_registry_update(r, 987654321, "{}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK(etcd_value_is("/ctest/upd/n1", "{\"v\":\"2\",\"zone\":\"b\"}"));
+
+    CHECK_OK(etcd_registry_unregister(r, id));
+    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(count_nodes_fresh("upd") == 0);
+    free(seen);
+    etcd_registry_free(w);
+    etcd_registry_free(r);
+    recorder_destroy(&rec);
+}
+
+static void test_update_while_etcd_is_down_lands_when_it_returns(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder rec;
+    recorder_init(&rec);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register(r, "updown", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    etcd_registry *w = start_watcher("updown");
+    REQUIRE(w != NULL);
+
+    REQUIRE(harness("stop 0") >= 0);
+    CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST, NULL, 0) >= 0, 30 * slow));
+    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"2\"}")); /* returns at once, etcd down */
+    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"3\"}"));
+    REQUIRE(harness("start 0") >= 0);
+
+    CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED, NULL, 0) >= 0, 60 * slow));
+    int back = find_event(&rec, ETCD_REGISTRY_STATUS_KIND_REREGISTERED, NULL, 0);
+    int updated = find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED, NULL, 0);
+    CHECK(back >= 0 && updated == back + 1); /* the re-registration carried the last update */
+    CHECK(count_kind(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED) == 1);
+    CHECK(etcd_value_is("/ctest/updown/n1", "{\"v\":\"3\"}"));
+
+    /* The watcher, resumed after the outage, ends with the last update; never v=2 after it. */
+    node_events *seen = calloc(1, sizeof *seen);
+    REQUIRE(seen != NULL);
+    CHECK(events_until_marker(r, w, "updown", "marker", "n1", seen));
+    CHECK(seen->count >= 1 && strcmp(seen->infos[seen->count - 1], "{\"v\":\"3\"}") == 0);
+    for (int i = 0; i < seen->count; i++) CHECK(strcmp(seen->infos[i], "{\"v\":\"2\"}") != 0);
+    free(seen);
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(w);
+    etcd_registry_free(r);
+    recorder_destroy(&rec);
+}
+
+#define UPDATERS 4
+#define UPDATES_EACH 25
+
+typedef struct {
+    etcd_registry *r;
+    uint64_t id;
+    int writer;
+    int failures;
+} updater;
+
+static void *update_many(void *arg) {
+    updater *u = arg;
+    for (int seq = 0; seq < UPDATES_EACH; seq++) {
+        char info[64];
+        snprintf(info, sizeof info, "{\"seq\":\"%03d\",\"w\":\"%d\"}", seq, u->writer);
+        if (etcd_registry_update(u->r, u->id, info) != ETCD_REGISTRY_STATUS_OK) u->failures++;
+    }
+    return NULL;
+}
+
+static void test_concurrent_updates_end_with_the_last_one(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder rec;
+    recorder_init(&rec);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register(r, "updmany", "n1", "{\"w\":\"-\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    etcd_registry *w = start_watcher("updmany");
+    REQUIRE(w != NULL);
+
+    pthread_t threads[UPDATERS];
+    updater updaters[UPDATERS];
+    for (int t = 0; t < UPDATERS; t++) {
+        updaters[t] = (updater){.r = r, .id = id, .writer = t};
+        pthread_create(&threads[t], NULL, update_many, &updaters[t]);
+    }
+    for (int t = 0; t < UPDATERS; t++) {
+        pthread_join(threads[t], NULL);
+        CHECK(updaters[t].failures == 0);
+    }
+    node_events *seen = calloc(1, sizeof *seen);
+    REQUIRE(seen != NULL);
+    CHECK(events_until_marker(r, w, "updmany", "marker", "n1", seen));
+    REQUIRE(seen->count >= 1);
+    /* The final value is one writer's last update, and it is what etcd holds. */
+    const char *last = seen->infos[seen->count - 1];
+    CHECK(strstr(last, "\"seq\":\"024\"") != NULL);
+    CHECK(etcd_value_is("/ctest/updmany/n1", last));
+    /* Never reordered: each writer's updates reach the watcher in the order it made them. */
+    for (int t = 0; t < UPDATERS; t++) {
+        char tag[16];
+        snprintf(tag, sizeof tag, "\"w\":\"%d\"", t);
+        int previous = -1;
+        for (int i = 0; i < seen->count; i++) {
+            CHECK(seen->kinds[i] == ETCD_REGISTRY_WATCH_KIND_UPDATED);
+            const char *s = strstr(seen->infos[i], "\"seq\":\"");
+            if (strstr(seen->infos[i], tag) == NULL || s == NULL) continue;
+            int seq = atoi(s + 7);
+            CHECK(seq > previous);
+            previous = seq;
+        }
+    }
+    /* One UPDATED status event per put, the last one after the last put. */
+    CHECK(WAIT_FOR(count_kind(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED) == seen->count, 10 * slow));
+    free(seen);
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(w);
+    etcd_registry_free(r);
+    recorder_destroy(&rec);
+}
+
 /* ---------------------------------------------------------------- main */
 
 typedef struct {
@@ -1437,7 +1697,10 @@ static const test_case tests[] = {
     TEST(test_log_callback),
     TEST(test_runtime_threads_setting),
     TEST(test_keepalive_lost_and_reregistered_when_etcd_restarts),
-    TEST(test_auth),
+    TEST(test_update_in_place),
+    TEST(test_update_while_etcd_is_down_lands_when_it_returns),
+    TEST(test_concurrent_updates_end_with_the_last_one),
+    TEST(test_auth), /* last: it turns auth on in the shared etcd for good */
 };
 
 int main(int argc, char **argv) {
