@@ -133,7 +133,7 @@ impl Health {
         if table.preferred == i {
             if let Some(next) = (1..n)
                 .map(|k| (i + k) % n)
-                .find(|&j| !table.members[j].ejected_until.is_some_and(|u| u > now))
+                .find(|&j| table.members[j].ejected_until.is_none_or(|u| u <= now))
             {
                 table.preferred = next;
             }
