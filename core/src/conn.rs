@@ -200,18 +200,14 @@ impl Connection {
     pub(crate) fn eject(&self, i: usize, why: &Error) {
         if self.endpoints.len() == 1 {
             // Nowhere else to go: only connect afresh next time.
-            if let Ok(mut slot) = self.clients[i].try_lock() {
-                *slot = None;
-            }
+            self.forget_client(i);
             return;
         }
         let Some(ejection) = self.health.eject(i, Instant::now()) else {
             return;
         };
         tracing::warn!(endpoint = %self.endpoints[i], period = ?ejection.period, error = %why, "etcd member ejected; using the others meanwhile");
-        if let Ok(mut slot) = self.clients[i].try_lock() {
-            *slot = None;
-        }
+        self.forget_client(i);
         if ejection.start_probe {
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
@@ -221,6 +217,14 @@ impl Connection {
                 }
                 Err(_) => self.health.probe_stopped(i),
             }
+        }
+    }
+
+    /// Drops the client of member `i` (unless someone is connecting it right now), so that the
+    /// next call connects afresh.
+    fn forget_client(&self, i: usize) {
+        if let Ok(mut slot) = self.clients[i].try_lock() {
+            *slot = None;
         }
     }
 
@@ -283,20 +287,20 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
             client.status().await.map_err(Error::from)
         })
         .await;
-        match result {
-            Ok(Ok(_)) => {
-                tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
-                c.health.reinstate(i);
-                return;
-            }
-            _ => {
-                let until = c.health.probe_failed(i, Instant::now());
-                tracing::debug!(endpoint = %c.endpoints[i], back_in = ?until.saturating_duration_since(Instant::now()), "etcd member still does not answer");
-                if let Ok(mut slot) = c.clients[i].try_lock() {
-                    *slot = None;
-                }
-            }
+        // Any answer from etcd, even a refusal, shows the member is back.
+        let answered = match &result {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => !is_member_failure(e),
+            Err(_) => false,
+        };
+        if answered {
+            tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
+            c.health.reinstate(i);
+            return;
         }
+        let until = c.health.probe_failed(i, Instant::now());
+        tracing::debug!(endpoint = %c.endpoints[i], back_in = ?until.saturating_duration_since(Instant::now()), "etcd member still does not answer");
+        c.forget_client(i);
     }
 }
 

@@ -290,6 +290,19 @@ impl WatcherProcess {
         }
     }
 
+    /// Whether `line` comes before `deadline`.
+    async fn seen_before(&mut self, line: &str, deadline: Instant) -> bool {
+        loop {
+            if self.seen.iter().any(|l| l == line) {
+                return true;
+            }
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => self.seen.push(l),
+                Ok(None) | Err(_) => return false,
+            }
+        }
+    }
+
     async fn wait_for(&mut self, line: &str) {
         if self.seen.iter().any(|l| l == line) {
             return;
@@ -446,8 +459,9 @@ impl Scenario {
 
     /// One round: `fault` on member `target` for 2 × TTL, a node joining during it and leaving
     /// after it. Returns how long the first listing took after the fault began (a call that
-    /// meets the silent member must move on, not wait out its timeout).
-    async fn round(&mut self, label: &str, target: usize, fault: Fault) -> Duration {
+    /// meets the silent member must move on, not wait out its timeout), and how long the
+    /// watcher took to see the node join (during the fault).
+    async fn round(&mut self, label: &str, target: usize, fault: Fault) -> (Duration, Duration) {
         let was_leader = self.leader().await == target;
         self.churn += 1;
         let churn = format!("churn{:03}", self.churn);
@@ -474,6 +488,19 @@ impl Scenario {
             .registry
             .register(SERVICE, node(&churn, &[("address", "10.0.0.2:80")]), TTL)
             .unwrap();
+        let joined = Instant::now();
+        // The watcher follows while the member is still silent: its watch moved (a watch stuck
+        // on the silent member would see the node only after the fault).
+        let in_fault = self
+            .watcher
+            .seen_before(&format!("event added {churn}"), began + 2 * TTL)
+            .await;
+        assert!(
+            in_fault,
+            "{label}: the watcher did not see {churn} join during the fault; it printed {:?}",
+            self.watcher.seen
+        );
+        let watched = joined.elapsed();
         tokio::time::sleep_until(began + 2 * TTL).await;
         let e = self.etcd.clone();
         match fault {
@@ -497,20 +524,27 @@ impl Scenario {
         self.avoid.store(NO_MEMBER, Ordering::SeqCst);
         match self.loss(label).await {
             None => self.check_watcher(label),
-            Some((what, missing_for)) if was_leader && etcd_revokes_from_a_stale_leader() => {
+            Some((what, mut missing)) if was_leader && etcd_revokes_from_a_stale_leader() => {
                 eprintln!("FAILOVER {label}: {what} -- the paused leader revoked the lease on waking (etcd < 3.5.11, etcd-io/etcd#15247); the registry re-registered");
+                missing.extend(self.rebaseline(label).await);
+                let missing_for = match (missing.first(), missing.last()) {
+                    (Some(first), Some(last)) => {
+                        Duration::from_millis((last.0 - first.0) as u64 + 50)
+                    }
+                    _ => Duration::ZERO,
+                };
                 self.stale_leader_revokes
                     .push((label.to_string(), missing_for));
-                self.rebaseline(label).await;
             }
             Some((what, _)) => panic!("{label}: {what}"),
         }
-        listed
+        (listed, watched)
     }
 
     /// What was lost since the last check, if anything: keys the poller missed, a lease that
-    /// changed, keys deleted and put back. With how long keys were seen missing.
-    async fn loss(&mut self, label: &str) -> Option<(String, Duration)> {
+    /// changed, keys deleted and put back. With the poller's samples that missed keys.
+    #[allow(clippy::type_complexity)]
+    async fn loss(&mut self, label: &str) -> Option<(String, Vec<(u128, Vec<String>)>)> {
         let regs = &self.regs;
         eventually(
             &format!("{label}: every registration registered"),
@@ -521,10 +555,6 @@ impl Scenario {
         )
         .await;
         let missing = self.poller.take_missing();
-        let missing_for = match (missing.first(), missing.last()) {
-            (Some(first), Some(last)) => Duration::from_millis((last.0 - first.0) as u64 + 50),
-            _ => Duration::ZERO,
-        };
         let mut lost = Vec::new();
         if !missing.is_empty() {
             lost.push(format!(
@@ -542,12 +572,13 @@ impl Scenario {
                 self.revisions
             ));
         }
-        (!lost.is_empty()).then(|| (lost.join("; "), missing_for))
+        (!lost.is_empty()).then(|| (lost.join("; "), missing))
     }
 
     /// After a loss that etcd caused: waits until every node is back on one new lease and the
-    /// watcher has seen each come back, and takes that as the new baseline.
-    async fn rebaseline(&mut self, label: &str) {
+    /// watcher has seen each come back, and takes that as the new baseline. Returns the
+    /// poller's samples that missed keys meanwhile.
+    async fn rebaseline(&mut self, label: &str) -> Vec<(u128, Vec<String>)> {
         let regs = &self.regs;
         eventually(
             &format!("{label}: every node back on one lease"),
@@ -603,7 +634,7 @@ impl Scenario {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let _ = self.poller.take_missing();
+        self.poller.take_missing()
     }
 
     /// The watcher printed exactly the expected events so far.
@@ -716,7 +747,7 @@ async fn a_paused_or_slow_member_loses_no_key_no_lease_and_no_watch_event() {
 
     let mut rows = Vec::new();
     for case in ["client", "follower", "leader"] {
-        let mut listed = Vec::new();
+        let (mut listed, mut watched) = (Vec::new(), Vec::new());
         for round in 1..=ROUNDS {
             let client = s.client_member();
             let leader = s.leader().await;
@@ -730,25 +761,29 @@ async fn a_paused_or_slow_member_loses_no_key_no_lease_and_no_watch_event() {
             let label = format!(
                 "pause {case} round {round} (m{target}; client m{client}, leader m{leader})"
             );
-            let took = s.round(&label, target, Fault::Pause).await;
+            let (took, seen) = s.round(&label, target, Fault::Pause).await;
             eprintln!(
-                "FAILOVER {label}: first listing during the pause took {:.2}s",
-                took.as_secs_f64()
+                "FAILOVER {label}: first listing during the pause took {:.2}s; the watcher saw a node join {:.2}s after it did",
+                took.as_secs_f64(),
+                seen.as_secs_f64()
             );
             listed.push(took);
+            watched.push(seen);
         }
-        rows.push((case, listed));
+        rows.push((case, listed, watched));
     }
-    let mut slow = Vec::new();
+    let (mut slow, mut slow_watched) = (Vec::new(), Vec::new());
     for round in 1..=3 {
         let target = s.client_member();
         let label = format!("slow client member round {round} (m{target}, +2s)");
-        let took = s.round(&label, target, Fault::Slow).await;
+        let (took, seen) = s.round(&label, target, Fault::Slow).await;
         eprintln!(
-            "FAILOVER {label}: first listing during the delay took {:.2}s",
-            took.as_secs_f64()
+            "FAILOVER {label}: first listing during the delay took {:.2}s; the watcher saw a node join {:.2}s after it did",
+            took.as_secs_f64(),
+            seen.as_secs_f64()
         );
         slow.push(took);
+        slow_watched.push(seen);
     }
     let revokes = std::mem::take(&mut s.stale_leader_revokes);
     let (interruptions, polls) = s.finish("pause").await;
@@ -760,34 +795,41 @@ async fn a_paused_or_slow_member_loses_no_key_no_lease_and_no_watch_event() {
         polls.unanswered,
         interruptions
     );
-    for (case, listed) in rows {
+    for (case, listed, watched) in rows {
         let hit: Vec<Duration> = revokes
             .iter()
             .filter(|(label, _)| label.starts_with(&format!("pause {case} ")))
             .map(|(_, missing)| *missing)
             .collect();
+        let (letter, whom) = match case {
+            "client" => ("a", "the client's member"),
+            "follower" => ("b", "a follower"),
+            _ => ("c", "the leader"),
+        };
         let etcd_bug = if hit.is_empty() {
             String::new()
         } else {
             format!(
-                "; BUT in {} round(s) the paused leader itself revoked the lease on waking (etcd 3.5.1 bug etcd-io/etcd#15247, fixed in 3.5.11), keys re-registered, missing for {}",
+                "; BUT in {} round(s) the paused leader itself revoked the lease on waking (etcd 3.5.1 bug etcd-io/etcd#15247, fixed in 3.5.11), keys re-registered, seen missing by the poller for {}",
                 hit.len(),
                 summary(&hit)
             )
         };
         record(
-            &format!("9{}. 3-member cluster: SIGSTOP the {} for 2xTTL (3s), {ROUNDS} rounds", match case { "client" => "a", "follower" => "b", _ => "c" }, match case { "client" => "client's member", "follower" => "a follower", _ => "leader" }),
+            &format!("9{letter}. 3-member cluster: SIGSTOP {whom} for 2xTTL (3s), {ROUNDS} rounds"),
             &format!(
-                "no key missing in 50 ms polls, same lease, watcher exact; first list in the fault: {}{etcd_bug}",
-                summary(&listed)
+                "no key missing in 50 ms polls, same lease, watcher exact; in the fault: first list {}, a join seen by the watcher after {}{etcd_bug}",
+                summary(&listed),
+                summary(&watched)
             ),
         );
     }
     record(
         "9d. 3-member cluster: client's member answers 2 s late for 2xTTL, 3 rounds",
         &format!(
-            "no key missing, same lease, watcher exact; first list in the fault: {}",
-            summary(&slow)
+            "no key missing, same lease, watcher exact; in the fault: first list {}, a join seen by the watcher after {}",
+            summary(&slow),
+            summary(&slow_watched)
         ),
     );
 }
@@ -814,7 +856,7 @@ async fn endpoints_in_any_order_with_one_unreachable_from_the_start_lose_nothing
         let target = s.client_member();
         assert_ne!(target, 0, "the black-holed member is not used");
         let label = format!("unreachable m0, pause round {round} (m{target})");
-        listed.push(s.round(&label, target, Fault::Pause).await);
+        listed.push(s.round(&label, target, Fault::Pause).await.0);
     }
     let revokes = std::mem::take(&mut s.stale_leader_revokes);
     let (interruptions, _) = s.finish("unreachable").await;
