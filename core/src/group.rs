@@ -386,6 +386,8 @@ impl LeaseGroup {
         let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
         let period = (ttl / 3).max(Duration::from_millis(500));
         let answer_within = answer_deadline(ttl);
+        // How long one member may take for a call of this loop while others are left.
+        let attempt = answer_within.min(self.conn.attempt_timeout());
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_answer = Instant::now();
@@ -405,7 +407,7 @@ impl LeaseGroup {
                     }
                     Some(GroupCmd::Add(reg)) => {
                         self.members.insert(reg.id, reg.clone());
-                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, answer_within)).await {
+                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(true) => reg.registered(lease),
                             Ok(false) => {}
                             Err(e) => return Exit::Lost(e),
@@ -428,7 +430,7 @@ impl LeaseGroup {
                         Err(e) => Some(Error::from(e)),
                         Ok(()) => {
                             waiting_since.get_or_insert_with(Instant::now);
-                            let check = tokio::time::timeout(period, self.repair(lease, answer_within));
+                            let check = tokio::time::timeout(period, self.repair(lease, attempt));
                             match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
                                 Err(e) => return Exit::Lost(e),
                                 Ok(()) => None,
@@ -469,7 +471,7 @@ impl LeaseGroup {
             match before_loss(
                 lost_at,
                 ttl,
-                self.renew_elsewhere(lease, member, &error, answer_within),
+                self.renew_elsewhere(lease, member, &error, attempt),
             )
             .await
             {

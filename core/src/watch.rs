@@ -414,7 +414,13 @@ impl Follower {
                 continue;
             }
             if resp.events().is_empty() {
-                // A progress notification: everything up to this revision has been seen.
+                // A progress notification: everything up to this revision has been seen. Not so
+                // for the answer to our own progress request (watch id -1): etcd before 3.5.8
+                // sends it with the store's revision even while this watcher is still catching
+                // up (etcd-io/etcd#15220), so it only shows that the member is alive.
+                if resp.watch_id() == -1 {
+                    continue;
+                }
                 if let Some(h) = resp.header() {
                     let mut state = lock(&self.state);
                     state.revision = state.revision.max(h.revision());
