@@ -1,13 +1,18 @@
-//! The registry's one etcd client, connected lazily and shared by every operation.
+//! The registry's etcd clients, one per endpoint, connected lazily and shared by every
+//! operation. Calls go to a preferred member; a member that fails or stops answering is ejected
+//! for a while (see [`crate::health`]) and the call moves on to another one at once.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::Mutex;
+use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::health::Health;
 
 /// HTTP/2 ping interval while a stream is open: detects half-open connections and paused servers.
 /// etcd sends GOAWAY to clients that ping more often than every 5 s, hence the margin.
@@ -18,7 +23,12 @@ pub(crate) struct Connection {
     endpoints: Vec<String>,
     credentials: Option<(String, String)>,
     pub(crate) timeout: Duration,
-    client: Mutex<Option<Client>>,
+    /// One client per endpoint, made on first use and dropped when the member is ejected.
+    clients: Vec<Mutex<Option<Client>>>,
+    health: Health,
+    /// Bumped by [`Connection::reset`]: probes of an older generation stop.
+    generation: AtomicU64,
+    this: Weak<Connection>,
     auth_disabled_warned: AtomicBool,
 }
 
@@ -27,14 +37,17 @@ impl Connection {
         endpoints: Vec<String>,
         credentials: Option<(String, String)>,
         timeout: Duration,
-    ) -> Self {
-        Connection {
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|this| Connection {
+            clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
+            health: Health::new(endpoints.len()),
             endpoints,
             credentials,
             timeout,
-            client: Mutex::new(None),
+            generation: AtomicU64::new(0),
+            this: this.clone(),
             auth_disabled_warned: AtomicBool::new(false),
-        }
+        })
     }
 
     fn options(&self, with_user: bool) -> ConnectOptions {
@@ -50,22 +63,21 @@ impl Connection {
         options
     }
 
-    /// The shared client, connecting (and authenticating) first if there is none.
-    pub(crate) async fn client(&self) -> Result<Client> {
-        let mut slot = self.client.lock().await;
+    /// The client of endpoint `i`, connecting first if there is none.
+    async fn client_of(&self, i: usize) -> Result<Client> {
+        let mut slot = self.clients[i].lock().await;
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client = self
-            .with_timeout("connecting to etcd", self.connect())
-            .await?;
+        let client = self.connect(&self.endpoints[i]).await?;
         *slot = Some(client.clone());
         Ok(client)
     }
 
-    async fn connect(&self) -> Result<Client> {
+    async fn connect(&self, endpoint: &str) -> Result<Client> {
+        let endpoints = [endpoint];
         let with_user = self.credentials.is_some();
-        match Client::connect(&self.endpoints, Some(self.options(with_user))).await {
+        match Client::connect(endpoints, Some(self.options(with_user))).await {
             Ok(client) => Ok(client),
             Err(err) if with_user && err.to_string().contains("authentication is not enabled") => {
                 if !self.auth_disabled_warned.swap(true, Ordering::Relaxed) {
@@ -73,27 +85,171 @@ impl Connection {
                         "credentials were given but etcd has authentication disabled; proceeding without them"
                     );
                 }
-                Ok(Client::connect(&self.endpoints, Some(self.options(false))).await?)
+                Ok(Client::connect(endpoints, Some(self.options(false))).await?)
             }
             Err(err) => Err(err.into()),
         }
     }
 
-    /// Forgets the client, so that the next call connects afresh. Used after transport failures,
-    /// so a channel that went bad can never wedge the registry.
+    /// Forgets every client, so that the next call connects afresh, and stops the probes.
     pub(crate) async fn reset(&self) {
-        *self.client.lock().await = None;
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        for slot in &self.clients {
+            *slot.lock().await = None;
+        }
     }
 
-    /// Runs `f` on the shared client within the timeout.
+    /// Runs `f` on the shared client within the timeout, failing over to another member when
+    /// the one in use fails or is silent (see [`Connection::call_at`]).
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
-        F: FnOnce(Client) -> Fut,
+        F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let client = self.client().await?;
-        self.with_timeout(what, async move { f(client).await.map_err(Error::from) })
-            .await
+        let attempt = self.attempt_timeout();
+        self.call_at(what, attempt, f).await.map(|(_, v)| v)
+    }
+
+    /// How long one member may take while others are left to try: a third of the timeout.
+    pub(crate) fn attempt_timeout(&self) -> Duration {
+        (self.timeout / 3).max(Duration::from_millis(100))
+    }
+
+    /// Runs `f` on the members in turn, best first, within the timeout in all; returns the
+    /// index of the member that answered with the result. While other members are left, one
+    /// may take no longer than `attempt`; a member that fails at the transport level or takes
+    /// longer is ejected and the next one is tried at once. An answer from etcd (even a
+    /// refusal) is final.
+    pub(crate) async fn call_at<T, F, Fut>(
+        &self,
+        what: &str,
+        attempt: Duration,
+        f: F,
+    ) -> Result<(usize, T)>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = Instant::now() + self.timeout;
+        let mut tried: Vec<usize> = Vec::new();
+        let mut last_error = None;
+        loop {
+            let now = Instant::now();
+            let order: Vec<usize> = self
+                .health
+                .order(now)
+                .into_iter()
+                .filter(|i| !tried.contains(i))
+                .collect();
+            let left = deadline.saturating_duration_since(now);
+            let Some(&i) = order.first() else {
+                return Err(last_error.unwrap_or_else(|| Error::timeout(what, self.timeout)));
+            };
+            if left.is_zero() {
+                return Err(Error::timeout(what, self.timeout));
+            }
+            let limit = if order.len() > 1 {
+                attempt.min(left)
+            } else {
+                left
+            };
+            let run = async {
+                let client = self.client_of(i).await?;
+                f(client).await.map_err(Error::from)
+            };
+            let error = match tokio::time::timeout(limit, run).await {
+                Ok(Ok(value)) => {
+                    self.health.answered(i);
+                    return Ok((i, value));
+                }
+                Ok(Err(e)) if is_member_failure(&e) => contextualize(e, what),
+                Ok(Err(e)) => return Err(contextualize(e, what)),
+                Err(_) if order.len() > 1 => Error::timeout(what, limit),
+                Err(_) => Error::timeout(what, self.timeout),
+            };
+            self.eject(i, &error);
+            tried.push(i);
+            last_error = Some(error);
+        }
+    }
+
+    /// The member at `i` answered (a keep-alive, a watch response): it is preferred.
+    pub(crate) fn answered(&self, i: usize) {
+        self.health.answered(i);
+    }
+
+    /// The endpoint of member `i`, for logs and tests.
+    pub(crate) fn endpoint(&self, i: usize) -> &str {
+        &self.endpoints[i]
+    }
+
+    /// The endpoint calls go to now.
+    pub(crate) fn active_endpoint(&self) -> &str {
+        self.endpoint(self.health.order(Instant::now())[0])
+    }
+
+    /// Whether there is another member to turn to than `i`.
+    pub(crate) fn has_alternative(&self, i: usize) -> bool {
+        let now = Instant::now();
+        (0..self.endpoints.len()).any(|j| j != i && !self.health.is_ejected(j, now))
+    }
+
+    /// Member `i` failed or stopped answering: avoid it for a while, drop its connection (a
+    /// channel that went bad must never wedge the registry) and probe it back in the
+    /// background.
+    pub(crate) fn eject(&self, i: usize, why: &Error) {
+        if self.endpoints.len() == 1 {
+            // Nowhere else to go: only connect afresh next time.
+            self.forget_client(i);
+            return;
+        }
+        let Some(ejection) = self.health.eject(i, Instant::now()) else {
+            return;
+        };
+        tracing::warn!(endpoint = %self.endpoints[i], period = ?ejection.period, error = %why, "etcd member ejected; using the others meanwhile");
+        self.forget_client(i);
+        if ejection.start_probe {
+            match tokio::runtime::Handle::try_current() {
+                Ok(handle) => {
+                    let this = self.this.clone();
+                    let generation = self.generation.load(Ordering::SeqCst);
+                    handle.spawn(probe(this, i, generation));
+                }
+                Err(_) => self.health.probe_stopped(i),
+            }
+        }
+    }
+
+    /// Drops the client of member `i` (unless someone is connecting it right now), so that the
+    /// next call connects afresh.
+    fn forget_client(&self, i: usize) {
+        if let Ok(mut slot) = self.clients[i].try_lock() {
+            *slot = None;
+        }
+    }
+
+    /// Connects to every endpoint and asks each for its status at once, so that the first
+    /// operation finds warm connections and members that do not answer are already ejected.
+    pub(crate) async fn warm_up(&self) {
+        let checks = (0..self.endpoints.len()).map(|i| async move {
+            let result = self
+                .with_timeout("checking the member", async {
+                    let mut client = self.client_of(i).await?;
+                    client.status().await.map_err(Error::from)
+                })
+                .await;
+            (i, result)
+        });
+        let results = join_all(checks).await;
+        for (i, result) in results {
+            match result {
+                Ok(_) => {}
+                Err(e) if is_member_failure(&e) && self.endpoints.len() > 1 => self.eject(i, &e),
+                Err(e) => {
+                    tracing::debug!(endpoint = %self.endpoints[i], error = %e, "first connection attempt failed; operations will retry")
+                }
+            }
+        }
     }
 
     pub(crate) async fn with_timeout<T>(
@@ -106,6 +262,78 @@ impl Connection {
             Err(_) => Err(Error::timeout(what, self.timeout)),
         }
     }
+}
+
+/// Follows an ejected member: when its ejection is over, asks for its status (on a fresh
+/// connection); an answer puts it back in use, silence or a failure ejects it for longer.
+async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
+    loop {
+        let Some(c) = conn.upgrade() else { return };
+        if c.generation.load(Ordering::SeqCst) != generation {
+            c.health.probe_stopped(i);
+            return;
+        }
+        let Some(until) = c.health.probe_due(i) else {
+            // Back in use meanwhile (it answered a call).
+            return;
+        };
+        if until > Instant::now() {
+            drop(c);
+            tokio::time::sleep_until(until).await;
+            continue;
+        }
+        let result = tokio::time::timeout(c.timeout, async {
+            let mut client = c.client_of(i).await?;
+            client.status().await.map_err(Error::from)
+        })
+        .await;
+        // Any answer from etcd, even a refusal, shows the member is back.
+        let answered = match &result {
+            Ok(Ok(_)) => true,
+            Ok(Err(e)) => !is_member_failure(e),
+            Err(_) => false,
+        };
+        if answered {
+            tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
+            c.health.reinstate(i);
+            return;
+        }
+        let until = c.health.probe_failed(i, Instant::now());
+        tracing::debug!(endpoint = %c.endpoints[i], back_in = ?until.saturating_duration_since(Instant::now()), "etcd member still does not answer");
+        c.forget_client(i);
+    }
+}
+
+/// Runs futures concurrently and returns their outputs in order (no extra dependency).
+async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (k, f) in set.iter_mut().enumerate() {
+            if outputs[k].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => outputs[k] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("ready")).collect()
+}
+
+/// A failure that says the member (or the way to it) is unwell, not that etcd refused.
+pub(crate) fn is_member_failure(e: &Error) -> bool {
+    matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout)
 }
 
 fn contextualize(err: Error, what: &str) -> Error {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -130,9 +130,9 @@ impl LeaseGroup {
                 return;
             };
             let error = match established {
-                Ok((keeper, stream)) => {
+                Ok(keep_alive) => {
                     attempt = 0;
-                    match self.maintain(keeper, stream).await {
+                    match self.maintain(keep_alive).await {
                         Exit::Closed => return,
                         Exit::Empty => continue,
                         Exit::Lost(error) => {
@@ -151,9 +151,6 @@ impl LeaseGroup {
                     error
                 }
             };
-            if matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
-                self.conn.reset().await;
-            }
             attempt = attempt.saturating_add(1);
             let delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
             if attempt == 1 || error.kind() != ErrorKind::Auth {
@@ -210,11 +207,11 @@ impl LeaseGroup {
 
     /// Gets a lease (the old one first: leases survive etcd restarts), opens its keep-alive
     /// stream and makes sure every member's key is in etcd on it.
-    async fn establish(&mut self) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
-        let mut client = self.conn.client().await?;
+    async fn establish(&mut self) -> Result<KeepAlive> {
+        let attempt = self.conn.attempt_timeout();
         let mut kept = None;
         if let Some(id) = self.lease {
-            match self.keep_alive(&mut client, id).await {
+            match self.keep_alive(id, attempt).await {
                 Ok(pair) => kept = Some((id, pair)),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     tracing::info!(
@@ -227,7 +224,7 @@ impl LeaseGroup {
             }
         }
         let (lease, pair, attached) = match kept {
-            Some((id, pair)) => match self.attached_keys(&mut client, id).await? {
+            Some((id, pair)) => match self.attached_keys(id, attempt).await? {
                 Some(attached) => (id, pair, attached),
                 None => {
                     self.set_lease(None);
@@ -239,17 +236,18 @@ impl LeaseGroup {
             },
             None => {
                 let ttl = self.ttl_secs;
-                let mut c = client.clone();
+                // A grant that times out on one member may still succeed there: that lease is
+                // never used and expires after one TTL.
                 let granted = self
                     .conn
-                    .with_timeout("granting a lease", async move {
-                        Ok(c.lease_grant(ttl, None).await?)
+                    .call("granting a lease", |mut c| async move {
+                        c.lease_grant(ttl, None).await
                     })
                     .await?;
                 let id = granted.id();
                 self.set_lease(Some(id));
                 tracing::debug!(lease = id, ttl, "granted lease");
-                let pair = self.keep_alive(&mut client, id).await?;
+                let pair = self.keep_alive(id, attempt).await?;
                 (id, pair, HashSet::new())
             }
         };
@@ -261,7 +259,7 @@ impl LeaseGroup {
             .filter(|m| !attached.contains(m.key.as_bytes()) || m.stale())
             .cloned()
             .collect();
-        let refused = self.put_all(&client, lease, &missing).await?;
+        let refused = self.put_all(lease, &missing, attempt).await?;
         for member in self.members.values() {
             if !refused.contains(&member.id) {
                 member.registered(lease);
@@ -270,34 +268,32 @@ impl LeaseGroup {
         Ok(pair)
     }
 
-    async fn keep_alive(
-        &self,
-        client: &mut Client,
-        id: i64,
-    ) -> Result<(LeaseKeeper, LeaseKeepAliveStream)> {
-        let mut c = client.clone();
-        self.conn
-            .with_timeout("opening the lease keep-alive", async move {
-                Ok(c.lease_keep_alive(id).await?)
-            })
-            .await
+    /// Opens a keep-alive stream of lease `id` on the first member that answers (opening it is
+    /// a renewal: etcd answers the first keep-alive before the stream is handed over).
+    async fn keep_alive(&self, id: i64, attempt: Duration) -> Result<KeepAlive> {
+        let (member, (keeper, stream)) = self
+            .conn
+            .call_at(
+                "opening the lease keep-alive",
+                attempt,
+                |mut c| async move { c.lease_keep_alive(id).await },
+            )
+            .await?;
+        Ok(KeepAlive {
+            member,
+            keeper,
+            stream,
+        })
     }
 
     /// The keys attached to a live lease, or `None` when the lease is gone. `Ok(None)` only for
     /// a lease with TTL ≤ 0.
-    async fn attached_keys(
-        &self,
-        client: &mut Client,
-        id: i64,
-    ) -> Result<Option<HashSet<Vec<u8>>>> {
-        let mut c = client.clone();
-        let resp = self
+    async fn attached_keys(&self, id: i64, attempt: Duration) -> Result<Option<HashSet<Vec<u8>>>> {
+        let (_, resp) = self
             .conn
-            .with_timeout("checking the lease", async move {
-                Ok(
-                    c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
-                        .await?,
-                )
+            .call_at("checking the lease", attempt, |mut c| async move {
+                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                    .await
             })
             .await?;
         if resp.ttl() <= 0 {
@@ -312,9 +308,9 @@ impl LeaseGroup {
     /// Returns the ids of the members whose put was refused.
     async fn put_all(
         &self,
-        client: &Client,
         lease: i64,
         members: &[Arc<RegShared>],
+        attempt: Duration,
     ) -> Result<HashSet<u64>> {
         let mut refused = HashSet::new();
         for chunk in members.chunks(MAX_TXN_OPS) {
@@ -331,11 +327,11 @@ impl LeaseGroup {
                     )
                 })
                 .collect();
-            let mut c = client.clone();
             let result = self
                 .conn
-                .with_timeout("registering keys", async move {
-                    Ok(c.txn(Txn::new().and_then(ops)).await?)
+                .call_at("registering keys", attempt, |mut c| {
+                    let txn = Txn::new().and_then(ops.clone());
+                    async move { c.txn(txn).await }
                 })
                 .await;
             match result {
@@ -347,7 +343,7 @@ impl LeaseGroup {
                 Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
                     for member in chunk {
-                        if !self.put_one(client, lease, member).await? {
+                        if !self.put_one(lease, member, attempt).await? {
                             refused.insert(member.id);
                         }
                     }
@@ -359,15 +355,21 @@ impl LeaseGroup {
     }
 
     /// Puts one key; a per-key refusal is reported to its registration only.
-    async fn put_one(&self, client: &Client, lease: i64, member: &Arc<RegShared>) -> Result<bool> {
-        let mut c = client.clone();
-        let key = member.key.clone();
+    async fn put_one(
+        &self,
+        lease: i64,
+        member: &Arc<RegShared>,
+        attempt: Duration,
+    ) -> Result<bool> {
         let (value, generation) = member.value();
         let result = self
             .conn
-            .with_timeout("registering a key", async move {
-                Ok(c.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                    .await?)
+            .call_at("registering a key", attempt, |mut c| {
+                let (key, value) = (member.key.clone(), value.clone());
+                async move {
+                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                        .await
+                }
             })
             .await;
         match result {
@@ -386,22 +388,35 @@ impl LeaseGroup {
 
     /// Keeps the lease alive: a keep-alive every TTL/3, a check of the lease's keys at the same
     /// pace (keys deleted by someone else are put back), and commands in between.
-    async fn maintain(
-        &mut self,
-        mut keeper: LeaseKeeper,
-        mut stream: LeaseKeepAliveStream,
-    ) -> Exit {
+    ///
+    /// A keep-alive not answered within [`answer_deadline`] (a sixth of the TTL: half the time
+    /// until the next one is due) means the member is paused, overloaded or cut off: it is
+    /// ejected and the lease is renewed at once through another member, while it still has most
+    /// of its TTL left (see [`LeaseGroup::renew_elsewhere`]).
+    async fn maintain(&mut self, keep_alive: KeepAlive) -> Exit {
         let Some(lease) = self.lease else {
             return Exit::Lost(Error::new(ErrorKind::Internal, "no lease"));
         };
+        let KeepAlive {
+            mut member,
+            mut keeper,
+            mut stream,
+        } = keep_alive;
         let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
         let period = (ttl / 3).max(Duration::from_millis(500));
+        let answer_within = answer_deadline(ttl);
+        // How long one member may take for a call of this loop while others are left.
+        let attempt = answer_within.min(self.conn.attempt_timeout());
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_answer = Instant::now();
+        // When the oldest keep-alive still unanswered was sent.
+        let mut waiting_since: Option<Instant> = None;
         loop {
             let lost_at = last_answer + ttl;
-            tokio::select! {
+            let silent_at = waiting_since.map(|sent| sent + answer_within);
+            let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
+            let failover = tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     None => return Exit::Closed,
                     Some(GroupCmd::Close { done }) => {
@@ -411,15 +426,12 @@ impl LeaseGroup {
                     }
                     Some(GroupCmd::Add(reg)) => {
                         self.members.insert(reg.id, reg.clone());
-                        let put = async {
-                            let client = self.conn.client().await?;
-                            self.put_one(&client, lease, &reg).await
-                        };
-                        match before_loss(lost_at, ttl, put).await {
+                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(true) => reg.registered(lease),
                             Ok(false) => {}
                             Err(e) => return Exit::Lost(e),
                         }
+                        None
                     }
                     Some(GroupCmd::Remove { id, keep_key, done }) => {
                         let result = self.remove(id, keep_key).await;
@@ -429,6 +441,7 @@ impl LeaseGroup {
                         if self.members.is_empty() {
                             return Exit::Empty;
                         }
+                        None
                     }
                     Some(GroupCmd::Update { id }) => {
                         // Not stale: a put since the update (an earlier Update command's, which
@@ -436,48 +449,111 @@ impl LeaseGroup {
                         let Some(reg) = self.members.get(&id).filter(|m| m.stale()).cloned() else {
                             continue;
                         };
-                        let put = async {
-                            let client = self.conn.client().await?;
-                            self.put_one(&client, lease, &reg).await
-                        };
-                        match before_loss(lost_at, ttl, put).await {
+                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(true) => reg.registered(lease),
                             Ok(false) => {}
                             // The next attempt puts it, as the member is still stale.
                             Err(e) => return Exit::Lost(e),
                         }
+                        None
                     }
                 },
                 _ = ticker.tick() => {
-                    if let Err(e) = keeper.keep_alive().await {
-                        return Exit::Lost(e.into());
-                    }
-                    if let Err(e) = before_loss(lost_at, ttl, self.repair(lease)).await {
-                        return Exit::Lost(e);
+                    match keeper.keep_alive().await {
+                        Err(e) => Some(Error::from(e)),
+                        Ok(()) => {
+                            waiting_since.get_or_insert_with(Instant::now);
+                            let check = tokio::time::timeout(period, self.repair(lease, attempt));
+                            match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
+                                Err(e) => return Exit::Lost(e),
+                                Ok(()) => None,
+                            }
+                        }
                     }
                 }
                 message = stream.message() => match message {
-                    Ok(Some(resp)) if resp.ttl() > 0 => last_answer = Instant::now(),
+                    Ok(Some(resp)) if resp.ttl() > 0 => {
+                        last_answer = Instant::now();
+                        waiting_since = None;
+                        self.conn.answered(member);
+                        None
+                    }
                     Ok(Some(_)) => {
                         self.set_lease(None);
                         return Exit::Lost(Error::new(ErrorKind::NotFound, format!("lease {lease:x} expired or was revoked")));
                     }
-                    Ok(None) => return Exit::Lost(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
-                    Err(e) => return Exit::Lost(e.into()),
+                    Ok(None) => Some(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
+                    Err(e) => Some(Error::from(e)),
                 },
-                _ = tokio::time::sleep_until(lost_at) => return Exit::Lost(unanswered(ttl)),
+                _ = silence, if silent_at.is_some() => Some(Error::new(
+                    ErrorKind::Timeout,
+                    format!("keep-alive unanswered for {answer_within:?} (context deadline exceeded)"),
+                )),
+                _ = tokio::time::sleep_until(lost_at) => {
+                    self.conn.eject(member, &unanswered(ttl));
+                    return Exit::Lost(unanswered(ttl));
+                }
+            };
+            let Some(error) = failover else { continue };
+            self.conn.eject(member, &error);
+            // A stream that broke (member killed or restarted) with no other member to turn to
+            // is a lost connection: the group re-establishes itself from scratch, with backoff.
+            if error.kind() == ErrorKind::Connection && !self.conn.has_alternative(member) {
+                return Exit::Lost(error);
+            }
+            match before_loss(
+                lost_at,
+                ttl,
+                self.renew_elsewhere(lease, member, &error, attempt),
+            )
+            .await
+            {
+                Ok(fresh) => {
+                    member = fresh.member;
+                    keeper = fresh.keeper;
+                    stream = fresh.stream;
+                    last_answer = Instant::now();
+                    waiting_since = None;
+                    ticker.reset();
+                }
+                Err(e) => {
+                    if e.kind() == ErrorKind::NotFound {
+                        self.set_lease(None);
+                    }
+                    return Exit::Lost(e);
+                }
             }
         }
+    }
+
+    /// The member at `from` failed or went silent: opens a new keep-alive stream of `lease` on
+    /// another member (which renews it) without waiting for anything else.
+    async fn renew_elsewhere(
+        &self,
+        lease: i64,
+        from: usize,
+        why: &Error,
+        attempt: Duration,
+    ) -> Result<KeepAlive> {
+        let started = Instant::now();
+        let fresh = self.keep_alive(lease, attempt).await?;
+        tracing::warn!(
+            lease,
+            ttl = self.ttl_secs,
+            from = %self.conn.endpoint(from),
+            to = %self.conn.endpoint(fresh.member),
+            took = ?started.elapsed(),
+            error = %why,
+            "keep-alive moved to another etcd member; lease renewed"
+        );
+        Ok(fresh)
     }
 
     /// Puts back keys that are missing from the lease (deleted by someone else); notices a lease
     /// revoked by someone else. A failed check is not a loss by itself: the keep-alive deadline
     /// decides that.
-    async fn repair(&mut self, lease: i64) -> Result<()> {
-        let Ok(mut client) = self.conn.client().await else {
-            return Ok(());
-        };
-        match self.attached_keys(&mut client, lease).await {
+    async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<()> {
+        match self.attached_keys(lease, attempt).await {
             Ok(None) => {
                 self.set_lease(None);
                 Err(Error::new(
@@ -504,7 +580,7 @@ impl LeaseGroup {
                     );
                 }
                 for member in &to_put {
-                    if self.put_one(&client, lease, member).await? {
+                    if self.put_one(lease, member, attempt).await? {
                         member.registered(lease);
                     }
                 }
@@ -528,8 +604,9 @@ impl LeaseGroup {
             let key = reg.key.clone();
             result = self
                 .conn
-                .call("deleting the key", |mut c| async move {
-                    c.delete(key, None).await
+                .call("deleting the key", |mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
                 })
                 .await
                 .map(|_| ());
@@ -591,8 +668,9 @@ impl LeaseGroup {
                     let key = member.key.clone();
                     let _ = self
                         .conn
-                        .call("deleting the key", |mut c| async move {
-                            c.delete(key, None).await
+                        .call("deleting the key", |mut c| {
+                            let key = key.clone();
+                            async move { c.delete(key, None).await }
                         })
                         .await;
                 }
@@ -602,6 +680,20 @@ impl LeaseGroup {
             member.emit(StatusEvent::Unregistered);
         }
     }
+}
+
+/// A keep-alive stream and the member it goes to.
+struct KeepAlive {
+    member: usize,
+    keeper: LeaseKeeper,
+    stream: LeaseKeepAliveStream,
+}
+
+/// How long a keep-alive may go unanswered before its member is given up for another: half the
+/// time until the next one is due, so that the lease still has half its TTL left when it is
+/// renewed elsewhere, however late in its period the member stopped.
+fn answer_deadline(ttl: Duration) -> Duration {
+    (ttl / 6).max(Duration::from_millis(250))
 }
 
 /// Runs a call of the keep-alive loop, but no longer than the lease can live without an answer:

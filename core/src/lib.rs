@@ -33,6 +33,7 @@ mod config;
 mod conn;
 mod error;
 mod group;
+mod health;
 pub mod keys;
 pub mod log;
 mod registration;

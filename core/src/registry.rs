@@ -73,18 +73,10 @@ impl Registry {
     /// Like [`Registry::connect`], on the runtime of `handle` (bindings pass the global one).
     pub fn new_in(config: Config, handle: Handle) -> Result<Registry> {
         let endpoints = config.validate()?;
-        let conn = Arc::new(Connection::new(
-            endpoints,
-            config.credentials(),
-            config.timeout,
-        ));
+        let conn = Connection::new(endpoints, config.credentials(), config.timeout);
         // Dial in the background, so the first operation finds a warm connection.
         let warm = conn.clone();
-        handle.spawn(async move {
-            if let Err(e) = warm.client().await {
-                tracing::debug!(error = %e, "first connection attempt failed; operations will retry");
-            }
-        });
+        handle.spawn(async move { warm.warm_up().await });
         Ok(Registry {
             inner: Arc::new(Inner {
                 config,
@@ -280,11 +272,14 @@ impl Registry {
         let resp = self
             .inner
             .conn
-            .call("listing services", |mut c| async move {
-                let options = etcd_client::GetOptions::new()
-                    .with_prefix()
-                    .with_keys_only();
-                c.get(key, Some(options)).await
+            .call("listing services", |mut c| {
+                let key = key.clone();
+                async move {
+                    let options = etcd_client::GetOptions::new()
+                        .with_prefix()
+                        .with_keys_only();
+                    c.get(key, Some(options)).await
+                }
             })
             .await?;
         let mut names: Vec<String> = Vec::new();
@@ -340,6 +335,12 @@ impl Registry {
             .map(|g| g.lease.load(Ordering::SeqCst))
             .filter(|l| *l != 0)
             .collect()
+    }
+
+    /// The etcd endpoint (as a URL) that calls and keep-alives go to now. Changes when that
+    /// member fails or stops answering and another one takes over.
+    pub fn active_endpoint(&self) -> String {
+        self.inner.conn.active_endpoint().to_string()
     }
 
     /// How many registrations are active.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use etcd_client::{EventType, WatchOptions};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
+use tokio::time::Instant;
 
 use crate::backoff;
 use crate::conn::Connection;
@@ -170,10 +171,12 @@ pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
 
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
-    let key = prefix.to_string();
-    conn.call("listing nodes", |mut c| async move {
-        c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
+    conn.call("listing nodes", |mut c| {
+        let key = prefix.to_string();
+        async move {
+            c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+        }
     })
     .await
 }
@@ -279,6 +282,15 @@ struct Follower {
 enum StreamEnd {
     Compacted(i64),
     Failed(Error),
+    /// The member stopped answering and was ejected: resume at once on another one.
+    Silent(Error),
+}
+
+/// How long a watch stream may stay quiet before it asks its member for a progress report, and
+/// how long that report may take before the member is given up for another. Both half the
+/// call timeout, within [0.5 s, 5 s].
+fn watch_liveness(timeout: Duration) -> Duration {
+    (timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 impl Follower {
@@ -297,13 +309,17 @@ impl Follower {
                         Err(e) => e,
                     }
                 }
+                StreamEnd::Silent(e) => {
+                    tracing::warn!(prefix = %self.prefix, error = %e, "watch moving to another etcd member");
+                    if self.tx.is_closed() {
+                        return;
+                    }
+                    continue;
+                }
                 StreamEnd::Failed(e) => e,
             };
             if self.tx.is_closed() {
                 return;
-            }
-            if matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
-                self.conn.reset().await;
             }
             attempt = attempt.saturating_add(1);
             let delay = backoff::delay(attempt, self.backoff.0, self.backoff.1);
@@ -321,23 +337,54 @@ impl Follower {
         // a resync); the last revision's own events come again and change nothing (a put of an
         // identical node and a delete of an absent one emit no event).
         let start = lock(&self.state).revision.max(1);
-        let key = self.prefix.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start)
             .with_progress_notify();
-        let mut stream = match self
+        let liveness = watch_liveness(self.conn.timeout);
+        let (member, stream) = match self
             .conn
-            .call("starting a watch", |mut c| async move {
-                c.watch(key, Some(options)).await
+            .call_at("starting a watch", liveness, |mut c| {
+                let (key, options) = (self.prefix.clone(), options.clone());
+                async move { c.watch(key, Some(options)).await }
             })
             .await
         {
-            Ok(stream) => stream,
+            Ok(started) => started,
             Err(e) => return StreamEnd::Failed(e),
         };
+        let (mut requests, mut stream) = stream.split();
+        // A quiet stream asks for a progress report; one not answered in time means the member
+        // is paused, overloaded or cut off (a paused member keeps its TCP connections open, so
+        // the stream would otherwise wait for the HTTP/2 ping to fail, or forever).
+        let mut asked_at: Option<Instant> = None;
+        let mut quiet_since = Instant::now();
         loop {
-            let resp = match stream.message().await {
+            let wake = match asked_at {
+                Some(asked) => asked + liveness,
+                None => quiet_since + liveness,
+            };
+            let message = tokio::select! {
+                message = stream.message() => message,
+                _ = tokio::time::sleep_until(wake) => {
+                    if asked_at.is_some() {
+                        let error = Error::new(
+                            ErrorKind::Timeout,
+                            format!("watch unanswered for {liveness:?} (context deadline exceeded)"),
+                        );
+                        self.conn.eject(member, &error);
+                        return StreamEnd::Silent(error);
+                    }
+                    if let Err(e) = requests.request_progress().await {
+                        return StreamEnd::Failed(e.into());
+                    }
+                    asked_at = Some(Instant::now());
+                    continue;
+                }
+            };
+            asked_at = None;
+            quiet_since = Instant::now();
+            let resp = match message {
                 Ok(Some(resp)) => resp,
                 Ok(None) => {
                     return StreamEnd::Failed(Error::new(
@@ -345,7 +392,13 @@ impl Follower {
                         "the watch stream was closed by etcd",
                     ))
                 }
-                Err(e) => return StreamEnd::Failed(e.into()),
+                Err(e) => {
+                    let e = Error::from(e);
+                    if crate::conn::is_member_failure(&e) {
+                        self.conn.eject(member, &e);
+                    }
+                    return StreamEnd::Failed(e);
+                }
             };
             if resp.compact_revision() > 0 {
                 return StreamEnd::Compacted(resp.compact_revision());
@@ -361,7 +414,13 @@ impl Follower {
                 continue;
             }
             if resp.events().is_empty() {
-                // A progress notification: everything up to this revision has been seen.
+                // A progress notification: everything up to this revision has been seen. Not so
+                // for the answer to our own progress request (watch id -1): etcd before 3.5.8
+                // sends it with the store's revision even while this watcher is still catching
+                // up (etcd-io/etcd#15220), so it only shows that the member is alive.
+                if resp.watch_id() == -1 {
+                    continue;
+                }
                 if let Some(h) = resp.header() {
                     let mut state = lock(&self.state);
                     state.revision = state.revision.max(h.revision());

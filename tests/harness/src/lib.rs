@@ -819,6 +819,14 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Make member `i`'s proxy forward every byte `delay` late, both ways, on open connections
+    /// too: a member that answers slowly rather than not at all. `Duration::ZERO` lifts it.
+    /// Requires `.proxy(true)`.
+    pub fn delay_member(&self, i: usize, delay: Duration) -> io::Result<()> {
+        self.proxy(i)?.set_delay(delay);
+        Ok(())
+    }
+
     /// Whether member `i`'s proxy is partitioned (false without a proxy).
     pub fn is_partitioned(&self, i: usize) -> bool {
         self.proxies.get(i).is_some_and(Proxy::is_partitioned)

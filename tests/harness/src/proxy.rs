@@ -6,18 +6,24 @@
 //! from the client's side this looks like a real network partition (no RST,
 //! no FIN, just silence). On heal the blackholed connections are closed so
 //! clients reconnect, and new connections are forwarded normally.
+//!
+//! With a *delay* set, every byte is forwarded that much later than it arrived, in both
+//! directions and on existing connections too: a member that answers slowly rather than not
+//! at all.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const COPY_STACK: usize = 128 * 1024;
 const BUF: usize = 16 * 1024;
 
 struct Conn {
+    state: Arc<State>,
     client: TcpStream,
     upstream: Option<TcpStream>,
     blackholed: AtomicBool,
@@ -53,6 +59,8 @@ impl Conn {
 struct State {
     upstream: SocketAddr,
     partitioned: AtomicBool,
+    /// Added latency in microseconds, 0 for none.
+    delay_us: AtomicU64,
     stopped: AtomicBool,
     conns: Mutex<Vec<Arc<Conn>>>,
 }
@@ -73,6 +81,7 @@ impl Proxy {
         let state = Arc::new(State {
             upstream,
             partitioned: AtomicBool::new(false),
+            delay_us: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
         });
@@ -122,6 +131,12 @@ impl Proxy {
         conns.clear();
     }
 
+    /// Forward every byte `delay` after it arrived (zero: at once again).
+    pub(crate) fn set_delay(&self, delay: Duration) {
+        let us = u64::try_from(delay.as_micros()).unwrap_or(u64::MAX);
+        self.state.delay_us.store(us, Ordering::SeqCst);
+    }
+
     pub(crate) fn is_partitioned(&self) -> bool {
         self.state.partitioned.load(Ordering::SeqCst)
     }
@@ -169,6 +184,7 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
             let mut conns = state.conns.lock().unwrap();
             conns.retain(|c| !c.closed.load(Ordering::SeqCst));
             let conn = Arc::new(Conn {
+                state: state.clone(),
                 client,
                 upstream,
                 blackholed: AtomicBool::new(state.partitioned.load(Ordering::SeqCst)),
@@ -210,9 +226,28 @@ fn spawn_copies(conn: &Arc<Conn>) -> io::Result<()> {
     Ok(())
 }
 
+/// Writes chunks to `dst` at their due time, in order; ends when the sender is dropped or a
+/// write fails.
+fn delayed_writer(mut dst: TcpStream, chunks: mpsc::Receiver<(Instant, Vec<u8>)>) {
+    for (due, chunk) in chunks {
+        let now = Instant::now();
+        if due > now {
+            thread::sleep(due - now);
+        }
+        if dst.write_all(&chunk).is_err() {
+            let _ = dst.shutdown(Shutdown::Both);
+            return;
+        }
+    }
+    let _ = dst.shutdown(Shutdown::Write);
+}
+
 /// Copy `src -> dst` until EOF/error, discarding data while blackholed.
 fn copy(mut src: TcpStream, mut dst: Option<TcpStream>, conn: &Conn, from_client: bool) {
     let mut buf = vec![0u8; BUF];
+    // Once a delay was set, this direction's bytes go through a writer thread for good, so
+    // that they stay in order when the delay is lifted.
+    let mut delayed: Option<mpsc::Sender<(Instant, Vec<u8>)>> = None;
     loop {
         match src.read(&mut buf) {
             Ok(0) => {
@@ -224,14 +259,37 @@ fn copy(mut src: TcpStream, mut dst: Option<TcpStream>, conn: &Conn, from_client
                     // Upstream EOF while partitioned: the client must not see it.
                     return;
                 }
-                if let Some(d) = &dst {
-                    let _ = d.shutdown(Shutdown::Write);
+                if delayed.take().is_none() {
+                    if let Some(d) = &dst {
+                        let _ = d.shutdown(Shutdown::Write);
+                    }
                 }
                 conn.direction_done();
                 return;
             }
             Ok(n) => {
                 if conn.blackholed.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let delay_us = conn.state.delay_us.load(Ordering::SeqCst);
+                if delayed.is_none() && delay_us > 0 {
+                    if let Some(d) = dst.as_ref().and_then(|d| d.try_clone().ok()) {
+                        let (tx, rx) = mpsc::channel();
+                        if thread::Builder::new()
+                            .stack_size(COPY_STACK)
+                            .spawn(move || delayed_writer(d, rx))
+                            .is_ok()
+                        {
+                            delayed = Some(tx);
+                        }
+                    }
+                }
+                if let Some(tx) = &delayed {
+                    let due = Instant::now() + Duration::from_micros(delay_us);
+                    if tx.send((due, buf[..n].to_vec())).is_err() {
+                        conn.close();
+                        return;
+                    }
                     continue;
                 }
                 if let Some(d) = dst.as_mut() {

@@ -1,0 +1,243 @@
+//! Which etcd endpoint to talk to: a sticky preferred member, and a table of members that
+//! stopped answering, ejected for a while and probed back later.
+//!
+//! Like etcd's Go client, every endpoint given is used (in any order) and a failing one is
+//! avoided; unlike it, a member that is merely silent (paused, overloaded, partitioned) is
+//! noticed by a short deadline rather than only when a whole call or a lease TTL has gone by.
+
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// First ejection of a member; each further one in a row doubles it, up to [`EJECT_MAX`].
+pub(crate) const EJECT_MIN: Duration = Duration::from_secs(2);
+pub(crate) const EJECT_MAX: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Default, Clone)]
+struct Member {
+    /// Set while the member is ejected; it is used again only when no other member is left.
+    ejected_until: Option<Instant>,
+    /// Ejections in a row, without an answer in between.
+    ejections: u32,
+    /// A probe task is following this member.
+    probing: bool,
+}
+
+#[derive(Debug)]
+struct Table {
+    preferred: usize,
+    members: Vec<Member>,
+}
+
+/// The health table of a connection's endpoints, by index.
+#[derive(Debug)]
+pub(crate) struct Health {
+    table: Mutex<Table>,
+}
+
+/// What [`Health::eject`] did.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Ejection {
+    /// How long the member is avoided.
+    pub(crate) period: Duration,
+    /// Whether the caller must start a probe (none is running for it yet).
+    pub(crate) start_probe: bool,
+}
+
+impl Health {
+    pub(crate) fn new(endpoints: usize) -> Self {
+        Health {
+            table: Mutex::new(Table {
+                preferred: 0,
+                members: vec![Member::default(); endpoints],
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The endpoints to try, best first: the preferred one if it is not ejected, then the other
+    /// members in their given order from it, then the ejected ones, the soonest back first.
+    pub(crate) fn order(&self, now: Instant) -> Vec<usize> {
+        let table = self.lock();
+        let n = table.members.len();
+        let mut healthy = Vec::with_capacity(n);
+        let mut ejected = Vec::new();
+        for k in 0..n {
+            let i = (table.preferred + k) % n;
+            match table.members[i].ejected_until {
+                Some(until) if until > now => ejected.push((until, i)),
+                _ => healthy.push(i),
+            }
+        }
+        ejected.sort();
+        healthy.extend(ejected.into_iter().map(|(_, i)| i));
+        healthy
+    }
+
+    /// Whether member `i` is ejected now.
+    pub(crate) fn is_ejected(&self, i: usize, now: Instant) -> bool {
+        self.lock()
+            .members
+            .get(i)
+            .and_then(|m| m.ejected_until)
+            .is_some_and(|until| until > now)
+    }
+
+    /// Member `i` answered a call: it is healthy and, being the one in use, preferred.
+    pub(crate) fn answered(&self, i: usize) {
+        let mut table = self.lock();
+        if i >= table.members.len() {
+            return;
+        }
+        let member = &mut table.members[i];
+        member.ejected_until = None;
+        member.ejections = 0;
+        table.preferred = i;
+    }
+
+    /// Member `i` answered a probe: it is used again, but the preference stays where it is (a
+    /// member that just came back is not trusted more than the one that served meanwhile).
+    pub(crate) fn reinstate(&self, i: usize) {
+        let mut table = self.lock();
+        if let Some(member) = table.members.get_mut(i) {
+            member.ejected_until = None;
+            member.ejections = 0;
+            member.probing = false;
+        }
+    }
+
+    /// Member `i` failed a call or did not answer in time: it is avoided for a while, longer
+    /// each time in a row. An ejected member is not ejected again (its probe decides).
+    /// The preference moves to the next member that is not ejected.
+    pub(crate) fn eject(&self, i: usize, now: Instant) -> Option<Ejection> {
+        let mut table = self.lock();
+        let n = table.members.len();
+        let member = table.members.get_mut(i)?;
+        let result = if member.ejected_until.is_some_and(|until| until > now) {
+            None
+        } else {
+            let period = period_of(member.ejections);
+            member.ejections = member.ejections.saturating_add(1);
+            member.ejected_until = Some(now + period);
+            let start_probe = !member.probing;
+            member.probing = true;
+            Some(Ejection {
+                period,
+                start_probe,
+            })
+        };
+        if table.preferred == i {
+            if let Some(next) = (1..n)
+                .map(|k| (i + k) % n)
+                .find(|&j| table.members[j].ejected_until.is_none_or(|u| u <= now))
+            {
+                table.preferred = next;
+            }
+        }
+        result
+    }
+
+    /// A probe of member `i` failed: it stays ejected, for longer. Returns until when.
+    pub(crate) fn probe_failed(&self, i: usize, now: Instant) -> Instant {
+        let mut table = self.lock();
+        let Some(member) = table.members.get_mut(i) else {
+            return now;
+        };
+        let period = period_of(member.ejections);
+        member.ejections = member.ejections.saturating_add(1);
+        let until = now + period;
+        member.ejected_until = Some(until);
+        until
+    }
+
+    /// Until when member `i` is ejected (`None` once it is back).
+    #[cfg(test)]
+    pub(crate) fn ejected_until(&self, i: usize) -> Option<Instant> {
+        self.lock().members.get(i).and_then(|m| m.ejected_until)
+    }
+
+    /// For the probe of member `i`: until when it is ejected, or `None` when it is back in use,
+    /// in which case the probe ends (atomically, so that a new ejection starts a new probe).
+    pub(crate) fn probe_due(&self, i: usize) -> Option<Instant> {
+        let mut table = self.lock();
+        let member = table.members.get_mut(i)?;
+        if member.ejected_until.is_none() {
+            member.probing = false;
+        }
+        member.ejected_until
+    }
+
+    /// The probe of member `i` stopped without an answer (the connection closed).
+    pub(crate) fn probe_stopped(&self, i: usize) {
+        if let Some(member) = self.lock().members.get_mut(i) {
+            member.probing = false;
+        }
+    }
+
+    /// The preferred member.
+    #[cfg(test)]
+    pub(crate) fn preferred(&self) -> usize {
+        self.lock().preferred
+    }
+}
+
+fn period_of(ejections: u32) -> Duration {
+    EJECT_MIN
+        .saturating_mul(1u32 << ejections.min(8))
+        .min(EJECT_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ejected_member_goes_last_and_the_preference_moves_on() {
+        let health = Health::new(3);
+        let now = Instant::now();
+        assert_eq!(health.order(now), vec![0, 1, 2]);
+        let ejection = health.eject(0, now).unwrap();
+        assert_eq!(ejection.period, EJECT_MIN);
+        assert!(ejection.start_probe);
+        assert_eq!(health.preferred(), 1);
+        assert_eq!(health.order(now), vec![1, 2, 0]);
+        assert!(health.is_ejected(0, now));
+        // Ejecting again while ejected changes nothing and starts no second probe.
+        assert_eq!(health.eject(0, now), None);
+        // Once the period is over, it is a candidate again, after the preferred one.
+        assert_eq!(health.order(now + EJECT_MIN), vec![1, 2, 0]);
+        assert!(!health.is_ejected(0, now + EJECT_MIN));
+        // Every member ejected: all are still offered, the soonest back first.
+        health.eject(1, now + Duration::from_millis(10)).unwrap();
+        health.eject(2, now + Duration::from_millis(5)).unwrap();
+        assert_eq!(health.order(now + Duration::from_millis(20)), vec![0, 2, 1]);
+    }
+
+    #[test]
+    fn probes_back_off_and_answers_reset() {
+        let health = Health::new(2);
+        let now = Instant::now();
+        health.eject(1, now).unwrap();
+        let until = health.probe_failed(1, now);
+        assert_eq!(until, now + 2 * EJECT_MIN);
+        let mut last = until;
+        for _ in 0..10 {
+            last = health.probe_failed(1, now);
+        }
+        assert_eq!(last, now + EJECT_MAX);
+        health.reinstate(1);
+        assert_eq!(health.ejected_until(1), None);
+        assert_eq!(
+            health.preferred(),
+            0,
+            "a probe does not move the preference"
+        );
+        health.answered(1);
+        assert_eq!(health.preferred(), 1, "an answered call does");
+        assert_eq!(health.eject(1, now).unwrap().period, EJECT_MIN);
+    }
+}
