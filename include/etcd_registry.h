@@ -87,6 +87,16 @@
 #include <stdint.h>
 
 /**
+ * The version of this header, the same as the library's Cargo version. Compare it with
+ * etcd_registry_version() (the library actually linked) to detect a header and a library from
+ * different installs.
+ */
+#define ETCD_REGISTRY_VERSION "0.1.0"
+#define ETCD_REGISTRY_VERSION_MAJOR 0
+#define ETCD_REGISTRY_VERSION_MINOR 1
+#define ETCD_REGISTRY_VERSION_PATCH 0
+
+/**
  * Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an
  * event comes or the registry is closed).
  */
