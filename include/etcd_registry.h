@@ -6,7 +6,8 @@
  *   cc app.c $(pkg-config --cflags --libs etcd_registry)
  *
  * links the shared library (with an rpath to DIR/lib), or with --static the archive; the
- * package etcd_registry-static always links the archive.
+ * package etcd_registry-static always links the archive. CMake: find_package(etcd_registry
+ * CONFIG REQUIRED) and the target etcd_registry::etcd_registry (or _static, _shared).
  *
  * CONVENTIONS
  *   - Every symbol starts with etcd_registry_ / ETCD_REGISTRY_. Handles are opaque; each is
