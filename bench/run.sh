@@ -87,7 +87,8 @@ build_go() {
     skip go "cargo build --release -p etcd-registry-ffi failed, see $OUT/logs/ffi-build.log"; return
   fi
   echo "bench: building the Go driver"
-  if ! (cd bench/go && CGO_ENABLED=1 go build -tags etcd_registry_release -o "$OUT/go-driver" .) \
+  # pkg-config finds the release library of this checkout (scripts/go-env.sh).
+  if ! (eval "$(scripts/go-env.sh release)" && cd bench/go && CGO_ENABLED=1 go build -o "$OUT/go-driver" .) \
        >"$OUT/logs/go-build.log" 2>&1; then
     skip go "go build of bench/go failed, see $OUT/logs/go-build.log"; return
   fi

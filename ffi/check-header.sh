@@ -24,8 +24,26 @@ fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
+# The version macros come from Cargo.toml (scripts/version.sh), so they cannot drift from the
+# library's etcd_registry_version(): cbindgen.toml with an after_includes block put in front.
+version="$("$root/scripts/version.sh")"
+read -r major minor patch <<<"$("$root/scripts/version.sh" --parts)"
+cat > "$tmp/cbindgen.toml" <<TOML
+after_includes = """
+
+/**
+ * The version of this header, the same as the library's Cargo version. Compare it with
+ * etcd_registry_version() (the library actually linked) to detect a header and a library from
+ * different installs.
+ */
+#define ETCD_REGISTRY_VERSION "$version"
+#define ETCD_REGISTRY_VERSION_MAJOR $major
+#define ETCD_REGISTRY_VERSION_MINOR $minor
+#define ETCD_REGISTRY_VERSION_PATCH $patch"""
+TOML
+cat "$here/cbindgen.toml" >> "$tmp/cbindgen.toml"
 # --quiet: cbindgen warns about every private static it skips, which is expected here.
-(cd "$here" && "$cbindgen" --quiet --config cbindgen.toml --crate etcd-registry-ffi \
+(cd "$here" && "$cbindgen" --quiet --config "$tmp/cbindgen.toml" --crate etcd-registry-ffi \
     --output "$tmp/etcd_registry.h" .)
 
 if [ "${1:-}" = "--update" ]; then

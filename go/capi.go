@@ -7,7 +7,6 @@ package etcdregistry
 // copies it inside the same native call).
 
 /*
-#cgo CFLAGS: -I${SRCDIR}/../include
 #include <stdlib.h>
 #include "shims.h"
 */

@@ -31,16 +31,16 @@
 //
 // # Building
 //
-// The package links the Rust library statically, so a Go program needs no LD_LIBRARY_PATH.
-// Build the library first, from the repository root, then use the go command as usual:
+// The package finds the Rust library through pkg-config (etcd_registry-static) and links it
+// statically, so a Go program needs no LD_LIBRARY_PATH. Install the library once, then use the
+// go command as usual (cgo must be enabled: CGO_ENABLED=1, a C compiler):
 //
-//	cargo build -p etcd-registry-ffi   # target/debug/libetcd_registry.a, linked by default
-//	cd go && go build ./... && go test ./...
+//	ffi/install.sh --prefix "$HOME/.local"                # from a checkout of the repository
+//	export PKG_CONFIG_PATH="$HOME/.local/lib/pkgconfig"
+//	go build ./...
 //
-// Build tags select another library: etcd_registry_release links target/release (after
-// cargo build --release -p etcd-registry-ffi); etcd_registry_system uses pkg-config --static
-// etcd_registry (after ffi/install.sh --prefix DIR --static and
-// PKG_CONFIG_PATH=DIR/lib/pkgconfig). cgo must be enabled (CGO_ENABLED=1, a C compiler).
+// In the repository itself, go/run-tests.sh does everything, or eval "$(scripts/go-env.sh)"
+// points pkg-config at the build tree. See go/README.md.
 //
 // # Threads and lifetimes
 //

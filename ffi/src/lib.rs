@@ -47,3 +47,33 @@ use std::ffi::c_char;
 pub extern "C" fn etcd_registry_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::CStr;
+
+    /// The runtime version and the header's macros are the one Cargo version.
+    #[test]
+    fn version_matches_cargo_and_the_header() {
+        // SAFETY: etcd_registry_version returns a static NUL-terminated string.
+        let runtime = unsafe { CStr::from_ptr(super::etcd_registry_version()) };
+        assert_eq!(runtime.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+        let header = include_str!("../../include/etcd_registry.h");
+        let define = format!(
+            "#define ETCD_REGISTRY_VERSION \"{}\"\n",
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(
+            header.contains(&define),
+            "include/etcd_registry.h lacks {define:?}: run ffi/check-header.sh --update"
+        );
+        for (part, value) in [
+            ("MAJOR", env!("CARGO_PKG_VERSION_MAJOR")),
+            ("MINOR", env!("CARGO_PKG_VERSION_MINOR")),
+            ("PATCH", env!("CARGO_PKG_VERSION_PATCH")),
+        ] {
+            let define = format!("#define ETCD_REGISTRY_VERSION_{part} {value}\n");
+            assert!(header.contains(&define), "header lacks {define:?}");
+        }
+    }
+}

@@ -8,9 +8,10 @@
 #      and with ThreadSanitizer (the test program instrumented, see tests/c/tsan.supp)
 #   5. runs it again under valgrind: no error, and no block of the library left allocated
 #      after every registry is freed, except the process-wide state in tests/c/valgrind.supp
-#   6. installs into a temporary prefix with ffi/install.sh, builds examples/cpp with CMake
-#      through pkg-config and runs it; builds examples/c/basic.c with
-#      `cc basic.c $(pkg-config --cflags --libs etcd_registry)`, shared and static, and runs it
+#   6. installs into a temporary prefix with ffi/install.sh; builds examples/c/basic.c with
+#      `cc basic.c $(pkg-config --cflags --libs etcd_registry)`, shared and static, and
+#      examples/cpp with CMake through find_package(etcd_registry) (shared, static, and from a
+#      --static install), and runs them
 #   7. runs examples/c/retry_demo while etcd is killed and started again
 #
 #   tests/c/run.sh [--no-valgrind] [TEST_NAME_SUBSTRING...]
@@ -119,10 +120,22 @@ for exe in basic-pc-static basic-pc-archive; do
 done
 ldd "$build/basic-pc-shared" | grep "$prefix/lib/libetcd_registry.so" >/dev/null || fail "shared install did not link $prefix/lib"
 
+step "build examples/cpp with CMake through find_package(etcd_registry), shared and static"
 command -v cmake >/dev/null || fail "cmake is not installed"
-rm -rf "$build/cpp"
-PKG_CONFIG_PATH="$prefix/lib/pkgconfig" cmake -S examples/cpp -B "$build/cpp" -DCMAKE_BUILD_TYPE=Debug >/dev/null
+rm -rf "$build/cpp" "$build/cpp-static" "$build/cpp-static-only"
+cmake -S examples/cpp -B "$build/cpp" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_PREFIX_PATH="$prefix" >/dev/null
 cmake --build "$build/cpp" -- -s
+cmake -S examples/cpp -B "$build/cpp-static" -DCMAKE_BUILD_TYPE=Debug -DCMAKE_PREFIX_PATH="$prefix" \
+    -DETCD_REGISTRY_USE_STATIC=ON >/dev/null
+cmake --build "$build/cpp-static" -- -s
+cmake -S examples/cpp -B "$build/cpp-static-only" -DCMAKE_BUILD_TYPE=Debug \
+    -DCMAKE_PREFIX_PATH="$static_prefix" >/dev/null
+cmake --build "$build/cpp-static-only" -- -s
+# (grep without -q: with pipefail, -q quitting early can fail ldd with SIGPIPE)
+ldd "$build/cpp/example" | grep "$prefix/lib/libetcd_registry.so" >/dev/null || fail "cpp: etcd_registry::etcd_registry did not link $prefix/lib/libetcd_registry.so"
+for exe in cpp-static cpp-static-only; do
+    if ldd "$build/$exe/example" | grep libetcd_registry >/dev/null; then fail "$exe linked the shared library"; fi
+done
 
 step "examples"
 "$harness" run -- "$build/basic" | sed 's/^/    /'
@@ -130,6 +143,8 @@ step "examples"
 "$harness" run -- "$build/basic-pc-static" >/dev/null
 "$harness" run -- "$build/basic-pc-archive" >/dev/null
 "$harness" run -- "$build/cpp/example" | sed 's/^/    /'
+"$harness" run -- "$build/cpp-static/example" >/dev/null
+"$harness" run -- "$build/cpp-static-only/example" >/dev/null
 step "retry demo (etcd killed and started again)"
 "$harness" run -- tests/retry-demo-check.sh "registered (lease" "re-registered (lease" "closed: lease revoked" -- "$build/retry_demo" 120
 

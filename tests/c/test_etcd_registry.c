@@ -312,6 +312,12 @@ static void test_version_and_status_names(void) {
     const char *version = etcd_registry_version();
     REQUIRE(version != NULL);
     CHECK(strlen(version) >= 5 && strchr(version, '.') != NULL);
+    /* The header's macros (generated from Cargo.toml) name the library that is linked. */
+    CHECK(strcmp(version, ETCD_REGISTRY_VERSION) == 0);
+    char parts[64];
+    snprintf(parts, sizeof parts, "%d.%d.%d", ETCD_REGISTRY_VERSION_MAJOR, ETCD_REGISTRY_VERSION_MINOR,
+             ETCD_REGISTRY_VERSION_PATCH);
+    CHECK(strncmp(version, parts, strlen(parts)) == 0);
     CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_OK), "ok") == 0);
     CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_TIMEOUT), "timeout") == 0);
     CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_INVALID_UTF8), "invalid utf-8") == 0);

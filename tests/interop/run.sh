@@ -10,6 +10,8 @@ mkdir -p "$OUT"
 cargo build -q -p etcd-harness -p etcd-registry-ffi -p etcd-registry --example interop-cli
 cc -std=c11 -Wall -Wextra -Werror -O1 -I include tests/interop/cli_c.c target/debug/libetcd_registry.a \
    -lpthread -ldl -lm -o "$OUT/cli_c"
+# The Go package finds the C library through pkg-config: point it at this build.
+eval "$(scripts/go-env.sh debug)"
 (cd tests/interop/cli_go && go vet . && go build -o "$OUT/cli_go" .)
 if ! python3 -c "import etcd_registry" 2>/dev/null; then
   python3 -m pip install -q ./python

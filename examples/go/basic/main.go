@@ -1,8 +1,8 @@
 // basic registers a node, lists its service and watches it change, then closes the registry
 // (which deletes its keys at once).
 //
-//	cargo build -p etcd-registry-ffi                  # once, from the repository root
-//	ETCD_ENDPOINTS=127.0.0.1:2379 go run ./basic       # from examples/go
+//	cargo build -p etcd-registry-ffi && eval "$(scripts/go-env.sh)"   # once, from the repository root
+//	ETCD_ENDPOINTS=127.0.0.1:2379 go run ./basic                      # from examples/go
 package main
 
 import (
