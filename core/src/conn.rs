@@ -8,6 +8,7 @@ use etcd_client::{Client, ConnectOptions};
 use tokio::sync::Mutex;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::tls::{self, ClientTls};
 
 /// HTTP/2 ping interval while a stream is open: detects half-open connections and paused servers.
 /// etcd sends GOAWAY to clients that ping more often than every 5 s, hence the margin.
@@ -20,6 +21,7 @@ pub(crate) struct Connection {
     pub(crate) timeout: Duration,
     client: Mutex<Option<Client>>,
     auth_disabled_warned: AtomicBool,
+    tls: Option<ClientTls>,
 }
 
 impl Connection {
@@ -34,7 +36,14 @@ impl Connection {
             timeout,
             client: Mutex::new(None),
             auth_disabled_warned: AtomicBool::new(false),
+            tls: None,
         }
+    }
+
+    /// Connects over TLS with these options (checked by `tls::client_options`).
+    pub(crate) fn with_tls(mut self, tls: Option<ClientTls>) -> Self {
+        self.tls = tls;
+        self
     }
 
     fn options(&self, with_user: bool) -> ConnectOptions {
@@ -46,6 +55,9 @@ impl Connection {
             .with_auto_token_refresh(true);
         if let (true, Some((user, password))) = (with_user, &self.credentials) {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.options.clone());
         }
         options
     }
@@ -102,6 +114,17 @@ impl Connection {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Err(e)) if e.kind() == ErrorKind::Tls => {
+                let mut message = e.message();
+                if self.tls.as_ref().is_some_and(|t| !t.has_client_cert) {
+                    message = tls::without_client_cert(message);
+                }
+                let endpoints = self.endpoints.join(", ");
+                Err(Error::new(
+                    ErrorKind::Tls,
+                    format!("{what} ({endpoints}): {message}"),
+                ))
+            }
             Ok(result) => result.map_err(|e| contextualize(e, what)),
             Err(_) => Err(Error::timeout(what, self.timeout)),
         }

@@ -147,7 +147,10 @@ impl LeaseGroup {
                     error
                 }
             };
-            if matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+            if matches!(
+                error.kind(),
+                ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Tls
+            ) {
                 self.conn.reset().await;
             }
             attempt = attempt.saturating_add(1);

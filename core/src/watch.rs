@@ -302,7 +302,10 @@ impl Follower {
             if self.tx.is_closed() {
                 return;
             }
-            if matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout) {
+            if matches!(
+                error.kind(),
+                ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Tls
+            ) {
                 self.conn.reset().await;
             }
             attempt = attempt.saturating_add(1);
