@@ -4,7 +4,8 @@
 #   1. builds libetcd_registry and the harness (cargo build -p etcd-registry-ffi -p etcd-harness)
 #   2. ffi/check-header.sh: include/etcd_registry.h is what cbindgen 0.29.4 generates
 #   3. compiles the C test suite and the C examples with gcc -Werror against the static library
-#   4. runs the C test suite under `etcd-harness run`
+#   4. runs the C test suite under `etcd-harness run`, and tests/c/test_tls.c under
+#      `etcd-harness run --client-cert-auth --proxy` (certificates generated at run time)
 #   5. runs it again under valgrind: no error, and no block of the library left allocated
 #      after every registry is freed, except the process-wide state in tests/c/valgrind.supp
 #   6. installs into a temporary prefix with ffi/install.sh, builds examples/cpp with CMake
@@ -47,6 +48,7 @@ cflags=(-std=gnu11 -Wall -Wextra -Werror -g -O1 -I"$root/include")
 if [ -f /usr/include/valgrind/memcheck.h ]; then cflags+=(-DHAVE_VALGRIND); fi
 static_libs=("$lib/libetcd_registry.a" -lpthread -ldl -lm)
 gcc "${cflags[@]}" tests/c/test_etcd_registry.c "${static_libs[@]}" -o "$build/test_etcd_registry"
+gcc "${cflags[@]}" tests/c/test_tls.c "${static_libs[@]}" -o "$build/test_tls"
 gcc "${cflags[@]}" examples/c/basic.c "${static_libs[@]}" -o "$build/basic"
 gcc "${cflags[@]}" examples/c/retry_demo.c "${static_libs[@]}" -o "$build/retry_demo"
 
@@ -64,6 +66,13 @@ run_suite() {
 
 step "C tests against etcd"
 run_suite tests || fail "C tests"
+
+step "C TLS tests against an etcd requiring client certificates"
+set +e
+"$harness" run --client-cert-auth --proxy -- "$build/test_tls" "${filters[@]}" 2>&1 | tee "$build/tls.log"
+tls_rc=${PIPESTATUS[0]}
+set -e
+[ "$tls_rc" -eq 0 ] && grep -Eq '^[0-9]+ passed, 0 failed$' "$build/tls.log" || fail "C TLS tests"
 
 if [ "$valgrind" = 1 ]; then
     command -v valgrind >/dev/null || fail "valgrind is not installed (apt-get install valgrind, or --no-valgrind)"
