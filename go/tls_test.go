@@ -189,8 +189,8 @@ func TestUnusableTLSSettingsAreInvalidArguments(t *testing.T) {
 	}
 }
 
-func TestRestartOverMutualTLS(t *testing.T) {
-	h := newHarness(t, "--client-cert-auth")
+func TestRestartAndPartitionOverMutualTLS(t *testing.T) {
+	h := newHarness(t, "--client-cert-auth", "--proxy")
 	opts := mtlsOptions(tlsFiles(t, h))
 	opts.Timeout = 2 * time.Second
 	r, err := NewEtcdRegistryWithOptions(h.endpoints, "/tls", opts)
@@ -208,6 +208,21 @@ func TestRestartOverMutualTLS(t *testing.T) {
 	h.do(t, "start 0")
 	waitStatus(t, g.Events(), StatusReregistered)
 	eventually(t, "the node is listed again", func() bool {
+		nodes, err := r.GetServiceNodes("svc")
+		return err == nil && slices.Equal(nodeNames(nodes), []string{"n1"})
+	})
+
+	// Partitioned past the TTL: the lease expires in etcd, the node comes back on a new one.
+	lease := g.LeaseID()
+	h.do(t, "partition")
+	waitStatus(t, g.Events(), StatusKeepAliveLost)
+	eventually(t, "the lease expired in etcd", func() bool { return string(h.do(t, "lease-count")) == "0" })
+	h.do(t, "heal")
+	back := waitStatus(t, g.Events(), StatusReregistered)
+	if back.LeaseID == 0 || back.LeaseID == lease {
+		t.Fatalf("re-registered on lease %x after the old one %x expired", back.LeaseID, lease)
+	}
+	eventually(t, "the node is listed after the partition", func() bool {
 		nodes, err := r.GetServiceNodes("svc")
 		return err == nil && slices.Equal(nodeNames(nodes), []string{"n1"})
 	})
