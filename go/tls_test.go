@@ -295,3 +295,11 @@ func TestNoPasswordOrKeyInLogsOrErrors(t *testing.T) {
 		}
 	}
 }
+
+func TestExpiredServerCertificate(t *testing.T) {
+	h := newHarness(t, "--tls-expired-server")
+	err := firstListError(t, h.endpoints, Options{TLS: &TLS{CAFile: tlsFiles(t, h)["ca"]}})
+	if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "expired") {
+		t.Fatalf("got %v, want a TLS error about an expired certificate", err)
+	}
+}
