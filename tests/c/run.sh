@@ -76,6 +76,8 @@ set +e
 tls_rc=${PIPESTATUS[0]}
 set -e
 [ "$tls_rc" -eq 0 ] && grep -Eq '^[0-9]+ passed, 0 failed$' "$build/tls.log" || fail "C TLS tests"
+ETCD_TLS_EXPIRED_SERVER=1 "$harness" run --tls-expired-server -- "$build/test_tls" \
+    || fail "C TLS test against an expired server certificate"
 
 if [ "$valgrind" = 1 ]; then
     command -v valgrind >/dev/null || fail "valgrind is not installed (apt-get install valgrind, or --no-valgrind)"

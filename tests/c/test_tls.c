@@ -6,6 +6,7 @@
  *   ETCD_HARNESS_TLS_OTHER_CA (a CA etcd does not trust), ETCD_HARNESS_TLS_EXPIRED_CLIENT_CERT …
  *
  *   test_tls [NAME_SUBSTRING...]
+ *   ETCD_TLS_EXPIRED_SERVER=1 test_tls      (under `etcd-harness run --tls-expired-server`)
  *
  * Prints one line per test and finally "N passed, M failed"; exits 1 if any failed.
  */
@@ -330,6 +331,15 @@ static void test_restart_and_partition_over_mtls(void) {
     etcd_registry_free(r);
 }
 
+/* Runs alone, against an etcd started with --tls-expired-server (tests/c/run.sh sets
+ * ETCD_TLS_EXPIRED_SERVER=1 for it). */
+static void test_expired_server_certificate(void) {
+    etcd_registry_config *c = base_config(endpoints);
+    CHECK_OK(etcd_registry_config_set_tls_files(c, file("CA"), NULL, NULL));
+    CHECK_STATUS(first_list(c), ETCD_REGISTRY_STATUS_TLS);
+    CHECK_LIST_MESSAGE("expired");
+}
+
 typedef struct {
     const char *name;
     void (*run)(void);
@@ -355,6 +365,13 @@ int main(int argc, char **argv) {
     const char *factor = getenv("ETCD_REGISTRY_TEST_SLOWDOWN");
     if (factor != NULL && atof(factor) >= 1) slow = atof(factor);
     int passed = 0, failed = 0;
+    if (getenv("ETCD_TLS_EXPIRED_SERVER") != NULL) {
+        current_failed = 0;
+        test_expired_server_certificate();
+        printf("%s test_expired_server_certificate\n", current_failed ? "FAIL" : "ok  ");
+        printf("%d passed, %d failed\n", !current_failed, current_failed);
+        return current_failed;
+    }
     for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
         bool selected = argc < 2;
         for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
