@@ -111,11 +111,66 @@ func cConnect(cfg Config) (*C.etcd_registry, error) {
 			return nil, err
 		}
 	}
+	if cfg.TLS != nil {
+		if err := cSetTLS(op, config, cfg.TLS); err != nil {
+			return nil, err
+		}
+	}
 	var registry *C.etcd_registry
 	if err := cResult(op, C.goer_connect(config, &registry, &msg), msg); err != nil {
 		return nil, err
 	}
 	return registry, nil
+}
+
+// cSetTLS hands the TLS settings to the library, which reads and checks them at connect.
+func cSetTLS(op string, config *C.etcd_registry_config, t *TLS) error {
+	var msg *C.char
+	if t.usesPEM() {
+		// C copies the bytes during the call; cgo pins them for its duration.
+		ptr := func(b []byte) *C.uint8_t {
+			if b == nil {
+				return nil
+			}
+			if len(b) == 0 {
+				b = []byte{0} // a non-NULL pointer to zero bytes
+			}
+			return (*C.uint8_t)(unsafe.Pointer(&b[0]))
+		}
+		status := C.goer_config_set_tls_pem(config, ptr(t.CAPEM), C.size_t(len(t.CAPEM)),
+			ptr(t.CertPEM), C.size_t(len(t.CertPEM)), ptr(t.KeyPEM), C.size_t(len(t.KeyPEM)), &msg)
+		if err := cResult(op, status, msg); err != nil {
+			return err
+		}
+	} else if t.usesFiles() {
+		cs, err := cStrings(op, t.CAFile, t.CertFile, t.KeyFile)
+		if err != nil {
+			return err
+		}
+		defer freeCStrings(cs)
+		orNil := func(i int, v string) *C.char {
+			if v == "" {
+				return nil
+			}
+			return cs[i]
+		}
+		status := C.goer_config_set_tls_files(config, orNil(0, t.CAFile), orNil(1, t.CertFile),
+			orNil(2, t.KeyFile), &msg)
+		if err := cResult(op, status, msg); err != nil {
+			return err
+		}
+	}
+	if t.ServerName != "" {
+		cs, err := cStrings(op, t.ServerName)
+		if err != nil {
+			return err
+		}
+		defer freeCStrings(cs)
+		if err := cResult(op, C.goer_config_set_tls_server_name(config, cs[0], &msg), msg); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func cRegister(p *C.etcd_registry, service, node, infoJSON string, ttl time.Duration) (uint64, error) {

@@ -27,6 +27,10 @@ const (
 	CodeClosed
 	// CodeInternal: an unexpected answer from etcd, or a bug in the library.
 	CodeInternal
+	// CodeTLS: the TLS handshake with etcd failed (wrong CA, host name mismatch, expired
+	// certificate, client certificate refused or missing). Such errors also match
+	// ErrConnection.
+	CodeTLS
 )
 
 // String is the text every error of this kind carries: "context deadline exceeded" for
@@ -45,6 +49,8 @@ func (c Code) String() string {
 		return "not found"
 	case CodeClosed:
 		return "closed"
+	case CodeTLS:
+		return "tls"
 	default:
 		return "internal"
 	}
@@ -83,6 +89,9 @@ func (e *Error) Is(target error) bool {
 		return e.Code == CodeTimeout
 	}
 	t, ok := target.(*Error)
+	if ok && e.Code == CodeTLS && t == sentinels[CodeConnection] {
+		return true
+	}
 	return ok && t == sentinels[e.Code]
 }
 
@@ -95,6 +104,7 @@ var (
 	ErrNotFound        error = &Error{Code: CodeNotFound}
 	ErrClosed          error = &Error{Code: CodeClosed}
 	ErrInternal        error = &Error{Code: CodeInternal}
+	ErrTLS             error = &Error{Code: CodeTLS}
 )
 
 // How a registration can end without its context ending; sent on its error channel. Both
@@ -115,6 +125,7 @@ var sentinels = map[Code]*Error{
 	CodeNotFound:        ErrNotFound.(*Error),
 	CodeClosed:          ErrClosed.(*Error),
 	CodeInternal:        ErrInternal.(*Error),
+	CodeTLS:             ErrTLS.(*Error),
 }
 
 // C library statuses (include/etcd_registry.h, etcd_registry_status). Fixed numbers.
@@ -130,6 +141,7 @@ const (
 	statusPanic           = 8
 	statusInternal        = 9
 	statusInvalidUTF8     = 10
+	statusTLS             = 11
 )
 
 // codeOfStatus is the one place that maps the C library's statuses to Codes.
@@ -147,6 +159,8 @@ func codeOfStatus(status uint32) Code {
 		return CodeNotFound
 	case statusClosed:
 		return CodeClosed
+	case statusTLS:
+		return CodeTLS
 	default: // NULL pointer (a bug here), panic, internal, codes newer than this package
 		return CodeInternal
 	}

@@ -27,6 +27,7 @@ type harness struct {
 	stdin     io.WriteCloser
 	stdout    *bufio.Reader
 	endpoints []string
+	tls       map[string]string // PEM paths by name (ca, client_cert, …) when started with --tls
 }
 
 // shared is the cluster of TestMain.
@@ -64,15 +65,17 @@ func startHarness(args ...string) (*harness, error) {
 		return nil, fmt.Errorf("etcd-harness did not start: %w", err)
 	}
 	var hello struct {
-		OK        bool     `json:"ok"`
-		Error     string   `json:"error"`
-		Endpoints []string `json:"endpoints"`
+		OK        bool              `json:"ok"`
+		Error     string            `json:"error"`
+		Endpoints []string          `json:"endpoints"`
+		TLS       map[string]string `json:"tls"`
 	}
 	if err := json.Unmarshal([]byte(line), &hello); err != nil || !hello.OK {
 		h.stop()
 		return nil, fmt.Errorf("etcd-harness did not start: %q %v", line, err)
 	}
 	h.endpoints = hello.Endpoints
+	h.tls = hello.TLS
 	return h, nil
 }
 

@@ -9,7 +9,8 @@ import (
 
 // Config is the full configuration of a registry; NewEtcdRegistry covers the common part.
 type Config struct {
-	// Endpoints of the etcd cluster, "host:port" or "http://host:port". At least one.
+	// Endpoints of the etcd cluster, "host:port", "http://host:port" or "https://host:port"
+	// (TLS, see the TLS type). At least one.
 	Endpoints []string
 	// BasePath prefixes every key: nodes live at <BasePath>/<service>/<node>, joined like
 	// path.Join. May be empty (keys then start with the service name).
@@ -23,6 +24,8 @@ type Config struct {
 	// failure: BackoffMin doubling up to BackoffMax, each shortened by up to 20 % at random.
 	// 0 means 1 s and 30 s.
 	BackoffMin, BackoffMax time.Duration
+	// TLS to etcd; nil means plain HTTP/2 unless an endpoint is "https://".
+	TLS *TLS
 }
 
 const (
@@ -92,6 +95,9 @@ func New(cfg Config) (*EtcdRegistry, error) {
 		if strings.TrimSpace(e) == "" {
 			return nil, invalidArgument(op, "empty etcd endpoint")
 		}
+	}
+	if cfg.TLS != nil && cfg.TLS.usesFiles() && cfg.TLS.usesPEM() {
+		return nil, invalidArgument(op, "TLS: give the CA, certificate and key as files or as PEM, not both")
 	}
 	if cfg.Timeout < 0 || cfg.BackoffMin < 0 || cfg.BackoffMax < 0 {
 		return nil, invalidArgument(op, "durations must not be negative")

@@ -61,6 +61,25 @@ static inline etcd_registry_status goer_config_set_backoff_ms(etcd_registry_conf
     GOER_CALL(etcd_registry_config_set_backoff_ms(config, min_ms, max_ms));
 }
 
+static inline etcd_registry_status goer_config_set_tls_files(etcd_registry_config *config,
+                                                             const char *ca, const char *cert,
+                                                             const char *key, char **err) {
+    GOER_CALL(etcd_registry_config_set_tls_files(config, ca, cert, key));
+}
+
+static inline etcd_registry_status goer_config_set_tls_pem(etcd_registry_config *config,
+                                                           const uint8_t *ca, size_t ca_len,
+                                                           const uint8_t *cert, size_t cert_len,
+                                                           const uint8_t *key, size_t key_len,
+                                                           char **err) {
+    GOER_CALL(etcd_registry_config_set_tls_pem(config, ca, ca_len, cert, cert_len, key, key_len));
+}
+
+static inline etcd_registry_status goer_config_set_tls_server_name(etcd_registry_config *config,
+                                                                   const char *name, char **err) {
+    GOER_CALL(etcd_registry_config_set_tls_server_name(config, name));
+}
+
 static inline etcd_registry_status goer_connect(const etcd_registry_config *config,
                                                 etcd_registry **out, char **err) {
     GOER_CALL(etcd_registry_connect(config, out));

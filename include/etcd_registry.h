@@ -159,6 +159,12 @@ enum etcd_registry_status
      * A string argument was not valid UTF-8.
      */
     ETCD_REGISTRY_STATUS_INVALID_UTF8 = 10,
+    /**
+     * The TLS handshake with etcd failed: its certificate is not signed by the configured CA,
+     * not valid for the host name, or expired; or etcd refused the client certificate or
+     * requires one. Unreadable or malformed PEM is INVALID_ARGUMENT (at connect).
+     */
+    ETCD_REGISTRY_STATUS_TLS = 11,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L
@@ -184,7 +190,7 @@ typedef struct etcd_registry etcd_registry;
  *
  * Defaults: no endpoints (at least one is required), base path "/services", no credentials,
  * timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
- * variable `ETCD_REGISTRY_THREADS` or 2, no TLS.
+ * variable `ETCD_REGISTRY_THREADS` or 2, no TLS (see `etcd_registry_config_set_tls_files`).
  */
 typedef struct etcd_registry_config etcd_registry_config;
 
@@ -519,15 +525,15 @@ void etcd_registry_config_free(struct etcd_registry_config *config);
 
 /**
  * Replaces the endpoints with a comma-separated list, e.g. "10.0.0.1:2379,10.0.0.2:2379".
- * Each is `host:port` or `http://host:port`; spaces around items and empty items are ignored.
- * INVALID_ARGUMENT when the list holds no endpoint. Endpoints are checked in detail by
- * `etcd_registry_connect`.
+ * Each is `host:port`, `http://host:port` or `https://host:port` (TLS); spaces around items
+ * and empty items are ignored. INVALID_ARGUMENT when the list holds no endpoint. Endpoints
+ * are checked in detail by `etcd_registry_connect`.
  */
 etcd_registry_status etcd_registry_config_set_endpoints(struct etcd_registry_config *config,
                                                         const char *endpoints);
 
 /**
- * Appends one endpoint (`host:port` or `http://host:port`). INVALID_ARGUMENT when empty.
+ * Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`). INVALID_ARGUMENT when empty.
  */
 etcd_registry_status etcd_registry_config_add_endpoint(struct etcd_registry_config *config,
                                                        const char *endpoint);
@@ -574,16 +580,43 @@ etcd_registry_status etcd_registry_config_set_runtime_threads(struct etcd_regist
                                                               uint32_t threads);
 
 /**
- * Sets the TLS files (PEM paths): the CA that signed etcd's certificate, and for mutual TLS the
- * client certificate and key. Each may be NULL (unset).
+ * Turns TLS on with PEM files: the CA that signed etcd's certificate (NULL: the system's
+ * roots), and for mutual TLS the client certificate and its key (both or neither). Replaces
+ * the CA and client certificate set before; keeps the server name. All three NULL (and no
+ * server name) turns TLS off again, unless an endpoint is `https://`.
  *
- * This build of the library talks plain HTTP/2 only: `etcd_registry_connect` fails with
- * INVALID_ARGUMENT when any TLS file is set, rather than silently connecting without TLS.
+ * With TLS on, endpoints are `host:port` or `https://host:port` (not `http://`); an
+ * `https://` endpoint alone turns TLS on with the system roots. The files are read and checked by
+ * `etcd_registry_connect`: a missing file, a file without a certificate or key, a key that
+ * does not fit the certificate give INVALID_ARGUMENT with the file's name (never retried).
+ * A failed handshake later (wrong CA, host name mismatch, expired certificate, client
+ * certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS.
  */
 etcd_registry_status etcd_registry_config_set_tls_files(struct etcd_registry_config *config,
                                                         const char *ca_file,
                                                         const char *cert_file,
                                                         const char *key_file);
+
+/**
+ * Like `etcd_registry_config_set_tls_files`, with the PEM documents in memory: `ca`/`ca_len`
+ * (NULL: the system's roots), `cert`/`cert_len` and `key`/`key_len` (both or neither, NULL for
+ * none). The bytes are copied; they need not be NUL-terminated. Errors never quote the key.
+ */
+etcd_registry_status etcd_registry_config_set_tls_pem(struct etcd_registry_config *config,
+                                                      const uint8_t *ca,
+                                                      size_t ca_len,
+                                                      const uint8_t *cert,
+                                                      size_t cert_len,
+                                                      const uint8_t *key,
+                                                      size_t key_len);
+
+/**
+ * Checks etcd's certificate against `name` instead of the endpoint's host (for endpoints
+ * given by IP address); turns TLS on (with the system roots unless a CA is set). NULL or ""
+ * removes it.
+ */
+etcd_registry_status etcd_registry_config_set_tls_server_name(struct etcd_registry_config *config,
+                                                              const char *name);
 
 /**
  * Creates a registry from `config` (which is copied: free it whenever you like). Checks the

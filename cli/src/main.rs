@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use etcd_registry::{
-    Config, Error, ErrorKind, Info, Node, Registry, StatusEvent, WatchEvent, WatchEventKind,
+    Config, Error, ErrorKind, Info, Node, PemSource, Registry, StatusEvent, WatchEvent,
+    WatchEventKind,
 };
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -130,6 +131,10 @@ struct ConnArgs {
     /// TLS: PEM file of the client key, for mutual TLS.
     #[arg(long, env = "ETCD_KEY", value_name = "FILE", global = true)]
     key: Option<PathBuf>,
+
+    /// TLS: the name to verify etcd's certificate against, for endpoints given by IP.
+    #[arg(long, env = "ETCD_TLS_SERVER_NAME", value_name = "NAME", global = true)]
+    tls_server_name: Option<String>,
 
     /// Timeout of connecting and of each etcd call (e.g. 5s, 500ms, 1m).
     #[arg(
@@ -314,9 +319,11 @@ fn config_of(args: &ConnArgs) -> Result<Config, Failure> {
     };
     config.username = args.user.clone();
     config.password = password;
-    config.tls.ca_file = args.cacert.clone();
-    config.tls.cert_file = args.cert.clone();
-    config.tls.key_file = args.key.clone();
+    // Any of them turns TLS on (so does an https:// endpoint, with the system roots).
+    config.tls.ca = args.cacert.clone().map(PemSource::File);
+    config.tls.cert = args.cert.clone().map(PemSource::File);
+    config.tls.key = args.key.clone().map(PemSource::File);
+    config.tls.server_name = args.tls_server_name.clone();
     Ok(config)
 }
 
@@ -730,6 +737,8 @@ mod tests {
             "/c.pem",
             "--key",
             "/k.pem",
+            "--tls-server-name",
+            "etcd.test",
             "--timeout",
             "2s",
             "--backoff-min",
@@ -745,9 +754,10 @@ mod tests {
         assert_eq!(config.base_path, "/x");
         assert_eq!(config.username.as_deref(), Some("u"));
         assert_eq!(config.password.as_deref(), Some("p"));
-        assert_eq!(config.tls.ca_file, Some(PathBuf::from("/ca.pem")));
-        assert_eq!(config.tls.cert_file, Some(PathBuf::from("/c.pem")));
-        assert_eq!(config.tls.key_file, Some(PathBuf::from("/k.pem")));
+        assert_eq!(config.tls.ca, Some(PemSource::File("/ca.pem".into())));
+        assert_eq!(config.tls.cert, Some(PemSource::File("/c.pem".into())));
+        assert_eq!(config.tls.key, Some(PemSource::File("/k.pem".into())));
+        assert_eq!(config.tls.server_name.as_deref(), Some("etcd.test"));
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.backoff_min, Duration::from_millis(100));
         assert_eq!(config.backoff_max, Duration::from_secs(1));

@@ -1,30 +1,107 @@
 //! What a registry needs to reach etcd.
 
+use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// TLS files. Carried by the configuration so bindings can pass them through; this build talks
-/// plain HTTP/2 and rejects a configuration that asks for TLS with a clear error.
+/// Where a PEM document comes from: a file (read when the registry is created) or bytes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum PemSource {
+    /// A PEM file; errors name it.
+    File(PathBuf),
+    /// PEM text in memory.
+    Pem(Vec<u8>),
+}
+
+impl fmt::Debug for PemSource {
+    // Never prints the bytes: they may be a private key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PemSource::File(path) => f.debug_tuple("File").field(path).finish(),
+            PemSource::Pem(bytes) => write!(f, "Pem(<{} bytes>)", bytes.len()),
+        }
+    }
+}
+
+/// TLS to etcd (rustls with ring; no OpenSSL). Any of it, or an `https://` endpoint, turns TLS
+/// on for every endpoint.
+///
+/// - `ca`: the CA that signed etcd's certificate. Without it the system roots are used.
+/// - `cert` + `key`: a client certificate for mutual TLS (etcd's `--client-cert-auth`; with
+///   authentication enabled and no password, etcd takes the certificate's CN as the user).
+/// - `server_name`: the name etcd's certificate is checked against instead of the endpoint's
+///   host, for endpoints given by IP address.
+///
+/// The PEM documents are read and checked when the registry is created: a missing file, a file
+/// without a certificate or key, a key that does not match the certificate are an
+/// `InvalidArgument` error naming the file, never retried.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsConfig {
-    /// PEM file of the certificate authority that signed etcd's certificate.
-    pub ca_file: Option<PathBuf>,
-    /// PEM file of the client certificate, for mutual TLS.
-    pub cert_file: Option<PathBuf>,
-    /// PEM file of the client key, for mutual TLS.
-    pub key_file: Option<PathBuf>,
+    /// PEM of the certificate authority (one or more certificates).
+    pub ca: Option<PemSource>,
+    /// PEM of the client certificate (chain), for mutual TLS.
+    pub cert: Option<PemSource>,
+    /// PEM of the client's private key, for mutual TLS.
+    pub key: Option<PemSource>,
+    /// The name to verify etcd's certificate against, instead of the endpoint's host.
+    pub server_name: Option<String>,
 }
 
 impl TlsConfig {
-    fn is_empty(&self) -> bool {
-        self.ca_file.is_none() && self.cert_file.is_none() && self.key_file.is_none()
+    /// TLS with the system roots and no client certificate.
+    pub fn new() -> Self {
+        TlsConfig::default()
+    }
+
+    /// Verifies etcd's certificate against the CA in this PEM file.
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(PemSource::File(path.into()));
+        self
+    }
+
+    /// Verifies etcd's certificate against the CA in these PEM bytes.
+    pub fn with_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(PemSource::Pem(pem.into()));
+        self
+    }
+
+    /// Presents the client certificate and key in these PEM files (mutual TLS).
+    pub fn with_client_cert_files(
+        mut self,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.cert = Some(PemSource::File(cert.into()));
+        self.key = Some(PemSource::File(key.into()));
+        self
+    }
+
+    /// Presents the client certificate and key in these PEM bytes (mutual TLS).
+    pub fn with_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.cert = Some(PemSource::Pem(cert.into()));
+        self.key = Some(PemSource::Pem(key.into()));
+        self
+    }
+
+    /// Checks etcd's certificate against `name` instead of the endpoint's host.
+    pub fn with_server_name(mut self, name: impl Into<String>) -> Self {
+        self.server_name = Some(name.into());
+        self
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self == &TlsConfig::default()
     }
 }
 
 /// Configuration of a [`Registry`](crate::Registry).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     /// etcd endpoints, `host:port` or `http://host:port`; at least one.
     pub endpoints: Vec<String>,
@@ -40,8 +117,24 @@ pub struct Config {
     pub backoff_min: Duration,
     /// Cap of the retry delay, which doubles from `backoff_min`. Default 30 s.
     pub backoff_max: Duration,
-    /// TLS files (see [`TlsConfig`]).
+    /// TLS (see [`TlsConfig`]); off unless set or an endpoint is `https://`.
     pub tls: TlsConfig,
+}
+
+impl fmt::Debug for Config {
+    // The password never shows (nor does key material: PemSource hides its bytes).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("endpoints", &self.endpoints)
+            .field("base_path", &self.base_path)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("timeout", &self.timeout)
+            .field("backoff_min", &self.backoff_min)
+            .field("backoff_max", &self.backoff_max)
+            .field("tls", &self.tls)
+            .finish()
+    }
 }
 
 impl Config {
@@ -79,6 +172,12 @@ impl Config {
         self
     }
 
+    /// Turns TLS on with these settings (see [`TlsConfig`]).
+    pub fn with_tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Sets the retry delays: `min` doubling up to `max`.
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.backoff_min = min;
@@ -92,10 +191,11 @@ impl Config {
         if self.endpoints.is_empty() {
             return Err(Error::invalid("no etcd endpoints given"));
         }
+        let tls = self.uses_tls();
         let endpoints = self
             .endpoints
             .iter()
-            .map(|e| normalize_endpoint(e))
+            .map(|e| normalize_endpoint(e, tls))
             .collect::<Result<Vec<_>>>()?;
         if self.timeout.is_zero() {
             return Err(Error::invalid("timeout must be greater than zero"));
@@ -108,12 +208,16 @@ impl Config {
         if self.password.is_some() && self.username.as_deref().unwrap_or("").is_empty() {
             return Err(Error::invalid("a password was given without a username"));
         }
-        if !self.tls.is_empty() {
-            return Err(Error::invalid(
-                "TLS is not supported by this build of etcd-registry yet (tls files were given)",
-            ));
-        }
         Ok(endpoints)
+    }
+
+    /// Whether to talk TLS: TLS settings were given or an endpoint is `https://`.
+    pub(crate) fn uses_tls(&self) -> bool {
+        !self.tls.is_empty()
+            || self
+                .endpoints
+                .iter()
+                .any(|e| e.trim().starts_with("https://"))
     }
 
     /// The credentials to use, if any: an empty username means none.
@@ -127,18 +231,23 @@ impl Config {
     }
 }
 
-/// `host:port` or `http://host:port` → `http://host:port`; anything else is an error.
-fn normalize_endpoint(endpoint: &str) -> Result<String> {
+/// `host:port`, `http://host:port` or `https://host:port` → `http(s)://host:port`, https when
+/// `tls`; anything else, or mixing http:// with TLS, is an error.
+fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     let trimmed = endpoint.trim();
     let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
+        if tls {
+            return Err(Error::invalid(format!(
+                "endpoint {endpoint:?} is plain http:// but TLS is on (TLS settings or an \
+                 https:// endpoint were given): use host:port or https://"
+            )));
+        }
         rest
-    } else if trimmed.starts_with("https://") {
-        return Err(Error::invalid(format!(
-            "endpoint {endpoint:?}: https needs TLS, which this build does not support yet"
-        )));
+    } else if let Some(rest) = trimmed.strip_prefix("https://") {
+        rest
     } else if trimmed.contains("://") {
         return Err(Error::invalid(format!(
-            "endpoint {endpoint:?}: only http:// endpoints or host:port are accepted"
+            "endpoint {endpoint:?}: only host:port, http:// or https:// endpoints are accepted"
         )));
     } else {
         trimmed
@@ -146,7 +255,7 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
     let rest = rest.trim_end_matches('/');
     let bad = || {
         Error::invalid(format!(
-            "malformed endpoint {endpoint:?}: expected host:port or http://host:port"
+            "malformed endpoint {endpoint:?}: expected host:port, http://host:port or https://host:port"
         ))
     };
     let (host, port) = rest.rsplit_once(':').ok_or_else(bad)?;
@@ -158,7 +267,8 @@ fn normalize_endpoint(endpoint: &str) -> Result<String> {
     if !host_ok || !port_ok {
         return Err(bad());
     }
-    Ok(format!("http://{host}:{port}"))
+    let scheme = if tls { "https" } else { "http" };
+    Ok(format!("{scheme}://{host}:{port}"))
 }
 
 #[cfg(test)]
@@ -168,15 +278,15 @@ mod tests {
     #[test]
     fn endpoints_are_normalized_or_rejected() {
         assert_eq!(
-            normalize_endpoint("127.0.0.1:2379").unwrap(),
+            normalize_endpoint("127.0.0.1:2379", false).unwrap(),
             "http://127.0.0.1:2379"
         );
         assert_eq!(
-            normalize_endpoint("http://localhost:2379/").unwrap(),
+            normalize_endpoint("http://localhost:2379/", false).unwrap(),
             "http://localhost:2379"
         );
         assert_eq!(
-            normalize_endpoint("[::1]:2379").unwrap(),
+            normalize_endpoint("[::1]:2379", false).unwrap(),
             "http://[::1]:2379"
         );
         for bad in [
@@ -189,8 +299,9 @@ mod tests {
             "ftp://x:1",
             "h:0",
             "h:70000",
+            "https://",
         ] {
-            let err = normalize_endpoint(bad).unwrap_err();
+            let err = normalize_endpoint(bad, false).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
         }
     }
@@ -207,8 +318,16 @@ mod tests {
             .validate()
             .is_err());
         assert!(Config::new(["h:1", "http://h:2"], "/s").validate().is_ok());
-        let mut tls = Config::new(["h:1"], "/s");
-        tls.tls.ca_file = Some("ca.pem".into());
-        assert!(tls.validate().is_err());
+        let tls = Config::new(["h:1", "https://h:2"], "/s")
+            .validate()
+            .unwrap();
+        assert_eq!(tls, ["https://h:1", "https://h:2"]);
+        let tls = Config::new(["h:1"], "/s").with_tls(TlsConfig::new().with_ca_file("ca.pem"));
+        assert_eq!(tls.validate().unwrap(), ["https://h:1"]);
+        let mixed = Config::new(["http://h:1", "https://h:2"], "/s");
+        assert_eq!(
+            mixed.validate().unwrap_err().kind(),
+            crate::ErrorKind::InvalidArgument
+        );
     }
 }

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::health::Health;
+use crate::tls::{self, ClientTls};
 
 /// HTTP/2 ping interval while a stream is open: detects half-open connections and paused servers.
 /// etcd sends GOAWAY to clients that ping more often than every 5 s, hence the margin.
@@ -30,13 +31,16 @@ pub(crate) struct Connection {
     generation: AtomicU64,
     this: Weak<Connection>,
     auth_disabled_warned: AtomicBool,
+    tls: Option<ClientTls>,
 }
 
 impl Connection {
+    /// `tls`: connect over TLS with these options (checked by `tls::client_options`).
     pub(crate) fn new(
         endpoints: Vec<String>,
         credentials: Option<(String, String)>,
         timeout: Duration,
+        tls: Option<ClientTls>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Connection {
             clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
@@ -47,6 +51,7 @@ impl Connection {
             generation: AtomicU64::new(0),
             this: this.clone(),
             auth_disabled_warned: AtomicBool::new(false),
+            tls,
         })
     }
 
@@ -59,6 +64,9 @@ impl Connection {
             .with_auto_token_refresh(true);
         if let (true, Some((user, password))) = (with_user, &self.credentials) {
             options = options.with_user(user.clone(), password.clone());
+        }
+        if let Some(tls) = &self.tls {
+            options = options.with_tls(tls.options.clone());
         }
         options
     }
@@ -162,8 +170,8 @@ impl Connection {
                     self.health.answered(i);
                     return Ok((i, value));
                 }
-                Ok(Err(e)) if is_member_failure(&e) => contextualize(e, what),
-                Ok(Err(e)) => return Err(contextualize(e, what)),
+                Ok(Err(e)) if is_member_failure(&e) => self.contextualize_at(e, what, i),
+                Ok(Err(e)) => return Err(self.contextualize_at(e, what, i)),
                 Err(_) if order.len() > 1 => Error::timeout(what, limit),
                 Err(_) => Error::timeout(what, self.timeout),
             };
@@ -171,6 +179,22 @@ impl Connection {
             tried.push(i);
             last_error = Some(error);
         }
+    }
+
+    /// The error of a call to member `i`, saying what was done; a TLS error names the endpoint
+    /// (certificates are per server) and, without a client certificate, that one is required.
+    fn contextualize_at(&self, err: Error, what: &str, i: usize) -> Error {
+        if err.kind() != ErrorKind::Tls {
+            return contextualize(err, what);
+        }
+        let mut message = err.message();
+        if self.tls.as_ref().is_some_and(|t| !t.has_client_cert) {
+            message = tls::without_client_cert(message);
+        }
+        Error::new(
+            ErrorKind::Tls,
+            format!("{what} ({}): {message}", self.endpoints[i]),
+        )
     }
 
     /// The member at `i` answered (a keep-alive, a watch response): it is preferred.
@@ -258,6 +282,17 @@ impl Connection {
         fut: impl Future<Output = Result<T>>,
     ) -> Result<T> {
         match tokio::time::timeout(self.timeout, fut).await {
+            Ok(Err(e)) if e.kind() == ErrorKind::Tls => {
+                let mut message = e.message();
+                if self.tls.as_ref().is_some_and(|t| !t.has_client_cert) {
+                    message = tls::without_client_cert(message);
+                }
+                let endpoints = self.endpoints.join(", ");
+                Err(Error::new(
+                    ErrorKind::Tls,
+                    format!("{what} ({endpoints}): {message}"),
+                ))
+            }
             Ok(result) => result.map_err(|e| contextualize(e, what)),
             Err(_) => Err(Error::timeout(what, self.timeout)),
         }
@@ -333,7 +368,12 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
 
 /// A failure that says the member (or the way to it) is unwell, not that etcd refused.
 pub(crate) fn is_member_failure(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout)
+    // TLS too: a member restarting mid-handshake fails so; a wrong CA fails on every member
+    // alike, and the last member's error is returned at once.
+    matches!(
+        e.kind(),
+        ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Tls
+    )
 }
 
 fn contextualize(err: Error, what: &str) -> Error {

@@ -23,6 +23,11 @@ pub enum ErrorKind {
     Closed = 7,
     /// Anything else: an unexpected answer from etcd or a bug.
     Internal = 9,
+    /// The TLS handshake with etcd failed: its certificate is not signed by the CA, not valid
+    /// for the host name, or expired; or etcd refused the client certificate (or its absence).
+    /// (10 is taken by the C ABI's invalid UTF-8 status.) Problems of the TLS files themselves
+    /// are `InvalidArgument`.
+    Tls = 11,
 }
 
 impl ErrorKind {
@@ -36,6 +41,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "not found",
             ErrorKind::Closed => "closed",
             ErrorKind::Internal => "internal",
+            ErrorKind::Tls => "tls",
         }
     }
 }
@@ -94,6 +100,15 @@ impl Error {
 impl From<etcd_client::Error> for Error {
     fn from(err: etcd_client::Error) -> Self {
         use etcd_client::Error as E;
+        let tls = match &err {
+            E::GRpcStatus(status) => crate::tls::failure_of(status),
+            E::TransportError(e) => crate::tls::failure_of(e),
+            E::IoError(e) => crate::tls::failure_of(e),
+            _ => None,
+        };
+        if let Some(message) = tls {
+            return Error::new(ErrorKind::Tls, message);
+        }
         let kind = match &err {
             E::GRpcStatus(status) => kind_of_status(status),
             E::TransportError(_) | E::IoError(_) => ErrorKind::Connection,

@@ -153,7 +153,8 @@ impl LeaseGroup {
             };
             attempt = attempt.saturating_add(1);
             let delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
-            if attempt == 1 || error.kind() != ErrorKind::Auth {
+            // Credentials and certificates stay wrong until someone fixes them: say it once.
+            if attempt == 1 || !matches!(error.kind(), ErrorKind::Auth | ErrorKind::Tls) {
                 tracing::warn!(ttl = self.ttl_secs, attempt, ?delay, %error, "registration attempt failed, retrying");
             } else {
                 tracing::debug!(ttl = self.ttl_secs, attempt, ?delay, %error, "registration attempt failed, retrying");

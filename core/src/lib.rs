@@ -39,9 +39,10 @@ pub mod log;
 mod registration;
 mod registry;
 pub mod runtime;
+mod tls;
 mod watch;
 
-pub use config::{Config, TlsConfig};
+pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use keys::Info;
 pub use registration::{Node, Registration, RegistrationState, StatusEvent};

@@ -73,7 +73,11 @@ impl Registry {
     /// Like [`Registry::connect`], on the runtime of `handle` (bindings pass the global one).
     pub fn new_in(config: Config, handle: Handle) -> Result<Registry> {
         let endpoints = config.validate()?;
-        let conn = Connection::new(endpoints, config.credentials(), config.timeout);
+        let tls = config
+            .uses_tls()
+            .then(|| crate::tls::client_options(&config.tls, &endpoints, config.timeout))
+            .transpose()?;
+        let conn = Connection::new(endpoints, config.credentials(), config.timeout, tls);
         // Dial in the background, so the first operation finds a warm connection.
         let warm = conn.clone();
         handle.spawn(async move { warm.warm_up().await });

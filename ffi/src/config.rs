@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use registry::{Config, TlsConfig};
+use registry::{Config, PemSource};
 
 use crate::handle::{out, write_out};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
@@ -20,7 +20,7 @@ pub const DEFAULT_BASE_PATH: &str = "/services";
 ///
 /// Defaults: no endpoints (at least one is required), base path "/services", no credentials,
 /// timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
-/// variable `ETCD_REGISTRY_THREADS` or 2, no TLS.
+/// variable `ETCD_REGISTRY_THREADS` or 2, no TLS (see `etcd_registry_config_set_tls_files`).
 #[allow(non_camel_case_types)]
 pub struct etcd_registry_config {
     pub(crate) config: Config,
@@ -82,9 +82,9 @@ pub unsafe extern "C" fn etcd_registry_config_free(config: *mut etcd_registry_co
 }
 
 /// Replaces the endpoints with a comma-separated list, e.g. "10.0.0.1:2379,10.0.0.2:2379".
-/// Each is `host:port` or `http://host:port`; spaces around items and empty items are ignored.
-/// INVALID_ARGUMENT when the list holds no endpoint. Endpoints are checked in detail by
-/// `etcd_registry_connect`.
+/// Each is `host:port`, `http://host:port` or `https://host:port` (TLS); spaces around items
+/// and empty items are ignored. INVALID_ARGUMENT when the list holds no endpoint. Endpoints
+/// are checked in detail by `etcd_registry_connect`.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_endpoints(
     config: *mut etcd_registry_config,
@@ -105,7 +105,7 @@ pub unsafe extern "C" fn etcd_registry_config_set_endpoints(
     })
 }
 
-/// Appends one endpoint (`host:port` or `http://host:port`). INVALID_ARGUMENT when empty.
+/// Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`). INVALID_ARGUMENT when empty.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_add_endpoint(
     config: *mut etcd_registry_config,
@@ -226,11 +226,17 @@ pub unsafe extern "C" fn etcd_registry_config_set_runtime_threads(
     })
 }
 
-/// Sets the TLS files (PEM paths): the CA that signed etcd's certificate, and for mutual TLS the
-/// client certificate and key. Each may be NULL (unset).
+/// Turns TLS on with PEM files: the CA that signed etcd's certificate (NULL: the system's
+/// roots), and for mutual TLS the client certificate and its key (both or neither). Replaces
+/// the CA and client certificate set before; keeps the server name. All three NULL (and no
+/// server name) turns TLS off again, unless an endpoint is `https://`.
 ///
-/// This build of the library talks plain HTTP/2 only: `etcd_registry_connect` fails with
-/// INVALID_ARGUMENT when any TLS file is set, rather than silently connecting without TLS.
+/// With TLS on, endpoints are `host:port` or `https://host:port` (not `http://`); an
+/// `https://` endpoint alone turns TLS on with the system roots. The files are read and checked by
+/// `etcd_registry_connect`: a missing file, a file without a certificate or key, a key that
+/// does not fit the certificate give INVALID_ARGUMENT with the file's name (never retried).
+/// A failed handshake later (wrong CA, host name mismatch, expired certificate, client
+/// certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_tls_files(
     config: *mut etcd_registry_config,
@@ -241,12 +247,75 @@ pub unsafe extern "C" fn etcd_registry_config_set_tls_files(
     guard(|| {
         // SAFETY: caller's contract for every pointer.
         let config = unsafe { config_mut(config) }?;
-        let path = |p: Option<&str>| p.map(PathBuf::from);
-        config.config.tls = TlsConfig {
-            ca_file: path(unsafe { optional(ca_file, "ca_file") }?),
-            cert_file: path(unsafe { optional(cert_file, "cert_file") }?),
-            key_file: path(unsafe { optional(key_file, "key_file") }?),
+        let file = |p: Option<&str>| p.map(|p| PemSource::File(PathBuf::from(p)));
+        let ca = file(unsafe { optional(ca_file, "ca_file") }?);
+        let cert = file(unsafe { optional(cert_file, "cert_file") }?);
+        let key = file(unsafe { optional(key_file, "key_file") }?);
+        set_tls(config, ca, cert, key)
+    })
+}
+
+/// Like `etcd_registry_config_set_tls_files`, with the PEM documents in memory: `ca`/`ca_len`
+/// (NULL: the system's roots), `cert`/`cert_len` and `key`/`key_len` (both or neither, NULL for
+/// none). The bytes are copied; they need not be NUL-terminated. Errors never quote the key.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_tls_pem(
+    config: *mut etcd_registry_config,
+    ca: *const u8,
+    ca_len: usize,
+    cert: *const u8,
+    cert_len: usize,
+    key: *const u8,
+    key_len: usize,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract: config is valid, each non-NULL buffer holds `len` bytes.
+        let config = unsafe { config_mut(config) }?;
+        let pem = |ptr: *const u8, len: usize| -> Option<PemSource> {
+            // SAFETY: non-NULL and `len` readable bytes per the caller's contract.
+            (!ptr.is_null())
+                .then(|| PemSource::Pem(unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()))
         };
+        set_tls(
+            config,
+            pem(ca, ca_len),
+            pem(cert, cert_len),
+            pem(key, key_len),
+        )
+    })
+}
+
+fn set_tls(
+    config: &mut etcd_registry_config,
+    ca: Option<PemSource>,
+    cert: Option<PemSource>,
+    key: Option<PemSource>,
+) -> FfiResult {
+    if cert.is_some() != key.is_some() {
+        return Err(Failure::invalid(
+            "a TLS client certificate and its key go together: give both or neither",
+        ));
+    }
+    let tls = &mut config.config.tls;
+    tls.ca = ca;
+    tls.cert = cert;
+    tls.key = key;
+    Ok(())
+}
+
+/// Checks etcd's certificate against `name` instead of the endpoint's host (for endpoints
+/// given by IP address); turns TLS on (with the system roots unless a CA is set). NULL or ""
+/// removes it.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_config_set_tls_server_name(
+    config: *mut etcd_registry_config,
+    name: *const c_char,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for both pointers.
+        let config = unsafe { config_mut(config) }?;
+        let name = unsafe { optional(name, "name") }?.unwrap_or("");
+        config.config.tls.server_name = (!name.is_empty()).then(|| name.to_string());
         Ok(())
     })
 }

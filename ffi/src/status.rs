@@ -39,6 +39,10 @@ pub enum etcd_registry_status {
     Internal = 9,
     /// A string argument was not valid UTF-8.
     InvalidUtf8 = 10,
+    /// The TLS handshake with etcd failed: its certificate is not signed by the configured CA,
+    /// not valid for the host name, or expired; or etcd refused the client certificate or
+    /// requires one. Unreadable or malformed PEM is INVALID_ARGUMENT (at connect).
+    Tls = 11,
 }
 
 impl etcd_registry_status {
@@ -50,6 +54,7 @@ impl etcd_registry_status {
             ErrorKind::Auth => etcd_registry_status::Auth,
             ErrorKind::NotFound => etcd_registry_status::NotFound,
             ErrorKind::Closed => etcd_registry_status::Closed,
+            ErrorKind::Tls => etcd_registry_status::Tls,
             _ => etcd_registry_status::Internal,
         }
     }
@@ -68,6 +73,7 @@ impl etcd_registry_status {
             etcd_registry_status::Panic => c"panic",
             etcd_registry_status::Internal => c"internal",
             etcd_registry_status::InvalidUtf8 => c"invalid utf-8",
+            etcd_registry_status::Tls => c"tls",
         }
     }
 
@@ -85,6 +91,7 @@ impl etcd_registry_status {
             S::Panic,
             S::Internal,
             S::InvalidUtf8,
+            S::Tls,
         ]
         .into_iter()
         .find(|s| *s as u32 == value)
@@ -295,6 +302,7 @@ mod tests {
             (ErrorKind::NotFound, 6),
             (ErrorKind::Closed, 7),
             (ErrorKind::Internal, 9),
+            (ErrorKind::Tls, 11),
         ] {
             assert_eq!(etcd_registry_status::from_kind(kind) as u32, status);
         }

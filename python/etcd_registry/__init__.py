@@ -26,6 +26,7 @@ from ._errors import (
     RegistryConnectionError,
     RegistryError,
     RegistryTimeoutError,
+    TlsError,
 )
 from ._native import (
     Node,
@@ -52,5 +53,6 @@ __all__ = [
     "NotFoundError",
     "ClosedError",
     "InternalError",
+    "TlsError",
     "__version__",
 ]

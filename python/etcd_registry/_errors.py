@@ -19,6 +19,7 @@ __all__ = [
     "NotFoundError",
     "ClosedError",
     "InternalError",
+    "TlsError",
 ]
 
 
@@ -69,3 +70,12 @@ class InternalError(RegistryError):
     """An unexpected answer from etcd, or a bug."""
 
     kind = "internal"
+
+
+class TlsError(RegistryConnectionError):
+    """The TLS handshake with etcd failed: its certificate is not signed by the CA given
+    (``tls_ca``), not valid for the host name, or expired; or etcd refused the client
+    certificate, or requires one. Also a :class:`RegistryConnectionError`. (Unreadable or
+    malformed PEM is :class:`InvalidArgument`, raised by ``Registry(...)``.)"""
+
+    kind = "tls"

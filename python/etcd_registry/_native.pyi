@@ -1,9 +1,10 @@
 """Type stubs of the native module (checked against it by mypy's stubtest)."""
 
 import builtins
+import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Final, Literal, Optional, final
+from typing import Any, Final, Literal, Optional, Union, final
 
 from typing_extensions import Self
 
@@ -166,6 +167,10 @@ class Registry:
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
+        tls_ca: Optional[Union[str, os.PathLike[str], bytes]] = None,
+        tls_cert: Optional[Union[str, os.PathLike[str], bytes]] = None,
+        tls_key: Optional[Union[str, os.PathLike[str], bytes]] = None,
+        tls_server_name: Optional[str] = None,
     ) -> Self: ...
     @property
     def endpoints(self) -> builtins.list[str]: ...

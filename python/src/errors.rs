@@ -21,6 +21,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::NotFound => "NotFoundError",
         ErrorKind::Closed => "ClosedError",
         ErrorKind::Internal => "InternalError",
+        ErrorKind::Tls => "TlsError",
         // A kind added to the core later: still a RegistryError.
         _ => "RegistryError",
     }

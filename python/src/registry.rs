@@ -6,7 +6,7 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use registry::{Config, Node};
+use registry::{Config, Node, PemSource, TlsConfig};
 
 use crate::asyncio;
 use crate::blocking::{self, positive_seconds};
@@ -40,6 +40,26 @@ fn callback_or_none(
     }
 }
 
+/// A TLS argument: PEM `bytes` (or another bytes-like object), or a path (`str` or
+/// `os.PathLike`). `None` is unset.
+fn pem_source(what: &str, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<PemSource>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(bytes) = value.extract::<Vec<u8>>() {
+        if !value.is_instance_of::<pyo3::types::PyString>() {
+            return Ok(Some(PemSource::Pem(bytes)));
+        }
+    }
+    match value.extract::<std::path::PathBuf>() {
+        Ok(path) => Ok(Some(PemSource::File(path))),
+        Err(_) => Err(PyTypeError::new_err(format!(
+            "{what} must be a path (str or os.PathLike) or PEM bytes, not {}",
+            value.get_type().name()?
+        ))),
+    }
+}
+
 fn nodes(nodes: Vec<Node>) -> Vec<PyNode> {
     nodes.into_iter().map(PyNode::from).collect()
 }
@@ -70,7 +90,7 @@ impl PyRegistry {
 #[pymethods]
 impl PyRegistry {
     #[new]
-    #[pyo3(signature = (endpoints, base_path="/services", username=None, password=None, timeout=10.0, *, backoff_min=1.0, backoff_max=30.0))]
+    #[pyo3(signature = (endpoints, base_path="/services", username=None, password=None, timeout=10.0, *, backoff_min=1.0, backoff_max=30.0, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -81,6 +101,10 @@ impl PyRegistry {
         timeout: f64,
         backoff_min: f64,
         backoff_max: f64,
+        tls_ca: Option<Bound<'_, PyAny>>,
+        tls_cert: Option<Bound<'_, PyAny>>,
+        tls_key: Option<Bound<'_, PyAny>>,
+        tls_server_name: Option<String>,
     ) -> PyResult<Self> {
         let mut config = Config::new(endpoints, base_path)
             .with_timeout(positive_seconds(py, "timeout", timeout)?)
@@ -90,6 +114,12 @@ impl PyRegistry {
             );
         config.username = username;
         config.password = password;
+        config.tls = TlsConfig {
+            ca: pem_source("tls_ca", tls_ca)?,
+            cert: pem_source("tls_cert", tls_cert)?,
+            key: pem_source("tls_key", tls_key)?,
+            server_name: tls_server_name,
+        };
         ensure_dispatcher(py)?;
         let handle = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
         let core =

@@ -60,6 +60,8 @@ class Etcd:
         self.endpoints: List[str] = info["endpoints"]
         self.direct_endpoints: List[str] = info["direct_endpoints"]
         self.control: str = info["control"]
+        #: PEM file paths by name (`ca`, `client_cert`, …) when started with --tls, else None.
+        self.tls: Optional[dict[str, str]] = info.get("tls")
         self._lock = threading.Lock()
 
     @property

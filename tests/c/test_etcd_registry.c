@@ -328,7 +328,8 @@ static void test_version_and_status_names(void) {
           ETCD_REGISTRY_STATUS_TIMEOUT == 4 && ETCD_REGISTRY_STATUS_AUTH == 5 &&
           ETCD_REGISTRY_STATUS_NOT_FOUND == 6 && ETCD_REGISTRY_STATUS_CLOSED == 7 &&
           ETCD_REGISTRY_STATUS_PANIC == 8 && ETCD_REGISTRY_STATUS_INTERNAL == 9 &&
-          ETCD_REGISTRY_STATUS_INVALID_UTF8 == 10);
+          ETCD_REGISTRY_STATUS_INVALID_UTF8 == 10 && ETCD_REGISTRY_STATUS_TLS == 11);
+    CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_TLS), "tls") == 0);
 }
 
 static void test_config_setters_and_errors(void) {
@@ -421,12 +422,13 @@ static void test_connect_errors(void) {
     CHECK(strstr(etcd_registry_last_error_message(), "endpoint") != NULL);
     CHECK_OK(etcd_registry_config_set_endpoints(c, "not-an-endpoint"));
     CHECK_STATUS(etcd_registry_connect(c, &r), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
-    CHECK_OK(etcd_registry_config_set_endpoints(c, "https://127.0.0.1:2379"));
-    CHECK_STATUS(etcd_registry_connect(c, &r), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_OK(etcd_registry_config_set_endpoints(c, "http://127.0.0.1:2379,https://127.0.0.1:2380"));
+    CHECK_STATUS(etcd_registry_connect(c, &r), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT); /* mixed */
     CHECK_OK(etcd_registry_config_set_endpoints(c, "127.0.0.1:2379"));
     CHECK_OK(etcd_registry_config_set_tls_files(c, "/ca.pem", NULL, NULL));
     CHECK_STATUS(etcd_registry_connect(c, &r), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(etcd_registry_last_error_message(), "TLS") != NULL);
+    CHECK(strstr(etcd_registry_last_error_message(), "/ca.pem") != NULL);
     CHECK(r == sentinel);
     etcd_registry_config_free(c);
 

@@ -48,6 +48,7 @@
 //! suites use it so everyone shares the same harness.
 
 mod proxy;
+pub mod tls;
 mod util;
 mod version;
 
@@ -144,6 +145,14 @@ pub struct EtcdClusterBuilder {
     heartbeat_ms: u64,
     election_ms: u64,
     extra_args: Vec<String>,
+    tls: Option<TlsOptions>,
+}
+
+/// TLS options of a cluster (see [`EtcdClusterBuilder::tls`]).
+#[derive(Debug, Clone, Copy, Default)]
+struct TlsOptions {
+    client_cert_auth: bool,
+    expired_server: bool,
 }
 
 impl Default for EtcdClusterBuilder {
@@ -156,6 +165,7 @@ impl Default for EtcdClusterBuilder {
             heartbeat_ms: 50,
             election_ms: 500,
             extra_args: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -204,6 +214,30 @@ impl EtcdClusterBuilder {
         self
     }
 
+    /// Serve clients over TLS only (`https://` client URLs) with certificates generated now
+    /// (see [`tls`] and [`EtcdCluster::tls`]). Health is checked on a plain-HTTP metrics port.
+    pub fn tls(mut self, enabled: bool) -> Self {
+        self.tls = enabled.then(|| self.tls.unwrap_or_default());
+        self
+    }
+
+    /// TLS with `--client-cert-auth`: etcd requires a client certificate signed by the CA (and,
+    /// with authentication enabled, takes its CN as the user when no password is given).
+    pub fn client_cert_auth(mut self, enabled: bool) -> Self {
+        let mut tls = self.tls.unwrap_or_default();
+        tls.client_cert_auth = enabled;
+        self.tls = Some(tls);
+        self
+    }
+
+    /// TLS with a server certificate that expired in 2021 (for clients' error tests).
+    pub fn tls_expired_server(mut self, enabled: bool) -> Self {
+        let mut tls = self.tls.unwrap_or_default();
+        tls.expired_server = enabled;
+        self.tls = Some(tls);
+        self
+    }
+
     /// Start the cluster and wait until every member reports healthy
     /// (`GET /health`). On failure the error includes the tail of the
     /// failing member's log.
@@ -218,6 +252,10 @@ impl EtcdClusterBuilder {
         let suffix = unique_suffix();
         let base_dir = std::env::temp_dir().join(format!("etcd-harness-{suffix}"));
         fs::create_dir_all(&base_dir)?;
+        let tls_files = match self.tls {
+            Some(t) => Some(tls::generate(&base_dir.join("tls"), t.expired_server)?),
+            None => None,
+        };
 
         // Build the struct early so that Drop cleans up on any error below.
         let mut cluster = EtcdCluster {
@@ -229,10 +267,12 @@ impl EtcdClusterBuilder {
             start_timeout: self.start_timeout,
             root_password: Mutex::new(None),
             keep_dir,
+            tls: tls_files.clone(),
         };
 
-        let ports = util::free_ports(2 * n)?;
-        let (client_ports, peer_ports) = ports.split_at(n);
+        let ports = util::free_ports(if self.tls.is_some() { 3 * n } else { 2 * n })?;
+        let (client_ports, rest) = ports.split_at(n);
+        let (peer_ports, metrics_ports) = rest.split_at(n);
         let initial_cluster = (0..n)
             .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_ports[i]))
             .collect::<Vec<_>>()
@@ -242,7 +282,8 @@ impl EtcdClusterBuilder {
             let dir = base_dir.join(format!("m{i}"));
             fs::create_dir_all(&dir)?;
             let data_dir = dir.join("data");
-            let client = format!("http://127.0.0.1:{}", client_ports[i]);
+            let scheme = if self.tls.is_some() { "https" } else { "http" };
+            let client = format!("{scheme}://127.0.0.1:{}", client_ports[i]);
             let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
             let mut args: Vec<String> = vec![
                 "--name".into(),
@@ -279,10 +320,26 @@ impl EtcdClusterBuilder {
                 args.push("--auth-token-ttl".into());
                 args.push(ttl.to_string());
             }
+            if let (Some(t), Some(files)) = (self.tls, &tls_files) {
+                args.extend([
+                    format!("--cert-file={}", files.server_cert.display()),
+                    format!("--key-file={}", files.server_key.display()),
+                    format!(
+                        "--listen-metrics-urls=http://127.0.0.1:{}",
+                        metrics_ports[i]
+                    ),
+                ]);
+                // etcd requires client certificates as soon as it has a trusted CA.
+                if t.client_cert_auth {
+                    args.push(format!("--trusted-ca-file={}", files.ca.display()));
+                    args.push("--client-cert-auth".into());
+                }
+            }
             args.extend(self.extra_args.iter().cloned());
             version::supported_args(&mut args);
             cluster.members.push(Member {
                 client_port: client_ports[i],
+                metrics_port: metrics_ports.get(i).copied(),
                 log_path: dir.join("etcd.log"),
                 data_dir,
                 args,
@@ -310,6 +367,8 @@ impl EtcdClusterBuilder {
 
 struct Member {
     client_port: u16,
+    /// Plain-HTTP port serving `/health` when clients talk TLS.
+    metrics_port: Option<u16>,
     data_dir: PathBuf,
     log_path: PathBuf,
     args: Vec<String>,
@@ -335,6 +394,7 @@ pub struct EtcdCluster {
     start_timeout: Duration,
     root_password: Mutex<Option<String>>,
     keep_dir: bool,
+    tls: Option<tls::TlsFiles>,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -398,6 +458,11 @@ impl EtcdCluster {
     /// Direct client endpoint of member `i`. Panics if `i` is out of range.
     pub fn direct_endpoint(&self, i: usize) -> String {
         format!("127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The certificates of a TLS cluster ([`EtcdClusterBuilder::tls`]), `None` without TLS.
+    pub fn tls(&self) -> Option<&tls::TlsFiles> {
+        self.tls.as_ref()
     }
 
     /// Temporary directory holding every member's data dir and log
@@ -518,7 +583,11 @@ impl EtcdCluster {
         if i >= self.len() {
             return false;
         }
-        match util::http_request(&self.direct_endpoint(i), "GET", "/health", "", timeout) {
+        let health = match self.members[i].metrics_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => self.direct_endpoint(i),
+        };
+        match util::http_request(&health, "GET", "/health", "", timeout) {
             Ok((200, body)) => body.contains("\"health\":\"true\""),
             _ => false,
         }
@@ -706,6 +775,21 @@ impl EtcdCluster {
     /// `dbSize`, ...; 64-bit numbers are strings).
     pub fn status(&self, i: usize) -> io::Result<Value> {
         self.member(i)?;
+        if self.tls.is_some() {
+            // The gateway is https now: ask etcdctl (same fields, numbers as numbers).
+            let out = self.run_etcdctl_on(
+                &[self.direct_endpoint(i)],
+                &[],
+                &["endpoint", "status", "-w", "json"],
+            )?;
+            let v: Value = serde_json::from_str(out.trim())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}: {out}")))?;
+            return v
+                .get(0)
+                .and_then(|s| s.get("Status"))
+                .cloned()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, out));
+        }
         let (code, body) = util::http_request(
             &self.direct_endpoint(i),
             "POST",
@@ -846,8 +930,26 @@ impl EtcdCluster {
         } else {
             live.iter().map(|&i| self.direct_endpoint(i)).collect()
         };
+        self.run_etcdctl_on(&endpoints, auth, args)
+    }
+
+    fn run_etcdctl_on(
+        &self,
+        endpoints: &[String],
+        auth: &[String],
+        args: &[&str],
+    ) -> io::Result<String> {
         let mut cmd = Command::new(&self.etcdctl_bin);
         util::scrub_env(&mut cmd, "ETCDCTL_");
+        let endpoints: Vec<String> = match &self.tls {
+            Some(files) => {
+                cmd.arg(format!("--cacert={}", files.ca.display()))
+                    .arg(format!("--cert={}", files.root_cert.display()))
+                    .arg(format!("--key={}", files.root_key.display()));
+                endpoints.iter().map(|e| format!("https://{e}")).collect()
+            }
+            None => endpoints.to_vec(),
+        };
         cmd.env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={}", endpoints.join(",")))
             .arg("--dial-timeout=2s")

@@ -24,17 +24,27 @@ const USAGE: &str = "\
 etcd-harness: real etcd clusters with fault injection for tests
 
 USAGE:
-  etcd-harness serve [--members N] [--proxy] [--auth-token-ttl S]
+  etcd-harness serve [--members N] [--proxy] [--auth-token-ttl S] [TLS]
       Start the cluster and print ONE JSON line:
         {\"ok\":true,\"endpoints\":[..],\"direct_endpoints\":[..],\"control\":SOCKET,
-         \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,
+         \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,\"tls\":FILES,
          \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd)
       then read commands from stdin, one per line, answering each with one
       JSON line. EOF on stdin (or `quit`) shuts everything down, exit 0.
-  etcd-harness run [--members N] [--proxy] [--auth-token-ttl S] -- CMD ARGS...
+  etcd-harness run [--members N] [--proxy] [--auth-token-ttl S] [TLS] -- CMD ARGS...
       Start the cluster, run CMD with ETCD_ENDPOINTS (comma-separated client
       endpoints), ETCD_HARNESS_DIRECT_ENDPOINTS, ETCD_HARNESS_CONTROL (socket)
       and ETCD_HARNESS_BIN set, then shut down; exit with CMD's exit code.
+      With TLS also ETCD_HARNESS_TLS_<NAME> for each PEM file (see FILES).
+  TLS options: --tls (https client URLs, certificates generated into
+      BASE_DIR/tls), --client-cert-auth (implies --tls; etcd requires a client
+      certificate), --tls-expired-server (implies --tls; etcd's certificate
+      expired). FILES (null without TLS) maps NAME to a path: ca, client_cert,
+      client_key (CN etcd-registry-client), expired_client_cert,
+      expired_client_key, other_ca (a CA etcd does not trust),
+      other_client_cert, other_client_key (signed by other_ca), server_cert,
+      server_key. etcd's certificate is valid for 127.0.0.1, ::1, localhost
+      and etcd.test.
   etcd-harness ctl [SOCKET] COMMAND ARGS...
       Send one command to SOCKET (default $ETCD_HARNESS_CONTROL), print the
       JSON reply, exit 1 unless it is ok.
@@ -122,6 +132,9 @@ fn parse_opts(args: &[String]) -> Result<(EtcdClusterBuilder, Vec<String>), Stri
                 b = b.start_timeout(Duration::from_secs(value("--start-timeout")?))
             }
             "--proxy" => b = b.proxy(true),
+            "--tls" => b = b.tls(true),
+            "--client-cert-auth" => b = b.client_cert_auth(true),
+            "--tls-expired-server" => b = b.tls_expired_server(true),
             "--" => {
                 rest = it.cloned().collect();
                 break;
@@ -375,6 +388,7 @@ fn serve(args: &[String]) -> ExitCode {
         "proxy": cluster.has_proxy(),
         "base_dir": cluster.base_dir(),
         "etcd_version": etcd_harness::etcd_version().ok(),
+        "tls": tls_json(&cluster),
     }));
     thread::Builder::new()
         .name("stdin".into())
@@ -415,6 +429,9 @@ fn run(args: &[String]) -> ExitCode {
             cluster.direct_endpoints().join(","),
         )
         .env("ETCD_HARNESS_CONTROL", &control);
+    for (name, path) in cluster.tls().map(|t| t.entries()).unwrap_or_default() {
+        cmd.env(format!("ETCD_HARNESS_TLS_{}", name.to_uppercase()), path);
+    }
     if let Ok(exe) = std::env::current_exe() {
         cmd.env("ETCD_HARNESS_BIN", exe);
     }
@@ -438,6 +455,20 @@ fn run(args: &[String]) -> ExitCode {
         .expect("spawn waiter thread");
     let code = event_loop(cluster, rx, Some(pid));
     ExitCode::from(code.clamp(0, 255) as u8)
+}
+
+/// The PEM files of a TLS cluster by name (`ca`, `client_cert`, …), or null.
+fn tls_json(cluster: &EtcdCluster) -> Value {
+    match cluster.tls() {
+        Some(files) => Value::Object(
+            files
+                .entries()
+                .into_iter()
+                .map(|(name, path)| (name.to_string(), json!(path)))
+                .collect(),
+        ),
+        None => Value::Null,
+    }
 }
 
 fn ctl(args: &[String]) -> ExitCode {

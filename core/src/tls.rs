@@ -1,0 +1,266 @@
+//! TLS: the PEM documents, read and checked once when a registry is created; the client's
+//! rustls options built from them; and handshake failures turned into errors a user can act on.
+//!
+//! Key material never reaches a message: errors about a key name its file (or "in memory") and
+//! what is wrong, never its content.
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Certificate, Identity, TlsOptions};
+use rustls::pki_types::pem::{self, PemObject};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::{AlertDescription, CertificateError};
+
+use crate::config::{PemSource, TlsConfig};
+use crate::error::{Error, Result};
+
+/// One PEM document of the configuration, read into memory, with a name for errors.
+struct Loaded {
+    what: &'static str,
+    source: String,
+    pem: Vec<u8>,
+}
+
+impl Loaded {
+    fn read(source: &PemSource, what: &'static str) -> Result<Loaded> {
+        match source {
+            PemSource::File(path) => {
+                let shown = format!("file {}", path.display());
+                let pem = std::fs::read(path).map_err(|e| {
+                    Error::invalid(format!("cannot read the TLS {what} {shown}: {e}"))
+                })?;
+                Ok(Loaded {
+                    what,
+                    source: shown,
+                    pem,
+                })
+            }
+            PemSource::Pem(bytes) => Ok(Loaded {
+                what,
+                source: "PEM given in memory".to_string(),
+                pem: bytes.clone(),
+            }),
+        }
+    }
+
+    fn error(&self, problem: impl std::fmt::Display) -> Error {
+        Error::invalid(format!("TLS {} ({}): {problem}", self.what, self.source))
+    }
+
+    fn certificates(&self) -> Result<Vec<CertificateDer<'static>>> {
+        let certs = CertificateDer::pem_slice_iter(&self.pem)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| self.error(pem_problem(&e)))?;
+        if certs.is_empty() {
+            return Err(self.error("no PEM CERTIFICATE block found"));
+        }
+        Ok(certs)
+    }
+
+    fn private_key(&self) -> Result<PrivateKeyDer<'static>> {
+        PrivateKeyDer::from_pem_slice(&self.pem).map_err(|e| match e {
+            pem::Error::NoItemsFound => self.error(
+                "no PEM private key found (PRIVATE KEY, RSA PRIVATE KEY or EC PRIVATE KEY block)",
+            ),
+            other => self.error(pem_problem(&other)),
+        })
+    }
+}
+
+/// What is wrong with a PEM document, without quoting any of it.
+fn pem_problem(err: &pem::Error) -> &'static str {
+    match err {
+        pem::Error::MissingSectionEnd { .. } => "malformed PEM: a block has no END line",
+        pem::Error::IllegalSectionStart { .. } => "malformed PEM: a BEGIN line is invalid",
+        pem::Error::Base64Decode(_) => "malformed PEM: a block is not valid base64",
+        pem::Error::SectionTooLarge => "malformed PEM: a block is too large",
+        _ => "malformed PEM",
+    }
+}
+
+fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads and checks every PEM document of `tls` and returns the options etcd-client connects
+/// with. Every error here is `InvalidArgument`: retrying cannot fix a configuration.
+pub(crate) fn client_options(
+    tls: &TlsConfig,
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<ClientTls> {
+    let mut options = TlsOptions::new().timeout(timeout);
+    match &tls.ca {
+        Some(source) => {
+            let ca = Loaded::read(source, "CA certificate")?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in ca.certificates()? {
+                roots
+                    .add(cert)
+                    .map_err(|e| ca.error(format!("not a usable CA certificate: {e}")))?;
+            }
+            options = options.ca_certificate(Certificate::from_pem(ca.pem));
+        }
+        // Like etcd's own clients: no CA given means the system's roots.
+        None => options = options.with_native_roots(),
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            let cert = Loaded::read(cert, "client certificate")?;
+            let key = Loaded::read(key, "client key")?;
+            let chain = cert.certificates()?;
+            let der = key.private_key()?;
+            rustls::sign::CertifiedKey::from_der(chain, der, &crypto_provider()).map_err(|e| {
+                Error::invalid(format!(
+                    "the TLS client key ({}) does not fit the client certificate ({}): {e}",
+                    key.source, cert.source
+                ))
+            })?;
+            options = options.identity(Identity::from_pem(cert.pem, key.pem));
+        }
+        (None, None) => {}
+        (Some(_), None) => {
+            return Err(Error::invalid(
+                "a TLS client certificate was given without its key",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::invalid(
+                "a TLS client key was given without its certificate",
+            ))
+        }
+    }
+    if let Some(name) = &tls.server_name {
+        ServerName::try_from(name.as_str()).map_err(|_| {
+            Error::invalid(format!(
+                "TLS server name {name:?} is neither a DNS name nor an IP address"
+            ))
+        })?;
+        options = options.domain_name(name.clone());
+    }
+    // Build each endpoint exactly as the client will, so that what the checks above cannot see
+    // (no system roots at all, say) is reported now rather than on every call.
+    for endpoint in endpoints {
+        tonic::transport::Endpoint::from_shared(endpoint.clone())
+            .and_then(|e| e.tls_config(options.clone()))
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "TLS configuration for {endpoint}: {}",
+                    chain_text(&e)
+                ))
+            })?;
+    }
+    Ok(ClientTls {
+        options,
+        has_client_cert: tls.cert.is_some(),
+    })
+}
+
+fn chain_text(err: &(dyn StdError + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// If a TLS failure caused `err` (anywhere in its chain of sources), what to tell the user.
+pub(crate) fn failure_of(err: &(dyn StdError + 'static)) -> Option<String> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(describe(tls));
+        }
+        // tokio-rustls reports rustls errors inside io::Error, whose source() skips them.
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return Some(describe(tls));
+            }
+            // tokio-rustls' words for a peer that hung up mid-handshake, as a plain-HTTP etcd
+            // does on receiving a TLS hello.
+            if io.kind() == std::io::ErrorKind::UnexpectedEof
+                && io.to_string() == "tls handshake eof"
+            {
+                return Some(
+                    "TLS handshake failed: etcd closed the connection (is this endpoint \
+                     serving TLS?)"
+                        .to_string(),
+                );
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
+const CLIENT_CERT_REJECTED: &str = "etcd rejected the client certificate";
+const CLIENT_CERT_MISSING: &str =
+    "etcd requires a client certificate (mutual TLS) and none was given";
+
+/// `message` of a TLS error, for a client that presented no certificate: etcd (Go) answers
+/// a missing certificate with the same alert as a bad one.
+pub(crate) fn without_client_cert(message: &str) -> &str {
+    if message.starts_with(CLIENT_CERT_REJECTED) {
+        CLIENT_CERT_MISSING
+    } else {
+        message
+    }
+}
+
+/// The TLS options of a connection, and whether they present a client certificate.
+#[derive(Clone)]
+pub(crate) struct ClientTls {
+    pub(crate) options: TlsOptions,
+    pub(crate) has_client_cert: bool,
+}
+
+fn describe(err: &rustls::Error) -> String {
+    use rustls::Error as E;
+    match err {
+        E::InvalidCertificate(cert) => {
+            let why = match cert {
+                CertificateError::UnknownIssuer => {
+                    "etcd's certificate is not signed by the configured CA (unknown issuer); \
+                     check the CA certificate"
+                        .to_string()
+                }
+                CertificateError::NotValidForName
+                | CertificateError::NotValidForNameContext { .. } => {
+                    "etcd's certificate is not valid for the host name used (hostname mismatch); \
+                     connect by a name in the certificate or set the TLS server name"
+                        .to_string()
+                }
+                CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                    "etcd's certificate has expired".to_string()
+                }
+                CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                    "etcd's certificate is not valid yet".to_string()
+                }
+                other => format!("{other:?}"),
+            };
+            format!("certificate verify failed: {why}")
+        }
+        E::AlertReceived(AlertDescription::CertificateRequired) => CLIENT_CERT_MISSING.to_string(),
+        E::AlertReceived(
+            alert @ (AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::AccessDenied),
+        ) => format!(
+            "{CLIENT_CERT_REJECTED} ({alert:?}): is it signed by a CA etcd trusts, and still \
+             valid?"
+        ),
+        E::InvalidMessage(_) | E::InappropriateMessage { .. } => {
+            format!("TLS handshake failed ({err}): is this endpoint serving TLS?")
+        }
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
