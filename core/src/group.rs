@@ -488,16 +488,21 @@ impl LeaseGroup {
             let key = reg.key.clone();
             result = self
                 .conn
-                .call("deleting the key", |mut c| async move {
-                    c.delete(key, None).await
+                .call("deleting the key", |mut c| {
+                    let key = key.clone();
+                    async move { c.delete(key, None).await }
                 })
                 .await
                 .map(|_| ());
         }
+        // When etcd could not be reached in time, the revoke would only wait as long again.
+        let reached = !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout);
         if self.members.is_empty() {
             if let Some(lease) = self.lease {
                 self.set_lease(None);
-                if let Err(e) = self.revoke(lease).await {
+                if !reached {
+                    tracing::debug!(lease, "etcd not reached; the lease will expire");
+                } else if let Err(e) = self.revoke(lease).await {
                     tracing::debug!(error = %e, "revoking the lease failed; it will expire");
                 }
             }
@@ -545,13 +550,16 @@ impl LeaseGroup {
             self.set_lease(None);
             if let Err(e) = self.revoke(lease).await {
                 tracing::warn!(error = %e, "revoking the lease at close failed; keys expire with it");
-                // Try the keys one by one, in case only the revoke was refused.
-                for member in self.members.values() {
+                // Try the keys one by one, in case only the revoke was refused (not when etcd
+                // could not be reached in time: each delete would wait as long again).
+                let refused = !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection);
+                for member in self.members.values().filter(|_| refused) {
                     let key = member.key.clone();
                     let _ = self
                         .conn
-                        .call("deleting the key", |mut c| async move {
-                            c.delete(key, None).await
+                        .call("deleting the key", |mut c| {
+                            let key = key.clone();
+                            async move { c.delete(key, None).await }
                         })
                         .await;
                 }

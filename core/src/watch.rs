@@ -171,9 +171,12 @@ pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
     let key = prefix.to_string();
-    conn.call("listing nodes", |mut c| async move {
-        c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
-            .await
+    conn.call("listing nodes", |mut c| {
+        let key = key.clone();
+        async move {
+            c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+                .await
+        }
     })
     .await
 }
@@ -328,8 +331,9 @@ impl Follower {
             .with_progress_notify();
         let mut stream = match self
             .conn
-            .call("starting a watch", |mut c| async move {
-                c.watch(key, Some(options)).await
+            .call("starting a watch", |mut c| {
+                let (key, options) = (key.clone(), options.clone());
+                async move { c.watch(key, Some(options)).await }
             })
             .await
         {
