@@ -196,19 +196,25 @@ def test_wait_returns_false_on_timeout_while_first_attempt_hangs() -> None:
         reg.close()
 
 
-def test_unreachable_etcd_is_a_connection_error_and_retries_go_on() -> None:
+def test_unreachable_etcd_waits_for_the_timeout_names_the_cause_and_retries_go_on() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         host, port = s.getsockname()
-    # Nothing listens on `port` now.
-    with Registry([f"{host}:{port}"], timeout=2.0, backoff_min=0.1, backoff_max=0.2) as reg:
-        with pytest.raises(RegistryConnectionError) as info:
+    # Nothing listens on `port` now. Calls wait for etcd until their timeout (wait-for-ready),
+    # then fail with a TimeoutError whose message names the endpoint and the cause.
+    with Registry([f"{host}:{port}"], timeout=1.0, backoff_min=0.1, backoff_max=0.2) as reg:
+        with pytest.raises(RegistryTimeoutError) as info:
             reg.list("api")
-        assert isinstance(info.value, ConnectionError)
+        assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, RegistryError)
+        message = str(info.value)
+        assert "context deadline exceeded" in message, message
+        assert f"http://{host}:{port}" in message, message
+        assert "connection refused" in message, message
         handle = reg.register("api", "n")
-        with pytest.raises(ConnectionError):
+        with pytest.raises(TimeoutError) as waited:
             handle.wait(timeout=DEADLINE)
+        assert "connection refused" in str(waited.value), str(waited.value)
         assert handle.state == "registering", "retries go on in the background"
 
 
