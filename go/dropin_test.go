@@ -315,3 +315,39 @@ func TestDropInConstructorAcceptsWhatTheOriginalAccepts(t *testing.T) {
 		})
 	}
 }
+
+// 4. A nil Info is stored as an empty value, an empty one as {}; listed, an empty value, null
+// or a value that is not an object is a nil Info, {} an empty map.
+func TestDropInNilInfo(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	c := nativeClient(t)
+	service := serviceName(t)
+	prefix := "/services/" + service + "/"
+	for _, n := range []Node{{Name: "nil-info"}, {Name: "empty-info", Info: map[string]string{}}} {
+		done, errs, err := r.RegisterNode(t.Context(), service, n, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, done, errs)
+	}
+	if got, found := nativeGet(t, c, prefix+"nil-info"); !found || len(got) != 0 {
+		t.Fatalf("nil Info stored as %q (found %v), want an empty value", got, found)
+	}
+	if got, _ := nativeGet(t, c, prefix+"empty-info"); string(got) != "{}" {
+		t.Fatalf("empty Info stored as %q, want {}", got)
+	}
+	nativePut(t, c, prefix+"null", "null")
+	nativePut(t, c, prefix+"string", `"text"`)
+	nativePut(t, c, prefix+"garbage", "not json")
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Node{
+		{Name: "string"}, {Name: "null"}, {Name: "nil-info"}, {Name: "garbage"},
+		{Name: "empty-info", Info: map[string]string{}},
+	}
+	if !reflect.DeepEqual(nodes, want) {
+		t.Fatalf("listed %#v\nwant   %#v", nodes, want)
+	}
+}

@@ -158,10 +158,10 @@ func TestGetServiceNodesReadsEveryValueExactly(t *testing.T) {
 	}
 	want := []Node{
 		{Name: "a-plain", Info: map[string]string{"address": "10.0.0.5:8080", "version": "1.0.0"}},
-		{Name: "b-empty", Info: map[string]string{}},
+		{Name: "b-empty", Info: nil},
 		{Name: "c-nul", Info: map[string]string{"k": "v\x00w", "x\x00": "y"}},
 		{Name: "d-utf8", Info: map[string]string{"é": "☃ \ufffd", "zone": "eu"}},
-		{Name: "e-array", Info: map[string]string{}},
+		{Name: "e-array", Info: nil},
 		{Name: "f-num", Info: map[string]string{"port": "8080"}},
 		{Name: "g-space", Info: map[string]string{"a": "b"}},
 	}

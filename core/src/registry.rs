@@ -154,7 +154,11 @@ impl Registry {
             return Err(Error::invalid("info keys must not be empty"));
         }
         let key = self.node_key(service, &node.name);
-        let value = encode_info(&node.info);
+        let value = if node.info_absent && node.info.is_empty() {
+            String::new()
+        } else {
+            encode_info(&node.info)
+        };
         if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
             return Err(Error::invalid(format!(
                 "node info is too large: {} bytes, etcd accepts at most about {} per request",
@@ -241,12 +245,13 @@ impl Registry {
     }
 
     /// Lists a service like [`Registry::list`], handing each node to `f` as borrowed text — its
-    /// name, and its info as (key, value) pairs sorted by key — instead of building [`Node`]s:
-    /// for bindings that copy the nodes into their own form anyway.
+    /// name, its info as (key, value) pairs sorted by key, and whether it has no info object
+    /// ([`Node::info_absent`]) — instead of building [`Node`]s: for bindings that copy the nodes
+    /// into their own form anyway.
     pub async fn list_with<T>(
         &self,
         service: &str,
-        f: impl FnMut(&str, &[(&str, &str)]) -> T,
+        f: impl FnMut(&str, &[(&str, &str)], bool) -> T,
     ) -> Result<Vec<T>> {
         self.check_open()?;
         validate_name("service", service)?;
