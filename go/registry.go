@@ -70,7 +70,8 @@ type nodeKey struct{ service, node string }
 // defaultTimeout <= 0 means the default of 10 s, and empty entries in endpoints are skipped. It
 // fails only on no endpoint at all (nil, or only empty entries) or a malformed one; it does
 // not dial, so etcd may be down now: every operation connects when it needs to, and
-// registrations retry until etcd is up. username may be empty (no authentication).
+// registrations retry until etcd is up. Credentials are used when both username and password
+// are given (as the original does); New takes a username with an empty password.
 // defaultTimeout bounds each etcd call, waiting for etcd to be reachable included.
 func NewEtcdRegistry(endpoints []string, basePath, username, password string, defaultTimeout time.Duration) (*EtcdRegistry, error) {
 	usable := make([]string, 0, len(endpoints))
@@ -81,6 +82,10 @@ func NewEtcdRegistry(endpoints []string, basePath, username, password string, de
 	}
 	if len(usable) == 0 {
 		return nil, invalidArgument("new registry", "no etcd endpoints")
+	}
+	if username == "" || password == "" {
+		// As the original: credentials are used only when both are given.
+		username, password = "", ""
 	}
 	return New(Config{
 		Endpoints: usable,

@@ -221,7 +221,7 @@ func TestConcurrentRegisterAndList(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"node-0", "node-1", "node-2", "node-3", "node-4"}
+	want := []string{"node-4", "node-3", "node-2", "node-1", "node-0"} // descending, as the original
 	if got := nodeNames(nodes); !slices.Equal(got, want) {
 		t.Fatalf("listed %v, want %v", got, want)
 	}
@@ -249,6 +249,7 @@ func TestHundredSequentialRegistrations(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	slices.Reverse(want) // listed in descending key order, as the original
 	if got := nodeNames(nodes); !slices.Equal(got, want) {
 		t.Fatalf("listed %d nodes %v, want the 100 registered", len(got), got)
 	}

@@ -6,8 +6,8 @@
 #      package links by default)
 #   2. gofmt and go vet, for the package and the examples
 #   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve)
-#   4. builds the examples (examples/go), runs basic under `etcd-harness run`, and the retry
-#      example while etcd is killed and started again
+#   4. builds the examples (examples/go), runs basic and migrate under `etcd-harness run`, and
+#      the retry example while etcd is killed and started again
 #
 #   go/run-tests.sh [extra go test arguments, e.g. -run Watch -v]
 #
@@ -46,10 +46,13 @@ step "go test -race against etcd"
 step "examples"
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
-(cd examples/go && go build -o "$bin/basic" ./basic && go build -o "$bin/retry" ./retry) \
-    || fail "building the examples"
+(cd examples/go && go build -o "$bin/basic" ./basic && go build -o "$bin/retry" ./retry \
+    && go build -o "$bin/migrate" ./migrate) || fail "building the examples"
 "$ETCD_HARNESS_BIN" run -- "$bin/basic" | sed 's/^/    /'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/basic"
+step "migrate example (a program written for go.lumeweb.com/etcd-registry)"
+"$ETCD_HARNESS_BIN" run -- "$bin/migrate" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/migrate"
 step "retry example (etcd killed and started again)"
 "$ETCD_HARNESS_BIN" run -- tests/retry-demo-check.sh "Registered node localhost:50000" "re-registered node localhost:50000" "Closed" -- "$bin/retry" -duration 120s || fail "examples/go/retry"
 
