@@ -117,7 +117,8 @@ enum etcd_registry_status
      */
     ETCD_REGISTRY_STATUS_NULL_POINTER = 2,
     /**
-     * etcd could not be reached, or the connection broke.
+     * The connection broke during a call. (etcd unreachable for a whole call is TIMEOUT,
+     * whose message names the endpoint and the cause.)
      */
     ETCD_REGISTRY_STATUS_CONNECTION = 3,
     /**

@@ -11,7 +11,8 @@ use std::time::Duration;
 pub enum ErrorKind {
     /// The caller passed something unusable (empty name, bad TTL, bad endpoint, oversized info).
     InvalidArgument = 1,
-    /// etcd could not be reached, or the connection broke.
+    /// The connection broke during a call. (etcd unreachable for a whole call is a `Timeout`,
+    /// whose message names the endpoint and the cause.)
     Connection = 3,
     /// An operation did not finish within the configured timeout.
     Timeout = 4,

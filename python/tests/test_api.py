@@ -310,3 +310,14 @@ def test_properties_and_reprs(registry: Registry, etcd: Etcd, base_path: str) ->
     with registry.watch("api") as watch:
         assert repr(watch) == 'Watch(service="api", closed=False)'
     assert isinstance(etcd_registry.__version__, str)
+
+
+def test_value_bytes_are_what_go_json_marshal_writes(registry: Registry, etcd: Etcd, base_path: str) -> None:
+    info = {"a<b>&c": "\u2028\u2029\b\f\n\r\t\x00\x1f\x7f\"\\/", "é": "日本😀"}
+    handle = registry.register("bytes", "n1", info, ttl=30.0)
+    assert handle.wait(timeout=DEADLINE) is True
+    stored = etcd.get_prefix(f"{base_path}/bytes/")[f"{base_path}/bytes/n1"]
+    # Go's json.Marshal of the same map[string]string, byte for byte.
+    go = '{"a\\u003cb\\u003e\\u0026c":"\\u2028\\u2029\\b\\f\\n\\r\\t\\u0000\\u001f\x7f\\"\\\\/","é":"日本😀"}'
+    assert stored == go
+    assert registry.list("bytes")[0].info == info

@@ -552,7 +552,7 @@ static void test_register_argument_errors(void) {
         CHECK(strstr(etcd_registry_last_error_message(), "too large") != NULL);
         free(big);
     }
-    const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "null", "{\"a\":1}", "{\"a\":null}",
+    const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "{\"a\":1}", "{\"a\":null}",
                               "{\"a\":{\"b\":\"c\"}}", "{\"a\":[\"x\"]}", "{\"\":\"empty key\"}"};
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
         etcd_registry_status s = REG("argerr", "n", bad_json[i], 1000);
@@ -572,6 +572,18 @@ static void test_register_argument_errors(void) {
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
     CHECK(etcd_registry_node_list_len(list) == 1);
     CHECK(strcmp(etcd_registry_node_list_info_json(list, 0), "{}") == 0);
+    etcd_registry_node_list_free(list);
+
+    /* "null" is no info object at all: stored as an empty value (as Go's library stores a nil
+     * map), listed with info_json "null" and no entries. */
+    CHECK_OK(etcd_registry_register(r, "argerr", "null-info", "null", 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    list = NULL;
+    CHECK_OK(etcd_registry_list(r, "argerr", &list));
+    CHECK(etcd_registry_node_list_len(list) == 2);
+    CHECK(strcmp(etcd_registry_node_list_name(list, 1), "null-info") == 0);
+    CHECK(strcmp(etcd_registry_node_list_info_json(list, 1), "null") == 0);
+    CHECK(etcd_registry_node_list_entries(list)[1].info_len == 0);
     etcd_registry_node_list_free(list);
     CHECK_OK(etcd_registry_close(r));
     etcd_registry_free(r);
