@@ -223,7 +223,7 @@ impl Connection {
     }
 
     /// A connection error names the endpoints it concerns.
-    fn located(&self, err: Error) -> Error {
+    pub(crate) fn located(&self, err: Error) -> Error {
         if err.kind() != ErrorKind::Connection || err.message().contains("etcd at ") {
             return err;
         }

@@ -132,6 +132,7 @@ impl LeaseGroup {
                         Exit::Closed => return,
                         Exit::Empty => continue,
                         Exit::Lost(error) => {
+                            let error = self.conn.located(error);
                             tracing::warn!(ttl = self.ttl_secs, lease = ?self.lease, %error, "keep-alive lost, will retry");
                             for member in self.members.values() {
                                 member.attempt_failed(&error);

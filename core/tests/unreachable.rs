@@ -79,3 +79,36 @@ async fn a_call_made_while_etcd_is_down_succeeds_when_etcd_comes_up_within_the_t
     assert!(nodes.is_empty());
     registry.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_several_endpoints_the_message_names_them_all() {
+    init_logs();
+    // Two distinct ports, both closed once the listeners are dropped.
+    let (a, b) = {
+        let la = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let lb = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        (
+            la.local_addr().unwrap().port(),
+            lb.local_addr().unwrap().port(),
+        )
+    };
+    let registry = Registry::connect(
+        Config::new(
+            [format!("127.0.0.1:{a}"), format!("http://127.0.0.1:{b}")],
+            "/s",
+        )
+        .with_timeout(Duration::from_millis(500)),
+    )
+    .await
+    .unwrap();
+    let err = registry.list("api").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    let text = err.to_string();
+    for want in [
+        format!("http://127.0.0.1:{a}"),
+        format!("http://127.0.0.1:{b}"),
+        "connection refused".to_string(),
+    ] {
+        assert!(text.contains(&want), "{text} does not say {want}");
+    }
+}
