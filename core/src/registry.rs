@@ -78,11 +78,17 @@ impl Registry {
             config.credentials(),
             config.timeout,
         ));
-        // Dial in the background, so the first operation finds a warm connection.
+        // Dial in the background, so the first operation finds a warm connection. Waiting for
+        // etcd (up to the timeout), so it stops when the registry closes.
         let warm = conn.clone();
+        let closing = tokio::sync::watch::channel(false).0;
+        let mut closed = closing.subscribe();
         handle.spawn(async move {
-            if let Err(e) = warm.client().await {
-                tracing::debug!(error = %e, "first connection attempt failed; operations will retry");
+            tokio::select! {
+                result = warm.client() => if let Err(e) = result {
+                    tracing::debug!(error = %e, "first connection attempt failed; operations will retry");
+                },
+                _ = closed.wait_for(|closed| *closed) => {}
             }
         });
         Ok(Registry {
@@ -92,7 +98,7 @@ impl Registry {
                 handle,
                 pid: std::process::id(),
                 closed: AtomicBool::new(false),
-                closing: tokio::sync::watch::channel(false).0,
+                closing,
                 state: Mutex::new(State::default()),
             }),
         })
