@@ -318,7 +318,16 @@ func nodeOfEntry(list *C.etcd_registry_node_list, i int, e *C.etcd_registry_node
 		all = all[cut+1:]
 		return s
 	}
-	node := Node{Name: next(), Info: make(map[string]string, infoLen)}
+	node := Node{Name: next()}
+	if infoLen == 0 {
+		// No info object (an empty value, null, not an object) is a nil map, as the original
+		// reads it; an empty object an empty map.
+		if goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))) != "null" {
+			node.Info = map[string]string{}
+		}
+		return node
+	}
+	node.Info = make(map[string]string, infoLen)
 	for j := 0; j < infoLen; j++ {
 		key, value := next(), next()
 		node.Info[key] = value
@@ -413,8 +422,12 @@ func goString(s *C.char) string {
 	return C.GoString(s)
 }
 
-// encodeInfo is the info as the library takes it: a JSON object of strings.
+// encodeInfo is the info as the library takes it: a JSON object of strings, or null for a nil
+// map (stored as an empty value, as the original stores it).
 func encodeInfo(info map[string]string) string {
+	if info == nil {
+		return "null"
+	}
 	if len(info) == 0 {
 		return "{}"
 	}
@@ -422,12 +435,16 @@ func encodeInfo(info map[string]string) string {
 	return string(b)
 }
 
-// decodeInfo reads the library's JSON object of strings; never nil. Listing a large service
+// decodeInfo reads the library's JSON object of strings; nil for null (a node without info
+// object). Listing a large service
 // decodes one object per node, so the compact form the library writes (no whitespace, and
 // usually no escapes) is read directly; anything else goes through encoding/json.
 func decodeInfo(s string) map[string]string {
 	if info, ok := decodePlainObject(s); ok {
 		return info
+	}
+	if s == "null" {
+		return nil
 	}
 	info := map[string]string{}
 	if s != "" {

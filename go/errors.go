@@ -14,7 +14,8 @@ const (
 	// CodeInvalidArgument: an unusable argument (empty name, TTL <= 0, bad endpoint, a string
 	// with a NUL byte or invalid UTF-8 …).
 	CodeInvalidArgument Code = iota + 1
-	// CodeConnection: etcd could not be reached, or the connection broke.
+	// CodeConnection: the connection broke during a call. etcd unreachable for a whole call
+	// is a timeout (CodeTimeout), whose message names the endpoint and the cause.
 	CodeConnection
 	// CodeTimeout: an etcd operation did not finish within the timeout. Such errors also
 	// match context.DeadlineExceeded.

@@ -4,6 +4,9 @@ import "time"
 
 // Node is one registered instance of a service: a name unique within the service and free
 // string information (address, version …).
+//
+// A nil Info is stored as an empty value, an empty non-nil one as {}, as the original stores
+// them; listed, a node whose value is empty, null or not a JSON object has a nil Info.
 type Node struct {
 	Name string
 	Info map[string]string

@@ -48,7 +48,8 @@ type Registration struct {
 // errChan; if ctx has already ended when the first registration lands, done is not closed and
 // ctx.Err() is sent instead. A registration that ends otherwise sends ErrUnregistered
 // (UnregisterNode), ErrClosed (Close) or ErrReplaced (the same node registered again on this
-// registry). errChan is never closed.
+// registry). errChan is closed after that last error, so `for err := range errChan` ends
+// when the registration does.
 func (r *EtcdRegistry) RegisterNode(ctx context.Context, service string, node Node, ttl time.Duration) (done <-chan struct{}, errChan <-chan error, err error) {
 	g, err := r.Register(ctx, service, node, ttl)
 	if err != nil {
@@ -333,6 +334,7 @@ func (g *Registration) end(reason error, last StatusEvent) {
 	pushLatest(g.events, last)
 	close(g.events)
 	pushLatest(g.errs, reason)
+	close(g.errs)
 	close(g.finished)
 }
 

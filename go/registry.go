@@ -2,6 +2,7 @@ package etcdregistry
 
 import (
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -68,20 +69,33 @@ type handle struct {
 
 type nodeKey struct{ service, node string }
 
-// NewEtcdRegistry creates a registry. It fails only on bad arguments (no endpoint, an empty
-// endpoint, defaultTimeout <= 0); it does not dial, so etcd may be down now: every operation
-// connects when it needs to, and registrations retry until etcd is up. username may be empty
-// (no authentication). defaultTimeout bounds connecting and each etcd call.
+// NewEtcdRegistry creates a registry. It accepts what go.lumeweb.com/etcd-registry accepts: a
+// defaultTimeout <= 0 means the default of 10 s, and empty entries in endpoints are skipped. It
+// fails only on no endpoint at all (nil, or only empty entries) or a malformed one; it does
+// not dial, so etcd may be down now: every operation connects when it needs to, and
+// registrations retry until etcd is up. Credentials are used when both username and password
+// are given (as the original does); New takes a username with an empty password.
+// defaultTimeout bounds each etcd call, waiting for etcd to be reachable included.
 func NewEtcdRegistry(endpoints []string, basePath, username, password string, defaultTimeout time.Duration) (*EtcdRegistry, error) {
-	if defaultTimeout <= 0 {
-		return nil, invalidArgument("new registry", "default timeout must be greater than zero")
+	usable := make([]string, 0, len(endpoints))
+	for _, e := range endpoints {
+		if strings.TrimSpace(e) != "" {
+			usable = append(usable, e)
+		}
+	}
+	if len(usable) == 0 {
+		return nil, invalidArgument("new registry", "no etcd endpoints")
+	}
+	if username == "" || password == "" {
+		// As the original: credentials are used only when both are given.
+		username, password = "", ""
 	}
 	return New(Config{
-		Endpoints: endpoints,
+		Endpoints: usable,
 		BasePath:  basePath,
 		Username:  username,
 		Password:  password,
-		Timeout:   defaultTimeout,
+		Timeout:   max(defaultTimeout, 0),
 	})
 }
 
@@ -141,8 +155,10 @@ func (r *EtcdRegistry) Close() error {
 	return err
 }
 
-// GetServiceNodes lists the nodes of a service, sorted by name, in one etcd request. An empty
-// service name is an error; a service without nodes gives an empty slice and no error.
+// GetServiceNodes lists the nodes of a service in one etcd request, in descending key order
+// (as go.lumeweb.com/etcd-registry lists them). Every key below the service is a node, named
+// by the rest of its key: <base>/<service>/sub/deep is the node "sub/deep". An empty service
+// name is an error; a service without nodes gives an empty slice and no error.
 func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
 	if service == "" {
 		return nil, invalidArgument("list", "service name must not be empty")
@@ -157,6 +173,8 @@ func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The library lists in ascending key order; every key has the same prefix.
+	slices.Reverse(nodes)
 	return nodes, nil
 }
 

@@ -7,8 +7,9 @@
 #   2. gofmt and go vet, for the package and the examples
 #   3. go test -race -count=1 ./... (the tests start their own etcd through etcd-harness serve),
 #      then go vet and go test -race in go/grpcresolver (a module of its own: it needs grpc-go)
-#   4. builds the examples (examples/go), runs basic under `etcd-harness run`, and the retry
-#      example while etcd is killed and started again; then the grpc example (examples/go/grpc)
+#   4. builds the examples (examples/go), runs basic and migrate under `etcd-harness run`, and
+#      the retry example while etcd is killed and started again; then the grpc example
+#      (examples/go/grpc)
 #   5. go/module-test.sh: a service in a temporary directory outside the repository installs the
 #      library with ffi/install.sh, adds the module, builds with only PKG_CONFIG_PATH, and runs
 #
@@ -48,10 +49,13 @@ step "go/grpcresolver: go vet, go test -race (real gRPC servers and clients)"
 step "examples"
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
-(cd examples/go && go build -o "$bin/basic" ./basic && go build -o "$bin/retry" ./retry) \
-    || fail "building the examples"
+(cd examples/go && go build -o "$bin/basic" ./basic && go build -o "$bin/retry" ./retry \
+    && go build -o "$bin/migrate" ./migrate) || fail "building the examples"
 "$ETCD_HARNESS_BIN" run -- "$bin/basic" | sed 's/^/    /'
 [ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/basic"
+step "migrate example (a program written for go.lumeweb.com/etcd-registry)"
+"$ETCD_HARNESS_BIN" run -- "$bin/migrate" 2>&1 | sed 's/^/    /'
+[ "${PIPESTATUS[0]}" -eq 0 ] || fail "examples/go/migrate"
 step "retry example (etcd killed and started again)"
 "$ETCD_HARNESS_BIN" run -- tests/retry-demo-check.sh "Registered node localhost:50000" "re-registered node localhost:50000" "Closed" -- "$bin/retry" -duration 120s || fail "examples/go/retry"
 

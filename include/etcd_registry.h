@@ -128,7 +128,8 @@ enum etcd_registry_status
      */
     ETCD_REGISTRY_STATUS_NULL_POINTER = 2,
     /**
-     * etcd could not be reached, or the connection broke.
+     * The connection broke during a call. (etcd unreachable for a whole call is TIMEOUT,
+     * whose message names the endpoint and the cause.)
      */
     ETCD_REGISTRY_STATUS_CONNECTION = 3,
     /**
@@ -290,7 +291,8 @@ typedef struct etcd_registry_watch_event {
      */
     const char *node_name;
     /**
-     * The node's info as a JSON object of strings (for REMOVED its last known info); NULL for
+     * The node's info as a JSON object of strings (for REMOVED its last known info), `null`
+     * when the node has no info object (see `etcd_registry_node_list_info_json`); NULL for
      * RESYNCED.
      */
     const char *info_json;
@@ -631,7 +633,8 @@ etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *co
 
 /**
  * Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
- * `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
+ * `{"address":"10.0.0.5:8080"}`, NULL for an empty one, stored as `{}`, or `null` for no info
+ * object at all, stored as an empty value as Go's library does for a nil map) on a lease of `ttl_ms` milliseconds (rounded
  * up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
  * the registration proceeds in the background, retrying with backoff until it succeeds, then
  * keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
@@ -847,8 +850,9 @@ const char *etcd_registry_node_list_name(const struct etcd_registry_node_list *l
 
 /**
  * The info of node `index` as a JSON object of strings with sorted keys (e.g.
- * `{"address":"10.0.0.5:8080"}`, `{}` when it has none), or NULL when `list` is NULL or `index`
- * is out of range.
+ * `{"address":"10.0.0.5:8080"}`, `{}` when it is empty), `null` when the node has no info object
+ * at all (its value in etcd was empty, `null` or not a JSON object: what Go's library reads as
+ * a nil map), or NULL when `list` is NULL or `index` is out of range.
  */
 const char *etcd_registry_node_list_info_json(const struct etcd_registry_node_list *list,
                                               size_t index);

@@ -1,6 +1,12 @@
 //! The registry's etcd clients, one per endpoint, connected lazily and shared by every
 //! operation. Calls go to a preferred member; a member that fails or stops answering is ejected
 //! for a while (see [`crate::health`]) and the call moves on to another one at once.
+//!
+//! Wait-for-ready, the rule of etcd's own Go client and the same in every language: a call that
+//! cannot reach any member keeps trying until its timeout, then fails with a timeout error
+//! ("context deadline exceeded") whose message carries the last failure to reach etcd — which
+//! endpoint, and why (e.g. "connection refused"). An answer from etcd (a refusal, an auth error)
+//! or a TLS failure fails the call at once.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +17,7 @@ use etcd_client::{Client, ConnectOptions};
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{unreachable_cause, Error, ErrorKind, Result};
 use crate::health::Health;
 use crate::tls::{self, ClientTls};
 
@@ -19,6 +25,11 @@ use crate::tls::{self, ClientTls};
 /// etcd sends GOAWAY to clients that ping more often than every 5 s, hence the margin.
 const PING_INTERVAL: Duration = Duration::from_secs(7);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Pause between two rounds over the members while waiting for etcd: doubling from the first to
+/// the last value.
+const READY_RETRY_MIN: Duration = Duration::from_millis(50);
+const READY_RETRY_MAX: Duration = Duration::from_millis(500);
 
 pub(crate) struct Connection {
     endpoints: Vec<String>,
@@ -93,9 +104,11 @@ impl Connection {
                         "credentials were given but etcd has authentication disabled; proceeding without them"
                     );
                 }
-                Ok(Client::connect(endpoints, Some(self.options(false))).await?)
+                Client::connect(endpoints, Some(self.options(false)))
+                    .await
+                    .map_err(|e| reached_error(endpoint, e))
             }
-            Err(err) => Err(err.into()),
+            Err(err) => Err(reached_error(endpoint, err)),
         }
     }
 
@@ -140,40 +153,61 @@ impl Connection {
     {
         let deadline = Instant::now() + self.timeout;
         let mut tried: Vec<usize> = Vec::new();
-        let mut last_error = None;
+        let mut last_error: Option<Error> = None;
+        // The last failure to reach each member, for the message of a call that timed out.
+        let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
+        let mut pause = READY_RETRY_MIN;
         loop {
             let now = Instant::now();
-            let order: Vec<usize> = self
+            let mut order: Vec<usize> = self
                 .health
                 .order(now)
                 .into_iter()
                 .filter(|i| !tried.contains(i))
                 .collect();
-            let left = deadline.saturating_duration_since(now);
-            let Some(&i) = order.first() else {
-                return Err(last_error.unwrap_or_else(|| Error::timeout(what, self.timeout)));
-            };
-            if left.is_zero() {
-                return Err(Error::timeout(what, self.timeout));
+            if order.is_empty() {
+                // Every member was tried. Not reached at all: wait for etcd (see the module doc).
+                match last_error {
+                    Some(e) if !is_unreachable(&e) => return Err(e),
+                    _ => {}
+                }
+                tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                pause = (pause * 2).min(READY_RETRY_MAX);
+                tried.clear();
+                order = self.health.order(Instant::now());
             }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || order.is_empty() {
+                return Err(timeout_error(what, self.timeout, &unreached));
+            }
+            let i = order[0];
             let limit = if order.len() > 1 {
                 attempt.min(left)
             } else {
                 left
             };
+            let endpoint = &self.endpoints[i];
             let run = async {
                 let client = self.client_of(i).await?;
-                f(client).await.map_err(Error::from)
+                f(client).await.map_err(|e| reached_error(endpoint, e))
             };
             let error = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(value)) => {
                     self.health.answered(i);
                     return Ok((i, value));
                 }
-                Ok(Err(e)) if is_member_failure(&e) => self.contextualize_at(e, what, i),
+                Ok(Err(e)) if is_member_failure(&e) => {
+                    if is_unreachable(&e) {
+                        unreached[i] = Some(e.message().to_string());
+                    }
+                    self.contextualize_at(e, what, i)
+                }
                 Ok(Err(e)) => return Err(self.contextualize_at(e, what, i)),
-                Err(_) if order.len() > 1 => Error::timeout(what, limit),
-                Err(_) => Error::timeout(what, self.timeout),
+                Err(_) => {
+                    let message = format!("etcd at {endpoint} did not answer within {limit:?}");
+                    unreached[i] = Some(message.clone());
+                    Error::new(ErrorKind::Timeout, message)
+                }
             };
             self.eject(i, &error);
             tried.push(i);
@@ -195,6 +229,18 @@ impl Connection {
             ErrorKind::Tls,
             format!("{what} ({}): {message}", self.endpoints[i]),
         )
+    }
+
+    /// A connection error names the endpoints it concerns (when it does not name one yet).
+    pub(crate) fn located(&self, err: Error) -> Error {
+        if err.kind() != ErrorKind::Connection || err.message().contains("etcd at ") {
+            return err;
+        }
+        let at = match self.endpoints.as_slice() {
+            [one] => format!("etcd at {one}"),
+            many => format!("etcd at one of {}", many.join(", ")),
+        };
+        Error::new(ErrorKind::Connection, format!("{at}: {}", err.message()))
     }
 
     /// The member at `i` answered (a keep-alive, a watch response): it is preferred.
@@ -297,6 +343,46 @@ impl Connection {
             Err(_) => Err(Error::timeout(what, self.timeout)),
         }
     }
+}
+
+/// An error of member `endpoint`: a failure to reach it says so, with the endpoint and the
+/// cause ("cannot reach etcd at http://127.0.0.1:2379: connection refused").
+fn reached_error(endpoint: &str, err: etcd_client::Error) -> Error {
+    match unreachable_cause(&err) {
+        Some(cause) => Error::new(
+            ErrorKind::Connection,
+            format!("cannot reach etcd at {endpoint}: {cause}"),
+        ),
+        None => {
+            let err = Error::from(err);
+            if err.kind() == ErrorKind::Connection {
+                Error::new(
+                    ErrorKind::Connection,
+                    format!("etcd at {endpoint}: {}", err.message()),
+                )
+            } else {
+                err
+            }
+        }
+    }
+}
+
+/// Whether `err` says that etcd was not reached (worth waiting for), as opposed to an answer.
+fn is_unreachable(err: &Error) -> bool {
+    matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout)
+}
+
+/// The timeout error of `what`, with the last failure to reach each member that was tried.
+fn timeout_error(what: &str, timeout: Duration, unreached: &[Option<String>]) -> Error {
+    let err = Error::timeout(what, timeout);
+    let causes: Vec<&str> = unreached.iter().flatten().map(String::as_str).collect();
+    if causes.is_empty() {
+        return err;
+    }
+    Error::new(
+        ErrorKind::Timeout,
+        format!("{}: {}", err.message(), causes.join("; ")),
+    )
 }
 
 /// Follows an ejected member: when its ejection is over, asks for its status (on a fresh

@@ -11,7 +11,8 @@ use std::time::Duration;
 pub enum ErrorKind {
     /// The caller passed something unusable (empty name, bad TTL, bad endpoint, oversized info).
     InvalidArgument = 1,
-    /// etcd could not be reached, or the connection broke.
+    /// The connection broke during a call. (etcd unreachable for a whole call is a `Timeout`,
+    /// whose message names the endpoint and the cause.)
     Connection = 3,
     /// An operation did not finish within the configured timeout.
     Timeout = 4,
@@ -119,12 +120,82 @@ impl From<etcd_client::Error> for Error {
             E::LeaseKeepAliveError(_) | E::WatchError(_) => ErrorKind::Connection,
             _ => ErrorKind::Internal,
         };
-        let message = match &err {
+        let mut message = match &err {
             E::GRpcStatus(status) => status.message().to_string(),
             other => other.to_string(),
         };
+        // Transport failures name their cause ("connection refused"), not just "transport error".
+        if kind == ErrorKind::Connection {
+            if let Some(cause) = root_cause(&err) {
+                if !message.contains(&cause) {
+                    message = format!("{message}: {cause}");
+                }
+            }
+        }
         Error::new(kind, message)
     }
+}
+
+/// Why etcd could not be reached ("connection refused", "failed to lookup address …"), when
+/// `err` is a failure to connect, i.e. the request never reached etcd. `None` for any other
+/// error, including a connection that broke during the request.
+pub(crate) fn unreachable_cause(err: &etcd_client::Error) -> Option<String> {
+    let connect_failed = chain(err).any(|e| {
+        let text = e.to_string();
+        text.starts_with("tcp connect error")
+            || text.starts_with("dns error")
+            || text.starts_with("error trying to connect")
+            || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                use std::io::ErrorKind as K;
+                matches!(
+                    io.kind(),
+                    K::ConnectionRefused
+                        | K::HostUnreachable
+                        | K::NetworkUnreachable
+                        | K::AddrNotAvailable
+                )
+            })
+    });
+    if !connect_failed {
+        return None;
+    }
+    Some(root_cause(err).unwrap_or_else(|| err.to_string()))
+}
+
+/// The errors of `err`'s source chain, `err` first (etcd-client's error does not link its
+/// source: the chain starts from what it wraps).
+fn chain(err: &etcd_client::Error) -> impl Iterator<Item = &(dyn std::error::Error + 'static)> {
+    use etcd_client::Error as E;
+    let first: &(dyn std::error::Error + 'static) = match err {
+        E::GRpcStatus(status) => status,
+        E::TransportError(e) => e,
+        E::IoError(e) => e,
+        other => other,
+    };
+    std::iter::successors(Some(first), |e| e.source())
+}
+
+/// The innermost cause of a transport failure in words: an I/O error's kind when it says it all
+/// ("connection refused", "timed out"), else the innermost error's text.
+fn root_cause(err: &etcd_client::Error) -> Option<String> {
+    let mut errors = chain(err);
+    errors.next();
+    let last = errors.last()?;
+    if let Some(io) = chain(err).find_map(|e| e.downcast_ref::<std::io::Error>()) {
+        use std::io::ErrorKind as K;
+        return Some(match io.kind() {
+            K::ConnectionRefused
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::HostUnreachable
+            | K::NetworkUnreachable
+            | K::AddrNotAvailable
+            | K::TimedOut
+            | K::BrokenPipe => io.kind().to_string(),
+            _ => io.to_string(),
+        });
+    }
+    Some(last.to_string())
 }
 
 fn kind_of_status(status: &tonic::Status) -> ErrorKind {

@@ -136,6 +136,7 @@ impl LeaseGroup {
                         Exit::Closed => return,
                         Exit::Empty => continue,
                         Exit::Lost(error) => {
+                            let error = self.conn.located(error);
                             tracing::warn!(ttl = self.ttl_secs, lease = ?self.lease, %error, "keep-alive lost, will retry");
                             for member in self.members.values() {
                                 member.attempt_failed(&error);
@@ -612,10 +613,14 @@ impl LeaseGroup {
                 .await
                 .map(|_| ());
         }
+        // When etcd could not be reached in time, the revoke would only wait as long again.
+        let reached = !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout);
         if self.members.is_empty() {
             if let Some(lease) = self.lease {
                 self.set_lease(None);
-                if let Err(e) = self.revoke(lease).await {
+                if !reached {
+                    tracing::debug!(lease, "etcd not reached; the lease will expire");
+                } else if let Err(e) = self.revoke(lease).await {
                     tracing::debug!(error = %e, "revoking the lease failed; it will expire");
                 }
             }
@@ -664,8 +669,10 @@ impl LeaseGroup {
             self.set_lease(None);
             if let Err(e) = self.revoke(lease).await {
                 tracing::warn!(error = %e, "revoking the lease at close failed; keys expire with it");
-                // Try the keys one by one, in case only the revoke was refused.
-                for member in self.members.values() {
+                // Try the keys one by one, in case only the revoke was refused (not when etcd
+                // could not be reached in time: each delete would wait as long again).
+                let refused = !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection);
+                for member in self.members.values().filter(|_| refused) {
                     let key = member.key.clone();
                     let _ = self
                         .conn

@@ -67,9 +67,82 @@ pub fn service_prefix(base_path: &str, service: &str) -> String {
     prefix
 }
 
-/// Encodes info as the JSON object the Go library writes.
+/// Encodes info exactly as Go's `json.Marshal` writes a `map[string]string`, byte for byte: keys
+/// sorted bytewise, no whitespace, and Go's escaping (see [`push_go_json_string`]). Writing the
+/// same bytes as the Go library matters to anyone comparing values: a compare-and-swap on the
+/// value, a cache keyed by its bytes, a diff.
 pub fn encode_info(info: &Info) -> String {
-    serde_json::to_string(info).expect("a map of strings always serializes")
+    let mut out = Vec::with_capacity(
+        2 + info
+            .iter()
+            .map(|(k, v)| k.len() + v.len() + 6)
+            .sum::<usize>(),
+    );
+    out.push(b'{');
+    for (i, (key, value)) in info.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        push_go_json_string(&mut out, key.as_bytes());
+        out.push(b':');
+        push_go_json_string(&mut out, value.as_bytes());
+    }
+    out.push(b'}');
+    // Only valid UTF-8 and ASCII escapes were written.
+    String::from_utf8(out).expect("the encoder writes UTF-8")
+}
+
+/// Appends `s` as a JSON string the way Go's `encoding/json` does with HTML escaping on (the
+/// default of `json.Marshal`): `"` and `\\` escaped; `\n`, `\r`, `\t`, `\b`, `\f` in short form;
+/// other control characters and `<`, `>`, `&` as `\u00xx` (lowercase hex); U+2028 and U+2029 as
+/// `\u2028` and `\u2029`; each byte of an invalid UTF-8 sequence as `\ufffd`; everything else
+/// (DEL and all other non-ASCII included) as is.
+pub fn push_go_json_string(out: &mut Vec<u8>, s: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.push(b'"');
+    let mut rest = s;
+    while !rest.is_empty() {
+        let b = rest[0];
+        if b < 0x80 {
+            match b {
+                b'"' => out.extend_from_slice(b"\\\""),
+                b'\\' => out.extend_from_slice(b"\\\\"),
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b'\t' => out.extend_from_slice(b"\\t"),
+                0x08 => out.extend_from_slice(b"\\b"),
+                0x0c => out.extend_from_slice(b"\\f"),
+                0..=0x1f | b'<' | b'>' | b'&' => {
+                    out.extend_from_slice(b"\\u00");
+                    out.push(HEX[usize::from(b >> 4)]);
+                    out.push(HEX[usize::from(b & 0xf)]);
+                }
+                _ => out.push(b),
+            }
+            rest = &rest[1..];
+            continue;
+        }
+        // One UTF-8 sequence, or one invalid byte (as Go's utf8.DecodeRune: length 0 here).
+        let window = &rest[..rest.len().min(4)];
+        let valid = match std::str::from_utf8(window) {
+            Ok(text) => text,
+            Err(e) => std::str::from_utf8(&window[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let len = valid.chars().next().map_or(0, char::len_utf8);
+        if len == 0 {
+            out.extend_from_slice(b"\\ufffd");
+            rest = &rest[1..];
+            continue;
+        }
+        let (seq, tail) = rest.split_at(len);
+        match seq {
+            [0xe2, 0x80, 0xa8] => out.extend_from_slice(b"\\u2028"),
+            [0xe2, 0x80, 0xa9] => out.extend_from_slice(b"\\u2029"),
+            _ => out.extend_from_slice(seq),
+        }
+        rest = tail;
+    }
+    out.push(b'"');
 }
 
 /// Why a stored value was not a JSON object of strings.
@@ -115,10 +188,12 @@ fn kind_of_json(value: &serde_json::Value) -> &'static str {
     }
 }
 
-/// The node name of `key` under `prefix`, or `None` when the key is not a direct child.
+/// The node name of `key` under `prefix` (which ends with '/'): everything after the prefix, as
+/// the Go library lists it, so a key `<base>/<service>/sub/deep` is the node `sub/deep`. `None`
+/// for the prefix itself. (Names registered by this library never hold a '/': it becomes '-'.)
 pub fn node_name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
     let name = key.strip_prefix(prefix)?;
-    (!name.is_empty() && !name.contains('/')).then_some(name)
+    (!name.is_empty()).then_some(name)
 }
 
 /// The prefix under which every service lives: the cleaned base path with a trailing '/' (none
@@ -132,10 +207,11 @@ pub fn base_prefix(base_path: &str) -> String {
 }
 
 /// The service name of `key` under `base_prefix` (see [`base_prefix`]) when the key is a node of
-/// that service, i.e. `<base_prefix><service>/<node>` with neither part empty nor containing '/'.
+/// that service, i.e. `<base_prefix><service>/<node>` with neither part empty; like
+/// [`node_name_of`], a node may hold '/' (`<base>/<service>/sub/deep` is node `sub/deep`).
 pub fn service_name_of<'a>(base_prefix: &str, key: &'a str) -> Option<&'a str> {
     let (service, node) = key.strip_prefix(base_prefix)?.split_once('/')?;
-    (!service.is_empty() && !node.is_empty() && !node.contains('/')).then_some(service)
+    (!service.is_empty() && !node.is_empty()).then_some(service)
 }
 
 #[cfg(test)]
@@ -187,6 +263,37 @@ mod tests {
     }
 
     #[test]
+    fn escapes_like_go_json_marshal() {
+        // Expected bytes from Go's json.Marshal (go1.26) of the same map[string]string.
+        let info: Info = [
+            (
+                "a<b>&c",
+                "\u{2028}\u{2029}\u{8}\u{c}\n\r\t\0\u{1f}\u{7f}\"\\/",
+            ),
+            ("é", "日本😀"),
+            ("z", "x \u{fffd}"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(
+            encode_info(&info),
+            "{\"a\\u003cb\\u003e\\u0026c\":\"\\u2028\\u2029\\b\\f\\n\\r\\t\\u0000\\u001f\x7f\\\"\\\\/\",\"z\":\"x \u{fffd}\",\"é\":\"日本😀\"}"
+        );
+        // Invalid UTF-8 (only reachable as bytes): each bad byte is \ufffd, as Go writes it.
+        let mut out = Vec::new();
+        push_go_json_string(
+            &mut out,
+            b"\xff\xfe x \xe2\x80 \xed\xa0\x80 \xc0\x80 \xef\xbf\xbd",
+        );
+        assert_eq!(
+            out,
+            "\"\\ufffd\\ufffd x \\ufffd\\ufffd \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd \u{fffd}\""
+                .as_bytes()
+        );
+    }
+
+    #[test]
     fn decodes_what_go_writes_and_survives_garbage() {
         assert_eq!(
             decode_info(br#"{"version":"1.0.0"}"#).unwrap()["version"],
@@ -200,9 +307,9 @@ mod tests {
     }
 
     #[test]
-    fn node_names_are_direct_children_only() {
+    fn node_names_are_everything_below_the_service() {
         assert_eq!(node_name_of("/s/api/", "/s/api/n1"), Some("n1"));
-        assert_eq!(node_name_of("/s/api/", "/s/api/n1/x"), None);
+        assert_eq!(node_name_of("/s/api/", "/s/api/n1/x"), Some("n1/x"));
         assert_eq!(node_name_of("/s/api/", "/s/api/"), None);
         assert_eq!(node_name_of("/s/api/", "/s/api2/n1"), None);
     }
@@ -219,7 +326,7 @@ mod tests {
             service_name_of(&p, &node_key("/s", "a/b", "n")),
             Some("a-b")
         );
-        assert_eq!(service_name_of(&p, "/s/api/n1/deeper"), None);
+        assert_eq!(service_name_of(&p, "/s/api/n1/deeper"), Some("api"));
         assert_eq!(service_name_of(&p, "/s/api/"), None);
         assert_eq!(service_name_of(&p, "/s/api"), None);
         assert_eq!(service_name_of(&p, "/s//n1"), None);

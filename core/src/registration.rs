@@ -45,6 +45,11 @@ pub struct Node {
     pub name: String,
     /// What the node tells about itself (address, version …).
     pub info: Info,
+    /// The node has no info object at all, as opposed to an empty one: registered, its value
+    /// is stored empty (what the Go library writes for a nil map; an empty info is stored as
+    /// `{}`); listed or watched, its value was empty, `null`, or not a JSON object. Only
+    /// meaningful with an empty `info` (a non-empty one is always written).
+    pub info_absent: bool,
 }
 
 impl Node {
@@ -53,6 +58,16 @@ impl Node {
         Node {
             name: name.into(),
             info,
+            info_absent: false,
+        }
+    }
+
+    /// A node with no info object: its value in etcd is empty (see [`Node::info_absent`]).
+    pub fn without_info(name: impl Into<String>) -> Self {
+        Node {
+            name: name.into(),
+            info: Info::new(),
+            info_absent: true,
         }
     }
 }
@@ -241,6 +256,7 @@ impl RegShared {
     pub(crate) fn set_info(&self, info: Info, value: String) {
         let mut inner = self.lock();
         inner.node.info = info;
+        inner.node.info_absent = false;
         inner.value = value;
         inner.generation += 1;
     }

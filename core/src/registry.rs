@@ -78,9 +78,17 @@ impl Registry {
             .then(|| crate::tls::client_options(&config.tls, &endpoints, config.timeout))
             .transpose()?;
         let conn = Connection::new(endpoints, config.credentials(), config.timeout, tls);
-        // Dial in the background, so the first operation finds a warm connection.
+        // Dial every member in the background, so the first operation finds warm connections
+        // and silent members already ejected; it stops when the registry closes.
         let warm = conn.clone();
-        handle.spawn(async move { warm.warm_up().await });
+        let closing = tokio::sync::watch::channel(false).0;
+        let mut closed = closing.subscribe();
+        handle.spawn(async move {
+            tokio::select! {
+                _ = warm.warm_up() => {}
+                _ = closed.wait_for(|closed| *closed) => {}
+            }
+        });
         Ok(Registry {
             inner: Arc::new(Inner {
                 config,
@@ -88,7 +96,7 @@ impl Registry {
                 handle,
                 pid: std::process::id(),
                 closed: AtomicBool::new(false),
-                closing: tokio::sync::watch::channel(false).0,
+                closing,
                 state: Mutex::new(State::default()),
             }),
         })
@@ -147,7 +155,12 @@ impl Registry {
         validate_name("node", &node.name)?;
         let ttl_secs = validate_ttl(ttl)?;
         let key = self.node_key(service, &node.name);
-        let value = encode_checked(&key, &node.info)?;
+        // A node without info (Go's nil map) is stored as an empty value, as the Go library does.
+        let value = if node.info_absent && node.info.is_empty() {
+            String::new()
+        } else {
+            encode_checked(&key, &node.info)?
+        };
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let reg = Arc::new(RegShared::new(
             id,
@@ -252,12 +265,13 @@ impl Registry {
     }
 
     /// Lists a service like [`Registry::list`], handing each node to `f` as borrowed text — its
-    /// name, and its info as (key, value) pairs sorted by key — instead of building [`Node`]s:
-    /// for bindings that copy the nodes into their own form anyway.
+    /// name, its info as (key, value) pairs sorted by key, and whether it has no info object
+    /// ([`Node::info_absent`]) — instead of building [`Node`]s: for bindings that copy the nodes
+    /// into their own form anyway.
     pub async fn list_with<T>(
         &self,
         service: &str,
-        f: impl FnMut(&str, &[(&str, &str)]) -> T,
+        f: impl FnMut(&str, &[(&str, &str)], bool) -> T,
     ) -> Result<Vec<T>> {
         self.check_open()?;
         validate_name("service", service)?;

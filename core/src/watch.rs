@@ -186,7 +186,7 @@ pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_cl
 pub(crate) fn each_node<T>(
     resp: &etcd_client::GetResponse,
     prefix: &str,
-    mut f: impl FnMut(&str, &[(&str, &str)]) -> T,
+    mut f: impl FnMut(&str, &[(&str, &str)], bool) -> T,
 ) -> Vec<T> {
     let mut out = Vec::with_capacity(resp.kvs().len());
     let mut pairs: Vec<(&str, &str)> = Vec::new();
@@ -203,12 +203,12 @@ pub(crate) fn each_node<T>(
             serde_json::from_slice::<std::collections::BTreeMap<&str, &str>>(kv.value())
         {
             pairs.extend(map);
-            out.push(f(name, &pairs));
+            out.push(f(name, &pairs, false));
             continue;
         }
-        let info = info_of(key, kv.value());
+        let (info, absent) = info_of(key, kv.value());
         let owned: Vec<(&str, &str)> = info.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        out.push(f(name, &owned));
+        out.push(f(name, &owned, absent));
     }
     out
 }
@@ -216,15 +216,27 @@ pub(crate) fn each_node<T>(
 fn node_of(prefix: &str, key: &[u8], value: &[u8]) -> Option<Node> {
     let key = std::str::from_utf8(key).ok()?;
     let name = node_name_of(prefix, key)?;
-    Some(Node::new(name, info_of(key, value)))
+    let (info, info_absent) = info_of(key, value);
+    Some(Node {
+        name: name.to_string(),
+        info,
+        info_absent,
+    })
 }
 
-/// The info of the node at `key`: empty, and logged, when its value is not a JSON object.
-fn info_of(key: &str, value: &[u8]) -> Info {
-    decode_info(value).unwrap_or_else(|problem| {
-        tracing::warn!(key, problem = %problem.0, "node value is not a JSON object of strings; listing the node with empty info");
-        Default::default()
-    })
+/// The info of the node at `key`, and whether it has no info object (its value is empty,
+/// `null`, or not a JSON object: logged unless empty or `null`).
+fn info_of(key: &str, value: &[u8]) -> (Info, bool) {
+    if value.iter().all(u8::is_ascii_whitespace) || value.trim_ascii() == b"null" {
+        return (Info::new(), true);
+    }
+    match decode_info(value) {
+        Ok(info) => (info, false),
+        Err(problem) => {
+            tracing::warn!(key, problem = %problem.0, "node value is not a JSON object of strings; listing the node with no info");
+            (Info::new(), true)
+        }
+    }
 }
 
 pub(crate) struct WatchSetup {

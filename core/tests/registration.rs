@@ -125,12 +125,35 @@ async fn lists_what_the_go_library_wrote_and_survives_garbage() {
     assert_eq!(
         nodes,
         vec![
-            node("array", &[]),
-            node("empty", &[]),
-            node("garbage", &[]),
+            Node::without_info("array"),
+            node("deeper/child", &[]),
+            Node::without_info("empty"),
+            Node::without_info("garbage"),
             node("go-node", &[("version", "1.0.0")]),
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_without_info_is_stored_as_an_empty_value() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/services")).await.unwrap();
+    let ttl = Duration::from_secs(30);
+    for node in [Node::without_info("none"), node("empty", &[])] {
+        let reg = registry.register("api", node, ttl).unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    // As the Go library writes a nil map, and an empty one.
+    assert_eq!(
+        etcd.get_prefix("/services/api/").unwrap(),
+        vec![
+            ("/services/api/empty".to_string(), "{}".to_string()),
+            ("/services/api/none".to_string(), String::new()),
+        ]
+    );
+    let listed = registry.list("api").await.unwrap();
+    assert_eq!(listed, vec![node("empty", &[]), Node::without_info("none")]);
+    registry.close().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,15 +176,27 @@ async fn list_with_reads_every_value_as_list_does() {
     let registry = Registry::connect(config(&etcd, "/services")).await.unwrap();
     let mut want = registry.list("api").await.unwrap();
     want.sort_by(|a, b| a.name.cmp(&b.name));
-    assert_eq!(want.len(), 9);
+    // Every key below the service is a node, as the Go library lists it: "deeper/child" too.
+    assert_eq!(want.len(), 10);
+    assert!(want.iter().any(|n| n.name == "deeper/child"));
+    // Values that are empty or not JSON objects are nodes without an info object.
+    let absent: Vec<&str> = want
+        .iter()
+        .filter(|n| n.info_absent)
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(absent, ["array", "empty", "garbage"]);
     let mut got = registry
-        .list_with("api", |name, info| {
+        .list_with("api", |name, info, info_absent| {
             assert!(
                 info.windows(2).all(|w| w[0].0 < w[1].0),
                 "info sorted by key"
             );
             let info = info.iter().map(|(k, v)| (k.to_string(), v.to_string()));
-            Node::new(name, info.collect())
+            Node {
+                info_absent,
+                ..Node::new(name, info.collect())
+            }
         })
         .await
         .unwrap();

@@ -22,7 +22,8 @@ async fn services_lists_each_service_with_a_node_once_sorted() {
         regs.push(reg);
     }
     // Keys written by others: a node of a service sorting between "api" nodes in key order
-    // ("api-x/" < "api/"), keys that are not nodes, and another base path.
+    // ("api-x/" < "api/"), a key below a node (a node "n1/extra", as the Go library lists it),
+    // a key that is not a node, and another base path.
     etcd.put("/services/api-x/n1", "{}").unwrap();
     etcd.put("/services/deep/n1/extra", "{}").unwrap();
     etcd.put("/services/lonely", "{}").unwrap();
@@ -32,8 +33,8 @@ async fn services_lists_each_service_with_a_node_once_sorted() {
 
     assert_eq!(
         registry.services().await.unwrap(),
-        vec!["a-b", "api", "api-x", "web"],
-        "every service with a direct node, as named in its keys"
+        vec!["a-b", "api", "api-x", "deep", "web"],
+        "every service with a node, as named in its keys"
     );
     // A service is listed exactly when list() finds nodes in it.
     for service in registry.services().await.unwrap() {
@@ -46,16 +47,20 @@ async fn services_lists_each_service_with_a_node_once_sorted() {
     regs[0].unregister().await.unwrap();
     assert_eq!(
         registry.services().await.unwrap(),
-        vec!["a-b", "api", "api-x"],
+        vec!["a-b", "api", "api-x", "deep"],
         "a service without nodes is gone"
     );
 
-    // Other base paths. Under the root, only keys one level deep are nodes ("/services/lonely"
-    // is node "lonely" of service "services"; "/services/api/n1" is not a node there).
+    // Other base paths. Under the root, every key at least one level deep is a node
+    // ("/services/lonely" is node "lonely" of service "services", "/services/api/n1" its node
+    // "api/n1").
     let other = Registry::connect(config(&etcd, "/other")).await.unwrap();
     assert_eq!(other.services().await.unwrap(), vec!["zzz"]);
     let root = Registry::connect(config(&etcd, "/")).await.unwrap();
-    assert_eq!(root.services().await.unwrap(), vec!["rootsvc", "services"]);
+    assert_eq!(
+        root.services().await.unwrap(),
+        vec!["other", "rootsvc", "services", "servicesX"]
+    );
     other.close().await.unwrap();
     root.close().await.unwrap();
 

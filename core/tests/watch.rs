@@ -59,10 +59,13 @@ async fn snapshot_then_added_updated_removed_in_order() {
     assert_eq!(names(&watch), vec!["existing"]);
     assert_eq!(watch.revision(), removed.revision);
 
-    // Other services and deeper keys are not this service's nodes.
+    // Other services are not this service's nodes; keys below a node are (named as the Go
+    // library lists them).
     etcd.put("/s/api2/x", "{}").unwrap();
     etcd.put("/s/api/deeper/x", "{}").unwrap();
     etcd.put("/s/api/last", "{}").unwrap();
+    let deeper = next(&watch).await;
+    assert_eq!(deeper.node.unwrap().name, "deeper/x");
     let last = next(&watch).await;
     assert_eq!(last.node.unwrap().name, "last");
 

@@ -100,7 +100,8 @@ pub struct etcd_registry_watch_event {
     pub service: *const c_char,
     /// The node concerned; NULL for RESYNCED.
     pub node_name: *const c_char,
-    /// The node's info as a JSON object of strings (for REMOVED its last known info); NULL for
+    /// The node's info as a JSON object of strings (for REMOVED its last known info), `null`
+    /// when the node has no info object (see `etcd_registry_node_list_info_json`); NULL for
     /// RESYNCED.
     pub info_json: *const c_char,
     /// The etcd revision of the change.
@@ -354,10 +355,13 @@ impl OwnedEvent {
             }
             Payload::Watch(event) => {
                 let name = event.node.as_ref().map(|n| to_c(&n.name));
-                let info = event
-                    .node
-                    .as_ref()
-                    .map(|n| to_c(&registry::keys::encode_info(&n.info)));
+                let info = event.node.as_ref().map(|n| {
+                    if n.info_absent && n.info.is_empty() {
+                        to_c("null")
+                    } else {
+                        to_c(&registry::keys::encode_info(&n.info))
+                    }
+                });
                 let watch = etcd_registry_watch_event {
                     kind: watch_kind(event.kind),
                     watch_id: sub.id,

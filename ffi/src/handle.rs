@@ -121,26 +121,33 @@ fn duration_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_WAIT)
 }
 
-/// Parses info JSON: NULL is no info; otherwise a JSON object whose values are all strings.
-fn parse_info(json: Option<&str>) -> FfiResult<Info> {
+/// Parses info JSON: NULL is an empty info; `null` is no info object (the value is stored
+/// empty, as Go's library does for a nil map); otherwise a JSON object whose values are all
+/// strings. Returns the info and whether it is absent.
+fn parse_info(json: Option<&str>) -> FfiResult<(Info, bool)> {
     let Some(json) = json else {
-        return Ok(Info::new());
+        return Ok((Info::new(), false));
     };
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
+    if value.is_null() {
+        return Ok((Info::new(), true));
+    }
     let serde_json::Value::Object(map) = value else {
         return Err(Failure::invalid(format!(
             "info_json must be a JSON object of strings, got {value}"
         )));
     };
-    map.into_iter()
+    let info = map
+        .into_iter()
         .map(|(key, value)| match value {
             serde_json::Value::String(s) => Ok((key, s)),
             other => Err(Failure::invalid(format!(
                 "info_json: the value of {key:?} must be a string, got {other}"
             ))),
         })
-        .collect()
+        .collect::<FfiResult<Info>>()?;
+    Ok((info, false))
 }
 
 fn state_code(state: RegistrationState) -> etcd_registry_state {
@@ -307,7 +314,8 @@ pub unsafe extern "C" fn etcd_registry_connect(
 }
 
 /// Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
-/// `{"address":"10.0.0.5:8080"}`, or NULL for none) on a lease of `ttl_ms` milliseconds (rounded
+/// `{"address":"10.0.0.5:8080"}`, NULL for an empty one, stored as `{}`, or `null` for no info
+/// object at all, stored as an empty value as Go's library does for a nil map) on a lease of `ttl_ms` milliseconds (rounded
 /// up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
 /// the registration proceeds in the background, retrying with backoff until it succeeds, then
 /// keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
@@ -339,14 +347,17 @@ pub unsafe extern "C" fn etcd_registry_register(
         let this = unsafe { handle(registry) }?;
         let service = unsafe { required(service, "service") }?;
         let node = unsafe { required(node, "node") }?;
-        let info = parse_info(unsafe { optional(info_json, "info_json") }?)?;
+        let (info, info_absent) = parse_info(unsafe { optional(info_json, "info_json") }?)?;
         let slot = out(out_registration_id, "out_registration_id")?;
         let sink = this.sink(callback, None, user_data)?;
         // The lock is held until the subscription is recorded, so close() cannot miss it.
         let mut state = this.open()?;
         let registration = this.registry.register(
             service,
-            Node::new(node, info),
+            Node {
+                info_absent,
+                ..Node::new(node, info)
+            },
             Duration::from_millis(ttl_ms),
         )?;
         let id = registration.id();
@@ -397,7 +408,8 @@ pub unsafe extern "C" fn etcd_registry_update(
     guard(|| {
         // SAFETY: caller's contract for every pointer.
         let this = unsafe { handle(registry) }?;
-        let info = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
+        // "null" (no info) is written as "{}" by an update: the key keeps a JSON object.
+        let (info, _absent) = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
         let registration = this
             .open()?
             .registrations
@@ -780,8 +792,9 @@ mod tests {
 
     #[test]
     fn info_must_be_an_object_of_strings() {
-        assert!(parse_info(None).unwrap().is_empty());
-        assert_eq!(parse_info(Some(r#"{"a":"1","b":""}"#)).unwrap().len(), 2);
+        assert_eq!(parse_info(None).unwrap(), (Info::new(), false));
+        assert_eq!(parse_info(Some("null")).unwrap(), (Info::new(), true));
+        assert_eq!(parse_info(Some(r#"{"a":"1","b":""}"#)).unwrap().0.len(), 2);
         for bad in [
             "",
             "[]",

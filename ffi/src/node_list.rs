@@ -35,6 +35,8 @@ pub(crate) struct NodeStorage {
     #[allow(dead_code)]
     strings: Box<[u8]>,
     infos: Box<[etcd_registry_info_entry]>,
+    /// The node has no info object (its value was empty, `null` or not an object).
+    info_absent: bool,
 }
 
 /// One node of a list: see `etcd_registry_node_list_entries`.
@@ -77,9 +79,13 @@ fn push(buf: &mut Vec<u8>, text: &str) {
 }
 
 impl NodeStorage {
-    /// A node's storage from its name and info (pairs sorted by key), and its info as given
-    /// when it holds NUL characters (see `exact`).
-    pub(crate) fn new(name: &str, info: &[(&str, &str)]) -> (NodeStorage, Option<Info>) {
+    /// A node's storage from its name, info (pairs sorted by key) and whether it has no info
+    /// object, and its info as given when it holds NUL characters (see `exact`).
+    pub(crate) fn new(
+        name: &str,
+        info: &[(&str, &str)],
+        info_absent: bool,
+    ) -> (NodeStorage, Option<Info>) {
         let size = name.len()
             + 1
             + info
@@ -113,7 +119,14 @@ impl NodeStorage {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect()
         });
-        (NodeStorage { strings, infos }, exact)
+        (
+            NodeStorage {
+                strings,
+                infos,
+                info_absent,
+            },
+            exact,
+        )
     }
 
     /// The name as stored (without its NUL).
@@ -147,7 +160,7 @@ impl etcd_registry_node_list {
                         .iter()
                         .map(|(k, v)| (k.as_str(), v.as_str()))
                         .collect();
-                    NodeStorage::new(&n.name, &info)
+                    NodeStorage::new(&n.name, &info, n.info_absent && n.info.is_empty())
                 })
                 .collect(),
         )
@@ -177,6 +190,9 @@ impl etcd_registry_node_list {
 
     /// The JSON form of node `index`'s info.
     fn encode(&self, index: usize) -> CString {
+        if self.storage[index].info_absent && self.storage[index].infos.is_empty() {
+            return to_c("null");
+        }
         if let Ok(at) = self.exact.binary_search_by_key(&index, |(i, _)| *i) {
             return to_c(&registry::keys::encode_info(&self.exact[at].1));
         }
@@ -258,8 +274,9 @@ pub unsafe extern "C" fn etcd_registry_node_list_name(
 }
 
 /// The info of node `index` as a JSON object of strings with sorted keys (e.g.
-/// `{"address":"10.0.0.5:8080"}`, `{}` when it has none), or NULL when `list` is NULL or `index`
-/// is out of range.
+/// `{"address":"10.0.0.5:8080"}`, `{}` when it is empty), `null` when the node has no info object
+/// at all (its value in etcd was empty, `null` or not a JSON object: what Go's library reads as
+/// a nil map), or NULL when `list` is NULL or `index` is out of range.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_node_list_info_json(
     list: *const etcd_registry_node_list,
@@ -344,14 +361,18 @@ mod tests {
             node("b", &[("version", "2"), ("address", "10.0.0.2:80")]),
             node("a", &[]),
             node("c\0x", &[("k\0", "v\0w")]),
+            Node::without_info("d"),
         ]);
         let p: *const etcd_registry_node_list = &list;
         // SAFETY: `p` is live for the whole test.
         unsafe {
-            assert_eq!(etcd_registry_node_list_len(p), 3);
-            let entries = std::slice::from_raw_parts(etcd_registry_node_list_entries(p), 3);
+            assert_eq!(etcd_registry_node_list_len(p), 4);
+            let entries = std::slice::from_raw_parts(etcd_registry_node_list_entries(p), 4);
             let names: Vec<_> = entries.iter().map(|e| text(e.name)).collect();
-            assert_eq!(names, ["a", "b", "c\u{FFFD}x"]);
+            assert_eq!(names, ["a", "b", "c\u{FFFD}x", "d"]);
+            // No info object (an empty value in etcd) is JSON null; an empty one is {}.
+            assert_eq!(entries[3].info_len, 0);
+            assert_eq!(text(etcd_registry_node_list_info_json(p, 3)), "null");
             assert_eq!(entries[0].info_len, 0);
             assert!(entries[0].info.is_null());
             let b = std::slice::from_raw_parts(entries[1].info, entries[1].info_len);
@@ -385,9 +406,9 @@ mod tests {
                 "2"
             );
             assert!(etcd_registry_node_list_info_value(p, 0, version.as_ptr()).is_null());
-            assert!(etcd_registry_node_list_info_value(p, 3, version.as_ptr()).is_null());
-            assert!(etcd_registry_node_list_name(p, 3).is_null());
-            assert!(etcd_registry_node_list_info_json(p, 3).is_null());
+            assert!(etcd_registry_node_list_info_value(p, 4, version.as_ptr()).is_null());
+            assert!(etcd_registry_node_list_name(p, 4).is_null());
+            assert!(etcd_registry_node_list_info_json(p, 4).is_null());
         }
     }
 

@@ -23,7 +23,8 @@ pub enum etcd_registry_status {
     InvalidArgument = 1,
     /// A required pointer argument was NULL.
     NullPointer = 2,
-    /// etcd could not be reached, or the connection broke.
+    /// The connection broke during a call. (etcd unreachable for a whole call is TIMEOUT,
+    /// whose message names the endpoint and the cause.)
     Connection = 3,
     /// The operation did not finish in time (or, for `etcd_registry_next_event`, no event came).
     Timeout = 4,

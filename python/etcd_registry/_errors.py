@@ -37,7 +37,8 @@ class InvalidArgument(RegistryError, ValueError):
 
 
 class RegistryConnectionError(RegistryError, builtins.ConnectionError):
-    """etcd could not be reached, or the connection broke. Also a built-in ``ConnectionError``."""
+    """The connection broke during a call (etcd unreachable for a whole call is a
+    ``RegistryTimeoutError`` naming the endpoint and the cause). Also a built-in ``ConnectionError``."""
 
     kind = "connection"
 

@@ -196,19 +196,25 @@ def test_wait_returns_false_on_timeout_while_first_attempt_hangs() -> None:
         reg.close()
 
 
-def test_unreachable_etcd_is_a_connection_error_and_retries_go_on() -> None:
+def test_unreachable_etcd_waits_for_the_timeout_names_the_cause_and_retries_go_on() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         host, port = s.getsockname()
-    # Nothing listens on `port` now.
-    with Registry([f"{host}:{port}"], timeout=2.0, backoff_min=0.1, backoff_max=0.2) as reg:
-        with pytest.raises(RegistryConnectionError) as info:
+    # Nothing listens on `port` now. Calls wait for etcd until their timeout (wait-for-ready),
+    # then fail with a TimeoutError whose message names the endpoint and the cause.
+    with Registry([f"{host}:{port}"], timeout=1.0, backoff_min=0.1, backoff_max=0.2) as reg:
+        with pytest.raises(RegistryTimeoutError) as info:
             reg.list("api")
-        assert isinstance(info.value, ConnectionError)
+        assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, RegistryError)
+        message = str(info.value)
+        assert "context deadline exceeded" in message, message
+        assert f"http://{host}:{port}" in message, message
+        assert "connection refused" in message, message
         handle = reg.register("api", "n")
-        with pytest.raises(ConnectionError):
+        with pytest.raises(TimeoutError) as waited:
             handle.wait(timeout=DEADLINE)
+        assert "connection refused" in str(waited.value), str(waited.value)
         assert handle.state == "registering", "retries go on in the background"
 
 
@@ -311,8 +317,19 @@ def test_services_names_each_service_with_nodes(registry: Registry, etcd: Etcd, 
     handles = [registry.register(s, n, {}, ttl=30.0) for s, n in [("web", "a"), ("api", "a"), ("api", "b")]]
     for handle in handles:
         assert handle.wait(timeout=DEADLINE)
-    etcd.cmd("put", f"{base_path}/a/b/n1", "{}")  # deeper than a node: no service "a"
+    etcd.cmd("put", f"{base_path}/a/b/n1", "{}")  # below a node: node "b/n1" of service "a"
     etcd.cmd("put", f"{base_path}/a-b/n1", "{}")
-    assert registry.services() == ["a-b", "api", "web"]
+    assert registry.services() == ["a", "a-b", "api", "web"]
     handles[0].unregister()
-    assert registry.services() == ["a-b", "api"]
+    assert registry.services() == ["a", "a-b", "api"]
+
+
+def test_value_bytes_are_what_go_json_marshal_writes(registry: Registry, etcd: Etcd, base_path: str) -> None:
+    info = {"a<b>&c": "\u2028\u2029\b\f\n\r\t\x00\x1f\x7f\"\\/", "é": "日本😀"}
+    handle = registry.register("bytes", "n1", info, ttl=30.0)
+    assert handle.wait(timeout=DEADLINE) is True
+    stored = etcd.get_prefix(f"{base_path}/bytes/")[f"{base_path}/bytes/n1"]
+    # Go's json.Marshal of the same map[string]string, byte for byte.
+    go = '{"a\\u003cb\\u003e\\u0026c":"\\u2028\\u2029\\b\\f\\n\\r\\t\\u0000\\u001f\x7f\\"\\\\/","é":"日本😀"}'
+    assert stored == go
+    assert registry.list("bytes")[0].info == info

@@ -132,7 +132,8 @@ def test_failed_then_retrying_events_carry_the_error() -> None:
     assert kinds[1:3] == ["retrying", "retrying"]
     assert kinds[-1] == "unregistered"
     failed, retrying = recorder.items[0], recorder.items[1]
-    assert isinstance(failed.error, ConnectionError) and isinstance(failed.error, RegistryError)
+    assert isinstance(failed.error, TimeoutError) and isinstance(failed.error, RegistryError)
+    assert "connection refused" in str(failed.error), str(failed.error)
     assert retrying.attempt == 1 and retrying.delay is not None and 0 < retrying.delay <= 1.0
     assert isinstance(retrying.error, RegistryError)
     assert "retrying in" in str(retrying)

@@ -220,6 +220,7 @@ typedef struct {
     uint32_t attempts[MAX_EVENTS];
     uint64_t delays[MAX_EVENTS];
     bool messages[MAX_EVENTS];
+    char first_message[256]; /* the first error message received */
     pthread_t thread;
     char thread_name[32];
     bool other_thread; /* a call came from a thread that is not the recorded one */
@@ -233,7 +234,7 @@ static void recorder_init(recorder *r) {
 static void recorder_destroy(recorder *r) { pthread_mutex_destroy(&r->mu); }
 
 static void record(recorder *r, uint32_t kind, uint64_t id, const char *name, etcd_registry_status error,
-                   uint32_t attempt, uint64_t delay, bool message) {
+                   uint32_t attempt, uint64_t delay, const char *message) {
     pthread_mutex_lock(&r->mu);
     if (r->count == 0) {
         r->thread = pthread_self();
@@ -248,7 +249,10 @@ static void record(recorder *r, uint32_t kind, uint64_t id, const char *name, et
         r->errors[r->count] = error;
         r->attempts[r->count] = attempt;
         r->delays[r->count] = delay;
-        r->messages[r->count] = message;
+        r->messages[r->count] = message != NULL;
+    }
+    if (message != NULL && r->first_message[0] == '\0') {
+        snprintf(r->first_message, sizeof r->first_message, "%s", message);
     }
     r->count++;
     pthread_mutex_unlock(&r->mu);
@@ -256,11 +260,11 @@ static void record(recorder *r, uint32_t kind, uint64_t id, const char *name, et
 
 static void on_status(const etcd_registry_status_event *e, void *user_data) {
     record(user_data, e->kind, e->registration_id, e->node, e->error_status, e->attempt, e->delay_ms,
-           e->error_message != NULL);
+           e->error_message);
 }
 
 static void on_watch(const etcd_registry_watch_event *e, void *user_data) {
-    record(user_data, e->kind, e->watch_id, e->node_name, ETCD_REGISTRY_STATUS_OK, 0, 0, e->info_json != NULL);
+    record(user_data, e->kind, e->watch_id, e->node_name, ETCD_REGISTRY_STATUS_OK, 0, 0, e->info_json != NULL ? "" : NULL);
 }
 
 static int count_of(recorder *r) {
@@ -557,7 +561,7 @@ static void test_register_argument_errors(void) {
         CHECK(strstr(etcd_registry_last_error_message(), "too large") != NULL);
         free(big);
     }
-    const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "null", "{\"a\":1}", "{\"a\":null}",
+    const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "{\"a\":1}", "{\"a\":null}",
                               "{\"a\":{\"b\":\"c\"}}", "{\"a\":[\"x\"]}", "{\"\":\"empty key\"}"};
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
         etcd_registry_status s = REG("argerr", "n", bad_json[i], 1000);
@@ -577,6 +581,18 @@ static void test_register_argument_errors(void) {
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
     CHECK(etcd_registry_node_list_len(list) == 1);
     CHECK(strcmp(etcd_registry_node_list_info_json(list, 0), "{}") == 0);
+    etcd_registry_node_list_free(list);
+
+    /* "null" is no info object at all: stored as an empty value (as Go's library stores a nil
+     * map), listed with info_json "null" and no entries. */
+    CHECK_OK(etcd_registry_register(r, "argerr", "null-info", "null", 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    list = NULL;
+    CHECK_OK(etcd_registry_list(r, "argerr", &list));
+    CHECK(etcd_registry_node_list_len(list) == 2);
+    CHECK(strcmp(etcd_registry_node_list_name(list, 1), "null-info") == 0);
+    CHECK(strcmp(etcd_registry_node_list_info_json(list, 1), "null") == 0);
+    CHECK(etcd_registry_node_list_entries(list)[1].info_len == 0);
     etcd_registry_node_list_free(list);
     CHECK_OK(etcd_registry_close(r));
     etcd_registry_free(r);
@@ -617,15 +633,26 @@ static void test_list_errors(void) {
 }
 
 static void test_unreachable_etcd(void) {
-    char eps[64];
-    snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
-    etcd_registry *r = connect_to(eps); /* connect does not dial */
-    REQUIRE(r != NULL);
+    char eps[64], where[80];
+    int port = dead_port();
+    snprintf(eps, sizeof eps, "127.0.0.1:%d", port);
+    snprintf(where, sizeof where, "http://127.0.0.1:%d", port);
+    /* Calls wait for etcd until their timeout (wait-for-ready), so keep it short here. */
+    etcd_registry_config *config = make_config(eps);
+    REQUIRE(config != NULL);
+    REQUIRE_OK(etcd_registry_config_set_timeout_ms(config, 1000));
+    etcd_registry *r = NULL;
+    REQUIRE_OK(etcd_registry_connect(config, &r)); /* connect does not dial */
+    etcd_registry_config_free(config);
     etcd_registry_node_list *list = NULL;
-    CHECK_STATUS(etcd_registry_list(r, "svc", &list), ETCD_REGISTRY_STATUS_CONNECTION);
+    /* A timeout whose message names the endpoint and the cause. */
+    CHECK_STATUS(etcd_registry_list(r, "svc", &list), ETCD_REGISTRY_STATUS_TIMEOUT);
+    const char *message = etcd_registry_last_error_message();
+    CHECK(message && strstr(message, "context deadline exceeded") && strstr(message, where) &&
+          strstr(message, "connection refused"));
     CHECK(list == NULL);
     uint64_t watch = 0;
-    CHECK_STATUS(etcd_registry_watch(r, "svc", NULL, NULL, &watch), ETCD_REGISTRY_STATUS_CONNECTION);
+    CHECK_STATUS(etcd_registry_watch(r, "svc", NULL, NULL, &watch), ETCD_REGISTRY_STATUS_TIMEOUT);
 
     recorder rec;
     recorder_init(&rec);
@@ -637,10 +664,11 @@ static void test_unreachable_etcd(void) {
     int retrying = find_event(&rec, ETCD_REGISTRY_STATUS_KIND_RETRYING, NULL, 0);
     CHECK(failed == 0 && retrying == 1);
     if (failed == 0 && retrying == 1) {
-        CHECK(rec.errors[0] == ETCD_REGISTRY_STATUS_CONNECTION && rec.messages[0]);
+        CHECK(rec.errors[0] == ETCD_REGISTRY_STATUS_TIMEOUT && rec.messages[0] &&
+              strstr(rec.first_message, "connection refused") && strstr(rec.first_message, where));
         CHECK(rec.attempts[1] == 1 && rec.delays[1] > 0 && rec.delays[1] <= 1000);
     }
-    CHECK_STATUS(etcd_registry_wait_registered(r, id, 5000), ETCD_REGISTRY_STATUS_CONNECTION);
+    CHECK_STATUS(etcd_registry_wait_registered(r, id, 5000), ETCD_REGISTRY_STATUS_TIMEOUT);
     uint32_t state = 0;
     CHECK_OK(etcd_registry_registration_state(r, id, &state));
     CHECK(state == ETCD_REGISTRY_STATE_REGISTERING);
@@ -1334,7 +1362,7 @@ static void test_log_callback(void) {
     r = connect_to(eps);
     REQUIRE(r != NULL);
     CHECK_OK(etcd_registry_register(r, "logged", "n1", NULL, 5000, NULL, NULL, &id));
-    CHECK_STATUS(etcd_registry_wait_registered(r, id, 5000), ETCD_REGISTRY_STATUS_CONNECTION);
+    CHECK_STATUS(etcd_registry_wait_registered(r, id, 5000), ETCD_REGISTRY_STATUS_TIMEOUT);
     etcd_registry_free(r);
     pthread_mutex_lock(&sink.mu);
     CHECK(sink.count == count);

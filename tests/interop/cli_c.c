@@ -23,13 +23,15 @@ static void ignore_status(const etcd_registry_status_event *e, void *u) { (void)
 static void ignore_watch(const etcd_registry_watch_event *e, void *u) { (void)e; (void)u; }
 
 /* Prints [{"name": ..., "info": {...}}, ...]; the library returns nodes sorted by name, and info
- * JSON as stored by the library (a compact object with sorted keys). */
+ * JSON as stored by the library (a compact object with sorted keys). A node without an info
+ * object (info_json "null") prints as {}, as the other languages' CLIs print it. */
 static void dump(etcd_registry_node_list *list) {
     size_t n = etcd_registry_node_list_len(list);
     printf("[");
     for (size_t i = 0; i < n; i++) {
+        const char *info = etcd_registry_node_list_info_json(list, i);
         printf("%s{\"name\": \"%s\", \"info\": %s}", i ? ", " : "",
-               etcd_registry_node_list_name(list, i), etcd_registry_node_list_info_json(list, i));
+               etcd_registry_node_list_name(list, i), strcmp(info, "null") == 0 ? "{}" : info);
     }
     printf("]\n");
 }
