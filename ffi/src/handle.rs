@@ -408,8 +408,12 @@ pub unsafe extern "C" fn etcd_registry_update(
     guard(|| {
         // SAFETY: caller's contract for every pointer.
         let this = unsafe { handle(registry) }?;
-        // "null" (no info) is written as "{}" by an update: the key keeps a JSON object.
-        let (info, _absent) = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
+        let (info, absent) = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
+        if absent {
+            return Err(Failure::invalid(
+                "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
+            ));
+        }
         let registration = this
             .open()?
             .registrations
