@@ -727,7 +727,10 @@ fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
     etcd.kill(0).unwrap();
     // etcd is down when the node is registered: the attempts fail and retry.
     let mut reg = Running::start(&mut at(&etcd), &["register", "api", "n1", "--ttl", "3s"]);
-    reg.expect("failed", |l| l.starts_with("failed: connection: "));
+    // Each attempt waits for etcd up to the timeout, then fails naming the endpoint and cause.
+    reg.expect("failed", |l| {
+        l.starts_with("failed: timeout: ") && l.contains("cannot reach etcd at ")
+    });
     reg.expect("retrying", |l| l.starts_with("retrying in "));
     etcd.start(0).unwrap();
     reg.expect("registered", |l| {
