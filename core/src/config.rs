@@ -6,6 +6,17 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+/// The timeout of connecting and of each etcd call when none is set: 10 s.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first retry delay after a failure when none is set: 1 s.
+pub const DEFAULT_BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// The cap of the retry delay when none is set: 30 s.
+pub const DEFAULT_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// The prefix of every key when none is set.
+pub const DEFAULT_BASE_PATH: &str = "/services";
+/// The lease TTL of a registration for bindings whose `register` has a default TTL: 10 s.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+
 /// Where a PEM document comes from: a file (read when the registry is created) or bytes.
 #[derive(Clone, PartialEq, Eq)]
 pub enum PemSource {
@@ -148,9 +159,9 @@ impl Config {
             base_path: base_path.into(),
             username: None,
             password: None,
-            timeout: Duration::from_secs(10),
-            backoff_min: Duration::from_secs(1),
-            backoff_max: Duration::from_secs(30),
+            timeout: DEFAULT_TIMEOUT,
+            backoff_min: DEFAULT_BACKOFF_MIN,
+            backoff_max: DEFAULT_BACKOFF_MAX,
             tls: TlsConfig::default(),
         }
     }
@@ -197,14 +208,8 @@ impl Config {
             .iter()
             .map(|e| normalize_endpoint(e, tls))
             .collect::<Result<Vec<_>>>()?;
-        if self.timeout.is_zero() {
-            return Err(Error::invalid("timeout must be greater than zero"));
-        }
-        if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
-            return Err(Error::invalid(
-                "backoff must satisfy 0 < backoff_min <= backoff_max",
-            ));
-        }
+        check_timeout(self.timeout)?;
+        check_backoff(self.backoff_min, self.backoff_max)?;
         if self.password.is_some() && self.username.as_deref().unwrap_or("").is_empty() {
             return Err(Error::invalid("a password was given without a username"));
         }
@@ -229,6 +234,31 @@ impl Config {
             _ => None,
         }
     }
+}
+
+/// Checks a timeout as [`Config`] takes it (greater than zero). Bindings whose setters fail at
+/// once call it there, so that the rule and its message are written once.
+pub fn check_timeout(timeout: Duration) -> Result<()> {
+    if timeout.is_zero() {
+        return Err(Error::invalid("timeout must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// Checks retry delays as [`Config`] takes them: `0 < min <= max`.
+pub fn check_backoff(min: Duration, max: Duration) -> Result<()> {
+    if min.is_zero() || max < min {
+        return Err(Error::invalid(format!(
+            "backoff must satisfy 0 < minimum <= maximum (got {min:?}, {max:?})"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks one endpoint as [`Config`] takes it (`host:port`, `http://host:port` or
+/// `https://host:port`), for bindings that take endpoints one by one.
+pub fn check_endpoint(endpoint: &str) -> Result<()> {
+    normalize_endpoint(endpoint, endpoint.trim().starts_with("https://")).map(|_| ())
 }
 
 /// `host:port`, `http://host:port` or `https://host:port` → `http(s)://host:port`, https when

@@ -4,7 +4,7 @@
 //!
 //! Wait-for-ready, the rule of etcd's own Go client and the same in every language: a call that
 //! cannot reach any member keeps trying until its timeout, then fails with a timeout error
-//! ("context deadline exceeded") whose message carries the last failure to reach etcd — which
+//! whose message carries the last failure to reach etcd — which
 //! endpoint, and why (e.g. "connection refused"). An answer from etcd (a refusal, an auth error)
 //! or a TLS failure fails the call at once.
 

@@ -52,6 +52,9 @@ impl ErrorKind {
 pub struct Error {
     kind: ErrorKind,
     message: String,
+    /// A `Timeout` of a wait for something to happen (e.g. the first registration), not of
+    /// an attempt to reach etcd.
+    wait: bool,
 }
 
 impl fmt::Display for Error {
@@ -69,6 +72,7 @@ impl Error {
         Error {
             kind,
             message: message.into(),
+            wait: false,
         }
     }
 
@@ -90,11 +94,32 @@ impl Error {
         Error::new(ErrorKind::Closed, "the registry is closed")
     }
 
+    /// Whether this is the `Timeout` of a wait that ran out (`wait_registered` found the
+    /// registration still trying), rather than an etcd call or connection attempt that timed
+    /// out. Bindings read it to tell "not yet" from a failure, without timing anything.
+    pub fn is_wait_timeout(&self) -> bool {
+        self.kind == ErrorKind::Timeout && self.wait
+    }
+
+    /// An etcd call (or the wait for etcd to be reachable) that did not finish in time. The
+    /// text has no language idiom: Go adds "context deadline exceeded", Python's class is a
+    /// `TimeoutError`.
     pub(crate) fn timeout(what: &str, after: Duration) -> Self {
         Error::new(
             ErrorKind::Timeout,
-            format!("{what} did not finish within {after:?} (context deadline exceeded)"),
+            format!("{what} did not finish within {after:?}"),
         )
+    }
+
+    /// A wait of the caller's that ran out before what it waited for happened.
+    pub(crate) fn wait_timeout(what: &str, after: Duration) -> Self {
+        Error {
+            wait: true,
+            ..Error::new(
+                ErrorKind::Timeout,
+                format!("{what} did not happen within {after:?}"),
+            )
+        }
     }
 }
 

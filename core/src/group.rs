@@ -489,7 +489,7 @@ impl LeaseGroup {
                 },
                 _ = silence, if silent_at.is_some() => Some(Error::new(
                     ErrorKind::Timeout,
-                    format!("keep-alive unanswered for {answer_within:?} (context deadline exceeded)"),
+                    format!("keep-alive unanswered for {answer_within:?}"),
                 )),
                 _ = tokio::time::sleep_until(lost_at) => {
                     self.conn.eject(member, &unanswered(ttl));
@@ -719,7 +719,7 @@ async fn before_loss<T>(
 fn unanswered(ttl: Duration) -> Error {
     Error::new(
         ErrorKind::Timeout,
-        format!("no keep-alive answer for {ttl:?} (context deadline exceeded)"),
+        format!("no keep-alive answer for {ttl:?}"),
     )
 }
 

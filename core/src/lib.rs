@@ -51,3 +51,8 @@ pub use watch::{Watch, WatchEvent, WatchEventKind};
 
 /// The version of this library.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub use config::{
+    check_backoff, check_endpoint, check_timeout, DEFAULT_BACKOFF_MAX, DEFAULT_BACKOFF_MIN,
+    DEFAULT_BASE_PATH, DEFAULT_TIMEOUT, DEFAULT_TTL,
+};

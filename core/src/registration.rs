@@ -403,7 +403,7 @@ impl RegShared {
             match tokio::time::timeout_at(deadline, changed.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(Error::closed()),
-                Err(_) => return Err(Error::timeout("the first registration", timeout)),
+                Err(_) => return Err(Error::wait_timeout("the first registration", timeout)),
             }
         }
     }
@@ -498,9 +498,15 @@ impl Registration {
         self.registry.update_reg(&self.shared, info)
     }
 
-    /// Deletes the key at once and stops keeping it alive; revokes the lease when no other key
-    /// uses it. Idempotent. After it returns no event of this registration follows. An error
-    /// means etcd could not be told (the key then disappears when its lease expires).
+    /// Ends the registration: stops keeping the key alive and deletes it, revoking the lease
+    /// when no other key uses it. Idempotent. After it returns the state is `Unregistered` and
+    /// no event of this registration follows.
+    ///
+    /// Shutdown rule, the same in every language: it never fails because etcd is unreachable.
+    /// The delete is tried within the configured timeout; when etcd cannot be reached in that
+    /// time a warning is logged and `Ok` returned, and the key disappears when its lease
+    /// expires (within the TTL). An error is returned only when etcd answered and refused the
+    /// delete (e.g. a permission error), or for a registry from before `fork()`.
     pub async fn unregister(&self) -> Result<()> {
         self.registry.unregister_id(self.shared.id).await
     }

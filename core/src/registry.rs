@@ -251,7 +251,17 @@ impl Registry {
         };
         drop(tx);
         // The group answers after the key is deleted (or the delete failed within the timeout).
-        done_rx.await.unwrap_or(Ok(()))
+        match done_rx.await.unwrap_or(Ok(())) {
+            // The shutdown rule (see `Registration::unregister`): stopped locally all the same.
+            Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) => {
+                tracing::warn!(
+                    error = %e,
+                    "unregistered, but etcd could not be reached to delete the key; it expires with its lease"
+                );
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     /// Lists a service's nodes in one range request. An unknown service gives an empty list.
@@ -368,7 +378,18 @@ impl Registry {
 
     /// Unregisters everything (revoking the leases, which deletes every key at once), stops the
     /// watches, and returns when done. Idempotent; every later call fails with `Closed`.
+    ///
+    /// Shutdown rule, as for [`Registration::unregister`]: it never fails because etcd is
+    /// unreachable. The revoke is tried within the configured timeout; when etcd cannot be
+    /// reached a warning is logged, and the keys disappear when their leases expire.
+    ///
+    /// In a child process after `fork()`, it does nothing and returns `Ok`: the registrations
+    /// belong to the parent, which keeps them (and whose runtime threads the child lacks).
     pub async fn close(&self) -> Result<()> {
+        if self.check_same_process().is_err() {
+            self.inner.closed.store(true, Ordering::SeqCst);
+            return Ok(());
+        }
         if self.inner.closed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }

@@ -382,7 +382,7 @@ impl Follower {
                     if asked_at.is_some() {
                         let error = Error::new(
                             ErrorKind::Timeout,
-                            format!("watch unanswered for {liveness:?} (context deadline exceeded)"),
+                            format!("watch unanswered for {liveness:?}"),
                         );
                         self.conn.eject(member, &error);
                         return StreamEnd::Silent(error);

@@ -1,0 +1,69 @@
+//! The shutdown rule: `unregister` and `close` stop locally and never fail because etcd is
+//! unreachable; the delete is tried within the timeout, a warning is logged, and the keys expire
+//! with their leases.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use etcd_registry::{RegistrationState, Registry};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_and_close_succeed_while_etcd_is_unreachable() {
+    let etcd = etcd_with_proxy();
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(2);
+    let first = registry.register("api", node("n1", &[]), ttl).unwrap();
+    let second = registry.register("api", node("n2", &[]), ttl).unwrap();
+    first.wait_registered(DEADLINE).await.unwrap();
+    second.wait_registered(DEADLINE).await.unwrap();
+    assert!(etcd.get("/s/api/n1").unwrap().is_some());
+
+    // Black-holed: connections hang, nothing answers.
+    etcd.partition().unwrap();
+    first
+        .unregister()
+        .await
+        .expect("unregister fails only when etcd refuses");
+    assert_eq!(first.state(), RegistrationState::Unregistered);
+    // Idempotent, and still no error.
+    first.unregister().await.unwrap();
+    registry
+        .close()
+        .await
+        .expect("close never fails for etcd's reasons");
+    assert_eq!(second.state(), RegistrationState::Unregistered);
+    assert!(registry.is_closed());
+
+    // Nothing keeps the lease alive any more: both keys expire with it.
+    etcd.heal().unwrap();
+    eventually("the keys to expire with their lease", || async {
+        etcd.get_prefix("/s/api/").is_ok_and(|kvs| kvs.is_empty())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_succeeds_while_etcd_is_down() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(2))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    etcd.kill(0).unwrap();
+    reg.unregister().await.unwrap();
+    assert_eq!(reg.state(), RegistrationState::Unregistered);
+    registry.close().await.unwrap();
+    etcd.start(0).unwrap();
+    etcd.wait_healthy(0).unwrap();
+    eventually("the key to expire with its lease", || async {
+        etcd.get("/s/api/n1").is_ok_and(|v| v.is_none())
+    })
+    .await;
+}
