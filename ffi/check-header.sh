@@ -28,6 +28,12 @@ trap 'rm -rf "$tmp"' EXIT
 # library's etcd_registry_version(): cbindgen.toml with an after_includes block put in front.
 version="$("$root/scripts/version.sh")"
 read -r major minor patch <<<"$("$root/scripts/version.sh" --parts)"
+# A string constant, which cbindgen 0.29 cannot emit: taken from the core's definition.
+base_path="$(sed -n 's/^pub const DEFAULT_BASE_PATH: &str = "\(.*\)";$/\1/p' "$root/core/src/config.rs")"
+if [ -z "$base_path" ]; then
+    echo "check-header: DEFAULT_BASE_PATH not found in core/src/config.rs" >&2
+    exit 2
+fi
 cat > "$tmp/cbindgen.toml" <<TOML
 after_includes = """
 
@@ -39,7 +45,13 @@ after_includes = """
 #define ETCD_REGISTRY_VERSION "$version"
 #define ETCD_REGISTRY_VERSION_MAJOR $major
 #define ETCD_REGISTRY_VERSION_MINOR $minor
-#define ETCD_REGISTRY_VERSION_PATCH $patch"""
+#define ETCD_REGISTRY_VERSION_PATCH $patch
+
+/**
+ * The base path used when etcd_registry_config_set_base_path is not called (the core's
+ * DEFAULT_BASE_PATH).
+ */
+#define ETCD_REGISTRY_DEFAULT_BASE_PATH "$base_path""""
 TOML
 cat "$here/cbindgen.toml" >> "$tmp/cbindgen.toml"
 # --quiet: cbindgen warns about every private static it skips, which is expected here.

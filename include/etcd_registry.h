@@ -69,7 +69,9 @@
  * SHUTDOWN ORDER
  *   1. etcd_registry_close(registry): stops every callback and the pull queue (waking
  *      next_event with CLOSED), stops the watches, revokes the leases (deleting every key
- *      registered through this handle at once) and returns.
+ *      registered through this handle at once) and returns. Like etcd_registry_unregister,
+ *      it never fails because etcd is unreachable: it tries within the timeout, logs a
+ *      warning when it could not, and the keys expire with their leases (within the TTL).
  *   2. Wait until your threads have left every call on this registry (e.g. the pulling thread
  *      has seen CLOSED), then free user_data of its callbacks.
  *   3. etcd_registry_free(registry). (free also closes, if you skipped step 1.)
@@ -96,6 +98,37 @@
 #define ETCD_REGISTRY_VERSION_MAJOR 0
 #define ETCD_REGISTRY_VERSION_MINOR 1
 #define ETCD_REGISTRY_VERSION_PATCH 0
+
+/**
+ * The base path used when etcd_registry_config_set_base_path is not called (the core's
+ * DEFAULT_BASE_PATH).
+ */
+#define ETCD_REGISTRY_DEFAULT_BASE_PATH "/services"
+
+/**
+ * The timeout of connecting and of each etcd call when none is set, in milliseconds.
+ */
+#define ETCD_REGISTRY_DEFAULT_TIMEOUT_MS 10000
+
+/**
+ * The first retry delay after a failure when none is set, in milliseconds.
+ */
+#define ETCD_REGISTRY_DEFAULT_BACKOFF_MIN_MS 1000
+
+/**
+ * The cap of the retry delay when none is set, in milliseconds.
+ */
+#define ETCD_REGISTRY_DEFAULT_BACKOFF_MAX_MS 30000
+
+/**
+ * The TTL a binding uses when its caller gives none, in seconds (the C API always takes one).
+ */
+#define ETCD_REGISTRY_DEFAULT_TTL_SECS 10
+
+/**
+ * etcd's largest lease TTL, in seconds: a larger TTL is INVALID_ARGUMENT.
+ */
+#define ETCD_REGISTRY_MAX_TTL_SECS 9000000000
 
 /**
  * Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an
@@ -680,16 +713,19 @@ etcd_registry_status etcd_registry_update(struct etcd_registry *registry,
                                           const char *info_json);
 
 /**
- * Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
- * other registration uses it. Once it returns, the registration's callback is not running and
- * will never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
+ * Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
+ * registration uses it. Once it returns, the registration's callback is not running and will
+ * never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
  * `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
  * itself). Blocks until etcd answers or the configured timeout passes.
  *
+ * Shutdown rule (the same in every language): it never fails because etcd is unreachable.
+ * When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
+ * disappears when its lease expires (within the TTL).
+ *
  * NOT_FOUND when `registration_id` is not a registration of this registry (or was already
- * unregistered); CLOSED after `etcd_registry_close`; CONNECTION or TIMEOUT when etcd could not
- * be told — the registration is gone from the library all the same, and the key disappears when
- * its lease expires.
+ * unregistered); CLOSED after `etcd_registry_close`; AUTH (or another error) only when etcd
+ * answered and refused the delete — the registration is gone from the library all the same.
  */
 etcd_registry_status etcd_registry_unregister(struct etcd_registry *registry,
                                               uint64_t registration_id);
@@ -784,7 +820,8 @@ void etcd_registry_event_free(struct etcd_registry_event *event);
  * Closes the registry: stops every callback and the pull queue (once it returns, no callback of
  * this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
  * stops the watches, then revokes the leases (which deletes every registered key at once) and
- * returns when etcd has answered or the timeout passed. Idempotent: a second close, from any
+ * returns when etcd has answered or the timeout passed. Never fails because etcd is
+ * unreachable: a warning is logged and the keys expire with their leases. Idempotent: a second close, from any
  * thread, waits until the first has finished and no callback of this registry runs, then
  * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
  * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or

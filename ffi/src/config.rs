@@ -10,8 +10,21 @@ use crate::handle::{out, write_out};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
 
-/// Base path used when `etcd_registry_config_set_base_path` is not called.
-pub const DEFAULT_BASE_PATH: &str = "/services";
+// The defaults and limits of the core (registry::DEFAULT_* and MAX_TTL_SECS), as the header's
+// macros. cbindgen needs literals; the test at the end of this file pins them to the core's.
+// (ETCD_REGISTRY_DEFAULT_BASE_PATH, a string cbindgen 0.29 cannot emit, is written into the
+// header by ffi/check-header.sh from core/src/config.rs.)
+
+/// The timeout of connecting and of each etcd call when none is set, in milliseconds.
+pub const ETCD_REGISTRY_DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// The first retry delay after a failure when none is set, in milliseconds.
+pub const ETCD_REGISTRY_DEFAULT_BACKOFF_MIN_MS: u64 = 1_000;
+/// The cap of the retry delay when none is set, in milliseconds.
+pub const ETCD_REGISTRY_DEFAULT_BACKOFF_MAX_MS: u64 = 30_000;
+/// The TTL a binding uses when its caller gives none, in seconds (the C API always takes one).
+pub const ETCD_REGISTRY_DEFAULT_TTL_SECS: u64 = 10;
+/// etcd's largest lease TTL, in seconds: a larger TTL is INVALID_ARGUMENT.
+pub const ETCD_REGISTRY_MAX_TTL_SECS: u64 = 9_000_000_000;
 
 /// Opaque configuration of a registry. Created by `etcd_registry_config_new`, freed by
 /// `etcd_registry_config_free`. `etcd_registry_connect` copies what it needs, so the config can
@@ -30,7 +43,7 @@ pub struct etcd_registry_config {
 impl etcd_registry_config {
     fn new() -> Self {
         etcd_registry_config {
-            config: Config::new(Vec::<String>::new(), DEFAULT_BASE_PATH),
+            config: Config::new(Vec::<String>::new(), registry::DEFAULT_BASE_PATH),
             runtime_threads: None,
         }
     }
@@ -173,10 +186,9 @@ pub unsafe extern "C" fn etcd_registry_config_set_timeout_ms(
     guard(|| {
         // SAFETY: caller's contract.
         let config = unsafe { config_mut(config) }?;
-        if timeout_ms == 0 {
-            return Err(Failure::invalid("timeout must be greater than zero"));
-        }
-        config.config.timeout = Duration::from_millis(timeout_ms);
+        let timeout = Duration::from_millis(timeout_ms);
+        registry::check_timeout(timeout)?;
+        config.config.timeout = timeout;
         Ok(())
     })
 }
@@ -193,13 +205,10 @@ pub unsafe extern "C" fn etcd_registry_config_set_backoff_ms(
     guard(|| {
         // SAFETY: caller's contract.
         let config = unsafe { config_mut(config) }?;
-        if min_ms == 0 || max_ms < min_ms {
-            return Err(Failure::invalid(format!(
-                "backoff must satisfy 0 < min_ms <= max_ms (got {min_ms}, {max_ms})"
-            )));
-        }
-        config.config.backoff_min = Duration::from_millis(min_ms);
-        config.config.backoff_max = Duration::from_millis(max_ms);
+        let (min, max) = (Duration::from_millis(min_ms), Duration::from_millis(max_ms));
+        registry::check_backoff(min, max)?;
+        config.config.backoff_min = min;
+        config.config.backoff_max = max;
         Ok(())
     })
 }
@@ -331,5 +340,27 @@ mod tests {
             vec!["a:1".to_string(), "http://b:2".to_string()]
         );
         assert!(split_endpoints(" , ").is_empty());
+    }
+
+    #[test]
+    fn header_constants_are_the_cores() {
+        let ms = |d: Duration| d.as_millis() as u64;
+        assert_eq!(
+            ETCD_REGISTRY_DEFAULT_TIMEOUT_MS,
+            ms(registry::DEFAULT_TIMEOUT)
+        );
+        assert_eq!(
+            ETCD_REGISTRY_DEFAULT_BACKOFF_MIN_MS,
+            ms(registry::DEFAULT_BACKOFF_MIN)
+        );
+        assert_eq!(
+            ETCD_REGISTRY_DEFAULT_BACKOFF_MAX_MS,
+            ms(registry::DEFAULT_BACKOFF_MAX)
+        );
+        assert_eq!(
+            ETCD_REGISTRY_DEFAULT_TTL_SECS,
+            registry::DEFAULT_TTL.as_secs()
+        );
+        assert_eq!(ETCD_REGISTRY_MAX_TTL_SECS, registry::MAX_TTL_SECS);
     }
 }

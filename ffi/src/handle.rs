@@ -430,16 +430,19 @@ pub unsafe extern "C" fn etcd_registry_update(
     })
 }
 
-/// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
-/// other registration uses it. Once it returns, the registration's callback is not running and
-/// will never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
+/// Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
+/// registration uses it. Once it returns, the registration's callback is not running and will
+/// never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
 /// `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
 /// itself). Blocks until etcd answers or the configured timeout passes.
 ///
+/// Shutdown rule (the same in every language): it never fails because etcd is unreachable.
+/// When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
+/// disappears when its lease expires (within the TTL).
+///
 /// NOT_FOUND when `registration_id` is not a registration of this registry (or was already
-/// unregistered); CLOSED after `etcd_registry_close`; CONNECTION or TIMEOUT when etcd could not
-/// be told — the registration is gone from the library all the same, and the key disappears when
-/// its lease expires.
+/// unregistered); CLOSED after `etcd_registry_close`; AUTH (or another error) only when etcd
+/// answered and refused the delete — the registration is gone from the library all the same.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_unregister(
     registry: *mut etcd_registry,
@@ -742,7 +745,8 @@ pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_even
 /// Closes the registry: stops every callback and the pull queue (once it returns, no callback of
 /// this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
 /// stops the watches, then revokes the leases (which deletes every registered key at once) and
-/// returns when etcd has answered or the timeout passed. Idempotent: a second close, from any
+/// returns when etcd has answered or the timeout passed. Never fails because etcd is
+/// unreachable: a warning is logged and the keys expire with their leases. Idempotent: a second close, from any
 /// thread, waits until the first has finished and no callback of this registry runs, then
 /// returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
 /// handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
