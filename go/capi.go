@@ -397,16 +397,6 @@ func cNextEvent(p *C.etcd_registry, timeoutMs uint64) (pulled, error) {
 	return pulled{id: uint64(s.registration_id), status: out}, nil
 }
 
-// Log levels of the library (ETCD_REGISTRY_LOG_*).
-const (
-	logOff   = 0
-	logError = 1
-	logWarn  = 2
-	logInfo  = 3
-	logDebug = 4
-	logTrace = 5
-)
-
 // cSetLog installs the log trampoline with handle as its user data, or turns forwarding off
 // for logOff. Once it returns, the previous callback is not running and will not run again.
 func cSetLog(maxLevel uint32, handle uintptr) error {

@@ -129,21 +129,7 @@ var sentinels = map[Code]*Error{
 	CodeTLS:             ErrTLS.(*Error),
 }
 
-// C library statuses (include/etcd_registry.h, etcd_registry_status). Fixed numbers.
-const (
-	statusOK              = 0
-	statusInvalidArgument = 1
-	statusNullPointer     = 2
-	statusConnection      = 3
-	statusTimeout         = 4
-	statusAuth            = 5
-	statusNotFound        = 6
-	statusClosed          = 7
-	statusPanic           = 8
-	statusInternal        = 9
-	statusInvalidUTF8     = 10
-	statusTLS             = 11
-)
+// The C library statuses (statusOK …) are read from the header in constants.go.
 
 // codeOfStatus is the one place that maps the C library's statuses to Codes.
 func codeOfStatus(status uint32) Code {

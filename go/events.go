@@ -25,23 +25,23 @@ type StatusKind int
 // The kinds of StatusEvent (their numbers are the C library's).
 const (
 	// StatusRegistered: the key was put for the first time (LeaseID is set).
-	StatusRegistered StatusKind = 1
+	StatusRegistered StatusKind = cStatusRegistered
 	// StatusFailed: the first attempt failed before any registration (Err); Retrying follows.
-	StatusFailed StatusKind = 2
+	StatusFailed StatusKind = cStatusFailed
 	// StatusKeepAliveLost: a registered node lost its keep-alive: etcd down, partitioned, the
 	// lease expired or was revoked (Err). Retrying follows.
-	StatusKeepAliveLost StatusKind = 3
+	StatusKeepAliveLost StatusKind = cStatusKeepAliveLost
 	// StatusRetrying: the next attempt comes after Delay (Attempt counts from 1; Err says why).
-	StatusRetrying StatusKind = 4
+	StatusRetrying StatusKind = cStatusRetrying
 	// StatusReregistered: the key is back after a loss (LeaseID: the old lease if it survived).
-	StatusReregistered StatusKind = 5
+	StatusReregistered StatusKind = cStatusReregistered
 	// StatusUnregistered: the registration ended; always the last event. Err is the error the
 	// registration's error channel got (ctx.Err(), ErrUnregistered, ErrClosed, ErrReplaced).
-	StatusUnregistered StatusKind = 6
+	StatusUnregistered StatusKind = cStatusUnregistered
 	// StatusUpdated: the info given to Update is in etcd (LeaseID is set). Several updates made
 	// before one put could land (etcd down, or quick succession) give one StatusUpdated, for
 	// the newest. It does not change the state.
-	StatusUpdated StatusKind = 7
+	StatusUpdated StatusKind = cStatusUpdated
 )
 
 func (k StatusKind) String() string {
@@ -89,10 +89,10 @@ type State int
 
 // Registration states.
 const (
-	StateRegistering  State = 1 // not registered yet: the first attempt is under way or retried
-	StateRegistered   State = 2 // the key is in etcd and its lease is kept alive
-	StateRetrying     State = 3 // registered once, then lost; retrying
-	StateUnregistered State = 4 // ended (ctx, Unregister, Close, or replaced)
+	StateRegistering  State = cStateRegistering  // not registered yet: the first attempt is under way or retried
+	StateRegistered   State = cStateRegistered   // the key is in etcd and its lease is kept alive
+	StateRetrying     State = cStateRetrying     // registered once, then lost; retrying
+	StateUnregistered State = cStateUnregistered // ended (ctx, Unregister, Close, or replaced)
 )
 
 func (s State) String() string {
@@ -116,14 +116,14 @@ type WatchEventType int
 // The kinds of WatchEvent (their numbers are the C library's).
 const (
 	// WatchAdded: a node appeared. A watch starts with one Added per node present.
-	WatchAdded WatchEventType = 1
+	WatchAdded WatchEventType = cWatchAdded
 	// WatchUpdated: a node's info changed.
-	WatchUpdated WatchEventType = 2
+	WatchUpdated WatchEventType = cWatchUpdated
 	// WatchRemoved: a node disappeared (unregistered or expired); Node.Info is its last info.
-	WatchRemoved WatchEventType = 3
+	WatchRemoved WatchEventType = cWatchRemoved
 	// WatchResynced: the watch missed history (compacted while disconnected), re-listed the
 	// service and sent the difference as Added/Updated/Removed just before. Node is empty.
-	WatchResynced WatchEventType = 4
+	WatchResynced WatchEventType = cWatchResynced
 )
 
 func (t WatchEventType) String() string {

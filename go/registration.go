@@ -213,7 +213,8 @@ func (g *Registration) Update(info map[string]string) error {
 
 // Unregister deletes the node's key at once and ends the registration (ErrUnregistered on its
 // error channel). ErrNotFound if it has already ended (ErrClosed after Close). If ctx ends
-// first, Unregister returns ctx.Err() and the deletion goes on.
+// first, Unregister returns ctx.Err() and the deletion goes on. It never fails because etcd is
+// unreachable: a warning is logged, nil returned, and the key expires with its lease.
 func (g *Registration) Unregister(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()

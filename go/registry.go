@@ -19,20 +19,15 @@ type Config struct {
 	// Username and Password for an etcd with authentication; an empty Username means none.
 	// Given to an etcd without authentication, they are ignored (with a warning in the log).
 	Username, Password string
-	// Timeout of connecting and of each etcd call. 0 means 10 s.
+	// Timeout of connecting and of each etcd call. 0 means DefaultTimeout (10 s).
 	Timeout time.Duration
 	// BackoffMin and BackoffMax bound the retry delays of registrations and watches after a
 	// failure: BackoffMin doubling up to BackoffMax, each shortened by up to 20 % at random.
-	// 0 means 1 s and 30 s.
+	// 0 means DefaultBackoffMin (1 s) and DefaultBackoffMax (30 s).
 	BackoffMin, BackoffMax time.Duration
 	// TLS to etcd; nil means plain HTTP/2 unless an endpoint is "https://".
 	TLS *TLS
 }
-
-const (
-	defaultBackoffMin = time.Second
-	defaultBackoffMax = 30 * time.Second
-)
 
 // EtcdRegistry registers nodes of services in etcd and discovers them. All methods are safe
 // for concurrent use. It holds one etcd connection (made when first needed) and one lease per
@@ -118,10 +113,10 @@ func New(cfg Config) (*EtcdRegistry, error) {
 	}
 	if cfg.BackoffMin > 0 || cfg.BackoffMax > 0 {
 		if cfg.BackoffMin == 0 {
-			cfg.BackoffMin = min(defaultBackoffMin, cfg.BackoffMax)
+			cfg.BackoffMin = min(DefaultBackoffMin, cfg.BackoffMax)
 		}
 		if cfg.BackoffMax == 0 {
-			cfg.BackoffMax = max(defaultBackoffMax, cfg.BackoffMin)
+			cfg.BackoffMax = max(DefaultBackoffMax, cfg.BackoffMin)
 		}
 	}
 	p, err := cConnect(cfg)
@@ -146,9 +141,10 @@ func finalizeRegistry(r *EtcdRegistry) {
 
 // Close unregisters every node of this registry (their keys are deleted at once), stops its
 // watches and releases it. Registrations still running end with ErrClosed on their error
-// channels. Close is idempotent and safe to call concurrently: the first call returns the error
-// of revoking the leases (if etcd could not be told, the keys expire with their TTL), later
-// calls return nil. Any other use afterwards returns an error matching ErrClosed.
+// channels. Close is idempotent and safe to call concurrently. It never fails because etcd is
+// unreachable: the revoke is tried within the timeout, a warning is logged when etcd could not
+// be told, and the keys expire with their lease (within the TTL). Any other use afterwards
+// returns an error matching ErrClosed.
 func (r *EtcdRegistry) Close() error {
 	err := r.h.close()
 	runtime.SetFinalizer(r, nil)
