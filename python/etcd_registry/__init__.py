@@ -29,6 +29,12 @@ from ._errors import (
     TlsError,
 )
 from ._native import (
+    DEFAULT_BACKOFF_MAX,
+    DEFAULT_BACKOFF_MIN,
+    DEFAULT_BASE_PATH,
+    DEFAULT_TIMEOUT,
+    DEFAULT_TTL,
+    MAX_TTL,
     Node,
     Registration,
     Registry,
@@ -55,4 +61,10 @@ __all__ = [
     "InternalError",
     "TlsError",
     "__version__",
+    "DEFAULT_BASE_PATH",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_BACKOFF_MIN",
+    "DEFAULT_BACKOFF_MAX",
+    "DEFAULT_TTL",
+    "MAX_TTL",
 ]

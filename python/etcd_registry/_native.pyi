@@ -9,6 +9,12 @@ from typing import Any, Final, Literal, Optional, Union, final
 from typing_extensions import Self
 
 __all__ = [
+    "DEFAULT_BACKOFF_MAX",
+    "DEFAULT_BACKOFF_MIN",
+    "DEFAULT_BASE_PATH",
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_TTL",
+    "MAX_TTL",
     "Node",
     "Registration",
     "Registry",
@@ -27,6 +33,13 @@ __all__ = [
 __version__: Final[str]
 _LOG: Final[int]
 _CALL: Final[int]
+#: The core's defaults and limits (durations in seconds).
+DEFAULT_BASE_PATH: Final[str]
+DEFAULT_TIMEOUT: Final[float]
+DEFAULT_BACKOFF_MIN: Final[float]
+DEFAULT_BACKOFF_MAX: Final[float]
+DEFAULT_TTL: Final[float]
+MAX_TTL: Final[float]
 
 _RegistrationState = Literal["registering", "registered", "retrying", "unregistered"]
 _StatusKind = Literal[
@@ -118,7 +131,13 @@ class Registration:
         ``NotFoundError`` once unregistered (or replaced), ``ClosedError`` after close.
         """
     def unregister(self) -> None:
-        """Deletes the key and stops keeping it alive. Idempotent."""
+        """Stops keeping the key alive and deletes it. Idempotent.
+
+        Never fails because etcd is unreachable: the delete is tried within the registry's
+        timeout; when etcd cannot be reached a warning is logged (logger ``etcd_registry``),
+        the state is ``"unregistered"`` all the same, and the key expires with its lease
+        (within the TTL). Raises only when etcd answered and refused (e.g. ``AuthError``).
+        """
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
@@ -195,7 +214,12 @@ class Registry:
     def watch_async(
         self, service: str, on_event: Optional[Callable[[WatchEvent], object]] = None
     ) -> Awaitable[Watch]: ...
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Unregisters everything (revoking the leases), stops the watches. Idempotent.
+
+        Never fails because etcd is unreachable: it tries within the timeout, logs a warning
+        when it could not, and the keys expire with their leases (within the TTL).
+        """
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -19,6 +19,19 @@ use pyo3::prelude::*;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     logging::install();
     m.add("__version__", ::registry::VERSION)?;
+    // The core's defaults and limits, in the units Python takes (seconds).
+    m.add("DEFAULT_BASE_PATH", ::registry::DEFAULT_BASE_PATH)?;
+    m.add("DEFAULT_TIMEOUT", ::registry::DEFAULT_TIMEOUT.as_secs_f64())?;
+    m.add(
+        "DEFAULT_BACKOFF_MIN",
+        ::registry::DEFAULT_BACKOFF_MIN.as_secs_f64(),
+    )?;
+    m.add(
+        "DEFAULT_BACKOFF_MAX",
+        ::registry::DEFAULT_BACKOFF_MAX.as_secs_f64(),
+    )?;
+    m.add("DEFAULT_TTL", ::registry::DEFAULT_TTL.as_secs_f64())?;
+    m.add("MAX_TTL", ::registry::MAX_TTL_SECS as f64)?;
     m.add("_LOG", dispatch::LOG)?;
     m.add("_CALL", dispatch::CALL)?;
     m.add_class::<registry::PyRegistry>()?;

@@ -63,15 +63,14 @@ async fn wait_registered(reg: Registration, timeout: Option<Duration>) -> regist
     const CHUNK: Duration = Duration::from_secs(3600);
     let deadline = timeout.and_then(|t| tokio::time::Instant::now().checked_add(t));
     loop {
-        let start = tokio::time::Instant::now();
         let chunk = match deadline {
-            Some(deadline) => deadline.saturating_duration_since(start),
+            Some(deadline) => deadline.saturating_duration_since(tokio::time::Instant::now()),
             None => CHUNK,
         };
         match reg.wait_registered(chunk).await {
             Ok(()) => return Ok(true),
-            // The wait's own timeout, not an attempt that timed out (which returns before).
-            Err(e) if e.kind() == ErrorKind::Timeout && start.elapsed() >= chunk => {
+            // The wait's own timeout (the core says so), not an attempt that timed out.
+            Err(e) if e.is_wait_timeout() => {
                 if deadline.is_some() {
                     return Ok(false);
                 }

@@ -90,6 +90,8 @@ impl PyRegistry {
 #[pymethods]
 impl PyRegistry {
     #[new]
+    // Literal defaults, so that the signature (and the stubs) show them; test_api pins them to
+    // the core's (the module's DEFAULT_* attributes).
     #[pyo3(signature = (endpoints, base_path="/services", username=None, password=None, timeout=10.0, *, backoff_min=1.0, backoff_max=30.0, tls_ca=None, tls_cert=None, tls_key=None, tls_server_name=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(

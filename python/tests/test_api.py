@@ -208,7 +208,8 @@ def test_unreachable_etcd_waits_for_the_timeout_names_the_cause_and_retries_go_o
         assert isinstance(info.value, TimeoutError)
         assert isinstance(info.value, RegistryError)
         message = str(info.value)
-        assert "context deadline exceeded" in message, message
+        assert "did not finish within" in message, message
+        assert "deadline exceeded" not in message, "Go's idiom stays in the Go binding"
         assert f"http://{host}:{port}" in message, message
         assert "connection refused" in message, message
         handle = reg.register("api", "n")
@@ -333,3 +334,25 @@ def test_value_bytes_are_what_go_json_marshal_writes(registry: Registry, etcd: E
     go = '{"a\\u003cb\\u003e\\u0026c":"\\u2028\\u2029\\b\\f\\n\\r\\t\\u0000\\u001f\x7f\\"\\\\/","é":"日本😀"}'
     assert stored == go
     assert registry.list("bytes")[0].info == info
+
+
+def test_defaults_are_the_cores() -> None:
+    import etcd_registry
+
+    assert etcd_registry.DEFAULT_BASE_PATH == "/services"
+    assert etcd_registry.DEFAULT_TIMEOUT == 10.0
+    assert (etcd_registry.DEFAULT_BACKOFF_MIN, etcd_registry.DEFAULT_BACKOFF_MAX) == (1.0, 30.0)
+    assert etcd_registry.DEFAULT_TTL == 10.0
+    assert etcd_registry.MAX_TTL == 9_000_000_000
+    # The signatures' defaults (literals, as the stubs show them) are these constants.
+    import inspect
+
+    new = inspect.signature(etcd_registry.Registry).parameters
+    assert new["base_path"].default == etcd_registry.DEFAULT_BASE_PATH
+    assert new["timeout"].default == etcd_registry.DEFAULT_TIMEOUT
+    assert new["backoff_min"].default == etcd_registry.DEFAULT_BACKOFF_MIN
+    assert new["backoff_max"].default == etcd_registry.DEFAULT_BACKOFF_MAX
+    register = inspect.signature(etcd_registry.Registry.register).parameters
+    assert register["ttl"].default == etcd_registry.DEFAULT_TTL
+    with etcd_registry.Registry(["127.0.0.1:1"]) as reg:
+        assert reg.base_path == etcd_registry.DEFAULT_BASE_PATH

@@ -85,3 +85,20 @@ def test_a_lease_revoked_behind_the_librarys_back_is_replaced(fresh_etcd: Etcd) 
         recorder.wait_kind("reregistered")
         assert list(fresh_etcd.get_prefix("/s/api/")) == ["/s/api/n1"]
         assert handle.state == "registered"
+
+
+def test_unregister_and_close_succeed_while_etcd_is_stopped(fresh_etcd: Etcd) -> None:
+    # The shutdown rule: they try within the timeout, log a warning, and do not raise; the keys
+    # expire with their lease once etcd is back.
+    with quick_registry(fresh_etcd, timeout=1.0) as reg:
+        first = reg.register("api", "n1", ttl=2.0)
+        second = reg.register("api", "n2", ttl=2.0)
+        assert first.wait(DEADLINE) and second.wait(DEADLINE)
+        fresh_etcd.cmd("stop", 0)
+        first.unregister()
+        assert first.state == "unregistered"
+        reg.close()
+        assert reg.closed
+        assert second.state == "unregistered"
+    fresh_etcd.cmd("start", 0)
+    eventually("the keys to expire with their lease", lambda: not fresh_etcd.get_prefix("/s/api/"))
