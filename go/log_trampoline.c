@@ -1,6 +1,6 @@
-// The C side of the log callback: the library calls goer_log_trampoline (on any thread, never
-// two at once), which hands the message to the exported Go function with the cgo.Handle that
-// was passed as user data.
+// The C side of the log callback: the library calls goer_log_trampoline (on any thread, maybe
+// several at once: slog handlers are safe for that), which hands the message to the exported Go
+// function with the cgo.Handle that was passed as user data.
 #include "_cgo_export.h"
 #include "shims.h"
 

@@ -843,11 +843,11 @@ void etcd_registry_free(struct etcd_registry *registry);
  * at WARN and ERROR only.
  *
  * The callback may be called from any thread (the library's runtime threads, the callback
- * thread, or a thread of yours inside a library call), but never by two threads at once: keep
- * it short and do not wait in it for other threads, which may be waiting to log. It
- * must not call into the library (such calls work, but their logs are dropped; and
- * blocking calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns,
- * the previous callback is not running and will not be called again.
+ * thread, or a thread of yours inside a library call), and from several threads at once: make
+ * it thread-safe and keep it short. The library holds none of its locks while calling it. It
+ * should not call into the library (such calls work, but their logs are dropped; and blocking
+ * calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns, the
+ * previous callback is not running and will not be called again.
  *
  * INVALID_ARGUMENT for an unknown level or when called from inside the log callback.
  */

@@ -26,7 +26,7 @@ extern "C" fn parent() {
 
 extern "C" fn child() {
     dispatch::after_fork(true);
-    log::after_fork();
+    log::after_fork_in_child();
 }
 
 /// Installs the handlers once per process (they are inherited by fork children).

@@ -1,17 +1,12 @@
 //! Forwards the library's `tracing` logs to a host callback. The library never prints.
 //!
-//! A minimal `tracing` subscriber of our own (no spans are recorded, events are formatted as
-//! `message key=value …`) is installed as the global default of this library's copy of
-//! `tracing` on the first `etcd_registry_set_log_callback`.
+//! The forwarder (levels, filter, text) is the core's (`registry::log`); this file is its C
+//! sink: the host's function pointer and user data. The callback is called without any lock
+//! of the library held: a call takes a reference to the current callback under a short lock,
+//! and `etcd_registry_set_log_callback` waits for the references to the old one to go.
 
-use std::cell::Cell;
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock};
-
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Level, Metadata, Subscriber};
+use std::sync::{Arc, Mutex};
 
 use crate::events::UserData;
 use crate::status::{etcd_registry_status, guard, Failure};
@@ -48,119 +43,68 @@ pub type etcd_registry_log_callback = Option<
 type LogFn =
     unsafe extern "C" fn(etcd_registry_log_level, *const c_char, *const c_char, *mut c_void);
 
-/// The host's callback. Held locked during a call, which serializes the calls and lets
-/// `etcd_registry_set_log_callback` wait for a running one.
-static SINK: Mutex<Option<(LogFn, UserData)>> = Mutex::new(None);
-/// The most verbose level forwarded, 0 for none (read on every event without locking).
-static MAX_LEVEL: AtomicUsize = AtomicUsize::new(0);
-static INSTALLED: OnceLock<bool> = OnceLock::new();
-static NEXT_SPAN: AtomicU64 = AtomicU64::new(1);
-
-thread_local! {
-    /// Set while this thread runs the log callback: logs made meanwhile (by library calls from
-    /// inside the callback) are dropped instead of deadlocking.
-    static IN_CALLBACK: Cell<bool> = const { Cell::new(false) };
+/// The host's callback and its user data.
+#[derive(Clone, Copy)]
+struct Callback {
+    function: LogFn,
+    user_data: UserData,
 }
 
-type SinkGuard = std::sync::MutexGuard<'static, Option<(LogFn, UserData)>>;
+/// The current callback. Locked only to take or replace the reference, never during a call;
+/// each running call holds a clone, so the old one is done when its count is back to one.
+static CURRENT: Mutex<Option<Arc<Callback>>> = Mutex::new(None);
+
+type CurrentGuard = std::sync::MutexGuard<'static, Option<Arc<Callback>>>;
+
+fn current() -> CurrentGuard {
+    CURRENT.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 thread_local! {
-    /// The sink's lock, held by the thread calling fork() between the atfork handlers.
-    static HELD_ACROSS_FORK: std::cell::RefCell<Option<SinkGuard>> =
+    /// The lock, held by the thread calling fork() between the atfork handlers.
+    static HELD_ACROSS_FORK: std::cell::RefCell<Option<CurrentGuard>> =
         const { std::cell::RefCell::new(None) };
 }
 
-/// fork() prepare handler (see `crate::fork`): waits for a running log callback, so that the
-/// child does not inherit the sink locked. A fork from inside the log callback already holds it.
+/// fork() prepare handler (see `crate::fork`): no thread is taking a reference while the child
+/// is made, so the child does not inherit the lock held.
 pub(crate) fn before_fork() {
-    if IN_CALLBACK.try_with(Cell::get).unwrap_or(true) {
-        return;
-    }
-    let guard = SINK.lock().unwrap_or_else(|p| p.into_inner());
+    let guard = current();
     let _ = HELD_ACROSS_FORK.try_with(|held| *held.borrow_mut() = Some(guard));
 }
 
-/// fork() parent and child handler.
+/// fork() parent handler.
 pub(crate) fn after_fork() {
     let _ = HELD_ACROSS_FORK.try_with(|held| held.borrow_mut().take());
 }
 
-fn level_number(level: &Level) -> usize {
-    match *level {
-        Level::ERROR => 1,
-        Level::WARN => 2,
-        Level::INFO => 3,
-        Level::DEBUG => 4,
-        Level::TRACE => 5,
-    }
+/// fork() child handler: the parent's threads that were inside the callback do not exist here,
+/// so their references never go; the child starts from a fresh one.
+pub(crate) fn after_fork_in_child() {
+    let _ = HELD_ACROSS_FORK.try_with(|held| {
+        if let Some(mut guard) = held.borrow_mut().take() {
+            if let Some(old) = guard.take() {
+                let fresh = Arc::new(*old);
+                std::mem::forget(old);
+                *guard = Some(fresh);
+            }
+        }
+    });
 }
 
-/// Our crates log at the host's level; dependencies (gRPC, HTTP/2) only their warnings and
-/// errors, because their debug output is about frames, not about registrations.
-fn wanted(metadata: &Metadata<'_>, max: usize) -> bool {
-    let level = level_number(metadata.level());
-    let ours = metadata.target().starts_with("etcd_registry");
-    level <= max && (ours || level <= 2)
-}
-
-struct Forwarder;
-
-impl Subscriber for Forwarder {
-    fn register_callsite(&self, metadata: &'static Metadata<'static>) -> Interest {
-        if wanted(metadata, MAX_LEVEL.load(Ordering::Relaxed)) {
-            Interest::always()
-        } else {
-            Interest::never()
-        }
-    }
-
-    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
-        use tracing::level_filters::LevelFilter;
-        Some(match MAX_LEVEL.load(Ordering::Relaxed) {
-            0 => LevelFilter::OFF,
-            1 => LevelFilter::ERROR,
-            2 => LevelFilter::WARN,
-            3 => LevelFilter::INFO,
-            4 => LevelFilter::DEBUG,
-            _ => LevelFilter::TRACE,
-        })
-    }
-
-    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
-        wanted(metadata, MAX_LEVEL.load(Ordering::Relaxed))
-    }
-
-    fn new_span(&self, _span: &Attributes<'_>) -> Id {
-        Id::from_u64(NEXT_SPAN.fetch_add(1, Ordering::Relaxed).max(1))
-    }
-
-    fn record(&self, _span: &Id, _values: &Record<'_>) {}
-
-    fn record_follows_from(&self, _span: &Id, _follows: &Id) {}
-
-    fn event(&self, event: &Event<'_>) {
-        if IN_CALLBACK.try_with(Cell::get).unwrap_or(true) {
-            return;
-        }
-        let metadata = event.metadata();
-        let level = level_number(metadata.level()) as etcd_registry_log_level;
-        let target = to_c(metadata.target());
-        let message = to_c(&registry::log::event_text(event));
-        let sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((callback, user_data)) = *sink {
-            let _ = IN_CALLBACK.try_with(|c| c.set(true));
-            // SAFETY: the host registered this callback for this purpose; the strings live until
-            // it returns.
-            crate::tsan::acquire(user_data.0);
-            unsafe { callback(level, target.as_ptr(), message.as_ptr(), user_data.0) };
-            crate::tsan::release(user_data.0);
-            let _ = IN_CALLBACK.try_with(|c| c.set(false));
-        }
-    }
-
-    fn enter(&self, _span: &Id) {}
-
-    fn exit(&self, _span: &Id) {}
+/// The sink plugged into the core's forwarder.
+fn forward(level: u32, target: &str, message: String) {
+    let Some(callback) = current().clone() else {
+        return;
+    };
+    let target = to_c(target);
+    let message = to_c(&message);
+    let user_data = callback.user_data.0;
+    crate::tsan::acquire(user_data);
+    // SAFETY: the host registered this callback for this purpose; the strings live until it
+    // returns.
+    unsafe { (callback.function)(level, target.as_ptr(), message.as_ptr(), user_data) };
+    crate::tsan::release(user_data);
 }
 
 /// Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL
@@ -169,11 +113,11 @@ impl Subscriber for Forwarder {
 /// at WARN and ERROR only.
 ///
 /// The callback may be called from any thread (the library's runtime threads, the callback
-/// thread, or a thread of yours inside a library call), but never by two threads at once: keep
-/// it short and do not wait in it for other threads, which may be waiting to log. It
-/// must not call into the library (such calls work, but their logs are dropped; and
-/// blocking calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns,
-/// the previous callback is not running and will not be called again.
+/// thread, or a thread of yours inside a library call), and from several threads at once: make
+/// it thread-safe and keep it short. The library holds none of its locks while calling it. It
+/// should not call into the library (such calls work, but their logs are dropped; and blocking
+/// calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns, the
+/// previous callback is not running and will not be called again.
 ///
 /// INVALID_ARGUMENT for an unknown level or when called from inside the log callback.
 #[no_mangle]
@@ -188,33 +132,51 @@ pub unsafe extern "C" fn etcd_registry_set_log_callback(
                 "unknown log level {max_level}: expected 0 (off) to 5 (trace)"
             )));
         }
-        if IN_CALLBACK.try_with(Cell::get).unwrap_or(false) {
+        if registry::log::in_sink() {
             return Err(Failure::invalid(
                 "etcd_registry_set_log_callback cannot be called from inside the log callback",
             ));
         }
         crate::fork::install_handlers();
-        let installed =
-            *INSTALLED.get_or_init(|| tracing::subscriber::set_global_default(Forwarder).is_ok());
-        if !installed {
+        if !registry::log::install_forwarder(Box::new(forward)) {
             return Err(Failure::new(
                 etcd_registry_status::Internal,
                 "another tracing subscriber is already installed in this library",
             ));
         }
-        {
-            crate::tsan::release(user_data);
-            let mut sink = SINK.lock().unwrap_or_else(|p| p.into_inner());
-            // The lock is held while the callback runs: the old one has returned.
-            if let Some((_, old)) = sink.take() {
-                crate::tsan::acquire(old.0);
+        crate::tsan::release(user_data);
+        let new = callback.map(|function| {
+            Arc::new(Callback {
+                function,
+                user_data: UserData(user_data),
+            })
+        });
+        let level = if new.is_some() { max_level } else { 0 };
+        let old = std::mem::replace(&mut *current(), new);
+        registry::log::set_max_level(level);
+        // No new call can take the old callback now; wait for the running ones to return.
+        if let Some(old) = old {
+            while Arc::strong_count(&old) > 1 {
+                std::thread::sleep(std::time::Duration::from_micros(200));
             }
-            *sink = callback.map(|cb| (cb, UserData(user_data)));
-            let level = if sink.is_some() { max_level } else { 0 };
-            MAX_LEVEL.store(level as usize, Ordering::SeqCst);
+            crate::tsan::acquire(old.user_data.0);
         }
-        // Callsites cache whether they are enabled; recompute that for the new level.
-        tracing::callsite::rebuild_interest_cache();
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn levels_are_the_cores() {
+        use registry::log as core;
+        assert_eq!(ETCD_REGISTRY_LOG_OFF, core::LOG_OFF);
+        assert_eq!(ETCD_REGISTRY_LOG_ERROR, core::LOG_ERROR);
+        assert_eq!(ETCD_REGISTRY_LOG_WARN, core::LOG_WARN);
+        assert_eq!(ETCD_REGISTRY_LOG_INFO, core::LOG_INFO);
+        assert_eq!(ETCD_REGISTRY_LOG_DEBUG, core::LOG_DEBUG);
+        assert_eq!(ETCD_REGISTRY_LOG_TRACE, core::LOG_TRACE);
+    }
 }

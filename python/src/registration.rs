@@ -7,7 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 use tokio::sync::watch;
 
-use registry::{ErrorKind, Registration};
+use registry::Registration;
 
 use crate::asyncio;
 use crate::blocking;
