@@ -2,12 +2,13 @@
 # Regenerates include/etcd_registry.h from ffi/src with the pinned cbindgen and fails if the
 # committed header differs. CI runs it; `--update` rewrites the header instead.
 #
-#   cargo install cbindgen --version 0.29.4 --locked
+#   cargo install cbindgen --version "$CBINDGEN_VERSION" --locked   (scripts/lib.sh pins it)
 set -euo pipefail
 
-CBINDGEN_VERSION=0.29.4
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
+# shellcheck source=../scripts/lib.sh
+. "$root/scripts/lib.sh"
 header="$root/include/etcd_registry.h"
 cbindgen="${CBINDGEN:-cbindgen}"
 
@@ -53,7 +54,7 @@ after_includes = """
  */
 #define ETCD_REGISTRY_DEFAULT_BASE_PATH "$base_path""""
 TOML
-cat "$here/cbindgen.toml" >> "$tmp/cbindgen.toml"
+sed "s/@CBINDGEN_VERSION@/$CBINDGEN_VERSION/g" "$here/cbindgen.toml" >> "$tmp/cbindgen.toml"
 # --quiet: cbindgen warns about every private static it skips, which is expected here.
 (cd "$here" && "$cbindgen" --quiet --config "$tmp/cbindgen.toml" --crate etcd-registry-ffi \
     --output "$tmp/etcd_registry.h" .)

@@ -67,8 +67,10 @@ done
 version="$("$root/scripts/version.sh")"
 
 # What the Rust standard library in the archive needs from the system (as reported by
-# `rustc --print native-static-libs` for Linux targets).
-system_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+# `rustc --print native-static-libs` for Linux targets): scripts/lib.sh.
+# shellcheck source=../scripts/lib.sh
+. "$root/scripts/lib.sh"
+system_libs="$ETCD_REGISTRY_SYSTEM_LIBS"
 
 # write_pkgconfig DIR PREFIX_LINES: etcd_registry.pc and etcd_registry-static.pc into DIR;
 # PREFIX_LINES define libdir and includedir.

@@ -22,7 +22,8 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$repo/target}"
 harness="${ETCD_HARNESS_BIN:-$target/debug/etcd-harness}"
 command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=../scripts/lib.sh
+. "$repo/scripts/lib.sh"
 
 work="$(mktemp -d)"
 trap 'chmod -R u+w "$work" 2>/dev/null; rm -rf "$work"' EXIT

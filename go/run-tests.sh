@@ -19,16 +19,15 @@
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=../scripts/lib.sh
+. "$repo/scripts/lib.sh"
 cd "$repo"
 command -v go >/dev/null || export PATH="$PATH:/usr/local/go/bin"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$repo/target}"
 export CGO_ENABLED=1 GOTOOLCHAIN=local GOFLAGS="${GOFLAGS:--mod=readonly}"
 
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
 step "build libetcd_registry (debug, static) and etcd-harness"
-cargo build -p etcd-registry-ffi -p etcd-harness
+build_ffi_and_harness
 export ETCD_HARNESS_BIN="$CARGO_TARGET_DIR/debug/etcd-harness"
 # The package finds the library through pkg-config (go/link.go): PKG_CONFIG_PATH points at this
 # build, and CGO_CFLAGS carries a fingerprint of the library and header, which the Go build cache

@@ -27,8 +27,8 @@ dist="$target/wheels-dist"
 PYTHON="${PYTHON:-python3}"
 build=1
 [ "${1:-}" = --no-build ] && build=0
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
+# shellcheck source=../scripts/lib.sh
+. "$repo/scripts/lib.sh"
 version="$("$repo/scripts/version.sh")"
 
 if [ "$build" = 1 ]; then

@@ -39,7 +39,8 @@ if [ ${#pip_missing[@]} -gt 0 ]; then
 fi
 
 [ "$mode" = test ] || exit 0
-CBINDGEN_VERSION=0.29.4
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # CBINDGEN_VERSION
 if ! cbindgen --version 2>/dev/null | grep -q "$CBINDGEN_VERSION"; then
   echo "setup: installing cbindgen $CBINDGEN_VERSION (cargo)"
   cargo install -q cbindgen --version "$CBINDGEN_VERSION" --locked

