@@ -116,10 +116,18 @@ impl Registry {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
+    /// Whether this registry was created in this process, i.e. not before a `fork()` of which
+    /// this is the child. The check every entry point makes, written once here: bindings ask it
+    /// instead of remembering the process themselves.
+    pub fn in_this_process(&self) -> bool {
+        self.inner.pid == std::process::id()
+    }
+
     /// Objects made before `fork()` belong to the parent's runtime, whose threads the child
-    /// does not have: using them would hang, so they refuse.
-    pub(crate) fn check_same_process(&self) -> Result<()> {
-        if self.inner.pid != std::process::id() {
+    /// does not have: using them would hang, so they refuse (`Closed`). [`Registry::close`] in
+    /// the child does nothing and succeeds.
+    pub fn check_same_process(&self) -> Result<()> {
+        if !self.in_this_process() {
             return Err(Error::new(
                 ErrorKind::Closed,
                 "this registry was created before fork(); create a new one in the child process",

@@ -3,8 +3,9 @@
 //! After fork() only the forking thread exists in the child. A lock another thread held at that
 //! moment would stay locked in the child forever, so the locks a child needs to create and use
 //! new registries (the callback queue, the log sink) are taken by a `pthread_atfork` prepare
-//! handler and released on both sides. Handles created before the fork are not touched in the
-//! child at all (see `etcd_registry::forked`). The core's runtime guards itself the same way
+//! handler and released on both sides. Whether a handle was created before the fork is the
+//! core's check (`Registry::in_this_process`), made once there; such handles are not touched in
+//! the child at all (see `etcd_registry::forked`). The core's runtime guards itself the same way
 //! (a fresh runtime in the child).
 
 use std::sync::Once;

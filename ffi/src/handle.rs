@@ -47,10 +47,6 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct etcd_registry {
     registry: Registry,
     runtime: Handle,
-    /// The process that created it: after fork() a child must not touch the parent's
-    /// registrations (its runtime and threads are not there, and a close would revoke the
-    /// parent's leases).
-    pid: u32,
     queue: Arc<PullQueue>,
     state: Mutex<HandleState>,
     /// Signalled when the close in progress has finished (`HandleState::close_finished`).
@@ -164,18 +160,15 @@ impl etcd_registry {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether this handle was created before a fork() of which this is the child (the core
+    /// tells; the handle's own locks and queue must then not be touched either).
     fn forked(&self) -> bool {
-        self.pid != std::process::id()
+        !self.registry.in_this_process()
     }
 
     /// The state, if the registry is still open (and usable in this process).
     fn open(&self) -> FfiResult<MutexGuard<'_, HandleState>> {
-        if self.forked() {
-            return Err(Failure::new(
-                etcd_registry_status::Closed,
-                "this registry was created before fork(); create a new one in the child process",
-            ));
-        }
+        self.registry.check_same_process()?;
         let state = self.lock();
         if state.closed {
             return Err(Failure::closed());
@@ -303,7 +296,6 @@ pub unsafe extern "C" fn etcd_registry_connect(
         let handle = etcd_registry {
             registry,
             runtime,
-            pid: std::process::id(),
             queue: Arc::new(PullQueue::new()),
             state: Mutex::new(HandleState::default()),
             close_finished: Condvar::new(),
