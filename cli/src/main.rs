@@ -487,7 +487,8 @@ async fn register(
             _ = stop.recv() => break,
         }
     }
-    let unregistered = registration.unregister().await;
+    // try_: this tool reports a key it could not delete (exit code 3), which unregister() only logs.
+    let unregistered = registration.try_unregister().await;
     // The rest of the events, down to `unregistered` (the stream ends after it).
     while let Some(event) = events.recv().await {
         print(&event);

@@ -510,4 +510,11 @@ impl Registration {
     pub async fn unregister(&self) -> Result<()> {
         self.registry.unregister_id(self.shared.id).await
     }
+
+    /// Like [`Registration::unregister`] (the registration ends whatever happens), but also
+    /// returns the error when etcd could not be reached to delete the key, for a caller that
+    /// reports it (the command-line tool's exit code). Bindings use `unregister`.
+    pub async fn try_unregister(&self) -> Result<()> {
+        self.registry.try_unregister_id(self.shared.id).await
+    }
 }

@@ -236,7 +236,23 @@ impl Registry {
             .map_err(|_| Error::closed())
     }
 
+    /// [`Registration::unregister`]: the shutdown rule over [`Registry::try_unregister_id`].
     pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
+        match self.try_unregister_id(id).await {
+            // The shutdown rule (see `Registration::unregister`): stopped locally all the same.
+            Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) => {
+                tracing::warn!(
+                    error = %e,
+                    "unregistered, but etcd could not be reached to delete the key; it expires with its lease"
+                );
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Ends the registration and returns what deleting its key gave.
+    pub(crate) async fn try_unregister_id(&self, id: u64) -> Result<()> {
         self.check_same_process()?;
         let (tx, done_rx) = {
             let mut state = self.state();
@@ -259,17 +275,7 @@ impl Registry {
         };
         drop(tx);
         // The group answers after the key is deleted (or the delete failed within the timeout).
-        match done_rx.await.unwrap_or(Ok(())) {
-            // The shutdown rule (see `Registration::unregister`): stopped locally all the same.
-            Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) => {
-                tracing::warn!(
-                    error = %e,
-                    "unregistered, but etcd could not be reached to delete the key; it expires with its lease"
-                );
-                Ok(())
-            }
-            other => other,
-        }
+        done_rx.await.unwrap_or(Ok(()))
     }
 
     /// Lists a service's nodes in one range request. An unknown service gives an empty list.

@@ -1,5 +1,5 @@
 //! Wait-for-ready: a call that cannot reach etcd keeps trying until its timeout, then fails with
-//! a timeout ("context deadline exceeded") that says which endpoint and why.
+//! a timeout that says which endpoint and why.
 
 mod common;
 
