@@ -169,7 +169,13 @@ impl LeaseGroup {
                 }
             };
             attempt = attempt.saturating_add(1);
-            let delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
+            let mut delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
+            // The lease was revoked or expired while etcd answered (someone else revoked it, or
+            // a woken stale leader did): the keys are gone now, and etcd is there. The first
+            // retry goes at once; the backoff paces the next ones.
+            if attempt == 1 && error.kind() == ErrorKind::NotFound {
+                delay = Duration::ZERO;
+            }
             // Credentials and certificates stay wrong until someone fixes them: say it once.
             if attempt == 1 || !matches!(error.kind(), ErrorKind::Auth | ErrorKind::Tls) {
                 tracing::warn!(ttl = self.ttl_secs, attempt, ?delay, %error, "registration attempt failed, retrying");
