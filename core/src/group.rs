@@ -986,15 +986,16 @@ impl KeyWatch {
             if resp.created() {
                 if let Some(key) = w.pending.pop_front() {
                     if resp.canceled() {
-                        return Err(true);
+                        return Err(resp.compact_revision() <= 0);
                     }
                     w.ids.insert(key.clone(), resp.watch_id());
                     seen.created.push(key);
                 }
             } else if resp.canceled() {
-                // Ours (a key that left) or etcd's.
+                // Ours (a key that left) or etcd's: history compacted past the start (watched
+                // again from now, the keys checked then), or a refusal.
                 if w.ids.values().any(|id| *id == resp.watch_id()) {
-                    return Err(true);
+                    return Err(resp.compact_revision() <= 0);
                 }
                 continue;
             }
