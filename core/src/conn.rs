@@ -258,8 +258,10 @@ impl Connection {
             let answered =
                 match tokio::time::timeout_at(until.min(now + PROBE_TIMEOUT), probe).await {
                     Ok(Ok(_)) => true,
-                    // An answer from etcd, even a refusal, shows it is reached.
-                    Ok(Err(e)) => !is_member_failure(&e),
+                    // An answer from etcd, even a refusal, shows it is reached; so does a TLS
+                    // failure (a handshake answered): probing on would only repeat handshakes
+                    // with a misconfigured client, and the next attempt reports it.
+                    Ok(Err(e)) => !is_member_failure(&e) || e.kind() == ErrorKind::Tls,
                     Err(_) => false,
                 };
             // A late answer (a member resumed, a network healed) came from an etcd that was
