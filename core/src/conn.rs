@@ -229,7 +229,7 @@ impl Connection {
 
     /// Waits until `until` (the end of a backoff step), but returns `true` as soon as etcd
     /// answers again after it could not be reached: `unreached` says the failure that led here
-    /// was a connection lost or refused, and a probe that fails or goes unanswered during the
+    /// was a connection lost or refused or a deadline etcd let pass, and a probe that fails or goes unanswered during the
     /// wait says so too. An etcd that answers at once while `unreached` is false was reached
     /// all along (the failure was an answer: auth, a refusal), so the whole step is slept:
     /// the backoff still paces retries against a reachable etcd.

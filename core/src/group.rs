@@ -194,7 +194,11 @@ impl LeaseGroup {
             // of sleeping through the rest of the step.
             let wake = Instant::now() + delay;
             let conn = self.conn.clone();
-            let back = conn.wait_back(wake, error.kind() == ErrorKind::Connection);
+            // A connection lost or refused, or etcd silent until a deadline: it was not
+            // reached. (An etcd that answers its status but cannot serve, e.g. without quorum,
+            // is then retried once per call timeout; any answer gets the whole step.)
+            let unreached = matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+            let back = conn.wait_back(wake, unreached);
             tokio::pin!(back);
             loop {
                 tokio::select! {
