@@ -11,9 +11,15 @@ pub fn delay(attempt: u32, min: Duration, max: Duration) -> Duration {
     base.mul_f64(jitter).max(min.min(max).mul_f64(0.8))
 }
 
+/// A delay between zero and `max`, at random: spreads the retries of many clients that all
+/// saw etcd come back at the same moment.
+pub fn spread(max: Duration) -> Duration {
+    max.mul_f64(random_unit())
+}
+
 /// A number in [0, 1) from the standard library's randomly keyed hasher: good enough for jitter,
 /// and no extra dependency.
-fn random_unit() -> f64 {
+pub(crate) fn random_unit() -> f64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(

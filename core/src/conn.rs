@@ -27,9 +27,20 @@ const PING_INTERVAL: Duration = Duration::from_secs(7);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Pause between two rounds over the members while waiting for etcd: doubling from the first to
-/// the last value.
+/// the last value, each shortened by up to half at random (many clients waiting for the same
+/// etcd come back spread over the last pause, not in step). The last value bounds how late a
+/// call notices that etcd is back.
 const READY_RETRY_MIN: Duration = Duration::from_millis(50);
-const READY_RETRY_MAX: Duration = Duration::from_millis(500);
+const READY_RETRY_MAX: Duration = Duration::from_millis(200);
+
+/// Pace of the probes while a lease group waits out its backoff step after etcd could not be
+/// reached (see [`Connection::wait_back`]): one connection attempt per 0.1–0.2 s, at random.
+const PROBE_PAUSE: Duration = Duration::from_millis(200);
+/// A probe unanswered this long counts as "not reached"; it is abandoned for a new one on a
+/// fresh connection (a paused or black-holed member holds at most one probe per second).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A probe answered later than this was held by an etcd that did not answer until then.
+const PROBE_QUICK: Duration = Duration::from_millis(250);
 
 pub(crate) struct Connection {
     endpoints: Vec<String>,
@@ -171,7 +182,8 @@ impl Connection {
                     Some(e) if !is_unreachable(&e) => return Err(e),
                     _ => {}
                 }
-                tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+                let jittered = pause.mul_f64(1.0 - 0.5 * crate::backoff::random_unit());
+                tokio::time::sleep_until(deadline.min(Instant::now() + jittered)).await;
                 pause = (pause * 2).min(READY_RETRY_MAX);
                 tried.clear();
                 order = self.health.order(Instant::now());
@@ -212,6 +224,64 @@ impl Connection {
             self.eject(i, &error);
             tried.push(i);
             last_error = Some(error);
+        }
+    }
+
+    /// Waits until `until` (the end of a backoff step), but returns `true` as soon as etcd
+    /// answers again after it could not be reached: `unreached` says the failure that led here
+    /// was a connection lost or refused or a deadline etcd let pass, and a probe that fails or goes unanswered during the
+    /// wait says so too. An etcd that answers at once while `unreached` is false was reached
+    /// all along (the failure was an answer: auth, a refusal), so the whole step is slept:
+    /// the backoff still paces retries against a reachable etcd.
+    ///
+    /// Probes are `Status` calls, one at a time, on the members in turn: while etcd is down
+    /// they are connection attempts (0.1–0.2 s apart) that never reach it; a paused or
+    /// black-holed member holds at most one unanswered probe per [`PROBE_TIMEOUT`]. The client
+    /// a probe connects is the one the next attempt uses.
+    pub(crate) async fn wait_back(&self, until: Instant, mut unreached: bool) -> bool {
+        let mut k = 0usize;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return false;
+            }
+            let order = self.health.order(now);
+            let i = order[k % order.len()];
+            let endpoint = &self.endpoints[i];
+            let probe = async {
+                let mut client = self.client_of(i).await?;
+                client
+                    .status()
+                    .await
+                    .map_err(|e| reached_error(endpoint, e))
+            };
+            let answered =
+                match tokio::time::timeout_at(until.min(now + PROBE_TIMEOUT), probe).await {
+                    Ok(Ok(_)) => true,
+                    // An answer from etcd, even a refusal, shows it is reached; so does a TLS
+                    // failure (a handshake answered): probing on would only repeat handshakes
+                    // with a misconfigured client, and the next attempt reports it.
+                    Ok(Err(e)) => !is_member_failure(&e) || e.kind() == ErrorKind::Tls,
+                    Err(_) => false,
+                };
+            // A late answer (a member resumed, a network healed) came from an etcd that was
+            // not reached until then.
+            if answered && now.elapsed() > PROBE_QUICK {
+                unreached = true;
+            }
+            if answered {
+                if unreached {
+                    tracing::debug!(%endpoint, "etcd answers again; retrying before the backoff step ends");
+                    return true;
+                }
+                tokio::time::sleep_until(until).await;
+                return false;
+            }
+            unreached = true;
+            self.forget_client(i);
+            k += 1;
+            let pause = PROBE_PAUSE.mul_f64(1.0 - 0.5 * crate::backoff::random_unit());
+            tokio::time::sleep_until(until.min(Instant::now() + pause)).await;
         }
     }
 

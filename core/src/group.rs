@@ -1,13 +1,14 @@
 //! One lease per distinct TTL, shared by every key registered with that TTL, and the task that
 //! keeps it alive, repairs it and re-registers its keys after outages.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
+    WatchFilterType, WatchOptions, WatchResponse, WatchStream,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -19,6 +20,10 @@ use crate::registration::{RegShared, StatusEvent};
 
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
+
+/// After etcd is seen back during a backoff step, a group waits up to this long, at random,
+/// before its attempt: many registries that lost etcd together come back spread out.
+const RECONNECT_SPREAD: Duration = Duration::from_millis(200);
 
 pub(crate) enum GroupCmd {
     Add(Arc<RegShared>),
@@ -57,6 +62,8 @@ pub(crate) struct LeaseGroup {
     /// Set when the registry closes, so that an attempt in flight (which may wait for a
     /// silent etcd up to the timeout, several times) is abandoned at once.
     closing: watch::Receiver<bool>,
+    /// A command taken from `rx` while collecting joins to put together, handled next.
+    deferred: Option<GroupCmd>,
 }
 
 /// Why the keep-alive loop ended.
@@ -96,6 +103,7 @@ impl LeaseGroup {
             lease: None,
             lease_shared: lease.clone(),
             closing,
+            deferred: None,
         };
         handle.spawn(group.run());
         GroupHandle { tx, lease }
@@ -107,12 +115,20 @@ impl LeaseGroup {
             .store(lease.unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// The next command: one put aside while collecting joins first, then the channel's.
+    async fn recv(&mut self) -> Option<GroupCmd> {
+        match self.deferred.take() {
+            Some(cmd) => Some(cmd),
+            None => self.rx.recv().await,
+        }
+    }
+
     async fn run(mut self) {
         let mut attempt = 0u32;
         loop {
             if self.members.is_empty() {
                 attempt = 0;
-                match self.rx.recv().await {
+                match self.recv().await {
                     None => return,
                     Some(cmd) => match self.handle_offline(cmd).await {
                         Flow::Continue => continue,
@@ -130,9 +146,9 @@ impl LeaseGroup {
                 return;
             };
             let error = match established {
-                Ok(keep_alive) => {
+                Ok(established) => {
                     attempt = 0;
-                    match self.maintain(keep_alive).await {
+                    match self.maintain(established).await {
                         Exit::Closed => return,
                         Exit::Empty => continue,
                         Exit::Lost(error) => {
@@ -153,7 +169,13 @@ impl LeaseGroup {
                 }
             };
             attempt = attempt.saturating_add(1);
-            let delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
+            let mut delay = backoff::delay(attempt, self.backoff_min, self.backoff_max);
+            // The lease was revoked or expired while etcd answered (someone else revoked it, or
+            // a woken stale leader did): the keys are gone now, and etcd is there. The first
+            // retry goes at once; the backoff paces the next ones.
+            if attempt == 1 && error.kind() == ErrorKind::NotFound {
+                delay = Duration::ZERO;
+            }
             // Credentials and certificates stay wrong until someone fixes them: say it once.
             if attempt == 1 || !matches!(error.kind(), ErrorKind::Auth | ErrorKind::Tls) {
                 tracing::warn!(ttl = self.ttl_secs, attempt, ?delay, %error, "registration attempt failed, retrying");
@@ -167,11 +189,26 @@ impl LeaseGroup {
                     error: error.clone(),
                 });
             }
+            // The step is slept with etcd probed meanwhile: once it answers again after it could
+            // not be reached, the attempt starts at once (after a short random spread) instead
+            // of sleeping through the rest of the step.
             let wake = Instant::now() + delay;
+            let conn = self.conn.clone();
+            // A connection lost or refused, or etcd silent until a deadline: it was not
+            // reached. (An etcd that answers its status but cannot serve, e.g. without quorum,
+            // is then retried once per call timeout; any answer gets the whole step.)
+            let unreached = matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+            let back = conn.wait_back(wake, unreached);
+            tokio::pin!(back);
             loop {
                 tokio::select! {
-                    _ = tokio::time::sleep_until(wake) => break,
-                    cmd = self.rx.recv() => match cmd {
+                    came_back = &mut back => {
+                        if came_back {
+                            tokio::time::sleep(backoff::spread(RECONNECT_SPREAD)).await;
+                        }
+                        break;
+                    }
+                    cmd = self.recv() => match cmd {
                         None => return,
                         Some(cmd) => if let Flow::Stop = self.handle_offline(cmd).await { return },
                     },
@@ -209,12 +246,48 @@ impl LeaseGroup {
 
     /// Gets a lease (the old one first: leases survive etcd restarts), opens its keep-alive
     /// stream and makes sure every member's key is in etcd on it.
-    async fn establish(&mut self) -> Result<KeepAlive> {
+    ///
+    /// Two round trips at most, whatever happened: the renewal of the old lease and the check
+    /// of its keys go out together, then the puts of what is missing; or the grant of a new
+    /// lease, then its keep-alive stream and the puts together.
+    async fn establish(&mut self) -> Result<Established> {
         let attempt = self.conn.attempt_timeout();
-        let mut kept = None;
         if let Some(id) = self.lease {
-            match self.keep_alive(id, attempt).await {
-                Ok(pair) => kept = Some((id, pair)),
+            // etcd holds the renewal of a lease that expired but is not revoked yet until its
+            // revoke (up to a second or more after an outage, with many leases to revoke): a
+            // check saying it expired does not wait for that.
+            let (renewed, checked) = {
+                let renew = self.keep_alive(id, attempt);
+                let check = self.attached_keys(id, attempt);
+                tokio::pin!(renew, check);
+                tokio::select! {
+                checked = &mut check => match checked {
+                    Ok((None, revision)) => (
+                        Err(Error::new(ErrorKind::NotFound, format!("lease {id:x} expired"))),
+                        Ok((None, revision)),
+                    ),
+                    checked => (renew.await, checked),
+                },
+                renewed = &mut renew => match renewed {
+                    Err(e) if e.kind() == ErrorKind::NotFound => (Err(e), Ok((None, 0))),
+                    renewed => (renewed, check.await),
+                },
+                }
+            };
+            match renewed {
+                Ok(pair) => {
+                    let (attached, revision) = checked?;
+                    let Some(attached) = attached else {
+                        self.set_lease(None);
+                        return Err(Error::new(
+                            ErrorKind::NotFound,
+                            format!("lease {id:x} expired"),
+                        ));
+                    };
+                    let missing = self.to_put(&attached);
+                    let (refused, put_at) = self.put_all(id, &missing, attempt).await?;
+                    return Ok(self.established(id, pair, &refused, revision, put_at));
+                }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     tracing::info!(
                         lease = id,
@@ -225,49 +298,63 @@ impl LeaseGroup {
                 Err(e) => return Err(e),
             }
         }
-        let (lease, pair, attached) = match kept {
-            Some((id, pair)) => match self.attached_keys(id, attempt).await? {
-                Some(attached) => (id, pair, attached),
-                None => {
-                    self.set_lease(None);
-                    return Err(Error::new(
-                        ErrorKind::NotFound,
-                        format!("lease {id:x} expired"),
-                    ));
-                }
-            },
-            None => {
-                let ttl = self.ttl_secs;
-                // A grant that times out on one member may still succeed there: that lease is
-                // never used and expires after one TTL.
-                let granted = self
-                    .conn
-                    .call("granting a lease", |mut c| async move {
-                        c.lease_grant(ttl, None).await
-                    })
-                    .await?;
-                let id = granted.id();
-                self.set_lease(Some(id));
-                tracing::debug!(lease = id, ttl, "granted lease");
-                let pair = self.keep_alive(id, attempt).await?;
-                (id, pair, HashSet::new())
-            }
-        };
-        // Keys missing from the lease, and keys whose info was updated since their last put
-        // (e.g. while etcd was down).
-        let missing: Vec<Arc<RegShared>> = self
-            .members
+        let ttl = self.ttl_secs;
+        // A grant that times out on one member may still succeed there: that lease is never
+        // used and expires after one TTL.
+        let granted = self
+            .conn
+            .call("granting a lease", |mut c| async move {
+                c.lease_grant(ttl, None).await
+            })
+            .await?;
+        let id = granted.id();
+        let granted_at = granted.header().map_or(0, |h| h.revision());
+        self.set_lease(Some(id));
+        tracing::debug!(lease = id, ttl, "granted lease");
+        // A fresh lease has its whole TTL: its keys need not wait for the keep-alive's answer.
+        let missing = self.to_put(&HashSet::new());
+        let (pair, put) = tokio::join!(
+            self.keep_alive(id, attempt),
+            self.put_all(id, &missing, attempt)
+        );
+        let (refused, put_at) = put?;
+        Ok(self.established(id, pair?, &refused, granted_at, put_at))
+    }
+
+    /// Members to put on a lease holding `attached`: keys missing from it, and keys whose info
+    /// was updated since their last put (e.g. while etcd was down).
+    fn to_put(&self, attached: &HashSet<Vec<u8>>) -> Vec<Arc<RegShared>> {
+        self.members
             .values()
             .filter(|m| !attached.contains(m.key.as_bytes()) || m.stale())
             .cloned()
-            .collect();
-        let refused = self.put_all(lease, &missing, attempt).await?;
+            .collect()
+    }
+
+    /// Every member whose put was not refused is registered on `lease`; the watch of the keys
+    /// starts after the earliest of the revisions seen (0 for none).
+    fn established(
+        &self,
+        lease: i64,
+        keep_alive: KeepAlive,
+        refused: &HashSet<u64>,
+        checked_at: i64,
+        put_at: i64,
+    ) -> Established {
         for member in self.members.values() {
             if !refused.contains(&member.id) {
                 member.registered(lease);
             }
         }
-        Ok(pair)
+        let revision = [checked_at, put_at]
+            .into_iter()
+            .filter(|r| *r > 0)
+            .min()
+            .unwrap_or(0);
+        Established {
+            keep_alive,
+            revision,
+        }
     }
 
     /// Opens a keep-alive stream of lease `id` on the first member that answers (opening it is
@@ -288,9 +375,13 @@ impl LeaseGroup {
         })
     }
 
-    /// The keys attached to a live lease, or `None` when the lease is gone. `Ok(None)` only for
-    /// a lease with TTL ≤ 0.
-    async fn attached_keys(&self, id: i64, attempt: Duration) -> Result<Option<HashSet<Vec<u8>>>> {
+    /// The keys attached to a live lease, or `None` when the lease is gone (TTL ≤ 0), and the
+    /// revision etcd answered at.
+    async fn attached_keys(
+        &self,
+        id: i64,
+        attempt: Duration,
+    ) -> Result<(Option<HashSet<Vec<u8>>>, i64)> {
         let (_, resp) = self
             .conn
             .call_at("checking the lease", attempt, |mut c| async move {
@@ -298,23 +389,26 @@ impl LeaseGroup {
                     .await
             })
             .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
         if resp.ttl() <= 0 {
-            return Ok(None);
+            return Ok((None, revision));
         }
-        Ok(Some(resp.keys().iter().cloned().collect()))
+        Ok((Some(resp.keys().iter().cloned().collect()), revision))
     }
 
     /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`]. A member whose own
     /// put is refused (too large for this server, no permission for its key) is told so and
     /// retried at the next check; a transport failure fails the whole attempt.
-    /// Returns the ids of the members whose put was refused.
+    /// Returns the ids of the members whose put was refused, and the revision of the first
+    /// transaction (0 for none).
     async fn put_all(
         &self,
         lease: i64,
         members: &[Arc<RegShared>],
         attempt: Duration,
-    ) -> Result<HashSet<u64>> {
+    ) -> Result<(HashSet<u64>, i64)> {
         let mut refused = HashSet::new();
+        let mut first = 0;
         for chunk in members.chunks(MAX_TXN_OPS) {
             let mut generations = Vec::with_capacity(chunk.len());
             let ops: Vec<TxnOp> = chunk
@@ -337,7 +431,10 @@ impl LeaseGroup {
                 })
                 .await;
             match result {
-                Ok(_) => {
+                Ok((_, resp)) => {
+                    if first == 0 {
+                        first = resp.header().map_or(0, |h| h.revision());
+                    }
                     for (member, generation) in chunk.iter().zip(generations) {
                         member.landed(generation);
                     }
@@ -353,7 +450,7 @@ impl LeaseGroup {
                 Err(e) => return Err(e),
             }
         }
-        Ok(refused)
+        Ok((refused, first))
     }
 
     /// Puts one key; a per-key refusal is reported to its registration only.
@@ -388,22 +485,30 @@ impl LeaseGroup {
         }
     }
 
-    /// Keeps the lease alive: a keep-alive every TTL/3, a check of the lease's keys at the same
-    /// pace (keys deleted by someone else are put back), and commands in between.
+    /// Keeps the lease alive: a keep-alive every TTL/3 and nothing else while nothing changes;
+    /// a watch of the group's own keys (deletions only, see [`KeyWatch`]) notices a key deleted
+    /// or the lease revoked by someone else as it happens, and the keys are then checked and put
+    /// back. Without a working watch (not allowed, or broken until the next keep-alive), the
+    /// lease's keys are checked with every keep-alive instead. Members joining meanwhile are put
+    /// together, in transactions.
     ///
     /// A keep-alive not answered within [`answer_deadline`] (a sixth of the TTL: half the time
     /// until the next one is due) means the member is paused, overloaded or cut off: it is
     /// ejected and the lease is renewed at once through another member, while it still has most
     /// of its TTL left (see [`LeaseGroup::renew_elsewhere`]).
-    async fn maintain(&mut self, keep_alive: KeepAlive) -> Exit {
+    async fn maintain(&mut self, established: Established) -> Exit {
         let Some(lease) = self.lease else {
             return Exit::Lost(Error::new(ErrorKind::Internal, "no lease"));
         };
-        let KeepAlive {
-            mut member,
-            mut keeper,
-            mut stream,
-        } = keep_alive;
+        let Established {
+            keep_alive:
+                KeepAlive {
+                    mut member,
+                    mut keeper,
+                    mut stream,
+                },
+            revision,
+        } = established;
         let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
         let period = (ttl / 3).max(Duration::from_millis(500));
         let answer_within = answer_deadline(ttl);
@@ -414,12 +519,20 @@ impl LeaseGroup {
         let mut last_answer = Instant::now();
         // When the oldest keep-alive still unanswered was sent.
         let mut waiting_since: Option<Instant> = None;
+        let mut watch = tokio::time::timeout(period, self.watch_keys(revision, attempt))
+            .await
+            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "opening the key watch")))
+            .map_err(|e| tracing::debug!(error = %e, "no watch of the keys; checking them with every keep-alive"))
+            .ok();
+        // Whether etcd refused the watch (e.g. no read permission): then the keys are checked
+        // with every keep-alive for as long as this lease is kept.
+        let mut watch_refused = false;
         loop {
             let lost_at = last_answer + ttl;
             let silent_at = waiting_since.map(|sent| sent + answer_within);
             let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
             let failover = tokio::select! {
-                cmd = self.rx.recv() => match cmd {
+                cmd = self.recv() => match cmd {
                     None => return Exit::Closed,
                     Some(GroupCmd::Close { done }) => {
                         self.close().await;
@@ -427,21 +540,51 @@ impl LeaseGroup {
                         return Exit::Closed;
                     }
                     Some(GroupCmd::Add(reg)) => {
-                        self.members.insert(reg.id, reg.clone());
-                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
-                            Ok(true) => reg.registered(lease),
-                            Ok(false) => {}
+                        // Everyone joining right now goes in the same transactions.
+                        let mut joining = vec![reg];
+                        loop {
+                            match self.rx.try_recv() {
+                                Ok(GroupCmd::Add(reg)) => joining.push(reg),
+                                Ok(other) => {
+                                    self.deferred = Some(other);
+                                    break;
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        for reg in &joining {
+                            self.members.insert(reg.id, reg.clone());
+                        }
+                        match before_loss(lost_at, ttl, self.put_all(lease, &joining, attempt)).await {
+                            Ok((refused, revision)) => {
+                                let landed: Vec<&Arc<RegShared>> =
+                                    joining.iter().filter(|r| !refused.contains(&r.id)).collect();
+                                for reg in &landed {
+                                    reg.registered(lease);
+                                }
+                                if let Some(w) = watch.as_mut() {
+                                    if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).await.is_err() {
+                                        watch = None;
+                                    }
+                                }
+                            }
                             Err(e) => return Exit::Lost(e),
                         }
                         None
                     }
                     Some(GroupCmd::Remove { id, keep_key, done }) => {
+                        let key = self.members.get(&id).map(|m| m.key.clone());
                         let result = self.remove(id, keep_key).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
                         }
                         if self.members.is_empty() {
                             return Exit::Empty;
+                        }
+                        if let (Some(w), Some(key)) = (watch.as_mut(), key) {
+                            if !self.is_member_key(key.as_bytes()) && w.cancel(key.as_bytes()).await.is_err() {
+                                watch = None;
+                            }
                         }
                         None
                     }
@@ -465,10 +608,22 @@ impl LeaseGroup {
                         Err(e) => Some(Error::from(e)),
                         Ok(()) => {
                             waiting_since.get_or_insert_with(Instant::now);
-                            let check = tokio::time::timeout(period, self.repair(lease, attempt));
-                            match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
-                                Err(e) => return Exit::Lost(e),
-                                Ok(()) => None,
+                            if watch.is_none() {
+                                // No watch: try to open it again (then check once, for what
+                                // was deleted while there was none), else check every time.
+                                if !watch_refused {
+                                    watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
+                                        .await
+                                        .ok()
+                                        .and_then(|w| w.ok());
+                                }
+                                let check = tokio::time::timeout(period, self.repair(lease, attempt));
+                                match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
+                                    Err(e) => return Exit::Lost(e),
+                                    Ok(()) => None,
+                                }
+                            } else {
+                                None
                             }
                         }
                     }
@@ -487,6 +642,36 @@ impl LeaseGroup {
                     Ok(None) => Some(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
                     Err(e) => Some(Error::from(e)),
                 },
+                seen = KeyWatch::next(&mut watch) => {
+                    match seen {
+                        Ok(seen) => {
+                            let deleted = seen.deleted.iter().any(|k| self.is_member_key(k));
+                            if let Some(w) = watch.as_mut() {
+                                // Watches etcd created for keys that left the group meanwhile.
+                                for key in seen.created.iter().filter(|k| !self.is_member_key(k)) {
+                                    if w.cancel(key).await.is_err() {
+                                        watch = None;
+                                        break;
+                                    }
+                                }
+                            }
+                            if deleted {
+                                let check = tokio::time::timeout(period, self.repair(lease, attempt));
+                                if let Err(e) = before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
+                                    return Exit::Lost(e);
+                                }
+                            }
+                        }
+                        Err(refused) => {
+                            // Checked with the next keep-alive (and, unless etcd refused the
+                            // watch itself, watched again from then on).
+                            tracing::debug!(refused, "the watch of the keys ended");
+                            watch_refused |= refused;
+                            watch = None;
+                        }
+                    }
+                    None
+                }
                 _ = silence, if silent_at.is_some() => Some(Error::new(
                     ErrorKind::Timeout,
                     format!("keep-alive unanswered for {answer_within:?}"),
@@ -503,6 +688,9 @@ impl LeaseGroup {
             if error.kind() == ErrorKind::Connection && !self.conn.has_alternative(member) {
                 return Exit::Lost(error);
             }
+            // The watch may be on the member given up: it is opened again, on a member that
+            // answers, with the next keep-alive (and the keys checked once then).
+            watch = None;
             match before_loss(
                 lost_at,
                 ttl,
@@ -526,6 +714,39 @@ impl LeaseGroup {
                 }
             }
         }
+    }
+
+    /// Whether `key` is the key of a member.
+    fn is_member_key(&self, key: &[u8]) -> bool {
+        self.members.values().any(|m| m.key.as_bytes() == key)
+    }
+
+    /// Opens a watch of every member's key, for deletions after `revision` (0: from now).
+    async fn watch_keys(&self, revision: i64, attempt: Duration) -> Result<KeyWatch> {
+        let keys: Vec<Vec<u8>> = self
+            .members
+            .values()
+            .map(|m| m.key.as_bytes().to_vec())
+            .collect();
+        let Some(first) = keys.first().cloned() else {
+            return Err(Error::new(ErrorKind::Internal, "no key to watch"));
+        };
+        let (_, stream) = self
+            .conn
+            .call_at("watching the registered keys", attempt, |mut c| {
+                let first = first.clone();
+                async move { c.watch(first, Some(KeyWatch::options(revision))).await }
+            })
+            .await?;
+        let mut watch = KeyWatch {
+            stream,
+            pending: VecDeque::from([first]),
+            ids: HashMap::new(),
+        };
+        watch
+            .add(keys[1..].iter().map(Vec::as_slice), revision)
+            .await?;
+        Ok(watch)
     }
 
     /// The member at `from` failed or went silent: opens a new keep-alive stream of `lease` on
@@ -555,7 +776,11 @@ impl LeaseGroup {
     /// revoked by someone else. A failed check is not a loss by itself: the keep-alive deadline
     /// decides that.
     async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<()> {
-        match self.attached_keys(lease, attempt).await {
+        match self
+            .attached_keys(lease, attempt)
+            .await
+            .map(|(keys, _)| keys)
+        {
             Ok(None) => {
                 self.set_lease(None);
                 Err(Error::new(
@@ -647,7 +872,7 @@ impl LeaseGroup {
     async fn close_now(&mut self) {
         self.close().await;
         self.rx.close();
-        while let Some(cmd) = self.rx.recv().await {
+        while let Some(cmd) = self.recv().await {
             match cmd {
                 GroupCmd::Add(reg) => reg.emit(StatusEvent::Unregistered),
                 GroupCmd::Remove { done, .. } => {
@@ -686,6 +911,107 @@ impl LeaseGroup {
         }
         for member in std::mem::take(&mut self.members).into_values() {
             member.emit(StatusEvent::Unregistered);
+        }
+    }
+}
+
+/// What [`LeaseGroup::establish`] hands to the keep-alive loop.
+struct Established {
+    keep_alive: KeepAlive,
+    /// The revision at which every member's key was known to be on the lease (0: unknown).
+    revision: i64,
+}
+
+/// What one response of a [`KeyWatch`] said.
+struct Seen {
+    /// Keys deleted (by someone else, or with the lease).
+    deleted: Vec<Vec<u8>>,
+    /// Keys whose watch etcd just created.
+    created: Vec<Vec<u8>>,
+}
+
+/// A watch of a group's own keys, one watcher per key on one stream, deletions only: it costs
+/// etcd nothing while nothing changes, and tells at once when someone deletes a key or revokes
+/// the lease (which deletes its keys).
+struct KeyWatch {
+    stream: WatchStream,
+    /// Keys whose watcher was asked for, in order, until etcd answers with its id.
+    pending: VecDeque<Vec<u8>>,
+    /// The watcher id of each key.
+    ids: HashMap<Vec<u8>, i64>,
+}
+
+impl KeyWatch {
+    fn options(revision: i64) -> WatchOptions {
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        if revision > 0 {
+            options.with_start_revision(revision + 1)
+        } else {
+            options
+        }
+    }
+
+    /// Watches more keys, for deletions after `revision` (0: from now).
+    async fn add<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>, revision: i64) -> Result<()> {
+        for key in keys {
+            self.stream
+                .watch(key.to_vec(), Some(Self::options(revision)))
+                .await
+                .map_err(Error::from)?;
+            self.pending.push_back(key.to_vec());
+        }
+        Ok(())
+    }
+
+    /// Stops watching `key` (once etcd has said its id; else when it does, see `Seen::created`).
+    async fn cancel(&mut self, key: &[u8]) -> Result<()> {
+        if let Some(id) = self.ids.remove(key) {
+            self.stream.cancel(id).await.map_err(Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// The next response that matters; `Err(refused)` when the watch ended, `refused` when
+    /// etcd cancelled a watcher itself (no permission, history compacted) rather than the
+    /// stream breaking. Never ready without a watch.
+    async fn next(watch: &mut Option<KeyWatch>) -> std::result::Result<Seen, bool> {
+        let Some(w) = watch.as_mut() else {
+            return std::future::pending().await;
+        };
+        loop {
+            let resp: WatchResponse = match w.stream.message().await {
+                Ok(Some(resp)) => resp,
+                Ok(None) | Err(_) => return Err(false),
+            };
+            let mut seen = Seen {
+                deleted: Vec::new(),
+                created: Vec::new(),
+            };
+            if resp.created() {
+                if let Some(key) = w.pending.pop_front() {
+                    if resp.canceled() {
+                        return Err(resp.compact_revision() <= 0);
+                    }
+                    w.ids.insert(key.clone(), resp.watch_id());
+                    seen.created.push(key);
+                }
+            } else if resp.canceled() {
+                // Ours (a key that left) or etcd's: history compacted past the start (watched
+                // again from now, the keys checked then), or a refusal.
+                if w.ids.values().any(|id| *id == resp.watch_id()) {
+                    return Err(resp.compact_revision() <= 0);
+                }
+                continue;
+            }
+            seen.deleted = resp
+                .events()
+                .iter()
+                .filter(|e| e.event_type() == EventType::Delete)
+                .filter_map(|e| e.kv().map(|kv| kv.key().to_vec()))
+                .collect();
+            if !seen.deleted.is_empty() || !seen.created.is_empty() {
+                return Ok(seen);
+            }
         }
     }
 }

@@ -1189,3 +1189,42 @@ impl Drop for EtcdCluster {
         }
     }
 }
+
+/// Request counting (recovery and load measurements): what a member has received, from its own
+/// Prometheus metrics.
+impl EtcdCluster {
+    /// The Prometheus metrics of member `i`, as text.
+    pub fn metrics(&self, i: usize) -> io::Result<String> {
+        let addr = match self.member(i)?.metrics_port {
+            Some(port) => format!("127.0.0.1:{port}"),
+            None => self.direct_endpoint(i),
+        };
+        match util::http_request(&addr, "GET", "/metrics", "", Duration::from_secs(5))? {
+            (200, body) => Ok(body),
+            (status, _) => Err(io::Error::other(format!("GET /metrics: HTTP {status}"))),
+        }
+    }
+
+    /// The gRPC messages member `i` has received since it started, by method: every unary
+    /// request and every message on a stream (each keep-alive, each watch create or cancel),
+    /// from etcd's `grpc_server_msg_received_total`.
+    pub fn grpc_received(&self, i: usize) -> io::Result<std::collections::BTreeMap<String, u64>> {
+        let mut by_method = std::collections::BTreeMap::new();
+        for line in self.metrics(i)?.lines() {
+            let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
+                continue;
+            };
+            let Some((labels, value)) = rest.rsplit_once("} ") else {
+                continue;
+            };
+            let method = labels
+                .split(',')
+                .find_map(|l| l.strip_prefix("grpc_method=\""))
+                .map(|m| m.trim_end_matches('"').to_string())
+                .unwrap_or_default();
+            let value = value.trim().parse::<f64>().unwrap_or(0.0) as u64;
+            *by_method.entry(method).or_insert(0) += value;
+        }
+        Ok(by_method)
+    }
+}
