@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The benchmark: every layer (raw etcd-client floor, Rust core, C, Python, Go) against its own
-# throwaway etcd. Prints one table per measurement and writes bench/results/latest.json,
-# bench/results/latest.svg and BENCHMARKS.md. BENCH_QUICK=1 for a ~1 minute run.
+# The benchmark: every layer (raw etcd-client floor, Rust core, C, Python, Go) and the native
+# peers (Go clientv3, Python etcd3 and aetcd) against their own throwaway etcd. Prints one table
+# per measurement and writes bench/results/latest.{json,svg}, scale.svg and BENCHMARKS.md. BENCH_QUICK=1 for a ~1 minute run.
 # ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd (default 3.5, see scripts/etcd-version.sh); the
 # version that ran is recorded under machine.etcd in latest.json and in BENCHMARKS.md.
 # Never fails because a target was missed; a binding that is not built is skipped.
@@ -95,8 +95,45 @@ build_go() {
   args+=(--layer "go=$OUT/go-driver")
 }
 
+# ---- Native peers: what a Go or Python user would compare with. Each is a driver of the same
+# protocol written as a careful user of that client would (bench/README.md). The Python peers
+# go into venvs of their own under target/bench (etcd3 needs protobuf<4, aetcd protobuf>4),
+# never into the system site-packages.
+build_go_peer() {
+  [ -f bench/go-clientv3/driver.go ] || { skip go-clientv3 "no bench/go-clientv3/driver.go"; return; }
+  command -v go >/dev/null 2>&1 || { skip go-clientv3 "go is not installed"; return; }
+  echo "bench: building the Go clientv3 peer"
+  if ! (cd bench/go-clientv3 && go build -o "$OUT/go-clientv3-driver" .) >"$OUT/logs/go-clientv3-build.log" 2>&1; then
+    skip go-clientv3 "go build of bench/go-clientv3 failed, see $OUT/logs/go-clientv3-build.log"; return
+  fi
+  local v; v=$("$OUT/go-clientv3-driver" --version)
+  args+=(--layer "go-clientv3=$OUT/go-clientv3-driver" --label "go-clientv3=Go clientv3 (peer: $v)")
+}
+
+# layer, venv name, driver file, pip requirements...
+build_py_peer() {
+  local layer=$1 venv="$OUT/$2" driver=bench/python/$3; shift 3
+  local py=${PYTHON:-python3}
+  [ -f "$driver" ] || { skip "$layer" "no $driver"; return; }
+  echo "bench: installing $* into $venv"
+  if ! { [ -x "$venv/bin/python" ] || "$py" -m venv "$venv"; } >"$OUT/logs/$layer-install.log" 2>&1 ||
+     ! "$venv/bin/python" -m pip install --quiet "$@" >>"$OUT/logs/$layer-install.log" 2>&1; then
+    skip "$layer" "pip install $* failed, see $OUT/logs/$layer-install.log"; return
+  fi
+  local v; v=$("$venv/bin/python" "$driver" --version 2>/dev/null) || { skip "$layer" "$driver --version failed"; return; }
+  args+=(--layer "$layer=$venv/bin/python $ROOT/$driver")
+  case $layer in
+    py-etcd3) args+=(--label "$layer=Python etcd3 (peer: $v)") ;;
+    py-aetcd) args+=(--label "$layer=Python aetcd (peer: $v)") ;;
+  esac
+}
+
 build_c
-build_python
+build_go_peer
 build_go
+# etcd3 0.12.0, the latest, is an sdist whose setup.py reads a file it does not ship: 0.11.1.
+build_py_peer py-etcd3 venv-etcd3 peer_etcd3.py 'etcd3==0.11.1' 'protobuf<4'
+build_py_peer py-aetcd venv-aetcd peer_aetcd.py 'aetcd==1.0.0'
+build_python
 
 exec "$BENCH" run --log-dir "$OUT/logs" --out bench/results --markdown BENCHMARKS.md "${args[@]}" "$@"

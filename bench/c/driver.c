@@ -147,7 +147,9 @@ static int list_contains(etcd_registry *reg, const char *service, const char *na
     return 0;
 }
 
-static void cmd_register_visible(const char *service, size_t n, uint64_t ttl) {
+/* With first, every registration is the first of its TTL (TTL + 1 + i s): the library grants a
+ * lease for it. */
+static void cmd_register_visible(const char *service, size_t n, uint64_t ttl, int first) {
     etcd_registry *a = open_registry();
     if (!a) return;
     etcd_registry *b = open_registry();
@@ -163,7 +165,8 @@ static void cmd_register_visible(const char *service, size_t n, uint64_t ttl) {
         uint64_t id = 0;
         double t0 = mono_us();
         etcd_registry_status st =
-            etcd_registry_register(a, service, name, info, ttl * 1000, on_status, NULL, &id);
+            etcd_registry_register(a, service, name, info, (first ? ttl + 1 + i : ttl) * 1000,
+                                   on_status, NULL, &id);
         if (st != ETCD_REGISTRY_STATUS_OK) {
             fail("register", st);
             goto out;
@@ -340,15 +343,15 @@ int main(int argc, char **argv) {
     fflush(stdout);
     char line[1024];
     while (fgets(line, sizeof line, stdin)) {
-        char cmd[64] = "", service[256] = "";
+        char cmd[64] = "", service[256] = "", mode[16] = "";
         unsigned long long n = 0, ttl = 0;
-        int fields = sscanf(line, "%63s %255s %llu %llu", cmd, service, &n, &ttl);
+        int fields = sscanf(line, "%63s %255s %llu %llu %15s", cmd, service, &n, &ttl, mode);
         if (fields < 1) continue;
         if (strcmp(cmd, "quit") == 0) break;
         if (strcmp(cmd, "list") == 0 && fields >= 3) {
             cmd_list(service, (size_t)n);
         } else if (strcmp(cmd, "register_visible") == 0 && fields >= 4) {
-            cmd_register_visible(service, (size_t)n, ttl);
+            cmd_register_visible(service, (size_t)n, ttl, strcmp(mode, "first") == 0);
         } else if (strcmp(cmd, "watch") == 0 && fields >= 3) {
             cmd_watch(service, (size_t)n);
         } else if (strcmp(cmd, "hold") == 0 && fields >= 4) {

@@ -79,7 +79,8 @@ func (d *driver) list(service string, n int) (any, error) {
 	return map[string]any{"us": us, "nodes": nodes}, nil
 }
 
-func (d *driver) registerVisible(service string, n int, ttl int) (any, error) {
+// registerVisible: with first, every registration is the first of its TTL (TTL + 1 + i s).
+func (d *driver) registerVisible(service string, n int, ttl int, first bool) (any, error) {
 	a, err := d.registry()
 	if err != nil {
 		return nil, err
@@ -94,8 +95,12 @@ func (d *driver) registerVisible(service string, n int, ttl int) (any, error) {
 	us := make([]float64, 0, n)
 	for i := 0; i < warmup+n; i++ {
 		name := fmt.Sprintf("n%d", i)
+		t := ttl
+		if first {
+			t = ttl + 1 + i
+		}
 		t0 := time.Now()
-		if _, err := a.Register(ctx, service, etcdregistry.Node{Name: name, Info: nodeInfo(i)}, time.Duration(ttl)*time.Second); err != nil {
+		if _, err := a.Register(ctx, service, etcdregistry.Node{Name: name, Info: nodeInfo(i)}, time.Duration(t)*time.Second); err != nil {
 			return nil, err
 		}
 		for found := false; !found; {
@@ -257,7 +262,7 @@ func main() {
 		case "list":
 			reply, err = d.list(word(1), num(2))
 		case "register_visible":
-			reply, err = d.registerVisible(word(1), num(2), num(3))
+			reply, err = d.registerVisible(word(1), num(2), num(3), word(4) == "first")
 		case "watch":
 			reply, err = d.watch(word(1), num(2))
 		case "hold":

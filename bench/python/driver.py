@@ -65,14 +65,16 @@ class Driver:
                     samples.append(took / 1000)
         return {"us": samples, "nodes": nodes}
 
-    def register_visible(self, service: str, n: int, ttl: int) -> dict[str, Any]:
+    def register_visible(self, service: str, n: int, ttl: int, first: bool) -> dict[str, Any]:
+        """With first, every registration is the first of its TTL (TTL + 1 + i s)."""
         samples = []
         regs = []
         with self.registry() as a, self.registry() as b:
             for i in range(WARMUP + n):
                 name = f"n{i}"
+                t = ttl + 1 + i if first else ttl
                 t0 = time.perf_counter_ns()
-                regs.append(a.register(service, name, node_info(i), ttl=float(ttl)))
+                regs.append(a.register(service, name, node_info(i), ttl=float(t)))
                 while not any(node.name == name for node in b.list(service)):
                     if time.perf_counter_ns() - t0 > TIMEOUT * 1e9:
                         raise TimeoutError(f"{name} not visible within {TIMEOUT} s")
@@ -145,7 +147,8 @@ def main() -> int:
             if cmd == "list":
                 emit(driver.list(words[1], int(words[2])))
             elif cmd == "register_visible":
-                emit(driver.register_visible(words[1], int(words[2]), int(words[3])))
+                first = len(words) > 4 and words[4] == "first"
+                emit(driver.register_visible(words[1], int(words[2]), int(words[3]), first))
             elif cmd == "watch":
                 emit(driver.watch(words[1], int(words[2])))
             elif cmd == "hold":

@@ -15,8 +15,14 @@ pub struct Layer {
     pub name: String,
     pub label: String,
     pub command: Vec<String>,
-    /// Target for list and register latency, as a ratio of the floor's p50.
+    /// Target for list and register latency, as a ratio of the p50 of the layer's reference:
+    /// the raw floor (Rust, C) or the best native peer of the layer's language (Go, Python).
     pub target_ratio: Option<f64>,
+    /// The layer's language ("rust", "c", "go", "python").
+    pub language: &'static str,
+    /// A native client of the language (etcd's own Go client, etcd3, aetcd), not a layer of
+    /// etcd-registry: the yardstick of the layers of its language.
+    pub peer: bool,
 }
 
 pub struct Driver {

@@ -45,6 +45,7 @@ pub fn main(args: &[String]) -> i32 {
             endpoints,
             base: base.clone(),
             hold: None,
+            watches: Vec::new(),
         }),
         other => {
             eprintln!("unknown layer {other:?}: raw or core");
@@ -144,6 +145,7 @@ impl Driver {
                     arg(words, 1, "service")?,
                     arg(words, 2, "n")?,
                     arg(words, 3, "ttl")?,
+                    words.get(4) == Some(&"first"),
                 )
                 .await
             }
@@ -152,6 +154,7 @@ impl Driver {
                     arg(words, 1, "service")?,
                     arg(words, 2, "n")?,
                     arg(words, 3, "ttl")?,
+                    words.get(4) == Some(&"first"),
                 )
                 .await
             }
@@ -176,9 +179,11 @@ impl Driver {
                     arg(words, 1, "service")?,
                     arg(words, 2, "n")?,
                     arg(words, 3, "ttl")?,
+                    words.get(4).copied().unwrap_or("n"),
                 )
                 .await
             }
+            ("watch_idle", Driver::Core(d)) => d.watch_idle(arg(words, 1, "service")?).await,
             ("state", Driver::Raw(d)) => Ok(d.state()),
             ("state", Driver::Core(d)) => Ok(d.state()),
             ("release", d) => {
@@ -281,20 +286,41 @@ impl Raw {
         Ok(json!({"us": samples, "nodes": nodes}))
     }
 
-    async fn register_visible(&mut self, service: String, n: usize, ttl: i64) -> Reply {
+    /// With `first`, every registration is the first of its TTL (TTL + 1 + i s): a lease is
+    /// granted for it, inside the timed span.
+    async fn register_visible(
+        &mut self,
+        service: String,
+        n: usize,
+        ttl: i64,
+        first: bool,
+    ) -> Reply {
         let prefix = self.prefix(&service);
         let mut a = raw_connect(&self.endpoints).await?;
         let mut b = raw_connect(&self.endpoints).await?;
-        let lease = a
-            .lease_grant(ttl, None)
-            .await
-            .map_err(|e| format!("grant: {e}"))?
-            .id();
+        let mut leases = Vec::new();
+        if !first {
+            let id = a
+                .lease_grant(ttl, None)
+                .await
+                .map_err(|e| format!("grant: {e}"))?
+                .id();
+            leases.push(id);
+        }
         let mut samples = Vec::with_capacity(n);
         for i in 0..WARMUP + n {
             let name = format!("n{i}");
             let value = serde_json::to_string(&node_info(i)).unwrap_or_default();
             let t0 = Instant::now();
+            if first {
+                let id = a
+                    .lease_grant(ttl + 1 + i as i64, None)
+                    .await
+                    .map_err(|e| format!("grant: {e}"))?
+                    .id();
+                leases.push(id);
+            }
+            let lease = *leases.last().ok_or("no lease")?;
             a.put(
                 format!("{prefix}{name}"),
                 value,
@@ -318,7 +344,9 @@ impl Raw {
                 samples.push(us(t0.elapsed()));
             }
         }
-        let _ = a.lease_revoke(lease).await;
+        for lease in leases {
+            let _ = a.lease_revoke(lease).await;
+        }
         Ok(json!({ "us": samples }))
     }
 
@@ -567,6 +595,8 @@ struct Core {
     endpoints: Vec<String>,
     base: String,
     hold: Option<(Registry, Vec<Registration>)>,
+    /// Watches opened by `watch_idle`, drained until `release`.
+    watches: Vec<JoinHandle<()>>,
 }
 
 impl Core {
@@ -595,13 +625,21 @@ impl Core {
         Ok(json!({"us": samples, "nodes": nodes}))
     }
 
-    async fn register_visible(&mut self, service: String, n: usize, ttl: u64) -> Reply {
+    /// With `first`, every registration is the first of its TTL (TTL + 1 + i s).
+    async fn register_visible(
+        &mut self,
+        service: String,
+        n: usize,
+        ttl: u64,
+        first: bool,
+    ) -> Reply {
         let a = self.registry().await?;
         let b = self.registry().await?;
         let mut regs = Vec::with_capacity(WARMUP + n);
         let mut samples = Vec::with_capacity(n);
         for i in 0..WARMUP + n {
             let name = format!("n{i}");
+            let ttl = if first { ttl + 1 + i as u64 } else { ttl };
             let t0 = Instant::now();
             let reg = a
                 .register(
@@ -656,7 +694,9 @@ impl Core {
         Ok(json!({ "us": samples }))
     }
 
-    async fn hold(&mut self, service: String, n: usize, ttl: u64) -> Reply {
+    /// `hold SERVICE N TTL [NAME_PREFIX]`: the core driver alone takes a prefix for the node
+    /// names (default `n`), so that many fleet processes can share a service.
+    async fn hold(&mut self, service: String, n: usize, ttl: u64, name_prefix: &str) -> Reply {
         if self.hold.is_none() {
             self.hold = Some((self.registry().await?, Vec::new()));
         }
@@ -667,7 +707,7 @@ impl Core {
             let reg = registry
                 .register(
                     &service,
-                    Node::new(format!("n{k}"), node_info(k)),
+                    Node::new(format!("{name_prefix}{k}"), node_info(k)),
                     Duration::from_secs(ttl),
                 )
                 .map_err(|e| format!("register: {e}"))?;
@@ -695,7 +735,27 @@ impl Core {
         json!({"registered": registered, "total": total})
     }
 
+    /// `watch_idle SERVICE`: a watch on the held registry, kept (its events drained) until
+    /// `release`, as a fleet process that also discovers a service does.
+    async fn watch_idle(&mut self, service: String) -> Reply {
+        if self.hold.is_none() {
+            self.hold = Some((self.registry().await?, Vec::new()));
+        }
+        let (registry, _) = self.hold.as_ref().ok_or("no hold")?;
+        let w = registry
+            .watch(&service)
+            .await
+            .map_err(|e| format!("watch: {e}"))?;
+        self.watches.push(tokio::spawn(
+            async move { while w.next().await.is_some() {} },
+        ));
+        Ok(json!({"watching": self.watches.len()}))
+    }
+
     async fn release(&mut self) {
+        for w in self.watches.drain(..) {
+            w.abort();
+        }
         if let Some((registry, _)) = self.hold.take() {
             let _ = registry.close().await;
         }

@@ -42,7 +42,17 @@ pub struct Settings {
     pub long_ttl: u64,
     pub short_ttl: u64,
     pub long_outage: Duration,
+    /// The 60 s outage (full runs only; zero: skipped), and its TTL.
+    pub outage_60: Duration,
+    pub outage_60_ttl: u64,
     pub recovery_timeout: Duration,
+    /// Registrations held by one registry for the scale curve.
+    pub scale: Vec<usize>,
+    /// Fleet run: registry processes, services, processes that also watch, TTL.
+    pub fleet_processes: usize,
+    pub fleet_services: usize,
+    pub fleet_watchers: usize,
+    pub fleet_ttl: u64,
 }
 
 impl Settings {
@@ -68,7 +78,19 @@ impl Settings {
             long_ttl: 10,
             short_ttl: 3,
             long_outage: Duration::from_secs(6),
+            outage_60: Duration::from_secs(if full { 60 } else { 0 }),
+            outage_60_ttl: 10,
             recovery_timeout: Duration::from_secs(45),
+            scale: if full {
+                vec![1000, 10_000, 100_000]
+            } else {
+                vec![1000, 10_000]
+            },
+            fleet_processes: if full { 200 } else { 40 },
+            fleet_services: if full { 2 } else { 1 },
+            fleet_watchers: if full { 20 } else { 4 },
+            // The bulk phase's TTL, so that its single-registry idle rate models a process.
+            fleet_ttl: 6,
         }
     }
 
@@ -89,30 +111,44 @@ impl Settings {
             "short_outage_ttl_s": self.long_ttl,
             "long_outage_s": self.long_outage.as_secs_f64(),
             "long_outage_ttl_s": self.short_ttl,
+            "outage_60_s": self.outage_60.as_secs_f64(),
+            "outage_60_ttl_s": self.outage_60_ttl,
+            "scale_registrations": self.scale,
+            "fleet_processes": self.fleet_processes,
+            "fleet_services": self.fleet_services,
+            "fleet_watchers": self.fleet_watchers,
+            "fleet_ttl_s": self.fleet_ttl,
             "drivers_ignore_sigpipe": std::env::var("BENCH_IGNORE_SIGPIPE").is_ok_and(|v| v == "1"),
         })
     }
 }
 
 fn known_layer(name: &str, command: Vec<String>) -> Layer {
-    let (label, target) = match name {
-        "raw" => ("raw etcd-client (floor)", None),
-        "core" => ("Rust core", None),
-        "c" => ("C library", Some(1.10)),
-        "python" => ("Python", Some(1.5)),
-        "go" => ("Go", Some(1.3)),
-        other => (other, None),
+    // Targets (issue #15): C and Rust ≤ ×1.05 the raw etcd-client floor; Go and Python ≤ ×1.00
+    // the best native peer of their language.
+    let (label, target, language, peer) = match name {
+        "raw" => ("raw etcd-client (floor)", None, "rust", true),
+        "core" => ("Rust core", Some(1.05), "rust", false),
+        "c" => ("C library", Some(1.05), "c", false),
+        "python" => ("Python", Some(1.0), "python", false),
+        "go" => ("Go", Some(1.0), "go", false),
+        "go-clientv3" => ("Go clientv3 (peer)", None, "go", true),
+        "py-etcd3" => ("Python etcd3 (peer)", None, "python", true),
+        "py-aetcd" => ("Python aetcd (peer)", None, "python", true),
+        other => (other, None, "?", false),
     };
     Layer {
         name: name.to_string(),
         label: label.to_string(),
         command,
         target_ratio: target,
+        language,
+        peer,
     }
 }
 
 const USAGE: &str = "usage: etcd-registry-bench [run] [--quick] [--layer NAME=COMMAND]... \
-[--label NAME=LABEL]... [--skip NAME=REASON]... [--phases latency,bulk,recovery] [--out DIR] [--markdown FILE] [--log-dir DIR]";
+[--label NAME=LABEL]... [--skip NAME=REASON]... [--phases latency,bulk,recovery,scale,fleet] [--out DIR] [--markdown FILE] [--log-dir DIR]";
 
 pub fn main(args: &[String]) -> i32 {
     let mut quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
@@ -124,7 +160,13 @@ pub fn main(args: &[String]) -> i32 {
         known_layer("core", vec![exe, "driver".into(), "core".into()]),
     ];
     let mut skipped: Vec<(String, String)> = Vec::new();
-    let mut phases = vec!["latency".to_string(), "bulk".into(), "recovery".into()];
+    let mut phases = vec![
+        "latency".to_string(),
+        "bulk".into(),
+        "recovery".into(),
+        "scale".into(),
+        "fleet".into(),
+    ];
     let mut out_dir = PathBuf::from("bench/results");
     let mut markdown = PathBuf::from("BENCHMARKS.md");
     let mut log_dir = std::env::temp_dir().join("etcd-registry-bench-logs");
@@ -200,6 +242,8 @@ pub fn main(args: &[String]) -> i32 {
         paired_floor: BTreeMap::new(),
         bulk: BTreeMap::new(),
         recovery: BTreeMap::new(),
+        scale: Vec::new(),
+        fleet: None,
         errors: Vec::new(),
         duration_s: 0.0,
         phases: phases.clone(),
@@ -318,7 +362,19 @@ impl Bench<'_> {
             }
         }
         if wants("recovery") {
-            self.recovery()?;
+            if let Err(e) = self.recovery() {
+                self.error(format!("recovery: {e}"));
+            }
+        }
+        if wants("scale") {
+            if let Err(e) = self.scale() {
+                self.error(format!("scale: {e}"));
+            }
+        }
+        if wants("fleet") {
+            if let Err(e) = self.fleet() {
+                self.error(format!("fleet: {e}"));
+            }
         }
         Ok(())
     }
@@ -472,6 +528,35 @@ impl Bench<'_> {
             Ok(pair) => self.record_pair("register_visible", &layer.name, round, &pair),
             Err(e) => self.error(format!("{} register_visible: {e}", layer.name)),
         }
+        // The same, each registration the first of its TTL (a lease granted for it).
+        let service = |c: usize, floor: bool| {
+            format!(
+                "rf-{}-{round}-{c}{}",
+                layer.name,
+                if floor { "-floor" } else { "" }
+            )
+        };
+        let first = Self::chunked(
+            &mut d,
+            floor.as_mut(),
+            self.settings.register_iters,
+            |c, n, floor| {
+                format!(
+                    "register_visible {} {n} {REGISTER_TTL} first",
+                    service(c, floor)
+                )
+            },
+            samples,
+        );
+        for c in 0..CHUNKS {
+            for f in [false, true] {
+                let _ = direct.delete_prefix(&prefix(&service(c, f)));
+            }
+        }
+        match first {
+            Ok(pair) => self.record_pair("register_first", &layer.name, round, &pair),
+            Err(e) => self.error(format!("{} register_visible first: {e}", layer.name)),
+        }
         if let Some(f) = floor {
             f.quit(Duration::from_secs(10));
         }
@@ -618,7 +703,11 @@ impl Bench<'_> {
         let mut drivers: Vec<(Layer, Option<Driver>)> =
             self.layers.iter().map(|l| (l.clone(), None)).collect();
         for round in 0..self.settings.recovery_rounds {
-            for scenario in ["restart", "partition"] {
+            let mut scenarios = vec!["restart", "partition"];
+            if round == 0 && !self.settings.outage_60.is_zero() {
+                scenarios.push("outage60");
+            }
+            for scenario in scenarios {
                 progress(&format!(
                     "recovery round {}/{}: {scenario}",
                     round + 1,
@@ -677,6 +766,7 @@ impl Bench<'_> {
         let s = &self.settings;
         let (ttl, outage) = match scenario {
             "restart" => (s.long_ttl, s.short_outage),
+            "outage60" => (s.outage_60_ttl, s.outage_60),
             _ => (s.short_ttl, s.long_outage),
         };
         let n = s.recovery_nodes;
@@ -727,7 +817,7 @@ impl Bench<'_> {
             }
         }
         let mut keys_left = vec![None; count];
-        if scenario == "partition" {
+        if scenario != "restart" {
             for (i, service) in services.iter().enumerate() {
                 keys_left[i] = direct.count(&prefix(service)).ok();
             }
@@ -907,6 +997,241 @@ impl Slot {
         self.f.insert("leases_big".into(), json!(leases));
         let keys = self.direct.count(&prefix(&self.service))?;
         self.f.insert("keys_big".into(), json!(keys));
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------ scale and fleet
+
+/// gRPC streams open on one etcd member: (Watch, LeaseKeepAlive), started minus handled.
+fn open_streams(body: &str) -> (f64, f64) {
+    let open = |method: &str| {
+        let m = format!("grpc_method=\"{method}\"");
+        sysinfo::metric_sum(body, "grpc_server_started_total", &[&m])
+            - sysinfo::metric_sum(body, "grpc_server_handled_total", &[&m])
+    };
+    (open("Watch"), open("LeaseKeepAlive"))
+}
+
+/// (keep-alives, lease checks, all messages) received by every member of `etcd`, summed.
+fn received_all(etcd: &EtcdCluster) -> Res<(f64, f64, f64)> {
+    let mut sum = (0.0, 0.0, 0.0);
+    for i in 0..etcd.len() {
+        let (k, t, a) = sysinfo::grpc_received(&etcd.direct_endpoint(i))?;
+        sum = (sum.0 + k, sum.1 + t, sum.2 + a);
+    }
+    Ok(sum)
+}
+
+impl Bench<'_> {
+    /// One core registry holding 1k, 10k, 100k registrations of one TTL: time to register,
+    /// memory, keep-alives/s, and a second process listing and watching the service.
+    fn scale(&mut self) -> Res<()> {
+        let core = self
+            .layers
+            .iter()
+            .find(|l| l.name == "core")
+            .cloned()
+            .ok_or("no core layer")?;
+        progress("scale: starting etcd");
+        let etcd = EtcdCluster::builder()
+            .start()
+            .map_err(|e| format!("starting etcd: {e}"))?;
+        let mut direct = Direct::new(etcd.direct_endpoints())?;
+        let leases_before = etcd.lease_count().map_err(|e| e.to_string())?;
+        let ttl = self.settings.bulk_ttl;
+        let service = "scale";
+        let mut holder = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let mut reader = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let pid = holder.pid();
+        holder.call(&format!("hold {service} 1 {ttl}"), REPLY_TIMEOUT)?;
+        std::thread::sleep(Duration::from_millis(300));
+        let rss_1 = sysinfo::threads_rss(pid).map_or(0, |(_, r)| r);
+        let mut have = 1usize;
+        let mut total_ms = 0.0;
+        for &n in &self.settings.scale.clone() {
+            progress(&format!("scale: one registry holding {n} registrations"));
+            let more = n.saturating_sub(have);
+            let v = holder.call(&format!("hold {service} {more} {ttl}"), REPLY_TIMEOUT)?;
+            let step_ms = num(&v, "ms")?;
+            total_ms += step_ms;
+            have = n;
+            std::thread::sleep(Duration::from_millis(300));
+            let rss = sysinfo::threads_rss(pid).map_or(0, |(_, r)| r);
+            let keys = direct.count(&prefix(service))?;
+            let leases = etcd
+                .lease_count()
+                .map_err(|e| e.to_string())?
+                .saturating_sub(leases_before);
+            let before = (received_all(&etcd)?, sysinfo::cpu_ticks(pid).unwrap_or(0));
+            let t0 = Instant::now();
+            std::thread::sleep(self.settings.window);
+            let secs = t0.elapsed().as_secs_f64();
+            let after = (received_all(&etcd)?, sysinfo::cpu_ticks(pid).unwrap_or(0));
+            let lists = if n >= 100_000 { 3 } else { 5 };
+            let listed = reader.call(&format!("list {service} {lists}"), REPLY_TIMEOUT)?;
+            let list_p50 = stats::percentile(&samples(&listed)?, 50.0);
+            let t0 = Instant::now();
+            let watched = self.scale_watch(&mut reader, &mut direct, service);
+            let watch_ms = t0.elapsed().as_secs_f64() * 1e3;
+            let _ = direct.delete_prefix(&format!("{}w", prefix(service)));
+            let (watch_ready_ms, lag_p50) = match watched {
+                Ok((ready, lags)) => (Some(ready), stats::percentile(&lags, 50.0)),
+                Err(e) => {
+                    self.error(format!("scale watch at {n}: {e}"));
+                    reader = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
+                    (None, None)
+                }
+            };
+            self.results.scale.push(json!({
+                "registrations": n,
+                "keys_in_etcd": keys,
+                "leases": leases,
+                "register_step_ms": step_ms,
+                "register_total_ms": total_ms,
+                "register_us_per_registration": step_ms * 1e3 / more.max(1) as f64,
+                "rss_kib": rss,
+                "bytes_per_registration": (rss.saturating_sub(rss_1) as f64 * 1024.0) / (n - 1).max(1) as f64,
+                "keepalive_per_s": (after.0 .0 - before.0 .0) / secs,
+                "lease_checks_per_s": (after.0 .1 - before.0 .1) / secs,
+                "requests_per_s": (after.0 .2 - before.0 .2) / secs,
+                "idle_cpu_percent": after.1.saturating_sub(before.1) as f64 / sysinfo::clock_ticks() / secs * 100.0,
+                "list_p50_us": list_p50,
+                "watch_ready_ms": watch_ready_ms,
+                "watch_lag_p50_us": lag_p50,
+                "watch_total_ms": watch_ms,
+            }));
+        }
+        let _ = holder.call("release", REPLY_TIMEOUT);
+        holder.quit(Duration::from_secs(10));
+        reader.quit(Duration::from_secs(10));
+        Ok(())
+    }
+
+    /// A watch of the big service from a second process: (ms until the watch is ready, lags).
+    fn scale_watch(
+        &mut self,
+        d: &mut Driver,
+        direct: &mut Direct,
+        service: &str,
+    ) -> Res<(f64, Vec<f64>)> {
+        let n = 20;
+        let t0 = Instant::now();
+        d.call(&format!("watch {service} {n}"), REPLY_TIMEOUT)?;
+        let ready_ms = t0.elapsed().as_secs_f64() * 1e3;
+        direct.put(&format!("{}warm", prefix(service)), r#"{"warm":"1"}"#)?;
+        d.recv(REPLY_TIMEOUT)?;
+        for i in 0..n {
+            let t = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos());
+            let value = json!({ "t": t.to_string() }).to_string();
+            direct.put(&format!("{}w{i:04}", prefix(service)), &value)?;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok((ready_ms, samples(&d.recv(REPLY_TIMEOUT)?)?))
+    }
+
+    /// A scaled-down fleet on a 3-member cluster: many core registry processes, each holding
+    /// one node of one of a few services, some also watching one; what etcd carries.
+    fn fleet(&mut self) -> Res<()> {
+        let core = self
+            .layers
+            .iter()
+            .find(|l| l.name == "core")
+            .cloned()
+            .ok_or("no core layer")?;
+        let s = &self.settings;
+        let (procs, services, watchers, ttl) = (
+            s.fleet_processes,
+            s.fleet_services.max(1),
+            s.fleet_watchers,
+            s.fleet_ttl,
+        );
+        progress(&format!(
+            "fleet: 3-member etcd, {procs} registry processes, {services} services, {watchers} watching"
+        ));
+        let etcd = EtcdCluster::builder()
+            .members(3)
+            .start()
+            .map_err(|e| format!("starting etcd: {e}"))?;
+        let mut direct = Direct::new(etcd.direct_endpoints())?;
+        let leases_before = etcd.lease_count().map_err(|e| e.to_string())?;
+        let streams_before: Vec<(f64, f64)> = (0..etcd.len())
+            .map(|i| sysinfo::metrics(&etcd.direct_endpoint(i)).map(|b| open_streams(&b)))
+            .collect::<Res<_>>()?;
+        let mut drivers = Vec::new();
+        let started = Instant::now();
+        for i in 0..procs {
+            let mut d = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
+            d.send(&format!("hold fleet-{} 1 {ttl} p{i}-", i % services))?;
+            drivers.push(d);
+        }
+        for d in &mut drivers {
+            d.recv(REPLY_TIMEOUT)?;
+        }
+        for (i, d) in drivers.iter_mut().enumerate().take(watchers) {
+            d.call(&format!("watch_idle fleet-{}", i % services), REPLY_TIMEOUT)?;
+        }
+        let start_s = started.elapsed().as_secs_f64();
+        let mut keys = 0;
+        for k in 0..services {
+            keys += direct.count(&prefix(&format!("fleet-{k}")))?;
+        }
+        let leases = etcd
+            .lease_count()
+            .map_err(|e| e.to_string())?
+            .saturating_sub(leases_before);
+        std::thread::sleep(Duration::from_secs(2));
+        let before = received_all(&etcd)?;
+        let t0 = Instant::now();
+        std::thread::sleep(self.settings.window);
+        let secs = t0.elapsed().as_secs_f64();
+        let after = received_all(&etcd)?;
+        let mut per_member = Vec::new();
+        let (mut watch_streams, mut keepalive_streams) = (0.0, 0.0);
+        for i in 0..etcd.len() {
+            let body = sysinfo::metrics(&etcd.direct_endpoint(i))?;
+            let (w, k) = open_streams(&body);
+            let (w, k) = (w - streams_before[i].0, k - streams_before[i].1);
+            let watchers_gauge =
+                sysinfo::metric_sum(&body, "etcd_debugging_mvcc_watcher_total", &[]);
+            let (ka, _, all) = sysinfo::grpc_received(&etcd.direct_endpoint(i))?;
+            per_member.push(json!({"watch_streams": w, "keepalive_streams": k, "watchers": watchers_gauge, "keepalives_total": ka, "messages_total": all}));
+            watch_streams += w;
+            keepalive_streams += k;
+        }
+        let rss: u64 = drivers
+            .iter()
+            .filter_map(|d| sysinfo::threads_rss(d.pid()).map(|(_, r)| r))
+            .sum();
+        // One node changes: how many watch events etcd sends (every watcher of that service).
+        self.results.fleet = Some(json!({
+            "processes": procs,
+            "services": services,
+            "watching_processes": watchers,
+            "ttl_s": ttl,
+            "members": etcd.len(),
+            "start_s": start_s,
+            "keys": keys,
+            "leases": leases,
+            "window_s": secs,
+            "keepalive_per_s": (after.0 - before.0) / secs,
+            "lease_checks_per_s": (after.1 - before.1) / secs,
+            "requests_per_s": (after.2 - before.2) / secs,
+            "watch_streams": watch_streams,
+            "keepalive_streams": keepalive_streams,
+            "per_member": per_member,
+            "driver_rss_kib_total": rss,
+        }));
+        progress("fleet: stopping the processes");
+        for d in &mut drivers {
+            let _ = d.send("release");
+        }
+        for mut d in drivers {
+            let _ = d.recv(Duration::from_secs(30));
+            d.quit(Duration::from_secs(5));
+        }
         Ok(())
     }
 }

@@ -84,6 +84,38 @@ pub fn grpc_received(endpoint: &str) -> Result<(f64, f64, f64), String> {
     Ok((keepalive, ttl, total))
 }
 
+/// The text of etcd's `http://ENDPOINT/metrics`.
+pub fn metrics(endpoint: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(endpoint).map_err(|e| format!("metrics: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    write!(
+        s,
+        "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| format!("metrics: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)
+        .map_err(|e| format!("metrics: {e}"))?;
+    Ok(body)
+}
+
+/// Sum of the samples of metric `name` whose labels contain every one of `labels`.
+pub fn metric_sum(body: &str, name: &str, labels: &[&str]) -> f64 {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            if !(rest.starts_with('{') || rest.starts_with(' ')) {
+                return None;
+            }
+            if !labels.iter().all(|x| rest.contains(x)) {
+                return None;
+            }
+            rest.rsplit(' ').next()?.parse::<f64>().ok()
+        })
+        .sum()
+}
+
 /// The etcd server the harness starts for every layer (`ETCD_VERSION` or `ETCD_BIN` choose
 /// it, default 3.5): "3.5.1 (/path/to/etcd)", from its `etcd --version`.
 pub fn etcd_description() -> String {
