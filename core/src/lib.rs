@@ -44,7 +44,7 @@ mod watch;
 
 pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use keys::Info;
+pub use keys::{Info, InfoBytes};
 pub use registration::{Node, Registration, RegistrationState, StatusEvent};
 pub use registry::{Registry, MAX_REQUEST_BYTES, MAX_TTL_SECS};
 pub use watch::{Watch, WatchEvent, WatchEventKind};

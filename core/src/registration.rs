@@ -498,6 +498,12 @@ impl Registration {
         self.registry.update_reg(&self.shared, info)
     }
 
+    /// [`Registration::update`] with the info as bytes (see
+    /// [`Registry::register_bytes`](crate::Registry::register_bytes)).
+    pub fn update_bytes(&self, info: &crate::keys::InfoBytes) -> Result<()> {
+        self.registry.update_reg_bytes(&self.shared, info)
+    }
+
     /// Deletes the key at once and stops keeping it alive; revokes the lease when no other key
     /// uses it. Idempotent. After it returns no event of this registration follows. An error
     /// means etcd could not be told (the key then disappears when its lease expires).

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use registry::{runtime, Info, Node, Registration, RegistrationState, Registry, Watch};
+use registry::{runtime, Info, InfoBytes, Registration, RegistrationState, Registry, Watch};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
@@ -16,6 +16,7 @@ use crate::events::{
     etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
     Payload, PullQueue, Pulled, Sink, Sub, UserData,
 };
+use crate::info::{etcd_registry_info_entry, read_entries};
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
@@ -121,17 +122,18 @@ fn duration_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_WAIT)
 }
 
-/// Parses info JSON: NULL is an empty info; `null` is no info object (the value is stored
-/// empty, as Go's library does for a nil map); otherwise a JSON object whose values are all
-/// strings. Returns the info and whether it is absent.
-fn parse_info(json: Option<&str>) -> FfiResult<(Info, bool)> {
+/// Parses info JSON, the convenience form of info: NULL is an empty info; `null` is no info
+/// object (`None`: the value is stored empty, as Go's library does for a nil map); otherwise a
+/// JSON object whose values are all strings. The value stored is made by the core's encoder from
+/// the parsed strings, as for info given as entries.
+fn parse_info(json: Option<&str>) -> FfiResult<Option<InfoBytes>> {
     let Some(json) = json else {
-        return Ok((Info::new(), false));
+        return Ok(Some(InfoBytes::new()));
     };
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
     if value.is_null() {
-        return Ok((Info::new(), true));
+        return Ok(None);
     }
     let serde_json::Value::Object(map) = value else {
         return Err(Failure::invalid(format!(
@@ -147,7 +149,7 @@ fn parse_info(json: Option<&str>) -> FfiResult<(Info, bool)> {
             ))),
         })
         .collect::<FfiResult<Info>>()?;
-    Ok((info, false))
+    Ok(Some(InfoBytes::from(&info)))
 }
 
 fn state_code(state: RegistrationState) -> etcd_registry_state {
@@ -313,13 +315,28 @@ pub unsafe extern "C" fn etcd_registry_connect(
     })
 }
 
-/// Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
-/// `{"address":"10.0.0.5:8080"}`, NULL for an empty one, stored as `{}`, or `null` for no info
-/// object at all, stored as an empty value as Go's library does for a nil map) on a lease of `ttl_ms` milliseconds (rounded
-/// up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
-/// the registration proceeds in the background, retrying with backoff until it succeeds, then
-/// keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
-/// is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the Go library does).
+/// Registers `node` under `service` with the info `info`, an array of `info_len` key/value
+/// entries (see `etcd_registry_info_entry`: bytes with lengths, NUL and non-UTF-8 bytes allowed,
+/// each key given once and not empty), on a lease of `ttl_ms` milliseconds (rounded up to whole
+/// seconds; every registration of the same TTL shares one lease). The value stored is exactly
+/// what Go's `json.Marshal` writes for the same `map[string]string`.
+///
+/// An empty info (`info` NULL or not, `info_len` 0) is stored as `{}`. No info object at all is
+/// asked for explicitly, with `info_len` `ETCD_REGISTRY_NO_INFO` (and `info` NULL): the value is
+/// then stored empty, as Go's library stores a nil map.
+///
+/// ```c
+/// etcd_registry_info_entry info[] = {{"address", 7, "10.0.0.5:8080", 13}};
+/// etcd_registry_register(reg, "api", "node-1", info, 1, 10000, NULL, NULL, &id);
+/// etcd_registry_register(reg, "api", "node-2", NULL, 0, 10000, NULL, NULL, &id);  // {}
+/// etcd_registry_register(reg, "api", "node-3", NULL, ETCD_REGISTRY_NO_INFO, 10000, NULL, NULL,
+///                        &id);  // no info object: an empty value
+/// ```
+///
+/// Returns at once: the registration proceeds in the background, retrying with backoff until it
+/// succeeds, then keeps the lease alive and re-registers after any loss, until unregistered or
+/// closed. The key is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the
+/// Go library does).
 ///
 /// Status events go to `callback` with `user_data` on the library's callback thread; with a
 /// NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
@@ -327,12 +344,51 @@ pub unsafe extern "C" fn etcd_registry_connect(
 /// registration id. Registering a node this registry already holds replaces the older
 /// registration (which gets UNREGISTERED).
 ///
-/// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
-/// object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
-/// written only on success.
+/// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, an empty or repeated info
+/// key, or info too large for etcd; NULL_POINTER for a NULL `info` with `info_len` > 0 (other
+/// than `ETCD_REGISTRY_NO_INFO`) or a NULL key/value pointer with a length > 0; INVALID_UTF8
+/// for a name that is not UTF-8; CLOSED after `etcd_registry_close`. `*out_registration_id`
+/// (never 0) is written only on success.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn etcd_registry_register(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    node: *const c_char,
+    info: *const etcd_registry_info_entry,
+    info_len: usize,
+    ttl_ms: u64,
+    callback: etcd_registry_status_callback,
+    user_data: *mut c_void,
+    out_registration_id: *mut u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?;
+        let node = unsafe { required(node, "node") }?;
+        let info = unsafe { read_entries(info, info_len) }?;
+        let slot = out(out_registration_id, "out_registration_id")?;
+        this.register(
+            service,
+            node,
+            info.as_ref(),
+            ttl_ms,
+            callback,
+            user_data,
+            slot,
+        )
+    })
+}
+
+/// `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
+/// strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
+/// for no info object at all, stored as an empty value). It is parsed and then stored by the
+/// same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
+/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn etcd_registry_register_json(
     registry: *mut etcd_registry,
     service: *const c_char,
     node: *const c_char,
@@ -347,19 +403,39 @@ pub unsafe extern "C" fn etcd_registry_register(
         let this = unsafe { handle(registry) }?;
         let service = unsafe { required(service, "service") }?;
         let node = unsafe { required(node, "node") }?;
-        let (info, info_absent) = parse_info(unsafe { optional(info_json, "info_json") }?)?;
+        let info = parse_info(unsafe { optional(info_json, "info_json") }?)?;
         let slot = out(out_registration_id, "out_registration_id")?;
+        this.register(
+            service,
+            node,
+            info.as_ref(),
+            ttl_ms,
+            callback,
+            user_data,
+            slot,
+        )
+    })
+}
+
+impl etcd_registry {
+    #[allow(clippy::too_many_arguments)]
+    fn register(
+        &self,
+        service: &str,
+        node: &str,
+        info: Option<&InfoBytes>,
+        ttl_ms: u64,
+        callback: etcd_registry_status_callback,
+        user_data: *mut c_void,
+        slot: Out<u64>,
+    ) -> FfiResult {
+        let this = self;
         let sink = this.sink(callback, None, user_data)?;
         // The lock is held until the subscription is recorded, so close() cannot miss it.
         let mut state = this.open()?;
-        let registration = this.registry.register(
-            service,
-            Node {
-                info_absent,
-                ..Node::new(node, info)
-            },
-            Duration::from_millis(ttl_ms),
-        )?;
+        let registration =
+            this.registry
+                .register_bytes(service, node, info, Duration::from_millis(ttl_ms))?;
         let id = registration.id();
         let sub = Arc::new(Sub::new(id, service, Some(node), sink));
         let mut events = registration.subscribe();
@@ -382,25 +458,47 @@ pub unsafe extern "C" fn etcd_registry_register(
         );
         write_out(slot, id);
         Ok(())
+    }
+}
+
+/// Replaces the info of a registration with `info`, `info_len` entries as
+/// `etcd_registry_register` takes them (`info_len` 0: `{}`): the key is put again on the same lease with one put,
+/// without unregistering. Returns at once, like `etcd_registry_register`: the put goes through
+/// the registration's background task, and a `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event
+/// follows once it has landed (watchers see one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd
+/// is down the new info is kept and put when it is back; it is never lost. Updates of one
+/// registration apply in the order they were made: after concurrent updates, or several during
+/// an outage, etcd ends with the last one (intermediate ones may be skipped). Does not block, so
+/// it may be called from any callback.
+///
+/// INVALID_ARGUMENT for an empty or repeated key, info too large for etcd, or
+/// `ETCD_REGISTRY_NO_INFO` (no info object is for registering); NULL_POINTER as for
+/// `etcd_registry_register`; NOT_FOUND when `registration_id` is not a registration of this
+/// registry (unknown, unregistered, or replaced by a newer registration of the same node);
+/// CLOSED after `etcd_registry_close`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_update(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    info: *const etcd_registry_info_entry,
+    info_len: usize,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let info = unsafe { read_entries(info, info_len) }?.ok_or_else(|| {
+            Failure::invalid("ETCD_REGISTRY_NO_INFO (no info object) is for registering only")
+        })?;
+        this.update(registration_id, &info)
     })
 }
 
-/// Replaces the info of a registration with `info_json` (a JSON object of strings, as
-/// `etcd_registry_register` takes it; pass "{}" for none): the key is put again on the same
-/// lease with one put, without unregistering. Returns at once, like `etcd_registry_register`:
-/// the put goes through the registration's background task, and a
-/// `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event follows once it has landed (watchers see
-/// one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd is down the new info is kept and put when
-/// it is back; it is never lost. Updates of one registration apply in the order they were made:
-/// after concurrent updates, or several during an outage, etcd ends with the last one
-/// (intermediate ones may be skipped). Does not block, so it may be called from any callback.
-///
-/// INVALID_ARGUMENT for info that is not a JSON object of strings, has an empty key, or is too
-/// large for etcd; NULL_POINTER for a NULL `info_json`; INVALID_UTF8; NOT_FOUND when
-/// `registration_id` is not a registration of this registry (unknown, unregistered, or replaced
-/// by a newer registration of the same node); CLOSED after `etcd_registry_close`.
+/// `etcd_registry_update` with the info as JSON, a convenience: `info_json` is a JSON object of
+/// strings, as `etcd_registry_register_json` takes it (pass "{}" for none). INVALID_ARGUMENT also
+/// for info that is not a JSON object of strings (`null` included: no info object is for
+/// registering); NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
 #[no_mangle]
-pub unsafe extern "C" fn etcd_registry_update(
+pub unsafe extern "C" fn etcd_registry_update_json(
     registry: *mut etcd_registry,
     registration_id: u64,
     info_json: *const c_char,
@@ -408,13 +506,20 @@ pub unsafe extern "C" fn etcd_registry_update(
     guard(|| {
         // SAFETY: caller's contract for every pointer.
         let this = unsafe { handle(registry) }?;
-        let (info, absent) = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
-        if absent {
-            return Err(Failure::invalid(
-                "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
-            ));
-        }
-        let registration = this
+        let info = parse_info(Some(unsafe { required(info_json, "info_json") }?))?.ok_or_else(
+            || {
+                Failure::invalid(
+                    "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
+                )
+            },
+        )?;
+        this.update(registration_id, &info)
+    })
+}
+
+impl etcd_registry {
+    fn update(&self, registration_id: u64, info: &InfoBytes) -> FfiResult {
+        let registration = self
             .open()?
             .registrations
             .get(&registration_id)
@@ -425,9 +530,9 @@ pub unsafe extern "C" fn etcd_registry_update(
                     format!("no registration {registration_id} on this registry"),
                 )
             })?;
-        registration.update(info)?;
+        registration.update_bytes(info)?;
         Ok(())
-    })
+    }
 }
 
 /// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
@@ -796,9 +901,15 @@ mod tests {
 
     #[test]
     fn info_must_be_an_object_of_strings() {
-        assert_eq!(parse_info(None).unwrap(), (Info::new(), false));
-        assert_eq!(parse_info(Some("null")).unwrap(), (Info::new(), true));
-        assert_eq!(parse_info(Some(r#"{"a":"1","b":""}"#)).unwrap().0.len(), 2);
+        assert_eq!(parse_info(None).unwrap(), Some(InfoBytes::new()));
+        assert_eq!(parse_info(Some("null")).unwrap(), None);
+        assert_eq!(
+            parse_info(Some(r#"{"a":"1","b":""}"#))
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
         for bad in [
             "",
             "[]",
