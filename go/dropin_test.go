@@ -319,6 +319,45 @@ func TestDropInConstructorAcceptsWhatTheOriginalAccepts(t *testing.T) {
 	}
 }
 
+// 8. Only empty endpoint entries: accepted, as etcd's Go client accepts them; each call then
+// fails as it does there, with a deadline error once the timeout has passed, and a registration
+// reports failed attempts without ever succeeding.
+func TestDropInOnlyEmptyEndpointsFailEachCall(t *testing.T) {
+	// What the original does under the hood: clientv3 takes the list, then a call times out.
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"", "  "}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("clientv3 refused only empty endpoints: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err = c.Get(ctx, "/services/x")
+	cancel()
+	c.Close()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("clientv3 Get: %v, want a deadline error", err)
+	}
+
+	r, err := NewEtcdRegistry([]string{"", "  "}, "/services", "", "", time.Second)
+	if err != nil {
+		t.Fatalf("NewEtcdRegistry refused only empty endpoints: %v", err)
+	}
+	defer r.Close()
+	if _, err := r.GetServiceNodes("api"); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("GetServiceNodes: %v, want a deadline error", err)
+	}
+	done, errs, err := r.RegisterNode(t.Context(), "api", Node{Name: "n1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, errs); err == nil {
+		t.Fatal("a registration against no endpoint reported no error")
+	}
+	select {
+	case <-done:
+		t.Fatal("registered without any endpoint")
+	default:
+	}
+}
+
 // 4. A nil Info is stored as an empty value, an empty one as {}; listed, an empty value, null
 // or a value that is not an object is a nil Info, {} an empty map.
 func TestDropInNilInfo(t *testing.T) {
