@@ -35,6 +35,7 @@ mod error;
 mod group;
 mod health;
 pub mod keys;
+mod listing;
 pub mod log;
 mod registration;
 mod registry;

@@ -16,6 +16,7 @@ use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
 use crate::keys::{
     base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
 };
+use crate::listing;
 use crate::registration::{Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchSetup};
 
@@ -308,7 +309,7 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
-        let listing = watch::fetch(&self.inner.conn, &prefix).await?;
+        let listing = listing::fetch(&self.inner.conn, &prefix).await?;
         Ok(listing.nodes.into_iter().map(|(n, _)| n).collect())
     }
 
@@ -324,8 +325,8 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
-        let resp = watch::fetch_raw(&self.inner.conn, &prefix).await?;
-        Ok(watch::each_node(&resp, &prefix, f))
+        let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
+        Ok(listing::each_node(&resp, &prefix, f))
     }
 
     /// The names of the services under the base path that have at least one node (the names
