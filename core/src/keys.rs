@@ -131,6 +131,11 @@ impl InfoBytes {
         self.0.is_empty()
     }
 
+    /// The entries, sorted by key bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
     /// Whether some key is empty (which `register` and `update` refuse).
     pub fn has_empty_key(&self) -> bool {
         self.0.contains_key(&[][..])
@@ -138,7 +143,7 @@ impl InfoBytes {
 
     /// The value to store: what Go's `json.Marshal` writes for the same map, byte for byte.
     pub fn encode(&self) -> String {
-        encode_sorted_entries(self.0.iter().map(|(k, v)| (k.as_slice(), v.as_slice())))
+        encode_sorted_entries(self.iter())
     }
 
     /// The info as every reader decodes the stored value: invalid UTF-8 as U+FFFD (as Go's

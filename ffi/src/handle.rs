@@ -16,7 +16,7 @@ use crate::events::{
     etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
     Payload, PullQueue, Pulled, Sink, Sub, UserData,
 };
-use crate::info::{etcd_registry_info_entry, read_entries};
+use crate::info::{etcd_registry_info_entry, read_entries, ETCD_REGISTRY_NO_INFO};
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
@@ -369,73 +369,15 @@ pub unsafe extern "C" fn etcd_registry_register(
         let node = unsafe { required(node, "node") }?;
         let info = unsafe { read_entries(info, info_len) }?;
         let slot = out(out_registration_id, "out_registration_id")?;
-        this.register(
-            service,
-            node,
-            info.as_ref(),
-            ttl_ms,
-            callback,
-            user_data,
-            slot,
-        )
-    })
-}
-
-/// `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
-/// strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
-/// for no info object at all, stored as an empty value). It is parsed and then stored by the
-/// same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
-/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn etcd_registry_register_json(
-    registry: *mut etcd_registry,
-    service: *const c_char,
-    node: *const c_char,
-    info_json: *const c_char,
-    ttl_ms: u64,
-    callback: etcd_registry_status_callback,
-    user_data: *mut c_void,
-    out_registration_id: *mut u64,
-) -> etcd_registry_status {
-    guard(|| {
-        // SAFETY: caller's contract for every pointer.
-        let this = unsafe { handle(registry) }?;
-        let service = unsafe { required(service, "service") }?;
-        let node = unsafe { required(node, "node") }?;
-        let info = parse_info(unsafe { optional(info_json, "info_json") }?)?;
-        let slot = out(out_registration_id, "out_registration_id")?;
-        this.register(
-            service,
-            node,
-            info.as_ref(),
-            ttl_ms,
-            callback,
-            user_data,
-            slot,
-        )
-    })
-}
-
-impl etcd_registry {
-    #[allow(clippy::too_many_arguments)]
-    fn register(
-        &self,
-        service: &str,
-        node: &str,
-        info: Option<&InfoBytes>,
-        ttl_ms: u64,
-        callback: etcd_registry_status_callback,
-        user_data: *mut c_void,
-        slot: Out<u64>,
-    ) -> FfiResult {
-        let this = self;
         let sink = this.sink(callback, None, user_data)?;
         // The lock is held until the subscription is recorded, so close() cannot miss it.
         let mut state = this.open()?;
-        let registration =
-            this.registry
-                .register_bytes(service, node, info, Duration::from_millis(ttl_ms))?;
+        let registration = this.registry.register_bytes(
+            service,
+            node,
+            info.as_ref(),
+            Duration::from_millis(ttl_ms),
+        )?;
         let id = registration.id();
         let sub = Arc::new(Sub::new(id, service, Some(node), sink));
         let mut events = registration.subscribe();
@@ -458,6 +400,74 @@ impl etcd_registry {
         );
         write_out(slot, id);
         Ok(())
+    })
+}
+
+/// Runs `parse` under the panic guard; on failure returns its status (the message set).
+fn parsed<T>(parse: impl FnOnce() -> FfiResult<T>) -> Result<T, etcd_registry_status> {
+    let mut value = None;
+    let status = guard(|| {
+        value = Some(parse()?);
+        Ok(())
+    });
+    value.ok_or(status)
+}
+
+/// Entries pointing into `info`, for the entry functions: (array, length), the length
+/// `ETCD_REGISTRY_NO_INFO` for `None`.
+fn entries_of(info: Option<&InfoBytes>) -> (Vec<etcd_registry_info_entry>, usize) {
+    let Some(info) = info else {
+        return (Vec::new(), ETCD_REGISTRY_NO_INFO);
+    };
+    let entries: Vec<_> = info
+        .iter()
+        .map(|(k, v)| etcd_registry_info_entry {
+            key: k.as_ptr().cast(),
+            key_len: k.len(),
+            value: v.as_ptr().cast(),
+            value_len: v.len(),
+        })
+        .collect();
+    let len = entries.len();
+    (entries, len)
+}
+
+/// `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
+/// strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
+/// for no info object at all, stored as an empty value). It is parsed and then stored by the
+/// same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
+/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn etcd_registry_register_json(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    node: *const c_char,
+    info_json: *const c_char,
+    ttl_ms: u64,
+    callback: etcd_registry_status_callback,
+    user_data: *mut c_void,
+    out_registration_id: *mut u64,
+) -> etcd_registry_status {
+    // SAFETY: caller's contract.
+    let info = match parsed(|| parse_info(unsafe { optional(info_json, "info_json") }?)) {
+        Ok(info) => info,
+        Err(status) => return status,
+    };
+    let (entries, len) = entries_of(info.as_ref());
+    // SAFETY: the caller's pointers as given; the entries point into `info`, alive until return.
+    unsafe {
+        etcd_registry_register(
+            registry,
+            service,
+            node,
+            entries.as_ptr(),
+            len,
+            ttl_ms,
+            callback,
+            user_data,
+            out_registration_id,
+        )
     }
 }
 
@@ -489,7 +499,19 @@ pub unsafe extern "C" fn etcd_registry_update(
         let info = unsafe { read_entries(info, info_len) }?.ok_or_else(|| {
             Failure::invalid("ETCD_REGISTRY_NO_INFO (no info object) is for registering only")
         })?;
-        this.update(registration_id, &info)
+        let registration = this
+            .open()?
+            .registrations
+            .get(&registration_id)
+            .map(|e| e.registration.clone())
+            .ok_or_else(|| {
+                Failure::new(
+                    etcd_registry_status::NotFound,
+                    format!("no registration {registration_id} on this registry"),
+                )
+            })?;
+        registration.update_bytes(&info)?;
+        Ok(())
     })
 }
 
@@ -503,36 +525,20 @@ pub unsafe extern "C" fn etcd_registry_update_json(
     registration_id: u64,
     info_json: *const c_char,
 ) -> etcd_registry_status {
-    guard(|| {
-        // SAFETY: caller's contract for every pointer.
-        let this = unsafe { handle(registry) }?;
-        let info = parse_info(Some(unsafe { required(info_json, "info_json") }?))?.ok_or_else(
-            || {
-                Failure::invalid(
-                    "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
-                )
-            },
-        )?;
-        this.update(registration_id, &info)
-    })
-}
-
-impl etcd_registry {
-    fn update(&self, registration_id: u64, info: &InfoBytes) -> FfiResult {
-        let registration = self
-            .open()?
-            .registrations
-            .get(&registration_id)
-            .map(|e| e.registration.clone())
-            .ok_or_else(|| {
-                Failure::new(
-                    etcd_registry_status::NotFound,
-                    format!("no registration {registration_id} on this registry"),
-                )
-            })?;
-        registration.update_bytes(info)?;
-        Ok(())
-    }
+    let info = match parsed(|| {
+        // SAFETY: caller's contract.
+        parse_info(Some(unsafe { required(info_json, "info_json") }?))?.ok_or_else(|| {
+            Failure::invalid(
+                "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
+            )
+        })
+    }) {
+        Ok(info) => info,
+        Err(status) => return status,
+    };
+    let (entries, len) = entries_of(Some(&info));
+    // SAFETY: the caller's handle as given; the entries point into `info`, alive until return.
+    unsafe { etcd_registry_update(registry, registration_id, entries.as_ptr(), len) }
 }
 
 /// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
