@@ -575,7 +575,7 @@ static void test_register_argument_errors(void) {
     CHECK(count_nodes(r, "argerr") == 0);
 
     /* NULL info is no info. */
-    CHECK_OK(etcd_registry_register_json(r, "argerr", "no-info", NULL, 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "argerr", "no-info", NULL, 10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry_node_list *list = NULL;
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
@@ -585,7 +585,7 @@ static void test_register_argument_errors(void) {
 
     /* "null" is no info object at all: stored as an empty value (as Go's library stores a nil
      * map), listed with info_json "null" and no entries. */
-    CHECK_OK(etcd_registry_register_json(r, "argerr", "null-info", "null", 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "argerr", "null-info", "null", 10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     list = NULL;
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
