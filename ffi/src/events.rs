@@ -249,8 +249,8 @@ pub(crate) struct OwnedEvent {
     _info: Option<NodeStorage>,
 }
 
-// SAFETY: the raw pointers in `public` point into the CStrings owned by the same value, which
-// move with it and are never mutated.
+// SAFETY: the raw pointers in `public` point into the CStrings and the node storage owned by the
+// same value, whose heap buffers move with it and are never mutated.
 unsafe impl Send for OwnedEvent {}
 
 fn empty_status() -> etcd_registry_status_event {
