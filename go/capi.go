@@ -13,7 +13,6 @@ package etcdregistry
 import "C"
 
 import (
-	"encoding/json"
 	"strings"
 	"time"
 	"unsafe"
@@ -173,31 +172,70 @@ func cSetTLS(op string, config *C.etcd_registry_config, t *TLS) error {
 	return nil
 }
 
-func cRegister(p *C.etcd_registry, service, node, infoJSON string, ttl time.Duration) (uint64, error) {
+func cRegister(p *C.etcd_registry, service, node string, info map[string]string, ttl time.Duration) (uint64, error) {
 	const op = "register"
-	cs, err := cStrings(op, service, node, infoJSON)
+	cs, err := cStrings(op, service, node)
 	if err != nil {
 		return 0, err
 	}
 	defer freeCStrings(cs)
+	entries, n, block := cInfo(info)
+	defer C.free(block)
 	var id C.uint64_t
 	var msg *C.char
-	status := C.goer_register(p, cs[0], cs[1], cs[2], C.uint64_t(durationMs(ttl)), &id, &msg)
+	status := C.goer_register(p, cs[0], cs[1], entries, n, C.uint64_t(durationMs(ttl)), &id, &msg)
 	if err := cResult(op, status, msg); err != nil {
 		return 0, err
 	}
 	return uint64(id), nil
 }
 
-func cUpdate(p *C.etcd_registry, id uint64, infoJSON string) error {
-	const op = "update"
-	cs, err := cStrings(op, infoJSON)
-	if err != nil {
-		return err
+func cUpdate(p *C.etcd_registry, id uint64, info map[string]string) error {
+	if info == nil {
+		info = map[string]string{} // an update always stores an object: nil is {}
 	}
-	defer freeCStrings(cs)
+	entries, n, block := cInfo(info)
+	defer C.free(block)
 	var msg *C.char
-	return cResult(op, C.goer_update(p, C.uint64_t(id), cs[0], &msg), msg)
+	return cResult("update", C.goer_update(p, C.uint64_t(id), entries, n, &msg), msg)
+}
+
+// noInfo is ETCD_REGISTRY_NO_INFO (SIZE_MAX): register a node without info object.
+const noInfo = ^C.size_t(0)
+
+// cInfo copies info into one C allocation, the entries followed by their bytes (C may not
+// keep Go pointers, and entries in Go memory pointing at Go strings would break cgo's rules).
+// Keys and values go as bytes with lengths: NUL and invalid UTF-8 reach the library as they
+// are, and its encoder writes what json.Marshal writes. A nil map is no info object (stored as
+// an empty value, as the original stores it). Free block with C.free (nil is fine).
+func cInfo(info map[string]string) (entries *C.etcd_registry_info_entry, n C.size_t, block unsafe.Pointer) {
+	if info == nil {
+		return nil, noInfo, nil
+	}
+	if len(info) == 0 {
+		return nil, 0, nil
+	}
+	size := 0
+	for k, v := range info {
+		size += len(k) + len(v)
+	}
+	head := uintptr(len(info)) * unsafe.Sizeof(C.etcd_registry_info_entry{})
+	block = C.malloc(C.size_t(head + uintptr(size)))
+	list := unsafe.Slice((*C.etcd_registry_info_entry)(block), len(info))
+	data := unsafe.Slice((*byte)(unsafe.Add(block, head)), size)
+	at := 0
+	put := func(s string) (*C.char, C.size_t) {
+		start := unsafe.Add(block, head+uintptr(at))
+		at += copy(data[at:], s)
+		return (*C.char)(start), C.size_t(len(s))
+	}
+	i := 0
+	for k, v := range info {
+		list[i].key, list[i].key_len = put(k)
+		list[i].value, list[i].value_len = put(v)
+		i++
+	}
+	return &list[0], C.size_t(len(info)), block
 }
 
 func cUnregister(p *C.etcd_registry, id uint64) error {
@@ -277,8 +315,7 @@ func cWatchNodes(p *C.etcd_registry, id uint64) ([]Node, error) {
 }
 
 // takeNodeList copies a node list into Go values and frees it. Never nil. The list is read
-// through its flat entry array: two native calls for the whole list, none per node, and one
-// copy per node (the library lays a node's name, keys and values out one after the other).
+// through its flat entry array: two native calls for the whole list, none per node.
 func takeNodeList(list *C.etcd_registry_node_list) []Node {
 	defer C.etcd_registry_node_list_free(list)
 	n := int(C.etcd_registry_node_list_len(list))
@@ -287,55 +324,60 @@ func takeNodeList(list *C.etcd_registry_node_list) []Node {
 		return nodes
 	}
 	for i, e := range unsafe.Slice(C.etcd_registry_node_list_entries(list), n) {
-		nodes[i] = nodeOfEntry(list, i, &e)
+		nodes[i] = Node{
+			Name: goStringN(e.name, e.name_len),
+			Info: goInfo(e.info, e.info_len, bool(e.info_absent)),
+		}
 	}
 	return nodes
 }
 
-// nodeOfEntry copies node i of a list: its strings in one piece, then cut at the NULs.
-func nodeOfEntry(list *C.etcd_registry_node_list, i int, e *C.etcd_registry_node_entry) Node {
-	infoLen := int(e.info_len)
-	base := unsafe.Pointer(e.name)
-	last := base // the node's last string: its last value, or its name
-	if infoLen > 0 {
-		last = unsafe.Pointer(unsafe.Slice(e.info, infoLen)[infoLen-1].value)
+// goInfo copies info entries into a map: nil for no info object (an empty value, null, not an
+// object: as the original reads it), an empty map for {}. Strings are read with their lengths
+// (no strlen, NUL kept), all of them copied into one allocation.
+func goInfo(info *C.etcd_registry_info_entry, n C.size_t, absent bool) map[string]string {
+	if absent {
+		return nil
 	}
-	span := int(uintptr(last) - uintptr(base))
-	for *(*byte)(unsafe.Add(base, span)) != 0 {
-		span++
+	entries := unsafe.Slice(info, int(n))
+	out := make(map[string]string, len(entries))
+	if len(entries) == 0 {
+		return out
 	}
-	all := strings.Clone(unsafe.String((*byte)(base), span))
-	// A NUL character in the info is U+FFFD in the entries; the JSON form has it exactly.
-	exact := !strings.Contains(all, "\uFFFD")
-	next := func() string {
-		cut := strings.IndexByte(all, 0)
-		if cut < 0 {
-			s := all
-			all = ""
-			return s
-		}
-		s := all[:cut]
-		all = all[cut+1:]
+	size := 0
+	for _, e := range entries {
+		size += int(e.key_len) + int(e.value_len)
+	}
+	buf := make([]byte, 0, size)
+	for _, e := range entries {
+		buf = append(buf, cBytes(e.key, e.key_len)...)
+		buf = append(buf, cBytes(e.value, e.value_len)...)
+	}
+	all := unsafe.String(unsafe.SliceData(buf), len(buf)) // buf is never written again
+	at := 0
+	next := func(n C.size_t) string {
+		s := all[at : at+int(n)]
+		at += int(n)
 		return s
 	}
-	node := Node{Name: next()}
-	if infoLen == 0 {
-		// No info object (an empty value, null, not an object) is a nil map, as the original
-		// reads it; an empty object an empty map.
-		if goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))) != "null" {
-			node.Info = map[string]string{}
-		}
-		return node
+	for _, e := range entries {
+		key := next(e.key_len)
+		out[key] = next(e.value_len)
 	}
-	node.Info = make(map[string]string, infoLen)
-	for j := 0; j < infoLen; j++ {
-		key, value := next(), next()
-		node.Info[key] = value
+	return out
+}
+
+// cBytes is a view of n bytes at p (owned by the library: copy before it is freed).
+func cBytes(p *C.char, n C.size_t) []byte {
+	if n == 0 {
+		return nil
 	}
-	if !exact && infoLen > 0 {
-		node.Info = decodeInfo(goString(C.etcd_registry_node_list_info_json(list, C.size_t(i))))
-	}
-	return node
+	return unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n))
+}
+
+// goStringN copies n bytes at p into a Go string.
+func goStringN(p *C.char, n C.size_t) string {
+	return string(cBytes(p, n))
 }
 
 // cClose closes the registry (see the header's shutdown order); the handle stays valid.
@@ -374,7 +416,7 @@ func cNextEvent(p *C.etcd_registry, timeoutMs uint64) (pulled, error) {
 		out := WatchEvent{
 			Type:     WatchEventType(w.kind),
 			Service:  goString(w.service),
-			Node:     Node{Name: goString(w.node_name), Info: decodeInfo(goString(w.info_json))},
+			Node:     Node{Name: goString(w.node_name), Info: goInfo(w.info, w.info_len, bool(w.info_absent))},
 			Revision: int64(w.revision),
 		}
 		if out.Type == WatchResynced {
@@ -410,80 +452,4 @@ func goString(s *C.char) string {
 		return ""
 	}
 	return C.GoString(s)
-}
-
-// encodeInfo is the info as the library takes it: a JSON object of strings, or null for a nil
-// map (stored as an empty value, as the original stores it).
-func encodeInfo(info map[string]string) string {
-	if info == nil {
-		return "null"
-	}
-	if len(info) == 0 {
-		return "{}"
-	}
-	b, _ := json.Marshal(info) // a map[string]string always marshals
-	return string(b)
-}
-
-// decodeInfo reads the library's JSON object of strings; nil for null (a node without info
-// object). Listing a large service
-// decodes one object per node, so the compact form the library writes (no whitespace, and
-// usually no escapes) is read directly; anything else goes through encoding/json.
-func decodeInfo(s string) map[string]string {
-	if info, ok := decodePlainObject(s); ok {
-		return info
-	}
-	if s == "null" {
-		return nil
-	}
-	info := map[string]string{}
-	if s != "" {
-		_ = json.Unmarshal([]byte(s), &info) // the library hands out valid objects of strings
-	}
-	return info
-}
-
-// decodePlainObject parses {"k":"v",...} with no whitespace and no escape sequences; ok is
-// false for anything else.
-func decodePlainObject(s string) (map[string]string, bool) {
-	if len(s) < 2 || s[0] != '{' || s[len(s)-1] != '}' || strings.IndexByte(s, '\\') >= 0 {
-		return nil, false
-	}
-	info := make(map[string]string, 4)
-	if s == "{}" {
-		return info, true
-	}
-	i := 1
-	readString := func() (string, bool) {
-		if i >= len(s) || s[i] != '"' {
-			return "", false
-		}
-		end := strings.IndexByte(s[i+1:], '"')
-		if end < 0 {
-			return "", false
-		}
-		v := s[i+1 : i+1+end]
-		i += end + 2
-		return v, true
-	}
-	for {
-		key, ok := readString()
-		if !ok || i >= len(s) || s[i] != ':' {
-			return nil, false
-		}
-		i++
-		value, ok := readString()
-		if !ok || i >= len(s) {
-			return nil, false
-		}
-		info[key] = value
-		switch s[i] {
-		case '}':
-			return info, i == len(s)-1
-		case ',':
-			i++
-		default:
-			return nil, false
-		}
-	}
 }

@@ -221,7 +221,9 @@ func TestDropInValueBytesAreJSONMarshals(t *testing.T) {
 	// Pieces that Go's encoder treats specially, and ordinary ones.
 	pieces := []string{"a", "Z", "0", " ", "<", ">", "&", "\"", "\\", "/", "\n", "\r", "\t", "\b",
 		"\f", "\x00", "\x01", "\x1f", "\x7f", "é", "日本", "😀", "\u2028", "\u2029", "\ufffd",
-		"\u00a0", "\u200b", "'", "=", "+", "%", "{", "}", "[", "]", ":", ","}
+		"\u00a0", "\u200b", "'", "=", "+", "%", "{", "}", "[", "]", ":", ",",
+		// Not UTF-8: json.Marshal writes \ufffd for each invalid byte.
+		"\xff", "\xfe", "\xe2\x80", "\xed\xa0\x80", "\xc0\x80", "\xf4\x90\x80\x80"}
 	randomString := func(max int) string {
 		var b strings.Builder
 		for range rng.IntN(max + 1) {
@@ -234,6 +236,7 @@ func TestDropInValueBytesAreJSONMarshals(t *testing.T) {
 		{"address": "10.0.0.5:8080", "version": "1.0.0"},
 		{"html": "<a href=\"x\">&amp;</a>", "sep": "line\u2028para\u2029"},
 		{"ctl": "\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f\x10\x1f\x7f"},
+		{"bad\xffkey": "bad\xe2\x80value", "nul\x00": "\x00"},
 	}
 	for range 60 {
 		m := map[string]string{}
@@ -268,7 +271,7 @@ func TestDropInValueBytesAreJSONMarshals(t *testing.T) {
 			t.Fatalf("stored value %q is not UTF-8", got)
 		}
 	}
-	// And read back as they were given.
+	// And read back as Go reads the stored value: as given, with U+FFFD for invalid bytes.
 	nodes, err := r.GetServiceNodes(service)
 	if err != nil {
 		t.Fatal(err)
@@ -278,8 +281,8 @@ func TestDropInValueBytesAreJSONMarshals(t *testing.T) {
 	}
 	for _, n := range nodes {
 		i := int(n.Name[1]-'a')*26 + int(n.Name[2]-'a')
-		if !reflect.DeepEqual(n.Info, maps[i]) {
-			t.Fatalf("node %s read back as %q, registered %q", n.Name, n.Info, maps[i])
+		if want := readBack(t, maps[i]); !reflect.DeepEqual(n.Info, want) {
+			t.Fatalf("node %s read back as %q, registered %q, want %q", n.Name, n.Info, maps[i], want)
 		}
 	}
 }
@@ -313,6 +316,45 @@ func TestDropInConstructorAcceptsWhatTheOriginalAccepts(t *testing.T) {
 				t.Fatalf("listed %v, %v", nodes, err)
 			}
 		})
+	}
+}
+
+// 8. Only empty endpoint entries: accepted, as etcd's Go client accepts them; each call then
+// fails as it does there, with a deadline error once the timeout has passed, and a registration
+// reports failed attempts without ever succeeding.
+func TestDropInOnlyEmptyEndpointsFailEachCall(t *testing.T) {
+	// What the original does under the hood: clientv3 takes the list, then a call times out.
+	c, err := clientv3.New(clientv3.Config{Endpoints: []string{"", "  "}, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatalf("clientv3 refused only empty endpoints: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	_, err = c.Get(ctx, "/services/x")
+	cancel()
+	c.Close()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("clientv3 Get: %v, want a deadline error", err)
+	}
+
+	r, err := NewEtcdRegistry([]string{"", "  "}, "/services", "", "", time.Second)
+	if err != nil {
+		t.Fatalf("NewEtcdRegistry refused only empty endpoints: %v", err)
+	}
+	defer r.Close()
+	if _, err := r.GetServiceNodes("api"); !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrTimeout) {
+		t.Fatalf("GetServiceNodes: %v, want a deadline error", err)
+	}
+	done, errs, err := r.RegisterNode(t.Context(), "api", Node{Name: "n1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, errs); err == nil {
+		t.Fatal("a registration against no endpoint reported no error")
+	}
+	select {
+	case <-done:
+		t.Fatal("registered without any endpoint")
+	default:
 	}
 }
 

@@ -2,45 +2,90 @@ package etcdregistry
 
 import (
 	"encoding/json"
-	"reflect"
+	"errors"
+	"maps"
 	"testing"
+	"time"
 )
 
-// The fast path of decodeInfo must read every object exactly as encoding/json does, and fall
-// back to it for whatever it does not handle.
-func TestDecodeInfoMatchesEncodingJSON(t *testing.T) {
-	cases := []string{
-		`{}`,
-		`{"version":"1.0.0"}`,
-		`{"address":"10.0.0.5:8080","version":"1.0.0","zone":""}`,
-		`{"":"empty key"}`,
-		`{"quote":"a\"b","slash":"a\\b","nl":"x\ny","u":"\u00e9\u2603"}`,
-		`{"name":"héllo ☃ 日本"}`,
-		`{ "spaced" : "yes" }`,
-		`{"a":"1","a":"2"}`,
+// readBack is what a Go program reads from the value json.Marshal writes for info: the map
+// itself when its strings are UTF-8, with U+FFFD for each invalid byte otherwise.
+func readBack(t *testing.T, info map[string]string) map[string]string {
+	t.Helper()
+	b, err := json.Marshal(info)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, c := range cases {
-		want := map[string]string{}
-		if err := json.Unmarshal([]byte(c), &want); err != nil {
-			t.Fatalf("bad case %s: %v", c, err)
-		}
-		if got := decodeInfo(c); !reflect.DeepEqual(got, want) {
-			t.Errorf("decodeInfo(%s) = %v, want %v", c, got, want)
-		}
+	var out map[string]string
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
 	}
-	for _, bad := range []string{``, `{`, `}`, `{"a"}`, `{"a":}`, `{"a":"1",}`, `{"a":"1"}x`, `[1]`} {
-		if _, ok := decodePlainObject(bad); ok {
-			t.Errorf("decodePlainObject(%q) accepted malformed input", bad)
-		}
-		if got := decodeInfo(bad); got == nil {
-			t.Errorf("decodeInfo(%q) returned nil", bad)
-		}
-	}
+	return out
 }
 
-func BenchmarkDecodeInfo(b *testing.B) {
-	s := `{"address":"10.0.0.5:8080","version":"1.0.0","zone":"eu-west-1a"}`
-	for i := 0; i < b.N; i++ {
-		decodeInfo(s)
+// Info crosses to the library as bytes with lengths and comes back the same way: NUL bytes
+// survive in keys and values, invalid UTF-8 is stored as json.Marshal writes it (the escape
+// \ufffd per byte) and read back as U+FFFD, through listing, watch events, the watch's node set
+// and Update.
+func TestInfoBytesRoundTrip(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	c := nativeClient(t)
+	service := serviceName(t)
+	first := map[string]string{
+		"nul\x00key": "a\x00b",
+		"bad\xff":    "x\xe2\x80y\xed\xa0\x80",
+		"html":       "<&>\u2028",
+		"empty":      "",
+	}
+	second := map[string]string{"v\x00": "2\xc0\x80", "é": "日本"}
+
+	w, err := r.WatchService(t.Context(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	g, err := r.Register(t.Context(), service, Node{Name: "n1", Info: first}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, g.Events(), StatusRegistered)
+	want, _ := json.Marshal(first)
+	if got, _ := nativeGet(t, c, "/services/"+service+"/n1"); string(got) != string(want) {
+		t.Fatalf("stored %q\nMarshal %q", got, want)
+	}
+	if ev := waitWatch(t, w, WatchAdded, "n1"); !maps.Equal(ev.Node.Info, readBack(t, first)) {
+		t.Fatalf("watch event info %q, want %q", ev.Node.Info, readBack(t, first))
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 1 || !maps.Equal(nodes[0].Info, readBack(t, first)) {
+		t.Fatalf("listed %q (%v), want info %q", nodes, err, readBack(t, first))
+	}
+
+	if err := g.Update(second); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, g.Events(), StatusUpdated)
+	want, _ = json.Marshal(second)
+	if got, _ := nativeGet(t, c, "/services/"+service+"/n1"); string(got) != string(want) {
+		t.Fatalf("updated to %q\nMarshal %q", got, want)
+	}
+	if ev := waitWatch(t, w, WatchUpdated, "n1"); !maps.Equal(ev.Node.Info, readBack(t, second)) {
+		t.Fatalf("watch event info %q, want %q", ev.Node.Info, readBack(t, second))
+	}
+	live, err := w.Nodes()
+	if err != nil || len(live) != 1 || !maps.Equal(live[0].Info, readBack(t, second)) {
+		t.Fatalf("live set %q (%v)", live, err)
+	}
+
+	// Update(nil) stores an empty object; an empty key is refused.
+	if err := g.Update(nil); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, g.Events(), StatusUpdated)
+	if got, _ := nativeGet(t, c, "/services/"+service+"/n1"); string(got) != "{}" {
+		t.Fatalf("Update(nil) stored %q", got)
+	}
+	if err := g.Update(map[string]string{"": "v"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("empty key: %v", err)
 	}
 }

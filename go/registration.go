@@ -97,7 +97,7 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	h.routes.beginCreate()
 	err := h.use(op, func(p *cRegistry) error {
 		var err error
-		g.id, err = cRegister(p, service, node.Name, encodeInfo(node.Info), ttl)
+		g.id, err = cRegister(p, service, node.Name, node.Info, ttl)
 		return err
 	})
 	if err != nil {
@@ -196,8 +196,9 @@ func (g *Registration) LeaseID() int64 {
 // put when etcd is back, never lost; updates apply in the order they were made, so after
 // concurrent updates etcd holds the last one (intermediate ones may be skipped).
 //
-// ErrInvalidArgument for an empty info key or info too large for etcd, ErrNotFound once the
-// registration has ended (ErrClosed after Close).
+// A nil info is stored as {} (an update always stores an object). ErrInvalidArgument for an
+// empty info key or info too large for etcd, ErrNotFound once the registration has ended
+// (ErrClosed after Close).
 func (g *Registration) Update(info map[string]string) error {
 	const op = "update"
 	if g.ended() {
@@ -206,7 +207,7 @@ func (g *Registration) Update(info map[string]string) error {
 		}
 		return &Error{Code: CodeNotFound, Op: op, Message: "the registration has already ended"}
 	}
-	err := g.r.h.use(op, func(p *cRegistry) error { return cUpdate(p, g.id, encodeInfo(info)) })
+	err := g.r.h.use(op, func(p *cRegistry) error { return cUpdate(p, g.id, info) })
 	runtime.KeepAlive(g)
 	return err
 }

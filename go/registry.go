@@ -65,8 +65,10 @@ type handle struct {
 type nodeKey struct{ service, node string }
 
 // NewEtcdRegistry creates a registry. It accepts what go.lumeweb.com/etcd-registry accepts: a
-// defaultTimeout <= 0 means the default of 10 s, and empty entries in endpoints are skipped. It
-// fails only on no endpoint at all (nil, or only empty entries) or a malformed one; it does
+// defaultTimeout <= 0 means the default of 10 s, and empty entries in endpoints are skipped. A
+// list of only empty entries is accepted too, as etcd's Go client accepts it, and every call
+// then fails as there: with a deadline error once the timeout has passed, as nothing can be
+// reached. It fails only on no endpoint at all (nil or empty) or a malformed one; it does
 // not dial, so etcd may be down now: every operation connects when it needs to, and
 // registrations retry until etcd is up. Credentials are used when both username and password
 // are given (as the original does); New takes a username with an empty password.
@@ -77,6 +79,12 @@ func NewEtcdRegistry(endpoints []string, basePath, username, password string, de
 		if strings.TrimSpace(e) != "" {
 			usable = append(usable, e)
 		}
+	}
+	if len(usable) == 0 && len(endpoints) > 0 {
+		// Only empty entries: clientv3 takes them and its dialer then fails every attempt
+		// ("missing address") until each call's deadline. The library has no endpoint without
+		// an address, so it gets one where nothing answers, which behaves the same.
+		usable = []string{unreachableEndpoint}
 	}
 	if len(usable) == 0 {
 		return nil, invalidArgument("new registry", "no etcd endpoints")
@@ -93,6 +101,10 @@ func NewEtcdRegistry(endpoints []string, basePath, username, password string, de
 		Timeout:   max(defaultTimeout, 0),
 	})
 }
+
+// unreachableEndpoint stands for an endpoint list of only empty entries: the loopback discard
+// port, where no etcd answers (connections are refused), so each call fails at its deadline.
+const unreachableEndpoint = "127.0.0.1:9"
 
 // New creates a registry from a full configuration. Like NewEtcdRegistry, it does not dial.
 func New(cfg Config) (*EtcdRegistry, error) {

@@ -23,7 +23,6 @@ func TestNewEtcdRegistryRejectsBadArguments(t *testing.T) {
 		timeout   time.Duration
 	}{
 		{"no endpoints", nil, time.Second},
-		{"only empty endpoints", []string{"", " "}, time.Second},
 		{"NUL in endpoint", []string{"127.0.0.1:2379\x00"}, time.Second},
 		{"malformed endpoint", []string{"http://[::1"}, time.Second},
 	}

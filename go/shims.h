@@ -86,15 +86,18 @@ static inline etcd_registry_status goer_connect(const etcd_registry_config *conf
 }
 
 static inline etcd_registry_status goer_register(etcd_registry *registry, const char *service,
-                                                 const char *node, const char *info_json,
-                                                 uint64_t ttl_ms, uint64_t *out_id, char **err) {
-    GOER_CALL(etcd_registry_register(registry, service, node, info_json, ttl_ms, NULL, NULL,
+                                                 const char *node,
+                                                 const etcd_registry_info_entry *info,
+                                                 size_t info_len, uint64_t ttl_ms,
+                                                 uint64_t *out_id, char **err) {
+    GOER_CALL(etcd_registry_register(registry, service, node, info, info_len, ttl_ms, NULL, NULL,
                                      out_id));
 }
 
 static inline etcd_registry_status goer_update(etcd_registry *registry, uint64_t id,
-                                               const char *info_json, char **err) {
-    GOER_CALL(etcd_registry_update(registry, id, info_json));
+                                               const etcd_registry_info_entry *info,
+                                               size_t info_len, char **err) {
+    GOER_CALL(etcd_registry_update(registry, id, info, info_len));
 }
 
 static inline etcd_registry_status goer_unregister(etcd_registry *registry, uint64_t id,

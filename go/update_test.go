@@ -2,6 +2,7 @@ package etcdregistry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -183,7 +184,8 @@ func TestConcurrentUpdatesEndWithTheLastOne(t *testing.T) {
 	if final["seq"] != fmt.Sprintf("%03d", each-1) {
 		t.Fatalf("the final value is not a writer's last update: %v", final)
 	}
-	if got := storedInfo(t, shared, "/services/"+service+"/n1"); got != encodeInfo(final) {
+	want, _ := json.Marshal(final)
+	if got := storedInfo(t, shared, "/services/"+service+"/n1"); got != string(want) {
 		t.Fatalf("etcd holds %q, the watcher ended with %v", got, final)
 	}
 	last := map[string]string{}

@@ -19,7 +19,11 @@
  *   - Strings in are NUL-terminated UTF-8: NULL gives ETCD_REGISTRY_STATUS_NULL_POINTER,
  *     invalid UTF-8 ETCD_REGISTRY_STATUS_INVALID_UTF8; never a crash. Strings out are owned by
  *     the library; each function says how long they live.
- *   - Node info goes in and out as a JSON object of strings: {"address":"10.0.0.5:8080"}.
+ *   - Node info goes in and out as arrays of etcd_registry_info_entry: key and value as bytes
+ *     with lengths (NUL and, going in, non-UTF-8 bytes allowed; names stay UTF-8 C strings).
+ *     The library stores them exactly as Go's json.Marshal writes a map[string]string. A JSON
+ *     form is offered as a convenience (etcd_registry_register_json, *_info_json).
+ *     Nothing is promised about where the strings handed out lie in memory.
  *   - No panic crosses the boundary: a bug inside the library gives ETCD_REGISTRY_STATUS_PANIC.
  *   - The library never prints. Its logs go to etcd_registry_set_log_callback, if set.
  *
@@ -137,6 +141,13 @@
 #define ETCD_REGISTRY_WAIT_FOREVER 18446744073709551615ull
 
 /**
+ * Pass as `info_len` (with `info` NULL) to `etcd_registry_register` for no info object at all:
+ * the value is stored empty, as Go's library stores a nil map (an empty info object, `info_len`
+ * 0, is stored as `{}`). All bits set, i.e. `SIZE_MAX`.
+ */
+#define ETCD_REGISTRY_NO_INFO ~0
+
+/**
  * What a fallible call did. The numbers are fixed and never reused; new codes may be added.
  *
  * The text of the last failure on the calling thread is available from
@@ -236,6 +247,37 @@ typedef struct etcd_registry_config etcd_registry_config;
 typedef struct etcd_registry_node_list etcd_registry_node_list;
 
 /**
+ * One key/value pair of a node's info: each a pointer and a length in bytes.
+ *
+ * Given to the library, a key or value may hold any bytes, NUL included (the lengths count,
+ * not NUL terminators); bytes that are not UTF-8 are stored as Go's `json.Marshal` writes them
+ * (each invalid byte as the escape `\ufffd`, read back as U+FFFD). A pointer may be NULL only
+ * when its length is 0.
+ *
+ * Handed out by the library (node lists, watch events), both are UTF-8 and are also followed by
+ * a NUL that the length does not count, so that one without NUL inside can be read as a C
+ * string.
+ */
+typedef struct etcd_registry_info_entry {
+    /**
+     * The key, e.g. "address". Never empty.
+     */
+    const char *key;
+    /**
+     * The length of the key in bytes.
+     */
+    size_t key_len;
+    /**
+     * Its value, e.g. "10.0.0.5:8080".
+     */
+    const char *value;
+    /**
+     * The length of the value in bytes.
+     */
+    size_t value_len;
+} etcd_registry_info_entry;
+
+/**
  * Kind of an `etcd_registry_status_event`; one of the `ETCD_REGISTRY_STATUS_KIND_*` values.
  */
 typedef uint32_t etcd_registry_status_kind;
@@ -326,9 +368,23 @@ typedef struct etcd_registry_watch_event {
     /**
      * The node's info as a JSON object of strings (for REMOVED its last known info), `null`
      * when the node has no info object (see `etcd_registry_node_list_info_json`); NULL for
-     * RESYNCED.
+     * RESYNCED. A convenience: `info` has the same info as entries.
      */
     const char *info_json;
+    /**
+     * The node's info as `info_len` entries sorted by key, strings with lengths (see
+     * `etcd_registry_info_entry`); NULL when `info_len` is 0.
+     */
+    const struct etcd_registry_info_entry *info;
+    /**
+     * The number of entries of `info`.
+     */
+    size_t info_len;
+    /**
+     * True when the node has no info object at all (see `etcd_registry_node_entry`); false
+     * for RESYNCED.
+     */
+    bool info_absent;
     /**
      * The etcd revision of the change.
      */
@@ -382,21 +438,8 @@ typedef void (*etcd_registry_log_callback)(etcd_registry_log_level level,
                                            void *user_data);
 
 /**
- * One info entry of a node: see `etcd_registry_node_list_entries`.
- */
-typedef struct etcd_registry_info_entry {
-    /**
-     * The key, e.g. "address".
-     */
-    const char *key;
-    /**
-     * Its value, e.g. "10.0.0.5:8080".
-     */
-    const char *value;
-} etcd_registry_info_entry;
-
-/**
- * One node of a list: see `etcd_registry_node_list_entries`.
+ * One node of a list: see `etcd_registry_node_list_entries`. Strings as in
+ * `etcd_registry_info_entry`: UTF-8 with a length, followed by a NUL the length does not count.
  */
 typedef struct etcd_registry_node_entry {
     /**
@@ -404,13 +447,23 @@ typedef struct etcd_registry_node_entry {
      */
     const char *name;
     /**
-     * Its info, `info_len` entries sorted by key; NULL when `info_len` is 0.
+     * The length of the name in bytes.
+     */
+    size_t name_len;
+    /**
+     * Its info, `info_len` entries sorted by key (bytewise); NULL when `info_len` is 0.
      */
     const struct etcd_registry_info_entry *info;
     /**
      * The number of info entries.
      */
     size_t info_len;
+    /**
+     * True when the node has no info object at all (its value in etcd was empty, `null` or not
+     * a JSON object: what Go's library reads as a nil map); false for an info object, empty or
+     * not. `info_len` is 0 when it is true.
+     */
+    bool info_absent;
 } etcd_registry_node_entry;
 
 /**
@@ -665,13 +718,28 @@ etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *co
                                            struct etcd_registry **out_registry);
 
 /**
- * Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
- * `{"address":"10.0.0.5:8080"}`, NULL for an empty one, stored as `{}`, or `null` for no info
- * object at all, stored as an empty value as Go's library does for a nil map) on a lease of `ttl_ms` milliseconds (rounded
- * up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
- * the registration proceeds in the background, retrying with backoff until it succeeds, then
- * keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
- * is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the Go library does).
+ * Registers `node` under `service` with the info `info`, an array of `info_len` key/value
+ * entries (see `etcd_registry_info_entry`: bytes with lengths, NUL and non-UTF-8 bytes allowed,
+ * each key given once and not empty), on a lease of `ttl_ms` milliseconds (rounded up to whole
+ * seconds; every registration of the same TTL shares one lease). The value stored is exactly
+ * what Go's `json.Marshal` writes for the same `map[string]string`.
+ *
+ * An empty info (`info` NULL or not, `info_len` 0) is stored as `{}`. No info object at all is
+ * asked for explicitly, with `info_len` `ETCD_REGISTRY_NO_INFO` (and `info` NULL): the value is
+ * then stored empty, as Go's library stores a nil map.
+ *
+ * ```c
+ * etcd_registry_info_entry info[] = {{"address", 7, "10.0.0.5:8080", 13}};
+ * etcd_registry_register(reg, "api", "node-1", info, 1, 10000, NULL, NULL, &id);
+ * etcd_registry_register(reg, "api", "node-2", NULL, 0, 10000, NULL, NULL, &id);  // {}
+ * etcd_registry_register(reg, "api", "node-3", NULL, ETCD_REGISTRY_NO_INFO, 10000, NULL, NULL,
+ *                        &id);  // no info object: an empty value
+ * ```
+ *
+ * Returns at once: the registration proceeds in the background, retrying with backoff until it
+ * succeeds, then keeps the lease alive and re-registers after any loss, until unregistered or
+ * closed. The key is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the
+ * Go library does).
  *
  * Status events go to `callback` with `user_data` on the library's callback thread; with a
  * NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
@@ -679,38 +747,69 @@ etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *co
  * registration id. Registering a node this registry already holds replaces the older
  * registration (which gets UNREGISTERED).
  *
- * INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
- * object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
- * written only on success.
+ * INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, an empty or repeated info
+ * key, or info too large for etcd; NULL_POINTER for a NULL `info` with `info_len` > 0 (other
+ * than `ETCD_REGISTRY_NO_INFO`) or a NULL key/value pointer with a length > 0; INVALID_UTF8
+ * for a name that is not UTF-8; CLOSED after `etcd_registry_close`. `*out_registration_id`
+ * (never 0) is written only on success.
  */
 etcd_registry_status etcd_registry_register(struct etcd_registry *registry,
                                             const char *service,
                                             const char *node,
-                                            const char *info_json,
+                                            const struct etcd_registry_info_entry *info,
+                                            size_t info_len,
                                             uint64_t ttl_ms,
                                             etcd_registry_status_callback callback,
                                             void *user_data,
                                             uint64_t *out_registration_id);
 
 /**
- * Replaces the info of a registration with `info_json` (a JSON object of strings, as
- * `etcd_registry_register` takes it; pass "{}" for none): the key is put again on the same
- * lease with one put, without unregistering. Returns at once, like `etcd_registry_register`:
- * the put goes through the registration's background task, and a
- * `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event follows once it has landed (watchers see
- * one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd is down the new info is kept and put when
- * it is back; it is never lost. Updates of one registration apply in the order they were made:
- * after concurrent updates, or several during an outage, etcd ends with the last one
- * (intermediate ones may be skipped). Does not block, so it may be called from any callback.
+ * `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
+ * strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
+ * for no info object at all, stored as an empty value). It is parsed and then stored by the
+ * same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
+ * strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+ */
+etcd_registry_status etcd_registry_register_json(struct etcd_registry *registry,
+                                                 const char *service,
+                                                 const char *node,
+                                                 const char *info_json,
+                                                 uint64_t ttl_ms,
+                                                 etcd_registry_status_callback callback,
+                                                 void *user_data,
+                                                 uint64_t *out_registration_id);
+
+/**
+ * Replaces the info of a registration with `info`, `info_len` entries as
+ * `etcd_registry_register` takes them (`info_len` 0: `{}`): the key is put again on the same lease with one put,
+ * without unregistering. Returns at once, like `etcd_registry_register`: the put goes through
+ * the registration's background task, and a `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event
+ * follows once it has landed (watchers see one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd
+ * is down the new info is kept and put when it is back; it is never lost. Updates of one
+ * registration apply in the order they were made: after concurrent updates, or several during
+ * an outage, etcd ends with the last one (intermediate ones may be skipped). Does not block, so
+ * it may be called from any callback.
  *
- * INVALID_ARGUMENT for info that is not a JSON object of strings, has an empty key, or is too
- * large for etcd; NULL_POINTER for a NULL `info_json`; INVALID_UTF8; NOT_FOUND when
- * `registration_id` is not a registration of this registry (unknown, unregistered, or replaced
- * by a newer registration of the same node); CLOSED after `etcd_registry_close`.
+ * INVALID_ARGUMENT for an empty or repeated key, info too large for etcd, or
+ * `ETCD_REGISTRY_NO_INFO` (no info object is for registering); NULL_POINTER as for
+ * `etcd_registry_register`; NOT_FOUND when `registration_id` is not a registration of this
+ * registry (unknown, unregistered, or replaced by a newer registration of the same node);
+ * CLOSED after `etcd_registry_close`.
  */
 etcd_registry_status etcd_registry_update(struct etcd_registry *registry,
                                           uint64_t registration_id,
-                                          const char *info_json);
+                                          const struct etcd_registry_info_entry *info,
+                                          size_t info_len);
+
+/**
+ * `etcd_registry_update` with the info as JSON, a convenience: `info_json` is a JSON object of
+ * strings, as `etcd_registry_register_json` takes it (pass "{}" for none). INVALID_ARGUMENT also
+ * for info that is not a JSON object of strings (`null` included: no info object is for
+ * registering); NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
+ */
+etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
+                                               uint64_t registration_id,
+                                               const char *info_json);
 
 /**
  * Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
@@ -862,31 +961,32 @@ size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
 
 /**
  * All nodes at once, as an array of `etcd_registry_node_list_len(list)` entries sorted by name,
- * each with its name and its info entries (sorted by key): the fastest way to read a whole
- * list. NULL when `list` is NULL or empty. The array and its strings are owned by the list and
- * valid until `etcd_registry_node_list_free`. NUL characters in a name, key or value are
- * returned as U+FFFD (the JSON form has them exactly).
- *
- * A node's strings lie one after the other in memory: its name, then key 1, value 1, key 2,
- * value 2 … in the order of `info`, each followed by its NUL. A binding may copy a node's
- * strings in one piece, from `name` to the NUL of its last value.
+ * each with its name and its info entries (sorted by key), every string with its length: the
+ * fastest way to read a whole list, and the exact one (a name, key or value may hold NUL
+ * characters, which the C-string accessors cannot show). NULL when `list` is NULL or empty. The
+ * array, the info arrays and their strings are owned by the list and valid until
+ * `etcd_registry_node_list_free`; nothing is promised about where they lie in memory.
  *
  * ```c
  * const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
  * for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)
  *     for (size_t j = 0; j < nodes[i].info_len; j++)
- *         printf("%s %s=%s\n", nodes[i].name, nodes[i].info[j].key, nodes[i].info[j].value);
+ *         printf("%.*s %.*s=%.*s\n", (int)nodes[i].name_len, nodes[i].name,
+ *                (int)nodes[i].info[j].key_len, nodes[i].info[j].key,
+ *                (int)nodes[i].info[j].value_len, nodes[i].info[j].value);
  * ```
  */
 const struct etcd_registry_node_entry *etcd_registry_node_list_entries(const struct etcd_registry_node_list *list);
 
 /**
- * The name of node `index`, or NULL when `list` is NULL or `index` is out of range.
+ * The name of node `index` as a C string, or NULL when `list` is NULL or `index` is out of
+ * range. (A name with a NUL character reads cut short here; the entries have its length.)
  */
 const char *etcd_registry_node_list_name(const struct etcd_registry_node_list *list, size_t index);
 
 /**
- * The info of node `index` as a JSON object of strings with sorted keys (e.g.
+ * The info of node `index` as a JSON object of strings, a convenience made by the same encoder
+ * that writes values to etcd: the bytes Go's `json.Marshal` writes for the map (sorted keys, e.g.
  * `{"address":"10.0.0.5:8080"}`, `{}` when it is empty), `null` when the node has no info object
  * at all (its value in etcd was empty, `null` or not a JSON object: what Go's library reads as
  * a nil map), or NULL when `list` is NULL or `index` is out of range.
@@ -895,9 +995,10 @@ const char *etcd_registry_node_list_info_json(const struct etcd_registry_node_li
                                               size_t index);
 
 /**
- * One info value of node `index` (e.g. key "address"), or NULL when the node has no such key,
- * `index` is out of range, or an argument is NULL or not UTF-8. A value that contains NUL
- * characters is returned with U+FFFD in their place (the JSON form has them exactly).
+ * One info value of node `index` as a C string (e.g. for key "address"), or NULL when the node
+ * has no such key, `index` is out of range, or an argument is NULL or not UTF-8. A value with a
+ * NUL character reads cut short here (the entries have its length), and a key with one cannot
+ * be asked for.
  */
 const char *etcd_registry_node_list_info_value(const struct etcd_registry_node_list *list,
                                                size_t index,

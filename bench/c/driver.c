@@ -165,8 +165,8 @@ static void cmd_register_visible(const char *service, size_t n, uint64_t ttl, in
         uint64_t id = 0;
         double t0 = mono_us();
         etcd_registry_status st =
-            etcd_registry_register(a, service, name, info, (first ? ttl + 1 + i : ttl) * 1000,
-                                   on_status, NULL, &id);
+            etcd_registry_register_json(a, service, name, info, (first ? ttl + 1 + i : ttl) * 1000,
+                                        on_status, NULL, &id);
         if (st != ETCD_REGISTRY_STATUS_OK) {
             fail("register", st);
             goto out;
@@ -287,7 +287,7 @@ static void cmd_hold(const char *service, size_t n, uint64_t ttl) {
         char name[32], info[128];
         snprintf(name, sizeof name, "n%zu", k);
         node_info(k, info, sizeof info);
-        etcd_registry_status st = etcd_registry_register(g_hold, service, name, info, ttl * 1000,
+        etcd_registry_status st = etcd_registry_register_json(g_hold, service, name, info, ttl * 1000,
                                                          on_status, NULL, &g_ids[g_len]);
         if (st != ETCD_REGISTRY_STATUS_OK) {
             fail("register", st);

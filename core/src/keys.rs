@@ -72,24 +72,99 @@ pub fn service_prefix(base_path: &str, service: &str) -> String {
 /// same bytes as the Go library matters to anyone comparing values: a compare-and-swap on the
 /// value, a cache keyed by its bytes, a diff.
 pub fn encode_info(info: &Info) -> String {
-    let mut out = Vec::with_capacity(
-        2 + info
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + 6)
-            .sum::<usize>(),
-    );
+    encode_sorted_entries(info.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+}
+
+/// Encodes info entries given as bytes, already sorted bytewise by key and without duplicate
+/// keys, exactly as Go's `json.Marshal` writes a `map[string]string` holding those bytes: the
+/// one encoder behind [`encode_info`] and [`InfoBytes::encode`]. Bytes that are not UTF-8 are
+/// written as Go writes them (each invalid byte as the escape `\ufffd`), so the result is
+/// always UTF-8.
+pub fn encode_sorted_entries<'a>(entries: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> String {
+    let mut out = Vec::with_capacity(64);
     out.push(b'{');
-    for (i, (key, value)) in info.iter().enumerate() {
+    for (i, (key, value)) in entries.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        push_go_json_string(&mut out, key.as_bytes());
+        push_go_json_string(&mut out, key);
         out.push(b':');
-        push_go_json_string(&mut out, value.as_bytes());
+        push_go_json_string(&mut out, value);
     }
     out.push(b'}');
     // Only valid UTF-8 and ASCII escapes were written.
     String::from_utf8(out).expect("the encoder writes UTF-8")
+}
+
+/// A node's info in the form a binding receives it: keys and values as bytes, which may hold
+/// NUL or be invalid UTF-8 (a C `char` array with a length, a Go `string`). Kept sorted by key
+/// bytes, as Go's `json.Marshal` sorts a map's keys. [`InfoBytes::encode`] writes it exactly as
+/// `json.Marshal` writes the same `map[string]string` in Go, invalid UTF-8 included.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InfoBytes(BTreeMap<Vec<u8>, Vec<u8>>);
+
+impl InfoBytes {
+    /// An empty info (stored as `{}`).
+    pub fn new() -> Self {
+        InfoBytes::default()
+    }
+
+    /// Adds an entry. Returns false, and keeps the first value, when `key` is already there (a
+    /// Go map cannot hold a key twice, so there is no Go encoding of that to follow).
+    pub fn insert(&mut self, key: &[u8], value: &[u8]) -> bool {
+        match self.0.entry(key.to_vec()) {
+            std::collections::btree_map::Entry::Occupied(_) => false,
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(value.to_vec());
+                true
+            }
+        }
+    }
+
+    /// The number of entries.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The entries, sorted by key bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+    }
+
+    /// Whether some key is empty (which `register` and `update` refuse).
+    pub fn has_empty_key(&self) -> bool {
+        self.0.contains_key(&[][..])
+    }
+
+    /// The value to store: what Go's `json.Marshal` writes for the same map, byte for byte.
+    pub fn encode(&self) -> String {
+        encode_sorted_entries(self.iter())
+    }
+
+    /// The info as every reader decodes the stored value: invalid UTF-8 as U+FFFD (as Go's
+    /// `json.Unmarshal` reads the `\ufffd` escapes). Two keys that differ only in their
+    /// invalid bytes read as one key, with the value of the last.
+    pub fn to_info(&self) -> Info {
+        self.0
+            .iter()
+            .map(|(k, v)| (go_lossy(k), go_lossy(v)))
+            .collect()
+    }
+}
+
+impl From<&Info> for InfoBytes {
+    fn from(info: &Info) -> Self {
+        InfoBytes(
+            info.iter()
+                .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
 }
 
 /// Appends `s` as a JSON string the way Go's `encoding/json` does with HTML escaping on (the
@@ -122,13 +197,7 @@ pub fn push_go_json_string(out: &mut Vec<u8>, s: &[u8]) {
             rest = &rest[1..];
             continue;
         }
-        // One UTF-8 sequence, or one invalid byte (as Go's utf8.DecodeRune: length 0 here).
-        let window = &rest[..rest.len().min(4)];
-        let valid = match std::str::from_utf8(window) {
-            Ok(text) => text,
-            Err(e) => std::str::from_utf8(&window[..e.valid_up_to()]).unwrap_or_default(),
-        };
-        let len = valid.chars().next().map_or(0, char::len_utf8);
+        let len = utf8_len_at(rest);
         if len == 0 {
             out.extend_from_slice(b"\\ufffd");
             rest = &rest[1..];
@@ -143,6 +212,40 @@ pub fn push_go_json_string(out: &mut Vec<u8>, s: &[u8]) {
         rest = tail;
     }
     out.push(b'"');
+}
+
+/// The length of the UTF-8 sequence `bytes` starts with, or 0 when its first byte is not the
+/// start of a valid one (as Go's `utf8.DecodeRune` sees it: then one invalid byte).
+fn utf8_len_at(bytes: &[u8]) -> usize {
+    let window = &bytes[..bytes.len().min(4)];
+    let valid = match std::str::from_utf8(window) {
+        Ok(text) => text,
+        Err(e) => std::str::from_utf8(&window[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    valid.chars().next().map_or(0, char::len_utf8)
+}
+
+/// `bytes` as text with each invalid byte as U+FFFD: what decoding the `\ufffd` escapes that
+/// [`push_go_json_string`] writes for them gives (Rust's `from_utf8_lossy` would sometimes
+/// make one U+FFFD of several bytes).
+fn go_lossy(bytes: &[u8]) -> String {
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        return text.to_string();
+    }
+    let mut out = String::with_capacity(bytes.len() + 8);
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = utf8_len_at(rest);
+        if len == 0 {
+            out.push('\u{FFFD}');
+            rest = &rest[1..];
+        } else {
+            let (seq, tail) = rest.split_at(len);
+            out.push_str(std::str::from_utf8(seq).expect("checked by utf8_len_at"));
+            rest = tail;
+        }
+    }
+    out
 }
 
 /// Why a stored value was not a JSON object of strings.
@@ -291,6 +394,36 @@ mod tests {
             "\"\\ufffd\\ufffd x \\ufffd\\ufffd \\ufffd\\ufffd\\ufffd \\ufffd\\ufffd \u{fffd}\""
                 .as_bytes()
         );
+    }
+
+    #[test]
+    fn info_bytes_encode_like_go_and_read_back_as_go_reads() {
+        let mut info = InfoBytes::new();
+        assert!(info.insert(b"z\xff", b"a\0b\xe2\x80"));
+        assert!(info.insert(b"a", b"<\xc0\x80>"));
+        assert!(
+            !info.insert(b"a", b"second"),
+            "a key given twice is refused"
+        );
+        assert!(!info.has_empty_key());
+        // Expected bytes from Go's json.Marshal(map[string]string{"z\xff": "a\x00b\xe2\x80",
+        // "a": "<\xc0\x80>"}) (go1.26).
+        assert_eq!(
+            info.encode(),
+            r#"{"a":"\u003c\ufffd\ufffd\u003e","z\ufffd":"a\u0000b\ufffd\ufffd"}"#
+        );
+        let read = info.to_info();
+        assert_eq!(read["a"], "<\u{FFFD}\u{FFFD}>");
+        assert_eq!(read["z\u{FFFD}"], "a\0b\u{FFFD}\u{FFFD}");
+        // What the library decodes from the stored value is what to_info says.
+        assert_eq!(decode_info(info.encode().as_bytes()).unwrap(), read);
+        // Valid text encodes as encode_info does.
+        let text: Info = [("k".to_string(), "v\u{2028}".to_string())].into();
+        assert_eq!(InfoBytes::from(&text).encode(), encode_info(&text));
+        assert_eq!(InfoBytes::new().encode(), "{}");
+        let mut empty_key = InfoBytes::new();
+        empty_key.insert(b"", b"v");
+        assert!(empty_key.has_empty_key());
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod error;
 mod group;
 mod health;
 pub mod keys;
+mod listing;
 pub mod log;
 mod registration;
 mod registry;
@@ -44,7 +45,7 @@ mod watch;
 
 pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use keys::Info;
+pub use keys::{Info, InfoBytes};
 pub use registration::{Node, Registration, RegistrationState, StatusEvent};
 pub use registry::{Registry, MAX_REQUEST_BYTES, MAX_TTL_SECS};
 pub use watch::{Watch, WatchEvent, WatchEventKind};

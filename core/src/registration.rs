@@ -498,6 +498,12 @@ impl Registration {
         self.registry.update_reg(&self.shared, info)
     }
 
+    /// [`Registration::update`] with the info as bytes (see
+    /// [`Registry::register_bytes`](crate::Registry::register_bytes)).
+    pub fn update_bytes(&self, info: &crate::keys::InfoBytes) -> Result<()> {
+        self.registry.update_reg_bytes(&self.shared, info)
+    }
+
     /// Ends the registration: stops keeping the key alive and deletes it, revoking the lease
     /// when no other key uses it. Idempotent. After it returns the state is `Unregistered` and
     /// no event of this registration follows.

@@ -13,7 +13,10 @@ use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
-use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix, Info};
+use crate::keys::{
+    base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
+};
+use crate::listing;
 use crate::registration::{Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchSetup};
 
@@ -158,17 +161,53 @@ impl Registry {
     /// Registering a node that this registry already holds replaces the older registration
     /// (which ends with `Unregistered`; the key stays).
     pub fn register(&self, service: &str, node: Node, ttl: Duration) -> Result<Registration> {
+        self.register_valued(service, node, ttl, |key, node| {
+            // A node without info (Go's nil map) is stored as an empty value, as the Go library
+            // does.
+            if node.info_absent && node.info.is_empty() {
+                Ok(String::new())
+            } else {
+                encode_checked(key, &node.info)
+            }
+        })
+    }
+
+    /// [`Registry::register`] with the info as bytes, the form bindings receive it in (see
+    /// [`InfoBytes`]): the value stored is what Go's `json.Marshal` writes for the same map, also
+    /// when the bytes are not UTF-8. `None` is no info object (stored as an empty value, as the
+    /// Go library stores a nil map); the node's info as events and `info` show it is
+    /// [`InfoBytes::to_info`].
+    pub fn register_bytes(
+        &self,
+        service: &str,
+        name: &str,
+        info: Option<&InfoBytes>,
+        ttl: Duration,
+    ) -> Result<Registration> {
+        let node = match info {
+            Some(info) => Node::new(name, info.to_info()),
+            None => Node::without_info(name),
+        };
+        self.register_valued(service, node, ttl, |key, _| match info {
+            Some(info) => check_value(key, info.has_empty_key(), info.encode()),
+            None => Ok(String::new()),
+        })
+    }
+
+    /// Registers `node` with the value `encode` makes for its key.
+    fn register_valued(
+        &self,
+        service: &str,
+        node: Node,
+        ttl: Duration,
+        encode: impl FnOnce(&str, &Node) -> Result<String>,
+    ) -> Result<Registration> {
         self.check_open()?;
         validate_name("service", service)?;
         validate_name("node", &node.name)?;
         let ttl_secs = validate_ttl(ttl)?;
         let key = self.node_key(service, &node.name);
-        // A node without info (Go's nil map) is stored as an empty value, as the Go library does.
-        let value = if node.info_absent && node.info.is_empty() {
-            String::new()
-        } else {
-            encode_checked(&key, &node.info)?
-        };
+        let value = encode(&key, &node)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let reg = Arc::new(RegShared::new(
             id,
@@ -215,8 +254,18 @@ impl Registry {
     /// put it. Under the state lock, so that it is ordered with `unregister` and `close`: a
     /// registration still listed here has not been sent its `Remove` yet.
     pub(crate) fn update_reg(&self, reg: &Arc<RegShared>, info: Info) -> Result<()> {
-        self.check_open()?;
         let value = encode_checked(&reg.key, &info)?;
+        self.update_reg_valued(reg, info, value)
+    }
+
+    /// [`Registration::update_bytes`]: as `update_reg`, with the info as bytes.
+    pub(crate) fn update_reg_bytes(&self, reg: &Arc<RegShared>, info: &InfoBytes) -> Result<()> {
+        let value = check_value(&reg.key, info.has_empty_key(), info.encode())?;
+        self.update_reg_valued(reg, info.to_info(), value)
+    }
+
+    fn update_reg_valued(&self, reg: &Arc<RegShared>, info: Info, value: String) -> Result<()> {
+        self.check_open()?;
         let state = self.state();
         self.check_open()?;
         let current = state.registrations.get(&reg.id);
@@ -284,7 +333,7 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
-        let listing = watch::fetch(&self.inner.conn, &prefix).await?;
+        let listing = listing::fetch(&self.inner.conn, &prefix).await?;
         Ok(listing.nodes.into_iter().map(|(n, _)| n).collect())
     }
 
@@ -300,8 +349,8 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
-        let resp = watch::fetch_raw(&self.inner.conn, &prefix).await?;
-        Ok(watch::each_node(&resp, &prefix, f))
+        let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
+        Ok(listing::each_node(&resp, &prefix, f))
     }
 
     /// The names of the services under the base path that have at least one node (the names
@@ -456,10 +505,14 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
 
 /// The value of a node's info, checked as `register` and `update` take it.
 fn encode_checked(key: &str, info: &Info) -> Result<String> {
-    if info.keys().any(String::is_empty) {
+    check_value(key, info.keys().any(String::is_empty), encode_info(info))
+}
+
+/// Checks an encoded value (and whether its info had an empty key) for `key`.
+fn check_value(key: &str, empty_key: bool, value: String) -> Result<String> {
+    if empty_key {
         return Err(Error::invalid("info keys must not be empty"));
     }
-    let value = encode_info(info);
     if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
         return Err(Error::invalid(format!(
             "node info is too large: {} bytes, etcd accepts at most about {} per request",

@@ -58,10 +58,14 @@ int main(void) {
 
     /* Register: returns at once; the library registers (and keeps registering) in the
      * background. wait_registered waits for the first success. */
+    /* Info is an array of key/value entries, each string with its length. */
+    const etcd_registry_info_entry info[] = {
+        {"address", strlen("address"), "10.0.0.5:8080", strlen("10.0.0.5:8080")},
+        {"version", strlen("version"), "1.2.0", strlen("1.2.0")},
+    };
     uint64_t registration = 0;
-    check(etcd_registry_register(registry, "api", "node-1",
-                                 "{\"address\":\"10.0.0.5:8080\",\"version\":\"1.2.0\"}",
-                                 10000, on_status, NULL, &registration),
+    check(etcd_registry_register(registry, "api", "node-1", info, 2, 10000, on_status, NULL,
+                                 &registration),
           "register");
     check(etcd_registry_wait_registered(registry, registration, 5000), "wait_registered");
 
@@ -79,8 +83,10 @@ int main(void) {
     uint64_t watch = 0;
     check(etcd_registry_watch(registry, "api", on_watch, &seen, &watch), "watch");
     uint64_t second = 0;
-    check(etcd_registry_register(registry, "api", "node-2", "{\"address\":\"10.0.0.6:8080\"}",
-                                 10000, on_status, NULL, &second),
+    /* The same with the info as JSON, a convenience. */
+    check(etcd_registry_register_json(registry, "api", "node-2",
+                                      "{\"address\":\"10.0.0.6:8080\"}", 10000, on_status, NULL,
+                                      &second),
           "register node-2");
     check(etcd_registry_wait_registered(registry, second, 5000), "wait_registered node-2");
     for (int i = 0; i < 200 && atomic_load(&seen) < 2; i++) usleep(50 * 1000); /* <= 10 s */

@@ -86,8 +86,9 @@ int main(int argc, char **argv) {
 
     int was_registered = 0;
     uint64_t id = 0;
-    check(etcd_registry_register(registry, "retry-demo", "node-1", "{\"address\":\"127.0.0.1:9000\"}",
-                                 5000, on_status, &was_registered, &id),
+    check(etcd_registry_register_json(registry, "retry-demo", "node-1",
+                                      "{\"address\":\"127.0.0.1:9000\"}", 5000, on_status,
+                                      &was_registered, &id),
           "register");
 
     struct timespec start, now;

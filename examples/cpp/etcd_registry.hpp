@@ -82,6 +82,7 @@ struct WatchEvent {
     uint64_t watch_id;
     std::string service, node_name, info_json;
     int64_t revision;
+    std::map<std::string, std::string> info;  // the same info, key by key
 };
 
 struct Node {
@@ -141,13 +142,18 @@ class Registry {
     ~Registry() { registry_.reset(); }
 
     uint64_t register_node(const std::string &service, const std::string &node,
-                           const std::string &info_json, std::chrono::milliseconds ttl,
-                           StatusCallback callback) {
+                           const std::map<std::string, std::string> &info,
+                           std::chrono::milliseconds ttl, StatusCallback callback) {
+        std::vector<etcd_registry_info_entry> entries;
+        entries.reserve(info.size());
+        for (const auto &kv : info)
+            entries.push_back({kv.first.data(), kv.first.size(), kv.second.data(), kv.second.size()});
         auto owned = std::make_unique<StatusCallback>(std::move(callback));
         uint64_t id = 0;
         std::lock_guard<std::mutex> lock(mutex_);
         detail::check(etcd_registry_register(registry_.get(), service.c_str(), node.c_str(),
-                                             info_json.c_str(), static_cast<uint64_t>(ttl.count()),
+                                             entries.data(), entries.size(),
+                                             static_cast<uint64_t>(ttl.count()),
                                              &Registry::status_trampoline, owned.get(), &id));
         status_callbacks_[id] = std::move(owned);
         return id;
@@ -216,7 +222,10 @@ class Registry {
     static void watch_trampoline(const etcd_registry_watch_event *e, void *user_data) {
         detail::CallbackScope scope;
         WatchEvent event{e->kind, e->watch_id, detail::str(e->service), detail::str(e->node_name),
-                         detail::str(e->info_json), e->revision};
+                         detail::str(e->info_json), e->revision, {}};
+        for (size_t j = 0; j < e->info_len; j++)
+            event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),
+                               std::string(e->info[j].value, e->info[j].value_len));
         try {
             (*static_cast<WatchCallback *>(user_data))(event);
         } catch (...) {
@@ -245,9 +254,11 @@ class Registry {
         std::vector<Node> nodes;
         nodes.reserve(len);
         for (size_t i = 0; i < len; i++) {
-            Node node{entries[i].name, detail::str(etcd_registry_node_list_info_json(list.get(), i)), {}};
+            Node node{std::string(entries[i].name, entries[i].name_len),
+                      detail::str(etcd_registry_node_list_info_json(list.get(), i)), {}};
             for (size_t j = 0; j < entries[i].info_len; j++)
-                node.info.emplace(entries[i].info[j].key, entries[i].info[j].value);
+                node.info.emplace(std::string(entries[i].info[j].key, entries[i].info[j].key_len),
+                                  std::string(entries[i].info[j].value, entries[i].info[j].value_len));
             nodes.push_back(std::move(node));
         }
         return nodes;

@@ -20,7 +20,7 @@ int main() {
             if (e.kind == ETCD_REGISTRY_STATUS_KIND_REGISTERED)
                 std::cout << "registered " << e.service << "/" << e.node << "\n";
         };
-        auto first = registry.register_node("cpp-api", "node-1", R"({"address":"10.0.0.5:8080"})", 10s, on_status);
+        auto first = registry.register_node("cpp-api", "node-1", {{"address", "10.0.0.5:8080"}}, 10s, on_status);
         registry.wait_registered(first, 5s);
 
         std::atomic<int> added{0};
@@ -30,7 +30,7 @@ int main() {
                 added++;
             }
         });
-        auto second = registry.register_node("cpp-api", "node-2", R"({"address":"10.0.0.6:8080"})", 10s, on_status);
+        auto second = registry.register_node("cpp-api", "node-2", {{"address", "10.0.0.6:8080"}}, 10s, on_status);
         registry.wait_registered(second, 5s);
         for (int i = 0; i < 200 && added < 2; i++) std::this_thread::sleep_for(50ms);
 
@@ -41,7 +41,7 @@ int main() {
         registry.unregister(first);
 
         try {
-            registry.register_node("cpp-api", "", "{}", 10s, on_status);
+            registry.register_node("cpp-api", "", {}, 10s, on_status);
         } catch (const etcdreg::Error &e) {
             std::cout << "expected error: " << e.what() << " (status " << e.status() << ")\n";
         }

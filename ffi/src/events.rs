@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use registry::{StatusEvent, WatchEvent, WatchEventKind};
 
 use crate::dispatch;
+use crate::info::etcd_registry_info_entry;
+use crate::node_list::NodeStorage;
 use crate::status::etcd_registry_status;
 use crate::strings::to_c;
 
@@ -102,8 +104,16 @@ pub struct etcd_registry_watch_event {
     pub node_name: *const c_char,
     /// The node's info as a JSON object of strings (for REMOVED its last known info), `null`
     /// when the node has no info object (see `etcd_registry_node_list_info_json`); NULL for
-    /// RESYNCED.
+    /// RESYNCED. A convenience: `info` has the same info as entries.
     pub info_json: *const c_char,
+    /// The node's info as `info_len` entries sorted by key, strings with lengths (see
+    /// `etcd_registry_info_entry`); NULL when `info_len` is 0.
+    pub info: *const etcd_registry_info_entry,
+    /// The number of entries of `info`.
+    pub info_len: usize,
+    /// True when the node has no info object at all (see `etcd_registry_node_entry`); false
+    /// for RESYNCED.
+    pub info_absent: bool,
     /// The etcd revision of the change.
     pub revision: i64,
 }
@@ -235,10 +245,12 @@ pub(crate) struct OwnedEvent {
     _service: CString,
     _node: Option<CString>,
     _text: Option<CString>,
+    /// The watched node's name and info entries.
+    _info: Option<NodeStorage>,
 }
 
-// SAFETY: the raw pointers in `public` point into the CStrings owned by the same value, which
-// move with it and are never mutated.
+// SAFETY: the raw pointers in `public` point into the CStrings and the node storage owned by the
+// same value, whose heap buffers move with it and are never mutated.
 unsafe impl Send for OwnedEvent {}
 
 fn empty_status() -> etcd_registry_status_event {
@@ -326,6 +338,9 @@ fn empty_watch() -> etcd_registry_watch_event {
         service: std::ptr::null(),
         node_name: std::ptr::null(),
         info_json: std::ptr::null(),
+        info: std::ptr::null(),
+        info_len: 0,
+        info_absent: false,
         revision: 0,
     }
 }
@@ -351,23 +366,27 @@ impl OwnedEvent {
                     _service: service,
                     _node: Some(node),
                     _text: text,
+                    _info: None,
                 }
             }
             Payload::Watch(event) => {
                 let name = event.node.as_ref().map(|n| to_c(&n.name));
-                let info = event.node.as_ref().map(|n| {
-                    if n.info_absent && n.info.is_empty() {
-                        to_c("null")
-                    } else {
-                        to_c(&registry::keys::encode_info(&n.info))
-                    }
-                });
+                let stored = event.node.as_ref().map(NodeStorage::of_node);
+                let info = stored.as_ref().map(NodeStorage::json);
+                let entries = stored.as_ref().map_or(&[][..], NodeStorage::infos);
                 let watch = etcd_registry_watch_event {
                     kind: watch_kind(event.kind),
                     watch_id: sub.id,
                     service: service.as_ptr(),
                     node_name: name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()),
                     info_json: info.as_ref().map_or(std::ptr::null(), |i| i.as_ptr()),
+                    info: if entries.is_empty() {
+                        std::ptr::null()
+                    } else {
+                        entries.as_ptr()
+                    },
+                    info_len: entries.len(),
+                    info_absent: stored.as_ref().is_some_and(NodeStorage::info_absent),
                     revision: event.revision,
                 };
                 OwnedEvent {
@@ -379,6 +398,7 @@ impl OwnedEvent {
                     _service: service,
                     _node: name,
                     _text: info,
+                    _info: stored,
                 }
             }
         }

@@ -51,6 +51,8 @@ proptest! {
         ttl_ms in prop_oneof![Just(0u64), Just(u64::MAX), 1u64..100_000],
     ) {
         let (endpoints, base) = (c_string(&endpoints), c_string(&base));
+        // Info entries are bytes with lengths: any bytes, NUL and invalid UTF-8 included.
+        let raw = info.clone();
         let (service, node, info) = (c_string(&service), c_string(&node), c_string(&info));
         unsafe {
             let mut config = ptr::null_mut();
@@ -72,17 +74,26 @@ proptest! {
             etcd_registry_config_free(config);
 
             let mut id = 0u64;
-            let s = etcd_registry_register(
+            let s = etcd_registry_register_json(
                 registry, service.as_ptr(), node.as_ptr(), info.as_ptr(), ttl_ms, None,
                 ptr::null_mut(), &mut id,
             );
             if s == etcd_registry_status::Ok {
                 prop_assert!(id != 0);
                 // An update takes the same text as register's info.
-                let s = etcd_registry_update(registry, id, info.as_ptr());
+                let s = etcd_registry_update_json(registry, id, info.as_ptr());
                 prop_assert!(s == etcd_registry_status::Ok || expected_failure(s), "{:?}", s);
-                let s = etcd_registry_update(registry, id, c"{\"v\":\"2\"}".as_ptr());
+                let s = etcd_registry_update_json(registry, id, c"{\"v\":\"2\"}".as_ptr());
                 prop_assert_eq!(s, etcd_registry_status::Ok);
+                let entry = etcd_registry_info_entry {
+                    key: raw.as_ptr().cast(),
+                    key_len: raw.len(),
+                    value: raw.as_ptr().cast(),
+                    value_len: raw.len(),
+                };
+                let s = etcd_registry_update(registry, id, &entry, 1);
+                // Only an empty key is refused: every other byte string is stored.
+                prop_assert_eq!(s == etcd_registry_status::Ok, !raw.is_empty(), "{:?}", s);
             } else {
                 prop_assert!(expected_failure(s), "{:?}", s);
                 prop_assert_eq!(id, 0, "out-parameter written on failure");

@@ -6,7 +6,7 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use registry::{runtime, Info, Node, Registration, RegistrationState, Registry, Watch};
+use registry::{runtime, Info, InfoBytes, Registration, RegistrationState, Registry, Watch};
 use tokio::runtime::Handle;
 use tokio::task::AbortHandle;
 
@@ -16,6 +16,7 @@ use crate::events::{
     etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
     Payload, PullQueue, Pulled, Sink, Sub, UserData,
 };
+use crate::info::{etcd_registry_info_entry, read_entries, ETCD_REGISTRY_NO_INFO};
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
 use crate::strings::{optional, required};
@@ -117,17 +118,18 @@ fn duration_ms(ms: u64) -> Duration {
     Duration::from_millis(ms).min(MAX_WAIT)
 }
 
-/// Parses info JSON: NULL is an empty info; `null` is no info object (the value is stored
-/// empty, as Go's library does for a nil map); otherwise a JSON object whose values are all
-/// strings. Returns the info and whether it is absent.
-fn parse_info(json: Option<&str>) -> FfiResult<(Info, bool)> {
+/// Parses info JSON, the convenience form of info: NULL is an empty info; `null` is no info
+/// object (`None`: the value is stored empty, as Go's library does for a nil map); otherwise a
+/// JSON object whose values are all strings. The value stored is made by the core's encoder from
+/// the parsed strings, as for info given as entries.
+fn parse_info(json: Option<&str>) -> FfiResult<Option<InfoBytes>> {
     let Some(json) = json else {
-        return Ok((Info::new(), false));
+        return Ok(Some(InfoBytes::new()));
     };
     let value: serde_json::Value = serde_json::from_str(json)
         .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
     if value.is_null() {
-        return Ok((Info::new(), true));
+        return Ok(None);
     }
     let serde_json::Value::Object(map) = value else {
         return Err(Failure::invalid(format!(
@@ -143,7 +145,7 @@ fn parse_info(json: Option<&str>) -> FfiResult<(Info, bool)> {
             ))),
         })
         .collect::<FfiResult<Info>>()?;
-    Ok((info, false))
+    Ok(Some(InfoBytes::from(&info)))
 }
 
 fn state_code(state: RegistrationState) -> etcd_registry_state {
@@ -305,13 +307,28 @@ pub unsafe extern "C" fn etcd_registry_connect(
     })
 }
 
-/// Registers `node` under `service` with the info `info_json` (a JSON object of strings such as
-/// `{"address":"10.0.0.5:8080"}`, NULL for an empty one, stored as `{}`, or `null` for no info
-/// object at all, stored as an empty value as Go's library does for a nil map) on a lease of `ttl_ms` milliseconds (rounded
-/// up to whole seconds; every registration of the same TTL shares one lease). Returns at once:
-/// the registration proceeds in the background, retrying with backoff until it succeeds, then
-/// keeps the lease alive and re-registers after any loss, until unregistered or closed. The key
-/// is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the Go library does).
+/// Registers `node` under `service` with the info `info`, an array of `info_len` key/value
+/// entries (see `etcd_registry_info_entry`: bytes with lengths, NUL and non-UTF-8 bytes allowed,
+/// each key given once and not empty), on a lease of `ttl_ms` milliseconds (rounded up to whole
+/// seconds; every registration of the same TTL shares one lease). The value stored is exactly
+/// what Go's `json.Marshal` writes for the same `map[string]string`.
+///
+/// An empty info (`info` NULL or not, `info_len` 0) is stored as `{}`. No info object at all is
+/// asked for explicitly, with `info_len` `ETCD_REGISTRY_NO_INFO` (and `info` NULL): the value is
+/// then stored empty, as Go's library stores a nil map.
+///
+/// ```c
+/// etcd_registry_info_entry info[] = {{"address", 7, "10.0.0.5:8080", 13}};
+/// etcd_registry_register(reg, "api", "node-1", info, 1, 10000, NULL, NULL, &id);
+/// etcd_registry_register(reg, "api", "node-2", NULL, 0, 10000, NULL, NULL, &id);  // {}
+/// etcd_registry_register(reg, "api", "node-3", NULL, ETCD_REGISTRY_NO_INFO, 10000, NULL, NULL,
+///                        &id);  // no info object: an empty value
+/// ```
+///
+/// Returns at once: the registration proceeds in the background, retrying with backoff until it
+/// succeeds, then keeps the lease alive and re-registers after any loss, until unregistered or
+/// closed. The key is `<base_path>/<service>/<node>`, a '/' inside a name becoming '-' (as the
+/// Go library does).
 ///
 /// Status events go to `callback` with `user_data` on the library's callback thread; with a
 /// NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
@@ -319,16 +336,19 @@ pub unsafe extern "C" fn etcd_registry_connect(
 /// registration id. Registering a node this registry already holds replaces the older
 /// registration (which gets UNREGISTERED).
 ///
-/// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, or info that is not a JSON
-/// object of strings; CLOSED after `etcd_registry_close`. `*out_registration_id` (never 0) is
-/// written only on success.
+/// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, an empty or repeated info
+/// key, or info too large for etcd; NULL_POINTER for a NULL `info` with `info_len` > 0 (other
+/// than `ETCD_REGISTRY_NO_INFO`) or a NULL key/value pointer with a length > 0; INVALID_UTF8
+/// for a name that is not UTF-8; CLOSED after `etcd_registry_close`. `*out_registration_id`
+/// (never 0) is written only on success.
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn etcd_registry_register(
     registry: *mut etcd_registry,
     service: *const c_char,
     node: *const c_char,
-    info_json: *const c_char,
+    info: *const etcd_registry_info_entry,
+    info_len: usize,
     ttl_ms: u64,
     callback: etcd_registry_status_callback,
     user_data: *mut c_void,
@@ -339,17 +359,15 @@ pub unsafe extern "C" fn etcd_registry_register(
         let this = unsafe { handle(registry) }?;
         let service = unsafe { required(service, "service") }?;
         let node = unsafe { required(node, "node") }?;
-        let (info, info_absent) = parse_info(unsafe { optional(info_json, "info_json") }?)?;
+        let info = unsafe { read_entries(info, info_len) }?;
         let slot = out(out_registration_id, "out_registration_id")?;
         let sink = this.sink(callback, None, user_data)?;
         // The lock is held until the subscription is recorded, so close() cannot miss it.
         let mut state = this.open()?;
-        let registration = this.registry.register(
+        let registration = this.registry.register_bytes(
             service,
-            Node {
-                info_absent,
-                ..Node::new(node, info)
-            },
+            node,
+            info.as_ref(),
             Duration::from_millis(ttl_ms),
         )?;
         let id = registration.id();
@@ -377,35 +395,102 @@ pub unsafe extern "C" fn etcd_registry_register(
     })
 }
 
-/// Replaces the info of a registration with `info_json` (a JSON object of strings, as
-/// `etcd_registry_register` takes it; pass "{}" for none): the key is put again on the same
-/// lease with one put, without unregistering. Returns at once, like `etcd_registry_register`:
-/// the put goes through the registration's background task, and a
-/// `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event follows once it has landed (watchers see
-/// one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd is down the new info is kept and put when
-/// it is back; it is never lost. Updates of one registration apply in the order they were made:
-/// after concurrent updates, or several during an outage, etcd ends with the last one
-/// (intermediate ones may be skipped). Does not block, so it may be called from any callback.
+/// Runs `parse` under the panic guard; on failure returns its status (the message set).
+fn parsed<T>(parse: impl FnOnce() -> FfiResult<T>) -> Result<T, etcd_registry_status> {
+    let mut value = None;
+    let status = guard(|| {
+        value = Some(parse()?);
+        Ok(())
+    });
+    value.ok_or(status)
+}
+
+/// Entries pointing into `info`, for the entry functions: (array, length), the length
+/// `ETCD_REGISTRY_NO_INFO` for `None`.
+fn entries_of(info: Option<&InfoBytes>) -> (Vec<etcd_registry_info_entry>, usize) {
+    let Some(info) = info else {
+        return (Vec::new(), ETCD_REGISTRY_NO_INFO);
+    };
+    let entries: Vec<_> = info
+        .iter()
+        .map(|(k, v)| etcd_registry_info_entry {
+            key: k.as_ptr().cast(),
+            key_len: k.len(),
+            value: v.as_ptr().cast(),
+            value_len: v.len(),
+        })
+        .collect();
+    let len = entries.len();
+    (entries, len)
+}
+
+/// `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
+/// strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
+/// for no info object at all, stored as an empty value). It is parsed and then stored by the
+/// same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
+/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn etcd_registry_register_json(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    node: *const c_char,
+    info_json: *const c_char,
+    ttl_ms: u64,
+    callback: etcd_registry_status_callback,
+    user_data: *mut c_void,
+    out_registration_id: *mut u64,
+) -> etcd_registry_status {
+    // SAFETY: caller's contract.
+    let info = match parsed(|| parse_info(unsafe { optional(info_json, "info_json") }?)) {
+        Ok(info) => info,
+        Err(status) => return status,
+    };
+    let (entries, len) = entries_of(info.as_ref());
+    // SAFETY: the caller's pointers as given; the entries point into `info`, alive until return.
+    unsafe {
+        etcd_registry_register(
+            registry,
+            service,
+            node,
+            entries.as_ptr(),
+            len,
+            ttl_ms,
+            callback,
+            user_data,
+            out_registration_id,
+        )
+    }
+}
+
+/// Replaces the info of a registration with `info`, `info_len` entries as
+/// `etcd_registry_register` takes them (`info_len` 0: `{}`): the key is put again on the same lease with one put,
+/// without unregistering. Returns at once, like `etcd_registry_register`: the put goes through
+/// the registration's background task, and a `ETCD_REGISTRY_STATUS_KIND_UPDATED` status event
+/// follows once it has landed (watchers see one `ETCD_REGISTRY_WATCH_KIND_UPDATED`). While etcd
+/// is down the new info is kept and put when it is back; it is never lost. Updates of one
+/// registration apply in the order they were made: after concurrent updates, or several during
+/// an outage, etcd ends with the last one (intermediate ones may be skipped). Does not block, so
+/// it may be called from any callback.
 ///
-/// INVALID_ARGUMENT for info that is not a JSON object of strings, has an empty key, or is too
-/// large for etcd; NULL_POINTER for a NULL `info_json`; INVALID_UTF8; NOT_FOUND when
-/// `registration_id` is not a registration of this registry (unknown, unregistered, or replaced
-/// by a newer registration of the same node); CLOSED after `etcd_registry_close`.
+/// INVALID_ARGUMENT for an empty or repeated key, info too large for etcd, or
+/// `ETCD_REGISTRY_NO_INFO` (no info object is for registering); NULL_POINTER as for
+/// `etcd_registry_register`; NOT_FOUND when `registration_id` is not a registration of this
+/// registry (unknown, unregistered, or replaced by a newer registration of the same node);
+/// CLOSED after `etcd_registry_close`.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_update(
     registry: *mut etcd_registry,
     registration_id: u64,
-    info_json: *const c_char,
+    info: *const etcd_registry_info_entry,
+    info_len: usize,
 ) -> etcd_registry_status {
     guard(|| {
         // SAFETY: caller's contract for every pointer.
         let this = unsafe { handle(registry) }?;
-        let (info, absent) = parse_info(Some(unsafe { required(info_json, "info_json") }?))?;
-        if absent {
-            return Err(Failure::invalid(
-                "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
-            ));
-        }
+        let info = unsafe { read_entries(info, info_len) }?.ok_or_else(|| {
+            Failure::invalid("ETCD_REGISTRY_NO_INFO (no info object) is for registering only")
+        })?;
         let registration = this
             .open()?
             .registrations
@@ -417,9 +502,35 @@ pub unsafe extern "C" fn etcd_registry_update(
                     format!("no registration {registration_id} on this registry"),
                 )
             })?;
-        registration.update(info)?;
+        registration.update_bytes(&info)?;
         Ok(())
     })
+}
+
+/// `etcd_registry_update` with the info as JSON, a convenience: `info_json` is a JSON object of
+/// strings, as `etcd_registry_register_json` takes it (pass "{}" for none). INVALID_ARGUMENT also
+/// for info that is not a JSON object of strings (`null` included: no info object is for
+/// registering); NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_update_json(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    info_json: *const c_char,
+) -> etcd_registry_status {
+    let info = match parsed(|| {
+        // SAFETY: caller's contract.
+        parse_info(Some(unsafe { required(info_json, "info_json") }?))?.ok_or_else(|| {
+            Failure::invalid(
+                "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
+            )
+        })
+    }) {
+        Ok(info) => info,
+        Err(status) => return status,
+    };
+    let (entries, len) = entries_of(Some(&info));
+    // SAFETY: the caller's handle as given; the entries point into `info`, alive until return.
+    unsafe { etcd_registry_update(registry, registration_id, entries.as_ptr(), len) }
 }
 
 /// Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
@@ -792,9 +903,15 @@ mod tests {
 
     #[test]
     fn info_must_be_an_object_of_strings() {
-        assert_eq!(parse_info(None).unwrap(), (Info::new(), false));
-        assert_eq!(parse_info(Some("null")).unwrap(), (Info::new(), true));
-        assert_eq!(parse_info(Some(r#"{"a":"1","b":""}"#)).unwrap().0.len(), 2);
+        assert_eq!(parse_info(None).unwrap(), Some(InfoBytes::new()));
+        assert_eq!(parse_info(Some("null")).unwrap(), None);
+        assert_eq!(
+            parse_info(Some(r#"{"a":"1","b":""}"#))
+                .unwrap()
+                .unwrap()
+                .len(),
+            2
+        );
         for bad in [
             "",
             "[]",

@@ -17,6 +17,7 @@ mod fork;
 #[cfg(test)]
 mod fuzz;
 mod handle;
+mod info;
 mod log;
 mod node_list;
 mod status;
@@ -36,6 +37,7 @@ pub use events::{
     ETCD_REGISTRY_WATCH_KIND_RESYNCED, ETCD_REGISTRY_WATCH_KIND_UPDATED,
 };
 pub use handle::*;
+pub use info::{etcd_registry_info_entry, ETCD_REGISTRY_NO_INFO};
 pub use log::*;
 pub use node_list::*;
 pub use status::*;

@@ -296,7 +296,7 @@ static bool barrier(const char *service, const char *node) {
     uint64_t watch = 0, reg = 0;
     bool seen = false;
     if (etcd_registry_watch(other, service, NULL, NULL, &watch) == ETCD_REGISTRY_STATUS_OK &&
-        etcd_registry_register(other, service, node, NULL, 10000, NULL, NULL, &reg) == ETCD_REGISTRY_STATUS_OK) {
+        etcd_registry_register_json(other, service, node, NULL, 10000, NULL, NULL, &reg) == ETCD_REGISTRY_STATUS_OK) {
         double deadline = now_s() + 10 * slow;
         while (!seen && now_s() < deadline) {
             etcd_registry_event *event = NULL;
@@ -455,9 +455,9 @@ static void test_null_registry_everywhere(void) {
     int64_t lease = 0;
     etcd_registry_node_list *list = NULL;
     etcd_registry_event *event = NULL;
-    CHECK_STATUS(etcd_registry_register(NULL, "s", "n", NULL, 1000, NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_register_json(NULL, "s", "n", NULL, 1000, NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_unregister(NULL, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
-    CHECK_STATUS(etcd_registry_update(NULL, 1, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update_json(NULL, 1, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_wait_registered(NULL, 1, 10), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_registration_state(NULL, 1, &state), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_registration_lease_id(NULL, 1, &lease), ETCD_REGISTRY_STATUS_NULL_POINTER);
@@ -478,7 +478,7 @@ static void test_register_list_unregister(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(r, "basic", "node-1", "{\"address\":\"10.0.0.5:8080\",\"zone\":\"eu\"}", 10000,
+    CHECK_OK(etcd_registry_register_json(r, "basic", "node-1", "{\"address\":\"10.0.0.5:8080\",\"zone\":\"eu\"}", 10000,
                                     on_status, &rec, &id));
     CHECK(id != 0);
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
@@ -535,10 +535,10 @@ static void test_register_argument_errors(void) {
     etcd_registry *r = connect_etcd();
     REQUIRE(r != NULL);
     uint64_t id = 42;
-#define REG(service, node, info, ttl) etcd_registry_register(r, service, node, info, ttl, NULL, NULL, &id)
+#define REG(service, node, info, ttl) etcd_registry_register_json(r, service, node, info, ttl, NULL, NULL, &id)
     CHECK_STATUS(REG(NULL, "n", NULL, 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(REG("argerr", NULL, NULL, 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
-    CHECK_STATUS(etcd_registry_register(r, "argerr", "n", NULL, 1000, NULL, NULL, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_register_json(r, "argerr", "n", NULL, 1000, NULL, NULL, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(REG("arg\xff", "n", NULL, 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_STATUS(REG("argerr", "n\xc3", NULL, 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_STATUS(REG("argerr", "n", "{\"a\":\"\xff\"}", 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
@@ -575,7 +575,7 @@ static void test_register_argument_errors(void) {
     CHECK(count_nodes(r, "argerr") == 0);
 
     /* NULL info is no info. */
-    CHECK_OK(etcd_registry_register(r, "argerr", "no-info", NULL, 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "argerr", "no-info", NULL, 10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry_node_list *list = NULL;
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
@@ -585,7 +585,7 @@ static void test_register_argument_errors(void) {
 
     /* "null" is no info object at all: stored as an empty value (as Go's library stores a nil
      * map), listed with info_json "null" and no entries. */
-    CHECK_OK(etcd_registry_register(r, "argerr", "null-info", "null", 1000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "argerr", "null-info", "null", 10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     list = NULL;
     CHECK_OK(etcd_registry_list(r, "argerr", &list));
@@ -603,7 +603,7 @@ static void test_info_json_round_trip(void) {
     REQUIRE(r != NULL);
     uint64_t id = 0;
     /* Keys come back sorted; escapes and non-ASCII survive. */
-    CHECK_OK(etcd_registry_register(r, "json", "n1", "{\"z\":\"last\",\"quote\":\"a \\\"q\\\" \\\\ \\n\",\"name\":\"Zürich ✓\"}",
+    CHECK_OK(etcd_registry_register_json(r, "json", "n1", "{\"z\":\"last\",\"quote\":\"a \\\"q\\\" \\\\ \\n\",\"name\":\"Zürich ✓\"}",
                                     10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry_node_list *list = NULL;
@@ -616,6 +616,135 @@ static void test_info_json_round_trip(void) {
     etcd_registry_node_list_free(list);
     etcd_registry_free(r); /* free closes */
 }
+
+/* An info entry from bytes with an explicit length (NUL and invalid UTF-8 allowed). */
+#define ENTRY(k, kl, v, vl) ((etcd_registry_info_entry){(k), (kl), (v), (vl)})
+
+static bool bytes_are(const char *p, size_t len, const char *want, size_t want_len) {
+    return p != NULL && len == want_len && memcmp(p, want, len) == 0 && p[len] == '\0';
+}
+
+/* The value of `key` (given with its length) of node `index` in a fresh listing equals `want`. */
+static bool listed_value_is(etcd_registry *r, const char *service, size_t index, const char *key,
+                            size_t key_len, const char *want, size_t want_len) {
+    etcd_registry_node_list *list = NULL;
+    if (etcd_registry_list(r, service, &list) != ETCD_REGISTRY_STATUS_OK) return false;
+    bool found = false;
+    if (index < etcd_registry_node_list_len(list)) {
+        const etcd_registry_node_entry *e = &etcd_registry_node_list_entries(list)[index];
+        for (size_t j = 0; j < e->info_len; j++)
+            if (bytes_are(e->info[j].key, e->info[j].key_len, key, key_len))
+                found = bytes_are(e->info[j].value, e->info[j].value_len, want, want_len);
+    }
+    etcd_registry_node_list_free(list);
+    return found;
+}
+
+/* Info as key/value entries with lengths, in and out: NUL survives, invalid UTF-8 is stored as
+ * Go's json.Marshal writes it (\ufffd per byte) and so reads back as U+FFFD; no info object
+ * (ETCD_REGISTRY_NO_INFO) differs from an empty one; bad entries are clear errors. */
+static void test_info_entries(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    uint64_t id = 42;
+    const etcd_registry_info_entry info[] = {
+        ENTRY("nul\0key", 7, "a\0b", 3),
+        ENTRY("bad\xff", 4, "x\xe2\x80y", 4),
+        ENTRY("addr", 4, "10.0.0.5", 8),
+    };
+#define REG(name, entries, n) etcd_registry_register(r, "entries", name, entries, n, 10000, NULL, NULL, &id)
+    /* Errors first: nothing is registered, id is not written. */
+    CHECK_STATUS(REG("n1", NULL, 2), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    const etcd_registry_info_entry null_key[] = {ENTRY(NULL, 3, "v", 1)};
+    CHECK_STATUS(REG("n1", null_key, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    const etcd_registry_info_entry null_value[] = {ENTRY("k", 1, NULL, 1)};
+    CHECK_STATUS(REG("n1", null_value, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    const etcd_registry_info_entry empty_key[] = {ENTRY("", 0, "v", 1)};
+    CHECK_STATUS(REG("n1", empty_key, 1), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(etcd_registry_last_error_message(), "empty") != NULL);
+    const etcd_registry_info_entry twice[] = {ENTRY("k", 1, "1", 1), ENTRY("k", 1, "2", 1)};
+    CHECK_STATUS(REG("n1", twice, 2), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(etcd_registry_last_error_message(), "twice") != NULL);
+    CHECK_STATUS(REG("n\xff", info, 3), ETCD_REGISTRY_STATUS_INVALID_UTF8); /* names stay UTF-8 */
+    CHECK(id == 42);
+
+    uint64_t n1 = 0, n2 = 0, n3 = 0;
+    CHECK_OK(REG("n1", info, 3));
+    n1 = id;
+    CHECK_OK(REG("n2", NULL, 0)); /* empty info: {} */
+    n2 = id;
+    CHECK_OK(REG("n3", NULL, ETCD_REGISTRY_NO_INFO)); /* no info object: an empty value */
+    n3 = id;
+#undef REG
+    CHECK_OK(etcd_registry_wait_registered(r, n1, (uint64_t)(10000 * slow)));
+    CHECK_OK(etcd_registry_wait_registered(r, n2, (uint64_t)(10000 * slow)));
+    CHECK_OK(etcd_registry_wait_registered(r, n3, (uint64_t)(10000 * slow)));
+
+    etcd_registry_node_list *list = NULL;
+    CHECK_OK(etcd_registry_list(r, "entries", &list));
+    REQUIRE(etcd_registry_node_list_len(list) == 3);
+    const etcd_registry_node_entry *e = etcd_registry_node_list_entries(list);
+    CHECK(bytes_are(e[0].name, e[0].name_len, "n1", 2));
+    REQUIRE(e[0].info_len == 3 && !e[0].info_absent);
+    /* Sorted by key bytes; each invalid byte read back as U+FFFD (EF BF BD). */
+    CHECK(bytes_are(e[0].info[0].key, e[0].info[0].key_len, "addr", 4));
+    CHECK(bytes_are(e[0].info[0].value, e[0].info[0].value_len, "10.0.0.5", 8));
+    CHECK(bytes_are(e[0].info[1].key, e[0].info[1].key_len, "bad\xef\xbf\xbd", 6));
+    CHECK(bytes_are(e[0].info[1].value, e[0].info[1].value_len, "x\xef\xbf\xbd\xef\xbf\xbdy", 8));
+    CHECK(bytes_are(e[0].info[2].key, e[0].info[2].key_len, "nul\0key", 7));
+    CHECK(bytes_are(e[0].info[2].value, e[0].info[2].value_len, "a\0b", 3));
+    CHECK(strcmp(etcd_registry_node_list_info_json(list, 0),
+                 "{\"addr\":\"10.0.0.5\",\"bad\xef\xbf\xbd\":\"x\xef\xbf\xbd\xef\xbf\xbdy\","
+                 "\"nul\\u0000key\":\"a\\u0000b\"}") == 0);
+    CHECK(strcmp(etcd_registry_node_list_info_value(list, 0, "addr"), "10.0.0.5") == 0);
+    CHECK(e[1].info_len == 0 && e[1].info == NULL && !e[1].info_absent);
+    CHECK(strcmp(etcd_registry_node_list_info_json(list, 1), "{}") == 0);
+    CHECK(e[2].info_len == 0 && e[2].info_absent);
+    CHECK(strcmp(etcd_registry_node_list_info_json(list, 2), "null") == 0);
+    etcd_registry_node_list_free(list);
+
+    /* Watch events carry the same entries. */
+    uint64_t watch = 0;
+    REQUIRE_OK(etcd_registry_watch(r, "entries", NULL, NULL, &watch));
+    int seen = 0;
+    double deadline = now_s() + 10 * slow;
+    while (seen < 3 && now_s() < deadline) {
+        etcd_registry_event *ev = NULL;
+        etcd_registry_status s = etcd_registry_next_event(r, 100, &ev);
+        if (s == ETCD_REGISTRY_STATUS_TIMEOUT) continue;
+        CHECK_OK(s);
+        if (s != ETCD_REGISTRY_STATUS_OK) break;
+        const etcd_registry_watch_event *w = &ev->watch;
+        if (ev->event_type == ETCD_REGISTRY_EVENT_TYPE_WATCH && w->kind == ETCD_REGISTRY_WATCH_KIND_ADDED) {
+            seen++;
+            if (strcmp(w->node_name, "n1") == 0) {
+                CHECK(w->info_len == 3 && !w->info_absent);
+                if (w->info_len == 3)
+                    CHECK(bytes_are(w->info[2].value, w->info[2].value_len, "a\0b", 3));
+            } else if (strcmp(w->node_name, "n2") == 0) {
+                CHECK(w->info_len == 0 && !w->info_absent && strcmp(w->info_json, "{}") == 0);
+            } else {
+                CHECK(w->info_len == 0 && w->info_absent && strcmp(w->info_json, "null") == 0);
+            }
+        }
+        etcd_registry_event_free(ev);
+    }
+    CHECK(seen == 3);
+    CHECK_OK(etcd_registry_unwatch(r, watch));
+
+    /* Update with entries; no info object is for registering only. */
+    const etcd_registry_info_entry next[] = {ENTRY("v", 1, "2\0", 2)};
+    CHECK_OK(etcd_registry_update(r, n1, next, 1));
+    CHECK(WAIT_FOR(listed_value_is(r, "entries", 0, "v", 1, "2\0", 2), 10 * slow));
+    CHECK_STATUS(etcd_registry_update(r, n1, NULL, ETCD_REGISTRY_NO_INFO), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(etcd_registry_update(r, n1, twice, 2), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_STATUS(etcd_registry_update(r, n1, NULL, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_OK(etcd_registry_update(r, n1, NULL, 0)); /* {} */
+    CHECK(WAIT_FOR(count_nodes(r, "entries") == 3, 10 * slow));
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+}
+#undef ENTRY
 
 static void test_list_errors(void) {
     etcd_registry *r = connect_etcd();
@@ -657,7 +786,7 @@ static void test_unreachable_etcd(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(r, "svc", "n1", NULL, 5000, on_status, &rec, &id));
+    CHECK_OK(etcd_registry_register_json(r, "svc", "n1", NULL, 5000, on_status, &rec, &id));
     /* The first attempt fails: FAILED with the reason, then RETRYING with attempt and delay. */
     CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_RETRYING, NULL, 0) >= 0, 20 * slow));
     int failed = find_event(&rec, ETCD_REGISTRY_STATUS_KIND_FAILED, NULL, 0);
@@ -690,7 +819,7 @@ static void test_watch_callbacks_on_the_library_thread(void) {
     recorder_init(&status);
     recorder_init(&events);
     uint64_t first = 0, second = 0, watch = 0;
-    REQUIRE_OK(etcd_registry_register(r, "watched", "a", "{\"v\":\"1\"}", 10000, on_status, &status, &first));
+    REQUIRE_OK(etcd_registry_register_json(r, "watched", "a", "{\"v\":\"1\"}", 10000, on_status, &status, &first));
     REQUIRE_OK(etcd_registry_wait_registered(r, first, (uint64_t)(10000 * slow)));
 
     uint64_t sentinel = 77;
@@ -705,13 +834,13 @@ static void test_watch_callbacks_on_the_library_thread(void) {
     /* The node present at the start comes as ADDED. */
     CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_ADDED, "a", 0) >= 0, 10 * slow));
 
-    REQUIRE_OK(etcd_registry_register(r, "watched", "b", "{\"v\":\"1\"}", 10000, on_status, &status, &second));
+    REQUIRE_OK(etcd_registry_register_json(r, "watched", "b", "{\"v\":\"1\"}", 10000, on_status, &status, &second));
     CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_ADDED, "b", 0) >= 0, 10 * slow));
 
     /* Registering node a again replaces the first registration: it ends with UNREGISTERED,
      * the watch sees the new info as UPDATED. */
     uint64_t again = 0;
-    REQUIRE_OK(etcd_registry_register(r, "watched", "a", "{\"v\":\"2\"}", 10000, on_status, &status, &again));
+    REQUIRE_OK(etcd_registry_register_json(r, "watched", "a", "{\"v\":\"2\"}", 10000, on_status, &status, &again));
     CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_UPDATED, "a", 0) >= 0, 10 * slow));
     CHECK(WAIT_FOR(find_event(&status, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, "a", 0) >= 0, 10 * slow));
     uint32_t state = 0;
@@ -797,7 +926,7 @@ static void test_calls_from_inside_callbacks(void) {
     ctx->registry = r;
     atomic_store(&ctx->unregister_status, -1);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "selfish", "n1", NULL, 10000, unregister_myself, ctx, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "selfish", "n1", NULL, 10000, unregister_myself, ctx, &id));
     CHECK(WAIT_FOR(atomic_load(&ctx->done), 10 * slow));
     CHECK(atomic_load(&ctx->list_status) == ETCD_REGISTRY_STATUS_OK);
     CHECK(atomic_load(&ctx->listed) == 1);
@@ -810,7 +939,7 @@ static void test_calls_from_inside_callbacks(void) {
     self_unwatch *w1 = calloc(1, sizeof *w1), *w2 = calloc(1, sizeof *w2);
     w1->registry = w2->registry = r;
     uint64_t watch1 = 0, watch2 = 0, node = 0;
-    REQUIRE_OK(etcd_registry_register(r, "unwatched", "n1", NULL, 10000, NULL, NULL, &node));
+    REQUIRE_OK(etcd_registry_register_json(r, "unwatched", "n1", NULL, 10000, NULL, NULL, &node));
     REQUIRE_OK(etcd_registry_wait_registered(r, node, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_watch(r, "unwatched", unwatch_myself, w1, &watch1));
     REQUIRE_OK(etcd_registry_watch(r, "unwatched", unwatch_myself, w2, &watch2));
@@ -847,7 +976,7 @@ static void test_close_from_inside_a_callback(void) {
     closer c = {.registry = connect_etcd(), .status = -1};
     REQUIRE(c.registry != NULL);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(c.registry, "closing", "n1", NULL, 10000, close_from_callback, &c, &id));
+    REQUIRE_OK(etcd_registry_register_json(c.registry, "closing", "n1", NULL, 10000, close_from_callback, &c, &id));
     REQUIRE(WAIT_FOR(atomic_load(&c.done), 10 * slow)); /* else it may still run: no free */
     CHECK(atomic_load(&c.status) == ETCD_REGISTRY_STATUS_OK);
     CHECK(is_closed(c.registry));
@@ -882,7 +1011,7 @@ static void test_second_close_waits_for_a_callback_that_closed(void) {
     atomic_init(&c->status, -1);
     REQUIRE(c->registry != NULL);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(c->registry, "racing-close", "n1", NULL, 10000, close_and_keep_running, c, &id));
+    REQUIRE_OK(etcd_registry_register_json(c->registry, "racing-close", "n1", NULL, 10000, close_and_keep_running, c, &id));
     REQUIRE(WAIT_FOR(atomic_load(&c->closed_in_callback), 10 * slow)); /* else it may still run: no free */
     atomic_store(&c->other_closing, true);
     CHECK_OK(etcd_registry_close(c->registry));
@@ -929,11 +1058,11 @@ static void test_retry_attempts_start_at_one_for_every_registration(void) {
     const char *names[3] = {"n1", "n2", "n3"};
     uint64_t id = 0;
     for (int i = 0; i < 3; i++) recorder_init(&recs[i]);
-    CHECK_OK(etcd_registry_register(r, "svc", names[0], NULL, 5000, on_status, &recs[0], &id));
+    CHECK_OK(etcd_registry_register_json(r, "svc", names[0], NULL, 5000, on_status, &recs[0], &id));
     /* The others join the lease group of the same TTL while it backs off after a failure. */
     CHECK(WAIT_FOR(find_event(&recs[0], ETCD_REGISTRY_STATUS_KIND_RETRYING, NULL, 0) >= 0, 20 * slow));
     for (int i = 1; i < 3; i++)
-        CHECK_OK(etcd_registry_register(r, "svc", names[i], NULL, 5000, on_status, &recs[i], &id));
+        CHECK_OK(etcd_registry_register_json(r, "svc", names[i], NULL, 5000, on_status, &recs[i], &id));
     for (int i = 0; i < 3; i++) {
         int first = -1;
         CHECK(WAIT_FOR((first = find_event(&recs[i], ETCD_REGISTRY_STATUS_KIND_RETRYING, NULL, 0)) >= 0, 20 * slow));
@@ -961,7 +1090,7 @@ static void test_pull_api(void) {
     CHECK(event == (etcd_registry_event *)(uintptr_t)0x1);
 
     uint64_t reg = 0, watch = 0;
-    REQUIRE_OK(etcd_registry_register(r, "pulled", "n1", "{\"k\":\"v\"}", 10000, NULL, NULL, &reg));
+    REQUIRE_OK(etcd_registry_register_json(r, "pulled", "n1", "{\"k\":\"v\"}", 10000, NULL, NULL, &reg));
     REQUIRE_OK(etcd_registry_watch(r, "pulled", NULL, NULL, &watch));
     bool registered = false, added = false;
     double deadline = now_s() + 10 * slow;
@@ -988,7 +1117,7 @@ static void test_pull_api(void) {
 
     /* After unregister/unwatch returns, nothing of theirs is pulled any more. */
     uint64_t quiet = 0;
-    REQUIRE_OK(etcd_registry_register(r, "pulled", "n2", NULL, 10000, NULL, NULL, &quiet));
+    REQUIRE_OK(etcd_registry_register_json(r, "pulled", "n2", NULL, 10000, NULL, NULL, &quiet));
     REQUIRE_OK(etcd_registry_wait_registered(r, quiet, (uint64_t)(10000 * slow)));
     CHECK_OK(etcd_registry_unwatch(r, watch));
     CHECK_OK(etcd_registry_unregister(r, quiet));
@@ -1028,7 +1157,7 @@ static void test_close_wakes_a_waiting_puller(void) {
     puller p = {.registry = connect_etcd()};
     REQUIRE(p.registry != NULL);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(p.registry, "pullers", "n1", NULL, 10000, NULL, NULL, &id));
+    REQUIRE_OK(etcd_registry_register_json(p.registry, "pullers", "n1", NULL, 10000, NULL, NULL, &id));
     pthread_t thread;
     REQUIRE(pthread_create(&thread, NULL, pull_forever, &p) == 0);
     REQUIRE_OK(etcd_registry_wait_registered(p.registry, id, (uint64_t)(10000 * slow)));
@@ -1047,7 +1176,7 @@ static void test_use_after_close_and_double_close(void) {
     recorder_init(&rec);
     recorder_init(&events);
     uint64_t id = 0, watch = 0;
-    REQUIRE_OK(etcd_registry_register(r, "closed", "n1", NULL, 10000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "closed", "n1", NULL, 10000, on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_watch(r, "closed", on_watch, &events, &watch));
     CHECK(WAIT_FOR(count_of(&events) >= 1, 10 * slow));
@@ -1070,7 +1199,7 @@ static void test_use_after_close_and_double_close(void) {
     int64_t lease = 0;
     etcd_registry_node_list *list = NULL;
     etcd_registry_event *event = NULL;
-    CHECK_STATUS(etcd_registry_register(r, "closed", "n2", NULL, 1000, NULL, NULL, &out), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK_STATUS(etcd_registry_register_json(r, "closed", "n2", NULL, 1000, NULL, NULL, &out), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_unregister(r, id), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_wait_registered(r, id, 10), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_registration_state(r, id, &state), ETCD_REGISTRY_STATUS_CLOSED);
@@ -1093,7 +1222,7 @@ static void test_free_without_close_unregisters(void) {
     uint64_t id = 0, watch = 0;
     recorder events;
     recorder_init(&events);
-    REQUIRE_OK(etcd_registry_register(r, "freed", "n1", NULL, 10000, NULL, NULL, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "freed", "n1", NULL, 10000, NULL, NULL, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_watch(r, "freed", on_watch, &events, &watch));
     CHECK(count_nodes_fresh("freed") == 1);
@@ -1127,7 +1256,7 @@ static void *register_many(void *arg) {
         char node[32], info[64];
         snprintf(node, sizeof node, "node-%d-%03d", t->index, i);
         snprintf(info, sizeof info, "{\"thread\":\"%d\",\"i\":\"%d\"}", t->index, i);
-        if (etcd_registry_register(t->registry, "crowd", node, info, 15000, count_registered, NULL, &t->ids[i]) !=
+        if (etcd_registry_register_json(t->registry, "crowd", node, info, 15000, count_registered, NULL, &t->ids[i]) !=
             ETCD_REGISTRY_STATUS_OK) {
             fprintf(stderr, "    register %s: %s\n", node, etcd_registry_last_error_message());
             t->failures++;
@@ -1196,7 +1325,7 @@ static void test_keepalive_lost_and_reregistered_when_etcd_restarts(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "survivor", "n1", "{\"a\":\"b\"}", 5000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "survivor", "n1", "{\"a\":\"b\"}", 5000, on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_REGISTERED, NULL, 0) == 0, 10 * slow));
 
@@ -1238,7 +1367,7 @@ static int forked_child(etcd_registry *parents) {
     etcd_registry_event *event = NULL;
     uint64_t id = 0;
     bad |= etcd_registry_list(parents, "forked", &list) != ETCD_REGISTRY_STATUS_CLOSED;
-    bad |= etcd_registry_register(parents, "forked", "x", NULL, 5000, NULL, NULL, &id) != ETCD_REGISTRY_STATUS_CLOSED;
+    bad |= etcd_registry_register_json(parents, "forked", "x", NULL, 5000, NULL, NULL, &id) != ETCD_REGISTRY_STATUS_CLOSED;
     bad |= etcd_registry_next_event(parents, 0, &event) != ETCD_REGISTRY_STATUS_CLOSED;
     bad |= etcd_registry_close(parents) != ETCD_REGISTRY_STATUS_OK;
     etcd_registry_free(parents);
@@ -1246,7 +1375,7 @@ static int forked_child(etcd_registry *parents) {
     if (own == NULL) return 1;
     recorder rec;
     recorder_init(&rec);
-    bad |= etcd_registry_register(own, "forked", "child", NULL, 5000, on_status, &rec, &id) != ETCD_REGISTRY_STATUS_OK;
+    bad |= etcd_registry_register_json(own, "forked", "child", NULL, 5000, on_status, &rec, &id) != ETCD_REGISTRY_STATUS_OK;
     bad |= etcd_registry_wait_registered(own, id, (uint64_t)(10000 * slow)) != ETCD_REGISTRY_STATUS_OK;
     bad |= !WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_REGISTERED, "child", 0) >= 0, 10 * slow);
     bad |= count_nodes(own, "forked") != 2;
@@ -1267,7 +1396,7 @@ static void test_fork_child_leaves_the_parent_registrations_alone(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "forked", "parent", NULL, 5000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "forked", "parent", NULL, 5000, on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     int result[2];
     REQUIRE(pipe(result) == 0);
@@ -1348,7 +1477,7 @@ static void test_log_callback(void) {
     etcd_registry *r = connect_to(eps);
     REQUIRE(r != NULL);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(r, "logged", "n1", NULL, 5000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "logged", "n1", NULL, 5000, NULL, NULL, &id));
     CHECK(WAIT_FOR(log_warnings(&sink) >= 1, 20 * slow));
     etcd_registry_free(r);
 
@@ -1360,7 +1489,7 @@ static void test_log_callback(void) {
     pthread_mutex_unlock(&sink.mu);
     r = connect_to(eps);
     REQUIRE(r != NULL);
-    CHECK_OK(etcd_registry_register(r, "logged", "n1", NULL, 5000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "logged", "n1", NULL, 5000, NULL, NULL, &id));
     CHECK_STATUS(etcd_registry_wait_registered(r, id, 5000), ETCD_REGISTRY_STATUS_TIMEOUT);
     etcd_registry_free(r);
     pthread_mutex_lock(&sink.mu);
@@ -1398,7 +1527,7 @@ static void test_auth(void) {
     REQUIRE_OK(etcd_registry_connect(c, &wrong));
     CHECK_STATUS(etcd_registry_list(wrong, "authed", &list), ETCD_REGISTRY_STATUS_AUTH);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(wrong, "authed", "n1", NULL, 5000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(wrong, "authed", "n1", NULL, 5000, NULL, NULL, &id));
     CHECK_STATUS(etcd_registry_wait_registered(wrong, id, (uint64_t)(10000 * slow)), ETCD_REGISTRY_STATUS_AUTH);
     etcd_registry_free(wrong);
 
@@ -1406,7 +1535,7 @@ static void test_auth(void) {
     etcd_registry *right = NULL;
     REQUIRE_OK(etcd_registry_connect(c, &right));
     etcd_registry_config_free(c);
-    CHECK_OK(etcd_registry_register(right, "authed", "n1", NULL, 5000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(right, "authed", "n1", NULL, 5000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(right, id, (uint64_t)(10000 * slow)));
     CHECK(count_nodes(right, "authed") == 1);
     CHECK_OK(etcd_registry_close(right));
@@ -1482,7 +1611,7 @@ static bool events_until_marker(etcd_registry *r, etcd_registry *watcher, const 
                                 const char *marker, const char *node, node_events *out) {
     memset(out, 0, sizeof *out);
     uint64_t id = 0;
-    if (etcd_registry_register(r, service, marker, NULL, update_ttl_ms(), NULL, NULL, &id) != ETCD_REGISTRY_STATUS_OK)
+    if (etcd_registry_register_json(r, service, marker, NULL, update_ttl_ms(), NULL, NULL, &id) != ETCD_REGISTRY_STATUS_OK)
         return false;
     double deadline = now_s() + 30 * slow;
     while (now_s() < deadline) {
@@ -1532,14 +1661,14 @@ static void test_update_in_place(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "upd", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "upd", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     int64_t lease = 0, lease_after = 0;
     CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease));
     etcd_registry *w = start_watcher("upd");
     REQUIRE(w != NULL);
 
-    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"2\",\"zone\":\"b\"}"));
+    CHECK_OK(etcd_registry_update_json(r, id, "{\"v\":\"2\",\"zone\":\"b\"}"));
     CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED, "n1", 0) >= 0, 10 * slow));
     CHECK(etcd_value_is("/ctest/upd/n1", "{\"v\":\"2\",\"zone\":\"b\"}"));
     CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease_after));
@@ -1556,12 +1685,12 @@ static void test_update_in_place(void) {
     CHECK(count_kind(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED) == 1);
 
     /* Bad input: a status, and the value in etcd unchanged. */
-    CHECK_STATUS(etcd_registry_update(NULL, id, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
-    CHECK_STATUS(etcd_registry_update(r, id, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
-    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"\xff\"}"), ETCD_REGISTRY_STATUS_INVALID_UTF8);
+    CHECK_STATUS(etcd_registry_update_json(NULL, id, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update_json(r, id, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update_json(r, id, "{\"v\":\"\xff\"}"), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     const char *bad_json[] = {"", "{", "[1,2]", "null", "{\"a\":1}", "{\"\":\"empty key\"}"};
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++)
-        CHECK_STATUS(etcd_registry_update(r, id, bad_json[i]), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+        CHECK_STATUS(etcd_registry_update_json(r, id, bad_json[i]), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     {
         size_t len = 2u << 20;
         char *big = malloc(len + 16);
@@ -1569,17 +1698,17 @@ static void test_update_in_place(void) {
         memcpy(big, "{\"big\":\"", 8);
         memset(big + 8, 'x', len);
         memcpy(big + 8 + len, "\"}", 3);
-        CHECK_STATUS(etcd_registry_update(r, id, big), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+        CHECK_STATUS(etcd_registry_update_json(r, id, big), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
         CHECK(strstr(etcd_registry_last_error_message(), "too large") != NULL);
         free(big);
     }
-    CHECK_STATUS(etcd_registry_update(r, 987654321, "{}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_STATUS(etcd_registry_update_json(r, 987654321, "{}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
     CHECK(etcd_value_is("/ctest/upd/n1", "{\"v\":\"2\",\"zone\":\"b\"}"));
 
     CHECK_OK(etcd_registry_unregister(r, id));
-    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_STATUS(etcd_registry_update_json(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_NOT_FOUND);
     CHECK_OK(etcd_registry_close(r));
-    CHECK_STATUS(etcd_registry_update(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK_STATUS(etcd_registry_update_json(r, id, "{\"v\":\"3\"}"), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK(count_nodes_fresh("upd") == 0);
     free(seen);
     etcd_registry_free(w);
@@ -1620,15 +1749,15 @@ static void test_update_while_etcd_is_down_lands_when_it_returns(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "updown", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "updown", "n1", "{\"v\":\"1\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry *w = start_watcher("updown");
     REQUIRE(w != NULL);
 
     REQUIRE(harness("stop 0") >= 0);
     CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST, NULL, 0) >= 0, 30 * slow));
-    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"2\"}")); /* returns at once, etcd down */
-    CHECK_OK(etcd_registry_update(r, id, "{\"v\":\"3\"}"));
+    CHECK_OK(etcd_registry_update_json(r, id, "{\"v\":\"2\"}")); /* returns at once, etcd down */
+    CHECK_OK(etcd_registry_update_json(r, id, "{\"v\":\"3\"}"));
     REQUIRE(harness("start 0") >= 0);
 
     CHECK(WAIT_FOR(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UPDATED, NULL, 0) >= 0, 60 * slow));
@@ -1666,7 +1795,7 @@ static void *update_many(void *arg) {
     for (int seq = 0; seq < UPDATES_EACH; seq++) {
         char info[64];
         snprintf(info, sizeof info, "{\"seq\":\"%03d\",\"w\":\"%d\"}", seq, u->writer);
-        if (etcd_registry_update(u->r, u->id, info) != ETCD_REGISTRY_STATUS_OK) u->failures++;
+        if (etcd_registry_update_json(u->r, u->id, info) != ETCD_REGISTRY_STATUS_OK) u->failures++;
     }
     return NULL;
 }
@@ -1677,7 +1806,7 @@ static void test_concurrent_updates_end_with_the_last_one(void) {
     recorder rec;
     recorder_init(&rec);
     uint64_t id = 0;
-    REQUIRE_OK(etcd_registry_register(r, "updmany", "n1", "{\"w\":\"-\"}", update_ttl_ms(), on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_register_json(r, "updmany", "n1", "{\"w\":\"-\"}", update_ttl_ms(), on_status, &rec, &id));
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     etcd_registry *w = start_watcher("updmany");
     REQUIRE(w != NULL);
@@ -1742,6 +1871,7 @@ static const test_case tests[] = {
     TEST(test_register_list_unregister),
     TEST(test_register_argument_errors),
     TEST(test_info_json_round_trip),
+    TEST(test_info_entries),
     TEST(test_list_errors),
     TEST(test_unreachable_etcd),
     TEST(test_watch_callbacks_on_the_library_thread),

@@ -169,7 +169,7 @@ static long watch_size(etcd_registry *r, uint64_t watch) {
 static void register_list_watch(etcd_registry *r, const char *node) {
     uint64_t watch = 0, id = 0;
     CHECK_OK(etcd_registry_watch(r, "api", NULL, NULL, &watch));
-    CHECK_OK(etcd_registry_register(r, "api", node, "{\"address\":\"10.0.0.5:80\"}", 10000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "api", node, "{\"address\":\"10.0.0.5:80\"}", 10000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     CHECK(count_nodes(r, "api") >= 1);
     /* The watch sees the node: its live set holds it. */
@@ -255,7 +255,7 @@ static void test_handshake_errors(void) {
     etcd_registry_config_free(c);
     REQUIRE(r != NULL);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(r, "api", "n1", NULL, 5000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "api", "n1", NULL, 5000, NULL, NULL, &id));
     CHECK_STATUS(etcd_registry_wait_registered(r, id, (uint64_t)(20000 * slow)), ETCD_REGISTRY_STATUS_TLS);
     etcd_registry_free(r);
 }
@@ -305,7 +305,7 @@ static void test_restart_and_partition_over_mtls(void) {
     etcd_registry_config_free(c);
     REQUIRE(r != NULL);
     uint64_t id = 0;
-    CHECK_OK(etcd_registry_register(r, "faults", "n1", NULL, 3000, NULL, NULL, &id));
+    CHECK_OK(etcd_registry_register_json(r, "faults", "n1", NULL, 3000, NULL, NULL, &id));
     CHECK_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
 
     REQUIRE(harness("kill 0") == 0);

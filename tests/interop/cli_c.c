@@ -54,7 +54,7 @@ int main(int argc, char **argv) {
 
     if (strcmp(argv[1], "register") == 0 && argc == 6) {
         uint64_t id = 0;
-        CHECK("register", etcd_registry_register(reg, argv[2], argv[3], argv[4],
+        CHECK("register", etcd_registry_register_json(reg, argv[2], argv[3], argv[4],
                                                  strtoull(argv[5], NULL, 10) * 1000, ignore_status,
                                                  NULL, &id));
         CHECK("wait", etcd_registry_wait_registered(reg, id, 30000));
