@@ -12,10 +12,11 @@ use tokio::task::AbortHandle;
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::{EventStream, Hub, Route, Subscriber};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
 use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix, Info};
 use crate::registration::{Node, RegShared, Registration};
-use crate::watch::{self, Watch, WatchSetup};
+use crate::watch::{self, Watch, WatchRoute, WatchSetup};
 
 /// etcd's default `--max-request-bytes` (1.5 MiB); a put of a key and value larger than this
 /// (less some room for the request's other fields) is refused.
@@ -52,6 +53,8 @@ struct Inner {
     closed: AtomicBool,
     closing: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
+    /// The registry-wide event streams.
+    hub: Arc<Hub>,
 }
 
 #[derive(Default)]
@@ -59,7 +62,7 @@ struct State {
     groups: HashMap<i64, GroupHandle>,
     registrations: HashMap<u64, Arc<RegShared>>,
     by_key: HashMap<String, u64>,
-    watches: HashMap<u64, AbortHandle>,
+    watches: HashMap<u64, (AbortHandle, Arc<WatchRoute>)>,
 }
 
 impl Registry {
@@ -98,6 +101,7 @@ impl Registry {
                 closed: AtomicBool::new(false),
                 closing,
                 state: Mutex::new(State::default()),
+                hub: Arc::default(),
             }),
         })
     }
@@ -150,6 +154,37 @@ impl Registry {
     /// Registering a node that this registry already holds replaces the older registration
     /// (which ends with `Unregistered`; the key stays).
     pub fn register(&self, service: &str, node: Node, ttl: Duration) -> Result<Registration> {
+        self.register_inner(service, node, ttl, None)
+    }
+
+    /// Like [`Registry::register`], with the registration's status events going to `route` (a
+    /// shared [`EventStream`] or a [`Handler`](crate::events::Handler)) from the very first:
+    /// what the bindings use (see [`crate::events`]). [`Registration::subscribe`] still works
+    /// but gets no history.
+    pub fn register_routed(
+        &self,
+        service: &str,
+        node: Node,
+        ttl: Duration,
+        route: &Route,
+    ) -> Result<Registration> {
+        self.register_inner(service, node, ttl, Some(route.subscriber()))
+    }
+
+    /// Every event of every registration and watch of this registry from now on, in one
+    /// bounded stream (see [`crate::events`]); it ends once [`Registry::close`] has emitted
+    /// the last `Unregistered`. Subscribe before registering to see every event.
+    pub fn events(&self) -> EventStream {
+        self.inner.hub.subscribe()
+    }
+
+    fn register_inner(
+        &self,
+        service: &str,
+        node: Node,
+        ttl: Duration,
+        route: Option<Subscriber>,
+    ) -> Result<Registration> {
         self.check_open()?;
         validate_name("service", service)?;
         validate_name("node", &node.name)?;
@@ -169,6 +204,8 @@ impl Registry {
             key.clone(),
             value,
             ttl_secs,
+            route,
+            self.inner.hub.clone(),
         ));
         let mut state = self.state();
         // Checked again under the lock, so that close() cannot miss this registration.
@@ -230,7 +267,7 @@ impl Registry {
 
     pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
         self.check_same_process()?;
-        let (tx, done_rx) = {
+        let (tx, done_rx, reg) = {
             let mut state = self.state();
             let Some(reg) = state.registrations.remove(&id) else {
                 return Ok(());
@@ -247,11 +284,16 @@ impl Registry {
                 keep_key: false,
                 done: Some(done_tx),
             });
-            (group.tx.clone(), done_rx)
+            (group.tx.clone(), done_rx, Some(reg))
         };
         drop(tx);
-        // The group answers after the key is deleted (or the delete failed within the timeout).
-        done_rx.await.unwrap_or(Ok(()))
+        // The group answers after the key is deleted (or the delete failed within the timeout),
+        // and after `Unregistered` has been emitted.
+        let result = done_rx.await.unwrap_or(Ok(()));
+        if let Some(reg) = reg {
+            reg.finish_route();
+        }
+        result
     }
 
     /// Lists a service's nodes in one range request. An unknown service gives an empty list.
@@ -320,6 +362,16 @@ impl Registry {
     /// Watches a service: lists it (failing if etcd cannot be reached now), then follows every
     /// change. See [`Watch`].
     pub async fn watch(&self, service: &str) -> Result<Watch> {
+        self.watch_inner(service, None).await
+    }
+
+    /// Like [`Registry::watch`], with the watch's events going to `route` from the very first
+    /// (the `Added` events of the listing included); [`Watch::next`] then returns `None`.
+    pub async fn watch_routed(&self, service: &str, route: &Route) -> Result<Watch> {
+        self.watch_inner(service, Some(route.subscriber())).await
+    }
+
+    async fn watch_inner(&self, service: &str, route: Option<Subscriber>) -> Result<Watch> {
         self.check_open()?;
         validate_name("service", service)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -330,6 +382,8 @@ impl Registry {
             conn: self.inner.conn.clone(),
             backoff: (self.inner.config.backoff_min, self.inner.config.backoff_max),
             registry: self.clone(),
+            route,
+            hub: self.inner.hub.clone(),
         };
         let watch = watch::start(setup, &self.inner.handle).await?;
         let mut state = self.state();
@@ -337,7 +391,9 @@ impl Registry {
             watch.cancel();
             return Err(Error::closed());
         }
-        state.watches.insert(id, watch.task_handle());
+        state
+            .watches
+            .insert(id, (watch.task_handle(), watch.route()));
         Ok(watch)
     }
 
@@ -373,17 +429,22 @@ impl Registry {
             return Ok(());
         }
         self.inner.closing.send_replace(true);
-        let (groups, watches) = {
+        let (groups, watches, registrations) = {
             let mut state = self.state();
-            state.registrations.clear();
             state.by_key.clear();
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
+                state
+                    .registrations
+                    .drain()
+                    .map(|(_, r)| r)
+                    .collect::<Vec<_>>(),
             )
         };
-        for watch in watches {
-            watch.abort();
+        for (task, route) in watches {
+            task.abort();
+            route.end();
         }
         let mut pending = Vec::new();
         for group in groups {
@@ -395,6 +456,12 @@ impl Registry {
         for done in pending {
             let _ = done.await;
         }
+        // Every registration has emitted `Unregistered`: deliver it to the handlers, and end the
+        // registry-wide streams after it.
+        for reg in registrations {
+            reg.finish_route();
+        }
+        self.inner.hub.close();
         self.inner.conn.reset().await;
         Ok(())
     }
