@@ -490,6 +490,10 @@ impl Subscriber {
         }
     }
 
+    pub(crate) fn is_handler(&self) -> bool {
+        matches!(self, Subscriber::Handler(_))
+    }
+
     /// Waits until a handler has been called with everything queued for it (see
     /// [`Handler::finish`]); nothing to wait for with a stream.
     pub(crate) fn finish(&self) {
@@ -608,6 +612,29 @@ pub mod dispatcher {
             guard.running = None;
         }
         drop(guard);
+    }
+
+    /// Installs `before_fork`/`after_fork` as `pthread_atfork` handlers, once per process, for
+    /// bindings that have no fork handlers of their own (the C library calls them from its own,
+    /// which also orders them with its log sink's lock).
+    pub fn install_fork_handlers() {
+        static INSTALLED: std::sync::Once = std::sync::Once::new();
+        extern "C" fn prepare() {
+            before_fork();
+        }
+        extern "C" fn parent() {
+            after_fork(false);
+        }
+        extern "C" fn child() {
+            after_fork(true);
+        }
+        INSTALLED.call_once(|| {
+            // SAFETY: the handlers only lock and unlock the dispatcher's mutex on the forking
+            // thread.
+            unsafe {
+                libc::pthread_atfork(Some(prepare), Some(parent), Some(child));
+            }
+        });
     }
 
     pub(crate) fn ensure_started() -> crate::Result<()> {

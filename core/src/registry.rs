@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{EventStream, Hub, Route, Subscriber};
+use crate::events::{EventStream, Handler, Hub, Route, Subscriber};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
 use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix, Info};
 use crate::registration::{Node, RegShared, Registration};
@@ -290,9 +290,7 @@ impl Registry {
         // The group answers after the key is deleted (or the delete failed within the timeout),
         // and after `Unregistered` has been emitted.
         let result = done_rx.await.unwrap_or(Ok(()));
-        if let Some(reg) = reg {
-            reg.finish_route();
-        }
+        finish_routes(reg.into_iter().collect(), Vec::new()).await;
         result
     }
 
@@ -442,9 +440,10 @@ impl Registry {
                     .collect::<Vec<_>>(),
             )
         };
+        let mut routes = Vec::with_capacity(watches.len());
         for (task, route) in watches {
             task.abort();
-            route.end();
+            routes.push(route);
         }
         let mut pending = Vec::new();
         for group in groups {
@@ -456,11 +455,9 @@ impl Registry {
         for done in pending {
             let _ = done.await;
         }
-        // Every registration has emitted `Unregistered`: deliver it to the handlers, and end the
-        // registry-wide streams after it.
-        for reg in registrations {
-            reg.finish_route();
-        }
+        // Every registration has emitted `Unregistered`: deliver it to the handlers, stop the
+        // watches' handlers, and end the registry-wide streams after it.
+        finish_routes(registrations, routes).await;
         self.inner.hub.close();
         self.inner.conn.reset().await;
         Ok(())
@@ -470,6 +467,28 @@ impl Registry {
 impl Watch {
     fn task_handle(&self) -> AbortHandle {
         self.abort_handle()
+    }
+}
+
+/// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
+/// ends the watches' routes; returns once no handler of theirs runs. Waiting for the dispatcher
+/// thread is blocking, so it happens off the async threads; on the dispatcher thread itself
+/// (called from inside a handler) the queued events are delivered right here.
+async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
+    let blocking =
+        registrations.iter().any(|r| r.has_handler()) || watches.iter().any(|w| w.has_handler());
+    let finish = move || {
+        for reg in &registrations {
+            reg.finish_route();
+        }
+        for route in &watches {
+            route.end();
+        }
+    };
+    if !blocking || Handler::on_dispatcher_thread() {
+        finish();
+    } else if let Err(e) = tokio::task::spawn_blocking(finish).await {
+        tracing::warn!(error = %e, "delivering the last events failed");
     }
 }
 

@@ -87,6 +87,11 @@ impl WatchRoute {
         own != Some(false)
     }
 
+    /// Whether the watch's events go to a handler (whose end must be waited for).
+    pub(crate) fn has_handler(&self) -> bool {
+        self.route.as_ref().is_some_and(Subscriber::is_handler)
+    }
+
     fn is_closed(&self) -> bool {
         self.own.as_ref().is_some_and(EventStream::is_closed)
     }
