@@ -426,14 +426,14 @@ impl Handler {
     /// Stops the handler: its queued events are dropped, none starts from now on, and unless
     /// called on the dispatcher thread, returns once a call of it that is running has returned.
     pub fn cancel(&self) {
-        dispatcher::cancel(std::slice::from_ref(&self.inner));
+        dispatcher::cancel(&self.inner, None);
     }
 
-    /// Delivers what is queued for the handler, then stops it: returns once it has been called
-    /// with every event queued so far and is not running (on the dispatcher thread, the queued
-    /// events are delivered nested, before this returns).
+    /// Delivers what is queued for the handler: returns once it has been called with every
+    /// event queued so far and is not running (on the dispatcher thread, the queued events are
+    /// delivered nested, before this returns). It goes on receiving later events.
     pub fn finish(&self) {
-        dispatcher::finish(std::slice::from_ref(&self.inner));
+        dispatcher::finish(&self.inner, None);
     }
 
     /// Whether the calling thread is the dispatcher thread (i.e. inside a handler).
@@ -482,23 +482,28 @@ impl Subscriber {
         }
     }
 
-    /// Drops the queued events of `id` from a stream; stops a handler (see [`Handler::cancel`]).
+    /// Drops the queued events of `id`; with a handler, also waits for a running call of one of
+    /// them (unless on the dispatcher thread). The handler goes on for other ids.
     pub(crate) fn cancel(&self, id: u64) {
         match self {
             Subscriber::Stream(queue) => queue.forget(id),
-            Subscriber::Handler(sub) => dispatcher::cancel(std::slice::from_ref(sub)),
+            Subscriber::Handler(sub) => dispatcher::cancel(sub, Some(id)),
         }
     }
 
-    pub(crate) fn is_handler(&self) -> bool {
-        matches!(self, Subscriber::Handler(_))
+    /// Waits until a handler has been called with every queued event of `id`; nothing to wait
+    /// for with a stream.
+    pub(crate) async fn finish(&self, id: u64) {
+        if let Subscriber::Handler(sub) = self {
+            dispatcher::finish_async(sub, Some(id)).await;
+        }
     }
 
-    /// Waits until a handler has been called with everything queued for it (see
-    /// [`Handler::finish`]); nothing to wait for with a stream.
-    pub(crate) fn finish(&self) {
-        if let Subscriber::Handler(sub) = self {
-            dispatcher::finish(std::slice::from_ref(sub));
+    /// [`Subscriber::cancel`] for async callers.
+    pub(crate) async fn cancel_async(&self, id: u64) {
+        match self {
+            Subscriber::Stream(queue) => queue.forget(id),
+            Subscriber::Handler(sub) => dispatcher::cancel_async(sub, Some(id)).await,
         }
     }
 }
@@ -561,10 +566,19 @@ pub mod dispatcher {
 
     struct State {
         ready: VecDeque<Arc<HandlerSub>>,
-        running: Option<Arc<HandlerSub>>,
+        /// The handler being called, and the id of the event it is called with.
+        running: Option<(Arc<HandlerSub>, u64)>,
         /// The process whose thread serves the queue (0: none yet). After fork() the child has
         /// no such thread and starts its own.
         pid: u32,
+    }
+
+    /// Woken with `idle`, for async waiters (they must not block a runtime thread).
+    static IDLE_ASYNC: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+    fn notify_idle() {
+        DISPATCHER.idle.notify_all();
+        IDLE_ASYNC.notify_waiters();
     }
 
     static DISPATCHER: Dispatcher = Dispatcher {
@@ -686,23 +700,35 @@ pub mod dispatcher {
         }
     }
 
-    fn is_running(state: &State, subs: &[Arc<HandlerSub>]) -> bool {
-        state
-            .running
-            .as_ref()
-            .is_some_and(|running| subs.iter().any(|s| Arc::ptr_eq(s, running)))
+    /// Whether a call of `sub` (for the event of `id`, or any with `None`) is running.
+    fn is_running(state: &State, sub: &Arc<HandlerSub>, id: Option<u64>) -> bool {
+        state.running.as_ref().is_some_and(|(running, event)| {
+            Arc::ptr_eq(sub, running) && id.is_none_or(|id| id == *event)
+        })
     }
 
-    pub(super) fn cancel(subs: &[Arc<HandlerSub>]) {
+    fn matches(event: &Event, id: Option<u64>) -> bool {
+        id.is_none_or(|id| event.id() == id)
+    }
+
+    /// Stops delivering to `sub` the events of `id` (`None`: stops the handler for good): they
+    /// are dropped, and unless on the dispatcher thread, waits for a running call of them.
+    pub(super) fn cancel(sub: &Arc<HandlerSub>, id: Option<u64>) {
         let mut state = lock();
-        let mut dropped = Vec::new();
-        for sub in subs {
-            sub.cancelled.store(true, Ordering::SeqCst);
-            dropped.extend(relock(&sub.buffer).buffer.items.drain(..));
-        }
+        let dropped: Vec<Event> = {
+            let mut buffer = relock(&sub.buffer);
+            if id.is_none() {
+                sub.cancelled.store(true, Ordering::SeqCst);
+            }
+            let (gone, kept) = std::mem::take(&mut buffer.buffer.items)
+                .into_iter()
+                .partition(|e| matches(e, id));
+            buffer.buffer.items = kept;
+            gone.into_iter().collect()
+        };
         let thread_alive = state.pid == std::process::id();
         if thread_alive && !on_dispatcher_thread() {
-            while is_running(&state, subs) {
+            while is_running(&state, sub, id) {
                 state = DISPATCHER
                     .idle
                     .wait(state)
@@ -713,48 +739,97 @@ pub mod dispatcher {
         drop(dropped);
     }
 
-    pub(super) fn finish(subs: &[Arc<HandlerSub>]) {
+    /// Delivers every queued event of `id` (`None`: every queued event) to `sub` and returns
+    /// once none of them is queued or running. On the dispatcher thread (inside a handler) they
+    /// are delivered here, nested.
+    pub(super) fn finish(sub: &Arc<HandlerSub>, id: Option<u64>) {
         let thread_alive = lock().pid == std::process::id();
         if !thread_alive {
             // After fork() nothing runs in the child: nothing to deliver on.
-            cancel(subs);
+            cancel(sub, id);
             return;
         }
         if on_dispatcher_thread() {
             // The loop is blocked in the caller: deliver what is queued here, nested.
-            for sub in subs {
-                loop {
-                    let next = {
-                        let _state = lock();
-                        if sub.cancelled.load(Ordering::SeqCst) {
-                            None
-                        } else {
-                            relock(&sub.buffer).buffer.items.pop_front()
-                        }
-                    };
-                    let Some(event) = next else { break };
-                    let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
-                }
+            loop {
+                let next = {
+                    let _state = lock();
+                    let mut buffer = relock(&sub.buffer);
+                    if sub.cancelled.load(Ordering::SeqCst) {
+                        None
+                    } else {
+                        let at = buffer.buffer.items.iter().position(|e| matches(e, id));
+                        at.and_then(|at| buffer.buffer.items.remove(at))
+                    }
+                };
+                let Some(event) = next else { break };
+                let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
             }
-        } else {
-            // A handler still paused by its binding would never drain.
-            for sub in subs {
-                resume(sub);
-            }
-            let mut state = lock();
-            while is_running(&state, subs)
-                || subs.iter().any(|s| {
-                    !s.cancelled.load(Ordering::SeqCst)
-                        && !relock(&s.buffer).buffer.items.is_empty()
-                })
-            {
-                state = DISPATCHER
-                    .idle
-                    .wait(state)
-                    .unwrap_or_else(|p| p.into_inner());
-            }
+            return;
         }
-        cancel(subs);
+        // A handler still paused by its binding would never drain.
+        resume(sub);
+        let mut state = lock();
+        while busy(&state, sub, id) {
+            state = DISPATCHER
+                .idle
+                .wait(state)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether `sub` has a queued or running event of `id` (`None`: any).
+    fn busy(state: &State, sub: &Arc<HandlerSub>, id: Option<u64>) -> bool {
+        is_running(state, sub, id)
+            || (!sub.cancelled.load(Ordering::SeqCst)
+                && relock(&sub.buffer)
+                    .buffer
+                    .items
+                    .iter()
+                    .any(|e| matches(e, id)))
+    }
+
+    /// Waits, without blocking the thread, until `done` holds under the dispatcher's lock.
+    async fn wait_async(done: impl Fn(&State) -> bool) {
+        loop {
+            let notified = IDLE_ASYNC.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if done(&lock()) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// [`finish`] for async callers: waits without blocking a runtime thread.
+    pub(super) async fn finish_async(sub: &Arc<HandlerSub>, id: Option<u64>) {
+        let thread_alive = lock().pid == std::process::id();
+        if !thread_alive || on_dispatcher_thread() {
+            finish(sub, id);
+            return;
+        }
+        resume(sub);
+        wait_async(|state| !busy(state, sub, id)).await;
+    }
+
+    /// [`cancel`] for async callers: waits without blocking a runtime thread.
+    pub(super) async fn cancel_async(sub: &Arc<HandlerSub>, id: Option<u64>) {
+        let thread_alive = lock().pid == std::process::id();
+        if !thread_alive || on_dispatcher_thread() {
+            cancel(sub, id);
+            return;
+        }
+        // Drops what is queued, without waiting (nothing can be running on this thread).
+        {
+            let _state = lock();
+            let mut buffer = relock(&sub.buffer);
+            if id.is_none() {
+                sub.cancelled.store(true, Ordering::SeqCst);
+            }
+            buffer.buffer.items.retain(|e| !matches(e, id));
+        }
+        wait_async(|state| !is_running(state, sub, id)).await;
     }
 
     fn run() {
@@ -782,10 +857,10 @@ pub mod dispatcher {
                 event
             };
             let Some(event) = event else {
-                DISPATCHER.idle.notify_all();
+                notify_idle();
                 continue;
             };
-            state.running = Some(sub.clone());
+            state.running = Some((sub.clone(), event.id()));
             drop(state);
             // A panic in a handler must not end the thread (the bindings catch their own).
             let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
@@ -801,7 +876,7 @@ pub mod dispatcher {
                     buffer.scheduled = false;
                 }
             }
-            DISPATCHER.idle.notify_all();
+            notify_idle();
         }
     }
 }
@@ -847,7 +922,7 @@ mod tests {
     }
 
     #[test]
-    fn finish_delivers_everything_queued_then_stops_the_handler() {
+    fn finish_delivers_everything_queued_and_cancel_stops_the_handler() {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let into = seen.clone();
         let handler = Handler::new(move |e| relock(&into).push(e.kind_str())).unwrap();
@@ -856,6 +931,7 @@ mod tests {
         route.push(&status(1, StatusEvent::Unregistered));
         handler.finish();
         assert_eq!(*relock(&seen), ["registered", "unregistered"]);
+        handler.cancel();
         assert!(!route.push(&status(1, StatusEvent::Unregistered)));
     }
 }

@@ -399,15 +399,10 @@ impl RegShared {
         StatusEvents { stream }
     }
 
-    /// Whether the registration's events go to a handler (whose end must be waited for).
-    pub(crate) fn has_handler(&self) -> bool {
-        self.route.as_ref().is_some_and(Subscriber::is_handler)
-    }
-
     /// After `Unregistered`: waits until a handler route has been called with it.
-    pub(crate) fn finish_route(&self) {
+    pub(crate) async fn finish_route(&self) {
         if let Some(route) = &self.route {
-            route.finish();
+            route.finish(self.id).await;
         }
     }
 

@@ -12,7 +12,7 @@ use tokio::task::AbortHandle;
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{EventStream, Handler, Hub, Route, Subscriber};
+use crate::events::{EventStream, Hub, Route, Subscriber};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
 use crate::keys::{base_prefix, encode_info, node_key, service_name_of, service_prefix, Info};
 use crate::registration::{Node, RegShared, Registration};
@@ -471,24 +471,15 @@ impl Watch {
 }
 
 /// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
-/// ends the watches' routes; returns once no handler of theirs runs. Waiting for the dispatcher
-/// thread is blocking, so it happens off the async threads; on the dispatcher thread itself
-/// (called from inside a handler) the queued events are delivered right here.
+/// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
+/// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
+/// events are delivered right here, nested.
 async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
-    let blocking =
-        registrations.iter().any(|r| r.has_handler()) || watches.iter().any(|w| w.has_handler());
-    let finish = move || {
-        for reg in &registrations {
-            reg.finish_route();
-        }
-        for route in &watches {
-            route.end();
-        }
-    };
-    if !blocking || Handler::on_dispatcher_thread() {
-        finish();
-    } else if let Err(e) = tokio::task::spawn_blocking(finish).await {
-        tracing::warn!(error = %e, "delivering the last events failed");
+    for reg in &registrations {
+        reg.finish_route().await;
+    }
+    for route in &watches {
+        route.end_async().await;
     }
 }
 

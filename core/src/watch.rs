@@ -87,11 +87,6 @@ impl WatchRoute {
         own != Some(false)
     }
 
-    /// Whether the watch's events go to a handler (whose end must be waited for).
-    pub(crate) fn has_handler(&self) -> bool {
-        self.route.as_ref().is_some_and(Subscriber::is_handler)
-    }
-
     fn is_closed(&self) -> bool {
         self.own.as_ref().is_some_and(EventStream::is_closed)
     }
@@ -104,6 +99,16 @@ impl WatchRoute {
         }
         if let Some(route) = &self.route {
             route.cancel(self.id);
+        }
+    }
+
+    /// [`WatchRoute::end`] for async callers (does not block a runtime thread).
+    pub(crate) async fn end_async(&self) {
+        if let Some(own) = &self.own {
+            own.close();
+        }
+        if let Some(route) = &self.route {
+            route.cancel_async(self.id).await;
         }
     }
 }

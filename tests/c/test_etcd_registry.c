@@ -988,6 +988,17 @@ static void test_pull_api(void) {
     }
     CHECK(registered && added);
 
+    /* A reader that keeps up loses nothing; the counter is the pull queue's for any pulled id. */
+    uint64_t dropped = 7;
+    CHECK_OK(etcd_registry_dropped_events(r, 0, &dropped));
+    CHECK(dropped == 0);
+    dropped = 7;
+    CHECK_OK(etcd_registry_dropped_events(r, reg, &dropped));
+    CHECK(dropped == 0);
+    CHECK_STATUS(etcd_registry_dropped_events(r, 987654321, &dropped), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_STATUS(etcd_registry_dropped_events(r, 0, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_dropped_events(NULL, 0, &dropped), ETCD_REGISTRY_STATUS_NULL_POINTER);
+
     /* After unregister/unwatch returns, nothing of theirs is pulled any more. */
     uint64_t quiet = 0;
     REQUIRE_OK(etcd_registry_register(r, "pulled", "n2", NULL, 10000, NULL, NULL, &quiet));
