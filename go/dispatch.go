@@ -7,69 +7,76 @@ import (
 
 // Events reach Go through the C library's pull queue, not through callbacks: registrations and
 // watches are made with a NULL callback, and one goroutine per registry (dispatch) waits in
-// etcd_registry_next_event, then hands each event to the mailbox of its registration or watch.
-// So no Rust thread ever calls into Go for them and C keeps no Go pointer. The dispatcher never
-// blocks on a consumer: mailboxes are unbounded, and each registration or watch has its own
-// goroutine that empties its mailbox. The dispatcher exits when next_event reports CLOSED.
+// etcd_registry_next_event, then hands each event to its registration or watch. So no Rust
+// thread ever calls into Go for them and C keeps no Go pointer.
+//
+// The one queue is the library's (bounded, one policy for every language: see the README's
+// "Events" section). A registration or watch has no goroutine and no buffered channel of its
+// own: its channel is unbuffered, and the events its reader has not taken yet wait in a backlog
+// with the same bound and policy, emptied by a goroutine that runs only while there is
+// something to hand over (and, for a registration, only once Events has been called).
 
-// mailbox is an unbounded queue with one consumer. put never blocks.
-type mailbox[T any] struct {
-	mu     sync.Mutex
-	items  []T
-	notify chan struct{} // holds one token while items is not empty
+// eventQueueCapacity is the library's EVENT_QUEUE_CAPACITY: how many unread events any queue
+// holds before the oldest one that is not final is dropped.
+const eventQueueCapacity = 1024
+
+// backlog holds the events a channel reader has not taken yet, with the library's overflow
+// policy: at capacity the oldest event that is not final is dropped, and counted.
+type backlog[T any] struct {
+	items   []T
+	dropped uint64
 }
 
-func newMailbox[T any]() *mailbox[T] {
-	return &mailbox[T]{notify: make(chan struct{}, 1)}
-}
-
-func (m *mailbox[T]) put(items ...T) {
-	if len(items) == 0 {
-		return
+func (b *backlog[T]) push(v T, final func(T) bool) {
+	if len(b.items) >= eventQueueCapacity {
+		for i, it := range b.items {
+			if !final(it) {
+				b.items = append(b.items[:i:i], b.items[i+1:]...)
+				b.dropped++
+				break
+			}
+		}
 	}
-	m.mu.Lock()
-	m.items = append(m.items, items...)
-	m.mu.Unlock()
-	select {
-	case m.notify <- struct{}{}:
-	default:
+	b.items = append(b.items, v)
+}
+
+func (b *backlog[T]) pop() (T, bool) {
+	var zero T
+	if len(b.items) == 0 {
+		return zero, false
 	}
+	v := b.items[0]
+	b.items[0] = zero
+	b.items = b.items[1:]
+	if len(b.items) == 0 {
+		b.items = nil // let the array go
+	}
+	return v, true
 }
 
-// ready is signalled after put; then take returns what came in.
-func (m *mailbox[T]) ready() <-chan struct{} { return m.notify }
-
-func (m *mailbox[T]) take() []T {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	items := m.items
-	m.items = nil
-	return items
-}
-
-// routes maps the ids the library gives registrations and watches to their mailboxes.
+// routes maps the ids the library gives registrations and watches to them.
 //
 // An event can be pulled before the call that created its registration or watch has returned
 // the id (etcd_registry_watch lists first, and may take up to the timeout). While such a call
-// is under way (creating > 0), events of unknown ids are kept in pending and handed over when
-// the id is claimed; once no creation is under way, pending events can only belong to ids that
-// already ended, and are dropped.
+// is under way (creating > 0), the dispatcher waits for it before routing an event of an unknown
+// id: the event and those after it stay in the library's bounded queue meanwhile, nothing is
+// buffered here. Once no creation is under way, an unknown id belongs to a registration or watch
+// that already ended, and its event is dropped.
 type routes struct {
-	mu             sync.Mutex
-	registrations  map[uint64]*mailbox[StatusEvent]
-	watches        map[uint64]*mailbox[WatchEvent]
-	creating       int
-	pendingStatus  map[uint64][]StatusEvent
-	pendingWatches map[uint64][]WatchEvent
+	mu            sync.Mutex
+	created       sync.Cond // signalled when a creation ends
+	registrations map[uint64]*Registration
+	watches       map[uint64]*Watch
+	creating      int
 }
 
 func newRoutes() *routes {
-	return &routes{
-		registrations:  map[uint64]*mailbox[StatusEvent]{},
-		watches:        map[uint64]*mailbox[WatchEvent]{},
-		pendingStatus:  map[uint64][]StatusEvent{},
-		pendingWatches: map[uint64][]WatchEvent{},
+	r := &routes{
+		registrations: map[uint64]*Registration{},
+		watches:       map[uint64]*Watch{},
 	}
+	r.created.L = &r.mu
+	return r
 }
 
 // beginCreate must precede the C call that creates a registration or watch; one of
@@ -82,10 +89,7 @@ func (r *routes) beginCreate() {
 
 func (r *routes) endCreateLocked() {
 	r.creating--
-	if r.creating == 0 {
-		clear(r.pendingStatus)
-		clear(r.pendingWatches)
-	}
+	r.created.Broadcast()
 }
 
 func (r *routes) abortCreate() {
@@ -94,22 +98,18 @@ func (r *routes) abortCreate() {
 	r.mu.Unlock()
 }
 
-func (r *routes) addRegistration(id uint64, box *mailbox[StatusEvent]) {
+func (r *routes) addRegistration(g *Registration) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.registrations[id] = box
-	box.put(r.pendingStatus[id]...)
-	delete(r.pendingStatus, id)
+	r.registrations[g.id] = g
 	r.endCreateLocked()
+	r.mu.Unlock()
 }
 
-func (r *routes) addWatch(id uint64, box *mailbox[WatchEvent]) {
+func (r *routes) addWatch(w *Watch) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.watches[id] = box
-	box.put(r.pendingWatches[id]...)
-	delete(r.pendingWatches, id)
+	r.watches[w.id] = w
 	r.endCreateLocked()
+	r.mu.Unlock()
 }
 
 func (r *routes) removeRegistration(id uint64) {
@@ -124,21 +124,33 @@ func (r *routes) removeWatch(id uint64) {
 	r.mu.Unlock()
 }
 
-func (r *routes) deliver(ev pulled) {
+// allWatches is every live watch, for Close.
+func (r *routes) allWatches() []*Watch {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if ev.watch {
-		if box, ok := r.watches[ev.id]; ok {
-			box.put(ev.event)
-		} else if r.creating > 0 {
-			r.pendingWatches[ev.id] = append(r.pendingWatches[ev.id], ev.event)
-		}
-		return
+	out := make([]*Watch, 0, len(r.watches))
+	for _, w := range r.watches {
+		out = append(out, w)
 	}
-	if box, ok := r.registrations[ev.id]; ok {
-		box.put(ev.status)
-	} else if r.creating > 0 {
-		r.pendingStatus[ev.id] = append(r.pendingStatus[ev.id], ev.status)
+	return out
+}
+
+// lookup finds the registration or watch of ev, waiting for creations under way.
+func (r *routes) lookup(ev pulled) (*Registration, *Watch) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for {
+		if ev.watch {
+			if w, ok := r.watches[ev.id]; ok {
+				return nil, w
+			}
+		} else if g, ok := r.registrations[ev.id]; ok {
+			return g, nil
+		}
+		if r.creating == 0 {
+			return nil, nil
+		}
+		r.created.Wait()
 	}
 }
 
@@ -152,7 +164,8 @@ func (h *handle) startDispatcher() {
 }
 
 // dispatch pulls events until the registry is closed. It holds the handle's read lock only
-// while inside next_event, which close wakes with CLOSED.
+// while inside next_event, which returns what close queued (every registration's
+// StatusUnregistered), then CLOSED.
 func (h *handle) dispatch() {
 	defer close(h.dispatchDone)
 	for {
@@ -164,7 +177,12 @@ func (h *handle) dispatch() {
 		})
 		switch {
 		case err == nil:
-			h.routes.deliver(ev)
+			g, w := h.routes.lookup(ev)
+			if g != nil {
+				g.deliver(ev.status)
+			} else if w != nil {
+				w.deliver(ev.event)
+			}
 		case isCode(err, CodeClosed):
 			return
 		case isCode(err, CodeTimeout):

@@ -2,38 +2,48 @@ package etcdregistry
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime"
+	"sync"
 	"time"
 )
 
-// Channel sizes. Both channels are written without ever blocking: when one is full, its
-// oldest value is dropped to make room for the newest, so a reader that falls behind still
+// errChanSize is the error channel's buffer. It is written without ever blocking: when full,
+// its oldest value is dropped to make room for the newest, so a reader that falls behind still
 // sees how things ended.
 const (
 	errChanSize     = 16
-	eventsChanSize  = 64
 	unregisterLabel = "unregister"
 )
 
 // Registration is one node registered by Register: its key is put under a lease, kept alive,
 // and re-registered after any loss, until its context ends, Unregister or Close is called, or
-// a newer registration of the same node replaces it.
+// a newer registration of the same node replaces it. It has no goroutine of its own: the
+// registry's dispatcher hands it its events (see dispatch.go).
 type Registration struct {
 	r       *EtcdRegistry // keeps the registry alive while the registration is referenced
 	id      uint64
 	service string
 	node    string
+	ctx     context.Context
+	stopCtx func() bool // stops watching ctx
 
 	done     chan struct{}    // closed on the first registration
 	errs     chan error       // see RegisterNode
-	events   chan StatusEvent // every status event; closed after StatusUnregistered
+	events   chan StatusEvent // unbuffered; closed after StatusUnregistered
 	finished chan struct{}    // closed when the registration has ended
 
-	box                *mailbox[StatusEvent] // events from the dispatcher
-	unregisterRequests chan chan error
+	mu         sync.Mutex
+	backlog    backlog[StatusEvent] // events Events' reader has not taken yet
+	reading    bool                 // Events has been called
+	pumping    bool                 // a goroutine is handing the backlog to events
+	over       bool                 // StatusUnregistered is in the backlog (or was handed over)
+	eventsDone bool                 // events is closed
+	registered bool
+	reason     error // why it ends, set by the first of Unregister, ctx or Close
 }
+
+func isFinalStatus(ev StatusEvent) bool { return ev.Kind == StatusUnregistered }
 
 // RegisterNode registers node under service with a lease of ttl (rounded up to whole seconds)
 // and keeps it registered, in the background, for as long as ctx lives. It returns at once.
@@ -74,23 +84,22 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	}
 	h := r.h
 	g := &Registration{
-		r:                  r,
-		service:            service,
-		node:               node.Name,
-		done:               make(chan struct{}),
-		errs:               make(chan error, errChanSize),
-		events:             make(chan StatusEvent, eventsChanSize),
-		finished:           make(chan struct{}),
-		box:                newMailbox[StatusEvent](),
-		unregisterRequests: make(chan chan error),
+		r:        r,
+		service:  service,
+		node:     node.Name,
+		ctx:      ctx,
+		done:     make(chan struct{}),
+		errs:     make(chan error, errChanSize),
+		events:   make(chan StatusEvent),
+		finished: make(chan struct{}),
 	}
-	if !h.track() {
+	if !h.open() {
 		return nil, closedError(op)
 	}
 	if err := ctx.Err(); err != nil {
-		// Ended before it began: nothing to register.
-		g.finish(err, nil)
-		h.goroutines.Done()
+		// Ended before it began: nothing is registered, so the library has no event to give;
+		// the registration ends here as one that was unregistered at once would.
+		g.end(err, StatusEvent{Kind: StatusUnregistered, Service: service, Node: node.Name})
 		return g, nil
 	}
 	h.startDispatcher()
@@ -102,14 +111,17 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	})
 	if err != nil {
 		h.routes.abortCreate()
-		h.goroutines.Done()
 		return nil, err
 	}
-	h.routes.addRegistration(g.id, g.box)
 	h.mu.Lock()
 	h.registrations[nodeKey{service, node.Name}] = g
 	h.mu.Unlock()
-	go g.run(ctx)
+	h.routes.addRegistration(g)
+	g.stopCtx = context.AfterFunc(ctx, func() {
+		if g.claimEnd(ctx.Err()) {
+			_ = g.unregister()
+		}
+	})
 	runtime.KeepAlive(r)
 	return g, nil
 }
@@ -153,10 +165,25 @@ func (g *Registration) Done() <-chan struct{} { return g.done }
 // Errors is the error channel RegisterNode returns.
 func (g *Registration) Errors() <-chan error { return g.errs }
 
-// Events delivers every status event of the registration in order, ending with
-// StatusUnregistered, after which it is closed. It holds the newest 64 events: a reader that
-// falls further behind loses the oldest ones (State always tells where things stand).
-func (g *Registration) Events() <-chan StatusEvent { return g.events }
+// Events delivers every status event of the registration in order since Register, ending with
+// StatusUnregistered, after which it is closed. Events not read yet wait with the library's
+// bound and policy (see the README's "Events" section): past 1024 unread ones the oldest is
+// dropped (never StatusUnregistered) and counted by Dropped; State always tells where things
+// stand.
+func (g *Registration) Events() <-chan StatusEvent {
+	g.mu.Lock()
+	g.reading = true
+	g.pumpLocked()
+	g.mu.Unlock()
+	return g.events
+}
+
+// Dropped is how many status events were dropped because Events' reader fell behind.
+func (g *Registration) Dropped() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.backlog.dropped
+}
 
 // State is where the registration stands now. It does not talk to etcd.
 func (g *Registration) State() State {
@@ -213,26 +240,36 @@ func (g *Registration) Update(info map[string]string) error {
 }
 
 // Unregister deletes the node's key at once and ends the registration (ErrUnregistered on its
-// error channel). ErrNotFound if it has already ended (ErrClosed after Close). If ctx ends
-// first, Unregister returns ctx.Err() and the deletion goes on. It never fails because etcd is
-// unreachable: a warning is logged, nil returned, and the key expires with its lease.
+// error channel; StatusUnregistered, the last event, is on Events when it returns). ErrNotFound
+// if it has already ended (ErrClosed after Close). If ctx ends first, Unregister returns
+// ctx.Err() and the deletion goes on. It never fails because etcd is unreachable: a warning is
+// logged, nil returned, and the key expires with its lease.
 func (g *Registration) Unregister(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	reply := make(chan error, 1)
-	select {
-	case g.unregisterRequests <- reply:
-	case <-g.finished:
-		if g.r.h.isClosed() {
+	if !g.claimEnd(ErrUnregistered) {
+		// Ending already (Close, its context, another Unregister) or ended.
+		select {
+		case <-g.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if g.r.h.isClosing() {
 			return closedError(unregisterLabel)
 		}
 		return &Error{Code: CodeNotFound, Op: unregisterLabel, Message: "the registration has already ended"}
-	case <-ctx.Done():
-		return ctx.Err()
 	}
+	result := make(chan error, 1)
+	go func() { result <- g.unregister() }()
 	select {
-	case err := <-reply:
+	case err := <-result:
+		// The library queued StatusUnregistered before returning: wait until it is handed over.
+		select {
+		case <-g.finished:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 		return err
 	case <-ctx.Done():
 		return ctx.Err()
@@ -248,57 +285,86 @@ func (g *Registration) ended() bool {
 	}
 }
 
-// run is the registration's goroutine: it applies its status events in order and ends it.
-func (g *Registration) run(ctx context.Context) {
-	h := g.r.h
-	defer h.goroutines.Done()
-	defer runtime.KeepAlive(g.r)
-	registered := false
-	for {
-		// The endings first: select chooses at random among ready cases.
-		if h.isClosed() {
-			g.finish(ErrClosed, nil) // close revoked the lease already
-			return
+// claimEnd records why the registration ends; false if an end is already under way.
+func (g *Registration) claimEnd(reason error) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.reason != nil || g.over {
+		return false
+	}
+	g.reason = reason
+	return true
+}
+
+// deliver applies one event from the dispatcher, in order; it never blocks.
+func (g *Registration) deliver(ev StatusEvent) {
+	switch ev.Kind {
+	case StatusRegistered:
+		g.mu.Lock()
+		first := !g.registered && g.ctx.Err() == nil // landed after ctx ended: done stays open
+		g.registered = g.registered || first
+		g.mu.Unlock()
+		if first {
+			close(g.done)
 		}
-		if err := ctx.Err(); err != nil {
-			g.finish(err, g.unregister())
-			return
+	case StatusRetrying:
+		g.mu.Lock()
+		registered := g.registered
+		g.mu.Unlock()
+		if !registered {
+			pushLatest(g.errs, ev.Err)
 		}
-		select {
-		case <-ctx.Done():
-		case <-h.closed:
-		case reply := <-g.unregisterRequests:
-			err := g.unregister()
-			reply <- err
-			g.finish(ErrUnregistered, err)
-			return
-		case <-g.box.ready():
-			for _, ev := range g.box.take() {
-				switch ev.Kind {
-				case StatusRegistered:
-					if err := ctx.Err(); err != nil {
-						// Landed after ctx ended: done stays open.
-						g.finish(err, g.unregister())
-						return
-					}
-					registered = true
-					close(g.done)
-				case StatusRetrying:
-					if !registered {
-						pushLatest(g.errs, ev.Err)
-					}
-				case StatusUnregistered:
-					// Replaced by a newer registration of the node, which owns the key now.
-					g.finishReplaced(ev)
-					return
-				}
-				pushLatest(g.events, ev)
+	case StatusUnregistered:
+		g.mu.Lock()
+		reason := g.reason
+		g.mu.Unlock()
+		if reason == nil {
+			if g.r.h.isClosing() {
+				reason = ErrClosed // close revoked the lease
+			} else {
+				reason = ErrReplaced // a newer registration of the node owns the key now
 			}
 		}
+		ev.Err = reason
+		g.end(reason, ev)
+		return
+	}
+	g.mu.Lock()
+	g.backlog.push(ev, isFinalStatus)
+	g.pumpLocked()
+	g.mu.Unlock()
+}
+
+// pumpLocked starts handing the backlog to the events channel if Events is read and no
+// goroutine does it yet; the goroutine ends when the backlog is empty.
+func (g *Registration) pumpLocked() {
+	if !g.reading || g.pumping || (len(g.backlog.items) == 0 && !g.over) {
+		return
+	}
+	g.pumping = true
+	go g.pump()
+}
+
+func (g *Registration) pump() {
+	for {
+		g.mu.Lock()
+		ev, ok := g.backlog.pop()
+		if !ok {
+			g.pumping = false
+			if g.over && !g.eventsDone {
+				close(g.events)
+				g.eventsDone = true
+			}
+			g.mu.Unlock()
+			return
+		}
+		g.mu.Unlock()
+		g.events <- ev
 	}
 }
 
-// unregister deletes the key and forgets the registration in the library.
+// unregister deletes the key and forgets the registration in the library, which then queues
+// StatusUnregistered.
 func (g *Registration) unregister() error {
 	err := g.r.h.use(unregisterLabel, func(p *cRegistry) error { return cUnregister(p, g.id) })
 	if isCode(err, CodeClosed) {
@@ -307,24 +373,13 @@ func (g *Registration) unregister() error {
 	return err
 }
 
-// finish ends the registration: it sends reason on the error channel and, as the last status
-// event, StatusUnregistered with reason (and the error of deleting the key, if that failed:
-// the key then expires with its lease).
-func (g *Registration) finish(reason, cleanupErr error) {
-	last := StatusEvent{Kind: StatusUnregistered, Service: g.service, Node: g.node, Err: reason}
-	if cleanupErr != nil {
-		last.Err = errors.Join(reason, cleanupErr)
-	}
-	g.end(reason, last)
-}
-
-func (g *Registration) finishReplaced(ev StatusEvent) {
-	ev.Err = ErrReplaced
-	g.end(ErrReplaced, ev)
-}
-
+// end ends the registration: last (StatusUnregistered) is its last event, reason goes on the
+// error channel, which is then closed.
 func (g *Registration) end(reason error, last StatusEvent) {
 	h := g.r.h
+	if g.stopCtx != nil {
+		g.stopCtx()
+	}
 	if g.id != 0 {
 		h.routes.removeRegistration(g.id)
 		h.mu.Lock()
@@ -333,8 +388,11 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		}
 		h.mu.Unlock()
 	}
-	pushLatest(g.events, last)
-	close(g.events)
+	g.mu.Lock()
+	g.backlog.push(last, isFinalStatus)
+	g.over = true
+	g.pumpLocked()
+	g.mu.Unlock()
 	pushLatest(g.errs, reason)
 	close(g.errs)
 	close(g.finished)

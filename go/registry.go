@@ -48,9 +48,8 @@ type handle struct {
 	ptr  *cRegistry // nil once freed
 
 	mu            sync.Mutex
-	closing       bool                      // guarded by mu; no new goroutine after it is set
+	closing       bool                      // guarded by mu; set before the C registry is closed
 	registrations map[nodeKey]*Registration // guarded by mu: the live registration of each node
-	goroutines    sync.WaitGroup            // registration and watch goroutines; Add under mu
 
 	closed    chan struct{} // closed once the C registry is closed
 	closeOnce sync.Once
@@ -196,19 +195,22 @@ func (h *handle) use(op string, f func(p *cRegistry) error) error {
 	return f(h.ptr)
 }
 
-// track registers a new goroutine of the registry, unless the registry is closing.
-func (h *handle) track() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closing {
-		return false
-	}
-	h.goroutines.Add(1)
-	return true
+// open reports whether the registry is not closing.
+func (h *handle) open() bool {
+	return !h.isClosing()
 }
 
-// close follows the header's shutdown order: close the C registry (which stops the pull queue
-// and revokes the leases), let every goroutine of the registry leave, then free it.
+// isClosing reports whether close has begun (it is set before the C registry is closed, so the
+// StatusUnregistered events close queues are known to come from it).
+func (h *handle) isClosing() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.closing
+}
+
+// close follows the header's shutdown order: close the C registry (which revokes the leases,
+// queues every registration's StatusUnregistered and ends the pull queue), let the dispatcher
+// hand those over and leave, then free it.
 func (h *handle) close() error {
 	first := false
 	h.closeOnce.Do(func() {
@@ -220,7 +222,9 @@ func (h *handle) close() error {
 		h.closeErr = cClose(h.ptr)
 		close(h.closed)
 		h.dispatchOnce.Do(func() {}) // no dispatcher can start after this
-		h.goroutines.Wait()
+		for _, w := range h.routes.allWatches() {
+			w.stop(false) // close stopped every watch in the library
+		}
 		if h.dispatchStarted {
 			<-h.dispatchDone
 		}

@@ -3,21 +3,30 @@ package etcdregistry
 import (
 	"context"
 	"runtime"
+	"sync"
 )
 
 // Watch follows the nodes of one service: it starts with one WatchAdded per node present,
 // then reports every change, resuming after disconnects and re-listing after compaction,
-// until its context ends, Close is called on it or on the registry.
+// until its context ends, Close is called on it or on the registry. It has no goroutine of its
+// own: the registry's dispatcher hands it its events (see dispatch.go).
 type Watch struct {
 	r       *EtcdRegistry // keeps the registry alive while the watch is referenced
 	id      uint64
 	service string
+	stopCtx func() bool // stops watching ctx
 
-	events       chan WatchEvent
-	finished     chan struct{}
-	box          *mailbox[WatchEvent]
-	stopRequests chan chan struct{}
+	events   chan WatchEvent // unbuffered; closed when the watch stops
+	finished chan struct{}
+
+	mu         sync.Mutex
+	backlog    backlog[WatchEvent] // events the reader has not taken yet
+	pumping    bool                // a goroutine is handing the backlog to events
+	stopping   bool
+	eventsDone bool // events is closed
 }
+
+func neverFinal(WatchEvent) bool { return false }
 
 // WatchService starts watching a service. It lists the service first, so it fails (e.g. with
 // ErrConnection or a timeout) when etcd cannot be reached now; afterwards the watch rides out
@@ -35,14 +44,12 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	}
 	h := r.h
 	w := &Watch{
-		r:            r,
-		service:      service,
-		events:       make(chan WatchEvent),
-		finished:     make(chan struct{}),
-		box:          newMailbox[WatchEvent](),
-		stopRequests: make(chan chan struct{}),
+		r:        r,
+		service:  service,
+		events:   make(chan WatchEvent),
+		finished: make(chan struct{}),
 	}
-	if !h.track() {
+	if !h.open() {
 		return nil, closedError(op)
 	}
 	h.startDispatcher()
@@ -54,11 +61,10 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	})
 	if err != nil {
 		h.routes.abortCreate()
-		h.goroutines.Done()
 		return nil, err
 	}
-	h.routes.addWatch(w.id, w.box)
-	go w.run(ctx)
+	h.routes.addWatch(w)
+	w.stopCtx = context.AfterFunc(ctx, func() { w.stop(true) })
 	runtime.KeepAlive(r)
 	return w, nil
 }
@@ -66,9 +72,17 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 // Service is the watched service.
 func (w *Watch) Service() string { return w.service }
 
-// Events delivers the watch's events in order; it is closed when the watch stops. Events are
-// queued without limit until read: read them, or stop the watch.
+// Events delivers the watch's events in order; it is closed when the watch stops. Events not
+// read yet wait with the library's bound and policy (see the README's "Events" section): past
+// 1024 unread ones the oldest is dropped and counted by Dropped.
 func (w *Watch) Events() <-chan WatchEvent { return w.events }
+
+// Dropped is how many events were dropped because the reader of Events fell behind.
+func (w *Watch) Dropped() uint64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.backlog.dropped
+}
 
 // Nodes is the live node set of the service now, as the watch's events have built it, sorted
 // by name. It does not talk to etcd. ErrClosed once the watch has stopped.
@@ -91,12 +105,7 @@ func (w *Watch) Nodes() ([]Node, error) {
 
 // Close stops the watch and closes its channel; events not yet read are dropped. Idempotent.
 func (w *Watch) Close() error {
-	reply := make(chan struct{})
-	select {
-	case w.stopRequests <- reply:
-		<-reply
-	case <-w.finished:
-	}
+	w.stop(true)
 	return nil
 }
 
@@ -109,46 +118,69 @@ func (w *Watch) stopped() bool {
 	}
 }
 
-// run is the watch's goroutine: it moves events from the mailbox to the channel, queueing
-// them while the reader is busy, until the watch stops.
-func (w *Watch) run(ctx context.Context) {
-	h := w.r.h
-	defer h.goroutines.Done()
-	defer runtime.KeepAlive(w.r)
-	var queue []WatchEvent
+// deliver queues one event from the dispatcher, in order; it never blocks.
+func (w *Watch) deliver(ev WatchEvent) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.stopping {
+		return
+	}
+	w.backlog.push(ev, neverFinal)
+	if !w.pumping {
+		w.pumping = true
+		go w.pump()
+	}
+}
+
+// pump hands the backlog to the events channel, and ends when it is empty or the watch stops.
+func (w *Watch) pump() {
 	for {
-		var out chan WatchEvent // nil (never ready) while there is nothing to send
-		var next WatchEvent
-		if len(queue) > 0 {
-			out, next = w.events, queue[0]
+		w.mu.Lock()
+		ev, ok := w.backlog.pop()
+		if !ok || w.stopping {
+			w.pumping = false
+			w.closeEventsLocked()
+			w.mu.Unlock()
+			return
 		}
+		w.mu.Unlock()
 		select {
-		case <-ctx.Done():
-			w.stop(true)
-			return
-		case <-h.closed:
-			w.stop(false) // close stopped every watch
-			return
-		case reply := <-w.stopRequests:
-			w.stop(true)
-			close(reply)
-			return
-		case <-w.box.ready():
-			queue = append(queue, w.box.take()...)
-		case out <- next:
-			queue[0] = WatchEvent{}
-			queue = queue[1:]
+		case w.events <- ev:
+		case <-w.finished:
 		}
 	}
 }
 
+// closeEventsLocked closes the channel once the watch has stopped and no goroutine sends on it.
+func (w *Watch) closeEventsLocked() {
+	if w.stopping && !w.pumping && !w.eventsDone {
+		close(w.events)
+		w.eventsDone = true
+	}
+}
+
+// stop ends the watch once; unwatch tells the library (not needed when the registry closed).
 func (w *Watch) stop(unwatch bool) {
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		<-w.finished
+		return
+	}
+	w.stopping = true
+	w.backlog = backlog[WatchEvent]{dropped: w.backlog.dropped}
+	w.mu.Unlock()
+	if w.stopCtx != nil {
+		w.stopCtx()
+	}
 	h := w.r.h
 	if unwatch {
 		// Fails only when the registry is closed (which stopped the watch) or the id is gone.
 		_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, w.id) })
 	}
 	h.routes.removeWatch(w.id)
-	close(w.events)
 	close(w.finished)
+	w.mu.Lock()
+	w.closeEventsLocked()
+	w.mu.Unlock()
 }

@@ -48,34 +48,45 @@
  *   - A callback may call any library function (list, register, unregister, unwatch, close …):
  *     calls from the callback thread never wait for a callback, so they cannot deadlock. It
  *     must not throw C++ exceptions or longjmp out.
- *   - Once etcd_registry_unregister / etcd_registry_unwatch / etcd_registry_close has returned,
- *     the callback of that registration / watch (all of them, for close) is not running and
- *     will never be called again: free user_data then. Events not yet delivered are dropped.
- *     Calling them from inside the very callback is allowed: they return without waiting for
- *     it, and it is not called again after it returns. Called from another thread, they wait
- *     for a running call of that callback to return, so do not hold a lock there that the
- *     callback takes.
- *   - A registration that ends without being asked to (replaced by a newer registration of the
- *     same node) gets ETCD_REGISTRY_STATUS_KIND_UNREGISTERED as its last call.
+ *   - The end of a registration: etcd_registry_unregister and etcd_registry_close emit
+ *     ETCD_REGISTRY_STATUS_KIND_UNREGISTERED as the registration's last event, and it is
+ *     delivered: the callback has been called with it (and is not running) when they return,
+ *     and is never called again for it; free user_data then. Called from inside a callback
+ *     (on the callback thread), they deliver the remaining events of the registration nested,
+ *     before returning. A registration replaced by a newer registration of the same node gets
+ *     UNREGISTERED as its last call too.
+ *   - etcd_registry_unwatch / etcd_registry_close stop a watch's callback: once they return it
+ *     is not running and will never be called again (its undelivered events are dropped).
+ *     Called from inside that very callback, they do not wait for it. Called from another
+ *     thread, they wait for a running call of the callback to return, so do not hold a lock
+ *     there that the callback takes.
+ *   - Backpressure (the same in every language, see the core's `events` module): each callback
+ *     and the pull queue hold at most 1024 undelivered events. When a consumer falls that far
+ *     behind, the oldest undelivered event is dropped (never an UNREGISTERED), counted by
+ *     etcd_registry_dropped_events, and a warning is logged.
  *
  * PULL INSTEAD OF CALLBACKS (for hosts that cannot take calls on foreign threads, e.g. Go)
  *   - Pass a NULL callback to etcd_registry_register / etcd_registry_watch: their events are
  *     queued on the registry instead, in the same order, and etcd_registry_next_event(registry,
  *     timeout_ms, &event) takes the next one of any such registration or watch (event->event_type
  *     says which; event->status.registration_id / event->watch.watch_id says whose). Free each
- *     event with etcd_registry_event_free. The queue is unbounded: if you pass NULL, pull.
- *   - etcd_registry_next_event returns ETCD_REGISTRY_STATUS_TIMEOUT when nothing came in time,
- *     and ETCD_REGISTRY_STATUS_CLOSED once etcd_registry_close has been called (also waking a
- *     call that is waiting), so a host can run one pulling thread that exits on CLOSED.
- *   - After unregister/unwatch of an id returns, no event of that id is queued any more and the
- *     queued ones are dropped; only a next_event call that had already taken one may return it.
+ *     event with etcd_registry_event_free. Events are queued from the first, even before
+ *     register/watch has returned the id.
+ *   - etcd_registry_next_event returns ETCD_REGISTRY_STATUS_TIMEOUT when nothing came in time.
+ *     After etcd_registry_close it returns what is still queued (the UNREGISTERED events of
+ *     the closed registrations included), then ETCD_REGISTRY_STATUS_CLOSED (also waking a call
+ *     that is waiting), so a host can run one pulling thread that exits on CLOSED.
+ *   - UNREGISTERED is queued before unregister/close return and is the last event of its id.
+ *     After unwatch of an id returns, no event of that id is queued any more and the queued
+ *     ones are dropped; only a next_event call that had already taken one may return it.
  *
  * SHUTDOWN ORDER
- *   1. etcd_registry_close(registry): stops every callback and the pull queue (waking
- *      next_event with CLOSED), stops the watches, revokes the leases (deleting every key
- *      registered through this handle at once) and returns. Like etcd_registry_unregister,
- *      it never fails because etcd is unreachable: it tries within the timeout, logs a
- *      warning when it could not, and the keys expire with their leases (within the TTL).
+ *   1. etcd_registry_close(registry): stops the watches, revokes the leases (deleting every
+ *      key registered through this handle at once), delivers every registration's UNREGISTERED,
+ *      ends the pull queue (next_event returns what is queued, then CLOSED) and returns. Like
+ *      etcd_registry_unregister, it never fails because etcd is unreachable: it tries within
+ *      the timeout, logs a warning when it could not, and the keys expire with their leases
+ *      (within the TTL).
  *   2. Wait until your threads have left every call on this registry (e.g. the pulling thread
  *      has seen CLOSED), then free user_data of its callbacks.
  *   3. etcd_registry_free(registry). (free also closes, if you skipped step 1.)
@@ -494,10 +505,11 @@ typedef struct etcd_registry_node_entry {
 #define ETCD_REGISTRY_STATUS_KIND_REREGISTERED 5
 
 /**
- * The registration ended without the caller asking for it: a newer registration of the same
- * node on the same registry replaced it (the key stays, owned by the newer one). Always the
- * last event of a registration. Not sent for `etcd_registry_unregister` or
- * `etcd_registry_close`: once those return, no event of the registration is delivered at all.
+ * The registration ended: `etcd_registry_unregister` or `etcd_registry_close` was called, or a
+ * newer registration of the same node on the same registry replaced it (the key then stays,
+ * owned by the newer one). Always the last event of a registration, never dropped, and
+ * delivered: to a callback before unregister/close return, to the pull queue queued before
+ * they return.
  */
 #define ETCD_REGISTRY_STATUS_KIND_UNREGISTERED 6
 
@@ -812,11 +824,12 @@ etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
                                                const char *info_json);
 
 /**
- * Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
- * registration uses it. Once it returns, the registration's callback is not running and will
- * never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
- * `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
- * itself). Blocks until etcd answers or the configured timeout passes.
+ * Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
+ * other registration uses it. UNREGISTERED is the registration's last event: once this returns
+ * it has been delivered to the callback (which is not running and is never called again, so
+ * `user_data` may be freed) or queued for `etcd_registry_next_event`. From inside a callback,
+ * the remaining events are delivered nested before it returns. Blocks until etcd answers or
+ * the configured timeout passes.
  *
  * Shutdown rule (the same in every language): it never fails because etcd is unreachable.
  * When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
@@ -911,16 +924,27 @@ etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
                                               struct etcd_registry_event **out_event);
 
 /**
+ * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
+ * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+ * registration or watch made with a NULL callback, the pull queue's count; for one made with a
+ * callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
+ */
+etcd_registry_status etcd_registry_dropped_events(struct etcd_registry *registry,
+                                                  uint64_t id,
+                                                  uint64_t *out_count);
+
+/**
  * Frees an event from `etcd_registry_next_event`. NULL is allowed.
  */
 void etcd_registry_event_free(struct etcd_registry_event *event);
 
 /**
- * Closes the registry: stops every callback and the pull queue (once it returns, no callback of
- * this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
- * stops the watches, then revokes the leases (which deletes every registered key at once) and
- * returns when etcd has answered or the timeout passed. Never fails because etcd is
- * unreachable: a warning is logged and the keys expire with their leases. Idempotent: a second close, from any
+ * Closes the registry: stops the watches, revokes the leases (which deletes every registered key
+ * at once), delivers UNREGISTERED to every registration (the last call of its callback, or
+ * queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and
+ * returns when etcd has answered or the timeout passed (never failing because etcd is
+ * unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
+ * registry is running or will be called. Idempotent: a second close, from any
  * thread, waits until the first has finished and no callback of this registry runs, then
  * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
  * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or

@@ -32,6 +32,7 @@ mod backoff;
 mod config;
 mod conn;
 mod error;
+pub mod events;
 mod group;
 mod health;
 pub mod keys;
@@ -45,8 +46,9 @@ mod watch;
 
 pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
+pub use events::{Event, EventStream, Handler, Route, EVENT_QUEUE_CAPACITY};
 pub use keys::{Info, InfoBytes};
-pub use registration::{Node, Registration, RegistrationState, StatusEvent};
+pub use registration::{Node, Registration, RegistrationState, StatusEvent, StatusEvents};
 pub use registry::{Registry, MAX_REQUEST_BYTES, MAX_TTL_SECS};
 pub use watch::{Watch, WatchEvent, WatchEventKind};
 

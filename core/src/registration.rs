@@ -29,13 +29,13 @@
 //! older info never follows a newer one, and an update made while etcd is down is put when it
 //! comes back.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, EventStream, Hub, Next, Queue, Subscriber};
 use crate::keys::Info;
 
 /// A service node: its name and its info.
@@ -156,12 +156,14 @@ impl StatusEvent {
     }
 }
 
-/// Events buffered for a registration nobody has subscribed to yet.
-const UNSUBSCRIBED_BUFFER: usize = 256;
-
 pub(crate) struct RegShared {
     pub(crate) id: u64,
     pub(crate) service: String,
+    /// The names every event carries (shared, not copied, per event).
+    names: (Arc<str>, Arc<str>),
+    /// Where the events go besides the subscribers: fixed at creation (`register_routed`).
+    route: Option<Subscriber>,
+    hub: Arc<Hub>,
     pub(crate) key: String,
     pub(crate) ttl_secs: i64,
     inner: Mutex<RegInner>,
@@ -185,12 +187,15 @@ struct RegInner {
     /// Failed attempts since the last registration: the number a `Retrying` event carries. Kept
     /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
     attempts: u32,
-    /// Events before the first subscription (so the first subscriber misses none).
-    pending: Option<VecDeque<StatusEvent>>,
-    subscribers: Vec<mpsc::UnboundedSender<StatusEvent>>,
+    /// Events before the first subscription (so the first subscriber misses none), for a
+    /// registration made without a route; bounded like every event queue.
+    pending: Option<EventStream>,
+    /// The queues of the `subscribe()` streams (not the streams: dropping one unsubscribes).
+    subscribers: Vec<Arc<Queue>>,
 }
 
 impl RegShared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         service: String,
@@ -198,10 +203,17 @@ impl RegShared {
         key: String,
         value: String,
         ttl_secs: i64,
+        route: Option<Subscriber>,
+        hub: Arc<Hub>,
     ) -> Self {
+        let names = (Arc::from(service.as_str()), Arc::from(node.name.as_str()));
+        let pending = route.is_none().then(EventStream::new);
         RegShared {
             id,
             service,
+            names,
+            route,
+            hub,
             key,
             ttl_secs,
             inner: Mutex::new(RegInner {
@@ -215,7 +227,7 @@ impl RegShared {
                 error_before_first: None,
                 lease_id: None,
                 attempts: 0,
-                pending: Some(VecDeque::new()),
+                pending,
                 subscribers: Vec::new(),
             }),
             changed: watch::channel(()).0,
@@ -300,19 +312,28 @@ impl RegShared {
             }
         }
         let last = matches!(event, StatusEvent::Unregistered);
-        if let Some(pending) = inner.pending.as_mut() {
-            if pending.len() == UNSUBSCRIBED_BUFFER {
-                pending.pop_front();
-            }
-            pending.push_back(event);
-        } else {
-            inner
-                .subscribers
-                .retain(|tx| tx.send(event.clone()).is_ok());
+        let event = Event::Status {
+            registration_id: self.id,
+            service: self.names.0.clone(),
+            node: self.names.1.clone(),
+            event,
+        };
+        // Straight into every subscriber's queue, under the lock: events of a registration are
+        // queued in the order they happened, and none after `Unregistered`.
+        if let Some(pending) = &inner.pending {
+            pending.queue().push_event(&event);
         }
+        inner.subscribers.retain(|queue| queue.push_event(&event));
+        if let Some(route) = &self.route {
+            route.push(&event);
+        }
+        self.hub.publish(&event);
         if last {
-            // Dropping the senders ends every subscription after the Unregistered event.
-            inner.subscribers.clear();
+            // Ends every per-registration stream after the Unregistered event.
+            let pending = inner.pending.take().map(|p| p.queue());
+            for queue in inner.subscribers.drain(..).chain(pending) {
+                queue.close();
+            }
         }
         drop(inner);
         self.changed.send_replace(());
@@ -367,18 +388,22 @@ impl RegShared {
         }
     }
 
-    pub(crate) fn subscribe(&self) -> mpsc::UnboundedReceiver<StatusEvent> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    pub(crate) fn subscribe(&self) -> StatusEvents {
         let mut inner = self.lock();
-        if let Some(pending) = inner.pending.take() {
-            for event in pending {
-                let _ = tx.send(event);
-            }
+        let stream = inner.pending.take().unwrap_or_default();
+        if inner.state == RegistrationState::Unregistered {
+            stream.close();
+        } else {
+            inner.subscribers.push(stream.queue());
         }
-        if inner.state != RegistrationState::Unregistered {
-            inner.subscribers.push(tx);
+        StatusEvents { stream }
+    }
+
+    /// After `Unregistered`: waits until a handler route has been called with it.
+    pub(crate) async fn finish_route(&self) {
+        if let Some(route) = &self.route {
+            route.finish(self.id).await;
         }
-        rx
     }
 
     pub(crate) async fn wait_registered(&self, timeout: Duration) -> Result<()> {
@@ -468,10 +493,12 @@ impl Registration {
         self.shared.lease_id()
     }
 
-    /// Status events. The first subscriber receives every event since `register` (the oldest
-    /// dropped past 256 unread ones); later subscribers receive the events from now on. The
-    /// stream ends after `Unregistered`.
-    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<StatusEvent> {
+    /// Status events. The first subscriber receives every event since `register`; later
+    /// subscribers receive the events from now on. The stream ends after `Unregistered`. Bounded
+    /// like every event queue (see [`crate::events`]). A registration made with
+    /// [`Registry::register_routed`](crate::Registry::register_routed) keeps no history: its
+    /// events went to its route.
+    pub fn subscribe(&self) -> StatusEvents {
         self.shared.subscribe()
     }
 
@@ -522,5 +549,49 @@ impl Registration {
     /// reports it (the command-line tool's exit code). Bindings use `unregister`.
     pub async fn try_unregister(&self) -> Result<()> {
         self.registry.try_unregister_id(self.shared.id).await
+    }
+}
+
+/// The status events of one registration ([`Registration::subscribe`]), ending after
+/// `Unregistered`. Dropping it unsubscribes.
+#[derive(Debug)]
+pub struct StatusEvents {
+    stream: EventStream,
+}
+
+/// Why [`StatusEvents::try_recv`] gave no event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// None is queued now.
+    Empty,
+    /// The stream has ended (after `Unregistered`).
+    Closed,
+}
+
+fn status_of(event: Event) -> Option<StatusEvent> {
+    match event {
+        Event::Status { event, .. } => Some(event),
+        Event::Watch { .. } => None,
+    }
+}
+
+impl StatusEvents {
+    /// The next event; `None` after `Unregistered` has been read.
+    pub async fn recv(&mut self) -> Option<StatusEvent> {
+        self.stream.next().await.and_then(status_of)
+    }
+
+    /// The next event if one is queued.
+    pub fn try_recv(&mut self) -> std::result::Result<StatusEvent, TryRecvError> {
+        match self.stream.try_next() {
+            Next::Event(event) => status_of(event).ok_or(TryRecvError::Closed),
+            Next::Empty => Err(TryRecvError::Empty),
+            Next::Closed => Err(TryRecvError::Closed),
+        }
+    }
+
+    /// How many events were dropped because this subscriber fell behind (see [`crate::events`]).
+    pub fn dropped(&self) -> u64 {
+        self.stream.dropped()
     }
 }

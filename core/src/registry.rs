@@ -12,13 +12,24 @@ use tokio::task::AbortHandle;
 use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::{EventStream, Hub, Route, Subscriber};
 use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
 use crate::keys::{
     base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
 };
 use crate::listing;
 use crate::registration::{Node, RegShared, Registration};
-use crate::watch::{self, Watch, WatchSetup};
+use crate::watch::{self, Watch, WatchRoute, WatchSetup};
+
+/// The value of a node given as a [`Node`]: an empty one for a node without info (Go's nil
+/// map, stored empty as the Go library does), else its info encoded.
+fn encode_node(key: &str, node: &Node) -> Result<String> {
+    if node.info_absent && node.info.is_empty() {
+        Ok(String::new())
+    } else {
+        encode_checked(key, &node.info)
+    }
+}
 
 /// etcd's default `--max-request-bytes` (1.5 MiB); a put of a key and value larger than this
 /// (less some room for the request's other fields) is refused.
@@ -55,6 +66,8 @@ struct Inner {
     closed: AtomicBool,
     closing: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
+    /// The registry-wide event streams.
+    hub: Arc<Hub>,
 }
 
 #[derive(Default)]
@@ -62,7 +75,7 @@ struct State {
     groups: HashMap<i64, GroupHandle>,
     registrations: HashMap<u64, Arc<RegShared>>,
     by_key: HashMap<String, u64>,
-    watches: HashMap<u64, AbortHandle>,
+    watches: HashMap<u64, (AbortHandle, Arc<WatchRoute>)>,
 }
 
 impl Registry {
@@ -101,6 +114,7 @@ impl Registry {
                 closed: AtomicBool::new(false),
                 closing,
                 state: Mutex::new(State::default()),
+                hub: Arc::default(),
             }),
         })
     }
@@ -161,45 +175,67 @@ impl Registry {
     /// Registering a node that this registry already holds replaces the older registration
     /// (which ends with `Unregistered`; the key stays).
     pub fn register(&self, service: &str, node: Node, ttl: Duration) -> Result<Registration> {
-        self.register_valued(service, node, ttl, |key, node| {
-            // A node without info (Go's nil map) is stored as an empty value, as the Go library
-            // does.
-            if node.info_absent && node.info.is_empty() {
-                Ok(String::new())
-            } else {
-                encode_checked(key, &node.info)
-            }
-        })
+        self.register_inner(service, node, ttl, None, encode_node)
+    }
+
+    /// Like [`Registry::register`], with the registration's status events going to `route` (a
+    /// shared [`EventStream`] or a [`Handler`](crate::events::Handler)) from the very first:
+    /// what the bindings use (see [`crate::events`]). [`Registration::subscribe`] still works
+    /// but gets no history.
+    pub fn register_routed(
+        &self,
+        service: &str,
+        node: Node,
+        ttl: Duration,
+        route: &Route,
+    ) -> Result<Registration> {
+        self.register_inner(service, node, ttl, Some(route.subscriber()), encode_node)
     }
 
     /// [`Registry::register`] with the info as bytes, the form bindings receive it in (see
     /// [`InfoBytes`]): the value stored is what Go's `json.Marshal` writes for the same map, also
     /// when the bytes are not UTF-8. `None` is no info object (stored as an empty value, as the
     /// Go library stores a nil map); the node's info as events and `info` show it is
-    /// [`InfoBytes::to_info`].
+    /// [`InfoBytes::to_info`]. Events go to `route` when given, as with
+    /// [`Registry::register_routed`].
     pub fn register_bytes(
         &self,
         service: &str,
         name: &str,
         info: Option<&InfoBytes>,
         ttl: Duration,
+        route: Option<&Route>,
     ) -> Result<Registration> {
         let node = match info {
             Some(info) => Node::new(name, info.to_info()),
             None => Node::without_info(name),
         };
-        self.register_valued(service, node, ttl, |key, _| match info {
-            Some(info) => check_value(key, info.has_empty_key(), info.encode()),
-            None => Ok(String::new()),
-        })
+        self.register_inner(
+            service,
+            node,
+            ttl,
+            route.map(Route::subscriber),
+            |key, _| match info {
+                Some(info) => check_value(key, info.has_empty_key(), info.encode()),
+                None => Ok(String::new()),
+            },
+        )
     }
 
-    /// Registers `node` with the value `encode` makes for its key.
-    fn register_valued(
+    /// Every event of every registration and watch of this registry from now on, in one
+    /// bounded stream (see [`crate::events`]); it ends once [`Registry::close`] has emitted
+    /// the last `Unregistered`. Subscribe before registering to see every event.
+    pub fn events(&self) -> EventStream {
+        self.inner.hub.subscribe()
+    }
+
+    /// Registers `node` with the value `encode` makes for its key, its events going to `route`.
+    fn register_inner(
         &self,
         service: &str,
         node: Node,
         ttl: Duration,
+        route: Option<Subscriber>,
         encode: impl FnOnce(&str, &Node) -> Result<String>,
     ) -> Result<Registration> {
         self.check_open()?;
@@ -216,6 +252,8 @@ impl Registry {
             key.clone(),
             value,
             ttl_secs,
+            route,
+            self.inner.hub.clone(),
         ));
         let mut state = self.state();
         // Checked again under the lock, so that close() cannot miss this registration.
@@ -303,7 +341,7 @@ impl Registry {
     /// Ends the registration and returns what deleting its key gave.
     pub(crate) async fn try_unregister_id(&self, id: u64) -> Result<()> {
         self.check_same_process()?;
-        let (tx, done_rx) = {
+        let (tx, done_rx, reg) = {
             let mut state = self.state();
             let Some(reg) = state.registrations.remove(&id) else {
                 return Ok(());
@@ -320,11 +358,14 @@ impl Registry {
                 keep_key: false,
                 done: Some(done_tx),
             });
-            (group.tx.clone(), done_rx)
+            (group.tx.clone(), done_rx, Some(reg))
         };
         drop(tx);
-        // The group answers after the key is deleted (or the delete failed within the timeout).
-        done_rx.await.unwrap_or(Ok(()))
+        // The group answers after the key is deleted (or the delete failed within the timeout),
+        // and after `Unregistered` has been emitted.
+        let result = done_rx.await.unwrap_or(Ok(()));
+        finish_routes(reg.into_iter().collect(), Vec::new()).await;
+        result
     }
 
     /// Lists a service's nodes in one range request. An unknown service gives an empty list.
@@ -393,6 +434,16 @@ impl Registry {
     /// Watches a service: lists it (failing if etcd cannot be reached now), then follows every
     /// change. See [`Watch`].
     pub async fn watch(&self, service: &str) -> Result<Watch> {
+        self.watch_inner(service, None).await
+    }
+
+    /// Like [`Registry::watch`], with the watch's events going to `route` from the very first
+    /// (the `Added` events of the listing included); [`Watch::next`] then returns `None`.
+    pub async fn watch_routed(&self, service: &str, route: &Route) -> Result<Watch> {
+        self.watch_inner(service, Some(route.subscriber())).await
+    }
+
+    async fn watch_inner(&self, service: &str, route: Option<Subscriber>) -> Result<Watch> {
         self.check_open()?;
         validate_name("service", service)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
@@ -403,6 +454,8 @@ impl Registry {
             conn: self.inner.conn.clone(),
             backoff: (self.inner.config.backoff_min, self.inner.config.backoff_max),
             registry: self.clone(),
+            route,
+            hub: self.inner.hub.clone(),
         };
         let watch = watch::start(setup, &self.inner.handle).await?;
         let mut state = self.state();
@@ -410,7 +463,9 @@ impl Registry {
             watch.cancel();
             return Err(Error::closed());
         }
-        state.watches.insert(id, watch.task_handle());
+        state
+            .watches
+            .insert(id, (watch.task_handle(), watch.route()));
         Ok(watch)
     }
 
@@ -457,17 +512,23 @@ impl Registry {
             return Ok(());
         }
         self.inner.closing.send_replace(true);
-        let (groups, watches) = {
+        let (groups, watches, registrations) = {
             let mut state = self.state();
-            state.registrations.clear();
             state.by_key.clear();
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
+                state
+                    .registrations
+                    .drain()
+                    .map(|(_, r)| r)
+                    .collect::<Vec<_>>(),
             )
         };
-        for watch in watches {
-            watch.abort();
+        let mut routes = Vec::with_capacity(watches.len());
+        for (task, route) in watches {
+            task.abort();
+            routes.push(route);
         }
         let mut pending = Vec::new();
         for group in groups {
@@ -479,6 +540,10 @@ impl Registry {
         for done in pending {
             let _ = done.await;
         }
+        // Every registration has emitted `Unregistered`: deliver it to the handlers, stop the
+        // watches' handlers, and end the registry-wide streams after it.
+        finish_routes(registrations, routes).await;
+        self.inner.hub.close();
         self.inner.conn.reset().await;
         Ok(())
     }
@@ -487,6 +552,19 @@ impl Registry {
 impl Watch {
     fn task_handle(&self) -> AbortHandle {
         self.abort_handle()
+    }
+}
+
+/// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
+/// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
+/// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
+/// events are delivered right here, nested.
+async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
+    for reg in &registrations {
+        reg.finish_route().await;
+    }
+    for route in &watches {
+        route.end_async().await;
     }
 }
 

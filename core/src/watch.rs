@@ -7,13 +7,13 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
-use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
 use crate::backoff;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, EventStream, Hub, Next, Subscriber};
 use crate::keys::node_name_of;
 use crate::listing::{fetch, node_of};
 use crate::registration::Node;
@@ -62,12 +62,64 @@ pub(crate) struct WatchState {
     revision: i64,
 }
 
+/// Where a watch's events go: its own stream (read by [`Watch::next`]) or the route it was
+/// made with, and the registry-wide streams.
+pub(crate) struct WatchRoute {
+    id: u64,
+    service: Arc<str>,
+    own: Option<EventStream>,
+    route: Option<Subscriber>,
+    hub: Arc<Hub>,
+}
+
+impl WatchRoute {
+    /// Pushes an event everywhere; false once nobody can read it any more.
+    fn emit(&self, event: WatchEvent) -> bool {
+        let event = Event::Watch {
+            watch_id: self.id,
+            service: self.service.clone(),
+            event,
+        };
+        let own = self.own.as_ref().map(|s| s.queue().push_event(&event));
+        if let Some(route) = &self.route {
+            route.push(&event);
+        }
+        self.hub.publish(&event);
+        own != Some(false)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.own.as_ref().is_some_and(EventStream::is_closed)
+    }
+
+    /// Ends the delivery: the own stream ends after what it holds; a shared stream forgets the
+    /// watch's queued events; a handler is stopped (and no call of it runs when this returns).
+    pub(crate) fn end(&self) {
+        if let Some(own) = &self.own {
+            own.close();
+        }
+        if let Some(route) = &self.route {
+            route.cancel(self.id);
+        }
+    }
+
+    /// [`WatchRoute::end`] for async callers (does not block a runtime thread).
+    pub(crate) async fn end_async(&self) {
+        if let Some(own) = &self.own {
+            own.close();
+        }
+        if let Some(route) = &self.route {
+            route.cancel_async(self.id).await;
+        }
+    }
+}
+
 /// A watch on one service: ordered events and the live node set.
 pub struct Watch {
     pub(crate) id: u64,
     service: String,
     state: Arc<Mutex<WatchState>>,
-    events: tokio::sync::Mutex<mpsc::UnboundedReceiver<WatchEvent>>,
+    route: Arc<WatchRoute>,
     task: AbortHandle,
     registry: crate::Registry,
 }
@@ -107,32 +159,39 @@ impl Watch {
     }
 
     /// The next event, in order; `None` once the watch is cancelled or its registry closed (or
-    /// in a child process after `fork()`).
-    /// The first events are one `Added` per node present when the watch started.
+    /// in a child process after `fork()`), and always for a watch made with a route
+    /// ([`Registry::watch_routed`](crate::Registry::watch_routed)), whose events go there.
+    /// The first events are one `Added` per node present when the watch started. Bounded like
+    /// every event queue (see [`crate::events`]).
     pub async fn next(&self) -> Option<WatchEvent> {
         if self.registry.check_same_process().is_err() {
             return None;
         }
-        self.events.lock().await.recv().await
+        watch_event_of(self.route.own.as_ref()?.next().await?)
     }
 
     /// The next event if one is ready, without waiting. `Err(())` when the watch has ended.
     #[allow(clippy::result_unit_err)]
     pub fn try_next(&self) -> std::result::Result<Option<WatchEvent>, ()> {
-        let Ok(mut events) = self.events.try_lock() else {
-            return Ok(None);
-        };
-        match events.try_recv() {
-            Ok(event) => Ok(Some(event)),
-            Err(mpsc::error::TryRecvError::Empty) => Ok(None),
-            Err(mpsc::error::TryRecvError::Disconnected) => Err(()),
+        match self.route.own.as_ref().map(EventStream::try_next) {
+            Some(Next::Event(event)) => Ok(watch_event_of(event)),
+            Some(Next::Empty) => Ok(None),
+            Some(Next::Closed) | None => Err(()),
         }
     }
 
+    /// How many events were dropped because the reader of [`Watch::next`] fell behind.
+    pub fn dropped(&self) -> u64 {
+        self.route.own.as_ref().map_or(0, EventStream::dropped)
+    }
+
     /// Stops the watch. Events already delivered stay readable; then `next()` returns `None`.
+    /// With a route: its queued events are dropped from a shared stream, and once this returns
+    /// a handler is not running and is not called again (see [`crate::events`]).
     pub fn cancel(&self) {
         self.task.abort();
         self.registry.forget_watch(self.id);
+        self.route.end();
     }
 
     /// Whether the watch has ended (cancelled, or its registry closed).
@@ -142,6 +201,17 @@ impl Watch {
 
     pub(crate) fn abort_handle(&self) -> AbortHandle {
         self.task.clone()
+    }
+
+    pub(crate) fn route(&self) -> Arc<WatchRoute> {
+        self.route.clone()
+    }
+}
+
+fn watch_event_of(event: Event) -> Option<WatchEvent> {
+    match event {
+        Event::Watch { event, .. } => Some(event),
+        Event::Status { .. } => None,
     }
 }
 
@@ -158,19 +228,27 @@ pub(crate) struct WatchSetup {
     pub(crate) conn: Arc<Connection>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) registry: crate::Registry,
+    pub(crate) route: Option<Subscriber>,
+    pub(crate) hub: Arc<Hub>,
 }
 
 /// Lists the service, then spawns the task that follows it.
 pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) -> Result<Watch> {
     let listing = fetch(&setup.conn, &setup.prefix).await?;
-    let (tx, rx) = mpsc::unbounded_channel();
+    let tx = Arc::new(WatchRoute {
+        id: setup.id,
+        service: Arc::from(setup.service.as_str()),
+        own: setup.route.is_none().then(EventStream::new),
+        route: setup.route,
+        hub: setup.hub,
+    });
     let mut state = WatchState {
         nodes: BTreeMap::new(),
         revision: listing.revision,
     };
     for (node, mod_revision) in listing.nodes {
         state.nodes.insert(node.name.clone(), node.clone());
-        let _ = tx.send(WatchEvent {
+        tx.emit(WatchEvent {
             kind: WatchEventKind::Added,
             node: Some(node),
             revision: mod_revision,
@@ -182,14 +260,14 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
         conn: setup.conn,
         backoff: setup.backoff,
         state: state.clone(),
-        tx,
+        tx: tx.clone(),
     };
     let task = handle.spawn(follower.run()).abort_handle();
     Ok(Watch {
         id: setup.id,
         service: setup.service,
         state,
-        events: tokio::sync::Mutex::new(rx),
+        route: tx,
         task,
         registry: setup.registry,
     })
@@ -200,7 +278,7 @@ struct Follower {
     conn: Arc<Connection>,
     backoff: (Duration, Duration),
     state: Arc<Mutex<WatchState>>,
-    tx: mpsc::UnboundedSender<WatchEvent>,
+    tx: Arc<WatchRoute>,
 }
 
 enum StreamEnd {
@@ -385,7 +463,7 @@ impl Follower {
                 };
                 drop(state);
                 if let Some(out) = out {
-                    if self.tx.send(out).is_err() {
+                    if !self.tx.emit(out) {
                         return StreamEnd::Failed(Error::closed());
                     }
                 }
@@ -424,7 +502,7 @@ impl Follower {
             state.revision = revision;
         }
         for (kind, node) in events {
-            let _ = self.tx.send(WatchEvent {
+            self.tx.emit(WatchEvent {
                 kind,
                 node,
                 revision,

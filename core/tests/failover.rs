@@ -364,7 +364,7 @@ struct Scenario {
     registry: Registry,
     endpoints: Vec<String>,
     regs: Vec<Registration>,
-    status: mpsc::UnboundedReceiver<StatusEvent>,
+    status: etcd_registry::StatusEvents,
     lease: i64,
     revisions: Vec<(String, String)>,
     avoid: Arc<AtomicUsize>,

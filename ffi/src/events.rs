@@ -1,15 +1,10 @@
-//! Event structs as C sees them, the subscriptions that route a registration's or a watch's
-//! events, and the pull queue of `etcd_registry_next_event`.
+//! Event structs as C sees them, and the adapters from the core's events (see
+//! `registry::events`) to C callbacks. The pull queue is the core's `EventStream`.
 
-use std::collections::VecDeque;
 use std::ffi::{c_char, c_void, CString};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
-use registry::{StatusEvent, WatchEvent, WatchEventKind};
+use registry::{Event, Handler, StatusEvent, WatchEventKind};
 
-use crate::dispatch;
 use crate::info::etcd_registry_info_entry;
 use crate::node_list::NodeStorage;
 use crate::status::etcd_registry_status;
@@ -30,10 +25,11 @@ pub const ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST: etcd_registry_status_kind = 
 pub const ETCD_REGISTRY_STATUS_KIND_RETRYING: etcd_registry_status_kind = 4;
 /// The key is back after a loss (`lease_id` is set: the old lease if it survived).
 pub const ETCD_REGISTRY_STATUS_KIND_REREGISTERED: etcd_registry_status_kind = 5;
-/// The registration ended without the caller asking for it: a newer registration of the same
-/// node on the same registry replaced it (the key stays, owned by the newer one). Always the
-/// last event of a registration. Not sent for `etcd_registry_unregister` or
-/// `etcd_registry_close`: once those return, no event of the registration is delivered at all.
+/// The registration ended: `etcd_registry_unregister` or `etcd_registry_close` was called, or a
+/// newer registration of the same node on the same registry replaced it (the key then stays,
+/// owned by the newer one). Always the last event of a registration, never dropped, and
+/// delivered: to a callback before unregister/close return, to the pull queue queued before
+/// they return.
 pub const ETCD_REGISTRY_STATUS_KIND_UNREGISTERED: etcd_registry_status_kind = 6;
 /// The info given to `etcd_registry_update` is in etcd (`lease_id` is set). Several updates
 /// made before one put could land (etcd down, or quick succession) give one UPDATED, for the
@@ -152,88 +148,50 @@ pub(crate) struct UserData(pub(crate) *mut c_void);
 unsafe impl Send for UserData {}
 unsafe impl Sync for UserData {}
 
-/// Where the events of one registration or watch go.
-pub(crate) enum Sink {
-    Status(
-        unsafe extern "C" fn(*const etcd_registry_status_event, *mut c_void),
-        UserData,
-    ),
-    Watch(
-        unsafe extern "C" fn(*const etcd_registry_watch_event, *mut c_void),
-        UserData,
-    ),
-    Pull(Arc<PullQueue>),
-}
-
-/// One registration's or watch's subscription to its events.
-pub(crate) struct Sub {
-    pub(crate) id: u64,
-    pub(crate) service: CString,
-    /// The node name, for registrations.
-    pub(crate) node: Option<CString>,
-    pub(crate) sink: Sink,
-    /// Set (under the lock of the queue the sink uses) by unregister/unwatch/close; from then on
-    /// no event of this subscription is delivered.
-    pub(crate) cancelled: AtomicBool,
-}
-
-impl Sub {
-    pub(crate) fn new(id: u64, service: &str, node: Option<&str>, sink: Sink) -> Self {
-        Sub {
-            id,
-            service: to_c(service),
-            node: node.map(to_c),
-            sink,
-            cancelled: AtomicBool::new(false),
-        }
-    }
-
-    pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancelled.load(Ordering::SeqCst)
-    }
-
-    /// Routes one event to the callback thread or the pull queue.
-    pub(crate) fn deliver(self: &Arc<Self>, payload: Payload) {
-        match &self.sink {
-            Sink::Pull(queue) => queue.push(self.clone(), payload),
-            Sink::Status(..) | Sink::Watch(..) => dispatch::push(self.clone(), payload),
-        }
-    }
-
-    /// Calls the callback with `payload` (on the dispatcher thread).
-    pub(crate) fn call(&self, payload: &Payload) {
-        let event = OwnedEvent::new(self, payload);
-        match (&self.sink, payload) {
-            (Sink::Status(callback, user_data), Payload::Status(_)) => {
-                crate::tsan::acquire(user_data.0);
-                // SAFETY: the host gave this function pointer for exactly this use; the event
-                // and its strings live until the call returns.
-                unsafe { callback(&event.public.status, user_data.0) }
-                crate::tsan::release(user_data.0);
-            }
-            (Sink::Watch(callback, user_data), Payload::Watch(_)) => {
-                crate::tsan::acquire(user_data.0);
-                // SAFETY: as above.
-                unsafe { callback(&event.public.watch, user_data.0) }
-                crate::tsan::release(user_data.0);
-            }
-            _ => {}
-        }
-    }
-
-    /// The host's `user_data`, for a callback subscription.
-    pub(crate) fn user_data(&self) -> Option<*mut c_void> {
-        match &self.sink {
-            Sink::Status(_, user_data) | Sink::Watch(_, user_data) => Some(user_data.0),
-            Sink::Pull(_) => None,
-        }
+impl UserData {
+    /// The pointer (a method, so that closures capture the whole `Send` value).
+    pub(crate) fn ptr(self) -> *mut c_void {
+        self.0
     }
 }
 
-/// An event as the core produced it.
-pub(crate) enum Payload {
-    Status(StatusEvent),
-    Watch(WatchEvent),
+/// A core event handler calling a C status callback: the adapter between the core's dispatcher
+/// and a function pointer (see `registry::events`). Made paused: resumed once the id is recorded,
+/// so that a callback may use the id of the event it gets (unwatch from the first ADDED …).
+pub(crate) fn status_handler(
+    callback: unsafe extern "C" fn(*const etcd_registry_status_event, *mut c_void),
+    user_data: UserData,
+) -> registry::Result<Handler> {
+    Handler::paused(move |event: &Event| {
+        let event = OwnedEvent::new(event);
+        if event.public.event_type != ETCD_REGISTRY_EVENT_TYPE_STATUS {
+            return;
+        }
+        let user_data = user_data.ptr();
+        crate::tsan::acquire(user_data);
+        // SAFETY: the host gave this function pointer for exactly this use; the event and its
+        // strings live until the call returns.
+        unsafe { callback(&event.public.status, user_data) }
+        crate::tsan::release(user_data);
+    })
+}
+
+/// A core event handler calling a C watch callback.
+pub(crate) fn watch_handler(
+    callback: unsafe extern "C" fn(*const etcd_registry_watch_event, *mut c_void),
+    user_data: UserData,
+) -> registry::Result<Handler> {
+    Handler::paused(move |event: &Event| {
+        let event = OwnedEvent::new(event);
+        if event.public.event_type != ETCD_REGISTRY_EVENT_TYPE_WATCH {
+            return;
+        }
+        let user_data = user_data.ptr();
+        crate::tsan::acquire(user_data);
+        // SAFETY: as above.
+        unsafe { callback(&event.public.watch, user_data) }
+        crate::tsan::release(user_data);
+    })
 }
 
 /// A C event together with the strings its pointers point into. `#[repr(C)]` with `public`
@@ -346,14 +304,19 @@ fn empty_watch() -> etcd_registry_watch_event {
 }
 
 impl OwnedEvent {
-    pub(crate) fn new(sub: &Sub, payload: &Payload) -> Self {
-        let service = sub.service.clone();
-        match payload {
-            Payload::Status(event) => {
-                let node = sub.node.clone().unwrap_or_default();
+    pub(crate) fn new(event: &Event) -> Self {
+        match event {
+            Event::Status {
+                registration_id,
+                service,
+                node,
+                event,
+            } => {
+                let service = to_c(service);
+                let node = to_c(node);
                 let text = error_text(event).map(|t| to_c(&t));
                 let mut status = status_of(event);
-                status.registration_id = sub.id;
+                status.registration_id = *registration_id;
                 status.service = service.as_ptr();
                 status.node = node.as_ptr();
                 status.error_message = text.as_ref().map_or(std::ptr::null(), |t| t.as_ptr());
@@ -369,14 +332,19 @@ impl OwnedEvent {
                     _info: None,
                 }
             }
-            Payload::Watch(event) => {
+            Event::Watch {
+                watch_id,
+                service,
+                event,
+            } => {
+                let service = to_c(service);
                 let name = event.node.as_ref().map(|n| to_c(&n.name));
                 let stored = event.node.as_ref().map(NodeStorage::of_node);
                 let info = stored.as_ref().map(NodeStorage::json);
                 let entries = stored.as_ref().map_or(&[][..], NodeStorage::infos);
                 let watch = etcd_registry_watch_event {
                     kind: watch_kind(event.kind),
-                    watch_id: sub.id,
+                    watch_id: *watch_id,
                     service: service.as_ptr(),
                     node_name: name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()),
                     info_json: info.as_ref().map_or(std::ptr::null(), |i| i.as_ptr()),
@@ -399,101 +367,6 @@ impl OwnedEvent {
                     _node: name,
                     _text: info,
                     _info: stored,
-                }
-            }
-        }
-    }
-}
-
-/// The events of a registry's subscriptions made without a callback, waiting for
-/// `etcd_registry_next_event`.
-pub(crate) struct PullQueue {
-    state: Mutex<PullState>,
-    ready: Condvar,
-}
-
-struct PullState {
-    events: VecDeque<(Arc<Sub>, Payload)>,
-    closed: bool,
-}
-
-/// What waiting on the pull queue gave.
-pub(crate) enum Pulled {
-    Event(Arc<Sub>, Payload),
-    TimedOut,
-    Closed,
-}
-
-impl PullQueue {
-    pub(crate) fn new() -> Self {
-        PullQueue {
-            state: Mutex::new(PullState {
-                events: VecDeque::new(),
-                closed: false,
-            }),
-            ready: Condvar::new(),
-        }
-    }
-
-    fn lock(&self) -> MutexGuard<'_, PullState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn push(&self, sub: Arc<Sub>, payload: Payload) {
-        let mut state = self.lock();
-        if state.closed || sub.is_cancelled() {
-            return;
-        }
-        state.events.push_back((sub, payload));
-        drop(state);
-        self.ready.notify_one();
-    }
-
-    /// Cancels subscriptions: their queued events are dropped and no more are queued.
-    pub(crate) fn cancel(&self, subs: &[Arc<Sub>]) {
-        let mut state = self.lock();
-        for sub in subs {
-            sub.cancelled.store(true, Ordering::SeqCst);
-        }
-        state.events.retain(|(sub, _)| !sub.is_cancelled());
-    }
-
-    /// Closes the queue: everything queued is dropped and every waiter returns `Closed`.
-    pub(crate) fn close(&self) {
-        let dropped = {
-            let mut state = self.lock();
-            state.closed = true;
-            std::mem::take(&mut state.events)
-        };
-        self.ready.notify_all();
-        drop(dropped);
-    }
-
-    /// The next event, waiting up to `timeout` (`None`: no limit).
-    pub(crate) fn pop(&self, timeout: Option<Duration>) -> Pulled {
-        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
-        let mut state = self.lock();
-        loop {
-            if state.closed {
-                return Pulled::Closed;
-            }
-            if let Some((sub, payload)) = state.events.pop_front() {
-                return Pulled::Event(sub, payload);
-            }
-            match deadline {
-                None => {
-                    state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
-                }
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Pulled::TimedOut;
-                    }
-                    state = self
-                        .ready
-                        .wait_timeout(state, deadline - now)
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
                 }
             }
         }

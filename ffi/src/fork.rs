@@ -10,23 +10,24 @@
 
 use std::sync::Once;
 
-use crate::{dispatch, log};
+use crate::log;
+use registry::events::dispatcher;
 
 static INSTALLED: Once = Once::new();
 
 extern "C" fn prepare() {
     // Log sink first: a log call made while the dispatcher lock is held must not wait for it.
     log::before_fork();
-    dispatch::before_fork();
+    dispatcher::before_fork();
 }
 
 extern "C" fn parent() {
-    dispatch::after_fork(false);
+    dispatcher::after_fork(false);
     log::after_fork();
 }
 
 extern "C" fn child() {
-    dispatch::after_fork(true);
+    dispatcher::after_fork(true);
     log::after_fork_in_child();
 }
 

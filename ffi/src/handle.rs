@@ -6,15 +6,17 @@ use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
-use registry::{runtime, Info, InfoBytes, Registration, RegistrationState, Registry, Watch};
+use registry::events::Next;
+use registry::{
+    runtime, EventStream, Handler, Info, InfoBytes, Node, Registration, RegistrationState,
+    Registry, Route, Watch,
+};
 use tokio::runtime::Handle;
-use tokio::task::AbortHandle;
 
 use crate::config::etcd_registry_config;
-use crate::dispatch;
 use crate::events::{
-    etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback, OwnedEvent,
-    Payload, PullQueue, Pulled, Sink, Sub, UserData,
+    etcd_registry_event, etcd_registry_status_callback, etcd_registry_watch_callback,
+    status_handler, watch_handler, OwnedEvent, UserData,
 };
 use crate::info::{etcd_registry_info_entry, read_entries, ETCD_REGISTRY_NO_INFO};
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
@@ -48,7 +50,9 @@ const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 3600);
 pub struct etcd_registry {
     registry: Registry,
     runtime: Handle,
-    queue: Arc<PullQueue>,
+    /// The pull queue: the core's bounded stream that registrations and watches made with a
+    /// NULL callback are routed to.
+    queue: EventStream,
     state: Mutex<HandleState>,
     /// Signalled when the close in progress has finished (`HandleState::close_finished`).
     close_finished: Condvar,
@@ -59,23 +63,22 @@ struct HandleState {
     closed: bool,
     /// The close that set `closed` has returned from the core: every later close waits for it.
     close_finished: bool,
-    /// The subscriptions cancelled by that close: a later close waits until none of their
-    /// callbacks runs (one may still run when the first close was made from a callback).
-    closed_subs: Vec<Arc<Sub>>,
+    /// The callback handlers stopped by that close: a later close waits until none of them
+    /// runs (one may still run when the first close was made from a callback).
+    closed_handlers: Vec<Handler>,
     registrations: HashMap<u64, RegEntry>,
     watches: HashMap<u64, WatchEntry>,
 }
 
+/// A registration and its callback handler (None: routed to the pull queue).
 struct RegEntry {
     registration: Registration,
-    sub: Arc<Sub>,
-    forwarder: AbortHandle,
+    handler: Option<(Handler, UserData)>,
 }
 
 struct WatchEntry {
     watch: Arc<Watch>,
-    sub: Arc<Sub>,
-    forwarder: AbortHandle,
+    handler: Option<(Handler, UserData)>,
 }
 
 /// An out-parameter, checked for NULL before anything else happens and written only on success.
@@ -178,80 +181,64 @@ impl etcd_registry {
         Ok(state)
     }
 
-    fn sink(
+    /// Where the events of a new registration or watch go: a core handler calling the C
+    /// callback, or (NULL callback) the pull queue.
+    fn route(
         &self,
         status: etcd_registry_status_callback,
         watch: etcd_registry_watch_callback,
         user_data: *mut c_void,
-    ) -> FfiResult<Sink> {
-        if status.is_some() || watch.is_some() {
-            // What the host did to `user_data` before this call happens before the callbacks.
-            crate::tsan::release(user_data);
-        }
+    ) -> FfiResult<(Route, Option<(Handler, UserData)>)> {
         let user_data = UserData(user_data);
-        let sink = match (status, watch) {
-            (Some(cb), _) => Sink::Status(cb, user_data),
-            (_, Some(cb)) => Sink::Watch(cb, user_data),
-            (None, None) => return Ok(Sink::Pull(self.queue.clone())),
+        let handler = match (status, watch) {
+            (Some(cb), _) => status_handler(cb, user_data)?,
+            (_, Some(cb)) => watch_handler(cb, user_data)?,
+            (None, None) => return Ok((Route::stream(&self.queue), None)),
         };
-        dispatch::ensure_started()?;
-        Ok(sink)
+        // What the host did to `user_data` before this call happens before the callbacks.
+        crate::tsan::release(user_data.0);
+        Ok((Route::handler(&handler), Some((handler, user_data))))
     }
 
-    /// Stops delivering the events of `subs`; returns once none of their callbacks runs (unless
-    /// called from the callback thread).
-    fn cancel(&self, subs: &[Arc<Sub>]) {
-        let (pulled, called): (Vec<_>, Vec<_>) = subs
-            .iter()
-            .cloned()
-            .partition(|s| matches!(s.sink, Sink::Pull(_)));
-        self.queue.cancel(&pulled);
-        dispatch::cancel(&called);
-    }
-
-    /// Marks the handle closed and stops every delivery; returns false if it already was.
-    fn shut(&self) -> bool {
-        let (registrations, watches) = {
-            let mut state = self.lock();
-            if state.closed {
-                return false;
-            }
-            state.closed = true;
-            (
-                std::mem::take(&mut state.registrations),
-                std::mem::take(&mut state.watches),
-            )
-        };
-        let subs: Vec<Arc<Sub>> = registrations
-            .values()
-            .map(|r| r.sub.clone())
-            .chain(watches.values().map(|w| w.sub.clone()))
+    /// Marks the handle closed; returns the handlers of its callbacks, or None if it already was.
+    fn shut(&self) -> Option<Vec<(Handler, UserData)>> {
+        let mut state = self.lock();
+        if state.closed {
+            return None;
+        }
+        state.closed = true;
+        let registrations = std::mem::take(&mut state.registrations);
+        let watches = std::mem::take(&mut state.watches);
+        let handlers: Vec<(Handler, UserData)> = registrations
+            .into_values()
+            .filter_map(|r| r.handler)
+            .chain(watches.into_values().filter_map(|w| w.handler))
             .collect();
-        self.lock().closed_subs = subs.clone();
-        self.cancel(&subs);
-        self.queue.close();
-        for entry in registrations.values() {
-            entry.forwarder.abort();
-        }
-        for entry in watches.values() {
-            entry.forwarder.abort();
-            entry.watch.cancel();
-        }
-        true
+        state.closed_handlers = handlers.iter().map(|(h, _)| h.clone()).collect();
+        Some(handlers)
     }
 
     /// Closes the registry, or waits for the close another thread (or a callback) started:
-    /// whoever calls, it returns only once the core's close has finished and no callback of this
-    /// registry runs, so the caller may free `user_data` and the handle. On the callback thread a
-    /// second close cannot wait (the running callback is the caller itself) and returns at once.
+    /// whoever calls, it returns only once the core's close has finished (every registration's
+    /// UNREGISTERED delivered) and no callback of this registry runs, so the caller may free
+    /// `user_data` and the handle. On the callback thread a second close cannot wait (the
+    /// running callback is the caller itself) and returns at once.
     fn close_and_wait(&self) -> FfiResult {
-        if self.shut() {
+        if let Some(handlers) = self.shut() {
+            // The core delivers UNREGISTERED to every registration's handler and stops the
+            // watches' handlers before it returns.
             let result = block_on(self.registry.close());
+            for (handler, user_data) in &handlers {
+                handler.cancel();
+                // The callbacks are done: what they did happens before the caller frees data.
+                crate::tsan::acquire(user_data.0);
+            }
+            self.queue.close();
             self.lock().close_finished = true;
             self.close_finished.notify_all();
             return result?.map_err(Failure::from);
         }
-        if dispatch::on_dispatcher_thread() {
+        if Handler::on_dispatcher_thread() {
             return Ok(());
         }
         let mut state = self.lock();
@@ -261,10 +248,12 @@ impl etcd_registry {
                 .wait(state)
                 .unwrap_or_else(|p| p.into_inner());
         }
-        let subs = state.closed_subs.clone();
+        let handlers = state.closed_handlers.clone();
         drop(state);
-        // Cancelled already: this only waits for a callback of theirs that is still running.
-        self.cancel(&subs);
+        // Stopped already: this only waits for a call of theirs that is still running.
+        for handler in handlers {
+            handler.cancel();
+        }
         Ok(())
     }
 }
@@ -298,7 +287,7 @@ pub unsafe extern "C" fn etcd_registry_connect(
         let handle = etcd_registry {
             registry,
             runtime,
-            queue: Arc::new(PullQueue::new()),
+            queue: EventStream::new(),
             state: Mutex::new(HandleState::default()),
             close_finished: Condvar::new(),
         };
@@ -361,33 +350,25 @@ pub unsafe extern "C" fn etcd_registry_register(
         let node = unsafe { required(node, "node") }?;
         let info = unsafe { read_entries(info, info_len) }?;
         let slot = out(out_registration_id, "out_registration_id")?;
-        let sink = this.sink(callback, None, user_data)?;
-        // The lock is held until the subscription is recorded, so close() cannot miss it.
+        let (route, handler) = this.route(callback, None, user_data)?;
+        // The lock is held until the registration is recorded, so close() cannot miss it.
         let mut state = this.open()?;
         let registration = this.registry.register_bytes(
             service,
             node,
             info.as_ref(),
             Duration::from_millis(ttl_ms),
+            Some(&route),
         )?;
         let id = registration.id();
-        let sub = Arc::new(Sub::new(id, service, Some(node), sink));
-        let mut events = registration.subscribe();
-        let forwarded = sub.clone();
-        let forwarder = this
-            .runtime
-            .spawn(async move {
-                while let Some(event) = events.recv().await {
-                    forwarded.deliver(Payload::Status(event));
-                }
-            })
-            .abort_handle();
+        if let Some((handler, _)) = &handler {
+            handler.resume();
+        }
         state.registrations.insert(
             id,
             RegEntry {
                 registration,
-                sub,
-                forwarder,
+                handler,
             },
         );
         write_out(slot, id);
@@ -533,11 +514,12 @@ pub unsafe extern "C" fn etcd_registry_update_json(
     unsafe { etcd_registry_update(registry, registration_id, entries.as_ptr(), len) }
 }
 
-/// Unregisters: stops keeping the key alive, deletes it, and revokes the lease when no other
-/// registration uses it. Once it returns, the registration's callback is not running and will
-/// never be called again (its queued events are dropped, no UNREGISTERED event is sent), so
-/// `user_data` may be freed. Allowed from inside that very callback (it then does not wait for
-/// itself). Blocks until etcd answers or the configured timeout passes.
+/// Unregisters: deletes the key at once, stops keeping it alive, and revokes the lease when no
+/// other registration uses it. UNREGISTERED is the registration's last event: once this returns
+/// it has been delivered to the callback (which is not running and is never called again, so
+/// `user_data` may be freed) or queued for `etcd_registry_next_event`. From inside a callback,
+/// the remaining events are delivered nested before it returns. Blocks until etcd answers or
+/// the configured timeout passes.
 ///
 /// Shutdown rule (the same in every language): it never fails because etcd is unreachable.
 /// When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
@@ -565,9 +547,12 @@ pub unsafe extern "C" fn etcd_registry_unregister(
                     format!("no registration {registration_id} on this registry"),
                 )
             })?;
-        this.cancel(std::slice::from_ref(&entry.sub));
-        entry.forwarder.abort();
-        block_on(entry.registration.unregister())??;
+        // The core emits UNREGISTERED, and has delivered it to the handler when this returns.
+        let result = block_on(entry.registration.unregister());
+        if let Some((_, user_data)) = &entry.handler {
+            crate::tsan::acquire(user_data.0);
+        }
+        result??;
         Ok(())
     })
 }
@@ -707,9 +692,9 @@ pub unsafe extern "C" fn etcd_registry_watch(
         let service = unsafe { required(service, "service") }?;
         let slot = out(out_watch_id, "out_watch_id")?;
         ensure_can_block()?;
-        let sink = this.sink(None, callback, user_data)?;
+        let (route, handler) = this.route(None, callback, user_data)?;
         drop(this.open()?);
-        let watch = Arc::new(block_on(this.registry.watch(service))??);
+        let watch = Arc::new(block_on(this.registry.watch_routed(service, &route))??);
         let mut state = match this.open() {
             Ok(state) => state,
             Err(closed) => {
@@ -718,24 +703,10 @@ pub unsafe extern "C" fn etcd_registry_watch(
             }
         };
         let id = watch.id();
-        let sub = Arc::new(Sub::new(id, service, None, sink));
-        let (followed, forwarded) = (watch.clone(), sub.clone());
-        let forwarder = this
-            .runtime
-            .spawn(async move {
-                while let Some(event) = followed.next().await {
-                    forwarded.deliver(Payload::Watch(event));
-                }
-            })
-            .abort_handle();
-        state.watches.insert(
-            id,
-            WatchEntry {
-                watch,
-                sub,
-                forwarder,
-            },
-        );
+        if let Some((handler, _)) = &handler {
+            handler.resume();
+        }
+        state.watches.insert(id, WatchEntry { watch, handler });
         write_out(slot, id);
         Ok(())
     })
@@ -758,9 +729,12 @@ pub unsafe extern "C" fn etcd_registry_unwatch(
                 format!("no watch {watch_id} on this registry"),
             )
         })?;
-        this.cancel(std::slice::from_ref(&entry.sub));
-        entry.forwarder.abort();
+        // Stops the handler (waiting for a running call, unless on the callback thread) or drops
+        // the watch's events still in the pull queue.
         entry.watch.cancel();
+        if let Some((_, user_data)) = &entry.handler {
+            crate::tsan::acquire(user_data.0);
+        }
         Ok(())
     })
 }
@@ -817,18 +791,51 @@ pub unsafe extern "C" fn etcd_registry_next_event(
             return Err(Failure::closed());
         }
         let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
-        match this.queue.pop(timeout) {
-            Pulled::Event(sub, payload) => {
-                let event = Box::new(OwnedEvent::new(&sub, &payload));
+        match this.queue.next_timeout(timeout) {
+            Next::Event(event) => {
+                let event = Box::new(OwnedEvent::new(&event));
                 write_out(slot, Box::into_raw(event).cast::<etcd_registry_event>());
                 Ok(())
             }
-            Pulled::TimedOut => Err(Failure::new(
+            Next::Empty => Err(Failure::new(
                 etcd_registry_status::Timeout,
                 format!("no event within {timeout_ms} ms"),
             )),
-            Pulled::Closed => Err(Failure::closed()),
+            Next::Closed => Err(Failure::closed()),
         }
+    })
+}
+
+/// Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
+/// behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+/// registration or watch made with a NULL callback, the pull queue's count; for one made with a
+/// callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_dropped_events(
+    registry: *mut etcd_registry,
+    id: u64,
+    out_count: *mut u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_count, "out_count")?;
+        let state = this.open()?;
+        let handler = if id == 0 {
+            None
+        } else if let Some(entry) = state.registrations.get(&id) {
+            entry.handler.as_ref()
+        } else if let Some(entry) = state.watches.get(&id) {
+            entry.handler.as_ref()
+        } else {
+            return Err(Failure::new(
+                etcd_registry_status::NotFound,
+                format!("no registration or watch {id} on this registry"),
+            ));
+        };
+        let count = handler.map_or_else(|| this.queue.dropped(), |(h, _)| h.dropped());
+        write_out(slot, count);
+        Ok(())
     })
 }
 
@@ -845,11 +852,12 @@ pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_even
     });
 }
 
-/// Closes the registry: stops every callback and the pull queue (once it returns, no callback of
-/// this registry is running or will be called, and `etcd_registry_next_event` returns CLOSED),
-/// stops the watches, then revokes the leases (which deletes every registered key at once) and
-/// returns when etcd has answered or the timeout passed. Never fails because etcd is
-/// unreachable: a warning is logged and the keys expire with their leases. Idempotent: a second close, from any
+/// Closes the registry: stops the watches, revokes the leases (which deletes every registered key
+/// at once), delivers UNREGISTERED to every registration (the last call of its callback, or
+/// queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and
+/// returns when etcd has answered or the timeout passed (never failing because etcd is
+/// unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
+/// registry is running or will be called. Idempotent: a second close, from any
 /// thread, waits until the first has finished and no callback of this registry runs, then
 /// returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
 /// handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
@@ -887,7 +895,8 @@ pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
         }
         if ensure_can_block().is_ok() {
             let _ = this.close_and_wait();
-        } else if this.shut() {
+        } else if this.shut().is_some() {
+            this.queue.close();
             let core = this.registry.clone();
             this.runtime.spawn(async move {
                 let _ = core.close().await;

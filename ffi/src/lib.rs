@@ -3,15 +3,14 @@
 //! `ffi/cbindgen.toml`, whose preamble states the threading rules and the shutdown order).
 //!
 //! This crate holds no registry logic: it converts arguments, maps errors to status codes,
-//! and routes the core's events to C callbacks (on one library-owned thread, `dispatch`) or to
-//! a pull queue (`etcd_registry_next_event`). Conventions follow rustls-ffi: opaque handles,
+//! and adapts the core's one event mechanism (`registry::events`) to C callbacks (run by the
+//! core's dispatcher thread) or to a pull queue (`etcd_registry_next_event`, a core stream). Conventions follow rustls-ffi: opaque handles,
 //! `etcd_registry_<type>_<verb>` names, a status enum with fixed numbers, out-parameters written
 //! only on success, every `_free` accepting NULL, and every exported body inside a panic guard.
 
 #![allow(clippy::missing_safety_doc)] // Each function's contract is in its doc comment / the header.
 
 mod config;
-mod dispatch;
 mod events;
 mod fork;
 #[cfg(test)]

@@ -5,9 +5,7 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyType;
-use tokio::sync::watch;
-
-use registry::Registration;
+use registry::{Event, Handler, Registration};
 
 use crate::asyncio;
 use crate::blocking;
@@ -16,43 +14,29 @@ use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
 use crate::types::{info_from_py, PyNode, StatusContext};
 
-/// Ends when a status forwarder has queued its registration's last event (see [`forwarded`]).
-pub(crate) type Forwarded = watch::Receiver<()>;
-
-/// Queues the registration's status events for `callback` (run by the callback thread).
-pub(crate) fn forward_status(
+/// The core handler that hands a registration's status events to `callback` on the callback
+/// thread (see `dispatch`). The core calls it with every event, `Unregistered` last, before
+/// `unregister()`/`close()` return: no forwarder task, nothing to wait for here.
+pub(crate) fn status_handler(
     py: Python<'_>,
-    reg: &Registration,
     context: StatusContext,
     callback: Arc<Py<PyAny>>,
-) -> PyResult<Forwarded> {
-    let handle = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
-    let mut events = reg.subscribe();
+) -> PyResult<Handler> {
+    registry::events::dispatcher::install_fork_handlers();
     let context = Arc::new(context);
-    let (done, forwarded) = watch::channel(());
-    handle.spawn(async move {
-        // Ends after `Unregistered`, the last event.
-        while let Some(event) = events.recv().await {
+    Handler::new(move |event: &Event| {
+        if let Event::Status { event, .. } = event {
             dispatch::push(
                 Lane::Callbacks,
                 Item::Status {
                     callback: callback.clone(),
                     context: context.clone(),
-                    event,
+                    event: event.clone(),
                 },
             );
         }
-        drop(done);
-    });
-    Ok(forwarded)
-}
-
-/// Waits until a forwarder has queued the `"unregistered"` event, so that `unregister()` and
-/// `close()` return with it queued (a process exiting right after still delivers it). Bounded,
-/// in case the core never ended the subscription.
-pub(crate) async fn forwarded(mut forwarded: Forwarded) {
-    let all_sent = async { while forwarded.changed().await.is_ok() {} };
-    let _ = tokio::time::timeout(Duration::from_secs(5), all_sent).await;
+    })
+    .map_err(|e| errors::to_py_err(py, e))
 }
 
 /// Waits for the first registration: `Ok(true)` once registered, `Ok(false)` when `timeout`
@@ -84,15 +68,12 @@ async fn wait_registered(reg: Registration, timeout: Option<Duration>) -> regist
 #[pyclass(frozen, module = "etcd_registry._native", name = "Registration")]
 pub(crate) struct PyRegistration {
     inner: ForkBound<Registration>,
-    /// With `on_status`: ends once the last event is queued.
-    forwarded: Option<Forwarded>,
 }
 
 impl PyRegistration {
-    pub(crate) fn new(reg: Registration, forwarded: Option<Forwarded>) -> Self {
+    pub(crate) fn new(reg: Registration) -> Self {
         PyRegistration {
             inner: ForkBound::new(reg),
-            forwarded,
         }
     }
 
@@ -174,14 +155,8 @@ impl PyRegistration {
     /// Deletes the key and stops keeping it alive. Idempotent.
     fn unregister(&self, py: Python<'_>) -> PyResult<()> {
         let reg = self.core(py)?;
-        let forwarded = self.forwarded.clone();
-        blocking::call(py, async move {
-            let result = reg.unregister().await;
-            if let Some(forwarded) = forwarded {
-                self::forwarded(forwarded).await;
-            }
-            result
-        })
+        // With on_status, the core has handed "unregistered" to the callback thread on return.
+        blocking::call(py, reg.unregister())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -6,13 +6,13 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use registry::{Config, Node, PemSource, TlsConfig};
+use registry::{Config, Node, PemSource, Route, TlsConfig};
 
 use crate::asyncio;
 use crate::blocking::{self, positive_seconds};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
-use crate::registration::{self, Forwarded, PyRegistration};
+use crate::registration::{self, PyRegistration};
 use crate::types::{info_from_py, PyNode, StatusContext};
 use crate::watch::PyWatch;
 
@@ -20,8 +20,8 @@ use crate::watch::PyWatch;
 #[pyclass(frozen, module = "etcd_registry._native", name = "Registry")]
 pub(crate) struct PyRegistry {
     inner: ForkBound<registry::Registry>,
-    /// The status forwarders still running (see `registration::forwarded`).
-    forwarders: Mutex<Vec<Forwarded>>,
+    /// The watches with a callback: they live until closed, even once the Python object is gone.
+    callback_watches: Arc<Mutex<Vec<Arc<registry::Watch>>>>,
 }
 
 fn callback_or_none(
@@ -128,7 +128,7 @@ impl PyRegistry {
             registry::Registry::new_in(config, handle).map_err(|e| errors::to_py_err(py, e))?;
         Ok(PyRegistry {
             inner: ForkBound::new(core),
-            forwarders: Mutex::new(Vec::new()),
+            callback_watches: Arc::default(),
         })
     }
 
@@ -165,25 +165,20 @@ impl PyRegistry {
         let info = info_from_py(info)?;
         let on_status = callback_or_none(py, "on_status", on_status)?;
         let ttl = positive_seconds(py, "ttl", ttl)?;
-        let reg = core
-            .register(service, Node::new(node, info), ttl)
-            .map_err(|e| errors::to_py_err(py, e))?;
-        let forwarded = match on_status {
+        let node = Node::new(node, info);
+        let reg = match on_status {
             Some(callback) => {
                 let context = StatusContext {
                     service: service.to_owned(),
-                    node: node.to_owned(),
+                    node: node.name.clone(),
                 };
-                let forwarded = registration::forward_status(py, &reg, context, callback)?;
-                let mut forwarders = self.forwarders.lock().unwrap_or_else(|p| p.into_inner());
-                // Forget the forwarders that are done (their sender is gone).
-                forwarders.retain(|f| f.has_changed().is_ok());
-                forwarders.push(forwarded.clone());
-                Some(forwarded)
+                let handler = registration::status_handler(py, context, callback)?;
+                core.register_routed(service, node, ttl, &Route::handler(&handler))
             }
-            None => None,
-        };
-        Ok(PyRegistration::new(reg, forwarded))
+            None => core.register(service, node, ttl),
+        }
+        .map_err(|e| errors::to_py_err(py, e))?;
+        Ok(PyRegistration::new(reg))
     }
 
     /// The nodes of `service` now.
@@ -217,8 +212,9 @@ impl PyRegistry {
     ) -> PyResult<PyWatch> {
         let core = self.core(py)?;
         let on_event = callback_or_none(py, "on_event", on_event)?;
-        let watch = blocking::call(py, core.watch(service))?;
-        PyWatch::new(watch, on_event).map_err(|e| errors::to_py_err(py, e))
+        let (route, active) = PyWatch::route(on_event).map_err(|e| errors::to_py_err(py, e))?;
+        let watch = blocking::call(py, PyWatch::start(core, service, route.clone()))?;
+        Ok(PyWatch::new(watch, route, active, &self.callback_watches))
     }
 
     /// `watch()` for asyncio.
@@ -231,11 +227,12 @@ impl PyRegistry {
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.open(py)?.clone();
         let on_event = callback_or_none(py, "on_event", on_event)?;
+        let (route, active) = PyWatch::route(on_event).map_err(|e| errors::to_py_err(py, e))?;
+        let keep = self.callback_watches.clone();
         asyncio::future_into_py(py, async move {
-            let watch = match core.watch(&service).await {
-                Ok(watch) => PyWatch::new(watch, on_event),
-                Err(e) => Err(e),
-            };
+            let watch = PyWatch::start(&core, &service, route.clone())
+                .await
+                .map(|watch| PyWatch::new(watch, route, active, &keep));
             Ok(Answer(watch))
         })
     }
@@ -247,15 +244,13 @@ impl PyRegistry {
             return Ok(());
         }
         let core = self.core(py)?;
-        let forwarders =
-            std::mem::take(&mut *self.forwarders.lock().unwrap_or_else(|p| p.into_inner()));
-        blocking::call(py, async move {
-            let result = core.close().await;
-            for forwarder in forwarders {
-                registration::forwarded(forwarder).await;
-            }
-            result
-        })
+        // The core has handed every "unregistered" to the callback thread on return.
+        let result = blocking::call(py, core.close());
+        self.callback_watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        result
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

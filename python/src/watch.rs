@@ -1,13 +1,13 @@
 //! `Watch`: a service's live node set and its changes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use registry::Watch;
+use registry::{Event, Handler, Route, Watch};
 
 use crate::asyncio;
 use crate::blocking;
@@ -28,35 +28,66 @@ pub(crate) struct PyWatch {
 }
 
 impl PyWatch {
-    /// Wraps a core watch; with a callback, a task delivers its events to the dispatch thread.
-    /// That task keeps the watch alive until `close()` or the registry's close, even if the
-    /// Python object is dropped.
-    pub(crate) fn new(watch: Watch, callback: Option<Arc<Py<PyAny>>>) -> registry::Result<Self> {
-        let watch = Arc::new(watch);
-        let has_callback = callback.is_some();
+    /// With a callback, the core handler that hands the watch's events to it on the callback
+    /// thread (no forwarder task), and the flag `close()` clears to drop what is still queued
+    /// there.
+    pub(crate) fn route(
+        callback: Option<Arc<Py<PyAny>>>,
+    ) -> registry::Result<(Option<Route>, Arc<AtomicBool>)> {
         let active = Arc::new(AtomicBool::new(true));
-        if let Some(callback) = callback {
-            let events = watch.clone();
-            let active = active.clone();
-            registry::runtime::handle()?.spawn(async move {
-                while let Some(event) = events.next().await {
-                    dispatch::push(
-                        Lane::Callbacks,
-                        Item::Watch {
-                            callback: callback.clone(),
-                            active: active.clone(),
-                            event,
-                        },
-                    );
-                }
-            });
+        let Some(callback) = callback else {
+            return Ok((None, active));
+        };
+        registry::events::dispatcher::install_fork_handlers();
+        let flag = active.clone();
+        let handler = Handler::new(move |event: &Event| {
+            if let Event::Watch { event, .. } = event {
+                dispatch::push(
+                    Lane::Callbacks,
+                    Item::Watch {
+                        callback: callback.clone(),
+                        active: flag.clone(),
+                        event: event.clone(),
+                    },
+                );
+            }
+        })?;
+        Ok((Some(Route::handler(&handler)), active))
+    }
+
+    /// Starts the core watch, routed to the handler if there is one.
+    pub(crate) async fn start(
+        core: &registry::Registry,
+        service: &str,
+        route: Option<Route>,
+    ) -> registry::Result<Watch> {
+        match route {
+            Some(route) => core.watch_routed(service, &route).await,
+            None => core.watch(service).await,
         }
-        Ok(PyWatch {
+    }
+
+    /// Wraps a core watch. With a callback, the registry keeps the watch (`keep`) until
+    /// `close()` or the registry's close, even if the Python object is dropped.
+    pub(crate) fn new(
+        watch: Watch,
+        route: Option<Route>,
+        active: Arc<AtomicBool>,
+        keep: &Mutex<Vec<Arc<Watch>>>,
+    ) -> Self {
+        let watch = Arc::new(watch);
+        let has_callback = route.is_some();
+        if has_callback {
+            let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
+            kept.retain(|w| !w.is_finished());
+            kept.push(watch.clone());
+        }
+        PyWatch {
             inner: ForkBound::new(watch),
             has_callback,
             closed: AtomicBool::new(false),
             active,
-        })
+        }
     }
 
     fn core(&self, py: Python<'_>) -> PyResult<&Arc<Watch>> {

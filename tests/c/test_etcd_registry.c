@@ -523,8 +523,8 @@ static void test_register_list_unregister(void) {
     CHECK_STATUS(etcd_registry_wait_registered(r, id, 10), ETCD_REGISTRY_STATUS_NOT_FOUND);
     CHECK_STATUS(etcd_registry_registration_lease_id(r, id, &lease), ETCD_REGISTRY_STATUS_NOT_FOUND);
     CHECK_STATUS(etcd_registry_unregister(r, 987654321), ETCD_REGISTRY_STATUS_NOT_FOUND);
-    /* No UNREGISTERED for an unregister the caller asked for; nothing after it. */
-    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, NULL, 0) < 0);
+    /* unregister delivered UNREGISTERED before it returned, as the last event. */
+    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, NULL, 0) == count_of(&rec) - 1);
 
     CHECK_OK(etcd_registry_close(r));
     etcd_registry_free(r);
@@ -933,7 +933,8 @@ static void test_calls_from_inside_callbacks(void) {
     CHECK(atomic_load(&ctx->unregister_status) == ETCD_REGISTRY_STATUS_OK);
     CHECK(count_nodes(r, "selfish") == 0);
     CHECK_STATUS(etcd_registry_unregister(r, id), ETCD_REGISTRY_STATUS_NOT_FOUND);
-    CHECK(atomic_load(&ctx->calls) == 1);
+    /* REGISTERED, then UNREGISTERED delivered nested in the unregister made by the callback. */
+    CHECK(atomic_load(&ctx->calls) == 2);
 
     /* Two watches on one service: each stops itself at its first event. */
     self_unwatch *w1 = calloc(1, sizeof *w1), *w2 = calloc(1, sizeof *w2);
@@ -1115,12 +1116,24 @@ static void test_pull_api(void) {
     }
     CHECK(registered && added);
 
+    /* A reader that keeps up loses nothing; the counter is the pull queue's for any pulled id. */
+    uint64_t dropped = 7;
+    CHECK_OK(etcd_registry_dropped_events(r, 0, &dropped));
+    CHECK(dropped == 0);
+    dropped = 7;
+    CHECK_OK(etcd_registry_dropped_events(r, reg, &dropped));
+    CHECK(dropped == 0);
+    CHECK_STATUS(etcd_registry_dropped_events(r, 987654321, &dropped), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_STATUS(etcd_registry_dropped_events(r, 0, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_dropped_events(NULL, 0, &dropped), ETCD_REGISTRY_STATUS_NULL_POINTER);
+
     /* After unregister/unwatch returns, nothing of theirs is pulled any more. */
     uint64_t quiet = 0;
     REQUIRE_OK(etcd_registry_register_json(r, "pulled", "n2", NULL, 10000, NULL, NULL, &quiet));
     REQUIRE_OK(etcd_registry_wait_registered(r, quiet, (uint64_t)(10000 * slow)));
     CHECK_OK(etcd_registry_unwatch(r, watch));
     CHECK_OK(etcd_registry_unregister(r, quiet));
+    bool quiet_ended = false;
     for (;;) {
         etcd_registry_event *e = NULL;
         etcd_registry_status s = etcd_registry_next_event(r, 200, &e);
@@ -1128,10 +1141,24 @@ static void test_pull_api(void) {
             CHECK(s == ETCD_REGISTRY_STATUS_TIMEOUT);
             break;
         }
-        CHECK(e->event_type == ETCD_REGISTRY_EVENT_TYPE_STATUS && e->status.registration_id == reg);
+        /* Only the events queued before: the last one of `quiet` is its UNREGISTERED. */
+        CHECK(e->event_type == ETCD_REGISTRY_EVENT_TYPE_STATUS);
+        if (e->status.registration_id == quiet) {
+            CHECK(!quiet_ended);
+            quiet_ended = e->status.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED;
+        } else {
+            CHECK(e->status.registration_id == reg);
+        }
         etcd_registry_event_free(e);
     }
+    CHECK(quiet_ended);
     CHECK_OK(etcd_registry_close(r));
+    /* After close: what is still queued (reg's UNREGISTERED, its last event), then CLOSED. */
+    event = NULL;
+    REQUIRE_OK(etcd_registry_next_event(r, 0, &event));
+    CHECK(event->event_type == ETCD_REGISTRY_EVENT_TYPE_STATUS && event->status.registration_id == reg &&
+          event->status.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED);
+    etcd_registry_event_free(event);
     CHECK_STATUS(etcd_registry_next_event(r, 0, &event), ETCD_REGISTRY_STATUS_CLOSED);
     etcd_registry_free(r);
 }
@@ -1192,7 +1219,8 @@ static void test_use_after_close_and_double_close(void) {
     int status_calls = count_of(&rec), watch_calls = count_of(&events);
     CHECK(barrier("closed", "after-close"));
     CHECK(count_of(&rec) == status_calls && count_of(&events) == watch_calls);
-    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, NULL, 0) < 0);
+    /* close delivered UNREGISTERED before it returned, as the last event. */
+    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, NULL, 0) == status_calls - 1);
 
     uint64_t out = 5;
     uint32_t state = 0;

@@ -1,7 +1,9 @@
 /* The C interop program (see tests/interop/README.md). */
 #define _POSIX_C_SOURCE 200809L
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdbool.h>
 #include <string.h>
 #include <time.h>
 
@@ -21,6 +23,37 @@ static void die(const char *what, etcd_registry_status status) {
 
 static void ignore_status(const etcd_registry_status_event *e, void *u) { (void)e; (void)u; }
 static void ignore_watch(const etcd_registry_watch_event *e, void *u) { (void)e; (void)u; }
+
+static const char *kind_name(etcd_registry_status_kind kind) {
+    switch (kind) {
+    case ETCD_REGISTRY_STATUS_KIND_REGISTERED: return "registered";
+    case ETCD_REGISTRY_STATUS_KIND_FAILED: return "failed";
+    case ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST: return "keepalive_lost";
+    case ETCD_REGISTRY_STATUS_KIND_RETRYING: return "retrying";
+    case ETCD_REGISTRY_STATUS_KIND_REREGISTERED: return "reregistered";
+    case ETCD_REGISTRY_STATUS_KIND_UNREGISTERED: return "unregistered";
+    case ETCD_REGISTRY_STATUS_KIND_UPDATED: return "updated";
+    default: return "unknown";
+    }
+}
+
+/* events: one line "<node> <kind>" per status event, from the callback thread. */
+static void print_status(const etcd_registry_status_event *e, void *u) {
+    (void)u;
+    printf("%s %s\n", e->node, kind_name(e->kind));
+    fflush(stdout);
+}
+
+/* events ... pull: the same lines, from a thread pulling until the registry is closed. */
+static void *print_pulled(void *arg) {
+    etcd_registry *reg = arg;
+    etcd_registry_event *e = NULL;
+    while (etcd_registry_next_event(reg, ETCD_REGISTRY_WAIT_FOREVER, &e) == ETCD_REGISTRY_STATUS_OK) {
+        if (e->event_type == ETCD_REGISTRY_EVENT_TYPE_STATUS) print_status(&e->status, NULL);
+        etcd_registry_event_free(e);
+    }
+    return NULL;
+}
 
 /* Prints [{"name": ..., "info": {...}}, ...]; the library returns nodes sorted by name, and info
  * JSON as stored by the library (a compact object with sorted keys). A node without an info
@@ -63,6 +96,28 @@ int main(int argc, char **argv) {
         while (getchar() != EOF) {
         }
         CHECK("unregister", etcd_registry_unregister(reg, id));
+    } else if (strcmp(argv[1], "events") == 0 && (argc == 4 || argc == 5)) {
+        /* The scenario of tests/interop/test_events.py, driven by commands on stdin. */
+        bool pull = argc == 5 && strcmp(argv[4], "pull") == 0;
+        etcd_registry_status_callback callback = pull ? NULL : print_status;
+        uint64_t ttl_ms = strtoull(argv[3], NULL, 10) * 1000, a = 0, b = 0;
+        pthread_t puller;
+        if (pull && pthread_create(&puller, NULL, print_pulled, reg) != 0) return 1;
+        CHECK("register a", etcd_registry_register(reg, argv[2], "a", NULL, ttl_ms, callback, NULL, &a));
+        char line[64];
+        while (fgets(line, sizeof line, stdin)) {
+            if (strcmp(line, "unregister\n") == 0) {
+                CHECK("unregister", etcd_registry_unregister(reg, a));
+                CHECK("register b", etcd_registry_register(reg, argv[2], "b", NULL, ttl_ms, callback, NULL, &b));
+            } else if (strcmp(line, "close\n") == 0) {
+                break;
+            }
+        }
+        CHECK("close", etcd_registry_close(reg));
+        if (pull) pthread_join(puller, NULL);
+        printf("end\n");
+        etcd_registry_free(reg);
+        return 0;
     } else if (strcmp(argv[1], "list") == 0) {
         etcd_registry_node_list *list = NULL;
         CHECK("list", etcd_registry_list(reg, argv[2], &list));

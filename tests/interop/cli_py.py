@@ -3,12 +3,38 @@
 import json
 import os
 import sys
+import threading
 
 import etcd_registry
 
 
 def dump(nodes):
     print(json.dumps([{"name": n.name, "info": n.info} for n in sorted(nodes, key=lambda n: n.name)]))
+
+
+def events(reg, service, ttl):
+    """The scenario of tests/interop/test_events.py, driven by commands on stdin: one line
+    "<node> <kind>" per status event, from the on_status callbacks."""
+    ended = {"a": threading.Event(), "b": threading.Event()}
+
+    def on_status(event):
+        print(event.node_name, event.kind, flush=True)
+        if event.kind == "unregistered":
+            ended[event.node_name].set()
+
+    a = reg.register(service, "a", ttl=ttl, on_status=on_status)
+    for line in sys.stdin:
+        if line.strip() == "unregister":
+            a.unregister()
+            reg.register(service, "b", ttl=ttl, on_status=on_status)
+        elif line.strip() == "close":
+            break
+    reg.close()
+    # close() returns with "unregistered" queued for the callback thread.
+    for node, event in ended.items():
+        if not event.wait(30.0):
+            sys.exit(f"no 'unregistered' for {node}")
+    print("end", flush=True)
 
 
 def main(argv):
@@ -32,8 +58,11 @@ def main(argv):
                     if watch.next_event(timeout=30.0) is None:
                         sys.exit("watch ended or timed out")
                 dump(watch.nodes())
+        elif argv[0] == "events":
+            events(reg, argv[1], float(argv[2]))
+            return
         else:
-            sys.exit("usage: cli register|list|watch ...")
+            sys.exit("usage: cli register|list|watch|events ...")
 
 
 if __name__ == "__main__":

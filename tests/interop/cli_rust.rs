@@ -1,6 +1,6 @@
 //! The Rust interop program (see tests/interop/README.md).
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::time::Duration;
 
 use etcd_registry::{Config, Info, Node, Registry};
@@ -14,7 +14,7 @@ fn print_nodes(mut nodes: Vec<Node>) {
     println!("{}", serde_json::Value::Array(json));
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let endpoints = std::env::var("ETCD_ENDPOINTS")?;
@@ -52,7 +52,37 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
             print_nodes(watch.nodes());
         }
-        _ => return Err("usage: cli register|list|watch ...".into()),
+        ["events", service, ttl] => {
+            // The registry-wide stream, subscribed before registering: every event of both
+            // registrations, printed as "<node> <kind>" (see test_events.py).
+            let events = registry.events();
+            let printer = tokio::spawn(async move {
+                while let Some(event) = events.next().await {
+                    if let etcd_registry::Event::Status { node, .. } = &event {
+                        println!("{node} {}", event.kind_str());
+                    }
+                }
+            });
+            let ttl = Duration::from_secs(ttl.parse()?);
+            let a = registry.register(service, Node::new("a", Info::new()), ttl)?;
+            let mut lines = std::io::stdin().lock().lines();
+            let mut command = move || lines.next().transpose();
+            while let Some(line) = tokio::task::block_in_place(&mut command)? {
+                match line.trim() {
+                    "unregister" => {
+                        a.unregister().await?;
+                        registry.register(service, Node::new("b", Info::new()), ttl)?;
+                    }
+                    "close" => break,
+                    other => return Err(format!("unknown command {other:?}").into()),
+                }
+            }
+            registry.close().await?;
+            printer.await?;
+            println!("end");
+            return Ok(());
+        }
+        _ => return Err("usage: cli register|list|watch|events ...".into()),
     }
     registry.close().await?;
     Ok(())

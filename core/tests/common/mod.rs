@@ -6,8 +6,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use etcd_harness::EtcdCluster;
+use etcd_registry::StatusEvents;
 use etcd_registry::{Config, Info, Node, StatusEvent};
-use tokio::sync::mpsc::UnboundedReceiver;
 use tokio::time::Instant;
 
 /// Generous upper bound for anything that should happen "soon": tests poll, never sleep.
@@ -72,7 +72,7 @@ where
 
 /// Reads events until one matches, returning it and everything read before it.
 pub async fn wait_event(
-    events: &mut UnboundedReceiver<StatusEvent>,
+    events: &mut StatusEvents,
     what: &str,
     matches: impl Fn(&StatusEvent) -> bool,
 ) -> (StatusEvent, Vec<StatusEvent>) {

@@ -2,6 +2,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -113,7 +114,54 @@ func main() {
 				log.Fatal("watch timed out")
 			}
 		}
+	case "events":
+		runEvents(reg, args[1], args[2])
 	default:
-		log.Fatal("usage: cli register|list|watch ...")
+		log.Fatal("usage: cli register|list|watch|events ...")
 	}
+}
+
+// runEvents is the scenario of tests/interop/test_events.py, driven by commands on stdin: one
+// line "<node> <kind>" per status event, read from each registration's Events channel.
+func runEvents(reg *etcdregistry.EtcdRegistry, service, ttlArg string) {
+	ttl, err := strconv.Atoi(ttlArg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	register := func(name string) (*etcdregistry.Registration, chan struct{}) {
+		g, err := reg.Register(context.Background(), service, etcdregistry.Node{Name: name}, time.Duration(ttl)*time.Second)
+		if err != nil {
+			log.Fatal(err)
+		}
+		printed := make(chan struct{})
+		go func() {
+			defer close(printed)
+			for ev := range g.Events() {
+				fmt.Printf("%s %s\n", ev.Node, ev.Kind)
+			}
+		}()
+		return g, printed
+	}
+	a, printed := register("a")
+	lines := bufio.NewScanner(os.Stdin)
+	for lines.Scan() {
+		switch lines.Text() {
+		case "unregister":
+			if err := a.Unregister(context.Background()); err != nil {
+				log.Fatal(err)
+			}
+			<-printed
+			_, printed = register("b")
+			continue
+		case "close":
+		default:
+			log.Fatalf("unknown command %q", lines.Text())
+		}
+		break
+	}
+	if err := reg.Close(); err != nil {
+		log.Fatal(err)
+	}
+	<-printed
+	fmt.Println("end")
 }

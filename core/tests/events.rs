@@ -1,0 +1,157 @@
+//! The one event mechanism (`etcd_registry::events`) against a real etcd: the registry-wide
+//! stream, routes to a shared stream and to a handler, the end rule, and the bounded policy.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use etcd_registry::events::Next;
+use etcd_registry::{
+    Event, EventStream, Handler, Registry, Route, StatusEvent, EVENT_QUEUE_CAPACITY,
+};
+
+fn status_kinds(events: &[Event]) -> Vec<(String, &'static str)> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Status { node, .. } => Some((node.to_string(), e.kind_str())),
+            Event::Watch { .. } => None,
+        })
+        .collect()
+}
+
+async fn next(stream: &EventStream) -> Event {
+    tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("an event in time")
+        .expect("the stream has not ended")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_wide_stream_sees_every_event_and_ends_after_close() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    let events = registry.events();
+    let a = registry
+        .register("api", node("a", &[]), Duration::from_secs(5))
+        .unwrap();
+    let first = next(&events).await;
+    assert_eq!(first.id(), a.id());
+    assert_eq!(status_kinds(&[first]), [("a".into(), "registered")]);
+    let watch = registry.watch("api").await.unwrap();
+    let added = next(&events).await;
+    assert!(
+        matches!(&added, Event::Watch { watch_id, .. } if *watch_id == watch.id()),
+        "{added:?}"
+    );
+    a.unregister().await.unwrap();
+    // Queued before unregister returned: no waiting.
+    let removed_or_unregistered = [events.try_next(), events.try_next()];
+    assert!(
+        removed_or_unregistered.iter().any(|n| matches!(
+            n,
+            Next::Event(Event::Status {
+                event: StatusEvent::Unregistered,
+                ..
+            })
+        )),
+        "{removed_or_unregistered:?}"
+    );
+    registry
+        .register("api", node("b", &[]), Duration::from_secs(5))
+        .unwrap();
+    registry.close().await.unwrap();
+    let mut rest = Vec::new();
+    while let Some(event) = tokio::time::timeout(DEADLINE, events.next()).await.unwrap() {
+        rest.push(event);
+    }
+    let rest = status_kinds(&rest);
+    assert_eq!(
+        rest.last(),
+        Some(&("b".to_string(), "unregistered")),
+        "close delivers b's last event, then the stream ends: {rest:?}"
+    );
+    assert_eq!(events.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_has_seen_unregistered_when_unregister_and_close_return() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let handler = Handler::new(move |e: &Event| {
+        let Event::Status { node, .. } = e else {
+            return;
+        };
+        into.lock()
+            .unwrap()
+            .push(format!("{node} {}", e.kind_str()));
+    })
+    .unwrap();
+    let route = Route::handler(&handler);
+    let a = registry
+        .register_routed("api", node("a", &[]), Duration::from_secs(5), &route)
+        .unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    a.unregister().await.unwrap();
+    assert_eq!(
+        seen.lock().unwrap().last().map(String::as_str),
+        Some("a unregistered"),
+        "delivered before unregister returned"
+    );
+    let b = registry
+        .register_routed("api", node("b", &[]), Duration::from_secs(5), &route)
+        .unwrap();
+    b.wait_registered(DEADLINE).await.unwrap();
+    registry.close().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            "a registered",
+            "a unregistered",
+            "b registered",
+            "b unregistered"
+        ],
+        "delivered before close returned"
+    );
+    assert_eq!(handler.dropped(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unread_stream_keeps_the_newest_events_and_every_unregistered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    let unread = EventStream::new();
+    let route = Route::stream(&unread);
+    let count = EVENT_QUEUE_CAPACITY + 76;
+    let mut regs = Vec::new();
+    for i in 0..count {
+        let name = format!("n{i}");
+        regs.push(
+            registry
+                .register_routed("many", node(&name, &[]), Duration::from_secs(30), &route)
+                .unwrap(),
+        );
+    }
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    assert_eq!(unread.len(), EVENT_QUEUE_CAPACITY, "bounded");
+    assert_eq!(
+        unread.dropped(),
+        76,
+        "the oldest registered events were dropped"
+    );
+    registry.close().await.unwrap();
+    // Every Unregistered is kept, the Registered events make room for them.
+    let mut unregistered = 0;
+    while let Next::Event(event) = unread.try_next() {
+        assert!(event.is_final(), "{event:?}");
+        unregistered += 1;
+    }
+    assert_eq!(unregistered, count);
+    assert_eq!(unread.dropped(), count as u64);
+}
