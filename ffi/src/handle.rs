@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use registry::events::Next;
 use registry::{
-    runtime, EventStream, Handler, Info, InfoBytes, Node, Registration, RegistrationState,
-    Registry, Route, Watch,
+    runtime, EventStream, Handler, Info, InfoBytes, Registration, RegistrationState, Registry,
+    Route, Watch,
 };
 use tokio::runtime::Handle;
 
