@@ -258,35 +258,9 @@ typedef struct etcd_registry_config etcd_registry_config;
 typedef struct etcd_registry_node_list etcd_registry_node_list;
 
 /**
- * One key/value pair of a node's info: each a pointer and a length in bytes.
- *
- * Given to the library, a key or value may hold any bytes, NUL included (the lengths count,
- * not NUL terminators); bytes that are not UTF-8 are stored as Go's `json.Marshal` writes them
- * (each invalid byte as the escape `\ufffd`, read back as U+FFFD). A pointer may be NULL only
- * when its length is 0.
- *
- * Handed out by the library (node lists, watch events), both are UTF-8 and are also followed by
- * a NUL that the length does not count, so that one without NUL inside can be read as a C
- * string.
+ * Which member of an `etcd_registry_event` is meaningful; one of `ETCD_REGISTRY_EVENT_TYPE_*`.
  */
-typedef struct etcd_registry_info_entry {
-    /**
-     * The key, e.g. "address". Never empty.
-     */
-    const char *key;
-    /**
-     * The length of the key in bytes.
-     */
-    size_t key_len;
-    /**
-     * Its value, e.g. "10.0.0.5:8080".
-     */
-    const char *value;
-    /**
-     * The length of the value in bytes.
-     */
-    size_t value_len;
-} etcd_registry_info_entry;
+typedef uint32_t etcd_registry_event_type;
 
 /**
  * Kind of an `etcd_registry_status_event`; one of the `ETCD_REGISTRY_STATUS_KIND_*` values.
@@ -340,21 +314,40 @@ typedef struct etcd_registry_status_event {
 } etcd_registry_status_event;
 
 /**
- * Called with each status event of one registration. See the header's top comment for the
- * thread and the guarantees.
- */
-typedef void (*etcd_registry_status_callback)(const struct etcd_registry_status_event *event,
-                                              void *user_data);
-
-/**
- * Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
- */
-typedef uint32_t etcd_registry_state;
-
-/**
  * Kind of an `etcd_registry_watch_event`; one of the `ETCD_REGISTRY_WATCH_KIND_*` values.
  */
 typedef uint32_t etcd_registry_watch_kind;
+
+/**
+ * One key/value pair of a node's info: each a pointer and a length in bytes.
+ *
+ * Given to the library, a key or value may hold any bytes, NUL included (the lengths count,
+ * not NUL terminators); bytes that are not UTF-8 are stored as Go's `json.Marshal` writes them
+ * (each invalid byte as the escape `\ufffd`, read back as U+FFFD). A pointer may be NULL only
+ * when its length is 0.
+ *
+ * Handed out by the library (node lists, watch events), both are UTF-8 and are also followed by
+ * a NUL that the length does not count, so that one without NUL inside can be read as a C
+ * string.
+ */
+typedef struct etcd_registry_info_entry {
+    /**
+     * The key, e.g. "address". Never empty.
+     */
+    const char *key;
+    /**
+     * The length of the key in bytes.
+     */
+    size_t key_len;
+    /**
+     * Its value, e.g. "10.0.0.5:8080".
+     */
+    const char *value;
+    /**
+     * The length of the value in bytes.
+     */
+    size_t value_len;
+} etcd_registry_info_entry;
 
 /**
  * A change of a watched service. Pointers as in `etcd_registry_status_event`.
@@ -401,18 +394,6 @@ typedef struct etcd_registry_watch_event {
      */
     int64_t revision;
 } etcd_registry_watch_event;
-
-/**
- * Called with each event of one watch. See the header's top comment for the thread and the
- * guarantees.
- */
-typedef void (*etcd_registry_watch_callback)(const struct etcd_registry_watch_event *event,
-                                             void *user_data);
-
-/**
- * Which member of an `etcd_registry_event` is meaningful; one of `ETCD_REGISTRY_EVENT_TYPE_*`.
- */
-typedef uint32_t etcd_registry_event_type;
 
 /**
  * An event taken from the pull queue by `etcd_registry_next_event`. `event_type` says which of
@@ -476,6 +457,25 @@ typedef struct etcd_registry_node_entry {
      */
     bool info_absent;
 } etcd_registry_node_entry;
+
+/**
+ * Called with each status event of one registration. See the header's top comment for the
+ * thread and the guarantees.
+ */
+typedef void (*etcd_registry_status_callback)(const struct etcd_registry_status_event *event,
+                                              void *user_data);
+
+/**
+ * Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
+ */
+typedef uint32_t etcd_registry_state;
+
+/**
+ * Called with each event of one watch. See the header's top comment for the thread and the
+ * guarantees.
+ */
+typedef void (*etcd_registry_watch_callback)(const struct etcd_registry_watch_event *event,
+                                             void *user_data);
 
 /**
  * The key was put for the first time (`lease_id` is set).
@@ -553,26 +553,6 @@ typedef struct etcd_registry_node_entry {
 #define ETCD_REGISTRY_EVENT_TYPE_WATCH 2
 
 /**
- * Not registered yet: the first attempt is under way or being retried.
- */
-#define ETCD_REGISTRY_STATE_REGISTERING 1
-
-/**
- * The key is in etcd and its lease is kept alive.
- */
-#define ETCD_REGISTRY_STATE_REGISTERED 2
-
-/**
- * The key was registered, then the lease or the connection was lost; retrying.
- */
-#define ETCD_REGISTRY_STATE_RETRYING 3
-
-/**
- * Ended: replaced by a newer registration of the same node.
- */
-#define ETCD_REGISTRY_STATE_UNREGISTERED 4
-
-/**
  * No logs at all.
  */
 #define ETCD_REGISTRY_LOG_OFF 0
@@ -601,6 +581,26 @@ typedef struct etcd_registry_node_entry {
  * Everything.
  */
 #define ETCD_REGISTRY_LOG_TRACE 5
+
+/**
+ * Not registered yet: the first attempt is under way or being retried.
+ */
+#define ETCD_REGISTRY_STATE_REGISTERING 1
+
+/**
+ * The key is in etcd and its lease is kept alive.
+ */
+#define ETCD_REGISTRY_STATE_REGISTERED 2
+
+/**
+ * The key was registered, then the lease or the connection was lost; retrying.
+ */
+#define ETCD_REGISTRY_STATE_RETRYING 3
+
+/**
+ * Ended: replaced by a newer registration of the same node.
+ */
+#define ETCD_REGISTRY_STATE_UNREGISTERED 4
 
 #ifdef __cplusplus
 extern "C" {
@@ -719,6 +719,33 @@ etcd_registry_status etcd_registry_config_set_tls_server_name(struct etcd_regist
                                                               const char *name);
 
 /**
+ * Takes the next queued event of this registry's registrations and watches made with a NULL
+ * callback, in order per registration/watch, waiting up to `timeout_ms` (0: do not wait;
+ * `ETCD_REGISTRY_WAIT_FOREVER`: no limit). TIMEOUT when none came in time; CLOSED once the
+ * registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
+ * another thread). `*out_event` is written only on success; free it with
+ * `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+ */
+etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
+                                              uint64_t timeout_ms,
+                                              struct etcd_registry_event **out_event);
+
+/**
+ * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
+ * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+ * registration or watch made with a NULL callback, the pull queue's count; for one made with a
+ * callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
+ */
+etcd_registry_status etcd_registry_dropped_events(struct etcd_registry *registry,
+                                                  uint64_t id,
+                                                  uint64_t *out_count);
+
+/**
+ * Frees an event from `etcd_registry_next_event`. NULL is allowed.
+ */
+void etcd_registry_event_free(struct etcd_registry_event *event);
+
+/**
  * Creates a registry from `config` (which is copied: free it whenever you like). Checks the
  * configuration but does not dial: etcd may be down now; every operation connects when it needs
  * to, and registrations retry until it is up. Starts the library's global runtime on first use.
@@ -728,6 +755,110 @@ etcd_registry_status etcd_registry_config_set_tls_server_name(struct etcd_regist
  */
 etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *config,
                                            struct etcd_registry **out_registry);
+
+/**
+ * Lists a service's nodes in one etcd request (an unknown service gives an empty list). Blocks
+ * until etcd answers or the configured timeout passes (TIMEOUT / CONNECTION).
+ * `*out_node_list` is written only on success; free it with `etcd_registry_node_list_free`.
+ */
+etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
+                                        const char *service,
+                                        struct etcd_registry_node_list **out_node_list);
+
+/**
+ * Closes the registry: stops the watches, revokes the leases (which deletes every registered key
+ * at once), delivers UNREGISTERED to every registration (the last call of its callback, or
+ * queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and
+ * returns when etcd has answered or the timeout passed (never failing because etcd is
+ * unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
+ * registry is running or will be called. Idempotent: a second close, from any
+ * thread, waits until the first has finished and no callback of this registry runs, then
+ * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+ * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
+ * freeing a handle created by the parent does nothing: the registrations stay the parent's.
+ */
+etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
+
+/**
+ * Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
+ * it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
+ * call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
+ */
+void etcd_registry_free(struct etcd_registry *registry);
+
+/**
+ * Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL
+ * callback or `ETCD_REGISTRY_LOG_OFF` turns forwarding off. Without a callback the library
+ * logs nothing anywhere. Messages from the library's dependencies (gRPC, HTTP/2) are forwarded
+ * at WARN and ERROR only.
+ *
+ * The callback may be called from any thread (the library's runtime threads, the callback
+ * thread, or a thread of yours inside a library call), and from several threads at once: make
+ * it thread-safe and keep it short. The library holds none of its locks while calling it. It
+ * should not call into the library (such calls work, but their logs are dropped; and blocking
+ * calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns, the
+ * previous callback is not running and will not be called again.
+ *
+ * INVALID_ARGUMENT for an unknown level or when called from inside the log callback.
+ */
+etcd_registry_status etcd_registry_set_log_callback(etcd_registry_log_callback callback,
+                                                    etcd_registry_log_level max_level,
+                                                    void *user_data);
+
+/**
+ * The number of nodes; 0 for a NULL list.
+ */
+size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
+
+/**
+ * All nodes at once, as an array of `etcd_registry_node_list_len(list)` entries sorted by name,
+ * each with its name and its info entries (sorted by key), every string with its length: the
+ * fastest way to read a whole list, and the exact one (a name, key or value may hold NUL
+ * characters, which the C-string accessors cannot show). NULL when `list` is NULL or empty. The
+ * array, the info arrays and their strings are owned by the list and valid until
+ * `etcd_registry_node_list_free`; nothing is promised about where they lie in memory.
+ *
+ * ```c
+ * const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
+ * for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)
+ *     for (size_t j = 0; j < nodes[i].info_len; j++)
+ *         printf("%.*s %.*s=%.*s\n", (int)nodes[i].name_len, nodes[i].name,
+ *                (int)nodes[i].info[j].key_len, nodes[i].info[j].key,
+ *                (int)nodes[i].info[j].value_len, nodes[i].info[j].value);
+ * ```
+ */
+const struct etcd_registry_node_entry *etcd_registry_node_list_entries(const struct etcd_registry_node_list *list);
+
+/**
+ * The name of node `index` as a C string, or NULL when `list` is NULL or `index` is out of
+ * range. (A name with a NUL character reads cut short here; the entries have its length.)
+ */
+const char *etcd_registry_node_list_name(const struct etcd_registry_node_list *list, size_t index);
+
+/**
+ * The info of node `index` as a JSON object of strings, a convenience made by the same encoder
+ * that writes values to etcd: the bytes Go's `json.Marshal` writes for the map (sorted keys, e.g.
+ * `{"address":"10.0.0.5:8080"}`, `{}` when it is empty), `null` when the node has no info object
+ * at all (its value in etcd was empty, `null` or not a JSON object: what Go's library reads as
+ * a nil map), or NULL when `list` is NULL or `index` is out of range.
+ */
+const char *etcd_registry_node_list_info_json(const struct etcd_registry_node_list *list,
+                                              size_t index);
+
+/**
+ * One info value of node `index` as a C string (e.g. for key "address"), or NULL when the node
+ * has no such key, `index` is out of range, or an argument is NULL or not UTF-8. A value with a
+ * NUL character reads cut short here (the entries have its length), and a key with one cannot
+ * be asked for.
+ */
+const char *etcd_registry_node_list_info_value(const struct etcd_registry_node_list *list,
+                                               size_t index,
+                                               const char *key);
+
+/**
+ * Frees a node list and every string it handed out. NULL is allowed.
+ */
+void etcd_registry_node_list_free(struct etcd_registry_node_list *list);
 
 /**
  * Registers `node` under `service` with the info `info`, an array of `info_len` key/value
@@ -871,13 +1002,32 @@ etcd_registry_status etcd_registry_registration_lease_id(struct etcd_registry *r
                                                          int64_t *out_lease_id);
 
 /**
- * Lists a service's nodes in one etcd request (an unknown service gives an empty list). Blocks
- * until etcd answers or the configured timeout passes (TIMEOUT / CONNECTION).
- * `*out_node_list` is written only on success; free it with `etcd_registry_node_list_free`.
+ * The message of the last failed call on the calling thread, or "" when the last
+ * status-returning call on this thread succeeded. Never NULL. It does not repeat the status
+ * (`etcd_registry_status_name` gives that), e.g. "node name must not be empty".
+ *
+ * The string belongs to the library and stays valid until the next status-returning call on
+ * the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).
+ * Thread-local: hosts whose code can move between OS threads between two calls (Go) must read
+ * it in the same native call as the failing function, or use the copy variant from that call.
  */
-etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
-                                        const char *service,
-                                        struct etcd_registry_node_list **out_node_list);
+const char *etcd_registry_last_error_message(void);
+
+/**
+ * Copies the last error message of the calling thread into `buffer` (of `capacity` bytes),
+ * truncated if needed and always NUL-terminated when `capacity > 0`, like `snprintf`.
+ *
+ * Returns the length of the full message in bytes (without the NUL): a return value of
+ * `capacity` or more means the copy was truncated. `buffer` may be NULL when `capacity` is 0,
+ * to ask for the length. Does not change the last error.
+ */
+size_t etcd_registry_last_error_copy(char *buffer, size_t capacity);
+
+/**
+ * A short lowercase name of a status ("ok", "timeout", "not found" …), or "unknown" for a
+ * number this version does not know. Static storage; never NULL.
+ */
+const char *etcd_registry_status_name(uint32_t status);
 
 /**
  * Watches a service: lists it (failing with CONNECTION/TIMEOUT if etcd cannot be reached now),
@@ -910,156 +1060,6 @@ etcd_registry_status etcd_registry_unwatch(struct etcd_registry *registry, uint6
 etcd_registry_status etcd_registry_watch_nodes(struct etcd_registry *registry,
                                                uint64_t watch_id,
                                                struct etcd_registry_node_list **out_node_list);
-
-/**
- * Takes the next queued event of this registry's registrations and watches made with a NULL
- * callback, in order per registration/watch, waiting up to `timeout_ms` (0: do not wait;
- * `ETCD_REGISTRY_WAIT_FOREVER`: no limit). TIMEOUT when none came in time; CLOSED once the
- * registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
- * another thread). `*out_event` is written only on success; free it with
- * `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
- */
-etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
-                                              uint64_t timeout_ms,
-                                              struct etcd_registry_event **out_event);
-
-/**
- * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
- * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
- * registration or watch made with a NULL callback, the pull queue's count; for one made with a
- * callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
- */
-etcd_registry_status etcd_registry_dropped_events(struct etcd_registry *registry,
-                                                  uint64_t id,
-                                                  uint64_t *out_count);
-
-/**
- * Frees an event from `etcd_registry_next_event`. NULL is allowed.
- */
-void etcd_registry_event_free(struct etcd_registry_event *event);
-
-/**
- * Closes the registry: stops the watches, revokes the leases (which deletes every registered key
- * at once), delivers UNREGISTERED to every registration (the last call of its callback, or
- * queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and
- * returns when etcd has answered or the timeout passed (never failing because etcd is
- * unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
- * registry is running or will be called. Idempotent: a second close, from any
- * thread, waits until the first has finished and no callback of this registry runs, then
- * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
- * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
- * freeing a handle created by the parent does nothing: the registrations stay the parent's.
- */
-etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
-
-/**
- * Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
- * it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
- * call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
- */
-void etcd_registry_free(struct etcd_registry *registry);
-
-/**
- * Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL
- * callback or `ETCD_REGISTRY_LOG_OFF` turns forwarding off. Without a callback the library
- * logs nothing anywhere. Messages from the library's dependencies (gRPC, HTTP/2) are forwarded
- * at WARN and ERROR only.
- *
- * The callback may be called from any thread (the library's runtime threads, the callback
- * thread, or a thread of yours inside a library call), and from several threads at once: make
- * it thread-safe and keep it short. The library holds none of its locks while calling it. It
- * should not call into the library (such calls work, but their logs are dropped; and blocking
- * calls fail with INVALID_ARGUMENT on runtime threads). Once this function returns, the
- * previous callback is not running and will not be called again.
- *
- * INVALID_ARGUMENT for an unknown level or when called from inside the log callback.
- */
-etcd_registry_status etcd_registry_set_log_callback(etcd_registry_log_callback callback,
-                                                    etcd_registry_log_level max_level,
-                                                    void *user_data);
-
-/**
- * The number of nodes; 0 for a NULL list.
- */
-size_t etcd_registry_node_list_len(const struct etcd_registry_node_list *list);
-
-/**
- * All nodes at once, as an array of `etcd_registry_node_list_len(list)` entries sorted by name,
- * each with its name and its info entries (sorted by key), every string with its length: the
- * fastest way to read a whole list, and the exact one (a name, key or value may hold NUL
- * characters, which the C-string accessors cannot show). NULL when `list` is NULL or empty. The
- * array, the info arrays and their strings are owned by the list and valid until
- * `etcd_registry_node_list_free`; nothing is promised about where they lie in memory.
- *
- * ```c
- * const etcd_registry_node_entry *nodes = etcd_registry_node_list_entries(list);
- * for (size_t i = 0; i < etcd_registry_node_list_len(list); i++)
- *     for (size_t j = 0; j < nodes[i].info_len; j++)
- *         printf("%.*s %.*s=%.*s\n", (int)nodes[i].name_len, nodes[i].name,
- *                (int)nodes[i].info[j].key_len, nodes[i].info[j].key,
- *                (int)nodes[i].info[j].value_len, nodes[i].info[j].value);
- * ```
- */
-const struct etcd_registry_node_entry *etcd_registry_node_list_entries(const struct etcd_registry_node_list *list);
-
-/**
- * The name of node `index` as a C string, or NULL when `list` is NULL or `index` is out of
- * range. (A name with a NUL character reads cut short here; the entries have its length.)
- */
-const char *etcd_registry_node_list_name(const struct etcd_registry_node_list *list, size_t index);
-
-/**
- * The info of node `index` as a JSON object of strings, a convenience made by the same encoder
- * that writes values to etcd: the bytes Go's `json.Marshal` writes for the map (sorted keys, e.g.
- * `{"address":"10.0.0.5:8080"}`, `{}` when it is empty), `null` when the node has no info object
- * at all (its value in etcd was empty, `null` or not a JSON object: what Go's library reads as
- * a nil map), or NULL when `list` is NULL or `index` is out of range.
- */
-const char *etcd_registry_node_list_info_json(const struct etcd_registry_node_list *list,
-                                              size_t index);
-
-/**
- * One info value of node `index` as a C string (e.g. for key "address"), or NULL when the node
- * has no such key, `index` is out of range, or an argument is NULL or not UTF-8. A value with a
- * NUL character reads cut short here (the entries have its length), and a key with one cannot
- * be asked for.
- */
-const char *etcd_registry_node_list_info_value(const struct etcd_registry_node_list *list,
-                                               size_t index,
-                                               const char *key);
-
-/**
- * Frees a node list and every string it handed out. NULL is allowed.
- */
-void etcd_registry_node_list_free(struct etcd_registry_node_list *list);
-
-/**
- * The message of the last failed call on the calling thread, or "" when the last
- * status-returning call on this thread succeeded. Never NULL. It does not repeat the status
- * (`etcd_registry_status_name` gives that), e.g. "node name must not be empty".
- *
- * The string belongs to the library and stays valid until the next status-returning call on
- * the same thread; copy it if you need it longer (or use `etcd_registry_last_error_copy`).
- * Thread-local: hosts whose code can move between OS threads between two calls (Go) must read
- * it in the same native call as the failing function, or use the copy variant from that call.
- */
-const char *etcd_registry_last_error_message(void);
-
-/**
- * Copies the last error message of the calling thread into `buffer` (of `capacity` bytes),
- * truncated if needed and always NUL-terminated when `capacity > 0`, like `snprintf`.
- *
- * Returns the length of the full message in bytes (without the NUL): a return value of
- * `capacity` or more means the copy was truncated. `buffer` may be NULL when `capacity` is 0,
- * to ask for the length. Does not change the last error.
- */
-size_t etcd_registry_last_error_copy(char *buffer, size_t capacity);
-
-/**
- * A short lowercase name of a status ("ok", "timeout", "not found" …), or "unknown" for a
- * number this version does not know. Static storage; never NULL.
- */
-const char *etcd_registry_status_name(uint32_t status);
 
 #ifdef __cplusplus
 }  // extern "C"

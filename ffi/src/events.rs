@@ -3,11 +3,13 @@
 
 use std::ffi::{c_char, c_void, CString};
 
+use registry::events::Next;
 use registry::{Event, Handler, StatusEvent, WatchEventKind};
 
+use crate::handle::{duration_ms, etcd_registry, handle, out, write_out};
 use crate::info::etcd_registry_info_entry;
 use crate::node_list::NodeStorage;
-use crate::status::etcd_registry_status;
+use crate::status::{etcd_registry_status, guard, guard_value, Failure};
 use crate::strings::to_c;
 
 /// Kind of an `etcd_registry_status_event`; one of the `ETCD_REGISTRY_STATUS_KIND_*` values.
@@ -371,4 +373,89 @@ impl OwnedEvent {
             }
         }
     }
+}
+
+/// Pass as `timeout_ms` to `etcd_registry_next_event` to wait without a time limit (until an
+/// event comes or the registry is closed).
+pub const ETCD_REGISTRY_WAIT_FOREVER: u64 = 0xFFFF_FFFF_FFFF_FFFF;
+
+/// Takes the next queued event of this registry's registrations and watches made with a NULL
+/// callback, in order per registration/watch, waiting up to `timeout_ms` (0: do not wait;
+/// `ETCD_REGISTRY_WAIT_FOREVER`: no limit). TIMEOUT when none came in time; CLOSED once the
+/// registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
+/// another thread). `*out_event` is written only on success; free it with
+/// `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_next_event(
+    registry: *mut etcd_registry,
+    timeout_ms: u64,
+    out_event: *mut *mut etcd_registry_event,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_event, "out_event")?;
+        if this.forked() {
+            return Err(Failure::closed());
+        }
+        let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
+        match this.queue.next_timeout(timeout) {
+            Next::Event(event) => {
+                let event = Box::new(OwnedEvent::new(&event));
+                write_out(slot, Box::into_raw(event).cast::<etcd_registry_event>());
+                Ok(())
+            }
+            Next::Empty => Err(Failure::new(
+                etcd_registry_status::Timeout,
+                format!("no event within {timeout_ms} ms"),
+            )),
+            Next::Closed => Err(Failure::closed()),
+        }
+    })
+}
+
+/// Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
+/// behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+/// registration or watch made with a NULL callback, the pull queue's count; for one made with a
+/// callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_dropped_events(
+    registry: *mut etcd_registry,
+    id: u64,
+    out_count: *mut u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_count, "out_count")?;
+        let state = this.open()?;
+        let handler = if id == 0 {
+            None
+        } else if let Some(entry) = state.registrations.get(&id) {
+            entry.handler.as_ref()
+        } else if let Some(entry) = state.watches.get(&id) {
+            entry.handler.as_ref()
+        } else {
+            return Err(Failure::new(
+                etcd_registry_status::NotFound,
+                format!("no registration or watch {id} on this registry"),
+            ));
+        };
+        let count = handler.map_or_else(|| this.queue.dropped(), |(h, _)| h.dropped());
+        write_out(slot, count);
+        Ok(())
+    })
+}
+
+/// Frees an event from `etcd_registry_next_event`. NULL is allowed.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_event) {
+    if event.is_null() {
+        return;
+    }
+    guard_value((), || {
+        // SAFETY: every etcd_registry_event handed out is the first field of a boxed
+        // #[repr(C)] OwnedEvent (see etcd_registry_next_event); freed once per the contract.
+        drop(unsafe { Box::from_raw(event.cast::<OwnedEvent>()) });
+    });
 }

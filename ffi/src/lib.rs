@@ -19,9 +19,11 @@ mod handle;
 mod info;
 mod log;
 mod node_list;
+mod registration;
 mod status;
 mod strings;
 mod tsan;
+mod watch;
 
 pub use config::*;
 pub use events::{
@@ -32,14 +34,16 @@ pub use events::{
     ETCD_REGISTRY_STATUS_KIND_KEEPALIVE_LOST, ETCD_REGISTRY_STATUS_KIND_REGISTERED,
     ETCD_REGISTRY_STATUS_KIND_REREGISTERED, ETCD_REGISTRY_STATUS_KIND_RETRYING,
     ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, ETCD_REGISTRY_STATUS_KIND_UPDATED,
-    ETCD_REGISTRY_WATCH_KIND_ADDED, ETCD_REGISTRY_WATCH_KIND_REMOVED,
+    ETCD_REGISTRY_WAIT_FOREVER, ETCD_REGISTRY_WATCH_KIND_ADDED, ETCD_REGISTRY_WATCH_KIND_REMOVED,
     ETCD_REGISTRY_WATCH_KIND_RESYNCED, ETCD_REGISTRY_WATCH_KIND_UPDATED,
 };
 pub use handle::*;
 pub use info::{etcd_registry_info_entry, ETCD_REGISTRY_NO_INFO};
 pub use log::*;
 pub use node_list::*;
+pub use registration::*;
 pub use status::*;
+pub use watch::*;
 
 use std::ffi::c_char;
 
