@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "etcd_registry.h"
+#include "check.h"
 
 #ifdef HAVE_VALGRIND
 #include <valgrind/memcheck.h>
@@ -34,68 +35,7 @@
 
 /* ---------------------------------------------------------------- tiny test framework */
 
-static int current_failed;
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "    %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            current_failed = 1;                                                        \
-        }                                                                              \
-    } while (0)
-
-/* Checks a status; on mismatch prints both names and the library's message. */
-#define CHECK_STATUS(expr, want)                                                           \
-    do {                                                                                   \
-        etcd_registry_status got_ = (expr);                                                \
-        etcd_registry_status want_ = (want);                                               \
-        if (got_ != want_) {                                                               \
-            fprintf(stderr, "    %s:%d: %s returned %s (%u), want %s (%u): %s\n", __FILE__, \
-                    __LINE__, #expr, etcd_registry_status_name(got_), got_,                \
-                    etcd_registry_status_name(want_), want_,                               \
-                    etcd_registry_last_error_message());                                   \
-            current_failed = 1;                                                            \
-        }                                                                                  \
-    } while (0)
-
-#define CHECK_OK(expr) CHECK_STATUS(expr, ETCD_REGISTRY_STATUS_OK)
-
-/* Fails the test and returns from it when a precondition does not hold. */
-#define REQUIRE(cond)                                                                    \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "    %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
-            current_failed = 1;                                                          \
-            return;                                                                      \
-        }                                                                                \
-    } while (0)
-
-#define REQUIRE_OK(expr)                                           \
-    do {                                                           \
-        int before_ = current_failed;                              \
-        current_failed = 0;                                        \
-        CHECK_OK(expr);                                            \
-        if (current_failed) return;                                \
-        current_failed = before_;                                  \
-    } while (0)
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-/* Polls `cond` every 10 ms until it holds or `seconds` pass; evaluates to whether it held. */
-#define WAIT_FOR(cond, seconds)                                         \
-    ({                                                                  \
-        double deadline_ = now_s() + (seconds);                         \
-        bool ok_;                                                       \
-        while (!(ok_ = (cond)) && now_s() < deadline_) usleep(10 * 1000); \
-        ok_;                                                            \
-    })
-
-/* Timeouts are generous: the suite also runs under valgrind, which is ~20x slower. */
-static double slow = 1.0;
 
 /* ---------------------------------------------------------------- harness and helpers */
 
@@ -1754,8 +1694,8 @@ static void test_unregister_and_close_while_etcd_is_stopped(void) {
     REQUIRE_OK(etcd_registry_connect(config, &r));
     etcd_registry_config_free(config);
     uint64_t first = 0, second = 0;
-    REQUIRE_OK(etcd_registry_register(r, "cshut", "n1", NULL, 2000, NULL, NULL, &first));
-    REQUIRE_OK(etcd_registry_register(r, "cshut", "n2", NULL, 2000, NULL, NULL, &second));
+    REQUIRE_OK(etcd_registry_register_json(r, "cshut", "n1", NULL, 2000, NULL, NULL, &first));
+    REQUIRE_OK(etcd_registry_register_json(r, "cshut", "n2", NULL, 2000, NULL, NULL, &second));
     REQUIRE_OK(etcd_registry_wait_registered(r, first, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_wait_registered(r, second, (uint64_t)(10000 * slow)));
     CHECK(count_nodes(r, "cshut") == 2);
@@ -1882,13 +1822,6 @@ static void test_concurrent_updates_end_with_the_last_one(void) {
 
 /* ---------------------------------------------------------------- main */
 
-typedef struct {
-    const char *name;
-    void (*run)(void);
-} test_case;
-
-#define TEST(fn) {#fn, fn}
-
 static const test_case tests[] = {
     TEST(test_version_and_status_names),
     TEST(test_config_setters_and_errors),
@@ -1931,23 +1864,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ETCD_ENDPOINTS is not set: run me under `etcd-harness run --`\n");
         return 2;
     }
-    const char *factor = getenv("ETCD_REGISTRY_TEST_SLOWDOWN");
-    if (factor != NULL && atof(factor) >= 1) slow = atof(factor);
+    read_slowdown();
 
     int passed = 0, failed = 0;
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        bool selected = argc < 2;
-        for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
-        if (!selected) continue;
-        current_failed = 0;
-        double start = now_s();
-        tests[i].run();
-        printf("%s %s (%.1fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, now_s() - start);
-        if (current_failed)
-            failed++;
-        else
-            passed++;
-    }
+    run_tests(tests, sizeof tests / sizeof tests[0], argc, argv, &passed, &failed);
     wait_for_library_teardown();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;

@@ -20,65 +20,9 @@
 #include <unistd.h>
 
 #include "etcd_registry.h"
+#include "check.h"
 
-static int current_failed;
 
-#define CHECK(cond)                                                                    \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
-            fprintf(stderr, "    %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-            current_failed = 1;                                                        \
-        }                                                                              \
-    } while (0)
-
-#define CHECK_STATUS(expr, want)                                                           \
-    do {                                                                                   \
-        etcd_registry_status got_ = (expr);                                                \
-        etcd_registry_status want_ = (want);                                               \
-        if (got_ != want_) {                                                               \
-            fprintf(stderr, "    %s:%d: %s returned %s (%u), want %s (%u): %s\n", __FILE__, \
-                    __LINE__, #expr, etcd_registry_status_name(got_), got_,                \
-                    etcd_registry_status_name(want_), want_,                               \
-                    etcd_registry_last_error_message());                                   \
-            current_failed = 1;                                                            \
-        }                                                                                  \
-    } while (0)
-
-#define CHECK_OK(expr) CHECK_STATUS(expr, ETCD_REGISTRY_STATUS_OK)
-
-#define REQUIRE(cond)                                                                    \
-    do {                                                                                 \
-        if (!(cond)) {                                                                   \
-            fprintf(stderr, "    %s:%d: REQUIRE failed: %s\n", __FILE__, __LINE__, #cond); \
-            current_failed = 1;                                                          \
-            return;                                                                      \
-        }                                                                                \
-    } while (0)
-
-#define CHECK_MESSAGE(text)                                                                    \
-    do {                                                                                       \
-        if (strstr(etcd_registry_last_error_message(), (text)) == NULL) {                      \
-            fprintf(stderr, "    %s:%d: message lacks \"%s\": %s\n", __FILE__, __LINE__, (text), \
-                    etcd_registry_last_error_message());                                       \
-            current_failed = 1;                                                                \
-        }                                                                                      \
-    } while (0)
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
-#define WAIT_FOR(cond, seconds)                                           \
-    ({                                                                    \
-        double deadline_ = now_s() + (seconds);                           \
-        bool ok_;                                                         \
-        while (!(ok_ = (cond)) && now_s() < deadline_) usleep(10 * 1000); \
-        ok_;                                                              \
-    })
-
-static double slow = 1.0;
 static const char *endpoints;
 
 static const char *file(const char *name) {
@@ -340,13 +284,6 @@ static void test_expired_server_certificate(void) {
     CHECK_LIST_MESSAGE("expired");
 }
 
-typedef struct {
-    const char *name;
-    void (*run)(void);
-} test_case;
-
-#define TEST(fn) {#fn, fn}
-
 static const test_case tests[] = {
     TEST(test_mtls_from_files),
     TEST(test_mtls_from_pem_in_memory_with_a_server_name),
@@ -362,8 +299,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "ETCD_ENDPOINTS is not set: run me under `etcd-harness run --client-cert-auth`\n");
         return 2;
     }
-    const char *factor = getenv("ETCD_REGISTRY_TEST_SLOWDOWN");
-    if (factor != NULL && atof(factor) >= 1) slow = atof(factor);
+    read_slowdown();
     int passed = 0, failed = 0;
     if (getenv("ETCD_TLS_EXPIRED_SERVER") != NULL) {
         current_failed = 0;
@@ -372,19 +308,7 @@ int main(int argc, char **argv) {
         printf("%d passed, %d failed\n", !current_failed, current_failed);
         return current_failed;
     }
-    for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
-        bool selected = argc < 2;
-        for (int a = 1; a < argc; a++) selected |= strstr(tests[i].name, argv[a]) != NULL;
-        if (!selected) continue;
-        current_failed = 0;
-        double start = now_s();
-        tests[i].run();
-        printf("%s %s (%.1fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, now_s() - start);
-        if (current_failed)
-            failed++;
-        else
-            passed++;
-    }
+    run_tests(tests, sizeof tests / sizeof tests[0], argc, argv, &passed, &failed);
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;
 }

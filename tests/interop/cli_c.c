@@ -103,12 +103,12 @@ int main(int argc, char **argv) {
         uint64_t ttl_ms = strtoull(argv[3], NULL, 10) * 1000, a = 0, b = 0;
         pthread_t puller;
         if (pull && pthread_create(&puller, NULL, print_pulled, reg) != 0) return 1;
-        CHECK("register a", etcd_registry_register(reg, argv[2], "a", NULL, ttl_ms, callback, NULL, &a));
+        CHECK("register a", etcd_registry_register(reg, argv[2], "a", NULL, 0, ttl_ms, callback, NULL, &a));
         char line[64];
         while (fgets(line, sizeof line, stdin)) {
             if (strcmp(line, "unregister\n") == 0) {
                 CHECK("unregister", etcd_registry_unregister(reg, a));
-                CHECK("register b", etcd_registry_register(reg, argv[2], "b", NULL, ttl_ms, callback, NULL, &b));
+                CHECK("register b", etcd_registry_register(reg, argv[2], "b", NULL, 0, ttl_ms, callback, NULL, &b));
             } else if (strcmp(line, "close\n") == 0) {
                 break;
             }
