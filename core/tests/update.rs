@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use etcd_registry::keys::encode_info;
 use etcd_registry::{
-    ErrorKind, Info, Node, RegistrationState, Registry, StatusEvent, Watch, WatchEvent,
+    ErrorKind, Info, InfoBytes, Node, RegistrationState, Registry, StatusEvent, Watch, WatchEvent,
     WatchEventKind, MAX_REQUEST_BYTES,
 };
 
@@ -302,4 +302,48 @@ async fn bad_updates_are_refused_and_change_nothing() {
     registry.close().await.unwrap();
     let err = other.update(info(&[("v", "2")])).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
+/// Info given as bytes, as C and Go hand it over, is stored exactly as Go's `json.Marshal` writes
+/// the same `map[string]string` (NUL escaped, each invalid UTF-8 byte as `\ufffd`) and read back
+/// as Go reads it; `None` is no info object (an empty value); update_bytes likewise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_bytes_are_stored_as_go_writes_them() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let mut given = InfoBytes::new();
+    given.insert(b"z\xff", b"a\0b\xe2\x80");
+    given.insert(b"a", b"<\xc0\x80>");
+    let reg = registry
+        .register_bytes("api", "n1", Some(&given), TTL)
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    // Expected bytes from Go's json.Marshal (go1.26) of the same map.
+    assert_eq!(
+        etcd.get("/s/api/n1").unwrap().as_deref(),
+        Some(r#"{"a":"\u003c\ufffd\ufffd\u003e","z\ufffd":"a\u0000b\ufffd\ufffd"}"#)
+    );
+    let listed = registry.list("api").await.unwrap();
+    assert_eq!(listed[0].info, given.to_info());
+    assert_eq!(listed[0].info["a"], "<\u{FFFD}\u{FFFD}>");
+
+    let bare = registry.register_bytes("api", "n2", None, TTL).unwrap();
+    bare.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(etcd.get("/s/api/n2").unwrap().as_deref(), Some(""));
+
+    let mut next = InfoBytes::new();
+    next.insert(b"v\0", b"\xfe");
+    reg.update_bytes(&next).unwrap();
+    eventually("the update to land", || async {
+        etcd.get("/s/api/n1").unwrap().as_deref() == Some(r#"{"v\u0000":"\ufffd"}"#)
+    })
+    .await;
+    let mut empty_key = InfoBytes::new();
+    empty_key.insert(b"", b"v");
+    let err = reg.update_bytes(&empty_key).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+    let err = registry
+        .register_bytes("api", "n3", Some(&empty_key), TTL)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
