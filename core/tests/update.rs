@@ -315,7 +315,7 @@ async fn info_bytes_are_stored_as_go_writes_them() {
     given.insert(b"z\xff", b"a\0b\xe2\x80");
     given.insert(b"a", b"<\xc0\x80>");
     let reg = registry
-        .register_bytes("api", "n1", Some(&given), TTL)
+        .register_bytes("api", "n1", Some(&given), TTL, None)
         .unwrap();
     reg.wait_registered(DEADLINE).await.unwrap();
     // Expected bytes from Go's json.Marshal (go1.26) of the same map.
@@ -327,7 +327,9 @@ async fn info_bytes_are_stored_as_go_writes_them() {
     assert_eq!(listed[0].info, given.to_info());
     assert_eq!(listed[0].info["a"], "<\u{FFFD}\u{FFFD}>");
 
-    let bare = registry.register_bytes("api", "n2", None, TTL).unwrap();
+    let bare = registry
+        .register_bytes("api", "n2", None, TTL, None)
+        .unwrap();
     bare.wait_registered(DEADLINE).await.unwrap();
     assert_eq!(etcd.get("/s/api/n2").unwrap().as_deref(), Some(""));
 
@@ -343,7 +345,7 @@ async fn info_bytes_are_stored_as_go_writes_them() {
     let err = reg.update_bytes(&empty_key).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     let err = registry
-        .register_bytes("api", "n3", Some(&empty_key), TTL)
+        .register_bytes("api", "n3", Some(&empty_key), TTL, None)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
