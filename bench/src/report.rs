@@ -610,6 +610,18 @@ fn scale_table(r: &Results) -> String {
     let mut prev: Option<&Value> = None;
     for row in &r.scale {
         let n = sget(row, "registrations").unwrap_or(0.0);
+        if let Some(b) = sget(row, "budget_exceeded_s") {
+            rows.push(vec![
+                thousands(n as u64),
+                format!(
+                    "✗ not within {b:.0} s: {} registered",
+                    thousands(sget(row, "keys_in_etcd").unwrap_or(0.0) as u64)
+                ),
+                "—".into(),
+                opt(sget(row, "rss_kib"), |v| format!("{:.1} MiB", v / 1024.0)),
+            ]);
+            continue;
+        }
         let per_reg = sget(row, "register_us_per_registration");
         let bytes = sget(row, "bytes_per_registration");
         let list_per_node = sget(row, "list_p50_us").map(|v| v / n.max(1.0));
@@ -671,13 +683,16 @@ fn scale_table(r: &Results) -> String {
     )
 }
 
+/// A panel of the scale chart: (key of the row, title, how a value is shown).
+type Series = (&'static str, &'static str, fn(f64) -> String);
+
 /// The scale curve: time to register all, RSS, list time against registrations, on log-log
 /// axes, each with the linear line through the first point (dashed).
 pub fn scale_svg(r: &Results) -> String {
     const W: f64 = 760.0;
     const PW: f64 = 230.0;
     const PH: f64 = 200.0;
-    let series: [(&str, &str, fn(f64) -> String); 3] = [
+    let series: [Series; 3] = [
         ("register_total_ms", "time to register all", |v| {
             format!("{:.2} s", v / 1e3)
         }),
