@@ -926,7 +926,7 @@ fn fleet_section(r: &Results) -> Option<String> {
     );
     let _ = writeln!(
         s,
-        "Idle, the fleet costs etcd about {:.0} requests/s — each a small lease renewal — and {} long-lived streams; writes (puts, lease grants) happen only when a process starts, stops or recovers. A recovery of all {} processes at once (after an outage past the TTL) costs at least one lease grant and the puts of every node per process.\n",
+        "Idle, the fleet costs etcd about {:.0} requests/s (keep-alives and the registries' lease checks) and {} long-lived streams; writes (puts, lease grants) happen only when a process starts, stops or recovers. A recovery of all {} processes at once (after an outage past the TTL) costs at least one lease grant and the puts of every node per process.\n",
         fp * per_req,
         thousands((fp * per_ka_stream + fw * per_watch_stream) as u64),
         thousands(fp as u64)
