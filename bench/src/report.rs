@@ -718,6 +718,8 @@ pub fn scale_svg(r: &Results) -> String {
         let pts: Vec<(f64, f64)> = r
             .scale
             .iter()
+            // A step past its time budget has no point: its RSS is of fewer registrations.
+            .filter(|row| row.get("budget_exceeded_s").is_none())
             .filter_map(|row| Some((sget(row, "registrations")?, sget(row, key)?)))
             .filter(|(n, v)| *n > 0.0 && *v > 0.0)
             .collect();
@@ -1274,4 +1276,28 @@ pub fn write_all(r: &Results, out_dir: &Path, markdown_path: &Path) -> std::io::
     }
     fs::write(markdown_path, markdown(r))?;
     Ok(())
+}
+
+/// `etcd-registry-bench scale-svg LATEST_JSON OUT_SVG`: redraws the scale chart from a run's
+/// JSON (after a change of the chart, without running the benchmark again).
+pub fn scale_svg_from_json(json_path: &Path, out: &Path) -> std::io::Result<()> {
+    let v: Value =
+        serde_json::from_str(&fs::read_to_string(json_path)?).map_err(std::io::Error::other)?;
+    let r = Results {
+        machine: v["machine"].clone(),
+        settings: v["settings"].clone(),
+        date_unix: 0,
+        layers: Vec::new(),
+        skipped: Vec::new(),
+        latency: BTreeMap::new(),
+        paired_floor: BTreeMap::new(),
+        bulk: BTreeMap::new(),
+        recovery: BTreeMap::new(),
+        scale: v["scale"].as_array().cloned().unwrap_or_default(),
+        fleet: None,
+        errors: Vec::new(),
+        duration_s: 0.0,
+        phases: Vec::new(),
+    };
+    fs::write(out, scale_svg(&r))
 }
