@@ -179,4 +179,42 @@ mod tests {
         assert!(version.starts_with("3."), "{version}");
         assert!(etcd.starts_with(&format!("{version} (")), "{etcd}");
     }
+
+    /// Open streams are read from a real etcd's /metrics: one watch opened by a client shows
+    /// as one Watch stream more than before it.
+    #[test]
+    fn metric_sums_count_an_open_watch_stream() {
+        use etcd_client::{Client, WatchOptions};
+        let etcd = etcd_harness::EtcdCluster::builder().start().unwrap();
+        let endpoint = etcd.direct_endpoint(0);
+        let open = |body: &str| {
+            let m = "grpc_method=\"Watch\"";
+            super::metric_sum(body, "grpc_server_started_total", &[m])
+                - super::metric_sum(body, "grpc_server_handled_total", &[m])
+        };
+        let before = open(&super::metrics(&endpoint).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let _watch = rt.block_on(async {
+            let mut c = Client::connect([endpoint.as_str()], None).await.unwrap();
+            c.watch("/x/", Some(WatchOptions::new().with_prefix()))
+                .await
+                .unwrap()
+        });
+        // The server counts the stream when it starts handling it: poll with a deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut now = before;
+        while now != before + 1.0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            now = open(&super::metrics(&endpoint).unwrap());
+        }
+        assert_eq!(now, before + 1.0);
+        assert_eq!(
+            super::metric_sum(
+                "x_total{a=\"1\"} 2\nx_total{a=\"2\"} 3\nx_totally 9\n",
+                "x_total",
+                &["a="]
+            ),
+            5.0
+        );
+    }
 }
