@@ -854,6 +854,10 @@ pub mod dispatcher {
                 if event.is_none() {
                     buffer.scheduled = false;
                 }
+                if buffer.buffer.items.is_empty() {
+                    // A handler per registration mostly idles: keep no capacity meanwhile.
+                    buffer.buffer.items = VecDeque::new();
+                }
                 event
             };
             let Some(event) = event else {

@@ -70,6 +70,8 @@ pub(crate) struct WatchRoute {
     own: Option<EventStream>,
     route: Option<Subscriber>,
     hub: Arc<Hub>,
+    /// Set by `end()`: the watch is over even if its task has not finished aborting yet.
+    ended: std::sync::atomic::AtomicBool,
 }
 
 impl WatchRoute {
@@ -95,6 +97,7 @@ impl WatchRoute {
     /// Ends the delivery: the own stream ends after what it holds; a shared stream forgets the
     /// watch's queued events; a handler is stopped (and no call of it runs when this returns).
     pub(crate) fn end(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(own) = &self.own {
             own.close();
         }
@@ -105,6 +108,7 @@ impl WatchRoute {
 
     /// [`WatchRoute::end`] for async callers (does not block a runtime thread).
     pub(crate) async fn end_async(&self) {
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(own) = &self.own {
             own.close();
         }
@@ -196,7 +200,7 @@ impl Watch {
 
     /// Whether the watch has ended (cancelled, or its registry closed).
     pub fn is_finished(&self) -> bool {
-        self.task.is_finished()
+        self.route.ended.load(std::sync::atomic::Ordering::SeqCst) || self.task.is_finished()
     }
 
     pub(crate) fn abort_handle(&self) -> AbortHandle {
@@ -241,6 +245,7 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
         own: setup.route.is_none().then(EventStream::new),
         route: setup.route,
         hub: setup.hub,
+        ended: Default::default(),
     });
     let mut state = WatchState {
         nodes: BTreeMap::new(),

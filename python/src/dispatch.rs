@@ -5,7 +5,11 @@
 //! queues ("lanes"), each with its thread:
 //!
 //! - callbacks: `on_status` and `on_event` calls and log records, in order. A callback may block
-//!   or call back into the library without stalling the runtime.
+//!   or call back into the library without stalling the runtime. Status and watch events come
+//!   from the core's event handlers (`registry::events`: routed from the first event, bounded,
+//!   `unregistered` handed over before `unregister()`/`close()` return); this lane is the
+//!   Python-owned thread the host needs, so that no library thread ever attaches to a
+//!   finalizing interpreter.
 //! - asyncio: resolving the asyncio futures of awaited calls (a non-blocking
 //!   `call_soon_threadsafe`), apart from the callbacks so that a slow callback, or one waiting
 //!   for an awaited call, never holds up an `await`.
