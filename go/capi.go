@@ -59,6 +59,9 @@ func freeCStrings(values []*C.char) {
 
 // durationMs is d in whole milliseconds, rounded up (the library counts milliseconds).
 func durationMs(d time.Duration) uint64 {
+	if d <= 0 {
+		return 0 // the library refuses a zero TTL with its own message
+	}
 	return uint64((d + time.Millisecond - 1) / time.Millisecond)
 }
 

@@ -75,13 +75,8 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	switch {
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
-	case service == "":
-		return nil, invalidArgument(op, "service name must not be empty")
-	case node.Name == "":
-		return nil, invalidArgument(op, "node name must not be empty")
-	case ttl <= 0:
-		return nil, invalidArgument(op, "ttl must be greater than zero")
 	}
+	// Names, the TTL and the info are checked by the library (the core's rules), below.
 	h := r.h
 	g := &Registration{
 		r:        r,

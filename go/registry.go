@@ -167,9 +167,6 @@ func (r *EtcdRegistry) Close() error {
 // by the rest of its key: <base>/<service>/sub/deep is the node "sub/deep". An empty service
 // name is an error; a service without nodes gives an empty slice and no error.
 func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
-	if service == "" {
-		return nil, invalidArgument("list", "service name must not be empty")
-	}
 	var nodes []Node
 	err := r.h.use("list", func(p *cRegistry) error {
 		var err error

@@ -36,8 +36,6 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	switch {
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
-	case service == "":
-		return nil, invalidArgument(op, "service name must not be empty")
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
