@@ -39,6 +39,9 @@ const PROBE_PAUSE: Duration = Duration::from_millis(200);
 /// A probe unanswered this long counts as "not reached"; it is abandoned for a new one on a
 /// fresh connection (a paused or black-holed member holds at most one probe per second).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// A read not answered this soon by the preferred member goes to the next one too (see
+/// [`Connection::call_read`]).
+const HEDGE_AFTER: Duration = Duration::from_millis(200);
 /// A probe answered later than this was held by an etcd that did not answer until then.
 const PROBE_QUICK: Duration = Duration::from_millis(250);
 
@@ -142,6 +145,92 @@ impl Connection {
         self.call_at(what, attempt, f).await.map(|(_, v)| v)
     }
 
+    /// A read that may be asked twice: like [`Connection::call`], but when the preferred member
+    /// has not answered within [`HEDGE_AFTER`] the same read goes to the next member too, and
+    /// the first answer wins. A member that just went silent (paused, cut off) and is not
+    /// ejected yet costs the first read after it that short delay instead of a third of the
+    /// timeout. The slower member is left as it is (a failure still ejects it; the second
+    /// member's timeout does not, see below).
+    pub(crate) async fn call_read<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let order = self.health.order(Instant::now());
+        if order.len() < 2 || self.health.is_ejected(order[1], Instant::now()) {
+            return self.call(what, f).await;
+        }
+        let started = Instant::now();
+        let attempt = self.attempt_timeout();
+        let on = |i: usize, attempt: Duration| {
+            let f = &f;
+            async move {
+                let endpoint = &self.endpoints[i];
+                let run = async {
+                    let client = self.client_of(i).await?;
+                    f(client).await.map_err(|e| reached_error(endpoint, e))
+                };
+                match tokio::time::timeout(attempt, run).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!("etcd at {endpoint} did not answer within {attempt:?}"),
+                    )),
+                }
+            }
+        };
+        let (a, b) = (order[0], order[1]);
+        let first = on(a, attempt);
+        tokio::pin!(first);
+        let early = tokio::select! {
+            result = &mut first => Some(result),
+            _ = tokio::time::sleep(HEDGE_AFTER) => None,
+        };
+        let mut pending_first = true;
+        let mut pending_second = true;
+        // The second member may be slow only because the first one is: a follower serves a
+        // read once a leader confirms it, and a paused leader is replaced only after an
+        // election. Its timeout does not eject it (the usual way tries it again last).
+        let second = on(b, attempt);
+        tokio::pin!(second);
+        let mut outcome = early.map(|r| (a, r));
+        loop {
+            if let Some((i, result)) = outcome.take() {
+                match result {
+                    Ok(value) => {
+                        self.health.answered(i);
+                        return Ok(value);
+                    }
+                    // An answer from etcd, even a refusal, is final.
+                    Err(e) if !is_member_failure(&e) => {
+                        return Err(self.contextualize_at(e, what, i));
+                    }
+                    Err(e) => {
+                        if i == a || e.kind() != ErrorKind::Timeout {
+                            self.eject(i, &e);
+                        }
+                        if i == a {
+                            pending_first = false;
+                        } else {
+                            pending_second = false;
+                        }
+                    }
+                }
+            }
+            if !pending_first && !pending_second {
+                // Both failed: the usual way, with the rest of the members and of the time.
+                return self
+                    .call_until(what, attempt, started + self.timeout, &f)
+                    .await
+                    .map(|(_, v)| v);
+            }
+            outcome = tokio::select! {
+                result = &mut first, if pending_first => Some((a, result)),
+                result = &mut second, if pending_second => Some((b, result)),
+            };
+        }
+    }
+
     /// How long one member may take while others are left to try: a third of the timeout.
     pub(crate) fn attempt_timeout(&self) -> Duration {
         (self.timeout / 3).max(Duration::from_millis(100))
@@ -162,7 +251,22 @@ impl Connection {
         F: Fn(Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let deadline = Instant::now() + self.timeout;
+        self.call_until(what, attempt, Instant::now() + self.timeout, f)
+            .await
+    }
+
+    /// [`Connection::call_at`] with its deadline given.
+    async fn call_until<T, F, Fut>(
+        &self,
+        what: &str,
+        attempt: Duration,
+        deadline: Instant,
+        f: F,
+    ) -> Result<(usize, T)>
+    where
+        F: Fn(Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
         let mut tried: Vec<usize> = Vec::new();
         let mut last_error: Option<Error> = None;
         // The last failure to reach each member, for the message of a call that timed out.

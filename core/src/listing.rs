@@ -28,7 +28,7 @@ pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
 
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
-    conn.call("listing nodes", |mut c| {
+    conn.call_read("listing nodes", |mut c| {
         let key = prefix.to_string();
         async move {
             c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
