@@ -108,6 +108,8 @@ if [ -f tests/interop/run.sh ]; then
   check "interop: a node from each of Rust, C, Python, Go listed and watched by every other" \
     interop:pytest:test_every_language_lists_the_nodes_of_every_language \
     interop:pytest:test_every_language_watches_the_nodes_of_every_language
+  check "events: the same status sequence in Rust, C (callback and pull), Python and Go, ending unregistered" \
+    interop:pytest:test_every_language_sees_the_same_events
 fi
 
 echo
