@@ -20,6 +20,7 @@ bash scripts/setup.sh test || { echo "setup failed"; exit 1; }
 
 results=()
 failed=0
+failed_logs=()
 # suite NAME LOG COMMAND...: runs a suite, its output also into $logs/LOG.log.
 suite() {
   local name=$1 log=$2; shift 2
@@ -30,6 +31,7 @@ suite() {
     results+=("PASS  $name ($((SECONDS - start))s)")
   else
     results+=("FAIL  $name ($((SECONDS - start))s)")
+    failed_logs+=("$log")
     failed=$((failed + 1))
   fi
 }
@@ -111,6 +113,17 @@ if [ -f tests/interop/run.sh ]; then
   check "events: the same status sequence in Rust, C (callback and pull), Python and Go, ending unregistered" \
     interop:pytest:test_every_language_sees_the_same_events
 fi
+
+# Why each failed suite failed, here at the end where a truncated CI log still shows it: the
+# lines of its log that report a failure, then its last lines.
+for log in "${failed_logs[@]}"; do
+  echo
+  echo "=== why $log failed ($logs/$log.log)"
+  grep -E -i "(^| )(FAIL|FAILED|not ok|panicked|error:|ERROR |--- FAIL|REQUIRE failed|CHECK failed|Invalid (read|write)|definitely lost|data race)" \
+    "$logs/$log.log" | grep -v -E "^ *(ok|PASSED) " | head -40 | sed 's/^/  | /'
+  echo "  last lines:"
+  tail -n 25 "$logs/$log.log" | sed 's/^/  | /'
+done
 
 echo
 echo "=== summary"
