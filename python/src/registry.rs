@@ -9,7 +9,7 @@ use pyo3::types::PyType;
 use registry::{Config, Node, PemSource, Route, TlsConfig};
 
 use crate::asyncio;
-use crate::blocking::{self, positive_seconds};
+use crate::blocking::{self, seconds};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
 use crate::registration::{self, PyRegistration};
@@ -109,10 +109,10 @@ impl PyRegistry {
         tls_server_name: Option<String>,
     ) -> PyResult<Self> {
         let mut config = Config::new(endpoints, base_path)
-            .with_timeout(positive_seconds(py, "timeout", timeout)?)
+            .with_timeout(seconds(py, "timeout", timeout)?)
             .with_backoff(
-                positive_seconds(py, "backoff_min", backoff_min)?,
-                positive_seconds(py, "backoff_max", backoff_max)?,
+                seconds(py, "backoff_min", backoff_min)?,
+                seconds(py, "backoff_max", backoff_max)?,
             );
         config.username = username;
         config.password = password;
@@ -164,7 +164,7 @@ impl PyRegistry {
         let core = self.core(py)?;
         let info = info_from_py(info)?;
         let on_status = callback_or_none(py, "on_status", on_status)?;
-        let ttl = positive_seconds(py, "ttl", ttl)?;
+        let ttl = seconds(py, "ttl", ttl)?;
         let node = Node::new(node, info);
         let reg = match on_status {
             Some(callback) => {
