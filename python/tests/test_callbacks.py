@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from etcd_registry import ClosedError, Registration, Registry, RegistryError, StatusEvent
+from etcd_registry import (
+    ClosedError,
+    Registration,
+    Registry,
+    RegistryError,
+    StatusEvent,
+    WatchEvent,
+    dropped_events,
+)
 
 from conftest import DEADLINE, Etcd, Recorder, eventually
 
@@ -155,3 +163,67 @@ def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> 
         )
     assert record.levelno in (logging.WARNING, logging.DEBUG)
     assert "attempt=" in record.getMessage()
+
+
+def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
+    etcd: Etcd, base_path: str
+) -> None:
+    """The callbacks read the core's bounded queue: a callback that blocks while more than
+    EVENT_QUEUE_CAPACITY (1024) events arrive costs the oldest events, counted, not memory; the
+    final "unregistered" is still delivered, before unregister() returns."""
+    capacity = 1024
+    extra = 150
+    release = threading.Event()
+    blocked = threading.Event()
+    seen: list[str] = []
+    status = Recorder()
+
+    def on_event(event: WatchEvent) -> None:
+        if not blocked.is_set():
+            blocked.set()
+            release.wait(DEADLINE)
+        seen.append(event.node.name if event.node is not None else "")
+
+    reg = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
+    try:
+        handle = reg.register("slow", "n", on_status=status)
+        status.wait_kind("registered")
+        before = dropped_events()
+        reg.watch("flood", on_event=on_event)
+        etcd.cmd("put", f"{base_path}/flood/k0000", "{}")
+        assert blocked.wait(DEADLINE), "the watch callback was not called"
+        total = capacity + extra
+        for i in range(1, total + 1):
+            etcd.cmd("put", f"{base_path}/flood/k{i:04}", "{}")
+        eventually("the oldest events to be dropped", lambda: dropped_events() - before >= extra)
+
+        # The queue is full of watch events: unregister() from another thread still gets its
+        # "unregistered" delivered (never dropped), once the callback thread is free.
+        kinds_at_return: list[list[str]] = []
+
+        def unregister() -> None:
+            handle.unregister()
+            kinds_at_return.append(status.kinds())
+
+        unregistering = threading.Thread(target=unregister)
+        unregistering.start()
+        eventually("unregister to queue its event", lambda: dropped_events() - before >= extra + 1)
+        assert unregistering.is_alive(), "unregister() returned before its event was delivered"
+        release.set()
+        unregistering.join(DEADLINE)
+        assert not unregistering.is_alive()
+        assert kinds_at_return == [["registered", "unregistered"]]
+
+        last = f"k{total:04}"
+        eventually("the newest event", lambda: last in seen)
+        dropped = dropped_events() - before
+        assert dropped >= extra + 1
+        # Memory stayed bounded: at most `capacity` events were waiting behind the blocked one.
+        assert len(seen) <= 1 + capacity
+        assert seen[0] == "k0000"
+        assert "k0001" not in seen, "the oldest waiting event should have been dropped"
+        assert seen[-1] == last and seen == sorted(seen)
+        assert len(seen) + dropped == total + 1  # every event was delivered or counted
+    finally:
+        release.set()
+        reg.close()
