@@ -227,3 +227,64 @@ def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
     finally:
         release.set()
         reg.close()
+
+
+def test_unregister_and_close_return_after_unregistered_was_delivered(
+    etcd: Etcd, base_path: str
+) -> None:
+    # From another thread: the callback has had "unregistered" when unregister() returns.
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    recorder = Recorder()
+    handle = reg.register("api", "a", on_status=recorder)
+    recorder.wait_kind("registered")
+    handle.unregister()
+    assert recorder.kinds() == ["registered", "unregistered"]
+
+    # From inside a callback: the events queued before are delivered nested, no deadlock.
+    inside: list[list[str]] = []
+    nested = Recorder()
+
+    def on_status(event: StatusEvent) -> None:
+        nested(event)
+        if event.kind == "registered" and event.node_name == "b":
+            handles["b"].unregister()
+            inside.append(nested.kinds())
+            reg.close()
+            inside.append(nested.kinds())
+
+    handles: dict[str, Registration] = {}
+    handles["c"] = reg.register("api", "c", on_status=on_status)
+    nested.wait_kind("registered")
+    handles["b"] = reg.register("api", "b", on_status=on_status)
+    eventually("the callback to close the registry", lambda: len(inside) == 2)
+    assert inside[0][-1] == "unregistered" and inside[0].count("unregistered") == 1
+    assert inside[1].count("unregistered") == 2, inside
+    assert reg.closed
+
+
+def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
+    running = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def on_event(event: WatchEvent) -> None:
+        calls.append("start")
+        running.set()
+        release.wait(DEADLINE)
+        calls.append("end")
+
+    watch = registry.watch("api", on_event=on_event)
+    registry.register("api", "n")
+    assert running.wait(DEADLINE)
+    registry.register("api", "m")  # queued behind the running call
+    closer = threading.Thread(target=watch.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive(), "close() returned while the callback was still running"
+    release.set()
+    closer.join(DEADLINE)
+    assert not closer.is_alive()
+    assert calls == ["start", "end"]
+    # The event queued behind it is never delivered.
+    registry.register("api", "later").wait(DEADLINE)
+    assert registry.list("api") and calls == ["start", "end"]
