@@ -536,7 +536,16 @@ fn wait_until(py: Python<'_>, done: impl Fn(&Targets, bool) -> bool + Sync) -> P
                 .changed
                 .wait_timeout_while(state, SLICE, |s| !s.stopped && !done(s, false))
                 .unwrap_or_else(|p| p.into_inner());
-            state.stopped || done(&state, false)
+            let finished = state.stopped || done(&state, false);
+            drop(state);
+            if must_not_attach() {
+                // A daemon thread while the interpreter exits: never attach again (see
+                // `blocking::run`); wait for the process to end instead.
+                loop {
+                    std::thread::park();
+                }
+            }
+            finished
         });
         if finished {
             return Ok(());
