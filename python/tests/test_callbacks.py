@@ -172,7 +172,9 @@ def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
     EVENT_QUEUE_CAPACITY (1024) events arrive costs the oldest events, counted, not memory; the
     final "unregistered" is still delivered, before unregister() returns."""
     capacity = 1024
-    extra = 150
+    present = [f"k{i:04}" for i in range(1150)]  # one "added" each when the watch starts
+    later = [f"k{i:04}" for i in range(1150, 1200)]  # registered while the callback blocks
+    total = len(present) + len(later)
     release = threading.Event()
     blocked = threading.Event()
     seen: list[str] = []
@@ -184,49 +186,57 @@ def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
             release.wait(DEADLINE)
         seen.append(event.node.name if event.node is not None else "")
 
+    # The nodes come from a second registry (no callbacks): etcd holds them, and events follow.
+    feeder = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
     reg = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
     try:
-        handle = reg.register("slow", "n", on_status=status)
+        for handle in [feeder.register("flood", name, ttl=30.0) for name in present]:
+            assert handle.wait(DEADLINE)
+        mine = reg.register("slow", "n", on_status=status)
         status.wait_kind("registered")
         before = dropped_events()
         reg.watch("flood", on_event=on_event)
-        etcd.cmd("put", f"{base_path}/flood/k0000", "{}")
         assert blocked.wait(DEADLINE), "the watch callback was not called"
-        total = capacity + extra
-        for i in range(1, total + 1):
-            etcd.cmd("put", f"{base_path}/flood/k{i:04}", "{}")
-        eventually("the oldest events to be dropped", lambda: dropped_events() - before >= extra)
+        for handle in [feeder.register("flood", name, ttl=30.0) for name in later]:
+            assert handle.wait(DEADLINE)
+        # One event is in the blocked callback, `capacity` wait: the rest were dropped.
+        eventually("the oldest events to be dropped",
+                   lambda: dropped_events() - before == total - 1 - capacity)
 
         # The queue is full of watch events: unregister() from another thread still gets its
-        # "unregistered" delivered (never dropped), once the callback thread is free.
+        # "unregistered" in (never dropped: an older watch event makes room), and returns only
+        # once it has been delivered, which waits for the blocked callback.
         kinds_at_return: list[list[str]] = []
 
         def unregister() -> None:
-            handle.unregister()
+            mine.unregister()
             kinds_at_return.append(status.kinds())
 
         unregistering = threading.Thread(target=unregister)
         unregistering.start()
-        eventually("unregister to queue its event", lambda: dropped_events() - before >= extra + 1)
+        eventually("unregister to queue its event",
+                   lambda: dropped_events() - before == total - capacity)
         assert unregistering.is_alive(), "unregister() returned before its event was delivered"
         release.set()
         unregistering.join(DEADLINE)
         assert not unregistering.is_alive()
         assert kinds_at_return == [["registered", "unregistered"]]
 
-        last = f"k{total:04}"
-        eventually("the newest event", lambda: last in seen)
+        eventually("the newest events", lambda: set(later) <= set(seen))
         dropped = dropped_events() - before
-        assert dropped >= extra + 1
-        # Memory stayed bounded: at most `capacity` events were waiting behind the blocked one.
+        assert dropped == total - capacity
+        assert len(seen) + dropped == total  # every event was delivered or counted
+        # Memory stayed bounded: at most `capacity` events waited behind the blocked one.
         assert len(seen) <= 1 + capacity
-        assert seen[0] == "k0000"
-        assert "k0001" not in seen, "the oldest waiting event should have been dropped"
-        assert seen[-1] == last and seen == sorted(seen)
-        assert len(seen) + dropped == total + 1  # every event was delivered or counted
+        # The dropped ones were the oldest: after the blocked event come the newest of the
+        # initial ones (listed in key order), then every later one.
+        initial = [name for name in seen[1:] if name in present]
+        assert initial == present[len(present) - len(initial):]
+        assert sorted(seen[1 + len(initial):]) == later
     finally:
         release.set()
         reg.close()
+        feeder.close()
 
 
 def test_unregister_and_close_return_after_unregistered_was_delivered(
