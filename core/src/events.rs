@@ -13,7 +13,8 @@
 //!   - a **route** given at creation ([`Registry::register_routed`](crate::Registry::register_routed),
 //!     [`Registry::watch_routed`](crate::Registry::watch_routed)): the events go to an
 //!     [`EventStream`] shared by many registrations and watches (the C pull queue, Go's one
-//!     stream per registry), or to a [`Handler`] (a C function pointer, a Python callable).
+//!     stream per registry, the stream Python's callback thread pulls), or to a [`Handler`]
+//!     (a C function pointer).
 //!     Attached before the registration or watch starts, so nothing is missed and no id
 //!     "escapes" before its route exists.
 //!   - [`Registration::subscribe`](crate::Registration::subscribe) and

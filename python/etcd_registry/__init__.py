@@ -42,6 +42,7 @@ from ._native import (
     Watch,
     WatchEvent,
     __version__,
+    _dropped_events,
 )
 
 __all__ = [
@@ -67,4 +68,16 @@ __all__ = [
     "DEFAULT_BACKOFF_MAX",
     "DEFAULT_TTL",
     "MAX_TTL",
+    "dropped_events",
 ]
+
+
+def dropped_events() -> int:
+    """How many status and watch events this process dropped because its callbacks fell behind.
+
+    Every ``on_status`` and ``on_event`` callback is fed from one bounded queue of the core (the
+    same policy as the C and Go bindings): when the callback thread falls 1024 events behind,
+    the oldest event that is not an ``"unregistered"`` is dropped, counted here, and a warning
+    is logged. ``"unregistered"`` is never dropped.
+    """
+    return _dropped_events()

@@ -1,13 +1,16 @@
 """The library's own threads: one runs callbacks and forwards the core's logs to
 ``logging``, one resolves the asyncio futures of awaited calls.
 
-The native module queues status events, watch events, log records and asyncio results from its
-runtime threads (which never touch Python); these threads take them, holding the GIL only while
-they handle them. The callback thread calls ``on_status`` and ``on_event`` callbacks in order
-and logs through the ``etcd_registry`` logger; an exception in a callback is logged and the next
-delivery goes on, and a callback may call back into the library: the runtime never waits for
-this thread. The asyncio thread only hands results to event loops (``call_soon_threadsafe``), so
-a slow callback never holds up an ``await``.
+The callback thread pulls status and watch events straight from the core's bounded event queue
+(one per process; see ``python/src/dispatch.rs`` and ``core/src/events.rs``: 1024 waiting
+events, then the oldest non-final one is dropped and counted by ``dropped_events()``), one at a
+time, plus the log records the native module queued (a bounded lane). Runtime threads never
+touch Python; these threads hold the GIL only while they handle an item. The callback thread
+calls ``on_status`` and ``on_event`` callbacks in order and logs through the ``etcd_registry``
+logger; an exception in a callback is logged and the next delivery goes on, and a callback may
+call back into the library (``unregister()``/``close()`` from a callback deliver what is queued
+before them, nested). The asyncio thread only hands results to event loops
+(``call_soon_threadsafe``), so a slow callback never holds up an ``await``.
 
 They are daemon threads started with the first Registry of a process (again in a forked child)
 and stopped at interpreter exit, before finalization, so that they never meet a finalizing

@@ -24,6 +24,7 @@ __all__ = [
     "_CALL",
     "_LOG",
     "_complete",
+    "_dropped_events",
     "__version__",
     "_set_log_level",
     "_stop_dispatch",
@@ -137,6 +138,9 @@ class Registration:
         timeout; when etcd cannot be reached a warning is logged (logger ``etcd_registry``),
         the state is ``"unregistered"`` all the same, and the key expires with its lease
         (within the TTL). Raises only when etcd answered and refused (e.g. ``AuthError``).
+
+        With ``on_status``, returns once the callback has been called with ``"unregistered"``
+        (from inside a callback, the events queued before it are delivered first, nested).
         """
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -163,7 +167,9 @@ class Watch:
     def __next__(self) -> WatchEvent: ...
     def __aiter__(self) -> Self: ...
     def __anext__(self) -> Awaitable[WatchEvent]: ...
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Stops the watch; no ``on_event`` call for it runs or starts after this returns
+        (called from inside one, none starts after it). Idempotent."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
@@ -219,6 +225,9 @@ class Registry:
 
         Never fails because etcd is unreachable: it tries within the timeout, logs a warning
         when it could not, and the keys expire with their leases (within the TTL).
+
+        Returns once every ``on_status`` callback of its registrations has been called with
+        ``"unregistered"``, and no ``on_event`` callback of its watches runs.
         """
     def __enter__(self) -> Self: ...
     def __exit__(
@@ -230,5 +239,6 @@ class Registry:
 
 def _take(timeout: float) -> Optional[builtins.list[tuple[Any, ...]]]: ...
 def _complete(timeout: float) -> bool: ...
+def _dropped_events() -> int: ...
 def _stop_dispatch(drain: bool = False) -> None: ...
 def _set_log_level(level: int) -> None: ...

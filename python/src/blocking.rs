@@ -72,15 +72,17 @@ where
     }
 }
 
-/// Seconds from Python as a positive duration (`what` names the argument in the error).
-pub(crate) fn positive_seconds(py: Python<'_>, what: &str, seconds: f64) -> PyResult<Duration> {
-    match Duration::try_from_secs_f64(seconds) {
-        Ok(d) if !d.is_zero() => Ok(d),
-        _ => Err(errors::invalid(
+/// Seconds from Python as a `Duration`, a conversion only: whether the value is acceptable
+/// (zero, too large) is the core's rule, checked where the core takes it. Only values that
+/// cannot become a `Duration` at all (NaN, infinite, negative, too large to represent) are
+/// refused here (`what` names the argument in the error).
+pub(crate) fn seconds(py: Python<'_>, what: &str, seconds: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(seconds).map_err(|_| {
+        errors::invalid(
             py,
-            format!("{what} must be a positive number of seconds, got {seconds}"),
-        )),
-    }
+            format!("{what} must be a finite, non-negative number of seconds, got {seconds}"),
+        )
+    })
 }
 
 /// A timeout from Python: `None` waits forever, `0` only checks. Too large to represent is

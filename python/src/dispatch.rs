@@ -1,27 +1,34 @@
 //! Hands work from the runtime's threads to Python threads owned by the package.
 //!
-//! Runtime threads never touch Python: they push items on a queue, and daemon threads started by
-//! `etcd_registry/_dispatch.py` take them, holding the GIL only while they handle them. Two
-//! queues ("lanes"), each with its thread:
+//! Runtime threads never touch Python. Daemon threads started by `etcd_registry/_dispatch.py`
+//! take the work, holding the GIL only while they handle it:
 //!
-//! - callbacks: `on_status` and `on_event` calls and log records, in order. A callback may block
-//!   or call back into the library without stalling the runtime. Status and watch events come
-//!   from the core's event handlers (`registry::events`: routed from the first event, bounded,
-//!   `unregistered` handed over before `unregister()`/`close()` return); this lane is the
-//!   Python-owned thread the host needs, so that no library thread ever attaches to a
-//!   finalizing interpreter.
+//! - the callback thread (`etcd_registry-dispatch`) runs `on_status` and `on_event` callbacks
+//!   and logs the core's records. Status and watch events have **no queue of their own** here:
+//!   every registration and watch made with a callback is routed ([`registry::Route::stream`])
+//!   to one core [`EventStream`] per process, and this thread pulls it. So the backpressure
+//!   policy is the core's (`core/src/events.rs`): at most [`registry::EVENT_QUEUE_CAPACITY`]
+//!   unread events, then the oldest that is not final is dropped and counted
+//!   (`etcd_registry.dropped_events()`), `unregistered` never. The thread takes one event at a
+//!   time, so "which callback is running" is known here, and the guarantees are kept on top of
+//!   the stream: `unregister()`/`close()` return once `unregistered` has been delivered (from
+//!   inside a callback, what is queued is delivered nested, before they return), and once a
+//!   watch's `close()` (or its registry's) returns, no callback of that watch runs or starts.
+//! - log records: a lane of their own (bounded, [`MAX_PENDING_LOGS`]), served by the same
+//!   thread: the host needs them on a Python thread, as `logging` handlers may block.
 //! - asyncio: resolving the asyncio futures of awaited calls (a non-blocking
-//!   `call_soon_threadsafe`), apart from the callbacks so that a slow callback, or one waiting
-//!   for an awaited call, never holds up an `await`.
+//!   `call_soon_threadsafe`) on a second thread (`etcd_registry-asyncio`), apart from the
+//!   callbacks so that a slow callback, or one waiting for an awaited call, never holds up an
+//!   `await`. A lane of its own: one item per awaited call, bounded by the calls in flight.
 //!
 //! Both threads stop at interpreter exit (`_stop_dispatch`, from an `atexit` handler), before
 //! finalization; nothing is handed to Python after that. So no thread ever attaches to a
 //! finalizing interpreter, which CPython answers with crashes or killed threads.
 //!
-//! After `fork()` the child gets fresh queues: the parent's may be locked by a thread that does
-//! not exist in the child.
+//! After `fork()` the child gets fresh lanes and a fresh event stream: the parent's may be
+//! locked by a thread that does not exist in the child.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -29,6 +36,8 @@ use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
+use registry::events::Next;
+use registry::{Event, EventStream, Route};
 
 use crate::types::{PyStatusEvent, PyWatchEvent, StatusContext};
 
@@ -37,10 +46,12 @@ use crate::types::{PyStatusEvent, PyWatchEvent, StatusContext};
 const MAX_PENDING_LOGS: usize = 10_000;
 /// Items handled per wake-up.
 const MAX_BATCH: usize = 256;
+/// How long a waiting `unregister()`/`close()` stays away from Python at a time (Ctrl-C).
+const SLICE: Duration = Duration::from_millis(100);
 
 #[derive(Clone, Copy)]
 pub(crate) enum Lane {
-    Callbacks = 0,
+    Logs = 0,
     Asyncio = 1,
 }
 
@@ -48,17 +59,6 @@ pub(crate) enum Item {
     Log {
         level: i32,
         message: String,
-    },
-    Status {
-        callback: Arc<Py<PyAny>>,
-        context: Arc<StatusContext>,
-        event: registry::StatusEvent,
-    },
-    Watch {
-        callback: Arc<Py<PyAny>>,
-        /// Cleared by `Watch.close()`: events still queued are then dropped, not delivered.
-        active: Arc<AtomicBool>,
-        event: registry::WatchEvent,
     },
     /// Runs attached to the interpreter, on the asyncio lane's thread.
     Run(Box<dyn FnOnce() + Send>),
@@ -68,6 +68,8 @@ struct Queue {
     pid: u32,
     state: Mutex<State>,
     ready: Condvar,
+    /// Wakes the callback thread, which waits for logs and events at once.
+    notify: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -93,6 +95,8 @@ static EXITING: AtomicBool = AtomicBool::new(false);
 thread_local! {
     /// Whether this thread stopped the lanes: the thread that runs the `atexit` handlers.
     static STOPPED_HERE: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The process in which this thread is the callback thread (0: it is not).
+    static CALLBACK_THREAD_OF: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
 /// Whether this thread must no longer attach to the interpreter: it is exiting, and this is
@@ -101,24 +105,24 @@ pub(crate) fn must_not_attach() -> bool {
     EXITING.load(Ordering::SeqCst) && !STOPPED_HERE.with(|s| s.get())
 }
 
-/// This process's queue of `lane`.
-fn queue(lane: Lane) -> &'static Queue {
-    let slot = &LANES[lane as usize];
+/// Whether the calling thread is the package's callback thread (i.e. inside a callback).
+fn on_callback_thread() -> bool {
+    CALLBACK_THREAD_OF.with(|c| c.get()) == std::process::id()
+}
+
+/// This process's one value in `slot`, made by `make` (after fork, the child makes its own).
+fn per_process<T>(slot: &AtomicPtr<T>, pid_of: fn(&T) -> u32, make: fn(u32) -> T) -> &'static T {
     let pid = std::process::id();
     loop {
         let current = slot.load(Ordering::Acquire);
-        // SAFETY: queues are leaked, never freed, once published.
-        if let Some(queue) = unsafe { current.as_ref() } {
-            if queue.pid == pid {
-                return queue;
+        // SAFETY: values are leaked, never freed, once published.
+        if let Some(value) = unsafe { current.as_ref() } {
+            if pid_of(value) == pid {
+                return value;
             }
         }
-        let fresh = Box::into_raw(Box::new(Queue {
-            pid,
-            state: Mutex::new(State::default()),
-            ready: Condvar::new(),
-        }));
-        // The parent's queue is leaked on purpose: see the module docs.
+        let fresh = Box::into_raw(Box::new(make(pid)));
+        // The parent's value is leaked on purpose: see the module docs.
         if slot
             .compare_exchange(current, fresh, Ordering::AcqRel, Ordering::Acquire)
             .is_err()
@@ -127,6 +131,20 @@ fn queue(lane: Lane) -> &'static Queue {
             drop(unsafe { Box::from_raw(fresh) });
         }
     }
+}
+
+/// This process's queue of `lane`.
+fn queue(lane: Lane) -> &'static Queue {
+    per_process(
+        &LANES[lane as usize],
+        |q| q.pid,
+        |pid| Queue {
+            pid,
+            state: Mutex::new(State::default()),
+            ready: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        },
+    )
 }
 
 impl Queue {
@@ -143,8 +161,15 @@ impl Queue {
                 s.items.is_empty() && !s.stopped && !s.draining
             })
             .unwrap_or_else(|p| p.into_inner());
-        if state.stopped || (state.draining && state.items.is_empty()) {
+        if state.draining && state.items.is_empty() {
             state.stopped = true;
+        }
+        Self::take_ready(state)
+    }
+
+    /// Takes what is queued without waiting; `None` once stopped.
+    fn take_ready(mut state: MutexGuard<'_, State>) -> Option<(Vec<Item>, u64)> {
+        if state.stopped {
             return None;
         }
         let n = state.items.len().min(MAX_BATCH);
@@ -156,6 +181,11 @@ impl Queue {
         state.logs -= logs;
         let dropped = std::mem::take(&mut state.dropped_logs);
         Some((batch, dropped))
+    }
+
+    fn has_work(&self) -> bool {
+        let state = self.lock();
+        !state.items.is_empty() || state.stopped || state.draining
     }
 
     fn stop(&self, drain: bool) {
@@ -170,6 +200,7 @@ impl Queue {
         };
         drop(state);
         self.ready.notify_all();
+        self.notify.notify_one();
         drop(dropped);
     }
 }
@@ -193,6 +224,171 @@ pub(crate) fn push(lane: Lane, item: Item) {
     state.items.push_back(item);
     drop(state);
     queue.ready.notify_one();
+    queue.notify.notify_one();
+}
+
+/// Who receives the events of one registration or watch made with a callback.
+#[derive(Clone)]
+pub(crate) enum Target {
+    Status {
+        callback: Arc<Py<PyAny>>,
+        context: Arc<StatusContext>,
+    },
+    Watch {
+        callback: Arc<Py<PyAny>>,
+    },
+}
+
+/// The callbacks' side of the callback thread: the process's event stream and who gets what.
+pub(crate) struct Callbacks {
+    pid: u32,
+    stream: EventStream,
+    state: Mutex<Targets>,
+    /// Signalled when a callback returns, a target is added or removed, or the thread stops.
+    changed: Condvar,
+}
+
+struct Entry {
+    target: Target,
+    /// The `PyRegistry` that made it (see [`registry_token`]).
+    registry: u64,
+}
+
+#[derive(Default)]
+struct Targets {
+    by_id: HashMap<u64, Entry>,
+    /// Registrations and watches being made: their first events may come before their id is
+    /// known here, and wait for it.
+    creating: usize,
+    /// The id and registry of the event whose callback runs now.
+    running: Option<(u64, u64)>,
+    stopped: bool,
+}
+
+static CALLBACKS: AtomicPtr<Callbacks> = AtomicPtr::new(std::ptr::null_mut());
+
+/// This process's callbacks.
+pub(crate) fn callbacks() -> &'static Callbacks {
+    per_process(
+        &CALLBACKS,
+        |c| c.pid,
+        |pid| Callbacks {
+            pid,
+            stream: EventStream::new(),
+            state: Mutex::new(Targets::default()),
+            changed: Condvar::new(),
+        },
+    )
+}
+
+/// A token naming one `PyRegistry`, so that its `close()` knows its callbacks.
+pub(crate) fn registry_token() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One event handed to the callback thread.
+struct Delivery {
+    target: Target,
+    event: Event,
+}
+
+/// A registration or watch being made with a callback: its first events wait (on the callback
+/// thread) until [`Creating::done`] says whose they are, or until it is dropped (it failed).
+pub(crate) struct Creating {
+    callbacks: &'static Callbacks,
+    registry: u64,
+}
+
+impl Creating {
+    /// The registration or watch `id` was made: its events go to `target`.
+    pub(crate) fn done(self, id: u64, target: Target) {
+        let mut state = self.callbacks.lock();
+        state.by_id.insert(
+            id,
+            Entry {
+                target,
+                registry: self.registry,
+            },
+        );
+        // `Drop` counts it out and wakes the thread.
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        self.callbacks.lock().creating -= 1;
+        self.callbacks.changed.notify_all();
+    }
+}
+
+impl Callbacks {
+    fn lock(&self) -> MutexGuard<'_, Targets> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where registrations and watches with a callback send their events.
+    pub(crate) fn route(&self) -> Route {
+        Route::stream(&self.stream)
+    }
+
+    /// Announces a registration or watch with a callback, made by the registry `registry`.
+    pub(crate) fn creating(&'static self, registry: u64) -> Creating {
+        self.lock().creating += 1;
+        Creating {
+            callbacks: self,
+            registry,
+        }
+    }
+
+    /// Who gets `event`, marking it as running; `None` for an event nobody gets any more (a
+    /// watch closed meanwhile). Waits while its id may still be being made.
+    fn resolve(&self, event: Event) -> Option<Delivery> {
+        let id = event.id();
+        let mut state = self.lock();
+        loop {
+            if state.stopped {
+                return None;
+            }
+            if state.by_id.contains_key(&id) {
+                break;
+            }
+            if state.creating == 0 {
+                return None;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        let entry = if event.is_final() {
+            state.by_id.remove(&id)
+        } else {
+            state.by_id.get(&id).map(|e| Entry {
+                target: e.target.clone(),
+                registry: e.registry,
+            })
+        }?;
+        state.running = Some((id, entry.registry));
+        Some(Delivery {
+            target: entry.target,
+            event,
+        })
+    }
+
+    /// The callback handed out last has returned.
+    fn returned(&self) {
+        let mut state = self.lock();
+        if state.running.take().is_some() {
+            drop(state);
+            self.changed.notify_all();
+        }
+    }
+
+    fn stop(&self) {
+        let mut state = self.lock();
+        state.stopped = true;
+        state.running = None;
+        drop(state);
+        self.changed.notify_all();
+    }
 }
 
 /// Item kinds as the dispatch thread sees them: `(LOG, level, message)` or
@@ -200,45 +396,228 @@ pub(crate) fn push(lane: Lane, item: Item) {
 pub(crate) const LOG: u8 = 0;
 pub(crate) const CALL: u8 = 1;
 
-/// Waits (GIL released) up to `timeout` seconds for work and returns it as tuples; `None` once
-/// the dispatcher has been stopped.
+/// What the callback thread waits for.
+enum Work {
+    Event(Event),
+    /// Logs were queued, or the wait timed out.
+    Other,
+    /// The stream ended (interpreter exit): only logs are left.
+    Ended,
+}
+
+/// Waits (no GIL) up to `timeout` for an event or for logs.
+fn wait_for_work(callbacks: &Callbacks, logs: &Queue, timeout: Duration) -> Work {
+    let next = |next: Next| match next {
+        Next::Event(event) => Some(Work::Event(event)),
+        Next::Closed => Some(Work::Ended),
+        Next::Empty => None,
+    };
+    if let Some(work) = next(callbacks.stream.try_next()) {
+        return work;
+    }
+    let waited = registry::runtime::block_on(async {
+        let notified = logs.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if logs.has_work() {
+            return Work::Other;
+        }
+        let event = async {
+            match callbacks.stream.next().await {
+                Some(event) => Work::Event(event),
+                None => Work::Ended,
+            }
+        };
+        let either = async {
+            tokio::select! {
+                work = event => work,
+                _ = notified => Work::Other,
+            }
+        };
+        tokio::time::timeout(timeout, either)
+            .await
+            .unwrap_or(Work::Other)
+    });
+    // Without the runtime (it could not start), fall back to waiting for logs alone.
+    waited.unwrap_or_else(|_| {
+        let state = logs.lock();
+        drop(
+            logs.ready
+                .wait_timeout_while(state, timeout, |s| s.items.is_empty() && !s.stopped)
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        Work::Other
+    })
+}
+
+fn call_tuple<'py>(py: Python<'py>, delivery: Delivery) -> PyResult<Bound<'py, PyTuple>> {
+    match (delivery.target, delivery.event) {
+        (Target::Status { callback, context }, Event::Status { event, .. }) => {
+            let event = PyStatusEvent::new(py, &context, event);
+            (CALL, callback.clone_ref(py), event).into_pyobject(py)
+        }
+        (Target::Watch { callback }, Event::Watch { event, .. }) => {
+            let event = PyWatchEvent::from(event);
+            (CALL, callback.clone_ref(py), event).into_pyobject(py)
+        }
+        // A status event to a watch's callback or the reverse: ids are unique, never happens.
+        _ => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "an event reached the wrong kind of callback",
+        )),
+    }
+}
+
+/// Waits (GIL released) up to `timeout` seconds for work and returns it as tuples: the logs
+/// queued, and at most one callback call (so that which callback runs is known here: it runs
+/// until the next `_take`). `None` once the dispatcher has been stopped.
 #[pyfunction]
 pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTuple>>>> {
     let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
-    let queue = queue(Lane::Callbacks);
-    let Some((batch, dropped)) = py.detach(|| queue.take(timeout)) else {
+    CALLBACK_THREAD_OF.with(|c| c.set(std::process::id()));
+    let callbacks = callbacks();
+    let logs = queue(Lane::Logs);
+    let taken = py.detach(|| {
+        callbacks.returned();
+        let (delivery, ended) = match wait_for_work(callbacks, logs, timeout) {
+            Work::Event(event) => (callbacks.resolve(event), false),
+            Work::Ended => (None, true),
+            Work::Other => (None, false),
+        };
+        let mut state = logs.lock();
+        // At exit, stop once the stream is drained and the last logs are handed out.
+        if state.stopped || (state.draining && ended && state.items.is_empty()) {
+            state.stopped = true;
+            drop(state);
+            callbacks.stop();
+            return None;
+        }
+        let (batch, dropped) = Queue::take_ready(state)?;
+        Some((batch, dropped, delivery))
+    });
+    let Some((batch, dropped, delivery)) = taken else {
         return Ok(None);
     };
-    let mut out = Vec::with_capacity(batch.len() + 1);
+    let mut out = Vec::with_capacity(batch.len() + 2);
     if dropped > 0 {
         let message =
             format!("{dropped} log records were dropped while the dispatch thread was busy");
         out.push((LOG, 30, message).into_pyobject(py)?.unbind());
     }
     for item in batch {
-        let tuple = match item {
-            Item::Log { level, message } => (LOG, level, message).into_pyobject(py)?,
-            Item::Status {
-                callback,
-                context,
-                event,
-            } => {
-                let event = PyStatusEvent::new(py, &context, event);
-                (CALL, callback.clone_ref(py), event).into_pyobject(py)?
-            }
-            Item::Watch { active, .. } if !active.load(Ordering::SeqCst) => continue,
-            // Never queued on this lane.
-            Item::Run(_) => continue,
-            Item::Watch {
-                callback, event, ..
-            } => {
-                let event = PyWatchEvent::from(event);
-                (CALL, callback.clone_ref(py), event).into_pyobject(py)?
-            }
-        };
-        out.push(tuple.unbind());
+        if let Item::Log { level, message } = item {
+            out.push((LOG, level, message).into_pyobject(py)?.unbind());
+        }
+    }
+    if let Some(delivery) = delivery {
+        out.push(call_tuple(py, delivery)?.unbind());
     }
     Ok(Some(out))
+}
+
+/// How many status and watch events were dropped, in this process, because the callback thread
+/// fell [`registry::EVENT_QUEUE_CAPACITY`] events behind.
+#[pyfunction]
+pub(crate) fn _dropped_events() -> u64 {
+    callbacks().stream.dropped()
+}
+
+/// Waits, GIL released, until `done` holds for the callbacks' state; on the callback thread
+/// (inside a callback) delivers the queued events here, nested, instead. Returns early once the
+/// thread has stopped (interpreter exit), and on Ctrl-C with `KeyboardInterrupt`.
+fn wait_until(py: Python<'_>, done: impl Fn(&Targets, bool) -> bool + Sync) -> PyResult<()> {
+    let callbacks = callbacks();
+    if on_callback_thread() {
+        return deliver_nested(py, callbacks, |state| done(state, true));
+    }
+    loop {
+        let finished = py.detach(|| {
+            let state = callbacks.lock();
+            let (state, _) = callbacks
+                .changed
+                .wait_timeout_while(state, SLICE, |s| !s.stopped && !done(s, false))
+                .unwrap_or_else(|p| p.into_inner());
+            let finished = state.stopped || done(&state, false);
+            drop(state);
+            if must_not_attach() {
+                // A daemon thread while the interpreter exits: never attach again (see
+                // `blocking::run`); wait for the process to end instead.
+                loop {
+                    std::thread::park();
+                }
+            }
+            finished
+        });
+        if finished {
+            return Ok(());
+        }
+        py.check_signals()?;
+    }
+}
+
+/// On the callback thread: delivers queued events, in order, until `done` holds or nothing is
+/// queued. The callback running now (the caller's) stays the one recorded as running.
+fn deliver_nested(
+    py: Python<'_>,
+    callbacks: &Callbacks,
+    done: impl Fn(&Targets) -> bool,
+) -> PyResult<()> {
+    let deliver = py.import("etcd_registry._dispatch")?.getattr("_deliver")?;
+    let outer = callbacks.lock().running;
+    loop {
+        if done(&callbacks.lock()) {
+            return Ok(());
+        }
+        let Next::Event(event) = callbacks.stream.try_next() else {
+            return Ok(());
+        };
+        let Some(delivery) = py.detach(|| callbacks.resolve(event)) else {
+            continue;
+        };
+        let call = call_tuple(py, delivery);
+        let result = call.and_then(|call| deliver.call1((call,)));
+        callbacks.lock().running = outer;
+        callbacks.changed.notify_all();
+        result?;
+    }
+}
+
+/// After a registration's `unregister()`: returns once its `unregistered` event has been
+/// delivered to its callback (nothing to wait for without one).
+pub(crate) fn finish_registration(py: Python<'_>, id: u64) -> PyResult<()> {
+    wait_until(py, |state, nested| {
+        !state.by_id.contains_key(&id)
+            && (nested || state.running.is_none_or(|(running, _)| running != id))
+    })
+}
+
+/// After a watch's `close()`: no callback of it starts from now on, and returns once one that
+/// is running has returned (unless called from inside it).
+pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
+    let callbacks = callbacks();
+    callbacks.lock().by_id.remove(&id);
+    callbacks.changed.notify_all();
+    if on_callback_thread() {
+        return Ok(());
+    }
+    wait_until(py, |state, _| {
+        state.running.is_none_or(|(running, _)| running != id)
+    })
+}
+
+/// After a registry's `close()`: its watches' callbacks stop, and returns once every
+/// `unregistered` of its registrations has been delivered and no callback of it runs (unless
+/// called from inside one).
+pub(crate) fn finish_registry(py: Python<'_>, registry: u64) -> PyResult<()> {
+    let callbacks = callbacks();
+    callbacks
+        .lock()
+        .by_id
+        .retain(|_, e| e.registry != registry || matches!(e.target, Target::Status { .. }));
+    callbacks.changed.notify_all();
+    wait_until(py, |state, nested| {
+        !state.by_id.values().any(|e| e.registry == registry)
+            && (nested || state.running.is_none_or(|(_, r)| r != registry))
+    })
 }
 
 /// Waits (GIL released) up to `timeout` seconds for asyncio work and does it; `False` once
@@ -259,21 +638,24 @@ pub(crate) fn _complete(py: Python<'_>, timeout: f64) -> bool {
     true
 }
 
-/// Stops the lanes at interpreter exit, in two steps. With `drain`, the callback lane first
+/// Stops the lanes at interpreter exit, in two steps. With `drain`, the callback thread first
 /// hands out what is queued (the callbacks of a registry closed just before exit still run, and
-/// may still use the library), then `_take` returns `None`. Without, both lanes stop at once,
-/// queued items are dropped, and from then on threads other than this one never attach to the
-/// interpreter again (see `must_not_attach`). Asyncio work is never drained: the event loops
-/// are done.
+/// may still use the library; the event stream takes no new events), then `_take` returns
+/// `None`. Without, everything stops at once, queued items are dropped, and from then on
+/// threads other than this one never attach to the interpreter again (see `must_not_attach`).
+/// Asyncio work is never drained: the event loops are done.
 #[pyfunction]
 #[pyo3(signature = (drain=false))]
 pub(crate) fn _stop_dispatch(drain: bool) {
     STOPPED_HERE.with(|s| s.set(true));
     if drain {
-        queue(Lane::Callbacks).stop(true);
+        callbacks().stream.close();
+        queue(Lane::Logs).stop(true);
         return;
     }
     EXITING.store(true, Ordering::SeqCst);
-    queue(Lane::Callbacks).stop(false);
+    callbacks().stream.close();
+    callbacks().stop();
+    queue(Lane::Logs).stop(false);
     queue(Lane::Asyncio).stop(false);
 }

@@ -42,6 +42,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<types::PyStatusEvent>()?;
     m.add_function(wrap_pyfunction!(dispatch::_take, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::_complete, m)?)?;
+    m.add_function(wrap_pyfunction!(dispatch::_dropped_events, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::_stop_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     Ok(())

@@ -27,7 +27,7 @@ fn python_level(level: u32) -> i32 {
 pub(crate) fn install() {
     registry::log::install_forwarder(Box::new(|level, _target, message| {
         dispatch::push(
-            Lane::Callbacks,
+            Lane::Logs,
             Item::Log {
                 level: python_level(level),
                 message,

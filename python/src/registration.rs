@@ -1,43 +1,17 @@
 //! `Registration`: one registered node.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::types::PyType;
-use registry::{Event, Handler, Registration};
+use registry::Registration;
 
 use crate::asyncio;
 use crate::blocking;
-use crate::dispatch::{self, Item, Lane};
+use crate::dispatch;
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
-use crate::types::{info_from_py, PyNode, StatusContext};
-
-/// The core handler that hands a registration's status events to `callback` on the callback
-/// thread (see `dispatch`). The core calls it with every event, `Unregistered` last, before
-/// `unregister()`/`close()` return: no forwarder task, nothing to wait for here.
-pub(crate) fn status_handler(
-    py: Python<'_>,
-    context: StatusContext,
-    callback: Arc<Py<PyAny>>,
-) -> PyResult<Handler> {
-    registry::events::dispatcher::install_fork_handlers();
-    let context = Arc::new(context);
-    Handler::new(move |event: &Event| {
-        if let Event::Status { event, .. } = event {
-            dispatch::push(
-                Lane::Callbacks,
-                Item::Status {
-                    callback: callback.clone(),
-                    context: context.clone(),
-                    event: event.clone(),
-                },
-            );
-        }
-    })
-    .map_err(|e| errors::to_py_err(py, e))
-}
+use crate::types::{info_from_py, PyNode};
 
 /// Waits for the first registration: `Ok(true)` once registered, `Ok(false)` when `timeout`
 /// passes first, the error of the failed attempts otherwise (see the core's
@@ -155,8 +129,10 @@ impl PyRegistration {
     /// Deletes the key and stops keeping it alive. Idempotent.
     fn unregister(&self, py: Python<'_>) -> PyResult<()> {
         let reg = self.core(py)?;
-        // With on_status, the core has handed "unregistered" to the callback thread on return.
-        blocking::call(py, reg.unregister())
+        let result = blocking::call(py, reg.unregister());
+        // With on_status, "unregistered" is queued now: return once the callback has had it.
+        dispatch::finish_registration(py, reg.id())?;
+        result
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {

@@ -6,13 +6,14 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use registry::{Config, Node, PemSource, Route, TlsConfig};
+use registry::{Config, Node, PemSource, TlsConfig};
 
 use crate::asyncio;
-use crate::blocking::{self, positive_seconds};
+use crate::blocking::{self, seconds};
+use crate::dispatch::{self, Target};
 use crate::errors::{self, Answer};
 use crate::fork::ForkBound;
-use crate::registration::{self, PyRegistration};
+use crate::registration::PyRegistration;
 use crate::types::{info_from_py, PyNode, StatusContext};
 use crate::watch::PyWatch;
 
@@ -22,6 +23,8 @@ pub(crate) struct PyRegistry {
     inner: ForkBound<registry::Registry>,
     /// The watches with a callback: they live until closed, even once the Python object is gone.
     callback_watches: Arc<Mutex<Vec<Arc<registry::Watch>>>>,
+    /// Names this registry's callbacks on the callback thread (see `dispatch`).
+    token: u64,
 }
 
 fn callback_or_none(
@@ -109,10 +112,10 @@ impl PyRegistry {
         tls_server_name: Option<String>,
     ) -> PyResult<Self> {
         let mut config = Config::new(endpoints, base_path)
-            .with_timeout(positive_seconds(py, "timeout", timeout)?)
+            .with_timeout(seconds(py, "timeout", timeout)?)
             .with_backoff(
-                positive_seconds(py, "backoff_min", backoff_min)?,
-                positive_seconds(py, "backoff_max", backoff_max)?,
+                seconds(py, "backoff_min", backoff_min)?,
+                seconds(py, "backoff_max", backoff_max)?,
             );
         config.username = username;
         config.password = password;
@@ -129,6 +132,7 @@ impl PyRegistry {
         Ok(PyRegistry {
             inner: ForkBound::new(core),
             callback_watches: Arc::default(),
+            token: dispatch::registry_token(),
         })
     }
 
@@ -164,20 +168,27 @@ impl PyRegistry {
         let core = self.core(py)?;
         let info = info_from_py(info)?;
         let on_status = callback_or_none(py, "on_status", on_status)?;
-        let ttl = positive_seconds(py, "ttl", ttl)?;
+        let ttl = seconds(py, "ttl", ttl)?;
         let node = Node::new(node, info);
         let reg = match on_status {
             Some(callback) => {
-                let context = StatusContext {
+                // Its events go to the process's callback stream, pulled by the callback thread.
+                let context = Arc::new(StatusContext {
                     service: service.to_owned(),
                     node: node.name.clone(),
-                };
-                let handler = registration::status_handler(py, context, callback)?;
-                core.register_routed(service, node, ttl, &Route::handler(&handler))
+                });
+                let callbacks = dispatch::callbacks();
+                let creating = callbacks.creating(self.token);
+                let reg = core
+                    .register_routed(service, node, ttl, &callbacks.route())
+                    .map_err(|e| errors::to_py_err(py, e))?;
+                creating.done(reg.id(), Target::Status { callback, context });
+                reg
             }
-            None => core.register(service, node, ttl),
-        }
-        .map_err(|e| errors::to_py_err(py, e))?;
+            None => core
+                .register(service, node, ttl)
+                .map_err(|e| errors::to_py_err(py, e))?,
+        };
         Ok(PyRegistration::new(reg))
     }
 
@@ -212,9 +223,9 @@ impl PyRegistry {
     ) -> PyResult<PyWatch> {
         let core = self.core(py)?;
         let on_event = callback_or_none(py, "on_event", on_event)?;
-        let (route, active) = PyWatch::route(on_event).map_err(|e| errors::to_py_err(py, e))?;
-        let watch = blocking::call(py, PyWatch::start(core, service, route.clone()))?;
-        Ok(PyWatch::new(watch, route, active, &self.callback_watches))
+        let has_callback = on_event.is_some();
+        let watch = blocking::call(py, PyWatch::start(core, service, on_event, self.token))?;
+        Ok(PyWatch::new(watch, has_callback, &self.callback_watches))
     }
 
     /// `watch()` for asyncio.
@@ -227,12 +238,13 @@ impl PyRegistry {
     ) -> PyResult<Bound<'py, PyAny>> {
         let core = self.open(py)?.clone();
         let on_event = callback_or_none(py, "on_event", on_event)?;
-        let (route, active) = PyWatch::route(on_event).map_err(|e| errors::to_py_err(py, e))?;
+        let has_callback = on_event.is_some();
         let keep = self.callback_watches.clone();
+        let token = self.token;
         asyncio::future_into_py(py, async move {
-            let watch = PyWatch::start(&core, &service, route.clone())
+            let watch = PyWatch::start(&core, &service, on_event, token)
                 .await
-                .map(|watch| PyWatch::new(watch, route, active, &keep));
+                .map(|watch| PyWatch::new(watch, has_callback, &keep));
             Ok(Answer(watch))
         })
     }
@@ -244,12 +256,14 @@ impl PyRegistry {
             return Ok(());
         }
         let core = self.core(py)?;
-        // The core has handed every "unregistered" to the callback thread on return.
         let result = blocking::call(py, core.close());
         self.callback_watches
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        // Every "unregistered" is queued now: return once the callbacks have had them, and no
+        // callback of this registry's watches runs.
+        dispatch::finish_registry(py, self.token)?;
         result
     }
 

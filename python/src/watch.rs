@@ -7,11 +7,11 @@ use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
-use registry::{Event, Handler, Route, Watch};
+use registry::Watch;
 
 use crate::asyncio;
 use crate::blocking;
-use crate::dispatch::{self, Item, Lane};
+use crate::dispatch::{self, Target};
 use crate::errors;
 use crate::fork::ForkBound;
 use crate::types::{PyNode, PyWatchEvent};
@@ -23,60 +23,31 @@ pub(crate) struct PyWatch {
     /// Events go to a callback instead of the iterator.
     has_callback: bool,
     closed: AtomicBool,
-    /// Shared with the queued callback deliveries: false once closed.
-    active: Arc<AtomicBool>,
 }
 
 impl PyWatch {
-    /// With a callback, the core handler that hands the watch's events to it on the callback
-    /// thread (no forwarder task), and the flag `close()` clears to drop what is still queued
-    /// there.
-    pub(crate) fn route(
-        callback: Option<Arc<Py<PyAny>>>,
-    ) -> registry::Result<(Option<Route>, Arc<AtomicBool>)> {
-        let active = Arc::new(AtomicBool::new(true));
-        let Some(callback) = callback else {
-            return Ok((None, active));
-        };
-        registry::events::dispatcher::install_fork_handlers();
-        let flag = active.clone();
-        let handler = Handler::new(move |event: &Event| {
-            if let Event::Watch { event, .. } = event {
-                dispatch::push(
-                    Lane::Callbacks,
-                    Item::Watch {
-                        callback: callback.clone(),
-                        active: flag.clone(),
-                        event: event.clone(),
-                    },
-                );
-            }
-        })?;
-        Ok((Some(Route::handler(&handler)), active))
-    }
-
-    /// Starts the core watch, routed to the handler if there is one.
+    /// Starts the core watch. With a callback, its events go to the process's callback stream,
+    /// pulled by the callback thread (see `dispatch`); `registry` names the registry.
     pub(crate) async fn start(
         core: &registry::Registry,
         service: &str,
-        route: Option<Route>,
+        callback: Option<Arc<Py<PyAny>>>,
+        registry: u64,
     ) -> registry::Result<Watch> {
-        match route {
-            Some(route) => core.watch_routed(service, &route).await,
-            None => core.watch(service).await,
-        }
+        let Some(callback) = callback else {
+            return core.watch(service).await;
+        };
+        let callbacks = dispatch::callbacks();
+        let creating = callbacks.creating(registry);
+        let watch = core.watch_routed(service, &callbacks.route()).await?;
+        creating.done(watch.id(), Target::Watch { callback });
+        Ok(watch)
     }
 
     /// Wraps a core watch. With a callback, the registry keeps the watch (`keep`) until
     /// `close()` or the registry's close, even if the Python object is dropped.
-    pub(crate) fn new(
-        watch: Watch,
-        route: Option<Route>,
-        active: Arc<AtomicBool>,
-        keep: &Mutex<Vec<Arc<Watch>>>,
-    ) -> Self {
+    pub(crate) fn new(watch: Watch, has_callback: bool, keep: &Mutex<Vec<Arc<Watch>>>) -> Self {
         let watch = Arc::new(watch);
-        let has_callback = route.is_some();
         if has_callback {
             let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
             kept.retain(|w| !w.is_finished());
@@ -86,7 +57,6 @@ impl PyWatch {
             inner: ForkBound::new(watch),
             has_callback,
             closed: AtomicBool::new(false),
-            active,
         }
     }
 
@@ -199,14 +169,18 @@ impl PyWatch {
         })
     }
 
-    /// Stops the watch; no callback runs for it after this returns. Idempotent.
-    fn close(&self) {
-        self.active.store(false, Ordering::SeqCst);
+    /// Stops the watch; no callback runs for it after this returns (unless called from inside
+    /// that callback, which then returns before the next). Idempotent.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
         if !self.closed.swap(true, Ordering::SeqCst) {
             if let Some(watch) = self.inner.here() {
                 watch.cancel();
+                if self.has_callback {
+                    dispatch::forget_watch(py, watch.id())?;
+                }
             }
         }
+        Ok(())
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -216,12 +190,13 @@ impl PyWatch {
     #[pyo3(signature = (exc_type, exc_value, traceback))]
     fn __exit__(
         &self,
+        py: Python<'_>,
         exc_type: Option<&Bound<'_, PyType>>,
         exc_value: Option<&Bound<'_, PyAny>>,
         traceback: Option<&Bound<'_, PyAny>>,
-    ) {
+    ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
-        self.close();
+        self.close(py)
     }
 
     fn __repr__(&self) -> String {

@@ -167,6 +167,27 @@ def test_invalid_configuration(kwargs) -> None:  # type: ignore[no-untyped-def]
         Registry(**kwargs)
 
 
+def test_seconds_are_converted_here_and_judged_by_the_core(registry: Registry) -> None:
+    # Zero is a valid Duration: the core refuses it, with its own message.
+    with pytest.raises(InvalidArgument, match="ttl must be greater than zero"):
+        registry.register("api", "n", ttl=0)
+    with pytest.raises(InvalidArgument, match="larger than etcd's maximum"):
+        registry.register("api", "n", ttl=1e12)
+    with pytest.raises(InvalidArgument, match="timeout must be greater than zero"):
+        Registry(["h:1"], timeout=0)
+    with pytest.raises(InvalidArgument, match="backoff must satisfy"):
+        Registry(["h:1"], backoff_min=0)
+    # What cannot become a duration at all is refused by the conversion, naming the argument.
+    for bad in (float("nan"), float("inf"), -1.0, 1e300):
+        with pytest.raises(InvalidArgument, match="ttl must be a finite, non-negative number"):
+            registry.register("api", "n", ttl=bad)
+        with pytest.raises(InvalidArgument, match="backoff_max must be a finite"):
+            Registry(["h:1"], backoff_max=bad)
+    with pytest.raises(TypeError):
+        registry.register("api", "n", ttl="10")  # type: ignore[arg-type]
+    assert registry.list("api") == []
+
+
 def test_wait_timeout_semantics(registry: Registry) -> None:
     handle = registry.register("api", "n")
     with pytest.raises(InvalidArgument):

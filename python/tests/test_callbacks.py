@@ -7,7 +7,15 @@ import threading
 
 import pytest
 
-from etcd_registry import ClosedError, Registration, Registry, RegistryError, StatusEvent
+from etcd_registry import (
+    ClosedError,
+    Registration,
+    Registry,
+    RegistryError,
+    StatusEvent,
+    WatchEvent,
+    dropped_events,
+)
 
 from conftest import DEADLINE, Etcd, Recorder, eventually
 
@@ -155,3 +163,138 @@ def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> 
         )
     assert record.levelno in (logging.WARNING, logging.DEBUG)
     assert "attempt=" in record.getMessage()
+
+
+def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
+    etcd: Etcd, base_path: str
+) -> None:
+    """The callbacks read the core's bounded queue: a callback that blocks while more than
+    EVENT_QUEUE_CAPACITY (1024) events arrive costs the oldest events, counted, not memory; the
+    final "unregistered" is still delivered, before unregister() returns."""
+    capacity = 1024
+    present = [f"k{i:04}" for i in range(1150)]  # one "added" each when the watch starts
+    later = [f"k{i:04}" for i in range(1150, 1200)]  # registered while the callback blocks
+    total = len(present) + len(later)
+    release = threading.Event()
+    blocked = threading.Event()
+    seen: list[str] = []
+    status = Recorder()
+
+    def on_event(event: WatchEvent) -> None:
+        if not blocked.is_set():
+            blocked.set()
+            release.wait(DEADLINE)
+        seen.append(event.node.name if event.node is not None else "")
+
+    # The nodes come from a second registry (no callbacks): etcd holds them, and events follow.
+    feeder = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
+    reg = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
+    try:
+        for handle in [feeder.register("flood", name, ttl=30.0) for name in present]:
+            assert handle.wait(DEADLINE)
+        mine = reg.register("slow", "n", on_status=status)
+        status.wait_kind("registered")
+        before = dropped_events()
+        reg.watch("flood", on_event=on_event)
+        assert blocked.wait(DEADLINE), "the watch callback was not called"
+        for handle in [feeder.register("flood", name, ttl=30.0) for name in later]:
+            assert handle.wait(DEADLINE)
+        # One event is in the blocked callback, `capacity` wait: the rest were dropped.
+        eventually("the oldest events to be dropped",
+                   lambda: dropped_events() - before == total - 1 - capacity)
+
+        # The queue is full of watch events: unregister() from another thread still gets its
+        # "unregistered" in (never dropped: an older watch event makes room), and returns only
+        # once it has been delivered, which waits for the blocked callback.
+        kinds_at_return: list[list[str]] = []
+
+        def unregister() -> None:
+            mine.unregister()
+            kinds_at_return.append(status.kinds())
+
+        unregistering = threading.Thread(target=unregister)
+        unregistering.start()
+        eventually("unregister to queue its event",
+                   lambda: dropped_events() - before == total - capacity)
+        assert unregistering.is_alive(), "unregister() returned before its event was delivered"
+        release.set()
+        unregistering.join(DEADLINE)
+        assert not unregistering.is_alive()
+        assert kinds_at_return == [["registered", "unregistered"]]
+
+        eventually("the newest events", lambda: set(later) <= set(seen))
+        dropped = dropped_events() - before
+        assert dropped == total - capacity
+        assert len(seen) + dropped == total  # every event was delivered or counted
+        # Memory stayed bounded: at most `capacity` events waited behind the blocked one.
+        assert len(seen) <= 1 + capacity
+        # The dropped ones were the oldest: after the blocked event come the newest of the
+        # initial ones (listed in key order), then every later one.
+        initial = [name for name in seen[1:] if name in present]
+        assert initial == present[len(present) - len(initial):]
+        assert sorted(seen[1 + len(initial):]) == later
+    finally:
+        release.set()
+        reg.close()
+        feeder.close()
+
+
+def test_unregister_and_close_return_after_unregistered_was_delivered(
+    etcd: Etcd, base_path: str
+) -> None:
+    # From another thread: the callback has had "unregistered" when unregister() returns.
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    recorder = Recorder()
+    handle = reg.register("api", "a", on_status=recorder)
+    recorder.wait_kind("registered")
+    handle.unregister()
+    assert recorder.kinds() == ["registered", "unregistered"]
+
+    # From inside a callback: the events queued before are delivered nested, no deadlock.
+    inside: list[list[str]] = []
+    nested = Recorder()
+
+    def on_status(event: StatusEvent) -> None:
+        nested(event)
+        if event.kind == "registered" and event.node_name == "b":
+            handles["b"].unregister()
+            inside.append(nested.kinds())
+            reg.close()
+            inside.append(nested.kinds())
+
+    handles: dict[str, Registration] = {}
+    handles["c"] = reg.register("api", "c", on_status=on_status)
+    nested.wait_kind("registered")
+    handles["b"] = reg.register("api", "b", on_status=on_status)
+    eventually("the callback to close the registry", lambda: len(inside) == 2)
+    assert inside[0][-1] == "unregistered" and inside[0].count("unregistered") == 1
+    assert inside[1].count("unregistered") == 2, inside
+    assert reg.closed
+
+
+def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
+    running = threading.Event()
+    release = threading.Event()
+    calls: list[str] = []
+
+    def on_event(event: WatchEvent) -> None:
+        calls.append("start")
+        running.set()
+        release.wait(DEADLINE)
+        calls.append("end")
+
+    watch = registry.watch("api", on_event=on_event)
+    registry.register("api", "n")
+    assert running.wait(DEADLINE)
+    registry.register("api", "m")  # queued behind the running call
+    closer = threading.Thread(target=watch.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive(), "close() returned while the callback was still running"
+    release.set()
+    closer.join(DEADLINE)
+    assert not closer.is_alive()
+    assert calls == ["start", "end"]
+    # The event queued behind it is never delivered.
+    registry.register("api", "later").wait(DEADLINE)
+    assert registry.list("api") and calls == ["start", "end"]
