@@ -633,7 +633,8 @@ etcd_registry_status etcd_registry_config_set_endpoints(struct etcd_registry_con
                                                         const char *endpoints);
 
 /**
- * Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`). INVALID_ARGUMENT when empty.
+ * Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`).
+ * INVALID_ARGUMENT when it is empty or malformed (the check `etcd_registry_connect` makes).
  */
 etcd_registry_status etcd_registry_config_add_endpoint(struct etcd_registry_config *config,
                                                        const char *endpoint);

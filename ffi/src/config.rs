@@ -118,7 +118,8 @@ pub unsafe extern "C" fn etcd_registry_config_set_endpoints(
     })
 }
 
-/// Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`). INVALID_ARGUMENT when empty.
+/// Appends one endpoint (`host:port`, `http://host:port` or `https://host:port`).
+/// INVALID_ARGUMENT when it is empty or malformed (the check `etcd_registry_connect` makes).
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_add_endpoint(
     config: *mut etcd_registry_config,
@@ -128,9 +129,7 @@ pub unsafe extern "C" fn etcd_registry_config_add_endpoint(
         // SAFETY: caller's contract for both pointers.
         let config = unsafe { config_mut(config) }?;
         let endpoint = unsafe { required(endpoint, "endpoint") }?.trim();
-        if endpoint.is_empty() {
-            return Err(Failure::invalid("endpoint must not be empty"));
-        }
+        registry::check_endpoint(endpoint)?;
         config.config.endpoints.push(endpoint.to_string());
         Ok(())
     })

@@ -335,6 +335,10 @@ static void test_config_setters_and_errors(void) {
     CHECK_STATUS(etcd_registry_config_set_endpoints(c, ""), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(etcd_registry_config_set_endpoints(c, " , ,"), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(etcd_registry_config_add_endpoint(c, "  "), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    /* add_endpoint checks the endpoint as connect does, with the core's message. */
+    CHECK_STATUS(etcd_registry_config_add_endpoint(c, "no-port"), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_MESSAGE("malformed endpoint");
+    CHECK_STATUS(etcd_registry_config_add_endpoint(c, "ftp://h:1"), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(etcd_registry_config_set_timeout_ms(c, 0), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(etcd_registry_config_set_backoff_ms(c, 0, 10), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_STATUS(etcd_registry_config_set_backoff_ms(c, 20, 10), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
