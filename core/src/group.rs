@@ -410,6 +410,17 @@ impl LeaseGroup {
         let mut refused = HashSet::new();
         let mut first = 0;
         for chunk in members.chunks(MAX_TXN_OPS) {
+            // One key: a plain put, which etcd serves a little faster than a transaction.
+            if let [member] = chunk {
+                match self.put_one(lease, member, attempt).await? {
+                    Some(revision) if first == 0 => first = revision,
+                    Some(_) => {}
+                    None => {
+                        refused.insert(member.id);
+                    }
+                }
+                continue;
+            }
             let mut generations = Vec::with_capacity(chunk.len());
             let ops: Vec<TxnOp> = chunk
                 .iter()
@@ -442,7 +453,7 @@ impl LeaseGroup {
                 Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
                     for member in chunk {
-                        if !self.put_one(lease, member, attempt).await? {
+                        if self.put_one(lease, member, attempt).await?.is_none() {
                             refused.insert(member.id);
                         }
                     }
@@ -453,13 +464,14 @@ impl LeaseGroup {
         Ok((refused, first))
     }
 
-    /// Puts one key; a per-key refusal is reported to its registration only.
+    /// Puts one key; a per-key refusal is reported to its registration only. Returns the
+    /// revision of the put, `None` when it was refused.
     async fn put_one(
         &self,
         lease: i64,
         member: &Arc<RegShared>,
         attempt: Duration,
-    ) -> Result<bool> {
+    ) -> Result<Option<i64>> {
         let (value, generation) = member.value();
         let result = self
             .conn
@@ -472,14 +484,14 @@ impl LeaseGroup {
             })
             .await;
         match result {
-            Ok(_) => {
+            Ok((_, resp)) => {
                 member.landed(generation);
-                Ok(true)
+                Ok(Some(resp.header().map_or(0, |h| h.revision())))
             }
             Err(e) if is_per_key(&e) => {
                 tracing::warn!(key = %member.key, error = %e, "etcd refused the key");
                 member.attempt_failed(&e);
-                Ok(false)
+                Ok(None)
             }
             Err(e) => Err(e),
         }
@@ -595,8 +607,8 @@ impl LeaseGroup {
                             continue;
                         };
                         match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
-                            Ok(true) => reg.registered(lease),
-                            Ok(false) => {}
+                            Ok(Some(_)) => reg.registered(lease),
+                            Ok(None) => {}
                             // The next attempt puts it, as the member is still stale.
                             Err(e) => return Exit::Lost(e),
                         }
@@ -807,7 +819,7 @@ impl LeaseGroup {
                     );
                 }
                 for member in &to_put {
-                    if self.put_one(lease, member, attempt).await? {
+                    if self.put_one(lease, member, attempt).await?.is_some() {
                         member.registered(lease);
                     }
                 }
