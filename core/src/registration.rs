@@ -36,7 +36,7 @@ use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Queue, Subscriber};
-use crate::keys::Info;
+use crate::keys::{decode_info, Info};
 
 /// A service node: its name and its info.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -156,6 +156,14 @@ impl StatusEvent {
     }
 }
 
+/// `info` as entries to keep, or `None` when decoding `value` gives it back exactly.
+fn unless_decodable(info: Info, value: &str) -> Option<Box<[(String, String)]>> {
+    match decode_info(value.as_bytes()) {
+        Ok(decoded) if !value.is_empty() && decoded == info => None,
+        _ => Some(info.into_iter().collect()),
+    }
+}
+
 /// One registration, as the registry, its lease's task and the handles share it. Held once per
 /// registration, so kept small: the names once (shared with every event), the info as a list
 /// rather than a map, and no channel of its own.
@@ -174,11 +182,12 @@ pub(crate) struct RegShared {
 }
 
 struct RegInner {
-    /// The node's current info, as sorted entries (a map of one or two entries would take a
-    /// whole tree node); `Node` is rebuilt from it when asked for.
-    info: Box<[(String, String)]>,
+    /// The node's current info when decoding `value` would not give it back exactly (e.g. info
+    /// given as bytes that are not UTF-8), as sorted entries; `None` in the usual case, where
+    /// `Node` is rebuilt from `value` when asked for: the info is not held twice.
+    info: Option<Box<[(String, String)]>>,
     info_absent: bool,
-    /// That info encoded: what every put of the key writes.
+    /// The info encoded: what every put of the key writes.
     value: String,
     /// 0 for the info given to `register`, one more for each `update`.
     generation: u64,
@@ -222,7 +231,7 @@ impl RegShared {
             key,
             ttl_secs,
             inner: Mutex::new(RegInner {
-                info: node.info.into_iter().collect(),
+                info: unless_decodable(node.info, &value),
                 info_absent: node.info_absent,
                 value,
                 generation: 0,
@@ -256,7 +265,10 @@ impl RegShared {
         let inner = self.lock();
         Node {
             name: self.names.1.to_string(),
-            info: inner.info.iter().cloned().collect(),
+            info: match &inner.info {
+                Some(entries) => entries.iter().cloned().collect(),
+                None => decode_info(inner.value.as_bytes()).unwrap_or_default(),
+            },
             info_absent: inner.info_absent,
         }
     }
@@ -282,7 +294,7 @@ impl RegShared {
     /// Replaces the info (already checked and encoded); the lease's task puts it.
     pub(crate) fn set_info(&self, info: Info, value: String) {
         let mut inner = self.lock();
-        inner.info = info.into_iter().collect();
+        inner.info = unless_decodable(info, &value);
         inner.info_absent = false;
         inner.value = value;
         inner.generation += 1;
