@@ -32,27 +32,42 @@ type Registration struct {
 	node    string
 	ctx     context.Context
 
-	mu      sync.Mutex
-	stopCtx func() bool // stops watching ctx; nil when ctx can never end
+	mu sync.Mutex
 	// done is closed on the first registration; made by Done, nil until then. Once closed it is
 	// let go (closedChan stands for it).
-	done chan struct{}
+	done    chan struct{}
+	x       *regExtra          // made when first needed (nil for a registration left alone)
+	backlog backlog[statusRec] // events Events' reader has not taken yet
+
+	reading    bool // Events has been called
+	pumping    bool // a goroutine is handing the backlog to events
+	over       bool // StatusUnregistered is in the backlog (or was handed over)
+	eventsDone bool // events is closed
+	registered bool // done is closed
+	errsDone   bool // the error channel is closed (or will be, when made)
+	ended      bool // the registration has ended
+}
+
+// regExtra is the part of a Registration that only some need: one whose context can end, whose
+// error channel or events are asked for, that is waited for, or that ends. Guarded by the
+// registration's lock.
+type regExtra struct {
+	stopCtx func() bool // stops watching ctx; nil when ctx can never end
 	// errs is the error channel (see RegisterNode), made by Errors; until then, what it would
 	// hold waits in errBuf (the newest errChanSize values).
 	errs     chan error
 	errBuf   []error
-	events   chan StatusEvent   // made by Events; unbuffered; closed after StatusUnregistered
-	finished chan struct{}      // made by a waiter; closed when the registration has ended
-	backlog  backlog[statusRec] // events Events' reader has not taken yet
+	events   chan StatusEvent // made by Events; unbuffered; closed after StatusUnregistered
+	finished chan struct{}    // made by a waiter; closed when the registration has ended
+	reason   error            // why it ends, set by the first of Unregister, ctx or Close
+}
 
-	reading    bool  // Events has been called
-	pumping    bool  // a goroutine is handing the backlog to events
-	over       bool  // StatusUnregistered is in the backlog (or was handed over)
-	eventsDone bool  // events is closed
-	registered bool  // done is closed
-	errsDone   bool  // the error channel is closed (or will be, when made)
-	ended      bool  // the registration has ended
-	reason     error // why it ends, set by the first of Unregister, ctx or Close
+// more is the registration's regExtra, made if needed. g.mu must be held.
+func (g *Registration) more() *regExtra {
+	if g.x == nil {
+		g.x = &regExtra{}
+	}
+	return g.x
 }
 
 // closedChan stands for every closed done or finished channel.
@@ -148,7 +163,7 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	if ctx.Done() != nil { // else ctx never ends: nothing to watch
 		g.mu.Lock()
 		if !g.ended {
-			g.stopCtx = context.AfterFunc(ctx, func() {
+			g.more().stopCtx = context.AfterFunc(ctx, func() {
 				if g.claimEnd(ctx.Err()) {
 					_ = g.unregister()
 				}
@@ -210,30 +225,32 @@ func (g *Registration) Done() <-chan struct{} {
 func (g *Registration) Errors() <-chan error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.errs == nil {
-		g.errs = make(chan error, errChanSize)
-		for _, err := range g.errBuf {
-			g.errs <- err
+	x := g.more()
+	if x.errs == nil {
+		x.errs = make(chan error, errChanSize)
+		for _, err := range x.errBuf {
+			x.errs <- err
 		}
-		g.errBuf = nil
+		x.errBuf = nil
 		if g.errsDone {
-			close(g.errs)
+			close(x.errs)
 		}
 	}
-	return g.errs
+	return x.errs
 }
 
 // pushErrLocked puts err on the error channel, or keeps it for the channel's maker.
 func (g *Registration) pushErrLocked(err error) {
-	if g.errs != nil {
-		pushLatest(g.errs, err)
+	x := g.more()
+	if x.errs != nil {
+		pushLatest(x.errs, err)
 		return
 	}
-	if len(g.errBuf) == errChanSize {
-		copy(g.errBuf, g.errBuf[1:])
-		g.errBuf = g.errBuf[:errChanSize-1]
+	if len(x.errBuf) == errChanSize {
+		copy(x.errBuf, x.errBuf[1:])
+		x.errBuf = x.errBuf[:errChanSize-1]
 	}
-	g.errBuf = append(g.errBuf, err)
+	x.errBuf = append(x.errBuf, err)
 }
 
 // finishedChan is closed when the registration has ended.
@@ -243,10 +260,11 @@ func (g *Registration) finishedChan() <-chan struct{} {
 	if g.ended {
 		return closedChan
 	}
-	if g.finished == nil {
-		g.finished = make(chan struct{})
+	x := g.more()
+	if x.finished == nil {
+		x.finished = make(chan struct{})
 	}
-	return g.finished
+	return x.finished
 }
 
 // Events delivers every status event of the registration in order since Register, ending with
@@ -257,12 +275,13 @@ func (g *Registration) finishedChan() <-chan struct{} {
 func (g *Registration) Events() <-chan StatusEvent {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.events == nil {
-		g.events = make(chan StatusEvent)
+	x := g.more()
+	if x.events == nil {
+		x.events = make(chan StatusEvent)
 	}
 	g.reading = true
 	g.pumpLocked()
-	return g.events
+	return x.events
 }
 
 // Dropped is how many status events were dropped because Events' reader fell behind.
@@ -373,10 +392,10 @@ func (g *Registration) hasEnded() bool {
 func (g *Registration) claimEnd(reason error) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.reason != nil || g.over {
+	if (g.x != nil && g.x.reason != nil) || g.over {
 		return false
 	}
-	g.reason = reason
+	g.more().reason = reason
 	return true
 }
 
@@ -392,8 +411,11 @@ func (g *Registration) deliver(ev StatusEvent) {
 		}
 		g.mu.Unlock()
 	case StatusUnregistered:
+		var reason error
 		g.mu.Lock()
-		reason := g.reason
+		if g.x != nil {
+			reason = g.x.reason
+		}
 		g.mu.Unlock()
 		if reason == nil {
 			if g.r.h.isClosing() {
@@ -462,7 +484,7 @@ func (g *Registration) pump() {
 	for {
 		g.mu.Lock()
 		rec, ok := g.backlog.pop()
-		events := g.events
+		events := g.x.events // made by Events, which started the pump
 		if !ok {
 			g.pumping = false
 			if g.over && !g.eventsDone {
@@ -491,9 +513,11 @@ func (g *Registration) unregister() error {
 // error channel, which is then closed.
 func (g *Registration) end(reason error, last StatusEvent) {
 	h := g.r.h
+	var stopCtx func() bool
 	g.mu.Lock()
-	stopCtx := g.stopCtx
-	g.stopCtx = nil
+	if g.x != nil {
+		stopCtx, g.x.stopCtx = g.x.stopCtx, nil
+	}
 	g.mu.Unlock()
 	if stopCtx != nil {
 		stopCtx()
@@ -512,12 +536,13 @@ func (g *Registration) end(reason error, last StatusEvent) {
 	g.pumpLocked()
 	g.pushErrLocked(reason)
 	g.errsDone = true
-	if g.errs != nil {
-		close(g.errs)
+	x := g.x // made by pushErrLocked
+	if x.errs != nil {
+		close(x.errs)
 	}
 	g.ended = true
-	finished := g.finished
-	g.finished = nil
+	finished := x.finished
+	x.finished = nil
 	g.mu.Unlock()
 	if finished != nil {
 		close(finished)
