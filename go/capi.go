@@ -246,6 +246,17 @@ func cUnregister(p *C.etcd_registry, id uint64) error {
 	return cResult("unregister", C.goer_unregister(p, C.uint64_t(id), &msg), msg)
 }
 
+// cDroppedEvents is how many events the pull queue has dropped because it was not read fast
+// enough (etcd_registry_dropped_events with id 0).
+func cDroppedEvents(p *C.etcd_registry) (uint64, error) {
+	var n C.uint64_t
+	var msg *C.char
+	if err := cResult("dropped events", C.goer_dropped_events(p, 0, &n, &msg), msg); err != nil {
+		return 0, err
+	}
+	return uint64(n), nil
+}
+
 func cRegistrationState(p *C.etcd_registry, id uint64) (State, error) {
 	var state C.etcd_registry_state
 	var msg *C.char

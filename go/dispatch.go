@@ -124,6 +124,17 @@ func (r *routes) removeWatch(id uint64) {
 	r.mu.Unlock()
 }
 
+// allRegistrations is every live registration.
+func (r *routes) allRegistrations() []*Registration {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Registration, 0, len(r.registrations))
+	for _, g := range r.registrations {
+		out = append(out, g)
+	}
+	return out
+}
+
 // allWatches is every live watch, for Close.
 func (r *routes) allWatches() []*Watch {
 	r.mu.Lock()
@@ -166,13 +177,23 @@ func (h *handle) startDispatcher() {
 // dispatch pulls events until the registry is closed. It holds the handle's read lock only
 // while inside next_event, which returns what close queued (every registration's
 // StatusUnregistered), then CLOSED.
+//
+// When the dispatcher falls behind (a burst of thousands of registrations landing at once on a
+// busy machine), the library's queue drops the oldest events past its bound, Registered ones
+// among them, and a registration would never see its first registration. So whenever the queue
+// runs empty, and every catchUpEvery events, the dispatcher asks how many events were dropped;
+// if that grew, it catches up from the library's state (see catchUp).
 func (h *handle) dispatch() {
 	defer close(h.dispatchDone)
+	const catchUpEvery = 256
+	var dropped uint64 // the drops already caught up with
+	timeout := uint64(0)
+	pulledSince := 0
 	for {
 		var ev pulled
 		err := h.use("next event", func(p *cRegistry) error {
 			var err error
-			ev, err = cNextEvent(p, waitForever)
+			ev, err = cNextEvent(p, timeout)
 			return err
 		})
 		switch {
@@ -183,13 +204,43 @@ func (h *handle) dispatch() {
 			} else if w != nil {
 				w.deliver(ev.event)
 			}
+			timeout = 0 // look again without waiting: the queue may be empty now
+			if pulledSince++; pulledSince >= catchUpEvery {
+				pulledSince = 0
+				h.catchUp(&dropped)
+			}
 		case isCode(err, CodeClosed):
 			return
 		case isCode(err, CodeTimeout):
-			// nothing came within the (long) wait; wait again
+			if timeout == 0 {
+				// The queue is empty: check for drops, then wait for the next event.
+				pulledSince = 0
+				h.catchUp(&dropped)
+				timeout = waitForever
+			}
 		default:
 			// Not expected (a bug inside the library); do not spin on it.
 			time.Sleep(100 * time.Millisecond)
 		}
+	}
+}
+
+// catchUp makes up for events the library's queue dropped since the last look (*seen is the
+// drop count then): every registration not registered yet asks the library for its state, and
+// one registered meanwhile closes its done channel as its dropped Registered event would have.
+// Runs on the dispatcher, in order with deliver.
+func (h *handle) catchUp(seen *uint64) {
+	var now uint64
+	err := h.use("dropped events", func(p *cRegistry) error {
+		var err error
+		now, err = cDroppedEvents(p)
+		return err
+	})
+	if err != nil || now == *seen {
+		return
+	}
+	*seen = now
+	for _, g := range h.routes.allRegistrations() {
+		g.catchUp()
 	}
 }

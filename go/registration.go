@@ -20,30 +20,82 @@ const (
 // and re-registered after any loss, until its context ends, Unregister or Close is called, or
 // a newer registration of the same node replaces it. It has no goroutine of its own: the
 // registry's dispatcher hands it its events (see dispatch.go).
+//
+// It is kept small (issue #11: memory per registration): its channels are made when first
+// asked for (Done, Errors, Events, a waiting Unregister), what they would carry waits in the
+// struct meanwhile, and the pending events are kept without the names, which the registration
+// holds once.
 type Registration struct {
 	r       *EtcdRegistry // keeps the registry alive while the registration is referenced
 	id      uint64
 	service string
 	node    string
 	ctx     context.Context
-	stopCtx func() bool // stops watching ctx
 
-	done     chan struct{}    // closed on the first registration
-	errs     chan error       // see RegisterNode
-	events   chan StatusEvent // unbuffered; closed after StatusUnregistered
-	finished chan struct{}    // closed when the registration has ended
+	mu sync.Mutex
+	// done is closed on the first registration; made by Done, nil until then. Once closed it is
+	// let go (closedChan stands for it).
+	done    chan struct{}
+	x       *regExtra          // made when first needed (nil for a registration left alone)
+	backlog backlog[statusRec] // events Events' reader has not taken yet
 
-	mu         sync.Mutex
-	backlog    backlog[StatusEvent] // events Events' reader has not taken yet
-	reading    bool                 // Events has been called
-	pumping    bool                 // a goroutine is handing the backlog to events
-	over       bool                 // StatusUnregistered is in the backlog (or was handed over)
-	eventsDone bool                 // events is closed
-	registered bool
-	reason     error // why it ends, set by the first of Unregister, ctx or Close
+	reading    bool // Events has been called
+	pumping    bool // a goroutine is handing the backlog to events
+	over       bool // StatusUnregistered is in the backlog (or was handed over)
+	eventsDone bool // events is closed
+	registered bool // done is closed
+	errsDone   bool // the error channel is closed (or will be, when made)
+	ended      bool // the registration has ended
 }
 
-func isFinalStatus(ev StatusEvent) bool { return ev.Kind == StatusUnregistered }
+// regExtra is the part of a Registration that only some need: one whose context can end, whose
+// error channel or events are asked for, that is waited for, or that ends. Guarded by the
+// registration's lock.
+type regExtra struct {
+	stopCtx func() bool // stops watching ctx; nil when ctx can never end
+	// errs is the error channel (see RegisterNode), made by Errors; until then, what it would
+	// hold waits in errBuf (the newest errChanSize values).
+	errs     chan error
+	errBuf   []error
+	events   chan StatusEvent // made by Events; unbuffered; closed after StatusUnregistered
+	finished chan struct{}    // made by a waiter; closed when the registration has ended
+	reason   error            // why it ends, set by the first of Unregister, ctx or Close
+}
+
+// more is the registration's regExtra, made if needed. g.mu must be held.
+func (g *Registration) more() *regExtra {
+	if g.x == nil {
+		g.x = &regExtra{}
+	}
+	return g.x
+}
+
+// closedChan stands for every closed done or finished channel.
+var closedChan = func() chan struct{} {
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}()
+
+// statusRec is a StatusEvent waiting in a backlog, without the names (the registration's).
+type statusRec struct {
+	err     error
+	delay   time.Duration
+	leaseID int64
+	attempt int32
+	kind    int32
+}
+
+func newStatusRec(ev StatusEvent) statusRec {
+	return statusRec{err: ev.Err, delay: ev.Delay, leaseID: ev.LeaseID, attempt: int32(ev.Attempt), kind: int32(ev.Kind)}
+}
+
+func (g *Registration) event(rec statusRec) StatusEvent {
+	return StatusEvent{Kind: StatusKind(rec.kind), Service: g.service, Node: g.node,
+		Attempt: int(rec.attempt), Delay: rec.delay, Err: rec.err, LeaseID: rec.leaseID}
+}
+
+func isFinalRec(rec statusRec) bool { return StatusKind(rec.kind) == StatusUnregistered }
 
 // RegisterNode registers node under service with a lease of ttl (rounded up to whole seconds)
 // and keeps it registered, in the background, for as long as ctx lives. It returns at once.
@@ -65,7 +117,7 @@ func (r *EtcdRegistry) RegisterNode(ctx context.Context, service string, node No
 	if err != nil {
 		return nil, nil, err
 	}
-	return g.done, g.errs, nil
+	return g.Done(), g.Errors(), nil
 }
 
 // Register is RegisterNode returning the Registration, which also gives the status events,
@@ -79,14 +131,10 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	// Names, the TTL and the info are checked by the library (the core's rules), below.
 	h := r.h
 	g := &Registration{
-		r:        r,
-		service:  service,
-		node:     node.Name,
-		ctx:      ctx,
-		done:     make(chan struct{}),
-		errs:     make(chan error, errChanSize),
-		events:   make(chan StatusEvent),
-		finished: make(chan struct{}),
+		r:       r,
+		service: service,
+		node:    node.Name,
+		ctx:     ctx,
 	}
 	if !h.open() {
 		return nil, closedError(op)
@@ -112,11 +160,17 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	h.registrations[nodeKey{service, node.Name}] = g
 	h.mu.Unlock()
 	h.routes.addRegistration(g)
-	g.stopCtx = context.AfterFunc(ctx, func() {
-		if g.claimEnd(ctx.Err()) {
-			_ = g.unregister()
+	if ctx.Done() != nil { // else ctx never ends: nothing to watch
+		g.mu.Lock()
+		if !g.ended {
+			g.more().stopCtx = context.AfterFunc(ctx, func() {
+				if g.claimEnd(ctx.Err()) {
+					_ = g.unregister()
+				}
+			})
 		}
-	})
+		g.mu.Unlock()
+	}
 	runtime.KeepAlive(r)
 	return g, nil
 }
@@ -155,10 +209,63 @@ func (g *Registration) Service() string { return g.service }
 func (g *Registration) NodeName() string { return g.node }
 
 // Done is closed when the node is registered for the first time (see RegisterNode).
-func (g *Registration) Done() <-chan struct{} { return g.done }
+func (g *Registration) Done() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.registered {
+		return closedChan
+	}
+	if g.done == nil {
+		g.done = make(chan struct{})
+	}
+	return g.done
+}
 
 // Errors is the error channel RegisterNode returns.
-func (g *Registration) Errors() <-chan error { return g.errs }
+func (g *Registration) Errors() <-chan error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	x := g.more()
+	if x.errs == nil {
+		x.errs = make(chan error, errChanSize)
+		for _, err := range x.errBuf {
+			x.errs <- err
+		}
+		x.errBuf = nil
+		if g.errsDone {
+			close(x.errs)
+		}
+	}
+	return x.errs
+}
+
+// pushErrLocked puts err on the error channel, or keeps it for the channel's maker.
+func (g *Registration) pushErrLocked(err error) {
+	x := g.more()
+	if x.errs != nil {
+		pushLatest(x.errs, err)
+		return
+	}
+	if len(x.errBuf) == errChanSize {
+		copy(x.errBuf, x.errBuf[1:])
+		x.errBuf = x.errBuf[:errChanSize-1]
+	}
+	x.errBuf = append(x.errBuf, err)
+}
+
+// finishedChan is closed when the registration has ended.
+func (g *Registration) finishedChan() <-chan struct{} {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.ended {
+		return closedChan
+	}
+	x := g.more()
+	if x.finished == nil {
+		x.finished = make(chan struct{})
+	}
+	return x.finished
+}
 
 // Events delivers every status event of the registration in order since Register, ending with
 // StatusUnregistered, after which it is closed. Events not read yet wait with the library's
@@ -167,10 +274,14 @@ func (g *Registration) Errors() <-chan error { return g.errs }
 // stand.
 func (g *Registration) Events() <-chan StatusEvent {
 	g.mu.Lock()
+	defer g.mu.Unlock()
+	x := g.more()
+	if x.events == nil {
+		x.events = make(chan StatusEvent)
+	}
 	g.reading = true
 	g.pumpLocked()
-	g.mu.Unlock()
-	return g.events
+	return x.events
 }
 
 // Dropped is how many status events were dropped because Events' reader fell behind.
@@ -182,7 +293,7 @@ func (g *Registration) Dropped() uint64 {
 
 // State is where the registration stands now. It does not talk to etcd.
 func (g *Registration) State() State {
-	if g.ended() {
+	if g.hasEnded() {
 		return StateUnregistered
 	}
 	state := StateUnregistered
@@ -199,7 +310,7 @@ func (g *Registration) State() State {
 
 // LeaseID is the etcd lease the key is attached to now, 0 while it is not registered.
 func (g *Registration) LeaseID() int64 {
-	if g.ended() {
+	if g.hasEnded() {
 		return 0
 	}
 	var lease int64
@@ -223,7 +334,7 @@ func (g *Registration) LeaseID() int64 {
 // (ErrClosed after Close).
 func (g *Registration) Update(info map[string]string) error {
 	const op = "update"
-	if g.ended() {
+	if g.hasEnded() {
 		if g.r.h.isClosed() {
 			return closedError(op)
 		}
@@ -246,7 +357,7 @@ func (g *Registration) Unregister(ctx context.Context) error {
 	if !g.claimEnd(ErrUnregistered) {
 		// Ending already (Close, its context, another Unregister) or ended.
 		select {
-		case <-g.finished:
+		case <-g.finishedChan():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -261,7 +372,7 @@ func (g *Registration) Unregister(ctx context.Context) error {
 	case err := <-result:
 		// The library queued StatusUnregistered before returning: wait until it is handed over.
 		select {
-		case <-g.finished:
+		case <-g.finishedChan():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
@@ -271,23 +382,20 @@ func (g *Registration) Unregister(ctx context.Context) error {
 	}
 }
 
-func (g *Registration) ended() bool {
-	select {
-	case <-g.finished:
-		return true
-	default:
-		return false
-	}
+func (g *Registration) hasEnded() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.ended
 }
 
 // claimEnd records why the registration ends; false if an end is already under way.
 func (g *Registration) claimEnd(reason error) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if g.reason != nil || g.over {
+	if (g.x != nil && g.x.reason != nil) || g.over {
 		return false
 	}
-	g.reason = reason
+	g.more().reason = reason
 	return true
 }
 
@@ -295,23 +403,19 @@ func (g *Registration) claimEnd(reason error) bool {
 func (g *Registration) deliver(ev StatusEvent) {
 	switch ev.Kind {
 	case StatusRegistered:
-		g.mu.Lock()
-		first := !g.registered && g.ctx.Err() == nil // landed after ctx ended: done stays open
-		g.registered = g.registered || first
-		g.mu.Unlock()
-		if first {
-			close(g.done)
-		}
+		g.landed()
 	case StatusRetrying:
 		g.mu.Lock()
-		registered := g.registered
-		g.mu.Unlock()
-		if !registered {
-			pushLatest(g.errs, ev.Err)
+		if !g.registered {
+			g.pushErrLocked(ev.Err)
 		}
+		g.mu.Unlock()
 	case StatusUnregistered:
+		var reason error
 		g.mu.Lock()
-		reason := g.reason
+		if g.x != nil {
+			reason = g.x.reason
+		}
 		g.mu.Unlock()
 		if reason == nil {
 			if g.r.h.isClosing() {
@@ -325,9 +429,45 @@ func (g *Registration) deliver(ev StatusEvent) {
 		return
 	}
 	g.mu.Lock()
-	g.backlog.push(ev, isFinalStatus)
+	g.backlog.push(newStatusRec(ev), isFinalRec)
 	g.pumpLocked()
 	g.mu.Unlock()
+}
+
+// landed records the first registration: done is closed, unless ctx ended first.
+func (g *Registration) landed() {
+	g.mu.Lock()
+	first := !g.registered && g.ctx.Err() == nil // landed after ctx ended: done stays open
+	var done chan struct{}
+	if first {
+		g.registered = true
+		done, g.done = g.done, nil // closedChan stands for it from now on
+	}
+	g.mu.Unlock()
+	if done != nil {
+		close(done)
+	}
+}
+
+// catchUp closes done if the library says the node has been registered: its Registered event
+// may have been dropped from the library's queue (see handle.catchUp).
+func (g *Registration) catchUp() {
+	g.mu.Lock()
+	registered := g.registered
+	g.mu.Unlock()
+	if registered {
+		return
+	}
+	var state State
+	err := g.r.h.use("registration state", func(p *cRegistry) error {
+		var err error
+		state, err = cRegistrationState(p, g.id)
+		return err
+	})
+	// Registered now, or registered once and retrying since (Registering is before the first).
+	if err == nil && (state == StateRegistered || state == StateRetrying) {
+		g.landed()
+	}
 }
 
 // pumpLocked starts handing the backlog to the events channel if Events is read and no
@@ -343,18 +483,19 @@ func (g *Registration) pumpLocked() {
 func (g *Registration) pump() {
 	for {
 		g.mu.Lock()
-		ev, ok := g.backlog.pop()
+		rec, ok := g.backlog.pop()
+		events := g.x.events // made by Events, which started the pump
 		if !ok {
 			g.pumping = false
 			if g.over && !g.eventsDone {
-				close(g.events)
+				close(events)
 				g.eventsDone = true
 			}
 			g.mu.Unlock()
 			return
 		}
 		g.mu.Unlock()
-		g.events <- ev
+		events <- g.event(rec)
 	}
 }
 
@@ -372,8 +513,14 @@ func (g *Registration) unregister() error {
 // error channel, which is then closed.
 func (g *Registration) end(reason error, last StatusEvent) {
 	h := g.r.h
-	if g.stopCtx != nil {
-		g.stopCtx()
+	var stopCtx func() bool
+	g.mu.Lock()
+	if g.x != nil {
+		stopCtx, g.x.stopCtx = g.x.stopCtx, nil
+	}
+	g.mu.Unlock()
+	if stopCtx != nil {
+		stopCtx()
 	}
 	if g.id != 0 {
 		h.routes.removeRegistration(g.id)
@@ -384,17 +531,27 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		h.mu.Unlock()
 	}
 	g.mu.Lock()
-	g.backlog.push(last, isFinalStatus)
+	g.backlog.push(newStatusRec(last), isFinalRec)
 	g.over = true
 	g.pumpLocked()
+	g.pushErrLocked(reason)
+	g.errsDone = true
+	x := g.x // made by pushErrLocked
+	if x.errs != nil {
+		close(x.errs)
+	}
+	g.ended = true
+	finished := x.finished
+	x.finished = nil
 	g.mu.Unlock()
-	pushLatest(g.errs, reason)
-	close(g.errs)
-	close(g.finished)
+	if finished != nil {
+		close(finished)
+	}
 }
 
 // pushLatest sends v without blocking, dropping the oldest value when ch is full. Only one
-// goroutine sends on each channel, so the loop ends after at most one drop.
+// goroutine at a time sends on each channel (under the registration's lock), so the loop ends
+// after at most one drop.
 func pushLatest[T any](ch chan T, v T) {
 	for {
 		select {

@@ -110,6 +110,11 @@ static inline etcd_registry_status goer_registration_state(etcd_registry *regist
     GOER_CALL(etcd_registry_registration_state(registry, id, out));
 }
 
+static inline etcd_registry_status goer_dropped_events(etcd_registry *registry, uint64_t id,
+                                                      uint64_t *out, char **err) {
+    GOER_CALL(etcd_registry_dropped_events(registry, id, out));
+}
+
 static inline etcd_registry_status goer_registration_lease_id(etcd_registry *registry,
                                                               uint64_t id, int64_t *out,
                                                               char **err) {

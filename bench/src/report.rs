@@ -401,6 +401,8 @@ fn footprint_table(r: &Results) -> String {
         .and_then(Value::as_u64)
         .unwrap_or(0);
     let not_quick = || "— (not in quick runs)".to_string();
+    // Issue #11: each of C and Go holds at most 2 KiB per registration above the floor's RSS.
+    let floor_big = r.bulk.get(FLOOR).and_then(|f| fnum(f, "rss_kib_big"));
     for layer in &r.layers {
         let Some(f) = r.bulk.get(&layer.name) else {
             continue;
@@ -421,6 +423,27 @@ fn footprint_table(r: &Results) -> String {
             },
             if big == 0 {
                 not_quick()
+            } else if layer.name == FLOOR {
+                "—".into()
+            } else {
+                match (fnum(f, "rss_kib_big"), floor_big) {
+                    (Some(rss), Some(floor)) => {
+                        let per = (rss - floor) / big as f64;
+                        let target = matches!(layer.name.as_str(), "c" | "go");
+                        format!(
+                            "{per:.2} KiB{}",
+                            if target {
+                                format!(" {}", mark(per <= 2.0))
+                            } else {
+                                String::new()
+                            }
+                        )
+                    }
+                    _ => "—".into(),
+                }
+            },
+            if big == 0 {
+                not_quick()
             } else {
                 opt(fnum(f, "leases_big"), |v| {
                     format!("{v:.0} {}", mark(v == 1.0))
@@ -435,6 +458,8 @@ fn footprint_table(r: &Results) -> String {
         thousands(big)
     };
     let rss_big = format!("RSS, {big_label} registrations");
+    let per_above =
+        format!("RSS above the floor per registration, {big_label} (C, Go: target ≤ 2 KiB)");
     let leases_big = format!("leases for {big_label} (target 1)");
     format!(
         "### Footprint of the driver process\n\nThreads started by the layer (threads of the bare process → with a registry and 1 registration), resident memory, and CPU while idle with 1 000 registrations kept alive (every layer idle at once, each on its own etcd).\n\n{}",
@@ -445,6 +470,7 @@ fn footprint_table(r: &Results) -> String {
                 "RSS bare",
                 "RSS, 1 registration",
                 &rss_big,
+                &per_above,
                 &leases_big,
                 "idle CPU"
             ],

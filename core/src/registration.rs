@@ -32,11 +32,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Queue, Subscriber};
-use crate::keys::Info;
+use crate::keys::{decode_info, Info};
 
 /// A service node: its name and its info.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -156,10 +156,20 @@ impl StatusEvent {
     }
 }
 
+/// `info` as entries to keep, or `None` when decoding `value` gives it back exactly.
+fn unless_decodable(info: Info, value: &str) -> Option<Box<[(String, String)]>> {
+    match decode_info(value.as_bytes()) {
+        Ok(decoded) if !value.is_empty() && decoded == info => None,
+        _ => Some(info.into_iter().collect()),
+    }
+}
+
+/// One registration, as the registry, its lease's task and the handles share it. Held once per
+/// registration, so kept small: the names once (shared with every event), the info as a list
+/// rather than a map, and no channel of its own.
 pub(crate) struct RegShared {
     pub(crate) id: u64,
-    pub(crate) service: String,
-    /// The names every event carries (shared, not copied, per event).
+    /// The service and node names, which every event carries (shared, not copied, per event).
     names: (Arc<str>, Arc<str>),
     /// Where the events go besides the subscribers: fixed at creation (`register_routed`).
     route: Option<Subscriber>,
@@ -167,12 +177,17 @@ pub(crate) struct RegShared {
     pub(crate) key: String,
     pub(crate) ttl_secs: i64,
     inner: Mutex<RegInner>,
-    changed: watch::Sender<()>,
+    /// Told when the registration's state changes, for `wait_registered`.
+    changed: Notify,
 }
 
 struct RegInner {
-    /// The node with its current info, and that info encoded: what every put of the key writes.
-    node: Node,
+    /// The node's current info when decoding `value` would not give it back exactly (e.g. info
+    /// given as bytes that are not UTF-8), as sorted entries; `None` in the usual case, where
+    /// `Node` is rebuilt from `value` when asked for: the info is not held twice.
+    info: Option<Box<[(String, String)]>>,
+    info_absent: bool,
+    /// The info encoded: what every put of the key writes.
     value: String,
     /// 0 for the info given to `register`, one more for each `update`.
     generation: u64,
@@ -198,7 +213,7 @@ impl RegShared {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
-        service: String,
+        service: &str,
         node: Node,
         key: String,
         value: String,
@@ -206,18 +221,18 @@ impl RegShared {
         route: Option<Subscriber>,
         hub: Arc<Hub>,
     ) -> Self {
-        let names = (Arc::from(service.as_str()), Arc::from(node.name.as_str()));
+        let names = (Arc::from(service), Arc::from(node.name));
         let pending = route.is_none().then(EventStream::new);
         RegShared {
             id,
-            service,
             names,
             route,
             hub,
             key,
             ttl_secs,
             inner: Mutex::new(RegInner {
-                node,
+                info: unless_decodable(node.info, &value),
+                info_absent: node.info_absent,
                 value,
                 generation: 0,
                 landed: None,
@@ -230,7 +245,7 @@ impl RegShared {
                 pending,
                 subscribers: Vec::new(),
             }),
-            changed: watch::channel(()).0,
+            changed: Notify::new(),
         }
     }
 
@@ -242,8 +257,20 @@ impl RegShared {
         self.lock().state
     }
 
+    pub(crate) fn service(&self) -> &str {
+        &self.names.0
+    }
+
     pub(crate) fn node(&self) -> Node {
-        self.lock().node.clone()
+        let inner = self.lock();
+        Node {
+            name: self.names.1.to_string(),
+            info: match &inner.info {
+                Some(entries) => entries.iter().cloned().collect(),
+                None => decode_info(inner.value.as_bytes()).unwrap_or_default(),
+            },
+            info_absent: inner.info_absent,
+        }
     }
 
     /// The value to put now and its generation.
@@ -267,8 +294,8 @@ impl RegShared {
     /// Replaces the info (already checked and encoded); the lease's task puts it.
     pub(crate) fn set_info(&self, info: Info, value: String) {
         let mut inner = self.lock();
-        inner.node.info = info;
-        inner.node.info_absent = false;
+        inner.info = unless_decodable(info, &value);
+        inner.info_absent = false;
         inner.value = value;
         inner.generation += 1;
     }
@@ -336,7 +363,7 @@ impl RegShared {
             }
         }
         drop(inner);
-        self.changed.send_replace(());
+        self.changed.notify_waiters();
     }
 
     /// The events that fit a successful put (recorded with [`RegShared::landed`]) or a key
@@ -407,9 +434,12 @@ impl RegShared {
     }
 
     pub(crate) async fn wait_registered(&self, timeout: Duration) -> Result<()> {
-        let mut changed = self.changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Enabled before the state is read, so a change made after the read wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             {
                 let inner = self.lock();
                 if inner.registered_once {
@@ -425,10 +455,8 @@ impl RegShared {
                     return Err(error.clone());
                 }
             }
-            match tokio::time::timeout_at(deadline, changed.changed()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(_)) => return Err(Error::closed()),
-                Err(_) => return Err(Error::wait_timeout("the first registration", timeout)),
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::wait_timeout("the first registration", timeout));
             }
         }
     }
@@ -464,7 +492,7 @@ impl Registration {
 
     /// The service name as given.
     pub fn service(&self) -> &str {
-        &self.shared.service
+        self.shared.service()
     }
 
     /// The node, with its current info (as given to `register`, or to the last `update`).

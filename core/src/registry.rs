@@ -247,7 +247,7 @@ impl Registry {
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let reg = Arc::new(RegShared::new(
             id,
-            service.to_string(),
+            service,
             node,
             key.clone(),
             value,

@@ -349,3 +349,40 @@ async fn info_bytes_are_stored_as_go_writes_them() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
 }
+
+/// `Registration::node()` gives back exactly the info given, whether the registration keeps it
+/// as its encoded value only (the usual case) or beside it (info that does not decode back to
+/// itself): escaped characters, empty info, no info, and bytes that are not UTF-8 (as bytes
+/// to `register_bytes`/`update_bytes`, where the node's info is `InfoBytes::to_info`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_gives_back_the_info_as_given() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let escaped = node(
+        "n1",
+        &[("a<b>&", "\"q\" \\ \u{2028} é \u{1}"), ("plain", "x")],
+    );
+    let reg = registry.register("api", escaped.clone(), TTL).unwrap();
+    assert_eq!(reg.node(), escaped);
+    let empty = node("n2", &[]);
+    let reg2 = registry.register("api", empty.clone(), TTL).unwrap();
+    assert_eq!(reg2.node(), empty);
+    let reg3 = registry
+        .register("api", Node::without_info("n3"), TTL)
+        .unwrap();
+    assert_eq!(reg3.node(), Node::without_info("n3"));
+
+    let mut bytes = InfoBytes::new();
+    bytes.insert(b"k\xff\xfe", b"v\xc3\x28x");
+    bytes.insert(b"ok", b"fine");
+    let reg4 = registry
+        .register_bytes("api", "n4", Some(&bytes), TTL, None)
+        .unwrap();
+    assert_eq!(reg4.node(), Node::new("n4", bytes.to_info()));
+
+    reg.wait_registered(DEADLINE).await.unwrap();
+    reg.update_bytes(&bytes).unwrap();
+    assert_eq!(reg.node(), Node::new("n1", bytes.to_info()));
+    reg.update(info(&[("v", "2")])).unwrap();
+    assert_eq!(reg.node(), node("n1", &[("v", "2")]));
+}
