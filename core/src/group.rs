@@ -57,6 +57,10 @@ pub(crate) struct LeaseGroup {
     backoff_max: Duration,
     rx: mpsc::UnboundedReceiver<GroupCmd>,
     members: BTreeMap<u64, Arc<RegShared>>,
+    /// The members' keys, each with the number of members holding it (two for a moment when
+    /// a registration replaces another of the same node): [`Self::is_member_key`] in O(1), as
+    /// it runs for every confirmation of the key watch.
+    member_keys: HashMap<KeyOf, u32>,
     lease: Option<i64>,
     lease_shared: Arc<AtomicI64>,
     /// Set when the registry closes, so that an attempt in flight (which may wait for a
@@ -100,6 +104,7 @@ impl LeaseGroup {
             backoff_max,
             rx,
             members: BTreeMap::new(),
+            member_keys: HashMap::new(),
             lease: None,
             lease_shared: lease.clone(),
             closing,
@@ -224,7 +229,7 @@ impl LeaseGroup {
     async fn handle_offline(&mut self, cmd: GroupCmd) -> Flow {
         match cmd {
             GroupCmd::Add(reg) => {
-                self.members.insert(reg.id, reg);
+                self.add_member(reg);
                 Flow::Continue
             }
             GroupCmd::Remove { id, keep_key, done } => {
@@ -565,7 +570,7 @@ impl LeaseGroup {
                             }
                         }
                         for reg in &joining {
-                            self.members.insert(reg.id, reg.clone());
+                            self.add_member(reg.clone());
                         }
                         match before_loss(lost_at, ttl, self.put_all(lease, &joining, attempt)).await {
                             Ok((refused, revision)) => {
@@ -730,7 +735,30 @@ impl LeaseGroup {
 
     /// Whether `key` is the key of a member.
     fn is_member_key(&self, key: &[u8]) -> bool {
-        self.members.values().any(|m| m.key.as_bytes() == key)
+        self.member_keys.contains_key(key)
+    }
+
+    fn add_member(&mut self, reg: Arc<RegShared>) {
+        *self.member_keys.entry(KeyOf(reg.clone())).or_insert(0) += 1;
+        if let Some(old) = self.members.insert(reg.id, reg) {
+            self.forget_key(&old);
+        }
+    }
+
+    fn remove_member(&mut self, id: u64) -> Option<Arc<RegShared>> {
+        let reg = self.members.remove(&id)?;
+        self.forget_key(&reg);
+        Some(reg)
+    }
+
+    fn forget_key(&mut self, reg: &RegShared) {
+        let key = reg.key.as_bytes();
+        if let Some(count) = self.member_keys.get_mut(key) {
+            *count -= 1;
+            if *count == 0 {
+                self.member_keys.remove(key);
+            }
+        }
     }
 
     /// Opens a watch of every member's key, for deletions after `revision` (0: from now).
@@ -835,7 +863,7 @@ impl LeaseGroup {
     /// Removes a member: deletes its key (unless a newer registration owns it) and revokes the
     /// lease when it was the last member. The member is unregistered whatever etcd answers.
     async fn remove(&mut self, id: u64, keep_key: bool) -> Result<()> {
-        let Some(reg) = self.members.remove(&id) else {
+        let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
         let mut result = Ok(());
@@ -921,6 +949,7 @@ impl LeaseGroup {
                 }
             }
         }
+        self.member_keys.clear();
         for member in std::mem::take(&mut self.members).into_values() {
             member.emit(StatusEvent::Unregistered);
         }
@@ -945,6 +974,30 @@ struct Seen {
 /// A watch of a group's own keys, one watcher per key on one stream, deletions only: it costs
 /// etcd nothing while nothing changes, and tells at once when someone deletes a key or revokes
 /// the lease (which deletes its keys).
+/// A member's key as a map key, without a copy of it.
+struct KeyOf(Arc<RegShared>);
+
+impl PartialEq for KeyOf {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for KeyOf {}
+
+impl std::hash::Hash for KeyOf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, so that lookups by `&[u8]` (through `Borrow`) find it.
+        self.0.key.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for KeyOf {
+    fn borrow(&self) -> &[u8] {
+        self.0.key.as_bytes()
+    }
+}
+
 struct KeyWatch {
     stream: WatchStream,
     /// Keys whose watcher was asked for, in order, until etcd answers with its id.
