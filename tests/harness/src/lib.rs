@@ -242,6 +242,20 @@ impl EtcdClusterBuilder {
     /// (`GET /health`). On failure the error includes the tail of the
     /// failing member's log.
     pub fn start(self) -> io::Result<EtcdCluster> {
+        // The ports are free when picked, but another process (a test running beside this
+        // one) may take one before etcd binds it: then start again on other ports.
+        let mut tries = 1;
+        loop {
+            match self.start_once() {
+                Err(e) if tries < 5 && e.to_string().contains("address already in use") => {
+                    tries += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn start_once(&self) -> io::Result<EtcdCluster> {
         let etcd_bin = etcd_binary()?;
         let etcdctl_bin = etcdctl_binary()?;
         let n = self.members;
