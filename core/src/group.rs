@@ -387,13 +387,27 @@ impl LeaseGroup {
         id: i64,
         attempt: Duration,
     ) -> Result<(Option<HashSet<Vec<u8>>>, i64)> {
-        let (_, resp) = self
+        let result = self
             .conn
             .call_at("checking the lease", attempt, |mut c| async move {
                 c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
                     .await
             })
-            .await?;
+            .await;
+        let resp = match result {
+            Ok((_, resp)) => resp,
+            // The list of keys is larger than etcd-client's lease client takes (4 MiB, some
+            // 100 000 keys; it has no setting): treat every key as missing, so all are put
+            // again. Whether the lease lives is told by the keep-alive sent beside this.
+            Err(e) if e.message().contains("message length too large") => {
+                tracing::debug!(
+                    lease = id,
+                    "the lease's key list is too large to read; putting every key"
+                );
+                return Ok((Some(HashSet::new()), 0));
+            }
+            Err(e) => return Err(e),
+        };
         let revision = resp.header().map_or(0, |h| h.revision());
         if resp.ttl() <= 0 {
             return Ok((None, revision));

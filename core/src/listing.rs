@@ -28,14 +28,21 @@ pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
 
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
-    conn.call_read("listing nodes", |mut c| {
+    conn.call_read("listing nodes", |c| {
         let key = prefix.to_string();
         async move {
-            c.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+            unlimited_kv(&c)
+                .get(key, Some(etcd_client::GetOptions::new().with_prefix()))
                 .await
         }
     })
     .await
+}
+
+/// A KV client that takes answers of any size, as etcd's Go client does (tonic's default is
+/// 4 MiB: a service of about 50 000 nodes).
+pub(crate) fn unlimited_kv(client: &etcd_client::Client) -> etcd_client::KvClient {
+    client.kv_client().max_decoding_message_size(usize::MAX)
 }
 
 /// Hands each direct child of `prefix` in `resp` to `f` as borrowed text: its name and its info

@@ -404,13 +404,15 @@ impl Registry {
         let resp = self
             .inner
             .conn
-            .call("listing services", |mut c| {
+            .call("listing services", |c| {
                 let key = key.clone();
                 async move {
                     let options = etcd_client::GetOptions::new()
                         .with_prefix()
                         .with_keys_only();
-                    c.get(key, Some(options)).await
+                    crate::listing::unlimited_kv(&c)
+                        .get(key, Some(options))
+                        .await
                 }
             })
             .await?;

@@ -351,9 +351,15 @@ impl Follower {
         let liveness = watch_liveness(self.conn.timeout);
         let (member, stream) = match self
             .conn
-            .call_at("starting a watch", liveness, |mut c| {
+            .call_at("starting a watch", liveness, |c| {
                 let (key, options) = (self.prefix.clone(), options.clone());
-                async move { c.watch(key, Some(options)).await }
+                async move {
+                    // Events of one revision come in one message, of any size.
+                    c.watch_client()
+                        .max_decoding_message_size(usize::MAX)
+                        .watch(key, Some(options))
+                        .await
+                }
             })
             .await
         {

@@ -190,3 +190,37 @@ async fn close_ends_every_watch() {
         etcd_registry::ErrorKind::Closed
     );
 }
+
+/// A listing or watch larger than tonic's default 4 MiB message limit (a service of some 50 000
+/// ordinary nodes) is read whole, as etcd's Go client reads it; here 6 nodes of 900 kB info.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listings_and_watches_larger_than_4_mib_are_read() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/big")).await.unwrap();
+    let blob = "x".repeat(900_000);
+    let mut regs = Vec::new();
+    for i in 0..6 {
+        let reg = registry
+            .register(
+                "big",
+                node(&format!("n{i}"), &[("blob", &blob)]),
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push(reg);
+    }
+    let nodes = registry.list("big").await.unwrap();
+    assert_eq!(nodes.len(), 6, "every node listed");
+    assert!(nodes
+        .iter()
+        .all(|n| n.info.get("blob").map(String::len) == Some(900_000)));
+    // A watch starts from such a listing.
+    let watch = registry.watch("big").await.unwrap();
+    assert_eq!(
+        names(&watch).len(),
+        6,
+        "the watch's first listing holds every node"
+    );
+    registry.close().await.unwrap();
+}
