@@ -1379,9 +1379,17 @@ static int forked_child(etcd_registry *parents) {
 
 static void test_fork_child_leaves_the_parent_registrations_alone(void) {
 #ifdef __SANITIZE_THREAD__
-    /* ThreadSanitizer does not support fork() in a multi-threaded process; the plain, valgrind
-     * and AddressSanitizer runs cover this test. */
+    /* ThreadSanitizer does not support fork() in a multi-threaded process; the plain and
+     * valgrind runs cover this test. */
     printf("    (skipped under ThreadSanitizer: fork of a multi-threaded process)\n");
+    return;
+#endif
+#ifdef __SANITIZE_ADDRESS__
+    /* The AddressSanitizer runtime of gcc 12 (Debian 12) takes no lock of its allocator around
+     * fork() (it does since LLVM's "[asan] Install pthread_atfork", llvm-project#75290): a
+     * library thread allocating at that moment leaves the child's malloc locked, and the child
+     * hangs (seen: 1 run in a few). The plain and valgrind runs cover this test. */
+    printf("    (skipped under AddressSanitizer: its allocator is not fork-safe here)\n");
     return;
 #endif
     etcd_registry *r = connect_etcd();
