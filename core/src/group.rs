@@ -678,12 +678,10 @@ impl LeaseGroup {
                         Ok(seen) => {
                             let deleted = seen.deleted.iter().any(|k| self.is_member_key(k));
                             if let Some(w) = watch.as_mut() {
-                                // Watches etcd created for keys that left the group meanwhile.
-                                for key in seen.created.iter().filter(|k| !self.is_member_key(k)) {
-                                    if w.cancel(key).await.is_err() {
-                                        watch = None;
-                                        break;
-                                    }
+                                // Watchers etcd created for directories whose keys left the
+                                // group meanwhile.
+                                if w.drop_unwanted(&seen.created).await.is_err() {
+                                    watch = None;
                                 }
                             }
                             if deleted {
@@ -782,20 +780,22 @@ impl LeaseGroup {
             .values()
             .map(|m| m.key.as_bytes().to_vec())
             .collect();
-        let Some(first) = keys.first().cloned() else {
+        let Some(first) = keys.first() else {
             return Err(Error::new(ErrorKind::Internal, "no key to watch"));
         };
+        let first_dir = dir_of(first).to_vec();
         let (_, stream) = self
             .conn
             .call_at("watching the registered keys", attempt, |mut c| {
-                let first = first.clone();
-                async move { c.watch(first, Some(KeyWatch::options(revision))).await }
+                let dir = first_dir.clone();
+                async move { c.watch(dir, Some(KeyWatch::options(revision))).await }
             })
             .await?;
         let mut watch = KeyWatch {
             stream,
-            pending: VecDeque::from([first]),
+            pending: VecDeque::from([first_dir.clone()]),
             ids: HashMap::new(),
+            counts: HashMap::from([(first_dir, 1)]),
         };
         watch
             .add(keys[1..].iter().map(Vec::as_slice), revision)
@@ -981,13 +981,10 @@ struct Established {
 struct Seen {
     /// Keys deleted (by someone else, or with the lease).
     deleted: Vec<Vec<u8>>,
-    /// Keys whose watch etcd just created.
+    /// Directories whose watcher etcd just created.
     created: Vec<Vec<u8>>,
 }
 
-/// A watch of a group's own keys, one watcher per key on one stream, deletions only: it costs
-/// etcd nothing while nothing changes, and tells at once when someone deletes a key or revokes
-/// the lease (which deletes its keys).
 /// A member's key as a map key, without a copy of it.
 struct KeyOf(Arc<RegShared>);
 
@@ -1012,17 +1009,34 @@ impl std::borrow::Borrow<[u8]> for KeyOf {
     }
 }
 
+/// A watch of a group's own keys, deletions only, on one stream: it costs etcd nothing while
+/// nothing is deleted, and tells at once when someone deletes a key or revokes the lease (which
+/// deletes its keys). One watcher per service directory (`<base>/<service>/`) holding keys of
+/// the group, not one per key: a lease of 100 000 nodes of one service is one watcher. The
+/// deletions of other nodes of those services come too, and are told apart by key.
 struct KeyWatch {
     stream: WatchStream,
-    /// Keys whose watcher was asked for, in order, until etcd answers with its id.
+    /// Directories whose watcher was asked for, in order, until etcd answers with its id.
     pending: VecDeque<Vec<u8>>,
-    /// The watcher id of each key.
+    /// The watcher id of each directory.
     ids: HashMap<Vec<u8>, i64>,
+    /// How many keys watched are in each directory; its watcher goes when none is left.
+    counts: HashMap<Vec<u8>, u32>,
+}
+
+/// The directory of a key: everything up to its last '/' (the whole key when it has none).
+fn dir_of(key: &[u8]) -> &[u8] {
+    match key.iter().rposition(|b| *b == b'/') {
+        Some(i) => &key[..=i],
+        None => key,
+    }
 }
 
 impl KeyWatch {
     fn options(revision: i64) -> WatchOptions {
-        let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_filters([WatchFilterType::NoPut]);
         if revision > 0 {
             options.with_start_revision(revision + 1)
         } else {
@@ -1030,22 +1044,53 @@ impl KeyWatch {
         }
     }
 
-    /// Watches more keys, for deletions after `revision` (0: from now).
+    /// Watches more keys, for deletions after `revision` (0: from now): a watcher for each
+    /// directory not watched yet.
     async fn add<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>, revision: i64) -> Result<()> {
         for key in keys {
+            let dir = dir_of(key);
+            let count = self.counts.entry(dir.to_vec()).or_insert(0);
+            *count += 1;
+            if *count > 1 {
+                continue;
+            }
             self.stream
-                .watch(key.to_vec(), Some(Self::options(revision)))
+                .watch(dir.to_vec(), Some(Self::options(revision)))
                 .await
                 .map_err(Error::from)?;
-            self.pending.push_back(key.to_vec());
+            self.pending.push_back(dir.to_vec());
         }
         Ok(())
     }
 
-    /// Stops watching `key` (once etcd has said its id; else when it does, see `Seen::created`).
+    /// Stops watching `key`: its directory's watcher goes with the last key in it (once etcd
+    /// has said its id; else when it does, see [`KeyWatch::drop_unwanted`]).
     async fn cancel(&mut self, key: &[u8]) -> Result<()> {
-        if let Some(id) = self.ids.remove(key) {
+        let dir = dir_of(key);
+        match self.counts.get_mut(dir) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                return Ok(());
+            }
+            Some(_) => {
+                self.counts.remove(dir);
+            }
+            None => return Ok(()),
+        }
+        if let Some(id) = self.ids.remove(dir) {
             self.stream.cancel(id).await.map_err(Error::from)?;
+        }
+        Ok(())
+    }
+
+    /// Cancels the watchers etcd just created (`created`) whose directory has no key left.
+    async fn drop_unwanted(&mut self, created: &[Vec<u8>]) -> Result<()> {
+        for dir in created {
+            if !self.counts.contains_key(dir.as_slice()) {
+                if let Some(id) = self.ids.remove(dir.as_slice()) {
+                    self.stream.cancel(id).await.map_err(Error::from)?;
+                }
+            }
         }
         Ok(())
     }
