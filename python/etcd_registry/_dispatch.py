@@ -88,15 +88,17 @@ def _complete() -> None:
 
 
 def ensure_started() -> None:
-    """Starts the threads in this process if they are not running."""
+    """Starts the threads in this process if they are not running, and mirrors the logger's
+    level now, so that a level set just before a new Registry applies to it at once (the
+    dispatch thread mirrors it only between batches and once a second)."""
     global _threads, _threads_pid
+    _sync_log_level()
     pid = os.getpid()
     if _threads_pid == pid and all(t.is_alive() for t in _threads):
         return
     with _lock:
         if _threads_pid == pid and all(t.is_alive() for t in _threads):
             return
-        _sync_log_level()
         threads = [
             threading.Thread(target=_run, name="etcd_registry-dispatch", daemon=True),
             threading.Thread(target=_complete, name="etcd_registry-asyncio", daemon=True),
