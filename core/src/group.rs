@@ -252,9 +252,9 @@ impl LeaseGroup {
     /// Gets a lease (the old one first: leases survive etcd restarts), opens its keep-alive
     /// stream and makes sure every member's key is in etcd on it.
     ///
-    /// Two round trips at most, whatever happened: the renewal of the old lease and the check
-    /// of its keys go out together, then the puts of what is missing; or the grant of a new
-    /// lease, then its keep-alive stream and the puts together.
+    /// Two round trips for an old lease: the renewal of the old lease and the check
+    /// of its keys go out together, then the puts of what is missing. For a new lease three:
+    /// the grant, the puts, then its keep-alive stream; the keys are in etcd after two.
     async fn establish(&mut self) -> Result<Established> {
         let attempt = self.conn.attempt_timeout();
         if let Some(id) = self.lease {
@@ -317,12 +317,12 @@ impl LeaseGroup {
         self.set_lease(Some(id));
         tracing::debug!(lease = id, ttl, "granted lease");
         // A fresh lease has its whole TTL: its keys need not wait for the keep-alive's answer.
+        // The keep-alive stream is opened after the puts, not beside them: etcd then serves the
+        // puts alone, and the keys become visible sooner (registering a node is the first of
+        // its TTL in most programs). The members are registered once both are done.
         let missing = self.to_put(&HashSet::new());
-        let (pair, put) = tokio::join!(
-            self.keep_alive(id, attempt),
-            self.put_all(id, &missing, attempt)
-        );
-        let (refused, put_at) = put?;
+        let (refused, put_at) = self.put_all(id, &missing, attempt).await?;
+        let pair = self.keep_alive(id, attempt).await;
         Ok(self.established(id, pair?, &refused, granted_at, put_at))
     }
 
