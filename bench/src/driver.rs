@@ -308,6 +308,7 @@ impl Raw {
             leases.push(id);
         }
         let mut samples = Vec::with_capacity(n);
+        let mut kept = Vec::new();
         for i in 0..WARMUP + n {
             let name = format!("n{i}");
             let value = serde_json::to_string(&node_info(i)).unwrap_or_default();
@@ -343,7 +344,18 @@ impl Raw {
             if i >= WARMUP {
                 samples.push(us(t0.elapsed()));
             }
+            // As a careful user does (and every layer and peer does): the lease is kept alive
+            // from now on, outside the timed span, its stream held open like theirs.
+            if first {
+                let lease = *leases.last().ok_or("no lease")?;
+                kept.push(
+                    a.lease_keep_alive(lease)
+                        .await
+                        .map_err(|e| format!("keep-alive: {e}"))?,
+                );
+            }
         }
+        drop(kept);
         for lease in leases {
             let _ = a.lease_revoke(lease).await;
         }
