@@ -321,7 +321,11 @@ impl Connection {
                 Ok(Err(e)) => return Err(self.contextualize_at(e, what, i)),
                 Err(_) => {
                     let message = format!("etcd at {endpoint} did not answer within {limit:?}");
-                    unreached[i] = Some(message.clone());
+                    // An attempt cut short by the call's deadline (e.g. a connection attempt
+                    // in flight when it came) says less than the member's earlier failure.
+                    if unreached[i].is_none() || limit >= attempt {
+                        unreached[i] = Some(message.clone());
+                    }
                     Error::new(ErrorKind::Timeout, message)
                 }
             };
