@@ -117,17 +117,54 @@ impl Event {
     }
 }
 
+/// What a queue may not drop when it is full: the last event of a registration.
+pub(crate) trait Final {
+    fn is_final(&self) -> bool;
+}
+
+impl Final for Event {
+    fn is_final(&self) -> bool {
+        Event::is_final(self)
+    }
+}
+
+impl Final for StatusEvent {
+    fn is_final(&self) -> bool {
+        matches!(self, StatusEvent::Unregistered)
+    }
+}
+
 /// Unread events of one subscriber, with the overflow policy.
-#[derive(Default)]
-struct Buffer {
-    items: VecDeque<Event>,
+pub(crate) struct Buffer<T = Event> {
+    items: VecDeque<T>,
     dropped: u64,
     closed: bool,
 }
 
-impl Buffer {
+impl<T> Default for Buffer<T> {
+    fn default() -> Self {
+        Buffer {
+            items: VecDeque::new(),
+            dropped: 0,
+            closed: false,
+        }
+    }
+}
+
+impl<T> Buffer<T> {
+    /// The same events made into another kind, in order, with the dropped count.
+    pub(crate) fn map<U>(self, f: impl FnMut(T) -> U) -> Buffer<U> {
+        Buffer {
+            items: self.items.into_iter().map(f).collect(),
+            dropped: self.dropped,
+            closed: self.closed,
+        }
+    }
+}
+
+impl<T: Final> Buffer<T> {
     /// Queues `event`; when full, drops the oldest non-final event first.
-    fn push(&mut self, event: Event) {
+    pub(crate) fn push(&mut self, event: T) {
         if self.items.len() >= EVENT_QUEUE_CAPACITY {
             if let Some(at) = self.items.iter().position(|e| !e.is_final()) {
                 self.items.remove(at);
@@ -140,6 +177,11 @@ impl Buffer {
                     );
                 }
             }
+        }
+        // Most queues hold an event or two at a time (one per registration, or a handler's
+        // backlog): room for exactly what they hold rather than the usual four to start.
+        if self.items.len() < 4 {
+            self.items.reserve_exact(1);
         }
         self.items.push_back(event);
     }
@@ -157,9 +199,9 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    fn new() -> Arc<Queue> {
+    fn new(buffer: Buffer) -> Arc<Queue> {
         Arc::new(Queue {
-            buffer: Mutex::new(Buffer::default()),
+            buffer: Mutex::new(buffer),
             ready: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         })
@@ -251,7 +293,12 @@ impl EventStream {
     /// A new, empty stream: route registrations and watches to it with
     /// [`Route::stream`].
     pub fn new() -> Self {
-        let queue = Queue::new();
+        EventStream::with_backlog(Buffer::default())
+    }
+
+    /// A stream holding `backlog` already (its events and dropped count).
+    pub(crate) fn with_backlog(backlog: Buffer) -> Self {
+        let queue = Queue::new(backlog);
         EventStream {
             _owner: Arc::new(StreamOwner(queue.clone())),
             queue,

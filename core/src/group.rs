@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::backoff;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::registration::{RegShared, StatusEvent};
+use crate::registration::{KeyOf, RegShared, StatusEvent};
 
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
@@ -983,30 +983,6 @@ struct Seen {
     deleted: Vec<Vec<u8>>,
     /// Directories whose watcher etcd just created.
     created: Vec<Vec<u8>>,
-}
-
-/// A member's key as a map key, without a copy of it.
-struct KeyOf(Arc<RegShared>);
-
-impl PartialEq for KeyOf {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.key == other.0.key
-    }
-}
-
-impl Eq for KeyOf {}
-
-impl std::hash::Hash for KeyOf {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        // As `[u8]` hashes, so that lookups by `&[u8]` (through `Borrow`) find it.
-        self.0.key.as_bytes().hash(state);
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for KeyOf {
-    fn borrow(&self) -> &[u8] {
-        self.0.key.as_bytes()
-    }
 }
 
 /// A watch of a group's own keys, deletions only, on one stream: it costs etcd nothing while

@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Event, EventStream, Hub, Next, Queue, Subscriber};
+use crate::events::{Buffer, Event, EventStream, Hub, Next, Queue, Subscriber};
 use crate::keys::{decode_info, Info};
 
 /// A service node: its name and its info.
@@ -156,6 +156,30 @@ impl StatusEvent {
     }
 }
 
+/// A registration's key as a map key, without a copy of it.
+pub(crate) struct KeyOf(pub(crate) Arc<RegShared>);
+
+impl PartialEq for KeyOf {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.key == other.0.key
+    }
+}
+
+impl Eq for KeyOf {}
+
+impl std::hash::Hash for KeyOf {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `[u8]` hashes, so that lookups by `&[u8]` (through `Borrow`) find it.
+        self.0.key.as_bytes().hash(state);
+    }
+}
+
+impl std::borrow::Borrow<[u8]> for KeyOf {
+    fn borrow(&self) -> &[u8] {
+        self.0.key.as_bytes()
+    }
+}
+
 /// `info` as entries to keep, or `None` when decoding `value` gives it back exactly.
 fn unless_decodable(info: Info, value: &str) -> Option<Box<[(String, String)]>> {
     match decode_info(value.as_bytes()) {
@@ -197,16 +221,23 @@ struct RegInner {
     announced: u64,
     state: RegistrationState,
     registered_once: bool,
-    error_before_first: Option<Error>,
+    error_before_first: Option<Box<Error>>,
     lease_id: Option<i64>,
     /// Failed attempts since the last registration: the number a `Retrying` event carries. Kept
     /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
     attempts: u32,
-    /// Events before the first subscription (so the first subscriber misses none), for a
-    /// registration made without a route; bounded like every event queue.
-    pending: Option<EventStream>,
+    listeners: Listeners,
+}
+
+/// Who gets a registration's events besides its route and the registry's streams.
+enum Listeners {
+    /// Nobody yet, for a registration made without a route: its events are kept for the first
+    /// subscriber, so that it misses none; bounded like every event queue. Kept as status
+    /// events only (the names are added when a subscriber takes them): most registrations
+    /// never have a subscriber, and each holds its events until it ends.
+    Pending(Buffer<StatusEvent>),
     /// The queues of the `subscribe()` streams (not the streams: dropping one unsubscribes).
-    subscribers: Vec<Arc<Queue>>,
+    Subscribed(Vec<Arc<Queue>>),
 }
 
 impl RegShared {
@@ -222,7 +253,10 @@ impl RegShared {
         hub: Arc<Hub>,
     ) -> Self {
         let names = (Arc::from(service), Arc::from(node.name));
-        let pending = route.is_none().then(EventStream::new);
+        let listeners = match route {
+            None => Listeners::Pending(Buffer::default()),
+            Some(_) => Listeners::Subscribed(Vec::new()),
+        };
         RegShared {
             id,
             names,
@@ -242,8 +276,7 @@ impl RegShared {
                 error_before_first: None,
                 lease_id: None,
                 attempts: 0,
-                pending,
-                subscribers: Vec::new(),
+                listeners,
             }),
             changed: Notify::new(),
         }
@@ -315,7 +348,7 @@ impl RegShared {
                 inner.attempts = 0;
             }
             StatusEvent::Failed { error } => {
-                inner.error_before_first = Some(error.clone());
+                inner.error_before_first = Some(Box::new(error.clone()));
             }
             StatusEvent::KeepAliveLost { .. } => {
                 inner.state = RegistrationState::Retrying;
@@ -329,7 +362,7 @@ impl RegShared {
                 if inner.registered_once {
                     inner.state = RegistrationState::Retrying;
                 } else {
-                    inner.error_before_first = Some(error.clone());
+                    inner.error_before_first = Some(Box::new(error.clone()));
                 }
             }
             StatusEvent::Updated { .. } => {}
@@ -339,29 +372,29 @@ impl RegShared {
             }
         }
         let last = matches!(event, StatusEvent::Unregistered);
-        let event = Event::Status {
-            registration_id: self.id,
-            service: self.names.0.clone(),
-            node: self.names.1.clone(),
-            event,
-        };
         // Straight into every subscriber's queue, under the lock: events of a registration are
         // queued in the order they happened, and none after `Unregistered`.
-        if let Some(pending) = &inner.pending {
-            pending.queue().push_event(&event);
+        let listeners = &mut inner.listeners;
+        match listeners {
+            // Nobody subscribed: nobody can any more (a later subscription gets an ended stream).
+            Listeners::Pending(_) if last => *listeners = Listeners::Subscribed(Vec::new()),
+            Listeners::Pending(pending) => pending.push(event.clone()),
+            Listeners::Subscribed(_) => {}
         }
-        inner.subscribers.retain(|queue| queue.push_event(&event));
+        let event = self.event(event);
+        if let Listeners::Subscribed(queues) = listeners {
+            queues.retain(|queue| queue.push_event(&event));
+            if last {
+                // Ends every per-registration stream after the Unregistered event.
+                for queue in queues.drain(..) {
+                    queue.close();
+                }
+            }
+        }
         if let Some(route) = &self.route {
             route.push(&event);
         }
         self.hub.publish(&event);
-        if last {
-            // Ends every per-registration stream after the Unregistered event.
-            let pending = inner.pending.take().map(|p| p.queue());
-            for queue in inner.subscribers.drain(..).chain(pending) {
-                queue.close();
-            }
-        }
         drop(inner);
         self.changed.notify_waiters();
     }
@@ -415,13 +448,33 @@ impl RegShared {
         }
     }
 
+    /// `event` of this registration, with its names.
+    fn event(&self, event: StatusEvent) -> Event {
+        Event::Status {
+            registration_id: self.id,
+            service: self.names.0.clone(),
+            node: self.names.1.clone(),
+            event,
+        }
+    }
+
     pub(crate) fn subscribe(&self) -> StatusEvents {
         let mut inner = self.lock();
-        let stream = inner.pending.take().unwrap_or_default();
-        if inner.state == RegistrationState::Unregistered {
+        let unregistered = inner.state == RegistrationState::Unregistered;
+        let listeners = &mut inner.listeners;
+        let stream = match std::mem::replace(listeners, Listeners::Subscribed(Vec::new())) {
+            Listeners::Pending(backlog) => {
+                EventStream::with_backlog(backlog.map(|e| self.event(e)))
+            }
+            Listeners::Subscribed(queues) => {
+                *listeners = Listeners::Subscribed(queues);
+                EventStream::new()
+            }
+        };
+        if unregistered {
             stream.close();
-        } else {
-            inner.subscribers.push(stream.queue());
+        } else if let Listeners::Subscribed(queues) = listeners {
+            queues.push(stream.queue());
         }
         StatusEvents { stream }
     }
@@ -452,7 +505,7 @@ impl RegShared {
                     ));
                 }
                 if let Some(error) = &inner.error_before_first {
-                    return Err(error.clone());
+                    return Err(Error::clone(error));
                 }
             }
             if tokio::time::timeout_at(deadline, changed).await.is_err() {
@@ -621,5 +674,103 @@ impl StatusEvents {
     /// How many events were dropped because this subscriber fell behind (see [`crate::events`]).
     pub fn dropped(&self) -> u64 {
         self.stream.dropped()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::EVENT_QUEUE_CAPACITY;
+
+    fn registration(route: Option<Subscriber>) -> RegShared {
+        let node = Node::new("n1", Info::new());
+        RegShared::new(
+            1,
+            "api",
+            node,
+            "/s/api/n1".into(),
+            "{}".into(),
+            5,
+            route,
+            Arc::default(),
+        )
+    }
+
+    fn retrying(attempt: u32) -> StatusEvent {
+        StatusEvent::Retrying {
+            attempt,
+            delay: Duration::from_secs(1),
+            error: Error::new(ErrorKind::Connection, "down"),
+        }
+    }
+
+    #[test]
+    fn the_first_subscriber_gets_every_event_so_far_in_order_and_later_ones_none() {
+        let reg = registration(None);
+        reg.emit(StatusEvent::Registered { lease_id: 7 });
+        reg.emit(StatusEvent::KeepAliveLost {
+            error: Error::new(ErrorKind::Connection, "down"),
+        });
+        let mut first = reg.subscribe();
+        reg.emit(StatusEvent::Reregistered { lease_id: 8 });
+        let mut second = reg.subscribe();
+        reg.emit(StatusEvent::Unregistered);
+
+        let mut seen = Vec::new();
+        while let Ok(event) = first.try_recv() {
+            seen.push(event.kind_str());
+        }
+        assert_eq!(
+            seen,
+            [
+                "registered",
+                "keepalive_lost",
+                "reregistered",
+                "unregistered"
+            ]
+        );
+        assert_eq!(first.try_recv(), Err(TryRecvError::Closed));
+        // A later subscriber gets what came after it subscribed, then the end.
+        assert_eq!(second.try_recv(), Ok(StatusEvent::Unregistered));
+        assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
+        // After the end, a subscription is ended at once.
+        assert_eq!(reg.subscribe().try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn unread_history_keeps_the_newest_events_and_counts_the_dropped() {
+        let reg = registration(None);
+        let extra = 10;
+        for attempt in 1..=(EVENT_QUEUE_CAPACITY + extra) as u32 {
+            reg.emit(retrying(attempt));
+        }
+        let mut events = reg.subscribe();
+        assert_eq!(events.dropped(), extra as u64);
+        let mut attempts = Vec::new();
+        while let Ok(StatusEvent::Retrying { attempt, .. }) = events.try_recv() {
+            attempts.push(attempt);
+        }
+        assert_eq!(attempts.len(), EVENT_QUEUE_CAPACITY);
+        assert_eq!(attempts.first(), Some(&(extra as u32 + 1)));
+        assert_eq!(
+            attempts.last(),
+            Some(&((EVENT_QUEUE_CAPACITY + extra) as u32))
+        );
+    }
+
+    #[test]
+    fn a_routed_registration_keeps_no_history_for_subscribers() {
+        let stream = EventStream::new();
+        let reg = registration(Some(crate::events::Route::stream(&stream).subscriber()));
+        reg.emit(StatusEvent::Registered { lease_id: 7 });
+        let mut late = reg.subscribe();
+        assert_eq!(late.try_recv(), Err(TryRecvError::Empty));
+        assert!(matches!(
+            stream.try_next(),
+            Next::Event(Event::Status {
+                event: StatusEvent::Registered { lease_id: 7 },
+                ..
+            })
+        ));
     }
 }

@@ -18,7 +18,7 @@ use crate::keys::{
     base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
 };
 use crate::listing;
-use crate::registration::{Node, RegShared, Registration};
+use crate::registration::{KeyOf, Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchRoute, WatchSetup};
 
 /// The value of a node given as a [`Node`]: an empty one for a node without info (Go's nil
@@ -74,7 +74,7 @@ struct Inner {
 struct State {
     groups: HashMap<i64, GroupHandle>,
     registrations: HashMap<u64, Arc<RegShared>>,
-    by_key: HashMap<String, u64>,
+    by_key: HashMap<KeyOf, u64>,
     watches: HashMap<u64, (AbortHandle, Arc<WatchRoute>)>,
 }
 
@@ -249,7 +249,7 @@ impl Registry {
             id,
             service,
             node,
-            key.clone(),
+            key,
             value,
             ttl_secs,
             route,
@@ -258,7 +258,10 @@ impl Registry {
         let mut state = self.state();
         // Checked again under the lock, so that close() cannot miss this registration.
         self.check_open()?;
-        if let Some(old_id) = state.by_key.insert(key, id) {
+        // Removed, then inserted: `insert` would keep the older registration as the key.
+        let old_id = state.by_key.remove(reg.key.as_bytes());
+        state.by_key.insert(KeyOf(reg.clone()), id);
+        if let Some(old_id) = old_id {
             if let Some(old) = state.registrations.remove(&old_id) {
                 if let Some(group) = state.groups.get(&old.ttl_secs) {
                     let _ = group.tx.send(GroupCmd::Remove {
@@ -346,8 +349,8 @@ impl Registry {
             let Some(reg) = state.registrations.remove(&id) else {
                 return Ok(());
             };
-            if state.by_key.get(&reg.key) == Some(&id) {
-                state.by_key.remove(&reg.key);
+            if state.by_key.get(reg.key.as_bytes()) == Some(&id) {
+                state.by_key.remove(reg.key.as_bytes());
             }
             let Some(group) = state.groups.get(&reg.ttl_secs) else {
                 return Ok(());
