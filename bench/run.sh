@@ -48,8 +48,10 @@ build_c() {
   fi
   local lib="$CARGO_TARGET_DIR/release/libetcd_registry.a"
   [ -f "$lib" ] || { skip c "$lib missing"; return; }
+  # --gc-sections, as rustc links the Rust drivers: the parts of the archive the driver never
+  # calls are dropped (as the README advises for static links).
   if ! ${CC:-cc} -O2 -std=c11 -Wall -Iinclude -o "$OUT/c-driver" bench/c/driver.c "$lib" \
-       -lpthread -ldl -lm >"$OUT/logs/c-build.log" 2>&1; then
+       -lpthread -ldl -lm -Wl,--gc-sections >"$OUT/logs/c-build.log" 2>&1; then
     skip c "compiling bench/c/driver.c failed, see $OUT/logs/c-build.log"; return
   fi
   args+=(--layer "c=$OUT/c-driver")

@@ -313,36 +313,44 @@ impl Raw {
             let name = format!("n{i}");
             let value = serde_json::to_string(&node_info(i)).unwrap_or_default();
             let t0 = Instant::now();
-            if first {
-                let id = a
-                    .lease_grant(ttl + 1 + i as i64, None)
-                    .await
-                    .map_err(|e| format!("grant: {e}"))?
-                    .id();
-                leases.push(id);
-            }
-            let lease = *leases.last().ok_or("no lease")?;
-            a.put(
-                format!("{prefix}{name}"),
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )
-            .await
-            .map_err(|e| format!("put: {e}"))?;
-            within("register_visible", async {
+            // The reader polls from the register call on, beside the write, as it must for
+            // every layer (their register returns before the key lands): a reader elsewhere
+            // does not know when a writer's put has returned.
+            let write = async {
+                if first {
+                    let id = a
+                        .lease_grant(ttl + 1 + i as i64, None)
+                        .await
+                        .map_err(|e| format!("grant: {e}"))?
+                        .id();
+                    leases.push(id);
+                }
+                let lease = *leases.last().ok_or("no lease")?;
+                a.put(
+                    format!("{prefix}{name}"),
+                    value,
+                    Some(PutOptions::new().with_lease(lease)),
+                )
+                .await
+                .map_err(|e| format!("put: {e}"))?;
+                Ok::<(), String>(())
+            };
+            let read = within("register_visible", async {
                 loop {
                     if raw_list(&mut b, &prefix)
                         .await?
                         .iter()
                         .any(|(n, _)| *n == name)
                     {
-                        return Ok::<(), String>(());
+                        return Ok::<_, String>(t0.elapsed());
                     }
                 }
-            })
-            .await??;
+            });
+            let (written, seen) = tokio::join!(write, read);
+            written?;
+            let seen = seen??;
             if i >= WARMUP {
-                samples.push(us(t0.elapsed()));
+                samples.push(us(seen));
             }
             // As a careful user does (and every layer and peer does): the lease is kept alive
             // from now on, outside the timed span, its stream held open like theirs.
