@@ -763,14 +763,25 @@ impl LeaseGroup {
         Some(reg)
     }
 
-    fn forget_key(&mut self, reg: &RegShared) {
-        let key = reg.key.as_bytes();
-        if let Some(count) = self.member_keys.get_mut(key) {
-            *count -= 1;
-            if *count == 0 {
-                self.member_keys.remove(key);
-            }
+    /// Called once `reg` has left `members`.
+    fn forget_key(&mut self, reg: &Arc<RegShared>) {
+        let Some((held, count)) = self.member_keys.remove_entry(reg.key.as_bytes()) else {
+            return;
+        };
+        if count <= 1 {
+            return;
         }
+        // Another member holds the same key (the node registered again): the map's key must
+        // be a member that stays, or it would keep the one leaving alive.
+        let held = if Arc::ptr_eq(&held.0, reg) {
+            match self.members.values().find(|m| m.key == reg.key) {
+                Some(member) => KeyOf(member.clone()),
+                None => return,
+            }
+        } else {
+            held
+        };
+        self.member_keys.insert(held, count - 1);
     }
 
     /// Opens a watch of every member's key, for deletions after `revision` (0: from now).

@@ -340,6 +340,41 @@ async fn registering_the_same_node_again_replaces_the_old_registration() {
     assert_eq!(registry.registration_count(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_node_again_on_the_same_lease_replaces_and_is_still_guarded() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let old = registry
+        .register("api", node("n1", &[("v", "1")]), ttl)
+        .unwrap();
+    old.wait_registered(DEADLINE).await.unwrap();
+    let new = registry
+        .register("api", node("n1", &[("v", "2")]), ttl)
+        .unwrap();
+    new.wait_registered(DEADLINE).await.unwrap();
+    eventually("the old registration to end", || async {
+        old.state() == RegistrationState::Unregistered
+    })
+    .await;
+    drop(old);
+    let expected = vec![("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())];
+    eventually("only the new value", || async {
+        etcd.get_prefix("/s/").unwrap() == expected
+    })
+    .await;
+    // The key is still the registry's after the older holder left: deleted by someone else,
+    // it is put back.
+    assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
+    eventually("the key put back", || async {
+        etcd.get_prefix("/s/").unwrap() == expected
+    })
+    .await;
+    assert_eq!(new.state(), RegistrationState::Registered);
+    assert_eq!(etcd.lease_count().unwrap(), 1);
+    assert_eq!(registry.registration_count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_registrations_from_16_tasks_share_one_lease() {
     let etcd = etcd();
