@@ -166,10 +166,10 @@ impl Connection {
             let f = &f;
             async move {
                 let endpoint = &self.endpoints[i];
-                let run = async {
+                let run = Box::pin(async {
                     let client = self.client_of(i).await?;
                     f(client).await.map_err(|e| reached_error(endpoint, e))
-                };
+                });
                 match tokio::time::timeout(attempt, run).await {
                     Ok(result) => result,
                     Err(_) => Err(Error::new(
@@ -303,10 +303,12 @@ impl Connection {
                 left
             };
             let endpoint = &self.endpoints[i];
-            let run = async {
+            // Boxed: a request's future is large (several KiB), and every task awaiting a call
+            // would otherwise hold room for the largest one it ever makes.
+            let run = Box::pin(async {
                 let client = self.client_of(i).await?;
                 f(client).await.map_err(|e| reached_error(endpoint, e))
-            };
+            });
             let error = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(value)) => {
                     self.health.answered(i);

@@ -135,7 +135,7 @@ impl LeaseGroup {
                 attempt = 0;
                 match self.recv().await {
                     None => return,
-                    Some(cmd) => match self.handle_offline(cmd).await {
+                    Some(cmd) => match Box::pin(self.handle_offline(cmd)).await {
                         Flow::Continue => continue,
                         Flow::Stop => return,
                     },
@@ -143,17 +143,17 @@ impl LeaseGroup {
             }
             let mut closing = self.closing.clone();
             let established = tokio::select! {
-                result = self.establish() => Some(result),
+                result = Box::pin(self.establish()) => Some(result),
                 _ = closing.wait_for(|closing| *closing) => None,
             };
             let Some(established) = established else {
-                self.close_now().await;
+                Box::pin(self.close_now()).await;
                 return;
             };
             let error = match established {
                 Ok(established) => {
                     attempt = 0;
-                    match self.maintain(established).await {
+                    match Box::pin(self.maintain(established)).await {
                         Exit::Closed => return,
                         Exit::Empty => continue,
                         Exit::Lost(error) => {
@@ -203,8 +203,7 @@ impl LeaseGroup {
             // reached. (An etcd that answers its status but cannot serve, e.g. without quorum,
             // is then retried once per call timeout; any answer gets the whole step.)
             let unreached = matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout);
-            let back = conn.wait_back(wake, unreached);
-            tokio::pin!(back);
+            let mut back = Box::pin(conn.wait_back(wake, unreached));
             loop {
                 tokio::select! {
                     came_back = &mut back => {
@@ -215,7 +214,7 @@ impl LeaseGroup {
                     }
                     cmd = self.recv() => match cmd {
                         None => return,
-                        Some(cmd) => if let Flow::Stop = self.handle_offline(cmd).await { return },
+                        Some(cmd) => if let Flow::Stop = Box::pin(self.handle_offline(cmd)).await { return },
                     },
                 }
                 if self.members.is_empty() {
