@@ -69,6 +69,8 @@ def test_a_raising_callback_is_logged_and_deliveries_go_on(
 def test_callbacks_may_call_back_into_the_library(registry: Registry) -> None:
     listed: list[list[str]] = []
     unregistered = threading.Event()
+    delivered_by_unregister: list[bool] = []
+    callback_done = threading.Event()
     handles: dict[str, Registration] = {}
 
     def on_status(event: StatusEvent) -> None:
@@ -78,14 +80,19 @@ def test_callbacks_may_call_back_into_the_library(registry: Registry) -> None:
             with registry.watch("api") as w:
                 listed.append([n.name for n in w.nodes()])
             handles["n"].unregister()
+            # unregister() returns once the callback has had "unregistered": from inside the
+            # callback, it was delivered there, nested.
+            delivered_by_unregister.append(unregistered.is_set())
             other = registry.register("api", "other")
             other.wait(DEADLINE)
             other.unregister()
+            callback_done.set()
         elif event.kind == "unregistered":
             unregistered.set()
 
     handles["n"] = registry.register("api", "n", on_status=on_status)
-    assert unregistered.wait(DEADLINE), "the unregistered event came after the callback unregistered"
+    assert callback_done.wait(DEADLINE), "the callback did not get through its calls"
+    assert delivered_by_unregister == [True]
     assert listed == [["n"], ["n"]]
     assert handles["n"].state == "unregistered"
     assert registry.list("api") == []
