@@ -952,6 +952,11 @@ fn fleet_section(r: &Results) -> Option<String> {
                     format!("{:.0} (the watchers of its service: {} / {})", fw / fs, thousands(fw as u64), fs as u64),
                     "—".into()
                 ],
+                vec![
+                    "own-key watchers a node change reaches".into(),
+                    format!("1 (its own process's: a process watches its first 32 keys one by one, not the directory of the service's {:.0} nodes)", fp / fs),
+                    "—".into()
+                ],
             ]
         )
     );

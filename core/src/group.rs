@@ -21,6 +21,10 @@ use crate::registration::{KeyOf, RegShared, StatusEvent};
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
 
+/// A group's key watch watches up to this many of its keys one by one, and the others by their
+/// directory (see [`KeyWatch`]).
+const EXACT_KEY_WATCHERS: usize = 32;
+
 /// After etcd is seen back during a backoff step, a group waits up to this long, at random,
 /// before its attempt: many registries that lost etcd together come back spread out.
 const RECONNECT_SPREAD: Duration = Duration::from_millis(200);
@@ -785,31 +789,30 @@ impl LeaseGroup {
 
     /// Opens a watch of every member's key, for deletions after `revision` (0: from now).
     async fn watch_keys(&self, revision: i64, attempt: Duration) -> Result<KeyWatch> {
-        let keys: Vec<Vec<u8>> = self
-            .members
-            .values()
-            .map(|m| m.key.as_bytes().to_vec())
-            .collect();
+        let keys: Vec<&[u8]> = self.members.values().map(|m| m.key.as_bytes()).collect();
         let Some(first) = keys.first() else {
             return Err(Error::new(ErrorKind::Internal, "no key to watch"));
         };
-        let first_dir = dir_of(first).to_vec();
+        // The first key opens the stream; it is watched by itself (see `KeyWatch::unit_of`).
+        let first = first.to_vec();
         let (_, stream) = self
             .conn
             .call_at("watching the registered keys", attempt, |mut c| {
-                let dir = first_dir.clone();
-                async move { c.watch(dir, Some(KeyWatch::options(revision))).await }
+                let key = first.clone();
+                async move {
+                    let options = KeyWatch::options(&key, revision);
+                    c.watch(key, Some(options)).await
+                }
             })
             .await?;
         let mut watch = KeyWatch {
             stream,
-            pending: VecDeque::from([first_dir.clone()]),
+            pending: VecDeque::from([first.clone()]),
             ids: HashMap::new(),
-            counts: HashMap::from([(first_dir, 1)]),
+            counts: HashMap::from([(first, 1)]),
+            exact: 1,
         };
-        watch
-            .add(keys[1..].iter().map(Vec::as_slice), revision)
-            .await?;
+        watch.add(keys[1..].iter().copied(), revision).await?;
         Ok(watch)
     }
 
@@ -991,23 +994,33 @@ struct Established {
 struct Seen {
     /// Keys deleted (by someone else, or with the lease).
     deleted: Vec<Vec<u8>>,
-    /// Directories whose watcher etcd just created.
+    /// Units (keys or directories) whose watcher etcd just created.
     created: Vec<Vec<u8>>,
 }
 
 /// A watch of a group's own keys, deletions only, on one stream: it costs etcd nothing while
 /// nothing is deleted, and tells at once when someone deletes a key or revokes the lease (which
-/// deletes its keys). One watcher per service directory (`<base>/<service>/`) holding keys of
-/// the group, not one per key: a lease of 100 000 nodes of one service is one watcher. The
-/// deletions of other nodes of those services come too, and are told apart by key.
+/// deletes its keys).
+///
+/// Each watcher covers a unit: the first [`EXACT_KEY_WATCHERS`] keys are watched one by one,
+/// the others by their service directory (`<base>/<service>/`), so that a lease of 100 000
+/// nodes of one service is 32 watchers and one more, not 100 000. The deletions of other nodes
+/// of a directory watched come too, and are told apart by key. A watcher of one key is what
+/// etcd matches a write against cheapest (by a map lookup, where a directory's goes through an
+/// interval tree), and it wakes only for that key: a process that holds a node in each of many
+/// TTLs of one service, or a fleet whose processes each hold a node of the same service, does
+/// not have every put of the service sent to every group's watcher.
 struct KeyWatch {
     stream: WatchStream,
-    /// Directories whose watcher was asked for, in order, until etcd answers with its id.
+    /// Units whose watcher was asked for, in order, until etcd answers with its id.
     pending: VecDeque<Vec<u8>>,
-    /// The watcher id of each directory.
+    /// The watcher id of each unit.
     ids: HashMap<Vec<u8>, i64>,
-    /// How many keys watched are in each directory; its watcher goes when none is left.
+    /// The units watched: a key (1), or a directory (ending in '/') with how many keys it was
+    /// asked to cover; its watcher goes when none is left.
     counts: HashMap<Vec<u8>, u32>,
+    /// How many units are single keys.
+    exact: usize,
 }
 
 /// The directory of a key: everything up to its last '/' (the whole key when it has none).
@@ -1018,11 +1031,21 @@ fn dir_of(key: &[u8]) -> &[u8] {
     }
 }
 
+/// Whether a unit of a [`KeyWatch`] is a directory (a key never ends in '/': its node name is
+/// not empty).
+fn is_dir(unit: &[u8]) -> bool {
+    unit.ends_with(b"/")
+}
+
 impl KeyWatch {
-    fn options(revision: i64) -> WatchOptions {
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_filters([WatchFilterType::NoPut]);
+    /// The watch of `unit`: every key under it when it is a directory, else that key alone.
+    fn options(unit: &[u8], revision: i64) -> WatchOptions {
+        let options = WatchOptions::new().with_filters([WatchFilterType::NoPut]);
+        let options = if is_dir(unit) {
+            options.with_prefix()
+        } else {
+            options
+        };
         if revision > 0 {
             options.with_start_revision(revision + 1)
         } else {
@@ -1030,46 +1053,76 @@ impl KeyWatch {
         }
     }
 
-    /// Watches more keys, for deletions after `revision` (0: from now): a watcher for each
-    /// directory not watched yet.
+    /// The unit that is to cover `key`: the key itself when it is watched already, else its
+    /// directory when that is, else the key while fewer than [`EXACT_KEY_WATCHERS`] keys are
+    /// watched one by one, else its directory.
+    fn unit_of<'k>(&self, key: &'k [u8]) -> &'k [u8] {
+        let dir = dir_of(key);
+        if self.counts.contains_key(key) {
+            key
+        } else if self.counts.contains_key(dir) || self.exact >= EXACT_KEY_WATCHERS {
+            dir
+        } else {
+            key
+        }
+    }
+
+    /// Watches more keys, for deletions after `revision` (0: from now): a watcher for each unit
+    /// not watched yet.
     async fn add<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>, revision: i64) -> Result<()> {
         for key in keys {
-            let dir = dir_of(key);
-            let count = self.counts.entry(dir.to_vec()).or_insert(0);
+            let unit = self.unit_of(key);
+            let count = self.counts.entry(unit.to_vec()).or_insert(0);
+            if *count > 0 && !is_dir(unit) {
+                // The same key again (a node registered again): one count per key, as it is
+                // cancelled once, when its last registration leaves.
+                continue;
+            }
             *count += 1;
             if *count > 1 {
                 continue;
             }
+            if !is_dir(unit) {
+                self.exact += 1;
+            }
             self.stream
-                .watch(dir.to_vec(), Some(Self::options(revision)))
+                .watch(unit.to_vec(), Some(Self::options(unit, revision)))
                 .await
                 .map_err(Error::from)?;
-            self.pending.push_back(dir.to_vec());
+            self.pending.push_back(unit.to_vec());
         }
         Ok(())
     }
 
-    /// Stops watching `key`: its directory's watcher goes with the last key in it (once etcd
-    /// has said its id; else when it does, see [`KeyWatch::drop_unwanted`]).
+    /// Stops watching `key` (none of the group's members has it any more): its own watcher
+    /// goes, or its directory's with the last key it covers (once etcd has said its id; else
+    /// when it does, see [`KeyWatch::drop_unwanted`]).
     async fn cancel(&mut self, key: &[u8]) -> Result<()> {
-        let dir = dir_of(key);
-        match self.counts.get_mut(dir) {
+        let unit = if self.counts.contains_key(key) {
+            key
+        } else {
+            dir_of(key)
+        };
+        match self.counts.get_mut(unit) {
             Some(count) if *count > 1 => {
                 *count -= 1;
                 return Ok(());
             }
             Some(_) => {
-                self.counts.remove(dir);
+                self.counts.remove(unit);
+                if !is_dir(unit) {
+                    self.exact -= 1;
+                }
             }
             None => return Ok(()),
         }
-        if let Some(id) = self.ids.remove(dir) {
+        if let Some(id) = self.ids.remove(unit) {
             self.stream.cancel(id).await.map_err(Error::from)?;
         }
         Ok(())
     }
 
-    /// Cancels the watchers etcd just created (`created`) whose directory has no key left.
+    /// Cancels the watchers etcd just created (`created`) whose unit has no key left.
     async fn drop_unwanted(&mut self, created: &[Vec<u8>]) -> Result<()> {
         for dir in created {
             if !self.counts.contains_key(dir.as_slice()) {

@@ -249,6 +249,64 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
     );
 }
 
+/// A long TTL, so that a key comes back only through the watch of the keys (the keep-alive's own
+/// check would come after the deadline): the first keys of a lease are watched one by one, the
+/// others by their service's directory, and every one of them is put back, also after others
+/// left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_of_a_large_lease_deleted_by_someone_else_is_put_back() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(120);
+    let mut regs = Vec::new();
+    for i in 0..40 {
+        let service = if i % 10 == 9 { "web" } else { "api" };
+        let reg = registry
+            .register(service, node(&format!("n{i}"), &[]), ttl)
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push((service, format!("n{i}"), reg));
+    }
+    let put_back = |keys: Vec<String>| {
+        let etcd = etcd.clone();
+        async move {
+            for key in &keys {
+                assert_eq!(etcd.delete(key).unwrap(), 1, "{key}");
+            }
+            eventually("the deleted keys to be put back", || {
+                let (e, keys) = (etcd.clone(), keys.clone());
+                async move {
+                    blocking(move || keys.iter().all(|k| e.get(k).unwrap().is_some())).await
+                }
+            })
+            .await;
+        }
+    };
+    // The first registered (watched one by one) and the last (by directory), in both services.
+    put_back(vec![
+        "/s/api/n0".into(),
+        "/s/web/n9".into(),
+        "/s/api/n38".into(),
+        "/s/web/n39".into(),
+    ])
+    .await;
+    // Once the keys watched one by one have left, the others are still watched.
+    for (_, _, reg) in regs.drain(..20) {
+        reg.unregister().await.unwrap();
+    }
+    put_back(vec![
+        "/s/api/n20".into(),
+        "/s/web/n29".into(),
+        "/s/api/n38".into(),
+    ])
+    .await;
+    assert_eq!(etcd.get_prefix("/s/").unwrap().len(), 20);
+    assert_eq!(etcd.lease_count().unwrap(), 1);
+    for (_, _, reg) in &regs {
+        assert_eq!(reg.state(), RegistrationState::Registered);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_revoked_by_someone_else_is_replaced() {
     let etcd = Arc::new(etcd());
