@@ -954,7 +954,7 @@ fn fleet_section(r: &Results) -> Option<String> {
                 ],
                 vec![
                     "own-key watchers a node change reaches".into(),
-                    format!("1 (its own process's: a process watches its first 32 keys one by one, not the directory of the service's {:.0} nodes)", fp / fs),
+                    format!("1 (its own process's: a process's first key of a TTL is watched by itself, not through the directory of the service's {:.0} nodes)", fp / fs),
                     "—".into()
                 ],
             ]

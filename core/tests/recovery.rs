@@ -250,7 +250,7 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
 }
 
 /// A long TTL, so that a key comes back only through the watch of the keys (the keep-alive's own
-/// check would come after the deadline): the first keys of a lease are watched one by one, the
+/// check would come after the deadline): the first key of a lease is watched by itself, the
 /// others by their service's directory, and every one of them is put back, also after others
 /// left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,7 +282,7 @@ async fn every_key_of_a_large_lease_deleted_by_someone_else_is_put_back() {
             .await;
         }
     };
-    // The first registered (watched one by one) and the last (by directory), in both services.
+    // The first registered (watched by itself) and others (by directory), in both services.
     put_back(vec![
         "/s/api/n0".into(),
         "/s/web/n9".into(),
@@ -290,7 +290,7 @@ async fn every_key_of_a_large_lease_deleted_by_someone_else_is_put_back() {
         "/s/web/n39".into(),
     ])
     .await;
-    // Once the keys watched one by one have left, the others are still watched.
+    // Once the key watched by itself has left, the others are still watched.
     for (_, _, reg) in regs.drain(..20) {
         reg.unregister().await.unwrap();
     }
