@@ -299,6 +299,20 @@ func cList(p *C.etcd_registry, service string) ([]Node, error) {
 	return takeNodeList(list), nil
 }
 
+func cServices(p *C.etcd_registry) ([]string, error) {
+	var list *C.etcd_registry_string_list
+	var msg *C.char
+	if err := cResult("services", C.goer_services(p, &list, &msg), msg); err != nil {
+		return nil, err
+	}
+	defer C.etcd_registry_string_list_free(list)
+	names := make([]string, int(C.etcd_registry_string_list_len(list)))
+	for i := range names {
+		names[i] = C.GoString(C.etcd_registry_string_list_get(list, C.size_t(i)))
+	}
+	return names, nil
+}
+
 func cWatch(p *C.etcd_registry, service string) (uint64, error) {
 	const op = "watch"
 	cs, err := cStrings(op, service)

@@ -182,6 +182,24 @@ func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
 	return nodes, nil
 }
 
+// Services lists the names of the services under the base path that have at least one node,
+// sorted and without duplicates, in one etcd request that reads keys only (no values). Names
+// are as they appear in keys: a '/' given at registration reads as '-'. An extension: the
+// original library has no such call.
+func (r *EtcdRegistry) Services() ([]string, error) {
+	var names []string
+	err := r.h.use("services", func(p *cRegistry) error {
+		var err error
+		names, err = cServices(p)
+		return err
+	})
+	runtime.KeepAlive(r)
+	if err != nil {
+		return nil, err
+	}
+	return names, nil
+}
+
 // use runs f with the C registry, or fails with ErrClosed once it is freed.
 func (h *handle) use(op string, f func(p *cRegistry) error) error {
 	h.life.RLock()

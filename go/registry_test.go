@@ -181,6 +181,38 @@ func TestGetServiceNodesOfUnknownServiceIsEmpty(t *testing.T) {
 	}
 }
 
+// Services names every service with a node under the base path, once each, sorted; a '/' in a
+// service name reads as '-', as in its keys. A base path of its own keeps other tests out.
+func TestServices(t *testing.T) {
+	base := "/" + serviceName(t)
+	r, err := NewEtcdRegistry(shared.endpoints, base, "", "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	names, err := r.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if names == nil || len(names) != 0 {
+		t.Fatalf("no service registered yet: got %#v, want an empty slice", names)
+	}
+	for _, reg := range []struct{ service, node string }{{"web", "b"}, {"web", "a"}, {"db/main", "x"}} {
+		done, errs, err := r.RegisterNode(t.Context(), reg.service, Node{Name: reg.node}, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, done, errs)
+	}
+	names, err = r.Services()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"db-main", "web"}; !reflect.DeepEqual(names, want) {
+		t.Fatalf("Services() = %q, want %q", names, want)
+	}
+}
+
 func TestConcurrentRegisterAndList(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	service := serviceName(t)
@@ -551,6 +583,7 @@ func TestUseAfterClose(t *testing.T) {
 	checks := map[string]error{}
 	_, _, checks["RegisterNode"] = r.RegisterNode(t.Context(), service, Node{Name: "n"}, time.Minute)
 	_, checks["GetServiceNodes"] = r.GetServiceNodes(service)
+	_, checks["Services"] = r.Services()
 	checks["UnregisterNode"] = r.UnregisterNode(t.Context(), service, "node1")
 	_, checks["WatchService"] = r.WatchService(t.Context(), service)
 	_, checks["Watch.Nodes"] = w.Nodes()

@@ -126,6 +126,11 @@ static inline etcd_registry_status goer_list(etcd_registry *registry, const char
     GOER_CALL(etcd_registry_list(registry, service, out));
 }
 
+static inline etcd_registry_status goer_services(etcd_registry *registry,
+                                                 etcd_registry_string_list **out, char **err) {
+    GOER_CALL(etcd_registry_services(registry, out));
+}
+
 static inline etcd_registry_status goer_watch(etcd_registry *registry, const char *service,
                                               uint64_t *out_id, char **err) {
     GOER_CALL(etcd_registry_watch(registry, service, NULL, NULL, out_id));

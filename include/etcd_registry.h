@@ -258,6 +258,13 @@ typedef struct etcd_registry_config etcd_registry_config;
 typedef struct etcd_registry_node_list etcd_registry_node_list;
 
 /**
+ * Opaque, immutable list of strings (the service names of `etcd_registry_services`), in the
+ * order the call documents. Every string it hands out is owned by the list and valid until
+ * `etcd_registry_string_list_free`. Safe to read from several threads at once.
+ */
+typedef struct etcd_registry_string_list etcd_registry_string_list;
+
+/**
  * Which member of an `etcd_registry_event` is meaningful; one of `ETCD_REGISTRY_EVENT_TYPE_*`.
  */
 typedef uint32_t etcd_registry_event_type;
@@ -767,6 +774,16 @@ etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
                                         struct etcd_registry_node_list **out_node_list);
 
 /**
+ * The names of the services under the base path that have at least one node, sorted
+ * (bytewise) and without duplicates, as they appear in keys (a '/' given at registration reads
+ * as '-'). One etcd request for keys only: no values are transferred. Blocks until etcd answers
+ * or the configured timeout passes (TIMEOUT / CONNECTION). `*out_services` is written only on
+ * success; free it with `etcd_registry_string_list_free`.
+ */
+etcd_registry_status etcd_registry_services(struct etcd_registry *registry,
+                                            struct etcd_registry_string_list **out_services);
+
+/**
  * Closes the registry: stops the watches, revokes the leases (which deletes every registered key
  * at once), delivers UNREGISTERED to every registration (the last call of its callback, or
  * queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and
@@ -1029,6 +1046,24 @@ size_t etcd_registry_last_error_copy(char *buffer, size_t capacity);
  * number this version does not know. Static storage; never NULL.
  */
 const char *etcd_registry_status_name(uint32_t status);
+
+/**
+ * The number of strings; 0 for a NULL list.
+ */
+size_t etcd_registry_string_list_len(const struct etcd_registry_string_list *list);
+
+/**
+ * String `index` (NUL-terminated UTF-8), or NULL when `list` is NULL or `index` is out of
+ * range. A NUL character inside the text (possible only in keys other programs wrote) reads
+ * as U+FFFD.
+ */
+const char *etcd_registry_string_list_get(const struct etcd_registry_string_list *list,
+                                          size_t index);
+
+/**
+ * Frees a string list and every string it handed out. NULL is allowed.
+ */
+void etcd_registry_string_list_free(struct etcd_registry_string_list *list);
 
 /**
  * Watches a service: lists it (failing with CONNECTION/TIMEOUT if etcd cannot be reached now),

@@ -55,6 +55,9 @@ struct RegistryFree {
 struct NodeListFree {
     void operator()(etcd_registry_node_list *l) const noexcept { etcd_registry_node_list_free(l); }
 };
+struct StringListFree {
+    void operator()(etcd_registry_string_list *l) const noexcept { etcd_registry_string_list_free(l); }
+};
 
 // Set while this thread runs one of our callbacks: a std::function must not be destroyed
 // while it runs, so an unregister from inside a callback defers the destruction.
@@ -172,6 +175,18 @@ class Registry {
         etcd_registry_node_list *raw = nullptr;
         detail::check(etcd_registry_list(registry_.get(), service.c_str(), &raw));
         return nodes_of(raw);
+    }
+
+    // The names of the services that have at least one node, sorted.
+    std::vector<std::string> services() {
+        etcd_registry_string_list *raw = nullptr;
+        detail::check(etcd_registry_services(registry_.get(), &raw));
+        std::unique_ptr<etcd_registry_string_list, detail::StringListFree> list(raw);
+        std::vector<std::string> names;
+        const size_t len = etcd_registry_string_list_len(list.get());
+        names.reserve(len);
+        for (size_t i = 0; i < len; i++) names.push_back(detail::str(etcd_registry_string_list_get(list.get(), i)));
+        return names;
     }
 
     uint64_t watch(const std::string &service, WatchCallback callback) {

@@ -36,6 +36,9 @@ int main() {
 
         for (const auto &node : registry.list("cpp-api"))
             std::cout << "list: " << node.name << " address=" << node.info.at("address") << "\n";
+        bool listed = false;
+        for (const auto &service : registry.services()) listed = listed || service == "cpp-api";
+        std::cout << "services include cpp-api: " << (listed ? "yes" : "no") << "\n";
 
         registry.unwatch(watch);  // after this the lambda (and `added`) are no longer used
         registry.unregister(first);
@@ -47,7 +50,7 @@ int main() {
         }
         registry.close();
         std::cout << "done (" << added << " added)\n";
-        return added == 2 ? 0 : 1;
+        return added == 2 && listed ? 0 : 1;
     } catch (const etcdreg::Error &e) {
         std::cerr << "error: " << e.what() << "\n";
         return 1;

@@ -17,6 +17,7 @@ use crate::events::{
 };
 use crate::node_list::{etcd_registry_node_list, NodeStorage};
 use crate::status::{etcd_registry_status, guard, guard_value, Failure, FfiResult};
+use crate::string_list::etcd_registry_string_list;
 use crate::strings::required;
 
 /// Waits longer than this are cut to it (a year: effectively forever, and far from overflow).
@@ -290,6 +291,31 @@ pub unsafe extern "C" fn etcd_registry_list(
         write_out(
             slot,
             Box::into_raw(Box::new(etcd_registry_node_list::from_parts(parts))),
+        );
+        Ok(())
+    })
+}
+
+/// The names of the services under the base path that have at least one node, sorted
+/// (bytewise) and without duplicates, as they appear in keys (a '/' given at registration reads
+/// as '-'). One etcd request for keys only: no values are transferred. Blocks until etcd answers
+/// or the configured timeout passes (TIMEOUT / CONNECTION). `*out_services` is written only on
+/// success; free it with `etcd_registry_string_list_free`.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_services(
+    registry: *mut etcd_registry,
+    out_services: *mut *mut etcd_registry_string_list,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_services, "out_services")?;
+        ensure_can_block()?;
+        drop(this.open()?);
+        let names = block_on(this.registry.services())??;
+        write_out(
+            slot,
+            Box::into_raw(Box::new(etcd_registry_string_list::new(&names))),
         );
         Ok(())
     })

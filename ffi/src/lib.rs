@@ -21,6 +21,7 @@ mod log;
 mod node_list;
 mod registration;
 mod status;
+mod string_list;
 mod strings;
 mod tsan;
 mod watch;
@@ -43,6 +44,7 @@ pub use log::*;
 pub use node_list::*;
 pub use registration::*;
 pub use status::*;
+pub use string_list::*;
 pub use watch::*;
 
 use std::ffi::c_char;

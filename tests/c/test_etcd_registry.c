@@ -407,6 +407,9 @@ static void test_node_list_accessors_on_null(void) {
     CHECK(etcd_registry_node_list_info_json(NULL, 0) == NULL);
     CHECK(etcd_registry_node_list_info_value(NULL, 0, "k") == NULL);
     CHECK(etcd_registry_node_list_entries(NULL) == NULL);
+    CHECK(etcd_registry_string_list_len(NULL) == 0);
+    CHECK(etcd_registry_string_list_get(NULL, 0) == NULL);
+    etcd_registry_string_list_free(NULL);
 }
 
 static void test_null_registry_everywhere(void) {
@@ -422,6 +425,9 @@ static void test_null_registry_everywhere(void) {
     CHECK_STATUS(etcd_registry_registration_state(NULL, 1, &state), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_registration_lease_id(NULL, 1, &lease), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_list(NULL, "s", &list), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    etcd_registry_string_list *services = NULL;
+    CHECK_STATUS(etcd_registry_services(NULL, &services), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK(services == NULL);
     CHECK_STATUS(etcd_registry_watch(NULL, "s", NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_unwatch(NULL, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_watch_nodes(NULL, 1, &list), ETCD_REGISTRY_STATUS_NULL_POINTER);
@@ -719,6 +725,46 @@ static void test_list_errors(void) {
     CHECK(etcd_registry_node_list_len(list) == 0);
     etcd_registry_node_list_free(list);
     etcd_registry_free(r);
+}
+
+static void test_services(void) {
+    /* A base path of its own: the other tests' services live under /ctest. */
+    etcd_registry_config *config = make_config(endpoints);
+    REQUIRE(config != NULL);
+    REQUIRE_OK(etcd_registry_config_set_base_path(config, "/ctest-services"));
+    etcd_registry *r = NULL;
+    REQUIRE_OK(etcd_registry_connect(config, &r));
+    etcd_registry_config_free(config);
+
+    etcd_registry_string_list *services = (etcd_registry_string_list *)(uintptr_t)0x1;
+    CHECK_STATUS(etcd_registry_services(r, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK(services == (etcd_registry_string_list *)(uintptr_t)0x1);
+    CHECK_OK(etcd_registry_services(r, &services));
+    CHECK(etcd_registry_string_list_len(services) == 0);
+    CHECK(etcd_registry_string_list_get(services, 0) == NULL);
+    etcd_registry_string_list_free(services);
+
+    /* Two nodes of one service, one of a service whose name holds a '/' (it reads as '-'). */
+    uint64_t ids[3] = {0};
+    REQUIRE_OK(etcd_registry_register_json(r, "web", "b", NULL, 10000, NULL, NULL, &ids[0]));
+    REQUIRE_OK(etcd_registry_register_json(r, "web", "a", NULL, 10000, NULL, NULL, &ids[1]));
+    REQUIRE_OK(etcd_registry_register_json(r, "db/main", "x", NULL, 10000, NULL, NULL, &ids[2]));
+    for (int i = 0; i < 3; i++) CHECK_OK(etcd_registry_wait_registered(r, ids[i], (uint64_t)(10000 * slow)));
+    services = NULL;
+    CHECK_OK(etcd_registry_services(r, &services));
+    REQUIRE(services != NULL);
+    CHECK(etcd_registry_string_list_len(services) == 2);
+    const char *first = etcd_registry_string_list_get(services, 0);
+    const char *second = etcd_registry_string_list_get(services, 1);
+    CHECK(first && strcmp(first, "db-main") == 0);
+    CHECK(second && strcmp(second, "web") == 0);
+    CHECK(etcd_registry_string_list_get(services, 2) == NULL);
+
+    /* The list is a snapshot: it outlives the registry that made it. */
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+    CHECK(first && strcmp(etcd_registry_string_list_get(services, 0), "db-main") == 0);
+    etcd_registry_string_list_free(services);
 }
 
 static void test_unreachable_etcd(void) {
@@ -1200,6 +1246,9 @@ static void test_use_after_close_and_double_close(void) {
     CHECK_STATUS(etcd_registry_registration_state(r, id, &state), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_registration_lease_id(r, id, &lease), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_list(r, "closed", &list), ETCD_REGISTRY_STATUS_CLOSED);
+    etcd_registry_string_list *services = NULL;
+    CHECK_STATUS(etcd_registry_services(r, &services), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(services == NULL);
     CHECK_STATUS(etcd_registry_watch(r, "closed", NULL, NULL, &out), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_unwatch(r, watch), ETCD_REGISTRY_STATUS_CLOSED);
     CHECK_STATUS(etcd_registry_watch_nodes(r, watch, &list), ETCD_REGISTRY_STATUS_CLOSED);
@@ -1868,6 +1917,7 @@ static const test_case tests[] = {
     TEST(test_info_json_round_trip),
     TEST(test_info_entries),
     TEST(test_list_errors),
+    TEST(test_services),
     TEST(test_unreachable_etcd),
     TEST(test_watch_callbacks_on_the_library_thread),
     TEST(test_calls_from_inside_callbacks),
