@@ -313,6 +313,22 @@ func cServices(p *C.etcd_registry) ([]string, error) {
 	return names, nil
 }
 
+func cActiveEndpoint(p *C.etcd_registry) (string, error) {
+	buf := make([]byte, 128)
+	for {
+		var n C.size_t
+		var msg *C.char
+		status := C.goer_active_endpoint(p, (*C.char)(unsafe.Pointer(&buf[0])), C.size_t(len(buf)), &n, &msg)
+		if err := cResult("active endpoint", status, msg); err != nil {
+			return "", err
+		}
+		if int(n) < len(buf) {
+			return string(buf[:n]), nil
+		}
+		buf = make([]byte, int(n)+1) // truncated: again with room for all of it
+	}
+}
+
 func cWatch(p *C.etcd_registry, service string) (uint64, error) {
 	const op = "watch"
 	cs, err := cStrings(op, service)

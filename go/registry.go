@@ -200,6 +200,21 @@ func (r *EtcdRegistry) Services() ([]string, error) {
 	return names, nil
 }
 
+// ActiveEndpoint is the etcd endpoint (a URL, e.g. "http://10.0.0.1:2379") that calls and
+// keep-alives go to now; it changes when that member fails or stops answering and another one
+// takes over. It does not reach etcd. Empty once the registry is closed. An extension: the
+// original library has no such call.
+func (r *EtcdRegistry) ActiveEndpoint() string {
+	var endpoint string
+	_ = r.h.use("active endpoint", func(p *cRegistry) error {
+		var err error
+		endpoint, err = cActiveEndpoint(p)
+		return err
+	})
+	runtime.KeepAlive(r)
+	return endpoint
+}
+
 // use runs f with the C registry, or fails with ErrClosed once it is freed.
 func (h *handle) use(op string, f func(p *cRegistry) error) error {
 	h.life.RLock()

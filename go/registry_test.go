@@ -213,6 +213,29 @@ func TestServices(t *testing.T) {
 	}
 }
 
+// ActiveEndpoint names the member in use as a URL without dialing it; after Close, nothing.
+func TestActiveEndpoint(t *testing.T) {
+	r, err := NewEtcdRegistry([]string{"127.0.0.1:9"}, "/services", "", "", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.ActiveEndpoint(); got != "http://127.0.0.1:9" {
+		t.Fatalf("ActiveEndpoint() = %q, want http://127.0.0.1:9", got)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.ActiveEndpoint(); got != "" {
+		t.Fatalf("ActiveEndpoint() after Close = %q, want empty", got)
+	}
+	// A name longer than the first buffer the package offers the library.
+	long := strings.Repeat(strings.Repeat("a", 60)+".", 4) + "example"
+	r = newRegistry(t, []string{long + ":2379"})
+	if got, want := r.ActiveEndpoint(), "http://"+long+":2379"; got != want {
+		t.Fatalf("ActiveEndpoint() = %q, want %q", got, want)
+	}
+}
+
 func TestConcurrentRegisterAndList(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	service := serviceName(t)

@@ -131,6 +131,12 @@ static inline etcd_registry_status goer_services(etcd_registry *registry,
     GOER_CALL(etcd_registry_services(registry, out));
 }
 
+static inline etcd_registry_status goer_active_endpoint(etcd_registry *registry, char *buffer,
+                                                        size_t capacity, size_t *out_len,
+                                                        char **err) {
+    GOER_CALL(etcd_registry_active_endpoint(registry, buffer, capacity, out_len));
+}
+
 static inline etcd_registry_status goer_watch(etcd_registry *registry, const char *service,
                                               uint64_t *out_id, char **err) {
     GOER_CALL(etcd_registry_watch(registry, service, NULL, NULL, out_id));

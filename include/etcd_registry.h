@@ -784,6 +784,20 @@ etcd_registry_status etcd_registry_services(struct etcd_registry *registry,
                                             struct etcd_registry_string_list **out_services);
 
 /**
+ * Copies the etcd endpoint that calls and keep-alives go to now (a URL, e.g.
+ * "http://10.0.0.1:2379") into `buffer` (of `capacity` bytes), truncated if needed and always
+ * NUL-terminated when `capacity > 0`, like `snprintf`; `*out_len` gets the length of the whole
+ * endpoint in bytes (without the NUL): `capacity` or more means it was truncated. `buffer` may
+ * be NULL when `capacity` is 0, to ask for the length. It changes when that member fails or
+ * stops answering and another one takes over. Does not block and does not reach etcd; allowed
+ * after `etcd_registry_close` (it then names the member last used).
+ */
+etcd_registry_status etcd_registry_active_endpoint(const struct etcd_registry *registry,
+                                                   char *buffer,
+                                                   size_t capacity,
+                                                   size_t *out_len);
+
+/**
  * Closes the registry: stops the watches, revokes the leases (which deletes every registered key
  * at once), delivers UNREGISTERED to every registration (the last call of its callback, or
  * queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and

@@ -189,6 +189,20 @@ class Registry {
         return names;
     }
 
+    // The etcd endpoint (a URL) that calls and keep-alives go to now.
+    std::string active_endpoint() const {
+        std::string endpoint(64, '\0');
+        for (;;) {  // again with more room if it was cut (or changed to a longer one meanwhile)
+            size_t len = 0;
+            detail::check(etcd_registry_active_endpoint(registry_.get(), endpoint.data(), endpoint.size() + 1, &len));
+            if (len <= endpoint.size()) {
+                endpoint.resize(len);
+                return endpoint;
+            }
+            endpoint.assign(len, '\0');
+        }
+    }
+
     uint64_t watch(const std::string &service, WatchCallback callback) {
         auto owned = std::make_unique<WatchCallback>(std::move(callback));
         uint64_t id = 0;

@@ -39,6 +39,7 @@ int main() {
         bool listed = false;
         for (const auto &service : registry.services()) listed = listed || service == "cpp-api";
         std::cout << "services include cpp-api: " << (listed ? "yes" : "no") << "\n";
+        std::cout << "etcd in use: " << registry.active_endpoint() << "\n";
 
         registry.unwatch(watch);  // after this the lambda (and `added`) are no longer used
         registry.unregister(first);

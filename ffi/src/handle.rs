@@ -321,6 +321,36 @@ pub unsafe extern "C" fn etcd_registry_services(
     })
 }
 
+/// Copies the etcd endpoint that calls and keep-alives go to now (a URL, e.g.
+/// "http://10.0.0.1:2379") into `buffer` (of `capacity` bytes), truncated if needed and always
+/// NUL-terminated when `capacity > 0`, like `snprintf`; `*out_len` gets the length of the whole
+/// endpoint in bytes (without the NUL): `capacity` or more means it was truncated. `buffer` may
+/// be NULL when `capacity` is 0, to ask for the length. It changes when that member fails or
+/// stops answering and another one takes over. Does not block and does not reach etcd; allowed
+/// after `etcd_registry_close` (it then names the member last used).
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_active_endpoint(
+    registry: *const etcd_registry,
+    buffer: *mut c_char,
+    capacity: usize,
+    out_len: *mut usize,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_len, "out_len")?;
+        if buffer.is_null() && capacity > 0 {
+            return Err(Failure::null("buffer"));
+        }
+        this.registry.check_same_process()?;
+        let endpoint = this.registry.active_endpoint();
+        // SAFETY: the caller promises `capacity` writable bytes at `buffer`.
+        unsafe { crate::strings::copy_truncated(endpoint.as_bytes(), buffer, capacity) };
+        write_out(slot, endpoint.len());
+        Ok(())
+    })
+}
+
 /// Closes the registry: stops the watches, revokes the leases (which deletes every registered key
 /// at once), delivers UNREGISTERED to every registration (the last call of its callback, or
 /// queued for `etcd_registry_next_event`, which then returns what is queued and CLOSED), and

@@ -252,15 +252,8 @@ pub unsafe extern "C" fn etcd_registry_last_error_copy(
             .try_with(|slot| {
                 let slot = slot.borrow();
                 let bytes = slot.as_bytes();
-                if !buffer.is_null() && capacity > 0 {
-                    let n = bytes.len().min(capacity - 1);
-                    // SAFETY: the caller promises `buffer` has `capacity` writable bytes; we
-                    // write n + 1 <= capacity of them.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buffer, n);
-                        *buffer.add(n) = 0;
-                    }
-                }
+                // SAFETY: the caller promises `buffer` has `capacity` writable bytes.
+                unsafe { crate::strings::copy_truncated(bytes, buffer, capacity) };
                 bytes.len()
             })
             .unwrap_or(0)

@@ -35,6 +35,23 @@ pub(crate) unsafe fn optional<'a>(ptr: *const c_char, what: &str) -> FfiResult<O
     }
 }
 
+/// Copies as much of `bytes` as fits into `buffer` of `capacity` bytes, followed by a NUL, like
+/// `snprintf`; nothing when `capacity` is 0.
+///
+/// # Safety
+/// `buffer` is NULL only when `capacity` is 0, and otherwise has `capacity` writable bytes.
+pub(crate) unsafe fn copy_truncated(bytes: &[u8], buffer: *mut c_char, capacity: usize) {
+    if buffer.is_null() || capacity == 0 {
+        return;
+    }
+    let n = bytes.len().min(capacity - 1);
+    // SAFETY: n + 1 <= capacity writable bytes, per the caller's contract.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr().cast::<c_char>(), buffer, n);
+        *buffer.add(n) = 0;
+    }
+}
+
 /// A C string of `text` for output. Text from etcd may in theory contain NUL bytes, which a C
 /// string cannot: each becomes U+FFFD.
 pub(crate) fn to_c(text: &str) -> CString {

@@ -148,6 +148,13 @@ impl PyRegistry {
         Ok(self.core(py)?.config().base_path.clone())
     }
 
+    /// The etcd endpoint (a URL) that calls and keep-alives go to now; it changes when that
+    /// member fails or stops answering and another one takes over. Does not reach etcd.
+    #[getter]
+    fn active_endpoint(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(self.core(py)?.active_endpoint())
+    }
+
     /// Whether `close()` was called (always true in a child process forked after creation).
     #[getter]
     fn closed(&self) -> bool {
@@ -203,6 +210,12 @@ impl PyRegistry {
     fn services(&self, py: Python<'_>) -> PyResult<Vec<String>> {
         let core = self.core(py)?;
         blocking::call(py, core.services())
+    }
+
+    /// `services()` for asyncio.
+    fn services_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let core = self.open(py)?.clone();
+        asyncio::future_into_py(py, async move { Ok(Answer(core.services().await)) })
     }
 
     /// `list()` for asyncio.

@@ -3,6 +3,7 @@ errors a user meets."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections import OrderedDict
@@ -287,6 +288,8 @@ def test_every_call_after_close_raises_closed_error(etcd: Etcd, base_path: str) 
         lambda: reg.list("api"),
         lambda: reg.watch("api"),
         lambda: reg.list_async("api"),
+        lambda: reg.services(),
+        lambda: reg.services_async(),
         lambda: reg.watch_async("api"),
     ):
         with pytest.raises(ClosedError) as info:
@@ -344,6 +347,21 @@ def test_services_names_each_service_with_nodes(registry: Registry, etcd: Etcd, 
     assert registry.services() == ["a", "a-b", "api", "web"]
     handles[0].unregister()
     assert registry.services() == ["a", "a-b", "api"]
+
+    async def services_async() -> list[str]:
+        return await registry.services_async()
+
+    assert asyncio.run(services_async()) == ["a", "a-b", "api"]
+
+
+def test_active_endpoint_names_the_member_in_use_without_dialing() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    reg = Registry([f"127.0.0.1:{port}"])
+    assert reg.active_endpoint == f"http://127.0.0.1:{port}"
+    reg.close()
+    assert reg.active_endpoint == f"http://127.0.0.1:{port}"  # still answered after close
 
 
 def test_value_bytes_are_what_go_json_marshal_writes(registry: Registry, etcd: Etcd, base_path: str) -> None:

@@ -767,6 +767,36 @@ static void test_services(void) {
     etcd_registry_string_list_free(services);
 }
 
+static void test_active_endpoint(void) {
+    char eps[64], want[80];
+    int port = dead_port();
+    snprintf(eps, sizeof eps, "127.0.0.1:%d", port);
+    snprintf(want, sizeof want, "http://127.0.0.1:%d", port);
+    etcd_registry *r = connect_to(eps); /* connect does not dial: nothing needs to answer */
+    REQUIRE(r != NULL);
+    size_t len = 0;
+    CHECK_OK(etcd_registry_active_endpoint(r, NULL, 0, &len)); /* the length only */
+    CHECK(len == strlen(want));
+    char full[80] = {0};
+    CHECK_OK(etcd_registry_active_endpoint(r, full, sizeof full, &len));
+    CHECK(strcmp(full, want) == 0 && len == strlen(want));
+    char cut[8];
+    memset(cut, 'x', sizeof cut);
+    CHECK_OK(etcd_registry_active_endpoint(r, cut, 5, &len)); /* truncated like snprintf */
+    CHECK(memcmp(cut, "http", 5) == 0 && cut[5] == 'x' && len == strlen(want));
+    len = 7;
+    CHECK_STATUS(etcd_registry_active_endpoint(NULL, full, sizeof full, &len), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_active_endpoint(r, full, sizeof full, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_active_endpoint(r, NULL, 4, &len), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK(len == 7);
+    /* Still answered after close: the member last used. */
+    CHECK_OK(etcd_registry_close(r));
+    memset(full, 0, sizeof full);
+    CHECK_OK(etcd_registry_active_endpoint(r, full, sizeof full, &len));
+    CHECK(strcmp(full, want) == 0);
+    etcd_registry_free(r);
+}
+
 static void test_unreachable_etcd(void) {
     char eps[64], where[80];
     int port = dead_port();
@@ -1918,6 +1948,7 @@ static const test_case tests[] = {
     TEST(test_info_entries),
     TEST(test_list_errors),
     TEST(test_services),
+    TEST(test_active_endpoint),
     TEST(test_unreachable_etcd),
     TEST(test_watch_callbacks_on_the_library_thread),
     TEST(test_calls_from_inside_callbacks),
