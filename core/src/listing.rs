@@ -18,12 +18,18 @@ pub(crate) struct Listing {
 pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
     let resp = fetch_raw(conn, prefix).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let nodes = resp
-        .kvs()
+    let nodes = nodes(&resp, prefix).collect();
+    Ok(Listing { nodes, revision })
+}
+
+/// The nodes of a listing of `prefix`, with their mod revisions.
+pub(crate) fn nodes<'r>(
+    resp: &'r etcd_client::GetResponse,
+    prefix: &'r str,
+) -> impl Iterator<Item = (Node, i64)> + 'r {
+    resp.kvs()
         .iter()
         .filter_map(|kv| node_of(prefix, kv.key(), kv.value()).map(|n| (n, kv.mod_revision())))
-        .collect();
-    Ok(Listing { nodes, revision })
 }
 
 /// Every key under `prefix`, in one range request.

@@ -377,8 +377,8 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
-        let listing = listing::fetch(&self.inner.conn, &prefix).await?;
-        Ok(listing.nodes.into_iter().map(|(n, _)| n).collect())
+        let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
+        Ok(listing::nodes(&resp, &prefix).map(|(n, _)| n).collect())
     }
 
     /// Lists a service like [`Registry::list`], handing each node to `f` as borrowed text — its
