@@ -55,6 +55,8 @@ pub struct Settings {
     pub fleet_services: usize,
     pub fleet_watchers: usize,
     pub fleet_ttl: u64,
+    /// How long every member of the fleet's cluster stays down before they all start again.
+    pub fleet_outage: Duration,
 }
 
 impl Settings {
@@ -95,6 +97,8 @@ impl Settings {
             fleet_watchers: if full { 20 } else { 4 },
             // The bulk phase's TTL, so that its single-registry idle rate models a process.
             fleet_ttl: 6,
+            // Past the TTL: every registry has lost its keep-alive and is in its retry loop.
+            fleet_outage: Duration::from_secs(if full { 10 } else { 8 }),
         }
     }
 
@@ -122,6 +126,7 @@ impl Settings {
             "fleet_services": self.fleet_services,
             "fleet_watchers": self.fleet_watchers,
             "fleet_ttl_s": self.fleet_ttl,
+            "fleet_outage_s": self.fleet_outage.as_secs_f64(),
             "drivers_ignore_sigpipe": std::env::var("BENCH_IGNORE_SIGPIPE").is_ok_and(|v| v == "1"),
         })
     }
@@ -1184,8 +1189,10 @@ impl Bench<'_> {
         progress(&format!(
             "fleet: 3-member etcd, {procs} registry processes, {services} services, {watchers} watching"
         ));
+        // Behind proxies, which count the connection attempts while etcd is down.
         let etcd = EtcdCluster::builder()
             .members(3)
+            .proxy(true)
             .start()
             .map_err(|e| format!("starting etcd: {e}"))?;
         let mut direct = Direct::new(etcd.direct_endpoints())?;
@@ -1238,6 +1245,10 @@ impl Bench<'_> {
             .iter()
             .filter_map(|d| sysinfo::threads_rss(d.pid()).map(|(_, r)| r))
             .sum();
+        let restart = fleet_restart(&etcd, &mut drivers, s.fleet_outage).unwrap_or_else(|e| {
+            self.error(format!("fleet restart: {e}"));
+            json!({ "error": e })
+        });
         // One node changes: how many watch events etcd sends (every watcher of that service).
         self.results.fleet = Some(json!({
             "processes": procs,
@@ -1256,6 +1267,7 @@ impl Bench<'_> {
             "keepalive_streams": keepalive_streams,
             "per_member": per_member,
             "driver_rss_kib_total": rss,
+            "restart": restart,
         }));
         progress("fleet: stopping the processes");
         for d in &mut drivers {
@@ -1267,4 +1279,135 @@ impl Bench<'_> {
         }
         Ok(())
     }
+}
+
+/// Every member of the fleet's cluster SIGKILLed for `outage`, then all started again at once:
+/// the connection attempts the registries make while etcd is down (counted by the proxies in
+/// front of the members, from 1 s after the kill), then what etcd receives while they all come
+/// back (its gRPC messages, sampled every 100 ms) and when each layer says registered again.
+fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -> Res<Value> {
+    let procs = drivers.len().max(1) as f64;
+    let members = etcd.len();
+    let accepted = || {
+        (0..members)
+            .map(|i| etcd.proxy_accepted_total(i))
+            .sum::<u64>()
+    };
+    progress(&format!(
+        "fleet: every member down for {:.0} s, then all started at once",
+        outage.as_secs_f64()
+    ));
+    for i in 0..members {
+        etcd.kill(i).map_err(|e| format!("kill: {e}"))?;
+    }
+    let settle = Duration::from_secs(1);
+    std::thread::sleep(settle);
+    let (a0, t0) = (accepted(), Instant::now());
+    std::thread::sleep(outage.saturating_sub(settle));
+    let (a1, down_s) = (accepted(), t0.elapsed().as_secs_f64());
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let up = Instant::now();
+    let sampler = {
+        let stop = stop.clone();
+        let endpoints: Vec<String> = (0..members).map(|i| etcd.direct_endpoint(i)).collect();
+        std::thread::spawn(move || {
+            // Per member, its last counter read (0 until it answers: counters restart at 0).
+            let mut last = vec![0.0; endpoints.len()];
+            let mut series: Vec<(f64, f64, bool)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let mut leader = false;
+                for (i, e) in endpoints.iter().enumerate() {
+                    if let Ok(body) = sysinfo::metrics(e) {
+                        last[i] = sysinfo::metric_sum(&body, "grpc_server_msg_received_total", &[]);
+                        leader |= sysinfo::metric_sum(&body, "etcd_server_has_leader", &[]) >= 1.0;
+                    }
+                }
+                series.push((up.elapsed().as_secs_f64(), last.iter().sum(), leader));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            series
+        })
+    };
+    let started = (0..members).try_for_each(|i| etcd.start(i).map_err(|e| format!("start: {e}")));
+    // When each process first said registered again (polled in turns over all of them).
+    let mut back: Vec<Option<f64>> = vec![None; drivers.len()];
+    let mut polled = Ok(());
+    if started.is_ok() {
+        let deadline = up + Duration::from_secs(60);
+        while Instant::now() < deadline && back.iter().any(Option::is_none) {
+            for (d, back) in drivers.iter_mut().zip(back.iter_mut()) {
+                if back.is_some() {
+                    continue;
+                }
+                match d.call("state", Duration::from_secs(10)) {
+                    Ok(v) if num(&v, "registered")? >= num(&v, "total")? => {
+                        *back = Some(up.elapsed().as_secs_f64());
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        polled = Err(e);
+                        break;
+                    }
+                }
+            }
+            if polled.is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The traffic right after, for the rate to settle back to the idle keep-alives.
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let series = sampler.join().map_err(|_| "the metrics sampler panicked")?;
+    started?;
+    polled?;
+    let mut back: Vec<f64> = back
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or("not every registry registered again within 60 s")?;
+    back.sort_by(f64::total_cmp);
+    let registered_s = back.last().copied().unwrap_or(0.0);
+    let first_back_s = back.first().copied().unwrap_or(0.0);
+    let median_back_s = back.get(back.len() / 2).copied().unwrap_or(0.0);
+    etcd.wait_all_healthy()
+        .map_err(|e| format!("the cluster after the restart: {e}"))?;
+
+    let leader_s = series.iter().find(|s| s.2).map(|s| s.0);
+    // Messages until the first sample at or after everyone registered.
+    let until_registered = series
+        .iter()
+        .find(|s| s.0 >= registered_s)
+        .or(series.last())
+        .map_or(0.0, |s| s.1);
+    // The busiest 100 ms step and the busiest second (from any sample to the first one a
+    // second or more later).
+    let mut peak_step: f64 = 0.0;
+    let mut peak_second: f64 = 0.0;
+    for (i, a) in series.iter().enumerate() {
+        if let Some(b) = series.get(i + 1) {
+            if b.0 > a.0 {
+                peak_step = peak_step.max((b.1 - a.1) / (b.0 - a.0));
+            }
+        }
+        if let Some(b) = series[i..].iter().find(|b| b.0 - a.0 >= 1.0) {
+            peak_second = peak_second.max((b.1 - a.1) / (b.0 - a.0));
+        }
+    }
+    Ok(json!({
+        "outage_s": outage.as_secs_f64(),
+        "down_window_s": down_s,
+        "connection_attempts": a1 - a0,
+        "connection_attempts_per_s_per_process": (a1 - a0) as f64 / down_s / procs,
+        "leader_s": leader_s,
+        "first_registered_s": first_back_s,
+        "median_registered_s": median_back_s,
+        "registered_s": registered_s,
+        "messages_until_registered": until_registered,
+        "messages_per_process": until_registered / procs,
+        "peak_step_per_s": peak_step,
+        "peak_second_per_s": peak_second,
+        "series": series.iter().map(|s| json!([s.0, s.1, s.2])).collect::<Vec<_>>(),
+    }))
 }

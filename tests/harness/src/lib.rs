@@ -930,6 +930,12 @@ impl EtcdCluster {
         self.proxies.get(i).is_some_and(Proxy::is_partitioned)
     }
 
+    /// Client connections member `i`'s proxy has accepted since it started, including those it
+    /// closed at once because the member was down (0 without a proxy).
+    pub fn proxy_accepted_total(&self, i: usize) -> u64 {
+        self.proxies.get(i).map_or(0, Proxy::accepted_total)
+    }
+
     /// Open client connections through member `i`'s proxy (0 without a proxy).
     pub fn proxy_connection_count(&self, i: usize) -> usize {
         self.proxies.get(i).map_or(0, Proxy::connection_count)

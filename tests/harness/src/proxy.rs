@@ -63,6 +63,8 @@ struct State {
     delay_us: AtomicU64,
     stopped: AtomicBool,
     conns: Mutex<Vec<Arc<Conn>>>,
+    /// Connections accepted since the start, whatever became of them.
+    accepted: AtomicU64,
 }
 
 /// A running proxy `listen_addr -> upstream`. Stops (and closes every
@@ -84,6 +86,7 @@ impl Proxy {
             delay_us: AtomicU64::new(0),
             stopped: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
+            accepted: AtomicU64::new(0),
         });
         let st = state.clone();
         let accept = thread::Builder::new()
@@ -141,6 +144,12 @@ impl Proxy {
         self.state.partitioned.load(Ordering::SeqCst)
     }
 
+    /// Connections accepted since the start, including those closed at once because the
+    /// upstream was down: a client's connection attempts.
+    pub(crate) fn accepted_total(&self) -> u64 {
+        self.state.accepted.load(Ordering::SeqCst)
+    }
+
     /// Number of connections currently tracked (open, forwarding or blackholed).
     pub(crate) fn connection_count(&self) -> usize {
         let mut conns = self.state.conns.lock().unwrap();
@@ -167,6 +176,7 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
             break;
         }
         let Ok(client) = stream else { continue };
+        state.accepted.fetch_add(1, Ordering::SeqCst);
         let _ = client.set_nodelay(true);
         let upstream = if state.partitioned.load(Ordering::SeqCst) {
             None
