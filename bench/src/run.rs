@@ -1340,11 +1340,12 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
                 if back.is_some() {
                     continue;
                 }
-                match d.call("state", Duration::from_secs(10)) {
-                    Ok(v) if num(&v, "registered")? >= num(&v, "total")? => {
-                        *back = Some(up.elapsed().as_secs_f64());
-                    }
-                    Ok(_) => {}
+                let state = d
+                    .call("state", Duration::from_secs(10))
+                    .and_then(|v| Ok(num(&v, "registered")? >= num(&v, "total")?));
+                match state {
+                    Ok(true) => *back = Some(up.elapsed().as_secs_f64()),
+                    Ok(false) => {}
                     Err(e) => {
                         polled = Err(e);
                         break;
