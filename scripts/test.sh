@@ -59,7 +59,7 @@ suite "rust lint" clippy cargo clippy --all-targets -- -D warnings
 #   3.5.11): the failover tests pause members for 2 x TTL, 30 rounds;
 # - a member killed with -9 can come back without writes it had applied, because 3.5.0-3.5.2
 #   saved its applied index apart from the data (etcd-io/etcd#13766, fixed in 3.5.3): the
-#   survival test kills a member 10 times, the first 35 ms after it granted the lease, and in
+#   survival test kills a member 10 times, the first right after it granted the lease, and in
 #   one CI run that member, once leader, answered the keep-alive "lease not found".
 cluster_tests=(a_paused_or_slow_member_loses_no_key endpoints_in_any_order_with_one_unreachable
   cluster_failover_kill_client_member_then_leader)
