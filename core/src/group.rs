@@ -94,6 +94,9 @@ enum Flow {
 }
 
 impl LeaseGroup {
+    /// Starts the task of a new group, with `first` (its first member's `Add`) already queued:
+    /// the task takes it when it first runs, instead of running and being woken again by it.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn spawn(
         handle: &tokio::runtime::Handle,
         ttl_secs: i64,
@@ -101,8 +104,11 @@ impl LeaseGroup {
         backoff_min: Duration,
         backoff_max: Duration,
         closing: watch::Receiver<bool>,
+        first: GroupCmd,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::unbounded_channel();
+        // Cannot fail: the receiver is right here.
+        let _ = tx.send(first);
         let lease = Arc::new(AtomicI64::new(0));
         let group = LeaseGroup {
             ttl_secs,

@@ -1,5 +1,6 @@
 //! The registry: one etcd connection, the lease groups, the registrations and the watches.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -276,14 +277,16 @@ impl Registry {
         let (min, max) = (self.inner.config.backoff_min, self.inner.config.backoff_max);
         let handle = &self.inner.handle;
         let closing = self.inner.closing.subscribe();
-        let group = state
-            .groups
-            .entry(ttl_secs)
-            .or_insert_with(|| LeaseGroup::spawn(handle, ttl_secs, conn, min, max, closing));
-        group
-            .tx
-            .send(GroupCmd::Add(reg.clone()))
-            .map_err(|_| Error::closed())?;
+        let add = GroupCmd::Add(reg.clone());
+        match state.groups.entry(ttl_secs) {
+            Entry::Occupied(group) => group.get().tx.send(add).map_err(|_| Error::closed())?,
+            // The first of its TTL: the new task finds it when it first runs (one wake-up).
+            Entry::Vacant(slot) => {
+                slot.insert(LeaseGroup::spawn(
+                    handle, ttl_secs, conn, min, max, closing, add,
+                ));
+            }
+        }
         state.registrations.insert(id, reg.clone());
         Ok(Registration {
             shared: reg,
