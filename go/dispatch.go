@@ -1,6 +1,7 @@
 package etcdregistry
 
 import (
+	"runtime"
 	"sync"
 	"time"
 )
@@ -217,6 +218,10 @@ func (h *handle) dispatch() {
 				pulledSince = 0
 				h.catchUp(&dropped)
 				timeout = waitForever
+				// Readers the events just went to are runnable on this goroutine's P. Blocked
+				// in C, it would keep that P until another thread woke up to take them over:
+				// they run first, here.
+				runtime.Gosched()
 			}
 		default:
 			// Not expected (a bug inside the library); do not spin on it.

@@ -123,6 +123,16 @@ func (w *Watch) deliver(ev WatchEvent) {
 	if w.stopping {
 		return
 	}
+	// A reader already waiting takes the event straight from the dispatcher (nothing is queued
+	// before it then): no goroutine is started, and the reader runs on this P as soon as the
+	// dispatcher yields (see dispatch).
+	if !w.pumping {
+		select {
+		case w.events <- ev:
+			return
+		default:
+		}
+	}
 	w.backlog.push(ev, neverFinal)
 	if !w.pumping {
 		w.pumping = true
