@@ -681,6 +681,13 @@ impl Core {
             if i >= WARMUP {
                 samples.push(us(t0.elapsed()));
             }
+            // As the floor and the peers do (and a careful user would before timing another):
+            // the registration is complete, its keep-alive running, before the next begins.
+            if let Some(reg) = regs.last() {
+                reg.wait_registered(OP_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("register: {e}"))?;
+            }
         }
         let _ = a.close().await;
         let _ = b.close().await;
