@@ -1,6 +1,10 @@
 //! A fault-injecting TCP proxy on std threads.
 //!
-//! One accept thread per proxy, two copy threads per connection. While
+//! One accept thread per proxy, two copy threads per connection. The accept thread only
+//! accepts: each connection reaches for the upstream on a thread of its own, so that an
+//! upstream slow to accept (an etcd starting) never holds up the other clients' connections,
+//! and the listen queue is as long as the system allows (a fleet of clients reconnecting at
+//! once overflows std's 128, and a dropped SYN costs the client a second). While
 //! *partitioned* (blackholed) every byte in both directions is silently
 //! dropped and new connections are accepted but never reach the upstream —
 //! from the client's side this looks like a real network partition (no RST,
@@ -79,6 +83,14 @@ impl Proxy {
     /// Start a proxy on a fresh loopback port forwarding to `upstream`.
     pub(crate) fn start(upstream: SocketAddr) -> io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
+        // Listening again sets the queue's length (capped by net.core.somaxconn).
+        {
+            use std::os::fd::AsRawFd;
+            // SAFETY: listen(2) on a socket this function owns; no memory is passed.
+            if unsafe { libc::listen(listener.as_raw_fd(), 4096) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
         let addr = listener.local_addr()?;
         let state = Arc::new(State {
             upstream,
@@ -177,36 +189,47 @@ fn accept_loop(listener: TcpListener, state: Arc<State>) {
         }
         let Ok(client) = stream else { continue };
         state.accepted.fetch_add(1, Ordering::SeqCst);
-        let _ = client.set_nodelay(true);
-        let upstream = if state.partitioned.load(Ordering::SeqCst) {
-            None
-        } else {
-            match TcpStream::connect_timeout(&state.upstream, Duration::from_secs(1)) {
-                Ok(u) => {
-                    let _ = u.set_nodelay(true);
-                    Some(u)
-                }
-                // Upstream is down: drop the client, like a refused connection.
-                Err(_) => continue,
+        let partitioned = state.partitioned.load(Ordering::SeqCst);
+        let st = state.clone();
+        // Without a thread, the client is dropped: like a refused connection.
+        let _ = thread::Builder::new()
+            .stack_size(COPY_STACK)
+            .spawn(move || serve(client, partitioned, st));
+    }
+}
+
+/// Connects accepted `client` to the upstream (unless the proxy was partitioned when it came)
+/// and starts copying.
+fn serve(client: TcpStream, partitioned: bool, state: Arc<State>) {
+    let _ = client.set_nodelay(true);
+    let upstream = if partitioned {
+        None
+    } else {
+        match TcpStream::connect_timeout(&state.upstream, Duration::from_secs(1)) {
+            Ok(u) => {
+                let _ = u.set_nodelay(true);
+                Some(u)
             }
-        };
-        let conn = {
-            let mut conns = state.conns.lock().unwrap();
-            conns.retain(|c| !c.closed.load(Ordering::SeqCst));
-            let conn = Arc::new(Conn {
-                state: state.clone(),
-                client,
-                upstream,
-                blackholed: AtomicBool::new(state.partitioned.load(Ordering::SeqCst)),
-                closed: AtomicBool::new(false),
-                finished: AtomicUsize::new(0),
-            });
-            conns.push(conn.clone());
-            conn
-        };
-        if let Err(_e) = spawn_copies(&conn) {
-            conn.close();
+            // Upstream is down: drop the client, like a refused connection.
+            Err(_) => return,
         }
+    };
+    let conn = {
+        let mut conns = state.conns.lock().unwrap();
+        conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+        let conn = Arc::new(Conn {
+            state: state.clone(),
+            client,
+            upstream,
+            blackholed: AtomicBool::new(partitioned || state.partitioned.load(Ordering::SeqCst)),
+            closed: AtomicBool::new(false),
+            finished: AtomicUsize::new(0),
+        });
+        conns.push(conn.clone());
+        conn
+    };
+    if let Err(_e) = spawn_copies(&conn) {
+        conn.close();
     }
 }
 
