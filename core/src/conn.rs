@@ -26,10 +26,11 @@ use crate::tls::{self, ClientTls};
 const PING_INTERVAL: Duration = Duration::from_secs(7);
 const PING_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// Pause between two rounds over the members while waiting for etcd: doubling from the first to
-/// the last value, each shortened by up to half at random (many clients waiting for the same
-/// etcd come back spread over the last pause, not in step). The last value bounds how late a
-/// call notices that etcd is back.
+/// Pause between two tries while waiting for etcd (after a round over every member reached
+/// none, one member per pause, in turns): doubling from the first to the last value, each
+/// shortened by up to half at random (many clients waiting for the same etcd come back spread
+/// over the last pause, not in step). The last value bounds how late a call notices that etcd
+/// is back, when every member comes back.
 const READY_RETRY_MIN: Duration = Duration::from_millis(50);
 const READY_RETRY_MAX: Duration = Duration::from_millis(200);
 
@@ -272,6 +273,8 @@ impl Connection {
         // The last failure to reach each member, for the message of a call that timed out.
         let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
         let mut pause = READY_RETRY_MIN;
+        // Pauses waited so far, after a whole round over the members reached none of them.
+        let mut waited = 0usize;
         loop {
             let now = Instant::now();
             let mut order: Vec<usize> = self
@@ -289,15 +292,22 @@ impl Connection {
                 let jittered = pause.mul_f64(1.0 - 0.5 * crate::backoff::random_unit());
                 tokio::time::sleep_until(deadline.min(Instant::now() + jittered)).await;
                 pause = (pause * 2).min(READY_RETRY_MAX);
-                tried.clear();
-                order = self.health.order(Instant::now());
+                // From now on one member per pause, in turns: one connection attempt per
+                // pause while etcd is down, not one per member.
+                let n = self.endpoints.len();
+                let next = waited % n;
+                waited += 1;
+                tried = (0..n).filter(|&j| j != next).collect();
+                order = vec![next];
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || order.is_empty() {
                 return Err(timeout_error(what, self.timeout, &unreached));
             }
             let i = order[0];
-            let limit = if order.len() > 1 {
+            // The last member of the first round may take the rest of the time; while waiting
+            // for etcd, one silent member must not keep the others from being tried.
+            let limit = if order.len() > 1 || (waited > 0 && self.endpoints.len() > 1) {
                 attempt.min(left)
             } else {
                 left
