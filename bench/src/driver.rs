@@ -52,6 +52,7 @@ pub fn main(args: &[String]) -> i32 {
             return 2;
         }
     };
+    log_to_stderr();
     emit(json!({"ready": true}));
     // Created at the first command, so that the thread count at `ready` is the bare process.
     let mut runtime: Option<tokio::runtime::Runtime> = None;
@@ -507,6 +508,50 @@ async fn raw_keeper(state: Arc<Mutex<RawState>>, endpoints: Vec<String>, ttl: i6
             }
         }
         lock(&state).healthy = true;
+    }
+}
+
+/// With `BENCH_DRIVER_LOG=error|warn|info|debug|trace`, the library's log goes to stderr (the
+/// driver's log file), with times. Off by default: a subscriber would add its code and work to
+/// the driver the benchmark measures.
+fn log_to_stderr() {
+    let level = match std::env::var("BENCH_DRIVER_LOG").as_deref() {
+        Ok("error") => tracing::Level::ERROR,
+        Ok("warn") => tracing::Level::WARN,
+        Ok("info") => tracing::Level::INFO,
+        Ok("debug") => tracing::Level::DEBUG,
+        Ok("trace") => tracing::Level::TRACE,
+        _ => return,
+    };
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    // The level for the library; its dependencies (tonic, hyper, h2) say only warnings.
+    let filter = tracing_subscriber::filter::Targets::new()
+        .with_target("etcd_registry", level)
+        .with_default(tracing::Level::WARN);
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(|| PidStderr)
+                .with_ansi(false),
+        )
+        .with(filter)
+        .try_init();
+}
+
+/// Stderr with each line led by the process id: many drivers of a layer share one log file.
+struct PidStderr;
+
+impl std::io::Write for PidStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        // The subscriber writes each event whole: one line, one write.
+        let line = [format!("[{}] ", std::process::id()).as_bytes(), buf].concat();
+        std::io::stderr().write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
     }
 }
 

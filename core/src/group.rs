@@ -363,6 +363,12 @@ impl LeaseGroup {
                 member.registered(lease);
             }
         }
+        tracing::debug!(
+            lease,
+            ttl = self.ttl_secs,
+            registered = self.members.len() - refused.len(),
+            "registered"
+        );
         let revision = [checked_at, put_at]
             .into_iter()
             .filter(|r| *r > 0)
