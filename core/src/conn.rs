@@ -51,7 +51,9 @@ pub(crate) struct Connection {
     credentials: Option<(String, String)>,
     pub(crate) timeout: Duration,
     /// One client per endpoint, made on first use and dropped when the member is ejected.
-    clients: Vec<Mutex<Option<Client>>>,
+    /// Shared, not cloned per call: an `etcd_client::Client` is several KiB (a client per
+    /// service), which every call's future would otherwise hold.
+    clients: Vec<Mutex<Option<Arc<Client>>>>,
     health: Health,
     /// Bumped by [`Connection::reset`]: probes of an older generation stop.
     generation: AtomicU64,
@@ -98,12 +100,13 @@ impl Connection {
     }
 
     /// The client of endpoint `i`, connecting first if there is none.
-    async fn client_of(&self, i: usize) -> Result<Client> {
+    async fn client_of(&self, i: usize) -> Result<Arc<Client>> {
         let mut slot = self.clients[i].lock().await;
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        let client = self.connect(&self.endpoints[i]).await?;
+        // Boxed: connecting is a large future that only the first call needs room for.
+        let client = Arc::new(Box::pin(self.connect(&self.endpoints[i])).await?);
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -139,7 +142,7 @@ impl Connection {
     /// the one in use fails or is silent (see [`Connection::call_at`]).
     pub(crate) async fn call<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let attempt = self.attempt_timeout();
@@ -154,7 +157,7 @@ impl Connection {
     /// member's timeout does not, see below).
     pub(crate) async fn call_read<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let order = self.health.order(Instant::now());
@@ -169,7 +172,7 @@ impl Connection {
                 let endpoint = &self.endpoints[i];
                 let run = Box::pin(async {
                     let client = self.client_of(i).await?;
-                    f(client).await.map_err(|e| reached_error(endpoint, e))
+                    f(&client).await.map_err(|e| reached_error(endpoint, e))
                 });
                 match tokio::time::timeout(attempt, run).await {
                     Ok(result) => result,
@@ -249,7 +252,7 @@ impl Connection {
         f: F,
     ) -> Result<(usize, T)>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         self.call_until(what, attempt, Instant::now() + self.timeout, f)
@@ -265,7 +268,7 @@ impl Connection {
         f: F,
     ) -> Result<(usize, T)>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let mut tried: Vec<usize> = Vec::new();
@@ -317,7 +320,7 @@ impl Connection {
             // would otherwise hold room for the largest one it ever makes.
             let run = Box::pin(async {
                 let client = self.client_of(i).await?;
-                f(client).await.map_err(|e| reached_error(endpoint, e))
+                f(&client).await.map_err(|e| reached_error(endpoint, e))
             });
             let error = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(value)) => {
@@ -369,7 +372,7 @@ impl Connection {
             let i = order[k % order.len()];
             let endpoint = &self.endpoints[i];
             let probe = async {
-                let mut client = self.client_of(i).await?;
+                let mut client = self.client_of(i).await?.maintenance_client();
                 client
                     .status()
                     .await
@@ -494,7 +497,7 @@ impl Connection {
         let checks = (0..self.endpoints.len()).map(|i| async move {
             let result = self
                 .with_timeout("checking the member", async {
-                    let mut client = self.client_of(i).await?;
+                    let mut client = self.client_of(i).await?.maintenance_client();
                     client.status().await.map_err(Error::from)
                 })
                 .await;
@@ -594,7 +597,7 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
             continue;
         }
         let result = tokio::time::timeout(c.timeout, async {
-            let mut client = c.client_of(i).await?;
+            let mut client = c.client_of(i).await?.maintenance_client();
             client.status().await.map_err(Error::from)
         })
         .await;

@@ -320,8 +320,9 @@ impl LeaseGroup {
         // used and expires after one TTL.
         let granted = self
             .conn
-            .call("granting a lease", |mut c| async move {
-                c.lease_grant(ttl, None).await
+            .call("granting a lease", |c| {
+                let mut lease = c.lease_client();
+                async move { lease.grant(ttl, None).await }
             })
             .await?;
         let id = granted.id();
@@ -385,11 +386,10 @@ impl LeaseGroup {
     async fn keep_alive(&self, id: i64, attempt: Duration) -> Result<KeepAlive> {
         let (member, (keeper, stream)) = self
             .conn
-            .call_at(
-                "opening the lease keep-alive",
-                attempt,
-                |mut c| async move { c.lease_keep_alive(id).await },
-            )
+            .call_at("opening the lease keep-alive", attempt, |c| {
+                let mut lease = c.lease_client();
+                async move { lease.keep_alive(id).await }
+            })
             .await?;
         Ok(KeepAlive {
             member,
@@ -407,9 +407,13 @@ impl LeaseGroup {
     ) -> Result<(Option<HashSet<Vec<u8>>>, i64)> {
         let result = self
             .conn
-            .call_at("checking the lease", attempt, |mut c| async move {
-                c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
-                    .await
+            .call_at("checking the lease", attempt, |c| {
+                let mut lease = c.lease_client();
+                async move {
+                    lease
+                        .time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+                        .await
+                }
             })
             .await;
         let resp = match result {
@@ -473,9 +477,9 @@ impl LeaseGroup {
                 .collect();
             let result = self
                 .conn
-                .call_at("registering keys", attempt, |mut c| {
-                    let txn = Txn::new().and_then(ops.clone());
-                    async move { c.txn(txn).await }
+                .call_at("registering keys", attempt, |c| {
+                    let (mut kv, txn) = (c.kv_client(), Txn::new().and_then(ops.clone()));
+                    async move { kv.txn(txn).await }
                 })
                 .await;
             match result {
@@ -512,10 +516,10 @@ impl LeaseGroup {
         let (value, generation) = member.value();
         let result = self
             .conn
-            .call_at("registering a key", attempt, |mut c| {
-                let (key, value) = (member.key.clone(), value.clone());
+            .call_at("registering a key", attempt, |c| {
+                let (mut kv, key, value) = (c.kv_client(), member.key.clone(), value.clone());
                 async move {
-                    c.put(key, value, Some(PutOptions::new().with_lease(lease)))
+                    kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
                         .await
                 }
             })
@@ -812,11 +816,11 @@ impl LeaseGroup {
         let first = first.to_vec();
         let (_, stream) = self
             .conn
-            .call_at("watching the registered keys", attempt, |mut c| {
-                let key = first.clone();
+            .call_at("watching the registered keys", attempt, |c| {
+                let (mut watch, key) = (c.watch_client(), first.clone());
                 async move {
                     let options = KeyWatch::options(&key, revision);
-                    c.watch(key, Some(options)).await
+                    watch.watch(key, Some(options)).await
                 }
             })
             .await?;
@@ -913,9 +917,9 @@ impl LeaseGroup {
             let key = reg.key.clone();
             result = self
                 .conn
-                .call("deleting the key", |mut c| {
-                    let key = key.clone();
-                    async move { c.delete(key, None).await }
+                .call("deleting the key", |c| {
+                    let (mut kv, key) = (c.kv_client(), key.clone());
+                    async move { kv.delete(key, None).await }
                 })
                 .await
                 .map(|_| ());
@@ -939,8 +943,9 @@ impl LeaseGroup {
     async fn revoke(&self, lease: i64) -> Result<()> {
         let result = self
             .conn
-            .call("revoking the lease", |mut c| async move {
-                c.lease_revoke(lease).await
+            .call("revoking the lease", |c| {
+                let mut leases = c.lease_client();
+                async move { leases.revoke(lease).await }
             })
             .await;
         match result {
@@ -983,9 +988,9 @@ impl LeaseGroup {
                     let key = member.key.clone();
                     let _ = self
                         .conn
-                        .call("deleting the key", |mut c| {
-                            let key = key.clone();
-                            async move { c.delete(key, None).await }
+                        .call("deleting the key", |c| {
+                            let (mut kv, key) = (c.kv_client(), key.clone());
+                            async move { kv.delete(key, None).await }
                         })
                         .await;
                 }

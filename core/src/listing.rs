@@ -35,10 +35,9 @@ pub(crate) fn nodes<'r>(
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
     conn.call_read("listing nodes", |c| {
-        let key = prefix.to_string();
+        let (mut kv, key) = (unlimited_kv(c), prefix.to_string());
         async move {
-            unlimited_kv(&c)
-                .get(key, Some(etcd_client::GetOptions::new().with_prefix()))
+            kv.get(key, Some(etcd_client::GetOptions::new().with_prefix()))
                 .await
         }
     })

@@ -411,14 +411,12 @@ impl Registry {
             .inner
             .conn
             .call("listing services", |c| {
-                let key = key.clone();
+                let (mut kv, key) = (crate::listing::unlimited_kv(c), key.clone());
                 async move {
                     let options = etcd_client::GetOptions::new()
                         .with_prefix()
                         .with_keys_only();
-                    crate::listing::unlimited_kv(&c)
-                        .get(key, Some(options))
-                        .await
+                    kv.get(key, Some(options)).await
                 }
             })
             .await?;

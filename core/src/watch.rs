@@ -352,14 +352,10 @@ impl Follower {
         let (member, stream) = match self
             .conn
             .call_at("starting a watch", liveness, |c| {
+                // Events of one revision come in one message, of any size.
+                let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
                 let (key, options) = (self.prefix.clone(), options.clone());
-                async move {
-                    // Events of one revision come in one message, of any size.
-                    c.watch_client()
-                        .max_decoding_message_size(usize::MAX)
-                        .watch(key, Some(options))
-                        .await
-                }
+                async move { watch.watch(key, Some(options)).await }
             })
             .await
         {
