@@ -1215,14 +1215,21 @@ fn answer_deadline(ttl: Duration) -> Duration {
 
 /// Runs a call of the keep-alive loop, but no longer than the lease can live without an answer:
 /// a call stuck on a silent etcd must not keep the loop from noticing the loss.
-async fn before_loss<T>(
+///
+/// The call is boxed at once: the loop makes these calls rarely (nodes joining, repairs), and
+/// held inline they would make the loop's future, and the stack frames that poll it, the size
+/// of the largest.
+fn before_loss<'a, T: 'a>(
     lost_at: Instant,
     ttl: Duration,
-    call: impl std::future::Future<Output = Result<T>>,
-) -> Result<T> {
-    tokio::time::timeout_at(lost_at, call)
-        .await
-        .unwrap_or_else(|_| Err(unanswered(ttl)))
+    call: impl std::future::Future<Output = Result<T>> + Send + 'a,
+) -> impl std::future::Future<Output = Result<T>> + Send + 'a {
+    let call = Box::pin(call);
+    async move {
+        tokio::time::timeout_at(lost_at, call)
+            .await
+            .unwrap_or_else(|_| Err(unanswered(ttl)))
+    }
 }
 
 fn unanswered(ttl: Duration) -> Error {
