@@ -622,14 +622,14 @@ impl Registration {
     /// expires (within the TTL). An error is returned only when etcd answered and refused the
     /// delete (e.g. a permission error), or for a registry from before `fork()`.
     pub async fn unregister(&self) -> Result<()> {
-        self.registry.unregister_id(self.shared.id).await
+        self.registry.unregister_reg(&self.shared).await
     }
 
     /// Like [`Registration::unregister`] (the registration ends whatever happens), but also
     /// returns the error when etcd could not be reached to delete the key, for a caller that
     /// reports it (the command-line tool's exit code). Bindings use `unregister`.
     pub async fn try_unregister(&self) -> Result<()> {
-        self.registry.try_unregister_id(self.shared.id).await
+        self.registry.try_unregister_reg(&self.shared).await
     }
 }
 

@@ -1,7 +1,7 @@
 //! The registry: one etcd connection, the lease groups, the registrations and the watches.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -74,8 +74,9 @@ struct Inner {
 #[derive(Default)]
 struct State {
     groups: HashMap<i64, GroupHandle>,
-    registrations: HashMap<u64, Arc<RegShared>>,
-    by_key: HashMap<KeyOf, u64>,
+    /// The registrations, by key: at most one per node (a newer registration of the node
+    /// replaces the older one). Each entry is the registration itself (8 bytes).
+    registrations: HashSet<KeyOf>,
     watches: HashMap<u64, (AbortHandle, Arc<WatchRoute>)>,
 }
 
@@ -259,18 +260,14 @@ impl Registry {
         let mut state = self.state();
         // Checked again under the lock, so that close() cannot miss this registration.
         self.check_open()?;
-        // Removed, then inserted: `insert` would keep the older registration as the key.
-        let old_id = state.by_key.remove(reg.key.as_bytes());
-        state.by_key.insert(KeyOf(reg.clone()), id);
-        if let Some(old_id) = old_id {
-            if let Some(old) = state.registrations.remove(&old_id) {
-                if let Some(group) = state.groups.get(&old.ttl_secs) {
-                    let _ = group.tx.send(GroupCmd::Remove {
-                        id: old_id,
-                        keep_key: true,
-                        done: None,
-                    });
-                }
+        // The older registration of the same node, if any, ends; its key stays for this one.
+        if let Some(KeyOf(old)) = state.registrations.replace(KeyOf(reg.clone())) {
+            if let Some(group) = state.groups.get(&old.ttl_secs) {
+                let _ = group.tx.send(GroupCmd::Remove {
+                    id: old.id,
+                    keep_key: true,
+                    done: None,
+                });
             }
         }
         let conn = self.inner.conn.clone();
@@ -287,7 +284,6 @@ impl Registry {
                 ));
             }
         }
-        state.registrations.insert(id, reg.clone());
         Ok(Registration {
             shared: reg,
             registry: self.clone(),
@@ -312,9 +308,9 @@ impl Registry {
         self.check_open()?;
         let state = self.state();
         self.check_open()?;
-        let current = state.registrations.get(&reg.id);
+        let current = state.registrations.get(reg.key.as_bytes());
         let Some(group) = current
-            .filter(|r| Arc::ptr_eq(r, reg))
+            .filter(|r| Arc::ptr_eq(&r.0, reg))
             .and_then(|_| state.groups.get(&reg.ttl_secs))
         else {
             return Err(Error::new(
@@ -330,8 +326,8 @@ impl Registry {
     }
 
     /// [`Registration::unregister`]: the shutdown rule over [`Registry::try_unregister_id`].
-    pub(crate) async fn unregister_id(&self, id: u64) -> Result<()> {
-        match self.try_unregister_id(id).await {
+    pub(crate) async fn unregister_reg(&self, reg: &Arc<RegShared>) -> Result<()> {
+        match self.try_unregister_reg(reg).await {
             // The shutdown rule (see `Registration::unregister`): stopped locally all the same.
             Err(e) if matches!(e.kind(), ErrorKind::Connection | ErrorKind::Timeout) => {
                 tracing::warn!(
@@ -345,16 +341,21 @@ impl Registry {
     }
 
     /// Ends the registration and returns what deleting its key gave.
-    pub(crate) async fn try_unregister_id(&self, id: u64) -> Result<()> {
+    pub(crate) async fn try_unregister_reg(&self, reg: &Arc<RegShared>) -> Result<()> {
         self.check_same_process()?;
+        let id = reg.id;
         let (tx, done_rx, reg) = {
             let mut state = self.state();
-            let Some(reg) = state.registrations.remove(&id) else {
+            // Only while it is the registration of its node (not ended, not replaced).
+            if !state
+                .registrations
+                .get(reg.key.as_bytes())
+                .is_some_and(|r| Arc::ptr_eq(&r.0, reg))
+            {
                 return Ok(());
-            };
-            if state.by_key.get(reg.key.as_bytes()) == Some(&id) {
-                state.by_key.remove(reg.key.as_bytes());
             }
+            state.registrations.remove(reg.key.as_bytes());
+            let reg = reg.clone();
             let Some(group) = state.groups.get(&reg.ttl_secs) else {
                 return Ok(());
             };
@@ -520,15 +521,10 @@ impl Registry {
         self.inner.closing.send_replace(true);
         let (groups, watches, registrations) = {
             let mut state = self.state();
-            state.by_key.clear();
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
-                state
-                    .registrations
-                    .drain()
-                    .map(|(_, r)| r)
-                    .collect::<Vec<_>>(),
+                state.registrations.drain().map(|r| r.0).collect::<Vec<_>>(),
             )
         };
         let mut routes = Vec::with_capacity(watches.len());

@@ -331,13 +331,20 @@ async fn registering_the_same_node_again_replaces_the_old_registration() {
         old.state() == RegistrationState::Unregistered
     })
     .await;
+    let expected = vec![("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())];
     eventually("only the new value and lease", || async {
-        etcd.get_prefix("/s/").unwrap()
-            == vec![("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())]
-            && etcd.lease_count().unwrap() == 1
+        etcd.get_prefix("/s/").unwrap() == expected && etcd.lease_count().unwrap() == 1
     })
     .await;
     assert_eq!(registry.registration_count(), 1);
+    // The replaced handle no longer speaks for the node: updating it fails, unregistering it
+    // leaves the newer registration and its key alone.
+    let err = old.update(info(&[("v", "3")])).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    old.unregister().await.unwrap();
+    assert_eq!(new.state(), RegistrationState::Registered);
+    assert_eq!(registry.registration_count(), 1);
+    assert_eq!(etcd.get_prefix("/s/").unwrap(), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
