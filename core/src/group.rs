@@ -469,7 +469,7 @@ impl LeaseGroup {
                     let (value, generation) = m.value();
                     generations.push(generation);
                     TxnOp::put(
-                        m.key.clone(),
+                        m.key.as_bytes(),
                         value,
                         Some(PutOptions::new().with_lease(lease)),
                     )
@@ -517,7 +517,7 @@ impl LeaseGroup {
         let result = self
             .conn
             .call_at("registering a key", attempt, |c| {
-                let (mut kv, key, value) = (c.kv_client(), member.key.clone(), value.clone());
+                let (mut kv, key, value) = (c.kv_client(), member.key.as_bytes(), value.clone());
                 async move {
                     kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
                         .await
@@ -626,7 +626,7 @@ impl LeaseGroup {
                         None
                     }
                     Some(GroupCmd::Remove { id, keep_key, done }) => {
-                        let key = self.members.get(&id).map(|m| m.key.clone());
+                        let gone = self.members.get(&id).cloned();
                         let result = self.remove(id, keep_key).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
@@ -634,8 +634,9 @@ impl LeaseGroup {
                         if self.members.is_empty() {
                             return Exit::Empty;
                         }
-                        if let (Some(w), Some(key)) = (watch.as_mut(), key) {
-                            if !self.is_member_key(key.as_bytes()) && w.cancel(key.as_bytes()).await.is_err() {
+                        if let (Some(w), Some(gone)) = (watch.as_mut(), gone) {
+                            let key = gone.key.as_bytes();
+                            if !self.is_member_key(key) && w.cancel(key).await.is_err() {
                                 watch = None;
                             }
                         }
@@ -914,11 +915,11 @@ impl LeaseGroup {
         };
         let mut result = Ok(());
         if !keep_key {
-            let key = reg.key.clone();
+            let key = &reg.key;
             result = self
                 .conn
                 .call("deleting the key", |c| {
-                    let (mut kv, key) = (c.kv_client(), key.clone());
+                    let (mut kv, key) = (c.kv_client(), key.as_bytes());
                     async move { kv.delete(key, None).await }
                 })
                 .await
@@ -985,11 +986,11 @@ impl LeaseGroup {
                 // could not be reached in time: each delete would wait as long again).
                 let refused = !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection);
                 for member in self.members.values().filter(|_| refused) {
-                    let key = member.key.clone();
+                    let key = &member.key;
                     let _ = self
                         .conn
                         .call("deleting the key", |c| {
-                            let (mut kv, key) = (c.kv_client(), key.clone());
+                            let (mut kv, key) = (c.kv_client(), key.as_bytes());
                             async move { kv.delete(key, None).await }
                         })
                         .await;

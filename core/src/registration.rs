@@ -190,7 +190,7 @@ fn unless_decodable(info: Info, value: &str) -> Option<Box<[(String, String)]>> 
 
 /// One registration, as the registry, its lease's task and the handles share it. Held once per
 /// registration, so kept small: the names once (shared with every event), the info as a list
-/// rather than a map, and no channel of its own.
+/// rather than a map, the usual event history without an allocation, and no channel of its own.
 pub(crate) struct RegShared {
     pub(crate) id: u64,
     /// The service and node names, which every event carries (shared, not copied, per event).
@@ -198,7 +198,7 @@ pub(crate) struct RegShared {
     /// Where the events go besides the subscribers: fixed at creation (`register_routed`).
     route: Option<Subscriber>,
     hub: Arc<Hub>,
-    pub(crate) key: String,
+    pub(crate) key: Box<str>,
     pub(crate) ttl_secs: i64,
     inner: Mutex<RegInner>,
     /// Told when the registration's state changes, for `wait_registered`.
@@ -212,17 +212,18 @@ struct RegInner {
     info: Option<Box<[(String, String)]>>,
     info_absent: bool,
     /// The info encoded: what every put of the key writes.
-    value: String,
-    /// 0 for the info given to `register`, one more for each `update`.
+    value: Box<str>,
+    /// 1 for the info given to `register`, one more for each `update`.
     generation: u64,
-    /// The generation of the last put that landed in etcd.
-    landed: Option<u64>,
+    /// The generation of the last put that landed in etcd; 0 before the first.
+    landed: u64,
     /// The newest generation an `Updated` event (or the first registration) has told about.
     announced: u64,
     state: RegistrationState,
     registered_once: bool,
     error_before_first: Option<Box<Error>>,
-    lease_id: Option<i64>,
+    /// The lease the key is held by now; 0 for none (etcd never grants lease 0).
+    lease_id: i64,
     /// Failed attempts since the last registration: the number a `Retrying` event carries. Kept
     /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
     attempts: u32,
@@ -232,12 +233,48 @@ struct RegInner {
 /// Who gets a registration's events besides its route and the registry's streams.
 enum Listeners {
     /// Nobody yet, for a registration made without a route: its events are kept for the first
-    /// subscriber, so that it misses none; bounded like every event queue. Kept as status
-    /// events only (the names are added when a subscriber takes them): most registrations
-    /// never have a subscriber, and each holds its events until it ends.
-    Pending(Buffer<StatusEvent>),
+    /// subscriber, so that it misses none; bounded like every event queue.
+    Pending(Backlog),
     /// The queues of the `subscribe()` streams (not the streams: dropping one unsubscribes).
     Subscribed(Vec<Arc<Queue>>),
+}
+
+/// The events of a registration nobody has subscribed to yet. Kept as status events only (the
+/// names are added when a subscriber takes them). Most registrations never have a subscriber
+/// and each keeps its history until it ends, and most histories are one `Registered`: that one
+/// is held without an allocation.
+enum Backlog {
+    Empty,
+    Registered { lease_id: i64 },
+    Events(Box<Buffer<StatusEvent>>),
+}
+
+impl Backlog {
+    fn push(&mut self, event: StatusEvent) {
+        match (&mut *self, event) {
+            (Backlog::Empty, StatusEvent::Registered { lease_id }) => {
+                *self = Backlog::Registered { lease_id };
+            }
+            (Backlog::Events(events), event) => events.push(event),
+            (_, event) => {
+                let mut events = std::mem::replace(self, Backlog::Empty).into_buffer();
+                events.push(event);
+                *self = Backlog::Events(Box::new(events));
+            }
+        }
+    }
+
+    fn into_buffer(self) -> Buffer<StatusEvent> {
+        match self {
+            Backlog::Empty => Buffer::default(),
+            Backlog::Registered { lease_id } => {
+                let mut events = Buffer::default();
+                events.push(StatusEvent::Registered { lease_id });
+                events
+            }
+            Backlog::Events(events) => *events,
+        }
+    }
 }
 
 impl RegShared {
@@ -254,7 +291,7 @@ impl RegShared {
     ) -> Self {
         let names = (Arc::from(service), Arc::from(node.name));
         let listeners = match route {
-            None => Listeners::Pending(Buffer::default()),
+            None => Listeners::Pending(Backlog::Empty),
             Some(_) => Listeners::Subscribed(Vec::new()),
         };
         RegShared {
@@ -262,19 +299,19 @@ impl RegShared {
             names,
             route,
             hub,
-            key,
+            key: key.into_boxed_str(),
             ttl_secs,
             inner: Mutex::new(RegInner {
                 info: unless_decodable(node.info, &value),
                 info_absent: node.info_absent,
-                value,
-                generation: 0,
-                landed: None,
-                announced: 0,
+                value: value.into_boxed_str(),
+                generation: 1,
+                landed: 0,
+                announced: 1,
                 state: RegistrationState::Registering,
                 registered_once: false,
                 error_before_first: None,
-                lease_id: None,
+                lease_id: 0,
                 attempts: 0,
                 listeners,
             }),
@@ -309,19 +346,19 @@ impl RegShared {
     /// The value to put now and its generation.
     pub(crate) fn value(&self) -> (String, u64) {
         let inner = self.lock();
-        (inner.value.clone(), inner.generation)
+        (inner.value.to_string(), inner.generation)
     }
 
     /// Whether etcd may hold an older info than the current one (or none yet).
     pub(crate) fn stale(&self) -> bool {
         let inner = self.lock();
-        inner.landed != Some(inner.generation)
+        inner.landed != inner.generation
     }
 
     /// Records that a put of `generation` landed.
     pub(crate) fn landed(&self, generation: u64) {
         let mut inner = self.lock();
-        inner.landed = Some(inner.landed.map_or(generation, |g| g.max(generation)));
+        inner.landed = inner.landed.max(generation);
     }
 
     /// Replaces the info (already checked and encoded); the lease's task puts it.
@@ -329,7 +366,7 @@ impl RegShared {
         let mut inner = self.lock();
         inner.info = unless_decodable(info, &value);
         inner.info_absent = false;
-        inner.value = value;
+        inner.value = value.into_boxed_str();
         inner.generation += 1;
     }
 
@@ -344,7 +381,7 @@ impl RegShared {
             StatusEvent::Registered { lease_id } | StatusEvent::Reregistered { lease_id } => {
                 inner.state = RegistrationState::Registered;
                 inner.registered_once = true;
-                inner.lease_id = Some(*lease_id);
+                inner.lease_id = *lease_id;
                 inner.attempts = 0;
             }
             StatusEvent::Failed { error } => {
@@ -352,7 +389,7 @@ impl RegShared {
             }
             StatusEvent::KeepAliveLost { .. } => {
                 inner.state = RegistrationState::Retrying;
-                inner.lease_id = None;
+                inner.lease_id = 0;
             }
             StatusEvent::Retrying { error, attempt, .. } => {
                 // The group counts its own attempts (they set the backoff); the event carries
@@ -368,7 +405,7 @@ impl RegShared {
             StatusEvent::Updated { .. } => {}
             StatusEvent::Unregistered => {
                 inner.state = RegistrationState::Unregistered;
-                inner.lease_id = None;
+                inner.lease_id = 0;
             }
         }
         let last = matches!(event, StatusEvent::Unregistered);
@@ -410,19 +447,19 @@ impl RegShared {
         match state {
             RegistrationState::Registered | RegistrationState::Unregistered => {
                 // Already registered (a repeated put), or gone: nothing to tell.
-                self.lock().lease_id = Some(lease_id);
+                self.lock().lease_id = lease_id;
             }
             _ if once => self.emit(StatusEvent::Reregistered { lease_id }),
             _ => self.emit(StatusEvent::Registered { lease_id }),
         }
         let update_landed = {
             let mut inner = self.lock();
-            match inner.landed {
-                Some(landed) if landed > inner.announced => {
-                    inner.announced = landed;
-                    true
-                }
-                _ => false,
+            // Generations start at 1: nothing landed (0) is never newer.
+            if inner.landed > inner.announced {
+                inner.announced = inner.landed;
+                true
+            } else {
+                false
             }
         };
         if update_landed {
@@ -464,7 +501,7 @@ impl RegShared {
         let listeners = &mut inner.listeners;
         let stream = match std::mem::replace(listeners, Listeners::Subscribed(Vec::new())) {
             Listeners::Pending(backlog) => {
-                EventStream::with_backlog(backlog.map(|e| self.event(e)))
+                EventStream::with_backlog(backlog.into_buffer().map(|e| self.event(e)))
             }
             Listeners::Subscribed(queues) => {
                 *listeners = Listeners::Subscribed(queues);
@@ -515,7 +552,7 @@ impl RegShared {
     }
 
     pub(crate) fn lease_id(&self) -> Option<i64> {
-        self.lock().lease_id
+        Some(self.lock().lease_id).filter(|&id| id != 0)
     }
 }
 
@@ -735,6 +772,23 @@ mod tests {
         assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
         // After the end, a subscription is ended at once.
         assert_eq!(reg.subscribe().try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn a_late_first_subscriber_gets_the_registration_it_missed() {
+        let reg = registration(None);
+        reg.emit(StatusEvent::Registered { lease_id: 7 });
+        let mut events = reg.subscribe();
+        assert_eq!(
+            events.try_recv(),
+            Ok(StatusEvent::Registered { lease_id: 7 })
+        );
+        assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(reg.lease_id(), Some(7));
+        // Before anything happened, the first subscriber gets nothing yet.
+        let quiet = registration(None);
+        assert_eq!(quiet.subscribe().try_recv(), Err(TryRecvError::Empty));
+        assert_eq!(quiet.lease_id(), None);
     }
 
     #[test]
