@@ -9,6 +9,7 @@
 //! or a TLS failure fails the call at once.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -105,16 +106,23 @@ impl Connection {
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
         }
-        // Boxed: connecting is a large future that only the first call needs room for.
-        let client = Arc::new(Box::pin(self.connect(&self.endpoints[i])).await?);
+        let client = Arc::new(self.connecting(i).await?);
         *slot = Some(client.clone());
         Ok(client)
     }
 
+    /// Connecting, boxed and out of line: only a call without a client yet needs it. A runtime
+    /// thread keeps every stack page it ever touched, and a future built in a function's frame
+    /// takes its whole size there (etcd-client's connect: 6 KiB), so each is built in a small
+    /// function of its own and polled through a pointer, not inlined into its callers' frames.
+    #[inline(never)]
+    fn connecting(&self, i: usize) -> Pin<Box<dyn Future<Output = Result<Client>> + Send + '_>> {
+        Box::pin(self.connect(&self.endpoints[i]))
+    }
+
     async fn connect(&self, endpoint: &str) -> Result<Client> {
-        let endpoints = [endpoint];
         let with_user = self.credentials.is_some();
-        match Client::connect(endpoints, Some(self.options(with_user))).await {
+        match dial(endpoint, self.options(with_user)).await {
             Ok(client) => Ok(client),
             Err(err) if with_user && err.to_string().contains("authentication is not enabled") => {
                 if !self.auth_disabled_warned.swap(true, Ordering::Relaxed) {
@@ -122,7 +130,7 @@ impl Connection {
                         "credentials were given but etcd has authentication disabled; proceeding without them"
                     );
                 }
-                Client::connect(endpoints, Some(self.options(false)))
+                dial(endpoint, self.options(false))
                     .await
                     .map_err(|e| reached_error(endpoint, e))
             }
@@ -540,6 +548,14 @@ impl Connection {
 
 /// An error of member `endpoint`: a failure to reach it says so, with the endpoint and the
 /// cause ("cannot reach etcd at http://127.0.0.1:2379: connection refused").
+/// etcd-client's connect to one member, boxed out of line (see [`Connection::connecting`]).
+#[inline(never)]
+fn dial(endpoint: &str, options: ConnectOptions) -> Pin<Box<Dialing<'_>>> {
+    Box::pin(Client::connect([endpoint], Some(options)))
+}
+
+type Dialing<'a> = dyn Future<Output = std::result::Result<Client, etcd_client::Error>> + Send + 'a;
+
 fn reached_error(endpoint: &str, err: etcd_client::Error) -> Error {
     match unreachable_cause(&err) {
         Some(cause) => Error::new(
