@@ -575,6 +575,11 @@ impl Hub {
         stream
     }
 
+    /// Whether a registry-wide stream is open.
+    pub(crate) fn has_streams(&self) -> bool {
+        !relock(&self.streams).is_empty()
+    }
+
     pub(crate) fn publish(&self, event: &Event) {
         let mut streams = relock(&self.streams);
         if !streams.is_empty() {

@@ -189,12 +189,13 @@ fn unless_decodable(info: Info, value: &str) -> Option<Box<[(String, String)]>> 
 }
 
 /// One registration, as the registry, its lease's task and the handles share it. Held once per
-/// registration, so kept small: the names once (shared with every event), the info as a list
-/// rather than a map, the usual event history without an allocation, and no channel of its own.
+/// registration, so kept small: the names as part of the key when they can be, the info as a
+/// list rather than a map, the usual event history without an allocation, and no channel of its
+/// own.
 pub(crate) struct RegShared {
     pub(crate) id: u64,
-    /// The service and node names, which every event carries (shared, not copied, per event).
-    names: (Arc<str>, Arc<str>),
+    /// The service and node names as given.
+    names: Names,
     /// Where the events go besides the subscribers: fixed at creation (`register_routed`).
     route: Option<Subscriber>,
     hub: Arc<Hub>,
@@ -228,6 +229,61 @@ struct RegInner {
     /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
     attempts: u32,
     listeners: Listeners,
+}
+
+/// A registration's service and node names, as given.
+enum Names {
+    /// The key's last two components, `<service>/<node>`, are the names (neither has a '/',
+    /// which the key would hold as '-'): the usual case, without a copy.
+    InKey { service_len: u32, node_len: u32 },
+    /// Names that the key does not hold as they are.
+    Given(Box<(Arc<str>, Arc<str>)>),
+}
+
+impl Names {
+    fn new(key: &str, service: &str, node: &str) -> Names {
+        let in_key = key
+            .strip_suffix(node)
+            .and_then(|k| k.strip_suffix('/'))
+            .and_then(|k| k.strip_suffix(service))
+            .is_some_and(|k| k.is_empty() || k.ends_with('/'));
+        match (
+            in_key,
+            u32::try_from(service.len()),
+            u32::try_from(node.len()),
+        ) {
+            (true, Ok(service_len), Ok(node_len)) => Names::InKey {
+                service_len,
+                node_len,
+            },
+            _ => Names::Given(Box::new((Arc::from(service), Arc::from(node)))),
+        }
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> (&'a str, &'a str) {
+        match self {
+            Names::InKey {
+                service_len,
+                node_len,
+            } => {
+                let node_at = key.len() - *node_len as usize;
+                let service_at = node_at - 1 - *service_len as usize;
+                (&key[service_at..node_at - 1], &key[node_at..])
+            }
+            Names::Given(names) => (&names.0, &names.1),
+        }
+    }
+
+    /// The names as an event carries them.
+    fn shared(&self, key: &str) -> (Arc<str>, Arc<str>) {
+        match self {
+            Names::Given(names) => (names.0.clone(), names.1.clone()),
+            Names::InKey { .. } => {
+                let (service, node) = self.get(key);
+                (Arc::from(service), Arc::from(node))
+            }
+        }
+    }
 }
 
 /// Who gets a registration's events besides its route and the registry's streams.
@@ -289,7 +345,7 @@ impl RegShared {
         route: Option<Subscriber>,
         hub: Arc<Hub>,
     ) -> Self {
-        let names = (Arc::from(service), Arc::from(node.name));
+        let names = Names::new(&key, service, &node.name);
         let listeners = match route {
             None => Listeners::Pending(Backlog::Empty),
             Some(_) => Listeners::Subscribed(Vec::new()),
@@ -328,13 +384,13 @@ impl RegShared {
     }
 
     pub(crate) fn service(&self) -> &str {
-        &self.names.0
+        self.names.get(&self.key).0
     }
 
     pub(crate) fn node(&self) -> Node {
         let inner = self.lock();
         Node {
-            name: self.names.1.to_string(),
+            name: self.names.get(&self.key).1.to_string(),
             info: match &inner.info {
                 Some(entries) => entries.iter().cloned().collect(),
                 None => decode_info(inner.value.as_bytes()).unwrap_or_default(),
@@ -418,20 +474,24 @@ impl RegShared {
             Listeners::Pending(pending) => pending.push(event.clone()),
             Listeners::Subscribed(_) => {}
         }
-        let event = self.event(event);
-        if let Listeners::Subscribed(queues) = listeners {
-            queues.retain(|queue| queue.push_event(&event));
-            if last {
-                // Ends every per-registration stream after the Unregistered event.
-                for queue in queues.drain(..) {
-                    queue.close();
-                }
+        let subscribed = matches!(listeners, Listeners::Subscribed(queues) if !queues.is_empty());
+        // Made only when someone takes it (the names may have to be copied out of the key).
+        if subscribed || self.route.is_some() || self.hub.has_streams() {
+            let event = self.event(event);
+            if let Listeners::Subscribed(queues) = listeners {
+                queues.retain(|queue| queue.push_event(&event));
+            }
+            if let Some(route) = &self.route {
+                route.push(&event);
+            }
+            self.hub.publish(&event);
+        }
+        if let (true, Listeners::Subscribed(queues)) = (last, listeners) {
+            // Ends every per-registration stream after the Unregistered event.
+            for queue in queues.drain(..) {
+                queue.close();
             }
         }
-        if let Some(route) = &self.route {
-            route.push(&event);
-        }
-        self.hub.publish(&event);
         drop(inner);
         self.changed.notify_waiters();
     }
@@ -487,10 +547,11 @@ impl RegShared {
 
     /// `event` of this registration, with its names.
     fn event(&self, event: StatusEvent) -> Event {
+        let (service, node) = self.names.shared(&self.key);
         Event::Status {
             registration_id: self.id,
-            service: self.names.0.clone(),
-            node: self.names.1.clone(),
+            service,
+            node,
             event,
         }
     }
@@ -772,6 +833,40 @@ mod tests {
         assert_eq!(second.try_recv(), Err(TryRecvError::Closed));
         // After the end, a subscription is ended at once.
         assert_eq!(reg.subscribe().try_recv(), Err(TryRecvError::Closed));
+    }
+
+    #[test]
+    fn names_come_back_as_given_whether_or_not_the_key_holds_them() {
+        let cases = [
+            ("api", "n1", "/s/api/n1"),
+            ("api", "n1", "api/n1"),
+            ("a/pi", "n/1", "/s/a-pi/n-1"),
+            ("api", "1", "/s/api/n1"),
+            ("pi", "n1", "/s/api/n1"),
+        ];
+        for (service, node, key) in cases {
+            let reg = RegShared::new(
+                1,
+                service,
+                Node::new(node, Info::new()),
+                key.into(),
+                "{}".into(),
+                5,
+                None,
+                Arc::default(),
+            );
+            assert_eq!((reg.service(), reg.node().name.as_str()), (service, node));
+            let events = reg.subscribe();
+            reg.emit(StatusEvent::Unregistered);
+            match events.stream.try_next() {
+                Next::Event(Event::Status {
+                    service: s,
+                    node: n,
+                    ..
+                }) => assert_eq!((&*s, &*n), (service, node), "{key}"),
+                other => panic!("{key}: {other:?}"),
+            }
+        }
     }
 
     #[test]
