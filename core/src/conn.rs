@@ -546,8 +546,6 @@ impl Connection {
     }
 }
 
-/// An error of member `endpoint`: a failure to reach it says so, with the endpoint and the
-/// cause ("cannot reach etcd at http://127.0.0.1:2379: connection refused").
 /// etcd-client's connect to one member, boxed out of line (see [`Connection::connecting`]).
 #[inline(never)]
 fn dial(endpoint: &str, options: ConnectOptions) -> Pin<Box<Dialing<'_>>> {
@@ -556,6 +554,8 @@ fn dial(endpoint: &str, options: ConnectOptions) -> Pin<Box<Dialing<'_>>> {
 
 type Dialing<'a> = dyn Future<Output = std::result::Result<Client, etcd_client::Error>> + Send + 'a;
 
+/// An error of member `endpoint`: a failure to reach it says so, with the endpoint and the
+/// cause ("cannot reach etcd at http://127.0.0.1:2379: connection refused").
 fn reached_error(endpoint: &str, err: etcd_client::Error) -> Error {
     match unreachable_cause(&err) {
         Some(cause) => Error::new(
