@@ -739,6 +739,23 @@ etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
                                               struct etcd_registry_event **out_event);
 
 /**
+ * Writes to `*out_fd` a file descriptor that turns readable whenever `etcd_registry_next_event`
+ * has something to return at once, for programs that wait in a poll loop (poll, epoll, an
+ * event loop, Go's netpoller) instead of in a blocked thread. The library signals it each time
+ * the pull queue goes from empty to holding an event, and once when the registry is closed;
+ * when an event is already waiting, it is readable at once. When it is readable, read it (8
+ * bytes; ignore what they say: an eventfd on Linux, a pipe elsewhere), then take events with
+ * `etcd_registry_next_event(registry, 0, &event)` until it returns TIMEOUT (the queue is
+ * empty: an event queued later signals again) or CLOSED. Only the pull queue signals: events of
+ * registrations and watches made with a callback go to their callback.
+ *
+ * The descriptor is the registry's, non-blocking and close-on-exec, the same on every call:
+ * do not close it (it stays open until `etcd_registry_free`); `dup` it to own a copy.
+ * CLOSED after close.
+ */
+etcd_registry_status etcd_registry_event_fd(struct etcd_registry *registry, int *out_fd);
+
+/**
  * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
  * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
  * registration or watch made with a NULL callback, the pull queue's count; for one made with a

@@ -196,7 +196,13 @@ pub(crate) struct Queue {
     buffer: Mutex<Buffer>,
     ready: Condvar,
     notify: tokio::sync::Notify,
+    /// Called when the queue goes from empty to holding an event, and when it ends (see
+    /// [`EventStream::set_on_ready`]); calls hold this lock.
+    on_ready: Mutex<Option<ReadyHook>>,
 }
+
+/// See [`EventStream::set_on_ready`].
+pub type ReadyHook = Box<dyn Fn() + Send + Sync>;
 
 impl Queue {
     fn new(buffer: Buffer) -> Arc<Queue> {
@@ -204,6 +210,7 @@ impl Queue {
             buffer: Mutex::new(buffer),
             ready: Condvar::new(),
             notify: tokio::sync::Notify::new(),
+            on_ready: Mutex::new(None),
         })
     }
 
@@ -217,18 +224,31 @@ impl Queue {
         if buffer.closed {
             return false;
         }
+        let was_empty = buffer.items.is_empty();
         buffer.push(event);
         drop(buffer);
         self.ready.notify_one();
         self.notify.notify_waiters();
+        if was_empty {
+            self.signal_ready();
+        }
         true
     }
 
     /// Ends the queue: what is queued stays readable, then readers get the end.
     pub(crate) fn close(&self) {
-        relock(&self.buffer).closed = true;
+        let was_closed = std::mem::replace(&mut relock(&self.buffer).closed, true);
         self.ready.notify_all();
         self.notify.notify_waiters();
+        if !was_closed {
+            self.signal_ready();
+        }
+    }
+
+    fn signal_ready(&self) {
+        if let Some(hook) = relock(&self.on_ready).as_ref() {
+            hook();
+        }
     }
 
     fn is_closed(&self) -> bool {
@@ -375,6 +395,27 @@ impl EventStream {
     /// Whether no event is queued.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Sets (or with `None` removes) a function called, on whichever thread queues the event,
+    /// each time the stream goes from empty to holding an event, and once when it ends; at once
+    /// when it already holds an event or has ended. For readers that wait in a poll loop of
+    /// their own (the C library's event fd): after a call, read with [`try_next`](Self::try_next)
+    /// until [`Next::Empty`] or [`Next::Closed`]; an event queued after that calls it again. It
+    /// must be quick and must not use this stream. Once this returns, the previous function is
+    /// not running and will not be called.
+    pub fn set_on_ready(&self, hook: Option<ReadyHook>) {
+        let mut slot = relock(&self.queue.on_ready);
+        *slot = hook;
+        if let Some(hook) = slot.as_ref() {
+            let pending = {
+                let buffer = relock(&self.queue.buffer);
+                !buffer.items.is_empty() || buffer.closed
+            };
+            if pending {
+                hook();
+            }
+        }
     }
 
     /// Ends the stream: nothing more is queued; what is queued stays readable, then readers get
@@ -975,6 +1016,50 @@ mod tests {
             left += 1;
         }
         assert_eq!(left, EVENT_QUEUE_CAPACITY - 2);
+        assert_eq!(stream.try_next(), Next::Closed);
+    }
+
+    #[test]
+    fn the_ready_hook_fires_when_the_stream_turns_non_empty_and_when_it_ends() {
+        use std::sync::atomic::AtomicUsize;
+        let stream = EventStream::new();
+        let queue = stream.queue();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let hook = |calls: &Arc<AtomicUsize>| -> ReadyHook {
+            let calls = calls.clone();
+            Box::new(move || {
+                calls.fetch_add(1, Ordering::SeqCst);
+            })
+        };
+        let count = || calls.load(Ordering::SeqCst);
+        // Set on an empty stream: not called.
+        stream.set_on_ready(Some(hook(&calls)));
+        assert_eq!(count(), 0);
+        // Empty -> one event: called; a second event while the first is unread: not again.
+        queue.push(status(1, StatusEvent::Registered { lease_id: 7 }));
+        queue.push(status(1, StatusEvent::Registered { lease_id: 8 }));
+        assert_eq!(count(), 1);
+        // Drained, then an event: called again.
+        assert!(matches!(stream.try_next(), Next::Event(_)));
+        assert!(matches!(stream.try_next(), Next::Event(_)));
+        assert_eq!(stream.try_next(), Next::Empty);
+        queue.push(status(1, StatusEvent::Registered { lease_id: 9 }));
+        assert_eq!(count(), 2);
+        // Set while an event waits: called at once, so that event is not missed.
+        stream.set_on_ready(Some(hook(&calls)));
+        assert_eq!(count(), 3);
+        // Removed: no more calls.
+        stream.set_on_ready(None);
+        assert!(matches!(stream.try_next(), Next::Event(_)));
+        queue.push(status(1, StatusEvent::Registered { lease_id: 10 }));
+        assert_eq!(count(), 3);
+        // The end calls it once, even with events queued; closing again does not.
+        stream.set_on_ready(Some(hook(&calls)));
+        assert_eq!(count(), 4);
+        stream.close();
+        stream.close();
+        assert_eq!(count(), 5);
+        assert!(matches!(stream.try_next(), Next::Event(_)));
         assert_eq!(stream.try_next(), Next::Closed);
     }
 

@@ -46,7 +46,7 @@ mod watch;
 
 pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
-pub use events::{Event, EventStream, Handler, Route, EVENT_QUEUE_CAPACITY};
+pub use events::{Event, EventStream, Handler, ReadyHook, Route, EVENT_QUEUE_CAPACITY};
 pub use keys::{Info, InfoBytes};
 pub use registration::{Node, Registration, RegistrationState, StatusEvent, StatusEvents};
 pub use registry::{Registry, MAX_REQUEST_BYTES, MAX_TTL_SECS};

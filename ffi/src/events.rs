@@ -1,7 +1,9 @@
 //! Event structs as C sees them, and the adapters from the core's events (see
 //! `registry::events`) to C callbacks. The pull queue is the core's `EventStream`.
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_int, c_void, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use registry::events::Next;
 use registry::{Event, Handler, StatusEvent, WatchEventKind};
@@ -412,6 +414,129 @@ pub unsafe extern "C" fn etcd_registry_next_event(
             Next::Closed => Err(Failure::closed()),
         }
     })
+}
+
+/// Writes to `*out_fd` a file descriptor that turns readable whenever `etcd_registry_next_event`
+/// has something to return at once, for programs that wait in a poll loop (poll, epoll, an
+/// event loop, Go's netpoller) instead of in a blocked thread. The library signals it each time
+/// the pull queue goes from empty to holding an event, and once when the registry is closed;
+/// when an event is already waiting, it is readable at once. When it is readable, read it (8
+/// bytes; ignore what they say: an eventfd on Linux, a pipe elsewhere), then take events with
+/// `etcd_registry_next_event(registry, 0, &event)` until it returns TIMEOUT (the queue is
+/// empty: an event queued later signals again) or CLOSED. Only the pull queue signals: events of
+/// registrations and watches made with a callback go to their callback.
+///
+/// The descriptor is the registry's, non-blocking and close-on-exec, the same on every call:
+/// do not close it (it stays open until `etcd_registry_free`); `dup` it to own a copy.
+/// CLOSED after close.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_event_fd(
+    registry: *mut etcd_registry,
+    out_fd: *mut c_int,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let slot = out(out_fd, "out_fd")?;
+        // Under the handle's lock: a close cannot finish in between, leaving a hook behind it.
+        let mut state = this.open()?;
+        let fd = match &state.event_fd {
+            Some(signal) => signal.read_fd(),
+            None => {
+                let signal = Arc::new(Signal::new().map_err(|e| {
+                    Failure::new(
+                        etcd_registry_status::Internal,
+                        format!("cannot create the event fd: {e}"),
+                    )
+                })?);
+                let hook = signal.clone();
+                this.queue
+                    .set_on_ready(Some(Box::new(move || hook.notify())));
+                let fd = signal.read_fd();
+                state.event_fd = Some(signal);
+                fd
+            }
+        };
+        write_out(slot, fd);
+        Ok(())
+    })
+}
+
+/// The pull queue's readiness descriptor (see `etcd_registry_event_fd`): an eventfd on Linux,
+/// a pipe elsewhere; both ends the library's, so a write never meets a closed reader.
+pub(crate) struct Signal {
+    read: OwnedFd,
+    /// The pipe's write end; None for an eventfd (read and written through one descriptor).
+    write: Option<OwnedFd>,
+}
+
+impl Signal {
+    #[cfg(target_os = "linux")]
+    fn new() -> std::io::Result<Signal> {
+        // SAFETY: plain syscall; the result is checked before it is owned.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new descriptor nobody else owns.
+        let read = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Signal { read, write: None })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn new() -> std::io::Result<Signal> {
+        let mut fds = [0 as c_int; 2];
+        // SAFETY: pipe writes two descriptors into the array on success.
+        if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: two new descriptors nobody else owns.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        for fd in [&read, &write] {
+            let fd = fd.as_raw_fd();
+            // SAFETY: fcntl on descriptors owned here.
+            unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                if flags < 0
+                    || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0
+                    || libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+        }
+        Ok(Signal {
+            read,
+            write: Some(write),
+        })
+    }
+
+    pub(crate) fn read_fd(&self) -> c_int {
+        self.read.as_raw_fd()
+    }
+
+    /// Adds 1 to the eventfd (writes 8 bytes to the pipe). A full pipe (or counter) is left as
+    /// it is: the reader has a wake-up to read already.
+    fn notify(&self) {
+        let fd = self.write.as_ref().unwrap_or(&self.read).as_raw_fd();
+        let one: u64 = 1;
+        loop {
+            // SAFETY: writes 8 bytes from a live local to a descriptor this owns.
+            let n = unsafe { libc::write(fd, std::ptr::from_ref(&one).cast::<c_void>(), 8) };
+            if n >= 0 {
+                return;
+            }
+            let err = std::io::Error::last_os_error();
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return,
+                _ => {
+                    tracing::warn!(fd, error = %err, "cannot signal the event fd");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Writes to `*out_count` how many events were dropped because their consumer fell 1024 events

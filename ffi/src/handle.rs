@@ -49,6 +49,8 @@ pub(crate) struct HandleState {
     pub(crate) closed_handlers: Vec<Handler>,
     pub(crate) registrations: HashMap<u64, RegEntry>,
     pub(crate) watches: HashMap<u64, WatchEntry>,
+    /// The pull queue's readiness descriptor, made by the first `etcd_registry_event_fd`.
+    pub(crate) event_fd: Option<Arc<crate::events::Signal>>,
 }
 
 /// A registration and its callback handler (None: routed to the pull queue).
@@ -209,6 +211,8 @@ impl etcd_registry {
                 crate::tsan::acquire(user_data.0);
             }
             self.queue.close();
+            // The close was signalled to the event fd (if any); nothing more is.
+            self.queue.set_on_ready(None);
             self.lock().close_finished = true;
             self.close_finished.notify_all();
             return result?.map_err(Failure::from);

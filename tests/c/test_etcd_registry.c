@@ -11,7 +11,10 @@
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -1206,6 +1209,70 @@ static void test_pull_api(void) {
     etcd_registry_free(r);
 }
 
+/* Whether fd turns readable within ms milliseconds. */
+static bool readable_within(int fd, int ms) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    int n;
+    while ((n = poll(&p, 1, ms)) < 0 && errno == EINTR) {
+    }
+    return n == 1 && (p.revents & POLLIN);
+}
+
+/* Reads the event fd once it is readable and takes every queued event without waiting; true
+ * when one was a status event of `kind` for registration `id`. */
+static bool drain_after_signal(etcd_registry *r, int fd, uint64_t id, uint32_t kind, bool *closed) {
+    uint64_t count = 0;
+    CHECK(read(fd, &count, sizeof count) == (ssize_t)sizeof count && count >= 1);
+    bool seen = false;
+    for (;;) {
+        etcd_registry_event *e = NULL;
+        etcd_registry_status s = etcd_registry_next_event(r, 0, &e);
+        if (s == ETCD_REGISTRY_STATUS_CLOSED) *closed = true;
+        if (s != ETCD_REGISTRY_STATUS_OK) {
+            CHECK(s == ETCD_REGISTRY_STATUS_TIMEOUT || s == ETCD_REGISTRY_STATUS_CLOSED);
+            return seen;
+        }
+        seen |= e->event_type == ETCD_REGISTRY_EVENT_TYPE_STATUS && e->status.registration_id == id &&
+                e->status.kind == kind;
+        etcd_registry_event_free(e);
+    }
+}
+
+static void test_event_fd_wakes_a_poll_loop(void) {
+    int fd = -7;
+    CHECK_STATUS(etcd_registry_event_fd(NULL, &fd), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    CHECK_STATUS(etcd_registry_event_fd(r, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK(fd == -7);
+    REQUIRE_OK(etcd_registry_event_fd(r, &fd));
+    REQUIRE(fd >= 0);
+    int again = -1;
+    CHECK_OK(etcd_registry_event_fd(r, &again));
+    CHECK(again == fd);
+    CHECK((fcntl(fd, F_GETFL) & O_NONBLOCK) && (fcntl(fd, F_GETFD) & FD_CLOEXEC));
+    CHECK(!readable_within(fd, 0)); /* nothing queued yet */
+
+    /* A registration's REGISTERED wakes the loop; once read and drained, it is quiet again. */
+    uint64_t reg = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "polled", "n1", NULL, 10000, NULL, NULL, &reg));
+    bool registered = false, closed = false;
+    double deadline = now_s() + 10 * slow;
+    while (!registered && now_s() < deadline) {
+        if (readable_within(fd, 100)) registered = drain_after_signal(r, fd, reg, ETCD_REGISTRY_STATUS_KIND_REGISTERED, &closed);
+    }
+    CHECK(registered && !closed);
+    CHECK(!readable_within(fd, 0));
+
+    /* Close signals it: what is queued (the UNREGISTERED), then CLOSED. */
+    CHECK_OK(etcd_registry_close(r));
+    CHECK(readable_within(fd, 0));
+    CHECK(drain_after_signal(r, fd, reg, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, &closed));
+    CHECK(closed);
+    CHECK_STATUS(etcd_registry_event_fd(r, &again), ETCD_REGISTRY_STATUS_CLOSED);
+    etcd_registry_free(r);
+}
+
 typedef struct {
     etcd_registry *registry;
     atomic_int status;
@@ -1957,6 +2024,7 @@ static const test_case tests[] = {
     TEST(test_free_functions_keep_the_last_error),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
+    TEST(test_event_fd_wakes_a_poll_loop),
     TEST(test_close_wakes_a_waiting_puller),
     TEST(test_use_after_close_and_double_close),
     TEST(test_free_without_close_unregisters),
