@@ -448,6 +448,17 @@ const waitForever = ^uint64(0)
 
 // cNextEvent takes the next queued event. The error is the library's: ErrTimeout when none
 // came in time, ErrClosed once the registry is closed.
+// cEventFD is the registry's event descriptor (readable when an event waits), the library's:
+// never closed here.
+func cEventFD(p *C.etcd_registry) (int, error) {
+	var fd C.int
+	var msg *C.char
+	if err := cResult("event fd", C.goer_event_fd(p, &fd, &msg), msg); err != nil {
+		return -1, err
+	}
+	return int(fd), nil
+}
+
 func cNextEvent(p *C.etcd_registry, timeoutMs uint64) (pulled, error) {
 	var ev *C.etcd_registry_event
 	var msg *C.char

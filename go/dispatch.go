@@ -1,8 +1,10 @@
 package etcdregistry
 
 import (
+	"os"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -176,8 +178,13 @@ func (h *handle) startDispatcher() {
 }
 
 // dispatch pulls events until the registry is closed. It holds the handle's read lock only
-// while inside next_event, which returns what close queued (every registration's
+// while inside a library call; next_event returns what close queued (every registration's
 // StatusUnregistered), then CLOSED.
+//
+// It waits for events in Go's netpoller, on a copy of the library's event descriptor, and takes
+// them with next_event without waiting: no OS thread stays blocked in C, and an event wakes
+// the goroutine the way a socket wakes clientv3's. Without the descriptor (it could not be
+// had), it waits inside next_event instead.
 //
 // When the dispatcher falls behind (a burst of thousands of registrations landing at once on a
 // busy machine), the library's queue drops the oldest events past its bound, Registered ones
@@ -188,6 +195,13 @@ func (h *handle) dispatch() {
 	defer close(h.dispatchDone)
 	const catchUpEvery = 256
 	var dropped uint64 // the drops already caught up with
+	wake := h.eventFile()
+	defer func() {
+		if wake != nil {
+			wake.Close()
+		}
+	}()
+	var buf [64]byte
 	timeout := uint64(0)
 	pulledSince := 0
 	for {
@@ -213,21 +227,58 @@ func (h *handle) dispatch() {
 		case isCode(err, CodeClosed):
 			return
 		case isCode(err, CodeTimeout):
-			if timeout == 0 {
-				// The queue is empty: check for drops, then wait for the next event.
-				pulledSince = 0
-				h.catchUp(&dropped)
-				timeout = waitForever
-				// Readers the events just went to are runnable on this goroutine's P. Blocked
-				// in C, it would keep that P until another thread woke up to take them over:
-				// they run first, here.
-				runtime.Gosched()
+			if timeout != 0 {
+				continue // waited in next_event: none yet
 			}
+			// The queue is empty: check for drops, then wait for the next event.
+			pulledSince = 0
+			h.catchUp(&dropped)
+			if wake != nil {
+				// Parked in the netpoller until the library signals an event (or the close).
+				if _, err := wake.Read(buf[:]); err == nil {
+					continue
+				}
+				wake.Close()
+				wake = nil
+			}
+			timeout = waitForever
+			// Readers the events just went to are runnable on this goroutine's P. Blocked in
+			// C, it would keep that P until another thread woke up to take them over: they
+			// run first, here.
+			runtime.Gosched()
 		default:
 			// Not expected (a bug inside the library); do not spin on it.
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
+}
+
+// eventFile is a pollable copy of the library's event descriptor, or nil when there is none.
+func (h *handle) eventFile() *os.File {
+	if h.waitInLibrary {
+		return nil
+	}
+	var fd int
+	err := h.use("event fd", func(p *cRegistry) error {
+		var err error
+		fd, err = cEventFD(p)
+		return err
+	})
+	if err != nil {
+		return nil
+	}
+	// A copy of our own (the library closes its descriptor at free), close-on-exec as os
+	// makes them. The copy shares the descriptor's non-blocking mode, so os polls it.
+	syscall.ForkLock.RLock()
+	own, err := syscall.Dup(fd)
+	if err == nil {
+		syscall.CloseOnExec(own)
+	}
+	syscall.ForkLock.RUnlock()
+	if err != nil {
+		return nil // out of descriptors: wait in the library instead
+	}
+	return os.NewFile(uintptr(own), "etcd-registry events")
 }
 
 // catchUp makes up for events the library's queue dropped since the last look (*seen is the

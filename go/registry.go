@@ -59,6 +59,9 @@ type handle struct {
 	dispatchStarted bool
 	dispatchDone    chan struct{}
 	routes          *routes
+	// waitInLibrary makes the dispatcher wait inside next_event instead of on the event
+	// descriptor (what it does when it cannot have one); set by tests before the first use.
+	waitInLibrary bool
 }
 
 type nodeKey struct{ service, node string }

@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os"
 	"reflect"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"sync"
@@ -704,6 +706,73 @@ func TestRegistrationEventsStateAndUnregister(t *testing.T) {
 	}
 	if err := g.Unregister(t.Context()); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("second Unregister: %v", err)
+	}
+}
+
+// Without the library's event descriptor (out of descriptors) the dispatcher waits inside the
+// library instead: events still arrive, and Close still ends it.
+func TestEventsArriveWhenTheDispatcherWaitsInTheLibrary(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	r.h.waitInLibrary = true // before the first registration starts the dispatcher
+	service := serviceName(t)
+	g, err := r.Register(t.Context(), service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, g.Events(), StatusRegistered)
+	w, err := r.WatchService(t.Context(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitWatch(t, w, WatchAdded, "node1")
+	shared.do(t, "put /services/"+service+"/external {}")
+	waitWatch(t, w, WatchAdded, "external")
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if last := waitStatus(t, g.Events(), StatusUnregistered); !errors.Is(last.Err, ErrClosed) {
+		t.Fatalf("last event %+v", last)
+	}
+}
+
+// Each registry's event descriptor, and the copy the dispatcher polls, are closed with it.
+func TestClosedRegistriesLeaveNoDescriptorOpen(t *testing.T) {
+	openFDs := func() int {
+		entries, err := os.ReadDir("/proc/self/fd")
+		if err != nil {
+			t.Skipf("cannot count descriptors: %v", err)
+		}
+		return len(entries)
+	}
+	service := serviceName(t)
+	round := func() {
+		r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, err := r.Register(t.Context(), service, Node{Name: "n"}, 30*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, g.Done(), g.Errors())
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	round() // the first one sets up what stays (the library's runtime, its poller)
+	// No collection meanwhile: a file's finalizer would close what was left open.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	before := openFDs()
+	for range 20 {
+		round()
+	}
+	// Connections are dropped by the library's tasks just after Close returns.
+	deadline := time.Now().Add(waitLimit)
+	for openFDs() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if after := openFDs(); after > before {
+		t.Fatalf("%d descriptors open after 20 registries were closed, %d before", after, before)
 	}
 }
 

@@ -157,6 +157,11 @@ static inline etcd_registry_status goer_next_event(etcd_registry *registry, uint
     GOER_CALL(etcd_registry_next_event(registry, timeout_ms, out));
 }
 
+static inline etcd_registry_status goer_event_fd(etcd_registry *registry, int *out_fd,
+                                                 char **err) {
+    GOER_CALL(etcd_registry_event_fd(registry, out_fd));
+}
+
 static inline etcd_registry_status goer_close(etcd_registry *registry, char **err) {
     GOER_CALL(etcd_registry_close(registry));
 }
