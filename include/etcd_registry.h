@@ -30,7 +30,7 @@
  * THREADS
  *   - All functions are thread-safe, except that one etcd_registry_config must not be changed
  *     from two threads at once, and etcd_registry_free must be the last call on its handle.
- *   - The library runs one global runtime of 2 threads (etcd_registry_config_set_runtime_threads
+ *   - The library runs one global runtime of 1 thread (etcd_registry_config_set_runtime_threads
  *     or the environment variable ETCD_REGISTRY_THREADS, before the first connect) plus one
  *     callback thread named "etcd-reg-events", all started on first use.
  *   - Blocking calls (list, watch, unregister, wait_registered, close) wait for etcd at most the
@@ -246,7 +246,7 @@ typedef struct etcd_registry etcd_registry;
  *
  * Defaults: no endpoints (at least one is required), base path "/services", no credentials,
  * timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
- * variable `ETCD_REGISTRY_THREADS` or 2, no TLS (see `etcd_registry_config_set_tls_files`).
+ * variable `ETCD_REGISTRY_THREADS` or 1, no TLS (see `etcd_registry_config_set_tls_files`).
  */
 typedef struct etcd_registry_config etcd_registry_config;
 
@@ -682,7 +682,8 @@ etcd_registry_status etcd_registry_config_set_backoff_ms(struct etcd_registry_co
  * Sets the worker count (1 to 64) of the library's one global runtime. It only takes effect if
  * the runtime has not started yet, i.e. before the first `etcd_registry_connect` of the process;
  * later it is ignored (with a warning in the log). Without it, the environment variable
- * `ETCD_REGISTRY_THREADS` decides, else 2.
+ * `ETCD_REGISTRY_THREADS` decides, else 1 (more for a process that watches services of tens of
+ * thousands of nodes: their updates are decoded on a worker).
  */
 etcd_registry_status etcd_registry_config_set_runtime_threads(struct etcd_registry_config *config,
                                                               uint32_t threads);

@@ -655,7 +655,7 @@ async fn raw_recover(
 // ----------------------------------------------------------------------------------- core
 
 /// The Rust core, with its default configuration, on a 2-worker runtime of the driver's own
-/// (the size of the global runtime the C and Python bindings share).
+/// (what `#[tokio::main]` gives on this 2-core machine; the floor runs on the same).
 struct Core {
     endpoints: Vec<String>,
     base: String,

@@ -12,8 +12,13 @@ use crate::error::{Error, ErrorKind, Result};
 
 /// Environment variable that sets the worker count of the global runtime.
 pub const THREADS_ENV: &str = "ETCD_REGISTRY_THREADS";
-/// Default worker count: a service embedding this library does not want a thread per core.
-pub const DEFAULT_THREADS: usize = 2;
+/// Default worker count: one. A service embedding this library does not want a thread per core,
+/// and the workers only do network I/O, timers and the lease tasks' small steps (a blocking
+/// call runs its future, decoding included, on the calling thread). With two, every call from
+/// outside the runtime woke both (the second to look for work that was not there): measured
+/// on two cores beside etcd, one worker answers lists of 1 node about 10 % sooner with 15 %
+/// less CPU, and serves 8 calling threads faster too.
+pub const DEFAULT_THREADS: usize = 1;
 
 static REQUESTED_THREADS: AtomicUsize = AtomicUsize::new(0);
 // The runtime and the process it belongs to. Lock-free on purpose: a lock held by another

@@ -33,7 +33,7 @@ pub const ETCD_REGISTRY_MAX_TTL_SECS: u64 = 9_000_000_000;
 ///
 /// Defaults: no endpoints (at least one is required), base path "/services", no credentials,
 /// timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment
-/// variable `ETCD_REGISTRY_THREADS` or 2, no TLS (see `etcd_registry_config_set_tls_files`).
+/// variable `ETCD_REGISTRY_THREADS` or 1, no TLS (see `etcd_registry_config_set_tls_files`).
 #[allow(non_camel_case_types)]
 pub struct etcd_registry_config {
     pub(crate) config: Config,
@@ -215,7 +215,8 @@ pub unsafe extern "C" fn etcd_registry_config_set_backoff_ms(
 /// Sets the worker count (1 to 64) of the library's one global runtime. It only takes effect if
 /// the runtime has not started yet, i.e. before the first `etcd_registry_connect` of the process;
 /// later it is ignored (with a warning in the log). Without it, the environment variable
-/// `ETCD_REGISTRY_THREADS` decides, else 2.
+/// `ETCD_REGISTRY_THREADS` decides, else 1 (more for a process that watches services of tens of
+/// thousands of nodes: their updates are decoded on a worker).
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_runtime_threads(
     config: *mut etcd_registry_config,
