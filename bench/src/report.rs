@@ -1324,6 +1324,9 @@ fn markdown(r: &Results) -> String {
         m["cpu"].as_str().unwrap_or("?"),
         m["nproc"]
     );
+    if let Some(idle) = m["cpu_idle"].as_str() {
+        let _ = writeln!(s, "- CPU idle: {idle}");
+    }
     let _ = writeln!(s, "- memory: {} GiB", m["memory_gib"]);
     let _ = writeln!(s, "- OS: {}", m["os"].as_str().unwrap_or("?"));
     for k in ["rustc", "go", "python", "etcd"] {

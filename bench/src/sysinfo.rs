@@ -54,16 +54,7 @@ fn command_output(program: &str, args: &[&str]) -> Option<String> {
 /// gRPC messages etcd has received: (LeaseKeepAlive, LeaseTimeToLive, all methods), from the
 /// `grpc_server_msg_received_total` counters of `http://ENDPOINT/metrics`.
 pub fn grpc_received(endpoint: &str) -> Result<(f64, f64, f64), String> {
-    let mut s = TcpStream::connect(endpoint).map_err(|e| format!("metrics: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    write!(
-        s,
-        "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| format!("metrics: {e}"))?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)
-        .map_err(|e| format!("metrics: {e}"))?;
+    let body = metrics(endpoint)?;
     let (mut keepalive, mut ttl, mut total) = (0.0, 0.0, 0.0);
     for line in body.lines() {
         let Some(rest) = line.strip_prefix("grpc_server_msg_received_total{") else {
@@ -125,6 +116,47 @@ pub fn etcd_description() -> String {
     }
 }
 
+/// How the CPUs idle, which sets the price of every hand-over between threads: on a virtual
+/// machine whose idle vCPU halts at once, waking a thread on it goes through the hypervisor.
+/// "haltpoll driver, haltpoll governor, guest halt polling 0 ns", or what of it /sys shows.
+pub fn cpu_idle() -> String {
+    let read = |path: &str| {
+        fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    };
+    let idle = "/sys/devices/system/cpu/cpuidle";
+    describe_cpu_idle(
+        read(&format!("{idle}/current_driver")),
+        read(&format!("{idle}/current_governor"))
+            .or_else(|| read(&format!("{idle}/current_governor_ro"))),
+        read("/sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+    )
+}
+
+fn describe_cpu_idle(
+    driver: Option<String>,
+    governor: Option<String>,
+    halt_poll_ns: Option<String>,
+) -> String {
+    let mut parts = Vec::new();
+    if let Some(d) = driver {
+        parts.push(format!("{d} driver"));
+    }
+    if let Some(g) = governor {
+        parts.push(format!("{g} governor"));
+    }
+    if let Some(ns) = halt_poll_ns {
+        parts.push(format!("guest halt polling {ns} ns"));
+    }
+    if parts.is_empty() {
+        "unknown (no cpuidle in /sys)".into()
+    } else {
+        parts.join(", ")
+    }
+}
+
 /// The machine the run is on.
 pub fn machine() -> Value {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -163,12 +195,32 @@ pub fn machine() -> Value {
         "go": command_output("go", &["version"]).unwrap_or_else(|| "not installed".into()),
         "python": command_output(&python, &["--version"]).unwrap_or_else(|| "not installed".into()),
         "etcd": etcd,
+        "cpu_idle": cpu_idle(),
         "commit": command_output("git", &["describe", "--always", "--dirty"]).unwrap_or_default(),
     })
 }
 
 #[cfg(test)]
 mod tests {
+    /// The report names the idle driver and the guest's halt polling when /sys has them, and
+    /// says so when it has none.
+    #[test]
+    fn the_cpu_idle_setup_is_described() {
+        let some = |s: &str| Some(s.to_string());
+        assert_eq!(
+            super::describe_cpu_idle(some("haltpoll"), some("haltpoll"), some("0")),
+            "haltpoll driver, haltpoll governor, guest halt polling 0 ns"
+        );
+        assert_eq!(
+            super::describe_cpu_idle(some("intel_idle"), some("menu"), None),
+            "intel_idle driver, menu governor"
+        );
+        assert_eq!(
+            super::describe_cpu_idle(None, None, None),
+            "unknown (no cpuidle in /sys)"
+        );
+    }
+
     /// The version recorded with the results is the one the harness starts (needs etcd, as
     /// every test here does).
     #[test]
