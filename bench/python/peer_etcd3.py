@@ -58,7 +58,17 @@ class Holder:
         self.lease: Any = None
         self.ok = False
         self.stop = threading.Event()
-        self.grant_and_put()
+        # The client may still be reconnecting after an earlier outage (its gRPC channel fails
+        # calls fast meanwhile): retried every 100 ms as the recovery below does, for a while.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.grant_and_put()
+                break
+            except (etcd3.exceptions.ConnectionFailedError, etcd3.exceptions.ConnectionTimeoutError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
         self.thread = threading.Thread(target=self.keep, daemon=True)
         self.thread.start()
 
