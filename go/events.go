@@ -24,7 +24,8 @@ type StatusKind int
 
 // The kinds of StatusEvent (their numbers are the C library's).
 const (
-	// StatusRegistered: the key was put for the first time (LeaseID is set).
+	// StatusRegistered: the key was put for the first time, its keep-alive running and (for a
+	// new lease) the watch of its keys open (LeaseID is set).
 	StatusRegistered StatusKind = cStatusRegistered
 	// StatusFailed: the first attempt failed before any registration (Err); Retrying follows.
 	StatusFailed StatusKind = cStatusFailed

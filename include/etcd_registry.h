@@ -485,7 +485,8 @@ typedef void (*etcd_registry_watch_callback)(const struct etcd_registry_watch_ev
                                              void *user_data);
 
 /**
- * The key was put for the first time (`lease_id` is set).
+ * The key was put for the first time, its keep-alive running and (for a new lease) the watch of
+ * its keys open (`lease_id` is set).
  */
 #define ETCD_REGISTRY_STATUS_KIND_REGISTERED 1
 

@@ -303,7 +303,7 @@ impl LeaseGroup {
                     };
                     let missing = self.to_put(&attached);
                     let (refused, put_at) = self.put_all(id, &missing, attempt).await?;
-                    return Ok(self.established(id, pair, &refused, revision, put_at));
+                    return Ok(self.established(pair, refused, revision, put_at));
                 }
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     tracing::info!(
@@ -332,11 +332,12 @@ impl LeaseGroup {
         // A fresh lease has its whole TTL: its keys need not wait for the keep-alive's answer.
         // The keep-alive stream is opened after the puts, not beside them: etcd then serves the
         // puts alone, and the keys become visible sooner (registering a node is the first of
-        // its TTL in most programs). The members are registered once both are done.
+        // its TTL in most programs). The members are registered once both are done and the
+        // watch of their keys is open (see `maintain`).
         let missing = self.to_put(&HashSet::new());
         let (refused, put_at) = self.put_all(id, &missing, attempt).await?;
         let pair = self.keep_alive(id, attempt).await;
-        Ok(self.established(id, pair?, &refused, granted_at, put_at))
+        Ok(self.established(pair?, refused, granted_at, put_at))
     }
 
     /// Members to put on a lease holding `attached`: keys missing from it, and keys whose info
@@ -349,16 +350,30 @@ impl LeaseGroup {
             .collect()
     }
 
-    /// Every member whose put was not refused is registered on `lease`; the watch of the keys
-    /// starts after the earliest of the revisions seen (0 for none).
+    /// What the keep-alive loop starts from: the watch of the keys starts after the earliest of
+    /// the revisions seen (0 for none), and every member whose put was not refused is to be
+    /// told it is registered (see [`LeaseGroup::announce`]).
     fn established(
         &self,
-        lease: i64,
         keep_alive: KeepAlive,
-        refused: &HashSet<u64>,
+        refused: HashSet<u64>,
         checked_at: i64,
         put_at: i64,
     ) -> Established {
+        let revision = [checked_at, put_at]
+            .into_iter()
+            .filter(|r| *r > 0)
+            .min()
+            .unwrap_or(0);
+        Established {
+            keep_alive,
+            revision,
+            refused,
+        }
+    }
+
+    /// Every member whose put was not refused is registered on `lease`.
+    fn announce(&self, lease: i64, refused: &HashSet<u64>) {
         for member in self.members.values() {
             if !refused.contains(&member.id) {
                 member.registered(lease);
@@ -370,15 +385,6 @@ impl LeaseGroup {
             registered = self.members.len() - refused.len(),
             "registered"
         );
-        let revision = [checked_at, put_at]
-            .into_iter()
-            .filter(|r| *r > 0)
-            .min()
-            .unwrap_or(0);
-        Established {
-            keep_alive,
-            revision,
-        }
     }
 
     /// Opens a keep-alive stream of lease `id` on the first member that answers (opening it is
@@ -561,6 +567,7 @@ impl LeaseGroup {
                     mut stream,
                 },
             revision,
+            refused,
         } = established;
         let ttl = Duration::from_secs(self.ttl_secs.max(1) as u64);
         let period = (ttl / 3).max(Duration::from_millis(500));
@@ -572,11 +579,28 @@ impl LeaseGroup {
         let mut last_answer = Instant::now();
         // When the oldest keep-alive still unanswered was sent.
         let mut waiting_since: Option<Instant> = None;
-        let mut watch = tokio::time::timeout(period, self.watch_keys(revision, attempt))
-            .await
+        // The members are registered once all of it is in place: their keys, the keep-alive and
+        // the watch of the keys. A caller waiting for that then starts its next work after this
+        // registration's, not beside its last step. A watch slow to open (a member that
+        // answered the keep-alive but is slow now) delays it by `attempt` at most.
+        let (opened, announced) = {
+            let opening = tokio::time::timeout(period, self.watch_keys(revision, attempt));
+            tokio::pin!(opening);
+            tokio::select! {
+                opened = &mut opening => (opened, false),
+                _ = tokio::time::sleep(attempt) => {
+                    self.announce(lease, &refused);
+                    ((&mut opening).await, true)
+                }
+            }
+        };
+        let mut watch = opened
             .unwrap_or_else(|_| Err(Error::new(ErrorKind::Timeout, "opening the key watch")))
             .map_err(|e| tracing::debug!(error = %e, "no watch of the keys; checking them with every keep-alive"))
             .ok();
+        if !announced {
+            self.announce(lease, &refused);
+        }
         // Whether etcd refused the watch (e.g. no read permission): then the keys are checked
         // with every keep-alive for as long as this lease is kept.
         let mut watch_refused = false;
@@ -1009,6 +1033,8 @@ struct Established {
     keep_alive: KeepAlive,
     /// The revision at which every member's key was known to be on the lease (0: unknown).
     revision: i64,
+    /// The members whose put etcd refused: not registered.
+    refused: HashSet<u64>,
 }
 
 /// What one response of a [`KeyWatch`] said.

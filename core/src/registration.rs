@@ -100,7 +100,9 @@ impl RegistrationState {
 /// A change of a registration, in the order it happened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusEvent {
-    /// The key was put for the first time.
+    /// The key was put for the first time, and everything that keeps it is in place: its
+    /// lease's keep-alive, and the watch of the lease's keys when the lease is new (or, when
+    /// etcd is slow to open that watch, a moment later than the keep-alive).
     Registered {
         /// The lease the key is attached to.
         lease_id: i64,

@@ -260,6 +260,49 @@ async fn invalid_input_is_rejected_at_once() {
     );
 }
 
+/// A registration says registered once all of it is in place: its key in etcd, its lease kept
+/// alive and the watch of its key open. A caller waiting for it starts its next work after the
+/// registration's, not beside its last step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_means_key_keep_alive_and_key_watch_in_place() {
+    let etcd = etcd_with_proxy();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    // Every round trip of the registry takes 0.2 s: a step still in flight when it says
+    // registered would still be in flight when etcd's counters are read (not through the proxy).
+    etcd.delay_member(0, Duration::from_millis(100)).unwrap();
+    let gauge = |name: &str| -> u64 {
+        let metrics = etcd.metrics(0).unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
+    };
+    // Each the first of its TTL: a lease, a keep-alive stream and a key watch of its own.
+    for (i, ttl) in [10, 11, 12].into_iter().enumerate() {
+        let reg = registry
+            .register("api", node(&format!("n{i}"), &[]), Duration::from_secs(ttl))
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        assert!(etcd.get(&format!("/s/api/n{i}")).unwrap().is_some());
+        let keep_alives = etcd
+            .grpc_received(0)
+            .unwrap()
+            .get("LeaseKeepAlive")
+            .copied();
+        assert!(
+            keep_alives >= Some(i as u64 + 1),
+            "keep-alives: {keep_alives:?}"
+        );
+        assert_eq!(
+            gauge("etcd_debugging_mvcc_watcher_total"),
+            i as u64 + 1,
+            "etcd's watchers when registration {i} said registered"
+        );
+    }
+    registry.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_lease_per_ttl_and_close_removes_everything() {
     let etcd = etcd();

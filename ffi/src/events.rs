@@ -17,7 +17,8 @@ use crate::strings::to_c;
 /// Kind of an `etcd_registry_status_event`; one of the `ETCD_REGISTRY_STATUS_KIND_*` values.
 #[allow(non_camel_case_types)]
 pub type etcd_registry_status_kind = u32;
-/// The key was put for the first time (`lease_id` is set).
+/// The key was put for the first time, its keep-alive running and (for a new lease) the watch of
+/// its keys open (`lease_id` is set).
 pub const ETCD_REGISTRY_STATUS_KIND_REGISTERED: etcd_registry_status_kind = 1;
 /// The first attempt failed before any registration (`error_status`, `error_message`); RETRYING
 /// events follow.
