@@ -225,7 +225,17 @@ class Driver:
         t0 = time.perf_counter_ns()
         if self.holder is None:
             h = Holder(c, ttl)
-            await h.grant_and_put()
+            # The client may still be reconnecting after an earlier outage (its gRPC channel
+            # fails calls fast meanwhile): retried every 100 ms as its recovery does, for a while.
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    await h.grant_and_put()
+                    break
+                except (aetcd.exceptions.ConnectionFailedError, aetcd.exceptions.ConnectionTimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.1)
             h.task = asyncio.create_task(h.keep())
             self.holder = h
         elif self.holder.ttl != ttl:
