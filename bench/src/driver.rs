@@ -334,6 +334,16 @@ impl Raw {
                 )
                 .await
                 .map_err(|e| format!("put: {e}"))?;
+                // As a program registering itself does, and as every layer and peer does: a
+                // new lease is kept alive from right after the put, whether a reader has seen
+                // the key yet or not (the writer cannot know), its stream held open.
+                if first {
+                    kept.push(
+                        a.lease_keep_alive(lease)
+                            .await
+                            .map_err(|e| format!("keep-alive: {e}"))?,
+                    );
+                }
                 Ok::<(), String>(())
             };
             let read = within("register_visible", async {
@@ -352,16 +362,6 @@ impl Raw {
             let seen = seen??;
             if i >= WARMUP {
                 samples.push(us(seen));
-            }
-            // As a careful user does (and every layer and peer does): the lease is kept alive
-            // from now on, outside the timed span, its stream held open like theirs.
-            if first {
-                let lease = *leases.last().ok_or("no lease")?;
-                kept.push(
-                    a.lease_keep_alive(lease)
-                        .await
-                        .map_err(|e| format!("keep-alive: {e}"))?,
-                );
             }
         }
         drop(kept);
