@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +14,9 @@ use etcd_client::{
     Client, ConnectOptions, EventType, GetOptions, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
     WatchOptions,
 };
-use registry::{Config, Node, Registration, RegistrationState, Registry, WatchEventKind};
+use registry::{
+    Config, Node, Registration, RegistrationState, Registry, StatusEvent, WatchEventKind,
+};
 use serde_json::{json, Value};
 use tokio::task::JoinHandle;
 
@@ -45,6 +48,7 @@ pub fn main(args: &[String]) -> i32 {
             endpoints,
             base: base.clone(),
             hold: None,
+            registered_at: Vec::new(),
             watches: Vec::new(),
         }),
         other => {
@@ -660,7 +664,10 @@ struct Core {
     endpoints: Vec<String>,
     base: String,
     hold: Option<(Registry, Vec<Registration>)>,
-    /// Watches opened by `watch_idle`, drained until `release`.
+    /// Per held registration, when its status events last said registered (Unix ns; 0 while
+    /// they say it is not), kept by a task per registration that reads its events.
+    registered_at: Vec<Arc<AtomicU64>>,
+    /// Watches opened by `watch_idle`, and the readers of `registered_at`, until `release`.
     watches: Vec<JoinHandle<()>>,
 }
 
@@ -783,6 +790,21 @@ impl Core {
                     Duration::from_secs(ttl),
                 )
                 .map_err(|e| format!("register: {e}"))?;
+            let at = Arc::new(AtomicU64::new(0));
+            let mut events = reg.subscribe();
+            self.registered_at.push(at.clone());
+            self.watches.push(tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    let now = match event {
+                        StatusEvent::Registered { .. } | StatusEvent::Reregistered { .. } => {
+                            u64::try_from(unix_ns()).unwrap_or(u64::MAX)
+                        }
+                        StatusEvent::Updated { .. } => continue,
+                        _ => 0,
+                    };
+                    at.store(now, Ordering::SeqCst);
+                }
+            }));
             regs.push(reg);
         }
         for reg in &regs[start..] {
@@ -804,7 +826,15 @@ impl Core {
                 regs.len(),
             ),
         };
-        json!({"registered": registered, "total": total})
+        // When the last of them said registered, once all have (the fleet's restart measures
+        // the way back by it, not by when it asked).
+        let at = self.registered_at.iter().map(|a| a.load(Ordering::SeqCst));
+        let registered_at = if total > 0 && at.clone().all(|t| t > 0) {
+            json!(at.max().unwrap_or(0) as f64 / 1e9)
+        } else {
+            Value::Null
+        };
+        json!({"registered": registered, "total": total, "registered_at_unix": registered_at})
     }
 
     /// `watch_idle SERVICE`: a watch on the held registry, kept (its events drained) until
@@ -828,6 +858,7 @@ impl Core {
         for w in self.watches.drain(..) {
             w.abort();
         }
+        self.registered_at.clear();
         if let Some((registry, _)) = self.hold.take() {
             let _ = registry.close().await;
         }

@@ -1008,8 +1008,9 @@ fn fleet_restart_section(r: &Value, p: f64, ttl: f64, fleet: f64) -> String {
     let after_answer = last - answered;
     let _ = writeln!(
         s,
-        "**Whole cluster restarted**: every member SIGKILLed for {:.0} s (past the TTL of {ttl:.0} s: every registry had lost its keep-alive and was retrying), then all three started at once. Connection attempts counted by TCP proxies in front of the members, from 1 s after the kill; etcd's gRPC messages sampled every 100 ms from the start (a member's counters start at 0 and are readable once it serves); each process asked for its state in turns until all said registered.\n",
-        g("outage_s")
+        "**Whole cluster restarted**: every member SIGKILLed for {:.0} s (past the TTL of {ttl:.0} s: every registry had lost its keep-alive and was retrying), then all three started at once. Connection attempts counted by TCP proxies in front of the members, from 1 s after the kill; etcd's gRPC messages sampled every 100 ms from the start (a member's counters start at 0 and are readable once it serves); when each process was registered again is the time its registration's status event said so (asked of each process in turns until all had; the last was seen {:.2} s after the start).\n",
+        g("outage_s"),
+        sget(r, "registered_seen_s").unwrap_or(last)
     );
     let _ = writeln!(
         s,

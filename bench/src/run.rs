@@ -1308,6 +1308,9 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let up = Instant::now();
+    let up_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let sampler = {
         let stop = stop.clone();
         let endpoints: Vec<String> = (0..members).map(|i| etcd.direct_endpoint(i)).collect();
@@ -1330,8 +1333,10 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
         })
     };
     let started = (0..members).try_for_each(|i| etcd.start(i).map_err(|e| format!("start: {e}")));
-    // When each process first said registered again (polled in turns over all of them).
-    let mut back: Vec<Option<f64>> = vec![None; drivers.len()];
+    // When each process was registered again: the time its registrations' status events said
+    // so (the core driver reports it), else when it was first seen registered (polled in turns
+    // over all of them, which with 200 busy processes can lag by a pass). Both kept.
+    let mut back: Vec<Option<(f64, f64)>> = vec![None; drivers.len()];
     let mut polled = Ok(());
     if started.is_ok() {
         let deadline = up + Duration::from_secs(60);
@@ -1340,12 +1345,19 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
                 if back.is_some() {
                     continue;
                 }
-                let state = d
-                    .call("state", Duration::from_secs(10))
-                    .and_then(|v| Ok(num(&v, "registered")? >= num(&v, "total")?));
+                let state = d.call("state", Duration::from_secs(10)).and_then(|v| {
+                    let all = num(&v, "registered")? >= num(&v, "total")?;
+                    let seen = up.elapsed().as_secs_f64();
+                    Ok(match v.get("registered_at_unix") {
+                        _ if !all => None,
+                        None => Some((seen, seen)),
+                        // Its events have not said it yet.
+                        Some(Value::Null) => None,
+                        Some(at) => Some(((at.as_f64().unwrap_or(0.0) - up_unix).max(0.0), seen)),
+                    })
+                });
                 match state {
-                    Ok(true) => *back = Some(up.elapsed().as_secs_f64()),
-                    Ok(false) => {}
+                    Ok(at) => *back = at,
                     Err(e) => {
                         polled = Err(e);
                         break;
@@ -1364,10 +1376,12 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
     let series = sampler.join().map_err(|_| "the metrics sampler panicked")?;
     started?;
     polled?;
-    let mut back: Vec<f64> = back
+    let back: Vec<(f64, f64)> = back
         .into_iter()
         .collect::<Option<_>>()
         .ok_or("not every registry registered again within 60 s")?;
+    let seen_s = back.iter().map(|b| b.1).fold(0.0, f64::max);
+    let mut back: Vec<f64> = back.into_iter().map(|b| b.0).collect();
     back.sort_by(f64::total_cmp);
     let registered_s = back.last().copied().unwrap_or(0.0);
     let first_back_s = back.first().copied().unwrap_or(0.0);
@@ -1376,10 +1390,11 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
         .map_err(|e| format!("the cluster after the restart: {e}"))?;
 
     let leader_s = series.iter().find(|s| s.2).map(|s| s.0);
-    // Messages until the first sample at or after everyone registered.
+    // Messages until the first sample at or after everyone was seen registered (not the
+    // events' time: the counters of members that are starting are read late).
     let until_registered = series
         .iter()
-        .find(|s| s.0 >= registered_s)
+        .find(|s| s.0 >= seen_s.max(registered_s))
         .or(series.last())
         .map_or(0.0, |s| s.1);
     // The busiest 100 ms step and the busiest second (from any sample to the first one a
@@ -1405,6 +1420,7 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
         "first_registered_s": first_back_s,
         "median_registered_s": median_back_s,
         "registered_s": registered_s,
+        "registered_seen_s": seen_s,
         "messages_until_registered": until_registered,
         "messages_per_process": until_registered / procs,
         "peak_step_per_s": peak_step,
