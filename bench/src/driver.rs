@@ -191,6 +191,7 @@ impl Driver {
             ("watch_idle", Driver::Core(d)) => d.watch_idle(arg(words, 1, "service")?).await,
             ("state", Driver::Raw(d)) => Ok(d.state()),
             ("state", Driver::Core(d)) => Ok(d.state()),
+            ("track", Driver::Core(d)) => d.track(),
             ("release", d) => {
                 d.release().await;
                 Ok(json!({"released": true}))
@@ -664,8 +665,8 @@ struct Core {
     endpoints: Vec<String>,
     base: String,
     hold: Option<(Registry, Vec<Registration>)>,
-    /// Per held registration, when its status events last said registered (Unix ns; 0 while
-    /// they say it is not), kept by a task per registration that reads its events.
+    /// Per held registration after `track`, when its status events last said registered (Unix
+    /// ns; 0 while they say it is not), kept by a task per registration that reads its events.
     registered_at: Vec<Arc<AtomicU64>>,
     /// Watches opened by `watch_idle`, and the readers of `registered_at`, until `release`.
     watches: Vec<JoinHandle<()>>,
@@ -790,21 +791,6 @@ impl Core {
                     Duration::from_secs(ttl),
                 )
                 .map_err(|e| format!("register: {e}"))?;
-            let at = Arc::new(AtomicU64::new(0));
-            let mut events = reg.subscribe();
-            self.registered_at.push(at.clone());
-            self.watches.push(tokio::spawn(async move {
-                while let Some(event) = events.recv().await {
-                    let now = match event {
-                        StatusEvent::Registered { .. } | StatusEvent::Reregistered { .. } => {
-                            u64::try_from(unix_ns()).unwrap_or(u64::MAX)
-                        }
-                        StatusEvent::Updated { .. } => continue,
-                        _ => 0,
-                    };
-                    at.store(now, Ordering::SeqCst);
-                }
-            }));
             regs.push(reg);
         }
         for reg in &regs[start..] {
@@ -814,6 +800,34 @@ impl Core {
         }
         let ms = t0.elapsed().as_secs_f64() * 1e3;
         Ok(json!({"ms": ms, "registered": regs.len()}))
+    }
+
+    /// `track`: from now on, each held registration's status events are read (a task per
+    /// registration, so not while the footprint of many is measured) and `state` says when
+    /// they last said registered.
+    fn track(&mut self) -> Reply {
+        let Some((_, regs)) = &self.hold else {
+            return Err("nothing held".into());
+        };
+        for reg in &regs[self.registered_at.len()..] {
+            // Later subscribers get the events from now on: start from the state now.
+            let mut events = reg.subscribe();
+            let now = || u64::try_from(unix_ns()).unwrap_or(u64::MAX);
+            let registered = reg.state() == RegistrationState::Registered;
+            let at = Arc::new(AtomicU64::new(if registered { now() } else { 0 }));
+            self.registered_at.push(at.clone());
+            self.watches.push(tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    let t = match event {
+                        StatusEvent::Registered { .. } | StatusEvent::Reregistered { .. } => now(),
+                        StatusEvent::Updated { .. } => continue,
+                        _ => 0,
+                    };
+                    at.store(t, Ordering::SeqCst);
+                }
+            }));
+        }
+        Ok(json!({"tracked": self.registered_at.len()}))
     }
 
     fn state(&self) -> Value {
@@ -829,7 +843,10 @@ impl Core {
         // When the last of them said registered, once all have (the fleet's restart measures
         // the way back by it, not by when it asked).
         let at = self.registered_at.iter().map(|a| a.load(Ordering::SeqCst));
-        let registered_at = if total > 0 && at.clone().all(|t| t > 0) {
+        let registered_at = if self.registered_at.is_empty() {
+            // Not tracked: no such field.
+            return json!({"registered": registered, "total": total});
+        } else if self.registered_at.len() == total && at.clone().all(|t| t > 0) {
             json!(at.max().unwrap_or(0) as f64 / 1e9)
         } else {
             Value::Null

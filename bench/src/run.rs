@@ -1297,6 +1297,10 @@ fn fleet_restart(etcd: &EtcdCluster, drivers: &mut [Driver], outage: Duration) -
         "fleet: every member down for {:.0} s, then all started at once",
         outage.as_secs_f64()
     ));
+    // Each process keeps, from now on, when its registration's events said registered.
+    for d in drivers.iter_mut() {
+        d.call("track", Duration::from_secs(10))?;
+    }
     for i in 0..members {
         etcd.kill(i).map_err(|e| format!("kill: {e}"))?;
     }
