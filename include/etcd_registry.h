@@ -423,6 +423,16 @@ typedef struct etcd_registry_event {
 } etcd_registry_event;
 
 /**
+ * Called once with the result of `etcd_registry_list_async`: `status` OK and a node list that
+ * the callback now owns (free it with `etcd_registry_node_list_free`), or an error status, its
+ * message (valid until the callback returns) and a NULL list.
+ */
+typedef void (*etcd_registry_list_callback)(void *user_data,
+                                            etcd_registry_status status,
+                                            const char *error_message,
+                                            struct etcd_registry_node_list *node_list);
+
+/**
  * Severity of a log message; one of the `ETCD_REGISTRY_LOG_*` values.
  */
 typedef uint32_t etcd_registry_log_level;
@@ -791,6 +801,24 @@ etcd_registry_status etcd_registry_connect(const struct etcd_registry_config *co
 etcd_registry_status etcd_registry_list(struct etcd_registry *registry,
                                         const char *service,
                                         struct etcd_registry_node_list **out_node_list);
+
+/**
+ * Lists a service like `etcd_registry_list`, without blocking: the same request, whose result
+ * goes to `callback` instead. For hosts that wait for I/O in an event loop (Go's netpoller,
+ * epoll, libuv) rather than in a blocked thread.
+ *
+ * On OK, `callback` is called exactly once, on a library runtime thread, possibly before this
+ * function returns: with the node list, or with the error `etcd_registry_list` would have
+ * returned (an invalid service name, TIMEOUT, CONNECTION, CLOSED if the registry is closed
+ * meanwhile …). It must return quickly and make no blocking library call (those fail there
+ * with INVALID_ARGUMENT); `user_data` must stay valid until it has run, even past
+ * `etcd_registry_close` and `etcd_registry_free`. On any other status the callback is never
+ * called (NULL pointers, a closed registry).
+ */
+etcd_registry_status etcd_registry_list_async(struct etcd_registry *registry,
+                                              const char *service,
+                                              etcd_registry_list_callback callback,
+                                              void *user_data);
 
 /**
  * The names of the services under the base path that have at least one node, sorted

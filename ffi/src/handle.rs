@@ -300,6 +300,87 @@ pub unsafe extern "C" fn etcd_registry_list(
     })
 }
 
+/// Called once with the result of `etcd_registry_list_async`: `status` OK and a node list that
+/// the callback now owns (free it with `etcd_registry_node_list_free`), or an error status, its
+/// message (valid until the callback returns) and a NULL list.
+#[allow(non_camel_case_types)]
+pub type etcd_registry_list_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        status: etcd_registry_status,
+        error_message: *const c_char,
+        node_list: *mut etcd_registry_node_list,
+    ),
+>;
+
+/// Lists a service like `etcd_registry_list`, without blocking: the same request, whose result
+/// goes to `callback` instead. For hosts that wait for I/O in an event loop (Go's netpoller,
+/// epoll, libuv) rather than in a blocked thread.
+///
+/// On OK, `callback` is called exactly once, on a library runtime thread, possibly before this
+/// function returns: with the node list, or with the error `etcd_registry_list` would have
+/// returned (an invalid service name, TIMEOUT, CONNECTION, CLOSED if the registry is closed
+/// meanwhile …). It must return quickly and make no blocking library call (those fail there
+/// with INVALID_ARGUMENT); `user_data` must stay valid until it has run, even past
+/// `etcd_registry_close` and `etcd_registry_free`. On any other status the callback is never
+/// called (NULL pointers, a closed registry).
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_list_async(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    callback: etcd_registry_list_callback,
+    user_data: *mut c_void,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?.to_owned();
+        let callback = callback.ok_or_else(|| Failure::null("callback"))?;
+        drop(this.open()?);
+        let registry = this.registry.clone();
+        // What the host did before this call happens before the callback.
+        crate::tsan::release(user_data);
+        let user_data = UserData(user_data);
+        this.runtime.spawn(async move {
+            let listed = registry.list_with(&service, NodeStorage::new).await;
+            let user_data = user_data.ptr();
+            crate::tsan::acquire(user_data);
+            let finished = guard(|| {
+                match listed {
+                    Ok(parts) => {
+                        let list =
+                            Box::into_raw(Box::new(etcd_registry_node_list::from_parts(parts)));
+                        // SAFETY: the host gave this function pointer for exactly this call; the
+                        // list is handed over to it.
+                        unsafe {
+                            callback(user_data, etcd_registry_status::Ok, std::ptr::null(), list)
+                        };
+                    }
+                    Err(error) => {
+                        let failure = Failure::from(error);
+                        let message = crate::strings::to_c(&failure.message);
+                        // SAFETY: as above; the message lives until the call returns.
+                        unsafe {
+                            callback(
+                                user_data,
+                                failure.status,
+                                message.as_ptr(),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                    }
+                }
+                Ok(())
+            });
+            crate::tsan::release(user_data);
+            if finished != etcd_registry_status::Ok {
+                tracing::error!("the list callback could not be called: {finished:?}");
+            }
+        });
+        Ok(())
+    })
+}
+
 /// The names of the services under the base path that have at least one node, sorted
 /// (bytewise) and without duplicates, as they appear in keys (a '/' given at registration reads
 /// as '-'). One etcd request for keys only: no values are transferred. Blocks until etcd answers

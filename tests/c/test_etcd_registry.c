@@ -730,6 +730,131 @@ static void test_list_errors(void) {
     etcd_registry_free(r);
 }
 
+/* What an etcd_registry_list_async callback saw. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int calls;
+    etcd_registry_status status;
+    char message[256];
+    etcd_registry_node_list *list;
+    pthread_t thread;
+    etcd_registry *registry;               /* for a blocking call from inside the callback */
+    etcd_registry_status blocking_status;  /* what that call returned */
+} list_result;
+
+static void list_result_init(list_result *res, etcd_registry *registry) {
+    memset(res, 0, sizeof *res);
+    pthread_mutex_init(&res->mu, NULL);
+    pthread_cond_init(&res->cv, NULL);
+    res->registry = registry;
+}
+
+static void list_result_destroy(list_result *res) {
+    etcd_registry_node_list_free(res->list);
+    pthread_mutex_destroy(&res->mu);
+    pthread_cond_destroy(&res->cv);
+}
+
+static void on_list(void *user_data, etcd_registry_status status, const char *message,
+                    etcd_registry_node_list *list) {
+    list_result *res = user_data;
+    etcd_registry_status blocking = ETCD_REGISTRY_STATUS_OK;
+    if (res->registry != NULL) {
+        etcd_registry_node_list *inner = NULL;
+        blocking = etcd_registry_list(res->registry, "async", &inner);
+        etcd_registry_node_list_free(inner);
+    }
+    pthread_mutex_lock(&res->mu);
+    res->calls++;
+    res->status = status;
+    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
+    res->list = list;
+    res->thread = pthread_self();
+    res->blocking_status = blocking;
+    pthread_cond_broadcast(&res->cv);
+    pthread_mutex_unlock(&res->mu);
+}
+
+/* Waits until the callback has run (true) or `seconds` pass. */
+static bool list_result_wait(list_result *res, double seconds) {
+    bool done = WAIT_FOR(({
+        pthread_mutex_lock(&res->mu);
+        int calls_ = res->calls;
+        pthread_mutex_unlock(&res->mu);
+        calls_ > 0;
+    }), seconds);
+    return done;
+}
+
+static void test_list_async(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "async", "node-a", "{\"address\":\"10.0.0.7:80\"}", 10000, NULL, NULL, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+
+    /* The nodes, handed to the callback on a library thread, which cannot make blocking calls. */
+    list_result res;
+    list_result_init(&res, r);
+    CHECK_OK(etcd_registry_list_async(r, "async", on_list, &res));
+    CHECK(list_result_wait(&res, 10 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.calls == 1);
+    CHECK(res.status == ETCD_REGISTRY_STATUS_OK && res.message[0] == '\0');
+    CHECK(etcd_registry_node_list_len(res.list) == 1);
+    CHECK(res.list && strcmp(etcd_registry_node_list_name(res.list, 0), "node-a") == 0);
+    CHECK(res.list && strcmp(etcd_registry_node_list_info_value(res.list, 0, "address"), "10.0.0.7:80") == 0);
+    CHECK(!pthread_equal(res.thread, pthread_self()));
+    CHECK(res.blocking_status == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+
+    /* A name the core refuses: the error and its message go to the callback, with no list. */
+    list_result_init(&res, NULL);
+    CHECK_OK(etcd_registry_list_async(r, "", on_list, &res));
+    CHECK(list_result_wait(&res, 10 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.status == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(res.message, "service") != NULL);
+    CHECK(res.list == NULL);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+
+    /* Refused at once: the callback is never called. */
+    list_result_init(&res, NULL);
+    CHECK_STATUS(etcd_registry_list_async(NULL, "async", on_list, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_list_async(r, NULL, on_list, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_list_async(r, "async", NULL, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_MESSAGE("callback");
+    CHECK_STATUS(etcd_registry_list_async(r, "\xff", on_list, &res), ETCD_REGISTRY_STATUS_INVALID_UTF8);
+    CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_list_async(r, "async", on_list, &res), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(res.calls == 0);
+    list_result_destroy(&res);
+    etcd_registry_free(r);
+
+    /* etcd unreachable: the timeout, with its message, comes through the callback. */
+    char eps[64];
+    snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
+    etcd_registry_config *config = make_config(eps);
+    REQUIRE(config != NULL);
+    REQUIRE_OK(etcd_registry_config_set_timeout_ms(config, (uint64_t)(500 * slow)));
+    etcd_registry *dead = NULL;
+    REQUIRE_OK(etcd_registry_connect(config, &dead));
+    etcd_registry_config_free(config);
+    list_result_init(&res, NULL);
+    CHECK_OK(etcd_registry_list_async(dead, "async", on_list, &res));
+    CHECK(list_result_wait(&res, 20 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.status == ETCD_REGISTRY_STATUS_TIMEOUT);
+    CHECK(strstr(res.message, "did not finish within") != NULL);
+    CHECK(res.list == NULL);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+    etcd_registry_free(dead);
+}
+
 static void test_services(void) {
     /* A base path of its own: the other tests' services live under /ctest. */
     etcd_registry_config *config = make_config(endpoints);
@@ -2014,6 +2139,7 @@ static const test_case tests[] = {
     TEST(test_info_json_round_trip),
     TEST(test_info_entries),
     TEST(test_list_errors),
+    TEST(test_list_async),
     TEST(test_services),
     TEST(test_active_endpoint),
     TEST(test_unreachable_etcd),
