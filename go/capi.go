@@ -13,7 +13,10 @@ package etcdregistry
 import "C"
 
 import (
+	"os"
+	"runtime"
 	"strings"
+	"sync"
 	"time"
 	"unsafe"
 )
@@ -291,12 +294,87 @@ func cList(p *C.etcd_registry, service string) ([]Node, error) {
 		return nil, err
 	}
 	defer freeCStrings(cs)
-	var list *C.etcd_registry_node_list
+	call := getListCall()
+	if call == nil {
+		var list *C.etcd_registry_node_list
+		var msg *C.char
+		if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
+			return nil, err
+		}
+		return takeNodeList(list), nil
+	}
 	var msg *C.char
-	if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
+	if err := cResult(op, C.goer_list_async(p, cs[0], call.c, &msg), msg); err != nil {
+		putListCall(call)
+		return nil, err
+	}
+	// Parked in the netpoller until the library's callback signals the eventfd.
+	var buf [8]byte
+	if _, err := call.file.Read(buf[:]); err != nil {
+		// Not expected of an open eventfd. The callback may still come and write the call,
+		// so it is not reused (nor freed).
+		return nil, errorOfStatus(op, uint32(statusInternal), "waiting for the list: "+err.Error())
+	}
+	status, list, text := call.c.status, call.c.list, call.c.err
+	putListCall(call)
+	if err := cResult(op, status, text); err != nil {
 		return nil, err
 	}
 	return takeNodeList(list), nil
+}
+
+// listCall is a C goer_list_call and a pollable copy of its eventfd: a list waits for its
+// result in Go's netpoller, like clientv3's calls wait for their socket, instead of in an OS
+// thread blocked in C (which Go's scheduler would hand its P away from, waking threads).
+type listCall struct {
+	c    *C.goer_list_call
+	file *os.File
+}
+
+// listCalls keeps a few idle listCalls for reuse; unavailable is set when eventfds cannot
+// be had here (lists then block in C).
+var listCalls struct {
+	mu          sync.Mutex
+	idle        []*listCall
+	unavailable bool
+}
+
+const maxIdleListCalls = 16
+
+func getListCall() *listCall {
+	listCalls.mu.Lock()
+	if n := len(listCalls.idle); n > 0 {
+		call := listCalls.idle[n-1]
+		listCalls.idle = listCalls.idle[:n-1]
+		listCalls.mu.Unlock()
+		return call
+	}
+	unavailable := listCalls.unavailable
+	listCalls.mu.Unlock()
+	if unavailable {
+		return nil
+	}
+	c := C.goer_list_call_new()
+	if c == nil {
+		listCalls.mu.Lock()
+		listCalls.unavailable = runtime.GOOS != "linux"
+		listCalls.mu.Unlock()
+		return nil
+	}
+	// os polls a non-blocking descriptor (the eventfd is made so) in the netpoller.
+	return &listCall{c: c, file: os.NewFile(uintptr(c.fd), "etcd-registry list")}
+}
+
+func putListCall(call *listCall) {
+	listCalls.mu.Lock()
+	if len(listCalls.idle) < maxIdleListCalls {
+		listCalls.idle = append(listCalls.idle, call)
+		listCalls.mu.Unlock()
+		return
+	}
+	listCalls.mu.Unlock()
+	call.file.Close() // closes the eventfd
+	C.free(unsafe.Pointer(call.c))
 }
 
 func cServices(p *C.etcd_registry) ([]string, error) {

@@ -11,7 +11,13 @@
 #define GO_ETCD_REGISTRY_SHIMS_H
 
 #include <stdint.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#ifdef __linux__
+#include <sys/eventfd.h>
+#endif
 
 #include <etcd_registry.h>
 
@@ -124,6 +130,57 @@ static inline etcd_registry_status goer_registration_lease_id(etcd_registry *reg
 static inline etcd_registry_status goer_list(etcd_registry *registry, const char *service,
                                              etcd_registry_node_list **out, char **err) {
     GOER_CALL(etcd_registry_list(registry, service, out));
+}
+
+/* A list in flight for goer_list_async: C memory (the library's callback writes it), reused by
+ * the Go side for one call at a time. `fd` is an eventfd the callback signals once the result
+ * is in; the Go side waits for it in the netpoller, so no OS thread stays blocked in C. */
+typedef struct goer_list_call {
+    int fd;
+    etcd_registry_status status;
+    char *err;
+    etcd_registry_node_list *list;
+} goer_list_call;
+
+/* A new goer_list_call with its eventfd (non-blocking, close-on-exec), or NULL where there is
+ * no eventfd (not Linux, or out of descriptors): the Go side then lists with goer_list. */
+static inline goer_list_call *goer_list_call_new(void) {
+#ifdef __linux__
+    goer_list_call *call = calloc(1, sizeof *call);
+    if (call == NULL) return NULL;
+    call->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (call->fd < 0) {
+        free(call);
+        return NULL;
+    }
+    return call;
+#else
+    return NULL;
+#endif
+}
+
+static void goer_list_done(void *user_data, etcd_registry_status status, const char *message,
+                           etcd_registry_node_list *list) {
+    goer_list_call *call = user_data;
+    call->status = status;
+    call->list = list;
+    call->err = NULL;
+    if (message != NULL) {
+        size_t len = strlen(message);
+        call->err = malloc(len + 1);
+        if (call->err != NULL) memcpy(call->err, message, len + 1);
+    }
+    uint64_t one = 1;
+    while (write(call->fd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+}
+
+static inline etcd_registry_status goer_list_async(etcd_registry *registry, const char *service,
+                                                   goer_list_call *call, char **err) {
+    call->status = ETCD_REGISTRY_STATUS_OK;
+    call->err = NULL;
+    call->list = NULL;
+    GOER_CALL(etcd_registry_list_async(registry, service, goer_list_done, call));
 }
 
 static inline etcd_registry_status goer_services(etcd_registry *registry,

@@ -1,0 +1,89 @@
+package etcdregistry
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"runtime/pprof"
+	"strings"
+	"testing"
+	"time"
+)
+
+// listsInFlight counts the goroutines inside a GetServiceNodes call.
+func listsInFlight() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, ".cList(") {
+			count++
+		}
+	}
+	return count
+}
+
+// Lists waiting for etcd park their goroutines, as clientv3's calls do: a service that lists
+// from many goroutines while etcd is slow does not get an OS thread per waiting call. Then
+// every one of them returns the nodes once etcd answers.
+func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("lists wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
+	}
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	service := serviceName(t)
+	g, err := r.Register(context.Background(), service, Node{Name: "n1", Info: map[string]string{"a": "1"}}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, g.Done(), g.Errors())
+
+	const callers = 64
+	threads := pprof.Lookup("threadcreate")
+	before := threads.Count()
+	h.do(t, "pause 0")
+	resumed := false
+	defer func() {
+		if !resumed {
+			h.do(t, "resume 0")
+		}
+	}()
+	results := make(chan error, callers)
+	for range callers {
+		go func() {
+			nodes, err := r.GetServiceNodes(service)
+			if err == nil && (len(nodes) != 1 || nodes[0].Name != "n1" || nodes[0].Info["a"] != "1") {
+				err = fmt.Errorf("listed %v", nodes)
+			}
+			results <- err
+		}()
+	}
+	eventually(t, "every list waits for etcd", func() bool { return listsInFlight() == callers })
+	if grew := threads.Count() - before; grew >= callers/4 {
+		t.Errorf("%d OS threads made for %d lists waiting for etcd", grew, callers)
+	}
+	h.do(t, "resume 0")
+	resumed = true
+	for range callers {
+		select {
+		case err := <-results:
+			if err != nil {
+				t.Error(err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatal("a list did not return after etcd resumed")
+		}
+	}
+}
