@@ -149,6 +149,8 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	// For the examples (example_test.go), which read the endpoints as a program would.
+	os.Setenv("ETCD_ENDPOINTS", strings.Join(shared.endpoints, ","))
 	code := m.Run()
 	shared.stop()
 	os.Exit(code)
