@@ -13,6 +13,8 @@ package etcdregistry
 import "C"
 
 import (
+	"context"
+	"errors"
 	"os"
 	"runtime"
 	"strings"
@@ -287,7 +289,9 @@ func cRegistrationLeaseID(p *C.etcd_registry, id uint64) (int64, error) {
 	return int64(lease), nil
 }
 
-func cList(p *C.etcd_registry, service string) ([]Node, error) {
+// cList lists a service. When ctx can end, a list still waiting for etcd then returns
+// ctx.Err() at once; the library's answer, when it comes, is freed unread.
+func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, error) {
 	const op = "list"
 	cs, err := cStrings(op, service)
 	if err != nil {
@@ -296,6 +300,7 @@ func cList(p *C.etcd_registry, service string) ([]Node, error) {
 	defer freeCStrings(cs)
 	call := getListCall()
 	if call == nil {
+		// No eventfd here: the list blocks in C for up to the registry's timeout, whatever ctx.
 		var list *C.etcd_registry_node_list
 		var msg *C.char
 		if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
@@ -308,9 +313,34 @@ func cList(p *C.etcd_registry, service string) ([]Node, error) {
 		putListCall(call)
 		return nil, err
 	}
-	// Parked in the netpoller until the library's callback signals the eventfd.
+	// Parked in the netpoller until the library's callback signals the eventfd, or ctx ends
+	// (which sets a read deadline in the past to wake the read).
+	var stop func() bool
+	var cut chan struct{}
+	if ctx.Done() != nil {
+		cut = make(chan struct{})
+		stop = context.AfterFunc(ctx, func() {
+			_ = call.file.SetReadDeadline(time.Unix(1, 0))
+			close(cut)
+		})
+	}
 	var buf [8]byte
-	if _, err := call.file.Read(buf[:]); err != nil {
+	_, err = call.file.Read(buf[:])
+	if stop != nil && !stop() {
+		// ctx ended: wait until the deadline is set before clearing it (or before the call is
+		// reused with it).
+		<-cut
+		if clearErr := call.file.SetReadDeadline(time.Time{}); clearErr != nil && err == nil {
+			err = clearErr
+		}
+	}
+	switch {
+	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
+		// The callback comes later and writes the call: a goroutine waits for it, frees the
+		// answer and only then reuses the call.
+		go abandonListCall(call)
+		return nil, ctx.Err()
+	case err != nil:
 		// Not expected of an open eventfd. The callback may still come and write the call,
 		// so it is not reused (nor freed).
 		return nil, errorOfStatus(op, uint32(statusInternal), "waiting for the list: "+err.Error())
@@ -321,6 +351,22 @@ func cList(p *C.etcd_registry, service string) ([]Node, error) {
 		return nil, err
 	}
 	return takeNodeList(list), nil
+}
+
+// abandonListCall waits for the answer of a list its caller stopped waiting for, frees it and
+// puts the call back for reuse.
+func abandonListCall(call *listCall) {
+	var buf [8]byte
+	if _, err := call.file.Read(buf[:]); err != nil {
+		return // as in cList: the call is not reused
+	}
+	if call.c.list != nil {
+		C.etcd_registry_node_list_free(call.c.list)
+	}
+	if call.c.err != nil {
+		C.free(unsafe.Pointer(call.c.err))
+	}
+	putListCall(call)
 }
 
 // listCall is a C goer_list_call and a pollable copy of its eventfd: a list waits for its

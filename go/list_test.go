@@ -2,6 +2,7 @@ package etcdregistry
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"runtime"
 	"runtime/pprof"
@@ -85,5 +86,81 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 		case <-time.After(waitLimit):
 			t.Fatal("a list did not return after etcd resumed")
 		}
+	}
+}
+
+// A list bounded by a context returns ctx.Err() once the context ends, while etcd still has not
+// answered; the list's answer, when it comes, does not disturb the lists after it.
+func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("a list is cut short by its context only on Linux (eventfd)")
+	}
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	service := serviceName(t)
+	g, err := r.Register(context.Background(), service, Node{Name: "n1"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, g.Done(), g.Errors())
+
+	h.do(t, "pause 0")
+	resumed := false
+	defer func() {
+		if !resumed {
+			h.do(t, "resume 0")
+		}
+	}()
+	const callers = 4
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	results := make(chan error, callers)
+	for range callers {
+		go func() {
+			nodes, err := r.GetServiceNodesContext(ctx, service)
+			if err == nil {
+				err = fmt.Errorf("listed %v while etcd is paused", nodes)
+			}
+			results <- err
+		}()
+	}
+	eventually(t, "every list waits for etcd", func() bool { return listsInFlight() == callers })
+	cancel()
+	for range callers {
+		select {
+		case err := <-results:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("got %v, want context.Canceled", err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatal("a list went on waiting for etcd after its context ended")
+		}
+	}
+	h.do(t, "resume 0")
+	resumed = true
+
+	// The abandoned lists' calls are reused once their answers came: every later list, with a
+	// context or without, gets the node.
+	for i := range 3 * maxIdleListCalls {
+		lctx, lcancel := context.WithTimeout(context.Background(), waitLimit)
+		nodes, err := r.GetServiceNodesContext(lctx, service)
+		lcancel()
+		if err != nil || len(nodes) != 1 || nodes[0].Name != "n1" {
+			t.Fatalf("list %d after resuming: %v, %v", i, nodes, err)
+		}
+		if nodes, err = r.GetServiceNodes(service); err != nil || len(nodes) != 1 {
+			t.Fatalf("list %d after resuming: %v, %v", i, nodes, err)
+		}
+	}
+
+	if _, err := r.GetServiceNodesContext(nil, service); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("nil context: got %v, want ErrInvalidArgument", err)
+	}
+	if _, err := r.GetServiceNodesContext(ctx, service); !errors.Is(err, context.Canceled) {
+		t.Errorf("ended context: got %v, want context.Canceled", err)
 	}
 }

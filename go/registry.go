@@ -1,6 +1,7 @@
 package etcdregistry
 
 import (
+	"context"
 	"runtime"
 	"slices"
 	"strings"
@@ -170,10 +171,24 @@ func (r *EtcdRegistry) Close() error {
 // by the rest of its key: <base>/<service>/sub/deep is the node "sub/deep". An empty service
 // name is an error; a service without nodes gives an empty slice and no error.
 func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
+	return r.GetServiceNodesContext(context.Background(), service)
+}
+
+// GetServiceNodesContext is GetServiceNodes bounded by ctx as well as by the registry's
+// timeout: when ctx ends while etcd has not answered yet, it returns ctx.Err() at once (on
+// Linux; elsewhere the list waits in C until etcd answers or the timeout passes). A nil ctx is
+// an error matching ErrInvalidArgument. An extension: the original library has no such call.
+func (r *EtcdRegistry) GetServiceNodesContext(ctx context.Context, service string) ([]Node, error) {
+	if ctx == nil {
+		return nil, invalidArgument("list", "nil context")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	var nodes []Node
 	err := r.h.use("list", func(p *cRegistry) error {
 		var err error
-		nodes, err = cList(p, service)
+		nodes, err = cList(ctx, p, service)
 		return err
 	})
 	runtime.KeepAlive(r)
