@@ -31,13 +31,10 @@ func listsInFlight() int {
 	return count
 }
 
-// Lists waiting for etcd park their goroutines, as clientv3's calls do: a service that lists
-// from many goroutines while etcd is slow does not get an OS thread per waiting call. Then
-// every one of them returns the nodes once etcd answers.
-func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("lists wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
-	}
+// oneNodeOnOwnEtcd starts an etcd of the test's own (to pause), and a registry whose calls
+// wait for it longer than the test does, holding node n1 (info a=1) of a new service.
+func oneNodeOnOwnEtcd(t *testing.T) (*harness, *EtcdRegistry, string) {
+	t.Helper()
 	h := newHarness(t)
 	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
 	if err != nil {
@@ -50,6 +47,17 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitDone(t, g.Done(), g.Errors())
+	return h, r, service
+}
+
+// Lists waiting for etcd park their goroutines, as clientv3's calls do: a service that lists
+// from many goroutines while etcd is slow does not get an OS thread per waiting call. Then
+// every one of them returns the nodes once etcd answers.
+func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("lists wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
+	}
+	h, r, service := oneNodeOnOwnEtcd(t)
 
 	const callers = 64
 	threads := pprof.Lookup("threadcreate")
@@ -95,18 +103,7 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("a list is cut short by its context only on Linux (eventfd)")
 	}
-	h := newHarness(t)
-	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	service := serviceName(t)
-	g, err := r.Register(context.Background(), service, Node{Name: "n1"}, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitDone(t, g.Done(), g.Errors())
+	h, r, service := oneNodeOnOwnEtcd(t)
 
 	h.do(t, "pause 0")
 	resumed := false
