@@ -11,8 +11,8 @@ import (
 	"time"
 )
 
-// listsInFlight counts the goroutines inside a GetServiceNodes call.
-func listsInFlight() int {
+// goroutinesIn counts the goroutines whose stack holds a call of fn (e.g. ".cList(").
+func goroutinesIn(fn string) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
@@ -24,7 +24,7 @@ func listsInFlight() int {
 	}
 	count := 0
 	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, ".cList(") {
+		if strings.Contains(g, fn) {
 			count++
 		}
 	}
@@ -79,7 +79,7 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 			results <- err
 		}()
 	}
-	eventually(t, "every list waits for etcd", func() bool { return listsInFlight() == callers })
+	eventually(t, "every list waits for etcd", func() bool { return goroutinesIn(".cList(") == callers })
 	if grew := threads.Count() - before; grew >= callers/4 {
 		t.Errorf("%d OS threads made for %d lists waiting for etcd", grew, callers)
 	}
@@ -125,7 +125,7 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 			results <- err
 		}()
 	}
-	eventually(t, "every list waits for etcd", func() bool { return listsInFlight() == callers })
+	eventually(t, "every list waits for etcd", func() bool { return goroutinesIn(".cList(") == callers })
 	cancel()
 	for range callers {
 		select {
@@ -160,4 +160,65 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 	if _, err := r.GetServiceNodesContext(ctx, service); !errors.Is(err, context.Canceled) {
 		t.Errorf("ended context: got %v, want context.Canceled", err)
 	}
+}
+
+// A watch whose first listing waits for a paused etcd returns ctx.Err() once its context
+// ends. The watch the library makes when etcd answers is stopped, and the registry's other
+// watches and events go on.
+func TestWatchServiceReturnsWhenItsContextEnds(t *testing.T) {
+	h, r, service := oneNodeOnOwnEtcd(t)
+	h.do(t, "pause 0")
+	resumed := false
+	defer func() {
+		if !resumed {
+			h.do(t, "resume 0")
+		}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	result := make(chan error, 1)
+	go func() {
+		w, err := r.WatchService(ctx, service)
+		if err == nil {
+			_ = w.Close()
+			err = errors.New("the watch started while etcd is paused")
+		}
+		result <- err
+	}()
+	eventually(t, "the watch waits for etcd", func() bool { return goroutinesIn(".cWatch(") == 1 })
+	cancel()
+	select {
+	case err := <-result:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("got %v, want context.Canceled", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("WatchService went on waiting for etcd after its context ended")
+	}
+	h.do(t, "resume 0")
+	resumed = true
+
+	w, err := r.WatchService(context.Background(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	g, err := r.Register(context.Background(), service, Node{Name: "n2"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, g.Done(), g.Errors())
+	var seen []string
+	for len(seen) < 2 {
+		select {
+		case ev := <-w.Events():
+			seen = append(seen, ev.Type.String()+" "+ev.Node.Name)
+		case <-time.After(waitLimit):
+			t.Fatalf("the new watch saw %v, want added n1 and added n2", seen)
+		}
+	}
+	if seen[0] != "added n1" || seen[1] != "added n2" {
+		t.Errorf("the new watch saw %v, want [added n1 added n2]", seen)
+	}
+	eventually(t, "the abandoned watch is stopped", func() bool { return goroutinesIn(".startWatch.func") == 0 })
 }

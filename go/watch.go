@@ -29,8 +29,9 @@ type Watch struct {
 func neverFinal(WatchEvent) bool { return false }
 
 // WatchService starts watching a service. It lists the service first, so it fails (e.g. with
-// ErrConnection or a timeout) when etcd cannot be reached now; afterwards the watch rides out
-// outages by itself. An empty service name is an error.
+// ErrConnection or a timeout) when etcd cannot be reached now, and returns ctx.Err() if ctx
+// ends before that listing does; afterwards the watch rides out outages by itself. An empty
+// service name is an error.
 func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch, error) {
 	const op = "watch"
 	switch {
@@ -52,19 +53,61 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	}
 	h.startDispatcher()
 	h.routes.beginCreate()
-	err := h.use(op, func(p *cRegistry) error {
-		var err error
-		w.id, err = cWatch(p, service)
-		return err
-	})
+	id, err := startWatch(ctx, h, service)
 	if err != nil {
-		h.routes.abortCreate()
 		return nil, err
 	}
+	w.id = id
 	h.routes.addWatch(w)
 	w.stopCtx = context.AfterFunc(ctx, func() { w.stop(true) })
 	runtime.KeepAlive(r)
 	return w, nil
+}
+
+// startWatch makes the library's watch, whose first listing waits for etcd. When ctx ends
+// first it returns ctx.Err(); the watch, if the library then makes it, is stopped at once.
+// On error the creation begun by the caller is ended.
+func startWatch(ctx context.Context, h *handle, service string) (uint64, error) {
+	const op = "watch"
+	start := func() (id uint64, err error) {
+		err = h.use(op, func(p *cRegistry) error {
+			id, err = cWatch(p, service)
+			return err
+		})
+		return id, err
+	}
+	if ctx.Done() == nil {
+		id, err := start()
+		if err != nil {
+			h.routes.abortCreate()
+		}
+		return id, err
+	}
+	type started struct {
+		id  uint64
+		err error
+	}
+	result := make(chan started, 1)
+	go func() {
+		id, err := start()
+		result <- started{id, err}
+	}()
+	select {
+	case s := <-result:
+		if s.err != nil {
+			h.routes.abortCreate()
+		}
+		return s.id, s.err
+	case <-ctx.Done():
+		go func() {
+			// Its events are dropped as those of an ended watch, once the creation has ended.
+			if s := <-result; s.err == nil {
+				_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, s.id) })
+			}
+			h.routes.abortCreate()
+		}()
+		return 0, ctx.Err()
+	}
 }
 
 // Service is the watched service.
