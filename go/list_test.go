@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -50,6 +51,33 @@ func oneNodeOnOwnEtcd(t *testing.T) (*harness, *EtcdRegistry, string) {
 	return h, r, service
 }
 
+// pause pauses the harness's member 0 (SIGSTOP); the returned func resumes it, and so does
+// the test's end if it has not.
+func pause(t *testing.T, h *harness) (resume func()) {
+	t.Helper()
+	h.do(t, "pause 0")
+	var once sync.Once
+	resume = func() { once.Do(func() { h.do(t, "resume 0") }) }
+	t.Cleanup(resume)
+	return resume
+}
+
+// wantCanceled takes n results of calls whose context was cancelled: each must match
+// context.Canceled, and come without etcd answering.
+func wantCanceled(t *testing.T, what string, results <-chan error, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case err := <-results:
+			if !errors.Is(err, context.Canceled) {
+				t.Errorf("%s: got %v, want context.Canceled", what, err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatalf("%s went on waiting for etcd after its context ended", what)
+		}
+	}
+}
+
 // Lists waiting for etcd park their goroutines, as clientv3's calls do: a service that lists
 // from many goroutines while etcd is slow does not get an OS thread per waiting call. Then
 // every one of them returns the nodes once etcd answers.
@@ -62,13 +90,7 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	const callers = 64
 	threads := pprof.Lookup("threadcreate")
 	before := threads.Count()
-	h.do(t, "pause 0")
-	resumed := false
-	defer func() {
-		if !resumed {
-			h.do(t, "resume 0")
-		}
-	}()
+	resume := pause(t, h)
 	results := make(chan error, callers)
 	for range callers {
 		go func() {
@@ -83,8 +105,7 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	if grew := threads.Count() - before; grew >= callers/4 {
 		t.Errorf("%d OS threads made for %d lists waiting for etcd", grew, callers)
 	}
-	h.do(t, "resume 0")
-	resumed = true
+	resume()
 	for range callers {
 		select {
 		case err := <-results:
@@ -105,13 +126,7 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 	}
 	h, r, service := oneNodeOnOwnEtcd(t)
 
-	h.do(t, "pause 0")
-	resumed := false
-	defer func() {
-		if !resumed {
-			h.do(t, "resume 0")
-		}
-	}()
+	resume := pause(t, h)
 	const callers = 4
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -127,18 +142,8 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 	}
 	eventually(t, "every list waits for etcd", func() bool { return goroutinesIn(".cList(") == callers })
 	cancel()
-	for range callers {
-		select {
-		case err := <-results:
-			if !errors.Is(err, context.Canceled) {
-				t.Errorf("got %v, want context.Canceled", err)
-			}
-		case <-time.After(waitLimit):
-			t.Fatal("a list went on waiting for etcd after its context ended")
-		}
-	}
-	h.do(t, "resume 0")
-	resumed = true
+	wantCanceled(t, "a list", results, callers)
+	resume()
 
 	// The abandoned lists' calls are reused once their answers came: every later list, with a
 	// context or without, gets the node.
@@ -167,13 +172,7 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 // watches and events go on.
 func TestWatchServiceReturnsWhenItsContextEnds(t *testing.T) {
 	h, r, service := oneNodeOnOwnEtcd(t)
-	h.do(t, "pause 0")
-	resumed := false
-	defer func() {
-		if !resumed {
-			h.do(t, "resume 0")
-		}
-	}()
+	resume := pause(t, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	result := make(chan error, 1)
@@ -187,16 +186,8 @@ func TestWatchServiceReturnsWhenItsContextEnds(t *testing.T) {
 	}()
 	eventually(t, "the watch waits for etcd", func() bool { return goroutinesIn(".cWatch(") == 1 })
 	cancel()
-	select {
-	case err := <-result:
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("got %v, want context.Canceled", err)
-		}
-	case <-time.After(waitLimit):
-		t.Fatal("WatchService went on waiting for etcd after its context ended")
-	}
-	h.do(t, "resume 0")
-	resumed = true
+	wantCanceled(t, "WatchService", result, 1)
+	resume()
 
 	w, err := r.WatchService(context.Background(), service)
 	if err != nil {
