@@ -369,6 +369,37 @@ func abandonListCall(call *listCall) {
 	putListCall(call)
 }
 
+// untilDone runs call, which may wait for etcd inside C, and returns its result, or ctx.Err()
+// as soon as ctx ends (answered false): the call then goes on in its goroutine, and its result
+// goes to abandoned (if not nil) when it comes. A ctx that cannot end costs no goroutine.
+func untilDone[T any](ctx context.Context, call func() (T, error), abandoned func(T, error)) (v T, answered bool, err error) {
+	if ctx.Done() == nil {
+		v, err = call()
+		return v, true, err
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := call()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, true, r.err
+	case <-ctx.Done():
+		if abandoned != nil {
+			go func() {
+				r := <-done
+				abandoned(r.v, r.err)
+			}()
+		}
+		return v, false, ctx.Err()
+	}
+}
+
 // listCall is a C goer_list_call and a pollable copy of its eventfd: a list waits for its
 // result in Go's netpoller, like clientv3's calls wait for their socket, instead of in an OS
 // thread blocked in C (which Go's scheduler would hand its P away from, waking threads).

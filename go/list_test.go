@@ -213,3 +213,37 @@ func TestWatchServiceReturnsWhenItsContextEnds(t *testing.T) {
 	}
 	eventually(t, "the abandoned watch is stopped", func() bool { return goroutinesIn(".startWatch.func") == 0 })
 }
+
+// ServicesContext returns ctx.Err() once its context ends while etcd has not answered, and
+// lists the services once etcd is back.
+func TestServicesContextEndsWhileEtcdIsPaused(t *testing.T) {
+	h, r, service := oneNodeOnOwnEtcd(t)
+	resume := pause(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	results := make(chan error, 1)
+	go func() {
+		names, err := r.ServicesContext(ctx)
+		if err == nil {
+			err = fmt.Errorf("listed services %v while etcd is paused", names)
+		}
+		results <- err
+	}()
+	eventually(t, "the call waits for etcd", func() bool { return goroutinesIn(".cServices(") == 1 })
+	cancel()
+	wantCanceled(t, "ServicesContext", results, 1)
+	resume()
+
+	lctx, lcancel := context.WithTimeout(context.Background(), waitLimit)
+	defer lcancel()
+	names, err := r.ServicesContext(lctx)
+	if err != nil || len(names) != 1 || names[0] != service {
+		t.Errorf("after resuming: %v, %v; want [%s]", names, err, service)
+	}
+	if _, err := r.ServicesContext(nil); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("nil context: got %v, want ErrInvalidArgument", err)
+	}
+	if _, err := r.ServicesContext(ctx); !errors.Is(err, context.Canceled) {
+		t.Errorf("ended context: got %v, want context.Canceled", err)
+	}
+}

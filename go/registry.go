@@ -205,12 +205,27 @@ func (r *EtcdRegistry) GetServiceNodesContext(ctx context.Context, service strin
 // are as they appear in keys: a '/' given at registration reads as '-'. An extension: the
 // original library has no such call.
 func (r *EtcdRegistry) Services() ([]string, error) {
-	var names []string
-	err := r.h.use("services", func(p *cRegistry) error {
-		var err error
-		names, err = cServices(p)
-		return err
-	})
+	return r.ServicesContext(context.Background())
+}
+
+// ServicesContext is Services bounded by ctx as well as by the registry's timeout: when ctx
+// ends while etcd has not answered yet, it returns ctx.Err() at once. A nil ctx is an error
+// matching ErrInvalidArgument. An extension, like Services.
+func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
+	const op = "services"
+	if ctx == nil {
+		return nil, invalidArgument(op, "nil context")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	names, _, err := untilDone(ctx, func() (names []string, err error) {
+		err = r.h.use(op, func(p *cRegistry) error {
+			names, err = cServices(p)
+			return err
+		})
+		return names, err
+	}, nil)
 	runtime.KeepAlive(r)
 	if err != nil {
 		return nil, err

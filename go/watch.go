@@ -76,38 +76,17 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 		})
 		return id, err
 	}
-	if ctx.Done() == nil {
-		id, err := start()
-		if err != nil {
-			h.routes.abortCreate()
+	id, answered, err := untilDone(ctx, start, func(id uint64, err error) {
+		// Its events are dropped as those of an ended watch, once the creation has ended.
+		if err == nil {
+			_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, id) })
 		}
-		return id, err
+		h.routes.abortCreate()
+	})
+	if err != nil && answered {
+		h.routes.abortCreate()
 	}
-	type started struct {
-		id  uint64
-		err error
-	}
-	result := make(chan started, 1)
-	go func() {
-		id, err := start()
-		result <- started{id, err}
-	}()
-	select {
-	case s := <-result:
-		if s.err != nil {
-			h.routes.abortCreate()
-		}
-		return s.id, s.err
-	case <-ctx.Done():
-		go func() {
-			// Its events are dropped as those of an ended watch, once the creation has ended.
-			if s := <-result; s.err == nil {
-				_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, s.id) })
-			}
-			h.routes.abortCreate()
-		}()
-		return 0, ctx.Err()
-	}
+	return id, err
 }
 
 // Service is the watched service.
