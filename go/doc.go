@@ -18,9 +18,10 @@
 // Unlike the library it replaces, a registration never gives up: it keeps its lease alive and
 // re-registers after any outage, with backoff (1 s doubling to 30 s), until its context ends.
 // Beyond the old API: Register (status events, state, lease, Update of the info in place),
-// UnregisterNode, WatchService
-// (change events and the live node set), Close (unregisters everything), SetLogger (the
-// library's logs into log/slog) and New (backoff and the rest of the configuration).
+// UnregisterNode, WatchService (change events and the live node set), GetServiceNodesContext
+// and ServicesContext (calls that return ctx.Err() as soon as their context ends), Services,
+// Close (unregisters everything), SetLogger (the library's logs into log/slog) and New
+// (backoff and the rest of the configuration).
 //
 // # Errors
 //
