@@ -5,6 +5,7 @@
 //                                    std::chrono::seconds(10),
 //                                    [](const etcdreg::StatusEvent &e) { /* ... */ });
 //   for (const auto &node : registry.list("api")) std::cout << node.name << "\n";
+//   std::future<std::vector<etcdreg::Node>> nodes = registry.list_async("api");  // no thread blocked
 //
 // - Handles are std::unique_ptr with the C free functions as deleters.
 // - Every failing status throws etcdreg::Error (status code + the library's message).
@@ -17,7 +18,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <future>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -177,6 +180,22 @@ class Registry {
         return nodes_of(raw);
     }
 
+    // Lists a service without blocking: the future gets the nodes, or an etcdreg::Error, once
+    // etcd answers. The library's callback fulfils it on a library thread (so it may be ready
+    // before this returns); it outlives the Registry, if need be. Refusals (a closed registry)
+    // throw here.
+    std::future<std::vector<Node>> list_async(const std::string &service) {
+        auto *promise = new std::promise<std::vector<Node>>();
+        std::future<std::vector<Node>> future = promise->get_future();
+        const etcd_registry_status status =
+            etcd_registry_list_async(registry_.get(), service.c_str(), &Registry::on_listed, promise);
+        if (status != ETCD_REGISTRY_STATUS_OK) {
+            delete promise;  // the callback is never called then
+            detail::check(status);
+        }
+        return future;
+    }
+
     // The names of the services that have at least one node, sorted.
     std::vector<std::string> services() {
         etcd_registry_string_list *raw = nullptr;
@@ -274,6 +293,25 @@ class Registry {
         }
         lock.unlock();
         // `owned` (if still set) is destroyed here, outside the lock.
+    }
+
+    // etcd_registry_list_async's callback: it owns the promise (and the list); nothing may
+    // throw back into the library.
+    static void on_listed(void *user_data, etcd_registry_status status, const char *message,
+                          etcd_registry_node_list *list) noexcept {
+        std::unique_ptr<std::promise<std::vector<Node>>> promise(
+            static_cast<std::promise<std::vector<Node>> *>(user_data));
+        try {
+            if (status == ETCD_REGISTRY_STATUS_OK)
+                promise->set_value(nodes_of(list));
+            else
+                promise->set_exception(std::make_exception_ptr(Error(status, detail::str(message))));
+        } catch (...) {
+            try {
+                promise->set_exception(std::current_exception());
+            } catch (...) {
+            }
+        }
     }
 
     static std::vector<Node> nodes_of(etcd_registry_node_list *raw) {

@@ -36,6 +36,10 @@ int main() {
 
         for (const auto &node : registry.list("cpp-api"))
             std::cout << "list: " << node.name << " address=" << node.info.at("address") << "\n";
+        // The same list without blocking: the future is fulfilled by the library's callback.
+        auto pending = registry.list_async("cpp-api");
+        const size_t async_nodes = pending.get().size();
+        std::cout << "list_async: " << async_nodes << " nodes\n";
         bool listed = false;
         for (const auto &service : registry.services()) listed = listed || service == "cpp-api";
         std::cout << "services include cpp-api: " << (listed ? "yes" : "no") << "\n";
@@ -49,9 +53,16 @@ int main() {
         } catch (const etcdreg::Error &e) {
             std::cout << "expected error: " << e.what() << " (status " << e.status() << ")\n";
         }
+        bool async_refused = false;
+        try {
+            registry.list_async("").get();  // the error comes through the future
+        } catch (const etcdreg::Error &e) {
+            std::cout << "expected error from list_async: " << e.what() << "\n";
+            async_refused = e.status() == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT;
+        }
         registry.close();
         std::cout << "done (" << added << " added)\n";
-        return added == 2 && listed ? 0 : 1;
+        return added == 2 && listed && async_nodes == 2 && async_refused ? 0 : 1;
     } catch (const etcdreg::Error &e) {
         std::cerr << "error: " << e.what() << "\n";
         return 1;
