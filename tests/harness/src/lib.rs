@@ -128,6 +128,13 @@ fn cleanup_stale_dirs() {
     });
 }
 
+fn no_peer_proxies() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "this cluster was built without .peer_proxies(true)",
+    )
+}
+
 fn bad_index(i: usize, n: usize) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidInput,
@@ -146,6 +153,7 @@ pub struct EtcdClusterBuilder {
     election_ms: u64,
     extra_args: Vec<String>,
     tls: Option<TlsOptions>,
+    peer_proxies: bool,
 }
 
 /// TLS options of a cluster (see [`EtcdClusterBuilder::tls`]).
@@ -166,6 +174,7 @@ impl Default for EtcdClusterBuilder {
             election_ms: 500,
             extra_args: Vec::new(),
             tls: None,
+            peer_proxies: false,
         }
     }
 }
@@ -190,6 +199,14 @@ impl EtcdClusterBuilder {
     /// [`EtcdCluster::reset_connections`].
     pub fn proxy(mut self, enabled: bool) -> Self {
         self.proxy = enabled;
+        self
+    }
+
+    /// Put a proxy in front of each member's peer port too (the members reach each other
+    /// through them), enabling [`EtcdCluster::isolate`] and [`EtcdCluster::rejoin`]: a member
+    /// cut off from its peers while its clients still reach it.
+    pub fn peer_proxies(mut self, enabled: bool) -> Self {
+        self.peer_proxies = enabled;
         self
     }
 
@@ -278,6 +295,7 @@ impl EtcdClusterBuilder {
             etcdctl_bin,
             members: Vec::with_capacity(n),
             proxies: Vec::new(),
+            peer_proxies: Vec::new(),
             start_timeout: self.start_timeout,
             root_password: Mutex::new(None),
             keep_dir,
@@ -287,8 +305,18 @@ impl EtcdClusterBuilder {
         let ports = util::free_ports(if self.tls.is_some() { 3 * n } else { 2 * n })?;
         let (client_ports, rest) = ports.split_at(n);
         let (peer_ports, metrics_ports) = rest.split_at(n);
+        // The peer URL each member advertises: its peer port, or the proxy in front of it.
+        let mut advertised: Vec<u16> = peer_ports.to_vec();
+        if self.peer_proxies {
+            for (i, port) in peer_ports.iter().enumerate() {
+                let upstream = util::resolve(&format!("127.0.0.1:{port}"))?;
+                let proxy = Proxy::start_peer(upstream)?;
+                advertised[i] = proxy.addr().port();
+                cluster.peer_proxies.push(proxy);
+            }
+        }
         let initial_cluster = (0..n)
-            .map(|i| format!("m{i}=http://127.0.0.1:{}", peer_ports[i]))
+            .map(|i| format!("m{i}=http://127.0.0.1:{}", advertised[i]))
             .collect::<Vec<_>>()
             .join(",");
         let token = format!("etcd-harness-{suffix}");
@@ -299,6 +327,7 @@ impl EtcdClusterBuilder {
             let scheme = if self.tls.is_some() { "https" } else { "http" };
             let client = format!("{scheme}://127.0.0.1:{}", client_ports[i]);
             let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
+            let advertised_peer = format!("http://127.0.0.1:{}", advertised[i]);
             let mut args: Vec<String> = vec![
                 "--name".into(),
                 format!("m{i}"),
@@ -311,7 +340,7 @@ impl EtcdClusterBuilder {
                 "--listen-peer-urls".into(),
                 peer.clone(),
                 "--initial-advertise-peer-urls".into(),
-                peer,
+                advertised_peer,
                 "--initial-cluster".into(),
                 initial_cluster.clone(),
                 "--initial-cluster-state".into(),
@@ -405,6 +434,8 @@ pub struct EtcdCluster {
     etcdctl_bin: PathBuf,
     members: Vec<Member>,
     proxies: Vec<Proxy>,
+    /// In front of each member's peer port, with [`EtcdClusterBuilder::peer_proxies`].
+    peer_proxies: Vec<Proxy>,
     start_timeout: Duration,
     root_password: Mutex<Option<String>>,
     keep_dir: bool,
@@ -917,6 +948,55 @@ impl EtcdCluster {
         Ok(())
     }
 
+    /// Cut member `i` off from its peers, both ways, while its clients still reach it (a
+    /// network partition between etcd's members): it loses its leader, or its leadership, and
+    /// cannot serve what needs a quorum; the others elect a leader and go on without it.
+    /// Requires `.peer_proxies(true)`.
+    pub fn isolate(&self, i: usize) -> io::Result<()> {
+        let id = self.member_id(i)?;
+        let own = self.peer_proxy(i)?;
+        own.partition();
+        for (j, p) in self.peer_proxies.iter().enumerate() {
+            if j != i {
+                p.cut_off(id);
+            }
+        }
+        Ok(())
+    }
+
+    /// Undo every [`isolate`](Self::isolate): the members reconnect to each other.
+    pub fn rejoin_all(&self) -> io::Result<()> {
+        if self.peer_proxies.is_empty() {
+            return Err(no_peer_proxies());
+        }
+        self.peer_proxies.iter().for_each(Proxy::reconnect_all);
+        Ok(())
+    }
+
+    fn peer_proxy(&self, i: usize) -> io::Result<&Proxy> {
+        if self.peer_proxies.is_empty() {
+            return Err(no_peer_proxies());
+        }
+        self.peer_proxies
+            .get(i)
+            .ok_or_else(|| bad_index(i, self.len()))
+    }
+
+    /// etcd's id of member `i` (asked once, while it serves).
+    pub fn member_id(&self, i: usize) -> io::Result<u64> {
+        let known = self.member(i)?.member_id.load(Ordering::SeqCst);
+        if known != 0 {
+            return Ok(known);
+        }
+        let st = self.status(i)?;
+        let id =
+            util::json_u64(st.get("header").and_then(|h| h.get("member_id"))).ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no member id in {st}"))
+            })?;
+        self.members[i].member_id.store(id, Ordering::SeqCst);
+        Ok(id)
+    }
+
     /// Make member `i`'s proxy forward every byte `delay` late, both ways, on open connections
     /// too: a member that answers slowly rather than not at all. `Duration::ZERO` lifts it.
     /// Requires `.proxy(true)`.
@@ -1204,6 +1284,7 @@ impl Drop for EtcdCluster {
             }
         }
         self.proxies.clear();
+        self.peer_proxies.clear();
         if !self.keep_dir {
             let _ = fs::remove_dir_all(&self.base_dir);
         }

@@ -14,7 +14,14 @@
 //! With a *delay* set, every byte is forwarded that much later than it arrived, in both
 //! directions and on existing connections too: a member that answers slowly rather than not
 //! at all.
+//!
+//! A *peer* proxy stands in front of a member's peer port. It reads the head of each request
+//! that opens a connection for the sending member's id (etcd's `X-Server-From` header, on its
+//! raft streams and pipelines) and blackholes the connections of the members it is told to
+//! cut off ([`Proxy::cut_off`]): with the member's own peer proxy partitioned too, that member
+//! is isolated from its peers both ways while its clients still reach it.
 
+use std::collections::HashSet;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,6 +40,9 @@ struct Conn {
     blackholed: AtomicBool,
     closed: AtomicBool,
     finished: AtomicUsize,
+    /// Peer proxies: the member id that opened the connection, 0 until its first request head
+    /// is read (or when it names none).
+    from: AtomicU64,
 }
 
 impl Conn {
@@ -69,6 +79,11 @@ struct State {
     conns: Mutex<Vec<Arc<Conn>>>,
     /// Connections accepted since the start, whatever became of them.
     accepted: AtomicU64,
+    /// A peer proxy: reads who sends each connection (see the module doc).
+    peer: bool,
+    /// Peer proxies: the member ids whose connections are blackholed. Held while a connection
+    /// learns its sender, so that a cut-off never misses one.
+    cut_off: Mutex<HashSet<u64>>,
 }
 
 /// A running proxy `listen_addr -> upstream`. Stops (and closes every
@@ -82,6 +97,15 @@ pub(crate) struct Proxy {
 impl Proxy {
     /// Start a proxy on a fresh loopback port forwarding to `upstream`.
     pub(crate) fn start(upstream: SocketAddr) -> io::Result<Proxy> {
+        Self::start_as(upstream, false)
+    }
+
+    /// Start a peer proxy (see the module doc) forwarding to a member's peer port.
+    pub(crate) fn start_peer(upstream: SocketAddr) -> io::Result<Proxy> {
+        Self::start_as(upstream, true)
+    }
+
+    fn start_as(upstream: SocketAddr, peer: bool) -> io::Result<Proxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         // Listening again sets the queue's length (capped by net.core.somaxconn).
         {
@@ -99,6 +123,8 @@ impl Proxy {
             stopped: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
             accepted: AtomicU64::new(0),
+            peer,
+            cut_off: Mutex::new(HashSet::new()),
         });
         let st = state.clone();
         let accept = thread::Builder::new()
@@ -135,6 +161,24 @@ impl Proxy {
             }
         }
         conns.retain(|c| !c.closed.load(Ordering::SeqCst));
+    }
+
+    /// Peer proxies: blackhole every connection member `id` opened or opens from now on.
+    pub(crate) fn cut_off(&self, id: u64) {
+        let mut cut = self.state.cut_off.lock().unwrap();
+        cut.insert(id);
+        for c in self.state.conns.lock().unwrap().iter() {
+            if c.from.load(Ordering::SeqCst) == id {
+                c.blackholed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Peer proxies: undo every [`Proxy::cut_off`]; their blackholed connections are closed, so
+    /// that the members connect again.
+    pub(crate) fn reconnect_all(&self) {
+        self.state.cut_off.lock().unwrap().clear();
+        self.heal();
     }
 
     /// Close every current connection (both sides).
@@ -224,6 +268,7 @@ fn serve(client: TcpStream, partitioned: bool, state: Arc<State>) {
             blackholed: AtomicBool::new(partitioned || state.partitioned.load(Ordering::SeqCst)),
             closed: AtomicBool::new(false),
             finished: AtomicUsize::new(0),
+            from: AtomicU64::new(0),
         });
         conns.push(conn.clone());
         conn
@@ -275,12 +320,55 @@ fn delayed_writer(mut dst: TcpStream, chunks: mpsc::Receiver<(Instant, Vec<u8>)>
     let _ = dst.shutdown(Shutdown::Write);
 }
 
+/// Peer proxies: reads the head of the first request on a connection, notes the member that
+/// sent it (`X-Server-From`, its id in hex) and forwards the head unless that member is cut off
+/// (then the connection is blackholed). False when the connection ended first.
+fn learn_sender(src: &mut TcpStream, dst: Option<&mut TcpStream>, conn: &Conn) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+        match src.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    let from = String::from_utf8_lossy(&head)
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("x-server-from")
+                .then(|| u64::from_str_radix(value.trim(), 16).ok())?
+        })
+        .unwrap_or(0);
+    {
+        let cut = conn.state.cut_off.lock().unwrap();
+        conn.from.store(from, Ordering::SeqCst);
+        if cut.contains(&from) {
+            conn.blackholed.store(true, Ordering::SeqCst);
+        }
+    }
+    if conn.blackholed.load(Ordering::SeqCst) {
+        return true;
+    }
+    match dst {
+        Some(d) => d.write_all(&head).is_ok(),
+        None => true,
+    }
+}
+
 /// Copy `src -> dst` until EOF/error, discarding data while blackholed.
 fn copy(mut src: TcpStream, mut dst: Option<TcpStream>, conn: &Conn, from_client: bool) {
     let mut buf = vec![0u8; BUF];
     // Once a delay was set, this direction's bytes go through a writer thread for good, so
     // that they stay in order when the delay is lifted.
     let mut delayed: Option<mpsc::Sender<(Instant, Vec<u8>)>> = None;
+    if from_client && conn.state.peer && !learn_sender(&mut src, dst.as_mut(), conn) {
+        conn.close();
+        return;
+    }
     loop {
         match src.read(&mut buf) {
             Ok(0) => {
