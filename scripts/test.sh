@@ -62,10 +62,10 @@ suite "rust lint" clippy cargo clippy --all-targets -- -D warnings
 #   survival test kills a member 10 times, the first right after it granted the lease, and in
 #   one CI run that member, once leader, answered the keep-alive "lease not found".
 cluster_tests=(a_paused_or_slow_member_loses_no_key endpoints_in_any_order_with_one_unreachable
-  cluster_failover_kill_client_member_then_leader)
+  a_member_cut_off_from_its_peers cluster_failover_kill_client_member_then_leader)
 suite "rust tests (core, harness, ffi, cli)" rust cargo test -- \
   "${cluster_tests[@]/#/--skip=}"
-suite "failover: 3-member cluster, members killed, paused and slow (etcd 3.6)" failover \
+suite "failover: 3-member cluster, members killed, paused, slow and cut off (etcd 3.6)" failover \
   env ETCD_VERSION=3.6 cargo test -p etcd-registry --test failover --test survival -- \
   "${cluster_tests[@]}"
 suite "c abi (header check, C tests, valgrind, C++ example)" c bash tests/c/run.sh

@@ -89,6 +89,13 @@ impl Connection {
             .with_connect_timeout(self.timeout)
             .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
             .with_keep_alive_while_idle(false)
+            // A member cut off from the others (a partition inside the cluster) still answers
+            // a watch's progress requests, but sees none of the majority's writes: without a
+            // leader it refuses calls at once and, after a few election timeouts, ends the
+            // streams (watches, keep-alives) with "no leader", which moves them to a member
+            // that has one. Without this, a watch on it would wait, silent, until the partition
+            // heals, and every call on it would take its whole attempt timeout.
+            .with_require_leader(true)
             // Expired or invalidated tokens (etcd restarts, --auth-token-ttl) are renewed.
             .with_auto_token_refresh(true);
         if let (true, Some((user, password))) = (with_user, &self.credentials) {
