@@ -604,6 +604,13 @@ impl LeaseGroup {
         // Whether etcd refused the watch (e.g. no read permission): then the keys are checked
         // with every keep-alive for as long as this lease is kept.
         let mut watch_refused = false;
+        // Members whose put etcd refused (no space left, a value too large for this server,
+        // no permission for the key) are put again with backoff, for as long as they are
+        // members and the lease is kept: (when, retry number). An operator who frees space or
+        // grants the permission sees them registered without restarting anything.
+        let mut retry: Option<(Instant, u32)> = (!refused.is_empty()).then(|| self.retry_after(1));
+        // Members refused when they joined: their keys are not in the watch yet.
+        let mut unwatched: HashSet<u64> = HashSet::new();
         loop {
             let lost_at = last_answer + ttl;
             let silent_at = waiting_since.map(|sent| sent + answer_within);
@@ -638,6 +645,10 @@ impl LeaseGroup {
                                     joining.iter().filter(|r| !refused.contains(&r.id)).collect();
                                 for reg in &landed {
                                     reg.registered(lease);
+                                }
+                                if !refused.is_empty() {
+                                    unwatched.extend(&refused);
+                                    retry = retry.or_else(|| Some(self.retry_after(1)));
                                 }
                                 if let Some(w) = watch.as_mut() {
                                     if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).await.is_err() {
@@ -674,13 +685,42 @@ impl LeaseGroup {
                         };
                         match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(Some(_)) => reg.registered(lease),
-                            Ok(None) => {}
+                            Ok(None) => retry = retry.or_else(|| Some(self.retry_after(1))),
                             // The next attempt puts it, as the member is still stale.
                             Err(e) => return Exit::Lost(e),
                         }
                         None
                     }
                 },
+                _ = tokio::time::sleep_until(retry.map_or(lost_at, |(at, _)| at)), if retry.is_some() => {
+                    let tries = retry.map_or(1, |(_, n)| n);
+                    // Every member etcd may hold an older info of, or none (never put).
+                    let pending: Vec<Arc<RegShared>> =
+                        self.members.values().filter(|m| m.stale()).cloned().collect();
+                    tracing::debug!(count = pending.len(), tries, "putting the refused keys again");
+                    match before_loss(lost_at, ttl, self.put_all(lease, &pending, attempt)).await {
+                        Ok((refused, revision)) => {
+                            let landed: Vec<&Arc<RegShared>> =
+                                pending.iter().filter(|r| !refused.contains(&r.id)).collect();
+                            for reg in &landed {
+                                reg.registered(lease);
+                            }
+                            let newly: Vec<&[u8]> = landed
+                                .iter()
+                                .filter(|r| unwatched.remove(&r.id))
+                                .map(|r| r.key.as_bytes())
+                                .collect();
+                            if let Some(w) = watch.as_mut() {
+                                if w.add(newly.into_iter(), revision).await.is_err() {
+                                    watch = None;
+                                }
+                            }
+                            retry = (!refused.is_empty()).then(|| self.retry_after(tries.saturating_add(1)));
+                        }
+                        Err(e) => return Exit::Lost(e),
+                    }
+                    None
+                }
                 _ = ticker.tick() => {
                     match keeper.keep_alive().await {
                         Err(e) => Some(Error::from(e)),
@@ -694,6 +734,10 @@ impl LeaseGroup {
                                         .await
                                         .ok()
                                         .and_then(|w| w.ok());
+                                    if watch.is_some() {
+                                        // It watches every member's key.
+                                        unwatched.clear();
+                                    }
                                 }
                                 let check = tokio::time::timeout(period, self.repair(lease, attempt));
                                 match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
@@ -735,6 +779,10 @@ impl LeaseGroup {
                                 let check = tokio::time::timeout(period, self.repair(lease, attempt));
                                 if let Err(e) = before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
                                     return Exit::Lost(e);
+                                }
+                                // A key put back may have been refused (e.g. no space left).
+                                if retry.is_none() && self.members.values().any(|m| m.stale()) {
+                                    retry = Some(self.retry_after(1));
                                 }
                             }
                         }
@@ -790,6 +838,12 @@ impl LeaseGroup {
                 }
             }
         }
+    }
+
+    /// When to put refused keys again, for retry number `tries`: the registration backoff.
+    fn retry_after(&self, tries: u32) -> (Instant, u32) {
+        let delay = backoff::delay(tries, self.backoff_min, self.backoff_max);
+        (Instant::now() + delay, tries)
     }
 
     /// Whether `key` is the key of a member.

@@ -1,0 +1,161 @@
+//! etcd out of space: its database reached `--quota-backend-bytes`, the NOSPACE alarm is raised
+//! and etcd refuses every write ("mvcc: database space exceeded") until an operator frees space,
+//! defragments and disarms the alarm. Keep-alives still work. Throughout, what is registered
+//! stays registered; what could not be written (a node joining the live lease, a node of a new
+//! TTL, an update) is retried with backoff and lands once the operator has fixed etcd, without
+//! anything restarted.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use etcd_harness::EtcdCluster;
+use etcd_registry::{RegistrationState, Registry, StatusEvent};
+use tokio::time::Instant;
+
+const SERVICE: &str = "svc";
+const TTL: Duration = Duration::from_secs(4);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
+    init_logs();
+    let etcd = blocking(|| {
+        EtcdCluster::builder()
+            .arg("--quota-backend-bytes=16777216")
+            .start()
+            .expect("start etcd with a 16 MiB quota")
+    })
+    .await;
+    let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let a = registry
+        .register(SERVICE, node("a", &[("v", "1")]), TTL)
+        .unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    let mut a_events = a.subscribe();
+
+    // Fill etcd until it refuses writes.
+    let mut client = etcd_client::Client::connect(etcd.direct_endpoints(), None)
+        .await
+        .unwrap();
+    let big = "x".repeat(1_000_000);
+    let mut filled = 0;
+    let refusal = loop {
+        match client
+            .put(format!("/fill/{filled}"), big.clone(), None)
+            .await
+        {
+            Ok(_) => filled += 1,
+            Err(e) => break e.to_string(),
+        }
+        assert!(filled < 100, "etcd took 100 MB with a 16 MiB quota");
+    };
+    assert!(
+        refusal.contains("database space exceeded"),
+        "etcd refused the fill with {refusal}"
+    );
+
+    // A node joining the live lease, a node of a new TTL (a lease grant), an update.
+    let b = registry
+        .register(SERVICE, node("b", &[("v", "1")]), TTL)
+        .unwrap();
+    let d = registry
+        .register(SERVICE, node("d", &[("v", "1")]), TTL * 2)
+        .unwrap();
+    let mut b_events = b.subscribe();
+    let mut d_events = d.subscribe();
+    a.update(info(&[("v", "2")])).unwrap();
+    for (name, events) in [("b", &mut b_events), ("d", &mut d_events)] {
+        let (failed, _) = wait_event(events, &format!("{name} failing"), |e| {
+            matches!(e, StatusEvent::Failed { .. })
+        })
+        .await;
+        let StatusEvent::Failed { error } = failed else {
+            unreachable!()
+        };
+        assert!(
+            error.message().contains("database space exceeded"),
+            "{name}: the error says why: {error}"
+        );
+    }
+    let (lost, _) = wait_event(&mut a_events, "a's update refused", |e| {
+        matches!(e, StatusEvent::KeepAliveLost { .. })
+    })
+    .await;
+    let StatusEvent::KeepAliveLost { error } = lost else {
+        unreachable!()
+    };
+    assert!(
+        error.message().contains("database space exceeded"),
+        "a: the error says why: {error}"
+    );
+    // While etcd stays full the refused writes stay refused, and nothing registered is lost.
+    let full_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < full_until {
+        assert_eq!(b.state(), RegistrationState::Registering);
+        assert_eq!(d.state(), RegistrationState::Registering);
+        let names: Vec<String> = registry
+            .list(SERVICE)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(names, ["a"], "while etcd is full");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The operator's fix.
+    let fixed = Instant::now();
+    client
+        .delete(
+            "/fill/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    let etcd = blocking(move || {
+        etcd.compact_to_latest().expect("compact");
+        etcd.etcdctl(&["defrag"]).expect("defrag");
+        etcd.etcdctl(&["alarm", "disarm"]).expect("disarm");
+        etcd
+    })
+    .await;
+
+    let registry = &registry;
+    eventually(
+        "every node registered and listed with its newest info",
+        || async move {
+            let nodes = registry.list(SERVICE).await.unwrap_or_default();
+            let got: Vec<(String, Option<String>)> = nodes
+                .into_iter()
+                .map(|n| (n.name, n.info.get("v").cloned()))
+                .collect();
+            got == [
+                ("a".to_string(), Some("2".to_string())),
+                ("b".to_string(), Some("1".to_string())),
+                ("d".to_string(), Some("1".to_string())),
+            ]
+        },
+    )
+    .await;
+    for reg in [&a, &b, &d] {
+        assert_eq!(reg.state(), RegistrationState::Registered);
+    }
+    let back = secs_since(fixed);
+    wait_event(&mut b_events, "b registered", |e| {
+        matches!(e, StatusEvent::Registered { .. })
+    })
+    .await;
+    wait_event(&mut a_events, "a's update landed", |e| {
+        matches!(e, StatusEvent::Updated { .. })
+    })
+    .await;
+    assert_eq!(a.lease_id(), b.lease_id(), "b joined a's lease");
+    record(
+        "etcd out of space (NOSPACE alarm): a node joining, a new TTL and an update refused",
+        &format!("retried with backoff; all landed {back} after the operator's fix, nothing lost"),
+    );
+    registry.close().await.unwrap();
+    drop(etcd);
+}
