@@ -1093,6 +1093,17 @@ impl EtcdCluster {
         self.run_etcdctl(&auth, args)
     }
 
+    /// Like [`etcdctl`](Self::etcdctl), but against member `i` alone (with `--consistency=s`, a
+    /// read shows what that member holds, even when it is cut off from the others).
+    pub fn etcdctl_on(&self, i: usize, args: &[&str]) -> io::Result<String> {
+        self.member(i)?;
+        let auth = match self.root_password.lock().unwrap().as_ref() {
+            Some(pw) => vec!["--user=root".to_string(), format!("--password={pw}")],
+            None => Vec::new(),
+        };
+        self.run_etcdctl_on(&[self.direct_endpoint(i)], &auth, args)
+    }
+
     /// Like [`etcdctl`](Self::etcdctl) but with explicit credentials:
     /// `Some("user:password")` passes `--user`, `None` runs without any
     /// credentials (even after `enable_auth`).

@@ -1,8 +1,8 @@
 //! `etcd-harness` — run a real etcd cluster for non-Rust test suites.
 //!
 //! ```text
-//! etcd-harness serve [--members N] [--proxy] [--auth-token-ttl S]
-//! etcd-harness run   [--members N] [--proxy] [--auth-token-ttl S] -- CMD ARGS...
+//! etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S]
+//! etcd-harness run   [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] -- CMD ARGS...
 //! etcd-harness ctl   [SOCKET] COMMAND ARGS...
 //! ```
 //! See `usage()` below for the line protocol.
@@ -24,14 +24,14 @@ const USAGE: &str = "\
 etcd-harness: real etcd clusters with fault injection for tests
 
 USAGE:
-  etcd-harness serve [--members N] [--proxy] [--auth-token-ttl S] [TLS]
+  etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [TLS]
       Start the cluster and print ONE JSON line:
         {\"ok\":true,\"endpoints\":[..],\"direct_endpoints\":[..],\"control\":SOCKET,
          \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,\"tls\":FILES,
          \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd)
       then read commands from stdin, one per line, answering each with one
       JSON line. EOF on stdin (or `quit`) shuts everything down, exit 0.
-  etcd-harness run [--members N] [--proxy] [--auth-token-ttl S] [TLS] -- CMD ARGS...
+  etcd-harness run [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [TLS] -- CMD ARGS...
       Start the cluster, run CMD with ETCD_ENDPOINTS (comma-separated client
       endpoints), ETCD_HARNESS_DIRECT_ENDPOINTS, ETCD_HARNESS_CONTROL (socket)
       and ETCD_HARNESS_BIN set, then shut down; exit with CMD's exit code.
@@ -53,6 +53,7 @@ COMMANDS (stdin and control socket; replies {\"ok\":true[,\"value\":V]} or
 {\"ok\":false,\"error\":\"...\"}):
   kill I | restart I | stop I | start I | pause I | resume I | pid I
   partition | heal | reset | partition-member I | heal-member I
+  isolate I | rejoin          cut member I off from its peers / undo (--peer-proxies)
   leader                      value: member index
   enable-auth USER PASSWORD
   compact                     value: compacted revision
@@ -132,6 +133,7 @@ fn parse_opts(args: &[String]) -> Result<(EtcdClusterBuilder, Vec<String>), Stri
                 b = b.start_timeout(Duration::from_secs(value("--start-timeout")?))
             }
             "--proxy" => b = b.proxy(true),
+            "--peer-proxies" => b = b.peer_proxies(true),
             "--tls" => b = b.tls(true),
             "--client-cert-auth" => b = b.client_cert_auth(true),
             "--tls-expired-server" => b = b.tls_expired_server(true),
@@ -188,6 +190,8 @@ fn execute(c: &EtcdCluster, line: &str) -> (Value, bool) {
             "resume" => with_index(&|i| c.resume(i)),
             "partition-member" => with_index(&|i| c.partition_member(i)),
             "heal-member" => with_index(&|i| c.heal_member(i)),
+            "isolate" => with_index(&|i| c.isolate(i)),
+            "rejoin" => unit(c.rejoin_all()),
             "pid" => val(json!(c.pid(index(rest)?))),
             "pids" => val(json!((0..c.len()).map(|i| c.pid(i)).collect::<Vec<_>>())),
             "partition" => unit(c.partition()),

@@ -232,6 +232,71 @@ fn three_members_leader_failover_and_auth() {
     etcd.compact_to_latest().unwrap();
 }
 
+/// What member `i` alone holds at `key` (a serializable read: no quorum asked).
+fn local_get(etcd: &EtcdCluster, i: usize, key: &str) -> Option<String> {
+    etcd.etcdctl_on(i, &["get", key, "--consistency=s", "--print-value-only"])
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// The leader member `i` knows of: 0 for none (JSON leaves a zero field out), `u64::MAX` when
+/// its status could not be read.
+fn leader_seen_by(etcd: &EtcdCluster, i: usize) -> u64 {
+    match etcd.status(i) {
+        Ok(st) => match st.get("leader") {
+            None => 0,
+            Some(Value::String(s)) => s.parse().unwrap_or(u64::MAX),
+            Some(v) => v.as_u64().unwrap_or(u64::MAX),
+        },
+        Err(_) => u64::MAX,
+    }
+}
+
+#[test]
+fn peer_proxies_isolate_a_member_from_its_peers_and_rejoin_it() {
+    let plain = EtcdCluster::builder().members(1).start().unwrap();
+    assert!(
+        plain.isolate(0).is_err(),
+        "no peer proxies => isolate refused"
+    );
+    drop(plain);
+
+    let etcd = EtcdCluster::builder()
+        .members(3)
+        .peer_proxies(true)
+        .start()
+        .unwrap();
+    etcd.put("/p/k", "before").unwrap();
+    let cut = etcd.leader().unwrap();
+    etcd.isolate(cut).unwrap();
+    // The cut-off leader steps down and finds no leader; the other two elect one among them.
+    wait_until(
+        "the cut-off member has no leader",
+        Duration::from_secs(10),
+        || leader_seen_by(&etcd, cut) == 0,
+    );
+    let other = (cut + 1) % 3;
+    let cut_id = etcd.member_id(cut).unwrap();
+    wait_until(
+        "the others have a new leader",
+        Duration::from_secs(10),
+        || {
+            let l = leader_seen_by(&etcd, other);
+            l != 0 && l != u64::MAX && l != cut_id
+        },
+    );
+    etcd.etcdctl_on(other, &["put", "/p/k", "after"]).unwrap();
+    // Its clients still reach it, but it does not see the majority's write.
+    assert_eq!(local_get(&etcd, cut, "/p/k").as_deref(), Some("before"));
+    assert_eq!(local_get(&etcd, other, "/p/k").as_deref(), Some("after"));
+
+    etcd.rejoin_all().unwrap();
+    wait_until("the member catches up", Duration::from_secs(15), || {
+        local_get(&etcd, cut, "/p/k").as_deref() == Some("after")
+    });
+    etcd.wait_all_healthy().unwrap();
+}
+
 fn read_json(r: &mut impl BufRead) -> Value {
     let mut line = String::new();
     r.read_line(&mut line).unwrap();
