@@ -53,7 +53,7 @@ mod util;
 mod version;
 
 use std::fs;
-use std::io;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -1024,13 +1024,22 @@ impl EtcdCluster {
     // -------------------------------------------------------------- etcdctl
 
     fn run_etcdctl(&self, auth: &[String], args: &[&str]) -> io::Result<String> {
+        self.run_etcdctl_with(auth, args, None)
+    }
+
+    fn run_etcdctl_with(
+        &self,
+        auth: &[String],
+        args: &[&str],
+        input: Option<&[u8]>,
+    ) -> io::Result<String> {
         let live = self.live_members();
         let endpoints: Vec<String> = if live.is_empty() {
             self.direct_endpoints()
         } else {
             live.iter().map(|&i| self.direct_endpoint(i)).collect()
         };
-        self.run_etcdctl_on(&endpoints, auth, args)
+        self.run_etcdctl_input(&endpoints, auth, args, input)
     }
 
     fn run_etcdctl_on(
@@ -1038,6 +1047,18 @@ impl EtcdCluster {
         endpoints: &[String],
         auth: &[String],
         args: &[&str],
+    ) -> io::Result<String> {
+        self.run_etcdctl_input(endpoints, auth, args, None)
+    }
+
+    /// [`run_etcdctl_on`](Self::run_etcdctl_on) with `input` on etcdctl's stdin (e.g. the value
+    /// of a `put`, which an argument could not hold past 128 KiB).
+    fn run_etcdctl_input(
+        &self,
+        endpoints: &[String],
+        auth: &[String],
+        args: &[&str],
+        input: Option<&[u8]>,
     ) -> io::Result<String> {
         let mut cmd = Command::new(&self.etcdctl_bin);
         util::scrub_env(&mut cmd, "ETCDCTL_");
@@ -1056,13 +1077,25 @@ impl EtcdCluster {
             .arg("--command-timeout=5s")
             .args(auth)
             .args(args)
-            .stdin(Stdio::null());
-        let out = cmd.output().map_err(|e| {
+            .stdin(if input.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let running = |e: io::Error| {
             io::Error::new(
                 e.kind(),
                 format!("running {}: {e}", self.etcdctl_bin.display()),
             )
-        })?;
+        };
+        let mut child = cmd.spawn().map_err(running)?;
+        if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+            // etcdctl reads all of its input before it answers: no deadlock on the pipes.
+            stdin.write_all(input).map_err(running)?;
+        }
+        let out = child.wait_with_output().map_err(running)?;
         if out.status.success() {
             Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         } else {
@@ -1118,9 +1151,18 @@ impl EtcdCluster {
     /// [`etcdctl`](Self::etcdctl), retried for up to 10 s on transient
     /// errors (no leader, leader changed, timeouts, unavailable endpoints).
     fn etcdctl_retry(&self, args: &[&str]) -> io::Result<String> {
+        self.etcdctl_retry_with(args, None)
+    }
+
+    /// [`etcdctl_retry`](Self::etcdctl_retry) with `input` on etcdctl's stdin.
+    fn etcdctl_retry_with(&self, args: &[&str], input: Option<&[u8]>) -> io::Result<String> {
+        let auth = match self.root_password.lock().unwrap().as_ref() {
+            Some(pw) => vec!["--user=root".to_string(), format!("--password={pw}")],
+            None => Vec::new(),
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match self.etcdctl(args) {
+            match self.run_etcdctl_with(&auth, args, input) {
                 Ok(s) => return Ok(s),
                 Err(e) => {
                     let msg = e.to_string();
@@ -1183,6 +1225,12 @@ impl EtcdCluster {
 
     /// Put `key = value` (bypassing any proxy).
     pub fn put(&self, key: &str, value: &str) -> io::Result<()> {
+        if value.len() > 64 * 1024 {
+            // An argument holds at most 128 KiB: etcdctl reads a value it is not given on stdin.
+            return self
+                .etcdctl_retry_with(&["put", "--", key], Some(value.as_bytes()))
+                .map(drop);
+        }
         self.etcdctl_retry(&["put", "--", key, value]).map(drop)
     }
 

@@ -1,8 +1,8 @@
 //! `etcd-harness` — run a real etcd cluster for non-Rust test suites.
 //!
 //! ```text
-//! etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S]
-//! etcd-harness run   [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] -- CMD ARGS...
+//! etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [--quota-backend-bytes B]
+//! etcd-harness run   [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [--quota-backend-bytes B] -- CMD ARGS...
 //! etcd-harness ctl   [SOCKET] COMMAND ARGS...
 //! ```
 //! See `usage()` below for the line protocol.
@@ -24,14 +24,14 @@ const USAGE: &str = "\
 etcd-harness: real etcd clusters with fault injection for tests
 
 USAGE:
-  etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [TLS]
+  etcd-harness serve [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [--quota-backend-bytes B] [TLS]
       Start the cluster and print ONE JSON line:
         {\"ok\":true,\"endpoints\":[..],\"direct_endpoints\":[..],\"control\":SOCKET,
          \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,\"tls\":FILES,
          \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd)
       then read commands from stdin, one per line, answering each with one
       JSON line. EOF on stdin (or `quit`) shuts everything down, exit 0.
-  etcd-harness run [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [TLS] -- CMD ARGS...
+  etcd-harness run [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [--quota-backend-bytes B] [TLS] -- CMD ARGS...
       Start the cluster, run CMD with ETCD_ENDPOINTS (comma-separated client
       endpoints), ETCD_HARNESS_DIRECT_ENDPOINTS, ETCD_HARNESS_CONTROL (socket)
       and ETCD_HARNESS_BIN set, then shut down; exit with CMD's exit code.
@@ -134,6 +134,10 @@ fn parse_opts(args: &[String]) -> Result<(EtcdClusterBuilder, Vec<String>), Stri
             }
             "--proxy" => b = b.proxy(true),
             "--peer-proxies" => b = b.peer_proxies(true),
+            "--quota-backend-bytes" => {
+                let bytes = value("--quota-backend-bytes")?;
+                b = b.arg(format!("--quota-backend-bytes={bytes}"))
+            }
             "--tls" => b = b.tls(true),
             "--client-cert-auth" => b = b.client_cert_auth(true),
             "--tls-expired-server" => b = b.tls_expired_server(true),
