@@ -13,18 +13,19 @@ import "time"
 
 // Statuses of the C library (etcd_registry_status).
 const (
-	statusOK              = C.ETCD_REGISTRY_STATUS_OK
-	statusInvalidArgument = C.ETCD_REGISTRY_STATUS_INVALID_ARGUMENT
-	statusNullPointer     = C.ETCD_REGISTRY_STATUS_NULL_POINTER
-	statusConnection      = C.ETCD_REGISTRY_STATUS_CONNECTION
-	statusTimeout         = C.ETCD_REGISTRY_STATUS_TIMEOUT
-	statusAuth            = C.ETCD_REGISTRY_STATUS_AUTH
-	statusNotFound        = C.ETCD_REGISTRY_STATUS_NOT_FOUND
-	statusClosed          = C.ETCD_REGISTRY_STATUS_CLOSED
-	statusPanic           = C.ETCD_REGISTRY_STATUS_PANIC
-	statusInternal        = C.ETCD_REGISTRY_STATUS_INTERNAL
-	statusInvalidUTF8     = C.ETCD_REGISTRY_STATUS_INVALID_UTF8
-	statusTLS             = C.ETCD_REGISTRY_STATUS_TLS
+	statusOK                = C.ETCD_REGISTRY_STATUS_OK
+	statusInvalidArgument   = C.ETCD_REGISTRY_STATUS_INVALID_ARGUMENT
+	statusNullPointer       = C.ETCD_REGISTRY_STATUS_NULL_POINTER
+	statusConnection        = C.ETCD_REGISTRY_STATUS_CONNECTION
+	statusTimeout           = C.ETCD_REGISTRY_STATUS_TIMEOUT
+	statusAuth              = C.ETCD_REGISTRY_STATUS_AUTH
+	statusNotFound          = C.ETCD_REGISTRY_STATUS_NOT_FOUND
+	statusClosed            = C.ETCD_REGISTRY_STATUS_CLOSED
+	statusPanic             = C.ETCD_REGISTRY_STATUS_PANIC
+	statusInternal          = C.ETCD_REGISTRY_STATUS_INTERNAL
+	statusInvalidUTF8       = C.ETCD_REGISTRY_STATUS_INVALID_UTF8
+	statusTLS               = C.ETCD_REGISTRY_STATUS_TLS
+	statusResourceExhausted = C.ETCD_REGISTRY_STATUS_RESOURCE_EXHAUSTED
 )
 
 // Log levels of the library (ETCD_REGISTRY_LOG_*).

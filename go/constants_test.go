@@ -66,6 +66,7 @@ func TestConstantsAreTheHeaders(t *testing.T) {
 		"ETCD_REGISTRY_STATUS_INTERNAL":            statusInternal,
 		"ETCD_REGISTRY_STATUS_INVALID_UTF8":        statusInvalidUTF8,
 		"ETCD_REGISTRY_STATUS_TLS":                 statusTLS,
+		"ETCD_REGISTRY_STATUS_RESOURCE_EXHAUSTED":  statusResourceExhausted,
 		"ETCD_REGISTRY_LOG_OFF":                    logOff,
 		"ETCD_REGISTRY_LOG_ERROR":                  logError,
 		"ETCD_REGISTRY_LOG_WARN":                   logWarn,
@@ -89,9 +90,9 @@ func TestConstantsAreTheHeaders(t *testing.T) {
 		t.Errorf("ETCD_REGISTRY_DEFAULT_BASE_PATH: the header says %q, Go %q",
 			strs["ETCD_REGISTRY_DEFAULT_BASE_PATH"], DefaultBasePath)
 	}
-	// Every status kind and watch kind of the header has a Go name.
+	// Every status (error code), status kind, watch kind and state of the header has a Go name.
 	for name := range ints {
-		if strings.HasPrefix(name, "ETCD_REGISTRY_STATUS_KIND_") || strings.HasPrefix(name, "ETCD_REGISTRY_WATCH_KIND_") ||
+		if strings.HasPrefix(name, "ETCD_REGISTRY_STATUS_") || strings.HasPrefix(name, "ETCD_REGISTRY_WATCH_KIND_") ||
 			strings.HasPrefix(name, "ETCD_REGISTRY_STATE_") {
 			if _, ok := want[name]; !ok {
 				t.Errorf("%s has no Go name", name)

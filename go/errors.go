@@ -32,6 +32,11 @@ const (
 	// certificate, client certificate refused or missing). Such errors also match
 	// ErrConnection.
 	CodeTLS
+	// CodeResourceExhausted: etcd refused for lack of a resource: its database is full (the
+	// NOSPACE alarm, "database space exceeded", until an operator frees space and disarms it)
+	// or it is overloaded ("too many requests"). A registration refused so keeps retrying and
+	// lands once etcd accepts writes again.
+	CodeResourceExhausted
 )
 
 // String is the text every error of this kind carries: "context deadline exceeded" for
@@ -52,6 +57,8 @@ func (c Code) String() string {
 		return "closed"
 	case CodeTLS:
 		return "tls"
+	case CodeResourceExhausted:
+		return "resource exhausted"
 	default:
 		return "internal"
 	}
@@ -98,14 +105,15 @@ func (e *Error) Is(target error) bool {
 
 // Sentinel errors, one per Code: errors.Is(err, ErrTimeout) holds for every timeout.
 var (
-	ErrInvalidArgument error = &Error{Code: CodeInvalidArgument}
-	ErrConnection      error = &Error{Code: CodeConnection}
-	ErrTimeout         error = &Error{Code: CodeTimeout}
-	ErrAuth            error = &Error{Code: CodeAuth}
-	ErrNotFound        error = &Error{Code: CodeNotFound}
-	ErrClosed          error = &Error{Code: CodeClosed}
-	ErrInternal        error = &Error{Code: CodeInternal}
-	ErrTLS             error = &Error{Code: CodeTLS}
+	ErrInvalidArgument   error = &Error{Code: CodeInvalidArgument}
+	ErrConnection        error = &Error{Code: CodeConnection}
+	ErrTimeout           error = &Error{Code: CodeTimeout}
+	ErrAuth              error = &Error{Code: CodeAuth}
+	ErrNotFound          error = &Error{Code: CodeNotFound}
+	ErrClosed            error = &Error{Code: CodeClosed}
+	ErrInternal          error = &Error{Code: CodeInternal}
+	ErrTLS               error = &Error{Code: CodeTLS}
+	ErrResourceExhausted error = &Error{Code: CodeResourceExhausted}
 )
 
 // How a registration can end without its context ending; sent on its error channel. Both
@@ -119,14 +127,15 @@ var (
 )
 
 var sentinels = map[Code]*Error{
-	CodeInvalidArgument: ErrInvalidArgument.(*Error),
-	CodeConnection:      ErrConnection.(*Error),
-	CodeTimeout:         ErrTimeout.(*Error),
-	CodeAuth:            ErrAuth.(*Error),
-	CodeNotFound:        ErrNotFound.(*Error),
-	CodeClosed:          ErrClosed.(*Error),
-	CodeInternal:        ErrInternal.(*Error),
-	CodeTLS:             ErrTLS.(*Error),
+	CodeInvalidArgument:   ErrInvalidArgument.(*Error),
+	CodeConnection:        ErrConnection.(*Error),
+	CodeTimeout:           ErrTimeout.(*Error),
+	CodeAuth:              ErrAuth.(*Error),
+	CodeNotFound:          ErrNotFound.(*Error),
+	CodeClosed:            ErrClosed.(*Error),
+	CodeInternal:          ErrInternal.(*Error),
+	CodeTLS:               ErrTLS.(*Error),
+	CodeResourceExhausted: ErrResourceExhausted.(*Error),
 }
 
 // The C library statuses (statusOK …) are read from the header in constants.go.
@@ -148,6 +157,8 @@ func codeOfStatus(status uint32) Code {
 		return CodeClosed
 	case statusTLS:
 		return CodeTLS
+	case statusResourceExhausted:
+		return CodeResourceExhausted
 	default: // NULL pointer (a bug here), panic, internal, codes newer than this package
 		return CodeInternal
 	}

@@ -102,17 +102,27 @@ func (h *harness) stop() {
 	}
 }
 
-// do sends one command and returns its value.
+// do sends one command and returns its value; a failed command fails the test.
 func (h *harness) do(t *testing.T, command string) json.RawMessage {
 	t.Helper()
+	value, err := h.try(command)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return value
+}
+
+// try sends one command and returns its value, or the harness's error.
+func (h *harness) try(command string) (json.RawMessage, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	name, _, _ := strings.Cut(command, " ")
 	if _, err := io.WriteString(h.stdin, command+"\n"); err != nil {
-		t.Fatalf("harness %q: %v", command, err)
+		return nil, fmt.Errorf("harness %q: %v", name, err)
 	}
 	line, err := h.stdout.ReadString('\n')
 	if err != nil {
-		t.Fatalf("harness %q: %v", command, err)
+		return nil, fmt.Errorf("harness %q: %v", name, err)
 	}
 	var reply struct {
 		OK    bool            `json:"ok"`
@@ -120,12 +130,12 @@ func (h *harness) do(t *testing.T, command string) json.RawMessage {
 		Value json.RawMessage `json:"value"`
 	}
 	if err := json.Unmarshal([]byte(line), &reply); err != nil {
-		t.Fatalf("harness %q: bad reply %q: %v", command, line, err)
+		return nil, fmt.Errorf("harness %q: bad reply %q: %v", name, line, err)
 	}
 	if !reply.OK {
-		t.Fatalf("harness %q: %s", command, reply.Error)
+		return nil, fmt.Errorf("harness %q: %s", name, reply.Error)
 	}
-	return reply.Value
+	return reply.Value, nil
 }
 
 // getPrefix is etcd's content under prefix, read by the harness (not through the package).

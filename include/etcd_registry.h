@@ -221,6 +221,13 @@ enum etcd_registry_status
      * requires one. Unreadable or malformed PEM is INVALID_ARGUMENT (at connect).
      */
     ETCD_REGISTRY_STATUS_TLS = 11,
+    /**
+     * etcd refused for lack of a resource: its database is full (the NOSPACE alarm, "database
+     * space exceeded", until an operator frees space and disarms it) or it is overloaded ("too
+     * many requests"). A registration refused so keeps retrying and lands once etcd accepts
+     * writes again.
+     */
+    ETCD_REGISTRY_STATUS_RESOURCE_EXHAUSTED = 12,
 };
 #ifndef __cplusplus
 #if __STDC_VERSION__ >= 202311L

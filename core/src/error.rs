@@ -29,6 +29,11 @@ pub enum ErrorKind {
     /// (10 is taken by the C ABI's invalid UTF-8 status.) Problems of the TLS files themselves
     /// are `InvalidArgument`.
     Tls = 11,
+    /// etcd refused for lack of a resource, not because of what was asked: its database is full
+    /// (the NOSPACE alarm, "database space exceeded", until an operator frees space and disarms
+    /// it) or it is overloaded ("too many requests"). Registrations refused so are retried with
+    /// backoff and land once etcd accepts writes again.
+    ResourceExhausted = 12,
 }
 
 impl ErrorKind {
@@ -43,6 +48,7 @@ impl ErrorKind {
             ErrorKind::Closed => "closed",
             ErrorKind::Internal => "internal",
             ErrorKind::Tls => "tls",
+            ErrorKind::ResourceExhausted => "resource exhausted",
         }
     }
 }
@@ -235,9 +241,8 @@ fn kind_of_status(status: &tonic::Status) -> ErrorKind {
             ErrorKind::Auth
         }
         Code::FailedPrecondition if message.contains("authentication") => ErrorKind::Auth,
-        Code::InvalidArgument | Code::OutOfRange | Code::ResourceExhausted => {
-            ErrorKind::InvalidArgument
-        }
+        Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        Code::ResourceExhausted => ErrorKind::ResourceExhausted,
         Code::DeadlineExceeded => ErrorKind::Timeout,
         Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Connection,
         Code::NotFound => ErrorKind::NotFound,

@@ -356,7 +356,7 @@ impl LeaseGroup {
     fn established(
         &self,
         keep_alive: KeepAlive,
-        refused: HashSet<u64>,
+        refused: Refused,
         checked_at: i64,
         put_at: i64,
     ) -> Established {
@@ -373,9 +373,9 @@ impl LeaseGroup {
     }
 
     /// Every member whose put was not refused is registered on `lease`.
-    fn announce(&self, lease: i64, refused: &HashSet<u64>) {
+    fn announce(&self, lease: i64, refused: &Refused) {
         for member in self.members.values() {
-            if !refused.contains(&member.id) {
+            if !refused.contains_key(&member.id) {
                 member.registered(lease);
             }
         }
@@ -453,17 +453,17 @@ impl LeaseGroup {
         lease: i64,
         members: &[Arc<RegShared>],
         attempt: Duration,
-    ) -> Result<(HashSet<u64>, i64)> {
-        let mut refused = HashSet::new();
+    ) -> Result<(Refused, i64)> {
+        let mut refused = Refused::new();
         let mut first = 0;
         for chunk in members.chunks(MAX_TXN_OPS) {
             // One key: a plain put, which etcd serves a little faster than a transaction.
             if let [member] = chunk {
                 match self.put_one(lease, member, attempt).await? {
-                    Some(revision) if first == 0 => first = revision,
-                    Some(_) => {}
-                    None => {
-                        refused.insert(member.id);
+                    Ok(revision) if first == 0 => first = revision,
+                    Ok(_) => {}
+                    Err(e) => {
+                        refused.insert(member.id, e);
                     }
                 }
                 continue;
@@ -500,8 +500,8 @@ impl LeaseGroup {
                 Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
                     for member in chunk {
-                        if self.put_one(lease, member, attempt).await?.is_none() {
-                            refused.insert(member.id);
+                        if let Err(e) = self.put_one(lease, member, attempt).await? {
+                            refused.insert(member.id, e);
                         }
                     }
                 }
@@ -512,13 +512,13 @@ impl LeaseGroup {
     }
 
     /// Puts one key; a per-key refusal is reported to its registration only. Returns the
-    /// revision of the put, `None` when it was refused.
+    /// revision of the put, or etcd's refusal.
     async fn put_one(
         &self,
         lease: i64,
         member: &Arc<RegShared>,
         attempt: Duration,
-    ) -> Result<Option<i64>> {
+    ) -> Result<std::result::Result<i64, Error>> {
         let (value, generation) = member.value();
         let result = self
             .conn
@@ -533,12 +533,12 @@ impl LeaseGroup {
         match result {
             Ok((_, resp)) => {
                 member.landed(generation);
-                Ok(Some(resp.header().map_or(0, |h| h.revision())))
+                Ok(Ok(resp.header().map_or(0, |h| h.revision())))
             }
             Err(e) if is_per_key(&e) => {
                 tracing::warn!(key = %member.key, error = %e, "etcd refused the key");
                 member.attempt_failed(&e);
-                Ok(None)
+                Ok(Err(e))
             }
             Err(e) => Err(e),
         }
@@ -608,7 +608,8 @@ impl LeaseGroup {
         // no permission for the key) are put again with backoff, for as long as they are
         // members and the lease is kept: (when, retry number). An operator who frees space or
         // grants the permission sees them registered without restarting anything.
-        let mut retry: Option<(Instant, u32)> = (!refused.is_empty()).then(|| self.retry_after(1));
+        let mut retry: Option<(Instant, u32)> = None;
+        self.retry_refused(&mut retry, 1, &refused);
         // Members refused when they joined: their keys are not in the watch yet.
         let mut unwatched: HashSet<u64> = HashSet::new();
         loop {
@@ -642,14 +643,12 @@ impl LeaseGroup {
                         match before_loss(lost_at, ttl, self.put_all(lease, &joining, attempt)).await {
                             Ok((refused, revision)) => {
                                 let landed: Vec<&Arc<RegShared>> =
-                                    joining.iter().filter(|r| !refused.contains(&r.id)).collect();
+                                    joining.iter().filter(|r| !refused.contains_key(&r.id)).collect();
                                 for reg in &landed {
                                     reg.registered(lease);
                                 }
-                                if !refused.is_empty() {
-                                    unwatched.extend(&refused);
-                                    retry = retry.or_else(|| Some(self.retry_after(1)));
-                                }
+                                unwatched.extend(refused.keys());
+                                self.retry_refused(&mut retry, 1, &refused);
                                 if let Some(w) = watch.as_mut() {
                                     if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).await.is_err() {
                                         watch = None;
@@ -684,8 +683,8 @@ impl LeaseGroup {
                             continue;
                         };
                         match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
-                            Ok(Some(_)) => reg.registered(lease),
-                            Ok(None) => retry = retry.or_else(|| Some(self.retry_after(1))),
+                            Ok(Ok(_)) => reg.registered(lease),
+                            Ok(Err(e)) => self.retry_refused(&mut retry, 1, &Refused::from([(id, e)])),
                             // The next attempt puts it, as the member is still stale.
                             Err(e) => return Exit::Lost(e),
                         }
@@ -701,7 +700,7 @@ impl LeaseGroup {
                     match before_loss(lost_at, ttl, self.put_all(lease, &pending, attempt)).await {
                         Ok((refused, revision)) => {
                             let landed: Vec<&Arc<RegShared>> =
-                                pending.iter().filter(|r| !refused.contains(&r.id)).collect();
+                                pending.iter().filter(|r| !refused.contains_key(&r.id)).collect();
                             for reg in &landed {
                                 reg.registered(lease);
                             }
@@ -715,7 +714,8 @@ impl LeaseGroup {
                                     watch = None;
                                 }
                             }
-                            retry = (!refused.is_empty()).then(|| self.retry_after(tries.saturating_add(1)));
+                            retry = None;
+                            self.retry_refused(&mut retry, tries.saturating_add(1), &refused);
                         }
                         Err(e) => return Exit::Lost(e),
                     }
@@ -740,9 +740,12 @@ impl LeaseGroup {
                                     }
                                 }
                                 let check = tokio::time::timeout(period, self.repair(lease, attempt));
-                                match before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
+                                match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
                                     Err(e) => return Exit::Lost(e),
-                                    Ok(()) => None,
+                                    Ok(refused) => {
+                                        self.retry_refused(&mut retry, 1, &refused);
+                                        None
+                                    }
                                 }
                             } else {
                                 None
@@ -777,12 +780,10 @@ impl LeaseGroup {
                             }
                             if deleted {
                                 let check = tokio::time::timeout(period, self.repair(lease, attempt));
-                                if let Err(e) = before_loss(lost_at, ttl, async { check.await.unwrap_or(Ok(())) }).await {
-                                    return Exit::Lost(e);
-                                }
-                                // A key put back may have been refused (e.g. no space left).
-                                if retry.is_none() && self.members.values().any(|m| m.stale()) {
-                                    retry = Some(self.retry_after(1));
+                                match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
+                                    Err(e) => return Exit::Lost(e),
+                                    // A key put back may have been refused (e.g. no space left).
+                                    Ok(refused) => self.retry_refused(&mut retry, 1, &refused),
                                 }
                             }
                         }
@@ -844,6 +845,25 @@ impl LeaseGroup {
     fn retry_after(&self, tries: u32) -> (Instant, u32) {
         let delay = backoff::delay(tries, self.backoff_min, self.backoff_max);
         (Instant::now() + delay, tries)
+    }
+
+    /// Schedules the put of the `refused` members again (retry number `tries`), unless it is
+    /// scheduled already, and tells each of them when and why, as after any failed attempt.
+    fn retry_refused(&self, retry: &mut Option<(Instant, u32)>, tries: u32, refused: &Refused) {
+        if refused.is_empty() {
+            return;
+        }
+        let (at, _) = *retry.get_or_insert_with(|| self.retry_after(tries));
+        let delay = at.saturating_duration_since(Instant::now());
+        for (id, error) in refused {
+            if let Some(member) = self.members.get(id) {
+                member.emit(StatusEvent::Retrying {
+                    attempt: 0,
+                    delay,
+                    error: error.clone(),
+                });
+            }
+        }
     }
 
     /// Whether `key` is the key of a member.
@@ -940,7 +960,7 @@ impl LeaseGroup {
     /// Puts back keys that are missing from the lease (deleted by someone else); notices a lease
     /// revoked by someone else. A failed check is not a loss by itself: the keep-alive deadline
     /// decides that.
-    async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<()> {
+    async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<Refused> {
         match self
             .attached_keys(lease, attempt)
             .await
@@ -971,16 +991,20 @@ impl LeaseGroup {
                         "keys missing from their lease (deleted by someone else?); putting them back"
                     );
                 }
+                let mut refused = Refused::new();
                 for member in &to_put {
-                    if self.put_one(lease, member, attempt).await?.is_some() {
-                        member.registered(lease);
+                    match self.put_one(lease, member, attempt).await? {
+                        Ok(_) => member.registered(lease),
+                        Err(e) => {
+                            refused.insert(member.id, e);
+                        }
                     }
                 }
-                Ok(())
+                Ok(refused)
             }
             Err(e) => {
                 tracing::debug!(error = %e, "lease check failed");
-                Ok(())
+                Ok(Refused::new())
             }
         }
     }
@@ -1088,8 +1112,11 @@ struct Established {
     /// The revision at which every member's key was known to be on the lease (0: unknown).
     revision: i64,
     /// The members whose put etcd refused: not registered.
-    refused: HashSet<u64>,
+    refused: Refused,
 }
+
+/// Members whose put etcd refused, by id, with the refusal.
+type Refused = HashMap<u64, Error>;
 
 /// What one response of a [`KeyWatch`] said.
 struct Seen {
@@ -1320,8 +1347,12 @@ fn unanswered(ttl: Duration) -> Error {
     )
 }
 
-/// A refusal that concerns one key and not the connection.
+/// A refusal of the write itself, not a failure of the connection: the keys are then tried one
+/// by one, and each refused one is put again later. (A full or overloaded etcd refuses every
+/// key alike; every key is retried then.)
 fn is_per_key(e: &Error) -> bool {
-    matches!(e.kind(), ErrorKind::InvalidArgument)
-        || (e.kind() == ErrorKind::Auth && e.message().contains("permission denied"))
+    matches!(
+        e.kind(),
+        ErrorKind::InvalidArgument | ErrorKind::ResourceExhausted
+    ) || (e.kind() == ErrorKind::Auth && e.message().contains("permission denied"))
 }

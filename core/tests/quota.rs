@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use etcd_harness::EtcdCluster;
-use etcd_registry::{RegistrationState, Registry, StatusEvent};
+use etcd_registry::{ErrorKind, RegistrationState, Registry, StatusEvent};
 use tokio::time::Instant;
 
 const SERVICE: &str = "svc";
@@ -77,6 +77,25 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
             error.message().contains("database space exceeded"),
             "{name}: the error says why: {error}"
         );
+        assert_eq!(
+            error.kind(),
+            ErrorKind::ResourceExhausted,
+            "{name}: {error}"
+        );
+        // As after any failed attempt: when the next one comes, and why.
+        let (retrying, _) = wait_event(events, &format!("{name} retrying"), |e| {
+            matches!(e, StatusEvent::Retrying { .. })
+        })
+        .await;
+        let StatusEvent::Retrying { attempt, error, .. } = retrying else {
+            unreachable!()
+        };
+        assert_eq!(attempt, 1, "{name}");
+        assert_eq!(
+            error.kind(),
+            ErrorKind::ResourceExhausted,
+            "{name}: {error}"
+        );
     }
     let (lost, _) = wait_event(&mut a_events, "a's update refused", |e| {
         matches!(e, StatusEvent::KeepAliveLost { .. })
@@ -89,6 +108,11 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
         error.message().contains("database space exceeded"),
         "a: the error says why: {error}"
     );
+    assert_eq!(error.kind(), ErrorKind::ResourceExhausted, "a: {error}");
+    wait_event(&mut a_events, "a retrying", |e| {
+        matches!(e, StatusEvent::Retrying { error, .. } if error.kind() == ErrorKind::ResourceExhausted)
+    })
+    .await;
     // While etcd stays full the refused writes stay refused, and nothing registered is lost.
     let full_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < full_until {

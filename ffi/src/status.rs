@@ -44,6 +44,11 @@ pub enum etcd_registry_status {
     /// not valid for the host name, or expired; or etcd refused the client certificate or
     /// requires one. Unreadable or malformed PEM is INVALID_ARGUMENT (at connect).
     Tls = 11,
+    /// etcd refused for lack of a resource: its database is full (the NOSPACE alarm, "database
+    /// space exceeded", until an operator frees space and disarms it) or it is overloaded ("too
+    /// many requests"). A registration refused so keeps retrying and lands once etcd accepts
+    /// writes again.
+    ResourceExhausted = 12,
 }
 
 impl etcd_registry_status {
@@ -56,6 +61,7 @@ impl etcd_registry_status {
             ErrorKind::NotFound => etcd_registry_status::NotFound,
             ErrorKind::Closed => etcd_registry_status::Closed,
             ErrorKind::Tls => etcd_registry_status::Tls,
+            ErrorKind::ResourceExhausted => etcd_registry_status::ResourceExhausted,
             _ => etcd_registry_status::Internal,
         }
     }
@@ -75,6 +81,7 @@ impl etcd_registry_status {
             etcd_registry_status::Internal => c"internal",
             etcd_registry_status::InvalidUtf8 => c"invalid utf-8",
             etcd_registry_status::Tls => c"tls",
+            etcd_registry_status::ResourceExhausted => c"resource exhausted",
         }
     }
 
@@ -93,6 +100,7 @@ impl etcd_registry_status {
             S::Internal,
             S::InvalidUtf8,
             S::Tls,
+            S::ResourceExhausted,
         ]
         .into_iter()
         .find(|s| *s as u32 == value)
@@ -297,6 +305,7 @@ mod tests {
             (ErrorKind::Closed, 7),
             (ErrorKind::Internal, 9),
             (ErrorKind::Tls, 11),
+            (ErrorKind::ResourceExhausted, 12),
         ] {
             assert_eq!(etcd_registry_status::from_kind(kind) as u32, status);
         }

@@ -27,6 +27,7 @@ from ._errors import (
     RegistryError,
     RegistryTimeoutError,
     TlsError,
+    ResourceExhaustedError,
 )
 from ._native import (
     DEFAULT_BACKOFF_MAX,
@@ -61,6 +62,7 @@ __all__ = [
     "ClosedError",
     "InternalError",
     "TlsError",
+    "ResourceExhaustedError",
     "__version__",
     "DEFAULT_BASE_PATH",
     "DEFAULT_TIMEOUT",

@@ -20,6 +20,7 @@ __all__ = [
     "ClosedError",
     "InternalError",
     "TlsError",
+    "ResourceExhaustedError",
 ]
 
 
@@ -80,3 +81,12 @@ class TlsError(RegistryConnectionError):
     malformed PEM is :class:`InvalidArgument`, raised by ``Registry(...)``.)"""
 
     kind = "tls"
+
+
+class ResourceExhaustedError(RegistryError):
+    """etcd refused for lack of a resource: its database is full (the NOSPACE alarm,
+    "database space exceeded", until an operator frees space and disarms it) or it is
+    overloaded ("too many requests"). A registration refused so keeps retrying and lands once
+    etcd accepts writes again."""
+
+    kind = "resource exhausted"

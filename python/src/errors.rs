@@ -22,6 +22,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
         ErrorKind::Closed => "ClosedError",
         ErrorKind::Internal => "InternalError",
         ErrorKind::Tls => "TlsError",
+        ErrorKind::ResourceExhausted => "ResourceExhaustedError",
         // A kind added to the core later: still a RegistryError.
         _ => "RegistryError",
     }

@@ -4,10 +4,11 @@ the TTL. Each test has an etcd of its own to break."""
 from __future__ import annotations
 
 import json
+from typing import Callable
 
 import pytest
 
-from etcd_registry import RegistryError
+from etcd_registry import RegistryError, ResourceExhaustedError
 
 from conftest import DEADLINE, Etcd, Recorder, eventually, quick_registry
 
@@ -102,3 +103,40 @@ def test_unregister_and_close_succeed_while_etcd_is_stopped(fresh_etcd: Etcd) ->
         assert second.state == "unregistered"
     fresh_etcd.cmd("start", 0)
     eventually("the keys to expire with their lease", lambda: not fresh_etcd.get_prefix("/s/api/"))
+
+
+def test_etcd_out_of_space_refuses_with_resource_exhausted_until_fixed(
+    etcd_factory: Callable[..., Etcd],
+) -> None:
+    server = etcd_factory("--quota-backend-bytes", str(16 * 1024 * 1024))
+    with quick_registry(server, backoff_min=0.2, backoff_max=0.5) as reg:
+        first = reg.register("api", "a", ttl=10.0)
+        assert first.wait(DEADLINE)
+        big = "x" * 1_000_000
+        filled = 0
+        with pytest.raises(RuntimeError, match="database space exceeded"):
+            while filled < 100:  # etcd refuses long before 100 MB with a 16 MiB quota
+                server.cmd("put", f"/fill/{filled}", big)
+                filled += 1
+        assert filled < 100
+
+        recorder = Recorder()
+        refused = reg.register("api", "b", ttl=10.0, on_status=recorder)
+        failed = recorder.items[recorder.wait_kind("failed")]
+        assert isinstance(failed.error, ResourceExhaustedError), repr(failed.error)
+        assert isinstance(failed.error, RegistryError)
+        assert failed.error.kind == "resource exhausted"
+        assert "database space exceeded" in str(failed.error)
+        recorder.wait_kind("retrying")
+        assert [n.name for n in reg.list("api")] == ["a"], "what was registered stays"
+        with pytest.raises(ResourceExhaustedError):
+            refused.wait(0)  # the refusal, at once, while attempts go on
+
+        # The operator's fix: free the space, compact, defragment, disarm the alarm.
+        server.cmd("delete-prefix", "/fill/")
+        server.cmd("compact")
+        server.cmd("etcdctl", "defrag")
+        server.cmd("etcdctl", "alarm", "disarm")
+        eventually("the refused node lands once etcd accepts writes", lambda: refused.state == "registered")
+        recorder.wait_kind("registered")
+        eventually("both nodes listed", lambda: [n.name for n in reg.list("api")] == ["a", "b"])

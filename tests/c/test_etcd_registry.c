@@ -293,6 +293,9 @@ static void test_version_and_status_names(void) {
           ETCD_REGISTRY_STATUS_PANIC == 8 && ETCD_REGISTRY_STATUS_INTERNAL == 9 &&
           ETCD_REGISTRY_STATUS_INVALID_UTF8 == 10 && ETCD_REGISTRY_STATUS_TLS == 11);
     CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_TLS), "tls") == 0);
+    CHECK(ETCD_REGISTRY_STATUS_RESOURCE_EXHAUSTED == 12);
+    CHECK(strcmp(etcd_registry_status_name(ETCD_REGISTRY_STATUS_RESOURCE_EXHAUSTED),
+                 "resource exhausted") == 0);
 }
 
 static void test_config_setters_and_errors(void) {
