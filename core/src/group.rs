@@ -445,9 +445,11 @@ impl LeaseGroup {
 
     /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`]. A member whose own
     /// put is refused (too large for this server, no permission for its key) is told so and
-    /// retried at the next check; a transport failure fails the whole attempt.
-    /// Returns the ids of the members whose put was refused, and the revision of the first
-    /// transaction (0 for none).
+    /// retried at the next check; a transport failure fails the whole attempt. An etcd out of
+    /// space or overloaded refuses every key alike: the members not put yet are refused with
+    /// it at once, without a request each.
+    /// Returns the members whose put was refused, and the revision of the first transaction
+    /// (0 for none).
     async fn put_all(
         &self,
         lease: i64,
@@ -456,8 +458,9 @@ impl LeaseGroup {
     ) -> Result<(Refused, i64)> {
         let mut refused = Refused::new();
         let mut first = 0;
-        for chunk in members.chunks(MAX_TXN_OPS) {
-            // One key: a plain put, which etcd serves a little faster than a transaction.
+        for (i, chunk) in members.chunks(MAX_TXN_OPS).enumerate() {
+            // One key: a plain put, which etcd serves a little faster than a transaction. (Only
+            // the last chunk can hold one key: no key is left after it.)
             if let [member] = chunk {
                 match self.put_one(lease, member, attempt).await? {
                     Ok(revision) if first == 0 => first = revision,
@@ -496,6 +499,11 @@ impl LeaseGroup {
                     for (member, generation) in chunk.iter().zip(generations) {
                         member.landed(generation);
                     }
+                }
+                Err(e) if e.kind() == ErrorKind::ResourceExhausted => {
+                    tracing::warn!(count = members.len() - i * MAX_TXN_OPS, error = %e, "etcd refused the keys");
+                    refuse_all(&mut refused, &members[i * MAX_TXN_OPS..], &e);
+                    break;
                 }
                 Err(e) if is_per_key(&e) => {
                     // Find the culprit(s): put them one by one.
@@ -1345,6 +1353,15 @@ fn unanswered(ttl: Duration) -> Error {
         ErrorKind::Timeout,
         format!("no keep-alive answer for {ttl:?}"),
     )
+}
+
+/// Refuses `members` with `error` (etcd refused an earlier put of theirs for a reason that
+/// holds for every key), telling each of them.
+fn refuse_all(refused: &mut Refused, members: &[Arc<RegShared>], error: &Error) {
+    for member in members {
+        member.attempt_failed(error);
+        refused.insert(member.id, error.clone());
+    }
 }
 
 /// A refusal of the write itself, not a failure of the connection: the keys are then tried one

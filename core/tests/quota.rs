@@ -17,24 +17,19 @@ use tokio::time::Instant;
 const SERVICE: &str = "svc";
 const TTL: Duration = Duration::from_secs(4);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
-    init_logs();
-    let etcd = blocking(|| {
+/// An etcd with a 16 MiB quota.
+async fn small_etcd() -> EtcdCluster {
+    blocking(|| {
         EtcdCluster::builder()
             .arg("--quota-backend-bytes=16777216")
             .start()
             .expect("start etcd with a 16 MiB quota")
     })
-    .await;
-    let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
-    let a = registry
-        .register(SERVICE, node("a", &[("v", "1")]), TTL)
-        .unwrap();
-    a.wait_registered(DEADLINE).await.unwrap();
-    let mut a_events = a.subscribe();
+    .await
+}
 
-    // Fill etcd until it refuses writes.
+/// Fills etcd until it refuses writes; returns the client that filled it.
+async fn fill(etcd: &EtcdCluster) -> etcd_client::Client {
     let mut client = etcd_client::Client::connect(etcd.direct_endpoints(), None)
         .await
         .unwrap();
@@ -54,6 +49,39 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
         refusal.contains("database space exceeded"),
         "etcd refused the fill with {refusal}"
     );
+    client
+}
+
+/// The operator's fix: free the space, compact, defragment, disarm the alarm.
+async fn fix(etcd: EtcdCluster, client: &mut etcd_client::Client) -> EtcdCluster {
+    client
+        .delete(
+            "/fill/",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    blocking(move || {
+        etcd.compact_to_latest().expect("compact");
+        etcd.etcdctl(&["defrag"]).expect("defrag");
+        etcd.etcdctl(&["alarm", "disarm"]).expect("disarm");
+        etcd
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
+    init_logs();
+    let etcd = small_etcd().await;
+    let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let a = registry
+        .register(SERVICE, node("a", &[("v", "1")]), TTL)
+        .unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    let mut a_events = a.subscribe();
+
+    let mut client = fill(&etcd).await;
 
     // A node joining the live lease, a node of a new TTL (a lease grant), an update.
     let b = registry
@@ -129,22 +157,8 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // The operator's fix.
     let fixed = Instant::now();
-    client
-        .delete(
-            "/fill/",
-            Some(etcd_client::DeleteOptions::new().with_prefix()),
-        )
-        .await
-        .unwrap();
-    let etcd = blocking(move || {
-        etcd.compact_to_latest().expect("compact");
-        etcd.etcdctl(&["defrag"]).expect("defrag");
-        etcd.etcdctl(&["alarm", "disarm"]).expect("disarm");
-        etcd
-    })
-    .await;
+    let etcd = fix(etcd, &mut client).await;
 
     let registry = &registry;
     eventually(
@@ -180,6 +194,62 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
         "etcd out of space (NOSPACE alarm): a node joining, a new TTL and an update refused",
         &format!("retried with backoff; all landed {back} after the operator's fix, nothing lost"),
     );
+    registry.close().await.unwrap();
+    drop(etcd);
+}
+
+/// etcd's writes (puts and transactions) received so far.
+fn writes(etcd: &EtcdCluster) -> u64 {
+    let received = tokio::task::block_in_place(|| etcd.grpc_received(0)).expect("etcd metrics");
+    ["Put", "Txn"].iter().filter_map(|m| received.get(*m)).sum()
+}
+
+/// A full etcd refuses every key alike: nodes joining a live lease while it is full are refused
+/// with the transaction that carried them, and tried again together, not with a request each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_etcd_gets_one_write_per_attempt_not_one_per_node() {
+    const NODES: usize = 50;
+    init_logs();
+    let etcd = small_etcd().await;
+    let registry = Registry::connect(config(&etcd, "/herd")).await.unwrap();
+    let a = registry.register(SERVICE, node("a", &[]), TTL).unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    let mut client = fill(&etcd).await;
+
+    let before = writes(&etcd);
+    let joining: Vec<_> = (0..NODES)
+        .map(|i| {
+            registry
+                .register(SERVICE, node(&format!("n{i}"), &[]), TTL)
+                .unwrap()
+        })
+        .collect();
+    for reg in &joining {
+        let mut events = reg.subscribe();
+        let (retrying, _) = wait_event(&mut events, "the node retrying", |e| {
+            matches!(e, StatusEvent::Retrying { .. })
+        })
+        .await;
+        let StatusEvent::Retrying { error, .. } = retrying else {
+            unreachable!()
+        };
+        assert_eq!(error.kind(), ErrorKind::ResourceExhausted, "{error}");
+    }
+    let sent = writes(&etcd) - before;
+    // One write per batch of joining nodes and per retry; a write per node would be over 50.
+    assert!(
+        sent < NODES as u64 / 2,
+        "{sent} writes sent to a full etcd for {NODES} nodes"
+    );
+
+    let etcd = fix(etcd, &mut client).await;
+    for reg in &joining {
+        eventually("every node registered once etcd is fixed", || async {
+            reg.state() == RegistrationState::Registered
+        })
+        .await;
+    }
+    assert_eq!(registry.list(SERVICE).await.unwrap().len(), NODES + 1);
     registry.close().await.unwrap();
     drop(etcd);
 }
