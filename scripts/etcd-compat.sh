@@ -24,6 +24,7 @@ TESTS=(
   a_lease_revoked_by_someone_else_is_replaced
   resyncs_after_compaction_while_disconnected
   auth_works_and_a_wrong_password_is_a_clear_auth_error
+  registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
 )
 SCENARIOS=(
   "register, list, unregister (wire format)"
@@ -35,6 +36,7 @@ SCENARIOS=(
   "lease revoked by someone else: replaced"
   "compaction while disconnected: resync"
   "auth: token expiry, wrong password"
+  "out of space (NOSPACE): refused, lands after fix"
 )
 
 case "${1:-}" in
@@ -49,7 +51,7 @@ case "${1:-}" in
   # The harness itself on this version: kill, pause, proxy, 3 members, auth, compaction.
   cargo test -p etcd-harness --test harness --test versions || status=1
   cargo test -p etcd-registry \
-    --test registration --test recovery --test watch -- --exact "${TESTS[@]}" || status=1
+    --test registration --test recovery --test watch --test quota -- --exact "${TESTS[@]}" || status=1
   exit $status
   ;;
 table)
