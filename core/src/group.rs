@@ -617,7 +617,10 @@ impl LeaseGroup {
         // members and the lease is kept: (when, retry number). An operator who frees space or
         // grants the permission sees them registered without restarting anything.
         let mut retry: Option<(Instant, u32)> = None;
-        self.retry_refused(&mut retry, 1, &refused);
+        // Those members (a key deleted by someone else and refused when put back is not stale:
+        // its info had landed).
+        let mut to_retry: HashSet<u64> = HashSet::new();
+        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
         // Members refused when they joined: their keys are not in the watch yet.
         let mut unwatched: HashSet<u64> = HashSet::new();
         loop {
@@ -656,7 +659,7 @@ impl LeaseGroup {
                                     reg.registered(lease);
                                 }
                                 unwatched.extend(refused.keys());
-                                self.retry_refused(&mut retry, 1, &refused);
+                                self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
                                 if let Some(w) = watch.as_mut() {
                                     if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).await.is_err() {
                                         watch = None;
@@ -692,7 +695,7 @@ impl LeaseGroup {
                         };
                         match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(Ok(_)) => reg.registered(lease),
-                            Ok(Err(e)) => self.retry_refused(&mut retry, 1, &Refused::from([(id, e)])),
+                            Ok(Err(e)) => self.retry_refused(&mut retry, &mut to_retry, 1, &Refused::from([(id, e)])),
                             // The next attempt puts it, as the member is still stale.
                             Err(e) => return Exit::Lost(e),
                         }
@@ -702,8 +705,13 @@ impl LeaseGroup {
                 _ = tokio::time::sleep_until(retry.map_or(lost_at, |(at, _)| at)), if retry.is_some() => {
                     let tries = retry.map_or(1, |(_, n)| n);
                     // Every member etcd may hold an older info of, or none (never put).
-                    let pending: Vec<Arc<RegShared>> =
-                        self.members.values().filter(|m| m.stale()).cloned().collect();
+                    let pending: Vec<Arc<RegShared>> = self
+                        .members
+                        .values()
+                        .filter(|m| m.stale() || to_retry.contains(&m.id))
+                        .cloned()
+                        .collect();
+                    to_retry.clear();
                     tracing::debug!(count = pending.len(), tries, "putting the refused keys again");
                     match before_loss(lost_at, ttl, self.put_all(lease, &pending, attempt)).await {
                         Ok((refused, revision)) => {
@@ -723,7 +731,7 @@ impl LeaseGroup {
                                 }
                             }
                             retry = None;
-                            self.retry_refused(&mut retry, tries.saturating_add(1), &refused);
+                            self.retry_refused(&mut retry, &mut to_retry, tries.saturating_add(1), &refused);
                         }
                         Err(e) => return Exit::Lost(e),
                     }
@@ -751,7 +759,7 @@ impl LeaseGroup {
                                 match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
                                     Err(e) => return Exit::Lost(e),
                                     Ok(refused) => {
-                                        self.retry_refused(&mut retry, 1, &refused);
+                                        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
                                         None
                                     }
                                 }
@@ -791,7 +799,7 @@ impl LeaseGroup {
                                 match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
                                     Err(e) => return Exit::Lost(e),
                                     // A key put back may have been refused (e.g. no space left).
-                                    Ok(refused) => self.retry_refused(&mut retry, 1, &refused),
+                                    Ok(refused) => self.retry_refused(&mut retry, &mut to_retry, 1, &refused),
                                 }
                             }
                         }
@@ -856,11 +864,19 @@ impl LeaseGroup {
     }
 
     /// Schedules the put of the `refused` members again (retry number `tries`), unless it is
-    /// scheduled already, and tells each of them when and why, as after any failed attempt.
-    fn retry_refused(&self, retry: &mut Option<(Instant, u32)>, tries: u32, refused: &Refused) {
+    /// scheduled already, notes them in `to_retry`, and tells each of them when and why, as
+    /// after any failed attempt.
+    fn retry_refused(
+        &self,
+        retry: &mut Option<(Instant, u32)>,
+        to_retry: &mut HashSet<u64>,
+        tries: u32,
+        refused: &Refused,
+    ) {
         if refused.is_empty() {
             return;
         }
+        to_retry.extend(refused.keys());
         let (at, _) = *retry.get_or_insert_with(|| self.retry_after(tries));
         let delay = at.saturating_duration_since(Instant::now());
         for (id, error) in refused {
@@ -1000,9 +1016,15 @@ impl LeaseGroup {
                     );
                 }
                 let mut refused = Refused::new();
-                for member in &to_put {
+                for (i, member) in to_put.iter().enumerate() {
                     match self.put_one(lease, member, attempt).await? {
                         Ok(_) => member.registered(lease),
+                        // Full or overloaded: the others would be refused alike.
+                        Err(e) if e.kind() == ErrorKind::ResourceExhausted => {
+                            refused.insert(member.id, e.clone());
+                            refuse_all(&mut refused, &to_put[i + 1..], &e);
+                            break;
+                        }
                         Err(e) => {
                             refused.insert(member.id, e);
                         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use etcd_harness::EtcdCluster;
-use etcd_registry::{ErrorKind, RegistrationState, Registry, StatusEvent};
+use etcd_registry::{ErrorKind, Registration, RegistrationState, Registry, StatusEvent};
 use tokio::time::Instant;
 
 const SERVICE: &str = "svc";
@@ -210,16 +210,42 @@ fn writes(etcd: &EtcdCluster) -> u64 {
     ["Put", "Txn"].iter().filter_map(|m| received.get(*m)).sum()
 }
 
+/// Waits for a `Retrying` event of each registration, and checks its error.
+async fn each_retrying(regs: &[Registration], what: &str) {
+    for reg in regs {
+        let mut events = reg.subscribe();
+        let (retrying, _) = wait_event(&mut events, what, |e| {
+            matches!(e, StatusEvent::Retrying { .. })
+        })
+        .await;
+        let StatusEvent::Retrying { error, .. } = retrying else {
+            unreachable!()
+        };
+        assert_eq!(error.kind(), ErrorKind::ResourceExhausted, "{error}");
+    }
+}
+
 /// A full etcd refuses every key alike: nodes joining a live lease while it is full are refused
-/// with the transaction that carried them, and tried again together, not with a request each.
+/// with the transaction that carried them, and keys deleted by someone else meanwhile are
+/// refused with the first put back; all are tried again together, not with a request each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_etcd_gets_one_write_per_attempt_not_one_per_node() {
     const NODES: usize = 50;
+    const DELETED: usize = 20;
     init_logs();
     let etcd = small_etcd().await;
     let registry = Registry::connect(config(&etcd, "/herd")).await.unwrap();
     let a = registry.register(SERVICE, node("a", &[]), TTL).unwrap();
-    a.wait_registered(DEADLINE).await.unwrap();
+    let landed: Vec<Registration> = (0..DELETED)
+        .map(|i| {
+            registry
+                .register(SERVICE, node(&format!("m{i}"), &[]), TTL)
+                .unwrap()
+        })
+        .collect();
+    for reg in landed.iter().chain([&a]) {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
     let mut client = fill(&etcd).await;
 
     let before = writes(&etcd);
@@ -230,32 +256,41 @@ async fn a_full_etcd_gets_one_write_per_attempt_not_one_per_node() {
                 .unwrap()
         })
         .collect();
-    for reg in &joining {
-        let mut events = reg.subscribe();
-        let (retrying, _) = wait_event(&mut events, "the node retrying", |e| {
-            matches!(e, StatusEvent::Retrying { .. })
-        })
-        .await;
-        let StatusEvent::Retrying { error, .. } = retrying else {
-            unreachable!()
-        };
-        assert_eq!(error.kind(), ErrorKind::ResourceExhausted, "{error}");
-    }
+    each_retrying(&joining, "a joining node retrying").await;
     let sent = writes(&etcd) - before;
     // One write per batch of joining nodes and per retry; a write per node would be over 50.
     assert!(
         sent < NODES as u64 / 2,
-        "{sent} writes sent to a full etcd for {NODES} nodes"
+        "{sent} writes sent to a full etcd for {NODES} joining nodes"
+    );
+
+    // Deleting is allowed while etcd is full: someone deletes keys of the live lease.
+    let before = writes(&etcd);
+    client
+        .delete(
+            "/herd/svc/m",
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+    each_retrying(&landed, "a deleted node retrying").await;
+    let sent = writes(&etcd) - before;
+    assert!(
+        sent < DELETED as u64 / 2,
+        "{sent} writes sent to a full etcd for {DELETED} deleted keys"
     );
 
     let etcd = fix(etcd, &mut client).await;
-    for reg in &joining {
+    for reg in joining.iter().chain(&landed) {
         eventually("every node registered once etcd is fixed", || async {
             reg.state() == RegistrationState::Registered
         })
         .await;
     }
-    assert_eq!(registry.list(SERVICE).await.unwrap().len(), NODES + 1);
+    assert_eq!(
+        registry.list(SERVICE).await.unwrap().len(),
+        NODES + DELETED + 1
+    );
     registry.close().await.unwrap();
     drop(etcd);
 }
