@@ -25,6 +25,8 @@ TESTS=(
   resyncs_after_compaction_while_disconnected
   auth_works_and_a_wrong_password_is_a_clear_auth_error
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
+  mutual_tls_from_files_and_from_pem_in_memory
+  handshake_failures_are_clear_tls_errors_without_waiting_for_the_timeout
 )
 SCENARIOS=(
   "register, list, unregister (wire format)"
@@ -37,6 +39,8 @@ SCENARIOS=(
   "compaction while disconnected: resync"
   "auth: token expiry, wrong password"
   "out of space (NOSPACE): refused, lands after fix"
+  "mTLS: register, list, watch"
+  "TLS handshake failures: clear TLS errors"
 )
 
 case "${1:-}" in
@@ -51,7 +55,7 @@ case "${1:-}" in
   # The harness itself on this version: kill, pause, proxy, 3 members, auth, compaction.
   cargo test -p etcd-harness --test harness --test versions || status=1
   cargo test -p etcd-registry \
-    --test registration --test recovery --test watch --test quota -- --exact "${TESTS[@]}" || status=1
+    --test registration --test recovery --test watch --test quota --test tls -- --exact "${TESTS[@]}" || status=1
   exit $status
   ;;
 table)

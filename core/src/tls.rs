@@ -181,6 +181,12 @@ pub(crate) fn failure_of(err: &(dyn StdError + 'static)) -> Option<String> {
             if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
                 return Some(describe(tls));
             }
+            // An alert that comes after the client's side of the handshake (TLS 1.3: the
+            // server checks the client's certificate then) reaches us through h2, which keeps
+            // only the io::Error's text: "received fatal alert: BadCertificate".
+            if let Some(alert) = received_alert(&io.to_string()) {
+                return Some(describe(&rustls::Error::AlertReceived(alert)));
+            }
             // tokio-rustls' words for a peer that hung up mid-handshake, as a plain-HTTP etcd
             // does on receiving a TLS hello.
             if io.kind() == std::io::ErrorKind::UnexpectedEof
@@ -196,6 +202,14 @@ pub(crate) fn failure_of(err: &(dyn StdError + 'static)) -> Option<String> {
         current = e.source();
     }
     None
+}
+
+/// The alert named in rustls' text for a received alert ("received fatal alert: NAME").
+fn received_alert(text: &str) -> Option<AlertDescription> {
+    let name = text.strip_prefix("received fatal alert: ")?;
+    (0..=u8::MAX)
+        .map(AlertDescription::from)
+        .find(|alert| format!("{alert:?}") == name)
 }
 
 const CLIENT_CERT_REJECTED: &str = "etcd rejected the client certificate";
@@ -262,5 +276,31 @@ fn describe(err: &rustls::Error) -> String {
             format!("TLS handshake failed ({err}): is this endpoint serving TLS?")
         }
         other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_alert_known_only_by_its_text_is_described_like_the_typed_one() {
+        for alert in [
+            AlertDescription::BadCertificate,
+            AlertDescription::CertificateRequired,
+            AlertDescription::UnknownCA,
+        ] {
+            // rustls' own words, as h2 passes them on after dropping the error's type.
+            let typed = rustls::Error::AlertReceived(alert);
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, typed.to_string());
+            assert_eq!(failure_of(&io), Some(describe(&typed)), "{alert:?}");
+        }
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "received fatal alert: Nonsense",
+        );
+        assert_eq!(failure_of(&io), None);
+        let io = std::io::Error::other("connection reset");
+        assert_eq!(failure_of(&io), None);
     }
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{blocking, eventually, node, wait_event, DEADLINE};
+use common::{blocking, eventually, node, record_version, wait_event, DEADLINE};
 use etcd_harness::tls::{TlsFiles, CLIENT_CN, SERVER_NAME};
 use etcd_harness::EtcdCluster;
 use etcd_registry::{
@@ -158,6 +158,7 @@ async fn mutual_tls_from_files_and_from_pem_in_memory() {
     let registry = Registry::connect(config(&etcd, pem)).await.unwrap();
     register_list_watch(&etcd, &registry, "memory").await;
     registry.close().await.unwrap();
+    record_version("mTLS: register, list, watch");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,6 +235,7 @@ async fn handshake_failures_are_clear_tls_errors_without_waiting_for_the_timeout
         .with_tls(TlsConfig::new().with_client_cert_files(&f.client_cert, &f.client_key));
     let err = list_error(https).await;
     assert_tls_error(&err, "unknown issuer");
+    record_version("TLS handshake failures: clear TLS errors");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
