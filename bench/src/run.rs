@@ -566,39 +566,76 @@ impl Bench<'_> {
             Ok(pair) => self.record_pair("register_first", &layer.name, round, &pair),
             Err(e) => self.error(format!("{} register_visible first: {e}", layer.name)),
         }
-        if let Some(f) = floor {
-            f.quit(Duration::from_secs(10));
-        }
         let service = format!("wl-{}-{round}", layer.name);
-        let watched = self.watch_lag(&mut d, direct, &service);
-        let _ = direct.delete_prefix(&prefix(&service));
+        let floor_service = format!("{service}-floor");
+        let watched = self.watch_lag(
+            &mut d,
+            floor.as_mut().map(|f| (f, floor_service.as_str())),
+            direct,
+            &service,
+        );
+        for s in [&service, &floor_service] {
+            let _ = direct.delete_prefix(&prefix(s));
+        }
         match watched {
-            Ok(us) => self.record("watch_lag", &layer.name, round, &us),
+            Ok(pair) => self.record_pair("watch_lag", &layer.name, round, &pair),
             Err(e) => {
                 self.error(format!("{} watch: {e}", layer.name));
-                return Ok(()); // the driver may be stuck in the watch: dropped (killed) here
+                // The drivers may be stuck in the watch: dropped (killed) here.
+                return Ok(());
             }
+        }
+        if let Some(f) = floor {
+            f.quit(Duration::from_secs(10));
         }
         d.quit(Duration::from_secs(10));
         Ok(())
     }
 
-    /// The driver watches `service`; we put one warm-up node, wait until it has seen it, then
-    /// put the timed nodes, each carrying the unix time (ns) taken just before its put.
-    fn watch_lag(&mut self, d: &mut Driver, direct: &mut Direct, service: &str) -> Res<Vec<f64>> {
+    /// The driver watches `service` (and the floor beside it its own service); we put one
+    /// warm-up node into each, wait until it has been seen, then put the timed nodes, each
+    /// carrying the unix time (ns) taken just before its put, one service's and the other's in
+    /// turn (which of the two first alternates), so both lags are measured over the same
+    /// seconds.
+    fn watch_lag(
+        &mut self,
+        d: &mut Driver,
+        mut floor: Option<(&mut Driver, &str)>,
+        direct: &mut Direct,
+        service: &str,
+    ) -> Res<Samples> {
         let n = self.settings.watch_events;
         d.call(&format!("watch {service} {n}"), Duration::from_secs(30))?;
-        direct.put(&format!("{}warm", prefix(service)), r#"{"warm":"1"}"#)?;
-        d.recv(Duration::from_secs(30))?;
-        for i in 0..n {
-            let t = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos());
-            let value = json!({ "t": t.to_string() }).to_string();
-            direct.put(&format!("{}w{i:04}", prefix(service)), &value)?;
-            std::thread::sleep(self.settings.watch_gap);
+        if let Some((f, s)) = floor.as_mut() {
+            f.call(&format!("watch {s} {n}"), Duration::from_secs(30))?;
         }
-        samples(&d.recv(Duration::from_secs(60))?)
+        let services: Vec<&str> = std::iter::once(service)
+            .chain(floor.as_ref().map(|(_, s)| *s))
+            .collect();
+        for s in &services {
+            direct.put(&format!("{}warm", prefix(s)), r#"{"warm":"1"}"#)?;
+        }
+        d.recv(Duration::from_secs(30))?;
+        if let Some((f, _)) = floor.as_mut() {
+            f.recv(Duration::from_secs(30))?;
+        }
+        for i in 0..n {
+            for k in 0..services.len() {
+                let s = services[(i + k) % services.len()];
+                let t = SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_nanos());
+                let value = json!({ "t": t.to_string() }).to_string();
+                direct.put(&format!("{}w{i:04}", prefix(s)), &value)?;
+                std::thread::sleep(self.settings.watch_gap);
+            }
+        }
+        let mine = samples(&d.recv(Duration::from_secs(60))?)?;
+        let theirs = match floor {
+            Some((f, _)) => samples(&f.recv(Duration::from_secs(60))?)?,
+            None => Vec::new(),
+        };
+        Ok((mine, theirs))
     }
 
     // --------------------------------------------------------------- bulk and footprint
