@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::child::{num, samples, Driver, Layer, Res};
 use crate::direct::Direct;
-use crate::report::{self, Pct, Recovery, Results, FLOOR};
+use crate::report::{self, ByLayer, Pct, Recovery, Results, FLOOR};
 use crate::{stats, sysinfo};
 
 /// Base path of every key the benchmark writes.
@@ -249,6 +249,7 @@ pub fn main(args: &[String]) -> i32 {
         skipped,
         latency: BTreeMap::new(),
         paired_floor: BTreeMap::new(),
+        paired_peer: BTreeMap::new(),
         bulk: BTreeMap::new(),
         recovery: BTreeMap::new(),
         scale: Vec::new(),
@@ -323,7 +324,7 @@ fn prefix(service: &str) -> String {
 
 /// Stores one round's percentiles of `us` under measurement → layer.
 fn put_round(
-    table: &mut BTreeMap<String, BTreeMap<String, Vec<Option<Pct>>>>,
+    table: &mut ByLayer,
     rounds: usize,
     measurement: &str,
     layer: &str,
@@ -340,8 +341,8 @@ fn put_round(
     }
 }
 
-/// A layer's samples of one measurement and round, and those of the floor run beside it.
-type Samples = (Vec<f64>, Vec<f64>);
+/// A layer's samples of one measurement and round, and those of each driver run beside it.
+type Samples = (Vec<f64>, Vec<Vec<f64>>);
 
 fn pct(us: &[f64]) -> Option<Pct> {
     match (stats::percentile(us, 50.0), stats::percentile(us, 99.0)) {
@@ -439,45 +440,82 @@ impl Bench<'_> {
         );
     }
 
-    /// Records a layer's samples of a round and those of the floor run beside it (if any).
-    fn record_pair(&mut self, measurement: &str, layer: &str, round: usize, pair: &Samples) {
-        let (us, floor_us) = pair;
+    /// Records a layer's samples of a round and those of each driver run beside it: the
+    /// floor's under `paired_floor`, a native peer's under `paired_peer`.
+    fn record_pair(
+        &mut self,
+        measurement: &str,
+        layer: &str,
+        round: usize,
+        beside: &[String],
+        pair: &Samples,
+    ) {
+        let (us, theirs) = pair;
         self.record(measurement, layer, round, us);
-        if !floor_us.is_empty() {
-            let rounds = self.settings.rounds;
-            let table = &mut self.results.paired_floor;
-            put_round(table, rounds, measurement, layer, round, floor_us);
+        let rounds = self.settings.rounds;
+        for (name, their_us) in beside.iter().zip(theirs) {
+            if their_us.is_empty() {
+                continue;
+            }
+            if name == FLOOR {
+                let table = &mut self.results.paired_floor;
+                put_round(table, rounds, measurement, layer, round, their_us);
+            } else {
+                let table = self
+                    .results
+                    .paired_peer
+                    .entry(measurement.to_string())
+                    .or_default();
+                put_round(table, rounds, layer, name, round, their_us);
+            }
         }
     }
 
-    /// Runs `cmd(chunk, iterations, on_floor)` CHUNKS times on the layer's driver and, when
-    /// there is one, on the floor driver beside it, alternating which goes first; `reply` checks
-    /// each answer and takes its samples. Returns the layer's samples and the floor's.
+    /// Runs `cmd(chunk, iterations, who)` CHUNKS times on the layer's driver (`who` None) and
+    /// on each driver beside it (`who` its name), rotating which goes first; `reply` checks
+    /// each answer and takes its samples. Returns the layer's samples and each beside driver's.
     fn chunked(
         layer: &mut Driver,
-        mut floor: Option<&mut Driver>,
+        beside: &mut [(String, Driver)],
         iters: usize,
-        cmd: impl Fn(usize, usize, bool) -> String,
+        cmd: impl Fn(usize, usize, Option<&str>) -> String,
         reply: impl Fn(&Value) -> Res<Vec<f64>>,
     ) -> Res<Samples> {
-        let (mut mine, mut theirs) = (Vec::new(), Vec::new());
+        let mut mine = Vec::new();
+        let mut theirs = vec![Vec::new(); beside.len()];
         let chunks = CHUNKS.min(iters.max(1));
+        let turns = beside.len() + 1;
         for c in 0..chunks {
             let n = iters / chunks + usize::from(c < iters % chunks);
-            for turn in 0..2 {
-                let floor_turn = (turn + c) % 2 == 0;
-                match (&mut floor, floor_turn) {
-                    (Some(f), true) => {
-                        theirs.extend(reply(&f.call(&cmd(c, n, true), REPLY_TIMEOUT)?)?)
+            for turn in 0..turns {
+                match (turn + c) % turns {
+                    0 => mine.extend(reply(&layer.call(&cmd(c, n, None), REPLY_TIMEOUT)?)?),
+                    k => {
+                        let (name, driver) = &mut beside[k - 1];
+                        let answer = driver.call(&cmd(c, n, Some(name.as_str())), REPLY_TIMEOUT)?;
+                        theirs[k - 1].extend(reply(&answer)?);
                     }
-                    (_, false) => {
-                        mine.extend(reply(&layer.call(&cmd(c, n, false), REPLY_TIMEOUT)?)?)
-                    }
-                    (None, true) => {}
                 }
             }
         }
         Ok((mine, theirs))
+    }
+
+    /// The layers run beside `layer` in its rounds: the floor, and for a Go or Python layer of
+    /// etcd-registry the native peers of its language (its reference).
+    fn beside_of(&self, layer: &Layer) -> Vec<Layer> {
+        self.layers
+            .iter()
+            .filter(|l| l.name != layer.name)
+            .filter(|l| {
+                l.name == FLOOR
+                    || (l.peer
+                        && !layer.peer
+                        && matches!(layer.language, "go" | "python")
+                        && l.language == layer.language)
+            })
+            .cloned()
+            .collect()
     }
 
     fn latency_round(
@@ -488,17 +526,22 @@ impl Bench<'_> {
         round: usize,
     ) -> Res<()> {
         let mut d = Driver::spawn(layer, &etcd.endpoints(), BASE, &self.log_dir)?;
-        let floor_layer = self.layers.iter().find(|l| l.name == FLOOR).cloned();
-        let mut floor = match floor_layer {
-            Some(f) if layer.name != FLOOR => {
-                Some(Driver::spawn(&f, &etcd.endpoints(), BASE, &self.log_dir)?)
-            }
-            _ => None,
-        };
+        let mut beside = Vec::new();
+        for l in self.beside_of(layer) {
+            let driver = Driver::spawn(&l, &etcd.endpoints(), BASE, &self.log_dir)?;
+            beside.push((l.name, driver));
+        }
+        let names: Vec<String> = beside.iter().map(|(n, _)| n.clone()).collect();
+        // A service of the layer's own (None) or of a driver beside it.
+        let suffix = |who: Option<&str>| who.map_or(String::new(), |w| format!("-{w}"));
+        let suffixes: Vec<String> = std::iter::once(None)
+            .chain(names.iter().map(|n| Some(n.as_str())))
+            .map(suffix)
+            .collect();
         for (size, iters) in self.settings.list.clone() {
             let listed = Self::chunked(
                 &mut d,
-                floor.as_mut(),
+                &mut beside,
                 iters,
                 |_, n, _| format!("list list-{size} {n}"),
                 |v| {
@@ -510,118 +553,90 @@ impl Bench<'_> {
                 },
             );
             match listed {
-                Ok(pair) => self.record_pair(&format!("list_{size}"), &layer.name, round, &pair),
+                Ok(pair) => {
+                    let m = format!("list_{size}");
+                    self.record_pair(&m, &layer.name, round, &names, &pair)
+                }
                 Err(e) => self.error(format!("{} list {size}: {e}", layer.name)),
             }
         }
-        let service = |c: usize, floor: bool| {
-            format!(
-                "rv-{}-{round}-{c}{}",
-                layer.name,
-                if floor { "-floor" } else { "" }
-            )
-        };
-        let registered = Self::chunked(
-            &mut d,
-            floor.as_mut(),
-            self.settings.register_iters,
-            |c, n, floor| format!("register_visible {} {n} {REGISTER_TTL}", service(c, floor)),
-            samples,
-        );
-        for c in 0..CHUNKS {
-            for f in [false, true] {
-                let _ = direct.delete_prefix(&prefix(&service(c, f)));
+        // Register → visible, with a lease held and as the first of its TTL; each chunk of
+        // each driver into a fresh service.
+        for (measurement, tag, first) in [
+            ("register_visible", "rv", ""),
+            ("register_first", "rf", " first"),
+        ] {
+            let service = |c: usize, who: &str| format!("{tag}-{}-{round}-{c}{who}", layer.name);
+            let registered = Self::chunked(
+                &mut d,
+                &mut beside,
+                self.settings.register_iters,
+                |c, n, who| {
+                    let service = service(c, &suffix(who));
+                    format!("register_visible {service} {n} {REGISTER_TTL}{first}")
+                },
+                samples,
+            );
+            for c in 0..CHUNKS {
+                for who in &suffixes {
+                    let _ = direct.delete_prefix(&prefix(&service(c, who)));
+                }
+            }
+            match registered {
+                Ok(pair) => self.record_pair(measurement, &layer.name, round, &names, &pair),
+                Err(e) => self.error(format!("{} {measurement}: {e}", layer.name)),
             }
         }
-        match registered {
-            Ok(pair) => self.record_pair("register_visible", &layer.name, round, &pair),
-            Err(e) => self.error(format!("{} register_visible: {e}", layer.name)),
-        }
-        // The same, each registration the first of its TTL (a lease granted for it).
-        let service = |c: usize, floor: bool| {
-            format!(
-                "rf-{}-{round}-{c}{}",
-                layer.name,
-                if floor { "-floor" } else { "" }
-            )
-        };
-        let first = Self::chunked(
-            &mut d,
-            floor.as_mut(),
-            self.settings.register_iters,
-            |c, n, floor| {
-                format!(
-                    "register_visible {} {n} {REGISTER_TTL} first",
-                    service(c, floor)
-                )
-            },
-            samples,
-        );
-        for c in 0..CHUNKS {
-            for f in [false, true] {
-                let _ = direct.delete_prefix(&prefix(&service(c, f)));
-            }
-        }
-        match first {
-            Ok(pair) => self.record_pair("register_first", &layer.name, round, &pair),
-            Err(e) => self.error(format!("{} register_visible first: {e}", layer.name)),
-        }
-        let service = format!("wl-{}-{round}", layer.name);
-        let floor_service = format!("{service}-floor");
-        let watched = self.watch_lag(
-            &mut d,
-            floor.as_mut().map(|f| (f, floor_service.as_str())),
-            direct,
-            &service,
-        );
-        for s in [&service, &floor_service] {
+        let services: Vec<String> = suffixes
+            .iter()
+            .map(|who| format!("wl-{}-{round}{who}", layer.name))
+            .collect();
+        let watched = self.watch_lag(&mut d, &mut beside, direct, &services);
+        for s in &services {
             let _ = direct.delete_prefix(&prefix(s));
         }
         match watched {
-            Ok(pair) => self.record_pair("watch_lag", &layer.name, round, &pair),
+            Ok(pair) => self.record_pair("watch_lag", &layer.name, round, &names, &pair),
             Err(e) => {
                 self.error(format!("{} watch: {e}", layer.name));
                 // The drivers may be stuck in the watch: dropped (killed) here.
                 return Ok(());
             }
         }
-        if let Some(f) = floor {
-            f.quit(Duration::from_secs(10));
+        for (_, b) in beside {
+            b.quit(Duration::from_secs(10));
         }
         d.quit(Duration::from_secs(10));
         Ok(())
     }
 
-    /// The driver watches `service` (and the floor beside it its own service); we put one
-    /// warm-up node into each, wait until it has been seen, then put the timed nodes, each
-    /// carrying the unix time (ns) taken just before its put, one service's and the other's in
-    /// turn (which of the two first alternates), so both lags are measured over the same
-    /// seconds.
+    /// The layer's driver watches `services[0]` and each driver beside it the next one; we put
+    /// one warm-up node into each, wait until it has been seen, then put the timed nodes, each
+    /// carrying the unix time (ns) taken just before its put, to one service after the other
+    /// (which comes first rotates), so that all lags are measured over the same seconds.
     fn watch_lag(
         &mut self,
         d: &mut Driver,
-        mut floor: Option<(&mut Driver, &str)>,
+        beside: &mut [(String, Driver)],
         direct: &mut Direct,
-        service: &str,
+        services: &[String],
     ) -> Res<Samples> {
         let n = self.settings.watch_events;
-        d.call(&format!("watch {service} {n}"), Duration::from_secs(30))?;
-        if let Some((f, s)) = floor.as_mut() {
-            f.call(&format!("watch {s} {n}"), Duration::from_secs(30))?;
+        let ready = Duration::from_secs(30);
+        d.call(&format!("watch {} {n}", services[0]), ready)?;
+        for ((_, b), s) in beside.iter_mut().zip(&services[1..]) {
+            b.call(&format!("watch {s} {n}"), ready)?;
         }
-        let services: Vec<&str> = std::iter::once(service)
-            .chain(floor.as_ref().map(|(_, s)| *s))
-            .collect();
-        for s in &services {
+        for s in services {
             direct.put(&format!("{}warm", prefix(s)), r#"{"warm":"1"}"#)?;
         }
-        d.recv(Duration::from_secs(30))?;
-        if let Some((f, _)) = floor.as_mut() {
-            f.recv(Duration::from_secs(30))?;
+        d.recv(ready)?;
+        for (_, b) in beside.iter_mut() {
+            b.recv(ready)?;
         }
         for i in 0..n {
             for k in 0..services.len() {
-                let s = services[(i + k) % services.len()];
+                let s = &services[(i + k) % services.len()];
                 let t = SystemTime::now()
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_nanos());
@@ -631,10 +646,10 @@ impl Bench<'_> {
             }
         }
         let mine = samples(&d.recv(Duration::from_secs(60))?)?;
-        let theirs = match floor {
-            Some((f, _)) => samples(&f.recv(Duration::from_secs(60))?)?,
-            None => Vec::new(),
-        };
+        let mut theirs = Vec::new();
+        for (_, b) in beside.iter_mut() {
+            theirs.push(samples(&b.recv(Duration::from_secs(60))?)?);
+        }
         Ok((mine, theirs))
     }
 
