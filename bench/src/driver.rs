@@ -119,6 +119,15 @@ fn arg<T: std::str::FromStr>(words: &[&str], i: usize, what: &str) -> Result<T, 
         .map_err(|_| format!("{}: bad {what} {:?}", words[0], words[i]))
 }
 
+/// The optional warm-up count of `list SERVICE N [WARMUP]` (default WARMUP).
+fn warmup(words: &[&str]) -> Result<usize, String> {
+    if words.len() > 3 {
+        arg(words, 3, "warmup")
+    } else {
+        Ok(WARMUP)
+    }
+}
+
 /// Lag in microseconds of a watched node whose info carries `t` (unix ns at the put).
 fn lag_of(info: &Info, now_ns: u128) -> Option<f64> {
     let t: u128 = info.get("t")?.parse().ok()?;
@@ -140,10 +149,20 @@ impl Driver {
     async fn handle(&mut self, words: &[&str]) -> Reply {
         match (words[0], self) {
             ("list", Driver::Raw(d)) => {
-                d.list(arg(words, 1, "service")?, arg(words, 2, "n")?).await
+                d.list(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    warmup(words)?,
+                )
+                .await
             }
             ("list", Driver::Core(d)) => {
-                d.list(arg(words, 1, "service")?, arg(words, 2, "n")?).await
+                d.list(
+                    arg(words, 1, "service")?,
+                    arg(words, 2, "n")?,
+                    warmup(words)?,
+                )
+                .await
             }
             ("register_visible", Driver::Raw(d)) => {
                 d.register_visible(
@@ -248,7 +267,11 @@ async fn raw_connect(endpoints: &[String]) -> Result<Client, String> {
 }
 
 async fn raw_list(c: &mut Client, prefix: &str) -> Result<Vec<(String, Info)>, String> {
+    // Without tonic's 4 MiB default limit on an answer, as the core lists (a 100 000-node
+    // service is about 9 MB).
     let resp = c
+        .kv_client()
+        .max_decoding_message_size(usize::MAX)
         .get(prefix, Some(GetOptions::new().with_prefix()))
         .await
         .map_err(|e| format!("get: {e}"))?;
@@ -275,17 +298,17 @@ impl Raw {
         format!("{}/{service}/", self.base.trim_end_matches('/'))
     }
 
-    async fn list(&mut self, service: String, n: usize) -> Reply {
+    async fn list(&mut self, service: String, n: usize, warmup: usize) -> Reply {
         let prefix = self.prefix(&service);
         let mut c = raw_connect(&self.endpoints).await?;
         let mut samples = Vec::with_capacity(n);
         let mut nodes = 0;
-        for i in 0..WARMUP + n {
+        for i in 0..warmup + n {
             let t0 = Instant::now();
             let listing = within("list", raw_list(&mut c, &prefix)).await??;
             let took = t0.elapsed();
             nodes = listing.len();
-            if i >= WARMUP {
+            if i >= warmup {
                 samples.push(us(took));
             }
         }
@@ -679,18 +702,18 @@ impl Core {
             .map_err(|e| format!("connect: {e}"))
     }
 
-    async fn list(&mut self, service: String, n: usize) -> Reply {
+    async fn list(&mut self, service: String, n: usize, warmup: usize) -> Reply {
         let r = self.registry().await?;
         let mut samples = Vec::with_capacity(n);
         let mut nodes = 0;
-        for i in 0..WARMUP + n {
+        for i in 0..warmup + n {
             let t0 = Instant::now();
             let listing = within("list", r.list(&service))
                 .await?
                 .map_err(|e| format!("list: {e}"))?;
             let took = t0.elapsed();
             nodes = listing.len();
-            if i >= WARMUP {
+            if i >= warmup {
                 samples.push(us(took));
             }
         }

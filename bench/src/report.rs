@@ -639,6 +639,19 @@ fn sget(v: &Value, k: &str) -> Option<f64> {
     v.get(k).and_then(Value::as_f64)
 }
 
+/// Growth of the list's cost per node from the previous size: ✓ if it grew by at most 25 %,
+/// or by at most 5 % more than the floor's list of the same service grew (etcd's own growth).
+fn list_growth_mark(prev: Option<f64>, now: Option<f64>, floor_growth: Option<f64>) -> String {
+    match (prev, now) {
+        (Some(a), Some(b)) if a > 0.0 => {
+            let g = b / a;
+            let ok = g <= 1.25 || floor_growth.is_some_and(|f| g <= f * 1.05);
+            format!(" (per node ×{g:.2} {})", mark(ok))
+        }
+        _ => String::new(),
+    }
+}
+
 /// Growth of a per-unit cost from the previous size: ✓ if it grew by at most 25 %.
 fn linear_mark(prev: Option<f64>, now: Option<f64>) -> String {
     match (prev, now) {
@@ -668,8 +681,12 @@ fn scale_table(r: &Results) -> String {
         let bytes = sget(row, "bytes_per_registration");
         let list_per_node = sget(row, "list_p50_us").map(|v| v / n.max(1.0));
         let p = |k: &str| prev.and_then(|x| sget(x, k));
-        let prev_list =
-            prev.and_then(|x| Some(sget(x, "list_p50_us")? / sget(x, "registrations")?.max(1.0)));
+        let per_node =
+            |row: &Value, k: &str| Some(sget(row, k)? / sget(row, "registrations")?.max(1.0));
+        let prev_list = prev.and_then(|x| per_node(x, "list_p50_us"));
+        let floor_growth = prev.and_then(|x| {
+            Some(per_node(row, "floor_list_p50_us")? / per_node(x, "floor_list_p50_us")?)
+        });
         rows.push(vec![
             thousands(n as u64),
             opt(sget(row, "register_total_ms"), |v| {
@@ -695,7 +712,12 @@ fn scale_table(r: &Results) -> String {
             format!(
                 "{}{}",
                 opt(sget(row, "list_p50_us"), ms),
-                linear_mark(prev_list, list_per_node).replace(" (", " (per node ")
+                list_growth_mark(prev_list, list_per_node, floor_growth)
+            ),
+            format!(
+                "{}{}",
+                opt(sget(row, "floor_list_p50_us"), ms),
+                floor_growth.map_or(String::new(), |g| format!(" (per node ×{g:.2})"))
             ),
             opt(sget(row, "watch_ready_ms"), |v| format!("{v:.0} ms")),
             opt(sget(row, "watch_lag_p50_us"), ms),
@@ -703,7 +725,7 @@ fn scale_table(r: &Results) -> String {
         prev = Some(row);
     }
     format!(
-        "### Scale: one Rust core registry holding 1 000 → 100 000 registrations of one TTL\n\nOne registry (the `core` driver) registers more nodes of one service and one TTL ({} s) step by step on its own etcd. Per step: the time of that step per registration, the registry's RSS and its growth per registration since it held 1, the leases it holds (target 1), what etcd received while it idled (keep-alives/s should stay at one per TTL/3), and a second process listing the whole service (p50) and starting a watch of it (time until the watch is ready, then the lag of 20 puts). In brackets: the per-unit cost against the previous step (✓ if it grew by at most 25 %: linear or better). Chart: [`bench/results/scale.svg`](bench/results/scale.svg).\n\n![scale chart](bench/results/scale.svg)\n\n{}",
+        "### Scale: one Rust core registry holding 1 000 → 100 000 registrations of one TTL\n\nOne registry (the `core` driver) registers more nodes of one service and one TTL ({} s) step by step on its own etcd. Per step: the time to register all; per registration, the step's time per registration (the p50 of its timings: every step but the last is also made, timed, by a second registry 4 times, so that a 12-ms step is not one sample); the registry's RSS and its growth per registration since it held 1, the leases it holds (target 1), what etcd received while it idled (keep-alives/s should stay at one per TTL/3), and a second process listing the whole service (p50 of 7) taking turns with the floor's lister, then starting a watch of it (time until the watch is ready, then the lag of 20 puts). In brackets: the per-unit cost against the previous step (✓ if it grew by at most 25 %: linear or better; for the list, also ✓ when it grew by at most 5 % more than the floor's list of the same service did, since that growth is etcd's own). Chart: [`bench/results/scale.svg`](bench/results/scale.svg).\n\n![scale chart](bench/results/scale.svg)\n\n{}",
         r.settings.get("bulk_ttl_s").and_then(Value::as_u64).unwrap_or(0),
         table(
             &[
@@ -717,6 +739,7 @@ fn scale_table(r: &Results) -> String {
                 "all etcd req/s",
                 "idle CPU",
                 "list all (p50)",
+                "floor's list all (p50)",
                 "watch ready",
                 "watch lag p50"
             ],

@@ -19,6 +19,26 @@ pub const BASE: &str = "/bench";
 const REGISTER_TTL: u64 = 30;
 /// Longest time one step of the scale curve may take (then it is reported as not reached).
 const SCALE_BUDGET: Duration = Duration::from_secs(150);
+/// How many times a second registry repeats each scale step but the last, timed.
+const SCALE_REPEATS: usize = 4;
+/// Lists of the whole service per scale step, by the core's and the floor's lister in turn.
+const SCALE_LISTS: usize = 7;
+/// The service of the second registry of the scale phase.
+const SCALE_SMALL: &str = "scale-small";
+
+/// `hold SERVICE C TTL` on `d`, waiting while the step begun at `t0` is within its budget: the
+/// milliseconds it took, or None past the budget (or when the driver died).
+fn timed_hold(d: &mut Driver, service: &str, c: usize, ttl: u64, t0: Instant) -> Res<Option<f64>> {
+    d.send(&format!("hold {service} {c} {ttl}"))?;
+    loop {
+        match d.recv(Duration::from_secs(1)) {
+            Ok(v) => return Ok(Some(num(&v, "ms")?)),
+            Err(e) if !e.contains("no reply within") => return Err(format!("hold: {e}")),
+            Err(_) if t0.elapsed() < SCALE_BUDGET && d.alive() => {}
+            Err(_) => return Ok(None),
+        }
+    }
+}
 /// Longest wait for a driver's reply to one command.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
 /// Each layer's lists and registrations of a round are split into this many chunks, alternated
@@ -1094,6 +1114,12 @@ impl Bench<'_> {
             .find(|l| l.name == "core")
             .cloned()
             .ok_or("no core layer")?;
+        let raw = self
+            .layers
+            .iter()
+            .find(|l| l.name == "raw")
+            .cloned()
+            .ok_or("no raw layer")?;
         progress("scale: starting etcd");
         let etcd = EtcdCluster::builder()
             .start()
@@ -1104,30 +1130,22 @@ impl Bench<'_> {
         let service = "scale";
         let mut holder = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
         let mut reader = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let mut floor = Driver::spawn(&raw, &etcd.endpoints(), BASE, &self.log_dir)?;
+        let mut small = Driver::spawn(&core, &etcd.endpoints(), BASE, &self.log_dir)?;
         let pid = holder.pid();
         holder.call(&format!("hold {service} 1 {ttl}"), REPLY_TIMEOUT)?;
         std::thread::sleep(Duration::from_millis(300));
         let rss_1 = sysinfo::threads_rss(pid).map_or(0, |(_, r)| r);
         let mut have = 1usize;
         let mut total_ms = 0.0;
-        for &n in &self.settings.scale.clone() {
+        let steps = self.settings.scale.clone();
+        for (i, &n) in steps.iter().enumerate() {
             progress(&format!("scale: one registry holding {n} registrations"));
-            let more = n.saturating_sub(have);
-            // Within a time budget: a registry whose cost grows faster than linearly would
-            // otherwise hold the run for an hour. Past it, the row says how far it got.
-            holder.send(&format!("hold {service} {more} {ttl}"))?;
-            let t0 = Instant::now();
-            let v = loop {
-                match holder.recv(Duration::from_secs(1)) {
-                    Ok(v) => break Some(v),
-                    Err(e) if !e.contains("no reply within") => {
-                        return Err(format!("hold at {n}: {e}"))
-                    }
-                    Err(_) if t0.elapsed() < SCALE_BUDGET && holder.alive() => {}
-                    Err(_) => break None,
-                }
-            };
-            let Some(v) = v else {
+            // The step in one go, as a program registers its nodes; within a time budget: a
+            // registry whose cost grows faster than linearly would otherwise hold the run for
+            // an hour. Past it, the row says how far it got.
+            let more = n - have;
+            let Some(step_ms) = timed_hold(&mut holder, service, more, ttl, Instant::now())? else {
                 let keys = direct.count(&prefix(service))?;
                 let rss = sysinfo::threads_rss(pid).map_or(0, |(_, r)| r);
                 self.error(format!(
@@ -1142,7 +1160,28 @@ impl Bench<'_> {
                 }));
                 break;
             };
-            let step_ms = num(&v, "ms")?;
+            // A step of 1 000 takes about 12 ms, and one timing of it moved by a quarter
+            // between runs: every step but the last is also made by a second registry
+            // (`small`: the steps up to this one, the last timed, then released), several
+            // times, and the cost per registration is the p50 of all these timings.
+            let mut per_reg_us = vec![step_ms * 1e3 / more as f64];
+            if i + 1 < steps.len() {
+                for _ in 0..SCALE_REPEATS {
+                    // Its first registration grants the lease, as the holder's did.
+                    small.call(&format!("hold {SCALE_SMALL} 1 {ttl}"), REPLY_TIMEOUT)?;
+                    let mut held = 1;
+                    for &m in &steps[..=i] {
+                        let c = m - held;
+                        let v =
+                            small.call(&format!("hold {SCALE_SMALL} {c} {ttl}"), REPLY_TIMEOUT)?;
+                        if m == n {
+                            per_reg_us.push(num(&v, "ms")? * 1e3 / c as f64);
+                        }
+                        held = m;
+                    }
+                    small.call("release", Duration::from_secs(60))?;
+                }
+            }
             total_ms += step_ms;
             have = n;
             std::thread::sleep(Duration::from_millis(300));
@@ -1157,11 +1196,19 @@ impl Bench<'_> {
             std::thread::sleep(self.settings.window);
             let secs = t0.elapsed().as_secs_f64();
             let after = (received_all(&etcd)?, sysinfo::cpu_ticks(pid).unwrap_or(0));
-            // Seven at every step: the p50 of fewer moved by a third between runs at 100 000
-            // (each list there takes about 0.4 s, so this costs a few seconds).
-            let lists = 7;
-            let listed = reader.call(&format!("list {service} {lists}"), REPLY_TIMEOUT)?;
-            let list_p50 = stats::percentile(&samples(&listed)?, 50.0);
+            // Seven at every step: the p50 of fewer moved by a third between runs at 100 000.
+            // Taking turns with the floor's lister (each call a connection, one list to warm
+            // it, one timed), so that the growth per node that is etcd's own shows apart from
+            // the core's.
+            let (mut listed, mut floor_listed) = (Vec::new(), Vec::new());
+            for _ in 0..SCALE_LISTS {
+                let one = reader.call(&format!("list {service} 1 1"), REPLY_TIMEOUT)?;
+                listed.extend(samples(&one)?);
+                let one = floor.call(&format!("list {service} 1 1"), REPLY_TIMEOUT)?;
+                floor_listed.extend(samples(&one)?);
+            }
+            let list_p50 = stats::percentile(&listed, 50.0);
+            let floor_list_p50 = stats::percentile(&floor_listed, 50.0);
             let t0 = Instant::now();
             let watched = self.scale_watch(&mut reader, &mut direct, service);
             let watch_ms = t0.elapsed().as_secs_f64() * 1e3;
@@ -1180,7 +1227,8 @@ impl Bench<'_> {
                 "leases": leases,
                 "register_step_ms": step_ms,
                 "register_total_ms": total_ms,
-                "register_us_per_registration": step_ms * 1e3 / more.max(1) as f64,
+                "register_us_per_registration": stats::percentile(&per_reg_us, 50.0),
+                "register_us_per_registration_timings": per_reg_us,
                 "rss_kib": rss,
                 "bytes_per_registration": (rss.saturating_sub(rss_1) as f64 * 1024.0) / (n - 1).max(1) as f64,
                 "keepalive_per_s": (after.0 .0 - before.0 .0) / secs,
@@ -1188,6 +1236,7 @@ impl Bench<'_> {
                 "requests_per_s": (after.0 .2 - before.0 .2) / secs,
                 "idle_cpu_percent": after.1.saturating_sub(before.1) as f64 / sysinfo::clock_ticks() / secs * 100.0,
                 "list_p50_us": list_p50,
+                "floor_list_p50_us": floor_list_p50,
                 "watch_ready_ms": watch_ready_ms,
                 "watch_lag_p50_us": lag_p50,
                 "watch_total_ms": watch_ms,
@@ -1197,6 +1246,8 @@ impl Bench<'_> {
             holder.quit(Duration::from_secs(10));
         } // else dropped: killed
         reader.quit(Duration::from_secs(10));
+        floor.quit(Duration::from_secs(10));
+        small.quit(Duration::from_secs(10));
         Ok(())
     }
 
