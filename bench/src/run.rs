@@ -25,10 +25,16 @@ const SCALE_REPEATS: usize = 4;
 const SCALE_LISTS: usize = 7;
 /// The service of the second registry of the scale phase.
 const SCALE_SMALL: &str = "scale-small";
+/// Longest wait for a driver's reply to one command.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
+/// Each layer's lists and registrations of a round are split into this many chunks, alternated
+/// with the same chunks run by a floor driver beside it: the ratio compares runs seconds apart.
+const CHUNKS: usize = 5;
 
-/// `hold SERVICE C TTL` on `d`, waiting while the step begun at `t0` is within its budget: the
-/// milliseconds it took, or None past the budget (or when the driver died).
-fn timed_hold(d: &mut Driver, service: &str, c: usize, ttl: u64, t0: Instant) -> Res<Option<f64>> {
+/// `hold SERVICE C TTL` on `d`, waiting up to the scale step's budget: the milliseconds it
+/// took, or None past the budget (or when the driver died).
+fn timed_hold(d: &mut Driver, service: &str, c: usize, ttl: u64) -> Res<Option<f64>> {
+    let t0 = Instant::now();
     d.send(&format!("hold {service} {c} {ttl}"))?;
     loop {
         match d.recv(Duration::from_secs(1)) {
@@ -39,11 +45,6 @@ fn timed_hold(d: &mut Driver, service: &str, c: usize, ttl: u64, t0: Instant) ->
         }
     }
 }
-/// Longest wait for a driver's reply to one command.
-const REPLY_TIMEOUT: Duration = Duration::from_secs(180);
-/// Each layer's lists and registrations of a round are split into this many chunks, alternated
-/// with the same chunks run by a floor driver beside it: the ratio compares runs seconds apart.
-const CHUNKS: usize = 5;
 
 /// Iterations and durations, full or quick (`BENCH_QUICK=1`).
 pub struct Settings {
@@ -1145,7 +1146,7 @@ impl Bench<'_> {
             // registry whose cost grows faster than linearly would otherwise hold the run for
             // an hour. Past it, the row says how far it got.
             let more = n - have;
-            let Some(step_ms) = timed_hold(&mut holder, service, more, ttl, Instant::now())? else {
+            let Some(step_ms) = timed_hold(&mut holder, service, more, ttl)? else {
                 let keys = direct.count(&prefix(service))?;
                 let rss = sysinfo::threads_rss(pid).map_or(0, |(_, r)| r);
                 self.error(format!(
