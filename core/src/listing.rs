@@ -18,8 +18,12 @@ pub(crate) struct Listing {
 pub(crate) async fn fetch(conn: &Connection, prefix: &str) -> Result<Listing> {
     let resp = fetch_raw(conn, prefix).await?;
     let revision = resp.header().map_or(0, |h| h.revision());
-    let nodes = nodes(&resp, prefix).collect();
-    Ok(Listing { nodes, revision })
+    let mut listed = Vec::with_capacity(resp.kvs().len());
+    listed.extend(nodes(&resp, prefix));
+    Ok(Listing {
+        nodes: listed,
+        revision,
+    })
 }
 
 /// The nodes of a listing of `prefix`, with their mod revisions.

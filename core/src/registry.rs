@@ -382,7 +382,11 @@ impl Registry {
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
         let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
-        Ok(listing::nodes(&resp, &prefix).map(|(n, _)| n).collect())
+        // Sized at once: collected from a filter, the vector would grow by doubling, and a
+        // large one would be copied into fresh pages a dozen times.
+        let mut nodes = Vec::with_capacity(resp.kvs().len());
+        nodes.extend(listing::nodes(&resp, &prefix).map(|(n, _)| n));
+        Ok(nodes)
     }
 
     /// Lists a service like [`Registry::list`], handing each node to `f` as borrowed text — its
