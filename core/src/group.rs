@@ -940,7 +940,9 @@ impl LeaseGroup {
         let (_, stream) = self
             .conn
             .call_at("watching the registered keys", attempt, |c| {
-                let (mut watch, key) = (c.watch_client(), first.clone());
+                // A directory deleted at once comes as one response, beyond the 4 MiB default.
+                let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
+                let key = first.clone();
                 async move {
                     let options = KeyWatch::options(&key, revision);
                     watch.watch(key, Some(options)).await
@@ -1015,20 +1017,10 @@ impl LeaseGroup {
                         "keys missing from their lease (deleted by someone else?); putting them back"
                     );
                 }
-                let mut refused = Refused::new();
-                for (i, member) in to_put.iter().enumerate() {
-                    match self.put_one(lease, member, attempt).await? {
-                        Ok(_) => member.registered(lease),
-                        // Full or overloaded: the others would be refused alike.
-                        Err(e) if e.kind() == ErrorKind::ResourceExhausted => {
-                            refused.insert(member.id, e.clone());
-                            refuse_all(&mut refused, &to_put[i + 1..], &e);
-                            break;
-                        }
-                        Err(e) => {
-                            refused.insert(member.id, e);
-                        }
-                    }
+                // In transactions, as a whole directory deleted at once may be thousands.
+                let (refused, _) = self.put_all(lease, &to_put, attempt).await?;
+                for member in to_put.iter().filter(|m| !refused.contains_key(&m.id)) {
+                    member.registered(lease);
                 }
                 Ok(refused)
             }

@@ -307,6 +307,34 @@ async fn every_key_of_a_large_lease_deleted_by_someone_else_is_put_back() {
     }
 }
 
+/// A whole directory deleted at once tells the watch of the keys in one response larger than a
+/// gRPC client takes by default (4 MiB): the watch reads it, and every key comes back before the
+/// keep-alive's own check (a third of the long TTL away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_deleted_in_one_large_event_is_put_back() {
+    let etcd = Arc::new(etcd());
+    let registry = Arc::new(Registry::connect(config(&etcd, "/s")).await.unwrap());
+    let ttl = Duration::from_secs(120);
+    let count = 20_000;
+    let name = |i: usize| format!("{i:0>256}");
+    let regs: Vec<_> = (0..count)
+        .map(|i| registry.register("api", node(&name(i), &[]), ttl).unwrap())
+        .collect();
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    assert_eq!(registry.list("api").await.unwrap().len(), count);
+    assert_eq!(etcd.delete_prefix("/s/api/").unwrap(), count as u64);
+    eventually("every key of the directory to be put back", || {
+        let registry = registry.clone();
+        async move { registry.list("api").await.unwrap().len() == count }
+    })
+    .await;
+    assert!(regs
+        .iter()
+        .all(|r| r.state() == RegistrationState::Registered));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_revoked_by_someone_else_is_replaced() {
     let etcd = Arc::new(etcd());
