@@ -246,9 +246,29 @@ func cInfo(info map[string]string) (entries *C.etcd_registry_info_entry, n C.siz
 	return &list[0], C.size_t(len(info)), block
 }
 
-func cUnregister(p *C.etcd_registry, id uint64) error {
+// cStartUnregister starts the unregistration of id in the library and returns a wait for its
+// result, which may be called after the registry's lock is let go: the library answers even past
+// close and free. Without an eventfd the unregistration is made here, blocking in C, and the wait
+// gives its result.
+func cStartUnregister(p *C.etcd_registry, id uint64) (wait func() error, err error) {
 	var msg *C.char
-	return cResult("unregister", C.goer_unregister(p, C.uint64_t(id), &msg), msg)
+	call := getCall()
+	if call == nil {
+		err := cResult(unregisterLabel, C.goer_unregister(p, C.uint64_t(id), &msg), msg)
+		return func() error { return err }, nil
+	}
+	if err := cResult(unregisterLabel, C.goer_unregister_async(p, C.uint64_t(id), call.c, &msg), msg); err != nil {
+		putCall(call)
+		return nil, err
+	}
+	return func() error {
+		if err := call.wait(context.Background(), unregisterLabel); err != nil {
+			return err
+		}
+		status, text := call.c.status, call.c.err
+		putCall(call)
+		return cResult(unregisterLabel, status, text)
+	}, nil
 }
 
 // cDroppedEvents is how many events the pull queue has dropped because it was not read fast
@@ -298,7 +318,7 @@ func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, err
 		return nil, err
 	}
 	defer freeCStrings(cs)
-	call := getListCall()
+	call := getCall()
 	if call == nil {
 		// No eventfd here: the list blocks in C for up to the registry's timeout, whatever ctx.
 		var list *C.etcd_registry_node_list
@@ -310,11 +330,25 @@ func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, err
 	}
 	var msg *C.char
 	if err := cResult(op, C.goer_list_async(p, cs[0], call.c, &msg), msg); err != nil {
-		putListCall(call)
+		putCall(call)
 		return nil, err
 	}
-	// Parked in the netpoller until the library's callback signals the eventfd, or ctx ends
-	// (which sets a read deadline in the past to wake the read).
+	if err := call.wait(ctx, op); err != nil {
+		return nil, err
+	}
+	status, list, text := call.c.status, call.c.list, call.c.err
+	putCall(call)
+	if err := cResult(op, status, text); err != nil {
+		return nil, err
+	}
+	return takeNodeList(list), nil
+}
+
+// wait parks in the netpoller until the library's callback has written the call (nil), or ctx
+// ends first: then it returns ctx.Err(), and a goroutine takes the call over, frees its answer
+// when it comes and only then reuses the call.
+func (call *asyncCall) wait(ctx context.Context, op string) error {
+	// When ctx ends, a read deadline in the past wakes the read.
 	var stop func() bool
 	var cut chan struct{}
 	if ctx.Done() != nil {
@@ -325,7 +359,7 @@ func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, err
 		})
 	}
 	var buf [8]byte
-	_, err = call.file.Read(buf[:])
+	_, err := call.file.Read(buf[:])
 	if stop != nil && !stop() {
 		// ctx ended: wait until the deadline is set before clearing it (or before the call is
 		// reused with it).
@@ -336,29 +370,22 @@ func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, err
 	}
 	switch {
 	case err != nil && errors.Is(err, os.ErrDeadlineExceeded):
-		// The callback comes later and writes the call: a goroutine waits for it, frees the
-		// answer and only then reuses the call.
-		go abandonListCall(call)
-		return nil, ctx.Err()
+		go abandonCall(call)
+		return ctx.Err()
 	case err != nil:
 		// Not expected of an open eventfd. The callback may still come and write the call,
 		// so it is not reused (nor freed).
-		return nil, errorOfStatus(op, uint32(statusInternal), "waiting for the list: "+err.Error())
+		return errorOfStatus(op, uint32(statusInternal), "waiting for the library's answer: "+err.Error())
 	}
-	status, list, text := call.c.status, call.c.list, call.c.err
-	putListCall(call)
-	if err := cResult(op, status, text); err != nil {
-		return nil, err
-	}
-	return takeNodeList(list), nil
+	return nil
 }
 
-// abandonListCall waits for the answer of a list its caller stopped waiting for, frees it and
-// puts the call back for reuse.
-func abandonListCall(call *listCall) {
+// abandonCall waits for the answer of a call its caller stopped waiting for, frees it and puts
+// the call back for reuse.
+func abandonCall(call *asyncCall) {
 	var buf [8]byte
 	if _, err := call.file.Read(buf[:]); err != nil {
-		return // as in cList: the call is not reused
+		return // as in wait: the call is not reused
 	}
 	if call.c.list != nil {
 		C.etcd_registry_node_list_free(call.c.list)
@@ -366,7 +393,7 @@ func abandonListCall(call *listCall) {
 	if call.c.err != nil {
 		C.free(unsafe.Pointer(call.c.err))
 	}
-	putListCall(call)
+	putCall(call)
 }
 
 // untilDone runs call, which may wait for etcd inside C, and returns its result, or ctx.Err()
@@ -400,56 +427,58 @@ func untilDone[T any](ctx context.Context, call func() (T, error), abandoned fun
 	}
 }
 
-// listCall is a C goer_list_call and a pollable copy of its eventfd: a list waits for its
-// result in Go's netpoller, like clientv3's calls wait for their socket, instead of in an OS
-// thread blocked in C (which Go's scheduler would hand its P away from, waking threads).
-type listCall struct {
-	c    *C.goer_list_call
+// asyncCall is a C goer_call and a pollable copy of its eventfd: a list or an unregistration
+// waits for its result in Go's netpoller, like clientv3's calls wait for their socket, instead
+// of in an OS thread blocked in C (which Go's scheduler would hand its P away from, waking
+// threads; thousands of calls waiting for etcd at once would take a thread each, up to Go's
+// limit of 10 000, which ends the process).
+type asyncCall struct {
+	c    *C.goer_call
 	file *os.File
 }
 
-// listCalls keeps a few idle listCalls for reuse; unavailable is set when eventfds cannot
-// be had here (lists then block in C).
-var listCalls struct {
+// asyncCalls keeps a few idle asyncCalls for reuse; unavailable is set when eventfds cannot
+// be had here (lists and unregistrations then block in C).
+var asyncCalls struct {
 	mu          sync.Mutex
-	idle        []*listCall
+	idle        []*asyncCall
 	unavailable bool
 }
 
-const maxIdleListCalls = 16
+const maxIdleCalls = 16
 
-func getListCall() *listCall {
-	listCalls.mu.Lock()
-	if n := len(listCalls.idle); n > 0 {
-		call := listCalls.idle[n-1]
-		listCalls.idle = listCalls.idle[:n-1]
-		listCalls.mu.Unlock()
+func getCall() *asyncCall {
+	asyncCalls.mu.Lock()
+	if n := len(asyncCalls.idle); n > 0 {
+		call := asyncCalls.idle[n-1]
+		asyncCalls.idle = asyncCalls.idle[:n-1]
+		asyncCalls.mu.Unlock()
 		return call
 	}
-	unavailable := listCalls.unavailable
-	listCalls.mu.Unlock()
+	unavailable := asyncCalls.unavailable
+	asyncCalls.mu.Unlock()
 	if unavailable {
 		return nil
 	}
-	c := C.goer_list_call_new()
+	c := C.goer_call_new()
 	if c == nil {
-		listCalls.mu.Lock()
-		listCalls.unavailable = runtime.GOOS != "linux"
-		listCalls.mu.Unlock()
+		asyncCalls.mu.Lock()
+		asyncCalls.unavailable = runtime.GOOS != "linux"
+		asyncCalls.mu.Unlock()
 		return nil
 	}
 	// os polls a non-blocking descriptor (the eventfd is made so) in the netpoller.
-	return &listCall{c: c, file: os.NewFile(uintptr(c.fd), "etcd-registry list")}
+	return &asyncCall{c: c, file: os.NewFile(uintptr(c.fd), "etcd-registry call")}
 }
 
-func putListCall(call *listCall) {
-	listCalls.mu.Lock()
-	if len(listCalls.idle) < maxIdleListCalls {
-		listCalls.idle = append(listCalls.idle, call)
-		listCalls.mu.Unlock()
+func putCall(call *asyncCall) {
+	asyncCalls.mu.Lock()
+	if len(asyncCalls.idle) < maxIdleCalls {
+		asyncCalls.idle = append(asyncCalls.idle, call)
+		asyncCalls.mu.Unlock()
 		return
 	}
-	listCalls.mu.Unlock()
+	asyncCalls.mu.Unlock()
 	call.file.Close() // closes the eventfd
 	C.free(unsafe.Pointer(call.c))
 }

@@ -147,7 +147,7 @@ func TestGetServiceNodesContextEndsWhileEtcdIsPaused(t *testing.T) {
 
 	// The abandoned lists' calls are reused once their answers came: every later list, with a
 	// context or without, gets the node.
-	for i := range 3 * maxIdleListCalls {
+	for i := range 3 * maxIdleCalls {
 		lctx, lcancel := context.WithTimeout(context.Background(), waitLimit)
 		nodes, err := r.GetServiceNodesContext(lctx, service)
 		lcancel()

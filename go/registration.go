@@ -501,8 +501,20 @@ func (g *Registration) pump() {
 
 // unregister deletes the key and forgets the registration in the library, which then queues
 // StatusUnregistered.
+//
+// It waits for etcd parked, not in C (see asyncCall), and outside the registry's lock: a
+// registry whose registrations all end at once (a shared context cancelled at shutdown) while
+// etcd is slow neither takes an OS thread per registration nor holds up Close.
 func (g *Registration) unregister() error {
-	err := g.r.h.use(unregisterLabel, func(p *cRegistry) error { return cUnregister(p, g.id) })
+	var wait func() error
+	err := g.r.h.use(unregisterLabel, func(p *cRegistry) error {
+		var err error
+		wait, err = cStartUnregister(p, g.id)
+		return err
+	})
+	if err == nil {
+		err = wait()
+	}
 	if isCode(err, CodeClosed) {
 		return nil // Close revoked the lease, which deleted the key
 	}

@@ -5,7 +5,8 @@
  * native call: the message is thread-local, and a goroutine may run on another OS thread by
  * its next cgo call. The copy is malloc'd; the Go side frees it. Registrations and watches are
  * made with a NULL callback (events are pulled with etcd_registry_next_event), so C never holds
- * a Go pointer; the only callback is the log trampoline, whose user data is a runtime/cgo.Handle.
+ * a Go pointer: the log trampoline's user data is a runtime/cgo.Handle, and the callbacks of the
+ * calls that wait in the netpoller (goer_call) write C memory and signal an eventfd.
  */
 #ifndef GO_ETCD_REGISTRY_SHIMS_H
 #define GO_ETCD_REGISTRY_SHIMS_H
@@ -132,21 +133,22 @@ static inline etcd_registry_status goer_list(etcd_registry *registry, const char
     GOER_CALL(etcd_registry_list(registry, service, out));
 }
 
-/* A list in flight for goer_list_async: C memory (the library's callback writes it), reused by
- * the Go side for one call at a time. `fd` is an eventfd the callback signals once the result
- * is in; the Go side waits for it in the netpoller, so no OS thread stays blocked in C. */
-typedef struct goer_list_call {
+/* A call in flight for goer_list_async or goer_unregister_async: C memory (the library's
+ * callback writes it), reused by the Go side for one call at a time. `fd` is an eventfd the
+ * callback signals once the result is in; the Go side waits for it in the netpoller, so no OS
+ * thread stays blocked in C. `list` is the list's result (NULL for an unregistration). */
+typedef struct goer_call {
     int fd;
     etcd_registry_status status;
     char *err;
     etcd_registry_node_list *list;
-} goer_list_call;
+} goer_call;
 
-/* A new goer_list_call with its eventfd (non-blocking, close-on-exec), or NULL where there is
- * no eventfd (not Linux, or out of descriptors): the Go side then lists with goer_list. */
-static inline goer_list_call *goer_list_call_new(void) {
+/* A new goer_call with its eventfd (non-blocking, close-on-exec), or NULL where there is no
+ * eventfd (not Linux, or out of descriptors): the Go side then makes the blocking call. */
+static inline goer_call *goer_call_new(void) {
 #ifdef __linux__
-    goer_list_call *call = calloc(1, sizeof *call);
+    goer_call *call = calloc(1, sizeof *call);
     if (call == NULL) return NULL;
     call->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (call->fd < 0) {
@@ -159,9 +161,8 @@ static inline goer_list_call *goer_list_call_new(void) {
 #endif
 }
 
-static void goer_list_done(void *user_data, etcd_registry_status status, const char *message,
+static void goer_call_done(goer_call *call, etcd_registry_status status, const char *message,
                            etcd_registry_node_list *list) {
-    goer_list_call *call = user_data;
     call->status = status;
     call->list = list;
     call->err = NULL;
@@ -175,12 +176,32 @@ static void goer_list_done(void *user_data, etcd_registry_status status, const c
     }
 }
 
-static inline etcd_registry_status goer_list_async(etcd_registry *registry, const char *service,
-                                                   goer_list_call *call, char **err) {
+static void goer_list_done(void *user_data, etcd_registry_status status, const char *message,
+                           etcd_registry_node_list *list) {
+    goer_call_done(user_data, status, message, list);
+}
+
+static void goer_unregister_done(void *user_data, etcd_registry_status status,
+                                 const char *message) {
+    goer_call_done(user_data, status, message, NULL);
+}
+
+static inline void goer_call_reset(goer_call *call) {
     call->status = ETCD_REGISTRY_STATUS_OK;
     call->err = NULL;
     call->list = NULL;
+}
+
+static inline etcd_registry_status goer_list_async(etcd_registry *registry, const char *service,
+                                                   goer_call *call, char **err) {
+    goer_call_reset(call);
     GOER_CALL(etcd_registry_list_async(registry, service, goer_list_done, call));
+}
+
+static inline etcd_registry_status goer_unregister_async(etcd_registry *registry, uint64_t id,
+                                                         goer_call *call, char **err) {
+    goer_call_reset(call);
+    GOER_CALL(etcd_registry_unregister_async(registry, id, goer_unregister_done, call));
 }
 
 static inline etcd_registry_status goer_services(etcd_registry *registry,

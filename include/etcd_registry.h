@@ -490,6 +490,15 @@ typedef void (*etcd_registry_status_callback)(const struct etcd_registry_status_
                                               void *user_data);
 
 /**
+ * Called once with the result of an `_async` call that gives no value
+ * (`etcd_registry_unregister_async`): the status the blocking call would have returned, and on
+ * an error its message (valid until the callback returns; NULL on OK).
+ */
+typedef void (*etcd_registry_done_callback)(void *user_data,
+                                            etcd_registry_status status,
+                                            const char *error_message);
+
+/**
  * Where a registration stands; one of the `ETCD_REGISTRY_STATE_*` values.
  */
 typedef uint32_t etcd_registry_state;
@@ -1058,6 +1067,27 @@ etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
  */
 etcd_registry_status etcd_registry_unregister(struct etcd_registry *registry,
                                               uint64_t registration_id);
+
+/**
+ * Unregisters like `etcd_registry_unregister`, without blocking: the registration is taken
+ * from the registry at once (a second unregister of it is NOT_FOUND), and the delete and
+ * revoke go on in the library, whose result goes to `callback`. For hosts that wait in an
+ * event loop (Go's netpoller, epoll, libuv) rather than in a blocked thread, e.g. thousands of
+ * registrations ended at once while etcd is slow.
+ *
+ * On OK, `callback` is called exactly once, on a library runtime thread, possibly before this
+ * function returns, with what `etcd_registry_unregister` would have returned (OK when etcd
+ * could not be reached: the shutdown rule). By then UNREGISTERED has been delivered to the
+ * registration's status callback (which is not running and is never called again) or queued
+ * for `etcd_registry_next_event`. `callback` must return quickly and make no blocking library
+ * call (those fail there with INVALID_ARGUMENT); `user_data` must stay valid until it has run,
+ * even past `etcd_registry_close` and `etcd_registry_free`. On any other status (NULL
+ * pointers, CLOSED, NOT_FOUND) the callback is never called and nothing changes.
+ */
+etcd_registry_status etcd_registry_unregister_async(struct etcd_registry *registry,
+                                                    uint64_t registration_id,
+                                                    etcd_registry_done_callback callback,
+                                                    void *user_data);
 
 /**
  * Waits up to `timeout_ms` until the registration has been registered once. Returns OK at once

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use registry::{Info, InfoBytes, RegistrationState};
 
-use crate::events::etcd_registry_status_callback;
+use crate::events::{etcd_registry_status_callback, UserData};
 use crate::handle::{
     block_on, duration_ms, ensure_can_block, etcd_registry, handle, out, write_out, RegEntry,
 };
@@ -305,6 +305,78 @@ pub unsafe extern "C" fn etcd_registry_unregister(
             crate::tsan::acquire(user_data.0);
         }
         result??;
+        Ok(())
+    })
+}
+
+/// Called once with the result of an `_async` call that gives no value
+/// (`etcd_registry_unregister_async`): the status the blocking call would have returned, and on
+/// an error its message (valid until the callback returns; NULL on OK).
+#[allow(non_camel_case_types)]
+pub type etcd_registry_done_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        status: etcd_registry_status,
+        error_message: *const c_char,
+    ),
+>;
+
+/// Unregisters like `etcd_registry_unregister`, without blocking: the registration is taken
+/// from the registry at once (a second unregister of it is NOT_FOUND), and the delete and
+/// revoke go on in the library, whose result goes to `callback`. For hosts that wait in an
+/// event loop (Go's netpoller, epoll, libuv) rather than in a blocked thread, e.g. thousands of
+/// registrations ended at once while etcd is slow.
+///
+/// On OK, `callback` is called exactly once, on a library runtime thread, possibly before this
+/// function returns, with what `etcd_registry_unregister` would have returned (OK when etcd
+/// could not be reached: the shutdown rule). By then UNREGISTERED has been delivered to the
+/// registration's status callback (which is not running and is never called again) or queued
+/// for `etcd_registry_next_event`. `callback` must return quickly and make no blocking library
+/// call (those fail there with INVALID_ARGUMENT); `user_data` must stay valid until it has run,
+/// even past `etcd_registry_close` and `etcd_registry_free`. On any other status (NULL
+/// pointers, CLOSED, NOT_FOUND) the callback is never called and nothing changes.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_unregister_async(
+    registry: *mut etcd_registry,
+    registration_id: u64,
+    callback: etcd_registry_done_callback,
+    user_data: *mut c_void,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract.
+        let this = unsafe { handle(registry) }?;
+        let callback = callback.ok_or_else(|| Failure::null("callback"))?;
+        let entry = this.open()?.take_registration(registration_id)?;
+        // What the host did before this call happens before the callback.
+        crate::tsan::release(user_data);
+        let user_data = UserData(user_data);
+        this.runtime.spawn(async move {
+            let result = entry.registration.unregister().await;
+            if let Some((_, handler_data)) = &entry.handler {
+                crate::tsan::acquire(handler_data.0);
+            }
+            let user_data = user_data.ptr();
+            crate::tsan::acquire(user_data);
+            let finished = guard(|| {
+                match result {
+                    // SAFETY: the host gave this function pointer for exactly this call.
+                    Ok(()) => unsafe {
+                        callback(user_data, etcd_registry_status::Ok, std::ptr::null())
+                    },
+                    Err(error) => {
+                        let failure = Failure::from(error);
+                        let message = crate::strings::to_c(&failure.message);
+                        // SAFETY: as above; the message lives until the call returns.
+                        unsafe { callback(user_data, failure.status, message.as_ptr()) };
+                    }
+                }
+                Ok(())
+            });
+            crate::tsan::release(user_data);
+            if finished != etcd_registry_status::Ok {
+                tracing::error!("the unregister callback could not be called: {finished:?}");
+            }
+        });
         Ok(())
     })
 }

@@ -858,6 +858,88 @@ static void test_list_async(void) {
     etcd_registry_free(dead);
 }
 
+/* An etcd_registry_unregister_async callback: records like on_list (no list), after trying a
+ * blocking call, which a library thread must refuse. */
+static void on_unregistered(void *user_data, etcd_registry_status status, const char *message) {
+    list_result *res = user_data;
+    etcd_registry_status blocking = ETCD_REGISTRY_STATUS_OK;
+    if (res->registry != NULL) blocking = etcd_registry_unregister(res->registry, 987654321);
+    pthread_mutex_lock(&res->mu);
+    res->calls++;
+    res->status = status;
+    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
+    res->thread = pthread_self();
+    res->blocking_status = blocking;
+    pthread_cond_broadcast(&res->cv);
+    pthread_mutex_unlock(&res->mu);
+}
+
+static void test_unregister_async(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder rec;
+    recorder_init(&rec);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "unreg-async", "n1", NULL, 10000, on_status, &rec, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    CHECK(count_nodes(r, "unreg-async") == 1);
+
+    /* Taken at once; the key deleted on a library thread, which then calls back. */
+    list_result res;
+    list_result_init(&res, r);
+    CHECK_OK(etcd_registry_unregister_async(r, id, on_unregistered, &res));
+    CHECK_STATUS(etcd_registry_unregister_async(r, id, on_unregistered, &res), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK_STATUS(etcd_registry_unregister(r, id), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK(list_result_wait(&res, 10 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.calls == 1);
+    CHECK(res.status == ETCD_REGISTRY_STATUS_OK && res.message[0] == '\0');
+    CHECK(!pthread_equal(res.thread, pthread_self()));
+    CHECK(res.blocking_status == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+    CHECK(count_nodes(r, "unreg-async") == 0);
+    /* UNREGISTERED was delivered before the callback, as the last event. */
+    CHECK(find_event(&rec, ETCD_REGISTRY_STATUS_KIND_UNREGISTERED, NULL, 0) == count_of(&rec) - 1);
+
+    /* Refused at once: the callback is never called, and the registration stays. */
+    uint64_t other = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "unreg-async", "n2", NULL, 10000, NULL, NULL, &other));
+    list_result_init(&res, NULL);
+    CHECK_STATUS(etcd_registry_unregister_async(NULL, other, on_unregistered, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_unregister_async(r, other, NULL, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_MESSAGE("callback");
+    CHECK_STATUS(etcd_registry_unregister_async(r, 987654321, on_unregistered, &res), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    uint32_t state = 0;
+    CHECK_OK(etcd_registry_registration_state(r, other, &state));
+    CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_unregister_async(r, other, on_unregistered, &res), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(res.calls == 0);
+    list_result_destroy(&res);
+    etcd_registry_free(r);
+    recorder_destroy(&rec);
+
+    /* etcd unreachable: the shutdown rule, as for etcd_registry_unregister (OK, the key left to
+     * its lease), within the timeout. */
+    char eps[64];
+    snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
+    etcd_registry_config *config = make_config(eps);
+    REQUIRE(config != NULL);
+    REQUIRE_OK(etcd_registry_config_set_timeout_ms(config, (uint64_t)(500 * slow)));
+    etcd_registry *dead = NULL;
+    REQUIRE_OK(etcd_registry_connect(config, &dead));
+    etcd_registry_config_free(config);
+    REQUIRE_OK(etcd_registry_register_json(dead, "unreg-async", "n3", NULL, 10000, NULL, NULL, &id));
+    list_result_init(&res, NULL);
+    CHECK_OK(etcd_registry_unregister_async(dead, id, on_unregistered, &res));
+    CHECK(list_result_wait(&res, 20 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.calls == 1 && res.status == ETCD_REGISTRY_STATUS_OK);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+    etcd_registry_free(dead);
+}
+
 static void test_services(void) {
     /* A base path of its own: the other tests' services live under /ctest. */
     etcd_registry_config *config = make_config(endpoints);
@@ -2143,6 +2225,7 @@ static const test_case tests[] = {
     TEST(test_info_entries),
     TEST(test_list_errors),
     TEST(test_list_async),
+    TEST(test_unregister_async),
     TEST(test_services),
     TEST(test_active_endpoint),
     TEST(test_unreachable_etcd),

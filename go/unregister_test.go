@@ -1,0 +1,59 @@
+package etcdregistry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+)
+
+// A service that ends many registrations at once (their shared context cancelled, as at
+// shutdown) while etcd is slow does not get an OS thread per unregistration waiting for etcd:
+// they wait parked, as lists do. Once etcd answers, every key is deleted and every
+// registration ends with the context's error.
+func TestUnregistrationsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("unregistrations wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
+	}
+	h, r, service := oneNodeOnOwnEtcd(t)
+
+	const nodes = 64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	regs := make([]*Registration, nodes)
+	errChans := make([]<-chan error, nodes)
+	for i := range regs {
+		g, err := r.Register(ctx, service, Node{Name: fmt.Sprintf("m%d", i)}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs[i], errChans[i] = g, g.Errors()
+		waitDone(t, g.Done(), errChans[i])
+	}
+	threads := pprof.Lookup("threadcreate")
+	before := threads.Count()
+	resume := pause(t, h)
+	cancel()
+	eventually(t, "every unregistration waits for etcd", func() bool {
+		return goroutinesIn(".(*Registration).unregister(") == nodes
+	})
+	if grew := threads.Count() - before; grew >= nodes/4 {
+		t.Errorf("%d OS threads made for %d unregistrations waiting for etcd", grew, nodes)
+	}
+	resume()
+	for i, errs := range errChans {
+		if err := recvErr(t, errs); !errors.Is(err, context.Canceled) {
+			t.Errorf("m%d ended with %v, want context.Canceled", i, err)
+		}
+		if s := regs[i].State(); s != StateUnregistered {
+			t.Errorf("m%d: state %v after its end", i, s)
+		}
+	}
+	eventually(t, "only n1 is left in etcd", func() bool {
+		nodes, err := r.GetServiceNodes(service)
+		return err == nil && len(nodes) == 1 && nodes[0].Name == "n1"
+	})
+}
