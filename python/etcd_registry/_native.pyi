@@ -142,8 +142,19 @@ class Registration:
         With ``on_status``, returns once the callback has been called with ``"unregistered"``
         (from inside a callback, the events queued before it are delivered first, nested).
         """
+    def unregister_async(self) -> Awaitable[None]:
+        """``unregister()`` for asyncio: waits for etcd on the library's runtime, not in the
+        event loop's thread. Cancelling the awaiting task does not stop the unregistration.
+        ``async with`` a registration unregisters it this way on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
         self,
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],
@@ -232,8 +243,18 @@ class Registry:
         Returns once every ``on_status`` callback of its registrations has been called with
         ``"unregistered"``, and no ``on_event`` callback of its watches runs.
         """
+    def close_async(self) -> Awaitable[None]:
+        """``close()`` for asyncio: waits for etcd on the library's runtime, not in the event
+        loop's thread. ``async with Registry(...)`` closes this way on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
         self,
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],

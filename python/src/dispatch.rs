@@ -244,8 +244,12 @@ pub(crate) struct Callbacks {
     pid: u32,
     stream: EventStream,
     state: Mutex<Targets>,
-    /// Signalled when a callback returns, a target is added or removed, or the thread stops.
+    /// Signalled when a callback returns, a target is added or removed, or the thread stops
+    /// (with `changed_async`, through [`Callbacks::signal`]).
     changed: Condvar,
+    /// `changed` for the asyncio forms (`unregister_async`, `close_async`), which wait on the
+    /// library's runtime, not in a thread.
+    changed_async: tokio::sync::Notify,
 }
 
 struct Entry {
@@ -277,6 +281,7 @@ pub(crate) fn callbacks() -> &'static Callbacks {
             stream: EventStream::new(),
             state: Mutex::new(Targets::default()),
             changed: Condvar::new(),
+            changed_async: tokio::sync::Notify::new(),
         },
     )
 }
@@ -318,13 +323,19 @@ impl Creating {
 impl Drop for Creating {
     fn drop(&mut self) {
         self.callbacks.lock().creating -= 1;
-        self.callbacks.changed.notify_all();
+        self.callbacks.signal();
     }
 }
 
 impl Callbacks {
     fn lock(&self) -> MutexGuard<'_, Targets> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wakes every waiter for a change of the state, blocked or async.
+    fn signal(&self) {
+        self.changed.notify_all();
+        self.changed_async.notify_waiters();
     }
 
     /// Where registrations and watches with a callback send their events.
@@ -378,7 +389,7 @@ impl Callbacks {
         let mut state = self.lock();
         if state.running.take().is_some() {
             drop(state);
-            self.changed.notify_all();
+            self.signal();
         }
     }
 
@@ -387,7 +398,7 @@ impl Callbacks {
         state.stopped = true;
         state.running = None;
         drop(state);
-        self.changed.notify_all();
+        self.signal();
     }
 }
 
@@ -576,7 +587,7 @@ fn deliver_nested(
         let call = call_tuple(py, delivery);
         let result = call.and_then(|call| deliver.call1((call,)));
         callbacks.lock().running = outer;
-        callbacks.changed.notify_all();
+        callbacks.signal();
         result?;
     }
 }
@@ -590,12 +601,61 @@ pub(crate) fn finish_registration(py: Python<'_>, id: u64) -> PyResult<()> {
     })
 }
 
+/// Waits on the runtime (no thread blocked) until `done` holds for the callbacks' state, or the
+/// callback thread has stopped (interpreter exit).
+async fn until(done: impl Fn(&Targets) -> bool) {
+    let callbacks = callbacks();
+    loop {
+        let changed = callbacks.changed_async.notified();
+        tokio::pin!(changed);
+        // Registered before the state is read, so a signal in between is not missed.
+        changed.as_mut().enable();
+        {
+            let state = callbacks.lock();
+            if state.stopped || done(&state) {
+                return;
+            }
+        }
+        changed.await;
+    }
+}
+
+/// `finish_registration` for `unregister_async`: once its `unregistered` event has been
+/// delivered to its callback.
+pub(crate) async fn registration_finished(id: u64) {
+    until(|state| {
+        !state.by_id.contains_key(&id) && state.running.is_none_or(|(running, _)| running != id)
+    })
+    .await;
+}
+
+/// `finish_registry` for `close_async`.
+pub(crate) async fn registry_finished(registry: u64) {
+    forget_registry_watches(registry);
+    until(|state| {
+        !state.by_id.values().any(|e| e.registry == registry)
+            && state.running.is_none_or(|(_, r)| r != registry)
+    })
+    .await;
+}
+
+/// A closed registry's watches' callbacks start no more; its registrations' `unregistered`
+/// events are still delivered.
+fn forget_registry_watches(registry: u64) {
+    let callbacks = callbacks();
+    callbacks
+        .lock()
+        .by_id
+        .retain(|_, e| e.registry != registry || matches!(e.target, Target::Status { .. }));
+    callbacks.signal();
+}
+
 /// After a watch's `close()`: no callback of it starts from now on, and returns once one that
 /// is running has returned (unless called from inside it).
 pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
     let callbacks = callbacks();
     callbacks.lock().by_id.remove(&id);
-    callbacks.changed.notify_all();
+    callbacks.signal();
     if on_callback_thread() {
         return Ok(());
     }
@@ -608,12 +668,7 @@ pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
 /// `unregistered` of its registrations has been delivered and no callback of it runs (unless
 /// called from inside one).
 pub(crate) fn finish_registry(py: Python<'_>, registry: u64) -> PyResult<()> {
-    let callbacks = callbacks();
-    callbacks
-        .lock()
-        .by_id
-        .retain(|_, e| e.registry != registry || matches!(e.target, Target::Status { .. }));
-    callbacks.changed.notify_all();
+    forget_registry_watches(registry);
     wait_until(py, |state, nested| {
         !state.by_id.values().any(|e| e.registry == registry)
             && (nested || state.running.is_none_or(|(_, r)| r != registry))

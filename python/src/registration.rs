@@ -135,6 +135,17 @@ impl PyRegistration {
         result
     }
 
+    /// `unregister()` for asyncio: resolves once the key is deleted (or etcd could not be
+    /// reached, as for `unregister()`) and `on_status` has had "unregistered".
+    fn unregister_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let reg = self.core(py)?.clone();
+        asyncio::future_into_py(py, async move {
+            let result = reg.unregister().await;
+            dispatch::registration_finished(reg.id()).await;
+            Ok(Answer(result))
+        })
+    }
+
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -149,6 +160,22 @@ impl PyRegistration {
     ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.unregister(py)
+    }
+
+    fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        asyncio::future_into_py(py, async move { Ok(slf) })
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (exc_type, exc_value, traceback);
+        self.unregister_async(py)
     }
 
     fn __repr__(&self) -> String {

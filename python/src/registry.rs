@@ -280,6 +280,24 @@ impl PyRegistry {
         result
     }
 
+    /// `close()` for asyncio: resolves once every registration is unregistered and the
+    /// callbacks have had their "unregistered".
+    fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        if !self.inner.is_home() {
+            // As close(): a forked child leaves the parent's nodes alone.
+            return asyncio::future_into_py(py, async { Ok(()) });
+        }
+        let core = self.core(py)?.clone();
+        let watches = self.callback_watches.clone();
+        let token = self.token;
+        asyncio::future_into_py(py, async move {
+            let result = core.close().await;
+            watches.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            dispatch::registry_finished(token).await;
+            Ok(Answer(result))
+        })
+    }
+
     fn __enter__(slf: Py<Self>) -> Py<Self> {
         slf
     }
@@ -294,6 +312,22 @@ impl PyRegistry {
     ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.close(py)
+    }
+
+    fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        asyncio::future_into_py(py, async move { Ok(slf) })
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close_async(py)
     }
 
     fn __repr__(&self) -> String {

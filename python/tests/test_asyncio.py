@@ -9,7 +9,7 @@ import pytest
 
 from etcd_registry import AuthError, ClosedError, Node, Registry, RegistryTimeoutError, Watch
 
-from conftest import DEADLINE, Etcd
+from conftest import DEADLINE, Etcd, Recorder, quick_registry
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -125,3 +125,53 @@ def test_auth_error_from_wait_async(etcd_factory) -> None:  # type: ignore[no-un
                 await reg.register("api", "n").wait_async(timeout=DEADLINE)
 
     run(main())
+
+
+def test_async_with_unregisters_and_closes(etcd: Etcd, base_path: str) -> None:
+    """`async with` a registration unregisters it on exit, and `async with` a registry closes
+    it: both awaited, the callbacks having had "unregistered" when they resolve."""
+    first, second = Recorder(), Recorder()
+
+    async def main() -> None:
+        async with Registry(etcd.endpoints, base_path=base_path, timeout=5.0) as reg:
+            async with reg.register("api", "a", {"k": "v"}, on_status=first) as handle:
+                assert await handle.wait_async(timeout=DEADLINE) is True
+                assert await reg.list_async("api") == [Node("a", {"k": "v"})]
+            assert first.kinds()[-1] == "unregistered"
+            assert handle.state == "unregistered"
+            assert await reg.list_async("api") == []
+            await handle.unregister_async()  # idempotent, as unregister()
+
+            kept = reg.register("api", "b", on_status=second)
+            assert await kept.wait_async(timeout=DEADLINE) is True
+        assert reg.closed
+        assert second.kinds()[-1] == "unregistered"
+        assert etcd.get_prefix(base_path + "/") == {}
+
+    run(main())
+
+
+def test_unregister_async_waits_for_etcd_without_blocking_the_loop(fresh_etcd: Etcd) -> None:
+    """While etcd is paused, an awaited unregistration leaves the event loop free; once etcd
+    answers it resolves and the key is gone."""
+    reg = quick_registry(fresh_etcd, timeout=60.0)
+
+    async def main() -> None:
+        handle = reg.register("api", "n")
+        assert await handle.wait_async(timeout=DEADLINE) is True
+        fresh_etcd.cmd("pause", 0)
+        try:
+            pending = asyncio.ensure_future(handle.unregister_async())
+            # The loop runs this coroutine meanwhile: the wait below returns with the
+            # unregistration still waiting for etcd.
+            done, _ = await asyncio.wait({pending}, timeout=0.2)
+            assert not done
+        finally:
+            fresh_etcd.cmd("resume", 0)
+        await pending
+        assert await reg.list_async("api") == []
+
+    try:
+        run(main())
+    finally:
+        reg.close()
