@@ -57,3 +57,54 @@ func TestUnregistrationsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 		return err == nil && len(nodes) == 1 && nodes[0].Name == "n1"
 	})
 }
+
+// Close while unregistrations are still waiting for etcd: every registration still ends, with
+// its error channel closed after the context's error.
+func TestCloseWhileUnregistrationsWaitForEtcd(t *testing.T) {
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	service := serviceName(t)
+	const nodes = 16
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errChans := make([]<-chan error, nodes)
+	for i := range errChans {
+		g, err := r.Register(ctx, service, Node{Name: fmt.Sprintf("m%d", i)}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		errChans[i] = g.Errors()
+		waitDone(t, g.Done(), errChans[i])
+	}
+	resume := pause(t, h)
+	cancel()
+	eventually(t, "every unregistration waits for etcd", func() bool {
+		return goroutinesIn(".(*Registration).unregister(") == nodes
+	})
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	eventually(t, "Close waits for etcd too", func() bool { return goroutinesIn(".(*handle).close(") == 1 })
+	resume()
+	select {
+	case <-closed:
+	case <-time.After(waitLimit):
+		t.Fatal("Close did not return")
+	}
+	for i, errs := range errChans {
+		if err := recvErr(t, errs); !errors.Is(err, context.Canceled) && !errors.Is(err, ErrClosed) {
+			t.Errorf("m%d ended with %v, want context.Canceled or ErrClosed", i, err)
+		}
+		select {
+		case _, ok := <-errs:
+			if ok {
+				t.Errorf("m%d: a second error", i)
+			}
+		case <-time.After(waitLimit):
+			t.Errorf("m%d: error channel not closed", i)
+		}
+	}
+}
