@@ -45,17 +45,18 @@ def demo(reg: etcd_registry.Registry) -> None:
 
 
 async def demo_async(endpoints: list[str]) -> None:
-    """The same watch from asyncio: `async for` over the events."""
-    with etcd_registry.Registry(endpoints) as reg:
+    """The same watch from asyncio: `async for` over the events. Nothing here blocks the event
+    loop: the registry closes and the node unregisters awaited (`async with`)."""
+    async with etcd_registry.Registry(endpoints) as reg:
         with await reg.watch_async(SERVICE) as watch:
-            handle = reg.register(SERVICE, "node-3", {"address": "10.0.0.3:80"})
-            await handle.wait_async(timeout=5.0)
-            async for event in watch:
-                show(event)
-                if event.kind == "added":
-                    handle.unregister()
-                elif event.kind == "removed":
-                    break
+            async with reg.register(SERVICE, "node-3", {"address": "10.0.0.3:80"}) as handle:
+                await handle.wait_async(timeout=5.0)
+                async for event in watch:
+                    show(event)
+                    if event.kind == "added":
+                        await handle.unregister_async()
+                    elif event.kind == "removed":
+                        break
         print("listed from asyncio:", await reg.list_async(SERVICE))
 
 
