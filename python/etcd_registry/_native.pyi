@@ -144,8 +144,9 @@ class Registration:
         """
     def unregister_async(self) -> Awaitable[None]:
         """``unregister()`` for asyncio: waits for etcd on the library's runtime, not in the
-        event loop's thread. Cancelling the awaiting task does not stop the unregistration.
-        ``async with`` a registration unregisters it this way on exit."""
+        event loop's thread. The unregistration begins when this is called; cancelling the
+        awaiting task does not stop it. ``async with`` a registration unregisters it this way
+        on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
@@ -245,7 +246,8 @@ class Registry:
         """
     def close_async(self) -> Awaitable[None]:
         """``close()`` for asyncio: waits for etcd on the library's runtime, not in the event
-        loop's thread. ``async with Registry(...)`` closes this way on exit."""
+        loop's thread. The close begins when this is called; cancelling the awaiting task does
+        not stop it. ``async with Registry(...)`` closes this way on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -111,3 +111,27 @@ where
         .call_method0("ensure_started")?;
     generic::future_into_py::<GlobalRuntime, F, T>(py, fut)
 }
+
+/// Starts `fut` on the global runtime now, so that it runs to its end whatever becomes of the
+/// awaitable that waits for it (for operations that must not be cut short, like an
+/// unregistration).
+pub(crate) fn begin<F, T>(py: Python<'_>, fut: F) -> PyResult<tokio::task::JoinHandle<T>>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let runtime = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
+    Ok(runtime.spawn(fut))
+}
+
+/// What a task started by [`begin`] gave.
+pub(crate) fn outcome(
+    joined: Result<registry::Result<()>, tokio::task::JoinError>,
+) -> registry::Result<()> {
+    joined.unwrap_or_else(|e| {
+        Err(registry::Error::new(
+            registry::ErrorKind::Internal,
+            format!("the operation did not finish: {e}"),
+        ))
+    })
+}

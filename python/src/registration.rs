@@ -136,12 +136,16 @@ impl PyRegistration {
     }
 
     /// `unregister()` for asyncio: resolves once the key is deleted (or etcd could not be
-    /// reached, as for `unregister()`) and `on_status` has had "unregistered".
+    /// reached, as for `unregister()`) and `on_status` has had "unregistered". The
+    /// unregistration begins here, before anything is awaited, and goes on if the awaiting task
+    /// is cancelled.
     fn unregister_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reg = self.core(py)?.clone();
+        let id = reg.id();
+        let begun = asyncio::begin(py, async move { reg.unregister().await })?;
         asyncio::future_into_py(py, async move {
-            let result = reg.unregister().await;
-            dispatch::registration_finished(reg.id()).await;
+            let result = asyncio::outcome(begun.await);
+            dispatch::registration_finished(id).await;
             Ok(Answer(result))
         })
     }

@@ -290,8 +290,10 @@ impl PyRegistry {
         let core = self.core(py)?.clone();
         let watches = self.callback_watches.clone();
         let token = self.token;
+        // Begun here, as close(): cancelling the awaiting task does not stop it.
+        let begun = asyncio::begin(py, async move { core.close().await })?;
         asyncio::future_into_py(py, async move {
-            let result = core.close().await;
+            let result = asyncio::outcome(begun.await);
             watches.lock().unwrap_or_else(|p| p.into_inner()).clear();
             dispatch::registry_finished(token).await;
             Ok(Answer(result))

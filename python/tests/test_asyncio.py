@@ -9,7 +9,7 @@ import pytest
 
 from etcd_registry import AuthError, ClosedError, Node, Registry, RegistryTimeoutError, Watch
 
-from conftest import DEADLINE, Etcd, Recorder, quick_registry
+from conftest import DEADLINE, Etcd, Recorder, eventually, quick_registry
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -173,5 +173,29 @@ def test_unregister_async_waits_for_etcd_without_blocking_the_loop(fresh_etcd: E
 
     try:
         run(main())
+    finally:
+        reg.close()
+
+
+def test_cancelling_unregister_async_does_not_stop_it(fresh_etcd: Etcd) -> None:
+    """An unregistration begun by unregister_async() goes on when its awaiting is cancelled."""
+    reg = quick_registry(fresh_etcd, timeout=60.0)
+
+    async def main() -> None:
+        # A TTL past the test's deadline: only the delete can make the key go.
+        handle = reg.register("api", "n", ttl=3 * DEADLINE)
+        assert await handle.wait_async(timeout=DEADLINE) is True
+        fresh_etcd.cmd("pause", 0)
+        try:
+            pending = asyncio.ensure_future(handle.unregister_async())
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+        finally:
+            fresh_etcd.cmd("resume", 0)
+
+    try:
+        run(main())
+        eventually("the key deleted", lambda: reg.list("api") == [])
     finally:
         reg.close()
