@@ -19,6 +19,7 @@ interpreter.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
@@ -80,6 +81,27 @@ def _run() -> None:
             del item
         del batch
         _sync_log_level()
+
+
+def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:
+    """On the future's event loop: sets the result of an awaited call, unless the future is
+    done already (cancelled)."""
+    if future.done():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)  # type: ignore[arg-type]
+
+
+def _resolve(loop: asyncio.AbstractEventLoop, future: "asyncio.Future[object]", ok: bool,
+             value: object) -> None:
+    """On the asyncio thread: hands an awaited call's result to its loop. A loop closed
+    meanwhile (the future abandoned with it) gets nothing, and nothing is printed."""
+    try:
+        loop.call_soon_threadsafe(_settle, future, ok, value)
+    except RuntimeError:
+        logger.debug("an awaited etcd_registry call finished after its event loop closed")
 
 
 def _complete() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -199,3 +201,54 @@ def test_cancelling_unregister_async_does_not_stop_it(fresh_etcd: Etcd) -> None:
         eventually("the key deleted", lambda: reg.list("api") == [])
     finally:
         reg.close()
+
+
+def test_a_result_that_comes_after_its_loop_closed_is_not_printed(fresh_etcd: Etcd) -> None:
+    """A call left pending when its event loop closes (a bare future nobody awaited) answers
+    into nothing: no traceback on stderr, the library never prints."""
+    code = f"""
+import asyncio, sys
+import etcd_registry
+
+reg = etcd_registry.Registry({fresh_etcd.endpoints!r}, base_path="/s", timeout=60.0)
+reg.list("api")
+print("ready", flush=True)
+sys.stdin.readline()  # etcd is paused now
+
+async def leave_pending():
+    reg.list_async("api")  # never awaited: pending when the loop closes
+
+asyncio.run(leave_pending())
+print("loop closed", flush=True)
+sys.stdin.readline()  # etcd is back
+reg.list("api")
+# The asyncio thread hands results over in order: once this one is in, the first was handled.
+async def flush():
+    await reg.list_async("api")
+
+asyncio.run(flush())
+reg.close()
+print("done", flush=True)
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        fresh_etcd.cmd("pause", 0)
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline() == "loop closed\n"
+        finally:
+            fresh_etcd.cmd("resume", 0)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=DEADLINE)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out == "done\n"
+    assert err == ""
