@@ -6,6 +6,7 @@
 //                                    [](const etcdreg::StatusEvent &e) { /* ... */ });
 //   for (const auto &node : registry.list("api")) std::cout << node.name << "\n";
 //   std::future<std::vector<etcdreg::Node>> nodes = registry.list_async("api");  // no thread blocked
+//   registry.unregister_async(id).get();  // or wait elsewhere: no thread blocked meanwhile
 //
 // - Handles are std::unique_ptr with the C free functions as deleters.
 // - Every failing status throws etcdreg::Error (status code + the library's message).
@@ -170,6 +171,34 @@ class Registry {
         release(status_callbacks_, id);  // the C call returned: the callback is done for good
     }
 
+    // Unregisters without blocking: the registration is taken at once (unregistering it again
+    // throws NOT_FOUND), and the future is ready once the key is deleted, or etcd could not be
+    // reached (the shutdown rule: ready all the same), with the status callback done for good.
+    // The library's callback makes it ready on a library thread and owns the status callback
+    // meanwhile, so both outlive the Registry, if need be. Refusals throw here.
+    std::future<void> unregister_async(uint64_t id) {
+        auto pending = std::make_unique<PendingUnregister>();
+        std::future<void> future = pending->promise.get_future();
+        std::unique_lock<std::mutex> lock(mutex_);
+        auto it = status_callbacks_.find(id);
+        if (it != status_callbacks_.end()) {
+            // Owned by the pending call from before it starts: its callback may run at once.
+            pending->status_callback = std::move(it->second);
+            status_callbacks_.erase(it);
+        }
+        PendingUnregister *raw = pending.release();
+        const etcd_registry_status status =
+            etcd_registry_unregister_async(registry_.get(), id, &Registry::on_unregistered, raw);
+        if (status != ETCD_REGISTRY_STATUS_OK) {
+            // The callback is never called then: nothing changed, the callback goes back.
+            pending.reset(raw);
+            if (pending->status_callback) status_callbacks_[id] = std::move(pending->status_callback);
+            lock.unlock();
+            detail::check(status);
+        }
+        return future;
+    }
+
     void wait_registered(uint64_t id, std::chrono::milliseconds timeout) {
         detail::check(etcd_registry_wait_registered(registry_.get(), id, static_cast<uint64_t>(timeout.count())));
     }
@@ -293,6 +322,26 @@ class Registry {
         }
         lock.unlock();
         // `owned` (if still set) is destroyed here, outside the lock.
+    }
+
+    // An unregister_async in flight: what its callback owns.
+    struct PendingUnregister {
+        std::promise<void> promise;
+        std::unique_ptr<StatusCallback> status_callback;  // done for good once the callback runs
+    };
+
+    // etcd_registry_unregister_async's callback: it owns the pending call; nothing may throw
+    // back into the library.
+    static void on_unregistered(void *user_data, etcd_registry_status status,
+                                const char *message) noexcept {
+        std::unique_ptr<PendingUnregister> pending(static_cast<PendingUnregister *>(user_data));
+        try {
+            if (status == ETCD_REGISTRY_STATUS_OK)
+                pending->promise.set_value();
+            else
+                pending->promise.set_exception(std::make_exception_ptr(Error(status, detail::str(message))));
+        } catch (...) {
+        }
     }
 
     // etcd_registry_list_async's callback: it owns the promise (and the list); nothing may

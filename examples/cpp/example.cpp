@@ -47,6 +47,11 @@ int main() {
 
         registry.unwatch(watch);  // after this the lambda (and `added`) are no longer used
         registry.unregister(first);
+        // Without blocking: the future is ready once the key is deleted.
+        auto unregistered = registry.unregister_async(second);
+        unregistered.get();
+        const size_t left = registry.list("cpp-api").size();
+        std::cout << "after unregister_async: " << left << " nodes\n";
 
         try {
             registry.register_node("cpp-api", "", {}, 10s, on_status);
@@ -62,7 +67,7 @@ int main() {
         }
         registry.close();
         std::cout << "done (" << added << " added)\n";
-        return added == 2 && listed && async_nodes == 2 && async_refused ? 0 : 1;
+        return added == 2 && listed && async_nodes == 2 && async_refused && left == 0 ? 0 : 1;
     } catch (const etcdreg::Error &e) {
         std::cerr << "error: " << e.what() << "\n";
         return 1;
