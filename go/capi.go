@@ -390,6 +390,9 @@ func abandonCall(call *asyncCall) {
 	if call.c.list != nil {
 		C.etcd_registry_node_list_free(call.c.list)
 	}
+	if call.c.names != nil {
+		C.etcd_registry_string_list_free(call.c.names)
+	}
 	if call.c.err != nil {
 		C.free(unsafe.Pointer(call.c.err))
 	}
@@ -483,18 +486,46 @@ func putCall(call *asyncCall) {
 	C.free(unsafe.Pointer(call.c))
 }
 
-func cServices(p *C.etcd_registry) ([]string, error) {
-	var list *C.etcd_registry_string_list
+// cServices lists the services. When ctx can end, a call still waiting for etcd then returns
+// ctx.Err() at once; the library's answer, when it comes, is freed unread.
+func cServices(ctx context.Context, p *C.etcd_registry) ([]string, error) {
+	const op = "services"
+	call := getCall()
 	var msg *C.char
-	if err := cResult("services", C.goer_services(p, &list, &msg), msg); err != nil {
+	if call == nil {
+		// No eventfd here: the call blocks in C, in a goroutine of its own when ctx can end.
+		names, _, err := untilDone(ctx, func() ([]string, error) {
+			var list *C.etcd_registry_string_list
+			var msg *C.char
+			if err := cResult(op, C.goer_services(p, &list, &msg), msg); err != nil {
+				return nil, err
+			}
+			return takeStringList(list), nil
+		}, nil)
+		return names, err
+	}
+	if err := cResult(op, C.goer_services_async(p, call.c, &msg), msg); err != nil {
+		putCall(call)
 		return nil, err
 	}
+	if err := call.wait(ctx, op); err != nil {
+		return nil, err
+	}
+	status, list, text := call.c.status, call.c.names, call.c.err
+	putCall(call)
+	if err := cResult(op, status, text); err != nil {
+		return nil, err
+	}
+	return takeStringList(list), nil
+}
+
+func takeStringList(list *C.etcd_registry_string_list) []string {
 	defer C.etcd_registry_string_list_free(list)
 	names := make([]string, int(C.etcd_registry_string_list_len(list)))
 	for i := range names {
 		names[i] = C.GoString(C.etcd_registry_string_list_get(list, C.size_t(i)))
 	}
-	return names, nil
+	return names
 }
 
 func cActiveEndpoint(p *C.etcd_registry) (string, error) {

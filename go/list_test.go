@@ -78,22 +78,30 @@ func wantCanceled(t *testing.T, what string, results <-chan error, n int) {
 	}
 }
 
-// Lists waiting for etcd park their goroutines, as clientv3's calls do: a service that lists
-// from many goroutines while etcd is slow does not get an OS thread per waiting call. Then
-// every one of them returns the nodes once etcd answers.
+// Lists (and services calls) waiting for etcd park their goroutines, as clientv3's calls do: a
+// service that lists from many goroutines while etcd is slow does not get an OS thread per
+// waiting call. Then every one of them returns the nodes once etcd answers.
 func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("lists wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
 	}
 	h, r, service := oneNodeOnOwnEtcd(t)
 
-	const callers = 64
+	const callers = 64 // half list, half ask for the services
 	threads := pprof.Lookup("threadcreate")
 	before := threads.Count()
 	resume := pause(t, h)
 	results := make(chan error, callers)
-	for range callers {
+	for i := range callers {
 		go func() {
+			if i%2 == 1 {
+				names, err := r.Services()
+				if err == nil && (len(names) != 1 || names[0] != service) {
+					err = fmt.Errorf("services %v", names)
+				}
+				results <- err
+				return
+			}
 			nodes, err := r.GetServiceNodes(service)
 			if err == nil && (len(nodes) != 1 || nodes[0].Name != "n1" || nodes[0].Info["a"] != "1") {
 				err = fmt.Errorf("listed %v", nodes)
@@ -101,9 +109,11 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 			results <- err
 		}()
 	}
-	eventually(t, "every list waits for etcd", func() bool { return goroutinesIn(".cList(") == callers })
+	eventually(t, "every call waits for etcd", func() bool {
+		return goroutinesIn(".cList(") == callers/2 && goroutinesIn(".cServices(") == callers/2
+	})
 	if grew := threads.Count() - before; grew >= callers/4 {
-		t.Errorf("%d OS threads made for %d lists waiting for etcd", grew, callers)
+		t.Errorf("%d OS threads made for %d calls waiting for etcd", grew, callers)
 	}
 	resume()
 	for range callers {
@@ -113,7 +123,7 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 				t.Error(err)
 			}
 		case <-time.After(waitLimit):
-			t.Fatal("a list did not return after etcd resumed")
+			t.Fatal("a call did not return after etcd resumed")
 		}
 	}
 }

@@ -219,13 +219,12 @@ func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	names, _, err := untilDone(ctx, func() (names []string, err error) {
-		err = r.h.use(op, func(p *cRegistry) error {
-			names, err = cServices(p)
-			return err
-		})
-		return names, err
-	}, nil)
+	var names []string
+	err := r.h.use(op, func(p *cRegistry) error {
+		var err error
+		names, err = cServices(ctx, p)
+		return err
+	})
 	runtime.KeepAlive(r)
 	if err != nil {
 		return nil, err

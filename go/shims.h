@@ -133,15 +133,17 @@ static inline etcd_registry_status goer_list(etcd_registry *registry, const char
     GOER_CALL(etcd_registry_list(registry, service, out));
 }
 
-/* A call in flight for goer_list_async or goer_unregister_async: C memory (the library's
- * callback writes it), reused by the Go side for one call at a time. `fd` is an eventfd the
- * callback signals once the result is in; the Go side waits for it in the netpoller, so no OS
- * thread stays blocked in C. `list` is the list's result (NULL for an unregistration). */
+/* A call in flight for goer_list_async, goer_services_async or goer_unregister_async: C memory
+ * (the library's callback writes it), reused by the Go side for one call at a time. `fd` is an
+ * eventfd the callback signals once the result is in; the Go side waits for it in the
+ * netpoller, so no OS thread stays blocked in C. `list` and `names` are the results of a list
+ * and of a services call (NULL otherwise). */
 typedef struct goer_call {
     int fd;
     etcd_registry_status status;
     char *err;
     etcd_registry_node_list *list;
+    etcd_registry_string_list *names;
 } goer_call;
 
 /* A new goer_call with its eventfd (non-blocking, close-on-exec), or NULL where there is no
@@ -161,10 +163,8 @@ static inline goer_call *goer_call_new(void) {
 #endif
 }
 
-static void goer_call_done(goer_call *call, etcd_registry_status status, const char *message,
-                           etcd_registry_node_list *list) {
+static void goer_call_done(goer_call *call, etcd_registry_status status, const char *message) {
     call->status = status;
-    call->list = list;
     call->err = NULL;
     if (message != NULL) {
         size_t len = strlen(message);
@@ -178,24 +178,38 @@ static void goer_call_done(goer_call *call, etcd_registry_status status, const c
 
 static void goer_list_done(void *user_data, etcd_registry_status status, const char *message,
                            etcd_registry_node_list *list) {
-    goer_call_done(user_data, status, message, list);
+    ((goer_call *)user_data)->list = list;
+    goer_call_done(user_data, status, message);
+}
+
+static void goer_services_done(void *user_data, etcd_registry_status status, const char *message,
+                               etcd_registry_string_list *names) {
+    ((goer_call *)user_data)->names = names;
+    goer_call_done(user_data, status, message);
 }
 
 static void goer_unregister_done(void *user_data, etcd_registry_status status,
                                  const char *message) {
-    goer_call_done(user_data, status, message, NULL);
+    goer_call_done(user_data, status, message);
 }
 
 static inline void goer_call_reset(goer_call *call) {
     call->status = ETCD_REGISTRY_STATUS_OK;
     call->err = NULL;
     call->list = NULL;
+    call->names = NULL;
 }
 
 static inline etcd_registry_status goer_list_async(etcd_registry *registry, const char *service,
                                                    goer_call *call, char **err) {
     goer_call_reset(call);
     GOER_CALL(etcd_registry_list_async(registry, service, goer_list_done, call));
+}
+
+static inline etcd_registry_status goer_services_async(etcd_registry *registry, goer_call *call,
+                                                       char **err) {
+    goer_call_reset(call);
+    GOER_CALL(etcd_registry_services_async(registry, goer_services_done, call));
 }
 
 static inline etcd_registry_status goer_unregister_async(etcd_registry *registry, uint64_t id,

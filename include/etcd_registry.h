@@ -440,6 +440,16 @@ typedef void (*etcd_registry_list_callback)(void *user_data,
                                             struct etcd_registry_node_list *node_list);
 
 /**
+ * Called once with the result of `etcd_registry_services_async`: `status` OK and a string list
+ * that the callback now owns (free it with `etcd_registry_string_list_free`), or an error
+ * status, its message (valid until the callback returns) and a NULL list.
+ */
+typedef void (*etcd_registry_services_callback)(void *user_data,
+                                                etcd_registry_status status,
+                                                const char *error_message,
+                                                struct etcd_registry_string_list *services);
+
+/**
  * Severity of a log message; one of the `ETCD_REGISTRY_LOG_*` values.
  */
 typedef uint32_t etcd_registry_log_level;
@@ -845,6 +855,17 @@ etcd_registry_status etcd_registry_list_async(struct etcd_registry *registry,
  */
 etcd_registry_status etcd_registry_services(struct etcd_registry *registry,
                                             struct etcd_registry_string_list **out_services);
+
+/**
+ * `etcd_registry_services` without blocking, as `etcd_registry_list_async` is to
+ * `etcd_registry_list`: on OK, `callback` is called exactly once, on a library runtime thread
+ * (possibly before this returns), with the names or the error the blocking call would have
+ * returned; the same rules for the callback and `user_data`. On any other status (NULL
+ * pointers, a closed registry) the callback is never called.
+ */
+etcd_registry_status etcd_registry_services_async(struct etcd_registry *registry,
+                                                  etcd_registry_services_callback callback,
+                                                  void *user_data);
 
 /**
  * Copies the etcd endpoint that calls and keep-alives go to now (a URL, e.g.

@@ -338,47 +338,82 @@ pub unsafe extern "C" fn etcd_registry_list_async(
         let callback = callback.ok_or_else(|| Failure::null("callback"))?;
         drop(this.open()?);
         let registry = this.registry.clone();
-        // What the host did before this call happens before the callback.
-        crate::tsan::release(user_data);
-        let user_data = UserData(user_data);
-        this.runtime.spawn(async move {
-            let listed = registry.list_with(&service, NodeStorage::new).await;
-            let user_data = user_data.ptr();
-            crate::tsan::acquire(user_data);
-            let finished = guard(|| {
-                match listed {
-                    Ok(parts) => {
-                        let list =
-                            Box::into_raw(Box::new(etcd_registry_node_list::from_parts(parts)));
-                        // SAFETY: the host gave this function pointer for exactly this call; the
-                        // list is handed over to it.
-                        unsafe {
-                            callback(user_data, etcd_registry_status::Ok, std::ptr::null(), list)
-                        };
-                    }
-                    Err(error) => {
-                        let failure = Failure::from(error);
-                        let message = crate::strings::to_c(&failure.message);
-                        // SAFETY: as above; the message lives until the call returns.
-                        unsafe {
-                            callback(
-                                user_data,
-                                failure.status,
-                                message.as_ptr(),
-                                std::ptr::null_mut(),
-                            )
-                        };
-                    }
-                }
-                Ok(())
-            });
-            crate::tsan::release(user_data);
-            if finished != etcd_registry_status::Ok {
-                tracing::error!("the list callback could not be called: {finished:?}");
-            }
+        let work = async move { registry.list_with(&service, NodeStorage::new).await };
+        answer_async(this, user_data, "list", work, move |user_data, outcome| {
+            let list = outcome
+                .map(|parts| Box::into_raw(Box::new(etcd_registry_node_list::from_parts(parts))));
+            // SAFETY: the host gave this function pointer for exactly this call.
+            unsafe { call_back_with(callback, user_data, list) };
         });
         Ok(())
     })
+}
+
+/// Calls a callback of the `(user_data, status, error_message, result)` shape: OK with the
+/// result, handed over to it, or the failure's status and message (valid during the call) with
+/// NULL.
+///
+/// # Safety
+/// `callback` is the host's, given for this call with `user_data`.
+pub(crate) unsafe fn call_back_with<P>(
+    callback: unsafe extern "C" fn(*mut c_void, etcd_registry_status, *const c_char, *mut P),
+    user_data: *mut c_void,
+    outcome: Result<*mut P, Failure>,
+) {
+    match outcome {
+        // SAFETY: per this function's contract.
+        Ok(result) => unsafe {
+            callback(
+                user_data,
+                etcd_registry_status::Ok,
+                std::ptr::null(),
+                result,
+            )
+        },
+        Err(failure) => {
+            let message = crate::strings::to_c(&failure.message);
+            // SAFETY: as above; the message lives until the call returns.
+            unsafe {
+                callback(
+                    user_data,
+                    failure.status,
+                    message.as_ptr(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
+}
+
+/// Runs `work` on the library's runtime and hands its outcome to `deliver`, which calls the
+/// host's callback of an `_async` call: on a runtime thread, inside the panic guard, with
+/// what the host did before the call ordered before it (for ThreadSanitizer builds too).
+pub(crate) fn answer_async<T, F>(
+    this: &etcd_registry,
+    user_data: *mut c_void,
+    what: &'static str,
+    work: F,
+    deliver: impl FnOnce(*mut c_void, Result<T, Failure>) + Send + 'static,
+) where
+    F: std::future::Future<Output = registry::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    // What the host did before this call happens before the callback.
+    crate::tsan::release(user_data);
+    let user_data = UserData(user_data);
+    this.runtime.spawn(async move {
+        let outcome = work.await.map_err(Failure::from);
+        let user_data = user_data.ptr();
+        crate::tsan::acquire(user_data);
+        let finished = guard(|| {
+            deliver(user_data, outcome);
+            Ok(())
+        });
+        crate::tsan::release(user_data);
+        if finished != etcd_registry_status::Ok {
+            tracing::error!("the {what} callback could not be called: {finished:?}");
+        }
+    });
 }
 
 /// The names of the services under the base path that have at least one node, sorted
@@ -401,6 +436,53 @@ pub unsafe extern "C" fn etcd_registry_services(
         write_out(
             slot,
             Box::into_raw(Box::new(etcd_registry_string_list::new(&names))),
+        );
+        Ok(())
+    })
+}
+
+/// Called once with the result of `etcd_registry_services_async`: `status` OK and a string list
+/// that the callback now owns (free it with `etcd_registry_string_list_free`), or an error
+/// status, its message (valid until the callback returns) and a NULL list.
+#[allow(non_camel_case_types)]
+pub type etcd_registry_services_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        status: etcd_registry_status,
+        error_message: *const c_char,
+        services: *mut etcd_registry_string_list,
+    ),
+>;
+
+/// `etcd_registry_services` without blocking, as `etcd_registry_list_async` is to
+/// `etcd_registry_list`: on OK, `callback` is called exactly once, on a library runtime thread
+/// (possibly before this returns), with the names or the error the blocking call would have
+/// returned; the same rules for the callback and `user_data`. On any other status (NULL
+/// pointers, a closed registry) the callback is never called.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_services_async(
+    registry: *mut etcd_registry,
+    callback: etcd_registry_services_callback,
+    user_data: *mut c_void,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let callback = callback.ok_or_else(|| Failure::null("callback"))?;
+        drop(this.open()?);
+        let registry = this.registry.clone();
+        let work = async move { registry.services().await };
+        answer_async(
+            this,
+            user_data,
+            "services",
+            work,
+            move |user_data, outcome| {
+                let list = outcome
+                    .map(|names| Box::into_raw(Box::new(etcd_registry_string_list::new(&names))));
+                // SAFETY: the host gave this function pointer for exactly this call.
+                unsafe { call_back_with(callback, user_data, list) };
+            },
         );
         Ok(())
     })

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use registry::{Info, InfoBytes, RegistrationState};
 
-use crate::events::{etcd_registry_status_callback, UserData};
+use crate::events::etcd_registry_status_callback;
 use crate::handle::{
-    block_on, duration_ms, ensure_can_block, etcd_registry, handle, out, write_out, RegEntry,
+    answer_async, block_on, duration_ms, ensure_can_block, etcd_registry, handle, out, write_out,
+    RegEntry,
 };
 use crate::info::{etcd_registry_info_entry, read_entries, ETCD_REGISTRY_NO_INFO};
 use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
@@ -347,36 +348,32 @@ pub unsafe extern "C" fn etcd_registry_unregister_async(
         let this = unsafe { handle(registry) }?;
         let callback = callback.ok_or_else(|| Failure::null("callback"))?;
         let entry = this.open()?.take_registration(registration_id)?;
-        // What the host did before this call happens before the callback.
-        crate::tsan::release(user_data);
-        let user_data = UserData(user_data);
-        this.runtime.spawn(async move {
+        let work = async move {
             let result = entry.registration.unregister().await;
             if let Some((_, handler_data)) = &entry.handler {
                 crate::tsan::acquire(handler_data.0);
             }
-            let user_data = user_data.ptr();
-            crate::tsan::acquire(user_data);
-            let finished = guard(|| {
-                match result {
+            result
+        };
+        answer_async(
+            this,
+            user_data,
+            "unregister",
+            work,
+            move |user_data, outcome| {
+                match outcome {
                     // SAFETY: the host gave this function pointer for exactly this call.
                     Ok(()) => unsafe {
                         callback(user_data, etcd_registry_status::Ok, std::ptr::null())
                     },
-                    Err(error) => {
-                        let failure = Failure::from(error);
+                    Err(failure) => {
                         let message = crate::strings::to_c(&failure.message);
                         // SAFETY: as above; the message lives until the call returns.
                         unsafe { callback(user_data, failure.status, message.as_ptr()) };
                     }
                 }
-                Ok(())
-            });
-            crate::tsan::release(user_data);
-            if finished != etcd_registry_status::Ok {
-                tracing::error!("the unregister callback could not be called: {finished:?}");
-            }
-        });
+            },
+        );
         Ok(())
     })
 }

@@ -741,6 +741,7 @@ typedef struct {
     etcd_registry_status status;
     char message[256];
     etcd_registry_node_list *list;
+    etcd_registry_string_list *names;      /* what etcd_registry_services_async gave */
     pthread_t thread;
     etcd_registry *registry;               /* for a blocking call from inside the callback */
     etcd_registry_status blocking_status;  /* what that call returned */
@@ -755,6 +756,7 @@ static void list_result_init(list_result *res, etcd_registry *registry) {
 
 static void list_result_destroy(list_result *res) {
     etcd_registry_node_list_free(res->list);
+    etcd_registry_string_list_free(res->names);
     pthread_mutex_destroy(&res->mu);
     pthread_cond_destroy(&res->cv);
 }
@@ -940,6 +942,19 @@ static void test_unregister_async(void) {
     etcd_registry_free(dead);
 }
 
+static void on_services(void *user_data, etcd_registry_status status, const char *message,
+                        etcd_registry_string_list *names) {
+    list_result *res = user_data;
+    pthread_mutex_lock(&res->mu);
+    res->calls++;
+    res->status = status;
+    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
+    res->names = names;
+    res->thread = pthread_self();
+    pthread_cond_broadcast(&res->cv);
+    pthread_mutex_unlock(&res->mu);
+}
+
 static void test_services(void) {
     /* A base path of its own: the other tests' services live under /ctest. */
     etcd_registry_config *config = make_config(endpoints);
@@ -973,8 +988,28 @@ static void test_services(void) {
     CHECK(second && strcmp(second, "web") == 0);
     CHECK(etcd_registry_string_list_get(services, 2) == NULL);
 
+    /* The same without blocking: the names go to a callback on a library thread. */
+    list_result res;
+    list_result_init(&res, NULL);
+    CHECK_OK(etcd_registry_services_async(r, on_services, &res));
+    CHECK(list_result_wait(&res, 10 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.calls == 1 && res.status == ETCD_REGISTRY_STATUS_OK && res.message[0] == '\0');
+    CHECK(etcd_registry_string_list_len(res.names) == 2);
+    CHECK(res.names && strcmp(etcd_registry_string_list_get(res.names, 0), "db-main") == 0);
+    CHECK(res.names && strcmp(etcd_registry_string_list_get(res.names, 1), "web") == 0);
+    CHECK(!pthread_equal(res.thread, pthread_self()));
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+    list_result_init(&res, NULL);
+    CHECK_STATUS(etcd_registry_services_async(NULL, on_services, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_services_async(r, NULL, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+
     /* The list is a snapshot: it outlives the registry that made it. */
     CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_services_async(r, on_services, &res), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(res.calls == 0);
+    list_result_destroy(&res);
     etcd_registry_free(r);
     CHECK(first && strcmp(etcd_registry_string_list_get(services, 0), "db-main") == 0);
     etcd_registry_string_list_free(services);
