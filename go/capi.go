@@ -387,6 +387,9 @@ func abandonCall(call *asyncCall) {
 	if _, err := call.file.Read(buf[:]); err != nil {
 		return // as in wait: the call is not reused
 	}
+	if call.abandoned != nil {
+		call.abandoned(call.c)
+	}
 	if call.c.list != nil {
 		C.etcd_registry_node_list_free(call.c.list)
 	}
@@ -438,6 +441,9 @@ func untilDone[T any](ctx context.Context, call func() (T, error), abandoned fun
 type asyncCall struct {
 	c    *C.goer_call
 	file *os.File
+	// abandoned, when set, is run with the answer of a call its caller stopped waiting for,
+	// before the answer is freed (a watch made meanwhile is stopped).
+	abandoned func(answer *C.goer_call)
 }
 
 // asyncCalls keeps a few idle asyncCalls for reuse; unavailable is set when eventfds cannot
@@ -475,6 +481,7 @@ func getCall() *asyncCall {
 }
 
 func putCall(call *asyncCall) {
+	call.abandoned = nil
 	asyncCalls.mu.Lock()
 	if len(asyncCalls.idle) < maxIdleCalls {
 		asyncCalls.idle = append(asyncCalls.idle, call)
@@ -542,6 +549,46 @@ func cActiveEndpoint(p *C.etcd_registry) (string, error) {
 		}
 		buf = make([]byte, int(n)+1) // truncated: again with room for all of it
 	}
+}
+
+// cStartWatch starts a watch (events to the pull queue) without blocking on its first
+// listing and returns a wait for its id, which may be called after the registry's lock is let
+// go. When ctx ends first, the wait returns ctx.Err(), and abandoned runs with the library's
+// answer when it comes. Nil (and no error) where there is no eventfd: then cWatch blocks.
+func cStartWatch(p *C.etcd_registry, service string, abandoned func(id uint64, err error)) (wait func(ctx context.Context) (uint64, error), err error) {
+	const op = "watch"
+	cs, err := cStrings(op, service)
+	if err != nil {
+		return nil, err
+	}
+	defer freeCStrings(cs)
+	call := getCall()
+	if call == nil {
+		return nil, nil
+	}
+	var msg *C.char
+	if err := cResult(op, C.goer_watch_async(p, cs[0], call.c, &msg), msg); err != nil {
+		putCall(call)
+		return nil, err
+	}
+	call.abandoned = func(answer *C.goer_call) {
+		var err error
+		if answer.status != C.ETCD_REGISTRY_STATUS_OK {
+			err = errorOfStatus(op, uint32(answer.status), "")
+		}
+		abandoned(uint64(answer.watch_id), err)
+	}
+	return func(ctx context.Context) (uint64, error) {
+		if err := call.wait(ctx, op); err != nil {
+			return 0, err
+		}
+		status, id, text := call.c.status, call.c.watch_id, call.c.err
+		putCall(call)
+		if err := cResult(op, status, text); err != nil {
+			return 0, err
+		}
+		return uint64(id), nil
+	}, nil
 }
 
 func cWatch(p *C.etcd_registry, service string) (uint64, error) {

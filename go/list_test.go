@@ -78,23 +78,36 @@ func wantCanceled(t *testing.T, what string, results <-chan error, n int) {
 	}
 }
 
-// Lists (and services calls) waiting for etcd park their goroutines, as clientv3's calls do: a
-// service that lists from many goroutines while etcd is slow does not get an OS thread per
-// waiting call. Then every one of them returns the nodes once etcd answers.
+// Lists (and services calls, and watches making their first listing) waiting for etcd park
+// their goroutines, as clientv3's calls do: a service that lists from many goroutines while
+// etcd is slow does not get an OS thread per waiting call. Then every one of them returns the
+// nodes once etcd answers.
 func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("lists wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
 	}
 	h, r, service := oneNodeOnOwnEtcd(t)
 
-	const callers = 64 // half list, half ask for the services
+	const callers = 96 // a third each list, ask for the services, watch
 	threads := pprof.Lookup("threadcreate")
 	before := threads.Count()
 	resume := pause(t, h)
 	results := make(chan error, callers)
 	for i := range callers {
 		go func() {
-			if i%2 == 1 {
+			if i%3 == 2 {
+				w, err := r.WatchService(context.Background(), service)
+				if err == nil {
+					var nodes []Node
+					if nodes, err = w.Nodes(); err == nil && (len(nodes) != 1 || nodes[0].Name != "n1") {
+						err = fmt.Errorf("watched %v", nodes)
+					}
+					_ = w.Close()
+				}
+				results <- err
+				return
+			}
+			if i%3 == 1 {
 				names, err := r.Services()
 				if err == nil && (len(names) != 1 || names[0] != service) {
 					err = fmt.Errorf("services %v", names)
@@ -110,7 +123,8 @@ func TestListsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 		}()
 	}
 	eventually(t, "every call waits for etcd", func() bool {
-		return goroutinesIn(".cList(") == callers/2 && goroutinesIn(".cServices(") == callers/2
+		return goroutinesIn(".cList(") == callers/3 && goroutinesIn(".cServices(") == callers/3 &&
+			goroutinesIn(".startWatch(") == callers/3
 	})
 	if grew := threads.Count() - before; grew >= callers/4 {
 		t.Errorf("%d OS threads made for %d calls waiting for etcd", grew, callers)
@@ -194,7 +208,7 @@ func TestWatchServiceReturnsWhenItsContextEnds(t *testing.T) {
 		}
 		result <- err
 	}()
-	eventually(t, "the watch waits for etcd", func() bool { return goroutinesIn(".cWatch(") == 1 })
+	eventually(t, "the watch waits for etcd", func() bool { return goroutinesIn(".startWatch(") == 1 })
 	cancel()
 	wantCanceled(t, "WatchService", result, 1)
 	resume()

@@ -133,17 +133,18 @@ static inline etcd_registry_status goer_list(etcd_registry *registry, const char
     GOER_CALL(etcd_registry_list(registry, service, out));
 }
 
-/* A call in flight for goer_list_async, goer_services_async or goer_unregister_async: C memory
- * (the library's callback writes it), reused by the Go side for one call at a time. `fd` is an
- * eventfd the callback signals once the result is in; the Go side waits for it in the
- * netpoller, so no OS thread stays blocked in C. `list` and `names` are the results of a list
- * and of a services call (NULL otherwise). */
+/* A call in flight for goer_list_async, goer_services_async, goer_watch_async or
+ * goer_unregister_async: C memory (the library's callback writes it), reused by the Go side for
+ * one call at a time. `fd` is an eventfd the callback signals once the result is in; the Go side
+ * waits for it in the netpoller, so no OS thread stays blocked in C. `list`, `names` and
+ * `watch_id` are the results of a list, a services call and a watch (NULL or 0 otherwise). */
 typedef struct goer_call {
     int fd;
     etcd_registry_status status;
     char *err;
     etcd_registry_node_list *list;
     etcd_registry_string_list *names;
+    uint64_t watch_id;
 } goer_call;
 
 /* A new goer_call with its eventfd (non-blocking, close-on-exec), or NULL where there is no
@@ -188,6 +189,12 @@ static void goer_services_done(void *user_data, etcd_registry_status status, con
     goer_call_done(user_data, status, message);
 }
 
+static void goer_watch_started(void *user_data, etcd_registry_status status, const char *message,
+                               uint64_t watch_id) {
+    ((goer_call *)user_data)->watch_id = watch_id;
+    goer_call_done(user_data, status, message);
+}
+
 static void goer_unregister_done(void *user_data, etcd_registry_status status,
                                  const char *message) {
     goer_call_done(user_data, status, message);
@@ -198,6 +205,7 @@ static inline void goer_call_reset(goer_call *call) {
     call->err = NULL;
     call->list = NULL;
     call->names = NULL;
+    call->watch_id = 0;
 }
 
 static inline etcd_registry_status goer_list_async(etcd_registry *registry, const char *service,
@@ -210,6 +218,13 @@ static inline etcd_registry_status goer_services_async(etcd_registry *registry, 
                                                        char **err) {
     goer_call_reset(call);
     GOER_CALL(etcd_registry_services_async(registry, goer_services_done, call));
+}
+
+/* A watch whose events go to the pull queue, made without blocking on its first listing. */
+static inline etcd_registry_status goer_watch_async(etcd_registry *registry, const char *service,
+                                                    goer_call *call, char **err) {
+    goer_call_reset(call);
+    GOER_CALL(etcd_registry_watch_async(registry, service, NULL, NULL, goer_watch_started, call));
 }
 
 static inline etcd_registry_status goer_unregister_async(etcd_registry *registry, uint64_t id,

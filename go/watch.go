@@ -64,11 +64,39 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	return w, nil
 }
 
-// startWatch makes the library's watch, whose first listing waits for etcd. When ctx ends
-// first it returns ctx.Err(); the watch, if the library then makes it, is stopped at once.
-// On error the creation begun by the caller is ended.
+// startWatch makes the library's watch, whose first listing waits for etcd: parked in the
+// netpoller (etcd_registry_watch_async), outside the registry's lock, or where there is no
+// eventfd blocked in C in a goroutine of its own. When ctx ends first it returns ctx.Err(); the
+// watch, if the library then makes it, is stopped at once. On error the creation begun by the
+// caller is ended.
 func startWatch(ctx context.Context, h *handle, service string) (uint64, error) {
 	const op = "watch"
+	// Once ctx has ended: its events are dropped as those of an ended watch, once the creation
+	// has ended.
+	abandoned := func(id uint64, err error) {
+		if err == nil {
+			_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, id) })
+		}
+		h.routes.abortCreate()
+	}
+	var wait func(ctx context.Context) (uint64, error)
+	err := h.use(op, func(p *cRegistry) error {
+		var err error
+		wait, err = cStartWatch(p, service, abandoned)
+		return err
+	})
+	if err != nil {
+		h.routes.abortCreate()
+		return 0, err
+	}
+	if wait != nil {
+		id, err := wait(ctx)
+		if err != nil && (ctx.Err() == nil || err != ctx.Err()) {
+			// Not handed to abandoned: the call failed, or waiting for it did.
+			h.routes.abortCreate()
+		}
+		return id, err
+	}
 	start := func() (id uint64, err error) {
 		err = h.use(op, func(p *cRegistry) error {
 			id, err = cWatch(p, service)
@@ -76,13 +104,7 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 		})
 		return id, err
 	}
-	id, answered, err := untilDone(ctx, start, func(id uint64, err error) {
-		// Its events are dropped as those of an ended watch, once the creation has ended.
-		if err == nil {
-			_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, id) })
-		}
-		h.routes.abortCreate()
-	})
+	id, answered, err := untilDone(ctx, start, abandoned)
 	if err != nil && answered {
 		h.routes.abortCreate()
 	}

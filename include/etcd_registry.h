@@ -521,6 +521,15 @@ typedef void (*etcd_registry_watch_callback)(const struct etcd_registry_watch_ev
                                              void *user_data);
 
 /**
+ * Called once with the result of `etcd_registry_watch_async`: OK and the new watch's id, or an
+ * error status, its message (valid until the callback returns) and 0.
+ */
+typedef void (*etcd_registry_watch_started_callback)(void *user_data,
+                                                     etcd_registry_status status,
+                                                     const char *error_message,
+                                                     uint64_t watch_id);
+
+/**
  * The key was put for the first time, its keep-alive running and (for a new lease) the watch of
  * its keys open (`lease_id` is set).
  */
@@ -1199,6 +1208,25 @@ etcd_registry_status etcd_registry_watch(struct etcd_registry *registry,
                                          etcd_registry_watch_callback callback,
                                          void *user_data,
                                          uint64_t *out_watch_id);
+
+/**
+ * Watches a service like `etcd_registry_watch`, without blocking on its first listing: the
+ * watch is made on a library runtime thread, and `started` is called exactly once (possibly
+ * before this returns) with `started_user_data` and the watch id, or with the error
+ * `etcd_registry_watch` would have returned (CONNECTION/TIMEOUT, an invalid service name,
+ * CLOSED if the registry was closed meanwhile: no watch is left then). The watch's events go
+ * to `callback` (or the pull queue with a NULL callback) as with `etcd_registry_watch`; they
+ * carry the id and may come before `started` is called. `started` must return quickly and
+ * make no blocking library call; `started_user_data` must stay valid until it has run, even
+ * past `etcd_registry_close` and `etcd_registry_free`. On any other status (NULL pointers, a
+ * closed registry) `started` is never called and no watch is made.
+ */
+etcd_registry_status etcd_registry_watch_async(struct etcd_registry *registry,
+                                               const char *service,
+                                               etcd_registry_watch_callback callback,
+                                               void *user_data,
+                                               etcd_registry_watch_started_callback started,
+                                               void *started_user_data);
 
 /**
  * Stops a watch. Once it returns, the watch's callback is not running and will never be called

@@ -34,7 +34,8 @@ pub struct etcd_registry {
     /// The pull queue: the core's bounded stream that registrations and watches made with a
     /// NULL callback are routed to.
     pub(crate) queue: EventStream,
-    pub(crate) state: Mutex<HandleState>,
+    /// Shared with a watch being made by `etcd_registry_watch_async`, which records it here.
+    pub(crate) state: Arc<Mutex<HandleState>>,
     /// Signalled when the close in progress has finished (`HandleState::close_finished`).
     pub(crate) close_finished: Condvar,
 }
@@ -129,6 +130,10 @@ pub(crate) fn ensure_can_block() -> FfiResult {
     Ok(())
 }
 
+pub(crate) fn lock_state(state: &Mutex<HandleState>) -> MutexGuard<'_, HandleState> {
+    state.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub(crate) fn block_on<F: std::future::Future>(future: F) -> FfiResult<F::Output> {
     runtime::block_on(future).map_err(Failure::from)
 }
@@ -139,7 +144,7 @@ pub(crate) fn duration_ms(ms: u64) -> Duration {
 
 impl etcd_registry {
     pub(crate) fn lock(&self) -> MutexGuard<'_, HandleState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock_state(&self.state)
     }
 
     /// Whether this handle was created before a fork() of which this is the child (the core
@@ -267,7 +272,7 @@ pub unsafe extern "C" fn etcd_registry_connect(
             registry,
             runtime,
             queue: EventStream::new(),
-            state: Mutex::new(HandleState::default()),
+            state: Arc::new(Mutex::new(HandleState::default())),
             close_finished: Condvar::new(),
         };
         write_out(slot, Box::into_raw(Box::new(handle)));
@@ -388,21 +393,22 @@ pub(crate) unsafe fn call_back_with<P>(
 /// Runs `work` on the library's runtime and hands its outcome to `deliver`, which calls the
 /// host's callback of an `_async` call: on a runtime thread, inside the panic guard, with
 /// what the host did before the call ordered before it (for ThreadSanitizer builds too).
-pub(crate) fn answer_async<T, F>(
+pub(crate) fn answer_async<T, E, F>(
     this: &etcd_registry,
     user_data: *mut c_void,
     what: &'static str,
     work: F,
     deliver: impl FnOnce(*mut c_void, Result<T, Failure>) + Send + 'static,
 ) where
-    F: std::future::Future<Output = registry::Result<T>> + Send + 'static,
+    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    E: Into<Failure>,
     T: Send + 'static,
 {
     // What the host did before this call happens before the callback.
     crate::tsan::release(user_data);
     let user_data = UserData(user_data);
     this.runtime.spawn(async move {
-        let outcome = work.await.map_err(Failure::from);
+        let outcome = work.await.map_err(Into::into);
         let user_data = user_data.ptr();
         crate::tsan::acquire(user_data);
         let finished = guard(|| {

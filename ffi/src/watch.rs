@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::events::etcd_registry_watch_callback;
 use crate::handle::{
-    block_on, ensure_can_block, etcd_registry, handle, out, write_out, WatchEntry,
+    answer_async, block_on, ensure_can_block, etcd_registry, handle, lock_state, out, write_out,
+    WatchEntry,
 };
 use crate::node_list::etcd_registry_node_list;
-use crate::status::{etcd_registry_status, guard};
+use crate::status::{etcd_registry_status, guard, Failure};
 use crate::strings::required;
 
 /// Watches a service: lists it (failing with CONNECTION/TIMEOUT if etcd cannot be reached now),
@@ -49,6 +50,83 @@ pub unsafe extern "C" fn etcd_registry_watch(
         }
         state.watches.insert(id, WatchEntry { watch, handler });
         write_out(slot, id);
+        Ok(())
+    })
+}
+
+/// Called once with the result of `etcd_registry_watch_async`: OK and the new watch's id, or an
+/// error status, its message (valid until the callback returns) and 0.
+#[allow(non_camel_case_types)]
+pub type etcd_registry_watch_started_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        status: etcd_registry_status,
+        error_message: *const c_char,
+        watch_id: u64,
+    ),
+>;
+
+/// Watches a service like `etcd_registry_watch`, without blocking on its first listing: the
+/// watch is made on a library runtime thread, and `started` is called exactly once (possibly
+/// before this returns) with `started_user_data` and the watch id, or with the error
+/// `etcd_registry_watch` would have returned (CONNECTION/TIMEOUT, an invalid service name,
+/// CLOSED if the registry was closed meanwhile: no watch is left then). The watch's events go
+/// to `callback` (or the pull queue with a NULL callback) as with `etcd_registry_watch`; they
+/// carry the id and may come before `started` is called. `started` must return quickly and
+/// make no blocking library call; `started_user_data` must stay valid until it has run, even
+/// past `etcd_registry_close` and `etcd_registry_free`. On any other status (NULL pointers, a
+/// closed registry) `started` is never called and no watch is made.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_watch_async(
+    registry: *mut etcd_registry,
+    service: *const c_char,
+    callback: etcd_registry_watch_callback,
+    user_data: *mut c_void,
+    started: etcd_registry_watch_started_callback,
+    started_user_data: *mut c_void,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?.to_owned();
+        let started = started.ok_or_else(|| Failure::null("started"))?;
+        drop(this.open()?);
+        let (route, handler) = this.route(None, callback, user_data)?;
+        let registry = this.registry.clone();
+        let state = this.state.clone();
+        let work = async move {
+            let watch = Arc::new(registry.watch_routed(&service, &route).await?);
+            let mut state = lock_state(&state);
+            if state.closed {
+                watch.cancel();
+                return Err(Failure::closed());
+            }
+            let id = watch.id();
+            if let Some((handler, _)) = &handler {
+                handler.resume();
+            }
+            state.watches.insert(id, WatchEntry { watch, handler });
+            Ok(id)
+        };
+        answer_async(
+            this,
+            started_user_data,
+            "watch",
+            work,
+            move |user_data, outcome| {
+                match outcome {
+                    // SAFETY: the host gave this function pointer for exactly this call.
+                    Ok(id) => unsafe {
+                        started(user_data, etcd_registry_status::Ok, std::ptr::null(), id)
+                    },
+                    Err(failure) => {
+                        let message = crate::strings::to_c(&failure.message);
+                        // SAFETY: as above; the message lives until the call returns.
+                        unsafe { started(user_data, failure.status, message.as_ptr(), 0) };
+                    }
+                }
+            },
+        );
         Ok(())
     })
 }

@@ -742,6 +742,7 @@ typedef struct {
     char message[256];
     etcd_registry_node_list *list;
     etcd_registry_string_list *names;      /* what etcd_registry_services_async gave */
+    uint64_t watch_id;                     /* what etcd_registry_watch_async gave */
     pthread_t thread;
     etcd_registry *registry;               /* for a blocking call from inside the callback */
     etcd_registry_status blocking_status;  /* what that call returned */
@@ -761,6 +762,17 @@ static void list_result_destroy(list_result *res) {
     pthread_cond_destroy(&res->cv);
 }
 
+/* Records a call of an _async callback, res->mu held (and let go here): its status, message
+ * and thread, and wakes list_result_wait. */
+static void list_result_called_locked(list_result *res, etcd_registry_status status, const char *message) {
+    res->calls++;
+    res->status = status;
+    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
+    res->thread = pthread_self();
+    pthread_cond_broadcast(&res->cv);
+    pthread_mutex_unlock(&res->mu);
+}
+
 static void on_list(void *user_data, etcd_registry_status status, const char *message,
                     etcd_registry_node_list *list) {
     list_result *res = user_data;
@@ -771,14 +783,9 @@ static void on_list(void *user_data, etcd_registry_status status, const char *me
         etcd_registry_node_list_free(inner);
     }
     pthread_mutex_lock(&res->mu);
-    res->calls++;
-    res->status = status;
-    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
     res->list = list;
-    res->thread = pthread_self();
     res->blocking_status = blocking;
-    pthread_cond_broadcast(&res->cv);
-    pthread_mutex_unlock(&res->mu);
+    list_result_called_locked(res, status, message);
 }
 
 /* Waits until the callback has run (true) or `seconds` pass. */
@@ -867,13 +874,8 @@ static void on_unregistered(void *user_data, etcd_registry_status status, const 
     etcd_registry_status blocking = ETCD_REGISTRY_STATUS_OK;
     if (res->registry != NULL) blocking = etcd_registry_unregister(res->registry, 987654321);
     pthread_mutex_lock(&res->mu);
-    res->calls++;
-    res->status = status;
-    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
-    res->thread = pthread_self();
     res->blocking_status = blocking;
-    pthread_cond_broadcast(&res->cv);
-    pthread_mutex_unlock(&res->mu);
+    list_result_called_locked(res, status, message);
 }
 
 static void test_unregister_async(void) {
@@ -946,13 +948,8 @@ static void on_services(void *user_data, etcd_registry_status status, const char
                         etcd_registry_string_list *names) {
     list_result *res = user_data;
     pthread_mutex_lock(&res->mu);
-    res->calls++;
-    res->status = status;
-    snprintf(res->message, sizeof res->message, "%s", message ? message : "");
     res->names = names;
-    res->thread = pthread_self();
-    pthread_cond_broadcast(&res->cv);
-    pthread_mutex_unlock(&res->mu);
+    list_result_called_locked(res, status, message);
 }
 
 static void test_services(void) {
@@ -1101,6 +1098,108 @@ static void test_unreachable_etcd(void) {
     CHECK_STATUS(etcd_registry_registration_state(r, id, &state), ETCD_REGISTRY_STATUS_NOT_FOUND);
     etcd_registry_free(r);
     recorder_destroy(&rec);
+}
+
+/* etcd_registry_watch_async's `started`: records like on_list. */
+static void on_watch_started(void *user_data, etcd_registry_status status, const char *message,
+                             uint64_t watch_id) {
+    list_result *res = user_data;
+    pthread_mutex_lock(&res->mu);
+    res->watch_id = watch_id;
+    list_result_called_locked(res, status, message);
+}
+
+/* Starts a watch with etcd_registry_watch_async and waits for `started`: its status, and the id
+ * in *id. */
+static etcd_registry_status watch_async_wait(etcd_registry *r, const char *service,
+                                             etcd_registry_watch_callback callback, void *user_data,
+                                             uint64_t *id, char *message, size_t message_len) {
+    list_result res;
+    list_result_init(&res, NULL);
+    etcd_registry_status s = etcd_registry_watch_async(r, service, callback, user_data, on_watch_started, &res);
+    if (s == ETCD_REGISTRY_STATUS_OK) {
+        CHECK(list_result_wait(&res, 20 * slow));
+        pthread_mutex_lock(&res.mu);
+        CHECK(res.calls == 1);
+        CHECK(!pthread_equal(res.thread, pthread_self()));
+        s = res.status;
+        *id = res.watch_id;
+        snprintf(message, message_len, "%s", res.message);
+        pthread_mutex_unlock(&res.mu);
+    }
+    list_result_destroy(&res);
+    return s;
+}
+
+static void test_watch_async(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    uint64_t reg = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "wasync", "a", "{\"v\":\"1\"}", 10000, NULL, NULL, &reg));
+    REQUIRE_OK(etcd_registry_wait_registered(r, reg, (uint64_t)(10000 * slow)));
+
+    /* With a callback: the node present comes as ADDED, with the id `started` gave. */
+    recorder events;
+    recorder_init(&events);
+    uint64_t watch = 0;
+    char message[256];
+    CHECK_OK(watch_async_wait(r, "wasync", on_watch, &events, &watch, message, sizeof message));
+    CHECK(watch != 0 && message[0] == '\0');
+    CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_ADDED, "a", 0) >= 0, 10 * slow));
+    CHECK(events.ids[0] == watch);
+    CHECK(WAIT_FOR(live_set_is(r, watch, 1, "1"), 10 * slow));
+    CHECK_OK(etcd_registry_unwatch(r, watch));
+    recorder_destroy(&events);
+
+    /* With no callback: the events are pulled, with the same id. */
+    uint64_t pulled = 0;
+    CHECK_OK(watch_async_wait(r, "wasync", NULL, NULL, &pulled, message, sizeof message));
+    bool added = false;
+    double deadline = now_s() + 10 * slow;
+    while (!added && now_s() < deadline) {
+        etcd_registry_event *e = NULL;
+        if (etcd_registry_next_event(r, 100, &e) != ETCD_REGISTRY_STATUS_OK) continue;
+        added = e->event_type == ETCD_REGISTRY_EVENT_TYPE_WATCH && e->watch.watch_id == pulled &&
+                e->watch.kind == ETCD_REGISTRY_WATCH_KIND_ADDED && strcmp(e->watch.node_name, "a") == 0;
+        etcd_registry_event_free(e);
+    }
+    CHECK(added);
+    CHECK_OK(etcd_registry_unwatch(r, pulled));
+
+    /* A name the core refuses: the error goes to `started`, with id 0 and no watch. */
+    uint64_t refused = 99;
+    CHECK_STATUS(watch_async_wait(r, "", on_watch, NULL, &refused, message, sizeof message),
+                 ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(refused == 0 && strstr(message, "service") != NULL);
+
+    /* Refused at once: `started` is never called. */
+    list_result res;
+    list_result_init(&res, NULL);
+    CHECK_STATUS(etcd_registry_watch_async(NULL, "wasync", NULL, NULL, on_watch_started, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_watch_async(r, NULL, NULL, NULL, on_watch_started, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_watch_async(r, "wasync", NULL, NULL, NULL, &res), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_MESSAGE("started");
+    CHECK_STATUS(etcd_registry_watch_async(r, "w\xff", NULL, NULL, on_watch_started, &res), ETCD_REGISTRY_STATUS_INVALID_UTF8);
+    CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_watch_async(r, "wasync", NULL, NULL, on_watch_started, &res), ETCD_REGISTRY_STATUS_CLOSED);
+    CHECK(res.calls == 0);
+    list_result_destroy(&res);
+    etcd_registry_free(r);
+
+    /* etcd unreachable: the first listing's error comes through `started`. */
+    char eps[64];
+    snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
+    etcd_registry_config *config = make_config(eps);
+    REQUIRE(config != NULL);
+    REQUIRE_OK(etcd_registry_config_set_timeout_ms(config, (uint64_t)(500 * slow)));
+    etcd_registry *dead = NULL;
+    REQUIRE_OK(etcd_registry_connect(config, &dead));
+    etcd_registry_config_free(config);
+    uint64_t none = 99;
+    etcd_registry_status s = watch_async_wait(dead, "wasync", NULL, NULL, &none, message, sizeof message);
+    CHECK(s == ETCD_REGISTRY_STATUS_TIMEOUT || s == ETCD_REGISTRY_STATUS_CONNECTION);
+    CHECK(none == 0);
+    etcd_registry_free(dead);
 }
 
 static void test_watch_callbacks_on_the_library_thread(void) {
@@ -2261,6 +2360,7 @@ static const test_case tests[] = {
     TEST(test_list_errors),
     TEST(test_list_async),
     TEST(test_unregister_async),
+    TEST(test_watch_async),
     TEST(test_services),
     TEST(test_active_endpoint),
     TEST(test_unreachable_etcd),
