@@ -98,6 +98,7 @@ pub unsafe extern "C" fn etcd_registry_watch_async(
             let watch = Arc::new(registry.watch_routed(&service, &route).await?);
             let mut state = lock_state(&state);
             if state.closed {
+                drop(state);
                 watch.cancel();
                 return Err(Failure::closed());
             }
