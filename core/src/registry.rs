@@ -471,6 +471,8 @@ impl Registry {
         let watch = watch::start(setup, &self.inner.handle).await?;
         let mut state = self.state();
         if self.is_closed() {
+            // Cancelling forgets the watch in the state: not while its lock is held here.
+            drop(state);
             watch.cancel();
             return Err(Error::closed());
         }

@@ -191,6 +191,45 @@ async fn close_ends_every_watch() {
     );
 }
 
+/// A registry closed while a watch's first listing waits for a frozen etcd: once etcd answers,
+/// the watch call ends with Closed and no watch is left. (It hung before, on the thread making
+/// it: the closed path took the registry's lock a second time to forget the watch.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_while_a_watch_is_being_made_ends_it_closed() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(DEADLINE))
+        .await
+        .unwrap();
+    registry.list("api").await.unwrap(); // connected
+    etcd.pause(0).unwrap();
+    let (begun_tx, begun) = tokio::sync::oneshot::channel();
+    let (made_tx, made) = tokio::sync::oneshot::channel();
+    // Made on a thread of its own, so that a hang fails the test instead of stalling its runtime.
+    let maker = registry.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut watch = std::pin::pin!(maker.watch("api"));
+            // One poll: the registry is open, the first listing is sent (etcd does not answer).
+            let first = tokio::time::timeout(Duration::ZERO, &mut watch).await;
+            assert!(first.is_err(), "the watch was made while etcd is frozen");
+            let _ = begun_tx.send(());
+            let _ = made_tx.send(watch.await);
+        });
+    });
+    begun.await.unwrap();
+    registry.close().await.unwrap();
+    etcd.resume(0).unwrap();
+    let made = tokio::time::timeout(DEADLINE, made)
+        .await
+        .expect("the watch call returned")
+        .unwrap();
+    assert_eq!(made.unwrap_err().kind(), etcd_registry::ErrorKind::Closed);
+}
+
 /// A listing or watch larger than tonic's default 4 MiB message limit (a service of some 50 000
 /// ordinary nodes) is read whole, as etcd's Go client reads it; here 6 nodes of 900 kB info.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1186,6 +1186,23 @@ static void test_watch_async(void) {
     list_result_destroy(&res);
     etcd_registry_free(r);
 
+    /* Closed while the first listing waits for a paused etcd: `started` gets CLOSED, and no
+     * watch is left behind. */
+    etcd_registry *closing = connect_etcd();
+    REQUIRE(closing != NULL);
+    CHECK(count_nodes(closing, "wasync") == 0); /* connected (r closed: its node is gone) */
+    list_result_init(&res, NULL);
+    REQUIRE(harness("pause 0") >= 0);
+    CHECK_OK(etcd_registry_watch_async(closing, "wasync", NULL, NULL, on_watch_started, &res));
+    CHECK_OK(etcd_registry_close(closing));
+    REQUIRE(harness("resume 0") >= 0);
+    CHECK(list_result_wait(&res, 20 * slow));
+    pthread_mutex_lock(&res.mu);
+    CHECK(res.calls == 1 && res.status == ETCD_REGISTRY_STATUS_CLOSED && res.watch_id == 0);
+    pthread_mutex_unlock(&res.mu);
+    list_result_destroy(&res);
+    etcd_registry_free(closing);
+
     /* etcd unreachable: the first listing's error comes through `started`. */
     char eps[64];
     snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
