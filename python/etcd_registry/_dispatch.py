@@ -19,14 +19,18 @@ interpreter.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import logging
 import os
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from . import _native
+
+if TYPE_CHECKING:
+    # Only for annotations: importing asyncio costs a process about 8 MiB of memory, which a
+    # program that never awaits a call should not pay.
+    import asyncio
 
 logger = logging.getLogger("etcd_registry")
 # A library logs only where the application configures logging.
@@ -94,7 +98,7 @@ def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:
         future.set_exception(value)  # type: ignore[arg-type]
 
 
-def _resolve(loop: asyncio.AbstractEventLoop, future: "asyncio.Future[object]", ok: bool,
+def _resolve(loop: "asyncio.AbstractEventLoop", future: "asyncio.Future[object]", ok: bool,
              value: object) -> None:
     """On the asyncio thread: hands an awaited call's result to its loop. A loop closed
     meanwhile (the future abandoned with it) gets nothing, and nothing is printed."""

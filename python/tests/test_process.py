@@ -92,3 +92,24 @@ def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None
     assert "child: new registry works" in lines
     assert lines[-1] == "parent: ok"
     assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
+
+
+def test_a_program_that_never_awaits_does_not_load_asyncio(etcd: Etcd) -> None:
+    # Loading asyncio costs a process about 8 MiB of memory: only awaited calls may need it.
+    code = """
+import sys, threading, uuid
+import etcd_registry
+seen = threading.Event()
+base = "/noasync-" + uuid.uuid4().hex[:8]
+with etcd_registry.Registry(sys.argv[1].split(","), base_path=base, timeout=10.0) as reg:
+    watch = reg.watch("api", on_event=lambda event: seen.set())
+    handle = reg.register("api", "n1", {"a": "1"}, ttl=5.0, on_status=lambda event: None)
+    assert handle.wait(timeout=10.0)
+    assert [n.name for n in reg.list("api")] == ["n1"]
+    assert seen.wait(10.0)
+    handle.unregister()
+print("asyncio" in sys.modules)
+"""
+    result = run_python(code, etcd.env_endpoints)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
