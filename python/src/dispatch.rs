@@ -308,14 +308,13 @@ pub(crate) struct Creating {
 impl Creating {
     /// The registration or watch `id` was made: its events go to `target`.
     pub(crate) fn done(self, id: u64, target: Target) {
-        let mut state = self.callbacks.lock();
-        state.by_id.insert(
-            id,
-            Entry {
-                target,
-                registry: self.registry,
-            },
-        );
+        let entry = Entry {
+            target,
+            registry: self.registry,
+        };
+        let replaced = self.callbacks.lock().by_id.insert(id, entry);
+        // (Ids are unique: nothing is replaced. Were it, it would be dropped unlocked.)
+        drop(replaced);
         // `Drop` counts it out and wakes the thread.
     }
 }
@@ -369,19 +368,17 @@ impl Callbacks {
             }
             state = self.changed.wait(state).unwrap_or_else(|p| p.into_inner());
         }
-        let entry = if event.is_final() {
-            state.by_id.remove(&id)
+        let (target, registry, removed) = if event.is_final() {
+            let entry = state.by_id.remove(&id)?;
+            (entry.target.clone(), entry.registry, Some(entry))
         } else {
-            state.by_id.get(&id).map(|e| Entry {
-                target: e.target.clone(),
-                registry: e.registry,
-            })
-        }?;
-        state.running = Some((id, entry.registry));
-        Some(Delivery {
-            target: entry.target,
-            event,
-        })
+            let entry = state.by_id.get(&id)?;
+            (entry.target.clone(), entry.registry, None)
+        };
+        state.running = Some((id, registry));
+        drop(state);
+        drop(removed);
+        Some(Delivery { target, event })
     }
 
     /// The callback handed out last has returned.
@@ -643,19 +640,34 @@ pub(crate) async fn registry_finished(registry: u64) {
 /// events are still delivered.
 fn forget_registry_watches(registry: u64) {
     let callbacks = callbacks();
-    callbacks
-        .lock()
-        .by_id
-        .retain(|_, e| e.registry != registry || matches!(e.target, Target::Status { .. }));
+    let forgotten: Vec<Entry> = {
+        let mut state = callbacks.lock();
+        let ids: Vec<u64> = state
+            .by_id
+            .iter()
+            .filter(|(_, e)| e.registry == registry && matches!(e.target, Target::Watch { .. }))
+            .map(|(id, _)| *id)
+            .collect();
+        ids.iter().filter_map(|id| state.by_id.remove(id)).collect()
+    };
     callbacks.signal();
+    // Dropped unlocked: a callback freed here may have a `__del__` that calls the library.
+    drop(forgotten);
+}
+
+/// No callback of the watch `id` starts from now on. Does not wait for one that is running.
+pub(crate) fn drop_watch(id: u64) {
+    let callbacks = callbacks();
+    let forgotten = callbacks.lock().by_id.remove(&id);
+    callbacks.signal();
+    // Dropped unlocked: a callback freed here may have a `__del__` that calls the library.
+    drop(forgotten);
 }
 
 /// After a watch's `close()`: no callback of it starts from now on, and returns once one that
 /// is running has returned (unless called from inside it).
 pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
-    let callbacks = callbacks();
-    callbacks.lock().by_id.remove(&id);
-    callbacks.signal();
+    drop_watch(id);
     if on_callback_thread() {
         return Ok(());
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import subprocess
 import threading
 
 import pytest
@@ -17,7 +18,7 @@ from etcd_registry import (
     dropped_events,
 )
 
-from conftest import DEADLINE, Etcd, Recorder, eventually
+from conftest import DEADLINE, Etcd, Recorder, eventually, run_python
 
 
 def test_status_events_in_order_on_the_library_thread(registry: Registry) -> None:
@@ -305,3 +306,45 @@ def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
     # The event queued behind it is never delivered.
     registry.register("api", "later").wait(DEADLINE)
     assert registry.list("api") and calls == ["start", "end"]
+
+
+@pytest.mark.parametrize("closing", ["watch", "registry"])
+def test_a_callback_freed_by_close_may_call_the_library_from_del(etcd: Etcd, closing: str) -> None:
+    """Closing a watch (or its registry) frees its callback; a `__del__` of that callback that
+    closes other watches and registries does so at once, never deadlocks."""
+    code = """
+import sys, uuid
+import etcd_registry
+
+endpoints, closing = sys.argv[1].split(","), sys.argv[2]
+base = "/del-" + uuid.uuid4().hex[:8]
+reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+other = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+other_watch = other.watch("api2", on_event=lambda event: None)
+
+
+class Callback:
+    def __call__(self, event):
+        pass
+
+    def __del__(self):
+        other_watch.close()
+        other.close()
+        print("closed from __del__", flush=True)
+
+
+watch = reg.watch("api", on_event=Callback())
+if closing == "watch":
+    watch.close()
+else:
+    reg.close()
+print("returned", flush=True)
+reg.close()
+"""
+    try:
+        result = run_python(code, etcd.env_endpoints, closing, timeout=DEADLINE)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"deadlocked; output so far: {exc.stdout!r}")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["closed from __del__", "returned"]
+
