@@ -23,7 +23,8 @@
 //!   [`EVENT_QUEUE_CAPACITY`] unread events. When a slow consumer falls that far behind, the
 //!   *oldest* unread event that is not final is dropped to make room (`Unregistered` is final
 //!   and never dropped), the queue's [`dropped`](EventStream::dropped) counter goes up and a
-//!   warning is logged. Producers never block and memory stays bounded. The same in every
+//!   warning is logged (once the producer holds no lock: a host's log callback may ask for the
+//!   count). Producers never block and memory stays bounded. The same in every
 //!   language, since every binding reads one of these queues.
 //! - **The end of a registration.** `unregister()` and `close()` emit `Unregistered` as the
 //!   registration's last event, and it is delivered: to a stream it is queued before they
@@ -162,20 +163,62 @@ impl<T> Buffer<T> {
     }
 }
 
+/// What pushing into full queues dropped, for the caller to [`log`](Overflow::log) once it
+/// holds no lock: the warning goes to the host's log callback, which may call back into the
+/// library (e.g. `etcd_registry_dropped_events`), and that takes the very locks a push is made
+/// under (a queue's, the dispatcher's, the registration's).
+#[must_use = "log it once no lock is held"]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Overflow {
+    /// The largest dropped count, among the queues that dropped an event, that is a power of
+    /// two (a warning is logged at 1, 2, 4, … drops per queue); 0 for none.
+    warn_at: u64,
+}
+
+impl Overflow {
+    /// Nothing dropped.
+    pub(crate) const NONE: Overflow = Overflow { warn_at: 0 };
+
+    /// A queue's drop, its count now `dropped`.
+    fn dropped(dropped: u64) -> Overflow {
+        Overflow {
+            warn_at: if dropped.is_power_of_two() {
+                dropped
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Both overflows together.
+    pub(crate) fn and(self, other: Overflow) -> Overflow {
+        Overflow {
+            warn_at: self.warn_at.max(other.warn_at),
+        }
+    }
+
+    /// Logs the warning, if one is due. Call with no lock of the library held.
+    pub(crate) fn log(self) {
+        if self.warn_at > 0 {
+            tracing::warn!(
+                dropped = self.warn_at,
+                capacity = EVENT_QUEUE_CAPACITY,
+                "an event consumer is too slow: the oldest unread events were dropped"
+            );
+        }
+    }
+}
+
 impl<T: Final> Buffer<T> {
-    /// Queues `event`; when full, drops the oldest non-final event first.
-    pub(crate) fn push(&mut self, event: T) {
+    /// Queues `event`; when full, drops the oldest non-final event first, and returns what to
+    /// log about it (not logged here: the caller holds this buffer's lock).
+    pub(crate) fn push(&mut self, event: T) -> Overflow {
+        let mut overflow = Overflow::NONE;
         if self.items.len() >= EVENT_QUEUE_CAPACITY {
             if let Some(at) = self.items.iter().position(|e| !e.is_final()) {
                 self.items.remove(at);
                 self.dropped += 1;
-                if self.dropped.is_power_of_two() {
-                    tracing::warn!(
-                        dropped = self.dropped,
-                        capacity = EVENT_QUEUE_CAPACITY,
-                        "an event consumer is too slow: the oldest unread events were dropped"
-                    );
-                }
+                overflow = Overflow::dropped(self.dropped);
             }
         }
         // Most queues hold an event or two at a time (one per registration, or a handler's
@@ -184,6 +227,7 @@ impl<T: Final> Buffer<T> {
             self.items.reserve_exact(1);
         }
         self.items.push_back(event);
+        overflow
     }
 }
 
@@ -214,18 +258,19 @@ impl Queue {
         })
     }
 
-    /// Queues a copy of `event`; false once the queue has ended.
-    pub(crate) fn push_event(&self, event: &Event) -> bool {
-        self.push(event.clone())
+    /// Queues a copy of `event`; false once the queue has ended. What it dropped to make room
+    /// is added to `overflow`, for the caller to log once it holds no lock.
+    pub(crate) fn push_event(&self, event: &Event, overflow: &mut Overflow) -> bool {
+        self.push(event.clone(), overflow)
     }
 
-    fn push(&self, event: Event) -> bool {
+    fn push(&self, event: Event, overflow: &mut Overflow) -> bool {
         let mut buffer = relock(&self.buffer);
         if buffer.closed {
             return false;
         }
         let was_empty = buffer.items.is_empty();
-        buffer.push(event);
+        *overflow = overflow.and(buffer.push(event));
         drop(buffer);
         self.ready.notify_one();
         self.notify.notify_waiters();
@@ -563,11 +608,12 @@ pub(crate) enum Subscriber {
 }
 
 impl Subscriber {
-    /// Pushes `event`; false once the subscriber has gone (closed or cancelled).
-    pub(crate) fn push(&self, event: &Event) -> bool {
+    /// Pushes `event`; false once the subscriber has gone (closed or cancelled). What it
+    /// dropped to make room is added to `overflow`, for the caller to log once it holds no lock.
+    pub(crate) fn push(&self, event: &Event, overflow: &mut Overflow) -> bool {
         match self {
-            Subscriber::Stream(queue) => queue.push(event.clone()),
-            Subscriber::Handler(sub) => dispatcher::push(sub, event.clone()),
+            Subscriber::Stream(queue) => queue.push(event.clone(), overflow),
+            Subscriber::Handler(sub) => dispatcher::push(sub, event.clone(), overflow),
         }
     }
 
@@ -621,10 +667,11 @@ impl Hub {
         !relock(&self.streams).is_empty()
     }
 
-    pub(crate) fn publish(&self, event: &Event) {
+    /// Pushes `event` into every registry-wide stream; what they dropped is added to `overflow`.
+    pub(crate) fn publish(&self, event: &Event, overflow: &mut Overflow) {
         let mut streams = relock(&self.streams);
         if !streams.is_empty() {
-            streams.retain(|queue| queue.push(event.clone()));
+            streams.retain(|queue| queue.push(event.clone(), overflow));
         }
     }
 
@@ -764,13 +811,13 @@ pub mod dispatcher {
         Ok(())
     }
 
-    pub(super) fn push(sub: &Arc<HandlerSub>, event: Event) -> bool {
+    pub(super) fn push(sub: &Arc<HandlerSub>, event: Event, overflow: &mut Overflow) -> bool {
         let mut state = lock();
         if sub.cancelled.load(Ordering::SeqCst) {
             return false;
         }
         let mut buffer = relock(&sub.buffer);
-        buffer.buffer.push(event);
+        *overflow = overflow.and(buffer.buffer.push(event));
         if !buffer.scheduled && !buffer.paused {
             buffer.scheduled = true;
             drop(buffer);
@@ -996,10 +1043,23 @@ mod tests {
     fn a_full_queue_drops_the_oldest_but_never_the_final_event() {
         let stream = EventStream::new();
         let queue = stream.queue();
-        queue.push(status(1, StatusEvent::Unregistered));
+        let mut none = Overflow::NONE;
+        let _ = queue.push(status(1, StatusEvent::Unregistered), &mut none);
+        // What each push dropped is handed back (to be logged once no lock is held): a warning
+        // at the 1st, 2nd, 4th, 8th drop.
+        let mut warnings = Vec::new();
         for lease in 0..(EVENT_QUEUE_CAPACITY as i64 + 10) {
-            queue.push(status(2, StatusEvent::Registered { lease_id: lease }));
+            let mut overflow = Overflow::NONE;
+            let _ = queue.push(
+                status(2, StatusEvent::Registered { lease_id: lease }),
+                &mut overflow,
+            );
+            if overflow != Overflow::NONE {
+                warnings.push(overflow.warn_at);
+            }
         }
+        assert_eq!(none, Overflow::NONE);
+        assert_eq!(warnings, [1, 2, 4, 8]);
         assert_eq!(stream.len(), EVENT_QUEUE_CAPACITY);
         assert_eq!(stream.dropped(), 11);
         assert!(matches!(stream.try_next(), Next::Event(e) if e.is_final()));
@@ -1025,6 +1085,7 @@ mod tests {
         let stream = EventStream::new();
         let queue = stream.queue();
         let calls = Arc::new(AtomicUsize::new(0));
+        let mut none = Overflow::NONE;
         let hook = |calls: &Arc<AtomicUsize>| -> ReadyHook {
             let calls = calls.clone();
             Box::new(move || {
@@ -1036,14 +1097,23 @@ mod tests {
         stream.set_on_ready(Some(hook(&calls)));
         assert_eq!(count(), 0);
         // Empty -> one event: called; a second event while the first is unread: not again.
-        queue.push(status(1, StatusEvent::Registered { lease_id: 7 }));
-        queue.push(status(1, StatusEvent::Registered { lease_id: 8 }));
+        let _ = queue.push(
+            status(1, StatusEvent::Registered { lease_id: 7 }),
+            &mut none,
+        );
+        let _ = queue.push(
+            status(1, StatusEvent::Registered { lease_id: 8 }),
+            &mut none,
+        );
         assert_eq!(count(), 1);
         // Drained, then an event: called again.
         assert!(matches!(stream.try_next(), Next::Event(_)));
         assert!(matches!(stream.try_next(), Next::Event(_)));
         assert_eq!(stream.try_next(), Next::Empty);
-        queue.push(status(1, StatusEvent::Registered { lease_id: 9 }));
+        let _ = queue.push(
+            status(1, StatusEvent::Registered { lease_id: 9 }),
+            &mut none,
+        );
         assert_eq!(count(), 2);
         // Set while an event waits: called at once, so that event is not missed.
         stream.set_on_ready(Some(hook(&calls)));
@@ -1051,7 +1121,10 @@ mod tests {
         // Removed: no more calls.
         stream.set_on_ready(None);
         assert!(matches!(stream.try_next(), Next::Event(_)));
-        queue.push(status(1, StatusEvent::Registered { lease_id: 10 }));
+        let _ = queue.push(
+            status(1, StatusEvent::Registered { lease_id: 10 }),
+            &mut none,
+        );
         assert_eq!(count(), 3);
         // The end calls it once, even with events queued; closing again does not.
         stream.set_on_ready(Some(hook(&calls)));
@@ -1069,11 +1142,15 @@ mod tests {
         let into = seen.clone();
         let handler = Handler::new(move |e| relock(&into).push(e.kind_str())).unwrap();
         let route = Route::handler(&handler).subscriber();
-        route.push(&status(1, StatusEvent::Registered { lease_id: 1 }));
-        route.push(&status(1, StatusEvent::Unregistered));
+        let mut none = Overflow::NONE;
+        let _ = route.push(
+            &status(1, StatusEvent::Registered { lease_id: 1 }),
+            &mut none,
+        );
+        let _ = route.push(&status(1, StatusEvent::Unregistered), &mut none);
         handler.finish();
         assert_eq!(*relock(&seen), ["registered", "unregistered"]);
         handler.cancel();
-        assert!(!route.push(&status(1, StatusEvent::Unregistered)));
+        assert!(!route.push(&status(1, StatusEvent::Unregistered), &mut none));
     }
 }

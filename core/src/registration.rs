@@ -35,7 +35,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Buffer, Event, EventStream, Hub, Next, Queue, Subscriber};
+use crate::events::{Buffer, Event, EventStream, Hub, Next, Overflow, Queue, Subscriber};
 use crate::keys::{decode_info, Info};
 
 /// A service node: its name and its info.
@@ -308,16 +308,18 @@ enum Backlog {
 }
 
 impl Backlog {
-    fn push(&mut self, event: StatusEvent) {
+    fn push(&mut self, event: StatusEvent) -> Overflow {
         match (&mut *self, event) {
             (Backlog::Empty, StatusEvent::Registered { lease_id }) => {
                 *self = Backlog::Registered { lease_id };
+                Overflow::NONE
             }
             (Backlog::Events(events), event) => events.push(event),
             (_, event) => {
                 let mut events = std::mem::replace(self, Backlog::Empty).into_buffer();
-                events.push(event);
+                let overflow = events.push(event);
                 *self = Backlog::Events(Box::new(events));
+                overflow
             }
         }
     }
@@ -327,7 +329,8 @@ impl Backlog {
             Backlog::Empty => Buffer::default(),
             Backlog::Registered { lease_id } => {
                 let mut events = Buffer::default();
-                events.push(StatusEvent::Registered { lease_id });
+                // An empty buffer has room: nothing is dropped.
+                let _ = events.push(StatusEvent::Registered { lease_id });
                 events
             }
             Backlog::Events(events) => *events,
@@ -467,13 +470,15 @@ impl RegShared {
             }
         }
         let last = matches!(event, StatusEvent::Unregistered);
+        // What full queues dropped: logged at the end, once no lock is held.
+        let mut overflow = Overflow::NONE;
         // Straight into every subscriber's queue, under the lock: events of a registration are
         // queued in the order they happened, and none after `Unregistered`.
         let listeners = &mut inner.listeners;
         match listeners {
             // Nobody subscribed: nobody can any more (a later subscription gets an ended stream).
             Listeners::Pending(_) if last => *listeners = Listeners::Subscribed(Vec::new()),
-            Listeners::Pending(pending) => pending.push(event.clone()),
+            Listeners::Pending(pending) => overflow = pending.push(event.clone()),
             Listeners::Subscribed(_) => {}
         }
         let subscribed = matches!(listeners, Listeners::Subscribed(queues) if !queues.is_empty());
@@ -481,12 +486,12 @@ impl RegShared {
         if subscribed || self.route.is_some() || self.hub.has_streams() {
             let event = self.event(event);
             if let Listeners::Subscribed(queues) = listeners {
-                queues.retain(|queue| queue.push_event(&event));
+                queues.retain(|queue| queue.push_event(&event, &mut overflow));
             }
             if let Some(route) = &self.route {
-                route.push(&event);
+                route.push(&event, &mut overflow);
             }
-            self.hub.publish(&event);
+            self.hub.publish(&event, &mut overflow);
         }
         if let (true, Listeners::Subscribed(queues)) = (last, listeners) {
             // Ends every per-registration stream after the Unregistered event.
@@ -496,6 +501,7 @@ impl RegShared {
         }
         drop(inner);
         self.changed.notify_waiters();
+        overflow.log();
     }
 
     /// The events that fit a successful put (recorded with [`RegShared::landed`]) or a key

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use crate::backoff;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
-use crate::events::{Event, EventStream, Hub, Next, Subscriber};
+use crate::events::{Event, EventStream, Hub, Next, Overflow, Subscriber};
 use crate::keys::node_name_of;
 use crate::listing::{fetch, node_of};
 use crate::registration::Node;
@@ -82,11 +82,17 @@ impl WatchRoute {
             service: self.service.clone(),
             event,
         };
-        let own = self.own.as_ref().map(|s| s.queue().push_event(&event));
+        let mut overflow = Overflow::NONE;
+        let own = self
+            .own
+            .as_ref()
+            .map(|s| s.queue().push_event(&event, &mut overflow));
         if let Some(route) = &self.route {
-            route.push(&event);
+            route.push(&event, &mut overflow);
         }
-        self.hub.publish(&event);
+        self.hub.publish(&event, &mut overflow);
+        // No lock is held here any more: the warning may go to a host callback.
+        overflow.log();
         own != Some(false)
     }
 

@@ -2006,6 +2006,61 @@ static void test_log_callback(void) {
     pthread_mutex_unlock(&sink.mu);
 }
 
+/* A log callback that calls into the library when told that events were dropped, as the
+ * header allows: the library holds none of its locks while calling it. */
+typedef struct {
+    etcd_registry *registry;
+    atomic_int answered; /* calls into the library that returned */
+    atomic_int status;
+} log_prober;
+
+static void probe_on_log(etcd_registry_log_level level, const char *target, const char *message,
+                         void *user_data) {
+    (void)level;
+    (void)target;
+    log_prober *p = user_data;
+    if (strstr(message, "too slow") == NULL) return;
+    uint64_t dropped = 0;
+    atomic_store(&p->status, etcd_registry_dropped_events(p->registry, 0, &dropped));
+    atomic_fetch_add(&p->answered, 1);
+}
+
+/* A deadlock inside the library cannot be recovered from: end the run with a clear message. */
+static void deadlock_watchdog(int sig) {
+    (void)sig;
+    static const char message[] = "WATCHDOG: test_log_callback_may_call_into_the_library hung (deadlock)\n";
+    ssize_t ignored = write(2, message, sizeof message - 1);
+    (void)ignored;
+    _exit(3);
+}
+
+static void test_log_callback_may_call_into_the_library(void) {
+    log_prober prober = {.registry = connect_etcd()};
+    REQUIRE(prober.registry != NULL);
+    atomic_init(&prober.status, -1);
+    signal(SIGALRM, deadlock_watchdog);
+    alarm((unsigned)(120 * slow));
+    REQUIRE_OK(etcd_registry_set_log_callback(probe_on_log, ETCD_REGISTRY_LOG_WARN, &prober));
+    /* Two more REGISTERED events than the pull queue holds, nobody reading: the oldest are
+     * dropped and a warning is logged, which the callback answers by asking the count. */
+    uint64_t id = 0;
+    char node[32];
+    for (int i = 0; i < 1026; i++) {
+        snprintf(node, sizeof node, "n%04d", i);
+        CHECK_OK(etcd_registry_register_json(prober.registry, "log-probe", node, NULL, 30000, NULL, NULL, &id));
+    }
+    CHECK(WAIT_FOR(atomic_load(&prober.answered) >= 1, 60 * slow));
+    CHECK(atomic_load(&prober.status) == ETCD_REGISTRY_STATUS_OK);
+    uint64_t dropped = 0;
+    CHECK_OK(etcd_registry_dropped_events(prober.registry, 0, &dropped));
+    CHECK(dropped >= 1);
+    CHECK_OK(etcd_registry_close(prober.registry));
+    CHECK_OK(etcd_registry_set_log_callback(NULL, ETCD_REGISTRY_LOG_OFF, NULL));
+    alarm(0);
+    signal(SIGALRM, SIG_DFL);
+    etcd_registry_free(prober.registry);
+}
+
 static void test_runtime_threads_setting(void) {
     /* The runtime is running by now: the setting is accepted and ignored (logged), and the
      * library keeps working. */
@@ -2395,6 +2450,7 @@ static const test_case tests[] = {
     TEST(test_1000_registrations_from_8_threads),
     TEST(test_fork_child_leaves_the_parent_registrations_alone),
     TEST(test_log_callback),
+    TEST(test_log_callback_may_call_into_the_library),
     TEST(test_runtime_threads_setting),
     TEST(test_keepalive_lost_and_reregistered_when_etcd_restarts),
     TEST(test_update_in_place),
