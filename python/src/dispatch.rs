@@ -256,6 +256,11 @@ struct Entry {
     target: Target,
     /// The `PyRegistry` that made it (see [`registry_token`]).
     registry: u64,
+    /// A watch's core watch, kept running here until its `close()` or its registry's, even once
+    /// its `Watch` and `Registry` objects are gone. Here, in the per-process state, a forked
+    /// child never drops it (see [`per_process`]). Only held: dropping it stops the watch.
+    #[allow(dead_code)]
+    watch: Option<Arc<registry::Watch>>,
 }
 
 #[derive(Default)]
@@ -306,11 +311,13 @@ pub(crate) struct Creating {
 }
 
 impl Creating {
-    /// The registration or watch `id` was made: its events go to `target`.
-    pub(crate) fn done(self, id: u64, target: Target) {
+    /// The registration or watch `id` was made: its events go to `target`. A watch is kept
+    /// running (`watch`) until it is forgotten ([`forget_watch`], [`finish_registry`]).
+    pub(crate) fn done(self, id: u64, target: Target, watch: Option<Arc<registry::Watch>>) {
         let entry = Entry {
             target,
             registry: self.registry,
+            watch,
         };
         let replaced = self.callbacks.lock().by_id.insert(id, entry);
         // (Ids are unique: nothing is replaced. Were it, it would be dropped unlocked.)
@@ -655,7 +662,8 @@ fn forget_registry_watches(registry: u64) {
     drop(forgotten);
 }
 
-/// No callback of the watch `id` starts from now on. Does not wait for one that is running.
+/// No callback of the watch `id` starts from now on, and it is no longer kept running.
+/// Does not wait for one that is running.
 pub(crate) fn drop_watch(id: u64) {
     let callbacks = callbacks();
     let forgotten = callbacks.lock().by_id.remove(&id);

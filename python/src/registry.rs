@@ -1,6 +1,6 @@
 //! `Registry`: the Python face of the core's registry.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -21,8 +21,9 @@ use crate::watch::PyWatch;
 #[pyclass(frozen, module = "etcd_registry._native", name = "Registry")]
 pub(crate) struct PyRegistry {
     inner: ForkBound<registry::Registry>,
-    /// The watches with a callback: they live until closed, even once the Python object is gone.
-    callback_watches: Arc<Mutex<Vec<Arc<registry::Watch>>>>,
+    // The watches with a callback are kept running by the callback thread's state
+    // (`dispatch`), not here: until their close() or this registry's close(), even once this
+    // object is gone (dropped without close(), or in a forked child).
     /// Names this registry's callbacks on the callback thread (see `dispatch`).
     token: u64,
 }
@@ -131,7 +132,6 @@ impl PyRegistry {
             registry::Registry::new_in(config, handle).map_err(|e| errors::to_py_err(py, e))?;
         Ok(PyRegistry {
             inner: ForkBound::new(core),
-            callback_watches: Arc::default(),
             token: dispatch::registry_token(),
         })
     }
@@ -189,7 +189,7 @@ impl PyRegistry {
                 let reg = core
                     .register_routed(service, node, ttl, &callbacks.route())
                     .map_err(|e| errors::to_py_err(py, e))?;
-                creating.done(reg.id(), Target::Status { callback, context });
+                creating.done(reg.id(), Target::Status { callback, context }, None);
                 reg
             }
             None => core
@@ -238,7 +238,7 @@ impl PyRegistry {
         let on_event = callback_or_none(py, "on_event", on_event)?;
         let has_callback = on_event.is_some();
         let watch = blocking::call(py, PyWatch::start(core, service, on_event, self.token))?;
-        Ok(PyWatch::new(watch, has_callback, &self.callback_watches))
+        Ok(PyWatch::new(watch, has_callback))
     }
 
     /// `watch()` for asyncio.
@@ -252,12 +252,11 @@ impl PyRegistry {
         let core = self.open(py)?.clone();
         let on_event = callback_or_none(py, "on_event", on_event)?;
         let has_callback = on_event.is_some();
-        let keep = self.callback_watches.clone();
         let token = self.token;
         asyncio::future_into_py(py, async move {
             let watch = PyWatch::start(&core, &service, on_event, token)
                 .await
-                .map(|watch| PyWatch::new(watch, has_callback, &keep));
+                .map(|watch| PyWatch::new(watch, has_callback));
             Ok(Answer(watch))
         })
     }
@@ -270,10 +269,6 @@ impl PyRegistry {
         }
         let core = self.core(py)?;
         let result = blocking::call(py, core.close());
-        self.callback_watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         // Every "unregistered" is queued now: return once the callbacks have had them, and no
         // callback of this registry's watches runs.
         dispatch::finish_registry(py, self.token)?;
@@ -288,13 +283,11 @@ impl PyRegistry {
             return asyncio::future_into_py(py, async { Ok(()) });
         }
         let core = self.core(py)?.clone();
-        let watches = self.callback_watches.clone();
         let token = self.token;
         // Begun here, as close(): cancelling the awaiting task does not stop it.
         let begun = asyncio::begin(py, async move { core.close().await })?;
         asyncio::future_into_py(py, async move {
             let result = asyncio::outcome(begun.await);
-            watches.lock().unwrap_or_else(|p| p.into_inner()).clear();
             dispatch::registry_finished(token).await;
             Ok(Answer(result))
         })

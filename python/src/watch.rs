@@ -1,7 +1,7 @@
 //! `Watch`: a service's live node set and its changes.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
@@ -27,32 +27,26 @@ pub(crate) struct PyWatch {
 
 impl PyWatch {
     /// Starts the core watch. With a callback, its events go to the process's callback stream,
-    /// pulled by the callback thread (see `dispatch`); `registry` names the registry.
+    /// pulled by the callback thread, which keeps the watch running until it is closed (see
+    /// `dispatch`); `registry` names the registry.
     pub(crate) async fn start(
         core: &registry::Registry,
         service: &str,
         callback: Option<Arc<Py<PyAny>>>,
         registry: u64,
-    ) -> registry::Result<Watch> {
+    ) -> registry::Result<Arc<Watch>> {
         let Some(callback) = callback else {
-            return core.watch(service).await;
+            return core.watch(service).await.map(Arc::new);
         };
         let callbacks = dispatch::callbacks();
         let creating = callbacks.creating(registry);
-        let watch = core.watch_routed(service, &callbacks.route()).await?;
-        creating.done(watch.id(), Target::Watch { callback });
+        let watch = Arc::new(core.watch_routed(service, &callbacks.route()).await?);
+        creating.done(watch.id(), Target::Watch { callback }, Some(watch.clone()));
         Ok(watch)
     }
 
-    /// Wraps a core watch. With a callback, the registry keeps the watch (`keep`) until
-    /// `close()` or the registry's close, even if the Python object is dropped.
-    pub(crate) fn new(watch: Watch, has_callback: bool, keep: &Mutex<Vec<Arc<Watch>>>) -> Self {
-        let watch = Arc::new(watch);
-        if has_callback {
-            let mut kept = keep.lock().unwrap_or_else(|p| p.into_inner());
-            kept.retain(|w| !w.is_finished());
-            kept.push(watch.clone());
-        }
+    /// Wraps a core watch made by [`PyWatch::start`].
+    pub(crate) fn new(watch: Arc<Watch>, has_callback: bool) -> Self {
         PyWatch {
             inner: ForkBound::new(watch),
             has_callback,

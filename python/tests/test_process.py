@@ -113,3 +113,50 @@ print("asyncio" in sys.modules)
     result = run_python(code, etcd.env_endpoints)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_a_forked_child_dropping_a_registry_leaves_its_callback_watches_alone(etcd: Etcd) -> None:
+    """A child forked from a process whose registry has callback watches may drop that registry:
+    the child never touches the parent's watches (nor its runtime), and the parent's callback
+    goes on."""
+    code = """
+import gc, os, sys, threading, time, uuid
+import etcd_registry
+
+endpoints, deadline = sys.argv[1].split(","), float(sys.argv[2])
+base = "/forkdrop-" + uuid.uuid4().hex[:8]
+added = threading.Event()
+reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+
+
+def on_event(event):
+    if event.kind == "added":
+        added.set()
+
+
+reg.watch("api", on_event=on_event)  # kept by the registry alone
+pid = os.fork()
+if pid == 0:
+    del reg
+    gc.collect()
+    os._exit(0)
+end = time.monotonic() + deadline
+while True:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        break
+    if time.monotonic() > end:
+        os.kill(pid, 9)
+        print("the child hung", flush=True)
+        sys.exit(1)
+    time.sleep(0.05)
+print("child exited", os.waitstatus_to_exitcode(status), flush=True)
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as other:
+    assert other.register("api", "n").wait(10.0)
+    print("parent's watch " + ("works" if added.wait(deadline) else "stopped"), flush=True)
+reg.close()
+"""
+    result = run_python(code, etcd.env_endpoints, str(DEADLINE), timeout=3 * DEADLINE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["child exited 0", "parent's watch works"]
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from etcd_registry import ClosedError, Node, Registry, WatchEvent
 
-from conftest import DEADLINE, Etcd, Recorder, eventually
+from conftest import DEADLINE, Etcd, Recorder, eventually, run_python
 
 
 def next_event(watch, what: str) -> WatchEvent:  # type: ignore[no-untyped-def]
@@ -164,3 +164,36 @@ def test_a_watch_that_missed_compacted_history_resyncs(proxied_etcd: Etcd) -> No
             assert sorted(seen[:-1]) == [("added", "new"), ("removed", "goes"), ("updated", "stays")]
             assert seen[-1] == ("resynced", None)
             assert watch.nodes() == [Node("new", {"v": "1"}), Node("stays", {"v": "2"})]
+
+
+def test_a_callback_watch_lives_on_without_its_registry_object(etcd: Etcd) -> None:
+    """Dropping the Registry object (without close()) leaves its callback watches running: they
+    end with close() or the registry's close()."""
+    code = """
+import gc, sys, threading, uuid
+import etcd_registry
+
+endpoints = sys.argv[1].split(",")
+base = "/dropped-" + uuid.uuid4().hex[:8]
+seen = threading.Event()
+
+
+def on_event(event):
+    if event.kind == "added":
+        seen.set()
+
+
+def start():
+    reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+    reg.watch("api", on_event=on_event)
+
+
+start()  # neither the Registry nor the Watch object is kept
+gc.collect()
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as other:
+    assert other.register("api", "n").wait(10.0)
+    print("seen" if seen.wait(float(sys.argv[2])) else "not seen", flush=True)
+"""
+    result = run_python(code, etcd.env_endpoints, str(DEADLINE), timeout=2 * DEADLINE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "seen"
