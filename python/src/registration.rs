@@ -146,7 +146,8 @@ impl PyRegistration {
         asyncio::future_into_py(py, async move {
             let result = asyncio::outcome(begun.await);
             dispatch::registration_finished(id).await;
-            Ok(Answer(result))
+            // `None` in Python, as unregister() returns (`()` would be an empty tuple).
+            Ok(Answer(result.map(|()| None::<()>)))
         })
     }
 

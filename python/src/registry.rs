@@ -280,7 +280,7 @@ impl PyRegistry {
     fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         if !self.inner.is_home() {
             // As close(): a forked child leaves the parent's nodes alone.
-            return asyncio::future_into_py(py, async { Ok(()) });
+            return asyncio::future_into_py(py, async { Ok(None::<()>) });
         }
         let core = self.core(py)?.clone();
         let token = self.token;
@@ -289,7 +289,8 @@ impl PyRegistry {
         asyncio::future_into_py(py, async move {
             let result = asyncio::outcome(begun.await);
             dispatch::registry_finished(token).await;
-            Ok(Answer(result))
+            // `None` in Python, as close() returns (`()` would be an empty tuple).
+            Ok(Answer(result.map(|()| None::<()>)))
         })
     }
 

@@ -252,3 +252,16 @@ print("done", flush=True)
     assert proc.returncode == 0, err
     assert out == "done\n"
     assert err == ""
+
+
+def test_unregister_async_and_close_async_resolve_to_none(etcd: Etcd, base_path: str) -> None:
+    async def main() -> None:
+        reg = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
+        handle = reg.register("api", "n")
+        assert await handle.wait_async(timeout=DEADLINE) is True
+        # (Typed as awaiting None: what is checked is that they are not `()` at run time.)
+        assert await handle.unregister_async() is None  # type: ignore[func-returns-value]
+        assert await reg.close_async() is None  # type: ignore[func-returns-value]
+
+    run(main())
+
