@@ -23,7 +23,7 @@ import atexit
 import logging
 import os
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from . import _native
 
@@ -87,11 +87,31 @@ def _run() -> None:
         _sync_log_level()
 
 
-def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:
-    """On the future's event loop: sets the result of an awaited call, unless the future is
-    done already (cancelled)."""
-    if future.done():
+def _release(claim: Optional[Callable[[object, bool], object]], value: object) -> None:
+    """Releases what an undelivered result holds (see ``_settle``)."""
+    if claim is None:
         return
+    try:
+        claim(value, False)
+    except Exception:  # noqa: BLE001 - never raised into the event loop
+        logger.exception("releasing an abandoned etcd_registry result failed")
+
+
+def _settle(future: "asyncio.Future[object]", ok: bool, value: object,
+            claim: Optional[Callable[[object, bool], object]] = None) -> None:
+    """On the future's event loop: sets the result of an awaited call, unless the future is
+    done already (cancelled). A result that holds something (a new watch, an event taken from
+    a watch) comes with ``claim``: ``claim(value, True)`` gives what the future is set to,
+    ``claim(value, False)`` releases it when nobody takes it (the watch is stopped, the event
+    kept for the next read)."""
+    if future.done():
+        _release(claim, value)
+        return
+    if claim is not None:
+        try:
+            value = claim(value, True)
+        except BaseException as exc:  # noqa: BLE001 - it is the future's to raise
+            ok, value = False, exc
     if ok:
         future.set_result(value)
     else:
@@ -99,13 +119,15 @@ def _settle(future: "asyncio.Future[object]", ok: bool, value: object) -> None:
 
 
 def _resolve(loop: "asyncio.AbstractEventLoop", future: "asyncio.Future[object]", ok: bool,
-             value: object) -> None:
+             value: object, claim: Optional[Callable[[object, bool], object]] = None) -> None:
     """On the asyncio thread: hands an awaited call's result to its loop. A loop closed
-    meanwhile (the future abandoned with it) gets nothing, and nothing is printed."""
+    meanwhile (the future abandoned with it) gets nothing, and nothing is printed; what the
+    result holds is released (see ``_settle``)."""
     try:
-        loop.call_soon_threadsafe(_settle, future, ok, value)
+        loop.call_soon_threadsafe(_settle, future, ok, value, claim)
     except RuntimeError:
         logger.debug("an awaited etcd_registry call finished after its event loop closed")
+        _release(claim, value)
 
 
 def _complete() -> None:

@@ -7,6 +7,11 @@
 //! runtime thread attached to the interpreter could meet and crash on. Cancelling the future
 //! aborts the task. A result that comes after its loop has closed is dropped with a debug log
 //! (the library never prints).
+//!
+//! A result that holds something (a new watch, an event taken from a watch) comes with a
+//! *claim* (see [`future_into_py_claimed`]): when the future is cancelled after the operation
+//! finished, or its loop closed, that is released (the watch stopped, the event kept for the
+//! next read) instead of being lost with the result.
 
 use std::future::Future;
 
@@ -24,6 +29,25 @@ where
     F: Future<Output = PyResult<T>> + Send + 'static,
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
+    future_into_py_claimed(py, None, |_| fut)
+}
+
+/// [`future_into_py`] for a result that must not be dropped unseen, made by `make` from the
+/// asyncio future it resolves. `claim(value, delivered)` (a Python callable) is called on the
+/// future's loop with a successful result: with `True` when the future takes it, returning what
+/// the future is set to (or raising the exception it is set to); with `False` when nobody will
+/// (the future is done already, i.e. cancelled, or its loop has closed), to release what
+/// `value` holds.
+pub(crate) fn future_into_py_claimed<'py, M, F, T>(
+    py: Python<'py>,
+    claim: Option<Py<PyAny>>,
+    make: M,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    M: FnOnce(Py<PyAny>) -> F,
+    F: Future<Output = PyResult<T>> + Send + 'static,
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+{
     let runtime = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
     // The thread that resolves the future (started with the first Registry; again after fork).
     py.import("etcd_registry._dispatch")?
@@ -31,8 +55,8 @@ where
     // A RuntimeError outside a running loop, as asyncio's own calls raise.
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
-    let target = (event_loop.unbind(), future.clone().unbind());
-    let work = runtime.spawn(fut);
+    let target = (event_loop.unbind(), future.clone().unbind(), claim);
+    let work = runtime.spawn(make(future.clone().unbind()));
     let abort = work.abort_handle();
     runtime.spawn(async move {
         let result = work.await;
@@ -58,7 +82,7 @@ where
 /// is done already (cancelled).
 fn settle<T>(
     py: Python<'_>,
-    (event_loop, future): (Py<PyAny>, Py<PyAny>),
+    (event_loop, future, claim): (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>),
     result: Result<PyResult<T>, JoinError>,
 ) where
     T: for<'a> IntoPyObject<'a>,
@@ -75,13 +99,13 @@ fn settle<T>(
             ),
         )),
     };
-    let (ok, value) = match outcome {
-        Ok(value) => (true, value),
-        Err(err) => (false, err.into_value(py).into_any()),
+    let (ok, value, claim) = match outcome {
+        Ok(value) => (true, value, claim),
+        Err(err) => (false, err.into_value(py).into_any(), None),
     };
     let handed = py
         .import("etcd_registry._dispatch")
-        .and_then(|m| m.call_method1("_resolve", (event_loop, future, ok, value)));
+        .and_then(|m| m.call_method1("_resolve", (event_loop, future, ok, value, claim)));
     if let Err(err) = handed {
         tracing::debug!("an awaited result could not be handed to its event loop: {err}");
     }

@@ -253,7 +253,9 @@ impl PyRegistry {
         let on_event = callback_or_none(py, "on_event", on_event)?;
         let has_callback = on_event.is_some();
         let token = self.token;
-        asyncio::future_into_py(py, async move {
+        // A watch made for a future cancelled meanwhile is stopped, not left running unseen.
+        let claim = PyWatch::claim_made(py)?;
+        asyncio::future_into_py_claimed(py, Some(claim), move |_| async move {
             let watch = PyWatch::start(&core, &service, on_event, token)
                 .await
                 .map(|watch| PyWatch::new(watch, has_callback));

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyCFunction, PyTuple, PyType};
 
 use registry::Watch;
 
@@ -56,6 +56,39 @@ impl PyWatch {
 
     fn core(&self, py: Python<'_>) -> PyResult<&Arc<Watch>> {
         self.inner.get(py, "Watch")
+    }
+
+    /// Stops the watch without waiting for a callback of it that is running: for a watch
+    /// nobody got (its `watch_async` was cancelled).
+    fn discard(&self) {
+        if !self.closed.swap(true, Ordering::SeqCst) {
+            if let Some(watch) = self.inner.here() {
+                watch.cancel();
+                if self.has_callback {
+                    dispatch::drop_watch(watch.id());
+                }
+            }
+        }
+    }
+
+    /// For `watch_async`: the claim (see `asyncio::future_into_py_claimed`) that stops a watch
+    /// whose future was cancelled once it was made.
+    pub(crate) fn claim_made(py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let claim = PyCFunction::new_closure(
+            py,
+            None,
+            None,
+            |args: &Bound<'_, PyTuple>, _kwargs| -> PyResult<Py<PyAny>> {
+                let value = args.get_item(0)?;
+                if !args.get_item(1)?.is_truthy()? {
+                    if let Ok(watch) = value.cast::<PyWatch>() {
+                        watch.get().discard();
+                    }
+                }
+                Ok(value.unbind())
+            },
+        )?;
+        Ok(claim.into_any().unbind())
     }
 
     fn open(&self, py: Python<'_>) -> PyResult<&Arc<Watch>> {

@@ -265,3 +265,28 @@ def test_unregister_async_and_close_async_resolve_to_none(etcd: Etcd, base_path:
 
     run(main())
 
+
+def test_cancelling_watch_async_after_the_watch_was_made_stops_it(registry: Registry) -> None:
+    """A watch made for an awaited call that was cancelled meanwhile is stopped, not left
+    running with nobody to close it."""
+    assert registry.register("api", "first").wait(DEADLINE)
+    cancelled, witness = Recorder(), Recorder()
+
+    async def main() -> None:
+        pending = asyncio.ensure_future(registry.watch_async("api", on_event=cancelled))
+        # The loop is held (no await) until the watch is made: its callback has its first event.
+        cancelled.wait_kind("added")
+        pending.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        # Results are handed to a loop in order: once this one is in, the watch's was handled.
+        await registry.list_async("api")
+
+    run(main())
+    with registry.watch("api", on_event=witness):
+        registry.register("api", "second")
+        witness.wait_for("second added", lambda e: e.kind == "added" and e.node.name == "second")
+        registry.register("api", "third")
+        witness.wait_for("third added", lambda e: e.kind == "added" and e.node.name == "third")
+    assert [(e.kind, e.node.name) for e in cancelled.items] == [("added", "first")]
+
