@@ -1,13 +1,15 @@
 //! `Watch`: a service's live node set and its changes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopAsyncIteration};
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyTuple, PyType};
+use pyo3::IntoPyObjectExt;
 
-use registry::Watch;
+use registry::{Watch, WatchEvent};
 
 use crate::asyncio;
 use crate::blocking;
@@ -19,10 +21,147 @@ use crate::types::{PyNode, PyWatchEvent};
 /// A watch on one service, returned by `Registry.watch()`.
 #[pyclass(frozen, module = "etcd_registry._native", name = "Watch")]
 pub(crate) struct PyWatch {
-    inner: ForkBound<Arc<Watch>>,
+    inner: ForkBound<Inner>,
     /// Events go to a callback instead of the iterator.
     has_callback: bool,
     closed: AtomicBool,
+}
+
+struct Inner {
+    watch: Arc<Watch>,
+    reader: Arc<Reader>,
+}
+
+/// The iterator's side of a watch: events are taken from the core watch here, in order. An
+/// event taken for an `__anext__` whose future is then cancelled is kept for the next read
+/// (`__anext__`, `__next__`, `next_event`) rather than lost with the result.
+#[derive(Default)]
+struct Reader {
+    /// Held while an event is taken from the core watch, so that they are kept in order.
+    taking: tokio::sync::Mutex<()>,
+    kept: Mutex<Kept>,
+    /// Signalled when a kept event is given up by a cancelled `__anext__`.
+    released: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Kept {
+    /// Taken from the core watch and not yet read, oldest first.
+    events: VecDeque<WatchEvent>,
+    /// The `__anext__` calls promised one of them, by id, with their asyncio futures: each
+    /// takes the oldest event when its future is resolved, or gives up its promise when the
+    /// future was cancelled (see [`Reader::claim`]).
+    promises: Vec<(u64, Py<PyAny>)>,
+    next_id: u64,
+}
+
+impl Kept {
+    /// A kept event no `__anext__` is promised.
+    fn take_free(&mut self) -> Option<WatchEvent> {
+        if self.events.len() > self.promises.len() {
+            self.events.pop_front()
+        } else {
+            None
+        }
+    }
+}
+
+impl Reader {
+    fn kept(&self) -> MutexGuard<'_, Kept> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Before a blocking read: gives up at once the promises of `__anext__` calls already
+    /// cancelled (their loop would do it later, but may be the one this read blocks).
+    fn forget_cancelled(&self, py: Python<'_>) {
+        let cancelled: Vec<Py<PyAny>> = {
+            let mut kept = self.kept();
+            let promises = std::mem::take(&mut kept.promises);
+            let (cancelled, live) = promises.into_iter().partition(|(_, future)| {
+                future
+                    .bind(py)
+                    .call_method0("done")
+                    .and_then(|done| done.is_truthy())
+                    .unwrap_or(false)
+            });
+            kept.promises = live;
+            cancelled.into_iter().map(|(_, future)| future).collect()
+        };
+        drop(cancelled);
+    }
+
+    /// The next event without waiting: `Err(())` once the watch has ended.
+    fn try_next(&self, watch: &Watch) -> Result<Option<WatchEvent>, ()> {
+        let Ok(_taking) = self.taking.try_lock() else {
+            return Ok(None);
+        };
+        match self.kept().take_free() {
+            Some(event) => Ok(Some(event)),
+            None => watch.try_next(),
+        }
+    }
+
+    /// The next event; `None` once the watch has ended.
+    async fn next(&self, watch: &Watch) -> Option<WatchEvent> {
+        let _taking = self.taking.lock().await;
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(event) = self.kept().take_free() {
+                return Some(event);
+            }
+            tokio::select! {
+                event = watch.next() => return event,
+                _ = released => {}
+            }
+        }
+    }
+
+    /// For `__anext__`, resolving `future`: waits for an event and promises it to that call
+    /// (see [`Reader::claim`]); the promise's id, `None` once the watch has ended. Taking from
+    /// the core watch is the last step, after which nothing is awaited: an aborted call takes
+    /// nothing.
+    async fn promise_next(&self, watch: &Watch, future: Py<PyAny>) -> Option<u64> {
+        let _taking = self.taking.lock().await;
+        let has_free = {
+            let kept = self.kept();
+            kept.events.len() > kept.promises.len()
+        };
+        let event = if has_free {
+            None
+        } else {
+            Some(watch.next().await?)
+        };
+        let mut kept = self.kept();
+        kept.events.extend(event);
+        let id = kept.next_id;
+        kept.next_id += 1;
+        kept.promises.push((id, future));
+        Some(id)
+    }
+
+    /// Settles the promise `id`: the oldest kept event if `delivered`, else it stays for the
+    /// next read.
+    fn claim(&self, id: u64, delivered: bool) -> Option<WatchEvent> {
+        let mut kept = self.kept();
+        let promise = kept
+            .promises
+            .iter()
+            .position(|(p, _)| *p == id)
+            .map(|i| kept.promises.remove(i));
+        let event = if delivered {
+            kept.events.pop_front()
+        } else {
+            None
+        };
+        drop(kept);
+        drop(promise);
+        if !delivered {
+            self.released.notify_waiters();
+        }
+        event
+    }
 }
 
 impl PyWatch {
@@ -48,24 +187,27 @@ impl PyWatch {
     /// Wraps a core watch made by [`PyWatch::start`].
     pub(crate) fn new(watch: Arc<Watch>, has_callback: bool) -> Self {
         PyWatch {
-            inner: ForkBound::new(watch),
+            inner: ForkBound::new(Inner {
+                watch,
+                reader: Arc::default(),
+            }),
             has_callback,
             closed: AtomicBool::new(false),
         }
     }
 
     fn core(&self, py: Python<'_>) -> PyResult<&Arc<Watch>> {
-        self.inner.get(py, "Watch")
+        Ok(&self.inner.get(py, "Watch")?.watch)
     }
 
     /// Stops the watch without waiting for a callback of it that is running: for a watch
     /// nobody got (its `watch_async` was cancelled).
     fn discard(&self) {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            if let Some(watch) = self.inner.here() {
-                watch.cancel();
+            if let Some(inner) = self.inner.here() {
+                inner.watch.cancel();
                 if self.has_callback {
-                    dispatch::drop_watch(watch.id());
+                    dispatch::drop_watch(inner.watch.id());
                 }
             }
         }
@@ -99,18 +241,18 @@ impl PyWatch {
         Ok(watch)
     }
 
-    /// The watch to take the next event from, or `None` when it has ended.
-    fn iterable(&self, py: Python<'_>) -> PyResult<Option<Arc<Watch>>> {
+    /// The watch to take the next event from and its reader, or `None` when it has ended.
+    fn iterable(&self, py: Python<'_>) -> PyResult<Option<(Arc<Watch>, Arc<Reader>)>> {
         if self.has_callback {
             return Err(PyRuntimeError::new_err(
                 "this watch delivers its events to on_event; it cannot be iterated",
             ));
         }
-        let watch = self.core(py)?;
+        let inner = self.inner.get(py, "Watch")?;
         if self.closed.load(Ordering::SeqCst) {
             return Ok(None);
         }
-        Ok(Some(watch.clone()))
+        Ok(Some((inner.watch.clone(), inner.reader.clone())))
     }
 }
 
@@ -132,7 +274,7 @@ impl PyWatch {
     #[getter]
     fn closed(&self) -> bool {
         match self.inner.here() {
-            Some(watch) => self.closed.load(Ordering::SeqCst) || watch.is_finished(),
+            Some(inner) => self.closed.load(Ordering::SeqCst) || inner.watch.is_finished(),
             None => true,
         }
     }
@@ -152,10 +294,11 @@ impl PyWatch {
     #[pyo3(signature = (timeout=None))]
     fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyWatchEvent>> {
         let deadline = blocking::deadline(blocking::timeout(py, timeout)?);
-        let Some(watch) = self.iterable(py)? else {
+        let Some((watch, reader)) = self.iterable(py)? else {
             return Ok(None);
         };
-        Ok(blocking::run(py, deadline, watch.next())?
+        reader.forget_cancelled(py);
+        Ok(blocking::run(py, deadline, reader.next(&watch))?
             .flatten()
             .map(PyWatchEvent::from))
     }
@@ -165,16 +308,17 @@ impl PyWatch {
     }
 
     fn __next__(&self, py: Python<'_>) -> PyResult<Option<PyWatchEvent>> {
-        let Some(watch) = self.iterable(py)? else {
+        let Some((watch, reader)) = self.iterable(py)? else {
             return Ok(None);
         };
+        reader.forget_cancelled(py);
         // An event already waiting needs no trip through the runtime.
-        match watch.try_next() {
+        match reader.try_next(&watch) {
             Ok(Some(event)) => return Ok(Some(event.into())),
             Err(()) => return Ok(None),
             Ok(None) => {}
         }
-        Ok(blocking::run(py, None, watch.next())?
+        Ok(blocking::run(py, None, reader.next(&watch))?
             .flatten()
             .map(PyWatchEvent::from))
     }
@@ -184,26 +328,49 @@ impl PyWatch {
     }
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let watch = self.iterable(py)?;
-        asyncio::future_into_py(py, async move {
-            let event = match watch {
-                Some(watch) => watch.next().await,
-                None => None,
-            };
-            event
-                .map(PyWatchEvent::from)
-                .ok_or_else(|| PyStopAsyncIteration::new_err(()))
-        })
+        let Some((watch, reader)) = self.iterable(py)? else {
+            return asyncio::future_into_py(py, async {
+                Err::<(), _>(PyStopAsyncIteration::new_err(()))
+            });
+        };
+        // The event is taken on the runtime and handed over only when the future takes it (on
+        // its loop): cancelled by then, the event stays in `reader` for the next read.
+        let claimer = reader.clone();
+        let claim = PyCFunction::new_closure(
+            py,
+            None,
+            None,
+            move |args: &Bound<'_, PyTuple>, _kwargs| -> PyResult<Py<PyAny>> {
+                let py = args.py();
+                let id: u64 = args.get_item(0)?.extract()?;
+                let delivered = args.get_item(1)?.is_truthy()?;
+                match claimer.claim(id, delivered) {
+                    Some(event) => PyWatchEvent::from(event).into_py_any(py),
+                    None if delivered => Err(PyStopAsyncIteration::new_err(())),
+                    None => Ok(py.None()),
+                }
+            },
+        )?;
+        asyncio::future_into_py_claimed(
+            py,
+            Some(claim.into_any().unbind()),
+            move |future| async move {
+                reader
+                    .promise_next(&watch, future)
+                    .await
+                    .ok_or_else(|| PyStopAsyncIteration::new_err(()))
+            },
+        )
     }
 
     /// Stops the watch; no callback runs for it after this returns (unless called from inside
     /// that callback, which then returns before the next). Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         if !self.closed.swap(true, Ordering::SeqCst) {
-            if let Some(watch) = self.inner.here() {
-                watch.cancel();
+            if let Some(inner) = self.inner.here() {
+                inner.watch.cancel();
                 if self.has_callback {
-                    dispatch::forget_watch(py, watch.id())?;
+                    dispatch::forget_watch(py, inner.watch.id())?;
                 }
             }
         }
@@ -228,9 +395,9 @@ impl PyWatch {
 
     fn __repr__(&self) -> String {
         match self.inner.here() {
-            Some(watch) => format!(
+            Some(inner) => format!(
                 "Watch(service={:?}, closed={})",
-                watch.service(),
+                inner.watch.service(),
                 if self.closed() { "True" } else { "False" }
             ),
             None => "Watch(<created before fork>)".into(),

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from etcd_registry import AuthError, ClosedError, Node, Registry, RegistryTimeoutError, Watch
+from etcd_registry import AuthError, ClosedError, Node, Registry, RegistryTimeoutError, Watch, WatchEvent
 
 from conftest import DEADLINE, Etcd, Recorder, eventually, quick_registry
 
@@ -290,3 +290,38 @@ def test_cancelling_watch_async_after_the_watch_was_made_stops_it(registry: Regi
         witness.wait_for("third added", lambda e: e.kind == "added" and e.node.name == "third")
     assert [(e.kind, e.node.name) for e in cancelled.items] == [("added", "first")]
 
+
+@pytest.mark.parametrize("then", ["anext", "next_event"])
+def test_cancelling_anext_after_it_took_an_event_loses_nothing(registry: Registry, then: str) -> None:
+    """`asyncio.wait_for(watch.__anext__(), t)` timing out just as an event came: the event is
+    the next one read, by `__anext__` or `next_event`, not lost."""
+    handle = registry.register("api", "n", {"v": "0"})
+    assert handle.wait(DEADLINE)
+
+    async def main() -> WatchEvent:
+        with registry.watch("api") as watch, registry.watch("api") as witness:
+            assert (await asyncio.wait_for(watch.__anext__(), DEADLINE)).kind == "added"
+            assert next_event(witness).kind == "added"
+            pending = asyncio.ensure_future(watch.__anext__())
+            handle.update({"v": "1"})
+            # The loop is held (no await) while the update reaches the watches: the pending
+            # call takes it, and is cancelled before its result can be handed over.
+            assert next_event(witness).kind == "updated"
+            registry.list("api")  # a round trip to etcd: the watch's task has its copy by now
+            pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            handle.update({"v": "2"})
+            if then == "anext":
+                return await asyncio.wait_for(watch.__anext__(), DEADLINE)
+            return next_event(watch)
+
+    event = run(main())
+    assert event.kind == "updated"
+    assert event.node is not None and event.node.info == {"v": "1"}
+
+
+def next_event(watch: Watch) -> WatchEvent:
+    event = watch.next_event(timeout=DEADLINE)
+    assert event is not None, f"no event within {DEADLINE} s"
+    return event
