@@ -73,7 +73,11 @@ def _deliver(item: tuple) -> None:
 
 def _run() -> None:
     while True:
-        batch = _native._take(_IDLE_WAKE)
+        try:
+            batch = _native._take(_IDLE_WAKE)
+        except Exception:  # noqa: BLE001 - the thread must go on serving callbacks and logs
+            logger.exception("etcd_registry's callback thread failed to take its work")
+            continue
         if batch is None:
             return
         for item in batch:

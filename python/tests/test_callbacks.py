@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import threading
+from typing import Any
 
 import pytest
 
@@ -15,6 +16,7 @@ from etcd_registry import (
     RegistryError,
     StatusEvent,
     WatchEvent,
+    _native,
     dropped_events,
 )
 
@@ -348,3 +350,24 @@ reg.close()
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["closed from __del__", "returned"]
 
+
+def test_a_failing_take_is_logged_and_deliveries_go_on(
+    registry: Registry, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The callback thread survives an error in taking its work (it is logged)."""
+    real_take = _native._take
+    failed = threading.Event()
+
+    def take_failing_once(timeout: float) -> Any:
+        if not failed.is_set():
+            failed.set()
+            raise RuntimeError("taking work failed")
+        return real_take(timeout)
+
+    caplog.set_level(logging.ERROR, logger="etcd_registry")
+    monkeypatch.setattr(_native, "_take", take_failing_once)
+    assert failed.wait(DEADLINE)
+    recorder = Recorder()
+    registry.register("api", "n", on_status=recorder)
+    recorder.wait_kind("registered")
+    assert any(r.exc_info and "taking work failed" in str(r.exc_info[1]) for r in caplog.records)
