@@ -74,20 +74,37 @@ impl Reader {
     /// Before a blocking read: gives up at once the promises of `__anext__` calls already
     /// cancelled (their loop would do it later, but may be the one this read blocks).
     fn forget_cancelled(&self, py: Python<'_>) {
-        let cancelled: Vec<Py<PyAny>> = {
-            let mut kept = self.kept();
-            let promises = std::mem::take(&mut kept.promises);
-            let (cancelled, live) = promises.into_iter().partition(|(_, future)| {
+        // Python is called with the lock released.
+        let promised: Vec<(u64, Py<PyAny>)> = self
+            .kept()
+            .promises
+            .iter()
+            .map(|(id, future)| (*id, future.clone_ref(py)))
+            .collect();
+        let cancelled: Vec<u64> = promised
+            .iter()
+            .filter(|(_, future)| {
                 future
                     .bind(py)
                     .call_method0("done")
                     .and_then(|done| done.is_truthy())
                     .unwrap_or(false)
-            });
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        if cancelled.is_empty() {
+            return;
+        }
+        let forgotten: Vec<(u64, Py<PyAny>)> = {
+            let mut kept = self.kept();
+            let promises = std::mem::take(&mut kept.promises);
+            let (forgotten, live) = promises
+                .into_iter()
+                .partition(|(id, _)| cancelled.contains(id));
             kept.promises = live;
-            cancelled.into_iter().map(|(_, future)| future).collect()
+            forgotten
         };
-        drop(cancelled);
+        drop(forgotten);
     }
 
     /// The next event without waiting: `Err(())` once the watch has ended.
