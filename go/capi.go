@@ -493,34 +493,37 @@ func putCall(call *asyncCall) {
 	C.free(unsafe.Pointer(call.c))
 }
 
-// cServices lists the services. When ctx can end, a call still waiting for etcd then returns
-// ctx.Err() at once; the library's answer, when it comes, is freed unread.
-func cServices(ctx context.Context, p *C.etcd_registry) ([]string, error) {
+// cServices lists the services, waiting for etcd in the netpoller. When ctx can end, a call
+// still waiting for etcd then returns ctx.Err() at once; the library's answer, when it comes, is
+// freed unread. made is false, and no call is made, where there is no eventfd: then
+// cServicesInC blocks instead.
+func cServices(ctx context.Context, p *C.etcd_registry) (names []string, made bool, err error) {
 	const op = "services"
 	call := getCall()
-	var msg *C.char
 	if call == nil {
-		// No eventfd here: the call blocks in C, in a goroutine of its own when ctx can end.
-		names, _, err := untilDone(ctx, func() ([]string, error) {
-			var list *C.etcd_registry_string_list
-			var msg *C.char
-			if err := cResult(op, C.goer_services(p, &list, &msg), msg); err != nil {
-				return nil, err
-			}
-			return takeStringList(list), nil
-		}, nil)
-		return names, err
+		return nil, false, nil
 	}
+	var msg *C.char
 	if err := cResult(op, C.goer_services_async(p, call.c, &msg), msg); err != nil {
 		putCall(call)
-		return nil, err
+		return nil, true, err
 	}
 	if err := call.wait(ctx, op); err != nil {
-		return nil, err
+		return nil, true, err
 	}
 	status, list, text := call.c.status, call.c.names, call.c.err
 	putCall(call)
 	if err := cResult(op, status, text); err != nil {
+		return nil, true, err
+	}
+	return takeStringList(list), true, nil
+}
+
+// cServicesInC lists the services blocking in C, for up to the registry's timeout.
+func cServicesInC(p *C.etcd_registry) ([]string, error) {
+	var list *C.etcd_registry_string_list
+	var msg *C.char
+	if err := cResult("services", C.goer_services(p, &list, &msg), msg); err != nil {
 		return nil, err
 	}
 	return takeStringList(list), nil

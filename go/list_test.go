@@ -271,3 +271,86 @@ func TestServicesContextEndsWhileEtcdIsPaused(t *testing.T) {
 		t.Errorf("ended context: got %v, want context.Canceled", err)
 	}
 }
+
+// withoutEventfds makes the calls of the test wait inside C, as they do where there is no
+// eventfd (not Linux), until the test ends: none is made, and the idle ones are set aside.
+func withoutEventfds(t *testing.T) {
+	asyncCalls.mu.Lock()
+	idle, unavailable := asyncCalls.idle, asyncCalls.unavailable
+	asyncCalls.idle, asyncCalls.unavailable = nil, true
+	asyncCalls.mu.Unlock()
+	t.Cleanup(func() {
+		asyncCalls.mu.Lock()
+		asyncCalls.idle = append(asyncCalls.idle, idle...)
+		asyncCalls.unavailable = unavailable
+		asyncCalls.mu.Unlock()
+	})
+}
+
+// Where there is no eventfd, ServicesContext returns ctx.Err() at once while its call goes on
+// in C; Close then waits for that call to leave the library before freeing the registry (it
+// used to free it under the call).
+func TestCloseAfterServicesContextEndedWaitsForItsCallWithoutEventfd(t *testing.T) {
+	withoutEventfds(t)
+	h := newHarness(t)
+	// No registration: closing has no lease to revoke, so it does not wait for etcd itself.
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	if _, err := r.Services(); err != nil {
+		t.Fatal(err)
+	}
+	resume := pause(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	results := make(chan error, 1)
+	go func() {
+		names, err := r.ServicesContext(ctx)
+		if err == nil {
+			err = fmt.Errorf("listed services %v while etcd is paused", names)
+		}
+		results <- err
+	}()
+	const inC = "._Cfunc_goer_services("
+	eventually(t, "the call waits for etcd in C", func() bool { return goroutinesIn(inC) == 1 })
+	cancel()
+	wantCanceled(t, "ServicesContext", results, 1)
+
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	// Either Close is done, and then no call may be left in the library, or it waits for the
+	// call: then it ends once etcd answers it.
+	eventually(t, "Close returns or waits for the call", func() bool {
+		select {
+		case err := <-closed:
+			closed <- err
+			return true
+		default:
+			return goroutinesIn(".(*handle).close(") == 1 && goroutinesIn(inC) == 1
+		}
+	})
+	select {
+	case <-closed:
+		t.Log("Close returned while etcd was paused")
+		if goroutinesIn(inC) != 0 {
+			t.Fatal("Close freed the registry while a services call was still inside the library")
+		}
+		return
+	default:
+	}
+	t.Log("Close waits for the call in C")
+	resume()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Close did not return once etcd answered")
+	}
+	if n := goroutinesIn(inC); n != 0 {
+		t.Fatalf("%d services calls inside the library after Close returned", n)
+	}
+}

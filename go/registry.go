@@ -219,12 +219,28 @@ func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	h := r.h
 	var names []string
-	err := r.h.use(op, func(p *cRegistry) error {
+	made := false
+	err := h.use(op, func(p *cRegistry) error {
 		var err error
-		names, err = cServices(ctx, p)
+		names, made, err = cServices(ctx, p)
 		return err
 	})
+	if err == nil && !made {
+		// No eventfd here: the call blocks in C, in a goroutine of its own when ctx can end. That
+		// goroutine holds the registry (h.use) itself, for as long as it is in C: Close, which
+		// frees the registry, waits for it even after this call has returned ctx.Err().
+		names, _, err = untilDone(ctx, func() ([]string, error) {
+			var names []string
+			err := h.use(op, func(p *cRegistry) error {
+				var err error
+				names, err = cServicesInC(p)
+				return err
+			})
+			return names, err
+		}, nil)
+	}
 	runtime.KeepAlive(r)
 	if err != nil {
 		return nil, err
