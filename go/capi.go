@@ -310,7 +310,8 @@ func cRegistrationLeaseID(p *C.etcd_registry, id uint64) (int64, error) {
 }
 
 // cList lists a service. When ctx can end, a list still waiting for etcd then returns
-// ctx.Err() at once; the library's answer, when it comes, is freed unread.
+// ctx.Err() at once; the library's answer, when it comes, is freed unread. Where there is no
+// eventfd, the list blocks in C whatever ctx (see GetServiceNodesContext).
 func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, error) {
 	const op = "list"
 	cs, err := cStrings(op, service)

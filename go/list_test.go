@@ -354,3 +354,37 @@ func TestCloseAfterServicesContextEndedWaitsForItsCallWithoutEventfd(t *testing.
 		t.Fatalf("%d services calls inside the library after Close returned", n)
 	}
 }
+
+// Where there is no eventfd, a list blocks in C whatever its context (as go/README.md says):
+// it is still waiting for etcd after its context ended, and returns what etcd answered.
+func TestGetServiceNodesContextWithoutEventfdWaitsForEtcd(t *testing.T) {
+	withoutEventfds(t)
+	h, r, service := oneNodeOnOwnEtcd(t)
+	resume := pause(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	type result struct {
+		nodes []Node
+		err   error
+	}
+	results := make(chan result, 1)
+	go func() {
+		nodes, err := r.GetServiceNodesContext(ctx, service)
+		results <- result{nodes, err}
+	}()
+	const inC = "._Cfunc_goer_list("
+	eventually(t, "the list waits for etcd in C", func() bool { return goroutinesIn(inC) == 1 })
+	cancel()
+	if goroutinesIn(inC) != 1 {
+		t.Fatal("the list left C when its context ended")
+	}
+	resume()
+	select {
+	case res := <-results:
+		if res.err != nil || len(res.nodes) != 1 || res.nodes[0].Name != "n1" {
+			t.Fatalf("got %v, %v; want [n1]", res.nodes, res.err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("the list did not return once etcd answered")
+	}
+}
