@@ -14,12 +14,12 @@ type Watch struct {
 	r       *EtcdRegistry // keeps the registry alive while the watch is referenced
 	id      uint64
 	service string
-	stopCtx func() bool // stops watching ctx
 
 	events   chan WatchEvent // unbuffered; closed when the watch stops
 	finished chan struct{}
 
 	mu         sync.Mutex
+	stopCtx    func() bool         // stops following ctx; nil once stopping
 	backlog    backlog[WatchEvent] // events the reader has not taken yet
 	pumping    bool                // a goroutine is handing the backlog to events
 	stopping   bool
@@ -59,7 +59,17 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 	}
 	w.id = id
 	h.routes.addWatch(w)
-	w.stopCtx = context.AfterFunc(ctx, func() { w.stop(true) })
+	// Published: Close (or ctx, once followed) may stop the watch from now on, so what stops
+	// following ctx is recorded under the lock, and not at all once the watch is stopping.
+	stopCtx := context.AfterFunc(ctx, func() { w.stop(true) })
+	w.mu.Lock()
+	if w.stopping {
+		w.mu.Unlock()
+		stopCtx()
+	} else {
+		w.stopCtx = stopCtx
+		w.mu.Unlock()
+	}
 	runtime.KeepAlive(r)
 	return w, nil
 }
@@ -221,9 +231,11 @@ func (w *Watch) stop(unwatch bool) {
 	}
 	w.stopping = true
 	w.backlog = backlog[WatchEvent]{dropped: w.backlog.dropped}
+	stopCtx := w.stopCtx
+	w.stopCtx = nil
 	w.mu.Unlock()
-	if w.stopCtx != nil {
-		w.stopCtx()
+	if stopCtx != nil {
+		stopCtx()
 	}
 	h := w.r.h
 	if unwatch {
