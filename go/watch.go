@@ -58,6 +58,9 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 		return nil, err
 	}
 	w.id = id
+	if testHookWatchMade != nil {
+		testHookWatchMade(r)
+	}
 	h.routes.addWatch(w)
 	// Published: Close (or ctx, once followed) may stop the watch from now on, so what stops
 	// following ctx is recorded under the lock, and not at all once the watch is stopping.
@@ -70,9 +73,19 @@ func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch
 		w.stopCtx = stopCtx
 		w.mu.Unlock()
 	}
+	// Close stops the watches it finds routed after marking the registry closed: a watch routed
+	// after Close looked is seen closed here, and stopped (stop is idempotent, for both).
+	if h.isClosed() {
+		w.stop(false)
+		return nil, closedError(op)
+	}
 	runtime.KeepAlive(r)
 	return w, nil
 }
+
+// testHookWatchMade, set by tests, runs once the library has made a watch and before
+// WatchService publishes it.
+var testHookWatchMade func(r *EtcdRegistry)
 
 // startWatch makes the library's watch, whose first listing waits for etcd: parked in the
 // netpoller (etcd_registry_watch_async), outside the registry's lock, or where there is no

@@ -2,6 +2,7 @@ package etcdregistry
 
 import (
 	"context"
+	"errors"
 	"runtime"
 	"testing"
 	"time"
@@ -48,4 +49,28 @@ func TestCloseRightAfterAWatchIsMadeIsRaceFree(t *testing.T) {
 		t.Fatalf("WatchService: %v", err)
 	}
 	waitEventsClosed(t, w)
+}
+
+// A registry closed after the library has made a watch but before WatchService has returned
+// it: WatchService fails with ErrClosed and stops the watch (it used to return a watch that no
+// one would ever stop, whose events were never closed).
+func TestWatchMadeWhileTheRegistryClosesIsStopped(t *testing.T) {
+	r, err := NewEtcdRegistry(shared.endpoints, "/services", "", "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testHookWatchMade = func(r *EtcdRegistry) { _ = r.Close() }
+	defer func() { testHookWatchMade = nil }()
+	w, err := r.WatchService(context.Background(), serviceName(t)) // no node: no event to route
+	testHookWatchMade = nil
+	if err == nil {
+		waitEventsClosed(t, w)
+		t.Fatal("WatchService returned a watch of a registry closed meanwhile")
+	}
+	if !errors.Is(err, ErrClosed) {
+		t.Fatalf("WatchService: got %v, want ErrClosed", err)
+	}
+	if n := len(r.h.routes.allWatches()); n != 0 {
+		t.Fatalf("%d watches still routed after Close", n)
+	}
 }
