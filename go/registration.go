@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 )
@@ -128,7 +129,8 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
 	}
-	// Names, the TTL and the info are checked by the library (the core's rules), below.
+	// Names, the TTL and the info are checked by the library (the core's rules), below, or by
+	// checkRegisterArgs when ctx has already ended.
 	h := r.h
 	g := &Registration{
 		r:       r,
@@ -140,6 +142,11 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 		return nil, closedError(op)
 	}
 	if err := ctx.Err(); err != nil {
+		// A context that has already ended never reaches the library, so its checks are made
+		// here: bad arguments are an error whatever the context.
+		if err := checkRegisterArgs(op, service, node, ttl); err != nil {
+			return nil, err
+		}
 		// Ended before it began: nothing is registered, so the library has no event to give;
 		// the registration ends here as one that was unregistered at once would.
 		g.end(err, StatusEvent{Kind: StatusUnregistered, Service: service, Node: node.Name})
@@ -173,6 +180,34 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	}
 	runtime.KeepAlive(r)
 	return g, nil
+}
+
+// checkRegisterArgs applies the library's checks of Register's names, TTL and info keys (the
+// core's validate_name, validate_ttl and empty-key rules, with its messages), for a call that
+// does not reach it. The size of the info is left to the library: it needs the encoding.
+func checkRegisterArgs(op, service string, node Node, ttl time.Duration) error {
+	for _, name := range []struct{ what, value string }{{"service", service}, {"node", node.Name}} {
+		switch {
+		case strings.TrimSpace(name.value) == "":
+			return invalidArgument(op, name.what+" name must not be empty")
+		case name.value == "." || name.value == "..":
+			return invalidArgument(op, fmt.Sprintf("%s name must not be %q", name.what, name.value))
+		case strings.IndexByte(name.value, 0) >= 0:
+			return invalidArgument(op, "strings must not contain NUL bytes")
+		}
+	}
+	switch {
+	case ttl <= 0:
+		return invalidArgument(op, "ttl must be greater than zero")
+	case ttl > MaxTTL:
+		return invalidArgument(op, fmt.Sprintf("ttl %v is larger than etcd's maximum of %d s", ttl, MaxTTL/time.Second))
+	}
+	for key := range node.Info {
+		if key == "" {
+			return invalidArgument(op, "info keys must not be empty")
+		}
+	}
+	return nil
 }
 
 // UnregisterNode unregisters a node this registry registered: its key is deleted at once and

@@ -361,6 +361,46 @@ func TestAlreadyCancelledContext(t *testing.T) {
 	}
 }
 
+// Bad arguments are an error even with a context that has already ended (which never reaches
+// the library): the same error as with a live one.
+func TestRegisterRejectsBadInputWithAnEndedContext(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+	node := Node{Name: "n1"}
+	cases := []struct {
+		name    string
+		service string
+		node    Node
+		ttl     time.Duration
+	}{
+		{"empty service", "", node, time.Minute},
+		{"blank node name", "svc", Node{Name: " "}, time.Minute},
+		{"node name ..", "svc", Node{Name: ".."}, time.Minute},
+		{"zero ttl", "svc", node, 0},
+		{"negative ttl", "svc", node, -time.Second},
+		{"NUL in name", "svc", Node{Name: "a\x00b"}, time.Minute},
+		{"ttl beyond etcd's maximum", "svc", node, time.Duration(math.MaxInt64)},
+		{"empty info key", "svc", Node{Name: "n1", Info: map[string]string{"": "x"}}, time.Minute},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, _, live := r.RegisterNode(context.Background(), c.service, c.node, c.ttl)
+			done, errs, err := r.RegisterNode(ended, c.service, c.node, c.ttl)
+			if !errors.Is(err, ErrInvalidArgument) {
+				t.Fatalf("got %v, want an error matching ErrInvalidArgument", err)
+			}
+			// The same text, but for how a duration is written (Go's, or the library's).
+			if live == nil || (err.Error() != live.Error() && c.ttl <= MaxTTL) {
+				t.Errorf("with an ended context %q, with a live one %v", err, live)
+			}
+			if done != nil || errs != nil {
+				t.Fatal("channels returned with an error")
+			}
+		})
+	}
+}
+
 // The context ends while etcd is down, so the first registration lands (when etcd is back)
 // after it ended: done stays open, ctx.Err() is sent and no key is left.
 func TestContextEndsBeforeFirstRegistration(t *testing.T) {
