@@ -54,7 +54,10 @@
  *     and is never called again for it; free user_data then. Called from inside a callback
  *     (on the callback thread), they deliver the remaining events of the registration nested,
  *     before returning. A registration replaced by a newer registration of the same node gets
- *     UNREGISTERED as its last call too.
+ *     UNREGISTERED as its last call too: etcd_registry_unregister of its id waits for that
+ *     call in the same way (and returns OK, deleting nothing: the key is the newer one's).
+ *     Once that call has returned, the registry forgets the replaced id by itself, and every
+ *     call given it returns NOT_FOUND.
  *   - etcd_registry_unwatch / etcd_registry_close stop a watch's callback: once they return it
  *     is not running and will never be called again (its undelivered events are dropped).
  *     Called from inside that very callback, they do not wait for it. Called from another
@@ -651,7 +654,8 @@ typedef void (*etcd_registry_watch_started_callback)(void *user_data,
 #define ETCD_REGISTRY_STATE_RETRYING 3
 
 /**
- * Ended: replaced by a newer registration of the same node.
+ * Ended: replaced by a newer registration of the same node, and its UNREGISTERED not delivered
+ * yet (once it has been, the id is forgotten and calls given it return NOT_FOUND).
  */
 #define ETCD_REGISTRY_STATE_UNREGISTERED 4
 
@@ -806,7 +810,9 @@ etcd_registry_status etcd_registry_event_fd(struct etcd_registry *registry, int 
  * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
  * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
  * registration or watch made with a NULL callback, the pull queue's count; for one made with a
- * callback, that callback's count. NOT_FOUND for an unknown (or ended) id, CLOSED after close.
+ * callback, that callback's count. NOT_FOUND for an unknown id or one that has ended
+ * (unregistered, or replaced by a newer registration of its node and its UNREGISTERED
+ * delivered), CLOSED after close.
  */
 etcd_registry_status etcd_registry_dropped_events(struct etcd_registry *registry,
                                                   uint64_t id,
@@ -1013,7 +1019,8 @@ void etcd_registry_node_list_free(struct etcd_registry_node_list *list);
  * NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
  * comment). The first event may come before this function has returned: events carry the
  * registration id. Registering a node this registry already holds replaces the older
- * registration (which gets UNREGISTERED).
+ * registration, which gets UNREGISTERED (see `etcd_registry_unregister`) and whose id is
+ * forgotten once that has been delivered.
  *
  * INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, an empty or repeated info
  * key, or info too large for etcd; NULL_POINTER for a NULL `info` with `info_len` > 0 (other
@@ -1091,9 +1098,14 @@ etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
  * When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
  * disappears when its lease expires (within the TTL).
  *
- * NOT_FOUND when `registration_id` is not a registration of this registry (or was already
- * unregistered); CLOSED after `etcd_registry_close`; AUTH (or another error) only when etcd
- * answered and refused the delete — the registration is gone from the library all the same.
+ * A registration replaced by a newer registration of the same node has ended already: this
+ * deletes nothing (the key is the newer one's), waits until its UNREGISTERED has been
+ * delivered as above, and returns OK.
+ *
+ * NOT_FOUND when `registration_id` is not a registration of this registry (unknown, already
+ * unregistered, or replaced and its UNREGISTERED already delivered); CLOSED after
+ * `etcd_registry_close`; AUTH (or another error) only when etcd answered and refused the
+ * delete — the registration is gone from the library all the same.
  */
 etcd_registry_status etcd_registry_unregister(struct etcd_registry *registry,
                                               uint64_t registration_id);

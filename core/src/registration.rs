@@ -623,6 +623,20 @@ impl RegShared {
     pub(crate) fn lease_id(&self) -> Option<i64> {
         Some(self.lock().lease_id).filter(|&id| id != 0)
     }
+
+    /// Waits until the registration has ended (`Unregistered` emitted).
+    pub(crate) async fn wait_unregistered(&self) {
+        loop {
+            // Enabled before the state is read, so a change made after the read wakes it.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.state() == RegistrationState::Unregistered {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// The handle of one registered node. Cheap to clone; dropping it does not unregister (the
@@ -720,7 +734,10 @@ impl Registration {
 
     /// Ends the registration: stops keeping the key alive and deletes it, revoking the lease
     /// when no other key uses it. Idempotent. After it returns the state is `Unregistered` and
-    /// no event of this registration follows.
+    /// no event of this registration follows; a handler it was routed to has been called with
+    /// `Unregistered` and is not running for it. A registration replaced by a newer
+    /// registration of the same node (which owns the key) has ended by itself: this waits for
+    /// that end, with the same guarantee, deletes nothing and returns `Ok`.
     ///
     /// Shutdown rule, the same in every language: it never fails because etcd is unreachable.
     /// The delete is tried within the configured timeout; when etcd cannot be reached in that

@@ -175,7 +175,8 @@ impl Registry {
     /// All registrations of one TTL share one lease. The TTL is rounded up to whole seconds, and
     /// etcd raises a TTL below its minimum (about 2 s with default settings) to that minimum.
     /// Registering a node that this registry already holds replaces the older registration
-    /// (which ends with `Unregistered`; the key stays).
+    /// (which ends with `Unregistered`; the key stays). [`Registration::unregister`] of the
+    /// older one waits for that end.
     pub fn register(&self, service: &str, node: Node, ttl: Duration) -> Result<Registration> {
         self.register_inner(service, node, ttl, None, encode_node)
     }
@@ -344,7 +345,7 @@ impl Registry {
     pub(crate) async fn try_unregister_reg(&self, reg: &Arc<RegShared>) -> Result<()> {
         self.check_same_process()?;
         let id = reg.id;
-        let (tx, done_rx, reg) = {
+        let current = {
             let mut state = self.state();
             // Only while it is the registration of its node (not ended, not replaced).
             if !state
@@ -352,27 +353,60 @@ impl Registry {
                 .get(reg.key.as_bytes())
                 .is_some_and(|r| Arc::ptr_eq(&r.0, reg))
             {
-                return Ok(());
+                Err(state.groups.get(&reg.ttl_secs).map(|g| g.tx.clone()))
+            } else {
+                state.registrations.remove(reg.key.as_bytes());
+                let Some(group) = state.groups.get(&reg.ttl_secs) else {
+                    return Ok(());
+                };
+                let (done_tx, done_rx) = oneshot::channel();
+                let _ = group.tx.send(GroupCmd::Remove {
+                    id,
+                    keep_key: false,
+                    done: Some(done_tx),
+                });
+                Ok(done_rx)
             }
-            state.registrations.remove(reg.key.as_bytes());
-            let reg = reg.clone();
-            let Some(group) = state.groups.get(&reg.ttl_secs) else {
-                return Ok(());
-            };
-            let (done_tx, done_rx) = oneshot::channel();
-            let _ = group.tx.send(GroupCmd::Remove {
-                id,
-                keep_key: false,
-                done: Some(done_tx),
-            });
-            (group.tx.clone(), done_rx, Some(reg))
         };
-        drop(tx);
-        // The group answers after the key is deleted (or the delete failed within the timeout),
-        // and after `Unregistered` has been emitted.
-        let result = done_rx.await.unwrap_or(Ok(()));
-        finish_routes(reg.into_iter().collect(), Vec::new()).await;
+        let result = match current {
+            // The group answers after the key is deleted (or the delete failed within the
+            // timeout), and after `Unregistered` has been emitted.
+            Ok(done_rx) => done_rx.await.unwrap_or(Ok(())),
+            // Replaced by a newer registration of its node (which owns the key now), or ended
+            // by another unregister or by close: its task emits (or has emitted)
+            // `Unregistered`, unless that task is gone (it emits it to every member first).
+            Err(group) => {
+                let ended = reg.wait_unregistered();
+                match group {
+                    Some(group) => tokio::select! {
+                        _ = ended => {}
+                        _ = group.closed() => {}
+                    },
+                    None => ended.await,
+                }
+                Ok(())
+            }
+        };
+        // Either way, as the caller is promised: `Unregistered` has been delivered to the
+        // registration's handler when this returns, so the handler's data may be freed.
+        finish_routes(vec![reg.clone()], Vec::new()).await;
         result
+    }
+
+    /// The current registration of `node` of `service` in this registry: the one that
+    /// registering the same node again would replace (what the C library looks up to forget a
+    /// replaced registration's id once it has ended). `None` when there is none: never
+    /// registered, unregistered, or after close.
+    pub fn registration_of(&self, service: &str, node: &str) -> Option<Registration> {
+        let key = self.node_key(service, node);
+        let state = self.state();
+        state
+            .registrations
+            .get(key.as_bytes())
+            .map(|r| Registration {
+                shared: r.0.clone(),
+                registry: self.clone(),
+            })
     }
 
     /// Lists a service's nodes in one range request. An unknown service gives an empty list.

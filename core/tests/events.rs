@@ -155,3 +155,68 @@ async fn an_unread_stream_keeps_the_newest_events_and_every_unregistered() {
     assert_eq!(unregistered, count);
     assert_eq!(unread.dropped(), count as u64);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_unregistered() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    // Holds up the one handler thread (every handler's calls) until `unregister` is under way,
+    // so that the replaced registration's Unregistered is still undelivered when it is called.
+    let unregistering = Arc::new(AtomicBool::new(false));
+    let busy = Arc::new(AtomicBool::new(false));
+    let (flag, running) = (unregistering.clone(), busy.clone());
+    let slow = Handler::new(move |e| {
+        if e.kind_str() != "registered" {
+            return;
+        }
+        running.store(true, Ordering::SeqCst);
+        let deadline = std::time::Instant::now() + DEADLINE;
+        while !flag.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Long enough for an unregister that does not wait to return first.
+        std::thread::sleep(Duration::from_millis(200));
+    })
+    .unwrap();
+    let blocker = registry
+        .register_routed(
+            "api",
+            node("slow", &[]),
+            Duration::from_secs(5),
+            &Route::handler(&slow),
+        )
+        .unwrap();
+    blocker.wait_registered(DEADLINE).await.unwrap();
+    eventually("the handler thread to be held up", || {
+        let busy = busy.load(Ordering::SeqCst);
+        async move { busy }
+    })
+    .await;
+
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let into = seen.clone();
+    let handler = Handler::new(move |e| into.lock().unwrap().push(e.kind_str())).unwrap();
+    let old = registry
+        .register_routed(
+            "api",
+            node("a", &[]),
+            Duration::from_secs(5),
+            &Route::handler(&handler),
+        )
+        .unwrap();
+    let new = registry
+        .register("api", node("a", &[]), Duration::from_secs(5))
+        .unwrap();
+    unregistering.store(true, Ordering::SeqCst);
+    old.unregister().await.unwrap();
+    // Delivered before unregister returned, as for a current registration: the handler's data
+    // may be freed now.
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last().copied(), Some("unregistered"), "{seen:?}");
+    assert_eq!(old.state(), etcd_registry::RegistrationState::Unregistered);
+    // The key is the newer registration's: left alone.
+    new.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(registry.list("api").await.unwrap().len(), 2);
+    registry.close().await.unwrap();
+}

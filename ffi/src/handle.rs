@@ -182,6 +182,21 @@ impl etcd_registry {
         Ok((Route::handler(&handler), Some((handler, user_data))))
     }
 
+    /// Forgets a registration that a newer registration of its node replaced, once it has
+    /// ended: its UNREGISTERED delivered (what `etcd_registry_unregister` of it waits for). Its
+    /// id is NOT_FOUND from then on, and the handle does not keep it until close.
+    pub(crate) fn forget_when_ended(&self, replaced: Registration) {
+        let state = Arc::downgrade(&self.state);
+        self.runtime.spawn(async move {
+            // The key is the newer registration's: this deletes nothing, it only waits.
+            let _ = replaced.unregister().await;
+            if let Some(state) = state.upgrade() {
+                let entry = lock_state(&state).registrations.remove(&replaced.id());
+                drop(entry);
+            }
+        });
+    }
+
     /// Marks the handle closed; returns the handlers of its callbacks, or None if it already was.
     pub(crate) fn shut(&self) -> Option<Vec<(Handler, UserData)>> {
         let mut state = self.lock();
@@ -211,6 +226,9 @@ impl etcd_registry {
             // watches' handlers before it returns.
             let result = block_on(self.registry.close());
             for (handler, user_data) in &handlers {
+                // What is still queued: UNREGISTERED of a replaced registration that has not
+                // been forgotten yet (the core's close delivers those of the current ones).
+                handler.finish();
                 handler.cancel();
                 // The callbacks are done: what they did happens before the caller frees data.
                 crate::tsan::acquire(user_data.0);

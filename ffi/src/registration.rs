@@ -23,7 +23,8 @@ pub const ETCD_REGISTRY_STATE_REGISTERING: etcd_registry_state = 1;
 pub const ETCD_REGISTRY_STATE_REGISTERED: etcd_registry_state = 2;
 /// The key was registered, then the lease or the connection was lost; retrying.
 pub const ETCD_REGISTRY_STATE_RETRYING: etcd_registry_state = 3;
-/// Ended: replaced by a newer registration of the same node.
+/// Ended: replaced by a newer registration of the same node, and its UNREGISTERED not delivered
+/// yet (once it has been, the id is forgotten and calls given it return NOT_FOUND).
 pub const ETCD_REGISTRY_STATE_UNREGISTERED: etcd_registry_state = 4;
 
 /// Parses info JSON, the convenience form of info: NULL is an empty info; `null` is no info
@@ -92,7 +93,8 @@ fn state_code(state: RegistrationState) -> etcd_registry_state {
 /// NULL callback they are queued for `etcd_registry_next_event` instead (see the header's top
 /// comment). The first event may come before this function has returned: events carry the
 /// registration id. Registering a node this registry already holds replaces the older
-/// registration (which gets UNREGISTERED).
+/// registration, which gets UNREGISTERED (see `etcd_registry_unregister`) and whose id is
+/// forgotten once that has been delivered.
 ///
 /// INVALID_ARGUMENT for an empty service or node name, `ttl_ms` 0, an empty or repeated info
 /// key, or info too large for etcd; NULL_POINTER for a NULL `info` with `info_len` > 0 (other
@@ -120,8 +122,13 @@ pub unsafe extern "C" fn etcd_registry_register(
         let info = unsafe { read_entries(info, info_len) }?;
         let slot = out(out_registration_id, "out_registration_id")?;
         let (route, handler) = this.route(callback, None, user_data)?;
-        // The lock is held until the registration is recorded, so close() cannot miss it.
+        // The lock is held until the registration is recorded, so close() cannot miss it (and
+        // no other register of this handle replaces the node meanwhile).
         let mut state = this.open()?;
+        let replaced = this
+            .registry
+            .registration_of(service, node)
+            .filter(|old| state.registrations.contains_key(&old.id()));
         let registration = this.registry.register_bytes(
             service,
             node,
@@ -140,6 +147,10 @@ pub unsafe extern "C" fn etcd_registry_register(
                 handler,
             },
         );
+        drop(state);
+        if let Some(old) = replaced {
+            this.forget_when_ended(old);
+        }
         write_out(slot, id);
         Ok(())
     })
@@ -287,9 +298,14 @@ pub unsafe extern "C" fn etcd_registry_update_json(
 /// When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
 /// disappears when its lease expires (within the TTL).
 ///
-/// NOT_FOUND when `registration_id` is not a registration of this registry (or was already
-/// unregistered); CLOSED after `etcd_registry_close`; AUTH (or another error) only when etcd
-/// answered and refused the delete — the registration is gone from the library all the same.
+/// A registration replaced by a newer registration of the same node has ended already: this
+/// deletes nothing (the key is the newer one's), waits until its UNREGISTERED has been
+/// delivered as above, and returns OK.
+///
+/// NOT_FOUND when `registration_id` is not a registration of this registry (unknown, already
+/// unregistered, or replaced and its UNREGISTERED already delivered); CLOSED after
+/// `etcd_registry_close`; AUTH (or another error) only when etcd answered and refused the
+/// delete — the registration is gone from the library all the same.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_unregister(
     registry: *mut etcd_registry,

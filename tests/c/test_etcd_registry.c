@@ -1436,6 +1436,82 @@ static void test_second_close_waits_for_a_callback_that_closed(void) {
     etcd_registry_free(registry);
 }
 
+/* Holds up the callback thread in its REGISTERED call until released. */
+typedef struct {
+    atomic_bool running;
+    atomic_bool release;
+} dispatcher_hold;
+
+static void hold_the_callback_thread(const etcd_registry_status_event *e, void *user_data) {
+    dispatcher_hold *hold = user_data;
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+    atomic_store(&hold->running, true);
+    WAIT_FOR(atomic_load(&hold->release), 30 * slow);
+    usleep(200 * 1000); /* long enough for a call that does not wait to return first */
+}
+
+/* The last event a replaced registration's callback saw (its user data, freed after). */
+typedef struct {
+    atomic_int calls;
+    atomic_uint last_kind;
+} last_event;
+
+static void record_last_event(const etcd_registry_status_event *e, void *user_data) {
+    last_event *last = user_data;
+    atomic_store(&last->last_kind, e->kind);
+    atomic_fetch_add(&last->calls, 1);
+}
+
+/* Whether `id` is no longer one of the registry's (the question etcd_registry_dropped_events
+ * and etcd_registry_registration_state answer alike). */
+static bool forgotten(etcd_registry *r, uint64_t id) {
+    uint64_t n = 0;
+    etcd_registry_state state = 0;
+    return etcd_registry_dropped_events(r, id, &n) == ETCD_REGISTRY_STATUS_NOT_FOUND &&
+           etcd_registry_registration_state(r, id, &state) == ETCD_REGISTRY_STATUS_NOT_FOUND;
+}
+
+static void test_a_replaced_registration_ends_like_an_unregistered_one(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    dispatcher_hold *hold = calloc(1, sizeof *hold);
+    uint64_t slow_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced-hold", "slow", NULL, 10000, hold_the_callback_thread, hold, &slow_id));
+    REQUIRE(WAIT_FOR(atomic_load(&hold->running), 10 * slow));
+
+    /* Unregistering the replaced registration returns once its UNREGISTERED has been
+     * delivered, as for a current one: its user data may be freed then (ASan checks it). */
+    last_event *old = calloc(1, sizeof *old);
+    uint64_t old_id = 0, new_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced", "a", NULL, 10000, record_last_event, old, &old_id));
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced", "a", NULL, 10000, NULL, NULL, &new_id));
+    atomic_store(&hold->release, true);
+    CHECK_OK(etcd_registry_unregister(r, old_id));
+    CHECK(atomic_load(&old->last_kind) == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED);
+    free(old);
+    CHECK(forgotten(r, old_id));
+    CHECK_STATUS(etcd_registry_unregister(r, old_id), ETCD_REGISTRY_STATUS_NOT_FOUND);
+    /* The key stays, the newer registration's. */
+    CHECK_OK(etcd_registry_wait_registered(r, new_id, (uint64_t)(10000 * slow)));
+    CHECK(count_nodes(r, "replaced") == 1);
+
+    /* Not unregistered: the handle forgets it by itself once its UNREGISTERED has been
+     * delivered, instead of keeping it until close. */
+    last_event *left = calloc(1, sizeof *left);
+    uint64_t left_id = 0, newer_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced", "b", NULL, 10000, record_last_event, left, &left_id));
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced", "b", NULL, 10000, NULL, NULL, &newer_id));
+    CHECK(WAIT_FOR(forgotten(r, left_id), 10 * slow));
+    CHECK(atomic_load(&left->last_kind) == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED);
+    CHECK_OK(etcd_registry_wait_registered(r, newer_id, (uint64_t)(10000 * slow)));
+    CHECK(count_nodes(r, "replaced") == 2);
+
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+    free(left);
+    free(hold);
+}
+
 static void test_free_functions_keep_the_last_error(void) {
     char eps[64];
     snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
@@ -2441,6 +2517,7 @@ static const test_case tests[] = {
     TEST(test_close_from_inside_a_callback),
     TEST(test_second_close_waits_for_a_callback_that_closed),
     TEST(test_free_functions_keep_the_last_error),
+    TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
     TEST(test_event_fd_wakes_a_poll_loop),
