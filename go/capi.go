@@ -67,7 +67,11 @@ func durationMs(d time.Duration) uint64 {
 	if d <= 0 {
 		return 0 // the library refuses a zero TTL with its own message
 	}
-	return uint64((d + time.Millisecond - 1) / time.Millisecond)
+	ms := uint64(d / time.Millisecond) // not (d + 999µs) / 1ms: that overflows near the maximum
+	if d%time.Millisecond != 0 {
+		ms++
+	}
+	return ms
 }
 
 // cConnect builds a configuration from cfg (already validated) and creates the registry. It

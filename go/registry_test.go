@@ -96,6 +96,11 @@ func TestRegisterNodeRejectsBadInput(t *testing.T) {
 			}
 		})
 	}
+	// The largest Go duration reaches the library as itself (it used to overflow on rounding).
+	if _, _, err := r.RegisterNode(ctx, "svc", node, time.Duration(math.MaxInt64)); err == nil ||
+		!strings.Contains(err.Error(), "ttl 9223372036.85") {
+		t.Errorf("a TTL of math.MaxInt64: %v", err)
+	}
 	if _, err := r.GetServiceNodes(""); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("GetServiceNodes(\"\"): got %v, want ErrInvalidArgument", err)
 	}
