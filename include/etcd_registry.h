@@ -914,6 +914,13 @@ etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
  * Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
  * it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
  * call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
+ * Once it returns, no callback of this registry is running or will be called.
+ *
+ * Not meant to be called from an `_async` callback or the log callback (a library runtime
+ * thread, where it cannot wait for etcd): there it logs an error, stops every status and
+ * watch callback of the registry without delivering their UNREGISTERED (waiting for a call
+ * that is running to return), and lets the close — revoking the leases — finish in the
+ * background. Close the registry from another thread (or a status or watch callback) first.
  */
 void etcd_registry_free(struct etcd_registry *registry);
 

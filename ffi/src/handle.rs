@@ -260,6 +260,61 @@ impl etcd_registry {
     }
 }
 
+impl etcd_registry {
+    /// `etcd_registry_free` on a library runtime thread, which must not wait for etcd: the
+    /// close goes on in the background, and every callback is stopped here, so that none runs
+    /// once free returns (the host frees `user_data` then).
+    fn free_on_runtime_thread(&self) {
+        tracing::error!(
+            "etcd_registry_free called inside an _async or log callback: the registry's callbacks \
+             are stopped without their UNREGISTERED and its close finishes in the background; \
+             close it from another thread first"
+        );
+        let handlers: Vec<(Handler, Option<UserData>)> = match self.shut() {
+            Some(handlers) => {
+                self.queue.close();
+                self.queue.set_on_ready(None);
+                let core = self.registry.clone();
+                self.runtime.spawn(async move {
+                    let _ = core.close().await;
+                });
+                handlers
+                    .into_iter()
+                    .map(|(handler, user_data)| (handler, Some(user_data)))
+                    .collect()
+            }
+            // Closed already: its callbacks were stopped, one may still be running.
+            None => self
+                .lock()
+                .closed_handlers
+                .iter()
+                .map(|handler| (handler.clone(), None))
+                .collect(),
+        };
+        for (handler, user_data) in handlers {
+            cancel_on_runtime_thread(&handler);
+            if let Some(user_data) = user_data {
+                // The callbacks are done: what they did happens before the host frees data.
+                crate::tsan::acquire(user_data.0);
+            }
+        }
+    }
+}
+
+/// Stops a handler and waits for a running call of it to return, from a library runtime
+/// thread: that call may itself wait for the runtime (a blocking library call), so the wait
+/// hands this thread's work to another one (`block_in_place`) rather than stall it.
+fn cancel_on_runtime_thread(handler: &Handler) {
+    // The library's runtime is multi-threaded (`block_in_place` panics on any other).
+    let multi_thread = Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi_thread {
+        tokio::task::block_in_place(|| handler.cancel());
+    } else {
+        handler.cancel();
+    }
+}
+
 /// Creates a registry from `config` (which is copied: free it whenever you like). Checks the
 /// configuration but does not dial: etcd may be down now; every operation connects when it needs
 /// to, and registrations retry until it is up. Starts the library's global runtime on first use.
@@ -570,6 +625,13 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
 /// Closes the registry if it is still open (as `etcd_registry_close`, ignoring errors) and frees
 /// it. NULL is allowed. Must be the last call on the handle: no other thread may be inside a
 /// call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
+/// Once it returns, no callback of this registry is running or will be called.
+///
+/// Not meant to be called from an `_async` callback or the log callback (a library runtime
+/// thread, where it cannot wait for etcd): there it logs an error, stops every status and
+/// watch callback of the registry without delivering their UNREGISTERED (waiting for a call
+/// that is running to return), and lets the close — revoking the leases — finish in the
+/// background. Close the registry from another thread (or a status or watch callback) first.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
     if registry.is_null() {
@@ -585,12 +647,8 @@ pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
         }
         if ensure_can_block().is_ok() {
             let _ = this.close_and_wait();
-        } else if this.shut().is_some() {
-            this.queue.close();
-            let core = this.registry.clone();
-            this.runtime.spawn(async move {
-                let _ = core.close().await;
-            });
+        } else {
+            this.free_on_runtime_thread();
         }
         drop(this);
     });

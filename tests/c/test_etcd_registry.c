@@ -1512,6 +1512,61 @@ static void test_a_replaced_registration_ends_like_an_unregistered_one(void) {
     free(hold);
 }
 
+/* etcd_registry_free called inside an _async callback (a library runtime thread) while a
+ * status callback of the registry runs on the callback thread. */
+typedef struct {
+    etcd_registry *registry;
+    atomic_bool in_callback;    /* the status callback is running */
+    atomic_bool freeing;        /* the async callback is about to free the registry */
+    atomic_bool freed;          /* free returned */
+    atomic_bool ran_after_free; /* a status callback ran after free returned */
+    atomic_bool running_at_return; /* ... or was still running when it returned */
+    atomic_bool done;           /* the async callback's last access */
+} free_in_callback;
+
+static void status_while_freed(const etcd_registry_status_event *e, void *user_data) {
+    free_in_callback *ctx = user_data;
+    if (atomic_load(&ctx->freed)) atomic_store(&ctx->ran_after_free, true);
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+    atomic_store(&ctx->in_callback, true);
+    WAIT_FOR(atomic_load(&ctx->freeing), 30 * slow);
+    usleep(200 * 1000); /* long enough for a free that does not wait to return first */
+    if (atomic_load(&ctx->freed)) atomic_store(&ctx->ran_after_free, true);
+    atomic_store(&ctx->in_callback, false);
+}
+
+static void free_from_list_callback(void *user_data, etcd_registry_status status, const char *message,
+                                    etcd_registry_node_list *list) {
+    (void)status;
+    (void)message;
+    free_in_callback *ctx = user_data;
+    etcd_registry_node_list_free(list);
+    atomic_store(&ctx->freeing, true);
+    etcd_registry_free(ctx->registry);
+    atomic_store(&ctx->freed, true);
+    atomic_store(&ctx->running_at_return, atomic_load(&ctx->in_callback));
+    atomic_store(&ctx->done, true);
+}
+
+static void test_free_inside_an_async_callback_stops_every_callback(void) {
+    free_in_callback *ctx = calloc(1, sizeof *ctx);
+    REQUIRE(ctx != NULL);
+    ctx->registry = connect_etcd();
+    REQUIRE(ctx->registry != NULL);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(ctx->registry, "free-async", "n1", NULL, 10000, status_while_freed, ctx, &id));
+    REQUIRE(WAIT_FOR(atomic_load(&ctx->in_callback), 10 * slow)); /* else it may still run: no free */
+    REQUIRE_OK(etcd_registry_list_async(ctx->registry, "free-async", free_from_list_callback, ctx));
+    REQUIRE(WAIT_FOR(atomic_load(&ctx->done), 30 * slow)); /* else it may still run: no free */
+    /* free returned: no callback of the registry was running, and none ran since. */
+    CHECK(!atomic_load(&ctx->running_at_return));
+    CHECK(!atomic_load(&ctx->ran_after_free));
+    /* The close went on in the background: the key is gone. */
+    CHECK(WAIT_FOR(count_nodes_fresh("free-async") == 0, 30 * slow));
+    CHECK(!atomic_load(&ctx->ran_after_free));
+    free(ctx);
+}
+
 static void test_free_functions_keep_the_last_error(void) {
     char eps[64];
     snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
@@ -2517,6 +2572,7 @@ static const test_case tests[] = {
     TEST(test_close_from_inside_a_callback),
     TEST(test_second_close_waits_for_a_callback_that_closed),
     TEST(test_free_functions_keep_the_last_error),
+    TEST(test_free_inside_an_async_callback_stops_every_callback),
     TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
