@@ -556,6 +556,10 @@ func (g *Registration) unregister() error {
 	return err
 }
 
+// testHookEnding, set by tests, runs in end between letting go of ctx and marking the
+// registration ended.
+var testHookEnding func(g *Registration)
+
 // end ends the registration: last (StatusUnregistered) is its last event, reason goes on the
 // error channel, which is then closed.
 func (g *Registration) end(reason error, last StatusEvent) {
@@ -577,6 +581,9 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		}
 		h.mu.Unlock()
 	}
+	if testHookEnding != nil {
+		testHookEnding(g)
+	}
 	g.mu.Lock()
 	g.backlog.push(newStatusRec(last), isFinalRec)
 	g.over = true
@@ -588,9 +595,14 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		close(x.errs)
 	}
 	g.ended = true
+	// Register may have started following ctx since the look above (it checks ended): stop that.
+	stopCtx, x.stopCtx = x.stopCtx, nil
 	finished := x.finished
 	x.finished = nil
 	g.mu.Unlock()
+	if stopCtx != nil {
+		stopCtx()
+	}
 	if finished != nil {
 		close(finished)
 	}
