@@ -197,8 +197,9 @@ impl etcd_registry {
         });
     }
 
-    /// Marks the handle closed; returns the handlers of its callbacks, or None if it already was.
-    pub(crate) fn shut(&self) -> Option<Vec<(Handler, UserData)>> {
+    /// Marks the handle closed; returns the handlers of its callbacks, each with whether it is
+    /// a registration's (which is owed its UNREGISTERED), or None if it already was.
+    pub(crate) fn shut(&self) -> Option<Vec<(Handler, UserData, bool)>> {
         let mut state = self.lock();
         if state.closed {
             return None;
@@ -206,12 +207,16 @@ impl etcd_registry {
         state.closed = true;
         let registrations = std::mem::take(&mut state.registrations);
         let watches = std::mem::take(&mut state.watches);
-        let handlers: Vec<(Handler, UserData)> = registrations
+        let handlers: Vec<(Handler, UserData, bool)> = registrations
             .into_values()
-            .filter_map(|r| r.handler)
-            .chain(watches.into_values().filter_map(|w| w.handler))
+            .filter_map(|r| r.handler.map(|(h, u)| (h, u, true)))
+            .chain(
+                watches
+                    .into_values()
+                    .filter_map(|w| w.handler.map(|(h, u)| (h, u, false))),
+            )
             .collect();
-        state.closed_handlers = handlers.iter().map(|(h, _)| h.clone()).collect();
+        state.closed_handlers = handlers.iter().map(|(h, _, _)| h.clone()).collect();
         Some(handlers)
     }
 
@@ -225,10 +230,12 @@ impl etcd_registry {
             // The core delivers UNREGISTERED to every registration's handler and stops the
             // watches' handlers before it returns.
             let result = block_on(self.registry.close());
-            for (handler, user_data) in &handlers {
-                // What is still queued: UNREGISTERED of a replaced registration that has not
-                // been forgotten yet (the core's close delivers those of the current ones).
-                handler.finish();
+            for (handler, user_data, registration) in &handlers {
+                if *registration {
+                    // What is still queued: UNREGISTERED of a replaced registration not forgotten
+                    // yet (the core's close delivers those of the current ones).
+                    handler.finish();
+                }
                 handler.cancel();
                 // The callbacks are done: what they did happens before the caller frees data.
                 crate::tsan::acquire(user_data.0);
@@ -280,7 +287,7 @@ impl etcd_registry {
                 });
                 handlers
                     .into_iter()
-                    .map(|(handler, user_data)| (handler, Some(user_data)))
+                    .map(|(handler, user_data, _)| (handler, Some(user_data)))
                     .collect()
             }
             // Closed already: its callbacks were stopped, one may still be running.
