@@ -1458,8 +1458,8 @@ typedef struct {
 
 static void record_last_event(const etcd_registry_status_event *e, void *user_data) {
     last_event *last = user_data;
-    atomic_store(&last->last_kind, e->kind);
     atomic_fetch_add(&last->calls, 1);
+    atomic_store(&last->last_kind, e->kind); /* last: reading UNREGISTERED orders the whole call */
 }
 
 /* Whether `id` is no longer one of the registry's (the question etcd_registry_dropped_events
