@@ -14,10 +14,10 @@ import (
 // thread ever calls into Go for them and C keeps no Go pointer.
 //
 // The one queue is the library's (bounded, one policy for every language: see the README's
-// "Events" section). A registration or watch has no goroutine and no buffered channel of its
-// own: its channel is unbuffered, and the events its reader has not taken yet wait in a backlog
-// with the same bound and policy, emptied by a goroutine that runs only while there is
-// something to hand over (and, for a registration, only once Events has been called).
+// "Events" section). A registration or watch has no goroutine of its own: the events its
+// reader has not taken yet wait in a backlog with the same bound and policy, emptied into its
+// channel by a goroutine that runs only while there is something to hand over (and, for a
+// registration, only once Events has been called, and only while it lives: see eventsBuffer).
 
 // eventQueueCapacity is the library's EVENT_QUEUE_CAPACITY: how many unread events any queue
 // holds before the oldest one that is not final is dropped.

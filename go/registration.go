@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,12 @@ const (
 	errChanSize     = 16
 	unregisterLabel = "unregister"
 )
+
+// eventsBuffer is the buffer of a registration's events channel. Once the registration has
+// ended, what its reader has not taken yet is left there, without waiting for the reader: the
+// newest eventsBuffer events, StatusUnregistered last (older ones are dropped, and counted). So
+// a reader that stopped reading holds up no goroutine, and keeps nothing else referenced.
+const eventsBuffer = 8
 
 // Registration is one node registered by Register: its key is put under a lease, kept alive,
 // and re-registered after any loss, until its context ends, Unregister or Close is called, or
@@ -58,7 +65,7 @@ type regExtra struct {
 	// hold waits in errBuf (the newest errChanSize values).
 	errs     chan error
 	errBuf   []error
-	events   chan StatusEvent // made by Events; unbuffered; closed after StatusUnregistered
+	events   chan StatusEvent // made by Events (see eventsBuffer); closed after StatusUnregistered
 	finished chan struct{}    // made by a waiter; closed when the registration has ended
 	reason   error            // why it ends, set by the first of Unregister, ctx or Close
 }
@@ -292,6 +299,11 @@ func (g *Registration) pushErrLocked(err error) {
 func (g *Registration) finishedChan() <-chan struct{} {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	return g.finishedLocked()
+}
+
+// finishedLocked is finishedChan with g.mu held.
+func (g *Registration) finishedLocked() <-chan struct{} {
 	if g.ended {
 		return closedChan
 	}
@@ -306,13 +318,19 @@ func (g *Registration) finishedChan() <-chan struct{} {
 // StatusUnregistered, after which it is closed. Events not read yet wait with the library's
 // bound and policy (see the README's "Events" section): past 1024 unread ones the oldest is
 // dropped (never StatusUnregistered) and counted by Dropped; State always tells where things
-// stand.
+// stand. Once the registration has ended nothing waits for the reader any more: of the events
+// it has not taken then, the last 8 stay on the channel (StatusUnregistered last) and older ones
+// are dropped. Asked for first after the end, Events holds every event not dropped before.
 func (g *Registration) Events() <-chan StatusEvent {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	x := g.more()
 	if x.events == nil {
-		x.events = make(chan StatusEvent)
+		size := eventsBuffer
+		if g.over { // ended: room for every event left, handed over at once below
+			size = max(size, len(g.backlog.items))
+		}
+		x.events = make(chan StatusEvent, size)
 	}
 	g.reading = true
 	g.pumpLocked()
@@ -506,32 +524,74 @@ func (g *Registration) catchUp() {
 }
 
 // pumpLocked starts handing the backlog to the events channel if Events is read and no
-// goroutine does it yet; the goroutine ends when the backlog is empty.
+// goroutine does it yet; the goroutine ends when the backlog is empty or the registration has
+// ended. Once it has, the rest is handed over at once, without a goroutine (finishEventsLocked).
 func (g *Registration) pumpLocked() {
-	if !g.reading || g.pumping || (len(g.backlog.items) == 0 && !g.over) {
-		return
+	switch {
+	case !g.reading || g.pumping || g.eventsDone:
+	case g.over:
+		g.finishEventsLocked()
+	case len(g.backlog.items) > 0:
+		g.pumping = true
+		go g.pump()
 	}
-	g.pumping = true
-	go g.pump()
 }
 
 func (g *Registration) pump() {
 	for {
 		g.mu.Lock()
-		rec, ok := g.backlog.pop()
-		events := g.x.events // made by Events, which started the pump
-		if !ok {
+		if g.over {
 			g.pumping = false
-			if g.over && !g.eventsDone {
-				close(events)
-				g.eventsDone = true
-			}
+			g.finishEventsLocked()
 			g.mu.Unlock()
 			return
 		}
+		rec, ok := g.backlog.pop()
+		if !ok {
+			g.pumping = false
+			g.mu.Unlock()
+			return
+		}
+		events, ended := g.x.events, g.finishedLocked() // events made by Events, which started the pump
 		g.mu.Unlock()
-		events <- g.event(rec)
+		select {
+		case events <- g.event(rec):
+		case <-ended:
+			// Not taken: first in line again, for finishEventsLocked.
+			g.mu.Lock()
+			g.backlog.items = slices.Insert(g.backlog.items, 0, rec)
+			g.mu.Unlock()
+		}
 	}
+}
+
+// finishEventsLocked hands the rest of the backlog of an ended registration to the events
+// channel without waiting for the reader, and closes it: when its buffer is full, the oldest
+// event in it is dropped (counted) to make room, so it ends with the newest events and
+// StatusUnregistered last.
+func (g *Registration) finishEventsLocked() {
+	events := g.x.events
+	for {
+		rec, ok := g.backlog.pop()
+		if !ok {
+			break
+		}
+		ev := g.event(rec)
+		for sent := false; !sent; {
+			select {
+			case events <- ev:
+				sent = true
+			default:
+				select {
+				case <-events:
+					g.backlog.dropped++
+				default: // the reader took one meanwhile
+				}
+			}
+		}
+	}
+	close(events)
+	g.eventsDone = true
 }
 
 // unregister deletes the key and forgets the registration in the library, which then queues
