@@ -647,7 +647,6 @@ func (g *Registration) end(reason error, last StatusEvent) {
 	g.mu.Lock()
 	g.backlog.push(newStatusRec(last), isFinalRec)
 	g.over = true
-	g.pumpLocked()
 	g.pushErrLocked(reason)
 	g.errsDone = true
 	x := g.x // made by pushErrLocked
@@ -655,6 +654,7 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		close(x.errs)
 	}
 	g.ended = true
+	g.pumpLocked() // after the error: a reader that sees Events closed finds it on errs
 	// Register may have started following ctx since the look above (it checks ended): stop that.
 	stopCtx, x.stopCtx = x.stopCtx, nil
 	finished := x.finished
