@@ -38,6 +38,7 @@ mod health;
 pub mod keys;
 mod listing;
 pub mod log;
+mod mux;
 mod registration;
 mod registry;
 pub mod runtime;

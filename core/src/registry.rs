@@ -19,6 +19,7 @@ use crate::keys::{
     base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
 };
 use crate::listing;
+use crate::mux::WatchMux;
 use crate::registration::{KeyOf, Node, RegShared, Registration};
 use crate::watch::{self, Watch, WatchRoute, WatchSetup};
 
@@ -62,6 +63,8 @@ impl std::fmt::Debug for Registry {
 struct Inner {
     config: Config,
     conn: Arc<Connection>,
+    /// The Watch stream its service watches share.
+    mux: Arc<WatchMux>,
     handle: Handle,
     pid: u32,
     closed: AtomicBool,
@@ -110,6 +113,7 @@ impl Registry {
         Ok(Registry {
             inner: Arc::new(Inner {
                 config,
+                mux: WatchMux::new(conn.clone(), handle.clone()),
                 conn,
                 handle,
                 pid: std::process::id(),
@@ -497,6 +501,7 @@ impl Registry {
             service: service.to_string(),
             prefix: service_prefix(&self.inner.config.base_path, service),
             conn: self.inner.conn.clone(),
+            mux: self.inner.mux.clone(),
             backoff: (self.inner.config.backoff_min, self.inner.config.backoff_max),
             registry: self.clone(),
             route,

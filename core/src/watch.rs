@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use etcd_client::{EventType, WatchOptions};
 use tokio::task::AbortHandle;
-use tokio::time::Instant;
 
 use crate::backoff;
 use crate::conn::Connection;
@@ -16,6 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Overflow, Subscriber};
 use crate::keys::node_name_of;
 use crate::listing::{fetch, node_of};
+use crate::mux::{watch_liveness, Delivery, WatchMux};
 use crate::registration::Node;
 
 /// What happened to a watched service.
@@ -236,6 +236,7 @@ pub(crate) struct WatchSetup {
     pub(crate) service: String,
     pub(crate) prefix: String,
     pub(crate) conn: Arc<Connection>,
+    pub(crate) mux: Arc<WatchMux>,
     pub(crate) backoff: (Duration, Duration),
     pub(crate) registry: crate::Registry,
     pub(crate) route: Option<Subscriber>,
@@ -269,6 +270,7 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
     let follower = Follower {
         prefix: setup.prefix,
         conn: setup.conn,
+        mux: setup.mux,
         backoff: setup.backoff,
         state: state.clone(),
         tx: tx.clone(),
@@ -288,6 +290,7 @@ struct Follower {
     prefix: String,
     conn: Arc<Connection>,
     backoff: (Duration, Duration),
+    mux: Arc<WatchMux>,
     state: Arc<Mutex<WatchState>>,
     tx: Arc<WatchRoute>,
 }
@@ -297,13 +300,6 @@ enum StreamEnd {
     Failed(Error),
     /// The member stopped answering and was ejected: resume at once on another one.
     Silent(Error),
-}
-
-/// How long a watch stream may stay quiet before it asks its member for a progress report, and
-/// how long that report may take before the member is given up for another. Both half the
-/// call timeout, within [0.5 s, 5 s].
-fn watch_liveness(timeout: Duration) -> Duration {
-    (timeout / 2).clamp(Duration::from_millis(500), Duration::from_secs(5))
 }
 
 impl Follower {
@@ -355,65 +351,18 @@ impl Follower {
             .with_start_revision(start)
             .with_progress_notify();
         let liveness = watch_liveness(self.conn.timeout);
-        let (member, stream) = match self
-            .conn
-            .call_at("starting a watch", liveness, |c| {
-                // Events of one revision come in one message, of any size.
-                let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
-                let (key, options) = (self.prefix.clone(), options.clone());
-                async move { watch.watch(key, Some(options)).await }
-            })
-            .await
-        {
-            Ok(started) => started,
+        let mut watcher = match self.mux.subscribe(&self.prefix, options, liveness).await {
+            Ok(watcher) => watcher,
             Err(e) => return StreamEnd::Failed(e),
         };
-        let (mut requests, mut stream) = stream.split();
-        // A quiet stream asks for a progress report; one not answered in time means the member
-        // is paused, overloaded or cut off (a paused member keeps its TCP connections open, so
-        // the stream would otherwise wait for the HTTP/2 ping to fail, or forever).
-        let mut asked_at: Option<Instant> = None;
-        let mut quiet_since = Instant::now();
         loop {
-            let wake = match asked_at {
-                Some(asked) => asked + liveness,
-                None => quiet_since + liveness,
-            };
-            let message = tokio::select! {
-                message = stream.message() => message,
-                _ = tokio::time::sleep_until(wake) => {
-                    if asked_at.is_some() {
-                        let error = Error::new(
-                            ErrorKind::Timeout,
-                            format!("watch unanswered for {liveness:?}"),
-                        );
-                        self.conn.eject(member, &error);
-                        return StreamEnd::Silent(error);
-                    }
-                    if let Err(e) = requests.request_progress().await {
-                        return StreamEnd::Failed(e.into());
-                    }
-                    asked_at = Some(Instant::now());
-                    continue;
-                }
-            };
-            asked_at = None;
-            quiet_since = Instant::now();
-            let resp = match message {
-                Ok(Some(resp)) => resp,
-                Ok(None) => {
-                    return StreamEnd::Failed(Error::new(
-                        ErrorKind::Connection,
-                        "the watch stream was closed by etcd",
-                    ))
-                }
-                Err(e) => {
-                    let e = Error::from(e);
-                    if crate::conn::is_member_failure(&e) {
-                        self.conn.eject(member, &e);
-                    }
-                    return StreamEnd::Failed(e);
-                }
+            let resp = match watcher.next().await {
+                Delivery::Response(resp) => resp,
+                Delivery::Ended {
+                    error,
+                    silent: true,
+                } => return StreamEnd::Silent(error),
+                Delivery::Ended { error, .. } => return StreamEnd::Failed(error),
             };
             if resp.compact_revision() > 0 {
                 return StreamEnd::Compacted(resp.compact_revision());
@@ -429,13 +378,10 @@ impl Follower {
                 continue;
             }
             if resp.events().is_empty() {
-                // A progress notification: everything up to this revision has been seen. Not so
-                // for the answer to our own progress request (watch id -1): etcd before 3.5.8
-                // sends it with the store's revision even while this watcher is still catching
-                // up (etcd-io/etcd#15220), so it only shows that the member is alive.
-                if resp.watch_id() == -1 {
-                    continue;
-                }
+                // A progress notification of this watcher: everything up to this revision has
+                // been seen. (The answers to the stream's progress requests, watch id -1, are not
+                // handed to watches: etcd before 3.5.8 sends them with the store's revision even
+                // while a watcher is still catching up, etcd-io/etcd#15220.)
                 if let Some(h) = resp.header() {
                     let mut state = lock(&self.state);
                     state.revision = state.revision.max(h.revision());

@@ -270,14 +270,7 @@ async fn registered_means_key_keep_alive_and_key_watch_in_place() {
     // Every round trip of the registry takes 0.2 s: a step still in flight when it says
     // registered would still be in flight when etcd's counters are read (not through the proxy).
     etcd.delay_member(0, Duration::from_millis(100)).unwrap();
-    let gauge = |name: &str| -> u64 {
-        let metrics = etcd.metrics(0).unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
-    };
+    let gauge = |name: &str| gauge(&etcd, name);
     // Each the first of its TTL: a lease, a keep-alive stream and a key watch of its own.
     for (i, ttl) in [10, 11, 12].into_iter().enumerate() {
         let reg = registry

@@ -82,6 +82,8 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
     let etcd = Arc::new(etcd());
     let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
     let watch = registry.watch("api").await.unwrap();
+    // Beside it on the registry's Watch stream: it resumes too.
+    let web = registry.watch("web").await.unwrap();
     etcd.put("/s/api/a", "{}").unwrap();
     assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
 
@@ -91,8 +93,15 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
         e.restart(0).unwrap();
         e.put("/s/api/b", "{}").unwrap();
         e.delete("/s/api/a").unwrap();
+        e.put("/s/web/w", "{}").unwrap();
     })
     .await;
+    let w = next(&web).await;
+    assert_eq!(
+        (w.kind, w.node.unwrap().name),
+        (WatchEventKind::Added, "w".to_string())
+    );
+    assert!(web.try_next().unwrap().is_none(), "nothing repeated");
     let b = next(&watch).await;
     assert_eq!(
         (b.kind, b.node.unwrap().name),
@@ -114,16 +123,21 @@ async fn resyncs_after_compaction_while_disconnected() {
     etcd.put("/s/api/stays", "{}").unwrap();
     etcd.put("/s/api/goes", "{}").unwrap();
     etcd.put("/s/api/changes", r#"{"v":"1"}"#).unwrap();
+    etcd.put("/s/web/goes", "{}").unwrap();
     let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
     let watch = registry.watch("api").await.unwrap();
     for _ in 0..3 {
         assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
     }
+    // Another watch on the registry's Watch stream, compacted as well: each resyncs its own.
+    let web = registry.watch("web").await.unwrap();
+    assert_eq!(next(&web).await.kind, WatchEventKind::Added);
 
     etcd.partition().unwrap();
     let e = etcd.clone();
     blocking(move || {
         // Changes the watcher cannot see, then history compacted past them.
+        e.delete("/s/web/goes").unwrap();
         e.delete("/s/api/goes").unwrap();
         e.put("/s/api/changes", r#"{"v":"2"}"#).unwrap();
         e.put("/s/api/new", "{}").unwrap();
@@ -157,6 +171,13 @@ async fn resyncs_after_compaction_while_disconnected() {
         registry.list("api").await.unwrap(),
         "live set equals a fresh listing"
     );
+    let removed = next(&web).await;
+    assert_eq!(
+        (removed.kind, removed.node.unwrap().name),
+        (WatchEventKind::Removed, "goes".to_string())
+    );
+    assert_eq!(next(&web).await.kind, WatchEventKind::Resynced);
+    assert!(web.nodes().is_empty());
     record(
         "5. compaction while a watcher is disconnected",
         &format!(
@@ -173,6 +194,59 @@ async fn resyncs_after_compaction_while_disconnected() {
         (WatchEventKind::Added, "after".to_string())
     );
     record_version("compaction while disconnected: resync");
+}
+
+/// A registry's watches share one Watch stream, as etcd's Go client's do: three services
+/// watched cost etcd one stream of three watchers, each watch gets its own service's events
+/// only, cancelling one leaves the others following, and the stream closes with the last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watches_of_a_registry_share_one_stream() {
+    const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let services = ["a", "b", "c"];
+    let mut watches = Vec::new();
+    for service in services {
+        watches.push(registry.watch(service).await.unwrap());
+    }
+    eventually("three watchers in etcd", || async {
+        gauge(&etcd, WATCHERS) == 3
+    })
+    .await;
+    assert_eq!(gauge(&etcd, STREAMS), 1, "watch streams open in etcd");
+
+    for service in services {
+        etcd.put(&format!("/s/{service}/n1"), "{}").unwrap();
+    }
+    for (watch, service) in watches.iter().zip(services) {
+        let event = next(watch).await;
+        assert_eq!(event.kind, WatchEventKind::Added, "{service}");
+        assert_eq!(names(watch), vec!["n1"], "{service}");
+        assert_eq!(watch.try_next(), Ok(None), "{service}: only its own event");
+    }
+
+    watches.remove(1).cancel();
+    eventually("b's watcher gone", || async { gauge(&etcd, WATCHERS) == 2 }).await;
+    etcd.put("/s/b/n2", "{}").unwrap();
+    etcd.put("/s/a/n2", "{}").unwrap();
+    etcd.put("/s/c/n2", "{}").unwrap();
+    for watch in &watches {
+        let event = next(watch).await;
+        assert_eq!(event.node.unwrap().name, "n2", "{}", watch.service());
+    }
+    assert_eq!(gauge(&etcd, STREAMS), 1);
+
+    drop(watches);
+    eventually("the stream closed", || async { gauge(&etcd, STREAMS) == 0 }).await;
+    // The next watch opens a new one.
+    let watch = registry.watch("a").await.unwrap();
+    assert_eq!(names(&watch), vec!["n1", "n2"]);
+    etcd.put("/s/a/n3", "{}").unwrap();
+    next(&watch).await;
+    next(&watch).await;
+    assert_eq!(next(&watch).await.node.unwrap().name, "n3");
+    assert_eq!(gauge(&etcd, STREAMS), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

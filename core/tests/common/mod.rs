@@ -54,6 +54,16 @@ pub fn node(name: &str, pairs: &[(&str, &str)]) -> Node {
     Node::new(name, info(pairs))
 }
 
+/// The value of an unlabelled gauge in member 0's metrics.
+pub fn gauge(etcd: &EtcdCluster, name: &str) -> u64 {
+    let metrics = etcd.metrics(0).unwrap();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
+}
+
 /// Polls `check` until it returns true, failing the test after `DEADLINE`.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
