@@ -156,6 +156,31 @@ impl WatchMux {
     }
 }
 
+/// Sends a request on the stream of `member`, given `liveness`: a member that stops reading
+/// (paused with its connection open) fills the stream's buffer, and is then ejected.
+async fn bounded<F>(conn: &Connection, member: usize, liveness: Duration, request: F) -> Result<()>
+where
+    F: std::future::Future<Output = std::result::Result<(), etcd_client::Error>>,
+{
+    match tokio::time::timeout(liveness, request).await {
+        Ok(sent) => Ok(sent?),
+        Err(_) => {
+            let e = Error::new(
+                ErrorKind::Timeout,
+                format!("watch requests unread for {liveness:?}"),
+            );
+            conn.eject(member, &e);
+            Err(e)
+        }
+    }
+}
+
+/// How the stream ends after a request failed: [`bounded`]'s timeout means a silent member.
+fn sent_failed(e: Error) -> Option<(Error, bool)> {
+    let silent = e.kind() == ErrorKind::Timeout;
+    Some((e, silent))
+}
+
 struct Sub {
     sink: UnboundedSender<Delivery>,
     /// The watcher's id, once etcd has said it.
@@ -222,13 +247,15 @@ impl Session {
                     // `me` keeps the channel open.
                     let command = command?;
                     if let Err(e) = self.command(command).await {
-                        return Some((e, false));
+                        return sent_failed(e);
                     }
                     if self.subs.is_empty() {
                         match self.end_if_unused().await {
                             Ok(true) => return None,
                             Ok(false) => {}
-                            Err(e) => return Some((e, false)),
+                            Err(e) => {
+                                return sent_failed(e);
+                            }
                         }
                     }
                 }
@@ -238,7 +265,7 @@ impl Session {
                     match message {
                         Ok(Some(resp)) => {
                             if let Err(e) = self.route(resp).await {
-                                return Some((e, false));
+                                return sent_failed(e);
                             }
                         }
                         Ok(None) => {
@@ -263,8 +290,9 @@ impl Session {
                         self.mux.conn.eject(self.member, &e);
                         return Some((e, true));
                     }
-                    if let Err(e) = self.requests.request_progress().await {
-                        return Some((e.into(), false));
+                    let asked = self.requests.request_progress();
+                    if let Err(e) = bounded(&self.mux.conn, self.member, self.liveness, asked).await {
+                        return sent_failed(e);
                     }
                     asked_at = Some(Instant::now());
                 }
@@ -280,14 +308,16 @@ impl Session {
                 options,
                 sink,
             } => {
-                self.requests.watch(key, Some(options)).await?;
+                let create = self.requests.watch(key, Some(options));
+                bounded(&self.mux.conn, self.member, self.liveness, create).await?;
                 self.pending.push_back(token);
                 self.subs.insert(token, Sub { sink, id: None });
             }
             Command::Cancel { token } => {
                 if let Some(Sub { id: Some(id), .. }) = self.subs.remove(&token) {
                     self.tokens.remove(&id);
-                    self.requests.cancel(id).await?;
+                    let cancel = self.requests.cancel(id);
+                    bounded(&self.mux.conn, self.member, self.liveness, cancel).await?;
                 }
             }
         }
@@ -326,7 +356,10 @@ impl Session {
                     }
                 }
                 // Left before etcd made its watcher.
-                None if !resp.canceled() => return Ok(self.requests.cancel(id).await?),
+                None if !resp.canceled() => {
+                    let cancel = self.requests.cancel(id);
+                    return bounded(&self.mux.conn, self.member, self.liveness, cancel).await;
+                }
                 None => return Ok(()),
             }
             token
