@@ -894,7 +894,12 @@ fn fleet_section(r: &Results) -> Option<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "### Load on etcd at fleet scale\n\n**Measured, scaled down**: {p:.0} registry processes (the `core` driver, each its own process with its own connection), each holding one node of one of {svc:.0} services with a TTL of {ttl:.0} s, {w:.0} of them also watching one service, on a 3-member etcd cluster (started in {:.1} s). Over {:.0} s of idling, summed over the 3 members:\n",
+        "### Load on etcd at fleet scale\n\n**Measured, scaled down**: {p:.0} registry processes (the `core` driver, each its own process with its own connection), each holding one node of one of {svc:.0} services with a TTL of {ttl:.0} s, {w:.0} of them also watching {}, on a 3-member etcd cluster (started in {:.1} s). Over {:.0} s of idling, summed over the 3 members:\n",
+        if svc >= 2.0 {
+            "two services (two watchers on one Watch stream)"
+        } else {
+            "one service"
+        },
         g("start_s"),
         g("window_s")
     );
@@ -938,14 +943,14 @@ fn fleet_section(r: &Results) -> Option<String> {
                     "open Watch streams".into(),
                     format!("{ws:.0}"),
                     pred(model_ws, ws),
-                    format!("{per_watch_stream:.2} per stream of the model (1 per process for its own keys, 1 more per watching process)")
+                    format!("{per_watch_stream:.2} per stream of the model (1 per process for its own keys, 1 more per watching process, whatever it watches)")
                 ],
             ]
         )
     );
     let _ = writeln!(
         s,
-        "The model per registry process: one lease per TTL, one keep-alive every TTL/3 on one long-lived LeaseKeepAlive stream, one Watch stream for its own keys (deletions only: silent while nothing is deleted), one more per watching process (its watches share it), and as its idle request rate {source}. \n\n**The fleet**: {} processes, {} services, {} watchers (processes that also watch one service), TTL {ttl:.0} s, on a 3-member cluster. From the per-process figures measured above (model in brackets):\n",
+        "The model per registry process: one lease per TTL, one keep-alive every TTL/3 on one long-lived LeaseKeepAlive stream, one Watch stream for its own keys (deletions only: silent while nothing is deleted), one more per watching process (all its service watches share it), and as its idle request rate {source}. \n\n**The fleet**: {} processes, {} services, {} watchers (processes that also watch one service), TTL {ttl:.0} s, on a 3-member cluster. From the per-process figures measured above (model in brackets):\n",
         thousands(fp as u64),
         fs as u64,
         thousands(fw as u64)
@@ -1445,7 +1450,7 @@ const METHOD: &str = "## How each number is measured\n\n\
 - **footprint**: `/proc/PID/status` (Threads, VmRSS) of the driver process: bare (the process started, before the library is used: the Python driver imports the module at its first command), with a registry and 1 registration, and (full runs) with 10 000 registrations of one TTL (the last 9 000 registered by every layer at once); idle CPU is utime+stime from `/proc/PID/stat` over the idle window. The Rust drivers create a 2-worker tokio runtime at their first command (what `#[tokio::main]` gives on 2 cores); the C, Go and Python layers run on the library's global runtime, 1 worker by default.\n\
 - **recovery**: every layer holds its nodes at once through one TCP proxy (the harness's). “Visible” polls etcd directly (every 20 ms) until the layer's service has all its keys again; “registered” polls the layer's own registration states. Both are measured from the moment etcd answers again (restart healthy, or proxy healed).\n\
 - **Go lists** read the C list through its flat entry array (two native calls per list, none per node) and copy each node's strings in one piece; what remains is building a `map[string]string` per node (the drop-in API's `Node.Info`, about 410 bytes each). Measured apart (Go and C drivers listing 10 000 nodes, 4 fresh processes each, after 400 lists of 1 000): Go p50 ×1.21 the C library's, ×1.14 with GOGC=off.\n- **scale**: one core registry on its own etcd registers 1 000, then up to 10 000 and 100 000 nodes of one service and one TTL, each step in one go (every step but the last is also made, timed, by a second registry 4 times: the time per registration is the p50 of the 5 timings); after each step: RSS (`/proc`), the etcd requests over an idle window, a second core process listing the service in turns with a floor (raw) process (7 lists each, each after a warm-up list on its connection; their p50s) and watching it (20 puts 20 ms apart).\n\
-- **fleet**: a 3-member etcd; the `core` driver started as many separate processes, each registering one node (`hold SERVICE 1 TTL p<i>-`) of one of a few services, some also opening a watch (`watch_idle`); after 2 s of settling, the gRPC messages received by all members over the idle window, the open streams (`grpc_server_started_total` − `grpc_server_handled_total` for Watch and LeaseKeepAlive, minus those open before) and the leases granted. Then every member is SIGKILLed (`fleet_outage_s`) and all are started again at once: the connections accepted by the TCP proxies in front of the members while they are down (the clients' connection attempts), etcd's `grpc_server_msg_received_total` summed over the members every 100 ms after the start, and each process's `state` polled in turns until every one says registered.\n\
+- **fleet**: a 3-member etcd; the `core` driver started as many separate processes, each registering one node (`hold SERVICE 1 TTL p<i>-`) of one of a few services, some also watching two services (`watch_idle`, twice); after 2 s of settling, the gRPC messages received by all members over the idle window, the open streams (`grpc_server_started_total` − `grpc_server_handled_total` for Watch and LeaseKeepAlive, minus those open before) and the leases granted. Then every member is SIGKILLed (`fleet_outage_s`) and all are started again at once: the connections accepted by the TCP proxies in front of the members while they are down (the clients' connection attempts), etcd's `grpc_server_msg_received_total` summed over the members every 100 ms after the start, and each process's `state` polled in turns until every one says registered.\n\
 - Targets are checked on the medians (ratios on the p50); a missed target is shown ✗ and never fails the run.\n";
 
 /// Writes latest.json, latest.svg and the markdown file.

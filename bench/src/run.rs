@@ -1316,8 +1316,13 @@ impl Bench<'_> {
         for d in &mut drivers {
             d.recv(REPLY_TIMEOUT)?;
         }
+        // A watching process watches two services (when there are two), on one stream.
         for (i, d) in drivers.iter_mut().enumerate().take(watchers) {
             d.call(&format!("watch_idle fleet-{}", i % services), REPLY_TIMEOUT)?;
+            if services > 1 {
+                let other = (i + 1) % services;
+                d.call(&format!("watch_idle fleet-{other}"), REPLY_TIMEOUT)?;
+            }
         }
         let start_s = started.elapsed().as_secs_f64();
         let mut keys = 0;
