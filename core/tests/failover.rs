@@ -218,7 +218,9 @@ const WATCHER_ENV: &str = "ETCD_REGISTRY_FAILOVER_WATCHER";
 
 /// Runs only as the child of the tests below: watches [`SERVICE`] under the base path and
 /// endpoints given in the environment (`BASE|ep1,ep2,...`), prints `WATCH ready`, one
-/// `WATCH event <kind> <name>` line per event and, when its stdin closes, `WATCH final`.
+/// `WATCH event <kind> <name>` line per event and, when its stdin closes, `WATCH final`. A second
+/// watch of the same service beside it, on the registry's one Watch stream, prints its events
+/// as `WATCH twin <kind> <name>`: every fault moves both.
 #[test]
 fn child_watcher_process() {
     let Ok(spec) = std::env::var(WATCHER_ENV) else {
@@ -238,6 +240,7 @@ fn child_watcher_process() {
         .await
         .unwrap();
         let watch = registry.watch(SERVICE).await.unwrap();
+        let twin = registry.watch(SERVICE).await.unwrap();
         let (eof_tx, mut eof_rx) = mpsc::unbounded_channel::<()>();
         std::thread::spawn(move || {
             let _ = std::io::stdin().read_to_end(&mut Vec::new());
@@ -249,6 +252,17 @@ fn child_watcher_process() {
                 event = watch.next() => match event {
                     Some(e) => println!(
                         "WATCH event {} {}",
+                        e.kind.as_str(),
+                        e.node.map(|n| n.name).unwrap_or_default()
+                    ),
+                    None => {
+                        println!("WATCH ended");
+                        break;
+                    }
+                },
+                event = twin.next() => match event {
+                    Some(e) => println!(
+                        "WATCH twin {} {}",
                         e.kind.as_str(),
                         e.node.map(|n| n.name).unwrap_or_default()
                     ),
@@ -350,6 +364,24 @@ impl WatcherProcess {
             .iter()
             .filter_map(|l| l.strip_prefix("event "))
             .collect()
+    }
+
+    fn twin_events(&self) -> Vec<&str> {
+        self.seen
+            .iter()
+            .filter_map(|l| l.strip_prefix("twin "))
+            .collect()
+    }
+
+    /// Reads until the second watch has printed `n` events, or the deadline.
+    async fn wait_twin(&mut self, n: usize) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.twin_events().len() < n {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(l)) => self.seen.push(l),
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
     async fn finish(mut self) -> Vec<String> {
@@ -713,6 +745,13 @@ impl Scenario {
                 .collect::<Vec<_>>(),
             "{label}: the watcher's events"
         );
+        // The second watch may print the same events a moment later, never others.
+        let twin = self.watcher.twin_events();
+        assert_eq!(
+            twin,
+            events[..twin.len().min(events.len())],
+            "{label}: the second watch's events"
+        );
     }
 
     /// Final checks; returns (keep-alive interruptions seen by the registry, poll figures).
@@ -721,6 +760,15 @@ impl Scenario {
             panic!("{label}: {what}");
         }
         self.check_watcher(label);
+        self.watcher.wait_twin(self.expected_events.len()).await;
+        assert_eq!(
+            self.watcher.twin_events(),
+            self.expected_events
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+            "{label}: the second watch's events"
+        );
         let lines = self.watcher.finish().await;
         let events: Vec<&str> = lines
             .iter()
