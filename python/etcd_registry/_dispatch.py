@@ -101,13 +101,38 @@ def _release(claim: Optional[Callable[[object, bool], object]], value: object) -
         logger.exception("releasing an abandoned etcd_registry result failed")
 
 
+class _Held:
+    """What an undelivered result holds, on its way to its loop: released when the call that
+    carries it is dropped without running (a loop closed with the call still queued), so that
+    nothing is lost (see ``_settle``)."""
+
+    __slots__ = ("claim", "value")
+
+    def __init__(self, claim: Callable[[object, bool], object], value: object) -> None:
+        self.claim: Optional[Callable[[object, bool], object]] = claim
+        self.value = value
+
+    def take(self) -> Optional[Callable[[object, bool], object]]:
+        claim, self.claim = self.claim, None
+        return claim
+
+    def __del__(self) -> None:
+        try:
+            claim = self.take()
+            if claim is not None:
+                _release(claim, self.value)
+        except BaseException:  # noqa: BLE001 - never printed from a finalizer
+            pass
+
+
 def _settle(future: "asyncio.Future[object]", ok: bool, value: object,
-            claim: Optional[Callable[[object, bool], object]] = None) -> None:
+            held: Optional[_Held] = None) -> None:
     """On the future's event loop: sets the result of an awaited call, unless the future is
     done already (cancelled). A result that holds something (a new watch, an event taken from
-    a watch) comes with ``claim``: ``claim(value, True)`` gives what the future is set to,
-    ``claim(value, False)`` releases it when nobody takes it (the watch is stopped, the event
+    a watch) comes with a claim in ``held``: ``claim(value, True)`` gives what the future is set
+    to, ``claim(value, False)`` releases it when nobody takes it (the watch is stopped, the event
     kept for the next read)."""
+    claim = held.take() if held is not None else None
     if future.done():
         _release(claim, value)
         return
@@ -126,12 +151,15 @@ def _resolve(loop: "asyncio.AbstractEventLoop", future: "asyncio.Future[object]"
              value: object, claim: Optional[Callable[[object, bool], object]] = None) -> None:
     """On the asyncio thread: hands an awaited call's result to its loop. A loop closed
     meanwhile (the future abandoned with it) gets nothing, and nothing is printed; what the
-    result holds is released (see ``_settle``)."""
+    result holds is released (see ``_settle``), also when the loop closes after it accepted the
+    call and before running it."""
+    held = _Held(claim, value) if claim is not None else None
     try:
-        loop.call_soon_threadsafe(_settle, future, ok, value, claim)
+        loop.call_soon_threadsafe(_settle, future, ok, value, held)
     except RuntimeError:
         logger.debug("an awaited etcd_registry call finished after its event loop closed")
-        _release(claim, value)
+        if held is not None:
+            _release(held.take(), value)
 
 
 def _complete() -> None:

@@ -321,6 +321,29 @@ def test_cancelling_anext_after_it_took_an_event_loses_nothing(registry: Registr
     assert event.node is not None and event.node.info == {"v": "1"}
 
 
+def test_a_loop_closed_with_an_event_queued_for_it_loses_nothing(registry: Registry) -> None:
+    """An event taken by `__anext__` whose result the loop accepted (queued) but never ran,
+    because the loop closed first, is the next one read, not lost."""
+    handle = registry.register("api", "n", {"v": "0"})
+    assert handle.wait(DEADLINE)
+    with registry.watch("api") as watch:
+        assert next_event(watch).kind == "added"
+        loop = asyncio.new_event_loop()
+
+        async def begin() -> object:
+            return watch.__anext__()  # not awaited: its result goes to this loop's queue
+
+        pending = loop.run_until_complete(begin())
+        handle.update({"v": "1"})
+        # The loop no longer runs; the result waits in its queue (asyncio's own, private).
+        eventually("the result queued on the stopped loop", lambda: len(loop._ready) > 0)  # type: ignore[attr-defined]
+        loop.close()
+        del pending
+        event = next_event(watch)
+    assert event.kind == "updated"
+    assert event.node is not None and event.node.info == {"v": "1"}
+
+
 def next_event(watch: Watch) -> WatchEvent:
     event = watch.next_event(timeout=DEADLINE)
     assert event is not None, f"no event within {DEADLINE} s"
