@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 export CARGO_TARGET_DIR="$PWD/target"
 export CARGO_TERM_COLOR=never
+# No incremental cache: every suite builds once, and the cache would double target/ on disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # The fault tests add a row each to this file as they pass; printed at the end.
 export SURVIVAL_SUMMARY="$PWD/target/survival-summary.tsv"
 mkdir -p target && rm -f "$SURVIVAL_SUMMARY"
@@ -136,6 +138,7 @@ done
 
 echo
 echo "=== summary"
+echo "disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h --output=avail . | tail -1 | tr -d ' ') left"
 printf '%s\n' "${results[@]}"
 echo "suites: $(( ${#results[@]} - failed )) passed, $failed failed"
 [ "$failed" -eq 0 ]
