@@ -7,6 +7,7 @@
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -14,7 +15,6 @@ use etcd_registry::{
     Config, Error, ErrorKind, Info, Node, PemSource, Registry, StatusEvent, WatchEvent,
     WatchEventKind,
 };
-use tokio::signal::unix::{signal, SignalKind};
 
 /// The fields of a JSON line, in the order given (`"event"` or `"name"` first).
 macro_rules! obj {
@@ -563,31 +563,95 @@ fn print_status_event(
 
 /// SIGINT or SIGTERM; installed before anything that can wait, so neither kills the program
 /// before it has cleaned up.
+///
+/// The handler writes a byte to a pipe that a thread of its own reads, as tokio's signal
+/// support does inside; without that support, the library and its dependencies build the same
+/// for every program of the workspace (tokio's `signal` feature here alone would build them
+/// twice).
 struct Interrupt {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
+    received: tokio::sync::mpsc::UnboundedReceiver<()>,
+}
+
+/// The write end of the pipe of [`Interrupt`], for the handler; -1 until it is installed.
+static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    // Async-signal-safe: write(2) only, and errno as the interrupted code left it.
+    // SAFETY: errno is this thread's; the byte written is a local.
+    unsafe {
+        let errno = *libc::__errno_location();
+        let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+        if fd >= 0 {
+            libc::write(fd, [1u8].as_ptr().cast(), 1);
+        }
+        *libc::__errno_location() = errno;
+    }
 }
 
 impl Interrupt {
     fn new() -> Result<Self, Step> {
-        let install = |kind| {
-            signal(kind).map_err(|e| {
+        let fail = |what: &str| {
+            let error = io::Error::last_os_error();
+            Step::Fail(Failure::new(
+                EXIT_ERROR,
+                format!("cannot handle signals: {what}: {error}"),
+            ))
+        };
+        let mut fds = [-1; 2];
+        // SAFETY: pipe2 writes the two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(fail("pipe"));
+        }
+        let [read, write] = fds;
+        // The handler must never block: a full pipe already says what it would.
+        // SAFETY: fcntl on the descriptor just made.
+        if unsafe { libc::fcntl(write, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+            return Err(fail("pipe"));
+        }
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name("signals".into())
+            .spawn(move || loop {
+                let mut byte = 0u8;
+                // SAFETY: reads one byte into `byte`.
+                let n = unsafe { libc::read(read, (&mut byte as *mut u8).cast(), 1) };
+                if n == 1 {
+                    if sender.send(()).is_err() {
+                        return;
+                    }
+                } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
+                {
+                    return;
+                }
+            })
+            .map_err(|e| {
                 Step::Fail(Failure::new(
                     EXIT_ERROR,
                     format!("cannot handle signals: {e}"),
                 ))
-            })
-        };
-        Ok(Interrupt {
-            int: install(SignalKind::interrupt())?,
-            term: install(SignalKind::terminate())?,
-        })
+            })?;
+        SIGNAL_PIPE.store(write, Ordering::Relaxed);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: a zeroed sigaction is valid; it gets the handler, an empty mask and
+            // SA_RESTART (system calls it interrupts resume).
+            let installed = unsafe {
+                let mut action: libc::sigaction = std::mem::zeroed();
+                action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                action.sa_flags = libc::SA_RESTART;
+                libc::sigemptyset(&mut action.sa_mask);
+                libc::sigaction(signal, &action, std::ptr::null_mut())
+            };
+            if installed != 0 {
+                return Err(fail("sigaction"));
+            }
+        }
+        Ok(Interrupt { received })
     }
 
     async fn recv(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
+        if self.received.recv().await.is_none() {
+            // The reading thread is gone (it never stops on its own): no signal comes.
+            std::future::pending::<()>().await;
         }
     }
 }
