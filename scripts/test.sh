@@ -65,6 +65,7 @@ suite "rust lint" clippy cargo clippy --all-targets -- -D warnings
 #   one CI run that member, once leader, answered the keep-alive "lease not found".
 cluster_tests=(a_paused_or_slow_member_loses_no_key endpoints_in_any_order_with_one_unreachable
   a_member_cut_off_from_its_peers five_members_two_killed_at_once
+  two_leases_sharing_a_watch_stream_on_a_paused_member
   cluster_failover_kill_client_member_then_leader)
 suite "rust tests (core, harness, ffi, cli)" rust cargo test -- \
   "${cluster_tests[@]/#/--skip=}"

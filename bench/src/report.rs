@@ -885,9 +885,9 @@ fn fleet_section(r: &Results) -> Option<String> {
         }
     };
     let per_ka_stream = if p > 0.0 { ks / p } else { 0.0 };
-    // Watch streams: each registry process watches its own keys (deletions only) on one
-    // stream, and a watching process has one more for its service watches.
-    let model_ws = p + w;
+    // Watch streams: one per registry process, shared by the watch of its own keys (deletions
+    // only) and its service watches.
+    let model_ws = p;
     let per_watch_stream = if model_ws > 0.0 { ws / model_ws } else { 0.0 };
     let per_req = if p > 0.0 { req / p } else { 0.0 };
     let (fp, fw, fs) = (10_000.0, 1_000.0, 100.0);
@@ -943,14 +943,14 @@ fn fleet_section(r: &Results) -> Option<String> {
                     "open Watch streams".into(),
                     format!("{ws:.0}"),
                     pred(model_ws, ws),
-                    format!("{per_watch_stream:.2} per stream of the model (1 per process for its own keys, 1 more per watching process, whatever it watches)")
+                    format!("{per_watch_stream:.2} per stream of the model (1 per process, whatever it watches: its own keys and its service watches share it)")
                 ],
             ]
         )
     );
     let _ = writeln!(
         s,
-        "The model per registry process: one lease per TTL, one keep-alive every TTL/3 on one long-lived LeaseKeepAlive stream, one Watch stream for its own keys (deletions only: silent while nothing is deleted), one more per watching process (all its service watches share it), and as its idle request rate {source}. \n\n**The fleet**: {} processes, {} services, {} watchers (processes that also watch one service), TTL {ttl:.0} s, on a 3-member cluster. From the per-process figures measured above (model in brackets):\n",
+        "The model per registry process: one lease per TTL, one keep-alive every TTL/3 on one long-lived LeaseKeepAlive stream, one Watch stream for all its watches (its own keys, deletions only: silent while nothing is deleted; and in a watching process its service watches), and as its idle request rate {source}. \n\n**The fleet**: {} processes, {} services, {} watchers (processes that also watch one service), TTL {ttl:.0} s, on a 3-member cluster. From the per-process figures measured above (model in brackets):\n",
         thousands(fp as u64),
         fs as u64,
         thousands(fw as u64)
@@ -983,8 +983,8 @@ fn fleet_section(r: &Results) -> Option<String> {
                 ],
                 vec![
                     "open Watch streams".into(),
-                    format!("{} (model {})", thousands(((fp + fw) * per_watch_stream) as u64), thousands((fp + fw) as u64)),
-                    thousands(((fp + fw) * per_watch_stream / 3.0) as u64)
+                    format!("{} (model {})", thousands((fp * per_watch_stream) as u64), thousands(fp as u64)),
+                    thousands((fp * per_watch_stream / 3.0) as u64)
                 ],
                 vec![
                     "client connections".into(),
@@ -1008,7 +1008,7 @@ fn fleet_section(r: &Results) -> Option<String> {
         s,
         "Idle, the fleet costs etcd about {:.0} requests/s (keep-alives) and {} long-lived streams; writes (puts, lease grants) happen only when a process starts, stops or recovers. A recovery of all {} processes at once (after an outage past the TTL) costs at least one lease grant and the puts of every node per process.\n",
         fp * per_req,
-        thousands((fp * per_ka_stream + (fp + fw) * per_watch_stream) as u64),
+        thousands((fp * per_ka_stream + fp * per_watch_stream) as u64),
         thousands(fp as u64)
     );
     if let Some(restart) = f.get("restart") {

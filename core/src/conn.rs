@@ -466,6 +466,11 @@ impl Connection {
         self.endpoint(self.health.order(Instant::now())[0])
     }
 
+    /// Whether member `i` is ejected (given up for a while; see [`Connection::eject`]).
+    pub(crate) fn is_ejected(&self, i: usize) -> bool {
+        self.health.is_ejected(i, Instant::now())
+    }
+
     /// Whether there is another member to turn to than `i`.
     pub(crate) fn has_alternative(&self, i: usize) -> bool {
         let now = Instant::now();

@@ -1,14 +1,14 @@
 //! One lease per distinct TTL, shared by every key registered with that TTL, and the task that
 //! keeps it alive, repairs it and re-registers its keys after outages.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
     EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
-    WatchFilterType, WatchOptions, WatchResponse, WatchStream,
+    WatchFilterType, WatchOptions, WatchResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::backoff;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
+use crate::mux::{Delivery, Subscription, WatchMux};
 use crate::registration::{KeyOf, RegShared, StatusEvent};
 
 /// etcd's default limit of operations in one transaction.
@@ -60,6 +61,8 @@ pub(crate) struct GroupHandle {
 pub(crate) struct LeaseGroup {
     ttl_secs: i64,
     conn: Arc<Connection>,
+    /// The registry's shared watch stream, for the watch of the group's keys.
+    mux: Arc<WatchMux>,
     backoff_min: Duration,
     backoff_max: Duration,
     rx: mpsc::UnboundedReceiver<GroupCmd>,
@@ -101,6 +104,7 @@ impl LeaseGroup {
         handle: &tokio::runtime::Handle,
         ttl_secs: i64,
         conn: Arc<Connection>,
+        mux: Arc<WatchMux>,
         backoff_min: Duration,
         backoff_max: Duration,
         closing: watch::Receiver<bool>,
@@ -113,6 +117,7 @@ impl LeaseGroup {
         let group = LeaseGroup {
             ttl_secs,
             conn,
+            mux,
             backoff_min,
             backoff_max,
             rx,
@@ -661,7 +666,7 @@ impl LeaseGroup {
                                 unwatched.extend(refused.keys());
                                 self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
                                 if let Some(w) = watch.as_mut() {
-                                    if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).await.is_err() {
+                                    if w.add(landed.iter().map(|r| r.key.as_bytes()), revision).is_err() {
                                         watch = None;
                                     }
                                 }
@@ -681,7 +686,7 @@ impl LeaseGroup {
                         }
                         if let (Some(w), Some(gone)) = (watch.as_mut(), gone) {
                             let key = gone.key.as_bytes();
-                            if !self.is_member_key(key) && w.cancel(key).await.is_err() {
+                            if !self.is_member_key(key) && w.cancel(key).is_err() {
                                 watch = None;
                             }
                         }
@@ -726,7 +731,7 @@ impl LeaseGroup {
                                 .map(|r| r.key.as_bytes())
                                 .collect();
                             if let Some(w) = watch.as_mut() {
-                                if w.add(newly.into_iter(), revision).await.is_err() {
+                                if w.add(newly.into_iter(), revision).is_err() {
                                     watch = None;
                                 }
                             }
@@ -785,16 +790,8 @@ impl LeaseGroup {
                 },
                 seen = KeyWatch::next(&mut watch) => {
                     match seen {
-                        Ok(seen) => {
-                            let deleted = seen.deleted.iter().any(|k| self.is_member_key(k));
-                            if let Some(w) = watch.as_mut() {
-                                // Watchers etcd created for directories whose keys left the
-                                // group meanwhile.
-                                if w.drop_unwanted(&seen.created).await.is_err() {
-                                    watch = None;
-                                }
-                            }
-                            if deleted {
+                        Ok(deleted) => {
+                            if deleted.iter().any(|k| self.is_member_key(k)) {
                                 let check = tokio::time::timeout(period, self.repair(lease, attempt));
                                 match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
                                     Err(e) => return Exit::Lost(e),
@@ -829,8 +826,9 @@ impl LeaseGroup {
             if error.kind() == ErrorKind::Connection && !self.conn.has_alternative(member) {
                 return Exit::Lost(error);
             }
-            // The watch may be on the member given up: it is opened again, on a member that
-            // answers, with the next keep-alive (and the keys checked once then).
+            // The watch may be on the member given up: it is started again with the next
+            // keep-alive (and the keys checked once then), on a member that answers (a shared
+            // stream on the member given up moves, see `WatchMux::subscribe`).
             watch = None;
             match before_loss(
                 lost_at,
@@ -935,28 +933,17 @@ impl LeaseGroup {
         let Some(first) = keys.first() else {
             return Err(Error::new(ErrorKind::Internal, "no key to watch"));
         };
-        // The first key opens the stream; it is watched by itself (see `KeyWatch::unit_of`).
+        // The first key starts the watch; it is watched by itself (see `KeyWatch::unit_of`).
         let first = first.to_vec();
-        let (_, stream) = self
-            .conn
-            .call_at("watching the registered keys", attempt, |c| {
-                // A directory deleted at once comes as one response, beyond the 4 MiB default.
-                let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
-                let key = first.clone();
-                async move {
-                    let options = KeyWatch::options(&key, revision);
-                    watch.watch(key, Some(options)).await
-                }
-            })
-            .await?;
+        let options = KeyWatch::options(&first, revision);
+        let sub = self.mux.subscribe(&first, options, attempt, false).await?;
         let mut watch = KeyWatch {
-            stream,
-            pending: VecDeque::from([first.clone()]),
-            ids: HashMap::new(),
+            tokens: HashMap::from([(first.clone(), sub.first())]),
+            sub,
             counts: HashMap::from([(first, 1)]),
             exact: 1,
         };
-        watch.add(keys[1..].iter().copied(), revision).await?;
+        watch.add(keys[1..].iter().copied(), revision)?;
         Ok(watch)
     }
 
@@ -1140,17 +1127,9 @@ struct Established {
 /// Members whose put etcd refused, by id, with the refusal.
 type Refused = HashMap<u64, Error>;
 
-/// What one response of a [`KeyWatch`] said.
-struct Seen {
-    /// Keys deleted (by someone else, or with the lease).
-    deleted: Vec<Vec<u8>>,
-    /// Units (keys or directories) whose watcher etcd just created.
-    created: Vec<Vec<u8>>,
-}
-
-/// A watch of a group's own keys, deletions only, on one stream: it costs etcd nothing while
-/// nothing is deleted, and tells at once when someone deletes a key or revokes the lease (which
-/// deletes its keys).
+/// A watch of a group's own keys, deletions only, on the registry's shared stream (see
+/// [`crate::mux`]): it costs etcd nothing while nothing is deleted, and tells at once when
+/// someone deletes a key or revokes the lease (which deletes its keys).
 ///
 /// Each watcher covers a unit: the first [`EXACT_KEY_WATCHERS`] keys are watched one by one,
 /// the others by their service directory (`<base>/<service>/`), so that a lease of 100 000
@@ -1161,11 +1140,10 @@ struct Seen {
 /// TTLs of one service, or a fleet whose processes each hold a node of the same service, does
 /// not have every put of the service sent to every group's watcher.
 struct KeyWatch {
-    stream: WatchStream,
-    /// Units whose watcher was asked for, in order, until etcd answers with its id.
-    pending: VecDeque<Vec<u8>>,
-    /// The watcher id of each unit.
-    ids: HashMap<Vec<u8>, i64>,
+    /// Its watchers on the shared stream.
+    sub: Subscription,
+    /// The watcher of each unit.
+    tokens: HashMap<Vec<u8>, u64>,
     /// The units watched: a key (1), or a directory (ending in '/') with how many keys it was
     /// asked to cover; its watcher goes when none is left.
     counts: HashMap<Vec<u8>, u32>,
@@ -1219,7 +1197,7 @@ impl KeyWatch {
 
     /// Watches more keys, for deletions after `revision` (0: from now): a watcher for each unit
     /// not watched yet.
-    async fn add<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>, revision: i64) -> Result<()> {
+    fn add<'a>(&mut self, keys: impl Iterator<Item = &'a [u8]>, revision: i64) -> Result<()> {
         for key in keys {
             let unit = self.unit_of(key);
             let count = self.counts.entry(unit.to_vec()).or_insert(0);
@@ -1235,19 +1213,15 @@ impl KeyWatch {
             if !is_dir(unit) {
                 self.exact += 1;
             }
-            self.stream
-                .watch(unit.to_vec(), Some(Self::options(unit, revision)))
-                .await
-                .map_err(Error::from)?;
-            self.pending.push_back(unit.to_vec());
+            let token = self.sub.add(unit, Self::options(unit, revision))?;
+            self.tokens.insert(unit.to_vec(), token);
         }
         Ok(())
     }
 
     /// Stops watching `key` (none of the group's members has it any more): its own watcher
-    /// goes, or its directory's with the last key it covers (once etcd has said its id; else
-    /// when it does, see [`KeyWatch::drop_unwanted`]).
-    async fn cancel(&mut self, key: &[u8]) -> Result<()> {
+    /// goes, or its directory's with the last key it covers.
+    fn cancel(&mut self, key: &[u8]) -> Result<()> {
         let unit = if self.counts.contains_key(key) {
             key
         } else {
@@ -1266,64 +1240,38 @@ impl KeyWatch {
             }
             None => return Ok(()),
         }
-        if let Some(id) = self.ids.remove(unit) {
-            self.stream.cancel(id).await.map_err(Error::from)?;
+        if let Some(token) = self.tokens.remove(unit) {
+            self.sub.cancel(token)?;
         }
         Ok(())
     }
 
-    /// Cancels the watchers etcd just created (`created`) whose unit has no key left.
-    async fn drop_unwanted(&mut self, created: &[Vec<u8>]) -> Result<()> {
-        for dir in created {
-            if !self.counts.contains_key(dir.as_slice()) {
-                if let Some(id) = self.ids.remove(dir.as_slice()) {
-                    self.stream.cancel(id).await.map_err(Error::from)?;
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The next response that matters; `Err(refused)` when the watch ended, `refused` when
-    /// etcd cancelled a watcher itself (no permission, history compacted) rather than the
-    /// stream breaking. Never ready without a watch.
-    async fn next(watch: &mut Option<KeyWatch>) -> std::result::Result<Seen, bool> {
+    /// The keys deleted by the next response that has any; `Err(refused)` when the watch
+    /// ended, `refused` when etcd cancelled or refused a watcher itself (no permission, history
+    /// compacted) rather than the stream ending. Never ready without a watch.
+    async fn next(watch: &mut Option<KeyWatch>) -> std::result::Result<Vec<Vec<u8>>, bool> {
         let Some(w) = watch.as_mut() else {
             return std::future::pending().await;
         };
         loop {
-            let resp: WatchResponse = match w.stream.message().await {
-                Ok(Some(resp)) => resp,
-                Ok(None) | Err(_) => return Err(false),
+            let resp: WatchResponse = match w.sub.next().await {
+                Delivery::Response(resp) => resp,
+                Delivery::Ended { .. } => return Err(false),
             };
-            let mut seen = Seen {
-                deleted: Vec::new(),
-                created: Vec::new(),
-            };
-            if resp.created() {
-                if let Some(key) = w.pending.pop_front() {
-                    if resp.canceled() {
-                        return Err(resp.compact_revision() <= 0);
-                    }
-                    w.ids.insert(key.clone(), resp.watch_id());
-                    seen.created.push(key);
-                }
-            } else if resp.canceled() {
-                // Ours (a key that left) or etcd's: history compacted past the start (watched
-                // again from now, the keys checked then), or a refusal.
-                if w.ids.values().any(|id| *id == resp.watch_id()) {
-                    return Err(resp.compact_revision() <= 0);
-                }
-                continue;
+            // Only etcd's own cancellations come here (the stream keeps ours): history
+            // compacted past the start (watched again from now, the keys checked then), or a
+            // refusal.
+            if resp.canceled() {
+                return Err(resp.compact_revision() <= 0);
             }
-            seen.deleted = resp
+            let deleted: Vec<Vec<u8>> = resp
                 .events()
                 .iter()
                 .filter(|e| e.event_type() == EventType::Delete)
                 .filter_map(|e| e.kv().map(|kv| kv.key().to_vec()))
                 .collect();
-            if !seen.deleted.is_empty() || !seen.created.is_empty() {
-                return Ok(seen);
+            if !deleted.is_empty() {
+                return Ok(deleted);
             }
         }
     }

@@ -1,15 +1,17 @@
-//! One Watch stream per registry, shared by all its service watches, as etcd's Go client shares
-//! one stream among a client's watches: etcd carries one stream, and one progress check while it
-//! is quiet, per registry rather than per watch.
+//! One Watch stream per registry, shared by all its watches (the service watches, and the
+//! watches of its own keys that each lease's task keeps), as etcd's Go client shares one stream
+//! among a client's watches: etcd carries one stream per registry rather than one per watch.
 //!
 //! The stream is opened by the first watch that needs it and closed when its last watch leaves.
 //! A task owns it: it sends the watches' create and cancel requests, hands each response to the
-//! watch it belongs to, and asks for a progress report when the whole stream is quiet. When the
-//! stream fails, or its member does not answer that report in time (the member is then ejected),
-//! every watch on it is told and resumes on its own, on a new stream that the first of them opens
-//! and the others join.
+//! watch it belongs to, and, while a service watch is on it, asks for a progress report when the
+//! whole stream is quiet (the watches of a registry's own keys need none: their lease's
+//! keep-alives watch the member, and a stream that carries only them costs no request while
+//! nothing changes). When the stream fails, or its member does not answer that report in time or
+//! is given up by a lease's keep-alive (the member is ejected), every watch on it is told and
+//! resumes on its own, on a new stream that the first of them opens and the others join.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,37 +39,96 @@ pub(crate) enum Delivery {
     Ended { error: Error, silent: bool },
 }
 
+/// A watcher to start.
+struct NewWatcher {
+    token: u64,
+    key: Vec<u8>,
+    options: WatchOptions,
+    sink: UnboundedSender<Delivery>,
+    /// Whether the stream must check its member while this watcher is on it.
+    checked: bool,
+}
+
 enum Command {
-    Add {
-        token: u64,
-        key: String,
-        options: WatchOptions,
-        sink: UnboundedSender<Delivery>,
-    },
+    Add(NewWatcher),
     Cancel {
         token: u64,
     },
+    /// The stream's member was given up elsewhere: end every watch, which resumes elsewhere.
+    Abandon,
+}
+
+/// The open stream, as the registry's slot holds it.
+struct Open {
+    commands: UnboundedSender<Command>,
+    member: usize,
 }
 
 /// The shared stream of one registry's connection.
 pub(crate) struct WatchMux {
     conn: Arc<Connection>,
     handle: tokio::runtime::Handle,
-    /// The commands of the task that owns the open stream; `None` while none is open.
-    session: tokio::sync::Mutex<Option<UnboundedSender<Command>>>,
+    /// The task that owns the open stream; `None` while none is open.
+    session: tokio::sync::Mutex<Option<Open>>,
     next_token: AtomicU64,
 }
 
-/// One watch on the shared stream; dropping it cancels the watcher in etcd.
+/// One watch on the shared stream: a watcher in etcd, and more that [`Subscription::add`] puts
+/// on the same stream, whose responses all come to it. Dropping it cancels them.
 pub(crate) struct Subscription {
+    mux: Arc<WatchMux>,
+    /// Its first watcher.
     token: u64,
+    /// Its watchers on the stream (their tokens).
+    tokens: HashSet<u64>,
+    checked: bool,
     commands: UnboundedSender<Command>,
+    /// Where its watchers' responses go.
+    sink: UnboundedSender<Delivery>,
     deliveries: UnboundedReceiver<Delivery>,
+    /// The answer to its creation, taken by [`WatchMux::subscribe`], delivered first.
+    first: Option<Delivery>,
 }
 
 impl Subscription {
+    /// The token of the watcher it began with.
+    pub(crate) fn first(&self) -> u64 {
+        self.token
+    }
+
+    /// Starts another watcher, of `key` with `options`, on the same stream; its responses come
+    /// with the others'. Its token, for [`Subscription::cancel`]. Fails once the stream ended.
+    pub(crate) fn add(&mut self, key: &[u8], options: WatchOptions) -> Result<u64> {
+        let token = self.mux.next_token.fetch_add(1, Ordering::Relaxed);
+        let add = NewWatcher {
+            token,
+            key: key.to_vec(),
+            options,
+            sink: self.sink.clone(),
+            checked: self.checked,
+        };
+        self.commands
+            .send(Command::Add(add))
+            .map_err(|_| Error::new(ErrorKind::Connection, "the watch stream ended"))?;
+        self.tokens.insert(token);
+        Ok(token)
+    }
+
+    /// Cancels the watcher `token` of this subscription.
+    pub(crate) fn cancel(&mut self, token: u64) -> Result<()> {
+        if self.tokens.remove(&token) {
+            self.commands
+                .send(Command::Cancel { token })
+                .map_err(|_| Error::new(ErrorKind::Connection, "the watch stream ended"))?;
+        }
+        Ok(())
+    }
+
     /// The next response for this watch, or the end of its stream.
     pub(crate) async fn next(&mut self) -> Delivery {
+        if let Some(first) = self.first.take() {
+            return first;
+        }
         self.deliveries
             .recv()
             .await
@@ -81,7 +142,9 @@ impl Subscription {
 impl Drop for Subscription {
     fn drop(&mut self) {
         // A stream already gone has nothing to cancel.
-        let _ = self.commands.send(Command::Cancel { token: self.token });
+        for token in self.tokens.drain() {
+            let _ = self.commands.send(Command::Cancel { token });
+        }
     }
 }
 
@@ -96,39 +159,81 @@ impl WatchMux {
     }
 
     /// Starts a watcher of `key` with `options` on the open stream, or opens one with it (on a
-    /// healthy member, each try given `attempt`) when none is open.
+    /// healthy member, each try given `attempt`) when none is open, or when the open one's member
+    /// has been ejected since (a lease's keep-alive gave it up: the watches on it move too).
+    /// `checked`: the stream checks its member while this watch is on it (see the module's
+    /// documentation). Returns once etcd has answered the watcher's creation, or the stream
+    /// ended (the answer, or the end, is then the subscription's first delivery).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
-        key: &str,
+        key: &[u8],
         options: WatchOptions,
         attempt: Duration,
+        checked: bool,
     ) -> Result<Subscription> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sink, deliveries) = mpsc::unbounded_channel();
+        let add = NewWatcher {
+            token,
+            key: key.to_vec(),
+            options,
+            sink: sink.clone(),
+            checked,
+        };
+        let commands = self.start(add, attempt).await?;
+        let mut subscription = Subscription {
+            mux: self.clone(),
+            token,
+            tokens: HashSet::from([token]),
+            checked,
+            commands,
+            sink,
+            deliveries,
+            first: None,
+        };
+        // A watch in place is a watcher in etcd: what is registered is watched from then on.
+        subscription.first = subscription.deliveries.recv().await;
+        Ok(subscription)
+    }
+
+    /// Puts the watcher of `add` on the open stream, or opens one with it; the stream's commands.
+    async fn start(
+        self: &Arc<Self>,
+        add: NewWatcher,
+        attempt: Duration,
+    ) -> Result<UnboundedSender<Command>> {
         // Held while a stream is opened: watches starting meanwhile join it.
         let mut session = self.session.lock().await;
-        if let Some(commands) = session.as_ref() {
-            let add = Command::Add {
-                token,
-                key: key.to_string(),
-                options: options.clone(),
-                sink: sink.clone(),
-            };
-            // Refused only by a task that ended without clearing the slot (it panicked).
-            if commands.send(add).is_ok() {
-                return Ok(Subscription {
-                    token,
-                    commands: commands.clone(),
-                    deliveries,
-                });
+        let add = match session.take() {
+            Some(open) if self.conn.is_ejected(open.member) => {
+                let _ = open.commands.send(Command::Abandon);
+                add
             }
-        }
+            Some(open) => match open.commands.send(Command::Add(add)) {
+                Ok(()) => {
+                    let commands = open.commands.clone();
+                    *session = Some(open);
+                    return Ok(commands);
+                }
+                // Refused only by a task that ended without clearing the slot (it panicked).
+                Err(mpsc::error::SendError(Command::Add(add))) => add,
+                Err(_) => return Err(Error::new(ErrorKind::Internal, "a watch lost on its way")),
+            },
+            None => add,
+        };
+        let NewWatcher {
+            token,
+            key,
+            options,
+            sink,
+            checked,
+        } = add;
         let (member, stream) = self
             .conn
             .call_at("starting a watch", attempt, |c| {
                 // Events of one revision come in one message, of any size.
                 let mut watch = c.watch_client().max_decoding_message_size(usize::MAX);
-                let (key, options) = (key.to_string(), options.clone());
+                let (key, options) = (key.clone(), options.clone());
                 async move { watch.watch(key, Some(options)).await }
             })
             .await?;
@@ -143,16 +248,23 @@ impl WatchMux {
             inbox,
             pending: VecDeque::from([token]),
             tokens: HashMap::new(),
-            subs: HashMap::from([(token, Sub { sink, id: None })]),
+            subs: HashMap::from([(
+                token,
+                Sub {
+                    sink,
+                    id: None,
+                    checked,
+                },
+            )]),
+            checked: usize::from(checked),
             liveness: watch_liveness(self.conn.timeout),
         };
         self.handle.spawn(task.run());
-        *session = Some(commands.clone());
-        Ok(Subscription {
-            token,
-            commands,
-            deliveries,
-        })
+        *session = Some(Open {
+            commands: commands.clone(),
+            member,
+        });
+        Ok(commands)
     }
 }
 
@@ -185,9 +297,11 @@ struct Sub {
     sink: UnboundedSender<Delivery>,
     /// The watcher's id, once etcd has said it.
     id: Option<i64>,
+    checked: bool,
 }
 
-/// The task that owns an open stream.
+/// The task that owns an open stream. Every watch on it is told when it ends (a subscription
+/// holds a sender of its own deliveries, to add watchers: it waits for that word).
 struct Session {
     mux: Arc<WatchMux>,
     /// Its own commands' sender: tells whether the registry's slot still names this session.
@@ -202,7 +316,21 @@ struct Session {
     /// The watch of each watcher id etcd gave.
     tokens: HashMap<i64, u64>,
     subs: HashMap<u64, Sub>,
+    /// How many of `subs` are checked: the member is checked while any is.
+    checked: usize,
     liveness: Duration,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Watches are left here only when the task did not end by `run` (it panicked).
+        for (_, sub) in self.subs.drain() {
+            let _ = sub.sink.send(Delivery::Ended {
+                error: Error::new(ErrorKind::Internal, "the watch stream's task failed"),
+                silent: false,
+            });
+        }
+    }
 }
 
 impl Session {
@@ -213,18 +341,26 @@ impl Session {
         // Watches resuming must open a new stream, not join this one.
         {
             let mut slot = self.mux.session.lock().await;
-            if slot.as_ref().is_some_and(|s| s.same_channel(&self.me)) {
+            if slot
+                .as_ref()
+                .is_some_and(|s| s.commands.same_channel(&self.me))
+            {
                 *slot = None;
             }
         }
         // Watches added after the stream failed and before the slot was cleared end too.
         self.inbox.close();
         while let Ok(command) = self.inbox.try_recv() {
-            if let Command::Add { token, sink, .. } = command {
-                self.subs.insert(token, Sub { sink, id: None });
+            if let Command::Add(NewWatcher { token, sink, .. }) = command {
+                let sub = Sub {
+                    sink,
+                    id: None,
+                    checked: false,
+                };
+                self.subs.insert(token, sub);
             }
         }
-        for sub in self.subs.values() {
+        for (_, sub) in self.subs.drain() {
             let _ = sub.sink.send(Delivery::Ended {
                 error: error.clone(),
                 silent,
@@ -241,6 +377,10 @@ impl Session {
         let mut asked_at: Option<Instant> = None;
         let mut quiet_since = Instant::now();
         loop {
+            let checking = self.checked > 0;
+            if !checking {
+                asked_at = None;
+            }
             let wake = asked_at.unwrap_or(quiet_since) + self.liveness;
             tokio::select! {
                 command = self.inbox.recv() => {
@@ -281,7 +421,7 @@ impl Session {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(wake) => {
+                _ = tokio::time::sleep_until(wake), if checking => {
                     if asked_at.is_some() {
                         let e = Error::new(
                             ErrorKind::Timeout,
@@ -302,23 +442,42 @@ impl Session {
 
     async fn command(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Add {
+            Command::Add(NewWatcher {
                 token,
                 key,
                 options,
                 sink,
-            } => {
+                checked,
+            }) => {
                 let create = self.requests.watch(key, Some(options));
                 bounded(&self.mux.conn, self.member, self.liveness, create).await?;
                 self.pending.push_back(token);
-                self.subs.insert(token, Sub { sink, id: None });
+                self.checked += usize::from(checked);
+                let sub = Sub {
+                    sink,
+                    id: None,
+                    checked,
+                };
+                self.subs.insert(token, sub);
             }
             Command::Cancel { token } => {
-                if let Some(Sub { id: Some(id), .. }) = self.subs.remove(&token) {
+                let Some(sub) = self.subs.remove(&token) else {
+                    return Ok(());
+                };
+                self.checked -= usize::from(sub.checked);
+                if let Some(id) = sub.id {
                     self.tokens.remove(&id);
                     let cancel = self.requests.cancel(id);
                     bounded(&self.mux.conn, self.member, self.liveness, cancel).await?;
                 }
+            }
+            Command::Abandon => {
+                let endpoint = self.mux.conn.endpoint(self.member);
+                tracing::debug!(%endpoint, "the watch stream moves off a member given up");
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("etcd member {endpoint} was given up"),
+                ));
             }
         }
         Ok(())
@@ -335,7 +494,10 @@ impl Session {
         if !self.subs.is_empty() {
             return Ok(false);
         }
-        if slot.as_ref().is_some_and(|s| s.same_channel(&self.me)) {
+        if slot
+            .as_ref()
+            .is_some_and(|s| s.commands.same_channel(&self.me))
+        {
             *slot = None;
         }
         Ok(true)

@@ -284,8 +284,9 @@ impl Registry {
             Entry::Occupied(group) => group.get().tx.send(add).map_err(|_| Error::closed())?,
             // The first of its TTL: the new task finds it when it first runs (one wake-up).
             Entry::Vacant(slot) => {
+                let mux = self.inner.mux.clone();
                 slot.insert(LeaseGroup::spawn(
-                    handle, ttl_secs, conn, min, max, closing, add,
+                    handle, ttl_secs, conn, mux, min, max, closing, add,
                 ));
             }
         }

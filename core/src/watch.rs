@@ -351,7 +351,11 @@ impl Follower {
             .with_start_revision(start)
             .with_progress_notify();
         let liveness = watch_liveness(self.conn.timeout);
-        let mut watcher = match self.mux.subscribe(&self.prefix, options, liveness).await {
+        let mut watcher = match self
+            .mux
+            .subscribe(self.prefix.as_bytes(), options, liveness, true)
+            .await
+        {
             Ok(watcher) => watcher,
             Err(e) => return StreamEnd::Failed(e),
         };

@@ -954,6 +954,57 @@ async fn a_paused_or_slow_member_loses_no_key_no_lease_and_no_watch_event() {
     );
 }
 
+/// Two leases (two TTLs) whose key watches share the registry's Watch stream, on the member in
+/// use, which is then paused: the keep-alives move to another member, the shared stream with
+/// them (the first lease to start its key watch again gives up the stream left on the paused
+/// member, whose other watches move too), and a key of each lease deleted by someone else
+/// during the pause is put back during it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_leases_sharing_a_watch_stream_on_a_paused_member_lose_no_key() {
+    let _serial = serial().await;
+    let etcd = Arc::new(blocking(cluster).await);
+    let registry = Registry::connect(registry_config(etcd.endpoints(), "/shared"))
+        .await
+        .unwrap();
+    let mut regs = Vec::new();
+    for (name, ttl) in [("a", 3), ("b", 30)] {
+        let reg = registry
+            .register("api", node(name, &[]), Duration::from_secs(ttl))
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push(reg);
+    }
+    let in_use = |registry: &Registry| {
+        let active = registry.active_endpoint();
+        etcd.endpoints()
+            .iter()
+            .position(|e| active.ends_with(e.trim_start_matches("http://")))
+            .unwrap_or_else(|| panic!("{active} is none of the endpoints"))
+    };
+    let paused = in_use(&registry);
+    let e = etcd.clone();
+    blocking(move || e.pause(paused).expect("pause")).await;
+    eventually("the registry to leave the paused member", || async {
+        in_use(&registry) != paused
+    })
+    .await;
+    for key in ["/shared/api/a", "/shared/api/b"] {
+        let e = etcd.clone();
+        assert_eq!(blocking(move || e.delete(key)).await.unwrap(), 1, "{key}");
+        eventually(&format!("{key} put back during the pause"), || async {
+            let e = etcd.clone();
+            blocking(move || e.get(key)).await.unwrap().is_some()
+        })
+        .await;
+    }
+    let e = etcd.clone();
+    blocking(move || e.resume(paused).expect("resume")).await;
+    for reg in &regs {
+        assert_eq!(reg.state(), RegistrationState::Registered, "{}", reg.key());
+    }
+    registry.close().await.unwrap();
+}
+
 /// The endpoints in another order, the first one black-holed from the start (a member cut
 /// off: connections accepted, nothing answered) and one where nobody listens: registering
 /// works at once, and pausing the member in use for 2 × TTL loses nothing, 3 rounds.

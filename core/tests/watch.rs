@@ -250,6 +250,66 @@ async fn the_watches_of_a_registry_share_one_stream() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watches_of_a_registrys_own_keys_share_the_stream_too() {
+    const STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
+    const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    // Two TTLs: two leases, each watching its own key for deletions.
+    let short = registry
+        .register("api", node("n1", &[]), Duration::from_secs(10))
+        .unwrap();
+    let long = registry
+        .register("api", node("n2", &[]), Duration::from_secs(20))
+        .unwrap();
+    short.wait_registered(DEADLINE).await.unwrap();
+    long.wait_registered(DEADLINE).await.unwrap();
+    // Registered means the key watch is in place.
+    assert_eq!(gauge(&etcd, WATCHERS), 2, "watchers in etcd");
+    assert_eq!(gauge(&etcd, STREAMS), 1, "watch streams open in etcd");
+
+    let watch = registry.watch("api").await.unwrap();
+    assert_eq!(names(&watch), vec!["n1", "n2"]);
+    // The nodes listed come first, as added.
+    for name in ["n1", "n2"] {
+        assert_eq!(next(&watch).await.node.unwrap().name, name);
+    }
+    eventually("the service's watcher", || async {
+        gauge(&etcd, WATCHERS) == 3
+    })
+    .await;
+    assert_eq!(gauge(&etcd, STREAMS), 1);
+
+    // Each lease's watch still works on the shared stream: a key deleted by someone else is
+    // put back, and the service watch sees both.
+    assert_eq!(etcd.delete("/s/api/n2").unwrap(), 1);
+    let removed = next(&watch).await;
+    let added = next(&watch).await;
+    assert_eq!(
+        [
+            (removed.kind, removed.node.unwrap().name),
+            (added.kind, added.node.unwrap().name)
+        ],
+        [
+            (WatchEventKind::Removed, "n2".to_string()),
+            (WatchEventKind::Added, "n2".to_string())
+        ]
+    );
+
+    // The key watches keep the stream when the service watch leaves, and close it with the
+    // last registration.
+    drop(watch);
+    eventually("the service's watcher gone", || async {
+        gauge(&etcd, WATCHERS) == 2
+    })
+    .await;
+    assert_eq!(gauge(&etcd, STREAMS), 1);
+    short.unregister().await.unwrap();
+    long.unregister().await.unwrap();
+    eventually("the stream closed", || async { gauge(&etcd, STREAMS) == 0 }).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_ends_every_watch() {
     let etcd = etcd();
     let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
