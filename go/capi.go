@@ -202,6 +202,21 @@ func cRegister(p *C.etcd_registry, service, node string, info map[string]string,
 	return uint64(id), nil
 }
 
+// cCheckRegister checks Register's arguments as cRegister's call checks them, registering
+// nothing.
+func cCheckRegister(p *C.etcd_registry, service, node string, info map[string]string, ttl time.Duration) error {
+	const op = "register"
+	cs, err := cStrings(op, service, node)
+	if err != nil {
+		return err
+	}
+	defer freeCStrings(cs)
+	entries, n, block := cInfo(info)
+	defer C.free(block)
+	var msg *C.char
+	return cResult(op, C.goer_check_register(p, cs[0], cs[1], entries, n, C.uint64_t(durationMs(ttl)), &msg), msg)
+}
+
 func cUpdate(p *C.etcd_registry, id uint64, info map[string]string) error {
 	if info == nil {
 		info = map[string]string{} // an update always stores an object: nil is {}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 )
@@ -136,8 +135,8 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
 	}
-	// Names, the TTL and the info are checked by the library (the core's rules), below, or by
-	// checkRegisterArgs when ctx has already ended.
+	// Names, the TTL and the info are checked by the library (the core's rules), below, also
+	// when ctx has already ended.
 	h := r.h
 	g := &Registration{
 		r:       r,
@@ -149,9 +148,11 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 		return nil, closedError(op)
 	}
 	if err := ctx.Err(); err != nil {
-		// A context that has already ended never reaches the library, so its checks are made
-		// here: bad arguments are an error whatever the context.
-		if err := checkRegisterArgs(op, service, node, ttl); err != nil {
+		// A context that has already ended registers nothing, but bad arguments are an error
+		// whatever the context: the library checks them without registering.
+		if err := h.use(op, func(p *cRegistry) error {
+			return cCheckRegister(p, service, node.Name, node.Info, ttl)
+		}); err != nil {
 			return nil, err
 		}
 		// Ended before it began: nothing is registered, so the library has no event to give;
@@ -187,34 +188,6 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	}
 	runtime.KeepAlive(r)
 	return g, nil
-}
-
-// checkRegisterArgs applies the library's checks of Register's names, TTL and info keys (the
-// core's validate_name, validate_ttl and empty-key rules, with its messages), for a call that
-// does not reach it. The size of the info is left to the library: it needs the encoding.
-func checkRegisterArgs(op, service string, node Node, ttl time.Duration) error {
-	for _, name := range []struct{ what, value string }{{"service", service}, {"node", node.Name}} {
-		switch {
-		case strings.TrimSpace(name.value) == "":
-			return invalidArgument(op, name.what+" name must not be empty")
-		case name.value == "." || name.value == "..":
-			return invalidArgument(op, fmt.Sprintf("%s name must not be %q", name.what, name.value))
-		case strings.IndexByte(name.value, 0) >= 0:
-			return invalidArgument(op, "strings must not contain NUL bytes")
-		}
-	}
-	switch {
-	case ttl <= 0:
-		return invalidArgument(op, "ttl must be greater than zero")
-	case ttl > MaxTTL:
-		return invalidArgument(op, fmt.Sprintf("ttl %v is larger than etcd's maximum of %d s", ttl, MaxTTL/time.Second))
-	}
-	for key := range node.Info {
-		if key == "" {
-			return invalidArgument(op, "info keys must not be empty")
-		}
-	}
-	return nil
 }
 
 // UnregisterNode unregisters a node this registry registered: its key is deleted at once and

@@ -366,8 +366,8 @@ func TestAlreadyCancelledContext(t *testing.T) {
 	}
 }
 
-// Bad arguments are an error even with a context that has already ended (which never reaches
-// the library): the same error as with a live one.
+// Bad arguments are an error even with a context that has already ended (which registers
+// nothing): the same error as with a live one, the info's size included.
 func TestRegisterRejectsBadInputWithAnEndedContext(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	ended, cancel := context.WithCancel(context.Background())
@@ -387,6 +387,7 @@ func TestRegisterRejectsBadInputWithAnEndedContext(t *testing.T) {
 		{"NUL in name", "svc", Node{Name: "a\x00b"}, time.Minute},
 		{"ttl beyond etcd's maximum", "svc", node, time.Duration(math.MaxInt64)},
 		{"empty info key", "svc", Node{Name: "n1", Info: map[string]string{"": "x"}}, time.Minute},
+		{"info too large for etcd", "svc", Node{Name: "n1", Info: map[string]string{"blob": strings.Repeat("x", 2<<20)}}, time.Minute},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -395,8 +396,7 @@ func TestRegisterRejectsBadInputWithAnEndedContext(t *testing.T) {
 			if !errors.Is(err, ErrInvalidArgument) {
 				t.Fatalf("got %v, want an error matching ErrInvalidArgument", err)
 			}
-			// The same text, but for how a duration is written (Go's, or the library's).
-			if live == nil || (err.Error() != live.Error() && c.ttl <= MaxTTL) {
+			if live == nil || err.Error() != live.Error() {
 				t.Errorf("with an ended context %q, with a live one %v", err, live)
 			}
 			if done != nil || errs != nil {

@@ -101,6 +101,14 @@ static inline etcd_registry_status goer_register(etcd_registry *registry, const 
                                      out_id));
 }
 
+static inline etcd_registry_status goer_check_register(etcd_registry *registry,
+                                                       const char *service, const char *node,
+                                                       const etcd_registry_info_entry *info,
+                                                       size_t info_len, uint64_t ttl_ms,
+                                                       char **err) {
+    GOER_CALL(etcd_registry_check_register(registry, service, node, info, info_len, ttl_ms));
+}
+
 static inline etcd_registry_status goer_update(etcd_registry *registry, uint64_t id,
                                                const etcd_registry_info_entry *info,
                                                size_t info_len, char **err) {

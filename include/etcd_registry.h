@@ -1046,6 +1046,20 @@ etcd_registry_status etcd_registry_register(struct etcd_registry *registry,
                                             uint64_t *out_registration_id);
 
 /**
+ * Checks what `etcd_registry_register` would be given, as it checks it and with the same status
+ * and message, and registers nothing: OK when `etcd_registry_register` with these arguments
+ * would accept them. For a caller that must refuse bad arguments without registering, e.g. a
+ * binding whose call was cancelled before it began. The size of the info is checked against
+ * this registry's key, whose base path counts.
+ */
+etcd_registry_status etcd_registry_check_register(const struct etcd_registry *registry,
+                                                  const char *service,
+                                                  const char *node,
+                                                  const struct etcd_registry_info_entry *info,
+                                                  size_t info_len,
+                                                  uint64_t ttl_ms);
+
+/**
  * `etcd_registry_register` with the info as JSON, a convenience: `info_json` is a JSON object of
  * strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
  * for no info object at all, stored as an empty value). It is parsed and then stored by the

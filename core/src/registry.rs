@@ -222,11 +222,32 @@ impl Registry {
             node,
             ttl,
             route.map(Route::subscriber),
-            |key, _| match info {
-                Some(info) => check_value(key, info.has_empty_key(), info.encode()),
-                None => Ok(String::new()),
-            },
+            |key, _| encode_bytes(key, info),
         )
+    }
+
+    /// Checks the arguments of [`Registry::register_bytes`] as it checks them, with the same
+    /// errors, and registers nothing: for a binding that must refuse bad arguments where it
+    /// registers nothing, e.g. Go's `Register` with a context that has already ended.
+    pub fn check_register_bytes(
+        &self,
+        service: &str,
+        name: &str,
+        info: Option<&InfoBytes>,
+        ttl: Duration,
+    ) -> Result<()> {
+        let (key, _) = self.checked(service, name, ttl)?;
+        encode_bytes(&key, info).map(drop)
+    }
+
+    /// The checks every registration begins with: the registry open, the names and the TTL.
+    /// Gives the node's key and the TTL in whole seconds.
+    fn checked(&self, service: &str, name: &str, ttl: Duration) -> Result<(String, i64)> {
+        self.check_open()?;
+        validate_name("service", service)?;
+        validate_name("node", name)?;
+        let ttl_secs = validate_ttl(ttl)?;
+        Ok((self.node_key(service, name), ttl_secs))
     }
 
     /// Every event of every registration and watch of this registry from now on, in one
@@ -245,11 +266,7 @@ impl Registry {
         route: Option<Subscriber>,
         encode: impl FnOnce(&str, &Node) -> Result<String>,
     ) -> Result<Registration> {
-        self.check_open()?;
-        validate_name("service", service)?;
-        validate_name("node", &node.name)?;
-        let ttl_secs = validate_ttl(ttl)?;
-        let key = self.node_key(service, &node.name);
+        let (key, ttl_secs) = self.checked(service, &node.name, ttl)?;
         let value = encode(&key, &node)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let reg = Arc::new(RegShared::new(
@@ -632,6 +649,15 @@ fn validate_name(what: &str, name: &str) -> Result<()> {
 /// The value of a node's info, checked as `register` and `update` take it.
 fn encode_checked(key: &str, info: &Info) -> Result<String> {
     check_value(key, info.keys().any(String::is_empty), encode_info(info))
+}
+
+/// The value of info given as bytes (`None`: no info object, an empty value), checked as
+/// `register_bytes` takes it.
+fn encode_bytes(key: &str, info: Option<&InfoBytes>) -> Result<String> {
+    match info {
+        Some(info) => check_value(key, info.has_empty_key(), info.encode()),
+        None => Ok(String::new()),
+    }
 }
 
 /// Checks an encoded value (and whether its info had an empty key) for `key`.

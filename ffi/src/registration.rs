@@ -156,6 +156,36 @@ pub unsafe extern "C" fn etcd_registry_register(
     })
 }
 
+/// Checks what `etcd_registry_register` would be given, as it checks it and with the same status
+/// and message, and registers nothing: OK when `etcd_registry_register` with these arguments
+/// would accept them. For a caller that must refuse bad arguments without registering, e.g. a
+/// binding whose call was cancelled before it began. The size of the info is checked against
+/// this registry's key, whose base path counts.
+#[no_mangle]
+pub unsafe extern "C" fn etcd_registry_check_register(
+    registry: *const etcd_registry,
+    service: *const c_char,
+    node: *const c_char,
+    info: *const etcd_registry_info_entry,
+    info_len: usize,
+    ttl_ms: u64,
+) -> etcd_registry_status {
+    guard(|| {
+        // SAFETY: caller's contract for every pointer.
+        let this = unsafe { handle(registry) }?;
+        let service = unsafe { required(service, "service") }?;
+        let node = unsafe { required(node, "node") }?;
+        let info = unsafe { read_entries(info, info_len) }?;
+        this.registry.check_register_bytes(
+            service,
+            node,
+            info.as_ref(),
+            Duration::from_millis(ttl_ms),
+        )?;
+        Ok(())
+    })
+}
+
 /// Runs `parse` under the panic guard; on failure returns its status (the message set).
 fn parsed<T>(parse: impl FnOnce() -> FfiResult<T>) -> Result<T, etcd_registry_status> {
     let mut value = None;

@@ -570,6 +570,72 @@ static void test_register_argument_errors(void) {
     etcd_registry_free(r);
 }
 
+/* etcd_registry_check_register: for each set of arguments, the status and message that
+ * etcd_registry_register gives, and nothing registered. */
+static void test_check_register(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    etcd_registry_info_entry ok_info[] = {{"address", 7, "10.0.0.5:8080", 13}};
+    etcd_registry_info_entry empty_key[] = {{"", 0, "x", 1}};
+    etcd_registry_info_entry twice[] = {{"a", 1, "x", 1}, {"a", 1, "y", 1}};
+    size_t big_len = 2u << 20;
+    char *big = malloc(big_len);
+    REQUIRE(big != NULL);
+    memset(big, 'x', big_len);
+    etcd_registry_info_entry too_large[] = {{"blob", 4, big, big_len}};
+    struct {
+        const char *service, *node;
+        const etcd_registry_info_entry *info;
+        size_t info_len;
+        uint64_t ttl_ms;
+        etcd_registry_status want;
+    } cases[] = {
+        {"checked", "n1", ok_info, 1, 10000, ETCD_REGISTRY_STATUS_OK},
+        {"checked", "n1", NULL, ETCD_REGISTRY_NO_INFO, 10000, ETCD_REGISTRY_STATUS_OK},
+        {NULL, "n1", NULL, 0, 10000, ETCD_REGISTRY_STATUS_NULL_POINTER},
+        {"checked", "n\xc3", NULL, 0, 10000, ETCD_REGISTRY_STATUS_INVALID_UTF8},
+        {"", "n1", NULL, 0, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "..", NULL, 0, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", NULL, 0, 0, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", NULL, 0, UINT64_MAX, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", NULL, 1, 10000, ETCD_REGISTRY_STATUS_NULL_POINTER},
+        {"checked", "n1", empty_key, 1, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", twice, 2, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", too_large, 1, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        etcd_registry_status got = etcd_registry_check_register(r, cases[i].service, cases[i].node, cases[i].info,
+                                                                cases[i].info_len, cases[i].ttl_ms);
+        if (got != cases[i].want) {
+            fprintf(stderr, "    case %zu: got %s, want %s\n", i, etcd_registry_status_name(got),
+                    etcd_registry_status_name(cases[i].want));
+            current_failed = 1;
+        }
+        if (got == ETCD_REGISTRY_STATUS_OK) {
+            continue;
+        }
+        char checked[256];
+        etcd_registry_last_error_copy(checked, sizeof checked);
+        uint64_t id = 42;
+        etcd_registry_status reg = etcd_registry_register(r, cases[i].service, cases[i].node, cases[i].info,
+                                                          cases[i].info_len, cases[i].ttl_ms, NULL, NULL, &id);
+        if (reg != got || strcmp(checked, etcd_registry_last_error_message()) != 0) {
+            fprintf(stderr, "    case %zu: check gave %s \"%s\", register %s \"%s\"\n", i,
+                    etcd_registry_status_name(got), checked, etcd_registry_status_name(reg),
+                    etcd_registry_last_error_message());
+            current_failed = 1;
+        }
+        CHECK(id == 42);
+    }
+    free(big);
+    /* Checking registers nothing, also for arguments that are good. */
+    CHECK(count_nodes(r, "checked") == 0);
+    CHECK_STATUS(etcd_registry_check_register(NULL, "checked", "n1", NULL, 0, 10000), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_OK(etcd_registry_close(r));
+    CHECK_STATUS(etcd_registry_check_register(r, "checked", "n1", NULL, 0, 10000), ETCD_REGISTRY_STATUS_CLOSED);
+    etcd_registry_free(r);
+}
+
 static void test_info_json_round_trip(void) {
     etcd_registry *r = connect_etcd();
     REQUIRE(r != NULL);
@@ -2558,6 +2624,7 @@ static const test_case tests[] = {
     TEST(test_null_registry_everywhere),
     TEST(test_register_list_unregister),
     TEST(test_register_argument_errors),
+    TEST(test_check_register),
     TEST(test_info_json_round_trip),
     TEST(test_info_entries),
     TEST(test_list_errors),
