@@ -936,7 +936,10 @@ impl LeaseGroup {
         // The first key starts the watch; it is watched by itself (see `KeyWatch::unit_of`).
         let first = first.to_vec();
         let options = KeyWatch::options(&first, revision);
-        let sub = self.mux.subscribe(&first, options, attempt, false).await?;
+        let sub = self
+            .mux
+            .subscribe(&first, options, attempt, false, None)
+            .await?;
         let mut watch = KeyWatch {
             tokens: HashMap::from([(first.clone(), sub.first())]),
             sub,

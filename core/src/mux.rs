@@ -4,7 +4,7 @@
 //!
 //! The stream is opened by the first watch that needs it and closed when its last watch leaves.
 //! A task owns it: it sends the watches' create and cancel requests, hands each response to the
-//! watch it belongs to, and, while a service watch is on it, asks for a progress report when the
+//! watch it belongs to (a service watch's events it applies itself, see [`Inline`]), and, while a service watch is on it, asks for a progress report when the
 //! whole stream is quiet (the watches of a registry's own keys need none: their lease's
 //! keep-alives watch the member, and a stream that carries only them costs no request while
 //! nothing changes). When the stream fails, or its member does not answer that report in time or
@@ -39,18 +39,24 @@ pub(crate) enum Delivery {
     Ended { error: Error, silent: bool },
 }
 
+/// Takes responses of a watcher on the stream's task, as they come, before its channel does:
+/// true when it took the response, which then does not go to the channel. A service watch applies
+/// its events there, one hand-over between tasks fewer per event than through the channel.
+pub(crate) type Inline = Arc<dyn Fn(&WatchResponse) -> bool + Send + Sync>;
+
 /// A watcher to start.
 struct NewWatcher {
     token: u64,
     key: Vec<u8>,
     options: WatchOptions,
     sink: UnboundedSender<Delivery>,
+    inline: Option<Inline>,
     /// Whether the stream must check its member while this watcher is on it.
     checked: bool,
 }
 
 enum Command {
-    Add(NewWatcher),
+    Add(Box<NewWatcher>),
     Cancel {
         token: u64,
     },
@@ -85,6 +91,7 @@ pub(crate) struct Subscription {
     commands: UnboundedSender<Command>,
     /// Where its watchers' responses go.
     sink: UnboundedSender<Delivery>,
+    inline: Option<Inline>,
     deliveries: UnboundedReceiver<Delivery>,
     /// The answer to its creation, taken by [`WatchMux::subscribe`], delivered first.
     first: Option<Delivery>,
@@ -105,10 +112,11 @@ impl Subscription {
             key: key.to_vec(),
             options,
             sink: self.sink.clone(),
+            inline: self.inline.clone(),
             checked: self.checked,
         };
         self.commands
-            .send(Command::Add(add))
+            .send(Command::Add(Box::new(add)))
             .map_err(|_| Error::new(ErrorKind::Connection, "the watch stream ended"))?;
         self.tokens.insert(token);
         Ok(token)
@@ -162,14 +170,17 @@ impl WatchMux {
     /// healthy member, each try given `attempt`) when none is open, or when the open one's member
     /// has been ejected since (a lease's keep-alive gave it up: the watches on it move too).
     /// `checked`: the stream checks its member while this watch is on it (see the module's
-    /// documentation). Returns once etcd has answered the watcher's creation, or the stream
-    /// ended (the answer, or the end, is then the subscription's first delivery).
+    /// documentation). `inline` takes responses before the subscription's channel (see
+    /// [`Inline`]); the answer to the creation always goes to the channel. Returns once etcd has
+    /// answered the watcher's creation, or the stream ended (the answer, or the end, is then the
+    /// subscription's first delivery).
     pub(crate) async fn subscribe(
         self: &Arc<Self>,
         key: &[u8],
         options: WatchOptions,
         attempt: Duration,
         checked: bool,
+        inline: Option<Inline>,
     ) -> Result<Subscription> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let (sink, deliveries) = mpsc::unbounded_channel();
@@ -178,6 +189,7 @@ impl WatchMux {
             key: key.to_vec(),
             options,
             sink: sink.clone(),
+            inline: inline.clone(),
             checked,
         };
         let commands = self.start(add, attempt).await?;
@@ -188,6 +200,7 @@ impl WatchMux {
             checked,
             commands,
             sink,
+            inline,
             deliveries,
             first: None,
         };
@@ -209,14 +222,14 @@ impl WatchMux {
                 let _ = open.commands.send(Command::Abandon);
                 add
             }
-            Some(open) => match open.commands.send(Command::Add(add)) {
+            Some(open) => match open.commands.send(Command::Add(Box::new(add))) {
                 Ok(()) => {
                     let commands = open.commands.clone();
                     *session = Some(open);
                     return Ok(commands);
                 }
                 // Refused only by a task that ended without clearing the slot (it panicked).
-                Err(mpsc::error::SendError(Command::Add(add))) => add,
+                Err(mpsc::error::SendError(Command::Add(add))) => *add,
                 Err(_) => return Err(Error::new(ErrorKind::Internal, "a watch lost on its way")),
             },
             None => add,
@@ -226,6 +239,7 @@ impl WatchMux {
             key,
             options,
             sink,
+            inline,
             checked,
         } = add;
         let (member, stream) = self
@@ -252,6 +266,7 @@ impl WatchMux {
                 token,
                 Sub {
                     sink,
+                    inline,
                     id: None,
                     checked,
                 },
@@ -295,6 +310,7 @@ fn sent_failed(e: Error) -> Option<(Error, bool)> {
 
 struct Sub {
     sink: UnboundedSender<Delivery>,
+    inline: Option<Inline>,
     /// The watcher's id, once etcd has said it.
     id: Option<i64>,
     checked: bool,
@@ -351,9 +367,11 @@ impl Session {
         // Watches added after the stream failed and before the slot was cleared end too.
         self.inbox.close();
         while let Ok(command) = self.inbox.try_recv() {
-            if let Command::Add(NewWatcher { token, sink, .. }) = command {
+            if let Command::Add(add) = command {
+                let NewWatcher { token, sink, .. } = *add;
                 let sub = Sub {
                     sink,
+                    inline: None,
                     id: None,
                     checked: false,
                 };
@@ -442,19 +460,22 @@ impl Session {
 
     async fn command(&mut self, command: Command) -> Result<()> {
         match command {
-            Command::Add(NewWatcher {
-                token,
-                key,
-                options,
-                sink,
-                checked,
-            }) => {
+            Command::Add(add) => {
+                let NewWatcher {
+                    token,
+                    key,
+                    options,
+                    sink,
+                    inline,
+                    checked,
+                } = *add;
                 let create = self.requests.watch(key, Some(options));
                 bounded(&self.mux.conn, self.member, self.liveness, create).await?;
                 self.pending.push_back(token);
                 self.checked += usize::from(checked);
                 let sub = Sub {
                     sink,
+                    inline,
                     id: None,
                     checked,
                 };
@@ -534,6 +555,9 @@ impl Session {
             }
         };
         if let Some(sub) = self.subs.get(&token) {
+            if sub.inline.as_ref().is_some_and(|take| take(&resp)) {
+                return Ok(());
+            }
             // A watch gone meanwhile has sent its cancel, which comes next.
             let _ = sub.sink.send(Delivery::Response(resp));
         }

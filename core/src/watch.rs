@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use etcd_client::{EventType, WatchOptions};
+use etcd_client::{EventType, WatchOptions, WatchResponse};
 use tokio::task::AbortHandle;
 
 use crate::backoff;
@@ -15,7 +15,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Overflow, Subscriber};
 use crate::keys::node_name_of;
 use crate::listing::{fetch, node_of};
-use crate::mux::{watch_liveness, Delivery, WatchMux};
+use crate::mux::{watch_liveness, Delivery, Inline, WatchMux};
 use crate::registration::Node;
 
 /// What happened to a watched service.
@@ -72,6 +72,9 @@ pub(crate) struct WatchRoute {
     hub: Arc<Hub>,
     /// Set by `end()`: the watch is over even if its task has not finished aborting yet.
     ended: std::sync::atomic::AtomicBool,
+    /// Held while an event is pushed and while `ended` is set: once `end()` has set it, no event
+    /// is pushed any more (events are pushed by the watch's task and by the stream's).
+    gate: Mutex<()>,
 }
 
 impl WatchRoute {
@@ -83,6 +86,10 @@ impl WatchRoute {
             event,
         };
         let mut overflow = Overflow::NONE;
+        let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return false;
+        }
         let own = self
             .own
             .as_ref()
@@ -91,19 +98,28 @@ impl WatchRoute {
             route.push(&event, &mut overflow);
         }
         self.hub.publish(&event, &mut overflow);
+        drop(gate);
         // No lock is held here any more: the warning may go to a host callback.
         overflow.log();
         own != Some(false)
     }
 
+    /// Sets `ended`, after any push under way.
+    fn set_ended(&self) {
+        let _gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
+        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether nobody reads its events any more: ended, or its own stream closed.
     fn is_closed(&self) -> bool {
-        self.own.as_ref().is_some_and(EventStream::is_closed)
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+            || self.own.as_ref().is_some_and(EventStream::is_closed)
     }
 
     /// Ends the delivery: the own stream ends after what it holds; a shared stream forgets the
     /// watch's queued events; a handler is stopped (and no call of it runs when this returns).
     pub(crate) fn end(&self) {
-        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_ended();
         if let Some(own) = &self.own {
             own.close();
         }
@@ -114,7 +130,7 @@ impl WatchRoute {
 
     /// [`WatchRoute::end`] for async callers (does not block a runtime thread).
     pub(crate) async fn end_async(&self) {
-        self.ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.set_ended();
         if let Some(own) = &self.own {
             own.close();
         }
@@ -253,6 +269,7 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
         route: setup.route,
         hub: setup.hub,
         ended: Default::default(),
+        gate: Mutex::new(()),
     });
     let mut state = WatchState {
         nodes: BTreeMap::new(),
@@ -284,6 +301,51 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
         task,
         registry: setup.registry,
     })
+}
+
+/// Applies the events of `resp` to the live set of the watch of `prefix` and emits what changed;
+/// false once nobody reads the watch's events.
+fn apply(prefix: &str, state: &Mutex<WatchState>, tx: &WatchRoute, resp: &WatchResponse) -> bool {
+    for event in resp.events() {
+        let Some(kv) = event.kv() else { continue };
+        let Some(name) = std::str::from_utf8(kv.key())
+            .ok()
+            .and_then(|k| node_name_of(prefix, k))
+        else {
+            continue;
+        };
+        let revision = kv.mod_revision();
+        let mut state = lock(state);
+        state.revision = state.revision.max(revision);
+        let out = match event.event_type() {
+            EventType::Put => {
+                let node = node_of(prefix, kv.key(), kv.value())
+                    .unwrap_or_else(|| Node::new(name, Default::default()));
+                let kind = match state.nodes.insert(name.to_string(), node.clone()) {
+                    Some(old) if old == node => None,
+                    Some(_) => Some(WatchEventKind::Updated),
+                    None => Some(WatchEventKind::Added),
+                };
+                kind.map(|kind| WatchEvent {
+                    kind,
+                    node: Some(node),
+                    revision,
+                })
+            }
+            EventType::Delete => state.nodes.remove(name).map(|node| WatchEvent {
+                kind: WatchEventKind::Removed,
+                node: Some(node),
+                revision,
+            }),
+        };
+        drop(state);
+        if let Some(out) = out {
+            if !tx.emit(out) {
+                return false;
+            }
+        }
+    }
+    true
 }
 
 struct Follower {
@@ -351,9 +413,31 @@ impl Follower {
             .with_start_revision(start)
             .with_progress_notify();
         let liveness = watch_liveness(self.conn.timeout);
+        // Events are applied on the stream's task as they come (see `Inline`); the rest comes
+        // here, in order with them: what comes after an event batch was applied before it.
+        let inline: Inline = {
+            let (prefix, state, tx) = (self.prefix.clone(), self.state.clone(), self.tx.clone());
+            Arc::new(move |resp: &WatchResponse| {
+                let events_only = !resp.created()
+                    && !resp.canceled()
+                    && resp.compact_revision() == 0
+                    && !resp.events().is_empty();
+                if events_only {
+                    // Nobody reading any more: the watch's task is being stopped.
+                    let _ = apply(&prefix, &state, &tx, resp);
+                }
+                events_only
+            })
+        };
         let mut watcher = match self
             .mux
-            .subscribe(self.prefix.as_bytes(), options, liveness, true)
+            .subscribe(
+                self.prefix.as_bytes(),
+                options,
+                liveness,
+                true,
+                Some(inline),
+            )
             .await
         {
             Ok(watcher) => watcher,
@@ -392,44 +476,8 @@ impl Follower {
                 }
                 continue;
             }
-            for event in resp.events() {
-                let Some(kv) = event.kv() else { continue };
-                let Some(name) = std::str::from_utf8(kv.key())
-                    .ok()
-                    .and_then(|k| node_name_of(&self.prefix, k))
-                else {
-                    continue;
-                };
-                let revision = kv.mod_revision();
-                let mut state = lock(&self.state);
-                state.revision = state.revision.max(revision);
-                let out = match event.event_type() {
-                    EventType::Put => {
-                        let node = node_of(&self.prefix, kv.key(), kv.value())
-                            .unwrap_or_else(|| Node::new(name, Default::default()));
-                        let kind = match state.nodes.insert(name.to_string(), node.clone()) {
-                            Some(old) if old == node => None,
-                            Some(_) => Some(WatchEventKind::Updated),
-                            None => Some(WatchEventKind::Added),
-                        };
-                        kind.map(|kind| WatchEvent {
-                            kind,
-                            node: Some(node),
-                            revision,
-                        })
-                    }
-                    EventType::Delete => state.nodes.remove(name).map(|node| WatchEvent {
-                        kind: WatchEventKind::Removed,
-                        node: Some(node),
-                        revision,
-                    }),
-                };
-                drop(state);
-                if let Some(out) = out {
-                    if !self.tx.emit(out) {
-                        return StreamEnd::Failed(Error::closed());
-                    }
-                }
+            if !apply(&self.prefix, &self.state, &self.tx, &resp) {
+                return StreamEnd::Failed(Error::closed());
             }
         }
     }
