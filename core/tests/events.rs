@@ -3,14 +3,17 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+use etcd_client::{Txn, TxnOp};
 use etcd_registry::events::Next;
 use etcd_registry::{
     Event, EventStream, Handler, Registry, Route, StatusEvent, EVENT_QUEUE_CAPACITY,
 };
+use tokio::task::JoinHandle;
 
 fn status_kinds(events: &[Event]) -> Vec<(String, &'static str)> {
     events
@@ -158,7 +161,6 @@ async fn an_unread_stream_keeps_the_newest_events_and_every_unregistered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_unregistered() {
-    use std::sync::atomic::{AtomicBool, Ordering};
     let etcd = etcd();
     let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
     // Holds up the one handler thread (every handler's calls) until `unregister` is under way,
@@ -218,5 +220,110 @@ async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_
     // The key is the newer registration's: left alone.
     new.wait_registered(DEADLINE).await.unwrap();
     assert_eq!(registry.list("api").await.unwrap().len(), 2);
+    registry.close().await.unwrap();
+}
+
+/// Puts keys under `/cw/api/` from `client`, 100 in a transaction (each comes as one watch
+/// response of 100 events), until `stop` is set.
+fn write_until(
+    client: &etcd_client::Client,
+    round: usize,
+    stop: &Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    let (mut kv, stop) = (client.kv_client(), stop.clone());
+    tokio::spawn(async move {
+        let mut batch = 0;
+        while !stop.load(Ordering::SeqCst) {
+            let puts = (0..100)
+                .map(|i| TxnOp::put(format!("/cw/api/r{round}-{batch}-{i}"), "{}", None))
+                .collect::<Vec<_>>();
+            kv.txn(Txn::new().and_then(puts)).await.unwrap();
+            batch += 1;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_watch_delivers_nothing_more_while_events_flow() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/cw")).await.unwrap();
+    let shared = EventStream::new();
+    let route = Route::stream(&shared);
+    // A watch of another service on the same Watch stream to etcd: its event of a key put
+    // after a cancel returned comes after anything that stream's task was still pushing for the
+    // cancelled watch.
+    let control = registry.watch_routed("marks", &route).await.unwrap();
+    let client = etcd_client::Client::connect(etcd.endpoints(), None)
+        .await
+        .unwrap();
+    // The other route: a handler, which must not be called for the watch once cancel returned.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let late = Arc::new(AtomicUsize::new(0));
+    let (first_tx, mut first) = tokio::sync::mpsc::unbounded_channel();
+    let (is_cancelled, late_calls) = (cancelled.clone(), late.clone());
+    let handler = Handler::new(move |e| {
+        if is_cancelled.load(Ordering::SeqCst) {
+            late_calls.fetch_add(1, Ordering::SeqCst);
+        }
+        let _ = first_tx.send(e.id());
+    })
+    .unwrap();
+
+    for round in 0..40 {
+        let to_handler = round % 2 == 1;
+        let watch = if to_handler {
+            cancelled.store(false, Ordering::SeqCst);
+            while first.try_recv().is_ok() {}
+            registry
+                .watch_routed("api", &Route::handler(&handler))
+                .await
+                .unwrap()
+        } else {
+            registry.watch_routed("api", &route).await.unwrap()
+        };
+        // Cancelled as soon as its first event is delivered, while the shared Watch stream's
+        // task is still applying the rest of that response, and more keep coming.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = write_until(&client, round, &stop);
+        let first_id = if to_handler {
+            tokio::time::timeout(DEADLINE, first.recv()).await.unwrap()
+        } else {
+            Some(next(&shared).await.id())
+        };
+        assert_eq!(first_id, Some(watch.id()));
+        watch.cancel();
+        cancelled.store(true, Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
+        writer.await.unwrap();
+
+        let mark = format!("m{round}");
+        client
+            .kv_client()
+            .put(format!("/cw/marks/{mark}"), "{}", None)
+            .await
+            .unwrap();
+        let mut after_cancel = 0;
+        loop {
+            let event = next(&shared).await;
+            if event.id() == watch.id() {
+                after_cancel += 1;
+            }
+            let is_mark = matches!(&event, Event::Watch { watch_id, event, .. }
+                if *watch_id == control.id()
+                    && event.node.as_ref().is_some_and(|n| n.name == mark));
+            if is_mark {
+                break;
+            }
+        }
+        // Whatever was pushed to the handler is delivered by now.
+        handler.finish();
+        assert_eq!(
+            (after_cancel, late.load(Ordering::SeqCst)),
+            (0, 0),
+            "round {round}: events of watch {} (to a handler: {to_handler}) delivered after its \
+             cancel returned",
+            watch.id()
+        );
+    }
     registry.close().await.unwrap();
 }
