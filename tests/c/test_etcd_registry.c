@@ -1578,6 +1578,32 @@ static void test_a_replaced_registration_ends_like_an_unregistered_one(void) {
     free(hold);
 }
 
+/* A replaced registration whose UNREGISTERED is still queued when close is called (the
+ * callback thread held up until then) has had it when close returns. Which of the core's
+ * close and the handle's delivers it depends on when the held callback returns: the order in
+ * which only the handle's would (e94a688) is not forced. */
+static void test_close_delivers_a_replaced_registrations_unregistered(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    dispatcher_hold *hold = calloc(1, sizeof *hold);
+    uint64_t slow_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced-close", "slow", NULL, 10000, hold_the_callback_thread, hold, &slow_id));
+    REQUIRE(WAIT_FOR(atomic_load(&hold->running), 10 * slow));
+
+    last_event *old = calloc(1, sizeof *old);
+    uint64_t old_id = 0, new_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced-close", "a", NULL, 10000, record_last_event, old, &old_id));
+    REQUIRE_OK(etcd_registry_register_json(r, "replaced-close", "a", NULL, 10000, NULL, NULL, &new_id));
+    atomic_store(&hold->release, true);
+    CHECK_OK(etcd_registry_close(r));
+    /* close returned: the replaced registration's callback has had its UNREGISTERED, and
+     * its user data may be freed now (ASan checks it). */
+    CHECK(atomic_load(&old->last_kind) == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED);
+    free(old);
+    etcd_registry_free(r);
+    free(hold);
+}
+
 /* etcd_registry_free called inside an _async callback (a library runtime thread) while a
  * status callback of the registry runs on the callback thread. */
 typedef struct {
@@ -2641,6 +2667,7 @@ static const test_case tests[] = {
     TEST(test_free_functions_keep_the_last_error),
     TEST(test_free_inside_an_async_callback_stops_every_callback),
     TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
+    TEST(test_close_delivers_a_replaced_registrations_unregistered),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
     TEST(test_event_fd_wakes_a_poll_loop),
