@@ -13,7 +13,8 @@
 //! peers (a partition inside the cluster) while its clients still reach it, with the same
 //! checks: the member the registry uses, then the leader, 3 rounds each. The fourth kills two
 //! members of a 5-member cluster at once, the one the registry uses and the leader (quorum
-//! holds with three), with the same checks.
+//! holds with three), with the same checks. The last makes 300 watches while the member in use
+//! is paused: each is made on another member and gets events during the pause.
 //!
 //! Figures go to stderr with a `FAILOVER` prefix and to the fault table of `scripts/test.sh`.
 
@@ -1168,4 +1169,65 @@ async fn five_members_two_killed_at_once_lose_no_key_no_lease_and_no_watch_event
             summary(&watched)
         ),
     );
+}
+
+/// Watches made while the member the registry uses is paused (SIGSTOP, its connections open),
+/// with no registration (whose keep-alive would notice the pause first): 300 of them at once,
+/// 2 KB service names, more create requests than a Watch stream's buffer holds (100). Every
+/// one is made on another member and gets events while the member is still paused, and the
+/// watch made before the pause goes on too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watches_made_while_their_member_is_paused_are_made_on_another() {
+    let _serial = serial().await;
+    let etcd = Arc::new(blocking(cluster).await);
+    let registry = Registry::connect(registry_config(etcd.endpoints(), "/full"))
+        .await
+        .unwrap();
+    let first = registry.watch("first").await.unwrap();
+    let active = registry.active_endpoint();
+    let paused = etcd
+        .endpoints()
+        .iter()
+        .position(|e| active.ends_with(e.trim_start_matches("http://")))
+        .unwrap_or_else(|| panic!("{active} is none of the endpoints"));
+    let e = etcd.clone();
+    blocking(move || e.pause(paused).expect("pause")).await;
+
+    let long = "s".repeat(2000);
+    let mut making = tokio::task::JoinSet::new();
+    for i in 0..300 {
+        let (registry, service) = (registry.clone(), format!("{long}{i}"));
+        making.spawn(async move { registry.watch(&service).await });
+    }
+    let mut watches = Vec::new();
+    while let Some(made) = tokio::time::timeout(DEADLINE, making.join_next())
+        .await
+        .expect("every watch made within the deadline, the member still paused")
+    {
+        watches.push(made.unwrap().expect("a watch"));
+    }
+    assert!(
+        blocking({
+            let e = etcd.clone();
+            move || e.is_paused(paused)
+        })
+        .await
+    );
+
+    for (watch, service) in [
+        (&first, "first".to_string()),
+        (&watches[299], watches[299].service().to_string()),
+    ] {
+        let key = format!("/full/{service}/n");
+        let e = etcd.clone();
+        blocking(move || e.put(&key, "{}")).await.unwrap();
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("an event in time")
+            .expect("the watch goes on");
+        assert_eq!(event.node.map(|n| n.name), Some("n".to_string()));
+    }
+    let e = etcd.clone();
+    blocking(move || e.resume(paused).expect("resume")).await;
+    registry.close().await.unwrap();
 }
