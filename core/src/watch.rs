@@ -75,6 +75,9 @@ pub(crate) struct WatchRoute {
     /// Held while an event is pushed and while `ended` is set: once `end()` has set it, no event
     /// is pushed any more (events are pushed by the watch's task and by the stream's).
     gate: Mutex<()>,
+    /// A unit test's hold inside `emit`, after the `ended` check, before the push.
+    #[cfg(test)]
+    hold: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl WatchRoute {
@@ -89,6 +92,10 @@ impl WatchRoute {
         let gate = self.gate.lock().unwrap_or_else(|p| p.into_inner());
         if self.ended.load(std::sync::atomic::Ordering::SeqCst) {
             return false;
+        }
+        #[cfg(test)]
+        if let Some(hold) = &self.hold {
+            hold();
         }
         let own = self
             .own
@@ -270,6 +277,8 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
         hub: setup.hub,
         ended: Default::default(),
         gate: Mutex::new(()),
+        #[cfg(test)]
+        hold: None,
     });
     let mut state = WatchState {
         nodes: BTreeMap::new(),
@@ -520,5 +529,69 @@ impl Follower {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Route;
+    use std::sync::mpsc;
+
+    /// An event being pushed while the watch ends: `end()` returns after the push, and drops it
+    /// from the shared stream with the watch's other queued events, so that nothing of the
+    /// watch is read after `cancel()` returned.
+    #[test]
+    fn a_push_under_way_when_the_watch_ends_leaves_nothing_in_a_shared_stream() {
+        let shared = EventStream::new();
+        let (inside_tx, inside) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::channel::<()>();
+        let ended = Mutex::new(ended);
+        let route = Arc::new(WatchRoute {
+            id: 7,
+            service: Arc::from("api"),
+            own: None,
+            route: Some(Route::stream(&shared).subscriber()),
+            hub: Arc::new(Hub::default()),
+            ended: Default::default(),
+            gate: Mutex::new(()),
+            hold: Some(Box::new(move || {
+                inside_tx.send(()).unwrap();
+                // Gives `end()` time to return while this push is under way. It must not (it
+                // waits for the push), so this wait runs out; were it to return, the push
+                // would go on after it.
+                let _ = ended
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_millis(200));
+            })),
+        });
+        let pushing = {
+            let route = route.clone();
+            std::thread::spawn(move || {
+                route.emit(WatchEvent {
+                    kind: WatchEventKind::Added,
+                    node: Some(Node::new("a", Default::default())),
+                    revision: 2,
+                })
+            })
+        };
+        inside.recv().unwrap();
+        let ending = {
+            let route = route.clone();
+            std::thread::spawn(move || {
+                route.end();
+                let _ = ended_tx.send(());
+            })
+        };
+        pushing.join().unwrap();
+        ending.join().unwrap();
+        assert_eq!(shared.try_next(), Next::Empty);
+        // Once ended, nothing is pushed at all.
+        assert!(!route.emit(WatchEvent {
+            kind: WatchEventKind::Removed,
+            node: Some(Node::new("a", Default::default())),
+            revision: 3,
+        }));
     }
 }
