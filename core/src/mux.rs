@@ -470,9 +470,9 @@ impl Session {
                     checked,
                 } = *add;
                 let create = self.requests.watch(key, Some(options));
-                bounded(&self.mux.conn, self.member, self.liveness, create).await?;
-                self.pending.push_back(token);
-                self.checked += usize::from(checked);
+                let sent = bounded(&self.mux.conn, self.member, self.liveness, create).await;
+                // Kept even when the create could not be sent: a failed send ends the stream,
+                // and the end is told to every watch kept here (its subscriber waits for it).
                 let sub = Sub {
                     sink,
                     inline,
@@ -480,6 +480,9 @@ impl Session {
                     checked,
                 };
                 self.subs.insert(token, sub);
+                sent?;
+                self.pending.push_back(token);
+                self.checked += usize::from(checked);
             }
             Command::Cancel { token } => {
                 let Some(sub) = self.subs.remove(&token) else {
