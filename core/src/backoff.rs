@@ -11,6 +11,11 @@ pub fn delay(attempt: u32, min: Duration, max: Duration) -> Duration {
     base.mul_f64(jitter).max(min.min(max).mul_f64(0.8))
 }
 
+/// After etcd is seen back during a backoff step, a lease's group or a watch waits up to this
+/// long, at random, before its attempt: many registries that lost etcd together come back
+/// spread out.
+pub(crate) const RECONNECT_SPREAD: Duration = Duration::from_millis(200);
+
 /// A delay between zero and `max`, at random: spreads the retries of many clients that all
 /// saw etcd come back at the same moment.
 pub fn spread(max: Duration) -> Duration {

@@ -29,10 +29,6 @@ const MAX_TXN_OPS: usize = 128;
 /// → visible with a lease held about 8 % slower with 32).
 const EXACT_KEY_WATCHERS: usize = 1;
 
-/// After etcd is seen back during a backoff step, a group waits up to this long, at random,
-/// before its attempt: many registries that lost etcd together come back spread out.
-const RECONNECT_SPREAD: Duration = Duration::from_millis(200);
-
 pub(crate) enum GroupCmd {
     Add(Arc<RegShared>),
     Remove {
@@ -226,7 +222,7 @@ impl LeaseGroup {
                 tokio::select! {
                     came_back = &mut back => {
                         if came_back {
-                            tokio::time::sleep(backoff::spread(RECONNECT_SPREAD)).await;
+                            tokio::time::sleep(backoff::spread(backoff::RECONNECT_SPREAD)).await;
                         }
                         break;
                     }

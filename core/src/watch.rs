@@ -371,6 +371,8 @@ enum StreamEnd {
     Failed(Error),
     /// The member stopped answering and was ejected: resume at once on another one.
     Silent(Error),
+    /// etcd answered by cancelling the watch: it was reached.
+    Refused(Error),
 }
 
 impl Follower {
@@ -378,6 +380,7 @@ impl Follower {
         let mut attempt = 0u32;
         loop {
             let end = self.follow(&mut attempt).await;
+            let mut refused = false;
             let error = match end {
                 StreamEnd::Compacted(compact) => {
                     tracing::info!(prefix = %self.prefix, compact, "watch fell behind a compaction; re-listing");
@@ -397,6 +400,10 @@ impl Follower {
                     continue;
                 }
                 StreamEnd::Failed(e) => e,
+                StreamEnd::Refused(e) => {
+                    refused = true;
+                    e
+                }
             };
             if self.tx.is_closed() {
                 return;
@@ -404,7 +411,16 @@ impl Follower {
             attempt = attempt.saturating_add(1);
             let delay = backoff::delay(attempt, self.backoff.0, self.backoff.1);
             tracing::warn!(prefix = %self.prefix, attempt, ?delay, %error, "watch interrupted, resuming");
-            tokio::time::sleep(delay).await;
+            // As a lease's group does: the step is slept with etcd probed meanwhile, and once
+            // etcd answers again after it could not be reached the watch resumes at once (after
+            // a short random spread), not at the end of a step of up to the backoff's maximum.
+            // A refusal (etcd cancelled the watch) was an answer: the whole step is slept.
+            let unreached =
+                !refused && matches!(error.kind(), ErrorKind::Connection | ErrorKind::Timeout);
+            let wake = tokio::time::Instant::now() + delay;
+            if self.conn.wait_back(wake, unreached).await {
+                tokio::time::sleep(backoff::spread(backoff::RECONNECT_SPREAD)).await;
+            }
         }
     }
 
@@ -465,7 +481,7 @@ impl Follower {
                 return StreamEnd::Compacted(resp.compact_revision());
             }
             if resp.canceled() {
-                return StreamEnd::Failed(Error::new(
+                return StreamEnd::Refused(Error::new(
                     ErrorKind::Connection,
                     format!("etcd cancelled the watch: {}", resp.cancel_reason()),
                 ));

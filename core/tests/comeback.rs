@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use etcd_harness::EtcdCluster;
-use etcd_registry::{RegistrationState, Registry, StatusEvent};
+use etcd_registry::{RegistrationState, Registry, StatusEvent, WatchEventKind};
 use tokio::time::Instant;
 
 /// gRPC messages etcd received between two readings of its metrics, by method.
@@ -101,6 +101,61 @@ async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
         "etcd down 3 s past the TTL, backoff step 20 s",
         &format!(
             "10 nodes listed {:.2}s after etcd healthy (not after the step)",
+            back.as_secs_f64()
+        ),
+    );
+}
+
+/// A watch waits out its backoff step the same way: once etcd answers again it resumes at once,
+/// and the node put meanwhile arrives long before a 20 s step would have ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
+    let etcd = Arc::new(etcd());
+    let step = Duration::from_secs(20);
+    let registry = Registry::connect(config(&etcd, "/s").with_backoff(step, step))
+        .await
+        .unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    etcd.put("/s/api/a", "{}").unwrap();
+    let first = tokio::time::timeout(DEADLINE, watch.next()).await.unwrap();
+    assert_eq!(first.unwrap().kind, WatchEventKind::Added);
+
+    // The kill ends the watch's stream at once: its next try is a whole step away.
+    let e = etcd.clone();
+    blocking(move || e.kill(0).unwrap()).await;
+    let killed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let e = etcd.clone();
+    blocking(move || {
+        e.start(0).unwrap();
+        e.wait_healthy(0).unwrap();
+        e.put("/s/api/b", "{}").unwrap();
+    })
+    .await;
+    let healthy = Instant::now();
+    // The shortest step the jitter allows, counted from the kill.
+    let step_ends = killed + step.mul_f64(0.8);
+    let event = tokio::time::timeout_at(step_ends, watch.next())
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "no event {:?} after etcd was back: the watch slept through its backoff step",
+                healthy.elapsed()
+            )
+        })
+        .expect("the watch is alive");
+    assert_eq!(
+        (event.kind, event.node.unwrap().name),
+        (WatchEventKind::Added, "b".to_string())
+    );
+    let back = healthy.elapsed();
+    println!(
+        "the watch saw the node put {back:?} after etcd was healthy again (backoff step {step:?})"
+    );
+    record(
+        "etcd down 3 s under a watch, backoff step 20 s",
+        &format!(
+            "node put after the restart seen {:.2}s after etcd healthy (not after the step)",
             back.as_secs_f64()
         ),
     );
