@@ -41,6 +41,17 @@ const PROBE_PAUSE: Duration = Duration::from_millis(200);
 /// A probe unanswered this long counts as "not reached"; it is abandoned for a new one on a
 /// fresh connection (a paused or black-holed member holds at most one probe per second).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After requests to a member failed twice in a row without reaching it (connection refused,
+/// reset or closed), the next one goes to it no sooner than this after the last failure:
+/// every task of a registry that waits for etcd (a call waiting for it, a lease group or a
+/// watch probing during its backoff step) shares the member's attempts, so a registry connects
+/// to a member that is down about 10 times a second however many TTLs and watches it has. A
+/// task that comes sooner gets that failure again, as if it had tried. One failure alone does
+/// not hold the next request back: a connection that broke while etcd restarted is followed
+/// by a new one at once.
+const DIAL_GAP: Duration = Duration::from_millis(100);
+/// Failures further apart than this are not in a row.
+const STREAK_WITHIN: Duration = Duration::from_secs(1);
 /// A read not answered this soon by the preferred member goes to the next one too (see
 /// [`Connection::call_read`]).
 const HEDGE_AFTER: Duration = Duration::from_millis(200);
@@ -55,6 +66,8 @@ pub(crate) struct Connection {
     /// Shared, not cloned per call: an `etcd_client::Client` is several KiB (a client per
     /// service), which every call's future would otherwise hold.
     clients: Vec<Mutex<Option<Arc<Client>>>>,
+    /// Per member: when a connection to it last could not be made, and why (see [`DIAL_GAP`]).
+    refused: Vec<std::sync::Mutex<Option<Refused>>>,
     health: Health,
     /// Bumped by [`Connection::reset`]: probes of an older generation stop.
     generation: AtomicU64,
@@ -73,6 +86,7 @@ impl Connection {
     ) -> Arc<Self> {
         Arc::new_cyclic(|this| Connection {
             clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
+            refused: endpoints.iter().map(|_| Default::default()).collect(),
             health: Health::new(endpoints.len()),
             endpoints,
             credentials,
@@ -109,6 +123,11 @@ impl Connection {
 
     /// The client of endpoint `i`, connecting first if there is none.
     async fn client_of(&self, i: usize) -> Result<Arc<Client>> {
+        if let Some(r) = &*lock(&self.refused[i]) {
+            if r.streak >= 2 && r.at.elapsed() < DIAL_GAP {
+                return Err(r.error.clone());
+            }
+        }
         let mut slot = self.clients[i].lock().await;
         if let Some(client) = slot.as_ref() {
             return Ok(client.clone());
@@ -124,10 +143,11 @@ impl Connection {
     /// function of its own and polled through a pointer, not inlined into its callers' frames.
     #[inline(never)]
     fn connecting(&self, i: usize) -> Pin<Box<dyn Future<Output = Result<Client>> + Send + '_>> {
-        Box::pin(self.connect(&self.endpoints[i]))
+        Box::pin(self.connect(i))
     }
 
-    async fn connect(&self, endpoint: &str) -> Result<Client> {
+    async fn connect(&self, i: usize) -> Result<Client> {
+        let endpoint = &self.endpoints[i];
         let with_user = self.credentials.is_some();
         match dial(endpoint, self.options(with_user)).await {
             Ok(client) => Ok(client),
@@ -139,9 +159,9 @@ impl Connection {
                 }
                 dial(endpoint, self.options(false))
                     .await
-                    .map_err(|e| reached_error(endpoint, e))
+                    .map_err(|e| self.reached_error(i, e))
             }
-            Err(err) => Err(reached_error(endpoint, err)),
+            Err(err) => Err(self.reached_error(i, err)),
         }
     }
 
@@ -187,7 +207,7 @@ impl Connection {
                 let endpoint = &self.endpoints[i];
                 let run = Box::pin(async {
                     let client = self.client_of(i).await?;
-                    f(&client).await.map_err(|e| reached_error(endpoint, e))
+                    f(&client).await.map_err(|e| self.reached_error(i, e))
                 });
                 match tokio::time::timeout(attempt, run).await {
                     Ok(result) => result,
@@ -335,7 +355,7 @@ impl Connection {
             // would otherwise hold room for the largest one it ever makes.
             let run = Box::pin(async {
                 let client = self.client_of(i).await?;
-                f(&client).await.map_err(|e| reached_error(endpoint, e))
+                f(&client).await.map_err(|e| self.reached_error(i, e))
             });
             let error = match tokio::time::timeout(limit, run).await {
                 Ok(Ok(value)) => {
@@ -388,10 +408,7 @@ impl Connection {
             let endpoint = &self.endpoints[i];
             let probe = async {
                 let mut client = self.client_of(i).await?.maintenance_client();
-                client
-                    .status()
-                    .await
-                    .map_err(|e| reached_error(endpoint, e))
+                client.status().await.map_err(|e| self.reached_error(i, e))
             };
             let answered =
                 match tokio::time::timeout_at(until.min(now + PROBE_TIMEOUT), probe).await {
@@ -503,6 +520,27 @@ impl Connection {
         }
     }
 
+    /// The error of a request to member `i` (see [`reached_error`]); a connection that could not
+    /// be made is noted, so that the member's next connection waits for [`DIAL_GAP`].
+    fn reached_error(&self, i: usize, err: etcd_client::Error) -> Error {
+        let failed = not_answered(&err);
+        let err = reached_error(&self.endpoints[i], err);
+        if failed {
+            let mut refused = lock(&self.refused[i]);
+            let now = Instant::now();
+            let streak = match &*refused {
+                Some(r) if now.duration_since(r.at) < STREAK_WITHIN => r.streak.saturating_add(1),
+                _ => 1,
+            };
+            *refused = Some(Refused {
+                at: now,
+                streak,
+                error: err.clone(),
+            });
+        }
+        err
+    }
+
     /// Drops the client of member `i` (unless someone is connecting it right now), so that the
     /// next call connects afresh.
     fn forget_client(&self, i: usize) {
@@ -556,6 +594,28 @@ impl Connection {
             Err(_) => Err(Error::timeout(what, self.timeout)),
         }
     }
+}
+
+/// The last failure to reach a member, and how many came in a row (see [`DIAL_GAP`]).
+struct Refused {
+    at: Instant,
+    streak: u32,
+    error: Error,
+}
+
+/// Whether a request failed without an answer from etcd: its connection could not be made, or
+/// broke (a status made by the transport, which carries its cause, not one etcd sent).
+fn not_answered(err: &etcd_client::Error) -> bool {
+    use etcd_client::Error as E;
+    match err {
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(status) => std::error::Error::source(status).is_some(),
+        _ => unreachable_cause(err).is_some(),
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// etcd-client's connect to one member, boxed out of line (see [`Connection::connecting`]).
