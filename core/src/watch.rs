@@ -14,7 +14,7 @@ use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Overflow, Subscriber};
 use crate::keys::node_name_of;
-use crate::listing::{fetch, node_of};
+use crate::listing::{fetch, node_of, Listing};
 use crate::mux::{watch_liveness, Delivery, Inline, WatchMux};
 use crate::registration::Node;
 
@@ -373,6 +373,10 @@ enum StreamEnd {
     Silent(Error),
     /// etcd answered by cancelling the watch: it was reached.
     Refused(Error),
+    /// etcd's revision went back below the watch's (its data was lost, or restored from an
+    /// older snapshot): this listing of the service, at the new store's revision, replaces the
+    /// live set.
+    Rewound(Listing),
 }
 
 impl Follower {
@@ -403,6 +407,12 @@ impl Follower {
                 StreamEnd::Refused(e) => {
                     refused = true;
                     e
+                }
+                StreamEnd::Rewound(listing) => {
+                    tracing::warn!(prefix = %self.prefix, revision = listing.revision, "etcd's revision went back (its data was lost or restored); re-listing");
+                    self.replace(listing);
+                    attempt = 0;
+                    continue;
                 }
             };
             if self.tx.is_closed() {
@@ -488,6 +498,19 @@ impl Follower {
             }
             if resp.created() {
                 *attempt = 0;
+                // etcd's revision is below the one this watch resumed from: the store went
+                // back (a watch from a revision it has not reached would wait, silent, until it
+                // does), or this member lags behind the one the watch was on. A linearizable
+                // listing tells which.
+                if resp.header().is_some_and(|h| h.revision() < start) {
+                    match fetch(&self.conn, &self.prefix).await {
+                        Ok(listing) if listing.revision < start => {
+                            return StreamEnd::Rewound(listing)
+                        }
+                        Ok(_) => {}
+                        Err(e) => return StreamEnd::Failed(e),
+                    }
+                }
                 continue;
             }
             if resp.events().is_empty() {
@@ -510,6 +533,12 @@ impl Follower {
     /// Re-lists the service and emits the difference to the live set, then `Resynced`.
     async fn resync(&self) -> Result<()> {
         let listing = fetch(&self.conn, &self.prefix).await?;
+        self.replace(listing);
+        Ok(())
+    }
+
+    /// Makes `listing` the live set: emits the difference, then `Resynced`.
+    fn replace(&self, listing: Listing) {
         let fresh: BTreeMap<String, Node> = listing
             .nodes
             .into_iter()
@@ -544,7 +573,6 @@ impl Follower {
                 revision,
             });
         }
-        Ok(())
     }
 }
 

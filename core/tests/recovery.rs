@@ -249,6 +249,55 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
     );
 }
 
+/// etcd rebuilt with its data lost (its revision starts again at 1): the registration comes back
+/// into the new store, and its key is still guarded there: deleted by someone else, it is put
+/// back through the watch of the keys (the keep-alive's own check is a third of the 120 s TTL
+/// away, after the deadline), which must not wait for the old store's revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_comes_back_into_an_etcd_whose_data_was_lost() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[("v", "1")]), Duration::from_secs(120))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        for i in 0..30 {
+            e.put(&format!("/other/k{i}"), "x").unwrap();
+        }
+        e.kill(0).unwrap();
+        std::fs::remove_dir_all(e.data_dir(0)).unwrap();
+        e.start(0).unwrap();
+        e.wait_healthy(0).unwrap();
+    })
+    .await;
+    let back = tokio::time::Instant::now();
+    let key_is_there = || {
+        let e = etcd.clone();
+        async move {
+            blocking(move || e.get("/s/api/n1").unwrap().as_deref() == Some(r#"{"v":"1"}"#)).await
+        }
+    };
+    eventually("the node in the new store", key_is_there).await;
+    let registered = secs_since(back);
+    eventually("the registration to say registered", || {
+        let state = reg.state();
+        async move { state == RegistrationState::Registered }
+    })
+    .await;
+    assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
+    let deleted = tokio::time::Instant::now();
+    eventually("the key to be put back", key_is_there).await;
+    record(
+        "etcd's data lost under a registration (revision back to 1)",
+        &format!(
+            "registered again {registered} after etcd was healthy; a key deleted then put back after {}",
+            secs_since(deleted)
+        ),
+    );
+}
+
 /// A long TTL, so that a key comes back only through the watch of the keys (the keep-alive's own
 /// check would come after the deadline): the first key of a lease is watched by itself, the
 /// others by their service's directory, and every one of them is put back, also after others

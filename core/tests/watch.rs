@@ -397,3 +397,68 @@ async fn listings_and_watches_larger_than_4_mib_are_read() {
     );
     registry.close().await.unwrap();
 }
+
+/// etcd rebuilt with its data lost (or restored from an older snapshot): its revision starts
+/// again below the one the watch had reached. A watch that resumed from that revision would wait,
+/// silent, until the new store reached it; it re-lists instead, and follows the new store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_follows_an_etcd_whose_history_went_back() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        for i in 0..20 {
+            e.put(&format!("/s/api/old{i}"), "{}").unwrap();
+        }
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    }
+
+    let e = etcd.clone();
+    blocking(move || {
+        e.kill(0).unwrap();
+        std::fs::remove_dir_all(e.data_dir(0)).unwrap();
+        e.start(0).unwrap();
+        e.wait_healthy(0).unwrap();
+        e.put("/s/api/new", "{}").unwrap();
+    })
+    .await;
+    let back = tokio::time::Instant::now();
+
+    let mut diff = Vec::new();
+    loop {
+        let event = next(&watch).await;
+        if event.kind == WatchEventKind::Resynced {
+            break;
+        }
+        diff.push((event.node.unwrap().name, event.kind));
+    }
+    // The node put into the new store is in the listing, or comes right after it.
+    if !diff.iter().any(|(name, _)| name == "new") {
+        let event = next(&watch).await;
+        diff.push((event.node.unwrap().name, event.kind));
+    }
+    diff.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut expected: Vec<_> = (0..20)
+        .map(|i| (format!("old{i}"), WatchEventKind::Removed))
+        .collect();
+    expected.push(("new".to_string(), WatchEventKind::Added));
+    expected.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(diff, expected);
+    assert_eq!(names(&watch), vec!["new"]);
+    record(
+        "etcd's data lost under a watch (revision back to 1)",
+        &format!("re-listed {} after etcd was healthy", secs_since(back)),
+    );
+
+    // And it follows the new store from there.
+    etcd.put("/s/api/after", "{}").unwrap();
+    let after = next(&watch).await;
+    assert_eq!(
+        (after.kind, after.node.unwrap().name),
+        (WatchEventKind::Added, "after".to_string())
+    );
+}
