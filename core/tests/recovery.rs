@@ -298,6 +298,85 @@ async fn a_registration_comes_back_into_an_etcd_whose_data_was_lost() {
     );
 }
 
+/// etcd restored from a snapshot taken after a node was registered and before a second one
+/// joined the same lease: the lease and the first key are in the restored store, the second key
+/// is not, and the store's revision went back. The registry keeps its lease, puts the missing
+/// key back, and still guards its keys (a key deleted then is put back through the watch of the
+/// keys, long before the keep-alive's own check a third of the 120 s TTL away).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_comes_back_into_an_etcd_restored_from_an_older_snapshot() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(120);
+    let first = registry.register("api", node("n1", &[]), ttl).unwrap();
+    first.wait_registered(DEADLINE).await.unwrap();
+    let snapshot = etcd.base_dir().join("snapshot.db");
+    let path = snapshot.display().to_string();
+    etcd.etcdctl(&["snapshot", "save", &path]).unwrap();
+    let second = registry.register("api", node("n2", &[]), ttl).unwrap();
+    second.wait_registered(DEADLINE).await.unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        for i in 0..30 {
+            e.put(&format!("/other/k{i}"), "x").unwrap();
+        }
+        // The member's own flags, for the restored membership.
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", e.pid(0).unwrap())).unwrap();
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let flag = |name: &str| {
+            let at = args.iter().position(|a| a == name).unwrap();
+            args[at + 1].clone()
+        };
+        e.kill(0).unwrap();
+        let data_dir = e.data_dir(0).to_path_buf();
+        std::fs::remove_dir_all(&data_dir).unwrap();
+        let etcdutl = etcd_harness::etcdctl_binary()
+            .unwrap()
+            .with_file_name("etcdutl");
+        let out = std::process::Command::new(etcdutl)
+            .args(["snapshot", "restore", &path, "--data-dir"])
+            .arg(&data_dir)
+            .args(["--name", &flag("--name")])
+            .args(["--initial-cluster", &flag("--initial-cluster")])
+            .args(["--initial-cluster-token", &flag("--initial-cluster-token")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &flag("--initial-advertise-peer-urls"),
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        e.start(0).unwrap();
+        e.wait_healthy(0).unwrap();
+    })
+    .await;
+    let restored = tokio::time::Instant::now();
+    let both_there = || {
+        let e = etcd.clone();
+        async move { blocking(move || e.get_prefix("/s/api/").unwrap().len() == 2).await }
+    };
+    eventually("both nodes in the restored store", both_there).await;
+    let back = secs_since(restored);
+    assert_eq!(etcd.lease_count().unwrap(), 1, "the lease restored is kept");
+    assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
+    let deleted = tokio::time::Instant::now();
+    eventually("the key to be put back", both_there).await;
+    record(
+        "etcd restored from an older snapshot under a lease",
+        &format!(
+            "the key missing from it put back {back} after etcd was healthy; a key deleted then put back after {}",
+            secs_since(deleted)
+        ),
+    );
+}
+
 /// A long TTL, so that a key comes back only through the watch of the keys (the keep-alive's own
 /// check would come after the deadline): the first key of a lease is watched by itself, the
 /// others by their service's directory, and every one of them is put back, also after others
