@@ -23,6 +23,7 @@ TESTS=(
   a_partition_longer_than_the_ttl_gets_a_new_lease_and_every_key_back
   a_lease_revoked_by_someone_else_is_replaced
   resyncs_after_compaction_while_disconnected
+  a_watch_follows_an_etcd_whose_history_went_back
   auth_works_and_a_wrong_password_is_a_clear_auth_error
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
   mutual_tls_from_files_and_from_pem_in_memory
@@ -37,6 +38,7 @@ SCENARIOS=(
   "partition past the TTL: new lease, keys back"
   "lease revoked by someone else: replaced"
   "compaction while disconnected: resync"
+  "etcd's data lost: the watch re-lists"
   "auth: token expiry, wrong password"
   "out of space (NOSPACE): refused, lands after fix"
   "mTLS: register, list, watch"

@@ -461,4 +461,5 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
         (after.kind, after.node.unwrap().name),
         (WatchEventKind::Added, "after".to_string())
     );
+    record_version("etcd's data lost: the watch re-lists");
 }
