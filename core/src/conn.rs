@@ -66,7 +66,8 @@ pub(crate) struct Connection {
     /// Shared, not cloned per call: an `etcd_client::Client` is several KiB (a client per
     /// service), which every call's future would otherwise hold.
     clients: Vec<Mutex<Option<Arc<Client>>>>,
-    /// Per member: when a connection to it last could not be made, and why (see [`DIAL_GAP`]).
+    /// Per member: when a request to it last failed without reaching it, and why, and how many
+    /// did in a row (see [`DIAL_GAP`]).
     refused: Vec<std::sync::Mutex<Option<Refused>>>,
     health: Health,
     /// Bumped by [`Connection::reset`]: probes of an older generation stop.
@@ -520,8 +521,8 @@ impl Connection {
         }
     }
 
-    /// The error of a request to member `i` (see [`reached_error`]); a connection that could not
-    /// be made is noted, so that the member's next connection waits for [`DIAL_GAP`].
+    /// The error of a request to member `i` (see [`reached_error`]); a request that did not
+    /// reach it (see [`not_answered`]) is noted, for [`DIAL_GAP`].
     fn reached_error(&self, i: usize, err: etcd_client::Error) -> Error {
         let failed = not_answered(&err);
         let err = reached_error(&self.endpoints[i], err);
