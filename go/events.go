@@ -122,8 +122,9 @@ const (
 	WatchUpdated WatchEventType = cWatchUpdated
 	// WatchRemoved: a node disappeared (unregistered or expired); Node.Info is its last info.
 	WatchRemoved WatchEventType = cWatchRemoved
-	// WatchResynced: the watch missed history (compacted while disconnected), re-listed the
-	// service and sent the difference as Added/Updated/Removed just before. Node is empty.
+	// WatchResynced: the watch missed history (compacted while disconnected, or etcd's history
+	// went back: its data lost or restored from an older snapshot), re-listed the service and
+	// sent the difference as Added/Updated/Removed just before. Node is empty.
 	WatchResynced WatchEventType = cWatchResynced
 )
 

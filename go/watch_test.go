@@ -3,6 +3,7 @@ package etcdregistry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"runtime"
 	"testing"
 	"time"
@@ -72,5 +73,61 @@ func TestWatchMadeWhileTheRegistryClosesIsStopped(t *testing.T) {
 	}
 	if n := len(r.h.routes.allWatches()); n != 0 {
 		t.Fatalf("%d watches still routed after Close", n)
+	}
+}
+
+// etcd restarted on an empty data directory: its revision starts again at 1, below the
+// watch's. The watch re-lists (the old nodes removed, then WatchResynced) and follows the new
+// store.
+func TestAWatchFollowsAnEtcdThatLostItsData(t *testing.T) {
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * time.Second,
+		BackoffMin: 200 * time.Millisecond, BackoffMax: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := r.WatchService(t.Context(), "api")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	for i := range 10 {
+		h.do(t, fmt.Sprintf("put /services/api/old%d {}", i))
+	}
+	for i := range 10 {
+		waitWatch(t, w, WatchAdded, fmt.Sprintf("old%d", i))
+	}
+	h.do(t, "wipe 0")
+	removed := map[string]bool{}
+	timeout := time.After(waitLimit)
+	for resynced := false; !resynced; {
+		select {
+		case ev, ok := <-w.Events():
+			if !ok {
+				t.Fatal("watch ended before resyncing")
+			}
+			switch ev.Type {
+			case WatchRemoved:
+				removed[ev.Node.Name] = true
+			case WatchResynced:
+				resynced = true
+			default:
+				t.Fatalf("unexpected event %v %s before the resync", ev.Type, ev.Node.Name)
+			}
+		case <-timeout:
+			t.Fatalf("no resync came; removed so far: %v", removed)
+		}
+	}
+	if len(removed) != 10 {
+		t.Fatalf("removed %v, want old0..old9", removed)
+	}
+	if nodes, err := w.Nodes(); err != nil || len(nodes) != 0 {
+		t.Fatalf("live set %v (%v) after the resync, want none", nodeNames(nodes), err)
+	}
+	h.do(t, `put /services/api/new {"v":"1"}`)
+	ev := waitWatch(t, w, WatchAdded, "new")
+	if ev.Node.Info["v"] != "1" {
+		t.Fatalf("added %+v", ev.Node)
 	}
 }

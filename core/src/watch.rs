@@ -27,7 +27,8 @@ pub enum WatchEventKind {
     Updated,
     /// A node disappeared (unregistered, or its lease expired).
     Removed,
-    /// The watch missed history (compaction while disconnected), re-listed the service and
+    /// The watch missed history (compaction while disconnected, or etcd's history went back:
+    /// its data lost or restored from an older snapshot), re-listed the service and
     /// emitted the difference as Added/Updated/Removed events just before this one. `node` is
     /// `None`.
     Resynced,

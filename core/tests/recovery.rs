@@ -266,10 +266,7 @@ async fn a_registration_comes_back_into_an_etcd_whose_data_was_lost() {
         for i in 0..30 {
             e.put(&format!("/other/k{i}"), "x").unwrap();
         }
-        e.kill(0).unwrap();
-        std::fs::remove_dir_all(e.data_dir(0)).unwrap();
-        e.start(0).unwrap();
-        e.wait_healthy(0).unwrap();
+        e.wipe(0).unwrap();
     })
     .await;
     let back = tokio::time::Instant::now();

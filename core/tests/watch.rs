@@ -419,10 +419,7 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
 
     let e = etcd.clone();
     blocking(move || {
-        e.kill(0).unwrap();
-        std::fs::remove_dir_all(e.data_dir(0)).unwrap();
-        e.start(0).unwrap();
-        e.wait_healthy(0).unwrap();
+        e.wipe(0).unwrap();
         e.put("/s/api/new", "{}").unwrap();
     })
     .await;

@@ -143,6 +143,27 @@ def test_watch_resumes_after_etcd_restarts(fresh_etcd: Etcd) -> None:
             assert watch.nodes() == [Node("b", {"v": "1"})]
 
 
+def test_a_watch_follows_an_etcd_that_lost_its_data(fresh_etcd: Etcd) -> None:
+    """etcd restarted on an empty data directory: its revision starts again at 1, below the
+    watch's. The watch re-lists (the old nodes removed, then `resynced`) and follows the new store."""
+    with Registry(fresh_etcd.endpoints, timeout=2.0, backoff_min=0.2, backoff_max=1.0) as reg:
+        with reg.watch("api") as watch:
+            for i in range(10):
+                fresh_etcd.cmd("put", f"/services/api/old{i}", "{}")
+            for _ in range(10):
+                assert next_event(watch, "added").kind == "added"
+            fresh_etcd.cmd("wipe", 0)
+            seen: list[tuple[str, Optional[str]]] = []
+            while not seen or seen[-1][0] != "resynced":
+                event = next_event(watch, "resync")
+                seen.append((event.kind, event.node.name if event.node else None))
+            assert sorted(seen[:-1]) == [("removed", f"old{i}") for i in range(10)]
+            assert watch.nodes() == []
+            fresh_etcd.cmd("put", "/services/api/new", '{"v":"1"}')
+            event = next_event(watch, "added to the new store")
+            assert (event.kind, event.node) == ("added", Node("new", {"v": "1"}))
+
+
 def test_a_watch_that_missed_compacted_history_resyncs(proxied_etcd: Etcd) -> None:
     with Registry(proxied_etcd.endpoints, timeout=2.0, backoff_min=0.2, backoff_max=1.0) as reg:
         proxied_etcd.cmd("put", "/services/api/stays", '{"v":"1"}')

@@ -741,6 +741,26 @@ impl EtcdCluster {
         self.wait_healthy(i)
     }
 
+    /// Kill member `i`, delete its data directory and start it again on an empty one, then wait
+    /// until it is healthy: a single-member cluster comes back as a new, empty etcd whose
+    /// revision starts again at 1 (its data lost). Errors on a cluster of several members, where
+    /// the emptied member could not rejoin.
+    pub fn wipe(&self, i: usize) -> io::Result<()> {
+        if self.len() != 1 {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "wipe needs a single-member cluster",
+            ));
+        }
+        self.kill(i)?;
+        match fs::remove_dir_all(self.data_dir(i)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        self.spawn_member(i)?;
+        self.wait_healthy(i)
+    }
+
     fn signal(&self, i: usize, sig: libc::c_int) -> io::Result<()> {
         let pid = self.pid(i).ok_or_else(|| {
             io::Error::new(

@@ -52,6 +52,7 @@ USAGE:
 COMMANDS (stdin and control socket; replies {\"ok\":true[,\"value\":V]} or
 {\"ok\":false,\"error\":\"...\"}):
   kill I | restart I | stop I | start I | pause I | resume I | pid I
+  wipe I                      kill, empty its data dir, start (one member only)
   partition | heal | reset | partition-member I | heal-member I
   isolate I | rejoin          cut member I off from its peers / undo (--peer-proxies)
   leader                      value: member index
@@ -188,6 +189,7 @@ fn execute(c: &EtcdCluster, line: &str) -> (Value, bool) {
         match cmd {
             "kill" => with_index(&|i| c.kill(i)),
             "restart" => with_index(&|i| c.restart(i)),
+            "wipe" => with_index(&|i| c.wipe(i)),
             "stop" => with_index(&|i| c.stop(i)),
             "start" => with_index(&|i| c.start(i)),
             "pause" => with_index(&|i| c.pause(i)),
