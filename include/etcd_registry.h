@@ -592,9 +592,10 @@ typedef void (*etcd_registry_watch_started_callback)(void *user_data,
 #define ETCD_REGISTRY_WATCH_KIND_REMOVED 3
 
 /**
- * The watch missed history (etcd compacted it while disconnected), re-listed the service and
- * sent the difference as ADDED/UPDATED/REMOVED just before this event. `node_name` and
- * `info_json` are NULL.
+ * The watch missed history (etcd compacted it while disconnected, or etcd's history went
+ * back: its data lost or restored from an older snapshot), re-listed the service and sent the
+ * difference as ADDED/UPDATED/REMOVED just before this event. `node_name` and `info_json` are
+ * NULL.
  */
 #define ETCD_REGISTRY_WATCH_KIND_RESYNCED 4
 
