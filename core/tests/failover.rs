@@ -1183,7 +1183,14 @@ async fn five_members_two_killed_at_once_lose_no_key_no_lease_and_no_watch_event
 async fn watches_made_while_their_member_is_paused_are_made_on_another() {
     let _serial = serial().await;
     let etcd = Arc::new(blocking(cluster).await);
-    let registry = Registry::connect(registry_config(etcd.endpoints(), "/full"))
+    // The member paused is a follower, listed first so that the registry uses it: with the
+    // leader paused, the others refuse every call until they elect a new one (1–2 election
+    // timeouts), which may outlast the 2 s timeout of the watches made meanwhile.
+    let e = etcd.clone();
+    let leader = blocking(move || e.leader().expect("a leader")).await;
+    let mut endpoints = etcd.endpoints();
+    endpoints.rotate_left((leader + 1) % etcd.len());
+    let registry = Registry::connect(registry_config(endpoints, "/full"))
         .await
         .unwrap();
     let first = registry.watch("first").await.unwrap();
