@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -25,6 +26,13 @@ REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "python"
 #: Generous bound for anything that should happen "soon"; tests poll, never sleep.
 DEADLINE = 30.0
+
+# A runner started with SIGINT ignored (a background job of a non-interactive shell) passes
+# that on to every process it starts, and Python then turns no Ctrl-C into KeyboardInterrupt:
+# the scripts the tests interrupt would never see theirs. A handler here is reset to the
+# default in each child, so each sees SIGINT as a user's terminal would send it.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def harness_binary() -> str:
