@@ -137,6 +137,15 @@ static bool live_set_is(etcd_registry *registry, uint64_t watch, size_t n, const
     return ok;
 }
 
+/* Number of nodes in the live set of `watch`; -1 on error. */
+static long live_set_size(etcd_registry *registry, uint64_t watch) {
+    etcd_registry_node_list *live = NULL;
+    if (etcd_registry_watch_nodes(registry, watch, &live) != ETCD_REGISTRY_STATUS_OK) return -1;
+    long n = (long)etcd_registry_node_list_len(live);
+    etcd_registry_node_list_free(live);
+    return n;
+}
+
 /* A free loopback port with nothing listening on it. */
 static int dead_port(void) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -2639,6 +2648,49 @@ static void test_concurrent_updates_end_with_the_last_one(void) {
     recorder_destroy(&rec);
 }
 
+/* etcd restarted on an empty data directory: its revision starts again at 1, below the watch's.
+ * The watch re-lists: the old nodes come as REMOVED, then RESYNCED (no node, no info), and it
+ * follows the new store. */
+static void test_a_watch_follows_an_etcd_that_lost_its_data(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    recorder events;
+    recorder_init(&events);
+    uint64_t watch = 0;
+    REQUIRE_OK(etcd_registry_watch(r, "lost", on_watch, &events, &watch));
+    char command[128];
+    for (int i = 0; i < 10; i++) {
+        snprintf(command, sizeof command, "put /ctest/lost/old%d {}", i);
+        REQUIRE(harness("%s", command) >= 0);
+    }
+    CHECK(WAIT_FOR(live_set_size(r, watch) == 10, 10 * slow));
+    int before = count_of(&events);
+    CHECK(before == 10 && find_event(&events, ETCD_REGISTRY_WATCH_KIND_REMOVED, NULL, 0) < 0);
+
+    REQUIRE(harness("wipe 0") >= 0);
+    CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_RESYNCED, NULL, before) >= 0, 60 * slow));
+    int resynced = find_event(&events, ETCD_REGISTRY_WATCH_KIND_RESYNCED, NULL, before);
+    /* Just before it, one REMOVED per old node and nothing else. */
+    bool removals = resynced == before + 10;
+    for (int i = before; removals && i < resynced; i++)
+        removals = events.kinds[i] == ETCD_REGISTRY_WATCH_KIND_REMOVED && strncmp(events.names[i], "old", 3) == 0;
+    CHECK(removals);
+    for (int i = 0; i < 10; i++) {
+        snprintf(command, sizeof command, "old%d", i);
+        CHECK(find_event(&events, ETCD_REGISTRY_WATCH_KIND_REMOVED, command, before) >= 0);
+    }
+    if (resynced >= 0) CHECK(events.names[resynced][0] == '\0' && !events.messages[resynced]);
+    CHECK(live_set_size(r, watch) == 0);
+
+    /* The new store is followed. */
+    REQUIRE(harness("put /ctest/lost/new '{\"v\":\"1\"}'") >= 0); /* quoted for popen's shell */
+    CHECK(WAIT_FOR(find_event(&events, ETCD_REGISTRY_WATCH_KIND_ADDED, "new", before) >= 0, 10 * slow));
+    CHECK(WAIT_FOR(live_set_is(r, watch, 1, "1"), 10 * slow));
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+    recorder_destroy(&events);
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const test_case tests[] = {
@@ -2684,6 +2736,7 @@ static const test_case tests[] = {
     TEST(test_update_while_etcd_is_down_lands_when_it_returns),
     TEST(test_unregister_and_close_while_etcd_is_stopped),
     TEST(test_concurrent_updates_end_with_the_last_one),
+    TEST(test_a_watch_follows_an_etcd_that_lost_its_data),
     TEST(test_auth), /* last: it turns auth on in the shared etcd for good */
 };
 
