@@ -28,6 +28,7 @@ TESTS=(
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
   mutual_tls_from_files_and_from_pem_in_memory
   handshake_failures_are_clear_tls_errors_without_waiting_for_the_timeout
+  over_mtls_a_cluster_loses_nothing_when_the_clients_member_then_the_leader_stop
 )
 SCENARIOS=(
   "register, list, unregister (wire format)"
@@ -43,6 +44,7 @@ SCENARIOS=(
   "out of space (NOSPACE): refused, lands after fix"
   "mTLS: register, list, watch"
   "TLS handshake failures: clear TLS errors"
+  "mTLS 3 members: client's member, leader stopped"
 )
 
 case "${1:-}" in
