@@ -124,6 +124,8 @@ if [ -f tests/interop/run.sh ]; then
     interop:pytest:test_every_language_watches_the_nodes_of_every_language
   check "events: the same status sequence in Rust, C (callback and pull), Python and Go, ending unregistered" \
     interop:pytest:test_every_language_sees_the_same_events
+  check "3-member cluster: a node from each of Rust, C, Python, Go keeps its key and lease as the member in use, then the leader, stop" \
+    interop:pytest:test_every_language_keeps_its_node_and_lease_when_the_member_in_use_then_the_leader_stop
 fi
 
 # Why each failed suite failed, here at the end where a truncated CI log still shows it: the

@@ -23,9 +23,10 @@ CLIS = {
 
 
 class Etcd:
-    def __init__(self):
+    def __init__(self, *options):
         self.proc = subprocess.Popen(
-            [str(HARNESS), "serve"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [str(HARNESS), "serve", *options],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         hello = json.loads(self.proc.stdout.readline())
         assert hello["ok"], hello
