@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from test_events import Program
+from test_events import Program, finish, reap
 from test_interop import CLIS, Etcd, env, run
 
 # Keep-alives go out every TTL/3: at 5 s, etcd's whole-second remaining TTL rises at each one.
@@ -81,21 +81,9 @@ def test_every_language_keeps_its_node_and_lease_when_the_member_in_use_then_the
                 assert [n["name"] for n in nodes] == ["a"], f"{lang} listing cl-{other}: {nodes}"
             cluster.command(f"restart {member}")
 
-        # The events program's ending: unregister "a" (registering "b"), then close.
-        for p in programs:
-            p.send("unregister")
-        for p in programs:
-            p.wait_for("b registered")
-        for p in programs:
-            p.send("close")
-        for p in programs:
-            p.wait_for("end")
-            assert p.proc.wait(timeout=DEADLINE) == 0, f"{p.name}: {p.proc.stderr.read()}"
+        finish(programs)
     finally:
-        for p in programs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        reap(programs)
 
     for p in programs:
         events = p.events()

@@ -90,6 +90,28 @@ class Program:
         return [line for line, _ in itertools.groupby(lines)]
 
 
+def finish(programs):
+    """The scenario's ending in every program: unregister "a" (which registers "b"), then close;
+    each program prints "end" and exits 0."""
+    for p in programs:
+        p.send("unregister")
+    for p in programs:
+        p.wait_for("b registered")
+    for p in programs:
+        p.send("close")
+    for p in programs:
+        p.wait_for("end")
+        assert p.proc.wait(timeout=DEADLINE) == 0, f"{p.name}: {p.proc.stderr.read()}"
+
+
+def reap(programs):
+    """Kills the programs still running (a test that failed midway)."""
+    for p in programs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
 @pytest.fixture(scope="module")
 def etcd():
     server = Etcd()
@@ -119,21 +141,9 @@ def test_every_language_sees_the_same_events(etcd):
         for p in programs:
             p.wait_for("a reregistered")
 
-        for p in programs:
-            p.send("unregister")
-        for p in programs:
-            p.wait_for("b registered")
-
-        for p in programs:
-            p.send("close")
-        for p in programs:
-            p.wait_for("end")
-            assert p.proc.wait(timeout=DEADLINE) == 0, f"{p.name}: {p.proc.stderr.read()}"
+        finish(programs)
     finally:
-        for p in programs:
-            if p.proc.poll() is None:
-                p.proc.kill()
-                p.proc.wait()
+        reap(programs)
 
     seen = {p.name: p.events() for p in programs}
     for name, events in seen.items():
