@@ -22,6 +22,15 @@ use crate::registration::{KeyOf, RegShared, StatusEvent};
 /// etcd's default limit of operations in one transaction.
 const MAX_TXN_OPS: usize = 128;
 
+/// The most bytes of keys and values one transaction carries: etcd's default request limit
+/// (`--max-request-bytes`), less room for the request's own framing. A server configured with a
+/// lower limit refuses a transaction as too large, and its keys are then put one by one.
+const MAX_TXN_BYTES: usize = crate::registry::MAX_REQUEST_BYTES - 64 * 1024;
+
+/// What an operation of a transaction adds to its key and value in the request (its framing
+/// and lease id), counted generously.
+const TXN_OP_OVERHEAD: usize = 32;
+
 /// A group's key watch watches up to this many of its keys one by one, and the others by their
 /// directory (see [`KeyWatch`]). One: a group of a single key (the usual: one node per TTL per
 /// process) costs etcd a watcher of that key only. More would cost each of the next keys a
@@ -444,11 +453,11 @@ impl LeaseGroup {
         Ok((Some(resp.keys().iter().cloned().collect()), revision))
     }
 
-    /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`]. A member whose own
-    /// put is refused (too large for this server, no permission for its key) is told so and
-    /// retried at the next check; a transport failure fails the whole attempt. An etcd out of
-    /// space or overloaded refuses every key alike: the members not put yet are refused with
-    /// it at once, without a request each.
+    /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`] operations and
+    /// [`MAX_TXN_BYTES`] bytes. A member whose own put is refused (too large for this server, no
+    /// permission for its key) is told so and retried at the next check; a transport failure
+    /// fails the whole attempt. An etcd out of space or overloaded refuses every key alike: the
+    /// members not put yet are refused with it at once, without a request each.
     /// Returns the members whose put was refused, and the revision of the first transaction
     /// (0 for none).
     async fn put_all(
@@ -459,9 +468,23 @@ impl LeaseGroup {
     ) -> Result<(Refused, i64)> {
         let mut refused = Refused::new();
         let mut first = 0;
-        for (i, chunk) in members.chunks(MAX_TXN_OPS).enumerate() {
-            // One key: a plain put, which etcd serves a little faster than a transaction. (Only
-            // the last chunk can hold one key: no key is left after it.)
+        let mut start = 0;
+        while start < members.len() {
+            // The next transaction: as many members as fit, their values read now.
+            let mut values = Vec::new();
+            let mut bytes = 0;
+            for m in members[start..].iter().take(MAX_TXN_OPS) {
+                let (value, generation) = m.value();
+                bytes += m.key.len() + value.len() + TXN_OP_OVERHEAD;
+                if !values.is_empty() && bytes > MAX_TXN_BYTES {
+                    break;
+                }
+                values.push((value, generation));
+            }
+            let chunk = &members[start..start + values.len()];
+            let rest = &members[start..];
+            start += values.len();
+            // One key: a plain put, which etcd serves a little faster than a transaction.
             if let [member] = chunk {
                 match self.put_one(lease, member, attempt).await? {
                     Ok(revision) if first == 0 => first = revision,
@@ -475,8 +498,8 @@ impl LeaseGroup {
             let mut generations = Vec::with_capacity(chunk.len());
             let ops: Vec<TxnOp> = chunk
                 .iter()
-                .map(|m| {
-                    let (value, generation) = m.value();
+                .zip(values)
+                .map(|(m, (value, generation))| {
                     generations.push(generation);
                     TxnOp::put(
                         m.key.as_bytes(),
@@ -501,13 +524,14 @@ impl LeaseGroup {
                         member.landed(generation);
                     }
                 }
-                Err(e) if e.kind() == ErrorKind::ResourceExhausted => {
-                    tracing::warn!(count = members.len() - i * MAX_TXN_OPS, error = %e, "etcd refused the keys");
-                    refuse_all(&mut refused, &members[i * MAX_TXN_OPS..], &e);
+                Err(e) if e.kind() == ErrorKind::ResourceExhausted && !is_too_large(&e) => {
+                    tracing::warn!(count = rest.len(), error = %e, "etcd refused the keys");
+                    refuse_all(&mut refused, rest, &e);
                     break;
                 }
                 Err(e) if is_per_key(&e) => {
-                    // Find the culprit(s): put them one by one.
+                    // Find the culprit(s), or fit a server's lower size limit: put them one by
+                    // one.
                     for member in chunk {
                         if let Err(e) = self.put_one(lease, member, attempt).await? {
                             refused.insert(member.id, e);
@@ -1323,6 +1347,15 @@ fn refuse_all(refused: &mut Refused, members: &[Arc<RegShared>], error: &Error) 
         member.attempt_failed(error);
         refused.insert(member.id, error.clone());
     }
+}
+
+/// A request larger than the server takes: refused by etcd ("request is too large",
+/// `InvalidArgument`) or, past its limit by more than gRPC's allowance, by gRPC itself
+/// ("received message larger than max", `ResourceExhausted`, as etcd's refusals for lack of
+/// space or of capacity are).
+fn is_too_large(e: &Error) -> bool {
+    let message = e.message();
+    message.contains("larger than max") || message.contains("request is too large")
 }
 
 /// A refusal of the write itself, not a failure of the connection: the keys are then tried one

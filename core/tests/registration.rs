@@ -9,7 +9,8 @@ use std::time::Duration;
 use common::*;
 use etcd_harness::EtcdCluster;
 use etcd_registry::{
-    Config, ErrorKind, Node, RegistrationState, Registry, StatusEvent, MAX_REQUEST_BYTES,
+    Config, ErrorKind, Node, Registration, RegistrationState, Registry, StatusEvent,
+    MAX_REQUEST_BYTES,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -734,4 +735,69 @@ async fn every_registration_counts_its_own_attempts_from_one() {
     }
     // etcd was never there: closing can only give up on deleting, which is not this test's subject.
     let _ = registry.close().await;
+}
+
+/// Nodes joining a live lease at once go in transactions, and so do all of a lease's keys when
+/// they are put again on a new lease. With large infos, 100 nodes of 100 kB are 10 MB: every
+/// transaction must stay within what etcd takes in one request (1.5 MiB by default), or etcd
+/// refuses it every time and the nodes never land. On a server configured with a lower limit,
+/// the keys of a transaction it refuses as too large are put one by one. (A current-thread
+/// runtime: the 100 registrations queue before the lease's task runs, so they join as one.)
+#[tokio::test(flavor = "current_thread")]
+async fn large_nodes_joining_at_once_land_within_etcds_request_limit() {
+    init_logs();
+    let big = "x".repeat(100_000);
+    for limit in [None, Some("--max-request-bytes=262144")] {
+        let etcd = match limit {
+            None => EtcdCluster::start_single(),
+            Some(arg) => EtcdCluster::builder().arg(arg).start(),
+        }
+        .expect("start etcd");
+        let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+        let ttl = Duration::from_secs(10);
+        let first = registry.register("big", node("first", &[]), ttl).unwrap();
+        first.wait_registered(DEADLINE).await.unwrap();
+        let regs: Vec<Registration> = (0..100)
+            .map(|i| {
+                let name = format!("n{i:03}");
+                let info = [("blob", big.as_str()), ("name", name.as_str())];
+                registry.register("big", node(&name, &info), ttl).unwrap()
+            })
+            .collect();
+        for reg in &regs {
+            reg.wait_registered(DEADLINE)
+                .await
+                .unwrap_or_else(|e| panic!("{limit:?}: {}: {e}", reg.key()));
+        }
+        let lease = first.lease_id().unwrap();
+        assert!(
+            regs.iter().all(|r| r.lease_id() == Some(lease)),
+            "{limit:?}"
+        );
+        let nodes = registry.list("big").await.unwrap();
+        assert_eq!(nodes.len(), 101, "{limit:?}");
+        for n in nodes.iter().filter(|n| n.name != "first") {
+            assert_eq!(n.info.get("name"), Some(&n.name), "{limit:?}");
+            assert_eq!(
+                n.info.get("blob").map(String::len),
+                Some(big.len()),
+                "{limit:?}"
+            );
+        }
+
+        // The lease revoked by someone else: all 101 keys go again, on a new lease.
+        etcd.lease_revoke(lease).unwrap();
+        eventually("every key back on a new lease", || {
+            let back = regs.iter().chain([&first]).all(|r| {
+                r.state() == RegistrationState::Registered
+                    && r.lease_id().is_some_and(|l| l != lease)
+            });
+            async move { back }
+        })
+        .await;
+        assert_eq!(etcd.get_prefix("/s/big/").unwrap().len(), 101, "{limit:?}");
+        assert_eq!(etcd.lease_count().unwrap(), 1, "{limit:?}");
+        registry.close().await.unwrap();
+        assert!(etcd.get_prefix("/s/").unwrap().is_empty(), "{limit:?}");
+    }
 }
