@@ -414,8 +414,10 @@ impl LeaseGroup {
         })
     }
 
-    /// The keys attached to a live lease, or `None` when the lease is gone (TTL ≤ 0), and the
-    /// revision etcd answered at.
+    /// The keys attached to a live lease, or `None` when the lease is gone, and the revision
+    /// etcd answered at. etcd tells a lease it does not hold by a TTL of -1; it gives the
+    /// remaining TTL in whole seconds, rounded down, so a live lease with less than a second
+    /// left (always so for a TTL of 1 s) answers 0.
     async fn attached_keys(
         &self,
         id: i64,
@@ -447,7 +449,7 @@ impl LeaseGroup {
             Err(e) => return Err(e),
         };
         let revision = resp.header().map_or(0, |h| h.revision());
-        if resp.ttl() <= 0 {
+        if resp.ttl() < 0 {
             return Ok((None, revision));
         }
         Ok((Some(resp.keys().iter().cloned().collect()), revision))

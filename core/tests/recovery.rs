@@ -249,6 +249,51 @@ async fn a_key_deleted_by_someone_else_is_put_back() {
     );
 }
 
+/// etcd gives a lease's remaining TTL in whole seconds, rounded down: with a TTL of 1 s, a live
+/// lease nearly always answers 0 (a lease it does not hold answers -1). The check made when a
+/// key is deleted must not take that for an expired lease: the key goes back on the same lease,
+/// and no loss is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_a_one_second_lease_deleted_by_someone_else_goes_back_on_the_same_lease() {
+    let etcd = Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(1))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let lease = reg.lease_id().unwrap();
+    let mut events = reg.subscribe();
+    for round in 1..=2 {
+        let e = etcd.clone();
+        assert_eq!(blocking(move || e.delete("/s/api/n1").unwrap()).await, 1);
+        eventually("the key to be put back", || {
+            let e = etcd.clone();
+            async move { blocking(move || e.get("/s/api/n1").unwrap().is_some()).await }
+        })
+        .await;
+        let e = etcd.clone();
+        let keys = blocking(move || {
+            e.etcdctl(&["lease", "timetolive", &format!("{lease:x}"), "--keys"])
+                .unwrap()
+        })
+        .await;
+        assert!(keys.contains("/s/api/n1"), "round {round}: {keys}");
+        assert_eq!(reg.lease_id(), Some(lease), "round {round}");
+    }
+    while let Ok(event) = events.try_recv() {
+        assert!(
+            !matches!(
+                event,
+                StatusEvent::KeepAliveLost { .. }
+                    | StatusEvent::Retrying { .. }
+                    | StatusEvent::Reregistered { .. }
+            ),
+            "{event:?}"
+        );
+    }
+    registry.close().await.unwrap();
+}
+
 /// etcd rebuilt with its data lost (its revision starts again at 1): the registration comes back
 /// into the new store, and its key is still guarded there: deleted by someone else, it is put
 /// back through the watch of the keys (the keep-alive's own check is a third of the 120 s TTL
