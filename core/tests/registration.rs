@@ -801,3 +801,31 @@ async fn large_nodes_joining_at_once_land_within_etcds_request_limit() {
         assert!(etcd.get_prefix("/s/").unwrap().is_empty(), "{limit:?}");
     }
 }
+
+/// The longest TTL etcd grants (`MAX_TTL_SECS`, 285 years) works like any other: registered,
+/// its key guarded (put back on the same lease when deleted), removed by close. Its keep-alive
+/// period and deadlines are far beyond any timer's range, and must not overflow one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_ttl_etcd_grants_registers_and_is_guarded() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register(
+            "t",
+            node("n1", &[]),
+            Duration::from_secs(etcd_registry::MAX_TTL_SECS),
+        )
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let lease = reg.lease_id().unwrap();
+    assert_eq!(etcd.delete("/s/t/n1").unwrap(), 1);
+    eventually("the key put back", || async {
+        etcd.get("/s/t/n1").unwrap().is_some()
+    })
+    .await;
+    assert_eq!(reg.lease_id(), Some(lease));
+    assert_eq!(etcd.lease_list().unwrap(), vec![lease]);
+    registry.close().await.unwrap();
+    assert!(etcd.get_prefix("/s/").unwrap().is_empty());
+    assert_eq!(etcd.lease_count().unwrap(), 0);
+}
