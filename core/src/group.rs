@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp,
-    WatchFilterType, WatchOptions, WatchResponse,
+    Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions,
+    PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -1045,21 +1045,35 @@ impl LeaseGroup {
 
     /// Removes a member: deletes its key (unless a newer registration owns it) and revokes the
     /// lease when it was the last member. The member is unregistered whatever etcd answers.
+    ///
+    /// The key is deleted only while it is on this group's lease: a key another process put
+    /// since (the same node registered by a new instance started before the old one stopped)
+    /// stays, and its watchers see no removal. Without a lease (lost, and not granted again
+    /// yet), the key is deleted whoever holds it, as it is then on no lease of this group.
     async fn remove(&mut self, id: u64, keep_key: bool) -> Result<()> {
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
         let mut result = Ok(());
         if !keep_key {
-            let key = &reg.key;
+            let (key, lease) = (&reg.key, self.lease);
             result = self
                 .conn
                 .call("deleting the key", |c| {
                     let (mut kv, key) = (c.kv_client(), key.as_bytes());
-                    async move { kv.delete(key, None).await }
+                    async move {
+                        match lease {
+                            Some(lease) => {
+                                let ours = Compare::lease(key, CompareOp::Equal, lease);
+                                let txn =
+                                    Txn::new().when([ours]).and_then([TxnOp::delete(key, None)]);
+                                kv.txn(txn).await.map(drop)
+                            }
+                            None => kv.delete(key, None).await.map(drop),
+                        }
+                    }
                 })
-                .await
-                .map(|_| ());
+                .await;
         }
         // When etcd could not be reached in time, the revoke would only wait as long again.
         let reached = !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout);

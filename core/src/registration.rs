@@ -737,7 +737,9 @@ impl Registration {
     /// no event of this registration follows; a handler it was routed to has been called with
     /// `Unregistered` and is not running for it. A registration replaced by a newer
     /// registration of the same node (which owns the key) has ended by itself: this waits for
-    /// that end, with the same guarantee, deletes nothing and returns `Ok`.
+    /// that end, with the same guarantee, deletes nothing and returns `Ok`. A key another
+    /// process has registered since (the same node, on that process's lease) is not deleted
+    /// either: it is left to that process.
     ///
     /// Shutdown rule, the same in every language: it never fails because etcd is unreachable.
     /// The delete is tried within the configured timeout; when etcd cannot be reached in that

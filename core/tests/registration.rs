@@ -10,7 +10,7 @@ use common::*;
 use etcd_harness::EtcdCluster;
 use etcd_registry::{
     Config, ErrorKind, Node, Registration, RegistrationState, Registry, StatusEvent,
-    MAX_REQUEST_BYTES,
+    WatchEventKind, MAX_REQUEST_BYTES,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -828,4 +828,60 @@ async fn the_longest_ttl_etcd_grants_registers_and_is_guarded() {
     registry.close().await.unwrap();
     assert!(etcd.get_prefix("/s/").unwrap().is_empty());
     assert_eq!(etcd.lease_count().unwrap(), 0);
+}
+
+/// The same node registered by two processes (a new instance started before the old one
+/// stopped): the second put takes the key over, on its own lease. When the old one unregisters,
+/// the key stays the new one's: its watchers see it updated once and never removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_leaves_the_key_another_process_registered_since() {
+    let etcd = etcd();
+    let old = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let new = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watcher = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = watcher.watch("t").await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let before = old
+        .register("t", node("n1", &[("who", "old")]), ttl)
+        .unwrap();
+    before.wait_registered(DEADLINE).await.unwrap();
+    let after = new
+        .register("t", node("n1", &[("who", "new")]), ttl)
+        .unwrap();
+    after.wait_registered(DEADLINE).await.unwrap();
+    before.unregister().await.unwrap();
+    // Watch events come in revision order: once the marker is seen, a delete made by the
+    // unregister would have been seen before it.
+    let marker = new.register("t", node("marker", &[]), ttl).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("a watch event")
+            .expect("the watch goes on");
+        let node = event.node.expect("a node");
+        if node.name == "marker" {
+            break;
+        }
+        seen.push((event.kind, node.info.get("who").cloned()));
+    }
+    assert_eq!(
+        seen,
+        [
+            (WatchEventKind::Added, Some("old".to_string())),
+            (WatchEventKind::Updated, Some("new".to_string())),
+        ]
+    );
+    assert_eq!(
+        etcd.get("/s/t/n1").unwrap().as_deref(),
+        Some(r#"{"who":"new"}"#)
+    );
+    assert_eq!(after.state(), RegistrationState::Registered);
+    // The usual case is unchanged: a key on the registry's own lease is deleted.
+    after.unregister().await.unwrap();
+    marker.unregister().await.unwrap();
+    assert!(etcd.get_prefix("/s/").unwrap().is_empty());
+    for registry in [old, new, watcher] {
+        registry.close().await.unwrap();
+    }
 }
