@@ -1056,24 +1056,7 @@ impl LeaseGroup {
         };
         let mut result = Ok(());
         if !keep_key {
-            let (key, lease) = (&reg.key, self.lease);
-            result = self
-                .conn
-                .call("deleting the key", |c| {
-                    let (mut kv, key) = (c.kv_client(), key.as_bytes());
-                    async move {
-                        match lease {
-                            Some(lease) => {
-                                let ours = Compare::lease(key, CompareOp::Equal, lease);
-                                let txn =
-                                    Txn::new().when([ours]).and_then([TxnOp::delete(key, None)]);
-                                kv.txn(txn).await.map(drop)
-                            }
-                            None => kv.delete(key, None).await.map(drop),
-                        }
-                    }
-                })
-                .await;
+            result = delete_own(&self.conn, &reg.key, self.lease).await;
         }
         // When etcd could not be reached in time, the revoke would only wait as long again.
         let reached = !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout);
@@ -1135,15 +1118,9 @@ impl LeaseGroup {
                 // Try the keys one by one, in case only the revoke was refused (not when etcd
                 // could not be reached in time: each delete would wait as long again).
                 let refused = !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection);
+                // Each only while it is on this lease, as in `remove`.
                 for member in self.members.values().filter(|_| refused) {
-                    let key = &member.key;
-                    let _ = self
-                        .conn
-                        .call("deleting the key", |c| {
-                            let (mut kv, key) = (c.kv_client(), key.as_bytes());
-                            async move { kv.delete(key, None).await }
-                        })
-                        .await;
+                    let _ = delete_own(&self.conn, &member.key, Some(lease)).await;
                 }
             }
         }
@@ -1152,6 +1129,25 @@ impl LeaseGroup {
             member.emit(StatusEvent::Unregistered);
         }
     }
+}
+
+/// Deletes `key` while it is on `lease`: a key another process put since, on its own lease,
+/// stays. Without a lease, deletes it whoever holds it.
+async fn delete_own(conn: &Connection, key: &str, lease: Option<i64>) -> Result<()> {
+    conn.call("deleting the key", |c| {
+        let (mut kv, key) = (c.kv_client(), key.as_bytes());
+        async move {
+            match lease {
+                Some(lease) => {
+                    let ours = Compare::lease(key, CompareOp::Equal, lease);
+                    let txn = Txn::new().when([ours]).and_then([TxnOp::delete(key, None)]);
+                    kv.txn(txn).await.map(drop)
+                }
+                None => kv.delete(key, None).await.map(drop),
+            }
+        }
+    })
+    .await
 }
 
 /// What [`LeaseGroup::establish`] hands to the keep-alive loop.

@@ -569,7 +569,9 @@ impl Registry {
     ///
     /// Shutdown rule, as for [`Registration::unregister`]: it never fails because etcd is
     /// unreachable. The revoke is tried within the configured timeout; when etcd cannot be
-    /// reached a warning is logged, and the keys disappear when their leases expire.
+    /// reached a warning is logged, and the keys disappear when their leases expire. When etcd
+    /// refuses the revoke, the keys still on the lease are deleted one by one (a key another
+    /// process took over since stays).
     ///
     /// In a child process after `fork()`, it does nothing and returns `Ok`: the registrations
     /// belong to the parent, which keeps them (and whose runtime threads the child lacks).

@@ -625,6 +625,90 @@ async fn wait_registered_times_out_while_etcd_is_down() {
     );
 }
 
+/// A close whose revoke etcd refuses deletes the registry's keys one by one instead, but only
+/// those still on its lease. Here the revoke is refused because an administrator attached a key
+/// the registry's user may not write to its lease (etcd checks a revoke against every key on
+/// the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_lease() {
+    init_logs();
+    let etcd = EtcdCluster::start_single().unwrap();
+    etcd.enable_auth("root", "rootpw").unwrap();
+    let ctl = |args: &[&str]| etcd.etcdctl_as(Some("root:rootpw"), args).unwrap();
+    ctl(&["role", "add", "limited"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "limited",
+        "readwrite",
+        "/s/",
+        "--prefix",
+    ]);
+    ctl(&["user", "add", "svc:pw"]);
+    ctl(&["user", "grant-role", "svc", "limited"]);
+    let limited = || config(&etcd, "/s").with_credentials("svc", "pw");
+    let old = Registry::connect(limited()).await.unwrap();
+    let new = Registry::connect(limited()).await.unwrap();
+    let watcher = Registry::connect(limited()).await.unwrap();
+    let watch = watcher.watch("t").await.unwrap();
+    // A long TTL: a key left on the old lease would stay for the rest of the test.
+    let ttl = Duration::from_secs(60);
+    let shared = old
+        .register("t", node("n1", &[("who", "old")]), ttl)
+        .unwrap();
+    let own = old
+        .register("t", node("n2", &[("who", "old")]), ttl)
+        .unwrap();
+    shared.wait_registered(DEADLINE).await.unwrap();
+    own.wait_registered(DEADLINE).await.unwrap();
+    let lease = format!("{:x}", shared.lease_id().unwrap());
+    ctl(&["put", "/admin/pinned", "x", &format!("--lease={lease}")]);
+    let after = new
+        .register("t", node("n1", &[("who", "new")]), ttl)
+        .unwrap();
+    after.wait_registered(DEADLINE).await.unwrap();
+
+    old.close().await.unwrap();
+    assert_eq!(own.state(), RegistrationState::Unregistered);
+    // The revoke was refused: the lease and the administrator's key are still there.
+    assert!(
+        ctl(&["lease", "timetolive", &lease]).contains("remaining"),
+        "the revoke was not refused"
+    );
+    let keys = ctl(&["get", "/", "--prefix"]);
+    assert!(keys.contains("/admin/pinned"), "{keys}");
+    // The old registry's own key is gone; the key the new one took over stays, with its value.
+    assert!(!keys.contains("/s/t/n2"), "{keys}");
+    assert!(keys.contains("/s/t/n1\n{\"who\":\"new\"}"), "{keys}");
+    // Never deleted meanwhile (the new registry would have put it back at once): watch events
+    // come in revision order, so a deletion made by the close comes before the marker.
+    let marker = new.register("t", node("marker", &[]), ttl).unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("a watch event")
+            .expect("the watch goes on");
+        let node = event.node.expect("a node");
+        if node.name == "marker" {
+            break;
+        }
+        seen.push((event.kind, node.name));
+    }
+    use WatchEventKind::*;
+    let expected = [
+        (Added, "n1"),
+        (Added, "n2"),
+        (Updated, "n1"),
+        (Removed, "n2"),
+    ];
+    assert_eq!(seen, expected.map(|(kind, name)| (kind, name.to_string())));
+    assert_eq!(after.state(), RegistrationState::Registered);
+    marker.unregister().await.unwrap();
+    new.close().await.unwrap();
+    watcher.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_refused_by_etcd_does_not_hold_back_the_others_on_its_lease() {
     init_logs();
