@@ -16,7 +16,9 @@ import "time"
 // a certificate or key, or a key that does not fit the certificate is an error matching
 // ErrInvalidArgument that names the file. A failed handshake later (wrong CA, host name
 // mismatch, expired certificate, client certificate refused or missing) is an error matching
-// ErrTLS (and ErrConnection).
+// ErrTLS (and ErrConnection). The files are read again for each new connection: a certificate
+// renewed on disk is used from the next connection on (files that cannot be used as they are
+// leave the last good ones in use, with a warning).
 type TLS struct {
 	// CAFile, CertFile and KeyFile are paths of PEM files.
 	CAFile, CertFile, KeyFile string

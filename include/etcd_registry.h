@@ -750,7 +750,9 @@ etcd_registry_status etcd_registry_config_set_runtime_threads(struct etcd_regist
  * `etcd_registry_connect`: a missing file, a file without a certificate or key, a key that
  * does not fit the certificate give INVALID_ARGUMENT with the file's name (never retried).
  * A failed handshake later (wrong CA, host name mismatch, expired certificate, client
- * certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS.
+ * certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS. The files are read again for
+ * each new connection: a certificate renewed on disk is used from the next connection on
+ * (files that cannot be used as they are leave the last good ones in use, with a warning).
  */
 etcd_registry_status etcd_registry_config_set_tls_files(struct etcd_registry_config *config,
                                                         const char *ca_file,

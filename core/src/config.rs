@@ -47,7 +47,9 @@ impl fmt::Debug for PemSource {
 ///
 /// The PEM documents are read and checked when the registry is created: a missing file, a file
 /// without a certificate or key, a key that does not match the certificate are an
-/// `InvalidArgument` error naming the file, never retried.
+/// `InvalidArgument` error naming the file, never retried. Files are read again for each new
+/// connection: a certificate rotated on disk is used from the next connection on (files that
+/// cannot be used as they are leave the last good ones in use, with a warning).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsConfig {
     /// PEM of the certificate authority (one or more certificates).

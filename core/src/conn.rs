@@ -117,7 +117,7 @@ impl Connection {
             options = options.with_user(user.clone(), password.clone());
         }
         if let Some(tls) = &self.tls {
-            options = options.with_tls(tls.options.clone());
+            options = options.with_tls(tls.options());
         }
         options
     }

@@ -1,5 +1,7 @@
-//! TLS: the PEM documents, read and checked once when a registry is created; the client's
-//! rustls options built from them; and handshake failures turned into errors a user can act on.
+//! TLS: the PEM documents, read and checked when a registry is created and read again for each
+//! new connection (a certificate rotated on disk is used from the next connection on); the
+//! client's rustls options built from them; and handshake failures turned into errors a user can
+//! act on.
 //!
 //! Key material never reaches a message: errors about a key name its file (or "in memory") and
 //! what is wrong, never its content.
@@ -17,6 +19,7 @@ use crate::config::{PemSource, TlsConfig};
 use crate::error::{Error, Result};
 
 /// One PEM document of the configuration, read into memory, with a name for errors.
+#[derive(PartialEq, Eq)]
 struct Loaded {
     what: &'static str,
     source: String,
@@ -91,25 +94,65 @@ pub(crate) fn client_options(
     endpoints: &[String],
     timeout: Duration,
 ) -> Result<ClientTls> {
+    let pems = Pems::read(tls)?;
+    let options = build(tls, &pems, endpoints, timeout)?;
+    Ok(ClientTls {
+        tls: tls.clone(),
+        endpoints: endpoints.to_vec(),
+        timeout,
+        has_client_cert: tls.cert.is_some(),
+        current: std::sync::Mutex::new(Current {
+            options,
+            pems,
+            refused: None,
+            unreadable: false,
+        }),
+    })
+}
+
+/// The PEM documents of a configuration, as read.
+#[derive(PartialEq, Eq)]
+struct Pems {
+    ca: Option<Loaded>,
+    cert: Option<Loaded>,
+    key: Option<Loaded>,
+}
+
+impl Pems {
+    fn read(tls: &TlsConfig) -> Result<Pems> {
+        let read =
+            |source: &Option<PemSource>, what| source.as_ref().map(|s| Loaded::read(s, what));
+        Ok(Pems {
+            ca: read(&tls.ca, "CA certificate").transpose()?,
+            cert: read(&tls.cert, "client certificate").transpose()?,
+            key: read(&tls.key, "client key").transpose()?,
+        })
+    }
+}
+
+/// The options built from `pems`, each document checked.
+fn build(
+    tls: &TlsConfig,
+    pems: &Pems,
+    endpoints: &[String],
+    timeout: Duration,
+) -> Result<TlsOptions> {
     let mut options = TlsOptions::new().timeout(timeout);
-    match &tls.ca {
-        Some(source) => {
-            let ca = Loaded::read(source, "CA certificate")?;
+    match &pems.ca {
+        Some(ca) => {
             let mut roots = rustls::RootCertStore::empty();
             for cert in ca.certificates()? {
                 roots
                     .add(cert)
                     .map_err(|e| ca.error(format!("not a usable CA certificate: {e}")))?;
             }
-            options = options.ca_certificate(Certificate::from_pem(ca.pem));
+            options = options.ca_certificate(Certificate::from_pem(&ca.pem));
         }
         // Like etcd's own clients: no CA given means the system's roots.
         None => options = options.with_native_roots(),
     }
-    match (&tls.cert, &tls.key) {
+    match (&pems.cert, &pems.key) {
         (Some(cert), Some(key)) => {
-            let cert = Loaded::read(cert, "client certificate")?;
-            let key = Loaded::read(key, "client key")?;
             let chain = cert.certificates()?;
             let der = key.private_key()?;
             rustls::sign::CertifiedKey::from_der(chain, der, &crypto_provider()).map_err(|e| {
@@ -118,7 +161,7 @@ pub(crate) fn client_options(
                     key.source, cert.source
                 ))
             })?;
-            options = options.identity(Identity::from_pem(cert.pem, key.pem));
+            options = options.identity(Identity::from_pem(&cert.pem, &key.pem));
         }
         (None, None) => {}
         (Some(_), None) => {
@@ -152,10 +195,7 @@ pub(crate) fn client_options(
                 ))
             })?;
     }
-    Ok(ClientTls {
-        options,
-        has_client_cert: tls.cert.is_some(),
-    })
+    Ok(options)
 }
 
 fn chain_text(err: &(dyn StdError + 'static)) -> String {
@@ -226,11 +266,75 @@ pub(crate) fn without_client_cert(message: &str) -> &str {
     }
 }
 
-/// The TLS options of a connection, and whether they present a client certificate.
-#[derive(Clone)]
+/// The TLS options of new connections, and whether they present a client certificate.
+///
+/// The PEM files are read again for each new connection, as etcd's Go client reads its client
+/// certificate again for each handshake: certificates rotated on disk (cert-manager, Vault,
+/// SPIFFE) are used from the next connection on, and a registry whose certificate expired comes
+/// back once a valid one is in place, without a restart. Connections already open keep theirs.
+/// Files that cannot be used as they are (a rotation half done: a new certificate beside the
+/// old key) leave the last good options in use, with a warning, until they change again.
 pub(crate) struct ClientTls {
-    pub(crate) options: TlsOptions,
+    tls: TlsConfig,
+    endpoints: Vec<String>,
+    timeout: Duration,
     pub(crate) has_client_cert: bool,
+    current: std::sync::Mutex<Current>,
+}
+
+struct Current {
+    options: TlsOptions,
+    /// What `options` were built from.
+    pems: Pems,
+    /// Documents read since that could not be used (warned about once).
+    refused: Option<Pems>,
+    /// Whether the last read failed (warned about once).
+    unreadable: bool,
+}
+
+impl ClientTls {
+    /// The options for a new connection, from the PEM documents as they are now.
+    pub(crate) fn options(&self) -> TlsOptions {
+        let from_files = [&self.tls.ca, &self.tls.cert, &self.tls.key]
+            .iter()
+            .any(|s| matches!(s, Some(PemSource::File(_))));
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if !from_files {
+            return current.options.clone();
+        }
+        let pems = match Pems::read(&self.tls) {
+            Ok(pems) => pems,
+            // A file missing or unreadable for a moment (being replaced) is read again for the
+            // next connection.
+            Err(error) => {
+                if !current.unreadable {
+                    tracing::warn!(%error, "the TLS files cannot be read; new connections keep the previous ones");
+                }
+                current.unreadable = true;
+                return current.options.clone();
+            }
+        };
+        current.unreadable = false;
+        if pems == current.pems || current.refused.as_ref() == Some(&pems) {
+            return current.options.clone();
+        }
+        match build(&self.tls, &pems, &self.endpoints, self.timeout) {
+            Ok(options) => {
+                tracing::info!("the TLS files changed; new connections to etcd use them");
+                *current = Current {
+                    options,
+                    pems,
+                    refused: None,
+                    unreadable: false,
+                };
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the TLS files changed but cannot be used; new connections keep the previous ones");
+                current.refused = Some(pems);
+            }
+        }
+        current.options.clone()
+    }
 }
 
 fn describe(err: &rustls::Error) -> String {

@@ -326,6 +326,83 @@ async fn unusable_pem_is_an_invalid_argument_naming_the_file() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Replaces `dest` with a copy of `from` as certificate tools do (cert-manager, Vault agent):
+/// written beside it, then renamed over it.
+fn install(from: &std::path::Path, dest: &std::path::Path) {
+    let tmp = dest.with_extension("new");
+    std::fs::copy(from, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// A client certificate rotated on disk is used from the next connection on: a registry whose
+/// certificate expired comes back by itself once a valid one is in place, without a restart;
+/// a rotation half done (a new certificate beside the old key) leaves the last good pair in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_rotated_on_disk_is_used_without_a_restart() {
+    let etcd = start(EtcdCluster::builder().client_cert_auth(true));
+    let f = files(&etcd);
+    let dir = f.dir.join("rotated");
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    install(&f.expired_client_cert, &cert);
+    install(&f.expired_client_key, &key);
+    let tls = TlsConfig::new()
+        .with_ca_file(&f.ca)
+        .with_client_cert_files(&cert, &key);
+    let registry = Registry::connect(config(&etcd, tls)).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    let mut events = reg.subscribe();
+    let err = reg.wait_registered(DEADLINE).await.unwrap_err();
+    assert_tls_error(&err, "rejected the client certificate");
+
+    // The renewed certificate lands; the next attempt connects with it.
+    install(&f.client_cert, &cert);
+    install(&f.client_key, &key);
+    // Failed attempts go on meanwhile: a deadline for the whole wait, not for each event.
+    let registered = wait_event(&mut events, "registered", |e| {
+        matches!(e, StatusEvent::Registered { .. })
+    });
+    let (registered, _) = tokio::time::timeout(DEADLINE, registered)
+        .await
+        .expect("registered with the renewed certificate");
+    let StatusEvent::Registered { lease_id: lease } = registered else {
+        unreachable!()
+    };
+    assert_eq!(etcd.get_prefix("/s/api/").unwrap().len(), 1);
+
+    // Half a rotation: a certificate that does not fit the key on disk. A restart of etcd
+    // makes the registry connect again, with the pair it used last.
+    install(&f.other_client_cert, &cert);
+    let e = etcd.clone();
+    blocking(move || {
+        e.kill(0).unwrap();
+        e.restart(0).unwrap();
+    })
+    .await;
+    let back = wait_event(&mut events, "re-registered", |e| {
+        matches!(e, StatusEvent::Reregistered { .. })
+    });
+    let (back, seen) = tokio::time::timeout(DEADLINE, back)
+        .await
+        .expect("re-registered after the restart");
+    assert_eq!(back, StatusEvent::Reregistered { lease_id: lease });
+    assert!(
+        !seen
+            .iter()
+            .any(|e| format!("{e:?}").contains("certificate")),
+        "{seen:?}"
+    );
+    let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(
+        logged.contains("the TLS files changed but cannot be used"),
+        "no warning about the unusable files"
+    );
+    registry.close().await.unwrap();
+    assert!(etcd.get_prefix("/s/").unwrap().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_mtls_a_restart_keeps_the_lease_and_a_partition_past_the_ttl_recovers() {
     let etcd = start(EtcdCluster::builder().client_cert_auth(true).proxy(true));

@@ -245,7 +245,9 @@ pub unsafe extern "C" fn etcd_registry_config_set_runtime_threads(
 /// `etcd_registry_connect`: a missing file, a file without a certificate or key, a key that
 /// does not fit the certificate give INVALID_ARGUMENT with the file's name (never retried).
 /// A failed handshake later (wrong CA, host name mismatch, expired certificate, client
-/// certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS.
+/// certificate refused or missing) gives ETCD_REGISTRY_STATUS_TLS. The files are read again for
+/// each new connection: a certificate renewed on disk is used from the next connection on
+/// (files that cannot be used as they are leave the last good ones in use, with a warning).
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_tls_files(
     config: *mut etcd_registry_config,
