@@ -80,15 +80,18 @@ where
     }
 }
 
-/// Reads events until one matches, returning it and everything read before it.
+/// Reads events until one matches, returning it and everything read before it. The deadline is
+/// for the whole wait: a registration that keeps failing sends an event per attempt, and a
+/// deadline per event would then wait forever.
 pub async fn wait_event(
     events: &mut StatusEvents,
     what: &str,
     matches: impl Fn(&StatusEvent) -> bool,
 ) -> (StatusEvent, Vec<StatusEvent>) {
     let mut seen = Vec::new();
+    let deadline = Instant::now() + 2 * DEADLINE;
     loop {
-        match tokio::time::timeout(DEADLINE, events.recv()).await {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
             Ok(Some(event)) if matches(&event) => return (event, seen),
             Ok(Some(event)) => seen.push(event),
             Ok(None) => panic!("event stream ended while waiting for {what}; saw {seen:?}"),
