@@ -625,14 +625,9 @@ async fn wait_registered_times_out_while_etcd_is_down() {
     );
 }
 
-/// A close whose revoke etcd refuses deletes the registry's keys one by one instead, but only
-/// those still on its lease. Here the revoke is refused because an administrator attached a key
-/// the registry's user may not write to its lease (etcd checks a revoke against every key on
-/// the lease).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_lease() {
-    init_logs();
-    let etcd = EtcdCluster::start_single().unwrap();
+/// Enables authentication on `etcd` (root's password `rootpw`) with a user `svc` (password `pw`)
+/// who may read and write only under `prefix`; returns etcdctl run as root.
+fn with_limited_user<'a>(etcd: &'a EtcdCluster, prefix: &str) -> impl Fn(&[&str]) -> String + 'a {
     etcd.enable_auth("root", "rootpw").unwrap();
     let ctl = |args: &[&str]| etcd.etcdctl_as(Some("root:rootpw"), args).unwrap();
     ctl(&["role", "add", "limited"]);
@@ -641,11 +636,40 @@ async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_leas
         "grant-permission",
         "limited",
         "readwrite",
-        "/s/",
+        prefix,
         "--prefix",
     ]);
     ctl(&["user", "add", "svc:pw"]);
     ctl(&["user", "grant-role", "svc", "limited"]);
+    ctl
+}
+
+/// The events of `watch` up to the first one of a node named `marker`. Watch events come in
+/// revision order: whatever was written before the marker was registered is among them.
+async fn until_marker(watch: &etcd_registry::Watch) -> Vec<(WatchEventKind, etcd_registry::Node)> {
+    let mut seen = Vec::new();
+    loop {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .expect("a watch event")
+            .expect("the watch goes on");
+        let node = event.node.expect("a node");
+        if node.name == "marker" {
+            return seen;
+        }
+        seen.push((event.kind, node));
+    }
+}
+
+/// A close whose revoke etcd refuses deletes the registry's keys one by one instead, but only
+/// those still on its lease. Here the revoke is refused because an administrator attached a key
+/// the registry's user may not write to its lease (etcd checks a revoke against every key on
+/// the lease).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_lease() {
+    init_logs();
+    let etcd = EtcdCluster::start_single().unwrap();
+    let ctl = with_limited_user(&etcd, "/s/");
     let limited = || config(&etcd, "/s").with_credentials("svc", "pw");
     let old = Registry::connect(limited()).await.unwrap();
     let new = Registry::connect(limited()).await.unwrap();
@@ -683,18 +707,11 @@ async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_leas
     // Never deleted meanwhile (the new registry would have put it back at once): watch events
     // come in revision order, so a deletion made by the close comes before the marker.
     let marker = new.register("t", node("marker", &[]), ttl).unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .expect("a watch event")
-            .expect("the watch goes on");
-        let node = event.node.expect("a node");
-        if node.name == "marker" {
-            break;
-        }
-        seen.push((event.kind, node.name));
-    }
+    let seen: Vec<_> = until_marker(&watch)
+        .await
+        .into_iter()
+        .map(|(kind, node)| (kind, node.name))
+        .collect();
     use WatchEventKind::*;
     let expected = [
         (Added, "n1"),
@@ -713,19 +730,7 @@ async fn a_close_whose_revoke_is_refused_deletes_only_the_keys_still_on_its_leas
 async fn a_key_refused_by_etcd_does_not_hold_back_the_others_on_its_lease() {
     init_logs();
     let etcd = EtcdCluster::start_single().unwrap();
-    etcd.enable_auth("root", "rootpw").unwrap();
-    let ctl = |args: &[&str]| etcd.etcdctl_as(Some("root:rootpw"), args).unwrap();
-    ctl(&["role", "add", "limited"]);
-    ctl(&[
-        "role",
-        "grant-permission",
-        "limited",
-        "readwrite",
-        "/s/ok/",
-        "--prefix",
-    ]);
-    ctl(&["user", "add", "svc:pw"]);
-    ctl(&["user", "grant-role", "svc", "limited"]);
+    let ctl = with_limited_user(&etcd, "/s/ok/");
 
     let registry = Registry::connect(config(&etcd, "/s").with_credentials("svc", "pw"))
         .await
@@ -937,18 +942,11 @@ async fn unregistering_leaves_the_key_another_process_registered_since() {
     // Watch events come in revision order: once the marker is seen, a delete made by the
     // unregister would have been seen before it.
     let marker = new.register("t", node("marker", &[]), ttl).unwrap();
-    let mut seen = Vec::new();
-    loop {
-        let event = tokio::time::timeout(DEADLINE, watch.next())
-            .await
-            .expect("a watch event")
-            .expect("the watch goes on");
-        let node = event.node.expect("a node");
-        if node.name == "marker" {
-            break;
-        }
-        seen.push((event.kind, node.info.get("who").cloned()));
-    }
+    let seen: Vec<_> = until_marker(&watch)
+        .await
+        .into_iter()
+        .map(|(kind, node)| (kind, node.info.get("who").cloned()))
+        .collect();
     assert_eq!(
         seen,
         [
