@@ -3,7 +3,8 @@ package etcdregistry
 // TLS against real etcd servers started with certificates the harness generates at run time:
 // mutual TLS from files and PEM bytes with a server name, the drop-in constructor unchanged,
 // every handshake error (ErrTLS, also ErrConnection), unusable PEM (ErrInvalidArgument naming
-// the file), a restart over mutual TLS, and no password or key in the logs or errors.
+// the file), a restart over mutual TLS, a client certificate renewed on disk, and no password or
+// key in the logs or errors.
 
 import (
 	"bytes"
@@ -301,5 +302,58 @@ func TestExpiredServerCertificate(t *testing.T) {
 	err := firstListError(t, h.endpoints, Options{TLS: &TLS{CAFile: tlsFiles(t, h)["ca"]}})
 	if !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "expired") {
 		t.Fatalf("got %v, want a TLS error about an expired certificate", err)
+	}
+}
+
+// copyFile writes the bytes of src to a new file beside dst and renames it over dst, as
+// certificate tools replace files.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst+".new", data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(dst+".new", dst); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestClientCertificateRenewedOnDiskIsUsedWithoutANewRegistry(t *testing.T) {
+	h := newHarness(t, "--client-cert-auth")
+	f := tlsFiles(t, h)
+	dir := t.TempDir()
+	cert, key := dir+"/client.pem", dir+"/client-key.pem"
+	copyFile(t, f["expired_client_cert"], cert)
+	copyFile(t, f["expired_client_key"], key)
+	opts := mtlsOptions(f)
+	opts.TLS.CertFile, opts.TLS.KeyFile = cert, key
+	r, err := NewEtcdRegistryWithOptions(h.endpoints, "/tls", opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	service := serviceName(t)
+	done, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "n1"}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := recvErr(t, errs); !errors.Is(err, ErrTLS) || !strings.Contains(err.Error(), "rejected the client certificate") {
+		t.Fatalf("first attempt with the expired certificate: %v, want ErrTLS", err)
+	}
+
+	// The certificate is renewed on disk: the retries pick it up.
+	copyFile(t, f["client_cert"], cert)
+	copyFile(t, f["client_key"], key)
+	select {
+	case <-done:
+	case <-time.After(waitLimit):
+		t.Fatal("not registered with the renewed certificate")
+	}
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || !slices.Equal(nodeNames(nodes), []string{"n1"}) {
+		t.Fatalf("listed %v, %v; want n1", nodes, err)
 	}
 }
