@@ -26,7 +26,8 @@
 // # Errors
 //
 // Every error is an *Error with a Code; errors.Is works with the sentinels ErrInvalidArgument,
-// ErrConnection, ErrTimeout, ErrAuth, ErrNotFound, ErrClosed and ErrInternal, and a timeout
+// ErrConnection, ErrTimeout, ErrAuth, ErrNotFound, ErrClosed, ErrInternal, ErrTLS (also an
+// ErrConnection) and ErrResourceExhausted, and a timeout
 // also matches context.DeadlineExceeded (its text says "context deadline exceeded"). An
 // authentication failure says "authentication".
 //
@@ -46,8 +47,9 @@
 // # Threads and lifetimes
 //
 // The library runs its own threads. Events come to Go through its pull queue: one goroutine
-// per registry waits in etcd_registry_next_event and hands each event to the goroutine of its
-// registration or watch, so no foreign thread calls into Go for them and C holds no Go pointer.
+// per registry waits in etcd_registry_next_event and puts each event in the queue of its
+// registration or watch (read through their channels; neither has a goroutine of its own), so
+// no foreign thread calls into Go for them and C holds no Go pointer.
 // Only the optional log forwarding is a callback, with a runtime/cgo.Handle as its user data
 // and a recover() in the exported trampoline. A registry is closed by a finalizer when it is
 // unreachable and has no running registration or watch, but call Close: it is what deletes the

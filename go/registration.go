@@ -162,18 +162,22 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	}
 	h.startDispatcher()
 	h.routes.beginCreate()
+	h.registering.Lock()
 	err := h.use(op, func(p *cRegistry) error {
 		var err error
 		g.id, err = cRegister(p, service, node.Name, node.Info, ttl)
 		return err
 	})
+	if err == nil {
+		h.mu.Lock()
+		h.registrations[keyOf(service, node.Name)] = g
+		h.mu.Unlock()
+	}
+	h.registering.Unlock()
 	if err != nil {
 		h.routes.abortCreate()
 		return nil, err
 	}
-	h.mu.Lock()
-	h.registrations[nodeKey{service, node.Name}] = g
-	h.mu.Unlock()
 	h.routes.addRegistration(g)
 	if ctx.Done() != nil { // else ctx never ends: nothing to watch
 		g.mu.Lock()
@@ -204,7 +208,7 @@ func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string)
 	}
 	h := r.h
 	h.mu.Lock()
-	g := h.registrations[nodeKey{service, name}]
+	g := h.registrations[keyOf(service, name)]
 	h.mu.Unlock()
 	runtime.KeepAlive(r)
 	if g == nil {
@@ -609,8 +613,8 @@ func (g *Registration) end(reason error, last StatusEvent) {
 	if g.id != 0 {
 		h.routes.removeRegistration(g.id)
 		h.mu.Lock()
-		if h.registrations[nodeKey{g.service, g.node}] == g {
-			delete(h.registrations, nodeKey{g.service, g.node})
+		if key := keyOf(g.service, g.node); h.registrations[key] == g {
+			delete(h.registrations, key)
 		}
 		h.mu.Unlock()
 	}

@@ -51,6 +51,10 @@ type handle struct {
 	mu            sync.Mutex
 	closing       bool                      // guarded by mu; set before the C registry is closed
 	registrations map[nodeKey]*Registration // guarded by mu: the live registration of each node
+	// registering makes registering in the library and recording in registrations one step, so
+	// that of two registrations of one node made at once, the map keeps the one the library
+	// keeps (the later, which replaces the other).
+	registering sync.Mutex
 
 	closed    chan struct{} // closed once the C registry is closed
 	closeOnce sync.Once
@@ -66,6 +70,12 @@ type handle struct {
 }
 
 type nodeKey struct{ service, node string }
+
+// keyOf is the key of a node in registrations: its names as they are in etcd, a '/' becoming
+// '-' (the library's rule), so that "a/b" and "a-b" are one node, as they are one key.
+func keyOf(service, node string) nodeKey {
+	return nodeKey{strings.ReplaceAll(service, "/", "-"), strings.ReplaceAll(node, "/", "-")}
+}
 
 // NewEtcdRegistry creates a registry. It accepts what go.lumeweb.com/etcd-registry accepts: a
 // defaultTimeout <= 0 means the default of 10 s, and empty entries in endpoints are skipped. A

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -517,7 +518,7 @@ func (r *EtcdRegistry) mustRegistration(t *testing.T, service, node string) *Reg
 	t.Helper()
 	r.h.mu.Lock()
 	defer r.h.mu.Unlock()
-	g := r.h.registrations[nodeKey{service, node}]
+	g := r.h.registrations[keyOf(service, node)]
 	if g == nil {
 		t.Fatalf("no registration of %s/%s", service, node)
 	}
@@ -847,6 +848,98 @@ func TestRegisteringAgainReplaces(t *testing.T) {
 	}
 	if err := recvErr(t, second.Errors()); !errors.Is(err, ErrUnregistered) {
 		t.Fatalf("second registration ended with %v", err)
+	}
+}
+
+// Of two registrations of one node made at once, the library keeps the later; UnregisterNode
+// must reach that one, whichever goroutine returned last.
+func TestRegisteringOneNodeFromTwoGoroutinesLeavesTheKeptOneReachable(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	for round := range 100 {
+		var regs [2]*Registration
+		var wg sync.WaitGroup
+		for i := range regs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				g, err := r.Register(t.Context(), service, Node{Name: "n", Info: map[string]string{"i": strconv.Itoa(i)}}, 30*time.Second)
+				if err != nil {
+					t.Error(err)
+				}
+				regs[i] = g
+			}()
+		}
+		wg.Wait()
+		if t.Failed() {
+			t.FailNow()
+		}
+		var kept *Registration
+		select {
+		case err := <-regs[0].Errors():
+			kept = regs[1]
+			if !errors.Is(err, ErrReplaced) {
+				t.Fatalf("round %d: %v, want ErrReplaced", round, err)
+			}
+		case err := <-regs[1].Errors():
+			kept = regs[0]
+			if !errors.Is(err, ErrReplaced) {
+				t.Fatalf("round %d: %v, want ErrReplaced", round, err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatalf("round %d: neither registration was replaced", round)
+		}
+		if err := r.UnregisterNode(t.Context(), service, "n"); err != nil {
+			t.Fatalf("round %d: UnregisterNode: %v", round, err)
+		}
+		if err := recvErr(t, kept.Errors()); !errors.Is(err, ErrUnregistered) {
+			t.Fatalf("round %d: the kept registration ended with %v, want ErrUnregistered", round, err)
+		}
+	}
+	if nodes, err := r.GetServiceNodes(service); err != nil || len(nodes) != 0 {
+		t.Fatalf("listed %v, %v after every round was unregistered", nodes, err)
+	}
+}
+
+// A '/' in a name is a '-' in etcd: "a/b" and "a-b" are one node, and UnregisterNode takes
+// either spelling, as listed or as registered.
+func TestNamesWithSlashesAreTheNodesListed(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	first, err := r.Register(t.Context(), service, Node{Name: "a/b"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, first.Done(), first.Errors())
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || !slices.Equal(nodeNames(nodes), []string{"a-b"}) {
+		t.Fatalf("listed %v, %v; want a-b", nodes, err)
+	}
+	if err := r.UnregisterNode(t.Context(), service, "a-b"); err != nil {
+		t.Fatalf("UnregisterNode by the listed name: %v", err)
+	}
+	if err := recvErr(t, first.Errors()); !errors.Is(err, ErrUnregistered) {
+		t.Fatalf("ended with %v, want ErrUnregistered", err)
+	}
+
+	second, err := r.Register(t.Context(), service, Node{Name: "a-b"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, second.Done(), second.Errors())
+	third, err := r.Register(t.Context(), service, Node{Name: "a/b"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, third.Done(), third.Errors())
+	if err := recvErr(t, second.Errors()); !errors.Is(err, ErrReplaced) {
+		t.Fatalf("a-b ended with %v, want ErrReplaced by a/b", err)
+	}
+	if err := r.UnregisterNode(t.Context(), service, "a/b"); err != nil {
+		t.Fatalf("UnregisterNode by the registered name: %v", err)
+	}
+	if err := recvErr(t, third.Errors()); !errors.Is(err, ErrUnregistered) {
+		t.Fatalf("ended with %v, want ErrUnregistered", err)
 	}
 }
 
