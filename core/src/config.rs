@@ -238,20 +238,37 @@ impl Config {
     }
 }
 
-/// Checks a timeout as [`Config`] takes it (greater than zero). Bindings whose setters fail at
-/// once call it there, so that the rule and its message are written once.
+/// The longest timeout or retry delay [`Config`] takes: 100 years, far beyond any use, and far
+/// enough from the clock's limit that a deadline computed from it never overflows.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Checks a timeout as [`Config`] takes it (greater than zero, at most [`MAX_DURATION`]).
+/// Bindings whose setters fail at once call it there, so that the rule and its message are
+/// written once.
 pub fn check_timeout(timeout: Duration) -> Result<()> {
     if timeout.is_zero() {
         return Err(Error::invalid("timeout must be greater than zero"));
     }
+    if timeout > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "timeout must be at most {} s (100 years), got {timeout:?}",
+            MAX_DURATION.as_secs()
+        )));
+    }
     Ok(())
 }
 
-/// Checks retry delays as [`Config`] takes them: `0 < min <= max`.
+/// Checks retry delays as [`Config`] takes them: `0 < min <= max <= MAX_DURATION`.
 pub fn check_backoff(min: Duration, max: Duration) -> Result<()> {
     if min.is_zero() || max < min {
         return Err(Error::invalid(format!(
             "backoff must satisfy 0 < minimum <= maximum (got {min:?}, {max:?})"
+        )));
+    }
+    if max > MAX_DURATION {
+        return Err(Error::invalid(format!(
+            "backoff maximum must be at most {} s (100 years), got {max:?}",
+            MAX_DURATION.as_secs()
         )));
     }
     Ok(())
@@ -349,6 +366,24 @@ mod tests {
             .with_backoff(Duration::from_secs(2), Duration::from_secs(1))
             .validate()
             .is_err());
+        // Far beyond any use, and beyond what a deadline can be computed from: refused, never
+        // a panic later.
+        let huge = Duration::from_secs(10_000_000_000_000_000_000);
+        for config in [
+            Config::new(["h:1"], "/s").with_timeout(huge),
+            Config::new(["h:1"], "/s").with_timeout(Duration::MAX),
+            Config::new(["h:1"], "/s").with_backoff(Duration::from_secs(1), Duration::MAX),
+            Config::new(["h:1"], "/s").with_backoff(huge, huge),
+        ] {
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+            assert!(err.to_string().contains("100 years"), "{err}");
+        }
+        assert!(Config::new(["h:1"], "/s")
+            .with_timeout(MAX_DURATION)
+            .with_backoff(MAX_DURATION, MAX_DURATION)
+            .validate()
+            .is_ok());
         assert!(Config::new(["h:1", "http://h:2"], "/s").validate().is_ok());
         let tls = Config::new(["h:1", "https://h:2"], "/s")
             .validate()

@@ -593,7 +593,8 @@ impl RegShared {
     }
 
     pub(crate) async fn wait_registered(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        // A timeout too long for the clock waits without one.
+        let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
             // Enabled before the state is read, so a change made after the read wakes it.
             let changed = self.changed.notified();
@@ -614,8 +615,13 @@ impl RegShared {
                     return Err(Error::clone(error));
                 }
             }
-            if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                return Err(Error::wait_timeout("the first registration", timeout));
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return Err(Error::wait_timeout("the first registration", timeout));
+                    }
+                }
+                None => changed.await,
             }
         }
     }

@@ -69,6 +69,9 @@ struct Inner {
     pid: u32,
     closed: AtomicBool,
     closing: tokio::sync::watch::Sender<bool>,
+    /// Set once the first close has finished (or was dropped unfinished): later closes wait
+    /// for it.
+    closed_done: tokio::sync::watch::Sender<bool>,
     state: Mutex<State>,
     /// The registry-wide event streams.
     hub: Arc<Hub>,
@@ -119,6 +122,7 @@ impl Registry {
                 pid: std::process::id(),
                 closed: AtomicBool::new(false),
                 closing,
+                closed_done: tokio::sync::watch::Sender::new(false),
                 state: Mutex::new(State::default()),
                 hub: Arc::default(),
             }),
@@ -565,7 +569,10 @@ impl Registry {
     }
 
     /// Unregisters everything (revoking the leases, which deletes every key at once), stops the
-    /// watches, and returns when done. Idempotent; every later call fails with `Closed`.
+    /// watches, and returns when done. Idempotent: a close made while another runs returns once
+    /// that one has finished (except inside an event handler, where it returns at once, the
+    /// first close waiting for the handler); every later call of another method fails with
+    /// `Closed`.
     ///
     /// Shutdown rule, as for [`Registration::unregister`]: it never fails because etcd is
     /// unreachable. The revoke is tried within the configured timeout; when etcd cannot be
@@ -581,8 +588,21 @@ impl Registry {
             return Ok(());
         }
         if self.inner.closed.swap(true, Ordering::SeqCst) {
+            if !crate::events::Handler::on_dispatcher_thread() {
+                let mut done = self.inner.closed_done.subscribe();
+                let _ = done.wait_for(|done| *done).await;
+            }
             return Ok(());
         }
+        // Said when this close returns, or when it is dropped before: nothing else would finish
+        // it, and a close waiting for it must not wait forever.
+        struct Finished<'a>(&'a tokio::sync::watch::Sender<bool>);
+        impl Drop for Finished<'_> {
+            fn drop(&mut self) {
+                self.0.send_replace(true);
+            }
+        }
+        let _finished = Finished(&self.inner.closed_done);
         self.inner.closing.send_replace(true);
         let (groups, watches, registrations) = {
             let mut state = self.state();

@@ -67,3 +67,36 @@ async fn unregister_succeeds_while_etcd_is_down() {
     })
     .await;
 }
+
+/// A close made while another runs returns once that one has finished: a signal handler and
+/// the end of `main` both closing, the process may exit as soon as either returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_close_returns_once_the_first_has_finished() {
+    let etcd = etcd_with_proxy();
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+
+    // Black-holed: the first close waits for its revoke until the timeout.
+    etcd.partition().unwrap();
+    let first = tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.close().await }
+    });
+    eventually("the first close to begin", || async {
+        registry.is_closed()
+    })
+    .await;
+    registry.close().await.unwrap();
+    assert_eq!(
+        reg.state(),
+        RegistrationState::Unregistered,
+        "the second close returned before the first had unregistered"
+    );
+    first.await.unwrap().unwrap();
+    etcd.heal().unwrap();
+}
