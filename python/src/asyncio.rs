@@ -33,7 +33,8 @@ where
 }
 
 /// [`future_into_py`] for a result that must not be dropped unseen, made by `make` from the
-/// asyncio future it resolves. `claim(value, delivered)` (a Python callable) is called on the
+/// asyncio future it resolves. `make` is called once that future exists (never when there is
+/// no running event loop), so work it starts is not done for a call that raised. `claim(value, delivered)` (a Python callable) is called on the
 /// future's loop with a successful result: with `True` when the future takes it, returning what
 /// the future is set to (or raising the exception it is set to); with `False` when nobody will
 /// (the future is done already, i.e. cancelled, or its loop has closed), to release what
@@ -109,28 +110,4 @@ fn settle<T>(
     if let Err(err) = handed {
         tracing::debug!("an awaited result could not be handed to its event loop: {err}");
     }
-}
-
-/// Starts `fut` on the global runtime now, so that it runs to its end whatever becomes of the
-/// awaitable that waits for it (for operations that must not be cut short, like an
-/// unregistration).
-pub(crate) fn begin<F, T>(py: Python<'_>, fut: F) -> PyResult<tokio::task::JoinHandle<T>>
-where
-    F: Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let runtime = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
-    Ok(runtime.spawn(fut))
-}
-
-/// What a task started by [`begin`] gave.
-pub(crate) fn outcome(
-    joined: Result<registry::Result<()>, tokio::task::JoinError>,
-) -> registry::Result<()> {
-    joined.unwrap_or_else(|e| {
-        Err(registry::Error::new(
-            registry::ErrorKind::Internal,
-            format!("the operation did not finish: {e}"),
-        ))
-    })
 }

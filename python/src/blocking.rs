@@ -72,6 +72,25 @@ where
     }
 }
 
+/// Starts `fut` on the global runtime now and returns what waits for its result: the operation
+/// runs to its end whatever becomes of the waiting (a Ctrl-C that stops a blocking call, a
+/// cancelled awaitable), for operations that must not be cut short, like an unregistration.
+pub(crate) fn begin<F>(fut: F) -> impl Future<Output = registry::Result<()>> + Send + 'static
+where
+    F: Future<Output = registry::Result<()>> + Send + 'static,
+{
+    let begun = registry::runtime::handle().map(|runtime| runtime.spawn(fut));
+    async move {
+        match begun?.await {
+            Ok(result) => result,
+            Err(e) => Err(registry::Error::new(
+                registry::ErrorKind::Internal,
+                format!("the operation did not finish: {e}"),
+            )),
+        }
+    }
+}
+
 /// Seconds from Python as a `Duration`, a conversion only: whether the value is acceptable
 /// (zero, too large) is the core's rule, checked where the core takes it. Only values that
 /// cannot become a `Duration` at all (NaN, infinite, negative, too large to represent) are

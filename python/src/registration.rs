@@ -138,16 +138,19 @@ impl PyRegistration {
     /// `unregister()` for asyncio: resolves once the key is deleted (or etcd could not be
     /// reached, as for `unregister()`) and `on_status` has had "unregistered". The
     /// unregistration begins here, before anything is awaited, and goes on if the awaiting task
-    /// is cancelled.
+    /// is cancelled; but only once the awaitable is made (not when that fails, e.g. with no
+    /// running event loop).
     fn unregister_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reg = self.core(py)?.clone();
         let id = reg.id();
-        let begun = asyncio::begin(py, async move { reg.unregister().await })?;
-        asyncio::future_into_py(py, async move {
-            let result = asyncio::outcome(begun.await);
-            dispatch::registration_finished(id).await;
-            // `None` in Python, as unregister() returns (`()` would be an empty tuple).
-            Ok(Answer(result.map(|()| None::<()>)))
+        asyncio::future_into_py_claimed(py, None, move |_| {
+            let begun = blocking::begin(async move { reg.unregister().await });
+            async move {
+                let result = begun.await;
+                dispatch::registration_finished(id).await;
+                // `None` in Python, as unregister() returns (`()` would be an empty tuple).
+                Ok(Answer(result.map(|()| None::<()>)))
+            }
         })
     }
 

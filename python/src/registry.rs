@@ -286,13 +286,16 @@ impl PyRegistry {
         }
         let core = self.core(py)?.clone();
         let token = self.token;
-        // Begun here, as close(): cancelling the awaiting task does not stop it.
-        let begun = asyncio::begin(py, async move { core.close().await })?;
-        asyncio::future_into_py(py, async move {
-            let result = asyncio::outcome(begun.await);
-            dispatch::registry_finished(token).await;
-            // `None` in Python, as close() returns (`()` would be an empty tuple).
-            Ok(Answer(result.map(|()| None::<()>)))
+        asyncio::future_into_py_claimed(py, None, move |_| {
+            // Begun here, as close(): cancelling the awaiting task does not stop it. Only once
+            // the awaitable is made: with no running event loop, nothing is closed.
+            let begun = blocking::begin(async move { core.close().await });
+            async move {
+                let result = begun.await;
+                dispatch::registry_finished(token).await;
+                // `None` in Python, as close() returns (`()` would be an empty tuple).
+                Ok(Answer(result.map(|()| None::<()>)))
+            }
         })
     }
 

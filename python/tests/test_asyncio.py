@@ -266,6 +266,28 @@ def test_unregister_async_and_close_async_resolve_to_none(etcd: Etcd, base_path:
     run(main())
 
 
+def test_unregister_async_and_close_async_without_a_running_loop_do_nothing(registry: Registry) -> None:
+    """Called with no running event loop they raise RuntimeError, as asyncio's own calls do,
+    and do not unregister or close anything behind that error."""
+    handle = registry.register("api", "n")
+    assert handle.wait(timeout=DEADLINE)
+    with pytest.raises(RuntimeError):
+        asyncio.run(handle.unregister_async())  # type: ignore[arg-type]
+    with pytest.raises(RuntimeError):
+        asyncio.run(registry.close_async())  # type: ignore[arg-type]
+    # An unregistration or close begun behind the error would have reached etcd by the time
+    # these round trips return.
+    for _ in range(3):
+        assert [n.name for n in registry.list("api")] == ["n"]
+    assert handle.state == "registered"
+    assert not registry.closed
+
+    async def main() -> None:
+        assert await registry.list_async("api") == [Node("n", {})]
+
+    run(main())
+
+
 def test_cancelling_watch_async_after_the_watch_was_made_stops_it(registry: Registry) -> None:
     """A watch made for an awaited call that was cancelled meanwhile is stopped, not left
     running with nobody to close it."""
