@@ -144,9 +144,11 @@ class Registration:
         """
     def unregister_async(self) -> Awaitable[None]:
         """``unregister()`` for asyncio: waits for etcd on the library's runtime, not in the
-        event loop's thread. The unregistration begins when this is called; cancelling the
-        awaiting task does not stop it. ``async with`` a registration unregisters it this way
-        on exit."""
+        event loop's thread. The unregistration begins when this is called (not when it
+        raises, e.g. ``RuntimeError`` with no running event loop); cancelling the awaiting task
+        does not stop it. Awaited inside a callback (``asyncio.run`` there), the events queued
+        before it are delivered first, nested, as for ``unregister()``. ``async with`` a
+        registration unregisters it this way on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,
@@ -246,8 +248,10 @@ class Registry:
         """
     def close_async(self) -> Awaitable[None]:
         """``close()`` for asyncio: waits for etcd on the library's runtime, not in the event
-        loop's thread. The close begins when this is called; cancelling the awaiting task does
-        not stop it. ``async with Registry(...)`` closes this way on exit."""
+        loop's thread. The close begins when this is called (not when it raises, e.g.
+        ``RuntimeError`` with no running event loop); cancelling the awaiting task does not
+        stop it. Awaited inside a callback, the events queued before it are delivered first,
+        nested, as for ``close()``. ``async with Registry(...)`` closes this way on exit."""
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

@@ -15,6 +15,7 @@
 
 use std::future::Future;
 
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyTuple};
 use pyo3::IntoPyObjectExt;
@@ -110,4 +111,61 @@ fn settle<T>(
     if let Err(err) = handed {
         tracing::debug!("an awaited result could not be handed to its event loop: {err}");
     }
+}
+
+/// What an awaited unregistration or close gives: `None` in Python, as the blocking forms
+/// return (`()` would be an empty tuple), or the error. With `as_value` (see
+/// [`finish_on_loop`]) the error is handed over as the exception object, for the claim to
+/// raise.
+pub(crate) struct Ended {
+    pub(crate) result: registry::Result<()>,
+    pub(crate) as_value: bool,
+}
+
+impl<'py> IntoPyObject<'py> for Ended {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.result {
+            Ok(()) => Ok(py.None().into_bound(py)),
+            Err(err) if self.as_value => Ok(errors::to_py_err(py, err)
+                .into_value(py)
+                .into_bound(py)
+                .into_any()),
+            Err(err) => Err(errors::to_py_err(py, err)),
+        }
+    }
+}
+
+/// The claim (see [`future_into_py_claimed`]) of an unregistration or close awaited from inside
+/// a callback, i.e. on the callback thread, which then runs the awaiting event loop: the
+/// `unregistered` events it waits for can only be delivered on that thread. So its future
+/// resolves once the core's operation is done (with an [`Ended`] `as_value`), and `finish` runs
+/// when the loop takes the result, on the callback thread: it delivers what is queued there,
+/// nested, as `unregister()`/`close()` do from a callback, before the awaiting task gets the
+/// result (or its error). A future cancelled meanwhile leaves the events to be delivered once
+/// the callback returns.
+pub(crate) fn finish_on_loop<F>(py: Python<'_>, finish: F) -> PyResult<Py<PyAny>>
+where
+    F: Fn(Python<'_>) -> PyResult<()> + Send + Sync + 'static,
+{
+    let claim = PyCFunction::new_closure(
+        py,
+        None,
+        None,
+        move |args: &Bound<'_, PyTuple>, _kwargs| -> PyResult<Py<PyAny>> {
+            let value = args.get_item(0)?;
+            if !args.get_item(1)?.is_truthy()? {
+                return Ok(value.unbind());
+            }
+            finish(args.py())?;
+            if value.is_instance_of::<PyBaseException>() {
+                return Err(PyErr::from_value(value));
+            }
+            Ok(value.unbind())
+        },
+    )?;
+    Ok(claim.into_any().unbind())
 }

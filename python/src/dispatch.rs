@@ -106,7 +106,7 @@ pub(crate) fn must_not_attach() -> bool {
 }
 
 /// Whether the calling thread is the package's callback thread (i.e. inside a callback).
-fn on_callback_thread() -> bool {
+pub(crate) fn on_callback_thread() -> bool {
     CALLBACK_THREAD_OF.with(|c| c.get()) == std::process::id()
 }
 
@@ -645,7 +645,7 @@ pub(crate) async fn registry_finished(registry: u64) {
 
 /// A closed registry's watches' callbacks start no more; its registrations' `unregistered`
 /// events are still delivered.
-fn forget_registry_watches(registry: u64) {
+pub(crate) fn forget_registry_watches(registry: u64) {
     let callbacks = callbacks();
     let forgotten: Vec<Entry> = {
         let mut state = callbacks.lock();

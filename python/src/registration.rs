@@ -143,13 +143,27 @@ impl PyRegistration {
     fn unregister_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let reg = self.core(py)?.clone();
         let id = reg.id();
-        asyncio::future_into_py_claimed(py, None, move |_| {
+        // From inside a callback, "unregistered" is delivered on this thread when the result
+        // is taken, as unregister() does (waiting for it here would wait for ever).
+        let nested = dispatch::on_callback_thread();
+        let claim = if nested {
+            Some(asyncio::finish_on_loop(py, move |py| {
+                dispatch::finish_registration(py, id)
+            })?)
+        } else {
+            None
+        };
+        asyncio::future_into_py_claimed(py, claim, move |_| {
             let begun = blocking::begin(async move { reg.unregister().await });
             async move {
                 let result = begun.await;
-                dispatch::registration_finished(id).await;
-                // `None` in Python, as unregister() returns (`()` would be an empty tuple).
-                Ok(Answer(result.map(|()| None::<()>)))
+                if !nested {
+                    dispatch::registration_finished(id).await;
+                }
+                Ok(asyncio::Ended {
+                    result,
+                    as_value: nested,
+                })
             }
         })
     }

@@ -286,15 +286,31 @@ impl PyRegistry {
         }
         let core = self.core(py)?.clone();
         let token = self.token;
-        asyncio::future_into_py_claimed(py, None, move |_| {
+        // From inside a callback, the "unregistered" events are delivered on this thread when
+        // the result is taken, as close() does (waiting for them here would wait for ever).
+        let nested = dispatch::on_callback_thread();
+        let claim = if nested {
+            Some(asyncio::finish_on_loop(py, move |py| {
+                dispatch::finish_registry(py, token)
+            })?)
+        } else {
+            None
+        };
+        asyncio::future_into_py_claimed(py, claim, move |_| {
             // Begun here, as close(): cancelling the awaiting task does not stop it. Only once
             // the awaitable is made: with no running event loop, nothing is closed.
             let begun = blocking::begin(async move { core.close().await });
             async move {
                 let result = begun.await;
-                dispatch::registry_finished(token).await;
-                // `None` in Python, as close() returns (`()` would be an empty tuple).
-                Ok(Answer(result.map(|()| None::<()>)))
+                if nested {
+                    dispatch::forget_registry_watches(token);
+                } else {
+                    dispatch::registry_finished(token).await;
+                }
+                Ok(asyncio::Ended {
+                    result,
+                    as_value: nested,
+                })
             }
         })
     }

@@ -118,6 +118,56 @@ def test_a_callback_may_close_the_registry(etcd: Etcd, base_path: str) -> None:
     assert etcd.get_prefix(f"{base_path}/") == {}
 
 
+@pytest.mark.parametrize("call", ["unregister_async", "close_async"])
+def test_an_awaited_unregister_or_close_inside_a_callback_returns(etcd: Etcd, call: str) -> None:
+    """`asyncio.run(handle.unregister_async())` (or `close_async()`) inside a callback returns,
+    with "unregistered" delivered before it does, nested, as unregister() and close() do there;
+    the callback thread goes on serving callbacks. (A process of its own: a regression hangs
+    its callback thread.)"""
+    code = """
+import asyncio, os, sys, threading, uuid
+import etcd_registry
+
+endpoints, call = sys.argv[1].split(","), sys.argv[2]
+base = "/cb-async-" + uuid.uuid4().hex[:8]
+reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+seen = []
+made = threading.Event()
+returned = threading.Event()
+handles = {}
+
+def on_status(event):
+    seen.append(event.kind)
+    if event.kind == "registered":
+        made.wait()
+        awaited = handles["n"].unregister_async if call == "unregister_async" else reg.close_async
+        async def main():
+            return await awaited()
+        seen.append("returned " + repr(asyncio.run(main())))
+        returned.set()
+
+handles["n"] = reg.register("api", "n", ttl=5.0, on_status=on_status)
+made.set()
+if not returned.wait(30.0):
+    print("the callback never returned:", seen, flush=True)
+    os._exit(1)
+print(seen, flush=True)
+served = threading.Event()
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as other:
+    other.register("api", "m", ttl=5.0, on_status=lambda e: e.kind == "registered" and served.set())
+    print("served" if served.wait(30.0) else "not served", flush=True)
+    print([n.name for n in other.list("api")], flush=True)
+reg.close()
+"""
+    result = run_python(code, etcd.env_endpoints, call, timeout=DEADLINE + 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "['registered', 'unregistered', 'returned None']",
+        "served",
+        "['m']",
+    ], result.stderr
+
+
 def test_a_slow_callback_delays_only_deliveries(registry: Registry) -> None:
     release = threading.Event()
     recorder = Recorder()
