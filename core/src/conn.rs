@@ -271,6 +271,30 @@ impl Connection {
         }
     }
 
+    /// Whether calls carry credentials (and so an auth token, which can expire).
+    pub(crate) fn has_credentials(&self) -> bool {
+        self.credentials.is_some()
+    }
+
+    /// Runs `f` once on member `i`'s client, within an attempt's timeout: no failover, for a
+    /// question about that member (its client's auth token is renewed, as on any call, when
+    /// etcd says it expired).
+    pub(crate) async fn call_on<T, F, Fut>(&self, i: usize, what: &str, f: F) -> Result<T>
+    where
+        F: FnOnce(Arc<Client>) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let attempt = self.attempt_timeout();
+        let call = async {
+            let client = self.client_of(i).await?;
+            f(client).await.map_err(Error::from)
+        };
+        match tokio::time::timeout(attempt, call).await {
+            Ok(result) => result.map_err(|e| contextualize(e, what)),
+            Err(_) => Err(Error::timeout(what, attempt)),
+        }
+    }
+
     /// How long one member may take while others are left to try: a third of the timeout.
     pub(crate) fn attempt_timeout(&self) -> Duration {
         (self.timeout / 3).max(Duration::from_millis(100))

@@ -62,6 +62,23 @@ enum Command {
     },
     /// The stream's member was given up elsewhere: end every watch, which resumes elsewhere.
     Abandon,
+    /// Whether the key of a watch refused for authentication could be read (see
+    /// [`Session::may_be_stale_token`]).
+    Probed {
+        token: u64,
+        readable: bool,
+    },
+}
+
+/// How old a stream must be for a refusal of its auth token to be taken for an expired token:
+/// a stream just opened carries the newest one, and a refusal there is a lack of permission.
+const STALE_TOKEN_AGE: Duration = Duration::from_secs(1);
+
+/// Whether etcd refused a watcher for its authentication: no permission, or a token that
+/// expired after the stream was opened (etcd checks the token a stream was opened with for
+/// each watcher it creates; versions differ in the reason they give).
+fn is_auth_refusal(reason: &str) -> bool {
+    reason.contains("permission denied") || reason.contains("invalid auth token")
 }
 
 /// The open stream, as the registry's slot holds it.
@@ -260,8 +277,10 @@ impl WatchMux {
             requests,
             responses,
             inbox,
-            pending: VecDeque::from([token]),
+            pending: VecDeque::from([(token, key)]),
             tokens: HashMap::new(),
+            held: HashMap::new(),
+            opened: Instant::now(),
             subs: HashMap::from([(
                 token,
                 Sub {
@@ -326,11 +345,15 @@ struct Session {
     requests: WatchRequestSender,
     responses: WatchResponseStream,
     inbox: UnboundedReceiver<Command>,
-    /// Watches whose create request was sent and not answered yet, in the order sent (etcd
-    /// answers creates in order).
-    pending: VecDeque<u64>,
+    /// Watches whose create request was sent and not answered yet, with their keys, in the
+    /// order sent (etcd answers creates in order).
+    pending: VecDeque<(u64, Vec<u8>)>,
     /// The watch of each watcher id etcd gave.
     tokens: HashMap<i64, u64>,
+    /// Refusals held back while [`Session::may_be_stale_token`] finds out whether they are
+    /// the stream's expired token.
+    held: HashMap<u64, WatchResponse>,
+    opened: Instant,
     subs: HashMap<u64, Sub>,
     /// How many of `subs` are checked: the member is checked while any is.
     checked: usize,
@@ -404,7 +427,11 @@ impl Session {
                 command = self.inbox.recv() => {
                     // `me` keeps the channel open.
                     let command = command?;
-                    if let Err(e) = self.command(command).await {
+                    if let Command::Probed { token, readable } = command {
+                        if let Some(end) = self.probed(token, readable) {
+                            return Some(end);
+                        }
+                    } else if let Err(e) = self.command(command).await {
                         return sent_failed(e);
                     }
                     if self.subs.is_empty() {
@@ -469,7 +496,7 @@ impl Session {
                     inline,
                     checked,
                 } = *add;
-                let create = self.requests.watch(key, Some(options));
+                let create = self.requests.watch(key.clone(), Some(options));
                 let sent = bounded(&self.mux.conn, self.member, self.liveness, create).await;
                 // Kept even when the create could not be sent: a failed send ends the stream,
                 // and the end is told to every watch kept here (its subscriber waits for it).
@@ -481,10 +508,11 @@ impl Session {
                 };
                 self.subs.insert(token, sub);
                 sent?;
-                self.pending.push_back(token);
+                self.pending.push_back((token, key));
                 self.checked += usize::from(checked);
             }
             Command::Cancel { token } => {
+                self.held.remove(&token);
                 let Some(sub) = self.subs.remove(&token) else {
                     return Ok(());
                 };
@@ -495,6 +523,8 @@ impl Session {
                     bounded(&self.mux.conn, self.member, self.liveness, cancel).await?;
                 }
             }
+            // Handled by `serve`.
+            Command::Probed { .. } => {}
             Command::Abandon => {
                 let endpoint = self.mux.conn.endpoint(self.member);
                 tracing::debug!(%endpoint, "the watch stream moves off a member given up");
@@ -531,7 +561,7 @@ impl Session {
     async fn route(&mut self, resp: WatchResponse) -> Result<()> {
         let id = resp.watch_id();
         let token = if resp.created() {
-            let Some(token) = self.pending.pop_front() else {
+            let Some((token, key)) = self.pending.pop_front() else {
                 return Ok(());
             };
             match self.subs.get_mut(&token) {
@@ -539,6 +569,10 @@ impl Session {
                     if !resp.canceled() {
                         sub.id = Some(id);
                         self.tokens.insert(id, token);
+                    } else if self.may_be_stale_token(&resp) {
+                        self.probe(token, key);
+                        self.held.insert(token, resp);
+                        return Ok(());
                     }
                 }
                 // Left before etcd made its watcher.
@@ -557,13 +591,71 @@ impl Session {
                 None => return Ok(()),
             }
         };
+        self.deliver(token, resp);
+        Ok(())
+    }
+
+    fn deliver(&self, token: u64, resp: WatchResponse) {
         if let Some(sub) = self.subs.get(&token) {
             if sub.inline.as_ref().is_some_and(|take| take(&resp)) {
-                return Ok(());
+                return;
             }
             // A watch gone meanwhile has sent its cancel, which comes next.
             let _ = sub.sink.send(Delivery::Response(resp));
         }
-        Ok(())
+    }
+
+    /// A watcher refused for authentication on a stream opened a while ago, by a registry with
+    /// credentials: etcd checks the token the stream was opened with, which expires (the
+    /// `--auth-token-ttl` of simple tokens, 5 min by default; a restart) while calls renew
+    /// theirs. Every watcher made on the stream from then on would be refused, for ever.
+    fn may_be_stale_token(&self, resp: &WatchResponse) -> bool {
+        self.mux.conn.has_credentials()
+            && self.opened.elapsed() >= STALE_TOKEN_AGE
+            && is_auth_refusal(resp.cancel_reason())
+    }
+
+    /// Reads the refused watcher's key on the stream's member, beside the stream: a refusal of
+    /// a key that can be read is the stream's expired token (the read renews the member's
+    /// token when it has expired). Answers with [`Command::Probed`].
+    fn probe(&self, token: u64, key: Vec<u8>) {
+        let (conn, me, member) = (self.mux.conn.clone(), self.me.clone(), self.member);
+        self.mux.handle.spawn(async move {
+            let read = conn
+                .call_on(member, "reading a key whose watch was refused", |c| {
+                    let mut kv = c.kv_client();
+                    // A key ending in '/' is watched with its prefix (as every caller does).
+                    let mut options = etcd_client::GetOptions::new().with_count_only();
+                    if key.ends_with(b"/") {
+                        options = options.with_prefix();
+                    }
+                    async move { kv.get(key, Some(options)).await }
+                })
+                .await;
+            let _ = me.send(Command::Probed {
+                token,
+                readable: read.is_ok(),
+            });
+        });
+    }
+
+    /// The answer of [`Session::probe`]: a key that can be read ends the stream (every watch
+    /// resumes at once on a new one, opened with a renewed token); otherwise the refusal is
+    /// delivered.
+    fn probed(&mut self, token: u64, readable: bool) -> Option<(Error, bool)> {
+        // Cancelled meanwhile.
+        let resp = self.held.remove(&token)?;
+        if readable && self.subs.contains_key(&token) {
+            let endpoint = self.mux.conn.endpoint(self.member);
+            tracing::info!(%endpoint, "etcd refused a watch with the expired auth token of the watch stream; reopening it");
+            let e = Error::new(
+                ErrorKind::Auth,
+                format!("the auth token of the watch stream on {endpoint} expired"),
+            );
+            // Silent: resumed at once, not after a backoff step.
+            return Some((e, true));
+        }
+        self.deliver(token, resp);
+        None
     }
 }

@@ -398,7 +398,7 @@ impl Follower {
                     }
                 }
                 StreamEnd::Silent(e) => {
-                    tracing::warn!(prefix = %self.prefix, error = %e, "watch moving to another etcd member");
+                    tracing::warn!(prefix = %self.prefix, error = %e, "watch resuming at once on a new stream");
                     if self.tx.is_closed() {
                         return;
                     }
