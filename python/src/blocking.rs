@@ -60,16 +60,26 @@ where
     }
 }
 
+/// [`run`] without a deadline: what `future` gives, or the exception a signal handler raised
+/// meanwhile (Ctrl-C's `KeyboardInterrupt`).
+pub(crate) fn wait<F>(py: Python<'_>, future: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    match run(py, None, future)? {
+        Some(output) => Ok(output),
+        None => unreachable!("no deadline was given"),
+    }
+}
+
 /// Like [`run`] without a deadline, for the core's fallible calls.
 pub(crate) fn call<F, T>(py: Python<'_>, future: F) -> PyResult<T>
 where
     F: Future<Output = registry::Result<T>> + Send,
     T: Send,
 {
-    match run(py, None, future)? {
-        Some(result) => result.map_err(|e| errors::to_py_err(py, e)),
-        None => unreachable!("no deadline was given"),
-    }
+    wait(py, future)?.map_err(|e| errors::to_py_err(py, e))
 }
 
 /// Starts `fut` on the global runtime now and returns what waits for its result: the operation

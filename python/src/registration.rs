@@ -128,11 +128,15 @@ impl PyRegistration {
 
     /// Deletes the key and stops keeping it alive. Idempotent.
     fn unregister(&self, py: Python<'_>) -> PyResult<()> {
-        let reg = self.core(py)?;
-        let result = blocking::call(py, reg.unregister());
+        let reg = self.core(py)?.clone();
+        let id = reg.id();
+        // Begun on the runtime, so that a Ctrl-C raises KeyboardInterrupt at once (not after
+        // waiting for "unregistered", which comes once etcd answers or the timeout passes),
+        // while the unregistration goes on in the background.
+        let result = blocking::wait(py, blocking::begin(async move { reg.unregister().await }))?;
         // With on_status, "unregistered" is queued now: return once the callback has had it.
-        dispatch::finish_registration(py, reg.id())?;
-        result
+        dispatch::finish_registration(py, id)?;
+        result.map_err(|e| errors::to_py_err(py, e))
     }
 
     /// `unregister()` for asyncio: resolves once the key is deleted (or etcd could not be

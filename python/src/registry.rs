@@ -269,12 +269,15 @@ impl PyRegistry {
             // A forked child must not unregister the parent's nodes; the copy is just dropped.
             return Ok(());
         }
-        let core = self.core(py)?;
-        let result = blocking::call(py, core.close());
+        let core = self.core(py)?.clone();
+        // Begun on the runtime, so that a Ctrl-C raises KeyboardInterrupt at once (not after
+        // waiting for the "unregistered" events, which come once etcd answers or the timeout
+        // passes), while the close goes on in the background.
+        let result = blocking::wait(py, blocking::begin(async move { core.close().await }))?;
         // Every "unregistered" is queued now: return once the callbacks have had them, and no
         // callback of this registry's watches runs.
         dispatch::finish_registry(py, self.token)?;
-        result
+        result.map_err(|e| errors::to_py_err(py, e))
     }
 
     /// `close()` for asyncio: resolves once every registration is unregistered and the

@@ -80,6 +80,38 @@ def test_ctrl_c_interrupts_a_blocking_call(etcd: Etcd, mode: str) -> None:
     assert proc.returncode == 0, err
 
 
+@pytest.mark.parametrize("mode", ["close", "unregister"])
+def test_ctrl_c_interrupts_close_and_unregister_waiting_for_etcd(fresh_etcd: Etcd, mode: str) -> None:
+    """With on_status, close() and unregister() wait for "unregistered", which comes only once
+    etcd answers or the registry's timeout (300 s here) passes: Ctrl-C ends that wait at once."""
+    env = dict(os.environ, ETCD_ENDPOINTS=fresh_etcd.env_endpoints)
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "interrupt.py"), mode], env=env,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        fresh_etcd.cmd("pause", 0)
+        try:
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "waiting"
+            deadline = time.monotonic() + DEADLINE
+            while not main_thread_sleeping(proc.pid):
+                assert time.monotonic() < deadline, "the script never blocked"
+                time.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=DEADLINE)  # far below the call's 300 s
+        finally:
+            fresh_etcd.cmd("resume", 0)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert out.strip() == "interrupted", (out, err)
+    assert proc.returncode == 0, err
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None:
     result = run_python(str(SCRIPTS / "fork_child.py"), f"/fork-{uuid.uuid4().hex[:8]}",
