@@ -162,6 +162,13 @@ def _resolve(loop: "asyncio.AbstractEventLoop", future: "asyncio.Future[object]"
             _release(held.take(), value)
 
 
+def _settle_now(future: "asyncio.Future[object]", ok: bool, value: object,
+                claim: Optional[Callable[[object, bool], object]] = None) -> None:
+    """At interpreter exit, once the asyncio thread has stopped: settles an awaited call's
+    future here, on its loop's thread (the caller's), as ``_resolve`` would have."""
+    _settle(future, ok, value, _Held(claim, value) if claim is not None else None)
+
+
 def _complete() -> None:
     while _native._complete(_IDLE_WAKE):
         pass

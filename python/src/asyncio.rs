@@ -21,6 +21,7 @@ use pyo3::types::{PyCFunction, PyTuple};
 use pyo3::IntoPyObjectExt;
 use tokio::task::JoinError;
 
+use crate::blocking;
 use crate::dispatch::{self, Item, Lane};
 use crate::errors;
 
@@ -51,18 +52,32 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let runtime = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
-    // The thread that resolves the future (started with the first Registry; again after fork).
-    py.import("etcd_registry._dispatch")?
-        .call_method0("ensure_started")?;
+    let exiting = dispatch::asyncio_stopped();
+    if !exiting {
+        // The thread that resolves the future (started with the first Registry; again after
+        // fork).
+        py.import("etcd_registry._dispatch")?
+            .call_method0("ensure_started")?;
+    }
     // A RuntimeError outside a running loop, as asyncio's own calls raise.
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;
     let target = (event_loop.unbind(), future.clone().unbind(), claim);
+    if exiting {
+        // Interpreter exit, after the package's exit handler stopped the asyncio thread (an
+        // `atexit` handler registered before the package was imported runs after it): nothing
+        // would resolve the future, and awaiting it would hang the exit. The operation runs
+        // here instead, on the loop's thread (blocking it; Ctrl-C works), and the future is
+        // settled before it is returned.
+        let result = blocking::wait(py, make(future.clone().unbind()))?;
+        settle(py, target, Ok(result), true);
+        return Ok(future);
+    }
     let work = runtime.spawn(make(future.clone().unbind()));
     let abort = work.abort_handle();
     runtime.spawn(async move {
         let result = work.await;
-        let settle = move || Python::attach(|py| settle(py, target, result));
+        let settle = move || Python::attach(|py| settle(py, target, result, false));
         dispatch::push(Lane::Asyncio, Item::Run(Box::new(settle)));
     });
     let on_done = PyCFunction::new_closure(
@@ -81,11 +96,13 @@ where
 }
 
 /// On the asyncio thread: hands `result` to the future's loop, which sets it unless the future
-/// is done already (cancelled).
+/// is done already (cancelled). With `now` (at interpreter exit, on the loop's own thread), sets
+/// it here.
 fn settle<T>(
     py: Python<'_>,
     (event_loop, future, claim): (Py<PyAny>, Py<PyAny>, Option<Py<PyAny>>),
     result: Result<PyResult<T>, JoinError>,
+    now: bool,
 ) where
     T: for<'a> IntoPyObject<'a>,
 {
@@ -105,9 +122,13 @@ fn settle<T>(
         Ok(value) => (true, value, claim),
         Err(err) => (false, err.into_value(py).into_any(), None),
     };
-    let handed = py
-        .import("etcd_registry._dispatch")
-        .and_then(|m| m.call_method1("_resolve", (event_loop, future, ok, value, claim)));
+    let handed = py.import("etcd_registry._dispatch").and_then(|m| {
+        if now {
+            m.call_method1("_settle_now", (future, ok, value, claim))
+        } else {
+            m.call_method1("_resolve", (event_loop, future, ok, value, claim))
+        }
+    });
     if let Err(err) = handed {
         tracing::debug!("an awaited result could not be handed to its event loop: {err}");
     }

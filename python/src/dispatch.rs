@@ -23,7 +23,9 @@
 //!
 //! Both threads stop at interpreter exit (`_stop_dispatch`, from an `atexit` handler), before
 //! finalization; nothing is handed to Python after that. So no thread ever attaches to a
-//! finalizing interpreter, which CPython answers with crashes or killed threads.
+//! finalizing interpreter, which CPython answers with crashes or killed threads. An awaited
+//! call made after that (in an `atexit` handler that runs after the package's) runs on the
+//! caller's thread and is settled before it returns (see `asyncio::future_into_py_claimed`).
 //!
 //! After `fork()` the child gets fresh lanes and a fresh event stream: the parent's may be
 //! locked by a thread that does not exist in the child.
@@ -203,6 +205,12 @@ impl Queue {
         self.notify.notify_one();
         drop(dropped);
     }
+}
+
+/// Whether the asyncio lane has stopped (interpreter exit): nothing resolves an awaited call's
+/// future from now on.
+pub(crate) fn asyncio_stopped() -> bool {
+    queue(Lane::Asyncio).lock().stopped
 }
 
 /// Queues an item for its lane's thread. Dropped once that has stopped (the interpreter is

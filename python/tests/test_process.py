@@ -112,6 +112,43 @@ def test_ctrl_c_interrupts_close_and_unregister_waiting_for_etcd(fresh_etcd: Etc
     assert proc.returncode == 0, err
 
 
+@pytest.mark.parametrize("mode", ["close", "list"])
+def test_an_awaited_call_in_a_late_exit_handler_does_not_hang_the_exit(etcd: Etcd, mode: str) -> None:
+    """An `atexit` handler registered before etcd_registry is imported runs after the package
+    has stopped its threads; a call awaited there still completes instead of never resolving."""
+    code = """
+import atexit, asyncio, sys
+
+endpoints, base, mode = sys.argv[1].split(","), sys.argv[2], sys.argv[3]
+state = {}
+
+async def at_exit():
+    reg = state["reg"]
+    if mode == "close":
+        await reg.close_async()
+        print("closed", reg.closed, flush=True)
+    else:
+        print("listed", [n.name for n in await reg.list_async("api")], flush=True)
+        reg.close()
+
+atexit.register(lambda: asyncio.run(at_exit()))  # runs after the package's own exit handler
+
+import etcd_registry
+
+state["reg"] = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+handle = state["reg"].register("api", "n", ttl=3 * 60.0, on_status=lambda event: None)
+assert handle.wait(timeout=30.0)
+print("registered", flush=True)
+"""
+    base_path = f"/late-exit-{uuid.uuid4().hex[:8]}"
+    result = run_python(code, etcd.env_endpoints, base_path, mode, timeout=DEADLINE)
+    expected = "closed True" if mode == "close" else "listed ['n']"
+    assert result.stdout.splitlines() == ["registered", expected], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
+    assert etcd.get_prefix(base_path + "/") == {}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None:
     result = run_python(str(SCRIPTS / "fork_child.py"), f"/fork-{uuid.uuid4().hex[:8]}",
