@@ -334,6 +334,43 @@ impl Creating {
     }
 }
 
+impl Creating {
+    /// [`Creating::done`] for a watch of the registry `core`, which may have been closed after
+    /// the watch was made and before this: that close forgot the registry's watches
+    /// (`forget_registry_watches`) before this entry existed, and would wait for ever for an
+    /// entry added now. Then the watch is stopped and its callback never runs. Checked under
+    /// the lock: a close that forgets the watches after this sees the entry, as the registry is
+    /// marked closed before its watches are forgotten.
+    pub(crate) fn watch_done(
+        self,
+        id: u64,
+        target: Target,
+        watch: Arc<registry::Watch>,
+        core: &registry::Registry,
+    ) {
+        let entry = Entry {
+            target,
+            registry: self.registry,
+            watch: Some(watch.clone()),
+        };
+        let mut state = self.callbacks.lock();
+        let closed = core.is_closed();
+        let dropped = if closed {
+            Some(entry)
+        } else {
+            // (Ids are unique: nothing is replaced.)
+            state.by_id.insert(id, entry)
+        };
+        drop(state);
+        if closed {
+            watch.cancel();
+        }
+        // Dropped unlocked: a callback freed here may have a `__del__` that calls the library.
+        drop(dropped);
+        // `Drop` counts it out and wakes the thread.
+    }
+}
+
 impl Drop for Creating {
     fn drop(&mut self) {
         self.callbacks.lock().creating -= 1;

@@ -197,7 +197,8 @@ impl PyWatch {
         let callbacks = dispatch::callbacks();
         let creating = callbacks.creating(registry);
         let watch = Arc::new(core.watch_routed(service, &callbacks.route()).await?);
-        creating.done(watch.id(), Target::Watch { callback }, Some(watch.clone()));
+        // Not kept when `core` was closed meanwhile (see `Creating::watch_done`).
+        creating.watch_done(watch.id(), Target::Watch { callback }, watch.clone(), core);
         Ok(watch)
     }
 
