@@ -42,9 +42,10 @@ pub(crate) enum GroupCmd {
     Add(Arc<RegShared>),
     Remove {
         id: u64,
-        /// The key now belongs to a newer registration of the same node: stop keeping it, but
-        /// leave it in etcd.
-        keep_key: bool,
+        /// The key now belongs to this newer registration of the same node: stop keeping it,
+        /// but leave it in etcd, and revoke a lease left without members only once the
+        /// successor is registered (it moves the key to its own lease first).
+        successor: Option<Arc<RegShared>>,
         done: Option<oneshot::Sender<Result<()>>>,
     },
     Close {
@@ -254,8 +255,12 @@ impl LeaseGroup {
                 self.add_member(reg);
                 Flow::Continue
             }
-            GroupCmd::Remove { id, keep_key, done } => {
-                let result = self.remove(id, keep_key).await;
+            GroupCmd::Remove {
+                id,
+                successor,
+                done,
+            } => {
+                let result = self.remove(id, successor).await;
                 if let Some(done) = done {
                     let _ = done.send(result);
                 }
@@ -697,9 +702,9 @@ impl LeaseGroup {
                         }
                         None
                     }
-                    Some(GroupCmd::Remove { id, keep_key, done }) => {
+                    Some(GroupCmd::Remove { id, successor, done }) => {
                         let gone = self.members.get(&id).cloned();
-                        let result = self.remove(id, keep_key).await;
+                        let result = self.remove(id, successor).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
                         }
@@ -1050,12 +1055,12 @@ impl LeaseGroup {
     /// since (the same node registered by a new instance started before the old one stopped)
     /// stays, and its watchers see no removal. Without a lease (lost, and not granted again
     /// yet), the key is deleted whoever holds it, as it is then on no lease of this group.
-    async fn remove(&mut self, id: u64, keep_key: bool) -> Result<()> {
+    async fn remove(&mut self, id: u64, successor: Option<Arc<RegShared>>) -> Result<()> {
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
         let mut result = Ok(());
-        if !keep_key {
+        if successor.is_none() {
             result = delete_own(&self.conn, &reg.key, self.lease).await;
         }
         // When etcd could not be reached in time, the revoke would only wait as long again.
@@ -1065,6 +1070,19 @@ impl LeaseGroup {
                 self.set_lease(None);
                 if !reached {
                     tracing::debug!(lease, "etcd not reached; the lease will expire");
+                } else if let Some(successor) = successor {
+                    // Revoked now, the lease would take the key with it until the successor
+                    // puts it again: watchers would see the node removed and added. The
+                    // successor's put moves the key to its lease; the lease, not kept alive
+                    // any more, expires meanwhile if etcd cannot be reached.
+                    let (conn, ttl) =
+                        (self.conn.clone(), Duration::from_secs(self.ttl_secs as u64));
+                    tokio::spawn(async move {
+                        let _ = successor.wait_registered(ttl).await;
+                        if let Err(e) = revoke(&conn, lease).await {
+                            tracing::debug!(error = %e, "revoking the lease failed; it will expire");
+                        }
+                    });
                 } else if let Err(e) = self.revoke(lease).await {
                     tracing::debug!(error = %e, "revoking the lease failed; it will expire");
                 }
@@ -1075,17 +1093,7 @@ impl LeaseGroup {
     }
 
     async fn revoke(&self, lease: i64) -> Result<()> {
-        let result = self
-            .conn
-            .call("revoking the lease", |c| {
-                let mut leases = c.lease_client();
-                async move { leases.revoke(lease).await }
-            })
-            .await;
-        match result {
-            Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        revoke(&self.conn, lease).await
     }
 
     /// The registry is closing while an attempt was in flight: close, then answer whatever
@@ -1128,6 +1136,19 @@ impl LeaseGroup {
         for member in std::mem::take(&mut self.members).into_values() {
             member.emit(StatusEvent::Unregistered);
         }
+    }
+}
+
+async fn revoke(conn: &Connection, lease: i64) -> Result<()> {
+    let result = conn
+        .call("revoking the lease", |c| {
+            let mut leases = c.lease_client();
+            async move { leases.revoke(lease).await }
+        })
+        .await;
+    match result {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -286,16 +286,7 @@ impl Registry {
         let mut state = self.state();
         // Checked again under the lock, so that close() cannot miss this registration.
         self.check_open()?;
-        // The older registration of the same node, if any, ends; its key stays for this one.
-        if let Some(KeyOf(old)) = state.registrations.replace(KeyOf(reg.clone())) {
-            if let Some(group) = state.groups.get(&old.ttl_secs) {
-                let _ = group.tx.send(GroupCmd::Remove {
-                    id: old.id,
-                    keep_key: true,
-                    done: None,
-                });
-            }
-        }
+        let old = state.registrations.replace(KeyOf(reg.clone()));
         let conn = self.inner.conn.clone();
         let (min, max) = (self.inner.config.backoff_min, self.inner.config.backoff_max);
         let handle = &self.inner.handle;
@@ -309,6 +300,18 @@ impl Registry {
                 slot.insert(LeaseGroup::spawn(
                     handle, ttl_secs, conn, mux, min, max, closing, add,
                 ));
+            }
+        }
+        // The older registration of the same node, if any, ends; its key stays for this one.
+        // Told after the new one joined: of the same TTL, the lease then never lacks a member
+        // (revoked, it would take the key with it), and the key is put once, with the new info.
+        if let Some(KeyOf(old)) = old {
+            if let Some(group) = state.groups.get(&old.ttl_secs) {
+                let _ = group.tx.send(GroupCmd::Remove {
+                    id: old.id,
+                    successor: Some(reg.clone()),
+                    done: None,
+                });
             }
         }
         Ok(Registration {
@@ -388,7 +391,7 @@ impl Registry {
                 let (done_tx, done_rx) = oneshot::channel();
                 let _ = group.tx.send(GroupCmd::Remove {
                     id,
-                    keep_key: false,
+                    successor: None,
                     done: Some(done_tx),
                 });
                 Ok(done_rx)

@@ -369,6 +369,7 @@ async fn registering_the_same_node_again_replaces_the_old_registration() {
         .register("api", node("n1", &[("v", "1")]), Duration::from_secs(5))
         .unwrap();
     old.wait_registered(DEADLINE).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
     let new = registry
         .register("api", node("n1", &[("v", "2")]), Duration::from_secs(9))
         .unwrap();
@@ -382,6 +383,17 @@ async fn registering_the_same_node_again_replaces_the_old_registration() {
         etcd.get_prefix("/s/").unwrap() == expected && etcd.lease_count().unwrap() == 1
     })
     .await;
+    // The key moved to the new lease without leaving etcd: watchers saw the new info, never
+    // the node removed.
+    etcd.put("/s/api/marker", "{}").unwrap();
+    assert_eq!(
+        until_marker(&watch).await,
+        [
+            (WatchEventKind::Added, node("n1", &[("v", "1")])),
+            (WatchEventKind::Updated, node("n1", &[("v", "2")])),
+        ]
+    );
+    etcd.delete("/s/api/marker").unwrap();
     assert_eq!(registry.registration_count(), 1);
     // The replaced handle no longer speaks for the node: updating it fails, unregistering it
     // leaves the newer registration and its key alone.
@@ -402,6 +414,8 @@ async fn the_same_node_again_on_the_same_lease_replaces_and_is_still_guarded() {
         .register("api", node("n1", &[("v", "1")]), ttl)
         .unwrap();
     old.wait_registered(DEADLINE).await.unwrap();
+    let lease = old.lease_id();
+    let watch = registry.watch("api").await.unwrap();
     let new = registry
         .register("api", node("n1", &[("v", "2")]), ttl)
         .unwrap();
@@ -416,6 +430,17 @@ async fn the_same_node_again_on_the_same_lease_replaces_and_is_still_guarded() {
         etcd.get_prefix("/s/").unwrap() == expected
     })
     .await;
+    // One put of the new info on the lease already there: no removal, no new lease.
+    assert_eq!(new.lease_id(), lease);
+    etcd.put("/s/api/marker", "{}").unwrap();
+    assert_eq!(
+        until_marker(&watch).await,
+        [
+            (WatchEventKind::Added, node("n1", &[("v", "1")])),
+            (WatchEventKind::Updated, node("n1", &[("v", "2")])),
+        ]
+    );
+    etcd.delete("/s/api/marker").unwrap();
     // The key is still the registry's after the older holder left: deleted by someone else,
     // it is put back.
     assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);
