@@ -84,6 +84,10 @@ pub(crate) struct LeaseGroup {
     closing: watch::Receiver<bool>,
     /// A command taken from `rx` while collecting joins to put together, handled next.
     deferred: Option<GroupCmd>,
+    /// Keys of members removed while etcd could not be reached, left on the lease the other
+    /// members keep alive: deleted (while still on it) once etcd answers again, or they would
+    /// stay for as long as the group lives.
+    unremoved: Vec<Box<str>>,
 }
 
 /// Why the keep-alive loop ended.
@@ -133,6 +137,7 @@ impl LeaseGroup {
             lease_shared: lease.clone(),
             closing,
             deferred: None,
+            unremoved: Vec::new(),
         };
         handle.spawn(group.run());
         GroupHandle { tx, lease }
@@ -260,7 +265,7 @@ impl LeaseGroup {
                 successor,
                 done,
             } => {
-                let result = self.remove(id, successor).await;
+                let result = self.remove(id, successor, None).await;
                 if let Some(done) = done {
                     let _ = done.send(result);
                 }
@@ -704,7 +709,8 @@ impl LeaseGroup {
                     }
                     Some(GroupCmd::Remove { id, successor, done }) => {
                         let gone = self.members.get(&id).cloned();
-                        let result = self.remove(id, successor).await;
+                        // Bounded: the keep-alive must not wait behind a delete to a silent member.
+                        let result = self.remove(id, successor, Some(attempt)).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
                         }
@@ -774,6 +780,9 @@ impl LeaseGroup {
                         Err(e) => Some(Error::from(e)),
                         Ok(()) => {
                             waiting_since.get_or_insert_with(Instant::now);
+                            if !self.unremoved.is_empty() {
+                                self.delete_unremoved(lease, attempt).await;
+                            }
                             if watch.is_none() {
                                 // No watch: try to open it again (then check once, for what
                                 // was deleted while there was none), else check every time.
@@ -1055,13 +1064,32 @@ impl LeaseGroup {
     /// since (the same node registered by a new instance started before the old one stopped)
     /// stays, and its watchers see no removal. Without a lease (lost, and not granted again
     /// yet), the key is deleted whoever holds it, as it is then on no lease of this group.
-    async fn remove(&mut self, id: u64, successor: Option<Arc<RegShared>>) -> Result<()> {
+    ///
+    /// `within` bounds the delete; a delete that did not reach etcd is tried again (see
+    /// `unremoved`) when other members keep the lease alive.
+    async fn remove(
+        &mut self,
+        id: u64,
+        successor: Option<Arc<RegShared>>,
+        within: Option<Duration>,
+    ) -> Result<()> {
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
         let mut result = Ok(());
         if successor.is_none() {
-            result = delete_own(&self.conn, &reg.key, self.lease).await;
+            let delete = delete_own(&self.conn, &reg.key, self.lease);
+            result = match within {
+                Some(within) => tokio::time::timeout(within, delete)
+                    .await
+                    .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within))),
+                None => delete.await,
+            };
+            let unreached = matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection));
+            if unreached && self.lease.is_some() && !self.members.is_empty() {
+                tracing::debug!(key = %reg.key, "etcd not reached; the key is deleted once it answers");
+                self.unremoved.push(reg.key.clone());
+            }
         }
         // When etcd could not be reached in time, the revoke would only wait as long again.
         let reached = !matches!(&result, Err(e) if e.kind() == ErrorKind::Timeout);
@@ -1094,6 +1122,25 @@ impl LeaseGroup {
 
     async fn revoke(&self, lease: i64) -> Result<()> {
         revoke(&self.conn, lease).await
+    }
+
+    /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
+    /// within `within`; those etcd still does not get stay for the next keep-alive.
+    async fn delete_unremoved(&mut self, lease: i64, within: Duration) {
+        let mut keys = std::mem::take(&mut self.unremoved);
+        keys.retain(|key| !self.is_member_key(key.as_bytes()));
+        for key in keys {
+            let delete = delete_own(&self.conn, &key, Some(lease));
+            match tokio::time::timeout(within, delete).await {
+                Ok(Ok(())) => {
+                    tracing::debug!(%key, "deleted the key of a node unregistered while etcd was unreachable")
+                }
+                Ok(Err(e)) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
+                    tracing::warn!(%key, error = %e, "etcd refused to delete the key of a node unregistered while it was unreachable");
+                }
+                _ => self.unremoved.push(key),
+            }
+        }
     }
 
     /// The registry is closing while an attempt was in flight: close, then answer whatever

@@ -100,3 +100,31 @@ async fn a_second_close_returns_once_the_first_has_finished() {
     first.await.unwrap().unwrap();
     etcd.heal().unwrap();
 }
+
+/// A node unregistered while etcd cannot be reached, beside another node on the same lease:
+/// that lease is kept alive, so its key would never expire. It is deleted once etcd answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_unregistered_while_etcd_is_unreachable_leaves_no_key_on_the_shared_lease() {
+    let etcd = etcd_with_proxy();
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(6);
+    let gone = registry.register("api", node("n1", &[]), ttl).unwrap();
+    let stays = registry.register("api", node("n2", &[]), ttl).unwrap();
+    gone.wait_registered(DEADLINE).await.unwrap();
+    stays.wait_registered(DEADLINE).await.unwrap();
+    let lease = stays.lease_id();
+
+    etcd.partition().unwrap();
+    gone.unregister().await.unwrap();
+    etcd.heal().unwrap();
+    eventually("the key of the node unregistered to be deleted", || async {
+        etcd.get("/s/api/n1").is_ok_and(|v| v.is_none())
+    })
+    .await;
+    assert!(etcd.get("/s/api/n2").unwrap().is_some());
+    assert_eq!(stays.state(), RegistrationState::Registered);
+    assert_eq!(stays.lease_id(), lease, "the lease was kept");
+    registry.close().await.unwrap();
+}
