@@ -107,10 +107,12 @@ where
 /// refused here (`what` names the argument in the error).
 pub(crate) fn seconds(py: Python<'_>, what: &str, seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|_| {
-        errors::invalid(
-            py,
-            format!("{what} must be a finite, non-negative number of seconds, got {seconds}"),
-        )
+        let rule = if seconds.is_finite() && seconds > 0.0 {
+            "is too large"
+        } else {
+            "must be a finite, non-negative number of seconds"
+        };
+        errors::invalid(py, format!("{what} {rule}, got {seconds:?}"))
     })
 }
 

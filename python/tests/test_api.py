@@ -178,12 +178,21 @@ def test_seconds_are_converted_here_and_judged_by_the_core(registry: Registry) -
         Registry(["h:1"], timeout=0)
     with pytest.raises(InvalidArgument, match="backoff must satisfy"):
         Registry(["h:1"], backoff_min=0)
+    # Far beyond any use, yet a duration: the core refuses it (it would overflow the clock).
+    with pytest.raises(InvalidArgument, match=r"timeout must be at most .*\(100 years\)"):
+        Registry(["h:1"], timeout=1e19)
+    with pytest.raises(InvalidArgument, match="backoff maximum must be at most"):
+        Registry(["h:1"], backoff_max=1e19)
     # What cannot become a duration at all is refused by the conversion, naming the argument.
-    for bad in (float("nan"), float("inf"), -1.0, 1e300):
+    for bad in (float("nan"), float("inf"), -1.0):
         with pytest.raises(InvalidArgument, match="ttl must be a finite, non-negative number"):
             registry.register("api", "n", ttl=bad)
         with pytest.raises(InvalidArgument, match="backoff_max must be a finite"):
             Registry(["h:1"], backoff_max=bad)
+    with pytest.raises(InvalidArgument, match="ttl is too large, got 1e"):
+        registry.register("api", "n", ttl=1e300)
+    with pytest.raises(InvalidArgument, match="timeout is too large"):
+        Registry(["h:1"], timeout=1e300)
     with pytest.raises(TypeError):
         registry.register("api", "n", ttl="10")  # type: ignore[arg-type]
     assert registry.list("api") == []
