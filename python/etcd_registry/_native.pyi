@@ -206,9 +206,9 @@ class Registry:
         *,
         backoff_min: float = 1.0,
         backoff_max: float = 30.0,
-        tls_ca: Optional[Union[str, os.PathLike[str], bytes]] = None,
-        tls_cert: Optional[Union[str, os.PathLike[str], bytes]] = None,
-        tls_key: Optional[Union[str, os.PathLike[str], bytes]] = None,
+        tls_ca: Optional[Union[str, os.PathLike[str], bytes, bytearray, memoryview]] = None,
+        tls_cert: Optional[Union[str, os.PathLike[str], bytes, bytearray, memoryview]] = None,
+        tls_key: Optional[Union[str, os.PathLike[str], bytes, bytearray, memoryview]] = None,
         tls_server_name: Optional[str] = None,
     ) -> Self: ...
     @property

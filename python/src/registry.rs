@@ -50,10 +50,16 @@ fn pem_source(what: &str, value: Option<Bound<'_, PyAny>>) -> PyResult<Option<Pe
     let Some(value) = value.filter(|v| !v.is_none()) else {
         return Ok(None);
     };
-    if let Ok(bytes) = value.extract::<Vec<u8>>() {
-        if !value.is_instance_of::<pyo3::types::PyString>() {
-            return Ok(Some(PemSource::Pem(bytes)));
-        }
+    // Bytes-like: bytes, bytearray, memoryview (not any sequence of ints, which a Vec<u8>
+    // would also take).
+    if value.is_instance_of::<pyo3::types::PyMemoryView>() {
+        let bytes = value.call_method0("tobytes")?.extract::<Vec<u8>>()?;
+        return Ok(Some(PemSource::Pem(bytes)));
+    }
+    if value.is_instance_of::<pyo3::types::PyBytes>()
+        || value.is_instance_of::<pyo3::types::PyByteArray>()
+    {
+        return Ok(Some(PemSource::Pem(value.extract::<Vec<u8>>()?)));
     }
     match value.extract::<std::path::PathBuf>() {
         Ok(path) => Ok(Some(PemSource::File(path))),

@@ -75,6 +75,10 @@ def test_mutual_tls_with_paths_and_pem_bytes(mtls_etcd: Etcd) -> None:
     with Registry(mtls_etcd.endpoints, base_path="/tls", tls_ca=pem["tls_ca"], tls_cert=pem["tls_cert"],
                   tls_key=pem["tls_key"]) as reg:
         register_list_watch(reg, "pem-bytes")
+    # Any bytes-like object.
+    with Registry(mtls_etcd.endpoints, base_path="/tls", tls_ca=bytearray(pem["tls_ca"]),
+                  tls_cert=memoryview(pem["tls_cert"]), tls_key=pem["tls_key"]) as reg:
+        register_list_watch(reg, "bytes-like")
     with Registry(mtls_etcd.endpoints, base_path="/tls",
                   **mtls(mtls_etcd, tls_cert=Path(f["client_cert"]), tls_key=Path(f["client_key"]))) as reg:
         register_list_watch(reg, "pathlike")
@@ -158,8 +162,9 @@ def test_unusable_tls_arguments(tmp_path: Path, mtls_etcd: Etcd) -> None:
         Registry(eps, tls_ca=f["ca"], tls_cert=f["client_cert"])
     with pytest.raises(InvalidArgument):
         Registry([f"http://{eps[0]}"], tls_ca=f["ca"])
-    with pytest.raises(TypeError, match="tls_ca must be a path"):
-        Registry(eps, tls_ca=42)  # type: ignore[arg-type]
+    for wrong in (42, [45, 45], (1, 2)):
+        with pytest.raises(TypeError, match="tls_ca must be a path"):
+            Registry(eps, tls_ca=wrong)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         Registry(eps, tls_server_name=b"etcd.test")  # type: ignore[arg-type]
 
