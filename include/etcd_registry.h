@@ -78,7 +78,9 @@
  *   - etcd_registry_next_event returns ETCD_REGISTRY_STATUS_TIMEOUT when nothing came in time.
  *     After etcd_registry_close it returns what is still queued (the UNREGISTERED events of
  *     the closed registrations included), then ETCD_REGISTRY_STATUS_CLOSED (also waking a call
- *     that is waiting), so a host can run one pulling thread that exits on CLOSED.
+ *     that is waiting), so a host can run one pulling thread that exits on CLOSED. Inside a
+ *     callback (status, watch, _async or log) it only takes what is queued: a timeout other
+ *     than 0 there is ETCD_REGISTRY_STATUS_INVALID_ARGUMENT, as the wait could never end.
  *   - UNREGISTERED is queued before unregister/close return and is the last event of its id.
  *     After unwatch of an id returns, no event of that id is queued any more and the queued
  *     ones are dropped; only a next_event call that had already taken one may return it.
@@ -787,6 +789,8 @@ etcd_registry_status etcd_registry_config_set_tls_server_name(struct etcd_regist
  * registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
  * another thread). `*out_event` is written only on success; free it with
  * `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+ * A timeout other than 0 is an INVALID_ARGUMENT inside a callback (status, watch, `_async` or
+ * log), where the wait could never end.
  */
 etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
                                               uint64_t timeout_ms,

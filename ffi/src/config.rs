@@ -282,16 +282,20 @@ pub unsafe extern "C" fn etcd_registry_config_set_tls_pem(
     guard(|| {
         // SAFETY: caller's contract: config is valid, each non-NULL buffer holds `len` bytes.
         let config = unsafe { config_mut(config) }?;
-        let pem = |ptr: *const u8, len: usize| -> Option<PemSource> {
+        let pem = |ptr: *const u8, len: usize, what: &str| -> FfiResult<Option<PemSource>> {
+            if ptr.is_null() {
+                return Ok(None);
+            }
+            crate::info::check_len::<u8>(len, what)?;
             // SAFETY: non-NULL and `len` readable bytes per the caller's contract.
-            (!ptr.is_null())
-                .then(|| PemSource::Pem(unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec()))
+            let pem = unsafe { std::slice::from_raw_parts(ptr, len) }.to_vec();
+            Ok(Some(PemSource::Pem(pem)))
         };
         set_tls(
             config,
-            pem(ca, ca_len),
-            pem(cert, cert_len),
-            pem(key, key_len),
+            pem(ca, ca_len, "ca")?,
+            pem(cert, cert_len, "cert")?,
+            pem(key, key_len, "key")?,
         )
     })
 }

@@ -389,6 +389,8 @@ pub const ETCD_REGISTRY_WAIT_FOREVER: u64 = 0xFFFF_FFFF_FFFF_FFFF;
 /// registry is closed (a waiting call returns CLOSED as soon as `etcd_registry_close` runs on
 /// another thread). `*out_event` is written only on success; free it with
 /// `etcd_registry_event_free`. Several threads may wait at once; each event goes to one of them.
+/// A timeout other than 0 is an INVALID_ARGUMENT inside a callback (status, watch, `_async` or
+/// log), where the wait could never end.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_next_event(
     registry: *mut etcd_registry,
@@ -401,6 +403,16 @@ pub unsafe extern "C" fn etcd_registry_next_event(
         let slot = out(out_event, "out_event")?;
         if this.forked() {
             return Err(Failure::closed());
+        }
+        if timeout_ms != 0 {
+            // No event could come while the runtime's thread waits here, and a close waits
+            // for the callback waiting here: neither wait would end.
+            crate::handle::ensure_can_block()?;
+            if Handler::on_dispatcher_thread() {
+                return Err(Failure::invalid(
+                    "etcd_registry_next_event cannot wait inside a status or watch callback (a close would wait for the callback, and the callback for the close): pass timeout_ms 0 there",
+                ));
+            }
         }
         let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
         match this.queue.next_timeout(timeout) {

@@ -49,6 +49,9 @@ pub(crate) struct HandleState {
     /// runs (one may still run when the first close was made from a callback).
     pub(crate) closed_handlers: Vec<Handler>,
     pub(crate) registrations: HashMap<u64, RegEntry>,
+    /// The callback handlers of registrations taken by `etcd_registry_unregister_async` whose
+    /// unregistration has not finished: close delivers their UNREGISTERED before it returns.
+    pub(crate) unregistering: HashMap<u64, (Handler, UserData)>,
     pub(crate) watches: HashMap<u64, WatchEntry>,
     /// The pull queue's readiness descriptor, made by the first `etcd_registry_event_fd`.
     pub(crate) event_fd: Option<Arc<crate::events::Signal>>,
@@ -206,10 +209,13 @@ impl etcd_registry {
         }
         state.closed = true;
         let registrations = std::mem::take(&mut state.registrations);
+        let unregistering = std::mem::take(&mut state.unregistering);
         let watches = std::mem::take(&mut state.watches);
         let handlers: Vec<(Handler, UserData, bool)> = registrations
             .into_values()
-            .filter_map(|r| r.handler.map(|(h, u)| (h, u, true)))
+            .filter_map(|r| r.handler)
+            .chain(unregistering.into_values())
+            .map(|(h, u)| (h, u, true))
             .chain(
                 watches
                     .into_values()
@@ -308,17 +314,24 @@ impl etcd_registry {
     }
 }
 
-/// Stops a handler and waits for a running call of it to return, from a library runtime
-/// thread: that call may itself wait for the runtime (a blocking library call), so the wait
-/// hands this thread's work to another one (`block_in_place`) rather than stall it.
+/// Stops a handler and waits for a running call of it to return, also from a library runtime
+/// thread (see [`waiting_for_callbacks`]).
 fn cancel_on_runtime_thread(handler: &Handler) {
+    waiting_for_callbacks(|| handler.cancel());
+}
+
+/// Runs `wait`, which waits for a running callback to return. That callback may itself wait
+/// for the runtime (a blocking library call): on a library runtime thread (an `_async` or log
+/// callback) the wait hands this thread's work to another one (`block_in_place`) rather than
+/// stall the runtime, which with one worker would never finish that call.
+pub(crate) fn waiting_for_callbacks<R>(wait: impl FnOnce() -> R) -> R {
     // The library's runtime is multi-threaded (`block_in_place` panics on any other).
     let multi_thread = Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
     if multi_thread {
-        tokio::task::block_in_place(|| handler.cancel());
+        tokio::task::block_in_place(wait)
     } else {
-        handler.cancel();
+        wait()
     }
 }
 

@@ -36,6 +36,17 @@ pub struct etcd_registry_info_entry {
 /// 0, is stored as `{}`). All bits set, i.e. `SIZE_MAX`.
 pub const ETCD_REGISTRY_NO_INFO: usize = !0;
 
+/// Refuses a length of `T`s no buffer can have (over `isize::MAX` bytes): Rust aborts the
+/// process on such a slice, which no guard can catch.
+pub(crate) fn check_len<T>(len: usize, what: &str) -> FfiResult {
+    if len > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(Failure::invalid(format!(
+            "{what} length {len} is larger than any buffer"
+        )));
+    }
+    Ok(())
+}
+
 /// The bytes of `ptr`/`len`, which may be NULL only when `len` is 0.
 ///
 /// # Safety
@@ -47,6 +58,7 @@ unsafe fn bytes<'a>(ptr: *const c_char, len: usize, what: &str) -> FfiResult<&'a
     if ptr.is_null() {
         return Err(Failure::null(what));
     }
+    check_len::<u8>(len, what)?;
     // SAFETY: non-NULL and `len` bytes long per the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), len) })
 }
@@ -70,6 +82,7 @@ pub(crate) unsafe fn read_entries(
     if info.is_null() {
         return Err(Failure::null("info"));
     }
+    check_len::<etcd_registry_info_entry>(len, "info")?;
     // SAFETY: non-NULL and `len` entries long per the caller's contract.
     let entries = unsafe { std::slice::from_raw_parts(info, len) };
     let mut out = InfoBytes::new();

@@ -393,12 +393,23 @@ pub unsafe extern "C" fn etcd_registry_unregister_async(
         // SAFETY: caller's contract.
         let this = unsafe { handle(registry) }?;
         let callback = callback.ok_or_else(|| Failure::null("callback"))?;
-        let entry = this.open()?.take_registration(registration_id)?;
+        let entry = {
+            let mut state = this.open()?;
+            let entry = state.take_registration(registration_id)?;
+            if let Some(handler) = &entry.handler {
+                state.unregistering.insert(registration_id, handler.clone());
+            }
+            entry
+        };
+        let state = this.state.clone();
         let work = async move {
             let result = entry.registration.unregister().await;
             if let Some((_, handler_data)) = &entry.handler {
                 crate::tsan::acquire(handler_data.0);
             }
+            crate::handle::lock_state(&state)
+                .unregistering
+                .remove(&registration_id);
             result
         };
         answer_async(

@@ -146,7 +146,7 @@ pub unsafe extern "C" fn etcd_registry_unwatch(
         let entry = this.open()?.take_watch(watch_id)?;
         // Stops the handler (waiting for a running call, unless on the callback thread) or drops
         // the watch's events still in the pull queue.
-        entry.watch.cancel();
+        crate::handle::waiting_for_callbacks(|| entry.watch.cancel());
         if let Some((_, user_data)) = &entry.handler {
             crate::tsan::acquire(user_data.0);
         }

@@ -592,6 +592,7 @@ static void test_check_register(void) {
     REQUIRE(big != NULL);
     memset(big, 'x', big_len);
     etcd_registry_info_entry too_large[] = {{"blob", 4, big, big_len}};
+    etcd_registry_info_entry huge_value[] = {{"blob", 4, big, SIZE_MAX - 1}};
     struct {
         const char *service, *node;
         const etcd_registry_info_entry *info;
@@ -611,6 +612,9 @@ static void test_check_register(void) {
         {"checked", "n1", empty_key, 1, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
         {"checked", "n1", twice, 2, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
         {"checked", "n1", too_large, 1, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        /* Lengths no buffer can have: refused before anything is read. */
+        {"checked", "n1", ok_info, SIZE_MAX / 2, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
+        {"checked", "n1", huge_value, 1, 10000, ETCD_REGISTRY_STATUS_INVALID_ARGUMENT},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         etcd_registry_status got = etcd_registry_check_register(r, cases[i].service, cases[i].node, cases[i].info,
@@ -1441,6 +1445,96 @@ static void test_calls_from_inside_callbacks(void) {
     free(w2);
 }
 
+/* A watch callback that, at its first event, says so, waits until told, then makes a blocking
+ * call (allowed on the callback thread); and an _async callback that stops that watch
+ * meanwhile: unwatch waits for the running watch callback, whose call needs the runtime that
+ * the _async callback runs on (one thread by default). */
+typedef struct {
+    etcd_registry *registry;
+    uint64_t watch;
+    atomic_bool entered, go_on;
+    atomic_int list_status, unwatch_status, wait_status, peek_status;
+    atomic_bool watch_done, async_done;
+} crossed_waits;
+
+static void slow_watch_callback(const etcd_registry_watch_event *e, void *user_data) {
+    (void)e;
+    crossed_waits *c = user_data;
+    if (atomic_exchange(&c->entered, true)) return;
+    WAIT_FOR(atomic_load(&c->go_on), 10 * slow);
+    etcd_registry_node_list *list = NULL;
+    etcd_registry_status status = etcd_registry_list(c->registry, "crossed", &list);
+    if (status == ETCD_REGISTRY_STATUS_OK) etcd_registry_node_list_free(list);
+    atomic_store(&c->list_status, status);
+    atomic_store(&c->watch_done, true);
+}
+
+static void unwatch_from_async(void *user_data, etcd_registry_status status, const char *message,
+                               etcd_registry_node_list *list) {
+    (void)status;
+    (void)message;
+    crossed_waits *c = user_data;
+    if (list) etcd_registry_node_list_free(list);
+    /* The pull queue cannot be waited on here; taking what is queued is. */
+    etcd_registry_event *ev = NULL;
+    atomic_store(&c->wait_status, etcd_registry_next_event(c->registry, 1000, &ev));
+    etcd_registry_status peek = etcd_registry_next_event(c->registry, 0, &ev);
+    if (peek == ETCD_REGISTRY_STATUS_OK) etcd_registry_event_free(ev);
+    atomic_store(&c->peek_status, peek);
+    atomic_store(&c->go_on, true);
+    atomic_store(&c->unwatch_status, etcd_registry_unwatch(c->registry, c->watch));
+    atomic_store(&c->async_done, true);
+}
+
+/* next_event waiting inside a status callback: refused (a close would wait for the callback). */
+typedef struct {
+    etcd_registry *registry;
+    atomic_int wait_status;
+    char message[256];
+    atomic_bool done;
+} pull_in_callback;
+
+static void pull_inside_status_callback(const etcd_registry_status_event *e, void *user_data) {
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+    pull_in_callback *p = user_data;
+    etcd_registry_event *ev = NULL;
+    atomic_store(&p->wait_status, etcd_registry_next_event(p->registry, ETCD_REGISTRY_WAIT_FOREVER, &ev));
+    snprintf(p->message, sizeof p->message, "%s", etcd_registry_last_error_message());
+    atomic_store(&p->done, true);
+}
+
+static void test_waits_inside_callbacks_cannot_deadlock(void) {
+    etcd_registry *r = connect_etcd();
+    REQUIRE(r != NULL);
+    crossed_waits *c = calloc(1, sizeof *c);
+    c->registry = r;
+    atomic_store(&c->list_status, -1);
+    atomic_store(&c->unwatch_status, -1);
+    uint64_t node = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "crossed", "n1", NULL, 10000, NULL, NULL, &node));
+    REQUIRE_OK(etcd_registry_wait_registered(r, node, (uint64_t)(10000 * slow)));
+    REQUIRE_OK(etcd_registry_watch(r, "crossed", slow_watch_callback, c, &c->watch));
+    CHECK(WAIT_FOR(atomic_load(&c->entered), 10 * slow));
+    CHECK_OK(etcd_registry_list_async(r, "crossed", unwatch_from_async, c));
+    CHECK(WAIT_FOR(atomic_load(&c->watch_done) && atomic_load(&c->async_done), 20 * slow));
+    CHECK(atomic_load(&c->list_status) == ETCD_REGISTRY_STATUS_OK);
+    CHECK(atomic_load(&c->unwatch_status) == ETCD_REGISTRY_STATUS_OK);
+    CHECK(atomic_load(&c->wait_status) == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    /* n1's REGISTERED, queued for pulling (it has no callback). */
+    CHECK(atomic_load(&c->peek_status) == ETCD_REGISTRY_STATUS_OK);
+
+    pull_in_callback p = {.registry = r, .wait_status = -1};
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "crossed", "n2", NULL, 10000, pull_inside_status_callback, &p, &id));
+    CHECK(WAIT_FOR(atomic_load(&p.done), 10 * slow));
+    CHECK(atomic_load(&p.wait_status) == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(p.message, "inside a status or watch callback") != NULL);
+
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+    if (atomic_load(&c->watch_done) && atomic_load(&c->async_done)) free(c);
+}
+
 /* Closes its registry from inside a callback. */
 typedef struct {
     etcd_registry *registry;
@@ -1584,6 +1678,46 @@ static void test_a_replaced_registration_ends_like_an_unregistered_one(void) {
     CHECK_OK(etcd_registry_close(r));
     etcd_registry_free(r);
     free(left);
+    free(hold);
+}
+
+static void *release_after_a_moment(void *arg) {
+    dispatcher_hold *hold = arg;
+    usleep(300 * 1000); /* so that close is called while the callback thread is held */
+    atomic_store(&hold->release, true);
+    return NULL;
+}
+
+/* Close while an etcd_registry_unregister_async is in flight, its UNREGISTERED still queued
+ * (the callback thread held up by another registry's callback): close returns only once the
+ * status callback has had it, so its user data may be freed then (ASan checks it). */
+static void test_close_delivers_the_unregistered_of_an_unregister_async_in_flight(void) {
+    etcd_registry *r = connect_etcd(), *other = connect_etcd();
+    REQUIRE(r != NULL && other != NULL);
+    dispatcher_hold *hold = calloc(1, sizeof *hold);
+    uint64_t slow_id = 0;
+    REQUIRE_OK(etcd_registry_register_json(other, "unreg-async-close", "slow", NULL, 10000, hold_the_callback_thread, hold, &slow_id));
+    REQUIRE(WAIT_FOR(atomic_load(&hold->running), 10 * slow));
+
+    last_event *seen = calloc(1, sizeof *seen);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(r, "unreg-async-close", "a", NULL, 10000, record_last_event, seen, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
+    list_result done;
+    list_result_init(&done, NULL);
+    CHECK_OK(etcd_registry_unregister_async(r, id, on_unregistered, &done));
+    pthread_t releaser;
+    REQUIRE(pthread_create(&releaser, NULL, release_after_a_moment, hold) == 0);
+    CHECK_OK(etcd_registry_close(r));
+    CHECK(atomic_load(&seen->last_kind) == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED);
+    free(seen);
+    pthread_join(releaser, NULL);
+    CHECK(list_result_wait(&done, 10 * slow));
+    CHECK(done.status == ETCD_REGISTRY_STATUS_OK);
+    list_result_destroy(&done);
+    etcd_registry_free(r);
+    CHECK_OK(etcd_registry_close(other));
+    etcd_registry_free(other);
     free(hold);
 }
 
@@ -2716,12 +2850,14 @@ static const test_case tests[] = {
     TEST(test_unreachable_etcd),
     TEST(test_watch_callbacks_on_the_library_thread),
     TEST(test_calls_from_inside_callbacks),
+    TEST(test_waits_inside_callbacks_cannot_deadlock),
     TEST(test_close_from_inside_a_callback),
     TEST(test_second_close_waits_for_a_callback_that_closed),
     TEST(test_free_functions_keep_the_last_error),
     TEST(test_free_inside_an_async_callback_stops_every_callback),
     TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
     TEST(test_close_delivers_a_replaced_registrations_unregistered),
+    TEST(test_close_delivers_the_unregistered_of_an_unregister_async_in_flight),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
     TEST(test_event_fd_wakes_a_poll_loop),

@@ -230,6 +230,10 @@ static void test_unusable_pem_is_an_invalid_argument(void) {
     CHECK_MESSAGE("does not fit");
     CHECK_STATUS(etcd_registry_config_set_tls_pem(NULL, NULL, 0, NULL, 0, NULL, 0),
                  ETCD_REGISTRY_STATUS_NULL_POINTER);
+    /* A length no buffer can have: refused before anything is read. */
+    CHECK_STATUS(etcd_registry_config_set_tls_pem(c, (const uint8_t *)junk, SIZE_MAX, NULL, 0, NULL, 0),
+                 ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK_MESSAGE("larger than any buffer");
     CHECK_STATUS(etcd_registry_config_set_tls_server_name(NULL, "x"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_config_set_tls_server_name(c, "\xff"), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_OK(etcd_registry_config_set_tls_server_name(c, "not a name!"));
