@@ -379,7 +379,8 @@ func (g *Registration) Update(info map[string]string) error {
 // error channel; StatusUnregistered, the last event, is on Events when it returns). ErrNotFound
 // if it has already ended (ErrClosed after Close). If ctx ends first, Unregister returns
 // ctx.Err() and the deletion goes on. It never fails because etcd is unreachable: a warning is
-// logged, nil returned, and the key expires with its lease.
+// logged, nil returned, and the key expires with its lease (or, when other nodes of the registry
+// keep that lease alive, is deleted as soon as etcd answers again).
 func (g *Registration) Unregister(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()

@@ -33,8 +33,9 @@
  *   - The library runs one global runtime of 1 thread (etcd_registry_config_set_runtime_threads
  *     or the environment variable ETCD_REGISTRY_THREADS, before the first connect) plus one
  *     callback thread named "etcd-reg-events", all started on first use.
- *   - Blocking calls (list, watch, unregister, wait_registered, close) wait for etcd at most the
- *     configured timeout (default 10 s).
+ *   - Blocking calls (list, watch, unregister, close) wait for etcd at most the configured
+ *     timeout (default 10 s); wait_registered waits up to its timeout_ms; a close made while
+ *     another runs waits for that one to finish.
  *   - After fork(), handles created before the fork refuse every call in the child with
  *     ETCD_REGISTRY_STATUS_CLOSED (close and free do nothing there: the registrations remain
  *     the parent's, which keeps them). The child may create new handles.
@@ -717,7 +718,7 @@ etcd_registry_status etcd_registry_config_set_credentials(struct etcd_registry_c
 
 /**
  * Sets the timeout of connecting and of each etcd call, in milliseconds (default 10000).
- * INVALID_ARGUMENT for 0.
+ * INVALID_ARGUMENT for 0 or above 100 years.
  */
 etcd_registry_status etcd_registry_config_set_timeout_ms(struct etcd_registry_config *config,
                                                          uint64_t timeout_ms);
@@ -725,7 +726,7 @@ etcd_registry_status etcd_registry_config_set_timeout_ms(struct etcd_registry_co
 /**
  * Sets the retry delays of registrations and watches after a failure: `min_ms` doubling up to
  * `max_ms` (defaults 1000 and 30000), each shortened by up to 20 % at random. Retries never
- * stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms.
+ * stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms <= 100 years.
  */
 etcd_registry_status etcd_registry_config_set_backoff_ms(struct etcd_registry_config *config,
                                                          uint64_t min_ms,
@@ -1124,7 +1125,8 @@ etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
  *
  * Shutdown rule (the same in every language): it never fails because etcd is unreachable.
  * When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
- * disappears when its lease expires (within the TTL).
+ * disappears when its lease expires (within the TTL), or, when other nodes of the registry
+ * keep that lease alive, is deleted as soon as etcd answers again.
  *
  * A registration replaced by a newer registration of the same node has ended already: this
  * deletes nothing (the key is the newer one's), waits until its UNREGISTERED has been

@@ -88,7 +88,7 @@ struct Cli {
 #[derive(Debug, Args)]
 #[command(next_help_heading = "Connection")]
 struct ConnArgs {
-    /// etcd endpoints, comma-separated: host:port or http://host:port.
+    /// etcd endpoints, comma-separated: host:port, http://host:port or https://host:port (TLS).
     #[arg(
         long,
         env = "ETCD_ENDPOINTS",

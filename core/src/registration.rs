@@ -750,7 +750,8 @@ impl Registration {
     /// Shutdown rule, the same in every language: it never fails because etcd is unreachable.
     /// The delete is tried within the configured timeout; when etcd cannot be reached in that
     /// time a warning is logged and `Ok` returned, and the key disappears when its lease
-    /// expires (within the TTL). An error is returned only when etcd answered and refused the
+    /// expires (within the TTL), or, when other members keep that lease alive, is deleted as
+    /// soon as etcd answers again. An error is returned only when etcd answered and refused the
     /// delete (e.g. a permission error), or for a registry from before `fork()`.
     pub async fn unregister(&self) -> Result<()> {
         self.registry.unregister_reg(&self.shared).await

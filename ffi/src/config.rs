@@ -176,7 +176,7 @@ pub unsafe extern "C" fn etcd_registry_config_set_credentials(
 }
 
 /// Sets the timeout of connecting and of each etcd call, in milliseconds (default 10000).
-/// INVALID_ARGUMENT for 0.
+/// INVALID_ARGUMENT for 0 or above 100 years.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_timeout_ms(
     config: *mut etcd_registry_config,
@@ -194,7 +194,7 @@ pub unsafe extern "C" fn etcd_registry_config_set_timeout_ms(
 
 /// Sets the retry delays of registrations and watches after a failure: `min_ms` doubling up to
 /// `max_ms` (defaults 1000 and 30000), each shortened by up to 20 % at random. Retries never
-/// stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms.
+/// stop. INVALID_ARGUMENT unless 0 < min_ms <= max_ms <= 100 years.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_backoff_ms(
     config: *mut etcd_registry_config,

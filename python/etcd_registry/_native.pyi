@@ -137,7 +137,9 @@ class Registration:
         Never fails because etcd is unreachable: the delete is tried within the registry's
         timeout; when etcd cannot be reached a warning is logged (logger ``etcd_registry``),
         the state is ``"unregistered"`` all the same, and the key expires with its lease
-        (within the TTL). Raises only when etcd answered and refused (e.g. ``AuthError``).
+        (within the TTL), or, when other nodes of the registry keep that lease alive, is
+        deleted as soon as etcd answers again. Raises only when etcd answered and refused
+        (e.g. ``AuthError``).
 
         With ``on_status``, returns once the callback has been called with ``"unregistered"``
         (from inside a callback, the events queued before it are delivered first, nested).
