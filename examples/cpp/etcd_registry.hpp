@@ -12,7 +12,10 @@
 // - Every failing status throws etcdreg::Error (status code + the library's message).
 // - Callbacks are std::function, called on the library's callback thread (one call at a time,
 //   in order per registration/watch). The wrapper owns them and destroys each one only when
-//   the C library guarantees it will not be called again (after unregister/unwatch/close).
+//   the C library guarantees it will not be called again and it is not running: a status
+//   callback once its UNREGISTERED call (its last: after unregister, close, or a newer
+//   registration of the same node) has returned, a watch callback after unwatch/close. One let
+//   go from inside a callback (it may be the one running) goes when the outermost returns.
 #pragma once
 
 #include <etcd_registry.h>
@@ -63,12 +66,99 @@ struct StringListFree {
     void operator()(etcd_registry_string_list *l) const noexcept { etcd_registry_string_list_free(l); }
 };
 
-// Set while this thread runs one of our callbacks: a std::function must not be destroyed
-// while it runs, so an unregister from inside a callback defers the destruction.
-inline thread_local bool in_callback = false;
+struct Callbacks;
+
+// One callback the wrapper owns, the user_data given to C for its registration or watch.
+struct SlotBase {
+    explicit SlotBase(std::weak_ptr<Callbacks> owner) : owner(std::move(owner)) {}
+    SlotBase(const SlotBase &) = delete;
+    SlotBase &operator=(const SlotBase &) = delete;
+    virtual ~SlotBase() = default;
+
+    // Weak: a status callback handed to unregister_async may still be called after its
+    // Registry is gone (its last call, UNREGISTERED), and must then leave the maps alone.
+    std::weak_ptr<Callbacks> owner;
+    bool ended = false;     // its UNREGISTERED call has returned (under Callbacks::mutex)
+    bool adopted = false;   // its first call has looked for it in `starting` (callback thread only)
+    uint64_t starting_key = 0;  // its key in `starting`, set before C is given the slot
+    SlotBase *next_buried = nullptr;  // in the graveyard (below)
+};
+template <typename Fn>
+struct Slot : SlotBase {
+    Slot(std::weak_ptr<Callbacks> owner, Fn fn) : SlotBase(std::move(owner)), fn(std::move(fn)) {}
+    Fn fn;
+};
+
+using SlotMap = std::map<uint64_t, std::unique_ptr<SlotBase>>;
+
+// What a Registry owns of its callbacks, shared (weakly) with them.
+struct Callbacks {
+    std::mutex mutex;  // held only briefly: never across a C call, a callback or a destructor
+    SlotMap status;    // by registration id
+    SlotMap watches;   // by watch id
+    // From before the C call until the id is known: when it returns, or at the first call of
+    // the callback, which may come first (events carry the id), so that a callback
+    // unregistering or unwatching itself at once finds itself. By a key never used again (not
+    // the address: the C call's return may come after the slot is freed and another made).
+    SlotMap starting;
+    uint64_t last_starting_key = 0;
+};
+
+// A map node holding `slot`, allocated now, so that moving it between maps later (under a new
+// key) allocates nothing and cannot throw: once C holds the callback, losing it to bad_alloc
+// would free it while C may still call it.
+inline SlotMap::node_type node_of(std::unique_ptr<SlotBase> slot) {
+    SlotMap one;
+    one.emplace(0, std::move(slot));
+    return one.extract(one.begin());
+}
+
+// Moves the slot filed under `key` from `starting` to `map` under `id`, if it is still there.
+inline void adopt(Callbacks &callbacks, SlotMap &map, uint64_t key, uint64_t id) noexcept {
+    auto node = callbacks.starting.extract(key);
+    if (!node) return;
+    node.key() = id;
+    auto placed = map.insert(std::move(node));
+    if (!placed.inserted) {
+        // Not expected (ids are unique): keep it rather than free a callback C may still call.
+        placed.node.key() = key;
+        callbacks.starting.insert(std::move(placed.node));
+    }
+}
+
+// Callback frames of the wrapper on this thread (nested calls count: a callback calling
+// unregister/close gets the registration's remaining calls nested), and the callbacks let go
+// meanwhile. A std::function must not be destroyed while it runs, and one let go from inside
+// a callback may be the one running (or one below it): those wait here until the outermost
+// frame returns. Only callbacks run callbacks, so the list is empty on every other thread.
+// Plain pointers and counters: nothing to free when a thread exits.
+inline thread_local unsigned callback_depth = 0;
+inline thread_local SlotBase *graveyard = nullptr;
+
+// Frees a callback C will not call again, now or, inside a callback, once it is safe.
+inline void bury(std::unique_ptr<SlotBase> slot) noexcept {
+    if (slot && callback_depth > 0) {
+        slot->next_buried = graveyard;
+        graveyard = slot.release();
+    }
+    // Otherwise `slot` (if set) is freed here: nothing of ours runs on this thread, and C
+    // runs callbacks on no other thread while it is not to call this one again.
+}
+
 struct CallbackScope {
-    CallbackScope() { in_callback = true; }
-    ~CallbackScope() { in_callback = false; }
+    CallbackScope() noexcept { ++callback_depth; }
+    ~CallbackScope() {
+        // A counter, not a flag: a nested call returning must not make the outer callback,
+        // still running, look finished.
+        if (--callback_depth != 0) return;
+        while (SlotBase *slot = graveyard) {
+            // Freed at depth 0: a destructor that unregisters frees what it lets go at once.
+            graveyard = slot->next_buried;
+            delete slot;
+        }
+    }
+    CallbackScope(const CallbackScope &) = delete;
+    CallbackScope &operator=(const CallbackScope &) = delete;
 };
 }  // namespace detail
 
@@ -137,7 +227,7 @@ class Registry {
     using StatusCallback = std::function<void(const StatusEvent &)>;
     using WatchCallback = std::function<void(const WatchEvent &)>;
 
-    explicit Registry(const Config &config) {
+    explicit Registry(const Config &config) : callbacks_(std::make_shared<detail::Callbacks>()) {
         etcd_registry *raw = nullptr;
         detail::check(etcd_registry_connect(config.get(), &raw));
         registry_.reset(raw);
@@ -145,8 +235,20 @@ class Registry {
     Registry(const Registry &) = delete;
     Registry &operator=(const Registry &) = delete;
 
-    // Frees the handle (closing it if needed); afterwards no callback runs, so they can go.
-    ~Registry() { registry_.reset(); }
+    // Frees the handle (closing it if needed); afterwards no callback of it runs, so they can
+    // go. Through bury: this may run inside a callback (of another registry, or its own).
+    ~Registry() {
+        registry_.reset();
+        detail::SlotMap left[3];
+        {
+            std::lock_guard<std::mutex> lock(callbacks_->mutex);
+            left[0].swap(callbacks_->status);
+            left[1].swap(callbacks_->watches);
+            left[2].swap(callbacks_->starting);
+        }
+        for (auto &map : left)
+            for (auto &entry : map) detail::bury(std::move(entry.second));
+    }
 
     uint64_t register_node(const std::string &service, const std::string &node,
                            const std::map<std::string, std::string> &info,
@@ -155,20 +257,35 @@ class Registry {
         entries.reserve(info.size());
         for (const auto &kv : info)
             entries.push_back({kv.first.data(), kv.first.size(), kv.second.data(), kv.second.size()});
-        auto owned = std::make_unique<StatusCallback>(std::move(callback));
+        const Starting starting = start(std::make_unique<detail::Slot<StatusCallback>>(callbacks_, std::move(callback)));
         uint64_t id = 0;
-        std::lock_guard<std::mutex> lock(mutex_);
-        detail::check(etcd_registry_register(registry_.get(), service.c_str(), node.c_str(),
-                                             entries.data(), entries.size(),
-                                             static_cast<uint64_t>(ttl.count()),
-                                             &Registry::status_trampoline, owned.get(), &id));
-        status_callbacks_[id] = std::move(owned);
+        const etcd_registry_status status =
+            etcd_registry_register(registry_.get(), service.c_str(), node.c_str(), entries.data(),
+                                   entries.size(), static_cast<uint64_t>(ttl.count()),
+                                   &Registry::status_trampoline, starting.slot, &id);
+        started(&detail::Callbacks::status, starting, status, id);
+        detail::check(status);
         return id;
     }
 
     void unregister(uint64_t id) {
-        detail::check(etcd_registry_unregister(registry_.get(), id));
-        release(status_callbacks_, id);  // the C call returned: the callback is done for good
+        const etcd_registry_status status = etcd_registry_unregister(registry_.get(), id);
+        // The callback normally let itself go in its UNREGISTERED call already; if this call
+        // ended the registration, it is done for good whatever the status (an etcd error here
+        // means etcd refused the delete, the registration is gone all the same). Not on
+        // NOT_FOUND or CLOSED: another unregister or a close may be delivering its last call
+        // right now (it lets itself go then), nor on refusals that changed nothing.
+        switch (status) {
+            case ETCD_REGISTRY_STATUS_INVALID_ARGUMENT:
+            case ETCD_REGISTRY_STATUS_NULL_POINTER:
+            case ETCD_REGISTRY_STATUS_NOT_FOUND:
+            case ETCD_REGISTRY_STATUS_CLOSED:
+            case ETCD_REGISTRY_STATUS_PANIC:
+                break;
+            default:
+                release(&detail::Callbacks::status, id);
+        }
+        detail::check(status);
     }
 
     // Unregisters without blocking: the registration is taken at once (unregistering it again
@@ -179,21 +296,29 @@ class Registry {
     std::future<void> unregister_async(uint64_t id) {
         auto pending = std::make_unique<PendingUnregister>();
         std::future<void> future = pending->promise.get_future();
-        std::unique_lock<std::mutex> lock(mutex_);
-        auto it = status_callbacks_.find(id);
-        if (it != status_callbacks_.end()) {
+        {
             // Owned by the pending call from before it starts: its callback may run at once.
-            pending->status_callback = std::move(it->second);
-            status_callbacks_.erase(it);
+            std::lock_guard<std::mutex> lock(callbacks_->mutex);
+            pending->status_callback = callbacks_->status.extract(id);
         }
         PendingUnregister *raw = pending.release();
         const etcd_registry_status status =
             etcd_registry_unregister_async(registry_.get(), id, &Registry::on_unregistered, raw);
         if (status != ETCD_REGISTRY_STATUS_OK) {
-            // The callback is never called then: nothing changed, the callback goes back.
+            // The done callback is never called then, and this call changed nothing: the
+            // status callback goes back (its node, so nothing is allocated), unless another
+            // unregister or a close delivered its last call meanwhile (found it gone, marked it
+            // ended, and returned from it).
             pending.reset(raw);
-            if (pending->status_callback) status_callbacks_[id] = std::move(pending->status_callback);
-            lock.unlock();
+            std::unique_ptr<detail::SlotBase> ended;
+            if (pending->status_callback) {
+                std::lock_guard<std::mutex> lock(callbacks_->mutex);
+                if (pending->status_callback.mapped()->ended)
+                    ended = std::move(pending->status_callback.mapped());
+                else
+                    callbacks_->status.insert(std::move(pending->status_callback));
+            }
+            detail::bury(std::move(ended));
             detail::check(status);
         }
         return future;
@@ -252,20 +377,20 @@ class Registry {
     }
 
     uint64_t watch(const std::string &service, WatchCallback callback) {
-        auto owned = std::make_unique<WatchCallback>(std::move(callback));
+        const Starting starting = start(std::make_unique<detail::Slot<WatchCallback>>(callbacks_, std::move(callback)));
         uint64_t id = 0;
-        // Not under mutex_: watch blocks on etcd, and the first events may be delivered (to
-        // owned, which lives on) before the map entry exists.
-        detail::check(etcd_registry_watch(registry_.get(), service.c_str(), &Registry::watch_trampoline,
-                                          owned.get(), &id));
-        std::lock_guard<std::mutex> lock(mutex_);
-        watch_callbacks_[id] = std::move(owned);
+        // Not under the lock: watch blocks on etcd, and the first events may be delivered
+        // before it returns (the callback's first call files it under its id then).
+        const etcd_registry_status status = etcd_registry_watch(
+            registry_.get(), service.c_str(), &Registry::watch_trampoline, starting.slot, &id);
+        started(&detail::Callbacks::watches, starting, status, id);
+        detail::check(status);
         return id;
     }
 
     void unwatch(uint64_t id) {
         detail::check(etcd_registry_unwatch(registry_.get(), id));
-        release(watch_callbacks_, id);
+        release(&detail::Callbacks::watches, id);  // stopped: not running, never called again
     }
 
     std::vector<Node> watch_nodes(uint64_t id) {
@@ -275,59 +400,134 @@ class Registry {
     }
 
     // Unregisters everything (revoking the leases) and stops the watches. Idempotent.
-    void close() { detail::check(etcd_registry_close(registry_.get())); }
+    // The status callbacks let themselves go in their UNREGISTERED calls; the watch callbacks,
+    // stopped for good, go here rather than with the Registry.
+    void close() {
+        detail::check(etcd_registry_close(registry_.get()));
+        detail::SlotMap stopped;
+        {
+            std::lock_guard<std::mutex> lock(callbacks_->mutex);
+            stopped.swap(callbacks_->watches);
+        }
+        for (auto &entry : stopped) detail::bury(std::move(entry.second));
+    }
 
   private:
-    static void status_trampoline(const etcd_registry_status_event *e, void *user_data) {
+    // The callbacks C calls. Exceptions must not cross into the C library. The scope comes
+    // first, so it ends last: whatever the call let go is freed after it is done with the slot.
+    static void status_trampoline(const etcd_registry_status_event *e, void *user_data) noexcept {
         detail::CallbackScope scope;
-        StatusEvent event{e->kind,
-                          e->registration_id,
-                          detail::str(e->service),
-                          detail::str(e->node),
-                          e->attempt,
-                          std::chrono::milliseconds(e->delay_ms),
-                          e->error_status,
-                          detail::str(e->error_message),
-                          e->lease_id};
+        auto *slot = static_cast<detail::Slot<StatusCallback> *>(static_cast<detail::SlotBase *>(user_data));
+        if (!slot->adopted) adopt_first(slot, &detail::Callbacks::status, e->registration_id);
         try {
-            (*static_cast<StatusCallback *>(user_data))(event);
+            const StatusEvent event{e->kind,
+                                    e->registration_id,
+                                    detail::str(e->service),
+                                    detail::str(e->node),
+                                    e->attempt,
+                                    std::chrono::milliseconds(e->delay_ms),
+                                    e->error_status,
+                                    detail::str(e->error_message),
+                                    e->lease_id};
+            slot->fn(event);
         } catch (...) {
-            // Exceptions must not cross into the C library.
+        }
+        if (e->kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) ended(slot, e->registration_id);
+    }
+
+    static void watch_trampoline(const etcd_registry_watch_event *e, void *user_data) noexcept {
+        detail::CallbackScope scope;
+        auto *slot = static_cast<detail::Slot<WatchCallback> *>(static_cast<detail::SlotBase *>(user_data));
+        if (!slot->adopted) adopt_first(slot, &detail::Callbacks::watches, e->watch_id);
+        try {
+            WatchEvent event{e->kind, e->watch_id, detail::str(e->service), detail::str(e->node_name),
+                             detail::str(e->info_json), e->revision, {}};
+            for (size_t j = 0; j < e->info_len; j++)
+                event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),
+                                   std::string(e->info[j].value, e->info[j].value_len));
+            slot->fn(event);
+        } catch (...) {
         }
     }
 
-    static void watch_trampoline(const etcd_registry_watch_event *e, void *user_data) {
-        detail::CallbackScope scope;
-        WatchEvent event{e->kind, e->watch_id, detail::str(e->service), detail::str(e->node_name),
-                         detail::str(e->info_json), e->revision, {}};
-        for (size_t j = 0; j < e->info_len; j++)
-            event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),
-                               std::string(e->info[j].value, e->info[j].value_len));
+    // A callback's first call: files it under its id if the C call that made it has not
+    // returned yet, so that unregister/unwatch from inside it find it.
+    static void adopt_first(detail::SlotBase *slot, detail::SlotMap detail::Callbacks::*map, uint64_t id) noexcept {
+        slot->adopted = true;
+        const std::shared_ptr<detail::Callbacks> owner = slot->owner.lock();
+        if (!owner) return;
         try {
-            (*static_cast<WatchCallback *>(user_data))(event);
-        } catch (...) {
+            std::lock_guard<std::mutex> lock(owner->mutex);
+            detail::adopt(*owner, (*owner).*map, slot->starting_key, id);
+        } catch (...) {  // std::system_error from the lock: it stays in `starting` until ~Registry
         }
     }
 
-    template <typename Map>
-    void release(Map &map, uint64_t id) {
-        std::unique_lock<std::mutex> lock(mutex_);
-        auto it = map.find(id);
-        if (it == map.end()) return;
-        auto owned = std::move(it->second);
-        map.erase(it);
-        if (detail::in_callback) {
-            // Possibly our own std::function, still running: destroy it with the registry.
-            graveyard_.emplace_back(owned.release(), [](void *p) { delete static_cast<typename Map::mapped_type::element_type *>(p); });
+    // The end of a status callback's last call (UNREGISTERED): C never calls it again, so it
+    // lets itself go, freed once the outermost callback returns. A registration replaced by a
+    // newer one of the same node ends this way with no unregister of ours to release it.
+    // Not found: unregister_async holds it, or gives it back seeing `ended`.
+    static void ended(detail::SlotBase *slot, uint64_t id) noexcept {
+        const std::shared_ptr<detail::Callbacks> owner = slot->owner.lock();
+        if (!owner) return;
+        std::unique_ptr<detail::SlotBase> gone;
+        try {
+            std::lock_guard<std::mutex> lock(owner->mutex);
+            slot->ended = true;  // the last touch of the slot: another thread may free it next
+            auto it = owner->status.find(id);
+            if (it != owner->status.end() && it->second.get() == slot) {
+                gone = std::move(it->second);
+                owner->status.erase(it);
+            }
+        } catch (...) {
         }
-        lock.unlock();
-        // `owned` (if still set) is destroyed here, outside the lock.
+        detail::bury(std::move(gone));
+    }
+
+    // A new callback, filed in `starting` before the C call that hands it over.
+    struct Starting {
+        detail::SlotBase *slot;
+        uint64_t key;
+    };
+    Starting start(std::unique_ptr<detail::SlotBase> owned) {
+        detail::SlotBase *slot = owned.get();
+        detail::SlotMap::node_type node = detail::node_of(std::move(owned));
+        std::lock_guard<std::mutex> lock(callbacks_->mutex);
+        node.key() = slot->starting_key = ++callbacks_->last_starting_key;
+        callbacks_->starting.insert(std::move(node));
+        return {slot, slot->starting_key};
+    }
+
+    // After the C call that was handed the slot (which may be gone already: only its key is
+    // used): files it under its id (unless its first call did), or, when the call failed,
+    // frees it (C never calls it then).
+    void started(detail::SlotMap detail::Callbacks::*map, const Starting &starting,
+                 etcd_registry_status status, uint64_t id) {
+        detail::SlotMap::node_type refused;
+        {
+            std::lock_guard<std::mutex> lock(callbacks_->mutex);
+            if (status == ETCD_REGISTRY_STATUS_OK)
+                detail::adopt(*callbacks_, (*callbacks_).*map, starting.key, id);
+            else
+                refused = callbacks_->starting.extract(starting.key);
+        }
+        // `refused` (if set) is freed here, outside the lock.
+    }
+
+    void release(detail::SlotMap detail::Callbacks::*map, uint64_t id) {
+        std::unique_ptr<detail::SlotBase> gone;
+        {
+            std::lock_guard<std::mutex> lock(callbacks_->mutex);
+            auto node = ((*callbacks_).*map).extract(id);
+            if (node) gone = std::move(node.mapped());
+        }
+        detail::bury(std::move(gone));  // outside the lock: its destructor may call us
     }
 
     // An unregister_async in flight: what its callback owns.
     struct PendingUnregister {
         std::promise<void> promise;
-        std::unique_ptr<StatusCallback> status_callback;  // done for good once the callback runs
+        detail::SlotMap::node_type status_callback;  // done for good once the callback runs
     };
 
     // etcd_registry_unregister_async's callback: it owns the pending call; nothing may throw
@@ -335,6 +535,9 @@ class Registry {
     static void on_unregistered(void *user_data, etcd_registry_status status,
                                 const char *message) noexcept {
         std::unique_ptr<PendingUnregister> pending(static_cast<PendingUnregister *>(user_data));
+        // The status callback is done for good (its UNREGISTERED call has returned): freed
+        // before the future is ready, so that nothing of the registration is left by then.
+        { detail::SlotMap::node_type done = std::move(pending->status_callback); }
         try {
             if (status == ETCD_REGISTRY_STATUS_OK)
                 pending->promise.set_value();
@@ -381,10 +584,7 @@ class Registry {
     }
 
     // Declared first, destroyed last: callbacks outlive the handle that calls them.
-    std::mutex mutex_;
-    std::map<uint64_t, std::unique_ptr<StatusCallback>> status_callbacks_;
-    std::map<uint64_t, std::unique_ptr<WatchCallback>> watch_callbacks_;
-    std::vector<std::unique_ptr<void, void (*)(void *)>> graveyard_;
+    std::shared_ptr<detail::Callbacks> callbacks_;
     std::unique_ptr<etcd_registry, detail::RegistryFree> registry_;
 };
 

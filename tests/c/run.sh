@@ -10,13 +10,18 @@
 #      generated at run time)
 #   5. runs it again under valgrind: no error, and no block of the library left allocated
 #      after every registry is freed, except the process-wide state in tests/c/valgrind.supp
+#   5b. the same four runs (plain, ASan, TSan, valgrind) of tests/cpp/test_wrapper.cpp, the tests
+#      of the C++ wrapper examples/cpp/etcd_registry.hpp (built with g++ -Werror)
 #   6. installs into a temporary prefix with ffi/install.sh; builds examples/c/basic.c with
 #      `cc basic.c $(pkg-config --cflags --libs etcd_registry)`, shared and static, and
 #      examples/cpp with CMake through find_package(etcd_registry) (shared, static, and from a
 #      --static install), and runs them
 #   7. runs examples/c/retry_demo while etcd is killed and started again
 #
-#   tests/c/run.sh [--no-valgrind] [TEST_NAME_SUBSTRING...]
+#   tests/c/run.sh [--no-valgrind] [--cpp] [TEST_NAME_SUBSTRING...]
+#
+# --cpp runs only the C++ part: steps 1-2, 5b, and the C++ example of step 6. Test name
+# substrings select tests of every suite run.
 #
 # Exits non-zero on any failure.
 set -euo pipefail
@@ -28,10 +33,12 @@ cd "$root"
 target="${CARGO_TARGET_DIR:-$root/target}"
 build="$target/c-tests"
 valgrind=1
+cpp_only=0
 filters=()
 for arg in "$@"; do
     case "$arg" in
         --no-valgrind) valgrind=0 ;;
+        --cpp) cpp_only=1 ;;
         *) filters+=("$arg") ;;
     esac
 done
@@ -44,16 +51,15 @@ harness="$target/debug/etcd-harness"
 step "header is up to date"
 ffi/check-header.sh
 
-step "compile the C tests and examples (gcc, static library)"
 mkdir -p "$build"
 cflags=(-std=gnu11 -Wall -Wextra -Werror -g -O1 -I"$root/include")
-if [ -f /usr/include/valgrind/memcheck.h ]; then cflags+=(-DHAVE_VALGRIND); fi
+cxxflags=(-std=c++17 -Wall -Wextra -Werror -g -O1 -I"$root/include" -I"$root/examples/cpp")
+if [ -f /usr/include/valgrind/memcheck.h ]; then
+    cflags+=(-DHAVE_VALGRIND)
+    cxxflags+=(-DHAVE_VALGRIND)
+fi
 # shellcheck disable=SC2206 # a list of linker flags
 static_libs=("$lib/libetcd_registry.a" $ETCD_REGISTRY_SYSTEM_LIBS)
-gcc "${cflags[@]}" tests/c/test_etcd_registry.c "${static_libs[@]}" -o "$build/test_etcd_registry"
-gcc "${cflags[@]}" tests/c/test_tls.c "${static_libs[@]}" -o "$build/test_tls"
-gcc "${cflags[@]}" examples/c/basic.c "${static_libs[@]}" -o "$build/basic"
-gcc "${cflags[@]}" examples/c/retry_demo.c "${static_libs[@]}" -o "$build/retry_demo"
 
 # run_suite NAME BINARY [WRAPPER...]: runs the suite binary (under the wrapper) against etcd,
 # and checks the final line as well as the exit code.
@@ -67,6 +73,13 @@ run_suite() {
     [ "$rc" -eq 0 ] || return 1
     grep -Eq '^[0-9]+ passed, 0 failed$' "$log"
 }
+
+if [ "$cpp_only" = 0 ]; then
+step "compile the C tests and examples (gcc, static library)"
+gcc "${cflags[@]}" tests/c/test_etcd_registry.c "${static_libs[@]}" -o "$build/test_etcd_registry"
+gcc "${cflags[@]}" tests/c/test_tls.c "${static_libs[@]}" -o "$build/test_tls"
+gcc "${cflags[@]}" examples/c/basic.c "${static_libs[@]}" -o "$build/basic"
+gcc "${cflags[@]}" examples/c/retry_demo.c "${static_libs[@]}" -o "$build/retry_demo"
 
 step "C tests against etcd"
 run_suite tests "$build/test_etcd_registry" || fail "C tests"
@@ -116,6 +129,39 @@ if [ "$valgrind" = 1 ]; then
         --suppressions="$root/tests/c/valgrind.supp" --num-callers=40 \
         || fail "C tests under valgrind (see $build/valgrind.log)"
 fi
+fi  # not --cpp
+
+# The C++ wrapper's tests, built and run as the C suite is: they check when the wrapper frees
+# the std::function callbacks it owns (never while one runs, a use after free these runs catch;
+# not later than its registration or watch ends).
+step "compile the C++ wrapper's tests (g++, static library)"
+g++ "${cxxflags[@]}" tests/cpp/test_wrapper.cpp "${static_libs[@]}" -o "$build/test_wrapper"
+g++ "${cxxflags[@]}" -fsanitize=address -fno-omit-frame-pointer tests/cpp/test_wrapper.cpp \
+    "${static_libs[@]}" -o "$build/test_wrapper_asan"
+g++ "${cxxflags[@]}" -fsanitize=thread tests/cpp/test_wrapper.cpp -L"$lib" -letcd_registry \
+    -Wl,-rpath,"$lib" -lpthread -o "$build/test_wrapper_tsan"
+
+step "C++ wrapper tests against etcd"
+run_suite cpp "$build/test_wrapper" || fail "C++ wrapper tests"
+
+step "C++ wrapper tests built with AddressSanitizer"
+ASAN_OPTIONS=detect_leaks=0 run_suite cpp-asan "$build/test_wrapper_asan" \
+    || fail "C++ wrapper tests under AddressSanitizer (see $build/cpp-asan.log)"
+
+step "C++ wrapper tests built with ThreadSanitizer"
+TSAN_OPTIONS="suppressions=$root/tests/c/tsan.supp halt_on_error=1" run_suite cpp-tsan "$build/test_wrapper_tsan" \
+    || fail "C++ wrapper tests under ThreadSanitizer (see $build/cpp-tsan.log)"
+
+if [ "$valgrind" = 1 ]; then
+    command -v valgrind >/dev/null || fail "valgrind is not installed (apt-get install valgrind, or --no-valgrind)"
+    step "C++ wrapper tests under valgrind"
+    # As the C suite: every leak kind is an error, the library's process-wide state excepted.
+    ETCD_REGISTRY_TEST_SLOWDOWN=10 run_suite cpp-valgrind "$build/test_wrapper" \
+        valgrind --quiet --error-exitcode=99 --fair-sched=yes \
+        --leak-check=full --show-leak-kinds=all --errors-for-leak-kinds=all \
+        --suppressions="$root/tests/c/valgrind.supp" --num-callers=40 \
+        || fail "C++ wrapper tests under valgrind (see $build/cpp-valgrind.log)"
+fi
 
 step "install into a temporary prefix, build through pkg-config"
 prefix="$(mktemp -d)"
@@ -123,6 +169,7 @@ static_prefix="$(mktemp -d)"
 trap 'rm -rf "$prefix" "$static_prefix"' EXIT
 ffi/install.sh --prefix "$prefix" --profile debug --no-build
 ffi/install.sh --prefix "$static_prefix" --profile debug --no-build --static
+if [ "$cpp_only" = 0 ]; then
 command -v pkg-config >/dev/null || fail "pkg-config is not installed"
 PKG_CONFIG_PATH="$prefix/lib/pkgconfig" \
     sh -c 'cc examples/c/basic.c -o "$1" $(pkg-config --cflags --libs etcd_registry)' _ "$build/basic-pc-shared"
@@ -134,6 +181,7 @@ for exe in basic-pc-static basic-pc-archive; do
     if ldd "$build/$exe" | grep libetcd_registry >/dev/null; then fail "$exe linked the shared library"; fi
 done
 ldd "$build/basic-pc-shared" | grep "$prefix/lib/libetcd_registry.so" >/dev/null || fail "shared install did not link $prefix/lib"
+fi  # not --cpp
 
 step "build examples/cpp with CMake through find_package(etcd_registry), shared and static"
 command -v cmake >/dev/null || fail "cmake is not installed"
@@ -153,13 +201,19 @@ for exe in cpp-static cpp-static-only; do
 done
 
 step "examples"
+if [ "$cpp_only" = 0 ]; then
 "$harness" run -- "$build/basic" | sed 's/^/    /'
 "$harness" run -- "$build/basic-pc-shared" >/dev/null
 "$harness" run -- "$build/basic-pc-static" >/dev/null
 "$harness" run -- "$build/basic-pc-archive" >/dev/null
+fi
 "$harness" run -- "$build/cpp/example" | sed 's/^/    /'
 "$harness" run -- "$build/cpp-static/example" >/dev/null
 "$harness" run -- "$build/cpp-static-only/example" >/dev/null
+if [ "$cpp_only" = 1 ]; then
+    step "C++ wrapper: all passed"
+    exit 0
+fi
 step "retry demo (etcd killed and started again)"
 "$harness" run -- tests/retry-demo-check.sh "registered (lease" "re-registered (lease" "closed: lease revoked" -- "$build/retry_demo" 120
 

@@ -1,0 +1,385 @@
+// Tests of the C++ wrapper examples/cpp/etcd_registry.hpp against a real etcd, run by
+// tests/c/run.sh (plain, with AddressSanitizer, ThreadSanitizer and under valgrind):
+//
+//   etcd-harness run -- test_wrapper [TEST_NAME_SUBSTRING...]
+//
+// They check when the wrapper frees the callbacks it owns: never while one runs (a callback
+// unregistering its own registration gets the UNREGISTERED call nested, and then goes on using
+// what it captured), and not later than needed (a replaced registration, a callback let go
+// from inside a callback). Each callback captures a Tracker, which counts its live copies.
+// Prints one line per test and "N passed, M failed", like the C suites.
+#include "etcd_registry.hpp"
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#ifdef HAVE_VALGRIND
+#include <valgrind/memcheck.h>
+#endif
+
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string endpoints;
+double slow = 1.0;  // ETCD_REGISTRY_TEST_SLOWDOWN: timeouts scaled (valgrind is ~20x slower)
+bool current_failed = false;
+
+#define CHECK(cond)                                                                    \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            std::fprintf(stderr, "    %s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            current_failed = true;                                                     \
+        }                                                                              \
+    } while (0)
+
+// Polls `cond` every 10 ms until it holds or `seconds` (scaled) pass; returns whether it held.
+bool wait_for(const std::function<bool()> &cond, double seconds = 10) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(seconds * slow);
+    for (;;) {
+        if (cond()) return true;
+        if (std::chrono::steady_clock::now() >= deadline) return false;
+        std::this_thread::sleep_for(10ms);
+    }
+}
+
+// Counts its live copies in `live`: captured by value in a callback, it tells whether the
+// wrapper still holds that callback.
+struct Tracker {
+    explicit Tracker(std::atomic<int> &live) : live(&live) { ++*this->live; }
+    Tracker(const Tracker &other) noexcept : live(other.live) { ++*live; }
+    Tracker &operator=(const Tracker &) = delete;
+    ~Tracker() { --*live; }
+    std::atomic<int> *live;
+};
+
+etcdreg::Config config() {
+    etcdreg::Config c;
+    c.endpoints(endpoints).base_path("/cpp-wrapper-tests");
+    return c;
+}
+const std::chrono::milliseconds ttl = 10s;
+
+// ---------------------------------------------------------------- tests
+
+// A status callback unregistering its own registration gets UNREGISTERED nested, inside that
+// call; its std::function must outlive the outer call, which then reads its captures (a use
+// after free, caught by ASan and valgrind, when the nested call ended the wrapper's "inside a
+// callback" state). It is freed once the outer call returns, not later.
+void unregister_inside_own_status_callback() {
+    std::atomic<int> live{0};
+    std::atomic<int> unregistered{0};
+    std::atomic<bool> done{false}, intact{false}, threw{false};
+    etcdreg::Registry registry(config());
+    const std::string big(200, 'x');  // on the heap, inside the std::function
+    registry.register_node(
+        "self-unregister", "n1", {}, ttl,
+        [&, big, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+            if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+            if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+            try {
+                registry.unregister(e.registration_id);  // UNREGISTERED comes nested, in here
+            } catch (const etcdreg::Error &) {
+                threw = true;
+            }
+            intact = unregistered == 1 && big.size() == 200 && big[0] == 'x' && big[199] == 'x' &&
+                     *t.live >= 1;
+            done = true;
+        });
+    CHECK(wait_for([&] { return done.load(); }));
+    CHECK(!threw);
+    CHECK(intact);
+    CHECK(wait_for([&] { return live == 0; }));  // freed once the outer call returned
+    CHECK(registry.list("self-unregister").empty());
+}
+
+// The same from inside a watch callback: unwatch of its own watch, then the captures in use.
+void unwatch_inside_own_watch_callback() {
+    std::atomic<int> live{0};
+    std::atomic<bool> done{false}, intact{false};
+    etcdreg::Registry registry(config());
+    const auto node = registry.register_node("self-unwatch", "n1", {}, ttl, nullptr);
+    registry.wait_registered(node, 5s);
+    const std::string big(200, 'y');
+    const uint64_t watch = registry.watch("self-unwatch", [&, big, t = Tracker(live)](const etcdreg::WatchEvent &e) {
+        if (done) return;  // not called again after unwatch: checked below through `live`
+        registry.unwatch(e.watch_id);  // the first call: before watch() may have returned
+        intact = big.size() == 200 && big[0] == 'y' && *t.live >= 1;
+        done = true;
+    });
+    CHECK(wait_for([&] { return done.load(); }));
+    CHECK(intact);
+    // Freed when the call returned, with the Registry still there (even when the call came
+    // before watch() returned the id).
+    CHECK(wait_for([&] { return live == 0; }));
+    bool not_found = false;
+    try {
+        registry.unwatch(watch);
+    } catch (const etcdreg::Error &e) {
+        not_found = e.status() == ETCD_REGISTRY_STATUS_NOT_FOUND;
+    }
+    CHECK(not_found);
+}
+
+// Registering a node this registry holds replaces the older registration, which gets
+// UNREGISTERED with no unregister of ours: its callback is freed then, not with the Registry.
+void reregistering_a_node_frees_the_replaced_callbacks() {
+    const int n = 20;
+    std::atomic<int> live{0}, unregistered{0};
+    etcdreg::Registry registry(config());
+    uint64_t last = 0;
+    for (int i = 0; i < n; i++) {
+        last = registry.register_node("reregister", "n1", {{"i", std::to_string(i)}}, ttl,
+                                      [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                          if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                      });
+    }
+    CHECK(wait_for([&] { return unregistered == n - 1; }));
+    CHECK(wait_for([&] { return live == 1; }));
+    registry.wait_registered(last, 5s);
+    const auto nodes = registry.list("reregister");
+    CHECK(nodes.size() == 1 && nodes[0].info.at("i") == std::to_string(n - 1));
+    registry.unregister(last);
+    CHECK(unregistered == n);
+    CHECK(live == 0);  // freed in its last call, which unregister waits for
+}
+
+// The same from two threads at once: a registration may be replaced (and its callback get its
+// last call) before the register_node that made it has returned.
+void reregistering_a_node_from_two_threads() {
+    const int n = 20;
+    std::atomic<int> live{0}, unregistered{0};
+    etcdreg::Registry registry(config());
+    auto reregister = [&] {
+        for (int i = 0; i < n; i++)
+            registry.register_node("reregister-threads", "n1", {}, ttl,
+                                   [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                       if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                   });
+    };
+    std::thread other(reregister);
+    reregister();
+    other.join();
+    CHECK(wait_for([&] { return unregistered == 2 * n - 1; }));
+    CHECK(wait_for([&] { return live == 1; }));
+    registry.close();
+    CHECK(unregistered == 2 * n);
+    CHECK(live == 0);
+}
+
+// Callbacks let go from inside a callback (unregister/unwatch there) are freed once it returns,
+// not kept until the Registry goes.
+void callbacks_let_go_inside_a_callback_are_freed() {
+    const int k = 10;
+    std::atomic<int> live{0}, watch_live{0};
+    std::atomic<bool> done{false};
+    etcdreg::Registry registry(config());
+    std::vector<uint64_t> ids;
+    for (int i = 0; i < k; i++)
+        ids.push_back(registry.register_node("let-go", "n" + std::to_string(i), {}, ttl,
+                                             [t = Tracker(live)](const etcdreg::StatusEvent &) {}));
+    CHECK(live == k);
+    uint64_t watch = 0;
+    std::atomic<uint64_t> watch_id{0};
+    watch = registry.watch("let-go-trigger", [&, t = Tracker(watch_live)](const etcdreg::WatchEvent &e) {
+        if (e.kind != ETCD_REGISTRY_WATCH_KIND_ADDED || done) return;
+        for (uint64_t id : ids) registry.unregister(id);
+        registry.unwatch(e.watch_id);
+        watch_id = e.watch_id;
+        done = true;
+    });
+    const auto trigger = registry.register_node("let-go-trigger", "go", {}, ttl, nullptr);
+    CHECK(wait_for([&] { return done.load(); }));
+    CHECK(watch_id == watch);
+    CHECK(wait_for([&] { return live == 0 && watch_live == 0; }));
+    CHECK(registry.list("let-go").empty());
+    registry.unregister(trigger);
+}
+
+// A register or watch that fails frees its callback at once (C never calls it).
+void refused_calls_free_the_callback() {
+    std::atomic<int> live{0};
+    etcdreg::Registry registry(config());
+    int refused = 0;
+    try {
+        registry.register_node("refused", "", {}, ttl, [t = Tracker(live)](const etcdreg::StatusEvent &) {});
+    } catch (const etcdreg::Error &e) {
+        refused += e.status() == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT;
+    }
+    try {
+        registry.watch("", [t = Tracker(live)](const etcdreg::WatchEvent &) {});
+    } catch (const etcdreg::Error &e) {
+        refused += e.status() == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT;
+    }
+    CHECK(refused == 2);
+    CHECK(live == 0);
+}
+
+// unregister_async: the callback is done for good, and freed, by the time the future is ready;
+// a refused unregister_async (unknown id) leaves everything as it was.
+void unregister_async_frees_the_callback() {
+    std::atomic<int> live{0}, unregistered{0};
+    etcdreg::Registry registry(config());
+    const auto id = registry.register_node("async", "n1", {}, ttl,
+                                           [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                               if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                           });
+    registry.wait_registered(id, 5s);
+    bool not_found = false;
+    try {
+        registry.unregister_async(id + 1000);
+    } catch (const etcdreg::Error &e) {
+        not_found = e.status() == ETCD_REGISTRY_STATUS_NOT_FOUND;
+    }
+    CHECK(not_found);
+    CHECK(live == 1);
+    registry.unregister_async(id).get();
+    CHECK(unregistered == 1);
+    CHECK(live == 0);  // freed before the future is ready
+    CHECK(registry.list("async").empty());
+}
+
+// close(): every status callback gets UNREGISTERED and is freed, the watch callbacks too; the
+// Registry object (still alive) keeps none.
+void close_frees_every_callback() {
+    std::atomic<int> live{0};
+    etcdreg::Registry registry(config());
+    const auto id = registry.register_node("close", "n1", {}, ttl, [t = Tracker(live)](const etcdreg::StatusEvent &) {});
+    registry.watch("close", [t = Tracker(live)](const etcdreg::WatchEvent &) {});
+    registry.wait_registered(id, 5s);
+    CHECK(live == 2);
+    registry.close();
+    CHECK(live == 0);
+}
+
+// A status callback closing its own registry: every UNREGISTERED (its own nested) inside it.
+void close_inside_a_status_callback() {
+    std::atomic<int> live{0}, unregistered{0};
+    std::atomic<bool> done{false}, intact{false};
+    etcdreg::Registry registry(config());
+    const std::string big(200, 'z');
+    registry.register_node("close-inside", "other", {}, ttl,
+                           [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                               if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                           });
+    registry.register_node("close-inside", "closer", {}, ttl, [&, big, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+        if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+        if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+        registry.close();
+        intact = unregistered == 2 && big[199] == 'z' && *t.live >= 1;
+        done = true;
+    });
+    CHECK(wait_for([&] { return done.load(); }));
+    CHECK(intact);
+    CHECK(wait_for([&] { return live == 0; }));
+}
+
+// The Registry going frees what it still holds.
+void destroying_the_registry_frees_the_callbacks() {
+    std::atomic<int> live{0};
+    {
+        etcdreg::Registry registry(config());
+        const auto id = registry.register_node("destroy", "n1", {}, ttl, [t = Tracker(live)](const etcdreg::StatusEvent &) {});
+        registry.watch("destroy", [t = Tracker(live)](const etcdreg::WatchEvent &) {});
+        registry.wait_registered(id, 5s);
+        CHECK(live == 2);
+    }
+    CHECK(live == 0);
+}
+
+// Under valgrind, waits (up to 20 s) until the library has finished freeing what the registries
+// held (part of it is freed on its own threads after etcd_registry_free returns), so that the
+// exit leak check, which counts every block, sees only its process-wide state. As the C suite,
+// but against the blocks counted before the tests, and only while the count still changes:
+// some blocks are freed only at exit (the C++ runtime's exception pool, glibc's dlerror state
+// of the library's lookups), and the exit check tells whether anything else was left.
+unsigned long blocks_before_tests = 0;
+unsigned long count_blocks() {
+    unsigned long blocks = 0;
+#ifdef HAVE_VALGRIND
+    unsigned long leaked = 0, dubious = 0, reachable = 0, suppressed = 0;
+    VALGRIND_DO_QUICK_LEAK_CHECK;
+    VALGRIND_COUNT_LEAK_BLOCKS(leaked, dubious, reachable, suppressed);
+    blocks = leaked + dubious + reachable;
+    (void)suppressed;
+#endif
+    return blocks;
+}
+void wait_for_library_teardown() {
+#ifdef HAVE_VALGRIND
+    if (!RUNNING_ON_VALGRIND) return;
+    const auto start = std::chrono::steady_clock::now();
+    auto changed = start;
+    unsigned long blocks = count_blocks();
+    while (blocks > blocks_before_tests && std::chrono::steady_clock::now() - changed < 2s &&
+           std::chrono::steady_clock::now() - start < 20s) {
+        std::this_thread::sleep_for(100ms);
+        const unsigned long now = count_blocks();
+        if (now != blocks) changed = std::chrono::steady_clock::now();
+        blocks = now;
+    }
+    std::printf("leak check: %lu blocks allocated outside the library's global state (%lu before the tests)\n",
+                blocks, blocks_before_tests);
+#endif
+}
+
+struct Test {
+    const char *name;
+    void (*run)();
+};
+#define TEST(fn) Test{#fn, fn}
+const Test tests[] = {
+    TEST(unregister_inside_own_status_callback),
+    TEST(unwatch_inside_own_watch_callback),
+    TEST(reregistering_a_node_frees_the_replaced_callbacks),
+    TEST(reregistering_a_node_from_two_threads),
+    TEST(callbacks_let_go_inside_a_callback_are_freed),
+    TEST(refused_calls_free_the_callback),
+    TEST(unregister_async_frees_the_callback),
+    TEST(close_frees_every_callback),
+    TEST(close_inside_a_status_callback),
+    TEST(destroying_the_registry_frees_the_callbacks),
+};
+
+}  // namespace
+
+int main(int argc, char **argv) {
+    std::setvbuf(stdout, nullptr, _IOLBF, 0);
+    const char *env = std::getenv("ETCD_ENDPOINTS");
+    if (env == nullptr || *env == '\0') {
+        std::fprintf(stderr, "ETCD_ENDPOINTS is not set: run me under `etcd-harness run --`\n");
+        return 2;
+    }
+    endpoints = env;
+    const char *factor = std::getenv("ETCD_REGISTRY_TEST_SLOWDOWN");
+    if (factor != nullptr && std::atof(factor) >= 1) slow = std::atof(factor);
+
+    blocks_before_tests = count_blocks();
+    int passed = 0, failed = 0;
+    for (const Test &test : tests) {
+        bool selected = argc < 2;
+        for (int a = 1; a < argc; a++) selected = selected || std::strstr(test.name, argv[a]) != nullptr;
+        if (!selected) continue;
+        current_failed = false;
+        const auto start = std::chrono::steady_clock::now();
+        try {
+            test.run();
+        } catch (const std::exception &e) {
+            std::fprintf(stderr, "    exception: %s\n", e.what());
+            current_failed = true;
+        }
+        const std::chrono::duration<double> took = std::chrono::steady_clock::now() - start;
+        std::printf("%s %s (%.1fs)\n", current_failed ? "FAIL" : "ok  ", test.name, took.count());
+        (current_failed ? failed : passed)++;
+    }
+    wait_for_library_teardown();
+    std::printf("%d passed, %d failed\n", passed, failed);
+    return failed == 0 ? 0 : 1;
+}
