@@ -40,8 +40,11 @@ Output formats:
     list      {\"name\":\"node-1\",\"info\":{\"address\":\"10.0.0.5:8080\"}}
     watch     {\"event\":\"added\",\"name\":\"node-1\",\"info\":{…},\"revision\":7}
               (event: added | updated | removed | resynced)
-    register  {\"event\":\"registered\",\"key\":\"/services/api/node-1\",\"lease_id\":…}
+    register  {\"event\":\"registered\",\"key\":\"/services/api/node-1\",\"lease_id\":…,
+               \"lease_id_hex\":\"54dc8a4b7d3e2f06\",\"ttl\":30}
               (event: registered | failed | keepalive_lost | retrying | reregistered | unregistered)
+              (lease_id is a 64-bit integer that jq and JavaScript round: use lease_id_hex,
+              the same id in hex as etcdctl prints it, wherever lease_id appears)
     services  {\"service\":\"api\"}
   Errors go to stderr as one line: `etcd-registry: <kind>: <message>`.
 
@@ -517,7 +520,13 @@ fn print_status_event(
     let kind = event.kind_str();
     match event {
         StatusEvent::Registered { lease_id } => out.line(
-            obj!("event": kind, "key": key, "lease_id": lease_id, "ttl": ttl_secs),
+            obj!(
+                "event": kind,
+                "key": key,
+                "lease_id": lease_id,
+                "lease_id_hex": lease_hex(*lease_id),
+                "ttl": ttl_secs,
+            ),
             || format!("registered {key} lease={lease_id} ttl={ttl_secs}s"),
         ),
         StatusEvent::Failed { error } => out.line(
@@ -548,17 +557,24 @@ fn print_status_event(
             },
         ),
         StatusEvent::Reregistered { lease_id } => out.line(
-            obj!("event": kind, "key": key, "lease_id": lease_id),
+            obj!("event": kind, "key": key, "lease_id": lease_id, "lease_id_hex": lease_hex(*lease_id)),
             || format!("re-registered {key} lease={lease_id}"),
         ),
         StatusEvent::Updated { lease_id } => out.line(
-            obj!("event": kind, "key": key, "lease_id": lease_id),
+            obj!("event": kind, "key": key, "lease_id": lease_id, "lease_id_hex": lease_hex(*lease_id)),
             || format!("updated {key} lease={lease_id}"),
         ),
         StatusEvent::Unregistered => out.line(obj!("event": kind, "key": key), || {
             format!("unregistered {key}")
         }),
     }
+}
+
+/// A lease id as etcdctl prints it (`lease list`, `--lease=`): 16 lower-case hex digits. The
+/// decimal `lease_id` of `--json` exceeds 2^53, which jq and JavaScript round; this string is
+/// exact.
+fn lease_hex(lease_id: i64) -> String {
+    format!("{lease_id:016x}")
 }
 
 /// SIGINT or SIGTERM; installed before anything that can wait, so neither kills the program

@@ -401,7 +401,19 @@ fn register_stays_until_interrupted_then_the_key_is_gone() {
     );
     let registered = reg.expect_event("registered");
     assert_eq!(registered["key"], "/services/web/n-1");
-    assert!(registered["lease_id"].as_i64().unwrap() > 0);
+    let lease_id = registered["lease_id"].as_i64().unwrap();
+    assert!(lease_id > 0);
+    // The same id in hex, exact where a JSON reader rounds the integer, as etcdctl prints it.
+    let hex = registered["lease_id_hex"].as_str().unwrap();
+    assert_eq!(hex, format!("{lease_id:016x}"));
+    assert!(
+        etcd.lease_list()
+            .unwrap()
+            .iter()
+            .any(|l| format!("{l:016x}") == hex),
+        "{hex} among {:?}",
+        etcd.lease_list().unwrap()
+    );
     assert_eq!(
         etcd.get("/services/web/n-1").unwrap().as_deref(),
         Some("{}")
@@ -440,6 +452,10 @@ fn register_reports_an_etcd_restart_and_comes_back() {
     etcd.start(0).unwrap();
     let back = reg.expect_event("reregistered");
     assert_eq!(back["key"], "/services/api/n1");
+    assert_eq!(
+        back["lease_id_hex"].as_str(),
+        Some(format!("{:016x}", back["lease_id"].as_i64().unwrap()).as_str())
+    );
     assert!(
         back["lease_id"].as_i64().unwrap() > 0,
         "{back} after {first}"
