@@ -56,7 +56,8 @@ Exit status:
      --ttl 0, malformed endpoint, password without user)
   3  etcd unreachable: connection refused or broken, or no answer within --timeout; also
      `register` interrupted while etcd is down (its key goes when the lease expires)
-  4  authentication failed or permission denied (`register` exits at once instead of retrying)
+  4  authentication failed or permission denied (`register` exits at once instead of retrying,
+     also when the credentials stop working while it runs)
 
 Environment:
   Every connection option can come from the variable named in its help. The password is
@@ -224,7 +225,9 @@ enum Command {
     ///   re-registered KEY lease=ID
     ///   unregistered KEY                        the last line
     /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0.
-    /// If etcd rejects the credentials it exits 4 at once.
+    /// If etcd rejects the credentials or the permission, on the first attempt or any later
+    /// one (the user deleted, its password or role changed), it deletes the key if it still
+    /// can and exits 4 at once.
     #[command(verbatim_doc_comment)]
     Register {
         /// The service.
@@ -478,11 +481,19 @@ async fn register(
             event = events.recv() => match event {
                 Some(event) => {
                     print(&event);
-                    if let StatusEvent::Failed { error } = &event {
-                        if error.kind() == ErrorKind::Auth {
-                            auth_error = Some(error.clone());
-                            break;
-                        }
+                    // Rejected credentials (or permission) do not come back by retrying with the
+                    // same ones, whether on the first attempt or later (the user deleted, its
+                    // password or role changed): exit 4 and let the operator or a supervisor
+                    // restart with good ones (a --password-file is read again then).
+                    let error = match &event {
+                        StatusEvent::Failed { error }
+                        | StatusEvent::KeepAliveLost { error }
+                        | StatusEvent::Retrying { error, .. } => Some(error),
+                        _ => None,
+                    };
+                    if let Some(error) = error.filter(|e| e.kind() == ErrorKind::Auth) {
+                        auth_error = Some(error.clone());
+                        break;
                     }
                 }
                 None => break,

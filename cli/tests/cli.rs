@@ -804,3 +804,38 @@ fn watch_prints_the_difference_and_resynced_after_a_compaction_it_missed() {
     let (code, rest, stderr) = watch.finish();
     assert_eq!((code, rest.len(), stderr.as_str()), (0, 0, ""));
 }
+
+#[test]
+fn register_exits_4_when_its_credentials_stop_working() {
+    let etcd = etcd();
+    etcd.enable_auth("svc", "s3cret").unwrap();
+    let mut reg = Running::start(
+        at(&etcd)
+            .env("ETCD_USERNAME", "svc")
+            .env("ETCD_PASSWORD", "s3cret"),
+        &["register", "api", "n1", "--ttl", "2s"],
+    );
+    reg.expect("registered", |l| l.starts_with("registered "));
+
+    // The user deleted by root while the node is registered. The lease's keep-alives go on
+    // working (etcd does not check them against users), so the lease is revoked too, as if it
+    // had expired during an outage: the next attempt to register is rejected.
+    etcd.etcdctl(&["user", "delete", "svc"]).unwrap();
+    let leases = etcd.lease_list().unwrap();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    etcd.etcdctl(&["lease", "revoke", &format!("{:x}", leases[0])])
+        .unwrap();
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 4, "stdout: {rest:?}, stderr: {stderr}");
+    assert!(stderr.contains("authentication"), "{stderr:?}");
+    assert_eq!(
+        rest.last().map(String::as_str),
+        Some("unregistered /services/api/n1"),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains(": authentication")),
+        "the rejected attempt is printed: {rest:?}"
+    );
+    assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
+}
