@@ -205,7 +205,8 @@ enum Command {
     ///   resynced                  etcd compacted history the watch missed while
     ///                             disconnected; it re-listed and printed the difference
     /// Disconnections are resumed without losing or repeating events.
-    /// Exits 0 on SIGINT (Ctrl-C) or SIGTERM.
+    /// Exits 0 on SIGINT (Ctrl-C) or SIGTERM, and once the reader of stdout goes away
+    /// (`watch api | head -1`), even if no event comes to be written.
     #[command(verbatim_doc_comment)]
     Watch {
         /// The service.
@@ -419,9 +420,11 @@ async fn services(registry: &Registry, out: &mut Output) -> Result<(), Step> {
 
 async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(), Step> {
     let mut stop = Interrupt::new()?;
+    let mut gone = OutputGone::new();
     let watch = tokio::select! {
         watch = registry.watch(service) => watch?,
         _ = stop.recv() => return Ok(()),
+        _ = gone.recv() => return Err(Step::OutputClosed),
     };
     loop {
         tokio::select! {
@@ -430,6 +433,62 @@ async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(
                 None => return Ok(()),
             },
             _ = stop.recv() => return Ok(()),
+            // `watch api | head -1` on a quiet service: head has exited, and no event may come
+            // for a long time to fail a write with EPIPE.
+            _ = gone.recv() => return Err(Step::OutputClosed),
+        }
+    }
+}
+
+/// Stdout closed by its reader (the read end of a pipe closed, a terminal hung up), noticed
+/// without writing: a thread of its own waits in poll(2) for POLLERR or POLLHUP on it.
+struct OutputGone {
+    received: Option<tokio::sync::oneshot::Receiver<()>>,
+    closed: bool,
+}
+
+impl OutputGone {
+    fn new() -> Self {
+        let (sender, received) = tokio::sync::oneshot::channel();
+        let spawned = std::thread::Builder::new()
+            .name("stdout-watch".into())
+            .spawn(move || loop {
+                // No event asked for: only POLLERR, POLLHUP and POLLNVAL are reported. A regular
+                // file or /dev/null never reports them, and the thread waits forever.
+                let mut fd = libc::pollfd {
+                    fd: libc::STDOUT_FILENO,
+                    events: 0,
+                    revents: 0,
+                };
+                // SAFETY: poll on one pollfd that lives on this stack.
+                let n = unsafe { libc::poll(&mut fd, 1, -1) };
+                if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if n > 0 && fd.revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                    let _ = sender.send(());
+                }
+                // Anything else (POLLNVAL, a failing poll): never report, like a file.
+                return;
+            });
+        OutputGone {
+            received: spawned.ok().map(|_| received),
+            closed: false,
+        }
+    }
+
+    async fn recv(&mut self) {
+        if let Some(received) = self.received.as_mut() {
+            let closed = received.await.is_ok();
+            // A finished receiver must not be polled again.
+            self.received = None;
+            if closed {
+                self.closed = true;
+            }
+        }
+        if !self.closed {
+            // The thread could not start, or saw nothing it reports: never.
+            std::future::pending::<()>().await
         }
     }
 }

@@ -839,3 +839,27 @@ fn register_exits_4_when_its_credentials_stop_working() {
     );
     assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
 }
+
+#[test]
+fn watch_ends_when_its_reader_goes_away_from_a_quiet_service() {
+    let etcd = etcd();
+    etcd.put("/services/api/n1", "{}").unwrap();
+    // `etcd-registry watch api | head -1`, and nothing changes afterwards: no write fails with
+    // EPIPE, the closed pipe itself is noticed.
+    let mut child = at(&etcd)
+        .args(["watch", "api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    reader.read_line(&mut first).unwrap();
+    assert_eq!(first, "added n1\n");
+    drop(reader);
+    let code = wait_exit(&mut child, &["watch", "api"]);
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!((code, stderr.as_str()), (0, ""));
+}
