@@ -225,6 +225,9 @@ enum Command {
     ///   retrying in DELAY (attempt N): ERROR
     ///   re-registered KEY lease=ID
     ///   unregistered KEY                        the last line
+    /// Lines never wait for stdout: while nobody reads it (a full pipe, a terminal paused by
+    /// Ctrl-S) the node stays registered and signals work; lines that do not fit the 1024 held
+    /// are dropped, and counted on stderr at the end.
     /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
     /// one (the user deleted, its password or role changed), it deletes the key if it still
@@ -528,6 +531,10 @@ async fn register(
         }
     }
     let registration = registry.register(service, Node::new(node, info), ttl)?;
+    // A stdout nobody reads (a stalled pipe, a terminal paused by Ctrl-S) must not stop the
+    // keep-alives and the signal handling that run on this thread: lines go through a thread
+    // of their own, and are dropped when it falls behind.
+    out.detach();
     let key = registration.key().to_string();
     let mut events = registration.subscribe();
     // The registration is the point: a reader that went away does not end it.
@@ -566,6 +573,7 @@ async fn register(
     while let Some(event) = events.recv().await {
         print(&event);
     }
+    out.finish(OUTPUT_DRAIN);
     if let Some(error) = auth_error {
         return Err(Step::Etcd(error));
     }
@@ -745,14 +753,88 @@ impl Interrupt {
 /// Lines on stdout, flushed one by one (a reader of `watch` sees each event at once).
 struct Output {
     json: bool,
-    stdout: io::Stdout,
+    sink: Sink,
+}
+
+/// How long `register`, at its end, waits for its last lines to reach a slow stdout.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// Lines a detached [`Output`] holds for its thread before it drops them.
+const OUTPUT_QUEUE: usize = 1024;
+
+enum Sink {
+    /// Written on the caller's thread: `list`, `services` and `watch` wait for their reader.
+    Direct(io::Stdout),
+    /// Written by a thread of its own, fed without waiting (`register`).
+    Thread {
+        lines: std::sync::mpsc::SyncSender<String>,
+        /// Lines dropped because the queue was full.
+        dropped: u64,
+        /// Ends (disconnected) when the thread has written, or given up on, every line.
+        done: std::sync::mpsc::Receiver<()>,
+    },
 }
 
 impl Output {
     fn new(json: bool) -> Self {
         Output {
             json,
-            stdout: io::stdout(),
+            sink: Sink::Direct(io::stdout()),
+        }
+    }
+
+    /// From now on, lines are handed to a writing thread and never block the caller; when
+    /// the thread cannot start, they stay written directly.
+    fn detach(&mut self) {
+        let (lines, queue) = std::sync::mpsc::sync_channel::<String>(OUTPUT_QUEUE);
+        let (done_sender, done) = std::sync::mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let _done = done_sender;
+                let mut stdout = io::stdout();
+                for line in queue {
+                    if stdout
+                        .write_all(line.as_bytes())
+                        .and_then(|()| stdout.flush())
+                        .is_err()
+                    {
+                        // A reader that went away does not end `register`: the rest is
+                        // dropped unwritten.
+                        return;
+                    }
+                }
+            });
+        if spawned.is_ok() {
+            self.sink = Sink::Thread {
+                lines,
+                dropped: 0,
+                done,
+            };
+        }
+    }
+
+    /// Waits up to `within` for a detached output's thread to write what it holds, then says
+    /// on stderr how many lines were lost to a reader that did not read.
+    fn finish(&mut self, within: Duration) {
+        let Sink::Thread { dropped, done, .. } =
+            std::mem::replace(&mut self.sink, Sink::Direct(io::stdout()))
+        else {
+            return;
+        };
+        // The sender is dropped with the replaced sink: the thread ends after the last line.
+        let written = matches!(
+            done.recv_timeout(within),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+        );
+        if dropped > 0 || !written {
+            eprintln!(
+                "etcd-registry: stdout was not read: {dropped} line(s) dropped{}",
+                if written {
+                    ""
+                } else {
+                    ", and the last ones not written"
+                }
+            );
         }
     }
 
@@ -761,17 +843,33 @@ impl Output {
         fields: &[(&str, serde_json::Value)],
         text: impl FnOnce() -> String,
     ) -> io::Result<()> {
-        let mut lock = self.stdout.lock();
-        if self.json {
+        let line = if self.json {
             let fields: Vec<String> = fields
                 .iter()
                 .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
                 .collect();
-            writeln!(lock, "{{{}}}", fields.join(","))?;
+            format!("{{{}}}\n", fields.join(","))
         } else {
-            writeln!(lock, "{}", text())?;
+            format!("{}\n", text())
+        };
+        match &mut self.sink {
+            Sink::Direct(stdout) => {
+                let mut lock = stdout.lock();
+                lock.write_all(line.as_bytes())?;
+                lock.flush()
+            }
+            Sink::Thread { lines, dropped, .. } => match lines.try_send(line) {
+                Ok(()) => Ok(()),
+                Err(std::sync::mpsc::TrySendError::Full(_)) => {
+                    *dropped += 1;
+                    Ok(())
+                }
+                // The thread gave up on a stdout that fails.
+                Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                    Err(io::ErrorKind::BrokenPipe.into())
+                }
+            },
         }
-        lock.flush()
     }
 }
 

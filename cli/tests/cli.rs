@@ -863,3 +863,66 @@ fn watch_ends_when_its_reader_goes_away_from_a_quiet_service() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!((code, stderr.as_str()), (0, ""));
 }
+
+#[test]
+fn register_keeps_the_node_while_stdout_is_not_read() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let etcd = etcd();
+    // A pipe that nobody reads, already full: every write to it would block.
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), fds[1]) };
+    // SAFETY: fcntl and write on the descriptor just made, from a local buffer.
+    unsafe {
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
+        let chunk = [b'x'; 4096];
+        while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
+    }
+    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
+    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
+    let mut child = at(&etcd)
+        .args(["register", "api", "n1", "a=1", "--ttl", "2s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let deadline = Instant::now() + DEADLINE;
+    while etcd.get("/services/api/n1").unwrap().is_none() {
+        assert!(Instant::now() < deadline, "never registered");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let leases = etcd.lease_list().unwrap();
+    // The one wait on time itself: past twice the TTL, a lease no longer kept alive (the
+    // program stuck writing `registered`) has expired and taken the key with it.
+    thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        etcd.get("/services/api/n1").unwrap().as_deref(),
+        Some(r#"{"a":"1"}"#),
+        "the key is gone before 2 x TTL"
+    );
+    assert_eq!(etcd.lease_list().unwrap(), leases, "the same lease");
+
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let code = wait_exit(&mut child, &["register"]);
+    let stderr = stderr.join().unwrap();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        stderr.contains("stdout was not read"),
+        "the lost lines are said: {stderr:?}"
+    );
+    assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
+    drop(read_end);
+}
