@@ -926,3 +926,81 @@ fn register_keeps_the_node_while_stdout_is_not_read() {
     assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
     drop(read_end);
 }
+
+/// Puts `{}` under each key, 100 keys per transaction (etcd allows 128 operations in one).
+fn put_many(etcd: &EtcdCluster, keys: &[String]) {
+    use std::io::Write;
+    for batch in keys.chunks(100) {
+        let mut txn = String::from("\n");
+        for key in batch {
+            txn.push_str(&format!("put {key} \"{{}}\"\n"));
+        }
+        txn.push_str("\n\n");
+        let mut child = Command::new(etcd_harness::etcdctl_binary().unwrap())
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", etcd.direct_endpoints().join(",")))
+            .arg("txn")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(txn.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success() && out.stdout.starts_with(b"SUCCESS"),
+            "etcdctl txn: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn watch_prints_every_node_of_a_service_larger_than_the_event_queue() {
+    let etcd = etcd();
+    // More nodes than the library's event queue holds (1024): all are queued at once, at the
+    // start and when deleted together, before the program reads any.
+    let names: Vec<String> = (0..1500).map(|i| format!("n{i:04}")).collect();
+    let keys: Vec<String> = names.iter().map(|n| format!("/services/big/{n}")).collect();
+    put_many(&etcd, &keys);
+
+    let mut watch = Running::start(&mut at(&etcd), &["watch", "big"]);
+    let mut missing: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    while !missing.is_empty() {
+        let line = watch.expect("added for every node", |_| true);
+        if let Some(name) = line.strip_prefix("added ") {
+            assert!(missing.remove(name), "{name} added twice or unknown");
+        } else {
+            assert_eq!(line, "resynced", "before every node was added");
+        }
+    }
+    // The queue overflowed: the program says it printed the live set instead of the events.
+    if !watch.seen.iter().any(|l| l == "resynced") {
+        watch.expect("resynced", |l| l == "resynced");
+    }
+
+    etcd.etcdctl(&["del", "--prefix", "/services/big/"])
+        .unwrap();
+    let mut missing: std::collections::BTreeSet<&str> = names.iter().map(String::as_str).collect();
+    while !missing.is_empty() {
+        let line = watch.expect("removed for every node", |_| true);
+        if let Some(name) = line.strip_prefix("removed ") {
+            assert!(missing.remove(name), "{name} removed twice or unknown");
+        } else {
+            assert_eq!(line, "resynced", "only removals and resynced");
+        }
+    }
+    watch.signal(libc::SIGTERM);
+    let (code, rest, stderr) = watch.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        rest.iter().all(|l| l == "resynced"),
+        "nothing but the end of a resync: {rest:?}"
+    );
+}
