@@ -23,7 +23,7 @@ macro_rules! obj {
     };
 }
 
-/// Success (and for `watch`/`register`, stopped by SIGINT or SIGTERM after cleaning up).
+/// Success (and for `watch`/`register`, stopped by SIGINT, SIGTERM or SIGHUP after cleaning up).
 const EXIT_OK: u8 = 0;
 /// etcd answered with an error, or any other failure at run time.
 const EXIT_ERROR: u8 = 1;
@@ -49,7 +49,7 @@ Output formats:
   Errors go to stderr as one line: `etcd-registry: <kind>: <message>`.
 
 Exit status:
-  0  success; `watch` and `register` exit 0 when stopped by SIGINT (Ctrl-C) or SIGTERM,
+  0  success; `watch` and `register` exit 0 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP,
      after unregistering. `list` of a service without nodes prints nothing and exits 0.
   1  etcd answered with an error, or another failure at run time
   2  usage error: unknown flag, missing or bad argument (empty name, KEY=VALUE without '=',
@@ -209,7 +209,7 @@ enum Command {
     ///                             deletes, stdout read slowly): the lines before it bring
     ///                             the output to the current node set
     /// Disconnections are resumed without losing or repeating events.
-    /// Exits 0 on SIGINT (Ctrl-C) or SIGTERM, and once the reader of stdout goes away
+    /// Exits 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, and once the reader of stdout goes away
     /// (`watch api | head -1`), even if no event comes to be written.
     #[command(verbatim_doc_comment)]
     Watch {
@@ -232,7 +232,8 @@ enum Command {
     /// Lines never wait for stdout: while nobody reads it (a full pipe, a terminal paused by
     /// Ctrl-S) the node stays registered and signals work; lines that do not fit the 1024 held
     /// are dropped, and counted on stderr at the end.
-    /// On SIGINT (Ctrl-C) or SIGTERM the key is deleted and the program exits 0.
+    /// On SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal went away) the key is deleted and
+    /// the program exits 0.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
     /// one (the user deleted, its password or role changed), it deletes the key if it still
     /// can and exits 4 at once.
@@ -740,8 +741,8 @@ fn lease_hex(lease_id: i64) -> String {
     format!("{lease_id:016x}")
 }
 
-/// SIGINT or SIGTERM; installed before anything that can wait, so neither kills the program
-/// before it has cleaned up.
+/// SIGINT, SIGTERM or SIGHUP; installed before anything that can wait, so none kills the
+/// program before it has cleaned up.
 ///
 /// The handler writes a byte to a pipe that a thread of its own reads, as tokio's signal
 /// support does inside; without that support, the library and its dependencies build the same
@@ -810,7 +811,9 @@ impl Interrupt {
                 ))
             })?;
         SIGNAL_PIPE.store(write, Ordering::Relaxed);
-        for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SIGHUP too: the terminal of a `register` in an ssh session went away; the node must
+        // not stay registered until its TTL runs out.
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
             // SAFETY: a zeroed sigaction is valid; it gets the handler, an empty mask and
             // SA_RESTART (system calls it interrupts resume).
             let installed = unsafe {

@@ -428,6 +428,17 @@ fn register_stays_until_interrupted_then_the_key_is_gone() {
         vec![json!({"event": "unregistered", "key": "/services/web/n-1"})]
     );
     assert_eq!(etcd.get("/services/web/n-1").unwrap(), None);
+
+    // SIGHUP (the terminal went away, e.g. an ssh session closed) cleans up the same way.
+    let mut reg = Running::start(&mut at(&etcd), &["register", "web", "n2", "--ttl", "30"]);
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/web/n2")
+    });
+    reg.signal(libc::SIGHUP);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(rest, vec!["unregistered /services/web/n2".to_string()]);
+    assert_eq!(etcd.get("/services/web/n2").unwrap(), None);
 }
 
 #[test]
