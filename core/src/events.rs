@@ -19,13 +19,24 @@
 //!     "escapes" before its route exists.
 //!   - [`Registration::subscribe`](crate::Registration::subscribe) and
 //!     [`Watch::next`](crate::Watch::next): per-registration / per-watch streams for Rust users.
-//! - **Backpressure: one bounded policy.** Every queue (stream or handler) holds at most
-//!   [`EVENT_QUEUE_CAPACITY`] unread events. When a slow consumer falls that far behind, the
-//!   *oldest* unread event that is not final is dropped to make room (`Unregistered` is final
-//!   and never dropped), the queue's [`dropped`](EventStream::dropped) counter goes up and a
-//!   warning is logged (once the producer holds no lock: a host's log callback may ask for the
-//!   count). Producers never block and memory stays bounded. The same in every
-//!   language, since every binding reads one of these queues.
+//! - **Backpressure: producers never block and memory stays bounded**, the same in every
+//!   language, since every binding reads one of these queues (stream or handler):
+//!   - **A watch's events are never dropped.** A reader less than [`EVENT_QUEUE_CAPACITY`]
+//!     events behind gets every event. Once that many are unread, and until the reader has
+//!     read them all, a new event of a node that the queue still holds an event of is merged
+//!     with that event into one, which takes the newer event's place at the back (so a queue
+//!     stays in revision order), with the newer node info and revision and the kind that takes
+//!     the reader from what it knew to the node's state now: `added` then `updated` is `added`;
+//!     `added` then `removed` is nothing at all; `removed` then `added` is `updated`; otherwise
+//!     the newer kind. Of two unread `resynced` the newer stays. So a reader far behind skips
+//!     some intermediate states of a node but always ends with the service's live node set, and
+//!     a queue holds at most [`EVENT_QUEUE_CAPACITY`] watch events plus one per node watched.
+//!   - **Registration status events are bounded.** A queue holds at most
+//!     [`EVENT_QUEUE_CAPACITY`] of them unread. When a slow consumer falls that far behind,
+//!     the *oldest* that is not final is dropped to make room (`Unregistered` is final and
+//!     never dropped), the queue's [`dropped`](EventStream::dropped) counter goes up and a
+//!     warning is logged (once the producer holds no lock: a host's log callback may ask for
+//!     the count).
 //! - **The end of a registration.** `unregister()` and `close()` emit `Unregistered` as the
 //!   registration's last event, and it is delivered: to a stream it is queued before they
 //!   return; a handler has been called with it before they return (called from inside a handler
@@ -40,7 +51,6 @@
 //!   subscriptions; not a tokio thread, so a handler may make blocking library calls.
 
 use std::cell::Cell;
-use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -49,7 +59,11 @@ use std::time::{Duration, Instant};
 use crate::registration::StatusEvent;
 use crate::watch::WatchEvent;
 
-/// How many unread events any queue holds before the oldest non-final one is dropped.
+mod buffer;
+pub(crate) use buffer::Buffer;
+
+/// How many unread registration status events any queue holds before the oldest non-final one
+/// is dropped (a watch's events are merged per node instead: see the [module docs](self)).
 pub const EVENT_QUEUE_CAPACITY: usize = 1024;
 
 /// The name of the thread that runs every [`Handler`] (at most 15 bytes, Linux's limit).
@@ -118,51 +132,6 @@ impl Event {
     }
 }
 
-/// What a queue may not drop when it is full: the last event of a registration.
-pub(crate) trait Final {
-    fn is_final(&self) -> bool;
-}
-
-impl Final for Event {
-    fn is_final(&self) -> bool {
-        Event::is_final(self)
-    }
-}
-
-impl Final for StatusEvent {
-    fn is_final(&self) -> bool {
-        matches!(self, StatusEvent::Unregistered)
-    }
-}
-
-/// Unread events of one subscriber, with the overflow policy.
-pub(crate) struct Buffer<T = Event> {
-    items: VecDeque<T>,
-    dropped: u64,
-    closed: bool,
-}
-
-impl<T> Default for Buffer<T> {
-    fn default() -> Self {
-        Buffer {
-            items: VecDeque::new(),
-            dropped: 0,
-            closed: false,
-        }
-    }
-}
-
-impl<T> Buffer<T> {
-    /// The same events made into another kind, in order, with the dropped count.
-    pub(crate) fn map<U>(self, f: impl FnMut(T) -> U) -> Buffer<U> {
-        Buffer {
-            items: self.items.into_iter().map(f).collect(),
-            dropped: self.dropped,
-            closed: self.closed,
-        }
-    }
-}
-
 /// What pushing into full queues dropped, for the caller to [`log`](Overflow::log) once it
 /// holds no lock: the warning goes to the host's log callback, which may call back into the
 /// library (e.g. `etcd_registry_dropped_events`), and that takes the very locks a push is made
@@ -203,31 +172,9 @@ impl Overflow {
             tracing::warn!(
                 dropped = self.warn_at,
                 capacity = EVENT_QUEUE_CAPACITY,
-                "an event consumer is too slow: the oldest unread events were dropped"
+                "an event consumer is too slow: the oldest unread status events were dropped"
             );
         }
-    }
-}
-
-impl<T: Final> Buffer<T> {
-    /// Queues `event`; when full, drops the oldest non-final event first, and returns what to
-    /// log about it (not logged here: the caller holds this buffer's lock).
-    pub(crate) fn push(&mut self, event: T) -> Overflow {
-        let mut overflow = Overflow::NONE;
-        if self.items.len() >= EVENT_QUEUE_CAPACITY {
-            if let Some(at) = self.items.iter().position(|e| !e.is_final()) {
-                self.items.remove(at);
-                self.dropped += 1;
-                overflow = Overflow::dropped(self.dropped);
-            }
-        }
-        // Most queues hold an event or two at a time (one per registration, or a handler's
-        // backlog): room for exactly what they hold rather than the usual four to start.
-        if self.items.len() < 4 {
-            self.items.reserve_exact(1);
-        }
-        self.items.push_back(event);
-        overflow
     }
 }
 
@@ -269,7 +216,7 @@ impl Queue {
         if buffer.closed {
             return false;
         }
-        let was_empty = buffer.items.is_empty();
+        let was_empty = buffer.is_empty();
         *overflow = overflow.and(buffer.push(event));
         drop(buffer);
         self.ready.notify_one();
@@ -302,7 +249,7 @@ impl Queue {
 
     /// Drops the queued events of one registration or watch.
     fn forget(&self, id: u64) {
-        relock(&self.buffer).items.retain(|e| e.id() != id);
+        drop(relock(&self.buffer).take_all(|e| e.id() == id));
     }
 }
 
@@ -341,8 +288,8 @@ impl std::fmt::Debug for EventStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let buffer = relock(&self.queue.buffer);
         f.debug_struct("EventStream")
-            .field("queued", &buffer.items.len())
-            .field("dropped", &buffer.dropped)
+            .field("queued", &buffer.len())
+            .field("dropped", &buffer.dropped())
             .field("closed", &buffer.closed)
             .finish()
     }
@@ -387,7 +334,7 @@ impl EventStream {
     /// The next event if one is queued, without waiting.
     pub fn try_next(&self) -> Next {
         let mut buffer = relock(&self.queue.buffer);
-        match buffer.items.pop_front() {
+        match buffer.pop_front() {
             Some(event) => Next::Event(event),
             None if buffer.closed => Next::Closed,
             None => Next::Empty,
@@ -399,7 +346,7 @@ impl EventStream {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut buffer = relock(&self.queue.buffer);
         loop {
-            if let Some(event) = buffer.items.pop_front() {
+            if let Some(event) = buffer.pop_front() {
                 return Next::Event(event);
             }
             if buffer.closed {
@@ -426,15 +373,15 @@ impl EventStream {
         }
     }
 
-    /// How many events were dropped because this stream's readers fell
-    /// [`EVENT_QUEUE_CAPACITY`] events behind.
+    /// How many registration status events were dropped because this stream's readers fell
+    /// [`EVENT_QUEUE_CAPACITY`] of them behind (a watch's events are merged, never dropped).
     pub fn dropped(&self) -> u64 {
-        relock(&self.queue.buffer).dropped
+        relock(&self.queue.buffer).dropped()
     }
 
     /// How many events are queued unread.
     pub fn len(&self) -> usize {
-        relock(&self.queue.buffer).items.len()
+        relock(&self.queue.buffer).len()
     }
 
     /// Whether no event is queued.
@@ -455,7 +402,7 @@ impl EventStream {
         if let Some(hook) = slot.as_ref() {
             let pending = {
                 let buffer = relock(&self.queue.buffer);
-                !buffer.items.is_empty() || buffer.closed
+                !buffer.is_empty() || buffer.closed
             };
             if pending {
                 hook();
@@ -551,10 +498,10 @@ impl Handler {
         dispatcher::resume(&self.inner);
     }
 
-    /// How many events were dropped because the handler fell [`EVENT_QUEUE_CAPACITY`] events
-    /// behind.
+    /// How many registration status events were dropped because the handler fell
+    /// [`EVENT_QUEUE_CAPACITY`] of them behind (a watch's events are merged, never dropped).
     pub fn dropped(&self) -> u64 {
-        relock(&self.inner.buffer).buffer.dropped
+        relock(&self.inner.buffer).buffer.dropped()
     }
 
     /// Stops the handler: its queued events are dropped, none starts from now on, and unless
@@ -706,7 +653,7 @@ pub mod dispatcher {
     }
 
     struct State {
-        ready: VecDeque<Arc<HandlerSub>>,
+        ready: std::collections::VecDeque<Arc<HandlerSub>>,
         /// The handler being called, and the id of the event it is called with.
         running: Option<(Arc<HandlerSub>, u64)>,
         /// The process whose thread serves the queue (0: none yet). After fork() the child has
@@ -724,7 +671,7 @@ pub mod dispatcher {
 
     static DISPATCHER: Dispatcher = Dispatcher {
         state: Mutex::new(State {
-            ready: VecDeque::new(),
+            ready: std::collections::VecDeque::new(),
             running: None,
             pid: 0,
         }),
@@ -832,7 +779,7 @@ pub mod dispatcher {
         let mut state = lock();
         let mut buffer = relock(&sub.buffer);
         buffer.paused = false;
-        if !buffer.scheduled && !buffer.buffer.items.is_empty() {
+        if !buffer.scheduled && !buffer.buffer.is_empty() {
             buffer.scheduled = true;
             drop(buffer);
             state.ready.push_back(sub.clone());
@@ -861,11 +808,7 @@ pub mod dispatcher {
             if id.is_none() {
                 sub.cancelled.store(true, Ordering::SeqCst);
             }
-            let (gone, kept) = std::mem::take(&mut buffer.buffer.items)
-                .into_iter()
-                .partition(|e| matches(e, id));
-            buffer.buffer.items = kept;
-            gone.into_iter().collect()
+            buffer.buffer.take_all(|e| matches(e, id))
         };
         let thread_alive = state.pid == std::process::id();
         if thread_alive && !on_dispatcher_thread() {
@@ -899,8 +842,7 @@ pub mod dispatcher {
                     if sub.cancelled.load(Ordering::SeqCst) {
                         None
                     } else {
-                        let at = buffer.buffer.items.iter().position(|e| matches(e, id));
-                        at.and_then(|at| buffer.buffer.items.remove(at))
+                        buffer.buffer.take_first(|e| matches(e, id))
                     }
                 };
                 let Some(event) = next else { break };
@@ -923,11 +865,7 @@ pub mod dispatcher {
     fn busy(state: &State, sub: &Arc<HandlerSub>, id: Option<u64>) -> bool {
         is_running(state, sub, id)
             || (!sub.cancelled.load(Ordering::SeqCst)
-                && relock(&sub.buffer)
-                    .buffer
-                    .items
-                    .iter()
-                    .any(|e| matches(e, id)))
+                && relock(&sub.buffer).buffer.any(|e| matches(e, id)))
     }
 
     /// Waits, without blocking the thread, until `done` holds under the dispatcher's lock.
@@ -968,7 +906,7 @@ pub mod dispatcher {
             if id.is_none() {
                 sub.cancelled.store(true, Ordering::SeqCst);
             }
-            buffer.buffer.items.retain(|e| !matches(e, id));
+            drop(buffer.buffer.take_all(|e| matches(e, id)));
         }
         wait_async(|state| !is_running(state, sub, id)).await;
     }
@@ -990,14 +928,10 @@ pub mod dispatcher {
                 let event = if sub.cancelled.load(Ordering::SeqCst) {
                     None
                 } else {
-                    buffer.buffer.items.pop_front()
+                    buffer.buffer.pop_front()
                 };
                 if event.is_none() {
                     buffer.scheduled = false;
-                }
-                if buffer.buffer.items.is_empty() {
-                    // A handler per registration mostly idles: keep no capacity meanwhile.
-                    buffer.buffer.items = VecDeque::new();
                 }
                 event
             };
@@ -1014,7 +948,7 @@ pub mod dispatcher {
             state.running = None;
             {
                 let mut buffer = relock(&sub.buffer);
-                if !sub.cancelled.load(Ordering::SeqCst) && !buffer.buffer.items.is_empty() {
+                if !sub.cancelled.load(Ordering::SeqCst) && !buffer.buffer.is_empty() {
                     drop(buffer);
                     state.ready.push_back(sub.clone());
                 } else {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use common::*;
 use etcd_registry::{Registry, Watch, WatchEvent, WatchEventKind};
 
+const TTL: Duration = Duration::from_secs(10);
+
 async fn next(watch: &Watch) -> WatchEvent {
     tokio::time::timeout(DEADLINE, watch.next())
         .await
@@ -459,4 +461,84 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
         (WatchEventKind::Added, "after".to_string())
     );
     record_version("etcd's data lost: the watch re-lists");
+}
+
+/// A watch whose reader does not read while a service larger than any event bound starts,
+/// changes and shrinks loses nothing: each node's unread events are merged, so when the reader
+/// reads, the nodes its events leave it with are exactly the live set, each with its last info,
+/// and a node that came and went unread is never heard of.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_far_behind_ends_with_the_live_set_and_nothing_dropped() {
+    const NODES: usize = 2 * etcd_registry::EVENT_QUEUE_CAPACITY + 500;
+    let etcd = etcd();
+    let watcher = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = watcher.watch("big").await.unwrap();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let mut regs = Vec::new();
+    for i in 0..NODES {
+        let reg = registry
+            .register("big", node(&format!("n{i:05}"), &[("v", "1")]), TTL)
+            .unwrap();
+        regs.push(reg);
+    }
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    // Every third node changes twice, every third leaves, and one comes and goes.
+    for (i, reg) in regs.iter().enumerate() {
+        if i % 3 == 1 {
+            reg.update(info(&[("v", "2")])).unwrap();
+            reg.update(info(&[("v", "3")])).unwrap();
+        }
+    }
+    let passing = registry
+        .register("big", node("passing", &[("v", "1")]), TTL)
+        .unwrap();
+    passing.wait_registered(DEADLINE).await.unwrap();
+    passing.unregister().await.unwrap();
+    for (i, reg) in regs.iter().enumerate() {
+        if i % 3 == 2 {
+            reg.unregister().await.unwrap();
+        }
+    }
+    let expected: std::collections::BTreeMap<String, String> = (0..NODES)
+        .filter(|i| i % 3 != 2)
+        .map(|i| {
+            let v = if i % 3 == 1 { "3" } else { "1" };
+            (format!("n{i:05}"), v.to_string())
+        })
+        .collect();
+    eventually("the watch's live set to settle", || async {
+        watch.nodes().len() == expected.len()
+            && watch
+                .nodes()
+                .iter()
+                .all(|n| n.info.get("v") == expected.get(&n.name))
+    })
+    .await;
+
+    // Only now does the reader read.
+    let mut seen = std::collections::BTreeMap::new();
+    let mut events = 0;
+    while seen.len() < expected.len() || events == 0 {
+        let event = next(&watch).await;
+        events += 1;
+        let n = event.node.expect("a node");
+        assert_ne!(n.name, "passing", "a node that came and went unread");
+        match event.kind {
+            WatchEventKind::Added => {
+                assert!(seen.insert(n.name.clone(), n.info["v"].clone()).is_none());
+            }
+            kind => panic!("{kind:?} of {}: the reader knew no node before", n.name),
+        }
+    }
+    assert_eq!(seen, expected);
+    assert_eq!(events, expected.len(), "one event per live node");
+    // Nothing else was queued: the next event is a change made now.
+    let _marker = registry.register("big", node("marker", &[]), TTL).unwrap();
+    let after = next(&watch).await;
+    assert_eq!(after.kind, WatchEventKind::Added);
+    assert_eq!(after.node.unwrap().name, "marker");
+    watcher.close().await.unwrap();
+    registry.close().await.unwrap();
 }
