@@ -13,18 +13,22 @@ import (
 // etcd_registry_next_event, then hands each event to its registration or watch. So no Rust
 // thread ever calls into Go for them and C keeps no Go pointer.
 //
-// The one queue is the library's (bounded, one policy for every language: see the README's
-// "Events" section). A registration or watch has no goroutine of its own: the events its
-// reader has not taken yet wait in a backlog with the same bound and policy, emptied into its
-// channel by a goroutine that runs only while there is something to hand over (and, for a
-// registration, only once Events has been called, and only while it lives: see eventsBuffer).
+// The one queue is the library's (one policy for every language: see the README's "Events"
+// section). A registration or watch has no goroutine of its own: the events its reader has not
+// taken yet wait in a backlog with the library's policy, emptied into its channel by a
+// goroutine that runs only while there is something to hand over (and, for a registration,
+// only once Events has been called, and only while it lives: see eventsBuffer). A
+// registration's backlog is bounded and drops its oldest status events (backlog, below); a
+// watch's merges an unread event of a node with the node's newer one and drops nothing
+// (watchBacklog, in watch_backlog.go).
 
-// eventQueueCapacity is the library's EVENT_QUEUE_CAPACITY: how many unread events any queue
-// holds before the oldest one that is not final is dropped.
+// eventQueueCapacity is the library's EVENT_QUEUE_CAPACITY: how many unread status events a
+// queue holds before the oldest one that is not final is dropped.
 const eventQueueCapacity = 1024
 
-// backlog holds the events a channel reader has not taken yet, with the library's overflow
-// policy: at capacity the oldest event that is not final is dropped, and counted.
+// backlog holds the status events a registration's reader has not taken yet, with the
+// library's overflow policy: at capacity the oldest event that is not final is dropped, and
+// counted.
 type backlog[T any] struct {
 	items   []T
 	dropped uint64

@@ -19,14 +19,12 @@ type Watch struct {
 	finished chan struct{}
 
 	mu         sync.Mutex
-	stopCtx    func() bool         // stops following ctx; nil once stopping
-	backlog    backlog[WatchEvent] // events the reader has not taken yet
-	pumping    bool                // a goroutine is handing the backlog to events
+	stopCtx    func() bool  // stops following ctx; nil once stopping
+	backlog    watchBacklog // events the reader has not taken yet, merged per node
+	pumping    bool         // a goroutine is handing the backlog to events
 	stopping   bool
 	eventsDone bool // events is closed
 }
-
-func neverFinal(WatchEvent) bool { return false }
 
 // WatchService starts watching a service. It lists the service first, so it fails (e.g. with
 // ErrConnection or a timeout) when etcd cannot be reached now, and returns ctx.Err() if ctx
@@ -137,17 +135,27 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 // Service is the watched service.
 func (w *Watch) Service() string { return w.service }
 
-// Events delivers the watch's events in order; it is closed when the watch stops. Events not
-// read yet wait with the library's bound and policy (see the README's "Events" section): past
-// 1024 unread ones the oldest is dropped and counted by Dropped.
+// Events delivers the watch's events in revision order; it is closed when the watch stops.
+// Nothing is dropped when the reader falls behind: an event of a node not read yet is taken
+// out when that node's newer event comes, and the two merged go to the back, with the newer
+// Node and Revision and this type:
+//
+//	unread \ newer   Added     Updated   Removed
+//	Added            Added     Added     (both vanish: the reader never learns of the node)
+//	Updated          Updated   Updated   Removed
+//	Removed          Updated   Updated   Removed
+//
+// and an unread WatchResynced is replaced by a newer one. So the events waiting number at most
+// one per node (plus one WatchResynced), and applied in order they always leave the reader with
+// the live set. The library's own queue likewise merges a watch's events rather than drop
+// them (see the README's "Events" section). An event the package has already taken for the
+// reader (at most one, waiting for the next receive) is not merged any more.
 func (w *Watch) Events() <-chan WatchEvent { return w.events }
 
-// Dropped is how many events were dropped because the reader of Events fell behind.
-func (w *Watch) Dropped() uint64 {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.backlog.dropped
-}
+// Dropped is how many of the watch's events were dropped because the reader of Events fell
+// behind. None are: unread events are merged per node instead (see Events), so it is always 0.
+// It stays for the programs written when a watch dropped its oldest events past 1024.
+func (w *Watch) Dropped() uint64 { return 0 }
 
 // Nodes is the live node set of the service now, as the watch's events have built it, sorted
 // by name. It does not talk to etcd. ErrClosed once the watch has stopped.
@@ -200,7 +208,7 @@ func (w *Watch) deliver(ev WatchEvent) {
 		default:
 		}
 	}
-	w.backlog.push(ev, neverFinal)
+	w.backlog.push(ev)
 	if !w.pumping {
 		w.pumping = true
 		go w.pump()
@@ -243,7 +251,7 @@ func (w *Watch) stop(unwatch bool) {
 		return
 	}
 	w.stopping = true
-	w.backlog = backlog[WatchEvent]{dropped: w.backlog.dropped}
+	w.backlog = watchBacklog{}
 	stopCtx := w.stopCtx
 	w.stopCtx = nil
 	w.mu.Unlock()

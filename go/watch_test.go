@@ -7,6 +7,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // waitEventsClosed reads w's events until the channel is closed.
@@ -134,5 +136,163 @@ func TestAWatchFollowsAnEtcdThatLostItsData(t *testing.T) {
 	ev := waitWatch(t, w, WatchAdded, "new")
 	if ev.Node.Info["v"] != "1" {
 		t.Fatalf("added %+v", ev.Node)
+	}
+}
+
+// A watch whose reader does not read while a service of 1800 nodes is made, then partly
+// updated, deleted and added again: nothing is lost, and as the reader has read nothing yet,
+// it gets one WatchAdded per live node with its newest info, and nothing of the nodes deleted
+// meanwhile. (Before unread events were merged per node, a backlog past 1024 dropped its oldest
+// and the reader's view lost nodes for ever.)
+func TestAWatchReadLateLosesNothing(t *testing.T) {
+	c := nativeClient(t)
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	prefix := "/services/" + service + "/"
+	live := map[string]string{} // node → its "v", as the test leaves etcd
+	deleted := map[string]bool{}
+	var ops []clientv3.Op
+	lastRev := int64(0)
+	commit := func() {
+		t.Helper()
+		for len(ops) > 0 {
+			n := min(len(ops), 100) // etcd takes at most 128 operations in a transaction
+			ctx, cancel := context.WithTimeout(context.Background(), waitLimit)
+			resp, err := c.Txn(ctx).Then(ops[:n]...).Commit()
+			cancel()
+			if err != nil {
+				t.Fatal(err)
+			}
+			lastRev = resp.Header.Revision
+			ops = ops[n:]
+		}
+	}
+	put := func(node, v string) {
+		ops = append(ops, clientv3.OpPut(prefix+node, fmt.Sprintf(`{"v":%q}`, v)))
+		live[node] = v
+		delete(deleted, node)
+	}
+	del := func(node string) {
+		ops = append(ops, clientv3.OpDelete(prefix+node))
+		delete(live, node)
+		deleted[node] = true
+	}
+	for i := range 200 {
+		put(fmt.Sprintf("pre-%04d", i), "0")
+	}
+	commit()
+
+	w, err := r.WatchService(t.Context(), service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	// settle waits until the watch has been handed everything committed so far (a marker
+	// node's newest event has reached its backlog): this paces the test below the library's own
+	// queue bound, which before the library merged watch events dropped past 1024 unread ones,
+	// and the events the watch holds are then all there are.
+	marks := 0
+	settle := func() {
+		t.Helper()
+		marks++
+		put("zz-marker", fmt.Sprint(marks))
+		commit()
+		rev := lastRev
+		eventually(t, "the watch has every event", func() bool {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			s := w.backlog.slots
+			return len(s) > 0 && s[len(s)-1].ev.Revision >= rev
+		})
+	}
+	settle()
+	batch := func(n int, f func(i int)) {
+		for i := range n {
+			f(i)
+			if len(ops) >= 500 {
+				commit()
+				settle()
+			}
+		}
+		commit()
+		settle()
+	}
+	batch(1600, func(i int) { put(fmt.Sprintf("n-%04d", i), "0") })
+	batch(800, func(i int) { put(fmt.Sprintf("n-%04d", i), "1") })
+	batch(400, func(i int) { put(fmt.Sprintf("n-%04d", i), "2") })
+	batch(100, func(i int) { put(fmt.Sprintf("pre-%04d", 100+i), "1") })
+	batch(400, func(i int) { del(fmt.Sprintf("n-%04d", 800+i)) })
+	batch(50, func(i int) { del(fmt.Sprintf("pre-%04d", 50+i)) })
+	batch(100, func(i int) { put(fmt.Sprintf("n-%04d", 1000+i), "3") })
+	if len(live) != 200+1600-400-50+100+1 || len(deleted) != 350 {
+		t.Fatalf("the test made %d live nodes and deleted %d", len(live), len(deleted))
+	}
+
+	// The reader reads now.
+	seen := map[string]string{}
+	lastSeen := int64(0)
+	timeout := time.After(waitLimit)
+	for len(seen) < len(live) {
+		select {
+		case ev, ok := <-w.Events():
+			if !ok {
+				t.Fatalf("the watch ended after %d events", len(seen))
+			}
+			name := ev.Node.Name
+			_, twice := seen[name]
+			switch {
+			case deleted[name]:
+				t.Fatalf("%v of %s, deleted before the reader read", ev.Type, name)
+			case ev.Type != WatchAdded:
+				t.Fatalf("%v of %s: a reader that read nothing yet gets only WatchAdded", ev.Type, name)
+			case twice:
+				t.Fatalf("%s added twice", name)
+			case ev.Revision < lastSeen:
+				t.Fatalf("%s at revision %d after revision %d", name, ev.Revision, lastSeen)
+			}
+			seen[name], lastSeen = ev.Node.Info["v"], ev.Revision
+		case <-timeout:
+			t.Fatalf("%d nodes read of %d live", len(seen), len(live))
+		}
+	}
+	for node, v := range live {
+		if seen[node] != v {
+			t.Fatalf("%s read with v %q, etcd has %q", node, seen[node], v)
+		}
+	}
+	select {
+	case ev := <-w.Events():
+		t.Fatalf("an event more than the live set: %v %s", ev.Type, ev.Node.Name)
+	case <-time.After(200 * time.Millisecond):
+	}
+	if got := w.Dropped(); got != 0 {
+		t.Fatalf("Dropped() = %d", got)
+	}
+	var libraryDropped uint64
+	if err := r.h.use("dropped", func(p *cRegistry) error {
+		var err error
+		libraryDropped, err = cDroppedEvents(p)
+		return err
+	}); err != nil || libraryDropped != 0 {
+		t.Fatalf("the library's queue dropped %d events (%v)", libraryDropped, err)
+	}
+	nodes, err := w.Nodes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != len(live) {
+		t.Fatalf("the watch's live set has %d nodes, etcd %d", len(nodes), len(live))
+	}
+	for _, n := range nodes {
+		if v, ok := live[n.Name]; !ok || n.Info["v"] != v {
+			t.Fatalf("the watch's live set has %s with v %q, etcd %q", n.Name, n.Info["v"], v)
+		}
+	}
+	resp, err := c.Get(t.Context(), prefix, clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.Count != int64(len(live)) {
+		t.Fatalf("etcd holds %d nodes, the test made %d", resp.Count, len(live))
 	}
 }
