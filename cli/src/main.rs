@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use etcd_registry::{
-    Config, Error, ErrorKind, Info, Node, PemSource, Registry, StatusEvent, Watch, WatchEvent,
+    Config, Error, ErrorKind, Info, Node, PemSource, Registry, StatusEvent, WatchEvent,
     WatchEventKind,
 };
 
@@ -203,12 +203,15 @@ enum Command {
     ///   updated NAME KEY=VALUE…   a node's info changed
     ///   removed NAME              a node unregistered, or its lease expired
     ///   resynced                  etcd compacted history the watch missed while
-    ///                             disconnected; it re-listed and printed the difference.
-    ///                             Also after more than 1024 events were pending at once (a
-    ///                             service of more nodes at the start, a large batch of
-    ///                             deletes, stdout read slowly): the lines before it bring
-    ///                             the output to the current node set
+    ///                             disconnected (or its history went back: data lost or
+    ///                             restored); it re-listed and printed the difference
     /// Disconnections are resumed without losing or repeating events.
+    /// Read slowly, the lines still always bring the output to the current node set: every
+    /// change is printed until 1024 are waiting (a service of more nodes at the start, a large
+    /// batch of deletes, stdout read slowly); from then until the output catches up, a node's
+    /// new change is merged with its unprinted one, so its intermediate states are skipped (a
+    /// node added and removed unprinted is not printed at all; an `updated` line may repeat
+    /// the info printed last, when the node changed back or was removed and added again).
     /// Exits 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, and once the reader of stdout goes away
     /// (`watch api | head -1`), even if no event comes to be written.
     #[command(verbatim_doc_comment)]
@@ -434,11 +437,10 @@ async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(
         _ = stop.recv() => return Ok(()),
         _ = gone.recv() => return Err(Step::OutputClosed),
     };
-    let mut shown = Shown::default();
     loop {
         tokio::select! {
             event = watch.next() => match event {
-                Some(event) => shown.event(&watch, event, out)?,
+                Some(event) => print_watch_event(&event, out)?,
                 None => return Ok(()),
             },
             _ = stop.recv() => return Ok(()),
@@ -446,86 +448,6 @@ async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(
             // for a long time to fail a write with EPIPE.
             _ = gone.recv() => return Err(Step::OutputClosed),
         }
-    }
-}
-
-/// The node set as printed so far by `watch`, which converges to the watch's live set even when
-/// the library's event queue (1024 events) overflowed and dropped the oldest: a service of more
-/// nodes than that at the start, a large batch of deletes, a slow reader of stdout.
-#[derive(Default)]
-struct Shown {
-    nodes: std::collections::BTreeMap<String, Info>,
-    /// The watch's dropped-event count when last caught up with.
-    dropped: u64,
-}
-
-impl Shown {
-    /// Prints `event`, or, when events were dropped before it, the difference between what was
-    /// printed and the live set, then `resynced`.
-    fn event(&mut self, watch: &Watch, event: WatchEvent, out: &mut Output) -> io::Result<()> {
-        if watch.dropped() != self.dropped {
-            return self.resync(watch, out);
-        }
-        let kind = match (&event.kind, &event.node) {
-            (WatchEventKind::Added | WatchEventKind::Updated, Some(node)) => {
-                match self.nodes.insert(node.name.clone(), node.info.clone()) {
-                    // Already printed by a resync that saw it in the live set.
-                    Some(info) if info == node.info => return Ok(()),
-                    Some(_) => WatchEventKind::Updated,
-                    None => WatchEventKind::Added,
-                }
-            }
-            (WatchEventKind::Removed, Some(node)) => match self.nodes.remove(&node.name) {
-                Some(_) => WatchEventKind::Removed,
-                None => return Ok(()),
-            },
-            (kind, _) => *kind,
-        };
-        print_watch_event(&WatchEvent { kind, ..event }, out)
-    }
-
-    /// Drops what the queue holds (the live set has all of it: the library updates the set
-    /// before it queues the event), then prints the difference from the live set and
-    /// `resynced`. An event queued after the drain is in the live set too, and printed again
-    /// only if it still changes what was printed.
-    fn resync(&mut self, watch: &Watch, out: &mut Output) -> io::Result<()> {
-        while let Ok(Some(_)) = watch.try_next() {}
-        self.dropped = watch.dropped();
-        let live = watch.nodes();
-        let revision = watch.revision();
-        let mut changes = Vec::new();
-        let names: std::collections::BTreeSet<&str> =
-            live.iter().map(|node| node.name.as_str()).collect();
-        for (name, info) in &self.nodes {
-            if !names.contains(name.as_str()) {
-                changes.push((WatchEventKind::Removed, Node::new(name, info.clone())));
-            }
-        }
-        for node in live {
-            match self.nodes.get(&node.name) {
-                Some(info) if *info == node.info => {}
-                Some(_) => changes.push((WatchEventKind::Updated, node)),
-                None => changes.push((WatchEventKind::Added, node)),
-            }
-        }
-        for (kind, node) in changes {
-            match kind {
-                WatchEventKind::Removed => self.nodes.remove(&node.name),
-                _ => self.nodes.insert(node.name.clone(), node.info.clone()),
-            };
-            let event = WatchEvent {
-                kind,
-                node: Some(node),
-                revision,
-            };
-            print_watch_event(&event, out)?;
-        }
-        let resynced = WatchEvent {
-            kind: WatchEventKind::Resynced,
-            node: None,
-            revision,
-        };
-        print_watch_event(&resynced, out)
     }
 }
 
