@@ -136,7 +136,8 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 func (w *Watch) Service() string { return w.service }
 
 // Events delivers the watch's events in revision order; it is closed when the watch stops.
-// Nothing is dropped when the reader falls behind: an event of a node not read yet is taken
+// Nothing is dropped when the reader falls behind. A reader less than 1024 events behind gets
+// every event; from there until it has caught up, an event of a node not read yet is taken
 // out when that node's newer event comes, and the two merged go to the back, with the newer
 // Node and Revision and this type:
 //
@@ -146,9 +147,8 @@ func (w *Watch) Service() string { return w.service }
 //	Removed          Updated   Updated   Removed
 //
 // and an unread WatchResynced is replaced by a newer one. So the events waiting number at most
-// one per node (plus one WatchResynced), and applied in order they always leave the reader with
-// the live set. The library's own queue likewise merges a watch's events rather than drop
-// them (see the README's "Events" section). An event the package has already taken for the
+// 1024 plus one per node, and applied in order they always leave the reader with the live set.
+// The library's own queue has the same policy (see "Event delivery" in the root README). An event the package has already taken for the
 // reader (at most one, waiting for the next receive) is not merged any more.
 func (w *Watch) Events() <-chan WatchEvent { return w.events }
 

@@ -1,10 +1,13 @@
 package etcdregistry
 
-// watchBacklog holds the events a watch's reader has not taken yet. Nothing is dropped: an
-// unread event of a node is merged with that node's newer event, so it holds at most one event
-// per node (and one WatchResynced), and a reader that falls behind still ends with the
-// service's live set. The merged event goes to the back, so the backlog stays in revision
-// order; it has the newer event's Node and Revision, and the kind mergeWatchTypes gives.
+// watchBacklog holds the events a watch's reader has not taken yet, with the library's policy
+// for watch events (see "Event delivery" in the root README). Nothing is dropped: a reader less
+// than eventQueueCapacity events behind gets every event; once that many wait, and until the
+// reader has taken them all, an unread event of a node is merged with that node's newer event,
+// so beyond the first eventQueueCapacity it holds at most one event per node (and one
+// WatchResynced), and a reader that falls behind still ends with the service's live set. The
+// merged event goes to the back, so the backlog stays in revision order; it has the newer
+// event's Node and Revision, and the kind mergeWatchTypes gives.
 //
 // Each push and pop is O(1) amortised: index maps a node's name to the sequence number of its
 // unread event, and a merged-away event leaves a hole (gone) that pop skips; once the holes
@@ -16,6 +19,10 @@ type watchBacklog struct {
 	gone     int            // holes in slots
 	index    map[string]int // node name → sequence number of its unread event
 	resynced int            // sequence number + 1 of the unread WatchResynced; 0 when none
+	// merging from eventQueueCapacity waiting events until none waits.
+	merging bool
+	// mergeAlways makes it merge from the first event (for tests of the merge itself).
+	mergeAlways bool
 }
 
 type watchSlot struct {
@@ -50,8 +57,11 @@ func mergeWatchTypes(older, newer WatchEventType) (kind WatchEventType, ok bool)
 func (b *watchBacklog) len() int { return len(b.slots) - b.gone }
 
 func (b *watchBacklog) push(ev WatchEvent) {
+	if b.len() >= eventQueueCapacity || b.mergeAlways {
+		b.merging = true
+	}
 	if ev.Type == WatchResynced {
-		if b.resynced != 0 {
+		if b.resynced != 0 && b.merging {
 			b.takeOut(b.resynced - 1)
 		}
 		b.resynced = b.base + len(b.slots) + 1
@@ -60,7 +70,7 @@ func (b *watchBacklog) push(ev WatchEvent) {
 		return
 	}
 	name := ev.Node.Name
-	if seq, ok := b.index[name]; ok {
+	if seq, ok := b.index[name]; ok && b.merging {
 		older := b.takeOut(seq)
 		delete(b.index, name)
 		kind, ok := mergeWatchTypes(older.Type, ev.Type)
@@ -113,7 +123,7 @@ func (b *watchBacklog) pop() (WatchEvent, bool) {
 // emptyOrCompact lets go of everything once nothing waits, or compacts a sparse backlog.
 func (b *watchBacklog) emptyOrCompact() {
 	if b.len() == 0 {
-		*b = watchBacklog{base: b.base}
+		*b = watchBacklog{base: b.base, mergeAlways: b.mergeAlways}
 		return
 	}
 	b.compactIfSparse()

@@ -64,7 +64,7 @@ func TestWatchBacklogMergesAnUnreadEventWithTheNodesNewerOne(t *testing.T) {
 	}
 	for _, c := range table {
 		t.Run(fmt.Sprintf("%v+%v", c.older, c.newer), func(t *testing.T) {
-			var b watchBacklog
+			b := watchBacklog{mergeAlways: true}
 			b.push(watchEv(c.older, "n", 1))
 			b.push(watchEv(WatchUpdated, "other", 2))
 			b.push(watchEv(c.newer, "n", 3))
@@ -81,7 +81,7 @@ func TestWatchBacklogMergesAnUnreadEventWithTheNodesNewerOne(t *testing.T) {
 		})
 	}
 	t.Run("resynced", func(t *testing.T) {
-		var b watchBacklog
+		b := watchBacklog{mergeAlways: true}
 		b.push(watchEv(WatchResynced, "", 1))
 		b.push(watchEv(WatchAdded, "a", 2))
 		b.push(watchEv(WatchResynced, "", 3))
@@ -91,7 +91,7 @@ func TestWatchBacklogMergesAnUnreadEventWithTheNodesNewerOne(t *testing.T) {
 		}
 	})
 	t.Run("read events are not merged", func(t *testing.T) {
-		var b watchBacklog
+		b := watchBacklog{mergeAlways: true}
 		b.push(watchEv(WatchAdded, "n", 1))
 		if ev, _ := b.pop(); ev.Type != WatchAdded {
 			t.Fatalf("popped %v", ev.Type)
@@ -108,7 +108,7 @@ func TestWatchBacklogMergesAnUnreadEventWithTheNodesNewerOne(t *testing.T) {
 // (the holes merges leave are compacted away), and what is read is in revision order.
 func TestWatchBacklogOfManyMergesStaysSmall(t *testing.T) {
 	const nodes, updates = 10, 100_000
-	var b watchBacklog
+	b := watchBacklog{mergeAlways: true}
 	rev := int64(0)
 	for i := range nodes {
 		rev++
@@ -154,7 +154,7 @@ func TestWatchBacklogOfManyMergesStaysSmall(t *testing.T) {
 // would take minutes here).
 func TestWatchBacklogOfALargeServiceIsLinear(t *testing.T) {
 	const nodes = 100_000
-	var b watchBacklog
+	b := watchBacklog{mergeAlways: true}
 	rev := int64(0)
 	for i := range nodes {
 		rev++
@@ -183,7 +183,7 @@ func TestWatchBacklogOfALargeServiceIsLinear(t *testing.T) {
 // Random pushes and pops against a plain list merged by scanning it: the same events come out.
 func TestWatchBacklogMatchesAScanningModel(t *testing.T) {
 	rng := rand.New(rand.NewPCG(1, 2))
-	var b watchBacklog
+	b := watchBacklog{mergeAlways: true}
 	var model []WatchEvent
 	modelPush := func(ev WatchEvent) {
 		for i, old := range model {
@@ -227,5 +227,46 @@ func TestWatchBacklogMatchesAScanningModel(t *testing.T) {
 	}
 	if got := describe(drainBacklog(t, &b)); !slices.Equal(got, describe(model)) {
 		t.Fatalf("drained %d events unlike the model's %d", len(got), len(model))
+	}
+}
+
+// A reader less than eventQueueCapacity events behind gets every event; from there until it
+// has taken them all, a node's new event is merged with its last unread one.
+func TestWatchBacklogMergesOnlyOnceTheReaderIsFarBehind(t *testing.T) {
+	var b watchBacklog
+	rev := int64(0)
+	push := func(node string) {
+		rev++
+		b.push(watchEv(WatchUpdated, node, rev))
+	}
+	for i := 0; i < eventQueueCapacity/2; i++ {
+		push("a")
+		push("b")
+	}
+	if b.len() != eventQueueCapacity {
+		t.Fatalf("%d events wait, want every one of %d", b.len(), eventQueueCapacity)
+	}
+	for i := 0; i < 100; i++ {
+		push("a")
+		push("b")
+	}
+	if b.len() != eventQueueCapacity {
+		t.Fatalf("%d events wait past the bound, want %d", b.len(), eventQueueCapacity)
+	}
+	for i := 0; i < eventQueueCapacity-1; i++ {
+		if _, ok := b.pop(); !ok {
+			t.Fatal("an event is missing")
+		}
+	}
+	push("a")
+	push("b")
+	if b.len() != 2 {
+		t.Fatalf("%d events wait, want 2 (still merging until caught up)", b.len())
+	}
+	drainBacklog(t, &b)
+	push("a")
+	push("a")
+	if got := describe(drainBacklog(t, &b)); len(got) != 2 {
+		t.Fatalf("caught up, every event is kept again: got %v", got)
 	}
 }

@@ -64,10 +64,15 @@
  *     Called from inside that very callback, they do not wait for it. Called from another
  *     thread, they wait for a running call of the callback to return, so do not hold a lock
  *     there that the callback takes.
- *   - Backpressure (the same in every language, see the core's `events` module): each callback
- *     and the pull queue hold at most 1024 undelivered events. When a consumer falls that far
- *     behind, the oldest undelivered event is dropped (never an UNREGISTERED), counted by
- *     etcd_registry_dropped_events, and a warning is logged.
+ *   - Backpressure (the same in every language, see the core's `events` module): a consumer
+ *     (each callback, the pull queue) less than 1024 events behind gets every event. Past that,
+ *     a watch's events are never dropped: until the consumer has caught up, a node's new event
+ *     is merged with its last undelivered one (ADDED then UPDATED is one ADDED with the newer
+ *     info, ADDED then REMOVED nothing, REMOVED then ADDED one UPDATED, otherwise the newer
+ *     event), so a consumer far behind skips intermediate states of a node but ends at the
+ *     live node set. Status events are bounded: past 1024 undelivered ones the oldest is
+ *     dropped (never an UNREGISTERED), counted by etcd_registry_dropped_events, and a warning
+ *     is logged.
  *
  * PULL INSTEAD OF CALLBACKS (for hosts that cannot take calls on foreign threads, e.g. Go)
  *   - Pass a NULL callback to etcd_registry_register / etcd_registry_watch: their events are
@@ -815,8 +820,9 @@ etcd_registry_status etcd_registry_next_event(struct etcd_registry *registry,
 etcd_registry_status etcd_registry_event_fd(struct etcd_registry *registry, int *out_fd);
 
 /**
- * Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
- * behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+ * Writes to `*out_count` how many status events were dropped because their consumer fell 1024
+ * events behind (a watch's events are merged, never dropped; see Backpressure in the header's
+ * top comment): for `id` 0, or the id of a
  * registration or watch made with a NULL callback, the pull queue's count; for one made with a
  * callback, that callback's count. NOT_FOUND for an unknown id or one that has ended
  * (unregistered, or replaced by a newer registration of its node and its UNREGISTERED

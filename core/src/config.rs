@@ -242,7 +242,7 @@ impl Config {
 /// enough from the clock's limit that a deadline computed from it never overflows.
 pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
-/// Checks a timeout as [`Config`] takes it (greater than zero, at most [`MAX_DURATION`]).
+/// Checks a timeout as [`Config`] takes it (greater than zero, at most 100 years).
 /// Bindings whose setters fail at once call it there, so that the rule and its message are
 /// written once.
 pub fn check_timeout(timeout: Duration) -> Result<()> {

@@ -553,8 +553,9 @@ impl Signal {
     }
 }
 
-/// Writes to `*out_count` how many events were dropped because their consumer fell 1024 events
-/// behind (see BACKPRESSURE in the header's top comment): for `id` 0, or the id of a
+/// Writes to `*out_count` how many status events were dropped because their consumer fell 1024
+/// events behind (a watch's events are merged, never dropped; see Backpressure in the header's
+/// top comment): for `id` 0, or the id of a
 /// registration or watch made with a NULL callback, the pull queue's count; for one made with a
 /// callback, that callback's count. NOT_FOUND for an unknown id or one that has ended
 /// (unregistered, or replaced by a newer registration of its node and its UNREGISTERED

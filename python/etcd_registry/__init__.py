@@ -75,11 +75,12 @@ __all__ = [
 
 
 def dropped_events() -> int:
-    """How many status and watch events this process dropped because its callbacks fell behind.
+    """How many status events this process dropped because its callbacks fell behind.
 
-    Every ``on_status`` and ``on_event`` callback is fed from one bounded queue of the core (the
-    same policy as the C and Go bindings): when the callback thread falls 1024 events behind,
-    the oldest event that is not an ``"unregistered"`` is dropped, counted here, and a warning
-    is logged. ``"unregistered"`` is never dropped.
+    Every ``on_status`` and ``on_event`` callback is fed from one queue of the core (the same
+    policy as the C and Go bindings). Once the callback thread falls 1024 events behind, a
+    watch's new event of a node is merged with that node's last unread one, never dropped; of
+    status events at most 1024 wait, and past that the oldest that is not an ``"unregistered"``
+    is dropped, counted here, and a warning is logged. ``"unregistered"`` is never dropped.
     """
     return _dropped_events()

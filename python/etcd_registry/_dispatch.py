@@ -2,9 +2,9 @@
 ``logging``, one resolves the asyncio futures of awaited calls.
 
 The callback thread pulls status and watch events straight from the core's bounded event queue
-(one per process; see ``python/src/dispatch.rs`` and ``core/src/events.rs``: 1024 waiting
-events, then the oldest non-final one is dropped and counted by ``dropped_events()``), one at a
-time, plus the log records the native module queued (a bounded lane). Runtime threads never
+(one per process; see ``python/src/dispatch.rs`` and ``core/src/events.rs``: past 1024 waiting
+events a watch's events are merged per node, and the oldest non-final status event is dropped
+and counted by ``dropped_events()``), one at a time, plus the log records the native module queued (a bounded lane). Runtime threads never
 touch Python; these threads hold the GIL only while they handle an item. The callback thread
 calls ``on_status`` and ``on_event`` callbacks in order and logs through the ``etcd_registry``
 logger; an exception in a callback is logged and the next delivery goes on, and a callback may

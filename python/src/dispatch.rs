@@ -7,9 +7,10 @@
 //!   and logs the core's records. Status and watch events have **no queue of their own** here:
 //!   every registration and watch made with a callback is routed ([`registry::Route::stream`])
 //!   to one core [`EventStream`] per process, and this thread pulls it. So the backpressure
-//!   policy is the core's (`core/src/events.rs`): at most [`registry::EVENT_QUEUE_CAPACITY`]
-//!   unread events, then the oldest that is not final is dropped and counted
-//!   (`etcd_registry.dropped_events()`), `unregistered` never. The thread takes one event at a
+//!   policy is the core's (`core/src/events.rs`): past [`registry::EVENT_QUEUE_CAPACITY`]
+//!   unread events a watch's events are merged per node, and of status events the oldest that
+//!   is not final is dropped and counted (`etcd_registry.dropped_events()`), `unregistered`
+//!   never. The thread takes one event at a
 //!   time, so "which callback is running" is known here, and the guarantees are kept on top of
 //!   the stream: `unregister()`/`close()` return once `unregistered` has been delivered (from
 //!   inside a callback, what is queued is delivered nested, before they return), and once a

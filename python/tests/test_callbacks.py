@@ -225,47 +225,56 @@ def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> 
     assert "attempt=" in record.getMessage()
 
 
-def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
+def test_a_blocked_callback_loses_no_watch_event_and_still_gets_the_final_one(
     etcd: Etcd, base_path: str
 ) -> None:
-    """The callbacks read the core's bounded queue: a callback that blocks while more than
-    EVENT_QUEUE_CAPACITY (1024) events arrive costs the oldest events, counted, not memory; the
-    final "unregistered" is still delivered, before unregister() returns."""
-    capacity = 1024
+    """The callbacks read the core's queue: while a callback blocks, more than
+    EVENT_QUEUE_CAPACITY (1024) watch events arrive, nodes change and leave. Nothing is dropped:
+    past the bound a node's unread events are merged, so the events delivered afterwards are one
+    "added" per live node with its last info, and none of a node that came and went unread. The
+    final "unregistered" of a registration is still delivered, before unregister() returns."""
     present = [f"k{i:04}" for i in range(1150)]  # one "added" each when the watch starts
     later = [f"k{i:04}" for i in range(1150, 1200)]  # registered while the callback blocks
-    total = len(present) + len(later)
+    changed = set(present[1::3]) | set(later[1::3])  # info changed while the callback blocks
+    gone = set(present[2::3]) | set(later[2::3])  # unregistered while the callback blocks
     release = threading.Event()
     blocked = threading.Event()
-    seen: list[str] = []
+    seen: list[tuple[str, str, dict[str, str]]] = []
     status = Recorder()
 
     def on_event(event: WatchEvent) -> None:
         if not blocked.is_set():
             blocked.set()
             release.wait(DEADLINE)
-        seen.append(event.node.name if event.node is not None else "")
+        assert event.node is not None
+        seen.append((event.kind, event.node.name, event.node.info))
 
     # The nodes come from a second registry (no callbacks): etcd holds them, and events follow.
     feeder = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
     reg = Registry(etcd.endpoints, base_path=base_path, timeout=5.0)
     try:
-        for handle in [feeder.register("flood", name, ttl=30.0) for name in present]:
+        handles = {name: feeder.register("flood", name, {"v": "1"}, ttl=30.0) for name in present}
+        for handle in handles.values():
             assert handle.wait(DEADLINE)
         mine = reg.register("slow", "n", on_status=status)
         status.wait_kind("registered")
         before = dropped_events()
-        reg.watch("flood", on_event=on_event)
+        watch = reg.watch("flood", on_event=on_event)
         assert blocked.wait(DEADLINE), "the watch callback was not called"
-        for handle in [feeder.register("flood", name, ttl=30.0) for name in later]:
-            assert handle.wait(DEADLINE)
-        # One event is in the blocked callback, `capacity` wait: the rest were dropped.
-        eventually("the oldest events to be dropped",
-                   lambda: dropped_events() - before == total - 1 - capacity)
+        first = present[0]  # in the blocked callback: left alone
+        handles.update({name: feeder.register("flood", name, {"v": "1"}, ttl=30.0) for name in later})
+        for name in later:
+            assert handles[name].wait(DEADLINE)
+        for name in sorted(changed):
+            handles[name].update({"v": "2"})
+        for name in sorted(gone):
+            handles[name].unregister()
+        live = {name: ("2" if name in changed else "1") for name in handles if name not in gone}
+        eventually("the watch to see every change",
+                   lambda: {n.name: n.info["v"] for n in watch.nodes()} == live)
 
-        # The queue is full of watch events: unregister() from another thread still gets its
-        # "unregistered" in (never dropped: an older watch event makes room), and returns only
-        # once it has been delivered, which waits for the blocked callback.
+        # unregister() from another thread gets its "unregistered" delivered, which waits for
+        # the blocked callback and every event queued before it.
         kinds_at_return: list[list[str]] = []
 
         def unregister() -> None:
@@ -273,26 +282,22 @@ def test_a_blocked_callback_drops_the_oldest_events_never_the_final_one(
             kinds_at_return.append(status.kinds())
 
         unregistering = threading.Thread(target=unregister)
+        assert f"{base_path}/slow/n" in etcd.get_prefix(base_path)
         unregistering.start()
-        eventually("unregister to queue its event",
-                   lambda: dropped_events() - before == total - capacity)
+        eventually("unregister() to delete its key",
+                   lambda: f"{base_path}/slow/n" not in etcd.get_prefix(base_path))
         assert unregistering.is_alive(), "unregister() returned before its event was delivered"
         release.set()
         unregistering.join(DEADLINE)
         assert not unregistering.is_alive()
         assert kinds_at_return == [["registered", "unregistered"]]
 
-        eventually("the newest events", lambda: set(later) <= set(seen))
-        dropped = dropped_events() - before
-        assert dropped == total - capacity
-        assert len(seen) + dropped == total  # every event was delivered or counted
-        # Memory stayed bounded: at most `capacity` events waited behind the blocked one.
-        assert len(seen) <= 1 + capacity
-        # The dropped ones were the oldest: after the blocked event come the newest of the
-        # initial ones (listed in key order), then every later one.
-        initial = [name for name in seen[1:] if name in present]
-        assert initial == present[len(present) - len(initial):]
-        assert sorted(seen[1 + len(initial):]) == later
+        assert dropped_events() == before, "nothing dropped"
+        assert seen[0][:2] == ("added", first)
+        assert all(kind == "added" for kind, _, _ in seen), "the callback knew no node before"
+        names = [name for _, name, _ in seen]
+        assert len(names) == len(set(names)), "one event per node"
+        assert {name: info["v"] for _, name, info in seen} == live
     finally:
         release.set()
         reg.close()

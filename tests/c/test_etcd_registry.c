@@ -2829,6 +2829,52 @@ static void test_a_watch_follows_an_etcd_that_lost_its_data(void) {
 
 /* ---------------------------------------------------------------- main */
 
+/* A pull queue read late, while a service larger than the event bound starts and a third of
+ * it leaves: no watch event is dropped. Past 1024 unread events a node's events are merged, so
+ * what the reader then takes is one ADDED per live node and nothing of the nodes that left. */
+static void test_a_pull_queue_far_behind_loses_no_watch_event(void) {
+    enum { NODES = 1500 };
+    etcd_registry *feeder = connect_etcd();
+    etcd_registry *watcher = connect_etcd();
+    REQUIRE(feeder != NULL && watcher != NULL);
+    uint64_t watch = 0;
+    REQUIRE_OK(etcd_registry_watch(watcher, "late", NULL, NULL, &watch));
+    static uint64_t ids[NODES];
+    char node[32];
+    for (int i = 0; i < NODES; i++) {
+        snprintf(node, sizeof node, "n%04d", i);
+        CHECK_OK(etcd_registry_register_json(feeder, "late", node, NULL, 30000, NULL, NULL, &ids[i]));
+    }
+    CHECK(WAIT_FOR(live_set_size(watcher, watch) == NODES, 60 * slow));
+    for (int i = 2; i < NODES; i += 3) CHECK_OK(etcd_registry_unregister(feeder, ids[i]));
+    CHECK(WAIT_FOR(live_set_size(watcher, watch) == NODES - NODES / 3, 60 * slow));
+
+    static bool added[NODES];
+    int events = 0, wrong = 0;
+    etcd_registry_event *ev = NULL;
+    while (etcd_registry_next_event(watcher, 0, &ev) == ETCD_REGISTRY_STATUS_OK) {
+        const etcd_registry_watch_event *w = &ev->watch;
+        int i = -1;
+        if (ev->event_type == ETCD_REGISTRY_EVENT_TYPE_WATCH && w->kind == ETCD_REGISTRY_WATCH_KIND_ADDED &&
+            sscanf(w->node_name, "n%d", &i) == 1 && i >= 0 && i < NODES && !added[i] && i % 3 != 2) {
+            added[i] = true;
+        } else {
+            wrong++;
+        }
+        events++;
+        etcd_registry_event_free(ev);
+    }
+    CHECK(wrong == 0);
+    CHECK(events == NODES - NODES / 3);
+    uint64_t dropped = 7;
+    CHECK_OK(etcd_registry_dropped_events(watcher, 0, &dropped));
+    CHECK(dropped == 0);
+    CHECK_OK(etcd_registry_close(watcher));
+    CHECK_OK(etcd_registry_close(feeder));
+    etcd_registry_free(watcher);
+    etcd_registry_free(feeder);
+}
+
 static const test_case tests[] = {
     TEST(test_version_and_status_names),
     TEST(test_config_setters_and_errors),
@@ -2868,6 +2914,7 @@ static const test_case tests[] = {
     TEST(test_fork_child_leaves_the_parent_registrations_alone),
     TEST(test_log_callback),
     TEST(test_log_callback_may_call_into_the_library),
+    TEST(test_a_pull_queue_far_behind_loses_no_watch_event),
     TEST(test_runtime_threads_setting),
     TEST(test_keepalive_lost_and_reregistered_when_etcd_restarts),
     TEST(test_update_in_place),
