@@ -123,7 +123,7 @@ pub(crate) struct Buffer<T = Event> {
     merging: bool,
     /// While merging, the position of the last event queued of each merge key; an entry whose
     /// event has been read or merged since is stale, and is checked for when looked up.
-    index: Index,
+    index: Option<Box<Index>>,
     dropped: u64,
     pub(super) closed: bool,
 }
@@ -170,7 +170,7 @@ impl<T> Default for Buffer<T> {
             unmerged: 0,
             merge_from: EVENT_QUEUE_CAPACITY,
             merging: false,
-            index: Index::default(),
+            index: None,
             dropped: 0,
             closed: false,
         }
@@ -216,7 +216,12 @@ impl<T: Queued> Buffer<T> {
             self.reindex();
         }
         let event = match event.merge_key().filter(|_| self.merging) {
-            Some(key) => match self.index.get(key).and_then(|at| self.take_at(at)) {
+            Some(key) => match self
+                .index
+                .as_ref()
+                .and_then(|i| i.get(key))
+                .and_then(|at| self.take_at(at))
+            {
                 Some(older) => match T::merge(older, event) {
                     Some(merged) => merged,
                     None => {
@@ -248,7 +253,9 @@ impl<T: Queued> Buffer<T> {
         }
         let at = self.head + self.items.len() as u64;
         match event.merge_key() {
-            Some(key) if self.merging => self.index.set(key, at),
+            Some(key) if self.merging => {
+                self.index.get_or_insert_with(Default::default).set(key, at)
+            }
             Some(_) => {}
             None => self.unmerged += 1,
         }
@@ -295,7 +302,7 @@ impl<T: Queued> Buffer<T> {
     fn release(&mut self) {
         self.head += self.items.len() as u64;
         self.items = VecDeque::new();
-        self.index = Index::default();
+        self.index = None;
         self.merging = false;
     }
 
@@ -329,7 +336,9 @@ impl<T: Queued> Buffer<T> {
         let empty = self.items.len() - self.live;
         if self.live == 0 {
             self.release();
-        } else if empty > 32 + self.live || self.index.len > 64 + 2 * self.live {
+        } else if empty > 32 + self.live
+            || self.index.as_ref().map_or(0, |i| i.len) > 64 + 2 * self.live
+        {
             self.items.retain(Option::is_some);
             self.reindex();
         }
@@ -337,14 +346,17 @@ impl<T: Queued> Buffer<T> {
 
     /// Rebuilds the counts and index after `items` changed wholesale (no empty slots left).
     fn reindex(&mut self) {
-        self.index = Index::default();
+        self.index = None;
         self.live = 0;
         self.unmerged = 0;
         for (at, event) in self.items.iter().enumerate() {
             let Some(event) = event else { continue };
             self.live += 1;
             match event.merge_key() {
-                Some(key) if self.merging => self.index.set(key, self.head + at as u64),
+                Some(key) if self.merging => {
+                    let at = self.head + at as u64;
+                    self.index.get_or_insert_with(Default::default).set(key, at);
+                }
                 Some(_) => {}
                 None => self.unmerged += 1,
             }
@@ -489,7 +501,7 @@ mod tests {
             let node = format!("n{}", revision % 10);
             let _ = buffer.push(watch(1, Updated, &node, revision));
             assert!(buffer.items.len() <= 10 + 32 + 10, "{}", buffer.items.len());
-            assert!(buffer.index.len <= 64 + 2 * 10);
+            assert!(buffer.index.as_ref().map_or(0, |i| i.len) <= 64 + 2 * 10);
         }
         assert_eq!(buffer.len(), 10);
         let drained = drain(&mut buffer);
