@@ -964,7 +964,7 @@ pub mod dispatcher {
 mod tests {
     use super::*;
 
-    fn status(id: u64, event: StatusEvent) -> Event {
+    pub(crate) fn status(id: u64, event: StatusEvent) -> Event {
         Event::Status {
             registration_id: id,
             service: "s".into(),

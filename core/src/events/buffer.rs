@@ -370,6 +370,7 @@ impl<T: Queued> Buffer<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::tests::status;
     use crate::registration::Node;
     use WatchEventKind::{Added, Removed, Resynced, Updated};
 
@@ -386,15 +387,6 @@ mod tests {
                 }),
                 revision,
             },
-        }
-    }
-
-    fn status(id: u64, event: StatusEvent) -> Event {
-        Event::Status {
-            registration_id: id,
-            service: "s".into(),
-            node: "n".into(),
-            event,
         }
     }
 
