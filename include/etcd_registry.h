@@ -67,10 +67,12 @@
  *   - Backpressure (the same in every language, see the core's `events` module): a consumer
  *     (each callback, the pull queue) less than 1024 events behind gets every event. Past that,
  *     a watch's events are never dropped: until the consumer has caught up, a node's new event
- *     is merged with its last undelivered one (ADDED then UPDATED is one ADDED with the newer
- *     info, ADDED then REMOVED nothing, REMOVED then ADDED one UPDATED, otherwise the newer
- *     event), so a consumer far behind skips intermediate states of a node but ends at the
- *     live node set. Status events are bounded: past 1024 undelivered ones the oldest is
+ *     is merged into its undelivered one, in place, with the newer info and revision (a node
+ *     gone at the end is one REMOVED, even if its ADDED was never delivered; otherwise one
+ *     ADDED if the undelivered one was, else one UPDATED). A consumer far behind skips
+ *     intermediate states of a node but ends at the live node set if it applies ADDED and
+ *     UPDATED as insert-or-replace and REMOVED as delete-if-present; revisions of different
+ *     nodes may then come out of order. Status events are bounded: past 1024 undelivered ones the oldest is
  *     dropped (never an UNREGISTERED), counted by etcd_registry_dropped_events, and a warning
  *     is logged.
  *

@@ -209,8 +209,8 @@ enum Command {
     /// Read slowly, the lines still always bring the output to the current node set: every
     /// change is printed until 1024 are waiting (a service of more nodes at the start, a large
     /// batch of deletes, stdout read slowly); from then until the output catches up, a node's
-    /// new change is merged with its unprinted one, so its intermediate states are skipped (a
-    /// node added and removed unprinted is not printed at all; an `updated` line may repeat
+    /// new change is merged into its unprinted one, so its intermediate states are skipped (a
+    /// node added and removed unprinted is printed `removed` only; an `updated` line may repeat
     /// the info printed last, when the node changed back or was removed and added again).
     /// Exits 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, and once the reader of stdout goes away
     /// (`watch api | head -1`), even if no event comes to be written.

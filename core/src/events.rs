@@ -24,13 +24,18 @@
 //!   - **A watch's events are never dropped.** A reader less than [`EVENT_QUEUE_CAPACITY`]
 //!     events behind gets every event. Once that many are unread, and until the reader has
 //!     read them all, a new event of a node that the queue still holds an event of is merged
-//!     with that event into one, which takes the newer event's place at the back (so a queue
-//!     stays in revision order), with the newer node info and revision and the kind that takes
-//!     the reader from what it knew to the node's state now: `added` then `updated` is `added`;
-//!     `added` then `removed` is nothing at all; `removed` then `added` is `updated`; otherwise
-//!     the newer kind. Of two unread `resynced` the newer stays. So a reader far behind skips
-//!     some intermediate states of a node but always ends with the service's live node set, and
-//!     a queue holds at most [`EVENT_QUEUE_CAPACITY`] watch events plus one per node watched.
+//!     into that event, in place: it keeps the place of the node's oldest unread change (so no
+//!     node's change reaches the reader later than it happened), with the newer node info and
+//!     revision and the kind that takes the reader from what it knew to the node's state now:
+//!     a node gone at the end is `removed` (even one the reader never had an `added` of: a
+//!     reader that started from a listing may hold it); otherwise `added` if the older was
+//!     `added`, else `updated`. A newer `resynced` replaces an unread one at the back, so the
+//!     differences of a resync come before it. So a reader far behind skips intermediate
+//!     states of a node but always ends with the service's live node set, if it applies
+//!     `added` and `updated` as insert-or-replace and `removed` as delete-if-present; once
+//!     merged, events of different nodes may come out of revision order. A queue holds at
+//!     most [`EVENT_QUEUE_CAPACITY`] watch events plus one per node (live or removed) of each
+//!     watch and a `resynced`.
 //!   - **Registration status events are bounded.** A queue holds at most
 //!     [`EVENT_QUEUE_CAPACITY`] of them unread. When a slow consumer falls that far behind,
 //!     the *oldest* that is not final is dropped to make room (`Unregistered` is final and
@@ -264,7 +269,7 @@ pub enum Next {
     Closed,
 }
 
-/// A bounded stream of events (see the [module docs](self) for the policy). Readable from async
+/// A stream of events, with the backpressure policy of the [module docs](self). Readable from async
 /// code ([`EventStream::next`]) and from any thread without tokio
 /// ([`EventStream::next_timeout`], [`EventStream::try_next`]); several readers may share it, each
 /// event goes to one of them. Cheap to clone (clones read the same queue). Dropping the last

@@ -195,8 +195,8 @@ impl Watch {
     /// The next event, in order; `None` once the watch is cancelled or its registry closed (or
     /// in a child process after `fork()`), and always for a watch made with a route
     /// ([`Registry::watch_routed`](crate::Registry::watch_routed)), whose events go there.
-    /// The first events are one `Added` per node present when the watch started. Bounded like
-    /// every event queue (see [`crate::events`]).
+    /// The first events are one `Added` per node present when the watch started. Never dropped:
+    /// a reader far behind gets a node's unread events merged (see [`crate::events`]).
     pub async fn next(&self) -> Option<WatchEvent> {
         if self.registry.check_same_process().is_err() {
             return None;
@@ -214,7 +214,9 @@ impl Watch {
         }
     }
 
-    /// How many events were dropped because the reader of [`Watch::next`] fell behind.
+    /// How many events were dropped because the reader of [`Watch::next`] fell behind: always
+    /// 0, a watch's events are merged instead (see [`crate::events`]). Kept for the programs
+    /// written when they were dropped.
     pub fn dropped(&self) -> u64 {
         self.route.own.as_ref().map_or(0, EventStream::dropped)
     }

@@ -79,7 +79,7 @@ def dropped_events() -> int:
 
     Every ``on_status`` and ``on_event`` callback is fed from one queue of the core (the same
     policy as the C and Go bindings). Once the callback thread falls 1024 events behind, a
-    watch's new event of a node is merged with that node's last unread one, never dropped; of
+    watch's new event of a node is merged into that node's unread one, never dropped; of
     status events at most 1024 wait, and past that the oldest that is not an ``"unregistered"``
     is dropped, counted here, and a warning is logged. ``"unregistered"`` is never dropped.
     """

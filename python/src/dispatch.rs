@@ -575,8 +575,8 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
     Ok(Some(out))
 }
 
-/// How many status and watch events were dropped, in this process, because the callback thread
-/// fell [`registry::EVENT_QUEUE_CAPACITY`] events behind.
+/// How many status events were dropped, in this process, because the callback thread fell
+/// [`registry::EVENT_QUEUE_CAPACITY`] of them behind (a watch's events are merged, never dropped).
 #[pyfunction]
 pub(crate) fn _dropped_events() -> u64 {
     callbacks().stream.dropped()

@@ -15,17 +15,17 @@ pub(crate) trait Queued: Sized {
         false
     }
 
-    /// The watch (0 for a watch's own stream) and node an event is merged by; `None` for an
-    /// event that is not merged (a status event), which counts against the bound.
+    /// The watch and node an event is merged by; `None` for an event that is not merged (a
+    /// status event), which counts against the bound.
     fn merge_key(&self) -> Option<MergeKey<'_>> {
         None
     }
 
     /// `older`, still unread, and `newer` with the same [`merge_key`](Self::merge_key) as one
-    /// event; `None` when they cancel out.
-    fn merge(older: Self, newer: Self) -> Option<Self> {
+    /// event.
+    fn merge(older: Self, newer: Self) -> Self {
         let _ = older;
-        Some(newer)
+        newer
     }
 }
 
@@ -58,7 +58,7 @@ impl Queued for Event {
         }
     }
 
-    fn merge(older: Self, newer: Self) -> Option<Self> {
+    fn merge(older: Self, newer: Self) -> Self {
         match (older, newer) {
             (
                 Event::Watch { event: older, .. },
@@ -67,12 +67,12 @@ impl Queued for Event {
                     service,
                     event,
                 },
-            ) => merge_watch(older, event).map(|event| Event::Watch {
+            ) => Event::Watch {
                 watch_id,
                 service,
-                event,
-            }),
-            (_, newer) => Some(newer),
+                event: merge_watch(older, event),
+            },
+            (_, newer) => newer,
         }
     }
 }
@@ -87,27 +87,29 @@ fn watch_key(watch_id: u64, event: &WatchEvent) -> Option<MergeKey<'_>> {
 
 /// The one event a reader gets for a node's two changes it has not read: its newer node info
 /// and revision, with the kind that takes the reader from what it knew before the older one to
-/// the state after the newer one.
-fn merge_watch(older: WatchEvent, newer: WatchEvent) -> Option<WatchEvent> {
+/// the state after the newer one. A node gone at the end is `Removed` even if the reader never
+/// had its `Added`: a reader that started from a listing (or `nodes()`) may hold it.
+fn merge_watch(older: WatchEvent, newer: WatchEvent) -> WatchEvent {
     use WatchEventKind::{Added, Removed, Updated};
     let kind = match (older.kind, newer.kind) {
-        // The reader never knew the node: it never will.
-        (Added, Removed) => return None,
+        (_, Removed) => Removed,
+        // The reader does not know the node yet.
         (Added, _) => Added,
         // The reader knew the node: it is still there, with new info.
         (Updated | Removed, Added | Updated) => Updated,
-        (Updated | Removed, Removed) => Removed,
         // Two `Resynced`: the newer one.
         (_, kind) => kind,
     };
-    Some(WatchEvent { kind, ..newer })
+    WatchEvent { kind, ..newer }
 }
 
 /// Unread events of one subscriber. A reader less than [`EVENT_QUEUE_CAPACITY`] events behind
 /// gets every event; once that many are unread, and until it has read them all, a watch's
-/// events are merged per node. Merged events keep the queue in the order of their last change:
-/// the merged event takes the newer one's place at the back, and the older one's slot is left
-/// empty until it is read past (or the queue is compacted).
+/// events are merged per node, in place: the merged event keeps the place of the node's oldest
+/// unread change (so no node's change is delivered later than it happened), and carries the
+/// newer info and revision. A newer `Resynced` instead replaces an unread one at the back, so
+/// that the differences of a resync all come before it; the older one's slot is left empty
+/// until it is read past (or the queue is compacted), as is a dropped status event's.
 pub(crate) struct Buffer<T = Event> {
     /// `None`: an event merged into a later one.
     items: VecDeque<Option<T>>,
@@ -215,20 +217,22 @@ impl<T: Queued> Buffer<T> {
             self.merging = true;
             self.reindex();
         }
+        let unread = |key| self.index.as_ref().and_then(|i| i.get(key));
         let event = match event.merge_key().filter(|_| self.merging) {
-            Some(key) => match self
-                .index
-                .as_ref()
-                .and_then(|i| i.get(key))
-                .and_then(|at| self.take_at(at))
-            {
-                Some(older) => match T::merge(older, event) {
-                    Some(merged) => merged,
-                    None => {
-                        self.compact_if_sparse();
-                        return overflow;
-                    }
-                },
+            Some(key @ MergeKey::Resynced(_)) => {
+                if let Some(at) = unread(key) {
+                    let _ = self.take_at(at);
+                }
+                event
+            }
+            Some(key) => match unread(key).and_then(|at| self.slot(at)) {
+                Some(slot) => {
+                    *slot = Some(match slot.take() {
+                        Some(older) => T::merge(older, event),
+                        None => event,
+                    });
+                    return overflow;
+                }
                 None => event,
             },
             None => {
@@ -265,13 +269,16 @@ impl<T: Queued> Buffer<T> {
         overflow
     }
 
+    /// The slot at position `at` if it holds an event (not read, replaced or dropped yet).
+    fn slot(&mut self, at: u64) -> Option<&mut Option<T>> {
+        let at = usize::try_from(at.checked_sub(self.head)?).ok()?;
+        self.items.get_mut(at).filter(|slot| slot.is_some())
+    }
+
     /// Takes the event at position `at` out, leaving its slot empty; `None` if it was read or
-    /// merged already.
+    /// taken already.
     fn take_at(&mut self, at: u64) -> Option<T> {
-        let slot = self
-            .items
-            .get_mut(usize::try_from(at.checked_sub(self.head)?).ok()?)?;
-        let event = slot.take()?;
+        let event = self.slot(at)?.take()?;
         self.live -= 1;
         if event.merge_key().is_none() {
             self.unmerged -= 1;
@@ -327,11 +334,14 @@ impl<T: Queued> Buffer<T> {
             .partition(|e| f(e));
         self.items = kept.into_iter().map(Some).collect();
         self.reindex();
+        if self.live == 0 {
+            self.release();
+        }
         taken
     }
 
-    /// Drops the empty slots once they outnumber the events, so that a node changing again and
-    /// again while nobody reads costs memory for its last change only.
+    /// Drops the empty slots once they outnumber the events, so that a service resyncing again
+    /// and again, or status events dropped again and again, while nobody reads cost no memory.
     fn compact_if_sparse(&mut self) {
         let empty = self.items.len() - self.live;
         if self.live == 0 {
@@ -417,7 +427,7 @@ mod tests {
         let table = [
             (Added, Updated, Some("added")),
             (Added, Added, Some("added")),
-            (Added, Removed, None),
+            (Added, Removed, Some("removed")),
             (Updated, Updated, Some("updated")),
             (Updated, Added, Some("updated")),
             (Updated, Removed, Some("removed")),
@@ -446,22 +456,30 @@ mod tests {
     }
 
     #[test]
-    fn a_merged_event_moves_to_the_back_so_the_queue_stays_in_revision_order() {
+    fn a_merged_event_keeps_the_place_of_the_nodes_oldest_unread_change() {
+        // The reader knows "b"; "a" is added, "b" removed, "a" updated: "a" comes first, so
+        // the reader never holds an empty set while "a" was live all along.
         let mut buffer = merging();
         let _ = buffer.push(watch(1, Added, "a", 1));
-        let _ = buffer.push(watch(1, Added, "b", 2));
+        let _ = buffer.push(watch(1, Removed, "b", 2));
         let _ = buffer.push(watch(1, Updated, "a", 3));
-        let _ = buffer.push(watch(1, Resynced, "", 4));
-        let _ = buffer.push(watch(1, Removed, "c", 5));
-        let _ = buffer.push(watch(1, Resynced, "", 6));
-        assert_eq!(buffer.len(), 4);
+        assert_eq!(
+            drain(&mut buffer),
+            [("added", "a".into(), 3), ("removed", "b".into(), 2)]
+        );
+        // A newer resync replaces an unread one at the back: the differences stay before it.
+        let _ = buffer.push(watch(1, Added, "a", 1));
+        let _ = buffer.push(watch(1, Resynced, "", 2));
+        let _ = buffer.push(watch(1, Removed, "c", 3));
+        let _ = buffer.push(watch(1, Updated, "a", 4));
+        let _ = buffer.push(watch(1, Resynced, "", 5));
+        assert_eq!(buffer.len(), 3);
         assert_eq!(
             drain(&mut buffer),
             [
-                ("added", "b".into(), 2),
-                ("added", "a".into(), 3),
-                ("removed", "c".into(), 5),
-                ("resynced", String::new(), 6),
+                ("added", "a".into(), 4),
+                ("removed", "c".into(), 3),
+                ("resynced", String::new(), 5),
             ]
         );
     }
@@ -477,10 +495,11 @@ mod tests {
         assert!(buffer.pop_front().is_some());
         let _ = buffer.push(watch(1, Removed, "n", 3));
         let _ = buffer.push(watch(2, Removed, "n", 3));
-        assert_eq!(
-            drain(&mut buffer),
-            [("added", "m".into(), 2), ("removed", "n".into(), 3)]
-        );
+        let ids: Vec<u64> = std::iter::from_fn(|| buffer.pop_front())
+            .map(|e| e.id())
+            .collect();
+        // Watch 2's "n" merged in place; watch 1's, read already, is an event of its own.
+        assert_eq!(ids, [2, 1, 1]);
     }
 
     #[test]
@@ -499,7 +518,8 @@ mod tests {
         let drained = drain(&mut buffer);
         assert!(drained.iter().all(|(kind, _, _)| *kind == "added"));
         let revisions: Vec<i64> = drained.iter().map(|e| e.2).collect();
-        assert_eq!(revisions, (99_991..=100_000).collect::<Vec<_>>());
+        let last = |node: i64| if node == 0 { 100_000 } else { 99_990 + node };
+        assert_eq!(revisions, (0..10).map(last).collect::<Vec<_>>());
         assert_eq!(buffer.dropped(), 0);
     }
 
@@ -561,10 +581,24 @@ mod tests {
         assert_eq!(taken.len(), 1);
         let _ = buffer.push(watch(2, Removed, "n", 3));
         let first = buffer.take_first(|e| e.id() == 2);
-        assert!(matches!(first, Some(Event::Watch { event, .. }) if event.revision == 2));
+        assert!(matches!(first, Some(Event::Watch { event, .. }) if event.revision == 3));
         let _ = buffer.push(watch(1, Removed, "n", 4));
-        assert_eq!(drain(&mut buffer), [("removed", "n".into(), 4)]);
+        assert_eq!(
+            drain(&mut buffer),
+            [("added", "m".into(), 2), ("removed", "n".into(), 4)]
+        );
         assert!(buffer.is_empty());
+        // Emptied by taking events out: the merging ends with it.
+        let mut buffer = Buffer::default();
+        for node in 0..EVENT_QUEUE_CAPACITY {
+            let _ = buffer.push(watch(1, Added, &format!("n{node}"), 1));
+        }
+        let _ = buffer.push(watch(1, Updated, "n0", 2));
+        assert_eq!(buffer.len(), EVENT_QUEUE_CAPACITY, "merging");
+        drop(buffer.take_all(|_| true));
+        let _ = buffer.push(watch(1, Added, "n0", 3));
+        let _ = buffer.push(watch(1, Updated, "n0", 4));
+        assert_eq!(buffer.len(), 2, "merging ended with the queue emptied");
     }
 }
 
