@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use etcd_registry::{
     Config, Error, ErrorKind, Info, Node, PemSource, Registry, StatusEvent, WatchEvent,
     WatchEventKind,
@@ -60,9 +61,11 @@ Exit status:
      also when the credentials stop working while it runs)
 
 Environment:
-  Every connection option can come from the variable named in its help. The password is
-  better given through ETCD_PASSWORD or --password-file than on the command line, where other
-  users can see it. Logs of the library go to stderr at the level of --log (ETCD_REGISTRY_LOG).";
+  Every connection option can come from the variable named in its help; an option given on
+  the command line wins over any variable, and a variable set to the empty string counts as
+  unset. The password is better given through ETCD_PASSWORD or --password-file than on the
+  command line, where other users can see it. Logs of the library go to stderr at the level of
+  --log (ETCD_REGISTRY_LOG).";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -120,9 +123,15 @@ struct ConnArgs {
     #[arg(long, env = "ETCD_PASSWORD", hide_env_values = true, global = true)]
     password: Option<String>,
 
-    /// Read the password from this file (one trailing newline is ignored); wins over --password.
+    /// Read the password from this file (one trailing newline is ignored); wins over --password,
+    /// unless --password is on the command line and this comes from ETCD_PASSWORD_FILE.
     #[arg(long, env = "ETCD_PASSWORD_FILE", value_name = "FILE", global = true)]
     password_file: Option<PathBuf>,
+
+    /// --password was given on the command line and --password-file was not (it came from
+    /// ETCD_PASSWORD_FILE, or not at all): the password wins over the file. Set by [`cli_of`].
+    #[arg(skip)]
+    password_before_file: bool,
 
     /// TLS: PEM file of the certificate authority that signed etcd's certificate.
     #[arg(long, env = "ETCD_CACERT", value_name = "FILE", global = true)]
@@ -296,7 +305,8 @@ fn exit_code(kind: ErrorKind) -> u8 {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    unset_empty_variables(&Cli::command());
+    let cli = cli_of(&Cli::command().get_matches()).unwrap_or_else(|e| e.exit());
     init_logs(&cli.conn.log);
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -317,6 +327,36 @@ fn main() -> ExitCode {
     }
 }
 
+/// Removes from the environment every variable of an option that is set to the empty string,
+/// so that it counts as unset, as in most tools: `ETCD_CACERT=` is no CA file rather than a
+/// usage error, `ETCD_ENDPOINTS=` the default endpoint rather than a malformed one. (clap hands
+/// an empty variable's value to the option.) Called first thing in `main`, while the program
+/// has no other thread that could read the environment meanwhile.
+fn unset_empty_variables(command: &clap::Command) {
+    for arg in command.get_arguments() {
+        if let Some(name) = arg.get_env() {
+            if std::env::var_os(name).is_some_and(|value| value.is_empty()) {
+                std::env::remove_var(name);
+            }
+        }
+    }
+    for subcommand in command.get_subcommands() {
+        unset_empty_variables(subcommand);
+    }
+}
+
+/// The parsed command line, with where the password options came from: one given on the
+/// command line wins over one from the environment.
+fn cli_of(matches: &ArgMatches) -> Result<Cli, clap::Error> {
+    let mut cli = Cli::from_arg_matches(matches)?;
+    // Global options: clap keeps their final value and its source in the top-level matches,
+    // wherever they were given (before or after the subcommand).
+    let on_command_line = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
+    cli.conn.password_before_file =
+        on_command_line("password") && !on_command_line("password_file");
+    Ok(cli)
+}
+
 fn init_logs(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
@@ -331,9 +371,10 @@ fn config_of(args: &ConnArgs) -> Result<Config, Failure> {
     let mut config = Config::new(args.endpoints.iter().cloned(), args.base_path.clone())
         .with_timeout(args.timeout)
         .with_backoff(args.backoff_min, args.backoff_max);
+    // --password-file wins over --password, unless only --password is on the command line.
     let password = match &args.password_file {
-        Some(path) => Some(read_password(path)?),
-        None => args.password.clone(),
+        Some(path) if !args.password_before_file => Some(read_password(path)?),
+        _ => args.password.clone(),
     };
     config.username = args.user.clone();
     config.password = password;
@@ -943,10 +984,11 @@ fn parse_pair(text: &str) -> Result<(String, String), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
-        Cli::try_parse_from(std::iter::once("etcd-registry").chain(args.iter().copied()))
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("etcd-registry").chain(args.iter().copied()))?;
+        cli_of(&matches)
     }
 
     #[test]
@@ -1020,6 +1062,45 @@ mod tests {
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert_eq!(config.backoff_min, Duration::from_millis(100));
         assert_eq!(config.backoff_max, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_wins_over_a_file_from_the_environment_only() {
+        // Only command-line sources here (the environment is the integration tests' part):
+        // --password alone, before or after the subcommand, is marked to win over a file that
+        // could come from ETCD_PASSWORD_FILE; with both flags, the file wins as documented.
+        for args in [
+            &["--user", "u", "--password", "p", "list", "api"][..],
+            &["list", "api", "--user", "u", "--password", "p"],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(cli.conn.password_before_file, "{args:?}");
+            assert_eq!(config_of(&cli.conn).unwrap().password.as_deref(), Some("p"));
+        }
+        for args in [
+            &[
+                "--password",
+                "p",
+                "--password-file",
+                "/nonexistent/pw",
+                "list",
+                "api",
+            ][..],
+            &[
+                "--password-file",
+                "/nonexistent/pw",
+                "list",
+                "api",
+                "--password",
+                "p",
+            ],
+        ] {
+            let cli = parse(args).unwrap();
+            assert!(!cli.conn.password_before_file, "{args:?}");
+            let err = config_of(&cli.conn).unwrap_err();
+            assert!(err.message.contains("/nonexistent/pw"), "{args:?}");
+        }
+        assert!(!parse(&["list", "api"]).unwrap().conn.password_before_file);
     }
 
     #[test]

@@ -25,6 +25,7 @@ const ENV: &[&str] = &[
     "ETCD_CACERT",
     "ETCD_CERT",
     "ETCD_KEY",
+    "ETCD_TLS_SERVER_NAME",
     "ETCD_REGISTRY_TIMEOUT",
     "ETCD_REGISTRY_BACKOFF_MIN",
     "ETCD_REGISTRY_BACKOFF_MAX",
@@ -1008,4 +1009,126 @@ fn watch_prints_every_node_of_a_service_larger_than_the_event_queue() {
     let (code, rest, stderr) = watch.finish();
     assert_eq!(code, 0, "stderr: {stderr}");
     assert!(rest.is_empty(), "nothing after the removals: {rest:?}");
+}
+
+#[test]
+fn a_password_on_the_command_line_wins_over_a_password_file_from_the_environment() {
+    let etcd = etcd();
+    etcd.enable_auth("svc", "s3cret").unwrap();
+    etcd.put("/services/api/n1", "{}").unwrap();
+    let right = etcd.base_dir().join("right-password");
+    let wrong = etcd.base_dir().join("wrong-password");
+    std::fs::write(&right, "s3cret\n").unwrap();
+    std::fs::write(&wrong, "wrong\n").unwrap();
+    let (right, wrong) = (right.to_str().unwrap(), wrong.to_str().unwrap());
+
+    // (environment, command line, expected status): the command line wins over the
+    // environment; given the same way, the file wins over the password.
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], i32);
+    let cases: &[Case] = &[
+        (
+            &[("ETCD_PASSWORD_FILE", wrong)],
+            &["--password", "s3cret", "list", "api"],
+            0,
+        ),
+        // A global flag after the subcommand is on the command line too.
+        (
+            &[("ETCD_PASSWORD_FILE", wrong)],
+            &["list", "api", "--password", "s3cret"],
+            0,
+        ),
+        (
+            &[("ETCD_PASSWORD", "s3cret")],
+            &["--password-file", wrong, "list", "api"],
+            4,
+        ),
+        (
+            &[("ETCD_PASSWORD", "wrong")],
+            &["--password-file", right, "list", "api"],
+            0,
+        ),
+        (
+            &[("ETCD_PASSWORD", "wrong"), ("ETCD_PASSWORD_FILE", right)],
+            &["list", "api"],
+            0,
+        ),
+        (
+            &[("ETCD_PASSWORD", "s3cret"), ("ETCD_PASSWORD_FILE", wrong)],
+            &["list", "api"],
+            4,
+        ),
+        (
+            &[],
+            &[
+                "--password",
+                "wrong",
+                "--password-file",
+                right,
+                "list",
+                "api",
+            ],
+            0,
+        ),
+        (
+            &[],
+            &[
+                "--password-file",
+                wrong,
+                "list",
+                "api",
+                "--password",
+                "s3cret",
+            ],
+            4,
+        ),
+    ];
+    for (vars, args, code) in cases {
+        let mut cmd = at(&etcd);
+        cmd.env("ETCD_USERNAME", "svc").envs(vars.iter().copied());
+        let out = run(&mut cmd, args);
+        assert_eq!(out.code, *code, "{vars:?} {args:?}: {}", out.stderr);
+        if *code == 0 {
+            assert_eq!(out.stdout, "n1\n", "{vars:?} {args:?}");
+        } else {
+            assert!(
+                out.stderr.contains("authentication"),
+                "{vars:?} {args:?}: {:?}",
+                out.stderr
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_environment_variables_count_as_unset() {
+    let etcd = etcd();
+    etcd.put("/services/api/n1", r#"{"a":"1"}"#).unwrap();
+    // As a script or a compose file leaves them: `ETCD_PASSWORD=${PW}` with PW unset.
+    let mut cmd = at(&etcd);
+    for var in ENV.iter().filter(|var| **var != "ETCD_ENDPOINTS") {
+        cmd.env(var, "");
+    }
+    let out = run(&mut cmd, &["list", "api"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (0, "n1 a=1\n", ""),
+        "no credentials, no TLS, the default base path, timeout and log level"
+    );
+
+    // An empty ETCD_ENDPOINTS is the default endpoint, not an empty or malformed list. (Some
+    // etcd may listen there: only the endpoint named matters.)
+    let mut cmd = program("");
+    let out = run(&mut cmd, &["--timeout", "1s", "list", "api"]);
+    assert!(
+        out.code == 0 || (out.code == 3 && out.stderr.contains("127.0.0.1:2379")),
+        "{}: {}",
+        out.code,
+        out.stderr
+    );
+
+    // A flag given empty on the command line is not an absent one: still a usage error.
+    for flag in ["--cacert", "--password-file"] {
+        let out = run(&mut at(&etcd), &[flag, "", "list", "api"]);
+        assert_eq!(out.code, 2, "{flag}: {}", out.stderr);
+    }
 }
