@@ -19,8 +19,9 @@ import (
 // goroutine that runs only while there is something to hand over (and, for a registration,
 // only once Events has been called, and only while it lives: see eventsBuffer). A
 // registration's backlog is bounded and drops its oldest status events (backlog, below); a
-// watch's drops nothing: past 1024 unread events it merges an unread event of a node with the
-// node's newer one, as the library's queue does (watchBacklog, in watch_backlog.go).
+// watch's drops nothing: past 1024 unread events it merges a node's newer event into that
+// node's unread one, in place (added then removed is removed; revisions may then come out of
+// order across nodes), as the library's queue does (watchBacklog, in watch_backlog.go).
 
 // eventQueueCapacity is the library's EVENT_QUEUE_CAPACITY: how many unread status events a
 // queue holds before the oldest one that is not final is dropped.

@@ -135,26 +135,35 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 // Service is the watched service.
 func (w *Watch) Service() string { return w.service }
 
-// Events delivers the watch's events in revision order; it is closed when the watch stops.
-// Nothing is dropped when the reader falls behind. A reader less than 1024 events behind gets
-// every event; from there until it has caught up, an event of a node not read yet is taken
-// out when that node's newer event comes, and the two merged go to the back, with the newer
-// Node and Revision and this type:
+// Events delivers the watch's events; it is closed when the watch stops. Nothing is dropped
+// when the reader falls behind. A reader less than 1024 events behind gets every event, in
+// revision order; from there until it has caught up, a node's new event is merged with its
+// last unread event, in place: the merged event keeps the unread one's position (that of the
+// node's oldest unread change), takes the newer Node and Revision, and has this type:
 //
 //	unread \ newer   Added     Updated   Removed
-//	Added            Added     Added     (both vanish: the reader never learns of the node)
+//	Added            Added     Added     Removed
 //	Updated          Updated   Updated   Removed
 //	Removed          Updated   Updated   Removed
 //
-// and an unread WatchResynced is replaced by a newer one. So the events waiting number at most
-// 1024 plus one per node, and applied in order they always leave the reader with the live set.
-// The library's own queue has the same policy (see "Event delivery" in the root README). An event the package has already taken for the
-// reader (at most one, waiting for the next receive) is not merged any more.
+// Nothing vanishes: a node added and removed unread comes as Removed, since a reader that
+// started from Nodes() or a listing may hold it. So a reader applies Added and Updated as
+// insert-or-replace and Removed as delete-if-present (Updated and Removed may be of a node it
+// never saw). Merged in place, a node's change never reaches the reader after changes of other
+// nodes made later, so a node live all along is never shown gone; but revisions are then out
+// of order across nodes (a merged event carries a newer revision than events after it). A
+// newer WatchResynced instead takes an unread one out and goes to the back, after every
+// difference event of its resync. So the events waiting number at most 1024 plus one per node,
+// and applied in order they always leave the reader with the live set. The library's own queue
+// has the same policy (see "Event delivery" in the root README). An event the package has
+// already taken for the reader (at most one, waiting for the next receive) is not merged any
+// more.
 func (w *Watch) Events() <-chan WatchEvent { return w.events }
 
 // Dropped is how many of the watch's events were dropped because the reader of Events fell
-// behind. None are: unread events are merged per node instead (see Events), so it is always 0.
-// It stays for the programs written when a watch dropped its oldest events past 1024.
+// behind. None are: unread events are merged per node, in place, instead (see Events; a node
+// added and removed unread still comes as Removed), so it is always 0. It stays for the
+// programs written when a watch dropped its oldest events past 1024.
 func (w *Watch) Dropped() uint64 { return 0 }
 
 // Nodes is the live node set of the service now, as the watch's events have built it, sorted

@@ -3,22 +3,30 @@ package etcdregistry
 // watchBacklog holds the events a watch's reader has not taken yet, with the library's policy
 // for watch events (see "Event delivery" in the root README). Nothing is dropped: a reader less
 // than eventQueueCapacity events behind gets every event; once that many wait, and until the
-// reader has taken them all, an unread event of a node is merged with that node's newer event,
-// so beyond the first eventQueueCapacity it holds at most one event per node (and one
-// WatchResynced), and a reader that falls behind still ends with the service's live set. The
-// merged event goes to the back, so the backlog stays in revision order; it has the newer
-// event's Node and Revision, and the kind mergeWatchTypes gives.
+// reader has taken them all, a node's new event is merged with that node's last unread one, so
+// beyond the first eventQueueCapacity it holds at most one event per node (and one
+// WatchResynced), and a reader that falls behind still ends with the service's live set.
+//
+// The merge is in place: the merged event keeps the older event's position (that of the
+// node's oldest unread change, so no change of a node reaches the reader later than the changes
+// of other nodes made after it) and takes the newer event's Node and Revision, with the kind
+// mergeWatchTypes gives. So a node live all along is never shown gone (moved to the back, the
+// merged event of a node added unread came after the removals made meanwhile, which could
+// leave the reader with no node at all), but once merging, events of different nodes may come
+// out of revision order. A WatchResynced is the exception: a new one takes an unread one out
+// and goes to the back, so that every difference event of a resync stays before its
+// WatchResynced.
 //
 // Each push and pop is O(1) amortised: index maps a node's name to the sequence number of its
-// unread event, and a merged-away event leaves a hole (gone) that pop skips; once the holes
-// outnumber the events, compactIfSparse copies the events into a slice of their own size. When
-// the backlog runs empty it lets go of its slice and its index.
+// last unread event. Only a replaced WatchResynced leaves a hole (gone) in slots, which pop
+// skips; once the holes outnumber the events, compactIfSparse copies the events into a slice
+// of their own size. When the backlog runs empty it lets go of its slice and its index.
 type watchBacklog struct {
 	slots    []watchSlot
 	base     int            // sequence number of slots[0]
 	gone     int            // holes in slots
-	index    map[string]int // node name → sequence number of its unread event
-	resynced int            // sequence number + 1 of the unread WatchResynced; 0 when none
+	index    map[string]int // node name → sequence number of its last unread event
+	resynced int            // sequence number + 1 of the last unread WatchResynced; 0 when none
 	// merging from eventQueueCapacity waiting events until none waits.
 	merging bool
 	// mergeAlways makes it merge from the first event (for tests of the merge itself).
@@ -27,7 +35,7 @@ type watchBacklog struct {
 
 type watchSlot struct {
 	ev   WatchEvent
-	gone bool // merged into a newer event
+	gone bool // a WatchResynced replaced by a newer one
 }
 
 // compactMin is how many holes a backlog tolerates before compacting even when they are fewer
@@ -35,22 +43,20 @@ type watchSlot struct {
 const compactMin = 64
 
 // mergeWatchTypes is the kind of the event that replaces an unread event of kind older and a
-// newer one of the same node; ok is false when both vanish (a node added and removed unread:
-// the reader never learns of it).
-func mergeWatchTypes(older, newer WatchEventType) (kind WatchEventType, ok bool) {
-	switch older {
-	case WatchAdded: // the reader does not know the node yet
-		if newer == WatchRemoved {
-			return 0, false
-		}
-		return WatchAdded, true
-	case WatchUpdated, WatchRemoved: // the reader knows the node
-		if newer == WatchRemoved {
-			return WatchRemoved, true
-		}
-		return WatchUpdated, true
+// newer one of the same node: the kind that takes a reader from what it knew before the older
+// one to the node's state after the newer one. A node gone at the end is WatchRemoved even if
+// the reader never had its WatchAdded: a reader that started from a listing or Nodes() may hold
+// it (so a reader applies WatchRemoved as delete-if-present). Nothing vanishes.
+func mergeWatchTypes(older, newer WatchEventType) WatchEventType {
+	switch {
+	case newer == WatchRemoved:
+		return WatchRemoved
+	case older == WatchAdded: // the reader does not know the node yet
+		return WatchAdded
+	case older == WatchUpdated || older == WatchRemoved: // the reader knew the node, still there
+		return WatchUpdated
 	}
-	return newer, true
+	return newer
 }
 
 // len is how many events wait.
@@ -62,7 +68,9 @@ func (b *watchBacklog) push(ev WatchEvent) {
 	}
 	if ev.Type == WatchResynced {
 		if b.resynced != 0 && b.merging {
-			b.takeOut(b.resynced - 1)
+			s := &b.slots[b.resynced-1-b.base]
+			*s = watchSlot{gone: true}
+			b.gone++
 		}
 		b.resynced = b.base + len(b.slots) + 1
 		b.slots = append(b.slots, watchSlot{ev: ev})
@@ -71,30 +79,16 @@ func (b *watchBacklog) push(ev WatchEvent) {
 	}
 	name := ev.Node.Name
 	if seq, ok := b.index[name]; ok && b.merging {
-		older := b.takeOut(seq)
-		delete(b.index, name)
-		kind, ok := mergeWatchTypes(older.Type, ev.Type)
-		if !ok {
-			b.emptyOrCompact()
-			return
-		}
-		ev.Type = kind
+		s := &b.slots[seq-b.base]
+		ev.Type = mergeWatchTypes(s.ev.Type, ev.Type)
+		s.ev = ev // in place: the older event's position, the newer Node and Revision
+		return
 	}
 	if b.index == nil {
 		b.index = map[string]int{}
 	}
 	b.index[name] = b.base + len(b.slots)
 	b.slots = append(b.slots, watchSlot{ev: ev})
-	b.compactIfSparse()
-}
-
-// takeOut leaves a hole where the event of sequence number seq was, and returns the event.
-func (b *watchBacklog) takeOut(seq int) WatchEvent {
-	s := &b.slots[seq-b.base]
-	ev := s.ev
-	*s = watchSlot{gone: true} // lets go of the event's info now
-	b.gone++
-	return ev
 }
 
 func (b *watchBacklog) pop() (WatchEvent, bool) {
@@ -109,7 +103,9 @@ func (b *watchBacklog) pop() (WatchEvent, bool) {
 			continue
 		}
 		if s.ev.Type == WatchResynced {
-			b.resynced = 0
+			if b.resynced == seq+1 {
+				b.resynced = 0
+			}
 		} else if b.index[s.ev.Node.Name] == seq {
 			delete(b.index, s.ev.Node.Name)
 		}
@@ -120,7 +116,8 @@ func (b *watchBacklog) pop() (WatchEvent, bool) {
 	return WatchEvent{}, false
 }
 
-// emptyOrCompact lets go of everything once nothing waits, or compacts a sparse backlog.
+// emptyOrCompact lets go of everything once nothing waits (and stops merging), or compacts a
+// sparse backlog.
 func (b *watchBacklog) emptyOrCompact() {
 	if b.len() == 0 {
 		*b = watchBacklog{base: b.base, mergeAlways: b.mergeAlways}
