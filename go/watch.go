@@ -138,8 +138,8 @@ func (w *Watch) Service() string { return w.service }
 // Events delivers the watch's events; it is closed when the watch stops. Nothing is dropped
 // when the reader falls behind. A reader less than 1024 events behind gets every event, in
 // revision order; from there until it has caught up, a node's new event is merged with its
-// last unread event, in place: the merged event keeps the unread one's position (that of the
-// node's oldest unread change), takes the newer Node and Revision, and has this type:
+// last unread event, in place: the merged event keeps that event's position, takes the newer
+// Node and Revision, and has this type:
 //
 //	unread \ newer   Added     Updated   Removed
 //	Added            Added     Added     Removed

@@ -7,9 +7,10 @@ package etcdregistry
 // beyond the first eventQueueCapacity it holds at most one event per node (and one
 // WatchResynced), and a reader that falls behind still ends with the service's live set.
 //
-// The merge is in place: the merged event keeps the older event's position (that of the
-// node's oldest unread change, so no change of a node reaches the reader later than the changes
-// of other nodes made after it) and takes the newer event's Node and Revision, with the kind
+// The merge is in place: the merged event keeps the position of the node's last unread event
+// (so no change of a node reaches the reader later than the changes of other nodes made after
+// it; an earlier unread event of the node, kept from before the merging began, is read before
+// it) and takes the newer event's Node and Revision, with the kind
 // mergeWatchTypes gives. So a node live all along is never shown gone (moved to the back, the
 // merged event of a node added unread came after the removals made meanwhile, which could
 // leave the reader with no node at all), but once merging, events of different nodes may come

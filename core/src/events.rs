@@ -24,8 +24,8 @@
 //!   - **A watch's events are never dropped.** A reader less than [`EVENT_QUEUE_CAPACITY`]
 //!     events behind gets every event. Once that many are unread, and until the reader has
 //!     read them all, a new event of a node that the queue still holds an event of is merged
-//!     into that event, in place: it keeps the place of the node's oldest unread change (so no
-//!     node's change reaches the reader later than it happened), with the newer node info and
+//!     into the node's last unread event, in place: it keeps that event's place (so no node's
+//!     change reaches the reader later than it happened), with the newer node info and
 //!     revision and the kind that takes the reader from what it knew to the node's state now:
 //!     a node gone at the end is `removed` (even one the reader never had an `added` of: a
 //!     reader that started from a listing may hold it); otherwise `added` if the older was

@@ -30,7 +30,8 @@ pub enum WatchEventKind {
     /// The watch missed history (compaction while disconnected, or etcd's history went back:
     /// its data lost or restored from an older snapshot), re-listed the service and
     /// emitted the difference as Added/Updated/Removed events just before this one. `node` is
-    /// `None`.
+    /// `None`. (For a reader far behind, a later change of a node may be merged into its
+    /// difference event: the set at `Resynced` may then be newer than the re-listing.)
     Resynced,
 }
 

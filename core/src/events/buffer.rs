@@ -105,9 +105,9 @@ fn merge_watch(older: WatchEvent, newer: WatchEvent) -> WatchEvent {
 
 /// Unread events of one subscriber. A reader less than [`EVENT_QUEUE_CAPACITY`] events behind
 /// gets every event; once that many are unread, and until it has read them all, a watch's
-/// events are merged per node, in place: the merged event keeps the place of the node's oldest
-/// unread change (so no node's change is delivered later than it happened), and carries the
-/// newer info and revision. A newer `Resynced` instead replaces an unread one at the back, so
+/// events are merged per node, in place: the merged event keeps the place of the node's last
+/// unread event (an earlier one, kept from before the merging began, is read before it: merged
+/// there, a later change would be undone by it), and carries the newer info and revision. A newer `Resynced` instead replaces an unread one at the back, so
 /// that the differences of a resync all come before it; the older one's slot is left empty
 /// until it is read past (or the queue is compacted), as is a dropped status event's.
 pub(crate) struct Buffer<T = Event> {
@@ -456,7 +456,7 @@ mod tests {
     }
 
     #[test]
-    fn a_merged_event_keeps_the_place_of_the_nodes_oldest_unread_change() {
+    fn a_merged_event_keeps_the_place_of_the_nodes_last_unread_event() {
         // The reader knows "b"; "a" is added, "b" removed, "a" updated: "a" comes first, so
         // the reader never holds an empty set while "a" was live all along.
         let mut buffer = merging();
