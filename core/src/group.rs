@@ -62,7 +62,15 @@ pub(crate) struct GroupHandle {
     pub(crate) tx: mpsc::UnboundedSender<GroupCmd>,
     /// The lease held now, 0 for none.
     pub(crate) lease: Arc<AtomicI64>,
+    /// Tells this group from a later one of the same TTL (see [`Retire`]).
+    pub(crate) generation: u64,
 }
+
+/// Asked by a group left without members and with no command queued: whether it may end. The
+/// registry answers under the lock it sends every command under, so that when it says yes
+/// (and forgets the group) nothing can be queued any more; a registration of the TTL then
+/// starts a new group. A registry using many TTLs in turn thus keeps no idle task per TTL.
+pub(crate) type Retire = Box<dyn Fn(&mpsc::UnboundedReceiver<GroupCmd>) -> bool + Send + Sync>;
 
 pub(crate) struct LeaseGroup {
     ttl_secs: i64,
@@ -88,6 +96,7 @@ pub(crate) struct LeaseGroup {
     /// members keep alive: deleted (while still on it) once etcd answers again, or they would
     /// stay for as long as the group lives.
     unremoved: Vec<Box<str>>,
+    retire: Retire,
 }
 
 /// Why the keep-alive loop ended.
@@ -119,6 +128,8 @@ impl LeaseGroup {
         backoff_max: Duration,
         closing: watch::Receiver<bool>,
         first: GroupCmd,
+        generation: u64,
+        retire: Retire,
     ) -> GroupHandle {
         let (tx, rx) = mpsc::unbounded_channel();
         // Cannot fail: the receiver is right here.
@@ -138,9 +149,14 @@ impl LeaseGroup {
             closing,
             deferred: None,
             unremoved: Vec::new(),
+            retire,
         };
         handle.spawn(group.run());
-        GroupHandle { tx, lease }
+        GroupHandle {
+            tx,
+            lease,
+            generation,
+        }
     }
 
     fn set_lease(&mut self, lease: Option<i64>) {
@@ -162,6 +178,11 @@ impl LeaseGroup {
         loop {
             if self.members.is_empty() {
                 attempt = 0;
+                // Nothing left to keep: the lease is revoked (or left to expire) and no key
+                // waits to be deleted (`unremoved` is kept only while members keep the lease).
+                if self.deferred.is_none() && (self.retire)(&self.rx) {
+                    return;
+                }
                 match self.recv().await {
                     None => return,
                     Some(cmd) => match Box::pin(self.handle_offline(cmd)).await {

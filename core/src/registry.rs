@@ -14,7 +14,7 @@ use crate::config::Config;
 use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{EventStream, Hub, Route, Subscriber};
-use crate::group::{GroupCmd, GroupHandle, LeaseGroup};
+use crate::group::{GroupCmd, GroupHandle, LeaseGroup, Retire};
 use crate::keys::{
     base_prefix, encode_info, node_key, service_name_of, service_prefix, Info, InfoBytes,
 };
@@ -72,7 +72,8 @@ struct Inner {
     /// Set once the first close has finished (or was dropped unfinished): later closes wait
     /// for it.
     closed_done: tokio::sync::watch::Sender<bool>,
-    state: Mutex<State>,
+    /// Shared with the lease groups, which ask under it whether they may end (see `Retire`).
+    state: Arc<Mutex<State>>,
     /// The registry-wide event streams.
     hub: Arc<Hub>,
 }
@@ -123,7 +124,7 @@ impl Registry {
                 closed: AtomicBool::new(false),
                 closing,
                 closed_done: tokio::sync::watch::Sender::new(false),
-                state: Mutex::new(State::default()),
+                state: Arc::default(),
                 hub: Arc::default(),
             }),
         })
@@ -297,8 +298,10 @@ impl Registry {
             // The first of its TTL: the new task finds it when it first runs (one wake-up).
             Entry::Vacant(slot) => {
                 let mux = self.inner.mux.clone();
+                let generation = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+                let retire = retire_group(&self.inner.state, ttl_secs, generation);
                 slot.insert(LeaseGroup::spawn(
-                    handle, ttl_secs, conn, mux, min, max, closing, add,
+                    handle, ttl_secs, conn, mux, min, max, closing, add, generation, retire,
                 ));
             }
         }
@@ -649,6 +652,31 @@ impl Watch {
 /// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
 /// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
 /// events are delivered right here, nested.
+/// The answer to a lease group of `ttl_secs` left idle (see [`Retire`]): yes when nothing is
+/// queued for it, and then it is forgotten (unless a later group of the TTL took its place,
+/// e.g. after `close`). The state is reached weakly: a registry dropped meanwhile drops every
+/// sender, and the group then ends on its own.
+fn retire_group(state: &Arc<Mutex<State>>, ttl_secs: i64, generation: u64) -> Retire {
+    let state = Arc::downgrade(state);
+    Box::new(move |rx| {
+        let Some(state) = state.upgrade() else {
+            return false;
+        };
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        if !rx.is_empty() {
+            return false;
+        }
+        if state
+            .groups
+            .get(&ttl_secs)
+            .is_some_and(|g| g.generation == generation)
+        {
+            state.groups.remove(&ttl_secs);
+        }
+        true
+    })
+}
+
 async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
     for reg in &registrations {
         reg.finish_route().await;

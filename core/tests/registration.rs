@@ -361,6 +361,68 @@ async fn one_lease_per_ttl_and_close_removes_everything() {
     record_version("one shared lease per TTL; close revokes");
 }
 
+/// A registry that registers with one TTL after another (a TTL per deployment, per tenant…)
+/// keeps no task per TTL it no longer uses, and a TTL used again gets its lease again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ttl_no_longer_used_leaves_no_task_behind() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    // One registration first, so that what lives as long as the registry (its connection's
+    // and shared watch stream's tasks) is counted in the baseline.
+    let first = registry
+        .register("api", node("first", &[]), Duration::from_secs(5))
+        .unwrap();
+    first.wait_registered(DEADLINE).await.unwrap();
+    first.unregister().await.unwrap();
+    let baseline = tasks();
+
+    const TTLS: u64 = 40;
+    let regs: Vec<Registration> = (0..TTLS)
+        .map(|i| {
+            registry
+                .register(
+                    "api",
+                    node(&format!("n{i}"), &[]),
+                    Duration::from_secs(10 + i),
+                )
+                .unwrap()
+        })
+        .collect();
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    assert_eq!(registry.lease_ids().len(), TTLS as usize);
+    assert!(tasks() >= baseline + TTLS as usize, "a task per TTL in use");
+    for reg in &regs {
+        reg.unregister().await.unwrap();
+    }
+    assert_eq!(etcd.lease_count().unwrap(), 0, "every lease revoked");
+    eventually("the tasks of the TTLs no longer used to end", || async {
+        tasks() <= baseline + 2
+    })
+    .await;
+    assert!(registry.lease_ids().is_empty());
+
+    // A TTL used again starts over: a lease, kept alive, and the key guarded as before.
+    let again = registry
+        .register("api", node("again", &[]), Duration::from_secs(10))
+        .unwrap();
+    again.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(registry.lease_ids(), vec![again.lease_id().unwrap()]);
+    etcd.delete("/s/api/again").unwrap();
+    eventually("the deleted key to be put back", || async {
+        etcd.get_prefix("/s/api/").unwrap().len() == 1
+    })
+    .await;
+    registry.close().await.unwrap();
+    assert_eq!(etcd.lease_count().unwrap(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registering_the_same_node_again_replaces_the_old_registration() {
     let etcd = etcd();
