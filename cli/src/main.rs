@@ -56,7 +56,8 @@ Exit status:
   2  usage error: unknown flag, missing or bad argument (empty name, KEY=VALUE without '=',
      --ttl 0, malformed endpoint, password without user)
   3  etcd unreachable: connection refused or broken, or no answer within --timeout; also
-     `register` interrupted while etcd is down (its key goes when the lease expires)
+     `register` interrupted while etcd is down, or interrupted a second time while it waits
+     for etcd to delete its key (the key goes when the lease expires)
   4  authentication failed or permission denied (`register` exits at once instead of retrying,
      also when the credentials stop working while it runs)
 
@@ -245,7 +246,8 @@ enum Command {
     /// Ctrl-S) the node stays registered and signals work; lines that do not fit the 1024 held
     /// are dropped, and counted on stderr at the end.
     /// On SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal went away) the key is deleted and
-    /// the program exits 0.
+    /// the program exits 0. While etcd is slow to confirm the delete, a second signal exits 3
+    /// at once; the key then goes when its lease expires.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
     /// one (the user deleted, its password or role changed), it deletes the key if it still
     /// can and exits 4 at once.
@@ -414,11 +416,14 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             ttl,
         } => register(&registry, &service, &node, info, ttl, &mut out).await,
     };
+    if let Err(Step::Abandoned(f)) = result {
+        return Err(f);
+    }
     let closed = registry.close().await;
     match result {
         Ok(()) | Err(Step::OutputClosed) => closed.map_err(fail),
         Err(Step::Etcd(e)) => Err(fail(e)),
-        Err(Step::Fail(f)) => Err(f),
+        Err(Step::Fail(f) | Step::Abandoned(f)) => Err(f),
         Err(Step::Output(e)) => Err(Failure::new(
             EXIT_ERROR,
             format!("cannot write to stdout: {e}"),
@@ -432,6 +437,9 @@ enum Step {
     Etcd(Error),
     /// Anything else, already with its exit status.
     Fail(Failure),
+    /// Stopped by a second signal before the end of its cleanup: the registry is not closed
+    /// either (its revoke would wait as long as the delete did).
+    Abandoned(Failure),
     /// Whoever read stdout went away (`| head -1`): a normal end.
     OutputClosed,
     /// Writing to stdout failed otherwise.
@@ -617,7 +625,22 @@ async fn register(
         }
     }
     // try_: this tool reports a key it could not delete (exit code 3), which unregister() only logs.
-    let unregistered = registration.try_unregister().await;
+    // A second signal cuts short a delete that waits for a slow or silent etcd (up to
+    // --timeout, and as long again for the revoke at close): the key then goes with its lease.
+    let unregistered = tokio::select! {
+        result = registration.try_unregister() => result,
+        _ = stop.recv() => {
+            out.finish(OUTPUT_DRAIN);
+            return Err(Step::Abandoned(Failure::new(
+                EXIT_UNREACHABLE,
+                format!(
+                    "interrupted again before etcd confirmed the key's deletion; if it is still \
+                     there, it disappears when its lease expires, within {} s",
+                    registration.ttl_secs()
+                ),
+            )));
+        }
+    };
     // The rest of the events, down to `unregistered` (the stream ends after it).
     while let Some(event) = events.recv().await {
         print(&event);

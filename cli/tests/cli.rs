@@ -789,6 +789,47 @@ fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
     }
 }
 
+/// Ctrl-C deletes the key, which waits for etcd (up to --timeout); Ctrl-C again gives up on
+/// that at once, as the user asked, and says what becomes of the key.
+#[test]
+fn register_interrupted_twice_does_not_wait_for_a_silent_etcd() {
+    let etcd = etcd();
+    let mut reg = Running::start(
+        &mut at(&etcd),
+        &["register", "api", "n1", "--ttl", "12s", "--timeout", "300s"],
+    );
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/api/n1 ")
+    });
+    // etcd stops answering: the delete waits for it (while the lease is kept alive, for up to a
+    // sixth of the TTL).
+    etcd.pause(0).unwrap();
+    // Signals sent together may arrive as one: Ctrl-C again and again, as a user would, until
+    // it exits.
+    let deadline = Instant::now() + DEADLINE;
+    while reg.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        reg.signal(libc::SIGINT);
+        thread::sleep(Duration::from_millis(100));
+    }
+    let (code, rest, stderr) = reg.finish();
+    etcd.resume(0).unwrap();
+    assert_eq!(code, 3, "stderr: {stderr}");
+    assert!(
+        stderr.contains("interrupted again before etcd confirmed the key's deletion")
+            && stderr.contains("within 12 s"),
+        "{stderr:?}"
+    );
+    assert!(
+        !rest.iter().any(|l| l.starts_with("unregistered")),
+        "{rest:?}"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    while etcd.get("/services/api/n1").unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the key outlived its lease");
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn watch_prints_the_difference_and_resynced_after_a_compaction_it_missed() {
     let etcd = EtcdCluster::builder()
