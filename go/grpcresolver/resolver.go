@@ -118,10 +118,11 @@ func validScheme(s string) bool {
 func (b *Builder) Scheme() string { return b.scheme }
 
 // Build starts resolving target, "<scheme>:///<service>" (or "<scheme>:<service>"); gRPC
-// calls it. It fails only on a target without a service or with an authority. It does not
-// wait for etcd: the watch starts in the background, and while etcd cannot be reached the
-// resolver reports the error to the client (so calls fail with it rather than hang) and
-// tries again, after 1 s doubling to 30 s.
+// calls it. It fails only on a target without a service, with an authority, or naming a
+// service the registry refuses (blank, ".", "..", or with a NUL). It does not wait for etcd:
+// the watch starts in the background, and while etcd cannot be reached the resolver reports
+// the error to the client (so calls fail with it rather than hang) and tries again, after 1 s
+// doubling to 30 s.
 func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	if target.URL.Host != "" {
 		return nil, fmt.Errorf("grpcresolver: target %q has an authority (%q); use %s:///<service>", target.String(), target.URL.Host, b.scheme)
@@ -129,6 +130,10 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	service := target.Endpoint()
 	if service == "" {
 		return nil, fmt.Errorf("grpcresolver: target %q names no service; use %s:///<service>", target.String(), b.scheme)
+	}
+	// The names the library refuses to watch: refused here at once rather than retried.
+	if strings.TrimSpace(service) == "" || service == "." || service == ".." || strings.ContainsRune(service, 0) {
+		return nil, fmt.Errorf("grpcresolver: target %q: %q is not a service name the registry can watch", target.String(), service)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &etcdResolver{
@@ -185,8 +190,8 @@ func (r *etcdResolver) run() {
 		}
 		if err != nil {
 			r.cc.ReportError(fmt.Errorf("grpcresolver: watching service %q: %w", r.service, err))
-			if errors.Is(err, etcdregistry.ErrClosed) {
-				return // the registry is closed: nothing will ever come
+			if errors.Is(err, etcdregistry.ErrClosed) || errors.Is(err, etcdregistry.ErrInvalidArgument) {
+				return // the registry is closed, or refuses the name: retrying changes nothing
 			}
 			timer := time.NewTimer(delay)
 			select {

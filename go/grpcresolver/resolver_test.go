@@ -529,17 +529,29 @@ func TestNewBuilderRejectsBadArguments(t *testing.T) {
 	}
 }
 
-// A target without a service, or with an authority, is refused with a clear error.
+// A target without a service, with an authority, or naming a service the library refuses, is
+// refused with a clear error.
 func TestBadTargets(t *testing.T) {
 	reg, err := etcdregistry.NewEtcdRegistry([]string{"127.0.0.1:1"}, "/services", "", "", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer reg.Close()
+	// The resolver refuses what the library refuses.
+	for _, service := range []string{" ", ".", "..", "a\x00"} {
+		if _, err := reg.WatchService(t.Context(), service); !errors.Is(err, etcdregistry.ErrInvalidArgument) {
+			t.Errorf("WatchService(%q): got %v, want ErrInvalidArgument", service, err)
+		}
+	}
 	b := newBuilder(t, reg)
 	for target, want := range map[string]string{
 		"etcd-registry:///":           "names no service",
 		"etcd-registry://host/my-svc": "has an authority",
+		// Names the library refuses to watch (checked below): not retried for ever.
+		"etcd-registry:///%20":  "is not a service name",
+		"etcd-registry:///.":    "is not a service name",
+		"etcd-registry:///..":   "is not a service name",
+		"etcd-registry:///a%00": "is not a service name",
 	} {
 		if _, err := b.Build(parseTarget(t, target), newRecordingConn(), resolver.BuildOptions{}); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: got %v, want an error saying %q", target, err, want)
