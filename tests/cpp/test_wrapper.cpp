@@ -330,6 +330,71 @@ void wait_for_library_teardown() {
 #endif
 }
 
+// Sends a command to the etcd-harness this program runs under (its control socket); false,
+// with the reply on stderr, when it fails.
+bool harness(const std::string &command) {
+    const char *bin = std::getenv("ETCD_HARNESS_BIN");
+    const char *sock = std::getenv("ETCD_HARNESS_CONTROL");
+    if (bin == nullptr || sock == nullptr) {
+        std::fprintf(stderr, "    ETCD_HARNESS_BIN / ETCD_HARNESS_CONTROL not set\n");
+        return false;
+    }
+    const std::string shell = std::string("\"") + bin + "\" ctl \"" + sock + "\" " + command;
+    FILE *p = popen(shell.c_str(), "r");
+    if (p == nullptr) return false;
+    std::string reply;
+    char buf[4096];
+    size_t n;
+    while ((n = std::fread(buf, 1, sizeof buf, p)) > 0) reply.append(buf, n);
+    const int rc = pclose(p);
+    if (rc != 0 || reply.find("\"ok\":true") == std::string::npos) {
+        std::fprintf(stderr, "    harness %s: %s\n", command.c_str(), reply.c_str());
+        return false;
+    }
+    return true;
+}
+
+// Runs last: it turns authentication on for the rest of the cluster's life. etcd refuses the
+// delete (the user lost its write permission): unregister throws AUTH, and the registration
+// has ended all the same, its callback freed after its UNREGISTERED call.
+void unregister_refused_by_etcd_frees_the_callback() {
+    const char *prefix = "/cpp-wrapper-tests/";
+    const bool ready = harness("enable-auth root secret") &&
+                       harness("etcdctl user add limited --new-user-password=pw") &&
+                       harness("etcdctl role add cpp") &&
+                       harness(std::string("etcdctl role grant-permission cpp readwrite ") + prefix + " --prefix") &&
+                       harness("etcdctl user grant-role limited cpp");
+    CHECK(ready);
+    if (!ready) return;
+    std::atomic<int> live{0}, unregistered{0};
+    etcdreg::Registry registry(config().credentials("limited", "pw"));
+    const auto id = registry.register_node("authed", "n1", {}, ttl,
+                                           [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                               if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                           });
+    registry.wait_registered(id, 10s);
+    // Read only from now on.
+    CHECK(harness(std::string("etcdctl role revoke-permission cpp ") + prefix + " --prefix"));
+    CHECK(harness(std::string("etcdctl role grant-permission cpp read ") + prefix + " --prefix"));
+    etcd_registry_status status = ETCD_REGISTRY_STATUS_OK;
+    try {
+        registry.unregister(id);
+    } catch (const etcdreg::Error &e) {
+        status = e.status();
+    }
+    CHECK(status == ETCD_REGISTRY_STATUS_AUTH);
+    CHECK(unregistered == 1);
+    CHECK(live == 0);
+    // It has ended: unregistering it again finds nothing, and nothing is left to free.
+    status = ETCD_REGISTRY_STATUS_OK;
+    try {
+        registry.unregister(id);
+    } catch (const etcdreg::Error &e) {
+        status = e.status();
+    }
+    CHECK(status == ETCD_REGISTRY_STATUS_NOT_FOUND);
+}
+
 struct Test {
     const char *name;
     void (*run)();
@@ -346,6 +411,7 @@ const Test tests[] = {
     TEST(close_frees_every_callback),
     TEST(close_inside_a_status_callback),
     TEST(destroying_the_registry_frees_the_callbacks),
+    TEST(unregister_refused_by_etcd_frees_the_callback),  // last: it turns auth on for good
 };
 
 }  // namespace
