@@ -46,8 +46,11 @@ type Options struct {
 	TLS *TLS
 }
 
-// NewEtcdRegistryWithOptions is NewEtcdRegistry with the optional settings (credentials,
-// timeout, backoff, TLS) in opts. Like NewEtcdRegistry, it does not dial.
+// NewEtcdRegistryWithOptions takes NewEtcdRegistry's endpoints and base path, and the optional
+// settings (credentials, timeout, backoff, TLS) in opts. It checks them as New does, not with
+// NewEtcdRegistry's leniency: an empty endpoint entry or a negative Timeout is an
+// InvalidArgument error, and a Username with an empty Password is used. Like NewEtcdRegistry,
+// it does not dial.
 func NewEtcdRegistryWithOptions(endpoints []string, basePath string, opts Options) (*EtcdRegistry, error) {
 	return New(Config{
 		Endpoints:  endpoints,

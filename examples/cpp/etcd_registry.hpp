@@ -1,7 +1,7 @@
 // etcd_registry.hpp — a small RAII wrapper over the etcd_registry C API (header only, C++17).
 //
 //   etcdreg::Registry registry(etcdreg::Config().endpoints("127.0.0.1:2379"));
-//   auto id = registry.register_node("api", "node-1", R"({"address":"10.0.0.5:8080"})",
+//   auto id = registry.register_node("api", "node-1", {{"address", "10.0.0.5:8080"}},
 //                                    std::chrono::seconds(10),
 //                                    [](const etcdreg::StatusEvent &e) { /* ... */ });
 //   for (const auto &node : registry.list("api")) std::cout << node.name << "\n";
