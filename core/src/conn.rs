@@ -260,7 +260,7 @@ impl Connection {
             if !pending_first && !pending_second {
                 // Both failed: the usual way, with the rest of the members and of the time.
                 return self
-                    .call_until(what, attempt, started + self.timeout, &f)
+                    .call_until(what, attempt, started + self.timeout, &f, None)
                     .await
                     .map(|(_, v)| v);
             }
@@ -315,17 +315,43 @@ impl Connection {
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call_until(what, attempt, Instant::now() + self.timeout, f)
+        self.call_until(what, attempt, Instant::now() + self.timeout, f, None)
             .await
     }
 
-    /// [`Connection::call_at`] with its deadline given.
+    /// [`Connection::call_at`] for a write, setting `maybe_late` when an attempt was given up
+    /// after its request may have reached its member (it went unanswered in time, or the
+    /// connection broke after it was sent): that member may still carry the write out later,
+    /// after the call has returned and after newer writes made through other members.
+    pub(crate) async fn call_write<T, F, Fut>(
+        &self,
+        what: &str,
+        attempt: Duration,
+        maybe_late: &AtomicBool,
+        f: F,
+    ) -> Result<(usize, T)>
+    where
+        F: Fn(&Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_until(
+            what,
+            attempt,
+            Instant::now() + self.timeout,
+            f,
+            Some(maybe_late),
+        )
+        .await
+    }
+
+    /// [`Connection::call_at`] with its deadline given (and see [`Connection::call_write`]).
     async fn call_until<T, F, Fut>(
         &self,
         what: &str,
         attempt: Duration,
         deadline: Instant,
         f: F,
+        maybe_late: Option<&AtomicBool>,
     ) -> Result<(usize, T)>
     where
         F: Fn(&Client) -> Fut,
@@ -378,11 +404,31 @@ impl Connection {
             let endpoint = &self.endpoints[i];
             // Boxed: a request's future is large (several KiB), and every task awaiting a call
             // would otherwise hold room for the largest one it ever makes.
+            // Whether the request may have been sent: a client was at hand, and it did not
+            // fail to connect.
+            let (sent, unsent) = (AtomicBool::new(false), AtomicBool::new(false));
             let run = Box::pin(async {
                 let client = self.client_of(i).await?;
-                f(&client).await.map_err(|e| self.reached_error(i, e))
+                sent.store(true, Ordering::Relaxed);
+                f(&client).await.map_err(|e| {
+                    if unreachable_cause(&e).is_some() {
+                        unsent.store(true, Ordering::Relaxed);
+                    }
+                    self.reached_error(i, e)
+                })
             });
-            let error = match tokio::time::timeout(limit, run).await {
+            let outcome = tokio::time::timeout(limit, run).await;
+            let may_land = sent.load(Ordering::Relaxed)
+                && !unsent.load(Ordering::Relaxed)
+                && match &outcome {
+                    Ok(Ok(_)) => false,
+                    Ok(Err(e)) => is_member_failure(e) && e.kind() != ErrorKind::Tls,
+                    Err(_) => true,
+                };
+            if let Some(flag) = maybe_late.filter(|_| may_land) {
+                flag.store(true, Ordering::SeqCst);
+            }
+            let error = match outcome {
                 Ok(Ok(value)) => {
                     self.health.answered(i);
                     return Ok((i, value));

@@ -2,7 +2,7 @@
 //! keeps it alive, repairs it and re-registers its keys after outages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -97,6 +97,15 @@ pub(crate) struct LeaseGroup {
     /// stay for as long as the group lives.
     unremoved: Vec<Box<str>>,
     retire: Retire,
+    /// Set when a write carrying the lease was given up after its request may have reached a
+    /// member (see [`Connection::call_write`]): that member may still carry it out later, after
+    /// newer writes (an update's older info put back, the key of a node unregistered since put
+    /// again on the lease its other members keep alive, a delete of a key put again since).
+    /// The keep-alive loop then moves every key to a new lease and revokes this one: from then
+    /// on such a write is refused, and one carried out before the revoke is undone by it.
+    maybe_late: AtomicBool,
+    /// No lease replacement before then (one per keep-alive period at most).
+    replace_after: Instant,
 }
 
 /// Why the keep-alive loop ended.
@@ -105,6 +114,8 @@ enum Exit {
     Closed,
     /// The last member left; the lease is revoked.
     Empty,
+    /// The keys moved to a new lease, established (see [`LeaseGroup::replace_lease`]).
+    Replaced(Box<Established>),
     /// Lease or connection lost.
     Lost(Error),
 }
@@ -150,6 +161,8 @@ impl LeaseGroup {
             deferred: None,
             unremoved: Vec::new(),
             retire,
+            maybe_late: AtomicBool::new(false),
+            replace_after: Instant::now(),
         };
         handle.spawn(group.run());
         GroupHandle {
@@ -175,12 +188,15 @@ impl LeaseGroup {
 
     async fn run(mut self) {
         let mut attempt = 0u32;
+        // A new lease that the keep-alive loop established for the keys (see `Exit::Replaced`).
+        let mut replaced: Option<Established> = None;
         loop {
             if self.members.is_empty() {
                 attempt = 0;
                 // Nothing left to keep: the lease is revoked (or left to expire) and no key
                 // waits to be deleted (`unremoved` is kept only while members keep the lease).
-                if self.deferred.is_none() && (self.retire)(&self.rx) {
+                // Not while closing: the close to come revokes a lease a member left to it.
+                if self.deferred.is_none() && !*self.closing.borrow() && (self.retire)(&self.rx) {
                     return;
                 }
                 match self.recv().await {
@@ -192,9 +208,12 @@ impl LeaseGroup {
                 }
             }
             let mut closing = self.closing.clone();
-            let established = tokio::select! {
-                result = Box::pin(self.establish()) => Some(result),
-                _ = closing.wait_for(|closing| *closing) => None,
+            let established = match replaced.take() {
+                Some(established) => Some(Ok(established)),
+                None => tokio::select! {
+                    result = Box::pin(self.establish()) => Some(result),
+                    _ = closing.wait_for(|closing| *closing) => None,
+                },
             };
             let Some(established) = established else {
                 Box::pin(self.close_now()).await;
@@ -206,6 +225,10 @@ impl LeaseGroup {
                     match Box::pin(self.maintain(established)).await {
                         Exit::Closed => return,
                         Exit::Empty => continue,
+                        Exit::Replaced(established) => {
+                            replaced = Some(*established);
+                            continue;
+                        }
                         Exit::Lost(error) => {
                             let error = self.conn.located(error);
                             tracing::warn!(ttl = self.ttl_secs, lease = ?self.lease, %error, "keep-alive lost, will retry");
@@ -369,6 +392,8 @@ impl LeaseGroup {
         let id = granted.id();
         let granted_at = granted.header().map_or(0, |h| h.revision());
         self.set_lease(Some(id));
+        // Writes carrying the lease lost cannot land any more.
+        self.maybe_late.store(false, Ordering::SeqCst);
         tracing::debug!(lease = id, ttl, "granted lease");
         // A fresh lease has its whole TTL: its keys need not wait for the keep-alive's answer.
         // The keep-alive stream is opened after the puts, not beside them: etcd then serves the
@@ -543,7 +568,7 @@ impl LeaseGroup {
                 .collect();
             let result = self
                 .conn
-                .call_at("registering keys", attempt, |c| {
+                .call_write("registering keys", attempt, &self.maybe_late, |c| {
                     let (mut kv, txn) = (c.kv_client(), Txn::new().and_then(ops.clone()));
                     async move { kv.txn(txn).await }
                 })
@@ -588,7 +613,7 @@ impl LeaseGroup {
         let (value, generation) = member.value();
         let result = self
             .conn
-            .call_at("registering a key", attempt, |c| {
+            .call_write("registering a key", attempt, &self.maybe_late, |c| {
                 let (mut kv, key, value) = (c.kv_client(), member.key.as_bytes(), value.clone());
                 async move {
                     kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
@@ -683,6 +708,18 @@ impl LeaseGroup {
         let mut unwatched: HashSet<u64> = HashSet::new();
         loop {
             let lost_at = last_answer + ttl;
+            if self.maybe_late.load(Ordering::SeqCst)
+                && Instant::now() >= self.replace_after
+                && !*self.closing.borrow()
+            {
+                self.replace_after = Instant::now() + period;
+                match before_loss(lost_at, ttl, self.replace_lease(lease, attempt)).await {
+                    Ok(established) => return Exit::Replaced(Box::new(established)),
+                    Err(e) => {
+                        tracing::debug!(lease, error = %e, "replacing the lease failed; keeping it for now")
+                    }
+                }
+            }
             let silent_at = waiting_since.map(|sent| sent + answer_within);
             let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
             let failover = tokio::select! {
@@ -730,7 +767,9 @@ impl LeaseGroup {
                     }
                     Some(GroupCmd::Remove { id, successor, done }) => {
                         let gone = self.members.get(&id).cloned();
-                        // Bounded: the keep-alive must not wait behind a delete to a silent member.
+                        // Bounded: the keep-alive must not wait behind a delete to a silent
+                        // member. Two members' attempts: one silent member does not keep the
+                        // key from being deleted through another.
                         let result = self.remove(id, successor, Some(attempt)).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
@@ -1030,6 +1069,69 @@ impl LeaseGroup {
         Ok(fresh)
     }
 
+    /// Moves every member's key from `old` to a new lease, opens its keep-alive, then revokes
+    /// `old` (see `maybe_late`). The keys are in etcd throughout, on one lease or the other, and
+    /// their watchers see no change (a put of the same info). On failure `old` is kept, with its
+    /// keys as they were (the new lease, revoked or left to expire, takes nothing with it that
+    /// `old` lacks), and the replacement is tried again later.
+    async fn replace_lease(&mut self, old: i64, attempt: Duration) -> Result<Established> {
+        self.maybe_late.store(false, Ordering::SeqCst);
+        let ttl = self.ttl_secs;
+        let granted = self
+            .conn
+            .call_at("granting a lease", attempt, |c| {
+                let mut lease = c.lease_client();
+                async move { lease.grant(ttl, None).await }
+            })
+            .await;
+        let granted = granted
+            .inspect_err(|_| self.maybe_late.store(true, Ordering::SeqCst))?
+            .1;
+        let id = granted.id();
+        let granted_at = granted.header().map_or(0, |h| h.revision());
+        let members: Vec<Arc<RegShared>> = self.members.values().cloned().collect();
+        // The keep-alive first: failing, it leaves every key where it was.
+        let moved = async {
+            let keep_alive = self.keep_alive(id, attempt).await?;
+            let (refused, put_at) = self.put_all(id, &members, attempt).await?;
+            Ok::<_, Error>((refused, put_at, keep_alive))
+        }
+        .await;
+        let (refused, put_at, keep_alive) = match moved {
+            Ok(moved) => moved,
+            Err(e) => {
+                // Keys put on it already are on `old` no more: deleted with it, they are put
+                // back there as any key deleted is (the key watch, or the next check).
+                self.maybe_late.store(true, Ordering::SeqCst);
+                let conn = self.conn.clone();
+                tokio::spawn(async move { revoke(&conn, id).await });
+                return Err(e);
+            }
+        };
+        self.set_lease(Some(id));
+        match tokio::time::timeout(attempt * 2, revoke(&self.conn, old)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(lease = old, error = %e, "revoking the replaced lease failed; it will expire")
+            }
+            Err(_) => tracing::debug!(
+                lease = old,
+                "revoking the replaced lease did not finish in time; it will expire"
+            ),
+        }
+        // Their keys were on `old`: gone with it, or expiring with it.
+        self.unremoved.clear();
+        tracing::info!(
+            old,
+            lease = id,
+            ttl,
+            keys = members.len(),
+            "a write may still reach etcd late through a member that did not answer in time: \
+             the keys moved to a new lease and the old one was revoked"
+        );
+        Ok(self.established(keep_alive, refused, granted_at, put_at))
+    }
+
     /// Puts back keys that are missing from the lease (deleted by someone else); notices a lease
     /// revoked by someone else. A failed check is not a loss by itself: the keep-alive deadline
     /// decides that.
@@ -1086,8 +1188,9 @@ impl LeaseGroup {
     /// stays, and its watchers see no removal. Without a lease (lost, and not granted again
     /// yet), the key is deleted whoever holds it, as it is then on no lease of this group.
     ///
-    /// `within` bounds the delete; a delete that did not reach etcd is tried again (see
-    /// `unremoved`) when other members keep the lease alive.
+    /// `within` bounds each member's part of the delete, which may go to two members in all; a
+    /// delete that did not reach etcd is tried again (see `unremoved`) when other members keep
+    /// the lease alive.
     async fn remove(
         &mut self,
         id: u64,
@@ -1097,13 +1200,20 @@ impl LeaseGroup {
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
+        if *self.closing.borrow() {
+            // The registry is closing: its close revokes the lease (kept for it), which
+            // deletes the key, and no unregister queued behind this one waits for etcd.
+            reg.emit(StatusEvent::Unregistered);
+            return Ok(());
+        }
         let mut result = Ok(());
         if successor.is_none() {
-            let delete = delete_own(&self.conn, &reg.key, self.lease);
+            let attempt = within.unwrap_or_else(|| self.conn.attempt_timeout());
+            let delete = delete_own(&self.conn, &reg.key, self.lease, attempt, &self.maybe_late);
             result = match within {
-                Some(within) => tokio::time::timeout(within, delete)
+                Some(within) => tokio::time::timeout(within * 2, delete)
                     .await
-                    .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within))),
+                    .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2))),
                 None => delete.await,
             };
             let unreached = matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection));
@@ -1146,13 +1256,14 @@ impl LeaseGroup {
     }
 
     /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
-    /// within `within`; those etcd still does not get stay for the next keep-alive.
+    /// within `within` per member tried (two at most); those etcd still does not get stay for
+    /// the next keep-alive.
     async fn delete_unremoved(&mut self, lease: i64, within: Duration) {
         let mut keys = std::mem::take(&mut self.unremoved);
         keys.retain(|key| !self.is_member_key(key.as_bytes()));
         for key in keys {
-            let delete = delete_own(&self.conn, &key, Some(lease));
-            match tokio::time::timeout(within, delete).await {
+            let delete = delete_own(&self.conn, &key, Some(lease), within, &self.maybe_late);
+            match tokio::time::timeout(within * 2, delete).await {
                 Ok(Ok(())) => {
                     tracing::debug!(%key, "deleted the key of a node unregistered while etcd was unreachable")
                 }
@@ -1196,7 +1307,15 @@ impl LeaseGroup {
                 let refused = !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection);
                 // Each only while it is on this lease, as in `remove`.
                 for member in self.members.values().filter(|_| refused) {
-                    let _ = delete_own(&self.conn, &member.key, Some(lease)).await;
+                    let attempt = self.conn.attempt_timeout();
+                    let _ = delete_own(
+                        &self.conn,
+                        &member.key,
+                        Some(lease),
+                        attempt,
+                        &self.maybe_late,
+                    )
+                    .await;
                 }
             }
         }
@@ -1222,8 +1341,17 @@ async fn revoke(conn: &Connection, lease: i64) -> Result<()> {
 
 /// Deletes `key` while it is on `lease`: a key another process put since, on its own lease,
 /// stays. Without a lease, deletes it whoever holds it.
-async fn delete_own(conn: &Connection, key: &str, lease: Option<i64>) -> Result<()> {
-    conn.call("deleting the key", |c| {
+///
+/// `attempt` bounds each member's part, as in [`Connection::call_at`]; `maybe_late` is set as
+/// [`Connection::call_write`] does.
+async fn delete_own(
+    conn: &Connection,
+    key: &str,
+    lease: Option<i64>,
+    attempt: Duration,
+    maybe_late: &AtomicBool,
+) -> Result<()> {
+    conn.call_write("deleting the key", attempt, maybe_late, |c| {
         let (mut kv, key) = (c.kv_client(), key.as_bytes());
         async move {
             match lease {
@@ -1237,6 +1365,7 @@ async fn delete_own(conn: &Connection, key: &str, lease: Option<i64>) -> Result<
         }
     })
     .await
+    .map(drop)
 }
 
 /// What [`LeaseGroup::establish`] hands to the keep-alive loop.

@@ -513,10 +513,13 @@ impl RegShared {
             (inner.state, inner.registered_once)
         };
         match state {
-            RegistrationState::Registered | RegistrationState::Unregistered => {
-                // Already registered (a repeated put), or gone: nothing to tell.
+            RegistrationState::Registered => {
+                // Already registered (a repeated put, or its key moved to a new lease): nothing
+                // to tell.
                 self.lock().lease_id = lease_id;
             }
+            // Gone (it ended before its group got to it): nothing to tell, no lease.
+            RegistrationState::Unregistered => return,
             _ if once => self.emit(StatusEvent::Reregistered { lease_id }),
             _ => self.emit(StatusEvent::Registered { lease_id }),
         }

@@ -20,7 +20,7 @@ use crate::keys::{
 };
 use crate::listing;
 use crate::mux::WatchMux;
-use crate::registration::{KeyOf, Node, RegShared, Registration};
+use crate::registration::{KeyOf, Node, RegShared, Registration, StatusEvent};
 use crate::watch::{self, Watch, WatchRoute, WatchSetup};
 
 /// The value of a node given as a [`Node`]: an empty one for a node without info (Go's nil
@@ -402,8 +402,20 @@ impl Registry {
         };
         let result = match current {
             // The group answers after the key is deleted (or the delete failed within the
-            // timeout), and after `Unregistered` has been emitted.
-            Ok(done_rx) => done_rx.await.unwrap_or(Ok(())),
+            // timeout), and after `Unregistered` has been emitted. It may be busy before that
+            // (etcd slow or unreachable, other unregisters queued first): past the timeout the
+            // registration ends now, and the group deletes its key when it gets to it (or the
+            // key expires with its lease).
+            Ok(done_rx) => {
+                let timeout = self.inner.config.timeout;
+                match tokio::time::timeout(timeout, done_rx).await {
+                    Ok(result) => result.unwrap_or(Ok(())),
+                    Err(_) => {
+                        reg.emit(StatusEvent::Unregistered);
+                        Err(Error::timeout("deleting the key", timeout))
+                    }
+                }
+            }
             // Replaced by a newer registration of its node (which owns the key now), or ended
             // by another unregister or by close: its task emits (or has emitted)
             // `Unregistered`, unless that task is gone (it emits it to every member first).
@@ -630,8 +642,14 @@ impl Registry {
                 pending.push(done_rx);
             }
         }
+        // Groups still busy at the timeout (etcd slow or unreachable) finish in the background;
+        // their registrations end now.
+        let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
         for done in pending {
-            let _ = done.await;
+            let _ = tokio::time::timeout_at(deadline, done).await;
+        }
+        for reg in &registrations {
+            reg.emit(StatusEvent::Unregistered);
         }
         // Every registration has emitted `Unregistered`: deliver it to the handlers, stop the
         // watches' handlers, and end the registry-wide streams after it.
@@ -648,10 +666,6 @@ impl Watch {
     }
 }
 
-/// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
-/// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
-/// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
-/// events are delivered right here, nested.
 /// The answer to a lease group of `ttl_secs` left idle (see [`Retire`]): yes when nothing is
 /// queued for it, and then it is forgotten (unless a later group of the TTL took its place,
 /// e.g. after `close`). The state is reached weakly: a registry dropped meanwhile drops every
@@ -677,6 +691,10 @@ fn retire_group(state: &Arc<Mutex<State>>, ttl_secs: i64, generation: u64) -> Re
     })
 }
 
+/// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
+/// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
+/// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
+/// events are delivered right here, nested.
 async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
     for reg in &registrations {
         reg.finish_route().await;

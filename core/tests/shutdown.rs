@@ -128,3 +128,60 @@ async fn a_node_unregistered_while_etcd_is_unreachable_leaves_no_key_on_the_shar
     assert_eq!(stays.lease_id(), lease, "the lease was kept");
     registry.close().await.unwrap();
 }
+
+/// Many nodes unregistered at once while etcd does not answer (paused): each unregister waits
+/// for etcd within the timeout of its own call, not behind every unregister queued before it;
+/// a close made meanwhile does not wait behind them either. Every registration has ended when
+/// they return, and the keys go once etcd answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregisters_and_close_queued_on_a_silent_etcd_each_wait_one_timeout() {
+    let etcd = std::sync::Arc::new(etcd());
+    let timeout = Duration::from_secs(1);
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(timeout))
+        .await
+        .unwrap();
+    // Without the bound, 60 deletes one after another, each waiting for etcd, would take
+    // minutes: far past the deadline below.
+    let n = 120;
+    let regs: Vec<_> = (0..n)
+        .map(|i| {
+            registry
+                .register("api", node(&format!("n{i}"), &[]), Duration::from_secs(4))
+                .unwrap()
+        })
+        .collect();
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    let started = tokio::time::Instant::now();
+    let unregisters: Vec<_> = regs[..n / 2]
+        .iter()
+        .map(|reg| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.unregister().await })
+        })
+        .collect();
+    for unregister in unregisters {
+        tokio::time::timeout_at(started + DEADLINE, unregister)
+            .await
+            .expect("unregister returns within the deadline")
+            .unwrap()
+            .expect("unregister fails only when etcd refuses");
+    }
+    tokio::time::timeout_at(started + DEADLINE, registry.close())
+        .await
+        .expect("close returns within the deadline")
+        .unwrap();
+    for reg in &regs {
+        assert_eq!(reg.state(), RegistrationState::Unregistered);
+    }
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    eventually("every key gone", || async {
+        let e = etcd.clone();
+        blocking(move || e.get_prefix("/s/").unwrap().is_empty()).await
+    })
+    .await;
+}
