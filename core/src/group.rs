@@ -200,7 +200,7 @@ impl LeaseGroup {
                     return;
                 }
                 match self.recv().await {
-                    None => return,
+                    None => return Box::pin(self.abandoned()).await,
                     Some(cmd) => match Box::pin(self.handle_offline(cmd)).await {
                         Flow::Continue => continue,
                         Flow::Stop => return,
@@ -286,7 +286,7 @@ impl LeaseGroup {
                         break;
                     }
                     cmd = self.recv() => match cmd {
-                        None => return,
+                        None => return Box::pin(self.abandoned()).await,
                         Some(cmd) => if let Flow::Stop = Box::pin(self.handle_offline(cmd)).await { return },
                     },
                 }
@@ -724,7 +724,10 @@ impl LeaseGroup {
             let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
             let failover = tokio::select! {
                 cmd = self.recv() => match cmd {
-                    None => return Exit::Closed,
+                    None => {
+                        self.abandoned().await;
+                        return Exit::Closed;
+                    }
                     Some(GroupCmd::Close { done }) => {
                         self.close().await;
                         let _ = done.send(());
@@ -1294,6 +1297,19 @@ impl LeaseGroup {
                 GroupCmd::Update { .. } => {}
             }
         }
+    }
+
+    /// The registry is gone without `close()` (dropped; a binding's object collected): nobody
+    /// can unregister the members any more, nor would their keys be kept alive. They end as at
+    /// `close()`: the lease revoked, and `Unregistered` for each (a callback's last call).
+    async fn abandoned(&mut self) {
+        if !self.members.is_empty() {
+            tracing::debug!(
+                ttl = self.ttl_secs,
+                "registry dropped without close; closing its lease"
+            );
+        }
+        self.close().await;
     }
 
     /// Revokes the lease (which deletes every key on it at once) and unregisters every member.

@@ -185,3 +185,30 @@ async fn unregisters_and_close_queued_on_a_silent_etcd_each_wait_one_timeout() {
     })
     .await;
 }
+
+/// A registry dropped without `close()`, with no registration handle left: nothing can
+/// unregister its nodes any more, and nothing keeps them alive. They end as at `close()`: the
+/// subscriber gets `unregistered` (a binding's callback its last call, which frees it), and the
+/// keys go at once with the lease rather than at its expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_dropped_without_close_ends_its_registrations() {
+    let etcd = std::sync::Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(60))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let mut events = reg.subscribe();
+    drop(reg);
+    drop(registry);
+    wait_event(&mut events, "unregistered", |e| {
+        *e == etcd_registry::StatusEvent::Unregistered
+    })
+    .await;
+    eventually("the key deleted, long before its TTL of 60 s", || async {
+        let e = etcd.clone();
+        blocking(move || e.get("/s/api/n1").unwrap().is_none() && e.lease_count().unwrap() == 0)
+            .await
+    })
+    .await;
+}

@@ -344,6 +344,35 @@ def test_unregister_and_close_return_after_unregistered_was_delivered(
     assert reg.closed
 
 
+def test_a_registry_dropped_without_close_ends_its_registrations(
+    etcd: Etcd, base_path: str
+) -> None:
+    # No reference left to the registry nor its registration: the node can never be
+    # unregistered, nor kept alive. Its callback gets its last call, "unregistered", and is then
+    # freed; the key goes with the lease at once rather than at its expiry.
+    import gc
+    import weakref
+
+    class OnStatus:
+        def __init__(self) -> None:
+            self.kinds: list[str] = []
+
+        def __call__(self, event: StatusEvent) -> None:
+            self.kinds.append(event.kind)
+
+    on_status = OnStatus()
+    kinds = on_status.kinds
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    handle = reg.register("api", "n", ttl=60, on_status=on_status)
+    handle.wait(DEADLINE)
+    freed = weakref.ref(on_status)
+    del reg, handle, on_status
+    gc.collect()
+    eventually("the unregistered event", lambda: kinds == ["registered", "unregistered"])
+    eventually("the callback freed", lambda: freed() is None)
+    eventually("the key gone", lambda: etcd.get_prefix(base_path) == {})
+
+
 def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
     running = threading.Event()
     release = threading.Event()
