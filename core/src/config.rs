@@ -215,6 +215,10 @@ impl Config {
         if self.password.is_some() && self.username.as_deref().unwrap_or("").is_empty() {
             return Err(Error::invalid("a password was given without a username"));
         }
+        // As in service and node names: C and Go could not name such keys, nor read them back.
+        if self.base_path.contains('\0') {
+            return Err(Error::invalid("base path must not contain NUL"));
+        }
         Ok(endpoints)
     }
 
@@ -358,6 +362,9 @@ mod tests {
     #[test]
     fn config_validation() {
         assert!(Config::new(Vec::<String>::new(), "/s").validate().is_err());
+        let nul = Config::new(["h:1"], "/a\0b").validate().unwrap_err();
+        assert_eq!(nul.kind(), crate::ErrorKind::InvalidArgument);
+        assert!(nul.to_string().contains("base path must not contain NUL"));
         assert!(Config::new(["h:1"], "/s")
             .with_timeout(Duration::ZERO)
             .validate()

@@ -51,6 +51,15 @@ async fn get(etcd: &Arc<EtcdCluster>, key: &str) -> Option<String> {
     blocking(move || e.get(&key).expect("get")).await
 }
 
+/// Registers node `name` of "svc" (info v=`v`) and waits until it is registered.
+async fn registered(registry: &Registry, name: &str, v: &str) -> Registration {
+    let reg = registry
+        .register("svc", node(name, &[("v", v)]), TTL)
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    reg
+}
+
 /// Waits until `reg` is on another lease than `old` and etcd no longer holds `old`: from then
 /// on no write carrying `old` can land.
 async fn old_lease_gone(etcd: &Arc<EtcdCluster>, reg: &Registration, old: i64) {
@@ -71,10 +80,7 @@ async fn old_lease_gone(etcd: &Arc<EtcdCluster>, reg: &Registration, old: i64) {
 async fn an_update_given_up_on_a_slow_member_does_not_undo_a_newer_one() {
     let etcd = cluster();
     let registry = Registry::connect(cfg(&etcd)).await.unwrap();
-    let reg = registry
-        .register("svc", node("n1", &[("v", "0")]), TTL)
-        .unwrap();
-    reg.wait_registered(DEADLINE).await.unwrap();
+    let reg = registered(&registry, "n1", "0").await;
     let old = reg.lease_id().unwrap();
     let mut events = reg.subscribe();
     let slow = member_in_use(&etcd, &registry);
@@ -106,17 +112,11 @@ async fn an_update_given_up_on_a_slow_member_does_not_undo_a_newer_one() {
 async fn a_join_given_up_on_a_slow_member_does_not_bring_back_a_node_unregistered_since() {
     let etcd = cluster();
     let registry = Registry::connect(cfg(&etcd)).await.unwrap();
-    let y = registry
-        .register("svc", node("y", &[("v", "y")]), TTL)
-        .unwrap();
-    y.wait_registered(DEADLINE).await.unwrap();
+    let y = registered(&registry, "y", "y").await;
     let old = y.lease_id().unwrap();
     let slow = member_in_use(&etcd, &registry);
     etcd.delay_member(slow, DELAY).unwrap();
-    let x = registry
-        .register("svc", node("x", &[("v", "x")]), TTL)
-        .unwrap();
-    x.wait_registered(DEADLINE).await.unwrap();
+    let x = registered(&registry, "x", "x").await;
     x.unregister().await.unwrap();
     old_lease_gone(&etcd, &y, old).await;
     etcd.delay_member(slow, Duration::ZERO).unwrap();
@@ -140,23 +140,14 @@ async fn a_delete_given_up_on_a_slow_member_does_not_remove_the_node_registered_
     let etcd = cluster();
     let registry = Registry::connect(cfg(&etcd)).await.unwrap();
     let watcher = Registry::connect(cfg(&etcd)).await.unwrap();
-    let y = registry
-        .register("svc", node("y", &[("v", "y")]), TTL)
-        .unwrap();
-    let x = registry
-        .register("svc", node("x", &[("v", "x")]), TTL)
-        .unwrap();
-    y.wait_registered(DEADLINE).await.unwrap();
-    x.wait_registered(DEADLINE).await.unwrap();
+    let y = registered(&registry, "y", "y").await;
+    let x = registered(&registry, "x", "x").await;
     let old = y.lease_id().unwrap();
     let watch = watcher.watch("svc").await.unwrap();
     let slow = member_in_use(&etcd, &registry);
     etcd.delay_member(slow, DELAY).unwrap();
     x.unregister().await.unwrap();
-    let again = registry
-        .register("svc", node("x", &[("v", "again")]), TTL)
-        .unwrap();
-    again.wait_registered(DEADLINE).await.unwrap();
+    let _again = registered(&registry, "x", "again").await;
     old_lease_gone(&etcd, &y, old).await;
     etcd.delay_member(slow, Duration::ZERO).unwrap();
     // Whatever the old lease's writes did happened before it was revoked, so before this put:
@@ -197,14 +188,8 @@ async fn a_delete_given_up_on_a_slow_member_does_not_remove_the_node_registered_
 async fn unregister_deletes_through_another_member_when_the_one_in_use_is_slow() {
     let etcd = cluster();
     let registry = Registry::connect(cfg(&etcd)).await.unwrap();
-    let y = registry
-        .register("svc", node("y", &[("v", "y")]), TTL)
-        .unwrap();
-    let x = registry
-        .register("svc", node("x", &[("v", "x")]), TTL)
-        .unwrap();
-    y.wait_registered(DEADLINE).await.unwrap();
-    x.wait_registered(DEADLINE).await.unwrap();
+    let _y = registered(&registry, "y", "y").await;
+    let x = registered(&registry, "x", "x").await;
     let slow = member_in_use(&etcd, &registry);
     etcd.delay_member(slow, Duration::from_secs(10)).unwrap();
     x.unregister().await.unwrap();
