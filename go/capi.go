@@ -756,7 +756,7 @@ func cNextEvent(p *C.etcd_registry, timeoutMs uint64) (pulled, error) {
 		out := WatchEvent{
 			Type:     WatchEventType(w.kind),
 			Service:  goString(w.service),
-			Node:     Node{Name: goString(w.node_name), Info: goInfo(w.info, w.info_len, bool(w.info_absent))},
+			Node:     Node{Name: goStringN(w.node_name, w.node_name_len), Info: goInfo(w.info, w.info_len, bool(w.info_absent))},
 			Revision: int64(w.revision),
 		}
 		if out.Type == WatchResynced {

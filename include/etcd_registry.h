@@ -393,7 +393,9 @@ typedef struct etcd_registry_watch_event {
      */
     const char *service;
     /**
-     * The node concerned; NULL for RESYNCED.
+     * The node concerned, NUL-terminated; NULL for RESYNCED. Its length is `node_name_len`:
+     * a name another client wrote may hold a NUL (the library's own never do), which only the
+     * length shows, as in node lists.
      */
     const char *node_name;
     /**
@@ -420,6 +422,10 @@ typedef struct etcd_registry_watch_event {
      * The etcd revision of the change.
      */
     int64_t revision;
+    /**
+     * The length of `node_name` in bytes (without the terminating NUL); 0 for RESYNCED.
+     */
+    size_t node_name_len;
 } etcd_registry_watch_event;
 
 /**

@@ -440,7 +440,8 @@ class Registry {
         auto *slot = static_cast<detail::Slot<WatchCallback> *>(static_cast<detail::SlotBase *>(user_data));
         if (!slot->adopted) adopt_first(slot, &detail::Callbacks::watches, e->watch_id);
         try {
-            WatchEvent event{e->kind, e->watch_id, detail::str(e->service), detail::str(e->node_name),
+            WatchEvent event{e->kind, e->watch_id, detail::str(e->service),
+                             e->node_name != nullptr ? std::string(e->node_name, e->node_name_len) : std::string(),
                              detail::str(e->info_json), e->revision, {}};
             for (size_t j = 0; j < e->info_len; j++)
                 event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),

@@ -102,7 +102,9 @@ pub struct etcd_registry_watch_event {
     pub watch_id: u64,
     /// The service watched. Never NULL.
     pub service: *const c_char,
-    /// The node concerned; NULL for RESYNCED.
+    /// The node concerned, NUL-terminated; NULL for RESYNCED. Its length is `node_name_len`:
+    /// a name another client wrote may hold a NUL (the library's own never do), which only the
+    /// length shows, as in node lists.
     pub node_name: *const c_char,
     /// The node's info as a JSON object of strings (for REMOVED its last known info), `null`
     /// when the node has no info object (see `etcd_registry_node_list_info_json`); NULL for
@@ -118,6 +120,8 @@ pub struct etcd_registry_watch_event {
     pub info_absent: bool,
     /// The etcd revision of the change.
     pub revision: i64,
+    /// The length of `node_name` in bytes (without the terminating NUL); 0 for RESYNCED.
+    pub node_name_len: usize,
 }
 
 /// An event taken from the pull queue by `etcd_registry_next_event`. `event_type` says which of
@@ -306,6 +310,7 @@ fn empty_watch() -> etcd_registry_watch_event {
         info_len: 0,
         info_absent: false,
         revision: 0,
+        node_name_len: 0,
     }
 }
 
@@ -344,7 +349,7 @@ impl OwnedEvent {
                 event,
             } => {
                 let service = to_c(service);
-                let name = event.node.as_ref().map(|n| to_c(&n.name));
+                // The name's exact bytes, NUL-terminated, from the node's storage.
                 let stored = event.node.as_ref().map(NodeStorage::of_node);
                 let info = stored.as_ref().map(NodeStorage::json);
                 let entries = stored.as_ref().map_or(&[][..], NodeStorage::infos);
@@ -352,7 +357,9 @@ impl OwnedEvent {
                     kind: watch_kind(event.kind),
                     watch_id: *watch_id,
                     service: service.as_ptr(),
-                    node_name: name.as_ref().map_or(std::ptr::null(), |n| n.as_ptr()),
+                    node_name: stored
+                        .as_ref()
+                        .map_or(std::ptr::null(), NodeStorage::name_ptr),
                     info_json: info.as_ref().map_or(std::ptr::null(), |i| i.as_ptr()),
                     info: if entries.is_empty() {
                         std::ptr::null()
@@ -362,6 +369,7 @@ impl OwnedEvent {
                     info_len: entries.len(),
                     info_absent: stored.as_ref().is_some_and(NodeStorage::info_absent),
                     revision: event.revision,
+                    node_name_len: stored.as_ref().map_or(0, NodeStorage::name_len),
                 };
                 OwnedEvent {
                     public: etcd_registry_event {
@@ -370,7 +378,7 @@ impl OwnedEvent {
                         watch,
                     },
                     _service: service,
-                    _node: name,
+                    _node: None,
                     _text: info,
                     _info: stored,
                 }
@@ -600,4 +608,48 @@ pub unsafe extern "C" fn etcd_registry_event_free(event: *mut etcd_registry_even
         // #[repr(C)] OwnedEvent (see etcd_registry_next_event); freed once per the contract.
         drop(unsafe { Box::from_raw(event.cast::<OwnedEvent>()) });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use registry::{Node, WatchEvent};
+
+    /// A node name another client wrote with a NUL in it comes out exactly, with its length,
+    /// as node lists give it; a name without one reads as a plain C string.
+    #[test]
+    fn a_watch_event_gives_the_node_name_exactly_with_its_length() {
+        for name in ["a\0b", "plain"] {
+            let event = Event::Watch {
+                watch_id: 7,
+                service: "svc".into(),
+                event: WatchEvent {
+                    kind: WatchEventKind::Removed,
+                    node: Some(Node::new(name, Default::default())),
+                    revision: 3,
+                },
+            };
+            let owned = OwnedEvent::new(&event);
+            let watch = &owned.public.watch;
+            assert_eq!(watch.node_name_len, name.len());
+            // SAFETY: the name and its terminating NUL live as long as `owned`.
+            let bytes = unsafe {
+                std::slice::from_raw_parts(watch.node_name.cast::<u8>(), watch.node_name_len + 1)
+            };
+            assert_eq!(&bytes[..name.len()], name.as_bytes());
+            assert_eq!(bytes[name.len()], 0);
+        }
+        let resynced = Event::Watch {
+            watch_id: 7,
+            service: "svc".into(),
+            event: WatchEvent {
+                kind: WatchEventKind::Resynced,
+                node: None,
+                revision: 4,
+            },
+        };
+        let owned = OwnedEvent::new(&resynced);
+        assert!(owned.public.watch.node_name.is_null());
+        assert_eq!(owned.public.watch.node_name_len, 0);
+    }
 }

@@ -151,6 +151,11 @@ impl NodeStorage {
         self.info_absent
     }
 
+    /// The length of the name in bytes.
+    pub(crate) fn name_len(&self) -> usize {
+        self.name_len
+    }
+
     /// The name, NUL-terminated.
     pub(crate) fn name_ptr(&self) -> *const c_char {
         self.strings.as_ptr().cast()
