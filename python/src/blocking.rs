@@ -5,7 +5,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use pyo3::exceptions::{PyOverflowError, PyTypeError};
 use pyo3::prelude::*;
+use pyo3::types::PyBool;
 
 use crate::dispatch;
 use crate::errors;
@@ -107,13 +109,41 @@ where
 /// refused here (`what` names the argument in the error).
 pub(crate) fn seconds(py: Python<'_>, what: &str, seconds: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(seconds).map_err(|_| {
-        let rule = if seconds.is_finite() && seconds > 0.0 {
+        let rule = if seconds > 0.0 {
             "is too large"
         } else {
             "must be a finite, non-negative number of seconds"
         };
         errors::invalid(py, format!("{what} {rule}, got {seconds:?}"))
     })
+}
+
+/// A number of seconds from Python (the `from_py_with` of every `float` parameter): a float, an
+/// int, or what `float()` takes, but not a bool (`ttl=True` is a mistake, not one second). An int
+/// too large for a float is infinite, as `float("inf")` is: too large a duration, or no limit
+/// for a timeout.
+pub(crate) fn number(obj: &Bound<'_, PyAny>) -> PyResult<f64> {
+    if obj.is_instance_of::<PyBool>() {
+        return Err(PyTypeError::new_err(
+            "expected a number of seconds (int or float), got bool",
+        ));
+    }
+    match obj.extract::<f64>() {
+        Err(e) if e.is_instance_of::<PyOverflowError>(obj.py()) => Ok(if obj.gt(0)? {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        }),
+        other => Ok(other?),
+    }
+}
+
+/// [`number`] for a parameter that may be `None`.
+pub(crate) fn optional_number(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    number(obj).map(Some)
 }
 
 /// A timeout from Python: `None` waits forever, `0` only checks. Too large to represent is

@@ -106,7 +106,11 @@ impl PyRegistration {
 
     /// True once registered, False if `timeout` seconds pass first (`None`: no limit).
     #[pyo3(signature = (timeout=None))]
-    fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    fn wait(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = blocking::optional_number)] timeout: Option<f64>,
+    ) -> PyResult<bool> {
         let timeout = blocking::timeout(py, timeout)?;
         let reg = self.core(py)?.clone();
         blocking::call(py, wait_registered(reg, timeout))
@@ -117,7 +121,7 @@ impl PyRegistration {
     fn wait_async<'py>(
         &self,
         py: Python<'py>,
-        timeout: Option<f64>,
+        #[pyo3(from_py_with = blocking::optional_number)] timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let timeout = blocking::timeout(py, timeout)?;
         let reg = self.core(py)?.clone();

@@ -110,9 +110,9 @@ impl PyRegistry {
         base_path: &str,
         username: Option<String>,
         password: Option<String>,
-        timeout: f64,
-        backoff_min: f64,
-        backoff_max: f64,
+        #[pyo3(from_py_with = blocking::number)] timeout: f64,
+        #[pyo3(from_py_with = blocking::number)] backoff_min: f64,
+        #[pyo3(from_py_with = blocking::number)] backoff_max: f64,
         tls_ca: Option<Bound<'_, PyAny>>,
         tls_cert: Option<Bound<'_, PyAny>>,
         tls_key: Option<Bound<'_, PyAny>>,
@@ -175,7 +175,7 @@ impl PyRegistry {
         service: &str,
         node: &str,
         info: Option<&Bound<'_, PyAny>>,
-        ttl: f64,
+        #[pyo3(from_py_with = blocking::number)] ttl: f64,
         on_status: Option<Py<PyAny>>,
     ) -> PyResult<PyRegistration> {
         let core = self.core(py)?;

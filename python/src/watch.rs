@@ -310,7 +310,11 @@ impl PyWatch {
     /// The next event, waiting at most `timeout` seconds (`None`: no limit); `None` on timeout
     /// or once the watch has ended.
     #[pyo3(signature = (timeout=None))]
-    fn next_event(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<PyWatchEvent>> {
+    fn next_event(
+        &self,
+        py: Python<'_>,
+        #[pyo3(from_py_with = blocking::optional_number)] timeout: Option<f64>,
+    ) -> PyResult<Option<PyWatchEvent>> {
         let deadline = blocking::deadline(blocking::timeout(py, timeout)?);
         let Some((watch, reader)) = self.iterable(py)? else {
             return Ok(None);

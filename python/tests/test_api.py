@@ -184,17 +184,26 @@ def test_seconds_are_converted_here_and_judged_by_the_core(registry: Registry) -
     with pytest.raises(InvalidArgument, match="backoff maximum must be at most"):
         Registry(["h:1"], backoff_max=1e19)
     # What cannot become a duration at all is refused by the conversion, naming the argument.
-    for bad in (float("nan"), float("inf"), -1.0):
+    for bad in (float("nan"), float("-inf"), -1.0, -(10**400)):
         with pytest.raises(InvalidArgument, match="ttl must be a finite, non-negative number"):
             registry.register("api", "n", ttl=bad)
         with pytest.raises(InvalidArgument, match="backoff_max must be a finite"):
             Registry(["h:1"], backoff_max=bad)
     with pytest.raises(InvalidArgument, match="ttl is too large, got 1e"):
         registry.register("api", "n", ttl=1e300)
-    with pytest.raises(InvalidArgument, match="timeout is too large"):
-        Registry(["h:1"], timeout=1e300)
+    # An int too large for a float is too large, as infinity is (not an OverflowError).
+    for huge in (float("inf"), 10**400):
+        with pytest.raises(InvalidArgument, match="ttl is too large"):
+            registry.register("api", "n", ttl=huge)
+        with pytest.raises(InvalidArgument, match="timeout is too large"):
+            Registry(["h:1"], timeout=huge)
     with pytest.raises(TypeError):
         registry.register("api", "n", ttl="10")  # type: ignore[arg-type]
+    # A bool is an int to Python, but ttl=True is a mistake, not one second.
+    with pytest.raises(TypeError, match="expected a number of seconds \\(int or float\\), got bool\\nwhile processing 'ttl'"):
+        registry.register("api", "n", ttl=True)
+    with pytest.raises(TypeError, match="got bool\\nwhile processing 'backoff_min'"):
+        Registry(["h:1"], backoff_min=False)
     assert registry.list("api") == []
 
 
@@ -202,7 +211,11 @@ def test_wait_timeout_semantics(registry: Registry) -> None:
     handle = registry.register("api", "n")
     with pytest.raises(InvalidArgument):
         handle.wait(timeout=-1)
+    with pytest.raises(TypeError, match="got bool\\nwhile processing 'timeout'"):
+        handle.wait(timeout=True)
     assert handle.wait(timeout=None) is True
+    # An int too large for a float is no limit, as float("inf") is.
+    assert handle.wait(timeout=10**400) is True
     # Registered once: waiting again answers at once, also with a zero timeout.
     assert handle.wait(timeout=0) is True
     handle.unregister()
