@@ -603,20 +603,29 @@ async fn register(
         tokio::select! {
             event = events.recv() => match event {
                 Some(event) => {
-                    print(&event);
                     // Rejected credentials (or permission) do not come back by retrying with the
                     // same ones, whether on the first attempt or later (the user deleted, its
                     // password or role changed): exit 4 and let the operator or a supervisor
-                    // restart with good ones (a --password-file is read again then).
+                    // restart with good ones (a --password-file is read again then). The retry
+                    // the library announces is not made, so it is printed as the failure it is.
                     let error = match &event {
                         StatusEvent::Failed { error }
                         | StatusEvent::KeepAliveLost { error }
                         | StatusEvent::Retrying { error, .. } => Some(error),
                         _ => None,
                     };
-                    if let Some(error) = error.filter(|e| e.kind() == ErrorKind::Auth) {
-                        auth_error = Some(error.clone());
-                        break;
+                    match error.filter(|e| e.kind() == ErrorKind::Auth) {
+                        Some(error) => {
+                            let error = error.clone();
+                            if let StatusEvent::Retrying { .. } = event {
+                                print(&StatusEvent::Failed { error: error.clone() });
+                            } else {
+                                print(&event);
+                            }
+                            auth_error = Some(error);
+                            break;
+                        }
+                        None => print(&event),
                     }
                 }
                 None => break,
@@ -641,9 +650,12 @@ async fn register(
             )));
         }
     };
-    // The rest of the events, down to `unregistered` (the stream ends after it).
+    // The rest of the events, down to `unregistered` (the stream ends after it), but for a
+    // retry announced after rejected credentials: it is not made.
     while let Some(event) = events.recv().await {
-        print(&event);
+        if auth_error.is_none() || !matches!(event, StatusEvent::Retrying { .. }) {
+            print(&event);
+        }
     }
     out.finish(OUTPUT_DRAIN);
     if let Some(error) = auth_error {

@@ -669,6 +669,11 @@ fn credentials_from_flags_environment_or_file_and_auth_failure_exits_4() {
         "{:?}",
         reg.stdout
     );
+    assert!(
+        !reg.stdout.contains("retrying"),
+        "no retry is announced, as none is made: {:?}",
+        reg.stdout
+    );
 
     // No credentials at all.
     let none = run(&mut at(&etcd), &["list", "api"]);
@@ -889,6 +894,12 @@ fn register_exits_4_when_its_credentials_stop_working() {
     assert!(
         rest.iter().any(|l| l.contains(": authentication")),
         "the rejected attempt is printed: {rest:?}"
+    );
+    assert!(
+        !rest
+            .iter()
+            .any(|l| l.starts_with("retrying") && l.contains("authentication")),
+        "no retry is announced after the rejection, as none is made: {rest:?}"
     );
     assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
 }
