@@ -9,12 +9,13 @@ import (
 )
 
 // Events reach Go through the C library's pull queue, not through callbacks: registrations and
-// watches are made with a NULL callback, and one goroutine per registry (dispatch) waits in
-// etcd_registry_next_event, then hands each event to its registration or watch. So no Rust
+// watches are made with a NULL callback, and one goroutine per registry (dispatch) waits for
+// them (in Go's netpoller on the registry's event descriptor, or, where there is none, inside
+// etcd_registry_next_event), then hands each event to its registration or watch. So no Rust
 // thread ever calls into Go for them and C keeps no Go pointer.
 //
-// The one queue is the library's (one policy for every language: see the README's "Events"
-// section). A registration or watch has no goroutine of its own: the events its reader has not
+// The one queue is the library's (one policy for every language: see "Event delivery" in the
+// root README). A registration or watch has no goroutine of its own: the events its reader has not
 // taken yet wait in a backlog with the library's policy, emptied into its channel by a
 // goroutine that runs only while there is something to hand over (and, for a registration,
 // only once Events has been called, and only while it lives: see eventsBuffer). A

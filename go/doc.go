@@ -12,6 +12,7 @@
 //	select {
 //	case <-done: // first registration landed
 //	case err := <-errChan: // it failed (retries go on) or ctx ended
+//		log.Print(err)
 //	}
 //	nodes, err := reg.GetServiceNodes("my-service")
 //
@@ -47,7 +48,9 @@
 // # Threads and lifetimes
 //
 // The library runs its own threads. Events come to Go through its pull queue: one goroutine
-// per registry waits in etcd_registry_next_event and puts each event in the queue of its
+// per registry waits in Go's netpoller on the registry's event descriptor
+// (etcd_registry_event_fd; where there is none, inside etcd_registry_next_event), takes the
+// queued events with etcd_registry_next_event and puts each in the queue of its
 // registration or watch (read through their channels; neither has a goroutine of its own), so
 // no foreign thread calls into Go for them and C holds no Go pointer.
 // Only the optional log forwarding is a callback, with a runtime/cgo.Handle as its user data

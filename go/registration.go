@@ -293,7 +293,7 @@ func (g *Registration) finishedLocked() <-chan struct{} {
 
 // Events delivers every status event of the registration in order since Register, ending with
 // StatusUnregistered, after which it is closed. Events not read yet wait with the library's
-// bound and policy (see the README's "Events" section): past 1024 unread ones the oldest is
+// bound and policy (see "Event delivery" in the root README): past 1024 unread ones the oldest is
 // dropped (never StatusUnregistered) and counted by Dropped; State always tells where things
 // stand. Once the registration has ended nothing waits for the reader any more: of the events
 // it has not taken then, the last 8 stay on the channel (StatusUnregistered last) and older ones

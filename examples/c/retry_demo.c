@@ -3,7 +3,7 @@
  * runs to see the keep-alive being lost and the node re-registered:
  *
  *   registered (lease 694d8a1f0c3e2a04)
- *   keep-alive lost: connection: ...
+ *   keep-alive lost: etcd at http://…: h2 protocol error: ...
  *   keep-alive lost, retrying in 1.0s (attempt 1)
  *   keep-alive lost, retrying in 1.9s (attempt 2)
  *   re-registered (lease 694d8a1f0c3e2a04)

@@ -2,10 +2,10 @@
 or stop etcd while it runs to see the node lose its keep-alive, retry with backoff, and come
 back by itself:
 
-    registered
-    keep-alive lost: connection: ...
-    keep-alive lost, retrying in 1s
-    re-registered
+    12:00:01 registered
+    12:00:09 keep-alive lost: connection: etcd at http://…: h2 protocol error: ...
+    12:00:09 keep-alive lost, retrying in 1s
+    12:00:10 re-registered
 
     ETCD_ENDPOINTS=127.0.0.1:2379 python examples/python/retry_demo.py [--ttl 5] [--seconds 60]
 
