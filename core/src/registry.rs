@@ -20,7 +20,7 @@ use crate::keys::{
 };
 use crate::listing;
 use crate::mux::WatchMux;
-use crate::registration::{KeyOf, Node, RegShared, Registration, StatusEvent};
+use crate::registration::{KeyOf, Node, RegShared, Registration, RegistrationState, StatusEvent};
 use crate::watch::{self, Watch, WatchRoute, WatchSetup};
 
 /// The value of a node given as a [`Node`]: an empty one for a node without info (Go's nil
@@ -84,6 +84,10 @@ struct State {
     /// The registrations, by key: at most one per node (a newer registration of the node
     /// replaces the older one). Each entry is the registration itself (8 bytes).
     registrations: HashSet<KeyOf>,
+    /// Registrations replaced by a newer one of their node whose group may not have ended
+    /// them yet (its `Remove` queued behind others): `close` ends them too when it stops
+    /// waiting for the groups. Those ended are dropped at each replacement.
+    replaced: Vec<Arc<RegShared>>,
     watches: HashMap<u64, (AbortHandle, Arc<WatchRoute>)>,
 }
 
@@ -316,6 +320,10 @@ impl Registry {
                     done: None,
                 });
             }
+            state
+                .replaced
+                .retain(|r| r.state() != RegistrationState::Unregistered);
+            state.replaced.push(old);
         }
         Ok(Registration {
             shared: reg,
@@ -419,14 +427,25 @@ impl Registry {
             // Replaced by a newer registration of its node (which owns the key now), or ended
             // by another unregister or by close: its task emits (or has emitted)
             // `Unregistered`, unless that task is gone (it emits it to every member first).
+            // That task may be busy (its `Remove` queued behind others while etcd is slow):
+            // past the timeout the registration ends now. Its key is not its own any more (or
+            // its unregister already saw to it), so nothing is left undone.
             Err(group) => {
-                let ended = reg.wait_unregistered();
-                match group {
-                    Some(group) => tokio::select! {
-                        _ = ended => {}
-                        _ = group.closed() => {}
-                    },
-                    None => ended.await,
+                let ended = async {
+                    let ended = reg.wait_unregistered();
+                    match group {
+                        Some(group) => tokio::select! {
+                            _ = ended => {}
+                            _ = group.closed() => {}
+                        },
+                        None => ended.await,
+                    }
+                };
+                if tokio::time::timeout(self.inner.config.timeout, ended)
+                    .await
+                    .is_err()
+                {
+                    reg.emit(StatusEvent::Unregistered);
                 }
                 Ok(())
             }
@@ -624,10 +643,18 @@ impl Registry {
         self.inner.closing.send_replace(true);
         let (groups, watches, registrations) = {
             let mut state = self.state();
+            let mut registrations = state.registrations.drain().map(|r| r.0).collect::<Vec<_>>();
+            // Replaced ones not ended yet: theirs is the same promise.
+            registrations.extend(
+                state
+                    .replaced
+                    .drain(..)
+                    .filter(|r| r.state() != RegistrationState::Unregistered),
+            );
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
-                state.registrations.drain().map(|r| r.0).collect::<Vec<_>>(),
+                registrations,
             )
         };
         let mut routes = Vec::with_capacity(watches.len());

@@ -186,6 +186,90 @@ async fn unregisters_and_close_queued_on_a_silent_etcd_each_wait_one_timeout() {
     .await;
 }
 
+/// A registration replaced by a newer one of its node is ended by its lease's task, which may
+/// be busy behind unregisters queued while etcd does not answer. Its `unregister()` still
+/// returns within one timeout, as any unregister does, and `close()` ends such a registration
+/// too: when it returns, every registration has ended, replaced ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_registration_ends_within_one_timeout_while_its_lease_task_is_busy() {
+    let etcd = std::sync::Arc::new(etcd());
+    let timeout = Duration::from_secs(1);
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(timeout))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(4);
+    let x1 = registry
+        .register("api", node("x", &[("v", "1")]), ttl)
+        .unwrap();
+    let y1 = registry
+        .register("api", node("y", &[("v", "1")]), ttl)
+        .unwrap();
+    // Each queued delete waits for the silent etcd about a timeout: 60 of them take a minute,
+    // twice the deadline below.
+    let n = 60;
+    let others: Vec<_> = (0..n)
+        .map(|i| {
+            registry
+                .register("api", node(&format!("o{i}"), &[]), ttl)
+                .unwrap()
+        })
+        .collect();
+    for reg in others.iter().chain([&x1, &y1]) {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    let mut y1_events = y1.subscribe();
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    let started = tokio::time::Instant::now();
+    let unregisters: Vec<_> = others
+        .iter()
+        .map(|reg| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.unregister().await })
+        })
+        .collect();
+    // Every delete is queued once its registration is no longer the node's.
+    eventually("every unregister queued", || async {
+        (0..n).all(|i| registry.registration_of("api", &format!("o{i}")).is_none())
+    })
+    .await;
+    // x and y again: the older ones are replaced, their end queued behind the deletes.
+    let _x2 = registry
+        .register("api", node("x", &[("v", "2")]), ttl)
+        .unwrap();
+    let _y2 = registry
+        .register("api", node("y", &[("v", "2")]), ttl)
+        .unwrap();
+    tokio::time::timeout_at(started + DEADLINE, x1.unregister())
+        .await
+        .expect("the replaced registration's unregister returns within the deadline")
+        .unwrap();
+    assert_eq!(x1.state(), RegistrationState::Unregistered);
+    for unregister in unregisters {
+        tokio::time::timeout_at(started + DEADLINE, unregister)
+            .await
+            .expect("unregister returns within the deadline")
+            .unwrap()
+            .expect("unregister fails only when etcd refuses");
+    }
+    tokio::time::timeout_at(started + DEADLINE, registry.close())
+        .await
+        .expect("close returns within the deadline")
+        .unwrap();
+    assert_eq!(y1.state(), RegistrationState::Unregistered);
+    wait_event(&mut y1_events, "unregistered", |e| {
+        *e == etcd_registry::StatusEvent::Unregistered
+    })
+    .await;
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    eventually("every key gone", || async {
+        let e = etcd.clone();
+        blocking(move || e.get_prefix("/s/").unwrap().is_empty()).await
+    })
+    .await;
+}
+
 /// A registry dropped without `close()`, with no registration handle left: nothing can
 /// unregister its nodes any more, and nothing keeps them alive. They end as at `close()`: the
 /// subscriber gets `unregistered` (a binding's callback its last call, which frees it), and the
