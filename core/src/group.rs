@@ -1076,9 +1076,17 @@ impl LeaseGroup {
     /// `old` (see `maybe_late`). The keys are in etcd throughout, on one lease or the other, and
     /// their watchers see no change (a put of the same info). On failure `old` is kept, with its
     /// keys as they were (the new lease, revoked or left to expire, takes nothing with it that
-    /// `old` lacks), and the replacement is tried again later.
+    /// `old` lacks), and the replacement is tried again later. The same when the call is dropped
+    /// before it finished (the keep-alive deadline of `old` came first): every await is before
+    /// the new lease is taken on.
     async fn replace_lease(&mut self, old: i64, attempt: Duration) -> Result<Established> {
         self.maybe_late.store(false, Ordering::SeqCst);
+        // Until the new lease is taken on, an end (an error, or the call dropped) undoes it.
+        let mut undo = Unfinished {
+            maybe_late: &self.maybe_late,
+            conn: &self.conn,
+            granted: None,
+        };
         let ttl = self.ttl_secs;
         let granted = self
             .conn
@@ -1086,11 +1094,10 @@ impl LeaseGroup {
                 let mut lease = c.lease_client();
                 async move { lease.grant(ttl, None).await }
             })
-            .await;
-        let granted = granted
-            .inspect_err(|_| self.maybe_late.store(true, Ordering::SeqCst))?
+            .await?
             .1;
         let id = granted.id();
+        undo.granted = Some(id);
         let granted_at = granted.header().map_or(0, |h| h.revision());
         let members: Vec<Arc<RegShared>> = self.members.values().cloned().collect();
         // The keep-alive first: failing, it leaves every key where it was.
@@ -1100,28 +1107,27 @@ impl LeaseGroup {
             Ok::<_, Error>((refused, put_at, keep_alive))
         }
         .await;
-        let (refused, put_at, keep_alive) = match moved {
-            Ok(moved) => moved,
-            Err(e) => {
-                // Keys put on it already are on `old` no more: deleted with it, they are put
-                // back there as any key deleted is (the key watch, or the next check).
-                self.maybe_late.store(true, Ordering::SeqCst);
-                let conn = self.conn.clone();
-                tokio::spawn(async move { revoke(&conn, id).await });
-                return Err(e);
-            }
-        };
+        // On an error, `undo` revokes the new lease: keys put on it already are on `old` no
+        // more, and deleted with it, they are put back there as any key deleted is (the key
+        // watch, or the next check).
+        let (refused, put_at, keep_alive) = moved?;
+        undo.granted = None;
+        std::mem::forget(undo);
         self.set_lease(Some(id));
-        match tokio::time::timeout(attempt * 2, revoke(&self.conn, old)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(lease = old, error = %e, "revoking the replaced lease failed; it will expire")
+        // Not awaited: from here on the keys are the new lease's, whatever becomes of this call.
+        let conn = self.conn.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(attempt * 2, revoke(&conn, old)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::debug!(lease = old, error = %e, "revoking the replaced lease failed; it will expire")
+                }
+                Err(_) => tracing::debug!(
+                    lease = old,
+                    "revoking the replaced lease did not finish in time; it will expire"
+                ),
             }
-            Err(_) => tracing::debug!(
-                lease = old,
-                "revoking the replaced lease did not finish in time; it will expire"
-            ),
-        }
+        });
         // Their keys were on `old`: gone with it, or expiring with it.
         self.unremoved.clear();
         tracing::info!(
@@ -1566,6 +1572,24 @@ fn answer_deadline(ttl: Duration) -> Duration {
 /// The call is boxed at once: the loop makes these calls rarely (nodes joining, repairs), and
 /// held inline they would make the loop's future, and the stack frames that poll it, the size
 /// of the largest.
+/// A lease replacement not finished (see [`LeaseGroup::replace_lease`]): when dropped, the
+/// replacement is due again, and the new lease, if granted, is revoked.
+struct Unfinished<'a> {
+    maybe_late: &'a AtomicBool,
+    conn: &'a Arc<Connection>,
+    granted: Option<i64>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        self.maybe_late.store(true, Ordering::SeqCst);
+        if let (Some(id), Ok(runtime)) = (self.granted, tokio::runtime::Handle::try_current()) {
+            let conn = self.conn.clone();
+            runtime.spawn(async move { revoke(&conn, id).await });
+        }
+    }
+}
+
 fn before_loss<'a, T: 'a>(
     lost_at: Instant,
     ttl: Duration,
