@@ -50,7 +50,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, EventStream, Handler, ReadyHook, Route, EVENT_QUEUE_CAPACITY};
 pub use keys::{Info, InfoBytes};
 pub use registration::{Node, Registration, RegistrationState, StatusEvent, StatusEvents};
-pub use registry::{Registry, MAX_REQUEST_BYTES, MAX_TTL_SECS};
+pub use registry::{Registry, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TTL_SECS};
 pub use watch::{Watch, WatchEvent, WatchEventKind};
 
 /// The version of this library.

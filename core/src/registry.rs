@@ -37,6 +37,10 @@ fn encode_node(key: &str, node: &Node) -> Result<String> {
 /// (less some room for the request's other fields) is refused.
 pub const MAX_REQUEST_BYTES: usize = 1536 * 1024;
 const REQUEST_OVERHEAD: usize = 512;
+/// The longest key (base path, service and node) this library writes or reads: some of its
+/// requests carry a key twice (a delete made only while the key is on its lease, a range with
+/// its end), and etcd refuses a request larger than [`MAX_REQUEST_BYTES`].
+pub const MAX_KEY_BYTES: usize = (MAX_REQUEST_BYTES - REQUEST_OVERHEAD) / 2;
 /// etcd's largest lease TTL, in seconds.
 pub const MAX_TTL_SECS: u64 = 9_000_000_000;
 
@@ -256,7 +260,9 @@ impl Registry {
         validate_name("service", service)?;
         validate_name("node", name)?;
         let ttl_secs = validate_ttl(ttl)?;
-        Ok((self.node_key(service, name), ttl_secs))
+        let key = self.node_key(service, name);
+        check_key_len("the node's key (base path, service and node name)", &key)?;
+        Ok((key, ttl_secs))
     }
 
     /// Every event of every registration and watch of this registry from now on, in one
@@ -478,6 +484,10 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
+        check_key_len(
+            "the service's key prefix (base path and service name)",
+            &prefix,
+        )?;
         let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
         // Sized at once: collected from a filter, the vector would grow by doubling, and a
         // large one would be copied into fresh pages a dozen times.
@@ -498,6 +508,10 @@ impl Registry {
         self.check_open()?;
         validate_name("service", service)?;
         let prefix = service_prefix(&self.inner.config.base_path, service);
+        check_key_len(
+            "the service's key prefix (base path and service name)",
+            &prefix,
+        )?;
         let resp = listing::fetch_raw(&self.inner.conn, &prefix).await?;
         Ok(listing::each_node(&resp, &prefix, f))
     }
@@ -554,11 +568,16 @@ impl Registry {
     async fn watch_inner(&self, service: &str, route: Option<Subscriber>) -> Result<Watch> {
         self.check_open()?;
         validate_name("service", service)?;
+        let prefix = service_prefix(&self.inner.config.base_path, service);
+        check_key_len(
+            "the service's key prefix (base path and service name)",
+            &prefix,
+        )?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let setup = WatchSetup {
             id,
             service: service.to_string(),
-            prefix: service_prefix(&self.inner.config.base_path, service),
+            prefix,
             conn: self.inner.conn.clone(),
             mux: self.inner.mux.clone(),
             backoff: (self.inner.config.backoff_min, self.inner.config.backoff_max),
@@ -731,6 +750,17 @@ async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<Watc
     }
 }
 
+/// Refuses a key longer than [`MAX_KEY_BYTES`]; `what` names it.
+fn check_key_len(what: &str, key: &str) -> Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(Error::invalid(format!(
+            "{what} is too long: {} bytes, at most {MAX_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
 fn validate_name(what: &str, name: &str) -> Result<()> {
     if name.trim().is_empty() {
         return Err(Error::invalid(format!("{what} name must not be empty")));
@@ -765,7 +795,7 @@ fn check_value(key: &str, empty_key: bool, value: String) -> Result<String> {
     }
     if key.len() + value.len() + REQUEST_OVERHEAD > MAX_REQUEST_BYTES {
         return Err(Error::invalid(format!(
-            "node info is too large: {} bytes, etcd accepts at most about {} per request",
+            "node info is too large: {} bytes with its key, etcd accepts at most about {} per request",
             key.len() + value.len(),
             MAX_REQUEST_BYTES - REQUEST_OVERHEAD
         )));

@@ -10,8 +10,78 @@ use common::*;
 use etcd_harness::EtcdCluster;
 use etcd_registry::{
     Config, ErrorKind, Node, Registration, RegistrationState, Registry, StatusEvent,
-    WatchEventKind, MAX_REQUEST_BYTES,
+    WatchEventKind, MAX_KEY_BYTES, MAX_REQUEST_BYTES,
 };
+
+/// Some requests carry a key twice (the delete made only while the key is on its lease, a
+/// range with its end): a key longer than [`MAX_KEY_BYTES`] is refused when registering,
+/// listing or watching, and the longest accepted is registered, listed, watched and
+/// unregistered, its key deleted while its lease lives on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_longest_key_accepted_is_registered_listed_watched_and_unregistered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/k")).await.unwrap();
+    let ttl = Duration::from_secs(60);
+    // It keeps the lease alive: the long key must be deleted, not left to expire.
+    let other = registry.register("s", node("other", &[]), ttl).unwrap();
+    other.wait_registered(DEADLINE).await.unwrap();
+
+    let longest = "n".repeat(MAX_KEY_BYTES - "/k/s/".len());
+    let err = registry
+        .register("s", node(&format!("{longest}n"), &[]), ttl)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    assert!(err.message().contains("key"), "{err}");
+    assert!(err.message().contains("too long"), "{err}");
+
+    let reg = registry
+        .register("s", node(&longest, &[("a", "1")]), ttl)
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(reg.lease_id(), other.lease_id(), "one lease per TTL");
+    let watch = registry.watch("s").await.unwrap();
+    assert_eq!(watch.nodes().len(), 2);
+    let names: Vec<usize> = registry
+        .list("s")
+        .await
+        .unwrap()
+        .iter()
+        .map(|n| n.name.len())
+        .collect();
+    assert!(names.contains(&longest.len()), "{names:?}");
+    reg.unregister().await.unwrap();
+    // After the listing's `Added` events.
+    let gone = loop {
+        let event = tokio::time::timeout(DEADLINE, watch.next())
+            .await
+            .unwrap()
+            .unwrap();
+        if event.kind != WatchEventKind::Added {
+            break event;
+        }
+    };
+    assert_eq!(gone.kind, WatchEventKind::Removed);
+    assert_eq!(gone.node.map(|n| n.name.len()), Some(longest.len()));
+    let left: Vec<String> = etcd
+        .get_prefix("/k/s/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(left, ["/k/s/other"]);
+    assert_eq!(registry.list("s").await.unwrap().len(), 1);
+
+    let service = "s".repeat(MAX_KEY_BYTES - "/k/".len() - 1);
+    assert!(registry.list(&service).await.unwrap().is_empty());
+    registry.watch(&service).await.unwrap().cancel();
+    for too_long in [format!("{service}s")] {
+        let err = registry.list(&too_long).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        let err = registry.watch(&too_long).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    }
+    registry.close().await.unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_lists_and_unregisters_in_the_go_wire_format() {
