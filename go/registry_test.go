@@ -389,6 +389,7 @@ func TestRegisterRejectsBadInputWithAnEndedContext(t *testing.T) {
 		{"ttl beyond etcd's maximum", "svc", node, time.Duration(math.MaxInt64)},
 		{"empty info key", "svc", Node{Name: "n1", Info: map[string]string{"": "x"}}, time.Minute},
 		{"info too large for etcd", "svc", Node{Name: "n1", Info: map[string]string{"blob": strings.Repeat("x", 2<<20)}}, time.Minute},
+		{"node name too long for etcd, no info", "svc", Node{Name: strings.Repeat("n", 1<<20)}, time.Minute},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

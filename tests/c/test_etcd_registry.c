@@ -717,6 +717,18 @@ static void test_info_entries(void) {
     CHECK_STATUS(REG("n1", twice, 2), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK(strstr(etcd_registry_last_error_message(), "twice") != NULL);
     CHECK_STATUS(REG("n\xff", info, 3), ETCD_REGISTRY_STATUS_INVALID_UTF8); /* names stay UTF-8 */
+    {
+        /* A key that a delete, which carries it twice, could not fit into one request: refused,
+         * with no info object too. */
+        size_t len = 1u << 20;
+        char *long_name = malloc(len + 1);
+        REQUIRE(long_name != NULL);
+        memset(long_name, 'n', len);
+        long_name[len] = '\0';
+        CHECK_STATUS(REG(long_name, NULL, ETCD_REGISTRY_NO_INFO), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+        CHECK(strstr(etcd_registry_last_error_message(), "too long") != NULL);
+        free(long_name);
+    }
     CHECK(id == 42);
 
     uint64_t n1 = 0, n2 = 0, n3 = 0;
