@@ -176,6 +176,20 @@ func invalidArgument(op, message string) error {
 	return &Error{Code: CodeInvalidArgument, Op: op, Message: message}
 }
 
+// notMade is the error of a method called on a nil or zero-value EtcdRegistry, Registration or
+// Watch (one not made by this package): an error matching ErrInvalidArgument, not a panic.
+func notMade(op, what string) error {
+	return invalidArgument(op, what+" was not made by this package (a nil or zero value)")
+}
+
+// closedEvents and closedErrors stand for the channels of a Registration or Watch not made by
+// this package: a reader ranging over them ends at once.
+var (
+	closedEvents      = func() chan StatusEvent { c := make(chan StatusEvent); close(c); return c }()
+	closedErrors      = func() chan error { c := make(chan error); close(c); return c }()
+	closedWatchEvents = func() chan WatchEvent { c := make(chan WatchEvent); close(c); return c }()
+)
+
 func closedError(op string) error {
 	return &Error{Code: CodeClosed, Op: op, Message: "registry is closed"}
 }

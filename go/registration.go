@@ -132,6 +132,8 @@ func (r *EtcdRegistry) RegisterNode(ctx context.Context, service string, node No
 func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, ttl time.Duration) (*Registration, error) {
 	const op = "register"
 	switch {
+	case !r.made():
+		return nil, notMade(op, "the EtcdRegistry")
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
 	}
@@ -199,6 +201,8 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 // holds no registration of that node. The deletion goes on if ctx ends first.
 func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string) error {
 	switch {
+	case !r.made():
+		return notMade(unregisterLabel, "the EtcdRegistry")
 	case ctx == nil:
 		return invalidArgument(unregisterLabel, "nil context")
 	case service == "":
@@ -222,13 +226,31 @@ func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string)
 }
 
 // Service is the service the node is registered under.
-func (g *Registration) Service() string { return g.service }
+func (g *Registration) Service() string {
+	if !g.made() {
+		return ""
+	}
+	return g.service
+}
+
+// made reports whether g was made by this package (Register, RegisterNode), not nil or a zero
+// value: the methods of one that was not return an error matching ErrInvalidArgument, or
+// report an ended registration.
+func (g *Registration) made() bool { return g != nil && g.r != nil }
 
 // NodeName is the registered node's name.
-func (g *Registration) NodeName() string { return g.node }
+func (g *Registration) NodeName() string {
+	if !g.made() {
+		return ""
+	}
+	return g.node
+}
 
 // Done is closed when the node is registered for the first time (see RegisterNode).
 func (g *Registration) Done() <-chan struct{} {
+	if !g.made() {
+		return nil // never registered
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.registered {
@@ -242,6 +264,9 @@ func (g *Registration) Done() <-chan struct{} {
 
 // Errors is the error channel RegisterNode returns.
 func (g *Registration) Errors() <-chan error {
+	if !g.made() {
+		return closedErrors
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	x := g.more()
@@ -299,6 +324,9 @@ func (g *Registration) finishedLocked() <-chan struct{} {
 // it has not taken then, the last 8 stay on the channel (StatusUnregistered last) and older ones
 // are dropped. Asked for first after the end, Events holds every event not dropped before.
 func (g *Registration) Events() <-chan StatusEvent {
+	if !g.made() {
+		return closedEvents
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	x := g.more()
@@ -316,6 +344,9 @@ func (g *Registration) Events() <-chan StatusEvent {
 
 // Dropped is how many status events were dropped because Events' reader fell behind.
 func (g *Registration) Dropped() uint64 {
+	if !g.made() {
+		return 0
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.backlog.dropped
@@ -323,7 +354,7 @@ func (g *Registration) Dropped() uint64 {
 
 // State is where the registration stands now. It does not talk to etcd.
 func (g *Registration) State() State {
-	if g.hasEnded() {
+	if !g.made() || g.hasEnded() {
 		return StateUnregistered
 	}
 	state := StateUnregistered
@@ -340,7 +371,7 @@ func (g *Registration) State() State {
 
 // LeaseID is the etcd lease the key is attached to now, 0 while it is not registered.
 func (g *Registration) LeaseID() int64 {
-	if g.hasEnded() {
+	if !g.made() || g.hasEnded() {
 		return 0
 	}
 	var lease int64
@@ -364,6 +395,9 @@ func (g *Registration) LeaseID() int64 {
 // (ErrClosed after Close).
 func (g *Registration) Update(info map[string]string) error {
 	const op = "update"
+	if !g.made() {
+		return notMade(op, "the Registration")
+	}
 	if g.hasEnded() {
 		if g.r.h.isClosed() {
 			return closedError(op)
@@ -382,6 +416,9 @@ func (g *Registration) Update(info map[string]string) error {
 // logged, nil returned, and the key expires with its lease (or, when other nodes of the registry
 // keep that lease alive, is deleted as soon as etcd answers again).
 func (g *Registration) Unregister(ctx context.Context) error {
+	if !g.made() {
+		return notMade(unregisterLabel, "the Registration")
+	}
 	if ctx == nil {
 		ctx = context.Background()
 	}

@@ -39,6 +39,10 @@ type EtcdRegistry struct {
 	h *handle
 }
 
+// made reports whether r was made by this package (New and its variants), not nil or a zero
+// value: the methods of one that was not return an error matching ErrInvalidArgument.
+func (r *EtcdRegistry) made() bool { return r != nil && r.h != nil }
+
 // handle owns the C registry. The EtcdRegistry users see wraps it so that the goroutine pulling
 // events (which references only the handle) does not keep the EtcdRegistry alive: when nothing
 // else does, its finalizer closes the handle, which ends that goroutine.
@@ -171,6 +175,9 @@ func finalizeRegistry(r *EtcdRegistry) {
 // be told, and the keys expire with their lease (within the TTL). Any other use afterwards
 // returns an error matching ErrClosed.
 func (r *EtcdRegistry) Close() error {
+	if !r.made() {
+		return notMade("close", "the EtcdRegistry")
+	}
 	err := r.h.close()
 	runtime.SetFinalizer(r, nil)
 	return err
@@ -189,6 +196,9 @@ func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
 // Linux; elsewhere the list waits in C until etcd answers or the timeout passes). A nil ctx is
 // an error matching ErrInvalidArgument. An extension: the original library has no such call.
 func (r *EtcdRegistry) GetServiceNodesContext(ctx context.Context, service string) ([]Node, error) {
+	if !r.made() {
+		return nil, notMade("list", "the EtcdRegistry")
+	}
 	if ctx == nil {
 		return nil, invalidArgument("list", "nil context")
 	}
@@ -223,6 +233,9 @@ func (r *EtcdRegistry) Services() ([]string, error) {
 // matching ErrInvalidArgument. An extension, like Services.
 func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
 	const op = "services"
+	if !r.made() {
+		return nil, notMade(op, "the EtcdRegistry")
+	}
 	if ctx == nil {
 		return nil, invalidArgument(op, "nil context")
 	}
@@ -263,6 +276,9 @@ func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
 // takes over. It does not reach etcd. Empty once the registry is closed. An extension: the
 // original library has no such call.
 func (r *EtcdRegistry) ActiveEndpoint() string {
+	if !r.made() {
+		return ""
+	}
 	var endpoint string
 	_ = r.h.use("active endpoint", func(p *cRegistry) error {
 		var err error

@@ -1141,3 +1141,60 @@ func TestFinalizerClosesUnreachableRegistry(t *testing.T) {
 		return h.ptr == nil
 	})
 }
+
+// A nil or zero-value EtcdRegistry, Registration or Watch (not made by this package) gives an
+// error matching ErrInvalidArgument, or reports an ended registration or stopped watch: never
+// a panic, not even in a goroutine the caller cannot recover.
+func TestNilAndZeroValuesAreErrorsNotPanics(t *testing.T) {
+	ctx := context.Background()
+	invalid := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: got %v, want an error matching ErrInvalidArgument", what, err)
+		}
+	}
+	for name, r := range map[string]*EtcdRegistry{"nil": nil, "zero": {}} {
+		_, err := r.Register(ctx, "svc", Node{Name: "n"}, time.Minute)
+		invalid(name+" Register", err)
+		_, _, err = r.RegisterNode(ctx, "svc", Node{Name: "n"}, time.Minute)
+		invalid(name+" RegisterNode", err)
+		invalid(name+" UnregisterNode", r.UnregisterNode(ctx, "svc", "n"))
+		_, err = r.GetServiceNodes("svc")
+		invalid(name+" GetServiceNodes", err)
+		_, err = r.Services()
+		invalid(name+" Services", err)
+		_, err = r.WatchService(ctx, "svc")
+		invalid(name+" WatchService", err)
+		if e := r.ActiveEndpoint(); e != "" {
+			t.Errorf("%s ActiveEndpoint: %q", name, e)
+		}
+		invalid(name+" Close", r.Close())
+	}
+	for name, g := range map[string]*Registration{"nil": nil, "zero": {}} {
+		invalid(name+" Unregister", g.Unregister(ctx))
+		invalid(name+" Update", g.Update(map[string]string{"a": "1"}))
+		if g.State() != StateUnregistered || g.LeaseID() != 0 || g.Dropped() != 0 {
+			t.Errorf("%s: state %v, lease %d, dropped %d", name, g.State(), g.LeaseID(), g.Dropped())
+		}
+		if g.Service() != "" || g.NodeName() != "" || g.Done() != nil {
+			t.Errorf("%s: service %q, node %q, done %v", name, g.Service(), g.NodeName(), g.Done())
+		}
+		for range g.Events() {
+			t.Errorf("%s: an event", name)
+		}
+		for err := range g.Errors() {
+			t.Errorf("%s: an error %v", name, err)
+		}
+	}
+	for name, w := range map[string]*Watch{"nil": nil, "zero": {}} {
+		_, err := w.Nodes()
+		invalid(name+" watch Nodes", err)
+		invalid(name+" watch Close", w.Close())
+		if w.Service() != "" || w.Dropped() != 0 {
+			t.Errorf("%s watch: service %q", name, w.Service())
+		}
+		for range w.Events() {
+			t.Errorf("%s: a watch event", name)
+		}
+	}
+}

@@ -33,6 +33,8 @@ type Watch struct {
 func (r *EtcdRegistry) WatchService(ctx context.Context, service string) (*Watch, error) {
 	const op = "watch"
 	switch {
+	case !r.made():
+		return nil, notMade(op, "the EtcdRegistry")
 	case ctx == nil:
 		return nil, invalidArgument(op, "nil context")
 	}
@@ -133,7 +135,17 @@ func startWatch(ctx context.Context, h *handle, service string) (uint64, error) 
 }
 
 // Service is the watched service.
-func (w *Watch) Service() string { return w.service }
+func (w *Watch) Service() string {
+	if !w.made() {
+		return ""
+	}
+	return w.service
+}
+
+// made reports whether w was made by this package (WatchService), not nil or a zero value: the
+// methods of one that was not return an error matching ErrInvalidArgument, or report a stopped
+// watch.
+func (w *Watch) made() bool { return w != nil && w.r != nil }
 
 // Events delivers the watch's events; it is closed when the watch stops. Nothing is dropped
 // when the reader falls behind. A reader less than 1024 events behind gets every event, in
@@ -158,7 +170,12 @@ func (w *Watch) Service() string { return w.service }
 // has the same policy (see "Event delivery" in the root README). An event the package has
 // already taken for the reader (at most one, waiting for the next receive) is not merged any
 // more.
-func (w *Watch) Events() <-chan WatchEvent { return w.events }
+func (w *Watch) Events() <-chan WatchEvent {
+	if !w.made() {
+		return closedWatchEvents
+	}
+	return w.events
+}
 
 // Dropped is how many of the watch's events were dropped because the reader of Events fell
 // behind. None are: unread events are merged per node, in place, instead (see Events; a node
@@ -169,6 +186,9 @@ func (w *Watch) Dropped() uint64 { return 0 }
 // Nodes is the live node set of the service now, as the watch's events have built it, sorted
 // by name. It does not talk to etcd. ErrClosed once the watch has stopped.
 func (w *Watch) Nodes() ([]Node, error) {
+	if !w.made() {
+		return nil, notMade("watch nodes", "the Watch")
+	}
 	if w.stopped() {
 		return nil, &Error{Code: CodeClosed, Op: "watch nodes", Message: "the watch has stopped"}
 	}
@@ -187,6 +207,9 @@ func (w *Watch) Nodes() ([]Node, error) {
 
 // Close stops the watch and closes its channel; events not yet read are dropped. Idempotent.
 func (w *Watch) Close() error {
+	if !w.made() {
+		return notMade("watch close", "the Watch")
+	}
 	w.stop(true)
 	return nil
 }
