@@ -778,7 +778,8 @@ etcd_registry_status etcd_registry_config_set_tls_files(struct etcd_registry_con
 /**
  * Like `etcd_registry_config_set_tls_files`, with the PEM documents in memory: `ca`/`ca_len`
  * (NULL: the system's roots), `cert`/`cert_len` and `key`/`key_len` (both or neither, NULL for
- * none). The bytes are copied; they need not be NUL-terminated. Errors never quote the key.
+ * none). A NULL buffer must come with a length of 0 (else `NULL_POINTER`). The bytes are copied;
+ * they need not be NUL-terminated. Errors never quote the key.
  */
 etcd_registry_status etcd_registry_config_set_tls_pem(struct etcd_registry_config *config,
                                                       const uint8_t *ca,

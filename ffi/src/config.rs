@@ -268,7 +268,8 @@ pub unsafe extern "C" fn etcd_registry_config_set_tls_files(
 
 /// Like `etcd_registry_config_set_tls_files`, with the PEM documents in memory: `ca`/`ca_len`
 /// (NULL: the system's roots), `cert`/`cert_len` and `key`/`key_len` (both or neither, NULL for
-/// none). The bytes are copied; they need not be NUL-terminated. Errors never quote the key.
+/// none). A NULL buffer must come with a length of 0 (else `NULL_POINTER`). The bytes are copied;
+/// they need not be NUL-terminated. Errors never quote the key.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_config_set_tls_pem(
     config: *mut etcd_registry_config,
@@ -284,6 +285,13 @@ pub unsafe extern "C" fn etcd_registry_config_set_tls_pem(
         let config = unsafe { config_mut(config) }?;
         let pem = |ptr: *const u8, len: usize, what: &str| -> FfiResult<Option<PemSource>> {
             if ptr.is_null() {
+                // NULL is "none" only with a length of 0: a length without its bytes is a
+                // caller's mistake, as it is for info entries.
+                if len != 0 {
+                    return Err(Failure::null(&format!(
+                        "{what} (given with {what}_len {len})"
+                    )));
+                }
                 return Ok(None);
             }
             crate::info::check_len::<u8>(len, what)?;

@@ -122,12 +122,13 @@ pub(crate) unsafe fn handle<'a>(registry: *const etcd_registry) -> FfiResult<&'a
     unsafe { registry.as_ref() }.ok_or_else(|| Failure::null("registry"))
 }
 
-/// Blocking calls wait on the library's runtime; on one of its own threads (possible only from
-/// the log callback) that would stall it, so they are refused before anything changes.
+/// Blocking calls wait on the library's runtime; on one of its own threads (from the log
+/// callback or an `_async` call's callback) that would stall it, so they are refused before
+/// anything changes.
 pub(crate) fn ensure_can_block() -> FfiResult {
     if Handle::try_current().is_ok() {
         return Err(Failure::invalid(
-            "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback)",
+            "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback, or the callback of an _async call)",
         ));
     }
     Ok(())

@@ -97,6 +97,17 @@ impl PyRegistry {
     }
 }
 
+/// The endpoints, a sequence of strings: a single str (a sequence of its characters to Python)
+/// is refused with a message that says what to give.
+fn endpoints_arg(obj: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    if obj.is_instance_of::<pyo3::types::PyString>() {
+        return Err(PyTypeError::new_err(
+            "endpoints must be a list of \"host:port\" strings, not a str: write [\"127.0.0.1:2379\"]",
+        ));
+    }
+    obj.extract()
+}
+
 #[pymethods]
 impl PyRegistry {
     #[new]
@@ -106,7 +117,7 @@ impl PyRegistry {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        endpoints: Vec<String>,
+        #[pyo3(from_py_with = endpoints_arg)] endpoints: Vec<String>,
         base_path: &str,
         username: Option<String>,
         password: Option<String>,

@@ -117,7 +117,7 @@ def test_wrong_argument_types_are_type_errors(registry: Registry) -> None:
         registry.watch("api", on_event=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         registry.list(None)  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match='endpoints must be a list of "host:port" strings, not a str'):
         Registry("127.0.0.1:2379")  # type: ignore[arg-type]  # a str is not a list of endpoints
     with pytest.raises(TypeError):
         Node("n", {"k": b"v"})  # type: ignore[dict-item]

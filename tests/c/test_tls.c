@@ -234,6 +234,9 @@ static void test_unusable_pem_is_an_invalid_argument(void) {
     CHECK_STATUS(etcd_registry_config_set_tls_pem(c, (const uint8_t *)junk, SIZE_MAX, NULL, 0, NULL, 0),
                  ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK_MESSAGE("larger than any buffer");
+    /* NULL means "none" only with a length of 0. */
+    CHECK_STATUS(etcd_registry_config_set_tls_pem(c, NULL, 5, NULL, 0, NULL, 0), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_MESSAGE("ca_len 5");
     CHECK_STATUS(etcd_registry_config_set_tls_server_name(NULL, "x"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_config_set_tls_server_name(c, "\xff"), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_OK(etcd_registry_config_set_tls_server_name(c, "not a name!"));
