@@ -248,6 +248,46 @@ fn go_lossy(bytes: &[u8]) -> String {
     out
 }
 
+/// `json` with each `\uXXXX` escape of a lone UTF-16 surrogate (one not part of a high-low pair)
+/// replaced by `\ufffd`, as Go's `encoding/json` decodes it; `None` when there is none. JSON's
+/// grammar allows such escapes, but they name no character, and serde_json refuses them.
+/// Only escapes are looked at: a `\` outside a string is invalid JSON anyway.
+pub fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
+    fn escape_at(json: &[u8], i: usize) -> Option<u16> {
+        let hex = json.get(i..i + 6)?.strip_prefix(b"\\u")?;
+        u16::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()
+    }
+    let mut out: Option<Vec<u8>> = None;
+    let mut i = 0;
+    while i < json.len() {
+        if json[i] != b'\\' {
+            if let Some(out) = out.as_mut() {
+                out.push(json[i]);
+            }
+            i += 1;
+            continue;
+        }
+        let (len, lone) = match escape_at(json, i) {
+            Some(0xD800..=0xDBFF) if matches!(escape_at(json, i + 6), Some(0xDC00..=0xDFFF)) => {
+                (12, false)
+            }
+            Some(0xD800..=0xDFFF) => (6, true),
+            Some(_) => (6, false),
+            // Another escape (`\\`, `\"`, ...): two bytes, kept.
+            None => (2, false),
+        };
+        let end = (i + len).min(json.len());
+        if lone {
+            out.get_or_insert_with(|| json[..i].to_vec())
+                .extend_from_slice(b"\\ufffd");
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(&json[i..end]);
+        }
+        i = end;
+    }
+    out
+}
+
 /// Why a stored value was not a JSON object of strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeProblem(pub String);
@@ -263,8 +303,13 @@ pub fn decode_info(value: &[u8]) -> Result<Info, DecodeProblem> {
     if let Ok(info) = serde_json::from_slice::<Info>(value) {
         return Ok(info);
     }
-    let parsed: serde_json::Value = serde_json::from_slice(value)
-        .map_err(|e| DecodeProblem(format!("value is not JSON: {e}")))?;
+    let parsed: serde_json::Value = match serde_json::from_slice(value) {
+        Ok(parsed) => parsed,
+        // Escapes of lone surrogates, which Go's decoder reads as U+FFFD.
+        Err(e) => replace_lone_surrogates(value)
+            .and_then(|fixed| serde_json::from_slice(&fixed).ok())
+            .ok_or_else(|| DecodeProblem(format!("value is not JSON: {e}")))?,
+    };
     match parsed {
         serde_json::Value::Object(map) => Ok(map
             .into_iter()
@@ -437,6 +482,22 @@ mod tests {
         assert!(decode_info(b"not json").is_err());
         assert!(decode_info(b"[1,2]").is_err());
         assert!(decode_info(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn lone_surrogate_escapes_decode_as_go_decodes_them() {
+        // A pair is a character; a lone half, high or low, in a key or a value, is U+FFFD.
+        let info = decode_info(br#"{"a":"\ud800\udc00\ud800","\udc00k":"x\udbffy"}"#).unwrap();
+        assert_eq!(info["a"], "\u{10000}\u{FFFD}");
+        assert_eq!(info["\u{FFFD}k"], "x\u{FFFD}y");
+        // An escaped backslash before "u" is no escape; a value without lone halves is kept.
+        assert_eq!(replace_lone_surrogates(br#"{"a":"\\ud800"}"#), None);
+        assert_eq!(replace_lone_surrogates(br#"{"a":"\ud83d\ude00"}"#), None);
+        assert_eq!(
+            replace_lone_surrogates(br#""\ud800\ud800\u"#).as_deref(),
+            Some(&br#""\ufffd\ufffd\u"#[..])
+        );
+        assert!(decode_info(br#"{"a":"\ud800"#).is_err());
     }
 
     #[test]

@@ -48,6 +48,9 @@ mod watch;
 pub use config::{Config, PemSource, TlsConfig};
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, EventStream, Handler, ReadyHook, Route, EVENT_QUEUE_CAPACITY};
+/// For bindings that parse info JSON themselves (see the function's doc).
+#[doc(hidden)]
+pub use keys::replace_lone_surrogates;
 pub use keys::{Info, InfoBytes};
 pub use registration::{Node, Registration, RegistrationState, StatusEvent, StatusEvents};
 pub use registry::{Registry, MAX_KEY_BYTES, MAX_REQUEST_BYTES, MAX_TTL_SECS};

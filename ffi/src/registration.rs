@@ -35,7 +35,13 @@ fn parse_info(json: Option<&str>) -> FfiResult<Option<InfoBytes>> {
     let Some(json) = json else {
         return Ok(Some(InfoBytes::new()));
     };
+    // Escapes of lone surrogates are U+FFFD, as Go's decoder reads them.
     let value: serde_json::Value = serde_json::from_str(json)
+        .or_else(|e| {
+            registry::replace_lone_surrogates(json.as_bytes())
+                .and_then(|fixed| serde_json::from_slice(&fixed).ok())
+                .ok_or(e)
+        })
         .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
     if value.is_null() {
         return Ok(None);
@@ -530,5 +536,8 @@ mod tests {
             let err = parse_info(Some(bad)).unwrap_err();
             assert_eq!(err.status, etcd_registry_status::InvalidArgument, "{bad}");
         }
+        // A lone surrogate escape is U+FFFD, as Go reads it.
+        let info = parse_info(Some(r#"{"a":"x\ud800"}"#)).unwrap().unwrap();
+        assert_eq!(info.to_info()["a"], "x\u{FFFD}");
     }
 }
