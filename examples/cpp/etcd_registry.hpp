@@ -16,6 +16,12 @@
 //   callback once its UNREGISTERED call (its last: after unregister, close, or a newer
 //   registration of the same node) has returned, a watch callback after unwatch/close. One let
 //   go from inside a callback (it may be the one running) goes when the outermost returns.
+//   An exception a callback throws is caught and dropped (it must not reach the C library).
+//   A callback must not hold the last reference to its Registry (e.g. a captured
+//   std::shared_ptr<Registry>): the Registry would then be destroyed on a library thread,
+//   which ends the other callbacks without their last call.
+// - Strings go to C as NUL-terminated: a name, endpoint, path or credential holding a NUL is
+//   refused with INVALID_ARGUMENT rather than cut short.
 #pragma once
 
 #include <etcd_registry.h>
@@ -51,6 +57,23 @@ namespace detail {
 inline void check(etcd_registry_status status) {
     if (status != ETCD_REGISTRY_STATUS_OK) throw Error(status, etcd_registry_last_error_message());
 }
+// The failure of a call, taken at once: freeing a callback afterwards may make library calls,
+// which replace the thread's last error message.
+struct Failure {
+    etcd_registry_status status;
+    std::string message;
+    explicit Failure(etcd_registry_status status)
+        : status(status), message(status != ETCD_REGISTRY_STATUS_OK ? etcd_registry_last_error_message() : "") {}
+    void check() const {
+        if (status != ETCD_REGISTRY_STATUS_OK) throw Error(status, message);
+    }
+};
+// `s` as a C string; one holding a NUL would be cut short there, so it is refused.
+inline const char *c_str(const std::string &s, const char *what) {
+    if (s.find('\0') != std::string::npos)
+        throw Error(ETCD_REGISTRY_STATUS_INVALID_ARGUMENT, std::string(what) + " must not contain NUL");
+    return s.c_str();
+}
 inline std::string str(const char *s) { return s != nullptr ? std::string(s) : std::string(); }
 
 struct ConfigFree {
@@ -78,7 +101,9 @@ struct SlotBase {
     // Weak: a status callback handed to unregister_async may still be called after its
     // Registry is gone (its last call, UNREGISTERED), and must then leave the maps alone.
     std::weak_ptr<Callbacks> owner;
-    bool ended = false;     // its UNREGISTERED call has returned (under Callbacks::mutex)
+    bool ended = false;     // its last call has returned, none running (under Callbacks::mutex)
+    unsigned running = 0;   // its calls running now, nested ones counted (callback thread only)
+    bool last_seen = false; // its UNREGISTERED call has begun (callback thread only)
     bool adopted = false;   // its first call has looked for it in `starting` (callback thread only)
     uint64_t starting_key = 0;  // its key in `starting`, set before C is given the slot
     SlotBase *next_buried = nullptr;  // in the graveyard (below)
@@ -196,15 +221,16 @@ class Config {
         config_.reset(raw);
     }
     Config &endpoints(const std::string &comma_separated) {
-        detail::check(etcd_registry_config_set_endpoints(config_.get(), comma_separated.c_str()));
+        detail::check(etcd_registry_config_set_endpoints(config_.get(), detail::c_str(comma_separated, "endpoints")));
         return *this;
     }
     Config &base_path(const std::string &path) {
-        detail::check(etcd_registry_config_set_base_path(config_.get(), path.c_str()));
+        detail::check(etcd_registry_config_set_base_path(config_.get(), detail::c_str(path, "base path")));
         return *this;
     }
     Config &credentials(const std::string &user, const std::string &password) {
-        detail::check(etcd_registry_config_set_credentials(config_.get(), user.c_str(), password.c_str()));
+        detail::check(etcd_registry_config_set_credentials(config_.get(), detail::c_str(user, "user"),
+                                                            detail::c_str(password, "password")));
         return *this;
     }
     Config &timeout(std::chrono::milliseconds t) {
@@ -257,19 +283,21 @@ class Registry {
         entries.reserve(info.size());
         for (const auto &kv : info)
             entries.push_back({kv.first.data(), kv.first.size(), kv.second.data(), kv.second.size()});
+        const char *service_c = detail::c_str(service, "service name");
+        const char *node_c = detail::c_str(node, "node name");
         const Starting starting = start(std::make_unique<detail::Slot<StatusCallback>>(callbacks_, std::move(callback)));
         uint64_t id = 0;
-        const etcd_registry_status status =
-            etcd_registry_register(registry_.get(), service.c_str(), node.c_str(), entries.data(),
-                                   entries.size(), static_cast<uint64_t>(ttl.count()),
-                                   &Registry::status_trampoline, starting.slot, &id);
-        started(&detail::Callbacks::status, starting, status, id);
-        detail::check(status);
+        const detail::Failure status(etcd_registry_register(registry_.get(), service_c, node_c, entries.data(),
+                                                            entries.size(), static_cast<uint64_t>(ttl.count()),
+                                                            &Registry::status_trampoline, starting.slot, &id));
+        started(&detail::Callbacks::status, starting, status.status, id);
+        status.check();
         return id;
     }
 
     void unregister(uint64_t id) {
-        const etcd_registry_status status = etcd_registry_unregister(registry_.get(), id);
+        const detail::Failure failure(etcd_registry_unregister(registry_.get(), id));
+        const etcd_registry_status status = failure.status;
         // The callback normally let itself go in its UNREGISTERED call already; if this call
         // ended the registration, it is done for good whatever the status (an etcd error here
         // means etcd refused the delete, the registration is gone all the same). Not on
@@ -285,7 +313,7 @@ class Registry {
             default:
                 release(&detail::Callbacks::status, id);
         }
-        detail::check(status);
+        failure.check();
     }
 
     // Unregisters without blocking: the registration is taken at once (unregistering it again
@@ -302,9 +330,9 @@ class Registry {
             pending->status_callback = callbacks_->status.extract(id);
         }
         PendingUnregister *raw = pending.release();
-        const etcd_registry_status status =
-            etcd_registry_unregister_async(registry_.get(), id, &Registry::on_unregistered, raw);
-        if (status != ETCD_REGISTRY_STATUS_OK) {
+        const detail::Failure failure(
+            etcd_registry_unregister_async(registry_.get(), id, &Registry::on_unregistered, raw));
+        if (failure.status != ETCD_REGISTRY_STATUS_OK) {
             // The done callback is never called then, and this call changed nothing: the
             // status callback goes back (its node, so nothing is allocated), unless another
             // unregister or a close delivered its last call meanwhile (found it gone, marked it
@@ -319,18 +347,20 @@ class Registry {
                     callbacks_->status.insert(std::move(pending->status_callback));
             }
             detail::bury(std::move(ended));
-            detail::check(status);
+            failure.check();
         }
         return future;
     }
 
     void wait_registered(uint64_t id, std::chrono::milliseconds timeout) {
-        detail::check(etcd_registry_wait_registered(registry_.get(), id, static_cast<uint64_t>(timeout.count())));
+        // A negative timeout only checks, as 0 does.
+        const auto ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : 0;
+        detail::check(etcd_registry_wait_registered(registry_.get(), id, ms));
     }
 
     std::vector<Node> list(const std::string &service) {
         etcd_registry_node_list *raw = nullptr;
-        detail::check(etcd_registry_list(registry_.get(), service.c_str(), &raw));
+        detail::check(etcd_registry_list(registry_.get(), detail::c_str(service, "service name"), &raw));
         return nodes_of(raw);
     }
 
@@ -339,10 +369,11 @@ class Registry {
     // before this returns); it outlives the Registry, if need be. Refusals (a closed registry)
     // throw here.
     std::future<std::vector<Node>> list_async(const std::string &service) {
+        const char *service_c = detail::c_str(service, "service name");
         auto *promise = new std::promise<std::vector<Node>>();
         std::future<std::vector<Node>> future = promise->get_future();
         const etcd_registry_status status =
-            etcd_registry_list_async(registry_.get(), service.c_str(), &Registry::on_listed, promise);
+            etcd_registry_list_async(registry_.get(), service_c, &Registry::on_listed, promise);
         if (status != ETCD_REGISTRY_STATUS_OK) {
             delete promise;  // the callback is never called then
             detail::check(status);
@@ -377,14 +408,15 @@ class Registry {
     }
 
     uint64_t watch(const std::string &service, WatchCallback callback) {
+        const char *service_c = detail::c_str(service, "service name");
         const Starting starting = start(std::make_unique<detail::Slot<WatchCallback>>(callbacks_, std::move(callback)));
         uint64_t id = 0;
         // Not under the lock: watch blocks on etcd, and the first events may be delivered
         // before it returns (the callback's first call files it under its id then).
-        const etcd_registry_status status = etcd_registry_watch(
-            registry_.get(), service.c_str(), &Registry::watch_trampoline, starting.slot, &id);
-        started(&detail::Callbacks::watches, starting, status, id);
-        detail::check(status);
+        const detail::Failure status(etcd_registry_watch(registry_.get(), service_c, &Registry::watch_trampoline,
+                                                         starting.slot, &id));
+        started(&detail::Callbacks::watches, starting, status.status, id);
+        status.check();
         return id;
     }
 
@@ -419,6 +451,10 @@ class Registry {
         detail::CallbackScope scope;
         auto *slot = static_cast<detail::Slot<StatusCallback> *>(static_cast<detail::SlotBase *>(user_data));
         if (!slot->adopted) adopt_first(slot, &detail::Callbacks::status, e->registration_id);
+        // Its last call may come nested inside an earlier one (which called unregister or
+        // close): the callback is done only when the outermost of its calls returns.
+        ++slot->running;
+        if (e->kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) slot->last_seen = true;
         try {
             const StatusEvent event{e->kind,
                                     e->registration_id,
@@ -432,7 +468,7 @@ class Registry {
             slot->fn(event);
         } catch (...) {
         }
-        if (e->kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) ended(slot, e->registration_id);
+        if (--slot->running == 0 && slot->last_seen) ended(slot, e->registration_id);
     }
 
     static void watch_trampoline(const etcd_registry_watch_event *e, void *user_data) noexcept {
@@ -464,8 +500,9 @@ class Registry {
         }
     }
 
-    // The end of a status callback's last call (UNREGISTERED): C never calls it again, so it
-    // lets itself go, freed once the outermost callback returns. A registration replaced by a
+    // The end of a status callback's last call (UNREGISTERED), or of the call it was nested in:
+    // C never calls it again and none of its calls runs, so it lets itself go, freed once the
+    // outermost callback returns. A registration replaced by a
     // newer one of the same node ends this way with no unregister of ours to release it.
     // Not found: unregister_async holds it, or gives it back seeing `ended`.
     static void ended(detail::SlotBase *slot, uint64_t id) noexcept {

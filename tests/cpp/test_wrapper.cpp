@@ -67,6 +67,25 @@ etcdreg::Config config() {
 }
 const std::chrono::milliseconds ttl = 10s;
 
+// Run by the wrapper's calls of etcd_registry_unregister_async before the library is called
+// (the test programs are linked with -Wl,--wrap=etcd_registry_unregister_async): a test puts
+// an interleaving in the window between the wrapper's own steps and the C call.
+std::function<void()> before_unregister_async;
+
+}  // namespace
+
+extern "C" etcd_registry_status __real_etcd_registry_unregister_async(etcd_registry *registry, uint64_t id,
+                                                                      etcd_registry_done_callback callback,
+                                                                      void *user_data);
+extern "C" etcd_registry_status __wrap_etcd_registry_unregister_async(etcd_registry *registry, uint64_t id,
+                                                                      etcd_registry_done_callback callback,
+                                                                      void *user_data) {
+    if (before_unregister_async) before_unregister_async();
+    return __real_etcd_registry_unregister_async(registry, id, callback, user_data);
+}
+
+namespace {
+
 // ---------------------------------------------------------------- tests
 
 // A status callback unregistering its own registration gets UNREGISTERED nested, inside that
@@ -395,6 +414,105 @@ void unregister_refused_by_etcd_frees_the_callback() {
     CHECK(status == ETCD_REGISTRY_STATUS_NOT_FOUND);
 }
 
+// unregister_async takes the status callback from the wrapper's map, then calls C. If the
+// callback, running meanwhile, unregisters itself (its UNREGISTERED comes nested), the C call
+// finds nothing (NOT_FOUND) and gives the callback back: it must not be freed then, as it is
+// still running (it goes on using its captures), but once its outermost call returns.
+void unregister_async_racing_the_callback_unregistering_itself() {
+    std::atomic<int> live{0};
+    std::atomic<int> step{0};  // 1 registered, 2 let it unregister, 3 its unregister returned, 4 finish
+    std::atomic<bool> intact{false};
+    etcdreg::Registry registry(config());
+    std::atomic<uint64_t> id_seen{0};
+    const uint64_t id = registry.register_node(
+        "race", "n1", {{"a", "1"}}, ttl,
+        [&registry, &step, &intact, &id_seen, tracker = Tracker(live), text = std::string(64, 'x')](
+            const etcdreg::StatusEvent &e) {
+            (void)tracker;
+            if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+            step = 1;
+            while (step != 2) std::this_thread::sleep_for(1ms);
+            registry.unregister(e.registration_id);
+            step = 3;
+            while (step != 4) std::this_thread::sleep_for(1ms);
+            intact = text == std::string(64, 'x');
+            id_seen = e.registration_id;
+        });
+    CHECK(wait_for([&] { return step == 1; }));
+    before_unregister_async = [&] {
+        step = 2;
+        wait_for([&] { return step == 3; });
+    };
+    etcd_registry_status status = ETCD_REGISTRY_STATUS_OK;
+    try {
+        registry.unregister_async(id).get();
+    } catch (const etcdreg::Error &e) {
+        status = e.status();
+    }
+    before_unregister_async = nullptr;
+    CHECK(status == ETCD_REGISTRY_STATUS_NOT_FOUND);
+    CHECK(live == 1);  // still running: not freed
+    step = 4;
+    CHECK(wait_for([&] { return live == 0; }));
+    CHECK(intact);
+    CHECK(id_seen == id);
+}
+
+// A string holding a NUL would be cut short as a C string: refused, nothing registered.
+void names_holding_nul_are_refused() {
+    etcdreg::Registry registry(config());
+    const std::string bad[] = {std::string("svc\0x", 5), std::string("n\0other", 7)};
+    for (int i = 0; i < 2; i++) {
+        etcd_registry_status status = ETCD_REGISTRY_STATUS_OK;
+        try {
+            registry.register_node(i == 0 ? bad[0] : "nul", i == 1 ? bad[1] : "n", {}, ttl,
+                                   [](const etcdreg::StatusEvent &) {});
+        } catch (const etcdreg::Error &e) {
+            status = e.status();
+            CHECK(std::strstr(e.what(), "NUL") != nullptr);
+        }
+        CHECK(status == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    }
+    for (const auto &call : std::vector<std::function<void()>>{
+             [&] { registry.list(bad[0]); },
+             [&] { registry.watch(bad[0], [](const etcdreg::WatchEvent &) {}); },
+             [&] { etcdreg::Config().base_path(bad[0]); }}) {
+        etcd_registry_status status = ETCD_REGISTRY_STATUS_OK;
+        try {
+            call();
+        } catch (const etcdreg::Error &e) {
+            status = e.status();
+        }
+        CHECK(status == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    }
+    CHECK(registry.list("svc").empty());
+    CHECK(registry.list("nul").empty());
+}
+
+// A refused call frees the callback it was given; a destructor of its captures making library
+// calls of its own must not change the error thrown.
+void refused_call_keeps_its_message_when_the_callback_is_freed() {
+    etcdreg::Registry registry(config());
+    struct CallsOnDestroy {
+        etcdreg::Registry *registry;
+        ~CallsOnDestroy() {
+            try {
+                registry->list("");  // fails: another last error message
+            } catch (const etcdreg::Error &) {
+            }
+        }
+    };
+    // The callback holds the only reference: freeing it runs the destructor.
+    auto holder = std::make_shared<CallsOnDestroy>(CallsOnDestroy{&registry});
+    std::string message;
+    try {
+        registry.register_node("svc", "", {}, ttl, [h = std::move(holder)](const etcdreg::StatusEvent &) {});
+    } catch (const etcdreg::Error &e) {
+        message = e.what();
+    }
+    CHECK(message.find("node name") != std::string::npos);
+}
+
 struct Test {
     const char *name;
     void (*run)();
@@ -408,6 +526,9 @@ const Test tests[] = {
     TEST(callbacks_let_go_inside_a_callback_are_freed),
     TEST(refused_calls_free_the_callback),
     TEST(unregister_async_frees_the_callback),
+    TEST(unregister_async_racing_the_callback_unregistering_itself),
+    TEST(names_holding_nul_are_refused),
+    TEST(refused_call_keeps_its_message_when_the_callback_is_freed),
     TEST(close_frees_every_callback),
     TEST(close_inside_a_status_callback),
     TEST(destroying_the_registry_frees_the_callbacks),
