@@ -28,7 +28,8 @@ pub enum WatchEventKind {
     /// A node disappeared (unregistered, or its lease expired).
     Removed,
     /// The watch missed history (compaction while disconnected, or etcd's history went back:
-    /// its data lost or restored from an older snapshot), re-listed the service and
+    /// its data lost or restored from an older snapshot, noticed while the new store is still
+    /// behind the watch's revision: see the README's fault table), re-listed the service and
     /// emitted the difference as Added/Updated/Removed events just before this one. `node` is
     /// `None`. (For a reader far behind, a later change of a node may be merged into its
     /// difference event: the set at `Resynced` may then be newer than the re-listing.)
