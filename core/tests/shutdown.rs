@@ -7,7 +7,53 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_registry::{RegistrationState, Registry};
+use etcd_registry::{Registration, RegistrationState, Registry};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// Resumes the paused etcd, then waits until no key is left under `prefix`.
+async fn resume_then_no_key_left(
+    etcd: &std::sync::Arc<etcd_harness::EtcdCluster>,
+    prefix: &'static str,
+) {
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    eventually("every key gone", || async {
+        let e = etcd.clone();
+        blocking(move || e.get_prefix(prefix).unwrap().is_empty()).await
+    })
+    .await;
+}
+
+/// Unregisters each of `regs` in a task of its own.
+fn spawn_unregisters(regs: &[Registration]) -> Vec<JoinHandle<etcd_registry::Result<()>>> {
+    regs.iter()
+        .map(|reg| {
+            let reg = reg.clone();
+            tokio::spawn(async move { reg.unregister().await })
+        })
+        .collect()
+}
+
+/// Waits for each of `unregisters`, then closes `registry`: every one returns by `deadline`,
+/// and none fails (etcd not answering is no failure).
+async fn unregisters_then_close_within(
+    deadline: Instant,
+    unregisters: Vec<JoinHandle<etcd_registry::Result<()>>>,
+    registry: &Registry,
+) {
+    for unregister in unregisters {
+        tokio::time::timeout_at(deadline, unregister)
+            .await
+            .expect("unregister returns within the deadline")
+            .unwrap()
+            .expect("unregister fails only when etcd refuses");
+    }
+    tokio::time::timeout_at(deadline, registry.close())
+        .await
+        .expect("close returns within the deadline")
+        .unwrap();
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unregister_and_close_succeed_while_etcd_is_unreachable() {
@@ -156,34 +202,12 @@ async fn unregisters_and_close_queued_on_a_silent_etcd_each_wait_one_timeout() {
     let e = etcd.clone();
     blocking(move || e.pause(0).unwrap()).await;
     let started = tokio::time::Instant::now();
-    let unregisters: Vec<_> = regs[..n / 2]
-        .iter()
-        .map(|reg| {
-            let reg = reg.clone();
-            tokio::spawn(async move { reg.unregister().await })
-        })
-        .collect();
-    for unregister in unregisters {
-        tokio::time::timeout_at(started + DEADLINE, unregister)
-            .await
-            .expect("unregister returns within the deadline")
-            .unwrap()
-            .expect("unregister fails only when etcd refuses");
-    }
-    tokio::time::timeout_at(started + DEADLINE, registry.close())
-        .await
-        .expect("close returns within the deadline")
-        .unwrap();
+    let unregisters = spawn_unregisters(&regs[..n / 2]);
+    unregisters_then_close_within(started + DEADLINE, unregisters, &registry).await;
     for reg in &regs {
         assert_eq!(reg.state(), RegistrationState::Unregistered);
     }
-    let e = etcd.clone();
-    blocking(move || e.resume(0).unwrap()).await;
-    eventually("every key gone", || async {
-        let e = etcd.clone();
-        blocking(move || e.get_prefix("/s/").unwrap().is_empty()).await
-    })
-    .await;
+    resume_then_no_key_left(&etcd, "/s/").await;
 }
 
 /// A registration replaced by a newer one of its node is ended by its lease's task, which may
@@ -221,13 +245,7 @@ async fn a_replaced_registration_ends_within_one_timeout_while_its_lease_task_is
     let e = etcd.clone();
     blocking(move || e.pause(0).unwrap()).await;
     let started = tokio::time::Instant::now();
-    let unregisters: Vec<_> = others
-        .iter()
-        .map(|reg| {
-            let reg = reg.clone();
-            tokio::spawn(async move { reg.unregister().await })
-        })
-        .collect();
+    let unregisters = spawn_unregisters(&others);
     // Every delete is queued once its registration is no longer the node's.
     eventually("every unregister queued", || async {
         (0..n).all(|i| registry.registration_of("api", &format!("o{i}")).is_none())
@@ -245,29 +263,13 @@ async fn a_replaced_registration_ends_within_one_timeout_while_its_lease_task_is
         .expect("the replaced registration's unregister returns within the deadline")
         .unwrap();
     assert_eq!(x1.state(), RegistrationState::Unregistered);
-    for unregister in unregisters {
-        tokio::time::timeout_at(started + DEADLINE, unregister)
-            .await
-            .expect("unregister returns within the deadline")
-            .unwrap()
-            .expect("unregister fails only when etcd refuses");
-    }
-    tokio::time::timeout_at(started + DEADLINE, registry.close())
-        .await
-        .expect("close returns within the deadline")
-        .unwrap();
+    unregisters_then_close_within(started + DEADLINE, unregisters, &registry).await;
     assert_eq!(y1.state(), RegistrationState::Unregistered);
     wait_event(&mut y1_events, "unregistered", |e| {
         *e == etcd_registry::StatusEvent::Unregistered
     })
     .await;
-    let e = etcd.clone();
-    blocking(move || e.resume(0).unwrap()).await;
-    eventually("every key gone", || async {
-        let e = etcd.clone();
-        blocking(move || e.get_prefix("/s/").unwrap().is_empty()).await
-    })
-    .await;
+    resume_then_no_key_left(&etcd, "/s/").await;
 }
 
 /// A registry dropped without `close()`, with no registration handle left: nothing can
