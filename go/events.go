@@ -123,9 +123,8 @@ const (
 	// WatchRemoved: a node disappeared (unregistered or expired); Node.Info is its last info.
 	WatchRemoved WatchEventType = cWatchRemoved
 	// WatchResynced: the watch missed history (compacted while disconnected, or etcd's history
-	// went back: its data lost or restored from an older snapshot, noticed while the new store
-	// is still behind the watch's revision), re-listed the service and sent the difference as
-	// Added/Updated/Removed just before. Node is empty.
+	// is not the one it followed: its data lost or restored from an older snapshot), re-listed
+	// the service and sent the difference as Added/Updated/Removed just before. Node is empty.
 	WatchResynced WatchEventType = cWatchResynced
 )
 

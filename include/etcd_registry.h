@@ -608,9 +608,9 @@ typedef void (*etcd_registry_watch_started_callback)(void *user_data,
 #define ETCD_REGISTRY_WATCH_KIND_REMOVED 3
 
 /**
- * The watch missed history (etcd compacted it while disconnected, or etcd's history went
- * back: its data lost or restored from an older snapshot, noticed while the new store is still
- * behind the watch's revision), re-listed the service and sent the
+ * The watch missed history (etcd compacted it while disconnected, or etcd's history is not
+ * the one it followed: its data lost or restored from an older snapshot), re-listed the
+ * service and sent the
  * difference as ADDED/UPDATED/REMOVED just before this event. `node_name` and `info_json` are
  * NULL.
  */

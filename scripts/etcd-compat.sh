@@ -24,6 +24,7 @@ TESTS=(
   a_lease_revoked_by_someone_else_is_replaced
   resyncs_after_compaction_while_disconnected
   a_watch_follows_an_etcd_whose_history_went_back
+  a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision
   auth_works_and_a_wrong_password_is_a_clear_auth_error
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
   mutual_tls_from_files_and_from_pem_in_memory
@@ -40,6 +41,7 @@ SCENARIOS=(
   "lease revoked by someone else: replaced"
   "compaction while disconnected: resync"
   "etcd's data lost: the watch re-lists"
+  "etcd rebuilt and written past the watch's revision: the watch re-lists"
   "auth: token expiry, wrong password"
   "out of space (NOSPACE): refused, lands after fix"
   "mTLS: register, list, watch"

@@ -36,6 +36,24 @@ pub(crate) fn nodes<'r>(
         .filter_map(|kv| node_of(prefix, kv.key(), kv.value()).map(|n| (n, kv.mod_revision())))
 }
 
+/// The direct children of `prefix` as they were at `revision` (a read of etcd's history: an
+/// `InvalidArgument` error once etcd has compacted it).
+pub(crate) async fn fetch_at(conn: &Connection, prefix: &str, revision: i64) -> Result<Listing> {
+    let resp = conn
+        .call_read("listing nodes at a past revision", |c| {
+            let (mut kv, key) = (unlimited_kv(c), prefix.to_string());
+            let options = etcd_client::GetOptions::new()
+                .with_prefix()
+                .with_revision(revision);
+            async move { kv.get(key, Some(options)).await }
+        })
+        .await?;
+    Ok(Listing {
+        nodes: nodes(&resp, prefix).collect(),
+        revision,
+    })
+}
+
 /// Every key under `prefix`, in one range request.
 pub(crate) async fn fetch_raw(conn: &Connection, prefix: &str) -> Result<etcd_client::GetResponse> {
     conn.call_read("listing nodes", |c| {

@@ -3,6 +3,7 @@
 //! end it.
 
 use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use crate::conn::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, EventStream, Hub, Next, Overflow, Subscriber};
 use crate::keys::node_name_of;
-use crate::listing::{fetch, node_of, Listing};
+use crate::listing::{fetch, fetch_at, node_of, Listing};
 use crate::mux::{watch_liveness, Delivery, Inline, WatchMux};
 use crate::registration::Node;
 
@@ -27,9 +28,9 @@ pub enum WatchEventKind {
     Updated,
     /// A node disappeared (unregistered, or its lease expired).
     Removed,
-    /// The watch missed history (compaction while disconnected, or etcd's history went back:
-    /// its data lost or restored from an older snapshot, noticed while the new store is still
-    /// behind the watch's revision: see the README's fault table), re-listed the service and
+    /// The watch missed history (compaction while disconnected, or etcd's history is not the
+    /// one it followed: its data lost or restored from an older snapshot, see the README's
+    /// fault table), re-listed the service and
     /// emitted the difference as Added/Updated/Removed events just before this one. `node` is
     /// `None`. (For a reader far behind, a later change of a node may be merged into its
     /// difference event: the set at `Resynced` may then be newer than the re-listing.)
@@ -319,7 +320,12 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
 
 /// Applies the events of `resp` to the live set of the watch of `prefix` and emits what changed;
 /// false once nobody reads the watch's events.
+///
+/// The whole response is applied under one lock, so that the live set is never seen with a
+/// revision half applied (see `Follower::verify`).
 fn apply(prefix: &str, state: &Mutex<WatchState>, tx: &WatchRoute, resp: &WatchResponse) -> bool {
+    let mut changes = Vec::new();
+    let mut state = lock(state);
     for event in resp.events() {
         let Some(kv) = event.kv() else { continue };
         let Some(name) = std::str::from_utf8(kv.key())
@@ -329,7 +335,6 @@ fn apply(prefix: &str, state: &Mutex<WatchState>, tx: &WatchRoute, resp: &WatchR
             continue;
         };
         let revision = kv.mod_revision();
-        let mut state = lock(state);
         state.revision = state.revision.max(revision);
         let out = match event.event_type() {
             EventType::Put => {
@@ -352,14 +357,19 @@ fn apply(prefix: &str, state: &Mutex<WatchState>, tx: &WatchRoute, resp: &WatchR
                 revision,
             }),
         };
-        drop(state);
-        if let Some(out) = out {
-            if !tx.emit(out) {
-                return false;
-            }
-        }
+        changes.extend(out);
     }
-    true
+    drop(state);
+    changes.into_iter().all(|out| tx.emit(out))
+}
+
+/// A digest of a set of nodes, in name order: equal sets have equal digests.
+fn digest<'a>(nodes: impl Iterator<Item = &'a Node>) -> u64 {
+    let mut hasher = std::hash::DefaultHasher::new();
+    for node in nodes {
+        (&node.name, &node.info, node.info_absent).hash(&mut hasher);
+    }
+    hasher.finish()
 }
 
 struct Follower {
@@ -378,17 +388,21 @@ enum StreamEnd {
     Silent(Error),
     /// etcd answered by cancelling the watch: it was reached.
     Refused(Error),
-    /// etcd's revision went back below the watch's (its data was lost, or restored from an
-    /// older snapshot): this listing of the service, at the new store's revision, replaces the
-    /// live set.
+    /// etcd's history is not the one the watch followed: its revision went back below the
+    /// watch's, or what it held at the watch's revision is not the watch's set (its data was
+    /// lost, or restored from an older snapshot). This listing of the service, at the new
+    /// store's revision, replaces the live set.
     Rewound(Listing),
 }
 
 impl Follower {
     async fn run(self) {
         let mut attempt = 0u32;
+        // The live set comes from a listing just made: nothing to check on resuming.
+        let mut listed = true;
         loop {
-            let end = self.follow(&mut attempt).await;
+            let end = self.follow(&mut attempt, !listed).await;
+            listed = false;
             let mut refused = false;
             let error = match end {
                 StreamEnd::Compacted(compact) => {
@@ -396,6 +410,7 @@ impl Follower {
                     match self.resync().await {
                         Ok(()) => {
                             attempt = 0;
+                            listed = true;
                             continue;
                         }
                         Err(e) => e,
@@ -414,9 +429,10 @@ impl Follower {
                     e
                 }
                 StreamEnd::Rewound(listing) => {
-                    tracing::warn!(prefix = %self.prefix, revision = listing.revision, "etcd's revision went back (its data was lost or restored); re-listing");
+                    tracing::warn!(prefix = %self.prefix, revision = listing.revision, "etcd's history is not the one the watch followed (its data was lost or restored); re-listing");
                     self.replace(listing);
                     attempt = 0;
+                    listed = true;
                     continue;
                 }
             };
@@ -440,14 +456,20 @@ impl Follower {
     }
 
     /// Follows the service from the last revision seen (again, see below) until the stream fails.
-    async fn follow(&self, attempt: &mut u32) -> StreamEnd {
+    /// With `verify`, checks first that etcd's history is the one followed so far (see
+    /// [`Self::verify`]).
+    async fn follow(&self, attempt: &mut u32, verify: bool) -> StreamEnd {
         // Resume AT the last revision reflected, not after it. etcd accepts a watch that starts
         // exactly at the compaction revision, yet the compaction has already dropped the
         // deletions made in that revision: resuming at last + 1 == compaction revision would
         // lose them silently. One revision earlier turns that case into a compaction error (and
         // a resync); the last revision's own events come again and change nothing (a put of an
         // identical node and a delete of an absent one emit no event).
-        let start = lock(&self.state).revision.max(1);
+        let (start, seen) = {
+            let state = lock(&self.state);
+            let seen = verify.then(|| digest(state.nodes.values()));
+            (state.revision.max(1), seen)
+        };
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start)
@@ -503,18 +525,9 @@ impl Follower {
             }
             if resp.created() {
                 *attempt = 0;
-                // etcd's revision is below the one this watch resumed from: the store went
-                // back (a watch from a revision it has not reached would wait, silent, until it
-                // does), or this member lags behind the one the watch was on. A linearizable
-                // listing tells which.
-                if resp.header().is_some_and(|h| h.revision() < start) {
-                    match fetch(&self.conn, &self.prefix).await {
-                        Ok(listing) if listing.revision < start => {
-                            return StreamEnd::Rewound(listing)
-                        }
-                        Ok(_) => {}
-                        Err(e) => return StreamEnd::Failed(e),
-                    }
+                let behind = resp.header().is_some_and(|h| h.revision() < start);
+                if let Some(end) = self.verify(start, behind, seen).await {
+                    return end;
                 }
                 continue;
             }
@@ -532,6 +545,39 @@ impl Follower {
             if !apply(&self.prefix, &self.state, &self.tx, &resp) {
                 return StreamEnd::Failed(Error::closed());
             }
+        }
+    }
+
+    /// Whether etcd, on a watch just created from `start`, still holds the history followed
+    /// so far; if not, how the stream ends.
+    ///
+    /// - etcd's revision is below `start` (`behind`): the store went back (a watch from a
+    ///   revision it has not reached would wait, silent, until it does), or this member lags
+    ///   behind the one the watch was on. A linearizable listing tells which.
+    /// - A store lost or restored and written to since then can have reached `start` again:
+    ///   its revision alone looks like the old history going on. When resuming (`seen`, the
+    ///   digest of the live set at `start`), the service as etcd holds it at `start` (a read of
+    ///   its history) must be that set; one request per resumption.
+    async fn verify(&self, start: i64, behind: bool, seen: Option<u64>) -> Option<StreamEnd> {
+        if behind {
+            match fetch(&self.conn, &self.prefix).await {
+                Ok(listing) if listing.revision < start => {
+                    return Some(StreamEnd::Rewound(listing))
+                }
+                Ok(_) => {}
+                Err(e) => return Some(StreamEnd::Failed(e)),
+            }
+        }
+        let seen = seen?;
+        match fetch_at(&self.conn, &self.prefix, start).await {
+            Ok(past) if digest(past.nodes.iter().map(|(node, _)| node)) == seen => None,
+            Ok(_) => Some(match fetch(&self.conn, &self.prefix).await {
+                Ok(listing) => StreamEnd::Rewound(listing),
+                Err(e) => StreamEnd::Failed(e),
+            }),
+            // `start` compacted meanwhile: re-list, as on the watch's own compaction answer.
+            Err(e) if e.kind() == ErrorKind::InvalidArgument => Some(StreamEnd::Compacted(start)),
+            Err(e) => Some(StreamEnd::Failed(e)),
         }
     }
 

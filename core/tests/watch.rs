@@ -88,6 +88,19 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
     let web = registry.watch("web").await.unwrap();
     etcd.put("/s/api/a", "{}").unwrap();
     assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    // Nodes of every kind of value, which the watch checks etcd's history against when it
+    // resumes: the same history, so nothing is re-listed.
+    let e = etcd.clone();
+    blocking(move || {
+        e.put("/s/api/info", r#"{"v":"1","w":"\u00e9"}"#).unwrap();
+        e.put("/s/api/bare", "").unwrap();
+        e.put("/s/api/garbled", "not json").unwrap();
+        e.put("/s/api/deeper/x", "{}").unwrap();
+    })
+    .await;
+    for _ in 0..4 {
+        assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    }
 
     let e = etcd.clone();
     blocking(move || {
@@ -114,8 +127,18 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
         (a.kind, a.node.unwrap().name),
         (WatchEventKind::Removed, "a".to_string())
     );
-    assert_eq!(names(&watch), vec!["b"]);
+    assert_eq!(
+        names(&watch),
+        vec!["b", "bare", "deeper/x", "garbled", "info"]
+    );
     assert!(watch.try_next().unwrap().is_none(), "nothing repeated");
+    // Nor re-listed: the next event is the next change.
+    etcd.put("/s/api/c", "{}").unwrap();
+    let c = next(&watch).await;
+    assert_eq!(
+        (c.kind, c.node.unwrap().name),
+        (WatchEventKind::Added, "c".to_string())
+    );
     record_version("watch resumes after a restart");
 }
 
@@ -461,6 +484,80 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
         (WatchEventKind::Added, "after".to_string())
     );
     record_version("etcd's data lost: the watch re-lists");
+}
+
+/// etcd rebuilt with its data lost while the watch could not reach it, and written to past the
+/// watch's revision before the watch reconnects: the new store's revision alone looks like the
+/// old history going on. The watch compares the new store's listing at the revision it resumes
+/// from with the set it had there, re-lists, and emits the difference: the nodes the new store
+/// lacks removed, a node it holds with other info updated, its own nodes added.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision() {
+    let etcd = Arc::new(etcd_with_proxy());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        for i in 0..5 {
+            e.put(&format!("/s/api/old{i}"), r#"{"v":"1"}"#).unwrap();
+        }
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    }
+    let reached = watch.revision();
+
+    etcd.partition().unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        e.wipe(0).unwrap();
+        e.put("/s/api/old1", r#"{"v":"2"}"#).unwrap();
+        e.put("/s/api/new", "{}").unwrap();
+        // Past the watch's revision, outside the service.
+        while e.revision().unwrap() <= reached + 2 {
+            e.put("/elsewhere", "x").unwrap();
+        }
+    })
+    .await;
+    etcd.heal().unwrap();
+
+    let mut diff = Vec::new();
+    loop {
+        let event = next(&watch).await;
+        if event.kind == WatchEventKind::Resynced {
+            break;
+        }
+        diff.push((event.node.unwrap().name, event.kind));
+    }
+    diff.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        diff,
+        vec![
+            ("new".to_string(), WatchEventKind::Added),
+            ("old0".to_string(), WatchEventKind::Removed),
+            ("old1".to_string(), WatchEventKind::Updated),
+            ("old2".to_string(), WatchEventKind::Removed),
+            ("old3".to_string(), WatchEventKind::Removed),
+            ("old4".to_string(), WatchEventKind::Removed),
+        ]
+    );
+    assert_eq!(names(&watch), vec!["new", "old1"]);
+    let old1 = watch
+        .nodes()
+        .into_iter()
+        .find(|n| n.name == "old1")
+        .unwrap();
+    assert_eq!(old1.info.get("v").map(String::as_str), Some("2"));
+
+    // And it follows the new store from there.
+    etcd.put("/s/api/after", "{}").unwrap();
+    let after = next(&watch).await;
+    assert_eq!(
+        (after.kind, after.node.unwrap().name),
+        (WatchEventKind::Added, "after".to_string())
+    );
+    record_version("etcd rebuilt and written past the watch's revision: the watch re-lists");
 }
 
 /// A watch whose reader does not read while a service larger than any event bound starts,

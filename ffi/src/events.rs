@@ -50,9 +50,9 @@ pub const ETCD_REGISTRY_WATCH_KIND_ADDED: etcd_registry_watch_kind = 1;
 pub const ETCD_REGISTRY_WATCH_KIND_UPDATED: etcd_registry_watch_kind = 2;
 /// A node disappeared (unregistered, or its lease expired); `info_json` is its last info.
 pub const ETCD_REGISTRY_WATCH_KIND_REMOVED: etcd_registry_watch_kind = 3;
-/// The watch missed history (etcd compacted it while disconnected, or etcd's history went
-/// back: its data lost or restored from an older snapshot, noticed while the new store is still
-/// behind the watch's revision), re-listed the service and sent the
+/// The watch missed history (etcd compacted it while disconnected, or etcd's history is not
+/// the one it followed: its data lost or restored from an older snapshot), re-listed the
+/// service and sent the
 /// difference as ADDED/UPDATED/REMOVED just before this event. `node_name` and `info_json` are
 /// NULL.
 pub const ETCD_REGISTRY_WATCH_KIND_RESYNCED: etcd_registry_watch_kind = 4;
