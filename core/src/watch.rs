@@ -64,6 +64,11 @@ pub struct WatchEvent {
 pub(crate) struct WatchState {
     nodes: BTreeMap<String, Node>,
     revision: i64,
+    /// The etcd watcher whose events are applied (counted up by each `Follower::follow`, and
+    /// by every re-listing). Another one's, gone but still answered until the stream's task
+    /// handles its cancel, change nothing: applied after a re-listing replaced the live set,
+    /// they would move the revision past changes the set then lacks.
+    follower: u64,
 }
 
 /// Where a watch's events go: its own stream (read by [`Watch::next`]) or the route it was
@@ -289,6 +294,7 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
     let mut state = WatchState {
         nodes: BTreeMap::new(),
         revision: listing.revision,
+        follower: 0,
     };
     for (node, mod_revision) in listing.nodes {
         state.nodes.insert(node.name.clone(), node.clone());
@@ -318,14 +324,25 @@ pub(crate) async fn start(setup: WatchSetup, handle: &tokio::runtime::Handle) ->
     })
 }
 
-/// Applies the events of `resp` to the live set of the watch of `prefix` and emits what changed;
-/// false once nobody reads the watch's events.
+/// Applies the events of `resp`, an answer to the etcd watcher `follower`, to the live set of
+/// the watch of `prefix` and emits what changed; false once nobody reads the watch's events.
+/// An answer to another watcher than the live set's changes nothing (see
+/// [`WatchState::follower`]).
 ///
 /// The whole response is applied under one lock, so that the live set is never seen with a
 /// revision half applied (see `Follower::verify`).
-fn apply(prefix: &str, state: &Mutex<WatchState>, tx: &WatchRoute, resp: &WatchResponse) -> bool {
+fn apply(
+    prefix: &str,
+    state: &Mutex<WatchState>,
+    tx: &WatchRoute,
+    resp: &WatchResponse,
+    follower: u64,
+) -> bool {
     let mut changes = Vec::new();
     let mut state = lock(state);
+    if state.follower != follower {
+        return true;
+    }
     for event in resp.events() {
         let Some(kv) = event.kv() else { continue };
         let Some(name) = std::str::from_utf8(kv.key())
@@ -407,6 +424,7 @@ impl Follower {
             let error = match end {
                 StreamEnd::Compacted(compact) => {
                     tracing::info!(prefix = %self.prefix, compact, "watch fell behind a compaction; re-listing");
+                    self.fence();
                     match self.resync().await {
                         Ok(()) => {
                             attempt = 0;
@@ -465,10 +483,11 @@ impl Follower {
         // lose them silently. One revision earlier turns that case into a compaction error (and
         // a resync); the last revision's own events come again and change nothing (a put of an
         // identical node and a delete of an absent one emit no event).
-        let (start, seen) = {
-            let state = lock(&self.state);
+        let (start, seen, me) = {
+            let mut state = lock(&self.state);
+            state.follower += 1;
             let seen = verify.then(|| digest(state.nodes.values()));
-            (state.revision.max(1), seen)
+            (state.revision.max(1), seen, state.follower)
         };
         let options = WatchOptions::new()
             .with_prefix()
@@ -486,7 +505,7 @@ impl Follower {
                     && !resp.events().is_empty();
                 if events_only {
                     // Nobody reading any more: the watch's task is being stopped.
-                    let _ = apply(&prefix, &state, &tx, resp);
+                    let _ = apply(&prefix, &state, &tx, resp, me);
                 }
                 events_only
             })
@@ -538,11 +557,13 @@ impl Follower {
                 // while a watcher is still catching up, etcd-io/etcd#15220.)
                 if let Some(h) = resp.header() {
                     let mut state = lock(&self.state);
-                    state.revision = state.revision.max(h.revision());
+                    if state.follower == me {
+                        state.revision = state.revision.max(h.revision());
+                    }
                 }
                 continue;
             }
-            if !apply(&self.prefix, &self.state, &self.tx, &resp) {
+            if !apply(&self.prefix, &self.state, &self.tx, &resp, me) {
                 return StreamEnd::Failed(Error::closed());
             }
         }
@@ -562,7 +583,8 @@ impl Follower {
         if behind {
             match fetch(&self.conn, &self.prefix).await {
                 Ok(listing) if listing.revision < start => {
-                    return Some(StreamEnd::Rewound(listing))
+                    self.fence();
+                    return Some(StreamEnd::Rewound(listing));
                 }
                 Ok(_) => {}
                 Err(e) => return Some(StreamEnd::Failed(e)),
@@ -571,14 +593,24 @@ impl Follower {
         let seen = seen?;
         match fetch_at(&self.conn, &self.prefix, start).await {
             Ok(past) if digest(past.nodes.iter().map(|(node, _)| node)) == seen => None,
-            Ok(_) => Some(match fetch(&self.conn, &self.prefix).await {
-                Ok(listing) => StreamEnd::Rewound(listing),
-                Err(e) => StreamEnd::Failed(e),
-            }),
+            Ok(_) => {
+                // Nothing of this watcher is applied from here: the listing replaces it all.
+                self.fence();
+                Some(match fetch(&self.conn, &self.prefix).await {
+                    Ok(listing) => StreamEnd::Rewound(listing),
+                    Err(e) => StreamEnd::Failed(e),
+                })
+            }
             // `start` compacted meanwhile: re-list, as on the watch's own compaction answer.
             Err(e) if e.kind() == ErrorKind::InvalidArgument => Some(StreamEnd::Compacted(start)),
             Err(e) => Some(StreamEnd::Failed(e)),
         }
+    }
+
+    /// Stops applying the answers of the watcher being followed: a re-listing is to replace the
+    /// live set.
+    fn fence(&self) {
+        lock(&self.state).follower += 1;
     }
 
     /// Re-lists the service and emits the difference to the live set, then `Resynced`.
@@ -616,6 +648,7 @@ impl Follower {
             events.push((WatchEventKind::Resynced, None));
             state.nodes = fresh;
             state.revision = revision;
+            state.follower += 1;
         }
         for (kind, node) in events {
             self.tx.emit(WatchEvent {
@@ -632,6 +665,69 @@ mod tests {
     use super::*;
     use crate::events::Route;
     use std::sync::mpsc;
+
+    /// The answer of an etcd watcher the live set no longer follows (a re-listing replaced the
+    /// set while the stream's task had not yet handled the watcher's cancel) changes nothing,
+    /// and emits nothing; the followed watcher's own answer is applied.
+    #[test]
+    fn an_answer_to_a_watcher_no_longer_followed_changes_nothing() {
+        let etcd = etcd_harness::EtcdCluster::start_single().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let resp = runtime.block_on(async {
+            let mut client = etcd_client::Client::connect(etcd.endpoints(), None)
+                .await
+                .unwrap();
+            let options = WatchOptions::new().with_prefix();
+            let mut stream = client.watch("/s/api/", Some(options)).await.unwrap();
+            client.put("/s/api/late", "{}", None).await.unwrap();
+            loop {
+                let resp = stream.message().await.unwrap().expect("a response");
+                if !resp.events().is_empty() {
+                    break resp;
+                }
+            }
+        });
+        let route = WatchRoute {
+            id: 1,
+            service: Arc::from("api"),
+            own: Some(EventStream::new()),
+            route: None,
+            hub: Arc::new(Hub::default()),
+            ended: Default::default(),
+            gate: Mutex::new(()),
+            hold: None,
+        };
+        let state = Mutex::new(WatchState {
+            nodes: BTreeMap::new(),
+            revision: 1,
+            follower: 3,
+        });
+
+        assert!(apply("/s/api/", &state, &route, &resp, 2));
+        assert!(lock(&state).nodes.is_empty());
+        assert_eq!(lock(&state).revision, 1);
+        assert_eq!(route.own.as_ref().unwrap().try_next(), Next::Empty);
+
+        assert!(apply("/s/api/", &state, &route, &resp, 3));
+        assert_eq!(lock(&state).nodes.keys().collect::<Vec<_>>(), vec!["late"]);
+        assert_eq!(
+            lock(&state).revision,
+            resp.events()[0].kv().unwrap().mod_revision()
+        );
+        assert!(matches!(
+            route.own.as_ref().unwrap().try_next(),
+            Next::Event(Event::Watch {
+                event: WatchEvent {
+                    kind: WatchEventKind::Added,
+                    ..
+                },
+                ..
+            })
+        ));
+    }
 
     /// An event being pushed while the watch ends: `end()` returns after the push, and drops it
     /// from the shared stream with the watch's other queued events, so that nothing of the
