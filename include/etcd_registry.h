@@ -1088,7 +1088,8 @@ etcd_registry_status etcd_registry_check_register(const struct etcd_registry *re
  * strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
  * for no info object at all, stored as an empty value). It is parsed and then stored by the
  * same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
- * strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+ * strings. INVALID_ARGUMENT also for info that is not a JSON object of strings, or that gives a
+ * key twice (as for entries: neither value would be kept silently).
  */
 etcd_registry_status etcd_registry_register_json(struct etcd_registry *registry,
                                                  const char *service,
@@ -1125,7 +1126,7 @@ etcd_registry_status etcd_registry_update(struct etcd_registry *registry,
  * `etcd_registry_update` with the info as JSON, a convenience: `info_json` is a JSON object of
  * strings, as `etcd_registry_register_json` takes it (pass "{}" for none). INVALID_ARGUMENT also
  * for info that is not a JSON object of strings (`null` included: no info object is for
- * registering); NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
+ * registering) or that gives a key twice; NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
  */
 etcd_registry_status etcd_registry_update_json(struct etcd_registry *registry,
                                                uint64_t registration_id,

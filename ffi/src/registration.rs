@@ -36,31 +36,59 @@ fn parse_info(json: Option<&str>) -> FfiResult<Option<InfoBytes>> {
         return Ok(Some(InfoBytes::new()));
     };
     // Escapes of lone surrogates are U+FFFD, as Go's decoder reads them.
-    let value: serde_json::Value = serde_json::from_str(json)
+    let JsonInfo(info) = serde_json::from_str(json)
         .or_else(|e| {
             registry::replace_lone_surrogates(json.as_bytes())
                 .and_then(|fixed| serde_json::from_slice(&fixed).ok())
                 .ok_or(e)
         })
-        .map_err(|e| Failure::invalid(format!("info_json is not valid JSON: {e}")))?;
-    if value.is_null() {
-        return Ok(None);
+        .map_err(|e| Failure::invalid(format!("info_json: {e}")))?;
+    Ok(info.map(|info| InfoBytes::from(&info)))
+}
+
+/// Info JSON as [`parse_info`] takes it: `null` (no info object) or an object of strings whose
+/// keys are each given once (a key given twice is refused, as in info entries, rather than one
+/// of its values silently kept).
+struct JsonInfo(Option<Info>);
+
+impl<'de> serde::Deserialize<'de> for JsonInfo {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(JsonInfoVisitor)
     }
-    let serde_json::Value::Object(map) = value else {
-        return Err(Failure::invalid(format!(
-            "info_json must be a JSON object of strings, got {value}"
-        )));
-    };
-    let info = map
-        .into_iter()
-        .map(|(key, value)| match value {
-            serde_json::Value::String(s) => Ok((key, s)),
-            other => Err(Failure::invalid(format!(
-                "info_json: the value of {key:?} must be a string, got {other}"
-            ))),
-        })
-        .collect::<FfiResult<Info>>()?;
-    Ok(Some(InfoBytes::from(&info)))
+}
+
+struct JsonInfoVisitor;
+
+impl<'de> serde::de::Visitor<'de> for JsonInfoVisitor {
+    type Value = JsonInfo;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object of strings, or null")
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<JsonInfo, E> {
+        Ok(JsonInfo(None))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<JsonInfo, A::Error> {
+        use serde::de::Error;
+        let mut info = Info::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let value = match map.next_value::<serde_json::Value>()? {
+                serde_json::Value::String(value) => value,
+                other => {
+                    return Err(A::Error::custom(format!(
+                        "the value of {key:?} must be a string, got {other}"
+                    )))
+                }
+            };
+            if info.contains_key(&key) {
+                return Err(A::Error::custom(format!("the key {key:?} is given twice")));
+            }
+            info.insert(key, value);
+        }
+        Ok(JsonInfo(Some(info)))
+    }
 }
 
 fn state_code(state: RegistrationState) -> etcd_registry_state {
@@ -225,7 +253,8 @@ fn entries_of(info: Option<&InfoBytes>) -> (Vec<etcd_registry_info_entry>, usize
 /// strings such as `{"address":"10.0.0.5:8080"}` (NULL for an empty one, stored as `{}`; `null`
 /// for no info object at all, stored as an empty value). It is parsed and then stored by the
 /// same encoder, so the value in etcd is what `etcd_registry_register` writes for the same
-/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings.
+/// strings. INVALID_ARGUMENT also for info that is not a JSON object of strings, or that gives a
+/// key twice (as for entries: neither value would be kept silently).
 #[no_mangle]
 #[allow(clippy::too_many_arguments)]
 pub unsafe extern "C" fn etcd_registry_register_json(
@@ -300,7 +329,7 @@ pub unsafe extern "C" fn etcd_registry_update(
 /// `etcd_registry_update` with the info as JSON, a convenience: `info_json` is a JSON object of
 /// strings, as `etcd_registry_register_json` takes it (pass "{}" for none). INVALID_ARGUMENT also
 /// for info that is not a JSON object of strings (`null` included: no info object is for
-/// registering); NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
+/// registering) or that gives a key twice; NULL_POINTER for a NULL `info_json`; INVALID_UTF8.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_update_json(
     registry: *mut etcd_registry,
@@ -532,10 +561,20 @@ mod tests {
             r#"{"a":1}"#,
             r#"{"a":null}"#,
             r#"{"a":{}}"#,
+            r#"{"a":"1","a":"2"}"#,
+            r#"{"a":"1","b":"2","a":"1"}"#,
+            "{} x",
         ] {
             let err = parse_info(Some(bad)).unwrap_err();
             assert_eq!(err.status, etcd_registry_status::InvalidArgument, "{bad}");
+            assert!(err.message.starts_with("info_json: "), "{}", err.message);
         }
+        let twice = parse_info(Some(r#"{"a":"1","a":"2"}"#)).unwrap_err();
+        assert!(
+            twice.message.contains(r#"the key "a" is given twice"#),
+            "{}",
+            twice.message
+        );
         // A lone surrogate escape is U+FFFD, as Go reads it.
         let info = parse_info(Some(r#"{"a":"x\ud800"}"#)).unwrap().unwrap();
         assert_eq!(info.to_info()["a"], "x\u{FFFD}");

@@ -543,7 +543,8 @@ static void test_register_argument_errors(void) {
         free(big);
     }
     const char *bad_json[] = {"", "{", "[1,2]", "\"text\"", "42", "{\"a\":1}", "{\"a\":null}",
-                              "{\"a\":{\"b\":\"c\"}}", "{\"a\":[\"x\"]}", "{\"\":\"empty key\"}"};
+                              "{\"a\":{\"b\":\"c\"}}", "{\"a\":[\"x\"]}", "{\"\":\"empty key\"}",
+                              "{\"a\":\"1\",\"a\":\"2\"}", "{\"a\":\"1\"} trailing"};
     for (size_t i = 0; i < sizeof bad_json / sizeof bad_json[0]; i++) {
         etcd_registry_status s = REG("argerr", "n", bad_json[i], 1000);
         if (s != ETCD_REGISTRY_STATUS_INVALID_ARGUMENT) {
@@ -551,6 +552,9 @@ static void test_register_argument_errors(void) {
             current_failed = 1;
         }
     }
+    /* A key given twice is refused, as in info entries, and said so. */
+    CHECK_STATUS(REG("argerr", "n", "{\"a\":\"1\",\"a\":\"2\"}", 1000), ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    CHECK(strstr(etcd_registry_last_error_message(), "given twice") != NULL);
 #undef REG
     CHECK(id == 42); /* never written by a failed call */
     CHECK(count_nodes(r, "argerr") == 0);
