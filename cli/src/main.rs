@@ -34,6 +34,9 @@ const EXIT_USAGE: u8 = 2;
 const EXIT_UNREACHABLE: u8 = 3;
 /// etcd rejected the credentials or the permission.
 const EXIT_AUTH: u8 = 4;
+/// The TLS handshake failed: etcd's certificate not trusted, not valid for its name, or
+/// expired; or etcd refused the client certificate (or its absence).
+const EXIT_TLS: u8 = 5;
 
 const AFTER_HELP: &str = "\
 Output formats:
@@ -60,6 +63,10 @@ Exit status:
      for etcd to delete its key (the key goes when the lease expires)
   4  authentication failed or permission denied (`register` exits at once instead of retrying,
      also when the credentials stop working while it runs)
+  5  TLS handshake failed: etcd's certificate is not signed by --cacert, not valid for the
+     endpoint's name (see --tls-server-name) or expired, or etcd refused the client certificate
+     or its absence (`register` exits at once instead of retrying, as for 4; the files are read
+     again when it is started again)
 
 Environment:
   Every connection option can come from the variable named in its help; an option given on
@@ -250,7 +257,8 @@ enum Command {
     /// at once; the key then goes when its lease expires.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
     /// one (the user deleted, its password or role changed), it deletes the key if it still
-    /// can and exits 4 at once.
+    /// can and exits 4 at once; if the TLS handshake fails (a certificate not trusted,
+    /// expired, refused), likewise, and exits 5.
     #[command(verbatim_doc_comment)]
     Register {
         /// The service.
@@ -302,6 +310,7 @@ fn exit_code(kind: ErrorKind) -> u8 {
         ErrorKind::InvalidArgument => EXIT_USAGE,
         ErrorKind::Connection | ErrorKind::Timeout => EXIT_UNREACHABLE,
         ErrorKind::Auth => EXIT_AUTH,
+        ErrorKind::Tls => EXIT_TLS,
         _ => EXIT_ERROR,
     }
 }
@@ -598,7 +607,7 @@ async fn register(
     let mut print = |event: &StatusEvent| {
         let _ = print_status_event(event, &key, registration.ttl_secs(), out);
     };
-    let mut auth_error = None;
+    let mut refused = None;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -606,15 +615,17 @@ async fn register(
                     // Rejected credentials (or permission) do not come back by retrying with the
                     // same ones, whether on the first attempt or later (the user deleted, its
                     // password or role changed): exit 4 and let the operator or a supervisor
-                    // restart with good ones (a --password-file is read again then). The retry
-                    // the library announces is not made, so it is printed as the failure it is.
+                    // restart with good ones (a --password-file is read again then). Nor does a
+                    // failed TLS handshake (exit 5: the certificate files are read again then).
+                    // The retry the library announces is not made, so it is printed as the
+                    // failure it is.
                     let error = match &event {
                         StatusEvent::Failed { error }
                         | StatusEvent::KeepAliveLost { error }
                         | StatusEvent::Retrying { error, .. } => Some(error),
                         _ => None,
                     };
-                    match error.filter(|e| e.kind() == ErrorKind::Auth) {
+                    match error.filter(|e| matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls)) {
                         Some(error) => {
                             let error = error.clone();
                             if let StatusEvent::Retrying { .. } = event {
@@ -622,7 +633,7 @@ async fn register(
                             } else {
                                 print(&event);
                             }
-                            auth_error = Some(error);
+                            refused = Some(error);
                             break;
                         }
                         None => print(&event),
@@ -651,14 +662,14 @@ async fn register(
         }
     };
     // The rest of the events, down to `unregistered` (the stream ends after it), but for a
-    // retry announced after rejected credentials: it is not made.
+    // retry announced after rejected credentials or a failed handshake: it is not made.
     while let Some(event) = events.recv().await {
-        if auth_error.is_none() || !matches!(event, StatusEvent::Retrying { .. }) {
+        if refused.is_none() || !matches!(event, StatusEvent::Retrying { .. }) {
             print(&event);
         }
     }
     out.finish(OUTPUT_DRAIN);
-    if let Some(error) = auth_error {
+    if let Some(error) = refused {
         return Err(Step::Etcd(error));
     }
     unregistered.map_err(|e| {
@@ -1166,6 +1177,7 @@ mod tests {
         assert_eq!(exit_code(ErrorKind::Connection), 3);
         assert_eq!(exit_code(ErrorKind::Timeout), 3);
         assert_eq!(exit_code(ErrorKind::Auth), 4);
+        assert_eq!(exit_code(ErrorKind::Tls), 5);
         assert_eq!(exit_code(ErrorKind::Internal), 1);
         assert_eq!(exit_code(ErrorKind::NotFound), 1);
     }

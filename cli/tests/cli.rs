@@ -863,6 +863,68 @@ fn watch_prints_the_difference_and_resynced_after_a_compaction_it_missed() {
     assert_eq!((code, rest.len(), stderr.as_str()), (0, 0, ""));
 }
 
+/// Over mutual TLS the program works with the CA, certificate and key given; a handshake that
+/// fails (etcd's certificate not signed by the CA given) exits 5 with one line saying why, for
+/// the one-shot commands and for `register`, which prints the failed attempt and retries no
+/// more: the same files would fail again.
+#[test]
+fn tls_works_and_a_failed_handshake_exits_5() {
+    let etcd = EtcdCluster::builder()
+        .client_cert_auth(true)
+        .start()
+        .expect("start etcd with TLS");
+    let f = etcd.tls().expect("TLS files").clone();
+    let with = |ca: &std::path::Path| {
+        let mut cmd = at(&etcd);
+        cmd.env("ETCD_CACERT", ca)
+            .env("ETCD_CERT", &f.client_cert)
+            .env("ETCD_KEY", &f.client_key)
+            .env("ETCD_TLS_SERVER_NAME", etcd_harness::tls::SERVER_NAME);
+        cmd
+    };
+    etcd.put("/services/api/n1", r#"{"a":"1"}"#).unwrap();
+    let out = run(&mut with(&f.ca), &["list", "api"]);
+    assert_eq!(
+        (out.code, out.stdout.as_str()),
+        (0, "n1 a=1\n"),
+        "{}",
+        out.stderr
+    );
+
+    for args in [&["list", "api"][..], &["services"], &["watch", "api"]] {
+        let out = run(&mut with(&f.other_ca), args);
+        assert_eq!(out.code, 5, "{args:?}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("etcd-registry: ") && out.stderr.contains("certificate"),
+            "{args:?}: {:?}",
+            out.stderr
+        );
+        assert_eq!(out.stderr.lines().count(), 1, "one line: {:?}", out.stderr);
+        assert_eq!(out.stdout, "");
+    }
+
+    let out = run(&mut with(&f.other_ca), &["register", "api", "n2"]);
+    assert_eq!(
+        out.code, 5,
+        "stdout: {:?}, stderr: {}",
+        out.stdout, out.stderr
+    );
+    assert!(out.stderr.contains("certificate"), "{:?}", out.stderr);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with("failed: ") && l.contains("certificate")),
+        "the failed attempt is printed: {:?}",
+        out.stdout
+    );
+    assert!(
+        !out.stdout.lines().any(|l| l.starts_with("retrying")),
+        "no retry is announced, as none is made: {:?}",
+        out.stdout
+    );
+    assert_eq!(etcd.get("/services/api/n2").unwrap(), None);
+}
+
 #[test]
 fn register_exits_4_when_its_credentials_stop_working() {
     let etcd = etcd();
