@@ -17,9 +17,12 @@
 //   registration of the same node) has returned, a watch callback after unwatch/close. One let
 //   go from inside a callback (it may be the one running) goes when the outermost returns.
 //   An exception a callback throws is caught and dropped (it must not reach the C library).
-//   A callback must not hold the last reference to its Registry (e.g. a captured
-//   std::shared_ptr<Registry>): the Registry would then be destroyed on a library thread,
-//   which ends the other callbacks without their last call.
+//   A callback may hold the last reference to its Registry (e.g. a captured
+//   std::shared_ptr<Registry>). Let go inside a status or watch callback, the Registry closes
+//   there, the remaining last calls nested in that call. Let go on a library runtime thread
+//   (a status callback freed once unregister_async is done), where the library cannot wait
+//   for etcd, the Registry closes on a thread of its own: every other callback still gets its
+//   last call, a moment after the destructor returned.
 // - Strings go to C as NUL-terminated: a name, endpoint, path or credential holding a NUL is
 //   refused with INVALID_ARGUMENT rather than cut short.
 #pragma once
@@ -34,8 +37,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -170,6 +175,17 @@ inline void bury(std::unique_ptr<SlotBase> slot) noexcept {
     // runs callbacks on no other thread while it is not to call this one again.
 }
 
+// Frames of the library's _async callbacks on this thread: a library runtime thread, where the
+// library refuses to wait (for etcd, or for other callbacks).
+inline thread_local unsigned async_depth = 0;
+
+struct AsyncScope {
+    AsyncScope() noexcept { ++async_depth; }
+    ~AsyncScope() { --async_depth; }
+    AsyncScope(const AsyncScope &) = delete;
+    AsyncScope &operator=(const AsyncScope &) = delete;
+};
+
 struct CallbackScope {
     CallbackScope() noexcept { ++callback_depth; }
     ~CallbackScope() {
@@ -262,18 +278,14 @@ class Registry {
     Registry &operator=(const Registry &) = delete;
 
     // Frees the handle (closing it if needed); afterwards no callback of it runs, so they can
-    // go. Through bury: this may run inside a callback (of another registry, or its own).
+    // go. Through bury: this may run inside a callback (of another registry, or its own). On a
+    // library runtime thread (the last reference held by a status callback that
+    // unregister_async frees there), a thread of its own does it: there the library could not
+    // deliver the other callbacks' last calls.
     ~Registry() {
-        registry_.reset();
-        detail::SlotMap left[3];
-        {
-            std::lock_guard<std::mutex> lock(callbacks_->mutex);
-            left[0].swap(callbacks_->status);
-            left[1].swap(callbacks_->watches);
-            left[2].swap(callbacks_->starting);
-        }
-        for (auto &map : left)
-            for (auto &entry : map) detail::bury(std::move(entry.second));
+        Remains remains{std::move(registry_), callbacks_};
+        if (detail::async_depth > 0 && Remains::finish_elsewhere(remains)) return;
+        remains.finish();
     }
 
     uint64_t register_node(const std::string &service, const std::string &node,
@@ -563,6 +575,42 @@ class Registry {
     }
 
     // An unregister_async in flight: what its callback owns.
+    // What ~Registry frees.
+    struct Remains {
+        std::unique_ptr<etcd_registry, detail::RegistryFree> registry;
+        std::shared_ptr<detail::Callbacks> callbacks;
+
+        void finish() noexcept {
+            registry.reset();
+            detail::SlotMap left[3];
+            {
+                std::lock_guard<std::mutex> lock(callbacks->mutex);
+                left[0].swap(callbacks->status);
+                left[1].swap(callbacks->watches);
+                left[2].swap(callbacks->starting);
+            }
+            for (auto &map : left)
+                for (auto &entry : map) detail::bury(std::move(entry.second));
+        }
+
+        // On a new thread; false (`remains` untouched) when none could be made.
+        static bool finish_elsewhere(Remains &remains) noexcept {
+            auto *moved = new (std::nothrow) Remains(std::move(remains));
+            if (moved == nullptr) return false;
+            try {
+                std::thread([moved] {
+                    moved->finish();
+                    delete moved;
+                }).detach();
+                return true;
+            } catch (...) {
+                remains = std::move(*moved);
+                delete moved;
+                return false;
+            }
+        }
+    };
+
     struct PendingUnregister {
         std::promise<void> promise;
         detail::SlotMap::node_type status_callback;  // done for good once the callback runs
@@ -572,6 +620,7 @@ class Registry {
     // back into the library.
     static void on_unregistered(void *user_data, etcd_registry_status status,
                                 const char *message) noexcept {
+        const detail::AsyncScope scope;
         std::unique_ptr<PendingUnregister> pending(static_cast<PendingUnregister *>(user_data));
         // The status callback is done for good (its UNREGISTERED call has returned): freed
         // before the future is ready, so that nothing of the registration is left by then.

@@ -313,6 +313,74 @@ void destroying_the_registry_frees_the_callbacks() {
     CHECK(live == 0);
 }
 
+// True once a Registry made with config() lists no node of `service` (its keys gone).
+bool no_node_left(const std::string &service) {
+    etcdreg::Registry check(config());
+    return wait_for([&] { return check.list(service).empty(); });
+}
+
+// A status callback holding the last reference to its Registry lets it go inside a call: the
+// Registry is destroyed on the library's callback thread. Every callback still gets its last
+// call (the other registration's UNREGISTERED, its own), the keys go, every callback is freed.
+void last_reference_let_go_inside_a_status_callback() {
+    std::atomic<int> live{0}, unregistered{0};
+    std::atomic<bool> released{false}, let_go{false};
+    auto holder = std::make_shared<std::shared_ptr<etcdreg::Registry>>(std::make_shared<etcdreg::Registry>(config()));
+    const std::weak_ptr<etcdreg::Registry> weak = *holder;
+    etcdreg::Registry &registry = **holder;
+    const auto other = registry.register_node("last-ref", "other", {}, ttl,
+                                              [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                                  if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                              });
+    registry.wait_registered(other, 5s);
+    registry.watch("last-ref", [t = Tracker(live)](const etcdreg::WatchEvent &) {});
+    registry.register_node("last-ref", "holder", {}, ttl,
+                           [&, holder, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                               if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                               if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+                               wait_for([&] { return released.load(); });
+                               holder->reset();  // the last reference: ~Registry runs here
+                               let_go = true;
+                           });
+    holder.reset();
+    released = true;
+    CHECK(wait_for([&] { return let_go.load(); }));
+    CHECK(weak.expired());
+    CHECK(wait_for([&] { return unregistered == 2; }));
+    CHECK(wait_for([&] { return live == 0; }));
+    CHECK(no_node_left("last-ref"));
+}
+
+// The same through unregister_async: its status callback, holding the last reference, is freed
+// on a library runtime thread once the unregister is done, and the Registry with it there.
+void last_reference_held_by_a_callback_freed_by_unregister_async() {
+    std::atomic<int> live{0}, unregistered{0};
+    auto registry = std::make_shared<etcdreg::Registry>(config());
+    const std::weak_ptr<etcdreg::Registry> weak = registry;
+    const auto other = registry->register_node("last-ref-async", "other", {}, ttl,
+                                               [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                                   if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                               });
+    registry->watch("last-ref-async", [t = Tracker(live)](const etcdreg::WatchEvent &) {});
+    const auto self = registry->register_node("last-ref-async", "holder", {}, ttl,
+                                              [&unregistered, keep = registry, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                                                  if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+                                              });
+    registry->wait_registered(other, 5s);
+    registry->wait_registered(self, 5s);
+    // Once the wrapper has handed the status callback to the pending call, before the library
+    // is called: from then on that callback holds the last reference.
+    etcdreg::Registry *raw = registry.get();
+    before_unregister_async = [&] { registry.reset(); };
+    std::future<void> done = raw->unregister_async(self);
+    before_unregister_async = nullptr;
+    CHECK(done.wait_for(std::chrono::duration<double>(10 * slow)) == std::future_status::ready);
+    CHECK(weak.expired());
+    CHECK(wait_for([&] { return unregistered == 2; }));
+    CHECK(wait_for([&] { return live == 0; }));
+    CHECK(no_node_left("last-ref-async"));
+}
+
 // Under valgrind, waits (up to 20 s) until the library has finished freeing what the registries
 // held (part of it is freed on its own threads after etcd_registry_free returns), so that the
 // exit leak check, which counts every block, sees only its process-wide state. As the C suite,
@@ -532,6 +600,8 @@ const Test tests[] = {
     TEST(close_frees_every_callback),
     TEST(close_inside_a_status_callback),
     TEST(destroying_the_registry_frees_the_callbacks),
+    TEST(last_reference_let_go_inside_a_status_callback),
+    TEST(last_reference_held_by_a_callback_freed_by_unregister_async),
     TEST(unregister_refused_by_etcd_frees_the_callback),  // last: it turns auth on for good
 };
 
