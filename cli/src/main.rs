@@ -220,8 +220,9 @@ enum Command {
     ///   updated NAME KEY=VALUE…   a node's info changed
     ///   removed NAME              a node unregistered, or its lease expired
     ///   resynced                  etcd compacted history the watch missed while
-    ///                             disconnected (or its history went back: data lost or
-    ///                             restored); it re-listed and printed the difference
+    ///                             disconnected (or its history is not the one followed:
+    ///                             data lost or restored); it re-listed and printed the
+    ///                             difference
     /// Disconnections are resumed without losing or repeating events.
     /// Read slowly, the lines still always bring the output to the current node set: every
     /// change is printed until 1024 are waiting (a service of more nodes at the start, a large
@@ -229,8 +230,10 @@ enum Command {
     /// new change is merged into its unprinted one, so its intermediate states are skipped (a
     /// node added and removed unprinted is printed `removed` only; an `updated` line may repeat
     /// the info printed last, when the node changed back or was removed and added again).
-    /// Exits 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, and once the reader of stdout goes away
-    /// (`watch api | head -1`), even if no event comes to be written.
+    /// Exits 0 on SIGINT (Ctrl-C), SIGTERM or SIGHUP, also while stdout is not read (after
+    /// waiting up to 5 s for the last lines, then saying on stderr that they were not written),
+    /// and once the reader of stdout goes away (`watch api | head -1`), even if no event comes
+    /// to be written.
     #[command(verbatim_doc_comment)]
     Watch {
         /// The service.
@@ -495,18 +498,38 @@ async fn watch(registry: &Registry, service: &str, out: &mut Output) -> Result<(
         _ = stop.recv() => return Ok(()),
         _ = gone.recv() => return Err(Step::OutputClosed),
     };
-    loop {
-        tokio::select! {
-            event = watch.next() => match event {
-                Some(event) => print_watch_event(&event, out)?,
-                None => return Ok(()),
-            },
-            _ = stop.recv() => return Ok(()),
-            // `watch api | head -1` on a quiet service: head has exited, and no event may come
-            // for a long time to fail a write with EPIPE.
-            _ = gone.recv() => return Err(Step::OutputClosed),
+    // A reader that does not read (a stalled pipe, a terminal paused by Ctrl-S) holds the
+    // watch back, the library merging its events meanwhile, but not the signals: lines are
+    // written by a thread of their own, which this one waits for.
+    let mut paced = Paced::start();
+    let result = async {
+        loop {
+            let line = tokio::select! {
+                event = watch.next() => match event {
+                    Some(event) => watch_line(&event, out),
+                    None => return Ok(()),
+                },
+                _ = stop.recv() => return Ok(()),
+                // `watch api | head -1` on a quiet service: head has exited, and no event may
+                // come for a long time to fail a write with EPIPE.
+                _ = gone.recv() => return Err(Step::OutputClosed),
+            };
+            let Some(paced) = &mut paced else {
+                out.write(line)?;
+                continue;
+            };
+            tokio::select! {
+                written = paced.send(line) => written?,
+                _ = stop.recv() => return Ok(()),
+                _ = gone.recv() => return Err(Step::OutputClosed),
+            }
         }
     }
+    .await;
+    if let Some(paced) = paced {
+        paced.finish(OUTPUT_DRAIN);
+    }
+    result
 }
 
 /// Stdout closed by its reader (the read end of a pipe closed, a terminal hung up), noticed
@@ -562,17 +585,17 @@ impl OutputGone {
     }
 }
 
-fn print_watch_event(event: &WatchEvent, out: &mut Output) -> io::Result<()> {
+fn watch_line(event: &WatchEvent, out: &Output) -> String {
     let kind = event.kind.as_str();
     match &event.node {
-        Some(node) => out.line(
+        Some(node) => out.render(
             obj!("event": kind, "name": node.name, "info": node.info, "revision": event.revision),
             || match event.kind {
                 WatchEventKind::Removed => format!("{kind} {}", quote(&node.name)),
                 _ => format!("{kind} {}{}", quote(&node.name), info_text(&node.info)),
             },
         ),
-        None => out.line(obj!("event": kind, "revision": event.revision), || {
+        None => out.render(obj!("event": kind, "revision": event.revision), || {
             kind.to_string()
         }),
     }
@@ -853,10 +876,13 @@ struct Output {
     sink: Sink,
 }
 
-/// How long `register`, at its end, waits for its last lines to reach a slow stdout.
+/// How long `register` and `watch`, at their end, wait for their last lines to reach a slow
+/// stdout.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Lines a detached [`Output`] holds for its thread before it drops them.
 const OUTPUT_QUEUE: usize = 1024;
+/// Lines a paced [`Output`] holds for its thread before the caller waits.
+const PACED_QUEUE: usize = 64;
 
 enum Sink {
     /// Written on the caller's thread: `list`, `services` and `watch` wait for their reader.
@@ -869,6 +895,79 @@ enum Sink {
         /// Ends (disconnected) when the thread has written, or given up on, every line.
         done: std::sync::mpsc::Receiver<()>,
     },
+}
+
+/// Lines written by a thread of its own, which the caller waits for, without blocking its
+/// thread, when the thread falls behind (`watch`).
+struct Paced {
+    lines: tokio::sync::mpsc::Sender<String>,
+    /// Why the thread gave up on stdout.
+    failed: std::sync::mpsc::Receiver<io::Error>,
+    /// Ends (disconnected) when the thread has written, or given up on, every line.
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+impl Paced {
+    /// None when the thread cannot start.
+    fn start() -> Option<Paced> {
+        let (lines, mut queue) = tokio::sync::mpsc::channel::<String>(PACED_QUEUE);
+        let (failed_sender, failed) = std::sync::mpsc::channel::<io::Error>();
+        let (done_sender, done) = std::sync::mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("stdout".into())
+            .spawn(move || {
+                let _done = done_sender;
+                let mut stdout = io::stdout();
+                while let Some(line) = queue.blocking_recv() {
+                    let written = stdout.write_all(line.as_bytes());
+                    if let Err(e) = written.and_then(|()| stdout.flush()) {
+                        let _ = failed_sender.send(e);
+                        return;
+                    }
+                }
+            })
+            .ok()?;
+        Some(Paced {
+            lines,
+            failed,
+            done,
+        })
+    }
+
+    /// Hands `line` (see [`Output::render`]) to the thread, once it has room for it.
+    async fn send(&mut self, line: String) -> io::Result<()> {
+        match self.lines.send(line).await {
+            Ok(()) => Ok(()),
+            // The thread gave up on a stdout that fails.
+            Err(_) => Err(self
+                .failed
+                .try_recv()
+                .unwrap_or_else(|_| io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+
+    /// As [`Output::finish`].
+    fn finish(self, within: Duration) {
+        let Paced { lines, done, .. } = self;
+        drop(lines);
+        report_unwritten(0, &done, within);
+    }
+}
+
+/// Waits up to `within` for an output thread to write what it holds (until `done` is
+/// disconnected), then says on stderr how many lines were lost to a reader that did not read.
+fn report_unwritten(dropped: u64, done: &std::sync::mpsc::Receiver<()>, within: Duration) {
+    let written = matches!(
+        done.recv_timeout(within),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+    );
+    let lost = match (dropped, written) {
+        (0, true) => return,
+        (0, false) => "the last lines not written".to_string(),
+        (_, true) => format!("{dropped} line(s) dropped"),
+        (_, false) => format!("{dropped} line(s) dropped, and the last ones not written"),
+    };
+    eprintln!("etcd-registry: stdout was not read: {lost}");
 }
 
 impl Output {
@@ -919,20 +1018,7 @@ impl Output {
             return;
         };
         // The sender is dropped with the replaced sink: the thread ends after the last line.
-        let written = matches!(
-            done.recv_timeout(within),
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
-        );
-        if dropped > 0 || !written {
-            eprintln!(
-                "etcd-registry: stdout was not read: {dropped} line(s) dropped{}",
-                if written {
-                    ""
-                } else {
-                    ", and the last ones not written"
-                }
-            );
-        }
+        report_unwritten(dropped, &done, within);
     }
 
     fn line(
@@ -940,7 +1026,17 @@ impl Output {
         fields: &[(&str, serde_json::Value)],
         text: impl FnOnce() -> String,
     ) -> io::Result<()> {
-        let line = if self.json {
+        let line = self.render(fields, text);
+        self.write(line)
+    }
+
+    /// A line of output: `fields` as a JSON object with --json, else `text()`.
+    fn render(
+        &self,
+        fields: &[(&str, serde_json::Value)],
+        text: impl FnOnce() -> String,
+    ) -> String {
+        if self.json {
             let fields: Vec<String> = fields
                 .iter()
                 .map(|(key, value)| format!("{}:{value}", serde_json::Value::from(*key)))
@@ -948,7 +1044,10 @@ impl Output {
             format!("{{{}}}\n", fields.join(","))
         } else {
             format!("{}\n", text())
-        };
+        }
+    }
+
+    fn write(&mut self, line: String) -> io::Result<()> {
         match &mut self.sink {
             Sink::Direct(stdout) => {
                 let mut lock = stdout.lock();

@@ -1053,6 +1053,66 @@ fn register_keeps_the_node_while_stdout_is_not_read() {
     drop(read_end);
 }
 
+/// `watch` writing to a stdout nobody reads (a stalled pipe, a terminal paused by Ctrl-S) still
+/// stops on a signal: its lines wait on a thread of their own, not on the one that handles
+/// signals.
+#[test]
+fn watch_stops_on_a_signal_while_its_reader_does_not_read() {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let etcd = etcd();
+    etcd.put("/services/api/n1", "{}").unwrap();
+    // A pipe that nobody reads, already full: every write to it blocks.
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), fds[1]) };
+    // SAFETY: fcntl and write on the descriptor just made, from a local buffer.
+    unsafe {
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
+        let chunk = [b'x'; 4096];
+        while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
+    }
+    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
+    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
+    let mut child = at(&etcd)
+        .args(["watch", "api"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    // Until a thread of the program waits in its write of `added n1` to the full pipe.
+    let deadline = Instant::now() + DEADLINE;
+    let tasks = format!("/proc/{}/task", child.id());
+    while !std::fs::read_dir(&tasks).unwrap().flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("wchan")).is_ok_and(|w| w.contains("pipe_write"))
+    }) {
+        assert!(Instant::now() < deadline, "never blocked writing to stdout");
+        thread::sleep(Duration::from_millis(20));
+    }
+
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    let code = wait_exit(&mut child, &["watch"]);
+    let stderr = stderr.join().unwrap();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        stderr.contains("stdout was not read: the last lines not written"),
+        "the lost lines are said: {stderr:?}"
+    );
+    drop(read_end);
+}
+
 /// Puts `{}` under each key, 100 keys per transaction (etcd allows 128 operations in one).
 fn put_many(etcd: &EtcdCluster, keys: &[String]) {
     use std::io::Write;
