@@ -4,6 +4,11 @@ package etcdregistry
 // library calls goer_log_trampoline (log_trampoline.c) on its own threads, one call at a time,
 // with a runtime/cgo.Handle of the logger as user data, and the trampoline calls
 // goEtcdRegistryLog below. A Go pointer never crosses into C.
+//
+// goEtcdRegistryLog only queues the record: a goroutine of its own hands it to the logger. The
+// library's threads run its keep-alives and calls, which a slow or blocked handler (a full
+// stderr pipe, a stalled network sink) must not hold up. A record that finds the queue full is
+// dropped and counted; the count is logged before the next record.
 
 /*
 #include <stdint.h>
@@ -15,6 +20,7 @@ import (
 	"log/slog"
 	"runtime/cgo"
 	"sync"
+	"sync/atomic"
 )
 
 // LevelTrace is the slog level of the library's trace messages (below slog.LevelDebug).
@@ -23,11 +29,56 @@ const LevelTrace = slog.LevelDebug - 4
 var logMu sync.Mutex     // serializes SetLogger
 var logHandle cgo.Handle // the installed logger's handle, 0 when none
 
+// logQueueLen is how many records wait for the logger before more are dropped.
+const logQueueLen = 1024
+
+// logRecord is a library record waiting for the logger of the handle it came with.
+type logRecord struct {
+	handle          uintptr
+	logger          *slog.Logger
+	level           slog.Level
+	message, target string
+}
+
+var (
+	logQueue     = make(chan logRecord, logQueueLen)
+	logCurrent   atomic.Uintptr // the handle whose records are delivered; 0: none
+	logDropped   atomic.Uint64  // records dropped since the last one delivered
+	logDelivery  sync.Mutex     // held while a record is handed to its logger
+	logDrainOnce sync.Once
+)
+
+// drainLogs hands the queued records to their loggers, for ever: records of a logger replaced
+// since they were queued are dropped, so that none reaches it once SetLogger has returned.
+func drainLogs() {
+	for r := range logQueue {
+		logDelivery.Lock()
+		if r.handle == logCurrent.Load() {
+			if n := logDropped.Swap(0); n > 0 {
+				deliver(r.logger, slog.LevelWarn, "library log records dropped: the log handler was too slow",
+					"etcd_registry", slog.Uint64("dropped", n))
+			}
+			deliver(r.logger, r.level, r.message, r.target)
+		}
+		logDelivery.Unlock()
+	}
+}
+
+// deliver logs one record; a panic of the handler loses it, and nothing else.
+func deliver(logger *slog.Logger, level slog.Level, message, target string, attrs ...any) {
+	defer func() { _ = recover() }()
+	logger.Log(context.Background(), level, message, append([]any{slog.String("target", target)}, attrs...)...)
+}
+
 // SetLogger forwards the library's log messages, process-wide, to logger; nil turns forwarding
 // off (the default). Each message is logged at the matching slog level (trace below debug)
 // with a "target" attribute naming the library's module. Only the levels logger is enabled for
-// are forwarded, as decided when SetLogger is called. The logger's handler is called from the
-// library's threads and must not call into this package.
+// are forwarded, as decided when SetLogger is called. The logger's handler is called on a
+// goroutine of this package, one record at a time, in order, and must not call into this
+// package. A handler that is slow or blocks holds up nothing of the library: up to 1024 records
+// wait for it, later ones are dropped (a warning with their count comes before the next record
+// logged). Once SetLogger returns, the previous logger is not called again, and records still
+// queued for it are dropped.
 func SetLogger(logger *slog.Logger) error {
 	logMu.Lock()
 	defer logMu.Unlock()
@@ -38,14 +89,21 @@ func SetLogger(logger *slog.Logger) error {
 	var handle cgo.Handle
 	if level != logOff {
 		handle = cgo.NewHandle(logger)
+		logDrainOnce.Do(func() { go drainLogs() })
 	}
+	logCurrent.Store(uintptr(handle))
 	if err := cSetLog(level, uintptr(handle)); err != nil {
+		logCurrent.Store(uintptr(logHandle))
 		if handle != 0 {
 			handle.Delete()
 		}
 		return err
 	}
-	// Once the library has switched, the previous callback is not running and never will.
+	// Once the library has switched, the previous callback is not running and never will;
+	// once a delivery under way has ended, the previous logger is not called again.
+	logDelivery.Lock()
+	logDropped.Store(0)
+	logDelivery.Unlock()
 	if logHandle != 0 {
 		logHandle.Delete()
 	}
@@ -90,12 +148,22 @@ func slogLevel(level uint32) slog.Level {
 
 //export goEtcdRegistryLog
 func goEtcdRegistryLog(level C.uint32_t, target, message *C.char, handle C.uintptr_t) {
-	// A panic must not unwind into the library's thread: a broken handler loses the message.
+	// A panic must not unwind into the library's thread.
 	defer func() { _ = recover() }()
 	logger, ok := cgo.Handle(handle).Value().(*slog.Logger)
 	if !ok {
 		return
 	}
-	logger.Log(context.Background(), slogLevel(uint32(level)), C.GoString(message),
-		slog.String("target", C.GoString(target)))
+	r := logRecord{
+		handle:  uintptr(handle),
+		logger:  logger,
+		level:   slogLevel(uint32(level)),
+		message: C.GoString(message),
+		target:  C.GoString(target),
+	}
+	select {
+	case logQueue <- r:
+	default:
+		logDropped.Add(1)
+	}
 }

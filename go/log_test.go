@@ -146,3 +146,67 @@ func TestPanickingLogHandlerIsContained(t *testing.T) {
 		t.Fatalf("listed %v, %v", nodes, err)
 	}
 }
+
+// blockingHandler blocks in Handle until release is closed, once entered is signalled.
+type blockingHandler struct {
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (h *blockingHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *blockingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *blockingHandler) WithGroup(string) slog.Handler            { return h }
+func (h *blockingHandler) Handle(context.Context, slog.Record) error {
+	select {
+	case h.entered <- struct{}{}:
+	default:
+	}
+	<-h.release
+	return nil
+}
+
+// A log handler that blocks (a full stderr pipe, a stalled network sink) holds up nothing of
+// the library: while it blocks, calls are answered and registrations land.
+func TestABlockedLogHandlerHoldsUpNothing(t *testing.T) {
+	h := &blockingHandler{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := SetLogger(slog.New(h)); err != nil {
+		t.Fatal(err)
+	}
+	released := false
+	release := func() {
+		if !released {
+			close(h.release)
+			released = true
+		}
+	}
+	t.Cleanup(func() { release(); _ = SetLogger(nil) })
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	// Credentials given to an etcd without authentication: a warning, in which the handler
+	// blocks.
+	other := newRegistryWithCredentials(t, shared.endpoints, "someone", "secret")
+	go func() { _, _ = other.GetServiceNodes(service) }()
+	select {
+	case <-h.entered:
+	case <-time.After(waitLimit):
+		t.Fatal("the handler was never called")
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), waitLimit)
+	defer cancel()
+	done, errs, err := r.RegisterNode(ctx, service, Node{Name: "node1"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, done, errs)
+	nodes, err := r.GetServiceNodesContext(ctx, service)
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("listed %v, %v while the log handler blocks", nodes, err)
+	}
+
+	// Switched off once released: SetLogger waits for the record being handled.
+	release()
+	if err := SetLogger(nil); err != nil {
+		t.Fatal(err)
+	}
+}
