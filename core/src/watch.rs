@@ -489,6 +489,13 @@ impl Follower {
             let seen = verify.then(|| digest(state.nodes.values()));
             (state.revision.max(1), seen, state.follower)
         };
+        // Before the watcher is made: its events are not applied to a set etcd no longer
+        // holds, and a compaction after it was made does not fail the check.
+        if let Some(seen) = seen {
+            if let Some(end) = self.verify(start, seen).await {
+                return end;
+            }
+        }
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(start)
@@ -544,9 +551,19 @@ impl Follower {
             }
             if resp.created() {
                 *attempt = 0;
-                let behind = resp.header().is_some_and(|h| h.revision() < start);
-                if let Some(end) = self.verify(start, behind, seen).await {
-                    return end;
+                // etcd's revision is below the one this watch resumed from: the store went
+                // back (a watch from a revision it has not reached would wait, silent, until it
+                // does), or this member lags behind the one the watch was on. A linearizable
+                // listing tells which.
+                if resp.header().is_some_and(|h| h.revision() < start) {
+                    match fetch(&self.conn, &self.prefix).await {
+                        Ok(listing) if listing.revision < start => {
+                            self.fence();
+                            return StreamEnd::Rewound(listing);
+                        }
+                        Ok(_) => {}
+                        Err(e) => return StreamEnd::Failed(e),
+                    }
                 }
                 continue;
             }
@@ -569,41 +586,43 @@ impl Follower {
         }
     }
 
-    /// Whether etcd, on a watch just created from `start`, still holds the history followed
-    /// so far; if not, how the stream ends.
-    ///
-    /// - etcd's revision is below `start` (`behind`): the store went back (a watch from a
-    ///   revision it has not reached would wait, silent, until it does), or this member lags
-    ///   behind the one the watch was on. A linearizable listing tells which.
-    /// - A store lost or restored and written to since then can have reached `start` again:
-    ///   its revision alone looks like the old history going on. When resuming (`seen`, the
-    ///   digest of the live set at `start`), the service as etcd holds it at `start` (a read of
-    ///   its history) must be that set; one request per resumption.
-    async fn verify(&self, start: i64, behind: bool, seen: Option<u64>) -> Option<StreamEnd> {
-        if behind {
-            match fetch(&self.conn, &self.prefix).await {
-                Ok(listing) if listing.revision < start => {
-                    self.fence();
-                    return Some(StreamEnd::Rewound(listing));
-                }
-                Ok(_) => {}
-                Err(e) => return Some(StreamEnd::Failed(e)),
-            }
+    /// Whether etcd still holds the history followed so far, checked before resuming from
+    /// `start`; if not, how the stream ends. A store lost or restored and written to since can
+    /// have reached `start` again: its revision alone looks like the old history going on. So
+    /// the service as etcd held it at `start` (a read of its history, one request per
+    /// resumption) must be the live set there, whose digest is `seen`.
+    async fn verify(&self, start: i64, seen: u64) -> Option<StreamEnd> {
+        let error = match fetch_at(&self.conn, &self.prefix, start).await {
+            Ok(past) if digest(past.nodes.iter().map(|(node, _)| node)) == seen => return None,
+            Ok(_) => return Some(self.relist(None).await),
+            Err(e) => e,
+        };
+        if error.kind() != ErrorKind::InvalidArgument {
+            return Some(StreamEnd::Failed(error));
         }
-        let seen = seen?;
-        match fetch_at(&self.conn, &self.prefix, start).await {
-            Ok(past) if digest(past.nodes.iter().map(|(node, _)| node)) == seen => None,
-            Ok(_) => {
-                // Nothing of this watcher is applied from here: the listing replaces it all.
-                self.fence();
-                Some(match fetch(&self.conn, &self.prefix).await {
-                    Ok(listing) => StreamEnd::Rewound(listing),
-                    Err(e) => StreamEnd::Failed(e),
-                })
+        if error.message().contains("compacted") {
+            // So would a watch from `start` be: re-listed as on its answer.
+            return Some(StreamEnd::Compacted(start));
+        }
+        // A future revision: the store is behind `start`. A linearizable read is served at the
+        // latest revision, so it went back, which the listing confirms.
+        Some(self.relist(Some(start)).await)
+    }
+
+    /// The stream's end that makes a listing of the service, made now, the live set; with
+    /// `below`, only when that listing is below it (else the watch resumes as it was).
+    async fn relist(&self, below: Option<i64>) -> StreamEnd {
+        // Nothing of the watcher followed so far is applied from here: the listing replaces it.
+        self.fence();
+        match fetch(&self.conn, &self.prefix).await {
+            Ok(listing) if below.is_none_or(|below| listing.revision < below) => {
+                StreamEnd::Rewound(listing)
             }
-            // `start` compacted meanwhile: re-list, as on the watch's own compaction answer.
-            Err(e) if e.kind() == ErrorKind::InvalidArgument => Some(StreamEnd::Compacted(start)),
-            Err(e) => Some(StreamEnd::Failed(e)),
+            Ok(_) => StreamEnd::Failed(Error::new(
+                ErrorKind::Internal,
+                "etcd answered a read of its history as a future revision, then listed past it",
+            )),
+            Err(e) => StreamEnd::Failed(e),
         }
     }
 

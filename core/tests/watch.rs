@@ -560,6 +560,58 @@ async fn a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision() {
     record_version("etcd rebuilt and written past the watch's revision: the watch re-lists");
 }
 
+/// A compaction just after a watch resumed (its watcher made and caught up, history compacted
+/// past the revision it resumed from) is no reason to re-list: the watch checks etcd's history
+/// before it makes its watcher, so such a compaction fails no check (found by a reviewer: the
+/// check made after the watcher was created re-listed in vain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compaction_just_after_a_watch_resumed_is_no_resync() {
+    let etcd = Arc::new(etcd_with_proxy());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    etcd.put("/s/api/a", "{}").unwrap();
+    assert_eq!(next(&watch).await.kind, WatchEventKind::Added);
+    let watchers = |e: &etcd_harness::EtcdCluster| gauge(e, "etcd_debugging_mvcc_watcher_total");
+    assert_eq!(watchers(&etcd), 1);
+
+    // Every byte through the proxy late: the watch's answers come long after etcd acted.
+    etcd.delay_member(0, Duration::from_millis(700)).unwrap();
+    etcd.reset_connections().unwrap();
+    let e = etcd.clone();
+    blocking(move || {
+        let deadline = std::time::Instant::now() + DEADLINE;
+        let until = |what: &str, cond: &dyn Fn() -> bool| {
+            while !cond() {
+                assert!(std::time::Instant::now() < deadline, "{what}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        };
+        until("the old watcher gone", &|| watchers(&e) == 0);
+        until("the new watcher made and caught up", &|| {
+            watchers(&e) == 1 && gauge(&e, "etcd_debugging_mvcc_slow_watcher_total") == 0
+        });
+        e.put("/elsewhere", "x").unwrap();
+        e.compact_to_latest().unwrap();
+    })
+    .await;
+    etcd.delay_member(0, Duration::ZERO).unwrap();
+    etcd.put("/s/api/c", "{}").unwrap();
+    let c = next(&watch).await;
+    assert_eq!(
+        (c.kind, c.node.map(|n| n.name)),
+        (WatchEventKind::Added, Some("c".to_string())),
+        "the watcher was never compacted: nothing to re-list"
+    );
+    etcd.put("/s/api/d", "{}").unwrap();
+    let d = next(&watch).await;
+    assert_eq!(
+        (d.kind, d.node.map(|n| n.name)),
+        (WatchEventKind::Added, Some("d".to_string())),
+        "the watcher was never compacted: nothing to re-list"
+    );
+    assert_eq!(names(&watch), vec!["a", "c", "d"]);
+}
+
 /// A watch whose reader does not read while a service larger than any event bound starts,
 /// changes and shrinks loses nothing: past the bound each node's unread events are merged, so
 /// when the reader reads, the nodes its events leave it with are exactly the live set, each
