@@ -328,31 +328,38 @@ func cRegistrationLeaseID(p *C.etcd_registry, id uint64) (int64, error) {
 	return int64(lease), nil
 }
 
-// cList lists a service. When ctx can end, a list still waiting for etcd then returns
-// ctx.Err() at once; the library's answer, when it comes, is freed unread. Where there is no
-// eventfd, the list blocks in C whatever ctx (see GetServiceNodesContext).
-func cList(ctx context.Context, p *C.etcd_registry, service string) ([]Node, error) {
+// cListStart starts listing a service, for cList to wait for: its answer comes even past
+// the registry's close and free, so the wait needs no hold on the registry. Where there is no
+// eventfd, it lists blocking in C, for up to the registry's timeout whatever ctx (see
+// GetServiceNodesContext), and returns the nodes with no call.
+func cListStart(p *C.etcd_registry, service string) (*asyncCall, []Node, error) {
 	const op = "list"
 	cs, err := cStrings(op, service)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer freeCStrings(cs)
 	call := getCall()
 	if call == nil {
-		// No eventfd here: the list blocks in C for up to the registry's timeout, whatever ctx.
 		var list *C.etcd_registry_node_list
 		var msg *C.char
 		if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return takeNodeList(list), nil
+		return nil, takeNodeList(list), nil
 	}
 	var msg *C.char
 	if err := cResult(op, C.goer_list_async(p, cs[0], call.c, &msg), msg); err != nil {
 		putCall(call)
-		return nil, err
+		return nil, nil, err
 	}
+	return call, nil, nil
+}
+
+// cList waits for the list call started by cListStart. When ctx ends first, it returns
+// ctx.Err() at once; the library's answer, when it comes, is freed unread.
+func cList(ctx context.Context, call *asyncCall) ([]Node, error) {
+	const op = "list"
 	if err := call.wait(ctx, op); err != nil {
 		return nil, err
 	}
@@ -517,26 +524,33 @@ func putCall(call *asyncCall) {
 // still waiting for etcd then returns ctx.Err() at once; the library's answer, when it comes, is
 // freed unread. made is false, and no call is made, where there is no eventfd: then
 // cServicesInC blocks instead.
-func cServices(ctx context.Context, p *C.etcd_registry) (names []string, made bool, err error) {
-	const op = "services"
+// cServicesStart starts listing the services, for cServices to wait for (as cListStart); no
+// call and no error where there is no eventfd (see cServicesInC).
+func cServicesStart(p *C.etcd_registry) (*asyncCall, error) {
 	call := getCall()
 	if call == nil {
-		return nil, false, nil
+		return nil, nil
 	}
 	var msg *C.char
-	if err := cResult(op, C.goer_services_async(p, call.c, &msg), msg); err != nil {
+	if err := cResult("services", C.goer_services_async(p, call.c, &msg), msg); err != nil {
 		putCall(call)
-		return nil, true, err
+		return nil, err
 	}
+	return call, nil
+}
+
+// cServices waits for the call started by cServicesStart, as cList does.
+func cServices(ctx context.Context, call *asyncCall) ([]string, error) {
+	const op = "services"
 	if err := call.wait(ctx, op); err != nil {
-		return nil, true, err
+		return nil, err
 	}
 	status, list, text := call.c.status, call.c.names, call.c.err
 	putCall(call)
 	if err := cResult(op, status, text); err != nil {
-		return nil, true, err
+		return nil, err
 	}
-	return takeStringList(list), true, nil
+	return takeStringList(list), nil
 }
 
 // cServicesInC lists the services blocking in C, for up to the registry's timeout.

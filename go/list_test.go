@@ -388,3 +388,62 @@ func TestGetServiceNodesContextWithoutEventfdWaitsForEtcd(t *testing.T) {
 		t.Fatal("the list did not return once etcd answered")
 	}
 }
+
+// Close does not wait for a list or a services call still waiting for etcd, and the calls made
+// meanwhile return ErrClosed instead of waiting behind it (found by review: Close waited for
+// them up to the registry's timeout, and so did every call made during it, whatever its ctx).
+// The calls in flight end on their own once the library answers them.
+func TestCloseDoesNotWaitForCallsInFlight(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("a list waits outside C only on Linux (eventfd)")
+	}
+	h := newHarness(t)
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	service := serviceName(t)
+	if _, err := r.GetServiceNodes(service); err != nil { // connected
+		t.Fatal(err)
+	}
+	resume := pause(t, h)
+	results := make(chan error, 2)
+	go func() {
+		_, err := r.GetServiceNodes(service)
+		results <- err
+	}()
+	go func() {
+		_, err := r.Services()
+		results <- err
+	}()
+	eventually(t, "both calls wait for etcd", func() bool {
+		return goroutinesIn(".cList(") == 1 && goroutinesIn(".cServices(") == 1
+	})
+
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Close waited for the calls in flight")
+	}
+	if _, err := r.GetServiceNodes(service); !errors.Is(err, ErrClosed) {
+		t.Fatalf("a list after Close: %v, want ErrClosed", err)
+	}
+	if ep := r.ActiveEndpoint(); ep != "" {
+		t.Fatalf("ActiveEndpoint after Close: %q", ep)
+	}
+
+	resume()
+	for range 2 {
+		select {
+		case <-results:
+		case <-time.After(waitLimit):
+			t.Fatal("a call in flight at Close never returned")
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -49,8 +50,9 @@ func (r *EtcdRegistry) made() bool { return r != nil && r.h != nil }
 type handle struct {
 	// life guards ptr: every C call holds the read lock; close frees ptr under the write lock,
 	// so no call is inside the library when it is freed.
-	life sync.RWMutex
-	ptr  *cRegistry // nil once freed
+	life    sync.RWMutex
+	ptr     *cRegistry  // nil once freed
+	freeing atomic.Bool // set once close is about to free ptr
 
 	mu            sync.Mutex
 	closing       bool                      // guarded by mu; set before the C registry is closed
@@ -173,7 +175,8 @@ func finalizeRegistry(r *EtcdRegistry) {
 // channels. Close is idempotent and safe to call concurrently. It never fails because etcd is
 // unreachable: the revoke is tried within the timeout, a warning is logged when etcd could not
 // be told, and the keys expire with their lease (within the TTL). Any other use afterwards
-// returns an error matching ErrClosed.
+// returns an error matching ErrClosed. A list or services call still waiting for etcd does
+// not hold Close up: it ends on its own, with its answer or its error.
 func (r *EtcdRegistry) Close() error {
 	if !r.made() {
 		return notMade("close", "the EtcdRegistry")
@@ -205,12 +208,18 @@ func (r *EtcdRegistry) GetServiceNodesContext(ctx context.Context, service strin
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	// Started holding the registry, waited for without: a Close meanwhile neither waits for
+	// the answer nor holds up other calls behind it.
+	var call *asyncCall
 	var nodes []Node
 	err := r.h.use("list", func(p *cRegistry) error {
 		var err error
-		nodes, err = cList(ctx, p, service)
+		call, nodes, err = cListStart(p, service)
 		return err
 	})
+	if err == nil && call != nil {
+		nodes, err = cList(ctx, call)
+	}
 	runtime.KeepAlive(r)
 	if err != nil {
 		return nil, err
@@ -244,13 +253,15 @@ func (r *EtcdRegistry) ServicesContext(ctx context.Context) ([]string, error) {
 	}
 	h := r.h
 	var names []string
-	made := false
+	var call *asyncCall
 	err := h.use(op, func(p *cRegistry) error {
 		var err error
-		names, made, err = cServices(ctx, p)
+		call, err = cServicesStart(p)
 		return err
 	})
-	if err == nil && !made {
+	if err == nil && call != nil {
+		names, err = cServices(ctx, call)
+	} else if err == nil {
 		// No eventfd here: the call blocks in C, in a goroutine of its own when ctx can end. That
 		// goroutine holds the registry (h.use) itself, for as long as it is in C: Close, which
 		// frees the registry, waits for it even after this call has returned ctx.Err().
@@ -289,8 +300,12 @@ func (r *EtcdRegistry) ActiveEndpoint() string {
 	return endpoint
 }
 
-// use runs f with the C registry, or fails with ErrClosed once it is freed.
+// use runs f with the C registry, or fails with ErrClosed once it is freed, or about to be
+// (a call waiting for the lock then would wait for every call in C to return).
 func (h *handle) use(op string, f func(p *cRegistry) error) error {
+	if h.freeing.Load() {
+		return closedError(op)
+	}
 	h.life.RLock()
 	defer h.life.RUnlock()
 	if h.ptr == nil {
@@ -332,6 +347,7 @@ func (h *handle) close() error {
 		if h.dispatchStarted {
 			<-h.dispatchDone
 		}
+		h.freeing.Store(true)
 		h.life.Lock()
 		cFree(h.ptr)
 		h.ptr = nil
