@@ -9,7 +9,9 @@ import (
 // Watch follows the nodes of one service: it starts with one WatchAdded per node present,
 // then reports every change, resuming after disconnects and re-listing after compaction,
 // until its context ends, Close is called on it or on the registry. It has no goroutine of its
-// own: the registry's dispatcher hands it its events (see dispatch.go).
+// own: the registry's dispatcher hands it its events (see dispatch.go). A watch dropped
+// without being stopped (a context that never ends, no Close) is not collected: the registry
+// holds it, and it keeps the registry alive, until one of them is closed.
 type Watch struct {
 	r       *EtcdRegistry // keeps the registry alive while the watch is referenced
 	id      uint64
