@@ -37,18 +37,25 @@ func goroutinesIn(fn string) int {
 func oneNodeOnOwnEtcd(t *testing.T) (*harness, *EtcdRegistry, string) {
 	t.Helper()
 	h := newHarness(t)
-	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	service := serviceName(t)
+	r, service := registryOn(t, h)
 	g, err := r.Register(context.Background(), service, Node{Name: "n1", Info: map[string]string{"a": "1"}}, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waitDone(t, g.Done(), g.Errors())
 	return h, r, service
+}
+
+// registryOn is a registry of h's etcd whose calls wait up to twice waitLimit (past any
+// test's deadline), closed at the test's end, and a service name of the test's own.
+func registryOn(t *testing.T, h *harness) (*EtcdRegistry, string) {
+	t.Helper()
+	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	return r, serviceName(t)
 }
 
 // pause pauses the harness's member 0 (SIGSTOP); the returned func resumes it, and so does
@@ -398,12 +405,7 @@ func TestCloseDoesNotWaitForCallsInFlight(t *testing.T) {
 		t.Skip("a list waits outside C only on Linux (eventfd)")
 	}
 	h := newHarness(t)
-	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * waitLimit})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = r.Close() })
-	service := serviceName(t)
+	r, service := registryOn(t, h)
 	if _, err := r.GetServiceNodes(service); err != nil { // connected
 		t.Fatal(err)
 	}

@@ -992,35 +992,9 @@ fn watch_ends_when_its_reader_goes_away_from_a_quiet_service() {
 
 #[test]
 fn register_keeps_the_node_while_stdout_is_not_read() {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let etcd = etcd();
-    // A pipe that nobody reads, already full: every write to it would block.
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), fds[1]) };
-    // SAFETY: fcntl and write on the descriptor just made, from a local buffer.
-    unsafe {
-        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
-        let chunk = [b'x'; 4096];
-        while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
-    }
-    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
-    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
-    let mut child = at(&etcd)
-        .args(["register", "api", "n1", "a=1", "--ttl", "2s"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+    let (read_end, mut child, stderr) =
+        with_full_stdout(&etcd, &["register", "api", "n1", "a=1", "--ttl", "2s"]);
     let deadline = Instant::now() + DEADLINE;
     while etcd.get("/services/api/n1").unwrap().is_none() {
         assert!(Instant::now() < deadline, "never registered");
@@ -1058,36 +1032,9 @@ fn register_keeps_the_node_while_stdout_is_not_read() {
 /// signals.
 #[test]
 fn watch_stops_on_a_signal_while_its_reader_does_not_read() {
-    use std::os::fd::{FromRawFd, OwnedFd};
     let etcd = etcd();
     etcd.put("/services/api/n1", "{}").unwrap();
-    // A pipe that nobody reads, already full: every write to it blocks.
-    let mut fds = [-1; 2];
-    // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
-    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), fds[1]) };
-    // SAFETY: fcntl and write on the descriptor just made, from a local buffer.
-    unsafe {
-        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
-        let chunk = [b'x'; 4096];
-        while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
-        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
-    }
-    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
-    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
-    let mut child = at(&etcd)
-        .args(["watch", "api"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
+    let (read_end, mut child, stderr) = with_full_stdout(&etcd, &["watch", "api"]);
     // Until a thread of the program waits in its write of `added n1` to the full pipe.
     let deadline = Instant::now() + DEADLINE;
     let tasks = format!("/proc/{}/task", child.id());
@@ -1111,6 +1058,43 @@ fn watch_stops_on_a_signal_while_its_reader_does_not_read() {
         "the lost lines are said: {stderr:?}"
     );
     drop(read_end);
+}
+
+/// Starts the program with `args`, its stdout a pipe that nobody reads and that is already
+/// full (every write to it blocks), its stderr read by a thread. Returns the pipe's read end
+/// (to keep it open until the end), the child, and the thread giving its stderr.
+fn with_full_stdout(
+    etcd: &EtcdCluster,
+    args: &[&str],
+) -> (std::os::fd::OwnedFd, Child, thread::JoinHandle<String>) {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let mut fds = [-1; 2];
+    // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (read_end, write_end) = unsafe { (OwnedFd::from_raw_fd(fds[0]), fds[1]) };
+    // SAFETY: fcntl and write on the descriptor just made, from a local buffer.
+    unsafe {
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, libc::O_NONBLOCK), 0);
+        let chunk = [b'x'; 4096];
+        while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
+        assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
+    }
+    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
+    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
+    let mut child = at(etcd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    (read_end, child, stderr)
 }
 
 /// Puts `{}` under each key, 100 keys per transaction (etcd allows 128 operations in one).

@@ -22,6 +22,31 @@ fn names(watch: &Watch) -> Vec<String> {
     watch.nodes().into_iter().map(|n| n.name).collect()
 }
 
+/// The watch's events up to its next `Resynced` (which has no node), without it: the
+/// difference a re-listing emitted.
+async fn until_resynced(watch: &Watch) -> Vec<WatchEvent> {
+    let mut diff = Vec::new();
+    loop {
+        let event = next(watch).await;
+        if event.kind == WatchEventKind::Resynced {
+            assert!(event.node.is_none());
+            return diff;
+        }
+        diff.push(event);
+    }
+}
+
+/// Puts node `name` of the service `api` and checks that the watch's next event is its
+/// arrival: nothing left over, nothing re-listed before it.
+async fn put_and_see_added(etcd: &etcd_harness::EtcdCluster, watch: &Watch, name: &str) {
+    etcd.put(&format!("/s/api/{name}"), "{}").unwrap();
+    let event = next(watch).await;
+    assert_eq!(
+        (event.kind, event.node.map(|n| n.name)),
+        (WatchEventKind::Added, Some(name.to_string()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshot_then_added_updated_removed_in_order() {
     let etcd = etcd();
@@ -133,12 +158,7 @@ async fn resumes_after_a_restart_without_losing_or_repeating_events() {
     );
     assert!(watch.try_next().unwrap().is_none(), "nothing repeated");
     // Nor re-listed: the next event is the next change.
-    etcd.put("/s/api/c", "{}").unwrap();
-    let c = next(&watch).await;
-    assert_eq!(
-        (c.kind, c.node.unwrap().name),
-        (WatchEventKind::Added, "c".to_string())
-    );
+    put_and_see_added(&etcd, &watch, "c").await;
     record_version("watch resumes after a restart");
 }
 
@@ -173,15 +193,11 @@ async fn resyncs_after_compaction_while_disconnected() {
     etcd.heal().unwrap();
     let healed = tokio::time::Instant::now();
 
-    let mut diff = Vec::new();
-    loop {
-        let event = next(&watch).await;
-        if event.kind == WatchEventKind::Resynced {
-            assert!(event.node.is_none());
-            break;
-        }
-        diff.push((event.kind, event.node.unwrap()));
-    }
+    let mut diff: Vec<_> = until_resynced(&watch)
+        .await
+        .into_iter()
+        .map(|e| (e.kind, e.node.unwrap()))
+        .collect();
     diff.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     assert_eq!(
         diff,
@@ -212,12 +228,7 @@ async fn resyncs_after_compaction_while_disconnected() {
     );
 
     // And it keeps following afterwards.
-    etcd.put("/s/api/after", "{}").unwrap();
-    let after = next(&watch).await;
-    assert_eq!(
-        (after.kind, after.node.unwrap().name),
-        (WatchEventKind::Added, "after".to_string())
-    );
+    put_and_see_added(&etcd, &watch, "after").await;
     record_version("compaction while disconnected: resync");
 }
 
@@ -450,14 +461,11 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
     .await;
     let back = tokio::time::Instant::now();
 
-    let mut diff = Vec::new();
-    loop {
-        let event = next(&watch).await;
-        if event.kind == WatchEventKind::Resynced {
-            break;
-        }
-        diff.push((event.node.unwrap().name, event.kind));
-    }
+    let mut diff: Vec<_> = until_resynced(&watch)
+        .await
+        .into_iter()
+        .map(|e| (e.node.unwrap().name, e.kind))
+        .collect();
     // The node put into the new store is in the listing, or comes right after it.
     if !diff.iter().any(|(name, _)| name == "new") {
         let event = next(&watch).await;
@@ -477,12 +485,7 @@ async fn a_watch_follows_an_etcd_whose_history_went_back() {
     );
 
     // And it follows the new store from there.
-    etcd.put("/s/api/after", "{}").unwrap();
-    let after = next(&watch).await;
-    assert_eq!(
-        (after.kind, after.node.unwrap().name),
-        (WatchEventKind::Added, "after".to_string())
-    );
+    put_and_see_added(&etcd, &watch, "after").await;
     record_version("etcd's data lost: the watch re-lists");
 }
 
@@ -522,14 +525,11 @@ async fn a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision() {
     .await;
     etcd.heal().unwrap();
 
-    let mut diff = Vec::new();
-    loop {
-        let event = next(&watch).await;
-        if event.kind == WatchEventKind::Resynced {
-            break;
-        }
-        diff.push((event.node.unwrap().name, event.kind));
-    }
+    let mut diff: Vec<_> = until_resynced(&watch)
+        .await
+        .into_iter()
+        .map(|e| (e.node.unwrap().name, e.kind))
+        .collect();
     diff.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(
         diff,
@@ -551,12 +551,7 @@ async fn a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision() {
     assert_eq!(old1.info.get("v").map(String::as_str), Some("2"));
 
     // And it follows the new store from there.
-    etcd.put("/s/api/after", "{}").unwrap();
-    let after = next(&watch).await;
-    assert_eq!(
-        (after.kind, after.node.unwrap().name),
-        (WatchEventKind::Added, "after".to_string())
-    );
+    put_and_see_added(&etcd, &watch, "after").await;
     record_version("etcd rebuilt and written past the watch's revision: the watch re-lists");
 }
 
@@ -595,20 +590,9 @@ async fn a_compaction_just_after_a_watch_resumed_is_no_resync() {
     })
     .await;
     etcd.delay_member(0, Duration::ZERO).unwrap();
-    etcd.put("/s/api/c", "{}").unwrap();
-    let c = next(&watch).await;
-    assert_eq!(
-        (c.kind, c.node.map(|n| n.name)),
-        (WatchEventKind::Added, Some("c".to_string())),
-        "the watcher was never compacted: nothing to re-list"
-    );
-    etcd.put("/s/api/d", "{}").unwrap();
-    let d = next(&watch).await;
-    assert_eq!(
-        (d.kind, d.node.map(|n| n.name)),
-        (WatchEventKind::Added, Some("d".to_string())),
-        "the watcher was never compacted: nothing to re-list"
-    );
+    // The watcher was never compacted: nothing to re-list, no `Resynced` before or between.
+    put_and_see_added(&etcd, &watch, "c").await;
+    put_and_see_added(&etcd, &watch, "d").await;
     assert_eq!(names(&watch), vec!["a", "c", "d"]);
 }
 
