@@ -108,3 +108,37 @@ func TestCloseWhileUnregistrationsWaitForEtcd(t *testing.T) {
 		}
 	}
 }
+
+// A registration whose context is cancelled before it ever reached etcd (etcd silent since
+// it was registered) ends at once, however long the registry's timeout: nothing of it is in
+// etcd to delete. Its node does not appear once etcd answers again.
+func TestCancellingARegistrationThatNeverReachedEtcdEndsAtOnce(t *testing.T) {
+	h := newHarness(t)
+	r, service := registryOn(t, h)
+	resume := pause(t, h)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	g, err := r.Register(ctx, service, Node{Name: "n1"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	// Within waitLimit: the registry's timeout is twice as long.
+	if err := recvErr(t, g.Errors()); !errors.Is(err, context.Canceled) {
+		t.Errorf("ended with %v, want context.Canceled", err)
+	}
+	if s := g.State(); s != StateUnregistered {
+		t.Errorf("state %v after its end", s)
+	}
+	resume()
+	// Registered after, on the same TTL: its lease's task has dealt with n1 first.
+	g2, err := r.Register(context.Background(), service, Node{Name: "n2"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, g2.Done(), g2.Errors())
+	nodes, err := r.GetServiceNodes(service)
+	if err != nil || len(nodes) != 1 || nodes[0].Name != "n2" {
+		t.Errorf("nodes %v (error %v), want n2 alone", nodes, err)
+	}
+}

@@ -524,6 +524,15 @@ impl LeaseGroup {
         members: &[Arc<RegShared>],
         attempt: Duration,
     ) -> Result<(Refused, i64)> {
+        // Members that left before their first put are not put any more (see
+        // `RegShared::leave`): their unregister has returned already.
+        let claimed: Vec<Arc<RegShared>>;
+        let members = if members.iter().all(|m| m.claim_put()) {
+            members
+        } else {
+            claimed = members.iter().filter(|m| m.claim_put()).cloned().collect();
+            &claimed
+        };
         let mut refused = Refused::new();
         let mut first = 0;
         let mut start = 0;
@@ -791,7 +800,8 @@ impl LeaseGroup {
                     Some(GroupCmd::Update { id }) => {
                         // Not stale: a put since the update (an earlier Update command's, which
                         // read the newest info) already carried it.
-                        let Some(reg) = self.members.get(&id).filter(|m| m.stale()).cloned() else {
+                        // Nor when it left before its first put (its `Remove` is queued).
+                        let Some(reg) = self.members.get(&id).filter(|m| m.stale() && m.claim_put()).cloned() else {
                             continue;
                         };
                         match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
@@ -1216,7 +1226,9 @@ impl LeaseGroup {
             return Ok(());
         }
         let mut result = Ok(());
-        if successor.is_none() {
+        // A member that never sent a put has nothing in etcd: deleting its key would delete
+        // one put by someone else.
+        if successor.is_none() && !reg.leave() {
             let attempt = within.unwrap_or_else(|| self.conn.attempt_timeout());
             let delete = delete_own(&self.conn, &reg.key, self.lease, attempt, &self.maybe_late);
             result = match within {

@@ -29,6 +29,7 @@
 //! older info never follows a newer one, and an update made while etcd is down is put when it
 //! comes back.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -206,7 +207,17 @@ pub(crate) struct RegShared {
     inner: Mutex<RegInner>,
     /// Told when the registration's state changes, for `wait_registered`.
     changed: Notify,
+    /// Whether a put of the key was ever sent, or the registration left before one was
+    /// ([`RegShared::claim_put`], [`RegShared::leave`]): one that never was ends at once.
+    put: AtomicU8,
 }
+
+/// [`RegShared::put`]: no put of the key sent yet.
+const NEVER_PUT: u8 = 0;
+/// A put was sent: etcd may hold the key.
+const PUT_SENT: u8 = 1;
+/// Left before any put was sent: none will be.
+const LEFT_UNPUT: u8 = 2;
 
 struct RegInner {
     /// The node's current info when decoding `value` would not give it back exactly (e.g. info
@@ -377,6 +388,31 @@ impl RegShared {
                 listeners,
             }),
             changed: Notify::new(),
+            put: AtomicU8::new(NEVER_PUT),
+        }
+    }
+
+    /// Called before each put of the key: whether it may be sent (not once the registration
+    /// has left without one).
+    pub(crate) fn claim_put(&self) -> bool {
+        match self
+            .put
+            .compare_exchange(NEVER_PUT, PUT_SENT, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(state) => state == PUT_SENT,
+        }
+    }
+
+    /// Called when the registration ends: whether no put of its key was ever sent, in which
+    /// case none will be, and etcd has nothing of it to delete.
+    pub(crate) fn leave(&self) -> bool {
+        match self
+            .put
+            .compare_exchange(NEVER_PUT, LEFT_UNPUT, Ordering::SeqCst, Ordering::SeqCst)
+        {
+            Ok(_) => true,
+            Err(state) => state == LEFT_UNPUT,
         }
     }
 
@@ -754,7 +790,9 @@ impl Registration {
     /// The delete is tried within the configured timeout; when etcd cannot be reached in that
     /// time a warning is logged and `Ok` returned, and the key disappears when its lease
     /// expires (within the TTL), or, when other members keep that lease alive, is deleted as
-    /// soon as etcd answers again. An error is returned only when etcd answered and refused the
+    /// soon as etcd answers again. A registration none of whose puts was sent yet (etcd
+    /// unreachable ever since it was registered) ends at once: etcd holds nothing of it, and no
+    /// put of it follows. An error is returned only when etcd answered and refused the
     /// delete (e.g. a permission error), or for a registry from before `fork()`.
     pub async fn unregister(&self) -> Result<()> {
         self.registry.unregister_reg(&self.shared).await

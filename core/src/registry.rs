@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::runtime::Handle;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use crate::config::Config;
@@ -80,6 +80,16 @@ struct Inner {
     state: Arc<Mutex<State>>,
     /// The registry-wide event streams.
     hub: Arc<Hub>,
+}
+
+/// How [`Registry::try_unregister_reg`] ends a registration.
+enum Ending {
+    /// No put of its key was ever sent: it ends at once.
+    Unput,
+    /// Its lease's task deletes the key and answers.
+    Deleting(oneshot::Receiver<Result<()>>),
+    /// Replaced or ended by another call: its lease's task (if any) emits `Unregistered`.
+    Elsewhere(Option<mpsc::UnboundedSender<GroupCmd>>),
 }
 
 #[derive(Default)]
@@ -391,7 +401,7 @@ impl Registry {
     pub(crate) async fn try_unregister_reg(&self, reg: &Arc<RegShared>) -> Result<()> {
         self.check_same_process()?;
         let id = reg.id;
-        let current = {
+        let ending = {
             let mut state = self.state();
             // Only while it is the registration of its node (not ended, not replaced).
             if !state
@@ -399,28 +409,45 @@ impl Registry {
                 .get(reg.key.as_bytes())
                 .is_some_and(|r| Arc::ptr_eq(&r.0, reg))
             {
-                Err(state.groups.get(&reg.ttl_secs).map(|g| g.tx.clone()))
+                Ending::Elsewhere(state.groups.get(&reg.ttl_secs).map(|g| g.tx.clone()))
             } else {
                 state.registrations.remove(reg.key.as_bytes());
                 let Some(group) = state.groups.get(&reg.ttl_secs) else {
                     return Ok(());
                 };
-                let (done_tx, done_rx) = oneshot::channel();
-                let _ = group.tx.send(GroupCmd::Remove {
-                    id,
-                    successor: None,
-                    done: Some(done_tx),
-                });
-                Ok(done_rx)
+                if reg.leave() {
+                    // No put of its key was sent yet (its lease still being granted, or etcd
+                    // unreachable since it was registered), and none will be: nothing to
+                    // delete, nothing to wait for. Its lease's task forgets it when it gets to
+                    // this, and revokes the lease if it was the last member.
+                    let _ = group.tx.send(GroupCmd::Remove {
+                        id,
+                        successor: None,
+                        done: None,
+                    });
+                    Ending::Unput
+                } else {
+                    let (done_tx, done_rx) = oneshot::channel();
+                    let _ = group.tx.send(GroupCmd::Remove {
+                        id,
+                        successor: None,
+                        done: Some(done_tx),
+                    });
+                    Ending::Deleting(done_rx)
+                }
             }
         };
-        let result = match current {
+        let result = match ending {
+            Ending::Unput => {
+                reg.emit(StatusEvent::Unregistered);
+                Ok(())
+            }
             // The group answers after the key is deleted (or the delete failed within the
             // timeout), and after `Unregistered` has been emitted. It may be busy before that
             // (etcd slow or unreachable, other unregisters queued first): past the timeout the
             // registration ends now, and the group deletes its key when it gets to it (or the
             // key expires with its lease).
-            Ok(done_rx) => {
+            Ending::Deleting(done_rx) => {
                 let timeout = self.inner.config.timeout;
                 match tokio::time::timeout(timeout, done_rx).await {
                     Ok(result) => result.unwrap_or(Ok(())),
@@ -436,7 +463,7 @@ impl Registry {
             // That task may be busy (its `Remove` queued behind others while etcd is slow):
             // past the timeout the registration ends now. Its key is not its own any more (or
             // its unregister already saw to it), so nothing is left undone.
-            Err(group) => {
+            Ending::Elsewhere(group) => {
                 let ended = async {
                     let ended = reg.wait_unregistered();
                     match group {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_registry::{Registration, RegistrationState, Registry};
+use etcd_registry::{Registration, RegistrationState, Registry, StatusEvent};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -297,4 +297,89 @@ async fn a_registry_dropped_without_close_ends_its_registrations() {
             .await
     })
     .await;
+}
+
+/// A registration unregistered before any put of its key was sent (etcd silent since it was
+/// registered, its lease's grant in flight) ends at once, however long the timeout: nothing of
+/// it is in etcd to delete. No put of it follows when etcd answers again, and the lease granted
+/// for it meanwhile is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_that_never_reached_etcd_ends_at_once_when_unregistered() {
+    let etcd = std::sync::Arc::new(etcd());
+    // Far past the deadline: an unregister waiting for the grant in flight would miss it.
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(600)))
+        .await
+        .unwrap();
+    let ttl = Duration::from_secs(4);
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    let reg = registry.register("api", node("n1", &[]), ttl).unwrap();
+    tokio::time::timeout(DEADLINE, reg.unregister())
+        .await
+        .expect("the unregister returns without waiting for etcd")
+        .unwrap();
+    assert_eq!(reg.state(), RegistrationState::Unregistered);
+
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    // A node of the same TTL registered afterwards: its lease's task has dealt with n1 first.
+    let other = registry.register("api", node("n2", &[]), ttl).unwrap();
+    other.wait_registered(DEADLINE).await.unwrap();
+    let e = etcd.clone();
+    let keys = blocking(move || e.get_prefix("/s/").unwrap()).await;
+    let keys: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["/s/api/n2"]);
+    let e = etcd.clone();
+    let leases = blocking(move || e.lease_list().unwrap()).await;
+    assert_eq!(
+        leases,
+        [other.lease_id().unwrap()],
+        "only n2's lease is left"
+    );
+    registry.close().await.unwrap();
+}
+
+/// A node that joined its lease's task while etcd was silent, and is unregistered while the
+/// task's next attempt is in flight, is not put by that attempt once etcd answers: its
+/// unregister has returned, and nothing will delete a key put after it. The attempt puts the
+/// other members as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_unregistered_before_its_first_put_is_not_put_by_the_attempt_in_flight() {
+    let etcd = std::sync::Arc::new(etcd());
+    let config = config(&etcd, "/s")
+        .with_timeout(Duration::from_secs(3))
+        // The next attempt starts as soon as the last has failed.
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let registry = Registry::connect(config).await.unwrap();
+    let ttl = Duration::from_secs(10);
+    let n0 = registry.register("api", node("n0", &[]), ttl).unwrap();
+    n0.wait_registered(DEADLINE).await.unwrap();
+    let mut n0_events = n0.subscribe();
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    let retrying = |e: &StatusEvent| matches!(e, StatusEvent::Retrying { .. });
+    // The group retries now: n1 joins between two attempts, and is never put while etcd is
+    // silent.
+    wait_event(&mut n0_events, "n0 retrying", retrying).await;
+    let n1 = registry.register("api", node("n1", &[]), ttl).unwrap();
+    let mut n1_events = n1.subscribe();
+    // n1 took part in a failed attempt: the next one, with n1, starts at once and waits for
+    // the silent etcd a third of the timeout. The unregister goes in the middle of it (no
+    // condition tells that the attempt is in flight; one made outside it would still pass).
+    wait_event(&mut n1_events, "n1 retrying", retrying).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    n1.unregister().await.unwrap();
+    assert_eq!(n1.state(), RegistrationState::Unregistered);
+
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    // A node of the same TTL registered afterwards: its lease's task has dealt with n1 first.
+    let n2 = registry.register("api", node("n2", &[]), ttl).unwrap();
+    n2.wait_registered(DEADLINE).await.unwrap();
+    n0.wait_registered(DEADLINE).await.unwrap();
+    let e = etcd.clone();
+    let keys = blocking(move || e.get_prefix("/s/").unwrap()).await;
+    let keys: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(keys, ["/s/api/n0", "/s/api/n2"]);
+    registry.close().await.unwrap();
 }

@@ -362,7 +362,9 @@ pub unsafe extern "C" fn etcd_registry_update_json(
 /// Shutdown rule (the same in every language): it never fails because etcd is unreachable.
 /// When etcd cannot be reached within the timeout, it logs a warning and returns OK; the key
 /// disappears when its lease expires (within the TTL), or, when other nodes of the registry
-/// keep that lease alive, is deleted as soon as etcd answers again.
+/// keep that lease alive, is deleted as soon as etcd answers again. A registration none of
+/// whose puts was sent yet (etcd unreachable ever since it was registered) returns at once:
+/// etcd holds nothing of it, and no put of it follows.
 ///
 /// A registration replaced by a newer registration of the same node has ended already: this
 /// deletes nothing (the key is the newer one's), waits until its UNREGISTERED has been
