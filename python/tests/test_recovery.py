@@ -3,6 +3,7 @@ the TTL. Each test has an etcd of its own to break."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Callable
 
@@ -103,6 +104,26 @@ def test_unregister_and_close_succeed_while_etcd_is_stopped(fresh_etcd: Etcd) ->
         assert second.state == "unregistered"
     fresh_etcd.cmd("start", 0)
     eventually("the keys to expire with their lease", lambda: not fresh_etcd.get_prefix("/s/api/"))
+
+
+def test_unregistering_a_node_that_never_reached_etcd_returns_at_once(fresh_etcd: Etcd) -> None:
+    # etcd silent since the node was registered: nothing of it is in etcd, so the unregister
+    # has nothing to wait for (the registry's timeout is twice the deadline), and the node is
+    # not written once etcd answers again.
+    with quick_registry(fresh_etcd, timeout=2 * DEADLINE) as reg:
+        fresh_etcd.cmd("pause", 0)
+        handle = reg.register("api", "n1", ttl=5.0)
+
+        async def unregister() -> None:
+            await asyncio.wait_for(handle.unregister_async(), DEADLINE)
+
+        asyncio.run(unregister())
+        assert handle.state == "unregistered"
+        fresh_etcd.cmd("resume", 0)
+        # Registered after, on the same TTL: its lease's task has dealt with n1 first.
+        other = reg.register("api", "n2", ttl=5.0)
+        assert other.wait(DEADLINE)
+        assert list(fresh_etcd.get_prefix("/s/api/")) == ["/s/api/n2"]
 
 
 def test_etcd_out_of_space_refuses_with_resource_exhausted_until_fixed(
