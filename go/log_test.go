@@ -3,6 +3,7 @@ package etcdregistry
 import (
 	"context"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -209,4 +210,45 @@ func TestABlockedLogHandlerHoldsUpNothing(t *testing.T) {
 	if err := SetLogger(nil); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// gatedHandler holds its first record until released, and keeps every record after it.
+type gatedHandler struct {
+	captureHandler
+	first   sync.Once
+	release chan struct{}
+}
+
+func (h *gatedHandler) Handle(ctx context.Context, r slog.Record) error {
+	h.first.Do(func() { <-h.release })
+	return h.captureHandler.Handle(ctx, r)
+}
+
+// Records that find the queue full while the handler is held up are dropped, and counted: the
+// handler gets a warning with their count before the next record.
+func TestRecordsDroppedWhileTheHandlerIsHeldUpAreCounted(t *testing.T) {
+	h := &gatedHandler{release: make(chan struct{})}
+	if err := SetLogger(slog.New(h)); err != nil {
+		t.Fatal(err)
+	}
+	released := sync.OnceFunc(func() { close(h.release) })
+	t.Cleanup(func() { released(); _ = SetLogger(nil) })
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	// Every call logs at the trace level: calls until the queue is full and records dropped.
+	eventually(t, "records dropped", func() bool {
+		_, _ = r.GetServiceNodes(service)
+		return logDropped.Load() > 0
+	})
+	dropped := logDropped.Load()
+	released()
+	eventually(t, "the warning with the count", func() bool {
+		return h.find(func(r slog.Record) bool {
+			if !strings.Contains(r.Message, "records dropped") {
+				return false
+			}
+			n, err := strconv.ParseUint(attr(r, "dropped"), 10, 64)
+			return err == nil && n >= dropped
+		})
+	})
 }

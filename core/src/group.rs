@@ -524,33 +524,41 @@ impl LeaseGroup {
         members: &[Arc<RegShared>],
         attempt: Duration,
     ) -> Result<(Refused, i64)> {
-        // Members that left before their first put are not put any more (see
-        // `RegShared::leave`): their unregister has returned already.
-        let claimed: Vec<Arc<RegShared>>;
-        let members = if members.iter().all(|m| m.claim_put()) {
-            members
-        } else {
-            claimed = members.iter().filter(|m| m.claim_put()).cloned().collect();
-            &claimed
-        };
         let mut refused = Refused::new();
         let mut first = 0;
         let mut start = 0;
         while start < members.len() {
             // The next transaction: as many members as fit, their values read now.
+            let mut chunk: Vec<Arc<RegShared>> = Vec::new();
             let mut values = Vec::new();
             let mut bytes = 0;
-            for m in members[start..].iter().take(MAX_TXN_OPS) {
-                let (value, generation) = m.value();
-                bytes += m.key.len() + value.len() + TXN_OP_OVERHEAD;
-                if !values.is_empty() && bytes > MAX_TXN_BYTES {
+            let mut taken = 0;
+            for m in &members[start..] {
+                if values.len() == MAX_TXN_OPS {
                     break;
                 }
+                let (value, generation) = m.value();
+                let size = m.key.len() + value.len() + TXN_OP_OVERHEAD;
+                if !values.is_empty() && bytes + size > MAX_TXN_BYTES {
+                    break;
+                }
+                taken += 1;
+                // Left before its first put: not put any more (see `RegShared::leave`). Claimed
+                // here, as its put is about to be sent, not before: one in a later transaction
+                // that is never sent is not taken for put.
+                if !m.claim_put() {
+                    continue;
+                }
+                bytes += size;
+                chunk.push(m.clone());
                 values.push((value, generation));
             }
-            let chunk = &members[start..start + values.len()];
             let rest = &members[start..];
-            start += values.len();
+            start += taken;
+            let chunk = chunk.as_slice();
+            if chunk.is_empty() {
+                continue;
+            }
             // One key: a plain put, which etcd serves a little faster than a transaction.
             if let [member] = chunk {
                 match self.put_one(lease, member, attempt).await? {

@@ -404,6 +404,12 @@ impl RegShared {
         }
     }
 
+    /// Called on a new registration of a node whose older registration may have put its key:
+    /// the key is then to be deleted at its end, as if it had put it.
+    pub(crate) fn inherit_put(&self) {
+        self.put.store(PUT_SENT, Ordering::SeqCst);
+    }
+
     /// Called when the registration ends: whether no put of its key was ever sent, in which
     /// case none will be, and etcd has nothing of it to delete.
     pub(crate) fn leave(&self) -> bool {

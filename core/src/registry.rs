@@ -308,6 +308,14 @@ impl Registry {
         // Checked again under the lock, so that close() cannot miss this registration.
         self.check_open()?;
         let old = state.registrations.replace(KeyOf(reg.clone()));
+        // The key is the node's, not the registration's: when the older registration may have
+        // put it, this one deletes it at its end even if it never puts it itself. One that never
+        // did is not put any more.
+        if let Some(KeyOf(old)) = &old {
+            if !old.leave() {
+                reg.inherit_put();
+            }
+        }
         let conn = self.inner.conn.clone();
         let (min, max) = (self.inner.config.backoff_min, self.inner.config.backoff_max);
         let handle = &self.inner.handle;

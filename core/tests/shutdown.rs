@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use etcd_registry::{Registration, RegistrationState, Registry, StatusEvent};
+use etcd_registry::{Registration, RegistrationState, Registry, StatusEvent, StatusEvents};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -339,6 +339,49 @@ async fn a_registration_that_never_reached_etcd_ends_at_once_when_unregistered()
     registry.close().await.unwrap();
 }
 
+/// A registry whose lease task for [`TTL`] holds `nodes`, registered, and is retrying now:
+/// etcd is paused, and each next attempt starts as soon as the last has failed (a third of the
+/// 3 s timeout later). With the events of the first node from then on.
+async fn retrying_group(
+    etcd: &std::sync::Arc<etcd_harness::EtcdCluster>,
+    nodes: &[&str],
+) -> (Registry, Vec<Registration>, StatusEvents) {
+    let config = config(etcd, "/s")
+        .with_timeout(Duration::from_secs(3))
+        .with_backoff(Duration::from_millis(1), Duration::from_millis(1));
+    let registry = Registry::connect(config).await.unwrap();
+    let mut regs = Vec::new();
+    for name in nodes {
+        let reg = registry.register("api", node(name, &[]), TTL).unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push(reg);
+    }
+    let mut events = regs[0].subscribe();
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    wait_event(&mut events, "retrying", retrying).await;
+    (registry, regs, events)
+}
+
+/// Long enough for the lease to outlive the pauses below: the last renewal, the keep-alive
+/// found lost (a third of the TTL, then the timeout), then a test's unregisters.
+const TTL: Duration = Duration::from_secs(30);
+
+fn reregistered(e: &StatusEvent) -> bool {
+    matches!(e, StatusEvent::Reregistered { .. })
+}
+
+fn retrying(e: &StatusEvent) -> bool {
+    matches!(e, StatusEvent::Retrying { .. })
+}
+
+/// The keys under /s/ now.
+async fn keys(etcd: &std::sync::Arc<etcd_harness::EtcdCluster>) -> Vec<String> {
+    let e = etcd.clone();
+    let kvs = blocking(move || e.get_prefix("/s/").unwrap()).await;
+    kvs.into_iter().map(|(k, _)| k).collect()
+}
+
 /// A node that joined its lease's task while etcd was silent, and is unregistered while the
 /// task's next attempt is in flight, is not put by that attempt once etcd answers: its
 /// unregister has returned, and nothing will delete a key put after it. The attempt puts the
@@ -346,22 +389,9 @@ async fn a_registration_that_never_reached_etcd_ends_at_once_when_unregistered()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_unregistered_before_its_first_put_is_not_put_by_the_attempt_in_flight() {
     let etcd = std::sync::Arc::new(etcd());
-    let config = config(&etcd, "/s")
-        .with_timeout(Duration::from_secs(3))
-        // The next attempt starts as soon as the last has failed.
-        .with_backoff(Duration::from_millis(1), Duration::from_millis(1));
-    let registry = Registry::connect(config).await.unwrap();
-    let ttl = Duration::from_secs(10);
-    let n0 = registry.register("api", node("n0", &[]), ttl).unwrap();
-    n0.wait_registered(DEADLINE).await.unwrap();
-    let mut n0_events = n0.subscribe();
-    let e = etcd.clone();
-    blocking(move || e.pause(0).unwrap()).await;
-    let retrying = |e: &StatusEvent| matches!(e, StatusEvent::Retrying { .. });
-    // The group retries now: n1 joins between two attempts, and is never put while etcd is
-    // silent.
-    wait_event(&mut n0_events, "n0 retrying", retrying).await;
-    let n1 = registry.register("api", node("n1", &[]), ttl).unwrap();
+    let (registry, _, _) = retrying_group(&etcd, &["n0"]).await;
+    // n1 joins between two attempts, and is never put while etcd is silent.
+    let n1 = registry.register("api", node("n1", &[]), TTL).unwrap();
     let mut n1_events = n1.subscribe();
     // n1 took part in a failed attempt: the next one, with n1, starts at once and waits for
     // the silent etcd a third of the timeout. The unregister goes in the middle of it (no
@@ -374,12 +404,57 @@ async fn a_node_unregistered_before_its_first_put_is_not_put_by_the_attempt_in_f
     let e = etcd.clone();
     blocking(move || e.resume(0).unwrap()).await;
     // A node of the same TTL registered afterwards: its lease's task has dealt with n1 first.
-    let n2 = registry.register("api", node("n2", &[]), ttl).unwrap();
+    let n2 = registry.register("api", node("n2", &[]), TTL).unwrap();
     n2.wait_registered(DEADLINE).await.unwrap();
-    n0.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(keys(&etcd).await, ["/s/api/n0", "/s/api/n2"]);
+    registry.close().await.unwrap();
+}
+
+/// The same node registered again while the attempt that is to put its first registration is
+/// in flight, and the newer registration unregistered: no registration of the node is left, so
+/// neither is its key once etcd answers again (the older one is not put any more, as the newer
+/// one never was).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_registered_again_before_any_put_and_unregistered_leaves_no_key() {
+    let etcd = std::sync::Arc::new(etcd());
+    let (registry, _, mut n0_events) = retrying_group(&etcd, &["n0"]).await;
+    let first = registry.register("api", node("n1", &[]), TTL).unwrap();
+    let mut events = first.subscribe();
+    // In the middle of the next attempt, as above.
+    wait_event(&mut events, "n1 retrying", retrying).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let second = registry
+        .register("api", node("n1", &[("v", "2")]), TTL)
+        .unwrap();
+    second.unregister().await.unwrap();
+
     let e = etcd.clone();
-    let keys = blocking(move || e.get_prefix("/s/").unwrap()).await;
-    let keys: Vec<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(keys, ["/s/api/n0", "/s/api/n2"]);
+    blocking(move || e.resume(0).unwrap()).await;
+    // Registered again: the attempt that was in flight is over.
+    wait_event(&mut n0_events, "n0 reregistered", reregistered).await;
+    assert_eq!(keys(&etcd).await, ["/s/api/n0"]);
+    registry.close().await.unwrap();
+}
+
+/// A node whose key is in etcd, registered again while etcd is silent and unregistered before
+/// the newer registration was put: the key is the node's, and is deleted once etcd answers,
+/// though another node keeps the lease it is on alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_put_then_registered_again_and_unregistered_offline_leaves_no_key() {
+    let etcd = std::sync::Arc::new(etcd());
+    let (registry, _, mut n0_events) = retrying_group(&etcd, &["n0", "n1"]).await;
+    let again = registry
+        .register("api", node("n1", &[("v", "2")]), TTL)
+        .unwrap();
+    again.unregister().await.unwrap();
+    assert_eq!(again.state(), RegistrationState::Unregistered);
+
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    wait_event(&mut n0_events, "n0 reregistered", reregistered).await;
+    eventually("n1's key deleted", || async {
+        keys(&etcd).await == ["/s/api/n0"]
+    })
+    .await;
     registry.close().await.unwrap();
 }
