@@ -235,9 +235,16 @@ func TestRecordsDroppedWhileTheHandlerIsHeldUpAreCounted(t *testing.T) {
 	t.Cleanup(func() { released(); _ = SetLogger(nil) })
 	r := newRegistry(t, shared.endpoints)
 	service := serviceName(t)
-	// Every call logs at the trace level: calls until the queue is full and records dropped.
+	// Each node of a TTL of its own is the first of its lease, which logs (at debug level) its
+	// grant and its registration: nodes until the queue is full and records dropped.
+	ttl := 10
 	eventually(t, "records dropped", func() bool {
-		_, _ = r.GetServiceNodes(service)
+		for range 50 {
+			ttl++
+			if _, err := r.Register(t.Context(), service, Node{Name: strconv.Itoa(ttl)}, time.Duration(ttl)*time.Second); err != nil {
+				t.Fatal(err)
+			}
+		}
 		return logDropped.Load() > 0
 	})
 	dropped := logDropped.Load()

@@ -139,16 +139,25 @@ impl Reader {
     /// (see [`Reader::claim`]); the promise's id, `None` once the watch has ended. Taking from
     /// the core watch is the last step, after which nothing is awaited: an aborted call takes
     /// nothing.
+    /// A kept event given up meanwhile by a cancelled `__anext__` (whose promise counted when
+    /// this call began) is taken as `next` takes it.
     async fn promise_next(&self, watch: &Watch, future: Py<PyAny>) -> Option<u64> {
         let _taking = self.taking.lock().await;
-        let has_free = {
-            let kept = self.kept();
-            kept.events.len() > kept.promises.len()
-        };
-        let event = if has_free {
-            None
-        } else {
-            Some(watch.next().await?)
+        let event = loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let has_free = {
+                let kept = self.kept();
+                kept.events.len() > kept.promises.len()
+            };
+            if has_free {
+                break None;
+            }
+            tokio::select! {
+                event = watch.next() => break Some(event?),
+                _ = released => {}
+            }
         };
         let mut kept = self.kept();
         kept.events.extend(event);

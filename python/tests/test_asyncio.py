@@ -313,10 +313,11 @@ def test_cancelling_watch_async_after_the_watch_was_made_stops_it(registry: Regi
     assert [(e.kind, e.node.name) for e in cancelled.items] == [("added", "first")]
 
 
-@pytest.mark.parametrize("then", ["anext", "next_event"])
+@pytest.mark.parametrize("then", ["anext", "next_event", "anext_at_once"])
 def test_cancelling_anext_after_it_took_an_event_loses_nothing(registry: Registry, then: str) -> None:
     """`asyncio.wait_for(watch.__anext__(), t)` timing out just as an event came: the event is
-    the next one read, by `__anext__` or `next_event`, not lost."""
+    the next one read, by `__anext__` or `next_event`, not lost; also by an `__anext__` called
+    at once, before the loop has seen the cancel through, with no later change to wake it."""
     handle = registry.register("api", "n", {"v": "0"})
     assert handle.wait(DEADLINE)
 
@@ -330,9 +331,17 @@ def test_cancelling_anext_after_it_took_an_event_loses_nothing(registry: Registr
             # call takes it, and is cancelled before its result can be handed over.
             assert next_event(witness).kind == "updated"
             registry.list("api")  # a round trip to etcd: the watch's task has its copy by now
+            at_once = None
+            if then == "anext_at_once":
+                # Called before the loop sees the cancel through, and waiting by the time it
+                # does (a round trip to etcd later).
+                at_once = watch.__anext__()
+                registry.list("api")
             pending.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await pending
+            if at_once is not None:
+                return await asyncio.wait_for(at_once, DEADLINE)
             handle.update({"v": "2"})
             if then == "anext":
                 return await asyncio.wait_for(watch.__anext__(), DEADLINE)

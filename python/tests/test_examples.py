@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
-from conftest import DEADLINE, EXAMPLES, Etcd, run_python
+import pytest
+
+from conftest import DEADLINE, EXAMPLES, REPO, Etcd, run_python
 
 
 def test_basic(etcd: Etcd) -> None:
@@ -63,3 +65,21 @@ def test_retry_demo_survives_an_etcd_restart(fresh_etcd: Etcd) -> None:
     # The last status event is delivered even though the process exits right after close().
     assert any(line.endswith(" unregistered") for line in lines), lines
     assert proc.returncode == 0, err
+
+
+@pytest.mark.parametrize("readme", ["README.md", "python/README.md"])
+def test_the_readme_python_snippet_runs(etcd: Etcd, readme: str) -> None:
+    """The first Python block of the README's Python part, as written, against a real etcd:
+    it ends, and shows what its comments say."""
+    text = (REPO / readme).read_text()
+    part = text[text.index("## Python" if readme == "README.md" else "## Use"):]
+    code = part.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "127.0.0.1:2379" in code
+    host_port = etcd.endpoints[0].removeprefix("http://")
+    result = run_python(code.replace("127.0.0.1:2379", host_port), timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("api/node-1: registered") for line in lines), lines
+    assert "node-1 {'address': '10.0.0.5:8080'}" in lines
+    assert any(line.startswith("added Node(name='node-1'") for line in lines), lines
+    assert lines[-1] == "api/node-1: unregistered", lines

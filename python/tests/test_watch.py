@@ -95,6 +95,8 @@ def test_on_event_callback_gets_every_event_in_order_on_the_library_thread(regis
         next(iter(watch))
     handles = [registry.register("api", f"n{i}") for i in range(5)]
     for handle in handles:
+        # Registered first: a node unregistered before its key was put never appears.
+        assert handle.wait(DEADLINE)
         handle.unregister()
     recorder.wait_for("ten events", lambda _: len(recorder.items) >= 10)
     kinds = [(e.kind, e.node.name) for e in recorder.items]
