@@ -414,7 +414,9 @@ func (g *Registration) Update(info map[string]string) error {
 // if it has already ended (ErrClosed after Close). If ctx ends first, Unregister returns
 // ctx.Err() and the deletion goes on. It never fails because etcd is unreachable: a warning is
 // logged, nil returned, and the key expires with its lease (or, when other nodes of the registry
-// keep that lease alive, is deleted as soon as etcd answers again).
+// keep that lease alive, is deleted as soon as etcd answers again). A node that never reached
+// etcd (unreachable ever since it was registered) is unregistered at once: nothing of it is in
+// etcd, and nothing of it is written afterwards.
 func (g *Registration) Unregister(ctx context.Context) error {
 	if !g.made() {
 		return notMade(unregisterLabel, "the Registration")

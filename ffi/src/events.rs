@@ -422,6 +422,12 @@ pub unsafe extern "C" fn etcd_registry_next_event(
                     "etcd_registry_next_event cannot wait inside a status or watch callback (a close would wait for the callback, and the callback for the close): pass timeout_ms 0 there",
                 ));
             }
+            // On a host thread, inside a library call that logged: that call would wait too.
+            if crate::log::in_callback() {
+                return Err(Failure::invalid(
+                    "etcd_registry_next_event cannot wait inside the log callback: pass timeout_ms 0 there",
+                ));
+            }
         }
         let timeout = (timeout_ms != ETCD_REGISTRY_WAIT_FOREVER).then(|| duration_ms(timeout_ms));
         match this.queue.next_timeout(timeout) {

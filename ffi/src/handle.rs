@@ -49,10 +49,13 @@ pub(crate) struct HandleState {
     /// runs (one may still run when the first close was made from a callback).
     pub(crate) closed_handlers: Vec<Handler>,
     pub(crate) registrations: HashMap<u64, RegEntry>,
-    /// The callback handlers of registrations taken by `etcd_registry_unregister_async` whose
-    /// unregistration has not finished: close delivers their UNREGISTERED before it returns.
+    /// The callback handlers of registrations taken by `etcd_registry_unregister` or
+    /// `etcd_registry_unregister_async` whose unregistration has not finished: close delivers
+    /// their UNREGISTERED, and waits for a call of theirs still running, before it returns.
     pub(crate) unregistering: HashMap<u64, (Handler, UserData)>,
     pub(crate) watches: HashMap<u64, WatchEntry>,
+    /// The same for watches taken by `etcd_registry_unwatch` that is still stopping them.
+    pub(crate) unwatching: HashMap<u64, (Handler, UserData)>,
     /// The pull queue's readiness descriptor, made by the first `etcd_registry_event_fd`.
     pub(crate) event_fd: Option<Arc<crate::events::Signal>>,
 }
@@ -90,14 +93,31 @@ impl HandleState {
             .ok_or_else(|| not_found("registration", id))
     }
 
+    /// Takes a registration to unregister: its handler stays known to close (see
+    /// `unregistering`) until the caller removes it, once the unregistration has finished.
+    pub(crate) fn take_to_unregister(&mut self, id: u64) -> FfiResult<RegEntry> {
+        let entry = self.take_registration(id)?;
+        if let Some(handler) = &entry.handler {
+            self.unregistering.insert(id, handler.clone());
+        }
+        Ok(entry)
+    }
+
     pub(crate) fn watch(&self, id: u64) -> FfiResult<&WatchEntry> {
         self.watches.get(&id).ok_or_else(|| not_found("watch", id))
     }
 
+    /// Takes a watch to stop: its handler stays known to close (see `unwatching`) until the
+    /// caller removes it.
     pub(crate) fn take_watch(&mut self, id: u64) -> FfiResult<WatchEntry> {
-        self.watches
+        let entry = self
+            .watches
             .remove(&id)
-            .ok_or_else(|| not_found("watch", id))
+            .ok_or_else(|| not_found("watch", id))?;
+        if let Some(handler) = &entry.handler {
+            self.unwatching.insert(id, handler.clone());
+        }
+        Ok(entry)
     }
 }
 
@@ -212,6 +232,7 @@ impl etcd_registry {
         let registrations = std::mem::take(&mut state.registrations);
         let unregistering = std::mem::take(&mut state.unregistering);
         let watches = std::mem::take(&mut state.watches);
+        let unwatching = std::mem::take(&mut state.unwatching);
         let handlers: Vec<(Handler, UserData, bool)> = registrations
             .into_values()
             .filter_map(|r| r.handler)
@@ -220,7 +241,9 @@ impl etcd_registry {
             .chain(
                 watches
                     .into_values()
-                    .filter_map(|w| w.handler.map(|(h, u)| (h, u, false))),
+                    .filter_map(|w| w.handler)
+                    .chain(unwatching.into_values())
+                    .map(|(h, u)| (h, u, false)),
             )
             .collect();
         state.closed_handlers = handlers.iter().map(|(h, _, _)| h.clone()).collect();

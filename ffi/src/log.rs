@@ -101,10 +101,23 @@ fn forward(level: u32, target: &str, message: String) {
     let message = to_c(&message);
     let user_data = callback.user_data.0;
     crate::tsan::acquire(user_data);
+    let outer = IN_CALLBACK.replace(true);
     // SAFETY: the host registered this callback for this purpose; the strings live until it
     // returns.
     unsafe { (callback.function)(level, target.as_ptr(), message.as_ptr(), user_data) };
+    IN_CALLBACK.set(outer);
     crate::tsan::release(user_data);
+}
+
+thread_local! {
+    /// Set while this thread runs the log callback.
+    static IN_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether this thread is inside the log callback (which may run on a host thread, inside one
+/// of its library calls).
+pub(crate) fn in_callback() -> bool {
+    IN_CALLBACK.get()
 }
 
 /// Forwards the library's log messages of `max_level` and more severe to `callback`; a NULL

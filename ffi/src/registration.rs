@@ -383,12 +383,13 @@ pub unsafe extern "C" fn etcd_registry_unregister(
         // SAFETY: caller's contract.
         let this = unsafe { handle(registry) }?;
         ensure_can_block()?;
-        let entry = this.open()?.take_registration(registration_id)?;
+        let entry = this.open()?.take_to_unregister(registration_id)?;
         // The core emits UNREGISTERED, and has delivered it to the handler when this returns.
         let result = block_on(entry.registration.unregister());
         if let Some((_, user_data)) = &entry.handler {
             crate::tsan::acquire(user_data.0);
         }
+        this.lock().unregistering.remove(&registration_id);
         result??;
         Ok(())
     })
@@ -431,14 +432,7 @@ pub unsafe extern "C" fn etcd_registry_unregister_async(
         // SAFETY: caller's contract.
         let this = unsafe { handle(registry) }?;
         let callback = callback.ok_or_else(|| Failure::null("callback"))?;
-        let entry = {
-            let mut state = this.open()?;
-            let entry = state.take_registration(registration_id)?;
-            if let Some(handler) = &entry.handler {
-                state.unregistering.insert(registration_id, handler.clone());
-            }
-            entry
-        };
+        let entry = this.open()?.take_to_unregister(registration_id)?;
         let state = this.state.clone();
         let work = async move {
             let result = entry.registration.unregister().await;

@@ -150,6 +150,7 @@ pub unsafe extern "C" fn etcd_registry_unwatch(
         if let Some((_, user_data)) = &entry.handler {
             crate::tsan::acquire(user_data.0);
         }
+        this.lock().unwatching.remove(&watch_id);
         Ok(())
     })
 }

@@ -138,7 +138,9 @@ class Registration:
         timeout; when etcd cannot be reached a warning is logged (logger ``etcd_registry``),
         the state is ``"unregistered"`` all the same, and the key expires with its lease
         (within the TTL), or, when other nodes of the registry keep that lease alive, is
-        deleted as soon as etcd answers again. Raises only when etcd answered and refused
+        deleted as soon as etcd answers again. A node that never reached etcd (unreachable
+        ever since it was registered) is unregistered at once: nothing of it is in etcd, and
+        nothing of it is written afterwards. Raises only when etcd answered and refused
         (e.g. ``AuthError``).
 
         With ``on_status``, returns once the callback has been called with ``"unregistered"``

@@ -1737,6 +1737,89 @@ static void test_close_delivers_the_unregistered_of_an_unregister_async_in_fligh
     free(hold);
 }
 
+/* A callback held up in its call: `entered` once it runs, `left` when it returns, a moment
+ * later (long enough for a close that does not wait for it to return first). */
+typedef struct {
+    etcd_registry *registry;
+    uint64_t id;
+    atomic_bool entered, left;
+    atomic_int status;
+} held_call;
+
+static void hold_unregistered(const etcd_registry_status_event *e, void *user_data) {
+    held_call *h = user_data;
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) return;
+    atomic_store(&h->entered, true);
+    usleep(300 * 1000);
+    atomic_store(&h->left, true);
+}
+
+static void hold_first_watch_event(const etcd_registry_watch_event *e, void *user_data) {
+    (void)e;
+    held_call *h = user_data;
+    if (atomic_exchange(&h->entered, true)) return;
+    usleep(300 * 1000);
+    atomic_store(&h->left, true);
+}
+
+static void *unregister_held(void *arg) {
+    held_call *h = arg;
+    atomic_store(&h->status, etcd_registry_unregister(h->registry, h->id));
+    return NULL;
+}
+
+static void *unwatch_held(void *arg) {
+    held_call *h = arg;
+    atomic_store(&h->status, etcd_registry_unwatch(h->registry, h->id));
+    return NULL;
+}
+
+/* Close while another thread's etcd_registry_unregister is delivering UNREGISTERED: close
+ * returns only once that callback has returned, as the header promises (no callback of the
+ * registry running once close returns), so its user data may be freed then. */
+static void test_close_waits_for_the_callback_of_an_unregister_in_flight(void) {
+    held_call *h = calloc(1, sizeof *h);
+    REQUIRE(h != NULL);
+    h->registry = connect_etcd();
+    REQUIRE(h->registry != NULL);
+    REQUIRE_OK(etcd_registry_register_json(h->registry, "close-unreg", "n1", NULL, 10000, hold_unregistered, h, &h->id));
+    REQUIRE_OK(etcd_registry_wait_registered(h->registry, h->id, (uint64_t)(10000 * slow)));
+    pthread_t unregistering;
+    REQUIRE(pthread_create(&unregistering, NULL, unregister_held, h) == 0);
+    REQUIRE(WAIT_FOR(atomic_load(&h->entered), 10 * slow));
+    CHECK_OK(etcd_registry_close(h->registry));
+    CHECK(atomic_load(&h->left));
+    pthread_join(unregistering, NULL);
+    CHECK(atomic_load(&h->status) == ETCD_REGISTRY_STATUS_OK);
+    etcd_registry_free(h->registry);
+    free(h);
+}
+
+/* The same for a watch callback running while another thread's etcd_registry_unwatch stops
+ * it: close waits for that call too. */
+static void test_close_waits_for_the_callback_of_an_unwatch_in_flight(void) {
+    held_call *h = calloc(1, sizeof *h);
+    REQUIRE(h != NULL);
+    h->registry = connect_etcd();
+    REQUIRE(h->registry != NULL);
+    uint64_t node = 0;
+    REQUIRE_OK(etcd_registry_register_json(h->registry, "close-unwatch", "n1", NULL, 10000, NULL, NULL, &node));
+    REQUIRE_OK(etcd_registry_wait_registered(h->registry, node, (uint64_t)(10000 * slow)));
+    REQUIRE_OK(etcd_registry_watch(h->registry, "close-unwatch", hold_first_watch_event, h, &h->id));
+    REQUIRE(WAIT_FOR(atomic_load(&h->entered), 10 * slow));
+    pthread_t unwatching;
+    REQUIRE(pthread_create(&unwatching, NULL, unwatch_held, h) == 0);
+    /* The unwatch has taken the watch (it waits for the callback now). */
+    etcd_registry_node_list *list = NULL;
+    REQUIRE(WAIT_FOR(etcd_registry_watch_nodes(h->registry, h->id, &list) == ETCD_REGISTRY_STATUS_NOT_FOUND, 10 * slow));
+    CHECK_OK(etcd_registry_close(h->registry));
+    CHECK(atomic_load(&h->left));
+    pthread_join(unwatching, NULL);
+    CHECK(atomic_load(&h->status) == ETCD_REGISTRY_STATUS_OK);
+    etcd_registry_free(h->registry);
+    free(h);
+}
+
 /* A replaced registration whose UNREGISTERED is still queued when close is called (the
  * callback thread held up until then) has had it when close returns. Which of the core's
  * close and the handle's delivers it depends on when the held callback returns: the order in
@@ -2443,17 +2526,39 @@ static void test_log_callback_may_call_into_the_library(void) {
     etcd_registry_free(prober.registry);
 }
 
+/* A log callback that waits for an event when told the runtime_threads setting was ignored:
+ * on the host's thread, inside its etcd_registry_connect. */
+static void wait_inside_log_callback(etcd_registry_log_level level, const char *target, const char *message,
+                                     void *user_data) {
+    (void)level;
+    (void)target;
+    log_prober *p = user_data;
+    if (strstr(message, "runtime_threads ignored") == NULL) return;
+    etcd_registry_event *ev = NULL;
+    atomic_store(&p->status, etcd_registry_next_event(p->registry, 1500, &ev));
+    atomic_fetch_add(&p->answered, 1);
+}
+
 static void test_runtime_threads_setting(void) {
     /* The runtime is running by now: the setting is accepted and ignored (logged), and the
-     * library keeps working. */
+     * library keeps working. The warning comes to the log callback on this thread, inside
+     * connect: a wait for an event there is refused, as in every callback. */
+    log_prober prober = {.registry = connect_etcd()};
+    REQUIRE(prober.registry != NULL);
+    atomic_init(&prober.status, -1);
+    REQUIRE_OK(etcd_registry_set_log_callback(wait_inside_log_callback, ETCD_REGISTRY_LOG_WARN, &prober));
     etcd_registry_config *c = make_config(endpoints);
     REQUIRE(c != NULL);
     CHECK_OK(etcd_registry_config_set_runtime_threads(c, 4));
     etcd_registry *r = NULL;
     CHECK_OK(etcd_registry_connect(c, &r));
     etcd_registry_config_free(c);
+    CHECK_OK(etcd_registry_set_log_callback(NULL, ETCD_REGISTRY_LOG_OFF, NULL));
+    CHECK(atomic_load(&prober.answered) == 1);
+    CHECK(atomic_load(&prober.status) == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
     CHECK(count_nodes(r, "anything") == 0);
     etcd_registry_free(r);
+    etcd_registry_free(prober.registry);
 }
 
 /* Runs last: it turns authentication on for the rest of the cluster's life. */
@@ -2924,6 +3029,8 @@ static const test_case tests[] = {
     TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
     TEST(test_close_delivers_a_replaced_registrations_unregistered),
     TEST(test_close_delivers_the_unregistered_of_an_unregister_async_in_flight),
+    TEST(test_close_waits_for_the_callback_of_an_unregister_in_flight),
+    TEST(test_close_waits_for_the_callback_of_an_unwatch_in_flight),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
     TEST(test_event_fd_wakes_a_poll_loop),

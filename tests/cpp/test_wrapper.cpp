@@ -147,6 +147,45 @@ void unwatch_inside_own_watch_callback() {
     CHECK(not_found);
 }
 
+// close() while another thread's unwatch waits for the watch's running callback: close
+// returns only once that call has returned, and only then destroys the callback (it crashed
+// inside the call when the C close did not wait for it).
+void close_while_another_thread_unwatches_a_running_callback() {
+    std::atomic<int> live{0};
+    std::atomic<bool> entered{false}, intact{false};
+    // The node is another registry's: one of this registry's own would have close wait for the
+    // callback thread anyway.
+    etcdreg::Registry other(config()), registry(config());
+    const auto node = other.register_node("close-unwatch", "n1", {}, ttl, nullptr);
+    other.wait_registered(node, 5s);
+    const std::string big(200, 'z');
+    const uint64_t watch = registry.watch("close-unwatch", [&, big, t = Tracker(live)](const etcdreg::WatchEvent &) {
+        if (entered.exchange(true)) return;
+        std::this_thread::sleep_for(300ms);  // held while the unwatch and the close come
+        intact = big.size() == 200 && big[0] == 'z' && *t.live >= 1;
+    });
+    CHECK(wait_for([&] { return entered.load(); }));
+    std::thread unwatching([&] {
+        try {
+            registry.unwatch(watch);
+        } catch (const etcdreg::Error &) {  // CLOSED when the close came first
+        }
+    });
+    // The unwatch has taken the watch (and waits for the call).
+    CHECK(wait_for([&] {
+        try {
+            registry.watch_nodes(watch);
+            return false;
+        } catch (const etcdreg::Error &e) {
+            return e.status() == ETCD_REGISTRY_STATUS_NOT_FOUND;
+        }
+    }));
+    registry.close();
+    CHECK(intact);
+    unwatching.join();
+    CHECK(wait_for([&] { return live == 0; }));
+}
+
 // Registering a node this registry holds replaces the older registration, which gets
 // UNREGISTERED with no unregister of ours: its callback is freed then, not with the Registry.
 void reregistering_a_node_frees_the_replaced_callbacks() {
@@ -589,6 +628,7 @@ struct Test {
 const Test tests[] = {
     TEST(unregister_inside_own_status_callback),
     TEST(unwatch_inside_own_watch_callback),
+    TEST(close_while_another_thread_unwatches_a_running_callback),
     TEST(reregistering_a_node_frees_the_replaced_callbacks),
     TEST(reregistering_a_node_from_two_threads),
     TEST(callbacks_let_go_inside_a_callback_are_freed),
