@@ -1774,34 +1774,54 @@ static void *unwatch_held(void *arg) {
     return NULL;
 }
 
-/* Close while another thread's etcd_registry_unregister is delivering UNREGISTERED: close
- * returns only once that callback has returned, as the header promises (no callback of the
- * registry running once close returns), so its user data may be freed then. */
-static void test_close_waits_for_the_callback_of_an_unregister_in_flight(void) {
+/* A held_call with a registry of its own; NULL if either could not be made. */
+static held_call *new_held_call(void) {
     held_call *h = calloc(1, sizeof *h);
-    REQUIRE(h != NULL);
-    h->registry = connect_etcd();
-    REQUIRE(h->registry != NULL);
-    REQUIRE_OK(etcd_registry_register_json(h->registry, "close-unreg", "n1", NULL, 10000, hold_unregistered, h, &h->id));
-    REQUIRE_OK(etcd_registry_wait_registered(h->registry, h->id, (uint64_t)(10000 * slow)));
-    pthread_t unregistering;
-    REQUIRE(pthread_create(&unregistering, NULL, unregister_held, h) == 0);
-    REQUIRE(WAIT_FOR(atomic_load(&h->entered), 10 * slow));
+    if (h != NULL && (h->registry = connect_etcd()) == NULL) {
+        free(h);
+        h = NULL;
+    }
+    return h;
+}
+
+/* Closes the registry while `thread` is in its call: the held callback has returned when close
+ * does, then the call returns OK. */
+static void close_while_held(held_call *h, pthread_t thread) {
     CHECK_OK(etcd_registry_close(h->registry));
     CHECK(atomic_load(&h->left));
-    pthread_join(unregistering, NULL);
+    pthread_join(thread, NULL);
     CHECK(atomic_load(&h->status) == ETCD_REGISTRY_STATUS_OK);
     etcd_registry_free(h->registry);
     free(h);
 }
 
+/* Whether watch `id` is gone from the registry (taken by an unwatch). */
+static bool watch_gone(etcd_registry *r, uint64_t id) {
+    etcd_registry_node_list *list = NULL;
+    etcd_registry_status status = etcd_registry_watch_nodes(r, id, &list);
+    if (status == ETCD_REGISTRY_STATUS_OK) etcd_registry_node_list_free(list);
+    return status == ETCD_REGISTRY_STATUS_NOT_FOUND;
+}
+
+/* Close while another thread's etcd_registry_unregister is delivering UNREGISTERED: close
+ * returns only once that callback has returned, as the header promises (no callback of the
+ * registry running once close returns), so its user data may be freed then. */
+static void test_close_waits_for_the_callback_of_an_unregister_in_flight(void) {
+    held_call *h = new_held_call();
+    REQUIRE(h != NULL);
+    REQUIRE_OK(etcd_registry_register_json(h->registry, "close-unreg", "n1", NULL, 10000, hold_unregistered, h, &h->id));
+    REQUIRE_OK(etcd_registry_wait_registered(h->registry, h->id, (uint64_t)(10000 * slow)));
+    pthread_t unregistering;
+    REQUIRE(pthread_create(&unregistering, NULL, unregister_held, h) == 0);
+    REQUIRE(WAIT_FOR(atomic_load(&h->entered), 10 * slow));
+    close_while_held(h, unregistering);
+}
+
 /* The same for a watch callback running while another thread's etcd_registry_unwatch stops
  * it: close waits for that call too. */
 static void test_close_waits_for_the_callback_of_an_unwatch_in_flight(void) {
-    held_call *h = calloc(1, sizeof *h);
+    held_call *h = new_held_call();
     REQUIRE(h != NULL);
-    h->registry = connect_etcd();
-    REQUIRE(h->registry != NULL);
     uint64_t node = 0;
     REQUIRE_OK(etcd_registry_register_json(h->registry, "close-unwatch", "n1", NULL, 10000, NULL, NULL, &node));
     REQUIRE_OK(etcd_registry_wait_registered(h->registry, node, (uint64_t)(10000 * slow)));
@@ -1810,14 +1830,8 @@ static void test_close_waits_for_the_callback_of_an_unwatch_in_flight(void) {
     pthread_t unwatching;
     REQUIRE(pthread_create(&unwatching, NULL, unwatch_held, h) == 0);
     /* The unwatch has taken the watch (it waits for the callback now). */
-    etcd_registry_node_list *list = NULL;
-    REQUIRE(WAIT_FOR(etcd_registry_watch_nodes(h->registry, h->id, &list) == ETCD_REGISTRY_STATUS_NOT_FOUND, 10 * slow));
-    CHECK_OK(etcd_registry_close(h->registry));
-    CHECK(atomic_load(&h->left));
-    pthread_join(unwatching, NULL);
-    CHECK(atomic_load(&h->status) == ETCD_REGISTRY_STATUS_OK);
-    etcd_registry_free(h->registry);
-    free(h);
+    REQUIRE(WAIT_FOR(watch_gone(h->registry, h->id), 10 * slow));
+    close_while_held(h, unwatching);
 }
 
 /* A replaced registration whose UNREGISTERED is still queued when close is called (the
