@@ -29,7 +29,7 @@
 //! older info never follows a newer one, and an update made while etcd is down is put when it
 //! comes back.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -210,6 +210,9 @@ pub(crate) struct RegShared {
     /// Whether a put of the key was ever sent, or the registration left before one was
     /// ([`RegShared::claim_put`], [`RegShared::leave`]): one that never was ends at once.
     put: AtomicU8,
+    /// Set when a newer registration of the same node replaced this one: it has ended for its
+    /// user from then on, while its lease's task lets it go (which emits `Unregistered`).
+    replaced: AtomicBool,
 }
 
 /// [`RegShared::put`]: no put of the key sent yet.
@@ -389,7 +392,13 @@ impl RegShared {
             }),
             changed: Notify::new(),
             put: AtomicU8::new(NEVER_PUT),
+            replaced: AtomicBool::new(false),
         }
+    }
+
+    /// A newer registration of the node has replaced this one (see `replaced`).
+    pub(crate) fn mark_replaced(&self) {
+        self.replaced.store(true, Ordering::SeqCst);
     }
 
     /// Called before each put of the key: whether it may be sent (not once the registration
@@ -735,13 +744,21 @@ impl Registration {
         self.shared.ttl_secs
     }
 
-    /// The current state.
+    /// The current state. A registration replaced by a newer registration of the same node is
+    /// `Unregistered` from the moment the newer one is made, as `update` then says (its
+    /// `Unregistered` event follows).
     pub fn state(&self) -> RegistrationState {
+        if self.shared.replaced.load(Ordering::SeqCst) {
+            return RegistrationState::Unregistered;
+        }
         self.shared.state()
     }
 
-    /// The lease the key is attached to while registered.
+    /// The lease the key is attached to while registered (`None` once replaced, as `state`).
     pub fn lease_id(&self) -> Option<i64> {
+        if self.shared.replaced.load(Ordering::SeqCst) {
+            return None;
+        }
         self.shared.lease_id()
     }
 

@@ -312,6 +312,7 @@ impl Registry {
         // put it, this one deletes it at its end even if it never puts it itself. One that never
         // did is not put any more.
         if let Some(KeyOf(old)) = &old {
+            old.mark_replaced();
             if !old.leave() {
                 reg.inherit_put();
             }

@@ -505,11 +505,10 @@ async fn registering_the_same_node_again_replaces_the_old_registration() {
     let new = registry
         .register("api", node("n1", &[("v", "2")]), Duration::from_secs(9))
         .unwrap();
+    // Ended from now on, as `update` says below.
+    assert_eq!(old.state(), RegistrationState::Unregistered);
+    assert_eq!(old.lease_id(), None);
     new.wait_registered(DEADLINE).await.unwrap();
-    eventually("the old registration to end", || async {
-        old.state() == RegistrationState::Unregistered
-    })
-    .await;
     let expected = vec![("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())];
     eventually("only the new value and lease", || async {
         etcd.get_prefix("/s/").unwrap() == expected && etcd.lease_count().unwrap() == 1
