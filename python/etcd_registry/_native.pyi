@@ -177,7 +177,10 @@ class Watch:
     @property
     def revision(self) -> int: ...
     @property
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """True once the watch has stopped: closed, or its registry closed. Events received
+        before its registry closed can still be read (``next_event``, iteration) until they run
+        out, so loop on those rather than on ``closed``; ``close()`` drops them."""
     def nodes(self) -> list[Node]: ...
     def next_event(self, timeout: Optional[float] = None) -> Optional[WatchEvent]:
         """The next event; None on timeout or once the watch has ended."""

@@ -73,6 +73,18 @@ def test_iteration_blocks_until_an_event_and_ends_on_close(registry: Registry) -
     assert list(watch) == []
 
 
+def test_events_received_before_the_registry_closed_can_still_be_read(etcd: Etcd, base_path: str) -> None:
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    watch, witness = reg.watch("api"), reg.watch("api")
+    assert reg.register("api", "n").wait(DEADLINE)
+    next_event(witness, "added")  # so `watch` has received it too
+    reg.close()
+    assert watch.closed
+    events = list(watch)  # what it had received, then the end
+    assert [(e.kind, e.node and e.node.name) for e in events][:1] == [("added", "n")]
+    assert watch.next_event(timeout=0) is None
+
+
 def test_registry_close_ends_iteration(etcd: Etcd, base_path: str) -> None:
     reg = Registry(etcd.endpoints, base_path=base_path)
     watch = reg.watch("api")
