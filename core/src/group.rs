@@ -55,6 +55,13 @@ pub(crate) enum GroupCmd {
     Update {
         id: u64,
     },
+    /// A node unregistered from a group of another TTL, whose key this group's lease may still
+    /// hold: an older registration of the node, here, put it, and the newer one had not moved it
+    /// to its own lease yet. Deleted while on this lease (later, if etcd is not reached now).
+    DeleteStale {
+        key: Box<str>,
+        done: oneshot::Sender<Result<()>>,
+    },
 }
 
 /// What the registry keeps of a group.
@@ -322,6 +329,15 @@ impl LeaseGroup {
             }
             // The next attempt puts every member whose info etcd does not have yet.
             GroupCmd::Update { .. } => Flow::Continue,
+            // Deleted once the lease is kept alive again; without members the lease is not
+            // kept, and the key expires with it.
+            GroupCmd::DeleteStale { key, done } => {
+                if !self.members.is_empty() {
+                    self.unremoved.push(key);
+                }
+                let _ = done.send(Ok(()));
+                Flow::Continue
+            }
         }
     }
 
@@ -805,6 +821,12 @@ impl LeaseGroup {
                         }
                         None
                     }
+                    Some(GroupCmd::DeleteStale { key, done }) => {
+                        self.unremoved.push(key);
+                        let result = self.delete_unremoved(lease, attempt).await;
+                        let _ = done.send(result);
+                        None
+                    }
                     Some(GroupCmd::Update { id }) => {
                         // Not stale: a put since the update (an earlier Update command's, which
                         // read the newest info) already carried it.
@@ -862,7 +884,8 @@ impl LeaseGroup {
                         Ok(()) => {
                             waiting_since.get_or_insert_with(Instant::now);
                             if !self.unremoved.is_empty() {
-                                self.delete_unremoved(lease, attempt).await;
+                                // Those not deleted are tried again at the next one.
+                                let _ = self.delete_unremoved(lease, attempt).await;
                             }
                             if watch.is_none() {
                                 // No watch: try to open it again (then check once, for what
@@ -1286,22 +1309,28 @@ impl LeaseGroup {
 
     /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
     /// within `within` per member tried (two at most); those etcd still does not get stay for
-    /// the next keep-alive.
-    async fn delete_unremoved(&mut self, lease: i64, within: Duration) {
+    /// the next keep-alive. Returns the first failure.
+    async fn delete_unremoved(&mut self, lease: i64, within: Duration) -> Result<()> {
         let mut keys = std::mem::take(&mut self.unremoved);
         keys.retain(|key| !self.is_member_key(key.as_bytes()));
+        let mut result = Ok(());
         for key in keys {
             let delete = delete_own(&self.conn, &key, Some(lease), within, &self.maybe_late);
-            match tokio::time::timeout(within * 2, delete).await {
-                Ok(Ok(())) => {
-                    tracing::debug!(%key, "deleted the key of a node unregistered while etcd was unreachable")
+            let deleted = tokio::time::timeout(within * 2, delete)
+                .await
+                .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2)));
+            match &deleted {
+                Ok(()) => tracing::debug!(%key, "deleted the key of an unregistered node"),
+                Err(e) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
+                    tracing::warn!(%key, error = %e, "etcd refused to delete the key of an unregistered node");
                 }
-                Ok(Err(e)) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
-                    tracing::warn!(%key, error = %e, "etcd refused to delete the key of a node unregistered while it was unreachable");
-                }
-                _ => self.unremoved.push(key),
+                Err(_) => self.unremoved.push(key),
+            }
+            if result.is_ok() {
+                result = deleted;
             }
         }
+        result
     }
 
     /// The registry is closing while an attempt was in flight: close, then answer whatever
@@ -1319,6 +1348,9 @@ impl LeaseGroup {
                 }
                 GroupCmd::Close { done } => {
                     let _ = done.send(());
+                }
+                GroupCmd::DeleteStale { done, .. } => {
+                    let _ = done.send(Ok(()));
                 }
                 GroupCmd::Update { .. } => {}
             }

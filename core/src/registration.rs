@@ -245,6 +245,10 @@ struct RegInner {
     /// per registration, since one that joins a lease group mid-backoff starts at 1 too.
     attempts: u32,
     listeners: Listeners,
+    /// The lease groups (TTL and generation) whose lease may still hold the key: those of older
+    /// registrations of the node, of other TTLs, replaced before this one put the key on its
+    /// own lease. Its unregister deletes the key from them too. Empty in the usual case.
+    stale_groups: Box<[(i64, u64)]>,
 }
 
 /// A registration's service and node names, as given.
@@ -389,6 +393,7 @@ impl RegShared {
                 lease_id: 0,
                 attempts: 0,
                 listeners,
+                stale_groups: Box::default(),
             }),
             changed: Notify::new(),
             put: AtomicU8::new(NEVER_PUT),
@@ -417,6 +422,23 @@ impl RegShared {
     /// the key is then to be deleted at its end, as if it had put it.
     pub(crate) fn inherit_put(&self) {
         self.put.store(PUT_SENT, Ordering::SeqCst);
+    }
+
+    /// The lease groups (TTL, generation) whose lease may still hold the key (see
+    /// `RegInner::stale_groups`).
+    pub(crate) fn stale_groups(&self) -> Box<[(i64, u64)]> {
+        self.lock().stale_groups.clone()
+    }
+
+    /// Called on a new registration of a node whose older registration `old`, in the lease
+    /// group `old_group` (TTL, generation; `None` when it has none now), may have put its key:
+    /// this one takes over the groups whose lease may hold the key, but its own TTL's.
+    pub(crate) fn inherit_stale_groups(&self, old: &RegShared, old_group: Option<(i64, u64)>) {
+        let mut groups = old.stale_groups().into_vec();
+        groups.extend(old_group);
+        groups.retain(|(ttl, _)| *ttl != self.ttl_secs);
+        groups.dedup();
+        self.lock().stale_groups = groups.into_boxed_slice();
     }
 
     /// Called when the registration ends: whether no put of its key was ever sent, in which

@@ -86,8 +86,9 @@ struct Inner {
 enum Ending {
     /// No put of its key was ever sent: it ends at once.
     Unput,
-    /// Its lease's task deletes the key and answers.
-    Deleting(oneshot::Receiver<Result<()>>),
+    /// Its lease's task deletes the key and answers; so does each task whose lease may still
+    /// hold the key (see `RegShared::stale_groups`).
+    Deleting(Vec<oneshot::Receiver<Result<()>>>),
     /// Replaced or ended by another call: its lease's task (if any) emits `Unregistered`.
     Elsewhere(Option<mpsc::UnboundedSender<GroupCmd>>),
 }
@@ -315,6 +316,9 @@ impl Registry {
             old.mark_replaced();
             if !old.leave() {
                 reg.inherit_put();
+                // Of another TTL, the key stays on the older lease until this one puts it.
+                let old_group = state.groups.get(&old.ttl_secs);
+                reg.inherit_stale_groups(old, old_group.map(|g| (old.ttl_secs, g.generation)));
             }
         }
         let conn = self.inner.conn.clone();
@@ -442,7 +446,21 @@ impl Registry {
                         successor: None,
                         done: Some(done_tx),
                     });
-                    Ending::Deleting(done_rx)
+                    let mut answers = vec![done_rx];
+                    // A group of another generation is a later one: the lease of the one named
+                    // ended with it, and so did the key.
+                    for (ttl, generation) in reg.stale_groups() {
+                        let Some(stale) = state.groups.get(&ttl) else {
+                            continue;
+                        };
+                        if stale.generation == generation {
+                            let (done_tx, done_rx) = oneshot::channel();
+                            let key = reg.key.clone();
+                            let _ = stale.tx.send(GroupCmd::DeleteStale { key, done: done_tx });
+                            answers.push(done_rx);
+                        }
+                    }
+                    Ending::Deleting(answers)
                 }
             }
         };
@@ -456,15 +474,25 @@ impl Registry {
             // (etcd slow or unreachable, other unregisters queued first): past the timeout the
             // registration ends now, and the group deletes its key when it gets to it (or the
             // key expires with its lease).
-            Ending::Deleting(done_rx) => {
+            Ending::Deleting(answers) => {
                 let timeout = self.inner.config.timeout;
-                match tokio::time::timeout(timeout, done_rx).await {
-                    Ok(result) => result.unwrap_or(Ok(())),
-                    Err(_) => {
-                        reg.emit(StatusEvent::Unregistered);
-                        Err(Error::timeout("deleting the key", timeout))
+                let deadline = tokio::time::Instant::now() + timeout;
+                let mut result = Ok(());
+                for answer in answers {
+                    match tokio::time::timeout_at(deadline, answer).await {
+                        Ok(answer) => {
+                            if let (Ok(()), Ok(Err(e))) = (&result, answer) {
+                                result = Err(e);
+                            }
+                        }
+                        Err(_) => {
+                            reg.emit(StatusEvent::Unregistered);
+                            result = Err(Error::timeout("deleting the key", timeout));
+                            break;
+                        }
                     }
                 }
+                result
             }
             // Replaced by a newer registration of its node (which owns the key now), or ended
             // by another unregister or by close: its task emits (or has emitted)

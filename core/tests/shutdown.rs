@@ -346,13 +346,22 @@ async fn retrying_group(
     etcd: &std::sync::Arc<etcd_harness::EtcdCluster>,
     nodes: &[&str],
 ) -> (Registry, Vec<Registration>, StatusEvents) {
+    let nodes: Vec<(&str, Duration)> = nodes.iter().map(|name| (*name, TTL)).collect();
+    retrying_groups(etcd, &nodes).await
+}
+
+/// As [`retrying_group`], with each node of its own TTL.
+async fn retrying_groups(
+    etcd: &std::sync::Arc<etcd_harness::EtcdCluster>,
+    nodes: &[(&str, Duration)],
+) -> (Registry, Vec<Registration>, StatusEvents) {
     let config = config(etcd, "/s")
         .with_timeout(Duration::from_secs(3))
         .with_backoff(Duration::from_millis(1), Duration::from_millis(1));
     let registry = Registry::connect(config).await.unwrap();
     let mut regs = Vec::new();
-    for name in nodes {
-        let reg = registry.register("api", node(name, &[]), TTL).unwrap();
+    for (name, ttl) in nodes {
+        let reg = registry.register("api", node(name, &[]), *ttl).unwrap();
         reg.wait_registered(DEADLINE).await.unwrap();
         regs.push(reg);
     }
@@ -454,6 +463,32 @@ async fn a_node_put_then_registered_again_and_unregistered_offline_leaves_no_key
     wait_event(&mut n0_events, "n0 reregistered", reregistered).await;
     eventually("n1's key deleted", || async {
         keys(&etcd).await == ["/s/api/n0"]
+    })
+    .await;
+    registry.close().await.unwrap();
+}
+
+/// As above, with the newer registration of another TTL: the key stays on the older
+/// registration's lease, which another node keeps alive, until the newer one puts it on its
+/// own. Unregistered before that, the newer one deletes the key from the older lease once etcd
+/// answers, though its own lease, which m0 keeps alive, never held the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_put_then_registered_again_with_another_ttl_and_unregistered_offline_leaves_no_key()
+{
+    let etcd = std::sync::Arc::new(etcd());
+    let nodes = [("n0", TTL), ("n1", TTL), ("m0", TTL / 2)];
+    let (registry, _, mut n0_events) = retrying_groups(&etcd, &nodes).await;
+    let again = registry
+        .register("api", node("n1", &[("v", "2")]), TTL / 2)
+        .unwrap();
+    again.unregister().await.unwrap();
+    assert_eq!(again.state(), RegistrationState::Unregistered);
+
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+    wait_event(&mut n0_events, "n0 reregistered", reregistered).await;
+    eventually("n1's key deleted", || async {
+        keys(&etcd).await == ["/s/api/m0", "/s/api/n0"]
     })
     .await;
     registry.close().await.unwrap();
