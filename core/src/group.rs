@@ -822,8 +822,12 @@ impl LeaseGroup {
                         None
                     }
                     Some(GroupCmd::DeleteStale { key, done }) => {
-                        self.unremoved.push(key);
-                        let result = self.delete_unremoved(lease, attempt).await;
+                        // Bounded as a `Remove`'s delete; only this key (not those waiting in
+                        // `unremoved`, whose failures are not this unregister's).
+                        let result = match self.is_member_key(key.as_bytes()) {
+                            true => Ok(()),
+                            false => self.delete_or_keep(key, lease, attempt).await,
+                        };
                         let _ = done.send(result);
                         None
                     }
@@ -884,8 +888,7 @@ impl LeaseGroup {
                         Ok(()) => {
                             waiting_since.get_or_insert_with(Instant::now);
                             if !self.unremoved.is_empty() {
-                                // Those not deleted are tried again at the next one.
-                                let _ = self.delete_unremoved(lease, attempt).await;
+                                self.delete_unremoved(lease, attempt).await;
                             }
                             if watch.is_none() {
                                 // No watch: try to open it again (then check once, for what
@@ -1034,6 +1037,12 @@ impl LeaseGroup {
     }
 
     fn add_member(&mut self, reg: Arc<RegShared>) {
+        // A key waiting to be deleted is this registration's now: a newer registration of the
+        // node it may be handed to (see `GroupCmd::Remove`) finds it in etcd.
+        if !self.unremoved.is_empty() {
+            self.unremoved
+                .retain(|key| key.as_bytes() != reg.key.as_bytes());
+        }
         *self.member_keys.entry(KeyOf(reg.clone())).or_insert(0) += 1;
         if let Some(old) = self.members.insert(reg.id, reg) {
             self.forget_key(&old);
@@ -1309,28 +1318,30 @@ impl LeaseGroup {
 
     /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
     /// within `within` per member tried (two at most); those etcd still does not get stay for
-    /// the next keep-alive. Returns the first failure.
-    async fn delete_unremoved(&mut self, lease: i64, within: Duration) -> Result<()> {
+    /// the next keep-alive.
+    async fn delete_unremoved(&mut self, lease: i64, within: Duration) {
         let mut keys = std::mem::take(&mut self.unremoved);
         keys.retain(|key| !self.is_member_key(key.as_bytes()));
-        let mut result = Ok(());
         for key in keys {
-            let delete = delete_own(&self.conn, &key, Some(lease), within, &self.maybe_late);
-            let deleted = tokio::time::timeout(within * 2, delete)
-                .await
-                .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2)));
-            match &deleted {
-                Ok(()) => tracing::debug!(%key, "deleted the key of an unregistered node"),
-                Err(e) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
-                    tracing::warn!(%key, error = %e, "etcd refused to delete the key of an unregistered node");
-                }
-                Err(_) => self.unremoved.push(key),
-            }
-            if result.is_ok() {
-                result = deleted;
-            }
+            let _ = self.delete_or_keep(key, lease, within).await;
         }
-        result
+    }
+
+    /// Deletes `key` while it is on `lease`, within `within` per member tried (two at most);
+    /// when etcd is not reached, the key waits in `unremoved` for the next keep-alive.
+    async fn delete_or_keep(&mut self, key: Box<str>, lease: i64, within: Duration) -> Result<()> {
+        let delete = delete_own(&self.conn, &key, Some(lease), within, &self.maybe_late);
+        let deleted = tokio::time::timeout(within * 2, delete)
+            .await
+            .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2)));
+        match &deleted {
+            Ok(()) => tracing::debug!(%key, "deleted the key of an unregistered node"),
+            Err(e) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
+                tracing::warn!(%key, error = %e, "etcd refused to delete the key of an unregistered node");
+            }
+            Err(_) => self.unremoved.push(key),
+        }
+        deleted
     }
 
     /// The registry is closing while an attempt was in flight: close, then answer whatever
