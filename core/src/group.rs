@@ -739,6 +739,9 @@ impl LeaseGroup {
         self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
         // Members refused when they joined: their keys are not in the watch yet.
         let mut unwatched: HashSet<u64> = HashSet::new();
+        // A check of the keys did not get done (etcd did not answer it in time): the next
+        // keep-alive checks them, even with a watch.
+        let mut recheck = false;
         loop {
             let lost_at = last_answer + ttl;
             if self.maybe_late.load(Ordering::SeqCst)
@@ -813,7 +816,10 @@ impl LeaseGroup {
                         if self.members.is_empty() {
                             return Exit::Empty;
                         }
-                        if let (Some(w), Some(gone)) = (watch.as_mut(), gone) {
+                        // A member etcd refused was never added to the watch: cancelling its
+                        // key would take a count off the directory that watches other members.
+                        let watched = !unwatched.remove(&id);
+                        if let (Some(w), Some(gone), true) = (watch.as_mut(), gone, watched) {
                             let key = gone.key.as_bytes();
                             if !self.is_member_key(key) && w.cancel(key).is_err() {
                                 watch = None;
@@ -890,30 +896,29 @@ impl LeaseGroup {
                             if !self.unremoved.is_empty() {
                                 self.delete_unremoved(lease, attempt).await;
                             }
-                            if watch.is_none() {
-                                // No watch: try to open it again (then check once, for what
-                                // was deleted while there was none), else check every time.
-                                if !watch_refused {
-                                    watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
-                                        .await
-                                        .ok()
-                                        .and_then(|w| w.ok());
-                                    if watch.is_some() {
-                                        // It watches every member's key.
-                                        unwatched.clear();
-                                    }
+                            // No watch: try to open it again (then check once, for what was
+                            // deleted while there was none), else check every time.
+                            if watch.is_none() && !watch_refused {
+                                watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
+                                    .await
+                                    .ok()
+                                    .and_then(|w| w.ok());
+                                if watch.is_some() {
+                                    // It watches every member's key.
+                                    unwatched.clear();
                                 }
-                                let check = tokio::time::timeout(period, self.repair(lease, attempt));
-                                match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
-                                    Err(e) => return Exit::Lost(e),
-                                    Ok(refused) => {
-                                        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
-                                        None
-                                    }
-                                }
-                            } else {
-                                None
                             }
+                            if watch.is_none() || recheck {
+                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
+                                    Err(e) => return Exit::Lost(e),
+                                    Ok(Some(refused)) => {
+                                        recheck = false;
+                                        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
+                                    }
+                                    Ok(None) => recheck = true,
+                                }
+                            }
+                            None
                         }
                     }
                 }
@@ -935,11 +940,13 @@ impl LeaseGroup {
                     match seen {
                         Ok(deleted) => {
                             if deleted.iter().any(|k| self.is_member_key(k)) {
-                                let check = tokio::time::timeout(period, self.repair(lease, attempt));
-                                match before_loss(lost_at, ttl, async { check.await.unwrap_or_else(|_| Ok(Refused::new())) }).await {
+                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
                                     Err(e) => return Exit::Lost(e),
                                     // A key put back may have been refused (e.g. no space left).
-                                    Ok(refused) => self.retry_refused(&mut retry, &mut to_retry, 1, &refused),
+                                    Ok(Some(refused)) => self.retry_refused(&mut retry, &mut to_retry, 1, &refused),
+                                    // The deletion is not seen again: checked with the next
+                                    // keep-alive, and each one after until a check is done.
+                                    Ok(None) => recheck = true,
                                 }
                             }
                         }
@@ -1192,9 +1199,9 @@ impl LeaseGroup {
     }
 
     /// Puts back keys that are missing from the lease (deleted by someone else); notices a lease
-    /// revoked by someone else. A failed check is not a loss by itself: the keep-alive deadline
-    /// decides that.
-    async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<Refused> {
+    /// revoked by someone else. A failed check is not a loss by itself (`None`: to be done
+    /// again): the keep-alive deadline decides that.
+    async fn repair(&mut self, lease: i64, attempt: Duration) -> Result<Option<Refused>> {
         match self
             .attached_keys(lease, attempt)
             .await
@@ -1230,13 +1237,26 @@ impl LeaseGroup {
                 for member in to_put.iter().filter(|m| !refused.contains_key(&m.id)) {
                     member.registered(lease);
                 }
-                Ok(refused)
+                Ok(Some(refused))
             }
             Err(e) => {
                 tracing::debug!(error = %e, "lease check failed");
-                Ok(Refused::new())
+                Ok(None)
             }
         }
+    }
+
+    /// [`LeaseGroup::repair`] within `within`: `None` when the check did not get done in time
+    /// (or failed without the lease being lost).
+    async fn check_keys(
+        &mut self,
+        lease: i64,
+        attempt: Duration,
+        within: Duration,
+    ) -> Result<Option<Refused>> {
+        tokio::time::timeout(within, self.repair(lease, attempt))
+            .await
+            .unwrap_or(Ok(None))
     }
 
     /// Removes a member: deletes its key (unless a newer registration owns it) and revokes the

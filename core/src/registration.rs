@@ -581,6 +581,12 @@ impl RegShared {
     /// found in place, given where the registration stood: `Registered` or `Reregistered`, then
     /// `Updated` when info given to `update` has landed since the last one.
     pub(crate) fn registered(&self, lease_id: i64) {
+        // Replaced by a newer registration of its node (which speaks for the node from then
+        // on), or left before any put of its key (a transaction of its group skipped it):
+        // nothing to tell.
+        if self.replaced.load(Ordering::SeqCst) || self.put.load(Ordering::SeqCst) == LEFT_UNPUT {
+            return;
+        }
         let (state, once) = {
             let inner = self.lock();
             (inner.state, inner.registered_once)

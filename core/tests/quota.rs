@@ -294,3 +294,42 @@ async fn a_full_etcd_gets_one_write_per_attempt_not_one_per_node() {
     registry.close().await.unwrap();
     drop(etcd);
 }
+
+/// Nodes refused when they joined the live lease (etcd full), then unregistered, leave the
+/// watch of the other nodes' keys alone: a key of theirs deleted by someone else once etcd is
+/// fixed is put back. (b and c are watched through their directory, as every key of a lease
+/// but its first: the refused nodes' keys were never added to it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_refused_then_unregistered_leave_the_watch_of_the_others_keys() {
+    init_logs();
+    let etcd = small_etcd().await;
+    let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let mut regs = Vec::new();
+    for name in ["a", "b", "c"] {
+        let reg = registry.register(SERVICE, node(name, &[]), TTL).unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push(reg);
+    }
+    let mut client = fill(&etcd).await;
+    let refused: Vec<Registration> = ["e", "f"]
+        .iter()
+        .map(|name| registry.register(SERVICE, node(name, &[]), TTL).unwrap())
+        .collect();
+    each_retrying(&refused, "a refused node retrying").await;
+    for reg in &refused {
+        // etcd refuses the delete (a transaction) while full; they end all the same.
+        let _ = reg.unregister().await;
+        assert_eq!(reg.state(), RegistrationState::Unregistered);
+    }
+    let etcd = fix(etcd, &mut client).await;
+
+    etcd.delete("/quota/svc/b").unwrap();
+    eventually("b's key put back", || async {
+        etcd.get_prefix("/quota/").unwrap().len() == 3
+    })
+    .await;
+    for reg in &regs {
+        assert_eq!(reg.state(), RegistrationState::Registered);
+    }
+    registry.close().await.unwrap();
+}

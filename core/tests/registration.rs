@@ -1143,3 +1143,36 @@ async fn unregistering_leaves_the_key_another_process_registered_since() {
         registry.close().await.unwrap();
     }
 }
+
+/// A node registered twice at once, before the first registration's put: the first one never
+/// says it is registered (its key was never put; the second's put carries the node), it only
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_replaced_before_its_put_never_says_registered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(5);
+    let first = registry
+        .register("api", node("n1", &[("v", "1")]), ttl)
+        .unwrap();
+    let mut events = first.subscribe();
+    let second = registry
+        .register("api", node("n1", &[("v", "2")]), ttl)
+        .unwrap();
+    second.wait_registered(DEADLINE).await.unwrap();
+    let (_, before) = wait_event(&mut events, "Unregistered", |e| {
+        matches!(e, StatusEvent::Unregistered)
+    })
+    .await;
+    assert!(
+        !before
+            .iter()
+            .any(|e| matches!(e, StatusEvent::Registered { .. })),
+        "{before:?}"
+    );
+    assert_eq!(
+        etcd.get_prefix("/s/").unwrap(),
+        [("/s/api/n1".to_string(), r#"{"v":"2"}"#.to_string())]
+    );
+    registry.close().await.unwrap();
+}
