@@ -1338,12 +1338,18 @@ impl LeaseGroup {
 
     /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
     /// within `within` per member tried (two at most); those etcd still does not get stay for
-    /// the next keep-alive.
+    /// the next keep-alive. Those not tried within one key's bound stay for it too: the
+    /// keep-alive's loop waits for this.
     async fn delete_unremoved(&mut self, lease: i64, within: Duration) {
         let mut keys = std::mem::take(&mut self.unremoved);
         keys.retain(|key| !self.is_member_key(key.as_bytes()));
+        let until = Instant::now() + within * 2;
         for key in keys {
-            let _ = self.delete_or_keep(key, lease, within).await;
+            if Instant::now() < until {
+                let _ = self.delete_or_keep(key, lease, within).await;
+            } else {
+                self.unremoved.push(key);
+            }
         }
     }
 
