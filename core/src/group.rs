@@ -543,7 +543,16 @@ impl LeaseGroup {
         let mut refused = Refused::new();
         let mut first = 0;
         let mut start = 0;
+        // So many keys that their puts outlast a third of the TTL (a hundred thousand nodes
+        // of a short TTL): the lease is renewed on the way, or it would expire before the
+        // last of them, and every attempt would start again.
+        let renew_every = Duration::from_secs(self.ttl_secs.max(1) as u64) / 3;
+        let mut renew_at = Instant::now() + renew_every;
         while start < members.len() {
+            if Instant::now() >= renew_at {
+                self.keep_alive(lease, attempt).await?;
+                renew_at = Instant::now() + renew_every;
+            }
             // The next transaction: as many members as fit, their values read now.
             let mut chunk: Vec<Arc<RegShared>> = Vec::new();
             let mut values = Vec::new();

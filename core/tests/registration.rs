@@ -1176,3 +1176,38 @@ async fn a_registration_replaced_before_its_put_never_says_registered() {
     );
     registry.close().await.unwrap();
 }
+
+/// So many nodes of a short TTL that putting them all takes longer than the TTL: their lease is
+/// renewed while they are put, instead of expiring before the last of them (and every attempt
+/// starting again with a new lease, for ever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn more_nodes_than_one_ttl_can_put_all_register() {
+    const NODES: usize = 150_000;
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    // etcd's shortest TTL (it grants 2 s for anything shorter).
+    let ttl = Duration::from_secs(2);
+    let regs: Vec<Registration> = (0..NODES)
+        .map(|i| {
+            registry
+                .register("api", node(&format!("n{i}"), &[]), ttl)
+                .unwrap()
+        })
+        .collect();
+    // Attempts may fail on the way (the nodes joining a live lease are put within what is left
+    // of the TTL): the registrations end up registered all the same.
+    eventually("every node registered", || async {
+        regs.iter()
+            .all(|r| r.state() == RegistrationState::Registered)
+    })
+    .await;
+    let mut client = etcd_client::Client::connect(etcd.direct_endpoints(), None)
+        .await
+        .unwrap();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let count = client.get("/s/api/", Some(options)).await.unwrap().count();
+    assert_eq!(count, NODES as i64);
+    registry.close().await.unwrap();
+}
