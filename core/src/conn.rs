@@ -485,18 +485,18 @@ impl Connection {
             let order = self.health.order(now);
             let i = order[k % order.len()];
             let endpoint = &self.endpoints[i];
-            let probe = async {
-                let mut client = self.client_of(i).await?.maintenance_client();
-                client.status().await.map_err(|e| self.reached_error(i, e))
-            };
-            let answered =
+            let probe = self.status_of(i);
+            let (answered, from_etcd) =
                 match tokio::time::timeout_at(until.min(now + PROBE_TIMEOUT), probe).await {
-                    Ok(Ok(_)) => true,
+                    Ok(Ok(())) => (true, true),
                     // An answer from etcd, even a refusal, shows it is reached; so does a TLS
                     // failure (a handshake answered): probing on would only repeat handshakes
                     // with a misconfigured client, and the next attempt reports it.
-                    Ok(Err(e)) => !is_member_failure(&e) || e.kind() == ErrorKind::Tls,
-                    Err(_) => false,
+                    Ok(Err((e, from_etcd))) => (
+                        !is_member_failure(&e) || e.kind() == ErrorKind::Tls,
+                        from_etcd,
+                    ),
+                    Err(_) => (false, false),
                 };
             // A late answer (a member resumed, a network healed) came from an etcd that was
             // not reached until then.
@@ -512,7 +512,11 @@ impl Connection {
                 return false;
             }
             unreached = true;
-            self.forget_client(i);
+            // Not when etcd itself answered (e.g. "no leader" while the cluster has lost its
+            // quorum): its connection works, and a new one per probe would only load it.
+            if !from_etcd {
+                self.forget_client(i);
+            }
             k += 1;
             let pause = PROBE_PAUSE.mul_f64(1.0 - 0.5 * crate::backoff::random_unit());
             tokio::time::sleep_until(until.min(Instant::now() + pause)).await;
@@ -595,6 +599,19 @@ impl Connection {
                     handle.spawn(probe(this, i, generation));
                 }
                 Err(_) => self.health.probe_stopped(i),
+            }
+        }
+    }
+
+    /// Asks member `i` for its status. A failure says whether etcd itself answered it (a
+    /// refusal such as "no leader", over a connection that works).
+    async fn status_of(&self, i: usize) -> std::result::Result<(), (Error, bool)> {
+        let client = self.client_of(i).await.map_err(|e| (e, false))?;
+        match client.maintenance_client().status().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let from_etcd = !not_answered(&e);
+                Err((self.reached_error(i, e), from_etcd))
             }
         }
     }
@@ -763,16 +780,12 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
             tokio::time::sleep_until(until).await;
             continue;
         }
-        let result = tokio::time::timeout(c.timeout, async {
-            let mut client = c.client_of(i).await?.maintenance_client();
-            client.status().await.map_err(Error::from)
-        })
-        .await;
+        let result = tokio::time::timeout(c.timeout, c.status_of(i)).await;
         // Any answer from etcd, even a refusal, shows the member is back.
-        let answered = match &result {
-            Ok(Ok(_)) => true,
-            Ok(Err(e)) => !is_member_failure(e),
-            Err(_) => false,
+        let (answered, from_etcd) = match &result {
+            Ok(Ok(())) => (true, true),
+            Ok(Err((e, from_etcd))) => (!is_member_failure(e), *from_etcd),
+            Err(_) => (false, false),
         };
         if answered {
             tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
@@ -781,7 +794,10 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
         }
         let until = c.health.probe_failed(i, Instant::now());
         tracing::debug!(endpoint = %c.endpoints[i], back_in = ?until.saturating_duration_since(Instant::now()), "etcd member still does not answer");
-        c.forget_client(i);
+        // As in `wait_back`: a refusal came over a connection that works.
+        if !from_etcd {
+            c.forget_client(i);
+        }
     }
 }
 

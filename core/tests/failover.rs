@@ -1331,3 +1331,43 @@ async fn watches_made_while_their_member_is_paused_are_made_on_another() {
         ),
     );
 }
+
+/// A cluster that lost its quorum: the member left answers every call and every probe with "no
+/// leader". The registry keeps its connection to it while it waits (one probe every 0.1–0.2 s
+/// during each backoff step), instead of connecting anew for each probe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_without_a_leader_is_probed_over_one_connection() {
+    let _serial = serial().await;
+    let etcd = Arc::new(blocking(cluster).await);
+    let e = etcd.clone();
+    let leader = blocking(move || e.leader().expect("a leader")).await;
+    let survivor = (leader + 1) % etcd.len();
+    // Retries 1 s apart: each backoff step holds several probes.
+    let config = Config::new(etcd.endpoints(), "/quorum")
+        .with_timeout(Duration::from_secs(2))
+        .with_backoff(Duration::from_secs(1), Duration::from_secs(1));
+    let registry = Registry::connect(config).await.unwrap();
+    let reg = registry
+        .register(SERVICE, node("n1", &[]), Duration::from_secs(30))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let mut events = reg.subscribe();
+    for i in (0..etcd.len()).filter(|&i| i != survivor) {
+        let e = etcd.clone();
+        blocking(move || e.kill(i).expect("kill")).await;
+    }
+    let retrying = |e: &StatusEvent| matches!(e, StatusEvent::Retrying { .. });
+    wait_event(&mut events, "retrying", retrying).await;
+    let before = etcd.proxy_accepted_total(survivor);
+    for _ in 0..5 {
+        wait_event(&mut events, "retrying", retrying).await;
+    }
+    let accepted = etcd.proxy_accepted_total(survivor) - before;
+    // Five backoff steps of 1 s, about a third of their probes on the survivor: about 10
+    // connections when each probe connected anew.
+    assert!(
+        accepted <= 2,
+        "{accepted} connections to the member without a leader"
+    );
+    registry.close().await.unwrap();
+}
