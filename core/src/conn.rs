@@ -74,6 +74,9 @@ pub(crate) struct Connection {
     generation: AtomicU64,
     this: Weak<Connection>,
     auth_disabled_warned: AtomicBool,
+    /// Per member: its client was made without the credentials, etcd's authentication being
+    /// off then. Refused for authentication, it is dropped: the next call connects with them.
+    without_user: Vec<AtomicBool>,
     tls: Option<ClientTls>,
 }
 
@@ -88,6 +91,7 @@ impl Connection {
         Arc::new_cyclic(|this| Connection {
             clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
             refused: endpoints.iter().map(|_| Default::default()).collect(),
+            without_user: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
             health: Health::new(endpoints.len()),
             endpoints,
             credentials,
@@ -158,9 +162,11 @@ impl Connection {
                         "credentials were given but etcd has authentication disabled; proceeding without them"
                     );
                 }
-                dial(endpoint, self.options(false))
+                let client = dial(endpoint, self.options(false))
                     .await
-                    .map_err(|e| self.reached_error(i, e))
+                    .map_err(|e| self.reached_error(i, e))?;
+                self.without_user[i].store(true, Ordering::SeqCst);
+                Ok(client)
             }
             Err(err) => Err(self.reached_error(i, err)),
         }
@@ -621,6 +627,11 @@ impl Connection {
     fn reached_error(&self, i: usize, err: etcd_client::Error) -> Error {
         let failed = not_answered(&err);
         let err = reached_error(&self.endpoints[i], err);
+        // etcd turned its authentication on since this client was made without the user.
+        if err.kind() == ErrorKind::Auth && self.without_user[i].swap(false, Ordering::SeqCst) {
+            tracing::info!(endpoint = %self.endpoints[i], "etcd now requires authentication; connecting with the credentials");
+            self.forget_client(i);
+        }
         if failed {
             let mut refused = lock(&self.refused[i]);
             let now = Instant::now();

@@ -643,6 +643,31 @@ async fn credentials_against_a_server_without_auth_still_register() {
     assert_eq!(registry.list("api").await.unwrap().len(), 1);
 }
 
+/// Credentials given while etcd's authentication is off, and etcd then turns it on: the registry
+/// connects again with them (its connections made without them are refused from then on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_used_once_etcd_turns_authentication_on() {
+    let etcd = std::sync::Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("user", "secret"))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let e = etcd.clone();
+    blocking(move || e.enable_auth("user", "secret").unwrap()).await;
+    // The first call after may be refused (made without the user); the next ones are not.
+    eventually("a list with the credentials", || async {
+        registry
+            .list("api")
+            .await
+            .is_ok_and(|nodes| nodes.len() == 1)
+    })
+    .await;
+    registry.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
     init_logs();
