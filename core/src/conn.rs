@@ -173,10 +173,24 @@ impl Connection {
     }
 
     /// Forgets every client, so that the next call connects afresh, and stops the probes.
-    pub(crate) async fn reset(&self) {
+    pub(crate) fn reset(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
-        for slot in &self.clients {
-            *slot.lock().await = None;
+        for (i, slot) in self.clients.iter().enumerate() {
+            match slot.try_lock() {
+                Ok(mut slot) => *slot = None,
+                // A connect in flight (with credentials it authenticates, which a silent member
+                // may not answer for a long while): its client is dropped once it is made, not
+                // waited for.
+                Err(_) => {
+                    if let (Some(this), Ok(handle)) =
+                        (self.this.upgrade(), tokio::runtime::Handle::try_current())
+                    {
+                        handle.spawn(async move {
+                            *this.clients[i].lock().await = None;
+                        });
+                    }
+                }
+            }
         }
     }
 
@@ -423,15 +437,7 @@ impl Connection {
                     self.reached_error(i, e)
                 })
             });
-            // The caller may give up before this try ends (its own deadline, a close): a write
-            // sent then may still land.
-            let mut cut_off = CutOff {
-                maybe_late,
-                sent: &sent,
-                armed: true,
-            };
             let outcome = tokio::time::timeout(limit, run).await;
-            cut_off.armed = false;
             let may_land = sent.load(Ordering::Relaxed)
                 && !unsent.load(Ordering::Relaxed)
                 && match &outcome {
@@ -854,52 +860,4 @@ fn contextualize(err: Error, what: &str) -> Error {
         return err;
     }
     Error::new(err.kind(), format!("{what}: {}", err.message()))
-}
-
-/// Set while a write's try is awaited: dropped before the try ended (the caller gave up on the
-/// whole call), it marks the write as one that may still land, as a try that timed out does.
-struct CutOff<'a> {
-    maybe_late: Option<&'a AtomicBool>,
-    sent: &'a AtomicBool,
-    armed: bool,
-}
-
-impl Drop for CutOff<'_> {
-    fn drop(&mut self) {
-        if let Some(flag) = self.maybe_late {
-            if self.armed && self.sent.load(Ordering::Relaxed) {
-                flag.store(true, Ordering::SeqCst);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A write its caller gives up on while it is in flight (the caller's own deadline, shorter
-    /// than the call's) is marked as one that may still land; one that ends is not.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_write_cut_off_by_its_caller_may_still_land() {
-        let etcd = etcd_harness::EtcdCluster::start_single().expect("start etcd");
-        let conn = Connection::new(etcd.endpoints(), None, Duration::from_secs(30), None);
-        let attempt = Duration::from_secs(30);
-
-        let late = AtomicBool::new(false);
-        let done = conn.call_write("writing", attempt, &late, |c| {
-            let mut kv = c.kv_client();
-            async move { kv.put("/k", "v", None).await }
-        });
-        done.await.unwrap();
-        assert!(!late.load(Ordering::SeqCst));
-
-        // Sent (its client connected), never answered, given up by the caller.
-        let hanging = conn.call_write("writing", attempt, &late, |_| {
-            std::future::pending::<std::result::Result<(), etcd_client::Error>>()
-        });
-        let cut_off = tokio::time::timeout(Duration::from_millis(500), hanging).await;
-        assert!(cut_off.is_err());
-        assert!(late.load(Ordering::SeqCst));
-    }
 }

@@ -907,7 +907,8 @@ impl LeaseGroup {
                             }
                             // No watch: try to open it again (then check once, for what was
                             // deleted while there was none), else check every time.
-                            if watch.is_none() && !watch_refused {
+                            let unwatched_keys = watch.is_none();
+                            if unwatched_keys && !watch_refused {
                                 watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
                                     .await
                                     .ok()
@@ -917,7 +918,7 @@ impl LeaseGroup {
                                     unwatched.clear();
                                 }
                             }
-                            if watch.is_none() || recheck {
+                            if unwatched_keys || recheck {
                                 match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
                                     Err(e) => return Exit::Lost(e),
                                     Ok(Some(refused)) => {

@@ -765,7 +765,7 @@ impl Registry {
         // watches' handlers, and end the registry-wide streams after it.
         finish_routes(registrations, routes).await;
         self.inner.hub.close();
-        self.inner.conn.reset().await;
+        self.inner.conn.reset();
         Ok(())
     }
 }

@@ -493,3 +493,36 @@ async fn a_node_put_then_registered_again_with_another_ttl_and_unregistered_offl
     .await;
     registry.close().await.unwrap();
 }
+
+/// Closing while a connection to a silent etcd is being made (with credentials, the connect
+/// authenticates, which etcd does not answer): close does not wait for that connect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_a_connect_in_flight() {
+    let etcd = std::sync::Arc::new(etcd_with_proxy());
+    let e = etcd.clone();
+    blocking(move || e.enable_auth("user", "secret").unwrap()).await;
+    let e = etcd.clone();
+    blocking(move || e.pause(0).unwrap()).await;
+    let config = config(&etcd, "/s")
+        .with_credentials("user", "secret")
+        .with_timeout(Duration::from_secs(600));
+    let registry = Registry::connect(config).await.unwrap();
+    let listing = tokio::spawn({
+        let registry = registry.clone();
+        async move { registry.list("api").await }
+    });
+    // The registry's connection reached the proxy: the connect is in flight.
+    eventually("a connection made", || async {
+        etcd.proxy_connection_count(0) > 0
+    })
+    .await;
+    // The connect ends when its HTTP/2 pings go unanswered (after 10 s); close returns well
+    // before, without waiting for it.
+    tokio::time::timeout(Duration::from_secs(5), registry.close())
+        .await
+        .expect("close returns without waiting for the connect")
+        .unwrap();
+    listing.abort();
+    let e = etcd.clone();
+    blocking(move || e.resume(0).unwrap()).await;
+}
