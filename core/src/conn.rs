@@ -228,7 +228,9 @@ impl Connection {
                 let endpoint = &self.endpoints[i];
                 let run = Box::pin(async {
                     let client = self.client_of(i).await?;
-                    f(&client).await.map_err(|e| self.reached_error(i, e))
+                    self.with_fresh_token(&client, f)
+                        .await
+                        .map_err(|e| self.reached_error(i, e))
                 });
                 match tokio::time::timeout(attempt, run).await {
                     Ok(result) => result,
@@ -301,17 +303,42 @@ impl Connection {
     /// etcd says it expired).
     pub(crate) async fn call_on<T, F, Fut>(&self, i: usize, what: &str, f: F) -> Result<T>
     where
-        F: FnOnce(Arc<Client>) -> Fut,
+        F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let attempt = self.attempt_timeout();
         let call = async {
             let client = self.client_of(i).await?;
-            f(client).await.map_err(Error::from)
+            self.with_fresh_token(&client, &f)
+                .await
+                .map_err(Error::from)
         };
         match tokio::time::timeout(attempt, call).await {
             Ok(result) => result.map_err(|e| contextualize(e, what)),
             Err(_) => Err(Error::timeout(what, attempt)),
+        }
+    }
+
+    /// Runs `f` on `client`. When etcd refuses the client's auth token as older than its auth
+    /// store (a JWT token handed out before a change to users or roles, which etcd refuses
+    /// until the client authenticates again; etcd-client renews a token only when it expired),
+    /// authenticates again and runs `f` once more, as etcd's own clients do.
+    async fn with_fresh_token<T, F, Fut>(
+        &self,
+        client: &Client,
+        f: &F,
+    ) -> std::result::Result<T, etcd_client::Error>
+    where
+        F: Fn(&Client) -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        match f(client).await {
+            Err(e) if self.has_credentials() && is_old_auth_revision(&e) => {
+                tracing::debug!(error = %e, "etcd's users or roles changed since the auth token was handed out; authenticating again");
+                client.refresh_token().await?;
+                f(client).await
+            }
+            result => result,
         }
     }
 
@@ -430,7 +457,7 @@ impl Connection {
             let run = Box::pin(async {
                 let client = self.client_of(i).await?;
                 sent.store(true, Ordering::Relaxed);
-                f(&client).await.map_err(|e| {
+                self.with_fresh_token(&client, &f).await.map_err(|e| {
                     if unreachable_cause(&e).is_some() {
                         unsent.store(true, Ordering::Relaxed);
                     }
@@ -846,6 +873,18 @@ async fn join_all<F: Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Out
 }
 
 /// A failure that says the member (or the way to it) is unwell, not that etcd refused.
+/// etcd's refusal of an auth token older than its auth store: "revision of auth store is old"
+/// (`InvalidArgument`), or, from etcd 3.5.1 and older, its internal "auth: revision in header
+/// is old" (`Unknown`).
+pub(crate) fn is_old_auth_revision(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(status) => {
+            crate::error::is_old_auth_revision(status.message())
+        }
+        _ => false,
+    }
+}
+
 pub(crate) fn is_member_failure(e: &Error) -> bool {
     // TLS too: a member restarting mid-handshake fails so; a wrong CA fails on every member
     // alike, and the last member's error is returned at once.

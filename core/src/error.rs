@@ -229,9 +229,19 @@ fn root_cause(err: &etcd_client::Error) -> Option<String> {
     Some(last.to_string())
 }
 
+/// Whether etcd's message refuses an auth token older than its auth store (see
+/// `conn::is_old_auth_revision`).
+pub(crate) fn is_old_auth_revision(message: &str) -> bool {
+    message.contains("revision of auth store is old")
+        || message.contains("revision in header is old")
+}
+
 fn kind_of_status(status: &tonic::Status) -> ErrorKind {
     use tonic::Code;
     let message = status.message();
+    if is_old_auth_revision(message) {
+        return ErrorKind::Auth;
+    }
     match status.code() {
         Code::Unauthenticated | Code::PermissionDenied => ErrorKind::Auth,
         Code::InvalidArgument

@@ -610,14 +610,15 @@ impl Session {
     /// `--auth-token-ttl` of simple tokens, 5 min by default; a restart) while calls renew
     /// theirs. Every watcher made on the stream from then on would be refused, for ever.
     fn may_be_stale_token(&self, resp: &WatchResponse) -> bool {
+        let reason = resp.cancel_reason();
         self.mux.conn.has_credentials()
-            && self.opened.elapsed() >= STALE_TOKEN_AGE
-            && is_auth_refusal(resp.cancel_reason())
+            && (crate::error::is_old_auth_revision(reason)
+                || (self.opened.elapsed() >= STALE_TOKEN_AGE && is_auth_refusal(reason)))
     }
 
     /// Reads the refused watcher's key on the stream's member, beside the stream: a refusal of
-    /// a key that can be read is the stream's expired token (the read renews the member's
-    /// token when it has expired). Answers with [`Command::Probed`].
+    /// a key that can be read is the stream's expired or old token (the read renews the
+    /// member's token then). Answers with [`Command::Probed`].
     fn probe(&self, token: u64, key: Vec<u8>) {
         let (conn, me, member) = (self.mux.conn.clone(), self.me.clone(), self.member);
         self.mux.handle.spawn(async move {
@@ -629,6 +630,7 @@ impl Session {
                     if key.ends_with(b"/") {
                         options = options.with_prefix();
                     }
+                    let key = key.clone();
                     async move { kv.get(key, Some(options)).await }
                 })
                 .await;
@@ -647,10 +649,10 @@ impl Session {
         let resp = self.held.remove(&token)?;
         if readable && self.subs.contains_key(&token) {
             let endpoint = self.mux.conn.endpoint(self.member);
-            tracing::info!(%endpoint, "etcd refused a watch with the expired auth token of the watch stream; reopening it");
+            tracing::info!(%endpoint, "etcd refused a watch with the expired or old auth token of the watch stream; reopening it");
             let e = Error::new(
                 ErrorKind::Auth,
-                format!("the auth token of the watch stream on {endpoint} expired"),
+                format!("the auth token of the watch stream on {endpoint} expired or is old"),
             );
             // Silent: resumed at once, not after a backoff step.
             return Some((e, true));

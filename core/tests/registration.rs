@@ -668,6 +668,73 @@ async fn credentials_are_used_once_etcd_turns_authentication_on() {
     registry.close().await.unwrap();
 }
 
+/// etcd's JWT tokens carry the revision of its auth store: after any change to its users or
+/// roles, a call with a token handed out before is refused ("revision of auth store is old")
+/// until the client authenticates again, which clients are expected to do at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens() {
+    init_logs();
+    let etcd = Arc::new(EtcdCluster::builder().jwt_tokens(true).start().unwrap());
+    etcd.enable_auth("svc", "right").unwrap();
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("svc", "right"))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let lease = reg.lease_id().unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    assert_eq!(registry.list("api").await.unwrap().len(), 1);
+
+    // An operator adds a user: every token handed out so far is now old.
+    let e = etcd.clone();
+    blocking(move || {
+        e.etcdctl(&["user", "add", "another", "--new-user-password=x"])
+            .unwrap()
+    })
+    .await;
+
+    // A node joining the live lease, a list, and a watch made on the stream opened before.
+    let reg2 = registry
+        .register("api", node("n2", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg2.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(registry.list("api").await.unwrap().len(), 2);
+    // Not taken for a failure of etcd: the nodes stay on their lease.
+    assert_eq!(reg.lease_id(), Some(lease));
+    assert_eq!(reg2.lease_id(), Some(lease));
+    eventually("the watch made before to see n2", || async {
+        watch.nodes().iter().any(|n| n.name == "n2")
+    })
+    .await;
+    let e = etcd.clone();
+    blocking(move || {
+        e.etcdctl(&["role", "add", "another-role"]).unwrap();
+    })
+    .await;
+    let late = registry.watch("late").await.unwrap();
+    let reg3 = registry
+        .register("late", node("n3", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg3.wait_registered(DEADLINE).await.unwrap();
+    eventually("a watch made after the change to see n3", || async {
+        late.nodes().iter().any(|n| n.name == "n3")
+    })
+    .await;
+    // Two keep-alives later, the nodes are still on their lease: the refusals were not taken
+    // for writes that may land late, which would have moved them to a new one.
+    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
+    eventually("two more keep-alives", || async {
+        gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 2
+    })
+    .await;
+    assert_eq!(reg.lease_id(), Some(lease));
+    assert_eq!(reg2.lease_id(), Some(lease));
+    registry.close().await.unwrap();
+    record_version("auth: JWT tokens, a user added");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
     init_logs();

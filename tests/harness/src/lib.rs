@@ -147,6 +147,7 @@ fn bad_index(i: usize, n: usize) -> io::Error {
 pub struct EtcdClusterBuilder {
     members: usize,
     auth_token_ttl: Option<u64>,
+    jwt_tokens: bool,
     proxy: bool,
     start_timeout: Duration,
     heartbeat_ms: u64,
@@ -168,6 +169,7 @@ impl Default for EtcdClusterBuilder {
         EtcdClusterBuilder {
             members: 1,
             auth_token_ttl: None,
+            jwt_tokens: false,
             proxy: false,
             start_timeout: DEFAULT_START_TIMEOUT,
             heartbeat_ms: 50,
@@ -183,6 +185,14 @@ impl EtcdClusterBuilder {
     /// Number of members (default 1; use 3 for leader-failover tests).
     pub fn members(mut self, n: usize) -> Self {
         self.members = n.max(1);
+        self
+    }
+
+    /// Hand out JWT auth tokens (HS256, signed with a key made now, valid 10 minutes) instead of
+    /// `simple` ones, as production clusters do. A JWT token carries the auth store's revision:
+    /// etcd refuses it with "revision of auth store is old" after any change to users or roles.
+    pub fn jwt_tokens(mut self, enabled: bool) -> Self {
+        self.jwt_tokens = enabled;
         self
     }
 
@@ -362,6 +372,21 @@ impl EtcdClusterBuilder {
             if let Some(ttl) = self.auth_token_ttl {
                 args.push("--auth-token-ttl".into());
                 args.push(ttl.to_string());
+            }
+            if self.jwt_tokens {
+                let key = base_dir.join("jwt.key");
+                if !key.exists() {
+                    // A test key: unique, not secret.
+                    use std::hash::{BuildHasher, Hasher};
+                    let random = std::collections::hash_map::RandomState::new()
+                        .build_hasher()
+                        .finish();
+                    fs::write(&key, format!("{suffix}-{random:016x}"))?;
+                }
+                args.push(format!(
+                    "--auth-token=jwt,sign-method=HS256,priv-key={},ttl=10m",
+                    key.display()
+                ));
             }
             if let (Some(t), Some(files)) = (self.tls, &tls_files) {
                 args.extend([
