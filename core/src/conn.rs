@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ const PROBE_PAUSE: Duration = Duration::from_millis(200);
 /// A probe unanswered this long counts as "not reached"; it is abandoned for a new one on a
 /// fresh connection (a paused or black-holed member holds at most one probe per second).
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+/// etcd's default limit of operations in one transaction (`--max-txn-ops`).
+pub(crate) const MAX_TXN_OPS: usize = 128;
 /// After requests to a member failed twice in a row without reaching it (connection refused,
 /// reset or closed), the next one goes to it no sooner than this after the last failure:
 /// every task of a registry that waits for etcd (a call waiting for it, a lease group or a
@@ -78,6 +80,9 @@ pub(crate) struct Connection {
     /// off then. Refused for authentication, it is dropped: the next call connects with them.
     without_user: Vec<AtomicBool>,
     tls: Option<ClientTls>,
+    /// The most operations a transaction may carry: etcd's default limit (`--max-txn-ops`)
+    /// until etcd refuses one as having too many, then what it took (see `LeaseGroup::put_all`).
+    pub(crate) txn_ops: AtomicUsize,
 }
 
 impl Connection {
@@ -99,6 +104,7 @@ impl Connection {
             generation: AtomicU64::new(0),
             this: this.clone(),
             auth_disabled_warned: AtomicBool::new(false),
+            txn_ops: AtomicUsize::new(MAX_TXN_OPS),
             tls,
         })
     }

@@ -19,9 +19,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::mux::{Delivery, Subscription, WatchMux};
 use crate::registration::{KeyOf, RegShared, StatusEvent};
 
-/// etcd's default limit of operations in one transaction.
-const MAX_TXN_OPS: usize = 128;
-
 /// The most bytes of keys and values one transaction carries: etcd's default request limit
 /// (`--max-request-bytes`), less room for the request's own framing. A server configured with a
 /// lower limit refuses a transaction as too large, and its keys are then put one by one.
@@ -527,7 +524,8 @@ impl LeaseGroup {
         Ok((Some(resp.keys().iter().cloned().collect()), revision))
     }
 
-    /// Puts keys on the lease, in transactions of at most [`MAX_TXN_OPS`] operations and
+    /// Puts keys on the lease, in transactions of at most etcd's limit of operations
+    /// (`Connection::txn_ops`: its default, or the lower limit a server was found to have) and
     /// [`MAX_TXN_BYTES`] bytes. A member whose own put is refused (too large for this server, no
     /// permission for its key) is told so and retried at the next check; a transport failure
     /// fails the whole attempt. An etcd out of space or overloaded refuses every key alike: the
@@ -558,8 +556,9 @@ impl LeaseGroup {
             let mut values = Vec::new();
             let mut bytes = 0;
             let mut taken = 0;
+            let max_ops = self.conn.txn_ops.load(Ordering::Relaxed).max(1);
             for m in &members[start..] {
-                if values.len() == MAX_TXN_OPS {
+                if values.len() == max_ops {
                     break;
                 }
                 let (value, generation) = m.value();
@@ -623,6 +622,16 @@ impl LeaseGroup {
                     for (member, generation) in chunk.iter().zip(generations) {
                         member.landed(generation);
                     }
+                }
+                // A server with a lower `--max-txn-ops`: the same keys again, in transactions
+                // of half as many operations, until they fit (the registry keeps that size).
+                Err(e) if is_too_many_ops(&e) => {
+                    let fewer = (chunk.len() / 2).max(1);
+                    let before = self.conn.txn_ops.fetch_min(fewer, Ordering::Relaxed);
+                    if fewer < before {
+                        tracing::info!(operations = fewer, error = %e, "etcd refused a transaction as having too many operations; putting keys in smaller ones");
+                    }
+                    start -= taken;
                 }
                 Err(e) if e.kind() == ErrorKind::ResourceExhausted && !is_too_large(&e) => {
                     tracing::warn!(count = rest.len(), error = %e, "etcd refused the keys");
@@ -1725,6 +1734,11 @@ fn refuse_all(refused: &mut Refused, members: &[Arc<RegShared>], error: &Error) 
 fn is_too_large(e: &Error) -> bool {
     let message = e.message();
     message.contains("larger than max") || message.contains("request is too large")
+}
+
+/// etcd's refusal of a transaction with more operations than its `--max-txn-ops`.
+fn is_too_many_ops(e: &Error) -> bool {
+    e.message().contains("too many operations in txn request")
 }
 
 /// A refusal of the write itself, not a failure of the connection: the keys are then tried one

@@ -1159,6 +1159,56 @@ async fn large_nodes_joining_at_once_land_within_etcds_request_limit() {
     }
 }
 
+/// A server with a lower limit of operations per transaction (`--max-txn-ops`) than etcd's
+/// default (128) refuses the library's transactions as having too many: the keys then go in
+/// smaller ones, not in a write each. (A current-thread runtime, as above: the nodes join as
+/// one.)
+#[tokio::test(flavor = "current_thread")]
+async fn nodes_joining_at_once_fit_a_lower_limit_of_operations_per_transaction() {
+    init_logs();
+    let etcd = EtcdCluster::builder()
+        .arg("--max-txn-ops=10")
+        .start()
+        .unwrap();
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let ttl = Duration::from_secs(10);
+    let first = registry.register("t", node("first", &[]), ttl).unwrap();
+    first.wait_registered(DEADLINE).await.unwrap();
+    let writes = || gauge(&etcd, "etcd_server_proposals_committed_total");
+    let before = writes();
+    let regs: Vec<Registration> = (0..100)
+        .map(|i| {
+            let name = format!("n{i:03}");
+            registry.register("t", node(&name, &[]), ttl).unwrap()
+        })
+        .collect();
+    for reg in &regs {
+        reg.wait_registered(DEADLINE).await.unwrap();
+    }
+    assert_eq!(registry.list("t").await.unwrap().len(), 101);
+    let lease = first.lease_id().unwrap();
+    assert!(regs.iter().all(|r| r.lease_id() == Some(lease)));
+    // 100 keys in transactions of at most 10: about a dozen writes, not a hundred.
+    let written = writes() - before;
+    assert!(written <= 30, "{written} writes for 100 keys");
+
+    // Once learnt, the size holds for the next transactions: all 101 keys again, on a new
+    // lease, after someone revoked it.
+    let before = writes();
+    etcd.lease_revoke(lease).unwrap();
+    eventually("every key back on a new lease", || {
+        let back = regs.iter().chain([&first]).all(|r| {
+            r.state() == RegistrationState::Registered && r.lease_id().is_some_and(|l| l != lease)
+        });
+        async move { back }
+    })
+    .await;
+    assert_eq!(etcd.get_prefix("/s/t/").unwrap().len(), 101);
+    let written = writes() - before;
+    assert!(written <= 30, "{written} writes for 101 keys");
+    registry.close().await.unwrap();
+}
+
 /// The longest TTL etcd grants (`MAX_TTL_SECS`, 285 years) works like any other: registered,
 /// its key guarded (put back on the same lease when deleted), removed by close. Its keep-alive
 /// period and deadlines are far beyond any timer's range, and must not overflow one.
