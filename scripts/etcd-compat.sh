@@ -25,6 +25,7 @@ TESTS=(
   resyncs_after_compaction_while_disconnected
   a_watch_follows_an_etcd_whose_history_went_back
   a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision
+  an_idle_watch_beside_a_registration_keeps_its_stream
   auth_works_and_a_wrong_password_is_a_clear_auth_error
   a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
@@ -43,6 +44,7 @@ SCENARIOS=(
   "compaction while disconnected: resync"
   "etcd's data lost: the watch re-lists"
   "etcd rebuilt and written past the watch's revision: the watch re-lists"
+  "idle watch beside a registration: stream kept"
   "auth: token expiry, wrong password"
   "auth: JWT tokens, a user added"
   "out of space (NOSPACE): refused, lands after fix"

@@ -1102,7 +1102,7 @@ impl LeaseGroup {
         self.member_keys.insert(held, count - 1);
     }
 
-    /// Opens a watch of every member's key, for deletions after `revision` (0: from now).
+    /// Opens a watch of every member's key, for deletions from `revision` on (0: from now).
     async fn watch_keys(&self, revision: i64, attempt: Duration) -> Result<KeyWatch> {
         let keys: Vec<&[u8]> = self.members.values().map(|m| m.key.as_bytes()).collect();
         let Some(first) = keys.first() else {
@@ -1557,8 +1557,12 @@ impl KeyWatch {
         } else {
             options
         };
+        // From `revision` itself, not the one after: its events are the puts that wrote it
+        // (filtered out), and etcd 3.6+ answers no progress request on a stream while one of
+        // its watchers starts at a revision etcd has not reached (the stream's member would
+        // be taken for silent; see `mux`).
         if revision > 0 {
-            options.with_start_revision(revision + 1)
+            options.with_start_revision(revision)
         } else {
             options
         }

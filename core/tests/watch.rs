@@ -684,3 +684,59 @@ async fn a_reader_far_behind_ends_with_the_live_set_and_nothing_dropped() {
     watcher.close().await.unwrap();
     registry.close().await.unwrap();
 }
+
+/// How many Watch streams member 0 has had opened (etcd's gRPC metrics).
+fn watch_streams_opened(etcd: &etcd_harness::EtcdCluster) -> u64 {
+    let metrics = etcd.metrics(0).unwrap();
+    metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("grpc_server_started_total") && l.contains("grpc_method=\"Watch\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// An idle registry that watches a service and keeps a node registered: its watch stream asks
+/// its member for a progress report when quiet, and keeps the stream while it is answered.
+/// etcd 3.6 and later do not answer while a watcher on the stream starts at a revision etcd
+/// has not reached: the lease's watch of its own keys must not, or in a cluster with no
+/// writes the member would be taken for silent and given up, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
+    let etcd = etcd();
+    // A short timeout: the stream asks for progress after 0.5 s of quiet.
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let watch = registry.watch("api").await.unwrap();
+    // The first node of its TTL, then one joining its live lease.
+    let mut regs = Vec::new();
+    for name in ["n1", "n2"] {
+        let node = etcd_registry::Node::new(name, Default::default());
+        let reg = registry
+            .register("api", node, Duration::from_secs(3))
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        regs.push(reg);
+    }
+    eventually("the watch to see n1 and n2", || async {
+        names(&watch) == ["n1", "n2"]
+    })
+    .await;
+    let opened = watch_streams_opened(&etcd);
+    // Nothing written from now on. Four keep-alives (one a second) span several rounds of
+    // progress requests.
+    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
+    eventually("four keep-alives", || async {
+        gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 4
+    })
+    .await;
+    assert_eq!(
+        watch_streams_opened(&etcd),
+        opened,
+        "the watch stream was opened again"
+    );
+    registry.close().await.unwrap();
+    record_version("idle watch beside a registration: stream kept");
+}
