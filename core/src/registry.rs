@@ -522,7 +522,7 @@ impl Registry {
         };
         // Either way, as the caller is promised: `Unregistered` has been delivered to the
         // registration's handler when this returns, so the handler's data may be freed.
-        finish_routes(vec![reg.clone()], Vec::new()).await;
+        finish_routes(std::slice::from_ref(reg), &[]).await;
         result
     }
 
@@ -714,21 +714,20 @@ impl Registry {
             }
             return Ok(());
         }
-        // Said when this close returns, or when it is dropped before: nothing else would finish
-        // it, and a close waiting for it must not wait forever.
-        struct Finished<'a>(&'a tokio::sync::watch::Sender<bool>);
-        impl Drop for Finished<'_> {
-            fn drop(&mut self) {
-                self.0.send_replace(true);
-            }
-        }
-        let _finished = Finished(&self.inner.closed_done);
+        // What is left to do once the groups are told; done here, or, when this close is
+        // dropped before (a caller's timeout), on the runtime: every stream still ends, and a
+        // close waiting for this one is told when it has.
+        let mut rest = CloseRest {
+            inner: Some(self.inner.clone()),
+            registrations: Vec::new(),
+            routes: Vec::new(),
+        };
         self.inner.closing.send_replace(true);
-        let (groups, watches, registrations) = {
+        let (groups, watches) = {
             let mut state = self.state();
-            let mut registrations = state.registrations.drain().map(|r| r.0).collect::<Vec<_>>();
+            rest.registrations = state.registrations.drain().map(|r| r.0).collect::<Vec<_>>();
             // Replaced ones not ended yet: theirs is the same promise.
-            registrations.extend(
+            rest.registrations.extend(
                 state
                     .replaced
                     .drain(..)
@@ -737,13 +736,11 @@ impl Registry {
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
-                registrations,
             )
         };
-        let mut routes = Vec::with_capacity(watches.len());
         for (task, route) in watches {
             task.abort();
-            routes.push(route);
+            rest.routes.push(route);
         }
         let mut pending = Vec::new();
         for group in groups {
@@ -758,14 +755,7 @@ impl Registry {
         for done in pending {
             let _ = tokio::time::timeout_at(deadline, done).await;
         }
-        for reg in &registrations {
-            reg.emit(StatusEvent::Unregistered);
-        }
-        // Every registration has emitted `Unregistered`: deliver it to the handlers, stop the
-        // watches' handlers, and end the registry-wide streams after it.
-        finish_routes(registrations, routes).await;
-        self.inner.hub.close();
-        self.inner.conn.reset();
+        rest.finish().await;
         Ok(())
     }
 }
@@ -801,15 +791,63 @@ fn retire_group(state: &Arc<Mutex<State>>, ttl_secs: i64, generation: u64) -> Re
     })
 }
 
+/// The end of a [`Registry::close`]: its registrations and watch routes, to be finished by
+/// [`finish_close`]. Dropped unfinished (the close's future dropped on the way: a caller's
+/// timeout), it finishes them on the registry's runtime; each step is idempotent, so one done
+/// already is only done again.
+struct CloseRest {
+    /// `None` once finished.
+    inner: Option<Arc<Inner>>,
+    registrations: Vec<Arc<RegShared>>,
+    routes: Vec<Arc<WatchRoute>>,
+}
+
+impl CloseRest {
+    async fn finish(&mut self) {
+        if let Some(inner) = &self.inner {
+            finish_close(inner, &self.registrations, &self.routes).await;
+        }
+        self.inner = None;
+    }
+}
+
+impl Drop for CloseRest {
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        let registrations = std::mem::take(&mut self.registrations);
+        let routes = std::mem::take(&mut self.routes);
+        inner.handle.clone().spawn(async move {
+            finish_close(&inner, &registrations, &routes).await;
+        });
+    }
+}
+
+/// Ends a closed registry's registrations (`Unregistered`), delivers what their handlers
+/// still have queued, ends its watches and registry-wide streams, drops its connections, and
+/// tells the closes waiting for it.
+async fn finish_close(inner: &Inner, registrations: &[Arc<RegShared>], routes: &[Arc<WatchRoute>]) {
+    for reg in registrations {
+        reg.emit(StatusEvent::Unregistered);
+    }
+    // Every registration has emitted `Unregistered`: deliver it to the handlers, stop the
+    // watches' handlers, and end the registry-wide streams after it.
+    finish_routes(registrations, routes).await;
+    inner.hub.close();
+    inner.conn.reset();
+    inner.closed_done.send_replace(true);
+}
+
 /// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
 /// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
 /// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
 /// events are delivered right here, nested.
-async fn finish_routes(registrations: Vec<Arc<RegShared>>, watches: Vec<Arc<WatchRoute>>) {
-    for reg in &registrations {
+async fn finish_routes(registrations: &[Arc<RegShared>], watches: &[Arc<WatchRoute>]) {
+    for reg in registrations {
         reg.finish_route().await;
     }
-    for route in &watches {
+    for route in watches {
         route.end_async().await;
     }
 }

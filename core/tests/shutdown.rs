@@ -526,3 +526,32 @@ async fn close_does_not_wait_for_a_connect_in_flight() {
     let e = etcd.clone();
     blocking(move || e.resume(0).unwrap()).await;
 }
+
+/// A close whose future is dropped on the way (a caller's timeout around it, etcd not
+/// answering the revoke) still ends everything: the registry's event stream and its watches
+/// end, and a later close returns once they have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_dropped_on_the_way_still_ends_every_stream() {
+    let etcd = std::sync::Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s")).await.unwrap();
+    let events = registry.events();
+    let watch = registry.watch("api").await.unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    etcd.pause(0).unwrap();
+    // The close waits for the revoke, which etcd does not answer: dropped meanwhile.
+    let dropped = tokio::time::timeout(Duration::from_millis(100), registry.close()).await;
+    assert!(dropped.is_err(), "the close did not wait for etcd");
+    registry.close().await.unwrap();
+    assert_eq!(reg.state(), RegistrationState::Unregistered);
+    let end = async {
+        while events.next().await.is_some() {}
+        while watch.next().await.is_some() {}
+    };
+    tokio::time::timeout(DEADLINE, end)
+        .await
+        .expect("the registry's event stream and its watch end");
+    resume_then_no_key_left(&etcd, "/s/").await;
+}
