@@ -345,9 +345,13 @@ pub fn node_name_of<'a>(prefix: &str, key: &'a str) -> Option<&'a str> {
 }
 
 /// The prefix under which every service lives: the cleaned base path with a trailing '/' (none
-/// for an empty base path, whose keys start with the service name).
+/// for an empty base path, or one that cleans to ".", whose keys start with the service name,
+/// as Go's `path.Join(".", service, node)` writes them).
 pub fn base_prefix(base_path: &str) -> String {
     let mut prefix = go_path_join(&[base_path]);
+    if prefix == "." {
+        prefix.clear();
+    }
     if !prefix.is_empty() && !prefix.ends_with('/') {
         prefix.push('/');
     }
@@ -514,6 +518,11 @@ mod tests {
         assert_eq!(base_prefix("/services//"), "/services/");
         assert_eq!(base_prefix("/"), "/");
         assert_eq!(base_prefix(""), "");
+        // Bases that clean to ".": Go's path.Join(".", "api", "n1") is "api/n1".
+        for base in [".", "./", "a/..", "./."] {
+            assert_eq!(base_prefix(base), "", "{base:?}");
+            assert!(node_key(base, "api", "n1").starts_with(&base_prefix(base)));
+        }
         let p = base_prefix("/s");
         assert_eq!(service_name_of(&p, "/s/api/n1"), Some("api"));
         assert_eq!(
