@@ -554,6 +554,18 @@ impl Session {
         {
             *slot = None;
         }
+        // A watcher added since, to a subscription whose watchers all left (a subscription
+        // sends on its own sender, not through the slot), is told the stream ended, so that it
+        // opens a new one; one added after this is refused, as to any stream that ended.
+        self.inbox.close();
+        while let Ok(command) = self.inbox.try_recv() {
+            if let Command::Add(add) = command {
+                let _ = add.sink.send(Delivery::Ended {
+                    error: Error::new(ErrorKind::Connection, "the watch stream was closed"),
+                    silent: true,
+                });
+            }
+        }
         Ok(true)
     }
 
