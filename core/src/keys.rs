@@ -288,6 +288,27 @@ pub fn replace_lone_surrogates(json: &[u8]) -> Option<Vec<u8>> {
     out
 }
 
+/// `value` with each byte of its invalid UTF-8 sequences replaced by U+FFFD, as Go's decoders
+/// read them (one replacement per byte, where Rust's lossy decoding makes one per sequence);
+/// `first` is the first such error.
+fn replace_invalid_utf8(value: &[u8], first: std::str::Utf8Error) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 8);
+    let mut rest = value;
+    let mut error = Some(first);
+    while let Some(e) = error {
+        let valid = e.valid_up_to();
+        out.extend_from_slice(&rest[..valid]);
+        let bad = e.error_len().unwrap_or(rest.len() - valid);
+        for _ in 0..bad {
+            out.extend_from_slice("\u{FFFD}".as_bytes());
+        }
+        rest = &rest[valid + bad..];
+        error = std::str::from_utf8(rest).err();
+    }
+    out.extend_from_slice(rest);
+    out
+}
+
 /// Why a stored value was not a JSON object of strings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DecodeProblem(pub String);
@@ -302,6 +323,11 @@ pub fn decode_info(value: &[u8]) -> Result<Info, DecodeProblem> {
     // The usual case, an object of strings, decodes straight into the map.
     if let Ok(info) = serde_json::from_slice::<Info>(value) {
         return Ok(info);
+    }
+    // Bytes that are not UTF-8 (written by something else than a JSON encoder): Go's decoder
+    // reads each as U+FFFD.
+    if let Err(e) = std::str::from_utf8(value) {
+        return decode_info(&replace_invalid_utf8(value, e));
     }
     let parsed: serde_json::Value = match serde_json::from_slice(value) {
         Ok(parsed) => parsed,
@@ -485,6 +511,19 @@ mod tests {
         assert_eq!(decode_info(br#"{"n":1}"#).unwrap()["n"], "1");
         assert!(decode_info(b"not json").is_err());
         assert!(decode_info(b"[1,2]").is_err());
+        assert!(decode_info(b"\xff\xfe").is_err());
+    }
+
+    #[test]
+    fn invalid_utf8_in_a_value_decodes_as_go_decodes_it() {
+        // Each byte of an invalid sequence is one U+FFFD: a lone continuation byte, a sequence
+        // cut short (E2 82 then 'A'), an encoded surrogate (ED A0 80), a byte at the end.
+        let info = decode_info(b"{\"a\":\"x\xffy\",\"k\xe2\x82A\":\"\xed\xa0\x80\xc3\"}").unwrap();
+        assert_eq!(info["a"], "x\u{FFFD}y");
+        assert_eq!(
+            info["k\u{FFFD}\u{FFFD}A"],
+            "\u{FFFD}\u{FFFD}\u{FFFD}\u{FFFD}"
+        );
         assert!(decode_info(b"\xff\xfe").is_err());
     }
 
