@@ -79,6 +79,9 @@ pub(crate) struct Connection {
     /// Per member: its client was made without the credentials, etcd's authentication being
     /// off then. Refused for authentication, it is dropped: the next call connects with them.
     without_user: Vec<AtomicBool>,
+    /// Per member: which client's auth token was last renewed for a refusal as older than
+    /// etcd's auth store (its address), and when (see [`Connection::with_fresh_token`]).
+    token_renewed: Vec<Mutex<Option<(usize, Instant)>>>,
     tls: Option<ClientTls>,
     /// The most operations a transaction may carry: etcd's default limit (`--max-txn-ops`)
     /// until etcd refuses one as having too many, then what it took (see `LeaseGroup::put_all`).
@@ -97,6 +100,7 @@ impl Connection {
             clients: endpoints.iter().map(|_| Mutex::new(None)).collect(),
             refused: endpoints.iter().map(|_| Default::default()).collect(),
             without_user: endpoints.iter().map(|_| AtomicBool::new(false)).collect(),
+            token_renewed: endpoints.iter().map(|_| Mutex::new(None)).collect(),
             health: Health::new(endpoints.len()),
             endpoints,
             credentials,
@@ -234,7 +238,7 @@ impl Connection {
                 let endpoint = &self.endpoints[i];
                 let run = Box::pin(async {
                     let client = self.client_of(i).await?;
-                    self.with_fresh_token(&client, f)
+                    self.with_fresh_token(i, &client, f)
                         .await
                         .map_err(|e| self.reached_error(i, e))
                 });
@@ -315,7 +319,7 @@ impl Connection {
         let attempt = self.attempt_timeout();
         let call = async {
             let client = self.client_of(i).await?;
-            self.with_fresh_token(&client, &f)
+            self.with_fresh_token(i, &client, &f)
                 .await
                 .map_err(Error::from)
         };
@@ -329,19 +333,33 @@ impl Connection {
     /// store (a JWT token handed out before a change to users or roles, which etcd refuses
     /// until the client authenticates again; etcd-client renews a token only when it expired),
     /// authenticates again and runs `f` once more, as etcd's own clients do.
+    ///
+    /// Calls refused together authenticate once: each authentication is a write in etcd's
+    /// log, and a registry may have many calls in flight on a member.
     async fn with_fresh_token<T, F, Fut>(
         &self,
-        client: &Client,
+        i: usize,
+        client: &Arc<Client>,
         f: &F,
     ) -> std::result::Result<T, etcd_client::Error>
     where
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        let sent_at = Instant::now();
         match f(client).await {
             Err(e) if self.has_credentials() && is_old_auth_revision(&e) => {
-                tracing::debug!(error = %e, "etcd's users or roles changed since the auth token was handed out; authenticating again");
-                client.refresh_token().await?;
+                let mut last = self.token_renewed[i].lock().await;
+                // Renewed since this call was sent, on this client (held by this call, so no
+                // other client can have its address meanwhile): its token is the new one.
+                let renewed =
+                    last.is_some_and(|(of, at)| of == Arc::as_ptr(client) as usize && at > sent_at);
+                if !renewed {
+                    tracing::debug!(error = %e, "etcd's users or roles changed since the auth token was handed out; authenticating again");
+                    client.refresh_token().await?;
+                    *last = Some((Arc::as_ptr(client) as usize, Instant::now()));
+                }
+                drop(last);
                 f(client).await
             }
             result => result,
@@ -463,7 +481,7 @@ impl Connection {
             let run = Box::pin(async {
                 let client = self.client_of(i).await?;
                 sent.store(true, Ordering::Relaxed);
-                self.with_fresh_token(&client, &f).await.map_err(|e| {
+                self.with_fresh_token(i, &client, &f).await.map_err(|e| {
                     if unreachable_cause(&e).is_some() {
                         unsent.store(true, Ordering::Relaxed);
                     }

@@ -713,6 +713,32 @@ async fn a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens() 
         e.etcdctl(&["role", "add", "another-role"]).unwrap();
     })
     .await;
+    // Calls refused together authenticate once (each authentication is a write in etcd).
+    let authentications = || {
+        let metrics = etcd.metrics(0).unwrap();
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("grpc_server_handled_total")
+                    && l.contains("grpc_method=\"Authenticate\"")
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    let before = authentications();
+    let mut lists = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let registry = registry.clone();
+        lists.spawn(async move { registry.list("api").await.map(|nodes| nodes.len()) });
+    }
+    while let Some(listed) = lists.join_next().await {
+        assert_eq!(listed.unwrap().unwrap(), 2);
+    }
+    let authenticated = authentications() - before;
+    assert!(
+        (1..=2).contains(&authenticated),
+        "{authenticated} authentications for 20 lists refused together"
+    );
     let late = registry.watch("late").await.unwrap();
     let reg3 = registry
         .register("late", node("n3", &[]), Duration::from_secs(5))
