@@ -1120,6 +1120,7 @@ impl LeaseGroup {
             sub,
             counts: HashMap::from([(first, 1)]),
             exact: 1,
+            from: revision,
         };
         watch.add(keys[1..].iter().copied(), revision)?;
         Ok(watch)
@@ -1532,6 +1533,9 @@ struct KeyWatch {
     counts: HashMap<Vec<u8>, u32>,
     /// How many units are single keys.
     exact: usize,
+    /// The revision the watch started from (0: from when it was made): the group's read or
+    /// write then holds the deletions made at it.
+    from: i64,
 }
 
 /// The directory of a key: everything up to its last '/' (the whole key when it has none).
@@ -1651,11 +1655,16 @@ impl KeyWatch {
             if resp.canceled() {
                 return Err(resp.compact_revision() <= 0);
             }
+            // Deletions made at the revision the watch started from are in what the group
+            // read or wrote then (a lease revoked just before it was granted anew).
+            let from = w.from;
             let deleted: Vec<Vec<u8>> = resp
                 .events()
                 .iter()
                 .filter(|e| e.event_type() == EventType::Delete)
-                .filter_map(|e| e.kv().map(|kv| kv.key().to_vec()))
+                .filter_map(|e| e.kv())
+                .filter(|kv| kv.mod_revision() > from)
+                .map(|kv| kv.key().to_vec())
                 .collect();
             if !deleted.is_empty() {
                 return Ok(deleted);
@@ -1752,5 +1761,8 @@ fn is_per_key(e: &Error) -> bool {
     matches!(
         e.kind(),
         ErrorKind::InvalidArgument | ErrorKind::ResourceExhausted
-    ) || (e.kind() == ErrorKind::Auth && e.message().contains("permission denied"))
+    ) || (e.kind() == ErrorKind::Auth
+        && (e.message().contains("permission denied")
+            // Refused again after the token was renewed: users or roles changed once more.
+            || crate::error::is_old_auth_revision(e.message())))
 }
