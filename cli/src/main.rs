@@ -59,8 +59,9 @@ Exit status:
   2  usage error: unknown flag, missing or bad argument (empty name, KEY=VALUE without '=',
      --ttl 0, malformed endpoint, password without user)
   3  etcd unreachable: connection refused or broken, or no answer within --timeout; also
-     `register` interrupted while etcd is down, or interrupted a second time while it waits
-     for etcd to delete its key (the key goes when the lease expires)
+     `register` interrupted while etcd is down after its key was put, or interrupted a second
+     time (SIGINT or SIGTERM) while it waits for etcd to delete its key (the key goes when the
+     lease expires). Interrupted before its key was ever put, it has nothing to delete: 0.
   4  authentication failed or permission denied (`register` exits at once instead of retrying,
      also when the credentials stop working while it runs)
   5  TLS handshake failed: etcd's certificate is not signed by --cacert, not valid for the
@@ -328,14 +329,14 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("etcd-registry: cannot start the runtime: {e}");
+            to_stderr(format_args!("etcd-registry: cannot start the runtime: {e}"));
             return ExitCode::from(EXIT_ERROR);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(failure) => {
-            eprintln!("etcd-registry: {}", failure.message);
+            to_stderr(format_args!("etcd-registry: {}", failure.message));
             ExitCode::from(failure.code)
         }
     }
@@ -668,11 +669,13 @@ async fn register(
         }
     }
     // try_: this tool reports a key it could not delete (exit code 3), which unregister() only logs.
-    // A second signal cuts short a delete that waits for a slow or silent etcd (up to
-    // --timeout, and as long again for the revoke at close): the key then goes with its lease.
+    // A second SIGINT or SIGTERM cuts short a delete that waits for a slow or silent etcd (up
+    // to --timeout, and as long again for the revoke at close): the key then goes with its
+    // lease. Signals that came with the first one, and any SIGHUP, do not.
+    stop.forget_received();
     let unregistered = tokio::select! {
         result = registration.try_unregister() => result,
-        _ = stop.recv() => {
+        _ = stop.recv_again() => {
             out.finish(OUTPUT_DRAIN);
             return Err(Step::Abandoned(Failure::new(
                 EXIT_UNREACHABLE,
@@ -781,20 +784,22 @@ fn lease_hex(lease_id: i64) -> String {
 /// for every program of the workspace (tokio's `signal` feature here alone would build them
 /// twice).
 struct Interrupt {
-    received: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// The signals received, by number.
+    received: tokio::sync::mpsc::UnboundedReceiver<libc::c_int>,
 }
 
 /// The write end of the pipe of [`Interrupt`], for the handler; -1 until it is installed.
 static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
 
-extern "C" fn on_signal(_: libc::c_int) {
+extern "C" fn on_signal(signal: libc::c_int) {
     // Async-signal-safe: write(2) only, and errno as the interrupted code left it.
-    // SAFETY: errno is this thread's; the byte written is a local.
+    // SAFETY: errno is this thread's; the byte written (the signal's number, below 64) is a
+    // local.
     unsafe {
         let errno = *libc::__errno_location();
         let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
         if fd >= 0 {
-            libc::write(fd, [1u8].as_ptr().cast(), 1);
+            libc::write(fd, [signal as u8].as_ptr().cast(), 1);
         }
         *libc::__errno_location() = errno;
     }
@@ -828,7 +833,7 @@ impl Interrupt {
                 // SAFETY: reads one byte into `byte`.
                 let n = unsafe { libc::read(read, (&mut byte as *mut u8).cast(), 1) };
                 if n == 1 {
-                    if sender.send(()).is_err() {
+                    if sender.send(libc::c_int::from(byte)).is_err() {
                         return;
                     }
                 } else if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted
@@ -862,12 +867,34 @@ impl Interrupt {
         Ok(Interrupt { received })
     }
 
-    async fn recv(&mut self) {
-        if self.received.recv().await.is_none() {
+    /// The next signal's number.
+    async fn recv(&mut self) -> libc::c_int {
+        match self.received.recv().await {
+            Some(signal) => signal,
             // The reading thread is gone (it never stops on its own): no signal comes.
-            std::future::pending::<()>().await;
+            None => std::future::pending().await,
         }
     }
+
+    /// Forgets the signals already received: they came with the one being acted on (a hangup
+    /// sends SIGHUP twice: the shell passes it on to its jobs, and the kernel sends it to the
+    /// terminal's foreground group).
+    fn forget_received(&mut self) {
+        while self.received.try_recv().is_ok() {}
+    }
+
+    /// The next signal that asks again to stop at once: SIGINT or SIGTERM (a second Ctrl-C, a
+    /// supervisor losing patience). A SIGHUP never does: a hangup may repeat.
+    async fn recv_again(&mut self) {
+        while self.recv().await == libc::SIGHUP {}
+    }
+}
+
+/// Writes a line on stderr, which may fail (a terminal hung up: EIO) without a panic, as
+/// `eprintln!` would.
+fn to_stderr(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let _ = writeln!(io::stderr(), "{line}");
 }
 
 /// Lines on stdout, flushed one by one (a reader of `watch` sees each event at once).
@@ -967,7 +994,7 @@ fn report_unwritten(dropped: u64, done: &std::sync::mpsc::Receiver<()>, within: 
         (_, true) => format!("{dropped} line(s) dropped"),
         (_, false) => format!("{dropped} line(s) dropped, and the last ones not written"),
     };
-    eprintln!("etcd-registry: stdout was not read: {lost}");
+    to_stderr(format_args!("etcd-registry: stdout was not read: {lost}"));
 }
 
 impl Output {

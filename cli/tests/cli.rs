@@ -440,6 +440,19 @@ fn register_stays_until_interrupted_then_the_key_is_gone() {
     assert_eq!(code, 0, "stderr: {stderr}");
     assert_eq!(rest, vec!["unregistered /services/web/n2".to_string()]);
     assert_eq!(etcd.get("/services/web/n2").unwrap(), None);
+
+    // A hangup sends SIGHUP twice at once (the shell passes it on to its jobs, the kernel
+    // sends it to the terminal's foreground group): the second does not cut the delete short.
+    let mut reg = Running::start(&mut at(&etcd), &["register", "web", "n3", "--ttl", "30"]);
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/web/n3")
+    });
+    reg.signal(libc::SIGHUP);
+    reg.signal(libc::SIGHUP);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(rest, vec!["unregistered /services/web/n3".to_string()]);
+    assert_eq!(etcd.get("/services/web/n3").unwrap(), None);
 }
 
 #[test]
