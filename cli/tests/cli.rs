@@ -181,6 +181,29 @@ impl Running {
         );
     }
 
+    /// Waits until `sig`, sent before, is no longer pending: the process took it (a signal sent
+    /// again while one is pending merges with it).
+    fn wait_delivered(&self, sig: libc::c_int) {
+        let path = format!("/proc/{}/status", self.child.id());
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            let status = std::fs::read_to_string(&path).unwrap();
+            let pending = status
+                .lines()
+                .filter_map(|l| {
+                    l.strip_prefix("ShdPnd:")
+                        .or_else(|| l.strip_prefix("SigPnd:"))
+                })
+                .map(|mask| u64::from_str_radix(mask.trim(), 16).unwrap())
+                .fold(0, |all, mask| all | mask);
+            if pending & (1 << (sig - 1)) == 0 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "signal {sig} still pending");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     /// Waits for the exit, then returns the status, the rest of stdout and stderr.
     fn finish(mut self) -> (i32, Vec<String>, String) {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
@@ -440,19 +463,29 @@ fn register_stays_until_interrupted_then_the_key_is_gone() {
     assert_eq!(code, 0, "stderr: {stderr}");
     assert_eq!(rest, vec!["unregistered /services/web/n2".to_string()]);
     assert_eq!(etcd.get("/services/web/n2").unwrap(), None);
+}
 
-    // A hangup sends SIGHUP twice at once (the shell passes it on to its jobs, the kernel
-    // sends it to the terminal's foreground group): the second does not cut the delete short.
-    let mut reg = Running::start(&mut at(&etcd), &["register", "web", "n3", "--ttl", "30"]);
+/// A hangup sends SIGHUP twice at once (the shell passes it on to its jobs, the kernel sends it
+/// to the terminal's foreground group): the second does not cut the delete short, even while
+/// etcd is slow to confirm it.
+#[test]
+fn a_hangup_unregisters_even_when_etcd_is_slow_to_delete() {
+    let etcd = EtcdCluster::builder().proxy(true).start().unwrap();
+    let mut reg = Running::start(&mut at(&etcd), &["register", "web", "n1", "--ttl", "30"]);
     reg.expect("registered", |l| {
-        l.starts_with("registered /services/web/n3")
+        l.starts_with("registered /services/web/n1")
     });
+    // Every byte between the tool and etcd takes 0.3 s: the delete is in flight when the
+    // second SIGHUP comes.
+    etcd.delay_member(0, Duration::from_millis(300)).unwrap();
     reg.signal(libc::SIGHUP);
+    reg.wait_delivered(libc::SIGHUP);
     reg.signal(libc::SIGHUP);
     let (code, rest, stderr) = reg.finish();
     assert_eq!(code, 0, "stderr: {stderr}");
-    assert_eq!(rest, vec!["unregistered /services/web/n3".to_string()]);
-    assert_eq!(etcd.get("/services/web/n3").unwrap(), None);
+    assert_eq!(rest, vec!["unregistered /services/web/n1".to_string()]);
+    etcd.delay_member(0, Duration::ZERO).unwrap();
+    assert_eq!(etcd.get("/services/web/n1").unwrap(), None);
 }
 
 #[test]
