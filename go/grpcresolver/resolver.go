@@ -77,6 +77,27 @@ type Builder struct {
 	reg        *etcdregistry.EtcdRegistry
 	scheme     string
 	addressKey string
+
+	mu    sync.Mutex
+	known map[string]resolver.State // the state last given for each service, by any client
+}
+
+// remember notes the state last given for service.
+func (b *Builder) remember(service string, state resolver.State) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.known == nil {
+		b.known = make(map[string]resolver.State)
+	}
+	b.known[service] = state
+}
+
+// lastKnown is the state last given for service, if any.
+func (b *Builder) lastKnown(service string) (resolver.State, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	state, ok := b.known[service]
+	return state, ok
 }
 
 // NewBuilder makes a Builder over reg. It fails with an error matching
@@ -122,7 +143,10 @@ func (b *Builder) Scheme() string { return b.scheme }
 // service the registry refuses (blank, ".", "..", or with a NUL). It does not wait for etcd:
 // the watch starts in the background, and while etcd cannot be reached the resolver reports
 // the error to the client (so calls fail with it rather than hang) and tries again, after 1 s
-// doubling to 30 s.
+// doubling to 30 s. When this Builder resolved the service before (gRPC closes the resolver
+// of a client left idle, 30 minutes by default, and builds a new one at its next call), the
+// client gets the nodes last known instead of the error meanwhile, with a warning in the log,
+// and the live set once the watch starts.
 func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	if target.URL.Host != "" {
 		return nil, fmt.Errorf("grpcresolver: target %q has an authority (%q); use %s:///<service>", target.String(), target.URL.Host, b.scheme)
@@ -157,7 +181,8 @@ type etcdResolver struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 
-	last []resolved // what the client was last given; only run touches it
+	last     []resolved // what the client was last given; only run touches it
+	gaveLast bool       // the client was given the Builder's last known state; only run touches it
 }
 
 // resolved is one node as given to the client, to tell whether anything changed.
@@ -189,9 +214,23 @@ func (r *etcdResolver) run() {
 			return
 		}
 		if err != nil {
-			r.cc.ReportError(fmt.Errorf("grpcresolver: watching service %q: %w", r.service, err))
+			err = fmt.Errorf("grpcresolver: watching service %q: %w", r.service, err)
 			if errors.Is(err, etcdregistry.ErrClosed) || errors.Is(err, etcdregistry.ErrInvalidArgument) {
+				r.cc.ReportError(err)
 				return // the registry is closed, or refuses the name: retrying changes nothing
+			}
+			// A client that had the service's nodes before (gRPC closes the resolver of an
+			// idle client and builds a new one when it is used again), or another client of
+			// this Builder, gets them while etcd cannot be reached, rather than failing every
+			// call with the error: the nodes are most likely still there.
+			if state, ok := r.b.lastKnown(r.service); ok && r.last == nil {
+				if !r.gaveLast {
+					logger.Warningf("%v; using the %d nodes last known meanwhile", err, len(state.Addresses))
+					_ = r.cc.UpdateState(state)
+					r.gaveLast = true
+				}
+			} else {
+				r.cc.ReportError(err)
 			}
 			timer := time.NewTimer(delay)
 			select {
@@ -276,6 +315,7 @@ func (r *etcdResolver) update(w *etcdregistry.Watch) {
 	}
 	// A watch-based resolver may ignore the error: re-resolving would give the same list.
 	_ = r.cc.UpdateState(state)
+	r.b.remember(r.service, state)
 }
 
 // nodeKey is the attribute key of the node behind an address.

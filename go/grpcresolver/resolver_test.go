@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -583,4 +584,37 @@ func TestCustomSchemeAndAddressKey(t *testing.T) {
 	if got := servedBy(t, conn, 3); got[addr] != 3 {
 		t.Fatalf("calls went to %v, want %s", got, addr)
 	}
+}
+
+// gRPC closes the resolver of a client left idle and builds a new one at its next call: made
+// while etcd is down, that call still reaches the server, through the nodes last known.
+func TestClientBackFromIdleWhileEtcdDown(t *testing.T) {
+	h := newHarness(t)
+	reg := newRegistry(t, h)
+	_, addr := startServer(t)
+	register(t, reg, "svc", "n1", map[string]string{"address": addr})
+	conn, err := grpc.NewClient("etcd-registry:///svc",
+		grpc.WithResolvers(newBuilder(t, reg)),
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithIdleTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = conn.Close() })
+	if got := mustCall(t, conn); got != addr {
+		t.Fatalf("call reached %s, want %s", got, addr)
+	}
+	deadline := time.Now().Add(waitLimit)
+	for conn.GetState() != connectivity.Idle {
+		if time.Now().After(deadline) {
+			t.Fatalf("the client did not go idle: %v", conn.GetState())
+		}
+		time.Sleep(50 * time.Millisecond) // a poll interval, not a wait for something
+	}
+	h.do(t, "stop 0")
+	got, err := call(t.Context(), conn)
+	if err != nil || got != addr {
+		t.Fatalf("call after idle with etcd down: %q, %v; want %s", got, err, addr)
+	}
+	h.do(t, "start 0")
 }
