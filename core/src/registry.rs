@@ -652,9 +652,11 @@ impl Registry {
         let watch = watch::start(setup, &self.inner.handle).await?;
         let mut state = self.state();
         if self.is_closed() {
-            // Cancelling forgets the watch in the state: not while its lock is held here.
+            // Not in the state, and not while its lock is held: its task stops, and its route
+            // ends without blocking a runtime thread (a handler of it may be running).
             drop(state);
-            watch.cancel();
+            watch.abort_handle().abort();
+            watch.route().end_async().await;
             return Err(Error::closed());
         }
         state
