@@ -516,7 +516,7 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
     reg.wait_registered(DEADLINE).await.unwrap();
     let old = reg.lease_id().unwrap();
     let mut events = reg.subscribe();
-    let checks_before = lease_checks(&etcd);
+    let checks_before = grpc_counter(&etcd, "grpc_server_handled_total", "LeaseTimeToLive");
     etcd.lease_revoke(old).unwrap();
     let revoked = tokio::time::Instant::now();
     let (back, _) = wait_event(&mut events, "re-registered", |e| {
@@ -541,25 +541,15 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
         gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 2
     })
     .await;
-    assert_eq!(lease_checks(&etcd) - checks_before, 1);
+    assert_eq!(
+        grpc_counter(&etcd, "grpc_server_handled_total", "LeaseTimeToLive") - checks_before,
+        1
+    );
     record(
         "6b. lease revoked by someone else (TTL 3s)",
         &format!("new lease, key back after {}", secs_since(revoked)),
     );
     record_version("lease revoked by someone else: replaced");
-}
-
-/// How many lease checks (`LeaseTimeToLive`) member 0 has answered.
-fn lease_checks(etcd: &etcd_harness::EtcdCluster) -> u64 {
-    let metrics = etcd.metrics(0).unwrap();
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_handled_total")
-                && l.contains("grpc_method=\"LeaseTimeToLive\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
 }
 
 /// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_within_the_ttl`.

@@ -668,6 +668,26 @@ async fn credentials_are_used_once_etcd_turns_authentication_on() {
     registry.close().await.unwrap();
 }
 
+/// Watches `service` anew, registers `name` there and waits for the watch to see it; returns
+/// the registration.
+async fn a_new_watch_sees_a_new_node(
+    registry: &Registry,
+    service: &str,
+    name: &str,
+) -> Registration {
+    let watch = registry.watch(service).await.unwrap();
+    let reg = registry
+        .register(service, node(name, &[]), Duration::from_secs(5))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    eventually(
+        &format!("a watch of {service} made now to see {name}"),
+        || async { watch.nodes().iter().any(|n| n.name == name) },
+    )
+    .await;
+    reg
+}
+
 /// etcd's JWT tokens carry the revision of its auth store: after any change to its users or
 /// roles, a call with a token handed out before is refused ("revision of auth store is old")
 /// until the client authenticates again, which clients are expected to do at once.
@@ -714,17 +734,7 @@ async fn a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens() 
     })
     .await;
     // Calls refused together authenticate once (each authentication is a write in etcd).
-    let authentications = || {
-        let metrics = etcd.metrics(0).unwrap();
-        metrics
-            .lines()
-            .filter(|l| {
-                l.starts_with("grpc_server_handled_total")
-                    && l.contains("grpc_method=\"Authenticate\"")
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
-    };
+    let authentications = || grpc_counter(&etcd, "grpc_server_handled_total", "Authenticate");
     let before = authentications();
     let mut lists = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -739,15 +749,8 @@ async fn a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens() 
         (1..=2).contains(&authenticated),
         "{authenticated} authentications for 20 lists refused together"
     );
-    let late = registry.watch("late").await.unwrap();
-    let reg3 = registry
-        .register("late", node("n3", &[]), Duration::from_secs(5))
-        .unwrap();
-    reg3.wait_registered(DEADLINE).await.unwrap();
-    eventually("a watch made after the change to see n3", || async {
-        late.nodes().iter().any(|n| n.name == "n3")
-    })
-    .await;
+    // A watch made now joins the registry's watch stream, opened with the old token.
+    let _reg3 = a_new_watch_sees_a_new_node(&registry, "late", "n3").await;
     // Two keep-alives later, the nodes are still on their lease: the refusals were not taken
     // for writes that may land late, which would have moved them to a new one.
     let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
@@ -792,15 +795,7 @@ async fn auth_works_and_a_wrong_password_is_a_clear_auth_error() {
     );
     // A watch made now joins the registry's watch stream, opened before with the expired
     // token, which etcd checks for each watcher it creates.
-    let late = good.watch("late").await.unwrap();
-    let reg3 = good
-        .register("late", node("n3", &[]), Duration::from_secs(5))
-        .unwrap();
-    reg3.wait_registered(DEADLINE).await.unwrap();
-    eventually("a watch made after token expiry to see n3", || async {
-        late.nodes().iter().any(|n| n.name == "n3")
-    })
-    .await;
+    let _reg3 = a_new_watch_sees_a_new_node(&good, "late", "n3").await;
     let reg2 = good
         .register("api", node("n2", &[]), Duration::from_secs(5))
         .unwrap();

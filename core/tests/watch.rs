@@ -685,18 +685,6 @@ async fn a_reader_far_behind_ends_with_the_live_set_and_nothing_dropped() {
     registry.close().await.unwrap();
 }
 
-/// How many Watch streams member 0 has had opened (etcd's gRPC metrics).
-fn watch_streams_opened(etcd: &etcd_harness::EtcdCluster) -> u64 {
-    let metrics = etcd.metrics(0).unwrap();
-    metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("grpc_server_started_total") && l.contains("grpc_method=\"Watch\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
-}
-
 /// An idle registry that watches a service and keeps a node registered: its watch stream asks
 /// its member for a progress report when quiet, and keeps the stream while it is answered.
 /// etcd 3.6 and later do not answer while a watcher on the stream starts at a revision etcd
@@ -724,7 +712,7 @@ async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
         names(&watch) == ["n1", "n2"]
     })
     .await;
-    let opened = watch_streams_opened(&etcd);
+    let opened = grpc_counter(&etcd, "grpc_server_started_total", "Watch");
     // Nothing written from now on. Four keep-alives (one a second) span several rounds of
     // progress requests.
     let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
@@ -733,7 +721,7 @@ async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
     })
     .await;
     assert_eq!(
-        watch_streams_opened(&etcd),
+        grpc_counter(&etcd, "grpc_server_started_total", "Watch"),
         opened,
         "the watch stream was opened again"
     );

@@ -64,6 +64,19 @@ pub fn gauge(etcd: &EtcdCluster, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
 }
 
+/// A gRPC server counter of member 0 for one method, summed over its other labels: e.g.
+/// `grpc_counter(etcd, "grpc_server_handled_total", "Authenticate")` (calls answered),
+/// `grpc_counter(etcd, "grpc_server_started_total", "Watch")` (streams opened).
+pub fn grpc_counter(etcd: &EtcdCluster, counter: &str, method: &str) -> u64 {
+    let metrics = etcd.metrics(0).unwrap();
+    let method = format!("grpc_method=\"{method}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(counter) && l.contains(&method))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
 /// Polls `check` until it returns true, failing the test after `DEADLINE`.
 pub async fn eventually<F, Fut>(what: &str, mut check: F)
 where
