@@ -50,7 +50,8 @@ Output formats:
               (lease_id is a 64-bit integer that jq and JavaScript round: use lease_id_hex,
               the same id in hex as etcdctl prints it, wherever lease_id appears)
     services  {\"service\":\"api\"}
-  Errors go to stderr as one line: `etcd-registry: <kind>: <message>`.
+  Errors go to stderr as one line: `etcd-registry: <kind>: <message>` for an error of etcd or
+  the library, `etcd-registry: <message>` for one of the tool itself.
 
 Exit status:
   0  success; `watch` and `register` exit 0 when stopped by SIGINT (Ctrl-C), SIGTERM or SIGHUP,
@@ -247,7 +248,7 @@ enum Command {
     /// the node is registered again, retrying with backoff without giving up.
     ///
     /// Lines:
-    ///   registered KEY lease=ID ttl=Ns
+    ///   registered KEY lease=ID ttl=Ns          ID in hex, as etcdctl prints and takes it
     ///   failed: ERROR                           the first attempt failed; retries follow
     ///   keep-alive lost: ERROR
     ///   retrying in DELAY (attempt N): ERROR
@@ -726,7 +727,7 @@ fn print_status_event(
                 "lease_id_hex": lease_hex(*lease_id),
                 "ttl": ttl_secs,
             ),
-            || format!("registered {key} lease={lease_id} ttl={ttl_secs}s"),
+            || format!("registered {key} lease={} ttl={ttl_secs}s", lease_hex(*lease_id)),
         ),
         StatusEvent::Failed { error } => out.line(
             obj!("event": kind, "error": error.to_string(), "error_kind": error.kind().as_str()),
@@ -757,11 +758,11 @@ fn print_status_event(
         ),
         StatusEvent::Reregistered { lease_id } => out.line(
             obj!("event": kind, "key": key, "lease_id": lease_id, "lease_id_hex": lease_hex(*lease_id)),
-            || format!("re-registered {key} lease={lease_id}"),
+            || format!("re-registered {key} lease={}", lease_hex(*lease_id)),
         ),
         StatusEvent::Updated { lease_id } => out.line(
             obj!("event": kind, "key": key, "lease_id": lease_id, "lease_id_hex": lease_hex(*lease_id)),
-            || format!("updated {key} lease={lease_id}"),
+            || format!("updated {key} lease={}", lease_hex(*lease_id)),
         ),
         StatusEvent::Unregistered => out.line(obj!("event": kind, "key": key), || {
             format!("unregistered {key}")

@@ -396,6 +396,24 @@ fn register_stays_until_interrupted_then_the_key_is_gone() {
         line.starts_with("registered /services/api/node-1 lease=") && line.ends_with(" ttl=10s"),
         "{line}"
     );
+    // The lease as etcdctl prints it (and takes it: `etcdctl lease timetolive ID`).
+    let lease = line
+        .split(" lease=")
+        .nth(1)
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap();
+    let leases: Vec<String> = etcd
+        .lease_list()
+        .unwrap()
+        .iter()
+        .map(|l| format!("{l:016x}"))
+        .collect();
+    assert!(
+        leases.iter().any(|l| l == lease),
+        "{lease} among {leases:?}"
+    );
     // What any client of the wire format reads.
     assert_eq!(
         etcd.get_prefix("/services/").unwrap(),
