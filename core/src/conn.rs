@@ -82,7 +82,7 @@ pub(crate) struct Connection {
     /// Per member: which client's auth token was last renewed for a refusal as older than
     /// etcd's auth store (its address), and when (see [`Connection::with_fresh_token`]).
     token_renewed: Vec<Mutex<Option<(usize, Instant)>>>,
-    tls: Option<ClientTls>,
+    tls: Option<Arc<ClientTls>>,
     /// The most operations a transaction may carry: etcd's default limit (`--max-txn-ops`)
     /// until etcd refuses one as having too many, then what it took (see `LeaseGroup::put_all`).
     pub(crate) txn_ops: AtomicUsize,
@@ -109,11 +109,11 @@ impl Connection {
             this: this.clone(),
             auth_disabled_warned: AtomicBool::new(false),
             txn_ops: AtomicUsize::new(MAX_TXN_OPS),
-            tls,
+            tls: tls.map(Arc::new),
         })
     }
 
-    fn options(&self, with_user: bool) -> ConnectOptions {
+    fn options(&self, with_user: bool, tls: Option<etcd_client::TlsOptions>) -> ConnectOptions {
         let mut options = ConnectOptions::new()
             .with_connect_timeout(self.timeout)
             .with_keep_alive(PING_INTERVAL, PING_TIMEOUT)
@@ -130,10 +130,22 @@ impl Connection {
         if let (true, Some((user, password))) = (with_user, &self.credentials) {
             options = options.with_user(user.clone(), password.clone());
         }
-        if let Some(tls) = &self.tls {
-            options = options.with_tls(tls.options());
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
         }
         options
+    }
+
+    /// The TLS options for a new connection. Their PEM files are read (and the options built
+    /// again when they changed) on a thread for blocking work: a slow file system (a stalled
+    /// network mount) must not hold a runtime thread, whose other tasks keep leases alive.
+    async fn tls_options(&self) -> Option<etcd_client::TlsOptions> {
+        let tls = self.tls.clone()?;
+        match tokio::task::spawn_blocking(move || tls.options()).await {
+            Ok(options) => Some(options),
+            // No thread for it (the runtime is shutting down): read here.
+            Err(_) => self.tls.as_ref().map(|tls| tls.options()),
+        }
     }
 
     /// The client of endpoint `i`, connecting first if there is none.
@@ -164,7 +176,8 @@ impl Connection {
     async fn connect(&self, i: usize) -> Result<Client> {
         let endpoint = &self.endpoints[i];
         let with_user = self.credentials.is_some();
-        match dial(endpoint, self.options(with_user)).await {
+        let tls = self.tls_options().await;
+        match dial(endpoint, self.options(with_user, tls.clone())).await {
             Ok(client) => Ok(client),
             Err(err) if with_user && err.to_string().contains("authentication is not enabled") => {
                 if !self.auth_disabled_warned.swap(true, Ordering::Relaxed) {
@@ -172,7 +185,7 @@ impl Connection {
                         "credentials were given but etcd has authentication disabled; proceeding without them"
                     );
                 }
-                let client = dial(endpoint, self.options(false))
+                let client = dial(endpoint, self.options(false, tls))
                     .await
                     .map_err(|e| self.reached_error(i, e))?;
                 self.without_user[i].store(true, Ordering::SeqCst);
