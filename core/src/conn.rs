@@ -228,91 +228,102 @@ impl Connection {
         self.call_at(what, attempt, f).await.map(|(_, v)| v)
     }
 
-    /// A read that may be asked twice: like [`Connection::call`], but when the preferred member
-    /// has not answered within [`HEDGE_AFTER`] the same read goes to the next member too, and
-    /// the first answer wins. A member that just went silent (paused, cut off) and is not
-    /// ejected yet costs the first read after it that short delay instead of a third of the
-    /// timeout. The slower member is left as it is (a failure still ejects it; the second
-    /// member's timeout does not, see below).
+    /// A read that may be asked of several members at once: like [`Connection::call`], but
+    /// when the preferred member has not answered within [`HEDGE_AFTER`] the same read goes
+    /// to the next member too, and the first answer wins. A member that just went silent
+    /// (paused, cut off) and is not ejected yet costs the first read after it that short delay
+    /// instead of a third of the timeout.
+    ///
+    /// No read is cut short before the call's timeout: a member still silent after a third of
+    /// it gets company (the next member), not a cancellation, so a read that every member
+    /// needs longer for (the list of a very large service over a slow link) is answered as it
+    /// would be with one member. A member that fails at the transport level is ejected and the
+    /// next one asked at once; one silent until the timeout is ejected then (the others are
+    /// not: a follower may be slow only because its leader is, until an election). An answer
+    /// from etcd, even a refusal, is final.
     pub(crate) async fn call_read<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let order = self.health.order(Instant::now());
-        if order.len() < 2 || self.health.is_ejected(order[1], Instant::now()) {
+        let started = Instant::now();
+        let order = self.health.order(started);
+        if order.len() < 2 {
             return self.call(what, f).await;
         }
-        let started = Instant::now();
+        let deadline = started + self.timeout;
         let attempt = self.attempt_timeout();
-        let on = |i: usize, attempt: Duration| {
+        let on = |i: usize| {
             let f = &f;
-            async move {
-                let endpoint = &self.endpoints[i];
-                let run = Box::pin(async {
-                    let client = self.client_of(i).await?;
-                    self.with_fresh_token(i, &client, f)
-                        .await
-                        .map_err(|e| self.reached_error(i, e))
-                });
-                match tokio::time::timeout(attempt, run).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::new(
-                        ErrorKind::Timeout,
-                        format!("etcd at {endpoint} did not answer within {attempt:?}"),
-                    )),
-                }
-            }
+            Box::pin(async move {
+                let client = self.client_of(i).await?;
+                self.with_fresh_token(i, &client, f)
+                    .await
+                    .map_err(|e| self.reached_error(i, e))
+            })
         };
-        let (a, b) = (order[0], order[1]);
-        let first = on(a, attempt);
-        tokio::pin!(first);
-        let early = tokio::select! {
-            result = &mut first => Some(result),
-            _ = tokio::time::sleep(HEDGE_AFTER) => None,
-        };
-        let mut pending_first = true;
-        let mut pending_second = true;
-        // The second member may be slow only because the first one is: a follower serves a
-        // read once a leader confirms it, and a paused leader is replaced only after an
-        // election. Its timeout does not eject it (the usual way tries it again last).
-        let second = on(b, attempt);
-        tokio::pin!(second);
-        let mut outcome = early.map(|r| (a, r));
+        // The reads in flight: the member, when it was asked, its read.
+        let mut running = Vec::with_capacity(order.len());
+        let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
+        let (mut next, mut next_at) = (0usize, started);
         loop {
-            if let Some((i, result)) = outcome.take() {
-                match result {
-                    Ok(value) => {
-                        self.health.answered(i);
-                        return Ok(value);
-                    }
-                    // An answer from etcd, even a refusal, is final.
-                    Err(e) if !is_member_failure(&e) => {
-                        return Err(self.contextualize_at(e, what, i));
-                    }
-                    Err(e) => {
-                        if i == a || e.kind() != ErrorKind::Timeout {
-                            self.eject(i, &e);
-                        }
-                        if i == a {
-                            pending_first = false;
-                        } else {
-                            pending_second = false;
-                        }
-                    }
-                }
+            let now = Instant::now();
+            if next < order.len() && now >= next_at {
+                let i = order[next];
+                running.push((i, now, on(i)));
+                next += 1;
+                let soon = next == 1 && !self.health.is_ejected(order[1], now);
+                next_at = now + if soon { HEDGE_AFTER } else { attempt };
             }
-            if !pending_first && !pending_second {
-                // Both failed: the usual way, with the rest of the members and of the time.
+            if running.is_empty() {
+                // Every member failed without an answer: the usual way, which waits for etcd,
+                // with the rest of the time.
                 return self
-                    .call_until(what, attempt, started + self.timeout, &f, None)
+                    .call_until(what, attempt, deadline, &f, None)
                     .await
                     .map(|(_, v)| v);
             }
-            outcome = tokio::select! {
-                result = &mut first, if pending_first => Some((a, result)),
-                result = &mut second, if pending_second => Some((b, result)),
+            let wake = if next < order.len() {
+                next_at.min(deadline)
+            } else {
+                deadline
             };
+            let done = tokio::select! {
+                done = first_done(&mut running) => Some(done),
+                _ = tokio::time::sleep_until(wake) => None,
+            };
+            match done {
+                Some((i, Ok(value))) => {
+                    self.health.answered(i);
+                    return Ok(value);
+                }
+                Some((i, Err(e))) if !is_member_failure(&e) => {
+                    return Err(self.contextualize_at(e, what, i));
+                }
+                Some((i, Err(e))) => {
+                    if is_unreachable(&e) {
+                        unreached[i] = Some(e.message().to_string());
+                    }
+                    self.eject(i, &e);
+                    next_at = Instant::now();
+                }
+                None if Instant::now() >= deadline => {
+                    let first = running.iter().map(|(_, asked, _)| *asked).min();
+                    for (i, asked, _) in &running {
+                        let message = format!(
+                            "etcd at {} did not answer within {:?}",
+                            self.endpoints[*i],
+                            deadline.saturating_duration_since(*asked)
+                        );
+                        if Some(*asked) == first {
+                            self.eject(*i, &Error::new(ErrorKind::Timeout, message.clone()));
+                        }
+                        unreached[*i] = Some(message);
+                    }
+                    return Err(timeout_error(what, self.timeout, &unreached));
+                }
+                None => {}
+            }
         }
     }
 
@@ -828,6 +839,22 @@ fn reached_error(endpoint: &str, err: etcd_client::Error) -> Error {
 /// Whether `err` says that etcd was not reached (worth waiting for), as opposed to an answer.
 fn is_unreachable(err: &Error) -> bool {
     matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout)
+}
+
+/// The first of `running`'s reads to end, with its member, taken out of `running`.
+async fn first_done<T, R: Future<Output = T> + Unpin>(
+    running: &mut Vec<(usize, Instant, R)>,
+) -> (usize, T) {
+    std::future::poll_fn(|cx| {
+        for k in 0..running.len() {
+            if let std::task::Poll::Ready(out) = Pin::new(&mut running[k].2).poll(cx) {
+                let (i, _, _) = running.swap_remove(k);
+                return std::task::Poll::Ready((i, out));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// The timeout error of `what`, with the last failure to reach each member that was tried.
