@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark: every layer (raw etcd-client floor, Rust core, C, Python, Go) and the native
 # peers (Go clientv3, Python etcd3 and aetcd) against their own throwaway etcd. Prints one table
-# per measurement and writes bench/results/latest.{json,svg}, scale.svg and BENCHMARKS.md. BENCH_QUICK=1 for a ~1 minute run.
+# per measurement and writes bench/results/latest.{json,svg}, scale.svg and BENCHMARKS.md. BENCH_QUICK=1 for a
+# shorter run (fewer iterations, no 60 s outage, no 100 000 step).
 # ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd (default 3.5, see scripts/etcd-version.sh); the
 # version that ran is recorded under machine.etcd in latest.json and in BENCHMARKS.md.
 # Never fails because a target was missed; a binding that is not built is skipped.
