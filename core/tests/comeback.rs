@@ -27,16 +27,32 @@ fn received_since(etcd: &EtcdCluster, before: &BTreeMap<String, u64>) -> BTreeMa
         .collect()
 }
 
+/// etcd's gRPC message counts once they stop moving: the same over two reads 200 ms apart
+/// (within the deadline), so that what was in flight is counted before a window is opened or
+/// closed.
+async fn settled_received(etcd: &Arc<EtcdCluster>) -> BTreeMap<String, u64> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut last = etcd.grpc_received(0).unwrap();
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = etcd.grpc_received(0).unwrap();
+        if now == last || Instant::now() > deadline {
+            return now;
+        }
+        last = now;
+    }
+}
+
 fn total(by_method: &BTreeMap<String, u64>) -> u64 {
     by_method.values().sum()
 }
 
-/// A backoff step of 20 s: a registry that is back long before it ends came back because it saw
-/// etcd answer, not because its step ran out.
+/// A backoff step of an hour: a registry back within the test's deadline came back because it
+/// saw etcd answer, not because its step ran out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
     let etcd = Arc::new(etcd());
-    let step = Duration::from_secs(20);
+    let step = Duration::from_secs(3600);
     let registry = Registry::connect(config(&etcd, "/s").with_backoff(step, step))
         .await
         .unwrap();
@@ -59,7 +75,6 @@ async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
         matches!(e, StatusEvent::Retrying { .. })
     })
     .await;
-    let scheduled = Instant::now();
     let StatusEvent::Retrying { delay, .. } = retrying else {
         unreachable!()
     };
@@ -84,11 +99,6 @@ async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
         matches!(e, StatusEvent::Reregistered { .. })
     })
     .await;
-    assert!(
-        scheduled.elapsed() < delay,
-        "re-registered {:?} after the retry was scheduled, not before its {delay:?} step ended",
-        scheduled.elapsed()
-    );
     eventually("every registration registered", || {
         let all = regs
             .iter()
@@ -98,7 +108,7 @@ async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
     .await;
     println!("10 nodes back {back:?} after etcd was healthy again (outage 3 s, TTL 2 s, backoff step {delay:?})");
     record(
-        "etcd down 3 s past the TTL, backoff step 20 s",
+        "etcd down 3 s past the TTL, backoff step 1 h",
         &format!(
             "10 nodes listed {:.2}s after etcd healthy (not after the step)",
             back.as_secs_f64()
@@ -107,11 +117,11 @@ async fn comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
 }
 
 /// A watch waits out its backoff step the same way: once etcd answers again it resumes at once,
-/// and the node put meanwhile arrives long before a 20 s step would have ended.
+/// and the node put meanwhile arrives within the test's deadline, not after an hour's step.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_step() {
     let etcd = Arc::new(etcd());
-    let step = Duration::from_secs(20);
+    let step = Duration::from_secs(3600);
     let registry = Registry::connect(config(&etcd, "/s").with_backoff(step, step))
         .await
         .unwrap();
@@ -123,7 +133,6 @@ async fn a_watch_comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_s
     // The kill ends the watch's stream at once: its next try is a whole step away.
     let e = etcd.clone();
     blocking(move || e.kill(0).unwrap()).await;
-    let killed = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let e = etcd.clone();
     blocking(move || {
@@ -133,9 +142,7 @@ async fn a_watch_comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_s
     })
     .await;
     let healthy = Instant::now();
-    // The shortest step the jitter allows, counted from the kill.
-    let step_ends = killed + step.mul_f64(0.8);
-    let event = tokio::time::timeout_at(step_ends, watch.next())
+    let event = tokio::time::timeout(DEADLINE, watch.next())
         .await
         .unwrap_or_else(|_| {
             panic!(
@@ -153,7 +160,7 @@ async fn a_watch_comes_back_as_soon_as_etcd_does_not_at_the_end_of_its_backoff_s
         "the watch saw the node put {back:?} after etcd was healthy again (backoff step {step:?})"
     );
     record(
-        "etcd down 3 s under a watch, backoff step 20 s",
+        "etcd down 3 s under a watch, backoff step 1 h",
         &format!(
             "node put after the restart seen {:.2}s after etcd healthy (not after the step)",
             back.as_secs_f64()
@@ -194,8 +201,8 @@ async fn retry_traffic_while_etcd_does_not_answer_is_bounded() {
     })
     .await;
     let back = resumed.elapsed();
-    // Let etcd read whatever the paused process still had in its sockets.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Once etcd read whatever the paused process still had in its sockets.
+    settled_received(&etcd).await;
     let got = received_since(&etcd, &before);
     let rate = total(&got) as f64 / paused.as_secs_f64();
     println!(
@@ -234,8 +241,7 @@ async fn an_idle_registry_sends_only_keep_alives_and_still_notices_delete_and_re
         reg.wait_registered(DEADLINE).await.unwrap();
     }
     // Past the watch set-up.
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = etcd.grpc_received(0).unwrap();
+    let before = settled_received(&etcd).await;
     let idle = Duration::from_secs(12);
     tokio::time::sleep(idle).await;
     let got = received_since(&etcd, &before);
@@ -250,7 +256,11 @@ async fn an_idle_registry_sends_only_keep_alives_and_still_notices_delete_and_re
         3.0 / ttl.as_secs_f64()
     );
     assert!(others.is_empty(), "an idle registry sent {others:?}");
-    assert!(keep_alives >= 1, "no keep-alive in {idle:?}");
+    // One every TTL/3 is 6; fewer than one every TTL/2 would let the lease run close to its end.
+    assert!(
+        keep_alives as f64 >= idle.as_secs_f64() / (ttl.as_secs_f64() / 2.0),
+        "{keep_alives} keep-alives in {idle:?} at TTL {ttl:?}"
+    );
 
     // A key deleted by someone else: put back.
     assert_eq!(etcd.delete("/s/api/n1").unwrap(), 1);

@@ -552,7 +552,7 @@ async fn a_lease_revoked_by_someone_else_is_replaced() {
     record_version("lease revoked by someone else: replaced");
 }
 
-/// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_within_the_ttl`.
+/// Runs only as the child of `a_process_that_dies_without_close_loses_its_keys_when_its_lease_expires`.
 #[test]
 fn child_process_registers_and_waits_to_be_killed() {
     let Ok(endpoints) = std::env::var("ETCD_REGISTRY_TEST_CHILD") else {
@@ -572,7 +572,7 @@ fn child_process_registers_and_waits_to_be_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_that_dies_without_close_loses_its_keys_within_the_ttl() {
+async fn a_process_that_dies_without_close_loses_its_keys_when_its_lease_expires() {
     use std::io::{BufRead, BufReader};
     let etcd = Arc::new(etcd());
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -606,7 +606,7 @@ async fn a_process_that_dies_without_close_loses_its_keys_within_the_ttl() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_partition_is_noticed_within_the_ttl_even_with_a_long_call_timeout() {
+async fn a_partition_is_noticed_while_it_lasts_even_with_a_long_call_timeout() {
     let etcd = Arc::new(etcd_with_proxy());
     // Calls may wait a minute for etcd; the lease lives 2 s without an answer. The loss must be
     // reported while the partition lasts, not after a stuck call gives up.

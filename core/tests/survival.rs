@@ -959,8 +959,20 @@ fn child_leak_cycles() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         };
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let baseline = usage();
+        // The baseline once the warm-up's connections stopped closing: fds and threads the same
+        // over two reads 100 ms apart (a baseline taken too early would hide a leak).
+        let baseline = {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let mut last = usage();
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                let now = usage();
+                if (now.fds == last.fds && now.threads == last.threads) || Instant::now() > deadline {
+                    break now;
+                }
+                last = now;
+            }
+        };
         println!(
             "LEAK baseline after {LEAK_WARMUP} warm-up cycles: fds {} threads {} rss {} KiB",
             baseline.fds, baseline.threads, baseline.rss_kib
