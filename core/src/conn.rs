@@ -512,7 +512,16 @@ impl Connection {
                     self.reached_error(i, e)
                 })
             });
+            // Whoever gives up on this call while the attempt is in flight (a caller's
+            // timeout around it) gives up on a write that may land later, as a timeout here
+            // does.
+            let in_flight = LateIfDropped {
+                flag: maybe_late,
+                sent: &sent,
+                unsent: &unsent,
+            };
             let outcome = tokio::time::timeout(limit, run).await;
+            std::mem::forget(in_flight);
             let may_land = sent.load(Ordering::Relaxed)
                 && !unsent.load(Ordering::Relaxed)
                 && match &outcome {
@@ -841,6 +850,24 @@ fn is_unreachable(err: &Error) -> bool {
     matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout)
 }
 
+/// Sets `flag` when dropped after the request was sent (a client was at hand, and it did not
+/// fail to connect): dropped, the attempt of a write was given up with its outcome unknown.
+struct LateIfDropped<'a> {
+    flag: Option<&'a AtomicBool>,
+    sent: &'a AtomicBool,
+    unsent: &'a AtomicBool,
+}
+
+impl Drop for LateIfDropped<'_> {
+    fn drop(&mut self) {
+        if let Some(flag) = self.flag {
+            if self.sent.load(Ordering::Relaxed) && !self.unsent.load(Ordering::Relaxed) {
+                flag.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
 /// The first of `running`'s reads to end, with its member, taken out of `running`.
 async fn first_done<T, R: Future<Output = T> + Unpin>(
     running: &mut Vec<(usize, Instant, R)>,
@@ -963,4 +990,58 @@ fn contextualize(err: Error, what: &str) -> Error {
         return err;
     }
     Error::new(err.kind(), format!("{what}: {}", err.message()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A write whose caller gives up on it while its request is on the way (a timeout around
+    /// the call, shorter than the library's) is marked as one that may land late, and it does.
+    #[test]
+    fn a_write_given_up_by_its_caller_in_flight_is_marked_as_one_that_may_land_late() {
+        let etcd = etcd_harness::EtcdCluster::builder()
+            .proxy(true)
+            .start()
+            .unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let conn = Connection::new(etcd.endpoints(), None, Duration::from_secs(10), None);
+            let late = AtomicBool::new(false);
+            let put = |value: &'static str| {
+                move |c: &Client| {
+                    let mut kv = c.kv_client();
+                    async move { kv.put("/late/k", value, None).await }
+                }
+            };
+            let attempt = conn.attempt_timeout();
+            conn.call_write("a put", attempt, &late, put("1"))
+                .await
+                .unwrap();
+            assert!(!late.load(Ordering::SeqCst), "a write answered is not late");
+
+            etcd.delay_member(0, Duration::from_secs(1)).unwrap();
+            let given_up = tokio::time::timeout(
+                Duration::from_millis(300),
+                conn.call_write("a put", attempt, &late, put("2")),
+            )
+            .await;
+            assert!(given_up.is_err(), "the caller gave up first");
+            assert!(
+                late.load(Ordering::SeqCst),
+                "a write given up in flight is not marked as one that may land late"
+            );
+            // And it lands.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while etcd.get("/late/k").unwrap().as_deref() != Some("2") {
+                assert!(Instant::now() < deadline, "the write never landed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            etcd.delay_member(0, Duration::ZERO).unwrap();
+        });
+    }
 }
