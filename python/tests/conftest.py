@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, Optional
+from typing import IO, Any, Callable, Iterator, List, Optional
 
 import pytest
 
@@ -222,3 +223,74 @@ def run_python(code_or_path: str, *args: str, env: Optional[dict[str, str]] = No
     argv = [sys.executable, code_or_path, *args] if code_or_path.endswith(".py") else [sys.executable, "-c", code_or_path, *args]
     return subprocess.run(argv, env=full_env, capture_output=True, text=True, timeout=timeout, **kwargs)
 
+
+
+class Output:
+    """The output of a process started with stdout and stderr piped, read by threads: waiting for
+    a line fails at a deadline instead of hanging on a process that stays silent."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        self.proc = proc
+        #: The stdout lines taken so far (by `readline`/`read_until`), without their newline.
+        self.seen: list[str] = []
+        self._lines: queue.Queue[Optional[str]] = queue.Queue()
+        self._err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read_lines, args=(proc.stdout,), daemon=True),
+            threading.Thread(target=self._read_all, args=(proc.stderr,), daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _read_lines(self, stream: IO[str]) -> None:
+        for line in stream:
+            self._lines.put(line.rstrip())
+        self._lines.put(None)  # the end
+
+    def _read_all(self, stream: IO[str]) -> None:
+        self._err.append(stream.read())
+
+    def readline(self, what: str, deadline: float = DEADLINE) -> str:
+        """The next stdout line; fails when the output ends or nothing comes within `deadline`."""
+        try:
+            line = self._lines.get(timeout=deadline)
+        except queue.Empty:
+            pytest.fail(f"no line ({what}) within {deadline} s; read so far: {self.seen}")
+        if line is None:
+            self._lines.put(None)
+            pytest.fail(f"the output ended before {what}; read so far: {self.seen}; "
+                        f"stderr: {self.stderr(deadline=1.0)!r}")
+        self.seen.append(line)
+        return line
+
+    def read_until(self, fragment: str, deadline: float = DEADLINE) -> str:
+        """Reads lines up to the first containing `fragment` (which is returned), all within `deadline`."""
+        end = time.monotonic() + deadline
+        while True:
+            line = self.readline(repr(fragment), max(0.0, end - time.monotonic()))
+            if fragment in line:
+                return line
+
+    def finish(self, deadline: float = DEADLINE) -> tuple[list[str], str]:
+        """Waits for the process to exit and its output to end; returns the stdout lines not
+        taken yet and the whole stderr. Fails (the process killed) after `deadline`."""
+        try:
+            self.proc.wait(timeout=deadline)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the process did not exit within {deadline} s; read so far: {self.seen}")
+        rest: list[str] = []
+        try:
+            while (line := self._lines.get(timeout=deadline)) is not None:
+                rest.append(line)
+        except queue.Empty:
+            pytest.fail(f"the output did not end within {deadline} s of the exit; read: {self.seen + rest}")
+        self._lines.put(None)
+        return rest, self.stderr(deadline)
+
+    def stderr(self, deadline: float = DEADLINE) -> str:
+        """The whole stderr, once it has ended (within `deadline`; what there is otherwise)."""
+        self._threads[1].join(deadline)
+        return "".join(self._err)

@@ -11,7 +11,7 @@ import pytest
 
 from etcd_registry import AuthError, ClosedError, Node, Registry, RegistryTimeoutError, Watch, WatchEvent
 
-from conftest import DEADLINE, Etcd, Recorder, eventually, quick_registry
+from conftest import DEADLINE, Etcd, Output, Recorder, eventually, quick_registry
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -232,25 +232,26 @@ print("done", flush=True)
 """
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
+    output = Output(proc)
     try:
-        assert proc.stdout.readline() == "ready\n"
+        assert output.readline('"ready"') == "ready"
         fresh_etcd.cmd("pause", 0)
         try:
             proc.stdin.write("\n")
             proc.stdin.flush()
-            assert proc.stdout.readline() == "loop closed\n"
+            assert output.readline('"loop closed"') == "loop closed"
         finally:
             fresh_etcd.cmd("resume", 0)
         proc.stdin.write("\n")
-        proc.stdin.flush()
-        out, err = proc.communicate(timeout=DEADLINE)
+        proc.stdin.close()
+        out, err = output.finish(DEADLINE)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err
-    assert out == "done\n"
+    assert out == ["done"]
     assert err == ""
 
 

@@ -376,29 +376,36 @@ def test_a_registry_dropped_without_close_ends_its_registrations(
 def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
     running = threading.Event()
     release = threading.Event()
+    close_returned = threading.Event()
     calls: list[str] = []
 
     def on_event(event: WatchEvent) -> None:
         calls.append("start")
         running.set()
-        release.wait(DEADLINE)
-        calls.append("end")
+        calls.append("released" if release.wait(DEADLINE) else "never released")
+        # close() must still be waiting for this call.
+        calls.append("close had returned" if close_returned.is_set() else "end")
 
     watch = registry.watch("api", on_event=on_event)
     registry.register("api", "n")
     assert running.wait(DEADLINE)
     registry.register("api", "m")  # queued behind the running call
-    closer = threading.Thread(target=watch.close)
+
+    def close() -> None:
+        watch.close()
+        close_returned.set()
+
+    closer = threading.Thread(target=close)
     closer.start()
-    closer.join(0.2)
-    assert closer.is_alive(), "close() returned while the callback was still running"
+    # Release the callback once close() has begun: `closed` is set first thing in close().
+    eventually("close() to begin", lambda: watch.closed)
     release.set()
+    assert close_returned.wait(DEADLINE), "close() returned once the callback had"
     closer.join(DEADLINE)
-    assert not closer.is_alive()
-    assert calls == ["start", "end"]
+    assert calls == ["start", "released", "end"], "close() returned while the callback was still running"
     # The event queued behind it is never delivered.
     registry.register("api", "later").wait(DEADLINE)
-    assert registry.list("api") and calls == ["start", "end"]
+    assert registry.list("api") and calls == ["start", "released", "end"]
 
 
 @pytest.mark.parametrize("closing", ["watch", "registry"])

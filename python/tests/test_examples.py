@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import DEADLINE, EXAMPLES, REPO, Etcd, run_python
+from conftest import DEADLINE, EXAMPLES, REPO, Etcd, Output, run_python
 
 
 def test_basic(etcd: Etcd) -> None:
@@ -38,28 +38,18 @@ def test_retry_demo_survives_an_etcd_restart(fresh_etcd: Etcd) -> None:
     env = dict(os.environ, ETCD_ENDPOINTS=fresh_etcd.env_endpoints)
     proc = subprocess.Popen([sys.executable, str(EXAMPLES / "retry_demo.py"), "--ttl", "5"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen: list[str] = []
-
-    def read_until(fragment: str) -> None:
-        assert proc.stdout is not None
-        while True:
-            line = proc.stdout.readline()
-            assert line, f"the demo ended before {fragment!r}: {seen}"
-            seen.append(line.strip())
-            if fragment in line:
-                return
-
+    output = Output(proc)
     try:
-        read_until(" registered")
+        output.read_until(" registered")
         fresh_etcd.cmd("restart", 0)
-        read_until("re-registered")
+        output.read_until("re-registered")
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=DEADLINE)
+        rest, err = output.finish()
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    lines = seen + out.splitlines()
+    lines = output.seen + rest
     assert any(line.endswith("keep-alive lost, retrying in 1s") for line in lines), lines
     assert "closed" in lines, (lines, err)
     # The last status event is delivered even though the process exits right after close().

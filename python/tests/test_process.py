@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEADLINE, Etcd, run_python
+from conftest import DEADLINE, Etcd, Output, run_python
 
 SCRIPTS = Path(__file__).parent / "scripts"
 RUNS = 100
@@ -62,21 +62,21 @@ def test_ctrl_c_interrupts_a_blocking_call(etcd: Etcd, mode: str) -> None:
     env = dict(os.environ, ETCD_ENDPOINTS=etcd.env_endpoints)
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "interrupt.py"), mode], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    output = Output(proc)
     try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "waiting"
+        assert output.readline('"waiting"') == "waiting"
         # Send Ctrl-C once the main thread is blocked inside the call.
         deadline = time.monotonic() + DEADLINE
         while not main_thread_sleeping(proc.pid):
             assert time.monotonic() < deadline, "the script never blocked"
             time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=DEADLINE)  # far below the call's 300 s
+        out, err = output.finish(DEADLINE)  # far below the call's 300 s
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert out.strip() == "interrupted", (out, err)
+    assert out == ["interrupted"], (out, err)
     assert proc.returncode == 0, err
 
 
@@ -88,27 +88,28 @@ def test_ctrl_c_interrupts_close_and_unregister_waiting_for_etcd(fresh_etcd: Etc
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "interrupt.py"), mode], env=env,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    output = Output(proc)
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
+        assert proc.stdin is not None
+        assert output.readline('"ready"') == "ready"
         fresh_etcd.cmd("pause", 0)
         try:
             proc.stdin.write("\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "waiting"
+            proc.stdin.close()
+            assert output.readline('"waiting"') == "waiting"
             deadline = time.monotonic() + DEADLINE
             while not main_thread_sleeping(proc.pid):
                 assert time.monotonic() < deadline, "the script never blocked"
                 time.sleep(0.02)
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=DEADLINE)  # far below the call's 300 s
+            out, err = output.finish(DEADLINE)  # far below the call's 300 s
         finally:
             fresh_etcd.cmd("resume", 0)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert out.strip() == "interrupted", (out, err)
+    assert out == ["interrupted"], (out, err)
     assert proc.returncode == 0, err
 
 

@@ -42,8 +42,11 @@ def test_snapshot_then_added_updated_removed_in_order(registry: Registry) -> Non
         assert (event.kind, event.node) == ("removed", Node("a", {"v": "1"}))
         assert watch.nodes() == [Node("b", {"v": "2"})]
         assert watch.revision >= event.revision
-        assert watch.next_event(timeout=0.05) is None, "nothing else happened"
-        del second, updated
+        # Nothing else happened: a marker registered now is the very next event.
+        marker = registry.register("api", "marker", {"m": "1"})
+        event = next_event(watch, "marker")
+        assert (event.kind, event.node) == ("added", Node("marker", {"m": "1"}))
+        del second, updated, marker
     assert watch.closed
     assert watch.next_event(timeout=0) is None
     with pytest.raises(ClosedError):
@@ -137,8 +140,15 @@ def test_two_services_do_not_mix(registry: Registry) -> None:
         registry.register("api2", "x")
         event = next_event(api2, "added")
         assert event.node is not None and event.node.name == "x"
-        assert api.next_event(timeout=0.2) is None
-        assert api.nodes() == []
+        # `api` got nothing of api2's: a marker registered on api afterwards is its first event.
+        registry.register("api", "marker")
+        event = next_event(api, "marker")
+        assert (event.kind, event.node and event.node.name) == ("added", "marker")
+        assert [n.name for n in api.nodes()] == ["marker"]
+        # And api2 nothing of api's: the next event on api2 is its own marker.
+        registry.register("api2", "marker2")
+        event = next_event(api2, "marker2")
+        assert (event.kind, event.node and event.node.name) == ("added", "marker2")
 
 
 def test_watch_resumes_after_etcd_restarts(fresh_etcd: Etcd) -> None:
