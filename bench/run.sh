@@ -3,7 +3,7 @@
 # peers (Go clientv3, Python etcd3 and aetcd) against their own throwaway etcd. Prints one table
 # per measurement and writes bench/results/latest.{json,svg}, scale.svg and BENCHMARKS.md. BENCH_QUICK=1 for a
 # shorter run (fewer iterations, no 60 s outage, no 100 000 step).
-# ETCD_VERSION=3.4|3.5|3.6|3.7 picks the etcd (default 3.5, see scripts/etcd-version.sh); the
+# ETCD_VERSION=3.4|3.5|3.5.36|3.6|3.7 picks the etcd (default 3.5, see scripts/etcd-version.sh); the
 # version that ran is recorded under machine.etcd in latest.json and in BENCHMARKS.md.
 # Never fails because a target was missed; a binding that is not built is skipped.
 # Extra arguments go to the orchestrator (e.g. --phases latency).

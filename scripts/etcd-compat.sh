@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The etcd-version compatibility subset of the Rust core's tests.
 #   scripts/etcd-compat.sh VERSION   runs the harness's own tests and the subset against etcd
-#                                    VERSION (3.4|3.5|3.6|3.7; the harness gets it through
+#                                    VERSION (3.4|3.5|3.5.36|3.6|3.7; the harness gets it through
 #                                    ETCD_VERSION, see scripts/etcd-version.sh)
 #   scripts/etcd-compat.sh table     prints the version × scenario table from the rows the tests
 #                                    wrote to $ETCD_VERSIONS_SUMMARY
@@ -9,7 +9,7 @@
 # to $ETCD_VERSIONS_SUMMARY with the version etcd itself reported (core/tests/common:
 # record_version), so every "pass" in the table comes from a test that ran on that version.
 # scripts/test.sh runs the full suite on 3.5 (which records its rows too) and this subset on
-# 3.4, 3.6 and 3.7.
+# 3.4, 3.5.36, 3.6 and 3.7.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,7 +54,7 @@ SCENARIOS=(
 )
 
 case "${1:-}" in
-3.4|3.5|3.6|3.7)
+3.4|3.5|3.5.36|3.6|3.7)
   version=$1
   # Resolve (install or build) the binary once, before the tests start in parallel.
   bash scripts/etcd-version.sh "$version" >/dev/null || exit 1
@@ -90,7 +90,7 @@ table)
   done
   ;;
 *)
-  echo "usage: $0 3.4|3.5|3.6|3.7 | table" >&2
+  echo "usage: $0 3.4|3.5|3.5.36|3.6|3.7 | table" >&2
   exit 2
   ;;
 esac
