@@ -152,7 +152,7 @@ void unwatch_inside_own_watch_callback() {
 // inside the call when the C close did not wait for it).
 void close_while_another_thread_unwatches_a_running_callback() {
     std::atomic<int> live{0};
-    std::atomic<bool> entered{false}, intact{false};
+    std::atomic<bool> entered{false}, intact{false}, close_seen{false};
     // The node is another registry's: one of this registry's own would have close wait for the
     // callback thread anyway.
     etcdreg::Registry other(config()), registry(config());
@@ -161,7 +161,16 @@ void close_while_another_thread_unwatches_a_running_callback() {
     const std::string big(200, 'z');
     const uint64_t watch = registry.watch("close-unwatch", [&, big, t = Tracker(live)](const etcdreg::WatchEvent &) {
         if (entered.exchange(true)) return;
-        std::this_thread::sleep_for(300ms);  // held while the unwatch and the close come
+        // Held until the close has begun (after the unwatch, see below): calls refuse with
+        // CLOSED from its start. Id 0 is no watch's: NOT_FOUND while the registry is open.
+        close_seen = wait_for([&] {
+            try {
+                registry.watch_nodes(0);
+                return false;
+            } catch (const etcdreg::Error &e) {
+                return e.status() == ETCD_REGISTRY_STATUS_CLOSED;
+            }
+        });
         intact = big.size() == 200 && big[0] == 'z' && *t.live >= 1;
     });
     CHECK(wait_for([&] { return entered.load(); }));
@@ -182,6 +191,7 @@ void close_while_another_thread_unwatches_a_running_callback() {
     }));
     registry.close();
     CHECK(intact);
+    CHECK(close_seen);  // the callback was still running when close began
     unwatching.join();
     CHECK(wait_for([&] { return live == 0; }));
 }
@@ -528,27 +538,27 @@ void unregister_refused_by_etcd_frees_the_callback() {
 void unregister_async_racing_the_callback_unregistering_itself() {
     std::atomic<int> live{0};
     std::atomic<int> step{0};  // 1 registered, 2 let it unregister, 3 its unregister returned, 4 finish
-    std::atomic<bool> intact{false};
+    std::atomic<bool> intact{false}, timed_out{false};
     etcdreg::Registry registry(config());
     std::atomic<uint64_t> id_seen{0};
     const uint64_t id = registry.register_node(
         "race", "n1", {{"a", "1"}}, ttl,
-        [&registry, &step, &intact, &id_seen, tracker = Tracker(live), text = std::string(64, 'x')](
+        [&registry, &step, &intact, &id_seen, &timed_out, tracker = Tracker(live), text = std::string(64, 'x')](
             const etcdreg::StatusEvent &e) {
             (void)tracker;
             if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
             step = 1;
-            while (step != 2) std::this_thread::sleep_for(1ms);
+            if (!wait_for([&] { return step == 2; })) timed_out = true;
             registry.unregister(e.registration_id);
             step = 3;
-            while (step != 4) std::this_thread::sleep_for(1ms);
+            if (!wait_for([&] { return step == 4; })) timed_out = true;
             intact = text == std::string(64, 'x');
             id_seen = e.registration_id;
         });
     CHECK(wait_for([&] { return step == 1; }));
     before_unregister_async = [&] {
         step = 2;
-        wait_for([&] { return step == 3; });
+        CHECK(wait_for([&] { return step == 3; }));
     };
     etcd_registry_status status = ETCD_REGISTRY_STATUS_OK;
     try {
@@ -561,6 +571,7 @@ void unregister_async_racing_the_callback_unregistering_itself() {
     CHECK(live == 1);  // still running: not freed
     step = 4;
     CHECK(wait_for([&] { return live == 0; }));
+    CHECK(!timed_out);
     CHECK(intact);
     CHECK(id_seen == id);
 }

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -22,26 +23,40 @@ CLIS = {
 }
 
 
+DEADLINE = 30
+
+
+def read_line(proc, what, timeout=DEADLINE):
+    """The next line of `proc`'s output; a failure naming `what` if none comes within `timeout`
+    seconds (a program stuck, instead of the suite hanging)."""
+    line = []
+    reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    assert line, f"no line from {what} within {timeout} s"
+    return line[0]
+
+
 class Etcd:
     def __init__(self, *options):
         self.proc = subprocess.Popen(
             [str(HARNESS), "serve", *options],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
-        hello = json.loads(self.proc.stdout.readline())
+        hello = json.loads(read_line(self.proc, "the harness starting etcd", timeout=120))
         assert hello["ok"], hello
         self.endpoints = ",".join(hello["endpoints"])
 
     def command(self, line):
         self.proc.stdin.write(line + "\n")
         self.proc.stdin.flush()
-        reply = json.loads(self.proc.stdout.readline())
+        reply = json.loads(read_line(self.proc, f"the harness, answering {line!r}"))
         assert reply["ok"], reply
         return reply.get("value")
 
     def stop(self):
         self.proc.stdin.close()
-        self.proc.wait(timeout=30)
+        self.proc.wait(timeout=DEADLINE)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +88,7 @@ def registered(etcd):
             CLIS[lang] + ["register", "interop", f"{lang}-node", info, "10"],
             env=env(etcd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
-        line = proc.stdout.readline().strip()
+        line = read_line(proc, f"{lang} registering").strip()
         assert line == "registered", f"{lang} did not register: {line!r}"
         holders[lang] = proc
     expected = sorted(
@@ -127,7 +142,7 @@ def test_unregistering_from_each_language_removes_its_key(etcd):
             CLIS[lang] + ["register", "shortlived", f"{lang}-node", "{}", "10"],
             env=env(etcd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
-        assert proc.stdout.readline().strip() == "registered"
+        assert read_line(proc, f"{lang} registering").strip() == "registered"
         assert etcd.command("get-prefix /services/shortlived/") == [[f"/services/shortlived/{lang}-node", "{}"]]
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0
