@@ -141,21 +141,34 @@ async fn registrations_refused_for_lack_of_space_land_once_etcd_is_fixed() {
         matches!(e, StatusEvent::Retrying { error, .. } if error.kind() == ErrorKind::ResourceExhausted)
     })
     .await;
-    // While etcd stays full the refused writes stay refused, and nothing registered is lost.
-    let full_until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < full_until {
-        assert_eq!(b.state(), RegistrationState::Registering);
-        assert_eq!(d.state(), RegistrationState::Registering);
-        let names: Vec<String> = registry
-            .list(SERVICE)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|n| n.name)
-            .collect();
-        assert_eq!(names, ["a"], "while etcd is full");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // While etcd stays full the refused writes stay refused, retry after retry, and nothing
+    // registered is lost.
+    for (name, events) in [("b", &mut b_events), ("d", &mut d_events)] {
+        let (retrying, _) = wait_event(
+            events,
+            &format!("{name} retrying again"),
+            |e| matches!(e, StatusEvent::Retrying { attempt, .. } if *attempt >= 2),
+        )
+        .await;
+        let StatusEvent::Retrying { error, .. } = retrying else {
+            unreachable!()
+        };
+        assert_eq!(
+            error.kind(),
+            ErrorKind::ResourceExhausted,
+            "{name}: {error}"
+        );
     }
+    assert_eq!(b.state(), RegistrationState::Registering);
+    assert_eq!(d.state(), RegistrationState::Registering);
+    let names: Vec<String> = registry
+        .list(SERVICE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["a"], "while etcd is full");
 
     let fixed = Instant::now();
     let etcd = fix(etcd, &mut client).await;

@@ -72,17 +72,23 @@ async fn a_call_to_a_closed_port_waits_for_its_timeout_and_names_endpoint_and_ca
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_made_while_etcd_is_down_succeeds_when_etcd_comes_up_within_the_timeout() {
-    let etcd = std::sync::Arc::new(etcd());
+    // Behind a proxy that takes and closes at once each connection while etcd is down: its
+    // count shows the call trying.
+    let etcd = std::sync::Arc::new(etcd_with_proxy());
     etcd.stop(0).unwrap();
     let registry = Registry::connect(Config::new(etcd.endpoints(), "/s").with_timeout(DEADLINE))
         .await
         .unwrap();
+    let before = etcd.proxy_accepted_total(0);
     let list = {
         let registry = registry.clone();
         tokio::spawn(async move { registry.list("api").await })
     };
-    // The call is waiting, not failed.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The call tried, failed to reach etcd, and tried again: it is waiting, not failed.
+    eventually("the call to try etcd twice", || async {
+        etcd.proxy_accepted_total(0) >= before + 2
+    })
+    .await;
     assert!(!list.is_finished(), "the call gave up while etcd was down");
     let e = etcd.clone();
     tokio::task::spawn_blocking(move || e.start(0).unwrap())
