@@ -238,9 +238,12 @@ impl Connection {
     /// it gets company (the next member), not a cancellation, so a read that every member
     /// needs longer for (the list of a very large service over a slow link) is answered as it
     /// would be with one member. A member that fails at the transport level is ejected and the
-    /// next one asked at once; one silent until the timeout is ejected then (the others are
-    /// not: a follower may be slow only because its leader is, until an election). An answer
-    /// from etcd, even a refusal, is final.
+    /// next one asked at once; once every member was asked, one that failed is asked again the
+    /// usual way ([`Connection::call_until`], which also waits for etcd) beside the reads still
+    /// in flight: followers that answered "leader changed" while a paused leader's read hangs
+    /// answer once the election is over. One silent until the timeout is ejected then (the
+    /// others are not: a follower may be slow only because its leader is, until an election).
+    /// An answer from etcd, even a refusal, is final.
     pub(crate) async fn call_read<T, F, Fut>(&self, what: &str, f: F) -> Result<T>
     where
         F: Fn(&Client) -> Fut,
@@ -266,6 +269,16 @@ impl Connection {
         let mut running = Vec::with_capacity(order.len());
         let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
         let (mut next, mut next_at) = (0usize, started);
+        // Once a member failed and every member was asked: the usual way (which waits for
+        // etcd, and asks again the members that failed, e.g. followers that answered "leader
+        // changed" during an election) beside the reads still in flight.
+        let mut failed = false;
+        let mut fallback = None;
+        enum Step<R, F> {
+            Read(R),
+            Fallback(F),
+            Timer,
+        }
         loop {
             let now = Instant::now();
             if next < order.len() && now >= next_at {
@@ -275,39 +288,46 @@ impl Connection {
                 let soon = next == 1 && !self.health.is_ejected(order[1], now);
                 next_at = now + if soon { HEDGE_AFTER } else { attempt };
             }
-            if running.is_empty() {
-                // Every member failed without an answer: the usual way, which waits for etcd,
-                // with the rest of the time.
-                return self
-                    .call_until(what, attempt, deadline, &f, None)
-                    .await
-                    .map(|(_, v)| v);
+            if failed && next >= order.len() && fallback.is_none() {
+                if now >= deadline {
+                    return Err(timeout_error(what, self.timeout, &unreached));
+                }
+                let pending: Vec<usize> = running.iter().map(|(i, _, _)| *i).collect();
+                fallback = Some(Box::pin(
+                    self.call_until(what, attempt, deadline, &f, None, pending),
+                ));
             }
             let wake = if next < order.len() {
                 next_at.min(deadline)
             } else {
                 deadline
             };
-            let done = tokio::select! {
-                done = first_done(&mut running) => Some(done),
-                _ = tokio::time::sleep_until(wake) => None,
+            // An answer ready as the deadline comes is taken.
+            let step = tokio::select! {
+                biased;
+                done = first_done(&mut running), if !running.is_empty() => Step::Read(done),
+                result = async { fallback.as_mut().expect("a fallback").await },
+                    if fallback.is_some() => Step::Fallback(result),
+                _ = tokio::time::sleep_until(wake) => Step::Timer,
             };
-            match done {
-                Some((i, Ok(value))) => {
+            match step {
+                Step::Fallback(result) => return result.map(|(_, v)| v),
+                Step::Read((i, Ok(value))) => {
                     self.health.answered(i);
                     return Ok(value);
                 }
-                Some((i, Err(e))) if !is_member_failure(&e) => {
+                Step::Read((i, Err(e))) if !is_member_failure(&e) => {
                     return Err(self.contextualize_at(e, what, i));
                 }
-                Some((i, Err(e))) => {
+                Step::Read((i, Err(e))) => {
                     if is_unreachable(&e) {
                         unreached[i] = Some(e.message().to_string());
                     }
                     self.eject(i, &e);
+                    failed = true;
                     next_at = Instant::now();
                 }
-                None if Instant::now() >= deadline => {
+                Step::Timer if Instant::now() >= deadline => {
                     let first = running.iter().map(|(_, asked, _)| *asked).min();
                     for (i, asked, _) in &running {
                         let message = format!(
@@ -322,7 +342,7 @@ impl Connection {
                     }
                     return Err(timeout_error(what, self.timeout, &unreached));
                 }
-                None => {}
+                Step::Timer => {}
             }
         }
     }
@@ -410,8 +430,15 @@ impl Connection {
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        self.call_until(what, attempt, Instant::now() + self.timeout, f, None)
-            .await
+        self.call_until(
+            what,
+            attempt,
+            Instant::now() + self.timeout,
+            f,
+            None,
+            Vec::new(),
+        )
+        .await
     }
 
     /// [`Connection::call_at`] for a write, setting `maybe_late` when an attempt was given up
@@ -435,11 +462,14 @@ impl Connection {
             Instant::now() + self.timeout,
             f,
             Some(maybe_late),
+            Vec::new(),
         )
         .await
     }
 
     /// [`Connection::call_at`] with its deadline given (and see [`Connection::call_write`]).
+    /// The members in `busy` are being asked already: they are not asked again, and none of
+    /// the others may take the rest of the time.
     async fn call_until<T, F, Fut>(
         &self,
         what: &str,
@@ -447,12 +477,13 @@ impl Connection {
         deadline: Instant,
         f: F,
         maybe_late: Option<&AtomicBool>,
+        busy: Vec<usize>,
     ) -> Result<(usize, T)>
     where
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
-        let mut tried: Vec<usize> = Vec::new();
+        let mut tried: Vec<usize> = busy.clone();
         let mut last_error: Option<Error> = None;
         // The last failure to reach each member, for the message of a call that timed out.
         let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
@@ -479,7 +510,12 @@ impl Connection {
                 // From now on one member per pause, in turns: one connection attempt per
                 // pause while etcd is down, not one per member.
                 let n = self.endpoints.len();
-                let next = waited % n;
+                let free: Vec<usize> = (0..n).filter(|j| !busy.contains(j)).collect();
+                let next = if free.is_empty() {
+                    waited % n
+                } else {
+                    free[waited % free.len()]
+                };
                 waited += 1;
                 tried = (0..n).filter(|&j| j != next).collect();
                 order = vec![next];
@@ -491,7 +527,10 @@ impl Connection {
             let i = order[0];
             // The last member of the first round may take the rest of the time; while waiting
             // for etcd, one silent member must not keep the others from being tried.
-            let limit = if order.len() > 1 || (waited > 0 && self.endpoints.len() > 1) {
+            let limit = if order.len() > 1
+                || !busy.is_empty()
+                || (waited > 0 && self.endpoints.len() > 1)
+            {
                 attempt.min(left)
             } else {
                 left

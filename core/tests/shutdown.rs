@@ -160,7 +160,6 @@ async fn a_node_unregistered_while_etcd_is_unreachable_leaves_no_key_on_the_shar
     let stays = registry.register("api", node("n2", &[]), ttl).unwrap();
     gone.wait_registered(DEADLINE).await.unwrap();
     stays.wait_registered(DEADLINE).await.unwrap();
-    let lease = stays.lease_id();
 
     etcd.partition().unwrap();
     gone.unregister().await.unwrap();
@@ -169,9 +168,11 @@ async fn a_node_unregistered_while_etcd_is_unreachable_leaves_no_key_on_the_shar
         etcd.get("/s/api/n1").is_ok_and(|v| v.is_none())
     })
     .await;
+    // The other node stays registered. (Its lease may have been replaced: the delete given up
+    // during the partition may still land, and only a new lease keeps it from removing a
+    // later registration of n1; see late.rs.)
     assert!(etcd.get("/s/api/n2").unwrap().is_some());
     assert_eq!(stays.state(), RegistrationState::Registered);
-    assert_eq!(stays.lease_id(), lease, "the lease was kept");
     registry.close().await.unwrap();
 }
 
