@@ -292,9 +292,12 @@ impl Connection {
                 if now >= deadline {
                     return Err(timeout_error(what, self.timeout, &unreached));
                 }
-                let pending: Vec<usize> = running.iter().map(|(i, _, _)| *i).collect();
+                let ongoing = Ongoing {
+                    busy: running.iter().map(|(i, _, _)| *i).collect(),
+                    unreached: unreached.clone(),
+                };
                 fallback = Some(Box::pin(
-                    self.call_until(what, attempt, deadline, &f, None, pending),
+                    self.call_until(what, attempt, deadline, &f, None, ongoing),
                 ));
             }
             let wake = if next < order.len() {
@@ -310,8 +313,16 @@ impl Connection {
                     if fallback.is_some() => Step::Fallback(result),
                 _ = tokio::time::sleep_until(wake) => Step::Timer,
             };
-            match step {
-                Step::Fallback(result) => return result.map(|(_, v)| v),
+            let timed_out = match step {
+                Step::Fallback(Ok((_, value))) => return Ok(value),
+                // The deadline came for the usual way too: its message would miss the members
+                // being asked here.
+                Step::Fallback(Err(e))
+                    if e.kind() == ErrorKind::Timeout && Instant::now() >= deadline =>
+                {
+                    true
+                }
+                Step::Fallback(Err(e)) => return Err(e),
                 Step::Read((i, Ok(value))) => {
                     self.health.answered(i);
                     return Ok(value);
@@ -326,23 +337,24 @@ impl Connection {
                     self.eject(i, &e);
                     failed = true;
                     next_at = Instant::now();
+                    false
                 }
-                Step::Timer if Instant::now() >= deadline => {
-                    let first = running.iter().map(|(_, asked, _)| *asked).min();
-                    for (i, asked, _) in &running {
-                        let message = format!(
-                            "etcd at {} did not answer within {:?}",
-                            self.endpoints[*i],
-                            deadline.saturating_duration_since(*asked)
-                        );
-                        if Some(*asked) == first {
-                            self.eject(*i, &Error::new(ErrorKind::Timeout, message.clone()));
-                        }
-                        unreached[*i] = Some(message);
+                Step::Timer => Instant::now() >= deadline,
+            };
+            if timed_out {
+                let first = running.iter().map(|(_, asked, _)| *asked).min();
+                for (i, asked, _) in &running {
+                    let message = format!(
+                        "etcd at {} did not answer within {:?}",
+                        self.endpoints[*i],
+                        deadline.saturating_duration_since(*asked)
+                    );
+                    if Some(*asked) == first {
+                        self.eject(*i, &Error::new(ErrorKind::Timeout, message.clone()));
                     }
-                    return Err(timeout_error(what, self.timeout, &unreached));
+                    unreached[*i] = Some(message);
                 }
-                Step::Timer => {}
+                return Err(timeout_error(what, self.timeout, &unreached));
             }
         }
     }
@@ -436,7 +448,7 @@ impl Connection {
             Instant::now() + self.timeout,
             f,
             None,
-            Vec::new(),
+            Ongoing::default(),
         )
         .await
     }
@@ -462,14 +474,13 @@ impl Connection {
             Instant::now() + self.timeout,
             f,
             Some(maybe_late),
-            Vec::new(),
+            Ongoing::default(),
         )
         .await
     }
 
     /// [`Connection::call_at`] with its deadline given (and see [`Connection::call_write`]).
-    /// The members in `busy` are being asked already: they are not asked again, and none of
-    /// the others may take the rest of the time.
+    /// `ongoing`: what a call that began otherwise (see [`Connection::call_read`]) has done.
     async fn call_until<T, F, Fut>(
         &self,
         what: &str,
@@ -477,16 +488,21 @@ impl Connection {
         deadline: Instant,
         f: F,
         maybe_late: Option<&AtomicBool>,
-        busy: Vec<usize>,
+        ongoing: Ongoing,
     ) -> Result<(usize, T)>
     where
         F: Fn(&Client) -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
+        let Ongoing { busy, unreached } = ongoing;
         let mut tried: Vec<usize> = busy.clone();
         let mut last_error: Option<Error> = None;
         // The last failure to reach each member, for the message of a call that timed out.
-        let mut unreached: Vec<Option<String>> = vec![None; self.endpoints.len()];
+        let mut unreached = if unreached.len() == self.endpoints.len() {
+            unreached
+        } else {
+            vec![None; self.endpoints.len()]
+        };
         let mut pause = READY_RETRY_MIN;
         // Pauses waited so far, after a whole round over the members reached none of them.
         let mut waited = 0usize;
@@ -887,6 +903,16 @@ fn reached_error(endpoint: &str, err: etcd_client::Error) -> Error {
 /// Whether `err` says that etcd was not reached (worth waiting for), as opposed to an answer.
 fn is_unreachable(err: &Error) -> bool {
     matches!(err.kind(), ErrorKind::Connection | ErrorKind::Timeout)
+}
+
+/// What a call has done before it goes on the usual way ([`Connection::call_until`]).
+#[derive(Default)]
+struct Ongoing {
+    /// Members being asked already: they are not asked again, and none of the others may take
+    /// the rest of the time.
+    busy: Vec<usize>,
+    /// The last failure to reach each member (empty: none yet), for a timeout's message.
+    unreached: Vec<Option<String>>,
 }
 
 /// Sets `flag` when dropped after the request was sent (a client was at hand, and it did not
