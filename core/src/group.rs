@@ -2,13 +2,15 @@
 //! keeps it alive, repairs it and re-registers its keys after outages.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Compare, CompareOp, EventType, LeaseKeepAliveStream, LeaseKeeper, LeaseTimeToLiveOptions,
-    PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse,
+    Compare, CompareOp, EventType, LeaseGrantResponse, LeaseKeepAliveStream, LeaseKeeper,
+    LeaseTimeToLiveOptions, PutOptions, Txn, TxnOp, WatchFilterType, WatchOptions, WatchResponse,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -110,7 +112,15 @@ pub(crate) struct LeaseGroup {
     maybe_late: AtomicBool,
     /// No lease replacement before then (one per keep-alive period at most).
     replace_after: Instant,
+    /// The grant of an attempt given up while etcd had it (the registry closing as the first
+    /// registration of a TTL was being made): [`LeaseGroup::close`] has its answer waited for
+    /// and the lease revoked, which would otherwise stay in etcd for a TTL after the close. (In a
+    /// mutex only to make the group `Sync`; reached through `&mut self`, it is never locked.)
+    granting: std::sync::Mutex<Option<Granting>>,
 }
+
+/// A lease grant in flight, kept beyond the attempt that sent it (see `granting`).
+type Granting = Pin<Box<dyn Future<Output = Result<LeaseGrantResponse>> + Send>>;
 
 /// Why the keep-alive loop ended.
 enum Exit {
@@ -167,6 +177,7 @@ impl LeaseGroup {
             retire,
             maybe_late: AtomicBool::new(false),
             replace_after: Instant::now(),
+            granting: std::sync::Mutex::new(None),
         };
         handle.spawn(group.run());
         GroupHandle {
@@ -394,14 +405,20 @@ impl LeaseGroup {
         }
         let ttl = self.ttl_secs;
         // A grant that times out on one member may still succeed there: that lease is never
-        // used and expires after one TTL.
-        let granted = self
-            .conn
-            .call("granting a lease", |c| {
+        // used and expires after one TTL. One in flight when the registry closes is kept in
+        // `granting` for the close to revoke.
+        let conn = self.conn.clone();
+        let granting = self.granting.get_mut().unwrap_or_else(|e| e.into_inner());
+        let grant = granting.insert(Box::pin(async move {
+            conn.call("granting a lease", |c| {
                 let mut lease = c.lease_client();
                 async move { lease.grant(ttl, None).await }
             })
-            .await?;
+            .await
+        }));
+        let granted = grant.await;
+        *granting = None;
+        let granted = granted?;
         let id = granted.id();
         let granted_at = granted.header().map_or(0, |h| h.revision());
         self.set_lease(Some(id));
@@ -1429,6 +1446,20 @@ impl LeaseGroup {
 
     /// Revokes the lease (which deletes every key on it at once) and unregisters every member.
     async fn close(&mut self) {
+        let granting = self.granting.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(grant) = granting.take() {
+            // Nothing was put on it yet: only the lease itself is left to revoke, once etcd
+            // answers. Not waited for: the close of an attempt stuck on a silent etcd returns
+            // at once.
+            let conn = self.conn.clone();
+            tokio::spawn(async move {
+                if let Ok(granted) = grant.await {
+                    if let Err(e) = revoke(&conn, granted.id()).await {
+                        tracing::debug!(lease = granted.id(), error = %e, "revoking a lease granted as the registry closed failed; it will expire");
+                    }
+                }
+            });
+        }
         if let Some(lease) = self.lease {
             self.set_lease(None);
             if let Err(e) = self.revoke(lease).await {

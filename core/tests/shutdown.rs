@@ -560,3 +560,45 @@ async fn a_close_dropped_on_the_way_still_ends_every_stream() {
         .expect("the registry's event stream and its watch end");
     resume_then_no_key_left(&etcd, "/s/").await;
 }
+
+/// A close that comes while the first registration of a TTL waits for its lease grant (etcd
+/// has granted the lease, its answer is on its way) has that lease revoked once the answer
+/// comes, instead of leaving it in etcd until it expires a TTL later. (The revoke is not waited
+/// for: a close returns at once when etcd is silent.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_while_a_lease_is_being_granted_leaves_no_lease() {
+    let etcd = std::sync::Arc::new(etcd_with_proxy());
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    // Every byte through the proxy 1 s late, both ways: etcd holds the lease a second before
+    // the library hears of it.
+    etcd.delay_member(0, Duration::from_secs(1)).unwrap();
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(60))
+        .unwrap();
+    eventually("etcd to grant the lease", || async {
+        let e = etcd.clone();
+        blocking(move || e.lease_count().unwrap() == 1).await
+    })
+    .await;
+    assert_ne!(
+        reg.state(),
+        RegistrationState::Registered,
+        "the grant's answer came before the close (the test closes while it is on its way)"
+    );
+    tokio::time::timeout(DEADLINE, registry.close())
+        .await
+        .expect("close returns")
+        .unwrap();
+    // Within the deadline, well short of the lease's 60 s TTL.
+    eventually(
+        "the lease granted as the registry closed to be revoked",
+        || async {
+            let e = etcd.clone();
+            blocking(move || e.lease_count().unwrap() == 0).await
+        },
+    )
+    .await;
+    etcd.delay_member(0, Duration::ZERO).unwrap();
+}
