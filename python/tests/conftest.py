@@ -47,6 +47,25 @@ def harness_binary() -> str:
     return str(path)
 
 
+#: Bound for the harness to start its etcd (a cluster, certificates) or to carry out one command
+#: (a restart waits for the member to serve).
+HARNESS_DEADLINE = 120.0
+
+
+def _readline_within(proc: subprocess.Popen[str], what: str, deadline: float = HARNESS_DEADLINE) -> str:
+    """The next line of `proc`'s stdout ("" at its end); kills it and fails when none comes within
+    `deadline`, instead of hanging the run on a harness that stays silent."""
+    assert proc.stdout is not None
+    got: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: got.put(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        return got.get(timeout=deadline)
+    except queue.Empty:
+        proc.kill()
+        raise RuntimeError(f"etcd-harness did not answer {what} within {deadline} s") from None
+
+
 class Etcd:
     """One `etcd-harness serve` process: a real etcd (cluster) and its control commands."""
 
@@ -58,8 +77,7 @@ class Etcd:
             text=True,
             bufsize=1,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
+        line = _readline_within(self.proc, f"serve {' '.join(args)}")
         if not line:
             self.proc.wait(timeout=10)
             raise RuntimeError(f"etcd-harness serve {' '.join(args)} exited with {self.proc.returncode}")
@@ -84,7 +102,7 @@ class Etcd:
             assert self.proc.stdin is not None and self.proc.stdout is not None
             self.proc.stdin.write(line + "\n")
             self.proc.stdin.flush()
-            answer = self.proc.stdout.readline()
+            answer = _readline_within(self.proc, repr(line))
         if not answer:
             raise RuntimeError(f"etcd-harness died during {line!r}")
         reply = json.loads(answer)
