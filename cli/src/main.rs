@@ -4,6 +4,7 @@
 //! Every rule (names, TTLs, endpoints, retries) lives in the library; this program only turns
 //! flags into a `Config`, calls the library, and prints lines.
 
+use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -349,16 +350,27 @@ fn main() -> ExitCode {
 /// an empty variable's value to the option.) Called first thing in `main`, while the program
 /// has no other thread that could read the environment meanwhile.
 fn unset_empty_variables(command: &clap::Command) {
-    for arg in command.get_arguments() {
-        if let Some(name) = arg.get_env() {
-            if std::env::var_os(name).is_some_and(|value| value.is_empty()) {
-                std::env::remove_var(name);
-            }
-        }
+    for name in empty_variables(command, &|name| std::env::var_os(name)) {
+        std::env::remove_var(name);
     }
+}
+
+/// The variables of `command`'s options (its subcommands' too) that `lookup` finds set to the
+/// empty string.
+fn empty_variables(
+    command: &clap::Command,
+    lookup: &dyn Fn(&OsStr) -> Option<OsString>,
+) -> Vec<OsString> {
+    let mut empty: Vec<OsString> = command
+        .get_arguments()
+        .filter_map(|arg| arg.get_env())
+        .filter(|name| lookup(name).is_some_and(|value| value.is_empty()))
+        .map(OsStr::to_os_string)
+        .collect();
     for subcommand in command.get_subcommands() {
-        unset_empty_variables(subcommand);
+        empty.extend(empty_variables(subcommand, lookup));
     }
+    empty
 }
 
 /// The parsed command line, with where the password options came from: one given on the
@@ -1167,6 +1179,27 @@ mod tests {
     #[test]
     fn the_command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn variables_set_empty_are_the_ones_unset() {
+        let command = Cli::command();
+        let lookup = |name: &OsStr| match name.to_str() {
+            Some("ETCD_ENDPOINTS" | "ETCD_CACERT" | "ETCD_PASSWORD") => Some(OsString::new()),
+            Some("ETCD_USERNAME") => Some(OsString::from("user")),
+            _ => None,
+        };
+        let mut empty = empty_variables(&command, &lookup);
+        empty.sort();
+        empty.dedup();
+        assert_eq!(empty, ["ETCD_CACERT", "ETCD_ENDPOINTS", "ETCD_PASSWORD"]);
+        // Unset, ETCD_ENDPOINTS leaves the endpoints to their default.
+        let endpoints = command
+            .get_arguments()
+            .find(|arg| arg.get_id() == "endpoints")
+            .unwrap();
+        assert_eq!(endpoints.get_env(), Some(OsStr::new("ETCD_ENDPOINTS")));
+        assert_eq!(endpoints.get_default_values(), ["127.0.0.1:2379"]);
     }
 
     #[test]
