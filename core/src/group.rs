@@ -225,9 +225,11 @@ impl LeaseGroup {
             let mut closing = self.closing.clone();
             let established = match replaced.take() {
                 Some(established) => Some(Ok(established)),
+                // A registry closed already starts no attempt.
                 None => tokio::select! {
-                    result = Box::pin(self.establish()) => Some(result),
+                    biased;
                     _ = closing.wait_for(|closing| *closing) => None,
+                    result = Box::pin(self.establish()) => Some(result),
                 },
             };
             let Some(established) = established else {
@@ -407,15 +409,8 @@ impl LeaseGroup {
         // A grant that times out on one member may still succeed there: that lease is never
         // used and expires after one TTL. One in flight when the registry closes is kept in
         // `granting` for the close to revoke.
-        let conn = self.conn.clone();
         let granting = self.granting.get_mut().unwrap_or_else(|e| e.into_inner());
-        let grant = granting.insert(Box::pin(async move {
-            conn.call("granting a lease", |c| {
-                let mut lease = c.lease_client();
-                async move { lease.grant(ttl, None).await }
-            })
-            .await
-        }));
+        let grant = granting.insert(grant(&self.conn, ttl, None));
         let granted = grant.await;
         *granting = None;
         let granted = granted?;
@@ -1179,17 +1174,14 @@ impl LeaseGroup {
         let mut undo = Unfinished {
             maybe_late: &self.maybe_late,
             conn: &self.conn,
+            granting: None,
             granted: None,
         };
         let ttl = self.ttl_secs;
-        let granted = self
-            .conn
-            .call_at("granting a lease", attempt, |c| {
-                let mut lease = c.lease_client();
-                async move { lease.grant(ttl, None).await }
-            })
-            .await?
-            .1;
+        let grant = undo.granting.insert(grant(&self.conn, ttl, Some(attempt)));
+        let granted = grant.await;
+        undo.granting = None;
+        let granted = granted?;
         let id = granted.id();
         undo.granted = Some(id);
         let granted_at = granted.header().map_or(0, |h| h.revision());
@@ -1448,17 +1440,9 @@ impl LeaseGroup {
     async fn close(&mut self) {
         let granting = self.granting.get_mut().unwrap_or_else(|e| e.into_inner());
         if let Some(grant) = granting.take() {
-            // Nothing was put on it yet: only the lease itself is left to revoke, once etcd
-            // answers. Not waited for: the close of an attempt stuck on a silent etcd returns
-            // at once.
-            let conn = self.conn.clone();
-            tokio::spawn(async move {
-                if let Ok(granted) = grant.await {
-                    if let Err(e) = revoke(&conn, granted.id()).await {
-                        tracing::debug!(lease = granted.id(), error = %e, "revoking a lease granted as the registry closed failed; it will expire");
-                    }
-                }
-            });
+            // Nothing was put on it yet: only the lease itself is left to revoke. Not waited
+            // for: the close of an attempt stuck on a silent etcd returns at once.
+            revoke_when_granted(&self.conn, grant);
         }
         if let Some(lease) = self.lease {
             self.set_lease(None);
@@ -1725,21 +1709,60 @@ fn answer_deadline(ttl: Duration) -> Duration {
 /// held inline they would make the loop's future, and the stack frames that poll it, the size
 /// of the largest.
 /// A lease replacement not finished (see [`LeaseGroup::replace_lease`]): when dropped, the
-/// replacement is due again, and the new lease, if granted, is revoked.
+/// replacement is due again, and the new lease, if granted (or once granted, for a grant in
+/// flight), is revoked.
 struct Unfinished<'a> {
     maybe_late: &'a AtomicBool,
     conn: &'a Arc<Connection>,
+    granting: Option<Granting>,
     granted: Option<i64>,
 }
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
         self.maybe_late.store(true, Ordering::SeqCst);
+        if let Some(grant) = self.granting.take() {
+            revoke_when_granted(self.conn, grant);
+        }
         if let (Some(id), Ok(runtime)) = (self.granted, tokio::runtime::Handle::try_current()) {
             let conn = self.conn.clone();
             runtime.spawn(async move { revoke(&conn, id).await });
         }
     }
+}
+
+/// A lease grant of `ttl` seconds, each member's part within `attempt` (the connection's own
+/// when `None`), kept as a future that may outlive the call that awaits it (see `granting`).
+fn grant(conn: &Arc<Connection>, ttl: i64, attempt: Option<Duration>) -> Granting {
+    let conn = conn.clone();
+    Box::pin(async move {
+        let attempt = attempt.unwrap_or_else(|| conn.attempt_timeout());
+        conn.call_at("granting a lease", attempt, |c| {
+            let mut lease = c.lease_client();
+            async move { lease.grant(ttl, None).await }
+        })
+        .await
+        .map(|(_, granted)| granted)
+    })
+}
+
+/// Revokes the lease of `grant`, a grant its caller gave up while etcd may have had it, once
+/// etcd answers: in the background, for an attempt's time at most (a grant still waiting for
+/// an unreachable etcd is not made afterwards). Without a runtime (being shut down), the lease
+/// expires after its TTL.
+fn revoke_when_granted(conn: &Arc<Connection>, grant: Granting) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let conn = conn.clone();
+    let within = conn.attempt_timeout();
+    runtime.spawn(async move {
+        if let Ok(Ok(granted)) = tokio::time::timeout(within, grant).await {
+            if let Err(e) = revoke(&conn, granted.id()).await {
+                tracing::debug!(lease = granted.id(), error = %e, "revoking a lease whose grant was given up failed; it will expire");
+            }
+        }
+    });
 }
 
 fn before_loss<'a, T: 'a>(
