@@ -223,6 +223,10 @@ impl etcd_registry {
 
     /// Marks the handle closed; returns the handlers of its callbacks, each with whether it is
     /// a registration's (which is owed its UNREGISTERED), or None if it already was.
+    ///
+    /// The watches are stopped once the state's lock is released: stopping one waits for a
+    /// running call of its callback, which may itself be waiting for that lock (a callback may
+    /// call the library, and gets CLOSED from now on).
     pub(crate) fn shut(&self) -> Option<Vec<(Handler, UserData, bool)>> {
         let mut state = self.lock();
         if state.closed {
@@ -231,7 +235,7 @@ impl etcd_registry {
         state.closed = true;
         let registrations = std::mem::take(&mut state.registrations);
         let unregistering = std::mem::take(&mut state.unregistering);
-        let watches = std::mem::take(&mut state.watches);
+        let mut watches = Vec::new();
         let unwatching = std::mem::take(&mut state.unwatching);
         let handlers: Vec<(Handler, UserData, bool)> = registrations
             .into_values()
@@ -239,14 +243,19 @@ impl etcd_registry {
             .chain(unregistering.into_values())
             .map(|(h, u)| (h, u, true))
             .chain(
-                watches
+                std::mem::take(&mut state.watches)
                     .into_values()
-                    .filter_map(|w| w.handler)
+                    .filter_map(|w| {
+                        watches.push(w.watch);
+                        w.handler
+                    })
                     .chain(unwatching.into_values())
                     .map(|(h, u)| (h, u, false)),
             )
             .collect();
         state.closed_handlers = handlers.iter().map(|(h, _, _)| h.clone()).collect();
+        drop(state);
+        waiting_for_callbacks(|| drop(watches));
         Some(handlers)
     }
 

@@ -1914,6 +1914,47 @@ static void test_close_waits_for_the_callback_of_an_unwatch_in_flight(void) {
     close_while_held(h, unwatching);
 }
 
+typedef struct {
+    etcd_registry *registry;
+    atomic_int status;
+    atomic_bool returned;
+} closing;
+
+static void *close_in_thread(void *arg) {
+    closing *c = arg;
+    atomic_store(&c->status, etcd_registry_close(c->registry));
+    atomic_store(&c->returned, true);
+    return NULL;
+}
+
+/* Close while the callback of a watch still open runs and calls the library: the callback's
+ * calls get CLOSED, it returns, and close returns once it has. (Close used to stop the watch
+ * while it held the registry's lock, which the callback's call waited for: both hung. The
+ * test program exits instead of hanging then.) */
+static void test_close_while_a_watch_callback_calls_the_library(void) {
+    held_call *h = new_held_call();
+    REQUIRE(h != NULL);
+    uint64_t node = 0;
+    REQUIRE_OK(etcd_registry_register_json(h->registry, "close-watching", "n1", NULL, 10000, NULL, NULL, &node));
+    REQUIRE_OK(etcd_registry_wait_registered(h->registry, node, (uint64_t)(10000 * slow)));
+    /* The callback polls close_begun (a library call) until the close has begun. */
+    REQUIRE_OK(etcd_registry_watch(h->registry, "close-watching", hold_first_watch_event, h, &h->id));
+    REQUIRE(WAIT_FOR(atomic_load(&h->entered), 10 * slow));
+    closing c = {.registry = h->registry};
+    pthread_t closer;
+    REQUIRE(pthread_create(&closer, NULL, close_in_thread, &c) == 0);
+    if (!WAIT_FOR(atomic_load(&c.returned), 30 * slow)) {
+        fprintf(stderr, "    %s:%d: close and the watch callback wait for each other\n", __FILE__, __LINE__);
+        _exit(1);
+    }
+    pthread_join(closer, NULL);
+    CHECK(atomic_load(&c.status) == ETCD_REGISTRY_STATUS_OK);
+    CHECK(atomic_load(&h->left));
+    CHECK(atomic_load(&h->close_seen)); /* the callback was still running when close began */
+    etcd_registry_free(h->registry);
+    free(h);
+}
+
 /* A replaced registration whose UNREGISTERED is still queued when close is called has had it
  * when close returns. The order in which only the handle's part of close delivers it (e94a688)
  * is forced: the replaced registration has ended in the core before close (the core's close
@@ -3161,6 +3202,7 @@ static const test_case tests[] = {
     TEST(test_close_delivers_the_unregistered_of_an_unregister_async_in_flight),
     TEST(test_close_waits_for_the_callback_of_an_unregister_in_flight),
     TEST(test_close_waits_for_the_callback_of_an_unwatch_in_flight),
+    TEST(test_close_while_a_watch_callback_calls_the_library),
     TEST(test_retry_attempts_start_at_one_for_every_registration),
     TEST(test_pull_api),
     TEST(test_event_fd_wakes_a_poll_loop),
