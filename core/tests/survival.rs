@@ -901,7 +901,7 @@ async fn leak_cycle(config: &Config, i: usize) {
         )
         .unwrap();
     reg.wait_registered(DEADLINE).await.unwrap();
-    if i % 10 != 0 {
+    if !i.is_multiple_of(10) {
         reg.unregister().await.unwrap();
         registry.close().await.unwrap();
         return;
