@@ -1,7 +1,7 @@
 //! Status codes, the thread-local last error, and the panic boundary every exported function
 //! runs in.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Once;
@@ -172,9 +172,21 @@ fn clear_last_error() {
 
 static PANIC_HOOK: Once = Once::new();
 
+thread_local! {
+    /// How many exported functions' bodies this thread is running (`caught`; one may call
+    /// another through a callback).
+    static GUARDED: Cell<u32> = const { Cell::new(0) };
+    /// A panic inside one of them, logged once it has been caught (see `install_panic_hook`).
+    static CAUGHT_PANIC: RefCell<Option<(String, String)>> = const { RefCell::new(None) };
+}
+
 /// The library never prints: a panic (a bug) is logged through `tracing` instead of written to
 /// stderr by the default hook. This hook belongs to the copy of the Rust standard library inside
 /// this library, so it does not affect other Rust code in the process.
+///
+/// Inside an exported function the log waits until the panic has been caught: the hook runs
+/// before the unwinding, with the locks of the code that panicked still held, and the host's
+/// log callback may call the library, which would wait for them.
 fn install_panic_hook() {
     PANIC_HOOK.call_once(|| {
         std::panic::set_hook(Box::new(|info| {
@@ -182,9 +194,32 @@ fn install_panic_hook() {
                 .location()
                 .map(|l| format!("{}:{}", l.file(), l.line()))
                 .unwrap_or_default();
-            tracing::error!(%location, "panic: {}", panic_message(info.payload()));
+            let message = panic_message(info.payload());
+            if GUARDED.try_with(Cell::get).unwrap_or(0) > 0 {
+                let _ = CAUGHT_PANIC.try_with(|slot| {
+                    slot.borrow_mut().get_or_insert((location, message));
+                });
+            } else {
+                tracing::error!(%location, "panic: {message}");
+            }
         }));
     });
+}
+
+/// Runs an exported function's body, catching a panic, which is logged after it is caught.
+fn caught<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
+    install_panic_hook();
+    let _ = GUARDED.try_with(|depth| depth.set(depth.get() + 1));
+    let result = catch_unwind(AssertUnwindSafe(body));
+    let _ = GUARDED.try_with(|depth| depth.set(depth.get().saturating_sub(1)));
+    if let Some((location, message)) = CAUGHT_PANIC
+        .try_with(|slot| slot.borrow_mut().take())
+        .ok()
+        .flatten()
+    {
+        tracing::error!(%location, "panic: {message}");
+    }
+    result
 }
 
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -200,8 +235,7 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Runs the body of a status-returning exported function: turns a panic into
 /// `ETCD_REGISTRY_STATUS_PANIC`, a failure into its status, and records the message.
 pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> etcd_registry_status {
-    install_panic_hook();
-    match catch_unwind(AssertUnwindSafe(body)) {
+    match caught(body) {
         Ok(Ok(())) => {
             clear_last_error();
             etcd_registry_status::Ok
@@ -223,8 +257,7 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> etcd_registry_status {
 /// Runs the body of an exported function that returns a value instead of a status (accessors):
 /// a panic gives `fallback`. The last error is left as it is.
 pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
-    install_panic_hook();
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+    caught(body).unwrap_or(fallback)
 }
 
 /// The message of the last failed call on the calling thread, or "" when the last
@@ -292,6 +325,51 @@ mod tests {
         assert_eq!(guard(|| Ok(())), etcd_registry_status::Ok);
         let msg = unsafe { std::ffi::CStr::from_ptr(etcd_registry_last_error_message()) };
         assert!(msg.is_empty());
+    }
+
+    /// A panic inside an exported function is logged once caught, when the locks of the code
+    /// that panicked are released: the host's log callback may call the library.
+    #[test]
+    fn a_panic_is_logged_after_the_locks_of_the_code_that_panicked_are_released() {
+        use std::sync::atomic::{AtomicU8, Ordering};
+        use std::sync::Mutex;
+        static LOCK: Mutex<()> = Mutex::new(());
+        /// 0: the panic not logged; 1: logged while LOCK was held; 2: logged with LOCK free.
+        static SEEN: AtomicU8 = AtomicU8::new(0);
+        unsafe extern "C" fn log(
+            _level: u32,
+            _target: *const c_char,
+            message: *const c_char,
+            _user_data: *mut std::ffi::c_void,
+        ) {
+            let message = unsafe { CStr::from_ptr(message) }.to_string_lossy();
+            if message.contains("boom while locked") {
+                // Poisoned (by the panic) but free is free.
+                let free = !matches!(LOCK.try_lock(), Err(std::sync::TryLockError::WouldBlock));
+                SEEN.store(if free { 2 } else { 1 }, Ordering::SeqCst);
+            }
+        }
+        let set = unsafe {
+            crate::log::etcd_registry_set_log_callback(
+                Some(log),
+                crate::log::ETCD_REGISTRY_LOG_ERROR,
+                std::ptr::null_mut(),
+            )
+        };
+        assert_eq!(set, etcd_registry_status::Ok);
+        let status = guard(|| {
+            let _held = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            panic!("boom while locked");
+        });
+        assert_eq!(status, etcd_registry_status::Panic);
+        let unset =
+            unsafe { crate::log::etcd_registry_set_log_callback(None, 0, std::ptr::null_mut()) };
+        assert_eq!(unset, etcd_registry_status::Ok);
+        assert_eq!(
+            SEEN.load(Ordering::SeqCst),
+            2,
+            "0: not logged, 1: logged under the lock"
+        );
     }
 
     #[test]
