@@ -318,7 +318,9 @@ enum Listeners {
 /// The events of a registration nobody has subscribed to yet. Kept as status events only (the
 /// names are added when a subscriber takes them). Most registrations never have a subscriber
 /// and each keeps its history until it ends, and most histories are one `Registered`: that one
-/// is held without an allocation.
+/// is held without an allocation. A run of `Retrying` events is kept as its newest one (whose
+/// `attempt` counts the run): a registration riding out a long outage keeps three events for
+/// it (`KeepAliveLost`, the last `Retrying`, `Reregistered`), not one per attempt.
 enum Backlog {
     Empty,
     Registered { lease_id: i64 },
@@ -327,6 +329,14 @@ enum Backlog {
 
 impl Backlog {
     fn push(&mut self, event: StatusEvent) -> Overflow {
+        if let (Backlog::Events(events), StatusEvent::Retrying { .. }) = (&mut *self, &event) {
+            if let Some(last) = events.last_mut() {
+                if matches!(last, StatusEvent::Retrying { .. }) {
+                    *last = event;
+                    return Overflow::NONE;
+                }
+            }
+        }
         match (&mut *self, event) {
             (Backlog::Empty, StatusEvent::Registered { lease_id }) => {
                 *self = Backlog::Registered { lease_id };
@@ -790,8 +800,9 @@ impl Registration {
         self.shared.lease_id()
     }
 
-    /// Status events. The first subscriber receives every event since `register`; later
-    /// subscribers receive the events from now on. The stream ends after `Unregistered`. Bounded
+    /// Status events. The first subscriber receives every event since `register` (of a run of
+    /// `Retrying` events that came before it subscribed, the newest: its `attempt` counts
+    /// them); later subscribers receive the events from now on. The stream ends after `Unregistered`. Bounded
     /// like every event queue (see [`crate::events`]). A registration made with
     /// [`Registry::register_routed`](crate::Registry::register_routed) keeps no history: its
     /// events went to its route.
@@ -1016,21 +1027,76 @@ mod tests {
     fn unread_history_keeps_the_newest_events_and_counts_the_dropped() {
         let reg = registration(None);
         let extra = 10;
-        for attempt in 1..=(EVENT_QUEUE_CAPACITY + extra) as u32 {
-            reg.emit(retrying(attempt));
+        // Outages of one retry each: two events per outage.
+        for outage in 1..=(EVENT_QUEUE_CAPACITY / 2 + extra) as i64 {
+            reg.emit(retrying(1));
+            reg.emit(StatusEvent::Reregistered { lease_id: outage });
         }
         let mut events = reg.subscribe();
-        assert_eq!(events.dropped(), extra as u64);
-        let mut attempts = Vec::new();
-        while let Ok(StatusEvent::Retrying { attempt, .. }) = events.try_recv() {
-            attempts.push(attempt);
+        assert_eq!(events.dropped(), 2 * extra as u64);
+        let mut leases = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let StatusEvent::Reregistered { lease_id } = event {
+                leases.push(lease_id);
+            }
         }
-        assert_eq!(attempts.len(), EVENT_QUEUE_CAPACITY);
-        assert_eq!(attempts.first(), Some(&(extra as u32 + 1)));
+        assert_eq!(leases.len(), EVENT_QUEUE_CAPACITY / 2);
+        assert_eq!(leases.first(), Some(&(extra as i64 + 1)));
         assert_eq!(
-            attempts.last(),
-            Some(&((EVENT_QUEUE_CAPACITY + extra) as u32))
+            leases.last(),
+            Some(&((EVENT_QUEUE_CAPACITY / 2 + extra) as i64))
         );
+    }
+
+    #[test]
+    fn a_run_of_retries_nobody_read_is_kept_as_its_newest() {
+        let reg = registration(None);
+        reg.emit(StatusEvent::Registered { lease_id: 7 });
+        for _ in 0..2 {
+            reg.emit(StatusEvent::KeepAliveLost {
+                error: Error::new(ErrorKind::Connection, "etcd down"),
+            });
+            for attempt in 1..=(3 * EVENT_QUEUE_CAPACITY) as u32 {
+                reg.emit(retrying(attempt));
+            }
+            reg.emit(StatusEvent::Reregistered { lease_id: 8 });
+        }
+        let mut events = reg.subscribe();
+        assert_eq!(events.dropped(), 0);
+        let mut seen = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            seen.push(match event {
+                StatusEvent::Retrying { attempt, .. } => format!("retrying {attempt}"),
+                other => format!("{other:?}")
+                    .split([' ', '{'])
+                    .next()
+                    .unwrap()
+                    .to_string(),
+            });
+        }
+        let run = format!("retrying {}", 3 * EVENT_QUEUE_CAPACITY);
+        assert_eq!(
+            seen,
+            [
+                "Registered",
+                "KeepAliveLost",
+                &run,
+                "Reregistered",
+                "KeepAliveLost",
+                &run,
+                "Reregistered"
+            ]
+        );
+        // A subscriber reading them gets every one.
+        for attempt in 1..=3 {
+            reg.emit(retrying(attempt));
+        }
+        let attempts: Vec<u32> = std::iter::from_fn(|| match events.try_recv() {
+            Ok(StatusEvent::Retrying { attempt, .. }) => Some(attempt),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(attempts, [1, 2, 3]);
     }
 
     #[test]

@@ -202,6 +202,11 @@ impl<T: Queued> Buffer<T> {
         self.live == 0
     }
 
+    /// The newest unread event.
+    pub(crate) fn last_mut(&mut self) -> Option<&mut T> {
+        self.items.iter_mut().rev().flatten().next()
+    }
+
     /// How many events the bound has dropped.
     pub(crate) fn dropped(&self) -> u64 {
         self.dropped
