@@ -401,7 +401,8 @@ func (call *asyncCall) wait(ctx context.Context, op string) error {
 		return ctx.Err()
 	case err != nil:
 		// Not expected of an open eventfd. The callback may still come and write the call,
-		// so it is not reused (nor freed).
+		// so it is not reused (nor freed), and its eventfd stays open (strand).
+		strand(call)
 		return errorOfStatus(op, uint32(statusInternal), "waiting for the library's answer: "+err.Error())
 	}
 	return nil
@@ -412,7 +413,8 @@ func (call *asyncCall) wait(ctx context.Context, op string) error {
 func abandonCall(call *asyncCall) {
 	var buf [8]byte
 	if _, err := call.file.Read(buf[:]); err != nil {
-		return // as in wait: the call is not reused
+		strand(call) // as in wait: the call is not reused
+		return
 	}
 	if call.abandoned != nil {
 		call.abandoned(call.c)
@@ -427,6 +429,23 @@ func abandonCall(call *asyncCall) {
 		C.free(unsafe.Pointer(call.c.err))
 	}
 	putCall(call)
+}
+
+// stranded holds the calls whose eventfd could not be read (not expected of an open eventfd):
+// the library's callback may still come, write the goer_call and signal its eventfd, and
+// whether it has come cannot be told. Unreachable, the call's *os.File would be finalized,
+// closing the eventfd, and the callback would write into a closed descriptor or one reused for
+// something else since. So they are kept, for good: the goer_call (C memory) and the eventfd
+// are leaked, which is the safe side for something that should never happen.
+var stranded struct {
+	mu    sync.Mutex
+	calls []*asyncCall
+}
+
+func strand(call *asyncCall) {
+	stranded.mu.Lock()
+	stranded.calls = append(stranded.calls, call)
+	stranded.mu.Unlock()
 }
 
 // untilDone runs call, which may wait for etcd inside C, and returns its result, or ctx.Err()

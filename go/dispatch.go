@@ -30,35 +30,87 @@ const eventQueueCapacity = 1024
 
 // backlog holds the status events a registration's reader has not taken yet, with the
 // library's overflow policy: at capacity the oldest event that is not final is dropped, and
-// counted.
+// counted. It is a ring, grown by doubling up to eventQueueCapacity (one event takes one slot,
+// as a registration left alone holds just its Registered event), so a push at capacity costs
+// O(1), however long a reader stays away.
 type backlog[T any] struct {
-	items   []T
+	ring    []T // len(ring) is the capacity now; nil when empty
+	head    int // index of the oldest event
+	n       int // events held
 	dropped uint64
 }
 
+func (b *backlog[T]) len() int { return b.n }
+
+// at is the i-th oldest event held.
+func (b *backlog[T]) at(i int) *T { return &b.ring[(b.head+i)%len(b.ring)] }
+
 func (b *backlog[T]) push(v T, final func(T) bool) {
-	if len(b.items) >= eventQueueCapacity {
-		for i, it := range b.items {
-			if !final(it) {
-				b.items = append(b.items[:i:i], b.items[i+1:]...)
-				b.dropped++
-				break
-			}
-		}
+	if b.n >= eventQueueCapacity {
+		b.dropOldest(final)
 	}
-	b.items = append(b.items, v)
+	b.grow()
+	*b.at(b.n) = v
+	b.n++
+}
+
+// pushFront puts v back as the oldest event (one taken by pop and not handed over). At capacity
+// v itself, the oldest, is dropped, unless it is final.
+func (b *backlog[T]) pushFront(v T, final func(T) bool) {
+	if b.n >= eventQueueCapacity && !final(v) {
+		b.dropped++
+		return
+	}
+	b.grow()
+	b.head = (b.head - 1 + len(b.ring)) % len(b.ring)
+	b.ring[b.head] = v
+	b.n++
+}
+
+// dropOldest drops the oldest event that is not final (counted). The final event is the last
+// one ever pushed, so that is the oldest one but in a backlog of one.
+func (b *backlog[T]) dropOldest(final func(T) bool) {
+	var zero T
+	for i := range b.n {
+		if final(*b.at(i)) {
+			continue
+		}
+		// Close the gap by moving the older ones up one slot: none when it is the oldest.
+		for j := i; j > 0; j-- {
+			*b.at(j) = *b.at(j - 1)
+		}
+		*b.at(0) = zero
+		b.head = (b.head + 1) % len(b.ring)
+		b.n--
+		b.dropped++
+		return
+	}
+}
+
+// grow makes room for one more event.
+func (b *backlog[T]) grow() {
+	if b.n < len(b.ring) {
+		return
+	}
+	ring := make([]T, max(1, min(2*len(b.ring), eventQueueCapacity+1)))
+	for i := range b.n {
+		ring[i] = *b.at(i)
+	}
+	b.ring, b.head = ring, 0
 }
 
 func (b *backlog[T]) pop() (T, bool) {
 	var zero T
-	if len(b.items) == 0 {
+	if b.n == 0 {
 		return zero, false
 	}
-	v := b.items[0]
-	b.items[0] = zero
-	b.items = b.items[1:]
-	if len(b.items) == 0 {
-		b.items = nil // let the array go
+	slot := b.at(0)
+	v := *slot
+	*slot = zero
+	b.head = (b.head + 1) % len(b.ring)
+	b.n--
+	if b.n == 0 {
+		b.ring, b.head = nil, 0 // let the array go
 	}
 	return v, true
 }

@@ -119,7 +119,7 @@ func TestRegistrationGoHeapFootprint(t *testing.T) {
 	eventually(t, "every Registered event delivered", func() bool {
 		for _, g := range regs {
 			g.mu.Lock()
-			pending := len(g.backlog.items)
+			pending := g.backlog.len()
 			g.mu.Unlock()
 			if pending == 0 {
 				return false

@@ -44,23 +44,27 @@ var (
 	logQueue     = make(chan logRecord, logQueueLen)
 	logCurrent   atomic.Uintptr // the handle whose records are delivered; 0: none
 	logDropped   atomic.Uint64  // records dropped since the last one delivered
-	logDelivery  sync.Mutex     // held while a record is handed to its logger
 	logDrainOnce sync.Once
 )
 
 // drainLogs hands the queued records to their loggers, for ever: records of a logger replaced
-// since they were queued are dropped, so that none reaches it once SetLogger has returned.
+// since they were queued are dropped. The logger is looked at just before each call, and no
+// lock is held during the call, so SetLogger never waits for a handler: once it has returned,
+// only a call already decided on (the record being handed over then) may still reach the
+// previous logger.
 func drainLogs() {
 	for r := range logQueue {
-		logDelivery.Lock()
-		if r.handle == logCurrent.Load() {
-			if n := logDropped.Swap(0); n > 0 {
-				deliver(r.logger, slog.LevelWarn, "library log records dropped: the log handler was too slow",
-					"etcd_registry", slog.Uint64("dropped", n))
-			}
-			deliver(r.logger, r.level, r.message, r.target)
+		if r.handle != logCurrent.Load() {
+			continue
 		}
-		logDelivery.Unlock()
+		if n := logDropped.Swap(0); n > 0 {
+			deliver(r.logger, slog.LevelWarn, "library log records dropped: the log handler was too slow",
+				"etcd_registry", slog.Uint64("dropped", n))
+			if r.handle != logCurrent.Load() {
+				continue // replaced while the warning was handled
+			}
+		}
+		deliver(r.logger, r.level, r.message, r.target)
 	}
 }
 
@@ -75,10 +79,12 @@ func deliver(logger *slog.Logger, level slog.Level, message, target string, attr
 // with a "target" attribute naming the library's module. Only the levels logger is enabled for
 // are forwarded, as decided when SetLogger is called. The logger's handler is called on a
 // goroutine of this package, one record at a time, in order, and must not call into this
-// package. A handler that is slow or blocks holds up nothing of the library: up to 1024 records
-// wait for it, later ones are dropped (a warning with their count comes before the next record
-// logged). Once SetLogger returns, the previous logger is not called again, and records still
-// queued for it are dropped.
+// package. A handler that is slow or blocks holds up nothing of the library, SetLogger
+// included: up to 1024 records wait for it, later ones are dropped (a warning with their count
+// comes before the next record logged). Once SetLogger returns, the previous logger gets no new
+// record and records still queued for it are dropped; SetLogger does not wait for a call
+// already under way, so the one record being handed to the previous logger then (a handler
+// blocked in it, say) may still be in, or about to enter, its handler.
 func SetLogger(logger *slog.Logger) error {
 	logMu.Lock()
 	defer logMu.Unlock()
@@ -99,11 +105,9 @@ func SetLogger(logger *slog.Logger) error {
 		}
 		return err
 	}
-	// Once the library has switched, the previous callback is not running and never will;
-	// once a delivery under way has ended, the previous logger is not called again.
-	logDelivery.Lock()
+	// Once the library has switched, the previous callback is not running and never will, and
+	// drainLogs hands the previous logger no record it has not already decided on.
 	logDropped.Store(0)
-	logDelivery.Unlock()
 	if logHandle != 0 {
 		logHandle.Delete()
 	}

@@ -152,12 +152,14 @@ func TestPanickingLogHandlerIsContained(t *testing.T) {
 type blockingHandler struct {
 	entered chan struct{}
 	release chan struct{}
+	calls   atomic.Int64
 }
 
 func (h *blockingHandler) Enabled(context.Context, slog.Level) bool { return true }
 func (h *blockingHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
 func (h *blockingHandler) WithGroup(string) slog.Handler            { return h }
 func (h *blockingHandler) Handle(context.Context, slog.Record) error {
+	h.calls.Add(1)
 	select {
 	case h.entered <- struct{}{}:
 	default:
@@ -205,10 +207,56 @@ func TestABlockedLogHandlerHoldsUpNothing(t *testing.T) {
 		t.Fatalf("listed %v, %v while the log handler blocks", nodes, err)
 	}
 
-	// Switched off once released: SetLogger waits for the record being handled.
 	release()
 	if err := SetLogger(nil); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// SetLogger does not wait for a handler blocked in a record: it returns, records logged since
+// go to the new logger, and the previous one gets none after the one it was blocked in.
+func TestSetLoggerDoesNotWaitForABlockedHandler(t *testing.T) {
+	h := &blockingHandler{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	if err := SetLogger(slog.New(h)); err != nil {
+		t.Fatal(err)
+	}
+	release := sync.OnceFunc(func() { close(h.release) })
+	t.Cleanup(func() { release(); _ = SetLogger(nil) })
+	service := serviceName(t)
+	// Credentials given to an etcd without authentication: a warning, in which the handler
+	// blocks.
+	other := newRegistryWithCredentials(t, shared.endpoints, "someone", "secret")
+	go func() { _, _ = other.GetServiceNodes(service) }()
+	select {
+	case <-h.entered:
+	case <-time.After(waitLimit):
+		t.Fatal("the handler was never called")
+	}
+
+	capture := &captureHandler{}
+	switched := make(chan error, 1)
+	go func() { switched <- SetLogger(slog.New(capture)) }()
+	select {
+	case err := <-switched:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("SetLogger waits for the handler blocked in a record")
+	}
+	release()
+	// More records: they reach the new logger (so the old one's record is done with).
+	again := newRegistryWithCredentials(t, shared.endpoints, "someone", "secret")
+	if _, err := again.GetServiceNodes(service); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the new logger gets records", func() bool {
+		return capture.find(func(r slog.Record) bool {
+			return r.Level == slog.LevelWarn && strings.HasPrefix(attr(r, "target"), "etcd_registry")
+		})
+	})
+	if calls := h.calls.Load(); calls != 1 {
+		t.Fatalf("the previous logger was called %d times, want only the record it was blocked in", calls)
 	}
 }
 

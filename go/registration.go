@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"slices"
 	"sync"
 	"time"
 )
@@ -47,6 +46,7 @@ type Registration struct {
 	backlog backlog[statusRec] // events Events' reader has not taken yet
 
 	reading    bool // Events has been called
+	noReader   bool // made by RegisterNode, whose caller cannot call Events: no event is kept
 	pumping    bool // a goroutine is handing the backlog to events
 	over       bool // StatusUnregistered is in the backlog (or was handed over)
 	eventsDone bool // events is closed
@@ -67,6 +67,9 @@ type regExtra struct {
 	events   chan StatusEvent // made by Events (see eventsBuffer); closed after StatusUnregistered
 	finished chan struct{}    // made by a waiter; closed when the registration has ended
 	reason   error            // why it ends, set by the first of Unregister, ctx or Close
+	// stop is closed by end to wake a pump blocked on a reader who does not read; made by the
+	// pump the first time it finds the events channel full.
+	stop chan struct{}
 }
 
 // more is the registration's regExtra, made if needed. g.mu must be held.
@@ -120,7 +123,9 @@ func isFinalRec(rec statusRec) bool { return StatusKind(rec.kind) == StatusUnreg
 // registry). errChan is closed after that last error, so `for err := range errChan` ends
 // when the registration does.
 func (r *EtcdRegistry) RegisterNode(ctx context.Context, service string, node Node, ttl time.Duration) (done <-chan struct{}, errChan <-chan error, err error) {
-	g, err := r.Register(ctx, service, node, ttl)
+	// The Registration is not handed out, so nobody can ever read its status events: none is
+	// kept (a long outage would otherwise fill its backlog with 1024 Retrying events).
+	g, err := r.register(ctx, service, node, ttl, false)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -130,6 +135,11 @@ func (r *EtcdRegistry) RegisterNode(ctx context.Context, service string, node No
 // Register is RegisterNode returning the Registration, which also gives the status events,
 // the state and the lease, and can be unregistered.
 func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, ttl time.Duration) (*Registration, error) {
+	return r.register(ctx, service, node, ttl, true)
+}
+
+// register is Register; keepEvents is false when the caller will never call Events.
+func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, ttl time.Duration, keepEvents bool) (*Registration, error) {
 	const op = "register"
 	switch {
 	case !r.made():
@@ -141,10 +151,11 @@ func (r *EtcdRegistry) Register(ctx context.Context, service string, node Node, 
 	// when ctx has already ended.
 	h := r.h
 	g := &Registration{
-		r:       r,
-		service: service,
-		node:    node.Name,
-		ctx:     ctx,
+		r:        r,
+		service:  service,
+		node:     node.Name,
+		ctx:      ctx,
+		noReader: !keepEvents,
 	}
 	if !h.open() {
 		return nil, closedError(op)
@@ -304,9 +315,10 @@ func (g *Registration) finishedChan() <-chan struct{} {
 	return g.finishedLocked()
 }
 
-// finishedLocked is finishedChan with g.mu held.
+// finishedLocked is finishedChan with g.mu held. Finished means the registration has ended and
+// its last events are on the events channel (a pump running then hands them over first).
 func (g *Registration) finishedLocked() <-chan struct{} {
-	if g.ended {
+	if g.ended && !g.pumping {
 		return closedChan
 	}
 	x := g.more()
@@ -317,10 +329,12 @@ func (g *Registration) finishedLocked() <-chan struct{} {
 }
 
 // Events delivers every status event of the registration in order since Register, ending with
-// StatusUnregistered, after which it is closed. Events not read yet wait with the library's
-// bound and policy (see "Event delivery" in the root README): past 1024 unread ones the oldest is
-// dropped (never StatusUnregistered) and counted by Dropped; State always tells where things
-// stand. Once the registration has ended nothing waits for the reader any more: of the events
+// StatusUnregistered, after which it is closed. Events not read yet, before Events is first
+// called too, wait with the library's bound and policy (see "Event delivery" in the root
+// README): past 1024 unread ones the oldest is dropped (never StatusUnregistered) and counted by
+// Dropped; State always tells where things stand. So a registration whose Events is never
+// read holds up to 1024 events (during a long outage, mostly StatusRetrying ones); RegisterNode,
+// whose Registration nobody can read, keeps none. Once the registration has ended nothing waits for the reader any more: of the events
 // it has not taken then, the last 8 stay on the channel (StatusUnregistered last) and older ones
 // are dropped. Asked for first after the end, Events holds every event not dropped before.
 func (g *Registration) Events() <-chan StatusEvent {
@@ -333,7 +347,7 @@ func (g *Registration) Events() <-chan StatusEvent {
 	if x.events == nil {
 		size := eventsBuffer
 		if g.over { // ended: room for every event left, handed over at once below
-			size = max(size, len(g.backlog.items))
+			size = max(size, g.backlog.len())
 		}
 		x.events = make(chan StatusEvent, size)
 	}
@@ -499,8 +513,10 @@ func (g *Registration) deliver(ev StatusEvent) {
 		return
 	}
 	g.mu.Lock()
-	g.backlog.push(newStatusRec(ev), isFinalRec)
-	g.pumpLocked()
+	if !g.noReader || g.reading {
+		g.backlog.push(newStatusRec(ev), isFinalRec)
+		g.pumpLocked()
+	}
 	g.mu.Unlock()
 }
 
@@ -548,19 +564,27 @@ func (g *Registration) pumpLocked() {
 	case !g.reading || g.pumping || g.eventsDone:
 	case g.over:
 		g.finishEventsLocked()
-	case len(g.backlog.items) > 0:
+	case g.backlog.len() > 0:
 		g.pumping = true
 		go g.pump()
 	}
 }
 
+// pump hands the backlog to the events channel, waiting for the reader. Once the registration
+// has ended, it hands the rest over (finishEventsLocked) and only then marks it finished
+// (Unregister returns), as end does when no pump runs: end cannot close the events channel
+// while the pump may be sending on it.
 func (g *Registration) pump() {
 	for {
 		g.mu.Lock()
 		if g.over {
 			g.pumping = false
 			g.finishEventsLocked()
+			finished := g.takeFinishedLocked()
 			g.mu.Unlock()
+			if finished != nil {
+				close(finished)
+			}
 			return
 		}
 		rec, ok := g.backlog.pop()
@@ -569,17 +593,39 @@ func (g *Registration) pump() {
 			g.mu.Unlock()
 			return
 		}
-		events, ended := g.x.events, g.finishedLocked() // events made by Events, which started the pump
+		x := g.x // made by Events, which started the pump
+		ev := g.event(rec)
+		select {
+		case x.events <- ev: // room in the buffer: no need to wait, nor to unlock
+			g.mu.Unlock()
+			continue
+		default:
+		}
+		if x.stop == nil {
+			x.stop = make(chan struct{})
+		}
+		events, stop := x.events, x.stop
 		g.mu.Unlock()
 		select {
-		case events <- g.event(rec):
-		case <-ended:
-			// Not taken: first in line again, for finishEventsLocked.
+		case events <- ev:
+		case <-stop:
+			// Ended: first in line again, for finishEventsLocked.
 			g.mu.Lock()
-			g.backlog.items = slices.Insert(g.backlog.items, 0, rec)
+			g.backlog.pushFront(rec, isFinalRec)
 			g.mu.Unlock()
 		}
 	}
+}
+
+// takeFinishedLocked takes the finished channel of an ended registration for its caller to
+// close, nil while a pump has yet to hand the last events over (it closes it then).
+func (g *Registration) takeFinishedLocked() chan struct{} {
+	if g.pumping || g.x == nil {
+		return nil
+	}
+	finished := g.x.finished
+	g.x.finished = nil
+	return finished
 }
 
 // finishEventsLocked hands the rest of the backlog of an ended registration to the events
@@ -671,11 +717,16 @@ func (g *Registration) end(reason error, last StatusEvent) {
 		close(x.errs)
 	}
 	g.ended = true
-	g.pumpLocked() // after the error: a reader that sees Events closed finds it on errs
+	if x.stop != nil {
+		close(x.stop) // a pump blocked on a reader who does not read: it hands the rest over now
+		x.stop = nil
+	}
+	// After the error: a reader that sees Events closed finds it on errs. With no pump running,
+	// the rest is on the events channel once this returns.
+	g.pumpLocked()
 	// Register may have started following ctx since the look above (it checks ended): stop that.
 	stopCtx, x.stopCtx = x.stopCtx, nil
-	finished := x.finished
-	x.finished = nil
+	finished := g.takeFinishedLocked()
 	g.mu.Unlock()
 	if stopCtx != nil {
 		stopCtx()

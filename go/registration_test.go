@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -204,5 +205,151 @@ func TestEndedRegistrationKeepsItsNewestUnreadEvents(t *testing.T) {
 	// Registered, every update, Unregistered: what was not kept was dropped.
 	if total := uint64(len(got)) + g.Dropped(); total != updates+2 {
 		t.Fatalf("%d kept + %d dropped, want %d events", len(got), g.Dropped(), updates+2)
+	}
+}
+
+// A registration made by RegisterNode, whose Registration (and so whose status events) nobody
+// can read, keeps none of its events while etcd is unreachable and it retries: each Retrying
+// event used to wait for a reader that could never come, up to 1024 per registration. One made
+// by Register keeps them for Events, called late, as Events promises.
+func TestStatusEventsNobodyCanReadAreNotKept(t *testing.T) {
+	// A port where nothing listens any more: every attempt is refused at once.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	r, err := New(Config{Endpoints: []string{addr}, BasePath: "/services",
+		Timeout: 100 * time.Millisecond, BackoffMin: time.Millisecond, BackoffMax: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = r.Close() })
+	service := serviceName(t)
+	_, errs, err := r.RegisterNode(t.Context(), service, Node{Name: "dropin"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	late, err := r.Register(t.Context(), service, Node{Name: "late"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each error on an error channel is a Retrying event already handed to its registration.
+	const retries = 40
+	for range retries {
+		recvErr(t, errs)
+		recvErr(t, late.Errors())
+	}
+	dropin := r.mustRegistration(t, service, "dropin")
+	dropin.mu.Lock()
+	kept := dropin.backlog.len()
+	dropin.mu.Unlock()
+	if kept != 0 {
+		t.Errorf("a RegisterNode registration keeps %d status events nobody can read", kept)
+	}
+	// Register's: every event since Register waits for Events, StatusFailed (the first
+	// attempt) then a Retrying event for each retry.
+	events := late.Events()
+	if ev := waitStatus(t, events, StatusFailed); ev.Attempt > 1 {
+		t.Fatalf("first event of a registration read late: %v", ev)
+	}
+	for i := range retries {
+		if ev := waitStatus(t, events, StatusRetrying); ev.Attempt != i+1 {
+			t.Fatalf("Retrying event %d of a registration read late: attempt %d", i+1, ev.Attempt)
+		}
+	}
+}
+
+// A registration's unread status events are bounded by the library's 1024, the oldest dropped
+// (counted) and the final one never, at a constant cost per event however long nobody reads.
+func TestStatusBacklogKeepsTheNewest1024(t *testing.T) {
+	final := func(v int) bool { return v < 0 }
+	var b backlog[int]
+	const pushed = 3000
+	for i := range pushed {
+		b.push(i, final)
+	}
+	b.push(-1, final)
+	if b.len() != eventQueueCapacity || b.dropped != pushed+1-eventQueueCapacity {
+		t.Fatalf("holds %d, dropped %d; want %d and %d", b.len(), b.dropped, eventQueueCapacity, pushed+1-eventQueueCapacity)
+	}
+	if len(b.ring) > eventQueueCapacity+1 {
+		t.Fatalf("a ring of %d slots for %d events", len(b.ring), b.len())
+	}
+	first, _ := b.pop()
+	b.pushFront(first, final) // put back, as a pump that could not hand it over does
+	want := pushed + 1 - eventQueueCapacity
+	for i := range eventQueueCapacity - 1 {
+		if v, ok := b.pop(); !ok || v != want+i {
+			t.Fatalf("event %d: %d, %v; want %d", i, v, ok, want+i)
+		}
+	}
+	if v, ok := b.pop(); !ok || v != -1 {
+		t.Fatalf("last: %d, %v; want the final event", v, ok)
+	}
+	if _, ok := b.pop(); ok || b.ring != nil {
+		t.Fatal("an emptied backlog still holds something")
+	}
+}
+
+// Once Unregister has returned, StatusUnregistered is on Events and the channel is closed, also
+// when the reader left more events unread than the channel holds (a goroutine was then still
+// waiting to hand them over, and Unregister could return before it had: a race, hence several
+// registrations).
+func TestUnregisterReturnsWithTheLastEventOnEvents(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	const nodes = 20
+	regs := make([]*Registration, nodes)
+	events := make([]<-chan StatusEvent, nodes)
+	for i := range regs {
+		g, err := r.Register(context.Background(), service, Node{Name: fmt.Sprintf("n%d", i)}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs[i], events[i] = g, g.Events() // not read until Unregister has returned
+	}
+	eventually(t, "registered", func() bool { return len(shared.getPrefix(t, "/services/"+service+"/")) == nodes })
+	// Registered and eventsBuffer updates: one more than the channel holds.
+	for v := range eventsBuffer {
+		info := map[string]string{"v": fmt.Sprint(v)}
+		for _, g := range regs {
+			if err := g.Update(info); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want := `{"v":"` + fmt.Sprint(v) + `"}`
+		eventually(t, "update "+want+" in etcd", func() bool {
+			kv := shared.getPrefix(t, "/services/"+service+"/")
+			for i := range nodes {
+				if kv[fmt.Sprintf("/services/%s/n%d", service, i)] != want {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	for i, g := range regs {
+		if err := g.Unregister(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		var last StatusEvent
+	drain:
+		for {
+			select {
+			case ev, ok := <-events[i]:
+				if ok {
+					last = ev
+					continue
+				}
+				if last.Kind != StatusUnregistered {
+					t.Fatalf("n%d: Events closed after %v, want StatusUnregistered last", i, last.Kind)
+				}
+				break drain
+			default:
+				t.Fatalf("n%d: Unregister has returned; Events is not closed yet, last event read %v", i, last.Kind)
+			}
+		}
 	}
 }
