@@ -46,6 +46,10 @@ from ._native import (
     _dropped_events,
 )
 
+# Registers the handler that stops the library's threads at exit now, at import (see
+# `_dispatch`): exit handlers registered after it run first, with callbacks still delivered.
+from . import _dispatch  # noqa: F401
+
 __all__ = [
     "Registry",
     "Registration",

@@ -14,7 +14,10 @@ before them, nested). The asyncio thread only hands results to event loops
 
 They are daemon threads started with the first Registry of a process (again in a forked child)
 and stopped at interpreter exit, before finalization, so that they never meet a finalizing
-interpreter.
+interpreter: by an ``atexit`` handler registered when ``etcd_registry`` is imported, so that the
+exit handlers the program registers after that import run before it, with callbacks. Once it
+has run, no thread is started any more (a Registry made in a later exit handler gets no
+callbacks; Python 3.12+ refuses new threads at exit anyway).
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ _lock = threading.Lock()
 _threads: list[threading.Thread] = []
 _threads_pid: Optional[int] = None
 _level: Optional[int] = None
+#: The process in which `_stop` has run (interpreter exit).
+_stopped_pid: Optional[int] = None
 
 
 def _sync_log_level() -> None:
@@ -177,14 +182,17 @@ def _complete() -> None:
 def ensure_started() -> None:
     """Starts the threads in this process if they are not running, and mirrors the logger's
     level now, so that a level set just before a new Registry applies to it at once (the
-    dispatch thread mirrors it only between batches and once a second)."""
+    dispatch thread mirrors it only between batches and once a second). Does nothing once the
+    threads were stopped at interpreter exit."""
     global _threads, _threads_pid
-    _sync_log_level()
     pid = os.getpid()
+    if _stopped_pid == pid:
+        return
+    _sync_log_level()
     if _threads_pid == pid and all(t.is_alive() for t in _threads):
         return
     with _lock:
-        if _threads_pid == pid and all(t.is_alive() for t in _threads):
+        if _stopped_pid == pid or (_threads_pid == pid and all(t.is_alive() for t in _threads)):
             return
         threads = [
             threading.Thread(target=_run, name="etcd_registry-dispatch", daemon=True),
@@ -198,25 +206,28 @@ def ensure_started() -> None:
 def _stop() -> None:
     """At interpreter exit: delivers the queued callbacks (e.g. the "unregistered" events of a
     registry closed just before), then ends the threads. A callback that takes longer than
-    `_EXIT_GRACE` is left behind (a daemon thread) and later deliveries are dropped."""
+    `_EXIT_GRACE` is left behind (a daemon thread) and later deliveries are dropped. The asyncio
+    thread finishes the result it is handing over (up to `_EXIT_GRACE`), then stays out of the
+    interpreter for good; so does a callback thread left behind, once its callback returns."""
+    global _stopped_pid
+    with _lock:
+        _stopped_pid = os.getpid()
     _native._set_log_level(_OFF)
     mine = _threads_pid == os.getpid() and threading.current_thread() not in _threads
     if mine and _threads:
         _native._stop_dispatch(drain=True)
         _threads[0].join(timeout=_EXIT_GRACE)
-    _native._stop_dispatch(drain=False)
-    if mine:
-        for thread in _threads[1:]:
-            thread.join(timeout=_EXIT_GRACE)
+    _native._stop_dispatch(drain=False, grace=_EXIT_GRACE if mine else 0.0)
 
 
 def _after_fork_in_child() -> None:
     """The threads do not exist in a forked child; the next Registry starts new ones."""
-    global _lock, _threads, _threads_pid, _level
+    global _lock, _threads, _threads_pid, _level, _stopped_pid
     _lock = threading.Lock()
     _threads = []
     _threads_pid = None
     _level = None
+    _stopped_pid = None
 
 
 atexit.register(_stop)

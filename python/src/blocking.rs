@@ -39,15 +39,9 @@ where
             let step = registry::runtime::block_on(async {
                 tokio::time::timeout(slice, future.as_mut()).await
             });
-            if dispatch::must_not_attach() {
-                // A daemon thread while the interpreter exits (other threads were joined before
-                // the exit handlers ran). Attaching now could meet finalization, which kills
-                // the thread in the middle of Rust code or crashes; wait for the process to end
-                // instead, as CPython 3.14 itself does with such threads.
-                loop {
-                    std::thread::park();
-                }
-            }
+            // A daemon thread while the interpreter exits (other threads were joined before the
+            // exit handlers ran) waits there for the process to end.
+            dispatch::stay_detached_if_exiting();
             step
         });
         match step.map_err(|e| errors::to_py_err(py, e))? {

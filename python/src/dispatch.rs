@@ -22,9 +22,13 @@
 //!   callbacks so that a slow callback, or one waiting for an awaited call, never holds up an
 //!   `await`. A lane of its own: one item per awaited call, bounded by the calls in flight.
 //!
-//! Both threads stop at interpreter exit (`_stop_dispatch`, from an `atexit` handler), before
-//! finalization; nothing is handed to Python after that. So no thread ever attaches to a
-//! finalizing interpreter, which CPython answers with crashes or killed threads. An awaited
+//! Both threads stop at interpreter exit (`_stop_dispatch`, from an `atexit` handler registered
+//! when the package is imported), before finalization; nothing is handed to Python after that.
+//! A thread that is detached from the interpreter then (the asyncio thread once its work is
+//! done, a callback thread left behind by a callback that outlasted the exit grace, once that
+//! returns, any thread blocked in the library) stays detached until the process ends
+//! ([`stay_detached_if_exiting`]). So no thread ever attaches to a finalizing interpreter,
+//! which CPython answers with crashes or killed threads. An awaited
 //! call made after that (in an `atexit` handler that runs after the package's) runs on the
 //! caller's thread and is settled before it returns (see `asyncio::future_into_py_claimed`).
 //!
@@ -71,6 +75,8 @@ struct Queue {
     pid: u32,
     state: Mutex<State>,
     ready: Condvar,
+    /// Signalled when a batch taken by [`Queue::take`] has been handled (`State::busy`).
+    idle: Condvar,
     /// Wakes the callback thread, which waits for logs and events at once.
     notify: tokio::sync::Notify,
 }
@@ -84,6 +90,8 @@ struct State {
     draining: bool,
     /// Stopped: nothing more is handed out.
     stopped: bool,
+    /// A batch taken by [`Queue::take`] is being handled, attached to the interpreter.
+    busy: bool,
 }
 
 static LANES: [AtomicPtr<Queue>; 2] = [
@@ -106,6 +114,19 @@ thread_local! {
 /// not the thread running its exit handlers (which may still use the library).
 pub(crate) fn must_not_attach() -> bool {
     EXITING.load(Ordering::SeqCst) && !STOPPED_HERE.with(|s| s.get())
+}
+
+/// The last step of every stretch a library thread spends detached from the interpreter (GIL
+/// released): once it must not attach again ([`must_not_attach`]), the thread waits here for
+/// the process to end instead of returning into the interpreter. Attaching could meet
+/// finalization, which ends the thread in the middle of Rust code (`pthread_exit`, and pyo3
+/// aborts the process) or crashes; CPython 3.14 itself leaves such threads waiting.
+pub(crate) fn stay_detached_if_exiting() {
+    if must_not_attach() {
+        loop {
+            std::thread::park();
+        }
+    }
 }
 
 /// Whether the calling thread is the package's callback thread (i.e. inside a callback).
@@ -145,6 +166,7 @@ fn queue(lane: Lane) -> &'static Queue {
             pid,
             state: Mutex::new(State::default()),
             ready: Condvar::new(),
+            idle: Condvar::new(),
             notify: tokio::sync::Notify::new(),
         },
     )
@@ -155,7 +177,8 @@ impl Queue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Waits up to `timeout` for items and takes them; `None` once stopped, or drained.
+    /// Waits up to `timeout` for items and takes them; `None` once stopped, or drained. The
+    /// queue is then busy until [`Queue::handled`].
     fn take(&self, timeout: Duration) -> Option<(Vec<Item>, u64)> {
         let state = self.lock();
         let (mut state, _) = self
@@ -167,11 +190,19 @@ impl Queue {
         if state.draining && state.items.is_empty() {
             state.stopped = true;
         }
-        Self::take_ready(state)
+        let taken = Self::take_ready(&mut state);
+        state.busy = taken.is_some();
+        taken
+    }
+
+    /// The batch [`Queue::take`] gave has been handled (or never will be).
+    fn handled(&self) {
+        self.lock().busy = false;
+        self.idle.notify_all();
     }
 
     /// Takes what is queued without waiting; `None` once stopped.
-    fn take_ready(mut state: MutexGuard<'_, State>) -> Option<(Vec<Item>, u64)> {
+    fn take_ready(state: &mut State) -> Option<(Vec<Item>, u64)> {
         if state.stopped {
             return None;
         }
@@ -278,9 +309,24 @@ struct Targets {
     /// Registrations and watches being made: their first events may come before their id is
     /// known here, and wait for it.
     creating: usize,
-    /// The id and registry of the event whose callback runs now.
-    running: Option<(u64, u64)>,
+    /// The id and registry of each event whose callback runs now, outermost first: a callback
+    /// that calls `unregister()` or `close()` runs the queued callbacks nested, on the same
+    /// thread, and is still running while they do.
+    running: Vec<(u64, u64)>,
     stopped: bool,
+}
+
+impl Targets {
+    /// Whether a callback of the registration or watch `id` is running (maybe under a nested
+    /// one).
+    fn runs_id(&self, id: u64) -> bool {
+        self.running.iter().any(|&(running, _)| running == id)
+    }
+
+    /// Whether a callback of the registry `registry` is running (maybe under a nested one).
+    fn runs_registry(&self, registry: u64) -> bool {
+        self.running.iter().any(|&(_, r)| r == registry)
+    }
 }
 
 static CALLBACKS: AtomicPtr<Callbacks> = AtomicPtr::new(std::ptr::null_mut());
@@ -404,8 +450,9 @@ impl Callbacks {
         }
     }
 
-    /// Who gets `event`, marking it as running; `None` for an event nobody gets any more (a
-    /// watch closed meanwhile). Waits while its id may still be being made.
+    /// Who gets `event`, marking it as running (on top of those running already, when nested);
+    /// `None` for an event nobody gets any more (a watch closed meanwhile). Waits while its id
+    /// may still be being made.
     fn resolve(&self, event: Event) -> Option<Delivery> {
         let id = event.id();
         let mut state = self.lock();
@@ -428,16 +475,17 @@ impl Callbacks {
             let entry = state.by_id.get(&id)?;
             (entry.target.clone(), entry.registry, None)
         };
-        state.running = Some((id, registry));
+        state.running.push((id, registry));
         drop(state);
         drop(removed);
         Some(Delivery { target, event })
     }
 
-    /// The callback handed out last has returned.
+    /// The callback handed out last by `_take` has returned: none runs now.
     fn returned(&self) {
         let mut state = self.lock();
-        if state.running.take().is_some() {
+        if !state.running.is_empty() {
+            state.running.clear();
             drop(state);
             self.signal();
         }
@@ -446,7 +494,7 @@ impl Callbacks {
     fn stop(&self) {
         let mut state = self.lock();
         state.stopped = true;
-        state.running = None;
+        state.running.clear();
         drop(state);
         self.signal();
     }
@@ -528,6 +576,31 @@ fn call_tuple<'py>(py: Python<'py>, delivery: Delivery) -> PyResult<Bound<'py, P
     }
 }
 
+/// What `_take` hands out: the logs queued, how many were dropped, and at most one callback
+/// call. `None` once the dispatcher has been stopped. Runs detached from the interpreter.
+fn take_work(
+    callbacks: &Callbacks,
+    logs: &Queue,
+    timeout: Duration,
+) -> Option<(Vec<Item>, u64, Option<Delivery>)> {
+    callbacks.returned();
+    let (delivery, ended) = match wait_for_work(callbacks, logs, timeout) {
+        Work::Event(event) => (callbacks.resolve(event), false),
+        Work::Ended => (None, true),
+        Work::Other => (None, false),
+    };
+    let mut state = logs.lock();
+    // At exit, stop once the stream is drained and the last logs are handed out.
+    if state.stopped || (state.draining && ended && state.items.is_empty()) {
+        state.stopped = true;
+        drop(state);
+        callbacks.stop();
+        return None;
+    }
+    let (batch, dropped) = Queue::take_ready(&mut state)?;
+    Some((batch, dropped, delivery))
+}
+
 /// Waits (GIL released) up to `timeout` seconds for work and returns it as tuples: the logs
 /// queued, and at most one callback call (so that which callback runs is known here: it runs
 /// until the next `_take`). `None` once the dispatcher has been stopped.
@@ -538,22 +611,10 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
     let callbacks = callbacks();
     let logs = queue(Lane::Logs);
     let taken = py.detach(|| {
-        callbacks.returned();
-        let (delivery, ended) = match wait_for_work(callbacks, logs, timeout) {
-            Work::Event(event) => (callbacks.resolve(event), false),
-            Work::Ended => (None, true),
-            Work::Other => (None, false),
-        };
-        let mut state = logs.lock();
-        // At exit, stop once the stream is drained and the last logs are handed out.
-        if state.stopped || (state.draining && ended && state.items.is_empty()) {
-            state.stopped = true;
-            drop(state);
-            callbacks.stop();
-            return None;
-        }
-        let (batch, dropped) = Queue::take_ready(state)?;
-        Some((batch, dropped, delivery))
+        let taken = take_work(callbacks, logs, timeout);
+        // Past the exit grace (a callback that outlasted it), this thread is left behind.
+        stay_detached_if_exiting();
+        taken
     });
     let Some((batch, dropped, delivery)) = taken else {
         return Ok(None);
@@ -599,13 +660,8 @@ fn wait_until(py: Python<'_>, done: impl Fn(&Targets, bool) -> bool + Sync) -> P
                 .unwrap_or_else(|p| p.into_inner());
             let finished = state.stopped || done(&state, false);
             drop(state);
-            if must_not_attach() {
-                // A daemon thread while the interpreter exits: never attach again (see
-                // `blocking::run`); wait for the process to end instead.
-                loop {
-                    std::thread::park();
-                }
-            }
+            // A daemon thread while the interpreter exits: never attach again.
+            stay_detached_if_exiting();
             finished
         });
         if finished {
@@ -616,14 +672,16 @@ fn wait_until(py: Python<'_>, done: impl Fn(&Targets, bool) -> bool + Sync) -> P
 }
 
 /// On the callback thread: delivers queued events, in order, until `done` holds or nothing is
-/// queued. The callback running now (the caller's) stays the one recorded as running.
+/// queued. The callbacks running now (the caller's, and those it runs nested in) stay recorded
+/// as running under each nested one, so that a `close()` on another thread still waits for
+/// them.
 fn deliver_nested(
     py: Python<'_>,
     callbacks: &Callbacks,
     done: impl Fn(&Targets) -> bool,
 ) -> PyResult<()> {
     let deliver = py.import("etcd_registry._dispatch")?.getattr("_deliver")?;
-    let outer = callbacks.lock().running;
+    let depth = callbacks.lock().running.len();
     loop {
         if done(&callbacks.lock()) {
             return Ok(());
@@ -631,12 +689,19 @@ fn deliver_nested(
         let Next::Event(event) = callbacks.stream.try_next() else {
             return Ok(());
         };
-        let Some(delivery) = py.detach(|| callbacks.resolve(event)) else {
+        let delivery = py.detach(|| {
+            let delivery = callbacks.resolve(event);
+            // Past the exit grace (a callback that outlasted it), this thread is left behind.
+            stay_detached_if_exiting();
+            delivery
+        });
+        let Some(delivery) = delivery else {
             continue;
         };
         let call = call_tuple(py, delivery);
         let result = call.and_then(|call| deliver.call1((call,)));
-        callbacks.lock().running = outer;
+        // The nested callback has returned (`stop` may have cleared the stack meanwhile).
+        callbacks.lock().running.truncate(depth);
         callbacks.signal();
         result?;
     }
@@ -646,8 +711,7 @@ fn deliver_nested(
 /// delivered to its callback (nothing to wait for without one).
 pub(crate) fn finish_registration(py: Python<'_>, id: u64) -> PyResult<()> {
     wait_until(py, |state, nested| {
-        !state.by_id.contains_key(&id)
-            && (nested || state.running.is_none_or(|(running, _)| running != id))
+        !state.by_id.contains_key(&id) && (nested || !state.runs_id(id))
     })
 }
 
@@ -673,18 +737,14 @@ async fn until(done: impl Fn(&Targets) -> bool) {
 /// `finish_registration` for `unregister_async`: once its `unregistered` event has been
 /// delivered to its callback.
 pub(crate) async fn registration_finished(id: u64) {
-    until(|state| {
-        !state.by_id.contains_key(&id) && state.running.is_none_or(|(running, _)| running != id)
-    })
-    .await;
+    until(|state| !state.by_id.contains_key(&id) && !state.runs_id(id)).await;
 }
 
 /// `finish_registry` for `close_async`.
 pub(crate) async fn registry_finished(registry: u64) {
     forget_registry_watches(registry);
     until(|state| {
-        !state.by_id.values().any(|e| e.registry == registry)
-            && state.running.is_none_or(|(_, r)| r != registry)
+        !state.by_id.values().any(|e| e.registry == registry) && !state.runs_registry(registry)
     })
     .await;
 }
@@ -725,9 +785,7 @@ pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
     if on_callback_thread() {
         return Ok(());
     }
-    wait_until(py, |state, _| {
-        state.running.is_none_or(|(running, _)| running != id)
-    })
+    wait_until(py, |state, _| !state.runs_id(id))
 }
 
 /// After a registry's `close()`: its watches' callbacks stop, and returns once every
@@ -737,17 +795,27 @@ pub(crate) fn finish_registry(py: Python<'_>, registry: u64) -> PyResult<()> {
     forget_registry_watches(registry);
     wait_until(py, |state, nested| {
         !state.by_id.values().any(|e| e.registry == registry)
-            && (nested || state.running.is_none_or(|(_, r)| r != registry))
+            && (nested || !state.runs_registry(registry))
     })
 }
 
 /// Waits (GIL released) up to `timeout` seconds for asyncio work and does it; `False` once
-/// stopped.
+/// stopped. At interpreter exit, once stopped, it never returns: the thread stays detached
+/// (see [`stay_detached_if_exiting`]; `_stop_dispatch` waits for the work it is doing).
 #[pyfunction]
 pub(crate) fn _complete(py: Python<'_>, timeout: f64) -> bool {
     let timeout = Duration::try_from_secs_f64(timeout.max(0.0)).unwrap_or(Duration::MAX);
     let queue = queue(Lane::Asyncio);
-    let Some((batch, _)) = py.detach(|| queue.take(timeout)) else {
+    let taken = py.detach(|| {
+        let taken = queue.take(timeout);
+        if must_not_attach() {
+            // Work taken just before the stop is never done: the event loops are done.
+            queue.handled();
+            stay_detached_if_exiting();
+        }
+        taken
+    });
+    let Some((batch, _)) = taken else {
         return false;
     };
     for item in batch {
@@ -756,6 +824,7 @@ pub(crate) fn _complete(py: Python<'_>, timeout: f64) -> bool {
             let _ = catch_unwind(AssertUnwindSafe(work));
         }
     }
+    queue.handled();
     true
 }
 
@@ -763,11 +832,13 @@ pub(crate) fn _complete(py: Python<'_>, timeout: f64) -> bool {
 /// hands out what is queued (the callbacks of a registry closed just before exit still run, and
 /// may still use the library; the event stream takes no new events), then `_take` returns
 /// `None`. Without, everything stops at once, queued items are dropped, and from then on
-/// threads other than this one never attach to the interpreter again (see `must_not_attach`).
-/// Asyncio work is never drained: the event loops are done.
+/// threads other than this one never attach to the interpreter again (see `must_not_attach`);
+/// asyncio work under way (attached to the interpreter, under Rust frames) is waited for, up to
+/// `grace` seconds, after which the asyncio thread stays detached for good. Asyncio work is
+/// never drained: the event loops are done.
 #[pyfunction]
-#[pyo3(signature = (drain=false))]
-pub(crate) fn _stop_dispatch(drain: bool) {
+#[pyo3(signature = (drain=false, grace=0.0))]
+pub(crate) fn _stop_dispatch(py: Python<'_>, drain: bool, grace: f64) {
     STOPPED_HERE.with(|s| s.set(true));
     if drain {
         callbacks().stream.close();
@@ -778,5 +849,16 @@ pub(crate) fn _stop_dispatch(drain: bool) {
     callbacks().stream.close();
     callbacks().stop();
     queue(Lane::Logs).stop(false);
-    queue(Lane::Asyncio).stop(false);
+    let asyncio = queue(Lane::Asyncio);
+    asyncio.stop(false);
+    let grace = Duration::try_from_secs_f64(grace.max(0.0)).unwrap_or(Duration::MAX);
+    py.detach(|| {
+        let state = asyncio.lock();
+        drop(
+            asyncio
+                .idle
+                .wait_timeout_while(state, grace, |s| s.busy)
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+    });
 }

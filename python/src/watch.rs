@@ -40,7 +40,8 @@ struct Reader {
     /// Held while an event is taken from the core watch, so that they are kept in order.
     taking: tokio::sync::Mutex<()>,
     kept: Mutex<Kept>,
-    /// Signalled when a kept event is given up by a cancelled `__anext__`.
+    /// Signalled when a kept event is given up by a cancelled `__anext__` (its `claim`, or a
+    /// blocking read's `forget_cancelled`).
     released: tokio::sync::Notify,
 }
 
@@ -105,6 +106,9 @@ impl Reader {
             forgotten
         };
         drop(forgotten);
+        // Their events are free now: a read waiting for one (holding `taking`, which this read
+        // waits for next) takes it, as when a cancelled `__anext__` gives it up (`claim`).
+        self.released.notify_waiters();
     }
 
     /// The next event without waiting: `Err(())` once the watch has ended.

@@ -6,6 +6,8 @@ import asyncio
 import socket
 import subprocess
 import sys
+import threading
+from typing import Any, Optional
 
 import pytest
 
@@ -374,6 +376,69 @@ def test_a_loop_closed_with_an_event_queued_for_it_loses_nothing(registry: Regis
         event = next_event(watch)
     assert event.kind == "updated"
     assert event.node is not None and event.node.info == {"v": "1"}
+
+
+def test_a_blocking_read_giving_up_a_cancelled_anext_wakes_the_read_waiting(registry: Registry) -> None:
+    """An event taken by an `__anext__` cancelled before its loop ran again stays promised to
+    it until a read gives the promise up: a blocking `next_event()` on that loop's thread does so
+    at once, and a read already waiting on another thread then takes the event, rather than
+    waiting for the loop (held by that blocking call) or for a later change."""
+    handle = registry.register("api", "n", {"v": "0"})
+    assert handle.wait(DEADLINE)
+
+    class Loop(asyncio.SelectorEventLoop):
+        """Tells when a result is handed to it from the library's thread."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.handed = threading.Event()
+
+        def call_soon_threadsafe(  # type: ignore[override]
+            self, callback: Any, *args: Any, context: Any = None
+        ) -> asyncio.Handle:
+            handle = super().call_soon_threadsafe(callback, *args, context=context)
+            self.handed.set()
+            return handle
+
+    with registry.watch("api") as watch:
+        assert next_event(watch).kind == "added"
+        reading = threading.Event()
+        other_read: list[Optional[WatchEvent]] = []
+
+        def read_then_update() -> None:
+            reading.set()
+            # (Longer than the blocking read below waits: that one ends first if it hangs.)
+            other_read.append(watch.next_event(timeout=2 * DEADLINE))
+            handle.update({"v": "2"})
+
+        reader = threading.Thread(target=read_then_update)
+
+        async def main() -> Optional[WatchEvent]:
+            pending = asyncio.ensure_future(watch.__anext__())  # waits for the next event
+            registry.list("api")  # a round trip to etcd: the pending call is waiting by now
+            reader.start()  # its read waits behind the pending call
+            assert reading.wait(DEADLINE)
+            handle.update({"v": "1"})
+            # The loop is held (no await): the pending call takes the update and its result is
+            # handed to the loop, which does not run it; then the call is cancelled.
+            assert loop.handed.wait(DEADLINE)
+            pending.cancel()
+            # Gives the event up: the other read takes it, then makes the next change.
+            event = watch.next_event(timeout=DEADLINE)
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+            return event
+
+        loop = Loop()
+        try:
+            event = loop.run_until_complete(main())
+        finally:
+            loop.close()
+        reader.join(DEADLINE)
+    assert len(other_read) == 1 and other_read[0] is not None, "the waiting read got nothing"
+    assert other_read[0].node is not None and other_read[0].node.info == {"v": "1"}
+    assert event is not None, "next_event() waited for the loop it held"
+    assert event.node is not None and event.node.info == {"v": "2"}
 
 
 def next_event(watch: Watch) -> WatchEvent:

@@ -409,6 +409,68 @@ def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
 
 
 @pytest.mark.parametrize("closing", ["watch", "registry"])
+def test_close_waits_for_a_callback_whose_unregister_runs_another_nested(
+    etcd: Etcd, base_path: str, closing: str
+) -> None:
+    """A watch's on_event that calls unregister() runs the queued callbacks nested, on the
+    callback thread: the other registration's on_status runs inside it. close() of that watch
+    (or of its registry) from another thread meanwhile still returns only once on_event itself
+    has returned, not once the nested callback has."""
+    watched = Registry(etcd.endpoints, base_path=base_path)
+    other = Registry(etcd.endpoints, base_path=base_path)
+    calls: list[str] = []
+    nested_running = threading.Event()
+    release = threading.Event()
+    close_returned = threading.Event()
+    at_close: list[str] = []
+    handles: dict[str, Registration] = {}
+
+    def on_status(event: StatusEvent) -> None:
+        if event.kind == "unregistered":
+            calls.append("nested start")
+            nested_running.set()
+            calls.append("nested end" if release.wait(DEADLINE) else "nested never released")
+
+    def on_event(event: WatchEvent) -> None:
+        if event.kind == "added" and event.node is not None and event.node.name == "trigger":
+            calls.append("on_event start")
+            handles["b"].unregister()  # delivers "unregistered" here, nested
+            calls.append("on_event end")
+
+    try:
+        handles["b"] = other.register("other", "b", on_status=on_status)
+        assert handles["b"].wait(DEADLINE)
+        watch = watched.watch("api", on_event=on_event)
+        # Registered by the other registry: closing `watched` has nothing to unregister.
+        other.register("api", "trigger")
+        assert nested_running.wait(DEADLINE), "the nested callback never ran"
+
+        def close() -> None:
+            if closing == "watch":
+                watch.close()
+            else:
+                watched.close()
+            at_close.extend(calls)
+            close_returned.set()
+
+        closer = threading.Thread(target=close)
+        closer.start()
+        # Release the nested callback once close() has begun: `closed` is set first thing.
+        closing_one = watch if closing == "watch" else watched
+        eventually("close() to begin", lambda: closing_one.closed)
+        release.set()
+        assert close_returned.wait(DEADLINE), "close() never returned"
+        closer.join(DEADLINE)
+        assert at_close == ["on_event start", "nested start", "nested end", "on_event end"], (
+            "close() returned while on_event was still running"
+        )
+    finally:
+        release.set()
+        watched.close()
+        other.close()
+
+
+@pytest.mark.parametrize("closing", ["watch", "registry"])
 def test_a_callback_freed_by_close_may_call_the_library_from_del(etcd: Etcd, closing: str) -> None:
     """Closing a watch (or its registry) frees its callback; a `__del__` of that callback that
     closes other watches and registries does so at once, never deadlocks."""

@@ -150,6 +150,55 @@ print("registered", flush=True)
     assert etcd.get_prefix(base_path + "/") == {}
 
 
+def test_exit_handlers_registered_after_the_import_still_get_callbacks(etcd: Etcd) -> None:
+    """The package stops its threads in an `atexit` handler registered at import: a handler the
+    program registers after `import etcd_registry` (even before its first Registry) runs before
+    it, and a close() there still delivers "unregistered". One registered before the import runs
+    after it and can still make blocking calls; its Registry starts no thread (Python 3.12+
+    refuses new threads at exit)."""
+    code = """
+import atexit, sys, threading
+
+endpoints, base = sys.argv[1].split(","), sys.argv[2]
+
+
+def late():
+    before = set(threading.enumerate())
+    with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as reg:
+        names = [n.name for n in reg.list("api")]
+    print("late:", names, len(set(threading.enumerate()) - before), "new threads", flush=True)
+
+
+atexit.register(late)  # before the import: runs after the package's own exit handler
+
+import etcd_registry
+
+kinds = []
+
+
+def cleanup():
+    reg.close()
+    print("cleanup:", kinds, flush=True)
+
+
+atexit.register(cleanup)  # after the import, before the first Registry
+reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+handle = reg.register("api", "n", ttl=3 * 60.0, on_status=lambda event: kinds.append(event.kind))
+assert handle.wait(timeout=30.0)
+print("registered", flush=True)
+"""
+    base_path = f"/import-exit-{uuid.uuid4().hex[:8]}"
+    result = run_python(code, etcd.env_endpoints, base_path, timeout=DEADLINE)
+    assert result.stdout.splitlines() == [
+        "registered",
+        "cleanup: ['registered', 'unregistered']",
+        "late: [] 0 new threads",
+    ], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
+    assert etcd.get_prefix(base_path + "/") == {}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None:
     result = run_python(str(SCRIPTS / "fork_child.py"), f"/fork-{uuid.uuid4().hex[:8]}",
