@@ -1294,7 +1294,9 @@ impl LeaseGroup {
     /// The key is deleted only while it is on this group's lease: a key another process put
     /// since (the same node registered by a new instance started before the old one stopped)
     /// stays, and its watchers see no removal. Without a lease (lost, and not granted again
-    /// yet), the key is deleted whoever holds it, as it is then on no lease of this group.
+    /// yet) nothing is deleted: the lost lease took the key with it, and a key there now is
+    /// someone else's (an older registration's lease of another TTL is dealt with apart, see
+    /// `stale_groups`).
     ///
     /// `within` bounds each member's part of the delete, which may go to two members in all; a
     /// delete that did not reach etcd is tried again (see `unremoved`) when other members keep
@@ -1315,9 +1317,9 @@ impl LeaseGroup {
             return Ok(());
         }
         let mut result = Ok(());
-        // A member that never sent a put has nothing in etcd: deleting its key would delete
-        // one put by someone else.
-        if successor.is_none() && !reg.leave() {
+        // A member that never sent a put has nothing in etcd, nor has one whose lease is gone:
+        // deleting its key would delete one put by someone else.
+        if successor.is_none() && !reg.leave() && self.lease.is_some() {
             let attempt = within.unwrap_or_else(|| self.conn.attempt_timeout());
             let delete = delete_own(&self.conn, &reg.key, self.lease, attempt, &self.maybe_late);
             result = match within {

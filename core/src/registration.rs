@@ -417,8 +417,13 @@ impl RegShared {
     }
 
     /// Called before each put of the key: whether it may be sent (not once the registration
-    /// has left without one).
+    /// has left without one, nor once a newer registration of the node has replaced it: the
+    /// key and its info are the newer one's, which a put of this one, still a member of its
+    /// lease's task until that task takes the replacement, would overwrite with older info).
     pub(crate) fn claim_put(&self) -> bool {
+        if self.replaced.load(Ordering::SeqCst) {
+            return false;
+        }
         match self
             .put
             .compare_exchange(NEVER_PUT, PUT_SENT, Ordering::SeqCst, Ordering::SeqCst)
@@ -1004,6 +1009,18 @@ mod tests {
                 other => panic!("{key}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn a_replaced_registration_puts_its_key_no_more() {
+        let reg = registration(None);
+        assert!(reg.claim_put());
+        assert!(reg.claim_put(), "a registration puts its key as often as needed");
+        reg.mark_replaced();
+        assert!(!reg.claim_put(), "the key is the newer registration's");
+        let never_put = registration(None);
+        never_put.mark_replaced();
+        assert!(!never_put.claim_put());
     }
 
     #[test]

@@ -346,3 +346,45 @@ async fn nodes_refused_then_unregistered_leave_the_watch_of_the_others_keys() {
     }
     registry.close().await.unwrap();
 }
+
+/// An old instance whose lease is gone, and who cannot get a new one (etcd is full), stops while
+/// a new instance of the same node holds the key: the old one's unregister leaves the new one's
+/// key alone (it has no lease, so no key of its own in etcd), as it does with a lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_a_lease_leaves_the_key_of_the_one_that_replaced_it() {
+    init_logs();
+    let etcd = small_etcd().await;
+    let old = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let stopping = old
+        .register(SERVICE, node("a", &[("v", "old")]), TTL)
+        .unwrap();
+    stopping.wait_registered(DEADLINE).await.unwrap();
+    let old_lease = stopping.lease_id().unwrap();
+    let new = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let started = new
+        .register(SERVICE, node("a", &[("v", "new")]), TTL)
+        .unwrap();
+    started.wait_registered(DEADLINE).await.unwrap();
+    let mut events = stopping.subscribe();
+
+    let mut client = fill(&etcd).await;
+    // The old instance's lease ends (revoked here; expired after a partition alike): it has no
+    // key on it any more, and cannot get a new lease while etcd is full.
+    client.lease_revoke(old_lease).await.unwrap();
+    wait_event(&mut events, "the old instance retrying without a lease", |e| {
+        matches!(e, StatusEvent::Retrying { error, .. } if error.kind() == ErrorKind::ResourceExhausted)
+    })
+    .await;
+    assert_eq!(stopping.lease_id(), None);
+    stopping.unregister().await.unwrap();
+
+    let nodes = new.list(SERVICE).await.unwrap();
+    let got: Vec<(String, Option<String>)> = nodes
+        .into_iter()
+        .map(|n| (n.name, n.info.get("v").cloned()))
+        .collect();
+    assert_eq!(got, [("a".to_string(), Some("new".to_string()))]);
+    assert_eq!(started.state(), RegistrationState::Registered);
+    old.close().await.unwrap();
+    new.close().await.unwrap();
+}
