@@ -1015,7 +1015,10 @@ mod tests {
     fn a_replaced_registration_puts_its_key_no_more() {
         let reg = registration(None);
         assert!(reg.claim_put());
-        assert!(reg.claim_put(), "a registration puts its key as often as needed");
+        assert!(
+            reg.claim_put(),
+            "a registration puts its key as often as needed"
+        );
         reg.mark_replaced();
         assert!(!reg.claim_put(), "the key is the newer registration's");
         let never_put = registration(None);
