@@ -337,6 +337,10 @@ impl Connection {
                     self.eject(i, &e);
                     failed = true;
                     next_at = Instant::now();
+                    // The usual way, if it is running, was started while this read was in
+                    // flight and leaves its member out: it starts again with the member among
+                    // those to ask (once per member at most, as each read fails once).
+                    fallback = None;
                     false
                 }
                 Step::Timer => Instant::now() >= deadline,

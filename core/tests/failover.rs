@@ -1409,6 +1409,21 @@ async fn a_list_every_member_answers_slowly_is_answered_within_the_timeout() {
 /// instead of waiting the whole timeout (6 s) on the silent member.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_asks_again_a_member_that_failed_while_the_one_in_use_is_silent() {
+    // The member back is the second asked: it fails before the third is.
+    list_asks_again_the_member_back(1).await;
+}
+
+/// As above, with the member back asked last: the list's second way of asking (once every
+/// member was asked) starts while its read is still in flight, and must ask it again after
+/// that read fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_list_asks_again_the_last_member_asked_when_it_failed() {
+    list_asks_again_the_member_back(2).await;
+}
+
+/// `back_after`: how many places after the silent member, in the endpoints' order (the order
+/// they are asked in), the member that comes back is.
+async fn list_asks_again_the_member_back(back_after: usize) {
     let _serial = serial().await;
     let etcd = Arc::new(blocking(cluster).await);
     let mut kv = etcd_client::Client::connect([etcd.endpoint(0)], None)
@@ -1433,7 +1448,7 @@ async fn a_list_asks_again_a_member_that_failed_while_the_one_in_use_is_silent()
                 .ends_with(e.trim_start_matches("http://"))
         })
         .expect("the member in use");
-    let (back, other) = ((silent + 1) % 3, (silent + 2) % 3);
+    let (back, other) = ((silent + back_after) % 3, (silent + 3 - back_after) % 3);
     etcd.delay_member(silent, Duration::from_secs(30)).unwrap();
     let e = etcd.clone();
     blocking(move || {
