@@ -47,10 +47,12 @@
 //!   return; a handler has been called with it before they return (called from inside a handler
 //!   on the dispatcher thread, the remaining events are delivered nested, before the call
 //!   returns). After they return, nothing further of that registration is delivered.
-//! - **The end of a watch.** A watch has no final event: once `cancel()`/`unwatch` or `close()`
-//!   returns, its handler is not running and will not be called again, and its events still
-//!   queued in a shared stream are dropped; its own stream ([`Watch::next`](crate::Watch::next))
-//!   returns what it had read, then `None`.
+//! - **The end of a watch.** A watch has no final event: once `cancel()`, `cancel_async()`,
+//!   `unwatch` or `close()` returns, its handler is not running and will not be called again,
+//!   and its events still queued in a shared stream are dropped; its own stream
+//!   ([`Watch::next`](crate::Watch::next)) returns what it had read, then `None`. A watch
+//!   dropped inside a tokio runtime ends the same way but does not wait for a running call of
+//!   its handler (which may be waiting for that runtime's thread).
 //! - **Handlers** run on one library thread per process ([`DISPATCHER_THREAD_NAME`]), never
 //!   overlapping, one event at a time, in order per subscription and round-robin between
 //!   subscriptions; not a tokio thread, so a handler may make blocking library calls.
@@ -586,6 +588,14 @@ impl Subscriber {
         }
     }
 
+    /// Drops the queued events of `id`, without waiting for a running call of one of them.
+    pub(crate) fn forget(&self, id: u64) {
+        match self {
+            Subscriber::Stream(queue) => queue.forget(id),
+            Subscriber::Handler(sub) => dispatcher::forget(sub, Some(id)),
+        }
+    }
+
     /// [`Subscriber::cancel`] for async callers.
     pub(crate) async fn cancel_async(&self, id: u64) {
         match self {
@@ -904,16 +914,24 @@ pub mod dispatcher {
             cancel(sub, id);
             return;
         }
-        // Drops what is queued, without waiting (nothing can be running on this thread).
-        {
+        // Nothing can be running on this thread.
+        forget(sub, id);
+        wait_async(|state| !is_running(state, sub, id)).await;
+    }
+
+    /// Stops delivering to `sub` the events of `id` (`None`: stops the handler for good): they
+    /// are dropped, without waiting for a running call of them.
+    pub(super) fn forget(sub: &Arc<HandlerSub>, id: Option<u64>) {
+        let dropped = {
             let _state = lock();
             let mut buffer = relock(&sub.buffer);
             if id.is_none() {
                 sub.cancelled.store(true, Ordering::SeqCst);
             }
-            drop(buffer.buffer.take_all(|e| matches(e, id)));
-        }
-        wait_async(|state| !is_running(state, sub, id)).await;
+            buffer.buffer.take_all(|e| matches(e, id))
+        };
+        // Freed once the locks are released.
+        drop(dropped);
     }
 
     fn run() {

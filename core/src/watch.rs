@@ -144,6 +144,18 @@ impl WatchRoute {
         }
     }
 
+    /// [`WatchRoute::end`] without waiting for a handler's call that is running: it may still
+    /// be running when this returns, but no other call of it starts for the watch.
+    fn end_without_waiting(&self) {
+        self.set_ended();
+        if let Some(own) = &self.own {
+            own.close();
+        }
+        if let Some(route) = &self.route {
+            route.forget(self.id);
+        }
+    }
+
     /// [`WatchRoute::end`] for async callers (does not block a runtime thread).
     pub(crate) async fn end_async(&self) {
         self.set_ended();
@@ -232,10 +244,22 @@ impl Watch {
     /// Stops the watch. Events already delivered stay readable; then `next()` returns `None`.
     /// With a route: its queued events are dropped from a shared stream, and once this returns
     /// a handler is not running and is not called again (see [`crate::events`]).
+    ///
+    /// It blocks while a call of the handler runs: in async code, use
+    /// [`Watch::cancel_async`], which waits without blocking the runtime's thread (a handler
+    /// waiting for that runtime would otherwise never return).
     pub fn cancel(&self) {
         self.task.abort();
         self.registry.forget_watch(self.id);
         self.route.end();
+    }
+
+    /// [`Watch::cancel`] for async code: the same, waiting for a running call of a handler
+    /// without blocking the thread.
+    pub async fn cancel_async(&self) {
+        self.task.abort();
+        self.registry.forget_watch(self.id);
+        self.route.end_async().await;
     }
 
     /// Whether the watch has ended (cancelled, or its registry closed).
@@ -259,9 +283,19 @@ fn watch_event_of(event: Event) -> Option<WatchEvent> {
     }
 }
 
+/// Dropping a watch cancels it. Outside a tokio runtime this is [`Watch::cancel`]: it returns
+/// once a handler's call for the watch that is running has returned. Within a runtime (async
+/// code, where a drop cannot wait without blocking the runtime's thread, which that call may be
+/// waiting for) it does not wait for it; use [`Watch::cancel_async`] first to wait.
 impl Drop for Watch {
     fn drop(&mut self) {
-        self.cancel();
+        if tokio::runtime::Handle::try_current().is_err() {
+            self.cancel();
+            return;
+        }
+        self.task.abort();
+        self.registry.forget_watch(self.id);
+        self.route.end_without_waiting();
     }
 }
 

@@ -11,7 +11,7 @@ use common::*;
 use etcd_client::{Txn, TxnOp};
 use etcd_registry::events::Next;
 use etcd_registry::{
-    Event, EventStream, Handler, Registry, Route, StatusEvent, EVENT_QUEUE_CAPACITY,
+    Event, EventStream, Handler, Node, Registry, Route, StatusEvent, Watch, EVENT_QUEUE_CAPACITY,
 };
 use tokio::task::JoinHandle;
 
@@ -325,5 +325,96 @@ async fn a_cancelled_watch_delivers_nothing_more_while_events_flow() {
             watch.id()
         );
     }
+    registry.close().await.unwrap();
+}
+
+/// A watch of service "api" (one node) routed to a handler that, called with the node, makes
+/// a blocking list on the runtime the registry runs on: the handler is running it when this
+/// returns, and the list's result comes on the receiver once the runtime's thread runs it.
+async fn watch_with_handler_waiting_on_the_runtime(
+    registry: &Registry,
+) -> (
+    Watch,
+    Handler,
+    tokio::sync::mpsc::UnboundedReceiver<etcd_registry::Result<Vec<Node>>>,
+) {
+    let (running_tx, running) = std::sync::mpsc::channel();
+    let (listed_tx, listed) = tokio::sync::mpsc::unbounded_channel();
+    let (runtime, lister) = (tokio::runtime::Handle::current(), registry.clone());
+    let handler = Handler::new(move |e: &Event| {
+        if !matches!(e, Event::Watch { .. }) {
+            return;
+        }
+        let _ = running_tx.send(());
+        // Answered only while the runtime's one thread runs it.
+        let _ = listed_tx.send(runtime.block_on(lister.list("api")));
+    })
+    .unwrap();
+    let watch = registry
+        .watch_routed("api", &Route::handler(&handler))
+        .await
+        .unwrap();
+    running
+        .recv_timeout(DEADLINE)
+        .expect("the handler called with the first node");
+    (watch, handler, listed)
+}
+
+async fn registry_with_a_node(etcd: &etcd_harness::EtcdCluster) -> Registry {
+    let registry = Registry::connect(config(etcd, "/dw")).await.unwrap();
+    let a = registry
+        .register("api", node("a", &[]), Duration::from_secs(5))
+        .unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    registry
+}
+
+/// A handler may make blocking library calls; one waits on the runtime the registry runs on
+/// (one thread) when its watch is dropped there, in async code. The drop must not wait for
+/// that call, which waits for the very thread the drop would block.
+#[tokio::test(flavor = "current_thread")]
+async fn a_watch_dropped_in_async_code_does_not_wait_for_its_handler_waiting_on_the_runtime() {
+    let etcd = etcd();
+    let registry = registry_with_a_node(&etcd).await;
+    let (watch, handler, mut listed) = watch_with_handler_waiting_on_the_runtime(&registry).await;
+
+    // A hang here would block the test harness, not fail it: a watchdog ends the process.
+    let (dropped_tx, dropped) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if dropped.recv_timeout(DEADLINE).is_err() {
+            eprintln!("the watch's drop waits for its handler, which waits for the drop");
+            std::process::exit(1);
+        }
+    });
+    drop(watch);
+    dropped_tx.send(()).unwrap();
+    watchdog.join().unwrap();
+
+    let nodes = tokio::time::timeout(DEADLINE, listed.recv())
+        .await
+        .expect("the handler's call answered")
+        .expect("a list")
+        .expect("the list succeeds");
+    assert_eq!(nodes.len(), 1);
+    handler.finish();
+    registry.close().await.unwrap();
+}
+
+/// `cancel_async` waits for the handler's running call without blocking the runtime's thread,
+/// which that call needs: once it returns, the call has returned.
+#[tokio::test(flavor = "current_thread")]
+async fn cancel_async_returns_once_the_handler_waiting_on_the_runtime_has_returned() {
+    let etcd = etcd();
+    let registry = registry_with_a_node(&etcd).await;
+    let (watch, _handler, mut listed) = watch_with_handler_waiting_on_the_runtime(&registry).await;
+    tokio::time::timeout(DEADLINE, watch.cancel_async())
+        .await
+        .expect("cancel_async returns");
+    let nodes = listed
+        .try_recv()
+        .expect("the handler's call returned before cancel_async did")
+        .expect("the list succeeds");
+    assert_eq!(nodes.len(), 1);
+    assert!(watch.is_finished());
     registry.close().await.unwrap();
 }
