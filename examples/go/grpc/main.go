@@ -2,8 +2,8 @@
 // through go/grpcresolver: its calls spread over every server (round_robin) and follow them
 // as they leave and join.
 //
-//	cargo build -p etcd-registry-ffi                  # once, from the repository root
-//	ETCD_ENDPOINTS=127.0.0.1:2379 go run ./grpc        # from examples/go
+//	cargo build -p etcd-registry-ffi && eval "$(scripts/go-env.sh)"   # once, from the repository root
+//	cd examples/go/grpc && ETCD_ENDPOINTS=127.0.0.1:2379 go run .     # a module of its own
 package main
 
 import (

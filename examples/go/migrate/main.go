@@ -4,8 +4,8 @@
 // is what it sees — a timeout that matches context.DeadlineExceeded, errChan closed when the
 // registration ends, nodes in descending key order, a nil Info stored as an empty value.
 //
-//	cargo build -p etcd-registry-ffi                  # once, from the repository root
-//	ETCD_ENDPOINTS=127.0.0.1:2379 go run ./migrate     # from examples/go
+//	cargo build -p etcd-registry-ffi && eval "$(scripts/go-env.sh)"   # once, from the repository root
+//	ETCD_ENDPOINTS=127.0.0.1:2379 go run ./migrate                    # from examples/go
 package main
 
 import (
