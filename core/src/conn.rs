@@ -229,8 +229,9 @@ impl Connection {
     }
 
     /// A read that may be asked of several members at once: like [`Connection::call`], but
-    /// when the preferred member has not answered within [`HEDGE_AFTER`] the same read goes
-    /// to the next member too, and the first answer wins. A member that just went silent
+    /// when the preferred member has not answered within [`HEDGE_AFTER`] (or a third of the
+    /// timeout, if shorter) the same read goes to the next member too, and the first answer
+    /// wins; so does a read sent to the next member after the others failed. A member that just went silent
     /// (paused, cut off) and is not ejected yet costs the first read after it that short delay
     /// instead of a third of the timeout.
     ///
@@ -285,8 +286,17 @@ impl Connection {
                 let i = order[next];
                 running.push((i, now, on(i)));
                 next += 1;
-                let soon = next == 1 && !self.health.is_ejected(order[1], now);
-                next_at = now + if soon { HEDGE_AFTER } else { attempt };
+                // The read just sent is the only one in flight (the first, or the next after
+                // the others failed): the next member gets it soon if it is not ejected.
+                let soon = running.len() == 1
+                    && next < order.len()
+                    && !self.health.is_ejected(order[next], now);
+                next_at = now
+                    + if soon {
+                        HEDGE_AFTER.min(attempt)
+                    } else {
+                        attempt
+                    };
             }
             if failed && next >= order.len() && fallback.is_none() {
                 if now >= deadline {

@@ -590,7 +590,7 @@ impl Registry {
         let resp = self
             .inner
             .conn
-            .call("listing services", |c| {
+            .call_read("listing services", |c| {
                 let (mut kv, key) = (crate::listing::unlimited_kv(c), key.clone());
                 async move {
                     let options = etcd_client::GetOptions::new()

@@ -1410,7 +1410,7 @@ async fn a_list_every_member_answers_slowly_is_answered_within_the_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_asks_again_a_member_that_failed_while_the_one_in_use_is_silent() {
     // The member back is the second asked: it fails before the third is.
-    list_asks_again_the_member_back(1).await;
+    list_asks_again_the_member_back(0, 1, Asked::List).await;
 }
 
 /// As above, with the member back asked last: the list's second way of asking (once every
@@ -1418,12 +1418,24 @@ async fn a_list_asks_again_a_member_that_failed_while_the_one_in_use_is_silent()
 /// that read fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_asks_again_the_last_member_asked_when_it_failed() {
-    list_asks_again_the_member_back(2).await;
+    list_asks_again_the_member_back(0, 2, Asked::List).await;
 }
 
-/// `back_after`: how many places after the silent member, in the endpoints' order (the order
-/// they are asked in), the member that comes back is.
-async fn list_asks_again_the_member_back(back_after: usize) {
+/// The names of the services, read the same way, with the silent member asked last: the two
+/// others fail at once, and the one back is asked again rather than the silent one waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_asked_again_of_a_member_that_failed_when_the_last_one_is_silent() {
+    list_asks_again_the_member_back(2, 1, Asked::Services).await;
+}
+
+enum Asked {
+    List,
+    Services,
+}
+
+/// `silent_at`, `back_at`: how many places after the member in use, in the endpoints' order
+/// (the order they are asked in), the silent member and the one that comes back are.
+async fn list_asks_again_the_member_back(silent_at: usize, back_at: usize, read: Asked) {
     let _serial = serial().await;
     let etcd = Arc::new(blocking(cluster).await);
     let mut kv = etcd_client::Client::connect([etcd.endpoint(0)], None)
@@ -1439,7 +1451,7 @@ async fn list_asks_again_the_member_back(back_after: usize) {
     .await
     .unwrap();
     assert_eq!(registry.list("svc").await.unwrap().len(), 1);
-    let silent = etcd
+    let active = etcd
         .endpoints()
         .iter()
         .position(|e| {
@@ -1448,7 +1460,8 @@ async fn list_asks_again_the_member_back(back_after: usize) {
                 .ends_with(e.trim_start_matches("http://"))
         })
         .expect("the member in use");
-    let (back, other) = ((silent + back_after) % 3, (silent + 3 - back_after) % 3);
+    let (silent, back) = ((active + silent_at) % 3, (active + back_at) % 3);
+    let other = 3 - silent - back;
     etcd.delay_member(silent, Duration::from_secs(30)).unwrap();
     let e = etcd.clone();
     blocking(move || {
@@ -1457,9 +1470,21 @@ async fn list_asks_again_the_member_back(back_after: usize) {
     })
     .await;
     let tried = [back, other].map(|i| etcd.proxy_accepted_total(i));
+    let expected = match read {
+        Asked::List => "n",
+        Asked::Services => "svc",
+    };
     let listing = tokio::spawn({
         let registry = registry.clone();
-        async move { registry.list("svc").await }
+        async move {
+            match read {
+                Asked::List => registry
+                    .list("svc")
+                    .await
+                    .map(|nodes| nodes.into_iter().map(|n| n.name).collect::<Vec<_>>()),
+                Asked::Services => registry.services().await,
+            }
+        }
     });
     eventually("both members down to be asked", || async {
         [back, other]
@@ -1478,12 +1503,8 @@ async fn list_asks_again_the_member_back(back_after: usize) {
     let e = etcd.clone();
     blocking(move || e.start(other).unwrap()).await;
     assert_eq!(
-        listed
-            .expect("a list answered by the member back")
-            .into_iter()
-            .map(|n| n.name)
-            .collect::<Vec<_>>(),
-        ["n"]
+        listed.expect("a read answered by the member back"),
+        [expected]
     );
     registry.close().await.unwrap();
 }
