@@ -65,7 +65,7 @@ Exit status:
      time (SIGINT or SIGTERM) while it waits for etcd to delete its key (the key goes when the
      lease expires). Interrupted before its key was ever put, it has nothing to delete: 0.
   4  authentication failed or permission denied (`register` exits at once instead of retrying,
-     also when the credentials stop working while it runs)
+     also when etcd refuses the credentials at a later write, e.g. a re-registration)
   5  TLS handshake failed: etcd's certificate is not signed by --cacert, not valid for the
      endpoint's name (see --tls-server-name) or expired, or etcd refused the client certificate
      or its absence (`register` exits at once instead of retrying, as for 4; the files are read
@@ -259,11 +259,12 @@ enum Command {
     /// Ctrl-S) the node stays registered and signals work; lines that do not fit the 1024 held
     /// are dropped, and counted on stderr at the end.
     /// On SIGINT (Ctrl-C), SIGTERM or SIGHUP (the terminal went away) the key is deleted and
-    /// the program exits 0. While etcd is slow to confirm the delete, a second signal exits 3
-    /// at once; the key then goes when its lease expires.
+    /// the program exits 0 (a SIGHUP or SIGINT ignored at start, as under `nohup`, stays
+    /// ignored). While etcd is slow to confirm the delete, a second signal exits 3 at once;
+    /// the key then goes when its lease expires.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
-    /// one (the user deleted, its password or role changed), it deletes the key if it still
-    /// can and exits 4 at once; if the TLS handshake fails (a certificate not trusted,
+    /// write (a re-registration after the user was deleted, its password or role changed;
+    /// keep-alives do not check them), it deletes the key if it still can and exits 4 at once; if the TLS handshake fails (a certificate not trusted,
     /// expired, refused), likewise, and exits 5.
     #[command(verbatim_doc_comment)]
     Register {
@@ -864,6 +865,21 @@ impl Interrupt {
         // SIGHUP too: the terminal of a `register` in an ssh session went away; the node must
         // not stay registered until its TTL runs out.
         for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            // A SIGHUP or SIGINT ignored by whoever started the program stays ignored, as the
+            // shells and `nohup` mean it: `nohup etcd-registry register ... &` survives the
+            // hangup of its session, and a background job of a script, Ctrl-C at its terminal.
+            if signal != libc::SIGTERM {
+                // SAFETY: sigaction with a null new action only reads the current one into a
+                // zeroed struct.
+                let ignored = unsafe {
+                    let mut current: libc::sigaction = std::mem::zeroed();
+                    libc::sigaction(signal, std::ptr::null(), &mut current) == 0
+                        && current.sa_sigaction == libc::SIG_IGN
+                };
+                if ignored {
+                    continue;
+                }
+            }
             // SAFETY: a zeroed sigaction is valid; it gets the handler, an empty mask and
             // SA_RESTART (system calls it interrupts resume).
             let installed = unsafe {

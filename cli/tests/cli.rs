@@ -506,6 +506,54 @@ fn a_hangup_unregisters_even_when_etcd_is_slow_to_delete() {
     assert_eq!(etcd.get("/services/web/n1").unwrap(), None);
 }
 
+/// Started with SIGHUP and SIGINT ignored (`nohup`, a background job of a script), `register`
+/// keeps them ignored: a hangup of the session does not unregister the node. SIGTERM still
+/// does.
+#[test]
+fn register_started_with_hangups_ignored_keeps_them_ignored() {
+    use std::os::unix::process::CommandExt;
+    let etcd = etcd();
+    let mut command = at(&etcd);
+    // SAFETY: only async-signal-safe calls (signal(2)) between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            libc::signal(libc::SIGINT, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let mut reg = Running::start(&mut command, &["register", "web", "n1", "--ttl", "30"]);
+    reg.expect("registered", |l| {
+        l.starts_with("registered /services/web/n1")
+    });
+    // The signal masks of the process, once it handles signals (it does before it registers).
+    let status = std::fs::read_to_string(format!("/proc/{}/status", reg.child.id())).unwrap();
+    let mask = |field: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .map(|m| u64::from_str_radix(m.trim(), 16).unwrap())
+            .unwrap()
+    };
+    let bits = |signals: &[libc::c_int]| signals.iter().fold(0u64, |m, s| m | 1 << (s - 1));
+    let (ignored, caught) = (mask("SigIgn:"), mask("SigCgt:"));
+    assert_eq!(
+        (
+            ignored & bits(&[libc::SIGHUP, libc::SIGINT]),
+            caught & bits(&[libc::SIGHUP, libc::SIGINT, libc::SIGTERM])
+        ),
+        (bits(&[libc::SIGHUP, libc::SIGINT]), bits(&[libc::SIGTERM])),
+        "SIGHUP and SIGINT still ignored, SIGTERM handled"
+    );
+    reg.signal(libc::SIGHUP);
+    reg.wait_delivered(libc::SIGHUP);
+    assert!(etcd.get("/services/web/n1").unwrap().is_some());
+    reg.signal(libc::SIGTERM);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert_eq!(rest, vec!["unregistered /services/web/n1".to_string()]);
+}
+
 #[test]
 fn register_reports_an_etcd_restart_and_comes_back() {
     let etcd = etcd();
