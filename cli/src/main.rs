@@ -8,7 +8,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use clap::parser::ValueSource;
@@ -195,7 +195,8 @@ struct ConnArgs {
     backoff_max: Duration,
 
     /// Log level of the library on stderr: off, error, warn, info, debug, trace (or a
-    /// tracing filter such as etcd_registry=debug).
+    /// tracing filter such as etcd_registry=debug). Never waits for stderr: while nobody
+    /// reads it, lines beyond 1024 held are dropped, and counted at the end.
     #[arg(
         long,
         env = "ETCD_REGISTRY_LOG",
@@ -336,13 +337,16 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_ERROR);
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(()) => ExitCode::from(EXIT_OK),
+    let code = match runtime.block_on(run(cli)) {
+        Ok(()) => EXIT_OK,
         Err(failure) => {
             to_stderr(format_args!("etcd-registry: {}", failure.message));
-            ExitCode::from(failure.code)
+            failure.code
         }
-    }
+    };
+    drop(runtime);
+    finish_stderr(OUTPUT_DRAIN);
+    ExitCode::from(code)
 }
 
 /// Removes from the environment every variable of an option that is set to the empty string,
@@ -391,8 +395,115 @@ fn init_logs(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(|| StderrRecord)
         .try_init();
+}
+
+/// Lines a [`StderrThread`] holds before it drops new ones.
+const STDERR_QUEUE: usize = 1024;
+
+/// Everything the program writes on stderr once it runs (its messages and the library's log
+/// records), written by a thread of its own: a stderr nobody reads (a full pipe, `2>&1 | less`
+/// left on a page) never blocks the runtime's one thread, which keeps the lease alive and
+/// handles signals. Lines beyond [`STDERR_QUEUE`] waiting are dropped, and counted at the end.
+struct StderrThread {
+    lines: std::sync::mpsc::Sender<ToStderr>,
+    queued: std::sync::Arc<AtomicUsize>,
+    dropped: AtomicU64,
+}
+
+enum ToStderr {
+    Line(Vec<u8>),
+    /// Answered once every line before it is written (or failed).
+    Flush(std::sync::mpsc::Sender<()>),
+}
+
+/// The stderr thread; `None` when it cannot start (lines are then written directly).
+fn stderr_thread() -> Option<&'static StderrThread> {
+    static STDERR: std::sync::OnceLock<Option<StderrThread>> = std::sync::OnceLock::new();
+    STDERR.get_or_init(StderrThread::start).as_ref()
+}
+
+impl StderrThread {
+    fn start() -> Option<StderrThread> {
+        let (lines, received) = std::sync::mpsc::channel::<ToStderr>();
+        let queued = std::sync::Arc::new(AtomicUsize::new(0));
+        let written = queued.clone();
+        std::thread::Builder::new()
+            .name("stderr".into())
+            .spawn(move || {
+                let mut stderr = io::stderr();
+                for message in received {
+                    match message {
+                        ToStderr::Line(line) => {
+                            // A stderr that fails (a terminal hung up: EIO) loses the line.
+                            let _ = stderr.write_all(&line);
+                            written.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        ToStderr::Flush(done) => {
+                            let _ = done.send(());
+                        }
+                    }
+                }
+            })
+            .ok()?;
+        Some(StderrThread {
+            lines,
+            queued,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    fn write(&self, line: &[u8]) {
+        if self.queued.fetch_add(1, Ordering::SeqCst) >= STDERR_QUEUE {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        if self.lines.send(ToStderr::Line(line.to_vec())).is_err() {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Waits up to `within` for the lines queued so far to be written; false if they were not.
+    fn flush(&self, within: Duration) -> bool {
+        let (done, flushed) = std::sync::mpsc::channel();
+        self.lines.send(ToStderr::Flush(done)).is_ok() && flushed.recv_timeout(within).is_ok()
+    }
+}
+
+/// The writer of one log record: tracing's formatter writes a whole record at once.
+struct StderrRecord;
+
+impl io::Write for StderrRecord {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match stderr_thread() {
+            Some(thread) => thread.write(buf),
+            None => {
+                let _ = io::stderr().write_all(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// At the end: waits up to `within` for the lines on their way to stderr (the last ones say
+/// why the program ends), and says how many were dropped while stderr was not read.
+fn finish_stderr(within: Duration) {
+    let Some(thread) = stderr_thread() else {
+        return;
+    };
+    let dropped = thread.dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        thread.write(
+            format!("etcd-registry: stderr was not read: {dropped} line(s) dropped\n").as_bytes(),
+        );
+    }
+    thread.flush(within);
 }
 
 /// The library's configuration from the flags and environment.
@@ -919,11 +1030,17 @@ impl Interrupt {
     }
 }
 
-/// Writes a line on stderr, which may fail (a terminal hung up: EIO) without a panic, as
+/// Writes a line on stderr, through its thread (see [`StderrThread`]), never waiting for a
+/// reader; a stderr that fails (a terminal hung up: EIO) loses it, without a panic as
 /// `eprintln!` would.
 fn to_stderr(line: std::fmt::Arguments<'_>) {
-    use std::io::Write as _;
-    let _ = writeln!(io::stderr(), "{line}");
+    let line = format!("{line}\n");
+    match stderr_thread() {
+        Some(thread) => thread.write(line.as_bytes()),
+        None => {
+            let _ = io::stderr().write_all(line.as_bytes());
+        }
+    }
 }
 
 /// Lines on stdout, flushed one by one (a reader of `watch` sees each event at once).

@@ -1139,6 +1139,65 @@ fn register_keeps_the_node_while_stdout_is_not_read() {
     drop(read_end);
 }
 
+/// `register` with its log on a stderr nobody reads (`--log debug 2>&1 | less` left on a page)
+/// keeps its lease alive and stops on a signal: the log lines wait on a thread of their own,
+/// not on the one that keeps the lease and handles signals.
+#[test]
+fn register_keeps_the_node_and_stops_on_a_signal_while_stderr_is_not_read() {
+    let etcd = etcd();
+    let (read_end, full) = full_pipe();
+    let mut child = at(&etcd)
+        .args(["--log", "debug", "register", "api", "n1", "--ttl", "6s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(full))
+        .spawn()
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = lines.recv_timeout(DEADLINE);
+    if line.is_err() {
+        let _ = child.kill();
+    }
+    let line = line.expect("registered (with its log waiting for stderr)");
+    assert!(line.starts_with("registered /services/api/n1"), "{line:?}");
+    // Keep-alives go on: the lease's remaining time goes back up (every TTL/3).
+    let lease = etcd.lease_list().unwrap()[0];
+    let ttl = || etcd.lease_ttl(lease).unwrap();
+    let mut lowest = ttl();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let now = ttl();
+        if now > lowest {
+            break;
+        }
+        lowest = now;
+        assert!(
+            Instant::now() < deadline && now > 0,
+            "the lease is not kept alive"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    assert_eq!(
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) },
+        0
+    );
+    assert_eq!(wait_exit(&mut child, &["register"]), 0);
+    assert_eq!(
+        lines.iter().collect::<Vec<_>>(),
+        ["unregistered /services/api/n1"]
+    );
+    assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
+    drop(read_end);
+}
+
 /// `watch` writing to a stdout nobody reads (a stalled pipe, a terminal paused by Ctrl-S) still
 /// stops on a signal: its lines wait on a thread of their own, not on the one that handles
 /// signals.
@@ -1179,6 +1238,26 @@ fn with_full_stdout(
     etcd: &EtcdCluster,
     args: &[&str],
 ) -> (std::os::fd::OwnedFd, Child, thread::JoinHandle<String>) {
+    let (read_end, full) = full_pipe();
+    let mut child = at(etcd)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(full))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    (read_end, child, stderr)
+}
+
+/// A pipe that nobody reads and that is already full (every write to it blocks): its read
+/// end (to keep open until the end) and its write end.
+fn full_pipe() -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     use std::os::fd::{FromRawFd, OwnedFd};
     let mut fds = [-1; 2];
     // SAFETY: pipe2 writes two new descriptors into `fds`; each is owned once below.
@@ -1191,22 +1270,8 @@ fn with_full_stdout(
         while libc::write(write_end, chunk.as_ptr().cast(), chunk.len()) > 0 {}
         assert_eq!(libc::fcntl(write_end, libc::F_SETFL, 0), 0);
     }
-    // SAFETY: the write end is owned here alone, and handed to the child as its stdout.
-    let stdout = unsafe { OwnedFd::from_raw_fd(write_end) };
-    let mut child = at(etcd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
-        s
-    });
-    (read_end, child, stderr)
+    // SAFETY: the write end is owned here alone.
+    (read_end, unsafe { OwnedFd::from_raw_fd(write_end) })
 }
 
 /// Puts `{}` under each key, 100 keys per transaction (etcd allows 128 operations in one).

@@ -1371,6 +1371,15 @@ impl EtcdCluster {
             })
     }
 
+    /// The seconds lease `id` has left (rounded up, as etcd does); -1 once it has expired.
+    pub fn lease_ttl(&self, id: i64) -> io::Result<i64> {
+        let out = self.etcdctl_retry(&["lease", "timetolive", &format!("{id:x}"), "-w", "json"])?;
+        let v: Value = serde_json::from_str(out.trim())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{e}: {out}")))?;
+        util::json_i64(v.get("ttl"))
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no ttl in: {out}")))
+    }
+
     /// Revoke lease `id` (its keys are deleted). Errors if it does not exist.
     pub fn lease_revoke(&self, id: i64) -> io::Result<()> {
         self.etcdctl_retry(&["lease", "revoke", &format!("{id:x}")])
