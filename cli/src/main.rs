@@ -227,7 +227,8 @@ enum Command {
     ///                             disconnected (or its history is not the one followed:
     ///                             data lost or restored); it re-listed and printed the
     ///                             difference
-    /// Disconnections are resumed without losing or repeating events.
+    /// Disconnections are resumed without losing or repeating events. While etcd cannot be
+    /// reached nothing is printed (the set printed may be stale): --log warn shows the retries.
     /// Read slowly, the lines still always bring the output to the current node set: every
     /// change is printed until 1024 are waiting (a service of more nodes at the start, a large
     /// batch of deletes, stdout read slowly); from then until the output catches up, a node's
