@@ -44,11 +44,24 @@ const (
 	DefaultAddressKey = "address"
 )
 
-// Delays between attempts to start the watch while etcd cannot be reached.
-const (
+// Delays of a resolver, read when it is built. Variables so that tests can change them.
+var (
+	// retryMin and retryMax bound the delay between attempts to start the watch while etcd
+	// cannot be reached: retryMin, doubling up to retryMax.
 	retryMin = time.Second
 	retryMax = 30 * time.Second
+	// resolveNowMin is the least time between the starts of two attempts when ResolveNow cuts
+	// the delay short (gRPC calls ResolveNow on every connection failure).
+	resolveNowMin = time.Second
+	// lastKnownAfter is how long a resolver that has given its client nothing yet waits for
+	// its first watch before it gives the nodes the Builder last knew of the service.
+	lastKnownAfter = time.Second
 )
+
+// delays are the package's delays as a resolver read them when it was built.
+type delays struct {
+	retryMin, retryMax, resolveNowMin, lastKnownAfter time.Duration
+}
 
 var logger = grpclog.Component("etcd-registry")
 
@@ -141,12 +154,18 @@ func (b *Builder) Scheme() string { return b.scheme }
 // Build starts resolving target, "<scheme>:///<service>" (or "<scheme>:<service>"); gRPC
 // calls it. It fails only on a target without a service, with an authority, or naming a
 // service the registry refuses (blank, ".", "..", or with a NUL). It does not wait for etcd:
-// the watch starts in the background, and while etcd cannot be reached the resolver reports
-// the error to the client (so calls fail with it rather than hang) and tries again, after 1 s
-// doubling to 30 s. When this Builder resolved the service before (gRPC closes the resolver
-// of a client left idle, 30 minutes by default, and builds a new one at its next call), the
-// client gets the nodes last known instead of the error meanwhile, with a warning in the log,
-// and the live set once the watch starts.
+// the watch starts in the background. Starting it may wait for etcd up to the registry's
+// timeout (e.g. while etcd refuses connections), and until the resolver's first update gRPC
+// holds the client's calls (a call with a deadline may end with DeadlineExceeded). Once an
+// attempt has failed, the resolver reports the error to the client (so calls fail with it
+// rather than hang) and tries again after 1 s, doubling to 30 s, or sooner when gRPC asks
+// (ResolveNow), though not within 1 s of the previous attempt's start.
+//
+// When this Builder resolved the service before (gRPC closes the resolver of a client left
+// idle, 30 minutes by default, and builds a new one at its next call; or another client of
+// the Builder resolved it), the client gets the nodes last known instead, with a warning in
+// the log: after 1 s if the watch has not started by then, or at once if it failed. The live
+// set follows once the watch starts.
 func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
 	if target.URL.Host != "" {
 		return nil, fmt.Errorf("grpcresolver: target %q has an authority (%q); use %s:///<service>", target.String(), target.URL.Host, b.scheme)
@@ -166,6 +185,13 @@ func (b *Builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		cc:      cc,
 		ctx:     ctx,
 		cancel:  cancel,
+		delays: delays{
+			retryMin:       retryMin,
+			retryMax:       retryMax,
+			resolveNowMin:  resolveNowMin,
+			lastKnownAfter: lastKnownAfter,
+		},
+		resolveNow: make(chan struct{}, 1),
 	}
 	r.wg.Add(1)
 	go r.run()
@@ -180,9 +206,14 @@ type etcdResolver struct {
 	ctx     context.Context // ends with Close
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	delays  delays
 
-	last     []resolved // what the client was last given; only run touches it
-	gaveLast bool       // the client was given the Builder's last known state; only run touches it
+	resolveNow chan struct{} // ResolveNow's requests: one waits at most
+
+	// Only run touches these.
+	last     []resolved      // what the client was last given
+	gaveLast bool            // the client was given the Builder's last known state
+	skipped  map[string]bool // the nodes without an address warned about
 }
 
 // resolved is one node as given to the client, to tell whether anything changed.
@@ -191,9 +222,16 @@ type resolved struct {
 	addr string
 }
 
-// ResolveNow does nothing: the resolver follows etcd's changes as they happen, and retries a
-// watch that could not start on its own schedule.
-func (r *etcdResolver) ResolveNow(resolver.ResolveNowOptions) {}
+// ResolveNow asks for a new attempt to start the watch now, when one failed and the resolver
+// waits before the next (the nodes the client has may be dead, and etcd back): the next
+// attempt starts at once, though not within resolveNowMin (1 s) of the previous attempt's
+// start. Otherwise it does nothing: a started watch already has every change.
+func (r *etcdResolver) ResolveNow(resolver.ResolveNowOptions) {
+	select {
+	case r.resolveNow <- struct{}{}:
+	default: // one already waits
+	}
+}
 
 // Close stops the watch; the client gets no update afterwards.
 func (r *etcdResolver) Close() {
@@ -204,9 +242,15 @@ func (r *etcdResolver) Close() {
 // run starts the watch, retrying while etcd cannot be reached, and follows it until Close.
 func (r *etcdResolver) run() {
 	defer r.wg.Done()
-	delay := retryMin
+	delay := r.delays.retryMin
 	for {
-		w, err := r.b.reg.WatchService(r.ctx, r.service)
+		// A request made before this attempt is answered by it.
+		select {
+		case <-r.resolveNow:
+		default:
+		}
+		started := time.Now()
+		w, err := r.watch()
 		if r.ctx.Err() != nil {
 			if err == nil {
 				_ = w.Close()
@@ -225,29 +269,88 @@ func (r *etcdResolver) run() {
 			// call with the error: the nodes are most likely still there.
 			if state, ok := r.b.lastKnown(r.service); ok && r.last == nil {
 				if !r.gaveLast {
-					logger.Warningf("%v; using the %d nodes last known meanwhile", err, len(state.Addresses))
-					_ = r.cc.UpdateState(state)
-					r.gaveLast = true
+					r.giveLastKnown(state, err.Error())
 				}
 			} else {
 				r.cc.ReportError(err)
 			}
-			timer := time.NewTimer(delay)
-			select {
-			case <-r.ctx.Done():
-				timer.Stop()
+			if !r.wait(delay, started) {
 				return
-			case <-timer.C:
 			}
-			delay = min(2*delay, retryMax)
+			delay = min(2*delay, r.delays.retryMax)
 			continue
 		}
-		delay = retryMin
+		delay = r.delays.retryMin
 		r.follow(w)
 		if r.ctx.Err() != nil {
 			return
 		}
 		// The watch ended by itself: its registry was closed. The next WatchService says so.
+	}
+}
+
+// watch starts the watch. While it waits for etcd (up to the registry's timeout), gRPC holds
+// the client's calls until the resolver's first update: a resolver that has given its client
+// nothing yet, for a service the Builder knows nodes of, gives them if the watch has not
+// started within lastKnownAfter.
+func (r *etcdResolver) watch() (*etcdregistry.Watch, error) {
+	if r.last != nil || r.gaveLast {
+		return r.b.reg.WatchService(r.ctx, r.service)
+	}
+	if _, ok := r.b.lastKnown(r.service); !ok {
+		return r.b.reg.WatchService(r.ctx, r.service)
+	}
+	type result struct {
+		w   *etcdregistry.Watch
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		w, err := r.b.reg.WatchService(r.ctx, r.service)
+		done <- result{w, err}
+	}()
+	timer := time.NewTimer(r.delays.lastKnownAfter)
+	defer timer.Stop()
+	select {
+	case res := <-done:
+		return res.w, res.err
+	case <-r.ctx.Done():
+	case <-timer.C:
+		if state, ok := r.b.lastKnown(r.service); ok && r.ctx.Err() == nil {
+			r.giveLastKnown(state, fmt.Sprintf("grpcresolver: watching service %q: not started after %v", r.service, r.delays.lastKnownAfter))
+		}
+	}
+	// WatchService returns once it has started the watch, failed, or seen ctx end (Close).
+	res := <-done
+	return res.w, res.err
+}
+
+// giveLastKnown gives the client the state the Builder last gave for the service, with a
+// warning saying why.
+func (r *etcdResolver) giveLastKnown(state resolver.State, why string) {
+	logger.Warningf("%s; using the %d nodes last known meanwhile", why, len(state.Addresses))
+	_ = r.cc.UpdateState(state)
+	r.gaveLast = true
+}
+
+// wait waits delay after a failed attempt that started at started, or less when ResolveNow
+// asks, though not until resolveNowMin after started. It is false when Close ends it.
+func (r *etcdResolver) wait(delay time.Duration, started time.Time) bool {
+	due := time.Now().Add(delay)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return false
+		case <-timer.C:
+			return true
+		case <-r.resolveNow:
+			if earliest := started.Add(r.delays.resolveNowMin); earliest.Before(due) {
+				due = earliest
+				timer.Reset(time.Until(due))
+			}
+		}
 	}
 }
 
@@ -275,12 +378,23 @@ func (r *etcdResolver) follow(w *etcdregistry.Watch) {
 	}
 }
 
+// warnIfSkipped warns, once per node, about a node that is skipped for want of an address.
+// The warning names its info keys, not their values (which may be secrets). A node that is
+// removed or gains an address is forgotten: it is warned about again if it comes back (or
+// loses its address) later.
 func (r *etcdResolver) warnIfSkipped(ev etcdregistry.WatchEvent) {
-	if ev.Type != etcdregistry.WatchAdded && ev.Type != etcdregistry.WatchUpdated {
-		return
-	}
-	if ev.Node.Info[r.b.addressKey] == "" {
-		logger.Warningf("service %q: node %q is skipped: its info has no %q (info: %v)", r.service, ev.Node.Name, r.b.addressKey, ev.Node.Info)
+	switch {
+	case ev.Type == etcdregistry.WatchRemoved:
+		delete(r.skipped, ev.Node.Name)
+	case ev.Type != etcdregistry.WatchAdded && ev.Type != etcdregistry.WatchUpdated:
+	case ev.Node.Info[r.b.addressKey] != "":
+		delete(r.skipped, ev.Node.Name)
+	case !r.skipped[ev.Node.Name]:
+		if r.skipped == nil {
+			r.skipped = make(map[string]bool)
+		}
+		r.skipped[ev.Node.Name] = true
+		logger.Warningf("service %q: node %q is skipped: its info has no %q (info keys: %q)", r.service, ev.Node.Name, r.b.addressKey, slices.Sorted(maps.Keys(ev.Node.Info)))
 	}
 }
 

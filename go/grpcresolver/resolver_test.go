@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -589,8 +590,23 @@ func TestCustomSchemeAndAddressKey(t *testing.T) {
 // gRPC closes the resolver of a client left idle and builds a new one at its next call: made
 // while etcd is down, that call still reaches the server, through the nodes last known.
 func TestClientBackFromIdleWhileEtcdDown(t *testing.T) {
+	backFromIdleWhileEtcdDown(t, 2*time.Second, 10*time.Second)
+}
+
+// The same when the registry's timeout is longer than the call's deadline: the watch waits
+// for etcd up to that timeout, but the resolver gives the nodes last known meanwhile, so the
+// call does not wait for it.
+func TestClientBackFromIdleWhileEtcdDownLongTimeout(t *testing.T) {
+	backFromIdleWhileEtcdDown(t, 20*time.Second, 5*time.Second)
+}
+
+func backFromIdleWhileEtcdDown(t *testing.T, registryTimeout, callDeadline time.Duration) {
 	h := newHarness(t)
-	reg := newRegistry(t, h)
+	reg, err := etcdregistry.New(etcdregistry.Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: registryTimeout})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = reg.Close() })
 	_, addr := startServer(t)
 	register(t, reg, "svc", "n1", map[string]string{"address": addr})
 	conn, err := grpc.NewClient("etcd-registry:///svc",
@@ -612,9 +628,106 @@ func TestClientBackFromIdleWhileEtcdDown(t *testing.T) {
 		time.Sleep(50 * time.Millisecond) // a poll interval, not a wait for something
 	}
 	h.do(t, "stop 0")
-	got, err := call(t.Context(), conn)
+	ctx, cancel := context.WithTimeout(t.Context(), callDeadline)
+	defer cancel()
+	got, err := call(ctx, conn)
 	if err != nil || got != addr {
 		t.Fatalf("call after idle with etcd down: %q, %v; want %s", got, err, addr)
 	}
 	h.do(t, "start 0")
+}
+
+// ResolveNow cuts short the wait after a failed attempt: once etcd is back, the client asking
+// gets the nodes without waiting for the next attempt (here 10 minutes away).
+func TestResolveNowRetriesAtOnce(t *testing.T) {
+	grpcresolver.SetRetryDelays(t, 10*time.Minute, 10*time.Minute) // far beyond waitLimit
+	h := newHarness(t)
+	reg := newRegistry(t, h)
+	n := etcdregistry.Node{Name: "n1", Info: map[string]string{"address": "127.0.0.1:1001"}}
+	register(t, reg, "svc", n.Name, n.Info)
+	h.do(t, "stop 0")
+
+	cc := newRecordingConn()
+	r := build(t, newBuilder(t, reg), "etcd-registry:///svc", cc)
+	cc.nextError(t) // the first attempt failed; the next one is 10 minutes away
+	h.do(t, "start 0")
+	deadline := time.After(waitLimit)
+	poll := time.NewTicker(100 * time.Millisecond)
+	defer poll.Stop()
+	for {
+		r.ResolveNow(resolver.ResolveNowOptions{}) // as gRPC does when a connection fails
+		select {
+		case s := <-cc.states:
+			checkState(t, s, n)
+			return
+		case <-cc.errs: // an attempt made before etcd was ready
+		case <-poll.C:
+		case <-deadline:
+			t.Fatal("no state after etcd came back, despite ResolveNow")
+		}
+	}
+}
+
+// A node without an address is warned about once, however often it changes, and the warning
+// names its info keys but not their values (which may be secrets).
+func TestSkippedNodeWarnedOnce(t *testing.T) {
+	h := newHarness(t)
+	reg := newRegistry(t, h)
+	const service = "warn-once"
+	logged := len(grpcWarnings.String()) // what was logged before (this test run again, -count)
+	a := etcdregistry.Node{Name: "a", Info: map[string]string{"address": "127.0.0.1:1000"}}
+	ga := register(t, reg, service, a.Name, a.Info)
+	cc := newRecordingConn()
+	build(t, newBuilder(t, reg), "etcd-registry:///"+service, cc)
+	checkState(t, cc.nextState(t), a)
+
+	var g *etcdregistry.Registration
+	for i := range 4 {
+		info := map[string]string{"version": strconv.Itoa(i), "token": "s3cret-" + strconv.Itoa(i)}
+		if g == nil {
+			g = register(t, reg, service, "no-address", info)
+		} else {
+			update(t, g, info)
+		}
+		// a changes after it in etcd: the state with a's change comes once the resolver has
+		// seen the change of no-address.
+		a.Info = map[string]string{"address": "127.0.0.1:" + strconv.Itoa(1001+i)}
+		update(t, ga, a.Info)
+		checkState(t, cc.nextState(t), a)
+	}
+	var warnings []string
+	for line := range strings.Lines(grpcWarnings.String()[logged:]) {
+		if strings.Contains(line, `service "warn-once": node "no-address"`) {
+			warnings = append(warnings, line)
+		}
+	}
+	if len(warnings) != 1 {
+		t.Fatalf("%d warnings about no-address, want 1:\n%s", len(warnings), strings.Join(warnings, ""))
+	}
+	if !strings.Contains(warnings[0], `["token" "version"]`) || strings.Contains(warnings[0], "s3cret") {
+		t.Fatalf("warning %q: want the info keys, sorted, and no value", warnings[0])
+	}
+}
+
+// update changes a registration's info and waits until it is in etcd.
+func update(t *testing.T, g *etcdregistry.Registration, info map[string]string) {
+	t.Helper()
+	events := g.Events()
+	if err := g.Update(info); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.After(waitLimit)
+	for {
+		select {
+		case ev := <-events:
+			if ev.Kind == etcdregistry.StatusUpdated {
+				return
+			}
+			if ev.Kind == etcdregistry.StatusUnregistered {
+				t.Fatalf("registration of %s ended: %v", g.NodeName(), ev.Err)
+			}
+		case <-deadline:
+			t.Fatalf("update of %s not in etcd in time", g.NodeName())
+		}
+	}
 }
