@@ -669,8 +669,9 @@ pub mod dispatcher {
 
     struct State {
         ready: std::collections::VecDeque<Arc<HandlerSub>>,
-        /// The handler being called, and the id of the event it is called with.
-        running: Option<(Arc<HandlerSub>, u64)>,
+        /// The handlers being called, and the ids of the events they are called with: the
+        /// loop's call first, then the calls nested in it ([`finish`] inside a handler).
+        running: Vec<(Arc<HandlerSub>, u64)>,
         /// The process whose thread serves the queue (0: none yet). After fork() the child has
         /// no such thread and starts its own.
         pid: u32,
@@ -687,7 +688,7 @@ pub mod dispatcher {
     static DISPATCHER: Dispatcher = Dispatcher {
         state: Mutex::new(State {
             ready: std::collections::VecDeque::new(),
-            running: None,
+            running: Vec::new(),
             pid: 0,
         }),
         work: Condvar::new(),
@@ -726,7 +727,7 @@ pub mod dispatcher {
         };
         if in_child {
             guard.ready.clear();
-            guard.running = None;
+            guard.running.clear();
         }
         drop(guard);
     }
@@ -803,11 +804,18 @@ pub mod dispatcher {
         }
     }
 
+    /// [`is_running`] now, for the unit tests.
+    #[cfg(test)]
+    pub(super) fn running_now(sub: &Arc<HandlerSub>, id: Option<u64>) -> bool {
+        is_running(&lock(), sub, id)
+    }
+
     /// Whether a call of `sub` (for the event of `id`, or any with `None`) is running.
     fn is_running(state: &State, sub: &Arc<HandlerSub>, id: Option<u64>) -> bool {
-        state.running.as_ref().is_some_and(|(running, event)| {
-            Arc::ptr_eq(sub, running) && id.is_none_or(|id| id == *event)
-        })
+        state
+            .running
+            .iter()
+            .any(|(running, event)| Arc::ptr_eq(sub, running) && id.is_none_or(|id| id == *event))
     }
 
     fn matches(event: &Event, id: Option<u64>) -> bool {
@@ -852,16 +860,25 @@ pub mod dispatcher {
             // The loop is blocked in the caller: deliver what is queued here, nested.
             loop {
                 let next = {
-                    let _state = lock();
+                    let mut state = lock();
                     let mut buffer = relock(&sub.buffer);
-                    if sub.cancelled.load(Ordering::SeqCst) {
+                    let next = if sub.cancelled.load(Ordering::SeqCst) {
                         None
                     } else {
                         buffer.buffer.take_first(|e| matches(e, id))
+                    };
+                    // Running, as the loop's calls are: a cancel or finish of it on another
+                    // thread waits for it (the binding frees what the handler uses after).
+                    if let Some(event) = &next {
+                        state.running.push((sub.clone(), event.id()));
                     }
+                    next
                 };
                 let Some(event) = next else { break };
                 let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
+                drop(event);
+                lock().running.pop();
+                notify_idle();
             }
             return;
         }
@@ -962,13 +979,13 @@ pub mod dispatcher {
                 notify_idle();
                 continue;
             };
-            state.running = Some((sub.clone(), event.id()));
+            state.running.push((sub.clone(), event.id()));
             drop(state);
             // A panic in a handler must not end the thread (the bindings catch their own).
             let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
             drop(event);
             state = lock();
-            state.running = None;
+            state.running.pop();
             {
                 let mut buffer = relock(&sub.buffer);
                 if !sub.cancelled.load(Ordering::SeqCst) && !buffer.buffer.is_empty() {
@@ -1109,5 +1126,52 @@ mod tests {
         assert_eq!(*relock(&seen), ["registered", "unregistered"]);
         handler.cancel();
         assert!(!route.push(&status(1, StatusEvent::Unregistered), &mut none));
+    }
+
+    /// A handler called with an event of one registration delivers another's nested (its
+    /// unregister inside the handler): that nested call counts as running, so a cancel or
+    /// finish of the other on another thread waits for it.
+    #[test]
+    fn a_nested_call_counts_as_running() {
+        use std::sync::mpsc;
+        let (inside_tx, inside) = mpsc::channel::<()>();
+        let (release, released) = mpsc::channel::<()>();
+        let released = Mutex::new(released);
+        let slot: Arc<Mutex<Option<Handler>>> = Arc::new(Mutex::new(None));
+        let me = slot.clone();
+        let handler = Handler::paused(move |e| {
+            if e.id() == 1 {
+                // Delivers the second registration's events here, nested.
+                let me = relock(&me).clone().expect("the handler");
+                dispatcher::finish(&me.sub(), Some(2));
+            } else {
+                let _ = inside_tx.send(());
+                let _ = relock(&released).recv_timeout(Duration::from_secs(30));
+            }
+        })
+        .unwrap();
+        *relock(&slot) = Some(handler.clone());
+        let route = Route::handler(&handler).subscriber();
+        let mut none = Overflow::NONE;
+        let _ = route.push(
+            &status(1, StatusEvent::Registered { lease_id: 1 }),
+            &mut none,
+        );
+        let _ = route.push(
+            &status(2, StatusEvent::Registered { lease_id: 2 }),
+            &mut none,
+        );
+        handler.resume();
+        inside
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the second's event delivered nested");
+        let running = dispatcher::running_now(&handler.sub(), Some(2));
+        release.send(()).unwrap();
+        handler.finish();
+        *relock(&slot) = None;
+        assert!(
+            running,
+            "the nested call of the second registration's event is running"
+        );
     }
 }
