@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The etcd-version compatibility subset of the Rust core's tests.
 #   scripts/etcd-compat.sh VERSION   runs the harness's own tests and the subset against etcd
-#                                    VERSION (3.4|3.5|3.5.36|3.6|3.7; the harness gets it through
+#                                    VERSION (3.4|3.5|3.5.12|3.5.36|3.6|3.7; the harness gets it through
 #                                    ETCD_VERSION, see scripts/etcd-version.sh)
 #   scripts/etcd-compat.sh table     prints the version × scenario table from the rows the tests
 #                                    wrote to $ETCD_VERSIONS_SUMMARY
@@ -9,7 +9,7 @@
 # to $ETCD_VERSIONS_SUMMARY with the version etcd itself reported (core/tests/common:
 # record_version), so every "pass" in the table comes from a test that ran on that version.
 # scripts/test.sh runs the full suite on 3.5 (which records its rows too) and this subset on
-# 3.4, 3.5.36, 3.6 and 3.7.
+# 3.4, 3.5.12, 3.5.36, 3.6 and 3.7.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,6 +26,7 @@ TESTS=(
   a_watch_follows_an_etcd_whose_history_went_back
   a_watch_notices_a_rebuilt_etcd_that_has_caught_up_with_its_revision
   an_idle_watch_beside_a_registration_keeps_its_stream
+  a_watch_joining_a_quiet_stream_keeps_it
   auth_works_and_a_wrong_password_is_a_clear_auth_error
   a_change_to_etcds_users_does_not_lock_out_a_registry_with_jwt_tokens
   registrations_refused_for_lack_of_space_land_once_etcd_is_fixed
@@ -45,6 +46,7 @@ SCENARIOS=(
   "etcd's data lost: the watch re-lists"
   "etcd rebuilt and written past the watch's revision: the watch re-lists"
   "idle watch beside a registration: stream kept"
+  "a watch joining a quiet stream: stream kept"
   "auth: token expiry, wrong password"
   "auth: JWT tokens, a user added"
   "out of space (NOSPACE): refused, lands after fix"
@@ -54,7 +56,7 @@ SCENARIOS=(
 )
 
 case "${1:-}" in
-3.4|3.5|3.5.36|3.6|3.7)
+3.4|3.5|3.5.12|3.5.36|3.6|3.7)
   version=$1
   # Resolve (install or build) the binary once, before the tests start in parallel.
   bash scripts/etcd-version.sh "$version" >/dev/null || exit 1
@@ -90,7 +92,7 @@ table)
   done
   ;;
 *)
-  echo "usage: $0 3.4|3.5|3.5.36|3.6|3.7 | table" >&2
+  echo "usage: $0 3.4|3.5|3.5.12|3.5.36|3.6|3.7 | table" >&2
   exit 2
   ;;
 esac

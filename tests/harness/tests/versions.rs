@@ -77,7 +77,7 @@ fn an_unknown_etcd_version_is_a_clear_error() {
         "no cluster reported: {stdout}"
     );
     assert!(
-        stderr.contains("ETCD_VERSION=2.9 is not one of 3.4|3.5|3.5.36|3.6|3.7"),
+        stderr.contains("ETCD_VERSION=2.9 is not one of 3.4|3.5|3.5.12|3.5.36|3.6|3.7"),
         "{stderr}"
     );
 }
