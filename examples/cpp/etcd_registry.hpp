@@ -1,4 +1,5 @@
 // etcd_registry.hpp — a small RAII wrapper over the etcd_registry C API (header only, C++17).
+// ffi/install.sh does not install it: copy it into your tree, next to your code.
 //
 //   etcdreg::Registry registry(etcdreg::Config().endpoints("127.0.0.1:2379"));
 //   auto id = registry.register_node("api", "node-1", {{"address", "10.0.0.5:8080"}},
@@ -7,22 +8,33 @@
 //   for (const auto &node : registry.list("api")) std::cout << node.name << "\n";
 //   std::future<std::vector<etcdreg::Node>> nodes = registry.list_async("api");  // no thread blocked
 //   registry.unregister_async(id).get();  // or wait elsewhere: no thread blocked meanwhile
+//                                         // (except inside a callback: see unregister_async)
 //
 // - Handles are std::unique_ptr with the C free functions as deleters.
 // - Every failing status throws etcdreg::Error (status code + the library's message).
+// - Durations: a negative one is taken as 0, refused (INVALID_ARGUMENT) where it must be
+//   greater than zero (TTL, timeout, backoff); wait_registered only checks then.
 // - Callbacks are std::function, called on the library's callback thread (one call at a time,
-//   in order per registration/watch). The wrapper owns them and destroys each one only when
+//   in order per registration/watch); an empty one (nullptr) is accepted and never called.
+//   Declare everything a callback captures by reference before the Registry, so that it
+//   outlives ~Registry, which stops the callbacks (also when an exception unwinds the scope).
+//   The wrapper owns them and destroys each one only when
 //   the C library guarantees it will not be called again and it is not running: a status
 //   callback once its UNREGISTERED call (its last: after unregister, close, or a newer
 //   registration of the same node) has returned, a watch callback after unwatch/close. One let
 //   go from inside a callback (it may be the one running) goes when the outermost returns.
 //   An exception a callback throws is caught and dropped (it must not reach the C library).
-//   A callback may hold the last reference to its Registry (e.g. a captured
-//   std::shared_ptr<Registry>). Let go inside a status or watch callback, the Registry closes
-//   there, the remaining last calls nested in that call. Let go on a library runtime thread
-//   (a status callback freed once unregister_async is done), where the library cannot wait
-//   for etcd, the Registry closes on a thread of its own: every other callback still gets its
-//   last call, a moment after the destructor returned.
+// - A callback may hold the last reference to its Registry (e.g. a captured
+//   std::shared_ptr<Registry>). Let go inside a status or watch callback, ~Registry closes and
+//   frees the handle right there: the other callbacks get their last calls nested, before it
+//   returns; only the callbacks still on that thread's stack run on. Let go on a library
+//   runtime thread (the status callback of an unregister_async, freed there just before its
+//   future is made ready), where the library cannot wait for etcd, ~Registry returns at once
+//   and a detached thread of its own closes and frees it: the other callbacks still get their
+//   last calls, and may be running, after the destructor has returned and the future is ready.
+//   Nothing waits for that thread; it destroys the callbacks last. (If no thread can be
+//   started, the handle is freed there: the library stops the callbacks without their
+//   UNREGISTERED calls.)
 // - Strings go to C as NUL-terminated: a name, endpoint, path or credential holding a NUL is
 //   refused with INVALID_ARGUMENT rather than cut short.
 #pragma once
@@ -80,6 +92,11 @@ inline const char *c_str(const std::string &s, const char *what) {
     return s.c_str();
 }
 inline std::string str(const char *s) { return s != nullptr ? std::string(s) : std::string(); }
+// A duration in milliseconds for C: a negative one is 0, which the library refuses as not
+// greater than zero (a cast would make it a huge value, refused as too large).
+inline uint64_t ms(std::chrono::milliseconds d) noexcept {
+    return d.count() > 0 ? static_cast<uint64_t>(d.count()) : 0;
+}
 
 struct ConfigFree {
     void operator()(etcd_registry_config *c) const noexcept { etcd_registry_config_free(c); }
@@ -164,6 +181,10 @@ inline void adopt(Callbacks &callbacks, SlotMap &map, uint64_t key, uint64_t id)
 // Plain pointers and counters: nothing to free when a thread exits.
 inline thread_local unsigned callback_depth = 0;
 inline thread_local SlotBase *graveyard = nullptr;
+// The same frames until each has returned to C, the freeing of what was let go included (the
+// destructors of a callback's captures run there): nonzero only on the library's callback
+// thread, inside one of its calls, where nothing waiting for that thread may block.
+inline thread_local unsigned callback_thread_depth = 0;
 
 // Frees a callback C will not call again, now or, inside a callback, once it is safe.
 inline void bury(std::unique_ptr<SlotBase> slot) noexcept {
@@ -187,16 +208,21 @@ struct AsyncScope {
 };
 
 struct CallbackScope {
-    CallbackScope() noexcept { ++callback_depth; }
+    CallbackScope() noexcept {
+        ++callback_depth;
+        ++callback_thread_depth;
+    }
     ~CallbackScope() {
         // A counter, not a flag: a nested call returning must not make the outer callback,
         // still running, look finished.
-        if (--callback_depth != 0) return;
-        while (SlotBase *slot = graveyard) {
-            // Freed at depth 0: a destructor that unregisters frees what it lets go at once.
-            graveyard = slot->next_buried;
-            delete slot;
+        if (--callback_depth == 0) {
+            while (SlotBase *slot = graveyard) {
+                // Freed at depth 0: a destructor that unregisters frees what it lets go at once.
+                graveyard = slot->next_buried;
+                delete slot;
+            }
         }
+        --callback_thread_depth;
     }
     CallbackScope(const CallbackScope &) = delete;
     CallbackScope &operator=(const CallbackScope &) = delete;
@@ -236,27 +262,39 @@ class Config {
         detail::check(etcd_registry_config_new(&raw));
         config_.reset(raw);
     }
-    Config &endpoints(const std::string &comma_separated) {
+    // Each setter also exists for a temporary, returning the Config itself (moved), so that
+    // `auto c = Config().endpoints(e).base_path(p);` holds a Config rather than a reference to
+    // a temporary destroyed at the end of the statement.
+    Config &endpoints(const std::string &comma_separated) & {
         detail::check(etcd_registry_config_set_endpoints(config_.get(), detail::c_str(comma_separated, "endpoints")));
         return *this;
     }
-    Config &base_path(const std::string &path) {
+    Config endpoints(const std::string &comma_separated) && { return std::move(endpoints(comma_separated)); }
+    Config &base_path(const std::string &path) & {
         detail::check(etcd_registry_config_set_base_path(config_.get(), detail::c_str(path, "base path")));
         return *this;
     }
-    Config &credentials(const std::string &user, const std::string &password) {
+    Config base_path(const std::string &path) && { return std::move(base_path(path)); }
+    Config &credentials(const std::string &user, const std::string &password) & {
         detail::check(etcd_registry_config_set_credentials(config_.get(), detail::c_str(user, "user"),
                                                             detail::c_str(password, "password")));
         return *this;
     }
-    Config &timeout(std::chrono::milliseconds t) {
-        detail::check(etcd_registry_config_set_timeout_ms(config_.get(), static_cast<uint64_t>(t.count())));
+    Config credentials(const std::string &user, const std::string &password) && {
+        return std::move(credentials(user, password));
+    }
+    // A negative duration is taken as 0 (refused: it must be greater than zero).
+    Config &timeout(std::chrono::milliseconds t) & {
+        detail::check(etcd_registry_config_set_timeout_ms(config_.get(), detail::ms(t)));
         return *this;
     }
-    Config &backoff(std::chrono::milliseconds min, std::chrono::milliseconds max) {
-        detail::check(etcd_registry_config_set_backoff_ms(config_.get(), static_cast<uint64_t>(min.count()),
-                                                          static_cast<uint64_t>(max.count())));
+    Config timeout(std::chrono::milliseconds t) && { return std::move(timeout(t)); }
+    Config &backoff(std::chrono::milliseconds min, std::chrono::milliseconds max) & {
+        detail::check(etcd_registry_config_set_backoff_ms(config_.get(), detail::ms(min), detail::ms(max)));
         return *this;
+    }
+    Config backoff(std::chrono::milliseconds min, std::chrono::milliseconds max) && {
+        return std::move(backoff(min, max));
     }
     const etcd_registry_config *get() const noexcept { return config_.get(); }
 
@@ -288,6 +326,7 @@ class Registry {
         remains.finish();
     }
 
+    // A ttl of 0 or less is refused (INVALID_ARGUMENT: "ttl must be greater than zero").
     uint64_t register_node(const std::string &service, const std::string &node,
                            const std::map<std::string, std::string> &info,
                            std::chrono::milliseconds ttl, StatusCallback callback) {
@@ -300,40 +339,37 @@ class Registry {
         const Starting starting = start(std::make_unique<detail::Slot<StatusCallback>>(callbacks_, std::move(callback)));
         uint64_t id = 0;
         const detail::Failure status(etcd_registry_register(registry_.get(), service_c, node_c, entries.data(),
-                                                            entries.size(), static_cast<uint64_t>(ttl.count()),
+                                                            entries.size(), detail::ms(ttl),
                                                             &Registry::status_trampoline, starting.slot, &id));
         started(&detail::Callbacks::status, starting, status.status, id);
         status.check();
         return id;
     }
 
-    void unregister(uint64_t id) {
-        const detail::Failure failure(etcd_registry_unregister(registry_.get(), id));
-        const etcd_registry_status status = failure.status;
-        // The callback normally let itself go in its UNREGISTERED call already; if this call
-        // ended the registration, it is done for good whatever the status (an etcd error here
-        // means etcd refused the delete, the registration is gone all the same). Not on
-        // NOT_FOUND or CLOSED: another unregister or a close may be delivering its last call
-        // right now (it lets itself go then), nor on refusals that changed nothing.
-        switch (status) {
-            case ETCD_REGISTRY_STATUS_INVALID_ARGUMENT:
-            case ETCD_REGISTRY_STATUS_NULL_POINTER:
-            case ETCD_REGISTRY_STATUS_NOT_FOUND:
-            case ETCD_REGISTRY_STATUS_CLOSED:
-            case ETCD_REGISTRY_STATUS_PANIC:
-                break;
-            default:
-                release(&detail::Callbacks::status, id);
-        }
-        failure.check();
-    }
+    void unregister(uint64_t id) { unregister_now(id).check(); }
 
     // Unregisters without blocking: the registration is taken at once (unregistering it again
     // throws NOT_FOUND), and the future is ready once the key is deleted, or etcd could not be
     // reached (the shutdown rule: ready all the same), with the status callback done for good.
     // The library's callback makes it ready on a library thread and owns the status callback
     // meanwhile, so both outlive the Registry, if need be. Refusals throw here.
+    // Inside a status or watch callback (or a destructor of a callback's captures run there)
+    // it blocks instead, as unregister() does (the remaining events delivered nested), and
+    // returns a future already ready (holding the etcd error, if any; refusals still throw):
+    // the future would be made ready only after UNREGISTERED has been delivered on the
+    // library's callback thread, the one that would wait in get(). The status callback is
+    // then freed once the outermost callback returns.
     std::future<void> unregister_async(uint64_t id) {
+        if (detail::callback_thread_depth > 0) {
+            const detail::Failure failure = unregister_now(id);
+            if (refused(failure.status)) failure.check();
+            std::promise<void> promise;
+            if (failure.status == ETCD_REGISTRY_STATUS_OK)
+                promise.set_value();
+            else
+                promise.set_exception(std::make_exception_ptr(Error(failure.status, failure.message)));
+            return promise.get_future();
+        }
         auto pending = std::make_unique<PendingUnregister>();
         std::future<void> future = pending->promise.get_future();
         {
@@ -366,8 +402,7 @@ class Registry {
 
     void wait_registered(uint64_t id, std::chrono::milliseconds timeout) {
         // A negative timeout only checks, as 0 does.
-        const auto ms = timeout.count() > 0 ? static_cast<uint64_t>(timeout.count()) : 0;
-        detail::check(etcd_registry_wait_registered(registry_.get(), id, ms));
+        detail::check(etcd_registry_wait_registered(registry_.get(), id, detail::ms(timeout)));
     }
 
     std::vector<Node> list(const std::string &service) {
@@ -467,18 +502,21 @@ class Registry {
         // close): the callback is done only when the outermost of its calls returns.
         ++slot->running;
         if (e->kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) slot->last_seen = true;
-        try {
-            const StatusEvent event{e->kind,
-                                    e->registration_id,
-                                    detail::str(e->service),
-                                    detail::str(e->node),
-                                    e->attempt,
-                                    std::chrono::milliseconds(e->delay_ms),
-                                    e->error_status,
-                                    detail::str(e->error_message),
-                                    e->lease_id};
-            slot->fn(event);
-        } catch (...) {
+        // An empty std::function (nullptr given) is not called: only the bookkeeping is done.
+        if (slot->fn) {
+            try {
+                const StatusEvent event{e->kind,
+                                        e->registration_id,
+                                        detail::str(e->service),
+                                        detail::str(e->node),
+                                        e->attempt,
+                                        std::chrono::milliseconds(e->delay_ms),
+                                        e->error_status,
+                                        detail::str(e->error_message),
+                                        e->lease_id};
+                slot->fn(event);
+            } catch (...) {
+            }
         }
         if (--slot->running == 0 && slot->last_seen) ended(slot, e->registration_id);
     }
@@ -487,15 +525,17 @@ class Registry {
         detail::CallbackScope scope;
         auto *slot = static_cast<detail::Slot<WatchCallback> *>(static_cast<detail::SlotBase *>(user_data));
         if (!slot->adopted) adopt_first(slot, &detail::Callbacks::watches, e->watch_id);
-        try {
-            WatchEvent event{e->kind, e->watch_id, detail::str(e->service),
-                             e->node_name != nullptr ? std::string(e->node_name, e->node_name_len) : std::string(),
-                             detail::str(e->info_json), e->revision, {}};
-            for (size_t j = 0; j < e->info_len; j++)
-                event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),
-                                   std::string(e->info[j].value, e->info[j].value_len));
-            slot->fn(event);
-        } catch (...) {
+        if (slot->fn) {
+            try {
+                WatchEvent event{e->kind, e->watch_id, detail::str(e->service),
+                                 e->node_name != nullptr ? std::string(e->node_name, e->node_name_len) : std::string(),
+                                 detail::str(e->info_json), e->revision, {}};
+                for (size_t j = 0; j < e->info_len; j++)
+                    event.info.emplace(std::string(e->info[j].key, e->info[j].key_len),
+                                       std::string(e->info[j].value, e->info[j].value_len));
+                slot->fn(event);
+            } catch (...) {
+            }
         }
     }
 
@@ -562,6 +602,32 @@ class Registry {
                 refused = callbacks_->starting.extract(starting.key);
         }
         // `refused` (if set) is freed here, outside the lock.
+    }
+
+    // Statuses of unregister that changed nothing: the registration was refused (invalid,
+    // unknown, closed), not ended by this call.
+    static bool refused(etcd_registry_status status) noexcept {
+        switch (status) {
+            case ETCD_REGISTRY_STATUS_INVALID_ARGUMENT:
+            case ETCD_REGISTRY_STATUS_NULL_POINTER:
+            case ETCD_REGISTRY_STATUS_NOT_FOUND:
+            case ETCD_REGISTRY_STATUS_CLOSED:
+            case ETCD_REGISTRY_STATUS_PANIC:
+                return true;
+            default:
+                return false;
+        }
+    }
+
+    // The blocking unregister, its failure returned rather than thrown. The callback normally
+    // let itself go in its UNREGISTERED call already; if this call ended the registration, it
+    // is done for good whatever the status (an etcd error here means etcd refused the delete,
+    // the registration is gone all the same). Not when refused: on NOT_FOUND or CLOSED another
+    // unregister or a close may be delivering its last call right now (it lets itself go then).
+    detail::Failure unregister_now(uint64_t id) {
+        detail::Failure failure(etcd_registry_unregister(registry_.get(), id));
+        if (!refused(failure.status)) release(&detail::Callbacks::status, id);
+        return failure;
     }
 
     void release(detail::SlotMap detail::Callbacks::*map, uint64_t id) {

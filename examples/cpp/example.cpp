@@ -14,6 +14,9 @@ int main() {
     const char *env = std::getenv("ETCD_ENDPOINTS");
     std::string endpoints = env != nullptr && *env != '\0' ? env : "127.0.0.1:2379";
     try {
+        // Captured by reference in the watch callback: declared before the Registry, so that it
+        // is destroyed after it (~Registry stops the callbacks), even on an exception.
+        std::atomic<int> added{0};
         etcdreg::Registry registry(etcdreg::Config().endpoints(endpoints).base_path("/services"));
 
         auto on_status = [](const etcdreg::StatusEvent &e) {
@@ -23,7 +26,6 @@ int main() {
         auto first = registry.register_node("cpp-api", "node-1", {{"address", "10.0.0.5:8080"}}, 10s, on_status);
         registry.wait_registered(first, 5s);
 
-        std::atomic<int> added{0};
         auto watch = registry.watch("cpp-api", [&added](const etcdreg::WatchEvent &e) {
             if (e.kind == ETCD_REGISTRY_WATCH_KIND_ADDED) {
                 std::cout << "watch: added " << e.node_name << " " << e.info_json << "\n";

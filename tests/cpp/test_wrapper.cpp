@@ -16,7 +16,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <future>
+#include <memory>
 #include <string>
+#include <type_traits>
 #include <thread>
 #include <vector>
 
@@ -576,6 +579,145 @@ void unregister_async_racing_the_callback_unregistering_itself() {
     CHECK(id_seen == id);
 }
 
+// Whether `f` is ready within a generous deadline (failing rather than hanging when it never
+// is), and then holds no error.
+bool ready_in_time(std::future<void> f) {
+    if (f.wait_for(std::chrono::duration<double>(10 * slow)) != std::future_status::ready) return false;
+    f.get();
+    return true;
+}
+
+// unregister_async inside a status or watch callback (or in a destructor of a callback's
+// captures run on the callback thread): its future is ready before it returns. It used to be
+// made ready only after UNREGISTERED was delivered on the callback thread, the one waiting.
+void unregister_async_inside_a_callback_is_ready() {
+    std::atomic<int> live{0}, unregistered{0};
+    std::atomic<bool> status_done{false}, status_ready{false}, own_ready{false}, refused{false};
+    std::atomic<bool> watch_done{false}, watch_ready{false};
+    std::atomic<bool> destroyed{false}, destructor_ready{false};
+    etcdreg::Registry registry(config());
+    auto counted = [&] {
+        return [&unregistered, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+            if (e.kind == ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) unregistered++;
+        };
+    };
+    const auto nodes = {"target-status", "target-watch", "target-destructor"};
+    std::vector<uint64_t> targets;
+    for (const char *node : nodes) {
+        targets.push_back(registry.register_node("async-inside", node, {}, ttl, counted()));
+        registry.wait_registered(targets.back(), 5s);
+    }
+
+    // A status callback: another registration's, then its own.
+    registry.register_node("async-inside-caller", "status", {}, ttl,
+                           [&, t = Tracker(live)](const etcdreg::StatusEvent &e) {
+                               if (e.kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+                               status_ready = ready_in_time(registry.unregister_async(targets[0])) &&
+                                              unregistered == 1;  // delivered nested
+                               try {
+                                   registry.unregister_async(targets[0]);
+                               } catch (const etcdreg::Error &error) {  // a refusal throws here
+                                   refused = error.status() == ETCD_REGISTRY_STATUS_NOT_FOUND;
+                               }
+                               own_ready = ready_in_time(registry.unregister_async(e.registration_id));
+                               status_done = true;
+                           });
+    CHECK(wait_for([&] { return status_done.load(); }));
+    CHECK(status_ready);
+    CHECK(refused);
+    CHECK(own_ready);
+
+    // A watch callback.
+    const uint64_t watch = registry.watch("async-inside", [&, t = Tracker(live)](const etcdreg::WatchEvent &) {
+        if (watch_done) return;
+        watch_ready = ready_in_time(registry.unregister_async(targets[1]));
+        watch_done = true;
+    });
+    CHECK(wait_for([&] { return watch_done.load(); }));
+    CHECK(watch_ready);
+    registry.unwatch(watch);
+
+    // A destructor of a callback's captures, run when the callback is freed on the callback
+    // thread (it unregisters itself there).
+    struct UnregistersOnDestroy {
+        UnregistersOnDestroy(etcdreg::Registry &registry, uint64_t id, std::atomic<bool> &ready,
+                             std::atomic<bool> &destroyed)
+            : registry(registry), id(id), ready(ready), destroyed(destroyed) {}
+        UnregistersOnDestroy(const UnregistersOnDestroy &) = delete;
+        UnregistersOnDestroy &operator=(const UnregistersOnDestroy &) = delete;
+        etcdreg::Registry &registry;
+        uint64_t id;
+        std::atomic<bool> &ready, &destroyed;
+        ~UnregistersOnDestroy() {
+            try {
+                ready = ready_in_time(registry.unregister_async(id));
+            } catch (const std::exception &) {
+            }
+            destroyed = true;
+        }
+    };
+    registry.register_node(
+        "async-inside-caller", "destructor", {}, ttl,
+        [&registry, t = Tracker(live),
+         guard = std::make_shared<UnregistersOnDestroy>(registry, targets[2], destructor_ready, destroyed)](
+            const etcdreg::StatusEvent &e) {
+            if (e.kind == ETCD_REGISTRY_STATUS_KIND_REGISTERED) registry.unregister(e.registration_id);
+        });
+    CHECK(wait_for([&] { return destroyed.load(); }));
+    CHECK(destructor_ready);
+
+    CHECK(wait_for([&] { return unregistered == 3; }));
+    CHECK(wait_for([&] { return live == 0; }));
+    CHECK(registry.list("async-inside").empty());
+    CHECK(registry.list("async-inside-caller").empty());
+}
+
+// Setters chained on a temporary Config give a Config (moved), not a reference to the
+// temporary: it can be kept with auto (Config is not copyable) or bound to a const reference.
+void config_chained_on_a_temporary() {
+    static_assert(std::is_same<decltype(etcdreg::Config().endpoints("")), etcdreg::Config>::value,
+                  "a temporary's setter returns a Config");
+    static_assert(std::is_same<decltype(std::declval<etcdreg::Config &>().endpoints("")), etcdreg::Config &>::value,
+                  "an lvalue's setter returns a reference to it");
+    auto kept = etcdreg::Config()
+                    .endpoints(endpoints)
+                    .base_path("/cpp-wrapper-tests")
+                    .timeout(5s)
+                    .backoff(100ms, 2s)
+                    .credentials("", "");
+    const etcdreg::Config &bound = etcdreg::Config().endpoints(endpoints).base_path("/cpp-wrapper-tests");
+    etcdreg::Registry registry(kept), other(bound);
+    const auto id = registry.register_node("chained", "n1", {}, ttl, nullptr);
+    registry.wait_registered(id, 5s);
+    const auto nodes = other.list("chained");
+    CHECK(nodes.size() == 1 && nodes[0].name == "n1");
+    registry.unregister(id);
+}
+
+// A negative duration goes to C as 0, refused as not greater than zero (it used to be cast to
+// a huge value, refused as larger than the maximum); the callback is freed.
+void negative_durations_are_refused_as_not_greater_than_zero() {
+    std::atomic<int> live{0};
+    etcdreg::Registry registry(config());
+    auto refusal = [](const std::function<void()> &call) {
+        try {
+            call();
+        } catch (const etcdreg::Error &e) {
+            return e.status() == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT ? std::string(e.what()) : std::string();
+        }
+        return std::string();
+    };
+    const std::string ttl_error = refusal([&] {
+        registry.register_node("negative", "n1", {}, -1s, [t = Tracker(live)](const etcdreg::StatusEvent &) {});
+    });
+    CHECK(ttl_error.find("ttl must be greater than zero") != std::string::npos);
+    CHECK(live == 0);
+    CHECK(refusal([] { etcdreg::Config().timeout(-1s); }).find("timeout must be greater than zero") !=
+          std::string::npos);
+    CHECK(refusal([] { etcdreg::Config().backoff(1s, -1s); }).find("0 < minimum <= maximum") != std::string::npos);
+    CHECK(registry.list("negative").empty());
+}
+
 // A string holding a NUL would be cut short as a C string: refused, nothing registered.
 void names_holding_nul_are_refused() {
     etcdreg::Registry registry(config());
@@ -646,6 +788,9 @@ const Test tests[] = {
     TEST(refused_calls_free_the_callback),
     TEST(unregister_async_frees_the_callback),
     TEST(unregister_async_racing_the_callback_unregistering_itself),
+    TEST(unregister_async_inside_a_callback_is_ready),
+    TEST(config_chained_on_a_temporary),
+    TEST(negative_durations_are_refused_as_not_greater_than_zero),
     TEST(names_holding_nul_are_refused),
     TEST(refused_call_keeps_its_message_when_the_callback_is_freed),
     TEST(close_frees_every_callback),
