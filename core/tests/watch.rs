@@ -712,14 +712,9 @@ async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
         names(&watch) == ["n1", "n2"]
     })
     .await;
+    // Nothing written from now on.
     let opened = grpc_counter(&etcd, "grpc_server_started_total", "Watch");
-    // Nothing written from now on. Four keep-alives (one a second) span several rounds of
-    // progress requests.
-    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
-    eventually("four keep-alives", || async {
-        gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 4
-    })
-    .await;
+    keep_alives(&etcd, 4).await;
     assert_eq!(
         grpc_counter(&etcd, "grpc_server_started_total", "Watch"),
         opened,
@@ -727,6 +722,16 @@ async fn an_idle_watch_beside_a_registration_keeps_its_stream() {
     );
     registry.close().await.unwrap();
     record_version("idle watch beside a registration: stream kept");
+}
+
+/// Waits for `n` more keep-alives of the registry's lease (one a second at a TTL of 3 s): four
+/// span several rounds of progress requests of a stream quiet since.
+async fn keep_alives(etcd: &etcd_harness::EtcdCluster, n: u64) {
+    let renewed = gauge(etcd, "etcd_debugging_lease_renewed_total");
+    eventually(&format!("{n} keep-alives"), || async {
+        gauge(etcd, "etcd_debugging_lease_renewed_total") >= renewed + n
+    })
+    .await;
 }
 
 /// A service watch joins the stream of a registration's key watch after it has been quiet for
@@ -746,21 +751,12 @@ async fn a_watch_joining_a_quiet_stream_keeps_it() {
         .register("db", node, Duration::from_secs(3))
         .unwrap();
     reg.wait_registered(DEADLINE).await.unwrap();
-    // A keep-alive a second: the key watch's stream, which no write reaches, is quiet by then.
-    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
-    eventually("a keep-alive", || async {
-        gauge(&etcd, "etcd_debugging_lease_renewed_total") > renewed
-    })
-    .await;
+    // The key watch's stream, which no write reaches, is quiet by the next keep-alive.
+    keep_alives(&etcd, 1).await;
     let opened = grpc_counter(&etcd, "grpc_server_started_total", "Watch");
     let watch = registry.watch("api").await.unwrap();
-    // Nothing written under the service: four keep-alives span several rounds of progress
-    // requests.
-    let renewed = gauge(&etcd, "etcd_debugging_lease_renewed_total");
-    eventually("four keep-alives", || async {
-        gauge(&etcd, "etcd_debugging_lease_renewed_total") >= renewed + 4
-    })
-    .await;
+    // Nothing written under the service.
+    keep_alives(&etcd, 4).await;
     assert_eq!(
         grpc_counter(&etcd, "grpc_server_started_total", "Watch"),
         opened,

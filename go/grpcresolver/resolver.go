@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -378,7 +379,8 @@ func (r *etcdResolver) follow(w *etcdregistry.Watch) {
 	}
 }
 
-// warnIfSkipped warns, once per node, about a node that is skipped for want of an address.
+// warnIfSkipped warns, once per node, about a node that is skipped for want of an address the
+// client could dial (see addressOf).
 // The warning names its info keys, not their values (which may be secrets). A node that is
 // removed or gains an address is forgotten: it is warned about again if it comes back (or
 // loses its address) later.
@@ -387,15 +389,39 @@ func (r *etcdResolver) warnIfSkipped(ev etcdregistry.WatchEvent) {
 	case ev.Type == etcdregistry.WatchRemoved:
 		delete(r.skipped, ev.Node.Name)
 	case ev.Type != etcdregistry.WatchAdded && ev.Type != etcdregistry.WatchUpdated:
-	case ev.Node.Info[r.b.addressKey] != "":
-		delete(r.skipped, ev.Node.Name)
-	case !r.skipped[ev.Node.Name]:
+	default:
+		_, why := r.addressOf(ev.Node)
+		if why == "" {
+			delete(r.skipped, ev.Node.Name)
+			return
+		}
+		if r.skipped[ev.Node.Name] {
+			return
+		}
 		if r.skipped == nil {
 			r.skipped = make(map[string]bool)
 		}
 		r.skipped[ev.Node.Name] = true
-		logger.Warningf("service %q: node %q is skipped: its info has no %q (info keys: %q)", r.service, ev.Node.Name, r.b.addressKey, slices.Sorted(maps.Keys(ev.Node.Info)))
+		logger.Warningf("service %q: node %q is skipped: %s", r.service, ev.Node.Name, why)
 	}
+}
+
+// addressOf is the address of node n, or why it has none the client could dial: its info has
+// no value under the address key, or one that is neither "host:port" nor a "unix:" address
+// (e.g. no port, or a URL), which gRPC would only fail to dial (its dialer takes "unix:" for
+// a socket and anything else for TCP).
+func (r *etcdResolver) addressOf(n etcdregistry.Node) (addr string, why string) {
+	addr, ok := n.Info[r.b.addressKey]
+	if !ok || addr == "" {
+		return "", fmt.Sprintf("its info has no %q (info keys: %q)", r.b.addressKey, slices.Sorted(maps.Keys(n.Info)))
+	}
+	if strings.HasPrefix(addr, "unix:") {
+		return addr, ""
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		return "", fmt.Sprintf("its %q, %q, is not host:port", r.b.addressKey, addr)
+	}
+	return addr, ""
 }
 
 // update gives the client the watch's live node set, unless it is what the client has.
@@ -407,7 +433,7 @@ func (r *etcdResolver) update(w *etcdregistry.Watch) {
 	slices.SortFunc(nodes, func(a, b etcdregistry.Node) int { return strings.Compare(a.Name, b.Name) })
 	current := make([]resolved, 0, len(nodes))
 	for _, n := range nodes {
-		if addr := n.Info[r.b.addressKey]; addr != "" {
+		if addr, why := r.addressOf(n); why == "" {
 			current = append(current, resolved{node: n, addr: addr})
 		}
 	}

@@ -348,26 +348,33 @@ func TestResolverStates(t *testing.T) {
 	a := etcdregistry.Node{Name: "a", Info: map[string]string{"address": "127.0.0.1:1001", "version": "1"}}
 	noAddr := etcdregistry.Node{Name: "b", Info: map[string]string{"version": "1"}}
 	otherKey := etcdregistry.Node{Name: "c", Info: map[string]string{"grpc": "127.0.0.1:1003"}}
-	register(t, reg, service, a.Name, a.Info)
-	register(t, reg, service, noAddr.Name, noAddr.Info)
-	register(t, reg, service, otherKey.Name, otherKey.Info)
+	// Addresses gRPC could only fail to dial are skipped too; a unix socket is an address.
+	noPort := etcdregistry.Node{Name: "e", Info: map[string]string{"address": "10.0.0.5"}}
+	url := etcdregistry.Node{Name: "f", Info: map[string]string{"address": "http://10.0.0.6:80/"}}
+	socket := etcdregistry.Node{Name: "g", Info: map[string]string{"address": "unix:///run/g.sock"}}
+	for _, n := range []etcdregistry.Node{a, noAddr, otherKey, noPort, url, socket} {
+		register(t, reg, service, n.Name, n.Info)
+	}
 
 	cc := newRecordingConn()
 	build(t, newBuilder(t, reg), "etcd-registry:///"+service, cc)
-	checkState(t, cc.nextState(t), a) // b has no address, c's is under another key
+	// b has no address, c's is under another key, e's and f's are not host:port.
+	checkState(t, cc.nextState(t), a, socket)
 	waitWarning(t, `service "states": node "b" is skipped: its info has no "address"`)
 	waitWarning(t, `service "states": node "c" is skipped`)
+	waitWarning(t, `service "states": node "e" is skipped: its "address", "10.0.0.5", is not host:port`)
+	waitWarning(t, `service "states": node "f" is skipped: its "address", "http://10.0.0.6:80/", is not host:port`)
 
 	d := etcdregistry.Node{Name: "d", Info: map[string]string{"address": "127.0.0.1:1004"}}
 	gd := register(t, reg, service, d.Name, d.Info)
-	checkState(t, cc.nextState(t), a, d)
+	checkState(t, cc.nextState(t), a, d, socket)
 
 	a.Info = map[string]string{"address": "127.0.0.1:1001", "version": "2"}
 	register(t, reg, service, a.Name, a.Info) // replaces a's registration: its info changes
-	checkState(t, cc.nextState(t), a, d)
+	checkState(t, cc.nextState(t), a, d, socket)
 
 	unregister(t, gd)
-	checkState(t, cc.nextState(t), a)
+	checkState(t, cc.nextState(t), a, socket)
 
 	// Another info key; the opaque form of the target.
 	cc2 := newRecordingConn()
