@@ -256,7 +256,7 @@ enum Command {
     ///   keep-alive lost: ERROR
     ///   retrying in DELAY (attempt N): ERROR
     ///   re-registered KEY lease=ID
-    ///   unregistered KEY                        the last line
+    ///   unregistered KEY                        the last line, once etcd confirmed the delete
     /// Lines never wait for stdout: while nobody reads it (a full pipe, a terminal paused by
     /// Ctrl-S) the node stays registered and signals work; lines that do not fit the 1024 held
     /// are dropped, and counted on stderr at the end.
@@ -814,9 +814,13 @@ async fn register(
         }
     };
     // The rest of the events, down to `unregistered` (the stream ends after it), but for a
-    // retry announced after rejected credentials or a failed handshake: it is not made.
+    // retry announced after rejected credentials or a failed handshake: it is not made. Nor is
+    // `unregistered` printed when etcd did not confirm the delete: the key may still be there,
+    // and the error says so on stderr.
     while let Some(event) = events.recv().await {
-        if refused.is_none() || !matches!(event, StatusEvent::Retrying { .. }) {
+        let unmade = refused.is_some() && matches!(event, StatusEvent::Retrying { .. });
+        let unconfirmed = unregistered.is_err() && matches!(event, StatusEvent::Unregistered);
+        if !unmade && !unconfirmed {
             print(&event);
         }
     }

@@ -889,9 +889,10 @@ fn register_waits_for_etcd_and_says_when_it_cannot_delete_the_key() {
     reg.signal(libc::SIGINT);
     let (code, rest, stderr) = reg.finish();
     assert_eq!(code, 3, "stderr: {stderr}");
-    assert_eq!(
-        rest.last().map(String::as_str),
-        Some("unregistered /services/api/n1")
+    // No line claims the key is gone while it may still be there.
+    assert!(
+        !rest.iter().any(|l| l.starts_with("unregistered")),
+        "{rest:?}"
     );
     assert!(
         stderr.contains("the key disappears when its lease expires, within 3 s"),
