@@ -540,7 +540,13 @@ impl Connection {
                 // From now on one member per pause, in turns: one connection attempt per
                 // pause while etcd is down, not one per member.
                 let n = self.endpoints.len();
-                let free: Vec<usize> = (0..n).filter(|j| !busy.contains(j)).collect();
+                // In the health order: the ejected members (silent ones) take their turn last.
+                let free: Vec<usize> = self
+                    .health
+                    .order(Instant::now())
+                    .into_iter()
+                    .filter(|j| !busy.contains(j))
+                    .collect();
                 let next = if free.is_empty() {
                     waited % n
                 } else {
@@ -555,11 +561,13 @@ impl Connection {
                 return Err(timeout_error(what, self.timeout, &unreached));
             }
             let i = order[0];
-            // The last member of the first round may take the rest of the time; while waiting
-            // for etcd, one silent member must not keep the others from being tried.
+            // The last member of the first round may take the rest of the time, unless it is
+            // ejected (it was silent: the others, which failed, may be back sooner); while
+            // waiting for etcd, one silent member must not keep the others from being tried.
+            let several = self.endpoints.len() > 1;
             let limit = if order.len() > 1
                 || !busy.is_empty()
-                || (waited > 0 && self.endpoints.len() > 1)
+                || (several && (waited > 0 || self.health.is_ejected(i, now)))
             {
                 attempt.min(left)
             } else {

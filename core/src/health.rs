@@ -24,6 +24,15 @@ struct Member {
     probing: bool,
 }
 
+impl Member {
+    /// Ejected: within its period, or past it while its probe has not answered yet (a member
+    /// that stays silent is not given calls each time its period ends).
+    fn is_ejected(&self, now: Instant) -> bool {
+        self.ejected_until
+            .is_some_and(|until| until > now || self.probing)
+    }
+}
+
 #[derive(Debug)]
 struct Table {
     preferred: usize,
@@ -69,7 +78,7 @@ impl Health {
         for k in 0..n {
             let i = (table.preferred + k) % n;
             match table.members[i].ejected_until {
-                Some(until) if until > now => ejected.push((until, i)),
+                Some(until) if table.members[i].is_ejected(now) => ejected.push((until, i)),
                 _ => healthy.push(i),
             }
         }
@@ -83,8 +92,7 @@ impl Health {
         self.lock()
             .members
             .get(i)
-            .and_then(|m| m.ejected_until)
-            .is_some_and(|until| until > now)
+            .is_some_and(|m| m.is_ejected(now))
     }
 
     /// Member `i` answered a call: it is healthy and, being the one in use, preferred.
@@ -133,7 +141,7 @@ impl Health {
         if table.preferred == i {
             if let Some(next) = (1..n)
                 .map(|k| (i + k) % n)
-                .find(|&j| table.members[j].ejected_until.is_none_or(|u| u <= now))
+                .find(|&j| !table.members[j].is_ejected(now))
             {
                 table.preferred = next;
             }
@@ -208,9 +216,13 @@ mod tests {
         assert!(health.is_ejected(0, now));
         // Ejecting again while ejected changes nothing and starts no second probe.
         assert_eq!(health.eject(0, now), None);
-        // Once the period is over, it is a candidate again, after the preferred one.
+        // Once the period is over, it stays ejected until its probe answers.
+        assert!(health.is_ejected(0, now + EJECT_MIN));
+        // Without a probe (it stopped), it is a candidate again, after the preferred one.
+        health.probe_stopped(0);
         assert_eq!(health.order(now + EJECT_MIN), vec![1, 2, 0]);
         assert!(!health.is_ejected(0, now + EJECT_MIN));
+        assert!(health.is_ejected(0, now));
         // Every member ejected: all are still offered, the soonest back first.
         health.eject(1, now + Duration::from_millis(10)).unwrap();
         health.eject(2, now + Duration::from_millis(5)).unwrap();

@@ -1508,3 +1508,68 @@ async fn list_asks_again_the_member_back(silent_at: usize, back_at: usize, read:
     );
     registry.close().await.unwrap();
 }
+
+/// A delete while one member is silent (found so by an earlier write, which moved the keys to
+/// a new lease) and the two others are down, one of them coming back meanwhile: the delete
+/// goes through the member back, within the timeout, and the key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_while_one_member_is_silent_and_the_others_restart_goes_through() {
+    let _serial = serial().await;
+    let etcd = Arc::new(blocking(cluster).await);
+    let registry = Registry::connect(
+        Config::new(etcd.endpoints(), "/ejected").with_timeout(Duration::from_secs(6)),
+    )
+    .await
+    .unwrap();
+    // A TTL long enough that no keep-alive is due during the test.
+    let ttl = Duration::from_secs(60);
+    let first = registry.register("svc", node("n0", &[]), ttl).unwrap();
+    first.wait_registered(DEADLINE).await.unwrap();
+    let silent = etcd
+        .endpoints()
+        .iter()
+        .position(|e| {
+            registry
+                .active_endpoint()
+                .ends_with(e.trim_start_matches("http://"))
+        })
+        .expect("the member in use");
+    let lease = first.lease_id();
+    etcd.delay_member(silent, Duration::from_secs(30)).unwrap();
+    // The next write finds it silent, ejects it and goes through the next member. The write
+    // given up on may still land late: the keys move to a new lease.
+    let second = registry.register("svc", node("n1", &[]), ttl).unwrap();
+    second.wait_registered(DEADLINE).await.unwrap();
+    eventually("the keys to move to a new lease", || async {
+        first.lease_id() != lease
+    })
+    .await;
+    let (back, other) = ((silent + 1) % 3, (silent + 2) % 3);
+    let e = etcd.clone();
+    blocking(move || {
+        e.stop(back).unwrap();
+        e.stop(other).unwrap();
+    })
+    .await;
+    let tried = [back, other].map(|i| etcd.proxy_accepted_total(i));
+    let deleting = tokio::spawn(async move { first.try_unregister().await });
+    eventually("both members down to be asked", || async {
+        [back, other]
+            .iter()
+            .zip(tried)
+            .all(|(&i, before)| etcd.proxy_accepted_total(i) > before)
+    })
+    .await;
+    let e = etcd.clone();
+    blocking(move || e.start(back).unwrap()).await;
+    let deleted = tokio::time::timeout(DEADLINE, deleting)
+        .await
+        .expect("the delete returns")
+        .unwrap();
+    etcd.delay_member(silent, Duration::ZERO).unwrap();
+    let e = etcd.clone();
+    blocking(move || e.start(other).unwrap()).await;
+    deleted.expect("deleted through the member back");
+    assert!(etcd.get("/ejected/svc/n0").unwrap().is_none());
+    registry.close().await.unwrap();
+}
