@@ -334,7 +334,7 @@ impl Connection {
                 }
                 Step::Fallback(Err(e)) => return Err(e),
                 Step::Read((i, Ok(value))) => {
-                    self.health.answered(i);
+                    self.answered(i);
                     return Ok(value);
                 }
                 Step::Read((i, Err(e))) if !is_member_failure(&e) => {
@@ -611,7 +611,7 @@ impl Connection {
             }
             let error = match outcome {
                 Ok(Ok(value)) => {
-                    self.health.answered(i);
+                    self.answered(i);
                     return Ok((i, value));
                 }
                 Ok(Err(e)) if is_member_failure(&e) => {
@@ -727,6 +727,7 @@ impl Connection {
     /// The member at `i` answered (a keep-alive, a watch response): it is preferred.
     pub(crate) fn answered(&self, i: usize) {
         self.health.answered(i);
+        self.reached(i);
     }
 
     /// The endpoint of member `i`, for logs and tests.
@@ -781,11 +782,23 @@ impl Connection {
     async fn status_of(&self, i: usize) -> std::result::Result<(), (Error, bool)> {
         let client = self.client_of(i).await.map_err(|e| (e, false))?;
         match client.maintenance_client().status().await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                self.reached(i);
+                Ok(())
+            }
             Err(e) => {
                 let from_etcd = !not_answered(&e);
                 Err((self.reached_error(i, e), from_etcd))
             }
+        }
+    }
+
+    /// A request reached member `i` (etcd answered, even with a refusal): the failures to
+    /// reach it before are no longer in a row, and no request to it is held back.
+    fn reached(&self, i: usize) {
+        let mut refused = lock(&self.refused[i]);
+        if refused.is_some() {
+            *refused = None;
         }
     }
 
@@ -799,7 +812,9 @@ impl Connection {
             tracing::info!(endpoint = %self.endpoints[i], "etcd now requires authentication; connecting with the credentials");
             self.forget_client(i);
         }
-        if failed {
+        if !failed {
+            self.reached(i);
+        } else {
             let mut refused = lock(&self.refused[i]);
             let now = Instant::now();
             let streak = match &*refused {
