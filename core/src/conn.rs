@@ -260,6 +260,15 @@ impl Connection {
         let on = |i: usize| {
             let f = &f;
             Box::pin(async move {
+                let without_user = self.without_user[i].load(Ordering::SeqCst);
+                let client = self.client_of(i).await?;
+                let result = self
+                    .with_fresh_token(i, &client, f)
+                    .await
+                    .map_err(|e| self.reached_error(i, e));
+                if !self.now_with_user(i, without_user, &result) {
+                    return result;
+                }
                 let client = self.client_of(i).await?;
                 self.with_fresh_token(i, &client, f)
                     .await
@@ -580,8 +589,20 @@ impl Connection {
             // fail to connect.
             let (sent, unsent) = (AtomicBool::new(false), AtomicBool::new(false));
             let run = Box::pin(async {
+                let without_user = self.without_user[i].load(Ordering::SeqCst);
                 let client = self.client_of(i).await?;
                 sent.store(true, Ordering::Relaxed);
+                let result = self.with_fresh_token(i, &client, &f).await.map_err(|e| {
+                    if unreachable_cause(&e).is_some() {
+                        unsent.store(true, Ordering::Relaxed);
+                    }
+                    self.reached_error(i, e)
+                });
+                if !self.now_with_user(i, without_user, &result) {
+                    return result;
+                }
+                // Refused before it was carried out: sent again, as if for the first time.
+                let client = self.client_of(i).await?;
                 self.with_fresh_token(i, &client, &f).await.map_err(|e| {
                     if unreachable_cause(&e).is_some() {
                         unsent.store(true, Ordering::Relaxed);
@@ -800,6 +821,16 @@ impl Connection {
         if refused.is_some() {
             *refused = None;
         }
+    }
+
+    /// Whether a request to member `i`, made without the user (`without_user` before it), was
+    /// refused because etcd turned its authentication on: its client was just dropped (see
+    /// [`Connection::reached_error`]), and the request is made again at once with the
+    /// credentials rather than failed with an error that the next attempt would not get.
+    fn now_with_user<T>(&self, i: usize, without_user: bool, result: &Result<T>) -> bool {
+        without_user
+            && !self.without_user[i].load(Ordering::SeqCst)
+            && matches!(result, Err(e) if e.kind() == ErrorKind::Auth)
     }
 
     /// The error of a request to member `i` (see [`reached_error`]); a request that did not

@@ -657,14 +657,27 @@ async fn credentials_are_used_once_etcd_turns_authentication_on() {
     reg.wait_registered(DEADLINE).await.unwrap();
     let e = etcd.clone();
     blocking(move || e.enable_auth("user", "secret").unwrap()).await;
-    // The first call after may be refused (made without the user); the next ones are not.
-    eventually("a list with the credentials", || async {
-        registry
-            .list("api")
-            .await
-            .is_ok_and(|nodes| nodes.len() == 1)
-    })
-    .await;
+    // The first call after, made without the user and refused, is made again with it.
+    assert_eq!(registry.list("api").await.unwrap().len(), 1);
+    registry.close().await.unwrap();
+}
+
+/// The same, with a write as the first call after: it is made again with the credentials, and
+/// the node is registered at its first attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_refused_as_etcd_turns_authentication_on_is_made_again_with_the_credentials() {
+    let etcd = std::sync::Arc::new(etcd());
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("user", "secret"))
+        .await
+        .unwrap();
+    assert!(registry.list("api").await.unwrap().is_empty());
+    let e = etcd.clone();
+    blocking(move || e.enable_auth("user", "secret").unwrap()).await;
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(5))
+        .unwrap();
+    // Fails at once with the first attempt's error if that attempt failed.
+    reg.wait_registered(DEADLINE).await.unwrap();
     registry.close().await.unwrap();
 }
 
