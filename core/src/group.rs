@@ -788,7 +788,11 @@ impl LeaseGroup {
             }
             let silent_at = waiting_since.map(|sent| sent + answer_within);
             let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
+            // Biased: a keep-alive answer that came while a step took long (a slow delete, a
+            // check) is read before the silence and loss deadlines it beat, which are due by
+            // then too; tokio's random pick could eject a healthy member or count the lease lost.
             let failover = tokio::select! {
+                biased;
                 cmd = self.recv() => match cmd {
                     None => {
                         self.abandoned().await;
@@ -1197,6 +1201,13 @@ impl LeaseGroup {
         // more, and deleted with it, they are put back there as any key deleted is (the key
         // watch, or the next check).
         let (refused, put_at, keep_alive) = moved?;
+        // Every put refused (etcd overloaded: "too many requests"): nothing moved, and revoking
+        // `old` would delete every key. The new lease is undone and the old one kept.
+        if refused.len() == members.len() {
+            if let Some(e) = refused.values().next() {
+                return Err(e.clone());
+            }
+        }
         undo.granted = None;
         std::mem::forget(undo);
         self.set_lease(Some(id));
@@ -1307,6 +1318,7 @@ impl LeaseGroup {
         successor: Option<Arc<RegShared>>,
         within: Option<Duration>,
     ) -> Result<()> {
+        let started = Instant::now();
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
@@ -1354,8 +1366,21 @@ impl LeaseGroup {
                             tracing::debug!(error = %e, "revoking the lease failed; it will expire");
                         }
                     });
-                } else if let Err(e) = self.revoke(lease).await {
-                    tracing::debug!(error = %e, "revoking the lease failed; it will expire");
+                } else {
+                    // Within what is left of the timeout: the unregister waiting for this
+                    // answer gives up after it, and would report a key it saw deleted as not
+                    // deleted in time.
+                    let left = self.conn.timeout.saturating_sub(started.elapsed());
+                    match tokio::time::timeout(left, self.revoke(lease)).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "revoking the lease failed; it will expire")
+                        }
+                        Err(_) => tracing::debug!(
+                            lease,
+                            "revoking the lease did not finish in time; it will expire"
+                        ),
+                    }
                 }
             }
         }
