@@ -39,6 +39,9 @@
  *   - After fork(), handles created before the fork refuse every call in the child with
  *     ETCD_REGISTRY_STATUS_CLOSED (close and free do nothing there: the registrations remain
  *     the parent's, which keeps them). The child may create new handles.
+ *   - fork() from inside a callback (status, watch, _async or log) is not supported unless
+ *     the child only calls exec or _exit: the child's one thread is a copy of a library
+ *     thread, in the middle of calling your callback, which the library cannot run on.
  *
  * CALLBACKS (status callbacks of registrations, event callbacks of watches)
  *   - All are called on the one library callback thread, which is not one of your threads and
@@ -49,6 +52,14 @@
  *   - A callback may call any library function (list, register, unregister, unwatch, close …):
  *     calls from the callback thread never wait for a callback, so they cannot deadlock. It
  *     must not throw C++ exceptions or longjmp out.
+ *   - Except inside an etcd_registry_unregister or etcd_registry_close made from a callback:
+ *     the callbacks that call delivers nested (the UNREGISTERED events, see below) run while it
+ *     waits for etcd on the callback thread, and cannot make blocking calls (list, services,
+ *     watch, unregister, wait_registered, next_event with a timeout, close of a registry still
+ *     open): those fail with ETCD_REGISTRY_STATUS_INVALID_ARGUMENT. Calls that do not block
+ *     work; a close of a registry that is closed or closing returns OK at once; and
+ *     etcd_registry_free of the registry that call is on is deferred until it returns (see
+ *     etcd_registry_free).
  *   - The end of a registration: etcd_registry_unregister and etcd_registry_close emit
  *     ETCD_REGISTRY_STATUS_KIND_UNREGISTERED as the registration's last event, and it is
  *     delivered: the callback has been called with it (and is not running) when they return,
@@ -928,7 +939,8 @@ etcd_registry_status etcd_registry_active_endpoint(const struct etcd_registry *r
  * unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
  * registry is running or will be called. Idempotent: a second close, from any
  * thread, waits until the first has finished and no callback of this registry runs, then
- * returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+ * returns OK (from inside a callback it returns at once, also from one delivered nested inside
+ * that first close). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
  * handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
  * freeing a handle created by the parent does nothing: the registrations stay the parent's.
  */
@@ -940,11 +952,21 @@ etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
  * call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
  * Once it returns, no callback of this registry is running or will be called.
  *
+ * From a callback delivered nested inside an `etcd_registry_close` or
+ * `etcd_registry_unregister` of this registry made on the callback thread (e.g. the
+ * UNREGISTERED that a close made from another callback delivers), the handle is still in use
+ * by that call: free then only marks it and returns at once. The outermost such call frees it
+ * as it returns, as free does (closing it first, if an unregister was the call); until then
+ * it goes on delivering what is due, e.g. the UNREGISTERED of the other registrations. As
+ * after any free, the handle must not be used again, by the callbacks that free returns into
+ * neither.
+ *
  * Not meant to be called from an `_async` callback or the log callback (a library runtime
- * thread, where it cannot wait for etcd): there it logs an error, stops every status and
- * watch callback of the registry without delivering their UNREGISTERED (waiting for a call
- * that is running to return), and lets the close — revoking the leases — finish in the
- * background. Close the registry from another thread (or a status or watch callback) first.
+ * thread, where it cannot wait for etcd), nor for another registry from such a nested
+ * callback: there it logs an error, stops every status and watch callback of the registry
+ * without delivering their UNREGISTERED (waiting for a call that is running to return), and
+ * lets the close — revoking the leases — finish in the background. Close the registry from
+ * another thread (or a status or watch callback) first.
  */
 void etcd_registry_free(struct etcd_registry *registry);
 

@@ -1,10 +1,14 @@
 //! `etcd_registry`: the registry handle, its connection and close, and the lookup of the
 //! registrations and watches made through it (see `registration.rs`, `watch.rs`, `events.rs`).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
+use std::future::Future;
+use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use registry::{runtime, EventStream, Handler, Registration, Registry, Route, Watch};
@@ -144,21 +148,107 @@ pub(crate) unsafe fn handle<'a>(registry: *const etcd_registry) -> FfiResult<&'a
 
 /// Blocking calls wait on the library's runtime; on one of its own threads (from the log
 /// callback or an `_async` call's callback) that would stall it, so they are refused before
-/// anything changes.
+/// anything changes. The callback thread is inside the runtime too while an unregister or close
+/// made from a callback waits for etcd: the callbacks that wait delivers nested (the
+/// UNREGISTERED events) are refused as well, and told so.
 pub(crate) fn ensure_can_block() -> FfiResult {
-    if Handle::try_current().is_ok() {
+    if Handle::try_current().is_err() {
+        return Ok(());
+    }
+    if Handler::on_dispatcher_thread() {
         return Err(Failure::invalid(
-            "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback, or the callback of an _async call)",
+            "blocking etcd-registry calls cannot be made inside an etcd_registry_unregister or etcd_registry_close made from a callback (e.g. from the UNREGISTERED callback it delivers nested): that call is waiting for etcd on this thread",
         ));
     }
-    Ok(())
+    Err(Failure::invalid(
+        "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback, or the callback of an _async call)",
+    ))
+}
+
+thread_local! {
+    /// The handles this thread is inside an `etcd_registry_close`, `etcd_registry_unregister`
+    /// or `etcd_registry_free` of, innermost last, each with whether `etcd_registry_free` was
+    /// called on it meanwhile. Those calls deliver callbacks nested (on the callback thread),
+    /// and use the handle again once the delivery returns: a callback freeing it there must
+    /// leave the free to them.
+    static IN_CLOSING_CALL: RefCell<Vec<(*const etcd_registry, bool)>> =
+        const { RefCell::new(Vec::new()) };
+}
+
+/// This thread's entry in [`IN_CLOSING_CALL`] while a call on a handle runs; taken off when the
+/// call unwinds too (the handle is then not freed).
+struct ClosingCall;
+
+impl ClosingCall {
+    fn enter(registry: *const etcd_registry, freeing: bool) -> ClosingCall {
+        let _ = IN_CLOSING_CALL.try_with(|stack| stack.borrow_mut().push((registry, freeing)));
+        ClosingCall
+    }
+
+    /// Leaves the call; true when the handle is to be freed now: freed during the call, and
+    /// this is the outermost call on it (the others use it still).
+    fn leave(self) -> bool {
+        let free = IN_CLOSING_CALL
+            .try_with(|stack| {
+                let stack = stack.borrow();
+                let Some(((registry, freed), outer)) = stack.split_last() else {
+                    return false;
+                };
+                *freed && !outer.iter().any(|(handle, _)| handle == registry)
+            })
+            .unwrap_or(false);
+        drop(self);
+        free
+    }
+}
+
+impl Drop for ClosingCall {
+    fn drop(&mut self) {
+        let _ = IN_CLOSING_CALL.try_with(|stack| stack.borrow_mut().pop());
+    }
+}
+
+/// Runs `body`, an `etcd_registry_close` or `etcd_registry_unregister` of `registry`, during
+/// which an `etcd_registry_free` of `registry` on this thread (from a callback it delivers
+/// nested) is deferred; the outermost such call frees the handle as it returns.
+///
+/// # Safety
+/// `registry` is a live handle from `etcd_registry_connect`.
+pub(crate) unsafe fn deferring_free<T>(
+    registry: *mut etcd_registry,
+    body: impl FnOnce() -> T,
+) -> T {
+    let call = ClosingCall::enter(registry, false);
+    let result = body();
+    if call.leave() {
+        // SAFETY: live (its free was deferred to here), and no call on it is left.
+        unsafe { free_handle(registry) };
+    }
+    result
+}
+
+/// For `etcd_registry_free`: whether this thread is inside a close or unregister of `registry`
+/// (see [`deferring_free`]), which then frees it as it returns.
+fn defer_free(registry: *mut etcd_registry) -> bool {
+    IN_CLOSING_CALL
+        .try_with(|stack| {
+            let mut found = false;
+            for (handle, freed) in stack.borrow_mut().iter_mut() {
+                if *handle == registry.cast_const() {
+                    *freed = true;
+                    found = true;
+                }
+            }
+            found
+        })
+        .unwrap_or(false)
 }
 
 pub(crate) fn lock_state(state: &Mutex<HandleState>) -> MutexGuard<'_, HandleState> {
     state.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub(crate) fn block_on<F: std::future::Future>(future: F) -> FfiResult<F::Output> {
+pub(crate) fn block_on<F: Future>(future: F) -> FfiResult<F::Output> {
     runtime::block_on(future).map_err(Failure::from)
 }
 
@@ -517,8 +607,9 @@ pub(crate) unsafe fn call_back_with<P>(
 }
 
 /// Runs `work` on the library's runtime and hands its outcome to `deliver`, which calls the
-/// host's callback of an `_async` call: on a runtime thread, inside the panic guard, with
-/// what the host did before the call ordered before it (for ThreadSanitizer builds too).
+/// host's callback of an `_async` call exactly once: on a runtime thread, inside the panic
+/// guard, with what the host did before the call ordered before it (for ThreadSanitizer builds
+/// too). A panic in `work` (a bug) is delivered as a PANIC failure with its message.
 pub(crate) fn answer_async<T, E, F>(
     this: &etcd_registry,
     user_data: *mut c_void,
@@ -526,7 +617,7 @@ pub(crate) fn answer_async<T, E, F>(
     work: F,
     deliver: impl FnOnce(*mut c_void, Result<T, Failure>) + Send + 'static,
 ) where
-    F: std::future::Future<Output = Result<T, E>> + Send + 'static,
+    F: Future<Output = Result<T, E>> + Send + 'static,
     E: Into<Failure>,
     T: Send + 'static,
 {
@@ -534,7 +625,11 @@ pub(crate) fn answer_async<T, E, F>(
     crate::tsan::release(user_data);
     let user_data = UserData(user_data);
     this.runtime.spawn(async move {
-        let outcome = work.await.map_err(Into::into);
+        // A panic in the work would end the task without the callback, which is promised.
+        let outcome = match CatchUnwind(Box::pin(work)).await {
+            Ok(outcome) => outcome.map_err(Into::into),
+            Err(panic) => Err(panic),
+        };
         let user_data = user_data.ptr();
         crate::tsan::acquire(user_data);
         let finished = guard(|| {
@@ -546,6 +641,23 @@ pub(crate) fn answer_async<T, E, F>(
             tracing::error!("the {what} callback could not be called: {finished:?}");
         }
     });
+}
+
+/// A future that turns a panic while polling the inner one into a `PANIC` failure, as the
+/// panic guard does for an exported function's body (the `futures` crate's `catch_unwind`,
+/// which this crate does not depend on for one use).
+struct CatchUnwind<F>(Pin<Box<F>>);
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Failure>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match crate::status::caught(|| self.0.as_mut().poll(cx)) {
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Ok(Poll::Pending) => Poll::Pending,
+            Err(payload) => Poll::Ready(Err(Failure::panic(payload.as_ref()))),
+        }
+    }
 }
 
 /// The names of the services under the base path that have at least one node, sorted
@@ -657,7 +769,8 @@ pub unsafe extern "C" fn etcd_registry_active_endpoint(
 /// unreachable: a warning is logged and the keys expire with their leases); once it returns, no callback of this
 /// registry is running or will be called. Idempotent: a second close, from any
 /// thread, waits until the first has finished and no callback of this registry runs, then
-/// returns OK (from inside a callback it returns at once). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
+/// returns OK (from inside a callback it returns at once, also from one delivered nested inside
+/// that first close). Every other call on a closed registry returns CLOSED. Allowed from inside a callback. The
 /// handle stays valid until `etcd_registry_free`. In a child process after fork(), closing or
 /// freeing a handle created by the parent does nothing: the registrations stay the parent's.
 #[no_mangle]
@@ -670,8 +783,14 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
             // parent's (its locks included) may be touched. Every call already refuses.
             return Ok(());
         }
+        // A second close on the callback thread returns at once (see close_and_wait), also
+        // inside an unregister or close made from a callback, where it could not block.
+        if Handler::on_dispatcher_thread() && this.lock().closed {
+            return Ok(());
+        }
         ensure_can_block()?;
-        this.close_and_wait()
+        // SAFETY: caller's contract.
+        unsafe { deferring_free(registry, || this.close_and_wait()) }
     })
 }
 
@@ -680,29 +799,111 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
 /// call on it (e.g. `etcd_registry_next_event` — close first, which makes such calls return).
 /// Once it returns, no callback of this registry is running or will be called.
 ///
+/// From a callback delivered nested inside an `etcd_registry_close` or
+/// `etcd_registry_unregister` of this registry made on the callback thread (e.g. the
+/// UNREGISTERED that a close made from another callback delivers), the handle is still in use
+/// by that call: free then only marks it and returns at once. The outermost such call frees it
+/// as it returns, as free does (closing it first, if an unregister was the call); until then
+/// it goes on delivering what is due, e.g. the UNREGISTERED of the other registrations. As
+/// after any free, the handle must not be used again, by the callbacks that free returns into
+/// neither.
+///
 /// Not meant to be called from an `_async` callback or the log callback (a library runtime
-/// thread, where it cannot wait for etcd): there it logs an error, stops every status and
-/// watch callback of the registry without delivering their UNREGISTERED (waiting for a call
-/// that is running to return), and lets the close — revoking the leases — finish in the
-/// background. Close the registry from another thread (or a status or watch callback) first.
+/// thread, where it cannot wait for etcd), nor for another registry from such a nested
+/// callback: there it logs an error, stops every status and watch callback of the registry
+/// without delivering their UNREGISTERED (waiting for a call that is running to return), and
+/// lets the close — revoking the leases — finish in the background. Close the registry from
+/// another thread (or a status or watch callback) first.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
     if registry.is_null() {
         return;
     }
     guard_value((), || {
-        // SAFETY: a handle from etcd_registry_connect, freed once (caller's contract).
-        let this = unsafe { Box::from_raw(registry) };
-        if this.forked() {
-            // Leaked, not dropped: dropping would touch the parent's tasks and locks.
-            std::mem::forget(this);
+        if defer_free(registry) {
             return;
         }
-        if ensure_can_block().is_ok() {
-            let _ = this.close_and_wait();
-        } else {
-            this.free_on_runtime_thread();
-        }
-        drop(this);
+        // SAFETY: a handle from etcd_registry_connect, freed once (caller's contract).
+        unsafe { free_handle(registry) };
     });
+}
+
+/// The free itself: closes the registry, if it is still open, and drops the handle.
+///
+/// # Safety
+/// `registry` is a live handle from `etcd_registry_connect`, used by nothing else from now on.
+unsafe fn free_handle(registry: *mut etcd_registry) {
+    // SAFETY: per this function's contract.
+    let this = unsafe { Box::from_raw(registry) };
+    if this.forked() {
+        // Leaked, not dropped: dropping would touch the parent's tasks and locks.
+        std::mem::forget(this);
+        return;
+    }
+    // A free called again by a callback that this close delivers nested is this one.
+    let call = ClosingCall::enter(registry, true);
+    if ensure_can_block().is_ok() {
+        let _ = this.close_and_wait();
+    } else {
+        this.free_on_runtime_thread();
+    }
+    drop(call);
+    drop(this);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        etcd_registry_config_free, etcd_registry_config_new, etcd_registry_config_set_endpoints,
+    };
+
+    async fn panicking_work() -> Result<(), Failure> {
+        panic!("boom in the work of an _async call")
+    }
+
+    /// An `_async` callback is promised exactly once: a panic in the work (a bug) reaches it as
+    /// PANIC with the panic's message, instead of ending the task without a call.
+    #[test]
+    fn a_panic_in_async_work_is_delivered_as_panic() {
+        let mut registry = std::ptr::null_mut();
+        // SAFETY: valid pointers; the endpoint is never dialled (nothing here reaches etcd).
+        unsafe {
+            let mut config = std::ptr::null_mut();
+            assert_eq!(
+                etcd_registry_config_new(&mut config),
+                etcd_registry_status::Ok
+            );
+            let s = etcd_registry_config_set_endpoints(config, c"127.0.0.1:9".as_ptr());
+            assert_eq!(s, etcd_registry_status::Ok);
+            assert_eq!(
+                etcd_registry_connect(config, &mut registry),
+                etcd_registry_status::Ok
+            );
+            etcd_registry_config_free(config);
+        }
+        // SAFETY: the handle just made.
+        let this = unsafe { handle(registry) }.unwrap();
+        let (sent, received) = std::sync::mpsc::channel();
+        answer_async(
+            this,
+            std::ptr::null_mut(),
+            "test",
+            panicking_work(),
+            move |_, outcome| {
+                let _ = sent.send(outcome.map_err(|f| (f.status, f.message)));
+            },
+        );
+        let outcome = received
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the callback was not called");
+        let (status, message) = outcome.expect_err("the work panicked");
+        assert_eq!(status, etcd_registry_status::Panic);
+        assert!(message.contains("boom in the work"), "{message}");
+        // SAFETY: the handle, no longer used.
+        unsafe {
+            assert_eq!(etcd_registry_close(registry), etcd_registry_status::Ok);
+            etcd_registry_free(registry);
+        }
+    }
 }

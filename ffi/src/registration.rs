@@ -7,8 +7,8 @@ use registry::{Info, InfoBytes, RegistrationState};
 
 use crate::events::etcd_registry_status_callback;
 use crate::handle::{
-    answer_async, block_on, duration_ms, ensure_can_block, etcd_registry, handle, out, write_out,
-    RegEntry,
+    answer_async, block_on, deferring_free, duration_ms, ensure_can_block, etcd_registry, handle,
+    out, write_out, RegEntry,
 };
 use crate::info::{etcd_registry_info_entry, read_entries, ETCD_REGISTRY_NO_INFO};
 use crate::status::{etcd_registry_status, guard, Failure, FfiResult};
@@ -267,8 +267,15 @@ pub unsafe extern "C" fn etcd_registry_register_json(
     user_data: *mut c_void,
     out_registration_id: *mut u64,
 ) -> etcd_registry_status {
-    // SAFETY: caller's contract.
-    let info = match parsed(|| parse_info(unsafe { optional(info_json, "info_json") }?)) {
+    let info = match parsed(|| {
+        // The arguments before the info are checked first, as `etcd_registry_register` does:
+        // a NULL handle is NULL_POINTER whatever the JSON.
+        // SAFETY: caller's contract for every pointer.
+        unsafe { handle(registry) }?;
+        unsafe { required(service, "service") }?;
+        unsafe { required(node, "node") }?;
+        parse_info(unsafe { optional(info_json, "info_json") }?)
+    }) {
         Ok(info) => info,
         Err(status) => return status,
     };
@@ -337,7 +344,9 @@ pub unsafe extern "C" fn etcd_registry_update_json(
     info_json: *const c_char,
 ) -> etcd_registry_status {
     let info = match parsed(|| {
-        // SAFETY: caller's contract.
+        // The handle first, as `etcd_registry_update` checks it: NULL_POINTER whatever the JSON.
+        // SAFETY: caller's contract for every pointer.
+        unsafe { handle(registry) }?;
         parse_info(Some(unsafe { required(info_json, "info_json") }?))?.ok_or_else(|| {
             Failure::invalid(
                 "info_json must be a JSON object of strings (\"null\", no info, is for registering)",
@@ -384,12 +393,21 @@ pub unsafe extern "C" fn etcd_registry_unregister(
         let this = unsafe { handle(registry) }?;
         ensure_can_block()?;
         let entry = this.open()?.take_to_unregister(registration_id)?;
-        // The core emits UNREGISTERED, and has delivered it to the handler when this returns.
-        let result = block_on(entry.registration.unregister());
-        if let Some((_, user_data)) = &entry.handler {
-            crate::tsan::acquire(user_data.0);
-        }
-        this.lock().unregistering.remove(&registration_id);
+        // The handle is used after the wait, in which a callback may free it; the entry is
+        // dropped before that free.
+        // SAFETY: caller's contract.
+        let result = unsafe {
+            deferring_free(registry, move || {
+                // The core emits UNREGISTERED, and has delivered it to the handler when this
+                // returns.
+                let result = block_on(entry.registration.unregister());
+                if let Some((_, user_data)) = &entry.handler {
+                    crate::tsan::acquire(user_data.0);
+                }
+                this.lock().unregistering.remove(&registration_id);
+                result
+            })
+        };
         result??;
         Ok(())
     })

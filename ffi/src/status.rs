@@ -136,6 +136,17 @@ impl Failure {
     pub(crate) fn closed() -> Self {
         Failure::new(etcd_registry_status::Closed, "the registry is closed")
     }
+
+    /// A panic caught inside the library (a bug), with the panic's message.
+    pub(crate) fn panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        Failure::new(
+            etcd_registry_status::Panic,
+            format!(
+                "internal panic (a bug in etcd-registry): {}",
+                panic_message(payload)
+            ),
+        )
+    }
 }
 
 impl From<Error> for Failure {
@@ -206,8 +217,9 @@ fn install_panic_hook() {
     });
 }
 
-/// Runs an exported function's body, catching a panic, which is logged after it is caught.
-fn caught<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
+/// Runs an exported function's body (or a step of the library's work for one), catching a
+/// panic, which is logged after it is caught.
+pub(crate) fn caught<T>(body: impl FnOnce() -> T) -> std::thread::Result<T> {
     install_panic_hook();
     let _ = GUARDED.try_with(|depth| depth.set(depth.get() + 1));
     let result = catch_unwind(AssertUnwindSafe(body));
@@ -245,11 +257,9 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> etcd_registry_status {
             failure.status
         }
         Err(payload) => {
-            set_last_error(&format!(
-                "internal panic (a bug in etcd-registry): {}",
-                panic_message(payload.as_ref())
-            ));
-            etcd_registry_status::Panic
+            let failure = Failure::panic(payload.as_ref());
+            set_last_error(&failure.message);
+            failure.status
         }
     }
 }

@@ -445,6 +445,10 @@ static void test_null_registry_everywhere(void) {
     etcd_registry_node_list *list = NULL;
     etcd_registry_event *event = NULL;
     CHECK_STATUS(etcd_registry_register_json(NULL, "s", "n", NULL, 1000, NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    /* The handle is checked before the info JSON, as by the entry variants. */
+    CHECK_STATUS(etcd_registry_register_json(NULL, "s", "n", "{", 1000, NULL, NULL, &id), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update_json(NULL, 1, "{"), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(etcd_registry_update_json(NULL, 1, "null"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_unregister(NULL, 1), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_update_json(NULL, 1, "{}"), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(etcd_registry_wait_registered(NULL, 1, 10), ETCD_REGISTRY_STATUS_NULL_POINTER);
@@ -531,6 +535,10 @@ static void test_register_argument_errors(void) {
 #define REG(service, node, info, ttl) etcd_registry_register_json(r, service, node, info, ttl, NULL, NULL, &id)
     CHECK_STATUS(REG(NULL, "n", NULL, 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(REG("argerr", NULL, NULL, 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    /* The names are checked before the info JSON, as by etcd_registry_register. */
+    CHECK_STATUS(REG(NULL, "n", "{", 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(REG("argerr", NULL, "{", 1000), ETCD_REGISTRY_STATUS_NULL_POINTER);
+    CHECK_STATUS(REG("arg\xff", "n", "{", 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_STATUS(etcd_registry_register_json(r, "argerr", "n", NULL, 1000, NULL, NULL, NULL), ETCD_REGISTRY_STATUS_NULL_POINTER);
     CHECK_STATUS(REG("arg\xff", "n", NULL, 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
     CHECK_STATUS(REG("argerr", "n\xc3", NULL, 1000), ETCD_REGISTRY_STATUS_INVALID_UTF8);
@@ -1634,6 +1642,100 @@ static void test_second_close_waits_for_a_callback_that_closed(void) {
     }
     free(c);
     etcd_registry_free(registry);
+}
+
+/* One callback of a registry closes it, or unregisters another registration of it, at its
+ * REGISTERED; the other frees the registry at its UNREGISTERED, which that close or unregister
+ * delivers nested, on the callback thread, while it is still using the handle. */
+typedef struct {
+    etcd_registry *registry;
+    bool by_unregister;    /* unregister `victim` instead of closing */
+    uint64_t victim;       /* the registration whose callback frees the registry */
+    atomic_int status;     /* of the close or unregister */
+    atomic_bool freed;     /* the nested callback's free returned */
+    atomic_bool done;      /* the first callback's last access to this struct */
+} nested_free;
+
+static void free_at_unregistered(const etcd_registry_status_event *e, void *user_data) {
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) return;
+    nested_free *n = user_data;
+    etcd_registry_free(n->registry);
+    atomic_store(&n->freed, true);
+}
+
+static void end_at_registered(const etcd_registry_status_event *e, void *user_data) {
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_REGISTERED) return;
+    nested_free *n = user_data;
+    atomic_store(&n->status, n->by_unregister ? etcd_registry_unregister(n->registry, n->victim)
+                                              : etcd_registry_close(n->registry));
+    atomic_store(&n->done, true);
+}
+
+static void test_free_inside_a_nested_unregistered_callback(void) {
+    for (int by_unregister = 0; by_unregister <= 1; by_unregister++) {
+        const char *service = by_unregister ? "nested-free-unregister" : "nested-free-close";
+        nested_free *n = calloc(1, sizeof *n);
+        REQUIRE(n != NULL);
+        n->registry = connect_etcd();
+        n->by_unregister = by_unregister;
+        atomic_init(&n->status, -1);
+        REQUIRE(n->registry != NULL);
+        uint64_t closer_id = 0;
+        REQUIRE_OK(etcd_registry_register_json(n->registry, service, "frees", NULL, 10000, free_at_unregistered, n, &n->victim));
+        REQUIRE_OK(etcd_registry_wait_registered(n->registry, n->victim, (uint64_t)(10000 * slow)));
+        REQUIRE_OK(etcd_registry_register_json(n->registry, service, "ends", NULL, 10000, end_at_registered, n, &closer_id));
+        /* The registry is freed by the callback: the test makes no call on it from here. */
+        REQUIRE(WAIT_FOR(atomic_load(&n->done), 20 * slow)); /* else it may still run: no free */
+        CHECK(atomic_load(&n->freed));
+        CHECK(atomic_load(&n->status) == ETCD_REGISTRY_STATUS_OK);
+        /* The free closed the registry once the outer call returned: both keys are gone. */
+        CHECK(count_nodes_fresh(service) == 0);
+        free(n);
+    }
+}
+
+/* At its UNREGISTERED, delivered nested inside a close made from another callback, closes the
+ * registry again and makes a blocking call. */
+typedef struct {
+    etcd_registry *registry;
+    atomic_int close_status, list_status;
+    char list_message[512];
+    atomic_bool done;
+} nested_calls;
+
+static void calls_at_unregistered(const etcd_registry_status_event *e, void *user_data) {
+    if (e->kind != ETCD_REGISTRY_STATUS_KIND_UNREGISTERED) return;
+    nested_calls *n = user_data;
+    atomic_store(&n->close_status, etcd_registry_close(n->registry));
+    etcd_registry_node_list *list = NULL;
+    etcd_registry_status status = etcd_registry_list(n->registry, "nested-calls", &list);
+    snprintf(n->list_message, sizeof n->list_message, "%s", etcd_registry_last_error_message());
+    if (status == ETCD_REGISTRY_STATUS_OK) etcd_registry_node_list_free(list);
+    atomic_store(&n->list_status, status);
+    atomic_store(&n->done, true);
+}
+
+static void test_nested_callbacks_cannot_block_but_may_close_again(void) {
+    nested_calls n = {.registry = connect_etcd(), .close_status = -1, .list_status = -1};
+    REQUIRE(n.registry != NULL);
+    uint64_t id = 0;
+    REQUIRE_OK(etcd_registry_register_json(n.registry, "nested-calls", "n1", NULL, 10000, calls_at_unregistered, &n, &id));
+    REQUIRE_OK(etcd_registry_wait_registered(n.registry, id, (uint64_t)(10000 * slow)));
+    closer c = {.registry = n.registry, .status = -1};
+    REQUIRE_OK(etcd_registry_register_json(n.registry, "nested-calls", "closer", NULL, 10000, close_from_callback, &c, &id));
+    REQUIRE(WAIT_FOR(atomic_load(&c.done), 10 * slow)); /* else it may still run: no free */
+    CHECK(atomic_load(&c.status) == ETCD_REGISTRY_STATUS_OK);
+    CHECK(atomic_load(&n.done));
+    /* A second close from a callback returns OK at once, as the header promises, even there. */
+    CHECK(atomic_load(&n.close_status) == ETCD_REGISTRY_STATUS_OK);
+    /* A blocking call is refused, and the message says why. */
+    CHECK(atomic_load(&n.list_status) == ETCD_REGISTRY_STATUS_INVALID_ARGUMENT);
+    if (strstr(n.list_message, "inside an etcd_registry_unregister or etcd_registry_close made from a callback") == NULL) {
+        fprintf(stderr, "    list message: %s\n", n.list_message);
+        current_failed = 1;
+    }
+    CHECK(count_nodes_fresh("nested-calls") == 0);
+    etcd_registry_free(n.registry);
 }
 
 /* Holds up the callback thread in its REGISTERED call until released (by a releaser, below). */
@@ -3195,6 +3297,8 @@ static const test_case tests[] = {
     TEST(test_waits_inside_callbacks_cannot_deadlock),
     TEST(test_close_from_inside_a_callback),
     TEST(test_second_close_waits_for_a_callback_that_closed),
+    TEST(test_free_inside_a_nested_unregistered_callback),
+    TEST(test_nested_callbacks_cannot_block_but_may_close_again),
     TEST(test_free_functions_keep_the_last_error),
     TEST(test_free_inside_an_async_callback_stops_every_callback),
     TEST(test_a_replaced_registration_ends_like_an_unregistered_one),
