@@ -2,7 +2,8 @@
 # Builds the Python distributions as they would be published, and tests the wheel the way a
 # user gets it:
 #
-#   1. maturin build --release --zig --compatibility manylinux2014: one abi3 wheel (CPython >= 3.9)
+#   1. maturin build --release --zig --compatibility manylinux2014: one abi3 wheel (CPython >= 3.9;
+#      not the free-threaded builds, which cannot load abi3 modules)
 #      linked against glibc 2.17 by zig (PyPI's ziglang), so it installs on RHEL 8, Ubuntu 20.04,
 #      Debian 11 and newer; and maturin sdist
 #   2. auditwheel show: the wheel must be manylinux_2_17 (= manylinux2014) and abi3; the sdist
@@ -97,7 +98,8 @@ elif [ "$build" = 1 ]; then
     fail "no sdist etcd_registry-$version.tar.gz in $dist"
 fi
 
-# Every CPython >= 3.9 the machine has, one per minor version (PYTHONS overrides).
+# Every CPython >= 3.9 the machine has, one per minor version (PYTHONS overrides); not the
+# free-threaded builds (3.13t …), which cannot load an abi3 module.
 find_pythons() {
     local candidates=() seen="" p v
     if [ -n "${PYTHONS:-}" ]; then
@@ -111,7 +113,7 @@ find_pythons() {
     fi
     for p in "${candidates[@]}"; do
         [ -x "$p" ] || continue
-        v="$("$p" -c 'import sys; print("%d.%d" % sys.version_info[:2]) if sys.version_info >= (3, 9) and sys.implementation.name == "cpython" else None' 2>/dev/null)" || continue
+        v="$("$p" -c 'import sys, sysconfig; print("%d.%d" % sys.version_info[:2]) if sys.version_info >= (3, 9) and sys.implementation.name == "cpython" and not sysconfig.get_config_var("Py_GIL_DISABLED") else None' 2>/dev/null)" || continue
         [ -n "$v" ] && [ "$v" != None ] || continue
         case " $seen " in *" $v "*) continue ;; esac
         seen="$seen $v"

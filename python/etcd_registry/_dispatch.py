@@ -7,7 +7,8 @@ events a watch's events are merged per node, and the oldest non-final status eve
 and counted by ``dropped_events()``), one at a time, plus the log records the native module queued (a bounded lane). Runtime threads never
 touch Python; these threads hold the GIL only while they handle an item. The callback thread
 calls ``on_status`` and ``on_event`` callbacks in order and logs through the ``etcd_registry``
-logger; an exception in a callback is logged and the next delivery goes on, and a callback may
+logger; an exception in a callback is logged (and printed through ``sys.unraisablehook`` when
+logging is not configured) and the next delivery goes on, and a callback may
 call back into the library (``unregister()``/``close()`` from a callback deliver what is queued
 before them, nested). The asyncio thread only hands results to event loops
 (``call_soon_threadsafe``), so a slow callback never holds up an ``await``.
@@ -23,6 +24,7 @@ callbacks; Python 3.12+ refuses new threads at exit anyway).
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import os
 import threading
@@ -67,13 +69,55 @@ def _sync_log_level() -> None:
 def _deliver(item: tuple) -> None:
     """One item from ``_native._take``: ``(_LOG, level, message)`` or ``(_CALL, callback, event)``."""
     if item[0] == _native._LOG:
-        logger.log(item[1], "%s", item[2])
+        # The message itself, with no arguments: error trackers (Sentry and the like) group
+        # records by ``msg``, which a "%s" would make the same for every record.
+        logger.log(item[1], item[2])
         return
     callback, event = item[1], item[2]
     try:
-        callback(event)
-    except BaseException:  # noqa: BLE001 - a callback must never stop deliveries
-        logger.exception("etcd_registry callback %r raised on %r", callback, event)
+        result = callback(event)
+    except BaseException as exc:  # noqa: BLE001 - a callback must never stop deliveries
+        _report(callback, exc, "etcd_registry callback %r raised on %r", callback, event)
+        return
+    if result is not None and inspect.isawaitable(result):
+        # `async def` callbacks are refused when given, but a plain one may still return an
+        # awaitable (a lambda calling a coroutine function). Nothing here can await it: close a
+        # coroutine, so that it is not reported again as "never awaited" when collected.
+        close = getattr(result, "close", None)
+        if callable(close):
+            close()
+        error = TypeError(
+            f"etcd_registry callback {callback!r} returned an awaitable "
+            f"({type(result).__name__}), which was not run: callbacks are called on the "
+            "library's own thread, where nothing awaits; to hand events to asyncio, call "
+            "loop.call_soon_threadsafe(...) from a plain function"
+        )
+        _report(callback, error, "etcd_registry callback %r returned an awaitable on %r",
+                callback, event)
+
+
+def _report(callback: object, exc: BaseException, msg: str, *args: object) -> None:
+    """Logs a callback's failure at ERROR with its traceback and, when no logging handler
+    would show the record (logging not configured: the package logger's ``NullHandler`` keeps
+    ``logging.lastResort`` from printing it), also hands it to ``sys.unraisablehook``, so that
+    it is printed to stderr by default rather than lost."""
+    logger.error(msg, *args, exc_info=exc)
+    if not _has_handler(logger):
+        _native._write_unraisable(exc, callback)
+
+
+def _has_handler(start: logging.Logger) -> bool:
+    """Whether a record of ``start`` reaches a handler other than a ``NullHandler``, up the
+    logger chain as ``logging`` walks it (levels aside: a record filtered out was the
+    application's choice)."""
+    current: Optional[logging.Logger] = start
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 def _run() -> None:

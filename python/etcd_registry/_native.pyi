@@ -29,6 +29,7 @@ __all__ = [
     "_set_log_level",
     "_stop_dispatch",
     "_take",
+    "_write_unraisable",
 ]
 
 __version__: Final[str]
@@ -191,8 +192,21 @@ class Watch:
     def close(self) -> None:
         """Stops the watch; no ``on_event`` call for it runs or starts after this returns
         (called from inside one, none starts after it). Idempotent."""
+    def close_async(self) -> Awaitable[None]:
+        """``close()`` for asyncio: stops the watch when called (not when it raises, e.g.
+        ``RuntimeError`` with no running event loop) and resolves once no ``on_event`` call for
+        it runs, waiting without blocking the event loop, so that a callback that waits for the
+        loop (``asyncio.run_coroutine_threadsafe(...).result()``) can finish, where ``close()``
+        would block the loop it waits for. ``async with`` a watch closes it this way."""
     def __enter__(self) -> Self: ...
     def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc_value: Optional[BaseException],
+        traceback: Optional[TracebackType],
+    ) -> None: ...
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
         self,
         exc_type: Optional[type[BaseException]],
         exc_value: Optional[BaseException],
@@ -277,5 +291,6 @@ class Registry:
 def _take(timeout: float) -> Optional[builtins.list[tuple[Any, ...]]]: ...
 def _complete(timeout: float) -> bool: ...
 def _dropped_events() -> int: ...
+def _write_unraisable(exc: BaseException, callback: object) -> None: ...
 def _stop_dispatch(drain: bool = False, grace: float = 0.0) -> None: ...
 def _set_log_level(level: int) -> None: ...

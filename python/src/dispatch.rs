@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pyo3::exceptions::PyBaseException;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use registry::events::Next;
@@ -367,7 +368,7 @@ pub(crate) struct Creating {
 
 impl Creating {
     /// The registration or watch `id` was made: its events go to `target`. A watch is kept
-    /// running (`watch`) until it is forgotten ([`forget_watch`], [`finish_registry`]).
+    /// running (`watch`) until it is forgotten ([`drop_watch`], [`finish_registry`]).
     pub(crate) fn done(self, id: u64, target: Target, watch: Option<Arc<registry::Watch>>) {
         let entry = Entry {
             target,
@@ -636,6 +637,16 @@ pub(crate) fn _take(py: Python<'_>, timeout: f64) -> PyResult<Option<Vec<Py<PyTu
     Ok(Some(out))
 }
 
+/// Hands `exc`, raised by `callback` (or about it), to `sys.unraisablehook`, which by default
+/// prints it with its traceback as "Exception ignored in: <callback>". For when no logging
+/// handler would show the record (see `_report` in `etcd_registry/_dispatch.py`); Python code
+/// cannot call the default hook itself (it takes only its own argument type, which `sys` does
+/// not export).
+#[pyfunction]
+pub(crate) fn _write_unraisable(exc: Bound<'_, PyBaseException>, callback: Bound<'_, PyAny>) {
+    PyErr::from_value(exc.into_any()).write_unraisable(callback.py(), Some(&callback));
+}
+
 /// How many status events were dropped, in this process, because the callback thread fell
 /// [`registry::EVENT_QUEUE_CAPACITY`] of them behind (a watch's events are merged, never dropped).
 #[pyfunction]
@@ -778,14 +789,18 @@ pub(crate) fn drop_watch(id: u64) {
     drop(forgotten);
 }
 
-/// After a watch's `close()`: no callback of it starts from now on, and returns once one that
-/// is running has returned (unless called from inside it).
-pub(crate) fn forget_watch(py: Python<'_>, id: u64) -> PyResult<()> {
-    drop_watch(id);
+/// After a watch's `close()` (which dropped it, [`drop_watch`]): returns once a callback of it
+/// that is running has returned (unless called from inside it).
+pub(crate) fn watch_returned(py: Python<'_>, id: u64) -> PyResult<()> {
     if on_callback_thread() {
         return Ok(());
     }
     wait_until(py, |state, _| !state.runs_id(id))
+}
+
+/// `watch_returned` for `close_async` (not called from inside a callback).
+pub(crate) async fn watch_finished(id: u64) {
+    until(|state| !state.runs_id(id)).await;
 }
 
 /// After a registry's `close()`: its watches' callbacks stop, and returns once every

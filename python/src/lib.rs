@@ -43,6 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(dispatch::_take, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::_complete, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::_dropped_events, m)?)?;
+    m.add_function(wrap_pyfunction!(dispatch::_write_unraisable, m)?)?;
     m.add_function(wrap_pyfunction!(dispatch::_stop_dispatch, m)?)?;
     m.add_function(wrap_pyfunction!(logging::_set_log_level, m)?)?;
     Ok(())

@@ -39,7 +39,12 @@ async fn wait_registered(reg: Registration, timeout: Option<Duration>) -> regist
 }
 
 /// One registered node, returned by `Registry.register()`.
-#[pyclass(frozen, module = "etcd_registry._native", name = "Registration")]
+#[pyclass(
+    frozen,
+    weakref,
+    module = "etcd_registry._native",
+    name = "Registration"
+)]
 pub(crate) struct PyRegistration {
     inner: ForkBound<Registration>,
 }
@@ -189,6 +194,12 @@ impl PyRegistration {
         traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
+        if !self.inner.is_home() {
+            // A forked child leaving the block (e.g. with the SystemExit of its exit): the
+            // parent's node is not the child's to unregister, and a ClosedError here would replace
+            // the exception leaving it. Quiet, as Registry.close() is there.
+            return Ok(());
+        }
         self.unregister(py)
     }
 
@@ -205,6 +216,10 @@ impl PyRegistration {
         traceback: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let _ = (exc_type, exc_value, traceback);
+        if !self.inner.is_home() {
+            // As __exit__: quiet in a forked child.
+            return asyncio::future_into_py(py, async { Ok(None::<()>) });
+        }
         self.unregister_async(py)
     }
 

@@ -18,7 +18,10 @@ use crate::types::{info_from_py, PyNode, StatusContext};
 use crate::watch::PyWatch;
 
 /// Registers service nodes in etcd and discovers them.
-#[pyclass(frozen, module = "etcd_registry._native", name = "Registry")]
+// `weakref`: a callback that needs its registry holds it weakly, as a strong reference from a
+// callback (which the callback thread keeps) would keep the registry from ever being collected
+// and closed. Registration and Watch take weak references too, for the same reason.
+#[pyclass(frozen, weakref, module = "etcd_registry._native", name = "Registry")]
 pub(crate) struct PyRegistry {
     inner: ForkBound<registry::Registry>,
     // The watches with a callback are kept running by the callback thread's state
@@ -35,12 +38,35 @@ fn callback_or_none(
 ) -> PyResult<Option<Arc<Py<PyAny>>>> {
     match callback {
         Some(cb) if cb.bind(py).is_none() => Ok(None),
+        Some(cb) if is_coroutine_function(cb.bind(py))? => Err(PyTypeError::new_err(format!(
+            "{what} must be a plain function, not a coroutine function ({}): callbacks are \
+             called on the library's own thread, where nothing would await the coroutine; to \
+             hand events to asyncio, pass a plain function that calls \
+             loop.call_soon_threadsafe(...)",
+            cb.bind(py).repr()?
+        ))),
         Some(cb) if cb.bind(py).is_callable() => Ok(Some(Arc::new(cb))),
         Some(cb) => Err(PyTypeError::new_err(format!(
             "{what} must be callable or None, not {}",
             cb.bind(py).get_type().name()?
         ))),
         None => Ok(None),
+    }
+}
+
+/// Whether calling `cb` makes a coroutine: an `async def` function or method (also through
+/// `functools.partial`, which `inspect` unwraps), or an object whose `__call__` is one. Such a
+/// callback would be called and its coroutine dropped unrun, so it is refused up front (a
+/// callback that returns an awaitable some other way is caught, and reported, when called:
+/// see `_deliver` in `etcd_registry/_dispatch.py`).
+fn is_coroutine_function(cb: &Bound<'_, PyAny>) -> PyResult<bool> {
+    let check = cb.py().import("inspect")?.getattr("iscoroutinefunction")?;
+    if check.call1((cb,))?.is_truthy()? {
+        return Ok(true);
+    }
+    match cb.get_type().getattr("__call__") {
+        Ok(call) => check.call1((call,))?.is_truthy(),
+        Err(_) => Ok(false),
     }
 }
 

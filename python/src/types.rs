@@ -1,12 +1,13 @@
 //! Value types: nodes, watch events, status events, and node info from Python.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyMapping, PyString};
+use pyo3::types::{PyDict, PyMapping, PyString, PyType};
 
-use registry::{Info, StatusEvent, WatchEvent};
+use registry::{Info, StatusEvent, WatchEvent, WatchEventKind};
 
 use crate::errors;
 
@@ -66,6 +67,10 @@ fn repr_info(info: &Info) -> String {
     format!("{{{}}}", items.join(", "))
 }
 
+/// What `__reduce__` gives pickle and `copy`: what to call to make the value again, and the
+/// arguments.
+type Reduced<'py, Args> = PyResult<(Bound<'py, PyAny>, Args)>;
+
 /// A service node: its `name` and its `info` (a new `dict[str, str]` on every access).
 #[pyclass(frozen, eq, hash, module = "etcd_registry._native", name = "Node")]
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -98,6 +103,15 @@ impl PyNode {
     #[getter]
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.info.clone().into_pyobject(py)
+    }
+
+    /// Pickling (and `copy`): made again by the constructor, from the name and the info.
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> Reduced<'py, (String, Bound<'py, PyDict>)> {
+        let node = slf.get();
+        Ok((
+            slf.get_type().into_any(),
+            (node.name.clone(), node.info(slf.py())?),
+        ))
     }
 
     fn __repr__(&self) -> String {
@@ -133,8 +147,72 @@ impl From<WatchEvent> for PyWatchEvent {
     }
 }
 
+/// The `&'static str` the core names an event kind with, for an unpickled event: one of
+/// `kinds`, which the core spelled.
+fn known_kind(what: &str, kinds: &[&'static str], kind: &str) -> PyResult<&'static str> {
+    kinds.iter().copied().find(|k| *k == kind).ok_or_else(|| {
+        PyValueError::new_err(format!("{kind:?} is not a {what} kind (one of {kinds:?})"))
+    })
+}
+
+fn watch_kinds() -> [&'static str; 4] {
+    [
+        WatchEventKind::Added,
+        WatchEventKind::Updated,
+        WatchEventKind::Removed,
+        WatchEventKind::Resynced,
+    ]
+    .map(WatchEventKind::as_str)
+}
+
+fn status_kinds() -> [&'static str; 7] {
+    let error = || registry::Error::new(registry::ErrorKind::Internal, "");
+    [
+        StatusEvent::Registered { lease_id: 0 },
+        StatusEvent::Failed { error: error() },
+        StatusEvent::KeepAliveLost { error: error() },
+        StatusEvent::Retrying {
+            attempt: 0,
+            delay: Duration::ZERO,
+            error: error(),
+        },
+        StatusEvent::Reregistered { lease_id: 0 },
+        StatusEvent::Updated { lease_id: 0 },
+        StatusEvent::Unregistered,
+    ]
+    .map(|event| event.kind_str())
+}
+
 #[pymethods]
 impl PyWatchEvent {
+    /// Unpickles an event (see `__reduce__`); events have no constructor of their own, being
+    /// the library's to make.
+    #[classmethod]
+    fn _restore(
+        _cls: &Bound<'_, PyType>,
+        kind: &str,
+        node: Option<Bound<'_, PyNode>>,
+        revision: i64,
+    ) -> PyResult<Self> {
+        Ok(PyWatchEvent {
+            kind: known_kind("watch event", &watch_kinds(), kind)?,
+            node: node.map(|node| node.get().clone()),
+            revision,
+        })
+    }
+
+    /// Pickling (and `copy`), so that an event can be handed to another process (e.g. through
+    /// a `multiprocessing.Queue`) or deep-copied.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> Reduced<'py, (&'static str, Option<PyNode>, i64)> {
+        let event = slf.get();
+        Ok((
+            slf.get_type().getattr("_restore")?,
+            (event.kind, event.node.clone(), event.revision),
+        ))
+    }
+
     fn __repr__(&self) -> String {
         let node = match &self.node {
             Some(node) => node.__repr__(),
@@ -218,8 +296,62 @@ impl PyStatusEvent {
     }
 }
 
+/// What a status event is pickled as: its fields, in the order `_restore` takes them.
+type StatusState = (
+    &'static str,
+    String,
+    String,
+    Option<u32>,
+    Option<f64>,
+    Option<Py<PyAny>>,
+    Option<i64>,
+);
+
 #[pymethods]
 impl PyStatusEvent {
+    /// Unpickles an event (see `__reduce__`), as `WatchEvent._restore`.
+    #[classmethod]
+    #[allow(clippy::too_many_arguments)]
+    fn _restore(
+        _cls: &Bound<'_, PyType>,
+        kind: &str,
+        service: String,
+        node_name: String,
+        attempt: Option<u32>,
+        delay: Option<f64>,
+        error: Option<Py<PyAny>>,
+        lease_id: Option<i64>,
+    ) -> PyResult<Self> {
+        Ok(PyStatusEvent {
+            kind: known_kind("status event", &status_kinds(), kind)?,
+            service,
+            node_name,
+            attempt,
+            delay,
+            error,
+            lease_id,
+        })
+    }
+
+    /// Pickling (and `copy`), as for `WatchEvent`; the error goes with it (the exception
+    /// classes pickle).
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> Reduced<'py, StatusState> {
+        let py = slf.py();
+        let event = slf.get();
+        Ok((
+            slf.get_type().getattr("_restore")?,
+            (
+                event.kind,
+                event.service.clone(),
+                event.node_name.clone(),
+                event.attempt,
+                event.delay,
+                event.error.as_ref().map(|e| e.clone_ref(py)),
+                event.lease_id,
+            ),
+        ))
+    }
+
     fn __repr__(&self, py: Python<'_>) -> String {
         let mut parts = vec![
             format!("kind={}", repr_str(self.kind)),

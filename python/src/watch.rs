@@ -19,7 +19,7 @@ use crate::fork::ForkBound;
 use crate::types::{PyNode, PyWatchEvent};
 
 /// A watch on one service, returned by `Registry.watch()`.
-#[pyclass(frozen, module = "etcd_registry._native", name = "Watch")]
+#[pyclass(frozen, weakref, module = "etcd_registry._native", name = "Watch")]
 pub(crate) struct PyWatch {
     inner: ForkBound<Inner>,
     /// Events go to a callback instead of the iterator.
@@ -231,17 +231,22 @@ impl PyWatch {
         Ok(&self.inner.get(py, "Watch")?.watch)
     }
 
-    /// Stops the watch without waiting for a callback of it that is running: for a watch
-    /// nobody got (its `watch_async` was cancelled).
-    fn discard(&self) {
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            if let Some(inner) = self.inner.here() {
-                inner.watch.cancel();
-                if self.has_callback {
-                    dispatch::drop_watch(inner.watch.id());
-                }
-            }
+    /// Stops the watch without waiting for a callback of it that is running (for a watch
+    /// nobody got, whose `watch_async` was cancelled; `close()` and `close_async()` wait next).
+    /// No callback of it starts from now on. The first time, for a watch with a callback, returns
+    /// its id, to wait for a callback of it that may be running.
+    fn discard(&self) -> Option<u64> {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return None;
         }
+        let inner = self.inner.here()?;
+        inner.watch.cancel();
+        if !self.has_callback {
+            return None;
+        }
+        let id = inner.watch.id();
+        dispatch::drop_watch(id);
+        Some(id)
     }
 
     /// For `watch_async`: the claim (see `asyncio::future_into_py_claimed`) that stops a watch
@@ -255,7 +260,8 @@ impl PyWatch {
                 let value = args.get_item(0)?;
                 if !args.get_item(1)?.is_truthy()? {
                     if let Ok(watch) = value.cast::<PyWatch>() {
-                        watch.get().discard();
+                        // Nobody has it, so none of its callbacks waits for its caller.
+                        let _ = watch.get().discard();
                     }
                 }
                 Ok(value.unbind())
@@ -401,15 +407,30 @@ impl PyWatch {
     /// Stops the watch; no callback runs for it after this returns (unless called from inside
     /// that callback, which then returns before the next). Idempotent.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
-        if !self.closed.swap(true, Ordering::SeqCst) {
-            if let Some(inner) = self.inner.here() {
-                inner.watch.cancel();
-                if self.has_callback {
-                    dispatch::forget_watch(py, inner.watch.id())?;
-                }
-            }
+        match self.discard() {
+            Some(id) => dispatch::watch_returned(py, id),
+            None => Ok(()),
         }
-        Ok(())
+    }
+
+    /// `close()` for asyncio: resolves once no callback of the watch runs, waiting on the
+    /// library's runtime, not in the event loop's thread, so that a running callback that waits
+    /// for the loop (`asyncio.run_coroutine_threadsafe(...).result()`) can finish; `close()`
+    /// would block the loop it waits for.
+    fn close_async<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        // Inside a callback, the callback running is the caller's: nothing to wait for, as for
+        // close().
+        let nested = dispatch::on_callback_thread();
+        asyncio::future_into_py_claimed(py, None, move |_| {
+            // Only once the awaitable is made: with no running event loop, nothing is closed.
+            let stopped = self.discard().filter(|_| !nested);
+            async move {
+                if let Some(id) = stopped {
+                    dispatch::watch_finished(id).await;
+                }
+                Ok(None::<()>)
+            }
+        })
     }
 
     fn __enter__(slf: Py<Self>) -> Py<Self> {
@@ -426,6 +447,22 @@ impl PyWatch {
     ) -> PyResult<()> {
         let _ = (exc_type, exc_value, traceback);
         self.close(py)
+    }
+
+    fn __aenter__<'py>(slf: Py<Self>, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        asyncio::future_into_py(py, async move { Ok(slf) })
+    }
+
+    #[pyo3(signature = (exc_type, exc_value, traceback))]
+    fn __aexit__<'py>(
+        &self,
+        py: Python<'py>,
+        exc_type: Option<&Bound<'_, PyType>>,
+        exc_value: Option<&Bound<'_, PyAny>>,
+        traceback: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let _ = (exc_type, exc_value, traceback);
+        self.close_async(py)
     }
 
     fn __repr__(&self) -> String {

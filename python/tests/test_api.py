@@ -4,7 +4,10 @@ errors a user meets."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
+import multiprocessing
+import pickle
 import socket
 from collections import OrderedDict
 from typing import Iterator
@@ -23,7 +26,7 @@ from etcd_registry import (
     RegistryTimeoutError,
 )
 
-from conftest import DEADLINE, Etcd, eventually
+from conftest import DEADLINE, Etcd, Recorder, eventually
 
 
 def test_register_wait_list_unregister(registry: Registry, etcd: Etcd, base_path: str) -> None:
@@ -98,6 +101,56 @@ def test_node_value_type() -> None:
     assert len({node, Node("n1", {"a": "b"})}) == 1
     assert repr(node) == "Node(name='n1', info={'a': 'b'})"
     assert Node("x").info == {}
+
+
+def test_nodes_and_events_pickle_and_copy(registry: Registry) -> None:
+    """Nodes and the events received can be pickled (e.g. sent through a
+    `multiprocessing.Queue`) and copied, shallow or deep, with every field kept."""
+    recorder = Recorder()
+    with registry.watch("api") as watch:
+        registry.register("api", "n", {"k": "v"}, on_status=recorder)
+        added = watch.next_event(timeout=DEADLINE)
+        nodes = watch.nodes()
+    assert added is not None and added.kind == "added"
+    assert nodes == [Node("n", {"k": "v"})]
+    recorder.wait_kind("registered")
+    registered = recorder.items[0]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        host, port = s.getsockname()
+    failures = Recorder()
+    with Registry([f"{host}:{port}"], timeout=1.0) as unreachable:
+        unreachable.register("api", "n", on_status=failures)
+        failures.wait_kind("failed")
+    failed = failures.items[0]
+    assert isinstance(failed.error, RegistryTimeoutError)
+
+    def watch_fields(e: etcd_registry.WatchEvent) -> tuple[object, ...]:
+        return (type(e), e.kind, e.node, e.revision)
+
+    def status_fields(e: etcd_registry.StatusEvent) -> tuple[object, ...]:
+        error = (type(e.error), str(e.error), e.error.kind) if isinstance(e.error, RegistryError) else e.error
+        return (type(e), e.kind, e.service, e.node_name, e.attempt, e.delay, error, e.lease_id)
+
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        assert pickle.loads(pickle.dumps(nodes, protocol)) == nodes
+        assert watch_fields(pickle.loads(pickle.dumps(added, protocol))) == watch_fields(added)
+        for status in (registered, failed):
+            assert status_fields(pickle.loads(pickle.dumps(status, protocol))) == status_fields(status)
+    assert copy.deepcopy(nodes) == nodes and copy.copy(nodes[0]) == nodes[0]
+    assert watch_fields(copy.deepcopy(added)) == watch_fields(copy.copy(added)) == watch_fields(added)
+    for status in (registered, failed):
+        assert status_fields(copy.deepcopy(status)) == status_fields(status)
+        assert status_fields(copy.copy(status)) == status_fields(status)
+    queue: multiprocessing.Queue[object] = multiprocessing.Queue()
+    try:
+        queue.put(added)
+        queue.put(failed)
+        assert watch_fields(queue.get(timeout=DEADLINE)) == watch_fields(added)  # type: ignore[arg-type]
+        assert status_fields(queue.get(timeout=DEADLINE)) == status_fields(failed)  # type: ignore[arg-type]
+    finally:
+        queue.close()
+        queue.join_thread()
 
 
 def test_wrong_argument_types_are_type_errors(registry: Registry) -> None:

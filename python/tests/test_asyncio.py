@@ -67,6 +67,61 @@ def test_async_for_ends_when_the_watch_is_closed(registry: Registry) -> None:
     assert run(main()) == 0
 
 
+def test_close_async_waits_for_a_callback_that_waits_for_the_loop(registry: Registry) -> None:
+    """An on_event callback that hands its events to the loop and waits for it
+    (`run_coroutine_threadsafe(...).result()`) may be running when the loop closes the watch:
+    close() would block the loop that callback waits for, for ever. close_async() waits for the
+    callback without blocking the loop, and resolves once it has returned."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        # Full: the callback's put waits for this loop to take the first item.
+        queue: asyncio.Queue[Optional[WatchEvent]] = asyncio.Queue(maxsize=1)
+        queue.put_nowait(None)
+        in_callback = threading.Event()
+
+        def on_event(event: WatchEvent) -> None:
+            in_callback.set()
+            asyncio.run_coroutine_threadsafe(queue.put(event), loop).result(DEADLINE)
+
+        watch = await registry.watch_async("api", on_event=on_event)
+        registry.register("api", "n")
+        assert await loop.run_in_executor(None, in_callback.wait, DEADLINE)
+        closing = asyncio.ensure_future(watch.close_async())
+        await asyncio.sleep(0.2)
+        assert watch.closed
+        assert not closing.done(), "close_async() resolved while the watch's callback ran"
+        assert await queue.get() is None  # room for the callback's event: it returns
+        assert await asyncio.wait_for(closing, 5) is None  # type: ignore[func-returns-value]
+        event = await asyncio.wait_for(queue.get(), 5)
+        assert event is not None and event.kind == "added"
+        await watch.close_async()  # idempotent
+
+    run(main())
+
+
+def test_async_with_a_watch_closes_it(registry: Registry) -> None:
+    async def main() -> None:
+        seen = Recorder()
+        async with await registry.watch_async("api", on_event=seen) as watch:
+            assert isinstance(watch, Watch) and not watch.closed
+            registry.register("api", "n")
+            await loop_until(lambda: seen.kinds() == ["added"])
+        assert watch.closed
+        async with await registry.watch_async("api") as iterated:
+            event = await asyncio.wait_for(iterated.__anext__(), DEADLINE)
+            assert event.kind == "added"
+        assert iterated.closed
+
+    run(main())
+
+
+async def loop_until(check: Any) -> None:
+    """Polls `check` on the loop (which stays free) until it is true."""
+    while not check():
+        await asyncio.sleep(0.02)
+
+
 def test_async_errors_are_the_same_exceptions() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -278,6 +333,11 @@ def test_unregister_async_and_close_async_without_a_running_loop_do_nothing(regi
         asyncio.run(handle.unregister_async())  # type: ignore[arg-type]
     with pytest.raises(RuntimeError):
         asyncio.run(registry.close_async())  # type: ignore[arg-type]
+    watch = registry.watch("api", on_event=lambda event: None)
+    with pytest.raises(RuntimeError):
+        asyncio.run(watch.close_async())  # type: ignore[arg-type]
+    assert not watch.closed
+    watch.close()
     # An unregistration or close begun behind the error would have reached etcd by the time
     # these round trips return.
     for _ in range(3):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import gc
+import inspect
 import logging
 import subprocess
 import threading
-from typing import Any
+import weakref
+from typing import Any, Coroutine, Optional
 
 import pytest
 
@@ -67,6 +71,98 @@ def test_a_raising_callback_is_logged_and_deliveries_go_on(
     failures = eventually("both failures to be logged", logged_failures)
     assert any("boom on registered" in str(r.exc_info[1]) for r in failures if r.exc_info)
     assert all(r.levelno == logging.ERROR for r in failures)
+
+
+def test_async_def_callbacks_are_refused_with_a_type_error(registry: Registry) -> None:
+    """Callbacks are called on the library's thread, where nothing awaits: an `async def` one
+    would only make a coroutine that never runs. Refused when given, however it is wrapped."""
+
+    async def on_change(event: Any) -> None:
+        pass
+
+    class Handler:
+        async def on_change(self, event: Any) -> None:
+            pass
+
+        async def __call__(self, event: Any) -> None:
+            pass
+
+    for callback in (on_change, functools.partial(on_change), Handler().on_change, Handler()):
+        message = "must be a plain function, not a coroutine function.*call_soon_threadsafe"
+        with pytest.raises(TypeError, match="on_status " + message):
+            registry.register("api", "n", on_status=callback)
+        with pytest.raises(TypeError, match="on_event " + message):
+            registry.watch("api", on_event=callback)
+        with pytest.raises(TypeError, match="on_event " + message):
+            registry.watch_async("api", on_event=callback)
+    assert registry.list("api") == [], "nothing was registered by the refused calls"
+
+
+def test_a_callback_returning_a_coroutine_is_reported_and_the_coroutine_closed(
+    registry: Registry, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain callback may still return a coroutine (a lambda calling an `async def`): it is
+    closed unrun (no "never awaited" warning later) and an error says why."""
+    ran: list[str] = []
+    returned: list[Coroutine[Any, Any, None]] = []
+
+    async def handle(event: StatusEvent) -> None:
+        ran.append(event.kind)
+
+    def on_status(event: StatusEvent) -> Coroutine[Any, Any, None]:
+        returned.append(handle(event))
+        return returned[-1]
+
+    caplog.set_level(logging.ERROR, logger="etcd_registry")
+    registry.register("api", "n", on_status=on_status)
+    record = eventually(
+        "the error logged",
+        lambda: next((r for r in caplog.records if "returned an awaitable" in r.getMessage()), None),
+    )
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert isinstance(record.exc_info[1], TypeError)
+    assert "call_soon_threadsafe" in str(record.exc_info[1])
+    assert inspect.getcoroutinestate(returned[0]) == inspect.CORO_CLOSED
+    assert ran == []
+
+
+@pytest.mark.parametrize("logging_configured", [False, True])
+def test_a_raising_callback_is_printed_when_logging_is_not_configured(
+    etcd: Etcd, logging_configured: bool
+) -> None:
+    """With no logging handler configured (the package logger has only its NullHandler), the
+    logged failure would be invisible: it goes to `sys.unraisablehook` too, which prints it. With
+    logging configured, only the log record is written."""
+    code = """
+import logging, sys, uuid
+import etcd_registry
+
+endpoints, configured = sys.argv[1].split(","), sys.argv[2] == "True"
+if configured:
+    logging.basicConfig(format="LOG %(levelname)s %(message)s")
+
+
+def on_status(event):
+    if event.kind == "registered":
+        raise ValueError("boom from on_status")
+
+
+base = "/unraisable-" + uuid.uuid4().hex[:8]
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as reg:
+    assert reg.register("api", "n", on_status=on_status).wait(30.0)
+# close() returned after "unregistered" was delivered, so after the raise was reported.
+print("done", flush=True)
+"""
+    result = run_python(code, etcd.env_endpoints, str(logging_configured), timeout=DEADLINE)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["done"]
+    assert "ValueError: boom from on_status" in result.stderr
+    assert ", in on_status\n" in result.stderr, "with the traceback"
+    if logging_configured:
+        assert "LOG ERROR etcd_registry callback" in result.stderr
+        assert "Exception ignored" not in result.stderr
+    else:
+        assert "Exception ignored in: <function on_status" in result.stderr
 
 
 def test_callbacks_may_call_back_into_the_library(registry: Registry) -> None:
@@ -207,7 +303,8 @@ def test_failed_then_retrying_events_carry_the_error() -> None:
     assert "retrying in" in str(retrying)
 
 
-def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> None:
+def a_retry_record(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
+    """The first record the core logs about retrying a registration to an unreachable etcd."""
     import socket
 
     with socket.socket() as s:
@@ -216,13 +313,26 @@ def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> 
     caplog.set_level(logging.DEBUG, logger="etcd_registry")
     with Registry([f"{host}:{port}"], timeout=1.0, backoff_min=0.1, backoff_max=0.2) as reg:
         reg.register("api", "n")
-        record = eventually(
+        record: logging.LogRecord = eventually(
             "a retry warning from the core",
             lambda: next((r for r in caplog.records
                           if r.name == "etcd_registry" and "retrying" in r.getMessage()), None),
         )
+    return record
+
+
+def test_library_logs_reach_python_logging(caplog: pytest.LogCaptureFixture) -> None:
+    record = a_retry_record(caplog)
     assert record.levelno in (logging.WARNING, logging.DEBUG)
     assert "attempt=" in record.getMessage()
+
+
+def test_forwarded_log_records_carry_the_message_as_msg(caplog: pytest.LogCaptureFixture) -> None:
+    """Error trackers (Sentry and the like) group records by `record.msg`: it is the message
+    itself, not one "%s" shared by every record."""
+    record = a_retry_record(caplog)
+    assert record.msg == record.getMessage()
+    assert "retrying" in record.msg and not record.args
 
 
 def test_a_blocked_callback_loses_no_watch_event_and_still_gets_the_final_one(
@@ -373,6 +483,35 @@ def test_a_registry_dropped_without_close_ends_its_registrations(
     eventually("the key gone", lambda: etcd.get_prefix(base_path) == {})
 
 
+def test_a_callback_holding_its_registry_weakly_lets_it_be_collected_and_closed(
+    etcd: Etcd, base_path: str
+) -> None:
+    """A callback keeps what it refers to alive (the callback thread holds it): one that needs
+    its registry holds a weak reference, so that the registry dropped without close() is still
+    collected and closed, its node gone from etcd."""
+    reg = Registry(etcd.endpoints, base_path=base_path)
+    registry_ref = weakref.ref(reg)
+    seen: list[tuple[str, Optional[list[str]]]] = []
+
+    def on_status(event: StatusEvent) -> None:
+        owner = registry_ref()
+        names = [n.name for n in owner.list("api")] if owner is not None and not owner.closed else None
+        seen.append((event.kind, names))
+
+    handle = reg.register("api", "n", ttl=60, on_status=on_status)
+    assert handle.wait(DEADLINE)
+    with reg.watch("api") as watch:
+        assert weakref.ref(watch)() is watch
+    assert weakref.ref(handle)() is handle
+    eventually("the registered event", lambda: seen)
+    assert seen == [("registered", ["n"])]
+    del reg, handle, watch
+    gc.collect()
+    eventually("the registry collected", lambda: registry_ref() is None)
+    eventually("the unregistered event", lambda: seen[-1:] == [("unregistered", None)])
+    eventually("the key gone", lambda: etcd.get_prefix(base_path) == {})
+
+
 def test_no_watch_callback_runs_after_close_returns(registry: Registry) -> None:
     running = threading.Event()
     release = threading.Event()
@@ -468,6 +607,49 @@ def test_close_waits_for_a_callback_whose_unregister_runs_another_nested(
         release.set()
         watched.close()
         other.close()
+
+
+def test_a_watch_closed_by_awaiting_close_async_inside_its_own_callback(etcd: Etcd) -> None:
+    """`asyncio.run(watch.close_async())` inside the watch's own callback resolves at once (the
+    callback running is the caller), as close() returns there, and no later event is delivered.
+    (A process of its own: a regression hangs its callback thread.)"""
+    code = """
+import asyncio, os, sys, threading, uuid
+import etcd_registry
+
+endpoints = sys.argv[1].split(",")
+base = "/watch-close-async-" + uuid.uuid4().hex[:8]
+calls = []
+made = threading.Event()
+returned = threading.Event()
+watches = {}
+
+
+def on_event(event):
+    calls.append(event.kind + " " + event.node.name)
+    made.wait()
+
+    async def main():
+        return await watches["w"].close_async()
+
+    calls.append("returned " + repr(asyncio.run(main())))
+    returned.set()
+
+
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as reg:
+    watches["w"] = reg.watch("api", on_event=on_event)
+    made.set()
+    assert reg.register("api", "a").wait(30.0)
+    if not returned.wait(30.0):
+        print("the callback never returned:", calls, flush=True)
+        os._exit(1)
+    assert reg.register("api", "b").wait(30.0)
+    assert [n.name for n in reg.list("api")] == ["a", "b"]
+    print(calls, watches["w"].closed, flush=True)
+"""
+    result = run_python(code, etcd.env_endpoints, timeout=DEADLINE + 30)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["['added a', 'returned None'] True"], result.stderr
 
 
 @pytest.mark.parametrize("closing", ["watch", "registry"])

@@ -279,3 +279,60 @@ reg.close()
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines() == ["child exited 0", "parent's watch works"]
     assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_leaving_a_registration_block_keeps_its_exception(etcd: Etcd) -> None:
+    """A child forked inside `with reg.register(...)` that exits with sys.exit() leaves the
+    block with SystemExit: its `__exit__` (and `__aexit__` of an `async with`) returns quietly
+    there, as Registry.close() does, rather than replacing the exception with ClosedError; and
+    the parent's node stays registered."""
+    code = """
+import asyncio, os, sys, time, uuid
+import etcd_registry
+
+endpoints, deadline = sys.argv[1].split(","), float(sys.argv[2])
+base = "/forkexit-" + uuid.uuid4().hex[:8]
+
+
+async def leave_async(handle):
+    async with handle:
+        raise KeyError("left")
+
+
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as reg:
+    with reg.register("api", "n") as handle:
+        assert handle.wait(deadline)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                asyncio.run(leave_async(handle))
+            except KeyError:
+                print("child: async with kept KeyError", flush=True)
+            except BaseException as exc:
+                print("child: async with raised", repr(exc), flush=True)
+            sys.exit(7)  # leaves `with handle` and `with reg` with SystemExit
+        end = time.monotonic() + deadline
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > end:
+                os.kill(pid, 9)
+                print("the child hung", flush=True)
+                sys.exit(1)
+            time.sleep(0.05)
+        print("child exited", os.waitstatus_to_exitcode(status), flush=True)
+        print("parent's node", handle.state, [n.name for n in reg.list("api")], flush=True)
+print("parent's node after the block", handle.state, flush=True)
+"""
+    result = run_python(code, etcd.env_endpoints, str(DEADLINE), timeout=3 * DEADLINE)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "child: async with kept KeyError",
+        "child exited 7",
+        "parent's node registered ['n']",
+        "parent's node after the block unregistered",
+    ], result.stderr
+    assert "ClosedError" not in result.stderr, result.stderr
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
