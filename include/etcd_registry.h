@@ -52,14 +52,11 @@
  *   - A callback may call any library function (list, register, unregister, unwatch, close …):
  *     calls from the callback thread never wait for a callback, so they cannot deadlock. It
  *     must not throw C++ exceptions or longjmp out.
- *   - Except inside an etcd_registry_unregister or etcd_registry_close made from a callback:
- *     the callbacks that call delivers nested (the UNREGISTERED events, see below) run while it
- *     waits for etcd on the callback thread, and cannot make blocking calls (list, services,
- *     watch, unregister, wait_registered, next_event with a timeout, close of a registry still
- *     open): those fail with ETCD_REGISTRY_STATUS_INVALID_ARGUMENT. Calls that do not block
- *     work; a close of a registry that is closed or closing returns OK at once; and
- *     etcd_registry_free of the registry that call is on is deferred until it returns (see
- *     etcd_registry_free).
+ *   - An etcd_registry_unregister or etcd_registry_close made from a callback delivers the
+ *     UNREGISTERED events it emits nested, on the callback thread, before it returns (see
+ *     below). Those callbacks may call the library too, blocking calls included; a close of
+ *     the registry being closed returns OK at once, and etcd_registry_free of the registry
+ *     that call is on is deferred until it returns (see etcd_registry_free).
  *   - The end of a registration: etcd_registry_unregister and etcd_registry_close emit
  *     ETCD_REGISTRY_STATUS_KIND_UNREGISTERED as the registration's last event, and it is
  *     delivered: the callback has been called with it (and is not running) when they return,
@@ -962,11 +959,10 @@ etcd_registry_status etcd_registry_close(struct etcd_registry *registry);
  * neither.
  *
  * Not meant to be called from an `_async` callback or the log callback (a library runtime
- * thread, where it cannot wait for etcd), nor for another registry from such a nested
- * callback: there it logs an error, stops every status and watch callback of the registry
- * without delivering their UNREGISTERED (waiting for a call that is running to return), and
- * lets the close — revoking the leases — finish in the background. Close the registry from
- * another thread (or a status or watch callback) first.
+ * thread, where it cannot wait for etcd): there it logs an error, stops every status and
+ * watch callback of the registry without delivering their UNREGISTERED (waiting for a call
+ * that is running to return), and lets the close — revoking the leases — finish in the
+ * background. Close the registry from another thread (or a status or watch callback) first.
  */
 void etcd_registry_free(struct etcd_registry *registry);
 

@@ -44,9 +44,12 @@
 //!     the count).
 //! - **The end of a registration.** `unregister()` and `close()` emit `Unregistered` as the
 //!   registration's last event, and it is delivered: to a stream it is queued before they
-//!   return; a handler has been called with it before they return (called from inside a handler
-//!   on the dispatcher thread, the remaining events are delivered nested, before the call
-//!   returns). After they return, nothing further of that registration is delivered.
+//!   return; a handler has been called with it before they return. Called from inside a
+//!   handler on the dispatcher thread (through a runtime's `block_on`), they return without
+//!   delivering it, as a handler called inside the runtime could make no blocking library call:
+//!   [`Handler::finish`], called then, delivers the remaining events nested, before it returns
+//!   (the bindings do so); otherwise the dispatcher delivers them after the running handler
+//!   returns. After that, nothing further of that registration is delivered.
 //! - **The end of a watch.** A watch has no final event: once `cancel()`, `cancel_async()`,
 //!   `unwatch` or `close()` returns, its handler is not running and will not be called again,
 //!   and its events still queued in a shared stream are dropped; its own stream
@@ -913,11 +916,18 @@ pub mod dispatcher {
         }
     }
 
-    /// [`finish`] for async callers: waits without blocking a runtime thread.
+    /// [`finish`] for async callers: waits without blocking a runtime thread. On the
+    /// dispatcher thread (an async call made from inside a handler, through a runtime's
+    /// `block_on`) it delivers nothing: a handler called there, inside the runtime, could make
+    /// no blocking library call. The caller delivers with [`Handler::finish`] once out of the
+    /// runtime, or the dispatcher loop does after the handler returns.
     pub(super) async fn finish_async(sub: &Arc<HandlerSub>, id: Option<u64>) {
         let thread_alive = lock().pid == std::process::id();
-        if !thread_alive || on_dispatcher_thread() {
+        if !thread_alive {
             finish(sub, id);
+            return;
+        }
+        if on_dispatcher_thread() {
             return;
         }
         resume(sub);

@@ -843,8 +843,8 @@ async fn finish_close(inner: &Inner, registrations: &[Arc<RegShared>], routes: &
 
 /// Delivers what the registrations' handlers still have queued (their `Unregistered` last) and
 /// ends the watches' routes; returns once no handler call of theirs runs. Waits without blocking
-/// a runtime thread; on the dispatcher thread itself (called from inside a handler) the queued
-/// events are delivered right here, nested.
+/// a runtime thread; on the dispatcher thread itself (called from inside a handler) nothing is
+/// delivered here: see `Handler::finish`.
 async fn finish_routes(registrations: &[Arc<RegShared>], watches: &[Arc<WatchRoute>]) {
     for reg in registrations {
         reg.finish_route().await;

@@ -148,17 +148,11 @@ pub(crate) unsafe fn handle<'a>(registry: *const etcd_registry) -> FfiResult<&'a
 
 /// Blocking calls wait on the library's runtime; on one of its own threads (from the log
 /// callback or an `_async` call's callback) that would stall it, so they are refused before
-/// anything changes. The callback thread is inside the runtime too while an unregister or close
-/// made from a callback waits for etcd: the callbacks that wait delivers nested (the
-/// UNREGISTERED events) are refused as well, and told so.
+/// anything changes. (The callbacks that an unregister or close made from a callback delivers
+/// nested run once it is out of the runtime: see `Handler::finish`.)
 pub(crate) fn ensure_can_block() -> FfiResult {
     if Handle::try_current().is_err() {
         return Ok(());
-    }
-    if Handler::on_dispatcher_thread() {
-        return Err(Failure::invalid(
-            "blocking etcd-registry calls cannot be made inside an etcd_registry_unregister or etcd_registry_close made from a callback (e.g. from the UNREGISTERED callback it delivers nested): that call is waiting for etcd on this thread",
-        ));
     }
     Err(Failure::invalid(
         "blocking etcd-registry calls cannot be made from a library runtime thread (the log callback, or the callback of an _async call)",
@@ -362,7 +356,9 @@ impl etcd_registry {
             for (handler, user_data, registration) in &handlers {
                 if *registration {
                     // What is still queued: UNREGISTERED of a replaced registration not forgotten
-                    // yet (the core's close delivers those of the current ones).
+                    // yet (the core's close delivers those of the current ones), and on the
+                    // callback thread every UNREGISTERED, delivered here, nested, out of the
+                    // runtime (where the callbacks may make blocking calls).
                     handler.finish();
                 }
                 handler.cancel();
@@ -809,11 +805,10 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
 /// neither.
 ///
 /// Not meant to be called from an `_async` callback or the log callback (a library runtime
-/// thread, where it cannot wait for etcd), nor for another registry from such a nested
-/// callback: there it logs an error, stops every status and watch callback of the registry
-/// without delivering their UNREGISTERED (waiting for a call that is running to return), and
-/// lets the close — revoking the leases — finish in the background. Close the registry from
-/// another thread (or a status or watch callback) first.
+/// thread, where it cannot wait for etcd): there it logs an error, stops every status and
+/// watch callback of the registry without delivering their UNREGISTERED (waiting for a call
+/// that is running to return), and lets the close — revoking the leases — finish in the
+/// background. Close the registry from another thread (or a status or watch callback) first.
 #[no_mangle]
 pub unsafe extern "C" fn etcd_registry_free(registry: *mut etcd_registry) {
     if registry.is_null() {

@@ -399,9 +399,11 @@ pub unsafe extern "C" fn etcd_registry_unregister(
         let result = unsafe {
             deferring_free(registry, move || {
                 // The core emits UNREGISTERED, and has delivered it to the handler when this
-                // returns.
+                // returns, but on the callback thread: there it is delivered here, nested, once
+                // out of the runtime, where the callback may make blocking calls.
                 let result = block_on(entry.registration.unregister());
-                if let Some((_, user_data)) = &entry.handler {
+                if let Some((handler, user_data)) = &entry.handler {
+                    handler.finish();
                     crate::tsan::acquire(user_data.0);
                 }
                 this.lock().unregistering.remove(&registration_id);
