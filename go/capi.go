@@ -329,31 +329,41 @@ func cRegistrationLeaseID(p *C.etcd_registry, id uint64) (int64, error) {
 }
 
 // cListStart starts listing a service, for cList to wait for: its answer comes even past
-// the registry's close and free, so the wait needs no hold on the registry. Where there is no
-// eventfd, it lists blocking in C, for up to the registry's timeout whatever ctx (see
-// GetServiceNodesContext), and returns the nodes with no call.
-func cListStart(p *C.etcd_registry, service string) (*asyncCall, []Node, error) {
+// the registry's close and free, so the wait needs no hold on the registry. No call and no
+// error where there is no eventfd (see cListInC).
+func cListStart(p *C.etcd_registry, service string) (*asyncCall, error) {
 	const op = "list"
 	cs, err := cStrings(op, service)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	defer freeCStrings(cs)
 	call := getCall()
 	if call == nil {
-		var list *C.etcd_registry_node_list
-		var msg *C.char
-		if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
-			return nil, nil, err
-		}
-		return nil, takeNodeList(list), nil
+		return nil, nil
 	}
 	var msg *C.char
 	if err := cResult(op, C.goer_list_async(p, cs[0], call.c, &msg), msg); err != nil {
 		putCall(call)
-		return nil, nil, err
+		return nil, err
 	}
-	return call, nil, nil
+	return call, nil
+}
+
+// cListInC lists a service blocking in C, for up to the registry's timeout.
+func cListInC(p *C.etcd_registry, service string) ([]Node, error) {
+	const op = "list"
+	cs, err := cStrings(op, service)
+	if err != nil {
+		return nil, err
+	}
+	defer freeCStrings(cs)
+	var list *C.etcd_registry_node_list
+	var msg *C.char
+	if err := cResult(op, C.goer_list(p, cs[0], &list, &msg), msg); err != nil {
+		return nil, err
+	}
+	return takeNodeList(list), nil
 }
 
 // cList waits for the list call started by cListStart. When ctx ends first, it returns

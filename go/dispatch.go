@@ -123,12 +123,28 @@ func (b *backlog[T]) pop() (T, bool) {
 // id: the event and those after it stay in the library's bounded queue meanwhile, nothing is
 // buffered here. Once no creation is under way, an unknown id belongs to a registration or watch
 // that already ended, and its event is dropped.
+//
+// An event of a watch known to have ended (endWatch) is dropped at once, creations or not: it
+// is one the dispatcher pulled just before the watch was unwatched (Close, its context, or a
+// WatchService whose context ended before it was made), and waiting for unrelated creations
+// (another WatchService listing on a slow member, up to the timeout) would hold up every event.
 type routes struct {
 	mu            sync.Mutex
-	created       sync.Cond // signalled when a creation ends
+	created       sync.Cond // signalled when a creation ends or a watch is ended
 	registrations map[uint64]*Registration
 	watches       map[uint64]*Watch
 	creating      int
+	// pulling is set while the dispatcher takes an event and routes it: from beginPull to the
+	// end of lookup, or to endPull when none came.
+	pulling bool
+	// endedWatches are the watches ended during the pull under way (nil when none). The library
+	// queues no event of a watch once unwatch has returned, and drops the queued ones: only a
+	// next_event call already under way may still return one. So a watch ended between pulls
+	// needs no entry, and the entries are forgotten when the pull ends. At most
+	// eventQueueCapacity (many watches ending while the dispatcher waits inside next_event,
+	// where there is no event descriptor): past that, an event of one is routed as one of an
+	// unknown id.
+	endedWatches map[uint64]struct{}
 }
 
 func newRoutes() *routes {
@@ -179,10 +195,39 @@ func (r *routes) removeRegistration(id uint64) {
 	r.mu.Unlock()
 }
 
-func (r *routes) removeWatch(id uint64) {
+// endWatch forgets watch id once the library has stopped it (unwatch has returned, or the
+// registry was closed), routed or not: an event of it the pull under way has taken is dropped,
+// and a lookup waiting on such an event is woken to drop it.
+func (r *routes) endWatch(id uint64) {
 	r.mu.Lock()
 	delete(r.watches, id)
+	if r.pulling && len(r.endedWatches) < eventQueueCapacity {
+		if r.endedWatches == nil {
+			r.endedWatches = map[uint64]struct{}{}
+		}
+		r.endedWatches[id] = struct{}{}
+		r.created.Broadcast()
+	}
 	r.mu.Unlock()
+}
+
+// beginPull is called by the dispatcher before each next_event call; lookup, or endPull when
+// the call gave no event, ends the pull.
+func (r *routes) beginPull() {
+	r.mu.Lock()
+	r.pulling = true
+	r.mu.Unlock()
+}
+
+func (r *routes) endPull() {
+	r.mu.Lock()
+	r.endPullLocked()
+	r.mu.Unlock()
+}
+
+func (r *routes) endPullLocked() {
+	r.pulling = false
+	r.endedWatches = nil
 }
 
 // allRegistrations is every live registration.
@@ -207,14 +252,19 @@ func (r *routes) allWatches() []*Watch {
 	return out
 }
 
-// lookup finds the registration or watch of ev, waiting for creations under way.
+// lookup finds the registration or watch of ev, waiting for creations under way unless its
+// watch is known to have ended, and ends the pull that took ev.
 func (r *routes) lookup(ev pulled) (*Registration, *Watch) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	defer r.endPullLocked()
 	for {
 		if ev.watch {
 			if w, ok := r.watches[ev.id]; ok {
 				return nil, w
+			}
+			if _, ok := r.endedWatches[ev.id]; ok {
+				return nil, nil
 			}
 		} else if g, ok := r.registrations[ev.id]; ok {
 			return g, nil
@@ -264,14 +314,18 @@ func (h *handle) dispatch() {
 	pulledSince := 0
 	for {
 		var ev pulled
+		h.routes.beginPull()
 		err := h.use("next event", func(p *cRegistry) error {
 			var err error
 			ev, err = cNextEvent(p, timeout)
 			return err
 		})
+		if err != nil {
+			h.routes.endPull()
+		}
 		switch {
 		case err == nil:
-			g, w := h.routes.lookup(ev)
+			g, w := h.routes.lookup(ev) // ends the pull
 			if g != nil {
 				g.deliver(ev.status)
 			} else if w != nil {

@@ -35,8 +35,10 @@
 // # Building
 //
 // The package finds the Rust library through pkg-config (etcd_registry-static) and links it
-// statically, so a Go program needs no LD_LIBRARY_PATH. Install the library once, then use the
-// go command as usual (cgo must be enabled: CGO_ENABLED=1, a C compiler):
+// statically, so a Go program needs no LD_LIBRARY_PATH. It requires cgo (CGO_ENABLED=1 and a C
+// compiler): without it the build fails with "undefined:
+// etcdregistry_requires_cgo_set_CGO_ENABLED_1_and_a_C_compiler". Install the library once, then
+// use the go command as usual:
 //
 //	ffi/install.sh --prefix "$HOME/.local"                # from a checkout of the repository
 //	export PKG_CONFIG_PATH="$HOME/.local/lib/pkgconfig"

@@ -212,6 +212,26 @@ func recvErr(t *testing.T, errs <-chan error) error {
 	}
 }
 
+// rangeErrs ranges over errs as a caller would, and returns the errors once the loop ends.
+func rangeErrs(t *testing.T, errs <-chan error) []error {
+	t.Helper()
+	got := make(chan []error, 1)
+	go func() {
+		var all []error
+		for err := range errs {
+			all = append(all, err)
+		}
+		got <- all
+	}()
+	select {
+	case all := <-got:
+		return all
+	case <-time.After(waitLimit):
+		t.Fatal("for err := range errChan did not end")
+		return nil
+	}
+}
+
 // waitStatus reads status events until one of kind comes, returning it.
 func waitStatus(t *testing.T, events <-chan StatusEvent, kind StatusKind) StatusEvent {
 	t.Helper()

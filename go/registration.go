@@ -66,7 +66,8 @@ type regExtra struct {
 	errBuf   []error
 	events   chan StatusEvent // made by Events (see eventsBuffer); closed after StatusUnregistered
 	finished chan struct{}    // made by a waiter; closed when the registration has ended
-	reason   error            // why it ends, set by the first of Unregister, ctx or Close
+	reason   error            // why it ends, set by the first of Unregister, ctx or Close, else by end
+	ctxEnded bool             // reason is ctx.Err(): the end was claimed when ctx ended
 	// stop is closed by end to wake a pump blocked on a reader who does not read; made by the
 	// pump the first time it finds the events channel full.
 	stop chan struct{}
@@ -116,9 +117,10 @@ func isFinalRec(rec statusRec) bool { return StatusKind(rec.kind) == StatusUnreg
 // does not answer in time; attempts go on with backoff. After the first registration, losses
 // and re-registrations are reported by Register's status events, not on errChan.
 //
-// When ctx ends, the node is unregistered (its key deleted at once) and ctx.Err() is sent on
-// errChan; if ctx has already ended when the first registration lands, done is not closed and
-// ctx.Err() is sent instead. A registration that ends otherwise sends ErrUnregistered
+// When ctx ends, the node is unregistered (its key deleted at once) and errChan is closed,
+// without a value once done was closed, as in go.lumeweb.com/etcd-registry; when ctx ends
+// before the first registration (also when that lands after ctx ended: done is then never
+// closed), ctx.Err() is sent first. A registration that ends otherwise sends ErrUnregistered
 // (UnregisterNode), ErrClosed (Close) or ErrReplaced (the same node registered again on this
 // registry). errChan is closed after that last error, so `for err := range errChan` ends
 // when the registration does.
@@ -196,7 +198,7 @@ func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, 
 		g.mu.Lock()
 		if !g.ended {
 			g.more().stopCtx = context.AfterFunc(ctx, func() {
-				if g.claimEnd(ctx.Err()) {
+				if g.claimEnd(ctx.Err(), true) {
 					_ = g.unregister()
 				}
 			})
@@ -209,7 +211,8 @@ func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, 
 
 // UnregisterNode unregisters a node this registry registered: its key is deleted at once and
 // its registration ends (ErrUnregistered on its error channel). ErrNotFound when this registry
-// holds no registration of that node. The deletion goes on if ctx ends first.
+// holds no registration of that node; one ending when called (its context just ended) is
+// waited for, as Unregister does. The deletion goes on if ctx ends first.
 func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string) error {
 	switch {
 	case !r.made():
@@ -233,7 +236,8 @@ func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string)
 		return &Error{Code: CodeNotFound, Op: unregisterLabel,
 			Message: fmt.Sprintf("node %q of service %q is not registered by this registry", name, service)}
 	}
-	return g.Unregister(ctx)
+	// Found: it had not ended when called (end forgets it first), even if it has by now.
+	return g.unregisterLive(ctx, false)
 }
 
 // Service is the service the node is registered under.
@@ -425,12 +429,14 @@ func (g *Registration) Update(info map[string]string) error {
 
 // Unregister deletes the node's key at once and ends the registration (ErrUnregistered on its
 // error channel; StatusUnregistered, the last event, is on Events when it returns). ErrNotFound
-// if it has already ended (ErrClosed after Close). If ctx ends first, Unregister returns
-// ctx.Err() and the deletion goes on. It never fails because etcd is unreachable: a warning is
-// logged, nil returned, and the key expires with its lease (or, when other nodes of the registry
-// keep that lease alive, is deleted as soon as etcd answers again). A node that never reached
-// etcd (unreachable ever since it was registered) is unregistered at once: nothing of it is in
-// etcd, and nothing of it is written afterwards.
+// if it had already ended when called (ErrClosed after Close). One already ending when called
+// (its context ended, another Unregister) is waited for, and nil returned (ErrClosed when Close
+// ended it), so Unregister right after cancelling its context does not depend on timing. If
+// ctx ends first, Unregister returns ctx.Err() and the deletion goes on. It never fails because
+// etcd is unreachable: a warning is logged, nil returned, and the key expires with its lease
+// (or, when other nodes of the registry keep that lease alive, is deleted as soon as etcd
+// answers again). A node that never reached etcd (unreachable ever since it was registered) is
+// unregistered at once: nothing of it is in etcd, and nothing of it is written afterwards.
 func (g *Registration) Unregister(ctx context.Context) error {
 	if !g.made() {
 		return notMade(unregisterLabel, "the Registration")
@@ -438,15 +444,27 @@ func (g *Registration) Unregister(ctx context.Context) error {
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	if !g.claimEnd(ErrUnregistered) {
+	return g.unregisterLive(ctx, g.hasEnded())
+}
+
+// unregisterLive is Unregister; endedBefore tells whether the registration had ended when
+// Unregister or UnregisterNode was called.
+func (g *Registration) unregisterLive(ctx context.Context, endedBefore bool) error {
+	if !g.claimEnd(ErrUnregistered, false) {
 		// Ending already (Close, its context, another Unregister) or ended.
 		select {
 		case <-g.finishedChan():
 		case <-ctx.Done():
 			return ctx.Err()
 		}
-		if g.r.h.isClosing() {
+		g.mu.Lock()
+		reason := g.x.reason // made by finishedChan, set by end
+		g.mu.Unlock()
+		switch {
+		case reason == ErrClosed || (endedBefore && g.r.h.isClosing()):
 			return closedError(unregisterLabel)
+		case !endedBefore && reason != ErrReplaced:
+			return nil // it ended as asked, its key deleted
 		}
 		return &Error{Code: CodeNotFound, Op: unregisterLabel, Message: "the registration has already ended"}
 	}
@@ -472,14 +490,16 @@ func (g *Registration) hasEnded() bool {
 	return g.ended
 }
 
-// claimEnd records why the registration ends; false if an end is already under way.
-func (g *Registration) claimEnd(reason error) bool {
+// claimEnd records why the registration ends (byCtx: its context ended); false if an end is
+// already under way.
+func (g *Registration) claimEnd(reason error, byCtx bool) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if (g.x != nil && g.x.reason != nil) || g.over {
 		return false
 	}
-	g.more().reason = reason
+	x := g.more()
+	x.reason, x.ctxEnded = reason, byCtx
 	return true
 }
 
@@ -684,7 +704,8 @@ func (g *Registration) unregister() error {
 var testHookEnding func(g *Registration)
 
 // end ends the registration: last (StatusUnregistered) is its last event, reason goes on the
-// error channel, which is then closed.
+// error channel, which is then closed; but for a context that ended after done was closed, as
+// go.lumeweb.com/etcd-registry closes errChan without a value then.
 func (g *Registration) end(reason error, last StatusEvent) {
 	h := g.r.h
 	var stopCtx func() bool
@@ -710,9 +731,14 @@ func (g *Registration) end(reason error, last StatusEvent) {
 	g.mu.Lock()
 	g.backlog.push(newStatusRec(last), isFinalRec)
 	g.over = true
-	g.pushErrLocked(reason)
+	x := g.more()
+	if x.reason == nil {
+		x.reason = reason // for an Unregister waiting for the end
+	}
+	if !x.ctxEnded || !g.registered {
+		g.pushErrLocked(reason)
+	}
 	g.errsDone = true
-	x := g.x // made by pushErrLocked
 	if x.errs != nil {
 		close(x.errs)
 	}

@@ -176,7 +176,9 @@ func finalizeRegistry(r *EtcdRegistry) {
 // unreachable: the revoke is tried within the timeout, a warning is logged when etcd could not
 // be told, and the keys expire with their lease (within the TTL). Any other use afterwards
 // returns an error matching ErrClosed. A list or services call still waiting for etcd does
-// not hold Close up: it ends on its own, with its answer or its error.
+// not hold Close up: it ends on its own, with its answer or its error. (Where no eventfd can
+// be had, not on Linux or out of descriptors, such a call waits inside C, and Close waits for
+// it to leave C, up to the registry's timeout, even once the call's context has ended.)
 func (r *EtcdRegistry) Close() error {
 	if !r.made() {
 		return notMade("close", "the EtcdRegistry")
@@ -195,30 +197,44 @@ func (r *EtcdRegistry) GetServiceNodes(service string) ([]Node, error) {
 }
 
 // GetServiceNodesContext is GetServiceNodes bounded by ctx as well as by the registry's
-// timeout: when ctx ends while etcd has not answered yet, it returns ctx.Err() at once (on
-// Linux; elsewhere the list waits in C until etcd answers or the timeout passes). A nil ctx is
-// an error matching ErrInvalidArgument. An extension: the original library has no such call.
+// timeout: when ctx ends while etcd has not answered yet, it returns ctx.Err() at once. A nil
+// ctx is an error matching ErrInvalidArgument. An extension: the original library has no such
+// call.
 func (r *EtcdRegistry) GetServiceNodesContext(ctx context.Context, service string) ([]Node, error) {
+	const op = "list"
 	if !r.made() {
-		return nil, notMade("list", "the EtcdRegistry")
+		return nil, notMade(op, "the EtcdRegistry")
 	}
 	if ctx == nil {
-		return nil, invalidArgument("list", "nil context")
+		return nil, invalidArgument(op, "nil context")
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	// Started holding the registry, waited for without: a Close meanwhile neither waits for
 	// the answer nor holds up other calls behind it.
+	h := r.h
 	var call *asyncCall
 	var nodes []Node
-	err := r.h.use("list", func(p *cRegistry) error {
+	err := h.use(op, func(p *cRegistry) error {
 		var err error
-		call, nodes, err = cListStart(p, service)
+		call, err = cListStart(p, service)
 		return err
 	})
 	if err == nil && call != nil {
 		nodes, err = cList(ctx, call)
+	} else if err == nil {
+		// No eventfd here: as in ServicesContext, the list blocks in C in a goroutine of its
+		// own when ctx can end, which holds the registry until it leaves C.
+		nodes, _, err = untilDone(ctx, func() ([]Node, error) {
+			var nodes []Node
+			err := h.use(op, func(p *cRegistry) error {
+				var err error
+				nodes, err = cListInC(p, service)
+				return err
+			})
+			return nodes, err
+		}, nil)
 	}
 	runtime.KeepAlive(r)
 	if err != nil {

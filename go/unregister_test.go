@@ -13,7 +13,7 @@ import (
 // A service that ends many registrations at once (their shared context cancelled, as at
 // shutdown) while etcd is slow does not get an OS thread per unregistration waiting for etcd:
 // they wait parked, as lists do. Once etcd answers, every key is deleted and every
-// registration ends with the context's error.
+// registration ends, its error channel closed (without a value: done was closed).
 func TestUnregistrationsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("unregistrations wait in the netpoller only on Linux (eventfd); elsewhere they block in C")
@@ -45,8 +45,8 @@ func TestUnregistrationsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 	}
 	resume()
 	for i, errs := range errChans {
-		if err := recvErr(t, errs); !errors.Is(err, context.Canceled) {
-			t.Errorf("m%d ended with %v, want context.Canceled", i, err)
+		if all := rangeErrs(t, errs); len(all) != 0 {
+			t.Errorf("m%d ended with %v, want no error", i, all)
 		}
 		if s := regs[i].State(); s != StateUnregistered {
 			t.Errorf("m%d: state %v after its end", i, s)
@@ -59,7 +59,8 @@ func TestUnregistrationsWaitingForEtcdTakeNoThreadEach(t *testing.T) {
 }
 
 // Close while unregistrations are still waiting for etcd: every registration still ends, with
-// its error channel closed after the context's error.
+// its error channel closed (without a value: its context ended after done was closed, and
+// before Close).
 func TestCloseWhileUnregistrationsWaitForEtcd(t *testing.T) {
 	h := newHarness(t)
 	r, err := New(Config{Endpoints: h.endpoints, BasePath: "/services", Timeout: 2 * time.Second})
@@ -95,16 +96,8 @@ func TestCloseWhileUnregistrationsWaitForEtcd(t *testing.T) {
 		t.Fatal("Close did not return")
 	}
 	for i, errs := range errChans {
-		if err := recvErr(t, errs); !errors.Is(err, context.Canceled) && !errors.Is(err, ErrClosed) {
-			t.Errorf("m%d ended with %v, want context.Canceled or ErrClosed", i, err)
-		}
-		select {
-		case _, ok := <-errs:
-			if ok {
-				t.Errorf("m%d: a second error", i)
-			}
-		case <-time.After(waitLimit):
-			t.Errorf("m%d: error channel not closed", i)
+		if all := rangeErrs(t, errs); len(all) != 0 {
+			t.Errorf("m%d ended with %v, want no error", i, all)
 		}
 	}
 }
@@ -140,5 +133,37 @@ func TestCancellingARegistrationThatNeverReachedEtcdEndsAtOnce(t *testing.T) {
 	nodes, err := r.GetServiceNodes(service)
 	if err != nil || len(nodes) != 1 || nodes[0].Name != "n2" {
 		t.Errorf("nodes %v (error %v), want n2 alone", nodes, err)
+	}
+}
+
+// Unregister right after cancelling the registration's context returns nil, however the
+// context's own unregistration races with it (found by review: ErrNotFound when the context
+// had claimed the end first, though the registration had not ended when Unregister was
+// called). Each of the two ways to unregister, 100 times.
+func TestUnregisterRightAfterCancellingItsContextIsNil(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	for i := range 200 {
+		ctx, cancel := context.WithCancel(context.Background())
+		g, err := r.Register(ctx, service, Node{Name: "n1"}, 10*time.Second)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		waitDone(t, g.Done(), g.Errors())
+		cancel()
+		how := "Unregister"
+		if i%2 == 0 {
+			err = g.Unregister(context.Background())
+		} else {
+			how = "UnregisterNode"
+			err = r.UnregisterNode(context.Background(), service, "n1")
+		}
+		if err != nil {
+			t.Fatalf("round %d: %s right after cancel: %v, want nil", i, how, err)
+		}
+	}
+	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
+		t.Fatalf("keys left: %v", kv)
 	}
 }

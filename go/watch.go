@@ -96,11 +96,12 @@ var testHookWatchMade func(r *EtcdRegistry)
 // caller is ended.
 func startWatch(ctx context.Context, h *handle, service string) (uint64, error) {
 	const op = "watch"
-	// Once ctx has ended: its events are dropped as those of an ended watch, once the creation
-	// has ended.
+	// Once ctx has ended: the watch, if made, is stopped, and an event of it the dispatcher has
+	// already pulled is dropped at once (endWatch), not held until every creation has ended.
 	abandoned := func(id uint64, err error) {
 		if err == nil {
 			_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, id) })
+			h.routes.endWatch(id)
 		}
 		h.routes.abortCreate()
 	}
@@ -297,7 +298,7 @@ func (w *Watch) stop(unwatch bool) {
 		// Fails only when the registry is closed (which stopped the watch) or the id is gone.
 		_ = h.use("unwatch", func(p *cRegistry) error { return cUnwatch(p, w.id) })
 	}
-	h.routes.removeWatch(w.id)
+	h.routes.endWatch(w.id)
 	close(w.finished)
 	w.mu.Lock()
 	w.closeEventsLocked()

@@ -64,7 +64,11 @@ func main() {
 		case event.Type == etcdregistry.WatchAdded && event.Node.Name == "node-2":
 			<-done2
 			unregisterNode2() // ends node-2's registration: its key is deleted at once
-			fmt.Printf("node-2 ended: %v\n", <-errChan2)
+			// Once registered, the end by its context sends nothing: errChan2 is only closed.
+			for err := range errChan2 {
+				fmt.Printf("node-2 error: %v\n", err)
+			}
+			fmt.Println("node-2 ended")
 		case event.Type == etcdregistry.WatchRemoved && event.Node.Name == "node-2":
 			live, err := watch.Nodes()
 			if err != nil {

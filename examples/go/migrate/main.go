@@ -58,7 +58,8 @@ func main() {
 		log.Fatalf("want api-server-3 (nil info), -2, -1 in that order, got %v", nodes)
 	}
 
-	// Cancelling the context unregisters the nodes; each errChan gets ctx.Err() and is closed.
+	// Cancelling the context unregisters the nodes; each errChan is closed (as with the old
+	// library, no ctx.Err() is sent once a node was registered).
 	cancel()
 	for _, errChan := range errChans {
 		for err := range errChan {
