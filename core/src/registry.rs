@@ -728,13 +728,9 @@ impl Registry {
         let (groups, watches) = {
             let mut state = self.state();
             rest.registrations = state.registrations.drain().map(|r| r.0).collect::<Vec<_>>();
-            // Replaced ones not ended yet: theirs is the same promise.
-            rest.registrations.extend(
-                state
-                    .replaced
-                    .drain(..)
-                    .filter(|r| r.state() != RegistrationState::Unregistered),
-            );
+            // Replaced ones: theirs is the same promise, also for one that has ended (its
+            // `Unregistered` emitted) but whose handler has not been called with it yet.
+            rest.registrations.extend(state.replaced.drain(..));
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),

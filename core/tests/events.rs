@@ -11,7 +11,8 @@ use common::*;
 use etcd_client::{Txn, TxnOp};
 use etcd_registry::events::Next;
 use etcd_registry::{
-    Event, EventStream, Handler, Node, Registry, Route, StatusEvent, Watch, EVENT_QUEUE_CAPACITY,
+    Event, EventStream, Handler, Node, Registration, Registry, Route, StatusEvent, Watch,
+    EVENT_QUEUE_CAPACITY,
 };
 use tokio::task::JoinHandle;
 
@@ -159,15 +160,13 @@ async fn an_unread_stream_keeps_the_newest_events_and_every_unregistered() {
     assert_eq!(unread.dropped(), count as u64);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_unregistered() {
-    let etcd = etcd();
-    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
-    // Holds up the one handler thread (every handler's calls) until `unregister` is under way,
-    // so that the replaced registration's Unregistered is still undelivered when it is called.
-    let unregistering = Arc::new(AtomicBool::new(false));
+/// Holds up the one handler thread (every handler's calls) from the returned registration's
+/// `Registered` until the returned flag is set, and 200 ms more: long enough for a call that
+/// does not wait for a handler to return first. Keep the handler and registration alive.
+async fn hold_the_handler_thread(registry: &Registry) -> (Arc<AtomicBool>, Registration, Handler) {
+    let release = Arc::new(AtomicBool::new(false));
     let busy = Arc::new(AtomicBool::new(false));
-    let (flag, running) = (unregistering.clone(), busy.clone());
+    let (flag, running) = (release.clone(), busy.clone());
     let slow = Handler::new(move |e| {
         if e.kind_str() != "registered" {
             return;
@@ -177,7 +176,6 @@ async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_
         while !flag.load(Ordering::SeqCst) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
-        // Long enough for an unregister that does not wait to return first.
         std::thread::sleep(Duration::from_millis(200));
     })
     .unwrap();
@@ -195,7 +193,19 @@ async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_
         async move { busy }
     })
     .await;
+    (release, blocker, slow)
+}
 
+/// A registration of node `a` whose events a handler records, replaced by a newer one of the
+/// same node: returns the recorded kinds, the old registration and the new one.
+async fn a_replaced_registration(
+    registry: &Registry,
+) -> (
+    Arc<Mutex<Vec<&'static str>>>,
+    Handler,
+    Registration,
+    Registration,
+) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let into = seen.clone();
     let handler = Handler::new(move |e| into.lock().unwrap().push(e.kind_str())).unwrap();
@@ -210,7 +220,17 @@ async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_
     let new = registry
         .register("api", node("a", &[]), Duration::from_secs(5))
         .unwrap();
-    unregistering.store(true, Ordering::SeqCst);
+    (seen, handler, old, new)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_unregistered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    // The replaced registration's Unregistered is still undelivered when unregister is called.
+    let (release, _blocker, _slow) = hold_the_handler_thread(&registry).await;
+    let (seen, _handler, old, new) = a_replaced_registration(&registry).await;
+    release.store(true, Ordering::SeqCst);
     old.unregister().await.unwrap();
     // Delivered before unregister returned, as for a current registration: the handler's data
     // may be freed now.
@@ -221,6 +241,29 @@ async fn unregistering_a_replaced_registration_waits_until_its_handler_has_seen_
     new.wait_registered(DEADLINE).await.unwrap();
     assert_eq!(registry.list("api").await.unwrap().len(), 2);
     registry.close().await.unwrap();
+}
+
+/// The same for a close, after the replaced registration has ended (its `Unregistered`
+/// emitted, not delivered yet): the close returns once its handler has seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_waits_until_the_handler_of_a_replaced_registration_has_seen_unregistered() {
+    let etcd = etcd();
+    let registry = Registry::connect(config(&etcd, "/ev")).await.unwrap();
+    // Held from another registry, whose handlers this close does not wait for.
+    let other = Registry::connect(config(&etcd, "/ev-other")).await.unwrap();
+    let (release, _blocker, _slow) = hold_the_handler_thread(&other).await;
+    let (seen, _handler, old, new) = a_replaced_registration(&registry).await;
+    new.wait_registered(DEADLINE).await.unwrap();
+    eventually("the replaced registration to end", || {
+        let ended = old.state() == etcd_registry::RegistrationState::Unregistered;
+        async move { ended }
+    })
+    .await;
+    release.store(true, Ordering::SeqCst);
+    registry.close().await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.last().copied(), Some("unregistered"), "{seen:?}");
+    other.close().await.unwrap();
 }
 
 /// Puts keys under `/cw/api/` from `client`, 100 in a transaction (each comes as one watch
