@@ -520,9 +520,11 @@ impl Handler {
         dispatcher::cancel(&self.inner, None);
     }
 
-    /// Delivers what is queued for the handler: returns once it has been called with every
-    /// event queued so far and is not running (on the dispatcher thread, the queued events are
-    /// delivered nested, before this returns). It goes on receiving later events.
+    /// Delivers what is queued for the handler: returns once none of its events is queued and
+    /// it is not running (on the dispatcher thread, the queued events are delivered nested,
+    /// before this returns). It goes on receiving later events; events that keep coming
+    /// faster than it handles them (a busy watch's) keep this from returning, so it is meant
+    /// for a handler whose events end, such as a registration's after its `Unregistered`.
     pub fn finish(&self) {
         dispatcher::finish(&self.inner, None);
     }

@@ -249,6 +249,9 @@ impl Watch {
     /// [`Watch::cancel_async`], which waits without blocking the runtime's thread (a handler
     /// waiting for that runtime would otherwise never return).
     pub fn cancel(&self) {
+        if self.forked() {
+            return;
+        }
         self.task.abort();
         self.registry.forget_watch(self.id);
         self.route.end();
@@ -257,6 +260,9 @@ impl Watch {
     /// [`Watch::cancel`] for async code: the same, waiting for a running call of a handler
     /// without blocking the thread.
     pub async fn cancel_async(&self) {
+        if self.forked() {
+            return;
+        }
         self.task.abort();
         self.registry.forget_watch(self.id);
         self.route.end_async().await;
@@ -265,6 +271,19 @@ impl Watch {
     /// Whether the watch has ended (cancelled, or its registry closed).
     pub fn is_finished(&self) -> bool {
         self.route.ended.load(std::sync::atomic::Ordering::SeqCst) || self.task.is_finished()
+    }
+
+    /// In a child process after fork(), a watch made before belongs to the parent: its task,
+    /// its registry and their locks are the parent's (one may have been held at the fork), so
+    /// ending it only marks it ended here; the parent's watch goes on.
+    fn forked(&self) -> bool {
+        if self.registry.in_this_process() {
+            return false;
+        }
+        self.route
+            .ended
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        true
     }
 
     pub(crate) fn abort_handle(&self) -> AbortHandle {
@@ -289,6 +308,9 @@ fn watch_event_of(event: Event) -> Option<WatchEvent> {
 /// waiting for) it does not wait for it; use [`Watch::cancel_async`] first to wait.
 impl Drop for Watch {
     fn drop(&mut self) {
+        if self.forked() {
+            return;
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             self.cancel();
             return;
