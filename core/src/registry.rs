@@ -730,7 +730,7 @@ impl Registry {
             rest.registrations = state.registrations.drain().map(|r| r.0).collect::<Vec<_>>();
             // Replaced ones: theirs is the same promise, also for one that has ended (its
             // `Unregistered` emitted) but whose handler has not been called with it yet.
-            rest.registrations.extend(state.replaced.drain(..));
+            rest.registrations.append(&mut state.replaced);
             (
                 state.groups.drain().map(|(_, g)| g).collect::<Vec<_>>(),
                 state.watches.drain().map(|(_, w)| w).collect::<Vec<_>>(),
