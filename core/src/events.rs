@@ -680,14 +680,18 @@ pub mod dispatcher {
         /// The process whose thread serves the queue (0: none yet). After fork() the child has
         /// no such thread and starts its own.
         pid: u32,
+        /// The tasks waiting in [`wait_async`] (they must not block a runtime thread), woken
+        /// with `idle`. Kept under this lock, which fork() handlers hold across the fork: a
+        /// waiter list with a lock of its own could be copied locked into the child.
+        async_waiters: Vec<std::task::Waker>,
     }
 
-    /// Woken with `idle`, for async waiters (they must not block a runtime thread).
-    static IDLE_ASYNC: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-    fn notify_idle() {
+    /// Wakes whoever waits for a handler to return.
+    fn notify_idle(state: &mut State) {
         DISPATCHER.idle.notify_all();
-        IDLE_ASYNC.notify_waiters();
+        for waker in state.async_waiters.drain(..) {
+            waker.wake();
+        }
     }
 
     static DISPATCHER: Dispatcher = Dispatcher {
@@ -695,6 +699,7 @@ pub mod dispatcher {
             ready: std::collections::VecDeque::new(),
             running: Vec::new(),
             pid: 0,
+            async_waiters: Vec::new(),
         }),
         work: Condvar::new(),
         idle: Condvar::new(),
@@ -733,6 +738,8 @@ pub mod dispatcher {
         if in_child {
             guard.ready.clear();
             guard.running.clear();
+            // The parent's tasks, of the parent's runtime: not woken, nor dropped here.
+            std::mem::forget(std::mem::take(&mut guard.async_waiters));
         }
         drop(guard);
     }
@@ -882,8 +889,9 @@ pub mod dispatcher {
                 let Some(event) = next else { break };
                 let _ = catch_unwind(AssertUnwindSafe(|| (sub.callback)(&event)));
                 drop(event);
-                lock().running.pop();
-                notify_idle();
+                let mut state = lock();
+                state.running.pop();
+                notify_idle(&mut state);
             }
             return;
         }
@@ -907,15 +915,17 @@ pub mod dispatcher {
 
     /// Waits, without blocking the thread, until `done` holds under the dispatcher's lock.
     async fn wait_async(done: impl Fn(&State) -> bool) {
-        loop {
-            let notified = IDLE_ASYNC.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if done(&lock()) {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut state = lock();
+            if done(&state) {
+                return std::task::Poll::Ready(());
             }
-            notified.await;
-        }
+            if !state.async_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                state.async_waiters.push(cx.waker().clone());
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// [`finish`] for async callers: waits without blocking a runtime thread. On the
@@ -988,7 +998,7 @@ pub mod dispatcher {
                 event
             };
             let Some(event) = event else {
-                notify_idle();
+                notify_idle(&mut state);
                 continue;
             };
             state.running.push((sub.clone(), event.id()));
@@ -1007,7 +1017,7 @@ pub mod dispatcher {
                     buffer.scheduled = false;
                 }
             }
-            notify_idle();
+            notify_idle(&mut state);
         }
     }
 }
