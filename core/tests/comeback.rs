@@ -384,10 +384,23 @@ async fn connection_attempts_while_etcd_is_down_are_bounded() {
     blocking(move || e.kill(0).unwrap()).await;
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
+    // etcd's port is free once it is dead, unless something took it meanwhile (a test beside
+    // this one, a connection's local port): try again until the deadline.
+    let bind_deadline = Instant::now() + DEADLINE;
+    let listener = loop {
+        match std::net::TcpListener::bind(("127.0.0.1", port)) {
+            Ok(listener) => break listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < bind_deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("binding etcd's port {port} while etcd is down: {e}"),
+        }
+    };
     let listener = {
         let (stop, count) = (stop.clone(), count.clone());
         std::thread::spawn(move || {
-            let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
             listener.set_nonblocking(true).unwrap();
             while !stop.load(Ordering::SeqCst) {
                 match listener.accept() {

@@ -174,6 +174,12 @@ impl Poller {
         Poller { polls, stop, task }
     }
 
+    /// How many samples a member answered so far (each one checked that no key was missing).
+    fn answered(&self) -> usize {
+        let polls = self.polls.lock().unwrap();
+        polls.samples - polls.unanswered
+    }
+
     /// The samples with keys missing since the last call.
     fn take_missing(&self) -> Vec<(u128, Vec<String>)> {
         std::mem::take(&mut self.polls.lock().unwrap().missing)
@@ -556,6 +562,7 @@ impl Scenario {
             }
         }
         let began = Instant::now();
+        let answered_before = self.poller.answered();
         let listed = loop {
             let started = Instant::now();
             if let Ok(nodes) = self.registry.list(SERVICE).await {
@@ -584,6 +591,13 @@ impl Scenario {
         );
         let watched = joined.elapsed();
         tokio::time::sleep_until(began + 2 * TTL).await;
+        // "No key missing" during the fault means something only if the poller was answered
+        // then.
+        let answered_in_fault = self.poller.answered() - answered_before;
+        assert!(
+            answered_in_fault > 0,
+            "{label}: no poll of the keys was answered during the fault"
+        );
         let e = self.etcd.clone();
         match fault {
             Fault::Pause => blocking(move || e.resume(target).expect("resume")).await,
@@ -836,6 +850,13 @@ impl Scenario {
             polls.missing.is_empty(),
             "{label}: keys missing: {:?}",
             polls.missing
+        );
+        // A healthy member answers the poller whatever the fault: most samples saw the keys.
+        assert!(
+            polls.unanswered * 10 < polls.samples,
+            "{label}: {} of {} polls of the keys unanswered",
+            polls.unanswered,
+            polls.samples
         );
         let mut interruptions = 0;
         while let Ok(event) = self.status.try_recv() {

@@ -630,17 +630,61 @@ async fn a_thousand_registrations_from_16_tasks_share_one_lease() {
     assert!(etcd.get_prefix("/s/").unwrap().is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credentials_against_a_server_without_auth_still_register() {
+/// What the library logged to a subscriber of one thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Credentials given to an etcd without authentication: the registry proceeds without them and
+/// logs a warning, once (README). The test runs on a runtime of its own thread, whose logs it
+/// captures (the other tests of this file, beside it, log to the process's subscriber).
+#[test]
+fn credentials_against_a_server_without_auth_still_register_with_one_warning() {
+    use tracing_subscriber::util::SubscriberInitExt;
     let etcd = etcd();
-    let registry = Registry::connect(config(&etcd, "/s").with_credentials("user", "secret"))
-        .await
+    let logged = Captured::default();
+    let sink = logged.clone();
+    let _logs = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("etcd_registry=warn"))
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish()
+        .set_default();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
-    let reg = registry
-        .register("api", node("n1", &[]), Duration::from_secs(5))
-        .unwrap();
-    reg.wait_registered(DEADLINE).await.unwrap();
-    assert_eq!(registry.list("api").await.unwrap().len(), 1);
+    runtime.block_on(async {
+        let registry = Registry::connect(config(&etcd, "/s").with_credentials("user", "secret"))
+            .await
+            .unwrap();
+        let reg = registry
+            .register("api", node("n1", &[]), Duration::from_secs(5))
+            .unwrap();
+        reg.wait_registered(DEADLINE).await.unwrap();
+        assert_eq!(registry.list("api").await.unwrap().len(), 1);
+        let watch = registry.watch("api").await.unwrap();
+        assert_eq!(watch.nodes().len(), 1);
+        registry.close().await.unwrap();
+    });
+    let logged = String::from_utf8_lossy(&logged.0.lock().unwrap()).into_owned();
+    assert_eq!(
+        logged
+            .matches("credentials were given but etcd has authentication disabled")
+            .count(),
+        1,
+        "logged:\n{logged}"
+    );
+    assert!(logged.contains("WARN"), "a warning: {logged}");
 }
 
 /// Credentials given while etcd's authentication is off, and etcd then turns it on: the registry

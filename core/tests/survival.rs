@@ -712,10 +712,18 @@ async fn partitions_longer_than_the_ttl_5_times_nodes_return_and_the_watcher_rep
         let dark_for = dark.elapsed();
         etcd.heal().unwrap();
         let healed = Instant::now();
-        let unregistered = tokio::time::timeout(DEADLINE, unregister)
+        // The README's shutdown rule: unregister never fails because etcd is unreachable (it
+        // was called behind the partition; the key goes with the lease).
+        tokio::time::timeout(DEADLINE, unregister)
             .await
             .expect("unregister returns")
-            .unwrap();
+            .unwrap()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "round {round}: unregister of {leaving} behind the partition failed: {:?}: {e}",
+                    e.kind()
+                )
+            });
 
         let expected: BTreeSet<String> = live.keys().cloned().collect();
         let deadline = Instant::now() + DEADLINE;
@@ -770,14 +778,10 @@ async fn partitions_longer_than_the_ttl_5_times_nodes_return_and_the_watcher_rep
         );
         assert!(live.values().all(|r| r.lease_id() == Some(new_lease)));
         eprintln!(
-            "SURVIVAL partition round {round}: dark {:.2}s (TTL {}s{}), leaving node's unregister: {}; nodes back and watcher in step {:.2}s after heal; events since partition: {}",
+            "SURVIVAL partition round {round}: dark {:.2}s (TTL {}s{}), leaving node's unregister: ok; nodes back and watcher in step {:.2}s after heal; events since partition: {}",
             dark_for.as_secs_f64(),
             ttl.as_secs(),
             if compacted { ", history compacted" } else { "" },
-            match &unregistered {
-                Ok(()) => "ok".to_string(),
-                Err(e) => format!("{:?}", e.kind()),
-            },
             back_after_heal.as_secs_f64(),
             since.len()
         );
@@ -979,10 +983,14 @@ fn child_leak_cycles() {
         );
         let started = Instant::now();
         let mut peak = baseline;
+        let mut middle = baseline;
         for i in 0..LEAK_CYCLES {
             leak_cycle(&config, LEAK_WARMUP + i).await;
             if i % 100 == 99 {
                 let now = usage();
+                if i + 1 == LEAK_CYCLES / 2 {
+                    middle = now;
+                }
                 peak.fds = peak.fds.max(now.fds);
                 peak.threads = peak.threads.max(now.threads);
                 peak.rss_kib = peak.rss_kib.max(now.rss_kib);
@@ -1011,11 +1019,20 @@ fn child_leak_cycles() {
             peak.threads,
             peak.rss_kib,
         );
-        assert!(end.fds <= baseline.fds + 2, "file descriptors leaked: {baseline:?} -> {end:?}");
-        assert!(end.threads <= baseline.threads + 1, "threads leaked: {baseline:?} -> {end:?}");
+        // The README: +0 fds, +0 threads, memory flat.
+        assert!(end.fds <= baseline.fds, "file descriptors leaked: {baseline:?} -> {end:?}");
+        assert!(end.threads <= baseline.threads, "threads leaked: {baseline:?} -> {end:?}");
+        // Memory flat: at most 2 MiB more over the second 500 cycles (a leak of 4 KiB a cycle
+        // would be twice that), and 8 MiB over the whole run (the allocator's pools grow a
+        // little in the first cycles). Measured: +0.1 MiB and +0.3 MiB.
         assert!(
-            end.rss_kib <= baseline.rss_kib + 50 * 1024,
-            "memory grew by more than 50 MiB: {baseline:?} -> {end:?}"
+            end.rss_kib <= middle.rss_kib + 2 * 1024,
+            "memory grew by more than 2 MiB over the last {} cycles: {middle:?} -> {end:?}",
+            LEAK_CYCLES / 2
+        );
+        assert!(
+            end.rss_kib <= baseline.rss_kib + 8 * 1024,
+            "memory grew by more than 8 MiB: {baseline:?} -> {end:?}"
         );
         println!("LEAK ok");
     });
@@ -1023,7 +1040,8 @@ fn child_leak_cycles() {
 
 /// Scenario 4: 1000 cycles of connect, register, unregister, close (every 10th with a watch) in
 /// one fresh process: file descriptors and threads return to their baseline (after a warm-up),
-/// memory stays within 50 MiB of it, and etcd is left with no key and no lease.
+/// memory grows by at most 2 MiB over the last 500 cycles (and 8 MiB over the whole run), and
+/// etcd is left with no key and no lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_connect_register_unregister_close_cycles_leak_nothing() {
     let _serial = serial().await;

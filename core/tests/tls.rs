@@ -253,7 +253,8 @@ async fn tls_to_a_plain_server_and_plain_to_a_tls_server_fail_clearly() {
     let tls = start(EtcdCluster::builder().tls(true));
     let f = files(&tls);
     let err = list_error(config(&plain, TlsConfig::new().with_ca_file(&f.ca))).await;
-    assert_eq!(err.kind(), ErrorKind::Tls, "{err}");
+    assert_tls_error(&err, "is this endpoint serving TLS?");
+    assert!(err.message().contains(&plain.endpoint(0)), "{err}");
     let err =
         list_error(Config::new(tls.endpoints(), "/s").with_timeout(Duration::from_secs(5))).await;
     assert!(

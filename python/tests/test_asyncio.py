@@ -88,6 +88,8 @@ def test_close_async_waits_for_a_callback_that_waits_for_the_loop(registry: Regi
         registry.register("api", "n")
         assert await loop.run_in_executor(None, in_callback.wait, DEADLINE)
         closing = asyncio.ensure_future(watch.close_async())
+        # A sleep, not a poll: it shows that close_async() does NOT resolve while the callback
+        # runs (a broken close_async() would have resolved within these 0.2 s).
         await asyncio.sleep(0.2)
         assert watch.closed
         assert not closing.done(), "close_async() resolved while the watch's callback ran"

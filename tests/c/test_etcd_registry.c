@@ -3,7 +3,7 @@
  * `etcd-harness run`, which provides:
  *   ETCD_ENDPOINTS        comma-separated client endpoints
  *   ETCD_HARNESS_CONTROL  the harness control socket
- *   ETCD_HARNESS_BIN      the harness binary (for `ctl` commands: kill, start, lease-count …)
+ *   ETCD_HARNESS_BIN      the harness binary (for `ctl` commands: kill, start, leases …)
  *
  *   test_etcd_registry [NAME_SUBSTRING...]   runs every test, or those whose name matches
  *
@@ -71,6 +71,72 @@ static long long harness(const char *fmt, ...) {
     }
     const char *value = strstr(line, "\"value\":");
     return value ? strtoll(value + 8, NULL, 10) : 0;
+}
+
+/* The whole reply of `etcd-harness ctl SOCKET <command>` (malloc'd), or NULL when the command
+ * failed. */
+static char *harness_reply(const char *command) {
+    const char *bin = getenv("ETCD_HARNESS_BIN");
+    const char *sock = getenv("ETCD_HARNESS_CONTROL");
+    if (bin == NULL || sock == NULL) return NULL;
+    char shell[1024];
+    snprintf(shell, sizeof shell, "\"%s\" ctl \"%s\" %s", bin, sock, command);
+    FILE *p = popen(shell, "r");
+    if (p == NULL) return NULL;
+    size_t len = 0, cap = 4096;
+    char *reply = malloc(cap);
+    size_t n;
+    while (reply != NULL && (n = fread(reply + len, 1, cap - len - 1, p)) > 0) {
+        len += n;
+        if (cap - len - 1 == 0) {
+            char *bigger = realloc(reply, cap * 2);
+            if (bigger == NULL) free(reply);
+            reply = bigger;
+            cap *= 2;
+        }
+    }
+    int rc = pclose(p);
+    if (reply == NULL) return NULL;
+    reply[len] = '\0';
+    if (rc != 0 || strstr(reply, "\"ok\":true") == NULL) {
+        fprintf(stderr, "    harness %s: %s\n", command, reply);
+        free(reply);
+        return NULL;
+    }
+    return reply;
+}
+
+/* 1 when etcd holds lease `lease`, 0 when it does not, -1 when asking failed. Unlike the number
+ * of leases, it does not depend on what the tests before left in the shared etcd. */
+static int etcd_has_lease(int64_t lease) {
+    char *reply = harness_reply("leases");
+    if (reply == NULL) return -1;
+    const char *c = strstr(reply, "\"value\":[");
+    int found = c == NULL ? -1 : 0;
+    for (c = c ? c + strlen("\"value\":[") : ""; *c != '\0' && *c != ']';) {
+        char *end = NULL;
+        long long id = strtoll(c, &end, 10);
+        if (end == c) {
+            c++;
+            continue;
+        }
+        if (id == lease) found = 1;
+        c = end;
+    }
+    free(reply);
+    return found;
+}
+
+/* How many keys under `prefix` etcd has attached to lease `lease`; -1 when asking failed. */
+static long etcd_lease_keys(int64_t lease, const char *prefix) {
+    char command[128];
+    snprintf(command, sizeof command, "etcdctl lease timetolive %llx --keys", (unsigned long long)lease);
+    char *reply = harness_reply(command);
+    if (reply == NULL) return -1;
+    long count = 0;
+    for (const char *c = strstr(reply, prefix); c != NULL; c = strstr(c + 1, prefix)) count++;
+    free(reply);
+    return count;
 }
 
 /* Whether etcd holds `json` under `key` (defined with the update tests below). */
@@ -2451,13 +2517,15 @@ static void test_use_after_close_and_double_close(void) {
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_watch(r, "closed", on_watch, &events, &watch));
     CHECK(WAIT_FOR(count_of(&events) >= 1, 10 * slow));
-    CHECK(harness("lease-count") == 1);
+    int64_t registered_lease = 0;
+    CHECK_OK(etcd_registry_registration_lease_id(r, id, &registered_lease));
+    CHECK(registered_lease != 0 && etcd_has_lease(registered_lease) == 1);
 
     CHECK_OK(etcd_registry_close(r));
     CHECK_OK(etcd_registry_close(r)); /* idempotent */
     /* close revoked the lease: the key is gone at once. */
     CHECK(count_nodes_fresh("closed") == 0);
-    CHECK(harness("lease-count") == 0);
+    CHECK(etcd_has_lease(registered_lease) == 0);
 
     /* After close returned, no callback of this registry runs. */
     int status_calls = count_of(&rec), watch_calls = count_of(&events);
@@ -2501,9 +2569,12 @@ static void test_free_without_close_unregisters(void) {
     REQUIRE_OK(etcd_registry_wait_registered(r, id, (uint64_t)(10000 * slow)));
     REQUIRE_OK(etcd_registry_watch(r, "freed", on_watch, &events, &watch));
     CHECK(count_nodes_fresh("freed") == 1);
+    int64_t lease = 0;
+    CHECK_OK(etcd_registry_registration_lease_id(r, id, &lease));
+    CHECK(lease != 0 && etcd_has_lease(lease) == 1);
     etcd_registry_free(r);
     CHECK(count_nodes_fresh("freed") == 0);
-    CHECK(harness("lease-count") == 0);
+    CHECK(etcd_has_lease(lease) == 0);
     recorder_destroy(&events); /* free returned: the watch callback is done */
 }
 
@@ -2586,11 +2657,12 @@ static void test_1000_registrations_from_8_threads(void) {
     CHECK(names_ok);
     etcd_registry_node_list_free(list);
     /* All 1000 keys share one lease in etcd too. */
-    CHECK(harness("lease-count") == 1);
+    CHECK(etcd_has_lease(first_lease) == 1);
+    CHECK(etcd_lease_keys(first_lease, "/ctest/crowd/") == THREADS * PER_THREAD);
 
     CHECK_OK(etcd_registry_close(r));
     CHECK(count_nodes_fresh("crowd") == 0);
-    CHECK(harness("lease-count") == 0);
+    CHECK(etcd_has_lease(first_lease) == 0);
     etcd_registry_free(r);
 }
 

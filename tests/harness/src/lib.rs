@@ -54,7 +54,6 @@ mod version;
 
 use std::fs;
 use std::io::{self, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -290,6 +289,8 @@ impl EtcdClusterBuilder {
         if !keep_dir {
             cleanup_stale_dirs();
         }
+        // Reserved for the cluster's life: a member that is down gets its ports back.
+        let ports = util::free_ports(if self.tls.is_some() { 3 * n } else { 2 * n })?;
         let suffix = unique_suffix();
         let base_dir = std::env::temp_dir().join(format!("etcd-harness-{suffix}"));
         fs::create_dir_all(&base_dir)?;
@@ -310,9 +311,10 @@ impl EtcdClusterBuilder {
             root_password: Mutex::new(None),
             keep_dir,
             tls: tls_files.clone(),
+            port_reservation: ports,
         };
 
-        let ports = util::free_ports(if self.tls.is_some() { 3 * n } else { 2 * n })?;
+        let ports = cluster.port_reservation.ports().to_vec();
         let (client_ports, rest) = ports.split_at(n);
         let (peer_ports, metrics_ports) = rest.split_at(n);
         // The peer URL each member advertises: its peer port, or the proxy in front of it.
@@ -465,6 +467,8 @@ pub struct EtcdCluster {
     root_password: Mutex<Option<String>>,
     keep_dir: bool,
     tls: Option<tls::TlsFiles>,
+    /// The members' ports, which no other cluster of this process gets while this one lives.
+    port_reservation: util::PortReservation,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -739,31 +743,58 @@ impl EtcdCluster {
     }
 
     /// Start a stopped/killed member `i` again (same data dir and ports) and
-    /// wait only until its client port accepts TCP connections — it does
-    /// *not* wait for health, so it works when the cluster has no quorum yet.
+    /// wait only until it listens on its client port — it does *not* wait for health, so it
+    /// works when the cluster has no quorum yet (etcd answers no request before it has one).
     /// Errors if the member is already running.
     pub fn start(&self, i: usize) -> io::Result<()> {
-        self.spawn_member(i)?;
-        let addr = util::resolve(&self.direct_endpoint(i))?;
-        let deadline = Instant::now() + self.start_timeout;
-        loop {
+        let port = self.member(i)?.client_port;
+        self.respawn_until(i, Instant::now() + self.start_timeout, |deadline| loop {
             self.check_alive(i)?;
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            // The member's own listening socket, not only a port that accepts connections:
+            // whoever took the port while the member was down accepts them too.
+            if self.pid(i).is_some_and(|pid| util::listens_on(pid, port)) {
                 return Ok(());
             }
             if Instant::now() >= deadline {
-                return Err(self.startup_error(i, "did not open its client port in time"));
+                return Err(self.startup_error(i, "did not serve its client port in time"));
             }
             thread::sleep(POLL);
-        }
+        })
     }
 
     /// Kill member `i` if running, start it again on the same data dir and
     /// ports, and wait until it is healthy (needs quorum).
     pub fn restart(&self, i: usize) -> io::Result<()> {
         self.kill(i)?;
-        self.spawn_member(i)?;
-        self.wait_healthy(i)
+        self.respawn_until(i, Instant::now() + self.start_timeout, |deadline| {
+            self.wait_healthy_until(i, deadline)
+        })
+    }
+
+    /// Spawn member `i`, then `wait` for it until `deadline`. While it exits because one of its
+    /// ports is taken (by whoever got it while the member was down: another process, or a
+    /// connection's local port), spawn it again, until `deadline`.
+    fn respawn_until(
+        &self,
+        i: usize,
+        deadline: Instant,
+        wait: impl Fn(Instant) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let log_path = &self.member(i)?.log_path;
+        loop {
+            let logged = fs::metadata(log_path).map_or(0, |m| m.len());
+            self.spawn_member(i)?;
+            match wait(deadline) {
+                Err(_)
+                    if Instant::now() < deadline
+                        && !self.is_running(i)
+                        && util::read_from(log_path, logged).contains("address already in use") =>
+                {
+                    thread::sleep(POLL);
+                }
+                result => return result,
+            }
+        }
     }
 
     /// Kill member `i`, delete its data directory and start it again on an empty one, then wait
@@ -782,8 +813,9 @@ impl EtcdCluster {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        self.spawn_member(i)?;
-        self.wait_healthy(i)
+        self.respawn_until(i, Instant::now() + self.start_timeout, |deadline| {
+            self.wait_healthy_until(i, deadline)
+        })
     }
 
     fn signal(&self, i: usize, sig: libc::c_int) -> io::Result<()> {

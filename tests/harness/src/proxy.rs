@@ -106,7 +106,7 @@ impl Proxy {
     }
 
     fn start_as(upstream: SocketAddr, peer: bool) -> io::Result<Proxy> {
-        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let listener = crate::util::bind_unreserved()?;
         // Listening again sets the queue's length (capped by net.core.somaxconn).
         {
             use std::os::fd::AsRawFd;

@@ -1,14 +1,16 @@
 //! Small helpers: binary lookup, process spawning, a tiny HTTP/1.0 client,
 //! base64 decoding and lenient JSON number access.
 
+use std::collections::BTreeSet;
 use std::env;
 use std::ffi::OsString;
+use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -139,15 +141,80 @@ pub(crate) fn spawn_managed(mut cmd: Command) -> io::Result<Child> {
         .map_err(|_| io::Error::other("etcd-harness spawner thread is gone"))?
 }
 
-/// Reserve `n` distinct free loopback ports (all bound at once, then released).
-pub(crate) fn free_ports(n: usize) -> io::Result<Vec<u16>> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<io::Result<Vec<_>>>()?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect()
+/// Ports given to the members of live clusters (client, peer and metrics ports). A member that is
+/// down does not hold its ports, yet it takes them again when it restarts: [`free_ports`] skips
+/// them, so a cluster started beside it (a test running in parallel in the same process) never
+/// gets them.
+static RESERVED: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+
+/// Ports reserved by [`free_ports`] for a cluster's life: released on drop.
+#[derive(Debug)]
+pub(crate) struct PortReservation(Vec<u16>);
+
+impl PortReservation {
+    pub(crate) fn ports(&self) -> &[u16] {
+        &self.0
+    }
+}
+
+impl Drop for PortReservation {
+    fn drop(&mut self) {
+        let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+        for port in &self.0 {
+            reserved.remove(port);
+        }
+    }
+}
+
+/// Reserve `n` distinct free loopback ports, none of them reserved by a live cluster (all bound at
+/// once, then released; reserved until the returned value is dropped).
+pub(crate) fn free_ports(n: usize) -> io::Result<PortReservation> {
+    free_ports_with(n, || TcpListener::bind("127.0.0.1:0"))
+}
+
+fn free_ports_with(
+    n: usize,
+    mut bind: impl FnMut() -> io::Result<TcpListener>,
+) -> io::Result<PortReservation> {
+    let mut reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    // Every listener stays bound until the end, so the kernel never hands out a port twice.
+    let mut listeners = Vec::new();
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        if listeners.len() >= n + 1000 {
+            return Err(io::Error::other(format!(
+                "no {n} free loopback ports outside the {} reserved ones",
+                reserved.len()
+            )));
+        }
+        let listener = bind()?;
+        let port = listener.local_addr()?.port();
+        if !reserved.contains(&port) {
+            ports.push(port);
+        }
+        listeners.push(listener);
+    }
+    reserved.extend(ports.iter().copied());
+    Ok(PortReservation(ports))
+}
+
+/// A listener on a free loopback port that no live cluster's member may take again (see
+/// [`free_ports`]), for a proxy.
+pub(crate) fn bind_unreserved() -> io::Result<TcpListener> {
+    let reserved = RESERVED.lock().unwrap_or_else(|e| e.into_inner());
+    let mut rejected = Vec::new();
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        if !reserved.contains(&listener.local_addr()?.port()) {
+            return Ok(listener);
+        }
+        if rejected.len() >= 1000 {
+            return Err(io::Error::other(
+                "no free loopback port outside the reserved ones",
+            ));
+        }
+        rejected.push(listener);
+    }
 }
 
 pub(crate) fn resolve(addr: &str) -> io::Result<SocketAddr> {
@@ -289,6 +356,53 @@ pub(crate) fn tail(path: &Path, n: usize) -> String {
     }
 }
 
+/// What `path` holds from byte `offset` on (lossily decoded; empty if unreadable).
+pub(crate) fn read_from(path: &Path, offset: u64) -> String {
+    use std::io::Seek;
+    let mut text = Vec::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        if f.seek(io::SeekFrom::Start(offset)).is_ok() {
+            let _ = f.read_to_end(&mut text);
+        }
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Whether process `pid` has a socket listening on TCP `port` (IPv4 or IPv6), from
+/// `/proc/net/tcp*` and the process's file descriptors.
+pub(crate) fn listens_on(pid: u32, port: u16) -> bool {
+    let port = format!("{port:04X}");
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN; the inode is the 10th field.
+            if fields.len() > 9
+                && fields[1].rsplit(':').next() == Some(port.as_str())
+                && fields[3] == "0A"
+            {
+                inodes.push(format!("socket:[{}]", fields[9]));
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        fs::read_link(fd.path()).is_ok_and(|target| {
+            inodes
+                .iter()
+                .any(|inode| target.as_os_str() == inode.as_str())
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +432,29 @@ mod tests {
         assert_eq!(json_u64(v.get("b")), Some(7));
         assert_eq!(json_i64(v.get("c")), Some(-3));
         assert_eq!(json_u64(v.get("zz")), None);
+    }
+
+    #[test]
+    fn free_ports_skip_the_ports_of_live_clusters_until_released() {
+        let first = free_ports(2).unwrap();
+        let taken = first.ports()[0];
+        // The kernel hands out the reserved (now unbound) port first: it is skipped.
+        let mut offered = vec![taken];
+        let second = free_ports_with(1, || match offered.pop() {
+            Some(port) => TcpListener::bind(("127.0.0.1", port)),
+            None => TcpListener::bind("127.0.0.1:0"),
+        })
+        .unwrap();
+        assert_eq!(second.ports().len(), 1);
+        assert_ne!(second.ports()[0], taken);
+        assert!(!first.ports().contains(&second.ports()[0]));
+        drop(first);
+        let mut offered = vec![taken];
+        let third = free_ports_with(1, || match offered.pop() {
+            Some(port) => TcpListener::bind(("127.0.0.1", port)),
+            None => TcpListener::bind("127.0.0.1:0"),
+        })
+        .unwrap();
+        assert_eq!(third.ports(), [taken], "released with the cluster");
     }
 }

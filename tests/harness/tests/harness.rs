@@ -125,6 +125,47 @@ fn single_member_data_kill_restart_pause_leases_compact() {
     );
 }
 
+/// A member's port taken while it is down (by another process, or as a connection's local port):
+/// `restart` and `start` start it again until the port is free (within the start timeout), with
+/// and without TLS (where `start` asks the metrics port whether etcd serves).
+#[test]
+fn restart_and_start_wait_while_a_member_port_is_taken() {
+    for tls in [false, true] {
+        restart_and_start_wait_while_the_client_port_is_taken(tls);
+    }
+}
+
+fn restart_and_start_wait_while_the_client_port_is_taken(tls: bool) {
+    let etcd = EtcdCluster::builder().tls(tls).start().unwrap();
+    etcd.put("/t/a", "1").unwrap();
+    for use_start in [false, true] {
+        etcd.kill(0).unwrap();
+        let squatter = std::net::TcpListener::bind(etcd.direct_endpoint(0)).unwrap();
+        let logged = std::fs::read(etcd.log_path(0)).unwrap().len();
+        std::thread::scope(|s| {
+            let started = s.spawn(|| {
+                if use_start {
+                    etcd.start(0)
+                } else {
+                    etcd.restart(0)
+                }
+            });
+            wait_until(
+                "etcd to find its port taken",
+                Duration::from_secs(20),
+                || {
+                    let log = std::fs::read(etcd.log_path(0)).unwrap();
+                    String::from_utf8_lossy(&log[logged..]).contains("address already in use")
+                },
+            );
+            drop(squatter);
+            started.join().unwrap().unwrap();
+        });
+        etcd.wait_healthy(0).unwrap();
+        assert_eq!(etcd.get("/t/a").unwrap().as_deref(), Some("1"));
+    }
+}
+
 #[test]
 fn proxy_partition_heal_and_reset() {
     let etcd = EtcdCluster::builder().proxy(true).start().unwrap();
@@ -230,6 +271,18 @@ fn three_members_leader_failover_and_auth() {
     // Health (and so restart) still works with auth on.
     etcd.restart(new_leader).unwrap();
     etcd.compact_to_latest().unwrap();
+
+    // Every member down: start() brings one back without waiting for a quorum it cannot have
+    // alone, then the next; together they have one again.
+    for i in 0..3 {
+        etcd.kill(i).unwrap();
+    }
+    etcd.start(0).unwrap();
+    assert!(etcd.is_running(0));
+    etcd.start(1).unwrap();
+    etcd.start(2).unwrap();
+    etcd.wait_all_healthy().unwrap();
+    assert_eq!(etcd.get("/c/k").unwrap().as_deref(), Some("after"));
 }
 
 /// What member `i` alone holds at `key` (a serializable read: no quorum asked).
