@@ -1033,14 +1033,36 @@ fn timeout_error(what: &str, timeout: Duration, unreached: &[Option<String>]) ->
 /// Follows an ejected member: when its ejection is over, asks for its status (on a fresh
 /// connection); an answer puts it back in use, silence or a failure ejects it for longer.
 async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
+    // Ended any other way than below (its runtime shut down, a panic), the probe is no longer
+    // following the member: a new ejection starts another, and the member is not left ejected
+    // for good (it stays ejected while a probe follows it).
+    struct Stopped<'a> {
+        conn: &'a Weak<Connection>,
+        i: usize,
+        armed: bool,
+    }
+    impl Drop for Stopped<'_> {
+        fn drop(&mut self) {
+            if let (true, Some(c)) = (self.armed, self.conn.upgrade()) {
+                c.health.probe_stopped(self.i);
+            }
+        }
+    }
+    let mut stopped = Stopped {
+        conn: &conn,
+        i,
+        armed: true,
+    };
     loop {
         let Some(c) = conn.upgrade() else { return };
         if c.generation.load(Ordering::SeqCst) != generation {
             c.health.probe_stopped(i);
+            stopped.armed = false;
             return;
         }
         let Some(until) = c.health.probe_due(i) else {
-            // Back in use meanwhile (it answered a call).
+            // Back in use meanwhile (it answered a call); `probe_due` marked it unprobed.
+            stopped.armed = false;
             return;
         };
         if until > Instant::now() {
@@ -1058,6 +1080,7 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
         if answered {
             tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
             c.health.reinstate(i);
+            stopped.armed = false;
             return;
         }
         let until = c.health.probe_failed(i, Instant::now());

@@ -46,6 +46,9 @@ pub(crate) enum GroupCmd {
         /// successor is registered (it moves the key to its own lease first).
         successor: Option<Arc<RegShared>>,
         done: Option<oneshot::Sender<Result<()>>>,
+        /// When the unregister waiting for `done` gives up: the revoke that may follow the
+        /// delete is bounded by it, so that a key deleted is not reported as not deleted.
+        deadline: Instant,
     },
     Close {
         done: oneshot::Sender<()>,
@@ -325,8 +328,9 @@ impl LeaseGroup {
                 id,
                 successor,
                 done,
+                deadline,
             } => {
-                let result = self.remove(id, successor, None).await;
+                let result = self.remove(id, successor, None, deadline).await;
                 if let Some(done) = done {
                     let _ = done.send(result);
                 }
@@ -788,11 +792,62 @@ impl LeaseGroup {
             }
             let silent_at = waiting_since.map(|sent| sent + answer_within);
             let silence = tokio::time::sleep_until(silent_at.unwrap_or(lost_at));
-            // Biased: a keep-alive answer that came while a step took long (a slow delete, a
-            // check) is read before the silence and loss deadlines it beat, which are due by
-            // then too; tokio's random pick could eject a healthy member or count the lease lost.
+            // Biased, in this order: a keep-alive answer that came while a step took long (a
+            // slow delete, a check) is read before the silence and loss deadlines it beat,
+            // which are due by then too (tokio's random pick could eject a healthy member or
+            // count the lease lost); and the keep-alive due goes before commands, which may
+            // keep coming (many updates or unregisters) and would otherwise let the lease lapse.
             let failover = tokio::select! {
                 biased;
+                message = stream.message() => match message {
+                    Ok(Some(resp)) if resp.ttl() > 0 => {
+                        last_answer = Instant::now();
+                        waiting_since = None;
+                        self.conn.answered(member);
+                        None
+                    }
+                    Ok(Some(_)) => {
+                        self.set_lease(None);
+                        return Exit::Lost(Error::new(ErrorKind::NotFound, format!("lease {lease:x} expired or was revoked")));
+                    }
+                    Ok(None) => Some(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
+                    Err(e) => Some(Error::from(e)),
+                },
+                _ = ticker.tick() => {
+                    match keeper.keep_alive().await {
+                        Err(e) => Some(Error::from(e)),
+                        Ok(()) => {
+                            waiting_since.get_or_insert_with(Instant::now);
+                            if !self.unremoved.is_empty() {
+                                self.delete_unremoved(lease, attempt).await;
+                            }
+                            // No watch: try to open it again (then check once, for what was
+                            // deleted while there was none), else check every time.
+                            let unwatched_keys = watch.is_none();
+                            if unwatched_keys && !watch_refused {
+                                watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
+                                    .await
+                                    .ok()
+                                    .and_then(|w| w.ok());
+                                if watch.is_some() {
+                                    // It watches every member's key.
+                                    unwatched.clear();
+                                }
+                            }
+                            if unwatched_keys || recheck {
+                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
+                                    Err(e) => return Exit::Lost(e),
+                                    Ok(Some(refused)) => {
+                                        recheck = false;
+                                        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
+                                    }
+                                    Ok(None) => recheck = true,
+                                }
+                            }
+                            None
+                        }
+                    }
+                }
                 cmd = self.recv() => match cmd {
                     None => {
                         self.abandoned().await;
@@ -838,12 +893,17 @@ impl LeaseGroup {
                         }
                         None
                     }
-                    Some(GroupCmd::Remove { id, successor, done }) => {
+                    Some(GroupCmd::Remove {
+                        id,
+                        successor,
+                        done,
+                        deadline,
+                    }) => {
                         let gone = self.members.get(&id).cloned();
                         // Bounded: the keep-alive must not wait behind a delete to a silent
                         // member. Two members' attempts: one silent member does not keep the
                         // key from being deleted through another.
-                        let result = self.remove(id, successor, Some(attempt)).await;
+                        let result = self.remove(id, successor, Some(attempt), deadline).await;
                         if let Some(done) = done {
                             let _ = done.send(result);
                         }
@@ -922,55 +982,6 @@ impl LeaseGroup {
                     }
                     None
                 }
-                _ = ticker.tick() => {
-                    match keeper.keep_alive().await {
-                        Err(e) => Some(Error::from(e)),
-                        Ok(()) => {
-                            waiting_since.get_or_insert_with(Instant::now);
-                            if !self.unremoved.is_empty() {
-                                self.delete_unremoved(lease, attempt).await;
-                            }
-                            // No watch: try to open it again (then check once, for what was
-                            // deleted while there was none), else check every time.
-                            let unwatched_keys = watch.is_none();
-                            if unwatched_keys && !watch_refused {
-                                watch = tokio::time::timeout(attempt, self.watch_keys(0, attempt))
-                                    .await
-                                    .ok()
-                                    .and_then(|w| w.ok());
-                                if watch.is_some() {
-                                    // It watches every member's key.
-                                    unwatched.clear();
-                                }
-                            }
-                            if unwatched_keys || recheck {
-                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
-                                    Err(e) => return Exit::Lost(e),
-                                    Ok(Some(refused)) => {
-                                        recheck = false;
-                                        self.retry_refused(&mut retry, &mut to_retry, 1, &refused);
-                                    }
-                                    Ok(None) => recheck = true,
-                                }
-                            }
-                            None
-                        }
-                    }
-                }
-                message = stream.message() => match message {
-                    Ok(Some(resp)) if resp.ttl() > 0 => {
-                        last_answer = Instant::now();
-                        waiting_since = None;
-                        self.conn.answered(member);
-                        None
-                    }
-                    Ok(Some(_)) => {
-                        self.set_lease(None);
-                        return Exit::Lost(Error::new(ErrorKind::NotFound, format!("lease {lease:x} expired or was revoked")));
-                    }
-                    Ok(None) => Some(Error::new(ErrorKind::Connection, "the keep-alive stream was closed by etcd")),
-                    Err(e) => Some(Error::from(e)),
-                },
                 seen = KeyWatch::next(&mut watch) => {
                     match seen {
                         Ok(deleted) => {
@@ -1317,8 +1328,8 @@ impl LeaseGroup {
         id: u64,
         successor: Option<Arc<RegShared>>,
         within: Option<Duration>,
+        deadline: Instant,
     ) -> Result<()> {
-        let started = Instant::now();
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
@@ -1367,11 +1378,9 @@ impl LeaseGroup {
                         }
                     });
                 } else {
-                    // Within what is left of the timeout: the unregister waiting for this
-                    // answer gives up after it, and would report a key it saw deleted as not
-                    // deleted in time.
-                    let left = self.conn.timeout.saturating_sub(started.elapsed());
-                    match tokio::time::timeout(left, self.revoke(lease)).await {
+                    // Within the unregister's deadline: it gives up after it, and would report
+                    // a key it saw deleted as not deleted in time.
+                    match tokio::time::timeout_at(deadline, self.revoke(lease)).await {
                         Ok(Ok(())) => {}
                         Ok(Err(e)) => {
                             tracing::debug!(error = %e, "revoking the lease failed; it will expire")

@@ -851,7 +851,11 @@ impl Registration {
     /// registration of the same node (which owns the key) has ended by itself: this waits for
     /// that end, with the same guarantee, deletes nothing and returns `Ok`. A key another
     /// process has registered since (the same node, on that process's lease) is not deleted
-    /// either: it is left to that process.
+    /// either: it is left to that process. Called from inside a handler (on the dispatcher
+    /// thread, through a runtime's `block_on`), it returns without delivering to the handler,
+    /// which could make no blocking call inside the runtime: call
+    /// [`Handler::finish`](crate::Handler::finish) then, once out of it (the C library
+    /// does); otherwise the handler gets `Unregistered` after the running handler returns.
     ///
     /// Shutdown rule, the same in every language: it never fails because etcd is unreachable.
     /// The delete is tried within the configured timeout; when etcd cannot be reached in that

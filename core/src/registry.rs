@@ -347,6 +347,7 @@ impl Registry {
                     id: old.id,
                     successor: Some(reg.clone()),
                     done: None,
+                    deadline: tokio::time::Instant::now() + self.inner.config.timeout,
                 });
             }
             state
@@ -437,6 +438,7 @@ impl Registry {
                         id,
                         successor: None,
                         done: None,
+                        deadline: tokio::time::Instant::now() + self.inner.config.timeout,
                     });
                     Ending::Unput
                 } else {
@@ -445,6 +447,7 @@ impl Registry {
                         id,
                         successor: None,
                         done: Some(done_tx),
+                        deadline: tokio::time::Instant::now() + self.inner.config.timeout,
                     });
                     let mut answers = vec![done_rx];
                     // A group of another generation is a later one: the lease of the one named
@@ -694,7 +697,13 @@ impl Registry {
     /// watches, and returns when done. Idempotent: a close made while another runs returns once
     /// that one has finished (except inside an event handler, where it returns at once, the
     /// first close waiting for the handler); every later call of another method fails with
-    /// `Closed`.
+    /// `Closed`. Its registrations' handlers have been called with `Unregistered` when it
+    /// returns, except for a close made from inside a handler (on the dispatcher thread,
+    /// through a runtime's `block_on`): it returns without delivering, and a close waiting
+    /// for it on another thread may return before that delivery too. Call
+    /// [`Handler::finish`](crate::Handler::finish) of those handlers then, once out of the
+    /// runtime (the C library does); otherwise they get their events after the running
+    /// handler returns.
     ///
     /// Shutdown rule, as for [`Registration::unregister`]: it never fails because etcd is
     /// unreachable. The revoke is tried within the configured timeout; when etcd cannot be
