@@ -27,7 +27,9 @@
 // - A callback may hold the last reference to its Registry (e.g. a captured
 //   std::shared_ptr<Registry>). Let go inside a status or watch callback, ~Registry closes and
 //   frees the handle right there: the other callbacks get their last calls nested, before it
-//   returns; only the callbacks still on that thread's stack run on. Let go on a library
+//   returns; only the callbacks still on that thread's stack run on. (Inside a callback that a
+//   close or unregister of the same Registry delivers nested, the C library frees the handle,
+//   and delivers the remaining last calls, once that outer call returns.) Let go on a library
 //   runtime thread (the status callback of an unregister_async, freed there just before its
 //   future is made ready), where the library cannot wait for etcd, ~Registry returns at once
 //   and a detached thread of its own closes and frees it: the other callbacks still get their
@@ -482,11 +484,14 @@ class Registry {
     // The status callbacks let themselves go in their UNREGISTERED calls; the watch callbacks,
     // stopped for good, go here rather than with the Registry.
     void close() {
+        // Held here: a callback the close delivers nested may let go of the last reference to
+        // this Registry, destroying it before the C call returns.
+        std::shared_ptr<detail::Callbacks> callbacks = callbacks_;
         detail::check(etcd_registry_close(registry_.get()));
         detail::SlotMap stopped;
         {
-            std::lock_guard<std::mutex> lock(callbacks_->mutex);
-            stopped.swap(callbacks_->watches);
+            std::lock_guard<std::mutex> lock(callbacks->mutex);
+            stopped.swap(callbacks->watches);
         }
         for (auto &entry : stopped) detail::bury(std::move(entry.second));
     }
@@ -625,16 +630,21 @@ class Registry {
     // the registration is gone all the same). Not when refused: on NOT_FOUND or CLOSED another
     // unregister or a close may be delivering its last call right now (it lets itself go then).
     detail::Failure unregister_now(uint64_t id) {
+        // Held here: a callback the unregister delivers nested may let go of the last reference
+        // to this Registry, destroying it before the C call returns.
+        std::shared_ptr<detail::Callbacks> callbacks = callbacks_;
         detail::Failure failure(etcd_registry_unregister(registry_.get(), id));
-        if (!refused(failure.status)) release(&detail::Callbacks::status, id);
+        if (!refused(failure.status)) release(*callbacks, &detail::Callbacks::status, id);
         return failure;
     }
 
-    void release(detail::SlotMap detail::Callbacks::*map, uint64_t id) {
+    void release(detail::SlotMap detail::Callbacks::*map, uint64_t id) { release(*callbacks_, map, id); }
+
+    static void release(detail::Callbacks &callbacks, detail::SlotMap detail::Callbacks::*map, uint64_t id) {
         std::unique_ptr<detail::SlotBase> gone;
         {
-            std::lock_guard<std::mutex> lock(callbacks_->mutex);
-            auto node = ((*callbacks_).*map).extract(id);
+            std::lock_guard<std::mutex> lock(callbacks.mutex);
+            auto node = (callbacks.*map).extract(id);
             if (node) gone = std::move(node.mapped());
         }
         detail::bury(std::move(gone));  // outside the lock: its destructor may call us

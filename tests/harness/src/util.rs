@@ -370,6 +370,7 @@ pub(crate) fn read_from(path: &Path, offset: u64) -> String {
 
 /// Whether process `pid` has a socket listening on TCP `port` (IPv4 or IPv6), from
 /// `/proc/net/tcp*` and the process's file descriptors.
+#[cfg(target_os = "linux")]
 pub(crate) fn listens_on(pid: u32, port: u16) -> bool {
     let port = format!("{port:04X}");
     let mut inodes = Vec::new();
@@ -401,6 +402,17 @@ pub(crate) fn listens_on(pid: u32, port: u16) -> bool {
                 .any(|inode| target.as_os_str() == inode.as_str())
         })
     })
+}
+
+/// Without `/proc`: whether anything accepts connections on `port` (a process that took the
+/// port meanwhile would pass too).
+#[cfg(not(target_os = "linux"))]
+pub(crate) fn listens_on(_pid: u32, port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        std::time::Duration::from_millis(200),
+    )
+    .is_ok()
 }
 
 #[cfg(test)]
