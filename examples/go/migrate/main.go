@@ -21,7 +21,7 @@ import (
 )
 
 func main() {
-	endpoints := strings.Split(os.Getenv("ETCD_ENDPOINTS"), ",")
+	endpoints := strings.Split(envOr("ETCD_ENDPOINTS", "127.0.0.1:2379"), ",")
 	registry, err := etcdregistry.NewEtcdRegistry(endpoints, "/services", "", "", 10*time.Second)
 	if err != nil {
 		log.Fatal(err)
@@ -78,4 +78,11 @@ func main() {
 		log.Printf("unreachable etcd: %v", err)
 	}
 	log.Println("Done")
+}
+
+func envOr(name, fallback string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return fallback
 }
