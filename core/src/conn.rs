@@ -745,9 +745,16 @@ impl Connection {
         Error::new(ErrorKind::Connection, format!("{at}: {}", err.message()))
     }
 
-    /// The member at `i` answered (a keep-alive, a watch response): it is preferred.
-    pub(crate) fn answered(&self, i: usize) {
+    /// The member at `i` answered a call: it is back in use, and preferred.
+    fn answered(&self, i: usize) {
         self.health.answered(i);
+        self.reached(i);
+    }
+
+    /// The member at `i` answered on a stream (a keep-alive, a watch response): preferred
+    /// unless it is ejected (see [`Health::streamed`]).
+    pub(crate) fn streamed(&self, i: usize) {
+        self.health.streamed(i);
         self.reached(i);
     }
 
@@ -786,14 +793,21 @@ impl Connection {
         };
         tracing::warn!(endpoint = %self.endpoints[i], period = ?ejection.period, error = %why, "etcd member ejected; using the others meanwhile");
         self.forget_client(i);
-        if ejection.start_probe {
+        if let Some(id) = ejection.start_probe {
+            // Made here, not in the task: a task dropped before it first runs (its runtime
+            // shut down) drops it too, and the member is not left ejected for good.
+            let stopped = ProbeStopped {
+                conn: self.this.clone(),
+                i,
+                id,
+                armed: true,
+            };
             match tokio::runtime::Handle::try_current() {
                 Ok(handle) => {
-                    let this = self.this.clone();
                     let generation = self.generation.load(Ordering::SeqCst);
-                    handle.spawn(probe(this, i, generation));
+                    handle.spawn(probe(stopped, generation));
                 }
-                Err(_) => self.health.probe_stopped(i),
+                Err(_) => drop(stopped),
             }
         }
     }
@@ -1030,38 +1044,40 @@ fn timeout_error(what: &str, timeout: Duration, unreached: &[Option<String>]) ->
     )
 }
 
-/// Follows an ejected member: when its ejection is over, asks for its status (on a fresh
-/// connection); an answer puts it back in use, silence or a failure ejects it for longer.
-async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
-    // Ended any other way than below (its runtime shut down, a panic), the probe is no longer
-    // following the member: a new ejection starts another, and the member is not left ejected
-    // for good (it stays ejected while a probe follows it).
-    struct Stopped<'a> {
-        conn: &'a Weak<Connection>,
-        i: usize,
-        armed: bool,
-    }
-    impl Drop for Stopped<'_> {
-        fn drop(&mut self) {
-            if let (true, Some(c)) = (self.armed, self.conn.upgrade()) {
-                c.health.probe_stopped(self.i);
-            }
+/// The end of a probe (see [`probe`]) that stopped without an answer: when dropped armed,
+/// the member is no longer followed (a new ejection starts another probe, and the member is not
+/// left ejected for good: it stays ejected while a probe follows it).
+struct ProbeStopped {
+    conn: Weak<Connection>,
+    i: usize,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for ProbeStopped {
+    fn drop(&mut self) {
+        if let (true, Some(c)) = (self.armed, self.conn.upgrade()) {
+            c.health.probe_stopped(self.i, self.id);
         }
     }
-    let mut stopped = Stopped {
-        conn: &conn,
-        i,
-        armed: true,
-    };
+}
+
+/// Follows an ejected member: when its ejection is over, asks for its status (on a fresh
+/// connection); an answer puts it back in use, silence or a failure ejects it for longer.
+/// Ended any other way than below (its runtime shut down, a panic), `stopped` marks the member
+/// unprobed; superseded (the member answered a call meanwhile), it ends.
+async fn probe(mut stopped: ProbeStopped, generation: u64) {
+    let (conn, i, id) = (stopped.conn.clone(), stopped.i, stopped.id);
     loop {
         let Some(c) = conn.upgrade() else { return };
         if c.generation.load(Ordering::SeqCst) != generation {
-            c.health.probe_stopped(i);
+            c.health.probe_stopped(i, id);
             stopped.armed = false;
             return;
         }
-        let Some(until) = c.health.probe_due(i) else {
-            // Back in use meanwhile (it answered a call); `probe_due` marked it unprobed.
+        let Some(until) = c.health.probe_due(i, id) else {
+            // Back in use meanwhile (it answered a call; `probe_due` marked it unprobed), or
+            // superseded.
             stopped.armed = false;
             return;
         };
@@ -1079,11 +1095,14 @@ async fn probe(conn: Weak<Connection>, i: usize, generation: u64) {
         };
         if answered {
             tracing::info!(endpoint = %c.endpoints[i], "etcd member answers again; back in use");
-            c.health.reinstate(i);
+            c.health.reinstate(i, id);
             stopped.armed = false;
             return;
         }
-        let until = c.health.probe_failed(i, Instant::now());
+        let Some(until) = c.health.probe_failed(i, id, Instant::now()) else {
+            stopped.armed = false;
+            return;
+        };
         tracing::debug!(endpoint = %c.endpoints[i], back_in = ?until.saturating_duration_since(Instant::now()), "etcd member still does not answer");
         // As in `wait_back`: a refusal came over a connection that works.
         if !from_etcd {
@@ -1199,5 +1218,25 @@ mod tests {
             }
             etcd.delay_member(0, Duration::ZERO).unwrap();
         });
+    }
+
+    /// A member ejected from a runtime that shuts down before its probe first runs (a caller's
+    /// throwaway runtime) is not left ejected for good.
+    #[test]
+    fn a_probe_never_run_leaves_no_member_ejected_for_good() {
+        let endpoints = vec!["127.0.0.1:9".to_string(), "127.0.0.1:10".to_string()];
+        let conn = Connection::new(endpoints, None, Duration::from_secs(10), None);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async { conn.eject(0, &Error::timeout("a call", Duration::ZERO)) });
+        assert!(conn.is_ejected(0));
+        drop(runtime);
+        let later = Instant::now() + crate::health::EJECT_MIN + Duration::from_millis(1);
+        assert!(
+            !conn.health.is_ejected(0, later),
+            "the member stays ejected after its period with no probe following it"
+        );
     }
 }

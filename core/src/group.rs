@@ -803,7 +803,7 @@ impl LeaseGroup {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         last_answer = Instant::now();
                         waiting_since = None;
-                        self.conn.answered(member);
+                        self.conn.streamed(member);
                         None
                     }
                     Ok(Some(_)) => {

@@ -22,6 +22,9 @@ struct Member {
     ejections: u32,
     /// A probe task is following this member.
     probing: bool,
+    /// The id of the last probe started for this member: a probe whose id is not this one (or
+    /// that follows a member no longer `probing`) has been superseded and ends.
+    probe: u64,
 }
 
 impl Member {
@@ -30,6 +33,11 @@ impl Member {
     fn is_ejected(&self, now: Instant) -> bool {
         self.ejected_until
             .is_some_and(|until| until > now || self.probing)
+    }
+
+    /// Whether `probe` is the probe following this member.
+    fn follows(&self, probe: u64) -> bool {
+        self.probing && self.probe == probe
     }
 }
 
@@ -50,8 +58,8 @@ pub(crate) struct Health {
 pub(crate) struct Ejection {
     /// How long the member is avoided.
     pub(crate) period: Duration,
-    /// Whether the caller must start a probe (none is running for it yet).
-    pub(crate) start_probe: bool,
+    /// The id of the probe the caller must start, when none is running for the member yet.
+    pub(crate) start_probe: Option<u64>,
 }
 
 impl Health {
@@ -95,7 +103,8 @@ impl Health {
             .is_some_and(|m| m.is_ejected(now))
     }
 
-    /// Member `i` answered a call: it is healthy and, being the one in use, preferred.
+    /// Member `i` answered a call: it is healthy and, being the one in use, preferred. A probe
+    /// following it is superseded (a new ejection starts a new one, for the new period).
     pub(crate) fn answered(&self, i: usize) {
         let mut table = self.lock();
         if i >= table.members.len() {
@@ -104,14 +113,31 @@ impl Health {
         let member = &mut table.members[i];
         member.ejected_until = None;
         member.ejections = 0;
+        member.probing = false;
         table.preferred = i;
     }
 
-    /// Member `i` answered a probe: it is used again, but the preference stays where it is (a
-    /// member that just came back is not trusted more than the one that served meanwhile).
-    pub(crate) fn reinstate(&self, i: usize) {
+    /// Member `i` answered on a stream (a keep-alive, a watch response): preferred if it is
+    /// not ejected. An ejected member stays so until its probe or a call says it is back: a
+    /// member may keep answering keep-alives (which its leader answers) while it fails or
+    /// holds calls (a defragmentation blocks its own reads and writes).
+    pub(crate) fn streamed(&self, i: usize) {
         let mut table = self.lock();
-        if let Some(member) = table.members.get_mut(i) {
+        if table
+            .members
+            .get(i)
+            .is_some_and(|m| m.ejected_until.is_none())
+        {
+            table.preferred = i;
+        }
+    }
+
+    /// Probe `probe` of member `i` got an answer: the member is used again, but the preference
+    /// stays where it is (a member that just came back is not trusted more than the one that
+    /// served meanwhile). Nothing when that probe was superseded.
+    pub(crate) fn reinstate(&self, i: usize, probe: u64) {
+        let mut table = self.lock();
+        if let Some(member) = table.members.get_mut(i).filter(|m| m.follows(probe)) {
             member.ejected_until = None;
             member.ejections = 0;
             member.probing = false;
@@ -131,8 +157,11 @@ impl Health {
             let period = period_of(member.ejections);
             member.ejections = member.ejections.saturating_add(1);
             member.ejected_until = Some(now + period);
-            let start_probe = !member.probing;
-            member.probing = true;
+            let start_probe = (!member.probing).then(|| {
+                member.probe += 1;
+                member.probing = true;
+                member.probe
+            });
             Some(Ejection {
                 period,
                 start_probe,
@@ -149,17 +178,16 @@ impl Health {
         result
     }
 
-    /// A probe of member `i` failed: it stays ejected, for longer. Returns until when.
-    pub(crate) fn probe_failed(&self, i: usize, now: Instant) -> Instant {
+    /// Probe `probe` of member `i` failed: it stays ejected, for longer. Returns until when,
+    /// `None` when that probe was superseded (and is to end).
+    pub(crate) fn probe_failed(&self, i: usize, probe: u64, now: Instant) -> Option<Instant> {
         let mut table = self.lock();
-        let Some(member) = table.members.get_mut(i) else {
-            return now;
-        };
+        let member = table.members.get_mut(i).filter(|m| m.follows(probe))?;
         let period = period_of(member.ejections);
         member.ejections = member.ejections.saturating_add(1);
         let until = now + period;
         member.ejected_until = Some(until);
-        until
+        Some(until)
     }
 
     /// Until when member `i` is ejected (`None` once it is back).
@@ -168,20 +196,22 @@ impl Health {
         self.lock().members.get(i).and_then(|m| m.ejected_until)
     }
 
-    /// For the probe of member `i`: until when it is ejected, or `None` when it is back in use,
-    /// in which case the probe ends (atomically, so that a new ejection starts a new probe).
-    pub(crate) fn probe_due(&self, i: usize) -> Option<Instant> {
+    /// For probe `probe` of member `i`: until when it is ejected, or `None` when it is back in
+    /// use or the probe was superseded, in which case the probe ends (atomically, so that a new
+    /// ejection starts a new probe).
+    pub(crate) fn probe_due(&self, i: usize, probe: u64) -> Option<Instant> {
         let mut table = self.lock();
-        let member = table.members.get_mut(i)?;
+        let member = table.members.get_mut(i).filter(|m| m.follows(probe))?;
         if member.ejected_until.is_none() {
             member.probing = false;
         }
         member.ejected_until
     }
 
-    /// The probe of member `i` stopped without an answer (the connection closed).
-    pub(crate) fn probe_stopped(&self, i: usize) {
-        if let Some(member) = self.lock().members.get_mut(i) {
+    /// Probe `probe` of member `i` stopped without an answer (the connection closed, its
+    /// runtime shut down).
+    pub(crate) fn probe_stopped(&self, i: usize, probe: u64) {
+        if let Some(member) = self.lock().members.get_mut(i).filter(|m| m.follows(probe)) {
             member.probing = false;
         }
     }
@@ -210,7 +240,7 @@ mod tests {
         assert_eq!(health.order(now), vec![0, 1, 2]);
         let ejection = health.eject(0, now).unwrap();
         assert_eq!(ejection.period, EJECT_MIN);
-        assert!(ejection.start_probe);
+        let probe = ejection.start_probe.expect("a probe to start");
         assert_eq!(health.preferred(), 1);
         assert_eq!(health.order(now), vec![1, 2, 0]);
         assert!(health.is_ejected(0, now));
@@ -219,7 +249,7 @@ mod tests {
         // Once the period is over, it stays ejected until its probe answers.
         assert!(health.is_ejected(0, now + EJECT_MIN));
         // Without a probe (it stopped), it is a candidate again, after the preferred one.
-        health.probe_stopped(0);
+        health.probe_stopped(0, probe);
         assert_eq!(health.order(now + EJECT_MIN), vec![1, 2, 0]);
         assert!(!health.is_ejected(0, now + EJECT_MIN));
         assert!(health.is_ejected(0, now));
@@ -233,15 +263,15 @@ mod tests {
     fn probes_back_off_and_answers_reset() {
         let health = Health::new(2);
         let now = Instant::now();
-        health.eject(1, now).unwrap();
-        let until = health.probe_failed(1, now);
-        assert_eq!(until, now + 2 * EJECT_MIN);
+        let probe = health.eject(1, now).unwrap().start_probe.unwrap();
+        let until = health.probe_failed(1, probe, now);
+        assert_eq!(until, Some(now + 2 * EJECT_MIN));
         let mut last = until;
         for _ in 0..10 {
-            last = health.probe_failed(1, now);
+            last = health.probe_failed(1, probe, now);
         }
-        assert_eq!(last, now + EJECT_MAX);
-        health.reinstate(1);
+        assert_eq!(last, Some(now + EJECT_MAX));
+        health.reinstate(1, probe);
         assert_eq!(health.ejected_until(1), None);
         assert_eq!(
             health.preferred(),
@@ -251,5 +281,51 @@ mod tests {
         health.answered(1);
         assert_eq!(health.preferred(), 1, "an answered call does");
         assert_eq!(health.eject(1, now).unwrap().period, EJECT_MIN);
+    }
+
+    #[test]
+    fn a_call_answered_supersedes_the_probe_of_a_long_ejection() {
+        let health = Health::new(2);
+        let now = Instant::now();
+        let old = health.eject(1, now).unwrap().start_probe.unwrap();
+        for _ in 0..4 {
+            health.probe_failed(1, old, now);
+        }
+        assert_eq!(health.ejected_until(1), Some(now + EJECT_MAX));
+        // It answers a call as the last resort, then fails again: ejected for the shortest
+        // period, with a probe of its own, not until the old probe's long sleep ends.
+        health.answered(1);
+        let again = health.eject(1, now).unwrap();
+        assert_eq!(again.period, EJECT_MIN);
+        let new = again.start_probe.expect("a new probe");
+        assert_ne!(new, old);
+        // The old probe, waking, ends without touching the member.
+        assert_eq!(health.probe_due(1, old), None);
+        assert_eq!(health.probe_failed(1, old, now), None);
+        health.reinstate(1, old);
+        health.probe_stopped(1, old);
+        assert!(
+            health.is_ejected(1, now + EJECT_MIN),
+            "its new probe follows it"
+        );
+        assert_eq!(health.probe_due(1, new), Some(now + EJECT_MIN));
+        health.reinstate(1, new);
+        assert!(!health.is_ejected(1, now));
+    }
+
+    #[test]
+    fn a_stream_answer_prefers_a_member_but_does_not_reinstate_it() {
+        let health = Health::new(3);
+        let now = Instant::now();
+        health.eject(0, now).unwrap();
+        assert_eq!(health.preferred(), 1);
+        // Keep-alives answered on member 0 (its leader answers them) while its calls fail.
+        health.streamed(0);
+        assert!(health.is_ejected(0, now));
+        assert_eq!(health.preferred(), 1);
+        assert_eq!(health.order(now)[0], 1);
+        // A member in use answering on a stream is preferred.
+        health.streamed(2);
+        assert_eq!(health.order(now), vec![2, 1, 0]);
     }
 }
