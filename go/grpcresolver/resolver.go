@@ -470,7 +470,11 @@ func (v nodeValue) Equal(o any) bool {
 	return ok && v.Name == ov.Name && maps.Equal(v.Info, ov.Info)
 }
 
-func (v nodeValue) String() string { return fmt.Sprintf("%s %v", v.Name, v.Info) }
+// String names the node and its info's keys, not their values: grpc prints attributes in its
+// logs and channelz traces, and info values may be secrets.
+func (v nodeValue) String() string {
+	return fmt.Sprintf("%s %v", v.Name, slices.Sorted(maps.Keys(v.Info)))
+}
 
 // NodeOf returns the registry node behind a resolved address or endpoint, from its
 // Attributes (resolver.Address.Attributes or resolver.Endpoint.Attributes, as a balancer or
