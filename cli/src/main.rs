@@ -68,8 +68,9 @@ Exit status:
      also when etcd refuses the credentials at a later write, e.g. a re-registration)
   5  TLS handshake failed: etcd's certificate is not signed by --cacert, not valid for the
      endpoint's name (see --tls-server-name) or expired, or etcd refused the client certificate
-     or its absence (`register` exits at once instead of retrying, as for 4; the files are read
-     again when it is started again)
+     or its absence (`register` exits at once instead of retrying, as for 4, but only before
+     the node was first registered; after that it retries, reading the files again for each
+     new connection)
 
 Environment:
   Every connection option can come from the variable named in its help; an option given on
@@ -266,8 +267,11 @@ enum Command {
     /// the key then goes when its lease expires.
     /// If etcd rejects the credentials or the permission, on the first attempt or any later
     /// write (a re-registration after the user was deleted, its password or role changed;
-    /// keep-alives do not check them), it deletes the key if it still can and exits 4 at once; if the TLS handshake fails (a certificate not trusted,
-    /// expired, refused), likewise, and exits 5.
+    /// keep-alives do not check them), it deletes the key if it still can and exits 4 at once.
+    /// If the TLS handshake fails (a certificate not trusted, expired, refused) before the node
+    /// was first registered, it exits 5 at once; once registered, a failed handshake (etcd
+    /// gone from behind a load balancer, a member shutting down, certificates being replaced)
+    /// is retried like any other outage, with the certificate files read again each time.
     #[command(verbatim_doc_comment)]
     Register {
         /// The service.
@@ -758,6 +762,8 @@ async fn register(
         let _ = print_status_event(event, &key, registration.ttl_secs(), out);
     };
     let mut refused = None;
+    // Whether the node was ever registered: from then on a failed TLS handshake is retried.
+    let mut registered = false;
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -766,16 +772,28 @@ async fn register(
                     // same ones, whether on the first attempt or later (the user deleted, its
                     // password or role changed): exit 4 and let the operator or a supervisor
                     // restart with good ones (a --password-file is read again then). Nor does a
-                    // failed TLS handshake (exit 5: the certificate files are read again then).
+                    // TLS handshake that fails before the node was first registered: a
+                    // misconfiguration (exit 5: the certificate files are read again then).
                     // The retry the library announces is not made, so it is printed as the
-                    // failure it is.
+                    // failure it is. Once registered, a failed handshake is often transient (a
+                    // TCP load balancer that accepts and closes while no etcd is behind it, a
+                    // member shutting down), and the library reads the certificate files again
+                    // for every new connection: it is printed as announced, and retried.
+                    if let StatusEvent::Registered { .. } = event {
+                        registered = true;
+                    }
                     let error = match &event {
                         StatusEvent::Failed { error }
                         | StatusEvent::KeepAliveLost { error }
                         | StatusEvent::Retrying { error, .. } => Some(error),
                         _ => None,
                     };
-                    match error.filter(|e| matches!(e.kind(), ErrorKind::Auth | ErrorKind::Tls)) {
+                    let fatal = |e: &&Error| match e.kind() {
+                        ErrorKind::Auth => true,
+                        ErrorKind::Tls => !registered,
+                        _ => false,
+                    };
+                    match error.filter(fatal) {
                         Some(error) => {
                             let error = error.clone();
                             if let StatusEvent::Retrying { .. } = event {
@@ -814,9 +832,9 @@ async fn register(
         }
     };
     // The rest of the events, down to `unregistered` (the stream ends after it), but for a
-    // retry announced after rejected credentials or a failed handshake: it is not made. Nor is
-    // `unregistered` printed when etcd did not confirm the delete: the key may still be there,
-    // and the error says so on stderr.
+    // retry announced after rejected credentials or a handshake that failed before the first
+    // registration: it is not made. Nor is `unregistered` printed when etcd did not confirm the
+    // delete: the key may still be there, and the error says so on stderr.
     while let Some(event) = events.recv().await {
         let unmade = refused.is_some() && matches!(event, StatusEvent::Retrying { .. });
         let unconfirmed = unregistered.is_err() && matches!(event, StatusEvent::Unregistered);

@@ -1039,6 +1039,84 @@ fn tls_works_and_a_failed_handshake_exits_5() {
 }
 
 #[test]
+fn register_retries_a_failed_handshake_once_registered() {
+    let etcd = EtcdCluster::builder()
+        .tls(true)
+        .start()
+        .expect("start etcd with TLS");
+    let f = etcd.tls().expect("TLS files").clone();
+    // --cacert is a copy the test replaces, as an operator would on disk (by a rename, so the
+    // program never reads half a file).
+    let dir = etcd.base_dir().join("cli-tls");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    let replace_ca = |with: &std::path::Path| {
+        let next = dir.join("ca.pem.new");
+        std::fs::copy(with, &next).unwrap();
+        std::fs::rename(&next, &ca).unwrap();
+    };
+    replace_ca(&f.ca);
+    let mut reg = Running::start(
+        at(&etcd).env("ETCD_TLS_SERVER_NAME", etcd_harness::tls::SERVER_NAME),
+        &[
+            "register",
+            "api",
+            "n1",
+            "--ttl",
+            "3s",
+            "--json",
+            "--cacert",
+            ca.to_str().unwrap(),
+        ],
+    );
+    reg.expect_event("registered");
+
+    // Every new handshake fails from now on: etcd's certificate is not signed by the CA given.
+    // A restart makes the program connect again.
+    replace_ca(&f.other_ca);
+    etcd.kill(0).unwrap();
+    etcd.start(0).unwrap();
+    let refused = reg.expect("a retry after a failed handshake", |line| {
+        let event: Value = serde_json::from_str(line).expect("a JSON object per line");
+        event["event"] == "retrying" && event["error_kind"] == "tls"
+    });
+    let refused: Value = serde_json::from_str(&refused).unwrap();
+    assert!(
+        refused["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("tls: ") && e.contains("certificate")),
+        "{refused}"
+    );
+    assert!(
+        !reg.seen.iter().any(|l| l.contains(r#""event":"failed""#)),
+        "a failed handshake after registration is not printed as fatal: {:#?}",
+        reg.seen
+    );
+    assert!(
+        reg.child.try_wait().unwrap().is_none(),
+        "register goes on after a failed handshake once registered: {:#?}",
+        reg.seen
+    );
+
+    // The right CA back on disk: the next connection reads it, and the node comes back.
+    replace_ca(&f.ca);
+    let back = reg.expect_event("reregistered");
+    assert_eq!(back["key"], "/services/api/n1");
+    assert!(etcd.get("/services/api/n1").unwrap().is_some());
+
+    reg.signal(libc::SIGINT);
+    let (code, rest, stderr) = reg.finish();
+    assert_eq!(code, 0, "stdout: {rest:?}, stderr: {stderr}");
+    assert_eq!(
+        rest.last()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["event"].clone()),
+        Some(json!("unregistered")),
+        "{rest:?}"
+    );
+    assert_eq!(etcd.get("/services/api/n1").unwrap(), None);
+}
+
+#[test]
 fn register_exits_4_when_its_credentials_stop_working() {
     let etcd = etcd();
     etcd.enable_auth("svc", "s3cret").unwrap();
