@@ -349,7 +349,10 @@ fn main() -> ExitCode {
             failure.code
         }
     };
-    drop(runtime);
+    // Not a plain drop, which waits without a bound for the runtime's blocking threads: a
+    // host name lookup with a silent DNS server, or a certificate file on a hung mount, being
+    // read for a new connection, would hold the exit (and `--timeout`, and a second signal).
+    runtime.shutdown_timeout(EXIT_GRACE);
     finish_stderr(OUTPUT_DRAIN);
     ExitCode::from(code)
 }
@@ -1071,6 +1074,10 @@ struct Output {
     json: bool,
     sink: Sink,
 }
+
+/// How long the exit waits for the runtime's blocking threads (a host name lookup, a
+/// certificate file read) to finish.
+const EXIT_GRACE: Duration = Duration::from_millis(100);
 
 /// How long `register` and `watch`, at their end, wait for their last lines to reach a slow
 /// stdout.
