@@ -101,9 +101,12 @@ pub(crate) struct LeaseGroup {
     closing: watch::Receiver<bool>,
     /// A command taken from `rx` while collecting joins to put together, handled next.
     deferred: Option<GroupCmd>,
-    /// Keys of members removed while etcd could not be reached, left on the lease the other
-    /// members keep alive: deleted (while still on it) once etcd answers again, or they would
-    /// stay for as long as the group lives.
+    /// Keys of members removed whose delete failed (etcd not reached, or refusing it: "too
+    /// many requests", a permission taken away), left on the lease the other members keep
+    /// alive: deleted (while still on it) with the next keep-alive, or they would stay for as
+    /// long as the group lives. A retry etcd refuses for good (not for lack of a resource) is
+    /// logged and dropped; one it does not get, or refuses for lack of a resource, waits for
+    /// the next keep-alive again.
     unremoved: Vec<Box<str>>,
     retire: Retire,
     /// Set when a write carrying the lease was given up after its request may have reached a
@@ -1321,8 +1324,9 @@ impl LeaseGroup {
     /// `stale_groups`).
     ///
     /// `within` bounds each member's part of the delete, which may go to two members in all; a
-    /// delete that did not reach etcd is tried again (see `unremoved`) when other members keep
-    /// the lease alive.
+    /// delete that failed (etcd not reached, or refusing it) is tried again with the next
+    /// keep-alive (see `unremoved`) when other members keep the lease alive, and its error is
+    /// returned all the same: the member is gone, its key not yet.
     async fn remove(
         &mut self,
         id: u64,
@@ -1351,10 +1355,12 @@ impl LeaseGroup {
                     .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2))),
                 None => delete.await,
             };
-            let unreached = matches!(&result, Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection));
-            if unreached && self.lease.is_some() && !self.members.is_empty() {
-                tracing::debug!(key = %reg.key, "etcd not reached; the key is deleted once it answers");
-                self.unremoved.push(reg.key.clone());
+            // Refused too: the other members keep the lease, and the key with it, alive.
+            if let Err(e) = &result {
+                if self.lease.is_some() && !self.members.is_empty() {
+                    tracing::debug!(key = %reg.key, error = %e, "deleting the key failed; tried again with the next keep-alive");
+                    self.unremoved.push(reg.key.clone());
+                }
             }
         }
         // When etcd could not be reached in time, the revoke would only wait as long again.
@@ -1419,7 +1425,9 @@ impl LeaseGroup {
     }
 
     /// Deletes `key` while it is on `lease`, within `within` per member tried (two at most);
-    /// when etcd is not reached, the key waits in `unremoved` for the next keep-alive.
+    /// when etcd is not reached, or refuses for lack of a resource ("too many requests", its
+    /// database full), the key waits in `unremoved` for the next keep-alive. Any other refusal
+    /// (a permission taken away) drops the key with a warning.
     async fn delete_or_keep(&mut self, key: Box<str>, lease: i64, within: Duration) -> Result<()> {
         let delete = delete_own(&self.conn, &key, Some(lease), within, &self.maybe_late);
         let deleted = tokio::time::timeout(within * 2, delete)
@@ -1427,7 +1435,12 @@ impl LeaseGroup {
             .unwrap_or_else(|_| Err(Error::timeout("deleting the key", within * 2)));
         match &deleted {
             Ok(()) => tracing::debug!(%key, "deleted the key of an unregistered node"),
-            Err(e) if !matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
+            Err(e)
+                if !matches!(
+                    e.kind(),
+                    ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::ResourceExhausted
+                ) =>
+            {
                 tracing::warn!(%key, error = %e, "etcd refused to delete the key of an unregistered node");
             }
             Err(_) => self.unremoved.push(key),

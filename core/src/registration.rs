@@ -864,7 +864,13 @@ impl Registration {
     /// soon as etcd answers again. A registration none of whose puts was sent yet (etcd
     /// unreachable ever since it was registered) ends at once: etcd holds nothing of it, and no
     /// put of it follows. An error is returned only when etcd answered and refused the
-    /// delete (e.g. a permission error), or for a registry from before `fork()`.
+    /// delete (e.g. a permission error, "too many requests"), or for a registry from before
+    /// `fork()`. The registration has ended all the same (state `Unregistered`, its
+    /// `Unregistered` event sent; unregistering again returns `Ok`); the key refused is left to
+    /// its lease: when other keys keep that lease alive, the delete is tried again with their
+    /// next keep-alive (within a third of the TTL), and a refusal then that is not for lack of
+    /// a resource is logged and the key left there as long as they keep the lease alive;
+    /// otherwise the lease is revoked, or expires within the TTL.
     pub async fn unregister(&self) -> Result<()> {
         self.registry.unregister_reg(&self.shared).await
     }

@@ -1101,6 +1101,74 @@ async fn a_key_refused_by_etcd_does_not_hold_back_the_others_on_its_lease() {
     registry.close().await.unwrap();
 }
 
+/// A delete etcd refuses at an unregister (here a permission taken away, as "too many
+/// requests" would) is returned to the caller, and the registration ends all the same; but the
+/// key, on the lease the other registration keeps alive, is not left there: the delete is tried
+/// again with the next keep-alive, once etcd accepts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_refused_at_unregister_is_tried_again_with_the_next_keep_alive() {
+    init_logs();
+    let etcd = EtcdCluster::start_single().unwrap();
+    let ctl = with_limited_user(&etcd, "/s/");
+    let registry = Registry::connect(config(&etcd, "/s").with_credentials("svc", "pw"))
+        .await
+        .unwrap();
+    // Root's watch: not affected by the permissions taken away from the registry's user.
+    let watcher = Registry::connect(config(&etcd, "/s").with_credentials("root", "rootpw"))
+        .await
+        .unwrap();
+    let watch = watcher.watch("t").await.unwrap();
+    // Keep-alives every 10 s: the retry comes with the first one after the unregister.
+    let ttl = Duration::from_secs(30);
+    let a = registry.register("t", node("a", &[]), ttl).unwrap();
+    let b = registry.register("t", node("b", &[]), ttl).unwrap();
+    a.wait_registered(DEADLINE).await.unwrap();
+    b.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(a.lease_id(), b.lease_id());
+
+    // The user may still write b's key, no longer a's.
+    ctl(&["role", "revoke-permission", "limited", "/s/", "--prefix"]);
+    ctl(&["role", "grant-permission", "limited", "readwrite", "/s/t/b"]);
+    let err = a.unregister().await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Auth, "{err}");
+    assert_eq!(a.state(), RegistrationState::Unregistered);
+    a.unregister().await.unwrap();
+    let keys = ctl(&["get", "/s/", "--prefix", "--keys-only"]);
+    assert!(keys.contains("/s/t/a") && keys.contains("/s/t/b"), "{keys}");
+
+    ctl(&[
+        "role",
+        "grant-permission",
+        "limited",
+        "readwrite",
+        "/s/",
+        "--prefix",
+    ]);
+    let deadline = tokio::time::Instant::now() + ttl / 3 + Duration::from_secs(5);
+    loop {
+        let event = tokio::time::timeout_at(deadline, watch.next())
+            .await
+            .expect("a's key deleted by the next keep-alive")
+            .expect("the watch goes on");
+        let node = event.node.expect("a node");
+        assert!(
+            event.kind != WatchEventKind::Removed || node.name == "a",
+            "{node:?} removed"
+        );
+        if event.kind == WatchEventKind::Removed {
+            break;
+        }
+    }
+    let keys = ctl(&["get", "/s/", "--prefix", "--keys-only"]);
+    assert!(
+        !keys.contains("/s/t/a") && keys.contains("/s/t/b"),
+        "{keys}"
+    );
+    assert_eq!(b.state(), RegistrationState::Registered);
+    registry.close().await.unwrap();
+    watcher.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_does_not_wait_for_an_attempt_stuck_on_a_silent_etcd() {
     init_logs();
