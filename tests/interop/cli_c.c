@@ -69,6 +69,23 @@ static void dump(etcd_registry_node_list *list) {
     printf("]\n");
 }
 
+static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void print_watch_nodes(etcd_registry *reg, uint64_t id) {
+    etcd_registry_node_list *list = NULL;
+    CHECK("watch nodes", etcd_registry_watch_nodes(reg, id, &list));
+    dump(list);
+    etcd_registry_node_list_free(list);
+    fflush(stdout);
+}
+
+/* follow: the live set after each event. */
+static void print_live(const etcd_registry_watch_event *e, void *reg) {
+    pthread_mutex_lock(&print_lock);
+    print_watch_nodes(reg, e->watch_id);
+    pthread_mutex_unlock(&print_lock);
+}
+
 int main(int argc, char **argv) {
     const char *endpoints = getenv("ETCD_ENDPOINTS");
     const char *base = getenv("ETCD_BASE_PATH");
@@ -93,9 +110,51 @@ int main(int argc, char **argv) {
         CHECK("wait", etcd_registry_wait_registered(reg, id, 30000));
         printf("registered\n");
         fflush(stdout);
+        /* Commands on stdin: "register NAME INFO_JSON" (same service and TTL) and
+         * "unregister NAME", each answered once done; the registry stays open until EOF. */
+        struct { char name[64]; uint64_t id; } held[16] = {{"", id}};
+        size_t n_held = 1;
+        snprintf(held[0].name, sizeof held[0].name, "%s", argv[3]);
+        char line[1024];
+        while (fgets(line, sizeof line, stdin)) {
+            line[strcspn(line, "\n")] = '\0';
+            char *command = strtok(line, " "), *name = strtok(NULL, " "), *info = strtok(NULL, "");
+            if (command && name && info && strcmp(command, "register") == 0 && n_held < 16) {
+                CHECK("register", etcd_registry_register_json(reg, argv[2], name, info,
+                                                         strtoull(argv[5], NULL, 10) * 1000,
+                                                         ignore_status, NULL, &held[n_held].id));
+                CHECK("wait", etcd_registry_wait_registered(reg, held[n_held].id, 30000));
+                snprintf(held[n_held].name, sizeof held[n_held].name, "%s", name);
+                n_held++;
+                printf("registered %s\n", name);
+            } else if (command && name && !info && strcmp(command, "unregister") == 0) {
+                size_t i = 0;
+                while (i < n_held && (held[i].id == 0 || strcmp(held[i].name, name) != 0)) i++;
+                if (i == n_held) {
+                    fprintf(stderr, "unregister: %s not held\n", name);
+                    return 1;
+                }
+                CHECK("unregister", etcd_registry_unregister(reg, held[i].id));
+                held[i].id = 0;
+                printf("unregistered %s\n", name);
+            } else {
+                fprintf(stderr, "unknown command\n");
+                return 2;
+            }
+            fflush(stdout);
+        }
+        if (held[0].id != 0) CHECK("unregister", etcd_registry_unregister(reg, held[0].id));
+    } else if (strcmp(argv[1], "follow") == 0) {
+        /* The live set, printed when the watch starts and after each of its events (from the
+         * callback), until stdin closes. */
+        uint64_t id = 0;
+        CHECK("watch", etcd_registry_watch(reg, argv[2], print_live, reg, &id));
+        pthread_mutex_lock(&print_lock);
+        print_watch_nodes(reg, id);
+        pthread_mutex_unlock(&print_lock);
         while (getchar() != EOF) {
         }
-        CHECK("unregister", etcd_registry_unregister(reg, id));
+        CHECK("unwatch", etcd_registry_unwatch(reg, id));
     } else if (strcmp(argv[1], "events") == 0 && (argc == 4 || argc == 5)) {
         /* The scenario of tests/interop/test_events.py, driven by commands on stdin. */
         bool pull = argc == 5 && strcmp(argv[4], "pull") == 0;
@@ -146,7 +205,7 @@ int main(int argc, char **argv) {
         }
         CHECK("unwatch", etcd_registry_unwatch(reg, id));
     } else {
-        fprintf(stderr, "usage: cli register|list|watch ...\n");
+        fprintf(stderr, "usage: cli register|list|watch|follow|events ...\n");
         return 2;
     }
     CHECK("close", etcd_registry_close(reg));

@@ -9,7 +9,8 @@ import etcd_registry
 
 
 def dump(nodes):
-    print(json.dumps([{"name": n.name, "info": n.info} for n in sorted(nodes, key=lambda n: n.name)]))
+    print(json.dumps([{"name": n.name, "info": n.info} for n in sorted(nodes, key=lambda n: n.name)]),
+          flush=True)
 
 
 def events(reg, service, ttl):
@@ -47,8 +48,23 @@ def main(argv):
             if not handle.wait(timeout=30.0):
                 sys.exit("not registered in time")
             print("registered", flush=True)
-            sys.stdin.read()
-            handle.unregister()
+            held = {node: handle}
+            # Commands on stdin: "register NAME INFO_JSON" (same service and TTL) and
+            # "unregister NAME", each answered once done; the registry stays open until EOF.
+            for line in sys.stdin:
+                command, name, *rest = line.split(maxsplit=2)
+                if command == "register":
+                    held[name] = reg.register(service, name, json.loads(rest[0]), ttl=float(ttl))
+                    if not held[name].wait(timeout=30.0):
+                        sys.exit(f"{name} not registered in time")
+                    print("registered", name, flush=True)
+                elif command == "unregister":
+                    held.pop(name).unregister()
+                    print("unregistered", name, flush=True)
+                else:
+                    sys.exit(f"unknown command {line!r}")
+            if node in held:
+                held[node].unregister()
         elif argv[0] == "list":
             dump(reg.list(argv[1]))
         elif argv[0] == "watch":
@@ -58,11 +74,25 @@ def main(argv):
                     if watch.next_event(timeout=30.0) is None:
                         sys.exit("watch ended or timed out")
                 dump(watch.nodes())
+        elif argv[0] == "follow":
+            watch = reg.watch(argv[1])
+            dump(watch.nodes())
+
+            def follow():
+                try:
+                    for _ in watch:
+                        dump(watch.nodes())
+                except etcd_registry.ClosedError:
+                    pass
+
+            threading.Thread(target=follow, daemon=True).start()
+            sys.stdin.read()
+            watch.close()
         elif argv[0] == "events":
             events(reg, argv[1], float(argv[2]))
             return
         else:
-            sys.exit("usage: cli register|list|watch|events ...")
+            sys.exit("usage: cli register|list|watch|follow|events ...")
 
 
 if __name__ == "__main__":

@@ -31,15 +31,35 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     {
         ["register", service, node, info, ttl] => {
             let info: Info = serde_json::from_str(info)?;
-            let reg = registry.register(
-                service,
-                Node::new(*node, info),
-                Duration::from_secs(ttl.parse()?),
-            )?;
+            let ttl = Duration::from_secs(ttl.parse()?);
+            let reg = registry.register(service, Node::new(*node, info), ttl)?;
             reg.wait_registered(Duration::from_secs(30)).await?;
             println!("registered");
-            tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new())).await??;
-            reg.unregister().await?;
+            // Commands on stdin: "register NAME INFO_JSON" (same service and TTL) and
+            // "unregister NAME", each answered once done; the registry stays open until EOF.
+            let mut held = std::collections::HashMap::from([(node.to_string(), reg)]);
+            let mut lines = std::io::stdin().lock().lines();
+            let mut command = move || lines.next().transpose();
+            while let Some(line) = tokio::task::block_in_place(&mut command)? {
+                let mut words = line.trim().splitn(3, ' ');
+                match (words.next(), words.next(), words.next()) {
+                    (Some("register"), Some(name), Some(info)) => {
+                        let info: Info = serde_json::from_str(info)?;
+                        let other = registry.register(service, Node::new(name, info), ttl)?;
+                        other.wait_registered(Duration::from_secs(30)).await?;
+                        held.insert(name.to_string(), other);
+                        println!("registered {name}");
+                    }
+                    (Some("unregister"), Some(name), None) => {
+                        held.remove(name).ok_or("not held")?.unregister().await?;
+                        println!("unregistered {name}");
+                    }
+                    _ => return Err(format!("unknown command {line:?}").into()),
+                }
+            }
+            if let Some(reg) = held.remove(*node) {
+                reg.unregister().await?;
+            }
         }
         ["list", service] => print_nodes(registry.list(service).await?),
         ["watch", service, count] => {
@@ -51,6 +71,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .ok_or("watch ended")?;
             }
             print_nodes(watch.nodes());
+        }
+        ["follow", service] => {
+            let watch = registry.watch(service).await?;
+            print_nodes(watch.nodes());
+            let mut eof =
+                tokio::task::spawn_blocking(|| std::io::stdin().read_to_end(&mut Vec::new()));
+            loop {
+                tokio::select! {
+                    event = watch.next() => {
+                        event.ok_or("watch ended")?;
+                        print_nodes(watch.nodes());
+                    }
+                    read = &mut eof => {
+                        read??;
+                        break;
+                    }
+                }
+            }
         }
         ["events", service, ttl] => {
             // The registry-wide stream, subscribed before registering: every event of both
@@ -82,7 +120,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("end");
             return Ok(());
         }
-        _ => return Err("usage: cli register|list|watch|events ...".into()),
+        _ => return Err("usage: cli register|list|watch|follow|events ...".into()),
     }
     registry.close().await?;
     Ok(())

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -78,16 +79,46 @@ def run(etcd, lang, *args):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def start(etcd, lang, *args):
+    """A program left running, driven by lines on its stdin (see README.md)."""
+    return subprocess.Popen(
+        CLIS[lang] + list(args), env=env(etcd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
+def send(proc, line):
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+
+
+def by_name(nodes):
+    return sorted(nodes, key=lambda n: n["name"])
+
+
+def wait_for_nodes(proc, what, expected):
+    """Reads the live sets a `follow` program prints until one is `expected`; a failure naming
+    `what` (and the sets seen) if none is within DEADLINE seconds."""
+    deadline = time.monotonic() + DEADLINE
+    seen = []
+    while True:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{what}: never saw {expected}; saw {seen}"
+        line = read_line(proc, f"{what} (sets seen: {seen})", timeout=left)
+        assert line, f"{what}: the program exited; saw {seen}"
+        seen.append(json.loads(line))
+        if seen[-1] == expected:
+            return
+
+
 @pytest.fixture(scope="module")
-def registered(etcd):
-    """One node registered from each language, held until the module ends."""
+def holders(etcd):
+    """One node registered from each language, held until the module ends: the programs holding
+    them, and the nodes expected."""
     holders = {}
     for lang in CLIS:
         info = json.dumps({"lang": lang, "version": "1.0.0", "address": f"10.0.0.1:{len(holders) + 8000}"})
-        proc = subprocess.Popen(
-            CLIS[lang] + ["register", "interop", f"{lang}-node", info, "10"],
-            env=env(etcd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
+        proc = start(etcd, lang, "register", "interop", f"{lang}-node", info, "10")
         line = read_line(proc, f"{lang} registering").strip()
         assert line == "registered", f"{lang} did not register: {line!r}"
         holders[lang] = proc
@@ -99,10 +130,15 @@ def registered(etcd):
         ),
         key=lambda n: n["name"],
     )
-    yield expected
+    yield holders, expected
     for lang, proc in holders.items():
         proc.stdin.close()
         assert proc.wait(timeout=30) == 0, f"{lang} failed to unregister"
+
+
+@pytest.fixture(scope="module")
+def registered(holders):
+    return holders[1]
 
 
 @pytest.mark.parametrize("lang", list(CLIS))
@@ -113,6 +149,37 @@ def test_every_language_lists_the_nodes_of_every_language(etcd, registered, lang
 @pytest.mark.parametrize("lang", list(CLIS))
 def test_every_language_watches_the_nodes_of_every_language(etcd, registered, lang):
     assert run(etcd, lang, "watch", "interop", str(len(registered))) == registered
+
+
+def test_every_language_watches_live_changes_made_from_the_others(etcd, holders):
+    """With a watch running in every language, each language in turn registers a node, then
+    unregisters it: every watch sees both changes (so each sees the changes of the three other
+    languages, not only its starting listing)."""
+    programs, expected = holders
+    followers = {lang: start(etcd, lang, "follow", "interop") for lang in CLIS}
+    try:
+        for lang, follower in followers.items():
+            wait_for_nodes(follower, f"{lang} watching", expected)
+        for lang, holder in programs.items():
+            live = {"name": f"{lang}-live", "info": {"lang": lang}}
+            send(holder, f'register {lang}-live {{"lang":"{lang}"}}')
+            assert read_line(holder, f"{lang} registering").strip() == f"registered {lang}-live"
+            for watcher, follower in followers.items():
+                wait_for_nodes(follower, f"{watcher} watching {lang} register {lang}-live",
+                               by_name(expected + [live]))
+            send(holder, f"unregister {lang}-live")
+            assert read_line(holder, f"{lang} unregistering").strip() == f"unregistered {lang}-live"
+            for watcher, follower in followers.items():
+                wait_for_nodes(follower, f"{watcher} watching {lang} unregister {lang}-live",
+                               expected)
+        for lang, follower in followers.items():
+            follower.stdin.close()
+            assert follower.wait(timeout=DEADLINE) == 0, f"{lang} watch failed"
+    finally:
+        for follower in followers.values():
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
 
 
 def test_what_is_stored_is_the_go_wire_format(etcd, registered):
@@ -137,13 +204,28 @@ def test_keys_written_by_the_go_library_and_garbage_read_the_same_everywhere(etc
 
 
 def test_unregistering_from_each_language_removes_its_key(etcd):
+    """Each language registers two nodes on the same TTL (so on one lease), unregisters the
+    first with its registry still open: the first key is gone and the second still there (close,
+    which revokes the lease, would remove both whether or not unregister worked)."""
     for lang in CLIS:
-        proc = subprocess.Popen(
-            CLIS[lang] + ["register", "shortlived", f"{lang}-node", "{}", "10"],
-            env=env(etcd), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        )
-        assert read_line(proc, f"{lang} registering").strip() == "registered"
-        assert etcd.command("get-prefix /services/shortlived/") == [[f"/services/shortlived/{lang}-node", "{}"]]
-        proc.stdin.close()
-        assert proc.wait(timeout=30) == 0
-        assert etcd.command("get-prefix /services/shortlived/") == [], f"{lang} left its key behind"
+        proc = start(etcd, lang, "register", "shortlived", f"{lang}-node", "{}", "10")
+        try:
+            assert read_line(proc, f"{lang} registering").strip() == "registered"
+            send(proc, f"register {lang}-other {{}}")
+            assert read_line(proc, f"{lang} registering").strip() == f"registered {lang}-other"
+            assert etcd.command("get-prefix /services/shortlived/") == [
+                [f"/services/shortlived/{lang}-node", "{}"],
+                [f"/services/shortlived/{lang}-other", "{}"],
+            ]
+            send(proc, f"unregister {lang}-node")
+            assert read_line(proc, f"{lang} unregistering").strip() == f"unregistered {lang}-node"
+            assert etcd.command("get-prefix /services/shortlived/") == [
+                [f"/services/shortlived/{lang}-other", "{}"]
+            ], f"{lang}: unregister did not remove its key alone"
+            proc.stdin.close()
+            assert proc.wait(timeout=30) == 0
+            assert etcd.command("get-prefix /services/shortlived/") == [], f"{lang} left a key behind"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

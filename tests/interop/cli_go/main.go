@@ -76,9 +76,45 @@ func main() {
 			log.Fatal("not registered in time")
 		}
 		fmt.Println("registered")
-		_, _ = io.Copy(io.Discard, os.Stdin)
-		if err := reg.UnregisterNode(context.Background(), args[1], args[2]); err != nil {
-			log.Fatal(err)
+		held := map[string]bool{args[2]: true}
+		// Commands on stdin: "register NAME INFO_JSON" (same service and TTL) and
+		// "unregister NAME", each answered once done; the registry stays open until EOF.
+		lines := bufio.NewScanner(os.Stdin)
+		for lines.Scan() {
+			words := strings.SplitN(strings.TrimSpace(lines.Text()), " ", 3)
+			switch {
+			case len(words) == 3 && words[0] == "register":
+				var info map[string]string
+				if err := json.Unmarshal([]byte(words[2]), &info); err != nil {
+					log.Fatal(err)
+				}
+				done, errs, err := reg.RegisterNode(ctx, args[1], etcdregistry.Node{Name: words[1], Info: info}, time.Duration(ttl)*time.Second)
+				if err != nil {
+					log.Fatal(err)
+				}
+				select {
+				case <-done:
+				case err := <-errs:
+					log.Fatal(err)
+				case <-time.After(30 * time.Second):
+					log.Fatal("not registered in time")
+				}
+				held[words[1]] = true
+				fmt.Println("registered", words[1])
+			case len(words) == 2 && words[0] == "unregister":
+				if err := reg.UnregisterNode(context.Background(), args[1], words[1]); err != nil {
+					log.Fatal(err)
+				}
+				delete(held, words[1])
+				fmt.Println("unregistered", words[1])
+			default:
+				log.Fatalf("unknown command %q", lines.Text())
+			}
+		}
+		if held[args[2]] {
+			if err := reg.UnregisterNode(context.Background(), args[1], args[2]); err != nil {
+				log.Fatal(err)
+			}
 		}
 		cancel()
 	case "list":
@@ -114,10 +150,38 @@ func main() {
 				log.Fatal("watch timed out")
 			}
 		}
+	case "follow":
+		// The live set, printed when the watch starts and after each of its events, until
+		// stdin closes.
+		w, err := reg.WatchService(context.Background(), args[1])
+		if err != nil {
+			log.Fatal(err)
+		}
+		defer w.Close()
+		eof := make(chan struct{})
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			close(eof)
+		}()
+		for {
+			nodes, err := w.Nodes()
+			if err != nil {
+				log.Fatal(err)
+			}
+			dump(nodes)
+			select {
+			case _, ok := <-w.Events():
+				if !ok {
+					log.Fatal("watch ended")
+				}
+			case <-eof:
+				return
+			}
+		}
 	case "events":
 		runEvents(reg, args[1], args[2])
 	default:
-		log.Fatal("usage: cli register|list|watch|events ...")
+		log.Fatal("usage: cli register|list|watch|follow|events ...")
 	}
 }
 
