@@ -64,17 +64,7 @@ func main() {
 			log.Fatal(err)
 		}
 		ctx, cancel := context.WithCancel(context.Background())
-		done, errs, err := reg.RegisterNode(ctx, args[1], etcdregistry.Node{Name: args[2], Info: info}, time.Duration(ttl)*time.Second)
-		if err != nil {
-			log.Fatal(err)
-		}
-		select {
-		case <-done:
-		case err := <-errs:
-			log.Fatal(err)
-		case <-time.After(30 * time.Second):
-			log.Fatal("not registered in time")
-		}
+		registerAndWait(ctx, reg, args[1], etcdregistry.Node{Name: args[2], Info: info}, ttl)
 		fmt.Println("registered")
 		held := map[string]bool{args[2]: true}
 		// Commands on stdin: "register NAME INFO_JSON" (same service and TTL) and
@@ -88,17 +78,7 @@ func main() {
 				if err := json.Unmarshal([]byte(words[2]), &info); err != nil {
 					log.Fatal(err)
 				}
-				done, errs, err := reg.RegisterNode(ctx, args[1], etcdregistry.Node{Name: words[1], Info: info}, time.Duration(ttl)*time.Second)
-				if err != nil {
-					log.Fatal(err)
-				}
-				select {
-				case <-done:
-				case err := <-errs:
-					log.Fatal(err)
-				case <-time.After(30 * time.Second):
-					log.Fatal("not registered in time")
-				}
+				registerAndWait(ctx, reg, args[1], etcdregistry.Node{Name: words[1], Info: info}, ttl)
 				held[words[1]] = true
 				fmt.Println("registered", words[1])
 			case len(words) == 2 && words[0] == "unregister":
@@ -228,4 +208,19 @@ func runEvents(reg *etcdregistry.EtcdRegistry, service, ttlArg string) {
 	}
 	<-printed
 	fmt.Println("end")
+}
+
+// registerAndWait registers node for ttl seconds and waits until it is registered.
+func registerAndWait(ctx context.Context, reg *etcdregistry.EtcdRegistry, service string, node etcdregistry.Node, ttl int) {
+	done, errs, err := reg.RegisterNode(ctx, service, node, time.Duration(ttl)*time.Second)
+	if err != nil {
+		log.Fatal(err)
+	}
+	select {
+	case <-done:
+	case err := <-errs:
+		log.Fatal(err)
+	case <-time.After(30 * time.Second):
+		log.Fatal("not registered in time")
+	}
 }
