@@ -751,8 +751,8 @@ impl Connection {
         self.reached(i);
     }
 
-    /// The member at `i` answered on a stream (a keep-alive, a watch response): preferred
-    /// unless it is ejected (see [`Health::streamed`]).
+    /// The member at `i` answered a keep-alive: preferred unless it was ejected since it last
+    /// answered a call (see [`Health::streamed`]).
     pub(crate) fn streamed(&self, i: usize) {
         self.health.streamed(i);
         self.reached(i);

@@ -25,6 +25,9 @@ struct Member {
     /// The id of the last probe started for this member: a probe whose id is not this one (or
     /// that follows a member no longer `probing`) has been superseded and ends.
     probe: u64,
+    /// Ejected since it last answered a call: its keep-alive answers do not make it preferred
+    /// (a probe's status answer does not clear this; a call answered does).
+    suspect: bool,
 }
 
 impl Member {
@@ -114,20 +117,18 @@ impl Health {
         member.ejected_until = None;
         member.ejections = 0;
         member.probing = false;
+        member.suspect = false;
         table.preferred = i;
     }
 
-    /// Member `i` answered on a stream (a keep-alive, a watch response): preferred if it is
-    /// not ejected. An ejected member stays so until its probe or a call says it is back: a
-    /// member may keep answering keep-alives (which its leader answers) while it fails or
-    /// holds calls (a defragmentation blocks its own reads and writes).
+    /// Member `i` answered a keep-alive: preferred unless it was ejected since it last
+    /// answered a call. An ejected member stays so until its probe or a call says it is back,
+    /// and only a call answered makes it preferred again: a member may keep answering
+    /// keep-alives (which its leader answers) and status requests while it fails or holds calls
+    /// (a defragmentation blocks its own reads and writes).
     pub(crate) fn streamed(&self, i: usize) {
         let mut table = self.lock();
-        if table
-            .members
-            .get(i)
-            .is_some_and(|m| m.ejected_until.is_none())
-        {
+        if table.members.get(i).is_some_and(|m| !m.suspect) {
             table.preferred = i;
         }
     }
@@ -157,6 +158,7 @@ impl Health {
             let period = period_of(member.ejections);
             member.ejections = member.ejections.saturating_add(1);
             member.ejected_until = Some(now + period);
+            member.suspect = true;
             let start_probe = (!member.probing).then(|| {
                 member.probe += 1;
                 member.probing = true;
@@ -317,15 +319,25 @@ mod tests {
     fn a_stream_answer_prefers_a_member_but_does_not_reinstate_it() {
         let health = Health::new(3);
         let now = Instant::now();
-        health.eject(0, now).unwrap();
+        let probe = health.eject(0, now).unwrap().start_probe.unwrap();
         assert_eq!(health.preferred(), 1);
         // Keep-alives answered on member 0 (its leader answers them) while its calls fail.
         health.streamed(0);
         assert!(health.is_ejected(0, now));
         assert_eq!(health.preferred(), 1);
         assert_eq!(health.order(now)[0], 1);
-        // A member in use answering on a stream is preferred.
+        // Nor once its probe's status request is answered (etcd answers it from memory while
+        // a defragmentation holds calls): only a call answered makes it preferred again.
+        health.reinstate(0, probe);
+        assert!(!health.is_ejected(0, now));
+        health.streamed(0);
+        assert_eq!(health.preferred(), 1);
+        health.answered(0);
+        health.streamed(1);
+        health.streamed(0);
+        assert_eq!(health.preferred(), 0);
+        // Any member not ejected since its last call answered is preferred by a keep-alive.
         health.streamed(2);
-        assert_eq!(health.order(now), vec![2, 1, 0]);
+        assert_eq!(health.order(now), vec![2, 0, 1]);
     }
 }

@@ -73,7 +73,10 @@ static pthread_mutex_t print_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static void print_watch_nodes(etcd_registry *reg, uint64_t id) {
     etcd_registry_node_list *list = NULL;
-    CHECK("watch nodes", etcd_registry_watch_nodes(reg, id, &list));
+    etcd_registry_status s = etcd_registry_watch_nodes(reg, id, &list);
+    /* A callback running while main unwatches finds the watch gone already. */
+    if (s == ETCD_REGISTRY_STATUS_NOT_FOUND) return;
+    CHECK("watch nodes", s);
     dump(list);
     etcd_registry_node_list_free(list);
     fflush(stdout);
