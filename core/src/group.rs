@@ -83,6 +83,9 @@ pub(crate) type Retire = Box<dyn Fn(&mpsc::UnboundedReceiver<GroupCmd>) -> bool 
 
 pub(crate) struct LeaseGroup {
     ttl_secs: i64,
+    /// The TTL etcd granted the lease held: more than `ttl_secs` below etcd's minimum (a TTL of
+    /// 1 s is granted about 2 s, more with longer election timeouts).
+    granted_secs: i64,
     conn: Arc<Connection>,
     /// The registry's shared watch stream, for the watch of the group's keys.
     mux: Arc<WatchMux>,
@@ -168,6 +171,7 @@ impl LeaseGroup {
         let lease = Arc::new(AtomicI64::new(0));
         let group = LeaseGroup {
             ttl_secs,
+            granted_secs: ttl_secs,
             conn,
             mux,
             backoff_min,
@@ -423,6 +427,7 @@ impl LeaseGroup {
         let granted = granted?;
         let id = granted.id();
         let granted_at = granted.header().map_or(0, |h| h.revision());
+        self.granted_secs = granted.ttl();
         self.set_lease(Some(id));
         // Writes carrying the lease lost cannot land any more.
         self.maybe_late.store(false, Ordering::SeqCst);
@@ -738,6 +743,11 @@ impl LeaseGroup {
         let mut ticker = tokio::time::interval_at(Instant::now() + period, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_answer = Instant::now();
+        // How long the lease lives after a renewal: the TTL etcd granted, which is more than
+        // the one asked for below etcd's minimum. Counting a lease lost one requested TTL
+        // after its last answer would take a stall of etcd shorter than its real TTL for a
+        // loss, and register everything again.
+        let mut lease_ttl = answered_ttl(ttl, self.granted_secs);
         // When the oldest keep-alive still unanswered was sent.
         let mut waiting_since: Option<Instant> = None;
         // The members are registered once all of it is in place: their keys, the keep-alive and
@@ -780,13 +790,13 @@ impl LeaseGroup {
         // keep-alive checks them, even with a watch.
         let mut recheck = false;
         loop {
-            let lost_at = last_answer + ttl;
+            let lost_at = last_answer + lease_ttl;
             if self.maybe_late.load(Ordering::SeqCst)
                 && Instant::now() >= self.replace_after
                 && !*self.closing.borrow()
             {
                 self.replace_after = Instant::now() + period;
-                match before_loss(lost_at, ttl, self.replace_lease(lease, attempt)).await {
+                match before_loss(lost_at, lease_ttl, self.replace_lease(lease, attempt)).await {
                     Ok(established) => return Exit::Replaced(Box::new(established)),
                     Err(e) => {
                         tracing::debug!(lease, error = %e, "replacing the lease failed; keeping it for now")
@@ -805,6 +815,7 @@ impl LeaseGroup {
                 message = stream.message() => match message {
                     Ok(Some(resp)) if resp.ttl() > 0 => {
                         last_answer = Instant::now();
+                        lease_ttl = answered_ttl(ttl, resp.ttl());
                         waiting_since = None;
                         self.conn.streamed(member);
                         None
@@ -838,7 +849,7 @@ impl LeaseGroup {
                                 }
                             }
                             if unwatched_keys || recheck {
-                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
+                                match before_loss(lost_at, lease_ttl, self.check_keys(lease, attempt, period)).await {
                                     Err(e) => return Exit::Lost(e),
                                     Ok(Some(refused)) => {
                                         recheck = false;
@@ -877,7 +888,7 @@ impl LeaseGroup {
                         for reg in &joining {
                             self.add_member(reg.clone());
                         }
-                        match before_loss(lost_at, ttl, self.put_all(lease, &joining, attempt)).await {
+                        match before_loss(lost_at, lease_ttl, self.put_all(lease, &joining, attempt)).await {
                             Ok((refused, revision)) => {
                                 let landed: Vec<&Arc<RegShared>> =
                                     joining.iter().filter(|r| !refused.contains_key(&r.id)).collect();
@@ -941,7 +952,7 @@ impl LeaseGroup {
                         let Some(reg) = self.members.get(&id).filter(|m| m.stale() && m.claim_put()).cloned() else {
                             continue;
                         };
-                        match before_loss(lost_at, ttl, self.put_one(lease, &reg, attempt)).await {
+                        match before_loss(lost_at, lease_ttl, self.put_one(lease, &reg, attempt)).await {
                             Ok(Ok(_)) => reg.registered(lease),
                             Ok(Err(e)) => self.retry_refused(&mut retry, &mut to_retry, 1, &Refused::from([(id, e)])),
                             // The next attempt puts it, as the member is still stale.
@@ -961,7 +972,7 @@ impl LeaseGroup {
                         .collect();
                     to_retry.clear();
                     tracing::debug!(count = pending.len(), tries, "putting the refused keys again");
-                    match before_loss(lost_at, ttl, self.put_all(lease, &pending, attempt)).await {
+                    match before_loss(lost_at, lease_ttl, self.put_all(lease, &pending, attempt)).await {
                         Ok((refused, revision)) => {
                             let landed: Vec<&Arc<RegShared>> =
                                 pending.iter().filter(|r| !refused.contains_key(&r.id)).collect();
@@ -989,7 +1000,7 @@ impl LeaseGroup {
                     match seen {
                         Ok(deleted) => {
                             if deleted.iter().any(|k| self.is_member_key(k)) {
-                                match before_loss(lost_at, ttl, self.check_keys(lease, attempt, period)).await {
+                                match before_loss(lost_at, lease_ttl, self.check_keys(lease, attempt, period)).await {
                                     Err(e) => return Exit::Lost(e),
                                     // A key put back may have been refused (e.g. no space left).
                                     Ok(Some(refused)) => self.retry_refused(&mut retry, &mut to_retry, 1, &refused),
@@ -1014,8 +1025,8 @@ impl LeaseGroup {
                     format!("keep-alive unanswered for {answer_within:?}"),
                 )),
                 _ = tokio::time::sleep_until(lost_at) => {
-                    self.conn.eject(member, &unanswered(ttl));
-                    return Exit::Lost(unanswered(ttl));
+                    self.conn.eject(member, &unanswered(lease_ttl));
+                    return Exit::Lost(unanswered(lease_ttl));
                 }
             };
             let Some(error) = failover else { continue };
@@ -1031,7 +1042,7 @@ impl LeaseGroup {
             watch = None;
             match before_loss(
                 lost_at,
-                ttl,
+                lease_ttl,
                 self.renew_elsewhere(lease, member, &error, attempt),
             )
             .await
@@ -1203,6 +1214,7 @@ impl LeaseGroup {
         let id = granted.id();
         undo.granted = Some(id);
         let granted_at = granted.header().map_or(0, |h| h.revision());
+        let granted_secs = granted.ttl();
         let members: Vec<Arc<RegShared>> = self.members.values().cloned().collect();
         // The keep-alive first: failing, it leaves every key where it was.
         let moved = async {
@@ -1224,6 +1236,7 @@ impl LeaseGroup {
         }
         undo.granted = None;
         std::mem::forget(undo);
+        self.granted_secs = granted_secs;
         self.set_lease(Some(id));
         // Not awaited: from here on the keys are the new lease's, whatever becomes of this call.
         let conn = self.conn.clone();
@@ -1825,6 +1838,12 @@ fn before_loss<'a, T: 'a>(
             .await
             .unwrap_or_else(|_| Err(unanswered(ttl)))
     }
+}
+
+/// How long a lease lives after a renewal answered with a TTL of `answered` seconds: that, or
+/// the TTL asked for if more (etcd never grants less than asked).
+fn answered_ttl(requested: Duration, answered: i64) -> Duration {
+    requested.max(Duration::from_secs(answered.max(0) as u64))
 }
 
 fn unanswered(ttl: Duration) -> Error {

@@ -1499,3 +1499,56 @@ async fn more_nodes_than_one_ttl_can_put_all_register() {
     assert_eq!(count, NODES as i64);
     registry.close().await.unwrap();
 }
+
+/// etcd grants no lease shorter than its minimum (1.5 election timeouts, rounded up to whole
+/// seconds: 5 s here), whatever TTL is asked for. A registration of a TTL of 1 s keeps its
+/// lease through a stall of etcd longer than 1 s and shorter than the granted TTL: the lease
+/// lives, and the node is neither counted lost nor registered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stall_shorter_than_the_granted_ttl_loses_nothing_below_etcds_minimum_ttl() {
+    init_logs();
+    let etcd = Arc::new(
+        EtcdCluster::builder()
+            .timing(100, 3000)
+            .start()
+            .expect("start etcd"),
+    );
+    // The timeout outlasts the stall: a keep-alive moved to "another" member waits for it.
+    let registry = Registry::connect(config(&etcd, "/min").with_timeout(Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let reg = registry
+        .register("s", node("n", &[]), Duration::from_secs(1))
+        .unwrap();
+    let mut events = reg.subscribe();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let lease = reg.lease_id().unwrap();
+    let granted = etcd.lease_ttl(lease).unwrap();
+    assert!(granted > 2, "etcd granted {granted} s");
+
+    let e = etcd.clone();
+    blocking(move || e.pause(0).expect("pause")).await;
+    // Longer than the TTL asked for, well within the one granted.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let e = etcd.clone();
+    blocking(move || e.resume(0).expect("resume")).await;
+
+    // A node joining the lease after the stall goes through the same task, after anything it
+    // did about the stall.
+    let other = registry
+        .register("s", node("m", &[]), Duration::from_secs(1))
+        .unwrap();
+    other.wait_registered(DEADLINE).await.unwrap();
+    assert_eq!(other.lease_id(), Some(lease), "the same lease");
+    assert_eq!(reg.lease_id(), Some(lease));
+    reg.unregister().await.unwrap();
+    let (_, before) = wait_event(&mut events, "unregistered", |e| {
+        matches!(e, StatusEvent::Unregistered)
+    })
+    .await;
+    assert!(
+        matches!(before.as_slice(), [StatusEvent::Registered { .. }]),
+        "nothing but registered before unregistered: {before:?}"
+    );
+    registry.close().await.unwrap();
+}
