@@ -29,7 +29,8 @@ trap 'rm -rf "$tmp"' EXIT
 # library's etcd_registry_version(): cbindgen.toml with an after_includes block put in front.
 version="$("$root/scripts/version.sh")"
 read -r major minor patch <<<"$("$root/scripts/version.sh" --parts)"
-# A string constant, which cbindgen 0.29 cannot emit: taken from the core's definition.
+# A string constant, which cbindgen 0.29 cannot emit: taken from the core's definition. And
+# ETCD_REGISTRY_NO_INFO, a usize::MAX that cbindgen either drops or writes as an int (~0).
 base_path="$(sed -n 's/^pub const DEFAULT_BASE_PATH: &str = "\(.*\)";$/\1/p' "$root/core/src/config.rs")"
 if [ -z "$base_path" ]; then
     echo "check-header: DEFAULT_BASE_PATH not found in core/src/config.rs" >&2
@@ -52,7 +53,14 @@ after_includes = """
  * The base path used when etcd_registry_config_set_base_path is not called (the core's
  * DEFAULT_BASE_PATH).
  */
-#define ETCD_REGISTRY_DEFAULT_BASE_PATH "$base_path""""
+#define ETCD_REGISTRY_DEFAULT_BASE_PATH "$base_path"
+
+/**
+ * Pass as \`info_len\` (with \`info\` NULL) to \`etcd_registry_register\` for no info object at all:
+ * the value is stored empty, as Go's library stores a nil map (an empty info object, \`info_len\`
+ * 0, is stored as \`{}\`). A \`size_t\` (ffi/src/info.rs: a usize constant cbindgen cannot emit).
+ */
+#define ETCD_REGISTRY_NO_INFO SIZE_MAX"""
 TOML
 sed "s/@CBINDGEN_VERSION@/$CBINDGEN_VERSION/g" "$here/cbindgen.toml" >> "$tmp/cbindgen.toml"
 # --quiet: cbindgen warns about every private static it skips, which is expected here.

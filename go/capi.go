@@ -228,7 +228,7 @@ func cUpdate(p *C.etcd_registry, id uint64, info map[string]string) error {
 }
 
 // noInfo is ETCD_REGISTRY_NO_INFO (SIZE_MAX): register a node without info object.
-const noInfo = ^C.size_t(0)
+const noInfo = C.size_t(C.ETCD_REGISTRY_NO_INFO)
 
 // cInfo copies info into one C allocation, the entries followed by their bytes (C may not
 // keep Go pointers, and entries in Go memory pointing at Go strings would break cgo's rules).

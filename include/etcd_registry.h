@@ -28,8 +28,9 @@
  *   - The library never prints. Its logs go to etcd_registry_set_log_callback, if set.
  *
  * THREADS
- *   - All functions are thread-safe, except that one etcd_registry_config must not be changed
- *     from two threads at once, and etcd_registry_free must be the last call on its handle.
+ *   - All functions are thread-safe, except that one etcd_registry_config must not be used by
+ *     any call (etcd_registry_connect included) while another thread changes or frees it, and
+ *     etcd_registry_free must be the last call on its handle.
  *   - The library runs one global runtime of 1 thread (etcd_registry_config_set_runtime_threads
  *     or the environment variable ETCD_REGISTRY_THREADS, before the first connect) plus one
  *     callback thread named "etcd-reg-events", all started on first use.
@@ -142,6 +143,13 @@
 #define ETCD_REGISTRY_DEFAULT_BASE_PATH "/services"
 
 /**
+ * Pass as `info_len` (with `info` NULL) to `etcd_registry_register` for no info object at all:
+ * the value is stored empty, as Go's library stores a nil map (an empty info object, `info_len`
+ * 0, is stored as `{}`). A `size_t` (ffi/src/info.rs: a usize constant cbindgen cannot emit).
+ */
+#define ETCD_REGISTRY_NO_INFO SIZE_MAX
+
+/**
  * The timeout of connecting and of each etcd call when none is set, in milliseconds.
  */
 #define ETCD_REGISTRY_DEFAULT_TIMEOUT_MS 10000
@@ -171,13 +179,6 @@
  * event comes or the registry is closed).
  */
 #define ETCD_REGISTRY_WAIT_FOREVER 18446744073709551615ull
-
-/**
- * Pass as `info_len` (with `info` NULL) to `etcd_registry_register` for no info object at all:
- * the value is stored empty, as Go's library stores a nil map (an empty info object, `info_len`
- * 0, is stored as `{}`). All bits set, i.e. `SIZE_MAX`.
- */
-#define ETCD_REGISTRY_NO_INFO ~0
 
 /**
  * What a fallible call did. The numbers are fixed and never reused; new codes may be added.
@@ -269,8 +270,8 @@ typedef struct etcd_registry etcd_registry;
 /**
  * Opaque configuration of a registry. Created by `etcd_registry_config_new`, freed by
  * `etcd_registry_config_free`. `etcd_registry_connect` copies what it needs, so the config can
- * be freed (or reused) right after. Not thread-safe: do not modify one config from two
- * threads at once.
+ * be freed (or reused) right after. Not thread-safe: no call may use a config (a connect
+ * included) while another thread changes or frees it.
  *
  * Defaults: no endpoints (at least one is required), base path "/services", no credentials,
  * timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment

@@ -28,8 +28,8 @@ pub const ETCD_REGISTRY_MAX_TTL_SECS: u64 = 9_000_000_000;
 
 /// Opaque configuration of a registry. Created by `etcd_registry_config_new`, freed by
 /// `etcd_registry_config_free`. `etcd_registry_connect` copies what it needs, so the config can
-/// be freed (or reused) right after. Not thread-safe: do not modify one config from two
-/// threads at once.
+/// be freed (or reused) right after. Not thread-safe: no call may use a config (a connect
+/// included) while another thread changes or frees it.
 ///
 /// Defaults: no endpoints (at least one is required), base path "/services", no credentials,
 /// timeout 10000 ms, backoff 1000 ms doubling to 30000 ms, runtime threads from the environment

@@ -397,13 +397,13 @@ impl etcd_registry {
     /// close goes on in the background, and every callback is stopped here, so that none runs
     /// once free returns (the host frees `user_data` then).
     fn free_on_runtime_thread(&self) {
-        tracing::error!(
-            "etcd_registry_free called inside an _async or log callback: the registry's callbacks \
-             are stopped without their UNREGISTERED and its close finishes in the background; \
-             close it from another thread first"
-        );
         let handlers: Vec<(Handler, Option<UserData>)> = match self.shut() {
             Some(handlers) => {
+                tracing::error!(
+                    "etcd_registry_free called inside an _async or log callback on a registry \
+                     not closed: its callbacks are stopped without their UNREGISTERED and its \
+                     close finishes in the background; close it from another thread first"
+                );
                 self.queue.close();
                 self.queue.set_on_ready(None);
                 let core = self.registry.clone();
@@ -780,8 +780,14 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
             return Ok(());
         }
         // A second close on the callback thread returns at once (see close_and_wait), also
-        // inside an unregister or close made from a callback, where it could not block.
-        if Handler::on_dispatcher_thread() && this.lock().closed {
+        // inside an unregister or close made from a callback, where it could not block. On a
+        // runtime thread (an _async or log callback), where no call may block, a second close
+        // returns OK once the first has finished: there is nothing left to wait for.
+        let (closed, finished) = {
+            let state = this.lock();
+            (state.closed, state.close_finished)
+        };
+        if (Handler::on_dispatcher_thread() && closed) || finished {
             return Ok(());
         }
         ensure_can_block()?;

@@ -33,8 +33,11 @@ pub struct etcd_registry_info_entry {
 
 /// Pass as `info_len` (with `info` NULL) to `etcd_registry_register` for no info object at all:
 /// the value is stored empty, as Go's library stores a nil map (an empty info object, `info_len`
-/// 0, is stored as `{}`). All bits set, i.e. `SIZE_MAX`.
-pub const ETCD_REGISTRY_NO_INFO: usize = !0;
+/// 0, is stored as `{}`). `SIZE_MAX`: `ffi/check-header.sh` writes it into the header as that,
+/// a `size_t` (cbindgen writes no `usize::MAX`, and `!0` as an `int`).
+///
+/// cbindgen:ignore
+pub const ETCD_REGISTRY_NO_INFO: usize = usize::MAX;
 
 /// Refuses a length of `T`s no buffer can have (over `isize::MAX` bytes): Rust aborts the
 /// process on such a slice, which no guard can catch.

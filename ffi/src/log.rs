@@ -165,8 +165,14 @@ pub unsafe extern "C" fn etcd_registry_set_log_callback(
             })
         });
         let level = if new.is_some() { max_level } else { 0 };
-        let old = std::mem::replace(&mut *current(), new);
-        registry::log::set_max_level(level);
+        // The level is set under the callback's lock: two threads setting both at once do not
+        // leave one's callback with the other's level (nothing the level setting calls takes
+        // this lock).
+        let old = {
+            let mut current = current();
+            registry::log::set_max_level(level);
+            std::mem::replace(&mut *current, new)
+        };
         // No new call can take the old callback now; wait for the running ones to return.
         if let Some(old) = old {
             while Arc::strong_count(&old) > 1 {

@@ -785,6 +785,10 @@ static bool listed_value_is(etcd_registry *r, const char *service, size_t index,
  * Go's json.Marshal writes it (\ufffd per byte) and so reads back as U+FFFD; no info object
  * (ETCD_REGISTRY_NO_INFO) differs from an empty one; bad entries are clear errors. */
 static void test_info_entries(void) {
+    /* A size_t, as info_len is: compared with a size_t under -Wextra -Werror, no sign warning. */
+    _Static_assert(_Generic(ETCD_REGISTRY_NO_INFO, size_t: 1, default: 0), "ETCD_REGISTRY_NO_INFO is a size_t");
+    size_t no_info = ETCD_REGISTRY_NO_INFO;
+    CHECK(no_info == ETCD_REGISTRY_NO_INFO && no_info == SIZE_MAX);
     etcd_registry *r = connect_etcd();
     REQUIRE(r != NULL);
     uint64_t id = 42;
@@ -2267,6 +2271,52 @@ static void test_free_inside_an_async_callback_stops_every_callback(void) {
     free(ctx);
 }
 
+/* A registry closed already, closed again and freed from an _async callback (a library
+ * runtime thread, where no call may block): the close is OK, as from any thread, and the free
+ * logs no error (the error is for a registry freed there before it was closed). */
+typedef struct {
+    etcd_registry *closed;
+    etcd_registry_status close_status;
+    atomic_bool done;
+} close_closed_ctx;
+
+static atomic_int free_errors; /* ERROR lines about etcd_registry_free in a callback */
+
+static void count_free_errors(etcd_registry_log_level level, const char *target, const char *message,
+                              void *user_data) {
+    (void)target;
+    (void)user_data;
+    if (level == ETCD_REGISTRY_LOG_ERROR && strstr(message, "etcd_registry_free") != NULL)
+        atomic_fetch_add(&free_errors, 1);
+}
+
+static void close_closed_from_list_callback(void *user_data, etcd_registry_status status, const char *message,
+                                            etcd_registry_node_list *list) {
+    (void)status;
+    (void)message;
+    close_closed_ctx *ctx = user_data;
+    etcd_registry_node_list_free(list);
+    ctx->close_status = etcd_registry_close(ctx->closed);
+    etcd_registry_free(ctx->closed);
+    atomic_store(&ctx->done, true);
+}
+
+static void test_a_closed_registry_closed_and_freed_in_an_async_callback(void) {
+    close_closed_ctx ctx = {.closed = connect_etcd(), .close_status = -1};
+    etcd_registry *r = connect_etcd();
+    REQUIRE(ctx.closed != NULL && r != NULL);
+    REQUIRE_OK(etcd_registry_close(ctx.closed));
+    atomic_store(&free_errors, 0);
+    REQUIRE_OK(etcd_registry_set_log_callback(count_free_errors, ETCD_REGISTRY_LOG_ERROR, NULL));
+    REQUIRE_OK(etcd_registry_list_async(r, "closed-in-callback", close_closed_from_list_callback, &ctx));
+    REQUIRE(WAIT_FOR(atomic_load(&ctx.done), 30 * slow));
+    CHECK_OK(etcd_registry_set_log_callback(NULL, ETCD_REGISTRY_LOG_OFF, NULL));
+    CHECK(ctx.close_status == ETCD_REGISTRY_STATUS_OK);
+    CHECK(atomic_load(&free_errors) == 0);
+    CHECK_OK(etcd_registry_close(r));
+    etcd_registry_free(r);
+}
+
 static void test_free_functions_keep_the_last_error(void) {
     char eps[64];
     snprintf(eps, sizeof eps, "127.0.0.1:%d", dead_port());
@@ -3394,6 +3444,7 @@ static const test_case tests[] = {
     TEST(test_info_entries),
     TEST(test_list_errors),
     TEST(test_list_async),
+    TEST(test_a_closed_registry_closed_and_freed_in_an_async_callback),
     TEST(test_unregister_async),
     TEST(test_watch_async),
     TEST(test_services),
