@@ -223,28 +223,55 @@ def _complete() -> None:
         pass
 
 
+#: The threads, in the order `_threads` holds them.
+_ROLES = (("etcd_registry-dispatch", _run), ("etcd_registry-asyncio", _complete))
+
+
+def _running(pid: int) -> bool:
+    return _threads_pid == pid and len(_threads) == len(_ROLES) and all(t.is_alive() for t in _threads)
+
+
 def ensure_started() -> None:
     """Starts the threads in this process if they are not running, and mirrors the logger's
     level now, so that a level set just before a new Registry applies to it at once (the
     dispatch thread mirrors it only between batches and once a second). Does nothing once the
-    threads were stopped at interpreter exit."""
+    threads were stopped at interpreter exit. When the interpreter refuses new threads because
+    it is exiting (Python 3.12+, in an exit handler registered after the import, which runs
+    before `_stop`), stops as at exit instead: there are no callbacks, blocking calls still
+    work and awaited calls complete on their loop's thread."""
     global _threads, _threads_pid
     pid = os.getpid()
     if _stopped_pid == pid:
         return
     _sync_log_level()
-    if _threads_pid == pid and all(t.is_alive() for t in _threads):
+    if _running(pid):
         return
     with _lock:
-        if _stopped_pid == pid or (_threads_pid == pid and all(t.is_alive() for t in _threads)):
+        if _stopped_pid == pid or _running(pid):
             return
-        threads = [
-            threading.Thread(target=_run, name="etcd_registry-dispatch", daemon=True),
-            threading.Thread(target=_complete, name="etcd_registry-asyncio", daemon=True),
-        ]
-        for thread in threads:
-            thread.start()
-        _threads, _threads_pid = threads, pid
+        if _threads_pid != pid:
+            _threads, _threads_pid = [], pid
+        try:
+            # Only those not running: one may have started before the other failed.
+            for i, (name, target) in enumerate(_ROLES):
+                if i < len(_threads) and _threads[i].is_alive():
+                    continue
+                thread = threading.Thread(target=target, name=name, daemon=True)
+                thread.start()
+                _threads[i:i + 1] = [thread]
+            return
+        except RuntimeError:
+            # Any other failure (out of threads) is the caller's; a later Registry tries again.
+            if not _shutting_down():
+                raise
+    # Unlocked: `_stop` takes the lock. It also stops the thread that did start, if one did.
+    _stop()
+
+
+def _shutting_down() -> bool:
+    """Whether the interpreter is exiting: `threading` joins the program's threads before the
+    exit handlers run, and says so (a Python that does not: taken as exiting)."""
+    return bool(getattr(threading, "_SHUTTING_DOWN", True))
 
 
 def _stop() -> None:
@@ -255,6 +282,9 @@ def _stop() -> None:
     interpreter for good; so does a callback thread left behind, once its callback returns."""
     global _stopped_pid
     with _lock:
+        if _stopped_pid == os.getpid():
+            # Already (`ensure_started`, in an exit handler that ran before this one).
+            return
         _stopped_pid = os.getpid()
     _native._set_log_level(_OFF)
     mine = _threads_pid == os.getpid() and threading.current_thread() not in _threads

@@ -52,13 +52,14 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     let runtime = registry::runtime::handle().map_err(|e| errors::to_py_err(py, e))?;
-    let exiting = dispatch::asyncio_stopped();
-    if !exiting {
+    if !dispatch::asyncio_stopped() {
         // The thread that resolves the future (started with the first Registry; again after
         // fork).
         py.import("etcd_registry._dispatch")?
             .call_method0("ensure_started")?;
     }
+    // Read after: where the interpreter refuses new threads, `ensure_started` stops the lanes.
+    let exiting = dispatch::asyncio_stopped();
     // A RuntimeError outside a running loop, as asyncio's own calls raise.
     let event_loop = py.import("asyncio")?.call_method0("get_running_loop")?;
     let future = event_loop.call_method0("create_future")?;

@@ -1,5 +1,6 @@
 //! `Registry`: the Python face of the core's registry.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use pyo3::exceptions::PyTypeError;
@@ -316,7 +317,7 @@ impl PyRegistry {
         // Begun on the runtime, so that a Ctrl-C raises KeyboardInterrupt at once (not after
         // waiting for the "unregistered" events, which come once etcd answers or the timeout
         // passes), while the close goes on in the background.
-        let result = blocking::wait(py, blocking::begin(async move { core.close().await }))?;
+        let result = blocking::wait(py, begin_close(core, self.token))?;
         // Every "unregistered" is queued now: return once the callbacks have had them, and no
         // callback of this registry's watches runs.
         dispatch::finish_registry(py, self.token)?;
@@ -345,7 +346,7 @@ impl PyRegistry {
         asyncio::future_into_py_claimed(py, claim, move |_| {
             // Begun here, as close(): cancelling the awaiting task does not stop it. Only once
             // the awaitable is made: with no running event loop, nothing is closed.
-            let begun = blocking::begin(async move { core.close().await });
+            let begun = begin_close(core, token);
             async move {
                 let result = begun.await;
                 if nested {
@@ -405,6 +406,21 @@ impl PyRegistry {
             if self.inner_closed() { "True" } else { "False" }
         )
     }
+}
+
+/// Closes `core` on the runtime ([`blocking::begin`]), then forgets the watches' callbacks of
+/// the registry `token` there too: a close whose caller stopped waiting (Ctrl-C, a cancelled
+/// task) still frees them, with their core watches. Only after the core close, which marks the
+/// registry closed first (see `Creating::watch_done`).
+fn begin_close(
+    core: registry::Registry,
+    token: u64,
+) -> impl Future<Output = registry::Result<()>> + Send + 'static {
+    blocking::begin(async move {
+        let result = core.close().await;
+        dispatch::forget_registry_watches(token);
+        result
+    })
 }
 
 impl PyRegistry {

@@ -54,17 +54,18 @@ fn type_name(obj: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn repr_str(s: &str) -> String {
-    // Python-style quoting is close enough to Rust's debug quoting for names and info values.
-    format!("'{}'", s.escape_debug().to_string().replace('\'', "\\'"))
+/// What Python's `repr()` gives for `s`: its quoting and escaping (which quote, what is
+/// printable) are Python's rules, which Rust's debug quoting does not follow.
+fn repr_str(py: Python<'_>, s: &str) -> PyResult<String> {
+    Ok(PyString::new(py, s).repr()?.to_cow()?.into_owned())
 }
 
-fn repr_info(info: &Info) -> String {
-    let items: Vec<String> = info
+fn repr_info(py: Python<'_>, info: &Info) -> PyResult<String> {
+    let items = info
         .iter()
-        .map(|(k, v)| format!("{}: {}", repr_str(k), repr_str(v)))
-        .collect();
-    format!("{{{}}}", items.join(", "))
+        .map(|(k, v)| Ok(format!("{}: {}", repr_str(py, k)?, repr_str(py, v)?)))
+        .collect::<PyResult<Vec<String>>>()?;
+    Ok(format!("{{{}}}", items.join(", ")))
 }
 
 /// What `__reduce__` gives pickle and `copy`: what to call to make the value again, and the
@@ -114,12 +115,12 @@ impl PyNode {
         ))
     }
 
-    fn __repr__(&self) -> String {
-        format!(
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
             "Node(name={}, info={})",
-            repr_str(&self.name),
-            repr_info(&self.info)
-        )
+            repr_str(py, &self.name)?,
+            repr_info(py, &self.info)?
+        ))
     }
 }
 
@@ -213,16 +214,16 @@ impl PyWatchEvent {
         ))
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let node = match &self.node {
-            Some(node) => node.__repr__(),
+            Some(node) => node.__repr__(py)?,
             None => "None".into(),
         };
-        format!(
+        Ok(format!(
             "WatchEvent(kind={}, node={node}, revision={})",
-            repr_str(self.kind),
+            repr_str(py, self.kind)?,
             self.revision
-        )
+        ))
     }
 }
 
@@ -352,11 +353,11 @@ impl PyStatusEvent {
         ))
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
         let mut parts = vec![
-            format!("kind={}", repr_str(self.kind)),
-            format!("service={}", repr_str(&self.service)),
-            format!("node_name={}", repr_str(&self.node_name)),
+            format!("kind={}", repr_str(py, self.kind)?),
+            format!("service={}", repr_str(py, &self.service)?),
+            format!("node_name={}", repr_str(py, &self.node_name)?),
         ];
         if let Some(attempt) = self.attempt {
             parts.push(format!("attempt={attempt}"));
@@ -375,7 +376,7 @@ impl PyStatusEvent {
                 .unwrap_or_else(|_| "?".into());
             parts.push(format!("error={repr}"));
         }
-        format!("StatusEvent({})", parts.join(", "))
+        Ok(format!("StatusEvent({})", parts.join(", ")))
     }
 
     /// A line for people, e.g. `api/node-1: retrying in 1.0s (attempt 1): connection: …`.

@@ -103,6 +103,36 @@ def test_node_value_type() -> None:
     assert Node("x").info == {}
 
 
+#: Strings whose repr Python quotes or escapes: quotes of either kind or both, a backslash,
+#: control characters, non-ASCII (printable, kept as is, and not, escaped).
+AWKWARD_STRINGS = [
+    "it's",
+    'say "hi"',
+    'it\'s "both"',
+    "back\\slash",
+    "new\nline\ttab\rreturn",
+    "naïve ☃ \U0001f600",
+    "\x00\x7f\u200b\x85",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD_STRINGS)
+def test_reprs_quote_strings_as_python_does(text: str) -> None:
+    """Names, info and kinds appear in the reprs as Python's own repr() writes them, and a
+    Node's repr makes the same node again."""
+    node = Node(text, {text: text, "k": "v"})
+    info = dict(sorted({text: text, "k": "v"}.items()))  # kept sorted
+    assert repr(node) == f"Node(name={text!r}, info={info!r})"
+    assert eval(repr(node), {"Node": Node}) == node
+    # Events have no constructor: made as unpickling makes them.
+    event = etcd_registry.WatchEvent._restore("removed", node, 7)  # type: ignore[attr-defined]
+    assert repr(event) == f"WatchEvent(kind='removed', node={node!r}, revision=7)"
+    status = etcd_registry.StatusEvent._restore(  # type: ignore[attr-defined]
+        "unregistered", text, text, None, None, None, None
+    )
+    assert repr(status) == f"StatusEvent(kind='unregistered', service={text!r}, node_name={text!r})"
+
+
 def test_nodes_and_events_pickle_and_copy(registry: Registry) -> None:
     """Nodes and the events received can be pickled (e.g. sent through a
     `multiprocessing.Queue`) and copied, shallow or deep, with every field kept."""

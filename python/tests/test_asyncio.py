@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import subprocess
 import sys
 import threading
+import weakref
 from typing import Any, Optional
 
 import pytest
@@ -258,6 +260,44 @@ def test_cancelling_unregister_async_does_not_stop_it(fresh_etcd: Etcd) -> None:
     try:
         run(main())
         eventually("the key deleted", lambda: reg.list("api") == [])
+    finally:
+        reg.close()
+
+
+def test_a_cancelled_close_async_still_frees_the_watch_callbacks(fresh_etcd: Etcd) -> None:
+    """A close begun by close_async() goes on when its awaiting is cancelled, and once it is done
+    its watches' callbacks are forgotten: nothing keeps them (nor their watches) alive."""
+    reg = quick_registry(fresh_etcd, timeout=60.0)
+
+    def on_event(event: WatchEvent) -> None:
+        pass
+
+    watch = reg.watch("api", on_event=on_event)
+    freed = weakref.ref(on_event)
+    del watch, on_event
+
+    async def main() -> None:
+        # A registration to delete, with etcd paused: the close cannot end before the cancel.
+        handle = reg.register("db", "n", ttl=3 * DEADLINE)
+        assert await handle.wait_async(timeout=DEADLINE) is True
+        fresh_etcd.cmd("pause", 0)
+        try:
+            pending = asyncio.ensure_future(reg.close_async())
+            await asyncio.sleep(0)
+            assert pending.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await pending
+        finally:
+            fresh_etcd.cmd("resume", 0)
+
+    def callback_freed() -> bool:
+        gc.collect()
+        # (`reg.closed` also lets the module drop what it let go of off the interpreter.)
+        return reg.closed and freed() is None
+
+    try:
+        run(main())
+        eventually("the callback freed", callback_freed)
     finally:
         reg.close()
 

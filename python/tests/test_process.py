@@ -181,6 +181,99 @@ print("registered", flush=True)
     assert etcd.get_prefix(base_path + "/") == {}
 
 
+def test_a_registry_first_made_where_exit_refuses_threads_works_without_them(etcd: Etcd) -> None:
+    """Python 3.12+ refuses new threads in exit handlers, also in one registered after the import
+    (which runs before the package's own): a Registry first made there works as one made after
+    the package's handler, with blocking and awaited calls, no callbacks and no thread. Simulated
+    on any Python by a `Thread.start` that refuses as 3.12's does."""
+    code = """
+import atexit, asyncio, sys, threading
+
+import etcd_registry
+
+endpoints, base = sys.argv[1].split(","), sys.argv[2]
+
+
+def refuse(self):
+    raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+def late():
+    threading.Thread.start = refuse
+    before = set(threading.enumerate())
+    kinds = []
+    reg = etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+    handle = reg.register("api", "n", ttl=3 * 60.0, on_status=lambda event: kinds.append(event.kind))
+    assert handle.wait(timeout=30.0)
+
+    async def main():
+        names = [n.name for n in await reg.list_async("api")]
+        await reg.close_async()
+        return names
+
+    names = asyncio.run(main())
+    print("late:", names, kinds, reg.closed, len(set(threading.enumerate()) - before), "new threads",
+          flush=True)
+
+
+atexit.register(late)  # after the import: runs before the package's own exit handler
+print("ready", flush=True)
+"""
+    base_path = f"/refused-exit-{uuid.uuid4().hex[:8]}"
+    result = run_python(code, etcd.env_endpoints, base_path, timeout=DEADLINE)
+    assert result.stdout.splitlines() == ["ready", "late: ['n'] [] True 0 new threads"], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert not any(marker in result.stderr for marker in CRASH_MARKERS), result.stderr
+    assert etcd.get_prefix(base_path + "/") == {}
+
+
+def test_a_thread_refused_before_exit_fails_the_registry_and_the_next_one_starts_it(etcd: Etcd) -> None:
+    """A thread the interpreter refuses while not exiting (out of threads) fails the Registry
+    being made; the next Registry starts what is missing, once each, with callbacks."""
+    code = """
+import asyncio, sys, threading
+
+import etcd_registry
+
+endpoints, base = sys.argv[1].split(","), sys.argv[2]
+start = threading.Thread.start
+
+
+def refuse_asyncio(self):
+    if self.name == "etcd_registry-asyncio":
+        raise RuntimeError("can't start new thread")
+    start(self)
+
+
+threading.Thread.start = refuse_asyncio  # the callback thread starts, the other not
+try:
+    etcd_registry.Registry(endpoints, base_path=base, timeout=10.0)
+except RuntimeError as exc:
+    print("refused:", exc, flush=True)
+threading.Thread.start = start
+seen = threading.Event()
+with etcd_registry.Registry(endpoints, base_path=base, timeout=10.0) as reg:
+    reg.register("api", "n", ttl=3 * 60.0, on_status=lambda event: seen.set())
+    print("callback:", seen.wait(30.0), flush=True)
+
+    async def main():
+        return [n.name for n in await reg.list_async("api")]
+
+    print("listed:", asyncio.run(main()), flush=True)
+print(sorted(t.name for t in threading.enumerate() if t.name.startswith("etcd_registry")), flush=True)
+"""
+    base_path = f"/refused-{uuid.uuid4().hex[:8]}"
+    result = run_python(code, etcd.env_endpoints, base_path, timeout=DEADLINE)
+    assert result.stdout.splitlines() == [
+        "refused: can't start new thread",
+        "callback: True",
+        "listed: ['n']",
+        "['etcd_registry-asyncio', 'etcd_registry-dispatch']",
+    ], result.stderr
+    assert result.returncode == 0, result.stderr
+    assert etcd.get_prefix(base_path + "/") == {}
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_fork_child_gets_closed_errors_and_a_working_runtime(etcd: Etcd) -> None:
     result = run_python(str(SCRIPTS / "fork_child.py"), f"/fork-{uuid.uuid4().hex[:8]}",
