@@ -12,7 +12,7 @@
 //! resumes on its own, on a new stream that the first of them opens and the others join.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,8 +70,9 @@ enum Command {
     },
 }
 
-/// How old a stream must be for a refusal of its auth token to be taken for an expired token:
-/// a stream just opened carries the newest one, and a refusal there is a lack of permission.
+/// How old a stream opened with a renewed token (after one was ended for its stale token) must
+/// be for a refusal of its auth token to be taken for an expired token again: until then it is
+/// a lack of permission.
 const STALE_TOKEN_AGE: Duration = Duration::from_secs(1);
 
 /// Whether etcd refused a watcher for its authentication: no permission, or a token that
@@ -94,6 +95,9 @@ pub(crate) struct WatchMux {
     /// The task that owns the open stream; `None` while none is open.
     session: tokio::sync::Mutex<Option<Open>>,
     next_token: AtomicU64,
+    /// The open stream was ended as its token was found stale (see [`Session::probed`]): the
+    /// next one is opened with a renewed token, and a refusal there is not probed again.
+    token_reopened: AtomicBool,
 }
 
 /// One watch on the shared stream: a watcher in etcd, and more that [`Subscription::add`] puts
@@ -180,6 +184,7 @@ impl WatchMux {
             handle,
             session: tokio::sync::Mutex::new(None),
             next_token: AtomicU64::new(1),
+            token_reopened: AtomicBool::new(false),
         })
     }
 
@@ -281,6 +286,7 @@ impl WatchMux {
             tokens: HashMap::new(),
             held: HashMap::new(),
             opened: Instant::now(),
+            after_token_reopen: self.token_reopened.swap(false, Ordering::SeqCst),
             subs: HashMap::from([(
                 token,
                 Sub {
@@ -354,6 +360,8 @@ struct Session {
     /// the stream's expired token.
     held: HashMap<u64, WatchResponse>,
     opened: Instant,
+    /// Opened after a stream was ended for its stale token.
+    after_token_reopen: bool,
     subs: HashMap<u64, Sub>,
     /// How many of `subs` are checked: the member is checked while any is.
     checked: usize,
@@ -629,15 +637,21 @@ impl Session {
         }
     }
 
-    /// A watcher refused for authentication on a stream opened a while ago, by a registry with
-    /// credentials: etcd checks the token the stream was opened with, which expires (the
-    /// `--auth-token-ttl` of simple tokens, 5 min by default; a restart) while calls renew
-    /// theirs. Every watcher made on the stream from then on would be refused, for ever.
+    /// A watcher refused for authentication, by a registry with credentials: etcd checks the
+    /// token the stream was opened with, which expires (the `--auth-token-ttl` of simple
+    /// tokens, 5 min by default; a restart) while calls renew theirs. Every watcher made on
+    /// the stream from then on would be refused, for ever. A stream just opened may carry an
+    /// expired token too: its member's client renews its token only when a call of its own is
+    /// refused, and one that only carried keep-alives (which etcd does not check) or nothing
+    /// since the registry connected has not. Only a stream opened after one was ended for its
+    /// token, with a renewed one, takes a refusal in its first moments for a lack of permission
+    /// at once (the probe may read a narrower range than the watch: no loop of reopening).
     fn may_be_stale_token(&self, resp: &WatchResponse) -> bool {
         let reason = resp.cancel_reason();
+        let young = self.opened.elapsed() < STALE_TOKEN_AGE;
         self.mux.conn.has_credentials()
             && (crate::error::is_old_auth_revision(reason)
-                || (self.opened.elapsed() >= STALE_TOKEN_AGE && is_auth_refusal(reason)))
+                || (is_auth_refusal(reason) && !(young && self.after_token_reopen)))
     }
 
     /// Reads the refused watcher's key on the stream's member, beside the stream: a refusal of
@@ -674,6 +688,7 @@ impl Session {
         if readable && self.subs.contains_key(&token) {
             let endpoint = self.mux.conn.endpoint(self.member);
             tracing::info!(%endpoint, "etcd refused a watch with the expired or old auth token of the watch stream; reopening it");
+            self.mux.token_reopened.store(true, Ordering::SeqCst);
             let e = Error::new(
                 ErrorKind::Auth,
                 format!("the auth token of the watch stream on {endpoint} expired or is old"),

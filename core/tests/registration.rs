@@ -1552,3 +1552,63 @@ async fn a_stall_shorter_than_the_granted_ttl_loses_nothing_below_etcds_minimum_
     );
     registry.close().await.unwrap();
 }
+
+/// A member's client renews its auth token only when a call of its own is refused: one that
+/// carried nothing since the registry connected (or only keep-alives, which etcd does not
+/// check) holds an expired token. The keep-alive moved there from a paused member, the watch
+/// of the keys opened there is refused for that token at once: it is taken for the stale token
+/// it is (not for a lack of permission, which would leave the keys unwatched and read with
+/// every keep-alive for as long as the lease lives), and made again with a renewed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_watch_opened_with_an_expired_token_on_another_member_is_made_there() {
+    init_logs();
+    let etcd = Arc::new(
+        EtcdCluster::builder()
+            .members(3)
+            .auth_token_ttl(2)
+            .start()
+            .unwrap(),
+    );
+    etcd.enable_auth("svc", "right").unwrap();
+    let registry = Registry::connect(config(&etcd, "/t").with_credentials("svc", "right"))
+        .await
+        .unwrap();
+    let in_use = |registry: &Registry| {
+        let active = registry.active_endpoint();
+        etcd.endpoints()
+            .iter()
+            .position(|e| active.ends_with(e.trim_start_matches("http://")))
+            .unwrap_or_else(|| panic!("{active} is none of the endpoints"))
+    };
+    let watchers = |i: usize| {
+        let metrics = etcd.metrics(i).unwrap();
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let reg = registry
+        .register("api", node("n1", &[]), Duration::from_secs(6))
+        .unwrap();
+    reg.wait_registered(DEADLINE).await.unwrap();
+    let paused = in_use(&registry);
+    // Idle past the token TTL: the other members' tokens, from connecting, expire.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let e = etcd.clone();
+    blocking(move || e.pause(paused).expect("pause")).await;
+    eventually("the keep-alive to leave the paused member", || async {
+        in_use(&registry) != paused
+    })
+    .await;
+    let now = in_use(&registry);
+    eventually(
+        "the watch of the keys made on the member in use",
+        || async { watchers(now) >= 1 },
+    )
+    .await;
+    let e = etcd.clone();
+    blocking(move || e.resume(paused).expect("resume")).await;
+    assert_eq!(reg.state(), RegistrationState::Registered);
+    registry.close().await.unwrap();
+}
