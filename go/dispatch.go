@@ -134,6 +134,9 @@ type routes struct {
 	registrations map[uint64]*Registration
 	watches       map[uint64]*Watch
 	creating      int
+	// catchUps counts the dispatcher's catch-ups (handle.catchUp): a registration being created
+	// while one looked was not in registrations, and catches up by itself (see register).
+	catchUps uint64
 	// pulling is set while the dispatcher takes an event and routes it: from beginPull to the
 	// end of lookup, or to endPull when none came.
 	pulling bool
@@ -157,11 +160,13 @@ func newRoutes() *routes {
 }
 
 // beginCreate must precede the C call that creates a registration or watch; one of
-// addRegistration, addWatch or abortCreate must follow it.
-func (r *routes) beginCreate() {
+// addRegistration, addWatch or abortCreate must follow it. It returns the catch-ups so far,
+// for addRegistration.
+func (r *routes) beginCreate() uint64 {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.creating++
-	r.mu.Unlock()
+	return r.catchUps
 }
 
 func (r *routes) endCreateLocked() {
@@ -175,11 +180,14 @@ func (r *routes) abortCreate() {
 	r.mu.Unlock()
 }
 
-func (r *routes) addRegistration(g *Registration) {
+// addRegistration routes g's events from now on; caughtUp is what beginCreate returned. It
+// reports whether the dispatcher caught up meanwhile, without g.
+func (r *routes) addRegistration(g *Registration, caughtUp uint64) (missed bool) {
 	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.registrations[g.id] = g
 	r.endCreateLocked()
-	r.mu.Unlock()
+	return r.catchUps != caughtUp
 }
 
 func (r *routes) addWatch(w *Watch) {
@@ -230,10 +238,12 @@ func (r *routes) endPullLocked() {
 	r.endedWatches = nil
 }
 
-// allRegistrations is every live registration.
-func (r *routes) allRegistrations() []*Registration {
+// catchUp counts a catch-up and returns every live registration for it, under one lock: a
+// registration being created then is either among them or told by addRegistration.
+func (r *routes) catchUp() []*Registration {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	r.catchUps++
 	out := make([]*Registration, 0, len(r.registrations))
 	for _, g := range r.registrations {
 		out = append(out, g)
@@ -396,7 +406,8 @@ func (h *handle) eventFile() *os.File {
 // catchUp makes up for events the library's queue dropped since the last look (*seen is the
 // drop count then): every registration not registered yet asks the library for its state, and
 // one registered meanwhile closes its done channel as its dropped Registered event would have.
-// Runs on the dispatcher, in order with deliver.
+// Runs on the dispatcher, in order with deliver. A registration that Register has made in the
+// library but not routed yet is not among them: Register has it catch up by itself.
 func (h *handle) catchUp(seen *uint64) {
 	var now uint64
 	err := h.use("dropped events", func(p *cRegistry) error {
@@ -408,7 +419,7 @@ func (h *handle) catchUp(seen *uint64) {
 		return
 	}
 	*seen = now
-	for _, g := range h.routes.allRegistrations() {
+	for _, g := range h.routes.catchUp() {
 		g.catchUp()
 	}
 }

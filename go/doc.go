@@ -26,7 +26,8 @@
 //
 // # Errors
 //
-// Every error is an *Error with a Code; errors.Is works with the sentinels ErrInvalidArgument,
+// Every error is an *Error with a Code, except the ctx.Err() of a caller's context, which a
+// call taking one returns as it is when that context ends; errors.Is works with the sentinels ErrInvalidArgument,
 // ErrConnection, ErrTimeout, ErrAuth, ErrNotFound, ErrClosed, ErrInternal, ErrTLS (also an
 // ErrConnection) and ErrResourceExhausted, and a timeout
 // also matches context.DeadlineExceeded (its text says "context deadline exceeded"). An

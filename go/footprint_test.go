@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -194,5 +195,115 @@ func TestDoneClosesWhenRegisteredEventsWereDropped(t *testing.T) {
 		case <-deadline:
 			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
 		}
+	}
+}
+
+// As above, but the registration whose Registered event is dropped is not routed yet when the
+// dispatcher catches up (found by review: between the library making it and register routing
+// its events, the catch-up skipped it and moved on, and its Done stayed open). It is held
+// there (testHookRouting) until the dispatcher has caught up with every drop.
+func TestDoneClosesWhenRegisteredEventWasDroppedBeforeRouting(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	a := registerMany(t, r, context.Background(), service+"-a", 1)[0]
+	a.mu.Lock()
+	locked := true
+	defer func() {
+		if locked {
+			a.mu.Unlock()
+		}
+	}()
+	// a's Updated event will stop the dispatcher at a's lock.
+	if err := r.h.use("update", func(p *cRegistry) error {
+		return cUpdate(p, a.id, map[string]string{"v": "2"})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the dispatcher waits for a's lock", func() bool {
+		return goroutinesIn(".(*Registration).deliver(") == 1
+	})
+
+	inGap, release := make(chan *Registration, 1), make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	testHookRouting = func(g *Registration) {
+		if g.service == service && g.node == "parked" {
+			inGap <- g
+			<-release
+		}
+	}
+	defer func() { testHookRouting = nil }()
+	registered := make(chan *Registration, 1)
+	go func() {
+		g, err := r.Register(context.Background(), service, Node{Name: "parked"}, 10*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		registered <- g
+	}()
+	var parked *Registration
+	select {
+	case parked = <-inGap:
+	case <-time.After(waitLimit):
+		t.Fatal("Register did not reach the hook")
+	}
+	// Its Registered event is queued first: the oldest, so the first one dropped below.
+	eventually(t, "parked is registered", func() bool {
+		var state State
+		_ = r.h.use("state", func(p *cRegistry) error {
+			var err error
+			state, err = cRegistrationState(p, parked.id)
+			return err
+		})
+		return state == StateRegistered
+	})
+
+	const n = 2000
+	regs := make([]*Registration, 0, n)
+	for i := range n {
+		g, err := r.Register(context.Background(), service, Node{Name: fmt.Sprintf("n%d", i)}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		regs = append(regs, g)
+	}
+	eventually(t, "every node is in etcd", func() bool {
+		return len(shared.getPrefix(t, "/services/"+service+"/")) == n+1
+	})
+	var dropped uint64
+	eventually(t, "the library's queue has dropped events", func() bool {
+		_ = r.h.use("dropped", func(p *cRegistry) error {
+			var err error
+			dropped, err = cDroppedEvents(p)
+			return err
+		})
+		return dropped > 0
+	})
+	t.Logf("%d events dropped", dropped)
+	a.mu.Unlock()
+	locked = false
+	// The oldest of these had their Registered events dropped too: once every Done is closed,
+	// the dispatcher has caught up with every drop, without parked.
+	deadline := time.After(waitLimit)
+	for _, g := range regs {
+		select {
+		case <-g.Done():
+		case <-deadline:
+			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
+		}
+	}
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case g := <-registered:
+		if g != parked {
+			t.Fatal("Register returned another registration")
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Register did not return")
+	}
+	select {
+	case <-parked.Done():
+	case <-time.After(waitLimit):
+		t.Fatalf("parked: registered (state %v) but Done is still open", parked.State())
 	}
 }

@@ -1,9 +1,10 @@
 package etcdregistry
 
 // The library never prints. SetLogger forwards its log messages to a *slog.Logger: the C
-// library calls goer_log_trampoline (log_trampoline.c) on its own threads, one call at a time,
-// with a runtime/cgo.Handle of the logger as user data, and the trampoline calls
-// goEtcdRegistryLog below. A Go pointer never crosses into C.
+// library calls goer_log_trampoline (log_trampoline.c) on any thread, maybe several at once
+// (the header's rule), with a runtime/cgo.Handle of the logger as user data, and the trampoline
+// calls goEtcdRegistryLog below, which is safe for that (it touches only a channel and an
+// atomic count). A Go pointer never crosses into C.
 //
 // goEtcdRegistryLog only queues the record: a goroutine of its own hands it to the logger. The
 // library's threads run its keep-alives and calls, which a slow or blocked handler (a full

@@ -68,6 +68,11 @@ type regExtra struct {
 	finished chan struct{}    // made by a waiter; closed when the registration has ended
 	reason   error            // why it ends, set by the first of Unregister, ctx or Close, else by end
 	ctxEnded bool             // reason is ctx.Err(): the end was claimed when ctx ended
+	// unregistering is set while the library has not answered the unregister of the Unregister
+	// that claimed the end: CLOSED means Close came first and ended the registration, whose
+	// reason is then ErrClosed. Its StatusUnregistered waits in held meanwhile.
+	unregistering bool
+	held          *StatusEvent
 	// stop is closed by end to wake a pump blocked on a reader who does not read; made by the
 	// pump the first time it finds the events channel full.
 	stop chan struct{}
@@ -176,7 +181,7 @@ func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, 
 		return g, nil
 	}
 	h.startDispatcher()
-	h.routes.beginCreate()
+	caughtUp := h.routes.beginCreate()
 	h.registering.Lock()
 	err := h.use(op, func(p *cRegistry) error {
 		var err error
@@ -193,7 +198,14 @@ func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, 
 		h.routes.abortCreate()
 		return nil, err
 	}
-	h.routes.addRegistration(g)
+	if testHookRouting != nil {
+		testHookRouting(g)
+	}
+	if h.routes.addRegistration(g, caughtUp) {
+		// The dispatcher caught up with dropped events while g was not routed yet: g's own
+		// Registered event may have been among them.
+		g.catchUp()
+	}
 	if ctx.Done() != nil { // else ctx never ends: nothing to watch
 		g.mu.Lock()
 		if !g.ended {
@@ -209,10 +221,15 @@ func (r *EtcdRegistry) register(ctx context.Context, service string, node Node, 
 	return g, nil
 }
 
+// testHookRouting, set by tests, runs in register once the library has made the registration
+// and before its events are routed to it.
+var testHookRouting func(g *Registration)
+
 // UnregisterNode unregisters a node this registry registered: its key is deleted at once and
 // its registration ends (ErrUnregistered on its error channel). ErrNotFound when this registry
 // holds no registration of that node; one ending when called (its context just ended) is
-// waited for, as Unregister does. The deletion goes on if ctx ends first.
+// waited for, as Unregister does, and one Close ends first gets ErrClosed, as there. The
+// deletion goes on if ctx ends first.
 func (r *EtcdRegistry) UnregisterNode(ctx context.Context, service, name string) error {
 	switch {
 	case !r.made():
@@ -431,7 +448,9 @@ func (g *Registration) Update(info map[string]string) error {
 // error channel; StatusUnregistered, the last event, is on Events when it returns). ErrNotFound
 // if it had already ended when called (ErrClosed after Close). One already ending when called
 // (its context ended, another Unregister) is waited for, and nil returned (ErrClosed when Close
-// ended it), so Unregister right after cancelling its context does not depend on timing. If
+// ended it), so Unregister right after cancelling its context does not depend on timing. One
+// that Close ends first, while Unregister is under way, ends as Close ends it: ErrClosed,
+// returned and on its error channel. If
 // ctx ends first, Unregister returns ctx.Err() and the deletion goes on. It never fails because
 // etcd is unreachable: a warning is logged, nil returned, and the key expires with its lease
 // (or, when other nodes of the registry keep that lease alive, is deleted as soon as etcd
@@ -469,7 +488,19 @@ func (g *Registration) unregisterLive(ctx context.Context, endedBefore bool) err
 		return &Error{Code: CodeNotFound, Op: unregisterLabel, Message: "the registration has already ended"}
 	}
 	result := make(chan error, 1)
-	go func() { result <- g.unregister() }()
+	go func() {
+		if testHookUnregistering != nil {
+			testHookUnregistering(g)
+		}
+		err := g.unregister()
+		closed := isCode(err, CodeClosed)
+		g.unregisterAnswered(closed)
+		if closed {
+			// Close came first: it ended the registration, and revoking the lease deleted the key.
+			err = closedError(unregisterLabel)
+		}
+		result <- err
+	}()
 	select {
 	case err := <-result:
 		// The library queued StatusUnregistered before returning: wait until it is handed over.
@@ -490,8 +521,8 @@ func (g *Registration) hasEnded() bool {
 	return g.ended
 }
 
-// claimEnd records why the registration ends (byCtx: its context ended); false if an end is
-// already under way.
+// claimEnd records why the registration ends (byCtx: its context ended, else Unregister,
+// which must then call unregisterAnswered); false if an end is already under way.
 func (g *Registration) claimEnd(reason error, byCtx bool) bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -499,8 +530,25 @@ func (g *Registration) claimEnd(reason error, byCtx bool) bool {
 		return false
 	}
 	x := g.more()
-	x.reason, x.ctxEnded = reason, byCtx
+	x.reason, x.ctxEnded, x.unregistering = reason, byCtx, !byCtx
 	return true
+}
+
+// unregisterAnswered takes the library's answer to Unregister's unregister (closed: CLOSED,
+// Close came first), and ends the registration if its StatusUnregistered came meanwhile.
+func (g *Registration) unregisterAnswered(closed bool) {
+	g.mu.Lock()
+	x := g.x // made by claimEnd
+	x.unregistering = false
+	if closed {
+		x.reason = ErrClosed
+	}
+	held := x.held
+	x.held = nil
+	g.mu.Unlock()
+	if held != nil {
+		g.finish(*held) // the last event of g: nothing is delivered after it
+	}
 }
 
 // deliver applies one event from the dispatcher, in order; it never blocks.
@@ -515,21 +563,15 @@ func (g *Registration) deliver(ev StatusEvent) {
 		}
 		g.mu.Unlock()
 	case StatusUnregistered:
-		var reason error
 		g.mu.Lock()
-		if g.x != nil {
-			reason = g.x.reason
+		if g.x != nil && g.x.unregistering {
+			// Whether Unregister or Close ended it is known when the library answers Unregister.
+			g.x.held = &ev
+			g.mu.Unlock()
+			return
 		}
 		g.mu.Unlock()
-		if reason == nil {
-			if g.r.h.isClosing() {
-				reason = ErrClosed // close revoked the lease
-			} else {
-				reason = ErrReplaced // a newer registration of the node owns the key now
-			}
-		}
-		ev.Err = reason
-		g.end(reason, ev)
+		g.finish(ev)
 		return
 	}
 	g.mu.Lock()
@@ -538,6 +580,26 @@ func (g *Registration) deliver(ev StatusEvent) {
 		g.pumpLocked()
 	}
 	g.mu.Unlock()
+}
+
+// finish ends the registration with its StatusUnregistered event, for the reason claimed, else
+// the one the library's event stands for.
+func (g *Registration) finish(ev StatusEvent) {
+	var reason error
+	g.mu.Lock()
+	if g.x != nil {
+		reason = g.x.reason
+	}
+	g.mu.Unlock()
+	if reason == nil {
+		if g.r.h.isClosing() {
+			reason = ErrClosed // close revoked the lease
+		} else {
+			reason = ErrReplaced // a newer registration of the node owns the key now
+		}
+	}
+	ev.Err = reason
+	g.end(reason, ev)
 }
 
 // landed records the first registration: done is closed, unless ctx ended first.
@@ -556,7 +618,8 @@ func (g *Registration) landed() {
 }
 
 // catchUp closes done if the library says the node has been registered: its Registered event
-// may have been dropped from the library's queue (see handle.catchUp).
+// may have been dropped from the library's queue (see handle.catchUp). It runs on the
+// dispatcher, or in register: landed is idempotent, under g.mu, so either may come first.
 func (g *Registration) catchUp() {
 	g.mu.Lock()
 	registered := g.registered
@@ -678,7 +741,7 @@ func (g *Registration) finishEventsLocked() {
 }
 
 // unregister deletes the key and forgets the registration in the library, which then queues
-// StatusUnregistered.
+// StatusUnregistered. CLOSED when Close came first (it revoked the lease, deleting the key).
 //
 // It waits for etcd parked, not in C (see asyncCall), and outside the registry's lock: a
 // registry whose registrations all end at once (a shared context cancelled at shutdown) while
@@ -693,11 +756,12 @@ func (g *Registration) unregister() error {
 	if err == nil {
 		err = wait()
 	}
-	if isCode(err, CodeClosed) {
-		return nil // Close revoked the lease, which deleted the key
-	}
 	return err
 }
+
+// testHookUnregistering, set by tests, runs once Unregister has claimed the end and before it
+// asks the library to unregister.
+var testHookUnregistering func(g *Registration)
 
 // testHookEnding, set by tests, runs in end between letting go of ctx and marking the
 // registration ended.

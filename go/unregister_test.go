@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/pprof"
+	"sync"
 	"testing"
 	"time"
 )
@@ -165,5 +166,119 @@ func TestUnregisterRightAfterCancellingItsContextIsNil(t *testing.T) {
 	}
 	if kv := shared.getPrefix(t, "/services/"+service+"/"); len(kv) != 0 {
 		t.Fatalf("keys left: %v", kv)
+	}
+}
+
+// Unregister and UnregisterNode called while Close is under way (waiting for a paused etcd),
+// after the library has closed: Close ends the registrations, so both report ErrClosed, as do
+// their error channels and last events (found by review: the Unregister's claim won, the
+// library refused its unregister with CLOSED, and each reported ErrUnregistered and nil).
+func TestUnregisterDuringCloseReportsErrClosed(t *testing.T) {
+	h := newHarness(t)
+	r, service := registryOn(t, h)
+	regs := make([]*Registration, 2)
+	for i := range regs {
+		g, err := r.Register(context.Background(), service, Node{Name: fmt.Sprintf("n%d", i)}, 10*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		waitDone(t, g.Done(), g.Errors())
+		regs[i] = g
+	}
+	resume := pause(t, h)
+	closed := make(chan error, 1)
+	go func() { closed <- r.Close() }()
+	eventually(t, "the library is closed", func() bool {
+		err := r.h.use("state", func(p *cRegistry) error {
+			_, err := cRegistrationState(p, regs[0].id)
+			return err
+		})
+		return isCode(err, CodeClosed)
+	})
+	results := make(chan error, 2)
+	go func() { results <- regs[0].Unregister(context.Background()) }()
+	go func() { results <- r.UnregisterNode(context.Background(), service, "n1") }()
+	for _, g := range regs {
+		eventually(t, "the unregistrations have begun", func() bool {
+			g.mu.Lock()
+			defer g.mu.Unlock()
+			return g.x != nil && g.x.reason != nil
+		})
+	}
+	resume()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Close did not return")
+	}
+	for range regs {
+		select {
+		case err := <-results:
+			if !errors.Is(err, ErrClosed) {
+				t.Errorf("unregistering during Close returned %v, want ErrClosed", err)
+			}
+		case <-time.After(waitLimit):
+			t.Fatal("unregistering during Close did not return")
+		}
+	}
+	// ErrClosed itself: ErrUnregistered matches ErrClosed too.
+	for i, g := range regs {
+		if all := rangeErrs(t, g.Errors()); len(all) != 1 || all[0] != ErrClosed {
+			t.Errorf("n%d ended with %v, want ErrClosed", i, all)
+		}
+		if ev := waitStatus(t, g.Events(), StatusUnregistered); ev.Err != ErrClosed {
+			t.Errorf("n%d: last event's error %v, want ErrClosed", i, ev.Err)
+		}
+	}
+}
+
+// As above, with Close all done between Unregister's claim and its call to the library, which
+// then refuses it: the StatusUnregistered that Close queued for the registration waits for that
+// answer, and the registration ends with ErrClosed.
+func TestUnregisterAnsweredAfterCloseReportsErrClosed(t *testing.T) {
+	r := newRegistry(t, shared.endpoints)
+	service := serviceName(t)
+	g, err := r.Register(context.Background(), service, Node{Name: "n1"}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitDone(t, g.Done(), g.Errors())
+	claimed, release := make(chan struct{}), make(chan struct{})
+	var releaseOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	testHookUnregistering = func(h *Registration) {
+		if h == g {
+			close(claimed)
+			<-release
+		}
+	}
+	defer func() { testHookUnregistering = nil }()
+	result := make(chan error, 1)
+	go func() { result <- g.Unregister(context.Background()) }()
+	select {
+	case <-claimed:
+	case <-time.After(waitLimit):
+		t.Fatal("Unregister did not claim the end")
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case err := <-result:
+		if !errors.Is(err, ErrClosed) {
+			t.Errorf("Unregister returned %v, want ErrClosed", err)
+		}
+	case <-time.After(waitLimit):
+		t.Fatal("Unregister did not return")
+	}
+	if all := rangeErrs(t, g.Errors()); len(all) != 1 || all[0] != ErrClosed {
+		t.Errorf("ended with %v, want ErrClosed", all)
+	}
+	if ev := waitStatus(t, g.Events(), StatusUnregistered); ev.Err != ErrClosed {
+		t.Errorf("last event's error %v, want ErrClosed", ev.Err)
 	}
 }
