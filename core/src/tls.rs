@@ -271,7 +271,10 @@ pub(crate) fn without_client_cert(message: &str) -> &str {
 /// The PEM files are read again for each new connection, as etcd's Go client reads its client
 /// certificate again for each handshake: certificates rotated on disk (cert-manager, Vault,
 /// SPIFFE) are used from the next connection on, and a registry whose certificate expired comes
-/// back once a valid one is in place, without a restart. Connections already open keep theirs.
+/// back once a valid one is in place, without a restart. Connections already open keep theirs,
+/// and so does etcd-client's own reconnection of one that dropped while idle: the call that
+/// fails its handshake there makes the member's client be made again, with the files read anew
+/// (see `Connection::client_of`).
 /// Files that cannot be used as they are (a rotation half done: a new certificate beside the
 /// old key) leave the last good options in use, with a warning, until they change again.
 pub(crate) struct ClientTls {
