@@ -176,26 +176,10 @@ func TestDoneClosesWhenRegisteredEventsWereDropped(t *testing.T) {
 	eventually(t, "every node is in etcd", func() bool {
 		return len(shared.getPrefix(t, "/services/"+service+"/")) == n
 	})
-	var dropped uint64
-	eventually(t, "the library's queue has dropped events", func() bool {
-		_ = r.h.use("dropped", func(p *cRegistry) error {
-			var err error
-			dropped, err = cDroppedEvents(p)
-			return err
-		})
-		return dropped > 0
-	})
-	t.Logf("%d events dropped", dropped)
+	waitDropped(t, r)
 	a.mu.Unlock()
 	locked = false
-	deadline := time.After(waitLimit)
-	for _, g := range regs {
-		select {
-		case <-g.Done():
-		case <-deadline:
-			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
-		}
-	}
+	waitAllDone(t, regs)
 }
 
 // As above, but the registration whose Registered event is dropped is not routed yet when the
@@ -270,28 +254,12 @@ func TestDoneClosesWhenRegisteredEventWasDroppedBeforeRouting(t *testing.T) {
 	eventually(t, "every node is in etcd", func() bool {
 		return len(shared.getPrefix(t, "/services/"+service+"/")) == n+1
 	})
-	var dropped uint64
-	eventually(t, "the library's queue has dropped events", func() bool {
-		_ = r.h.use("dropped", func(p *cRegistry) error {
-			var err error
-			dropped, err = cDroppedEvents(p)
-			return err
-		})
-		return dropped > 0
-	})
-	t.Logf("%d events dropped", dropped)
+	waitDropped(t, r)
 	a.mu.Unlock()
 	locked = false
 	// The oldest of these had their Registered events dropped too: once every Done is closed,
 	// the dispatcher has caught up with every drop, without parked.
-	deadline := time.After(waitLimit)
-	for _, g := range regs {
-		select {
-		case <-g.Done():
-		case <-deadline:
-			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
-		}
-	}
+	waitAllDone(t, regs)
 	releaseOnce.Do(func() { close(release) })
 	select {
 	case g := <-registered:
@@ -305,5 +273,33 @@ func TestDoneClosesWhenRegisteredEventWasDroppedBeforeRouting(t *testing.T) {
 	case <-parked.Done():
 	case <-time.After(waitLimit):
 		t.Fatalf("parked: registered (state %v) but Done is still open", parked.State())
+	}
+}
+
+// waitDropped waits until the library's queue of r has dropped events.
+func waitDropped(t *testing.T, r *EtcdRegistry) {
+	t.Helper()
+	var dropped uint64
+	eventually(t, "the library's queue has dropped events", func() bool {
+		_ = r.h.use("dropped", func(p *cRegistry) error {
+			var err error
+			dropped, err = cDroppedEvents(p)
+			return err
+		})
+		return dropped > 0
+	})
+	t.Logf("%d events dropped", dropped)
+}
+
+// waitAllDone fails the test unless every Done of regs closes within waitLimit in all.
+func waitAllDone(t *testing.T, regs []*Registration) {
+	t.Helper()
+	deadline := time.After(waitLimit)
+	for _, g := range regs {
+		select {
+		case <-g.Done():
+		case <-deadline:
+			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
+		}
 	}
 }

@@ -520,12 +520,7 @@ impl Scenario {
 
     /// The member index of the endpoint the registry uses now.
     fn client_member(&self) -> usize {
-        let active = self.registry.active_endpoint();
-        let endpoints = self.etcd.endpoints();
-        endpoints
-            .iter()
-            .position(|e| active.ends_with(e.trim_start_matches("http://")))
-            .unwrap_or_else(|| panic!("{active} is none of {endpoints:?}"))
+        member_in_use(&self.etcd, &self.registry)
     }
 
     async fn leader(&self) -> usize {
@@ -1048,18 +1043,11 @@ async fn two_leases_sharing_a_watch_stream_on_a_paused_member_lose_no_key() {
         reg.wait_registered(DEADLINE).await.unwrap();
         regs.push(reg);
     }
-    let in_use = |registry: &Registry| {
-        let active = registry.active_endpoint();
-        etcd.endpoints()
-            .iter()
-            .position(|e| active.ends_with(e.trim_start_matches("http://")))
-            .unwrap_or_else(|| panic!("{active} is none of the endpoints"))
-    };
-    let paused = in_use(&registry);
+    let paused = member_in_use(&etcd, &registry);
     let e = etcd.clone();
     blocking(move || e.pause(paused).expect("pause")).await;
     eventually("the registry to leave the paused member", || async {
-        in_use(&registry) != paused
+        member_in_use(&etcd, &registry) != paused
     })
     .await;
     for key in ["/shared/api/a", "/shared/api/b"] {
@@ -1287,12 +1275,7 @@ async fn watches_made_while_their_member_is_paused_are_made_on_another() {
         warm.and_then(|e| e.node).map(|n| n.name).as_deref(),
         Some("warm")
     );
-    let active = registry.active_endpoint();
-    let paused = etcd
-        .endpoints()
-        .iter()
-        .position(|e| active.ends_with(e.trim_start_matches("http://")))
-        .unwrap_or_else(|| panic!("{active} is none of the endpoints"));
+    let paused = member_in_use(&etcd, &registry);
     let e = etcd.clone();
     blocking(move || e.pause(paused).expect("pause")).await;
     let paused_at = Instant::now();

@@ -37,15 +37,6 @@ fn cfg(etcd: &EtcdCluster) -> Config {
         .with_backoff(Duration::from_millis(200), Duration::from_secs(2))
 }
 
-/// The member the registry's calls go to now.
-fn member_in_use(etcd: &EtcdCluster, registry: &Registry) -> usize {
-    let active = registry.active_endpoint();
-    etcd.endpoints()
-        .iter()
-        .position(|e| active.ends_with(e.trim_start_matches("http://")))
-        .unwrap_or_else(|| panic!("{active} is none of {:?}", etcd.endpoints()))
-}
-
 async fn get(etcd: &Arc<EtcdCluster>, key: &str) -> Option<String> {
     let (e, key) = (etcd.clone(), key.to_string());
     blocking(move || e.get(&key).expect("get")).await

@@ -1573,38 +1573,23 @@ async fn a_key_watch_opened_with_an_expired_token_on_another_member_is_made_ther
     let registry = Registry::connect(config(&etcd, "/t").with_credentials("svc", "right"))
         .await
         .unwrap();
-    let in_use = |registry: &Registry| {
-        let active = registry.active_endpoint();
-        etcd.endpoints()
-            .iter()
-            .position(|e| active.ends_with(e.trim_start_matches("http://")))
-            .unwrap_or_else(|| panic!("{active} is none of the endpoints"))
-    };
-    let watchers = |i: usize| {
-        let metrics = etcd.metrics(i).unwrap();
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix("etcd_debugging_mvcc_watcher_total "))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or(0.0) as u64
-    };
     let reg = registry
         .register("api", node("n1", &[]), Duration::from_secs(6))
         .unwrap();
     reg.wait_registered(DEADLINE).await.unwrap();
-    let paused = in_use(&registry);
+    let paused = member_in_use(&etcd, &registry);
     // Idle past the token TTL: the other members' tokens, from connecting, expire.
     tokio::time::sleep(Duration::from_secs(4)).await;
     let e = etcd.clone();
     blocking(move || e.pause(paused).expect("pause")).await;
     eventually("the keep-alive to leave the paused member", || async {
-        in_use(&registry) != paused
+        member_in_use(&etcd, &registry) != paused
     })
     .await;
-    let now = in_use(&registry);
+    let now = member_in_use(&etcd, &registry);
     eventually(
         "the watch of the keys made on the member in use",
-        || async { watchers(now) >= 1 },
+        || async { gauge_of(&etcd, now, "etcd_debugging_mvcc_watcher_total") >= 1 },
     )
     .await;
     let e = etcd.clone();

@@ -56,12 +56,26 @@ pub fn node(name: &str, pairs: &[(&str, &str)]) -> Node {
 
 /// The value of an unlabelled gauge in member 0's metrics.
 pub fn gauge(etcd: &EtcdCluster, name: &str) -> u64 {
-    let metrics = etcd.metrics(0).unwrap();
+    gauge_of(etcd, 0, name)
+}
+
+/// The value of an unlabelled gauge in member `i`'s metrics.
+pub fn gauge_of(etcd: &EtcdCluster, i: usize, name: &str) -> u64 {
+    let metrics = etcd.metrics(i).unwrap();
     metrics
         .lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
         .unwrap_or_else(|| panic!("no {name} in etcd's metrics")) as u64
+}
+
+/// The member the registry's calls go to now.
+pub fn member_in_use(etcd: &EtcdCluster, registry: &etcd_registry::Registry) -> usize {
+    let active = registry.active_endpoint();
+    etcd.endpoints()
+        .iter()
+        .position(|e| active.ends_with(e.trim_start_matches("http://")))
+        .unwrap_or_else(|| panic!("{active} is none of {:?}", etcd.endpoints()))
 }
 
 /// A gRPC server counter of member 0 for one method, summed over its other labels: e.g.
