@@ -21,7 +21,8 @@
 //   The wrapper owns them and destroys each one only when
 //   the C library guarantees it will not be called again and it is not running: a status
 //   callback once its UNREGISTERED call (its last: after unregister, close, or a newer
-//   registration of the same node) has returned, a watch callback after unwatch/close. One let
+//   registration of the same node) has returned, a watch callback after unwatch/close (after
+//   ~Registry for a close made inside a callback). One let
 //   go from inside a callback (it may be the one running) goes when the outermost returns.
 //   An exception a callback throws is caught and dropped (it must not reach the C library).
 // - A callback may hold the last reference to its Registry (e.g. a captured
@@ -482,12 +483,15 @@ class Registry {
 
     // Unregisters everything (revoking the leases) and stops the watches. Idempotent.
     // The status callbacks let themselves go in their UNREGISTERED calls; the watch callbacks,
-    // stopped for good, go here rather than with the Registry.
+    // stopped for good, go here rather than with the Registry. Not when called inside a
+    // callback: there a close another thread began returns at once, while that thread is still
+    // stopping the watches (one may be called yet), so they go with the Registry.
     void close() {
         // Held here: a callback the close delivers nested may let go of the last reference to
         // this Registry, destroying it before the C call returns.
         std::shared_ptr<detail::Callbacks> callbacks = callbacks_;
         detail::check(etcd_registry_close(registry_.get()));
+        if (detail::callback_thread_depth > 0) return;
         detail::SlotMap stopped;
         {
             std::lock_guard<std::mutex> lock(callbacks->mutex);

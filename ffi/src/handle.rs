@@ -395,7 +395,8 @@ impl etcd_registry {
 impl etcd_registry {
     /// `etcd_registry_free` on a library runtime thread, which must not wait for etcd: the
     /// close goes on in the background, and every callback is stopped here, so that none runs
-    /// once free returns (the host frees `user_data` then).
+    /// once free returns (the host frees `user_data` then). Also a second
+    /// `etcd_registry_close` there, once the first has finished: it only waits for callbacks.
     fn free_on_runtime_thread(&self) {
         let handlers: Vec<(Handler, Option<UserData>)> = match self.shut() {
             Some(handlers) => {
@@ -780,14 +781,20 @@ pub unsafe extern "C" fn etcd_registry_close(registry: *mut etcd_registry) -> et
             return Ok(());
         }
         // A second close on the callback thread returns at once (see close_and_wait), also
-        // inside an unregister or close made from a callback, where it could not block. On a
-        // runtime thread (an _async or log callback), where no call may block, a second close
-        // returns OK once the first has finished: there is nothing left to wait for.
+        // inside an unregister or close made from a callback, where it could not block.
         let (closed, finished) = {
             let state = this.lock();
             (state.closed, state.close_finished)
         };
-        if (Handler::on_dispatcher_thread() && closed) || finished {
+        if Handler::on_dispatcher_thread() && closed {
+            return Ok(());
+        }
+        // On a runtime thread (an _async or log callback), which must not wait for etcd, a
+        // second close once the first has finished only waits for a callback still running (a
+        // first close made inside a callback finishes before that callback returns), as
+        // etcd_registry_free does there.
+        if finished && ensure_can_block().is_err() {
+            this.free_on_runtime_thread();
             return Ok(());
         }
         ensure_can_block()?;

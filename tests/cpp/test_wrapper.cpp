@@ -199,6 +199,43 @@ void close_while_another_thread_unwatches_a_running_callback() {
     CHECK(wait_for([&] { return live == 0; }));
 }
 
+// close() inside a watch callback while another thread's close waits for that very call: the
+// inner close returns at once (the outer one is still stopping the other watches, which may
+// still be called), so it must not destroy the other watches' callbacks.
+void close_inside_a_watch_callback_while_another_thread_closes() {
+    std::atomic<int> live{0};
+    std::atomic<bool> entered{false}, close_seen{false}, intact{true};
+    etcdreg::Registry other(config());
+    const auto node = other.register_node("close-race", "n1", {}, ttl, nullptr);
+    other.wait_registered(node, 5s);
+    {
+        etcdreg::Registry registry(config());
+        registry.watch("close-race", [&](const etcdreg::WatchEvent &) {
+            if (entered.exchange(true)) return;
+            close_seen = wait_for([&] {
+                try {
+                    registry.watch_nodes(0);
+                    return false;
+                } catch (const etcdreg::Error &e) {
+                    return e.status() == ETCD_REGISTRY_STATUS_CLOSED;
+                }
+            });
+            registry.close();  // returns at once: the main thread's close is under way
+        });
+        CHECK(wait_for([&] { return entered.load(); }));
+        // Their first events wait behind the call held above.
+        const std::string big(200, 'w');
+        for (int i = 0; i < 8; i++)
+            registry.watch("close-race", [&, big, t = Tracker(live)](const etcdreg::WatchEvent &) {
+                if (big.size() != 200 || big[0] != 'w' || big[199] != 'w' || *t.live < 1) intact = false;
+            });
+        registry.close();
+        CHECK(close_seen);
+    }
+    CHECK(intact);
+    CHECK(live == 0);
+}
+
 // Registering a node this registry holds replaces the older registration, which gets
 // UNREGISTERED with no unregister of ours: its callback is freed then, not with the Registry.
 void reregistering_a_node_frees_the_replaced_callbacks() {
@@ -782,6 +819,7 @@ const Test tests[] = {
     TEST(unregister_inside_own_status_callback),
     TEST(unwatch_inside_own_watch_callback),
     TEST(close_while_another_thread_unwatches_a_running_callback),
+    TEST(close_inside_a_watch_callback_while_another_thread_closes),
     TEST(reregistering_a_node_frees_the_replaced_callbacks),
     TEST(reregistering_a_node_from_two_threads),
     TEST(callbacks_let_go_inside_a_callback_are_freed),
