@@ -1387,9 +1387,10 @@ impl LeaseGroup {
                     // Revoked now, the lease would take the key with it until the successor
                     // puts it again: watchers would see the node removed and added. The
                     // successor's put moves the key to its lease; the lease, not kept alive
-                    // any more, expires meanwhile if etcd cannot be reached.
-                    let (conn, ttl) =
-                        (self.conn.clone(), Duration::from_secs(self.ttl_secs as u64));
+                    // any more, expires meanwhile if etcd cannot be reached (after the TTL
+                    // etcd granted it: the successor has until then).
+                    let ttl = self.granted_secs.max(self.ttl_secs) as u64;
+                    let (conn, ttl) = (self.conn.clone(), Duration::from_secs(ttl));
                     tokio::spawn(async move {
                         let _ = successor.wait_registered(ttl).await;
                         if let Err(e) = revoke(&conn, lease).await {

@@ -12,7 +12,7 @@
 //! resumes on its own, on a new stream that the first of them opens and the others join.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -75,6 +75,9 @@ enum Command {
 /// a lack of permission.
 const STALE_TOKEN_AGE: Duration = Duration::from_secs(1);
 
+/// No member: see `WatchMux::token_reopened`.
+const NO_MEMBER: usize = usize::MAX;
+
 /// Whether etcd refused a watcher for its authentication: no permission, or a token that
 /// expired after the stream was opened (etcd checks the token a stream was opened with for
 /// each watcher it creates; versions differ in the reason they give).
@@ -95,9 +98,10 @@ pub(crate) struct WatchMux {
     /// The task that owns the open stream; `None` while none is open.
     session: tokio::sync::Mutex<Option<Open>>,
     next_token: AtomicU64,
-    /// The open stream was ended as its token was found stale (see [`Session::probed`]): the
-    /// next one is opened with a renewed token, and a refusal there is not probed again.
-    token_reopened: AtomicBool,
+    /// The member whose stream was ended as its token was found stale (see
+    /// [`Session::probed`]; [`NO_MEMBER`] for none): the next stream opened there carries a
+    /// renewed token, and a refusal in its first moments is not probed again.
+    token_reopened: AtomicUsize,
 }
 
 /// One watch on the shared stream: a watcher in etcd, and more that [`Subscription::add`] puts
@@ -184,7 +188,7 @@ impl WatchMux {
             handle,
             session: tokio::sync::Mutex::new(None),
             next_token: AtomicU64::new(1),
-            token_reopened: AtomicBool::new(false),
+            token_reopened: AtomicUsize::new(NO_MEMBER),
         })
     }
 
@@ -286,7 +290,7 @@ impl WatchMux {
             tokens: HashMap::new(),
             held: HashMap::new(),
             opened: Instant::now(),
-            after_token_reopen: self.token_reopened.swap(false, Ordering::SeqCst),
+            after_token_reopen: self.token_reopened.swap(NO_MEMBER, Ordering::SeqCst) == member,
             subs: HashMap::from([(
                 token,
                 Sub {
@@ -688,7 +692,7 @@ impl Session {
         if readable && self.subs.contains_key(&token) {
             let endpoint = self.mux.conn.endpoint(self.member);
             tracing::info!(%endpoint, "etcd refused a watch with the expired or old auth token of the watch stream; reopening it");
-            self.mux.token_reopened.store(true, Ordering::SeqCst);
+            self.mux.token_reopened.store(self.member, Ordering::SeqCst);
             let e = Error::new(
                 ErrorKind::Auth,
                 format!("the auth token of the watch stream on {endpoint} expired or is old"),
