@@ -72,10 +72,12 @@ int main(void) {
     /* List. */
     etcd_registry_node_list *nodes = NULL;
     check(etcd_registry_list(registry, "api", &nodes), "list");
-    for (size_t i = 0; i < etcd_registry_node_list_len(nodes); i++)
+    for (size_t i = 0; i < etcd_registry_node_list_len(nodes); i++) {
+        /* NULL for a node without that key (another program's node in the same service). */
+        const char *address = etcd_registry_node_list_info_value(nodes, i, "address");
         printf("list: %s address=%s info=%s\n", etcd_registry_node_list_name(nodes, i),
-               etcd_registry_node_list_info_value(nodes, i, "address"),
-               etcd_registry_node_list_info_json(nodes, i));
+               address ? address : "-", etcd_registry_node_list_info_json(nodes, i));
+    }
     etcd_registry_node_list_free(nodes);
 
     /* Watch: ADDED for node-1 first, then ADDED for node-2 registered below. */

@@ -36,8 +36,11 @@ int main() {
         registry.wait_registered(second, 5s);
         for (int i = 0; i < 200 && added < 2; i++) std::this_thread::sleep_for(50ms);
 
-        for (const auto &node : registry.list("cpp-api"))
-            std::cout << "list: " << node.name << " address=" << node.info.at("address") << "\n";
+        for (const auto &node : registry.list("cpp-api")) {
+            const auto address = node.info.find("address");  // another program's node may lack it
+            std::cout << "list: " << node.name << " address="
+                      << (address != node.info.end() ? address->second : "-") << "\n";
+        }
         // The same list without blocking: the future is fulfilled by the library's callback.
         auto pending = registry.list_async("cpp-api");
         const size_t async_nodes = pending.get().size();
@@ -71,6 +74,9 @@ int main() {
         std::cout << "done (" << added << " added)\n";
         return added == 2 && listed && async_nodes == 2 && async_refused && left == 0 ? 0 : 1;
     } catch (const etcdreg::Error &e) {
+        std::cerr << "error: " << e.what() << "\n";
+        return 1;
+    } catch (const std::exception &e) {  // unwinds through ~Registry, which closes it
         std::cerr << "error: " << e.what() << "\n";
         return 1;
     }
