@@ -116,7 +116,8 @@ impl TlsConfig {
 /// Configuration of a [`Registry`](crate::Registry).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
-    /// etcd endpoints, `host:port` or `http://host:port`; at least one.
+    /// etcd endpoints, `host:port` or `http://host:port`; at least one. One given twice
+    /// (`h:2379` and `http://h:2379`) is used once.
     pub endpoints: Vec<String>,
     /// Prefix of every key, e.g. `/services`. Joined like Go's `path.Join`.
     pub base_path: String,
@@ -205,11 +206,16 @@ impl Config {
             return Err(Error::invalid("no etcd endpoints given"));
         }
         let tls = self.uses_tls();
-        let endpoints = self
+        let mut endpoints = self
             .endpoints
             .iter()
             .map(|e| normalize_endpoint(e, tls))
             .collect::<Result<Vec<_>>>()?;
+        // One server given twice (`h:2379` and `http://h:2379`, lists concatenated) is one
+        // member: kept twice, one server would pass for a cluster (a share of the timeout per
+        // attempt, reads hedged to itself). Host names compare without case, as DNS does.
+        let mut seen = std::collections::HashSet::new();
+        endpoints.retain(|e| seen.insert(e.to_ascii_lowercase()));
         check_timeout(self.timeout)?;
         check_backoff(self.backoff_min, self.backoff_max)?;
         if self.password.is_some() && self.username.as_deref().unwrap_or("").is_empty() {
@@ -288,6 +294,16 @@ pub fn check_endpoint(endpoint: &str) -> Result<()> {
 /// `tls`; anything else, or mixing http:// with TLS, is an error.
 fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     let trimmed = endpoint.trim();
+    // Before any message quotes the endpoint: a user part may hold a password. Credentials
+    // are given as username and password; one in the URL would be ignored.
+    if let Some((before, after)) = trimmed.rsplit_once('@') {
+        let scheme = before.find("://").map_or("", |i| &before[..i + 3]);
+        let shown = format!("{scheme}<user>@{after}");
+        return Err(Error::invalid(format!(
+            "endpoint {shown:?} has a user part (not shown): give the credentials as username \
+             and password, the endpoint as host:port"
+        )));
+    }
     let rest = if let Some(rest) = trimmed.strip_prefix("http://") {
         if tls {
             return Err(Error::invalid(format!(
@@ -316,12 +332,21 @@ fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
         && !host.contains('/')
         && !host.chars().any(char::is_whitespace)
         && (!host.contains(':') || (host.starts_with('[') && host.ends_with(']')));
-    let port_ok = port.parse::<u16>().is_ok_and(|p| p != 0);
-    if !host_ok || !port_ok {
+    let port = port.parse::<u16>().ok().filter(|&p| p != 0);
+    let (true, Some(port)) = (host_ok, port) else {
+        return Err(bad());
+    };
+    let scheme = if tls { "https" } else { "http" };
+    let url = format!("{scheme}://{host}:{port}");
+    // Parsed as the client will parse it: a host it cannot take (`${ETCD_HOST}` left
+    // unexpanded, `%`, `{`) would fail every call to this member with a bare "invalid uri",
+    // and `?` or `#` would cut the host short (`etcd#1:2379` is `etcd`).
+    let parsed = tonic::transport::Endpoint::from_shared(url.clone()).map_err(|_| bad())?;
+    let uri = parsed.uri();
+    if uri.host() != Some(host) || uri.port_u16() != Some(port) {
         return Err(bad());
     }
-    let scheme = if tls { "https" } else { "http" };
-    Ok(format!("{scheme}://{host}:{port}"))
+    Ok(url)
 }
 
 #[cfg(test)]
@@ -353,10 +378,91 @@ mod tests {
             "h:0",
             "h:70000",
             "https://",
+            // Hosts the client cannot take, or would read as another host.
+            "${ETCD_HOST}:2379",
+            "{h}:2379",
+            "h%:2379",
+            "h|x:2379",
+            "\"h\":2379",
+            "<h>:2379",
+            "h\0:2379",
+            "h\\x:2379",
+            "etcd#1:2379",
+            "etcd?x:2379",
+            "http://etcd#1:2379",
+            "h:2379?x",
+            "h:2379#x",
+            "h:23a79",
         ] {
             let err = normalize_endpoint(bad, false).unwrap_err();
             assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+            assert!(err.message().contains(&format!("{bad:?}")), "{err}");
         }
+        for good in [
+            ("  h:2379\n", "http://h:2379"),
+            ("https://h:2379", "http://h:2379"),
+            (
+                "etcd-0.etcd.svc.cluster.local:2379",
+                "http://etcd-0.etcd.svc.cluster.local:2379",
+            ),
+            ("http://[::1]:2379/", "http://[::1]:2379"),
+            ("[fe80::1:2]:2379", "http://[fe80::1:2]:2379"),
+            ("ETCD_1:65535", "http://ETCD_1:65535"),
+        ] {
+            assert_eq!(
+                normalize_endpoint(good.0, false).unwrap(),
+                good.1,
+                "{good:?}"
+            );
+        }
+        assert_eq!(
+            normalize_endpoint("[::ffff:10.0.0.1]:2379", true).unwrap(),
+            "https://[::ffff:10.0.0.1]:2379"
+        );
+        // A user part is refused (credentials have their own settings), and the password
+        // stays out of the message, whatever else is wrong with the endpoint.
+        for (with_user, tls) in [
+            ("http://user:s3cret@h:2379", false),
+            ("http://user:s3cret@h:2379", true),
+            ("user:s3cret@h:2379", false),
+            ("https://user:s3cret@h:2379/", true),
+            ("ftp://user:s3cret@h", false),
+            ("user:s3c@ret@h:2379", false),
+        ] {
+            let err = normalize_endpoint(with_user, tls).unwrap_err();
+            assert_eq!(
+                err.kind(),
+                crate::ErrorKind::InvalidArgument,
+                "{with_user:?}"
+            );
+            assert!(!err.to_string().contains("s3c"), "{err}");
+            assert!(err.message().contains("user part"), "{err}");
+        }
+        let err = normalize_endpoint("http://user@h:2379", false).unwrap_err();
+        assert!(err.message().contains("\"http://<user>@h:2379\""), "{err}");
+    }
+
+    #[test]
+    fn duplicate_endpoints_are_one_member() {
+        let config = Config::new(
+            [
+                "h:2379",
+                "http://h:2379",
+                "g:2379",
+                " h:2379/",
+                "H:2379",
+                "h:2380",
+                "g:2379",
+            ],
+            "/s",
+        );
+        assert_eq!(
+            config.validate().unwrap(),
+            ["http://h:2379", "http://g:2379", "http://h:2380"]
+        );
+        // Still refused when any endpoint is.
+        let config = Config::new(["h:2379", "h:2379", "h#1:2379"], "/s");
+        assert!(config.validate().is_err());
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub enum ErrorKind {
     /// etcd refused for lack of a resource, not because of what was asked: its database is full
     /// (the NOSPACE alarm, "database space exceeded", until an operator frees space and disarms
     /// it) or it is overloaded ("too many requests"). Registrations refused so are retried with
-    /// backoff and land once etcd accepts writes again.
+    /// backoff and land once etcd accepts writes again. (A request larger than etcd takes is
+    /// `InvalidArgument`, whether etcd or its gRPC layer refuses it.)
     ResourceExhausted = 12,
 }
 
@@ -252,6 +253,11 @@ fn kind_of_status(status: &tonic::Status) -> ErrorKind {
         }
         Code::FailedPrecondition if message.contains("authentication") => ErrorKind::Auth,
         Code::InvalidArgument | Code::OutOfRange => ErrorKind::InvalidArgument,
+        // gRPC's own refusal of a request beyond etcd's `--max-request-bytes` plus its
+        // allowance: too large, which no waiting fixes, like etcd's "request is too large".
+        Code::ResourceExhausted if message.contains("larger than max") => {
+            ErrorKind::InvalidArgument
+        }
         Code::ResourceExhausted => ErrorKind::ResourceExhausted,
         Code::DeadlineExceeded => ErrorKind::Timeout,
         Code::Unavailable | Code::Cancelled | Code::Aborted => ErrorKind::Connection,
@@ -259,5 +265,45 @@ fn kind_of_status(status: &tonic::Status) -> ErrorKind {
         // tonic reports transport failures of a call (connection refused, reset) as Unknown.
         Code::Unknown if !message.starts_with("etcdserver:") => ErrorKind::Connection,
         _ => ErrorKind::Internal,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kind_of(code: tonic::Code, message: &str) -> ErrorKind {
+        Error::from(etcd_client::Error::GRpcStatus(tonic::Status::new(
+            code, message,
+        )))
+        .kind()
+    }
+
+    #[test]
+    fn too_large_is_invalid_whoever_refuses_it() {
+        use tonic::Code;
+        // etcd between `--max-request-bytes` and gRPC's allowance above it; gRPC beyond.
+        assert_eq!(
+            kind_of(Code::InvalidArgument, "etcdserver: request is too large"),
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            kind_of(
+                Code::ResourceExhausted,
+                "grpc: received message larger than max (921711 vs. 786432)"
+            ),
+            ErrorKind::InvalidArgument
+        );
+        // Full or overloaded etcd: waiting helps.
+        for message in [
+            "etcdserver: mvcc: database space exceeded",
+            "etcdserver: too many requests",
+        ] {
+            assert_eq!(
+                kind_of(Code::ResourceExhausted, message),
+                ErrorKind::ResourceExhausted,
+                "{message}"
+            );
+        }
     }
 }

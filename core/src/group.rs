@@ -657,7 +657,7 @@ impl LeaseGroup {
                     }
                     start -= taken;
                 }
-                Err(e) if e.kind() == ErrorKind::ResourceExhausted && !is_too_large(&e) => {
+                Err(e) if e.kind() == ErrorKind::ResourceExhausted => {
                     tracing::warn!(count = rest.len(), error = %e, "etcd refused the keys");
                     refuse_all(&mut refused, rest, &e);
                     break;
@@ -1861,15 +1861,6 @@ fn refuse_all(refused: &mut Refused, members: &[Arc<RegShared>], error: &Error) 
         member.attempt_failed(error);
         refused.insert(member.id, error.clone());
     }
-}
-
-/// A request larger than the server takes: refused by etcd ("request is too large",
-/// `InvalidArgument`) or, past its limit by more than gRPC's allowance, by gRPC itself
-/// ("received message larger than max", `ResourceExhausted`, as etcd's refusals for lack of
-/// space or of capacity are).
-fn is_too_large(e: &Error) -> bool {
-    let message = e.message();
-    message.contains("larger than max") || message.contains("request is too large")
 }
 
 /// etcd's refusal of a transaction with more operations than its `--max-txn-ops`.

@@ -1,12 +1,13 @@
 //! Property tests of the wire format (issue 6, item 10, Rust side): the value decoder never
 //! panics on any input and decodes whatever the encoder writes; keys are joined exactly like Go's
 //! `path.Join`, checked against a transcription of the Go standard library's algorithm.
+//! Endpoints are accepted as the client can use them, or refused saying which.
 
 use etcd_registry::keys::{
     decode_info, encode_info, go_path_clean, go_path_join, node_key, node_name_of, sanitize_name,
     service_prefix,
 };
-use etcd_registry::Info;
+use etcd_registry::{check_endpoint, ErrorKind, Info};
 use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 
@@ -278,6 +279,61 @@ proptest! {
         let sanitized = sanitize_name(&name);
         prop_assert!(!sanitized.contains('/'));
         prop_assert_eq!(sanitized.chars().count(), name.chars().count());
+    }
+}
+
+// Endpoints (`check_endpoint` applies the rules of `Config`'s endpoints).
+proptest! {
+    #![proptest_config(cases(256))]
+
+    #[test]
+    fn endpoint_checks_never_panic(endpoint in any::<String>()) {
+        let _ = check_endpoint(&endpoint);
+    }
+
+    #[test]
+    fn ordinary_hosts_are_accepted(
+        scheme in prop_oneof![Just(""), Just("http://"), Just("https://")],
+        host in "[a-zA-Z0-9]([a-zA-Z0-9._-]{0,30}[a-zA-Z0-9])?",
+        port in 1u16..,
+        pad in "[ \t\n]{0,2}",
+    ) {
+        let endpoint = format!("{pad}{scheme}{host}:{port}{pad}");
+        prop_assert!(check_endpoint(&endpoint).is_ok(), "{:?}", endpoint);
+    }
+
+    /// A host with a character a URL cannot hold in a host, or that ends the host (`#`, `?`,
+    /// `@`), would fail every call or reach another host: refused, naming the endpoint.
+    #[test]
+    fn hosts_a_url_cannot_hold_are_refused(
+        before in "[a-z0-9.]{0,8}",
+        bad in prop::sample::select(vec![
+            '{', '}', '|', '"', '<', '>', '\\', '^', '`', '#', '?', '%', '\0', '[', ']',
+        ]),
+        after in "[a-z0-9.]{0,8}",
+        port in 1u16..,
+    ) {
+        let endpoint = format!("{before}{bad}{after}:{port}");
+        let err = check_endpoint(&endpoint).unwrap_err();
+        prop_assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        prop_assert!(err.message().contains(&format!("{endpoint:?}")), "{}", err);
+    }
+
+    /// Credentials have their own settings; one in an endpoint is refused, and its password
+    /// never shows in the error.
+    #[test]
+    fn endpoints_with_a_user_part_are_refused_without_the_password(
+        scheme in prop_oneof![Just(""), Just("http://"), Just("https://"), Just("ftp://")],
+        user in "[a-z]{0,8}",
+        // Upper case first: nothing else in the endpoint or the message has any.
+        password in "[A-Z][A-Za-z0-9!$%^&*()/:@#?]{7,15}",
+        host in "[a-z0-9.]{1,12}",
+        port in 0u16..,
+    ) {
+        let endpoint = format!("{scheme}{user}:{password}@{host}:{port}");
+        let err = check_endpoint(&endpoint).unwrap_err();
+        prop_assert_eq!(err.kind(), ErrorKind::InvalidArgument);
+        prop_assert!(!err.to_string().contains(&password), "{}", err);
     }
 }
 

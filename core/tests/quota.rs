@@ -388,3 +388,63 @@ async fn an_instance_without_a_lease_leaves_the_key_of_the_one_that_replaced_it(
     old.close().await.unwrap();
     new.close().await.unwrap();
 }
+
+/// A request beyond etcd's `--max-request-bytes` by more than gRPC's allowance (512 KiB) is
+/// refused by etcd's gRPC layer with `ResourceExhausted` ("received message larger than max"),
+/// as a full etcd refuses; it is a size problem that no waiting fixes, reported as
+/// `InvalidArgument` like etcd's own "request is too large". A node of ordinary size on the
+/// same lease lands all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_larger_than_the_server_takes_is_an_invalid_argument() {
+    init_logs();
+    let etcd = blocking(|| {
+        EtcdCluster::builder()
+            .arg("--max-request-bytes=262144")
+            .start()
+            .expect("start etcd with a 256 KiB request limit")
+    })
+    .await;
+    let registry = Registry::connect(config(&etcd, "/large")).await.unwrap();
+    // Below the library's own limit, above etcd's 256 KiB + 512 KiB.
+    let blob = "x".repeat(900_000);
+    assert!(blob.len() < etcd_registry::MAX_REQUEST_BYTES - 64 * 1024);
+    let big = registry
+        .register(SERVICE, node("big", &[("blob", &blob)]), TTL)
+        .unwrap();
+    let mut events = big.subscribe();
+    let small = registry.register(SERVICE, node("small", &[]), TTL).unwrap();
+    let (failed, _) = wait_event(&mut events, "big failing", |e| {
+        matches!(e, StatusEvent::Failed { .. })
+    })
+    .await;
+    let StatusEvent::Failed { error } = failed else {
+        unreachable!()
+    };
+    assert!(
+        error.message().contains("larger than max"),
+        "the error says why: {error}"
+    );
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    let (retrying, _) = wait_event(&mut events, "big retrying", |e| {
+        matches!(e, StatusEvent::Retrying { .. })
+    })
+    .await;
+    let StatusEvent::Retrying { error, .. } = retrying else {
+        unreachable!()
+    };
+    assert_eq!(error.kind(), ErrorKind::InvalidArgument, "{error}");
+    // The error of the first attempt, at once.
+    let err = big.wait_registered(DEADLINE).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+    small.wait_registered(DEADLINE).await.unwrap();
+    let names: Vec<String> = registry
+        .list(SERVICE)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.name)
+        .collect();
+    assert_eq!(names, ["small"]);
+    registry.close().await.unwrap();
+    drop(etcd);
+}
