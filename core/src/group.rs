@@ -808,8 +808,9 @@ impl LeaseGroup {
             // Biased, in this order: a keep-alive answer that came while a step took long (a
             // slow delete, a check) is read before the silence and loss deadlines it beat,
             // which are due by then too (tokio's random pick could eject a healthy member or
-            // count the lease lost); and the keep-alive due goes before commands, which may
-            // keep coming (many updates or unregisters) and would otherwise let the lease lapse.
+            // count the lease lost); and the keep-alive due, the silence of the member that
+            // carries it and the loss go before commands, which may keep coming (many updates
+            // or unregisters) and would otherwise let the lease lapse on a silent member.
             let failover = tokio::select! {
                 biased;
                 message = stream.message() => match message {
@@ -861,6 +862,16 @@ impl LeaseGroup {
                             None
                         }
                     }
+                }
+                // Before commands, which may keep coming: their deadlines pass while a
+                // command is handled, and must not wait for the queue to drain.
+                _ = silence, if silent_at.is_some() => Some(Error::new(
+                    ErrorKind::Timeout,
+                    format!("keep-alive unanswered for {answer_within:?}"),
+                )),
+                _ = tokio::time::sleep_until(lost_at) => {
+                    self.conn.eject(member, &unanswered(lease_ttl));
+                    return Exit::Lost(unanswered(lease_ttl));
                 }
                 cmd = self.recv() => match cmd {
                     None => {
@@ -1019,14 +1030,6 @@ impl LeaseGroup {
                         }
                     }
                     None
-                }
-                _ = silence, if silent_at.is_some() => Some(Error::new(
-                    ErrorKind::Timeout,
-                    format!("keep-alive unanswered for {answer_within:?}"),
-                )),
-                _ = tokio::time::sleep_until(lost_at) => {
-                    self.conn.eject(member, &unanswered(lease_ttl));
-                    return Exit::Lost(unanswered(lease_ttl));
                 }
             };
             let Some(error) = failover else { continue };
@@ -1392,7 +1395,9 @@ impl LeaseGroup {
                     let ttl = self.granted_secs.max(self.ttl_secs) as u64;
                     let (conn, ttl) = (self.conn.clone(), Duration::from_secs(ttl));
                     tokio::spawn(async move {
-                        let _ = successor.wait_registered(ttl).await;
+                        // Not given up at a failed first attempt of the successor (etcd out
+                        // of space, overloaded): the key stays on this lease meanwhile.
+                        successor.wait_registered_or_ended(ttl).await;
                         if let Err(e) = revoke(&conn, lease).await {
                             tracing::debug!(error = %e, "revoking the lease failed; it will expire");
                         }

@@ -690,6 +690,19 @@ impl RegShared {
     }
 
     pub(crate) async fn wait_registered(&self, timeout: Duration) -> Result<()> {
+        self.wait_first(timeout, true).await
+    }
+
+    /// Waits until the registration has been registered once or has ended, or `timeout`
+    /// passes; failed attempts before the first registration do not end the wait (a lease
+    /// handed over to this registration is kept for it meanwhile).
+    pub(crate) async fn wait_registered_or_ended(&self, timeout: Duration) {
+        let _ = self.wait_first(timeout, false).await;
+    }
+
+    /// [`Self::wait_registered`]; `on_failure`: also returns at a failed attempt before the
+    /// first registration.
+    async fn wait_first(&self, timeout: Duration, on_failure: bool) -> Result<()> {
         // A timeout too long for the clock waits without one.
         let deadline = tokio::time::Instant::now().checked_add(timeout);
         loop {
@@ -708,7 +721,7 @@ impl RegShared {
                         "unregistered before the first registration",
                     ));
                 }
-                if let Some(error) = &inner.error_before_first {
+                if let Some(error) = inner.error_before_first.as_ref().filter(|_| on_failure) {
                     return Err(Error::clone(error));
                 }
             }

@@ -448,3 +448,40 @@ async fn info_larger_than_the_server_takes_is_an_invalid_argument() {
     registry.close().await.unwrap();
     drop(etcd);
 }
+
+/// A node registered again with another TTL while etcd refuses writes: the new registration's
+/// first attempts fail (no lease can be granted), and the key stays in etcd on the old lease
+/// meanwhile, as it does when etcd accepts the move. It was revoked, and the key deleted, at
+/// the new registration's first failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key() {
+    init_logs();
+    let etcd = small_etcd().await;
+    let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
+    let old = registry
+        .register(SERVICE, node("a", &[]), Duration::from_secs(10))
+        .unwrap();
+    old.wait_registered(DEADLINE).await.unwrap();
+    let key = old.key().to_string();
+    let _client = fill(&etcd).await;
+
+    let moved = registry
+        .register(SERVICE, node("a", &[]), Duration::from_secs(20))
+        .unwrap();
+    let mut events = moved.subscribe();
+    wait_event(&mut events, "the first attempt failing", |e| {
+        matches!(e, StatusEvent::Failed { .. })
+    })
+    .await;
+    // Another attempt later (the backoff's first step): the old lease, given 10 s when its
+    // keep-alives stopped, holds the key still.
+    wait_event(&mut events, "a second attempt failing", |e| {
+        matches!(e, StatusEvent::Retrying { attempt: 2, .. })
+    })
+    .await;
+    assert!(
+        etcd.get(&key).unwrap().is_some(),
+        "{key} still in etcd while the move waits"
+    );
+    registry.close().await.unwrap();
+}
