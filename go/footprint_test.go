@@ -147,20 +147,8 @@ func TestRegistrationGoHeapFootprint(t *testing.T) {
 func TestDoneClosesWhenRegisteredEventsWereDropped(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	service := serviceName(t)
-	a := registerMany(t, r, context.Background(), service+"-a", 1)[0]
-	a.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			a.mu.Unlock()
-		}
-	}()
-	// a's Updated event will stop the dispatcher at a's lock.
-	if err := r.h.use("update", func(p *cRegistry) error {
-		return cUpdate(p, a.id, map[string]string{"v": "2"})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	unblock := blockDispatcher(t, r, service)
+	defer unblock()
 	eventually(t, "the update is in etcd", func() bool {
 		return strings.Contains(shared.getPrefix(t, "/services/"+service+"-a/")["/services/"+service+"-a/n0"], `"2"`)
 	})
@@ -177,8 +165,7 @@ func TestDoneClosesWhenRegisteredEventsWereDropped(t *testing.T) {
 		return len(shared.getPrefix(t, "/services/"+service+"/")) == n
 	})
 	waitDropped(t, r)
-	a.mu.Unlock()
-	locked = false
+	unblock()
 	waitAllDone(t, regs)
 }
 
@@ -189,20 +176,8 @@ func TestDoneClosesWhenRegisteredEventsWereDropped(t *testing.T) {
 func TestDoneClosesWhenRegisteredEventWasDroppedBeforeRouting(t *testing.T) {
 	r := newRegistry(t, shared.endpoints)
 	service := serviceName(t)
-	a := registerMany(t, r, context.Background(), service+"-a", 1)[0]
-	a.mu.Lock()
-	locked := true
-	defer func() {
-		if locked {
-			a.mu.Unlock()
-		}
-	}()
-	// a's Updated event will stop the dispatcher at a's lock.
-	if err := r.h.use("update", func(p *cRegistry) error {
-		return cUpdate(p, a.id, map[string]string{"v": "2"})
-	}); err != nil {
-		t.Fatal(err)
-	}
+	unblock := blockDispatcher(t, r, service)
+	defer unblock()
 	eventually(t, "the dispatcher waits for a's lock", func() bool {
 		return goroutinesIn(".(*Registration).deliver(") == 1
 	})
@@ -255,8 +230,7 @@ func TestDoneClosesWhenRegisteredEventWasDroppedBeforeRouting(t *testing.T) {
 		return len(shared.getPrefix(t, "/services/"+service+"/")) == n+1
 	})
 	waitDropped(t, r)
-	a.mu.Unlock()
-	locked = false
+	unblock()
 	// The oldest of these had their Registered events dropped too: once every Done is closed,
 	// the dispatcher has caught up with every drop, without parked.
 	waitAllDone(t, regs)
@@ -302,4 +276,22 @@ func waitAllDone(t *testing.T, regs []*Registration) {
 			t.Fatalf("%s: registered (state %v) but Done is still open", g.NodeName(), g.State())
 		}
 	}
+}
+
+// blockDispatcher registers one node of service+"-a" and holds its lock, then updates it: the
+// dispatcher stops at that lock delivering the Updated event. The returned function lets it go
+// (once; later calls do nothing).
+func blockDispatcher(t *testing.T, r *EtcdRegistry, service string) (unblock func()) {
+	t.Helper()
+	a := registerMany(t, r, context.Background(), service+"-a", 1)[0]
+	a.mu.Lock()
+	var once sync.Once
+	unblock = func() { once.Do(a.mu.Unlock) }
+	if err := r.h.use("update", func(p *cRegistry) error {
+		return cUpdate(p, a.id, map[string]string{"v": "2"})
+	}); err != nil {
+		unblock()
+		t.Fatal(err)
+	}
+	return unblock
 }
