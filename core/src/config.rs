@@ -297,7 +297,11 @@ fn normalize_endpoint(endpoint: &str, tls: bool) -> Result<String> {
     // Before any message quotes the endpoint: a user part may hold a password. Credentials
     // are given as username and password; one in the URL would be ignored.
     if let Some((before, after)) = trimmed.rsplit_once('@') {
-        let scheme = before.find("://").map_or("", |i| &before[..i + 3]);
+        // Only a scheme we take is shown: `://` inside a password is not one.
+        let scheme = ["http://", "https://"]
+            .into_iter()
+            .find(|s| before.starts_with(s))
+            .unwrap_or("");
         let shown = format!("{scheme}<user>@{after}");
         return Err(Error::invalid(format!(
             "endpoint {shown:?} has a user part (not shown): give the credentials as username \
@@ -428,6 +432,8 @@ mod tests {
             ("https://user:s3cret@h:2379/", true),
             ("ftp://user:s3cret@h", false),
             ("user:s3c@ret@h:2379", false),
+            ("user:s3c://ret@h:2379", false),
+            ("http://user:s3c://ret@h:2379", false),
         ] {
             let err = normalize_endpoint(with_user, tls).unwrap_err();
             assert_eq!(

@@ -1353,6 +1353,12 @@ impl LeaseGroup {
         let Some(reg) = self.remove_member(id) else {
             return Ok(());
         };
+        match &successor {
+            // Leases that hold the key for this registration hold it for its successor now.
+            Some(successor) => successor.hand_over(reg.take_handed_over()),
+            // Its end: the key goes with them.
+            None => revoke_handed_over(&self.conn, &reg, Some(deadline)).await,
+        }
         if *self.closing.borrow() {
             // The registry is closing: its close revokes the lease (kept for it), which
             // deletes the key, and no unregister queued behind this one waits for etcd.
@@ -1392,14 +1398,20 @@ impl LeaseGroup {
                     // successor's put moves the key to its lease; the lease, not kept alive
                     // any more, expires meanwhile if etcd cannot be reached (after the TTL
                     // etcd granted it: the successor has until then).
+                    // Handed over: the successor's end (its unregister, the registry's close)
+                    // revokes it too, if it comes first, and a newer registration of the node
+                    // takes it on.
                     let ttl = self.granted_secs.max(self.ttl_secs) as u64;
                     let (conn, ttl) = (self.conn.clone(), Duration::from_secs(ttl));
+                    successor.hand_over([lease]);
                     tokio::spawn(async move {
                         // Not given up at a failed first attempt of the successor (etcd out
                         // of space, overloaded): the key stays on this lease meanwhile.
                         successor.wait_registered_or_ended(ttl).await;
-                        if let Err(e) = revoke(&conn, lease).await {
-                            tracing::debug!(error = %e, "revoking the lease failed; it will expire");
+                        if successor.take_handed_over_lease(lease) {
+                            if let Err(e) = revoke(&conn, lease).await {
+                                tracing::debug!(error = %e, "revoking the lease failed; it will expire");
+                            }
                         }
                     });
                 } else {
@@ -1425,7 +1437,29 @@ impl LeaseGroup {
     async fn revoke(&self, lease: i64) -> Result<()> {
         revoke(&self.conn, lease).await
     }
+}
 
+/// Revokes the leases handed over to `reg` (see `RegShared::hand_over`), which hold its key, at
+/// its end; each within `deadline`, if given.
+pub(crate) async fn revoke_handed_over(
+    conn: &Connection,
+    reg: &RegShared,
+    deadline: Option<Instant>,
+) {
+    for lease in reg.take_handed_over() {
+        let revoked = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, revoke(conn, lease))
+                .await
+                .unwrap_or_else(|_| Err(Error::timeout("revoking a lease", Duration::ZERO))),
+            None => revoke(conn, lease).await,
+        };
+        if let Err(e) = revoked {
+            tracing::debug!(lease, error = %e, "revoking a lease handed over failed; it will expire");
+        }
+    }
+}
+
+impl LeaseGroup {
     /// Deletes the keys of `unremoved` still on `lease` (not those a member holds again), each
     /// within `within` per member tried (two at most); those etcd still does not get stay for
     /// the next keep-alive. Those not tried within one key's bound stay for it too: the
@@ -1474,7 +1508,10 @@ impl LeaseGroup {
         self.rx.close();
         while let Some(cmd) = self.recv().await {
             match cmd {
-                GroupCmd::Add(reg) => reg.emit(StatusEvent::Unregistered),
+                GroupCmd::Add(reg) => {
+                    revoke_handed_over(&self.conn, &reg, None).await;
+                    reg.emit(StatusEvent::Unregistered);
+                }
                 GroupCmd::Remove { done, .. } => {
                     if let Some(done) = done {
                         let _ = done.send(Ok(()));
@@ -1535,6 +1572,7 @@ impl LeaseGroup {
         }
         self.member_keys.clear();
         for member in std::mem::take(&mut self.members).into_values() {
+            revoke_handed_over(&self.conn, &member, None).await;
             member.emit(StatusEvent::Unregistered);
         }
     }

@@ -451,10 +451,21 @@ async fn info_larger_than_the_server_takes_is_an_invalid_argument() {
 
 /// A node registered again with another TTL while etcd refuses writes: the new registration's
 /// first attempts fail (no lease can be granted), and the key stays in etcd on the old lease
-/// meanwhile, as it does when etcd accepts the move. It was revoked, and the key deleted, at
-/// the new registration's first failure.
+/// meanwhile, as it does when etcd accepts the move (it was revoked, and the key deleted, at
+/// the new registration's first failure), also for a registration replacing that one in
+/// turn. Ended by an unregister, the key is gone when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key() {
+async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key_until_unregistered() {
+    node_moving_while_etcd_is_full(false).await;
+}
+
+/// The same, ended by the registry's close: the key is gone when it returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key_until_closed() {
+    node_moving_while_etcd_is_full(true).await;
+}
+
+async fn node_moving_while_etcd_is_full(close: bool) {
     init_logs();
     let etcd = small_etcd().await;
     let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
@@ -483,5 +494,24 @@ async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key() {
         etcd.get(&key).unwrap().is_some(),
         "{key} still in etcd while the move waits"
     );
+    // Registered once more, with a third TTL: the old lease holds the key for that one now
+    // (it was revoked when the second one, replaced, ended).
+    let again = registry
+        .register(SERVICE, node("a", &[]), Duration::from_secs(30))
+        .unwrap();
+    let mut events = again.subscribe();
+    wait_event(&mut events, "a second attempt of the third failing", |e| {
+        matches!(e, StatusEvent::Retrying { attempt: 2, .. })
+    })
+    .await;
+    assert!(
+        etcd.get(&key).unwrap().is_some(),
+        "{key} still in etcd while the third registration waits"
+    );
+    match close {
+        true => registry.close().await.unwrap(),
+        false => again.unregister().await.unwrap(),
+    }
+    assert_eq!(etcd.get(&key).unwrap(), None, "{key} deleted by then");
     registry.close().await.unwrap();
 }
