@@ -1355,9 +1355,21 @@ impl LeaseGroup {
         };
         match &successor {
             // Leases that hold the key for this registration hold it for its successor now.
-            Some(successor) => successor.hand_over(reg.take_handed_over()),
-            // Its end: the key goes with them.
-            None => revoke_handed_over(&self.conn, &reg, Some(deadline)).await,
+            Some(successor) => {
+                pass_on(&self.conn, successor, reg.take_handed_over(None));
+            }
+            // Its end: the key goes with them, as with its own lease. Not waited for while the
+            // registry closes (as below); bounded as its delete is in the keep-alive's loop.
+            None if *self.closing.borrow() => {
+                let (conn, leases) = (self.conn.clone(), reg.take_handed_over(None));
+                if !leases.is_empty() {
+                    tokio::spawn(async move { revoke_all(&conn, leases, None).await });
+                }
+            }
+            None => {
+                let bound = within.map_or(deadline, |w| deadline.min(Instant::now() + w * 2));
+                revoke_all(&self.conn, reg.take_handed_over(None), Some(bound)).await;
+            }
         }
         if *self.closing.borrow() {
             // The registry is closing: its close revokes the lease (kept for it), which
@@ -1398,22 +1410,12 @@ impl LeaseGroup {
                     // successor's put moves the key to its lease; the lease, not kept alive
                     // any more, expires meanwhile if etcd cannot be reached (after the TTL
                     // etcd granted it: the successor has until then).
-                    // Handed over: the successor's end (its unregister, the registry's close)
-                    // revokes it too, if it comes first, and a newer registration of the node
-                    // takes it on.
+                    // Handed over (see `pass_on`): the successor's end (its unregister, the
+                    // registry's close) revokes it too, if it comes first, and a newer
+                    // registration of the node takes it on.
                     let ttl = self.granted_secs.max(self.ttl_secs) as u64;
-                    let (conn, ttl) = (self.conn.clone(), Duration::from_secs(ttl));
-                    successor.hand_over([lease]);
-                    tokio::spawn(async move {
-                        // Not given up at a failed first attempt of the successor (etcd out
-                        // of space, overloaded): the key stays on this lease meanwhile.
-                        successor.wait_registered_or_ended(ttl).await;
-                        if successor.take_handed_over_lease(lease) {
-                            if let Err(e) = revoke(&conn, lease).await {
-                                tracing::debug!(error = %e, "revoking the lease failed; it will expire");
-                            }
-                        }
-                    });
+                    let expires = Instant::now() + Duration::from_secs(ttl);
+                    pass_on(&self.conn, &successor, vec![(lease, expires)]);
                 } else {
                     // Within the unregister's deadline: it gives up after it, and would report
                     // a key it saw deleted as not deleted in time.
@@ -1439,23 +1441,59 @@ impl LeaseGroup {
     }
 }
 
-/// Revokes the leases handed over to `reg` (see `RegShared::hand_over`), which hold its key, at
-/// its end; each within `deadline`, if given.
-pub(crate) async fn revoke_handed_over(
-    conn: &Connection,
-    reg: &RegShared,
-    deadline: Option<Instant>,
-) {
-    for lease in reg.take_handed_over() {
-        let revoked = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, revoke(conn, lease))
-                .await
-                .unwrap_or_else(|_| Err(Error::timeout("revoking a lease", Duration::ZERO))),
-            None => revoke(conn, lease).await,
-        };
-        if let Err(e) = revoked {
-            tracing::debug!(lease, error = %e, "revoking a lease handed over failed; it will expire");
+/// Hands `leases` (each with when it expires at the latest), which hold the key of a node, over
+/// to its registration `to`, the one that is to put the key on its own lease: revoked once it
+/// has (or once it ended, if its end did not take them first), as they hold nothing of its own
+/// then; left to expire if it has not by then. Revoked now, they would take the key with them
+/// until `to` puts it (watchers would see the node removed and added), and not at a failed
+/// attempt of `to` (etcd out of space, overloaded): the key stays meanwhile.
+fn pass_on(conn: &Arc<Connection>, to: &Arc<RegShared>, leases: Vec<(i64, Instant)>) {
+    let Some(until) = leases.iter().map(|(_, expires)| *expires).max() else {
+        return;
+    };
+    to.hand_over(&leases);
+    let (conn, to) = (conn.clone(), to.clone());
+    tokio::spawn(async move {
+        to.wait_registered_or_ended(until.saturating_duration_since(Instant::now()))
+            .await;
+        revoke_all(&conn, to.take_handed_over(Some(&leases)), None).await;
+    });
+}
+
+/// Revokes the leases handed over to `reg` (see [`pass_on`]), at its end, within `deadline`.
+pub(crate) async fn revoke_handed_over(conn: &Connection, reg: &RegShared, deadline: Instant) {
+    revoke_all(conn, reg.take_handed_over(None), Some(deadline)).await;
+}
+
+/// Revokes `leases` not expired yet, one after another, all within `deadline` if given (else
+/// each within the connection's timeout); those not revoked expire.
+async fn revoke_all(conn: &Connection, leases: Vec<(i64, Instant)>, deadline: Option<Instant>) {
+    let now = Instant::now();
+    let leases: Vec<i64> = leases
+        .into_iter()
+        .filter(|(_, expires)| *expires > now)
+        .map(|(lease, _)| lease)
+        .collect();
+    if leases.is_empty() {
+        return;
+    }
+    let all = async {
+        for lease in &leases {
+            if let Err(e) = revoke(conn, *lease).await {
+                tracing::debug!(lease, error = %e, "revoking a lease handed over failed; it will expire");
+            }
         }
+    };
+    match deadline {
+        Some(deadline) => {
+            if tokio::time::timeout_at(deadline, all).await.is_err() {
+                tracing::debug!(
+                    ?leases,
+                    "revoking the leases handed over did not finish in time; they will expire"
+                );
+            }
+        }
+        None => all.await,
     }
 }
 
@@ -1509,7 +1547,8 @@ impl LeaseGroup {
         while let Some(cmd) = self.recv().await {
             match cmd {
                 GroupCmd::Add(reg) => {
-                    revoke_handed_over(&self.conn, &reg, None).await;
+                    let deadline = Instant::now() + self.conn.timeout;
+                    revoke_handed_over(&self.conn, &reg, deadline).await;
                     reg.emit(StatusEvent::Unregistered);
                 }
                 GroupCmd::Remove { done, .. } => {
@@ -1571,8 +1610,14 @@ impl LeaseGroup {
             }
         }
         self.member_keys.clear();
-        for member in std::mem::take(&mut self.members).into_values() {
-            revoke_handed_over(&self.conn, &member, None).await;
+        let members = std::mem::take(&mut self.members);
+        // The leases handed over to members, all within one timeout.
+        let handed: Vec<(i64, Instant)> = members
+            .values()
+            .flat_map(|m| m.take_handed_over(None))
+            .collect();
+        revoke_all(&self.conn, handed, Some(Instant::now() + self.conn.timeout)).await;
+        for member in members.into_values() {
             member.emit(StatusEvent::Unregistered);
         }
     }

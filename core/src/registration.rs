@@ -249,12 +249,13 @@ struct RegInner {
     /// registrations of the node, of other TTLs, replaced before this one put the key on its
     /// own lease. Its unregister deletes the key from them too. Empty in the usual case.
     stale_groups: Box<[(i64, u64)]>,
-    /// Leases of groups gone that hold the key still: an older registration of the node, of
-    /// another TTL, was its group's last member and handed the lease over (`hand_over`), or a
-    /// registration this one replaced held them. Revoked by whoever ends the wait for this
-    /// registration first: its first registration (the group that handed it over), or its end
-    /// (its unregister, the registry's close; a newer registration takes them on instead).
-    handed_over: Vec<i64>,
+    /// Leases of groups gone that may hold the key still, each with when it expires at the
+    /// latest: an older registration of the node, of another TTL, was its group's last member
+    /// and handed its lease over (`hand_over`), or a registration this one replaced held them.
+    /// Taken, and revoked, by whichever comes first: a task waiting for this registration to
+    /// register (see `group::pass_on`), or its end (its unregister, the registry's close; a
+    /// newer registration takes them on instead).
+    handed_over: Vec<(i64, tokio::time::Instant)>,
 }
 
 /// A registration's service and node names, as given.
@@ -419,22 +420,26 @@ impl RegShared {
     }
 
     /// Leases that hold the key until this registration puts it on its own (see `handed_over`).
-    pub(crate) fn hand_over(&self, leases: impl IntoIterator<Item = i64>) {
-        self.lock().handed_over.extend(leases);
+    pub(crate) fn hand_over(&self, leases: &[(i64, tokio::time::Instant)]) {
+        self.lock().handed_over.extend_from_slice(leases);
     }
 
-    /// Takes every lease handed over to this registration, to revoke them.
-    pub(crate) fn take_handed_over(&self) -> Vec<i64> {
-        std::mem::take(&mut self.lock().handed_over)
-    }
-
-    /// Takes `lease` if it is still handed over to this registration (not taken, nor passed on
-    /// to a newer registration).
-    pub(crate) fn take_handed_over_lease(&self, lease: i64) -> bool {
+    /// Takes the leases handed over to this registration (all, or only those of `of`) that it
+    /// still holds (not taken, nor passed on to a newer registration), with when each expires.
+    pub(crate) fn take_handed_over(
+        &self,
+        of: Option<&[(i64, tokio::time::Instant)]>,
+    ) -> Vec<(i64, tokio::time::Instant)> {
         let mut inner = self.lock();
-        let before = inner.handed_over.len();
-        inner.handed_over.retain(|&l| l != lease);
-        inner.handed_over.len() != before
+        let mut taken = Vec::new();
+        inner.handed_over.retain(|held| {
+            let take = of.is_none_or(|of| of.contains(held));
+            if take {
+                taken.push(*held);
+            }
+            !take
+        });
+        taken
     }
 
     /// A newer registration of the node has replaced this one (see `replaced`).

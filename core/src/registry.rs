@@ -472,7 +472,7 @@ impl Registry {
                 // Nothing of its own in etcd; leases handed over to it may hold its key still
                 // (it was to move the key to its lease with its first put).
                 let deadline = tokio::time::Instant::now() + self.inner.config.timeout;
-                crate::group::revoke_handed_over(&self.inner.conn, reg, Some(deadline)).await;
+                crate::group::revoke_handed_over(&self.inner.conn, reg, deadline).await;
                 reg.emit(StatusEvent::Unregistered);
                 Ok(())
             }

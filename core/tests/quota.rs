@@ -456,16 +456,29 @@ async fn info_larger_than_the_server_takes_is_an_invalid_argument() {
 /// turn. Ended by an unregister, the key is gone when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key_until_unregistered() {
-    node_moving_while_etcd_is_full(false).await;
+    node_moving_while_etcd_is_full(End::Unregister).await;
 }
 
 /// The same, ended by the registry's close: the key is gone when it returns.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_moving_to_another_ttl_while_etcd_is_full_keeps_its_key_until_closed() {
-    node_moving_while_etcd_is_full(true).await;
+    node_moving_while_etcd_is_full(End::Close).await;
 }
 
-async fn node_moving_while_etcd_is_full(close: bool) {
+/// The same, until etcd is fixed: the last registration lands, and the old lease, which held
+/// the key until then, is revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_moving_to_another_ttl_while_etcd_is_full_lands_once_fixed() {
+    node_moving_while_etcd_is_full(End::Fix).await;
+}
+
+enum End {
+    Unregister,
+    Close,
+    Fix,
+}
+
+async fn node_moving_while_etcd_is_full(end: End) {
     init_logs();
     let etcd = small_etcd().await;
     let registry = Registry::connect(config(&etcd, "/quota")).await.unwrap();
@@ -474,7 +487,8 @@ async fn node_moving_while_etcd_is_full(close: bool) {
         .unwrap();
     old.wait_registered(DEADLINE).await.unwrap();
     let key = old.key().to_string();
-    let _client = fill(&etcd).await;
+    let old_lease = old.lease_id().unwrap();
+    let mut client = fill(&etcd).await;
 
     let moved = registry
         .register(SERVICE, node("a", &[]), Duration::from_secs(20))
@@ -508,9 +522,25 @@ async fn node_moving_while_etcd_is_full(close: bool) {
         etcd.get(&key).unwrap().is_some(),
         "{key} still in etcd while the third registration waits"
     );
-    match close {
-        true => registry.close().await.unwrap(),
-        false => again.unregister().await.unwrap(),
+    match end {
+        End::Close => registry.close().await.unwrap(),
+        End::Unregister => again.unregister().await.unwrap(),
+        End::Fix => {
+            let etcd = fix(etcd, &mut client).await;
+            wait_event(&mut events, "the last registration landing", |e| {
+                matches!(e, StatusEvent::Registered { .. })
+            })
+            .await;
+            let lease = again.lease_id().unwrap();
+            assert!(etcd.get(&key).unwrap().is_some(), "{key} still there");
+            eventually("the old lease revoked", || async {
+                !etcd.lease_list().unwrap().contains(&old_lease)
+            })
+            .await;
+            assert_eq!(etcd.lease_list().unwrap(), vec![lease]);
+            registry.close().await.unwrap();
+            return;
+        }
     }
     assert_eq!(etcd.get(&key).unwrap(), None, "{key} deleted by then");
     registry.close().await.unwrap();
