@@ -198,7 +198,16 @@ impl ClosingCall {
 
 impl Drop for ClosingCall {
     fn drop(&mut self) {
-        let _ = IN_CLOSING_CALL.try_with(|stack| stack.borrow_mut().pop());
+        let _ = IN_CLOSING_CALL.try_with(|stack| {
+            let mut stack = stack.borrow_mut();
+            stack.pop();
+            // Left empty, the stack gives its memory back: on a library runtime thread (a
+            // free inside an `_async` callback), which lives as long as the process, it would
+            // stay allocated for good.
+            if stack.is_empty() {
+                stack.shrink_to_fit();
+            }
+        });
     }
 }
 
